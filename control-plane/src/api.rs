@@ -1,0 +1,49 @@
+//! The gRPC services a node serves: Admin, Query and Discovery (public), Raft (peers only),
+//! plus the standard health and reflection services.
+
+pub mod admin;
+pub mod discovery;
+pub mod peer;
+pub mod query;
+
+use std::sync::Arc;
+
+use switchyard_proto::raft::raft_server::RaftServer;
+use switchyard_proto::v1::admin_server::AdminServer;
+use switchyard_proto::v1::discovery_server::DiscoveryServer;
+use switchyard_proto::v1::query_server::QueryServer;
+use tonic::transport::server::Router;
+use tonic::transport::Server;
+
+use crate::network::MAX_MESSAGE;
+use crate::node::NodeInner;
+
+pub fn router(node: Arc<NodeInner>) -> Router {
+    let (health_reporter, health) = tonic_health::server::health_reporter();
+    let reflection = tonic_reflection::server::Builder::configure()
+        .register_encoded_file_descriptor_set(switchyard_proto::FILE_DESCRIPTOR_SET)
+        .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+        .build_v1()
+        .expect("embedded descriptors are valid");
+    tokio::spawn(async move {
+        health_reporter.set_serving::<AdminServer<admin::AdminService>>().await;
+        health_reporter.set_serving::<QueryServer<query::QueryService>>().await;
+        health_reporter.set_serving::<DiscoveryServer<discovery::DiscoveryService>>().await;
+    });
+    Server::builder()
+        .tcp_nodelay(true)
+        .add_service(health)
+        .add_service(reflection)
+        .add_service(AdminServer::new(admin::AdminService(node.clone())))
+        .add_service(QueryServer::new(query::QueryService(node.clone())).max_encoding_message_size(MAX_MESSAGE))
+        .add_service(DiscoveryServer::new(discovery::DiscoveryService(node.clone())).max_encoding_message_size(MAX_MESSAGE))
+        .add_service(
+            RaftServer::new(peer::PeerService(node))
+                .max_decoding_message_size(MAX_MESSAGE)
+                .max_encoding_message_size(MAX_MESSAGE),
+        )
+}
+
+fn required<T>(v: Option<T>, what: &str) -> Result<T, tonic::Status> {
+    v.ok_or_else(|| tonic::Status::invalid_argument(format!("{what} is required")))
+}

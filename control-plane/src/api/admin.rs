@@ -1,0 +1,184 @@
+//! Admin: validated writes, sent through Raft on whichever node leads.
+
+use std::sync::Arc;
+
+use switchyard_proto::v1::admin_server::Admin;
+use switchyard_proto::v1::*;
+use tonic::{Request, Response, Status};
+
+use super::required;
+use crate::error::ApiError;
+use crate::node::{LeaderOp, LeaderReply, NodeInner};
+use crate::pb::Pb;
+use crate::state::Command;
+use crate::validate;
+
+pub struct AdminService(pub Arc<NodeInner>);
+
+fn pool_of(changes: &[Change]) -> Option<Pool> {
+    changes.iter().find_map(|c| match &c.kind {
+        Some(change::Kind::PoolPut(p)) => Some(p.clone()),
+        _ => None,
+    })
+}
+
+fn backend_of(changes: &[Change]) -> Option<Backend> {
+    changes.iter().find_map(|c| match &c.kind {
+        Some(change::Kind::BackendPut(b)) => Some(b.clone()),
+        _ => None,
+    })
+}
+
+const POOL_FIELDS: &[&str] = &[
+    "algorithm",
+    "hash_key",
+    "affinity",
+    "affinity_ttl_ms",
+    "health_check",
+    "max_connections_per_backend",
+    "drain_timeout_ms",
+];
+
+impl AdminService {
+    async fn backend_write(&self, pool: String, address: String, cmd: Command) -> Result<Response<BackendReply>, Status> {
+        validate::name("pool", &pool)?;
+        validate::address(&address)?;
+        let (revision, changes) = self.0.write(cmd).await?;
+        let backend = backend_of(&changes).or_else(|| {
+            // A write that changed nothing: answer with the backend as it stands.
+            self.0.shared.read().state.backends.get(&(pool, address)).cloned()
+        });
+        Ok(Response::new(BackendReply { revision, backend }))
+    }
+
+    async fn membership(&self, op: LeaderOp) -> Result<Response<MembershipReply>, Status> {
+        match self.0.execute(op).await? {
+            LeaderReply::Membership { revision } => Ok(Response::new(MembershipReply { revision, members: self.0.members() })),
+            other => Err(ApiError::Internal(format!("unexpected reply {other:?}")).into()),
+        }
+    }
+}
+
+#[tonic::async_trait]
+impl Admin for AdminService {
+    async fn create_pool(&self, req: Request<CreatePoolRequest>) -> Result<Response<PoolReply>, Status> {
+        let pool = validate::pool(required(req.into_inner().pool, "pool")?)?;
+        let (revision, changes) = self.0.write(Command::CreatePool(Pb(pool))).await?;
+        Ok(Response::new(PoolReply { revision, pool: pool_of(&changes) }))
+    }
+
+    async fn update_pool(&self, req: Request<UpdatePoolRequest>) -> Result<Response<PoolReply>, Status> {
+        let req = req.into_inner();
+        let pool = required(req.pool, "pool")?;
+        validate::name("pool", &pool.name)?;
+        if req.update_mask.is_empty() {
+            return Err(Status::invalid_argument(format!("update_mask is empty; name fields from {POOL_FIELDS:?}")));
+        }
+        for f in &req.update_mask {
+            if !POOL_FIELDS.contains(&f.as_str()) {
+                return Err(Status::invalid_argument(format!("pool field {f:?} cannot be updated; fields: {POOL_FIELDS:?}")));
+            }
+        }
+        // Check the new values on their own; the merged pool is checked again when applied.
+        let mut probe = pool.clone();
+        probe.name = pool.name.clone();
+        validate::pool(probe)?;
+        let (revision, changes) = self.0.write(Command::UpdatePool { pool: Pb(pool), mask: req.update_mask }).await?;
+        Ok(Response::new(PoolReply { revision, pool: pool_of(&changes) }))
+    }
+
+    async fn delete_pool(&self, req: Request<DeletePoolRequest>) -> Result<Response<WriteReply>, Status> {
+        let name = req.into_inner().name;
+        validate::name("pool", &name)?;
+        let (revision, _) = self.0.write(Command::DeletePool { name }).await?;
+        Ok(Response::new(WriteReply { revision }))
+    }
+
+    async fn add_backend(&self, req: Request<AddBackendRequest>) -> Result<Response<BackendReply>, Status> {
+        let b = validate::backend(required(req.into_inner().backend, "backend")?)?;
+        let (revision, changes) = self.0.write(Command::AddBackend(Pb(b))).await?;
+        Ok(Response::new(BackendReply { revision, backend: backend_of(&changes) }))
+    }
+
+    async fn set_backend_weight(&self, req: Request<SetBackendWeightRequest>) -> Result<Response<BackendReply>, Status> {
+        let r = req.into_inner();
+        validate::weight(r.weight)?;
+        let cmd = Command::SetBackendWeight { pool: r.pool.clone(), address: r.address.clone(), weight: r.weight };
+        self.backend_write(r.pool, r.address, cmd).await
+    }
+
+    async fn set_backend_state(&self, req: Request<SetBackendStateRequest>) -> Result<Response<BackendReply>, Status> {
+        let r = req.into_inner();
+        validate::admin_state(r.state)?;
+        let cmd = Command::SetBackendState { pool: r.pool.clone(), address: r.address.clone(), state: r.state };
+        self.backend_write(r.pool, r.address, cmd).await
+    }
+
+    async fn remove_backend(&self, req: Request<RemoveBackendRequest>) -> Result<Response<WriteReply>, Status> {
+        let r = req.into_inner();
+        validate::name("pool", &r.pool)?;
+        validate::address(&r.address)?;
+        let (revision, _) = self.0.write(Command::RemoveBackend { pool: r.pool, address: r.address }).await?;
+        Ok(Response::new(WriteReply { revision }))
+    }
+
+    async fn set_route(&self, req: Request<SetRouteRequest>) -> Result<Response<RouteReply>, Status> {
+        let route = validate::route(required(req.into_inner().route, "route")?)?;
+        let (revision, changes) = self.0.write(Command::SetRoute(Pb(route))).await?;
+        let route = changes.iter().find_map(|c| match &c.kind {
+            Some(change::Kind::RoutePut(r)) => Some(r.clone()),
+            _ => None,
+        });
+        Ok(Response::new(RouteReply { revision, route }))
+    }
+
+    async fn delete_route(&self, req: Request<DeleteRouteRequest>) -> Result<Response<WriteReply>, Status> {
+        let name = req.into_inner().name;
+        validate::name("route", &name)?;
+        let (revision, _) = self.0.write(Command::DeleteRoute { name }).await?;
+        Ok(Response::new(WriteReply { revision }))
+    }
+
+    async fn update_settings(&self, req: Request<UpdateSettingsRequest>) -> Result<Response<SettingsReply>, Status> {
+        let r = req.into_inner();
+        let settings = required(r.settings, "settings")?;
+        if r.update_mask.is_empty() {
+            validate::settings(&settings)?;
+        }
+        let (revision, changes) = self.0.write(Command::UpdateSettings { settings: Pb(settings), mask: r.update_mask }).await?;
+        let settings = changes.iter().find_map(|c| match &c.kind {
+            Some(change::Kind::SettingsPut(s)) => Some(s.clone()),
+            _ => None,
+        });
+        Ok(Response::new(SettingsReply { revision, settings }))
+    }
+
+    async fn delete_session(&self, req: Request<DeleteSessionRequest>) -> Result<Response<WriteReply>, Status> {
+        let r = req.into_inner();
+        validate::name("pool", &r.pool)?;
+        if r.key.is_empty() {
+            return Err(Status::invalid_argument("session key must not be empty"));
+        }
+        let (revision, _) = self.0.write(Command::DeleteSession { pool: r.pool, key: r.key }).await?;
+        Ok(Response::new(WriteReply { revision }))
+    }
+
+    async fn add_node(&self, req: Request<AddNodeRequest>) -> Result<Response<MembershipReply>, Status> {
+        let r = req.into_inner();
+        if r.id == 0 {
+            return Err(Status::invalid_argument("node id must be 1 or more"));
+        }
+        validate::address(&r.address).map_err(|_| {
+            Status::invalid_argument(format!("node address {:?} must be host:port", r.address))
+        })?;
+        self.membership(LeaderOp::AddNode { id: r.id, addr: r.address }).await
+    }
+
+    async fn promote_node(&self, req: Request<PromoteNodeRequest>) -> Result<Response<MembershipReply>, Status> {
+        self.membership(LeaderOp::Promote { id: req.into_inner().id }).await
+    }
+
+    async fn remove_node(&self, req: Request<RemoveNodeRequest>) -> Result<Response<MembershipReply>, Status> {
+        self.membership(LeaderOp::Remove { id: req.into_inner().id }).await
+    }
+}

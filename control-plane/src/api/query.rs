@@ -1,0 +1,120 @@
+//! Query: reads that name their consistency.
+
+use std::sync::Arc;
+
+use switchyard_proto::v1::query_server::Query;
+use switchyard_proto::v1::*;
+use tonic::{Request, Response, Status};
+
+use crate::node::NodeInner;
+use crate::sm_view::View;
+
+pub struct QueryService(pub Arc<NodeInner>);
+
+impl QueryService {
+    /// Linearizable reads confirm the read index with the leader, then wait for this node to
+    /// apply up to it; local reads serve what this node has.
+    async fn view(&self, consistency: i32) -> Result<View<'_>, Status> {
+        match Consistency::try_from(consistency) {
+            Ok(Consistency::Linearizable) => self.0.linearize().await?,
+            Ok(Consistency::Local) => {}
+            Err(_) => return Err(Status::invalid_argument(format!("unknown consistency {consistency}"))),
+        }
+        Ok(View(self.0.shared.read()))
+    }
+}
+
+#[tonic::async_trait]
+impl Query for QueryService {
+    async fn get_topology(&self, req: Request<ReadRequest>) -> Result<Response<Topology>, Status> {
+        let v = self.view(req.into_inner().consistency).await?;
+        Ok(Response::new(v.0.state.to_topology(v.0.revision())))
+    }
+
+    async fn list_pools(&self, req: Request<ReadRequest>) -> Result<Response<ListPoolsReply>, Status> {
+        let v = self.view(req.into_inner().consistency).await?;
+        Ok(Response::new(ListPoolsReply { revision: v.0.revision(), pools: v.0.state.pools.values().cloned().collect() }))
+    }
+
+    async fn get_pool(&self, req: Request<GetPoolRequest>) -> Result<Response<Pool>, Status> {
+        let r = req.into_inner();
+        let v = self.view(r.consistency).await?;
+        v.0.state
+            .pools
+            .get(&r.name)
+            .cloned()
+            .map(Response::new)
+            .ok_or_else(|| Status::not_found(format!("pool {:?} not found", r.name)))
+    }
+
+    async fn list_backends(&self, req: Request<ListBackendsRequest>) -> Result<Response<ListBackendsReply>, Status> {
+        let r = req.into_inner();
+        let v = self.view(r.consistency).await?;
+        let backends = if r.pool.is_empty() {
+            v.0.state.backends.values().cloned().collect()
+        } else {
+            if !v.0.state.pools.contains_key(&r.pool) {
+                return Err(Status::not_found(format!("pool {:?} not found", r.pool)));
+            }
+            v.0.state.backends_of(&r.pool).cloned().collect()
+        };
+        Ok(Response::new(ListBackendsReply { revision: v.0.revision(), backends }))
+    }
+
+    async fn list_routes(&self, req: Request<ReadRequest>) -> Result<Response<ListRoutesReply>, Status> {
+        let v = self.view(req.into_inner().consistency).await?;
+        Ok(Response::new(ListRoutesReply { revision: v.0.revision(), routes: v.0.state.routes.values().cloned().collect() }))
+    }
+
+    async fn get_settings(&self, req: Request<ReadRequest>) -> Result<Response<Settings>, Status> {
+        let v = self.view(req.into_inner().consistency).await?;
+        Ok(Response::new(v.0.state.settings.clone()))
+    }
+
+    async fn list_sessions(&self, req: Request<ListSessionsRequest>) -> Result<Response<ListSessionsReply>, Status> {
+        let r = req.into_inner();
+        let v = self.view(r.consistency).await?;
+        let limit = if r.limit == 0 { 1000 } else { r.limit as usize };
+        let sessions = v
+            .0
+            .state
+            .sessions
+            .values()
+            .filter(|s| r.pool.is_empty() || s.pool == r.pool)
+            .take(limit)
+            .cloned()
+            .collect();
+        Ok(Response::new(ListSessionsReply { revision: v.0.revision(), sessions }))
+    }
+
+    async fn get_session(&self, req: Request<GetSessionRequest>) -> Result<Response<SessionBinding>, Status> {
+        let r = req.into_inner();
+        let v = self.view(r.consistency).await?;
+        v.0.state
+            .sessions
+            .get(&(r.pool.clone(), r.key.clone()))
+            .cloned()
+            .map(Response::new)
+            .ok_or_else(|| Status::not_found(format!("no session {:?} in pool {:?}", r.key, r.pool)))
+    }
+
+    async fn list_proxies(&self, _req: Request<ReadRequest>) -> Result<Response<ListProxiesReply>, Status> {
+        let proxies = self.0.proxies.lock().unwrap_or_else(|e| e.into_inner()).values().cloned().collect();
+        Ok(Response::new(ListProxiesReply { proxies }))
+    }
+
+    async fn cluster_status(&self, _req: Request<ClusterStatusRequest>) -> Result<Response<ClusterStatusReply>, Status> {
+        let m = self.0.raft.metrics().borrow().clone();
+        Ok(Response::new(ClusterStatusReply {
+            node_id: self.0.id,
+            leader_id: m.current_leader.unwrap_or(0),
+            term: m.current_term,
+            applied_revision: m.last_applied.map_or(0, |l| l.index),
+            committed_index: self.0.raft.metrics().borrow().last_log_index.unwrap_or(0),
+            members: self.0.members(),
+            state: format!("{:?}", m.state),
+            snapshot_index: m.snapshot.map_or(0, |l| l.index),
+            purged_index: m.purged.map_or(0, |l| l.index),
+        }))
+    }
+}

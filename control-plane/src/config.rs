@@ -1,0 +1,164 @@
+//! The `switchyard-control` configuration: flags, or the same keys in a TOML file
+//! (`--config`); a flag given on the command line wins over the file.
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use serde::Deserialize;
+
+use crate::error::NodeError;
+use crate::node::NodeConfig;
+use crate::types::NodeId;
+
+/// Command-line flags of `switchyard-control`.
+#[derive(Debug, Default, clap::Parser)]
+#[command(name = "switchyard-control", version, about = "Switchyard control-plane node")]
+pub struct Args {
+    /// TOML file with any of the keys below (e.g. `id = 1`, `data-dir = "/var/lib/sy"`).
+    #[arg(long)]
+    pub config: Option<PathBuf>,
+    /// This node's id (1 or more), unique in the cluster and stable across restarts.
+    #[arg(long)]
+    pub id: Option<NodeId>,
+    /// Address to serve gRPC on (admin, query, discovery, raft) [default: 127.0.0.1:7400].
+    #[arg(long)]
+    pub listen: Option<SocketAddr>,
+    /// Address others use to reach this node, if not the one in --initial-cluster or --listen.
+    #[arg(long)]
+    pub advertise: Option<String>,
+    /// Directory for the sled database [default: ./switchyard-data-ID].
+    #[arg(long)]
+    pub data_dir: Option<PathBuf>,
+    /// Founding members, `1=host:port,2=host:port,3=host:port`. The lowest id initializes an
+    /// empty cluster once. Without it (and without --join) the node forms a one-node cluster.
+    #[arg(long)]
+    pub initial_cluster: Option<String>,
+    /// Start empty and wait to be added with `switchyard cluster add-node`.
+    #[arg(long)]
+    pub join: bool,
+    #[arg(long)]
+    pub heartbeat_ms: Option<u64>,
+    #[arg(long)]
+    pub election_min_ms: Option<u64>,
+    #[arg(long)]
+    pub election_max_ms: Option<u64>,
+    /// Snapshot after this many log entries.
+    #[arg(long)]
+    pub snapshot_every: Option<u64>,
+    /// Log entries kept behind a snapshot.
+    #[arg(long)]
+    pub keep_logs: Option<u64>,
+    /// How long a write waits for a quorum before answering UNAVAILABLE.
+    #[arg(long)]
+    pub write_timeout_ms: Option<u64>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "kebab-case")]
+struct FileConfig {
+    id: Option<NodeId>,
+    listen: Option<SocketAddr>,
+    advertise: Option<String>,
+    data_dir: Option<PathBuf>,
+    initial_cluster: Option<String>,
+    join: Option<bool>,
+    heartbeat_ms: Option<u64>,
+    election_min_ms: Option<u64>,
+    election_max_ms: Option<u64>,
+    snapshot_every: Option<u64>,
+    keep_logs: Option<u64>,
+    write_timeout_ms: Option<u64>,
+}
+
+pub const DEFAULT_LISTEN: &str = "127.0.0.1:7400";
+
+/// Parses `1=host:port,2=host:port`.
+pub fn parse_initial_cluster(s: &str) -> Result<BTreeMap<NodeId, String>, NodeError> {
+    let mut out = BTreeMap::new();
+    for part in s.split(',').map(str::trim).filter(|p| !p.is_empty()) {
+        let (id, addr) = part
+            .split_once('=')
+            .ok_or_else(|| NodeError::Config(format!("--initial-cluster entry {part:?} is not ID=HOST:PORT")))?;
+        let id: NodeId = id
+            .trim()
+            .parse()
+            .map_err(|_| NodeError::Config(format!("--initial-cluster: {id:?} is not a node id")))?;
+        let addr = addr.trim();
+        crate::validate::address(addr)
+            .map_err(|_| NodeError::Config(format!("--initial-cluster: {addr:?} is not host:port")))?;
+        if out.insert(id, addr.to_string()).is_some() {
+            return Err(NodeError::Config(format!("--initial-cluster names node {id} twice")));
+        }
+    }
+    Ok(out)
+}
+
+impl Args {
+    /// Merges the file (if any) under the flags and validates the result.
+    pub fn into_config(self) -> Result<NodeConfig, NodeError> {
+        let file = match &self.config {
+            None => FileConfig::default(),
+            Some(p) => {
+                let text = std::fs::read_to_string(p)
+                    .map_err(|e| NodeError::Config(format!("cannot read {}: {e}", p.display())))?;
+                toml::from_str(&text).map_err(|e| NodeError::Config(format!("{}: {e}", p.display())))?
+            }
+        };
+        let id = self.id.or(file.id).ok_or_else(|| NodeError::Config("--id is required".into()))?;
+        let listen = match self.listen.or(file.listen) {
+            Some(l) => l,
+            None => DEFAULT_LISTEN.parse().expect("default is valid"),
+        };
+        let data_dir = self
+            .data_dir
+            .or(file.data_dir)
+            .unwrap_or_else(|| PathBuf::from(format!("switchyard-data-{id}")));
+        let mut c = NodeConfig::new(id, listen, data_dir);
+        c.advertise = self.advertise.or(file.advertise);
+        if let Some(ic) = self.initial_cluster.or(file.initial_cluster) {
+            c.initial_cluster = parse_initial_cluster(&ic)?;
+        }
+        c.join = self.join || file.join.unwrap_or(false);
+        c.heartbeat_ms = self.heartbeat_ms.or(file.heartbeat_ms).unwrap_or(c.heartbeat_ms);
+        c.election_min_ms = self.election_min_ms.or(file.election_min_ms).unwrap_or(c.election_min_ms);
+        c.election_max_ms = self.election_max_ms.or(file.election_max_ms).unwrap_or(c.election_max_ms);
+        c.snapshot_every = self.snapshot_every.or(file.snapshot_every).unwrap_or(c.snapshot_every);
+        c.keep_logs = self.keep_logs.or(file.keep_logs).unwrap_or(c.keep_logs);
+        if let Some(ms) = self.write_timeout_ms.or(file.write_timeout_ms) {
+            c.write_timeout = Duration::from_millis(ms);
+        }
+        c.validate()?;
+        Ok(c)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn initial_cluster() {
+        let m = parse_initial_cluster("1=127.0.0.1:7401, 2=127.0.0.1:7402").unwrap();
+        assert_eq!(m[&2], "127.0.0.1:7402");
+        assert!(parse_initial_cluster("1=a:1,1=b:2").is_err());
+        assert!(parse_initial_cluster("x=a:1").is_err());
+        assert!(parse_initial_cluster("1=nope").is_err());
+    }
+
+    #[test]
+    fn file_then_flags() {
+        let dir = tempfile::tempdir().unwrap();
+        let f = dir.path().join("c.toml");
+        std::fs::write(&f, "id = 2\nlisten = \"127.0.0.1:9000\"\ninitial-cluster = \"1=a:1,2=b:2\"\n").unwrap();
+        let args = Args { config: Some(f.clone()), listen: Some("127.0.0.1:9001".parse().unwrap()), ..Default::default() };
+        let c = args.into_config().unwrap();
+        assert_eq!(c.id, 2);
+        assert_eq!(c.listen.port(), 9001);
+        assert_eq!(c.advertise_addr(), "b:2");
+        std::fs::write(&f, "id = 2\nbogus = 1\n").unwrap();
+        let err = Args { config: Some(f), ..Default::default() }.into_config().unwrap_err();
+        assert!(err.to_string().contains("bogus"), "{err}");
+    }
+}

@@ -1,0 +1,17 @@
+//! Switchyard's control plane: a Raft-replicated (openraft) store of backend topology and
+//! session affinity, kept in sled, served over gRPC to the CLI and to proxies.
+
+pub mod api;
+pub mod config;
+pub mod error;
+pub mod network;
+pub mod node;
+pub mod pb;
+mod sm_view;
+pub mod state;
+pub mod store;
+pub mod types;
+pub mod validate;
+
+pub use error::{ApiError, NodeError};
+pub use node::{Node, NodeConfig};

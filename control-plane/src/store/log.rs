@@ -1,0 +1,154 @@
+//! The Raft log and vote in sled: big-endian `u64` keys so sled's order is log order.
+
+use std::fmt::Debug;
+use std::ops::{Bound, RangeBounds};
+
+use openraft::storage::{LogFlushed, LogState, RaftLogReader, RaftLogStorage};
+use openraft::{OptionalSend, Vote};
+
+use super::{read_err, write_err};
+use crate::types::{Entry, LogId, NodeId, StorageError, TypeConfig};
+
+/// Log entries in tree `log`; vote, committed and purged ids in tree `meta`.
+#[derive(Clone)]
+pub struct LogStore {
+    db: sled::Db,
+    log: sled::Tree,
+    meta: sled::Tree,
+}
+
+impl LogStore {
+    pub fn new(db: sled::Db) -> Result<Self, StorageError> {
+        let log = db.open_tree("log").map_err(read_err)?;
+        let meta = db.open_tree("meta").map_err(read_err)?;
+        Ok(LogStore { db, log, meta })
+    }
+
+    fn get_meta<T: serde::de::DeserializeOwned>(&self, key: &str) -> Result<Option<T>, StorageError> {
+        match self.meta.get(key).map_err(read_err)? {
+            None => Ok(None),
+            Some(v) => postcard::from_bytes(&v).map(Some).map_err(read_err),
+        }
+    }
+
+    fn put_meta<T: serde::Serialize>(&self, key: &str, v: &T) -> Result<(), StorageError> {
+        let bytes = postcard::to_stdvec(v).map_err(write_err)?;
+        self.meta.insert(key, bytes).map_err(write_err)?;
+        Ok(())
+    }
+
+    /// Decodes every entry once, so a corrupt log stops the node at start, not mid-replication.
+    pub fn check(&self) -> Result<u64, StorageError> {
+        let mut n = 0;
+        for kv in self.log.iter() {
+            let (_, v) = kv.map_err(read_err)?;
+            postcard::from_bytes::<Entry>(&v).map_err(read_err)?;
+            n += 1;
+        }
+        self.get_meta::<Vote<NodeId>>("vote")?;
+        Ok(n)
+    }
+}
+
+fn key(i: u64) -> [u8; 8] {
+    i.to_be_bytes()
+}
+
+impl RaftLogReader<TypeConfig> for LogStore {
+    async fn try_get_log_entries<RB: RangeBounds<u64> + Clone + Debug + OptionalSend>(
+        &mut self,
+        range: RB,
+    ) -> Result<Vec<Entry>, StorageError> {
+        let start = match range.start_bound() {
+            Bound::Included(i) => *i,
+            Bound::Excluded(i) => i + 1,
+            Bound::Unbounded => 0,
+        };
+        let iter = match range.end_bound() {
+            Bound::Included(i) => self.log.range(key(start)..=key(*i)),
+            Bound::Excluded(i) => self.log.range(key(start)..key(*i)),
+            Bound::Unbounded => self.log.range(key(start)..),
+        };
+        let mut out = Vec::new();
+        for kv in iter {
+            let (_, v) = kv.map_err(read_err)?;
+            out.push(postcard::from_bytes(&v).map_err(read_err)?);
+        }
+        Ok(out)
+    }
+}
+
+impl RaftLogStorage<TypeConfig> for LogStore {
+    type LogReader = LogStore;
+
+    async fn get_log_state(&mut self) -> Result<LogState<TypeConfig>, StorageError> {
+        let last_purged: Option<LogId> = self.get_meta("last_purged")?;
+        let last = match self.log.last().map_err(read_err)? {
+            Some((_, v)) => Some(postcard::from_bytes::<Entry>(&v).map_err(read_err)?.log_id),
+            None => last_purged,
+        };
+        Ok(LogState { last_purged_log_id: last_purged, last_log_id: last })
+    }
+
+    async fn get_log_reader(&mut self) -> Self::LogReader {
+        self.clone()
+    }
+
+    async fn save_vote(&mut self, vote: &Vote<NodeId>) -> Result<(), StorageError> {
+        self.put_meta("vote", vote)?;
+        self.db.flush_async().await.map_err(write_err)?;
+        Ok(())
+    }
+
+    async fn read_vote(&mut self) -> Result<Option<Vote<NodeId>>, StorageError> {
+        self.get_meta("vote")
+    }
+
+    /// Not flushed: a lost committed index is recomputed by the next leader.
+    async fn save_committed(&mut self, committed: Option<LogId>) -> Result<(), StorageError> {
+        self.put_meta("committed", &committed)
+    }
+
+    async fn read_committed(&mut self) -> Result<Option<LogId>, StorageError> {
+        Ok(self.get_meta::<Option<LogId>>("committed")?.flatten())
+    }
+
+    async fn append<I>(&mut self, entries: I, callback: LogFlushed<TypeConfig>) -> Result<(), StorageError>
+    where
+        I: IntoIterator<Item = Entry> + OptionalSend,
+        I::IntoIter: OptionalSend,
+    {
+        let mut batch = sled::Batch::default();
+        for e in entries {
+            batch.insert(&key(e.log_id.index), postcard::to_stdvec(&e).map_err(write_err)?);
+        }
+        self.log.apply_batch(batch).map_err(write_err)?;
+        // Durable before Raft counts this node's copy toward a quorum.
+        let res = self.db.flush_async().await.map(|_| ()).map_err(std::io::Error::other);
+        callback.log_io_completed(res);
+        Ok(())
+    }
+
+    async fn truncate(&mut self, log_id: LogId) -> Result<(), StorageError> {
+        let mut batch = sled::Batch::default();
+        for kv in self.log.range(key(log_id.index)..) {
+            let (k, _) = kv.map_err(read_err)?;
+            batch.remove(k);
+        }
+        self.log.apply_batch(batch).map_err(write_err)?;
+        self.db.flush_async().await.map_err(write_err)?;
+        Ok(())
+    }
+
+    async fn purge(&mut self, log_id: LogId) -> Result<(), StorageError> {
+        self.put_meta("last_purged", &log_id)?;
+        self.db.flush_async().await.map_err(write_err)?;
+        let mut batch = sled::Batch::default();
+        for kv in self.log.range(..=key(log_id.index)) {
+            let (k, _) = kv.map_err(read_err)?;
+            batch.remove(k);
+        }
+        self.log.apply_batch(batch).map_err(write_err)?;
+        Ok(())
+    }
+}

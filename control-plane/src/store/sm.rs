@@ -1,0 +1,356 @@
+//! The state machine in sled, and the live copy in memory that the APIs read and watchers
+//! follow.
+//!
+//! sled batches are atomic within one tree, so every entity and `last_applied` live in tree
+//! `sm` under prefixed keys and commit together. Snapshots live in tree `snapshot`.
+
+use std::collections::VecDeque;
+use std::io::Cursor;
+use std::sync::{Arc, RwLock};
+
+use openraft::storage::{RaftSnapshotBuilder, RaftStateMachine, Snapshot};
+use openraft::{EntryPayload, OptionalSend};
+use prost::Message;
+use serde::{Deserialize, Serialize};
+use switchyard_proto::v1::{change, Change, Topology};
+use tokio::sync::broadcast;
+
+use super::{read_err, write_err};
+use crate::state::State;
+use crate::types::{Entry, LogId, Response, SnapshotMeta, StorageError, StoredMembership, TypeConfig};
+
+/// How many applied change sets a node keeps in memory so a watcher can resume without a
+/// full resend.
+pub const HISTORY: usize = 16_384;
+
+/// What watchers are told.
+#[derive(Clone, Debug)]
+pub enum Notice {
+    /// The changes applied at a revision.
+    Changes(u64, Arc<Vec<Change>>),
+    /// The state was replaced (snapshot installed): resend it whole.
+    Reset,
+}
+
+/// The applied state as of `revision`, plus the recent history of changes.
+pub struct Live {
+    pub state: State,
+    pub last_applied: Option<LogId>,
+    pub membership: StoredMembership,
+    history: VecDeque<(u64, Arc<Vec<Change>>)>,
+    /// Every change with a revision above this is in `history`.
+    history_start: u64,
+}
+
+impl Live {
+    pub fn revision(&self) -> u64 {
+        self.last_applied.map_or(0, |l| l.index)
+    }
+
+    /// The change sets after `from`, if this node still has all of them.
+    pub fn changes_since(&self, from: u64) -> Option<Vec<(u64, Arc<Vec<Change>>)>> {
+        if from < self.history_start || from > self.revision() {
+            return None;
+        }
+        Some(self.history.iter().filter(|(r, _)| *r > from).cloned().collect())
+    }
+}
+
+/// Shared between the state machine (writer) and the APIs (readers, watchers).
+pub struct Shared {
+    live: RwLock<Live>,
+    tx: broadcast::Sender<Notice>,
+}
+
+impl Shared {
+    pub fn read(&self) -> std::sync::RwLockReadGuard<'_, Live> {
+        self.live.read().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// A consistent view and a subscription that starts right after it.
+    pub fn subscribe(&self) -> (std::sync::RwLockReadGuard<'_, Live>, broadcast::Receiver<Notice>) {
+        let live = self.read();
+        let rx = self.tx.subscribe();
+        (live, rx)
+    }
+
+    fn write(&self) -> std::sync::RwLockWriteGuard<'_, Live> {
+        self.live.write().unwrap_or_else(|e| e.into_inner())
+    }
+}
+
+#[derive(Serialize, Deserialize)]
+struct SnapshotFile {
+    last_applied: Option<LogId>,
+    membership: StoredMembership,
+    topology: Vec<u8>,
+}
+
+/// openraft's view of the state machine.
+pub struct StateMachineStore {
+    shared: Arc<Shared>,
+    db: sled::Db,
+    sm: sled::Tree,
+    snap: sled::Tree,
+}
+
+const SEP: u8 = 0;
+
+fn k1(prefix: u8, a: &str) -> Vec<u8> {
+    let mut k = vec![prefix, SEP];
+    k.extend_from_slice(a.as_bytes());
+    k
+}
+
+fn k2(prefix: u8, a: &str, b: &str) -> Vec<u8> {
+    let mut k = k1(prefix, a);
+    k.push(SEP);
+    k.extend_from_slice(b.as_bytes());
+    k
+}
+
+const LAST_APPLIED: &[u8] = b"~last_applied";
+const MEMBERSHIP: &[u8] = b"~membership";
+const SETTINGS: &[u8] = b"~settings";
+
+fn persist(batch: &mut sled::Batch, c: &Change) {
+    let Some(kind) = &c.kind else { return };
+    match kind {
+        change::Kind::PoolPut(p) => batch.insert(k1(b'p', &p.name), p.encode_to_vec()),
+        change::Kind::PoolDeleted(n) => batch.remove(k1(b'p', n)),
+        change::Kind::BackendPut(b) => batch.insert(k2(b'b', &b.pool, &b.address), b.encode_to_vec()),
+        change::Kind::BackendRemoved(b) => batch.remove(k2(b'b', &b.pool, &b.address)),
+        change::Kind::RoutePut(r) => batch.insert(k1(b'r', &r.name), r.encode_to_vec()),
+        change::Kind::RouteDeleted(n) => batch.remove(k1(b'r', n)),
+        change::Kind::SettingsPut(s) => batch.insert(SETTINGS, s.encode_to_vec()),
+        change::Kind::SessionPut(s) => batch.insert(k2(b's', &s.pool, &s.key), s.encode_to_vec()),
+        change::Kind::SessionRemoved(s) => batch.remove(k2(b's', &s.pool, &s.key)),
+    }
+}
+
+fn encode<T: Serialize>(v: &T) -> Result<Vec<u8>, StorageError> {
+    postcard::to_stdvec(v).map_err(write_err)
+}
+
+impl StateMachineStore {
+    /// Loads the state machine from sled; a corrupt entry is an error, not a panic.
+    pub fn open(db: sled::Db) -> Result<Self, StorageError> {
+        let sm = db.open_tree("sm").map_err(read_err)?;
+        let snap = db.open_tree("snapshot").map_err(read_err)?;
+        let mut state = State::default();
+        let mut last_applied = None;
+        let mut membership = StoredMembership::default();
+        for kv in sm.iter() {
+            let (k, v) = kv.map_err(read_err)?;
+            let bad = |e: &dyn std::fmt::Display| read_err(format!("state machine key {k:?}: {e}"));
+            match k.first() {
+                Some(b'p') => {
+                    let p = switchyard_proto::v1::Pool::decode(&*v).map_err(|e| bad(&e))?;
+                    state.pools.insert(p.name.clone(), p);
+                }
+                Some(b'b') => {
+                    let b = switchyard_proto::v1::Backend::decode(&*v).map_err(|e| bad(&e))?;
+                    state.backends.insert((b.pool.clone(), b.address.clone()), b);
+                }
+                Some(b'r') => {
+                    let r = switchyard_proto::v1::Route::decode(&*v).map_err(|e| bad(&e))?;
+                    state.routes.insert(r.name.clone(), r);
+                }
+                Some(b's') => {
+                    let s = switchyard_proto::v1::SessionBinding::decode(&*v).map_err(|e| bad(&e))?;
+                    state.sessions.insert((s.pool.clone(), s.key.clone()), s);
+                }
+                _ if &*k == SETTINGS => {
+                    state.settings = switchyard_proto::v1::Settings::decode(&*v).map_err(|e| bad(&e))?
+                }
+                _ if &*k == LAST_APPLIED => last_applied = postcard::from_bytes(&v).map_err(|e| bad(&e))?,
+                _ if &*k == MEMBERSHIP => membership = postcard::from_bytes(&v).map_err(|e| bad(&e))?,
+                _ => return Err(bad(&"unknown key")),
+            }
+        }
+        let (tx, _) = broadcast::channel(4096);
+        let revision = last_applied.map_or(0, |l: LogId| l.index);
+        let mut me = StateMachineStore {
+            shared: Arc::new(Shared {
+                live: RwLock::new(Live {
+                    state,
+                    last_applied,
+                    membership,
+                    history: VecDeque::new(),
+                    history_start: revision,
+                }),
+                tx,
+            }),
+            db,
+            sm,
+            snap,
+        };
+        // A crash between storing a received snapshot and rewriting `sm` leaves the snapshot
+        // ahead: finish the install from it.
+        if let Some((meta, data)) = me.read_snapshot()? {
+            if meta.last_log_id > last_applied {
+                me.restore(&data)?;
+            }
+        }
+        Ok(me)
+    }
+
+    pub fn shared(&self) -> Arc<Shared> {
+        self.shared.clone()
+    }
+
+    fn read_snapshot(&self) -> Result<Option<(SnapshotMeta, Vec<u8>)>, StorageError> {
+        let (Some(meta), Some(data)) = (
+            self.snap.get("meta").map_err(read_err)?,
+            self.snap.get("data").map_err(read_err)?,
+        ) else {
+            return Ok(None);
+        };
+        let meta = postcard::from_bytes(&meta).map_err(read_err)?;
+        Ok(Some((meta, data.to_vec())))
+    }
+
+    /// Replaces the state machine with a snapshot's contents.
+    fn restore(&mut self, data: &[u8]) -> Result<(), StorageError> {
+        let file: SnapshotFile = postcard::from_bytes(data).map_err(read_err)?;
+        let topo = Topology::decode(file.topology.as_slice()).map_err(read_err)?;
+        let state = State::from_topology(topo);
+        self.sm.clear().map_err(write_err)?;
+        let mut batch = sled::Batch::default();
+        for c in state.as_changes() {
+            persist(&mut batch, &c);
+        }
+        batch.insert(LAST_APPLIED, encode(&file.last_applied)?);
+        batch.insert(MEMBERSHIP, encode(&file.membership)?);
+        self.sm.apply_batch(batch).map_err(write_err)?;
+        let mut live = self.shared.write();
+        live.state = state;
+        live.last_applied = file.last_applied;
+        live.membership = file.membership;
+        live.history.clear();
+        live.history_start = live.revision();
+        let _ = self.shared.tx.send(Notice::Reset);
+        Ok(())
+    }
+}
+
+impl RaftSnapshotBuilder<TypeConfig> for SnapshotSource {
+    async fn build_snapshot(&mut self) -> Result<Snapshot<TypeConfig>, StorageError> {
+        let (data, last_applied, membership) = {
+            let live = self.shared.read();
+            let file = SnapshotFile {
+                last_applied: live.last_applied,
+                membership: live.membership.clone(),
+                topology: live.state.to_topology(live.revision()).encode_to_vec(),
+            };
+            (encode(&file)?, live.last_applied, live.membership.clone())
+        };
+        let nanos = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_nanos());
+        let snapshot_id = match last_applied {
+            Some(l) => format!("{}-{}-{nanos}", l.leader_id, l.index),
+            None => format!("none-{nanos}"),
+        };
+        let meta = SnapshotMeta { last_log_id: last_applied, last_membership: membership, snapshot_id };
+        // The state machine must be durable up to the snapshot before Raft purges the log.
+        self.db.flush_async().await.map_err(write_err)?;
+        let mut batch = sled::Batch::default();
+        batch.insert("meta", encode(&meta)?);
+        batch.insert("data", data.clone());
+        self.snap.apply_batch(batch).map_err(write_err)?;
+        self.db.flush_async().await.map_err(write_err)?;
+        Ok(Snapshot { meta, snapshot: Box::new(Cursor::new(data)) })
+    }
+}
+
+/// What the snapshot builder needs; built while openraft has the state machine to itself.
+pub struct SnapshotSource {
+    shared: Arc<Shared>,
+    db: sled::Db,
+    snap: sled::Tree,
+}
+
+impl RaftStateMachine<TypeConfig> for StateMachineStore {
+    type SnapshotBuilder = SnapshotSource;
+
+    async fn applied_state(&mut self) -> Result<(Option<LogId>, StoredMembership), StorageError> {
+        let live = self.shared.read();
+        Ok((live.last_applied, live.membership.clone()))
+    }
+
+    async fn apply<I>(&mut self, entries: I) -> Result<Vec<Response>, StorageError>
+    where
+        I: IntoIterator<Item = Entry> + OptionalSend,
+        I::IntoIter: OptionalSend,
+    {
+        let mut batch = sled::Batch::default();
+        let mut replies = Vec::new();
+        let mut notices = Vec::new();
+        let mut live = self.shared.write();
+        for e in entries {
+            live.last_applied = Some(e.log_id);
+            let rev = e.log_id.index;
+            match e.payload {
+                EntryPayload::Blank => replies.push(Response(None)),
+                EntryPayload::Normal(cmd) => {
+                    let out = live.state.apply(rev, &cmd);
+                    if let Ok(changes) = &out {
+                        if !changes.is_empty() {
+                            for c in changes {
+                                persist(&mut batch, c);
+                            }
+                            notices.push((rev, Arc::new(changes.clone())));
+                        }
+                    }
+                    replies.push(Response(Some(crate::state::to_wire(out))));
+                }
+                EntryPayload::Membership(m) => {
+                    live.membership = StoredMembership::new(Some(e.log_id), m);
+                    batch.insert(MEMBERSHIP, encode(&live.membership)?);
+                    replies.push(Response(None));
+                }
+            }
+        }
+        batch.insert(LAST_APPLIED, encode(&live.last_applied)?);
+        self.sm.apply_batch(batch).map_err(write_err)?;
+        for (rev, changes) in notices {
+            if live.history.len() == HISTORY {
+                if let Some((r, _)) = live.history.pop_front() {
+                    live.history_start = r;
+                }
+            }
+            live.history.push_back((rev, changes.clone()));
+            let _ = self.shared.tx.send(Notice::Changes(rev, changes));
+        }
+        Ok(replies)
+    }
+
+    async fn get_snapshot_builder(&mut self) -> Self::SnapshotBuilder {
+        SnapshotSource { shared: self.shared.clone(), db: self.db.clone(), snap: self.snap.clone() }
+    }
+
+    async fn begin_receiving_snapshot(&mut self) -> Result<Box<Cursor<Vec<u8>>>, StorageError> {
+        Ok(Box::new(Cursor::new(Vec::new())))
+    }
+
+    async fn install_snapshot(&mut self, meta: &SnapshotMeta, snapshot: Box<Cursor<Vec<u8>>>) -> Result<(), StorageError> {
+        let data = snapshot.into_inner();
+        // Check it decodes before anything is replaced.
+        let _: SnapshotFile = postcard::from_bytes(&data).map_err(read_err)?;
+        let mut batch = sled::Batch::default();
+        batch.insert("meta", encode(meta)?);
+        batch.insert("data", data.clone());
+        self.snap.apply_batch(batch).map_err(write_err)?;
+        self.db.flush_async().await.map_err(write_err)?;
+        self.restore(&data)?;
+        self.db.flush_async().await.map_err(write_err)?;
+        Ok(())
+    }
+
+    async fn get_current_snapshot(&mut self) -> Result<Option<Snapshot<TypeConfig>>, StorageError> {
+        Ok(self
+            .read_snapshot()?
+            .map(|(meta, data)| Snapshot { meta, snapshot: Box::new(Cursor::new(data)) }))
+    }
+}

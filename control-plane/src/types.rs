@@ -1,0 +1,31 @@
+//! openraft's type configuration for Switchyard.
+
+use std::io::Cursor;
+
+use serde::{Deserialize, Serialize};
+
+use crate::state::{Command, WireOutcome};
+
+/// What `apply` hands back for one entry: the outcome of a command, or nothing for Raft's own
+/// entries (blank, membership).
+#[derive(Debug, Clone, Serialize, Deserialize, Default)]
+pub struct Response(pub Option<WireOutcome>);
+
+openraft::declare_raft_types!(
+    /// Switchyard's Raft types.
+    pub TypeConfig:
+        D = Command,
+        R = Response,
+        NodeId = u64,
+        Node = openraft::BasicNode,
+        Entry = openraft::Entry<TypeConfig>,
+        SnapshotData = Cursor<Vec<u8>>,
+);
+
+pub type NodeId = u64;
+pub type Raft = openraft::Raft<TypeConfig>;
+pub type LogId = openraft::LogId<NodeId>;
+pub type Entry = openraft::Entry<TypeConfig>;
+pub type StorageError = openraft::StorageError<NodeId>;
+pub type StoredMembership = openraft::StoredMembership<NodeId, openraft::BasicNode>;
+pub type SnapshotMeta = openraft::SnapshotMeta<NodeId, openraft::BasicNode>;

@@ -1,0 +1,252 @@
+//! Checks every admin request before it reaches Raft, so a bad request costs one error and
+//! nothing else. These are the syntactic checks; references (does the pool exist?) are checked
+//! again deterministically when the command is applied, since only the log order decides them.
+
+use std::net::IpAddr;
+
+use switchyard_proto::v1::{
+    AdminState, Algorithm, Backend, HealthCheck, HealthCheckKind, Pool, Route, Settings,
+};
+
+use crate::error::ApiError;
+
+/// Weight bounds: 0 takes no new connections (like HAProxy's weight 0); 10,000 leaves room
+/// for fine ratios without overflow in the balancers.
+pub const MAX_WEIGHT: u32 = 10_000;
+pub const DEFAULT_WEIGHT: u32 = 1;
+pub const DEFAULT_DRAIN_TIMEOUT_MS: u64 = 30_000;
+pub const DEFAULT_AFFINITY_TTL_MS: u64 = 30 * 60 * 1000;
+const MAX_NAME: usize = 63;
+
+fn invalid(msg: impl Into<String>) -> ApiError {
+    ApiError::InvalidArgument(msg.into())
+}
+
+/// Names of pools and routes: DNS-label-like, so they are safe in URLs, metrics and shells.
+pub fn name(kind: &str, n: &str) -> Result<(), ApiError> {
+    if n.is_empty() {
+        return Err(invalid(format!("{kind} name must not be empty")));
+    }
+    if n.len() > MAX_NAME {
+        return Err(invalid(format!("{kind} name {n:?} is longer than {MAX_NAME} characters")));
+    }
+    let ok_first = n.as_bytes()[0].is_ascii_alphanumeric();
+    let ok_rest = n
+        .bytes()
+        .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-' || b == b'_' || b == b'.');
+    if !ok_first || !ok_rest {
+        return Err(invalid(format!(
+            "{kind} name {n:?} must start with a letter or digit and use only a-z, 0-9, '-', '_', '.'"
+        )));
+    }
+    Ok(())
+}
+
+/// A backend address: `host:port`, host an IP (v6 in brackets) or a DNS name.
+pub fn address(a: &str) -> Result<(), ApiError> {
+    let bad = |why: &str| invalid(format!("backend address {a:?}: {why} (want host:port)"));
+    let (host, port) = a.rsplit_once(':').ok_or_else(|| bad("no port"))?;
+    let port: u16 = port.parse().map_err(|_| bad("port is not a number from 1 to 65535"))?;
+    if port == 0 {
+        return Err(bad("port 0"));
+    }
+    if let Some(v6) = host.strip_prefix('[').and_then(|h| h.strip_suffix(']')) {
+        return v6.parse::<std::net::Ipv6Addr>().map(|_| ()).map_err(|_| bad("bad IPv6 address"));
+    }
+    if host.parse::<IpAddr>().is_ok() {
+        return Ok(());
+    }
+    hostname(host).map_err(|_| bad("bad host name"))
+}
+
+fn hostname(h: &str) -> Result<(), ()> {
+    if h.is_empty() || h.len() > 253 {
+        return Err(());
+    }
+    for label in h.split('.') {
+        let ok = !label.is_empty()
+            && label.len() <= 63
+            && !label.starts_with('-')
+            && !label.ends_with('-')
+            && label.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-');
+        if !ok {
+            return Err(());
+        }
+    }
+    Ok(())
+}
+
+/// A hash or affinity key spec: `header:NAME`, `cookie:NAME`, `query:NAME` or `ip`.
+pub fn key_spec(what: &str, s: &str) -> Result<(), ApiError> {
+    if s == "ip" {
+        return Ok(());
+    }
+    let bad = || invalid(format!("{what} {s:?} must be header:NAME, cookie:NAME, query:NAME or ip"));
+    let (kind, name) = s.split_once(':').ok_or_else(bad)?;
+    if !matches!(kind, "header" | "cookie" | "query") || name.is_empty() {
+        return Err(bad());
+    }
+    let token = name.bytes().all(|b| b.is_ascii_graphic() && !b"()<>@,;:\\\"/[]?={}".contains(&b));
+    if !token {
+        return Err(invalid(format!("{what} {s:?}: {name:?} is not a valid {kind} name")));
+    }
+    Ok(())
+}
+
+/// Validates a pool and fills defaults, returning the pool to store.
+pub fn pool(mut p: Pool) -> Result<Pool, ApiError> {
+    name("pool", &p.name)?;
+    let algo = Algorithm::try_from(p.algorithm).map_err(|_| invalid(format!("unknown algorithm {}", p.algorithm)))?;
+    if algo == Algorithm::Unspecified {
+        p.algorithm = Algorithm::RoundRobin as i32;
+    }
+    if !p.hash_key.is_empty() {
+        key_spec("hash key", &p.hash_key)?;
+    }
+    if algo == Algorithm::ConsistentHash && p.hash_key.is_empty() {
+        p.hash_key = "ip".into();
+    }
+    if !p.affinity.is_empty() {
+        key_spec("affinity", &p.affinity)?;
+        if p.affinity_ttl_ms == 0 {
+            p.affinity_ttl_ms = DEFAULT_AFFINITY_TTL_MS;
+        }
+    }
+    if p.drain_timeout_ms == 0 {
+        p.drain_timeout_ms = DEFAULT_DRAIN_TIMEOUT_MS;
+    }
+    if p.drain_timeout_ms > 24 * 3600 * 1000 {
+        return Err(invalid("drain timeout must be at most 24h"));
+    }
+    if let Some(hc) = &p.health_check {
+        health_check(hc)?;
+    }
+    p.created_revision = 0;
+    p.updated_revision = 0;
+    Ok(p)
+}
+
+fn health_check(hc: &HealthCheck) -> Result<(), ApiError> {
+    let kind = HealthCheckKind::try_from(hc.kind).map_err(|_| invalid("unknown health check kind"))?;
+    if kind == HealthCheckKind::HealthCheckNone {
+        return Ok(());
+    }
+    if !(100..=3_600_000).contains(&hc.interval_ms) {
+        return Err(invalid("health check interval must be between 100ms and 1h"));
+    }
+    if hc.timeout_ms == 0 || hc.timeout_ms > hc.interval_ms {
+        return Err(invalid("health check timeout must be above 0 and at most the interval"));
+    }
+    if !(1..=100).contains(&hc.rise) || !(1..=100).contains(&hc.fall) {
+        return Err(invalid("health check rise and fall must be between 1 and 100"));
+    }
+    Ok(())
+}
+
+pub fn weight(w: u32) -> Result<(), ApiError> {
+    if w > MAX_WEIGHT {
+        return Err(invalid(format!("weight {w} is above the maximum {MAX_WEIGHT}")));
+    }
+    Ok(())
+}
+
+/// Validates a new backend, returning it with its defaults.
+pub fn backend(mut b: Backend) -> Result<Backend, ApiError> {
+    name("pool", &b.pool)?;
+    address(&b.address)?;
+    weight(b.weight)?;
+    if b.admin_state == AdminState::Unspecified as i32 {
+        b.admin_state = AdminState::Active as i32;
+    }
+    admin_state(b.admin_state)?;
+    b.health = 0;
+    b.updated_revision = 0;
+    Ok(b)
+}
+
+pub fn admin_state(s: i32) -> Result<AdminState, ApiError> {
+    match AdminState::try_from(s) {
+        Ok(AdminState::Unspecified) | Err(_) => Err(invalid(format!("unknown backend state {s}"))),
+        Ok(s) => Ok(s),
+    }
+}
+
+pub fn route(mut r: Route) -> Result<Route, ApiError> {
+    name("route", &r.name)?;
+    name("pool", &r.pool)?;
+    r.host = r.host.to_ascii_lowercase();
+    if !r.host.is_empty() {
+        let h = r.host.strip_prefix("*.").unwrap_or(&r.host);
+        let h = h.rsplit_once(':').filter(|(_, p)| p.parse::<u16>().is_ok()).map_or(h, |(h, _)| h);
+        if hostname(h).is_err() && h.parse::<IpAddr>().is_err() {
+            return Err(invalid(format!("route host {:?} is not a host name", r.host)));
+        }
+    }
+    if !r.path_prefix.is_empty() && !r.path_prefix.starts_with('/') {
+        return Err(invalid(format!("path prefix {:?} must start with '/'", r.path_prefix)));
+    }
+    if r.path_prefix.bytes().any(|b| b.is_ascii_whitespace() || b.is_ascii_control()) {
+        return Err(invalid("path prefix must not contain spaces or control characters"));
+    }
+    r.updated_revision = 0;
+    Ok(r)
+}
+
+/// The settings a fresh cluster starts with.
+pub fn default_settings() -> Settings {
+    Settings {
+        handshake_timeout_ms: 10_000,
+        max_header_bytes: 16 * 1024,
+        max_message_bytes: 16 * 1024 * 1024,
+        idle_timeout_ms: 300_000,
+        ping_interval_ms: 30_000,
+        max_connections_per_ip_per_sec: 0,
+        max_handshakes_per_sec: 0,
+    }
+}
+
+pub fn settings(s: &Settings) -> Result<(), ApiError> {
+    if !(100..=300_000).contains(&s.handshake_timeout_ms) {
+        return Err(invalid("handshake timeout must be between 100ms and 5m"));
+    }
+    if !(1024..=1024 * 1024).contains(&s.max_header_bytes) {
+        return Err(invalid("max header bytes must be between 1 KiB and 1 MiB"));
+    }
+    if !(125..=1024 * 1024 * 1024).contains(&s.max_message_bytes) {
+        return Err(invalid("max message bytes must be between 125 B and 1 GiB"));
+    }
+    if s.idle_timeout_ms != 0 && s.idle_timeout_ms < 1000 {
+        return Err(invalid("idle timeout must be 0 (off) or at least 1s"));
+    }
+    if s.ping_interval_ms != 0 && s.ping_interval_ms < 100 {
+        return Err(invalid("ping interval must be 0 (off) or at least 100ms"));
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn addresses() {
+        for ok in ["127.0.0.1:80", "[::1]:9000", "echo-1.internal:8080", "a:1"] {
+            address(ok).unwrap();
+        }
+        for bad in ["127.0.0.1", "host:0", "host:65536", ":80", "a b:80", "-x:80", "[::1:80"] {
+            assert!(matches!(address(bad), Err(ApiError::InvalidArgument(_))), "{bad}");
+        }
+    }
+
+    #[test]
+    fn names_and_keys() {
+        name("pool", "chat-1").unwrap();
+        assert!(name("pool", "").is_err());
+        assert!(name("pool", "Chat").is_err());
+        assert!(name("pool", &"a".repeat(64)).is_err());
+        key_spec("k", "header:X-User").unwrap();
+        key_spec("k", "ip").unwrap();
+        assert!(key_spec("k", "body:x").is_err());
+        assert!(key_spec("k", "cookie:").is_err());
+    }
+}
