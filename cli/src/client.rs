@@ -1,0 +1,92 @@
+//! Talks to the control plane: tries each endpoint in turn, sticks with the one that
+//! answers. Any node accepts writes (followers forward them to the leader), so following the
+//! leader is the server's job; the client only moves on when a node cannot be reached.
+
+use std::time::Duration;
+
+use anyhow::{bail, Result};
+use switchyard_proto::v1::admin_client::AdminClient;
+use switchyard_proto::v1::discovery_client::DiscoveryClient;
+use switchyard_proto::v1::query_client::QueryClient;
+use tonic::transport::{Channel, Endpoint};
+use tonic::{Code, Status};
+
+pub struct Client {
+    endpoints: Vec<String>,
+    channels: Vec<Channel>,
+    current: usize,
+}
+
+/// Accepts `host:port`, `http://host:port` or `https://host:port`.
+pub fn normalize(e: &str) -> Result<String> {
+    let e = e.trim().trim_end_matches('/');
+    if e.is_empty() {
+        bail!("empty endpoint in --endpoints");
+    }
+    let uri = if e.contains("://") { e.to_string() } else { format!("http://{e}") };
+    let parsed: tonic::transport::Uri = uri.parse().map_err(|_| anyhow::anyhow!("endpoint {e:?} is not host:port"))?;
+    if parsed.port_u16().is_none() || parsed.host().is_none_or(str::is_empty) {
+        bail!("endpoint {e:?} needs a host and a port (host:port)");
+    }
+    Ok(uri)
+}
+
+impl Client {
+    pub fn new(endpoints: &str) -> Result<Client> {
+        let endpoints: Vec<String> = endpoints.split(',').map(normalize).collect::<Result<_>>()?;
+        let channels = endpoints
+            .iter()
+            .map(|e| {
+                Ok(Endpoint::from_shared(e.clone())?
+                    .connect_timeout(Duration::from_secs(1))
+                    .timeout(Duration::from_secs(15))
+                    .tcp_nodelay(true)
+                    .connect_lazy())
+            })
+            .collect::<Result<_>>()?;
+        Ok(Client { endpoints, channels, current: 0 })
+    }
+
+    /// Runs `f` against the endpoints in turn until one answers; a node that is down or has no
+    /// leader yet is skipped, for up to a few seconds in all.
+    pub async fn call<T, F, Fut>(&mut self, f: F) -> Result<T, Status>
+    where
+        F: Fn(Channel) -> Fut,
+        Fut: std::future::Future<Output = Result<T, Status>>,
+    {
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(4);
+        let mut last = None;
+        loop {
+            for _ in 0..self.channels.len() {
+                match f(self.channels[self.current].clone()).await {
+                    Ok(v) => return Ok(v),
+                    Err(s) if retryable(&s) => {
+                        last = Some(Status::new(s.code(), format!("{}: {}", self.endpoints[self.current], s.message())));
+                        self.current = (self.current + 1) % self.channels.len();
+                    }
+                    Err(s) => return Err(s),
+                }
+            }
+            if tokio::time::Instant::now() >= deadline {
+                return Err(last.unwrap_or_else(|| Status::unavailable("no endpoint answered")));
+            }
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+    }
+
+    pub fn admin(c: Channel) -> AdminClient<Channel> {
+        AdminClient::new(c)
+    }
+    pub fn query(c: Channel) -> QueryClient<Channel> {
+        QueryClient::new(c).max_decoding_message_size(256 * 1024 * 1024)
+    }
+    pub fn discovery(c: Channel) -> DiscoveryClient<Channel> {
+        DiscoveryClient::new(c).max_decoding_message_size(256 * 1024 * 1024)
+    }
+}
+
+/// Unreachable nodes are retried elsewhere; a write that timed out waiting for a quorum is
+/// not, because it may still commit and must not be applied twice.
+fn retryable(s: &Status) -> bool {
+    s.code() == Code::Unavailable && !s.message().starts_with("no quorum")
+}
