@@ -1,0 +1,259 @@
+//! A real 3-node control plane: formation, replication, leader loss, membership changes and
+//! snapshots. Each test starts `switchyard-control` processes with their own sled dirs.
+
+use std::collections::BTreeSet;
+use std::time::Duration;
+
+use switchyard_proto::v1::*;
+use switchyard_tests::*;
+use tonic::Code;
+
+fn pool(name: &str) -> CreatePoolRequest {
+    CreatePoolRequest { pool: Some(Pool { name: name.into(), ..Default::default() }) }
+}
+
+async fn pool_names(addr: &str, consistency: Consistency) -> Option<BTreeSet<String>> {
+    let r = query(addr).list_pools(ReadRequest { consistency: consistency as i32 }).await.ok()?;
+    Some(r.into_inner().pools.into_iter().map(|p| p.name).collect())
+}
+
+/// Creates pool `name` through `endpoints` in turn until acknowledged. ALREADY_EXISTS after a
+/// retry means an earlier attempt committed, which counts as acknowledged too.
+async fn create_acked(endpoints: &[String], name: &str, start: usize) -> usize {
+    let mut i = start;
+    let mut tried = false;
+    loop {
+        let addr = &endpoints[i % endpoints.len()];
+        match admin(addr).create_pool(pool(name)).await {
+            Ok(_) => return i,
+            Err(s) if s.code() == Code::AlreadyExists && tried => return i,
+            Err(s) if s.code() == Code::AlreadyExists => panic!("{name} existed before it was written"),
+            Err(_) => {
+                tried = true;
+                i += 1;
+                tokio::time::sleep(Duration::from_millis(10)).await;
+            }
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn three_nodes_elect_a_leader_and_writes_through_any_node_reach_every_node() {
+    let _g = serial();
+    let c = Cluster::start(3, &[]).await;
+    let leader = c.leader(Duration::from_secs(10)).await;
+    assert!((1..=3).contains(&leader));
+    let status = status(&c.nodes[&1].addr).await.unwrap();
+    assert_eq!(status.members.len(), 3);
+    assert!(status.members.iter().all(|m| m.role == MemberRole::Voter as i32));
+
+    // One write through each node, followers included: they forward to the leader.
+    for (id, n) in &c.nodes {
+        let r = admin(&n.addr).create_pool(pool(&format!("via-{id}"))).await.expect("write through node");
+        assert!(r.into_inner().revision > 0);
+    }
+    let want: BTreeSet<String> = (1..=3).map(|i| format!("via-{i}")).collect();
+    for n in c.nodes.values() {
+        // Linearizable reads see every acknowledged write at once, on any node.
+        assert_eq!(pool_names(&n.addr, Consistency::Linearizable).await.unwrap(), want, "node {}", n.id);
+        // Local reads catch up.
+        eventually("local read to catch up", Duration::from_secs(5), || async {
+            (pool_names(&n.addr, Consistency::Local).await? == want).then_some(())
+        })
+        .await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn leader_killed_during_writes_loses_no_acknowledged_write_and_rejoins() {
+    let _g = serial();
+    let mut c = Cluster::start(3, &[]).await;
+    let endpoints: Vec<String> = c.nodes.values().map(|n| n.addr.clone()).collect();
+    let old = c.leader(Duration::from_secs(10)).await;
+
+    let mut acked = Vec::new();
+    let mut next = 0;
+    for i in 0..40 {
+        let name = format!("w-{i}");
+        next = create_acked(&endpoints, &name, next).await;
+        acked.push(name);
+    }
+    c.node(old).kill9();
+    // Writes go on through every endpoint, the dead one included, while a new leader is elected.
+    for i in 40..80 {
+        let name = format!("w-{i}");
+        next = create_acked(&endpoints, &name, next).await;
+        acked.push(name);
+    }
+    let new = c.leader(Duration::from_secs(5)).await;
+    assert_ne!(new, old, "a new leader took over");
+
+    let want: BTreeSet<String> = acked.iter().cloned().collect();
+    for n in c.nodes.values().filter(|n| n.is_running()) {
+        let got = pool_names(&n.addr, Consistency::Linearizable).await.unwrap();
+        assert_eq!(got, want, "node {} has every acknowledged write and nothing else", n.id);
+    }
+
+    // The killed node restarts from its sled dir and catches up.
+    c.node(old).start();
+    let addr = c.nodes[&old].addr.clone();
+    eventually("restarted node to catch up", Duration::from_secs(15), || async {
+        (pool_names(&addr, Consistency::Local).await? == want).then_some(())
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn learner_added_from_snapshot_promoted_and_removed() {
+    let _g = serial();
+    // Snapshot often and keep no log behind it, so a new node can only catch up by snapshot.
+    let c = Cluster::start(3, &["--snapshot-every", "20", "--keep-logs", "0"]).await;
+    let endpoints: Vec<String> = c.nodes.values().map(|n| n.addr.clone()).collect();
+    for i in 0..60 {
+        create_acked(&endpoints, &format!("s-{i}"), i).await;
+    }
+    let leader = c.leader(Duration::from_secs(5)).await;
+    let s = eventually("leader to snapshot and purge its log", Duration::from_secs(10), || async {
+        let s = status(&c.nodes[&leader].addr).await?;
+        (s.snapshot_index > 0 && s.purged_index > 0).then_some(s)
+    })
+    .await;
+    assert!(s.purged_index >= 20, "log compacted: purged up to {}", s.purged_index);
+
+    let port = free_ports(1)[0];
+    let addr4 = format!("127.0.0.1:{port}");
+    let mut flags = test_flags();
+    flags.push("--join".into());
+    let n4 = ControlNode::spawn(4, &addr4, &c.dir.path().join("node-4"), &flags);
+    let cli = |args: &[&str]| {
+        let out = std::process::Command::new(bin("switchyard"))
+            .args(["--endpoints", &c.endpoints(), "--output", "json"])
+            .args(args)
+            .output()
+            .expect("run switchyard");
+        assert!(out.status.success(), "switchyard {args:?}: {}", String::from_utf8_lossy(&out.stderr));
+        serde_json::from_slice::<serde_json::Value>(&out.stdout).expect("json output")
+    };
+    let members = cli(&["cluster", "add-node", "4", &addr4]);
+    assert!(members.as_array().unwrap().iter().any(|m| m["id"] == 4 && m["role"] == "learner"), "{members}");
+
+    let want: BTreeSet<String> = (0..60).map(|i| format!("s-{i}")).collect();
+    eventually("learner to catch up", Duration::from_secs(15), || async {
+        (pool_names(&n4.addr, Consistency::Local).await? == want).then_some(())
+    })
+    .await;
+    let s4 = status(&n4.addr).await.unwrap();
+    assert!(s4.snapshot_index > 0, "node 4 installed a snapshot (its log started at {})", s4.purged_index);
+
+    let members = cli(&["cluster", "promote", "4"]);
+    assert!(members.as_array().unwrap().iter().any(|m| m["id"] == 4 && m["role"] == "voter"), "{members}");
+    // A write through the new voter.
+    admin(&n4.addr).create_pool(pool("after-promote")).await.expect("write via node 4");
+
+    let members = cli(&["cluster", "remove-node", "4"]);
+    assert!(!members.as_array().unwrap().iter().any(|m| m["id"] == 4), "{members}");
+    let status = cli(&["cluster", "status"]);
+    assert_eq!(status["members"].as_array().unwrap().len(), 3, "{status}");
+}
+
+#[derive(Default)]
+struct Seen {
+    revs: Vec<u64>,
+    names: Vec<String>,
+    snapshots: usize,
+}
+
+async fn collect_until(stream: &mut tonic::Streaming<WatchEvent>, seen: &mut Seen, want_pool: &str) {
+    let Seen { revs, names, snapshots } = seen;
+    loop {
+        let ev = tokio::time::timeout(Duration::from_secs(10), stream.message())
+            .await
+            .expect("watch event in time")
+            .expect("stream ok")
+            .expect("stream open");
+        if let Some(last) = revs.last() {
+            assert!(ev.revision > *last, "revision went from {last} to {}", ev.revision);
+        }
+        revs.push(ev.revision);
+        match ev.kind {
+            Some(watch_event::Kind::Snapshot(t)) => {
+                *snapshots += 1;
+                names.extend(t.pools.into_iter().map(|p| p.name))
+            }
+            Some(watch_event::Kind::Changes(cs)) => {
+                for ch in cs.changes {
+                    if let Some(change::Kind::PoolPut(p)) = ch.kind {
+                        names.push(p.name);
+                    }
+                }
+            }
+            None => panic!("empty event"),
+        }
+        if names.iter().any(|n| n == want_pool) {
+            return;
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn watch_from_a_follower_resumes_on_another_node_without_gaps_or_repeats() {
+    let _g = serial();
+    let c = Cluster::start(3, &[]).await;
+    let leader = c.leader(Duration::from_secs(10)).await;
+    let followers: Vec<&ControlNode> = c.nodes.values().filter(|n| n.id != leader).collect();
+    let leader_addr = &c.nodes[&leader].addr;
+    admin(leader_addr).create_pool(pool("before")).await.unwrap();
+
+    let mut seen = Seen::default();
+    let mut s1 = discovery(&followers[0].addr)
+        .watch(WatchRequest { proxy_id: "t".into(), from_revision: 0 })
+        .await
+        .unwrap()
+        .into_inner();
+    for i in 0..20 {
+        admin(leader_addr).create_pool(pool(&format!("a-{i}"))).await.unwrap();
+    }
+    collect_until(&mut s1, &mut seen, "a-19").await;
+    drop(s1); // the stream is cut
+
+    // Written while nobody watches.
+    for i in 0..20 {
+        admin(leader_addr).create_pool(pool(&format!("b-{i}"))).await.unwrap();
+    }
+    let last = *seen.revs.last().unwrap();
+    let mut s2 = discovery(&followers[1].addr)
+        .watch(WatchRequest { proxy_id: "t".into(), from_revision: last })
+        .await
+        .unwrap()
+        .into_inner();
+    collect_until(&mut s2, &mut seen, "b-19").await;
+
+    let mut want = vec!["before".to_string()];
+    want.extend((0..20).map(|i| format!("a-{i}")));
+    want.extend((0..20).map(|i| format!("b-{i}")));
+    assert_eq!(seen.names, want, "every change once, in order");
+    // Resumed from the node's history: change sets only, no second snapshot.
+    assert_eq!(seen.snapshots, 1);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn writes_without_quorum_answer_unavailable_and_reads_fail_fast() {
+    let _g = serial();
+    let mut c = Cluster::start(3, &[]).await;
+    let leader = c.leader(Duration::from_secs(10)).await;
+    let others: Vec<u64> = c.nodes.keys().copied().filter(|i| *i != leader).collect();
+    for id in &others {
+        c.node(*id).kill9();
+    }
+    let addr = c.nodes[&leader].addr.clone();
+    let started = std::time::Instant::now();
+    let err = admin(&addr).create_pool(pool("lost")).await.unwrap_err();
+    assert_eq!(err.code(), Code::Unavailable, "{err:?}");
+    assert!(err.message().contains("no quorum"), "{}", err.message());
+    // Bounded by the node's write timeout (3s here), not hanging until the client gives up.
+    assert!(started.elapsed() < Duration::from_secs(9), "answered in {:?}", started.elapsed());
+    let err = query(&addr).list_pools(ReadRequest { consistency: Consistency::Linearizable as i32 }).await.unwrap_err();
+    assert_eq!(err.code(), Code::Unavailable, "{err:?}");
+    // A local read still answers.
+    assert!(pool_names(&addr, Consistency::Local).await.is_some());
+}
