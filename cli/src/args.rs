@@ -7,7 +7,11 @@ use clap::{Args, Parser, Subcommand};
 use crate::output::Format;
 
 #[derive(Parser, Debug)]
-#[command(name = "switchyard", version, about = "Switchyard: administer the WebSocket load balancer, or run it locally with `switchyard dev`")]
+#[command(
+    name = "switchyard",
+    version,
+    about = "Switchyard: administer the WebSocket load balancer, or run it locally with `switchyard dev`"
+)]
 pub struct Cli {
     /// Control-plane nodes to talk to, comma-separated host:port (scheme optional).
     #[arg(long, global = true, env = "SWITCHYARD_ENDPOINTS", default_value = "127.0.0.1:7400")]
@@ -113,14 +117,18 @@ pub enum PoolCmd {
         opts: PoolOpts,
     },
     List,
-    Get { name: String },
+    Get {
+        name: String,
+    },
     /// Change only the options given.
     Update {
         name: String,
         #[command(flatten)]
         opts: PoolOpts,
     },
-    Delete { name: String },
+    Delete {
+        name: String,
+    },
 }
 
 #[derive(Subcommand, Debug)]
@@ -137,15 +145,33 @@ pub enum BackendCmd {
         labels: Vec<String>,
     },
     /// Backends of one pool, or of all pools.
-    List { pool: Option<String> },
-    SetWeight { pool: String, address: String, weight: u32 },
+    List {
+        pool: Option<String>,
+    },
+    SetWeight {
+        pool: String,
+        address: String,
+        weight: u32,
+    },
     /// Take no new sessions; close existing ones over the pool's drain window.
-    Drain { pool: String, address: String },
+    Drain {
+        pool: String,
+        address: String,
+    },
     /// Back to active.
-    Enable { pool: String, address: String },
+    Enable {
+        pool: String,
+        address: String,
+    },
     /// No new sessions, and existing connections are closed.
-    Disable { pool: String, address: String },
-    Remove { pool: String, address: String },
+    Disable {
+        pool: String,
+        address: String,
+    },
+    Remove {
+        pool: String,
+        address: String,
+    },
 }
 
 #[derive(Subcommand, Debug)]
@@ -161,7 +187,9 @@ pub enum RouteCmd {
         path_prefix: String,
     },
     List,
-    Delete { name: String },
+    Delete {
+        name: String,
+    },
 }
 
 #[derive(Subcommand, Debug)]
@@ -171,8 +199,14 @@ pub enum SessionCmd {
         #[arg(long, default_value_t = 1000)]
         limit: u32,
     },
-    Get { pool: String, key: String },
-    Delete { pool: String, key: String },
+    Get {
+        pool: String,
+        key: String,
+    },
+    Delete {
+        pool: String,
+        key: String,
+    },
 }
 
 #[derive(Subcommand, Debug)]

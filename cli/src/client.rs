@@ -61,7 +61,8 @@ impl Client {
                 match f(self.channels[self.current].clone()).await {
                     Ok(v) => return Ok(v),
                     Err(s) if retryable(&s) => {
-                        last = Some(Status::new(s.code(), format!("{}: {}", self.endpoints[self.current], s.message())));
+                        last =
+                            Some(Status::new(s.code(), format!("{}: {}", self.endpoints[self.current], s.message())));
                         self.current = (self.current + 1) % self.channels.len();
                     }
                     Err(s) => return Err(s),

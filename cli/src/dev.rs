@@ -20,10 +20,8 @@ pub async fn run(args: DevArgs) -> Result<()> {
     };
     let shutdown = CancellationToken::new();
     let ids = [1u64, 2, 3];
-    let addrs: BTreeMap<u64, SocketAddr> = ids
-        .iter()
-        .map(|id| (*id, SocketAddr::from(([127, 0, 0, 1], args.base_port + (*id as u16 - 1)))))
-        .collect();
+    let addrs: BTreeMap<u64, SocketAddr> =
+        ids.iter().map(|id| (*id, SocketAddr::from(([127, 0, 0, 1], args.base_port + (*id as u16 - 1))))).collect();
     let mut nodes = Vec::new();
     for (id, addr) in &addrs {
         let listener = tokio::net::TcpListener::bind(addr)

@@ -127,7 +127,14 @@ impl Ctx {
             Format::Table => {
                 let rows: Vec<Vec<String>> = members
                     .iter()
-                    .map(|m| vec![m.id.to_string(), m.address.clone(), out::role(m.role).into(), if m.leader { "*".into() } else { String::new() }])
+                    .map(|m| {
+                        vec![
+                            m.id.to_string(),
+                            m.address.clone(),
+                            out::role(m.role).into(),
+                            if m.leader { "*".into() } else { String::new() },
+                        ]
+                    })
                     .collect();
                 out::table(&["ID", "ADDRESS", "ROLE", "LEADER"], &rows);
             }
@@ -205,7 +212,9 @@ impl Ctx {
                     .into_inner();
                 match self.format {
                     Format::Json => out::print_json(&json!(r.pools.iter().map(out::pool_json).collect::<Vec<_>>())),
-                    Format::Table => out::table(out::POOL_HEADERS, &r.pools.iter().map(out::pool_row).collect::<Vec<_>>()),
+                    Format::Table => {
+                        out::table(out::POOL_HEADERS, &r.pools.iter().map(out::pool_row).collect::<Vec<_>>())
+                    }
                 }
             }
             Command::Pool(PoolCmd::Get { name }) => {
@@ -261,7 +270,10 @@ impl Ctx {
                     })),
                     Format::Table => {
                         let leader = if s.leader_id == 0 { "none".to_string() } else { s.leader_id.to_string() };
-                        println!("answered by node {} ({}), leader {leader}, term {}, revision {}", s.node_id, s.state, s.term, s.applied_revision);
+                        println!(
+                            "answered by node {} ({}), leader {leader}, term {}, revision {}",
+                            s.node_id, s.state, s.term, s.applied_revision
+                        );
                         self.print_members(&s.members);
                     }
                 }
@@ -337,8 +349,12 @@ impl Ctx {
                     .await?
                     .into_inner();
                 match self.format {
-                    Format::Json => out::print_json(&json!(r.backends.iter().map(out::backend_json).collect::<Vec<_>>())),
-                    Format::Table => out::table(out::BACKEND_HEADERS, &r.backends.iter().map(out::backend_row).collect::<Vec<_>>()),
+                    Format::Json => {
+                        out::print_json(&json!(r.backends.iter().map(out::backend_json).collect::<Vec<_>>()))
+                    }
+                    Format::Table => {
+                        out::table(out::BACKEND_HEADERS, &r.backends.iter().map(out::backend_row).collect::<Vec<_>>())
+                    }
                 }
             }
             BackendCmd::SetWeight { pool, address, weight } => {
@@ -397,7 +413,9 @@ impl Ctx {
                     .into_inner();
                 match self.format {
                     Format::Json => out::print_json(&json!(r.routes.iter().map(out::route_json).collect::<Vec<_>>())),
-                    Format::Table => out::table(out::ROUTE_HEADERS, &r.routes.iter().map(out::route_row).collect::<Vec<_>>()),
+                    Format::Table => {
+                        out::table(out::ROUTE_HEADERS, &r.routes.iter().map(out::route_row).collect::<Vec<_>>())
+                    }
                 }
             }
             RouteCmd::Delete { name } => {

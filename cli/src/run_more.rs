@@ -29,7 +29,15 @@ pub async fn session(ctx: &mut Ctx, s: SessionCmd) -> Result<()> {
                     let rows: Vec<Vec<String>> = r
                         .sessions
                         .iter()
-                        .map(|s| vec![s.pool.clone(), s.key.clone(), s.backend.clone(), s.last_seen_ms.to_string(), s.ttl_ms.to_string()])
+                        .map(|s| {
+                            vec![
+                                s.pool.clone(),
+                                s.key.clone(),
+                                s.backend.clone(),
+                                s.last_seen_ms.to_string(),
+                                s.ttl_ms.to_string(),
+                            ]
+                        })
                         .collect();
                     out::table(&["POOL", "KEY", "BACKEND", "LAST SEEN (ms)", "TTL (ms)"], &rows);
                 }
@@ -141,7 +149,7 @@ pub async fn settings(ctx: &mut Ctx, s: SettingsCmd) -> Result<()> {
             let r = ctx
                 .client
                 .call(|c| {
-                    let req = UpdateSettingsRequest { settings: Some(s.clone()), update_mask: mask.clone() };
+                    let req = UpdateSettingsRequest { settings: Some(s), update_mask: mask.clone() };
                     async move { Client::admin(c).update_settings(req).await }
                 })
                 .await?

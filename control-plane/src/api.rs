@@ -36,7 +36,9 @@ pub fn router(node: Arc<NodeInner>) -> Router {
         .add_service(reflection)
         .add_service(AdminServer::new(admin::AdminService(node.clone())))
         .add_service(QueryServer::new(query::QueryService(node.clone())).max_encoding_message_size(MAX_MESSAGE))
-        .add_service(DiscoveryServer::new(discovery::DiscoveryService(node.clone())).max_encoding_message_size(MAX_MESSAGE))
+        .add_service(
+            DiscoveryServer::new(discovery::DiscoveryService(node.clone())).max_encoding_message_size(MAX_MESSAGE),
+        )
         .add_service(
             RaftServer::new(peer::PeerService(node))
                 .max_decoding_message_size(MAX_MESSAGE)

@@ -81,10 +81,8 @@ pub fn parse_initial_cluster(s: &str) -> Result<BTreeMap<NodeId, String>, NodeEr
         let (id, addr) = part
             .split_once('=')
             .ok_or_else(|| NodeError::Config(format!("--initial-cluster entry {part:?} is not ID=HOST:PORT")))?;
-        let id: NodeId = id
-            .trim()
-            .parse()
-            .map_err(|_| NodeError::Config(format!("--initial-cluster: {id:?} is not a node id")))?;
+        let id: NodeId =
+            id.trim().parse().map_err(|_| NodeError::Config(format!("--initial-cluster: {id:?} is not a node id")))?;
         let addr = addr.trim();
         crate::validate::address(addr)
             .map_err(|_| NodeError::Config(format!("--initial-cluster: {addr:?} is not host:port")))?;
@@ -111,10 +109,8 @@ impl Args {
             Some(l) => l,
             None => DEFAULT_LISTEN.parse().expect("default is valid"),
         };
-        let data_dir = self
-            .data_dir
-            .or(file.data_dir)
-            .unwrap_or_else(|| PathBuf::from(format!("switchyard-data-{id}")));
+        let data_dir =
+            self.data_dir.or(file.data_dir).unwrap_or_else(|| PathBuf::from(format!("switchyard-data-{id}")));
         let mut c = NodeConfig::new(id, listen, data_dir);
         c.advertise = self.advertise.or(file.advertise);
         if let Some(ic) = self.initial_cluster.or(file.initial_cluster) {
@@ -152,7 +148,8 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let f = dir.path().join("c.toml");
         std::fs::write(&f, "id = 2\nlisten = \"127.0.0.1:9000\"\ninitial-cluster = \"1=a:1,2=b:2\"\n").unwrap();
-        let args = Args { config: Some(f.clone()), listen: Some("127.0.0.1:9001".parse().unwrap()), ..Default::default() };
+        let args =
+            Args { config: Some(f.clone()), listen: Some("127.0.0.1:9001".parse().unwrap()), ..Default::default() };
         let c = args.into_config().unwrap();
         assert_eq!(c.id, 2);
         assert_eq!(c.listen.port(), 9001);

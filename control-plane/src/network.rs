@@ -6,8 +6,8 @@ use std::time::Duration;
 use openraft::error::{InstallSnapshotError, NetworkError, RPCError, RaftError, RemoteError, Unreachable};
 use openraft::network::{RPCOption, RaftNetwork, RaftNetworkFactory};
 use openraft::raft::{
-    AppendEntriesRequest, AppendEntriesResponse, InstallSnapshotRequest, InstallSnapshotResponse,
-    VoteRequest, VoteResponse,
+    AppendEntriesRequest, AppendEntriesResponse, InstallSnapshotRequest, InstallSnapshotResponse, VoteRequest,
+    VoteResponse,
 };
 use openraft::BasicNode;
 use serde::de::DeserializeOwned;
@@ -34,9 +34,7 @@ pub fn channel(addr: &str) -> Result<Channel, tonic::transport::Error> {
 }
 
 pub fn client(addr: &str) -> Result<RaftClient<Channel>, tonic::transport::Error> {
-    Ok(RaftClient::new(channel(addr)?)
-        .max_decoding_message_size(MAX_MESSAGE)
-        .max_encoding_message_size(MAX_MESSAGE))
+    Ok(RaftClient::new(channel(addr)?).max_decoding_message_size(MAX_MESSAGE).max_encoding_message_size(MAX_MESSAGE))
 }
 
 pub fn encode<T: Serialize>(v: &T) -> Vec<u8> {
@@ -94,7 +92,11 @@ impl Peer {
         let reply = match reply {
             Ok(r) => r.into_inner(),
             Err(s) if s.code() == tonic::Code::Unavailable => {
-                return Err(RPCError::Unreachable(Unreachable::new(&Msg(format!("node {}: {}", self.target, s.message())))))
+                return Err(RPCError::Unreachable(Unreachable::new(&Msg(format!(
+                    "node {}: {}",
+                    self.target,
+                    s.message()
+                )))))
             }
             Err(s) => return Err(RPCError::Network(NetworkError::new(&Msg(format!("node {}: {s}", self.target))))),
         };
@@ -117,7 +119,8 @@ impl RaftNetwork<TypeConfig> for Peer {
         &mut self,
         rpc: InstallSnapshotRequest<TypeConfig>,
         option: RPCOption,
-    ) -> Result<InstallSnapshotResponse<NodeId>, RPCError<NodeId, BasicNode, RaftError<NodeId, InstallSnapshotError>>> {
+    ) -> Result<InstallSnapshotResponse<NodeId>, RPCError<NodeId, BasicNode, RaftError<NodeId, InstallSnapshotError>>>
+    {
         self.call("snapshot", &rpc, &option).await
     }
 

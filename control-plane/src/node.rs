@@ -82,7 +82,10 @@ impl NodeConfig {
         if self.join && !self.initial_cluster.is_empty() {
             return bad("--join and --initial-cluster are exclusive: a joining node is added with `switchyard cluster add-node`".into());
         }
-        if self.heartbeat_ms == 0 || self.election_min_ms <= self.heartbeat_ms * 2 || self.election_max_ms <= self.election_min_ms {
+        if self.heartbeat_ms == 0
+            || self.election_min_ms <= self.heartbeat_ms * 2
+            || self.election_max_ms <= self.election_min_ms
+        {
             return bad("need 0 < heartbeat < election-min/2 and election-min < election-max".into());
         }
         Ok(())
@@ -142,7 +145,11 @@ pub struct Node {
 
 impl Node {
     /// Opens the data dir, starts Raft and serves gRPC on `listener` until `shutdown`.
-    pub async fn start(config: NodeConfig, listener: TcpListener, shutdown: CancellationToken) -> Result<Node, NodeError> {
+    pub async fn start(
+        config: NodeConfig,
+        listener: TcpListener,
+        shutdown: CancellationToken,
+    ) -> Result<Node, NodeError> {
         config.validate()?;
         let db = {
             let dir = config.data_dir.clone();
@@ -286,9 +293,15 @@ impl NodeInner {
             LeaderOp::Promote { id } => {
                 self.ensure_leader()?;
                 match self.members().iter().find(|m| m.id == id) {
-                    None => return Err(ExecError::Api(ApiError::NotFound(format!("node {id} is not a member; add it first")))),
+                    None => {
+                        return Err(ExecError::Api(ApiError::NotFound(format!(
+                            "node {id} is not a member; add it first"
+                        ))))
+                    }
                     Some(m) if m.role == MemberRole::Voter as i32 => {
-                        return Err(ExecError::Api(ApiError::FailedPrecondition(format!("node {id} is already a voter"))))
+                        return Err(ExecError::Api(ApiError::FailedPrecondition(format!(
+                            "node {id} is already a voter"
+                        ))))
                     }
                     _ => {}
                 }
@@ -325,9 +338,7 @@ impl NodeInner {
         if m.current_leader == Some(self.id) {
             return Ok(());
         }
-        let addr = m
-            .current_leader
-            .and_then(|l| m.membership_config.membership().get_node(&l).map(|n| n.addr.clone()));
+        let addr = m.current_leader.and_then(|l| m.membership_config.membership().get_node(&l).map(|n| n.addr.clone()));
         Err(ExecError::NotLeader(addr))
     }
 

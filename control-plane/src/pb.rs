@@ -17,9 +17,7 @@ impl<T: Message> Serialize for Pb<T> {
 impl<'de, T: Message + Default> Deserialize<'de> for Pb<T> {
     fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
         let bytes: Vec<u8> = serde_bytes_vec(d)?;
-        T::decode(bytes.as_slice())
-            .map(Pb)
-            .map_err(serde::de::Error::custom)
+        T::decode(bytes.as_slice()).map(Pb).map_err(serde::de::Error::custom)
     }
 }
 

@@ -5,8 +5,8 @@ use std::collections::BTreeMap;
 
 use serde::{Deserialize, Serialize};
 use switchyard_proto::v1::{
-    change, AdminState, Backend, BackendRef, Change, Health, Pool, Route, SessionBinding,
-    SessionRef, Settings, Topology,
+    change, AdminState, Backend, BackendRef, Change, Health, Pool, Route, SessionBinding, SessionRef, Settings,
+    Topology,
 };
 
 use crate::error::ApiError;
@@ -17,21 +17,54 @@ use crate::validate;
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub enum Command {
     CreatePool(Pb<Pool>),
-    UpdatePool { pool: Pb<Pool>, mask: Vec<String> },
-    DeletePool { name: String },
+    UpdatePool {
+        pool: Pb<Pool>,
+        mask: Vec<String>,
+    },
+    DeletePool {
+        name: String,
+    },
     AddBackend(Pb<Backend>),
-    SetBackendWeight { pool: String, address: String, weight: u32 },
-    SetBackendState { pool: String, address: String, state: i32 },
-    SetBackendHealth { pool: String, address: String, health: i32 },
-    RemoveBackend { pool: String, address: String },
+    SetBackendWeight {
+        pool: String,
+        address: String,
+        weight: u32,
+    },
+    SetBackendState {
+        pool: String,
+        address: String,
+        state: i32,
+    },
+    SetBackendHealth {
+        pool: String,
+        address: String,
+        health: i32,
+    },
+    RemoveBackend {
+        pool: String,
+        address: String,
+    },
     SetRoute(Pb<Route>),
-    DeleteRoute { name: String },
-    UpdateSettings { settings: Pb<Settings>, mask: Vec<String> },
+    DeleteRoute {
+        name: String,
+    },
+    UpdateSettings {
+        settings: Pb<Settings>,
+        mask: Vec<String>,
+    },
     /// New or refreshed bindings reported by proxies; the first writer of a key wins.
-    BindSessions { now_ms: u64, bindings: Vec<Pb<SessionBinding>> },
+    BindSessions {
+        now_ms: u64,
+        bindings: Vec<Pb<SessionBinding>>,
+    },
     /// Drops bindings whose TTL has passed at `now_ms`.
-    ExpireSessions { now_ms: u64 },
-    DeleteSession { pool: String, key: String },
+    ExpireSessions {
+        now_ms: u64,
+    },
+    DeleteSession {
+        pool: String,
+        key: String,
+    },
 }
 
 /// What applying one command did: the changes it made, or why it made none.
@@ -156,25 +189,19 @@ impl State {
                 self.backends.insert(k, b.clone());
                 Ok(vec![put(change::Kind::BackendPut(b))])
             }
-            Command::SetBackendWeight { pool, address, weight } => {
-                self.update_backend(rev, pool, address, |b| {
-                    b.weight = *weight;
-                    Ok(())
-                })
-            }
-            Command::SetBackendState { pool, address, state } => {
-                self.update_backend(rev, pool, address, |b| {
-                    b.admin_state = *state;
-                    Ok(())
-                })
-            }
-            Command::SetBackendHealth { pool, address, health } => {
-                self.update_backend(rev, pool, address, |b| {
-                    Health::try_from(*health).map_err(|_| ApiError::InvalidArgument("bad health".into()))?;
-                    b.health = *health;
-                    Ok(())
-                })
-            }
+            Command::SetBackendWeight { pool, address, weight } => self.update_backend(rev, pool, address, |b| {
+                b.weight = *weight;
+                Ok(())
+            }),
+            Command::SetBackendState { pool, address, state } => self.update_backend(rev, pool, address, |b| {
+                b.admin_state = *state;
+                Ok(())
+            }),
+            Command::SetBackendHealth { pool, address, health } => self.update_backend(rev, pool, address, |b| {
+                Health::try_from(*health).map_err(|_| ApiError::InvalidArgument("bad health".into()))?;
+                b.health = *health;
+                Ok(())
+            }),
             Command::RemoveBackend { pool, address } => {
                 let k = (pool.clone(), address.clone());
                 if self.backends.remove(&k).is_none() {
@@ -213,9 +240,9 @@ impl State {
                 Ok(vec![put(change::Kind::RouteDeleted(name.clone()))])
             }
             Command::UpdateSettings { settings: Pb(new), mask } => {
-                let mut s = self.settings.clone();
+                let mut s = self.settings;
                 if mask.is_empty() {
-                    s = new.clone();
+                    s = *new;
                 }
                 for field in mask {
                     match field.as_str() {
@@ -228,23 +255,18 @@ impl State {
                             s.max_connections_per_ip_per_sec = new.max_connections_per_ip_per_sec
                         }
                         "max_handshakes_per_sec" => s.max_handshakes_per_sec = new.max_handshakes_per_sec,
-                        other => {
-                            return Err(ApiError::InvalidArgument(format!("settings have no field {other:?}")))
-                        }
+                        other => return Err(ApiError::InvalidArgument(format!("settings have no field {other:?}"))),
                     }
                 }
                 validate::settings(&s)?;
-                self.settings = s.clone();
+                self.settings = s;
                 Ok(vec![put(change::Kind::SettingsPut(s))])
             }
             Command::BindSessions { now_ms, bindings } => {
                 let mut out = Vec::new();
                 for Pb(b) in bindings {
                     let k = (b.pool.clone(), b.key.clone());
-                    let usable = self
-                        .backends
-                        .get(&(b.pool.clone(), b.backend.clone()))
-                        .is_some_and(usable_backend);
+                    let usable = self.backends.get(&(b.pool.clone(), b.backend.clone())).is_some_and(usable_backend);
                     match self.sessions.get_mut(&k) {
                         // Same backend: refresh. A different backend replaces the binding only
                         // when the bound one is no longer usable; otherwise the first writer wins.
@@ -253,10 +275,8 @@ impl State {
                             out.push(put(change::Kind::SessionPut(cur.clone())));
                         }
                         Some(cur) => {
-                            let cur_usable = self
-                                .backends
-                                .get(&(cur.pool.clone(), cur.backend.clone()))
-                                .is_some_and(usable_backend);
+                            let cur_usable =
+                                self.backends.get(&(cur.pool.clone(), cur.backend.clone())).is_some_and(usable_backend);
                             if !cur_usable && usable {
                                 cur.backend = b.backend.clone();
                                 cur.last_seen_ms = *now_ms;
@@ -265,11 +285,7 @@ impl State {
                             }
                         }
                         None if usable && self.pools.contains_key(&b.pool) => {
-                            let ttl = if b.ttl_ms > 0 {
-                                b.ttl_ms
-                            } else {
-                                self.pools[&b.pool].affinity_ttl_ms.max(1)
-                            };
+                            let ttl = if b.ttl_ms > 0 { b.ttl_ms } else { self.pools[&b.pool].affinity_ttl_ms.max(1) };
                             let nb = SessionBinding {
                                 pool: b.pool.clone(),
                                 key: b.key.clone(),
@@ -305,10 +321,7 @@ impl State {
                 if self.sessions.remove(&(pool.clone(), key.clone())).is_none() {
                     return Err(ApiError::NotFound(format!("no session {key:?} in pool {pool:?}")));
                 }
-                Ok(vec![put(change::Kind::SessionRemoved(SessionRef {
-                    pool: pool.clone(),
-                    key: key.clone(),
-                }))])
+                Ok(vec![put(change::Kind::SessionRemoved(SessionRef { pool: pool.clone(), key: key.clone() }))])
             }
         }
     }
@@ -320,10 +333,8 @@ impl State {
         address: &str,
         f: impl FnOnce(&mut Backend) -> Result<(), ApiError>,
     ) -> Outcome {
-        let b = self
-            .backends
-            .get_mut(&(pool.to_string(), address.to_string()))
-            .ok_or_else(|| no_backend(pool, address))?;
+        let b =
+            self.backends.get_mut(&(pool.to_string(), address.to_string())).ok_or_else(|| no_backend(pool, address))?;
         let mut nb = b.clone();
         f(&mut nb)?;
         if nb == *b {
@@ -359,7 +370,7 @@ impl State {
 
     /// The whole state as a list of puts, in a stable order.
     pub fn as_changes(&self) -> Vec<Change> {
-        let mut out = vec![put(change::Kind::SettingsPut(self.settings.clone()))];
+        let mut out = vec![put(change::Kind::SettingsPut(self.settings))];
         out.extend(self.pools.values().map(|p| put(change::Kind::PoolPut(p.clone()))));
         out.extend(self.backends.values().map(|b| put(change::Kind::BackendPut(b.clone()))));
         out.extend(self.routes.values().map(|r| put(change::Kind::RoutePut(r.clone()))));
@@ -374,7 +385,7 @@ impl State {
             pools: self.pools.values().cloned().collect(),
             backends: self.backends.values().cloned().collect(),
             routes: self.routes.values().cloned().collect(),
-            settings: Some(self.settings.clone()),
+            settings: Some(self.settings),
             sessions: self.sessions.values().cloned().collect(),
         }
     }
@@ -382,18 +393,10 @@ impl State {
     pub fn from_topology(t: Topology) -> State {
         State {
             pools: t.pools.into_iter().map(|p| (p.name.clone(), p)).collect(),
-            backends: t
-                .backends
-                .into_iter()
-                .map(|b| ((b.pool.clone(), b.address.clone()), b))
-                .collect(),
+            backends: t.backends.into_iter().map(|b| ((b.pool.clone(), b.address.clone()), b)).collect(),
             routes: t.routes.into_iter().map(|r| (r.name.clone(), r)).collect(),
             settings: t.settings.unwrap_or_else(validate::default_settings),
-            sessions: t
-                .sessions
-                .into_iter()
-                .map(|s| ((s.pool.clone(), s.key.clone()), s))
-                .collect(),
+            sessions: t.sessions.into_iter().map(|s| ((s.pool.clone(), s.key.clone()), s)).collect(),
         }
     }
 }

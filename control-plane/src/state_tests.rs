@@ -57,7 +57,13 @@ fn sessions_first_writer_wins_and_expire_by_command_time() {
     s.apply(3, &backend("p", "b:1")).unwrap();
     let bind = |b: &str, now| Command::BindSessions {
         now_ms: now,
-        bindings: vec![Pb(SessionBinding { pool: "p".into(), key: "k".into(), backend: b.into(), ttl_ms: 100, ..Default::default() })],
+        bindings: vec![Pb(SessionBinding {
+            pool: "p".into(),
+            key: "k".into(),
+            backend: b.into(),
+            ttl_ms: 100,
+            ..Default::default()
+        })],
     };
     s.apply(4, &bind("a:1", 1000)).unwrap();
     s.apply(5, &bind("b:1", 1001)).unwrap();
@@ -68,7 +74,11 @@ fn sessions_first_writer_wins_and_expire_by_command_time() {
     assert!(s.sessions.is_empty());
     // A binding to a drained backend is replaced by the next report.
     s.apply(8, &bind("a:1", 2000)).unwrap();
-    s.apply(9, &Command::SetBackendState { pool: "p".into(), address: "a:1".into(), state: AdminState::Draining as i32 }).unwrap();
+    s.apply(
+        9,
+        &Command::SetBackendState { pool: "p".into(), address: "a:1".into(), state: AdminState::Draining as i32 },
+    )
+    .unwrap();
     s.apply(10, &bind("b:1", 2001)).unwrap();
     assert_eq!(s.sessions[&("p".into(), "k".into())].backend, "b:1");
 }

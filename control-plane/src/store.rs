@@ -16,6 +16,7 @@ use crate::types::StorageError;
 pub fn open(dir: &Path, node_id: u64) -> Result<sled::Db, NodeError> {
     let path = dir.display().to_string();
     let err = |reason: String| NodeError::DataDir { path: path.clone(), reason };
+    let existed = dir.join("conf").exists();
     if dir.exists() {
         let entries: Vec<_> = std::fs::read_dir(dir)?.filter_map(|e| e.ok()).collect();
         let looks_like_sled = entries.iter().any(|e| e.file_name() == "conf" || e.file_name() == "db");
@@ -36,6 +37,13 @@ pub fn open(dir: &Path, node_id: u64) -> Result<sled::Db, NodeError> {
             if owner != node_id {
                 return Err(err(format!("belongs to node {owner}, not node {node_id}")));
             }
+        }
+        // sled drops what fails its checksums as if it were a torn write; a database that was
+        // set up before but lost even its identity is corrupt, not new.
+        None if existed => {
+            return Err(err("holds a sled database without this node's identity: it is corrupt \
+                 (or its first start never finished); move it aside to start the node empty"
+                .into()))
         }
         None => {
             meta.insert("node_id", postcard::to_stdvec(&node_id).expect("u64 encodes"))

@@ -4,9 +4,7 @@
 
 use std::net::IpAddr;
 
-use switchyard_proto::v1::{
-    AdminState, Algorithm, Backend, HealthCheck, HealthCheckKind, Pool, Route, Settings,
-};
+use switchyard_proto::v1::{AdminState, Algorithm, Backend, HealthCheck, HealthCheckKind, Pool, Route, Settings};
 
 use crate::error::ApiError;
 
@@ -31,9 +29,8 @@ pub fn name(kind: &str, n: &str) -> Result<(), ApiError> {
         return Err(invalid(format!("{kind} name {n:?} is longer than {MAX_NAME} characters")));
     }
     let ok_first = n.as_bytes()[0].is_ascii_alphanumeric();
-    let ok_rest = n
-        .bytes()
-        .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-' || b == b'_' || b == b'.');
+    let ok_rest =
+        n.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-' || b == b'_' || b == b'.');
     if !ok_first || !ok_rest {
         return Err(invalid(format!(
             "{kind} name {n:?} must start with a letter or digit and use only a-z, 0-9, '-', '_', '.'"

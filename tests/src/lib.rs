@@ -5,7 +5,6 @@ use std::collections::BTreeMap;
 use std::net::TcpListener;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
-use std::sync::{Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
 use switchyard_proto::v1::admin_client::AdminClient;
@@ -16,10 +15,10 @@ use tonic::transport::{Channel, Endpoint};
 
 /// Cluster tests elect leaders on timers; run them one at a time so two clusters do not
 /// starve each other of the machine's two cores.
-static HEAVY: Mutex<()> = Mutex::new(());
+static HEAVY: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
 
-pub fn serial() -> MutexGuard<'static, ()> {
-    HEAVY.lock().unwrap_or_else(|e| e.into_inner())
+pub async fn serial() -> tokio::sync::MutexGuard<'static, ()> {
+    HEAVY.lock().await
 }
 
 /// A workspace binary, built by `cargo test --workspace` (or `cargo build --bins`).
@@ -27,7 +26,11 @@ pub fn bin(name: &str) -> PathBuf {
     let exe = std::env::current_exe().expect("test binary path");
     let dir = exe.parent().and_then(Path::parent).expect("target dir");
     let p = dir.join(name);
-    assert!(p.exists(), "{} is missing: run `cargo build --workspace --bins` (or `cargo test --workspace`) first", p.display());
+    assert!(
+        p.exists(),
+        "{} is missing: run `cargo build --workspace --bins` (or `cargo test --workspace`) first",
+        p.display()
+    );
     p
 }
 
@@ -175,7 +178,8 @@ impl Cluster {
     pub async fn start(n: u64, extra: &[&str]) -> Cluster {
         let dir = tempfile::tempdir().expect("temp dir");
         let ports = free_ports(n as usize);
-        let addrs: BTreeMap<u64, String> = (1..=n).map(|i| (i, format!("127.0.0.1:{}", ports[i as usize - 1]))).collect();
+        let addrs: BTreeMap<u64, String> =
+            (1..=n).map(|i| (i, format!("127.0.0.1:{}", ports[i as usize - 1]))).collect();
         let initial = addrs.iter().map(|(i, a)| format!("{i}={a}")).collect::<Vec<_>>().join(",");
         let mut flags = test_flags();
         flags.extend(["--initial-cluster".to_string(), initial]);

@@ -39,7 +39,7 @@ async fn create_acked(endpoints: &[String], name: &str, start: usize) -> usize {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn three_nodes_elect_a_leader_and_writes_through_any_node_reach_every_node() {
-    let _g = serial();
+    let _g = serial().await;
     let c = Cluster::start(3, &[]).await;
     let leader = c.leader(Duration::from_secs(10)).await;
     assert!((1..=3).contains(&leader));
@@ -66,7 +66,7 @@ async fn three_nodes_elect_a_leader_and_writes_through_any_node_reach_every_node
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn leader_killed_during_writes_loses_no_acknowledged_write_and_rejoins() {
-    let _g = serial();
+    let _g = serial().await;
     let mut c = Cluster::start(3, &[]).await;
     let endpoints: Vec<String> = c.nodes.values().map(|n| n.addr.clone()).collect();
     let old = c.leader(Duration::from_secs(10)).await;
@@ -105,7 +105,7 @@ async fn leader_killed_during_writes_loses_no_acknowledged_write_and_rejoins() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn learner_added_from_snapshot_promoted_and_removed() {
-    let _g = serial();
+    let _g = serial().await;
     // Snapshot often and keep no log behind it, so a new node can only catch up by snapshot.
     let c = Cluster::start(3, &["--snapshot-every", "20", "--keep-logs", "0"]).await;
     let endpoints: Vec<String> = c.nodes.values().map(|n| n.addr.clone()).collect();
@@ -197,7 +197,7 @@ async fn collect_until(stream: &mut tonic::Streaming<WatchEvent>, seen: &mut See
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn watch_from_a_follower_resumes_on_another_node_without_gaps_or_repeats() {
-    let _g = serial();
+    let _g = serial().await;
     let c = Cluster::start(3, &[]).await;
     let leader = c.leader(Duration::from_secs(10)).await;
     let followers: Vec<&ControlNode> = c.nodes.values().filter(|n| n.id != leader).collect();
@@ -238,7 +238,7 @@ async fn watch_from_a_follower_resumes_on_another_node_without_gaps_or_repeats()
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn writes_without_quorum_answer_unavailable_and_reads_fail_fast() {
-    let _g = serial();
+    let _g = serial().await;
     let mut c = Cluster::start(3, &[]).await;
     let leader = c.leader(Duration::from_secs(10)).await;
     let others: Vec<u64> = c.nodes.keys().copied().filter(|i| *i != leader).collect();

@@ -40,7 +40,12 @@ const POOL_FIELDS: &[&str] = &[
 ];
 
 impl AdminService {
-    async fn backend_write(&self, pool: String, address: String, cmd: Command) -> Result<Response<BackendReply>, Status> {
+    async fn backend_write(
+        &self,
+        pool: String,
+        address: String,
+        cmd: Command,
+    ) -> Result<Response<BackendReply>, Status> {
         validate::name("pool", &pool)?;
         validate::address(&address)?;
         let (revision, changes) = self.0.write(cmd).await?;
@@ -53,7 +58,9 @@ impl AdminService {
 
     async fn membership(&self, op: LeaderOp) -> Result<Response<MembershipReply>, Status> {
         match self.0.execute(op).await? {
-            LeaderReply::Membership { revision } => Ok(Response::new(MembershipReply { revision, members: self.0.members() })),
+            LeaderReply::Membership { revision } => {
+                Ok(Response::new(MembershipReply { revision, members: self.0.members() }))
+            }
             other => Err(ApiError::Internal(format!("unexpected reply {other:?}")).into()),
         }
     }
@@ -76,7 +83,9 @@ impl Admin for AdminService {
         }
         for f in &req.update_mask {
             if !POOL_FIELDS.contains(&f.as_str()) {
-                return Err(Status::invalid_argument(format!("pool field {f:?} cannot be updated; fields: {POOL_FIELDS:?}")));
+                return Err(Status::invalid_argument(format!(
+                    "pool field {f:?} cannot be updated; fields: {POOL_FIELDS:?}"
+                )));
             }
         }
         // Check the new values on their own; the merged pool is checked again when applied.
@@ -100,7 +109,10 @@ impl Admin for AdminService {
         Ok(Response::new(BackendReply { revision, backend: backend_of(&changes) }))
     }
 
-    async fn set_backend_weight(&self, req: Request<SetBackendWeightRequest>) -> Result<Response<BackendReply>, Status> {
+    async fn set_backend_weight(
+        &self,
+        req: Request<SetBackendWeightRequest>,
+    ) -> Result<Response<BackendReply>, Status> {
         let r = req.into_inner();
         validate::weight(r.weight)?;
         let cmd = Command::SetBackendWeight { pool: r.pool.clone(), address: r.address.clone(), weight: r.weight };
@@ -145,9 +157,10 @@ impl Admin for AdminService {
         if r.update_mask.is_empty() {
             validate::settings(&settings)?;
         }
-        let (revision, changes) = self.0.write(Command::UpdateSettings { settings: Pb(settings), mask: r.update_mask }).await?;
+        let (revision, changes) =
+            self.0.write(Command::UpdateSettings { settings: Pb(settings), mask: r.update_mask }).await?;
         let settings = changes.iter().find_map(|c| match &c.kind {
-            Some(change::Kind::SettingsPut(s)) => Some(s.clone()),
+            Some(change::Kind::SettingsPut(s)) => Some(*s),
             _ => None,
         });
         Ok(Response::new(SettingsReply { revision, settings }))
@@ -168,9 +181,8 @@ impl Admin for AdminService {
         if r.id == 0 {
             return Err(Status::invalid_argument("node id must be 1 or more"));
         }
-        validate::address(&r.address).map_err(|_| {
-            Status::invalid_argument(format!("node address {:?} must be host:port", r.address))
-        })?;
+        validate::address(&r.address)
+            .map_err(|_| Status::invalid_argument(format!("node address {:?} must be host:port", r.address)))?;
         self.membership(LeaderOp::AddNode { id: r.id, addr: r.address }).await
     }
 

@@ -44,18 +44,19 @@ impl Discovery for DiscoveryService {
         let from = req.from_revision;
         if from > node.shared.read().revision() {
             // This node is behind what the watcher already has; never send it backwards.
-            node.raft
-                .wait(Some(CATCH_UP))
-                .applied_index_at_least(Some(from), "watch resume")
-                .await
-                .map_err(|_| Status::unavailable(format!("this node has not reached revision {from} yet; try another")))?;
+            node.raft.wait(Some(CATCH_UP)).applied_index_at_least(Some(from), "watch resume").await.map_err(|_| {
+                Status::unavailable(format!("this node has not reached revision {from} yet; try another"))
+            })?;
         }
         let (first, mut rx, mut last) = {
             let (live, rx) = node.shared.subscribe();
             let rev = live.revision();
             let first: Vec<WatchEvent> = match (from > 0).then(|| live.changes_since(from)).flatten() {
                 Some(changes) => changes.iter().map(|(r, c)| changes_event(*r, c)).collect(),
-                None => vec![WatchEvent { revision: rev, kind: Some(watch_event::Kind::Snapshot(live.state.to_topology(rev))) }],
+                None => vec![WatchEvent {
+                    revision: rev,
+                    kind: Some(watch_event::Kind::Snapshot(live.state.to_topology(rev))),
+                }],
             };
             (first, rx, rev.max(from))
         };

@@ -33,7 +33,10 @@ impl Query for QueryService {
 
     async fn list_pools(&self, req: Request<ReadRequest>) -> Result<Response<ListPoolsReply>, Status> {
         let v = self.view(req.into_inner().consistency).await?;
-        Ok(Response::new(ListPoolsReply { revision: v.0.revision(), pools: v.0.state.pools.values().cloned().collect() }))
+        Ok(Response::new(ListPoolsReply {
+            revision: v.0.revision(),
+            pools: v.0.state.pools.values().cloned().collect(),
+        }))
     }
 
     async fn get_pool(&self, req: Request<GetPoolRequest>) -> Result<Response<Pool>, Status> {
@@ -63,27 +66,29 @@ impl Query for QueryService {
 
     async fn list_routes(&self, req: Request<ReadRequest>) -> Result<Response<ListRoutesReply>, Status> {
         let v = self.view(req.into_inner().consistency).await?;
-        Ok(Response::new(ListRoutesReply { revision: v.0.revision(), routes: v.0.state.routes.values().cloned().collect() }))
+        Ok(Response::new(ListRoutesReply {
+            revision: v.0.revision(),
+            routes: v.0.state.routes.values().cloned().collect(),
+        }))
     }
 
     async fn get_settings(&self, req: Request<ReadRequest>) -> Result<Response<Settings>, Status> {
         let v = self.view(req.into_inner().consistency).await?;
-        Ok(Response::new(v.0.state.settings.clone()))
+        Ok(Response::new(v.0.state.settings))
     }
 
     async fn list_sessions(&self, req: Request<ListSessionsRequest>) -> Result<Response<ListSessionsReply>, Status> {
         let r = req.into_inner();
         let v = self.view(r.consistency).await?;
         let limit = if r.limit == 0 { 1000 } else { r.limit as usize };
-        let sessions = v
-            .0
-            .state
-            .sessions
-            .values()
-            .filter(|s| r.pool.is_empty() || s.pool == r.pool)
-            .take(limit)
-            .cloned()
-            .collect();
+        let sessions =
+            v.0.state
+                .sessions
+                .values()
+                .filter(|s| r.pool.is_empty() || s.pool == r.pool)
+                .take(limit)
+                .cloned()
+                .collect();
         Ok(Response::new(ListSessionsReply { revision: v.0.revision(), sessions }))
     }
 
@@ -103,7 +108,10 @@ impl Query for QueryService {
         Ok(Response::new(ListProxiesReply { proxies }))
     }
 
-    async fn cluster_status(&self, _req: Request<ClusterStatusRequest>) -> Result<Response<ClusterStatusReply>, Status> {
+    async fn cluster_status(
+        &self,
+        _req: Request<ClusterStatusRequest>,
+    ) -> Result<Response<ClusterStatusReply>, Status> {
         let m = self.0.raft.metrics().borrow().clone();
         Ok(Response::new(ClusterStatusReply {
             node_id: self.0.id,

@@ -200,10 +200,9 @@ impl StateMachineStore {
     }
 
     fn read_snapshot(&self) -> Result<Option<(SnapshotMeta, Vec<u8>)>, StorageError> {
-        let (Some(meta), Some(data)) = (
-            self.snap.get("meta").map_err(read_err)?,
-            self.snap.get("data").map_err(read_err)?,
-        ) else {
+        let (Some(meta), Some(data)) =
+            (self.snap.get("meta").map_err(read_err)?, self.snap.get("data").map_err(read_err)?)
+        else {
             return Ok(None);
         };
         let meta = postcard::from_bytes(&meta).map_err(read_err)?;
@@ -245,9 +244,7 @@ impl RaftSnapshotBuilder<TypeConfig> for SnapshotSource {
             };
             (encode(&file)?, live.last_applied, live.membership.clone())
         };
-        let nanos = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map_or(0, |d| d.as_nanos());
+        let nanos = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_nanos());
         let snapshot_id = match last_applied {
             Some(l) => format!("{}-{}-{nanos}", l.leader_id, l.index),
             None => format!("none-{nanos}"),
@@ -334,7 +331,11 @@ impl RaftStateMachine<TypeConfig> for StateMachineStore {
         Ok(Box::new(Cursor::new(Vec::new())))
     }
 
-    async fn install_snapshot(&mut self, meta: &SnapshotMeta, snapshot: Box<Cursor<Vec<u8>>>) -> Result<(), StorageError> {
+    async fn install_snapshot(
+        &mut self,
+        meta: &SnapshotMeta,
+        snapshot: Box<Cursor<Vec<u8>>>,
+    ) -> Result<(), StorageError> {
         let data = snapshot.into_inner();
         // Check it decodes before anything is replaced.
         let _: SnapshotFile = postcard::from_bytes(&data).map_err(read_err)?;
@@ -349,8 +350,6 @@ impl RaftStateMachine<TypeConfig> for StateMachineStore {
     }
 
     async fn get_current_snapshot(&mut self) -> Result<Option<Snapshot<TypeConfig>>, StorageError> {
-        Ok(self
-            .read_snapshot()?
-            .map(|(meta, data)| Snapshot { meta, snapshot: Box::new(Cursor::new(data)) }))
+        Ok(self.read_snapshot()?.map(|(meta, data)| Snapshot { meta, snapshot: Box::new(Cursor::new(data)) }))
     }
 }
