@@ -11,21 +11,24 @@ use futures::StreamExt;
 use openraft::error::{ClientWriteError, RaftError};
 use openraft::{BasicNode, ChangeMembers, SnapshotPolicy};
 use serde::{Deserialize, Serialize};
+use switchyard_proto::raft::raft_client::RaftClient;
 use switchyard_proto::v1::{Change, Member, MemberRole, ProxyStatus};
 use tokio::net::TcpListener;
+use tokio::sync::{mpsc, oneshot};
 use tokio_util::sync::CancellationToken;
+use tonic::transport::Channel;
 
 use crate::error::{ApiError, NodeError};
 use crate::network::{self, Network};
-use crate::state::{from_wire, Command, WireOutcome};
+use crate::state::{from_wire, Batch, Command, WireOutcome};
 use crate::store::{self, log::LogStore, sm::Shared, sm::StateMachineStore};
 use crate::types::{NodeId, Raft};
 
 /// Named defaults. Election timeouts sit well above the heartbeat so a busy 2-core machine
 /// does not see spurious elections, and low enough that failover stays under a second.
-pub const DEFAULT_HEARTBEAT_MS: u64 = 100;
-pub const DEFAULT_ELECTION_MIN_MS: u64 = 400;
-pub const DEFAULT_ELECTION_MAX_MS: u64 = 700;
+pub const DEFAULT_HEARTBEAT_MS: u64 = 50;
+pub const DEFAULT_ELECTION_MIN_MS: u64 = 150;
+pub const DEFAULT_ELECTION_MAX_MS: u64 = 300;
 pub const DEFAULT_SNAPSHOT_EVERY: u64 = 10_000;
 pub const DEFAULT_KEEP_LOGS: u64 = 1_000;
 pub const DEFAULT_WRITE_TIMEOUT_MS: u64 = 5_000;
@@ -104,15 +107,25 @@ impl NodeConfig {
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub enum LeaderOp {
     Write(Command),
-    AddNode { id: NodeId, addr: String },
-    Promote { id: NodeId },
-    Remove { id: NodeId },
+    /// Writes a follower gathered and forwards in one call.
+    Writes(Vec<Command>),
+    AddNode {
+        id: NodeId,
+        addr: String,
+    },
+    Promote {
+        id: NodeId,
+    },
+    Remove {
+        id: NodeId,
+    },
     ReadIndex,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub enum LeaderReply {
     Written { revision: u64, outcome: WireOutcome },
+    WrittenMany(Vec<Result<(u64, WireOutcome), ExecError>>),
     Membership { revision: u64 },
     ReadIndex(u64),
 }
@@ -135,6 +148,136 @@ pub struct NodeInner {
     pub proxies: Mutex<BTreeMap<String, ProxyStatus>>,
     pub shutdown: CancellationToken,
     leader_clients: Mutex<BTreeMap<String, switchyard_proto::raft::raft_client::RaftClient<tonic::transport::Channel>>>,
+    proposals: mpsc::Sender<Proposal>,
+    forwards: mpsc::Sender<Forward>,
+}
+
+/// A write on its way from a follower to the leader.
+struct Forward {
+    leader: String,
+    cmd: Command,
+    tx: oneshot::Sender<Result<(u64, WireOutcome), ExecError>>,
+}
+
+/// Gathers a follower's writes into `Writes` calls to the leader, a few calls in flight at a
+/// time, as the leader's proposer does with entries.
+async fn forward_loop(node: std::sync::Weak<NodeInner>, mut rx: mpsc::Receiver<Forward>) {
+    let mut buf = Vec::with_capacity(MAX_BATCH);
+    let slots = Arc::new(tokio::sync::Semaphore::new(IN_FLIGHT));
+    while rx.recv_many(&mut buf, MAX_BATCH).await > 0 {
+        let Ok(slot) = slots.clone().acquire_owned().await else { return };
+        while buf.len() < MAX_BATCH {
+            match rx.try_recv() {
+                Ok(f) => buf.push(f),
+                Err(_) => break,
+            }
+        }
+        let Some(node) = node.upgrade() else { return };
+        let mut groups: BTreeMap<String, Vec<Forward>> = BTreeMap::new();
+        for f in buf.drain(..) {
+            groups.entry(f.leader.clone()).or_default().push(f);
+        }
+        let slot = Arc::new(slot);
+        for (leader, fwds) in groups {
+            let (cmds, txs): (Vec<Command>, Vec<_>) = fwds.into_iter().map(|f| (f.cmd, f.tx)).unzip();
+            let client = node.leader_client(&leader);
+            let slot = slot.clone();
+            tokio::spawn(async move {
+                let _slot = slot;
+                let res = match client {
+                    Ok(mut c) => {
+                        let req =
+                            switchyard_proto::raft::RaftPayload { data: network::encode(&LeaderOp::Writes(cmds)) };
+                        match c.forward(req).await {
+                            Ok(r) => network::decode::<Result<LeaderReply, ExecError>>(&r.into_inner().data)
+                                .unwrap_or_else(|e| {
+                                    Err(ExecError::Api(ApiError::Internal(format!("bad reply from leader: {e}"))))
+                                }),
+                            Err(_) => Err(ExecError::NotLeader(None)),
+                        }
+                    }
+                    Err(e) => Err(e),
+                };
+                match res {
+                    Ok(LeaderReply::WrittenMany(results)) => {
+                        for (tx, r) in txs.into_iter().zip(results) {
+                            let _ = tx.send(r);
+                        }
+                    }
+                    Ok(other) => {
+                        let e = ExecError::Api(ApiError::Internal(format!("unexpected reply {other:?}")));
+                        for tx in txs {
+                            let _ = tx.send(Err(e.clone()));
+                        }
+                    }
+                    Err(e) => {
+                        for tx in txs {
+                            let _ = tx.send(Err(e.clone()));
+                        }
+                    }
+                }
+            });
+        }
+    }
+}
+
+/// A write waiting to be batched into the next Raft entry.
+struct Proposal {
+    cmd: Command,
+    tx: oneshot::Sender<Result<(u64, WireOutcome), ExecError>>,
+}
+
+/// Most commands one entry carries.
+const MAX_BATCH: usize = 1024;
+/// Entries submitted to Raft and not yet answered. openraft queues whatever it is given one
+/// entry per message, so holding writes back here is what lets them gather into batches.
+const IN_FLIGHT: usize = 3;
+
+/// Group commit for writes: openraft writes one entry at a time and waits for its flush, so
+/// everything that queued up meanwhile goes into the next entry. Entries are submitted without
+/// waiting for the previous one to commit, so batches pipeline.
+async fn propose_loop(raft: Raft, mut rx: mpsc::Receiver<Proposal>) {
+    let mut buf = Vec::with_capacity(MAX_BATCH);
+    let slots = Arc::new(tokio::sync::Semaphore::new(IN_FLIGHT));
+    while rx.recv_many(&mut buf, MAX_BATCH).await > 0 {
+        let Ok(slot) = slots.clone().acquire_owned().await else { return };
+        // Take what else arrived while waiting for a slot.
+        while buf.len() < MAX_BATCH {
+            match rx.try_recv() {
+                Ok(p) => buf.push(p),
+                Err(_) => break,
+            }
+        }
+        let (cmds, txs): (Vec<Command>, Vec<_>) = buf.drain(..).map(|p| (p.cmd, p.tx)).unzip();
+        let fail = |txs: Vec<oneshot::Sender<_>>, e: ExecError| {
+            for tx in txs {
+                let _ = tx.send(Err(e.clone()));
+            }
+        };
+        let pending = match raft.client_write_ff(Batch(cmds)).await {
+            Ok(p) => p,
+            Err(f) => {
+                fail(txs, ExecError::Api(ApiError::Unavailable(format!("raft stopped: {f}"))));
+                continue;
+            }
+        };
+        tokio::spawn(async move {
+            let _slot = slot;
+            match pending.await {
+                Ok(Ok(resp)) => {
+                    let rev = resp.log_id.index;
+                    for (tx, out) in txs.into_iter().zip(resp.data.0) {
+                        let _ = tx.send(Ok((rev, out)));
+                    }
+                }
+                Ok(Err(ClientWriteError::ForwardToLeader(f))) => {
+                    fail(txs, ExecError::NotLeader(f.leader_node.map(|n| n.addr)))
+                }
+                Ok(Err(e)) => fail(txs, ExecError::Api(ApiError::Internal(e.to_string()))),
+                Err(_) => fail(txs, ExecError::Api(ApiError::Unavailable("raft stopped".into()))),
+            }
+        });
+    }
 }
 
 /// A running node. Dropping it does not stop it; cancel the token given to [`Node::start`].
@@ -185,7 +328,12 @@ impl Node {
             .await
             .map_err(|e| NodeError::Raft(e.to_string()))?;
 
+        let (proposals, proposals_rx) = mpsc::channel(64 * 1024);
+        tokio::spawn(propose_loop(raft.clone(), proposals_rx));
+        let (forwards, forwards_rx) = mpsc::channel(64 * 1024);
         let inner = Arc::new(NodeInner {
+            proposals,
+            forwards,
             id: config.id,
             advertise: config.advertise_addr(),
             raft,
@@ -196,6 +344,7 @@ impl Node {
             config,
         });
 
+        tokio::spawn(forward_loop(Arc::downgrade(&inner), forwards_rx));
         let router = crate::api::router(inner.clone());
         let incoming = tokio_stream::wrappers::TcpListenerStream::new(listener).map(|s| {
             if let Ok(s) = &s {
@@ -272,8 +421,13 @@ impl NodeInner {
         }
         match op {
             LeaderOp::Write(cmd) => {
-                let r = self.raft.client_write(cmd).await.map_err(write_err)?;
-                Ok(LeaderReply::Written { revision: r.log_id.index, outcome: r.data.0.unwrap_or(Ok(vec![])) })
+                let (revision, outcome) = self.propose(cmd).await?;
+                Ok(LeaderReply::Written { revision, outcome })
+            }
+            LeaderOp::Writes(cmds) => {
+                self.ensure_leader()?;
+                let waits: Vec<_> = cmds.into_iter().map(|cmd| self.propose(cmd)).collect();
+                Ok(LeaderReply::WrittenMany(futures::future::join_all(waits).await))
             }
             LeaderOp::ReadIndex => match self.raft.ensure_linearizable().await {
                 Ok(l) => Ok(LeaderReply::ReadIndex(l.map_or(0, |l| l.index))),
@@ -333,6 +487,29 @@ impl NodeInner {
         }
     }
 
+    async fn propose(&self, cmd: Command) -> Result<(u64, WireOutcome), ExecError> {
+        let gone = || ExecError::Api(ApiError::Unavailable("node is shutting down".into()));
+        let (tx, rx) = oneshot::channel();
+        self.proposals.send(Proposal { cmd, tx }).await.map_err(|_| gone())?;
+        rx.await.map_err(|_| gone())?
+    }
+
+    /// The leader's address when it is known and is another node.
+    fn remote_leader(&self) -> Option<String> {
+        let m = self.raft.metrics().borrow().clone();
+        let l = m.current_leader.filter(|l| *l != self.id)?;
+        m.membership_config.membership().get_node(&l).map(|n| n.addr.clone())
+    }
+
+    /// Sends a write to the leader through the batching forwarder.
+    async fn forward_write(&self, leader: String, cmd: Command) -> Result<LeaderReply, ExecError> {
+        let gone = || ExecError::Api(ApiError::Unavailable("node is shutting down".into()));
+        let (tx, rx) = oneshot::channel();
+        self.forwards.send(Forward { leader, cmd, tx }).await.map_err(|_| gone())?;
+        let (revision, outcome) = rx.await.map_err(|_| gone())??;
+        Ok(LeaderReply::Written { revision, outcome })
+    }
+
     fn ensure_leader(&self) -> Result<(), ExecError> {
         let m = self.raft.metrics().borrow().clone();
         if m.current_leader == Some(self.id) {
@@ -348,7 +525,13 @@ impl NodeInner {
         let attempt = async {
             let mut backoff = Duration::from_millis(5);
             loop {
-                let res = match self.execute_local(op.clone()).await {
+                // A follower that knows the leader hands writes straight on, gathered into
+                // batches; otherwise try here (this node may lead, or learn who does).
+                let res = match (&op, self.remote_leader()) {
+                    (LeaderOp::Write(cmd), Some(leader)) => self.forward_write(leader, cmd.clone()).await,
+                    _ => self.execute_local(op.clone()).await,
+                };
+                let res = match res {
                     Err(ExecError::NotLeader(Some(addr))) if addr != self.advertise => self.forward(&addr, &op).await,
                     other => other,
                 };
@@ -370,6 +553,16 @@ impl NodeInner {
                 timeout.as_millis()
             ))),
         }
+    }
+
+    fn leader_client(&self, leader: &str) -> Result<RaftClient<Channel>, ExecError> {
+        let mut clients = self.leader_clients.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(c) = clients.get(leader) {
+            return Ok(c.clone());
+        }
+        let c = network::client(leader).map_err(|e| ExecError::Api(ApiError::Internal(e.to_string())))?;
+        clients.insert(leader.to_string(), c.clone());
+        Ok(c)
     }
 
     async fn forward(&self, leader: &str, op: &LeaderOp) -> Result<LeaderReply, ExecError> {

@@ -67,6 +67,11 @@ pub enum Command {
     },
 }
 
+/// One Raft entry's payload: the commands a leader gathered while its previous entry was
+/// being written (group commit). They apply in order and share the entry's revision.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Batch(pub Vec<Command>);
+
 /// What applying one command did: the changes it made, or why it made none.
 pub type Outcome = Result<Vec<Change>, ApiError>;
 

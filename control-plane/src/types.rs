@@ -4,17 +4,17 @@ use std::io::Cursor;
 
 use serde::{Deserialize, Serialize};
 
-use crate::state::{Command, WireOutcome};
+use crate::state::{Batch, WireOutcome};
 
-/// What `apply` hands back for one entry: the outcome of a command, or nothing for Raft's own
-/// entries (blank, membership).
+/// What `apply` hands back for one entry: the outcome of each command in its batch (none for
+/// Raft's own entries: blank, membership).
 #[derive(Debug, Clone, Serialize, Deserialize, Default)]
-pub struct Response(pub Option<WireOutcome>);
+pub struct Response(pub Vec<WireOutcome>);
 
 openraft::declare_raft_types!(
     /// Switchyard's Raft types.
     pub TypeConfig:
-        D = Command,
+        D = Batch,
         R = Response,
         NodeId = u64,
         Node = openraft::BasicNode,

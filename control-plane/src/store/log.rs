@@ -15,13 +15,42 @@ pub struct LogStore {
     db: sled::Db,
     log: sled::Tree,
     meta: sled::Tree,
+    flusher: std::sync::mpsc::Sender<LogFlushed<TypeConfig>>,
+}
+
+/// Group commit: every append waiting when a flush starts is made durable by that one flush,
+/// and Raft goes on appending and replicating meanwhile instead of waiting on each fsync.
+///
+/// It is a thread of its own: an fsync blocks, and handing each one to sled's pool costs a
+/// second thread hop.
+fn flush_loop(db: sled::Db, rx: std::sync::mpsc::Receiver<LogFlushed<TypeConfig>>) {
+    let mut waiting = Vec::new();
+    while let Ok(first) = rx.recv() {
+        waiting.push(first);
+        waiting.extend(rx.try_iter());
+        let res = db.flush();
+        for cb in waiting.drain(..) {
+            let r = match &res {
+                Ok(_) => Ok(()),
+                Err(e) => Err(std::io::Error::other(e.to_string())),
+            };
+            cb.log_io_completed(r);
+        }
+    }
 }
 
 impl LogStore {
+    /// Starts the flusher thread; it ends when the last clone of this store is dropped.
     pub fn new(db: sled::Db) -> Result<Self, StorageError> {
         let log = db.open_tree("log").map_err(read_err)?;
         let meta = db.open_tree("meta").map_err(read_err)?;
-        Ok(LogStore { db, log, meta })
+        let (flusher, rx) = std::sync::mpsc::channel();
+        let flush_db = db.clone();
+        std::thread::Builder::new()
+            .name("log-flush".into())
+            .spawn(move || flush_loop(flush_db, rx))
+            .map_err(write_err)?;
+        Ok(LogStore { db, log, meta, flusher })
     }
 
     fn get_meta<T: serde::de::DeserializeOwned>(&self, key: &str) -> Result<Option<T>, StorageError> {
@@ -123,9 +152,11 @@ impl RaftLogStorage<TypeConfig> for LogStore {
             batch.insert(&key(e.log_id.index), postcard::to_stdvec(&e).map_err(write_err)?);
         }
         self.log.apply_batch(batch).map_err(write_err)?;
-        // Durable before Raft counts this node's copy toward a quorum.
-        let res = self.db.flush_async().await.map(|_| ()).map_err(std::io::Error::other);
-        callback.log_io_completed(res);
+        // Raft counts this node's copy toward a quorum only once the flusher has made it
+        // durable and called back.
+        if let Err(std::sync::mpsc::SendError(cb)) = self.flusher.send(callback) {
+            cb.log_io_completed(Err(std::io::Error::other("log flusher stopped")));
+        }
         Ok(())
     }
 

@@ -289,23 +289,29 @@ impl RaftStateMachine<TypeConfig> for StateMachineStore {
             live.last_applied = Some(e.log_id);
             let rev = e.log_id.index;
             match e.payload {
-                EntryPayload::Blank => replies.push(Response(None)),
-                EntryPayload::Normal(cmd) => {
-                    let out = live.state.apply(rev, &cmd);
-                    if let Ok(changes) = &out {
-                        if !changes.is_empty() {
+                EntryPayload::Blank => replies.push(Response::default()),
+                EntryPayload::Normal(cmds) => {
+                    let mut outcomes = Vec::with_capacity(cmds.0.len());
+                    let mut all = Vec::new();
+                    for cmd in &cmds.0 {
+                        let out = live.state.apply(rev, cmd);
+                        if let Ok(changes) = &out {
                             for c in changes {
                                 persist(&mut batch, c);
                             }
-                            notices.push((rev, Arc::new(changes.clone())));
+                            all.extend(changes.iter().cloned());
                         }
+                        outcomes.push(crate::state::to_wire(out));
                     }
-                    replies.push(Response(Some(crate::state::to_wire(out))));
+                    if !all.is_empty() {
+                        notices.push((rev, Arc::new(all)));
+                    }
+                    replies.push(Response(outcomes));
                 }
                 EntryPayload::Membership(m) => {
                     live.membership = StoredMembership::new(Some(e.log_id), m);
                     batch.insert(MEMBERSHIP, encode(&live.membership)?);
-                    replies.push(Response(None));
+                    replies.push(Response::default());
                 }
             }
         }

@@ -1,0 +1,54 @@
+#!/usr/bin/env bash
+# Control plane vs etcd, same machine, same load shape, one run.
+#
+# Both run as 3 members on loopback with durable (fsynced) logs and default settings. Load:
+# new keys with ~100-byte values (etcd: Put; Switchyard: Admin.AddBackend with a 100-byte
+# label), each client its own connection, clients spread over the 3 members; then leader
+# failover trials under steady writes through all endpoints, every acknowledged write read
+# back after each trial.
+#
+# Usage: bash bench/control-plane.sh [SECONDS_PER_PHASE] [TRIALS]
+set -euo pipefail
+cd "$(dirname "$0")/.."
+SECONDS_PER_PHASE=${1:-10}
+TRIALS=${2:-10}
+OUT=bench/out
+mkdir -p "$OUT"
+
+if ! command -v etcd >/dev/null; then
+  echo "installing etcd-server (Debian)..." >&2
+  apt-get update -qq >/dev/null
+  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq etcd-server >/dev/null
+fi
+echo "etcd: $(etcd --version | head -1)" >&2
+
+cargo build --release --bins -q
+RESULTS="$OUT/control-plane.jsonl"
+: > "$RESULTS"
+# Interleave: put phases of both, then failover trials of both.
+for sys in switchyard etcd; do
+  ./target/release/cp-bench --system "$sys" --seconds "$SECONDS_PER_PHASE" --trials 0 --out-dir "$OUT" | tee -a "$RESULTS"
+done
+for sys in switchyard etcd; do
+  ./target/release/cp-bench --system "$sys" --skip-put --trials "$TRIALS" --out-dir "$OUT" | tee -a "$RESULTS"
+done
+
+python3 - "$RESULTS" <<'PY'
+import json, sys
+rows = [json.loads(l) for l in open(sys.argv[1]) if l.strip()]
+put = {(r["system"], r["clients"]): r for r in rows if r["phase"] == "put"}
+fo = {r["system"]: r for r in rows if r["phase"] == "failover-summary"}
+print()
+print(f"{'load':<22}{'switchyard':>24}{'etcd':>24}{'ratio':>8}")
+for c in sorted({k[1] for k in put}):
+    s, e = put.get(("switchyard", c)), put.get(("etcd", c))
+    if not s or not e:
+        continue
+    fmt = lambda r: f"{r['ops_per_sec']:.0f}/s p50 {r['p50_ms']:.2f} p99 {r['p99_ms']:.2f}"
+    print(f"{'puts, %d client(s)' % c:<22}{fmt(s):>24}{fmt(e):>24}{s['ops_per_sec'] / e['ops_per_sec']:>7.2f}x")
+if "switchyard" in fo and "etcd" in fo:
+    s, e = fo["switchyard"], fo["etcd"]
+    f = lambda r: f"p50 {r['p50_ms']:.0f} max {r['max_ms']:.0f} ms"
+    print(f"{'failover (%d trials)' % s['trials']:<22}{f(s):>24}{f(e):>24}{s['p50_ms'] / e['p50_ms']:>7.2f}x")
+    print(f"{'acknowledged lost':<22}{s['lost']:>24}{e['lost']:>24}")
+PY

@@ -1,0 +1,175 @@
+//! Starts, kills and restarts the three members of either system.
+
+use std::net::TcpListener;
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context, Result};
+
+pub struct Member {
+    cmd: Vec<String>,
+    log: std::path::PathBuf,
+    child: Option<Child>,
+}
+
+impl Member {
+    fn start(&mut self) -> Result<()> {
+        let log = std::fs::OpenOptions::new().create(true).append(true).open(&self.log)?;
+        let child = Command::new(&self.cmd[0])
+            .args(&self.cmd[1..])
+            .stdout(log.try_clone()?)
+            .stderr(log)
+            .stdin(Stdio::null())
+            .spawn()
+            .with_context(|| format!("starting {}", self.cmd[0]))?;
+        self.child = Some(child);
+        Ok(())
+    }
+}
+
+pub struct Cluster {
+    pub system: String,
+    pub client_addrs: Vec<String>,
+    members: Vec<Member>,
+}
+
+fn ports(n: usize) -> Vec<u16> {
+    let ls: Vec<TcpListener> = (0..n).map(|_| TcpListener::bind("127.0.0.1:0").expect("bind")).collect();
+    ls.iter().map(|l| l.local_addr().expect("addr").port()).collect()
+}
+
+impl Cluster {
+    pub fn start(system: &str, bin_dir: &Path, out: &Path, n: usize) -> Result<Cluster> {
+        let dir = out.join(system);
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir)?;
+        let p = ports(6);
+        let mut members = Vec::new();
+        let mut client_addrs = Vec::new();
+        match system {
+            "switchyard" => {
+                let initial: Vec<String> = (0..n).map(|i| format!("{}=127.0.0.1:{}", i + 1, p[i])).collect();
+                for (i, port) in p.iter().enumerate().take(n) {
+                    let addr = format!("127.0.0.1:{port}");
+                    client_addrs.push(addr.clone());
+                    members.push(Member {
+                        cmd: vec![
+                            bin_dir.join("switchyard-control").display().to_string(),
+                            "--id".into(),
+                            (i + 1).to_string(),
+                            "--listen".into(),
+                            addr,
+                            "--data-dir".into(),
+                            dir.join(format!("node-{}", i + 1)).display().to_string(),
+                            "--initial-cluster".into(),
+                            initial.join(","),
+                        ],
+                        log: dir.join(format!("node-{}.log", i + 1)),
+                        child: None,
+                    });
+                }
+            }
+            "etcd" => {
+                let initial: Vec<String> =
+                    (0..n).map(|i| format!("n{}=http://127.0.0.1:{}", i + 1, p[3 + i])).collect();
+                for i in 0..n {
+                    let client = format!("http://127.0.0.1:{}", p[i]);
+                    let peer = format!("http://127.0.0.1:{}", p[3 + i]);
+                    client_addrs.push(format!("127.0.0.1:{}", p[i]));
+                    let cmd = [
+                        "etcd",
+                        "--name",
+                        &format!("n{}", i + 1),
+                        "--data-dir",
+                        &dir.join(format!("n{}", i + 1)).display().to_string(),
+                        "--listen-client-urls",
+                        &client,
+                        "--advertise-client-urls",
+                        &client,
+                        "--listen-peer-urls",
+                        &peer,
+                        "--initial-advertise-peer-urls",
+                        &peer,
+                        "--initial-cluster",
+                        &initial.join(","),
+                        "--initial-cluster-token",
+                        "bench",
+                        "--initial-cluster-state",
+                        "new",
+                    ]
+                    .iter()
+                    .map(|s| s.to_string())
+                    .collect();
+                    members.push(Member { cmd, log: dir.join(format!("n{}.log", i + 1)), child: None });
+                }
+            }
+            other => bail!("unknown system {other:?}: switchyard or etcd"),
+        }
+        for m in &mut members {
+            m.start()?;
+        }
+        Ok(Cluster { system: system.into(), client_addrs, members })
+    }
+
+    /// Every running member answers and agrees on a leader.
+    pub async fn wait_ready(&self) -> Result<()> {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        if self.system == "etcd" {
+            while !crate::target::learn_etcd_ids(&self.client_addrs).await {
+                if Instant::now() > deadline {
+                    bail!("etcd members did not answer within 30s");
+                }
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+        }
+        loop {
+            let mut ok = true;
+            for (i, a) in self.client_addrs.iter().enumerate() {
+                if self.members[i].child.is_none() {
+                    continue;
+                }
+                ok &= crate::target::Conn::new(&self.system, a).leader_index().await.is_some();
+            }
+            if ok {
+                return Ok(());
+            }
+            if Instant::now() > deadline {
+                bail!("{} cluster not ready after 30s", self.system);
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    pub async fn leader(&self) -> Result<usize> {
+        for a in &self.client_addrs {
+            if let Some(l) = crate::target::Conn::new(&self.system, a).leader_index().await {
+                return Ok(l);
+            }
+        }
+        bail!("no leader")
+    }
+
+    pub fn kill9(&mut self, i: usize) {
+        if let Some(mut c) = self.members[i].child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+
+    pub fn restart(&mut self, i: usize) -> Result<()> {
+        self.members[i].start()
+    }
+
+    pub fn stop(&mut self) {
+        for i in 0..self.members.len() {
+            self.kill9(i);
+        }
+    }
+}
+
+impl Drop for Cluster {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
