@@ -24,11 +24,13 @@ use crate::state::{from_wire, Batch, Command, WireOutcome};
 use crate::store::{self, log::LogStore, sm::Shared, sm::StateMachineStore};
 use crate::types::{NodeId, Raft};
 
-/// Named defaults. Election timeouts sit well above the heartbeat so a busy 2-core machine
-/// does not see spurious elections, and low enough that failover stays under a second.
+/// Named defaults. openraft 0.9 lets a follower call an election only after the leader lease
+/// (`election_max`) plus its own random timeout (`election_min..election_max`) pass without a
+/// heartbeat: 360-480 ms here, seven to ten missed heartbeats, so a busy machine does not see
+/// spurious elections while failover stays well under a second.
 pub const DEFAULT_HEARTBEAT_MS: u64 = 50;
-pub const DEFAULT_ELECTION_MIN_MS: u64 = 150;
-pub const DEFAULT_ELECTION_MAX_MS: u64 = 300;
+pub const DEFAULT_ELECTION_MIN_MS: u64 = 120;
+pub const DEFAULT_ELECTION_MAX_MS: u64 = 240;
 pub const DEFAULT_SNAPSHOT_EVERY: u64 = 10_000;
 pub const DEFAULT_KEEP_LOGS: u64 = 1_000;
 pub const DEFAULT_WRITE_TIMEOUT_MS: u64 = 5_000;
@@ -541,7 +543,7 @@ impl NodeInner {
                     Err(ExecError::NotLeader(_)) => {
                         // No leader yet (election under way) or it just moved: try again soon.
                         tokio::time::sleep(backoff).await;
-                        backoff = (backoff * 2).min(Duration::from_millis(100));
+                        backoff = (backoff * 2).min(Duration::from_millis(20));
                     }
                 }
             }

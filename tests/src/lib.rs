@@ -221,3 +221,206 @@ impl Cluster {
 pub async fn status(addr: &str) -> Option<ClusterStatusReply> {
     query(addr).cluster_status(ClusterStatusRequest {}).await.ok().map(|r| r.into_inner())
 }
+
+/// A running `switchyard-proxy` process; killed when dropped.
+pub struct ProxyProcess {
+    pub ws: String,
+    pub admin: String,
+    pub args: Vec<String>,
+    child: Option<Child>,
+}
+
+impl ProxyProcess {
+    /// Starts a proxy on ephemeral ports and reads them back from its first line of output.
+    pub fn spawn(control_plane: &str, cache_file: &Path, id: &str) -> ProxyProcess {
+        let args = vec![
+            "--listen".to_string(),
+            "127.0.0.1:0".into(),
+            "--admin".into(),
+            "127.0.0.1:0".into(),
+            "--control-plane".into(),
+            control_plane.into(),
+            "--cache-file".into(),
+            cache_file.display().to_string(),
+            "--proxy-id".into(),
+            id.into(),
+            "--shutdown-grace-ms".into(),
+            "1000".into(),
+        ];
+        let mut p = ProxyProcess { ws: String::new(), admin: String::new(), args, child: None };
+        p.start();
+        p
+    }
+
+    pub fn start(&mut self) {
+        use std::io::BufRead;
+        let mut child = Command::new(bin("switchyard-proxy"))
+            .args(&self.args)
+            .env("RUST_LOG", "warn")
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("spawn switchyard-proxy");
+        let mut line = String::new();
+        std::io::BufReader::new(child.stdout.take().expect("stdout")).read_line(&mut line).expect("proxy output");
+        for part in line.split_whitespace() {
+            if let Some(a) = part.strip_prefix("ws=") {
+                self.ws = a.to_string();
+            }
+            if let Some(a) = part.strip_prefix("admin=") {
+                self.admin = a.to_string();
+            }
+        }
+        assert!(!self.ws.is_empty(), "proxy did not report its address: {line:?}");
+        // Keep the same ports on restart.
+        for (flag, v) in [("--listen", self.ws.clone()), ("--admin", self.admin.clone())] {
+            let i = self.args.iter().position(|a| a == flag).expect("flag") + 1;
+            self.args[i] = v;
+        }
+        self.child = Some(child);
+    }
+
+    pub fn kill9(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+
+    /// SIGTERM and wait for the exit status.
+    pub fn terminate(&mut self) -> std::process::ExitStatus {
+        let mut c = self.child.take().expect("running");
+        let _ = Command::new("kill").args(["-TERM", &c.id().to_string()]).status();
+        c.wait().expect("wait")
+    }
+
+    /// The proxy's `/status` JSON.
+    pub async fn status(&self) -> Option<serde_json::Value> {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let mut s = tokio::net::TcpStream::connect(&self.admin).await.ok()?;
+        s.write_all(b"GET /status HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n").await.ok()?;
+        let mut out = Vec::new();
+        s.read_to_end(&mut out).await.ok()?;
+        let text = String::from_utf8(out).ok()?;
+        let body = text.split_once("\r\n\r\n")?.1;
+        serde_json::from_str(body).ok()
+    }
+
+    /// Waits until the proxy runs config at `revision` or later.
+    pub async fn wait_revision(&self, revision: u64) {
+        eventually(&format!("proxy at revision {revision}"), Duration::from_secs(10), || async {
+            let s = self.status().await?;
+            (s["config"]["revision"].as_u64()? >= revision).then_some(())
+        })
+        .await
+    }
+}
+
+impl Drop for ProxyProcess {
+    fn drop(&mut self) {
+        self.kill9();
+    }
+}
+
+/// A real WebSocket echo server (tokio-tungstenite) that first sends its own name, so tests
+/// can tell which backend a connection reached.
+pub struct EchoBackend {
+    pub addr: String,
+    pub name: String,
+    pub connections: std::sync::Arc<std::sync::atomic::AtomicUsize>,
+    pub last_headers: std::sync::Arc<std::sync::Mutex<Vec<(String, String)>>>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl EchoBackend {
+    pub async fn start(name: &str) -> EchoBackend {
+        Self::start_on(name, "127.0.0.1:0").await
+    }
+
+    pub async fn start_on(name: &str, addr: &str) -> EchoBackend {
+        use futures::{SinkExt, StreamExt};
+        use tokio_tungstenite::tungstenite::Message;
+        let listener = tokio::net::TcpListener::bind(addr).await.expect("bind echo backend");
+        let addr = listener.local_addr().expect("addr").to_string();
+        let connections = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let last_headers = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+        let (n, c, h) = (name.to_string(), connections.clone(), last_headers.clone());
+        let task = tokio::spawn(async move {
+            while let Ok((sock, _)) = listener.accept().await {
+                let (n, c, h) = (n.clone(), c.clone(), h.clone());
+                tokio::spawn(async move {
+                    let cb =
+                        |req: &tokio_tungstenite::tungstenite::handshake::server::Request,
+                         resp: tokio_tungstenite::tungstenite::handshake::server::Response| {
+                            *h.lock().unwrap() = req
+                                .headers()
+                                .iter()
+                                .map(|(k, v)| (k.to_string(), v.to_str().unwrap_or("").to_string()))
+                                .collect();
+                            Ok(resp)
+                        };
+                    let cfg = tokio_tungstenite::tungstenite::protocol::WebSocketConfig::default()
+                        .max_message_size(Some(64 << 20))
+                        .max_frame_size(Some(64 << 20));
+                    let Ok(mut ws) = tokio_tungstenite::accept_hdr_async_with_config(sock, cb, Some(cfg)).await else {
+                        return;
+                    };
+                    c.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+                    if ws.send(Message::text(n.clone())).await.is_err() {
+                        return;
+                    }
+                    while let Some(Ok(m)) = ws.next().await {
+                        let echo = matches!(m, Message::Text(_) | Message::Binary(_));
+                        if matches!(m, Message::Close(_)) || (echo && ws.send(m).await.is_err()) {
+                            break;
+                        }
+                    }
+                    c.fetch_sub(1, std::sync::atomic::Ordering::SeqCst);
+                });
+            }
+        });
+        EchoBackend { addr, name: name.to_string(), connections, last_headers, task }
+    }
+
+    pub fn stop(&self) {
+        self.task.abort();
+    }
+}
+
+impl Drop for EchoBackend {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+pub type Ws = tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>;
+
+/// Connects a WebSocket client through `proxy` and returns it with the backend's name.
+pub async fn ws_connect(proxy: &str, path: &str, headers: &[(&str, &str)]) -> anyhow::Result<(Ws, String)> {
+    use futures::StreamExt;
+    use tokio_tungstenite::tungstenite::client::IntoClientRequest;
+    let mut req = format!("ws://{proxy}{path}").into_client_request()?;
+    for (k, v) in headers {
+        req.headers_mut()
+            .insert(tokio_tungstenite::tungstenite::http::HeaderName::from_bytes(k.as_bytes())?, v.parse()?);
+    }
+    let cfg = tokio_tungstenite::tungstenite::protocol::WebSocketConfig::default()
+        .max_message_size(Some(64 << 20))
+        .max_frame_size(Some(64 << 20));
+    let (mut ws, _) = tokio::time::timeout(
+        Duration::from_secs(5),
+        tokio_tungstenite::connect_async_with_config(req, Some(cfg), false),
+    )
+    .await??;
+    let hello = tokio::time::timeout(Duration::from_secs(5), ws.next()).await?.ok_or(anyhow::anyhow!("closed"))??;
+    Ok((ws, hello.into_text()?.to_string()))
+}
+
+/// Sends a message and expects it back unchanged.
+pub async fn echo(ws: &mut Ws, m: tokio_tungstenite::tungstenite::Message) -> anyhow::Result<()> {
+    use futures::{SinkExt, StreamExt};
+    ws.send(m.clone()).await?;
+    let back = tokio::time::timeout(Duration::from_secs(10), ws.next()).await?.ok_or(anyhow::anyhow!("closed"))??;
+    anyhow::ensure!(back == m, "echo mismatch");
+    Ok(())
+}

@@ -1,0 +1,137 @@
+//! The proxy's admin port: Prometheus `/metrics` and a JSON `/status`.
+
+use std::convert::Infallible;
+use std::sync::atomic::Ordering::Relaxed;
+use std::sync::Arc;
+use std::time::SystemTime;
+
+use http_body_util::Full;
+use hyper::body::{Bytes, Incoming};
+use hyper::{Request, Response, StatusCode};
+use prometheus_client::encoding::text::encode;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::registry::Registry;
+use serde_json::json;
+use tokio::net::TcpListener;
+
+use crate::state::ProxyState;
+
+pub async fn serve(listener: TcpListener, state: Arc<ProxyState>) {
+    loop {
+        let (sock, _) = tokio::select! {
+            _ = state.shutdown.cancelled() => return,
+            r = listener.accept() => match r { Ok(x) => x, Err(_) => continue },
+        };
+        let st = state.clone();
+        tokio::spawn(async move {
+            let svc = hyper::service::service_fn(move |req| {
+                let st = st.clone();
+                async move { Ok::<_, Infallible>(route(&st, req)) }
+            });
+            let io = hyper_util::rt::TokioIo::new(sock);
+            let _ = hyper::server::conn::http1::Builder::new().serve_connection(io, svc).await;
+        });
+    }
+}
+
+fn route(state: &ProxyState, req: Request<Incoming>) -> Response<Full<Bytes>> {
+    let (ct, body, status) = match req.uri().path() {
+        "/metrics" => ("application/openmetrics-text; version=1.0.0; charset=utf-8", metrics(state), StatusCode::OK),
+        "/status" => ("application/json", status_json(state).to_string(), StatusCode::OK),
+        "/healthz" => ("text/plain", "ok\n".into(), StatusCode::OK),
+        _ => ("text/plain", "not found: try /metrics or /status\n".into(), StatusCode::NOT_FOUND),
+    };
+    Response::builder()
+        .status(status)
+        .header("content-type", ct)
+        .body(Full::new(Bytes::from(body)))
+        .expect("static response parts are valid")
+}
+
+fn age_secs(t: SystemTime) -> f64 {
+    SystemTime::now().duration_since(t).map_or(0.0, |d| d.as_secs_f64())
+}
+
+pub fn status_json(state: &ProxyState) -> serde_json::Value {
+    let cfg = state.config_info();
+    let cp = state.control_plane_info();
+    let backends: Vec<_> = state
+        .registry
+        .all()
+        .into_iter()
+        .map(|((pool, addr), s)| {
+            json!({
+                "pool": pool, "address": addr,
+                "active": s.active.load(Relaxed), "total": s.total.load(Relaxed),
+                "messages_to_backend": s.messages_to_backend.load(Relaxed),
+                "messages_to_client": s.messages_to_client.load(Relaxed),
+                "bytes_to_backend": s.bytes_to_backend.load(Relaxed),
+                "bytes_to_client": s.bytes_to_client.load(Relaxed),
+                "connect_failures": s.connect_failures.load(Relaxed),
+                "ejected": s.ejected_until_ms.load(Relaxed) > state.registry.now_ms(),
+            })
+        })
+        .collect();
+    let failures = state.handshake_failures.lock().unwrap_or_else(|e| e.into_inner()).clone();
+    json!({
+        "proxy_id": state.proxy_id,
+        "config": {"source": cfg.source, "revision": cfg.revision, "age_seconds": age_secs(cfg.applied_at)},
+        "control_plane": {
+            "connected": cp.connected.is_some(),
+            "node": cp.connected,
+            "state_for_seconds": cp.since.elapsed().as_secs_f64(),
+        },
+        "accepted": state.accepted.load(Relaxed),
+        "active": backends.iter().map(|b| b["active"].as_u64().unwrap_or(0)).sum::<u64>(),
+        "handshake_failures": failures,
+        "backends": backends,
+    })
+}
+
+type Labels = Vec<(String, String)>;
+
+fn metrics(state: &ProxyState) -> String {
+    let mut reg = Registry::with_prefix("switchyard_proxy");
+    let active = Family::<Labels, Gauge>::default();
+    let total = Family::<Labels, Counter>::default();
+    let msgs = Family::<Labels, Counter>::default();
+    let bytes = Family::<Labels, Counter>::default();
+    let fails = Family::<Labels, Counter>::default();
+    for ((pool, addr), s) in state.registry.all() {
+        let l = vec![("pool".to_string(), pool.clone()), ("backend".to_string(), addr.clone())];
+        active.get_or_create(&l).set(s.active.load(Relaxed) as i64);
+        total.get_or_create(&l).inc_by(s.total.load(Relaxed));
+        for (dir, m, b) in [
+            ("to_backend", &s.messages_to_backend, &s.bytes_to_backend),
+            ("to_client", &s.messages_to_client, &s.bytes_to_client),
+        ] {
+            let mut ld = l.clone();
+            ld.push(("direction".into(), dir.into()));
+            msgs.get_or_create(&ld).inc_by(m.load(Relaxed));
+            bytes.get_or_create(&ld).inc_by(b.load(Relaxed));
+        }
+    }
+    for (reason, n) in state.handshake_failures.lock().unwrap_or_else(|e| e.into_inner()).iter() {
+        fails.get_or_create(&vec![("reason".into(), reason.to_string())]).inc_by(*n);
+    }
+    reg.register("active_connections", "Connections being relayed", active);
+    reg.register("connections", "Connections relayed since start", total);
+    reg.register("messages", "WebSocket messages relayed", msgs);
+    reg.register("bytes", "Bytes relayed after the handshake", bytes);
+    reg.register("handshake_failures", "Handshakes refused, by reason", fails);
+    let cfg = state.config_info();
+    let rev = Gauge::<i64>::default();
+    rev.set(cfg.revision as i64);
+    reg.register("config_revision", "Revision of the config in use", rev);
+    let age = Gauge::<f64, std::sync::atomic::AtomicU64>::default();
+    age.set(age_secs(cfg.applied_at));
+    reg.register("config_age_seconds", "Seconds since the config in use was applied", age);
+    let up = Gauge::<i64>::default();
+    up.set(state.control_plane_info().connected.is_some() as i64);
+    reg.register("control_plane_connected", "1 while following a control-plane node", up);
+    let mut out = String::new();
+    encode(&mut out, &reg).expect("writing to a String cannot fail");
+    out
+}

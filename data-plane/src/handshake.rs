@@ -1,0 +1,271 @@
+//! The HTTP/1.1 side of a WebSocket connection: reading a request head under a byte limit,
+//! checking it is a valid upgrade (RFC 6455 §4.2.1), rewriting it for the backend with
+//! forwarding headers, reading the backend's answer, and the proxy's own error responses.
+
+use std::net::IpAddr;
+
+/// Why a handshake was refused; each maps to the status an operator would expect.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum Reject {
+    #[error("bad request: {0}")]
+    BadRequest(&'static str),
+    #[error("not a websocket upgrade")]
+    UpgradeRequired,
+    #[error("unsupported websocket version")]
+    UnsupportedVersion,
+    #[error("request headers too large")]
+    HeadersTooLarge,
+    #[error("no route")]
+    NotFound,
+    #[error("no usable backend")]
+    Unavailable,
+    #[error("handshake timed out")]
+    Timeout,
+    #[error("backend failed")]
+    BadGateway,
+}
+
+impl Reject {
+    pub fn status(&self) -> u16 {
+        match self {
+            Reject::BadRequest(_) => 400,
+            Reject::UpgradeRequired | Reject::UnsupportedVersion => 426,
+            Reject::HeadersTooLarge => 431,
+            Reject::NotFound => 404,
+            Reject::Unavailable => 503,
+            Reject::Timeout => 408,
+            Reject::BadGateway => 502,
+        }
+    }
+
+    /// A short label for metrics.
+    pub fn reason(&self) -> &'static str {
+        match self {
+            Reject::BadRequest(_) => "bad_request",
+            Reject::UpgradeRequired => "upgrade_required",
+            Reject::UnsupportedVersion => "unsupported_version",
+            Reject::HeadersTooLarge => "headers_too_large",
+            Reject::NotFound => "no_route",
+            Reject::Unavailable => "no_backend",
+            Reject::Timeout => "timeout",
+            Reject::BadGateway => "bad_gateway",
+        }
+    }
+}
+
+/// A parsed, valid upgrade request.
+#[derive(Debug, Clone)]
+pub struct Upgrade {
+    pub target: String,
+    /// Host without port, lower case.
+    pub host: String,
+    pub headers: Vec<(String, Vec<u8>)>,
+}
+
+impl Upgrade {
+    pub fn path(&self) -> &str {
+        self.target.split(['?', '#']).next().unwrap_or("/")
+    }
+
+    pub fn query(&self) -> Option<&str> {
+        self.target.split_once('?').map(|(_, q)| q.split('#').next().unwrap_or(""))
+    }
+
+    pub fn header(&self, name: &str) -> Option<&[u8]> {
+        self.headers.iter().find(|(n, _)| n.eq_ignore_ascii_case(name)).map(|(_, v)| v.as_slice())
+    }
+
+    pub fn cookie(&self, name: &str) -> Option<String> {
+        self.headers.iter().filter(|(n, _)| n.eq_ignore_ascii_case("cookie")).find_map(|(_, v)| {
+            std::str::from_utf8(v).ok()?.split(';').find_map(|kv| {
+                let (k, v) = kv.trim().split_once('=')?;
+                (k == name).then(|| v.to_string())
+            })
+        })
+    }
+
+    pub fn query_param(&self, name: &str) -> Option<String> {
+        self.query()?.split('&').find_map(|kv| {
+            let (k, v) = kv.split_once('=').unwrap_or((kv, ""));
+            (k == name).then(|| v.to_string())
+        })
+    }
+}
+
+/// Where the request head ends (index just past the blank line), if it is complete.
+pub fn head_end(buf: &[u8]) -> Option<usize> {
+    buf.windows(4).position(|w| w == b"\r\n\r\n").map(|i| i + 4)
+}
+
+fn has_token(v: &[u8], token: &str) -> bool {
+    std::str::from_utf8(v).is_ok_and(|s| s.split(',').any(|t| t.trim().eq_ignore_ascii_case(token)))
+}
+
+/// Checks a complete request head.
+pub fn parse_request(head: &[u8]) -> Result<Upgrade, Reject> {
+    let mut hdrs = [httparse::EMPTY_HEADER; 128];
+    let mut req = httparse::Request::new(&mut hdrs);
+    match req.parse(head) {
+        Ok(httparse::Status::Complete(_)) => {}
+        Ok(httparse::Status::Partial) => return Err(Reject::BadRequest("incomplete request")),
+        Err(httparse::Error::TooManyHeaders) => return Err(Reject::HeadersTooLarge),
+        Err(_) => return Err(Reject::BadRequest("malformed request")),
+    }
+    if req.version != Some(1) {
+        return Err(Reject::BadRequest("websocket needs HTTP/1.1"));
+    }
+    let headers: Vec<(String, Vec<u8>)> = req.headers.iter().map(|h| (h.name.to_string(), h.value.to_vec())).collect();
+    let get = |name: &str| headers.iter().find(|(n, _)| n.eq_ignore_ascii_case(name)).map(|(_, v)| v.as_slice());
+    let upgrade = get("upgrade").is_some_and(|v| has_token(v, "websocket"));
+    let connection = headers.iter().any(|(n, v)| n.eq_ignore_ascii_case("connection") && has_token(v, "upgrade"));
+    if !upgrade || !connection {
+        return Err(Reject::UpgradeRequired);
+    }
+    if req.method != Some("GET") {
+        return Err(Reject::BadRequest("websocket upgrade must be GET"));
+    }
+    if get("sec-websocket-version") != Some(b"13") {
+        return Err(Reject::UnsupportedVersion);
+    }
+    let key = get("sec-websocket-key").ok_or(Reject::BadRequest("missing Sec-WebSocket-Key"))?;
+    if !valid_key(key) {
+        return Err(Reject::BadRequest("Sec-WebSocket-Key is not 16 bytes in base64"));
+    }
+    let host = get("host").ok_or(Reject::BadRequest("missing Host"))?;
+    let host = std::str::from_utf8(host).map_err(|_| Reject::BadRequest("bad Host"))?.trim().to_ascii_lowercase();
+    let host = strip_port(&host).to_string();
+    let target = req.path.unwrap_or("/").to_string();
+    if !target.starts_with('/') {
+        return Err(Reject::BadRequest("request target must be a path"));
+    }
+    Ok(Upgrade { target, host, headers })
+}
+
+/// A base64 encoding of 16 bytes: 22 characters and "==".
+fn valid_key(k: &[u8]) -> bool {
+    let k = k.trim_ascii();
+    k.len() == 24 && k.ends_with(b"==") && k[..22].iter().all(|b| b.is_ascii_alphanumeric() || *b == b'+' || *b == b'/')
+}
+
+fn strip_port(h: &str) -> &str {
+    if let Some(rest) = h.strip_prefix('[') {
+        return rest.split(']').next().unwrap_or(rest);
+    }
+    match h.rsplit_once(':') {
+        Some((host, port)) if port.bytes().all(|b| b.is_ascii_digit()) => host,
+        _ => h,
+    }
+}
+
+/// The request as the backend sees it: the client's head untouched (subprotocols, extensions
+/// and application headers pass through), plus `X-Forwarded-For` (appended to), and
+/// `X-Forwarded-Proto` and `Forwarded` describing this hop.
+pub fn forward_head(up: &Upgrade, client: IpAddr, proto: &str) -> Vec<u8> {
+    let mut out = Vec::with_capacity(512);
+    out.extend_from_slice(b"GET ");
+    out.extend_from_slice(up.target.as_bytes());
+    out.extend_from_slice(b" HTTP/1.1\r\n");
+    let mut xff_done = false;
+    for (n, v) in &up.headers {
+        if n.eq_ignore_ascii_case("x-forwarded-proto") {
+            continue;
+        }
+        out.extend_from_slice(n.as_bytes());
+        out.extend_from_slice(b": ");
+        out.extend_from_slice(v);
+        if n.eq_ignore_ascii_case("x-forwarded-for") && !xff_done {
+            out.extend_from_slice(format!(", {client}").as_bytes());
+            xff_done = true;
+        }
+        out.extend_from_slice(b"\r\n");
+    }
+    if !xff_done {
+        out.extend_from_slice(format!("X-Forwarded-For: {client}\r\n").as_bytes());
+    }
+    out.extend_from_slice(format!("X-Forwarded-Proto: {proto}\r\n").as_bytes());
+    let for_ = match client {
+        IpAddr::V4(a) => a.to_string(),
+        IpAddr::V6(a) => format!("\"[{a}]\""),
+    };
+    out.extend_from_slice(format!("Forwarded: for={for_};proto={proto};host=\"{}\"\r\n\r\n", up.host).as_bytes());
+    out
+}
+
+/// The status code of a complete response head.
+pub fn response_status(head: &[u8]) -> Option<u16> {
+    let mut hdrs = [httparse::EMPTY_HEADER; 128];
+    let mut resp = httparse::Response::new(&mut hdrs);
+    match resp.parse(head) {
+        Ok(httparse::Status::Complete(_)) => resp.code,
+        _ => None,
+    }
+}
+
+/// The proxy's own answer to a refused handshake; `retry_after` for 503s.
+pub fn error_response(r: &Reject, retry_after: Option<u64>) -> Vec<u8> {
+    let status = r.status();
+    let text = match status {
+        400 => "Bad Request",
+        404 => "Not Found",
+        408 => "Request Timeout",
+        426 => "Upgrade Required",
+        431 => "Request Header Fields Too Large",
+        502 => "Bad Gateway",
+        _ => "Service Unavailable",
+    };
+    let body = format!("{r}\n");
+    let mut extra = String::new();
+    if status == 426 {
+        extra.push_str("Upgrade: websocket\r\nSec-WebSocket-Version: 13\r\n");
+    }
+    if let Some(s) = retry_after {
+        extra.push_str(&format!("Retry-After: {s}\r\n"));
+    }
+    format!(
+        "HTTP/1.1 {status} {text}\r\nContent-Type: text/plain\r\nContent-Length: {}\r\nConnection: close\r\n{extra}\r\n{body}",
+        body.len()
+    )
+    .into_bytes()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const GOOD: &str = "GET /chat?room=1 HTTP/1.1\r\nHost: Example.com:8080\r\nUpgrade: websocket\r\nConnection: keep-alive, Upgrade\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\nSec-WebSocket-Protocol: chat, superchat\r\nCookie: a=1; sid=xyz\r\nX-Forwarded-For: 10.0.0.1\r\n\r\n";
+
+    #[test]
+    fn accepts_a_valid_upgrade() {
+        let up = parse_request(GOOD.as_bytes()).unwrap();
+        assert_eq!(up.host, "example.com");
+        assert_eq!(up.path(), "/chat");
+        assert_eq!(up.query_param("room").as_deref(), Some("1"));
+        assert_eq!(up.cookie("sid").as_deref(), Some("xyz"));
+        let fwd = String::from_utf8(forward_head(&up, "192.0.2.7".parse().unwrap(), "ws")).unwrap();
+        assert!(fwd.starts_with("GET /chat?room=1 HTTP/1.1\r\n"));
+        assert!(fwd.contains("Sec-WebSocket-Protocol: chat, superchat\r\n"));
+        assert!(fwd.contains("X-Forwarded-For: 10.0.0.1, 192.0.2.7\r\n"));
+        assert!(fwd.contains("Forwarded: for=192.0.2.7;proto=ws;host=\"example.com\"\r\n"));
+        assert!(fwd.ends_with("\r\n\r\n"));
+    }
+
+    #[test]
+    fn rejects_with_the_right_status() {
+        let swap = |from: &str, to: &str| parse_request(GOOD.replace(from, to).as_bytes()).unwrap_err().status();
+        assert_eq!(swap("Upgrade: websocket\r\n", ""), 426);
+        assert_eq!(swap("Sec-WebSocket-Version: 13", "Sec-WebSocket-Version: 8"), 426);
+        assert_eq!(swap("dGhlIHNhbXBsZSBub25jZQ==", "short"), 400);
+        assert_eq!(swap("GET /chat", "POST /chat"), 400);
+        assert_eq!(swap("HTTP/1.1", "HTTP/1.0"), 400);
+        assert_eq!(swap("Host: Example.com:8080\r\n", ""), 400);
+        assert_eq!(parse_request(b"\x16\x03\x01garbage\r\n\r\n").unwrap_err().status(), 400);
+    }
+
+    #[test]
+    fn error_responses_are_http() {
+        let r = String::from_utf8(error_response(&Reject::Unavailable, Some(3))).unwrap();
+        assert!(r.starts_with("HTTP/1.1 503 Service Unavailable\r\n"));
+        assert!(r.contains("Retry-After: 3\r\n"));
+        assert_eq!(response_status(r.as_bytes()), Some(503));
+    }
+}

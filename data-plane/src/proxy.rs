@@ -1,0 +1,194 @@
+//! Accepting clients: the handshake under limits, routing, picking and connecting a backend
+//! (ejecting the ones that fail), forwarding the upgrade, then relaying.
+
+use std::net::SocketAddr;
+use std::sync::atomic::Ordering::Relaxed;
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream};
+
+use crate::handshake::{self, Reject};
+use crate::relay::{self, Limits};
+use crate::state::ProxyState;
+use crate::stats::ConnCtl;
+
+/// Proxy-local knobs that are not part of the replicated settings.
+#[derive(Clone, Copy, Debug)]
+pub struct Tuning {
+    pub connect_timeout: Duration,
+    /// How long a backend that refused a connection gets no new ones from this proxy.
+    pub eject_for: Duration,
+    /// Backends tried per handshake before answering 503.
+    pub max_attempts: usize,
+    /// On SIGTERM, closes are spread over this long.
+    pub shutdown_grace: Duration,
+}
+
+impl Default for Tuning {
+    fn default() -> Self {
+        Tuning {
+            connect_timeout: Duration::from_secs(3),
+            eject_for: Duration::from_secs(10),
+            max_attempts: 3,
+            shutdown_grace: Duration::from_secs(10),
+        }
+    }
+}
+
+/// Defaults for settings a fresh control plane has not set.
+const DEFAULT_HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+const DEFAULT_MAX_HEADER: usize = 16 * 1024;
+const MAX_RESPONSE_HEAD: usize = 16 * 1024;
+
+/// Accepts until shutdown. Each connection runs in its own task, tracked for shutdown.
+pub async fn serve(listener: TcpListener, state: Arc<ProxyState>, tuning: Tuning) {
+    loop {
+        let (sock, peer) = tokio::select! {
+            _ = state.shutdown.cancelled() => break,
+            r = listener.accept() => match r {
+                Ok(x) => x,
+                Err(e) => {
+                    // Out of descriptors or similar: back off instead of spinning.
+                    tracing::warn!("accept: {e}");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    continue;
+                }
+            },
+        };
+        let _ = sock.set_nodelay(true);
+        state.accepted.fetch_add(1, Relaxed);
+        let st = state.clone();
+        state.connections.spawn(async move { handle(st, sock, peer, tuning).await });
+    }
+}
+
+async fn reject(state: &ProxyState, mut sock: TcpStream, r: Reject) {
+    state.count_failure(r.reason());
+    let retry = (r.status() == 503).then(|| 1 + rand::random::<u64>() % 5);
+    let _ = tokio::time::timeout(Duration::from_secs(2), sock.write_all(&handshake::error_response(&r, retry))).await;
+    let _ = sock.shutdown().await;
+}
+
+/// Reads up to the end of an HTTP head; returns the head length (the buffer may hold more).
+async fn read_head(sock: &mut TcpStream, buf: &mut Vec<u8>, max: usize) -> Result<usize, Reject> {
+    loop {
+        if let Some(end) = handshake::head_end(buf) {
+            return Ok(end);
+        }
+        if buf.len() > max {
+            return Err(Reject::HeadersTooLarge);
+        }
+        buf.reserve(1024.min(max + 1 - buf.len().min(max)));
+        match sock.read_buf(buf).await {
+            Ok(0) | Err(_) => return Err(Reject::BadRequest("connection closed during handshake")),
+            Ok(_) => {}
+        }
+    }
+}
+
+async fn handle(state: Arc<ProxyState>, mut client: TcpStream, peer: SocketAddr, tuning: Tuning) {
+    let table = state.table.load_full();
+    let s = table.settings;
+    let hs_timeout = if s.handshake_timeout_ms > 0 {
+        Duration::from_millis(s.handshake_timeout_ms)
+    } else {
+        DEFAULT_HANDSHAKE_TIMEOUT
+    };
+    let max_header = if s.max_header_bytes > 0 { s.max_header_bytes as usize } else { DEFAULT_MAX_HEADER };
+    let mut buf = Vec::with_capacity(1024);
+    let head_len = match tokio::time::timeout(hs_timeout, read_head(&mut client, &mut buf, max_header)).await {
+        Ok(Ok(n)) if n <= max_header => n,
+        Ok(Ok(_)) => return reject(&state, client, Reject::HeadersTooLarge).await,
+        Ok(Err(Reject::BadRequest(_))) if buf.is_empty() => return, // connected and left
+        Ok(Err(r)) => return reject(&state, client, r).await,
+        Err(_) => return reject(&state, client, Reject::Timeout).await,
+    };
+    let up = match handshake::parse_request(&buf[..head_len]) {
+        Ok(u) => u,
+        Err(r) => return reject(&state, client, r).await,
+    };
+    let early = buf.split_off(head_len);
+    drop(buf);
+
+    let Some(pool) = table.route(&up.host, up.path()).cloned() else {
+        return reject(&state, client, Reject::NotFound).await;
+    };
+    let mut exclude = Vec::new();
+    let (idx, mut backend) = loop {
+        if exclude.len() >= tuning.max_attempts {
+            return reject(&state, client, Reject::Unavailable).await;
+        }
+        let Some(i) = pool.pick(&up, peer.ip(), state.registry.now_ms(), &exclude) else {
+            return reject(&state, client, Reject::Unavailable).await;
+        };
+        let b = &pool.backends[i];
+        match tokio::time::timeout(tuning.connect_timeout, TcpStream::connect(&b.backend.address)).await {
+            Ok(Ok(s)) => break (i, s),
+            _ => {
+                // Passive health: this proxy stops sending new connections here for a while.
+                b.stats.connect_failures.fetch_add(1, Relaxed);
+                b.stats.ejected_until_ms.store(state.registry.now_ms() + tuning.eject_for.as_millis() as u64, Relaxed);
+                tracing::warn!(backend = %b.backend.address, pool = %pool.pool.name, "connect failed; ejected locally");
+                exclude.push(i);
+            }
+        }
+    };
+    let _ = backend.set_nodelay(true);
+    let entry = &pool.backends[idx];
+    let stats = entry.stats.clone();
+
+    // Forward the upgrade and relay the backend's answer.
+    let fwd = handshake::forward_head(&up, peer.ip(), "ws");
+    let mut resp = Vec::with_capacity(512);
+    let answer = tokio::time::timeout(hs_timeout, async {
+        backend.write_all(&fwd).await.map_err(|_| Reject::BadGateway)?;
+        if !early.is_empty() {
+            backend.write_all(&early).await.map_err(|_| Reject::BadGateway)?;
+        }
+        read_head(&mut backend, &mut resp, MAX_RESPONSE_HEAD).await.map_err(|_| Reject::BadGateway)
+    })
+    .await;
+    let resp_len = match answer {
+        Ok(Ok(n)) => n,
+        Ok(Err(r)) => return reject(&state, client, r).await,
+        Err(_) => return reject(&state, client, Reject::BadGateway).await,
+    };
+    let status = handshake::response_status(&resp[..resp_len]);
+    if status != Some(101) {
+        // The backend said no: its answer is the client's answer.
+        state.count_failure("backend_refused");
+        if client.write_all(&resp).await.is_err() {
+            return;
+        }
+        let _ = tokio::time::timeout(Duration::from_secs(5), tokio::io::copy(&mut backend, &mut client)).await;
+        return;
+    }
+    // Frames the backend sent right behind its 101 go through the relay, which tracks them.
+    let backend_early = resp.split_off(resp_len);
+    if client.write_all(&resp).await.is_err() {
+        return;
+    }
+    drop(resp);
+
+    let id = state.conn_id();
+    let ctl = Arc::new(ConnCtl::default());
+    stats.register(id, ctl.clone());
+    stats.active.fetch_add(1, Relaxed);
+    stats.total.fetch_add(1, Relaxed);
+    // A connection that arrives while shutting down is closed like the others.
+    if state.shutdown.is_cancelled() {
+        ctl.close(crate::frame::CLOSE_GOING_AWAY);
+    }
+    let limits = Limits {
+        max_message: if s.max_message_bytes > 0 { s.max_message_bytes } else { 16 << 20 },
+        idle_timeout: (s.idle_timeout_ms > 0).then(|| Duration::from_millis(s.idle_timeout_ms)),
+        ping_interval: (s.ping_interval_ms > 0).then(|| Duration::from_millis(s.ping_interval_ms)),
+    };
+    drop(table);
+    let end = relay::relay(&client, &backend, &[], &backend_early, limits, &ctl, &stats).await;
+    tracing::debug!(?end, backend = %entry.backend.address, "connection ended");
+    stats.active.fetch_sub(1, Relaxed);
+    stats.unregister(id);
+}

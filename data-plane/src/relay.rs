@@ -1,0 +1,344 @@
+//! Relays a WebSocket connection after the `101`: bytes are forwarded as they arrive, and
+//! only frame headers are parsed (see [`crate::frame`]), so a message costs two reads, two
+//! writes and a few header bytes of parsing. Both directions run in one task; an idle
+//! connection holds no buffer (a buffer is borrowed from a pool for a read and the write
+//! after it). The proxy writes its own frames (Close, Ping) only at frame boundaries: masked
+//! toward the backend, unmasked toward the client.
+
+use std::io;
+use std::sync::atomic::Ordering::Relaxed;
+use std::sync::Mutex;
+use std::time::Duration;
+
+use tokio::net::TcpStream;
+use tokio::sync::Notify;
+use tokio::time::Instant;
+
+use crate::frame::{self, Tracker, Violation, CLOSE_GOING_AWAY, CLOSE_PROTOCOL_ERROR, CLOSE_TOO_BIG};
+use crate::stats::{BackendStats, ConnCtl};
+
+/// Per-read buffer size: large enough for typical messages in one read, small enough that
+/// thousands of busy connections stay cheap.
+const BUF: usize = 16 * 1024;
+/// Buffers kept for reuse.
+const POOL_MAX: usize = 512;
+/// After the proxy sends its Close, how long it waits for the peer to finish.
+const CLOSE_LINGER: Duration = Duration::from_secs(2);
+
+static POOL: Mutex<Vec<Box<[u8]>>> = Mutex::new(Vec::new());
+
+fn take_buf() -> Box<[u8]> {
+    POOL.lock().unwrap_or_else(|e| e.into_inner()).pop().unwrap_or_else(|| vec![0u8; BUF].into_boxed_slice())
+}
+
+fn give_buf(b: Box<[u8]>) {
+    let mut p = POOL.lock().unwrap_or_else(|e| e.into_inner());
+    if p.len() < POOL_MAX {
+        p.push(b);
+    }
+}
+
+pub async fn write_all(s: &TcpStream, mut buf: &[u8]) -> io::Result<()> {
+    while !buf.is_empty() {
+        s.writable().await?;
+        match s.try_write(buf) {
+            Ok(n) => buf = &buf[n..],
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(())
+}
+
+#[derive(Clone, Copy, Debug)]
+pub struct Limits {
+    pub max_message: u64,
+    pub idle_timeout: Option<Duration>,
+    pub ping_interval: Option<Duration>,
+}
+
+/// How a relayed connection ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum End {
+    /// A peer closed (its Close frame went through, or its TCP connection ended).
+    Peer,
+    /// The proxy closed it with this code toward the client.
+    Proxy(u16),
+    /// The client stopped answering pings.
+    DeadClient,
+    Error,
+}
+
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Dir {
+    ToBackend,
+    ToClient,
+}
+
+#[derive(Clone, Copy)]
+struct Codes {
+    client: u16,
+    backend: u16,
+}
+
+/// A value both directions read and write. Both run in one task, so the lock is never
+/// contended; it is a lock only so the task stays `Send`.
+struct Slot<T: Copy>(Mutex<T>);
+
+impl<T: Copy> Slot<T> {
+    fn new(v: T) -> Self {
+        Slot(Mutex::new(v))
+    }
+    fn get(&self) -> T {
+        *self.0.lock().unwrap_or_else(|e| e.into_inner())
+    }
+    fn set(&self, v: T) {
+        *self.0.lock().unwrap_or_else(|e| e.into_inner()) = v;
+    }
+}
+
+struct Shared {
+    close: Slot<Option<Codes>>,
+    wake: Notify,
+    last_client: Slot<Instant>,
+    last_any: Slot<Instant>,
+    /// When one direction finished, so the other does not wait forever.
+    finished_at: Slot<Option<Instant>>,
+    end: Slot<Option<End>>,
+}
+
+impl Shared {
+    fn request_close(&self, client: u16, backend: u16, end: End) {
+        if self.close.get().is_none() {
+            self.close.set(Some(Codes { client, backend }));
+            self.end.set(Some(end));
+            self.wake.notify_waiters();
+        }
+    }
+}
+
+/// Relays until both directions are done. `client_early` and `backend_early` are bytes
+/// already read past each side's HTTP head.
+#[allow(clippy::too_many_arguments)]
+pub async fn relay(
+    client: &TcpStream,
+    backend: &TcpStream,
+    client_early: &[u8],
+    backend_early: &[u8],
+    limits: Limits,
+    ctl: &ConnCtl,
+    stats: &BackendStats,
+) -> End {
+    let now = Instant::now();
+    let sh = Shared {
+        close: Slot::new(None),
+        wake: Notify::new(),
+        last_client: Slot::new(now),
+        last_any: Slot::new(now),
+        finished_at: Slot::new(None),
+        end: Slot::new(None),
+    };
+    let c2b = pump(Dir::ToBackend, client, backend, client_early, limits, &sh, ctl, stats);
+    let b2c = pump(Dir::ToClient, backend, client, backend_early, limits, &sh, ctl, stats);
+    let (a, b) = tokio::join!(c2b, b2c);
+    sh.end.get().unwrap_or(if a.is_err() || b.is_err() { End::Error } else { End::Peer })
+}
+
+#[allow(clippy::too_many_arguments)]
+async fn pump(
+    dir: Dir,
+    from: &TcpStream,
+    to: &TcpStream,
+    early: &[u8],
+    limits: Limits,
+    sh: &Shared,
+    ctl: &ConnCtl,
+    stats: &BackendStats,
+) -> io::Result<()> {
+    let mut t = Tracker::new(limits.max_message);
+    let mut sent_close = false;
+    let mut ping_sent: Option<Instant> = None;
+    let mut linger_until: Option<Instant> = None;
+    if !early.is_empty() && !forward(dir, &mut t, early, to, sh, stats).await? {
+        sent_close = close_if_boundary(dir, &t, to, sh).await?;
+    }
+    loop {
+        // A close the proxy decided: send ours once this output is between frames; after
+        // that, only wait for the peer to finish, discarding what it still sends.
+        if !sent_close && sh.close.get().is_some() && t.at_boundary() {
+            sent_close = close_if_boundary(dir, &t, to, sh).await?;
+            linger_until = Some(Instant::now() + CLOSE_LINGER);
+        }
+        let deadline = next_deadline(dir, limits, sh, ping_sent, linger_until);
+        let mut buf = None;
+        tokio::select! {
+            biased;
+            _ = sh.wake.notified() => continue,
+            _ = ctl.notify.notified(), if dir == Dir::ToClient => {
+                let code = ctl.requested().unwrap_or(CLOSE_GOING_AWAY);
+                sh.request_close(code, CLOSE_GOING_AWAY, End::Proxy(code));
+                continue;
+            }
+            _ = sleep_until_opt(deadline) => {
+                let now = Instant::now();
+                if linger_until.is_some_and(|l| now >= l) {
+                    return Ok(());
+                }
+                if sh.finished_at.get().is_some_and(|f| now >= f + CLOSE_LINGER) {
+                    return Ok(());
+                }
+                if dir == Dir::ToClient && sh.close.get().is_none() {
+                    if let Some(idle) = limits.idle_timeout {
+                        if now >= sh.last_any.get() + idle {
+                            sh.request_close(CLOSE_GOING_AWAY, CLOSE_GOING_AWAY, End::Proxy(CLOSE_GOING_AWAY));
+                            continue;
+                        }
+                    }
+                    if let Some(every) = limits.ping_interval {
+                        match ping_sent {
+                            Some(at) if sh.last_client.get() < at && now >= at + every => {
+                                // No word from the client for a whole interval after our ping.
+                                sh.end.set(Some(End::DeadClient));
+                                sh.finished_at.set(Some(now));
+                                sh.wake.notify_waiters();
+                                return Ok(());
+                            }
+                            _ if now >= sh.last_client.get() + every && t.at_boundary() => {
+                                write_all(to, &frame::control_frame(frame::OP_PING, b"sy", None)).await?;
+                                ping_sent = Some(now);
+                            }
+                            _ => {}
+                        }
+                    }
+                }
+                continue;
+            }
+            r = from.readable() => {
+                r?;
+                let mut b = take_buf();
+                match from.try_read(&mut b) {
+                    Ok(0) => {
+                        give_buf(b);
+                        // Peer finished: pass the FIN on and let the other direction drain.
+                        if !sent_close {
+                            let _ = to.try_write(&[]);
+                        }
+                        sh.finished_at.set(Some(Instant::now()));
+                        sh.wake.notify_waiters();
+                        let _ = shutdown_write(to);
+                        return Ok(());
+                    }
+                    Ok(n) => buf = Some((b, n)),
+                    Err(e) if e.kind() == io::ErrorKind::WouldBlock => give_buf(b),
+                    Err(e) => {
+                        give_buf(b);
+                        sh.finished_at.set(Some(Instant::now()));
+                        sh.wake.notify_waiters();
+                        return Err(e);
+                    }
+                }
+            }
+        }
+        if let Some((b, n)) = buf {
+            let now = Instant::now();
+            sh.last_any.set(now);
+            if dir == Dir::ToBackend {
+                sh.last_client.set(now);
+            }
+            let res = if sent_close { Ok(true) } else { forward(dir, &mut t, &b[..n], to, sh, stats).await };
+            give_buf(b);
+            if !res? {
+                sent_close = close_if_boundary(dir, &t, to, sh).await?;
+                linger_until = Some(Instant::now() + CLOSE_LINGER);
+            }
+        }
+    }
+}
+
+/// Forwards `data` from one side to the other. Returns false when the data broke a limit;
+/// then the part before the offending frame has been forwarded and a close requested.
+async fn forward(
+    dir: Dir,
+    t: &mut Tracker,
+    data: &[u8],
+    to: &TcpStream,
+    sh: &Shared,
+    stats: &BackendStats,
+) -> io::Result<bool> {
+    let before = t.messages;
+    let (ok_len, violation) = match t.feed(data) {
+        Ok(()) => (data.len(), None),
+        Err((n, v)) => (n, Some(v)),
+    };
+    if ok_len > 0 {
+        write_all(to, &data[..ok_len]).await?;
+    }
+    let (bytes, msgs) = match dir {
+        Dir::ToBackend => (&stats.bytes_to_backend, &stats.messages_to_backend),
+        Dir::ToClient => (&stats.bytes_to_client, &stats.messages_to_client),
+    };
+    bytes.fetch_add(ok_len as u64, Relaxed);
+    msgs.fetch_add(t.messages - before, Relaxed);
+    let Some(v) = violation else { return Ok(true) };
+    let code = if v == Violation::MessageTooBig { CLOSE_TOO_BIG } else { CLOSE_PROTOCOL_ERROR };
+    // The side that broke the limit hears why; the other side hears the proxy is going away.
+    match dir {
+        Dir::ToBackend => sh.request_close(code, CLOSE_GOING_AWAY, End::Proxy(code)),
+        Dir::ToClient => sh.request_close(CLOSE_GOING_AWAY, code, End::Proxy(CLOSE_GOING_AWAY)),
+    }
+    // The tracker stopped at the offending header: the output is at a boundary only if
+    // nothing of that header went out in an earlier read.
+    *t = Tracker::new(u64::MAX);
+    Ok(false)
+}
+
+/// Sends the proxy's Close on this output. Returns whether it was sent.
+async fn close_if_boundary(dir: Dir, t: &Tracker, to: &TcpStream, sh: &Shared) -> io::Result<bool> {
+    let Some(codes) = sh.close.get() else { return Ok(false) };
+    if !t.at_boundary() {
+        return Ok(false);
+    }
+    let f = match dir {
+        Dir::ToClient => frame::close_frame(codes.client, "", None),
+        Dir::ToBackend => frame::close_frame(codes.backend, "", Some(rand::random())),
+    };
+    write_all(to, &f).await?;
+    Ok(true)
+}
+
+fn shutdown_write(s: &TcpStream) -> io::Result<()> {
+    socket2::SockRef::from(s).shutdown(std::net::Shutdown::Write)
+}
+
+fn next_deadline(
+    dir: Dir,
+    limits: Limits,
+    sh: &Shared,
+    ping_sent: Option<Instant>,
+    linger_until: Option<Instant>,
+) -> Option<Instant> {
+    let mut d: Option<Instant> = linger_until;
+    let mut min = |x: Instant| d = Some(d.map_or(x, |y| y.min(x)));
+    if let Some(f) = sh.finished_at.get() {
+        min(f + CLOSE_LINGER);
+    }
+    if dir == Dir::ToClient && sh.close.get().is_none() {
+        if let Some(idle) = limits.idle_timeout {
+            min(sh.last_any.get() + idle);
+        }
+        if let Some(every) = limits.ping_interval {
+            match ping_sent {
+                Some(at) if sh.last_client.get() < at => min(at + every),
+                _ => min(sh.last_client.get() + every),
+            }
+        }
+    }
+    d
+}
+
+async fn sleep_until_opt(d: Option<Instant>) {
+    match d {
+        Some(d) => tokio::time::sleep_until(d).await,
+        None => std::future::pending().await,
+    }
+}

@@ -1,0 +1,84 @@
+//! What a proxy knows: the current routing table, per-backend stats, where its config came
+//! from, and counters for the admin endpoints.
+
+use std::collections::BTreeMap;
+use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
+use std::sync::{Arc, Mutex};
+use std::time::{Instant, SystemTime};
+
+use arc_swap::ArcSwap;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+use crate::stats::Registry;
+use crate::table::Table;
+
+/// Where the running config came from.
+#[derive(Clone, Debug)]
+pub struct ConfigInfo {
+    /// "none", "cache" or "control-plane".
+    pub source: &'static str,
+    pub revision: u64,
+    /// When this proxy applied it (or when the cache file was written).
+    pub applied_at: SystemTime,
+}
+
+#[derive(Clone, Debug)]
+pub struct ControlPlaneInfo {
+    pub connected: Option<String>,
+    pub since: Instant,
+}
+
+pub struct ProxyState {
+    pub proxy_id: String,
+    pub table: ArcSwap<Table>,
+    pub registry: Registry,
+    pub config: Mutex<ConfigInfo>,
+    pub control_plane: Mutex<ControlPlaneInfo>,
+    pub handshake_failures: Mutex<BTreeMap<&'static str, u64>>,
+    pub accepted: AtomicU64,
+    next_conn: AtomicU64,
+    /// Cancelled on SIGTERM: stop accepting, close connections.
+    pub shutdown: CancellationToken,
+    pub connections: TaskTracker,
+}
+
+impl ProxyState {
+    pub fn new(proxy_id: String) -> Arc<ProxyState> {
+        Arc::new(ProxyState {
+            proxy_id,
+            table: ArcSwap::from_pointee(Table::empty()),
+            registry: Registry::default(),
+            config: Mutex::new(ConfigInfo { source: "none", revision: 0, applied_at: SystemTime::now() }),
+            control_plane: Mutex::new(ControlPlaneInfo { connected: None, since: Instant::now() }),
+            handshake_failures: Mutex::new(BTreeMap::new()),
+            accepted: AtomicU64::new(0),
+            next_conn: AtomicU64::new(1),
+            shutdown: CancellationToken::new(),
+            connections: TaskTracker::new(),
+        })
+    }
+
+    pub fn conn_id(&self) -> u64 {
+        self.next_conn.fetch_add(1, Relaxed)
+    }
+
+    pub fn count_failure(&self, reason: &'static str) {
+        *self.handshake_failures.lock().unwrap_or_else(|e| e.into_inner()).entry(reason).or_default() += 1;
+    }
+
+    pub fn config_info(&self) -> ConfigInfo {
+        self.config.lock().unwrap_or_else(|e| e.into_inner()).clone()
+    }
+
+    pub fn control_plane_info(&self) -> ControlPlaneInfo {
+        self.control_plane.lock().unwrap_or_else(|e| e.into_inner()).clone()
+    }
+
+    pub fn set_control_plane(&self, connected: Option<String>) {
+        let mut cp = self.control_plane.lock().unwrap_or_else(|e| e.into_inner());
+        if cp.connected != connected {
+            *cp = ControlPlaneInfo { connected, since: Instant::now() };
+        }
+    }
+}

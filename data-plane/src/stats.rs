@@ -1,0 +1,106 @@
+//! Per-backend counters and live connections. They outlive routing tables: a table rebuilt
+//! on a config change picks the same stats back up, so counts and connections carry over.
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicU16, AtomicU64, Ordering::Relaxed};
+use std::sync::{Arc, Mutex, RwLock};
+use std::time::Instant;
+
+use tokio::sync::Notify;
+
+/// Asks one relayed connection to close at its next frame boundaries.
+#[derive(Default)]
+pub struct ConnCtl {
+    pub notify: Notify,
+    code: AtomicU16,
+}
+
+impl ConnCtl {
+    pub fn close(&self, code: u16) {
+        self.code.store(code, Relaxed);
+        self.notify.notify_one();
+    }
+
+    /// The close code asked for, if any.
+    pub fn requested(&self) -> Option<u16> {
+        match self.code.load(Relaxed) {
+            0 => None,
+            c => Some(c),
+        }
+    }
+}
+
+#[derive(Default)]
+pub struct BackendStats {
+    pub active: AtomicU64,
+    pub total: AtomicU64,
+    pub messages_to_backend: AtomicU64,
+    pub messages_to_client: AtomicU64,
+    pub bytes_to_backend: AtomicU64,
+    pub bytes_to_client: AtomicU64,
+    pub connect_failures: AtomicU64,
+    /// Passive health: no new connections before this time (ms on the registry's clock).
+    pub ejected_until_ms: AtomicU64,
+    /// Connections through other proxies, as the control plane last reported.
+    pub cluster_active: AtomicU64,
+    conns: Mutex<HashMap<u64, Arc<ConnCtl>>>,
+}
+
+impl BackendStats {
+    pub fn register(&self, id: u64, ctl: Arc<ConnCtl>) {
+        self.conns.lock().unwrap_or_else(|e| e.into_inner()).insert(id, ctl);
+    }
+
+    pub fn unregister(&self, id: u64) {
+        self.conns.lock().unwrap_or_else(|e| e.into_inner()).remove(&id);
+    }
+
+    /// Live connections' handles, for closing them.
+    pub fn connections(&self) -> Vec<Arc<ConnCtl>> {
+        self.conns.lock().unwrap_or_else(|e| e.into_inner()).values().cloned().collect()
+    }
+
+    /// Load used by the least-connections and p2c balancers.
+    pub fn load(&self) -> u64 {
+        self.active.load(Relaxed) + self.cluster_active.load(Relaxed)
+    }
+}
+
+/// All backends' stats, by (pool, address).
+pub struct Registry {
+    map: RwLock<HashMap<(String, String), Arc<BackendStats>>>,
+    start: Instant,
+}
+
+impl Default for Registry {
+    fn default() -> Self {
+        Registry { map: RwLock::default(), start: Instant::now() }
+    }
+}
+
+impl Registry {
+    pub fn get(&self, pool: &str, addr: &str) -> Arc<BackendStats> {
+        let key = (pool.to_string(), addr.to_string());
+        if let Some(s) = self.map.read().unwrap_or_else(|e| e.into_inner()).get(&key) {
+            return s.clone();
+        }
+        self.map.write().unwrap_or_else(|e| e.into_inner()).entry(key).or_default().clone()
+    }
+
+    /// Forgets backends no longer configured once their last connection is gone.
+    pub fn retain(&self, keep: impl Fn(&(String, String)) -> bool) {
+        self.map.write().unwrap_or_else(|e| e.into_inner()).retain(|k, s| keep(k) || s.active.load(Relaxed) > 0);
+    }
+
+    pub fn all(&self) -> Vec<((String, String), Arc<BackendStats>)> {
+        let mut v: Vec<_> =
+            self.map.read().unwrap_or_else(|e| e.into_inner()).iter().map(|(k, s)| (k.clone(), s.clone())).collect();
+        v.sort_by(|a, b| a.0.cmp(&b.0));
+        v
+    }
+
+    /// Milliseconds since the registry started: the clock for ejections.
+    pub fn now_ms(&self) -> u64 {
+        self.start.elapsed().as_millis() as u64
+    }
+}

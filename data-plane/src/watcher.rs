@@ -1,0 +1,266 @@
+//! Following the control plane: `Discovery.Watch` from any node, resuming from the last
+//! applied revision on another node when one fails; each applied revision rebuilds the
+//! routing table, is written to the cache file, and is acknowledged with `Discovery.Report`.
+//! With every node down, the proxy keeps the table it has.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::{Duration, SystemTime};
+
+use prost::Message;
+use switchyard_proto::v1::discovery_client::DiscoveryClient;
+use switchyard_proto::v1::{
+    change, watch_event, AdminState, Backend, BackendLoad, Pool, ProxyReport, Route, SessionBinding, Settings,
+    Topology, WatchEvent, WatchRequest,
+};
+use tokio::sync::watch;
+use tonic::transport::{Channel, Endpoint};
+
+use crate::drain;
+use crate::state::{ConfigInfo, ProxyState};
+use crate::table::Table;
+
+/// The proxy's copy of the replicated model.
+#[derive(Default, Clone, Debug, PartialEq)]
+pub struct Mirror {
+    pub revision: u64,
+    pools: BTreeMap<String, Pool>,
+    backends: BTreeMap<(String, String), Backend>,
+    routes: BTreeMap<String, Route>,
+    settings: Option<Settings>,
+    sessions: BTreeMap<(String, String), SessionBinding>,
+}
+
+impl Mirror {
+    pub fn from_topology(t: Topology) -> Mirror {
+        Mirror {
+            revision: t.revision,
+            pools: t.pools.into_iter().map(|p| (p.name.clone(), p)).collect(),
+            backends: t.backends.into_iter().map(|b| ((b.pool.clone(), b.address.clone()), b)).collect(),
+            routes: t.routes.into_iter().map(|r| (r.name.clone(), r)).collect(),
+            settings: t.settings,
+            sessions: t.sessions.into_iter().map(|s| ((s.pool.clone(), s.key.clone()), s)).collect(),
+        }
+    }
+
+    pub fn to_topology(&self) -> Topology {
+        Topology {
+            revision: self.revision,
+            pools: self.pools.values().cloned().collect(),
+            backends: self.backends.values().cloned().collect(),
+            routes: self.routes.values().cloned().collect(),
+            settings: self.settings,
+            sessions: self.sessions.values().cloned().collect(),
+        }
+    }
+
+    /// Applies one event. Events at or below the current revision are ignored, so a resumed
+    /// stream can never take the proxy backwards.
+    pub fn apply(&mut self, ev: WatchEvent) -> bool {
+        if ev.revision < self.revision || (ev.revision == self.revision && self.revision != 0) {
+            return false;
+        }
+        match ev.kind {
+            Some(watch_event::Kind::Snapshot(t)) => *self = Mirror::from_topology(t),
+            Some(watch_event::Kind::Changes(cs)) => {
+                for c in cs.changes {
+                    match c.kind {
+                        Some(change::Kind::PoolPut(p)) => {
+                            self.pools.insert(p.name.clone(), p);
+                        }
+                        Some(change::Kind::PoolDeleted(n)) => {
+                            self.pools.remove(&n);
+                        }
+                        Some(change::Kind::BackendPut(b)) => {
+                            self.backends.insert((b.pool.clone(), b.address.clone()), b);
+                        }
+                        Some(change::Kind::BackendRemoved(b)) => {
+                            self.backends.remove(&(b.pool, b.address));
+                        }
+                        Some(change::Kind::RoutePut(r)) => {
+                            self.routes.insert(r.name.clone(), r);
+                        }
+                        Some(change::Kind::RouteDeleted(n)) => {
+                            self.routes.remove(&n);
+                        }
+                        Some(change::Kind::SettingsPut(s)) => self.settings = Some(s),
+                        Some(change::Kind::SessionPut(s)) => {
+                            self.sessions.insert((s.pool.clone(), s.key.clone()), s);
+                        }
+                        Some(change::Kind::SessionRemoved(s)) => {
+                            self.sessions.remove(&(s.pool, s.key));
+                        }
+                        None => {}
+                    }
+                }
+            }
+            None => return false,
+        }
+        self.revision = ev.revision;
+        true
+    }
+}
+
+/// Loads the cache file, if there is a usable one.
+pub fn load_cache(path: &Path) -> Option<(Topology, SystemTime)> {
+    let bytes = std::fs::read(path).ok()?;
+    let written = std::fs::metadata(path).and_then(|m| m.modified()).unwrap_or(SystemTime::UNIX_EPOCH);
+    match Topology::decode(bytes.as_slice()) {
+        Ok(t) => Some((t, written)),
+        Err(e) => {
+            tracing::warn!(path = %path.display(), "ignoring unreadable config cache: {e}");
+            None
+        }
+    }
+}
+
+/// Writes atomically (temp file, then rename), so a crash never leaves half a cache.
+fn write_cache(path: &Path, t: &Topology) -> std::io::Result<()> {
+    let tmp = path.with_extension("tmp");
+    std::fs::write(&tmp, t.encode_to_vec())?;
+    std::fs::rename(&tmp, path)
+}
+
+/// Installs a new config: rebuild the table, swap it in, and act on backends whose state
+/// changed (drain, disable, removal). Established connections are otherwise untouched.
+pub fn install(state: &ProxyState, mirror: &Mirror, source: &'static str, applied_at: SystemTime) {
+    let topo = mirror.to_topology();
+    let new = Arc::new(Table::build(&topo, &state.registry));
+    let old = state.table.swap(new.clone());
+    *state.config.lock().unwrap_or_else(|e| e.into_inner()) =
+        ConfigInfo { source, revision: mirror.revision, applied_at };
+    drain::on_change(state, &old, &new);
+    state.registry.retain(|(p, a)| mirror.backends.contains_key(&(p.clone(), a.clone())));
+}
+
+pub struct WatchConfig {
+    pub endpoints: Vec<String>,
+    pub cache_file: Option<PathBuf>,
+}
+
+fn channel(addr: &str) -> Result<Channel, tonic::transport::Error> {
+    let uri = if addr.contains("://") { addr.to_string() } else { format!("http://{addr}") };
+    Ok(Endpoint::from_shared(uri)?
+        .connect_timeout(Duration::from_secs(1))
+        .tcp_nodelay(true)
+        .http2_keep_alive_interval(Duration::from_secs(2))
+        .keep_alive_timeout(Duration::from_secs(2))
+        .keep_alive_while_idle(true)
+        .connect_lazy())
+}
+
+/// Runs until shutdown. `mirror` is what the proxy starts from (the cache, or empty).
+pub async fn run(state: Arc<ProxyState>, cfg: WatchConfig, mut mirror: Mirror) {
+    let (applied_tx, applied_rx) = watch::channel(mirror.revision);
+    let (cache_tx, cache_rx) = watch::channel(None::<Arc<Topology>>);
+    if let Some(path) = cfg.cache_file.clone() {
+        tokio::spawn(cache_writer(path, cache_rx));
+    }
+    tokio::spawn(reporter(state.clone(), cfg.endpoints.clone(), applied_rx));
+    let mut backoff = Duration::from_millis(100);
+    let mut next = 0usize;
+    while !state.shutdown.is_cancelled() {
+        let addr = cfg.endpoints[next % cfg.endpoints.len()].clone();
+        next += 1;
+        let from = mirror.revision;
+        let stream = match channel(&addr) {
+            Ok(ch) => {
+                let mut c = DiscoveryClient::new(ch).max_decoding_message_size(256 << 20);
+                tokio::time::timeout(
+                    Duration::from_secs(3),
+                    c.watch(WatchRequest { proxy_id: state.proxy_id.clone(), from_revision: from }),
+                )
+                .await
+            }
+            Err(_) => continue,
+        };
+        let mut stream = match stream {
+            Ok(Ok(s)) => s.into_inner(),
+            _ => {
+                state.set_control_plane(None);
+                let jitter = rand::random::<u64>() % (backoff.as_millis() as u64 / 2 + 1);
+                tokio::select! {
+                    _ = state.shutdown.cancelled() => return,
+                    _ = tokio::time::sleep(backoff + Duration::from_millis(jitter)) => {}
+                }
+                backoff = (backoff * 2).min(Duration::from_secs(5));
+                continue;
+            }
+        };
+        tracing::info!(node = %addr, from, "following the control plane");
+        state.set_control_plane(Some(addr.clone()));
+        backoff = Duration::from_millis(100);
+        loop {
+            let ev = tokio::select! {
+                _ = state.shutdown.cancelled() => return,
+                ev = stream.message() => ev,
+            };
+            let Ok(Some(ev)) = ev else { break };
+            if mirror.apply(ev) {
+                install(&state, &mirror, "control-plane", SystemTime::now());
+                let _ = applied_tx.send(mirror.revision);
+                let _ = cache_tx.send(Some(Arc::new(mirror.to_topology())));
+            }
+        }
+        tracing::warn!(node = %addr, revision = mirror.revision, "control-plane stream ended; trying the next node");
+        state.set_control_plane(None);
+    }
+}
+
+/// Writes the latest config to the cache file, coalescing bursts of changes.
+async fn cache_writer(path: PathBuf, mut rx: watch::Receiver<Option<Arc<Topology>>>) {
+    while rx.changed().await.is_ok() {
+        let Some(t) = rx.borrow_and_update().clone() else { continue };
+        let p = path.clone();
+        match tokio::task::spawn_blocking(move || write_cache(&p, &t)).await {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => tracing::warn!(path = %path.display(), "cannot write config cache: {e}"),
+            Err(_) => {}
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// Tells the control plane which revision this proxy runs, at once when it changes and every
+/// few seconds otherwise, with its connection counts.
+async fn reporter(state: Arc<ProxyState>, endpoints: Vec<String>, mut applied: watch::Receiver<u64>) {
+    let mut i = 0usize;
+    loop {
+        let rev = *applied.borrow_and_update();
+        let loads = state
+            .registry
+            .all()
+            .into_iter()
+            .map(|((pool, address), s)| BackendLoad {
+                pool,
+                address,
+                connections: s.active.load(std::sync::atomic::Ordering::Relaxed),
+            })
+            .collect();
+        let report = ProxyReport {
+            proxy_id: state.proxy_id.clone(),
+            applied_revision: rev,
+            rejected_reason: String::new(),
+            loads,
+            bindings: vec![],
+        };
+        let addr = state.control_plane_info().connected.unwrap_or_else(|| endpoints[i % endpoints.len()].clone());
+        if let Ok(ch) = channel(&addr) {
+            let mut c = DiscoveryClient::new(ch);
+            if tokio::time::timeout(Duration::from_secs(2), c.report(report)).await.map(|r| r.is_ok()) != Ok(true) {
+                i += 1;
+            }
+        }
+        tokio::select! {
+            _ = state.shutdown.cancelled() => return,
+            r = applied.changed() => if r.is_err() { return },
+            _ = tokio::time::sleep(Duration::from_secs(5)) => {}
+        }
+    }
+}
+
+/// Whether a backend should keep its established connections.
+pub fn keeps_connections(b: &Backend) -> bool {
+    b.admin_state != AdminState::Disabled as i32
+}
