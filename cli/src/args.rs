@@ -55,8 +55,19 @@ pub enum Command {
         #[arg(long, default_value_t = 0)]
         from: u64,
     },
-    /// Run a 3-node control-plane cluster in this process, on loopback.
+    /// Run Switchyard on this machine: 3 control-plane nodes, 2 proxies and 3 demo echo
+    /// backends, in this process, on loopback.
     Dev(DevArgs),
+    /// A demo WebSocket echo backend (greets with its name, then echoes).
+    DemoBackend {
+        #[arg(long, default_value = "127.0.0.1:9001")]
+        listen: std::net::SocketAddr,
+        #[arg(long, default_value = "demo")]
+        name: String,
+        /// Do not send the greeting (pure echo, for benchmarks).
+        #[arg(long)]
+        no_greeting: bool,
+    },
 }
 
 #[derive(Subcommand, Debug)]
@@ -243,6 +254,9 @@ pub struct DevArgs {
     /// First control-plane port; the three nodes take this one and the next two.
     #[arg(long, default_value_t = 7400)]
     pub base_port: u16,
+    /// First proxy's WebSocket port (admin on the next port); the second proxy takes +10.
+    #[arg(long, default_value_t = 8080)]
+    pub proxy_port: u16,
     /// Keep data here instead of a temporary directory removed on exit.
     #[arg(long)]
     pub data_dir: Option<std::path::PathBuf>,

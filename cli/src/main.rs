@@ -2,6 +2,7 @@
 
 mod args;
 mod client;
+mod demo;
 mod dev;
 mod output;
 mod run;
@@ -40,6 +41,14 @@ async fn main() {
                 .init();
             dev::run(a).await
         }
+        args::Command::DemoBackend { listen, name, no_greeting } => match tokio::net::TcpListener::bind(listen).await {
+            Ok(l) => {
+                println!("demo backend {name} on ws://{listen}");
+                demo::echo_server(l, name, !no_greeting).await;
+                Ok(())
+            }
+            Err(e) => Err(anyhow::anyhow!("cannot listen on {listen}: {e}")),
+        },
         command => match client::Client::new(&cli.endpoints) {
             Ok(client) => {
                 let consistency = if cli.local { Consistency::Local } else { Consistency::Linearizable } as i32;

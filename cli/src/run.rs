@@ -160,7 +160,7 @@ impl Ctx {
     pub async fn run(&mut self, cmd: Command) -> Result<()> {
         let consistency = self.consistency;
         match cmd {
-            Command::Dev(_) => unreachable!("handled in main"),
+            Command::Dev(_) | Command::DemoBackend { .. } => unreachable!("handled in main"),
             Command::Cluster(c) => self.cluster(c).await?,
             Command::Pool(PoolCmd::Create { name, opts }) => {
                 let mut pool = Pool { name, ..Default::default() };

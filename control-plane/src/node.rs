@@ -122,6 +122,9 @@ pub enum LeaderOp {
         id: NodeId,
     },
     ReadIndex,
+    /// A proxy's report, collected on the leader so any node can list every proxy.
+    Report(crate::pb::Pb<ProxyStatus>),
+    ListProxies,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -130,6 +133,8 @@ pub enum LeaderReply {
     WrittenMany(Vec<Result<(u64, WireOutcome), ExecError>>),
     Membership { revision: u64 },
     ReadIndex(u64),
+    Reported,
+    Proxies(Vec<crate::pb::Pb<ProxyStatus>>),
 }
 
 /// Why the leader side did not carry out an op.
@@ -430,6 +435,23 @@ impl NodeInner {
                 self.ensure_leader()?;
                 let waits: Vec<_> = cmds.into_iter().map(|cmd| self.propose(cmd)).collect();
                 Ok(LeaderReply::WrittenMany(futures::future::join_all(waits).await))
+            }
+            LeaderOp::Report(crate::pb::Pb(status)) => {
+                self.ensure_leader()?;
+                self.proxies.lock().unwrap_or_else(|e| e.into_inner()).insert(status.proxy_id.clone(), status);
+                Ok(LeaderReply::Reported)
+            }
+            LeaderOp::ListProxies => {
+                self.ensure_leader()?;
+                let all = self
+                    .proxies
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .values()
+                    .cloned()
+                    .map(crate::pb::Pb)
+                    .collect();
+                Ok(LeaderReply::Proxies(all))
             }
             LeaderOp::ReadIndex => match self.raft.ensure_linearizable().await {
                 Ok(l) => Ok(LeaderReply::ReadIndex(l.map_or(0, |l| l.index))),

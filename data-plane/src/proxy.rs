@@ -64,6 +64,11 @@ pub async fn serve(listener: TcpListener, state: Arc<ProxyState>, tuning: Tuning
     }
 }
 
+async fn reject_none<T>(state: &ProxyState, sock: TcpStream, r: Reject) -> Option<T> {
+    reject(state, sock, r).await;
+    None
+}
+
 async fn reject(state: &ProxyState, mut sock: TcpStream, r: Reject) {
     state.count_failure(r.reason());
     let retry = (r.status() == 503).then(|| 1 + rand::random::<u64>() % 5);
@@ -88,7 +93,35 @@ async fn read_head(sock: &mut TcpStream, buf: &mut Vec<u8>, max: usize) -> Resul
     }
 }
 
-async fn handle(state: Arc<ProxyState>, mut client: TcpStream, peer: SocketAddr, tuning: Tuning) {
+/// A connection past its handshake: what the relay needs, and nothing else.
+struct Established {
+    client: TcpStream,
+    backend: TcpStream,
+    backend_early: Vec<u8>,
+    stats: Arc<crate::stats::BackendStats>,
+    limits: Limits,
+}
+
+async fn handle(state: Arc<ProxyState>, client: TcpStream, peer: SocketAddr, tuning: Tuning) {
+    // The handshake's buffers, parsed headers and table reference die with `open`'s future,
+    // so an established connection keeps only its sockets and relay state.
+    let Some(e) = open(&state, client, peer, tuning).await else { return };
+    let id = state.conn_id();
+    let ctl = Arc::new(ConnCtl::default());
+    e.stats.register(id, ctl.clone());
+    e.stats.active.fetch_add(1, Relaxed);
+    e.stats.total.fetch_add(1, Relaxed);
+    // A connection that arrives while shutting down is closed like the others.
+    if state.shutdown.is_cancelled() {
+        ctl.close(crate::frame::CLOSE_GOING_AWAY);
+    }
+    let end = relay::relay(&e.client, &e.backend, &[], &e.backend_early, e.limits, &ctl, &e.stats).await;
+    tracing::debug!(?end, "connection ended");
+    e.stats.active.fetch_sub(1, Relaxed);
+    e.stats.unregister(id);
+}
+
+async fn open(state: &ProxyState, mut client: TcpStream, peer: SocketAddr, tuning: Tuning) -> Option<Established> {
     let table = state.table.load_full();
     let s = table.settings;
     let hs_timeout = if s.handshake_timeout_ms > 0 {
@@ -100,28 +133,28 @@ async fn handle(state: Arc<ProxyState>, mut client: TcpStream, peer: SocketAddr,
     let mut buf = Vec::with_capacity(1024);
     let head_len = match tokio::time::timeout(hs_timeout, read_head(&mut client, &mut buf, max_header)).await {
         Ok(Ok(n)) if n <= max_header => n,
-        Ok(Ok(_)) => return reject(&state, client, Reject::HeadersTooLarge).await,
-        Ok(Err(Reject::BadRequest(_))) if buf.is_empty() => return, // connected and left
-        Ok(Err(r)) => return reject(&state, client, r).await,
-        Err(_) => return reject(&state, client, Reject::Timeout).await,
+        Ok(Ok(_)) => return reject_none(state, client, Reject::HeadersTooLarge).await,
+        Ok(Err(Reject::BadRequest(_))) if buf.is_empty() => return None, // connected and left
+        Ok(Err(r)) => return reject_none(state, client, r).await,
+        Err(_) => return reject_none(state, client, Reject::Timeout).await,
     };
     let up = match handshake::parse_request(&buf[..head_len]) {
         Ok(u) => u,
-        Err(r) => return reject(&state, client, r).await,
+        Err(r) => return reject_none(state, client, r).await,
     };
     let early = buf.split_off(head_len);
     drop(buf);
 
     let Some(pool) = table.route(&up.host, up.path()).cloned() else {
-        return reject(&state, client, Reject::NotFound).await;
+        return reject_none(state, client, Reject::NotFound).await;
     };
     let mut exclude = Vec::new();
     let (idx, mut backend) = loop {
         if exclude.len() >= tuning.max_attempts {
-            return reject(&state, client, Reject::Unavailable).await;
+            return reject_none(state, client, Reject::Unavailable).await;
         }
         let Some(i) = pool.pick(&up, peer.ip(), state.registry.now_ms(), &exclude) else {
-            return reject(&state, client, Reject::Unavailable).await;
+            return reject_none(state, client, Reject::Unavailable).await;
         };
         let b = &pool.backends[i];
         match tokio::time::timeout(tuning.connect_timeout, TcpStream::connect(&b.backend.address)).await {
@@ -152,43 +185,29 @@ async fn handle(state: Arc<ProxyState>, mut client: TcpStream, peer: SocketAddr,
     .await;
     let resp_len = match answer {
         Ok(Ok(n)) => n,
-        Ok(Err(r)) => return reject(&state, client, r).await,
-        Err(_) => return reject(&state, client, Reject::BadGateway).await,
+        Ok(Err(r)) => return reject_none(state, client, r).await,
+        Err(_) => return reject_none(state, client, Reject::BadGateway).await,
     };
     let status = handshake::response_status(&resp[..resp_len]);
     if status != Some(101) {
         // The backend said no: its answer is the client's answer.
         state.count_failure("backend_refused");
         if client.write_all(&resp).await.is_err() {
-            return;
+            return None;
         }
         let _ = tokio::time::timeout(Duration::from_secs(5), tokio::io::copy(&mut backend, &mut client)).await;
-        return;
+        return None;
     }
     // Frames the backend sent right behind its 101 go through the relay, which tracks them.
     let backend_early = resp.split_off(resp_len);
     if client.write_all(&resp).await.is_err() {
-        return;
+        return None;
     }
     drop(resp);
-
-    let id = state.conn_id();
-    let ctl = Arc::new(ConnCtl::default());
-    stats.register(id, ctl.clone());
-    stats.active.fetch_add(1, Relaxed);
-    stats.total.fetch_add(1, Relaxed);
-    // A connection that arrives while shutting down is closed like the others.
-    if state.shutdown.is_cancelled() {
-        ctl.close(crate::frame::CLOSE_GOING_AWAY);
-    }
     let limits = Limits {
         max_message: if s.max_message_bytes > 0 { s.max_message_bytes } else { 16 << 20 },
         idle_timeout: (s.idle_timeout_ms > 0).then(|| Duration::from_millis(s.idle_timeout_ms)),
         ping_interval: (s.ping_interval_ms > 0).then(|| Duration::from_millis(s.ping_interval_ms)),
     };
-    drop(table);
-    let end = relay::relay(&client, &backend, &[], &backend_early, limits, &ctl, &stats).await;
-    tracing::debug!(?end, backend = %entry.backend.address, "connection ended");
-    stats.active.fetch_sub(1, Relaxed);
-    stats.unregister(id);
+    Some(Established { client, backend, backend_early, stats, limits })
 }

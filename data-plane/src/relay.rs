@@ -219,9 +219,14 @@ async fn pump(
                 match from.try_read(&mut b) {
                     Ok(0) => {
                         give_buf(b);
-                        // Peer finished: pass the FIN on and let the other direction drain.
-                        if !sent_close {
-                            let _ = to.try_write(&[]);
+                        // The peer hung up without a Close frame (crashed, killed, cut off):
+                        // the other side still gets a proper Close, then the FIN.
+                        if !sent_close && !t.saw_close && t.at_boundary() {
+                            let f = match dir {
+                                Dir::ToClient => frame::close_frame(CLOSE_GOING_AWAY, "", None),
+                                Dir::ToBackend => frame::close_frame(CLOSE_GOING_AWAY, "", Some(rand::random())),
+                            };
+                            let _ = write_all(to, &f).await;
                         }
                         sh.finished_at.set(Some(Instant::now()));
                         sh.wake.notify_waiters();

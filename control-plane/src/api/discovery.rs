@@ -111,7 +111,12 @@ impl Discovery for DiscoveryService {
             connections: r.loads.iter().map(|l| l.connections).sum(),
             node: self.0.advertise.clone(),
         };
-        self.0.proxies.lock().unwrap_or_else(|e| e.into_inner()).insert(r.proxy_id, status);
+        // Reports are kept on the leader, which answers `proxy list` for the whole cluster. A
+        // report that cannot reach it is dropped: the proxy sends a fresh one within seconds.
+        let node = self.0.clone();
+        tokio::spawn(async move {
+            let _ = node.execute(crate::node::LeaderOp::Report(crate::pb::Pb(status))).await;
+        });
         Ok(Response::new(ReportReply { revision: self.0.shared.read().revision() }))
     }
 }

@@ -104,8 +104,12 @@ impl Query for QueryService {
     }
 
     async fn list_proxies(&self, _req: Request<ReadRequest>) -> Result<Response<ListProxiesReply>, Status> {
-        let proxies = self.0.proxies.lock().unwrap_or_else(|e| e.into_inner()).values().cloned().collect();
-        Ok(Response::new(ListProxiesReply { proxies }))
+        match self.0.execute(crate::node::LeaderOp::ListProxies).await? {
+            crate::node::LeaderReply::Proxies(p) => {
+                Ok(Response::new(ListProxiesReply { proxies: p.into_iter().map(|crate::pb::Pb(p)| p).collect() }))
+            }
+            other => Err(Status::internal(format!("unexpected reply {other:?}"))),
+        }
     }
 
     async fn cluster_status(

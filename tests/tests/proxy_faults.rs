@@ -1,0 +1,224 @@
+//! The proxy under faults and limits: a backend killed, SIGTERM, oversized messages, and the
+//! other balancing algorithms; plus what the admin endpoints and `proxy list` report.
+
+use std::collections::BTreeMap;
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+use futures::{SinkExt, StreamExt};
+use switchyard_proto::v1::*;
+use switchyard_tests::*;
+use tokio_tungstenite::tungstenite::Message;
+
+/// A demo backend in its own process, so it can be killed for real.
+struct BackendProcess(Child, String);
+
+impl BackendProcess {
+    fn spawn(name: &str) -> BackendProcess {
+        let port = free_ports(1)[0];
+        let addr = format!("127.0.0.1:{port}");
+        let mut child = Command::new(bin("switchyard"))
+            .args(["demo-backend", "--listen", &addr, "--name", name])
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("spawn demo backend");
+        let mut line = String::new();
+        std::io::BufRead::read_line(&mut std::io::BufReader::new(child.stdout.take().unwrap()), &mut line).unwrap();
+        BackendProcess(child, addr)
+    }
+}
+
+impl Drop for BackendProcess {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+async fn pool_with(addr: &str, algorithm: Algorithm, backends: &[(&str, u32)]) -> u64 {
+    let mut a = admin(addr);
+    let pool = Pool { name: "p".into(), algorithm: algorithm as i32, drain_timeout_ms: 1000, ..Default::default() };
+    a.create_pool(CreatePoolRequest { pool: Some(pool) }).await.unwrap();
+    for (address, weight) in backends {
+        let b = Backend { pool: "p".into(), address: address.to_string(), weight: *weight, ..Default::default() };
+        a.add_backend(AddBackendRequest { backend: Some(b) }).await.unwrap();
+    }
+    let route = Route { name: "all".into(), pool: "p".into(), ..Default::default() };
+    a.set_route(SetRouteRequest { route: Some(route) }).await.unwrap().into_inner().revision
+}
+
+async fn next_close_code(ws: &mut Ws) -> Option<u16> {
+    loop {
+        match tokio::time::timeout(Duration::from_secs(10), ws.next()).await.expect("no hang") {
+            Some(Ok(Message::Close(f))) => return f.map(|f| u16::from(f.code)),
+            Some(Ok(_)) => continue,
+            _ => return None,
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn killed_backend_clients_get_a_close_and_new_connections_avoid_it() {
+    let _g = serial().await;
+    let c = Cluster::start(1, &[]).await;
+    let mut b1 = BackendProcess::spawn("b1");
+    let b2 = BackendProcess::spawn("b2");
+    let rev = pool_with(&c.nodes[&1].addr, Algorithm::RoundRobin, &[(&b1.1, 1), (&b2.1, 1)]).await;
+    let proxy = ProxyProcess::spawn(&c.endpoints(), &c.dir.path().join("p.cache"), "p1");
+    proxy.wait_revision(rev).await;
+    let mut on_b1 = Vec::new();
+    for _ in 0..4 {
+        let (ws, name) = ws_connect(&proxy.ws, "/", &[]).await.unwrap();
+        if name == "b1" {
+            on_b1.push(ws);
+        }
+    }
+    assert_eq!(on_b1.len(), 2);
+    let _ = b1.0.kill();
+    let _ = b1.0.wait();
+    for ws in &mut on_b1 {
+        assert_eq!(next_close_code(ws).await, Some(1001), "a Close frame, not a hang");
+    }
+    // The first new connection may try b1, fail to connect, eject it and go to b2; after
+    // that b1 is skipped without a try.
+    for _ in 0..6 {
+        let (mut ws, name) = ws_connect(&proxy.ws, "/", &[]).await.expect("served by the live backend");
+        assert_eq!(name, "b2");
+        echo(&mut ws, Message::text("ok")).await.unwrap();
+    }
+    let s = proxy.status().await.unwrap();
+    let b1s = s["backends"].as_array().unwrap().iter().find(|b| b["address"] == b1.1.as_str()).unwrap().clone();
+    assert!(b1s["connect_failures"].as_u64().unwrap() >= 1 && b1s["ejected"] == true, "{s}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigterm_closes_clients_with_1001_and_exits_zero() {
+    let _g = serial().await;
+    let c = Cluster::start(1, &[]).await;
+    let b = EchoBackend::start("b1").await;
+    let rev = pool_with(&c.nodes[&1].addr, Algorithm::RoundRobin, &[(&b.addr, 1)]).await;
+    let mut proxy = ProxyProcess::spawn(&c.endpoints(), &c.dir.path().join("p.cache"), "p1");
+    proxy.wait_revision(rev).await;
+    let mut conns = Vec::new();
+    for _ in 0..5 {
+        conns.push(ws_connect(&proxy.ws, "/", &[]).await.unwrap().0);
+    }
+    let ws_addr = proxy.ws.clone();
+    let waiter = std::thread::spawn(move || proxy.terminate());
+    for ws in &mut conns {
+        assert_eq!(next_close_code(ws).await, Some(1001));
+    }
+    drop(conns);
+    let status = waiter.join().unwrap();
+    assert!(status.success(), "exit status {status:?}");
+    assert!(tokio::net::TcpStream::connect(&ws_addr).await.is_err(), "no longer accepting");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn oversized_message_gets_1009_and_the_proxy_keeps_serving() {
+    let _g = serial().await;
+    let c = Cluster::start(1, &[]).await;
+    let b = EchoBackend::start("b1").await;
+    let addr = c.nodes[&1].addr.clone();
+    pool_with(&addr, Algorithm::RoundRobin, &[(&b.addr, 1)]).await;
+    let s = Settings { max_message_bytes: 64 * 1024, ..Default::default() };
+    let req = UpdateSettingsRequest { settings: Some(s), update_mask: vec!["max_message_bytes".into()] };
+    let rev = admin(&addr).update_settings(req).await.unwrap().into_inner().revision;
+    let proxy = ProxyProcess::spawn(&c.endpoints(), &c.dir.path().join("p.cache"), "p1");
+    proxy.wait_revision(rev).await;
+    let (mut ws, _) = ws_connect(&proxy.ws, "/", &[]).await.unwrap();
+    echo(&mut ws, Message::binary(vec![1u8; 60 * 1024])).await.unwrap();
+    ws.send(Message::binary(vec![2u8; 100 * 1024])).await.unwrap();
+    assert_eq!(next_close_code(&mut ws).await, Some(1009));
+    let (mut ws2, _) = ws_connect(&proxy.ws, "/", &[]).await.unwrap();
+    echo(&mut ws2, Message::text("fine")).await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn least_connections_p2c_and_ip_hash_distribute_as_designed() {
+    let _g = serial().await;
+    let c = Cluster::start(1, &[]).await;
+    let addr = c.nodes[&1].addr.clone();
+    let bs = [EchoBackend::start("b1").await, EchoBackend::start("b2").await, EchoBackend::start("b3").await];
+    let rev =
+        pool_with(&addr, Algorithm::LeastConnections, &[(&bs[0].addr, 1), (&bs[1].addr, 1), (&bs[2].addr, 2)]).await;
+    let proxy = ProxyProcess::spawn(&c.endpoints(), &c.dir.path().join("p.cache"), "p1");
+    proxy.wait_revision(rev).await;
+    let mut held = Vec::new();
+    let count = |m: &mut BTreeMap<String, usize>, n: String| *m.entry(n).or_default() += 1;
+    let mut lc = BTreeMap::new();
+    for _ in 0..40 {
+        let (ws, n) = ws_connect(&proxy.ws, "/", &[]).await.unwrap();
+        count(&mut lc, n);
+        held.push(ws);
+    }
+    // Connections held open: least connections fills by weight, exactly 10/10/20.
+    assert_eq!((lc["b1"], lc["b2"], lc["b3"]), (10, 10, 20), "{lc:?}");
+
+    for (algo, name) in [(Algorithm::P2c, "p2c"), (Algorithm::IpHash, "ip-hash")] {
+        let pool = Pool { name: "p".into(), algorithm: algo as i32, ..Default::default() };
+        let req = UpdatePoolRequest { pool: Some(pool), update_mask: vec!["algorithm".into()] };
+        let rev = admin(&addr).update_pool(req).await.unwrap().into_inner().revision;
+        proxy.wait_revision(rev).await;
+        let mut m = BTreeMap::new();
+        let mut more = Vec::new();
+        for _ in 0..30 {
+            let (ws, n) = ws_connect(&proxy.ws, "/", &[]).await.unwrap();
+            count(&mut m, n);
+            more.push(ws);
+        }
+        if algo == Algorithm::IpHash {
+            // Every test client is 127.0.0.1: one IP, one backend.
+            assert_eq!(m.len(), 1, "{name}: {m:?}");
+        } else {
+            // Held connections make b1 and b2 (weight 1, 10 each) and b3 (weight 2, 20)
+            // equally loaded per weight; p2c keeps them near that balance.
+            assert!(m.len() >= 2, "{name}: {m:?}");
+        }
+        held.extend(more);
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn metrics_status_and_proxy_list_report_what_runs() {
+    let _g = serial().await;
+    let c = Cluster::start(3, &[]).await;
+    let b = EchoBackend::start("b1").await;
+    let rev = pool_with(&c.nodes[&1].addr, Algorithm::RoundRobin, &[(&b.addr, 1)]).await;
+    let p1 = ProxyProcess::spawn(&c.nodes[&1].addr, &c.dir.path().join("p1.cache"), "proxy-one");
+    let p2 = ProxyProcess::spawn(&c.nodes[&2].addr, &c.dir.path().join("p2.cache"), "proxy-two");
+    p1.wait_revision(rev).await;
+    p2.wait_revision(rev).await;
+    let (mut ws, _) = ws_connect(&p1.ws, "/", &[]).await.unwrap();
+    echo(&mut ws, Message::text("count me")).await.unwrap();
+
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut s = tokio::net::TcpStream::connect(&p1.admin).await.unwrap();
+    s.write_all(b"GET /metrics HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n").await.unwrap();
+    let mut text = String::new();
+    s.read_to_string(&mut text).await.unwrap();
+    assert!(
+        text.contains(&format!("switchyard_proxy_active_connections{{pool=\"p\",backend=\"{}\"}} 1", b.addr)),
+        "{text}"
+    );
+    assert!(text.contains("switchyard_proxy_config_revision"), "{text}");
+    assert!(text.contains("switchyard_proxy_control_plane_connected 1"), "{text}");
+
+    // Every node lists both proxies, whichever node each reports to.
+    for n in c.nodes.values() {
+        let list = eventually("both proxies listed", Duration::from_secs(10), || async {
+            let out = Command::new(bin("switchyard"))
+                .args(["--endpoints", &n.addr, "-o", "json", "proxy", "list"])
+                .output()
+                .ok()?;
+            let v: serde_json::Value = serde_json::from_slice(&out.stdout).ok()?;
+            let ids: Vec<String> =
+                v.as_array()?.iter().map(|p| p["proxy_id"].as_str().unwrap_or("").to_string()).collect();
+            let fresh = v.as_array()?.iter().all(|p| p["applied_revision"].as_u64() >= Some(rev));
+            (ids.contains(&"proxy-one".to_string()) && ids.contains(&"proxy-two".to_string()) && fresh).then_some(v)
+        })
+        .await;
+        assert_eq!(list.as_array().unwrap().len(), 2, "{list}");
+    }
+}
