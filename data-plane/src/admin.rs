@@ -28,7 +28,12 @@ pub async fn serve(listener: TcpListener, state: Arc<ProxyState>) {
         tokio::spawn(async move {
             let svc = hyper::service::service_fn(move |req| {
                 let st = st.clone();
-                async move { Ok::<_, Infallible>(route(&st, req)) }
+                async move {
+                    if req.uri().path() == "/applied" {
+                        return Ok::<_, Infallible>(applied(&st, req.uri().query().unwrap_or("")).await);
+                    }
+                    Ok::<_, Infallible>(route(&st, req))
+                }
             });
             let io = hyper_util::rt::TokioIo::new(sock);
             let _ = hyper::server::conn::http1::Builder::new().serve_connection(io, svc).await;
@@ -46,6 +51,35 @@ fn route(state: &ProxyState, req: Request<Incoming>) -> Response<Full<Bytes>> {
     Response::builder()
         .status(status)
         .header("content-type", ct)
+        .body(Full::new(Bytes::from(body)))
+        .expect("static response parts are valid")
+}
+
+/// `/applied?revision=N`: waits (up to 5 s) until this proxy runs revision N or later, then
+/// says when it started to, in Unix microseconds. Benchmarks use it to time propagation.
+async fn applied(state: &ProxyState, query: &str) -> Response<Full<Bytes>> {
+    let want: u64 =
+        query.split('&').find_map(|kv| kv.strip_prefix("revision=")).and_then(|v| v.parse().ok()).unwrap_or(0);
+    let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(5);
+    let found = loop {
+        let notified = state.applied_changed.notified();
+        if let Some(x) = state.applied_at(want) {
+            break Some(x);
+        }
+        if tokio::time::timeout_at(deadline, notified).await.is_err() {
+            break None;
+        }
+    };
+    let (status, body) = match found {
+        Some((rev, at)) => {
+            let us = at.duration_since(SystemTime::UNIX_EPOCH).map_or(0, |d| d.as_micros() as u64);
+            (StatusCode::OK, json!({"revision": rev, "applied_unix_us": us}).to_string())
+        }
+        None => (StatusCode::GATEWAY_TIMEOUT, json!({"error": "not applied within 5s"}).to_string()),
+    };
+    Response::builder()
+        .status(status)
+        .header("content-type", "application/json")
         .body(Full::new(Bytes::from(body)))
         .expect("static response parts are valid")
 }

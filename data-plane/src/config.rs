@@ -36,6 +36,9 @@ pub struct Args {
     /// On SIGTERM, connections are closed over this long.
     #[arg(long)]
     pub shutdown_grace_ms: Option<u64>,
+    /// Connection worker threads [default: one per core].
+    #[arg(long)]
+    pub workers: Option<usize>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -49,6 +52,7 @@ struct FileConfig {
     connect_timeout_ms: Option<u64>,
     eject_ms: Option<u64>,
     shutdown_grace_ms: Option<u64>,
+    workers: Option<usize>,
 }
 
 #[derive(Debug, Clone)]
@@ -92,6 +96,12 @@ impl Args {
         }
         if let Some(ms) = self.shutdown_grace_ms.or(file.shutdown_grace_ms) {
             tuning.shutdown_grace = Duration::from_millis(ms);
+        }
+        if let Some(w) = self.workers.or(file.workers) {
+            if w == 0 {
+                return Err(ConfigError("--workers must be 1 or more".into()));
+            }
+            tuning.workers = w;
         }
         let proxy_id = self.proxy_id.or(file.proxy_id).unwrap_or_else(|| {
             let host = std::fs::read_to_string("/etc/hostname").map(|h| h.trim().to_string()).unwrap_or_default();

@@ -54,7 +54,8 @@ impl Proxy {
             watcher::WatchConfig { endpoints: cfg.control_plane.clone(), cache_file: cfg.cache_file.clone() },
             mirror,
         ));
-        let accept = tokio::spawn(proxy::serve(listener, state.clone(), cfg.tuning));
+        let workers = proxy::Workers::start(cfg.tuning.workers, state.clone(), cfg.tuning)?;
+        let accept = tokio::spawn(proxy::serve(listener, state.clone(), workers));
         Ok(Proxy { state, listen, admin: admin_addr, accept })
     }
 

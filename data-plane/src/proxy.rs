@@ -24,6 +24,8 @@ pub struct Tuning {
     pub max_attempts: usize,
     /// On SIGTERM, closes are spread over this long.
     pub shutdown_grace: Duration,
+    /// Connection worker threads.
+    pub workers: usize,
 }
 
 impl Default for Tuning {
@@ -33,6 +35,7 @@ impl Default for Tuning {
             eject_for: Duration::from_secs(10),
             max_attempts: 3,
             shutdown_grace: Duration::from_secs(10),
+            workers: std::thread::available_parallelism().map_or(2, |n| n.get()),
         }
     }
 }
@@ -42,8 +45,47 @@ const DEFAULT_HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 const DEFAULT_MAX_HEADER: usize = 16 * 1024;
 const MAX_RESPONSE_HEAD: usize = 16 * 1024;
 
-/// Accepts until shutdown. Each connection runs in its own task, tracked for shutdown.
-pub async fn serve(listener: TcpListener, state: Arc<ProxyState>, tuning: Tuning) {
+/// Connection workers: one single-threaded runtime per thread, like NGINX's worker
+/// processes. A connection lives on one thread from accept to close, so relaying a message
+/// wakes no other thread (with work stealing, cross-thread wake-ups cost more than the relay).
+pub struct Workers {
+    senders: Vec<tokio::sync::mpsc::UnboundedSender<(std::net::TcpStream, SocketAddr)>>,
+    next: std::sync::atomic::AtomicUsize,
+}
+
+impl Workers {
+    pub fn start(n: usize, state: Arc<ProxyState>, tuning: Tuning) -> std::io::Result<Workers> {
+        let mut senders = Vec::new();
+        for i in 0..n.max(1) {
+            let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel::<(std::net::TcpStream, SocketAddr)>();
+            let rt = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
+            let st = state.clone();
+            std::thread::Builder::new().name(format!("sy-worker-{i}")).spawn(move || {
+                rt.block_on(async move {
+                    while let Some((sock, peer)) = rx.recv().await {
+                        let Ok(sock) = TcpStream::from_std(sock) else { continue };
+                        let st2 = st.clone();
+                        tokio::spawn(st.connections.track_future(async move { handle(st2, sock, peer, tuning).await }));
+                    }
+                    // Accepting stopped: stay until this thread's connections are done.
+                    st.connections.wait().await;
+                });
+            })?;
+            senders.push(tx);
+        }
+        Ok(Workers { senders, next: std::sync::atomic::AtomicUsize::new(0) })
+    }
+
+    fn dispatch(&self, sock: TcpStream, peer: SocketAddr) {
+        let i = self.next.fetch_add(1, Relaxed) % self.senders.len();
+        if let Ok(std_sock) = sock.into_std() {
+            let _ = self.senders[i].send((std_sock, peer));
+        }
+    }
+}
+
+/// Accepts until shutdown and hands each connection to a worker, tracked for shutdown.
+pub async fn serve(listener: TcpListener, state: Arc<ProxyState>, workers: Workers) {
     loop {
         let (sock, peer) = tokio::select! {
             _ = state.shutdown.cancelled() => break,
@@ -59,8 +101,7 @@ pub async fn serve(listener: TcpListener, state: Arc<ProxyState>, tuning: Tuning
         };
         let _ = sock.set_nodelay(true);
         state.accepted.fetch_add(1, Relaxed);
-        let st = state.clone();
-        state.connections.spawn(async move { handle(st, sock, peer, tuning).await });
+        workers.dispatch(sock, peer);
     }
 }
 

@@ -34,6 +34,9 @@ pub struct ProxyState {
     pub table: ArcSwap<Table>,
     pub registry: Registry,
     pub config: Mutex<ConfigInfo>,
+    /// When recent revisions were applied, for measuring how fast changes reach proxies.
+    pub applied: Mutex<std::collections::VecDeque<(u64, SystemTime)>>,
+    pub applied_changed: tokio::sync::Notify,
     pub control_plane: Mutex<ControlPlaneInfo>,
     pub handshake_failures: Mutex<BTreeMap<&'static str, u64>>,
     pub accepted: AtomicU64,
@@ -50,6 +53,8 @@ impl ProxyState {
             table: ArcSwap::from_pointee(Table::empty()),
             registry: Registry::default(),
             config: Mutex::new(ConfigInfo { source: "none", revision: 0, applied_at: SystemTime::now() }),
+            applied: Mutex::new(std::collections::VecDeque::new()),
+            applied_changed: tokio::sync::Notify::new(),
             control_plane: Mutex::new(ControlPlaneInfo { connected: None, since: Instant::now() }),
             handshake_failures: Mutex::new(BTreeMap::new()),
             accepted: AtomicU64::new(0),
@@ -69,6 +74,22 @@ impl ProxyState {
 
     pub fn config_info(&self) -> ConfigInfo {
         self.config.lock().unwrap_or_else(|e| e.into_inner()).clone()
+    }
+
+    /// Records that `revision` is now in use.
+    pub fn record_applied(&self, revision: u64, at: SystemTime) {
+        let mut a = self.applied.lock().unwrap_or_else(|e| e.into_inner());
+        if a.len() == 4096 {
+            a.pop_front();
+        }
+        a.push_back((revision, at));
+        drop(a);
+        self.applied_changed.notify_waiters();
+    }
+
+    /// When the first revision at or after `revision` was applied, if it has been.
+    pub fn applied_at(&self, revision: u64) -> Option<(u64, SystemTime)> {
+        self.applied.lock().unwrap_or_else(|e| e.into_inner()).iter().find(|(r, _)| *r >= revision).copied()
     }
 
     pub fn control_plane_info(&self) -> ControlPlaneInfo {

@@ -130,6 +130,7 @@ pub fn install(state: &ProxyState, mirror: &Mirror, source: &'static str, applie
     let old = state.table.swap(new.clone());
     *state.config.lock().unwrap_or_else(|e| e.into_inner()) =
         ConfigInfo { source, revision: mirror.revision, applied_at };
+    state.record_applied(mirror.revision, applied_at);
     drain::on_change(state, &old, &new);
     state.registry.retain(|(p, a)| mirror.backends.contains_key(&(p.clone(), a.clone())));
 }

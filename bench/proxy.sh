@@ -1,0 +1,181 @@
+#!/usr/bin/env bash
+# The proxy against NGINX, HAProxy and a direct connection: same machine, same echo backend,
+# same load, interleaved in one run. Then config propagation: 3 control-plane nodes, 10
+# proxies, 1,000 writes.
+#
+# Usage: bash bench/proxy.sh [SECONDS_PER_PHASE] [IDLE_CONNECTIONS]   (QUICK=1: throughput and
+# handshakes only)
+set -euo pipefail
+cd "$(dirname "$0")/.."
+SECS=${1:-10}
+IDLE=${2:-9000}
+OUT=bench/out/proxy
+rm -rf "$OUT"; mkdir -p "$OUT"
+RESULTS="$OUT/results.jsonl"; : > "$RESULTS"
+ulimit -n 20000
+
+if ! command -v nginx >/dev/null || ! command -v haproxy >/dev/null; then
+  echo "installing nginx and haproxy (Debian)..." >&2
+  apt-get update -qq >/dev/null
+  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq nginx-light haproxy >/dev/null
+fi
+cargo build --release --bins -q
+B=target/release
+PIDS=()
+cleanup() { for p in "${PIDS[@]}"; do kill -9 "$p" 2>/dev/null || true; done; }
+trap cleanup EXIT
+
+port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
+wait_port() { for _ in $(seq 100); do (exec 3<>/dev/tcp/127.0.0.1/$1) 2>/dev/null && return 0; sleep 0.1; done; echo "port $1 did not open" >&2; exit 1; }
+# Resident memory (kB) and CPU ticks of a process and its children.
+procs() { echo "$1 $(pgrep -P "$1" | tr '\n' ' ')"; }
+rss_kb() { local t=0; for p in $(procs "$1"); do t=$((t + $(awk '/VmRSS/{print $2}' /proc/$p/status))); done; echo $t; }
+cpu_ticks() { local t=0; for p in $(procs "$1"); do t=$((t + $(awk '{print $14+$15}' /proc/$p/stat))); done; echo $t; }
+
+BACKEND=$(port); CP=$(port); SY=$(port); SYA=$(port); NG=$(port); HA=$(port)
+$B/switchyard demo-backend --listen 127.0.0.1:$BACKEND --no-greeting > "$OUT/backend.log" 2>&1 & PIDS+=($!)
+$B/switchyard-control --id 1 --listen 127.0.0.1:$CP --data-dir "$OUT/cp" > "$OUT/cp.log" 2>&1 & PIDS+=($!)
+wait_port $BACKEND; wait_port $CP
+export SWITCHYARD_ENDPOINTS=127.0.0.1:$CP
+$B/switchyard pool create bench >/dev/null
+$B/switchyard backend add bench 127.0.0.1:$BACKEND >/dev/null
+$B/switchyard route set all --pool bench >/dev/null
+$B/switchyard-proxy --listen 127.0.0.1:$SY --admin 127.0.0.1:$SYA --control-plane 127.0.0.1:$CP --proxy-id bench > "$OUT/proxy.log" 2>&1 & SYPID=$!; PIDS+=($SYPID)
+
+cat > "$OUT/nginx.conf" <<NGX
+worker_processes 2;
+worker_rlimit_nofile 20000;
+daemon off;
+pid $PWD/$OUT/nginx.pid;
+error_log $PWD/$OUT/nginx.err warn;
+events { worker_connections 20000; }
+http {
+  access_log off;
+  map \$http_upgrade \$connection_upgrade { default upgrade; '' close; }
+  upstream be { server 127.0.0.1:$BACKEND; keepalive 64; }
+  server {
+    listen 127.0.0.1:$NG;
+    location / {
+      proxy_pass http://be;
+      proxy_http_version 1.1;
+      proxy_set_header Upgrade \$http_upgrade;
+      proxy_set_header Connection \$connection_upgrade;
+      proxy_set_header Host \$host;
+      proxy_set_header X-Forwarded-For \$proxy_add_x_forwarded_for;
+      proxy_read_timeout 1h;
+      proxy_send_timeout 1h;
+      proxy_buffering off;
+    }
+  }
+}
+NGX
+nginx -c "$PWD/$OUT/nginx.conf" > "$OUT/nginx.log" 2>&1 & NGPID=$!; PIDS+=($NGPID)
+
+cat > "$OUT/haproxy.cfg" <<HAP
+global
+  maxconn 9950
+  nbthread 2
+defaults
+  mode http
+  option forwardfor
+  timeout connect 5s
+  timeout client 1h
+  timeout server 1h
+  timeout tunnel 1h
+frontend fe
+  bind 127.0.0.1:$HA
+  default_backend be
+backend be
+  server s1 127.0.0.1:$BACKEND
+HAP
+haproxy -f "$OUT/haproxy.cfg" -db > "$OUT/haproxy.log" 2>&1 & HAPID=$!; PIDS+=($HAPID)
+wait_port $SY; wait_port $NG; wait_port $HA
+sleep 1
+
+declare -A ADDR=([direct]=127.0.0.1:$BACKEND [switchyard]=127.0.0.1:$SY [nginx]=127.0.0.1:$NG [haproxy]=127.0.0.1:$HA)
+declare -A PID=([direct]=0 [switchyard]=$SYPID [nginx]=$NGPID [haproxy]=$HAPID)
+TCK=$(getconf CLK_TCK)
+
+# Interleaved rounds: every target once per round.
+for round in 1 2; do
+  for t in direct switchyard nginx haproxy; do
+    p=${PID[$t]}
+    c0=$([ "$p" = 0 ] && echo 0 || cpu_ticks "$p")
+    line=$($B/ws-bench throughput --target "${ADDR[$t]}" --conns 100 --seconds "$SECS")
+    c1=$([ "$p" = 0 ] && echo 0 || cpu_ticks "$p")
+    echo "$line" | python3 -c "
+import json,sys; r=json.loads(sys.stdin.read()); r.update(name='$t', round=$round, proxy_cpu_s=($c1-$c0)/$TCK)
+r['proxy_cpu_us_per_msg'] = r['proxy_cpu_s'] * 1e6 / (2 * r['round_trips']) if r['round_trips'] else None
+print(json.dumps(r))" | tee -a "$RESULTS"
+    $B/ws-bench handshakes --target "${ADDR[$t]}" --seconds $((SECS / 2)) | python3 -c "
+import json,sys; r=json.loads(sys.stdin.read()); r.update(name='$t', round=$round); print(json.dumps(r))" | tee -a "$RESULTS"
+  done
+done
+
+# Memory per idle connection, at $IDLE connections held through each proxy.
+for t in $([ "${QUICK:-}" ] || echo switchyard nginx haproxy); do
+  p=${PID[$t]}
+  before=$(rss_kb "$p")
+  fifo="$OUT/idle-$t.out"
+  $B/ws-bench idle --target "${ADDR[$t]}" --conns "$IDLE" --hold 600 > "$fifo" 2>&1 & IPID=$!; PIDS+=($IPID)
+  for _ in $(seq 600); do grep -q ready "$fifo" 2>/dev/null && break; kill -0 $IPID 2>/dev/null || break; sleep 0.2; done
+  grep -q ready "$fifo" || { echo "idle run against $t failed: $(cat "$fifo")" >&2; kill -9 $IPID; continue; }
+  sleep 2
+  after=$(rss_kb "$p")
+  kill -9 $IPID 2>/dev/null || true; wait $IPID 2>/dev/null || true
+  python3 -c "import json; print(json.dumps({'phase':'idle','name':'$t','conns':$IDLE,'rss_before_kb':$before,'rss_after_kb':$after,'bytes_per_conn':($after-$before)*1024/$IDLE}))" | tee -a "$RESULTS"
+  sleep 3
+done
+
+# Config propagation: 3 control-plane nodes, 10 proxies, 1,000 writes.
+if [ -z "${QUICK:-}" ]; then
+C1=$(port); C2=$(port); C3=$(port)
+IC="1=127.0.0.1:$C1,2=127.0.0.1:$C2,3=127.0.0.1:$C3"
+i=1; for c in $C1 $C2 $C3; do
+  $B/switchyard-control --id $i --listen 127.0.0.1:$c --data-dir "$OUT/prop-cp$i" --initial-cluster "$IC" > "$OUT/prop-cp$i.log" 2>&1 & PIDS+=($!)
+  i=$((i+1))
+done
+wait_port $C1; wait_port $C2; wait_port $C3
+EPS=127.0.0.1:$C1,127.0.0.1:$C2,127.0.0.1:$C3
+export SWITCHYARD_ENDPOINTS=$EPS
+for _ in $(seq 50); do $B/switchyard -o json cluster status 2>/dev/null | grep -q '"leader_id": [1-3]' && break; sleep 0.2; done
+$B/switchyard pool create prop >/dev/null
+$B/switchyard backend add prop 127.0.0.1:$BACKEND >/dev/null
+ADMINS=()
+for n in $(seq 10); do
+  a=$(port)
+  $B/switchyard-proxy --listen 127.0.0.1:0 --admin 127.0.0.1:$a --control-plane "$EPS" --proxy-id "prop-$n" > "$OUT/prop-proxy$n.log" 2>&1 & PIDS+=($!)
+  ADMINS+=("127.0.0.1:$a")
+done
+for a in "${ADMINS[@]}"; do wait_port "${a#*:}"; done
+sleep 1
+$B/ws-bench propagation --control-plane 127.0.0.1:$C1 --proxies "$(IFS=,; echo "${ADMINS[*]}")" --writes 1000 \
+  --pool prop --backend 127.0.0.1:$BACKEND | tee -a "$RESULTS"
+fi
+
+python3 - "$RESULTS" <<'PY'
+import json, sys, collections
+rows = [json.loads(l) for l in open(sys.argv[1]) if l.strip()]
+tp = collections.defaultdict(list); hs = collections.defaultdict(list)
+for r in rows:
+    if r.get('phase') == 'throughput': tp[r['name']].append(r)
+    if r.get('phase') == 'handshakes': hs[r['name']].append(r)
+def avg(xs): xs = [x for x in xs if x is not None]; return sum(xs) / len(xs) if xs else float('nan')
+print()
+print(f"{'target':<12}{'msgs/s':>10}{'p50 ms':>9}{'p99 ms':>9}{'cpu us/msg':>12}{'handshakes/s':>14}")
+for n in ['direct', 'switchyard', 'nginx', 'haproxy']:
+    t = tp[n]
+    print(f"{n:<12}{avg([r['messages_per_sec'] for r in t]):>10.0f}{avg([r['p50_ms'] for r in t]):>9.2f}"
+          f"{avg([r['p99_ms'] for r in t]):>9.2f}{avg([r['proxy_cpu_us_per_msg'] for r in t]) if n != 'direct' else float('nan'):>12.2f}"
+          f"{avg([r['per_sec'] for r in hs[n]]):>14.0f}")
+sy, ng = tp['switchyard'], tp['nginx']
+if sy and ng:
+    print(f"\nswitchyard/nginx: msgs/s {avg([r['messages_per_sec'] for r in sy]) / avg([r['messages_per_sec'] for r in ng]):.2f}x, "
+          f"cpu/msg {avg([r['proxy_cpu_us_per_msg'] for r in sy]) / avg([r['proxy_cpu_us_per_msg'] for r in ng]):.2f}x, "
+          f"p99 {avg([r['p99_ms'] for r in sy]) / avg([r['p99_ms'] for r in ng]):.2f}x")
+for r in rows:
+    if r.get('phase') == 'idle':
+        print(f"idle {r['name']:<11} {r['bytes_per_conn']:>8.0f} B/connection at {r['conns']} connections")
+    if r.get('phase') == 'propagation':
+        print(f"propagation to {r['proxies']} proxies over {r['writes']} writes: p50 {r['p50_ms']:.2f} ms, p99 {r['p99_ms']:.2f} ms, max {r['max_ms']:.2f} ms")
+PY

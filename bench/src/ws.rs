@@ -1,0 +1,227 @@
+//! `ws-bench`: WebSocket load against any target (Switchyard's proxy, NGINX, HAProxy or the
+//! backend directly), and config-propagation timing for Switchyard. Prints one JSON line per
+//! run; `bench/proxy.sh` puts them side by side.
+
+use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
+use std::sync::Arc;
+use std::time::{Duration, Instant, SystemTime};
+
+use anyhow::{Context, Result};
+use clap::{Parser, Subcommand};
+use futures::{SinkExt, StreamExt};
+use hdrhistogram::Histogram;
+use serde_json::json;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio_tungstenite::tungstenite::Message;
+
+#[derive(Parser)]
+struct Args {
+    #[command(subcommand)]
+    cmd: Cmd,
+}
+
+#[derive(Subcommand)]
+enum Cmd {
+    /// Echo round trips on `conns` connections for `seconds`.
+    Throughput {
+        #[arg(long)]
+        target: String,
+        #[arg(long, default_value_t = 100)]
+        conns: usize,
+        #[arg(long, default_value_t = 10)]
+        seconds: u64,
+        #[arg(long, default_value_t = 64)]
+        size: usize,
+    },
+    /// Open, then close, connections as fast as `concurrency` clients can.
+    Handshakes {
+        #[arg(long)]
+        target: String,
+        #[arg(long, default_value_t = 16)]
+        concurrency: usize,
+        #[arg(long, default_value_t = 10)]
+        seconds: u64,
+    },
+    /// Open `conns` connections, print "ready", hold them `hold` seconds.
+    Idle {
+        #[arg(long)]
+        target: String,
+        #[arg(long, default_value_t = 9000)]
+        conns: usize,
+        #[arg(long, default_value_t = 30)]
+        hold: u64,
+    },
+    /// Timing from a write's acknowledgement to its application on every proxy.
+    Propagation {
+        /// Control-plane node to write through.
+        #[arg(long)]
+        control_plane: String,
+        /// Proxies' admin addresses, comma-separated.
+        #[arg(long, value_delimiter = ',')]
+        proxies: Vec<String>,
+        #[arg(long, default_value_t = 1000)]
+        writes: usize,
+        /// Pool and backend whose weight the writes toggle.
+        #[arg(long)]
+        pool: String,
+        #[arg(long)]
+        backend: String,
+    },
+}
+
+type Ws = tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>;
+
+async fn connect(target: &str) -> Result<Ws> {
+    let (ws, _) =
+        tokio::time::timeout(Duration::from_secs(10), tokio_tungstenite::connect_async(format!("ws://{target}/")))
+            .await
+            .context("handshake timed out")??;
+    Ok(ws)
+}
+
+#[tokio::main]
+async fn main() -> Result<()> {
+    match Args::parse().cmd {
+        Cmd::Throughput { target, conns, seconds, size } => throughput(&target, conns, seconds, size).await,
+        Cmd::Handshakes { target, concurrency, seconds } => handshakes(&target, concurrency, seconds).await,
+        Cmd::Idle { target, conns, hold } => idle(&target, conns, hold).await,
+        Cmd::Propagation { control_plane, proxies, writes, pool, backend } => {
+            propagation(&control_plane, &proxies, writes, &pool, &backend).await
+        }
+    }
+}
+
+async fn throughput(target: &str, conns: usize, seconds: u64, size: usize) -> Result<()> {
+    let mut wss = Vec::new();
+    for _ in 0..conns {
+        wss.push(connect(target).await?);
+    }
+    let start = Instant::now();
+    let deadline = start + Duration::from_secs(seconds);
+    let payload = vec![b'x'; size];
+    let tasks: Vec<_> = wss
+        .into_iter()
+        .map(|mut ws| {
+            let payload = payload.clone();
+            tokio::spawn(async move {
+                let mut h = Histogram::<u64>::new(3).expect("histogram");
+                while Instant::now() < deadline {
+                    let t = Instant::now();
+                    if ws.send(Message::binary(payload.clone())).await.is_err() {
+                        break;
+                    }
+                    match ws.next().await {
+                        Some(Ok(_)) => h.record(t.elapsed().as_micros() as u64).expect("record"),
+                        _ => break,
+                    }
+                }
+                let _ = ws.close(None).await;
+                h
+            })
+        })
+        .collect();
+    let mut all = Histogram::<u64>::new(3)?;
+    for t in tasks {
+        all.add(t.await?)?;
+    }
+    let secs = start.elapsed().as_secs_f64();
+    println!(
+        "{}",
+        json!({"phase": "throughput", "target": target, "conns": conns, "size": size,
+            "round_trips": all.len(), "round_trips_per_sec": all.len() as f64 / secs,
+            "messages_per_sec": 2.0 * all.len() as f64 / secs,
+            "p50_ms": all.value_at_quantile(0.5) as f64 / 1000.0, "p99_ms": all.value_at_quantile(0.99) as f64 / 1000.0})
+    );
+    Ok(())
+}
+
+async fn handshakes(target: &str, concurrency: usize, seconds: u64) -> Result<()> {
+    let deadline = Instant::now() + Duration::from_secs(seconds);
+    let ok = Arc::new(AtomicU64::new(0));
+    let failed = Arc::new(AtomicU64::new(0));
+    let start = Instant::now();
+    let tasks: Vec<_> = (0..concurrency)
+        .map(|_| {
+            let (t, ok, failed) = (target.to_string(), ok.clone(), failed.clone());
+            tokio::spawn(async move {
+                while Instant::now() < deadline {
+                    match connect(&t).await {
+                        Ok(mut ws) => {
+                            ok.fetch_add(1, Relaxed);
+                            let _ = ws.close(None).await;
+                            // Wait for the server's side of the close so sockets do not pile up.
+                            while let Some(Ok(_)) = ws.next().await {}
+                        }
+                        Err(_) => {
+                            failed.fetch_add(1, Relaxed);
+                        }
+                    }
+                }
+            })
+        })
+        .collect();
+    for t in tasks {
+        t.await?;
+    }
+    let secs = start.elapsed().as_secs_f64();
+    println!(
+        "{}",
+        json!({"phase": "handshakes", "target": target, "concurrency": concurrency,
+            "handshakes": ok.load(Relaxed), "failed": failed.load(Relaxed), "per_sec": ok.load(Relaxed) as f64 / secs})
+    );
+    Ok(())
+}
+
+async fn idle(target: &str, conns: usize, hold: u64) -> Result<()> {
+    let mut wss = Vec::with_capacity(conns);
+    let mut pending = futures::stream::iter((0..conns).map(|_| connect(target))).buffer_unordered(64);
+    while let Some(ws) = pending.next().await {
+        wss.push(ws?);
+    }
+    println!("{}", json!({"phase": "idle", "target": target, "open": wss.len()}));
+    println!("ready");
+    tokio::time::sleep(Duration::from_secs(hold)).await;
+    drop(wss);
+    Ok(())
+}
+
+async fn http_get(addr: &str, path: &str) -> Result<String> {
+    let mut s = tokio::net::TcpStream::connect(addr).await?;
+    s.write_all(format!("GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n").as_bytes()).await?;
+    let mut out = String::new();
+    s.read_to_string(&mut out).await?;
+    Ok(out.split_once("\r\n\r\n").map(|(_, b)| b.to_string()).unwrap_or_default())
+}
+
+async fn propagation(cp: &str, proxies: &[String], writes: usize, pool: &str, backend: &str) -> Result<()> {
+    use switchyard_proto::v1::{admin_client::AdminClient, SetBackendWeightRequest};
+    let mut admin = AdminClient::connect(format!("http://{cp}")).await?;
+    let mut h = Histogram::<u64>::new(3)?;
+    let mut ahead = 0;
+    for i in 0..writes {
+        let req = SetBackendWeightRequest { pool: pool.into(), address: backend.into(), weight: 2 + (i % 2) as u32 };
+        let rev = admin.set_backend_weight(req).await?.into_inner().revision;
+        let acked = SystemTime::now().duration_since(SystemTime::UNIX_EPOCH)?.as_micros() as i64;
+        let path = format!("/applied?revision={rev}");
+        let waits = proxies.iter().map(|p| http_get(p, &path));
+        let mut last = i64::MIN;
+        for body in futures::future::join_all(waits).await {
+            let v: serde_json::Value = serde_json::from_str(&body?)?;
+            let at = v["applied_unix_us"].as_i64().context("proxy did not apply the write within 5s")?;
+            last = last.max(at);
+        }
+        // A proxy may apply a change before the writer has read its acknowledgement.
+        let d = last - acked;
+        if d < 0 {
+            ahead += 1;
+        }
+        h.record(d.max(0) as u64)?;
+    }
+    println!(
+        "{}",
+        json!({"phase": "propagation", "proxies": proxies.len(), "writes": writes,
+            "p50_ms": h.value_at_quantile(0.5) as f64 / 1000.0, "p99_ms": h.value_at_quantile(0.99) as f64 / 1000.0,
+            "max_ms": h.max() as f64 / 1000.0, "applied_before_ack": ahead})
+    );
+    Ok(())
+}
