@@ -222,3 +222,88 @@ async fn metrics_status_and_proxy_list_report_what_runs() {
         assert_eq!(list.as_array().unwrap().len(), 2, "{list}");
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn idle_connections_close_and_dead_clients_are_detected_by_ping() {
+    let _g = serial().await;
+    let c = Cluster::start(1, &[]).await;
+    let b = EchoBackend::start("b1").await;
+    let addr = c.nodes[&1].addr.clone();
+    pool_with(&addr, Algorithm::RoundRobin, &[(&b.addr, 1)]).await;
+    let s = Settings { idle_timeout_ms: 1000, ping_interval_ms: 0, ..Default::default() };
+    let req = UpdateSettingsRequest {
+        settings: Some(s),
+        update_mask: vec!["idle_timeout_ms".into(), "ping_interval_ms".into()],
+    };
+    let rev = admin(&addr).update_settings(req).await.unwrap().into_inner().revision;
+    let proxy = ProxyProcess::spawn(&c.endpoints(), &c.dir.path().join("p.cache"), "p1");
+    proxy.wait_revision(rev).await;
+    let (mut ws, _) = ws_connect(&proxy.ws, "/", &[]).await.unwrap();
+    assert_eq!(next_close_code(&mut ws).await, Some(1001), "idle connection closed by the proxy");
+
+    // Pings every 200 ms; a client that never answers is cut off after the next interval.
+    let s = Settings { idle_timeout_ms: 0, ping_interval_ms: 200, ..Default::default() };
+    let req = UpdateSettingsRequest {
+        settings: Some(s),
+        update_mask: vec!["idle_timeout_ms".into(), "ping_interval_ms".into()],
+    };
+    let rev = admin(&addr).update_settings(req).await.unwrap().into_inner().revision;
+    proxy.wait_revision(rev).await;
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut raw = tokio::net::TcpStream::connect(&proxy.ws).await.unwrap();
+    raw.write_all(b"GET / HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n").await.unwrap();
+    let mut got = Vec::new();
+    let mut buf = [0u8; 1024];
+    let read_all = async {
+        loop {
+            match raw.read(&mut buf).await {
+                Ok(0) | Err(_) => break,
+                Ok(n) => got.extend_from_slice(&buf[..n]),
+            }
+        }
+    };
+    tokio::time::timeout(Duration::from_secs(5), read_all).await.expect("dead client cut off, not kept forever");
+    assert!(got.starts_with(b"HTTP/1.1 101"), "{:?}", String::from_utf8_lossy(&got));
+    assert!(got.windows(4).any(|w| w == [0x89, 2, b's', b'y']), "the proxy pinged the client");
+    // A client that answers pings (tungstenite does, while reading) stays.
+    let (mut ws, _) = ws_connect(&proxy.ws, "/", &[]).await.unwrap();
+    let stay = tokio::time::timeout(Duration::from_millis(1200), ws.next()).await;
+    assert!(stay.is_err() || matches!(stay, Ok(Some(Ok(Message::Ping(_))))), "{stay:?}");
+    echo(&mut ws, Message::text("alive")).await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn unknown_route_is_404_and_no_usable_backend_is_503_with_retry_after() {
+    let _g = serial().await;
+    let c = Cluster::start(1, &[]).await;
+    let b = EchoBackend::start("b1").await;
+    let addr = c.nodes[&1].addr.clone();
+    pool_with(&addr, Algorithm::RoundRobin, &[(&b.addr, 1)]).await;
+    let mut a = admin(&addr);
+    a.delete_route(DeleteRouteRequest { name: "all".into() }).await.unwrap();
+    let route = Route { name: "chat".into(), pool: "p".into(), path_prefix: "/chat".into(), ..Default::default() };
+    a.set_route(SetRouteRequest { route: Some(route) }).await.unwrap();
+    let req = SetBackendStateRequest { pool: "p".into(), address: b.addr.clone(), state: AdminState::Disabled as i32 };
+    let rev = a.set_backend_state(req).await.unwrap().into_inner().revision;
+    let proxy = ProxyProcess::spawn(&c.endpoints(), &c.dir.path().join("p.cache"), "p1");
+    proxy.wait_revision(rev).await;
+    let head = |path: &str| {
+        format!("GET {path} HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n")
+    };
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let ask = |path: &'static str| {
+        let (p, h) = (proxy.ws.clone(), head(path));
+        async move {
+            let mut s = tokio::net::TcpStream::connect(&p).await.unwrap();
+            s.write_all(h.as_bytes()).await.unwrap();
+            let mut out = String::new();
+            let _ = tokio::time::timeout(Duration::from_secs(5), s.read_to_string(&mut out)).await;
+            out
+        }
+    };
+    assert!(ask("/elsewhere").await.starts_with("HTTP/1.1 404"));
+    let r = ask("/chat/room").await;
+    assert!(r.starts_with("HTTP/1.1 503"), "{r}");
+    let retry: u64 = r.lines().find_map(|l| l.strip_prefix("Retry-After: ")).unwrap().trim().parse().unwrap();
+    assert!((1..=5).contains(&retry), "{r}");
+}
