@@ -1,0 +1,24 @@
+//! The `switchyard-proxy` binary refuses bad configuration with one clear line. (Also makes
+//! `cargo test --workspace` build this binary for the end-to-end tests.)
+
+use std::process::Command;
+
+fn run(args: &[&str]) -> (i32, String) {
+    let out = Command::new(env!("CARGO_BIN_EXE_switchyard-proxy")).args(args).output().expect("run proxy");
+    (out.status.code().unwrap_or(-1), String::from_utf8_lossy(&out.stderr).into())
+}
+
+#[test]
+fn bad_configuration_is_refused_with_a_message() {
+    let (code, err) = run(&["--control-plane", " , "]);
+    assert_eq!(code, 1);
+    assert!(err.contains("--control-plane needs at least one host:port"), "{err}");
+    let (code, err) = run(&["--workers", "0", "--listen", "127.0.0.1:0", "--admin", "127.0.0.1:0"]);
+    assert_eq!(code, 1);
+    assert!(err.contains("--workers must be 1 or more"), "{err}");
+    let busy = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = busy.local_addr().unwrap().to_string();
+    let (code, err) = run(&["--listen", &addr, "--admin", "127.0.0.1:0"]);
+    assert_eq!(code, 1);
+    assert!(err.contains(&format!("cannot listen on {addr}")), "{err}");
+}
