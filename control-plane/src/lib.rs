@@ -4,6 +4,7 @@
 pub mod api;
 pub mod config;
 pub mod error;
+pub mod health;
 pub mod network;
 pub mod node;
 pub mod pb;

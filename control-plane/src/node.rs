@@ -367,6 +367,7 @@ impl Node {
             res.map_err(NodeError::from)
         });
         tokio::spawn(form_cluster(inner.clone()));
+        tokio::spawn(crate::health::run(inner.clone()));
         tracing::info!(id = inner.id, addr = %inner.advertise, "control-plane node started");
         Ok(Node { inner, server })
     }

@@ -424,3 +424,47 @@ pub async fn echo(ws: &mut Ws, m: tokio_tungstenite::tungstenite::Message) -> an
     anyhow::ensure!(back == m, "echo mismatch");
     Ok(())
 }
+
+/// `switchyard demo-backend` in its own process, so it can be killed and restarted for real.
+pub struct DemoBackend {
+    pub addr: String,
+    pub name: String,
+    child: Option<Child>,
+}
+
+impl DemoBackend {
+    pub fn spawn(name: &str) -> DemoBackend {
+        let addr = format!("127.0.0.1:{}", free_ports(1)[0]);
+        let mut b = DemoBackend { addr, name: name.into(), child: None };
+        b.start();
+        b
+    }
+
+    /// Starts (again) on the same address.
+    pub fn start(&mut self) {
+        use std::io::BufRead;
+        let mut child = Command::new(bin("switchyard"))
+            .args(["demo-backend", "--listen", &self.addr, "--name", &self.name])
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("spawn demo backend");
+        let mut line = String::new();
+        std::io::BufReader::new(child.stdout.take().expect("stdout")).read_line(&mut line).expect("backend output");
+        assert!(line.contains(&self.addr), "demo backend did not start: {line:?}");
+        self.child = Some(child);
+    }
+
+    pub fn kill9(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+}
+
+impl Drop for DemoBackend {
+    fn drop(&mut self) {
+        self.kill9();
+    }
+}

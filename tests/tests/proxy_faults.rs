@@ -2,39 +2,13 @@
 //! other balancing algorithms; plus what the admin endpoints and `proxy list` report.
 
 use std::collections::BTreeMap;
-use std::process::{Child, Command, Stdio};
+use std::process::Command;
 use std::time::Duration;
 
 use futures::{SinkExt, StreamExt};
 use switchyard_proto::v1::*;
 use switchyard_tests::*;
 use tokio_tungstenite::tungstenite::Message;
-
-/// A demo backend in its own process, so it can be killed for real.
-struct BackendProcess(Child, String);
-
-impl BackendProcess {
-    fn spawn(name: &str) -> BackendProcess {
-        let port = free_ports(1)[0];
-        let addr = format!("127.0.0.1:{port}");
-        let mut child = Command::new(bin("switchyard"))
-            .args(["demo-backend", "--listen", &addr, "--name", name])
-            .stdout(Stdio::piped())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("spawn demo backend");
-        let mut line = String::new();
-        std::io::BufRead::read_line(&mut std::io::BufReader::new(child.stdout.take().unwrap()), &mut line).unwrap();
-        BackendProcess(child, addr)
-    }
-}
-
-impl Drop for BackendProcess {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
 
 async fn pool_with(addr: &str, algorithm: Algorithm, backends: &[(&str, u32)]) -> u64 {
     let mut a = admin(addr);
@@ -62,9 +36,9 @@ async fn next_close_code(ws: &mut Ws) -> Option<u16> {
 async fn killed_backend_clients_get_a_close_and_new_connections_avoid_it() {
     let _g = serial().await;
     let c = Cluster::start(1, &[]).await;
-    let mut b1 = BackendProcess::spawn("b1");
-    let b2 = BackendProcess::spawn("b2");
-    let rev = pool_with(&c.nodes[&1].addr, Algorithm::RoundRobin, &[(&b1.1, 1), (&b2.1, 1)]).await;
+    let mut b1 = DemoBackend::spawn("b1");
+    let b2 = DemoBackend::spawn("b2");
+    let rev = pool_with(&c.nodes[&1].addr, Algorithm::RoundRobin, &[(&b1.addr, 1), (&b2.addr, 1)]).await;
     let proxy = ProxyProcess::spawn(&c.endpoints(), &c.dir.path().join("p.cache"), "p1");
     proxy.wait_revision(rev).await;
     let mut on_b1 = Vec::new();
@@ -75,8 +49,7 @@ async fn killed_backend_clients_get_a_close_and_new_connections_avoid_it() {
         }
     }
     assert_eq!(on_b1.len(), 2);
-    let _ = b1.0.kill();
-    let _ = b1.0.wait();
+    b1.kill9();
     for ws in &mut on_b1 {
         assert_eq!(next_close_code(ws).await, Some(1001), "a Close frame, not a hang");
     }
@@ -88,7 +61,7 @@ async fn killed_backend_clients_get_a_close_and_new_connections_avoid_it() {
         echo(&mut ws, Message::text("ok")).await.unwrap();
     }
     let s = proxy.status().await.unwrap();
-    let b1s = s["backends"].as_array().unwrap().iter().find(|b| b["address"] == b1.1.as_str()).unwrap().clone();
+    let b1s = s["backends"].as_array().unwrap().iter().find(|b| b["address"] == b1.addr.as_str()).unwrap().clone();
     assert!(b1s["connect_failures"].as_u64().unwrap() >= 1 && b1s["ejected"] == true, "{s}");
 }
 

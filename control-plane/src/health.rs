@@ -1,0 +1,131 @@
+//! Active health checks, run by the leader only: TCP connect, or a WebSocket handshake plus
+//! ping, per the pool's spec (interval, timeout, rise, fall). A backend's health flips only
+//! after `rise` successes or `fall` failures in a row, and each flip is a Raft command, so every
+//! proxy sees the same health. A new leader starts probing within one interval.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use futures::{SinkExt, StreamExt};
+use switchyard_proto::v1::{Health, HealthCheck, HealthCheckKind};
+use tokio_tungstenite::tungstenite::Message;
+
+use crate::node::NodeInner;
+use crate::state::Command;
+
+const TICK: Duration = Duration::from_millis(50);
+
+#[derive(Default)]
+struct Track {
+    ok_streak: u32,
+    fail_streak: u32,
+    next_probe: Option<Instant>,
+}
+
+/// One probe: whether the backend answered within the timeout.
+pub async fn probe(address: &str, hc: &HealthCheck) -> bool {
+    let timeout = Duration::from_millis(hc.timeout_ms.max(1) as u64);
+    let attempt = async {
+        match HealthCheckKind::try_from(hc.kind).unwrap_or(HealthCheckKind::HealthCheckNone) {
+            HealthCheckKind::HealthCheckNone => true,
+            HealthCheckKind::HealthCheckTcp => tokio::net::TcpStream::connect(address).await.is_ok(),
+            HealthCheckKind::HealthCheckWebsocket => {
+                let path = if hc.path.is_empty() { "/" } else { hc.path.as_str() };
+                let Ok((mut ws, _)) = tokio_tungstenite::connect_async(format!("ws://{address}{path}")).await else {
+                    return false;
+                };
+                if ws.send(Message::Ping(b"switchyard-health".to_vec().into())).await.is_err() {
+                    return false;
+                }
+                let mut ok = false;
+                while let Some(Ok(m)) = ws.next().await {
+                    if let Message::Pong(p) = m {
+                        ok = p.as_ref() == b"switchyard-health";
+                        break;
+                    }
+                }
+                let _ = ws.close(None).await;
+                ok
+            }
+        }
+    };
+    tokio::time::timeout(timeout, attempt).await.unwrap_or(false)
+}
+
+/// Runs for the node's lifetime; probes only while this node leads.
+pub async fn run(node: Arc<NodeInner>) {
+    let mut tracks: HashMap<(String, String), Track> = HashMap::new();
+    let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel::<((String, String), bool)>();
+    let mut ticker = tokio::time::interval(TICK);
+    ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            _ = node.shutdown.cancelled() => return,
+            _ = ticker.tick() => {}
+            Some((key, ok)) = rx.recv() => {
+                record(&node, &mut tracks, key, ok).await;
+                continue;
+            }
+        }
+        if node.raft.metrics().borrow().current_leader != Some(node.id) {
+            // Followers forget: a node that becomes leader starts from fresh streaks.
+            tracks.clear();
+            continue;
+        }
+        let now = Instant::now();
+        let targets: Vec<((String, String), HealthCheck)> = {
+            let live = node.shared.read();
+            live.state
+                .backends
+                .keys()
+                .filter_map(|k| {
+                    let hc = live.state.pools.get(&k.0)?.health_check.clone()?;
+                    (hc.kind != HealthCheckKind::HealthCheckNone as i32).then(|| (k.clone(), hc))
+                })
+                .collect()
+        };
+        tracks.retain(|k, _| targets.iter().any(|(t, _)| t == k));
+        for (key, hc) in targets {
+            let t = tracks.entry(key.clone()).or_default();
+            if t.next_probe.is_some_and(|at| now < at) {
+                continue;
+            }
+            t.next_probe = Some(now + Duration::from_millis(hc.interval_ms as u64));
+            let tx = tx.clone();
+            tokio::spawn(async move {
+                let ok = probe(&key.1, &hc).await;
+                let _ = tx.send((key, ok));
+            });
+        }
+    }
+}
+
+async fn record(node: &NodeInner, tracks: &mut HashMap<(String, String), Track>, key: (String, String), ok: bool) {
+    let Some(t) = tracks.get_mut(&key) else { return };
+    if ok {
+        t.ok_streak += 1;
+        t.fail_streak = 0;
+    } else {
+        t.fail_streak += 1;
+        t.ok_streak = 0;
+    }
+    let (current, hc) = {
+        let live = node.shared.read();
+        let Some(b) = live.state.backends.get(&key) else { return };
+        let Some(hc) = live.state.pools.get(&key.0).and_then(|p| p.health_check.clone()) else { return };
+        (b.health, hc)
+    };
+    let want = if t.ok_streak >= hc.rise.max(1) && current != Health::Healthy as i32 {
+        Health::Healthy
+    } else if t.fail_streak >= hc.fall.max(1) && current != Health::Unhealthy as i32 {
+        Health::Unhealthy
+    } else {
+        return;
+    };
+    tracing::info!(pool = %key.0, backend = %key.1, health = ?want, "health changed");
+    let cmd = Command::SetBackendHealth { pool: key.0.clone(), address: key.1.clone(), health: want as i32 };
+    if let Err(e) = node.write(cmd).await {
+        tracing::warn!(backend = %key.1, "could not record health: {e}");
+    }
+}
