@@ -129,3 +129,26 @@ async fn record(node: &NodeInner, tracks: &mut HashMap<(String, String), Track>,
         tracing::warn!(backend = %key.1, "could not record health: {e}");
     }
 }
+
+/// Expires session bindings whose TTL has passed, on the leader, with the leader's clock
+/// stamped into the command.
+pub async fn expire_sessions(node: Arc<NodeInner>) {
+    let mut ticker = tokio::time::interval(Duration::from_millis(500));
+    ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            _ = node.shutdown.cancelled() => return,
+            _ = ticker.tick() => {}
+        }
+        if node.raft.metrics().borrow().current_leader != Some(node.id) {
+            continue;
+        }
+        let now_ms = crate::api::discovery::now_ms();
+        let due = node.shared.read().state.sessions.values().any(|s| s.last_seen_ms.saturating_add(s.ttl_ms) <= now_ms);
+        if due {
+            if let Err(e) = node.write(Command::ExpireSessions { now_ms }).await {
+                tracing::debug!("session expiry not recorded: {e}");
+            }
+        }
+    }
+}

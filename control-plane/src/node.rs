@@ -122,8 +122,12 @@ pub enum LeaderOp {
         id: NodeId,
     },
     ReadIndex,
-    /// A proxy's report, collected on the leader so any node can list every proxy.
-    Report(crate::pb::Pb<ProxyStatus>),
+    /// A proxy's report, collected on the leader so any node can list every proxy; the
+    /// session bindings in it are proposed in the leader's next batch.
+    Report {
+        status: crate::pb::Pb<ProxyStatus>,
+        bindings: Vec<crate::pb::Pb<switchyard_proto::v1::SessionBinding>>,
+    },
     ListProxies,
 }
 
@@ -368,6 +372,7 @@ impl Node {
         });
         tokio::spawn(form_cluster(inner.clone()));
         tokio::spawn(crate::health::run(inner.clone()));
+        tokio::spawn(crate::health::expire_sessions(inner.clone()));
         tracing::info!(id = inner.id, addr = %inner.advertise, "control-plane node started");
         Ok(Node { inner, server })
     }
@@ -437,9 +442,14 @@ impl NodeInner {
                 let waits: Vec<_> = cmds.into_iter().map(|cmd| self.propose(cmd)).collect();
                 Ok(LeaderReply::WrittenMany(futures::future::join_all(waits).await))
             }
-            LeaderOp::Report(crate::pb::Pb(status)) => {
+            LeaderOp::Report { status: crate::pb::Pb(status), bindings } => {
                 self.ensure_leader()?;
                 self.proxies.lock().unwrap_or_else(|e| e.into_inner()).insert(status.proxy_id.clone(), status);
+                if !bindings.is_empty() {
+                    // Time comes from the leader, inside the command: apply stays deterministic.
+                    let now_ms = crate::api::discovery::now_ms();
+                    self.propose(Command::BindSessions { now_ms, bindings }).await?.1.map_err(ExecError::Api)?;
+                }
                 Ok(LeaderReply::Reported)
             }
             LeaderOp::ListProxies => {

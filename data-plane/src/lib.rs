@@ -41,6 +41,7 @@ impl Proxy {
         if let Some((t, written)) = cfg.cache_file.as_deref().and_then(watcher::load_cache) {
             mirror = watcher::Mirror::from_topology(t);
             watcher::install(&state, &mirror, "cache", written);
+            *state.sessions.write().unwrap_or_else(|e| e.into_inner()) = mirror.sessions();
             tracing::warn!(
                 revision = mirror.revision,
                 "serving from the config cache until a control-plane node answers"

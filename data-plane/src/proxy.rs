@@ -141,6 +141,8 @@ struct Established {
     backend_early: Vec<u8>,
     stats: Arc<crate::stats::BackendStats>,
     limits: Limits,
+    /// The live session binding this connection keeps fresh.
+    session: Option<(String, String, String)>,
 }
 
 async fn handle(state: Arc<ProxyState>, client: TcpStream, peer: SocketAddr, tuning: Tuning) {
@@ -160,6 +162,9 @@ async fn handle(state: Arc<ProxyState>, client: TcpStream, peer: SocketAddr, tun
     tracing::debug!(?end, "connection ended");
     e.stats.active.fetch_sub(1, Relaxed);
     e.stats.unregister(id);
+    if let Some(k) = &e.session {
+        state.unbind_live(k);
+    }
 }
 
 async fn open(state: &ProxyState, mut client: TcpStream, peer: SocketAddr, tuning: Tuning) -> Option<Established> {
@@ -189,12 +194,20 @@ async fn open(state: &ProxyState, mut client: TcpStream, peer: SocketAddr, tunin
     let Some(pool) = table.route(&up.host, up.path()).cloned() else {
         return reject_none(state, client, Reject::NotFound).await;
     };
+    // Session affinity: the key the pool names; a client without the cookie gets a new one.
+    let (session, set_cookie) = session_key(&pool.pool.affinity, &up, peer.ip());
+    let bound = session.as_deref().and_then(|k| state.session_backend(&pool.pool.name, k));
     let mut exclude = Vec::new();
     let (idx, mut backend) = loop {
         if exclude.len() >= tuning.max_attempts {
             return reject_none(state, client, Reject::Unavailable).await;
         }
-        let Some(i) = pool.pick(&up, peer.ip(), state.registry.now_ms(), &exclude) else {
+        let now = state.registry.now_ms();
+        let choice = match &session {
+            Some(k) => pool.pick_session(k, bound.as_deref(), now, &exclude).map(|(i, _)| i),
+            None => pool.pick(&up, peer.ip(), now, &exclude),
+        };
+        let Some(i) = choice else {
             return reject_none(state, client, Reject::Unavailable).await;
         };
         let b = &pool.backends[i];
@@ -241,6 +254,11 @@ async fn open(state: &ProxyState, mut client: TcpStream, peer: SocketAddr, tunin
     }
     // Frames the backend sent right behind its 101 go through the relay, which tracks them.
     let backend_early = resp.split_off(resp_len);
+    if let Some(cookie) = &set_cookie {
+        resp.truncate(resp_len - 2);
+        resp.extend_from_slice(cookie.as_bytes());
+        resp.extend_from_slice(b"\r\n");
+    }
     if client.write_all(&resp).await.is_err() {
         return None;
     }
@@ -250,5 +268,26 @@ async fn open(state: &ProxyState, mut client: TcpStream, peer: SocketAddr, tunin
         idle_timeout: (s.idle_timeout_ms > 0).then(|| Duration::from_millis(s.idle_timeout_ms)),
         ping_interval: (s.ping_interval_ms > 0).then(|| Duration::from_millis(s.ping_interval_ms)),
     };
-    Some(Established { client, backend, backend_early, stats, limits })
+    let session = session.map(|k| state.bind_live(&pool.pool.name, &k, &entry.backend.address));
+    Some(Established { client, backend, backend_early, stats, limits, session })
+}
+
+/// The session key for a pool's affinity spec, and the `Set-Cookie` line to add to the 101
+/// when the spec is a cookie the client does not have yet.
+fn session_key(spec: &str, up: &handshake::Upgrade, client: std::net::IpAddr) -> (Option<String>, Option<String>) {
+    if spec.is_empty() {
+        return (None, None);
+    }
+    if let Some(key) = crate::table::request_value(spec, up, client) {
+        return (Some(key), None);
+    }
+    match spec.strip_prefix("cookie:") {
+        Some(name) => {
+            let key = format!("{:016x}{:016x}", rand::random::<u64>(), rand::random::<u64>());
+            let line = format!("Set-Cookie: {name}={key}; Path=/; HttpOnly; SameSite=Lax\r\n");
+            (Some(key), Some(line))
+        }
+        // No key in this request (header or query parameter missing): balance it as usual.
+        None => (None, None),
+    }
 }

@@ -41,6 +41,13 @@ pub struct ProxyState {
     pub handshake_failures: Mutex<BTreeMap<&'static str, u64>>,
     pub accepted: AtomicU64,
     next_conn: AtomicU64,
+    /// Session bindings as the control plane last streamed them: (pool, key) → backend.
+    pub sessions: std::sync::RwLock<std::collections::HashMap<(String, String), String>>,
+    /// Bindings made or refreshed here, waiting to be reported.
+    pub pending_bindings: Mutex<Vec<switchyard_proto::v1::SessionBinding>>,
+    /// Sessions with live connections here, refreshed while they last: key → count.
+    pub live_sessions: Mutex<std::collections::HashMap<(String, String, String), usize>>,
+    pub report_now: tokio::sync::Notify,
     /// Cancelled on SIGTERM: stop accepting, close connections.
     pub shutdown: CancellationToken,
     pub connections: TaskTracker,
@@ -57,11 +64,44 @@ impl ProxyState {
             applied_changed: tokio::sync::Notify::new(),
             control_plane: Mutex::new(ControlPlaneInfo { connected: None, since: Instant::now() }),
             handshake_failures: Mutex::new(BTreeMap::new()),
+            sessions: Default::default(),
+            pending_bindings: Mutex::new(Vec::new()),
+            live_sessions: Mutex::new(Default::default()),
+            report_now: tokio::sync::Notify::new(),
             accepted: AtomicU64::new(0),
             next_conn: AtomicU64::new(1),
             shutdown: CancellationToken::new(),
             connections: TaskTracker::new(),
         })
+    }
+
+    pub fn session_backend(&self, pool: &str, key: &str) -> Option<String> {
+        self.sessions.read().unwrap_or_else(|e| e.into_inner()).get(&(pool.to_string(), key.to_string())).cloned()
+    }
+
+    /// A connection for `key` went to `backend`: report the binding (new or refreshed) and keep
+    /// refreshing it while the connection lives. Returns the guard key for [`Self::unbind_live`].
+    pub fn bind_live(&self, pool: &str, key: &str, backend: &str) -> (String, String, String) {
+        let k = (pool.to_string(), key.to_string(), backend.to_string());
+        *self.live_sessions.lock().unwrap_or_else(|e| e.into_inner()).entry(k.clone()).or_default() += 1;
+        self.pending_bindings.lock().unwrap_or_else(|e| e.into_inner()).push(switchyard_proto::v1::SessionBinding {
+            pool: k.0.clone(),
+            key: k.1.clone(),
+            backend: k.2.clone(),
+            ..Default::default()
+        });
+        self.report_now.notify_one();
+        k
+    }
+
+    pub fn unbind_live(&self, k: &(String, String, String)) {
+        let mut live = self.live_sessions.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(n) = live.get_mut(k) {
+            *n -= 1;
+            if *n == 0 {
+                live.remove(k);
+            }
+        }
     }
 
     pub fn conn_id(&self) -> u64 {

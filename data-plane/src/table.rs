@@ -21,6 +21,9 @@ pub struct PoolTable {
     pub pool: Pool,
     pub backends: Vec<BackendEntry>,
     balancer: Balancer,
+    /// For pools with session affinity: where a new session key goes, the same on every
+    /// proxy, so proxies racing on one key pick the same backend.
+    affinity: Option<crate::balance::Maglev>,
 }
 
 pub struct Table {
@@ -82,11 +85,12 @@ impl Table {
                 let ids: Vec<(&str, u32)> = bs.iter().map(|b| (b.address.as_str(), b.weight)).collect();
                 let algorithm = Algorithm::try_from(p.algorithm).unwrap_or(Algorithm::RoundRobin);
                 let balancer = Balancer::new(algorithm, &ids);
+                let affinity = if p.affinity.is_empty() { None } else { crate::balance::Maglev::new(&ids) };
                 let backends = bs
                     .into_iter()
                     .map(|b| BackendEntry { backend: b.clone(), stats: registry.get(&p.name, &b.address) })
                     .collect();
-                (p.name.clone(), Arc::new(PoolTable { pool: p.clone(), backends, balancer }))
+                (p.name.clone(), Arc::new(PoolTable { pool: p.clone(), backends, balancer, affinity }))
             })
             .collect();
         Table { revision: t.revision, settings: t.settings.unwrap_or_default(), routes, pools }
@@ -99,6 +103,21 @@ impl Table {
             .find(|r| host_matches(&r.host, host) && path.starts_with(&r.path_prefix))
             .and_then(|r| self.pools.get(&r.pool))
     }
+}
+
+/// The raw value a key spec (`header:X`, `cookie:X`, `query:X`, `ip`) names in a request.
+pub fn request_value(spec: &str, up: &Upgrade, client: IpAddr) -> Option<String> {
+    if spec == "ip" {
+        return Some(client.to_string());
+    }
+    let (kind, name) = spec.split_once(':')?;
+    match kind {
+        "header" => up.header(name).map(|v| String::from_utf8_lossy(v).into_owned()),
+        "cookie" => up.cookie(name),
+        "query" => up.query_param(name),
+        _ => None,
+    }
+    .filter(|v| !v.is_empty())
 }
 
 /// The hash key a pool's `hash_key` names, taken from the request.
@@ -121,17 +140,39 @@ pub fn request_key(spec: &str, up: &Upgrade, client: IpAddr) -> Option<u64> {
 }
 
 impl PoolTable {
+    /// Whether backend `i` may take a new connection now.
+    pub fn fit(&self, i: usize, now_ms: u64, exclude: &[usize]) -> bool {
+        let max = self.pool.max_connections_per_backend as u64;
+        let e = &self.backends[i];
+        admits(&e.backend)
+            && !exclude.contains(&i)
+            && e.stats.ejected_until_ms.load(std::sync::atomic::Ordering::Relaxed) <= now_ms
+            && (max == 0 || e.stats.active.load(std::sync::atomic::Ordering::Relaxed) < max)
+    }
+
+    /// The backend for a session key: its binding when the bound backend is fit, else the
+    /// key's consistent-hash choice. Returns whether that makes a new binding.
+    pub fn pick_session(
+        &self,
+        key: &str,
+        bound: Option<&str>,
+        now_ms: u64,
+        exclude: &[usize],
+    ) -> Option<(usize, bool)> {
+        if let Some(i) = bound.and_then(|b| self.backends.iter().position(|e| e.backend.address == b)) {
+            if self.fit(i, now_ms, exclude) {
+                return Some((i, false));
+            }
+        }
+        let m = self.affinity.as_ref()?;
+        let h = hash64(&[key.as_bytes()]);
+        m.candidates(h).take(crate::balance::MAGLEV_SIZE).find(|&i| self.fit(i, now_ms, exclude)).map(|i| (i, true))
+    }
+
     /// Picks a backend for a new connection, skipping `exclude` (backends that already failed
     /// to connect for this request).
     pub fn pick(&self, up: &Upgrade, client: IpAddr, now_ms: u64, exclude: &[usize]) -> Option<usize> {
-        let max = self.pool.max_connections_per_backend as u64;
-        let fit = |i: usize| {
-            let e = &self.backends[i];
-            admits(&e.backend)
-                && !exclude.contains(&i)
-                && e.stats.ejected_until_ms.load(std::sync::atomic::Ordering::Relaxed) <= now_ms
-                && (max == 0 || e.stats.active.load(std::sync::atomic::Ordering::Relaxed) < max)
-        };
+        let fit = |i: usize| self.fit(i, now_ms, exclude);
         let load = |i: usize| self.backends[i].stats.load();
         let ip = match client {
             IpAddr::V4(a) => hash64(&[&a.octets()]),

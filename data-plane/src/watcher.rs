@@ -55,6 +55,11 @@ impl Mirror {
         }
     }
 
+    /// Session bindings as a map, for the proxy's lookups.
+    pub fn sessions(&self) -> std::collections::HashMap<(String, String), String> {
+        self.sessions.iter().map(|(k, s)| (k.clone(), s.backend.clone())).collect()
+    }
+
     /// Applies one event. Events at or below the current revision are ignored, so a resumed
     /// stream can never take the proxy backwards.
     pub fn apply(&mut self, ev: WatchEvent) -> bool {
@@ -198,11 +203,50 @@ pub async fn run(state: Arc<ProxyState>, cfg: WatchConfig, mut mirror: Mirror) {
                 ev = stream.message() => ev,
             };
             let Ok(Some(ev)) = ev else { break };
-            if mirror.apply(ev) {
-                install(&state, &mirror, "control-plane", SystemTime::now());
-                let _ = applied_tx.send(mirror.revision);
-                let _ = cache_tx.send(Some(Arc::new(mirror.to_topology())));
+            // Session bindings change far more often than topology: they update the lookup map
+            // without rebuilding the routing table.
+            let sessions: Option<Vec<change::Kind>> = match &ev.kind {
+                Some(watch_event::Kind::Changes(cs)) => cs
+                    .changes
+                    .iter()
+                    .map(|c| match &c.kind {
+                        Some(k @ (change::Kind::SessionPut(_) | change::Kind::SessionRemoved(_))) => Some(k.clone()),
+                        _ => None,
+                    })
+                    .collect(),
+                _ => None,
+            };
+            if !mirror.apply(ev) {
+                continue;
             }
+            let now = SystemTime::now();
+            match sessions {
+                Some(changes) => {
+                    let mut map = state.sessions.write().unwrap_or_else(|e| e.into_inner());
+                    for c in changes {
+                        match c {
+                            change::Kind::SessionPut(s) => {
+                                map.insert((s.pool, s.key), s.backend);
+                            }
+                            change::Kind::SessionRemoved(s) => {
+                                map.remove(&(s.pool, s.key));
+                            }
+                            _ => {}
+                        }
+                    }
+                    drop(map);
+                    let mut cfg = state.config.lock().unwrap_or_else(|e| e.into_inner());
+                    *cfg = ConfigInfo { source: "control-plane", revision: mirror.revision, applied_at: now };
+                    drop(cfg);
+                    state.record_applied(mirror.revision, now);
+                }
+                None => {
+                    install(&state, &mirror, "control-plane", now);
+                    *state.sessions.write().unwrap_or_else(|e| e.into_inner()) = mirror.sessions();
+                }
+            }
+            let _ = applied_tx.send(mirror.revision);
+            let _ = cache_tx.send(Some(Arc::new(mirror.to_topology())));
         }
         tracing::warn!(node = %addr, revision = mirror.revision, "control-plane stream ended; trying the next node");
         state.set_control_plane(None);
@@ -223,11 +267,22 @@ async fn cache_writer(path: PathBuf, mut rx: watch::Receiver<Option<Arc<Topology
     }
 }
 
-/// Tells the control plane which revision this proxy runs, at once when it changes and every
-/// few seconds otherwise, with its connection counts.
+/// Tells the control plane which revision this proxy runs, its connection counts, and the
+/// session bindings it made: at once when something changed, and otherwise often enough to
+/// keep live sessions' bindings fresh (a third of the shortest affinity TTL, at most 5 s).
 async fn reporter(state: Arc<ProxyState>, endpoints: Vec<String>, mut applied: watch::Receiver<u64>) {
     let mut i = 0usize;
+    let mut last_refresh = std::time::Instant::now();
     loop {
+        let refresh_every = refresh_interval(&state);
+        let refresh = last_refresh.elapsed() >= refresh_every;
+        let mut bindings = std::mem::take(&mut *state.pending_bindings.lock().unwrap_or_else(|e| e.into_inner()));
+        if refresh {
+            last_refresh = std::time::Instant::now();
+            bindings.extend(state.live_sessions.lock().unwrap_or_else(|e| e.into_inner()).keys().map(|(p, k, b)| {
+                SessionBinding { pool: p.clone(), key: k.clone(), backend: b.clone(), ..Default::default() }
+            }));
+        }
         let rev = *applied.borrow_and_update();
         let loads = state
             .registry
@@ -244,7 +299,7 @@ async fn reporter(state: Arc<ProxyState>, endpoints: Vec<String>, mut applied: w
             applied_revision: rev,
             rejected_reason: String::new(),
             loads,
-            bindings: vec![],
+            bindings,
         };
         let addr = state.control_plane_info().connected.unwrap_or_else(|| endpoints[i % endpoints.len()].clone());
         if let Ok(ch) = channel(&addr) {
@@ -256,8 +311,21 @@ async fn reporter(state: Arc<ProxyState>, endpoints: Vec<String>, mut applied: w
         tokio::select! {
             _ = state.shutdown.cancelled() => return,
             r = applied.changed() => if r.is_err() { return },
-            _ = tokio::time::sleep(Duration::from_secs(5)) => {}
+            _ = state.report_now.notified() => {
+                // Gather the bindings of a burst of new connections into one report.
+                tokio::time::sleep(Duration::from_millis(2)).await;
+            }
+            _ = tokio::time::sleep(refresh_every.saturating_sub(last_refresh.elapsed())) => {}
         }
+    }
+}
+
+fn refresh_interval(state: &ProxyState) -> Duration {
+    let table = state.table.load();
+    let min_ttl = table.pools.values().filter(|p| !p.pool.affinity.is_empty()).map(|p| p.pool.affinity_ttl_ms).min();
+    match min_ttl {
+        Some(ttl) => Duration::from_millis((ttl / 3).clamp(200, 5000)),
+        None => Duration::from_secs(5),
     }
 }
 

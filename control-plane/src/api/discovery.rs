@@ -113,9 +113,18 @@ impl Discovery for DiscoveryService {
         };
         // Reports are kept on the leader, which answers `proxy list` for the whole cluster. A
         // report that cannot reach it is dropped: the proxy sends a fresh one within seconds.
+        let bindings: Vec<_> = r
+            .bindings
+            .into_iter()
+            .filter(|b| !b.pool.is_empty() && !b.key.is_empty() && !b.backend.is_empty())
+            .map(crate::pb::Pb)
+            .collect();
         let node = self.0.clone();
         tokio::spawn(async move {
-            let _ = node.execute(crate::node::LeaderOp::Report(crate::pb::Pb(status))).await;
+            let op = crate::node::LeaderOp::Report { status: crate::pb::Pb(status), bindings };
+            if let Err(e) = node.execute(op).await {
+                tracing::debug!("proxy report not recorded: {e}");
+            }
         });
         Ok(Response::new(ReportReply { revision: self.0.shared.read().revision() }))
     }

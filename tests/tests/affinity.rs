@@ -1,0 +1,136 @@
+//! Replicated session affinity: bindings live in Raft, so a returning session reaches the same
+//! backend through any proxy, across pool changes, proxy loss and leader loss.
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use switchyard_proto::v1::*;
+use switchyard_tests::*;
+
+async fn session(addr: &str, key: &str) -> Option<SessionBinding> {
+    let req = GetSessionRequest { consistency: Consistency::Local as i32, pool: "chat".into(), key: key.into() };
+    query(addr).get_session(req).await.ok().map(|r| r.into_inner())
+}
+
+async fn setup(affinity: &str, ttl_ms: u64, backends: &[EchoBackend]) -> (Cluster, u64) {
+    let c = Cluster::start(3, &[]).await;
+    let mut a = admin(&c.nodes[&1].addr);
+    let pool = Pool { name: "chat".into(), affinity: affinity.into(), affinity_ttl_ms: ttl_ms, ..Default::default() };
+    a.create_pool(CreatePoolRequest { pool: Some(pool) }).await.unwrap();
+    for b in backends {
+        let backend = Backend { pool: "chat".into(), address: b.addr.clone(), weight: 1, ..Default::default() };
+        a.add_backend(AddBackendRequest { backend: Some(backend) }).await.unwrap();
+    }
+    let route = Route { name: "all".into(), pool: "chat".into(), ..Default::default() };
+    let rev = a.set_route(SetRouteRequest { route: Some(route) }).await.unwrap().into_inner().revision;
+    (c, rev)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_session_returns_to_its_backend_through_any_proxy_after_joins_and_losses() {
+    let _g = serial().await;
+    let bs = [EchoBackend::start("b1").await, EchoBackend::start("b2").await, EchoBackend::start("b3").await];
+    let (mut c, rev) = setup("header:X-Session", 600_000, &bs).await;
+    let mut p1 = ProxyProcess::spawn(&c.endpoints(), &c.dir.path().join("p1.cache"), "p1");
+    let p2 = ProxyProcess::spawn(&c.endpoints(), &c.dir.path().join("p2.cache"), "p2");
+    p1.wait_revision(rev).await;
+    p2.wait_revision(rev).await;
+
+    let keys: Vec<String> = (0..12).map(|i| format!("session-{i}")).collect();
+    let mut home = BTreeMap::new();
+    for k in &keys {
+        let (_ws, name) = ws_connect(&p1.ws, "/", &[("X-Session", k)]).await.unwrap();
+        home.insert(k.clone(), name);
+    }
+    let any = c.nodes[&2].addr.clone();
+    for k in &keys {
+        eventually("binding replicated", Duration::from_secs(5), || async { session(&any, k).await }).await;
+    }
+    let check = |label: &'static str, proxy: String| {
+        let home = home.clone();
+        async move {
+            for (k, want) in &home {
+                let (_ws, name) = ws_connect(&proxy, "/", &[("X-Session", k)]).await.unwrap();
+                assert_eq!(&name, want, "{label}: {k} moved");
+            }
+        }
+    };
+    check("through the other proxy", p2.ws.clone()).await;
+
+    // A new backend joins: consistent hashing alone would move about a quarter of the keys.
+    let b4 = EchoBackend::start("b4").await;
+    let backend = Backend { pool: "chat".into(), address: b4.addr.clone(), weight: 1, ..Default::default() };
+    let rev =
+        admin(&any).add_backend(AddBackendRequest { backend: Some(backend) }).await.unwrap().into_inner().revision;
+    p2.wait_revision(rev).await;
+    check("after a backend joined", p2.ws.clone()).await;
+
+    p1.kill9();
+    check("after the proxy that bound them died", p2.ws.clone()).await;
+
+    let leader = c.leader(Duration::from_secs(5)).await;
+    c.node(leader).kill9();
+    c.leader(Duration::from_secs(10)).await;
+    check("after the leader died", p2.ws.clone()).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn proxies_racing_on_a_new_key_end_with_one_binding() {
+    let _g = serial().await;
+    let bs = [EchoBackend::start("b1").await, EchoBackend::start("b2").await, EchoBackend::start("b3").await];
+    let (c, rev) = setup("header:X-Session", 600_000, &bs).await;
+    let p1 = ProxyProcess::spawn(&c.endpoints(), &c.dir.path().join("p1.cache"), "p1");
+    let p2 = ProxyProcess::spawn(&c.endpoints(), &c.dir.path().join("p2.cache"), "p2");
+    p1.wait_revision(rev).await;
+    p2.wait_revision(rev).await;
+    for i in 0..10 {
+        let k = format!("race-{i}");
+        let hdr = [("X-Session", k.as_str())];
+        let (a, b) = tokio::join!(ws_connect(&p1.ws, "/", &hdr), ws_connect(&p2.ws, "/", &hdr));
+        let (a, b) = (a.unwrap().1, b.unwrap().1);
+        assert_eq!(a, b, "{k}: both proxies chose the same backend");
+        let bound =
+            eventually("one binding", Duration::from_secs(5), || async { session(&c.nodes[&1].addr, &k).await }).await;
+        assert_eq!(bound.backend, bs.iter().find(|x| x.name == a).unwrap().addr);
+        let (_ws, again) = ws_connect(&p2.ws, "/", &[("X-Session", &k)]).await.unwrap();
+        assert_eq!(again, a);
+    }
+    let all = query(&c.nodes[&1].addr)
+        .list_sessions(ListSessionsRequest { consistency: 0, pool: "chat".into(), limit: 0 })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(all.sessions.len(), 10, "one binding per key");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bindings_expire_after_their_ttl_once_connections_are_gone_and_cookies_are_issued() {
+    let _g = serial().await;
+    let bs = [EchoBackend::start("b1").await, EchoBackend::start("b2").await];
+    let (c, rev) = setup("cookie:sy_session", 1000, &bs).await;
+    let p = ProxyProcess::spawn(&c.endpoints(), &c.dir.path().join("p.cache"), "p");
+    p.wait_revision(rev).await;
+
+    // No cookie: the proxy issues one on the 101.
+    use tokio_tungstenite::tungstenite::client::IntoClientRequest;
+    let req = format!("ws://{}/", p.ws).into_client_request().unwrap();
+    let (ws, resp) = tokio_tungstenite::connect_async(req).await.unwrap();
+    let cookie = resp.headers().get("set-cookie").expect("Set-Cookie on the 101").to_str().unwrap().to_string();
+    let key = cookie.split(';').next().unwrap().strip_prefix("sy_session=").unwrap().to_string();
+    let addr = c.nodes[&1].addr.clone();
+    let bound =
+        eventually("cookie session bound", Duration::from_secs(5), || async { session(&addr, &key).await }).await;
+
+    // Held open for three TTLs: refreshed, not expired.
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    assert!(session(&addr, &key).await.is_some(), "a binding with a live connection must not expire");
+    let cookie_header = format!("sy_session={key}");
+    let (_ws2, name) = ws_connect(&p.ws, "/", &[("Cookie", &cookie_header)]).await.unwrap();
+    assert_eq!(bs.iter().find(|b| b.name == name).unwrap().addr, bound.backend, "the cookie brings it back");
+    drop(_ws2);
+    drop(ws);
+    eventually("binding to expire", Duration::from_secs(6), || async {
+        session(&addr, &key).await.is_none().then_some(())
+    })
+    .await;
+}
