@@ -348,12 +348,32 @@ impl Ctx {
                     })
                     .await?
                     .into_inner();
+                let conns = |b: &Backend| {
+                    r.loads.iter().find(|l| l.pool == b.pool && l.address == b.address).map_or(0, |l| l.connections)
+                };
                 match self.format {
-                    Format::Json => {
-                        out::print_json(&json!(r.backends.iter().map(out::backend_json).collect::<Vec<_>>()))
-                    }
+                    Format::Json => out::print_json(&json!(r
+                        .backends
+                        .iter()
+                        .map(|b| {
+                            let mut v = out::backend_json(b);
+                            v["connections"] = json!(conns(b));
+                            v
+                        })
+                        .collect::<Vec<_>>())),
                     Format::Table => {
-                        out::table(out::BACKEND_HEADERS, &r.backends.iter().map(out::backend_row).collect::<Vec<_>>())
+                        let mut headers = out::BACKEND_HEADERS.to_vec();
+                        headers.push("CONNECTIONS");
+                        let rows: Vec<Vec<String>> = r
+                            .backends
+                            .iter()
+                            .map(|b| {
+                                let mut row = out::backend_row(b);
+                                row.push(conns(b).to_string());
+                                row
+                            })
+                            .collect();
+                        out::table(&headers, &rows);
                     }
                 }
             }

@@ -123,11 +123,15 @@ pub enum LeaderOp {
     },
     ReadIndex,
     /// A proxy's report, collected on the leader so any node can list every proxy; the
-    /// session bindings in it are proposed in the leader's next batch.
+    /// session bindings in it are proposed in the leader's next batch. The reply carries the
+    /// cluster-wide connection counts.
     Report {
         status: crate::pb::Pb<ProxyStatus>,
         bindings: Vec<crate::pb::Pb<switchyard_proto::v1::SessionBinding>>,
+        loads: Vec<crate::pb::Pb<switchyard_proto::v1::BackendLoad>>,
     },
+    /// The cluster-wide connection counts.
+    Loads,
     ListProxies,
 }
 
@@ -137,7 +141,7 @@ pub enum LeaderReply {
     WrittenMany(Vec<Result<(u64, WireOutcome), ExecError>>),
     Membership { revision: u64 },
     ReadIndex(u64),
-    Reported,
+    Reported(Vec<crate::pb::Pb<switchyard_proto::v1::BackendLoad>>),
     Proxies(Vec<crate::pb::Pb<ProxyStatus>>),
 }
 
@@ -161,7 +165,12 @@ pub struct NodeInner {
     leader_clients: Mutex<BTreeMap<String, switchyard_proto::raft::raft_client::RaftClient<tonic::transport::Channel>>>,
     proposals: mpsc::Sender<Proposal>,
     forwards: mpsc::Sender<Forward>,
+    /// Each proxy's last reported connection counts, on the leader.
+    loads: Mutex<BTreeMap<String, (Vec<switchyard_proto::v1::BackendLoad>, std::time::Instant)>>,
 }
+
+/// A proxy that has not reported for this long no longer counts toward cluster-wide loads.
+const LOAD_STALE: Duration = Duration::from_secs(15);
 
 /// A write on its way from a follower to the leader.
 struct Forward {
@@ -343,6 +352,7 @@ impl Node {
         tokio::spawn(propose_loop(raft.clone(), proposals_rx));
         let (forwards, forwards_rx) = mpsc::channel(64 * 1024);
         let inner = Arc::new(NodeInner {
+            loads: Mutex::new(BTreeMap::new()),
             proposals,
             forwards,
             id: config.id,
@@ -442,15 +452,26 @@ impl NodeInner {
                 let waits: Vec<_> = cmds.into_iter().map(|cmd| self.propose(cmd)).collect();
                 Ok(LeaderReply::WrittenMany(futures::future::join_all(waits).await))
             }
-            LeaderOp::Report { status: crate::pb::Pb(status), bindings } => {
+            LeaderOp::Report { status: crate::pb::Pb(status), bindings, loads } => {
                 self.ensure_leader()?;
+                self.loads.lock().unwrap_or_else(|e| e.into_inner()).insert(
+                    status.proxy_id.clone(),
+                    (loads.into_iter().map(|crate::pb::Pb(l)| l).collect(), std::time::Instant::now()),
+                );
                 self.proxies.lock().unwrap_or_else(|e| e.into_inner()).insert(status.proxy_id.clone(), status);
                 if !bindings.is_empty() {
                     // Time comes from the leader, inside the command: apply stays deterministic.
+                    // The report is answered without waiting for the commit.
+                    let (tx, _rx) = oneshot::channel();
                     let now_ms = crate::api::discovery::now_ms();
-                    self.propose(Command::BindSessions { now_ms, bindings }).await?.1.map_err(ExecError::Api)?;
+                    let cmd = Command::BindSessions { now_ms, bindings };
+                    let _ = self.proposals.send(Proposal { cmd, tx }).await;
                 }
-                Ok(LeaderReply::Reported)
+                Ok(LeaderReply::Reported(self.cluster_loads()))
+            }
+            LeaderOp::Loads => {
+                self.ensure_leader()?;
+                Ok(LeaderReply::Reported(self.cluster_loads()))
             }
             LeaderOp::ListProxies => {
                 self.ensure_leader()?;
@@ -520,6 +541,23 @@ impl NodeInner {
                 Ok(LeaderReply::Membership { revision: r.log_id.index })
             }
         }
+    }
+
+    /// Live connections per backend, summed over proxies that reported recently.
+    pub fn cluster_loads(&self) -> Vec<crate::pb::Pb<switchyard_proto::v1::BackendLoad>> {
+        let mut sum: BTreeMap<(String, String), u64> = BTreeMap::new();
+        let mut loads = self.loads.lock().unwrap_or_else(|e| e.into_inner());
+        loads.retain(|_, (_, at)| at.elapsed() < LOAD_STALE);
+        for (ls, _) in loads.values() {
+            for l in ls {
+                *sum.entry((l.pool.clone(), l.address.clone())).or_default() += l.connections;
+            }
+        }
+        sum.into_iter()
+            .map(|((pool, address), connections)| {
+                crate::pb::Pb(switchyard_proto::v1::BackendLoad { pool, address, connections })
+            })
+            .collect()
     }
 
     async fn propose(&self, cmd: Command) -> Result<(u64, WireOutcome), ExecError> {

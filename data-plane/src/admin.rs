@@ -99,6 +99,7 @@ pub fn status_json(state: &ProxyState) -> serde_json::Value {
             json!({
                 "pool": pool, "address": addr,
                 "active": s.active.load(Relaxed), "total": s.total.load(Relaxed),
+                "active_elsewhere": s.cluster_active.load(Relaxed),
                 "messages_to_backend": s.messages_to_backend.load(Relaxed),
                 "messages_to_client": s.messages_to_client.load(Relaxed),
                 "bytes_to_backend": s.bytes_to_backend.load(Relaxed),

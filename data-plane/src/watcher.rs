@@ -269,7 +269,8 @@ async fn cache_writer(path: PathBuf, mut rx: watch::Receiver<Option<Arc<Topology
 
 /// Tells the control plane which revision this proxy runs, its connection counts, and the
 /// session bindings it made: at once when something changed, and otherwise often enough to
-/// keep live sessions' bindings fresh (a third of the shortest affinity TTL, at most 5 s).
+/// keep live sessions' bindings fresh (a third of the shortest affinity TTL, at most 1 s). The
+/// reply brings back the other proxies' connection counts.
 async fn reporter(state: Arc<ProxyState>, endpoints: Vec<String>, mut applied: watch::Receiver<u64>) {
     let mut i = 0usize;
     let mut last_refresh = std::time::Instant::now();
@@ -284,7 +285,7 @@ async fn reporter(state: Arc<ProxyState>, endpoints: Vec<String>, mut applied: w
             }));
         }
         let rev = *applied.borrow_and_update();
-        let loads = state
+        let loads: Vec<BackendLoad> = state
             .registry
             .all()
             .into_iter()
@@ -294,6 +295,8 @@ async fn reporter(state: Arc<ProxyState>, endpoints: Vec<String>, mut applied: w
                 connections: s.active.load(std::sync::atomic::Ordering::Relaxed),
             })
             .collect();
+        let mine: std::collections::HashMap<(String, String), u64> =
+            loads.iter().map(|l| ((l.pool.clone(), l.address.clone()), l.connections)).collect();
         let report = ProxyReport {
             proxy_id: state.proxy_id.clone(),
             applied_revision: rev,
@@ -304,8 +307,19 @@ async fn reporter(state: Arc<ProxyState>, endpoints: Vec<String>, mut applied: w
         let addr = state.control_plane_info().connected.unwrap_or_else(|| endpoints[i % endpoints.len()].clone());
         if let Ok(ch) = channel(&addr) {
             let mut c = DiscoveryClient::new(ch);
-            if tokio::time::timeout(Duration::from_secs(2), c.report(report)).await.map(|r| r.is_ok()) != Ok(true) {
-                i += 1;
+            match tokio::time::timeout(Duration::from_secs(2), c.report(report)).await {
+                Ok(Ok(reply)) => {
+                    // Other proxies' connections: the cluster's count less what this proxy sent.
+                    for l in reply.into_inner().cluster_loads {
+                        let own = mine.get(&(l.pool.clone(), l.address.clone())).copied().unwrap_or(0);
+                        state
+                            .registry
+                            .get(&l.pool, &l.address)
+                            .cluster_active
+                            .store(l.connections.saturating_sub(own), std::sync::atomic::Ordering::Relaxed);
+                    }
+                }
+                _ => i += 1,
             }
         }
         tokio::select! {
@@ -320,12 +334,14 @@ async fn reporter(state: Arc<ProxyState>, endpoints: Vec<String>, mut applied: w
     }
 }
 
+/// Reports go out every second (connection counts feed cluster-wide balancing), and more
+/// often when an affinity TTL is short.
 fn refresh_interval(state: &ProxyState) -> Duration {
     let table = state.table.load();
     let min_ttl = table.pools.values().filter(|p| !p.pool.affinity.is_empty()).map(|p| p.pool.affinity_ttl_ms).min();
     match min_ttl {
-        Some(ttl) => Duration::from_millis((ttl / 3).clamp(200, 5000)),
-        None => Duration::from_secs(5),
+        Some(ttl) => Duration::from_millis((ttl / 3).clamp(200, 1000)),
+        None => Duration::from_secs(1),
     }
 }
 

@@ -134,3 +134,60 @@ async fn bindings_expire_after_their_ttl_once_connections_are_gone_and_cookies_a
     })
     .await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn least_connections_across_two_proxies_balances_the_cluster_totals() {
+    let _g = serial().await;
+    let c = Cluster::start(1, &[]).await;
+    let bs = [EchoBackend::start("b1").await, EchoBackend::start("b2").await];
+    let addr = c.nodes[&1].addr.clone();
+    let mut a = admin(&addr);
+    let pool = Pool { name: "chat".into(), algorithm: Algorithm::LeastConnections as i32, ..Default::default() };
+    a.create_pool(CreatePoolRequest { pool: Some(pool) }).await.unwrap();
+    for b in &bs {
+        let backend = Backend { pool: "chat".into(), address: b.addr.clone(), weight: 1, ..Default::default() };
+        a.add_backend(AddBackendRequest { backend: Some(backend) }).await.unwrap();
+    }
+    let route = Route { name: "all".into(), pool: "chat".into(), ..Default::default() };
+    a.set_route(SetRouteRequest { route: Some(route) }).await.unwrap();
+    // Proxy 1 puts 10 connections on b1 while b2 takes none.
+    let state =
+        |s: AdminState| SetBackendStateRequest { pool: "chat".into(), address: bs[1].addr.clone(), state: s as i32 };
+    let rev = a.set_backend_state(state(AdminState::Disabled)).await.unwrap().into_inner().revision;
+    let p1 = ProxyProcess::spawn(&c.endpoints(), &c.dir.path().join("p1.cache"), "p1");
+    let p2 = ProxyProcess::spawn(&c.endpoints(), &c.dir.path().join("p2.cache"), "p2");
+    p1.wait_revision(rev).await;
+    let mut held = Vec::new();
+    for _ in 0..10 {
+        let (ws, name) = ws_connect(&p1.ws, "/", &[]).await.unwrap();
+        assert_eq!(name, "b1");
+        held.push(ws);
+    }
+    let rev = a.set_backend_state(state(AdminState::Active)).await.unwrap().into_inner().revision;
+    p2.wait_revision(rev).await;
+    // Proxy 2 learns proxy 1's counts through the control plane.
+    eventually("proxy 2 to see proxy 1's connections", Duration::from_secs(10), || async {
+        let s = p2.status().await?;
+        let b1 = s["backends"].as_array()?.iter().find(|b| b["address"] == bs[0].addr.as_str())?.clone();
+        (b1["active_elsewhere"].as_u64()? == 10).then_some(())
+    })
+    .await;
+    let mut to_b2 = 0;
+    for _ in 0..10 {
+        let (ws, name) = ws_connect(&p2.ws, "/", &[]).await.unwrap();
+        to_b2 += (name == "b2") as usize;
+        held.push(ws);
+    }
+    assert_eq!(to_b2, 10, "cluster-wide least connections evens the totals at 10/10");
+    // `backend list` shows the live connections across both proxies.
+    let out = eventually("cluster totals in backend list", Duration::from_secs(10), || async {
+        let out = std::process::Command::new(bin("switchyard"))
+            .args(["--endpoints", &addr, "-o", "json", "backend", "list", "chat"])
+            .output()
+            .ok()?;
+        let v: serde_json::Value = serde_json::from_slice(&out.stdout).ok()?;
+        v.as_array()?.iter().all(|b| b["connections"] == 10).then_some(v)
+    })
+    .await;
+    assert_eq!(out.as_array().unwrap().len(), 2);
+}

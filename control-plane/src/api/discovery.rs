@@ -119,13 +119,14 @@ impl Discovery for DiscoveryService {
             .filter(|b| !b.pool.is_empty() && !b.key.is_empty() && !b.backend.is_empty())
             .map(crate::pb::Pb)
             .collect();
-        let node = self.0.clone();
-        tokio::spawn(async move {
-            let op = crate::node::LeaderOp::Report { status: crate::pb::Pb(status), bindings };
-            if let Err(e) = node.execute(op).await {
-                tracing::debug!("proxy report not recorded: {e}");
-            }
-        });
-        Ok(Response::new(ReportReply { revision: self.0.shared.read().revision() }))
+        let loads = r.loads.into_iter().map(crate::pb::Pb).collect();
+        let op = crate::node::LeaderOp::Report { status: crate::pb::Pb(status), bindings, loads };
+        // Kept on the leader; a report that cannot reach it is dropped (the next one comes
+        // within seconds) rather than held.
+        let cluster_loads = match tokio::time::timeout(std::time::Duration::from_secs(1), self.0.execute(op)).await {
+            Ok(Ok(crate::node::LeaderReply::Reported(l))) => l.into_iter().map(|crate::pb::Pb(l)| l).collect(),
+            _ => vec![],
+        };
+        Ok(Response::new(ReportReply { revision: self.0.shared.read().revision(), cluster_loads }))
     }
 }

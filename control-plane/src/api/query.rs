@@ -52,16 +52,25 @@ impl Query for QueryService {
 
     async fn list_backends(&self, req: Request<ListBackendsRequest>) -> Result<Response<ListBackendsReply>, Status> {
         let r = req.into_inner();
-        let v = self.view(r.consistency).await?;
-        let backends = if r.pool.is_empty() {
-            v.0.state.backends.values().cloned().collect()
-        } else {
-            if !v.0.state.pools.contains_key(&r.pool) {
+        let (backends, revision) = {
+            let v = self.view(r.consistency).await?;
+            let backends: Vec<Backend> = if r.pool.is_empty() {
+                v.0.state.backends.values().cloned().collect()
+            } else if v.0.state.pools.contains_key(&r.pool) {
+                v.0.state.backends_of(&r.pool).cloned().collect()
+            } else {
                 return Err(Status::not_found(format!("pool {:?} not found", r.pool)));
-            }
-            v.0.state.backends_of(&r.pool).cloned().collect()
+            };
+            (backends, v.0.revision())
         };
-        Ok(Response::new(ListBackendsReply { revision: v.0.revision(), backends }))
+        let loads =
+            match tokio::time::timeout(std::time::Duration::from_secs(1), self.0.execute(crate::node::LeaderOp::Loads))
+                .await
+            {
+                Ok(Ok(crate::node::LeaderReply::Reported(l))) => l.into_iter().map(|crate::pb::Pb(l)| l).collect(),
+                _ => vec![],
+            };
+        Ok(Response::new(ListBackendsReply { revision, backends, loads }))
     }
 
     async fn list_routes(&self, req: Request<ReadRequest>) -> Result<Response<ListRoutesReply>, Status> {
