@@ -51,6 +51,50 @@ enum Cmd {
         #[arg(long, default_value_t = 30)]
         hold: u64,
     },
+    /// New sessions, each with a fresh affinity key, opened through the proxies in turn; then
+    /// waits until every binding is committed.
+    Sessions {
+        #[arg(long, value_delimiter = ',')]
+        targets: Vec<String>,
+        #[arg(long)]
+        control_plane: String,
+        #[arg(long, default_value = "chat")]
+        pool: String,
+        #[arg(long, default_value_t = 32)]
+        concurrency: usize,
+        #[arg(long, default_value_t = 10)]
+        seconds: u64,
+    },
+    /// From a new session's handshake to its binding being applied on every proxy.
+    Visibility {
+        /// WebSocket address of the proxy the sessions go through.
+        #[arg(long)]
+        target: String,
+        /// Every proxy's admin address.
+        #[arg(long, value_delimiter = ',')]
+        proxies: Vec<String>,
+        #[arg(long)]
+        control_plane: String,
+        #[arg(long, default_value = "chat")]
+        pool: String,
+        #[arg(long, default_value_t = 500)]
+        sessions: usize,
+    },
+    /// Binding reports straight to the control plane, as many proxies would send them.
+    Reports {
+        #[arg(long, value_delimiter = ',')]
+        control_plane: Vec<String>,
+        #[arg(long, default_value = "chat")]
+        pool: String,
+        #[arg(long)]
+        backend: String,
+        #[arg(long, default_value_t = 8)]
+        reporters: usize,
+        #[arg(long, default_value_t = 500)]
+        batch: usize,
+        #[arg(long, default_value_t = 10)]
+        seconds: u64,
+    },
     /// Timing from a write's acknowledgement to its application on every proxy.
     Propagation {
         /// Control-plane node to write through.
@@ -87,6 +131,15 @@ async fn main() -> Result<()> {
         Cmd::Idle { target, conns, hold } => idle(&target, conns, hold).await,
         Cmd::Propagation { control_plane, proxies, writes, pool, backend } => {
             propagation(&control_plane, &proxies, writes, &pool, &backend).await
+        }
+        Cmd::Sessions { targets, control_plane, pool, concurrency, seconds } => {
+            sessions(&targets, &control_plane, &pool, concurrency, seconds).await
+        }
+        Cmd::Visibility { target, proxies, control_plane, pool, sessions } => {
+            visibility(&target, &proxies, &control_plane, &pool, sessions).await
+        }
+        Cmd::Reports { control_plane, pool, backend, reporters, batch, seconds } => {
+            reports(&control_plane, &pool, &backend, reporters, batch, seconds).await
         }
     }
 }
@@ -222,6 +275,168 @@ async fn propagation(cp: &str, proxies: &[String], writes: usize, pool: &str, ba
         json!({"phase": "propagation", "proxies": proxies.len(), "writes": writes,
             "p50_ms": h.value_at_quantile(0.5) as f64 / 1000.0, "p99_ms": h.value_at_quantile(0.99) as f64 / 1000.0,
             "max_ms": h.max() as f64 / 1000.0, "applied_before_ack": ahead})
+    );
+    Ok(())
+}
+
+async fn connect_with(target: &str, header: (&str, &str)) -> Result<Ws> {
+    use tokio_tungstenite::tungstenite::client::IntoClientRequest;
+    let mut req = format!("ws://{target}/").into_client_request()?;
+    req.headers_mut()
+        .insert(tokio_tungstenite::tungstenite::http::HeaderName::from_bytes(header.0.as_bytes())?, header.1.parse()?);
+    let (ws, _) = tokio::time::timeout(Duration::from_secs(10), tokio_tungstenite::connect_async(req)).await??;
+    Ok(ws)
+}
+
+/// Bindings on one node (all pools; the benches use one).
+async fn session_count(cp: &str, _pool: &str) -> Result<usize> {
+    use switchyard_proto::v1::{query_client::QueryClient, ClusterStatusRequest};
+    let mut q = QueryClient::connect(format!("http://{cp}")).await?;
+    Ok(q.cluster_status(ClusterStatusRequest {}).await?.into_inner().session_count as usize)
+}
+
+async fn sessions(targets: &[String], cp: &str, pool: &str, concurrency: usize, seconds: u64) -> Result<()> {
+    let before = session_count(cp, pool).await?;
+    let start = Instant::now();
+    let deadline = start + Duration::from_secs(seconds);
+    let opened = Arc::new(AtomicU64::new(0));
+    let tasks: Vec<_> = (0..concurrency)
+        .map(|w| {
+            let (targets, opened) = (targets.to_vec(), opened.clone());
+            tokio::spawn(async move {
+                let mut i = 0u64;
+                while Instant::now() < deadline {
+                    let key = format!("s-{w}-{i}-{}", std::process::id());
+                    let t = &targets[(i as usize + w) % targets.len()];
+                    i += 1;
+                    if let Ok(mut ws) = connect_with(t, ("X-Session", &key)).await {
+                        opened.fetch_add(1, Relaxed);
+                        let _ = ws.close(None).await;
+                        while let Some(Ok(_)) = ws.next().await {}
+                    }
+                }
+            })
+        })
+        .collect();
+    for t in tasks {
+        t.await?;
+    }
+    let opened = opened.load(Relaxed) as usize;
+    let open_secs = start.elapsed().as_secs_f64();
+    // Every binding committed, however long that takes after the last handshake.
+    let mut bound = 0;
+    let wait_until = Instant::now() + Duration::from_secs(30);
+    while Instant::now() < wait_until {
+        bound = session_count(cp, pool).await? - before;
+        if bound >= opened {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let all_secs = start.elapsed().as_secs_f64();
+    println!(
+        "{}",
+        json!({"phase": "sessions", "proxies": targets.len(), "concurrency": concurrency, "opened": opened,
+            "bound": bound, "handshakes_per_sec": opened as f64 / open_secs,
+            "bound_sessions_per_sec": bound as f64 / all_secs, "seconds_until_all_bound": all_secs})
+    );
+    Ok(())
+}
+
+async fn visibility(target: &str, proxies: &[String], cp: &str, pool: &str, n: usize) -> Result<()> {
+    use switchyard_proto::v1::{query_client::QueryClient, GetSessionRequest};
+    let mut q = QueryClient::connect(format!("http://{cp}")).await?;
+    let mut h = Histogram::<u64>::new(3)?;
+    for i in 0..n {
+        let key = format!("vis-{i}-{}", std::process::id());
+        let mut ws = connect_with(target, ("X-Session", &key)).await?;
+        let opened = SystemTime::now().duration_since(SystemTime::UNIX_EPOCH)?.as_micros() as i64;
+        let rev = loop {
+            let req = GetSessionRequest { consistency: 1, pool: pool.into(), key: key.clone() };
+            if let Ok(s) = q.get_session(req).await {
+                break s.into_inner().created_revision;
+            }
+            tokio::time::sleep(Duration::from_micros(200)).await;
+        };
+        let path = format!("/applied?revision={rev}");
+        let mut last = i64::MIN;
+        for body in futures::future::join_all(proxies.iter().map(|p| http_get(p, &path))).await {
+            let v: serde_json::Value = serde_json::from_str(&body?)?;
+            last = last.max(v["applied_unix_us"].as_i64().context("binding not applied within 5s")?);
+        }
+        h.record((last - opened).max(0) as u64)?;
+        let _ = ws.close(None).await;
+    }
+    println!(
+        "{}",
+        json!({"phase": "visibility", "proxies": proxies.len(), "sessions": n,
+            "p50_ms": h.value_at_quantile(0.5) as f64 / 1000.0, "p99_ms": h.value_at_quantile(0.99) as f64 / 1000.0,
+            "max_ms": h.max() as f64 / 1000.0})
+    );
+    Ok(())
+}
+
+async fn reports(
+    cps: &[String],
+    pool: &str,
+    backend: &str,
+    reporters: usize,
+    batch: usize,
+    seconds: u64,
+) -> Result<()> {
+    use switchyard_proto::v1::{discovery_client::DiscoveryClient, ProxyReport, SessionBinding};
+    let before = session_count(&cps[0], pool).await?;
+    let start = Instant::now();
+    let deadline = start + Duration::from_secs(seconds);
+    let sent = Arc::new(AtomicU64::new(0));
+    let tasks: Vec<_> = (0..reporters)
+        .map(|r| {
+            let (cp, pool, backend, sent) =
+                (cps[r % cps.len()].clone(), pool.to_string(), backend.to_string(), sent.clone());
+            tokio::spawn(async move {
+                let mut c = DiscoveryClient::connect(format!("http://{cp}")).await?;
+                let mut n = 0u64;
+                while Instant::now() < deadline {
+                    let bindings = (0..batch)
+                        .map(|_| {
+                            n += 1;
+                            SessionBinding {
+                                pool: pool.clone(),
+                                key: format!("r{r}-{n}-{}", std::process::id()),
+                                backend: backend.clone(),
+                                ..Default::default()
+                            }
+                        })
+                        .collect();
+                    let report = ProxyReport { proxy_id: format!("bench-{r}"), bindings, ..Default::default() };
+                    if c.report(report).await.is_ok() {
+                        sent.fetch_add(batch as u64, Relaxed);
+                    }
+                }
+                anyhow::Ok(())
+            })
+        })
+        .collect();
+    for t in tasks {
+        t.await??;
+    }
+    let sent = sent.load(Relaxed) as usize;
+    let send_secs = start.elapsed().as_secs_f64();
+    let mut bound = 0;
+    let wait_until = Instant::now() + Duration::from_secs(60);
+    while Instant::now() < wait_until {
+        bound = session_count(&cps[0], pool).await? - before;
+        if bound >= sent {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let all_secs = start.elapsed().as_secs_f64();
+    println!(
+        "{}",
+        json!({"phase": "reports", "reporters": reporters, "batch": batch, "sent": sent, "committed": bound,
+            "sent_per_sec": sent as f64 / send_secs, "committed_per_sec": bound as f64 / all_secs,
+            "seconds_until_all_committed": all_secs})
     );
     Ok(())
 }

@@ -461,11 +461,10 @@ impl NodeInner {
                 self.proxies.lock().unwrap_or_else(|e| e.into_inner()).insert(status.proxy_id.clone(), status);
                 if !bindings.is_empty() {
                     // Time comes from the leader, inside the command: apply stays deterministic.
-                    // The report is answered without waiting for the commit.
-                    let (tx, _rx) = oneshot::channel();
+                    // The report is answered once its bindings commit, so a flood of reports
+                    // slows its senders instead of queueing without bound.
                     let now_ms = crate::api::discovery::now_ms();
-                    let cmd = Command::BindSessions { now_ms, bindings };
-                    let _ = self.proposals.send(Proposal { cmd, tx }).await;
+                    self.propose(Command::BindSessions { now_ms, bindings }).await?.1.map_err(ExecError::Api)?;
                 }
                 Ok(LeaderReply::Reported(self.cluster_loads()))
             }

@@ -157,11 +157,15 @@ fn channel(addr: &str) -> Result<Channel, tonic::transport::Error> {
 }
 
 /// Runs until shutdown. `mirror` is what the proxy starts from (the cache, or empty).
-pub async fn run(state: Arc<ProxyState>, cfg: WatchConfig, mut mirror: Mirror) {
-    let (applied_tx, applied_rx) = watch::channel(mirror.revision);
-    let (cache_tx, cache_rx) = watch::channel(None::<Arc<Topology>>);
+pub async fn run(state: Arc<ProxyState>, cfg: WatchConfig, mirror: Mirror) {
+    // The cache writer takes a copy of the mirror at most once per interval: with thousands
+    // of session bindings a second, copying on every event would cost more than the events.
+    let shared_mirror = Arc::new(std::sync::Mutex::new(mirror));
+    let lock = || shared_mirror.lock().unwrap_or_else(|e| e.into_inner());
+    let (applied_tx, applied_rx) = watch::channel(lock().revision);
+    let (cache_tx, cache_rx) = watch::channel(0u64);
     if let Some(path) = cfg.cache_file.clone() {
-        tokio::spawn(cache_writer(path, cache_rx));
+        tokio::spawn(cache_writer(path, cache_rx, shared_mirror.clone()));
     }
     tokio::spawn(reporter(state.clone(), cfg.endpoints.clone(), applied_rx));
     let mut backoff = Duration::from_millis(100);
@@ -169,7 +173,7 @@ pub async fn run(state: Arc<ProxyState>, cfg: WatchConfig, mut mirror: Mirror) {
     while !state.shutdown.is_cancelled() {
         let addr = cfg.endpoints[next % cfg.endpoints.len()].clone();
         next += 1;
-        let from = mirror.revision;
+        let from = lock().revision;
         let stream = match channel(&addr) {
             Ok(ch) => {
                 let mut c = DiscoveryClient::new(ch).max_decoding_message_size(256 << 20);
@@ -216,6 +220,7 @@ pub async fn run(state: Arc<ProxyState>, cfg: WatchConfig, mut mirror: Mirror) {
                     .collect(),
                 _ => None,
             };
+            let mut mirror = lock();
             if !mirror.apply(ev) {
                 continue;
             }
@@ -245,25 +250,28 @@ pub async fn run(state: Arc<ProxyState>, cfg: WatchConfig, mut mirror: Mirror) {
                     *state.sessions.write().unwrap_or_else(|e| e.into_inner()) = mirror.sessions();
                 }
             }
-            let _ = applied_tx.send(mirror.revision);
-            let _ = cache_tx.send(Some(Arc::new(mirror.to_topology())));
+            let rev = mirror.revision;
+            drop(mirror);
+            let _ = applied_tx.send(rev);
+            let _ = cache_tx.send(rev);
         }
-        tracing::warn!(node = %addr, revision = mirror.revision, "control-plane stream ended; trying the next node");
+        tracing::warn!(node = %addr, revision = lock().revision, "control-plane stream ended; trying the next node");
         state.set_control_plane(None);
     }
 }
 
-/// Writes the latest config to the cache file, coalescing bursts of changes.
-async fn cache_writer(path: PathBuf, mut rx: watch::Receiver<Option<Arc<Topology>>>) {
+/// Writes the latest config to the cache file, at most every 200 ms.
+async fn cache_writer(path: PathBuf, mut rx: watch::Receiver<u64>, mirror: Arc<std::sync::Mutex<Mirror>>) {
     while rx.changed().await.is_ok() {
-        let Some(t) = rx.borrow_and_update().clone() else { continue };
+        rx.borrow_and_update();
+        let t = mirror.lock().unwrap_or_else(|e| e.into_inner()).to_topology();
         let p = path.clone();
         match tokio::task::spawn_blocking(move || write_cache(&p, &t)).await {
             Ok(Ok(())) => {}
             Ok(Err(e)) => tracing::warn!(path = %path.display(), "cannot write config cache: {e}"),
             Err(_) => {}
         }
-        tokio::time::sleep(Duration::from_millis(100)).await;
+        tokio::time::sleep(Duration::from_millis(200)).await;
     }
 }
 

@@ -136,6 +136,7 @@ impl Query for QueryService {
             state: format!("{:?}", m.state),
             snapshot_index: m.snapshot.map_or(0, |l| l.index),
             purged_index: m.purged.map_or(0, |l| l.index),
+            session_count: self.0.shared.read().state.sessions.len() as u64,
         }))
     }
 }
