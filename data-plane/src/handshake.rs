@@ -19,6 +19,10 @@ pub enum Reject {
     NotFound,
     #[error("no usable backend")]
     Unavailable,
+    #[error("too many new connections; retry later")]
+    OverCapacity,
+    #[error("too many new connections from this address; retry later")]
+    ClientRate,
     #[error("handshake timed out")]
     Timeout,
     #[error("backend failed")]
@@ -32,7 +36,7 @@ impl Reject {
             Reject::UpgradeRequired | Reject::UnsupportedVersion => 426,
             Reject::HeadersTooLarge => 431,
             Reject::NotFound => 404,
-            Reject::Unavailable => 503,
+            Reject::Unavailable | Reject::OverCapacity | Reject::ClientRate => 503,
             Reject::Timeout => 408,
             Reject::BadGateway => 502,
         }
@@ -47,6 +51,8 @@ impl Reject {
             Reject::HeadersTooLarge => "headers_too_large",
             Reject::NotFound => "no_route",
             Reject::Unavailable => "no_backend",
+            Reject::OverCapacity => "over_capacity",
+            Reject::ClientRate => "client_rate",
             Reject::Timeout => "timeout",
             Reject::BadGateway => "bad_gateway",
         }

@@ -3,6 +3,7 @@
 //! bounded memory per connection.
 
 pub mod admin;
+pub mod admission;
 pub mod balance;
 pub mod config;
 pub mod drain;

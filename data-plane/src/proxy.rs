@@ -188,6 +188,13 @@ async fn open(state: &ProxyState, mut client: TcpStream, peer: SocketAddr, tunin
         Ok(u) => u,
         Err(r) => return reject_none(state, client, r).await,
     };
+    // Admission: the caps in force come with the config; over them, 503 and a jittered
+    // Retry-After so a storm of reconnects spreads out.
+    match state.admission.admit(peer.ip(), s.max_handshakes_per_sec, s.max_connections_per_ip_per_sec) {
+        Ok(()) => {}
+        Err(crate::admission::Refusal::ProxyBusy) => return reject_none(state, client, Reject::OverCapacity).await,
+        Err(crate::admission::Refusal::ClientRate) => return reject_none(state, client, Reject::ClientRate).await,
+    }
     let early = buf.split_off(head_len);
     drop(buf);
 

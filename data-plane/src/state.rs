@@ -48,6 +48,7 @@ pub struct ProxyState {
     /// Sessions with live connections here, refreshed while they last: key → count.
     pub live_sessions: Mutex<std::collections::HashMap<(String, String, String), usize>>,
     pub report_now: tokio::sync::Notify,
+    pub admission: crate::admission::Admission,
     /// Cancelled on SIGTERM: stop accepting, close connections.
     pub shutdown: CancellationToken,
     pub connections: TaskTracker,
@@ -68,6 +69,7 @@ impl ProxyState {
             pending_bindings: Mutex::new(Vec::new()),
             live_sessions: Mutex::new(Default::default()),
             report_now: tokio::sync::Notify::new(),
+            admission: Default::default(),
             accepted: AtomicU64::new(0),
             next_conn: AtomicU64::new(1),
             shutdown: CancellationToken::new(),

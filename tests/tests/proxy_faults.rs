@@ -280,3 +280,55 @@ async fn unknown_route_is_404_and_no_usable_backend_is_503_with_retry_after() {
     let retry: u64 = r.lines().find_map(|l| l.strip_prefix("Retry-After: ")).unwrap().trim().parse().unwrap();
     assert!((1..=5).contains(&retry), "{r}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn admission_caps_answer_503_with_retry_after_and_recover() {
+    let _g = serial().await;
+    let c = Cluster::start(1, &[]).await;
+    let b = EchoBackend::start("b1").await;
+    let addr = c.nodes[&1].addr.clone();
+    pool_with(&addr, Algorithm::RoundRobin, &[(&b.addr, 1)]).await;
+    let set = |per_ip: u32, per_sec: u32| UpdateSettingsRequest {
+        settings: Some(Settings {
+            max_connections_per_ip_per_sec: per_ip,
+            max_handshakes_per_sec: per_sec,
+            ..Default::default()
+        }),
+        update_mask: vec!["max_connections_per_ip_per_sec".into(), "max_handshakes_per_sec".into()],
+    };
+    let rev = admin(&addr).update_settings(set(3, 0)).await.unwrap().into_inner().revision;
+    let proxy = ProxyProcess::spawn(&c.endpoints(), &c.dir.path().join("p.cache"), "p1");
+    proxy.wait_revision(rev).await;
+
+    // Per client IP: 3 a second, the rest get 503 until the next second.
+    let mut ok = 0;
+    let mut refused = 0;
+    let mut held = Vec::new();
+    for _ in 0..8 {
+        match ws_connect(&proxy.ws, "/", &[]).await {
+            Ok((ws, _)) => {
+                ok += 1;
+                held.push(ws);
+            }
+            Err(e) => {
+                assert!(e.to_string().contains("503"), "{e}");
+                refused += 1;
+            }
+        }
+    }
+    assert!(ok <= 6 && refused >= 2, "ok {ok}, refused {refused}");
+    eventually("the next second admits again", Duration::from_secs(3), || async {
+        ws_connect(&proxy.ws, "/", &[]).await.ok().map(|_| ())
+    })
+    .await;
+
+    // Per proxy: a bucket of 5 a second (ramping up after start) refuses a burst of 30.
+    let rev = admin(&addr).update_settings(set(0, 5)).await.unwrap().into_inner().revision;
+    proxy.wait_revision(rev).await;
+    let attempts = futures::future::join_all((0..30).map(|_| ws_connect(&proxy.ws, "/", &[]))).await;
+    let refused = attempts.iter().filter(|r| r.as_ref().is_err_and(|e| e.to_string().contains("503"))).count();
+    assert!(refused >= 20, "a burst of 30 over a 5/s cap: {refused} refused");
+    let s = proxy.status().await.unwrap();
+    assert!(s["handshake_failures"]["over_capacity"].as_u64().unwrap() >= 20, "{s}");
+    assert!(s["handshake_failures"]["client_rate"].as_u64().unwrap() >= 2, "{s}");
+}
