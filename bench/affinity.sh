@@ -14,11 +14,7 @@ RESULTS="$OUT/results.jsonl"; : > "$RESULTS"
 ulimit -n 20000
 cargo build --release --bins -q
 B=target/release
-PIDS=()
-cleanup() { for p in "${PIDS[@]}"; do kill -9 "$p" 2>/dev/null || true; done; }
-trap cleanup EXIT
-port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
-wait_port() { for _ in $(seq 100); do (exec 3<>/dev/tcp/127.0.0.1/$1) 2>/dev/null && return 0; sleep 0.1; done; echo "port $1 did not open" >&2; exit 1; }
+source bench/lib.sh
 
 C1=$(port); C2=$(port); C3=$(port)
 IC="1=127.0.0.1:$C1,2=127.0.0.1:$C2,3=127.0.0.1:$C3"

@@ -21,12 +21,7 @@ if ! command -v nginx >/dev/null || ! command -v haproxy >/dev/null; then
 fi
 cargo build --release --bins -q
 B=target/release
-PIDS=()
-cleanup() { for p in "${PIDS[@]}"; do kill -9 "$p" 2>/dev/null || true; done; }
-trap cleanup EXIT
-
-port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
-wait_port() { for _ in $(seq 100); do (exec 3<>/dev/tcp/127.0.0.1/$1) 2>/dev/null && return 0; sleep 0.1; done; echo "port $1 did not open" >&2; exit 1; }
+source bench/lib.sh
 # Resident memory (kB) and CPU ticks of a process and its children.
 procs() { echo "$1 $(pgrep -P "$1" | tr '\n' ' ')"; }
 rss_kb() { local t=0; for p in $(procs "$1"); do t=$((t + $(awk '/VmRSS/{print $2}' /proc/$p/status))); done; echo $t; }

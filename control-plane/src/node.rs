@@ -184,14 +184,7 @@ struct Forward {
 async fn forward_loop(node: std::sync::Weak<NodeInner>, mut rx: mpsc::Receiver<Forward>) {
     let mut buf = Vec::with_capacity(MAX_BATCH);
     let slots = Arc::new(tokio::sync::Semaphore::new(IN_FLIGHT));
-    while rx.recv_many(&mut buf, MAX_BATCH).await > 0 {
-        let Ok(slot) = slots.clone().acquire_owned().await else { return };
-        while buf.len() < MAX_BATCH {
-            match rx.try_recv() {
-                Ok(f) => buf.push(f),
-                Err(_) => break,
-            }
-        }
+    while let Some(slot) = next_batch(&mut rx, &mut buf, &slots).await {
         let Some(node) = node.upgrade() else { return };
         let mut groups: BTreeMap<String, Vec<Forward>> = BTreeMap::new();
         for f in buf.drain(..) {
@@ -253,21 +246,33 @@ const MAX_BATCH: usize = 1024;
 /// entry per message, so holding writes back here is what lets them gather into batches.
 const IN_FLIGHT: usize = 3;
 
+/// Waits for work and a free in-flight slot, then takes everything queued meanwhile (up to
+/// [`MAX_BATCH`]). `None` once the channel is closed.
+async fn next_batch<T>(
+    rx: &mut mpsc::Receiver<T>,
+    buf: &mut Vec<T>,
+    slots: &Arc<tokio::sync::Semaphore>,
+) -> Option<tokio::sync::OwnedSemaphorePermit> {
+    if rx.recv_many(buf, MAX_BATCH).await == 0 {
+        return None;
+    }
+    let slot = slots.clone().acquire_owned().await.ok()?;
+    while buf.len() < MAX_BATCH {
+        match rx.try_recv() {
+            Ok(x) => buf.push(x),
+            Err(_) => break,
+        }
+    }
+    Some(slot)
+}
+
 /// Group commit for writes: openraft writes one entry at a time and waits for its flush, so
 /// everything that queued up meanwhile goes into the next entry. Entries are submitted without
 /// waiting for the previous one to commit, so batches pipeline.
 async fn propose_loop(raft: Raft, mut rx: mpsc::Receiver<Proposal>) {
     let mut buf = Vec::with_capacity(MAX_BATCH);
     let slots = Arc::new(tokio::sync::Semaphore::new(IN_FLIGHT));
-    while rx.recv_many(&mut buf, MAX_BATCH).await > 0 {
-        let Ok(slot) = slots.clone().acquire_owned().await else { return };
-        // Take what else arrived while waiting for a slot.
-        while buf.len() < MAX_BATCH {
-            match rx.try_recv() {
-                Ok(p) => buf.push(p),
-                Err(_) => break,
-            }
-        }
+    while let Some(slot) = next_batch(&mut rx, &mut buf, &slots).await {
         let (cmds, txs): (Vec<Command>, Vec<_>) = buf.drain(..).map(|p| (p.cmd, p.tx)).unzip();
         let fail = |txs: Vec<oneshot::Sender<_>>, e: ExecError| {
             for tx in txs {
