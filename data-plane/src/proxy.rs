@@ -138,7 +138,10 @@ async fn read_head(sock: &mut TcpStream, buf: &mut Vec<u8>, max: usize) -> Resul
 struct Established {
     client: TcpStream,
     backend: TcpStream,
+    client_early: Vec<u8>,
     backend_early: Vec<u8>,
+    pool: String,
+    address: String,
     stats: Arc<crate::stats::BackendStats>,
     limits: Limits,
     /// The live session binding this connection keeps fresh.
@@ -154,11 +157,20 @@ async fn handle(state: Arc<ProxyState>, client: TcpStream, peer: SocketAddr, tun
     e.stats.register(id, ctl.clone());
     e.stats.active.fetch_add(1, Relaxed);
     e.stats.total.fetch_add(1, Relaxed);
-    // A connection that arrives while shutting down is closed like the others.
-    if state.shutdown.is_cancelled() {
+    // A connection that arrives while shutting down is closed like the others, and so is one
+    // whose backend was removed, disabled or set draining while its handshake was in flight
+    // (the change's closes only reach connections registered before it).
+    let table = state.table.load();
+    let still_admitted = table
+        .pools
+        .get(&e.pool)
+        .and_then(|p| p.backends.iter().find(|b| b.backend.address == e.address))
+        .is_some_and(|b| crate::table::admits(&b.backend));
+    drop(table);
+    if state.shutdown.is_cancelled() || !still_admitted {
         ctl.close(crate::frame::CLOSE_GOING_AWAY);
     }
-    let end = relay::relay(&e.client, &e.backend, &[], &e.backend_early, e.limits, &ctl, &e.stats).await;
+    let end = relay::relay(&e.client, &e.backend, &e.client_early, &e.backend_early, e.limits, &ctl, &e.stats).await;
     tracing::debug!(?end, "connection ended");
     e.stats.active.fetch_sub(1, Relaxed);
     e.stats.unregister(id);
@@ -238,9 +250,6 @@ async fn open(state: &ProxyState, mut client: TcpStream, peer: SocketAddr, tunin
     let mut resp = Vec::with_capacity(512);
     let answer = tokio::time::timeout(hs_timeout, async {
         backend.write_all(&fwd).await.map_err(|_| Reject::BadGateway)?;
-        if !early.is_empty() {
-            backend.write_all(&early).await.map_err(|_| Reject::BadGateway)?;
-        }
         read_head(&mut backend, &mut resp, MAX_RESPONSE_HEAD).await.map_err(|_| Reject::BadGateway)
     })
     .await;
@@ -276,7 +285,18 @@ async fn open(state: &ProxyState, mut client: TcpStream, peer: SocketAddr, tunin
         ping_interval: (s.ping_interval_ms > 0).then(|| Duration::from_millis(s.ping_interval_ms)),
     };
     let session = session.map(|k| state.bind_live(&pool.pool.name, &k, &entry.backend.address));
-    Some(Established { client, backend, backend_early, stats, limits, session })
+    // Bytes the client sent behind its head go through the relay, which tracks their frames.
+    Some(Established {
+        client,
+        backend,
+        client_early: early,
+        backend_early,
+        stats,
+        limits,
+        session,
+        pool: pool.pool.name.clone(),
+        address: entry.backend.address.clone(),
+    })
 }
 
 /// The session key for a pool's affinity spec, and the `Set-Cookie` line to add to the 101

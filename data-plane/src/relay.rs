@@ -129,6 +129,8 @@ impl<T: Copy> Slot<T> {
 
 struct Shared {
     close: Slot<Option<Codes>>,
+    /// When the proxy decided to close: an output stuck mid-frame gets `CLOSE_LINGER` more.
+    close_at: Slot<Option<Instant>>,
     wake: Notify,
     last_client: Slot<Instant>,
     last_any: Slot<Instant>,
@@ -141,6 +143,7 @@ impl Shared {
     fn request_close(&self, client: u16, backend: u16, end: End) {
         if self.close.get().is_none() {
             self.close.set(Some(Codes { client, backend }));
+            self.close_at.set(Some(Instant::now()));
             self.end.set(Some(end));
             self.wake.notify_waiters();
         }
@@ -162,6 +165,7 @@ pub async fn relay(
     let now = Instant::now();
     let sh = Shared {
         close: Slot::new(None),
+        close_at: Slot::new(None),
         wake: Notify::new(),
         last_client: Slot::new(now),
         last_any: Slot::new(now),
@@ -174,6 +178,8 @@ pub async fn relay(
     sh.end.get().unwrap_or(if a.is_err() || b.is_err() { End::Error } else { End::Peer })
 }
 
+/// One direction. However it ends, the other direction is told, so it finishes within
+/// `CLOSE_LINGER` instead of waiting on a peer that may never speak again.
 #[allow(clippy::too_many_arguments)]
 async fn pump(
     dir: Dir,
@@ -185,12 +191,34 @@ async fn pump(
     ctl: &ConnCtl,
     stats: &BackendStats,
 ) -> io::Result<()> {
+    let r = pump_inner(dir, from, to, early, limits, sh, ctl, stats).await;
+    if sh.finished_at.get().is_none() {
+        sh.finished_at.set(Some(Instant::now()));
+    }
+    sh.wake.notify_waiters();
+    r
+}
+
+#[allow(clippy::too_many_arguments)]
+async fn pump_inner(
+    dir: Dir,
+    from: &TcpStream,
+    to: &TcpStream,
+    early: &[u8],
+    limits: Limits,
+    sh: &Shared,
+    ctl: &ConnCtl,
+    stats: &BackendStats,
+) -> io::Result<()> {
     let mut t = Tracker::new(limits.max_message);
+    // A ping that fell due while this output was mid-frame; sent at the next boundary.
+    let mut ping_pending = false;
     let mut sent_close = false;
     let mut ping_sent: Option<Instant> = None;
     let mut linger_until: Option<Instant> = None;
-    if !early.is_empty() && !forward(dir, &mut t, early, to, sh, stats).await? {
+    if !early.is_empty() && !forward(dir, &mut t, early, to, sh, stats, limits).await? {
         sent_close = close_if_boundary(dir, &t, to, sh).await?;
+        linger_until = Some(Instant::now() + CLOSE_LINGER);
     }
     // The wake-ups and the timer live across iterations: re-creating them for every message
     // would register and deregister waiters and timers on the hot path.
@@ -205,14 +233,16 @@ async fn pump(
         // A close the proxy decided: send ours once this output is between frames; after
         // that, only wait for the peer to finish, discarding what it still sends.
         if !sent_close && sh.close.get().is_some() && t.at_boundary() {
-            sent_close = close_if_boundary(dir, &t, to, sh).await?;
+            // After the peer's own Close went out on this output, a second one is not allowed.
+            sent_close = t.saw_close || close_if_boundary(dir, &t, to, sh).await?;
             linger_until = Some(Instant::now() + CLOSE_LINGER);
             rearm = true;
         }
         if rearm {
             // Activity only pushes deadlines later, so the timer may fire early; it then
             // checks the real condition and re-arms. No timer work per message.
-            let d = next_deadline(dir, limits, sh, ping_sent, linger_until).unwrap_or_else(|| Instant::now() + FAR);
+            let d = next_deadline(dir, limits, sh, ping_sent, ping_pending, linger_until)
+                .unwrap_or_else(|| Instant::now() + FAR);
             timer.as_mut().reset(d);
             rearm = false;
         }
@@ -240,6 +270,10 @@ async fn pump(
                 if sh.finished_at.get().is_some_and(|f| now >= f + CLOSE_LINGER) {
                     return Ok(());
                 }
+                if sh.close_at.get().is_some_and(|c| now >= c + CLOSE_LINGER) {
+                    // Stuck mid-frame past the grace: end without our Close.
+                    return Ok(());
+                }
                 if dir == Dir::ToClient && sh.close.get().is_none() {
                     if let Some(idle) = limits.idle_timeout {
                         if now >= sh.last_any.get() + idle {
@@ -256,9 +290,13 @@ async fn pump(
                                 sh.wake.notify_waiters();
                                 return Ok(());
                             }
-                            _ if now >= sh.last_client.get() + every && t.at_boundary() => {
-                                write_all(to, &frame::control_frame(frame::OP_PING, b"sy", None)).await?;
-                                ping_sent = Some(now);
+                            _ if now >= sh.last_client.get() + every && !t.saw_close => {
+                                if t.at_boundary() {
+                                    write_all(to, &frame::control_frame(frame::OP_PING, b"sy", None)).await?;
+                                    ping_sent = Some(now);
+                                } else {
+                                    ping_pending = true;
+                                }
                             }
                             _ => {}
                         }
@@ -303,11 +341,16 @@ async fn pump(
             if dir == Dir::ToBackend {
                 sh.last_client.set(now);
             }
-            let res = if sent_close { Ok(true) } else { forward(dir, &mut t, &b[..n], to, sh, stats).await };
+            let res = if sent_close { Ok(true) } else { forward(dir, &mut t, &b[..n], to, sh, stats, limits).await };
             give_buf(b);
             if !res? {
                 sent_close = close_if_boundary(dir, &t, to, sh).await?;
                 linger_until = Some(Instant::now() + CLOSE_LINGER);
+                rearm = true;
+            } else if ping_pending && t.at_boundary() && !t.saw_close && !sent_close {
+                write_all(to, &frame::control_frame(frame::OP_PING, b"sy", None)).await?;
+                ping_sent = Some(Instant::now());
+                ping_pending = false;
                 rearm = true;
             }
         }
@@ -323,14 +366,20 @@ async fn forward(
     to: &TcpStream,
     sh: &Shared,
     stats: &BackendStats,
+    limits: Limits,
 ) -> io::Result<bool> {
     let before = t.messages;
+    let was_boundary = t.at_boundary();
     let (ok_len, violation) = match t.feed(data) {
         Ok(()) => (data.len(), None),
         Err((n, v)) => (n, Some(v)),
     };
     if ok_len > 0 {
-        write_all(to, &data[..ok_len]).await?;
+        // A peer that stops reading must not pin this connection (and its timers) forever.
+        match tokio::time::timeout(write_stall(limits), write_all(to, &data[..ok_len])).await {
+            Ok(r) => r?,
+            Err(_) => return Err(io::Error::new(io::ErrorKind::TimedOut, "peer stopped reading")),
+        }
     }
     let (bytes, msgs) = match dir {
         Dir::ToBackend => (&stats.bytes_to_backend, &stats.messages_to_backend),
@@ -345,9 +394,12 @@ async fn forward(
         Dir::ToBackend => sh.request_close(code, CLOSE_GOING_AWAY, End::Proxy(code)),
         Dir::ToClient => sh.request_close(CLOSE_GOING_AWAY, code, End::Proxy(CLOSE_GOING_AWAY)),
     }
-    // The tracker stopped at the offending header: the output is at a boundary only if
-    // nothing of that header went out in an earlier read.
-    *t = Tracker::new(u64::MAX);
+    // The tracker stopped at the offending header. The output is at a boundary only if none
+    // of that header went out with an earlier read; otherwise the tracker stays mid-frame, so
+    // no Close is written after half a header (the connection just ends).
+    if ok_len > 0 || was_boundary {
+        *t = Tracker::new(u64::MAX);
+    }
     Ok(false)
 }
 
@@ -374,12 +426,16 @@ fn next_deadline(
     limits: Limits,
     sh: &Shared,
     ping_sent: Option<Instant>,
+    ping_pending: bool,
     linger_until: Option<Instant>,
 ) -> Option<Instant> {
     let mut d: Option<Instant> = linger_until;
     let mut min = |x: Instant| d = Some(d.map_or(x, |y| y.min(x)));
     if let Some(f) = sh.finished_at.get() {
         min(f + CLOSE_LINGER);
+    }
+    if let Some(c) = sh.close_at.get() {
+        min(c + CLOSE_LINGER);
     }
     if dir == Dir::ToClient && sh.close.get().is_none() {
         if let Some(idle) = limits.idle_timeout {
@@ -388,9 +444,23 @@ fn next_deadline(
         if let Some(every) = limits.ping_interval {
             match ping_sent {
                 Some(at) if sh.last_client.get() < at => min(at + every),
+                // A pending ping waits for a frame boundary, not for the timer.
+                _ if ping_pending => {}
                 _ => min(sh.last_client.get() + every),
             }
         }
     }
     d
+}
+
+/// How long one write may wait on a peer that does not read before the connection ends.
+fn write_stall(limits: Limits) -> Duration {
+    let mut d = Duration::from_secs(300);
+    if let Some(idle) = limits.idle_timeout {
+        d = d.min(idle);
+    }
+    if let Some(p) = limits.ping_interval {
+        d = d.min(p * 2);
+    }
+    d.max(Duration::from_secs(1))
 }

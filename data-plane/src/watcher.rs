@@ -183,7 +183,15 @@ pub async fn run(state: Arc<ProxyState>, cfg: WatchConfig, mirror: Mirror) {
                 )
                 .await
             }
-            Err(_) => continue,
+            Err(e) => {
+                tracing::warn!(node = %addr, "bad control-plane address: {e}");
+                tokio::select! {
+                    _ = state.shutdown.cancelled() => return,
+                    _ = tokio::time::sleep(backoff) => {}
+                }
+                backoff = (backoff * 2).min(Duration::from_secs(5));
+                continue;
+            }
         };
         let mut stream = match stream {
             Ok(Ok(s)) => s.into_inner(),
