@@ -332,3 +332,52 @@ async fn admission_caps_answer_503_with_retry_after_and_recover() {
     assert!(s["handshake_failures"]["over_capacity"].as_u64().unwrap() >= 20, "{s}");
     assert!(s["handshake_failures"]["client_rate"].as_u64().unwrap() >= 2, "{s}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_that_stops_reading_is_cut_off_not_held_forever() {
+    let _g = serial().await;
+    let c = Cluster::start(1, &[]).await;
+    let b = EchoBackend::start("b1").await;
+    let addr = c.nodes[&1].addr.clone();
+    pool_with(&addr, Algorithm::RoundRobin, &[(&b.addr, 1)]).await;
+    let s = Settings { ping_interval_ms: 500, max_message_bytes: 64 << 20, ..Default::default() };
+    let req = UpdateSettingsRequest {
+        settings: Some(s),
+        update_mask: vec!["ping_interval_ms".into(), "max_message_bytes".into()],
+    };
+    let rev = admin(&addr).update_settings(req).await.unwrap().into_inner().revision;
+    let proxy = ProxyProcess::spawn(&c.endpoints(), &c.dir.path().join("p.cache"), "p1");
+    proxy.wait_revision(rev).await;
+
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut raw = tokio::net::TcpStream::connect(&proxy.ws).await.unwrap();
+    raw.write_all(b"GET / HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n").await.unwrap();
+    // One 32 MiB masked binary frame; the backend echoes it, and this client never reads it.
+    let len: u64 = 32 << 20;
+    let mut frame = vec![0x82, 0x80 | 127];
+    frame.extend_from_slice(&len.to_be_bytes());
+    frame.extend_from_slice(&[0, 0, 0, 0]);
+    frame.resize(frame.len() + len as usize, 7);
+    let (mut rd, mut wr) = raw.into_split();
+    let writer = tokio::spawn(async move { wr.write_all(&frame).await });
+    tokio::time::sleep(Duration::from_secs(4)).await;
+    // Now read: what was buffered comes out, then the end, not the whole echo.
+    let mut got = 0usize;
+    let mut buf = vec![0u8; 1 << 20];
+    let read_all = async {
+        loop {
+            match rd.read(&mut buf).await {
+                Ok(0) | Err(_) => break,
+                Ok(n) => got += n,
+            }
+        }
+    };
+    tokio::time::timeout(Duration::from_secs(20), read_all).await.expect("the proxy ended the stalled connection");
+    assert!(got < len as usize, "read {got} bytes: the proxy kept the stalled connection");
+    writer.abort();
+    eventually("the connection's count released", Duration::from_secs(10), || async {
+        let s = proxy.status().await?;
+        (s["active"].as_u64()? == 0).then_some(())
+    })
+    .await;
+}
