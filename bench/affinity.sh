@@ -24,7 +24,7 @@ i=1; for c in $C1 $C2 $C3; do
 done
 wait_port $C1; wait_port $C2; wait_port $C3
 export SWITCHYARD_ENDPOINTS=127.0.0.1:$C1,127.0.0.1:$C2,127.0.0.1:$C3
-for _ in $(seq 50); do $B/switchyard -o json cluster status 2>/dev/null | grep -q '"leader_id": [1-3]' && break; sleep 0.2; done
+wait_leader $B/switchyard
 $B/switchyard pool create chat --affinity header:X-Session --affinity-ttl 30m >/dev/null
 BACKENDS=()
 for n in 1 2 3; do
@@ -41,8 +41,8 @@ for n in 1 2; do
   $B/switchyard-proxy --listen 127.0.0.1:$w --admin 127.0.0.1:$a --control-plane "$SWITCHYARD_ENDPOINTS" --proxy-id "p$n" > "$OUT/proxy$n.log" 2>&1 & PIDS+=($!)
   wait_port $w; wait_port $a
   WS+=("127.0.0.1:$w"); ADM+=("127.0.0.1:$a")
+  wait_proxy_config "127.0.0.1:$a"
 done
-sleep 1
 $B/ws-bench sessions --targets "$(IFS=,; echo "${WS[*]}")" --control-plane 127.0.0.1:$C1 --seconds "$SECS" | tee -a "$RESULTS"
 $B/ws-bench visibility --target "${WS[0]}" --proxies "$(IFS=,; echo "${ADM[*]}")" --control-plane 127.0.0.1:$C1 --sessions 500 | tee -a "$RESULTS"
 $B/ws-bench reports --control-plane "$SWITCHYARD_ENDPOINTS" --backend "${BACKENDS[0]}" --seconds "$SECS" --batch "${REPORT_BATCH:-500}" --reporters "${REPORTERS:-8}" | tee -a "$RESULTS"

@@ -85,7 +85,7 @@ backend be
 HAP
 haproxy -f "$OUT/haproxy.cfg" -db > "$OUT/haproxy.log" 2>&1 & HAPID=$!; PIDS+=($HAPID)
 wait_port $SY; wait_port $NG; wait_port $HA
-sleep 1
+wait_proxy_config 127.0.0.1:$SYA
 
 declare -A ADDR=([direct]=127.0.0.1:$BACKEND [switchyard]=127.0.0.1:$SY [nginx]=127.0.0.1:$NG [haproxy]=127.0.0.1:$HA)
 declare -A PID=([direct]=0 [switchyard]=$SYPID [nginx]=$NGPID [haproxy]=$HAPID)
@@ -111,15 +111,18 @@ done
 for t in $([ "${QUICK:-}" ] || echo switchyard nginx haproxy); do
   p=${PID[$t]}
   before=$(rss_kb "$p")
+  fds_before=$(fd_count "$p")
   fifo="$OUT/idle-$t.out"
   $B/ws-bench idle --target "${ADDR[$t]}" --conns "$IDLE" --hold 600 > "$fifo" 2>&1 & IPID=$!; PIDS+=($IPID)
   for _ in $(seq 600); do grep -q ready "$fifo" 2>/dev/null && break; kill -0 $IPID 2>/dev/null || break; sleep 0.2; done
   grep -q ready "$fifo" || { echo "idle run against $t failed: $(cat "$fifo")" >&2; kill -9 $IPID; continue; }
-  sleep 2
+  # Settled: resident memory stops changing between two readings.
   after=$(rss_kb "$p")
+  for _ in $(seq 50); do sleep 0.2; now=$(rss_kb "$p"); [ "$now" = "$after" ] && break; after=$now; done
   kill -9 $IPID 2>/dev/null || true; wait $IPID 2>/dev/null || true
   python3 -c "import json; print(json.dumps({'phase':'idle','name':'$t','conns':$IDLE,'rss_before_kb':$before,'rss_after_kb':$after,'bytes_per_conn':($after-$before)*1024/$IDLE}))" | tee -a "$RESULTS"
-  sleep 3
+  # The proxy has closed the idle connections before the next one is measured.
+  for _ in $(seq 150); do [ "$(fd_count "$p")" -le $((fds_before + 8)) ] && break; sleep 0.2; done
 done
 
 # Config propagation: 3 control-plane nodes, 10 proxies, 1,000 writes.
@@ -133,7 +136,7 @@ done
 wait_port $C1; wait_port $C2; wait_port $C3
 EPS=127.0.0.1:$C1,127.0.0.1:$C2,127.0.0.1:$C3
 export SWITCHYARD_ENDPOINTS=$EPS
-for _ in $(seq 50); do $B/switchyard -o json cluster status 2>/dev/null | grep -q '"leader_id": [1-3]' && break; sleep 0.2; done
+wait_leader $B/switchyard
 $B/switchyard pool create prop >/dev/null
 $B/switchyard backend add prop 127.0.0.1:$BACKEND >/dev/null
 ADMINS=()
@@ -142,8 +145,7 @@ for n in $(seq 10); do
   $B/switchyard-proxy --listen 127.0.0.1:0 --admin 127.0.0.1:$a --control-plane "$EPS" --proxy-id "prop-$n" > "$OUT/prop-proxy$n.log" 2>&1 & PIDS+=($!)
   ADMINS+=("127.0.0.1:$a")
 done
-for a in "${ADMINS[@]}"; do wait_port "${a#*:}"; done
-sleep 1
+for a in "${ADMINS[@]}"; do wait_port "${a#*:}"; wait_proxy_config "$a"; done
 $B/ws-bench propagation --control-plane 127.0.0.1:$C1 --proxies "$(IFS=,; echo "${ADMINS[*]}")" --writes 1000 \
   --pool prop --backend 127.0.0.1:$BACKEND | tee -a "$RESULTS"
 fi

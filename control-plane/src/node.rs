@@ -571,11 +571,21 @@ impl NodeInner {
         rx.await.map_err(|_| gone())?
     }
 
+    /// The leader this node knows of, with its address. Reads the metrics in place: this runs
+    /// on every write, and cloning the metrics copies the whole membership.
+    fn leader(&self) -> (Option<NodeId>, Option<String>) {
+        let rx = self.raft.metrics();
+        let m = rx.borrow();
+        let addr = m.current_leader.and_then(|l| m.membership_config.membership().get_node(&l).map(|n| n.addr.clone()));
+        (m.current_leader, addr)
+    }
+
     /// The leader's address when it is known and is another node.
     fn remote_leader(&self) -> Option<String> {
-        let m = self.raft.metrics().borrow().clone();
-        let l = m.current_leader.filter(|l| *l != self.id)?;
-        m.membership_config.membership().get_node(&l).map(|n| n.addr.clone())
+        match self.leader() {
+            (Some(l), addr) if l != self.id => addr,
+            _ => None,
+        }
     }
 
     /// Sends a write to the leader through the batching forwarder.
@@ -588,12 +598,10 @@ impl NodeInner {
     }
 
     fn ensure_leader(&self) -> Result<(), ExecError> {
-        let m = self.raft.metrics().borrow().clone();
-        if m.current_leader == Some(self.id) {
-            return Ok(());
+        match self.leader() {
+            (Some(l), _) if l == self.id => Ok(()),
+            (_, addr) => Err(ExecError::NotLeader(addr)),
         }
-        let addr = m.current_leader.and_then(|l| m.membership_config.membership().get_node(&l).map(|n| n.addr.clone()));
-        Err(ExecError::NotLeader(addr))
     }
 
     /// Carries out `op` on the leader, wherever it is, within the write timeout.
@@ -688,7 +696,8 @@ impl NodeInner {
 
     /// Members with their roles, from the latest membership this node knows.
     pub fn members(&self) -> Vec<Member> {
-        let m = self.raft.metrics().borrow().clone();
+        let rx = self.raft.metrics();
+        let m = rx.borrow();
         let membership = m.membership_config.membership();
         let voters: BTreeSet<NodeId> = membership.voter_ids().collect();
         membership

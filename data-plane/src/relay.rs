@@ -6,7 +6,7 @@
 //! toward the backend, unmasked toward the client.
 
 use std::io;
-use std::sync::atomic::Ordering::Relaxed;
+use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 use std::sync::Mutex;
 use std::time::Duration;
 
@@ -109,6 +109,8 @@ enum Dir {
 struct Codes {
     client: u16,
     backend: u16,
+    /// When the proxy decided to close: an output stuck mid-frame gets `CLOSE_LINGER` more.
+    at: Instant,
 }
 
 /// A value both directions read and write. Both run in one task, so the lock is never
@@ -129,21 +131,37 @@ impl<T: Copy> Slot<T> {
 
 struct Shared {
     close: Slot<Option<Codes>>,
-    /// When the proxy decided to close: an output stuck mid-frame gets `CLOSE_LINGER` more.
-    close_at: Slot<Option<Instant>>,
     wake: Notify,
-    last_client: Slot<Instant>,
-    last_any: Slot<Instant>,
+    /// Activity times, as nanoseconds since `base`: written on every read, so atomics rather
+    /// than locks.
+    base: Instant,
+    last_client_ns: AtomicU64,
+    last_any_ns: AtomicU64,
     /// When one direction finished, so the other does not wait forever.
     finished_at: Slot<Option<Instant>>,
     end: Slot<Option<End>>,
 }
 
 impl Shared {
+    fn touch(&self, dir: Dir, now: Instant) {
+        let ns = now.duration_since(self.base).as_nanos() as u64;
+        self.last_any_ns.store(ns, Relaxed);
+        if dir == Dir::ToBackend {
+            self.last_client_ns.store(ns, Relaxed);
+        }
+    }
+
+    fn last_client(&self) -> Instant {
+        self.base + Duration::from_nanos(self.last_client_ns.load(Relaxed))
+    }
+
+    fn last_any(&self) -> Instant {
+        self.base + Duration::from_nanos(self.last_any_ns.load(Relaxed))
+    }
+
     fn request_close(&self, client: u16, backend: u16, end: End) {
         if self.close.get().is_none() {
-            self.close.set(Some(Codes { client, backend }));
-            self.close_at.set(Some(Instant::now()));
+            self.close.set(Some(Codes { client, backend, at: Instant::now() }));
             self.end.set(Some(end));
             self.wake.notify_waiters();
         }
@@ -165,10 +183,10 @@ pub async fn relay(
     let now = Instant::now();
     let sh = Shared {
         close: Slot::new(None),
-        close_at: Slot::new(None),
         wake: Notify::new(),
-        last_client: Slot::new(now),
-        last_any: Slot::new(now),
+        base: now,
+        last_client_ns: AtomicU64::new(0),
+        last_any_ns: AtomicU64::new(0),
         finished_at: Slot::new(None),
         end: Slot::new(None),
     };
@@ -178,8 +196,20 @@ pub async fn relay(
     sh.end.get().unwrap_or(if a.is_err() || b.is_err() { End::Error } else { End::Peer })
 }
 
-/// One direction. However it ends, the other direction is told, so it finishes within
-/// `CLOSE_LINGER` instead of waiting on a peer that may never speak again.
+/// Tells the other direction, however this one ends (return, error, or drop), so it finishes
+/// within `CLOSE_LINGER` instead of waiting on a peer that may never speak again.
+struct Finished<'a>(&'a Shared);
+
+impl Drop for Finished<'_> {
+    fn drop(&mut self) {
+        if self.0.finished_at.get().is_none() {
+            self.0.finished_at.set(Some(Instant::now()));
+        }
+        self.0.wake.notify_waiters();
+    }
+}
+
+/// One direction of the relay.
 #[allow(clippy::too_many_arguments)]
 async fn pump(
     dir: Dir,
@@ -191,32 +221,15 @@ async fn pump(
     ctl: &ConnCtl,
     stats: &BackendStats,
 ) -> io::Result<()> {
-    let r = pump_inner(dir, from, to, early, limits, sh, ctl, stats).await;
-    if sh.finished_at.get().is_none() {
-        sh.finished_at.set(Some(Instant::now()));
-    }
-    sh.wake.notify_waiters();
-    r
-}
-
-#[allow(clippy::too_many_arguments)]
-async fn pump_inner(
-    dir: Dir,
-    from: &TcpStream,
-    to: &TcpStream,
-    early: &[u8],
-    limits: Limits,
-    sh: &Shared,
-    ctl: &ConnCtl,
-    stats: &BackendStats,
-) -> io::Result<()> {
+    let _finished = Finished(sh);
+    let stall = write_stall(limits);
     let mut t = Tracker::new(limits.max_message);
     // A ping that fell due while this output was mid-frame; sent at the next boundary.
     let mut ping_pending = false;
     let mut sent_close = false;
     let mut ping_sent: Option<Instant> = None;
     let mut linger_until: Option<Instant> = None;
-    if !early.is_empty() && !forward(dir, &mut t, early, to, sh, stats, limits).await? {
+    if !early.is_empty() && !forward(dir, &mut t, early, to, sh, stats, Instant::now() + stall).await? {
         sent_close = close_if_boundary(dir, &t, to, sh).await?;
         linger_until = Some(Instant::now() + CLOSE_LINGER);
     }
@@ -270,27 +283,25 @@ async fn pump_inner(
                 if sh.finished_at.get().is_some_and(|f| now >= f + CLOSE_LINGER) {
                     return Ok(());
                 }
-                if sh.close_at.get().is_some_and(|c| now >= c + CLOSE_LINGER) {
+                if sh.close.get().is_some_and(|c| now >= c.at + CLOSE_LINGER) {
                     // Stuck mid-frame past the grace: end without our Close.
                     return Ok(());
                 }
                 if dir == Dir::ToClient && sh.close.get().is_none() {
                     if let Some(idle) = limits.idle_timeout {
-                        if now >= sh.last_any.get() + idle {
+                        if now >= sh.last_any() + idle {
                             sh.request_close(CLOSE_GOING_AWAY, CLOSE_GOING_AWAY, End::Proxy(CLOSE_GOING_AWAY));
                             continue;
                         }
                     }
                     if let Some(every) = limits.ping_interval {
                         match ping_sent {
-                            Some(at) if sh.last_client.get() < at && now >= at + every => {
+                            Some(at) if sh.last_client() < at && now >= at + every => {
                                 // No word from the client for a whole interval after our ping.
                                 sh.end.set(Some(End::DeadClient));
-                                sh.finished_at.set(Some(now));
-                                sh.wake.notify_waiters();
                                 return Ok(());
                             }
-                            _ if now >= sh.last_client.get() + every && !t.saw_close => {
+                            _ if now >= sh.last_client() + every && !t.saw_close => {
                                 if t.at_boundary() {
                                     write_all(to, &frame::control_frame(frame::OP_PING, b"sy", None)).await?;
                                     ping_sent = Some(now);
@@ -313,14 +324,8 @@ async fn pump_inner(
                         // The peer hung up without a Close frame (crashed, killed, cut off):
                         // the other side still gets a proper Close, then the FIN.
                         if !sent_close && !t.saw_close && t.at_boundary() {
-                            let f = match dir {
-                                Dir::ToClient => frame::close_frame(CLOSE_GOING_AWAY, "", None),
-                                Dir::ToBackend => frame::close_frame(CLOSE_GOING_AWAY, "", Some(rand::random())),
-                            };
-                            let _ = write_all(to, &f).await;
+                            let _ = write_all(to, &proxy_close(dir, CLOSE_GOING_AWAY)).await;
                         }
-                        sh.finished_at.set(Some(Instant::now()));
-                        sh.wake.notify_waiters();
                         let _ = shutdown_write(to);
                         return Ok(());
                     }
@@ -328,8 +333,6 @@ async fn pump_inner(
                     Err(e) if e.kind() == io::ErrorKind::WouldBlock => give_buf(b),
                     Err(e) => {
                         give_buf(b);
-                        sh.finished_at.set(Some(Instant::now()));
-                        sh.wake.notify_waiters();
                         return Err(e);
                     }
                 }
@@ -337,11 +340,9 @@ async fn pump_inner(
         }
         if let Some((b, n)) = buf {
             let now = Instant::now();
-            sh.last_any.set(now);
-            if dir == Dir::ToBackend {
-                sh.last_client.set(now);
-            }
-            let res = if sent_close { Ok(true) } else { forward(dir, &mut t, &b[..n], to, sh, stats, limits).await };
+            sh.touch(dir, now);
+            let res =
+                if sent_close { Ok(true) } else { forward(dir, &mut t, &b[..n], to, sh, stats, now + stall).await };
             give_buf(b);
             if !res? {
                 sent_close = close_if_boundary(dir, &t, to, sh).await?;
@@ -366,7 +367,7 @@ async fn forward(
     to: &TcpStream,
     sh: &Shared,
     stats: &BackendStats,
-    limits: Limits,
+    write_by: Instant,
 ) -> io::Result<bool> {
     let before = t.messages;
     let was_boundary = t.at_boundary();
@@ -376,7 +377,7 @@ async fn forward(
     };
     if ok_len > 0 {
         // A peer that stops reading must not pin this connection (and its timers) forever.
-        match tokio::time::timeout(write_stall(limits), write_all(to, &data[..ok_len])).await {
+        match tokio::time::timeout_at(write_by, write_all(to, &data[..ok_len])).await {
             Ok(r) => r?,
             Err(_) => return Err(io::Error::new(io::ErrorKind::TimedOut, "peer stopped reading")),
         }
@@ -410,11 +411,19 @@ async fn close_if_boundary(dir: Dir, t: &Tracker, to: &TcpStream, sh: &Shared) -
         return Ok(false);
     }
     let f = match dir {
-        Dir::ToClient => frame::close_frame(codes.client, "", None),
-        Dir::ToBackend => frame::close_frame(codes.backend, "", Some(rand::random())),
+        Dir::ToClient => proxy_close(dir, codes.client),
+        Dir::ToBackend => proxy_close(dir, codes.backend),
     };
     write_all(to, &f).await?;
     Ok(true)
+}
+
+/// The proxy's own Close toward one side: masked toward the backend, plain toward the client.
+fn proxy_close(dir: Dir, code: u16) -> Vec<u8> {
+    match dir {
+        Dir::ToClient => frame::close_frame(code, "", None),
+        Dir::ToBackend => frame::close_frame(code, "", Some(rand::random())),
+    }
 }
 
 fn shutdown_write(s: &TcpStream) -> io::Result<()> {
@@ -434,19 +443,19 @@ fn next_deadline(
     if let Some(f) = sh.finished_at.get() {
         min(f + CLOSE_LINGER);
     }
-    if let Some(c) = sh.close_at.get() {
-        min(c + CLOSE_LINGER);
+    if let Some(c) = sh.close.get() {
+        min(c.at + CLOSE_LINGER);
     }
     if dir == Dir::ToClient && sh.close.get().is_none() {
         if let Some(idle) = limits.idle_timeout {
-            min(sh.last_any.get() + idle);
+            min(sh.last_any() + idle);
         }
         if let Some(every) = limits.ping_interval {
             match ping_sent {
-                Some(at) if sh.last_client.get() < at => min(at + every),
+                Some(at) if sh.last_client() < at => min(at + every),
                 // A pending ping waits for a frame boundary, not for the timer.
                 _ if ping_pending => {}
-                _ => min(sh.last_client.get() + every),
+                _ => min(sh.last_client() + every),
             }
         }
     }

@@ -11,8 +11,8 @@ use std::time::{Duration, SystemTime};
 use prost::Message;
 use switchyard_proto::v1::discovery_client::DiscoveryClient;
 use switchyard_proto::v1::{
-    change, watch_event, AdminState, Backend, BackendLoad, Pool, ProxyReport, Route, SessionBinding, Settings,
-    Topology, WatchEvent, WatchRequest,
+    change, watch_event, Backend, BackendLoad, Pool, ProxyReport, Route, SessionBinding, Settings, Topology,
+    WatchEvent, WatchRequest,
 };
 use tokio::sync::watch;
 use tonic::transport::{Channel, Endpoint};
@@ -359,9 +359,4 @@ fn refresh_interval(state: &ProxyState) -> Duration {
         Some(ttl) => Duration::from_millis((ttl / 3).clamp(200, 1000)),
         None => Duration::from_secs(1),
     }
-}
-
-/// Whether a backend should keep its established connections.
-pub fn keeps_connections(b: &Backend) -> bool {
-    b.admin_state != AdminState::Disabled as i32
 }

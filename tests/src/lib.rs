@@ -56,13 +56,60 @@ where
     }
 }
 
+/// A child process that is killed (SIGKILL) when dropped, so a failing test leaves nothing
+/// running.
+#[derive(Default)]
+pub struct Proc(Option<Child>);
+
+impl Proc {
+    pub fn set(&mut self, child: Child) {
+        assert!(self.0.is_none(), "process already running");
+        self.0 = Some(child);
+    }
+
+    pub fn is_running(&self) -> bool {
+        self.0.is_some()
+    }
+
+    /// SIGKILL: no chance to flush or say goodbye.
+    pub fn kill9(&mut self) {
+        if let Some(mut c) = self.0.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+
+    /// SIGTERM, then its exit status; a process still running 10 s later fails the test.
+    pub fn terminate(&mut self) -> std::process::ExitStatus {
+        let mut c = self.0.take().expect("process running");
+        let _ = Command::new("kill").args(["-TERM", &c.id().to_string()]).status();
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            if let Some(s) = c.try_wait().expect("wait") {
+                return s;
+            }
+            if Instant::now() > deadline {
+                let _ = c.kill();
+                panic!("process {} did not exit within 10s of SIGTERM", c.id());
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+}
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        self.kill9();
+    }
+}
+
 /// A running `switchyard-control` process; killed (SIGKILL) when dropped.
 pub struct ControlNode {
     pub id: u64,
     pub addr: String,
     pub data_dir: PathBuf,
     pub args: Vec<String>,
-    child: Option<Child>,
+    proc: Proc,
 }
 
 impl ControlNode {
@@ -76,14 +123,13 @@ impl ControlNode {
             data_dir.display().to_string(),
         ];
         args.extend(extra.iter().cloned());
-        let mut n = ControlNode { id, addr: addr.into(), data_dir: data_dir.into(), args, child: None };
+        let mut n = ControlNode { id, addr: addr.into(), data_dir: data_dir.into(), args, proc: Proc::default() };
         n.start();
         n
     }
 
     /// (Re)starts the process with the same flags and data dir.
     pub fn start(&mut self) {
-        assert!(self.child.is_none(), "node {} already running", self.id);
         let log = std::fs::File::create(self.data_dir.with_extension("log")).expect("log file");
         let child = Command::new(bin("switchyard-control"))
             .args(&self.args)
@@ -92,50 +138,21 @@ impl ControlNode {
             .stderr(log)
             .spawn()
             .expect("spawn switchyard-control");
-        self.child = Some(child);
+        self.proc.set(child);
     }
 
     /// SIGKILL: no chance to flush or say goodbye.
     pub fn kill9(&mut self) {
-        if let Some(mut c) = self.child.take() {
-            let _ = c.kill();
-            let _ = c.wait();
-        }
+        self.proc.kill9();
     }
 
     /// SIGTERM, then wait for a clean exit.
     pub fn terminate(&mut self) -> std::process::ExitStatus {
-        let mut c = self.child.take().expect("node running");
-        let _ = Command::new("kill").args(["-TERM", &c.id().to_string()]).status();
-        let deadline = Instant::now() + Duration::from_secs(10);
-        loop {
-            if let Some(s) = c.try_wait().expect("wait") {
-                return s;
-            }
-            if Instant::now() > deadline {
-                let _ = c.kill();
-                panic!("node {} did not exit within 10s of SIGTERM", self.id);
-            }
-            std::thread::sleep(Duration::from_millis(20));
-        }
+        self.proc.terminate()
     }
 
     pub fn is_running(&self) -> bool {
-        self.child.is_some()
-    }
-
-    pub fn log(&self) -> String {
-        std::fs::read_to_string(self.data_dir.with_extension("log")).unwrap_or_default()
-    }
-
-    pub fn channel(&self) -> Channel {
-        channel(&self.addr)
-    }
-}
-
-impl Drop for ControlNode {
-    fn drop(&mut self) {
-        self.kill9();
+        self.proc.is_running()
     }
 }
 
@@ -227,7 +244,7 @@ pub struct ProxyProcess {
     pub ws: String,
     pub admin: String,
     pub args: Vec<String>,
-    child: Option<Child>,
+    proc: Proc,
 }
 
 impl ProxyProcess {
@@ -247,7 +264,7 @@ impl ProxyProcess {
             "--shutdown-grace-ms".into(),
             "1000".into(),
         ];
-        let mut p = ProxyProcess { ws: String::new(), admin: String::new(), args, child: None };
+        let mut p = ProxyProcess { ws: String::new(), admin: String::new(), args, proc: Proc::default() };
         p.start();
         p
     }
@@ -277,21 +294,16 @@ impl ProxyProcess {
             let i = self.args.iter().position(|a| a == flag).expect("flag") + 1;
             self.args[i] = v;
         }
-        self.child = Some(child);
+        self.proc.set(child);
     }
 
     pub fn kill9(&mut self) {
-        if let Some(mut c) = self.child.take() {
-            let _ = c.kill();
-            let _ = c.wait();
-        }
+        self.proc.kill9();
     }
 
     /// SIGTERM and wait for the exit status.
     pub fn terminate(&mut self) -> std::process::ExitStatus {
-        let mut c = self.child.take().expect("running");
-        let _ = Command::new("kill").args(["-TERM", &c.id().to_string()]).status();
-        c.wait().expect("wait")
+        self.proc.terminate()
     }
 
     /// The proxy's `/status` JSON.
@@ -316,38 +328,26 @@ impl ProxyProcess {
     }
 }
 
-impl Drop for ProxyProcess {
-    fn drop(&mut self) {
-        self.kill9();
-    }
-}
-
 /// A real WebSocket echo server (tokio-tungstenite) that first sends its own name, so tests
 /// can tell which backend a connection reached.
 pub struct EchoBackend {
     pub addr: String,
     pub name: String,
-    pub connections: std::sync::Arc<std::sync::atomic::AtomicUsize>,
     pub last_headers: std::sync::Arc<std::sync::Mutex<Vec<(String, String)>>>,
     task: tokio::task::JoinHandle<()>,
 }
 
 impl EchoBackend {
     pub async fn start(name: &str) -> EchoBackend {
-        Self::start_on(name, "127.0.0.1:0").await
-    }
-
-    pub async fn start_on(name: &str, addr: &str) -> EchoBackend {
         use futures::{SinkExt, StreamExt};
         use tokio_tungstenite::tungstenite::Message;
-        let listener = tokio::net::TcpListener::bind(addr).await.expect("bind echo backend");
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind echo backend");
         let addr = listener.local_addr().expect("addr").to_string();
-        let connections = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
         let last_headers = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
-        let (n, c, h) = (name.to_string(), connections.clone(), last_headers.clone());
+        let (n, h) = (name.to_string(), last_headers.clone());
         let task = tokio::spawn(async move {
             while let Ok((sock, _)) = listener.accept().await {
-                let (n, c, h) = (n.clone(), c.clone(), h.clone());
+                let (n, h) = (n.clone(), h.clone());
                 tokio::spawn(async move {
                     let cb =
                         |req: &tokio_tungstenite::tungstenite::handshake::server::Request,
@@ -365,7 +365,6 @@ impl EchoBackend {
                     let Ok(mut ws) = tokio_tungstenite::accept_hdr_async_with_config(sock, cb, Some(cfg)).await else {
                         return;
                     };
-                    c.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
                     if ws.send(Message::text(n.clone())).await.is_err() {
                         return;
                     }
@@ -375,15 +374,10 @@ impl EchoBackend {
                             break;
                         }
                     }
-                    c.fetch_sub(1, std::sync::atomic::Ordering::SeqCst);
                 });
             }
         });
-        EchoBackend { addr, name: name.to_string(), connections, last_headers, task }
-    }
-
-    pub fn stop(&self) {
-        self.task.abort();
+        EchoBackend { addr, name: name.to_string(), last_headers, task }
     }
 }
 
@@ -429,13 +423,13 @@ pub async fn echo(ws: &mut Ws, m: tokio_tungstenite::tungstenite::Message) -> an
 pub struct DemoBackend {
     pub addr: String,
     pub name: String,
-    child: Option<Child>,
+    proc: Proc,
 }
 
 impl DemoBackend {
     pub fn spawn(name: &str) -> DemoBackend {
         let addr = format!("127.0.0.1:{}", free_ports(1)[0]);
-        let mut b = DemoBackend { addr, name: name.into(), child: None };
+        let mut b = DemoBackend { addr, name: name.into(), proc: Proc::default() };
         b.start();
         b
     }
@@ -452,19 +446,10 @@ impl DemoBackend {
         let mut line = String::new();
         std::io::BufReader::new(child.stdout.take().expect("stdout")).read_line(&mut line).expect("backend output");
         assert!(line.contains(&self.addr), "demo backend did not start: {line:?}");
-        self.child = Some(child);
+        self.proc.set(child);
     }
 
     pub fn kill9(&mut self) {
-        if let Some(mut c) = self.child.take() {
-            let _ = c.kill();
-            let _ = c.wait();
-        }
-    }
-}
-
-impl Drop for DemoBackend {
-    fn drop(&mut self) {
-        self.kill9();
+        self.proc.kill9();
     }
 }
