@@ -152,29 +152,32 @@ async fn handle(state: Arc<ProxyState>, client: TcpStream, peer: SocketAddr, tun
     // The handshake's buffers, parsed headers and table reference die with `open`'s future,
     // so an established connection keeps only its sockets and relay state.
     let Some(e) = open(&state, client, peer, tuning).await else { return };
+    let Established { client, backend, client_early, backend_early, pool, address, stats, limits, session } = e;
     let id = state.conn_id();
     let ctl = Arc::new(ConnCtl::default());
-    e.stats.register(id, ctl.clone());
-    e.stats.active.fetch_add(1, Relaxed);
-    e.stats.total.fetch_add(1, Relaxed);
+    stats.register(id, ctl.clone());
+    stats.active.fetch_add(1, Relaxed);
+    stats.total.fetch_add(1, Relaxed);
     // A connection that arrives while shutting down is closed like the others, and so is one
     // whose backend was removed, disabled or set draining while its handshake was in flight
     // (the change's closes only reach connections registered before it).
-    let table = state.table.load();
-    let still_admitted = table
+    let still_admitted = state
+        .table
+        .load()
         .pools
-        .get(&e.pool)
-        .and_then(|p| p.backends.iter().find(|b| b.backend.address == e.address))
+        .get(&pool)
+        .and_then(|p| p.backends.iter().find(|b| b.backend.address == address))
         .is_some_and(|b| crate::table::admits(&b.backend));
-    drop(table);
+    // Not kept for the connection's life: an idle connection holds as little as possible.
+    drop((pool, address));
     if state.shutdown.is_cancelled() || !still_admitted {
         ctl.close(crate::frame::CLOSE_GOING_AWAY);
     }
-    let end = relay::relay(&e.client, &e.backend, &e.client_early, &e.backend_early, e.limits, &ctl, &e.stats).await;
+    let end = relay::relay(&client, &backend, &client_early, &backend_early, limits, &ctl, &stats).await;
     tracing::debug!(?end, "connection ended");
-    e.stats.active.fetch_sub(1, Relaxed);
-    e.stats.unregister(id);
-    if let Some(k) = &e.session {
+    stats.active.fetch_sub(1, Relaxed);
+    stats.unregister(id);
+    if let Some(k) = &session {
         state.unbind_live(k);
     }
 }

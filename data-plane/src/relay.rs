@@ -376,10 +376,19 @@ async fn forward(
         Err((n, v)) => (n, Some(v)),
     };
     if ok_len > 0 {
-        // A peer that stops reading must not pin this connection (and its timers) forever.
-        match tokio::time::timeout_at(write_by, write_all(to, &data[..ok_len])).await {
-            Ok(r) => r?,
-            Err(_) => return Err(io::Error::new(io::ErrorKind::TimedOut, "peer stopped reading")),
+        // Usually the socket takes it all at once. Otherwise wait, but only until `write_by`: a
+        // peer that stops reading must not pin the connection (and its timers) forever. The
+        // slow path is boxed so the timer costs nothing in an idle connection's state.
+        let sent = match to.try_write(&data[..ok_len]) {
+            Ok(n) => n,
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => 0,
+            Err(e) => return Err(e),
+        };
+        if sent < ok_len {
+            match Box::pin(tokio::time::timeout_at(write_by, write_all(to, &data[sent..ok_len]))).await {
+                Ok(r) => r?,
+                Err(_) => return Err(io::Error::new(io::ErrorKind::TimedOut, "peer stopped reading")),
+            }
         }
     }
     let (bytes, msgs) = match dir {
