@@ -25,3 +25,12 @@ PY
 fd_count() { local t=0; for p in $1 $(pgrep -P "$1"); do t=$((t + $(ls /proc/$p/fd | wc -l))); done; echo $t; }
 # Waits until the Switchyard cluster at $SWITCHYARD_ENDPOINTS has a leader.
 wait_leader() { for _ in $(seq 150); do "$1" -o json cluster status 2>/dev/null | grep -q '"leader_id": [1-9]' && return 0; sleep 0.2; done; echo "no leader elected" >&2; exit 1; }
+# The admin address a proxy started with `--admin 127.0.0.1:0` reports on its first line.
+proxy_admin() {
+  for _ in $(seq 100); do
+    a=$(grep -o 'admin=[0-9.:]*' "$1" 2>/dev/null | head -1 | cut -d= -f2)
+    [ -n "$a" ] && { echo "$a"; return 0; }
+    sleep 0.1
+  done
+  echo "no admin address in $1" >&2; exit 1
+}

@@ -141,11 +141,14 @@ $B/switchyard pool create prop >/dev/null
 $B/switchyard backend add prop 127.0.0.1:$BACKEND >/dev/null
 ADMINS=()
 for n in $(seq 10); do
-  a=$(port)
-  $B/switchyard-proxy --listen 127.0.0.1:0 --admin 127.0.0.1:$a --control-plane "$EPS" --proxy-id "prop-$n" > "$OUT/prop-proxy$n.log" 2>&1 & PIDS+=($!)
-  ADMINS+=("127.0.0.1:$a")
+  # Port 0, read back: after thousands of connections a pre-picked port may be taken.
+  $B/switchyard-proxy --listen 127.0.0.1:0 --admin 127.0.0.1:0 --control-plane "$EPS" --proxy-id "prop-$n" > "$OUT/prop-proxy$n.log" 2>&1 & PIDS+=($!)
 done
-for a in "${ADMINS[@]}"; do wait_port "${a#*:}"; wait_proxy_config "$a"; done
+for n in $(seq 10); do
+  a=$(proxy_admin "$OUT/prop-proxy$n.log")
+  wait_proxy_config "$a"
+  ADMINS+=("$a")
+done
 $B/ws-bench propagation --control-plane 127.0.0.1:$C1 --proxies "$(IFS=,; echo "${ADMINS[*]}")" --writes 1000 \
   --pool prop --backend 127.0.0.1:$BACKEND | tee -a "$RESULTS"
 fi
