@@ -1,12 +1,11 @@
 //! The replicated state machine: a pure `apply` over ordered maps. Raft decides the order;
 //! everything here is deterministic (time comes inside commands, stamped by the leader).
 
-use std::collections::BTreeMap;
-
 use serde::{Deserialize, Serialize};
+use switchyard_model::topology::put;
+use switchyard_model::{fields, usable, Model};
 use switchyard_proto::v1::{
-    change, AdminState, Backend, BackendRef, Change, Health, Pool, Route, SessionBinding, SessionRef, Settings,
-    Topology,
+    change, Backend, BackendRef, Change, Health, Pool, Route, SessionBinding, SessionRef, Settings, Topology,
 };
 
 use crate::error::ApiError;
@@ -88,35 +87,40 @@ pub fn from_wire(o: WireOutcome) -> Outcome {
 
 type Key2 = (String, String);
 
-/// The model. Maps are ordered so iteration (and so snapshots and listings) is deterministic.
-#[derive(Debug, Clone, PartialEq)]
+/// The state machine's contents: the shared [`Model`], changed only by applying commands.
+/// Reads go through `Deref`; every write is a change that [`Model::apply`] makes, the same
+/// function every proxy's mirror runs.
+#[derive(Debug, Clone, PartialEq, Default)]
 pub struct State {
-    pub pools: BTreeMap<String, Pool>,
-    pub backends: BTreeMap<Key2, Backend>,
-    pub routes: BTreeMap<String, Route>,
-    pub settings: Settings,
-    pub sessions: BTreeMap<Key2, SessionBinding>,
+    model: Model,
 }
 
-impl Default for State {
-    fn default() -> Self {
-        State {
-            pools: BTreeMap::new(),
-            backends: BTreeMap::new(),
-            routes: BTreeMap::new(),
-            settings: validate::default_settings(),
-            sessions: BTreeMap::new(),
-        }
+impl std::ops::Deref for State {
+    type Target = Model;
+    fn deref(&self) -> &Model {
+        &self.model
     }
 }
 
-fn put(kind: change::Kind) -> Change {
-    Change { kind: Some(kind) }
-}
-
 impl State {
+    pub fn from_topology(t: Topology) -> State {
+        State { model: Model::from_topology(t) }
+    }
+
+    pub fn from_model(model: Model) -> State {
+        State { model }
+    }
+
+    /// Records a change: applied to the model and added to the command's outcome.
+    fn emit(&mut self, out: &mut Vec<Change>, kind: change::Kind) {
+        let c = put(kind);
+        self.model.apply(&c);
+        out.push(c);
+    }
+
     /// Applies `cmd` at `rev`. On error the state is unchanged.
     pub fn apply(&mut self, rev: u64, cmd: &Command) -> Outcome {
+        let mut out = Vec::new();
         match cmd {
             Command::CreatePool(Pb(p)) => {
                 if self.pools.contains_key(&p.name) {
@@ -125,33 +129,16 @@ impl State {
                 let mut p = p.clone();
                 p.created_revision = rev;
                 p.updated_revision = rev;
-                self.pools.insert(p.name.clone(), p.clone());
-                Ok(vec![put(change::Kind::PoolPut(p))])
+                self.emit(&mut out, change::Kind::PoolPut(p));
             }
             Command::UpdatePool { pool: Pb(new), mask } => {
                 let cur = self.pools.get(&new.name).ok_or_else(|| no_pool(&new.name))?;
-                let mut p = cur.clone();
-                for field in mask {
-                    match field.as_str() {
-                        "algorithm" => p.algorithm = new.algorithm,
-                        "hash_key" => p.hash_key = new.hash_key.clone(),
-                        "affinity" => p.affinity = new.affinity.clone(),
-                        "affinity_ttl_ms" => p.affinity_ttl_ms = new.affinity_ttl_ms,
-                        "health_check" => p.health_check = new.health_check.clone(),
-                        "max_connections_per_backend" => {
-                            p.max_connections_per_backend = new.max_connections_per_backend
-                        }
-                        "drain_timeout_ms" => p.drain_timeout_ms = new.drain_timeout_ms,
-                        other => {
-                            return Err(ApiError::InvalidArgument(format!("pool has no updatable field {other:?}")))
-                        }
-                    }
-                }
-                let mut p = validate::pool(p)?;
+                let merged = fields::merge_pool(cur, new, mask)
+                    .map_err(|f| ApiError::InvalidArgument(format!("pool has no updatable field {:?}", f.0)))?;
+                let mut p = validate::pool(merged)?;
                 p.created_revision = cur.created_revision;
                 p.updated_revision = rev;
-                self.pools.insert(p.name.clone(), p.clone());
-                Ok(vec![put(change::Kind::PoolPut(p))])
+                self.emit(&mut out, change::Kind::PoolPut(p));
             }
             Command::DeletePool { name } => {
                 if !self.pools.contains_key(name) {
@@ -169,21 +156,17 @@ impl State {
                         "pool {name:?} still has {n} backend(s); remove them first"
                     )));
                 }
-                self.pools.remove(name);
+                self.emit(&mut out, change::Kind::PoolDeleted(name.clone()));
                 let keys: Vec<Key2> = self.sessions.keys().filter(|(p, _)| p == name).cloned().collect();
-                let mut out = vec![put(change::Kind::PoolDeleted(name.clone()))];
                 for (pool, key) in keys {
-                    self.sessions.remove(&(pool.clone(), key.clone()));
-                    out.push(put(change::Kind::SessionRemoved(SessionRef { pool, key })));
+                    self.emit(&mut out, change::Kind::SessionRemoved(SessionRef { pool, key }));
                 }
-                Ok(out)
             }
             Command::AddBackend(Pb(b)) => {
                 if !self.pools.contains_key(&b.pool) {
                     return Err(no_pool(&b.pool));
                 }
-                let k = (b.pool.clone(), b.address.clone());
-                if self.backends.contains_key(&k) {
+                if self.backend(&b.pool, &b.address).is_some() {
                     return Err(ApiError::AlreadyExists(format!(
                         "backend {} already exists in pool {:?}",
                         b.address, b.pool
@@ -191,33 +174,34 @@ impl State {
                 }
                 let mut b = b.clone();
                 b.updated_revision = rev;
-                self.backends.insert(k, b.clone());
-                Ok(vec![put(change::Kind::BackendPut(b))])
+                self.emit(&mut out, change::Kind::BackendPut(b));
             }
-            Command::SetBackendWeight { pool, address, weight } => self.update_backend(rev, pool, address, |b| {
-                b.weight = *weight;
-                Ok(())
-            }),
-            Command::SetBackendState { pool, address, state } => self.update_backend(rev, pool, address, |b| {
-                b.admin_state = *state;
-                Ok(())
-            }),
-            Command::SetBackendHealth { pool, address, health } => self.update_backend(rev, pool, address, |b| {
-                Health::try_from(*health).map_err(|_| ApiError::InvalidArgument("bad health".into()))?;
-                b.health = *health;
-                Ok(())
-            }),
+            Command::SetBackendWeight { pool, address, weight } => {
+                return self.update_backend(rev, pool, address, |b| {
+                    b.weight = *weight;
+                    Ok(())
+                })
+            }
+            Command::SetBackendState { pool, address, state } => {
+                return self.update_backend(rev, pool, address, |b| {
+                    b.admin_state = *state;
+                    Ok(())
+                })
+            }
+            Command::SetBackendHealth { pool, address, health } => {
+                return self.update_backend(rev, pool, address, |b| {
+                    Health::try_from(*health).map_err(|_| ApiError::InvalidArgument("bad health".into()))?;
+                    b.health = *health;
+                    Ok(())
+                })
+            }
             Command::RemoveBackend { pool, address } => {
-                let k = (pool.clone(), address.clone());
-                if self.backends.remove(&k).is_none() {
+                if self.backend(pool, address).is_none() {
                     return Err(no_backend(pool, address));
                 }
-                let mut out = vec![put(change::Kind::BackendRemoved(BackendRef {
-                    pool: pool.clone(),
-                    address: address.clone(),
-                }))];
-                out.extend(self.unbind_backend(pool, address));
-                Ok(out)
+                let gone = BackendRef { pool: pool.clone(), address: address.clone() };
+                self.emit(&mut out, change::Kind::BackendRemoved(gone));
+                self.unbind_backend(&mut out, pool, address);
             }
             Command::SetRoute(Pb(r)) => {
                 if !self.pools.contains_key(&r.pool) {
@@ -235,100 +219,30 @@ impl State {
                 }
                 let mut r = r.clone();
                 r.updated_revision = rev;
-                self.routes.insert(r.name.clone(), r.clone());
-                Ok(vec![put(change::Kind::RoutePut(r))])
+                self.emit(&mut out, change::Kind::RoutePut(r));
             }
             Command::DeleteRoute { name } => {
-                if self.routes.remove(name).is_none() {
+                if !self.routes.contains_key(name) {
                     return Err(ApiError::NotFound(format!("route {name:?} not found")));
                 }
-                Ok(vec![put(change::Kind::RouteDeleted(name.clone()))])
+                self.emit(&mut out, change::Kind::RouteDeleted(name.clone()));
             }
             Command::UpdateSettings { settings: Pb(new), mask } => {
-                let mut s = self.settings;
-                if mask.is_empty() {
-                    s = *new;
-                }
-                for field in mask {
-                    match field.as_str() {
-                        "handshake_timeout_ms" => s.handshake_timeout_ms = new.handshake_timeout_ms,
-                        "max_header_bytes" => s.max_header_bytes = new.max_header_bytes,
-                        "max_message_bytes" => s.max_message_bytes = new.max_message_bytes,
-                        "idle_timeout_ms" => s.idle_timeout_ms = new.idle_timeout_ms,
-                        "ping_interval_ms" => s.ping_interval_ms = new.ping_interval_ms,
-                        "max_connections_per_ip_per_sec" => {
-                            s.max_connections_per_ip_per_sec = new.max_connections_per_ip_per_sec
-                        }
-                        "max_handshakes_per_sec" => s.max_handshakes_per_sec = new.max_handshakes_per_sec,
-                        other => return Err(ApiError::InvalidArgument(format!("settings have no field {other:?}"))),
-                    }
-                }
+                let s = fields::merge_settings(&self.settings, new, mask)
+                    .map_err(|f| ApiError::InvalidArgument(format!("settings have no field {:?}", f.0)))?;
                 validate::settings(&s)?;
-                self.settings = s;
-                Ok(vec![put(change::Kind::SettingsPut(s))])
+                self.emit(&mut out, change::Kind::SettingsPut(s));
             }
-            Command::BindSessions { now_ms, bindings } => {
-                let mut out = Vec::new();
-                for Pb(b) in bindings {
-                    let k = (b.pool.clone(), b.key.clone());
-                    let usable = self.backends.get(&(b.pool.clone(), b.backend.clone())).is_some_and(usable_backend);
-                    match self.sessions.get_mut(&k) {
-                        // Same backend: refresh. A different backend replaces the binding only
-                        // when the bound one is no longer usable; otherwise the first writer wins.
-                        Some(cur) if cur.backend == b.backend => {
-                            cur.last_seen_ms = cur.last_seen_ms.max(*now_ms);
-                            out.push(put(change::Kind::SessionPut(cur.clone())));
-                        }
-                        Some(cur) => {
-                            let cur_usable =
-                                self.backends.get(&(cur.pool.clone(), cur.backend.clone())).is_some_and(usable_backend);
-                            if !cur_usable && usable {
-                                cur.backend = b.backend.clone();
-                                cur.last_seen_ms = *now_ms;
-                                cur.created_revision = rev;
-                                out.push(put(change::Kind::SessionPut(cur.clone())));
-                            }
-                        }
-                        None if usable && self.pools.contains_key(&b.pool) => {
-                            let ttl = if b.ttl_ms > 0 { b.ttl_ms } else { self.pools[&b.pool].affinity_ttl_ms.max(1) };
-                            let nb = SessionBinding {
-                                pool: b.pool.clone(),
-                                key: b.key.clone(),
-                                backend: b.backend.clone(),
-                                last_seen_ms: *now_ms,
-                                ttl_ms: ttl,
-                                created_revision: rev,
-                            };
-                            self.sessions.insert(k, nb.clone());
-                            out.push(put(change::Kind::SessionPut(nb)));
-                        }
-                        None => {}
-                    }
-                }
-                Ok(out)
-            }
-            Command::ExpireSessions { now_ms } => {
-                let dead: Vec<Key2> = self
-                    .sessions
-                    .iter()
-                    .filter(|(_, s)| s.last_seen_ms.saturating_add(s.ttl_ms) <= *now_ms)
-                    .map(|(k, _)| k.clone())
-                    .collect();
-                Ok(dead
-                    .into_iter()
-                    .map(|(pool, key)| {
-                        self.sessions.remove(&(pool.clone(), key.clone()));
-                        put(change::Kind::SessionRemoved(SessionRef { pool, key }))
-                    })
-                    .collect())
-            }
+            Command::BindSessions { now_ms, bindings } => self.bind_sessions(&mut out, rev, *now_ms, bindings),
+            Command::ExpireSessions { now_ms } => self.expire_sessions(&mut out, *now_ms),
             Command::DeleteSession { pool, key } => {
-                if self.sessions.remove(&(pool.clone(), key.clone())).is_none() {
+                if !self.sessions.contains_key(&(pool.clone(), key.clone())) {
                     return Err(ApiError::NotFound(format!("no session {key:?} in pool {pool:?}")));
                 }
-                Ok(vec![put(change::Kind::SessionRemoved(SessionRef { pool: pool.clone(), key: key.clone() }))])
+                self.emit(&mut out, change::Kind::SessionRemoved(SessionRef { pool: pool.clone(), key: key.clone() }));
             }
         }
+        Ok(out)
     }
 
     fn update_backend(
@@ -338,8 +252,7 @@ impl State {
         address: &str,
         f: impl FnOnce(&mut Backend) -> Result<(), ApiError>,
     ) -> Outcome {
-        let b =
-            self.backends.get_mut(&(pool.to_string(), address.to_string())).ok_or_else(|| no_backend(pool, address))?;
+        let b = self.backend(pool, address).ok_or_else(|| no_backend(pool, address))?;
         let mut nb = b.clone();
         f(&mut nb)?;
         if nb == *b {
@@ -347,68 +260,71 @@ impl State {
             return Ok(vec![]);
         }
         nb.updated_revision = rev;
-        *b = nb.clone();
-        Ok(vec![put(change::Kind::BackendPut(nb))])
+        let mut out = Vec::new();
+        self.emit(&mut out, change::Kind::BackendPut(nb));
+        Ok(out)
     }
 
-    fn unbind_backend(&mut self, pool: &str, address: &str) -> Vec<Change> {
+    /// New or refreshed bindings. Same backend: refresh. A different backend replaces the
+    /// binding only when the bound one is no longer [`usable`]; otherwise the first writer
+    /// wins. A binding to an unusable backend is never made.
+    fn bind_sessions(&mut self, out: &mut Vec<Change>, rev: u64, now_ms: u64, bindings: &[Pb<SessionBinding>]) {
+        for Pb(b) in bindings {
+            let usable_here = |s: &State, backend: &str| s.backend(&b.pool, backend).is_some_and(usable);
+            let next = match self.sessions.get(&(b.pool.clone(), b.key.clone())) {
+                Some(cur) if cur.backend == b.backend => {
+                    SessionBinding { last_seen_ms: cur.last_seen_ms.max(now_ms), ..cur.clone() }
+                }
+                Some(cur) if !usable_here(self, &cur.backend) && usable_here(self, &b.backend) => SessionBinding {
+                    backend: b.backend.clone(),
+                    last_seen_ms: now_ms,
+                    created_revision: rev,
+                    ..cur.clone()
+                },
+                Some(_) => continue,
+                None => {
+                    let Some(pool) = self.pools.get(&b.pool) else { continue };
+                    if !usable_here(self, &b.backend) {
+                        continue;
+                    }
+                    SessionBinding {
+                        pool: b.pool.clone(),
+                        key: b.key.clone(),
+                        backend: b.backend.clone(),
+                        last_seen_ms: now_ms,
+                        ttl_ms: if b.ttl_ms > 0 { b.ttl_ms } else { pool.affinity_ttl_ms.max(1) },
+                        created_revision: rev,
+                    }
+                }
+            };
+            self.emit(out, change::Kind::SessionPut(next));
+        }
+    }
+
+    /// Drops bindings whose TTL has passed at `now_ms` (the leader's time, in the command).
+    fn expire_sessions(&mut self, out: &mut Vec<Change>, now_ms: u64) {
+        let dead: Vec<Key2> = self
+            .sessions
+            .iter()
+            .filter(|(_, s)| s.last_seen_ms.saturating_add(s.ttl_ms) <= now_ms)
+            .map(|(k, _)| k.clone())
+            .collect();
+        for (pool, key) in dead {
+            self.emit(out, change::Kind::SessionRemoved(SessionRef { pool, key }));
+        }
+    }
+
+    fn unbind_backend(&mut self, out: &mut Vec<Change>, pool: &str, address: &str) {
         let keys: Vec<Key2> = self
             .sessions
             .iter()
             .filter(|((p, _), s)| p == pool && s.backend == address)
             .map(|(k, _)| k.clone())
             .collect();
-        keys.into_iter()
-            .map(|(pool, key)| {
-                self.sessions.remove(&(pool.clone(), key.clone()));
-                put(change::Kind::SessionRemoved(SessionRef { pool, key }))
-            })
-            .collect()
-    }
-
-    pub fn backends_of<'a>(&'a self, pool: &'a str) -> impl Iterator<Item = &'a Backend> + 'a {
-        self.backends
-            .range((pool.to_string(), String::new())..)
-            .take_while(move |((p, _), _)| p == pool)
-            .map(|(_, b)| b)
-    }
-
-    /// The whole state as a list of puts, in a stable order.
-    pub fn as_changes(&self) -> Vec<Change> {
-        let mut out = vec![put(change::Kind::SettingsPut(self.settings))];
-        out.extend(self.pools.values().map(|p| put(change::Kind::PoolPut(p.clone()))));
-        out.extend(self.backends.values().map(|b| put(change::Kind::BackendPut(b.clone()))));
-        out.extend(self.routes.values().map(|r| put(change::Kind::RoutePut(r.clone()))));
-        out.extend(self.sessions.values().map(|s| put(change::Kind::SessionPut(s.clone()))));
-        out
-    }
-
-    /// The whole state as the API's message.
-    pub fn to_topology(&self, revision: u64) -> Topology {
-        Topology {
-            revision,
-            pools: self.pools.values().cloned().collect(),
-            backends: self.backends.values().cloned().collect(),
-            routes: self.routes.values().cloned().collect(),
-            settings: Some(self.settings),
-            sessions: self.sessions.values().cloned().collect(),
+        for (pool, key) in keys {
+            self.emit(out, change::Kind::SessionRemoved(SessionRef { pool, key }));
         }
     }
-
-    pub fn from_topology(t: Topology) -> State {
-        State {
-            pools: t.pools.into_iter().map(|p| (p.name.clone(), p)).collect(),
-            backends: t.backends.into_iter().map(|b| ((b.pool.clone(), b.address.clone()), b)).collect(),
-            routes: t.routes.into_iter().map(|r| (r.name.clone(), r)).collect(),
-            settings: t.settings.unwrap_or_else(validate::default_settings),
-            sessions: t.sessions.into_iter().map(|s| ((s.pool.clone(), s.key.clone()), s)).collect(),
-        }
-    }
-}
-
-/// Whether new sessions may go to this backend.
-pub fn usable_backend(b: &Backend) -> bool {
-    b.admin_state == AdminState::Active as i32 && b.health != Health::Unhealthy as i32
 }
 
 fn no_pool(name: &str) -> ApiError {

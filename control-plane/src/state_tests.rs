@@ -5,6 +5,7 @@ use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 
 use super::*;
+use switchyard_proto::v1::AdminState;
 
 fn pool(name: &str) -> Command {
     Command::CreatePool(Pb(validate::pool(Pool { name: name.into(), ..Default::default() }).unwrap()))
@@ -81,6 +82,44 @@ fn sessions_first_writer_wins_and_expire_by_command_time() {
     .unwrap();
     s.apply(10, &bind("b:1", 2001)).unwrap();
     assert_eq!(s.sessions[&("p".into(), "k".into())].backend, "b:1");
+}
+
+#[test]
+fn a_weight_zero_backend_loses_its_bindings_to_the_next_report() {
+    // Proxies route no new connection to a backend of weight 0, so the state machine must
+    // let their next report move its sessions, as it does for a drained one.
+    let mut s = State::default();
+    s.apply(1, &pool("p")).unwrap();
+    s.apply(2, &backend("p", "a:1")).unwrap();
+    s.apply(3, &backend("p", "b:1")).unwrap();
+    let bind = |b: &str, now| Command::BindSessions {
+        now_ms: now,
+        bindings: vec![Pb(SessionBinding {
+            pool: "p".into(),
+            key: "k".into(),
+            backend: b.into(),
+            ..Default::default()
+        })],
+    };
+    s.apply(4, &bind("a:1", 1000)).unwrap();
+    s.apply(5, &bind("b:1", 1001)).unwrap();
+    assert_eq!(s.sessions[&("p".into(), "k".into())].backend, "a:1", "first writer wins while a:1 is usable");
+    s.apply(6, &Command::SetBackendWeight { pool: "p".into(), address: "a:1".into(), weight: 0 }).unwrap();
+    s.apply(7, &bind("b:1", 1002)).unwrap();
+    let moved = &s.sessions[&("p".into(), "k".into())];
+    assert_eq!((moved.backend.as_str(), moved.created_revision), ("b:1", 7));
+    // And no new binding is made to a backend of weight 0.
+    let fresh = Command::BindSessions {
+        now_ms: 1003,
+        bindings: vec![Pb(SessionBinding {
+            pool: "p".into(),
+            key: "new".into(),
+            backend: "a:1".into(),
+            ..Default::default()
+        })],
+    };
+    assert!(s.apply(8, &fresh).unwrap().is_empty());
+    assert!(!s.sessions.contains_key(&("p".into(), "new".into())));
 }
 
 fn random_command(rng: &mut StdRng) -> Command {

@@ -6,6 +6,8 @@ use std::net::IpAddr;
 
 use switchyard_proto::v1::{AdminState, Algorithm, Backend, HealthCheck, HealthCheckKind, Pool, Route, Settings};
 
+use switchyard_model::KeySpec;
+
 use crate::error::ApiError;
 
 /// Weight bounds: 0 takes no new connections (like HAProxy's weight 0); 10,000 leaves room
@@ -74,20 +76,8 @@ fn hostname(h: &str) -> Result<(), ()> {
 }
 
 /// A hash or affinity key spec: `header:NAME`, `cookie:NAME`, `query:NAME` or `ip`.
-pub fn key_spec(what: &str, s: &str) -> Result<(), ApiError> {
-    if s == "ip" {
-        return Ok(());
-    }
-    let bad = || invalid(format!("{what} {s:?} must be header:NAME, cookie:NAME, query:NAME or ip"));
-    let (kind, name) = s.split_once(':').ok_or_else(bad)?;
-    if !matches!(kind, "header" | "cookie" | "query") || name.is_empty() {
-        return Err(bad());
-    }
-    let token = name.bytes().all(|b| b.is_ascii_graphic() && !b"()<>@,;:\\\"/[]?={}".contains(&b));
-    if !token {
-        return Err(invalid(format!("{what} {s:?}: {name:?} is not a valid {kind} name")));
-    }
-    Ok(())
+pub fn key_spec(what: &str, s: &str) -> Result<KeySpec, ApiError> {
+    s.parse().map_err(|e| invalid(format!("{what} {e}")))
 }
 
 /// Validates a pool and fills defaults, returning the pool to store.
@@ -190,17 +180,7 @@ pub fn route(mut r: Route) -> Result<Route, ApiError> {
 }
 
 /// The settings a fresh cluster starts with.
-pub fn default_settings() -> Settings {
-    Settings {
-        handshake_timeout_ms: 10_000,
-        max_header_bytes: 16 * 1024,
-        max_message_bytes: 16 * 1024 * 1024,
-        idle_timeout_ms: 300_000,
-        ping_interval_ms: 30_000,
-        max_connections_per_ip_per_sec: 0,
-        max_handshakes_per_sec: 0,
-    }
-}
+pub use switchyard_model::limits::default_settings;
 
 pub fn settings(s: &Settings) -> Result<(), ApiError> {
     if !(100..=300_000).contains(&s.handshake_timeout_ms) {

@@ -12,6 +12,8 @@ use openraft::storage::{RaftSnapshotBuilder, RaftStateMachine, Snapshot};
 use openraft::{EntryPayload, OptionalSend};
 use prost::Message;
 use serde::{Deserialize, Serialize};
+use switchyard_model::topology::put;
+use switchyard_model::{Entity, Model};
 use switchyard_proto::v1::{change, Change, Topology};
 use tokio::sync::broadcast;
 
@@ -113,18 +115,19 @@ const LAST_APPLIED: &[u8] = b"~last_applied";
 const MEMBERSHIP: &[u8] = b"~membership";
 const SETTINGS: &[u8] = b"~settings";
 
+/// Writes one change to the `sm` tree: each entity under its own prefixed key.
 fn persist(batch: &mut sled::Batch, c: &Change) {
-    let Some(kind) = &c.kind else { return };
-    match kind {
-        change::Kind::PoolPut(p) => batch.insert(k1(b'p', &p.name), p.encode_to_vec()),
-        change::Kind::PoolDeleted(n) => batch.remove(k1(b'p', n)),
-        change::Kind::BackendPut(b) => batch.insert(k2(b'b', &b.pool, &b.address), b.encode_to_vec()),
-        change::Kind::BackendRemoved(b) => batch.remove(k2(b'b', &b.pool, &b.address)),
-        change::Kind::RoutePut(r) => batch.insert(k1(b'r', &r.name), r.encode_to_vec()),
-        change::Kind::RouteDeleted(n) => batch.remove(k1(b'r', n)),
-        change::Kind::SettingsPut(s) => batch.insert(SETTINGS, s.encode_to_vec()),
-        change::Kind::SessionPut(s) => batch.insert(k2(b's', &s.pool, &s.key), s.encode_to_vec()),
-        change::Kind::SessionRemoved(s) => batch.remove(k2(b's', &s.pool, &s.key)),
+    let Some((entity, value)) = Entity::of(c) else { return };
+    let key = match entity {
+        Entity::Pool(n) => k1(b'p', n),
+        Entity::Backend { pool, address } => k2(b'b', pool, address),
+        Entity::Route(n) => k1(b'r', n),
+        Entity::Settings => SETTINGS.to_vec(),
+        Entity::Session { pool, key } => k2(b's', pool, key),
+    };
+    match value {
+        Some(v) => batch.insert(key, v),
+        None => batch.remove(key),
     }
 }
 
@@ -137,7 +140,7 @@ impl StateMachineStore {
     pub fn open(db: sled::Db) -> Result<Self, StorageError> {
         let sm = db.open_tree("sm").map_err(read_err)?;
         let snap = db.open_tree("snapshot").map_err(read_err)?;
-        let mut state = State::default();
+        let mut model = Model::default();
         let mut last_applied = None;
         let mut membership = StoredMembership::default();
         for kv in sm.iter() {
@@ -146,28 +149,30 @@ impl StateMachineStore {
             match k.first() {
                 Some(b'p') => {
                     let p = switchyard_proto::v1::Pool::decode(&*v).map_err(|e| bad(&e))?;
-                    state.pools.insert(p.name.clone(), p);
+                    model.apply(&put(change::Kind::PoolPut(p)));
                 }
                 Some(b'b') => {
                     let b = switchyard_proto::v1::Backend::decode(&*v).map_err(|e| bad(&e))?;
-                    state.backends.insert((b.pool.clone(), b.address.clone()), b);
+                    model.apply(&put(change::Kind::BackendPut(b)));
                 }
                 Some(b'r') => {
                     let r = switchyard_proto::v1::Route::decode(&*v).map_err(|e| bad(&e))?;
-                    state.routes.insert(r.name.clone(), r);
+                    model.apply(&put(change::Kind::RoutePut(r)));
                 }
                 Some(b's') => {
                     let s = switchyard_proto::v1::SessionBinding::decode(&*v).map_err(|e| bad(&e))?;
-                    state.sessions.insert((s.pool.clone(), s.key.clone()), s);
+                    model.apply(&put(change::Kind::SessionPut(s)));
                 }
                 _ if &*k == SETTINGS => {
-                    state.settings = switchyard_proto::v1::Settings::decode(&*v).map_err(|e| bad(&e))?
+                    let s = switchyard_proto::v1::Settings::decode(&*v).map_err(|e| bad(&e))?;
+                    model.apply(&put(change::Kind::SettingsPut(s)));
                 }
                 _ if &*k == LAST_APPLIED => last_applied = postcard::from_bytes(&v).map_err(|e| bad(&e))?,
                 _ if &*k == MEMBERSHIP => membership = postcard::from_bytes(&v).map_err(|e| bad(&e))?,
                 _ => return Err(bad(&"unknown key")),
             }
         }
+        let state = State::from_model(model);
         let (tx, _) = broadcast::channel(4096);
         let revision = last_applied.map_or(0, |l: LogId| l.index);
         let mut me = StateMachineStore {

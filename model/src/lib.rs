@@ -1,0 +1,12 @@
+//! Switchyard's model, in one place for both planes: the control plane's state machine and
+//! the proxy's mirror are two users of [`Model`], not two copies of it.
+
+pub mod fields;
+pub mod grpc;
+pub mod keyspec;
+pub mod limits;
+pub mod signal;
+pub mod topology;
+
+pub use keyspec::KeySpec;
+pub use topology::{usable, Entity, Model};
