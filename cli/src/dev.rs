@@ -46,7 +46,7 @@ pub async fn run(args: DevArgs) -> Result<()> {
     }
     let endpoints: Vec<String> = addrs.values().map(|a| a.to_string()).collect();
     nodes[0]
-        .inner
+        .ctx
         .raft
         .wait(Some(Duration::from_secs(10)))
         .metrics(|m| m.current_leader.is_some(), "leader elected")

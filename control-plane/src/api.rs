@@ -16,9 +16,9 @@ use tonic::transport::server::Router;
 use tonic::transport::Server;
 
 use crate::network::MAX_MESSAGE;
-use crate::node::NodeInner;
+use crate::node::context::NodeCtx;
 
-pub fn router(node: Arc<NodeInner>) -> Router {
+pub fn router(node: Arc<NodeCtx>) -> Router {
     let (health_reporter, health) = tonic_health::server::health_reporter();
     let reflection = tonic_reflection::server::Builder::configure()
         .register_encoded_file_descriptor_set(switchyard_proto::FILE_DESCRIPTOR_SET)

@@ -1,5 +1,6 @@
-//! The `switchyard-control` configuration: flags, or the same keys in a TOML file
-//! (`--config`); a flag given on the command line wins over the file.
+//! A node's configuration ([`NodeConfig`], with its named defaults), and how
+//! `switchyard-control` builds it: flags, or the same keys in a TOML file (`--config`); a flag
+//! given on the command line wins over the file.
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
@@ -9,8 +10,87 @@ use std::time::Duration;
 use serde::Deserialize;
 
 use crate::error::NodeError;
-use crate::node::NodeConfig;
 use crate::types::NodeId;
+
+/// Named defaults. openraft 0.9 lets a follower call an election only after the leader lease
+/// (`election_max`) plus its own random timeout (`election_min..election_max`) pass without a
+/// heartbeat: 360-480 ms here, seven to ten missed heartbeats, so a busy machine does not see
+/// spurious elections while failover stays well under a second.
+pub const DEFAULT_HEARTBEAT_MS: u64 = 50;
+pub const DEFAULT_ELECTION_MIN_MS: u64 = 120;
+pub const DEFAULT_ELECTION_MAX_MS: u64 = 240;
+pub const DEFAULT_SNAPSHOT_EVERY: u64 = 10_000;
+pub const DEFAULT_KEEP_LOGS: u64 = 1_000;
+pub const DEFAULT_WRITE_TIMEOUT_MS: u64 = 5_000;
+
+/// Everything one node needs, validated by [`NodeConfig::validate`].
+#[derive(Clone, Debug)]
+pub struct NodeConfig {
+    pub id: NodeId,
+    pub listen: SocketAddr,
+    /// The address peers and clients use to reach this node; defaults to this node's entry in
+    /// `initial_cluster`, else `listen`.
+    pub advertise: Option<String>,
+    pub data_dir: PathBuf,
+    /// Founding members (id → address). Empty with `join` = wait to be added by the CLI.
+    pub initial_cluster: BTreeMap<NodeId, String>,
+    pub join: bool,
+    pub heartbeat_ms: u64,
+    pub election_min_ms: u64,
+    pub election_max_ms: u64,
+    /// Take a snapshot after this many log entries since the last one.
+    pub snapshot_every: u64,
+    /// Log entries kept behind a snapshot for slow followers.
+    pub keep_logs: u64,
+    /// How long a write may wait for a quorum before the caller gets UNAVAILABLE.
+    pub write_timeout: Duration,
+}
+
+impl NodeConfig {
+    pub fn new(id: NodeId, listen: SocketAddr, data_dir: PathBuf) -> Self {
+        NodeConfig {
+            id,
+            listen,
+            advertise: None,
+            data_dir,
+            initial_cluster: BTreeMap::new(),
+            join: false,
+            heartbeat_ms: DEFAULT_HEARTBEAT_MS,
+            election_min_ms: DEFAULT_ELECTION_MIN_MS,
+            election_max_ms: DEFAULT_ELECTION_MAX_MS,
+            snapshot_every: DEFAULT_SNAPSHOT_EVERY,
+            keep_logs: DEFAULT_KEEP_LOGS,
+            write_timeout: Duration::from_millis(DEFAULT_WRITE_TIMEOUT_MS),
+        }
+    }
+
+    pub fn validate(&self) -> Result<(), NodeError> {
+        let bad = |m: String| Err(NodeError::Config(m));
+        if self.id == 0 {
+            return bad("node id must be 1 or more".into());
+        }
+        if !self.initial_cluster.is_empty() && !self.initial_cluster.contains_key(&self.id) {
+            return bad(format!("--initial-cluster does not name this node's id {}", self.id));
+        }
+        if self.join && !self.initial_cluster.is_empty() {
+            return bad("--join and --initial-cluster are exclusive: a joining node is added with `switchyard cluster add-node`".into());
+        }
+        if self.heartbeat_ms == 0
+            || self.election_min_ms <= self.heartbeat_ms * 2
+            || self.election_max_ms <= self.election_min_ms
+        {
+            return bad("need 0 < heartbeat < election-min/2 and election-min < election-max".into());
+        }
+        Ok(())
+    }
+
+    pub fn advertise_addr(&self) -> String {
+        self.advertise
+            .clone()
+            .or_else(|| self.initial_cluster.get(&self.id).cloned())
+            .unwrap_or_else(|| self.listen.to_string())
+    }
+}
 
 /// Command-line flags of `switchyard-control`.
 #[derive(Debug, Default, clap::Parser)]

@@ -16,6 +16,9 @@ pub enum ApiError {
     FailedPrecondition(String),
     #[error("{0}")]
     Unavailable(String),
+    /// Unavailable, and the write may still commit: retrying it blindly could apply it twice.
+    #[error("{0}")]
+    OutcomeUnknown(String),
     #[error("{0}")]
     Internal(String),
 }
@@ -28,6 +31,7 @@ impl From<ApiError> for tonic::Status {
             ApiError::AlreadyExists(m) => tonic::Status::already_exists(m),
             ApiError::FailedPrecondition(m) => tonic::Status::failed_precondition(m),
             ApiError::Unavailable(m) => tonic::Status::unavailable(m),
+            ApiError::OutcomeUnknown(m) => switchyard_model::grpc::mark_outcome_unknown(tonic::Status::unavailable(m)),
             ApiError::Internal(m) => tonic::Status::internal(m),
         }
     }

@@ -11,7 +11,8 @@ use futures::{SinkExt, StreamExt};
 use switchyard_proto::v1::{Health, HealthCheck, HealthCheckKind};
 use tokio_tungstenite::tungstenite::Message;
 
-use crate::node::NodeInner;
+use crate::node::context::NodeCtx;
+use crate::node::leader;
 use crate::state::Command;
 
 const TICK: Duration = Duration::from_millis(50);
@@ -54,7 +55,7 @@ pub async fn probe(address: &str, hc: &HealthCheck) -> bool {
 }
 
 /// Runs for the node's lifetime; probes only while this node leads.
-pub async fn run(node: Arc<NodeInner>) {
+pub async fn run(node: Arc<NodeCtx>) {
     let mut tracks: HashMap<(String, String), Track> = HashMap::new();
     let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel::<((String, String), bool)>();
     let mut ticker = tokio::time::interval(TICK);
@@ -68,7 +69,7 @@ pub async fn run(node: Arc<NodeInner>) {
                 continue;
             }
         }
-        if node.raft.metrics().borrow().current_leader != Some(node.id) {
+        if !node.is_leader() {
             // Followers forget: a node that becomes leader starts from fresh streaks.
             tracks.clear();
             continue;
@@ -101,7 +102,7 @@ pub async fn run(node: Arc<NodeInner>) {
     }
 }
 
-async fn record(node: &NodeInner, tracks: &mut HashMap<(String, String), Track>, key: (String, String), ok: bool) {
+async fn record(node: &NodeCtx, tracks: &mut HashMap<(String, String), Track>, key: (String, String), ok: bool) {
     let Some(t) = tracks.get_mut(&key) else { return };
     if ok {
         t.ok_streak += 1;
@@ -125,30 +126,7 @@ async fn record(node: &NodeInner, tracks: &mut HashMap<(String, String), Track>,
     };
     tracing::info!(pool = %key.0, backend = %key.1, health = ?want, "health changed");
     let cmd = Command::SetBackendHealth { pool: key.0.clone(), address: key.1.clone(), health: want as i32 };
-    if let Err(e) = node.write(cmd).await {
+    if let Err(e) = leader::write(node, cmd).await {
         tracing::warn!(backend = %key.1, "could not record health: {e}");
-    }
-}
-
-/// Expires session bindings whose TTL has passed, on the leader, with the leader's clock
-/// stamped into the command.
-pub async fn expire_sessions(node: Arc<NodeInner>) {
-    let mut ticker = tokio::time::interval(Duration::from_millis(500));
-    ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    loop {
-        tokio::select! {
-            _ = node.shutdown.cancelled() => return,
-            _ = ticker.tick() => {}
-        }
-        if node.raft.metrics().borrow().current_leader != Some(node.id) {
-            continue;
-        }
-        let now_ms = crate::api::discovery::now_ms();
-        let due = node.shared.read().state.sessions.values().any(|s| s.last_seen_ms.saturating_add(s.ttl_ms) <= now_ms);
-        if due {
-            if let Err(e) = node.write(Command::ExpireSessions { now_ms }).await {
-                tracing::debug!("session expiry not recorded: {e}");
-            }
-        }
     }
 }

@@ -2,17 +2,20 @@
 //! session affinity, kept in sled, served over gRPC to the CLI and to proxies.
 
 pub mod api;
+pub mod clock;
 pub mod config;
 pub mod error;
 pub mod health;
 pub mod network;
 pub mod node;
 pub mod pb;
+pub mod sessions;
 mod sm_view;
 pub mod state;
 pub mod store;
 pub mod types;
 pub mod validate;
 
+pub use config::NodeConfig;
 pub use error::{ApiError, NodeError};
-pub use node::{Node, NodeConfig};
+pub use node::Node;

@@ -31,19 +31,10 @@ async fn run(args: Args) -> anyhow::Result<()> {
     let shutdown = CancellationToken::new();
     let node = Node::start(config, listener, shutdown.clone()).await?;
     tokio::spawn(async move {
-        wait_for_signal().await;
+        switchyard_model::signal::wait_for_signal().await;
         tracing::info!("shutting down");
         shutdown.cancel();
     });
     node.wait().await?;
     Ok(())
-}
-
-async fn wait_for_signal() {
-    use tokio::signal::unix::{signal, SignalKind};
-    let mut term = signal(SignalKind::terminate()).expect("SIGTERM handler");
-    tokio::select! {
-        _ = term.recv() => {}
-        _ = tokio::signal::ctrl_c() => {}
-    }
 }

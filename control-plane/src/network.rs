@@ -1,8 +1,6 @@
 //! Raft's transport between control-plane nodes: openraft's RPCs as postcard bytes inside
 //! the peer-only gRPC service, plus the leader-forwarding call.
 
-use std::time::Duration;
-
 use openraft::error::{InstallSnapshotError, NetworkError, RPCError, RaftError, RemoteError, Unreachable};
 use openraft::network::{RPCOption, RaftNetwork, RaftNetworkFactory};
 use openraft::raft::{
@@ -12,25 +10,18 @@ use openraft::raft::{
 use openraft::BasicNode;
 use serde::de::DeserializeOwned;
 use serde::Serialize;
+use switchyard_model::grpc::ChannelOptions;
 use switchyard_proto::raft::raft_client::RaftClient;
 use switchyard_proto::raft::RaftPayload;
-use tonic::transport::{Channel, Endpoint};
+use tonic::transport::Channel;
 
 use crate::types::{NodeId, TypeConfig};
 
-/// gRPC messages between nodes can carry snapshot chunks and log batches; well above tonic's
-/// 4 MiB default so a large state never wedges replication.
-pub const MAX_MESSAGE: usize = 256 * 1024 * 1024;
+pub use switchyard_model::limits::MAX_GRPC_MESSAGE as MAX_MESSAGE;
 
 /// A lazily connected channel to a peer.
 pub fn channel(addr: &str) -> Result<Channel, tonic::transport::Error> {
-    let uri = if addr.contains("://") { addr.to_string() } else { format!("http://{addr}") };
-    Ok(Endpoint::from_shared(uri)?
-        .connect_timeout(Duration::from_millis(500))
-        .tcp_nodelay(true)
-        .http2_keep_alive_interval(Duration::from_secs(5))
-        .keep_alive_timeout(Duration::from_secs(5))
-        .connect_lazy())
+    switchyard_model::grpc::channel(addr, &ChannelOptions::PEER)
 }
 
 pub fn client(addr: &str) -> Result<RaftClient<Channel>, tonic::transport::Error> {

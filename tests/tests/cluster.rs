@@ -250,6 +250,8 @@ async fn writes_without_quorum_answer_unavailable_and_reads_fail_fast() {
     let err = admin(&addr).create_pool(pool("lost")).await.unwrap_err();
     assert_eq!(err.code(), Code::Unavailable, "{err:?}");
     assert!(err.message().contains("no quorum"), "{}", err.message());
+    // Clients learn that the write may still commit from metadata, not from the text.
+    assert!(switchyard_model::grpc::outcome_unknown(&err), "{:?}", err.metadata());
     // Bounded by the node's write timeout (3s here), not hanging until the client gives up.
     assert!(started.elapsed() < Duration::from_secs(9), "answered in {:?}", started.elapsed());
     let err = query(&addr).list_pools(ReadRequest { consistency: Consistency::Linearizable as i32 }).await.unwrap_err();

@@ -7,13 +7,14 @@ use switchyard_proto::v1::*;
 use tonic::{Request, Response, Status};
 
 use super::required;
-use crate::error::ApiError;
-use crate::node::{LeaderOp, LeaderReply, NodeInner};
+use crate::node::calls::{AddNode, LeaderCall, Promote, Remove};
+use crate::node::context::NodeCtx;
+use crate::node::leader::{self, RunOnLeader};
 use crate::pb::Pb;
 use crate::state::Command;
 use crate::validate;
 
-pub struct AdminService(pub Arc<NodeInner>);
+pub struct AdminService(pub Arc<NodeCtx>);
 
 fn pool_of(changes: &[Change]) -> Option<Pool> {
     changes.iter().find_map(|c| match &c.kind {
@@ -29,15 +30,7 @@ fn backend_of(changes: &[Change]) -> Option<Backend> {
     })
 }
 
-const POOL_FIELDS: &[&str] = &[
-    "algorithm",
-    "hash_key",
-    "affinity",
-    "affinity_ttl_ms",
-    "health_check",
-    "max_connections_per_backend",
-    "drain_timeout_ms",
-];
+use switchyard_model::fields::POOL_FIELDS;
 
 impl AdminService {
     async fn backend_write(
@@ -48,7 +41,7 @@ impl AdminService {
     ) -> Result<Response<BackendReply>, Status> {
         validate::name("pool", &pool)?;
         validate::address(&address)?;
-        let (revision, changes) = self.0.write(cmd).await?;
+        let (revision, changes) = leader::write(&self.0, cmd).await?;
         let backend = backend_of(&changes).or_else(|| {
             // A write that changed nothing: answer with the backend as it stands.
             self.0.shared.read().state.backends.get(&(pool, address)).cloned()
@@ -56,13 +49,12 @@ impl AdminService {
         Ok(Response::new(BackendReply { revision, backend }))
     }
 
-    async fn membership(&self, op: LeaderOp) -> Result<Response<MembershipReply>, Status> {
-        match self.0.execute(op).await? {
-            LeaderReply::Membership { revision } => {
-                Ok(Response::new(MembershipReply { revision, members: self.0.members() }))
-            }
-            other => Err(ApiError::Internal(format!("unexpected reply {other:?}")).into()),
-        }
+    async fn membership<C: RunOnLeader + LeaderCall<Reply = u64>>(
+        &self,
+        call: C,
+    ) -> Result<Response<MembershipReply>, Status> {
+        let revision = leader::execute(&self.0, call).await?;
+        Ok(Response::new(MembershipReply { revision, members: self.0.members() }))
     }
 }
 
@@ -70,7 +62,7 @@ impl AdminService {
 impl Admin for AdminService {
     async fn create_pool(&self, req: Request<CreatePoolRequest>) -> Result<Response<PoolReply>, Status> {
         let pool = validate::pool(required(req.into_inner().pool, "pool")?)?;
-        let (revision, changes) = self.0.write(Command::CreatePool(Pb(pool))).await?;
+        let (revision, changes) = leader::write(&self.0, Command::CreatePool(Pb(pool))).await?;
         Ok(Response::new(PoolReply { revision, pool: pool_of(&changes) }))
     }
 
@@ -92,20 +84,21 @@ impl Admin for AdminService {
         let mut probe = pool.clone();
         probe.name = pool.name.clone();
         validate::pool(probe)?;
-        let (revision, changes) = self.0.write(Command::UpdatePool { pool: Pb(pool), mask: req.update_mask }).await?;
+        let (revision, changes) =
+            leader::write(&self.0, Command::UpdatePool { pool: Pb(pool), mask: req.update_mask }).await?;
         Ok(Response::new(PoolReply { revision, pool: pool_of(&changes) }))
     }
 
     async fn delete_pool(&self, req: Request<DeletePoolRequest>) -> Result<Response<WriteReply>, Status> {
         let name = req.into_inner().name;
         validate::name("pool", &name)?;
-        let (revision, _) = self.0.write(Command::DeletePool { name }).await?;
+        let (revision, _) = leader::write(&self.0, Command::DeletePool { name }).await?;
         Ok(Response::new(WriteReply { revision }))
     }
 
     async fn add_backend(&self, req: Request<AddBackendRequest>) -> Result<Response<BackendReply>, Status> {
         let b = validate::backend(required(req.into_inner().backend, "backend")?)?;
-        let (revision, changes) = self.0.write(Command::AddBackend(Pb(b))).await?;
+        let (revision, changes) = leader::write(&self.0, Command::AddBackend(Pb(b))).await?;
         Ok(Response::new(BackendReply { revision, backend: backend_of(&changes) }))
     }
 
@@ -130,13 +123,13 @@ impl Admin for AdminService {
         let r = req.into_inner();
         validate::name("pool", &r.pool)?;
         validate::address(&r.address)?;
-        let (revision, _) = self.0.write(Command::RemoveBackend { pool: r.pool, address: r.address }).await?;
+        let (revision, _) = leader::write(&self.0, Command::RemoveBackend { pool: r.pool, address: r.address }).await?;
         Ok(Response::new(WriteReply { revision }))
     }
 
     async fn set_route(&self, req: Request<SetRouteRequest>) -> Result<Response<RouteReply>, Status> {
         let route = validate::route(required(req.into_inner().route, "route")?)?;
-        let (revision, changes) = self.0.write(Command::SetRoute(Pb(route))).await?;
+        let (revision, changes) = leader::write(&self.0, Command::SetRoute(Pb(route))).await?;
         let route = changes.iter().find_map(|c| match &c.kind {
             Some(change::Kind::RoutePut(r)) => Some(r.clone()),
             _ => None,
@@ -147,7 +140,7 @@ impl Admin for AdminService {
     async fn delete_route(&self, req: Request<DeleteRouteRequest>) -> Result<Response<WriteReply>, Status> {
         let name = req.into_inner().name;
         validate::name("route", &name)?;
-        let (revision, _) = self.0.write(Command::DeleteRoute { name }).await?;
+        let (revision, _) = leader::write(&self.0, Command::DeleteRoute { name }).await?;
         Ok(Response::new(WriteReply { revision }))
     }
 
@@ -158,7 +151,7 @@ impl Admin for AdminService {
             validate::settings(&settings)?;
         }
         let (revision, changes) =
-            self.0.write(Command::UpdateSettings { settings: Pb(settings), mask: r.update_mask }).await?;
+            leader::write(&self.0, Command::UpdateSettings { settings: Pb(settings), mask: r.update_mask }).await?;
         let settings = changes.iter().find_map(|c| match &c.kind {
             Some(change::Kind::SettingsPut(s)) => Some(*s),
             _ => None,
@@ -172,7 +165,7 @@ impl Admin for AdminService {
         if r.key.is_empty() {
             return Err(Status::invalid_argument("session key must not be empty"));
         }
-        let (revision, _) = self.0.write(Command::DeleteSession { pool: r.pool, key: r.key }).await?;
+        let (revision, _) = leader::write(&self.0, Command::DeleteSession { pool: r.pool, key: r.key }).await?;
         Ok(Response::new(WriteReply { revision }))
     }
 
@@ -183,14 +176,14 @@ impl Admin for AdminService {
         }
         validate::address(&r.address)
             .map_err(|_| Status::invalid_argument(format!("node address {:?} must be host:port", r.address)))?;
-        self.membership(LeaderOp::AddNode { id: r.id, addr: r.address }).await
+        self.membership(AddNode { id: r.id, addr: r.address }).await
     }
 
     async fn promote_node(&self, req: Request<PromoteNodeRequest>) -> Result<Response<MembershipReply>, Status> {
-        self.membership(LeaderOp::Promote { id: req.into_inner().id }).await
+        self.membership(Promote { id: req.into_inner().id }).await
     }
 
     async fn remove_node(&self, req: Request<RemoveNodeRequest>) -> Result<Response<MembershipReply>, Status> {
-        self.membership(LeaderOp::Remove { id: req.into_inner().id }).await
+        self.membership(Remove { id: req.into_inner().id }).await
     }
 }

@@ -2,7 +2,7 @@
 
 use std::pin::Pin;
 use std::sync::Arc;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 
 use futures::Stream;
 use switchyard_proto::v1::discovery_server::Discovery;
@@ -10,15 +10,18 @@ use switchyard_proto::v1::*;
 use tokio::sync::{broadcast, mpsc};
 use tonic::{Request, Response, Status};
 
-use crate::node::NodeInner;
+use crate::clock::now_ms;
+use crate::node::calls::Report;
+use crate::node::context::NodeCtx;
+use crate::node::leader;
 use crate::store::sm::Notice;
 
-pub struct DiscoveryService(pub Arc<NodeInner>);
+pub struct DiscoveryService(pub Arc<NodeCtx>);
 
 /// How long a Watch waits for this node to reach the revision a proxy already has.
 const CATCH_UP: Duration = Duration::from_secs(3);
 
-fn snapshot_event(node: &NodeInner) -> WatchEvent {
+fn snapshot_event(node: &NodeCtx) -> WatchEvent {
     let live = node.shared.read();
     let rev = live.revision();
     WatchEvent { revision: rev, kind: Some(watch_event::Kind::Snapshot(live.state.to_topology(rev))) }
@@ -26,10 +29,6 @@ fn snapshot_event(node: &NodeInner) -> WatchEvent {
 
 fn changes_event(rev: u64, changes: &[Change]) -> WatchEvent {
     WatchEvent { revision: rev, kind: Some(watch_event::Kind::Changes(ChangeSet { changes: changes.to_vec() })) }
-}
-
-pub fn now_ms() -> u64 {
-    SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_millis() as u64)
 }
 
 type WatchStream = Pin<Box<dyn Stream<Item = Result<WatchEvent, Status>> + Send>>;
@@ -120,13 +119,14 @@ impl Discovery for DiscoveryService {
             .map(crate::pb::Pb)
             .collect();
         let loads = r.loads.into_iter().map(crate::pb::Pb).collect();
-        let op = crate::node::LeaderOp::Report { status: crate::pb::Pb(status), bindings, loads };
+        let call = Report { status: crate::pb::Pb(status), bindings, loads };
         // Kept on the leader; a report that cannot reach it is dropped (the next one comes
         // within seconds) rather than held.
-        let cluster_loads = match tokio::time::timeout(std::time::Duration::from_secs(1), self.0.execute(op)).await {
-            Ok(Ok(crate::node::LeaderReply::Reported(l))) => l.into_iter().map(|crate::pb::Pb(l)| l).collect(),
-            _ => vec![],
-        };
+        let cluster_loads =
+            match tokio::time::timeout(std::time::Duration::from_secs(1), leader::execute(&self.0, call)).await {
+                Ok(Ok(l)) => l.into_iter().map(|crate::pb::Pb(l)| l).collect(),
+                _ => vec![],
+            };
         Ok(Response::new(ReportReply { revision: self.0.shared.read().revision(), cluster_loads }))
     }
 }

@@ -7,9 +7,11 @@ use switchyard_proto::raft::{Empty, InitializedReply, RaftPayload};
 use tonic::{Request, Response, Status};
 
 use crate::network::{decode, encode};
-use crate::node::{LeaderOp, NodeInner};
+use crate::node::calls::Envelope;
+use crate::node::context::NodeCtx;
+use crate::node::leader;
 
-pub struct PeerService(pub Arc<NodeInner>);
+pub struct PeerService(pub Arc<NodeCtx>);
 
 fn payload<T: serde::de::DeserializeOwned>(req: Request<RaftPayload>) -> Result<T, Status> {
     decode(&req.into_inner().data).map_err(|e| Status::invalid_argument(format!("bad raft payload: {e}")))
@@ -34,8 +36,8 @@ impl Raft for PeerService {
     }
 
     async fn forward(&self, req: Request<RaftPayload>) -> Result<Response<RaftPayload>, Status> {
-        let op: LeaderOp = payload(req)?;
-        reply(&self.0.execute_local(op).await)
+        let call: Envelope = payload(req)?;
+        Ok(Response::new(RaftPayload { data: leader::serve_forwarded(&self.0, call).await }))
     }
 
     async fn initialized(&self, _req: Request<Empty>) -> Result<Response<InitializedReply>, Status> {

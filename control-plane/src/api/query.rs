@@ -6,17 +6,19 @@ use switchyard_proto::v1::query_server::Query;
 use switchyard_proto::v1::*;
 use tonic::{Request, Response, Status};
 
-use crate::node::NodeInner;
+use crate::node::calls::{ListProxies, Loads};
+use crate::node::context::NodeCtx;
+use crate::node::leader;
 use crate::sm_view::View;
 
-pub struct QueryService(pub Arc<NodeInner>);
+pub struct QueryService(pub Arc<NodeCtx>);
 
 impl QueryService {
     /// Linearizable reads confirm the read index with the leader, then wait for this node to
     /// apply up to it; local reads serve what this node has.
     async fn view(&self, consistency: i32) -> Result<View<'_>, Status> {
         match Consistency::try_from(consistency) {
-            Ok(Consistency::Linearizable) => self.0.linearize().await?,
+            Ok(Consistency::Linearizable) => leader::linearize(&self.0).await?,
             Ok(Consistency::Local) => {}
             Err(_) => return Err(Status::invalid_argument(format!("unknown consistency {consistency}"))),
         }
@@ -63,13 +65,11 @@ impl Query for QueryService {
             };
             (backends, v.0.revision())
         };
-        let loads =
-            match tokio::time::timeout(std::time::Duration::from_secs(1), self.0.execute(crate::node::LeaderOp::Loads))
-                .await
-            {
-                Ok(Ok(crate::node::LeaderReply::Reported(l))) => l.into_iter().map(|crate::pb::Pb(l)| l).collect(),
-                _ => vec![],
-            };
+        let loads = match tokio::time::timeout(std::time::Duration::from_secs(1), leader::execute(&self.0, Loads)).await
+        {
+            Ok(Ok(l)) => l.into_iter().map(|crate::pb::Pb(l)| l).collect(),
+            _ => vec![],
+        };
         Ok(Response::new(ListBackendsReply { revision, backends, loads }))
     }
 
@@ -113,12 +113,8 @@ impl Query for QueryService {
     }
 
     async fn list_proxies(&self, _req: Request<ReadRequest>) -> Result<Response<ListProxiesReply>, Status> {
-        match self.0.execute(crate::node::LeaderOp::ListProxies).await? {
-            crate::node::LeaderReply::Proxies(p) => {
-                Ok(Response::new(ListProxiesReply { proxies: p.into_iter().map(|crate::pb::Pb(p)| p).collect() }))
-            }
-            other => Err(Status::internal(format!("unexpected reply {other:?}"))),
-        }
+        let proxies = leader::execute(&self.0, ListProxies).await?;
+        Ok(Response::new(ListProxiesReply { proxies: proxies.into_iter().map(|crate::pb::Pb(p)| p).collect() }))
     }
 
     async fn cluster_status(

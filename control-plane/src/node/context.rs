@@ -1,0 +1,92 @@
+//! What every part of a node shares: its identity, Raft handle, the applied state, and the
+//! queues to the leader. It knows nothing of the gRPC services or background tasks that use
+//! it, so they depend on it and never the other way round.
+
+use std::collections::BTreeSet;
+use std::sync::Arc;
+
+use switchyard_proto::v1::{Member, MemberRole};
+use tokio::sync::{mpsc, oneshot};
+use tokio_util::sync::CancellationToken;
+
+use super::batch::Proposal;
+use super::calls::{ExecError, Written};
+use super::forward::{Forwarder, LeaderClients};
+use super::proxies::ProxyRegistry;
+use crate::config::NodeConfig;
+use crate::error::ApiError;
+use crate::state::Command;
+use crate::store::sm::Shared;
+use crate::types::{NodeId, Raft};
+
+pub struct NodeCtx {
+    pub id: NodeId,
+    /// The address peers and clients reach this node at.
+    pub advertise: String,
+    pub raft: Raft,
+    /// The applied state, read by the APIs and followed by watchers.
+    pub shared: Arc<Shared>,
+    pub config: NodeConfig,
+    pub shutdown: CancellationToken,
+    /// Proxies' reports, kept while this node leads.
+    pub proxies: ProxyRegistry,
+    pub clients: Arc<LeaderClients>,
+    pub forwarder: Forwarder,
+    pub(super) proposals: mpsc::Sender<Proposal>,
+}
+
+impl NodeCtx {
+    /// The leader this node knows of, with its address. Reads the metrics in place: this runs
+    /// on every write, and cloning the metrics copies the whole membership.
+    pub fn leader(&self) -> (Option<NodeId>, Option<String>) {
+        let rx = self.raft.metrics();
+        let m = rx.borrow();
+        let addr = m.current_leader.and_then(|l| m.membership_config.membership().get_node(&l).map(|n| n.addr.clone()));
+        (m.current_leader, addr)
+    }
+
+    pub fn is_leader(&self) -> bool {
+        self.raft.metrics().borrow().current_leader == Some(self.id)
+    }
+
+    /// `Ok` when this node leads; otherwise who does, if known.
+    pub fn ensure_leader(&self) -> Result<(), ExecError> {
+        match self.leader() {
+            (Some(l), _) if l == self.id => Ok(()),
+            (_, addr) => Err(ExecError::NotLeader(addr)),
+        }
+    }
+
+    /// The leader's address when it is known and is another node.
+    pub fn remote_leader(&self) -> Option<String> {
+        match self.leader() {
+            (Some(l), addr) if l != self.id => addr,
+            _ => None,
+        }
+    }
+
+    /// Queues a write for the next Raft entry this node proposes (it must lead).
+    pub async fn propose(&self, cmd: Command) -> Result<Written, ExecError> {
+        let gone = || ExecError::Api(ApiError::Unavailable("node is shutting down".into()));
+        let (tx, rx) = oneshot::channel();
+        self.proposals.send(Proposal { cmd, tx }).await.map_err(|_| gone())?;
+        rx.await.map_err(|_| gone())?
+    }
+
+    /// Members with their roles, from the latest membership this node knows.
+    pub fn members(&self) -> Vec<Member> {
+        let rx = self.raft.metrics();
+        let m = rx.borrow();
+        let membership = m.membership_config.membership();
+        let voters: BTreeSet<NodeId> = membership.voter_ids().collect();
+        membership
+            .nodes()
+            .map(|(id, n)| Member {
+                id: *id,
+                address: n.addr.clone(),
+                role: if voters.contains(id) { MemberRole::Voter } else { MemberRole::Learner } as i32,
+                leader: m.current_leader == Some(*id),
+            })
+            .collect()
+    }
+}

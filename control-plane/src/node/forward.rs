@@ -1,0 +1,103 @@
+//! Getting calls to the leader from a follower: one cache of peer clients, a typed call over
+//! the peer service, and the forwarder that gathers a follower's writes into batched calls
+//! (as the leader's proposer gathers entries).
+
+use std::collections::BTreeMap;
+use std::sync::{Arc, Mutex};
+
+use switchyard_proto::raft::raft_client::RaftClient;
+use switchyard_proto::raft::RaftPayload;
+use tokio::sync::{mpsc, oneshot, Semaphore};
+use tonic::transport::Channel;
+
+use super::batch::{fail_all, next_batch, IN_FLIGHT, MAX_BATCH};
+use super::calls::{ExecError, LeaderCall, Writes, Written};
+use crate::error::ApiError;
+use crate::network;
+use crate::state::Command;
+
+/// Peer clients by address, made once and reused (each holds an HTTP/2 connection).
+#[derive(Default)]
+pub struct LeaderClients(Mutex<BTreeMap<String, RaftClient<Channel>>>);
+
+impl LeaderClients {
+    pub fn get(&self, addr: &str) -> Result<RaftClient<Channel>, ExecError> {
+        let mut clients = self.0.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(c) = clients.get(addr) {
+            return Ok(c.clone());
+        }
+        let c = network::client(addr).map_err(|e| ExecError::Api(ApiError::Internal(e.to_string())))?;
+        clients.insert(addr.to_string(), c.clone());
+        Ok(c)
+    }
+
+    /// Sends `call` to the node at `addr` and returns its typed answer.
+    pub async fn call<C: LeaderCall>(&self, addr: &str, call: C) -> Result<C::Reply, ExecError> {
+        let mut client = self.get(addr)?;
+        let req = RaftPayload { data: network::encode(&call.into_envelope()) };
+        match client.forward(req).await {
+            Ok(r) => network::decode::<Result<C::Reply, ExecError>>(&r.into_inner().data)
+                .map_err(|e| ExecError::Api(ApiError::Internal(format!("bad reply from leader: {e}"))))?,
+            // The leader is unreachable (killed, partitioned): wait for the next one.
+            Err(_) => Err(ExecError::NotLeader(None)),
+        }
+    }
+}
+
+/// A write on its way from a follower to the leader.
+struct Forward {
+    leader: String,
+    cmd: Command,
+    tx: oneshot::Sender<Result<Written, ExecError>>,
+}
+
+/// The follower's side of group commit: writes queue here and go to the leader as [`Writes`]
+/// calls, a few in flight at a time.
+pub struct Forwarder {
+    tx: mpsc::Sender<Forward>,
+}
+
+impl Forwarder {
+    /// Starts the forwarding loop; it ends when the forwarder is dropped.
+    pub fn start(clients: Arc<LeaderClients>) -> Forwarder {
+        let (tx, rx) = mpsc::channel(64 * 1024);
+        tokio::spawn(forward_loop(clients, rx));
+        Forwarder { tx }
+    }
+
+    /// Sends one write to `leader` in the next batch.
+    pub async fn write(&self, leader: String, cmd: Command) -> Result<Written, ExecError> {
+        let gone = || ExecError::Api(ApiError::Unavailable("node is shutting down".into()));
+        let (tx, rx) = oneshot::channel();
+        self.tx.send(Forward { leader, cmd, tx }).await.map_err(|_| gone())?;
+        rx.await.map_err(|_| gone())?
+    }
+}
+
+async fn forward_loop(clients: Arc<LeaderClients>, mut rx: mpsc::Receiver<Forward>) {
+    let mut buf = Vec::with_capacity(MAX_BATCH);
+    let slots = Arc::new(Semaphore::new(IN_FLIGHT));
+    while let Some(slot) = next_batch(&mut rx, &mut buf, &slots).await {
+        let mut groups: BTreeMap<String, Vec<Forward>> = BTreeMap::new();
+        for f in buf.drain(..) {
+            groups.entry(f.leader.clone()).or_default().push(f);
+        }
+        let slot = Arc::new(slot);
+        for (leader, fwds) in groups {
+            let (cmds, txs): (Vec<Command>, Vec<_>) = fwds.into_iter().map(|f| (f.cmd, f.tx)).unzip();
+            let clients = clients.clone();
+            let slot = slot.clone();
+            tokio::spawn(async move {
+                let _slot = slot;
+                match clients.call(&leader, Writes(cmds)).await {
+                    Ok(results) => {
+                        for (tx, r) in txs.into_iter().zip(results) {
+                            let _ = tx.send(r);
+                        }
+                    }
+                    Err(e) => fail_all(txs, e),
+                }
+            });
+        }
+    }
+}

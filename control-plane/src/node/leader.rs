@@ -1,0 +1,230 @@
+//! Carrying out leader calls: on the leader itself ([`RunOnLeader`]), or from any node
+//! through [`execute`] and [`write`], which find the leader, forward, and retry while an
+//! election is under way, all within the write timeout.
+
+use std::collections::BTreeSet;
+use std::future::Future;
+use std::time::Duration;
+
+use openraft::error::{ClientWriteError, RaftError};
+use openraft::{BasicNode, ChangeMembers};
+use switchyard_proto::v1::{Change, MemberRole};
+
+use super::calls::*;
+use super::context::NodeCtx;
+use crate::error::ApiError;
+use crate::network;
+use crate::pb::Pb;
+use crate::state::{from_wire, Command};
+use crate::types::NodeId;
+
+/// A call's work on the leader. Not leading answers [`ExecError::NotLeader`].
+pub trait RunOnLeader: LeaderCall {
+    fn run(self, ctx: &NodeCtx) -> impl Future<Output = Result<Self::Reply, ExecError>> + Send;
+}
+
+fn membership_err(e: RaftError<NodeId, ClientWriteError<NodeId, BasicNode>>) -> ExecError {
+    match e {
+        RaftError::APIError(ClientWriteError::ForwardToLeader(f)) => {
+            ExecError::NotLeader(f.leader_node.map(|n| n.addr))
+        }
+        RaftError::APIError(ClientWriteError::ChangeMembershipError(e)) => {
+            ExecError::Api(ApiError::FailedPrecondition(e.to_string()))
+        }
+        RaftError::Fatal(f) => ExecError::Api(ApiError::Unavailable(format!("raft stopped: {f}"))),
+    }
+}
+
+impl RunOnLeader for Writes {
+    async fn run(self, ctx: &NodeCtx) -> Result<Self::Reply, ExecError> {
+        ctx.ensure_leader()?;
+        let waits: Vec<_> = self.0.into_iter().map(|cmd| ctx.propose(cmd)).collect();
+        Ok(futures::future::join_all(waits).await)
+    }
+}
+
+impl RunOnLeader for AddNode {
+    async fn run(self, ctx: &NodeCtx) -> Result<u64, ExecError> {
+        ctx.ensure_leader()?;
+        if ctx.members().iter().any(|m| m.id == self.id) {
+            return Err(ExecError::Api(ApiError::AlreadyExists(format!("node {} is already a member", self.id))));
+        }
+        let r = ctx.raft.add_learner(self.id, BasicNode::new(self.addr), false).await.map_err(membership_err)?;
+        Ok(r.log_id.index)
+    }
+}
+
+impl RunOnLeader for Promote {
+    async fn run(self, ctx: &NodeCtx) -> Result<u64, ExecError> {
+        ctx.ensure_leader()?;
+        let id = self.id;
+        match ctx.members().iter().find(|m| m.id == id) {
+            None => return Err(ExecError::Api(ApiError::NotFound(format!("node {id} is not a member; add it first")))),
+            Some(m) if m.role == MemberRole::Voter as i32 => {
+                return Err(ExecError::Api(ApiError::FailedPrecondition(format!("node {id} is already a voter"))))
+            }
+            _ => {}
+        }
+        let change = ChangeMembers::AddVoterIds(BTreeSet::from([id]));
+        let r = ctx.raft.change_membership(change, false).await.map_err(membership_err)?;
+        Ok(r.log_id.index)
+    }
+}
+
+impl RunOnLeader for Remove {
+    async fn run(self, ctx: &NodeCtx) -> Result<u64, ExecError> {
+        ctx.ensure_leader()?;
+        let id = self.id;
+        let members = ctx.members();
+        let voters = members.iter().filter(|m| m.role == MemberRole::Voter as i32).count();
+        let change = match members.iter().find(|m| m.id == id) {
+            None => return Err(ExecError::Api(ApiError::NotFound(format!("node {id} is not a member")))),
+            Some(m) if m.role == MemberRole::Voter as i32 => {
+                if voters == 1 {
+                    return Err(ExecError::Api(ApiError::FailedPrecondition(format!(
+                        "node {id} is the last voter; a cluster needs at least one"
+                    ))));
+                }
+                ChangeMembers::RemoveVoters(BTreeSet::from([id]))
+            }
+            Some(_) => ChangeMembers::RemoveNodes(BTreeSet::from([id])),
+        };
+        let r = ctx.raft.change_membership(change, false).await.map_err(membership_err)?;
+        Ok(r.log_id.index)
+    }
+}
+
+impl RunOnLeader for ReadIndex {
+    async fn run(self, ctx: &NodeCtx) -> Result<u64, ExecError> {
+        match ctx.raft.ensure_linearizable().await {
+            Ok(l) => Ok(l.map_or(0, |l| l.index)),
+            Err(RaftError::APIError(openraft::error::CheckIsLeaderError::ForwardToLeader(f))) => {
+                Err(ExecError::NotLeader(f.leader_node.map(|n| n.addr)))
+            }
+            Err(e) => Err(ExecError::Api(ApiError::Unavailable(e.to_string()))),
+        }
+    }
+}
+
+impl RunOnLeader for Report {
+    async fn run(self, ctx: &NodeCtx) -> Result<Self::Reply, ExecError> {
+        ctx.ensure_leader()?;
+        let Report { status: Pb(status), bindings, loads } = self;
+        ctx.proxies.record(status, loads.into_iter().map(|Pb(l)| l).collect());
+        if !bindings.is_empty() {
+            // Time comes from the leader, inside the command: apply stays deterministic. The
+            // report is answered once its bindings commit, so a flood of reports slows its
+            // senders instead of queueing without bound.
+            let now_ms = crate::clock::now_ms();
+            ctx.propose(Command::BindSessions { now_ms, bindings }).await?.1.map_err(ExecError::Api)?;
+        }
+        Ok(ctx.proxies.cluster_loads().into_iter().map(Pb).collect())
+    }
+}
+
+impl RunOnLeader for Loads {
+    async fn run(self, ctx: &NodeCtx) -> Result<Self::Reply, ExecError> {
+        ctx.ensure_leader()?;
+        Ok(ctx.proxies.cluster_loads().into_iter().map(Pb).collect())
+    }
+}
+
+impl RunOnLeader for ListProxies {
+    async fn run(self, ctx: &NodeCtx) -> Result<Self::Reply, ExecError> {
+        ctx.ensure_leader()?;
+        Ok(ctx.proxies.list().into_iter().map(Pb).collect())
+    }
+}
+
+/// Serves a call a follower forwarded: runs it here and encodes its typed answer.
+pub async fn serve_forwarded(ctx: &NodeCtx, env: Envelope) -> Vec<u8> {
+    match env {
+        Envelope::Writes(c) => network::encode(&c.run(ctx).await),
+        Envelope::AddNode(c) => network::encode(&c.run(ctx).await),
+        Envelope::Promote(c) => network::encode(&c.run(ctx).await),
+        Envelope::Remove(c) => network::encode(&c.run(ctx).await),
+        Envelope::ReadIndex(c) => network::encode(&c.run(ctx).await),
+        Envelope::Report(c) => network::encode(&c.run(ctx).await),
+        Envelope::Loads(c) => network::encode(&c.run(ctx).await),
+        Envelope::ListProxies(c) => network::encode(&c.run(ctx).await),
+    }
+}
+
+/// Retries `attempt` while there is no leader or it just moved, within the write timeout.
+/// A call that may have taken effect when time ran out says so ([`ApiError::OutcomeUnknown`]),
+/// so clients know not to retry it blindly.
+async fn with_leader<T, F, Fut>(ctx: &NodeCtx, mutates: bool, mut attempt: F) -> Result<T, ApiError>
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = Result<T, ExecError>>,
+{
+    let timeout = ctx.config.write_timeout;
+    let retrying = async {
+        let mut backoff = Duration::from_millis(5);
+        loop {
+            match attempt().await {
+                Ok(r) => return Ok(r),
+                Err(ExecError::Api(e)) => return Err(e),
+                Err(ExecError::NotLeader(_)) => {
+                    // No leader yet (election under way) or it just moved: try again soon.
+                    tokio::time::sleep(backoff).await;
+                    backoff = (backoff * 2).min(Duration::from_millis(20));
+                }
+            }
+        }
+    };
+    match tokio::time::timeout(timeout, retrying).await {
+        Ok(r) => r,
+        Err(_) if mutates => Err(ApiError::OutcomeUnknown(format!(
+            "no quorum: not acknowledged within {}ms (a write's outcome is unknown; read before retrying)",
+            timeout.as_millis()
+        ))),
+        Err(_) => Err(ApiError::Unavailable(format!("no leader answered within {}ms", timeout.as_millis()))),
+    }
+}
+
+/// Carries out `call` on the leader, wherever it is.
+pub async fn execute<C: RunOnLeader>(ctx: &NodeCtx, call: C) -> Result<C::Reply, ApiError> {
+    with_leader(ctx, C::MUTATES, || {
+        let call = call.clone();
+        async move {
+            match call.clone().run(ctx).await {
+                Err(ExecError::NotLeader(Some(addr))) if addr != ctx.advertise => ctx.clients.call(&addr, call).await,
+                other => other,
+            }
+        }
+    })
+    .await
+}
+
+/// Applies a command through Raft and returns its revision and changes. A follower that
+/// knows the leader hands the write straight on, gathered into batches; otherwise it is
+/// tried here (this node may lead, or learn who does).
+pub async fn write(ctx: &NodeCtx, cmd: Command) -> Result<(u64, Vec<Change>), ApiError> {
+    let (revision, outcome) = with_leader(ctx, true, || {
+        let cmd = cmd.clone();
+        async move {
+            let res = match ctx.remote_leader() {
+                Some(leader) => ctx.forwarder.write(leader, cmd.clone()).await,
+                None => ctx.propose(cmd.clone()).await,
+            };
+            match res {
+                Err(ExecError::NotLeader(Some(addr))) if addr != ctx.advertise => ctx.forwarder.write(addr, cmd).await,
+                other => other,
+            }
+        }
+    })
+    .await?;
+    from_wire(outcome).map(|c| (revision, c))
+}
+
+/// Waits until this node has applied everything the leader had committed when asked.
+pub async fn linearize(ctx: &NodeCtx) -> Result<(), ApiError> {
+    let index = execute(ctx, ReadIndex).await?;
+    ctx.raft
+        .wait(Some(ctx.config.write_timeout))
+        .applied_index_at_least(Some(index), "read index")
+        .await
+        .map_err(|e| ApiError::Unavailable(format!("this node is behind the leader: {e}")))?;
+    Ok(())
+}
