@@ -2,7 +2,8 @@
 
 use std::time::Duration;
 
-use clap::{Args, Parser, Subcommand};
+use clap::{Args, Parser, Subcommand, ValueEnum};
+use switchyard_proto::v1::{Algorithm, HealthCheckKind};
 
 use crate::output::Format;
 
@@ -26,8 +27,18 @@ pub struct Cli {
     pub command: Command,
 }
 
+/// Remote commands first, so `--help` lists them before the local ones.
 #[derive(Subcommand, Debug)]
 pub enum Command {
+    #[command(flatten)]
+    Remote(RemoteCmd),
+    #[command(flatten)]
+    Local(LocalCmd),
+}
+
+/// Commands sent to the control plane.
+#[derive(Subcommand, Debug)]
+pub enum RemoteCmd {
     /// Cluster membership and status.
     #[command(subcommand)]
     Cluster(ClusterCmd),
@@ -55,19 +66,16 @@ pub enum Command {
         #[arg(long, default_value_t = 0)]
         from: u64,
     },
+}
+
+/// Commands that run in this process and need no control plane.
+#[derive(Subcommand, Debug)]
+pub enum LocalCmd {
     /// Run Switchyard on this machine: 3 control-plane nodes, 2 proxies and 3 demo echo
     /// backends, in this process, on loopback.
     Dev(DevArgs),
     /// A demo WebSocket echo backend (greets with its name, then echoes).
-    DemoBackend {
-        #[arg(long, default_value = "127.0.0.1:9001")]
-        listen: std::net::SocketAddr,
-        #[arg(long, default_value = "demo")]
-        name: String,
-        /// Do not send the greeting (pure echo, for benchmarks).
-        #[arg(long)]
-        no_greeting: bool,
-    },
+    DemoBackend(DemoArgs),
 }
 
 #[derive(Subcommand, Debug)]
@@ -84,11 +92,52 @@ pub enum ClusterCmd {
     RemoveNode { id: u64 },
 }
 
+/// `--algorithm`: clap rejects any other name, so nothing falls back to round robin unasked.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub enum AlgorithmArg {
+    RoundRobin,
+    LeastConnections,
+    IpHash,
+    ConsistentHash,
+    P2c,
+}
+
+impl From<AlgorithmArg> for Algorithm {
+    fn from(a: AlgorithmArg) -> Algorithm {
+        match a {
+            AlgorithmArg::RoundRobin => Algorithm::RoundRobin,
+            AlgorithmArg::LeastConnections => Algorithm::LeastConnections,
+            AlgorithmArg::IpHash => Algorithm::IpHash,
+            AlgorithmArg::ConsistentHash => Algorithm::ConsistentHash,
+            AlgorithmArg::P2c => Algorithm::P2c,
+        }
+    }
+}
+
+/// `--health-check`. `Off` rather than `None`, to not read as `Option::None`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub enum HealthCheckArg {
+    #[value(name = "none")]
+    Off,
+    Tcp,
+    Websocket,
+}
+
+impl From<HealthCheckArg> for HealthCheckKind {
+    fn from(k: HealthCheckArg) -> HealthCheckKind {
+        match k {
+            HealthCheckArg::Off => HealthCheckKind::HealthCheckNone,
+            HealthCheckArg::Tcp => HealthCheckKind::HealthCheckTcp,
+            HealthCheckArg::Websocket => HealthCheckKind::HealthCheckWebsocket,
+        }
+    }
+}
+
 #[derive(Args, Debug, Default, Clone)]
 pub struct PoolOpts {
-    /// round-robin, least-connections, ip-hash, consistent-hash or p2c.
-    #[arg(long, value_parser = ["round-robin", "least-connections", "ip-hash", "consistent-hash", "p2c"])]
-    pub algorithm: Option<String>,
+    /// Balancing algorithm.
+    #[arg(long, value_enum)]
+    pub algorithm: Option<AlgorithmArg>,
     /// Key for consistent hashing: header:NAME, cookie:NAME, query:NAME or ip.
     #[arg(long)]
     pub hash_key: Option<String>,
@@ -104,9 +153,9 @@ pub struct PoolOpts {
     /// Window over which a draining backend's connections are closed, e.g. 30s.
     #[arg(long, value_parser = humantime::parse_duration)]
     pub drain_timeout: Option<Duration>,
-    /// Active health check: none, tcp or websocket.
-    #[arg(long, value_parser = ["none", "tcp", "websocket"])]
-    pub health_check: Option<String>,
+    /// Active health check.
+    #[arg(long, value_enum)]
+    pub health_check: Option<HealthCheckArg>,
     #[arg(long, value_parser = humantime::parse_duration)]
     pub health_interval: Option<Duration>,
     #[arg(long, value_parser = humantime::parse_duration)]
@@ -224,24 +273,27 @@ pub enum SessionCmd {
 pub enum SettingsCmd {
     Get,
     /// Change only the options given.
-    Set {
-        #[arg(long, value_parser = humantime::parse_duration)]
-        handshake_timeout: Option<Duration>,
-        #[arg(long)]
-        max_header_bytes: Option<u32>,
-        #[arg(long)]
-        max_message_bytes: Option<u64>,
-        /// 0s turns it off.
-        #[arg(long, value_parser = humantime::parse_duration)]
-        idle_timeout: Option<Duration>,
-        /// 0s turns it off.
-        #[arg(long, value_parser = humantime::parse_duration)]
-        ping_interval: Option<Duration>,
-        #[arg(long)]
-        max_connections_per_ip_per_sec: Option<u32>,
-        #[arg(long)]
-        max_handshakes_per_sec: Option<u32>,
-    },
+    Set(SettingsOpts),
+}
+
+#[derive(Args, Debug, Default, Clone)]
+pub struct SettingsOpts {
+    #[arg(long, value_parser = humantime::parse_duration)]
+    pub handshake_timeout: Option<Duration>,
+    #[arg(long)]
+    pub max_header_bytes: Option<u32>,
+    #[arg(long)]
+    pub max_message_bytes: Option<u64>,
+    /// 0s turns it off.
+    #[arg(long, value_parser = humantime::parse_duration)]
+    pub idle_timeout: Option<Duration>,
+    /// 0s turns it off.
+    #[arg(long, value_parser = humantime::parse_duration)]
+    pub ping_interval: Option<Duration>,
+    #[arg(long)]
+    pub max_connections_per_ip_per_sec: Option<u32>,
+    #[arg(long)]
+    pub max_handshakes_per_sec: Option<u32>,
 }
 
 #[derive(Subcommand, Debug)]
@@ -260,4 +312,60 @@ pub struct DevArgs {
     /// Keep data here instead of a temporary directory removed on exit.
     #[arg(long)]
     pub data_dir: Option<std::path::PathBuf>,
+}
+
+#[derive(Args, Debug)]
+pub struct DemoArgs {
+    #[arg(long, default_value = "127.0.0.1:9001")]
+    pub listen: std::net::SocketAddr,
+    #[arg(long, default_value = "demo")]
+    pub name: String,
+    /// Do not send the greeting (pure echo, for benchmarks).
+    #[arg(long)]
+    pub no_greeting: bool,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::output;
+
+    fn pool_create(flag: &str, value: &str) -> Result<PoolOpts, clap::Error> {
+        let cli = Cli::try_parse_from(["switchyard", "pool", "create", "p", flag, value])?;
+        match cli.command {
+            Command::Remote(RemoteCmd::Pool(PoolCmd::Create { opts, .. })) => Ok(opts),
+            other => panic!("parsed as {other:?}"),
+        }
+    }
+
+    /// Each name parses, and maps to the proto value that prints back as the same name.
+    #[test]
+    fn every_algorithm_maps_to_its_proto_value() {
+        for v in AlgorithmArg::value_variants() {
+            let name = v.to_possible_value().expect("no hidden variants").get_name().to_string();
+            let opts = pool_create("--algorithm", &name).expect("known name parses");
+            assert_eq!(opts.algorithm, Some(*v));
+            assert_eq!(output::algorithm(Algorithm::from(*v) as i32), name);
+        }
+        assert_eq!(AlgorithmArg::value_variants().len(), 5);
+    }
+
+    #[test]
+    fn every_health_check_maps_to_its_proto_value() {
+        for v in HealthCheckArg::value_variants() {
+            let name = v.to_possible_value().expect("no hidden variants").get_name().to_string();
+            let opts = pool_create("--health-check", &name).expect("known name parses");
+            assert_eq!(opts.health_check, Some(*v));
+            assert_eq!(output::health_check_kind(HealthCheckKind::from(*v) as i32), name);
+        }
+        assert_eq!(HealthCheckArg::value_variants().len(), 3);
+    }
+
+    #[test]
+    fn unknown_names_are_clap_errors() {
+        for (flag, value) in [("--algorithm", "random"), ("--algorithm", "Round-Robin"), ("--health-check", "http")] {
+            let err = pool_create(flag, value).expect_err(value);
+            assert_eq!(err.kind(), clap::error::ErrorKind::InvalidValue, "{flag} {value}");
+        }
+    }
 }

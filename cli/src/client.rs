@@ -86,8 +86,46 @@ impl Client {
     }
 }
 
-/// Unreachable nodes are retried elsewhere; a write that timed out waiting for a quorum is
-/// not, because it may still commit and must not be applied twice.
+/// Metadata the server puts on an UNAVAILABLE status whose write may still commit (value
+/// `unknown`). A key rather than message text, so rewording a message cannot change retries.
+pub const WRITE_OUTCOME_KEY: &str = "switchyard-write-outcome";
+
+/// Unreachable nodes are retried elsewhere; a write whose outcome is unknown is not, because
+/// it may still commit and must not be applied twice.
 fn retryable(s: &Status) -> bool {
-    s.code() == Code::Unavailable && !s.message().starts_with("no quorum")
+    s.code() == Code::Unavailable && !s.metadata().contains_key(WRITE_OUTCOME_KEY)
+}
+
+#[cfg(test)]
+mod tests {
+    use tonic::metadata::MetadataMap;
+
+    use super::*;
+
+    fn with_outcome(code: Code, message: &str) -> Status {
+        let mut md = MetadataMap::new();
+        md.insert(WRITE_OUTCOME_KEY, "unknown".parse().expect("ascii value"));
+        Status::with_metadata(code, message, md)
+    }
+
+    #[test]
+    fn unavailable_is_retried_unless_the_write_may_commit() {
+        assert!(retryable(&Status::unavailable("connection refused")));
+        assert!(!retryable(&with_outcome(Code::Unavailable, "timed out waiting for a quorum")));
+    }
+
+    /// The message text plays no part, whatever it says.
+    #[test]
+    fn message_text_is_ignored() {
+        assert!(retryable(&Status::unavailable("no quorum: leader lost")));
+        assert!(!retryable(&with_outcome(Code::Unavailable, "")));
+    }
+
+    #[test]
+    fn other_codes_are_never_retried() {
+        for code in [Code::InvalidArgument, Code::NotFound, Code::FailedPrecondition, Code::DeadlineExceeded] {
+            assert!(!retryable(&Status::new(code, "x")), "{code:?}");
+        }
+        assert!(!retryable(&with_outcome(Code::Internal, "x")));
+    }
 }

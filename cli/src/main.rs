@@ -2,19 +2,17 @@
 
 mod args;
 mod client;
-mod demo;
-mod dev;
+mod cmd;
+mod local;
 mod output;
-mod run;
-mod run_more;
 
 use clap::Parser;
 
-use switchyard_proto::v1::Consistency;
+use args::{Cli, Command};
 
 #[tokio::main]
 async fn main() {
-    let cli = match args::Cli::try_parse() {
+    let cli = match Cli::try_parse() {
         Ok(c) => c,
         Err(e) if matches!(e.kind(), clap::error::ErrorKind::DisplayHelp | clap::error::ErrorKind::DisplayVersion) => {
             e.exit()
@@ -26,39 +24,22 @@ async fn main() {
             let first: Vec<&str> = text.lines().take_while(|l| !l.trim().is_empty()).map(str::trim).collect();
             let first = first.join(" ");
             let first = first.trim_start_matches("error: ");
-            eprintln!("switchyard: {first} (see 'switchyard --help')");
+            output::error(format_args!("{first} (see 'switchyard --help')"));
             std::process::exit(2);
         }
     };
     let res = match cli.command {
-        args::Command::Dev(a) => {
-            tracing_subscriber::fmt()
-                .with_env_filter(
-                    tracing_subscriber::EnvFilter::try_from_default_env()
-                        .unwrap_or_else(|_| "warn,openraft=error,switchyard_control=info".into()),
-                )
-                .with_writer(std::io::stderr)
-                .init();
-            dev::run(a).await
+        Command::Local(c) => local::run(c).await,
+        Command::Remote(c) => {
+            async {
+                let mut ctx = cmd::Ctx::connect(&cli.endpoints, cli.output, cli.local)?;
+                cmd::run(&mut ctx, c).await
+            }
+            .await
         }
-        args::Command::DemoBackend { listen, name, no_greeting } => match tokio::net::TcpListener::bind(listen).await {
-            Ok(l) => {
-                println!("demo backend {name} on ws://{listen}");
-                demo::echo_server(l, name, !no_greeting).await;
-                Ok(())
-            }
-            Err(e) => Err(anyhow::anyhow!("cannot listen on {listen}: {e}")),
-        },
-        command => match client::Client::new(&cli.endpoints) {
-            Ok(client) => {
-                let consistency = if cli.local { Consistency::Local } else { Consistency::Linearizable } as i32;
-                run::Ctx { client, format: cli.output, consistency }.run(command).await
-            }
-            Err(e) => Err(e),
-        },
     };
     if let Err(e) = res {
-        eprintln!("switchyard: {}", one_line(&e));
+        output::error(one_line(&e));
         std::process::exit(1);
     }
 }

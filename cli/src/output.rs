@@ -1,7 +1,21 @@
-//! Tables for people, JSON for scripts.
+//! Everything the CLI prints goes through here: tables for people, JSON for scripts.
+
+use std::fmt::Display;
+use std::io::Write;
+use std::net::SocketAddr;
+use std::path::Path;
 
 use serde_json::{json, Value};
 use switchyard_proto::v1::*;
+
+mod view;
+
+#[cfg(test)]
+pub(crate) use view::{algorithm, health_check_kind};
+use view::{
+    backend_json, backend_row, change_json, member_json, pool_json, pool_row, role, route_json, route_row,
+    session_json, settings_json, BACKEND_HEADERS, POOL_HEADERS, ROUTE_HEADERS,
+};
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
 pub enum Format {
@@ -10,7 +24,7 @@ pub enum Format {
 }
 
 /// Prints `rows` under `headers` with aligned columns.
-pub fn table(headers: &[&str], rows: &[Vec<String>]) {
+fn table(headers: &[&str], rows: &[Vec<String>]) {
     let mut widths: Vec<usize> = headers.iter().map(|h| h.len()).collect();
     for r in rows {
         for (i, c) in r.iter().enumerate() {
@@ -27,144 +41,249 @@ pub fn table(headers: &[&str], rows: &[Vec<String>]) {
     }
 }
 
-pub fn print_json(v: &Value) {
+fn print_json(v: &Value) {
     println!("{}", serde_json::to_string_pretty(v).expect("json values print"));
 }
 
-pub fn algorithm(a: i32) -> &'static str {
-    match Algorithm::try_from(a).unwrap_or_default() {
-        Algorithm::Unspecified | Algorithm::RoundRobin => "round-robin",
-        Algorithm::LeastConnections => "least-connections",
-        Algorithm::IpHash => "ip-hash",
-        Algorithm::ConsistentHash => "consistent-hash",
-        Algorithm::P2c => "p2c",
+/// Prints command results in the format the user chose; remote commands hold one in their context.
+#[derive(Clone, Copy, Debug)]
+pub struct Out {
+    pub format: Format,
+}
+
+impl Out {
+    /// JSON as one pretty document, or one table.
+    fn emit(&self, json: impl FnOnce() -> Value, headers: &[&str], rows: impl FnOnce() -> Vec<Vec<String>>) {
+        match self.format {
+            Format::Json => print_json(&json()),
+            Format::Table => table(headers, &rows()),
+        }
+    }
+
+    pub fn pool(&self, p: &Pool) {
+        self.emit(|| pool_json(p), POOL_HEADERS, || vec![pool_row(p)]);
+    }
+
+    pub fn pools(&self, ps: &[Pool]) {
+        self.emit(
+            || json!(ps.iter().map(pool_json).collect::<Vec<_>>()),
+            POOL_HEADERS,
+            || ps.iter().map(pool_row).collect(),
+        );
+    }
+
+    pub fn backend(&self, b: &Backend) {
+        self.emit(|| backend_json(b), BACKEND_HEADERS, || vec![backend_row(b)]);
+    }
+
+    /// Backends with their live connection counts from `loads` (0 when a backend has none).
+    pub fn backends(&self, backends: &[Backend], loads: &[BackendLoad]) {
+        let conns = |b: &Backend| {
+            loads.iter().find(|l| l.pool == b.pool && l.address == b.address).map_or(0, |l| l.connections)
+        };
+        let mut headers = BACKEND_HEADERS.to_vec();
+        headers.push("CONNECTIONS");
+        let json = || {
+            json!(backends
+                .iter()
+                .map(|b| {
+                    let mut v = backend_json(b);
+                    v["connections"] = json!(conns(b));
+                    v
+                })
+                .collect::<Vec<_>>())
+        };
+        let rows = || {
+            backends
+                .iter()
+                .map(|b| {
+                    let mut row = backend_row(b);
+                    row.push(conns(b).to_string());
+                    row
+                })
+                .collect()
+        };
+        self.emit(json, &headers, rows);
+    }
+
+    pub fn route(&self, r: &Route) {
+        self.emit(|| route_json(r), ROUTE_HEADERS, || vec![route_row(r)]);
+    }
+
+    pub fn routes(&self, rs: &[Route]) {
+        self.emit(
+            || json!(rs.iter().map(route_json).collect::<Vec<_>>()),
+            ROUTE_HEADERS,
+            || rs.iter().map(route_row).collect(),
+        );
+    }
+
+    pub fn session(&self, s: &SessionBinding) {
+        self.emit(
+            || session_json(s),
+            &["POOL", "KEY", "BACKEND"],
+            || vec![vec![s.pool.clone(), s.key.clone(), s.backend.clone()]],
+        );
+    }
+
+    pub fn sessions(&self, ss: &[SessionBinding]) {
+        let rows = || {
+            ss.iter()
+                .map(|s| {
+                    let (seen, ttl) = (s.last_seen_ms.to_string(), s.ttl_ms.to_string());
+                    vec![s.pool.clone(), s.key.clone(), s.backend.clone(), seen, ttl]
+                })
+                .collect()
+        };
+        let headers = ["POOL", "KEY", "BACKEND", "LAST SEEN (ms)", "TTL (ms)"];
+        self.emit(|| json!(ss.iter().map(session_json).collect::<Vec<_>>()), &headers, rows);
+    }
+
+    /// One row per setting, in the JSON's (alphabetical) order.
+    pub fn settings(&self, s: &Settings) {
+        let v = settings_json(s);
+        let rows = || {
+            let fields = v.as_object().expect("settings are an object");
+            fields.iter().map(|(k, v)| vec![k.clone(), v.to_string()]).collect()
+        };
+        self.emit(|| v.clone(), &["SETTING", "VALUE"], rows);
+    }
+
+    pub fn proxies(&self, ps: &[ProxyStatus]) {
+        let json = || {
+            json!(ps
+                .iter()
+                .map(|p| json!({
+                    "proxy_id": p.proxy_id, "applied_revision": p.applied_revision,
+                    "rejected_reason": p.rejected_reason, "last_report_ms": p.last_report_ms,
+                    "connections": p.connections, "node": p.node,
+                }))
+                .collect::<Vec<_>>())
+        };
+        let rows = || {
+            ps.iter()
+                .map(|p| {
+                    let (rev, conns) = (p.applied_revision.to_string(), p.connections.to_string());
+                    vec![p.proxy_id.clone(), rev, conns, p.node.clone(), p.rejected_reason.clone()]
+                })
+                .collect()
+        };
+        self.emit(json, &["PROXY", "REVISION", "CONNECTIONS", "REPORTS TO", "REJECTED"], rows);
+    }
+
+    pub fn members(&self, ms: &[Member]) {
+        let rows = || {
+            ms.iter()
+                .map(|m| {
+                    let leader = if m.leader { "*".into() } else { String::new() };
+                    vec![m.id.to_string(), m.address.clone(), role(m.role).into(), leader]
+                })
+                .collect()
+        };
+        self.emit(|| json!(ms.iter().map(member_json).collect::<Vec<_>>()), &["ID", "ADDRESS", "ROLE", "LEADER"], rows);
+    }
+
+    /// A summary line over the members table, or one JSON document with both.
+    pub fn cluster_status(&self, s: &ClusterStatusReply) {
+        match self.format {
+            Format::Json => print_json(&json!({
+                "node_id": s.node_id,
+                "leader_id": if s.leader_id == 0 { Value::Null } else { json!(s.leader_id) },
+                "term": s.term,
+                "applied_revision": s.applied_revision,
+                "state": s.state,
+                "snapshot_index": s.snapshot_index,
+                "purged_index": s.purged_index,
+                "members": s.members.iter().map(member_json).collect::<Vec<_>>(),
+            })),
+            Format::Table => {
+                let leader = if s.leader_id == 0 { "none".to_string() } else { s.leader_id.to_string() };
+                println!(
+                    "answered by node {} ({}), leader {leader}, term {}, revision {}",
+                    s.node_id, s.state, s.term, s.applied_revision
+                );
+                self.members(&s.members);
+            }
+        }
+    }
+
+    /// For writes that return no object: "`what` (revision N)", or `{"revision": N}`.
+    pub fn revision(&self, what: &str, revision: u64) {
+        match self.format {
+            Format::Json => print_json(&json!({"revision": revision})),
+            Format::Table => println!("{what} (revision {revision})"),
+        }
+    }
+
+    /// A stream: one compact JSON line per event, or one line per change, so it can be piped.
+    pub fn watch_event(&self, ev: &WatchEvent) {
+        match (&ev.kind, self.format) {
+            (Some(watch_event::Kind::Snapshot(t)), Format::Json) => println!(
+                "{}",
+                json!({"revision": ev.revision, "snapshot": {"pools": t.pools.len(), "backends": t.backends.len(), "routes": t.routes.len(), "sessions": t.sessions.len()}})
+            ),
+            (Some(watch_event::Kind::Snapshot(t)), Format::Table) => println!(
+                "{:>8}  state: {} pools, {} backends, {} routes, {} sessions",
+                ev.revision,
+                t.pools.len(),
+                t.backends.len(),
+                t.routes.len(),
+                t.sessions.len()
+            ),
+            (Some(watch_event::Kind::Changes(cs)), Format::Json) => println!(
+                "{}",
+                json!({"revision": ev.revision, "changes": cs.changes.iter().map(change_json).collect::<Vec<_>>()})
+            ),
+            (Some(watch_event::Kind::Changes(cs)), Format::Table) => {
+                for c in &cs.changes {
+                    println!("{:>8}  {}", ev.revision, change_json(c));
+                }
+            }
+            (None, _) => {}
+        }
     }
 }
 
-pub fn admin_state(s: i32) -> &'static str {
-    match AdminState::try_from(s).unwrap_or_default() {
-        AdminState::Unspecified | AdminState::Active => "active",
-        AdminState::Draining => "draining",
-        AdminState::Disabled => "disabled",
+/// One line on stderr, prefixed with the program's name.
+pub fn error(line: impl Display) {
+    eprintln!("switchyard: {line}");
+}
+
+/// A progress note on stderr, unprefixed; stdout stays for results.
+pub fn note(line: impl Display) {
+    eprintln!("{line}");
+}
+
+/// The address actually bound, flushed: scripts and tests read it through a pipe.
+pub fn demo_backend(name: &str, addr: SocketAddr) {
+    println!("demo backend {name} on ws://{addr}");
+    flush();
+}
+
+/// What `switchyard dev` started, and what to try with it.
+pub fn dev_banner(proxies: &[(SocketAddr, SocketAddr)], endpoints: &[String], backends: &[String], data: &Path) {
+    println!("Switchyard dev is up: 3 control-plane nodes, 2 proxies, 3 echo backends (pool \"demo\").");
+    for (listen, admin) in proxies {
+        println!("  ws://{listen}/     proxy (status: http://{admin}/status, metrics: /metrics)");
     }
-}
-
-pub fn health(h: i32) -> &'static str {
-    match Health::try_from(h).unwrap_or_default() {
-        Health::Unknown => "unknown",
-        Health::Healthy => "healthy",
-        Health::Unhealthy => "unhealthy",
+    println!("  control plane: {}", endpoints.join(","));
+    println!("  backends:      {}", backends.join(", "));
+    println!("  data:          {}", data.display());
+    println!();
+    println!("Try:");
+    println!("  export SWITCHYARD_ENDPOINTS={}", endpoints.join(","));
+    println!("  switchyard cluster status");
+    println!("  switchyard backend list demo");
+    println!("  switchyard proxy list");
+    println!("  switchyard watch");
+    if let Some((listen, _)) = proxies.first() {
+        println!("Connect any WebSocket client to ws://{listen}/ : the backend greets with its name and echoes.");
     }
+    println!();
+    println!("Ctrl-C stops it.");
+    flush();
 }
 
-pub fn role(r: i32) -> &'static str {
-    match MemberRole::try_from(r).unwrap_or_default() {
-        MemberRole::Voter => "voter",
-        MemberRole::Learner => "learner",
-        MemberRole::Unspecified => "unknown",
-    }
-}
-
-fn ms(v: u64) -> String {
-    humantime::format_duration(std::time::Duration::from_millis(v)).to_string()
-}
-
-pub fn pool_json(p: &Pool) -> Value {
-    let hc = p.health_check.clone().unwrap_or_default();
-    json!({
-        "name": p.name,
-        "algorithm": algorithm(p.algorithm),
-        "hash_key": p.hash_key,
-        "affinity": p.affinity,
-        "affinity_ttl_ms": p.affinity_ttl_ms,
-        "max_connections_per_backend": p.max_connections_per_backend,
-        "drain_timeout_ms": p.drain_timeout_ms,
-        "health_check": {
-            "kind": match HealthCheckKind::try_from(hc.kind).unwrap_or_default() {
-                HealthCheckKind::HealthCheckNone => "none",
-                HealthCheckKind::HealthCheckTcp => "tcp",
-                HealthCheckKind::HealthCheckWebsocket => "websocket",
-            },
-            "interval_ms": hc.interval_ms, "timeout_ms": hc.timeout_ms,
-            "rise": hc.rise, "fall": hc.fall, "path": hc.path,
-        },
-        "created_revision": p.created_revision,
-        "updated_revision": p.updated_revision,
-    })
-}
-
-pub fn pool_row(p: &Pool) -> Vec<String> {
-    let dash = |s: &str| if s.is_empty() { "-".to_string() } else { s.to_string() };
-    vec![
-        p.name.clone(),
-        algorithm(p.algorithm).into(),
-        dash(&p.hash_key),
-        if p.affinity.is_empty() { "-".into() } else { format!("{} ({})", p.affinity, ms(p.affinity_ttl_ms)) },
-        ms(p.drain_timeout_ms),
-        p.updated_revision.to_string(),
-    ]
-}
-pub const POOL_HEADERS: &[&str] = &["NAME", "ALGORITHM", "HASH KEY", "AFFINITY", "DRAIN", "REVISION"];
-
-pub fn backend_json(b: &Backend) -> Value {
-    json!({
-        "pool": b.pool, "address": b.address, "weight": b.weight,
-        "state": admin_state(b.admin_state), "health": health(b.health),
-        "zone": b.zone, "labels": b.labels, "updated_revision": b.updated_revision,
-    })
-}
-
-pub fn backend_row(b: &Backend) -> Vec<String> {
-    vec![
-        b.pool.clone(),
-        b.address.clone(),
-        b.weight.to_string(),
-        admin_state(b.admin_state).into(),
-        health(b.health).into(),
-        if b.zone.is_empty() { "-".into() } else { b.zone.clone() },
-    ]
-}
-pub const BACKEND_HEADERS: &[&str] = &["POOL", "ADDRESS", "WEIGHT", "STATE", "HEALTH", "ZONE"];
-
-pub fn route_json(r: &Route) -> Value {
-    json!({"name": r.name, "host": r.host, "path_prefix": r.path_prefix, "pool": r.pool, "updated_revision": r.updated_revision})
-}
-
-pub fn route_row(r: &Route) -> Vec<String> {
-    let any = |s: &str| if s.is_empty() { "*".to_string() } else { s.to_string() };
-    vec![r.name.clone(), any(&r.host), any(&r.path_prefix), r.pool.clone()]
-}
-pub const ROUTE_HEADERS: &[&str] = &["NAME", "HOST", "PATH PREFIX", "POOL"];
-
-pub fn session_json(s: &SessionBinding) -> Value {
-    json!({"pool": s.pool, "key": s.key, "backend": s.backend, "last_seen_ms": s.last_seen_ms, "ttl_ms": s.ttl_ms})
-}
-
-pub fn member_json(m: &Member) -> Value {
-    json!({"id": m.id, "address": m.address, "role": role(m.role), "leader": m.leader})
-}
-
-pub fn settings_json(s: &Settings) -> Value {
-    json!({
-        "handshake_timeout_ms": s.handshake_timeout_ms, "max_header_bytes": s.max_header_bytes,
-        "max_message_bytes": s.max_message_bytes, "idle_timeout_ms": s.idle_timeout_ms,
-        "ping_interval_ms": s.ping_interval_ms,
-        "max_connections_per_ip_per_sec": s.max_connections_per_ip_per_sec,
-        "max_handshakes_per_sec": s.max_handshakes_per_sec,
-    })
-}
-
-pub fn change_json(c: &Change) -> Value {
-    match &c.kind {
-        Some(change::Kind::PoolPut(p)) => json!({"pool_put": pool_json(p)}),
-        Some(change::Kind::PoolDeleted(n)) => json!({"pool_deleted": n}),
-        Some(change::Kind::BackendPut(b)) => json!({"backend_put": backend_json(b)}),
-        Some(change::Kind::BackendRemoved(b)) => json!({"backend_removed": {"pool": b.pool, "address": b.address}}),
-        Some(change::Kind::RoutePut(r)) => json!({"route_put": route_json(r)}),
-        Some(change::Kind::RouteDeleted(n)) => json!({"route_deleted": n}),
-        Some(change::Kind::SettingsPut(s)) => json!({"settings_put": settings_json(s)}),
-        Some(change::Kind::SessionPut(s)) => json!({"session_put": session_json(s)}),
-        Some(change::Kind::SessionRemoved(s)) => json!({"session_removed": {"pool": s.pool, "key": s.key}}),
-        None => Value::Null,
-    }
+fn flush() {
+    let _ = std::io::stdout().flush();
 }

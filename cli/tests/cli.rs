@@ -1,5 +1,6 @@
 //! The `switchyard` binary's own contract: help and version work, bad arguments get one line
-//! and exit 2. (Also makes `cargo test --workspace` build this binary for the end-to-end tests.)
+//! and exit 2, `demo-backend` reports the address it bound. (Also makes
+//! `cargo test --workspace` build this binary for the end-to-end tests.)
 
 use std::process::Command;
 
@@ -28,4 +29,36 @@ fn unknown_command_is_one_line() {
     assert_eq!(code, 2);
     assert_eq!(err.trim_end().lines().count(), 1, "{err}");
     assert!(err.contains("frobnicate"), "{err}");
+}
+
+#[test]
+fn unknown_algorithm_is_one_line() {
+    let (code, _, err) = run(&["pool", "create", "p", "--algorithm", "random"]);
+    assert_eq!(code, 2);
+    assert_eq!(err.trim_end().lines().count(), 1, "{err}");
+    assert!(err.contains("random") && err.contains("round-robin"), "{err}");
+}
+
+/// With port 0 the line names the port actually bound, and arrives while the server runs.
+#[test]
+fn demo_backend_prints_the_bound_address() {
+    use std::io::{BufRead, BufReader};
+    use std::process::Stdio;
+
+    let mut child = Command::new(env!("CARGO_BIN_EXE_switchyard"))
+        .args(["demo-backend", "--listen", "127.0.0.1:0", "--name", "t"])
+        .stdout(Stdio::piped())
+        .spawn()
+        .expect("run switchyard");
+    let mut line = String::new();
+    let read = BufReader::new(child.stdout.take().expect("piped")).read_line(&mut line);
+    let addr =
+        line.trim_end().strip_prefix("demo backend t on ws://").and_then(|a| a.parse::<std::net::SocketAddr>().ok());
+    let connected = addr.map(std::net::TcpStream::connect);
+    let _ = child.kill();
+    let _ = child.wait();
+    read.expect("read stdout");
+    let addr = addr.unwrap_or_else(|| panic!("not `demo backend t on ws://ADDR`: {line:?}"));
+    assert_ne!(addr.port(), 0, "{line:?}");
+    connected.expect("address parsed above").expect("the printed address accepts connections");
 }

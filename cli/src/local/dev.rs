@@ -14,6 +14,7 @@ use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
 use crate::args::DevArgs;
+use crate::output;
 
 async fn bind(addr: SocketAddr, what: &str) -> Result<TcpListener> {
     TcpListener::bind(addr)
@@ -21,7 +22,14 @@ async fn bind(addr: SocketAddr, what: &str) -> Result<TcpListener> {
         .with_context(|| format!("cannot listen on {addr} for {what} (see --help for other ports)"))
 }
 
-pub async fn run(args: DevArgs) -> Result<()> {
+pub(super) async fn run(args: DevArgs) -> Result<()> {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| "warn,openraft=error,switchyard_control=info".into()),
+        )
+        .with_writer(std::io::stderr)
+        .init();
     let (_tmp, dir) = match args.data_dir {
         Some(d) => (None, d),
         None => {
@@ -31,12 +39,14 @@ pub async fn run(args: DevArgs) -> Result<()> {
         }
     };
     let shutdown = CancellationToken::new();
-    let addrs: BTreeMap<u64, SocketAddr> =
-        (1..=3u64).map(|id| (id, SocketAddr::from(([127, 0, 0, 1], args.base_port + (id as u16 - 1))))).collect();
     // Bind every node's port before any node starts, so the first election finds its peers.
+    // Nodes are told the addresses bound, which are also the ones printed.
     let mut listeners = Vec::new();
-    for addr in addrs.values() {
-        listeners.push(bind(*addr, "the control plane").await?);
+    let mut addrs = BTreeMap::new();
+    for id in 1..=3u64 {
+        let l = bind(SocketAddr::from(([127, 0, 0, 1], args.base_port + (id as u16 - 1))), "the control plane").await?;
+        addrs.insert(id, l.local_addr()?);
+        listeners.push(l);
     }
     let mut nodes = Vec::new();
     for ((id, addr), listener) in addrs.iter().zip(listeners) {
@@ -61,7 +71,7 @@ pub async fn run(args: DevArgs) -> Result<()> {
     for i in 1..=3 {
         let l = bind(SocketAddr::from(([127, 0, 0, 1], 0)), "a demo backend").await?;
         let addr = l.local_addr()?.to_string();
-        tokio::spawn(crate::demo::echo_server(l, format!("echo-{i}"), true));
+        tokio::spawn(super::demo::echo_server(l, format!("echo-{i}"), true));
         let b = Backend { pool: "demo".into(), address: addr.clone(), weight: 1, ..Default::default() };
         admin.add_backend(AddBackendRequest { backend: Some(b) }).await?;
         backends.push(addr);
@@ -86,28 +96,10 @@ pub async fn run(args: DevArgs) -> Result<()> {
         proxies.push(p);
     }
 
-    println!("Switchyard dev is up: 3 control-plane nodes, 2 proxies, 3 echo backends (pool \"demo\").");
-    for p in &proxies {
-        println!("  ws://{}/     proxy (status: http://{}/status, metrics: /metrics)", p.listen, p.admin);
-    }
-    println!("  control plane: {}", endpoints.join(","));
-    println!("  backends:      {}", backends.join(", "));
-    println!("  data:          {}", dir.display());
-    println!();
-    println!("Try:");
-    println!("  export SWITCHYARD_ENDPOINTS={}", endpoints.join(","));
-    println!("  switchyard cluster status");
-    println!("  switchyard backend list demo");
-    println!("  switchyard proxy list");
-    println!("  switchyard watch");
-    println!(
-        "Connect any WebSocket client to ws://{}/ : the backend greets with its name and echoes.",
-        proxies[0].listen
-    );
-    println!();
-    println!("Ctrl-C stops it.");
+    let bound: Vec<_> = proxies.iter().map(|p| (p.listen, p.admin)).collect();
+    output::dev_banner(&bound, &endpoints, &backends, &dir);
     wait_for_signal().await;
-    eprintln!("stopping");
+    output::note("stopping");
     for p in proxies {
         p.shutdown(Duration::from_secs(2)).await;
     }

@@ -2,12 +2,25 @@
 //! then echoes every text and binary message. `switchyard dev` runs three; benchmarks and
 //! manual tests can run one with `switchyard demo-backend`.
 
+use anyhow::{anyhow, Result};
 use futures::{SinkExt, StreamExt};
 use tokio::net::TcpListener;
 use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
 use tokio_tungstenite::tungstenite::Message;
 
-pub async fn echo_server(listener: TcpListener, name: String, greet: bool) {
+use crate::args::DemoArgs;
+use crate::output;
+
+/// `switchyard demo-backend`: reports the address it bound, which differs from `--listen`
+/// when that asks for port 0.
+pub(super) async fn run(a: DemoArgs) -> Result<()> {
+    let listener = TcpListener::bind(a.listen).await.map_err(|e| anyhow!("cannot listen on {}: {e}", a.listen))?;
+    output::demo_backend(&a.name, listener.local_addr()?);
+    echo_server(listener, a.name, !a.no_greeting).await;
+    Ok(())
+}
+
+pub(super) async fn echo_server(listener: TcpListener, name: String, greet: bool) {
     while let Ok((sock, _)) = listener.accept().await {
         let _ = sock.set_nodelay(true);
         let name = name.clone();

@@ -1,0 +1,30 @@
+//! Remote commands, one file per noun. This file only dispatches; the context they share and
+//! the one way to call the control plane live in `cmd/ctx.rs`.
+
+mod backend;
+mod cluster;
+mod ctx;
+mod pool;
+mod proxy;
+mod route;
+mod session;
+mod settings;
+mod watch;
+
+use anyhow::Result;
+
+use crate::args::RemoteCmd;
+pub use ctx::Ctx;
+
+pub async fn run(ctx: &mut Ctx, cmd: RemoteCmd) -> Result<()> {
+    match cmd {
+        RemoteCmd::Cluster(c) => cluster::run(ctx, c).await,
+        RemoteCmd::Pool(c) => pool::run(ctx, c).await,
+        RemoteCmd::Backend(c) => backend::run(ctx, c).await,
+        RemoteCmd::Route(c) => route::run(ctx, c).await,
+        RemoteCmd::Session(c) => session::run(ctx, c).await,
+        RemoteCmd::Settings(c) => settings::run(ctx, c).await,
+        RemoteCmd::Proxy(c) => proxy::run(ctx, c).await,
+        RemoteCmd::Watch { from } => watch::run(ctx, from).await,
+    }
+}
