@@ -1,6 +1,10 @@
-//! `switchyard-control`: parse flags, bind, run a node until SIGTERM or Ctrl-C.
+//! `switchyard-control`: parse flags, bind (or take the socket a service manager passed), run a
+//! node until SIGTERM or Ctrl-C.
 
-use clap::Parser;
+use std::io::Write;
+
+use clap::{CommandFactory, FromArgMatches};
+use listenfd::ListenFd;
 use switchyard_control::config::Args;
 use switchyard_control::Node;
 use tokio_util::sync::CancellationToken;
@@ -10,6 +14,9 @@ use tokio_util::sync::CancellationToken;
 /// fsyncs run on the log store's own flusher thread.
 #[tokio::main(flavor = "current_thread")]
 async fn main() {
+    // First, before anything else reads the environment: this also clears LISTEN_FDS so it
+    // does not leak into anything the node might start.
+    let passed = ListenFd::from_env().take_tcp_listener(0);
     tracing_subscriber::fmt()
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_default_env()
@@ -17,19 +24,46 @@ async fn main() {
         )
         .with_writer(std::io::stderr)
         .init();
-    if let Err(e) = run(Args::parse()).await {
+    if let Err(e) = run(parse_args(), passed).await {
         eprintln!("switchyard-control: error: {e:#}");
         std::process::exit(1);
     }
 }
 
-async fn run(args: Args) -> anyhow::Result<()> {
-    let config = args.into_config()?;
-    let listener = tokio::net::TcpListener::bind(config.listen)
-        .await
-        .map_err(|e| anyhow::anyhow!("cannot listen on {}: {e}", config.listen))?;
+/// The flags, with socket activation added to `--listen`'s help (the flags themselves are
+/// defined in the library's `config` module).
+fn parse_args() -> Args {
+    let mut cmd = Args::command().mut_arg("listen", |a| {
+        let help = a.get_help().map(|h| h.to_string()).unwrap_or_default();
+        a.help(format!(
+            "{help}. Under systemd socket activation (LISTEN_FDS=1, a listening TCP socket on fd 3) \
+             the node serves that socket instead"
+        ))
+    });
+    let matches = cmd.get_matches_mut();
+    Args::from_arg_matches(&matches).unwrap_or_else(|e| e.format(&mut cmd).exit())
+}
+
+async fn run(args: Args, passed: std::io::Result<Option<std::net::TcpListener>>) -> anyhow::Result<()> {
+    let mut config = args.into_config()?;
+    let listener = match passed.map_err(|e| anyhow::anyhow!("socket passed in LISTEN_FDS: {e}"))? {
+        Some(l) => {
+            l.set_nonblocking(true)?;
+            tokio::net::TcpListener::from_std(l)?
+        }
+        None => tokio::net::TcpListener::bind(config.listen)
+            .await
+            .map_err(|e| anyhow::anyhow!("cannot listen on {}: {e}", config.listen))?,
+    };
+    // The bound address, not the asked-for one: port 0 (or a passed socket) gets a real port,
+    // which a node without --initial-cluster or --advertise advertises to its peers.
+    config.listen = listener.local_addr()?;
+    let listen = config.listen;
     let shutdown = CancellationToken::new();
     let node = Node::start(config, listener, shutdown.clone()).await?;
+    // Tests and scripts read the bound address from here when they asked for port 0.
+    println!("listening grpc={listen}");
+    std::io::stdout().flush()?;
     tokio::spawn(async move {
         switchyard_model::signal::wait_for_signal().await;
         tracing::info!("shutting down");
