@@ -1,12 +1,21 @@
 //! Harness for end-to-end tests: real `switchyard-control` processes on real sockets with
 //! real sled dirs, killed by guards so a failing test leaves nothing behind.
+//!
+//! No port is picked, released and rebound: every process binds port 0 and reports the port
+//! it got, except control-plane nodes, which must know each other's addresses before they
+//! start. For those the harness binds the socket itself and hands it over as fd 3 (systemd
+//! socket activation), keeping it for the test's whole life so a restarted node gets it back.
 
 use std::collections::BTreeMap;
+use std::io::BufRead;
 use std::net::TcpListener;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant};
 
+use command_fds::{CommandFdExt, FdMapping};
 use switchyard_proto::v1::admin_client::AdminClient;
 use switchyard_proto::v1::discovery_client::DiscoveryClient;
 use switchyard_proto::v1::query_client::QueryClient;
@@ -21,23 +30,74 @@ pub async fn serial() -> tokio::sync::MutexGuard<'static, ()> {
     HEAVY.lock().await
 }
 
-/// A workspace binary, built by `cargo test --workspace` (or `cargo build --bins`).
+/// The packages whose binaries the tests run.
+const BIN_PACKAGES: [&str; 3] = ["switchyard-control-plane", "switchyard-proxy", "switchyard-cli"];
+
+/// A workspace binary, built by Cargo for this test process: the first call runs
+/// `$CARGO build --bins` for the packages the tests run, with the test binary's own profile
+/// (a no-op when they are fresh), and takes the executables' paths from Cargo's report.
 pub fn bin(name: &str) -> PathBuf {
-    let exe = std::env::current_exe().expect("test binary path");
-    let dir = exe.parent().and_then(Path::parent).expect("target dir");
-    let p = dir.join(name);
-    assert!(
-        p.exists(),
-        "{} is missing: run `cargo build --workspace --bins` (or `cargo test --workspace`) first",
-        p.display()
-    );
-    p
+    static BINS: OnceLock<BTreeMap<String, PathBuf>> = OnceLock::new();
+    let bins = BINS.get_or_init(build_bins);
+    match bins.get(name) {
+        Some(p) => p.clone(),
+        None => panic!("Cargo built no binary {name:?}, only {:?}", bins.keys().collect::<Vec<_>>()),
+    }
 }
 
-/// Free loopback ports: bound to port 0, read back, released for the nodes to take.
-pub fn free_ports(n: usize) -> Vec<u16> {
-    let ls: Vec<TcpListener> = (0..n).map(|_| TcpListener::bind("127.0.0.1:0").expect("bind port 0")).collect();
-    ls.iter().map(|l| l.local_addr().expect("local addr").port()).collect()
+fn build_bins() -> BTreeMap<String, PathBuf> {
+    // Cargo sets CARGO for the tests it runs; the test binary lives in target/PROFILE-DIR/deps.
+    let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
+    let exe = std::env::current_exe().expect("test binary path");
+    let profile = match exe.parent().and_then(Path::parent).and_then(Path::file_name).and_then(|n| n.to_str()) {
+        Some("debug") | None => "dev",
+        Some(dir) => dir,
+    };
+    let mut cmd = Command::new(&cargo);
+    cmd.args(["build", "--bins", "--message-format=json-render-diagnostics", "--profile", profile]);
+    for p in BIN_PACKAGES {
+        cmd.args(["-p", p]);
+    }
+    let out = cmd.stdin(Stdio::null()).output().unwrap_or_else(|e| panic!("cannot run {cargo:?}: {e}"));
+    assert!(
+        out.status.success(),
+        "building the binaries the tests run failed ({cmd:?}: {}):\n{}",
+        out.status,
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let mut bins = BTreeMap::new();
+    for line in out.stdout.split(|b| *b == b'\n') {
+        let Ok(msg) = serde_json::from_slice::<serde_json::Value>(line) else { continue };
+        if let (Some("compiler-artifact"), Some(name), Some(exe)) =
+            (msg["reason"].as_str(), msg["target"]["name"].as_str(), msg["executable"].as_str())
+        {
+            bins.insert(name.to_string(), PathBuf::from(exe));
+        }
+    }
+    bins
+}
+
+/// A loopback address where nothing listens and, while this lives, nothing else can bind: a
+/// bound socket that never listens, so connections to it are refused.
+pub struct ClosedPort {
+    pub addr: String,
+    _sock: socket2::Socket,
+}
+
+impl ClosedPort {
+    pub fn new() -> ClosedPort {
+        use socket2::{Domain, Socket, Type};
+        let sock = Socket::new(Domain::IPV4, Type::STREAM, None).expect("socket");
+        sock.bind(&std::net::SocketAddr::from(([127, 0, 0, 1], 0)).into()).expect("bind 127.0.0.1:0");
+        let addr = sock.local_addr().expect("local addr").as_socket().expect("inet address").to_string();
+        ClosedPort { addr, _sock: sock }
+    }
+}
+
+impl Default for ClosedPort {
+    fn default() -> Self {
+        Self::new()
+    }
 }
 
 /// Polls `f` until it returns `Some` or `timeout` passes.
@@ -69,6 +129,26 @@ impl Proc {
 
     pub fn is_running(&self) -> bool {
         self.0.is_some()
+    }
+
+    /// Spawns `cmd` with its stdout piped and returns the first line it prints (processes
+    /// report the addresses they bound there). A process that exits or stays silent for 30 s
+    /// fails the test; the process is this guard's from the moment it is spawned.
+    pub fn start_reporting(&mut self, cmd: &mut Command, what: &str) -> String {
+        let mut child = cmd.stdout(Stdio::piped()).spawn().unwrap_or_else(|e| panic!("spawn {what}: {e}"));
+        let out = child.stdout.take().expect("stdout");
+        self.set(child);
+        let (tx, rx) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            let mut line = String::new();
+            let _ = std::io::BufReader::new(out).read_line(&mut line);
+            let _ = tx.send(line);
+        });
+        match rx.recv_timeout(Duration::from_secs(30)) {
+            Ok(line) if !line.is_empty() => line.trim_end().to_string(),
+            Ok(_) => panic!("{what} exited without reporting its address"),
+            Err(_) => panic!("{what} did not report its address within 30s"),
+        }
     }
 
     /// SIGKILL: no chance to flush or say goodbye.
@@ -103,56 +183,122 @@ impl Drop for Proc {
     }
 }
 
-/// A running `switchyard-control` process; killed (SIGKILL) when dropped.
+/// A loopback socket for a control-plane node, bound (and listening) by the harness so the
+/// node's address is known before it starts and stays reserved until the test ends.
+pub fn reserve() -> TcpListener {
+    TcpListener::bind("127.0.0.1:0").expect("bind 127.0.0.1:0")
+}
+
+/// A running `switchyard-control` process; killed (SIGKILL) when dropped. It serves the
+/// socket the harness holds (passed as fd 3, `LISTEN_FDS=1`), so a restart gets the same
+/// address back.
 pub struct ControlNode {
     pub id: u64,
     pub addr: String,
     pub data_dir: PathBuf,
     pub args: Vec<String>,
+    listener: TcpListener,
     proc: Proc,
+    /// Refuses connections while the process is down: declared after `proc`, so dropped
+    /// after it.
+    parked: Option<Parked>,
 }
 
 impl ControlNode {
-    pub fn spawn(id: u64, addr: &str, data_dir: &Path, extra: &[String]) -> ControlNode {
-        let mut args = vec![
-            "--id".to_string(),
-            id.to_string(),
-            "--listen".into(),
-            addr.into(),
-            "--data-dir".into(),
-            data_dir.display().to_string(),
-        ];
+    /// Starts node `id` on `listener` (see [`reserve`]) and waits until it serves.
+    pub fn spawn(id: u64, listener: TcpListener, data_dir: &Path, extra: &[String]) -> ControlNode {
+        let addr = listener.local_addr().expect("local addr").to_string();
+        let mut args = vec!["--id".to_string(), id.to_string(), "--data-dir".into(), data_dir.display().to_string()];
         args.extend(extra.iter().cloned());
-        let mut n = ControlNode { id, addr: addr.into(), data_dir: data_dir.into(), args, proc: Proc::default() };
+        let mut n =
+            ControlNode { id, addr, data_dir: data_dir.into(), args, listener, proc: Proc::default(), parked: None };
         n.start();
         n
     }
 
-    /// (Re)starts the process with the same flags and data dir.
+    /// (Re)starts the process with the same flags, data dir and socket, and waits until it
+    /// serves.
     pub fn start(&mut self) {
-        let log = std::fs::File::create(self.data_dir.with_extension("log")).expect("log file");
-        let child = Command::new(bin("switchyard-control"))
-            .args(&self.args)
+        // Stop turning connections away first: from here on they wait for the new process.
+        self.parked = None;
+        let log_path = self.data_dir.with_extension("log");
+        let log = std::fs::File::create(&log_path).expect("log file");
+        let sock = self.listener.try_clone().expect("clone the node's socket");
+        let mut cmd = Command::new(bin("switchyard-control"));
+        cmd.args(&self.args)
             .env("RUST_LOG", "warn,openraft=error")
-            .stdout(Stdio::null())
+            .env("LISTEN_FDS", "1")
+            .env_remove("LISTEN_PID")
+            .env_remove("LISTEN_FDS_FIRST_FD")
             .stderr(log)
-            .spawn()
-            .expect("spawn switchyard-control");
-        self.proc.set(child);
+            .fd_mappings(vec![FdMapping { parent_fd: sock.into(), child_fd: 3 }])
+            .expect("one fd mapping");
+        let what = format!("switchyard-control node {} (log: {})", self.id, log_path.display());
+        let line = self.proc.start_reporting(&mut cmd, &what);
+        assert_eq!(line, format!("listening grpc={}", self.addr), "{what} serves the socket it was given");
     }
 
     /// SIGKILL: no chance to flush or say goodbye.
     pub fn kill9(&mut self) {
         self.proc.kill9();
+        self.park();
     }
 
     /// SIGTERM, then wait for a clean exit.
     pub fn terminate(&mut self) -> std::process::ExitStatus {
-        self.proc.terminate()
+        let status = self.proc.terminate();
+        self.park();
+        status
     }
 
     pub fn is_running(&self) -> bool {
         self.proc.is_running()
+    }
+
+    fn park(&mut self) {
+        if self.parked.is_none() {
+            self.parked = Some(Parked::new(&self.listener));
+        }
+    }
+}
+
+/// The socket of a node that is down stays bound, so no one else takes its port, and
+/// listening, so connections to it would queue unanswered until the client times out (10 s
+/// here, 3 s in a proxy) where a dead node refuses them at once. While parked, a thread
+/// accepts them and resets them right away, which clients see as a dead node.
+struct Parked {
+    stop: Arc<AtomicBool>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl Parked {
+    fn new(listener: &TcpListener) -> Parked {
+        let l = listener.try_clone().expect("clone the node's socket");
+        // Shared with the node process, which sets it too: tokio needs it.
+        l.set_nonblocking(true).expect("non-blocking socket");
+        let stop = Arc::new(AtomicBool::new(false));
+        let s = stop.clone();
+        let thread = std::thread::spawn(move || {
+            while !s.load(Ordering::Relaxed) {
+                match l.accept() {
+                    Ok((c, _)) => {
+                        // Linger 0: close with a reset, like a refused connection.
+                        let _ = socket2::SockRef::from(&c).set_linger(Some(Duration::ZERO));
+                    }
+                    Err(_) => std::thread::sleep(Duration::from_millis(5)),
+                }
+            }
+        });
+        Parked { stop, thread: Some(thread) }
+    }
+}
+
+impl Drop for Parked {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::Relaxed);
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
     }
 }
 
@@ -194,16 +340,18 @@ impl Cluster {
     /// Starts `n` founding members with `extra` flags, and waits for a leader.
     pub async fn start(n: u64, extra: &[&str]) -> Cluster {
         let dir = tempfile::tempdir().expect("temp dir");
-        let ports = free_ports(n as usize);
-        let addrs: BTreeMap<u64, String> =
-            (1..=n).map(|i| (i, format!("127.0.0.1:{}", ports[i as usize - 1]))).collect();
-        let initial = addrs.iter().map(|(i, a)| format!("{i}={a}")).collect::<Vec<_>>().join(",");
+        let sockets: BTreeMap<u64, TcpListener> = (1..=n).map(|i| (i, reserve())).collect();
+        let initial = sockets
+            .iter()
+            .map(|(i, l)| format!("{i}={}", l.local_addr().expect("local addr")))
+            .collect::<Vec<_>>()
+            .join(",");
         let mut flags = test_flags();
         flags.extend(["--initial-cluster".to_string(), initial]);
         flags.extend(extra.iter().map(|s| s.to_string()));
-        let nodes = addrs
-            .iter()
-            .map(|(i, a)| (*i, ControlNode::spawn(*i, a, &dir.path().join(format!("node-{i}")), &flags)))
+        let nodes = sockets
+            .into_iter()
+            .map(|(i, l)| (i, ControlNode::spawn(i, l, &dir.path().join(format!("node-{i}")), &flags)))
             .collect();
         let c = Cluster { dir, nodes };
         c.leader(Duration::from_secs(15)).await;
@@ -269,17 +417,11 @@ impl ProxyProcess {
         p
     }
 
+    /// (Re)starts the proxy; a restart asks for the ports it reported the first time.
     pub fn start(&mut self) {
-        use std::io::BufRead;
-        let mut child = Command::new(bin("switchyard-proxy"))
-            .args(&self.args)
-            .env("RUST_LOG", "warn")
-            .stdout(Stdio::piped())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("spawn switchyard-proxy");
-        let mut line = String::new();
-        std::io::BufReader::new(child.stdout.take().expect("stdout")).read_line(&mut line).expect("proxy output");
+        let mut cmd = Command::new(bin("switchyard-proxy"));
+        cmd.args(&self.args).env("RUST_LOG", "warn").stderr(Stdio::null());
+        let line = self.proc.start_reporting(&mut cmd, "switchyard-proxy");
         for part in line.split_whitespace() {
             if let Some(a) = part.strip_prefix("ws=") {
                 self.ws = a.to_string();
@@ -294,7 +436,6 @@ impl ProxyProcess {
             let i = self.args.iter().position(|a| a == flag).expect("flag") + 1;
             self.args[i] = v;
         }
-        self.proc.set(child);
     }
 
     pub fn kill9(&mut self) {
@@ -427,26 +568,26 @@ pub struct DemoBackend {
 }
 
 impl DemoBackend {
+    /// Starts a backend on an ephemeral port and reads it back from its first line of output.
     pub fn spawn(name: &str) -> DemoBackend {
-        let addr = format!("127.0.0.1:{}", free_ports(1)[0]);
-        let mut b = DemoBackend { addr, name: name.into(), proc: Proc::default() };
+        let mut b = DemoBackend { addr: "127.0.0.1:0".into(), name: name.into(), proc: Proc::default() };
         b.start();
         b
     }
 
-    /// Starts (again) on the same address.
+    /// Starts (again) on the same address: the port reported the first time.
     pub fn start(&mut self) {
-        use std::io::BufRead;
-        let mut child = Command::new(bin("switchyard"))
-            .args(["demo-backend", "--listen", &self.addr, "--name", &self.name])
-            .stdout(Stdio::piped())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("spawn demo backend");
-        let mut line = String::new();
-        std::io::BufReader::new(child.stdout.take().expect("stdout")).read_line(&mut line).expect("backend output");
-        assert!(line.contains(&self.addr), "demo backend did not start: {line:?}");
-        self.proc.set(child);
+        let mut cmd = Command::new(bin("switchyard"));
+        cmd.args(["demo-backend", "--listen", &self.addr, "--name", &self.name]).stderr(Stdio::null());
+        let line = self.proc.start_reporting(&mut cmd, "switchyard demo-backend");
+        // `demo backend NAME on ws://ADDR`
+        let addr = line.rsplit_once("ws://").map(|(_, a)| a.to_string()).unwrap_or_default();
+        assert!(
+            addr.parse::<std::net::SocketAddr>().is_ok_and(|a| a.port() != 0),
+            "demo backend did not report the address it bound: {line:?}"
+        );
+        assert!(self.addr.ends_with(":0") || self.addr == addr, "restarted on {addr}, not {}", self.addr);
+        self.addr = addr;
     }
 
     pub fn kill9(&mut self) {

@@ -120,11 +120,10 @@ async fn learner_added_from_snapshot_promoted_and_removed() {
     .await;
     assert!(s.purged_index >= 20, "log compacted: purged up to {}", s.purged_index);
 
-    let port = free_ports(1)[0];
-    let addr4 = format!("127.0.0.1:{port}");
     let mut flags = test_flags();
     flags.push("--join".into());
-    let n4 = ControlNode::spawn(4, &addr4, &c.dir.path().join("node-4"), &flags);
+    let n4 = ControlNode::spawn(4, reserve(), &c.dir.path().join("node-4"), &flags);
+    let addr4 = n4.addr.clone();
     let cli = |args: &[&str]| {
         let out = std::process::Command::new(bin("switchyard"))
             .args(["--endpoints", &c.endpoints(), "--output", "json"])
@@ -258,4 +257,24 @@ async fn writes_without_quorum_answer_unavailable_and_reads_fail_fast() {
     assert_eq!(err.code(), Code::Unavailable, "{err:?}");
     // A local read still answers.
     assert!(pool_names(&addr, Consistency::Local).await.is_some());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_node_asked_for_port_0_reports_and_advertises_the_port_it_got() {
+    let _g = serial().await;
+    let dir = tempfile::tempdir().unwrap();
+    let mut node = Proc::default();
+    let mut cmd = std::process::Command::new(bin("switchyard-control"));
+    cmd.args(["--id", "1", "--listen", "127.0.0.1:0", "--data-dir"])
+        .arg(dir.path().join("node-1"))
+        .stderr(std::process::Stdio::null());
+    let line = node.start_reporting(&mut cmd, "switchyard-control");
+    let addr = line.strip_prefix("listening grpc=").unwrap_or_else(|| panic!("unexpected first line {line:?}"));
+    assert!(addr.parse::<std::net::SocketAddr>().is_ok_and(|a| a.port() != 0), "{line:?}");
+    let s = eventually("the node to lead", Duration::from_secs(10), || async {
+        status(addr).await.filter(|s| s.leader_id == 1)
+    })
+    .await;
+    let members: Vec<&str> = s.members.iter().map(|m| m.address.as_str()).collect();
+    assert_eq!(members, [addr], "the member address is the bound one");
 }

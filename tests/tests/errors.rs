@@ -134,8 +134,8 @@ async fn bad_cli_arguments_get_one_line_and_a_nonzero_exit() {
     let (code, _, err) = cli(&["--endpoints", "", "pool", "list"]);
     assert_eq!(code, 1);
     one_error_line(&err, "endpoint");
-    let port = free_ports(1)[0];
-    let (code, _, err) = cli(&["--endpoints", &format!("127.0.0.1:{port}"), "pool", "list"]);
+    let closed = ClosedPort::new();
+    let (code, _, err) = cli(&["--endpoints", &closed.addr, "pool", "list"]);
     assert_eq!(code, 1);
     one_error_line(&err, "unavailable");
 
@@ -172,9 +172,8 @@ async fn bad_cli_arguments_get_one_line_and_a_nonzero_exit() {
 
 /// Starts a node on `dir` and expects it to refuse, with `needle` in its one error line.
 fn refuses(id: u64, dir: &std::path::Path, needle: &str) {
-    let port = free_ports(1)[0];
     let out = Command::new(bin("switchyard-control"))
-        .args(["--id", &id.to_string(), "--listen", &format!("127.0.0.1:{port}"), "--data-dir"])
+        .args(["--id", &id.to_string(), "--listen", "127.0.0.1:0", "--data-dir"])
         .arg(dir)
         .output()
         .expect("run switchyard-control");
@@ -196,8 +195,7 @@ async fn foreign_or_corrupt_data_dir_stops_the_node_with_a_message() {
 
     // A real node's dir, written to and stopped cleanly.
     let dir = tmp.path().join("node");
-    let port = free_ports(1)[0];
-    let mut n = ControlNode::spawn(1, &format!("127.0.0.1:{port}"), &dir, &[]);
+    let mut n = ControlNode::spawn(1, reserve(), &dir, &[]);
     let addr = n.addr.clone();
     eventually("node to lead", Duration::from_secs(10), || async {
         (status(&addr).await?.leader_id == 1).then_some(())
@@ -208,6 +206,10 @@ async fn foreign_or_corrupt_data_dir_stops_the_node_with_a_message() {
         .await
         .unwrap();
     assert!(n.terminate().success(), "clean exit on SIGTERM");
+    // The harness keeps the stopped node's port, but a client still fails at once.
+    let t = std::time::Instant::now();
+    assert!(status(&addr).await.is_none(), "a stopped node answers nothing");
+    assert!(t.elapsed() < Duration::from_secs(2), "failed after {:?}", t.elapsed());
 
     refuses(2, &dir, "belongs to node 1");
 
