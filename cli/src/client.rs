@@ -5,10 +5,12 @@
 use std::time::Duration;
 
 use anyhow::{bail, Result};
+use switchyard_model::grpc::{self, ChannelOptions};
+use switchyard_model::limits::MAX_GRPC_MESSAGE;
 use switchyard_proto::v1::admin_client::AdminClient;
 use switchyard_proto::v1::discovery_client::DiscoveryClient;
 use switchyard_proto::v1::query_client::QueryClient;
-use tonic::transport::{Channel, Endpoint};
+use tonic::transport::Channel;
 use tonic::{Code, Status};
 
 pub struct Client {
@@ -34,16 +36,7 @@ pub fn normalize(e: &str) -> Result<String> {
 impl Client {
     pub fn new(endpoints: &str) -> Result<Client> {
         let endpoints: Vec<String> = endpoints.split(',').map(normalize).collect::<Result<_>>()?;
-        let channels = endpoints
-            .iter()
-            .map(|e| {
-                Ok(Endpoint::from_shared(e.clone())?
-                    .connect_timeout(Duration::from_secs(1))
-                    .timeout(Duration::from_secs(15))
-                    .tcp_nodelay(true)
-                    .connect_lazy())
-            })
-            .collect::<Result<_>>()?;
+        let channels = endpoints.iter().map(|e| Ok(grpc::channel(e, &ChannelOptions::CLI)?)).collect::<Result<_>>()?;
         Ok(Client { endpoints, channels, current: 0 })
     }
 
@@ -79,33 +72,25 @@ impl Client {
         AdminClient::new(c)
     }
     pub fn query(c: Channel) -> QueryClient<Channel> {
-        QueryClient::new(c).max_decoding_message_size(256 * 1024 * 1024)
+        QueryClient::new(c).max_decoding_message_size(MAX_GRPC_MESSAGE)
     }
     pub fn discovery(c: Channel) -> DiscoveryClient<Channel> {
-        DiscoveryClient::new(c).max_decoding_message_size(256 * 1024 * 1024)
+        DiscoveryClient::new(c).max_decoding_message_size(MAX_GRPC_MESSAGE)
     }
 }
-
-/// Metadata the server puts on an UNAVAILABLE status whose write may still commit (value
-/// `unknown`). A key rather than message text, so rewording a message cannot change retries.
-pub const WRITE_OUTCOME_KEY: &str = "switchyard-write-outcome";
 
 /// Unreachable nodes are retried elsewhere; a write whose outcome is unknown is not, because
 /// it may still commit and must not be applied twice.
 fn retryable(s: &Status) -> bool {
-    s.code() == Code::Unavailable && !s.metadata().contains_key(WRITE_OUTCOME_KEY)
+    s.code() == Code::Unavailable && !grpc::outcome_unknown(s)
 }
 
 #[cfg(test)]
 mod tests {
-    use tonic::metadata::MetadataMap;
-
     use super::*;
 
     fn with_outcome(code: Code, message: &str) -> Status {
-        let mut md = MetadataMap::new();
-        md.insert(WRITE_OUTCOME_KEY, "unknown".parse().expect("ascii value"));
-        Status::with_metadata(code, message, md)
+        grpc::mark_outcome_unknown(Status::new(code, message))
     }
 
     #[test]
