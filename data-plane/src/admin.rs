@@ -21,7 +21,7 @@ use crate::state::ProxyState;
 pub async fn serve(listener: TcpListener, state: Arc<ProxyState>) {
     loop {
         let (sock, _) = tokio::select! {
-            _ = state.shutdown.cancelled() => return,
+            _ = state.runtime.shutdown.cancelled() => return,
             r = listener.accept() => match r { Ok(x) => x, Err(_) => continue },
         };
         let st = state.clone();
@@ -62,8 +62,8 @@ async fn applied(state: &ProxyState, query: &str) -> Response<Full<Bytes>> {
         query.split('&').find_map(|kv| kv.strip_prefix("revision=")).and_then(|v| v.parse().ok()).unwrap_or(0);
     let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(5);
     let found = loop {
-        let notified = state.applied_changed.notified();
-        if let Some(x) = state.applied_at(want) {
+        let notified = state.status.applied_changed.notified();
+        if let Some(x) = state.status.applied_at(want) {
             break Some(x);
         }
         if tokio::time::timeout_at(deadline, notified).await.is_err() {
@@ -89,8 +89,8 @@ fn age_secs(t: SystemTime) -> f64 {
 }
 
 pub fn status_json(state: &ProxyState) -> serde_json::Value {
-    let cfg = state.config_info();
-    let cp = state.control_plane_info();
+    let cfg = state.status.config();
+    let cp = state.status.control_plane();
     let backends: Vec<_> = state
         .registry
         .all()
@@ -109,7 +109,7 @@ pub fn status_json(state: &ProxyState) -> serde_json::Value {
             })
         })
         .collect();
-    let failures = state.handshake_failures.lock().unwrap_or_else(|e| e.into_inner()).clone();
+    let failures = state.runtime.failures();
     json!({
         "proxy_id": state.proxy_id,
         "config": {"source": cfg.source, "revision": cfg.revision, "age_seconds": age_secs(cfg.applied_at)},
@@ -118,7 +118,7 @@ pub fn status_json(state: &ProxyState) -> serde_json::Value {
             "node": cp.connected,
             "state_for_seconds": cp.since.elapsed().as_secs_f64(),
         },
-        "accepted": state.accepted.load(Relaxed),
+        "accepted": state.runtime.accepted.load(Relaxed),
         "active": backends.iter().map(|b| b["active"].as_u64().unwrap_or(0)).sum::<u64>(),
         "handshake_failures": failures,
         "backends": backends,
@@ -148,7 +148,7 @@ fn metrics(state: &ProxyState) -> String {
             bytes.get_or_create(&ld).inc_by(b.load(Relaxed));
         }
     }
-    for (reason, n) in state.handshake_failures.lock().unwrap_or_else(|e| e.into_inner()).iter() {
+    for (reason, n) in state.runtime.failures().iter() {
         fails.get_or_create(&vec![("reason".into(), reason.to_string())]).inc_by(*n);
     }
     reg.register("active_connections", "Connections being relayed", active);
@@ -156,7 +156,7 @@ fn metrics(state: &ProxyState) -> String {
     reg.register("messages", "WebSocket messages relayed", msgs);
     reg.register("bytes", "Bytes relayed after the handshake", bytes);
     reg.register("handshake_failures", "Handshakes refused, by reason", fails);
-    let cfg = state.config_info();
+    let cfg = state.status.config();
     let rev = Gauge::<i64>::default();
     rev.set(cfg.revision as i64);
     reg.register("config_revision", "Revision of the config in use", rev);
@@ -164,7 +164,7 @@ fn metrics(state: &ProxyState) -> String {
     age.set(age_secs(cfg.applied_at));
     reg.register("config_age_seconds", "Seconds since the config in use was applied", age);
     let up = Gauge::<i64>::default();
-    up.set(state.control_plane_info().connected.is_some() as i64);
+    up.set(state.status.control_plane().connected.is_some() as i64);
     reg.register("control_plane_connected", "1 while following a control-plane node", up);
     let mut out = String::new();
     encode(&mut out, &reg).expect("writing to a String cannot fail");

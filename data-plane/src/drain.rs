@@ -28,7 +28,7 @@ pub fn on_change(state: &ProxyState, old: &Table, new: &Table) {
                     let window = Duration::from_millis(new_pool.map_or(30_000, |p| p.pool.drain_timeout_ms.max(1)));
                     let conns = n.stats.connections();
                     tracing::info!(backend = %n.backend.address, connections = conns.len(), ?window, "draining");
-                    let token = state.shutdown.clone();
+                    let token = state.runtime.shutdown.clone();
                     tokio::spawn(async move {
                         tokio::select! {
                             _ = token.cancelled() => {}

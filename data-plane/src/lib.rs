@@ -4,6 +4,7 @@
 
 pub mod admin;
 pub mod admission;
+pub mod affinity;
 pub mod balance;
 pub mod config;
 pub mod drain;
@@ -14,8 +15,9 @@ pub mod proxy;
 pub mod relay;
 pub mod state;
 pub mod stats;
+pub mod status;
 pub mod table;
-pub mod watcher;
+pub mod watch;
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -38,11 +40,10 @@ impl Proxy {
     /// then from the control plane as soon as a node answers.
     pub fn start(cfg: ProxyConfig, listener: TcpListener, admin: TcpListener) -> std::io::Result<Proxy> {
         let state = ProxyState::new(cfg.proxy_id.clone());
-        let mut mirror = watcher::Mirror::default();
-        if let Some((t, written)) = cfg.cache_file.as_deref().and_then(watcher::load_cache) {
-            mirror = watcher::Mirror::from_topology(t);
-            watcher::install(&state, &mirror, "cache", written);
-            *state.sessions.write().unwrap_or_else(|e| e.into_inner()) = mirror.sessions();
+        let mut mirror = watch::mirror::Mirror::default();
+        if let Some((t, written)) = cfg.cache_file.as_deref().and_then(watch::cache::load) {
+            mirror = watch::mirror::Mirror::from_topology(t);
+            watch::install::install(&state, &mirror, &watch::mirror::Delta::All, "cache", written);
             tracing::warn!(
                 revision = mirror.revision,
                 "serving from the config cache until a control-plane node answers"
@@ -51,11 +52,11 @@ impl Proxy {
         let listen = listener.local_addr()?;
         let admin_addr = admin.local_addr()?;
         tokio::spawn(admin::serve(admin, state.clone()));
-        tokio::spawn(watcher::run(
+        watch::start(
             state.clone(),
-            watcher::WatchConfig { endpoints: cfg.control_plane.clone(), cache_file: cfg.cache_file.clone() },
+            watch::WatchConfig { endpoints: cfg.control_plane.clone(), cache_file: cfg.cache_file.clone() },
             mirror,
-        ));
+        );
         let workers = proxy::Workers::start(cfg.tuning.workers, state.clone(), cfg.tuning)?;
         let accept = tokio::spawn(proxy::serve(listener, state.clone(), workers));
         Ok(Proxy { state, listen, admin: admin_addr, accept })
@@ -64,13 +65,13 @@ impl Proxy {
     /// SIGTERM behaviour: stop accepting, ask every connection to close with 1001 (spread
     /// over the grace period), and wait for them, at most the grace period plus a little.
     pub async fn shutdown(self, grace: Duration) {
-        self.state.shutdown.cancel();
+        self.state.runtime.shutdown.cancel();
         let _ = self.accept.await;
         let conns: Vec<_> = self.state.registry.all().into_iter().flat_map(|(_, s)| s.connections()).collect();
         tracing::info!(connections = conns.len(), ?grace, "closing connections");
         tokio::spawn(drain::drain(conns, grace));
-        self.state.connections.close();
-        if tokio::time::timeout(grace + Duration::from_secs(3), self.state.connections.wait()).await.is_err() {
+        self.state.runtime.connections.close();
+        if tokio::time::timeout(grace + Duration::from_secs(3), self.state.runtime.connections.wait()).await.is_err() {
             tracing::warn!("grace period over with connections still open; exiting");
         }
     }

@@ -31,17 +31,8 @@ async fn run(args: Args) -> anyhow::Result<()> {
     let proxy = Proxy::start(cfg, listener, admin)?;
     // Tests and scripts read the bound addresses from here when they asked for port 0.
     println!("listening ws={} admin={}", proxy.listen, proxy.admin);
-    wait_for_signal().await;
+    switchyard_model::signal::wait_for_signal().await;
     tracing::info!("shutting down");
     proxy.shutdown(grace).await;
     Ok(())
-}
-
-async fn wait_for_signal() {
-    use tokio::signal::unix::{signal, SignalKind};
-    let mut term = signal(SignalKind::terminate()).expect("SIGTERM handler");
-    tokio::select! {
-        _ = term.recv() => {}
-        _ = tokio::signal::ctrl_c() => {}
-    }
 }

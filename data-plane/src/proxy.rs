@@ -65,10 +65,12 @@ impl Workers {
                     while let Some((sock, peer)) = rx.recv().await {
                         let Ok(sock) = TcpStream::from_std(sock) else { continue };
                         let st2 = st.clone();
-                        tokio::spawn(st.connections.track_future(async move { handle(st2, sock, peer, tuning).await }));
+                        tokio::spawn(
+                            st.runtime.connections.track_future(async move { handle(st2, sock, peer, tuning).await }),
+                        );
                     }
                     // Accepting stopped: stay until this thread's connections are done.
-                    st.connections.wait().await;
+                    st.runtime.connections.wait().await;
                 });
             })?;
             senders.push(tx);
@@ -88,7 +90,7 @@ impl Workers {
 pub async fn serve(listener: TcpListener, state: Arc<ProxyState>, workers: Workers) {
     loop {
         let (sock, peer) = tokio::select! {
-            _ = state.shutdown.cancelled() => break,
+            _ = state.runtime.shutdown.cancelled() => break,
             r = listener.accept() => match r {
                 Ok(x) => x,
                 Err(e) => {
@@ -100,7 +102,7 @@ pub async fn serve(listener: TcpListener, state: Arc<ProxyState>, workers: Worke
             },
         };
         let _ = sock.set_nodelay(true);
-        state.accepted.fetch_add(1, Relaxed);
+        state.runtime.accepted.fetch_add(1, Relaxed);
         workers.dispatch(sock, peer);
     }
 }
@@ -111,7 +113,7 @@ async fn reject_none<T>(state: &ProxyState, sock: TcpStream, r: Reject) -> Optio
 }
 
 async fn reject(state: &ProxyState, mut sock: TcpStream, r: Reject) {
-    state.count_failure(r.reason());
+    state.runtime.count_failure(r.reason());
     let retry = (r.status() == 503).then(|| 1 + rand::random::<u64>() % 5);
     let _ = tokio::time::timeout(Duration::from_secs(2), sock.write_all(&handshake::error_response(&r, retry))).await;
     let _ = sock.shutdown().await;
@@ -153,7 +155,7 @@ async fn handle(state: Arc<ProxyState>, client: TcpStream, peer: SocketAddr, tun
     // so an established connection keeps only its sockets and relay state.
     let Some(e) = open(&state, client, peer, tuning).await else { return };
     let Established { client, backend, client_early, backend_early, pool, address, stats, limits, session } = e;
-    let id = state.conn_id();
+    let id = state.runtime.conn_id();
     let ctl = Arc::new(ConnCtl::default());
     stats.register(id, ctl.clone());
     stats.active.fetch_add(1, Relaxed);
@@ -167,10 +169,10 @@ async fn handle(state: Arc<ProxyState>, client: TcpStream, peer: SocketAddr, tun
         .pools
         .get(&pool)
         .and_then(|p| p.backends.iter().find(|b| b.backend.address == address))
-        .is_some_and(|b| crate::table::admits(&b.backend));
+        .is_some_and(|b| switchyard_model::usable(&b.backend));
     // Not kept for the connection's life: an idle connection holds as little as possible.
     drop((pool, address));
-    if state.shutdown.is_cancelled() || !still_admitted {
+    if state.runtime.shutdown.is_cancelled() || !still_admitted {
         ctl.close(crate::frame::CLOSE_GOING_AWAY);
     }
     let end = relay::relay(&client, &backend, &client_early, &backend_early, limits, &ctl, &stats).await;
@@ -178,7 +180,7 @@ async fn handle(state: Arc<ProxyState>, client: TcpStream, peer: SocketAddr, tun
     stats.active.fetch_sub(1, Relaxed);
     stats.unregister(id);
     if let Some(k) = &session {
-        state.unbind_live(k);
+        state.affinity.unbind_live(k);
     }
 }
 
@@ -205,7 +207,7 @@ async fn open(state: &ProxyState, mut client: TcpStream, peer: SocketAddr, tunin
     };
     // Admission: the caps in force come with the config; over them, 503 and a jittered
     // Retry-After so a storm of reconnects spreads out.
-    match state.admission.admit(peer.ip(), s.max_handshakes_per_sec, s.max_connections_per_ip_per_sec) {
+    match state.runtime.admission.admit(peer.ip(), s.max_handshakes_per_sec, s.max_connections_per_ip_per_sec) {
         Ok(()) => {}
         Err(crate::admission::Refusal::ProxyBusy) => return reject_none(state, client, Reject::OverCapacity).await,
         Err(crate::admission::Refusal::ClientRate) => return reject_none(state, client, Reject::ClientRate).await,
@@ -217,8 +219,8 @@ async fn open(state: &ProxyState, mut client: TcpStream, peer: SocketAddr, tunin
         return reject_none(state, client, Reject::NotFound).await;
     };
     // Session affinity: the key the pool names; a client without the cookie gets a new one.
-    let (session, set_cookie) = session_key(&pool.pool.affinity, &up, peer.ip());
-    let bound = session.as_deref().and_then(|k| state.session_backend(&pool.pool.name, k));
+    let (session, set_cookie) = session_key(pool.affinity_key.as_ref(), &up, peer.ip());
+    let bound = session.as_deref().and_then(|k| state.affinity.backend_for(&pool.pool.name, k));
     let mut exclude = Vec::new();
     let (idx, mut backend) = loop {
         if exclude.len() >= tuning.max_attempts {
@@ -264,7 +266,7 @@ async fn open(state: &ProxyState, mut client: TcpStream, peer: SocketAddr, tunin
     let status = handshake::response_status(&resp[..resp_len]);
     if status != Some(101) {
         // The backend said no: its answer is the client's answer.
-        state.count_failure("backend_refused");
+        state.runtime.count_failure("backend_refused");
         if client.write_all(&resp).await.is_err() {
             return None;
         }
@@ -287,7 +289,7 @@ async fn open(state: &ProxyState, mut client: TcpStream, peer: SocketAddr, tunin
         idle_timeout: (s.idle_timeout_ms > 0).then(|| Duration::from_millis(s.idle_timeout_ms)),
         ping_interval: (s.ping_interval_ms > 0).then(|| Duration::from_millis(s.ping_interval_ms)),
     };
-    let session = session.map(|k| state.bind_live(&pool.pool.name, &k, &entry.backend.address));
+    let session = session.map(|k| state.affinity.bind_live(&pool.pool.name, &k, &entry.backend.address));
     // Bytes the client sent behind its head go through the relay, which tracks their frames.
     Some(Established {
         client,
@@ -304,20 +306,22 @@ async fn open(state: &ProxyState, mut client: TcpStream, peer: SocketAddr, tunin
 
 /// The session key for a pool's affinity spec, and the `Set-Cookie` line to add to the 101
 /// when the spec is a cookie the client does not have yet.
-fn session_key(spec: &str, up: &handshake::Upgrade, client: std::net::IpAddr) -> (Option<String>, Option<String>) {
-    if spec.is_empty() {
-        return (None, None);
-    }
+fn session_key(
+    spec: Option<&switchyard_model::KeySpec>,
+    up: &handshake::Upgrade,
+    client: std::net::IpAddr,
+) -> (Option<String>, Option<String>) {
+    let Some(spec) = spec else { return (None, None) };
     if let Some(key) = crate::table::request_value(spec, up, client) {
         return (Some(key), None);
     }
-    match spec.strip_prefix("cookie:") {
-        Some(name) => {
+    match spec {
+        switchyard_model::KeySpec::Cookie(name) => {
             let key = format!("{:016x}{:016x}", rand::random::<u64>(), rand::random::<u64>());
             let line = format!("Set-Cookie: {name}={key}; Path=/; HttpOnly; SameSite=Lax\r\n");
             (Some(key), Some(line))
         }
         // No key in this request (header or query parameter missing): balance it as usual.
-        None => (None, None),
+        _ => (None, None),
     }
 }

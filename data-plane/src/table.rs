@@ -5,7 +5,8 @@ use std::collections::HashMap;
 use std::net::IpAddr;
 use std::sync::Arc;
 
-use switchyard_proto::v1::{AdminState, Algorithm, Backend, Health, Pool, Route, Settings, Topology};
+use switchyard_model::{usable, KeySpec, Model};
+use switchyard_proto::v1::{Algorithm, Backend, Pool, Route, Settings};
 
 use crate::balance::{Balancer, PickInput};
 use crate::handshake::Upgrade;
@@ -20,6 +21,10 @@ pub struct BackendEntry {
 pub struct PoolTable {
     pub pool: Pool,
     pub backends: Vec<BackendEntry>,
+    /// The pool's `hash_key`, parsed once here (empty means the client IP).
+    hash_key: Option<KeySpec>,
+    /// The pool's `affinity` key, when it has session affinity.
+    pub affinity_key: Option<KeySpec>,
     balancer: Balancer,
     /// For pools with session affinity: where a new session key goes, the same on every
     /// proxy, so proxies racing on one key pick the same backend.
@@ -59,9 +64,13 @@ fn host_matches(rule: &str, host: &str) -> bool {
     }
 }
 
-/// Whether a backend may take new connections, apart from its load.
-pub fn admits(b: &Backend) -> bool {
-    b.admin_state == AdminState::Active as i32 && b.health != Health::Unhealthy as i32 && b.weight > 0
+/// Parses a key spec the control plane validated; one that does not parse (a newer control
+/// plane's form, say) is logged and treated as absent rather than failing the whole table.
+fn key_spec(pool: &str, what: &str, s: &str) -> Option<KeySpec> {
+    if s.is_empty() {
+        return None;
+    }
+    s.parse().map_err(|e| tracing::warn!(pool, "ignoring the pool's {what}: {e}")).ok()
 }
 
 impl Table {
@@ -69,31 +78,34 @@ impl Table {
         Table { revision: 0, settings: Settings::default(), routes: Vec::new(), pools: HashMap::new() }
     }
 
-    pub fn build(t: &Topology, registry: &Registry) -> Table {
-        let mut routes = t.routes.clone();
+    pub fn build(model: &Model, revision: u64, registry: &Registry) -> Table {
+        let mut routes: Vec<Route> = model.routes.values().cloned().collect();
         routes.sort_by_key(route_rank);
-        let mut by_pool: HashMap<&str, Vec<&Backend>> = HashMap::new();
-        for b in &t.backends {
-            by_pool.entry(b.pool.as_str()).or_default().push(b);
-        }
-        let pools = t
+        let pools = model
             .pools
-            .iter()
+            .values()
             .map(|p| {
-                let mut bs = by_pool.remove(p.name.as_str()).unwrap_or_default();
-                bs.sort_by(|a, b| a.address.cmp(&b.address));
+                // In address order, as the model keeps them: every proxy builds the same table.
+                let bs: Vec<&Backend> = model.backends_of(&p.name).collect();
                 let ids: Vec<(&str, u32)> = bs.iter().map(|b| (b.address.as_str(), b.weight)).collect();
                 let algorithm = Algorithm::try_from(p.algorithm).unwrap_or(Algorithm::RoundRobin);
                 let balancer = Balancer::new(algorithm, &ids);
-                let affinity = if p.affinity.is_empty() { None } else { crate::balance::Maglev::new(&ids) };
+                let affinity_key = key_spec(&p.name, "affinity", &p.affinity);
+                let affinity = affinity_key.as_ref().and_then(|_| crate::balance::Maglev::new(&ids));
+                let hash_key = if p.hash_key.is_empty() {
+                    Some(KeySpec::ClientIp)
+                } else {
+                    key_spec(&p.name, "hash key", &p.hash_key)
+                };
                 let backends = bs
                     .into_iter()
                     .map(|b| BackendEntry { backend: b.clone(), stats: registry.get(&p.name, &b.address) })
                     .collect();
-                (p.name.clone(), Arc::new(PoolTable { pool: p.clone(), backends, balancer, affinity }))
+                let table = PoolTable { pool: p.clone(), backends, hash_key, affinity_key, balancer, affinity };
+                (p.name.clone(), Arc::new(table))
             })
             .collect();
-        Table { revision: t.revision, settings: t.settings.unwrap_or_default(), routes, pools }
+        Table { revision, settings: model.settings, routes, pools }
     }
 
     /// The pool for a request, by Host and path prefix.
@@ -105,36 +117,31 @@ impl Table {
     }
 }
 
-/// The raw value a key spec (`header:X`, `cookie:X`, `query:X`, `ip`) names in a request.
-pub fn request_value(spec: &str, up: &Upgrade, client: IpAddr) -> Option<String> {
-    if spec == "ip" {
-        return Some(client.to_string());
-    }
-    let (kind, name) = spec.split_once(':')?;
-    match kind {
-        "header" => up.header(name).map(|v| String::from_utf8_lossy(v).into_owned()),
-        "cookie" => up.cookie(name),
-        "query" => up.query_param(name),
-        _ => None,
+/// The raw value a key spec names in a request, if the request has one.
+pub fn request_value(spec: &KeySpec, up: &Upgrade, client: IpAddr) -> Option<String> {
+    match spec {
+        KeySpec::ClientIp => Some(client.to_string()),
+        KeySpec::Header(name) => up.header(name).map(|v| String::from_utf8_lossy(v).into_owned()),
+        KeySpec::Cookie(name) => up.cookie(name),
+        KeySpec::Query(name) => up.query_param(name),
     }
     .filter(|v| !v.is_empty())
 }
 
-/// The hash key a pool's `hash_key` names, taken from the request.
-pub fn request_key(spec: &str, up: &Upgrade, client: IpAddr) -> Option<u64> {
-    let ip_key = || match client {
+fn ip_hash(client: IpAddr) -> u64 {
+    match client {
         IpAddr::V4(a) => hash64(&[&a.octets()]),
         IpAddr::V6(a) => hash64(&[&a.octets()]),
-    };
-    if spec.is_empty() || spec == "ip" {
-        return Some(ip_key());
     }
-    let (kind, name) = spec.split_once(':')?;
-    let value = match kind {
-        "header" => up.header(name).map(|v| v.to_vec()),
-        "cookie" => up.cookie(name).map(String::into_bytes),
-        "query" => up.query_param(name).map(String::into_bytes),
-        _ => None,
+}
+
+/// The hash of the key a pool's `hash_key` names, taken from the request.
+pub fn request_key(spec: &KeySpec, up: &Upgrade, client: IpAddr) -> Option<u64> {
+    let value = match spec {
+        KeySpec::ClientIp => return Some(ip_hash(client)),
+        KeySpec::Header(name) => up.header(name).map(|v| v.to_vec()),
+        KeySpec::Cookie(name) => up.cookie(name).map(String::into_bytes),
+        KeySpec::Query(name) => up.query_param(name).map(String::into_bytes),
     }?;
     Some(hash64(&[&value]))
 }
@@ -144,7 +151,7 @@ impl PoolTable {
     pub fn fit(&self, i: usize, now_ms: u64, exclude: &[usize]) -> bool {
         let max = self.pool.max_connections_per_backend as u64;
         let e = &self.backends[i];
-        admits(&e.backend)
+        usable(&e.backend)
             && !exclude.contains(&i)
             && e.stats.ejected_until_ms.load(std::sync::atomic::Ordering::Relaxed) <= now_ms
             && (max == 0 || e.stats.active.load(std::sync::atomic::Ordering::Relaxed) < max)
@@ -174,11 +181,8 @@ impl PoolTable {
     pub fn pick(&self, up: &Upgrade, client: IpAddr, now_ms: u64, exclude: &[usize]) -> Option<usize> {
         let fit = |i: usize| self.fit(i, now_ms, exclude);
         let load = |i: usize| self.backends[i].stats.load();
-        let ip = match client {
-            IpAddr::V4(a) => hash64(&[&a.octets()]),
-            IpAddr::V6(a) => hash64(&[&a.octets()]),
-        };
-        let key = request_key(&self.pool.hash_key, up, client);
+        let ip = ip_hash(client);
+        let key = self.hash_key.as_ref().and_then(|k| request_key(k, up, client));
         self.balancer.pick(&PickInput { key, ip, load: &load, fit: &fit })
     }
 }
@@ -199,7 +203,7 @@ mod tests {
 
     #[test]
     fn most_specific_route_wins() {
-        let t = Topology {
+        let t = switchyard_proto::v1::Topology {
             routes: vec![
                 route("any", "", ""),
                 route("chat", "", "/chat"),
@@ -213,12 +217,39 @@ mod tests {
                 .collect(),
             ..Default::default()
         };
-        let table = Table::build(&t, &Registry::default());
+        let table = Table::build(&Model::from_topology(t), 1, &Registry::default());
         let pool = |h: &str, p: &str| table.route(h, p).map(|p| p.pool.name.clone());
         assert_eq!(pool("api.example.com", "/ws/1").as_deref(), Some("exact-ws"));
         assert_eq!(pool("api.example.com", "/x").as_deref(), Some("exact"));
         assert_eq!(pool("a.example.com", "/chat").as_deref(), Some("wild"));
         assert_eq!(pool("example.com", "/chat").as_deref(), Some("chat"));
         assert_eq!(pool("other", "/").as_deref(), Some("any"));
+    }
+
+    #[test]
+    fn key_specs_are_parsed_once_and_weight_zero_takes_no_session() {
+        use switchyard_model::topology::put;
+        use switchyard_proto::v1::change::Kind;
+        let mut m = Model::default();
+        let pool = Pool {
+            name: "p".into(),
+            affinity: "cookie:sid".into(),
+            hash_key: "header:X-User".into(),
+            ..Default::default()
+        };
+        m.apply(&put(Kind::PoolPut(pool)));
+        for (address, weight) in [("a:1", 0), ("b:1", 1)] {
+            let b = Backend { pool: "p".into(), address: address.into(), weight, admin_state: 1, ..Default::default() };
+            m.apply(&put(Kind::BackendPut(b)));
+        }
+        let table = Table::build(&m, 1, &Registry::default());
+        let p = &table.pools["p"];
+        assert_eq!(p.affinity_key, Some(KeySpec::Cookie("sid".into())));
+        assert_eq!(p.hash_key, Some(KeySpec::Header("X-User".into())));
+        // A session bound to the weight-0 backend goes elsewhere, as the control plane agrees.
+        for i in 0..20 {
+            let (idx, new) = p.pick_session(&format!("k{i}"), Some("a:1"), 0, &[]).unwrap();
+            assert_eq!((p.backends[idx].backend.address.as_str(), new), ("b:1", true));
+        }
     }
 }

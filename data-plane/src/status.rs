@@ -1,0 +1,98 @@
+//! What a proxy says about its config: which revision it runs, where that came from and when,
+//! which control-plane node it follows, and when recent revisions were applied (for timing
+//! how fast a change reaches proxies).
+
+use std::collections::VecDeque;
+use std::sync::Mutex;
+use std::time::{Instant, SystemTime};
+
+use tokio::sync::Notify;
+
+/// Applied revisions remembered for `/applied`.
+const APPLIED_HISTORY: usize = 4096;
+
+/// Where the running config came from.
+#[derive(Clone, Debug)]
+pub struct ConfigInfo {
+    /// "none", "cache" or "control-plane".
+    pub source: &'static str,
+    pub revision: u64,
+    /// When this proxy applied it (or when the cache file was written).
+    pub applied_at: SystemTime,
+}
+
+#[derive(Clone, Debug)]
+pub struct ControlPlaneInfo {
+    pub connected: Option<String>,
+    pub since: Instant,
+}
+
+pub struct ConfigStatus {
+    config: Mutex<ConfigInfo>,
+    applied: Mutex<VecDeque<(u64, SystemTime)>>,
+    /// Woken whenever a revision is applied.
+    pub applied_changed: Notify,
+    control_plane: Mutex<ControlPlaneInfo>,
+}
+
+impl Default for ConfigStatus {
+    fn default() -> Self {
+        ConfigStatus {
+            config: Mutex::new(ConfigInfo { source: "none", revision: 0, applied_at: SystemTime::now() }),
+            applied: Mutex::new(VecDeque::new()),
+            applied_changed: Notify::new(),
+            control_plane: Mutex::new(ControlPlaneInfo { connected: None, since: Instant::now() }),
+        }
+    }
+}
+
+impl ConfigStatus {
+    pub fn config(&self) -> ConfigInfo {
+        self.config.lock().unwrap_or_else(|e| e.into_inner()).clone()
+    }
+
+    /// Records that `revision`, from `source`, is now in use.
+    pub fn record(&self, source: &'static str, revision: u64, applied_at: SystemTime) {
+        *self.config.lock().unwrap_or_else(|e| e.into_inner()) = ConfigInfo { source, revision, applied_at };
+        let mut a = self.applied.lock().unwrap_or_else(|e| e.into_inner());
+        if a.len() == APPLIED_HISTORY {
+            a.pop_front();
+        }
+        a.push_back((revision, applied_at));
+        drop(a);
+        self.applied_changed.notify_waiters();
+    }
+
+    /// When the first revision at or after `revision` was applied, if it has been.
+    pub fn applied_at(&self, revision: u64) -> Option<(u64, SystemTime)> {
+        self.applied.lock().unwrap_or_else(|e| e.into_inner()).iter().find(|(r, _)| *r >= revision).copied()
+    }
+
+    pub fn control_plane(&self) -> ControlPlaneInfo {
+        self.control_plane.lock().unwrap_or_else(|e| e.into_inner()).clone()
+    }
+
+    pub fn set_control_plane(&self, connected: Option<String>) {
+        let mut cp = self.control_plane.lock().unwrap_or_else(|e| e.into_inner());
+        if cp.connected != connected {
+            *cp = ControlPlaneInfo { connected, since: Instant::now() };
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn applied_finds_the_first_revision_at_or_after() {
+        let s = ConfigStatus::default();
+        let t = SystemTime::UNIX_EPOCH;
+        s.record("control-plane", 5, t);
+        s.record("control-plane", 9, t);
+        assert_eq!(s.applied_at(3).map(|x| x.0), Some(5));
+        assert_eq!(s.applied_at(6).map(|x| x.0), Some(9));
+        assert_eq!(s.applied_at(10), None);
+        assert_eq!(s.config().revision, 9);
+    }
+}

@@ -1,0 +1,119 @@
+//! The proxy's copy of the replicated model at a revision: the shared [`Model`] plus the
+//! revision, moved forward by watch events and never backwards.
+
+use std::collections::HashMap;
+
+use switchyard_model::Model;
+use switchyard_proto::v1::{change, watch_event, Topology, WatchEvent};
+
+#[derive(Default, Clone, Debug, PartialEq)]
+pub struct Mirror {
+    pub revision: u64,
+    model: Model,
+}
+
+/// What an applied event changed, so installing it does only the work it needs.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Delta {
+    /// Topology or settings changed: rebuild the routing table.
+    All,
+    /// Only session bindings changed (they change far more often than topology): update the
+    /// lookup map, keep the table.
+    Sessions(Vec<change::Kind>),
+}
+
+impl Mirror {
+    pub fn from_topology(t: Topology) -> Mirror {
+        Mirror { revision: t.revision, model: Model::from_topology(t) }
+    }
+
+    pub fn to_topology(&self) -> Topology {
+        self.model.to_topology(self.revision)
+    }
+
+    pub fn model(&self) -> &Model {
+        &self.model
+    }
+
+    /// Session bindings as a map, for the proxy's lookups.
+    pub fn session_map(&self) -> HashMap<(String, String), String> {
+        self.model.sessions.iter().map(|(k, s)| (k.clone(), s.backend.clone())).collect()
+    }
+
+    /// Applies one event and says what it changed. Events at or below the current revision
+    /// are ignored (`None`), so a resumed stream can never take the proxy backwards.
+    pub fn apply(&mut self, ev: WatchEvent) -> Option<Delta> {
+        if ev.revision < self.revision || (ev.revision == self.revision && self.revision != 0) {
+            return None;
+        }
+        let delta = match ev.kind? {
+            watch_event::Kind::Snapshot(t) => {
+                *self = Mirror::from_topology(t);
+                Delta::All
+            }
+            watch_event::Kind::Changes(cs) => {
+                for c in &cs.changes {
+                    self.model.apply(c);
+                }
+                let sessions_only = cs
+                    .changes
+                    .iter()
+                    .all(|c| matches!(c.kind, Some(change::Kind::SessionPut(_) | change::Kind::SessionRemoved(_))));
+                if sessions_only {
+                    Delta::Sessions(cs.changes.into_iter().filter_map(|c| c.kind).collect())
+                } else {
+                    Delta::All
+                }
+            }
+        };
+        self.revision = ev.revision;
+        Some(delta)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use switchyard_proto::v1::{Backend, Change, ChangeSet, Pool, SessionBinding};
+
+    fn changes(rev: u64, kinds: Vec<change::Kind>) -> WatchEvent {
+        let changes = kinds.into_iter().map(|k| Change { kind: Some(k) }).collect();
+        WatchEvent { revision: rev, kind: Some(watch_event::Kind::Changes(ChangeSet { changes })) }
+    }
+
+    fn session(key: &str) -> change::Kind {
+        change::Kind::SessionPut(SessionBinding {
+            pool: "p".into(),
+            key: key.into(),
+            backend: "a:1".into(),
+            ..Default::default()
+        })
+    }
+
+    #[test]
+    fn events_move_forward_only_and_say_what_they_changed() {
+        let mut m = Mirror::default();
+        let topo = Topology {
+            revision: 3,
+            pools: vec![Pool { name: "p".into(), ..Default::default() }],
+            ..Default::default()
+        };
+        let snap = WatchEvent { revision: 3, kind: Some(watch_event::Kind::Snapshot(topo)) };
+        assert_eq!(m.apply(snap.clone()), Some(Delta::All));
+        assert_eq!(m.revision, 3);
+        // The same revision again, or an older one, changes nothing.
+        assert_eq!(m.apply(snap), None);
+        assert_eq!(m.apply(changes(2, vec![session("old")])), None);
+        assert!(m.model().sessions.is_empty());
+
+        assert_eq!(m.apply(changes(4, vec![session("k")])), Some(Delta::Sessions(vec![session("k")])));
+        assert_eq!(m.session_map().get(&("p".into(), "k".into())).map(String::as_str), Some("a:1"));
+        let backend = Backend { pool: "p".into(), address: "a:1".into(), ..Default::default() };
+        let mixed = changes(5, vec![session("j"), change::Kind::BackendPut(backend)]);
+        assert_eq!(m.apply(mixed), Some(Delta::All));
+        assert_eq!(m.revision, 5);
+        assert_eq!(m.model().backends.len(), 1);
+        assert_eq!(Mirror::from_topology(m.to_topology()), m);
+        assert_eq!(m.apply(WatchEvent { revision: 6, kind: None }), None);
+    }
+}

@@ -1,0 +1,85 @@
+//! Reports to the control plane: which revision this proxy runs, its connection counts, and
+//! the session bindings it made; the reply brings back the other proxies' connection counts.
+
+use std::collections::HashMap;
+use std::sync::atomic::Ordering::Relaxed;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use switchyard_model::grpc::{self, ChannelOptions};
+use switchyard_proto::v1::discovery_client::DiscoveryClient;
+use switchyard_proto::v1::{BackendLoad, ProxyReport};
+use tokio::sync::watch;
+
+use crate::state::ProxyState;
+use crate::table::Table;
+
+/// A report that gets no answer within this long counts as failed; the next node is tried.
+const REPORT_TIMEOUT: Duration = Duration::from_secs(2);
+/// New connections arriving together are reported together.
+const GATHER: Duration = Duration::from_millis(2);
+
+/// Reports at once when something changed, and otherwise often enough to keep live sessions'
+/// bindings fresh ([`refresh_interval`]).
+pub async fn run(state: Arc<ProxyState>, endpoints: Vec<String>, mut applied: watch::Receiver<u64>) {
+    let mut i = 0usize;
+    let mut last_refresh = Instant::now();
+    loop {
+        let refresh_every = refresh_interval(&state.table.load());
+        let refresh = last_refresh.elapsed() >= refresh_every;
+        if refresh {
+            last_refresh = Instant::now();
+        }
+        let bindings = state.affinity.take_report(refresh);
+        let rev = *applied.borrow_and_update();
+        let loads: Vec<BackendLoad> = state
+            .registry
+            .all()
+            .into_iter()
+            .map(|((pool, address), s)| BackendLoad { pool, address, connections: s.active.load(Relaxed) })
+            .collect();
+        let mine: HashMap<(String, String), u64> =
+            loads.iter().map(|l| ((l.pool.clone(), l.address.clone()), l.connections)).collect();
+        let report = ProxyReport {
+            proxy_id: state.proxy_id.clone(),
+            applied_revision: rev,
+            rejected_reason: String::new(),
+            loads,
+            bindings,
+        };
+        let addr = state.status.control_plane().connected.unwrap_or_else(|| endpoints[i % endpoints.len()].clone());
+        if let Ok(ch) = grpc::channel(&addr, &ChannelOptions::PROXY) {
+            let mut c = DiscoveryClient::new(ch);
+            match tokio::time::timeout(REPORT_TIMEOUT, c.report(report)).await {
+                Ok(Ok(reply)) => {
+                    // Other proxies' connections: the cluster's count less what this proxy sent.
+                    for l in reply.into_inner().cluster_loads {
+                        let own = mine.get(&(l.pool.clone(), l.address.clone())).copied().unwrap_or(0);
+                        state
+                            .registry
+                            .get(&l.pool, &l.address)
+                            .cluster_active
+                            .store(l.connections.saturating_sub(own), Relaxed);
+                    }
+                }
+                _ => i += 1,
+            }
+        }
+        tokio::select! {
+            _ = state.runtime.shutdown.cancelled() => return,
+            r = applied.changed() => if r.is_err() { return },
+            _ = state.affinity.report_now.notified() => tokio::time::sleep(GATHER).await,
+            _ = tokio::time::sleep(refresh_every.saturating_sub(last_refresh.elapsed())) => {}
+        }
+    }
+}
+
+/// Reports go out every second (connection counts feed cluster-wide balancing), and more
+/// often when an affinity TTL is short: a third of the shortest, at least 200 ms.
+pub fn refresh_interval(table: &Table) -> Duration {
+    let min_ttl = table.pools.values().filter(|p| p.affinity_key.is_some()).map(|p| p.pool.affinity_ttl_ms).min();
+    match min_ttl {
+        Some(ttl) => Duration::from_millis((ttl / 3).clamp(200, 1000)),
+        None => Duration::from_secs(1),
+    }
+}
