@@ -56,7 +56,7 @@ async fn main() -> Result<()> {
     let mut cluster = Cluster::start(&args.system, &args.bin_dir, &args.out_dir, args.members)?;
     cluster.wait_ready().await?;
     let value = vec![b'x'; args.value_size];
-    target::prepare(&cluster).await?;
+    target::prepare(&cluster.system, &cluster.client_addrs).await?;
 
     for &n in args.clients.iter().filter(|_| !args.skip_put) {
         let r = put_phase(&cluster, n, Duration::from_secs(args.seconds), &value).await;

@@ -44,9 +44,9 @@ fn channel(addr: &str) -> Channel {
 }
 
 /// Switchyard needs the pool the bench writes backends into.
-pub async fn prepare(cluster: &crate::procs::Cluster) -> Result<()> {
-    if cluster.system == "switchyard" {
-        let mut a = sy::admin_client::AdminClient::new(channel(&cluster.client_addrs[0]));
+pub async fn prepare(system: &str, client_addrs: &[String]) -> Result<()> {
+    if system == "switchyard" {
+        let mut a = sy::admin_client::AdminClient::new(channel(&client_addrs[0]));
         a.create_pool(sy::CreatePoolRequest { pool: Some(sy::Pool { name: "bench".into(), ..Default::default() }) })
             .await?;
     }

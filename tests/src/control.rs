@@ -1,0 +1,223 @@
+//! Control-plane nodes: harness-held sockets passed as fd 3, node processes, clusters, and
+//! gRPC clients for them.
+
+use std::collections::BTreeMap;
+use std::net::TcpListener;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use command_fds::{CommandFdExt, FdMapping};
+use switchyard_proto::v1::admin_client::AdminClient;
+use switchyard_proto::v1::discovery_client::DiscoveryClient;
+use switchyard_proto::v1::query_client::QueryClient;
+use switchyard_proto::v1::{ClusterStatusReply, ClusterStatusRequest};
+use tonic::transport::{Channel, Endpoint};
+
+use crate::process::{bin, eventually, Proc};
+
+/// A loopback socket for a control-plane node, bound (and listening) by the harness so the
+/// node's address is known before it starts and stays reserved until the test ends.
+pub fn reserve() -> TcpListener {
+    TcpListener::bind("127.0.0.1:0").expect("bind 127.0.0.1:0")
+}
+
+/// A running `switchyard-control` process; killed (SIGKILL) when dropped. It serves the
+/// socket the harness holds (passed as fd 3, `LISTEN_FDS=1`), so a restart gets the same
+/// address back.
+pub struct ControlNode {
+    pub id: u64,
+    pub addr: String,
+    pub data_dir: PathBuf,
+    pub args: Vec<String>,
+    listener: TcpListener,
+    proc: Proc,
+    /// Refuses connections while the process is down: declared after `proc`, so dropped
+    /// after it.
+    parked: Option<Parked>,
+}
+
+impl ControlNode {
+    /// Starts node `id` on `listener` (see [`reserve`]) and waits until it serves.
+    pub fn spawn(id: u64, listener: TcpListener, data_dir: &Path, extra: &[String]) -> ControlNode {
+        let addr = listener.local_addr().expect("local addr").to_string();
+        let mut args = vec!["--id".to_string(), id.to_string(), "--data-dir".into(), data_dir.display().to_string()];
+        args.extend(extra.iter().cloned());
+        let mut n =
+            ControlNode { id, addr, data_dir: data_dir.into(), args, listener, proc: Proc::default(), parked: None };
+        n.start();
+        n
+    }
+
+    /// (Re)starts the process with the same flags, data dir and socket, and waits until it
+    /// serves.
+    pub fn start(&mut self) {
+        // Stop turning connections away first: from here on they wait for the new process.
+        self.parked = None;
+        let log_path = self.data_dir.with_extension("log");
+        let log = std::fs::File::create(&log_path).expect("log file");
+        let sock = self.listener.try_clone().expect("clone the node's socket");
+        let mut cmd = Command::new(bin("switchyard-control"));
+        cmd.args(&self.args)
+            .env("RUST_LOG", "warn,openraft=error")
+            .env("LISTEN_FDS", "1")
+            .env_remove("LISTEN_PID")
+            .env_remove("LISTEN_FDS_FIRST_FD")
+            .stderr(log)
+            .fd_mappings(vec![FdMapping { parent_fd: sock.into(), child_fd: 3 }])
+            .expect("one fd mapping");
+        let what = format!("switchyard-control node {} (log: {})", self.id, log_path.display());
+        let line = self.proc.start_reporting(&mut cmd, &what);
+        assert_eq!(line, format!("listening grpc={}", self.addr), "{what} serves the socket it was given");
+    }
+
+    /// SIGKILL: no chance to flush or say goodbye.
+    pub fn kill9(&mut self) {
+        self.proc.kill9();
+        self.park();
+    }
+
+    /// SIGTERM, then wait for a clean exit.
+    pub fn terminate(&mut self) -> std::process::ExitStatus {
+        let status = self.proc.terminate();
+        self.park();
+        status
+    }
+
+    pub fn is_running(&self) -> bool {
+        self.proc.is_running()
+    }
+
+    fn park(&mut self) {
+        if self.parked.is_none() {
+            self.parked = Some(Parked::new(&self.listener));
+        }
+    }
+}
+
+/// The socket of a node that is down stays bound, so no one else takes its port, and
+/// listening, so connections to it would queue unanswered until the client times out (10 s
+/// here, 3 s in a proxy) where a dead node refuses them at once. While parked, a thread
+/// accepts them and resets them right away, which clients see as a dead node.
+struct Parked {
+    stop: Arc<AtomicBool>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl Parked {
+    fn new(listener: &TcpListener) -> Parked {
+        let l = listener.try_clone().expect("clone the node's socket");
+        // Shared with the node process, which sets it too: tokio needs it.
+        l.set_nonblocking(true).expect("non-blocking socket");
+        let stop = Arc::new(AtomicBool::new(false));
+        let s = stop.clone();
+        let thread = std::thread::spawn(move || {
+            while !s.load(Ordering::Relaxed) {
+                match l.accept() {
+                    Ok((c, _)) => {
+                        // Linger 0: close with a reset, like a refused connection.
+                        let _ = socket2::SockRef::from(&c).set_linger(Some(Duration::ZERO));
+                    }
+                    Err(_) => std::thread::sleep(Duration::from_millis(5)),
+                }
+            }
+        });
+        Parked { stop, thread: Some(thread) }
+    }
+}
+
+impl Drop for Parked {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::Relaxed);
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}
+
+pub fn channel(addr: &str) -> Channel {
+    Endpoint::from_shared(format!("http://{addr}"))
+        .expect("uri")
+        .connect_timeout(Duration::from_millis(500))
+        .timeout(Duration::from_secs(10))
+        .connect_lazy()
+}
+
+pub fn admin(addr: &str) -> AdminClient<Channel> {
+    AdminClient::new(channel(addr))
+}
+
+pub fn query(addr: &str) -> QueryClient<Channel> {
+    QueryClient::new(channel(addr))
+}
+
+pub fn discovery(addr: &str) -> DiscoveryClient<Channel> {
+    DiscoveryClient::new(channel(addr))
+}
+
+/// Flags that keep cluster tests quick without risking spurious elections on 2 cores.
+pub fn test_flags() -> Vec<String> {
+    ["--heartbeat-ms", "100", "--election-min-ms", "400", "--election-max-ms", "700", "--write-timeout-ms", "3000"]
+        .iter()
+        .map(|s| s.to_string())
+        .collect()
+}
+
+/// A cluster of processes sharing one temp dir.
+pub struct Cluster {
+    pub dir: tempfile::TempDir,
+    pub nodes: BTreeMap<u64, ControlNode>,
+}
+
+impl Cluster {
+    /// Starts `n` founding members with `extra` flags, and waits for a leader.
+    pub async fn start(n: u64, extra: &[&str]) -> Cluster {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let sockets: BTreeMap<u64, TcpListener> = (1..=n).map(|i| (i, reserve())).collect();
+        let initial = sockets
+            .iter()
+            .map(|(i, l)| format!("{i}={}", l.local_addr().expect("local addr")))
+            .collect::<Vec<_>>()
+            .join(",");
+        let mut flags = test_flags();
+        flags.extend(["--initial-cluster".to_string(), initial]);
+        flags.extend(extra.iter().map(|s| s.to_string()));
+        let nodes = sockets
+            .into_iter()
+            .map(|(i, l)| (i, ControlNode::spawn(i, l, &dir.path().join(format!("node-{i}")), &flags)))
+            .collect();
+        let c = Cluster { dir, nodes };
+        c.leader(Duration::from_secs(15)).await;
+        c
+    }
+
+    pub fn endpoints(&self) -> String {
+        self.nodes.values().filter(|n| n.is_running()).map(|n| n.addr.clone()).collect::<Vec<_>>().join(",")
+    }
+
+    /// The leader every running node agrees on.
+    pub async fn leader(&self, timeout: Duration) -> u64 {
+        eventually("a leader all running nodes agree on", timeout, || async {
+            let mut leader = None;
+            for n in self.nodes.values().filter(|n| n.is_running()) {
+                let s = status(&n.addr).await?;
+                if s.leader_id == 0 || leader.is_some_and(|l| l != s.leader_id) {
+                    return None;
+                }
+                leader = Some(s.leader_id);
+            }
+            leader.filter(|l| self.nodes.get(l).is_some_and(|n| n.is_running()))
+        })
+        .await
+    }
+
+    pub fn node(&mut self, id: u64) -> &mut ControlNode {
+        self.nodes.get_mut(&id).expect("node id")
+    }
+}
+
+pub async fn status(addr: &str) -> Option<ClusterStatusReply> {
+    query(addr).cluster_status(ClusterStatusRequest {}).await.ok().map(|r| r.into_inner())
+}

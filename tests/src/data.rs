@@ -1,0 +1,216 @@
+//! The data plane under test: proxy processes, echo backends (in-process and as
+//! `switchyard demo-backend`), and WebSocket clients.
+
+use std::path::Path;
+use std::process::{Command, Stdio};
+use std::time::Duration;
+
+use crate::process::{bin, eventually, Proc};
+
+/// A running `switchyard-proxy` process; killed when dropped.
+pub struct ProxyProcess {
+    pub ws: String,
+    pub admin: String,
+    pub args: Vec<String>,
+    proc: Proc,
+}
+
+impl ProxyProcess {
+    /// Starts a proxy on ephemeral ports and reads them back from its first line of output.
+    pub fn spawn(control_plane: &str, cache_file: &Path, id: &str) -> ProxyProcess {
+        let args = vec![
+            "--listen".to_string(),
+            "127.0.0.1:0".into(),
+            "--admin".into(),
+            "127.0.0.1:0".into(),
+            "--control-plane".into(),
+            control_plane.into(),
+            "--cache-file".into(),
+            cache_file.display().to_string(),
+            "--proxy-id".into(),
+            id.into(),
+            "--shutdown-grace-ms".into(),
+            "1000".into(),
+        ];
+        let mut p = ProxyProcess { ws: String::new(), admin: String::new(), args, proc: Proc::default() };
+        p.start();
+        p
+    }
+
+    /// (Re)starts the proxy; a restart asks for the ports it reported the first time.
+    pub fn start(&mut self) {
+        let mut cmd = Command::new(bin("switchyard-proxy"));
+        cmd.args(&self.args).env("RUST_LOG", "warn").stderr(Stdio::null());
+        let line = self.proc.start_reporting(&mut cmd, "switchyard-proxy");
+        for part in line.split_whitespace() {
+            if let Some(a) = part.strip_prefix("ws=") {
+                self.ws = a.to_string();
+            }
+            if let Some(a) = part.strip_prefix("admin=") {
+                self.admin = a.to_string();
+            }
+        }
+        assert!(!self.ws.is_empty(), "proxy did not report its address: {line:?}");
+        // Keep the same ports on restart.
+        for (flag, v) in [("--listen", self.ws.clone()), ("--admin", self.admin.clone())] {
+            let i = self.args.iter().position(|a| a == flag).expect("flag") + 1;
+            self.args[i] = v;
+        }
+    }
+
+    pub fn kill9(&mut self) {
+        self.proc.kill9();
+    }
+
+    /// SIGTERM and wait for the exit status.
+    pub fn terminate(&mut self) -> std::process::ExitStatus {
+        self.proc.terminate()
+    }
+
+    /// The proxy's `/status` JSON.
+    pub async fn status(&self) -> Option<serde_json::Value> {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let mut s = tokio::net::TcpStream::connect(&self.admin).await.ok()?;
+        s.write_all(b"GET /status HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n").await.ok()?;
+        let mut out = Vec::new();
+        s.read_to_end(&mut out).await.ok()?;
+        let text = String::from_utf8(out).ok()?;
+        let body = text.split_once("\r\n\r\n")?.1;
+        serde_json::from_str(body).ok()
+    }
+
+    /// Waits until the proxy runs config at `revision` or later.
+    pub async fn wait_revision(&self, revision: u64) {
+        eventually(&format!("proxy at revision {revision}"), Duration::from_secs(10), || async {
+            let s = self.status().await?;
+            (s["config"]["revision"].as_u64()? >= revision).then_some(())
+        })
+        .await
+    }
+}
+
+/// A real WebSocket echo server (tokio-tungstenite) that first sends its own name, so tests
+/// can tell which backend a connection reached.
+pub struct EchoBackend {
+    pub addr: String,
+    pub name: String,
+    pub last_headers: std::sync::Arc<std::sync::Mutex<Vec<(String, String)>>>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl EchoBackend {
+    pub async fn start(name: &str) -> EchoBackend {
+        use futures::{SinkExt, StreamExt};
+        use tokio_tungstenite::tungstenite::Message;
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind echo backend");
+        let addr = listener.local_addr().expect("addr").to_string();
+        let last_headers = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+        let (n, h) = (name.to_string(), last_headers.clone());
+        let task = tokio::spawn(async move {
+            while let Ok((sock, _)) = listener.accept().await {
+                let (n, h) = (n.clone(), h.clone());
+                tokio::spawn(async move {
+                    let cb =
+                        |req: &tokio_tungstenite::tungstenite::handshake::server::Request,
+                         resp: tokio_tungstenite::tungstenite::handshake::server::Response| {
+                            *h.lock().unwrap() = req
+                                .headers()
+                                .iter()
+                                .map(|(k, v)| (k.to_string(), v.to_str().unwrap_or("").to_string()))
+                                .collect();
+                            Ok(resp)
+                        };
+                    let cfg = tokio_tungstenite::tungstenite::protocol::WebSocketConfig::default()
+                        .max_message_size(Some(64 << 20))
+                        .max_frame_size(Some(64 << 20));
+                    let Ok(mut ws) = tokio_tungstenite::accept_hdr_async_with_config(sock, cb, Some(cfg)).await else {
+                        return;
+                    };
+                    if ws.send(Message::text(n.clone())).await.is_err() {
+                        return;
+                    }
+                    while let Some(Ok(m)) = ws.next().await {
+                        let echo = matches!(m, Message::Text(_) | Message::Binary(_));
+                        if matches!(m, Message::Close(_)) || (echo && ws.send(m).await.is_err()) {
+                            break;
+                        }
+                    }
+                });
+            }
+        });
+        EchoBackend { addr, name: name.to_string(), last_headers, task }
+    }
+}
+
+impl Drop for EchoBackend {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+pub type Ws = tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>;
+
+/// Connects a WebSocket client through `proxy` and returns it with the backend's name.
+pub async fn ws_connect(proxy: &str, path: &str, headers: &[(&str, &str)]) -> anyhow::Result<(Ws, String)> {
+    use futures::StreamExt;
+    use tokio_tungstenite::tungstenite::client::IntoClientRequest;
+    let mut req = format!("ws://{proxy}{path}").into_client_request()?;
+    for (k, v) in headers {
+        req.headers_mut()
+            .insert(tokio_tungstenite::tungstenite::http::HeaderName::from_bytes(k.as_bytes())?, v.parse()?);
+    }
+    let cfg = tokio_tungstenite::tungstenite::protocol::WebSocketConfig::default()
+        .max_message_size(Some(64 << 20))
+        .max_frame_size(Some(64 << 20));
+    let (mut ws, _) = tokio::time::timeout(
+        Duration::from_secs(5),
+        tokio_tungstenite::connect_async_with_config(req, Some(cfg), false),
+    )
+    .await??;
+    let hello = tokio::time::timeout(Duration::from_secs(5), ws.next()).await?.ok_or(anyhow::anyhow!("closed"))??;
+    Ok((ws, hello.into_text()?.to_string()))
+}
+
+/// Sends a message and expects it back unchanged.
+pub async fn echo(ws: &mut Ws, m: tokio_tungstenite::tungstenite::Message) -> anyhow::Result<()> {
+    use futures::{SinkExt, StreamExt};
+    ws.send(m.clone()).await?;
+    let back = tokio::time::timeout(Duration::from_secs(10), ws.next()).await?.ok_or(anyhow::anyhow!("closed"))??;
+    anyhow::ensure!(back == m, "echo mismatch");
+    Ok(())
+}
+
+/// `switchyard demo-backend` in its own process, so it can be killed and restarted for real.
+pub struct DemoBackend {
+    pub addr: String,
+    pub name: String,
+    proc: Proc,
+}
+
+impl DemoBackend {
+    /// Starts a backend on an ephemeral port and reads it back from its first line of output.
+    pub fn spawn(name: &str) -> DemoBackend {
+        let mut b = DemoBackend { addr: "127.0.0.1:0".into(), name: name.into(), proc: Proc::default() };
+        b.start();
+        b
+    }
+
+    /// Starts (again) on the same address: the port reported the first time.
+    pub fn start(&mut self) {
+        let mut cmd = Command::new(bin("switchyard"));
+        cmd.args(["demo-backend", "--listen", &self.addr, "--name", &self.name]).stderr(Stdio::null());
+        let line = self.proc.start_reporting(&mut cmd, "switchyard demo-backend");
+        // `demo backend NAME on ws://ADDR`
+        let addr = line.rsplit_once("ws://").map(|(_, a)| a.to_string()).unwrap_or_default();
+        assert!(
+            addr.parse::<std::net::SocketAddr>().is_ok_and(|a| a.port() != 0),
+            "demo backend did not report the address it bound: {line:?}"
+        );
+        assert!(self.addr.ends_with(":0") || self.addr == addr, "restarted on {addr}, not {}", self.addr);
+        self.addr = addr;
+    }
+
+    pub fn kill9(&mut self) {
+        self.proc.kill9();
+    }
+}

@@ -1,0 +1,170 @@
+//! Processes and binaries: building the workspace's binaries through Cargo, a child
+//! process guard that kills on drop, and polling with a deadline.
+
+use std::collections::BTreeMap;
+use std::io::BufRead;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::OnceLock;
+use std::time::{Duration, Instant};
+
+/// Cluster tests elect leaders on timers; run them one at a time so two clusters do not
+/// starve each other of the machine's two cores.
+static HEAVY: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+
+pub async fn serial() -> tokio::sync::MutexGuard<'static, ()> {
+    HEAVY.lock().await
+}
+
+/// The packages whose binaries the tests run.
+const BIN_PACKAGES: [&str; 3] = ["switchyard-control-plane", "switchyard-proxy", "switchyard-cli"];
+
+/// A workspace binary, built by Cargo for this test process: the first call runs
+/// `$CARGO build --bins` for the packages the tests run, with the test binary's own profile
+/// (a no-op when they are fresh), and takes the executables' paths from Cargo's report.
+pub fn bin(name: &str) -> PathBuf {
+    static BINS: OnceLock<BTreeMap<String, PathBuf>> = OnceLock::new();
+    let bins = BINS.get_or_init(build_bins);
+    match bins.get(name) {
+        Some(p) => p.clone(),
+        None => panic!("Cargo built no binary {name:?}, only {:?}", bins.keys().collect::<Vec<_>>()),
+    }
+}
+
+fn build_bins() -> BTreeMap<String, PathBuf> {
+    // Cargo sets CARGO for the tests it runs; the test binary lives in target/PROFILE-DIR/deps.
+    let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
+    let exe = std::env::current_exe().expect("test binary path");
+    let profile = match exe.parent().and_then(Path::parent).and_then(Path::file_name).and_then(|n| n.to_str()) {
+        Some("debug") | None => "dev",
+        Some(dir) => dir,
+    };
+    let mut cmd = Command::new(&cargo);
+    cmd.args(["build", "--bins", "--message-format=json-render-diagnostics", "--profile", profile]);
+    for p in BIN_PACKAGES {
+        cmd.args(["-p", p]);
+    }
+    let out = cmd.stdin(Stdio::null()).output().unwrap_or_else(|e| panic!("cannot run {cargo:?}: {e}"));
+    assert!(
+        out.status.success(),
+        "building the binaries the tests run failed ({cmd:?}: {}):\n{}",
+        out.status,
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let mut bins = BTreeMap::new();
+    for line in out.stdout.split(|b| *b == b'\n') {
+        let Ok(msg) = serde_json::from_slice::<serde_json::Value>(line) else { continue };
+        if let (Some("compiler-artifact"), Some(name), Some(exe)) =
+            (msg["reason"].as_str(), msg["target"]["name"].as_str(), msg["executable"].as_str())
+        {
+            bins.insert(name.to_string(), PathBuf::from(exe));
+        }
+    }
+    bins
+}
+
+/// A loopback address where nothing listens and, while this lives, nothing else can bind: a
+/// bound socket that never listens, so connections to it are refused.
+pub struct ClosedPort {
+    pub addr: String,
+    _sock: socket2::Socket,
+}
+
+impl ClosedPort {
+    pub fn new() -> ClosedPort {
+        use socket2::{Domain, Socket, Type};
+        let sock = Socket::new(Domain::IPV4, Type::STREAM, None).expect("socket");
+        sock.bind(&std::net::SocketAddr::from(([127, 0, 0, 1], 0)).into()).expect("bind 127.0.0.1:0");
+        let addr = sock.local_addr().expect("local addr").as_socket().expect("inet address").to_string();
+        ClosedPort { addr, _sock: sock }
+    }
+}
+
+impl Default for ClosedPort {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+/// Polls `f` until it returns `Some` or `timeout` passes.
+pub async fn eventually<T, F, Fut>(what: &str, timeout: Duration, mut f: F) -> T
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Option<T>>,
+{
+    let deadline = Instant::now() + timeout;
+    loop {
+        if let Some(v) = f().await {
+            return v;
+        }
+        assert!(Instant::now() < deadline, "timed out after {timeout:?} waiting for {what}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// A child process that is killed (SIGKILL) when dropped, so a failing test leaves nothing
+/// running.
+#[derive(Default)]
+pub struct Proc(Option<Child>);
+
+impl Proc {
+    pub fn set(&mut self, child: Child) {
+        assert!(self.0.is_none(), "process already running");
+        self.0 = Some(child);
+    }
+
+    pub fn is_running(&self) -> bool {
+        self.0.is_some()
+    }
+
+    /// Spawns `cmd` with its stdout piped and returns the first line it prints (processes
+    /// report the addresses they bound there). A process that exits or stays silent for 30 s
+    /// fails the test; the process is this guard's from the moment it is spawned.
+    pub fn start_reporting(&mut self, cmd: &mut Command, what: &str) -> String {
+        let mut child = cmd.stdout(Stdio::piped()).spawn().unwrap_or_else(|e| panic!("spawn {what}: {e}"));
+        let out = child.stdout.take().expect("stdout");
+        self.set(child);
+        let (tx, rx) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            let mut line = String::new();
+            let _ = std::io::BufReader::new(out).read_line(&mut line);
+            let _ = tx.send(line);
+        });
+        match rx.recv_timeout(Duration::from_secs(30)) {
+            Ok(line) if !line.is_empty() => line.trim_end().to_string(),
+            Ok(_) => panic!("{what} exited without reporting its address"),
+            Err(_) => panic!("{what} did not report its address within 30s"),
+        }
+    }
+
+    /// SIGKILL: no chance to flush or say goodbye.
+    pub fn kill9(&mut self) {
+        if let Some(mut c) = self.0.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+
+    /// SIGTERM, then its exit status; a process still running 10 s later fails the test.
+    pub fn terminate(&mut self) -> std::process::ExitStatus {
+        let mut c = self.0.take().expect("process running");
+        let _ = Command::new("kill").args(["-TERM", &c.id().to_string()]).status();
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            if let Some(s) = c.try_wait().expect("wait") {
+                return s;
+            }
+            if Instant::now() > deadline {
+                let _ = c.kill();
+                panic!("process {} did not exit within 10s of SIGTERM", c.id());
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+}
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        self.kill9();
+    }
+}
