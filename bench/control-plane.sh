@@ -10,6 +10,9 @@
 # writers give up on a request after 1 s and retry on the next endpoint.
 #
 # Usage: bash bench/control-plane.sh [SECONDS_PER_PHASE] [TRIALS]
+# BASELINE=DIR (a directory with another build's switchyard-control) adds that build as a third
+# system, interleaved with the others, so a change is measured against its predecessor in the
+# same run.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 SECONDS_PER_PHASE=${1:-10}
@@ -28,11 +31,18 @@ cargo build --release --bins -q
 RESULTS="$OUT/control-plane.jsonl"
 : > "$RESULTS"
 # Interleave: put phases of both, then failover trials of both.
-for sys in switchyard etcd; do
-  ./target/release/cp-bench --system "$sys" --seconds "$SECONDS_PER_PHASE" --trials 0 --out-dir "$OUT" | tee -a "$RESULTS"
+SYSTEMS="switchyard etcd${BASELINE:+ baseline}"
+run() {
+  case "$1" in
+    baseline) shift; ./target/release/cp-bench --system switchyard --label switchyard-baseline --bin-dir "$BASELINE" "$@" ;;
+    *) local s=$1; shift; ./target/release/cp-bench --system "$s" "$@" ;;
+  esac
+}
+for sys in $SYSTEMS; do
+  run "$sys" --seconds "$SECONDS_PER_PHASE" --trials 0 --out-dir "$OUT" | tee -a "$RESULTS"
 done
-for sys in switchyard etcd; do
-  ./target/release/cp-bench --system "$sys" --skip-put --trials "$TRIALS" --out-dir "$OUT" | tee -a "$RESULTS"
+for sys in $SYSTEMS; do
+  run "$sys" --skip-put --trials "$TRIALS" --out-dir "$OUT" | tee -a "$RESULTS"
 done
 
 python3 - "$RESULTS" <<'PY'
@@ -48,6 +58,12 @@ for c in sorted({k[1] for k in put}):
         continue
     fmt = lambda r: f"{r['ops_per_sec']:.0f}/s p50 {r['p50_ms']:.2f} p99 {r['p99_ms']:.2f}"
     print(f"{'puts, %d client(s)' % c:<22}{fmt(s):>24}{fmt(e):>24}{s['ops_per_sec'] / e['ops_per_sec']:>7.2f}x")
+    b = put.get(("switchyard-baseline", c))
+    if b:
+        print(f"{'  baseline build':<22}{fmt(b):>24}{'':>24}{s['ops_per_sec'] / b['ops_per_sec']:>7.2f}x (this/baseline)")
+if "switchyard-baseline" in fo and "switchyard" in fo:
+    s, b = fo["switchyard"], fo["switchyard-baseline"]
+    print(f"{'failover, baseline':<22}{'p50 %.0f max %.0f ms' % (b['p50_ms'], b['max_ms']):>24}{'':>24}{s['p50_ms'] / b['p50_ms']:>7.2f}x (this/baseline)")
 if "switchyard" in fo and "etcd" in fo:
     s, e = fo["switchyard"], fo["etcd"]
     f = lambda r: f"p50 {r['p50_ms']:.0f} max {r['max_ms']:.0f} ms"

@@ -4,7 +4,8 @@
 # proxies, 1,000 writes.
 #
 # Usage: bash bench/proxy.sh [SECONDS_PER_PHASE] [IDLE_CONNECTIONS]   (QUICK=1: throughput and
-# handshakes only)
+# handshakes only; BASELINE=DIR: also run DIR/switchyard-proxy, another build, as target
+# "baseline" in the same rounds, to compare a change with its predecessor)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 SECS=${1:-10}
@@ -36,6 +37,11 @@ $B/switchyard pool create bench >/dev/null
 $B/switchyard backend add bench 127.0.0.1:$BACKEND >/dev/null
 $B/switchyard route set all --pool bench >/dev/null
 $B/switchyard-proxy --listen 127.0.0.1:$SY --admin 127.0.0.1:$SYA --control-plane 127.0.0.1:$CP --proxy-id bench > "$OUT/proxy.log" 2>&1 & SYPID=$!; PIDS+=($SYPID)
+TARGETS="switchyard${BASELINE:+ baseline} nginx haproxy"
+if [ -n "${BASELINE:-}" ]; then
+  BL=$(port); BLA=$(port)
+  "$BASELINE/switchyard-proxy" --listen 127.0.0.1:$BL --admin 127.0.0.1:$BLA --control-plane 127.0.0.1:$CP --proxy-id baseline > "$OUT/baseline.log" 2>&1 & BLPID=$!; PIDS+=($BLPID)
+fi
 
 cat > "$OUT/nginx.conf" <<NGX
 worker_processes 2;
@@ -86,14 +92,16 @@ HAP
 haproxy -f "$OUT/haproxy.cfg" -db > "$OUT/haproxy.log" 2>&1 & HAPID=$!; PIDS+=($HAPID)
 wait_port $SY; wait_port $NG; wait_port $HA
 wait_proxy_config 127.0.0.1:$SYA
+[ -n "${BASELINE:-}" ] && { wait_port $BL; wait_proxy_config 127.0.0.1:$BLA; }
 
 declare -A ADDR=([direct]=127.0.0.1:$BACKEND [switchyard]=127.0.0.1:$SY [nginx]=127.0.0.1:$NG [haproxy]=127.0.0.1:$HA)
 declare -A PID=([direct]=0 [switchyard]=$SYPID [nginx]=$NGPID [haproxy]=$HAPID)
+[ -n "${BASELINE:-}" ] && { ADDR[baseline]=127.0.0.1:$BL; PID[baseline]=$BLPID; }
 TCK=$(getconf CLK_TCK)
 
 # Interleaved rounds: every target once per round.
 for round in 1 2; do
-  for t in direct switchyard nginx haproxy; do
+  for t in direct $TARGETS; do
     p=${PID[$t]}
     c0=$([ "$p" = 0 ] && echo 0 || cpu_ticks "$p")
     line=$($B/ws-bench throughput --target "${ADDR[$t]}" --conns 100 --seconds "$SECS")
@@ -108,7 +116,7 @@ import json,sys; r=json.loads(sys.stdin.read()); r.update(name='$t', round=$roun
 done
 
 # Memory per idle connection, at $IDLE connections held through each proxy.
-for t in $([ "${QUICK:-}" ] || echo switchyard nginx haproxy); do
+for t in $([ "${QUICK:-}" ] || echo $TARGETS); do
   p=${PID[$t]}
   before=$(rss_kb "$p")
   fds_before=$(fd_count "$p")
@@ -163,8 +171,9 @@ for r in rows:
 def avg(xs): xs = [x for x in xs if x is not None]; return sum(xs) / len(xs) if xs else float('nan')
 print()
 print(f"{'target':<12}{'msgs/s':>10}{'p50 ms':>9}{'p99 ms':>9}{'cpu us/msg':>12}{'handshakes/s':>14}")
-for n in ['direct', 'switchyard', 'nginx', 'haproxy']:
+for n in ['direct', 'switchyard', 'baseline', 'nginx', 'haproxy']:
     t = tp[n]
+    if not t: continue
     print(f"{n:<12}{avg([r['messages_per_sec'] for r in t]):>10.0f}{avg([r['p50_ms'] for r in t]):>9.2f}"
           f"{avg([r['p99_ms'] for r in t]):>9.2f}{avg([r['proxy_cpu_us_per_msg'] for r in t]) if n != 'direct' else float('nan'):>12.2f}"
           f"{avg([r['per_sec'] for r in hs[n]]):>14.0f}")
@@ -173,6 +182,11 @@ if sy and ng:
     print(f"\nswitchyard/nginx: msgs/s {avg([r['messages_per_sec'] for r in sy]) / avg([r['messages_per_sec'] for r in ng]):.2f}x, "
           f"cpu/msg {avg([r['proxy_cpu_us_per_msg'] for r in sy]) / avg([r['proxy_cpu_us_per_msg'] for r in ng]):.2f}x, "
           f"p99 {avg([r['p99_ms'] for r in sy]) / avg([r['p99_ms'] for r in ng]):.2f}x")
+bl = tp['baseline']
+if sy and bl:
+    print(f"switchyard/baseline build: msgs/s {avg([r['messages_per_sec'] for r in sy]) / avg([r['messages_per_sec'] for r in bl]):.2f}x, "
+          f"cpu/msg {avg([r['proxy_cpu_us_per_msg'] for r in sy]) / avg([r['proxy_cpu_us_per_msg'] for r in bl]):.2f}x, "
+          f"handshakes/s {avg([r['per_sec'] for r in hs['switchyard']]) / avg([r['per_sec'] for r in hs['baseline']]):.2f}x")
 for r in rows:
     if r.get('phase') == 'idle':
         print(f"idle {r['name']:<11} {r['bytes_per_conn']:>8.0f} B/connection at {r['conns']} connections")

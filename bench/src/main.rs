@@ -24,6 +24,10 @@ struct Args {
     /// switchyard or etcd.
     #[arg(long)]
     system: String,
+    /// Name the results carry [default: the system]; e.g. `switchyard-baseline` for an older
+    /// build's binaries measured in the same run.
+    #[arg(long)]
+    label: Option<String>,
     /// Directory with switchyard-control (for --system switchyard).
     #[arg(long, default_value = "target/release")]
     bin_dir: std::path::PathBuf,
@@ -53,6 +57,7 @@ struct Args {
 #[tokio::main]
 async fn main() -> Result<()> {
     let args = Args::parse();
+    let label = args.label.clone().unwrap_or_else(|| args.system.clone());
     let mut cluster = Cluster::start(&args.system, &args.bin_dir, &args.out_dir, args.members)?;
     cluster.wait_ready().await?;
     let value = vec![b'x'; args.value_size];
@@ -62,7 +67,7 @@ async fn main() -> Result<()> {
         let r = put_phase(&cluster, n, Duration::from_secs(args.seconds), &value).await;
         println!(
             "{}",
-            json!({"system": args.system, "phase": "put", "clients": n, "seconds": args.seconds,
+            json!({"system": label, "phase": "put", "clients": n, "seconds": args.seconds,
             "ops": r.0, "ops_per_sec": r.0 as f64 / args.seconds as f64, "p50_ms": r.1, "p99_ms": r.2, "errors": r.3})
         );
     }
@@ -74,7 +79,7 @@ async fn main() -> Result<()> {
         lost_total += lost;
         println!(
             "{}",
-            json!({"system": args.system, "phase": "failover", "trial": trial, "failover_ms": t.as_secs_f64() * 1000.0, "acked": acked, "lost": lost})
+            json!({"system": label, "phase": "failover", "trial": trial, "failover_ms": t.as_secs_f64() * 1000.0, "acked": acked, "lost": lost})
         );
         times.push(t);
     }
@@ -84,7 +89,7 @@ async fn main() -> Result<()> {
         let max = *times.last().unwrap();
         println!(
             "{}",
-            json!({"system": args.system, "phase": "failover-summary", "trials": times.len(),
+            json!({"system": label, "phase": "failover-summary", "trials": times.len(),
             "p50_ms": p50.as_secs_f64() * 1000.0, "max_ms": max.as_secs_f64() * 1000.0, "lost": lost_total})
         );
     }
