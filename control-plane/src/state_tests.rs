@@ -21,6 +21,12 @@ fn backend(pool: &str, addr: &str) -> Command {
     .unwrap()))
 }
 
+/// A proxy's report of one binding in pool `p`.
+fn bind(key: &str, backend: &str, ttl_ms: u64, now_ms: u64) -> Command {
+    let b = SessionBinding { pool: "p".into(), key: key.into(), backend: backend.into(), ttl_ms, ..Default::default() };
+    Command::BindSessions { now_ms, bindings: vec![Pb(b)] }
+}
+
 #[test]
 fn references_are_checked_when_applied() {
     let mut s = State::default();
@@ -56,31 +62,22 @@ fn sessions_first_writer_wins_and_expire_by_command_time() {
     s.apply(1, &pool("p")).unwrap();
     s.apply(2, &backend("p", "a:1")).unwrap();
     s.apply(3, &backend("p", "b:1")).unwrap();
-    let bind = |b: &str, now| Command::BindSessions {
-        now_ms: now,
-        bindings: vec![Pb(SessionBinding {
-            pool: "p".into(),
-            key: "k".into(),
-            backend: b.into(),
-            ttl_ms: 100,
-            ..Default::default()
-        })],
-    };
-    s.apply(4, &bind("a:1", 1000)).unwrap();
-    s.apply(5, &bind("b:1", 1001)).unwrap();
+    let bind_k = |b: &str, now| bind("k", b, 100, now);
+    s.apply(4, &bind_k("a:1", 1000)).unwrap();
+    s.apply(5, &bind_k("b:1", 1001)).unwrap();
     assert_eq!(s.sessions[&("p".into(), "k".into())].backend, "a:1");
     s.apply(6, &Command::ExpireSessions { now_ms: 1099 }).unwrap();
     assert_eq!(s.sessions.len(), 1);
     s.apply(7, &Command::ExpireSessions { now_ms: 1100 }).unwrap();
     assert!(s.sessions.is_empty());
     // A binding to a drained backend is replaced by the next report.
-    s.apply(8, &bind("a:1", 2000)).unwrap();
+    s.apply(8, &bind_k("a:1", 2000)).unwrap();
     s.apply(
         9,
         &Command::SetBackendState { pool: "p".into(), address: "a:1".into(), state: AdminState::Draining as i32 },
     )
     .unwrap();
-    s.apply(10, &bind("b:1", 2001)).unwrap();
+    s.apply(10, &bind_k("b:1", 2001)).unwrap();
     assert_eq!(s.sessions[&("p".into(), "k".into())].backend, "b:1");
 }
 
@@ -92,33 +89,16 @@ fn a_weight_zero_backend_loses_its_bindings_to_the_next_report() {
     s.apply(1, &pool("p")).unwrap();
     s.apply(2, &backend("p", "a:1")).unwrap();
     s.apply(3, &backend("p", "b:1")).unwrap();
-    let bind = |b: &str, now| Command::BindSessions {
-        now_ms: now,
-        bindings: vec![Pb(SessionBinding {
-            pool: "p".into(),
-            key: "k".into(),
-            backend: b.into(),
-            ..Default::default()
-        })],
-    };
-    s.apply(4, &bind("a:1", 1000)).unwrap();
-    s.apply(5, &bind("b:1", 1001)).unwrap();
+    let bind_k = |b: &str, now| bind("k", b, 0, now);
+    s.apply(4, &bind_k("a:1", 1000)).unwrap();
+    s.apply(5, &bind_k("b:1", 1001)).unwrap();
     assert_eq!(s.sessions[&("p".into(), "k".into())].backend, "a:1", "first writer wins while a:1 is usable");
     s.apply(6, &Command::SetBackendWeight { pool: "p".into(), address: "a:1".into(), weight: 0 }).unwrap();
-    s.apply(7, &bind("b:1", 1002)).unwrap();
+    s.apply(7, &bind_k("b:1", 1002)).unwrap();
     let moved = &s.sessions[&("p".into(), "k".into())];
     assert_eq!((moved.backend.as_str(), moved.created_revision), ("b:1", 7));
     // And no new binding is made to a backend of weight 0.
-    let fresh = Command::BindSessions {
-        now_ms: 1003,
-        bindings: vec![Pb(SessionBinding {
-            pool: "p".into(),
-            key: "new".into(),
-            backend: "a:1".into(),
-            ..Default::default()
-        })],
-    };
-    assert!(s.apply(8, &fresh).unwrap().is_empty());
+    assert!(s.apply(8, &bind("new", "a:1", 0, 1003)).unwrap().is_empty());
     assert!(!s.sessions.contains_key(&("p".into(), "new".into())));
 }
 
