@@ -10,7 +10,6 @@ pub mod network;
 pub mod node;
 pub mod pb;
 pub mod sessions;
-mod sm_view;
 pub mod state;
 pub mod store;
 pub mod types;

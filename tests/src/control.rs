@@ -14,7 +14,8 @@ use switchyard_proto::v1::admin_client::AdminClient;
 use switchyard_proto::v1::discovery_client::DiscoveryClient;
 use switchyard_proto::v1::query_client::QueryClient;
 use switchyard_proto::v1::{ClusterStatusReply, ClusterStatusRequest};
-use tonic::transport::{Channel, Endpoint};
+use switchyard_model::grpc::{self, ChannelOptions};
+use tonic::transport::Channel;
 
 use crate::process::{bin, eventually, Proc};
 
@@ -137,12 +138,14 @@ impl Drop for Parked {
     }
 }
 
+/// The CLI's kind of channel, with a shorter connect timeout: tests dial nodes they just killed.
 pub fn channel(addr: &str) -> Channel {
-    Endpoint::from_shared(format!("http://{addr}"))
-        .expect("uri")
-        .connect_timeout(Duration::from_millis(500))
-        .timeout(Duration::from_secs(10))
-        .connect_lazy()
+    let opts = ChannelOptions {
+        connect_timeout: Duration::from_millis(500),
+        request_timeout: Some(Duration::from_secs(10)),
+        ..ChannelOptions::CLI
+    };
+    grpc::channel(addr, &opts).expect("a valid address")
 }
 
 pub fn admin(addr: &str) -> AdminClient<Channel> {

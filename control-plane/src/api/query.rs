@@ -9,9 +9,12 @@ use tonic::{Request, Response, Status};
 use crate::node::calls::{ListProxies, Loads};
 use crate::node::context::NodeCtx;
 use crate::node::leader;
-use crate::sm_view::View;
+use crate::store::sm::Live;
 
 pub struct QueryService(pub Arc<NodeCtx>);
+
+/// A read guard over the applied state, so one answer reads one consistent revision.
+struct View<'a>(std::sync::RwLockReadGuard<'a, Live>);
 
 impl QueryService {
     /// Linearizable reads confirm the read index with the leader, then wait for this node to
