@@ -9,8 +9,8 @@ use rand::seq::SliceRandom;
 use switchyard_proto::v1::AdminState;
 
 use crate::frame::CLOSE_GOING_AWAY;
+use crate::relay::CloseHandle;
 use crate::state::ProxyState;
-use crate::stats::ConnCtl;
 use crate::table::Table;
 
 pub fn on_change(state: &ProxyState, old: &Table, new: &Table) {
@@ -42,7 +42,7 @@ pub fn on_change(state: &ProxyState, old: &Table, new: &Table) {
     }
 }
 
-fn close_all(conns: &[Arc<ConnCtl>]) {
+fn close_all(conns: &[Arc<CloseHandle>]) {
     for c in conns {
         c.close(CLOSE_GOING_AWAY);
     }
@@ -50,7 +50,7 @@ fn close_all(conns: &[Arc<ConnCtl>]) {
 
 /// Closes `conns` at evenly spaced, jittered times across 90% of `window`; whatever is
 /// left at the window's end is closed then.
-pub async fn drain(mut conns: Vec<Arc<ConnCtl>>, window: Duration) {
+pub async fn drain(mut conns: Vec<Arc<CloseHandle>>, window: Duration) {
     conns.shuffle(&mut rand::rng());
     let n = conns.len().max(1) as u32;
     let span = window.mul_f64(0.9);
@@ -64,3 +64,4 @@ pub async fn drain(mut conns: Vec<Arc<ConnCtl>>, window: Duration) {
     tokio::time::sleep_until(start + window).await;
     close_all(&conns);
 }
+
