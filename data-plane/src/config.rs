@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use serde::Deserialize;
 
-use crate::proxy::Tuning;
+use crate::connection::Tuning;
 
 #[derive(Debug, Default, clap::Parser)]
 #[command(name = "switchyard-proxy", version, about = "Switchyard WebSocket proxy")]

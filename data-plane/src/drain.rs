@@ -9,8 +9,8 @@ use rand::seq::SliceRandom;
 use switchyard_proto::v1::AdminState;
 
 use crate::frame::CLOSE_GOING_AWAY;
+use crate::relay::CloseHandle;
 use crate::state::ProxyState;
-use crate::stats::ConnCtl;
 use crate::table::Table;
 
 pub fn on_change(state: &ProxyState, old: &Table, new: &Table) {
@@ -42,7 +42,7 @@ pub fn on_change(state: &ProxyState, old: &Table, new: &Table) {
     }
 }
 
-fn close_all(conns: &[Arc<ConnCtl>]) {
+fn close_all(conns: &[Arc<CloseHandle>]) {
     for c in conns {
         c.close(CLOSE_GOING_AWAY);
     }
@@ -50,7 +50,7 @@ fn close_all(conns: &[Arc<ConnCtl>]) {
 
 /// Closes `conns` at evenly spaced, jittered times across 90% of `window`; whatever is
 /// left at the window's end is closed then.
-pub async fn drain(mut conns: Vec<Arc<ConnCtl>>, window: Duration) {
+pub async fn drain(mut conns: Vec<Arc<CloseHandle>>, window: Duration) {
     conns.shuffle(&mut rand::rng());
     let n = conns.len().max(1) as u32;
     let span = window.mul_f64(0.9);
@@ -63,4 +63,68 @@ pub async fn drain(mut conns: Vec<Arc<ConnCtl>>, window: Duration) {
     }
     tokio::time::sleep_until(start + window).await;
     close_all(&conns);
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tokio::time::{Duration, Instant};
+
+    /// Runs `drain` on a paused clock and returns each connection's close time, as an offset
+    /// from the start.
+    async fn close_times(n: usize, window: Duration) -> Vec<Duration> {
+        let conns: Vec<_> = (0..n).map(|_| Arc::new(CloseHandle::default())).collect();
+        let start = Instant::now();
+        let task = tokio::spawn(drain(conns.clone(), window));
+        let mut at = vec![None; n];
+        while at.iter().any(Option::is_none) {
+            // Each close is observed at the paused instant it happens: time only moves when
+            // every task waits on a timer, and this loop's tick is the earliest one.
+            tokio::time::sleep(Duration::from_millis(1)).await;
+            for (c, t) in conns.iter().zip(&mut at) {
+                if t.is_none() && c.requested() == Some(CLOSE_GOING_AWAY) {
+                    *t = Some(start.elapsed());
+                }
+            }
+        }
+        task.await.unwrap();
+        at.into_iter().map(Option::unwrap).collect()
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn closes_spread_over_90_percent_of_the_window() {
+        let window = Duration::from_secs(10);
+        let at = close_times(50, window).await;
+        let (first, last) = (at.iter().min().unwrap(), at.iter().max().unwrap());
+        assert!(*last <= window.mul_f64(0.9) + Duration::from_millis(1), "last close at {last:?}");
+        assert!(*first < Duration::from_secs(1), "the first close is early, at {first:?}");
+        assert!(*last > Duration::from_secs(8), "the last close is late, at {last:?}");
+        // Evenly: each tenth of the span gets about a tenth of the connections.
+        for k in 0..9 {
+            let slot = Duration::from_millis(1000 * k)..Duration::from_millis(1000 * (k + 1));
+            let n = at.iter().filter(|t| slot.contains(t)).count();
+            assert!((2..=9).contains(&n), "{n} closes in {slot:?}");
+        }
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn the_order_is_shuffled() {
+        let at = close_times(20, Duration::from_secs(1)).await;
+        let mut sorted = at.clone();
+        sorted.sort();
+        // 20 connections closed in their given order by chance: 1 in 20!.
+        assert_ne!(at, sorted, "closed in the order given");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn every_connection_is_closed_by_the_windows_end() {
+        let conns: Vec<_> = (0..3).map(|_| Arc::new(CloseHandle::default())).collect();
+        let start = Instant::now();
+        drain(conns.clone(), Duration::from_millis(100)).await;
+        assert_eq!(start.elapsed(), Duration::from_millis(100));
+        assert!(conns.iter().all(|c| c.requested() == Some(CLOSE_GOING_AWAY)));
+        // A single connection is closed within the span too, not at the end.
+        let one = close_times(1, Duration::from_secs(10)).await;
+        assert!(one[0] <= Duration::from_secs(9), "{one:?}");
+    }
 }

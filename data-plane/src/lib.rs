@@ -7,11 +7,11 @@ pub mod admission;
 pub mod affinity;
 pub mod balance;
 pub mod config;
+pub mod connection;
 pub mod drain;
 pub mod frame;
 pub mod handshake;
 mod hash;
-pub mod proxy;
 pub mod relay;
 pub mod state;
 pub mod stats;
@@ -57,8 +57,8 @@ impl Proxy {
             watch::WatchConfig { endpoints: cfg.control_plane.clone(), cache_file: cfg.cache_file.clone() },
             mirror,
         );
-        let workers = proxy::Workers::start(cfg.tuning.workers, state.clone(), cfg.tuning)?;
-        let accept = tokio::spawn(proxy::serve(listener, state.clone(), workers));
+        let workers = connection::Workers::start(cfg.tuning.workers, state.clone(), cfg.tuning)?;
+        let accept = tokio::spawn(connection::serve(listener, state.clone(), workers));
         Ok(Proxy { state, listen, admin: admin_addr, accept })
     }
 

@@ -2,33 +2,11 @@
 //! on a config change picks the same stats back up, so counts and connections carry over.
 
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicU16, AtomicU64, Ordering::Relaxed};
+use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::Instant;
 
-use tokio::sync::Notify;
-
-/// Asks one relayed connection to close at its next frame boundaries.
-#[derive(Default)]
-pub struct ConnCtl {
-    pub notify: Notify,
-    code: AtomicU16,
-}
-
-impl ConnCtl {
-    pub fn close(&self, code: u16) {
-        self.code.store(code, Relaxed);
-        self.notify.notify_one();
-    }
-
-    /// The close code asked for, if any.
-    pub fn requested(&self) -> Option<u16> {
-        match self.code.load(Relaxed) {
-            0 => None,
-            c => Some(c),
-        }
-    }
-}
+use crate::relay::CloseHandle;
 
 #[derive(Default)]
 pub struct BackendStats {
@@ -43,11 +21,11 @@ pub struct BackendStats {
     pub ejected_until_ms: AtomicU64,
     /// Connections through other proxies, as the control plane last reported.
     pub cluster_active: AtomicU64,
-    conns: Mutex<HashMap<u64, Arc<ConnCtl>>>,
+    conns: Mutex<HashMap<u64, Arc<CloseHandle>>>,
 }
 
 impl BackendStats {
-    pub fn register(&self, id: u64, ctl: Arc<ConnCtl>) {
+    pub fn register(&self, id: u64, ctl: Arc<CloseHandle>) {
         self.conns.lock().unwrap_or_else(|e| e.into_inner()).insert(id, ctl);
     }
 
@@ -56,7 +34,7 @@ impl BackendStats {
     }
 
     /// Live connections' handles, for closing them.
-    pub fn connections(&self) -> Vec<Arc<ConnCtl>> {
+    pub fn connections(&self) -> Vec<Arc<CloseHandle>> {
         self.conns.lock().unwrap_or_else(|e| e.into_inner()).values().cloned().collect()
     }
 

@@ -10,11 +10,11 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use command_fds::{CommandFdExt, FdMapping};
+use switchyard_model::grpc::{self, ChannelOptions};
 use switchyard_proto::v1::admin_client::AdminClient;
 use switchyard_proto::v1::discovery_client::DiscoveryClient;
 use switchyard_proto::v1::query_client::QueryClient;
 use switchyard_proto::v1::{ClusterStatusReply, ClusterStatusRequest};
-use switchyard_model::grpc::{self, ChannelOptions};
 use tonic::transport::Channel;
 
 use crate::process::{bin, eventually, Proc};

@@ -10,9 +10,8 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 
 use crate::handshake::{self, Reject};
-use crate::relay::{self, Limits};
+use crate::relay::{self, CloseHandle, Limits};
 use crate::state::ProxyState;
-use crate::stats::ConnCtl;
 
 /// Proxy-local knobs that are not part of the replicated settings.
 #[derive(Clone, Copy, Debug)]
@@ -156,7 +155,7 @@ async fn handle(state: Arc<ProxyState>, client: TcpStream, peer: SocketAddr, tun
     let Some(e) = open(&state, client, peer, tuning).await else { return };
     let Established { client, backend, client_early, backend_early, pool, address, stats, limits, session } = e;
     let id = state.runtime.conn_id();
-    let ctl = Arc::new(ConnCtl::default());
+    let ctl = Arc::new(CloseHandle::default());
     stats.register(id, ctl.clone());
     stats.active.fetch_add(1, Relaxed);
     stats.total.fetch_add(1, Relaxed);

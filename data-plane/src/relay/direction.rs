@@ -1,0 +1,280 @@
+//! One direction of a relayed connection: what has gone through its output (frame
+//! boundaries), what the proxy still owes that output (its Close, a Ping), and when the
+//! direction's timer must act. The timing policy lives in [`Direction::schedule`] only:
+//! [`Direction::deadline`] arms the timer with its earliest entry, [`Direction::on_timer`]
+//! acts on whichever entry is due.
+
+use std::io;
+use std::sync::atomic::Ordering::Relaxed;
+use std::time::Duration;
+
+use tokio::net::TcpStream;
+use tokio::time::Instant;
+
+use super::io::{shutdown_write, try_write, write_frame, write_rest};
+use super::shared::Shared;
+use super::{End, Limits, CLOSE_LINGER};
+use crate::frame::{self, Tracker, Violation, CLOSE_GOING_AWAY, CLOSE_PROTOCOL_ERROR, CLOSE_TOO_BIG};
+use crate::stats::BackendStats;
+
+/// Which output a direction writes.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Side {
+    ToBackend,
+    ToClient,
+}
+
+/// What a direction's timer waits for, in precedence order: when several are due, the first
+/// listed is handled.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Event {
+    /// The proxy decided to close `CLOSE_LINGER` ago: its Close went out at the first frame
+    /// boundary and the peer had the rest of that time to finish, or this output never
+    /// reached a boundary and ends without it.
+    Closing,
+    /// The other direction ended `CLOSE_LINGER` ago.
+    OtherEnded,
+    /// No traffic either way for the idle timeout (watched by the client output).
+    Idle,
+    /// A whole ping interval passed after our ping without a word from the client.
+    DeadClient,
+    /// The client has been quiet for a ping interval: ping it.
+    PingDue,
+}
+
+/// What the relay loop does after the timer fired.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum TimerAction {
+    /// Nothing more to do now (the timer fired early, or a close was requested).
+    Wait,
+    /// Write [`ping`] to the output.
+    Ping,
+    /// This direction is done.
+    Finish,
+}
+
+pub struct Direction {
+    side: Side,
+    t: Tracker,
+    idle_timeout: Option<Duration>,
+    ping_interval: Option<Duration>,
+    /// How long one write may wait on a peer that does not read.
+    stall: Duration,
+    /// The proxy's Close went out on this output (or the peer's own did); what the input still
+    /// sends is discarded.
+    sent_close: bool,
+    /// A ping fell due while this output was mid-frame; it goes out at the next boundary.
+    ping_pending: bool,
+    ping_sent: Option<Instant>,
+}
+
+impl Direction {
+    pub fn new(side: Side, limits: Limits) -> Direction {
+        Direction {
+            side,
+            t: Tracker::new(limits.max_message),
+            idle_timeout: limits.idle_timeout,
+            ping_interval: limits.ping_interval,
+            stall: write_stall(limits),
+            sent_close: false,
+            ping_pending: false,
+            ping_sent: None,
+        }
+    }
+
+    pub fn side(&self) -> Side {
+        self.side
+    }
+
+    /// When each event falls due (`None`: not pending), in precedence order. Activity only
+    /// moves these later, so a timer armed with an earlier value fires early, finds nothing
+    /// due, and is re-armed.
+    fn schedule(&self, sh: &Shared) -> [(Event, Option<Instant>); 5] {
+        let close = sh.close();
+        // Idle and ping are the client output's, and stop once a close is decided.
+        let watch = self.side == Side::ToClient && close.is_none();
+        let idle = self.idle_timeout.filter(|_| watch).map(|idle| sh.last_any() + idle);
+        let (mut dead, mut ping) = (None, None);
+        if let Some(every) = self.ping_interval.filter(|_| watch) {
+            let last_client = sh.last_client();
+            match self.ping_sent {
+                Some(at) if last_client < at => dead = Some(at + every),
+                // A pending ping waits for a frame boundary, not for the timer; after the
+                // peer's Close went by, no more pings.
+                _ if self.ping_pending || self.t.saw_close => {}
+                _ => ping = Some(last_client + every),
+            }
+        }
+        [
+            (Event::Closing, close.map(|c| c.at + CLOSE_LINGER)),
+            (Event::OtherEnded, sh.finished_at().map(|f| f + CLOSE_LINGER)),
+            (Event::Idle, idle),
+            (Event::DeadClient, dead),
+            (Event::PingDue, ping),
+        ]
+    }
+
+    /// When the timer should next fire, if anything is pending.
+    pub fn deadline(&self, sh: &Shared) -> Option<Instant> {
+        self.schedule(sh).into_iter().filter_map(|(_, at)| at).min()
+    }
+
+    /// The event due at `now` that takes precedence, if any.
+    pub fn due(&self, now: Instant, sh: &Shared) -> Option<Event> {
+        self.schedule(sh).into_iter().find(|(_, at)| at.is_some_and(|at| now >= at)).map(|(e, _)| e)
+    }
+
+    /// Acts on what is due at `now`.
+    pub fn on_timer(&mut self, now: Instant, sh: &Shared) -> TimerAction {
+        match self.due(now, sh) {
+            None => TimerAction::Wait,
+            Some(Event::Closing | Event::OtherEnded) => TimerAction::Finish,
+            Some(Event::Idle) => {
+                sh.request_close(CLOSE_GOING_AWAY, CLOSE_GOING_AWAY, End::Proxy(CLOSE_GOING_AWAY));
+                TimerAction::Wait
+            }
+            Some(Event::DeadClient) => {
+                sh.set_end(End::DeadClient);
+                TimerAction::Finish
+            }
+            Some(Event::PingDue) if self.t.at_boundary() => {
+                self.ping_sent = Some(now);
+                TimerAction::Ping
+            }
+            Some(Event::PingDue) => {
+                self.ping_pending = true;
+                TimerAction::Wait
+            }
+        }
+    }
+
+    /// Handles bytes read from this direction's input at `now`: forwards them, unless they
+    /// break a limit (then what precedes the offending frame goes through, and a close is
+    /// decided). Returns whether the deadline may have moved (the timer must be re-armed).
+    pub async fn on_read(
+        &mut self,
+        data: &[u8],
+        now: Instant,
+        to: &TcpStream,
+        sh: &Shared,
+        stats: &BackendStats,
+    ) -> io::Result<bool> {
+        if self.sent_close {
+            // Our Close is out: what the peer still sends is discarded.
+            return Ok(false);
+        }
+        let before = self.t.messages;
+        let was_boundary = self.t.at_boundary();
+        let (ok_len, violation) = match self.t.feed(data) {
+            Ok(()) => (data.len(), None),
+            Err((n, v)) => (n, Some(v)),
+        };
+        if ok_len > 0 {
+            // Usually the socket takes it all at once. Otherwise wait, but not forever: a peer
+            // that stops reading must not pin the connection (and its timers).
+            let sent = try_write(to, &data[..ok_len])?;
+            if sent < ok_len {
+                write_rest(to, &data[sent..ok_len], now + self.stall).await?;
+            }
+        }
+        let (bytes, msgs) = match self.side {
+            Side::ToBackend => (&stats.bytes_to_backend, &stats.messages_to_backend),
+            Side::ToClient => (&stats.bytes_to_client, &stats.messages_to_client),
+        };
+        bytes.fetch_add(ok_len as u64, Relaxed);
+        msgs.fetch_add(self.t.messages - before, Relaxed);
+        if let Some(v) = violation {
+            self.on_violation(v, ok_len > 0 || was_boundary, sh);
+            self.sent_close = self.send_close(to, sh).await?;
+            return Ok(true);
+        }
+        if self.ping_pending && self.t.at_boundary() && !self.t.saw_close {
+            write_frame(to, &ping()).await?;
+            self.ping_sent = Some(Instant::now());
+            self.ping_pending = false;
+            return Ok(true);
+        }
+        Ok(false)
+    }
+
+    /// A close is decided and this output is between frames: our Close is due.
+    pub fn owes_close(&self, sh: &Shared) -> bool {
+        !self.sent_close && self.t.at_boundary() && sh.close().is_some()
+    }
+
+    /// Sends our Close, when [`Self::owes_close`].
+    pub async fn close(&mut self, to: &TcpStream, sh: &Shared) -> io::Result<()> {
+        // After the peer's own Close went out on this output, a second one is not allowed.
+        self.sent_close = self.t.saw_close || self.send_close(to, sh).await?;
+        Ok(())
+    }
+
+    /// The input hung up without a Close frame (crashed, killed, cut off): the output still
+    /// gets a proper Close, then the FIN.
+    pub async fn on_eof(&mut self, to: &TcpStream) {
+        if !self.sent_close && !self.t.saw_close && self.t.at_boundary() {
+            let _ = write_frame(to, &proxy_close(self.side, CLOSE_GOING_AWAY)).await;
+        }
+        let _ = shutdown_write(to);
+    }
+
+    /// The input broke a limit: decides the close. `at_boundary` tells whether the output is
+    /// still between frames, i.e. none of the offending header went out with an earlier read.
+    fn on_violation(&mut self, v: Violation, at_boundary: bool, sh: &Shared) {
+        let code = if v == Violation::MessageTooBig { CLOSE_TOO_BIG } else { CLOSE_PROTOCOL_ERROR };
+        // The side that broke the limit hears why; the other side hears the proxy is going away.
+        match self.side {
+            Side::ToBackend => sh.request_close(code, CLOSE_GOING_AWAY, End::Proxy(code)),
+            Side::ToClient => sh.request_close(CLOSE_GOING_AWAY, code, End::Proxy(CLOSE_GOING_AWAY)),
+        }
+        // The tracker stopped at the offending header. If part of it went out earlier the
+        // tracker stays mid-frame, so no Close is written after half a header (the connection
+        // just ends).
+        if at_boundary {
+            self.t = Tracker::new(u64::MAX);
+        }
+    }
+
+    /// Writes the proxy's Close if one is decided and the output is at a boundary. Returns
+    /// whether it did.
+    async fn send_close(&self, to: &TcpStream, sh: &Shared) -> io::Result<bool> {
+        let Some(codes) = sh.close() else { return Ok(false) };
+        if !self.t.at_boundary() {
+            return Ok(false);
+        }
+        let code = match self.side {
+            Side::ToClient => codes.client,
+            Side::ToBackend => codes.backend,
+        };
+        write_frame(to, &proxy_close(self.side, code)).await?;
+        Ok(true)
+    }
+}
+
+/// The proxy's Ping (only ever sent to the client, so unmasked).
+pub fn ping() -> Vec<u8> {
+    frame::control_frame(frame::OP_PING, b"sy", None)
+}
+
+/// The proxy's own Close toward one side: masked toward the backend, plain toward the client.
+fn proxy_close(side: Side, code: u16) -> Vec<u8> {
+    match side {
+        Side::ToClient => frame::close_frame(code, "", None),
+        Side::ToBackend => frame::close_frame(code, "", Some(rand::random())),
+    }
+}
+
+/// How long one write may wait on a peer that does not read before the connection ends.
+fn write_stall(limits: Limits) -> Duration {
+    let mut d = Duration::from_secs(300);
+    if let Some(idle) = limits.idle_timeout {
+        d = d.min(idle);
+    }
+    if let Some(p) = limits.ping_interval {
+        d = d.min(p * 2);
+    }
+    d.max(Duration::from_secs(1))
+}
+
+#[cfg(test)]
+mod tests;

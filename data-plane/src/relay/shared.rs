@@ -1,0 +1,120 @@
+//! What the two directions of one connection share: the close the proxy decided, activity
+//! times, when one direction finished, and how the connection ended.
+
+use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
+use std::sync::Mutex;
+use std::time::Duration;
+
+use tokio::sync::Notify;
+use tokio::time::Instant;
+
+use super::direction::Side;
+use super::End;
+
+/// The close the proxy decided: the code each side hears.
+#[derive(Clone, Copy, Debug)]
+pub struct Codes {
+    pub client: u16,
+    pub backend: u16,
+    /// When the proxy decided: both peers have `CLOSE_LINGER` from then to finish.
+    pub at: Instant,
+}
+
+/// A value both directions read and write. Both run in one task, so the lock is never
+/// contended; it is a lock only so the task stays `Send`.
+struct Slot<T: Copy>(Mutex<T>);
+
+impl<T: Copy> Slot<T> {
+    fn new(v: T) -> Self {
+        Slot(Mutex::new(v))
+    }
+    fn get(&self) -> T {
+        *self.0.lock().unwrap_or_else(|e| e.into_inner())
+    }
+    fn set(&self, v: T) {
+        *self.0.lock().unwrap_or_else(|e| e.into_inner()) = v;
+    }
+}
+
+pub struct Shared {
+    close: Slot<Option<Codes>>,
+    /// Wakes both directions when `close` or `finished_at` changes their deadlines.
+    pub wake: Notify,
+    /// Activity times, as nanoseconds since `base`: written on every read, so atomics rather
+    /// than locks.
+    base: Instant,
+    last_client_ns: AtomicU64,
+    last_any_ns: AtomicU64,
+    /// When one direction finished, so the other does not wait forever.
+    finished_at: Slot<Option<Instant>>,
+    end: Slot<Option<End>>,
+}
+
+impl Shared {
+    pub fn new(now: Instant) -> Shared {
+        Shared {
+            close: Slot::new(None),
+            wake: Notify::new(),
+            base: now,
+            last_client_ns: AtomicU64::new(0),
+            last_any_ns: AtomicU64::new(0),
+            finished_at: Slot::new(None),
+            end: Slot::new(None),
+        }
+    }
+
+    /// Records that `side`'s input just spoke (the client, if it feeds the backend).
+    pub fn touch(&self, side: Side, now: Instant) {
+        let ns = now.duration_since(self.base).as_nanos() as u64;
+        self.last_any_ns.store(ns, Relaxed);
+        if side == Side::ToBackend {
+            self.last_client_ns.store(ns, Relaxed);
+        }
+    }
+
+    pub fn last_client(&self) -> Instant {
+        self.base + Duration::from_nanos(self.last_client_ns.load(Relaxed))
+    }
+
+    pub fn last_any(&self) -> Instant {
+        self.base + Duration::from_nanos(self.last_any_ns.load(Relaxed))
+    }
+
+    /// Decides to close (the first decision wins) and wakes both directions to send it.
+    pub fn request_close(&self, client: u16, backend: u16, end: End) {
+        if self.close.get().is_none() {
+            self.close.set(Some(Codes { client, backend, at: Instant::now() }));
+            self.end.set(Some(end));
+            self.wake.notify_waiters();
+        }
+    }
+
+    pub fn close(&self) -> Option<Codes> {
+        self.close.get()
+    }
+
+    pub fn finished_at(&self) -> Option<Instant> {
+        self.finished_at.get()
+    }
+
+    pub fn set_end(&self, end: End) {
+        self.end.set(Some(end));
+    }
+
+    pub fn end(&self) -> Option<End> {
+        self.end.get()
+    }
+}
+
+/// Tells the other direction, however this one ends (return, error, or drop), so it finishes
+/// within `CLOSE_LINGER` instead of waiting on a peer that may never speak again.
+pub struct Finished<'a>(pub &'a Shared);
+
+impl Drop for Finished<'_> {
+    fn drop(&mut self) {
+        if self.0.finished_at.get().is_none() {
+            self.0.finished_at.set(Some(Instant::now()));
+        }
+        self.0.wake.notify_waiters();
+    }
+}

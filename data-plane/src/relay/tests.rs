@@ -1,0 +1,311 @@
+//! The relay between real loopback sockets: the test plays the client and the backend by
+//! writing raw frames to the far ends of two socket pairs, and reads what the proxy sends.
+
+use std::sync::atomic::Ordering::Relaxed;
+use std::sync::Arc;
+
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::time::timeout;
+
+use super::*;
+use crate::frame::{close_frame, control_frame, OP_BINARY, OP_CLOSE, OP_PING, OP_PONG, OP_TEXT};
+
+/// Upper bound for anything that must happen.
+const WAIT: Duration = Duration::from_secs(2);
+/// How long "nothing arrives" is watched.
+const QUIET: Duration = Duration::from_millis(250);
+const MASK: [u8; 4] = [1, 2, 3, 4];
+
+const NO_LIMITS: Limits = Limits { max_message: 1 << 20, idle_timeout: None, ping_interval: None };
+
+/// A frame as the far end reads it, payload unmasked.
+#[derive(Debug, PartialEq)]
+struct Frame {
+    opcode: u8,
+    masked: bool,
+    payload: Vec<u8>,
+}
+
+impl Frame {
+    fn close_code(&self) -> u16 {
+        assert_eq!(self.opcode, OP_CLOSE, "{self:?}");
+        u16::from_be_bytes([self.payload[0], self.payload[1]])
+    }
+}
+
+/// A data frame with FIN set; `mask` as a client would send it.
+fn data(opcode: u8, payload: &[u8], mask: Option<[u8; 4]>) -> Vec<u8> {
+    let mut f = vec![0x80 | opcode];
+    let m = if mask.is_some() { 0x80 } else { 0 };
+    if payload.len() < 126 {
+        f.push(m | payload.len() as u8);
+    } else {
+        f.push(m | 126);
+        f.extend_from_slice(&(payload.len() as u16).to_be_bytes());
+    }
+    match mask {
+        Some(k) => {
+            f.extend_from_slice(&k);
+            f.extend(payload.iter().enumerate().map(|(i, b)| b ^ k[i % 4]));
+        }
+        None => f.extend_from_slice(payload),
+    }
+    f
+}
+
+/// One whole frame at the start of `b`, and its length.
+fn parse(b: &[u8]) -> Option<(Frame, usize)> {
+    let (mut len, mut i) = match *b.get(1)? & 0x7f {
+        126 => (u16::from_be_bytes(b.get(2..4)?.try_into().ok()?) as usize, 4),
+        127 => (u64::from_be_bytes(b.get(2..10)?.try_into().ok()?) as usize, 10),
+        n => (n as usize, 2),
+    };
+    let masked = b[1] & 0x80 != 0;
+    let mut key = [0; 4];
+    if masked {
+        key.copy_from_slice(b.get(i..i + 4)?);
+        i += 4;
+    }
+    let body = b.get(i..i + len)?;
+    let payload = body.iter().enumerate().map(|(j, x)| if masked { x ^ key[j % 4] } else { *x }).collect();
+    len += i;
+    Some((Frame { opcode: b[0] & 0x0f, masked, payload }, len))
+}
+
+/// The test's end of one side: what it reads is what the proxy sent.
+struct Peer {
+    s: TcpStream,
+    got: Vec<u8>,
+}
+
+impl Peer {
+    async fn send(&mut self, b: &[u8]) {
+        self.s.write_all(b).await.unwrap();
+    }
+
+    async fn fill(&mut self) -> usize {
+        let mut b = [0u8; 4096];
+        let n = timeout(WAIT, self.s.read(&mut b)).await.expect("the proxy sent nothing").unwrap();
+        self.got.extend_from_slice(&b[..n]);
+        n
+    }
+
+    async fn frame(&mut self) -> Frame {
+        loop {
+            if let Some((f, n)) = parse(&self.got) {
+                self.got.drain(..n);
+                return f;
+            }
+            assert!(self.fill().await > 0, "end of stream before a whole frame: {:?}", self.got);
+        }
+    }
+
+    async fn bytes(&mut self, n: usize) -> Vec<u8> {
+        while self.got.len() < n {
+            assert!(self.fill().await > 0, "end of stream");
+        }
+        self.got.drain(..n).collect()
+    }
+
+    /// Nothing arrives for a while.
+    async fn quiet(&mut self) {
+        let mut b = [0u8; 64];
+        assert!(self.got.is_empty(), "{:?}", self.got);
+        if let Ok(r) = timeout(QUIET, self.s.read(&mut b)).await {
+            panic!("expected silence, got {:?}", r.map(|n| b[..n].to_vec()));
+        }
+    }
+
+    /// The proxy sent nothing more and closed its side.
+    async fn eof(&mut self) {
+        assert!(self.got.is_empty(), "{:?}", self.got);
+        let mut b = [0u8; 64];
+        match timeout(WAIT, self.s.read(&mut b)).await.expect("no end of stream") {
+            Ok(0) | Err(_) => {}
+            Ok(n) => panic!("expected the end, got {:?}", &b[..n]),
+        }
+    }
+}
+
+async fn socket_pair() -> (TcpStream, TcpStream) {
+    let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let outer = TcpStream::connect(l.local_addr().unwrap()).await.unwrap();
+    let (inner, _) = l.accept().await.unwrap();
+    (outer, inner)
+}
+
+/// A relay between a test client and a test backend.
+struct Rig {
+    client: Peer,
+    backend: Peer,
+    ctl: Arc<CloseHandle>,
+    stats: Arc<BackendStats>,
+    relay: tokio::task::JoinHandle<End>,
+}
+
+impl Rig {
+    async fn start(limits: Limits) -> Rig {
+        Rig::with_early(limits, Vec::new(), Vec::new()).await
+    }
+
+    async fn with_early(limits: Limits, client_early: Vec<u8>, backend_early: Vec<u8>) -> Rig {
+        let (client, client_in) = socket_pair().await;
+        let (backend, backend_in) = socket_pair().await;
+        let (ctl, stats) = (Arc::new(CloseHandle::default()), Arc::new(BackendStats::default()));
+        let (c, s) = (ctl.clone(), stats.clone());
+        let relay =
+            tokio::spawn(
+                async move { relay(&client_in, &backend_in, &client_early, &backend_early, limits, &c, &s).await },
+            );
+        let (client, backend) = (Peer { s: client, got: Vec::new() }, Peer { s: backend, got: Vec::new() });
+        Rig { client, backend, ctl, stats, relay }
+    }
+
+    async fn end(&mut self) -> End {
+        timeout(WAIT, &mut self.relay).await.expect("the relay ended").unwrap()
+    }
+
+    /// Both peers hang up (as after answering a Close); the relay then ends.
+    async fn hang_up(mut self) -> End {
+        self.client.s.shutdown().await.unwrap();
+        self.backend.s.shutdown().await.unwrap();
+        self.client.eof().await;
+        self.backend.eof().await;
+        self.end().await
+    }
+}
+
+#[tokio::test]
+async fn a_ping_due_mid_frame_goes_out_at_the_next_boundary() {
+    let limits = Limits { ping_interval: Some(Duration::from_millis(100)), ..NO_LIMITS };
+    let mut r = Rig::start(limits).await;
+    let msg = data(OP_TEXT, b"0123456789", None);
+    r.backend.send(&msg[..6]).await;
+    assert_eq!(r.client.bytes(6).await, msg[..6]);
+    // The ping falls due meanwhile, but the client output is mid-frame.
+    r.client.quiet().await;
+    r.backend.send(&msg[6..]).await;
+    assert_eq!(r.client.bytes(msg.len() - 6).await, msg[6..]);
+    assert_eq!(r.client.bytes(4).await, [0x89, 2, b's', b'y'], "the ping, unmasked, right after the frame");
+}
+
+#[tokio::test]
+async fn the_proxys_close_goes_out_at_frame_boundaries_with_1001_each_way() {
+    let mut r = Rig::start(NO_LIMITS).await;
+    let msg = data(OP_BINARY, &[7; 40], None);
+    r.backend.send(&msg[..10]).await;
+    assert_eq!(r.client.bytes(10).await, msg[..10]);
+    r.ctl.close(1001);
+    let to_backend = r.backend.frame().await;
+    assert!(to_backend.masked && to_backend.close_code() == 1001, "{to_backend:?}");
+    // The client output is mid-frame: its Close waits for the frame to end.
+    r.client.quiet().await;
+    r.backend.send(&msg[10..]).await;
+    assert_eq!(r.client.bytes(msg.len() - 10).await, msg[10..]);
+    let to_client = r.client.frame().await;
+    assert!(!to_client.masked && to_client.close_code() == 1001, "{to_client:?}");
+    // The peers answer; their Close frames end there (ours already went each way).
+    r.client.send(&close_frame(1001, "", Some(MASK))).await;
+    r.backend.send(&close_frame(1001, "", None)).await;
+    assert_eq!(r.hang_up().await, End::Proxy(1001));
+}
+
+#[tokio::test]
+async fn lingering_ends_the_relay_when_the_peers_never_answer() {
+    let mut r = Rig::start(NO_LIMITS).await;
+    let asked = Instant::now();
+    r.ctl.close(1012);
+    let (to_client, to_backend) = (r.client.frame().await, r.backend.frame().await);
+    assert!(!to_client.masked && to_client.close_code() == 1012, "the client hears the code asked for");
+    assert!(to_backend.masked && to_backend.close_code() == 1001);
+    assert_eq!(r.end().await, End::Proxy(1012));
+    assert!(asked.elapsed() >= CLOSE_LINGER, "ended after {:?}", asked.elapsed());
+    r.client.eof().await;
+    r.backend.eof().await;
+}
+
+#[tokio::test]
+async fn an_idle_connection_is_closed_with_1001_both_ways() {
+    let limits = Limits { idle_timeout: Some(Duration::from_millis(150)), ..NO_LIMITS };
+    let mut r = Rig::start(limits).await;
+    let start = Instant::now();
+    r.client.send(&data(OP_TEXT, b"hi", Some(MASK))).await;
+    assert_eq!(r.backend.frame().await.payload, b"hi");
+    let to_client = r.client.frame().await;
+    assert!(start.elapsed() >= Duration::from_millis(150), "closed after {:?}", start.elapsed());
+    assert!(!to_client.masked && to_client.close_code() == 1001, "{to_client:?}");
+    let to_backend = r.backend.frame().await;
+    assert!(to_backend.masked && to_backend.close_code() == 1001, "{to_backend:?}");
+    assert_eq!(r.hang_up().await, End::Proxy(1001));
+}
+
+#[tokio::test]
+async fn a_client_that_never_answers_pings_is_cut_off() {
+    let limits = Limits { ping_interval: Some(Duration::from_millis(100)), ..NO_LIMITS };
+    let mut r = Rig::start(limits).await;
+    let start = Instant::now();
+    let ping = r.client.frame().await;
+    assert_eq!(ping, Frame { opcode: OP_PING, masked: false, payload: b"sy".to_vec() });
+    assert_eq!(r.end().await, End::DeadClient);
+    assert!(start.elapsed() >= Duration::from_millis(200), "cut off after {:?}", start.elapsed());
+}
+
+#[tokio::test]
+async fn a_client_that_answers_pings_stays() {
+    let limits = Limits { ping_interval: Some(Duration::from_millis(200)), ..NO_LIMITS };
+    let mut r = Rig::start(limits).await;
+    for _ in 0..3 {
+        assert_eq!(r.client.frame().await.opcode, OP_PING);
+        r.client.send(&control_frame(OP_PONG, b"sy", Some(MASK))).await;
+        assert_eq!(r.backend.frame().await.opcode, OP_PONG, "pongs pass through");
+    }
+    r.client.send(&data(OP_TEXT, b"still here", Some(MASK))).await;
+    assert_eq!(r.backend.frame().await.payload, b"still here");
+    assert!(!r.relay.is_finished());
+}
+
+async fn too_big(from_client: bool) {
+    let limits = Limits { max_message: 100, ..NO_LIMITS };
+    let mut r = Rig::start(limits).await;
+    let (small, big) = if from_client {
+        (data(OP_TEXT, b"ok", Some(MASK)), data(OP_BINARY, &[1; 101], Some(MASK)))
+    } else {
+        (data(OP_TEXT, b"ok", None), data(OP_BINARY, &[1; 101], None))
+    };
+    let (sender, receiver) =
+        if from_client { (&mut r.client, &mut r.backend) } else { (&mut r.backend, &mut r.client) };
+    sender.send(&[small.clone(), big].concat()).await;
+    assert_eq!(receiver.frame().await.payload, b"ok", "what came before the big message goes through");
+    let (to_sender, to_receiver) = (sender.frame().await, receiver.frame().await);
+    assert_eq!((to_sender.close_code(), to_receiver.close_code()), (1009, 1001));
+    assert_eq!((to_sender.masked, to_receiver.masked), (!from_client, from_client));
+    let (bytes, msgs) = if from_client {
+        (&r.stats.bytes_to_backend, &r.stats.messages_to_backend)
+    } else {
+        (&r.stats.bytes_to_client, &r.stats.messages_to_client)
+    };
+    assert_eq!((bytes.load(Relaxed), msgs.load(Relaxed)), (small.len() as u64, 1));
+    let code = if from_client { 1009 } else { 1001 };
+    assert_eq!(r.hang_up().await, End::Proxy(code), "the code is the client's");
+}
+
+#[tokio::test]
+async fn a_message_too_big_gets_1009_toward_its_sender() {
+    too_big(true).await;
+    too_big(false).await;
+}
+
+#[tokio::test]
+async fn a_peer_that_hangs_up_leaves_the_other_a_close_then_the_end() {
+    let early_up = data(OP_TEXT, b"early", Some(MASK));
+    let mut r = Rig::with_early(NO_LIMITS, early_up, data(OP_TEXT, b"welcome", None)).await;
+    assert_eq!(r.backend.frame().await.payload, b"early");
+    assert_eq!(r.client.frame().await.payload, b"welcome");
+    r.backend.s.shutdown().await.unwrap();
+    let to_client = r.client.frame().await;
+    assert!(!to_client.masked && to_client.close_code() == 1001, "{to_client:?}");
+    r.client.eof().await;
+    r.client.s.shutdown().await.unwrap();
+    assert_eq!(r.end().await, End::Peer);
+}
