@@ -45,7 +45,3 @@ pub fn router(node: Arc<NodeCtx>) -> Router {
                 .max_encoding_message_size(MAX_MESSAGE),
         )
 }
-
-fn required<T>(v: Option<T>, what: &str) -> Result<T, tonic::Status> {
-    v.ok_or_else(|| tonic::Status::invalid_argument(format!("{what} is required")))
-}

@@ -22,6 +22,11 @@ fn invalid(msg: impl Into<String>) -> ApiError {
     ApiError::InvalidArgument(msg.into())
 }
 
+/// A message field proto3 makes optional but a request needs.
+pub fn required<T>(v: Option<T>, what: &str) -> Result<T, ApiError> {
+    v.ok_or_else(|| invalid(format!("{what} is required")))
+}
+
 /// Names of pools and routes: DNS-label-like, so they are safe in URLs, metrics and shells.
 pub fn name(kind: &str, n: &str) -> Result<(), ApiError> {
     if n.is_empty() {

@@ -9,9 +9,10 @@
 //! `direction::Direction` (with the timing policy), what the two share in `shared::Shared`,
 //! socket I/O in `io`.
 
-mod close;
+pub mod close;
 mod direction;
 mod io;
+mod limits;
 mod shared;
 #[cfg(test)]
 mod tests;
@@ -22,39 +23,16 @@ use tokio::net::TcpStream;
 use tokio::time::Instant;
 
 pub use close::CloseHandle;
-use direction::{Direction, Side, TimerAction};
+use direction::{Direction, TimerAction};
+use limits::Side;
+pub use limits::{End, Limits};
 use shared::{Finished, Shared};
 
 use crate::frame::CLOSE_GOING_AWAY;
 use crate::stats::BackendStats;
 
-/// After the proxy decides to close, how long the peers have to finish.
-#[cfg(not(test))]
-const CLOSE_LINGER: Duration = Duration::from_secs(2);
-/// Short in unit tests, so that lingering is quick to observe.
-#[cfg(test)]
-const CLOSE_LINGER: Duration = Duration::from_millis(300);
 /// "No deadline": a timer parked a day out.
 const FAR: Duration = Duration::from_secs(86_400);
-
-#[derive(Clone, Copy, Debug)]
-pub struct Limits {
-    pub max_message: u64,
-    pub idle_timeout: Option<Duration>,
-    pub ping_interval: Option<Duration>,
-}
-
-/// How a relayed connection ended.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum End {
-    /// A peer closed (its Close frame went through, or its TCP connection ended).
-    Peer,
-    /// The proxy closed it with this code toward the client.
-    Proxy(u16),
-    /// The client stopped answering pings.
-    DeadClient,
-    Error,
-}
 
 /// Relays until both directions are done. `client_early` and `backend_early` are bytes
 /// already read past each side's HTTP head.

@@ -6,7 +6,7 @@ use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::Instant;
 
-use crate::relay::CloseHandle;
+use crate::relay::close::CloseHandle;
 
 #[derive(Default)]
 pub struct BackendStats {

@@ -6,13 +6,12 @@ use switchyard_proto::v1::admin_server::Admin;
 use switchyard_proto::v1::*;
 use tonic::{Request, Response, Status};
 
-use super::required;
 use crate::node::calls::{AddNode, LeaderCall, Promote, Remove};
 use crate::node::context::NodeCtx;
 use crate::node::leader::{self, RunOnLeader};
 use crate::pb::Pb;
 use crate::state::Command;
-use crate::validate;
+use crate::validate::{self, required};
 
 pub struct AdminService(pub Arc<NodeCtx>);
 

@@ -12,17 +12,10 @@ use tokio::net::TcpStream;
 use tokio::time::Instant;
 
 use super::io::{shutdown_write, try_write, write_frame, write_rest};
+use super::limits::{End, Limits, Side, CLOSE_LINGER};
 use super::shared::Shared;
-use super::{End, Limits, CLOSE_LINGER};
 use crate::frame::{self, Tracker, Violation, CLOSE_GOING_AWAY, CLOSE_PROTOCOL_ERROR, CLOSE_TOO_BIG};
 use crate::stats::BackendStats;
-
-/// Which output a direction writes.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Side {
-    ToBackend,
-    ToClient,
-}
 
 /// What a direction's timer waits for, in precedence order: when several are due, the first
 /// listed is handled.

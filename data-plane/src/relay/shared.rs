@@ -8,8 +8,7 @@ use std::time::Duration;
 use tokio::sync::Notify;
 use tokio::time::Instant;
 
-use super::direction::Side;
-use super::End;
+use super::limits::{End, Side};
 
 /// The close the proxy decided: the code each side hears.
 #[derive(Clone, Copy, Debug)]

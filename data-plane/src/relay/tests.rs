@@ -8,6 +8,7 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::time::timeout;
 
+use super::limits::CLOSE_LINGER;
 use super::*;
 use crate::frame::{close_frame, control_frame, OP_BINARY, OP_CLOSE, OP_PING, OP_PONG, OP_TEXT};
 
