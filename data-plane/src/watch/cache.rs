@@ -15,24 +15,77 @@ use super::mirror::Mirror;
 /// copying the mirror on every event would cost more than the events.
 const WRITE_EVERY: Duration = Duration::from_millis(200);
 
+/// The file starts with this, then the payload's length (u64 LE) and CRC-32 (u32 LE): a cache
+/// cut short or damaged is refused whole rather than taken for the config it happens to decode
+/// as (a protobuf cut at a field boundary still decodes).
+const MAGIC: &[u8; 8] = b"SYCACHE1";
+const HEADER: usize = MAGIC.len() + 8 + 4;
+
+/// Why a cache file was not used.
+#[derive(Debug, thiserror::Error)]
+pub enum CacheError {
+    #[error("not a Switchyard config cache (no header)")]
+    NotACache,
+    #[error("truncated or padded: header says {want} bytes, file has {got}")]
+    Length { want: u64, got: u64 },
+    #[error("checksum mismatch: the file is damaged")]
+    Checksum,
+    #[error("undecodable config: {0}")]
+    Decode(#[from] prost::DecodeError),
+}
+
+/// Frames an encoded topology for the file.
+fn frame(payload: &[u8]) -> Vec<u8> {
+    let mut out = Vec::with_capacity(HEADER + payload.len());
+    out.extend_from_slice(MAGIC);
+    out.extend_from_slice(&(payload.len() as u64).to_le_bytes());
+    out.extend_from_slice(&crc32fast::hash(payload).to_le_bytes());
+    out.extend_from_slice(payload);
+    out
+}
+
+/// Checks the framing and decodes the topology inside.
+fn unframe(bytes: &[u8]) -> Result<Topology, CacheError> {
+    if bytes.len() < HEADER || &bytes[..MAGIC.len()] != MAGIC {
+        return Err(CacheError::NotACache);
+    }
+    let want = u64::from_le_bytes(bytes[8..16].try_into().expect("8 bytes"));
+    let crc = u32::from_le_bytes(bytes[16..20].try_into().expect("4 bytes"));
+    let payload = &bytes[HEADER..];
+    if payload.len() as u64 != want {
+        return Err(CacheError::Length { want, got: payload.len() as u64 });
+    }
+    if crc32fast::hash(payload) != crc {
+        return Err(CacheError::Checksum);
+    }
+    Ok(Topology::decode(payload)?)
+}
+
 /// Loads the cache file, if there is a usable one, with the time it was written.
 pub fn load(path: &Path) -> Option<(Topology, SystemTime)> {
     let bytes = std::fs::read(path).ok()?;
     let written = std::fs::metadata(path).and_then(|m| m.modified()).unwrap_or(SystemTime::UNIX_EPOCH);
-    match Topology::decode(bytes.as_slice()) {
+    match unframe(&bytes) {
         Ok(t) => Some((t, written)),
         Err(e) => {
-            tracing::warn!(path = %path.display(), "ignoring unreadable config cache: {e}");
+            tracing::warn!(path = %path.display(), "ignoring unusable config cache: {e}");
             None
         }
     }
 }
 
-/// Writes atomically (temp file, then rename), so a crash never leaves half a cache.
+/// Writes atomically and durably: a temp file, flushed to disk, renamed over the old one, and
+/// the directory flushed, so a crash leaves either the old cache or the new one, whole.
 pub fn write(path: &Path, t: &Topology) -> std::io::Result<()> {
+    use std::io::Write;
     let tmp = path.with_extension("tmp");
-    std::fs::write(&tmp, t.encode_to_vec())?;
-    std::fs::rename(&tmp, path)
+    let mut f = std::fs::File::create(&tmp)?;
+    f.write_all(&frame(&t.encode_to_vec()))?;
+    f.sync_all()?;
+    drop(f);
+    std::fs::rename(&tmp, path)?;
+    let dir = path.parent().filter(|d| !d.as_os_str().is_empty()).unwrap_or(Path::new("."));
+    std::fs::File::open(dir)?.sync_all()
 }
 
 /// Writes the mirror to `path` whenever its revision moves, at most every [`WRITE_EVERY`].
@@ -54,15 +107,48 @@ pub async fn writer(path: PathBuf, mut rx: watch::Receiver<u64>, mirror: Arc<Mut
 mod tests {
     use super::*;
 
+    use switchyard_proto::v1::{Pool, Route};
+
+    fn topology() -> Topology {
+        Topology {
+            revision: 42,
+            pools: (0..3).map(|i| Pool { name: format!("p{i}"), ..Default::default() }).collect(),
+            routes: vec![Route { name: "r".into(), pool: "p0".into(), ..Default::default() }],
+            ..Default::default()
+        }
+    }
+
     #[test]
     fn a_written_cache_loads_back_and_garbage_is_ignored() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("cache.pb");
-        let t = Topology { revision: 42, ..Default::default() };
-        write(&path, &t).unwrap();
-        assert_eq!(load(&path).map(|(t, _)| t.revision), Some(42));
+        write(&path, &topology()).unwrap();
+        assert_eq!(load(&path).map(|(t, _)| t), Some(topology()));
         std::fs::write(&path, b"\xff\xff\xff not protobuf").unwrap();
         assert!(load(&path).is_none());
         assert!(load(&dir.path().join("missing")).is_none());
+    }
+
+    #[test]
+    fn a_cache_cut_at_a_field_boundary_is_refused() {
+        // Without framing, a file cut where the routes begin still decodes: the config with
+        // no routes at revision 42, which the proxy would have served as the truth.
+        let t = topology();
+        let payload = t.encode_to_vec();
+        let cut = Topology { routes: vec![], ..t.clone() }.encode_to_vec().len();
+        assert!(payload.len() > cut);
+        let truncated = Topology::decode(&payload[..cut]).expect("the unframed cut decodes");
+        assert_eq!((truncated.revision, truncated.routes.len()), (42, 0));
+
+        let framed = frame(&payload);
+        let short = &framed[..HEADER + cut];
+        assert!(matches!(unframe(short), Err(CacheError::Length { .. })));
+        let mut flipped = framed.clone();
+        let last = flipped.len() - 1;
+        flipped[last] ^= 0x01;
+        assert!(matches!(unframe(&flipped), Err(CacheError::Checksum)));
+        // An old, unframed cache is not taken for a framed one.
+        assert!(matches!(unframe(&payload), Err(CacheError::NotACache)));
+        assert_eq!(unframe(&framed).unwrap(), t);
     }
 }
