@@ -18,7 +18,8 @@ use crate::pb::Pb;
 pub const MAX_CLIENTS: usize = 10_000;
 
 /// A write's identity: the client's id and its sequence number for the write. A client
-/// keeps one write in flight at a time and reuses the pair on every retry of that write.
+/// keeps one write in flight at a time and reuses the pair on every retry of that write. The
+/// command itself is not compared: a pair sent again gets the first answer whatever it carries.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct RequestId {
     pub client: String,

@@ -68,7 +68,8 @@ pub enum Command {
 }
 
 /// A command as proposed: with the identity of the admin write it came from, if it carried
-/// one (internal writes, such as health flips and session binds, carry none).
+/// one (internal writes, such as health flips and session binds, carry none). This is the
+/// log's encoding (postcard): logs and snapshots written before request ids do not decode.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct Proposed {
     pub id: Option<RequestId>,
@@ -82,7 +83,8 @@ impl From<Command> for Proposed {
 }
 
 /// One Raft entry's payload: the commands a leader gathered while its previous entry was
-/// being written (group commit). They apply in order and share the entry's revision.
+/// being written (group commit). They apply in order at the entry's revision (a repeated
+/// request answers with the revision it was first applied at).
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct Batch(pub Vec<Proposed>);
 
