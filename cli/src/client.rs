@@ -1,6 +1,7 @@
 //! Talks to the control plane: tries each endpoint in turn, sticks with the one that
 //! answers. Any node accepts writes (followers forward them to the leader), so following the
-//! leader is the server's job; the client only moves on when a node cannot be reached.
+//! leader is the server's job; the client only moves on when a node cannot be reached, or,
+//! for a write the server applies once (it carries a request id), when its outcome is unknown.
 
 use std::time::Duration;
 
@@ -12,6 +13,18 @@ use switchyard_proto::v1::discovery_client::DiscoveryClient;
 use switchyard_proto::v1::query_client::QueryClient;
 use tonic::transport::Channel;
 use tonic::{Code, Status};
+
+/// Which failures a call is tried again on, at the next endpoint.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Retry {
+    /// Reads, and writes without a request id: only when the node did not take the call.
+    NotTaken,
+    /// Writes with a request id, resent with the same id: any UNAVAILABLE, even when the
+    /// write may have committed, and UNKNOWN, which is how a connection that broke mid-call
+    /// shows (the server itself never answers it), since the server applies an id once and
+    /// answers a repeat with the first answer.
+    Deduplicated,
+}
 
 pub struct Client {
     endpoints: Vec<String>,
@@ -42,7 +55,7 @@ impl Client {
 
     /// Runs `f` against the endpoints in turn until one answers; a node that is down or has no
     /// leader yet is skipped, for up to a few seconds in all.
-    pub async fn call<T, F, Fut>(&mut self, f: F) -> Result<T, Status>
+    pub async fn call<T, F, Fut>(&mut self, retry: Retry, f: F) -> Result<T, Status>
     where
         F: Fn(Channel) -> Fut,
         Fut: std::future::Future<Output = Result<T, Status>>,
@@ -53,7 +66,7 @@ impl Client {
             for _ in 0..self.channels.len() {
                 match f(self.channels[self.current].clone()).await {
                     Ok(v) => return Ok(v),
-                    Err(s) if retryable(&s) => {
+                    Err(s) if retryable(&s, retry) => {
                         last =
                             Some(Status::new(s.code(), format!("{}: {}", self.endpoints[self.current], s.message())));
                         self.current = (self.current + 1) % self.channels.len();
@@ -80,9 +93,13 @@ impl Client {
 }
 
 /// Unreachable nodes are retried elsewhere; a write whose outcome is unknown is not, because
-/// it may still commit and must not be applied twice.
-fn retryable(s: &Status) -> bool {
-    s.code() == Code::Unavailable && !grpc::outcome_unknown(s)
+/// it may still commit and must not be applied twice, unless the server deduplicates it.
+fn retryable(s: &Status, retry: Retry) -> bool {
+    match (s.code(), retry) {
+        (Code::Unavailable | Code::Unknown, Retry::Deduplicated) => true,
+        (Code::Unavailable, Retry::NotTaken) => !grpc::outcome_unknown(s),
+        _ => false,
+    }
 }
 
 #[cfg(test)]
@@ -95,22 +112,33 @@ mod tests {
 
     #[test]
     fn unavailable_is_retried_unless_the_write_may_commit() {
-        assert!(retryable(&Status::unavailable("connection refused")));
-        assert!(!retryable(&with_outcome(Code::Unavailable, "timed out waiting for a quorum")));
+        assert!(retryable(&Status::unavailable("connection refused"), Retry::NotTaken));
+        assert!(!retryable(&with_outcome(Code::Unavailable, "timed out waiting for a quorum"), Retry::NotTaken));
+    }
+
+    #[test]
+    fn a_deduplicated_write_is_retried_even_when_it_may_have_committed() {
+        assert!(retryable(&with_outcome(Code::Unavailable, "timed out waiting for a quorum"), Retry::Deduplicated));
+        assert!(retryable(&Status::unavailable("connection refused"), Retry::Deduplicated));
+        let broken = Status::unknown("h2 protocol error: connection reset");
+        assert!(retryable(&broken, Retry::Deduplicated));
+        assert!(!retryable(&broken, Retry::NotTaken), "without an id a broken call may have committed");
     }
 
     /// The message text plays no part, whatever it says.
     #[test]
     fn message_text_is_ignored() {
-        assert!(retryable(&Status::unavailable("no quorum: leader lost")));
-        assert!(!retryable(&with_outcome(Code::Unavailable, "")));
+        assert!(retryable(&Status::unavailable("no quorum: leader lost"), Retry::NotTaken));
+        assert!(!retryable(&with_outcome(Code::Unavailable, ""), Retry::NotTaken));
     }
 
     #[test]
     fn other_codes_are_never_retried() {
         for code in [Code::InvalidArgument, Code::NotFound, Code::FailedPrecondition, Code::DeadlineExceeded] {
-            assert!(!retryable(&Status::new(code, "x")), "{code:?}");
+            for retry in [Retry::NotTaken, Retry::Deduplicated] {
+                assert!(!retryable(&Status::new(code, "x"), retry), "{code:?}");
+            }
         }
-        assert!(!retryable(&with_outcome(Code::Internal, "x")));
+        assert!(!retryable(&with_outcome(Code::Internal, "x"), Retry::Deduplicated));
     }
 }

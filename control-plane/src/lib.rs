@@ -9,6 +9,7 @@ pub mod health;
 pub mod network;
 pub mod node;
 pub mod pb;
+pub mod seen;
 pub mod sessions;
 pub mod state;
 pub mod store;

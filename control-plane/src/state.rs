@@ -10,6 +10,7 @@ use switchyard_proto::v1::{
 
 use crate::error::ApiError;
 use crate::pb::Pb;
+use crate::seen::{Lookup, RequestId, Seen};
 use crate::validate;
 
 /// A write to the model, as it travels through the Raft log.
@@ -66,10 +67,26 @@ pub enum Command {
     },
 }
 
-/// One Raft entry's payload: the commands a leader gathered while its previous entry was
-/// being written (group commit). They apply in order and share the entry's revision.
+/// A command as proposed: with the identity of the admin write it came from, if it carried
+/// one (internal writes, such as health flips and session binds, carry none). This is the
+/// log's encoding (postcard): logs and snapshots written before request ids do not decode.
 #[derive(Debug, Clone, Serialize, Deserialize)]
-pub struct Batch(pub Vec<Command>);
+pub struct Proposed {
+    pub id: Option<RequestId>,
+    pub cmd: Command,
+}
+
+impl From<Command> for Proposed {
+    fn from(cmd: Command) -> Proposed {
+        Proposed { id: None, cmd }
+    }
+}
+
+/// One Raft entry's payload: the commands a leader gathered while its previous entry was
+/// being written (group commit). They apply in order at the entry's revision (a repeated
+/// request answers with the revision it was first applied at).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Batch(pub Vec<Proposed>);
 
 /// What applying one command did: the changes it made, or why it made none.
 pub type Outcome = Result<Vec<Change>, ApiError>;
@@ -85,14 +102,31 @@ pub fn from_wire(o: WireOutcome) -> Outcome {
     o.map(|v| v.into_iter().map(|Pb(c)| c).collect())
 }
 
+/// A write's answer: the revision it took effect at, and its outcome.
+pub type Written = (u64, WireOutcome);
+
+/// What applying one [`Proposed`] did.
+#[derive(Debug)]
+pub struct Applied {
+    /// The answer; a repeated request gets the first one's (same revision, same outcome).
+    pub written: Written,
+    /// Whether the model changed as `written` says (false for a repeat or a refusal): only
+    /// then are its changes stored and announced.
+    pub fresh: bool,
+    /// The client whose row in the seen table was written, and those evicted.
+    pub recorded: Option<String>,
+    pub evicted: Vec<String>,
+}
+
 type Key2 = (String, String);
 
-/// The state machine's contents: the shared [`Model`], changed only by applying commands.
-/// Reads go through `Deref`; every write is a change that [`Model::apply`] makes, the same
-/// function every proxy's mirror runs.
+/// The state machine's contents: the shared [`Model`], changed only by applying commands,
+/// and the table of requests seen. Reads go through `Deref`; every write is a change that
+/// [`Model::apply`] makes, the same function every proxy's mirror runs.
 #[derive(Debug, Clone, PartialEq, Default)]
 pub struct State {
     model: Model,
+    seen: Seen,
 }
 
 impl std::ops::Deref for State {
@@ -103,12 +137,43 @@ impl std::ops::Deref for State {
 }
 
 impl State {
-    pub fn from_topology(t: Topology) -> State {
-        State { model: Model::from_topology(t) }
+    pub fn from_topology(t: Topology, seen: Seen) -> State {
+        State { model: Model::from_topology(t), seen }
     }
 
-    pub fn from_model(model: Model) -> State {
-        State { model }
+    pub fn from_model(model: Model, seen: Seen) -> State {
+        State { model, seen }
+    }
+
+    pub fn seen(&self) -> &Seen {
+        &self.seen
+    }
+
+    /// Applies a proposed command at `rev`, at most once per request id: a repeat is answered
+    /// from the seen table and changes nothing. A request older than its client's last
+    /// applied write is refused, since its answer is no longer kept.
+    pub fn apply_proposed(&mut self, rev: u64, p: &Proposed) -> Applied {
+        let Some(id) = &p.id else {
+            let written = (rev, to_wire(self.apply(rev, &p.cmd)));
+            return Applied { written, fresh: true, recorded: None, evicted: vec![] };
+        };
+        let answered = |written| Applied { written, fresh: false, recorded: None, evicted: vec![] };
+        match self.seen.lookup(id) {
+            Lookup::Repeat(r) => answered((r.revision, r.outcome.clone())),
+            Lookup::TooOld { recorded } => answered((
+                rev,
+                Err(ApiError::FailedPrecondition(format!(
+                    "request too old: client {:?} seq {} is below its last applied seq {recorded}, \
+                     whose answer replaced this one's",
+                    id.client, id.seq
+                ))),
+            )),
+            Lookup::New => {
+                let out = to_wire(self.apply(rev, &p.cmd));
+                let evicted = self.seen.record(id, rev, out.clone());
+                Applied { written: (rev, out), fresh: true, recorded: Some(id.client.clone()), evicted }
+            }
+        }
     }
 
     /// Records a change: applied to the model and added to the command's outcome.

@@ -1,10 +1,12 @@
-//! `apply` without Raft: each command's effect, and that applying commands one by one gives
-//! the same state as restoring a snapshot taken at any point.
+//! `apply` without Raft: each command's effect, requests applied once per id, and that
+//! applying commands one by one gives the same state (seen table included) as restoring a
+//! snapshot taken at any point.
 
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 
 use super::*;
+use crate::seen::{Record, MAX_CLIENTS};
 use switchyard_proto::v1::AdminState;
 
 fn pool(name: &str) -> Command {
@@ -102,6 +104,76 @@ fn a_weight_zero_backend_loses_its_bindings_to_the_next_report() {
     assert!(!s.sessions.contains_key(&("p".into(), "new".into())));
 }
 
+fn with_id(client: &str, seq: u64, cmd: Command) -> Proposed {
+    Proposed { id: Some(RequestId { client: client.into(), seq }), cmd }
+}
+
+fn remove(pool: &str, addr: &str) -> Command {
+    Command::RemoveBackend { pool: pool.into(), address: addr.into() }
+}
+
+#[test]
+fn a_repeated_request_is_applied_once_and_answered_as_the_first_time() {
+    let mut s = State::default();
+    s.apply(1, &pool("p")).unwrap();
+    let add = with_id("alice", 1, backend("p", "a:1"));
+    let first = s.apply_proposed(2, &add);
+    assert!(first.fresh && first.written.1.is_ok());
+    let again = s.apply_proposed(3, &add);
+    assert!(!again.fresh, "a repeat changes nothing");
+    assert_eq!(again.written, first.written, "same revision, same outcome");
+    assert_eq!(s.backends_of("p").count(), 1);
+    // Removed by someone else, then alice's add retried: the backend does not come back.
+    assert!(s.apply_proposed(4, &with_id("bob", 1, remove("p", "a:1"))).written.1.is_ok());
+    let late = s.apply_proposed(5, &add);
+    assert_eq!(late.written, first.written);
+    assert_eq!(s.backends_of("p").count(), 0);
+    // A refusal is an answer too: repeated as it was, not re-decided.
+    let dup = with_id("carol", 7, pool("p"));
+    let refused = s.apply_proposed(6, &dup).written;
+    assert!(matches!(refused, (6, Err(ApiError::AlreadyExists(_)))));
+    s.apply(7, &Command::DeletePool { name: "p".into() }).unwrap();
+    assert_eq!(s.apply_proposed(8, &dup).written, refused);
+    assert!(s.pools.is_empty());
+    // Older than the client's last write: its answer is gone, so it is refused, not applied.
+    let old = s.apply_proposed(9, &with_id("carol", 6, pool("q")));
+    assert!(matches!(old.written.1, Err(ApiError::FailedPrecondition(ref m)) if m.contains("request too old")));
+    assert!(s.pools.is_empty());
+    // The next seq is a new write; a write without an id is never deduplicated.
+    assert!(s.apply_proposed(10, &with_id("carol", 8, pool("q"))).fresh);
+    assert!(s.apply_proposed(11, &Proposed::from(pool("r"))).written.1.is_ok());
+    assert!(s.apply_proposed(12, &Proposed::from(pool("r"))).written.1.is_err());
+}
+
+#[test]
+fn the_seen_table_evicts_the_oldest_client_deterministically() {
+    let run = || {
+        let mut s = State::default();
+        s.apply(1, &pool("p")).unwrap();
+        let mut evicted = Vec::new();
+        for i in 0..MAX_CLIENTS as u64 + 3 {
+            // Two clients per revision, so ties are broken by client id.
+            let rev = 2 + i / 2;
+            let a = s.apply_proposed(rev, &with_id(&format!("c{i:05}"), 1, remove("p", "x:1")));
+            evicted.extend(a.evicted);
+        }
+        (s, evicted)
+    };
+    let (a, evicted) = run();
+    let (b, _) = run();
+    assert_eq!(a, b, "same log, same table");
+    assert_eq!(a.seen().len(), MAX_CLIENTS);
+    assert_eq!(evicted, vec!["c00000", "c00001", "c00002"], "oldest revision first, then lowest id");
+    assert!(a.seen().get("c00003").is_some() && a.seen().get("c00000").is_none());
+    // The rows rebuild the same table, eviction order included.
+    let rows: Vec<(String, Record)> = a.seen().rows().map(|(c, r)| (c.clone(), r.clone())).collect();
+    let mut restored = State::from_topology(a.to_topology(0), Seen::from_rows(rows));
+    let mut a = a;
+    let next = with_id("new", 1, remove("p", "x:1"));
+    assert_eq!(restored.apply_proposed(9_999, &next).evicted, a.apply_proposed(9_999, &next).evicted);
+    assert_eq!(restored, a);
+}
+
 fn random_command(rng: &mut StdRng) -> Command {
     let p = format!("p{}", rng.random_range(0..4));
     let a = format!("10.0.0.{}:80", rng.random_range(0..5));
@@ -133,34 +205,60 @@ fn random_command(rng: &mut StdRng) -> Command {
     }
 }
 
+/// A random command, with a request id from one of a few clients half the time: a new seq,
+/// a repeat of the last one, or an older one.
+fn random_proposed(rng: &mut StdRng, seqs: &mut [u64; 3]) -> Proposed {
+    let cmd = random_command(rng);
+    if rng.random_bool(0.5) {
+        return cmd.into();
+    }
+    let c = rng.random_range(0..seqs.len());
+    match rng.random_range(0..6) {
+        0..=2 => seqs[c] += 1,
+        3 | 4 => seqs[c] = seqs[c].max(1),
+        _ => return with_id(&format!("c{c}"), rng.random_range(1..=seqs[c].max(1)), cmd),
+    }
+    with_id(&format!("c{c}"), seqs[c], cmd)
+}
+
+fn proposals(seed: u64) -> Vec<Proposed> {
+    let mut rng = StdRng::seed_from_u64(seed);
+    let mut seqs = [0; 3];
+    (0..300).map(|_| random_proposed(&mut rng, &mut seqs)).collect()
+}
+
+/// A snapshot of `s` as the store takes one: the topology, and the seen table's rows through
+/// postcard.
+fn snapshot_restore(s: &State, rev: u64) -> State {
+    let rows: Vec<(String, Record)> = s.seen().rows().map(|(c, r)| (c.clone(), r.clone())).collect();
+    let rows: Vec<(String, Record)> = postcard::from_bytes(&postcard::to_stdvec(&rows).unwrap()).unwrap();
+    State::from_topology(s.to_topology(rev), Seen::from_rows(rows))
+}
+
 #[test]
 fn replay_equals_snapshot_restore() {
     for seed in 0..20 {
-        let mut rng = StdRng::seed_from_u64(seed);
+        let cmds = proposals(seed);
         let mut s = State::default();
-        for rev in 1..=300 {
-            let _ = s.apply(rev, &random_command(&mut rng));
-            if rev % 37 == 0 {
-                let restored = State::from_topology(s.to_topology(rev));
-                assert_eq!(restored, s, "seed {seed} rev {rev}");
+        let mut answers = Vec::new();
+        for (i, p) in cmds.iter().enumerate() {
+            let rev = i as u64 + 1;
+            answers.push(s.apply_proposed(rev, p).written);
+            if i % 37 == 36 {
+                assert_eq!(snapshot_restore(&s, rev), s, "seed {seed} rev {rev}");
             }
         }
-        // Replaying the same commands from a snapshot taken midway reaches the same state.
-        let mut rng = StdRng::seed_from_u64(seed);
-        let cmds: Vec<Command> = (0..300).map(|_| random_command(&mut rng)).collect();
-        let mut a = State::default();
-        for (i, c) in cmds.iter().enumerate() {
-            let _ = a.apply(i as u64 + 1, c);
-        }
+        assert!(!s.seen().is_empty(), "seed {seed}: the table is covered");
+        // Replaying the same commands from a snapshot taken midway reaches the same state and
+        // gives the same answers, repeats included.
         let mut b = State::default();
-        for (i, c) in cmds[..150].iter().enumerate() {
-            let _ = b.apply(i as u64 + 1, c);
+        for (i, p) in cmds[..150].iter().enumerate() {
+            b.apply_proposed(i as u64 + 1, p);
         }
-        let mut b = State::from_topology(b.to_topology(150));
-        for (i, c) in cmds[150..].iter().enumerate() {
-            let _ = b.apply(i as u64 + 151, c);
+        let mut b = snapshot_restore(&b, 150);
+        for (i, p) in cmds[150..].iter().enumerate() {
+            assert_eq!(b.apply_proposed(i as u64 + 151, p).written, answers[i + 150], "seed {seed} at {}", i + 151);
         }
-        assert_eq!(a, b, "seed {seed}");
-        assert_eq!(a, s, "seed {seed}");
+        assert_eq!(b, s, "seed {seed}");
     }
 }

@@ -4,12 +4,13 @@ use std::io::Cursor;
 
 use serde::{Deserialize, Serialize};
 
-use crate::state::{Batch, WireOutcome};
+use crate::state::{Batch, Written};
 
-/// What `apply` hands back for one entry: the outcome of each command in its batch (none for
-/// Raft's own entries: blank, membership).
+/// What `apply` hands back for one entry: the revision and outcome of each command in its
+/// batch (none for Raft's own entries: blank, membership). The revision is the entry's, or
+/// for a repeated request the one it was first applied at.
 #[derive(Debug, Clone, Serialize, Deserialize, Default)]
-pub struct Response(pub Vec<WireOutcome>);
+pub struct Response(pub Vec<Written>);
 
 openraft::declare_raft_types!(
     /// Switchyard's Raft types.

@@ -1,5 +1,5 @@
 //! One way to build a gRPC channel to a Switchyard node, and the metadata keys that carry
-//! what clients must not infer from an error's text.
+//! what clients must not infer from an error's text, or a write's identity.
 
 use std::time::Duration;
 
@@ -19,6 +19,60 @@ pub fn outcome_unknown(s: &tonic::Status) -> bool {
 pub fn mark_outcome_unknown(mut s: tonic::Status) -> tonic::Status {
     s.metadata_mut().insert(WRITE_OUTCOME_KEY, tonic::metadata::MetadataValue::from_static(OUTCOME_UNKNOWN));
     s
+}
+
+/// A write's identity, sent as metadata so every Admin write carries it without a field in
+/// each request message. The control plane applies a write with a given (client id, seq) at
+/// most once and answers a repeat with the first answer, so the same write may be retried.
+pub const CLIENT_ID_KEY: &str = "switchyard-client-id";
+pub const REQUEST_SEQ_KEY: &str = "switchyard-request-seq";
+/// Longest client id: the table of seen requests keeps one row per client id.
+pub const MAX_CLIENT_ID: usize = 64;
+
+/// Why a write's identity metadata was refused.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum BadRequestId {
+    #[error("{CLIENT_ID_KEY} must be 1 to {MAX_CLIENT_ID} printable ASCII characters")]
+    ClientId,
+    #[error("{REQUEST_SEQ_KEY} must be a whole number of 1 or more")]
+    Seq,
+    #[error("{CLIENT_ID_KEY} and {REQUEST_SEQ_KEY} go together; one was sent without the other")]
+    Half,
+}
+
+/// Checks a write's identity; the server checks ids from clients and from peers alike.
+pub fn check_request_id(client_id: &str, seq: u64) -> Result<(), BadRequestId> {
+    let printable = client_id.bytes().all(|b| b.is_ascii_graphic() || b == b' ');
+    if client_id.is_empty() || client_id.len() > MAX_CLIENT_ID || !printable {
+        return Err(BadRequestId::ClientId);
+    }
+    if seq == 0 {
+        return Err(BadRequestId::Seq);
+    }
+    Ok(())
+}
+
+/// The (client id, seq) a request carries: `None` when it carries neither (no dedup).
+pub fn request_id(md: &tonic::metadata::MetadataMap) -> Result<Option<(String, u64)>, BadRequestId> {
+    let (client, seq) = match (md.get(CLIENT_ID_KEY), md.get(REQUEST_SEQ_KEY)) {
+        (None, None) => return Ok(None),
+        (Some(c), Some(s)) => (c, s),
+        _ => return Err(BadRequestId::Half),
+    };
+    let client = client.to_str().map_err(|_| BadRequestId::ClientId)?;
+    let seq = seq.to_str().ok().and_then(|s| s.parse::<u64>().ok()).ok_or(BadRequestId::Seq)?;
+    check_request_id(client, seq)?;
+    Ok(Some((client.to_string(), seq)))
+}
+
+/// `req` with a write's identity attached.
+pub fn with_request_id<T>(req: T, client_id: &str, seq: u64) -> Result<tonic::Request<T>, BadRequestId> {
+    check_request_id(client_id, seq)?;
+    let mut r = tonic::Request::new(req);
+    let client = client_id.parse().map_err(|_| BadRequestId::ClientId)?;
+    r.metadata_mut().insert(CLIENT_ID_KEY, client);
+    r.metadata_mut().insert(REQUEST_SEQ_KEY, seq.into());
+    Ok(r)
 }
 
 /// How a channel behaves; each kind of caller has its constant.
@@ -87,6 +141,22 @@ mod tests {
         let s = tonic::Status::unavailable("no quorum");
         assert!(!outcome_unknown(&s));
         assert!(outcome_unknown(&mark_outcome_unknown(s)));
+    }
+
+    #[test]
+    fn request_ids_round_trip_and_bad_ones_are_refused() {
+        let r = with_request_id((), "cli-1f", 7).unwrap();
+        assert_eq!(request_id(r.metadata()), Ok(Some(("cli-1f".to_string(), 7))));
+        assert_eq!(request_id(tonic::Request::new(()).metadata()), Ok(None));
+        assert_eq!(with_request_id((), "c", 0).unwrap_err(), BadRequestId::Seq);
+        assert_eq!(with_request_id((), &"x".repeat(65), 1).unwrap_err(), BadRequestId::ClientId);
+        assert_eq!(check_request_id("tab\there", 1), Err(BadRequestId::ClientId));
+        assert_eq!(check_request_id(&"x".repeat(64), 1), Ok(()));
+        let mut r = tonic::Request::new(());
+        r.metadata_mut().insert(CLIENT_ID_KEY, "c".parse().unwrap());
+        assert_eq!(request_id(r.metadata()), Err(BadRequestId::Half));
+        r.metadata_mut().insert(REQUEST_SEQ_KEY, "-3".parse().unwrap());
+        assert_eq!(request_id(r.metadata()), Err(BadRequestId::Seq));
     }
 
     #[tokio::test]

@@ -20,15 +20,16 @@ pub(super) async fn run(ctx: &mut Ctx, c: ClusterCmd) -> Result<()> {
             // Members are stored as host:port; the node's own flags may carry a scheme.
             let address = address.trim_start_matches("http://").to_string();
             let req = AddNodeRequest { id, address };
-            let r = ctx.admin(req, |mut c, r| async move { c.add_node(r).await }).await?;
+            let r = ctx.membership(req, |mut c, r| async move { c.add_node(r).await }).await?;
             ctx.out.members(&r.members);
         }
         ClusterCmd::Promote { id } => {
-            let r = ctx.admin(PromoteNodeRequest { id }, |mut c, r| async move { c.promote_node(r).await }).await?;
+            let r =
+                ctx.membership(PromoteNodeRequest { id }, |mut c, r| async move { c.promote_node(r).await }).await?;
             ctx.out.members(&r.members);
         }
         ClusterCmd::RemoveNode { id } => {
-            let r = ctx.admin(RemoveNodeRequest { id }, |mut c, r| async move { c.remove_node(r).await }).await?;
+            let r = ctx.membership(RemoveNodeRequest { id }, |mut c, r| async move { c.remove_node(r).await }).await?;
             ctx.out.members(&r.members);
         }
     }

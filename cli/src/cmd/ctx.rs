@@ -1,17 +1,19 @@
-//! What every remote command runs with: the client, the printer, the read consistency, and
-//! one helper that makes a call, so commands hold no retry or cloning boilerplate.
+//! What every remote command runs with: the client, the printer, the read consistency, the
+//! write identity, and one helper per kind of call, so commands hold no retry or cloning
+//! boilerplate.
 
 use std::future::Future;
 
 use anyhow::Result;
+use switchyard_model::grpc;
 use switchyard_proto::v1::admin_client::AdminClient;
 use switchyard_proto::v1::discovery_client::DiscoveryClient;
 use switchyard_proto::v1::query_client::QueryClient;
 use switchyard_proto::v1::Consistency;
 use tonic::transport::Channel;
-use tonic::{Response, Status};
+use tonic::{Request, Response, Status};
 
-use crate::client::Client;
+use crate::client::{Client, Retry};
 use crate::output::{Format, Out};
 
 pub struct Ctx {
@@ -19,17 +21,47 @@ pub struct Ctx {
     pub out: Out,
     /// For read requests: `Consistency` as its wire value.
     pub consistency: i32,
+    /// This process's client id: random, so two CLI runs never share one and a run's writes
+    /// never answer for another's.
+    client_id: String,
+    /// The last write's sequence number; each write takes the next.
+    seq: u64,
 }
 
 impl Ctx {
     /// `local`: read this node's state as it is instead of confirming with the leader.
     pub fn connect(endpoints: &str, format: Format, local: bool) -> Result<Ctx> {
         let consistency = if local { Consistency::Local } else { Consistency::Linearizable } as i32;
-        Ok(Ctx { client: Client::new(endpoints)?, out: Out { format }, consistency })
+        let client_id = format!("cli-{:016x}", rand::random::<u64>());
+        Ok(Ctx { client: Client::new(endpoints)?, out: Out { format }, consistency, client_id, seq: 0 })
     }
 
-    /// A write: `ctx.admin(req, |mut c, r| async move { c.create_pool(r).await })`.
+    /// A write, applied once: `ctx.admin(req, |mut c, r| async move { c.create_pool(r).await })`.
+    /// Every attempt carries the same client id and seq, so it is retried even when its
+    /// outcome is unknown: a repeat is answered with the first attempt's answer.
     pub async fn admin<Req, T, F, Fut>(&mut self, req: Req, f: F) -> Result<T>
+    where
+        Req: Clone,
+        F: Fn(AdminClient<Channel>, Request<Req>) -> Fut,
+        Fut: Future<Output = Result<Response<T>, Status>>,
+    {
+        self.seq += 1;
+        let (client_id, seq) = (self.client_id.as_str(), self.seq);
+        let r = self
+            .client
+            .call(Retry::Deduplicated, |c| {
+                let req =
+                    grpc::with_request_id(req.clone(), client_id, seq).map_err(|e| Status::internal(e.to_string()));
+                let call = req.map(|r| f(Client::admin(c), r));
+                async move { call?.await }
+            })
+            .await?;
+        Ok(r.into_inner())
+    }
+
+    /// A membership change: Raft's own entries, outside the seen table, so retried only when
+    /// the node did not take it (a repeat would be refused, not applied twice).
+    pub async fn membership<Req, T, F, Fut>(&mut self, req: Req, f: F) -> Result<T>
     where
         Req: Clone,
         F: Fn(AdminClient<Channel>, Req) -> Fut,
@@ -38,7 +70,7 @@ impl Ctx {
         self.call(Client::admin, req, f).await
     }
 
-    /// A read, like [`Ctx::admin`].
+    /// A read, like [`Ctx::membership`].
     pub async fn query<Req, T, F, Fut>(&mut self, req: Req, f: F) -> Result<T>
     where
         Req: Clone,
@@ -48,7 +80,7 @@ impl Ctx {
         self.call(Client::query, req, f).await
     }
 
-    /// A stream from the discovery service, like [`Ctx::admin`].
+    /// A stream from the discovery service, like [`Ctx::query`].
     pub async fn discovery<Req, T, F, Fut>(&mut self, req: Req, f: F) -> Result<T>
     where
         Req: Clone,
@@ -65,6 +97,6 @@ impl Ctx {
         F: Fn(S, Req) -> Fut,
         Fut: Future<Output = Result<Response<T>, Status>>,
     {
-        Ok(self.client.call(|c| f(stub(c), req.clone())).await?.into_inner())
+        Ok(self.client.call(Retry::NotTaken, |c| f(stub(c), req.clone())).await?.into_inner())
     }
 }

@@ -1,4 +1,5 @@
-//! Admin: validated writes, sent through Raft on whichever node leads.
+//! Admin: validated writes, sent through Raft on whichever node leads. A write that carries
+//! a request id in its metadata is applied at most once: a retry gets the first answer.
 
 use std::sync::Arc;
 
@@ -10,7 +11,8 @@ use crate::node::calls::{AddNode, LeaderCall, Promote, Remove};
 use crate::node::context::NodeCtx;
 use crate::node::leader::{self, RunOnLeader};
 use crate::pb::Pb;
-use crate::state::Command;
+use crate::seen::RequestId;
+use crate::state::{Command, Proposed};
 use crate::validate::{self, required};
 
 pub struct AdminService(pub Arc<NodeCtx>);
@@ -31,16 +33,23 @@ fn backend_of(changes: &[Change]) -> Option<Backend> {
 
 use switchyard_model::fields::POOL_FIELDS;
 
+/// The request id in `req`'s metadata; none means the write is not deduplicated.
+fn id_of<T>(req: &Request<T>) -> Result<Option<RequestId>, Status> {
+    let id = switchyard_model::grpc::request_id(req.metadata()).map_err(|e| Status::invalid_argument(e.to_string()))?;
+    Ok(id.map(|(client, seq)| RequestId { client, seq }))
+}
+
 impl AdminService {
     async fn backend_write(
         &self,
+        id: Option<RequestId>,
         pool: String,
         address: String,
         cmd: Command,
     ) -> Result<Response<BackendReply>, Status> {
         validate::name("pool", &pool)?;
         validate::address(&address)?;
-        let (revision, changes) = leader::write(&self.0, cmd).await?;
+        let (revision, changes) = leader::write(&self.0, Proposed { id, cmd }).await?;
         let backend = backend_of(&changes).or_else(|| {
             // A write that changed nothing: answer with the backend as it stands.
             self.0.shared.read().state.backends.get(&(pool, address)).cloned()
@@ -48,6 +57,9 @@ impl AdminService {
         Ok(Response::new(BackendReply { revision, backend }))
     }
 
+    /// Membership changes are Raft's own entries, not commands, so the seen table does not
+    /// cover them; a request id on one is checked and otherwise ignored. A repeat does no
+    /// harm: it is refused (already a member, already a voter, not a member).
     async fn membership<C: RunOnLeader + LeaderCall<Reply = u64>>(
         &self,
         call: C,
@@ -60,12 +72,14 @@ impl AdminService {
 #[tonic::async_trait]
 impl Admin for AdminService {
     async fn create_pool(&self, req: Request<CreatePoolRequest>) -> Result<Response<PoolReply>, Status> {
+        let id = id_of(&req)?;
         let pool = validate::pool(required(req.into_inner().pool, "pool")?)?;
-        let (revision, changes) = leader::write(&self.0, Command::CreatePool(Pb(pool))).await?;
+        let (revision, changes) = leader::write(&self.0, Proposed { id, cmd: Command::CreatePool(Pb(pool)) }).await?;
         Ok(Response::new(PoolReply { revision, pool: pool_of(&changes) }))
     }
 
     async fn update_pool(&self, req: Request<UpdatePoolRequest>) -> Result<Response<PoolReply>, Status> {
+        let id = id_of(&req)?;
         let req = req.into_inner();
         let pool = required(req.pool, "pool")?;
         validate::name("pool", &pool.name)?;
@@ -83,21 +97,23 @@ impl Admin for AdminService {
         let mut probe = pool.clone();
         probe.name = pool.name.clone();
         validate::pool(probe)?;
-        let (revision, changes) =
-            leader::write(&self.0, Command::UpdatePool { pool: Pb(pool), mask: req.update_mask }).await?;
+        let cmd = Command::UpdatePool { pool: Pb(pool), mask: req.update_mask };
+        let (revision, changes) = leader::write(&self.0, Proposed { id, cmd }).await?;
         Ok(Response::new(PoolReply { revision, pool: pool_of(&changes) }))
     }
 
     async fn delete_pool(&self, req: Request<DeletePoolRequest>) -> Result<Response<WriteReply>, Status> {
+        let id = id_of(&req)?;
         let name = req.into_inner().name;
         validate::name("pool", &name)?;
-        let (revision, _) = leader::write(&self.0, Command::DeletePool { name }).await?;
+        let (revision, _) = leader::write(&self.0, Proposed { id, cmd: Command::DeletePool { name } }).await?;
         Ok(Response::new(WriteReply { revision }))
     }
 
     async fn add_backend(&self, req: Request<AddBackendRequest>) -> Result<Response<BackendReply>, Status> {
+        let id = id_of(&req)?;
         let b = validate::backend(required(req.into_inner().backend, "backend")?)?;
-        let (revision, changes) = leader::write(&self.0, Command::AddBackend(Pb(b))).await?;
+        let (revision, changes) = leader::write(&self.0, Proposed { id, cmd: Command::AddBackend(Pb(b)) }).await?;
         Ok(Response::new(BackendReply { revision, backend: backend_of(&changes) }))
     }
 
@@ -105,30 +121,35 @@ impl Admin for AdminService {
         &self,
         req: Request<SetBackendWeightRequest>,
     ) -> Result<Response<BackendReply>, Status> {
+        let id = id_of(&req)?;
         let r = req.into_inner();
         validate::weight(r.weight)?;
         let cmd = Command::SetBackendWeight { pool: r.pool.clone(), address: r.address.clone(), weight: r.weight };
-        self.backend_write(r.pool, r.address, cmd).await
+        self.backend_write(id, r.pool, r.address, cmd).await
     }
 
     async fn set_backend_state(&self, req: Request<SetBackendStateRequest>) -> Result<Response<BackendReply>, Status> {
+        let id = id_of(&req)?;
         let r = req.into_inner();
         validate::admin_state(r.state)?;
         let cmd = Command::SetBackendState { pool: r.pool.clone(), address: r.address.clone(), state: r.state };
-        self.backend_write(r.pool, r.address, cmd).await
+        self.backend_write(id, r.pool, r.address, cmd).await
     }
 
     async fn remove_backend(&self, req: Request<RemoveBackendRequest>) -> Result<Response<WriteReply>, Status> {
+        let id = id_of(&req)?;
         let r = req.into_inner();
         validate::name("pool", &r.pool)?;
         validate::address(&r.address)?;
-        let (revision, _) = leader::write(&self.0, Command::RemoveBackend { pool: r.pool, address: r.address }).await?;
+        let cmd = Command::RemoveBackend { pool: r.pool, address: r.address };
+        let (revision, _) = leader::write(&self.0, Proposed { id, cmd }).await?;
         Ok(Response::new(WriteReply { revision }))
     }
 
     async fn set_route(&self, req: Request<SetRouteRequest>) -> Result<Response<RouteReply>, Status> {
+        let id = id_of(&req)?;
         let route = validate::route(required(req.into_inner().route, "route")?)?;
-        let (revision, changes) = leader::write(&self.0, Command::SetRoute(Pb(route))).await?;
+        let (revision, changes) = leader::write(&self.0, Proposed { id, cmd: Command::SetRoute(Pb(route)) }).await?;
         let route = changes.iter().find_map(|c| match &c.kind {
             Some(change::Kind::RoutePut(r)) => Some(r.clone()),
             _ => None,
@@ -137,20 +158,22 @@ impl Admin for AdminService {
     }
 
     async fn delete_route(&self, req: Request<DeleteRouteRequest>) -> Result<Response<WriteReply>, Status> {
+        let id = id_of(&req)?;
         let name = req.into_inner().name;
         validate::name("route", &name)?;
-        let (revision, _) = leader::write(&self.0, Command::DeleteRoute { name }).await?;
+        let (revision, _) = leader::write(&self.0, Proposed { id, cmd: Command::DeleteRoute { name } }).await?;
         Ok(Response::new(WriteReply { revision }))
     }
 
     async fn update_settings(&self, req: Request<UpdateSettingsRequest>) -> Result<Response<SettingsReply>, Status> {
+        let id = id_of(&req)?;
         let r = req.into_inner();
         let settings = required(r.settings, "settings")?;
         if r.update_mask.is_empty() {
             validate::settings(&settings)?;
         }
-        let (revision, changes) =
-            leader::write(&self.0, Command::UpdateSettings { settings: Pb(settings), mask: r.update_mask }).await?;
+        let cmd = Command::UpdateSettings { settings: Pb(settings), mask: r.update_mask };
+        let (revision, changes) = leader::write(&self.0, Proposed { id, cmd }).await?;
         let settings = changes.iter().find_map(|c| match &c.kind {
             Some(change::Kind::SettingsPut(s)) => Some(*s),
             _ => None,
@@ -159,16 +182,19 @@ impl Admin for AdminService {
     }
 
     async fn delete_session(&self, req: Request<DeleteSessionRequest>) -> Result<Response<WriteReply>, Status> {
+        let id = id_of(&req)?;
         let r = req.into_inner();
         validate::name("pool", &r.pool)?;
         if r.key.is_empty() {
             return Err(Status::invalid_argument("session key must not be empty"));
         }
-        let (revision, _) = leader::write(&self.0, Command::DeleteSession { pool: r.pool, key: r.key }).await?;
+        let cmd = Command::DeleteSession { pool: r.pool, key: r.key };
+        let (revision, _) = leader::write(&self.0, Proposed { id, cmd }).await?;
         Ok(Response::new(WriteReply { revision }))
     }
 
     async fn add_node(&self, req: Request<AddNodeRequest>) -> Result<Response<MembershipReply>, Status> {
+        id_of(&req)?;
         let r = req.into_inner();
         if r.id == 0 {
             return Err(Status::invalid_argument("node id must be 1 or more"));
@@ -179,10 +205,12 @@ impl Admin for AdminService {
     }
 
     async fn promote_node(&self, req: Request<PromoteNodeRequest>) -> Result<Response<MembershipReply>, Status> {
+        id_of(&req)?;
         self.membership(Promote { id: req.into_inner().id }).await
     }
 
     async fn remove_node(&self, req: Request<RemoveNodeRequest>) -> Result<Response<MembershipReply>, Status> {
+        id_of(&req)?;
         self.membership(Remove { id: req.into_inner().id }).await
     }
 }

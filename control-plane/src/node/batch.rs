@@ -9,7 +9,7 @@ use tokio::sync::{mpsc, oneshot, OwnedSemaphorePermit, Semaphore};
 
 use super::calls::{ExecError, Written};
 use crate::error::ApiError;
-use crate::state::{Batch, Command};
+use crate::state::{Batch, Proposed};
 use crate::types::Raft;
 
 /// Most commands one entry (or one forwarded call) carries.
@@ -20,7 +20,7 @@ pub const IN_FLIGHT: usize = 3;
 
 /// A write waiting to be batched into the next Raft entry.
 pub struct Proposal {
-    pub cmd: Command,
+    pub cmd: Proposed,
     pub tx: oneshot::Sender<Result<Written, ExecError>>,
 }
 
@@ -57,7 +57,7 @@ pub async fn propose_loop(raft: Raft, mut rx: mpsc::Receiver<Proposal>) {
     let mut buf = Vec::with_capacity(MAX_BATCH);
     let slots = Arc::new(Semaphore::new(IN_FLIGHT));
     while let Some(slot) = next_batch(&mut rx, &mut buf, &slots).await {
-        let (cmds, txs): (Vec<Command>, Vec<_>) = buf.drain(..).map(|p| (p.cmd, p.tx)).unzip();
+        let (cmds, txs): (Vec<Proposed>, Vec<_>) = buf.drain(..).map(|p| (p.cmd, p.tx)).unzip();
         let pending = match raft.client_write_ff(Batch(cmds)).await {
             Ok(p) => p,
             Err(f) => {
@@ -69,9 +69,9 @@ pub async fn propose_loop(raft: Raft, mut rx: mpsc::Receiver<Proposal>) {
             let _slot = slot;
             match pending.await {
                 Ok(Ok(resp)) => {
-                    let rev = resp.log_id.index;
-                    for (tx, out) in txs.into_iter().zip(resp.data.0) {
-                        let _ = tx.send(Ok((rev, out)));
+                    // Each command's own revision: a repeated request answers with its first.
+                    for (tx, written) in txs.into_iter().zip(resp.data.0) {
+                        let _ = tx.send(Ok(written));
                     }
                 }
                 Ok(Err(ClientWriteError::ForwardToLeader(f))) => {

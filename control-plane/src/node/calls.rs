@@ -9,7 +9,8 @@ use switchyard_proto::v1::{BackendLoad, ProxyStatus, SessionBinding};
 
 use crate::error::ApiError;
 use crate::pb::Pb;
-use crate::state::{Command, WireOutcome};
+use crate::state::Proposed;
+pub use crate::state::Written;
 use crate::types::NodeId;
 
 /// Why the leader side did not carry out a call.
@@ -20,9 +21,6 @@ pub enum ExecError {
     Api(ApiError),
 }
 
-/// A write's revision and what it did.
-pub type Written = (u64, WireOutcome);
-
 /// A request for the leader and the type of its answer.
 pub trait LeaderCall: Clone + Send + Sync + 'static {
     type Reply: Serialize + DeserializeOwned + Send + 'static;
@@ -31,9 +29,10 @@ pub trait LeaderCall: Clone + Send + Sync + 'static {
     fn into_envelope(self) -> Envelope;
 }
 
-/// Writes a follower gathered and sends in one call; one result per command, in order.
+/// Writes a follower gathered and sends in one call, each with its request id; one result
+/// per command, in order.
 #[derive(Debug, Clone, Serialize, Deserialize)]
-pub struct Writes(pub Vec<Command>);
+pub struct Writes(pub Vec<Proposed>);
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct AddNode {

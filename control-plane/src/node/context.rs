@@ -15,7 +15,7 @@ use super::forward::{Forwarder, LeaderClients};
 use super::proxies::ProxyRegistry;
 use crate::config::NodeConfig;
 use crate::error::ApiError;
-use crate::state::Command;
+use crate::state::Proposed;
 use crate::store::sm::Shared;
 use crate::types::{NodeId, Raft};
 
@@ -66,7 +66,7 @@ impl NodeCtx {
     }
 
     /// Queues a write for the next Raft entry this node proposes (it must lead).
-    pub async fn propose(&self, cmd: Command) -> Result<Written, ExecError> {
+    pub async fn propose(&self, cmd: Proposed) -> Result<Written, ExecError> {
         let gone = || ExecError::Api(ApiError::Unavailable("node is shutting down".into()));
         let (tx, rx) = oneshot::channel();
         self.proposals.send(Proposal { cmd, tx }).await.map_err(|_| gone())?;

@@ -14,7 +14,7 @@ use super::batch::{fail_all, next_batch, IN_FLIGHT, MAX_BATCH};
 use super::calls::{ExecError, LeaderCall, Writes, Written};
 use crate::error::ApiError;
 use crate::network;
-use crate::state::Command;
+use crate::state::Proposed;
 
 /// Peer clients by address, made once and reused (each holds an HTTP/2 connection).
 #[derive(Default)]
@@ -38,7 +38,12 @@ impl LeaderClients {
         match client.forward(req).await {
             Ok(r) => network::decode::<Result<C::Reply, ExecError>>(&r.into_inner().data)
                 .map_err(|e| ExecError::Api(ApiError::Internal(format!("bad reply from leader: {e}"))))?,
-            // The leader is unreachable (killed, partitioned): wait for the next one.
+            // The leader is unreachable (killed, partitioned), or the connection broke after
+            // the call went out and it may have been carried out: wait for the next leader and
+            // send it again. For a write with a request id that is safe (the state machine
+            // applies an id once and answers a repeat with the first answer). Without one it
+            // may apply twice; only internal writes, which are idempotent (health flips,
+            // session binds and expiry), and clients that send no id take that risk.
             Err(_) => Err(ExecError::NotLeader(None)),
         }
     }
@@ -47,7 +52,7 @@ impl LeaderClients {
 /// A write on its way from a follower to the leader.
 struct Forward {
     leader: String,
-    cmd: Command,
+    cmd: Proposed,
     tx: oneshot::Sender<Result<Written, ExecError>>,
 }
 
@@ -66,7 +71,7 @@ impl Forwarder {
     }
 
     /// Sends one write to `leader` in the next batch.
-    pub async fn write(&self, leader: String, cmd: Command) -> Result<Written, ExecError> {
+    pub async fn write(&self, leader: String, cmd: Proposed) -> Result<Written, ExecError> {
         let gone = || ExecError::Api(ApiError::Unavailable("node is shutting down".into()));
         let (tx, rx) = oneshot::channel();
         self.tx.send(Forward { leader, cmd, tx }).await.map_err(|_| gone())?;
@@ -84,7 +89,7 @@ async fn forward_loop(clients: Arc<LeaderClients>, mut rx: mpsc::Receiver<Forwar
         }
         let slot = Arc::new(slot);
         for (leader, fwds) in groups {
-            let (cmds, txs): (Vec<Command>, Vec<_>) = fwds.into_iter().map(|f| (f.cmd, f.tx)).unzip();
+            let (cmds, txs): (Vec<Proposed>, Vec<_>) = fwds.into_iter().map(|f| (f.cmd, f.tx)).unzip();
             let clients = clients.clone();
             let slot = slot.clone();
             tokio::spawn(async move {

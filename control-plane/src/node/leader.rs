@@ -15,7 +15,7 @@ use super::context::NodeCtx;
 use crate::error::ApiError;
 use crate::network;
 use crate::pb::Pb;
-use crate::state::{from_wire, Command};
+use crate::state::{from_wire, Command, Proposed};
 use crate::types::NodeId;
 
 /// A call's work on the leader. Not leading answers [`ExecError::NotLeader`].
@@ -38,7 +38,17 @@ fn membership_err(e: RaftError<NodeId, ClientWriteError<NodeId, BasicNode>>) -> 
 impl RunOnLeader for Writes {
     async fn run(self, ctx: &NodeCtx) -> Result<Self::Reply, ExecError> {
         ctx.ensure_leader()?;
-        let waits: Vec<_> = self.0.into_iter().map(|cmd| ctx.propose(cmd)).collect();
+        // Request ids come from a peer: check them before they reach Raft.
+        let waits: Vec<_> = self
+            .0
+            .into_iter()
+            .map(|p| async move {
+                match p.id.as_ref().map(|id| id.check()) {
+                    Some(Err(e)) => Err(ExecError::Api(e)),
+                    _ => ctx.propose(p).await,
+                }
+            })
+            .collect();
         Ok(futures::future::join_all(waits).await)
     }
 }
@@ -116,7 +126,7 @@ impl RunOnLeader for Report {
             // report is answered once its bindings commit, so a flood of reports slows its
             // senders instead of queueing without bound.
             let now_ms = crate::clock::now_ms();
-            ctx.propose(Command::BindSessions { now_ms, bindings }).await?.1.map_err(ExecError::Api)?;
+            ctx.propose(Command::BindSessions { now_ms, bindings }.into()).await?.1.map_err(ExecError::Api)?;
         }
         Ok(ctx.proxies.cluster_loads().into_iter().map(Pb).collect())
     }
@@ -199,8 +209,11 @@ pub async fn execute<C: RunOnLeader>(ctx: &NodeCtx, call: C) -> Result<C::Reply,
 
 /// Applies a command through Raft and returns its revision and changes. A follower that
 /// knows the leader hands the write straight on, gathered into batches; otherwise it is
-/// tried here (this node may lead, or learn who does).
-pub async fn write(ctx: &NodeCtx, cmd: Command) -> Result<(u64, Vec<Change>), ApiError> {
+/// tried here (this node may lead, or learn who does). A write with a request id is applied
+/// at most once however often it is sent; a repeat answers with the first revision and
+/// changes.
+pub async fn write(ctx: &NodeCtx, cmd: impl Into<Proposed>) -> Result<(u64, Vec<Change>), ApiError> {
+    let cmd = cmd.into();
     let (revision, outcome) = with_leader(ctx, true, || {
         let cmd = cmd.clone();
         async move {

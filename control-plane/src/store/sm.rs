@@ -1,8 +1,9 @@
 //! The state machine in sled, and the live copy in memory that the APIs read and watchers
 //! follow.
 //!
-//! sled batches are atomic within one tree, so every entity and `last_applied` live in tree
-//! `sm` under prefixed keys and commit together. Snapshots live in tree `snapshot`.
+//! sled batches are atomic within one tree, so every entity, every row of the seen-requests
+//! table and `last_applied` live in tree `sm` under prefixed keys and commit together.
+//! Snapshots live in tree `snapshot`.
 
 use std::collections::VecDeque;
 use std::io::Cursor;
@@ -18,6 +19,8 @@ use switchyard_proto::v1::{change, Change, Topology};
 use tokio::sync::broadcast;
 
 use super::{read_err, write_err};
+use crate::pb::Pb;
+use crate::seen::{Record, Seen};
 use crate::state::State;
 use crate::types::{Entry, LogId, Response, SnapshotMeta, StorageError, StoredMembership, TypeConfig};
 
@@ -86,6 +89,9 @@ struct SnapshotFile {
     last_applied: Option<LogId>,
     membership: StoredMembership,
     topology: Vec<u8>,
+    /// The seen-requests table: without it a node restored from a snapshot would apply a
+    /// retried write again.
+    seen: Vec<(String, Record)>,
 }
 
 /// openraft's view of the state machine.
@@ -115,6 +121,15 @@ const LAST_APPLIED: &[u8] = b"~last_applied";
 const MEMBERSHIP: &[u8] = b"~membership";
 const SETTINGS: &[u8] = b"~settings";
 
+/// Writes one client's row of the seen-requests table (`None`: it was evicted).
+fn persist_seen(batch: &mut sled::Batch, client: &str, rec: Option<&Record>) -> Result<(), StorageError> {
+    match rec {
+        Some(r) => batch.insert(k1(b'c', client), encode(r)?),
+        None => batch.remove(k1(b'c', client)),
+    }
+    Ok(())
+}
+
 /// Writes one change to the `sm` tree: each entity under its own prefixed key.
 fn persist(batch: &mut sled::Batch, c: &Change) {
     let Some((entity, value)) = Entity::of(c) else { return };
@@ -143,6 +158,7 @@ impl StateMachineStore {
         let mut model = Model::default();
         let mut last_applied = None;
         let mut membership = StoredMembership::default();
+        let mut seen = Vec::new();
         for kv in sm.iter() {
             let (k, v) = kv.map_err(read_err)?;
             let bad = |e: &dyn std::fmt::Display| read_err(format!("state machine key {k:?}: {e}"));
@@ -163,6 +179,10 @@ impl StateMachineStore {
                     let s = switchyard_proto::v1::SessionBinding::decode(&*v).map_err(|e| bad(&e))?;
                     model.apply(&put(change::Kind::SessionPut(s)));
                 }
+                Some(b'c') => {
+                    let client = std::str::from_utf8(&k[2..]).map_err(|e| bad(&e))?.to_string();
+                    seen.push((client, postcard::from_bytes::<Record>(&v).map_err(|e| bad(&e))?));
+                }
                 _ if &*k == SETTINGS => {
                     let s = switchyard_proto::v1::Settings::decode(&*v).map_err(|e| bad(&e))?;
                     model.apply(&put(change::Kind::SettingsPut(s)));
@@ -172,7 +192,7 @@ impl StateMachineStore {
                 _ => return Err(bad(&"unknown key")),
             }
         }
-        let state = State::from_model(model);
+        let state = State::from_model(model, Seen::from_rows(seen));
         let (tx, _) = broadcast::channel(4096);
         let revision = last_applied.map_or(0, |l: LogId| l.index);
         let mut me = StateMachineStore {
@@ -218,11 +238,14 @@ impl StateMachineStore {
     fn restore(&mut self, data: &[u8]) -> Result<(), StorageError> {
         let file: SnapshotFile = postcard::from_bytes(data).map_err(read_err)?;
         let topo = Topology::decode(file.topology.as_slice()).map_err(read_err)?;
-        let state = State::from_topology(topo);
+        let state = State::from_topology(topo, Seen::from_rows(file.seen));
         self.sm.clear().map_err(write_err)?;
         let mut batch = sled::Batch::default();
         for c in state.as_changes() {
             persist(&mut batch, &c);
+        }
+        for (client, rec) in state.seen().rows() {
+            persist_seen(&mut batch, client, Some(rec))?;
         }
         batch.insert(LAST_APPLIED, encode(&file.last_applied)?);
         batch.insert(MEMBERSHIP, encode(&file.membership)?);
@@ -246,6 +269,7 @@ impl RaftSnapshotBuilder<TypeConfig> for SnapshotSource {
                 last_applied: live.last_applied,
                 membership: live.membership.clone(),
                 topology: live.state.to_topology(live.revision()).encode_to_vec(),
+                seen: live.state.seen().rows().map(|(c, r)| (c.clone(), r.clone())).collect(),
             };
             (encode(&file)?, live.last_applied, live.membership.clone())
         };
@@ -298,15 +322,21 @@ impl RaftStateMachine<TypeConfig> for StateMachineStore {
                 EntryPayload::Normal(cmds) => {
                     let mut outcomes = Vec::with_capacity(cmds.0.len());
                     let mut all = Vec::new();
-                    for cmd in &cmds.0 {
-                        let out = live.state.apply(rev, cmd);
-                        if let Ok(changes) = &out {
-                            for c in changes {
+                    for p in &cmds.0 {
+                        let a = live.state.apply_proposed(rev, p);
+                        if let (true, Ok(changes)) = (a.fresh, &a.written.1) {
+                            for Pb(c) in changes {
                                 persist(&mut batch, c);
                             }
-                            all.extend(changes.iter().cloned());
+                            all.extend(changes.iter().map(|Pb(c)| c.clone()));
                         }
-                        outcomes.push(crate::state::to_wire(out));
+                        if let Some(client) = &a.recorded {
+                            persist_seen(&mut batch, client, live.state.seen().get(client))?;
+                        }
+                        for client in &a.evicted {
+                            persist_seen(&mut batch, client, None)?;
+                        }
+                        outcomes.push(a.written);
                     }
                     if !all.is_empty() {
                         notices.push((rev, Arc::new(all)));
