@@ -25,6 +25,10 @@ pub struct ConfigInfo {
 pub struct ControlPlaneInfo {
     pub connected: Option<String>,
     pub since: Instant,
+    /// The leader's revision as last reported by a progress event (0: never).
+    pub leader_revision: u64,
+    /// When a followed node last sent anything (event or progress).
+    pub last_heard: Option<Instant>,
 }
 
 pub struct ConfigStatus {
@@ -33,6 +37,8 @@ pub struct ConfigStatus {
     /// Woken whenever a revision is applied.
     pub applied_changed: Notify,
     control_plane: Mutex<ControlPlaneInfo>,
+    /// When this proxy started.
+    pub started: Instant,
 }
 
 impl Default for ConfigStatus {
@@ -41,7 +47,13 @@ impl Default for ConfigStatus {
             config: Mutex::new(ConfigInfo { source: "none", revision: 0, applied_at: SystemTime::now() }),
             applied: Mutex::new(VecDeque::new()),
             applied_changed: Notify::new(),
-            control_plane: Mutex::new(ControlPlaneInfo { connected: None, since: Instant::now() }),
+            control_plane: Mutex::new(ControlPlaneInfo {
+                connected: None,
+                since: Instant::now(),
+                leader_revision: 0,
+                last_heard: None,
+            }),
+            started: Instant::now(),
         }
     }
 }
@@ -75,7 +87,17 @@ impl ConfigStatus {
     pub fn set_control_plane(&self, connected: Option<String>) {
         let mut cp = self.control_plane.lock().unwrap_or_else(|e| e.into_inner());
         if cp.connected != connected {
-            *cp = ControlPlaneInfo { connected, since: Instant::now() };
+            cp.connected = connected;
+            cp.since = Instant::now();
+        }
+    }
+
+    /// The followed node spoke at `at`; `leader_revision` when it was progress.
+    pub fn heard(&self, at: Instant, leader_revision: Option<u64>) {
+        let mut cp = self.control_plane.lock().unwrap_or_else(|e| e.into_inner());
+        cp.last_heard = Some(at);
+        if let Some(l) = leader_revision {
+            cp.leader_revision = l;
         }
     }
 }
