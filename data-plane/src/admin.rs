@@ -118,7 +118,7 @@ pub fn status_json(state: &ProxyState) -> serde_json::Value {
             "node": cp.connected,
             "state_for_seconds": cp.since.elapsed().as_secs_f64(),
             "leader_revision": cp.leader_revision,
-            "behind": cp.leader_revision.saturating_sub(cfg.revision),
+            "behind": state.status.behind(),
             "last_heard_seconds": cp.last_heard.map(|t| t.elapsed().as_secs_f64()),
         },
         "accepted": state.runtime.accepted.load(Relaxed),
@@ -171,7 +171,7 @@ fn metrics(state: &ProxyState) -> String {
     up.set(cp.connected.is_some() as i64);
     reg.register("control_plane_connected", "1 while following a control-plane node", up);
     let behind = Gauge::<i64>::default();
-    behind.set(cp.leader_revision.saturating_sub(cfg.revision) as i64);
+    behind.set(state.status.behind() as i64);
     reg.register("config_behind_revisions", "Revisions the config in use trails the leader's, as last heard", behind);
     let heard = Gauge::<f64, std::sync::atomic::AtomicU64>::default();
     // Never heard from any node: counted from when this proxy started.

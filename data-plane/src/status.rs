@@ -27,6 +27,9 @@ pub struct ControlPlaneInfo {
     pub since: Instant,
     /// The leader's revision as last reported by a progress event (0: never).
     pub leader_revision: u64,
+    /// The revision the config is current through: the config's own, or above it when
+    /// progress said no change came after it.
+    pub through: u64,
     /// When a followed node last sent anything (event or progress).
     pub last_heard: Option<Instant>,
 }
@@ -51,6 +54,7 @@ impl Default for ConfigStatus {
                 connected: None,
                 since: Instant::now(),
                 leader_revision: 0,
+                through: 0,
                 last_heard: None,
             }),
             started: Instant::now(),
@@ -80,6 +84,12 @@ impl ConfigStatus {
         self.applied.lock().unwrap_or_else(|e| e.into_inner()).iter().find(|(r, _)| *r >= revision).copied()
     }
 
+    /// Revisions the config in use trails the leader's, as last heard.
+    pub fn behind(&self) -> u64 {
+        let (config, cp) = (self.config().revision, self.control_plane());
+        cp.leader_revision.saturating_sub(config.max(cp.through))
+    }
+
     pub fn control_plane(&self) -> ControlPlaneInfo {
         self.control_plane.lock().unwrap_or_else(|e| e.into_inner()).clone()
     }
@@ -92,10 +102,12 @@ impl ConfigStatus {
         }
     }
 
-    /// The followed node spoke at `at`; `leader_revision` when it was progress.
-    pub fn heard(&self, at: Instant, leader_revision: Option<u64>) {
+    /// The followed node spoke at `at` (`leader_revision` when it was progress), and the
+    /// config is current through `through`.
+    pub fn heard(&self, at: Instant, leader_revision: Option<u64>, through: u64) {
         let mut cp = self.control_plane.lock().unwrap_or_else(|e| e.into_inner());
         cp.last_heard = Some(at);
+        cp.through = cp.through.max(through);
         if let Some(l) = leader_revision {
             cp.leader_revision = l;
         }

@@ -172,7 +172,11 @@ async fn collect_until(stream: &mut tonic::Streaming<WatchEvent>, seen: &mut See
             .expect("stream open");
         if let Some(watch_event::Kind::Progress(p)) = &ev.kind {
             // Progress changes nothing; it never names a revision below one already sent.
-            assert!(revs.last().is_none_or(|l| p.node_revision >= *l), "progress at {} after {revs:?}", p.node_revision);
+            assert!(
+                revs.last().is_none_or(|l| p.node_revision >= *l),
+                "progress at {} after {revs:?}",
+                p.node_revision
+            );
             continue;
         }
         if let Some(last) = revs.last() {

@@ -105,12 +105,24 @@ async fn a_removed_node_ends_its_watches_and_the_proxy_moves_on_and_keeps_up() {
     following(&proxy, &gone_addr, rev).await;
     let mut raw = discovery(&gone_addr).watch(watch_req()).await.unwrap().into_inner();
 
-    admin(&leader_addr).remove_node(RemoveNodeRequest { id: gone }).await.unwrap();
-    let after = admin(&leader_addr).create_pool(pool("after")).await.unwrap().into_inner().revision;
+    let removed_at =
+        admin(&leader_addr).remove_node(RemoveNodeRequest { id: gone }).await.unwrap().into_inner().revision;
     let status = ending(&mut raw, BOUND).await;
     assert_eq!(status.code(), Code::Unavailable, "{status:?}");
     let err = discovery(&gone_addr).watch(watch_req()).await.expect_err("a new watch is refused");
     assert_eq!(err.code(), Code::Unavailable, "{err:?}");
+
+    // Membership entries move the leader's revision with no change to send: the proxy, on a
+    // member now, is current through them and not behind, though its config is older.
+    let s = eventually("the proxy on a member, current through the removal", BOUND, || async {
+        let s = proxy.status().await?;
+        let cp = &s["control_plane"];
+        let on_member = cp["connected"] == true && cp["node"] != gone_addr.as_str();
+        (on_member && cp["leader_revision"].as_u64()? >= removed_at && cp["behind"] == 0).then_some(s)
+    })
+    .await;
+    assert!(s["config"]["revision"].as_u64() < Some(removed_at), "{s}");
+    let after = admin(&leader_addr).create_pool(pool("after")).await.unwrap().into_inner().revision;
 
     // The proxy moved to a member and runs what was written after the removal.
     let s = eventually("the proxy to follow a member at the new revision", BOUND, || async {

@@ -107,6 +107,8 @@ impl Discovery for DiscoveryService {
         let (tx, out) = mpsc::channel::<Result<WatchEvent, Status>>(256);
         let shutdown = node.shutdown.clone();
         let mut health = node.serving.subscribe();
+        // Look at it once in the loop: it may have changed since the check above.
+        health.mark_changed();
         let mut ticks = self.leader_revision.clone();
         ticks.borrow_and_update();
         tokio::spawn(async move {
@@ -137,9 +139,20 @@ impl Discovery for DiscoveryService {
                             return;
                         }
                         let leader_revision = *ticks.borrow_and_update();
-                        if !std::mem::replace(&mut sent_since_tick, false)
-                            && tx.send(Ok(progress_event(last, leader_revision))).await.is_err()
+                        if std::mem::replace(&mut sent_since_tick, false) {
+                            continue;
+                        }
+                        // Entries without changes (an election's blank entry, membership)
+                        // advance the revision too; with no notice waiting, this stream has
+                        // sent every change up to what is applied (notices go out under the
+                        // state's write lock), so it is current through that.
                         {
+                            let live = node.shared.read();
+                            if rx.is_empty() {
+                                last = last.max(live.revision());
+                            }
+                        }
+                        if tx.send(Ok(progress_event(last, leader_revision))).await.is_err() {
                             return;
                         }
                         continue;

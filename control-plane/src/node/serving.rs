@@ -126,8 +126,8 @@ impl Serving {
                 };
                 let health = tracker.update(Instant::now(), assess(&facts, silence));
                 tx.send_if_modified(|cur| {
-                    let same = matches!((&*cur, &health), (Health::Unavailable(_), Health::Unavailable(_)))
-                        || *cur == health;
+                    let same =
+                        matches!((&*cur, &health), (Health::Unavailable(_), Health::Unavailable(_))) || *cur == health;
                     if !same {
                         match &health {
                             Health::Serving => tracing::info!("serving watches again"),

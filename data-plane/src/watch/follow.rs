@@ -65,13 +65,16 @@ pub async fn run(
         state.status.set_control_plane(Some(addr.clone()));
         backoff = BACKOFF_MIN;
         let mut fresh = Freshness::new(Instant::now());
-        state.status.heard(fresh.last_heard, None);
+        // The revision the stream has brought this proxy up to date with: the config's, or
+        // above it when progress says no change came in between.
+        let mut through = from;
+        state.status.heard(fresh.last_heard, None, through);
         let mut check = tokio::time::interval(CHECK_EVERY);
         loop {
             let ev = tokio::select! {
                 _ = shutdown.cancelled() => return,
                 ev = stream.message() => ev,
-                _ = check.tick() => match fresh.verdict(lock().revision, Instant::now()) {
+                _ = check.tick() => match fresh.verdict(through, Instant::now()) {
                     Verdict::Keep => continue,
                     v => {
                         tracing::warn!(node = %addr, "leaving a stale control-plane node: {v:?}");
@@ -88,9 +91,9 @@ pub async fn run(
                 }
             };
             let now = Instant::now();
-            let leader_revision = match &ev.kind {
-                Some(watch_event::Kind::Progress(p)) => Some(p.leader_revision),
-                _ => None,
+            let (leader_revision, node_revision) = match &ev.kind {
+                Some(watch_event::Kind::Progress(p)) => (Some(p.leader_revision), p.node_revision),
+                _ => (None, 0),
             };
             let mut m = lock();
             let delta = m.apply(ev);
@@ -99,8 +102,9 @@ pub async fn run(
             }
             let rev = m.revision;
             drop(m);
-            fresh.heard(now, rev, leader_revision);
-            state.status.heard(now, leader_revision);
+            through = through.max(rev).max(node_revision);
+            fresh.heard(now, through, leader_revision);
+            state.status.heard(now, leader_revision, through);
             if delta.is_some() {
                 let _ = applied.send(rev);
             }

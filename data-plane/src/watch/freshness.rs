@@ -20,7 +20,10 @@ pub enum Verdict {
     /// Nothing heard for this long.
     Silent(Duration),
     /// Still short of `target` (the leader's revision when first heard) after `for_`.
-    Behind { target: u64, for_: Duration },
+    Behind {
+        target: u64,
+        for_: Duration,
+    },
 }
 
 /// What the proxy knows of the stream it follows.
@@ -38,34 +41,35 @@ impl Freshness {
         Freshness { last_heard: now, leader_revision: 0, behind_since: None }
     }
 
-    /// Something arrived at `now`: an event (the proxy now runs `applied`), or progress with
-    /// the leader's revision.
-    pub fn heard(&mut self, now: Instant, applied: u64, leader_revision: Option<u64>) {
+    /// Something arrived at `now`: an event or progress (with the leader's revision). `through`
+    /// is the revision the proxy's config is now current through (the stream's progress can
+    /// put it above the config's own revision when no change came in between).
+    pub fn heard(&mut self, now: Instant, through: u64, leader_revision: Option<u64>) {
         self.last_heard = now;
         if let Some(l) = leader_revision {
             self.leader_revision = self.leader_revision.max(l);
         }
-        if self.behind_since.is_some_and(|(target, _)| applied >= target) {
+        if self.behind_since.is_some_and(|(target, _)| through >= target) {
             self.behind_since = None;
         }
-        if self.behind_since.is_none() && self.leader_revision > applied {
+        if self.behind_since.is_none() && self.leader_revision > through {
             self.behind_since = Some((self.leader_revision, now));
         }
     }
 
-    /// Revisions the proxy runs behind the leader, as last heard.
-    pub fn behind(&self, applied: u64) -> u64 {
-        self.leader_revision.saturating_sub(applied)
+    /// Revisions the proxy trails the leader, as last heard.
+    pub fn behind(&self, through: u64) -> u64 {
+        self.leader_revision.saturating_sub(through)
     }
 
     /// Keep following, or leave for another node.
-    pub fn verdict(&self, applied: u64, now: Instant) -> Verdict {
+    pub fn verdict(&self, through: u64, now: Instant) -> Verdict {
         let silent = now.saturating_duration_since(self.last_heard);
         if silent >= SILENT_AFTER {
             return Verdict::Silent(silent);
         }
         match self.behind_since {
-            Some((target, since)) if applied < target && now.saturating_duration_since(since) >= BEHIND_AFTER => {
+            Some((target, since)) if through < target && now.saturating_duration_since(since) >= BEHIND_AFTER => {
                 Verdict::Behind { target, for_: now.saturating_duration_since(since) }
             }
             _ => Verdict::Keep,
