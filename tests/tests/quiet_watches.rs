@@ -137,3 +137,38 @@ async fn a_removed_node_ends_its_watches_and_the_proxy_moves_on_and_keeps_up() {
     let later = admin(&leader_addr).create_pool(pool("later")).await.unwrap().into_inner().revision;
     proxy.wait_revision(later).await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stream_open_across_an_election_is_current_through_the_new_leaders_blank_entry() {
+    let _g = serial().await;
+    let mut c = Cluster::start(3, &[]).await;
+    let leader = c.leader(Duration::from_secs(10)).await;
+    let f = *c.nodes.keys().find(|id| **id != leader).unwrap();
+    let f_addr = c.nodes[&f].addr.clone();
+    let rev = admin(&c.nodes[&leader].addr).create_pool(pool("p")).await.unwrap().into_inner().revision;
+    let mut raw = discovery(&f_addr).watch(watch_req()).await.unwrap().into_inner();
+
+    c.node(leader).kill9();
+    let new_leader = c.leader(BOUND).await;
+    // The new leader's blank entry: a revision with no change to send.
+    let blank = eventually("the new leader to apply its blank entry", BOUND, || async {
+        let s = status(&c.nodes[&new_leader].addr).await?;
+        (s.applied_revision > rev).then_some(s.applied_revision)
+    })
+    .await;
+    let mut last_change = 0;
+    let p = tokio::time::timeout(BOUND, async {
+        loop {
+            let ev = raw.message().await.expect("the stream stays open through an election").expect("open");
+            match ev.kind {
+                Some(watch_event::Kind::Progress(p)) if p.node_revision >= blank => return p,
+                Some(watch_event::Kind::Progress(_)) => {}
+                _ => last_change = ev.revision,
+            }
+        }
+    })
+    .await
+    .expect("progress current through the blank entry");
+    assert!(last_change < blank, "no change event came for the blank entry (last {last_change}, blank {blank})");
+    assert!(p.leader_revision >= blank, "{p:?}");
+}
