@@ -172,3 +172,20 @@ async fn a_stream_open_across_an_election_is_current_through_the_new_leaders_bla
     assert!(last_change < blank, "no change event came for the blank entry (last {last_change}, blank {blank})");
     assert!(p.leader_revision >= blank, "{p:?}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_leader_cut_off_from_its_quorum_ends_its_watches() {
+    let _g = serial().await;
+    let mut c = Cluster::start(3, &[]).await;
+    let leader = c.leader(Duration::from_secs(10)).await;
+    let addr = c.nodes[&leader].addr.clone();
+    admin(&addr).create_pool(pool("p")).await.unwrap();
+    let mut raw = discovery(&addr).watch(watch_req()).await.unwrap().into_inner();
+    for id in [1, 2, 3].into_iter().filter(|id| *id != leader) {
+        c.node(id).kill9();
+    }
+    // openraft 0.9 keeps it leading; no quorum has acknowledged it since.
+    let status = ending(&mut raw, BOUND).await;
+    assert_eq!(status.code(), Code::Unavailable, "{status:?}");
+    assert!(status.message().contains("no leader"), "{status:?}");
+}
