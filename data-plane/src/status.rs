@@ -129,4 +129,16 @@ mod tests {
         assert_eq!(s.applied_at(10), None);
         assert_eq!(s.config().revision, 9);
     }
+
+    #[test]
+    fn behind_counts_from_what_the_stream_is_current_through() {
+        let s = ConfigStatus::default();
+        s.record("control-plane", 5, SystemTime::UNIX_EPOCH);
+        s.heard(Instant::now(), Some(8), 5);
+        assert_eq!(s.behind(), 3);
+        // Progress says nothing changed up to 8 (blank or membership entries): not behind.
+        s.heard(Instant::now(), None, 8);
+        assert_eq!(s.behind(), 0);
+        assert_eq!(s.config().revision, 5);
+    }
 }
