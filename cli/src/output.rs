@@ -239,7 +239,8 @@ impl Out {
                     println!("{:>8}  {}", ev.revision, change_json(c));
                 }
             }
-            (None, _) => {}
+            // Progress says the stream is alive; it carries no change to show.
+            (Some(watch_event::Kind::Progress(_)) | None, _) => {}
         }
     }
 }

@@ -37,7 +37,7 @@ pub fn router(node: Arc<NodeCtx>) -> Router {
         .add_service(AdminServer::new(admin::AdminService(node.clone())))
         .add_service(QueryServer::new(query::QueryService(node.clone())).max_encoding_message_size(MAX_MESSAGE))
         .add_service(
-            DiscoveryServer::new(discovery::DiscoveryService(node.clone())).max_encoding_message_size(MAX_MESSAGE),
+            DiscoveryServer::new(discovery::DiscoveryService::new(node.clone())).max_encoding_message_size(MAX_MESSAGE),
         )
         .add_service(
             RaftServer::new(peer::PeerService(node))

@@ -22,6 +22,10 @@ pub const DEFAULT_ELECTION_MAX_MS: u64 = 240;
 pub const DEFAULT_SNAPSHOT_EVERY: u64 = 10_000;
 pub const DEFAULT_KEEP_LOGS: u64 = 1_000;
 pub const DEFAULT_WRITE_TIMEOUT_MS: u64 = 5_000;
+/// How many election timeouts (`election_max`) a node may go without a leader, or without
+/// being a member, before it stops serving watches: long enough to ride out an ordinary
+/// election, short enough that a cut-off node's watchers move on within seconds.
+pub const UNSERVING_AFTER_ELECTIONS: u32 = 3;
 
 /// Everything one node needs, validated by [`NodeConfig::validate`].
 #[derive(Clone, Debug)]
@@ -82,6 +86,18 @@ impl NodeConfig {
             return bad("need 0 < heartbeat < election-min/2 and election-min < election-max".into());
         }
         Ok(())
+    }
+
+    /// How long this node must have been without a leader, or not a member, before it ends
+    /// its watch streams ([`UNSERVING_AFTER_ELECTIONS`] election timeouts).
+    pub fn unserving_after(&self) -> Duration {
+        Duration::from_millis(self.election_max_ms) * UNSERVING_AFTER_ELECTIONS
+    }
+
+    /// How long a follower may go without hearing from its leader before it counts as having
+    /// none: the leader's lease, after which openraft lets it call an election.
+    pub fn leader_silence(&self) -> Duration {
+        Duration::from_millis(self.election_max_ms)
     }
 
     pub fn advertise_addr(&self) -> String {

@@ -9,6 +9,7 @@ pub mod context;
 pub mod forward;
 pub mod leader;
 pub mod proxies;
+pub mod serving;
 
 use std::sync::Arc;
 
@@ -80,13 +81,14 @@ impl Node {
         let ctx = Arc::new(NodeCtx {
             id: config.id,
             advertise: config.advertise_addr(),
-            raft,
+            raft: raft.clone(),
             shared,
             shutdown: shutdown.clone(),
             proxies: Default::default(),
             forwarder: Forwarder::start(clients.clone()),
             clients,
             proposals,
+            serving: serving::Serving::start(raft.clone(), &config, shutdown.clone()),
             config,
         });
 

@@ -117,6 +117,9 @@ pub fn status_json(state: &ProxyState) -> serde_json::Value {
             "connected": cp.connected.is_some(),
             "node": cp.connected,
             "state_for_seconds": cp.since.elapsed().as_secs_f64(),
+            "leader_revision": cp.leader_revision,
+            "behind": state.status.behind(),
+            "last_heard_seconds": cp.last_heard.map(|t| t.elapsed().as_secs_f64()),
         },
         "accepted": state.runtime.accepted.load(Relaxed),
         "active": backends.iter().map(|b| b["active"].as_u64().unwrap_or(0)).sum::<u64>(),
@@ -163,9 +166,17 @@ fn metrics(state: &ProxyState) -> String {
     let age = Gauge::<f64, std::sync::atomic::AtomicU64>::default();
     age.set(age_secs(cfg.applied_at));
     reg.register("config_age_seconds", "Seconds since the config in use was applied", age);
+    let cp = state.status.control_plane();
     let up = Gauge::<i64>::default();
-    up.set(state.status.control_plane().connected.is_some() as i64);
+    up.set(cp.connected.is_some() as i64);
     reg.register("control_plane_connected", "1 while following a control-plane node", up);
+    let behind = Gauge::<i64>::default();
+    behind.set(state.status.behind() as i64);
+    reg.register("config_behind_revisions", "Revisions the config in use trails the leader's, as last heard", behind);
+    let heard = Gauge::<f64, std::sync::atomic::AtomicU64>::default();
+    // Never heard from any node: counted from when this proxy started.
+    heard.set(cp.last_heard.unwrap_or(state.status.started).elapsed().as_secs_f64());
+    reg.register("control_plane_last_heard_seconds", "Seconds since a control-plane node last spoke", heard);
     let mut out = String::new();
     encode(&mut out, &reg).expect("writing to a String cannot fail");
     out

@@ -25,6 +25,13 @@ pub struct ConfigInfo {
 pub struct ControlPlaneInfo {
     pub connected: Option<String>,
     pub since: Instant,
+    /// The leader's revision as last reported by a progress event (0: never).
+    pub leader_revision: u64,
+    /// The revision the config is current through: the config's own, or above it when
+    /// progress said no change came after it.
+    pub through: u64,
+    /// When a followed node last sent anything (event or progress).
+    pub last_heard: Option<Instant>,
 }
 
 pub struct ConfigStatus {
@@ -33,6 +40,8 @@ pub struct ConfigStatus {
     /// Woken whenever a revision is applied.
     pub applied_changed: Notify,
     control_plane: Mutex<ControlPlaneInfo>,
+    /// When this proxy started.
+    pub started: Instant,
 }
 
 impl Default for ConfigStatus {
@@ -41,7 +50,14 @@ impl Default for ConfigStatus {
             config: Mutex::new(ConfigInfo { source: "none", revision: 0, applied_at: SystemTime::now() }),
             applied: Mutex::new(VecDeque::new()),
             applied_changed: Notify::new(),
-            control_plane: Mutex::new(ControlPlaneInfo { connected: None, since: Instant::now() }),
+            control_plane: Mutex::new(ControlPlaneInfo {
+                connected: None,
+                since: Instant::now(),
+                leader_revision: 0,
+                through: 0,
+                last_heard: None,
+            }),
+            started: Instant::now(),
         }
     }
 }
@@ -68,6 +84,12 @@ impl ConfigStatus {
         self.applied.lock().unwrap_or_else(|e| e.into_inner()).iter().find(|(r, _)| *r >= revision).copied()
     }
 
+    /// Revisions the config in use trails the leader's, as last heard.
+    pub fn behind(&self) -> u64 {
+        let (config, cp) = (self.config().revision, self.control_plane());
+        cp.leader_revision.saturating_sub(config.max(cp.through))
+    }
+
     pub fn control_plane(&self) -> ControlPlaneInfo {
         self.control_plane.lock().unwrap_or_else(|e| e.into_inner()).clone()
     }
@@ -75,7 +97,19 @@ impl ConfigStatus {
     pub fn set_control_plane(&self, connected: Option<String>) {
         let mut cp = self.control_plane.lock().unwrap_or_else(|e| e.into_inner());
         if cp.connected != connected {
-            *cp = ControlPlaneInfo { connected, since: Instant::now() };
+            cp.connected = connected;
+            cp.since = Instant::now();
+        }
+    }
+
+    /// The followed node spoke at `at` (`leader_revision` when it was progress), and the
+    /// config is current through `through`.
+    pub fn heard(&self, at: Instant, leader_revision: Option<u64>, through: u64) {
+        let mut cp = self.control_plane.lock().unwrap_or_else(|e| e.into_inner());
+        cp.last_heard = Some(at);
+        cp.through = cp.through.max(through);
+        if let Some(l) = leader_revision {
+            cp.leader_revision = l;
         }
     }
 }
@@ -94,5 +128,17 @@ mod tests {
         assert_eq!(s.applied_at(6).map(|x| x.0), Some(9));
         assert_eq!(s.applied_at(10), None);
         assert_eq!(s.config().revision, 9);
+    }
+
+    #[test]
+    fn behind_counts_from_what_the_stream_is_current_through() {
+        let s = ConfigStatus::default();
+        s.record("control-plane", 5, SystemTime::UNIX_EPOCH);
+        s.heard(Instant::now(), Some(8), 5);
+        assert_eq!(s.behind(), 3);
+        // Progress says nothing changed up to 8 (blank or membership entries): not behind.
+        s.heard(Instant::now(), None, 8);
+        assert_eq!(s.behind(), 0);
+        assert_eq!(s.config().revision, 5);
     }
 }

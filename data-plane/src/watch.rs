@@ -1,9 +1,11 @@
 //! Following the control plane and keeping its config: a mirror of the model, moved by the
 //! watch stream ([`follow`]), put in force by [`install::install`], written to the cache file
-//! ([`cache`]) and acknowledged with reports ([`report`]).
+//! ([`cache`]) and acknowledged with reports ([`report`]); a node that goes silent or stale
+//! is left for the next ([`freshness`]).
 
 pub mod cache;
 pub mod follow;
+pub mod freshness;
 pub mod install;
 pub mod mirror;
 pub mod report;

@@ -7,6 +7,10 @@ use switchyard_proto::v1::Settings;
 /// large state never wedges replication or a proxy's resync.
 pub const MAX_GRPC_MESSAGE: usize = 256 * 1024 * 1024;
 
+/// How often a quiet `Discovery.Watch` stream carries a progress event. Proxies judge a
+/// stream silent after a few of these go missing, so both planes take it from here.
+pub const WATCH_PROGRESS_EVERY: std::time::Duration = std::time::Duration::from_secs(1);
+
 /// The proxy-wide settings a fresh cluster starts with.
 pub fn default_settings() -> Settings {
     Settings {

@@ -170,6 +170,15 @@ async fn collect_until(stream: &mut tonic::Streaming<WatchEvent>, seen: &mut See
             .expect("watch event in time")
             .expect("stream ok")
             .expect("stream open");
+        if let Some(watch_event::Kind::Progress(p)) = &ev.kind {
+            // Progress changes nothing; it never names a revision below one already sent.
+            assert!(
+                revs.last().is_none_or(|l| p.node_revision >= *l),
+                "progress at {} after {revs:?}",
+                p.node_revision
+            );
+            continue;
+        }
         if let Some(last) = revs.last() {
             assert!(ev.revision > *last, "revision went from {last} to {}", ev.revision);
         }
@@ -186,6 +195,7 @@ async fn collect_until(stream: &mut tonic::Streaming<WatchEvent>, seen: &mut See
                     }
                 }
             }
+            Some(watch_event::Kind::Progress(_)) => unreachable!("skipped above"),
             None => panic!("empty event"),
         }
         if names.iter().any(|n| n == want_pool) {

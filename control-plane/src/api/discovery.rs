@@ -1,22 +1,65 @@
-//! Discovery: the config stream proxies follow, and the reports they send back.
+//! Discovery: the config stream proxies follow, and the reports they send back. A quiet
+//! stream carries a progress event every [`WATCH_PROGRESS_EVERY`] with the leader's revision,
+//! so a watcher can tell a quiet stream from a stale one; a node that is not serving
+//! (see [`crate::node::serving`]) ends its streams with UNAVAILABLE.
 
 use std::pin::Pin;
 use std::sync::Arc;
 use std::time::Duration;
 
 use futures::Stream;
+use switchyard_model::limits::WATCH_PROGRESS_EVERY;
 use switchyard_proto::v1::discovery_server::Discovery;
 use switchyard_proto::v1::*;
-use tokio::sync::{broadcast, mpsc};
+use tokio::sync::{broadcast, mpsc, watch};
 use tonic::{Request, Response, Status};
 
 use crate::clock::now_ms;
-use crate::node::calls::Report;
+use crate::node::calls::{ReadIndex, Report};
 use crate::node::context::NodeCtx;
 use crate::node::leader;
+use crate::node::serving::Health;
 use crate::store::sm::Notice;
 
-pub struct DiscoveryService(pub Arc<NodeCtx>);
+pub struct DiscoveryService {
+    node: Arc<NodeCtx>,
+    /// The leader's revision, renewed every [`WATCH_PROGRESS_EVERY`] while there are streams.
+    leader_revision: watch::Receiver<u64>,
+}
+
+impl DiscoveryService {
+    pub fn new(node: Arc<NodeCtx>) -> DiscoveryService {
+        let (tx, leader_revision) = watch::channel(0);
+        tokio::spawn(leader_revisions(node.clone(), tx));
+        DiscoveryService { node, leader_revision }
+    }
+}
+
+/// Asks the leader for its commit index (a read index) once a tick for all of this node's
+/// streams. A tick without an answer in time is skipped, so its streams get no progress: a
+/// watcher hears silence, not a stale revision dressed as fresh.
+async fn leader_revisions(node: Arc<NodeCtx>, tx: watch::Sender<u64>) {
+    let mut tick = tokio::time::interval(WATCH_PROGRESS_EVERY);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            _ = node.shutdown.cancelled() => return,
+            _ = tick.tick() => {}
+        }
+        // The service keeps one receiver; more means open streams.
+        if tx.receiver_count() <= 1 {
+            continue;
+        }
+        if let Ok(Ok(index)) = tokio::time::timeout(WATCH_PROGRESS_EVERY, leader::execute(&node, ReadIndex)).await {
+            tx.send_modify(|r| *r = index);
+        }
+    }
+}
+
+fn progress_event(sent: u64, leader_revision: u64) -> WatchEvent {
+    let p = Progress { leader_revision, node_revision: sent };
+    WatchEvent { revision: sent, kind: Some(watch_event::Kind::Progress(p)) }
+}
 
 /// How long a Watch waits for this node to reach the revision a proxy already has.
 const CATCH_UP: Duration = Duration::from_secs(3);
@@ -39,7 +82,8 @@ impl Discovery for DiscoveryService {
 
     async fn watch(&self, req: Request<WatchRequest>) -> Result<Response<WatchStream>, Status> {
         let req = req.into_inner();
-        let node = self.0.clone();
+        let node = self.node.clone();
+        node.serving.check().map_err(Status::unavailable)?;
         let from = req.from_revision;
         if from > node.shared.read().revision() {
             // This node is behind what the watcher already has; never send it backwards.
@@ -62,7 +106,14 @@ impl Discovery for DiscoveryService {
         tracing::debug!(proxy = %req.proxy_id, from, "watch started");
         let (tx, out) = mpsc::channel::<Result<WatchEvent, Status>>(256);
         let shutdown = node.shutdown.clone();
+        let mut health = node.serving.subscribe();
+        // Look at it once in the loop: it may have changed since the check above.
+        health.mark_changed();
+        let mut ticks = self.leader_revision.clone();
+        ticks.borrow_and_update();
         tokio::spawn(async move {
+            // Whether an event went out since the last tick: then no progress is due.
+            let mut sent_since_tick = true;
             for ev in first {
                 if tx.send(Ok(ev)).await.is_err() {
                     return;
@@ -73,6 +124,39 @@ impl Discovery for DiscoveryService {
                     biased;
                     _ = shutdown.cancelled() => return,
                     _ = tx.closed() => return,
+                    r = health.changed() => {
+                        let why = match (r, &*health.borrow_and_update()) {
+                            (Err(_), _) => return,
+                            (Ok(()), Health::Serving) => continue,
+                            (Ok(()), Health::Unavailable(why)) => why.clone(),
+                        };
+                        tracing::info!(proxy = %req.proxy_id, "ending watch: {why}");
+                        let _ = tx.send(Err(Status::unavailable(why))).await;
+                        return;
+                    }
+                    r = ticks.changed() => {
+                        if r.is_err() {
+                            return;
+                        }
+                        let leader_revision = *ticks.borrow_and_update();
+                        if std::mem::replace(&mut sent_since_tick, false) {
+                            continue;
+                        }
+                        // Entries without changes (an election's blank entry, membership)
+                        // advance the revision too; with no notice waiting, this stream has
+                        // sent every change up to what is applied (notices go out under the
+                        // state's write lock), so it is current through that.
+                        {
+                            let live = node.shared.read();
+                            if rx.is_empty() {
+                                last = last.max(live.revision());
+                            }
+                        }
+                        if tx.send(Ok(progress_event(last, leader_revision))).await.is_err() {
+                            return;
+                        }
+                        continue;
+                    }
                     n = rx.recv() => n,
                 };
                 let ev = match notice {
@@ -89,6 +173,7 @@ impl Discovery for DiscoveryService {
                     Err(broadcast::error::RecvError::Closed) => return,
                 };
                 last = ev.revision;
+                sent_since_tick = true;
                 if tx.send(Ok(ev)).await.is_err() {
                     return;
                 }
@@ -99,6 +184,9 @@ impl Discovery for DiscoveryService {
 
     async fn report(&self, req: Request<ProxyReport>) -> Result<Response<ReportReply>, Status> {
         let r = req.into_inner();
+        // A node that cannot reach the leader would drop the report anyway; saying so sends
+        // the proxy to a node that can.
+        self.node.serving.check().map_err(Status::unavailable)?;
         if r.proxy_id.is_empty() {
             return Err(Status::invalid_argument("proxy_id is required"));
         }
@@ -108,7 +196,7 @@ impl Discovery for DiscoveryService {
             rejected_reason: r.rejected_reason,
             last_report_ms: now_ms(),
             connections: r.loads.iter().map(|l| l.connections).sum(),
-            node: self.0.advertise.clone(),
+            node: self.node.advertise.clone(),
         };
         // Reports are kept on the leader, which answers `proxy list` for the whole cluster. A
         // report that cannot reach it is dropped: the proxy sends a fresh one within seconds.
@@ -123,10 +211,10 @@ impl Discovery for DiscoveryService {
         // Kept on the leader; a report that cannot reach it is dropped (the next one comes
         // within seconds) rather than held.
         let cluster_loads =
-            match tokio::time::timeout(std::time::Duration::from_secs(1), leader::execute(&self.0, call)).await {
+            match tokio::time::timeout(std::time::Duration::from_secs(1), leader::execute(&self.node, call)).await {
                 Ok(Ok(l)) => l.into_iter().map(|crate::pb::Pb(l)| l).collect(),
                 _ => vec![],
             };
-        Ok(Response::new(ReportReply { revision: self.0.shared.read().revision(), cluster_loads }))
+        Ok(Response::new(ReportReply { revision: self.node.shared.read().revision(), cluster_loads }))
     }
 }

@@ -2,6 +2,7 @@
 
 use std::sync::Arc;
 
+use openraft::raft::AppendEntriesResponse;
 use switchyard_proto::raft::raft_server::Raft;
 use switchyard_proto::raft::{Empty, InitializedReply, RaftPayload};
 use tonic::{Request, Response, Status};
@@ -24,7 +25,11 @@ fn reply<T: serde::Serialize>(v: &T) -> Result<Response<RaftPayload>, Status> {
 #[tonic::async_trait]
 impl Raft for PeerService {
     async fn append_entries(&self, req: Request<RaftPayload>) -> Result<Response<RaftPayload>, Status> {
-        reply(&self.0.raft.append_entries(payload(req)?).await)
+        let r = self.0.raft.append_entries(payload(req)?).await;
+        if matches!(r, Ok(ref a) if !matches!(a, AppendEntriesResponse::HigherVote(_))) {
+            self.0.serving.heard_from_leader();
+        }
+        reply(&r)
     }
 
     async fn vote(&self, req: Request<RaftPayload>) -> Result<Response<RaftPayload>, Status> {
@@ -32,7 +37,11 @@ impl Raft for PeerService {
     }
 
     async fn install_snapshot(&self, req: Request<RaftPayload>) -> Result<Response<RaftPayload>, Status> {
-        reply(&self.0.raft.install_snapshot(payload(req)?).await)
+        let r = self.0.raft.install_snapshot(payload(req)?).await;
+        if r.is_ok() {
+            self.0.serving.heard_from_leader();
+        }
+        reply(&r)
     }
 
     async fn forward(&self, req: Request<RaftPayload>) -> Result<Response<RaftPayload>, Status> {

@@ -13,6 +13,7 @@ use super::batch::Proposal;
 use super::calls::{ExecError, Written};
 use super::forward::{Forwarder, LeaderClients};
 use super::proxies::ProxyRegistry;
+use super::serving::Serving;
 use crate::config::NodeConfig;
 use crate::error::ApiError;
 use crate::state::Proposed;
@@ -32,6 +33,8 @@ pub struct NodeCtx {
     pub proxies: ProxyRegistry,
     pub clients: Arc<LeaderClients>,
     pub forwarder: Forwarder,
+    /// Whether this node may serve watches and reports (a leader, and membership).
+    pub serving: Serving,
     pub(super) proposals: mpsc::Sender<Proposal>,
 }
 

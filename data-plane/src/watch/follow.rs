@@ -1,16 +1,17 @@
 //! Following the control plane: `Discovery.Watch` from any node, resuming from the last
-//! applied revision on another node when one fails. With every node down, the proxy keeps
-//! the config it has.
+//! applied revision on another node when one fails, goes silent or falls behind the leader
+//! ([`freshness`](super::freshness)). With every node down, the proxy keeps the config it has.
 
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, SystemTime};
+use std::time::{Duration, Instant, SystemTime};
 
 use switchyard_model::grpc::{self, ChannelOptions};
 use switchyard_model::limits::MAX_GRPC_MESSAGE;
 use switchyard_proto::v1::discovery_client::DiscoveryClient;
-use switchyard_proto::v1::WatchRequest;
+use switchyard_proto::v1::{watch_event, WatchRequest};
 use tokio::sync::watch;
 
+use super::freshness::{Freshness, Verdict};
 use super::install::install;
 use super::mirror::Mirror;
 use crate::state::ProxyState;
@@ -19,6 +20,8 @@ use crate::state::ProxyState;
 const OPEN_TIMEOUT: Duration = Duration::from_secs(3);
 const BACKOFF_MIN: Duration = Duration::from_millis(100);
 const BACKOFF_MAX: Duration = Duration::from_secs(5);
+/// How often a followed node's freshness is judged.
+const CHECK_EVERY: Duration = Duration::from_millis(250);
 
 /// Follows the endpoints in turn until shutdown. Each applied revision is installed, then
 /// announced on `applied` (for the reporter and the cache writer).
@@ -61,18 +64,50 @@ pub async fn run(
         tracing::info!(node = %addr, from, "following the control plane");
         state.status.set_control_plane(Some(addr.clone()));
         backoff = BACKOFF_MIN;
+        let mut fresh = Freshness::new(Instant::now());
+        // The revision the stream has brought this proxy up to date with: the config's, or
+        // above it when progress says no change came in between.
+        let mut through = from;
+        state.status.heard(fresh.last_heard, None, through);
+        let mut check = tokio::time::interval(CHECK_EVERY);
         loop {
             let ev = tokio::select! {
                 _ = shutdown.cancelled() => return,
                 ev = stream.message() => ev,
+                _ = check.tick() => match fresh.verdict(through, Instant::now()) {
+                    Verdict::Keep => continue,
+                    v => {
+                        tracing::warn!(node = %addr, "leaving a stale control-plane node: {v:?}");
+                        break;
+                    }
+                },
             };
-            let Ok(Some(ev)) = ev else { break };
+            let ev = match ev {
+                Ok(Some(ev)) => ev,
+                Ok(None) => break,
+                Err(s) => {
+                    tracing::warn!(node = %addr, "control-plane stream ended: {}", s.message());
+                    break;
+                }
+            };
+            let now = Instant::now();
+            let (leader_revision, node_revision) = match &ev.kind {
+                Some(watch_event::Kind::Progress(p)) => (Some(p.leader_revision), p.node_revision),
+                _ => (None, 0),
+            };
             let mut m = lock();
-            let Some(delta) = m.apply(ev) else { continue };
-            install(&state, &m, &delta, "control-plane", SystemTime::now());
+            let delta = m.apply(ev);
+            if let Some(delta) = &delta {
+                install(&state, &m, delta, "control-plane", SystemTime::now());
+            }
             let rev = m.revision;
             drop(m);
-            let _ = applied.send(rev);
+            through = through.max(rev).max(node_revision);
+            fresh.heard(now, through, leader_revision);
+            state.status.heard(now, leader_revision, through);
+            if delta.is_some() {
+                let _ = applied.send(rev);
+            }
         }
         tracing::warn!(node = %addr, revision = lock().revision, "control-plane stream ended; trying the next node");
         state.status.set_control_plane(None);

@@ -41,7 +41,8 @@ impl Mirror {
     }
 
     /// Applies one event and says what it changed. Events at or below the current revision
-    /// are ignored (`None`), so a resumed stream can never take the proxy backwards.
+    /// are ignored (`None`), so a resumed stream can never take the proxy backwards. Progress
+    /// changes nothing, its revision included: only config moves the revision.
     pub fn apply(&mut self, ev: WatchEvent) -> Option<Delta> {
         if ev.revision < self.revision || (ev.revision == self.revision && self.revision != 0) {
             return None;
@@ -65,6 +66,7 @@ impl Mirror {
                     Delta::All
                 }
             }
+            watch_event::Kind::Progress(_) => return None,
         };
         self.revision = ev.revision;
         Some(delta)
@@ -74,7 +76,7 @@ impl Mirror {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use switchyard_proto::v1::{Backend, Change, ChangeSet, Pool, SessionBinding};
+    use switchyard_proto::v1::{Backend, Change, ChangeSet, Pool, Progress, SessionBinding};
 
     fn changes(rev: u64, kinds: Vec<change::Kind>) -> WatchEvent {
         let changes = kinds.into_iter().map(|k| Change { kind: Some(k) }).collect();
@@ -115,5 +117,19 @@ mod tests {
         assert_eq!(m.model().backends.len(), 1);
         assert_eq!(Mirror::from_topology(m.to_topology()), m);
         assert_eq!(m.apply(WatchEvent { revision: 6, kind: None }), None);
+    }
+
+    #[test]
+    fn progress_never_moves_the_revision() {
+        let mut m = Mirror::default();
+        assert_eq!(m.apply(changes(4, vec![session("k")])), Some(Delta::Sessions(vec![session("k")])));
+        let before = m.clone();
+        let p = Progress { leader_revision: 9, node_revision: 7 };
+        assert_eq!(m.apply(WatchEvent { revision: 7, kind: Some(watch_event::Kind::Progress(p)) }), None);
+        assert_eq!(m, before);
+        assert_eq!(m.revision, 4);
+        // The next change still applies: progress did not claim its revision.
+        assert!(m.apply(changes(5, vec![session("j")])).is_some());
+        assert_eq!(m.revision, 5);
     }
 }
