@@ -5,7 +5,8 @@ use serde::{Deserialize, Serialize};
 use switchyard_model::topology::put;
 use switchyard_model::{fields, usable, Model};
 use switchyard_proto::v1::{
-    change, Backend, BackendRef, Change, Health, Pool, Route, SessionBinding, SessionRef, Settings, Topology,
+    change, Backend, BackendRef, Change, Health, HealthCheckKind, Pool, Route, SessionBinding, SessionRef, Settings,
+    Topology,
 };
 
 use crate::error::ApiError;
@@ -194,7 +195,11 @@ impl State {
                 let mut p = p.clone();
                 p.created_revision = rev;
                 p.updated_revision = rev;
-                self.emit(&mut out, change::Kind::PoolPut(p));
+                let unchecked = !is_checked(&p);
+                self.emit(&mut out, change::Kind::PoolPut(p.clone()));
+                if unchecked {
+                    self.forget_health(&mut out, rev, &p.name);
+                }
             }
             Command::UpdatePool { pool: Pb(new), mask } => {
                 let cur = self.pools.get(&new.name).ok_or_else(|| no_pool(&new.name))?;
@@ -203,7 +208,12 @@ impl State {
                 let mut p = validate::pool(merged)?;
                 p.created_revision = cur.created_revision;
                 p.updated_revision = rev;
+                let unchecked = !is_checked(&p);
+                let name = p.name.clone();
                 self.emit(&mut out, change::Kind::PoolPut(p));
+                if unchecked {
+                    self.forget_health(&mut out, rev, &name);
+                }
             }
             Command::DeletePool { name } => {
                 if !self.pools.contains_key(name) {
@@ -254,11 +264,15 @@ impl State {
                 })
             }
             Command::SetBackendHealth { pool, address, health } => {
+                if *health != Health::Unknown as i32 && self.pools.get(pool).is_some_and(|p| !is_checked(p)) {
+                    // A flip from a probe that was in flight when the check was removed.
+                    return Ok(vec![]);
+                }
                 return self.update_backend(rev, pool, address, |b| {
                     Health::try_from(*health).map_err(|_| ApiError::InvalidArgument("bad health".into()))?;
                     b.health = *health;
                     Ok(())
-                })
+                });
             }
             Command::RemoveBackend { pool, address } => {
                 if self.backend(pool, address).is_none() {
@@ -379,6 +393,19 @@ impl State {
         }
     }
 
+    /// Sets every backend of a pool that no longer has a health check back to Unknown: nothing
+    /// would ever flip them again, so a stale Unhealthy would keep them out of service.
+    fn forget_health(&mut self, out: &mut Vec<Change>, rev: u64, pool: &str) {
+        let stale: Vec<Backend> = self
+            .backends_of(pool)
+            .filter(|b| b.health != Health::Unknown as i32)
+            .map(|b| Backend { health: Health::Unknown as i32, updated_revision: rev, ..b.clone() })
+            .collect();
+        for b in stale {
+            self.emit(out, change::Kind::BackendPut(b));
+        }
+    }
+
     fn unbind_backend(&mut self, out: &mut Vec<Change>, pool: &str, address: &str) {
         let keys: Vec<Key2> = self
             .sessions
@@ -390,6 +417,11 @@ impl State {
             self.emit(out, change::Kind::SessionRemoved(SessionRef { pool, key }));
         }
     }
+}
+
+/// Whether a pool's backends are probed (a check of a kind other than NONE).
+fn is_checked(p: &Pool) -> bool {
+    p.health_check.as_ref().is_some_and(|hc| hc.kind != HealthCheckKind::HealthCheckNone as i32)
 }
 
 fn no_pool(name: &str) -> ApiError {

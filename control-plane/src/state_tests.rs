@@ -262,3 +262,40 @@ fn replay_equals_snapshot_restore() {
         assert_eq!(b, s, "seed {seed}");
     }
 }
+
+fn set_health(addr: &str, h: Health) -> Command {
+    Command::SetBackendHealth { pool: "p".into(), address: addr.into(), health: h as i32 }
+}
+
+fn update_check(kind: Option<HealthCheckKind>) -> Command {
+    let hc = kind.map(|k| switchyard_proto::v1::HealthCheck {
+        kind: k as i32,
+        interval_ms: 1000,
+        timeout_ms: 500,
+        rise: 1,
+        fall: 1,
+        ..Default::default()
+    });
+    let p = Pool { name: "p".into(), health_check: hc, ..Default::default() };
+    Command::UpdatePool { pool: Pb(p), mask: vec!["health_check".into()] }
+}
+
+#[test]
+fn removing_a_pools_health_check_resets_its_backends_to_unknown() {
+    for removed in [None, Some(HealthCheckKind::HealthCheckNone)] {
+        let mut s = State::default();
+        s.apply(1, &pool("p")).unwrap();
+        s.apply(2, &backend("p", "a:1")).unwrap();
+        s.apply(3, &backend("p", "b:1")).unwrap();
+        s.apply(4, &update_check(Some(HealthCheckKind::HealthCheckTcp))).unwrap();
+        s.apply(5, &set_health("a:1", Health::Unhealthy)).unwrap();
+        let out = s.apply(6, &update_check(removed)).unwrap();
+        let a = s.backend("p", "a:1").unwrap();
+        assert_eq!((a.health, a.updated_revision), (Health::Unknown as i32, 6), "check {removed:?}");
+        // The pool and the one backend that changed, in the same command.
+        assert_eq!(out.len(), 2, "{out:?}");
+        // A flip from a probe still in flight changes nothing now.
+        assert!(s.apply(7, &set_health("a:1", Health::Unhealthy)).unwrap().is_empty());
+        assert_eq!(s.backend("p", "a:1").unwrap().health, Health::Unknown as i32);
+    }
+}
