@@ -128,6 +128,9 @@ type Key2 = (String, String);
 pub struct State {
     model: Model,
     seen: Seen,
+    /// The latest `now_ms` ever applied: session time never goes back when a new leader's
+    /// wall clock is behind the old one's.
+    clock_ms: u64,
 }
 
 impl std::ops::Deref for State {
@@ -138,16 +141,27 @@ impl std::ops::Deref for State {
 }
 
 impl State {
-    pub fn from_topology(t: Topology, seen: Seen) -> State {
-        State { model: Model::from_topology(t), seen }
+    pub fn from_topology(t: Topology, seen: Seen, clock_ms: u64) -> State {
+        State { model: Model::from_topology(t), seen, clock_ms }
     }
 
-    pub fn from_model(model: Model, seen: Seen) -> State {
-        State { model, seen }
+    pub fn from_model(model: Model, seen: Seen, clock_ms: u64) -> State {
+        State { model, seen, clock_ms }
     }
 
     pub fn seen(&self) -> &Seen {
         &self.seen
+    }
+
+    /// The high-water clock: the latest command time applied (stored with the state).
+    pub fn clock_ms(&self) -> u64 {
+        self.clock_ms
+    }
+
+    /// A command's time, never earlier than one already applied; advances the clock.
+    fn tick(&mut self, now_ms: u64) -> u64 {
+        self.clock_ms = self.clock_ms.max(now_ms);
+        self.clock_ms
     }
 
     /// Applies a proposed command at `rev`, at most once per request id: a repeat is answered
@@ -312,8 +326,14 @@ impl State {
                 validate::settings(&s)?;
                 self.emit(&mut out, change::Kind::SettingsPut(s));
             }
-            Command::BindSessions { now_ms, bindings } => self.bind_sessions(&mut out, rev, *now_ms, bindings),
-            Command::ExpireSessions { now_ms } => self.expire_sessions(&mut out, *now_ms),
+            Command::BindSessions { now_ms, bindings } => {
+                let now_ms = self.tick(*now_ms);
+                self.bind_sessions(&mut out, rev, now_ms, bindings)
+            }
+            Command::ExpireSessions { now_ms } => {
+                let now_ms = self.tick(*now_ms);
+                self.expire_sessions(&mut out, now_ms)
+            }
             Command::DeleteSession { pool, key } => {
                 if !self.sessions.contains_key(&(pool.clone(), key.clone())) {
                     return Err(ApiError::NotFound(format!("no session {key:?} in pool {pool:?}")));
@@ -380,7 +400,8 @@ impl State {
         }
     }
 
-    /// Drops bindings whose TTL has passed at `now_ms` (the leader's time, in the command).
+    /// Drops bindings whose TTL has passed at `now_ms` (the leader's time, in the command,
+    /// raised to the high-water clock).
     fn expire_sessions(&mut self, out: &mut Vec<Change>, now_ms: u64) {
         let dead: Vec<Key2> = self
             .sessions

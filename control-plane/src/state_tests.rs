@@ -167,7 +167,7 @@ fn the_seen_table_evicts_the_oldest_client_deterministically() {
     assert!(a.seen().get("c00003").is_some() && a.seen().get("c00000").is_none());
     // The rows rebuild the same table, eviction order included.
     let rows: Vec<(String, Record)> = a.seen().rows().map(|(c, r)| (c.clone(), r.clone())).collect();
-    let mut restored = State::from_topology(a.to_topology(0), Seen::from_rows(rows));
+    let mut restored = State::from_topology(a.to_topology(0), Seen::from_rows(rows), a.clock_ms());
     let mut a = a;
     let next = with_id("new", 1, remove("p", "x:1"));
     assert_eq!(restored.apply_proposed(9_999, &next).evicted, a.apply_proposed(9_999, &next).evicted);
@@ -232,7 +232,7 @@ fn proposals(seed: u64) -> Vec<Proposed> {
 fn snapshot_restore(s: &State, rev: u64) -> State {
     let rows: Vec<(String, Record)> = s.seen().rows().map(|(c, r)| (c.clone(), r.clone())).collect();
     let rows: Vec<(String, Record)> = postcard::from_bytes(&postcard::to_stdvec(&rows).unwrap()).unwrap();
-    State::from_topology(s.to_topology(rev), Seen::from_rows(rows))
+    State::from_topology(s.to_topology(rev), Seen::from_rows(rows), s.clock_ms())
 }
 
 #[test]
@@ -298,4 +298,34 @@ fn removing_a_pools_health_check_resets_its_backends_to_unknown() {
         assert!(s.apply(7, &set_health("a:1", Health::Unhealthy)).unwrap().is_empty());
         assert_eq!(s.backend("p", "a:1").unwrap().health, Health::Unknown as i32);
     }
+}
+
+#[test]
+fn session_time_never_goes_back_when_a_new_leaders_clock_is_behind() {
+    let mut s = State::default();
+    s.apply(1, &pool("p")).unwrap();
+    s.apply(2, &backend("p", "a:1")).unwrap();
+    let last_seen = |s: &State, k: &str| s.sessions[&("p".into(), k.into())].last_seen_ms;
+    // Leader A, at 1000.
+    s.apply(3, &bind("k1", "a:1", 100, 1000)).unwrap();
+    // Leader B, whose clock says 900: its bind is stamped at the high-water time.
+    s.apply(4, &bind("k2", "a:1", 100, 900)).unwrap();
+    assert_eq!(last_seen(&s, "k2"), 1000);
+    s.apply(5, &bind("k1", "a:1", 100, 950)).unwrap();
+    assert_eq!(last_seen(&s, "k1"), 1000);
+    // B's expiry at 1000 on its clock is 1000 in the model: k2 (seen at 1000) lives on.
+    s.apply(6, &Command::ExpireSessions { now_ms: 1000 }).unwrap();
+    assert_eq!(s.sessions.len(), 2);
+    s.apply(7, &Command::ExpireSessions { now_ms: 1099 }).unwrap();
+    assert_eq!(s.sessions.len(), 2);
+    s.apply(8, &Command::ExpireSessions { now_ms: 1100 }).unwrap();
+    assert!(s.sessions.is_empty());
+    // Nor later: once the model is at 1200, an expiry stamped 900 expires what 1200 does.
+    s.apply(9, &bind("k3", "a:1", 10, 1100)).unwrap();
+    s.apply(10, &bind("k4", "a:1", 1000, 1200)).unwrap();
+    s.apply(11, &Command::ExpireSessions { now_ms: 900 }).unwrap();
+    assert!(!s.sessions.contains_key(&("p".into(), "k3".into())));
+    assert!(s.sessions.contains_key(&("p".into(), "k4".into())));
+    assert_eq!(s.clock_ms(), 1200);
+    assert_eq!(snapshot_restore(&s, 11), s);
 }

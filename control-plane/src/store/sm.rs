@@ -92,6 +92,9 @@ struct SnapshotFile {
     /// The seen-requests table: without it a node restored from a snapshot would apply a
     /// retried write again.
     seen: Vec<(String, Record)>,
+    /// The high-water clock (`State::clock_ms`): without it a restored node could stamp
+    /// session times earlier than ones already applied.
+    clock_ms: u64,
 }
 
 /// openraft's view of the state machine.
@@ -120,6 +123,7 @@ fn k2(prefix: u8, a: &str, b: &str) -> Vec<u8> {
 const LAST_APPLIED: &[u8] = b"~last_applied";
 const MEMBERSHIP: &[u8] = b"~membership";
 const SETTINGS: &[u8] = b"~settings";
+const CLOCK: &[u8] = b"~clock";
 
 /// Writes one client's row of the seen-requests table (`None`: it was evicted).
 fn persist_seen(batch: &mut sled::Batch, client: &str, rec: Option<&Record>) -> Result<(), StorageError> {
@@ -159,6 +163,7 @@ impl StateMachineStore {
         let mut last_applied = None;
         let mut membership = StoredMembership::default();
         let mut seen = Vec::new();
+        let mut clock_ms = 0;
         for kv in sm.iter() {
             let (k, v) = kv.map_err(read_err)?;
             let bad = |e: &dyn std::fmt::Display| read_err(format!("state machine key {k:?}: {e}"));
@@ -189,10 +194,11 @@ impl StateMachineStore {
                 }
                 _ if &*k == LAST_APPLIED => last_applied = postcard::from_bytes(&v).map_err(|e| bad(&e))?,
                 _ if &*k == MEMBERSHIP => membership = postcard::from_bytes(&v).map_err(|e| bad(&e))?,
+                _ if &*k == CLOCK => clock_ms = postcard::from_bytes(&v).map_err(|e| bad(&e))?,
                 _ => return Err(bad(&"unknown key")),
             }
         }
-        let state = State::from_model(model, Seen::from_rows(seen));
+        let state = State::from_model(model, Seen::from_rows(seen), clock_ms);
         let (tx, _) = broadcast::channel(4096);
         let revision = last_applied.map_or(0, |l: LogId| l.index);
         let mut me = StateMachineStore {
@@ -238,7 +244,7 @@ impl StateMachineStore {
     fn restore(&mut self, data: &[u8]) -> Result<(), StorageError> {
         let file: SnapshotFile = postcard::from_bytes(data).map_err(read_err)?;
         let topo = Topology::decode(file.topology.as_slice()).map_err(read_err)?;
-        let state = State::from_topology(topo, Seen::from_rows(file.seen));
+        let state = State::from_topology(topo, Seen::from_rows(file.seen), file.clock_ms);
         self.sm.clear().map_err(write_err)?;
         let mut batch = sled::Batch::default();
         for c in state.as_changes() {
@@ -249,6 +255,7 @@ impl StateMachineStore {
         }
         batch.insert(LAST_APPLIED, encode(&file.last_applied)?);
         batch.insert(MEMBERSHIP, encode(&file.membership)?);
+        batch.insert(CLOCK, encode(&file.clock_ms)?);
         self.sm.apply_batch(batch).map_err(write_err)?;
         let mut live = self.shared.write();
         live.state = state;
@@ -270,6 +277,7 @@ impl RaftSnapshotBuilder<TypeConfig> for SnapshotSource {
                 membership: live.membership.clone(),
                 topology: live.state.to_topology(live.revision()).encode_to_vec(),
                 seen: live.state.seen().rows().map(|(c, r)| (c.clone(), r.clone())).collect(),
+                clock_ms: live.state.clock_ms(),
             };
             (encode(&file)?, live.last_applied, live.membership.clone())
         };
@@ -351,6 +359,7 @@ impl RaftStateMachine<TypeConfig> for StateMachineStore {
             }
         }
         batch.insert(LAST_APPLIED, encode(&live.last_applied)?);
+        batch.insert(CLOCK, encode(&live.state.clock_ms())?);
         self.sm.apply_batch(batch).map_err(write_err)?;
         for (rev, changes) in notices {
             if live.history.len() == HISTORY {
