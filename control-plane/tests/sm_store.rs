@@ -44,3 +44,32 @@ async fn the_session_clock_survives_reopening_and_travels_in_snapshots() {
     let (_db, other) = open(&tmp.path().join("b"));
     assert_eq!(clock(&other), 5000);
 }
+
+fn index(meta: &switchyard_control::types::SnapshotMeta) -> Option<u64> {
+    meta.last_log_id.map(|l| l.index)
+}
+
+#[tokio::test]
+async fn a_build_from_an_older_state_does_not_replace_a_newer_installed_snapshot() {
+    let tmp = tempfile::tempdir().unwrap();
+    // The leader's snapshot, at index 5.
+    let (_ldb, mut leader) = open(&tmp.path().join("leader"));
+    for i in 1..=5 {
+        leader.apply([entry(i, Command::ExpireSessions { now_ms: i })]).await.unwrap();
+    }
+    let snap = leader.get_snapshot_builder().await.build_snapshot().await.unwrap();
+    assert_eq!(index(&snap.meta), Some(5));
+
+    // A follower whose builder sees the state at index 1 (as a build that read the state just
+    // before the install did): a second handle on the same database, left behind.
+    let (db, mut builder_view) = open(&tmp.path().join("follower"));
+    builder_view.apply([entry(1, Command::ExpireSessions { now_ms: 1 })]).await.unwrap();
+    let mut follower = StateMachineStore::open(db.clone()).unwrap();
+    follower.install_snapshot(&snap.meta, snap.snapshot).await.unwrap();
+
+    let built = builder_view.get_snapshot_builder().await.build_snapshot().await.unwrap();
+    assert_eq!(index(&built.meta), Some(5), "the build answers with the newer stored snapshot");
+    let stored = follower.get_current_snapshot().await.unwrap().expect("a stored snapshot");
+    assert_eq!(index(&stored.meta), Some(5), "the installed snapshot is still the stored one");
+    assert_eq!(stored.meta.snapshot_id, snap.meta.snapshot_id);
+}

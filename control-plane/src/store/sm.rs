@@ -7,7 +7,7 @@
 
 use std::collections::VecDeque;
 use std::io::Cursor;
-use std::sync::{Arc, RwLock};
+use std::sync::{Arc, Mutex, RwLock};
 
 use openraft::storage::{RaftSnapshotBuilder, RaftStateMachine, Snapshot};
 use openraft::{EntryPayload, OptionalSend};
@@ -103,6 +103,9 @@ pub struct StateMachineStore {
     db: sled::Db,
     sm: sled::Tree,
     snap: sled::Tree,
+    /// Serializes writes and reads of the stored snapshot (`meta` and `data` together) between
+    /// the builder's task and snapshot installs.
+    snap_lock: Arc<Mutex<()>>,
 }
 
 const SEP: u8 = 0;
@@ -215,6 +218,7 @@ impl StateMachineStore {
             db,
             sm,
             snap,
+            snap_lock: Arc::default(),
         };
         // A crash between storing a received snapshot and rewriting `sm` leaves the snapshot
         // ahead: finish the install from it.
@@ -231,13 +235,8 @@ impl StateMachineStore {
     }
 
     fn read_snapshot(&self) -> Result<Option<(SnapshotMeta, Vec<u8>)>, StorageError> {
-        let (Some(meta), Some(data)) =
-            (self.snap.get("meta").map_err(read_err)?, self.snap.get("data").map_err(read_err)?)
-        else {
-            return Ok(None);
-        };
-        let meta = postcard::from_bytes(&meta).map_err(read_err)?;
-        Ok(Some((meta, data.to_vec())))
+        let _g = self.snap_lock.lock().unwrap_or_else(|e| e.into_inner());
+        read_snapshot(&self.snap)
     }
 
     /// Replaces the state machine with a snapshot's contents.
@@ -268,7 +267,21 @@ impl StateMachineStore {
     }
 }
 
+/// The stored snapshot; the caller holds the snapshot lock.
+fn read_snapshot(snap: &sled::Tree) -> Result<Option<(SnapshotMeta, Vec<u8>)>, StorageError> {
+    let (Some(meta), Some(data)) = (snap.get("meta").map_err(read_err)?, snap.get("data").map_err(read_err)?) else {
+        return Ok(None);
+    };
+    let meta = postcard::from_bytes(&meta).map_err(read_err)?;
+    Ok(Some((meta, data.to_vec())))
+}
+
 impl RaftSnapshotBuilder<TypeConfig> for SnapshotSource {
+    /// Builds from the live state, but never replaces a stored snapshot at least as new: one
+    /// installed from the leader while this build ran covers entries this node may already
+    /// have purged from its log, so overwriting it with an older one would leave followers
+    /// sent a snapshot behind the purge point, over and over. That stored one is returned
+    /// instead (rebuilding from the live state would do too, but the stored one is at hand).
     async fn build_snapshot(&mut self) -> Result<Snapshot<TypeConfig>, StorageError> {
         let (data, last_applied, membership) = {
             let live = self.shared.read();
@@ -289,10 +302,18 @@ impl RaftSnapshotBuilder<TypeConfig> for SnapshotSource {
         let meta = SnapshotMeta { last_log_id: last_applied, last_membership: membership, snapshot_id };
         // The state machine must be durable up to the snapshot before Raft purges the log.
         self.db.flush_async().await.map_err(write_err)?;
-        let mut batch = sled::Batch::default();
-        batch.insert("meta", encode(&meta)?);
-        batch.insert("data", data.clone());
-        self.snap.apply_batch(batch).map_err(write_err)?;
+        {
+            let _g = self.snap_lock.lock().unwrap_or_else(|e| e.into_inner());
+            if let Some((stored, data)) = read_snapshot(&self.snap)? {
+                if stored.last_log_id >= meta.last_log_id {
+                    return Ok(Snapshot { meta: stored, snapshot: Box::new(Cursor::new(data)) });
+                }
+            }
+            let mut batch = sled::Batch::default();
+            batch.insert("meta", encode(&meta)?);
+            batch.insert("data", data.clone());
+            self.snap.apply_batch(batch).map_err(write_err)?;
+        }
         self.db.flush_async().await.map_err(write_err)?;
         Ok(Snapshot { meta, snapshot: Box::new(Cursor::new(data)) })
     }
@@ -303,6 +324,7 @@ pub struct SnapshotSource {
     shared: Arc<Shared>,
     db: sled::Db,
     snap: sled::Tree,
+    snap_lock: Arc<Mutex<()>>,
 }
 
 impl RaftStateMachine<TypeConfig> for StateMachineStore {
@@ -374,7 +396,12 @@ impl RaftStateMachine<TypeConfig> for StateMachineStore {
     }
 
     async fn get_snapshot_builder(&mut self) -> Self::SnapshotBuilder {
-        SnapshotSource { shared: self.shared.clone(), db: self.db.clone(), snap: self.snap.clone() }
+        SnapshotSource {
+            shared: self.shared.clone(),
+            db: self.db.clone(),
+            snap: self.snap.clone(),
+            snap_lock: self.snap_lock.clone(),
+        }
     }
 
     async fn begin_receiving_snapshot(&mut self) -> Result<Box<Cursor<Vec<u8>>>, StorageError> {
@@ -392,7 +419,10 @@ impl RaftStateMachine<TypeConfig> for StateMachineStore {
         let mut batch = sled::Batch::default();
         batch.insert("meta", encode(meta)?);
         batch.insert("data", data.clone());
-        self.snap.apply_batch(batch).map_err(write_err)?;
+        {
+            let _g = self.snap_lock.lock().unwrap_or_else(|e| e.into_inner());
+            self.snap.apply_batch(batch).map_err(write_err)?;
+        }
         self.db.flush_async().await.map_err(write_err)?;
         self.restore(&data)?;
         self.db.flush_async().await.map_err(write_err)?;
