@@ -288,3 +288,25 @@ async fn a_node_asked_for_port_0_reports_and_advertises_the_port_it_got() {
     let members: Vec<&str> = s.members.iter().map(|m| m.address.as_str()).collect();
     assert_eq!(members, [addr], "the member address is the bound one");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn promoting_a_learner_that_has_not_caught_up_is_refused_and_changes_nothing() {
+    let _g = serial().await;
+    let c = Cluster::start(1, &[]).await;
+    let addr = c.nodes[&1].addr.clone();
+    let mut a = admin(&addr);
+    // A learner nothing answers for: it never catches up.
+    let gone = ClosedPort::new();
+    a.add_node(AddNodeRequest { id: 7, address: gone.addr.clone() }).await.expect("add learner");
+    let asked = std::time::Instant::now();
+    let err = a.promote_node(PromoteNodeRequest { id: 7 }).await.expect_err("promotion refused");
+    assert_eq!(err.code(), Code::FailedPrecondition, "{err:?}");
+    assert!(err.message().contains("node 7 is") && err.message().contains("behind"), "{err:?}");
+    // Refused after a bounded wait (half the 3 s write timeout), not when the caller gives up.
+    assert!(asked.elapsed() < Duration::from_millis(2500), "took {:?}", asked.elapsed());
+    let s = status(&addr).await.expect("status");
+    let roles: Vec<(u64, i32)> = s.members.iter().map(|m| (m.id, m.role)).collect();
+    assert_eq!(roles, [(1, MemberRole::Voter as i32), (7, MemberRole::Learner as i32)]);
+    // The one voter still commits alone.
+    a.create_pool(pool("after-refusal")).await.expect("write after the refusal");
+}

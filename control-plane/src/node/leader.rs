@@ -7,7 +7,7 @@ use std::future::Future;
 use std::time::Duration;
 
 use openraft::error::{ClientWriteError, RaftError};
-use openraft::{BasicNode, ChangeMembers};
+use openraft::{BasicNode, ChangeMembers, RaftMetrics};
 use switchyard_proto::v1::{Change, MemberRole};
 
 use super::calls::*;
@@ -75,9 +75,39 @@ impl RunOnLeader for Promote {
             }
             _ => {}
         }
+        caught_up(ctx, id).await?;
         let change = ChangeMembers::AddVoterIds(BTreeSet::from([id]));
         let r = ctx.raft.change_membership(change, false).await.map_err(membership_err)?;
         Ok(r.log_id.index)
+    }
+}
+
+/// Most entries a learner may lack and still be promoted: a voter far behind (or
+/// unreachable) would count toward quorum without being able to acknowledge anything.
+pub const MAX_PROMOTE_LAG: u64 = 100;
+
+/// Entries `id` lacks per this leader's replication metrics, and whether it has acknowledged
+/// any (one that never has is not caught up, however short the log); `None` when not leading.
+fn lag(m: &RaftMetrics<NodeId, BasicNode>, id: NodeId) -> Option<(u64, bool)> {
+    let matched = m.replication.as_ref()?.get(&id).copied().flatten();
+    let behind = m.last_log_index.unwrap_or(0).saturating_sub(matched.map_or(0, |l| l.index));
+    Some((behind, matched.is_some()))
+}
+
+/// Waits up to half the write timeout (so the refusal arrives before the caller gives up) for
+/// learner `id` to come within [`MAX_PROMOTE_LAG`] of the leader's log, then refuses: waiting
+/// covers a learner that is just finishing, refusing keeps an unreachable one from joining.
+async fn caught_up(ctx: &NodeCtx, id: NodeId) -> Result<(), ExecError> {
+    let close = |m: &RaftMetrics<NodeId, BasicNode>| lag(m, id).is_none_or(|(n, heard)| heard && n <= MAX_PROMOTE_LAG);
+    let _ = ctx.raft.wait(Some(ctx.config.write_timeout / 2)).metrics(close, "learner caught up").await;
+    let behind = lag(&ctx.raft.metrics().borrow(), id);
+    match behind {
+        None => Err(ctx.ensure_leader().err().unwrap_or(ExecError::NotLeader(None))),
+        Some((n, true)) if n <= MAX_PROMOTE_LAG => Ok(()),
+        Some((n, heard)) => Err(ExecError::Api(ApiError::FailedPrecondition(format!(
+            "node {id} is {n} entries behind{}; promote it once it has caught up",
+            if heard { "" } else { " (it has acknowledged none yet)" }
+        )))),
     }
 }
 
