@@ -1,7 +1,9 @@
 //! Raft's transport between control-plane nodes: openraft's RPCs as postcard bytes inside
 //! the peer-only gRPC service, plus the leader-forwarding call.
 
-use openraft::error::{InstallSnapshotError, NetworkError, RPCError, RaftError, RemoteError, Unreachable};
+use openraft::error::{
+    InstallSnapshotError, NetworkError, PayloadTooLarge, RPCError, RaftError, RemoteError, Unreachable,
+};
 use openraft::network::{RPCOption, RaftNetwork, RaftNetworkFactory};
 use openraft::raft::{
     AppendEntriesRequest, AppendEntriesResponse, InstallSnapshotRequest, InstallSnapshotResponse, VoteRequest,
@@ -58,22 +60,34 @@ pub struct Peer {
 #[error("{0}")]
 struct Msg(String);
 
+/// Room left under [`MAX_MESSAGE`] for gRPC framing around a Raft payload.
+const FRAMING: usize = 64 * 1024;
+
+/// openraft's answer to an AppendEntries of `entries` entries encoded in `bytes` that a peer
+/// would refuse as over `limit`: fewer entries, so openraft splits the batch instead of
+/// resending it forever. A single entry cannot be split: it goes, and fails, as it is.
+fn oversized(bytes: usize, entries: usize, limit: usize) -> Option<PayloadTooLarge> {
+    (bytes + FRAMING > limit && entries > 1).then(|| {
+        let fit = (entries as u128 * (limit - FRAMING) as u128 / bytes as u128) as u64;
+        PayloadTooLarge::new_entries_hint(fit.clamp(1, entries as u64 - 1))
+    })
+}
+
 impl Peer {
-    async fn call<Req, Resp, E>(
+    async fn call<Resp, E>(
         &mut self,
         which: &'static str,
-        req: &Req,
+        data: Vec<u8>,
         option: &RPCOption,
     ) -> Result<Resp, RPCError<NodeId, BasicNode, RaftError<NodeId, E>>>
     where
-        Req: Serialize,
         Resp: DeserializeOwned,
         E: std::error::Error + DeserializeOwned,
     {
         let Some(client) = self.client.as_mut() else {
             return Err(RPCError::Unreachable(Unreachable::new(&Msg(format!("bad peer address {}", self.addr)))));
         };
-        let mut request = tonic::Request::new(RaftPayload { data: encode(req) });
+        let mut request = tonic::Request::new(RaftPayload { data });
         request.set_timeout(option.hard_ttl());
         let reply = match which {
             "append" => client.append_entries(request).await,
@@ -103,7 +117,11 @@ impl RaftNetwork<TypeConfig> for Peer {
         rpc: AppendEntriesRequest<TypeConfig>,
         option: RPCOption,
     ) -> Result<AppendEntriesResponse<NodeId>, RPCError<NodeId, BasicNode, RaftError<NodeId>>> {
-        self.call("append", &rpc, &option).await
+        let data = encode(&rpc);
+        if let Some(too_large) = oversized(data.len(), rpc.entries.len(), MAX_MESSAGE) {
+            return Err(RPCError::PayloadTooLarge(too_large));
+        }
+        self.call("append", data, &option).await
     }
 
     async fn install_snapshot(
@@ -112,7 +130,7 @@ impl RaftNetwork<TypeConfig> for Peer {
         option: RPCOption,
     ) -> Result<InstallSnapshotResponse<NodeId>, RPCError<NodeId, BasicNode, RaftError<NodeId, InstallSnapshotError>>>
     {
-        self.call("snapshot", &rpc, &option).await
+        self.call("snapshot", encode(&rpc), &option).await
     }
 
     async fn vote(
@@ -120,6 +138,24 @@ impl RaftNetwork<TypeConfig> for Peer {
         rpc: VoteRequest<NodeId>,
         option: RPCOption,
     ) -> Result<VoteResponse<NodeId>, RPCError<NodeId, BasicNode, RaftError<NodeId>>> {
-        self.call("vote", &rpc, &option).await
+        self.call("vote", encode(&rpc), &option).await
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn an_append_over_the_message_limit_asks_openraft_for_fewer_entries() {
+        let limit = 1024 * 1024;
+        assert!(oversized(limit / 2, 100, limit).is_none());
+        // 100 entries in twice the limit: about half of them fit.
+        let hint = oversized(2 * limit, 100, limit).expect("too large").entries_hint();
+        assert!((40..50).contains(&hint), "hint {hint}");
+        // Never zero, never all of them; one entry alone cannot be split.
+        assert_eq!(oversized(1000 * limit, 100, limit).unwrap().entries_hint(), 1);
+        assert_eq!(oversized(limit, 2, limit).unwrap().entries_hint(), 1);
+        assert!(oversized(2 * limit, 1, limit).is_none());
     }
 }

@@ -66,6 +66,15 @@ impl LogStore {
         Ok(())
     }
 
+    /// Writes entries to the log tree (not yet durable: `append` has them flushed).
+    fn write_entries(&self, entries: impl IntoIterator<Item = Entry>) -> Result<(), StorageError> {
+        let mut batch = sled::Batch::default();
+        for e in entries {
+            batch.insert(&key(e.log_id.index), postcard::to_stdvec(&e).map_err(write_err)?);
+        }
+        self.log.apply_batch(batch).map_err(write_err)
+    }
+
     /// Decodes every entry once, so a corrupt log stops the node at start, not mid-replication.
     pub fn check(&self) -> Result<u64, StorageError> {
         let mut n = 0;
@@ -78,6 +87,11 @@ impl LogStore {
         Ok(n)
     }
 }
+
+/// Most stored bytes of log entries replication sends in one AppendEntries (at least one
+/// entry always goes): openraft gives each such RPC only a heartbeat interval, so a batch
+/// capped by entry count alone could be too big to ever arrive in time on a slow link.
+pub const MAX_APPEND_BYTES: usize = 1024 * 1024;
 
 fn key(i: u64) -> [u8; 8] {
     i.to_be_bytes()
@@ -101,6 +115,21 @@ impl RaftLogReader<TypeConfig> for LogStore {
         let mut out = Vec::new();
         for kv in iter {
             let (_, v) = kv.map_err(read_err)?;
+            out.push(postcard::from_bytes(&v).map_err(read_err)?);
+        }
+        Ok(out)
+    }
+
+    /// Entries from `start`, stopping before `end` or once [`MAX_APPEND_BYTES`] are taken.
+    async fn limited_get_log_entries(&mut self, start: u64, end: u64) -> Result<Vec<Entry>, StorageError> {
+        let mut out = Vec::new();
+        let mut bytes = 0;
+        for kv in self.log.range(key(start)..key(end)) {
+            let (_, v) = kv.map_err(read_err)?;
+            bytes += v.len();
+            if bytes > MAX_APPEND_BYTES && !out.is_empty() {
+                break;
+            }
             out.push(postcard::from_bytes(&v).map_err(read_err)?);
         }
         Ok(out)
@@ -147,11 +176,7 @@ impl RaftLogStorage<TypeConfig> for LogStore {
         I: IntoIterator<Item = Entry> + OptionalSend,
         I::IntoIter: OptionalSend,
     {
-        let mut batch = sled::Batch::default();
-        for e in entries {
-            batch.insert(&key(e.log_id.index), postcard::to_stdvec(&e).map_err(write_err)?);
-        }
-        self.log.apply_batch(batch).map_err(write_err)?;
+        self.write_entries(entries)?;
         // Raft counts this node's copy toward a quorum only once the flusher has made it
         // durable and called back.
         if let Err(std::sync::mpsc::SendError(cb)) = self.flusher.send(callback) {
@@ -181,5 +206,37 @@ impl RaftLogStorage<TypeConfig> for LogStore {
         }
         self.log.apply_batch(batch).map_err(write_err)?;
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use openraft::{CommittedLeaderId, EntryPayload};
+
+    use super::*;
+    use crate::pb::Pb;
+    use crate::state::{Batch, Command};
+
+    /// An entry of about 100 KiB (a pool with a long hash key, never applied here).
+    fn big(index: u64) -> Entry {
+        let pool =
+            switchyard_proto::v1::Pool { name: "p".into(), hash_key: "x".repeat(100 * 1024), ..Default::default() };
+        Entry {
+            log_id: LogId::new(CommittedLeaderId::new(1, 1), index),
+            payload: EntryPayload::Normal(Batch(vec![Command::CreatePool(Pb(pool)).into()])),
+        }
+    }
+
+    #[tokio::test]
+    async fn replication_reads_are_capped_by_bytes_not_only_by_entries() {
+        let tmp = tempfile::tempdir().unwrap();
+        let mut log = LogStore::new(crate::store::open(tmp.path(), 1).unwrap()).unwrap();
+        log.write_entries((1..=30).map(big)).unwrap();
+        let got = log.limited_get_log_entries(1, 31).await.unwrap();
+        let indexes: Vec<u64> = got.iter().map(|e| e.log_id.index).collect();
+        assert_eq!(indexes, (1..=10).collect::<Vec<_>>(), "about 1 MiB of 100 KiB entries, in order");
+        // One entry over the cap still goes alone, so replication never stalls.
+        let got = log.limited_get_log_entries(30, 31).await.unwrap();
+        assert_eq!(got.len(), 1);
     }
 }
