@@ -23,8 +23,13 @@ pub async fn expire(node: Arc<NodeCtx>) {
         if !node.is_leader() {
             continue;
         }
+        // Judged at the time `apply` will use: never before the state's high-water clock.
+        let due = {
+            let live = node.shared.read();
+            let at = crate::clock::now_ms().max(live.state.clock_ms());
+            live.state.sessions.values().any(|s| s.last_seen_ms.saturating_add(s.ttl_ms) <= at)
+        };
         let now_ms = crate::clock::now_ms();
-        let due = node.shared.read().state.sessions.values().any(|s| s.last_seen_ms.saturating_add(s.ttl_ms) <= now_ms);
         if due {
             if let Err(e) = leader::write(&node, Command::ExpireSessions { now_ms }).await {
                 tracing::debug!("session expiry not recorded: {e}");
