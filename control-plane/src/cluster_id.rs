@@ -8,7 +8,7 @@ use tonic::metadata::MetadataValue;
 use tonic::Status;
 
 /// The gRPC metadata key peer calls carry the sender's cluster id in.
-pub const HEADER: &str = "switchyard-cluster-id";
+pub const HEADER: &str = switchyard_model::grpc::CLUSTER_ID_KEY;
 const KEY: &str = "cluster_id";
 
 /// This node's cluster id, if it has one yet; shared by the peer client and service.
@@ -65,6 +65,13 @@ impl ClusterId {
             if let Ok(v) = MetadataValue::try_from(id.as_str()) {
                 req.metadata_mut().insert(HEADER, v);
             }
+        }
+    }
+
+    /// Tells the caller which cluster answered (a watch stream's proxy).
+    pub fn attach_reply<T>(&self, res: &mut tonic::Response<T>) {
+        if let Some(v) = self.get().and_then(|id| MetadataValue::try_from(id.as_str()).ok()) {
+            res.metadata_mut().insert(HEADER, v);
         }
     }
 

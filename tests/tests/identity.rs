@@ -97,6 +97,17 @@ async fn another_clusters_data_dir_and_peer_calls_are_refused() {
     assert_eq!(e.code(), Code::FailedPrecondition, "{e}");
     assert!(e.message().contains(&format!("belongs to cluster {ours}, the request came from cluster {other}")), "{e}");
 
+    // So does a watch from a proxy that followed another cluster; a good one is told the id.
+    let watch = |id: &str| {
+        let mut req = tonic::Request::new(WatchRequest { proxy_id: "p".into(), from_revision: 0 });
+        req.metadata_mut().insert("switchyard-cluster-id", id.parse().unwrap());
+        req
+    };
+    let e = discovery(&c.nodes[&leader].addr).watch(watch(other)).await.unwrap_err();
+    assert_eq!(e.code(), Code::FailedPrecondition, "{e}");
+    let ok = discovery(&c.nodes[&leader].addr).watch(watch(&ours)).await.expect("a watch from this cluster");
+    assert_eq!(ok.metadata().get("switchyard-cluster-id").unwrap().to_str().unwrap(), ours);
+
     // A one-node cluster of its own, with the follower's id, leaves a data dir behind.
     let foreign = c.dir.path().join("foreign");
     let (ok, theirs) = run_single_then_stop(f, &foreign).await;

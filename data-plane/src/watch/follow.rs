@@ -1,6 +1,7 @@
 //! Following the control plane: `Discovery.Watch` from any node, resuming from the last
 //! applied revision on another node when one fails, goes silent or falls behind the leader
 //! ([`freshness`](super::freshness)). With every node down, the proxy keeps the config it has.
+//! A stream from another cluster than the one followed so far is refused, never applied.
 
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime};
@@ -35,6 +36,8 @@ pub async fn run(
     let shutdown = state.runtime.shutdown.clone();
     let mut backoff = BACKOFF_MIN;
     let mut next = 0usize;
+    // The cluster followed so far, from the first stream that named one.
+    let mut cluster: Option<String> = None;
     while !shutdown.is_cancelled() {
         let addr = endpoints[next % endpoints.len()].clone();
         next += 1;
@@ -42,8 +45,28 @@ pub async fn run(
         let stream = match grpc::channel(&addr, &ChannelOptions::PROXY) {
             Ok(ch) => {
                 let mut c = DiscoveryClient::new(ch).max_decoding_message_size(MAX_GRPC_MESSAGE);
-                let req = WatchRequest { proxy_id: state.proxy_id.clone(), from_revision: from };
-                tokio::time::timeout(OPEN_TIMEOUT, c.watch(req)).await.ok().and_then(Result::ok)
+                let mut req =
+                    tonic::Request::new(WatchRequest { proxy_id: state.proxy_id.clone(), from_revision: from });
+                if let Some(v) = cluster.as_deref().and_then(|id| id.parse().ok()) {
+                    req.metadata_mut().insert(grpc::CLUSTER_ID_KEY, v);
+                }
+                match tokio::time::timeout(OPEN_TIMEOUT, c.watch(req)).await {
+                    Ok(Ok(s)) => {
+                        let got = s.metadata().get(grpc::CLUSTER_ID_KEY).and_then(|v| v.to_str().ok());
+                        match same_cluster(&mut cluster, got) {
+                            Ok(()) => Some(s),
+                            Err(why) => {
+                                tracing::error!(node = %addr, "refusing its watch stream: {why}");
+                                None
+                            }
+                        }
+                    }
+                    Ok(Err(s)) if s.code() == tonic::Code::FailedPrecondition => {
+                        tracing::error!(node = %addr, "refused to stream: {}", s.message());
+                        None
+                    }
+                    _ => None,
+                }
             }
             Err(e) => {
                 tracing::warn!(node = %addr, "bad control-plane address: {e}");
@@ -111,5 +134,37 @@ pub async fn run(
         }
         tracing::warn!(node = %addr, revision = lock().revision, "control-plane stream ended; trying the next node");
         state.status.set_control_plane(None);
+    }
+}
+
+/// Whether a stream from cluster `got` may be followed after `known`; the first id seen is
+/// kept. A node that names no cluster (one from before cluster ids) is not checked.
+fn same_cluster(known: &mut Option<String>, got: Option<&str>) -> Result<(), String> {
+    match (known.as_deref(), got) {
+        (_, None) => Ok(()),
+        (None, Some(g)) => {
+            *known = Some(g.to_string());
+            Ok(())
+        }
+        (Some(k), Some(g)) if k == g => Ok(()),
+        (Some(k), Some(g)) => Err(format!("it serves cluster {g}, this proxy follows cluster {k}; keeping its config")),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_stream_from_another_cluster_is_refused() {
+        let mut known = None;
+        assert_eq!(same_cluster(&mut known, None), Ok(()));
+        assert_eq!(known, None);
+        assert_eq!(same_cluster(&mut known, Some("aa")), Ok(()));
+        assert_eq!(known.as_deref(), Some("aa"));
+        assert_eq!(same_cluster(&mut known, Some("aa")), Ok(()));
+        let e = same_cluster(&mut known, Some("bb")).unwrap_err();
+        assert!(e.contains("serves cluster bb, this proxy follows cluster aa"), "{e}");
+        assert_eq!(known.as_deref(), Some("aa"), "the followed cluster stays");
     }
 }
