@@ -1,6 +1,8 @@
 //! Cluster identity and amnesia: a node whose data dir was wiped, or comes from another
 //! cluster, must not take part; peer calls from another cluster are refused.
 
+use std::collections::BTreeMap;
+use std::net::TcpListener;
 use std::path::Path;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
@@ -136,4 +138,43 @@ async fn run_single_then_stop(id: u64, dir: &Path) -> (bool, String) {
     .await;
     let ok = n.terminate().success();
     (ok, leads.cluster_id)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn founders_form_the_cluster_without_node_1_and_refuse_to_with_different_lists() {
+    let _g = serial().await;
+    let dir = tempfile::tempdir().unwrap();
+    let mut sockets: BTreeMap<u64, TcpListener> = (1..=3).map(|i| (i, reserve())).collect();
+    let list = |ls: &BTreeMap<u64, TcpListener>| {
+        ls.iter().map(|(i, l)| format!("{i}={}", l.local_addr().unwrap())).collect::<Vec<_>>().join(",")
+    };
+    let mut flags = test_flags();
+    flags.extend(["--initial-cluster".into(), list(&sockets)]);
+    // Node 1 never starts: 2, the lowest founder up, initializes after the wait.
+    let n2 = ControlNode::spawn(2, sockets.remove(&2).unwrap(), &dir.path().join("node-2"), &flags);
+    let n3 = ControlNode::spawn(3, sockets.remove(&3).unwrap(), &dir.path().join("node-3"), &flags);
+    let s = eventually("nodes 2 and 3 to form the cluster", Duration::from_secs(20), || async {
+        status(&n2.addr).await.filter(|s| s.leader_id != 0 && s.cluster_id.len() == 32)
+    })
+    .await;
+    assert_eq!(s.members.len(), 3, "with node 1 a member, to be started later");
+    assert_eq!(status(&n3.addr).await.unwrap().cluster_id, s.cluster_id);
+    drop((n2, n3));
+
+    // Founders given different lists initialize nothing.
+    let ls: BTreeMap<u64, TcpListener> = (1..=3).map(|i| (i, reserve())).collect();
+    let mut short = ls.iter().take(2).map(|(i, l)| (*i, l.try_clone().unwrap())).collect::<BTreeMap<_, _>>();
+    let mut f1 = test_flags();
+    f1.extend(["--initial-cluster".into(), list(&short)]);
+    let mut f2 = test_flags();
+    f2.extend(["--initial-cluster".into(), list(&ls)]);
+    let n1 = ControlNode::spawn(1, short.remove(&1).unwrap(), &dir.path().join("m-1"), &f1);
+    let n2 = ControlNode::spawn(2, short.remove(&2).unwrap(), &dir.path().join("m-2"), &f2);
+    tokio::time::sleep(Duration::from_secs(8)).await;
+    for n in [&n1, &n2] {
+        let s = status(&n.addr).await.unwrap();
+        assert!(s.leader_id == 0 && s.cluster_id.is_empty(), "node {} formed a cluster: {s:?}", n.id);
+    }
+    let log = std::fs::read_to_string(dir.path().join("m-1.log")).unwrap();
+    assert!(log.contains("--initial-cluster differs from node 2's"), "{log}");
 }

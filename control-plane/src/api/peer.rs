@@ -9,6 +9,7 @@ use switchyard_proto::raft::{Empty, InitializedReply, RaftPayload};
 use tonic::{Request, Response, Status};
 
 use crate::network::{decode, encode};
+use crate::node::bootstrap::members_hash;
 use crate::node::calls::Envelope;
 use crate::node::context::NodeCtx;
 use crate::node::leader;
@@ -79,6 +80,7 @@ impl Raft for PeerService {
             node_id: self.0.id,
             cluster_id: self.0.cluster_id.get().unwrap_or_default(),
             members: if initialized { self.0.member_ids() } else { Vec::new() },
+            members_hash: members_hash(&self.0.config.initial_cluster),
         }))
     }
 }
