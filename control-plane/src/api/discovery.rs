@@ -187,6 +187,7 @@ impl Discovery for DiscoveryService {
     }
 
     async fn report(&self, req: Request<ProxyReport>) -> Result<Response<ReportReply>, Status> {
+        self.node.cluster_id.check(&req)?;
         let r = req.into_inner();
         // A node that cannot reach the leader would drop the report anyway; saying so sends
         // the proxy to a node that can.
