@@ -188,6 +188,7 @@ impl Out {
         match self.format {
             Format::Json => print_json(&json!({
                 "node_id": s.node_id,
+                "cluster_id": s.cluster_id,
                 "leader_id": if s.leader_id == 0 { Value::Null } else { json!(s.leader_id) },
                 "term": s.term,
                 "applied_revision": s.applied_revision,
@@ -199,8 +200,12 @@ impl Out {
             Format::Table => {
                 let leader = if s.leader_id == 0 { "none".to_string() } else { s.leader_id.to_string() };
                 println!(
-                    "answered by node {} ({}), leader {leader}, term {}, revision {}",
-                    s.node_id, s.state, s.term, s.applied_revision
+                    "answered by node {} ({}), leader {leader}, term {}, revision {}, cluster {}",
+                    s.node_id,
+                    s.state,
+                    s.term,
+                    s.applied_revision,
+                    if s.cluster_id.is_empty() { "unknown" } else { &s.cluster_id }
                 );
                 self.members(&s.members);
             }

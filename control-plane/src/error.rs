@@ -48,6 +48,9 @@ pub enum NodeError {
     Config(String),
     #[error("raft: {0}")]
     Raft(String),
+    /// The data dir does not fit the cluster its peers hold (amnesia, another cluster's).
+    #[error("{0}")]
+    Membership(String),
     #[error("gRPC server: {0}")]
     Server(#[from] tonic::transport::Error),
     #[error("io: {0}")]

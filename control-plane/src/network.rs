@@ -17,6 +17,7 @@ use switchyard_proto::raft::raft_client::RaftClient;
 use switchyard_proto::raft::RaftPayload;
 use tonic::transport::Channel;
 
+use crate::cluster_id::ClusterId;
 use crate::types::{NodeId, TypeConfig};
 
 pub use switchyard_model::limits::MAX_GRPC_MESSAGE as MAX_MESSAGE;
@@ -39,14 +40,14 @@ pub fn decode<T: DeserializeOwned>(b: &[u8]) -> Result<T, postcard::Error> {
 }
 
 /// Makes one [`Peer`] per target; openraft keeps one per replication stream.
-#[derive(Clone, Default)]
-pub struct Network;
+#[derive(Clone)]
+pub struct Network(pub ClusterId);
 
 impl RaftNetworkFactory<TypeConfig> for Network {
     type Network = Peer;
 
     async fn new_client(&mut self, target: NodeId, node: &BasicNode) -> Peer {
-        Peer { target, client: client(&node.addr).ok(), addr: node.addr.clone() }
+        Peer { target, client: client(&node.addr).ok(), addr: node.addr.clone(), ids: self.0.clone() }
     }
 }
 
@@ -54,6 +55,7 @@ pub struct Peer {
     target: NodeId,
     addr: String,
     client: Option<RaftClient<Channel>>,
+    ids: ClusterId,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -89,6 +91,7 @@ impl Peer {
         };
         let mut request = tonic::Request::new(RaftPayload { data });
         request.set_timeout(option.hard_ttl());
+        self.ids.attach(&mut request);
         let reply = match which {
             "append" => client.append_entries(request).await,
             "vote" => client.vote(request).await,

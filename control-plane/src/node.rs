@@ -21,6 +21,7 @@ use tokio_util::sync::CancellationToken;
 
 use self::context::NodeCtx;
 use self::forward::{Forwarder, LeaderClients};
+use crate::cluster_id::ClusterId;
 use crate::config::NodeConfig;
 use crate::error::NodeError;
 use crate::network::Network;
@@ -54,6 +55,9 @@ impl Node {
         };
         let log = LogStore::new(db.clone()).map_err(data_err)?;
         log.check().map_err(data_err)?;
+        let cluster_id = ClusterId::open(&db)
+            .map_err(|e| NodeError::DataDir { path: config.data_dir.display().to_string(), reason: e })?;
+        bootstrap::check_peers(&config, log.is_empty().map_err(data_err)?, &cluster_id).await?;
         let sm = StateMachineStore::open(db).map_err(data_err)?;
         let shared = sm.shared();
 
@@ -71,17 +75,18 @@ impl Node {
         }
         .validate()
         .map_err(|e| NodeError::Config(e.to_string()))?;
-        let raft = Raft::new(config.id, Arc::new(raft_config), Network, log, sm)
+        let raft = Raft::new(config.id, Arc::new(raft_config), Network(cluster_id.clone()), log, sm)
             .await
             .map_err(|e| NodeError::Raft(e.to_string()))?;
 
         let (proposals, proposals_rx) = mpsc::channel(64 * 1024);
         tokio::spawn(batch::propose_loop(raft.clone(), proposals_rx));
-        let clients = Arc::new(LeaderClients::default());
+        let clients = Arc::new(LeaderClients::new(cluster_id.clone()));
         let ctx = Arc::new(NodeCtx {
             id: config.id,
             advertise: config.advertise_addr(),
             raft: raft.clone(),
+            cluster_id,
             shared,
             shutdown: shutdown.clone(),
             proxies: Default::default(),

@@ -21,6 +21,9 @@ pub fn mark_outcome_unknown(mut s: tonic::Status) -> tonic::Status {
     s
 }
 
+/// The cluster a peer call, a watch request or a watch stream belongs to (32 hex digits).
+pub const CLUSTER_ID_KEY: &str = "switchyard-cluster-id";
+
 /// A write's identity, sent as metadata so every Admin write carries it without a field in
 /// each request message. The control plane applies a write with a given (client id, seq) at
 /// most once and answers a repeat with the first answer, so the same write may be retried.

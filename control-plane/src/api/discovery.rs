@@ -81,6 +81,8 @@ impl Discovery for DiscoveryService {
     type WatchStream = WatchStream;
 
     async fn watch(&self, req: Request<WatchRequest>) -> Result<Response<WatchStream>, Status> {
+        // A proxy that followed another cluster must not be handed this one's config.
+        self.node.cluster_id.check(&req)?;
         let req = req.into_inner();
         let node = self.node.clone();
         node.serving.check().map_err(Status::unavailable)?;
@@ -179,10 +181,13 @@ impl Discovery for DiscoveryService {
                 }
             }
         });
-        Ok(Response::new(Box::pin(tokio_stream::wrappers::ReceiverStream::new(out))))
+        let mut res: Response<WatchStream> = Response::new(Box::pin(tokio_stream::wrappers::ReceiverStream::new(out)));
+        self.node.cluster_id.attach_reply(&mut res);
+        Ok(res)
     }
 
     async fn report(&self, req: Request<ProxyReport>) -> Result<Response<ReportReply>, Status> {
+        self.node.cluster_id.check(&req)?;
         let r = req.into_inner();
         // A node that cannot reach the leader would drop the report anyway; saying so sends
         // the proxy to a node that can.

@@ -14,6 +14,7 @@ use super::calls::{ExecError, Written};
 use super::forward::{Forwarder, LeaderClients};
 use super::proxies::ProxyRegistry;
 use super::serving::Serving;
+use crate::cluster_id::ClusterId;
 use crate::config::NodeConfig;
 use crate::error::ApiError;
 use crate::state::Proposed;
@@ -25,6 +26,7 @@ pub struct NodeCtx {
     /// The address peers and clients reach this node at.
     pub advertise: String,
     pub raft: Raft,
+    pub cluster_id: ClusterId,
     /// The applied state, read by the APIs and followed by watchers.
     pub shared: Arc<Shared>,
     pub config: NodeConfig,
@@ -74,6 +76,13 @@ impl NodeCtx {
         let (tx, rx) = oneshot::channel();
         self.proposals.send(Proposal { cmd, tx }).await.map_err(|_| gone())?;
         rx.await.map_err(|_| gone())?
+    }
+
+    /// Ids of the members (voters and learners) in the latest membership this node knows.
+    pub fn member_ids(&self) -> Vec<NodeId> {
+        let rx = self.raft.metrics();
+        let m = rx.borrow();
+        m.membership_config.membership().nodes().map(|(id, _)| *id).collect()
     }
 
     /// Members with their roles, from the latest membership this node knows.

@@ -12,15 +12,19 @@ use tonic::transport::Channel;
 
 use super::batch::{fail_all, next_batch, IN_FLIGHT, MAX_BATCH};
 use super::calls::{ExecError, LeaderCall, Writes, Written};
+use crate::cluster_id::ClusterId;
 use crate::error::ApiError;
 use crate::network;
 use crate::state::Proposed;
 
 /// Peer clients by address, made once and reused (each holds an HTTP/2 connection).
-#[derive(Default)]
-pub struct LeaderClients(Mutex<BTreeMap<String, RaftClient<Channel>>>);
+pub struct LeaderClients(Mutex<BTreeMap<String, RaftClient<Channel>>>, ClusterId);
 
 impl LeaderClients {
+    pub fn new(ids: ClusterId) -> LeaderClients {
+        LeaderClients(Mutex::default(), ids)
+    }
+
     pub fn get(&self, addr: &str) -> Result<RaftClient<Channel>, ExecError> {
         let mut clients = self.0.lock().unwrap_or_else(|e| e.into_inner());
         if let Some(c) = clients.get(addr) {
@@ -34,7 +38,8 @@ impl LeaderClients {
     /// Sends `call` to the node at `addr` and returns its typed answer.
     pub async fn call<C: LeaderCall>(&self, addr: &str, call: C) -> Result<C::Reply, ExecError> {
         let mut client = self.get(addr)?;
-        let req = RaftPayload { data: network::encode(&call.into_envelope()) };
+        let mut req = tonic::Request::new(RaftPayload { data: network::encode(&call.into_envelope()) });
+        self.1.attach(&mut req);
         match client.forward(req).await {
             Ok(r) => network::decode::<Result<C::Reply, ExecError>>(&r.into_inner().data)
                 .map_err(|e| ExecError::Api(ApiError::Internal(format!("bad reply from leader: {e}"))))?,

@@ -75,6 +75,11 @@ impl LogStore {
         self.log.apply_batch(batch).map_err(write_err)
     }
 
+    /// No vote and no log: this node has never promised anything to anyone (or forgot it).
+    pub fn is_empty(&self) -> Result<bool, StorageError> {
+        Ok(self.log.is_empty() && self.get_meta::<Vote<NodeId>>("vote")?.is_none())
+    }
+
     /// Decodes every entry once, so a corrupt log stops the node at start, not mid-replication.
     pub fn check(&self) -> Result<u64, StorageError> {
         let mut n = 0;

@@ -1,7 +1,10 @@
 //! Following the control plane: `Discovery.Watch` from any node, resuming from the last
 //! applied revision on another node when one fails, goes silent or falls behind the leader
 //! ([`freshness`](super::freshness)). With every node down, the proxy keeps the config it has.
+//! A stream from another cluster than the one followed so far (kept beside the config cache)
+//! is refused, never applied.
 
+use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime};
 
@@ -30,11 +33,14 @@ pub async fn run(
     endpoints: Vec<String>,
     mirror: Arc<Mutex<Mirror>>,
     applied: watch::Sender<u64>,
+    cluster_file: Option<PathBuf>,
 ) {
     let lock = || mirror.lock().unwrap_or_else(|e| e.into_inner());
     let shutdown = state.runtime.shutdown.clone();
     let mut backoff = BACKOFF_MIN;
     let mut next = 0usize;
+    // The cluster followed so far, from the first stream that named one.
+    let mut cluster: Option<String> = cluster_file.as_deref().and_then(load_cluster);
     while !shutdown.is_cancelled() {
         let addr = endpoints[next % endpoints.len()].clone();
         next += 1;
@@ -42,8 +48,36 @@ pub async fn run(
         let stream = match grpc::channel(&addr, &ChannelOptions::PROXY) {
             Ok(ch) => {
                 let mut c = DiscoveryClient::new(ch).max_decoding_message_size(MAX_GRPC_MESSAGE);
-                let req = WatchRequest { proxy_id: state.proxy_id.clone(), from_revision: from };
-                tokio::time::timeout(OPEN_TIMEOUT, c.watch(req)).await.ok().and_then(Result::ok)
+                let mut req =
+                    tonic::Request::new(WatchRequest { proxy_id: state.proxy_id.clone(), from_revision: from });
+                if let Some(v) = cluster.as_deref().and_then(|id| id.parse().ok()) {
+                    req.metadata_mut().insert(grpc::CLUSTER_ID_KEY, v);
+                }
+                match tokio::time::timeout(OPEN_TIMEOUT, c.watch(req)).await {
+                    Ok(Ok(s)) => {
+                        let got = s.metadata().get(grpc::CLUSTER_ID_KEY).and_then(|v| v.to_str().ok());
+                        let knew = cluster.is_some();
+                        match same_cluster(&mut cluster, got) {
+                            Ok(()) => {
+                                if let (false, Some(f), Some(id)) = (knew, &cluster_file, &cluster) {
+                                    if let Err(e) = save_cluster(f, id) {
+                                        tracing::warn!("cannot write {}: {e}", f.display());
+                                    }
+                                }
+                                Some(s)
+                            }
+                            Err(why) => {
+                                tracing::error!(node = %addr, "refusing its watch stream: {why}");
+                                None
+                            }
+                        }
+                    }
+                    Ok(Err(s)) if s.code() == tonic::Code::FailedPrecondition => {
+                        tracing::error!(node = %addr, "refused to stream: {}", s.message());
+                        None
+                    }
+                    _ => None,
+                }
             }
             Err(e) => {
                 tracing::warn!(node = %addr, "bad control-plane address: {e}");
@@ -111,5 +145,73 @@ pub async fn run(
         }
         tracing::warn!(node = %addr, revision = lock().revision, "control-plane stream ended; trying the next node");
         state.status.set_control_plane(None);
+    }
+}
+
+/// Beside the config cache: the id of the cluster the proxy follows, so a restarted proxy
+/// serving from its cache still refuses another cluster.
+pub fn cluster_file(cache: &Path) -> PathBuf {
+    let mut p = cache.as_os_str().to_owned();
+    p.push(".cluster-id");
+    p.into()
+}
+
+/// The id in `path`, if it holds one (32 lowercase hex digits).
+fn load_cluster(path: &Path) -> Option<String> {
+    let s = std::fs::read_to_string(path).ok()?;
+    let s = s.trim();
+    (s.len() == 32 && s.bytes().all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))).then(|| s.to_string())
+}
+
+/// Written aside and renamed into place, so a crash leaves the old file or the new one.
+fn save_cluster(path: &Path, id: &str) -> std::io::Result<()> {
+    let mut tmp = path.as_os_str().to_owned();
+    tmp.push(".tmp");
+    std::fs::write(&tmp, format!("{id}\n"))?;
+    std::fs::rename(&tmp, path)
+}
+
+/// Whether a stream from cluster `got` may be followed after `known`; the first id seen is
+/// kept. A node that names no cluster (one from before cluster ids) is not checked.
+fn same_cluster(known: &mut Option<String>, got: Option<&str>) -> Result<(), String> {
+    match (known.as_deref(), got) {
+        (_, None) => Ok(()),
+        (None, Some(g)) => {
+            *known = Some(g.to_string());
+            Ok(())
+        }
+        (Some(k), Some(g)) if k == g => Ok(()),
+        (Some(k), Some(g)) => Err(format!("it serves cluster {g}, this proxy follows cluster {k}; keeping its config")),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_stream_from_another_cluster_is_refused() {
+        let mut known = None;
+        assert_eq!(same_cluster(&mut known, None), Ok(()));
+        assert_eq!(known, None);
+        assert_eq!(same_cluster(&mut known, Some("aa")), Ok(()));
+        assert_eq!(known.as_deref(), Some("aa"));
+        assert_eq!(same_cluster(&mut known, Some("aa")), Ok(()));
+        let e = same_cluster(&mut known, Some("bb")).unwrap_err();
+        assert!(e.contains("serves cluster bb, this proxy follows cluster aa"), "{e}");
+        assert_eq!(known.as_deref(), Some("aa"), "the followed cluster stays");
+    }
+
+    #[test]
+    fn the_followed_cluster_is_kept_beside_the_cache() {
+        let dir = tempfile::tempdir().unwrap();
+        let f = cluster_file(&dir.path().join("config.cache"));
+        assert!(f.ends_with("config.cache.cluster-id"));
+        assert_eq!(load_cluster(&f), None);
+        let id = "0123456789abcdef0123456789abcdef";
+        save_cluster(&f, id).unwrap();
+        assert_eq!(load_cluster(&f).as_deref(), Some(id));
+        std::fs::write(&f, "not an id").unwrap();
+        assert_eq!(load_cluster(&f), None);
     }
 }
