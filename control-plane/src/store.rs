@@ -9,6 +9,12 @@ use std::path::Path;
 use crate::error::NodeError;
 use crate::types::StorageError;
 
+/// The on-disk format this build reads and writes: bumped whenever the log entry, state
+/// machine or snapshot encoding changes, so an older node's data dir is refused by name
+/// instead of failing to decode as "corrupt". 2: request ids in log entries, the session clock
+/// and the seen-request table in the state machine and snapshots.
+pub const FORMAT: u32 = 2;
+
 /// Opens (or creates) a node's data dir and checks it belongs to this node.
 ///
 /// sled can panic on some corrupt files; that is caught here and turned into an error so a
@@ -48,8 +54,24 @@ pub fn open(dir: &Path, node_id: u64) -> Result<sled::Db, NodeError> {
         None => {
             meta.insert("node_id", postcard::to_stdvec(&node_id).expect("u64 encodes"))
                 .map_err(|e| err(e.to_string()))?;
+            meta.insert("format", &FORMAT.to_be_bytes()).map_err(|e| err(e.to_string()))?;
             db.flush().map_err(|e| err(e.to_string()))?;
         }
+    }
+    // Data dirs from before formats were recorded are format 1.
+    let format = match meta.get("format").map_err(|e| err(e.to_string()))? {
+        None => 1,
+        Some(v) => {
+            let b: [u8; 4] = v.as_ref().try_into().map_err(|_| err("corrupt format marker".into()))?;
+            u32::from_be_bytes(b)
+        }
+    };
+    if format != FORMAT {
+        return Err(err(format!(
+            "was written in storage format {format}, and this build reads format {FORMAT}: move it aside \
+             and start the node empty (a member of a running cluster is then removed and re-added: \
+             `switchyard cluster remove-node`, start with --join, `add-node`, `promote`)"
+        )));
     }
     Ok(db)
 }
@@ -62,4 +84,26 @@ fn read_err(e: impl std::fmt::Display) -> StorageError {
 fn write_err(e: impl std::fmt::Display) -> StorageError {
     let io = std::io::Error::other(e.to_string());
     openraft::StorageIOError::write(&io).into()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_data_dir_of_another_storage_format_is_refused_by_name() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("node");
+        drop(open(&path, 1).unwrap());
+        // Reopening a dir this build wrote works.
+        drop(open(&path, 1).unwrap());
+        // A dir from before formats were recorded (no marker) is named as such.
+        {
+            let db = sled::Config::new().path(&path).open().unwrap();
+            db.open_tree("meta").unwrap().remove("format").unwrap();
+            db.flush().unwrap();
+        }
+        let e = open(&path, 1).unwrap_err().to_string();
+        assert!(e.contains("storage format 1") && e.contains("reads format 2"), "{e}");
+    }
 }
