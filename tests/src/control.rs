@@ -5,8 +5,6 @@ use std::collections::BTreeMap;
 use std::net::TcpListener;
 use std::path::{Path, PathBuf};
 use std::process::Command;
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::Arc;
 use std::time::Duration;
 
 use command_fds::{CommandFdExt, FdMapping};
@@ -103,7 +101,7 @@ impl ControlNode {
 /// here, 3 s in a proxy) where a dead node refuses them at once. While parked, a thread
 /// accepts them and resets them right away, which clients see as a dead node.
 struct Parked {
-    stop: Arc<AtomicBool>,
+    stop: Option<tokio::sync::oneshot::Sender<()>>,
     thread: Option<std::thread::JoinHandle<()>>,
 }
 
@@ -112,26 +110,29 @@ impl Parked {
         let l = listener.try_clone().expect("clone the node's socket");
         // Shared with the node process, which sets it too: tokio needs it.
         l.set_nonblocking(true).expect("non-blocking socket");
-        let stop = Arc::new(AtomicBool::new(false));
-        let s = stop.clone();
+        let (stop, mut stopped) = tokio::sync::oneshot::channel::<()>();
         let thread = std::thread::spawn(move || {
-            while !s.load(Ordering::Relaxed) {
-                match l.accept() {
-                    Ok((c, _)) => {
-                        // Linger 0: close with a reset, like a refused connection.
-                        let _ = socket2::SockRef::from(&c).set_linger(Some(Duration::ZERO));
+            let rt = tokio::runtime::Builder::new_current_thread().enable_io().build().expect("runtime");
+            rt.block_on(async move {
+                let l = tokio::net::TcpListener::from_std(l).expect("register the node's socket");
+                loop {
+                    tokio::select! {
+                        _ = &mut stopped => return,
+                        r = l.accept() => if let Ok((c, _)) = r {
+                            // Linger 0: close with a reset, like a refused connection.
+                            let _ = socket2::SockRef::from(&c).set_linger(Some(Duration::ZERO));
+                        },
                     }
-                    Err(_) => std::thread::sleep(Duration::from_millis(5)),
                 }
-            }
+            });
         });
-        Parked { stop, thread: Some(thread) }
+        Parked { stop: Some(stop), thread: Some(thread) }
     }
 }
 
 impl Drop for Parked {
     fn drop(&mut self) {
-        self.stop.store(true, Ordering::Relaxed);
+        drop(self.stop.take());
         if let Some(t) = self.thread.take() {
             let _ = t.join();
         }

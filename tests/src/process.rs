@@ -145,21 +145,32 @@ impl Proc {
         }
     }
 
+    /// Waits up to `timeout` for the process to exit by itself and returns its status; one
+    /// still running then is killed (SIGKILL) and `None` is returned.
+    pub fn wait_exit(&mut self, timeout: Duration) -> Option<std::process::ExitStatus> {
+        let mut c = self.0.take().expect("process running");
+        let pid = c.id().to_string();
+        let (tx, rx) = std::sync::mpsc::channel();
+        // The child is reaped only by this thread, so its pid stays valid for a kill below.
+        std::thread::spawn(move || {
+            let _ = tx.send(c.wait());
+        });
+        match rx.recv_timeout(timeout) {
+            Ok(s) => Some(s.expect("wait")),
+            Err(_) => {
+                let _ = Command::new("kill").args(["-KILL", &pid]).status();
+                let _ = rx.recv();
+                None
+            }
+        }
+    }
+
     /// SIGTERM, then its exit status; a process still running 10 s later fails the test.
     pub fn terminate(&mut self) -> std::process::ExitStatus {
-        let mut c = self.0.take().expect("process running");
-        let _ = Command::new("kill").args(["-TERM", &c.id().to_string()]).status();
-        let deadline = Instant::now() + Duration::from_secs(10);
-        loop {
-            if let Some(s) = c.try_wait().expect("wait") {
-                return s;
-            }
-            if Instant::now() > deadline {
-                let _ = c.kill();
-                panic!("process {} did not exit within 10s of SIGTERM", c.id());
-            }
-            std::thread::sleep(Duration::from_millis(20));
-        }
+        let pid = self.0.as_ref().expect("process running").id();
+        let _ = Command::new("kill").args(["-TERM", &pid.to_string()]).status();
+        self.wait_exit(Duration::from_secs(10))
+            .unwrap_or_else(|| panic!("process {pid} did not exit within 10s of SIGTERM"))
     }
 }
 

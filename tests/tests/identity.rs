@@ -5,7 +5,7 @@ use std::collections::BTreeMap;
 use std::net::TcpListener;
 use std::path::Path;
 use std::process::{Command, Stdio};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use switchyard_proto::raft::raft_client::RaftClient;
 use switchyard_proto::raft::RaftPayload;
@@ -18,26 +18,18 @@ use tonic::Code;
 fn run_to_exit(args: &[String]) -> (bool, String) {
     let dir = tempfile::tempdir().unwrap();
     let log = dir.path().join("stderr.log");
-    let mut child = Command::new(bin("switchyard-control"))
-        .args(args)
-        .args(["--listen", "127.0.0.1:0"])
-        .env("RUST_LOG", "warn,openraft=error")
-        .stdout(Stdio::null())
-        .stderr(std::fs::File::create(&log).unwrap())
-        .spawn()
-        .expect("start switchyard-control");
-    let deadline = Instant::now() + Duration::from_secs(20);
-    let status = loop {
-        if let Some(s) = child.try_wait().unwrap() {
-            break Some(s);
-        }
-        if Instant::now() > deadline {
-            let _ = child.kill();
-            let _ = child.wait();
-            break None;
-        }
-        std::thread::sleep(Duration::from_millis(50));
-    };
+    let mut proc = Proc::default();
+    proc.set(
+        Command::new(bin("switchyard-control"))
+            .args(args)
+            .args(["--listen", "127.0.0.1:0"])
+            .env("RUST_LOG", "warn,openraft=error")
+            .stdout(Stdio::null())
+            .stderr(std::fs::File::create(&log).unwrap())
+            .spawn()
+            .expect("start switchyard-control"),
+    );
+    let status = proc.wait_exit(Duration::from_secs(20));
     let stderr = std::fs::read_to_string(&log).unwrap_or_default();
     match status {
         Some(s) => (s.success(), stderr),
@@ -170,7 +162,18 @@ async fn founders_form_the_cluster_without_node_1_and_refuse_to_with_different_l
     f2.extend(["--initial-cluster".into(), list(&ls)]);
     let n1 = ControlNode::spawn(1, short.remove(&1).unwrap(), &dir.path().join("m-1"), &f1);
     let n2 = ControlNode::spawn(2, short.remove(&2).unwrap(), &dir.path().join("m-2"), &f2);
-    tokio::time::sleep(Duration::from_secs(8)).await;
+    // Each founder sees the other's list differ and gives up: wait for both to say so, then
+    // check that neither formed anything.
+    let logs = [dir.path().join("m-1.log"), dir.path().join("m-2.log")];
+    eventually("both founders to refuse the differing lists", Duration::from_secs(15), || {
+        let logs = logs.clone();
+        async move {
+            logs.iter()
+                .all(|l| std::fs::read_to_string(l).unwrap_or_default().contains("--initial-cluster differs"))
+                .then_some(())
+        }
+    })
+    .await;
     for n in [&n1, &n2] {
         let s = status(&n.addr).await.unwrap();
         assert!(s.leader_id == 0 && s.cluster_id.is_empty(), "node {} formed a cluster: {s:?}", n.id);

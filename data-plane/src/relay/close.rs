@@ -30,7 +30,8 @@ impl CloseHandle {
         }
     }
 
-    pub(super) fn notified(&self) -> Notified<'_> {
+    /// Resolves once a close is asked for (or at once, if one already was and nobody waited).
+    pub(crate) fn notified(&self) -> Notified<'_> {
         self.notify.notified()
     }
 }
