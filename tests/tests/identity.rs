@@ -56,7 +56,11 @@ async fn a_wiped_voter_refuses_to_start_and_says_how_to_re_add_it() {
     let f = follower(&c, leader);
     let cluster_id = status(&c.nodes[&leader].addr).await.unwrap().cluster_id;
     assert_eq!(cluster_id.len(), 32, "cluster status shows the cluster id");
-    assert_eq!(status(&c.nodes[&f].addr).await.unwrap().cluster_id, cluster_id, "followers learnt it");
+    // A write commits on a majority, which may not include `f` yet: wait for it to catch up.
+    eventually("the follower to learn the cluster id", Duration::from_secs(10), || async {
+        status(&c.nodes[&f].addr).await.filter(|t| t.cluster_id == cluster_id)
+    })
+    .await;
 
     c.node(f).kill9();
     let dir = c.nodes[&f].data_dir.clone();
@@ -150,7 +154,11 @@ async fn founders_form_the_cluster_without_node_1_and_refuse_to_with_different_l
     })
     .await;
     assert_eq!(s.members.len(), 3, "with node 1 a member, to be started later");
-    assert_eq!(status(&n3.addr).await.unwrap().cluster_id, s.cluster_id);
+    // Node 3 learns the id when the leader's first entries reach it, which may be a beat later.
+    eventually("node 3 to share the cluster id", Duration::from_secs(10), || async {
+        status(&n3.addr).await.filter(|t| t.cluster_id == s.cluster_id)
+    })
+    .await;
     drop((n2, n3));
 
     // Founders given different lists initialize nothing.
