@@ -76,6 +76,29 @@ pub enum LocalCmd {
     Dev(DevArgs),
     /// A demo WebSocket echo backend (greets with its name, then echoes).
     DemoBackend(DemoArgs),
+    /// A cluster CA and the certificates of its parts (nodes, proxies, people).
+    #[command(subcommand)]
+    Certs(CertsCmd),
+}
+
+#[derive(Subcommand, Debug)]
+pub enum CertsCmd {
+    /// Make a cluster CA: DIR/ca.crt and DIR/ca.key (mode 0600).
+    Init { dir: std::path::PathBuf },
+    /// Issue DIR/NAME.crt and DIR/NAME.key, signed by DIR's CA, for one role.
+    Issue {
+        dir: std::path::PathBuf,
+        /// What the holder may do: node, proxy, admin, operator or viewer.
+        #[arg(long)]
+        role: switchyard_model::tls::Role,
+        /// The holder's name, shown in audit records and logs.
+        #[arg(long)]
+        name: String,
+        /// A host name or IP address the holder serves on (repeatable; default localhost
+        /// and 127.0.0.1).
+        #[arg(long = "san")]
+        sans: Vec<String>,
+    },
 }
 
 #[derive(Subcommand, Debug)]

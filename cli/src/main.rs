@@ -12,6 +12,7 @@ use args::{Cli, Command};
 
 #[tokio::main]
 async fn main() {
+    switchyard_model::tls::install_provider();
     let cli = match Cli::try_parse() {
         Ok(c) => c,
         Err(e) if matches!(e.kind(), clap::error::ErrorKind::DisplayHelp | clap::error::ErrorKind::DisplayVersion) => {

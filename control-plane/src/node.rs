@@ -42,6 +42,7 @@ impl Node {
         shutdown: CancellationToken,
     ) -> Result<Node, NodeError> {
         config.validate()?;
+        switchyard_model::tls::install_provider();
         let db = {
             let dir = config.data_dir.clone();
             let id = config.id;

@@ -106,7 +106,7 @@ mod tests {
         // Evenly: each tenth of the span gets about a tenth of the connections.
         for k in 0..9 {
             let slot = Duration::from_millis(1000 * k)..Duration::from_millis(1000 * (k + 1));
-            let n = at.iter().filter(|t| slot.contains(t)).count();
+            let n = at.iter().filter(|t| slot.contains(*t)).count();
             assert!((2..=9).contains(&n), "{n} closes in {slot:?}");
         }
     }

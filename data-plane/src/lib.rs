@@ -39,6 +39,7 @@ impl Proxy {
     /// Starts serving on the given listeners: from the cache file at once if there is one,
     /// then from the control plane as soon as a node answers.
     pub fn start(cfg: ProxyConfig, listener: TcpListener, admin: TcpListener) -> std::io::Result<Proxy> {
+        switchyard_model::tls::install_provider();
         let state = ProxyState::new(cfg.proxy_id.clone());
         let mut mirror = watch::mirror::Mirror::default();
         if let Some((t, written)) = cfg.cache_file.as_deref().and_then(watch::cache::load) {

@@ -6,6 +6,7 @@ pub mod grpc;
 pub mod keyspec;
 pub mod limits;
 pub mod signal;
+pub mod tls;
 pub mod topology;
 
 pub use keyspec::KeySpec;

@@ -1,0 +1,151 @@
+//! `switchyard certs`: a cluster CA and the certificates of its parts, so the secure setup is
+//! a few commands. Keys are ECDSA P-256; every key file is written mode 0600, and nothing is
+//! overwritten (a CA replaced by accident would orphan every certificate it issued).
+
+use std::io::Write;
+use std::os::unix::fs::OpenOptionsExt;
+use std::path::{Path, PathBuf};
+
+use anyhow::{bail, Context, Result};
+use rcgen::{
+    BasicConstraints, CertificateParams, DistinguishedName, DnType, ExtendedKeyUsagePurpose, IsCa, Issuer, KeyPair,
+    KeyUsagePurpose, PKCS_ECDSA_P256_SHA256,
+};
+use switchyard_model::tls::Role;
+use time::{Duration, OffsetDateTime};
+
+/// A CA lives ten years; what it issues, about two (the longest browsers still accept).
+const CA_DAYS: i64 = 3650;
+const LEAF_DAYS: i64 = 825;
+
+pub fn ca_paths(dir: &Path) -> (PathBuf, PathBuf) {
+    (dir.join("ca.crt"), dir.join("ca.key"))
+}
+
+/// Writes `DIR/ca.crt` and `DIR/ca.key`.
+pub fn init(dir: &Path) -> Result<()> {
+    std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+    let (crt, key) = ca_paths(dir);
+    for p in [&crt, &key] {
+        if p.exists() {
+            bail!("{} already exists; a new CA would orphan every certificate the old one issued", p.display());
+        }
+    }
+    let kp = KeyPair::generate_for(&PKCS_ECDSA_P256_SHA256)?;
+    let mut p = CertificateParams::new(Vec::<String>::new())?;
+    p.distinguished_name = DistinguishedName::new();
+    p.distinguished_name.push(DnType::CommonName, "Switchyard cluster CA");
+    p.distinguished_name.push(DnType::OrganizationName, "switchyard");
+    p.is_ca = IsCa::Ca(BasicConstraints::Constrained(0));
+    p.key_usages = vec![KeyUsagePurpose::KeyCertSign, KeyUsagePurpose::CrlSign, KeyUsagePurpose::DigitalSignature];
+    validity(&mut p, CA_DAYS);
+    let cert = p.self_signed(&kp)?;
+    write_new(&key, kp.serialize_pem().as_bytes(), 0o600)?;
+    write_new(&crt, cert.pem().as_bytes(), 0o644)?;
+    Ok(())
+}
+
+/// Issues `DIR/NAME.crt` and `DIR/NAME.key` for `role`, valid for the given host names and
+/// IP addresses (`localhost` and `127.0.0.1` when none are given).
+pub fn issue(dir: &Path, role: Role, name: &str, sans: &[String]) -> Result<(PathBuf, PathBuf)> {
+    check_name(name)?;
+    let (ca_crt, ca_key) = ca_paths(dir);
+    let ca_pem = std::fs::read_to_string(&ca_crt).with_context(|| {
+        format!("reading {} (run `switchyard certs init {}` first)", ca_crt.display(), dir.display())
+    })?;
+    let ca_kp =
+        KeyPair::from_pem(&std::fs::read_to_string(&ca_key).with_context(|| format!("reading {}", ca_key.display()))?)
+            .with_context(|| format!("{}: not a usable private key", ca_key.display()))?;
+    let issuer = Issuer::from_ca_cert_pem(&ca_pem, &ca_kp)
+        .with_context(|| format!("{}: not a CA certificate", ca_crt.display()))?;
+
+    let (crt, key) = (dir.join(format!("{name}.crt")), dir.join(format!("{name}.key")));
+    for p in [&crt, &key] {
+        if p.exists() {
+            bail!("{} already exists; pick another --name or remove the old pair", p.display());
+        }
+    }
+    let sans = if sans.is_empty() { vec!["localhost".to_string(), "127.0.0.1".to_string()] } else { sans.to_vec() };
+    let mut p = CertificateParams::new(sans).context("a --san is neither a host name nor an IP address")?;
+    p.distinguished_name = DistinguishedName::new();
+    p.distinguished_name.push(DnType::CommonName, name);
+    p.distinguished_name.push(DnType::OrganizationalUnitName, role.as_str());
+    p.distinguished_name.push(DnType::OrganizationName, "switchyard");
+    p.key_usages = vec![KeyUsagePurpose::DigitalSignature];
+    // Every part is both: a node serves and calls its peers, a proxy may serve wss.
+    p.extended_key_usages = vec![ExtendedKeyUsagePurpose::ServerAuth, ExtendedKeyUsagePurpose::ClientAuth];
+    p.use_authority_key_identifier_extension = true;
+    validity(&mut p, LEAF_DAYS);
+    let kp = KeyPair::generate_for(&PKCS_ECDSA_P256_SHA256)?;
+    let cert = p.signed_by(&kp, &issuer)?;
+    write_new(&key, kp.serialize_pem().as_bytes(), 0o600)?;
+    write_new(&crt, cert.pem().as_bytes(), 0o644)?;
+    Ok((crt, key))
+}
+
+/// Names become file names and certificate subjects: keep them plain.
+fn check_name(name: &str) -> Result<()> {
+    let ok = !name.is_empty()
+        && name.len() <= 64
+        && name.bytes().all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.'))
+        && !name.starts_with('.');
+    if !ok || name == "ca" {
+        bail!("--name {name:?}: use 1 to 64 letters, digits, '-', '_' or '.', not starting with '.', and not \"ca\"");
+    }
+    Ok(())
+}
+
+fn validity(p: &mut CertificateParams, days: i64) {
+    let now = OffsetDateTime::now_utc();
+    // An hour of slack for clocks a little behind the issuer's.
+    p.not_before = now - Duration::hours(1);
+    p.not_after = now + Duration::days(days);
+}
+
+fn write_new(path: &Path, bytes: &[u8], mode: u32) -> Result<()> {
+    let mut f = std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(mode)
+        .open(path)
+        .with_context(|| format!("writing {}", path.display()))?;
+    f.write_all(bytes).and_then(|_| f.sync_all()).with_context(|| format!("writing {}", path.display()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::os::unix::fs::PermissionsExt;
+
+    #[test]
+    fn issued_certificates_carry_name_and_role_and_verify_against_the_ca() {
+        switchyard_model::tls::install_provider();
+        let d = tempfile::tempdir().unwrap();
+        init(d.path()).unwrap();
+        assert!(init(d.path()).unwrap_err().to_string().contains("already exists"));
+        let (crt, key) = issue(d.path(), Role::Operator, "alice", &[]).unwrap();
+        assert_eq!(std::fs::metadata(&key).unwrap().permissions().mode() & 0o777, 0o600);
+        assert_eq!(std::fs::metadata(d.path().join("ca.key")).unwrap().permissions().mode() & 0o777, 0o600);
+        let der = switchyard_model::tls::load_certs(&crt).unwrap().remove(0);
+        let id = switchyard_model::tls::identity_of(&der).unwrap();
+        assert_eq!((id.name.as_str(), id.role), ("alice", Role::Operator));
+
+        // The chain verifies with rustls's own verifier, for both server and client use.
+        let ca = switchyard_model::tls::load_certs(&d.path().join("ca.crt")).unwrap().remove(0);
+        let mut roots = rustls::RootCertStore::empty();
+        roots.add(ca).unwrap();
+        let roots = std::sync::Arc::new(roots);
+        use rustls::client::danger::ServerCertVerifier;
+        let v = rustls::client::WebPkiServerVerifier::builder(roots.clone()).build().unwrap();
+        let name = rustls::pki_types::ServerName::try_from("localhost").unwrap();
+        v.verify_server_cert(&der, &[], &name, &[], rustls::pki_types::UnixTime::now()).unwrap();
+        let c = rustls::server::WebPkiClientVerifier::builder(roots).build().unwrap();
+        c.verify_client_cert(&der, &[], rustls::pki_types::UnixTime::now()).unwrap();
+
+        assert!(issue(d.path(), Role::Node, "alice", &[]).unwrap_err().to_string().contains("already exists"));
+        assert!(issue(d.path(), Role::Node, "../x", &[]).unwrap_err().to_string().contains("--name"));
+        assert!(issue(d.path(), Role::Node, "ca", &[]).is_err());
+        let other = tempfile::tempdir().unwrap();
+        assert!(issue(other.path(), Role::Node, "n", &[]).unwrap_err().to_string().contains("certs init"));
+    }
+}

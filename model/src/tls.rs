@@ -1,0 +1,224 @@
+//! TLS for every part: one crypto provider, PEM files loaded with errors that name the file,
+//! and the identity a Switchyard certificate carries.
+//!
+//! A certificate names its holder in the subject's common name and its role in the
+//! organizational unit (`CN=node-1, OU=node`), as `switchyard certs issue` writes them.
+//! Identity comes only from a certificate that verified against the cluster CA, so the subject
+//! can be trusted as the CA's own statement.
+
+use std::path::{Path, PathBuf};
+use std::str::FromStr;
+
+use rustls::pki_types::pem::PemObject;
+use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+use tonic::transport::{Certificate, ClientTlsConfig, Identity as TonicIdentity, ServerTlsConfig};
+
+/// Installs ring as the process's crypto provider. Every binary calls it first; calling it
+/// again is harmless.
+pub fn install_provider() {
+    let _ = rustls::crypto::ring::default_provider().install_default();
+}
+
+/// What a caller may do. The permission table lives with the services; this is the vocabulary.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum Role {
+    /// Reads and watches.
+    Viewer,
+    /// A viewer that may also drain, enable and disable backends and change settings.
+    Operator,
+    /// Everything, membership and credentials included.
+    Admin,
+    /// A proxy: watches config and reports bindings and loads, nothing else.
+    Proxy,
+    /// A control-plane node: the peer service (Raft and forwarded writes).
+    Node,
+}
+
+impl Role {
+    pub const ALL: [Role; 5] = [Role::Viewer, Role::Operator, Role::Admin, Role::Proxy, Role::Node];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Role::Viewer => "viewer",
+            Role::Operator => "operator",
+            Role::Admin => "admin",
+            Role::Proxy => "proxy",
+            Role::Node => "node",
+        }
+    }
+}
+
+impl std::fmt::Display for Role {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+impl FromStr for Role {
+    type Err = TlsError;
+    fn from_str(s: &str) -> Result<Role, TlsError> {
+        Role::ALL
+            .into_iter()
+            .find(|r| r.as_str() == s)
+            .ok_or_else(|| TlsError::Role(format!("unknown role {s:?}: one of viewer, operator, admin, proxy, node")))
+    }
+}
+
+/// Who is calling, as its certificate or token says.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Identity {
+    pub name: String,
+    pub role: Role,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum TlsError {
+    #[error("{path}: {reason}")]
+    File { path: String, reason: String },
+    #[error("certificate: {0}")]
+    Certificate(String),
+    #[error("{0}")]
+    Role(String),
+    #[error("{0}")]
+    Config(String),
+}
+
+fn file_err(path: &Path, reason: impl std::fmt::Display) -> TlsError {
+    TlsError::File { path: path.display().to_string(), reason: reason.to_string() }
+}
+
+/// The certificates of a PEM file, at least one.
+pub fn load_certs(path: &Path) -> Result<Vec<CertificateDer<'static>>, TlsError> {
+    let certs = CertificateDer::pem_file_iter(path)
+        .map_err(|e| file_err(path, e))?
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|e| file_err(path, e))?;
+    if certs.is_empty() {
+        return Err(file_err(path, "no PEM certificate in the file"));
+    }
+    Ok(certs)
+}
+
+/// The private key of a PEM file (PKCS#8, SEC1 or PKCS#1).
+pub fn load_key(path: &Path) -> Result<PrivateKeyDer<'static>, TlsError> {
+    PrivateKeyDer::from_pem_file(path).map_err(|e| file_err(path, format!("no usable PEM private key: {e}")))
+}
+
+/// The identity in a certificate's subject: CN is the name, OU the role.
+pub fn identity_of(der: &[u8]) -> Result<Identity, TlsError> {
+    let (_, cert) =
+        x509_parser::parse_x509_certificate(der).map_err(|e| TlsError::Certificate(format!("unreadable: {e}")))?;
+    let subject = cert.subject();
+    let one = |it: &mut dyn Iterator<Item = &x509_parser::x509::AttributeTypeAndValue>, what: &str| {
+        it.next()
+            .and_then(|a| a.as_str().ok())
+            .map(str::to_string)
+            .ok_or_else(|| TlsError::Certificate(format!("the subject has no {what}")))
+    };
+    let name = one(&mut subject.iter_common_name(), "common name (CN)")?;
+    let role = one(&mut subject.iter_organizational_unit(), "role (OU)")?;
+    let role = role.parse().map_err(|_| TlsError::Certificate(format!("the subject's OU {role:?} is not a role")))?;
+    Ok(Identity { name, role })
+}
+
+/// The mTLS material of one part: the cluster CA, and this part's certificate and key.
+/// A CLI using a bearer token has only the CA.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct TlsFiles {
+    pub ca: Option<PathBuf>,
+    pub cert: Option<PathBuf>,
+    pub key: Option<PathBuf>,
+}
+
+impl TlsFiles {
+    /// Whether any TLS material was given.
+    pub fn enabled(&self) -> bool {
+        self.ca.is_some() || self.cert.is_some() || self.key.is_some()
+    }
+
+    fn read(path: &Path) -> Result<Vec<u8>, TlsError> {
+        std::fs::read(path).map_err(|e| file_err(path, e))
+    }
+
+    /// The identity this part's own certificate claims (checked at startup so a node is not
+    /// started with a viewer's certificate, say).
+    pub fn own_identity(&self) -> Result<Option<Identity>, TlsError> {
+        let Some(cert) = &self.cert else { return Ok(None) };
+        let first = load_certs(cert)?.remove(0);
+        identity_of(&first).map(Some).map_err(|e| file_err(cert, e))
+    }
+
+    fn pair(&self) -> Result<Option<TonicIdentity>, TlsError> {
+        match (&self.cert, &self.key) {
+            (None, None) => Ok(None),
+            (Some(c), Some(k)) => {
+                // Parse both now so a bad file is named at startup, not at the first handshake.
+                load_certs(c)?;
+                load_key(k)?;
+                Ok(Some(TonicIdentity::from_pem(Self::read(c)?, Self::read(k)?)))
+            }
+            _ => Err(TlsError::Config("--tls-cert and --tls-key go together".into())),
+        }
+    }
+
+    fn ca_pem(&self) -> Result<Certificate, TlsError> {
+        let ca = self.ca.as_ref().ok_or_else(|| TlsError::Config("TLS needs --tls-ca (the cluster CA)".into()))?;
+        load_certs(ca)?;
+        Ok(Certificate::from_pem(Self::read(ca)?))
+    }
+
+    /// A server that takes only TLS, asks every client for a certificate signed by the CA and
+    /// also admits clients without one (they must then bring a bearer token).
+    pub fn server(&self) -> Result<ServerTlsConfig, TlsError> {
+        let id = self.pair()?.ok_or_else(|| TlsError::Config("a TLS server needs --tls-cert and --tls-key".into()))?;
+        Ok(ServerTlsConfig::new()
+            .identity(id)
+            .client_ca_root(self.ca_pem()?)
+            .client_auth_optional(true)
+            .timeout(std::time::Duration::from_secs(10)))
+    }
+
+    /// A client that verifies the server against the CA and shows its own certificate if it
+    /// has one.
+    pub fn client(&self) -> Result<ClientTlsConfig, TlsError> {
+        let mut c = ClientTlsConfig::new().ca_certificate(self.ca_pem()?);
+        if let Some(id) = self.pair()? {
+            c = c.identity(id);
+        }
+        Ok(c)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn roles_parse_and_print() {
+        for r in Role::ALL {
+            assert_eq!(r.as_str().parse::<Role>().unwrap(), r);
+        }
+        let e = "root".parse::<Role>().unwrap_err().to_string();
+        assert!(e.contains("unknown role \"root\""), "{e}");
+    }
+
+    #[test]
+    fn missing_and_empty_files_are_named() {
+        let dir = std::env::temp_dir().join(format!("sy-tls-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let empty = dir.join("empty.pem");
+        std::fs::write(&empty, "").unwrap();
+        let e = load_certs(&empty).unwrap_err().to_string();
+        assert!(e.contains("empty.pem") && e.contains("no PEM certificate"), "{e}");
+        let e = load_key(&dir.join("absent.key")).unwrap_err().to_string();
+        assert!(e.contains("absent.key"), "{e}");
+        let half = TlsFiles { ca: Some(empty.clone()), cert: Some(empty), key: None };
+        assert!(half.client().is_err());
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn garbage_is_not_a_certificate() {
+        assert!(identity_of(b"not der").is_err());
+    }
+}
