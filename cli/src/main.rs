@@ -33,7 +33,8 @@ async fn main() {
         Command::Local(c) => local::run(c).await,
         Command::Remote(c) => {
             async {
-                let mut ctx = cmd::Ctx::connect(&cli.endpoints, cli.output, cli.local)?;
+                let token = cmd::read_token(cli.token, cli.token_file.as_deref())?;
+                let mut ctx = cmd::Ctx::connect(&cli.endpoints, cli.output, cli.local, token)?;
                 cmd::run(&mut ctx, c).await
             }
             .await
@@ -54,6 +55,8 @@ fn one_line(e: &anyhow::Error) -> String {
             tonic::Code::AlreadyExists => "already exists",
             tonic::Code::FailedPrecondition => "failed precondition",
             tonic::Code::Unavailable => "unavailable",
+            tonic::Code::Unauthenticated => "not authenticated",
+            tonic::Code::PermissionDenied => "permission denied",
             _ => "error",
         };
         return format!("{code}: {}", s.message().replace('\n', " "));

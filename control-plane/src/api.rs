@@ -1,6 +1,7 @@
 //! The gRPC services a node serves: Admin, Query and Discovery (public), Raft (peers only),
 //! plus the standard health and reflection services.
 
+pub mod access;
 pub mod admin;
 pub mod discovery;
 pub mod peer;
@@ -9,16 +10,22 @@ pub mod query;
 use std::sync::Arc;
 
 use switchyard_proto::raft::raft_server::RaftServer;
+use switchyard_proto::v1::access_server::AccessServer;
 use switchyard_proto::v1::admin_server::AdminServer;
 use switchyard_proto::v1::discovery_server::DiscoveryServer;
 use switchyard_proto::v1::query_server::QueryServer;
 use tonic::transport::server::Router;
 use tonic::transport::Server;
+use tower::layer::util::{Identity, Stack};
 
+use crate::auth::layer::AuthLayer;
+use crate::auth::{Auth, Authorizer};
 use crate::network::MAX_MESSAGE;
 use crate::node::context::NodeCtx;
 
-pub fn router(node: Arc<NodeCtx>) -> Router {
+/// Every service behind the one authorization layer ([`crate::auth`]), in mode `auth`.
+pub fn router(node: Arc<NodeCtx>, auth: Auth) -> Router<Stack<AuthLayer, Identity>> {
+    let authorizer = Arc::new(Authorizer { mode: auth, tokens: node.shared.clone() });
     let (health_reporter, health) = tonic_health::server::health_reporter();
     let reflection = tonic_reflection::server::Builder::configure()
         .register_encoded_file_descriptor_set(switchyard_proto::FILE_DESCRIPTOR_SET)
@@ -32,9 +39,11 @@ pub fn router(node: Arc<NodeCtx>) -> Router {
     });
     Server::builder()
         .tcp_nodelay(true)
+        .layer(AuthLayer(authorizer))
         .add_service(health)
         .add_service(reflection)
         .add_service(AdminServer::new(admin::AdminService(node.clone())))
+        .add_service(AccessServer::new(access::AccessService(node.clone())))
         .add_service(QueryServer::new(query::QueryService(node.clone())).max_encoding_message_size(MAX_MESSAGE))
         .add_service(
             DiscoveryServer::new(discovery::DiscoveryService::new(node.clone())).max_encoding_message_size(MAX_MESSAGE),

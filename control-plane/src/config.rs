@@ -100,6 +100,12 @@ impl NodeConfig {
         Duration::from_millis(self.election_max_ms)
     }
 
+    /// How callers without a credential are treated: this build serves no TLS yet, so every
+    /// node runs in the trusted-loopback mode.
+    pub fn auth_mode(&self) -> crate::auth::Auth {
+        crate::auth::Auth::LoopbackTrusted
+    }
+
     pub fn advertise_addr(&self) -> String {
         self.advertise
             .clone()

@@ -9,6 +9,8 @@ use switchyard_proto::v1::{
     Topology,
 };
 
+use crate::audit::{AuditLog, AuditNote, AuditRecord};
+use crate::auth::tokens::{self, TokenRecord, Tokens};
 use crate::error::ApiError;
 use crate::pb::Pb;
 use crate::seen::{Lookup, RequestId, Seen};
@@ -66,6 +68,14 @@ pub enum Command {
         pool: String,
         key: String,
     },
+    /// A bearer token's record (hash only), minted by the node that took the request.
+    CreateToken(TokenRecord),
+    RevokeToken {
+        id: String,
+    },
+    /// Changes nothing; carries the audit note of a write that is not a command (membership
+    /// changes are Raft's own entries).
+    Note,
 }
 
 /// A command as proposed: with the identity of the admin write it came from, if it carried
@@ -75,11 +85,13 @@ pub enum Command {
 pub struct Proposed {
     pub id: Option<RequestId>,
     pub cmd: Command,
+    /// Who asked, and what, for the audit log: set on admin writes, none on internal ones.
+    pub audit: Option<AuditNote>,
 }
 
 impl From<Command> for Proposed {
     fn from(cmd: Command) -> Proposed {
-        Proposed { id: None, cmd }
+        Proposed { id: None, cmd, audit: None }
     }
 }
 
@@ -117,6 +129,9 @@ pub struct Applied {
     /// The client whose row in the seen table was written, and those evicted.
     pub recorded: Option<String>,
     pub evicted: Vec<String>,
+    /// The audit record written for it, and the one dropped to keep the log bounded.
+    pub audited: Option<AuditRecord>,
+    pub audit_dropped: Option<u64>,
 }
 
 type Key2 = (String, String);
@@ -128,6 +143,9 @@ type Key2 = (String, String);
 pub struct State {
     model: Model,
     seen: Seen,
+    /// Bearer tokens (hashes): beside the model, never in it, so no change set carries one.
+    tokens: Tokens,
+    audit: AuditLog,
     /// The latest `now_ms` ever applied: session time never goes back when a new leader's
     /// wall clock is behind the old one's.
     clock_ms: u64,
@@ -142,15 +160,30 @@ impl std::ops::Deref for State {
 
 impl State {
     pub fn from_topology(t: Topology, seen: Seen, clock_ms: u64) -> State {
-        State { model: Model::from_topology(t), seen, clock_ms }
+        State::from_model(Model::from_topology(t), seen, clock_ms)
     }
 
     pub fn from_model(model: Model, seen: Seen, clock_ms: u64) -> State {
-        State { model, seen, clock_ms }
+        State { model, seen, clock_ms, tokens: Tokens::default(), audit: AuditLog::default() }
+    }
+
+    /// With the tokens and audit log restored too.
+    pub fn with_access(mut self, tokens: Tokens, audit: AuditLog) -> State {
+        self.tokens = tokens;
+        self.audit = audit;
+        self
     }
 
     pub fn seen(&self) -> &Seen {
         &self.seen
+    }
+
+    pub fn tokens(&self) -> &Tokens {
+        &self.tokens
+    }
+
+    pub fn audit(&self) -> &AuditLog {
+        &self.audit
     }
 
     /// The high-water clock: the latest command time applied (stored with the state).
@@ -168,25 +201,47 @@ impl State {
     /// from the seen table and changes nothing. A request older than its client's last
     /// applied write is refused, since its answer is no longer kept.
     pub fn apply_proposed(&mut self, rev: u64, p: &Proposed) -> Applied {
+        let mut a = self.apply_once(rev, p);
+        if let (true, Ok(_), Some(note)) = (a.fresh, &a.written.1, &p.audit) {
+            let (rec, dropped) = self.audit.push(rev, note.clone());
+            a.audited = Some(rec);
+            a.audit_dropped = dropped;
+        }
+        a
+    }
+
+    fn apply_once(&mut self, rev: u64, p: &Proposed) -> Applied {
+        let applied = |written, fresh, recorded, evicted| Applied {
+            written,
+            fresh,
+            recorded,
+            evicted,
+            audited: None,
+            audit_dropped: None,
+        };
         let Some(id) = &p.id else {
             let written = (rev, to_wire(self.apply(rev, &p.cmd)));
-            return Applied { written, fresh: true, recorded: None, evicted: vec![] };
+            return applied(written, true, None, vec![]);
         };
-        let answered = |written| Applied { written, fresh: false, recorded: None, evicted: vec![] };
         match self.seen.lookup(id) {
-            Lookup::Repeat(r) => answered((r.revision, r.outcome.clone())),
-            Lookup::TooOld { recorded } => answered((
-                rev,
-                Err(ApiError::FailedPrecondition(format!(
-                    "request too old: client {:?} seq {} is below its last applied seq {recorded}, \
-                     whose answer replaced this one's",
-                    id.client, id.seq
-                ))),
-            )),
+            Lookup::Repeat(r) => applied((r.revision, r.outcome.clone()), false, None, vec![]),
+            Lookup::TooOld { recorded } => applied(
+                (
+                    rev,
+                    Err(ApiError::FailedPrecondition(format!(
+                        "request too old: client {:?} seq {} is below its last applied seq {recorded}, \
+                         whose answer replaced this one's",
+                        id.client, id.seq
+                    ))),
+                ),
+                false,
+                None,
+                vec![],
+            ),
             Lookup::New => {
                 let out = to_wire(self.apply(rev, &p.cmd));
                 let evicted = self.seen.record(id, rev, out.clone());
-                Applied { written: (rev, out), fresh: true, recorded: Some(id.client.clone()), evicted }
+                applied((rev, out), true, Some(id.client.clone()), evicted)
             }
         }
     }
@@ -340,8 +395,30 @@ impl State {
                 }
                 self.emit(&mut out, change::Kind::SessionRemoved(SessionRef { pool: pool.clone(), key: key.clone() }));
             }
+            Command::CreateToken(t) => self.create_token(rev, t)?,
+            Command::RevokeToken { id } => {
+                if self.tokens.remove(id).is_none() {
+                    return Err(ApiError::NotFound(format!("no token {id:?} (already revoked?)")));
+                }
+            }
+            Command::Note => {}
         }
         Ok(out)
+    }
+
+    fn create_token(&mut self, rev: u64, t: &TokenRecord) -> Result<(), ApiError> {
+        tokens::token_role(&t.role).map_err(ApiError::InvalidArgument)?;
+        if self.tokens.len() >= tokens::MAX_TOKENS {
+            return Err(ApiError::FailedPrecondition(format!(
+                "the cluster holds {} tokens, the most it keeps; revoke some first",
+                tokens::MAX_TOKENS
+            )));
+        }
+        if self.tokens.get(&t.id).is_some() || self.tokens.contains_hash(&t.hash) {
+            return Err(ApiError::AlreadyExists(format!("token {:?} already exists", t.id)));
+        }
+        self.tokens.insert(TokenRecord { created_revision: rev, ..t.clone() });
+        Ok(())
     }
 
     fn update_backend(

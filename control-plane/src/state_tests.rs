@@ -105,7 +105,7 @@ fn a_weight_zero_backend_loses_its_bindings_to_the_next_report() {
 }
 
 fn with_id(client: &str, seq: u64, cmd: Command) -> Proposed {
-    Proposed { id: Some(RequestId { client: client.into(), seq }), cmd }
+    Proposed { id: Some(RequestId { client: client.into(), seq }), cmd, audit: None }
 }
 
 fn remove(pool: &str, addr: &str) -> Command {

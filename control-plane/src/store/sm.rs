@@ -19,9 +19,11 @@ use switchyard_proto::v1::{change, Change, Topology};
 use tokio::sync::broadcast;
 
 use super::{read_err, write_err};
+use crate::audit::{AuditLog, AuditRecord};
+use crate::auth::tokens::{TokenRecord, Tokens};
 use crate::pb::Pb;
 use crate::seen::{Record, Seen};
-use crate::state::State;
+use crate::state::{Applied, Command, Proposed, State};
 use crate::types::{Entry, LogId, Response, SnapshotMeta, StorageError, StoredMembership, TypeConfig};
 
 /// How many applied change sets a node keeps in memory so a watcher can resume without a
@@ -95,6 +97,8 @@ struct SnapshotFile {
     /// The high-water clock (`State::clock_ms`): without it a restored node could stamp
     /// session times earlier than ones already applied.
     clock_ms: u64,
+    tokens: Vec<TokenRecord>,
+    audit: Vec<AuditRecord>,
 }
 
 /// openraft's view of the state machine.
@@ -137,6 +141,39 @@ fn persist_seen(batch: &mut sled::Batch, client: &str, rec: Option<&Record>) -> 
     Ok(())
 }
 
+fn audit_key(seq: u64) -> Vec<u8> {
+    let mut k = vec![b'a', SEP];
+    k.extend_from_slice(&seq.to_be_bytes());
+    k
+}
+
+/// Writes a token's row (`None`: revoked).
+fn persist_token(batch: &mut sled::Batch, id: &str, rec: Option<&TokenRecord>) -> Result<(), StorageError> {
+    match rec {
+        Some(r) => batch.insert(k1(b't', id), encode(r)?),
+        None => batch.remove(k1(b't', id)),
+    }
+    Ok(())
+}
+
+/// Writes the rows a command's tokens and audit record changed.
+fn persist_access(batch: &mut sled::Batch, state: &State, p: &Proposed, a: &Applied) -> Result<(), StorageError> {
+    if a.fresh && a.written.1.is_ok() {
+        match &p.cmd {
+            Command::CreateToken(t) => persist_token(batch, &t.id, state.tokens().get(&t.id))?,
+            Command::RevokeToken { id } => persist_token(batch, id, None)?,
+            _ => {}
+        }
+    }
+    if let Some(r) = &a.audited {
+        batch.insert(audit_key(r.seq), encode(r)?);
+    }
+    if let Some(seq) = a.audit_dropped {
+        batch.remove(audit_key(seq));
+    }
+    Ok(())
+}
+
 /// Writes one change to the `sm` tree: each entity under its own prefixed key.
 fn persist(batch: &mut sled::Batch, c: &Change) {
     let Some((entity, value)) = Entity::of(c) else { return };
@@ -167,6 +204,8 @@ impl StateMachineStore {
         let mut membership = StoredMembership::default();
         let mut seen = Vec::new();
         let mut clock_ms = 0;
+        let mut tokens = Vec::new();
+        let mut audit = Vec::new();
         for kv in sm.iter() {
             let (k, v) = kv.map_err(read_err)?;
             let bad = |e: &dyn std::fmt::Display| read_err(format!("state machine key {k:?}: {e}"));
@@ -187,6 +226,8 @@ impl StateMachineStore {
                     let s = switchyard_proto::v1::SessionBinding::decode(&*v).map_err(|e| bad(&e))?;
                     model.apply(&put(change::Kind::SessionPut(s)));
                 }
+                Some(b't') => tokens.push(postcard::from_bytes::<TokenRecord>(&v).map_err(|e| bad(&e))?),
+                Some(b'a') => audit.push(postcard::from_bytes::<AuditRecord>(&v).map_err(|e| bad(&e))?),
                 Some(b'c') => {
                     let client = std::str::from_utf8(&k[2..]).map_err(|e| bad(&e))?.to_string();
                     seen.push((client, postcard::from_bytes::<Record>(&v).map_err(|e| bad(&e))?));
@@ -201,7 +242,8 @@ impl StateMachineStore {
                 _ => return Err(bad(&"unknown key")),
             }
         }
-        let state = State::from_model(model, Seen::from_rows(seen), clock_ms);
+        let state = State::from_model(model, Seen::from_rows(seen), clock_ms)
+            .with_access(Tokens::from_records(tokens), AuditLog::from_records(audit));
         let (tx, _) = broadcast::channel(4096);
         let revision = last_applied.map_or(0, |l: LogId| l.index);
         let mut me = StateMachineStore {
@@ -243,7 +285,8 @@ impl StateMachineStore {
     fn restore(&mut self, data: &[u8]) -> Result<(), StorageError> {
         let file: SnapshotFile = postcard::from_bytes(data).map_err(read_err)?;
         let topo = Topology::decode(file.topology.as_slice()).map_err(read_err)?;
-        let state = State::from_topology(topo, Seen::from_rows(file.seen), file.clock_ms);
+        let state = State::from_topology(topo, Seen::from_rows(file.seen), file.clock_ms)
+            .with_access(Tokens::from_records(file.tokens), AuditLog::from_records(file.audit));
         self.sm.clear().map_err(write_err)?;
         let mut batch = sled::Batch::default();
         for c in state.as_changes() {
@@ -251,6 +294,12 @@ impl StateMachineStore {
         }
         for (client, rec) in state.seen().rows() {
             persist_seen(&mut batch, client, Some(rec))?;
+        }
+        for t in state.tokens().iter() {
+            persist_token(&mut batch, &t.id, Some(t))?;
+        }
+        for r in state.audit().records() {
+            batch.insert(audit_key(r.seq), encode(r)?);
         }
         batch.insert(LAST_APPLIED, encode(&file.last_applied)?);
         batch.insert(MEMBERSHIP, encode(&file.membership)?);
@@ -291,6 +340,8 @@ impl RaftSnapshotBuilder<TypeConfig> for SnapshotSource {
                 topology: live.state.to_topology(live.revision()).encode_to_vec(),
                 seen: live.state.seen().rows().map(|(c, r)| (c.clone(), r.clone())).collect(),
                 clock_ms: live.state.clock_ms(),
+                tokens: live.state.tokens().iter().cloned().collect(),
+                audit: live.state.audit().records().cloned().collect(),
             };
             (encode(&file)?, live.last_applied, live.membership.clone())
         };
@@ -366,6 +417,7 @@ impl RaftStateMachine<TypeConfig> for StateMachineStore {
                         for client in &a.evicted {
                             persist_seen(&mut batch, client, None)?;
                         }
+                        persist_access(&mut batch, &live.state, p, &a)?;
                         outcomes.push(a.written);
                     }
                     if !all.is_empty() {
