@@ -33,7 +33,8 @@ async fn main() {
         Command::Local(c) => local::run(c).await,
         Command::Remote(c) => {
             async {
-                let mut ctx = cmd::Ctx::connect(&cli.endpoints, cli.output, cli.local)?;
+                let tls = switchyard_model::tls::TlsFiles { ca: cli.tls_ca, cert: cli.tls_cert, key: cli.tls_key };
+                let mut ctx = cmd::Ctx::connect(&cli.endpoints, cli.output, cli.local, &tls)?;
                 cmd::run(&mut ctx, c).await
             }
             .await

@@ -18,7 +18,8 @@ use tonic::transport::Server;
 use crate::network::MAX_MESSAGE;
 use crate::node::context::NodeCtx;
 
-pub fn router(node: Arc<NodeCtx>) -> Router {
+/// The node's services, behind TLS when the node has it.
+pub fn router(node: Arc<NodeCtx>) -> Result<Router, crate::error::NodeError> {
     let (health_reporter, health) = tonic_health::server::health_reporter();
     let reflection = tonic_reflection::server::Builder::configure()
         .register_encoded_file_descriptor_set(switchyard_proto::FILE_DESCRIPTOR_SET)
@@ -30,8 +31,12 @@ pub fn router(node: Arc<NodeCtx>) -> Router {
         health_reporter.set_serving::<QueryServer<query::QueryService>>().await;
         health_reporter.set_serving::<DiscoveryServer<discovery::DiscoveryService>>().await;
     });
-    Server::builder()
-        .tcp_nodelay(true)
+    let mut server = Server::builder().tcp_nodelay(true);
+    if node.config.tls.enabled() {
+        let tls = node.config.tls.server().map_err(|e| crate::error::NodeError::Config(e.to_string()))?;
+        server = server.tls_config(tls).map_err(|e| crate::error::NodeError::Config(format!("TLS: {e}")))?;
+    }
+    Ok(server
         .add_service(health)
         .add_service(reflection)
         .add_service(AdminServer::new(admin::AdminService(node.clone())))
@@ -43,5 +48,5 @@ pub fn router(node: Arc<NodeCtx>) -> Router {
             RaftServer::new(peer::PeerService(node))
                 .max_decoding_message_size(MAX_MESSAGE)
                 .max_encoding_message_size(MAX_MESSAGE),
-        )
+        ))
 }

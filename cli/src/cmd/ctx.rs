@@ -5,7 +5,8 @@
 use std::future::Future;
 
 use anyhow::Result;
-use switchyard_model::grpc;
+use switchyard_model::grpc::{self, ClientTls};
+use switchyard_model::tls::TlsFiles;
 use switchyard_proto::v1::admin_client::AdminClient;
 use switchyard_proto::v1::discovery_client::DiscoveryClient;
 use switchyard_proto::v1::query_client::QueryClient;
@@ -30,10 +31,11 @@ pub struct Ctx {
 
 impl Ctx {
     /// `local`: read this node's state as it is instead of confirming with the leader.
-    pub fn connect(endpoints: &str, format: Format, local: bool) -> Result<Ctx> {
+    pub fn connect(endpoints: &str, format: Format, local: bool, tls: &TlsFiles) -> Result<Ctx> {
         let consistency = if local { Consistency::Local } else { Consistency::Linearizable } as i32;
         let client_id = format!("cli-{:016x}", rand::random::<u64>());
-        Ok(Ctx { client: Client::new(endpoints)?, out: Out { format }, consistency, client_id, seq: 0 })
+        let tls = ClientTls::from_files(tls)?;
+        Ok(Ctx { client: Client::new(endpoints, tls)?, out: Out { format }, consistency, client_id, seq: 0 })
     }
 
     /// A write, applied once: `ctx.admin(req, |mut c, r| async move { c.create_pool(r).await })`.
