@@ -23,6 +23,15 @@ pub struct Cli {
     /// Read from this node's state as it is, instead of confirming with the leader.
     #[arg(long, global = true)]
     pub local: bool,
+    /// The cluster CA (PEM) to verify nodes with; endpoints are then spoken to over TLS only.
+    #[arg(long, global = true, env = "SWITCHYARD_TLS_CA")]
+    pub tls_ca: Option<std::path::PathBuf>,
+    /// Your certificate (PEM), from `switchyard certs issue`; its role decides what you may do.
+    #[arg(long, global = true, env = "SWITCHYARD_TLS_CERT")]
+    pub tls_cert: Option<std::path::PathBuf>,
+    /// Your certificate's private key (PEM).
+    #[arg(long, global = true, env = "SWITCHYARD_TLS_KEY")]
+    pub tls_key: Option<std::path::PathBuf>,
     /// Bearer token to authenticate with (`switchyard token create`); prefer the env var or
     /// --token-file, since a flag shows in the process list.
     #[arg(long, global = true, env = "SWITCHYARD_TOKEN", hide_env_values = true, conflicts_with = "token_file")]

@@ -6,7 +6,7 @@
 use std::time::Duration;
 
 use anyhow::{bail, Result};
-use switchyard_model::grpc::{self, ChannelOptions};
+use switchyard_model::grpc::{self, ChannelOptions, ClientTls};
 use switchyard_model::limits::MAX_GRPC_MESSAGE;
 use switchyard_proto::v1::access_client::AccessClient;
 use switchyard_proto::v1::admin_client::AdminClient;
@@ -61,9 +61,11 @@ pub struct Client {
     endpoints: Vec<String>,
     channels: Vec<Chan>,
     current: usize,
+    tls: bool,
 }
 
-/// Accepts `host:port`, `http://host:port` or `https://host:port`.
+/// Accepts `host:port`, `http://host:port` or `https://host:port`; the scheme of a bare
+/// `host:port` follows the transport (TLS when a CA was given).
 pub fn normalize(e: &str) -> Result<String> {
     let e = e.trim().trim_end_matches('/');
     if e.is_empty() {
@@ -74,17 +76,24 @@ pub fn normalize(e: &str) -> Result<String> {
     if parsed.port_u16().is_none() || parsed.host().is_none_or(str::is_empty) {
         bail!("endpoint {e:?} needs a host and a port (host:port)");
     }
-    Ok(uri)
+    Ok(e.to_string())
 }
 
 impl Client {
-    pub fn new(endpoints: &str, bearer: Bearer) -> Result<Client> {
+    pub fn new(endpoints: &str, tls: ClientTls, bearer: Bearer) -> Result<Client> {
         let endpoints: Vec<String> = endpoints.split(',').map(normalize).collect::<Result<_>>()?;
         let channels = endpoints
             .iter()
-            .map(|e| Ok(InterceptedService::new(grpc::channel(e, &ChannelOptions::CLI)?, bearer.clone())))
+            .map(|e| Ok(InterceptedService::new(grpc::channel(e, &ChannelOptions::CLI, &tls)?, bearer.clone())))
             .collect::<Result<_>>()?;
-        Ok(Client { endpoints, channels, current: 0 })
+        Ok(Client { endpoints, channels, current: 0, tls: tls.enabled() })
+    }
+
+    /// `s` with the endpoint that gave it and, when the failure looks like one side speaking
+    /// TLS and the other not, what to change (a bare "h2 protocol error" tells nobody that).
+    fn explained(&self, s: &Status) -> Status {
+        let hint = transport_mismatch(s, self.tls).map(|h| format!(" ({h})")).unwrap_or_default();
+        Status::new(s.code(), format!("{}: {}{hint}", self.endpoints[self.current], s.message()))
     }
 
     /// Runs `f` against the endpoints in turn until one answers; a node that is down or has no
@@ -101,10 +110,10 @@ impl Client {
                 match f(self.channels[self.current].clone()).await {
                     Ok(v) => return Ok(v),
                     Err(s) if retryable(&s, retry) => {
-                        last =
-                            Some(Status::new(s.code(), format!("{}: {}", self.endpoints[self.current], s.message())));
+                        last = Some(self.explained(&s));
                         self.current = (self.current + 1) % self.channels.len();
                     }
+                    Err(s) if transport_mismatch(&s, self.tls).is_some() => return Err(self.explained(&s)),
                     Err(s) => return Err(s),
                 }
             }
@@ -127,6 +136,27 @@ impl Client {
     pub fn discovery(c: Chan) -> DiscoveryClient<Chan> {
         DiscoveryClient::new(c).max_decoding_message_size(MAX_GRPC_MESSAGE)
     }
+}
+
+/// A hint for the human when a call failed the way a TLS/cleartext mismatch fails. It only
+/// adds words to the message; no decision is taken on the text.
+fn transport_mismatch(s: &Status, tls: bool) -> Option<&'static str> {
+    // The message and its sources: tonic says "transport error" and keeps the cause below.
+    let mut m = s.message().to_string();
+    let mut src = std::error::Error::source(s);
+    while let Some(e) = src {
+        m.push_str(&format!(": {e}"));
+        src = e.source();
+    }
+    // A TLS server answers an HTTP/2 preface with an alert and a close: the client sees a
+    // frame of invalid size, or the connection closed (or its pipe broken) under its first call.
+    if !tls && ["http2 error", "connection closed", "broken pipe"].iter().any(|c| m.contains(c)) {
+        return Some("the node may require TLS: pass --tls-ca, with --tls-cert/--tls-key or a token");
+    }
+    if tls && (m.contains("InvalidContentType") || m.contains("corrupt message") || m.contains("tls handshake")) {
+        return Some("the node may not speak TLS: drop --tls-ca/--tls-cert/--tls-key");
+    }
+    None
 }
 
 /// Unreachable nodes are retried elsewhere; a write whose outcome is unknown is not, because

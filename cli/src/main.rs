@@ -33,8 +33,9 @@ async fn main() {
         Command::Local(c) => local::run(c).await,
         Command::Remote(c) => {
             async {
+                let tls = switchyard_model::tls::TlsFiles { ca: cli.tls_ca, cert: cli.tls_cert, key: cli.tls_key };
                 let token = cmd::read_token(cli.token, cli.token_file.as_deref())?;
-                let mut ctx = cmd::Ctx::connect(&cli.endpoints, cli.output, cli.local, token)?;
+                let mut ctx = cmd::Ctx::connect(&cli.endpoints, cli.output, cli.local, &tls, token)?;
                 cmd::run(&mut ctx, c).await
             }
             .await

@@ -190,6 +190,7 @@ impl Out {
             Format::Json => print_json(&json!({
                 "node_id": s.node_id,
                 "cluster_id": s.cluster_id,
+                "security": s.security,
                 "leader_id": if s.leader_id == 0 { Value::Null } else { json!(s.leader_id) },
                 "term": s.term,
                 "applied_revision": s.applied_revision,
@@ -201,13 +202,21 @@ impl Out {
             Format::Table => {
                 let leader = if s.leader_id == 0 { "none".to_string() } else { s.leader_id.to_string() };
                 println!(
-                    "answered by node {} ({}), leader {leader}, term {}, revision {}, cluster {}",
+                    "answered by node {} ({}), leader {leader}, term {}, revision {}, cluster {}, transport {}",
                     s.node_id,
                     s.state,
                     s.term,
                     s.applied_revision,
-                    if s.cluster_id.is_empty() { "unknown" } else { &s.cluster_id }
+                    if s.cluster_id.is_empty() { "unknown" } else { &s.cluster_id },
+                    if s.security.is_empty() { "unknown" } else { &s.security }
                 );
+                if s.security.starts_with("INSECURE") {
+                    eprintln!(
+                        "warning: node {} serves cleartext on a routable address (--insecure): anyone who can reach \
+                         it can change the cluster",
+                        s.node_id
+                    );
+                }
                 self.members(&s.members);
             }
         }
@@ -268,7 +277,13 @@ pub fn demo_backend(name: &str, addr: SocketAddr) {
 }
 
 /// What `switchyard dev` started, and what to try with it.
-pub fn dev_banner(proxies: &[(SocketAddr, SocketAddr)], endpoints: &[String], backends: &[String], data: &Path) {
+pub fn dev_banner(
+    proxies: &[(SocketAddr, SocketAddr)],
+    endpoints: &[String],
+    backends: &[String],
+    data: &Path,
+    certs: &Path,
+) {
     println!("Switchyard dev is up: 3 control-plane nodes, 2 proxies, 3 echo backends (pool \"demo\").");
     for (listen, admin) in proxies {
         println!("  ws://{listen}/     proxy (status: http://{admin}/status, metrics: /metrics)");
@@ -276,9 +291,13 @@ pub fn dev_banner(proxies: &[(SocketAddr, SocketAddr)], endpoints: &[String], ba
     println!("  control plane: {}", endpoints.join(","));
     println!("  backends:      {}", backends.join(", "));
     println!("  data:          {}", data.display());
+    println!("  cluster CA:    {} (every part talks mTLS)", certs.join("ca.crt").display());
     println!();
     println!("Try:");
     println!("  export SWITCHYARD_ENDPOINTS={}", endpoints.join(","));
+    println!("  export SWITCHYARD_TLS_CA={}", certs.join("ca.crt").display());
+    println!("  export SWITCHYARD_TLS_CERT={}", certs.join("admin.crt").display());
+    println!("  export SWITCHYARD_TLS_KEY={}", certs.join("admin.key").display());
     println!("  switchyard cluster status");
     println!("  switchyard backend list demo");
     println!("  switchyard proxy list");

@@ -23,8 +23,9 @@ use crate::auth::{Auth, Authorizer};
 use crate::network::MAX_MESSAGE;
 use crate::node::context::NodeCtx;
 
-/// Every service behind the one authorization layer ([`crate::auth`]), in mode `auth`.
-pub fn router(node: Arc<NodeCtx>, auth: Auth) -> Router<Stack<AuthLayer, Identity>> {
+/// Every service behind the one authorization layer ([`crate::auth`]), in mode `auth`, and
+/// behind TLS when the node has it.
+pub fn router(node: Arc<NodeCtx>, auth: Auth) -> Result<Router<Stack<AuthLayer, Identity>>, crate::error::NodeError> {
     let authorizer = Arc::new(Authorizer { mode: auth, tokens: node.shared.clone() });
     let (health_reporter, health) = tonic_health::server::health_reporter();
     let reflection = tonic_reflection::server::Builder::configure()
@@ -37,8 +38,12 @@ pub fn router(node: Arc<NodeCtx>, auth: Auth) -> Router<Stack<AuthLayer, Identit
         health_reporter.set_serving::<QueryServer<query::QueryService>>().await;
         health_reporter.set_serving::<DiscoveryServer<discovery::DiscoveryService>>().await;
     });
-    Server::builder()
-        .tcp_nodelay(true)
+    let mut server = Server::builder().tcp_nodelay(true);
+    if node.config.tls.enabled() {
+        let tls = node.config.tls.server().map_err(|e| crate::error::NodeError::Config(e.to_string()))?;
+        server = server.tls_config(tls).map_err(|e| crate::error::NodeError::Config(format!("TLS: {e}")))?;
+    }
+    Ok(server
         .layer(AuthLayer(authorizer))
         .add_service(health)
         .add_service(reflection)
@@ -52,5 +57,5 @@ pub fn router(node: Arc<NodeCtx>, auth: Auth) -> Router<Stack<AuthLayer, Identit
             RaftServer::new(peer::PeerService(node))
                 .max_decoding_message_size(MAX_MESSAGE)
                 .max_encoding_message_size(MAX_MESSAGE),
-        )
+        ))
 }

@@ -8,6 +8,8 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use serde::Deserialize;
+use switchyard_model::grpc::ClientTls;
+use switchyard_model::tls::{Role, TlsFiles};
 
 use crate::error::NodeError;
 use crate::types::NodeId;
@@ -48,6 +50,12 @@ pub struct NodeConfig {
     pub keep_logs: u64,
     /// How long a write may wait for a quorum before the caller gets UNAVAILABLE.
     pub write_timeout: Duration,
+    /// The cluster CA and this node's certificate (role `node`): with them the node serves
+    /// only TLS and calls its peers with its certificate.
+    pub tls: TlsFiles,
+    /// Serve cleartext on a routable address. Without TLS a node otherwise listens only on
+    /// loopback, where nothing outside the machine can reach it.
+    pub insecure: bool,
 }
 
 impl NodeConfig {
@@ -65,6 +73,22 @@ impl NodeConfig {
             snapshot_every: DEFAULT_SNAPSHOT_EVERY,
             keep_logs: DEFAULT_KEEP_LOGS,
             write_timeout: Duration::from_millis(DEFAULT_WRITE_TIMEOUT_MS),
+            tls: TlsFiles::default(),
+            insecure: false,
+        }
+    }
+
+    /// How this node calls its peers: over TLS with its own certificate when it has one.
+    pub fn peer_tls(&self) -> Result<ClientTls, NodeError> {
+        ClientTls::from_files(&self.tls).map_err(|e| NodeError::Config(e.to_string()))
+    }
+
+    /// How this node's transport is secured, as `cluster status` and the startup log say it.
+    pub fn security(&self) -> Security {
+        match (self.tls.enabled(), self.insecure) {
+            (true, _) => Security::Mtls,
+            (false, false) => Security::Loopback,
+            (false, true) => Security::Insecure,
         }
     }
 
@@ -78,6 +102,29 @@ impl NodeConfig {
         }
         if self.join && !self.initial_cluster.is_empty() {
             return bad("--join and --initial-cluster are exclusive: a joining node is added with `switchyard cluster add-node`".into());
+        }
+        if self.tls.enabled() {
+            if self.insecure {
+                return bad("--insecure is for a node without TLS; this one has --tls-* files".into());
+            }
+            let (Some(_), Some(cert), Some(_)) = (&self.tls.ca, &self.tls.cert, &self.tls.key) else {
+                return bad("TLS needs all three of --tls-ca, --tls-cert and --tls-key".into());
+            };
+            let id = self.tls.own_identity().map_err(|e| NodeError::Config(e.to_string()))?;
+            if let Some(id) = id.filter(|i| i.role != Role::Node) {
+                return bad(format!(
+                    "{} is a certificate for {} {:?}; a node needs one issued with --role node",
+                    cert.display(),
+                    id.role,
+                    id.name
+                ));
+            }
+        } else if !self.insecure && !self.listen.ip().is_loopback() {
+            return bad(format!(
+                "--listen {} is not a loopback address and this node has no TLS: give it --tls-ca, --tls-cert \
+                 and --tls-key (see `switchyard certs`), or --insecure to serve cleartext anyway",
+                self.listen
+            ));
         }
         if self.heartbeat_ms == 0
             || self.election_min_ms <= self.heartbeat_ms * 2
@@ -100,10 +147,13 @@ impl NodeConfig {
         Duration::from_millis(self.election_max_ms)
     }
 
-    /// How callers without a credential are treated: this build serves no TLS yet, so every
-    /// node runs in the trusted-loopback mode.
+    /// How callers without a credential are treated: refused on a TLS node; trusted as admin
+    /// and peer without TLS (loopback only, or `--insecure`), since there is nothing to check.
     pub fn auth_mode(&self) -> crate::auth::Auth {
-        crate::auth::Auth::LoopbackTrusted
+        match self.security() {
+            Security::Mtls => crate::auth::Auth::Required,
+            Security::Loopback | Security::Insecure => crate::auth::Auth::LoopbackTrusted,
+        }
     }
 
     pub fn advertise_addr(&self) -> String {
@@ -111,6 +161,27 @@ impl NodeConfig {
             .clone()
             .or_else(|| self.initial_cluster.get(&self.id).cloned())
             .unwrap_or_else(|| self.listen.to_string())
+    }
+}
+
+/// How a node's transport is secured.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Security {
+    /// mTLS: every caller shows a certificate from the cluster CA or a bearer token.
+    Mtls,
+    /// Cleartext on loopback only: anyone on this machine may call it.
+    Loopback,
+    /// Cleartext on a routable address, by `--insecure`.
+    Insecure,
+}
+
+impl Security {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Security::Mtls => "mtls",
+            Security::Loopback => "cleartext-loopback",
+            Security::Insecure => "INSECURE-cleartext",
+        }
     }
 }
 
@@ -155,6 +226,20 @@ pub struct Args {
     /// How long a write waits for a quorum before answering UNAVAILABLE.
     #[arg(long)]
     pub write_timeout_ms: Option<u64>,
+    /// The cluster CA certificate (PEM): peers, proxies and the CLI must show certificates it
+    /// signed, or a bearer token.
+    #[arg(long, env = "SWITCHYARD_TLS_CA")]
+    pub tls_ca: Option<PathBuf>,
+    /// This node's certificate (PEM), issued with `switchyard certs issue --role node`.
+    #[arg(long, env = "SWITCHYARD_TLS_CERT")]
+    pub tls_cert: Option<PathBuf>,
+    /// This node's private key (PEM).
+    #[arg(long, env = "SWITCHYARD_TLS_KEY")]
+    pub tls_key: Option<PathBuf>,
+    /// Serve cleartext on a non-loopback address: anyone who can reach the port can change the
+    /// cluster. For trusted networks only.
+    #[arg(long)]
+    pub insecure: bool,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -172,6 +257,10 @@ struct FileConfig {
     snapshot_every: Option<u64>,
     keep_logs: Option<u64>,
     write_timeout_ms: Option<u64>,
+    tls_ca: Option<PathBuf>,
+    tls_cert: Option<PathBuf>,
+    tls_key: Option<PathBuf>,
+    insecure: Option<bool>,
 }
 
 pub const DEFAULT_LISTEN: &str = "127.0.0.1:7400";
@@ -227,6 +316,12 @@ impl Args {
         if let Some(ms) = self.write_timeout_ms.or(file.write_timeout_ms) {
             c.write_timeout = Duration::from_millis(ms);
         }
+        c.tls = TlsFiles {
+            ca: self.tls_ca.or(file.tls_ca),
+            cert: self.tls_cert.or(file.tls_cert),
+            key: self.tls_key.or(file.tls_key),
+        };
+        c.insecure = self.insecure || file.insecure.unwrap_or(false);
         c.validate()?;
         Ok(c)
     }
@@ -259,5 +354,23 @@ mod tests {
         std::fs::write(&f, "id = 2\nbogus = 1\n").unwrap();
         let err = Args { config: Some(f), ..Default::default() }.into_config().unwrap_err();
         assert!(err.to_string().contains("bogus"), "{err}");
+    }
+
+    #[test]
+    fn without_tls_a_node_stays_on_loopback_unless_told_otherwise() {
+        let args = |listen: &str, insecure| Args {
+            id: Some(1),
+            listen: Some(listen.parse().unwrap()),
+            insecure,
+            ..Default::default()
+        };
+        let c = args("127.0.0.1:7400", false).into_config().unwrap();
+        assert_eq!(c.security(), Security::Loopback);
+        let e = args("0.0.0.0:7400", false).into_config().unwrap_err().to_string();
+        assert!(e.contains("not a loopback address") && e.contains("--insecure"), "{e}");
+        assert_eq!(args("0.0.0.0:7400", true).into_config().unwrap().security(), Security::Insecure);
+        let half = Args { tls_ca: Some("ca.crt".into()), ..args("127.0.0.1:7400", false) };
+        let e = half.into_config().unwrap_err().to_string();
+        assert!(e.contains("all three"), "{e}");
     }
 }

@@ -12,7 +12,7 @@ use openraft::raft::{
 use openraft::BasicNode;
 use serde::de::DeserializeOwned;
 use serde::Serialize;
-use switchyard_model::grpc::ChannelOptions;
+use switchyard_model::grpc::{ChannelError, ChannelOptions, ClientTls};
 use switchyard_proto::raft::raft_client::RaftClient;
 use switchyard_proto::raft::RaftPayload;
 use tonic::transport::Channel;
@@ -22,13 +22,15 @@ use crate::types::{NodeId, TypeConfig};
 
 pub use switchyard_model::limits::MAX_GRPC_MESSAGE as MAX_MESSAGE;
 
-/// A lazily connected channel to a peer.
-pub fn channel(addr: &str) -> Result<Channel, tonic::transport::Error> {
-    switchyard_model::grpc::channel(addr, &ChannelOptions::PEER)
+/// A lazily connected channel to a peer, over TLS with this node's certificate when it has one.
+pub fn channel(addr: &str, tls: &ClientTls) -> Result<Channel, ChannelError> {
+    switchyard_model::grpc::channel(addr, &ChannelOptions::PEER, tls)
 }
 
-pub fn client(addr: &str) -> Result<RaftClient<Channel>, tonic::transport::Error> {
-    Ok(RaftClient::new(channel(addr)?).max_decoding_message_size(MAX_MESSAGE).max_encoding_message_size(MAX_MESSAGE))
+pub fn client(addr: &str, tls: &ClientTls) -> Result<RaftClient<Channel>, ChannelError> {
+    Ok(RaftClient::new(channel(addr, tls)?)
+        .max_decoding_message_size(MAX_MESSAGE)
+        .max_encoding_message_size(MAX_MESSAGE))
 }
 
 pub fn encode<T: Serialize>(v: &T) -> Vec<u8> {
@@ -41,13 +43,13 @@ pub fn decode<T: DeserializeOwned>(b: &[u8]) -> Result<T, postcard::Error> {
 
 /// Makes one [`Peer`] per target; openraft keeps one per replication stream.
 #[derive(Clone)]
-pub struct Network(pub ClusterId);
+pub struct Network(pub ClusterId, pub ClientTls);
 
 impl RaftNetworkFactory<TypeConfig> for Network {
     type Network = Peer;
 
     async fn new_client(&mut self, target: NodeId, node: &BasicNode) -> Peer {
-        Peer { target, client: client(&node.addr).ok(), addr: node.addr.clone(), ids: self.0.clone() }
+        Peer { target, client: client(&node.addr, &self.1).ok(), addr: node.addr.clone(), ids: self.0.clone() }
     }
 }
 

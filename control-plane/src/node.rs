@@ -22,7 +22,7 @@ use tokio_util::sync::CancellationToken;
 use self::context::NodeCtx;
 use self::forward::{Forwarder, LeaderClients};
 use crate::cluster_id::ClusterId;
-use crate::config::NodeConfig;
+use crate::config::{NodeConfig, Security};
 use crate::error::NodeError;
 use crate::network::Network;
 use crate::store::{self, log::LogStore, sm::StateMachineStore};
@@ -76,13 +76,14 @@ impl Node {
         }
         .validate()
         .map_err(|e| NodeError::Config(e.to_string()))?;
-        let raft = Raft::new(config.id, Arc::new(raft_config), Network(cluster_id.clone()), log, sm)
+        let peer_tls = config.peer_tls()?;
+        let raft = Raft::new(config.id, Arc::new(raft_config), Network(cluster_id.clone(), peer_tls.clone()), log, sm)
             .await
             .map_err(|e| NodeError::Raft(e.to_string()))?;
 
         let (proposals, proposals_rx) = mpsc::channel(64 * 1024);
         tokio::spawn(batch::propose_loop(raft.clone(), proposals_rx));
-        let clients = Arc::new(LeaderClients::new(cluster_id.clone()));
+        let clients = Arc::new(LeaderClients::new(cluster_id.clone(), peer_tls));
         let ctx = Arc::new(NodeCtx {
             id: config.id,
             advertise: config.advertise_addr(),
@@ -105,7 +106,7 @@ impl Node {
                  give the node --tls-ca/--tls-cert/--tls-key to require certificates or tokens"
             );
         }
-        let router = crate::api::router(ctx.clone(), auth);
+        let router = crate::api::router(ctx.clone(), auth)?;
         let incoming = tokio_stream::wrappers::TcpListenerStream::new(listener).map(|s| {
             if let Ok(s) = &s {
                 let _ = s.set_nodelay(true);
@@ -122,7 +123,26 @@ impl Node {
         tokio::spawn(bootstrap::form_cluster(ctx.clone()));
         tokio::spawn(crate::health::run(ctx.clone()));
         tokio::spawn(crate::sessions::expire(ctx.clone()));
-        tracing::info!(id = ctx.id, addr = %ctx.advertise, "control-plane node started");
+        let security = ctx.config.security();
+        match security {
+            Security::Mtls => {
+                tracing::info!(id = ctx.id, addr = %ctx.advertise, security = security.as_str(), "control-plane node started")
+            }
+            Security::Loopback => tracing::warn!(
+                id = ctx.id,
+                addr = %ctx.advertise,
+                security = security.as_str(),
+                "control-plane node started WITHOUT TLS: only this machine can reach it, and anything on it may \
+                 change the cluster"
+            ),
+            Security::Insecure => tracing::error!(
+                id = ctx.id,
+                addr = %ctx.advertise,
+                security = security.as_str(),
+                "control-plane node started INSECURE (--insecure): cleartext on a routable address; anyone who \
+                 can reach it may change the cluster"
+            ),
+        }
         Ok(Node { ctx, server })
     }
 

@@ -5,6 +5,8 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use serde::Deserialize;
+use switchyard_model::grpc::ClientTls;
+use switchyard_model::tls::{Role, TlsFiles};
 
 use crate::connection::Tuning;
 
@@ -39,6 +41,15 @@ pub struct Args {
     /// Connection worker threads [default: one per core].
     #[arg(long)]
     pub workers: Option<usize>,
+    /// The cluster CA (PEM): with it the proxy talks to the control plane over TLS only.
+    #[arg(long, env = "SWITCHYARD_TLS_CA")]
+    pub tls_ca: Option<PathBuf>,
+    /// This proxy's certificate (PEM), issued with `switchyard certs issue --role proxy`.
+    #[arg(long, env = "SWITCHYARD_TLS_CERT")]
+    pub tls_cert: Option<PathBuf>,
+    /// This proxy's private key (PEM).
+    #[arg(long, env = "SWITCHYARD_TLS_KEY")]
+    pub tls_key: Option<PathBuf>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -53,6 +64,9 @@ struct FileConfig {
     eject_ms: Option<u64>,
     shutdown_grace_ms: Option<u64>,
     workers: Option<usize>,
+    tls_ca: Option<PathBuf>,
+    tls_cert: Option<PathBuf>,
+    tls_key: Option<PathBuf>,
 }
 
 #[derive(Debug, Clone)]
@@ -63,11 +77,36 @@ pub struct ProxyConfig {
     pub cache_file: Option<PathBuf>,
     pub proxy_id: String,
     pub tuning: Tuning,
+    /// How the proxy reaches the control plane (cleartext when no TLS file was given).
+    pub control_tls: ClientTls,
 }
 
 #[derive(Debug, thiserror::Error)]
 #[error("{0}")]
 pub struct ConfigError(String);
+
+/// The proxy's client TLS: all three files or none, and a certificate with the proxy role (a
+/// proxy given an admin's certificate would hold more power than it needs).
+fn control_tls(tls: &TlsFiles) -> Result<ClientTls, ConfigError> {
+    if !tls.enabled() {
+        return Ok(ClientTls::cleartext());
+    }
+    let (Some(_), Some(cert), Some(_)) = (&tls.ca, &tls.cert, &tls.key) else {
+        return Err(ConfigError(
+            "TLS to the control plane needs all three of --tls-ca, --tls-cert and --tls-key".into(),
+        ));
+    };
+    let bad = |e: switchyard_model::tls::TlsError| ConfigError(e.to_string());
+    if let Some(id) = tls.own_identity().map_err(bad)?.filter(|i| i.role != Role::Proxy) {
+        return Err(ConfigError(format!(
+            "{} is a certificate for {} {:?}; a proxy needs one issued with --role proxy",
+            cert.display(),
+            id.role,
+            id.name
+        )));
+    }
+    ClientTls::from_files(tls).map_err(bad)
+}
 
 impl Args {
     pub fn into_config(self) -> Result<ProxyConfig, ConfigError> {
@@ -107,7 +146,14 @@ impl Args {
             let host = std::fs::read_to_string("/etc/hostname").map(|h| h.trim().to_string()).unwrap_or_default();
             format!("{}:{}", if host.is_empty() { "proxy" } else { &host }, listen.port())
         });
+        let tls = TlsFiles {
+            ca: self.tls_ca.or(file.tls_ca),
+            cert: self.tls_cert.or(file.tls_cert),
+            key: self.tls_key.or(file.tls_key),
+        };
+        let control_tls = control_tls(&tls)?;
         Ok(ProxyConfig {
+            control_tls,
             listen,
             admin,
             control_plane,

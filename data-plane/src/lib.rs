@@ -55,7 +55,11 @@ impl Proxy {
         tokio::spawn(admin::serve(admin, state.clone()));
         watch::start(
             state.clone(),
-            watch::WatchConfig { endpoints: cfg.control_plane.clone(), cache_file: cfg.cache_file.clone() },
+            watch::WatchConfig {
+                endpoints: cfg.control_plane.clone(),
+                cache_file: cfg.cache_file.clone(),
+                tls: cfg.control_tls.clone(),
+            },
             mirror,
         );
         let workers = connection::Workers::start(cfg.tuning.workers, state.clone(), cfg.tuning)?;

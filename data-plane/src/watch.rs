@@ -13,6 +13,7 @@ pub mod report;
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 
+use switchyard_model::grpc::ClientTls;
 use tokio::sync::watch;
 
 use self::mirror::Mirror;
@@ -21,6 +22,7 @@ use crate::state::ProxyState;
 pub struct WatchConfig {
     pub endpoints: Vec<String>,
     pub cache_file: Option<PathBuf>,
+    pub tls: ClientTls,
 }
 
 /// Starts following, reporting and caching. `mirror` is what the proxy starts from (the
@@ -32,6 +34,6 @@ pub fn start(state: Arc<ProxyState>, cfg: WatchConfig, mirror: Mirror) {
     if let Some(path) = cfg.cache_file {
         tokio::spawn(cache::writer(path, applied_rx.clone(), mirror.clone()));
     }
-    tokio::spawn(report::run(state.clone(), cfg.endpoints.clone(), applied_rx));
-    tokio::spawn(follow::run(state, cfg.endpoints, mirror, applied_tx, cluster_file));
+    tokio::spawn(report::run(state.clone(), cfg.endpoints.clone(), applied_rx, cfg.tls.clone()));
+    tokio::spawn(follow::run(state, cfg.endpoints, mirror, applied_tx, cluster_file, cfg.tls));
 }

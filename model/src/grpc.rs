@@ -3,7 +3,9 @@
 
 use std::time::Duration;
 
-use tonic::transport::{Channel, Endpoint};
+use tonic::transport::{Channel, ClientTlsConfig, Endpoint};
+
+use crate::tls::{TlsError, TlsFiles};
 
 /// Set to [`OUTCOME_UNKNOWN`] on an UNAVAILABLE status when the write may still commit (it
 /// reached the leader but no quorum answered in time): retrying it could apply it twice.
@@ -114,18 +116,57 @@ impl ChannelOptions {
     };
 }
 
-/// `host:port` gets `http://`; a full URI is taken as it is.
-pub fn uri(addr: &str) -> String {
-    if addr.contains("://") {
-        addr.to_string()
-    } else {
-        format!("http://{addr}")
+/// How a client reaches nodes: in cleartext (a loopback setup) or over TLS verified against
+/// the cluster CA, showing its own certificate if it has one.
+#[derive(Debug, Clone, Default)]
+pub struct ClientTls(Option<ClientTlsConfig>);
+
+impl ClientTls {
+    /// Cleartext: only `host:port` and `http://` endpoints.
+    pub fn cleartext() -> ClientTls {
+        ClientTls(None)
+    }
+
+    /// TLS when any TLS material was given, cleartext otherwise.
+    pub fn from_files(files: &TlsFiles) -> Result<ClientTls, TlsError> {
+        Ok(ClientTls(if files.enabled() { Some(files.client()?) } else { None }))
+    }
+
+    pub fn enabled(&self) -> bool {
+        self.0.is_some()
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ChannelError {
+    #[error("{0}: an https:// endpoint needs the cluster CA (--tls-ca); it is never tried in cleartext")]
+    HttpsWithoutTls(String),
+    #[error("{0}: an http:// endpoint was given but TLS is configured; use host:port or https://")]
+    HttpWithTls(String),
+    #[error("{0}: {1}")]
+    Transport(String, tonic::transport::Error),
+}
+
+/// The URI for `addr`: `host:port` gets the scheme the transport speaks; an explicit scheme
+/// must agree with it, so `https://` never falls back to cleartext.
+pub fn uri(addr: &str, tls: &ClientTls) -> Result<String, ChannelError> {
+    match (addr.split_once("://").map(|(s, _)| s), tls.enabled()) {
+        (None, false) => Ok(format!("http://{addr}")),
+        (None, true) => Ok(format!("https://{addr}")),
+        (Some("https"), false) => Err(ChannelError::HttpsWithoutTls(addr.to_string())),
+        (Some("http"), true) => Err(ChannelError::HttpWithTls(addr.to_string())),
+        (Some(_), _) => Ok(addr.to_string()),
     }
 }
 
 /// A lazily connected channel: nothing is dialled until the first call.
-pub fn channel(addr: &str, o: &ChannelOptions) -> Result<Channel, tonic::transport::Error> {
-    let mut e = Endpoint::from_shared(uri(addr))?.connect_timeout(o.connect_timeout).tcp_nodelay(true);
+pub fn channel(addr: &str, o: &ChannelOptions, tls: &ClientTls) -> Result<Channel, ChannelError> {
+    let err = |e| ChannelError::Transport(addr.to_string(), e);
+    let mut e =
+        Endpoint::from_shared(uri(addr, tls)?).map_err(err)?.connect_timeout(o.connect_timeout).tcp_nodelay(true);
+    if let Some(t) = &tls.0 {
+        e = e.tls_config(t.clone()).map_err(err)?;
+    }
     if let Some(k) = o.keep_alive {
         e = e.http2_keep_alive_interval(k).keep_alive_timeout(k).keep_alive_while_idle(o.keep_alive_while_idle);
     }
@@ -163,10 +204,16 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn addresses_become_uris() {
-        assert_eq!(uri("127.0.0.1:7400"), "http://127.0.0.1:7400");
-        assert_eq!(uri("https://a:1"), "https://a:1");
-        assert!(channel("127.0.0.1:7400", &ChannelOptions::PEER).is_ok());
-        assert!(channel("not a uri", &ChannelOptions::CLI).is_err());
+    async fn addresses_become_uris_and_https_never_falls_back_to_cleartext() {
+        let clear = ClientTls::cleartext();
+        let tls = ClientTls(Some(ClientTlsConfig::new()));
+        assert_eq!(uri("127.0.0.1:7400", &clear).unwrap(), "http://127.0.0.1:7400");
+        assert_eq!(uri("127.0.0.1:7400", &tls).unwrap(), "https://127.0.0.1:7400");
+        assert_eq!(uri("https://a:1", &tls).unwrap(), "https://a:1");
+        let e = uri("https://a:1", &clear).unwrap_err().to_string();
+        assert!(e.contains("needs the cluster CA (--tls-ca)"), "{e}");
+        assert!(matches!(uri("http://a:1", &tls), Err(ChannelError::HttpWithTls(_))));
+        assert!(channel("127.0.0.1:7400", &ChannelOptions::PEER, &clear).is_ok());
+        assert!(channel("not a uri", &ChannelOptions::CLI, &clear).is_err());
     }
 }

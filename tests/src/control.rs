@@ -8,7 +8,7 @@ use std::process::Command;
 use std::time::Duration;
 
 use command_fds::{CommandFdExt, FdMapping};
-use switchyard_model::grpc::{self, ChannelOptions};
+use switchyard_model::grpc::{self, ChannelOptions, ClientTls};
 use switchyard_proto::v1::admin_client::AdminClient;
 use switchyard_proto::v1::discovery_client::DiscoveryClient;
 use switchyard_proto::v1::query_client::QueryClient;
@@ -141,12 +141,17 @@ impl Drop for Parked {
 
 /// The CLI's kind of channel, with a shorter connect timeout: tests dial nodes they just killed.
 pub fn channel(addr: &str) -> Channel {
+    tls_channel(addr, &ClientTls::cleartext())
+}
+
+/// [`channel`] over TLS (or not, as `tls` says).
+pub fn tls_channel(addr: &str, tls: &ClientTls) -> Channel {
     let opts = ChannelOptions {
         connect_timeout: Duration::from_millis(500),
         request_timeout: Some(Duration::from_secs(10)),
         ..ChannelOptions::CLI
     };
-    grpc::channel(addr, &opts).expect("a valid address")
+    grpc::channel(addr, &opts, tls).expect("a valid address")
 }
 
 pub fn admin(addr: &str) -> AdminClient<Channel> {
@@ -173,11 +178,18 @@ pub fn test_flags() -> Vec<String> {
 pub struct Cluster {
     pub dir: tempfile::TempDir,
     pub nodes: BTreeMap<u64, ControlNode>,
+    /// How the test talks to the nodes (cleartext unless the cluster was started with TLS).
+    pub tls: ClientTls,
 }
 
 impl Cluster {
     /// Starts `n` founding members with `extra` flags, and waits for a leader.
     pub async fn start(n: u64, extra: &[&str]) -> Cluster {
+        Cluster::start_with(n, extra, ClientTls::cleartext()).await
+    }
+
+    /// [`Cluster::start`], for nodes the test reaches through `tls`.
+    pub async fn start_with(n: u64, extra: &[&str], tls: ClientTls) -> Cluster {
         let dir = tempfile::tempdir().expect("temp dir");
         let sockets: BTreeMap<u64, TcpListener> = (1..=n).map(|i| (i, reserve())).collect();
         let initial = sockets
@@ -192,7 +204,7 @@ impl Cluster {
             .into_iter()
             .map(|(i, l)| (i, ControlNode::spawn(i, l, &dir.path().join(format!("node-{i}")), &flags)))
             .collect();
-        let c = Cluster { dir, nodes };
+        let c = Cluster { dir, nodes, tls };
         c.leader(Duration::from_secs(15)).await;
         c
     }
@@ -206,7 +218,7 @@ impl Cluster {
         eventually("a leader all running nodes agree on", timeout, || async {
             let mut leader = None;
             for n in self.nodes.values().filter(|n| n.is_running()) {
-                let s = status(&n.addr).await?;
+                let s = status_with(&n.addr, &self.tls).await?;
                 if s.leader_id == 0 || leader.is_some_and(|l| l != s.leader_id) {
                     return None;
                 }
@@ -223,5 +235,9 @@ impl Cluster {
 }
 
 pub async fn status(addr: &str) -> Option<ClusterStatusReply> {
-    query(addr).cluster_status(ClusterStatusRequest {}).await.ok().map(|r| r.into_inner())
+    status_with(addr, &ClientTls::cleartext()).await
+}
+
+pub async fn status_with(addr: &str, tls: &ClientTls) -> Option<ClusterStatusReply> {
+    QueryClient::new(tls_channel(addr, tls)).cluster_status(ClusterStatusRequest {}).await.ok().map(|r| r.into_inner())
 }

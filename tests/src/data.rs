@@ -18,7 +18,12 @@ pub struct ProxyProcess {
 impl ProxyProcess {
     /// Starts a proxy on ephemeral ports and reads them back from its first line of output.
     pub fn spawn(control_plane: &str, cache_file: &Path, id: &str) -> ProxyProcess {
-        let args = vec![
+        ProxyProcess::spawn_with(control_plane, cache_file, id, &[])
+    }
+
+    /// [`ProxyProcess::spawn`] with more flags.
+    pub fn spawn_with(control_plane: &str, cache_file: &Path, id: &str, extra: &[String]) -> ProxyProcess {
+        let mut args = vec![
             "--listen".to_string(),
             "127.0.0.1:0".into(),
             "--admin".into(),
@@ -32,6 +37,7 @@ impl ProxyProcess {
             "--shutdown-grace-ms".into(),
             "1000".into(),
         ];
+        args.extend(extra.iter().cloned());
         let mut p = ProxyProcess { ws: String::new(), admin: String::new(), args, proc: Proc::default() };
         p.start();
         p

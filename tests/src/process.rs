@@ -102,6 +102,29 @@ where
     }
 }
 
+/// Runs one of the project's binaries to its exit, which must come within 20 s (it is meant
+/// to refuse to start), and returns whether it succeeded and what it wrote to stderr.
+pub fn run_to_exit(bin_name: &str, args: &[String]) -> (bool, String) {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let log = dir.path().join("stderr.log");
+    let mut proc = Proc::default();
+    proc.set(
+        Command::new(bin(bin_name))
+            .args(args)
+            .env("RUST_LOG", "warn,openraft=error")
+            .stdout(Stdio::null())
+            .stderr(std::fs::File::create(&log).expect("log file"))
+            .spawn()
+            .unwrap_or_else(|e| panic!("start {bin_name}: {e}")),
+    );
+    let status = proc.wait_exit(Duration::from_secs(20));
+    let stderr = std::fs::read_to_string(&log).unwrap_or_default();
+    match status {
+        Some(s) => (s.success(), stderr),
+        None => panic!("{bin_name} still ran after 20 s; it should have refused to start:\n{stderr}"),
+    }
+}
+
 /// A child process that is killed (SIGKILL) when dropped, so a failing test leaves nothing
 /// running.
 #[derive(Default)]

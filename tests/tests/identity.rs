@@ -4,7 +4,6 @@
 use std::collections::BTreeMap;
 use std::net::TcpListener;
 use std::path::Path;
-use std::process::{Command, Stdio};
 use std::time::Duration;
 
 use switchyard_proto::raft::raft_client::RaftClient;
@@ -16,25 +15,9 @@ use tonic::Code;
 /// Runs `switchyard-control` with `args` (on a port of its own) until it exits, at most 20 s;
 /// the exit success and what it wrote to stderr.
 fn run_to_exit(args: &[String]) -> (bool, String) {
-    let dir = tempfile::tempdir().unwrap();
-    let log = dir.path().join("stderr.log");
-    let mut proc = Proc::default();
-    proc.set(
-        Command::new(bin("switchyard-control"))
-            .args(args)
-            .args(["--listen", "127.0.0.1:0"])
-            .env("RUST_LOG", "warn,openraft=error")
-            .stdout(Stdio::null())
-            .stderr(std::fs::File::create(&log).unwrap())
-            .spawn()
-            .expect("start switchyard-control"),
-    );
-    let status = proc.wait_exit(Duration::from_secs(20));
-    let stderr = std::fs::read_to_string(&log).unwrap_or_default();
-    match status {
-        Some(s) => (s.success(), stderr),
-        None => panic!("switchyard-control still ran after 20 s; it should have refused to start:\n{stderr}"),
-    }
+    let mut args = args.to_vec();
+    args.extend(["--listen".into(), "127.0.0.1:0".into()]);
+    switchyard_tests::run_to_exit("switchyard-control", &args)
 }
 
 async fn write_pool(c: &Cluster, name: &str) {

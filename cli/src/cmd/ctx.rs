@@ -5,7 +5,8 @@
 use std::future::Future;
 
 use anyhow::Result;
-use switchyard_model::grpc;
+use switchyard_model::grpc::{self, ClientTls};
+use switchyard_model::tls::TlsFiles;
 use switchyard_proto::v1::access_client::AccessClient;
 use switchyard_proto::v1::admin_client::AdminClient;
 use switchyard_proto::v1::discovery_client::DiscoveryClient;
@@ -30,10 +31,10 @@ pub struct Ctx {
 
 impl Ctx {
     /// `local`: read this node's state as it is instead of confirming with the leader.
-    pub fn connect(endpoints: &str, format: Format, local: bool, token: Option<String>) -> Result<Ctx> {
+    pub fn connect(endpoints: &str, format: Format, local: bool, tls: &TlsFiles, token: Option<String>) -> Result<Ctx> {
         let consistency = if local { Consistency::Local } else { Consistency::Linearizable } as i32;
         let client_id = format!("cli-{:016x}", rand::random::<u64>());
-        let client = Client::new(endpoints, Bearer::new(token.as_deref())?)?;
+        let client = Client::new(endpoints, ClientTls::from_files(tls)?, Bearer::new(token.as_deref())?)?;
         Ok(Ctx { client, out: Out { format }, consistency, client_id, seq: 0 })
     }
 

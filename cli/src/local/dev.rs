@@ -7,6 +7,8 @@ use std::time::Duration;
 
 use anyhow::{Context, Result};
 use switchyard_control::{Node, NodeConfig};
+use switchyard_model::grpc::{self, ChannelOptions, ClientTls};
+use switchyard_model::tls::{Role, TlsFiles};
 use switchyard_proto::v1::admin_client::AdminClient;
 use switchyard_proto::v1::{AddBackendRequest, Backend, CreatePoolRequest, Pool, Route, SetRouteRequest};
 use switchyard_proxy::{Proxy, ProxyConfig};
@@ -38,6 +40,7 @@ pub(super) async fn run(args: DevArgs) -> Result<()> {
             (Some(t), p)
         }
     };
+    let certs = DevCerts::make(&dir.join("certs"))?;
     let shutdown = CancellationToken::new();
     // Bind every node's port before any node starts, so the first election finds its peers.
     // Nodes are told the addresses bound, which are also the ones printed.
@@ -52,6 +55,7 @@ pub(super) async fn run(args: DevArgs) -> Result<()> {
     for ((id, addr), listener) in addrs.iter().zip(listeners) {
         let mut cfg = NodeConfig::new(*id, *addr, dir.join(format!("node-{id}")));
         cfg.initial_cluster = addrs.iter().map(|(i, a)| (*i, a.to_string())).collect();
+        cfg.tls = certs.files(&format!("node-{id}"));
         nodes.push(Node::start(cfg, listener, shutdown.child_token()).await?);
     }
     let endpoints: Vec<String> = addrs.values().map(|a| a.to_string()).collect();
@@ -64,7 +68,8 @@ pub(super) async fn run(args: DevArgs) -> Result<()> {
         .map_err(|e| anyhow::anyhow!("no leader elected: {e}"))?;
 
     // Demo backends and their pool.
-    let mut admin = AdminClient::connect(format!("http://{}", endpoints[0])).await?;
+    let admin_tls = ClientTls::from_files(&certs.files("admin"))?;
+    let mut admin = AdminClient::new(grpc::channel(&endpoints[0], &ChannelOptions::CLI, &admin_tls)?);
     let pool = Pool { name: "demo".into(), ..Default::default() };
     admin.create_pool(CreatePoolRequest { pool: Some(pool) }).await?;
     let mut backends = Vec::new();
@@ -91,13 +96,14 @@ pub(super) async fn run(args: DevArgs) -> Result<()> {
             cache_file: Some(dir.join(format!("proxy-{}.cache", i + 1))),
             proxy_id: format!("dev-proxy-{}", i + 1),
             tuning: Default::default(),
+            control_tls: ClientTls::from_files(&certs.files("proxy"))?,
         };
         let p = Proxy::start(cfg, bind(listen, "a proxy").await?, bind(admin_addr, "a proxy's admin port").await?)?;
         proxies.push(p);
     }
 
     let bound: Vec<_> = proxies.iter().map(|p| (p.listen, p.admin)).collect();
-    output::dev_banner(&bound, &endpoints, &backends, &dir);
+    output::dev_banner(&bound, &endpoints, &backends, &dir, &certs.dir);
     wait_for_signal().await;
     output::note("stopping");
     for p in proxies {
@@ -108,6 +114,36 @@ pub(super) async fn run(args: DevArgs) -> Result<()> {
         n.wait().await?;
     }
     Ok(())
+}
+
+/// A throw-away CA in the dev data dir and a certificate for every part, so `dev` runs the
+/// same mTLS as a real cluster. Kept across runs of the same `--data-dir`.
+struct DevCerts {
+    dir: std::path::PathBuf,
+}
+
+impl DevCerts {
+    fn make(dir: &std::path::Path) -> Result<DevCerts> {
+        if !dir.join("ca.crt").exists() {
+            super::certs::init(dir)?;
+        }
+        let parts = [("node-1", Role::Node), ("node-2", Role::Node), ("node-3", Role::Node)];
+        let parts = parts.into_iter().chain([("proxy", Role::Proxy), ("admin", Role::Admin)]);
+        for (name, role) in parts {
+            if !dir.join(format!("{name}.crt")).exists() {
+                super::certs::issue(dir, role, name, &[])?;
+            }
+        }
+        Ok(DevCerts { dir: dir.to_path_buf() })
+    }
+
+    fn files(&self, name: &str) -> TlsFiles {
+        TlsFiles {
+            ca: Some(self.dir.join("ca.crt")),
+            cert: Some(self.dir.join(format!("{name}.crt"))),
+            key: Some(self.dir.join(format!("{name}.key"))),
+        }
+    }
 }
 
 async fn wait_for_signal() {

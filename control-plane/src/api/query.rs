@@ -137,6 +137,7 @@ impl Query for QueryService {
             purged_index: m.purged.map_or(0, |l| l.index),
             session_count: self.0.shared.read().state.sessions.len() as u64,
             cluster_id: self.0.cluster_id.get().unwrap_or_default(),
+            security: self.0.config.security().as_str().to_string(),
         }))
     }
 }

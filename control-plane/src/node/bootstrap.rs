@@ -27,8 +27,11 @@ const FOUNDERS_WAIT: Duration = Duration::from_secs(5);
 
 /// The answers of the other founding members that answered within [`ASK_TIMEOUT`].
 async fn ask_founders(config: &NodeConfig) -> Vec<InitializedReply> {
+    // The files were checked at startup; a file removed since makes the peers unreachable.
+    let tls = config.peer_tls().unwrap_or_default();
+    let tls = &tls;
     let asks = config.initial_cluster.iter().filter(|(id, _)| **id != config.id).map(|(id, addr)| async move {
-        let mut c = network::client(addr).ok()?;
+        let mut c = network::client(addr, tls).ok()?;
         tokio::time::timeout(ASK_TIMEOUT, c.initialized(Empty {}))
             .await
             .ok()?

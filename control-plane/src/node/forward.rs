@@ -12,17 +12,19 @@ use tonic::transport::Channel;
 
 use super::batch::{fail_all, next_batch, IN_FLIGHT, MAX_BATCH};
 use super::calls::{ExecError, LeaderCall, Writes, Written};
+use switchyard_model::grpc::ClientTls;
+
 use crate::cluster_id::ClusterId;
 use crate::error::ApiError;
 use crate::network;
 use crate::state::Proposed;
 
 /// Peer clients by address, made once and reused (each holds an HTTP/2 connection).
-pub struct LeaderClients(Mutex<BTreeMap<String, RaftClient<Channel>>>, ClusterId);
+pub struct LeaderClients(Mutex<BTreeMap<String, RaftClient<Channel>>>, ClusterId, ClientTls);
 
 impl LeaderClients {
-    pub fn new(ids: ClusterId) -> LeaderClients {
-        LeaderClients(Mutex::default(), ids)
+    pub fn new(ids: ClusterId, tls: ClientTls) -> LeaderClients {
+        LeaderClients(Mutex::default(), ids, tls)
     }
 
     pub fn get(&self, addr: &str) -> Result<RaftClient<Channel>, ExecError> {
@@ -30,7 +32,7 @@ impl LeaderClients {
         if let Some(c) = clients.get(addr) {
             return Ok(c.clone());
         }
-        let c = network::client(addr).map_err(|e| ExecError::Api(ApiError::Internal(e.to_string())))?;
+        let c = network::client(addr, &self.2).map_err(|e| ExecError::Api(ApiError::Internal(e.to_string())))?;
         clients.insert(addr.to_string(), c.clone());
         Ok(c)
     }

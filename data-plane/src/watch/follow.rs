@@ -8,7 +8,7 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime};
 
-use switchyard_model::grpc::{self, ChannelOptions};
+use switchyard_model::grpc::{self, ChannelOptions, ClientTls};
 use switchyard_model::limits::MAX_GRPC_MESSAGE;
 use switchyard_proto::v1::discovery_client::DiscoveryClient;
 use switchyard_proto::v1::{watch_event, WatchRequest};
@@ -34,6 +34,7 @@ pub async fn run(
     mirror: Arc<Mutex<Mirror>>,
     applied: watch::Sender<u64>,
     cluster_file: Option<PathBuf>,
+    tls: ClientTls,
 ) {
     let lock = || mirror.lock().unwrap_or_else(|e| e.into_inner());
     let shutdown = state.runtime.shutdown.clone();
@@ -45,7 +46,7 @@ pub async fn run(
         let addr = endpoints[next % endpoints.len()].clone();
         next += 1;
         let from = lock().revision;
-        let stream = match grpc::channel(&addr, &ChannelOptions::PROXY) {
+        let stream = match grpc::channel(&addr, &ChannelOptions::PROXY, &tls) {
             Ok(ch) => {
                 let mut c = DiscoveryClient::new(ch).max_decoding_message_size(MAX_GRPC_MESSAGE);
                 let mut req =

@@ -6,7 +6,7 @@ use std::sync::atomic::Ordering::Relaxed;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use switchyard_model::grpc::{self, ChannelOptions};
+use switchyard_model::grpc::{self, ChannelOptions, ClientTls};
 use switchyard_proto::v1::discovery_client::DiscoveryClient;
 use switchyard_proto::v1::{BackendLoad, ProxyReport};
 use tokio::sync::watch;
@@ -21,8 +21,11 @@ const GATHER: Duration = Duration::from_millis(2);
 
 /// Reports at once when something changed, and otherwise often enough to keep live sessions'
 /// bindings fresh ([`refresh_interval`]).
-pub async fn run(state: Arc<ProxyState>, endpoints: Vec<String>, mut applied: watch::Receiver<u64>) {
+pub async fn run(state: Arc<ProxyState>, endpoints: Vec<String>, mut applied: watch::Receiver<u64>, tls: ClientTls) {
     let mut i = 0usize;
+    // The channel to the node last reported to, kept so each report does not cost a new
+    // connection (and, with TLS, a handshake).
+    let mut open: Option<(String, tonic::transport::Channel)> = None;
     let mut last_refresh = Instant::now();
     loop {
         let refresh_every = refresh_interval(&state.table.load());
@@ -48,7 +51,13 @@ pub async fn run(state: Arc<ProxyState>, endpoints: Vec<String>, mut applied: wa
             bindings,
         };
         let addr = state.status.control_plane().connected.unwrap_or_else(|| endpoints[i % endpoints.len()].clone());
-        if let Ok(ch) = grpc::channel(&addr, &ChannelOptions::PROXY) {
+        let ch = match &open {
+            Some((a, ch)) if *a == addr => Ok(ch.clone()),
+            _ => {
+                grpc::channel(&addr, &ChannelOptions::PROXY, &tls).inspect(|ch| open = Some((addr.clone(), ch.clone())))
+            }
+        };
+        if let Ok(ch) = ch {
             let mut c = DiscoveryClient::new(ch);
             match tokio::time::timeout(REPORT_TIMEOUT, c.report(report)).await {
                 Ok(Ok(reply)) => {

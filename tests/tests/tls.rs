@@ -1,0 +1,139 @@
+//! mTLS between every part, for real: a CA and certificates made by `switchyard certs`, three
+//! nodes serving TLS only, the CLI and a proxy with their own certificates, and the ways a
+//! wrong setup fails: a cleartext client, an `https://` endpoint without a CA, a part given a
+//! certificate of another role, a node without TLS on a routable address.
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::Duration;
+
+use switchyard_model::grpc::ClientTls;
+use switchyard_model::tls::TlsFiles;
+use switchyard_tests::*;
+
+fn run(args: &[&str]) -> (i32, String, String) {
+    let out = Command::new(bin("switchyard")).args(args).output().expect("run switchyard");
+    (
+        out.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+/// A CA with one certificate per name and role, written by the real CLI.
+fn make_certs(dir: &Path, parts: &[(&str, &str)]) {
+    let d = dir.to_str().unwrap();
+    let (code, _, err) = run(&["certs", "init", d]);
+    assert_eq!(code, 0, "certs init: {err}");
+    for (name, role) in parts {
+        let (code, _, err) = run(&["certs", "issue", d, "--role", role, "--name", name, "--san", "127.0.0.1"]);
+        assert_eq!(code, 0, "certs issue {name}: {err}");
+    }
+}
+
+fn files(dir: &Path, name: &str) -> TlsFiles {
+    TlsFiles {
+        ca: Some(dir.join("ca.crt")),
+        cert: Some(dir.join(format!("{name}.crt"))),
+        key: Some(dir.join(format!("{name}.key"))),
+    }
+}
+
+fn flags(dir: &Path, name: &str) -> Vec<String> {
+    let f = files(dir, name);
+    let p = |p: Option<PathBuf>| p.unwrap().display().to_string();
+    vec!["--tls-ca".into(), p(f.ca), "--tls-cert".into(), p(f.cert), "--tls-key".into(), p(f.key)]
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_cluster_with_mtls_serves_its_cli_and_proxy_and_refuses_cleartext() {
+    let _g = serial().await;
+    let certs = tempfile::tempdir().unwrap();
+    let c = certs.path();
+    make_certs(c, &[("node", "node"), ("edge", "proxy"), ("ops", "admin")]);
+    let node_flags = flags(c, "node");
+    let node_flags: Vec<&str> = node_flags.iter().map(String::as_str).collect();
+    let admin_tls = ClientTls::from_files(&files(c, "ops")).unwrap();
+    let cluster = Cluster::start_with(3, &node_flags, admin_tls.clone()).await;
+    let leader = cluster.leader(Duration::from_secs(10)).await;
+    let s = status_with(&cluster.nodes[&leader].addr, &admin_tls).await.unwrap();
+    assert_eq!(s.security, "mtls");
+
+    // The CLI, with the admin's certificate, configures a pool behind the proxy.
+    let backend = EchoBackend::start("tls-b1").await;
+    let eps = cluster.endpoints();
+    let admin_flags = flags(c, "ops");
+    let cli = |args: &[&str]| {
+        let mut all: Vec<&str> = vec!["--endpoints", &eps];
+        all.extend(admin_flags.iter().map(String::as_str));
+        all.extend(args);
+        run(&all)
+    };
+    for args in [
+        vec!["pool", "create", "chat"],
+        vec!["backend", "add", "chat", &backend.addr],
+        vec!["route", "set", "all", "--pool", "chat"],
+    ] {
+        let (code, _, err) = cli(&args);
+        assert_eq!(code, 0, "{args:?}: {err}");
+    }
+    let (code, out, err) = cli(&["cluster", "status"]);
+    assert_eq!(code, 0, "{err}");
+    assert!(out.contains("transport mtls"), "{out}");
+
+    // A proxy with its own certificate follows the cluster over TLS and routes.
+    let dir = tempfile::tempdir().unwrap();
+    let proxy = ProxyProcess::spawn_with(&eps, &dir.path().join("p.cache"), "edge", &flags(c, "edge"));
+    eventually("the proxy to route over its TLS-fed config", Duration::from_secs(15), || async {
+        ws_connect(&proxy.ws, "/", &[]).await.ok().filter(|(_, hello)| hello == "tls-b1")
+    })
+    .await;
+
+    // A cleartext client fails at once, and is told why.
+    let (code, _, err) = run(&["--endpoints", &eps, "cluster", "status"]);
+    assert_ne!(code, 0);
+    assert_eq!(err.trim_end().lines().count(), 1, "{err}");
+    assert!(err.contains("the node may require TLS: pass --tls-ca"), "{err}");
+    // An https:// endpoint is never tried in cleartext.
+    let https = format!("https://{}", cluster.nodes[&leader].addr);
+    let (code, _, err) = run(&["--endpoints", &https, "cluster", "status"]);
+    assert_ne!(code, 0);
+    assert!(err.contains("needs the cluster CA (--tls-ca)"), "{err}");
+    // Nor does the test's own cleartext channel get an answer.
+    assert!(status(&cluster.nodes[&leader].addr).await.is_none());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn parts_refuse_certificates_of_another_role_and_cleartext_off_loopback() {
+    let _g = serial().await;
+    let certs = tempfile::tempdir().unwrap();
+    let c = certs.path();
+    make_certs(c, &[("viewer-1", "viewer"), ("node", "node")]);
+    let data = tempfile::tempdir().unwrap();
+    let mut args = vec!["--id".to_string(), "1".into(), "--listen".into(), "127.0.0.1:0".into()];
+    args.extend(["--data-dir".into(), data.path().join("n").display().to_string()]);
+
+    let mut viewer = args.clone();
+    viewer.extend(flags(c, "viewer-1"));
+    let (ok, err) = run_to_exit("switchyard-control", &viewer);
+    assert!(!ok);
+    assert!(err.contains("a node needs one issued with --role node") && err.contains("viewer"), "{err}");
+
+    let mut half = args.clone();
+    half.extend(["--tls-ca".into(), c.join("ca.crt").display().to_string()]);
+    let (ok, err) = run_to_exit("switchyard-control", &half);
+    assert!(!ok);
+    assert!(err.contains("all three of --tls-ca, --tls-cert and --tls-key"), "{err}");
+
+    let mut open = args.clone();
+    open[3] = "0.0.0.0:0".into();
+    let (ok, err) = run_to_exit("switchyard-control", &open);
+    assert!(!ok);
+    assert!(err.contains("not a loopback address") && err.contains("--insecure"), "{err}");
+
+    let mut proxy = vec!["--listen".to_string(), "127.0.0.1:0".into(), "--admin".into(), "127.0.0.1:0".into()];
+    proxy.extend(flags(c, "node"));
+    let (ok, err) = run_to_exit("switchyard-proxy", &proxy);
+    assert!(!ok);
+    assert!(err.contains("a proxy needs one issued with --role proxy"), "{err}");
+}
