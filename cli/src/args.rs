@@ -34,9 +34,10 @@ pub struct Cli {
     pub tls_key: Option<std::path::PathBuf>,
     /// Bearer token to authenticate with (`switchyard token create`); prefer the env var or
     /// --token-file, since a flag shows in the process list.
-    #[arg(long, global = true, env = "SWITCHYARD_TOKEN", hide_env_values = true, conflicts_with = "token_file")]
+    #[arg(long, global = true, env = "SWITCHYARD_TOKEN", hide_env_values = true)]
     pub token: Option<String>,
-    /// Read the bearer token from this file (e.g. a node's DATA_DIR/admin.token).
+    /// Read the bearer token from this file (e.g. a node's DATA_DIR/admin.token); wins over
+    /// --token and SWITCHYARD_TOKEN.
     #[arg(long, global = true)]
     pub token_file: Option<std::path::PathBuf>,
     #[command(subcommand)]

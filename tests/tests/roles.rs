@@ -208,6 +208,9 @@ async fn the_initializing_node_writes_an_owner_only_admin_token_and_the_audit_lo
     assert_eq!(cli(&addr, &["route", "set", "all", "--pool", "chat"]).0, 0);
     // A refused write is not audited.
     assert_eq!(cli(&addr, &["--token", &operator, "pool", "delete", "chat"]).0, 1);
+    // Membership changes are audited too, each in the entry after its own.
+    assert_eq!(cli(&addr, &["--token-file", file, "cluster", "add-node", "9", "127.0.0.1:9"]).0, 0);
+    assert_eq!(cli(&addr, &["--token-file", file, "cluster", "remove-node", "9"]).0, 0);
 
     let (code, out, err) = cli(&addr, &["--token-file", file, "-o", "json", "audit"]);
     assert_eq!(code, 0, "{err}");
@@ -224,9 +227,11 @@ async fn the_initializing_node_writes_an_owner_only_admin_token_and_the_audit_lo
         ("bootstrap".to_string(), "Access/CreateToken".to_string()),
         (by_admin.clone(), "Access/CreateToken".into()),
         (by_admin.clone(), "Admin/CreatePool".into()),
-        (by_admin, "Admin/AddBackend".into()),
+        (by_admin.clone(), "Admin/AddBackend".into()),
         (format!("token {op_id} (oncall)"), "Admin/SetBackendState".into()),
         ("loopback".into(), "Admin/SetRoute".into()),
+        (by_admin.clone(), "Admin/AddNode".into()),
+        (by_admin.clone(), "Admin/RemoveNode".into()),
     ];
     assert_eq!(seen, want, "{out}");
     assert!(!out.contains(&secret) && !out.contains(&operator), "no secret in the audit log");
@@ -239,7 +244,9 @@ async fn the_initializing_node_writes_an_owner_only_admin_token_and_the_audit_lo
     let since = records[4]["revision"].as_u64().unwrap().to_string();
     let (_, out, _) = cli(&addr, &["--token-file", file, "-o", "json", "audit", "--since", &since]);
     let later: Vec<serde_json::Value> = serde_json::from_str(&out).unwrap();
-    assert_eq!(later.len(), 2, "{out}");
+    assert_eq!(later.len(), 4, "{out}");
+    let added = records[6]["summary"].as_str().unwrap();
+    assert!(added.starts_with("node 9 at 127.0.0.1:9 (membership entry "), "{out}");
     // The table names the columns.
     let (_, out, _) = cli(&addr, &["--token-file", file, "audit"]);
     assert!(out.starts_with("REVISION") && out.contains("loopback"), "{out}");

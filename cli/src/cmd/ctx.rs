@@ -114,14 +114,13 @@ impl Ctx {
     }
 }
 
-/// The bearer token from `--token`/`SWITCHYARD_TOKEN` or `--token-file`, trimmed. Errors name
-/// the file, never the token.
+/// The bearer token from `--token-file` (named explicitly, so it wins over an exported
+/// `SWITCHYARD_TOKEN`) or `--token`/`SWITCHYARD_TOKEN`, trimmed. Errors name the file, never the
+/// token.
 pub fn read_token(flag: Option<String>, file: Option<&std::path::Path>) -> Result<Option<String>> {
-    let token = match (flag, file) {
-        (Some(t), _) => t,
-        (None, Some(p)) => {
-            std::fs::read_to_string(p).map_err(|e| anyhow::anyhow!("--token-file {}: {e}", p.display()))?
-        }
+    let token = match (file, flag) {
+        (Some(p), _) => std::fs::read_to_string(p).map_err(|e| anyhow::anyhow!("--token-file {}: {e}", p.display()))?,
+        (None, Some(t)) => t,
         (None, None) => return Ok(None),
     };
     let token = token.trim().to_string();
