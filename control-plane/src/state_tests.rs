@@ -6,8 +6,10 @@ use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 
 use super::*;
+use crate::seen::RequestId;
 use crate::seen::{Record, MAX_CLIENTS};
 use switchyard_proto::v1::AdminState;
+use switchyard_proto::v1::Route;
 
 fn pool(name: &str) -> Command {
     Command::CreatePool(Pb(validate::pool(Pool { name: name.into(), ..Default::default() }).unwrap()))

@@ -2,8 +2,11 @@
 //! follow.
 //!
 //! sled batches are atomic within one tree, so every entity, every row of the seen-requests
-//! table and `last_applied` live in tree `sm` under prefixed keys and commit together.
+//! table, every token, every audit record and `last_applied` live in tree `sm` under prefixed
+//! keys ([`rows`]) and commit together.
 //! Snapshots live in tree `snapshot`.
+
+mod rows;
 
 use std::collections::VecDeque;
 use std::io::Cursor;
@@ -14,16 +17,17 @@ use openraft::{EntryPayload, OptionalSend};
 use prost::Message;
 use serde::{Deserialize, Serialize};
 use switchyard_model::topology::put;
-use switchyard_model::{Entity, Model};
+use switchyard_model::Model;
 use switchyard_proto::v1::{change, Change, Topology};
 use tokio::sync::broadcast;
 
+use self::rows::*;
 use super::{read_err, write_err};
 use crate::audit::{AuditLog, AuditRecord};
 use crate::auth::tokens::{TokenRecord, Tokens};
 use crate::pb::Pb;
 use crate::seen::{Record, Seen};
-use crate::state::{Applied, Command, Proposed, State};
+use crate::state::State;
 use crate::types::{Entry, LogId, Response, SnapshotMeta, StorageError, StoredMembership, TypeConfig};
 
 /// How many applied change sets a node keeps in memory so a watcher can resume without a
@@ -110,88 +114,6 @@ pub struct StateMachineStore {
     /// Serializes writes and reads of the stored snapshot (`meta` and `data` together) between
     /// the builder's task and snapshot installs.
     snap_lock: Arc<Mutex<()>>,
-}
-
-const SEP: u8 = 0;
-
-fn k1(prefix: u8, a: &str) -> Vec<u8> {
-    let mut k = vec![prefix, SEP];
-    k.extend_from_slice(a.as_bytes());
-    k
-}
-
-fn k2(prefix: u8, a: &str, b: &str) -> Vec<u8> {
-    let mut k = k1(prefix, a);
-    k.push(SEP);
-    k.extend_from_slice(b.as_bytes());
-    k
-}
-
-const LAST_APPLIED: &[u8] = b"~last_applied";
-const MEMBERSHIP: &[u8] = b"~membership";
-const SETTINGS: &[u8] = b"~settings";
-const CLOCK: &[u8] = b"~clock";
-
-/// Writes one client's row of the seen-requests table (`None`: it was evicted).
-fn persist_seen(batch: &mut sled::Batch, client: &str, rec: Option<&Record>) -> Result<(), StorageError> {
-    match rec {
-        Some(r) => batch.insert(k1(b'c', client), encode(r)?),
-        None => batch.remove(k1(b'c', client)),
-    }
-    Ok(())
-}
-
-fn audit_key(seq: u64) -> Vec<u8> {
-    let mut k = vec![b'a', SEP];
-    k.extend_from_slice(&seq.to_be_bytes());
-    k
-}
-
-/// Writes a token's row (`None`: revoked).
-fn persist_token(batch: &mut sled::Batch, id: &str, rec: Option<&TokenRecord>) -> Result<(), StorageError> {
-    match rec {
-        Some(r) => batch.insert(k1(b't', id), encode(r)?),
-        None => batch.remove(k1(b't', id)),
-    }
-    Ok(())
-}
-
-/// Writes the rows a command's tokens and audit record changed.
-fn persist_access(batch: &mut sled::Batch, state: &State, p: &Proposed, a: &Applied) -> Result<(), StorageError> {
-    if a.fresh && a.written.1.is_ok() {
-        match &p.cmd {
-            Command::CreateToken(t) => persist_token(batch, &t.id, state.tokens().get(&t.id))?,
-            Command::RevokeToken { id } => persist_token(batch, id, None)?,
-            _ => {}
-        }
-    }
-    if let Some(r) = &a.audited {
-        batch.insert(audit_key(r.seq), encode(r)?);
-    }
-    if let Some(seq) = a.audit_dropped {
-        batch.remove(audit_key(seq));
-    }
-    Ok(())
-}
-
-/// Writes one change to the `sm` tree: each entity under its own prefixed key.
-fn persist(batch: &mut sled::Batch, c: &Change) {
-    let Some((entity, value)) = Entity::of(c) else { return };
-    let key = match entity {
-        Entity::Pool(n) => k1(b'p', n),
-        Entity::Backend { pool, address } => k2(b'b', pool, address),
-        Entity::Route(n) => k1(b'r', n),
-        Entity::Settings => SETTINGS.to_vec(),
-        Entity::Session { pool, key } => k2(b's', pool, key),
-    };
-    match value {
-        Some(v) => batch.insert(key, v),
-        None => batch.remove(key),
-    }
-}
-
-fn encode<T: Serialize>(v: &T) -> Result<Vec<u8>, StorageError> {
-    postcard::to_stdvec(v).map_err(write_err)
 }
 
 impl StateMachineStore {
