@@ -10,6 +10,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         "proto/switchyard/v1/admin.proto",
         "proto/switchyard/v1/query.proto",
         "proto/switchyard/v1/discovery.proto",
+        "proto/switchyard/v1/access.proto",
         "proto/switchyard/v1/raft.proto",
     ];
     tonic_prost_build::configure()

@@ -32,6 +32,14 @@ pub struct Cli {
     /// Your certificate's private key (PEM).
     #[arg(long, global = true, env = "SWITCHYARD_TLS_KEY")]
     pub tls_key: Option<std::path::PathBuf>,
+    /// Bearer token to authenticate with (`switchyard token create`); prefer the env var or
+    /// --token-file, since a flag shows in the process list.
+    #[arg(long, global = true, env = "SWITCHYARD_TOKEN", hide_env_values = true)]
+    pub token: Option<String>,
+    /// Read the bearer token from this file (e.g. a node's DATA_DIR/admin.token); wins over
+    /// --token and SWITCHYARD_TOKEN.
+    #[arg(long, global = true)]
+    pub token_file: Option<std::path::PathBuf>,
     #[command(subcommand)]
     pub command: Command,
 }
@@ -69,6 +77,15 @@ pub enum RemoteCmd {
     /// Proxies reporting to the control plane.
     #[command(subcommand)]
     Proxy(ProxyCmd),
+    /// Bearer tokens for scripts and people without a certificate (admin only).
+    #[command(subcommand)]
+    Token(TokenCmd),
+    /// Accepted admin writes: who, when, what, at which revision (admin only).
+    Audit {
+        /// Only records at this revision or later.
+        #[arg(long, default_value_t = 0)]
+        since: u64,
+    },
     /// Print every change as the cluster applies it.
     Watch {
         /// Resume after this revision instead of starting with the whole state.
@@ -108,6 +125,26 @@ pub enum CertsCmd {
         #[arg(long = "san")]
         sans: Vec<String>,
     },
+}
+
+#[derive(Subcommand, Debug)]
+pub enum TokenCmd {
+    /// Mint a token and print it once; the cluster keeps only its hash.
+    Create {
+        /// viewer, operator or admin.
+        #[arg(long)]
+        role: String,
+        /// How long it is valid, e.g. 12h, 30d.
+        #[arg(long, value_parser = humantime::parse_duration)]
+        ttl: Duration,
+        /// A name for it, shown in listings and audit records.
+        #[arg(long, default_value = "")]
+        name: String,
+    },
+    /// Ids, names, roles and expiry; never a secret.
+    List,
+    /// Revoke a token by id: calls bearing it are refused from then on.
+    Revoke { id: String },
 }
 
 #[derive(Subcommand, Debug)]

@@ -8,11 +8,42 @@ use std::time::Duration;
 use anyhow::{bail, Result};
 use switchyard_model::grpc::{self, ChannelOptions, ClientTls};
 use switchyard_model::limits::MAX_GRPC_MESSAGE;
+use switchyard_proto::v1::access_client::AccessClient;
 use switchyard_proto::v1::admin_client::AdminClient;
 use switchyard_proto::v1::discovery_client::DiscoveryClient;
 use switchyard_proto::v1::query_client::QueryClient;
+use tonic::metadata::{Ascii, MetadataValue};
+use tonic::service::interceptor::InterceptedService;
+use tonic::service::Interceptor;
 use tonic::transport::Channel;
-use tonic::{Code, Status};
+use tonic::{Code, Request, Status};
+
+/// Adds `authorization: Bearer <token>` to every call, when the CLI was given a token.
+#[derive(Clone)]
+pub struct Bearer(Option<MetadataValue<Ascii>>);
+
+impl Bearer {
+    /// The header value for `token`; refused (without echoing it) if it is not plain text.
+    pub fn new(token: Option<&str>) -> Result<Bearer> {
+        let value = token
+            .map(|t| format!("Bearer {t}").parse::<MetadataValue<Ascii>>())
+            .transpose()
+            .map_err(|_| anyhow::anyhow!("the bearer token holds characters a header cannot carry"))?;
+        Ok(Bearer(value))
+    }
+}
+
+impl Interceptor for Bearer {
+    fn call(&mut self, mut req: Request<()>) -> Result<Request<()>, Status> {
+        if let Some(v) = &self.0 {
+            req.metadata_mut().insert("authorization", v.clone());
+        }
+        Ok(req)
+    }
+}
+
+/// A channel to one node that sends the CLI's credential on every call.
+pub type Chan = InterceptedService<Channel, Bearer>;
 
 /// Which failures a call is tried again on, at the next endpoint.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -28,7 +59,7 @@ pub enum Retry {
 
 pub struct Client {
     endpoints: Vec<String>,
-    channels: Vec<Channel>,
+    channels: Vec<Chan>,
     current: usize,
     tls: bool,
 }
@@ -49,10 +80,12 @@ pub fn normalize(e: &str) -> Result<String> {
 }
 
 impl Client {
-    pub fn new(endpoints: &str, tls: ClientTls) -> Result<Client> {
+    pub fn new(endpoints: &str, tls: ClientTls, bearer: Bearer) -> Result<Client> {
         let endpoints: Vec<String> = endpoints.split(',').map(normalize).collect::<Result<_>>()?;
-        let channels =
-            endpoints.iter().map(|e| Ok(grpc::channel(e, &ChannelOptions::CLI, &tls)?)).collect::<Result<_>>()?;
+        let channels = endpoints
+            .iter()
+            .map(|e| Ok(InterceptedService::new(grpc::channel(e, &ChannelOptions::CLI, &tls)?, bearer.clone())))
+            .collect::<Result<_>>()?;
         Ok(Client { endpoints, channels, current: 0, tls: tls.enabled() })
     }
 
@@ -67,7 +100,7 @@ impl Client {
     /// leader yet is skipped, for up to a few seconds in all.
     pub async fn call<T, F, Fut>(&mut self, retry: Retry, f: F) -> Result<T, Status>
     where
-        F: Fn(Channel) -> Fut,
+        F: Fn(Chan) -> Fut,
         Fut: std::future::Future<Output = Result<T, Status>>,
     {
         let deadline = tokio::time::Instant::now() + Duration::from_secs(4);
@@ -91,13 +124,16 @@ impl Client {
         }
     }
 
-    pub fn admin(c: Channel) -> AdminClient<Channel> {
+    pub fn admin(c: Chan) -> AdminClient<Chan> {
         AdminClient::new(c)
     }
-    pub fn query(c: Channel) -> QueryClient<Channel> {
+    pub fn access(c: Chan) -> AccessClient<Chan> {
+        AccessClient::new(c).max_decoding_message_size(MAX_GRPC_MESSAGE)
+    }
+    pub fn query(c: Chan) -> QueryClient<Chan> {
         QueryClient::new(c).max_decoding_message_size(MAX_GRPC_MESSAGE)
     }
-    pub fn discovery(c: Channel) -> DiscoveryClient<Channel> {
+    pub fn discovery(c: Chan) -> DiscoveryClient<Chan> {
         DiscoveryClient::new(c).max_decoding_message_size(MAX_GRPC_MESSAGE)
     }
 }

@@ -1,6 +1,7 @@
 //! Remote commands, one file per noun. This file only dispatches; the context they share and
 //! the one way to call the control plane live in `cmd/ctx.rs`.
 
+mod audit;
 mod backend;
 mod cluster;
 mod ctx;
@@ -9,12 +10,13 @@ mod proxy;
 mod route;
 mod session;
 mod settings;
+mod token;
 mod watch;
 
 use anyhow::Result;
 
 use crate::args::RemoteCmd;
-pub use ctx::Ctx;
+pub use ctx::{read_token, Ctx};
 
 pub async fn run(ctx: &mut Ctx, cmd: RemoteCmd) -> Result<()> {
     match cmd {
@@ -26,5 +28,7 @@ pub async fn run(ctx: &mut Ctx, cmd: RemoteCmd) -> Result<()> {
         RemoteCmd::Settings(c) => settings::run(ctx, c).await,
         RemoteCmd::Proxy(c) => proxy::run(ctx, c).await,
         RemoteCmd::Watch { from } => watch::run(ctx, from).await,
+        RemoteCmd::Token(c) => token::run(ctx, c).await,
+        RemoteCmd::Audit { since } => audit::run(ctx, since).await,
     }
 }

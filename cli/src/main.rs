@@ -34,7 +34,8 @@ async fn main() {
         Command::Remote(c) => {
             async {
                 let tls = switchyard_model::tls::TlsFiles { ca: cli.tls_ca, cert: cli.tls_cert, key: cli.tls_key };
-                let mut ctx = cmd::Ctx::connect(&cli.endpoints, cli.output, cli.local, &tls)?;
+                let token = cmd::read_token(cli.token, cli.token_file.as_deref())?;
+                let mut ctx = cmd::Ctx::connect(&cli.endpoints, cli.output, cli.local, &tls, token)?;
                 cmd::run(&mut ctx, c).await
             }
             .await
@@ -55,6 +56,8 @@ fn one_line(e: &anyhow::Error) -> String {
             tonic::Code::AlreadyExists => "already exists",
             tonic::Code::FailedPrecondition => "failed precondition",
             tonic::Code::Unavailable => "unavailable",
+            tonic::Code::Unauthenticated => "not authenticated",
+            tonic::Code::PermissionDenied => "permission denied",
             _ => "error",
         };
         return format!("{code}: {}", s.message().replace('\n', " "));

@@ -8,6 +8,7 @@ use std::path::Path;
 use serde_json::{json, Value};
 use switchyard_proto::v1::*;
 
+mod access;
 mod view;
 
 #[cfg(test)]

@@ -1,6 +1,7 @@
 //! The gRPC services a node serves: Admin, Query and Discovery (public), Raft (peers only),
 //! plus the standard health and reflection services.
 
+pub mod access;
 pub mod admin;
 pub mod discovery;
 pub mod peer;
@@ -9,17 +10,23 @@ pub mod query;
 use std::sync::Arc;
 
 use switchyard_proto::raft::raft_server::RaftServer;
+use switchyard_proto::v1::access_server::AccessServer;
 use switchyard_proto::v1::admin_server::AdminServer;
 use switchyard_proto::v1::discovery_server::DiscoveryServer;
 use switchyard_proto::v1::query_server::QueryServer;
 use tonic::transport::server::Router;
 use tonic::transport::Server;
+use tower::layer::util::{Identity, Stack};
 
+use crate::auth::layer::AuthLayer;
+use crate::auth::{Auth, Authorizer};
 use crate::network::MAX_MESSAGE;
 use crate::node::context::NodeCtx;
 
-/// The node's services, behind TLS when the node has it.
-pub fn router(node: Arc<NodeCtx>) -> Result<Router, crate::error::NodeError> {
+/// Every service behind the one authorization layer ([`crate::auth`]), in mode `auth`, and
+/// behind TLS when the node has it.
+pub fn router(node: Arc<NodeCtx>, auth: Auth) -> Result<Router<Stack<AuthLayer, Identity>>, crate::error::NodeError> {
+    let authorizer = Arc::new(Authorizer { mode: auth, tokens: node.shared.clone() });
     let (health_reporter, health) = tonic_health::server::health_reporter();
     let reflection = tonic_reflection::server::Builder::configure()
         .register_encoded_file_descriptor_set(switchyard_proto::FILE_DESCRIPTOR_SET)
@@ -37,9 +44,11 @@ pub fn router(node: Arc<NodeCtx>) -> Result<Router, crate::error::NodeError> {
         server = server.tls_config(tls).map_err(|e| crate::error::NodeError::Config(format!("TLS: {e}")))?;
     }
     Ok(server
+        .layer(AuthLayer(authorizer))
         .add_service(health)
         .add_service(reflection)
         .add_service(AdminServer::new(admin::AdminService(node.clone())))
+        .add_service(AccessServer::new(access::AccessService(node.clone())))
         .add_service(QueryServer::new(query::QueryService(node.clone())).max_encoding_message_size(MAX_MESSAGE))
         .add_service(
             DiscoveryServer::new(discovery::DiscoveryService::new(node.clone())).max_encoding_message_size(MAX_MESSAGE),

@@ -147,6 +147,15 @@ impl NodeConfig {
         Duration::from_millis(self.election_max_ms)
     }
 
+    /// How callers without a credential are treated: refused on a TLS node; trusted as admin
+    /// and peer without TLS (loopback only, or `--insecure`), since there is nothing to check.
+    pub fn auth_mode(&self) -> crate::auth::Auth {
+        match self.security() {
+            Security::Mtls => crate::auth::Auth::Required,
+            Security::Loopback | Security::Insecure => crate::auth::Auth::LoopbackTrusted,
+        }
+    }
+
     pub fn advertise_addr(&self) -> String {
         self.advertise
             .clone()

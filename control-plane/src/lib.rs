@@ -2,6 +2,8 @@
 //! session affinity, kept in sled, served over gRPC to the CLI and to proxies.
 
 pub mod api;
+pub mod audit;
+pub mod auth;
 pub mod clock;
 pub mod cluster_id;
 pub mod config;

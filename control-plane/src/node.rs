@@ -99,7 +99,14 @@ impl Node {
             config,
         });
 
-        let router = crate::api::router(ctx.clone())?;
+        let auth = ctx.config.auth_mode();
+        if auth == crate::auth::Auth::LoopbackTrusted {
+            tracing::warn!(
+                "no TLS: every caller without a bearer token is trusted as admin and as a peer; \
+                 give the node --tls-ca/--tls-cert/--tls-key to require certificates or tokens"
+            );
+        }
+        let router = crate::api::router(ctx.clone(), auth)?;
         let incoming = tokio_stream::wrappers::TcpListenerStream::new(listener).map(|s| {
             if let Ok(s) = &s {
                 let _ = s.set_nodelay(true);

@@ -1,123 +1,22 @@
 //! The replicated state machine: a pure `apply` over ordered maps. Raft decides the order;
 //! everything here is deterministic (time comes inside commands, stamped by the leader).
 
-use serde::{Deserialize, Serialize};
 use switchyard_model::topology::put;
 use switchyard_model::{fields, usable, Model};
 use switchyard_proto::v1::{
-    change, Backend, BackendRef, Change, Health, HealthCheckKind, Pool, Route, SessionBinding, SessionRef, Settings,
-    Topology,
+    change, Backend, BackendRef, Change, Health, HealthCheckKind, Pool, SessionBinding, SessionRef, Topology,
 };
 
+use crate::audit::AuditLog;
+use crate::auth::tokens::{self, TokenRecord, Tokens};
 use crate::error::ApiError;
 use crate::pb::Pb;
-use crate::seen::{Lookup, RequestId, Seen};
+use crate::seen::{Lookup, Seen};
 use crate::validate;
 
-/// A write to the model, as it travels through the Raft log.
-#[derive(Debug, Clone, Serialize, Deserialize)]
-pub enum Command {
-    CreatePool(Pb<Pool>),
-    UpdatePool {
-        pool: Pb<Pool>,
-        mask: Vec<String>,
-    },
-    DeletePool {
-        name: String,
-    },
-    AddBackend(Pb<Backend>),
-    SetBackendWeight {
-        pool: String,
-        address: String,
-        weight: u32,
-    },
-    SetBackendState {
-        pool: String,
-        address: String,
-        state: i32,
-    },
-    SetBackendHealth {
-        pool: String,
-        address: String,
-        health: i32,
-    },
-    RemoveBackend {
-        pool: String,
-        address: String,
-    },
-    SetRoute(Pb<Route>),
-    DeleteRoute {
-        name: String,
-    },
-    UpdateSettings {
-        settings: Pb<Settings>,
-        mask: Vec<String>,
-    },
-    /// New or refreshed bindings reported by proxies; the first writer of a key wins.
-    BindSessions {
-        now_ms: u64,
-        bindings: Vec<Pb<SessionBinding>>,
-    },
-    /// Drops bindings whose TTL has passed at `now_ms`.
-    ExpireSessions {
-        now_ms: u64,
-    },
-    DeleteSession {
-        pool: String,
-        key: String,
-    },
-}
+mod command;
 
-/// A command as proposed: with the identity of the admin write it came from, if it carried
-/// one (internal writes, such as health flips and session binds, carry none). This is the
-/// log's encoding (postcard): logs and snapshots written before request ids do not decode.
-#[derive(Debug, Clone, Serialize, Deserialize)]
-pub struct Proposed {
-    pub id: Option<RequestId>,
-    pub cmd: Command,
-}
-
-impl From<Command> for Proposed {
-    fn from(cmd: Command) -> Proposed {
-        Proposed { id: None, cmd }
-    }
-}
-
-/// One Raft entry's payload: the commands a leader gathered while its previous entry was
-/// being written (group commit). They apply in order at the entry's revision (a repeated
-/// request answers with the revision it was first applied at).
-#[derive(Debug, Clone, Serialize, Deserialize)]
-pub struct Batch(pub Vec<Proposed>);
-
-/// What applying one command did: the changes it made, or why it made none.
-pub type Outcome = Result<Vec<Change>, ApiError>;
-
-/// An [`Outcome`] in a form serde can carry (Raft responses, forwarded replies).
-pub type WireOutcome = Result<Vec<Pb<Change>>, ApiError>;
-
-pub fn to_wire(o: Outcome) -> WireOutcome {
-    o.map(|v| v.into_iter().map(Pb).collect())
-}
-
-pub fn from_wire(o: WireOutcome) -> Outcome {
-    o.map(|v| v.into_iter().map(|Pb(c)| c).collect())
-}
-
-/// A write's answer: the revision it took effect at, and its outcome.
-pub type Written = (u64, WireOutcome);
-
-/// What applying one [`Proposed`] did.
-#[derive(Debug)]
-pub struct Applied {
-    /// The answer; a repeated request gets the first one's (same revision, same outcome).
-    pub written: Written,
-    /// Whether the model changed as `written` says (false for a repeat or a refusal): only
-    /// then are its changes stored and announced.
-    pub fresh: bool,
-    /// The client whose row in the seen table was written, and those evicted.
-    pub recorded: Option<String>,
-    pub evicted: Vec<String>,
-}
+pub use command::*;
 
 type Key2 = (String, String);
 
@@ -128,6 +27,9 @@ type Key2 = (String, String);
 pub struct State {
     model: Model,
     seen: Seen,
+    /// Bearer tokens (hashes): beside the model, never in it, so no change set carries one.
+    tokens: Tokens,
+    audit: AuditLog,
     /// The latest `now_ms` ever applied: session time never goes back when a new leader's
     /// wall clock is behind the old one's.
     clock_ms: u64,
@@ -142,15 +44,30 @@ impl std::ops::Deref for State {
 
 impl State {
     pub fn from_topology(t: Topology, seen: Seen, clock_ms: u64) -> State {
-        State { model: Model::from_topology(t), seen, clock_ms }
+        State::from_model(Model::from_topology(t), seen, clock_ms)
     }
 
     pub fn from_model(model: Model, seen: Seen, clock_ms: u64) -> State {
-        State { model, seen, clock_ms }
+        State { model, seen, clock_ms, tokens: Tokens::default(), audit: AuditLog::default() }
+    }
+
+    /// With the tokens and audit log restored too.
+    pub fn with_access(mut self, tokens: Tokens, audit: AuditLog) -> State {
+        self.tokens = tokens;
+        self.audit = audit;
+        self
     }
 
     pub fn seen(&self) -> &Seen {
         &self.seen
+    }
+
+    pub fn tokens(&self) -> &Tokens {
+        &self.tokens
+    }
+
+    pub fn audit(&self) -> &AuditLog {
+        &self.audit
     }
 
     /// The high-water clock: the latest command time applied (stored with the state).
@@ -168,25 +85,47 @@ impl State {
     /// from the seen table and changes nothing. A request older than its client's last
     /// applied write is refused, since its answer is no longer kept.
     pub fn apply_proposed(&mut self, rev: u64, p: &Proposed) -> Applied {
+        let mut a = self.apply_once(rev, p);
+        if let (true, Ok(_), Some(note)) = (a.fresh, &a.written.1, &p.audit) {
+            let (rec, dropped) = self.audit.push(rev, note.clone());
+            a.audited = Some(rec);
+            a.audit_dropped = dropped;
+        }
+        a
+    }
+
+    fn apply_once(&mut self, rev: u64, p: &Proposed) -> Applied {
+        let applied = |written, fresh, recorded, evicted| Applied {
+            written,
+            fresh,
+            recorded,
+            evicted,
+            audited: None,
+            audit_dropped: None,
+        };
         let Some(id) = &p.id else {
             let written = (rev, to_wire(self.apply(rev, &p.cmd)));
-            return Applied { written, fresh: true, recorded: None, evicted: vec![] };
+            return applied(written, true, None, vec![]);
         };
-        let answered = |written| Applied { written, fresh: false, recorded: None, evicted: vec![] };
         match self.seen.lookup(id) {
-            Lookup::Repeat(r) => answered((r.revision, r.outcome.clone())),
-            Lookup::TooOld { recorded } => answered((
-                rev,
-                Err(ApiError::FailedPrecondition(format!(
-                    "request too old: client {:?} seq {} is below its last applied seq {recorded}, \
-                     whose answer replaced this one's",
-                    id.client, id.seq
-                ))),
-            )),
+            Lookup::Repeat(r) => applied((r.revision, r.outcome.clone()), false, None, vec![]),
+            Lookup::TooOld { recorded } => applied(
+                (
+                    rev,
+                    Err(ApiError::FailedPrecondition(format!(
+                        "request too old: client {:?} seq {} is below its last applied seq {recorded}, \
+                         whose answer replaced this one's",
+                        id.client, id.seq
+                    ))),
+                ),
+                false,
+                None,
+                vec![],
+            ),
             Lookup::New => {
                 let out = to_wire(self.apply(rev, &p.cmd));
                 let evicted = self.seen.record(id, rev, out.clone());
-                Applied { written: (rev, out), fresh: true, recorded: Some(id.client.clone()), evicted }
+                applied((rev, out), true, Some(id.client.clone()), evicted)
             }
         }
     }
@@ -340,8 +279,30 @@ impl State {
                 }
                 self.emit(&mut out, change::Kind::SessionRemoved(SessionRef { pool: pool.clone(), key: key.clone() }));
             }
+            Command::CreateToken(t) => self.create_token(rev, t)?,
+            Command::RevokeToken { id } => {
+                if self.tokens.remove(id).is_none() {
+                    return Err(ApiError::NotFound(format!("no token {id:?} (already revoked?)")));
+                }
+            }
+            Command::Note => {}
         }
         Ok(out)
+    }
+
+    fn create_token(&mut self, rev: u64, t: &TokenRecord) -> Result<(), ApiError> {
+        tokens::token_role(&t.role).map_err(ApiError::InvalidArgument)?;
+        if self.tokens.len() >= tokens::MAX_TOKENS {
+            return Err(ApiError::FailedPrecondition(format!(
+                "the cluster holds {} tokens, the most it keeps; revoke some first",
+                tokens::MAX_TOKENS
+            )));
+        }
+        if self.tokens.get(&t.id).is_some() || self.tokens.contains_hash(&t.hash) {
+            return Err(ApiError::AlreadyExists(format!("token {:?} already exists", t.id)));
+        }
+        self.tokens.insert(TokenRecord { created_revision: rev, ..t.clone() });
+        Ok(())
     }
 
     fn update_backend(

@@ -6,8 +6,10 @@ use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 
 use super::*;
+use crate::seen::RequestId;
 use crate::seen::{Record, MAX_CLIENTS};
 use switchyard_proto::v1::AdminState;
+use switchyard_proto::v1::Route;
 
 fn pool(name: &str) -> Command {
     Command::CreatePool(Pb(validate::pool(Pool { name: name.into(), ..Default::default() }).unwrap()))
@@ -105,7 +107,7 @@ fn a_weight_zero_backend_loses_its_bindings_to_the_next_report() {
 }
 
 fn with_id(client: &str, seq: u64, cmd: Command) -> Proposed {
-    Proposed { id: Some(RequestId { client: client.into(), seq }), cmd }
+    Proposed { id: Some(RequestId { client: client.into(), seq }), cmd, audit: None }
 }
 
 fn remove(pool: &str, addr: &str) -> Command {
@@ -328,4 +330,52 @@ fn session_time_never_goes_back_when_a_new_leaders_clock_is_behind() {
     assert!(s.sessions.contains_key(&("p".into(), "k4".into())));
     assert_eq!(s.clock_ms(), 1200);
     assert_eq!(snapshot_restore(&s, 11), s);
+}
+
+fn audited(cmd: Command) -> Proposed {
+    let note = crate::audit::AuditNote {
+        who: "cert alice".into(),
+        role: "admin".into(),
+        method: "m".into(),
+        summary: String::new(),
+        at_ms: 5,
+    };
+    Proposed { id: None, cmd, audit: Some(note) }
+}
+
+fn token(id: &str, role: &str) -> Command {
+    Command::CreateToken(crate::auth::tokens::TokenRecord {
+        id: id.into(),
+        name: String::new(),
+        role: role.into(),
+        hash: crate::auth::tokens::hash(id),
+        created_ms: 1,
+        expires_ms: 0,
+        created_revision: 0,
+    })
+}
+
+/// Tokens change no model entity (so no change set, watch or Query reply carries one), are
+/// refused when they could not be used, and only accepted writes are audited.
+#[test]
+fn tokens_stay_out_of_change_sets_and_only_accepted_writes_are_audited() {
+    let mut s = State::default();
+    let a = s.apply_proposed(1, &audited(token("t1", "operator")));
+    assert_eq!(a.written.1, Ok(vec![]));
+    assert_eq!(s.tokens().get("t1").map(|t| t.created_revision), Some(1));
+    assert_eq!(a.audited.as_ref().map(|r| (r.seq, r.revision)), Some((0, 1)));
+    let dup = s.apply_proposed(2, &audited(token("t1", "viewer")));
+    assert!(matches!(dup.written.1, Err(ApiError::AlreadyExists(_))), "{dup:?}");
+    let node = s.apply_proposed(3, &audited(token("t2", "node")));
+    assert!(matches!(node.written.1, Err(ApiError::InvalidArgument(_))), "{node:?}");
+    assert!(dup.audited.is_none() && node.audited.is_none());
+    let gone = s.apply_proposed(4, &audited(Command::RevokeToken { id: "t1".into() }));
+    assert_eq!(gone.written.1, Ok(vec![]));
+    assert!(s.tokens().is_empty());
+    assert!(s.apply_proposed(5, &audited(Command::RevokeToken { id: "t1".into() })).written.1.is_err());
+    let revs: Vec<u64> = s.audit().records().map(|r| r.revision).collect();
+    assert_eq!(revs, [1, 4]);
+    // Internal writes carry no note and leave no record.
+    s.apply_proposed(6, &Command::ExpireSessions { now_ms: 1 }.into());
+    assert_eq!(s.audit().len(), 2);
 }

@@ -12,8 +12,9 @@ use crate::types::StorageError;
 /// The on-disk format this build reads and writes: bumped whenever the log entry, state
 /// machine or snapshot encoding changes, so an older node's data dir is refused by name
 /// instead of failing to decode as "corrupt". 2: request ids in log entries, the session clock
-/// and the seen-request table in the state machine and snapshots.
-pub const FORMAT: u32 = 2;
+/// and the seen-request table in the state machine and snapshots. 3: audit notes in log
+/// entries, bearer tokens and the audit log in the state machine and snapshots.
+pub const FORMAT: u32 = 3;
 
 /// Opens (or creates) a node's data dir and checks it belongs to this node.
 ///
@@ -104,6 +105,6 @@ mod tests {
             db.flush().unwrap();
         }
         let e = open(&path, 1).unwrap_err().to_string();
-        assert!(e.contains("storage format 1") && e.contains("reads format 2"), "{e}");
+        assert!(e.contains("storage format 1") && e.contains("reads format 3"), "{e}");
     }
 }

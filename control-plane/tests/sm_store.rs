@@ -73,3 +73,64 @@ async fn a_build_from_an_older_state_does_not_replace_a_newer_installed_snapshot
     assert_eq!(index(&stored.meta), Some(5), "the installed snapshot is still the stored one");
     assert_eq!(stored.meta.snapshot_id, snap.meta.snapshot_id);
 }
+
+fn audited(index: u64, cmd: Command, what: &str) -> Entry {
+    let audit = Some(switchyard_control::audit::AuditNote {
+        who: "cert alice".into(),
+        role: "admin".into(),
+        method: what.into(),
+        summary: String::new(),
+        at_ms: 7,
+    });
+    Entry {
+        log_id: LogId::new(CommittedLeaderId::new(1, 1), index),
+        payload: EntryPayload::Normal(Batch(vec![switchyard_control::state::Proposed { id: None, cmd, audit }])),
+    }
+}
+
+fn token(id: &str) -> switchyard_control::auth::tokens::TokenRecord {
+    switchyard_control::auth::tokens::TokenRecord {
+        id: id.into(),
+        name: "ci".into(),
+        role: "viewer".into(),
+        hash: switchyard_control::auth::tokens::hash(id),
+        created_ms: 1,
+        expires_ms: 0,
+        created_revision: 0,
+    }
+}
+
+/// (token ids, audit (revision, method)) as a store holds them.
+fn access(sm: &StateMachineStore) -> (Vec<String>, Vec<(u64, String)>) {
+    let shared = sm.shared();
+    let live = shared.read();
+    let tokens = live.state.tokens().iter().map(|t| t.id.clone()).collect();
+    let audit = live.state.audit().records().map(|r| (r.revision, r.note.method.clone())).collect();
+    (tokens, audit)
+}
+
+#[tokio::test]
+async fn tokens_and_audit_records_survive_reopening_and_travel_in_snapshots() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (db, mut sm) = open(&tmp.path().join("a"));
+    sm.apply([audited(1, Command::CreateToken(token("t1")), "create")]).await.unwrap();
+    sm.apply([audited(2, Command::CreateToken(token("t2")), "create")]).await.unwrap();
+    sm.apply([audited(3, Command::RevokeToken { id: "t1".into() }, "revoke")]).await.unwrap();
+    // A refused write is not audited.
+    sm.apply([audited(4, Command::RevokeToken { id: "t1".into() }, "revoke")]).await.unwrap();
+    let want = (vec!["t2".to_string()], vec![(1, "create".into()), (2, "create".into()), (3, "revoke".into())]);
+    assert_eq!(access(&sm), want);
+    db.flush().unwrap();
+    drop((db, sm));
+    let (db, mut sm) = open(&tmp.path().join("a"));
+    assert_eq!(access(&sm), want);
+    let snap = sm.get_snapshot_builder().await.build_snapshot().await.expect("snapshot");
+    drop((db, sm));
+    let (db, mut other) = open(&tmp.path().join("b"));
+    other.install_snapshot(&snap.meta, snap.snapshot).await.expect("install");
+    assert_eq!(access(&other), want);
+    db.flush().unwrap();
+    drop((db, other));
+    let (_db, other) = open(&tmp.path().join("b"));
+    assert_eq!(access(&other), want);
+}

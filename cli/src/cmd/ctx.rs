@@ -7,14 +7,14 @@ use std::future::Future;
 use anyhow::Result;
 use switchyard_model::grpc::{self, ClientTls};
 use switchyard_model::tls::TlsFiles;
+use switchyard_proto::v1::access_client::AccessClient;
 use switchyard_proto::v1::admin_client::AdminClient;
 use switchyard_proto::v1::discovery_client::DiscoveryClient;
 use switchyard_proto::v1::query_client::QueryClient;
 use switchyard_proto::v1::Consistency;
-use tonic::transport::Channel;
 use tonic::{Request, Response, Status};
 
-use crate::client::{Client, Retry};
+use crate::client::{Bearer, Chan, Client, Retry};
 use crate::output::{Format, Out};
 
 pub struct Ctx {
@@ -31,11 +31,11 @@ pub struct Ctx {
 
 impl Ctx {
     /// `local`: read this node's state as it is instead of confirming with the leader.
-    pub fn connect(endpoints: &str, format: Format, local: bool, tls: &TlsFiles) -> Result<Ctx> {
+    pub fn connect(endpoints: &str, format: Format, local: bool, tls: &TlsFiles, token: Option<String>) -> Result<Ctx> {
         let consistency = if local { Consistency::Local } else { Consistency::Linearizable } as i32;
         let client_id = format!("cli-{:016x}", rand::random::<u64>());
-        let tls = ClientTls::from_files(tls)?;
-        Ok(Ctx { client: Client::new(endpoints, tls)?, out: Out { format }, consistency, client_id, seq: 0 })
+        let client = Client::new(endpoints, ClientTls::from_files(tls)?, Bearer::new(token.as_deref())?)?;
+        Ok(Ctx { client, out: Out { format }, consistency, client_id, seq: 0 })
     }
 
     /// A write, applied once: `ctx.admin(req, |mut c, r| async move { c.create_pool(r).await })`.
@@ -44,7 +44,7 @@ impl Ctx {
     pub async fn admin<Req, T, F, Fut>(&mut self, req: Req, f: F) -> Result<T>
     where
         Req: Clone,
-        F: Fn(AdminClient<Channel>, Request<Req>) -> Fut,
+        F: Fn(AdminClient<Chan>, Request<Req>) -> Fut,
         Fut: Future<Output = Result<Response<T>, Status>>,
     {
         self.seq += 1;
@@ -66,17 +66,28 @@ impl Ctx {
     pub async fn membership<Req, T, F, Fut>(&mut self, req: Req, f: F) -> Result<T>
     where
         Req: Clone,
-        F: Fn(AdminClient<Channel>, Req) -> Fut,
+        F: Fn(AdminClient<Chan>, Req) -> Fut,
         Fut: Future<Output = Result<Response<T>, Status>>,
     {
         self.call(Client::admin, req, f).await
+    }
+
+    /// A token or audit call: retried only when the node did not take it (a token create is
+    /// not deduplicated, since each attempt mints its own secret).
+    pub async fn access<Req, T, F, Fut>(&mut self, req: Req, f: F) -> Result<T>
+    where
+        Req: Clone,
+        F: Fn(AccessClient<Chan>, Req) -> Fut,
+        Fut: Future<Output = Result<Response<T>, Status>>,
+    {
+        self.call(Client::access, req, f).await
     }
 
     /// A read, like [`Ctx::membership`].
     pub async fn query<Req, T, F, Fut>(&mut self, req: Req, f: F) -> Result<T>
     where
         Req: Clone,
-        F: Fn(QueryClient<Channel>, Req) -> Fut,
+        F: Fn(QueryClient<Chan>, Req) -> Fut,
         Fut: Future<Output = Result<Response<T>, Status>>,
     {
         self.call(Client::query, req, f).await
@@ -86,14 +97,14 @@ impl Ctx {
     pub async fn discovery<Req, T, F, Fut>(&mut self, req: Req, f: F) -> Result<T>
     where
         Req: Clone,
-        F: Fn(DiscoveryClient<Channel>, Req) -> Fut,
+        F: Fn(DiscoveryClient<Chan>, Req) -> Fut,
         Fut: Future<Output = Result<Response<T>, Status>>,
     {
         self.call(Client::discovery, req, f).await
     }
 
     /// The request is cloned per attempt because the client may try several endpoints.
-    async fn call<S, Req, T, F, Fut>(&mut self, stub: fn(Channel) -> S, req: Req, f: F) -> Result<T>
+    async fn call<S, Req, T, F, Fut>(&mut self, stub: fn(Chan) -> S, req: Req, f: F) -> Result<T>
     where
         Req: Clone,
         F: Fn(S, Req) -> Fut,
@@ -101,4 +112,20 @@ impl Ctx {
     {
         Ok(self.client.call(Retry::NotTaken, |c| f(stub(c), req.clone())).await?.into_inner())
     }
+}
+
+/// The bearer token from `--token-file` (named explicitly, so it wins over an exported
+/// `SWITCHYARD_TOKEN`) or `--token`/`SWITCHYARD_TOKEN`, trimmed. Errors name the file, never the
+/// token.
+pub fn read_token(flag: Option<String>, file: Option<&std::path::Path>) -> Result<Option<String>> {
+    let token = match (file, flag) {
+        (Some(p), _) => std::fs::read_to_string(p).map_err(|e| anyhow::anyhow!("--token-file {}: {e}", p.display()))?,
+        (None, Some(t)) => t,
+        (None, None) => return Ok(None),
+    };
+    let token = token.trim().to_string();
+    if token.is_empty() {
+        anyhow::bail!("the bearer token is empty (--token, SWITCHYARD_TOKEN or --token-file)");
+    }
+    Ok(Some(token))
 }

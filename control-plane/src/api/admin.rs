@@ -7,6 +7,8 @@ use switchyard_proto::v1::admin_server::Admin;
 use switchyard_proto::v1::*;
 use tonic::{Request, Response, Status};
 
+use crate::audit::AuditNote;
+use crate::auth::{caller_of, Caller};
 use crate::node::calls::{AddNode, LeaderCall, Promote, Remove};
 use crate::node::context::NodeCtx;
 use crate::node::leader::{self, RunOnLeader};
@@ -39,6 +41,11 @@ fn id_of<T>(req: &Request<T>) -> Result<Option<RequestId>, Status> {
     Ok(id.map(|(client, seq)| RequestId { client, seq }))
 }
 
+/// The audit note of a write by `caller`; the leader stamps its time when it proposes it.
+pub fn note(caller: &Caller, method: &str, summary: String) -> Option<AuditNote> {
+    Some(AuditNote { who: caller.who(), role: caller.role_name().into(), method: method.into(), summary, at_ms: 0 })
+}
+
 impl AdminService {
     async fn backend_write(
         &self,
@@ -46,10 +53,11 @@ impl AdminService {
         pool: String,
         address: String,
         cmd: Command,
+        audit: Option<AuditNote>,
     ) -> Result<Response<BackendReply>, Status> {
         validate::name("pool", &pool)?;
         validate::address(&address)?;
-        let (revision, changes) = leader::write(&self.0, Proposed { id, cmd }).await?;
+        let (revision, changes) = leader::write(&self.0, Proposed { id, cmd, audit }).await?;
         let backend = backend_of(&changes).or_else(|| {
             // A write that changed nothing: answer with the backend as it stands.
             self.0.shared.read().state.backends.get(&(pool, address)).cloned()
@@ -60,11 +68,19 @@ impl AdminService {
     /// Membership changes are Raft's own entries, not commands, so the seen table does not
     /// cover them; a request id on one is checked and otherwise ignored. A repeat does no
     /// harm: it is refused (already a member, already a voter, not a member).
+    /// The change is audited in an entry of its own right after it (it is not a command).
     async fn membership<C: RunOnLeader + LeaderCall<Reply = u64>>(
         &self,
+        caller: &Caller,
+        method: &str,
+        summary: String,
         call: C,
     ) -> Result<Response<MembershipReply>, Status> {
         let revision = leader::execute(&self.0, call).await?;
+        let audit = note(caller, method, format!("{summary} (membership entry {revision})"));
+        if let Err(e) = leader::write(&self.0, Proposed { id: None, cmd: Command::Note, audit }).await {
+            tracing::warn!(method, "membership change at revision {revision} was made but not audited: {e}");
+        }
         Ok(Response::new(MembershipReply { revision, members: self.0.members() }))
     }
 }
@@ -72,14 +88,16 @@ impl AdminService {
 #[tonic::async_trait]
 impl Admin for AdminService {
     async fn create_pool(&self, req: Request<CreatePoolRequest>) -> Result<Response<PoolReply>, Status> {
-        let id = id_of(&req)?;
+        let (id, caller) = (id_of(&req)?, caller_of(&req)?);
         let pool = validate::pool(required(req.into_inner().pool, "pool")?)?;
-        let (revision, changes) = leader::write(&self.0, Proposed { id, cmd: Command::CreatePool(Pb(pool)) }).await?;
+        let audit = note(&caller, "Admin/CreatePool", format!("pool {}", pool.name));
+        let (revision, changes) =
+            leader::write(&self.0, Proposed { id, cmd: Command::CreatePool(Pb(pool)), audit }).await?;
         Ok(Response::new(PoolReply { revision, pool: pool_of(&changes) }))
     }
 
     async fn update_pool(&self, req: Request<UpdatePoolRequest>) -> Result<Response<PoolReply>, Status> {
-        let id = id_of(&req)?;
+        let (id, caller) = (id_of(&req)?, caller_of(&req)?);
         let req = req.into_inner();
         let pool = required(req.pool, "pool")?;
         validate::name("pool", &pool.name)?;
@@ -97,23 +115,28 @@ impl Admin for AdminService {
         let mut probe = pool.clone();
         probe.name = pool.name.clone();
         validate::pool(probe)?;
+        let audit = note(&caller, "Admin/UpdatePool", format!("pool {}: {}", pool.name, req.update_mask.join(",")));
         let cmd = Command::UpdatePool { pool: Pb(pool), mask: req.update_mask };
-        let (revision, changes) = leader::write(&self.0, Proposed { id, cmd }).await?;
+        let (revision, changes) = leader::write(&self.0, Proposed { id, cmd, audit }).await?;
         Ok(Response::new(PoolReply { revision, pool: pool_of(&changes) }))
     }
 
     async fn delete_pool(&self, req: Request<DeletePoolRequest>) -> Result<Response<WriteReply>, Status> {
-        let id = id_of(&req)?;
+        let (id, caller) = (id_of(&req)?, caller_of(&req)?);
         let name = req.into_inner().name;
         validate::name("pool", &name)?;
-        let (revision, _) = leader::write(&self.0, Proposed { id, cmd: Command::DeletePool { name } }).await?;
+        let audit = note(&caller, "Admin/DeletePool", format!("pool {name}"));
+        let (revision, _) = leader::write(&self.0, Proposed { id, cmd: Command::DeletePool { name }, audit }).await?;
         Ok(Response::new(WriteReply { revision }))
     }
 
     async fn add_backend(&self, req: Request<AddBackendRequest>) -> Result<Response<BackendReply>, Status> {
-        let id = id_of(&req)?;
+        let (id, caller) = (id_of(&req)?, caller_of(&req)?);
         let b = validate::backend(required(req.into_inner().backend, "backend")?)?;
-        let (revision, changes) = leader::write(&self.0, Proposed { id, cmd: Command::AddBackend(Pb(b)) }).await?;
+        let what = format!("backend {} in pool {} (weight {})", b.address, b.pool, b.weight);
+        let audit = note(&caller, "Admin/AddBackend", what);
+        let (revision, changes) =
+            leader::write(&self.0, Proposed { id, cmd: Command::AddBackend(Pb(b)), audit }).await?;
         Ok(Response::new(BackendReply { revision, backend: backend_of(&changes) }))
     }
 
@@ -121,35 +144,47 @@ impl Admin for AdminService {
         &self,
         req: Request<SetBackendWeightRequest>,
     ) -> Result<Response<BackendReply>, Status> {
-        let id = id_of(&req)?;
+        let (id, caller) = (id_of(&req)?, caller_of(&req)?);
         let r = req.into_inner();
         validate::weight(r.weight)?;
+        let what = format!("backend {} in pool {}: weight {}", r.address, r.pool, r.weight);
+        let audit = note(&caller, "Admin/SetBackendWeight", what);
         let cmd = Command::SetBackendWeight { pool: r.pool.clone(), address: r.address.clone(), weight: r.weight };
-        self.backend_write(id, r.pool, r.address, cmd).await
+        self.backend_write(id, r.pool, r.address, cmd, audit).await
     }
 
     async fn set_backend_state(&self, req: Request<SetBackendStateRequest>) -> Result<Response<BackendReply>, Status> {
-        let id = id_of(&req)?;
+        let (id, caller) = (id_of(&req)?, caller_of(&req)?);
         let r = req.into_inner();
         validate::admin_state(r.state)?;
+        let state = AdminState::try_from(r.state).map_or("?".into(), |s| s.as_str_name().to_lowercase());
+        let audit =
+            note(&caller, "Admin/SetBackendState", format!("backend {} in pool {}: {state}", r.address, r.pool));
         let cmd = Command::SetBackendState { pool: r.pool.clone(), address: r.address.clone(), state: r.state };
-        self.backend_write(id, r.pool, r.address, cmd).await
+        self.backend_write(id, r.pool, r.address, cmd, audit).await
     }
 
     async fn remove_backend(&self, req: Request<RemoveBackendRequest>) -> Result<Response<WriteReply>, Status> {
-        let id = id_of(&req)?;
+        let (id, caller) = (id_of(&req)?, caller_of(&req)?);
         let r = req.into_inner();
         validate::name("pool", &r.pool)?;
         validate::address(&r.address)?;
+        let audit = note(&caller, "Admin/RemoveBackend", format!("backend {} in pool {}", r.address, r.pool));
         let cmd = Command::RemoveBackend { pool: r.pool, address: r.address };
-        let (revision, _) = leader::write(&self.0, Proposed { id, cmd }).await?;
+        let (revision, _) = leader::write(&self.0, Proposed { id, cmd, audit }).await?;
         Ok(Response::new(WriteReply { revision }))
     }
 
     async fn set_route(&self, req: Request<SetRouteRequest>) -> Result<Response<RouteReply>, Status> {
-        let id = id_of(&req)?;
+        let (id, caller) = (id_of(&req)?, caller_of(&req)?);
         let route = validate::route(required(req.into_inner().route, "route")?)?;
-        let (revision, changes) = leader::write(&self.0, Proposed { id, cmd: Command::SetRoute(Pb(route)) }).await?;
+        let what = format!(
+            "route {} (host {:?}, path {:?}) to pool {}",
+            route.name, route.host, route.path_prefix, route.pool
+        );
+        let audit = note(&caller, "Admin/SetRoute", what);
+        let (revision, changes) =
+            leader::write(&self.0, Proposed { id, cmd: Command::SetRoute(Pb(route)), audit }).await?;
         let route = changes.iter().find_map(|c| match &c.kind {
             Some(change::Kind::RoutePut(r)) => Some(r.clone()),
             _ => None,
@@ -158,22 +193,25 @@ impl Admin for AdminService {
     }
 
     async fn delete_route(&self, req: Request<DeleteRouteRequest>) -> Result<Response<WriteReply>, Status> {
-        let id = id_of(&req)?;
+        let (id, caller) = (id_of(&req)?, caller_of(&req)?);
         let name = req.into_inner().name;
         validate::name("route", &name)?;
-        let (revision, _) = leader::write(&self.0, Proposed { id, cmd: Command::DeleteRoute { name } }).await?;
+        let audit = note(&caller, "Admin/DeleteRoute", format!("route {name}"));
+        let (revision, _) = leader::write(&self.0, Proposed { id, cmd: Command::DeleteRoute { name }, audit }).await?;
         Ok(Response::new(WriteReply { revision }))
     }
 
     async fn update_settings(&self, req: Request<UpdateSettingsRequest>) -> Result<Response<SettingsReply>, Status> {
-        let id = id_of(&req)?;
+        let (id, caller) = (id_of(&req)?, caller_of(&req)?);
         let r = req.into_inner();
         let settings = required(r.settings, "settings")?;
         if r.update_mask.is_empty() {
             validate::settings(&settings)?;
         }
+        let fields = if r.update_mask.is_empty() { "every field".to_string() } else { r.update_mask.join(",") };
+        let audit = note(&caller, "Admin/UpdateSettings", format!("settings: {fields}"));
         let cmd = Command::UpdateSettings { settings: Pb(settings), mask: r.update_mask };
-        let (revision, changes) = leader::write(&self.0, Proposed { id, cmd }).await?;
+        let (revision, changes) = leader::write(&self.0, Proposed { id, cmd, audit }).await?;
         let settings = changes.iter().find_map(|c| match &c.kind {
             Some(change::Kind::SettingsPut(s)) => Some(*s),
             _ => None,
@@ -182,35 +220,43 @@ impl Admin for AdminService {
     }
 
     async fn delete_session(&self, req: Request<DeleteSessionRequest>) -> Result<Response<WriteReply>, Status> {
-        let id = id_of(&req)?;
+        let (id, caller) = (id_of(&req)?, caller_of(&req)?);
         let r = req.into_inner();
         validate::name("pool", &r.pool)?;
         if r.key.is_empty() {
             return Err(Status::invalid_argument("session key must not be empty"));
         }
+        // The key itself is left out: an affinity key may be a client's credential.
+        let audit = note(&caller, "Admin/DeleteSession", format!("one session of pool {}", r.pool));
         let cmd = Command::DeleteSession { pool: r.pool, key: r.key };
-        let (revision, _) = leader::write(&self.0, Proposed { id, cmd }).await?;
+        let (revision, _) = leader::write(&self.0, Proposed { id, cmd, audit }).await?;
         Ok(Response::new(WriteReply { revision }))
     }
 
     async fn add_node(&self, req: Request<AddNodeRequest>) -> Result<Response<MembershipReply>, Status> {
         id_of(&req)?;
+        let caller = caller_of(&req)?;
         let r = req.into_inner();
         if r.id == 0 {
             return Err(Status::invalid_argument("node id must be 1 or more"));
         }
         validate::address(&r.address)
             .map_err(|_| Status::invalid_argument(format!("node address {:?} must be host:port", r.address)))?;
-        self.membership(AddNode { id: r.id, addr: r.address }).await
+        let what = format!("node {} at {}", r.id, r.address);
+        self.membership(&caller, "Admin/AddNode", what, AddNode { id: r.id, addr: r.address }).await
     }
 
     async fn promote_node(&self, req: Request<PromoteNodeRequest>) -> Result<Response<MembershipReply>, Status> {
         id_of(&req)?;
-        self.membership(Promote { id: req.into_inner().id }).await
+        let caller = caller_of(&req)?;
+        let id = req.into_inner().id;
+        self.membership(&caller, "Admin/PromoteNode", format!("node {id}"), Promote { id }).await
     }
 
     async fn remove_node(&self, req: Request<RemoveNodeRequest>) -> Result<Response<MembershipReply>, Status> {
         id_of(&req)?;
-        self.membership(Remove { id: req.into_inner().id }).await
+        let caller = caller_of(&req)?;
+        let id = req.into_inner().id;
+        self.membership(&caller, "Admin/RemoveNode", format!("node {id}"), Remove { id }).await
     }
 }

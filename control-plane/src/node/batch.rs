@@ -57,7 +57,17 @@ pub async fn propose_loop(raft: Raft, mut rx: mpsc::Receiver<Proposal>) {
     let mut buf = Vec::with_capacity(MAX_BATCH);
     let slots = Arc::new(Semaphore::new(IN_FLIGHT));
     while let Some(slot) = next_batch(&mut rx, &mut buf, &slots).await {
-        let (cmds, txs): (Vec<Proposed>, Vec<_>) = buf.drain(..).map(|p| (p.cmd, p.tx)).unzip();
+        // Audit records take the leader's time, stamped here where every write is proposed.
+        let now_ms = crate::clock::now_ms();
+        let (cmds, txs): (Vec<Proposed>, Vec<_>) = buf
+            .drain(..)
+            .map(|mut p| {
+                if let Some(a) = &mut p.cmd.audit {
+                    a.at_ms = now_ms;
+                }
+                (p.cmd, p.tx)
+            })
+            .unzip();
         let pending = match raft.client_write_ff(Batch(cmds)).await {
             Ok(p) => p,
             Err(f) => {

@@ -158,10 +158,17 @@ async fn initialize(node: &NodeCtx, members: BTreeMap<NodeId, String>, single: b
     }
     let nodes: BTreeMap<NodeId, BasicNode> = members.iter().map(|(id, a)| (*id, BasicNode::new(a))).collect();
     match node.raft.initialize(nodes).await {
-        Ok(()) if single => {
-            tracing::info!(cluster_id = id, "no --initial-cluster or --join: initialized a NEW one-node cluster {id}")
+        Ok(()) => {
+            if single {
+                tracing::info!(
+                    cluster_id = id,
+                    "no --initial-cluster or --join: initialized a NEW one-node cluster {id}"
+                )
+            } else {
+                tracing::info!(members = ?members, cluster_id = id, "initialized a new cluster {id}")
+            }
+            crate::auth::issue::bootstrap_admin_token(node).await;
         }
-        Ok(()) => tracing::info!(members = ?members, cluster_id = id, "initialized a new cluster {id}"),
         Err(e) => tracing::info!("cluster already initialized: {e}"),
     }
 }

@@ -2,8 +2,11 @@
 //! follow.
 //!
 //! sled batches are atomic within one tree, so every entity, every row of the seen-requests
-//! table and `last_applied` live in tree `sm` under prefixed keys and commit together.
+//! table, every token, every audit record and `last_applied` live in tree `sm` under prefixed
+//! keys ([`rows`]) and commit together.
 //! Snapshots live in tree `snapshot`.
+
+mod rows;
 
 use std::collections::VecDeque;
 use std::io::Cursor;
@@ -14,11 +17,14 @@ use openraft::{EntryPayload, OptionalSend};
 use prost::Message;
 use serde::{Deserialize, Serialize};
 use switchyard_model::topology::put;
-use switchyard_model::{Entity, Model};
+use switchyard_model::Model;
 use switchyard_proto::v1::{change, Change, Topology};
 use tokio::sync::broadcast;
 
+use self::rows::*;
 use super::{read_err, write_err};
+use crate::audit::{AuditLog, AuditRecord};
+use crate::auth::tokens::{TokenRecord, Tokens};
 use crate::pb::Pb;
 use crate::seen::{Record, Seen};
 use crate::state::State;
@@ -95,6 +101,8 @@ struct SnapshotFile {
     /// The high-water clock (`State::clock_ms`): without it a restored node could stamp
     /// session times earlier than ones already applied.
     clock_ms: u64,
+    tokens: Vec<TokenRecord>,
+    audit: Vec<AuditRecord>,
 }
 
 /// openraft's view of the state machine.
@@ -108,55 +116,6 @@ pub struct StateMachineStore {
     snap_lock: Arc<Mutex<()>>,
 }
 
-const SEP: u8 = 0;
-
-fn k1(prefix: u8, a: &str) -> Vec<u8> {
-    let mut k = vec![prefix, SEP];
-    k.extend_from_slice(a.as_bytes());
-    k
-}
-
-fn k2(prefix: u8, a: &str, b: &str) -> Vec<u8> {
-    let mut k = k1(prefix, a);
-    k.push(SEP);
-    k.extend_from_slice(b.as_bytes());
-    k
-}
-
-const LAST_APPLIED: &[u8] = b"~last_applied";
-const MEMBERSHIP: &[u8] = b"~membership";
-const SETTINGS: &[u8] = b"~settings";
-const CLOCK: &[u8] = b"~clock";
-
-/// Writes one client's row of the seen-requests table (`None`: it was evicted).
-fn persist_seen(batch: &mut sled::Batch, client: &str, rec: Option<&Record>) -> Result<(), StorageError> {
-    match rec {
-        Some(r) => batch.insert(k1(b'c', client), encode(r)?),
-        None => batch.remove(k1(b'c', client)),
-    }
-    Ok(())
-}
-
-/// Writes one change to the `sm` tree: each entity under its own prefixed key.
-fn persist(batch: &mut sled::Batch, c: &Change) {
-    let Some((entity, value)) = Entity::of(c) else { return };
-    let key = match entity {
-        Entity::Pool(n) => k1(b'p', n),
-        Entity::Backend { pool, address } => k2(b'b', pool, address),
-        Entity::Route(n) => k1(b'r', n),
-        Entity::Settings => SETTINGS.to_vec(),
-        Entity::Session { pool, key } => k2(b's', pool, key),
-    };
-    match value {
-        Some(v) => batch.insert(key, v),
-        None => batch.remove(key),
-    }
-}
-
-fn encode<T: Serialize>(v: &T) -> Result<Vec<u8>, StorageError> {
-    postcard::to_stdvec(v).map_err(write_err)
-}
-
 impl StateMachineStore {
     /// Loads the state machine from sled; a corrupt entry is an error, not a panic.
     pub fn open(db: sled::Db) -> Result<Self, StorageError> {
@@ -167,6 +126,8 @@ impl StateMachineStore {
         let mut membership = StoredMembership::default();
         let mut seen = Vec::new();
         let mut clock_ms = 0;
+        let mut tokens = Vec::new();
+        let mut audit = Vec::new();
         for kv in sm.iter() {
             let (k, v) = kv.map_err(read_err)?;
             let bad = |e: &dyn std::fmt::Display| read_err(format!("state machine key {k:?}: {e}"));
@@ -187,6 +148,8 @@ impl StateMachineStore {
                     let s = switchyard_proto::v1::SessionBinding::decode(&*v).map_err(|e| bad(&e))?;
                     model.apply(&put(change::Kind::SessionPut(s)));
                 }
+                Some(b't') => tokens.push(postcard::from_bytes::<TokenRecord>(&v).map_err(|e| bad(&e))?),
+                Some(b'a') => audit.push(postcard::from_bytes::<AuditRecord>(&v).map_err(|e| bad(&e))?),
                 Some(b'c') => {
                     let client = std::str::from_utf8(&k[2..]).map_err(|e| bad(&e))?.to_string();
                     seen.push((client, postcard::from_bytes::<Record>(&v).map_err(|e| bad(&e))?));
@@ -201,7 +164,8 @@ impl StateMachineStore {
                 _ => return Err(bad(&"unknown key")),
             }
         }
-        let state = State::from_model(model, Seen::from_rows(seen), clock_ms);
+        let state = State::from_model(model, Seen::from_rows(seen), clock_ms)
+            .with_access(Tokens::from_records(tokens), AuditLog::from_records(audit));
         let (tx, _) = broadcast::channel(4096);
         let revision = last_applied.map_or(0, |l: LogId| l.index);
         let mut me = StateMachineStore {
@@ -243,7 +207,8 @@ impl StateMachineStore {
     fn restore(&mut self, data: &[u8]) -> Result<(), StorageError> {
         let file: SnapshotFile = postcard::from_bytes(data).map_err(read_err)?;
         let topo = Topology::decode(file.topology.as_slice()).map_err(read_err)?;
-        let state = State::from_topology(topo, Seen::from_rows(file.seen), file.clock_ms);
+        let state = State::from_topology(topo, Seen::from_rows(file.seen), file.clock_ms)
+            .with_access(Tokens::from_records(file.tokens), AuditLog::from_records(file.audit));
         self.sm.clear().map_err(write_err)?;
         let mut batch = sled::Batch::default();
         for c in state.as_changes() {
@@ -251,6 +216,12 @@ impl StateMachineStore {
         }
         for (client, rec) in state.seen().rows() {
             persist_seen(&mut batch, client, Some(rec))?;
+        }
+        for t in state.tokens().iter() {
+            persist_token(&mut batch, &t.id, Some(t))?;
+        }
+        for r in state.audit().records() {
+            batch.insert(audit_key(r.seq), encode(r)?);
         }
         batch.insert(LAST_APPLIED, encode(&file.last_applied)?);
         batch.insert(MEMBERSHIP, encode(&file.membership)?);
@@ -291,6 +262,8 @@ impl RaftSnapshotBuilder<TypeConfig> for SnapshotSource {
                 topology: live.state.to_topology(live.revision()).encode_to_vec(),
                 seen: live.state.seen().rows().map(|(c, r)| (c.clone(), r.clone())).collect(),
                 clock_ms: live.state.clock_ms(),
+                tokens: live.state.tokens().iter().cloned().collect(),
+                audit: live.state.audit().records().cloned().collect(),
             };
             (encode(&file)?, live.last_applied, live.membership.clone())
         };
@@ -366,6 +339,7 @@ impl RaftStateMachine<TypeConfig> for StateMachineStore {
                         for client in &a.evicted {
                             persist_seen(&mut batch, client, None)?;
                         }
+                        persist_access(&mut batch, &live.state, p, &a)?;
                         outcomes.push(a.written);
                     }
                     if !all.is_empty() {

@@ -1,0 +1,129 @@
+//! What travels through the Raft log: commands as proposed (with their request id and audit
+//! note), batched per entry, and what applying one did.
+
+use serde::{Deserialize, Serialize};
+use switchyard_proto::v1::{Backend, Change, Pool, Route, SessionBinding, Settings};
+
+use crate::audit::{AuditNote, AuditRecord};
+use crate::auth::tokens::TokenRecord;
+use crate::error::ApiError;
+use crate::pb::Pb;
+use crate::seen::RequestId;
+
+/// A write to the model, as it travels through the Raft log.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub enum Command {
+    CreatePool(Pb<Pool>),
+    UpdatePool {
+        pool: Pb<Pool>,
+        mask: Vec<String>,
+    },
+    DeletePool {
+        name: String,
+    },
+    AddBackend(Pb<Backend>),
+    SetBackendWeight {
+        pool: String,
+        address: String,
+        weight: u32,
+    },
+    SetBackendState {
+        pool: String,
+        address: String,
+        state: i32,
+    },
+    SetBackendHealth {
+        pool: String,
+        address: String,
+        health: i32,
+    },
+    RemoveBackend {
+        pool: String,
+        address: String,
+    },
+    SetRoute(Pb<Route>),
+    DeleteRoute {
+        name: String,
+    },
+    UpdateSettings {
+        settings: Pb<Settings>,
+        mask: Vec<String>,
+    },
+    /// New or refreshed bindings reported by proxies; the first writer of a key wins.
+    BindSessions {
+        now_ms: u64,
+        bindings: Vec<Pb<SessionBinding>>,
+    },
+    /// Drops bindings whose TTL has passed at `now_ms`.
+    ExpireSessions {
+        now_ms: u64,
+    },
+    DeleteSession {
+        pool: String,
+        key: String,
+    },
+    /// A bearer token's record (hash only), minted by the node that took the request.
+    CreateToken(TokenRecord),
+    RevokeToken {
+        id: String,
+    },
+    /// Changes nothing; carries the audit note of a write that is not a command (membership
+    /// changes are Raft's own entries).
+    Note,
+}
+
+/// A command as proposed: with the identity of the admin write it came from, if it carried
+/// one (internal writes, such as health flips and session binds, carry none). This is the
+/// log's encoding (postcard): logs and snapshots written before request ids do not decode.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Proposed {
+    pub id: Option<RequestId>,
+    pub cmd: Command,
+    /// Who asked, and what, for the audit log: set on admin writes, none on internal ones.
+    pub audit: Option<AuditNote>,
+}
+
+impl From<Command> for Proposed {
+    fn from(cmd: Command) -> Proposed {
+        Proposed { id: None, cmd, audit: None }
+    }
+}
+
+/// One Raft entry's payload: the commands a leader gathered while its previous entry was
+/// being written (group commit). They apply in order at the entry's revision (a repeated
+/// request answers with the revision it was first applied at).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Batch(pub Vec<Proposed>);
+
+/// What applying one command did: the changes it made, or why it made none.
+pub type Outcome = Result<Vec<Change>, ApiError>;
+
+/// An [`Outcome`] in a form serde can carry (Raft responses, forwarded replies).
+pub type WireOutcome = Result<Vec<Pb<Change>>, ApiError>;
+
+pub fn to_wire(o: Outcome) -> WireOutcome {
+    o.map(|v| v.into_iter().map(Pb).collect())
+}
+
+pub fn from_wire(o: WireOutcome) -> Outcome {
+    o.map(|v| v.into_iter().map(|Pb(c)| c).collect())
+}
+
+/// A write's answer: the revision it took effect at, and its outcome.
+pub type Written = (u64, WireOutcome);
+
+/// What applying one [`Proposed`] did.
+#[derive(Debug)]
+pub struct Applied {
+    /// The answer; a repeated request gets the first one's (same revision, same outcome).
+    pub written: Written,
+    /// Whether the model changed as `written` says (false for a repeat or a refusal): only
+    /// then are its changes stored and announced.
+    pub fresh: bool,
+    /// The client whose row in the seen table was written, and those evicted.
+    pub recorded: Option<String>,
+    pub evicted: Vec<String>,
+    /// The audit record written for it, and the one dropped to keep the log bounded.
+    pub audited: Option<AuditRecord>,
+    pub audit_dropped: Option<u64>,
+}
