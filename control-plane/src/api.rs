@@ -15,7 +15,7 @@ use switchyard_proto::v1::query_server::QueryServer;
 use tonic::transport::server::Router;
 use tonic::transport::Server;
 
-use crate::network::MAX_MESSAGE;
+use crate::network::{MAX_MESSAGE, MAX_PEER_MESSAGE};
 use crate::node::context::NodeCtx;
 
 pub fn router(node: Arc<NodeCtx>) -> Router {
@@ -25,10 +25,17 @@ pub fn router(node: Arc<NodeCtx>) -> Router {
         .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
         .build_v1()
         .expect("embedded descriptors are valid");
+    let fatal = node.fatal.clone();
     tokio::spawn(async move {
         health_reporter.set_serving::<AdminServer<admin::AdminService>>().await;
         health_reporter.set_serving::<QueryServer<query::QueryService>>().await;
         health_reporter.set_serving::<DiscoveryServer<discovery::DiscoveryService>>().await;
+        // A Raft core that stopped fatally: nothing here works any more (see `crate::fatal`).
+        fatal.happened().await;
+        health_reporter.set_not_serving::<AdminServer<admin::AdminService>>().await;
+        health_reporter.set_not_serving::<QueryServer<query::QueryService>>().await;
+        health_reporter.set_not_serving::<DiscoveryServer<discovery::DiscoveryService>>().await;
+        health_reporter.set_service_status("", tonic_health::ServingStatus::NotServing).await;
     });
     Server::builder()
         .tcp_nodelay(true)
@@ -40,8 +47,8 @@ pub fn router(node: Arc<NodeCtx>) -> Router {
             DiscoveryServer::new(discovery::DiscoveryService::new(node.clone())).max_encoding_message_size(MAX_MESSAGE),
         )
         .add_service(
-            RaftServer::new(peer::PeerService(node))
-                .max_decoding_message_size(MAX_MESSAGE)
+            RaftServer::new(peer::PeerService::new(node))
+                .max_decoding_message_size(MAX_PEER_MESSAGE)
                 .max_encoding_message_size(MAX_MESSAGE),
         )
 }

@@ -21,6 +21,7 @@ use crate::cluster_id::ClusterId;
 use crate::types::{NodeId, TypeConfig};
 
 pub use switchyard_model::limits::MAX_GRPC_MESSAGE as MAX_MESSAGE;
+pub use switchyard_model::limits::MAX_PEER_MESSAGE;
 
 /// A lazily connected channel to a peer.
 pub fn channel(addr: &str) -> Result<Channel, tonic::transport::Error> {
@@ -28,7 +29,10 @@ pub fn channel(addr: &str) -> Result<Channel, tonic::transport::Error> {
 }
 
 pub fn client(addr: &str) -> Result<RaftClient<Channel>, tonic::transport::Error> {
-    Ok(RaftClient::new(channel(addr)?).max_decoding_message_size(MAX_MESSAGE).max_encoding_message_size(MAX_MESSAGE))
+    // Requests are held to what the peer accepts; replies (proxy lists, say) may be larger.
+    Ok(RaftClient::new(channel(addr)?)
+        .max_decoding_message_size(MAX_MESSAGE)
+        .max_encoding_message_size(MAX_PEER_MESSAGE))
 }
 
 pub fn encode<T: Serialize>(v: &T) -> Vec<u8> {
@@ -62,7 +66,7 @@ pub struct Peer {
 #[error("{0}")]
 struct Msg(String);
 
-/// Room left under [`MAX_MESSAGE`] for gRPC framing around a Raft payload.
+/// Room left under [`MAX_PEER_MESSAGE`] for gRPC framing around a Raft payload.
 const FRAMING: usize = 64 * 1024;
 
 /// openraft's answer to an AppendEntries of `entries` entries encoded in `bytes` that a peer
@@ -121,7 +125,7 @@ impl RaftNetwork<TypeConfig> for Peer {
         option: RPCOption,
     ) -> Result<AppendEntriesResponse<NodeId>, RPCError<NodeId, BasicNode, RaftError<NodeId>>> {
         let data = encode(&rpc);
-        if let Some(too_large) = oversized(data.len(), rpc.entries.len(), MAX_MESSAGE) {
+        if let Some(too_large) = oversized(data.len(), rpc.entries.len(), MAX_PEER_MESSAGE) {
             return Err(RPCError::PayloadTooLarge(too_large));
         }
         self.call("append", data, &option).await

@@ -3,7 +3,7 @@
 
 use serde::{Deserialize, Serialize};
 use switchyard_model::topology::put;
-use switchyard_model::{fields, usable, Model};
+use switchyard_model::{fields, usable, AffinitySecret, Model};
 use switchyard_proto::v1::{
     change, Backend, BackendRef, Change, Health, HealthCheckKind, Pool, Route, SessionBinding, SessionRef, Settings,
     Topology,
@@ -66,6 +66,18 @@ pub enum Command {
         pool: String,
         key: String,
     },
+    /// The leader's freshly minted affinity hashing secret; only the first one ever takes.
+    SetAffinitySecret(SecretBytes),
+}
+
+/// Secret bytes in a command; `Debug` does not show them.
+#[derive(Clone, Serialize, Deserialize)]
+pub struct SecretBytes(pub Vec<u8>);
+
+impl std::fmt::Debug for SecretBytes {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "SecretBytes({} bytes)", self.0.len())
+    }
 }
 
 /// A command as proposed: with the identity of the admin write it came from, if it carried
@@ -339,6 +351,16 @@ impl State {
                     return Err(ApiError::NotFound(format!("no session {key:?} in pool {pool:?}")));
                 }
                 self.emit(&mut out, change::Kind::SessionRemoved(SessionRef { pool: pool.clone(), key: key.clone() }));
+            }
+            Command::SetAffinitySecret(SecretBytes(secret)) => {
+                if self.affinity_secret.is_set() || !AffinitySecret::from_bytes(secret).is_set() {
+                    return Ok(vec![]);
+                }
+                // Bindings made before hashing carry raw keys (perhaps credentials): drop them.
+                for (pool, key) in self.sessions.keys().cloned().collect::<Vec<Key2>>() {
+                    self.emit(&mut out, change::Kind::SessionRemoved(SessionRef { pool, key }));
+                }
+                self.emit(&mut out, change::Kind::AffinitySecret(secret.clone()));
             }
         }
         Ok(out)

@@ -127,6 +127,7 @@ const LAST_APPLIED: &[u8] = b"~last_applied";
 const MEMBERSHIP: &[u8] = b"~membership";
 const SETTINGS: &[u8] = b"~settings";
 const CLOCK: &[u8] = b"~clock";
+const AFFINITY_SECRET: &[u8] = b"~affinity_secret";
 
 /// Writes one client's row of the seen-requests table (`None`: it was evicted).
 fn persist_seen(batch: &mut sled::Batch, client: &str, rec: Option<&Record>) -> Result<(), StorageError> {
@@ -146,6 +147,7 @@ fn persist(batch: &mut sled::Batch, c: &Change) {
         Entity::Route(n) => k1(b'r', n),
         Entity::Settings => SETTINGS.to_vec(),
         Entity::Session { pool, key } => k2(b's', pool, key),
+        Entity::AffinitySecret => AFFINITY_SECRET.to_vec(),
     };
     match value {
         Some(v) => batch.insert(key, v),
@@ -194,6 +196,9 @@ impl StateMachineStore {
                 _ if &*k == SETTINGS => {
                     let s = switchyard_proto::v1::Settings::decode(&*v).map_err(|e| bad(&e))?;
                     model.apply(&put(change::Kind::SettingsPut(s)));
+                }
+                _ if &*k == AFFINITY_SECRET => {
+                    model.apply(&put(change::Kind::AffinitySecret(v.to_vec())));
                 }
                 _ if &*k == LAST_APPLIED => last_applied = postcard::from_bytes(&v).map_err(|e| bad(&e))?,
                 _ if &*k == MEMBERSHIP => membership = postcard::from_bytes(&v).map_err(|e| bad(&e))?,
