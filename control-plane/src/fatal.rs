@@ -11,8 +11,10 @@ use tokio_util::sync::CancellationToken;
 
 use crate::types::Raft;
 
-/// How long a fatally stopped node keeps answering health with NOT_SERVING before it exits.
+/// How long a fatally stopped node keeps answering health with NOT_SERVING before it stops.
 pub const GRACE: Duration = Duration::from_secs(1);
+/// How long it then lets open streams (watches, a health watch) close before it exits anyway.
+pub const DRAIN: Duration = Duration::from_secs(2);
 
 /// Whether the Raft core stopped fatally, and why; shared by the watcher, the health service
 /// and the node's `wait`.
@@ -36,6 +38,12 @@ impl Fatal {
     /// Resolves once the core has stopped fatally.
     pub async fn happened(&self) {
         self.token.cancelled().await
+    }
+
+    /// Resolves when a fatally stopped node must exit, whatever streams are still open.
+    pub async fn exit_due(&self) {
+        self.happened().await;
+        tokio::time::sleep(GRACE + DRAIN).await
     }
 }
 

@@ -124,7 +124,11 @@ impl Node {
     /// Waits until the server stops (after the shutdown token is cancelled, or after the
     /// Raft core stopped fatally, which is an error).
     pub async fn wait(self) -> Result<(), NodeError> {
-        self.server.await.map_err(|e| NodeError::Raft(e.to_string()))??;
+        tokio::select! {
+            r = self.server => r.map_err(|e| NodeError::Raft(e.to_string()))??,
+            // A graceful stop waits for every open stream; a fatal one does not wait long.
+            _ = self.ctx.fatal.exit_due() => {}
+        }
         match self.ctx.fatal.reason() {
             Some(reason) => Err(NodeError::Fatal(reason.to_string())),
             None => Ok(()),
