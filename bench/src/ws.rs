@@ -2,6 +2,8 @@
 //! backend directly), and config-propagation timing for Switchyard. Prints one JSON line per
 //! run; `bench/proxy.sh` puts them side by side.
 
+mod secret;
+
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
@@ -347,9 +349,12 @@ async fn visibility(target: &str, proxies: &[String], cp: &str, pool: &str, n: u
     use switchyard_proto::v1::{query_client::QueryClient, GetSessionRequest};
     let mut q = QueryClient::connect(format!("http://{cp}")).await?;
     let mut h = Histogram::<u64>::new(3)?;
+    // Bindings are stored under the key's keyed hash.
+    let secret = secret::affinity_secret(cp).await?;
     for i in 0..n {
-        let key = format!("vis-{i}-{}", std::process::id());
-        let mut ws = connect_with(target, ("X-Session", &key)).await?;
+        let raw = format!("vis-{i}-{}", std::process::id());
+        let mut ws = connect_with(target, ("X-Session", &raw)).await?;
+        let key = secret.hash(raw.as_bytes()).context("no affinity secret")?;
         let opened = SystemTime::now().duration_since(SystemTime::UNIX_EPOCH)?.as_micros() as i64;
         let rev = loop {
             let req = GetSessionRequest { consistency: 1, pool: pool.into(), key: key.clone() };

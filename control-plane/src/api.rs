@@ -20,7 +20,7 @@ use tower::layer::util::{Identity, Stack};
 
 use crate::auth::layer::AuthLayer;
 use crate::auth::{Auth, Authorizer};
-use crate::network::MAX_MESSAGE;
+use crate::network::{MAX_MESSAGE, MAX_PEER_MESSAGE};
 use crate::node::context::NodeCtx;
 
 /// Every service behind the one authorization layer ([`crate::auth`]), in mode `auth`, and
@@ -33,10 +33,17 @@ pub fn router(node: Arc<NodeCtx>, auth: Auth) -> Result<Router<Stack<AuthLayer, 
         .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
         .build_v1()
         .expect("embedded descriptors are valid");
+    let fatal = node.fatal.clone();
     tokio::spawn(async move {
         health_reporter.set_serving::<AdminServer<admin::AdminService>>().await;
         health_reporter.set_serving::<QueryServer<query::QueryService>>().await;
         health_reporter.set_serving::<DiscoveryServer<discovery::DiscoveryService>>().await;
+        // A Raft core that stopped fatally: nothing here works any more (see `crate::fatal`).
+        fatal.happened().await;
+        health_reporter.set_not_serving::<AdminServer<admin::AdminService>>().await;
+        health_reporter.set_not_serving::<QueryServer<query::QueryService>>().await;
+        health_reporter.set_not_serving::<DiscoveryServer<discovery::DiscoveryService>>().await;
+        health_reporter.set_service_status("", tonic_health::ServingStatus::NotServing).await;
     });
     let mut server = Server::builder().tcp_nodelay(true);
     if node.config.tls.enabled() {
@@ -54,8 +61,8 @@ pub fn router(node: Arc<NodeCtx>, auth: Auth) -> Result<Router<Stack<AuthLayer, 
             DiscoveryServer::new(discovery::DiscoveryService::new(node.clone())).max_encoding_message_size(MAX_MESSAGE),
         )
         .add_service(
-            RaftServer::new(peer::PeerService(node))
-                .max_decoding_message_size(MAX_MESSAGE)
+            RaftServer::new(peer::PeerService::new(node))
+                .max_decoding_message_size(MAX_PEER_MESSAGE)
                 .max_encoding_message_size(MAX_MESSAGE),
         ))
 }

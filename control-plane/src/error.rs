@@ -48,6 +48,9 @@ pub enum NodeError {
     Config(String),
     #[error("raft: {0}")]
     Raft(String),
+    /// The Raft core stopped on its own while the node ran.
+    #[error("fatal: {0}")]
+    Fatal(String),
     /// The data dir does not fit the cluster its peers hold (amnesia, another cluster's).
     #[error("{0}")]
     Membership(String),

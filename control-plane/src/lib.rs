@@ -8,6 +8,7 @@ pub mod clock;
 pub mod cluster_id;
 pub mod config;
 pub mod error;
+pub mod fatal;
 pub mod health;
 pub mod network;
 pub mod node;

@@ -21,6 +21,7 @@ use crate::cluster_id::ClusterId;
 use crate::types::{NodeId, TypeConfig};
 
 pub use switchyard_model::limits::MAX_GRPC_MESSAGE as MAX_MESSAGE;
+pub use switchyard_model::limits::MAX_PEER_MESSAGE;
 
 /// A lazily connected channel to a peer, over TLS with this node's certificate when it has one.
 pub fn channel(addr: &str, tls: &ClientTls) -> Result<Channel, ChannelError> {
@@ -28,9 +29,10 @@ pub fn channel(addr: &str, tls: &ClientTls) -> Result<Channel, ChannelError> {
 }
 
 pub fn client(addr: &str, tls: &ClientTls) -> Result<RaftClient<Channel>, ChannelError> {
+    // Requests are held to what the peer accepts; replies (proxy lists, say) may be larger.
     Ok(RaftClient::new(channel(addr, tls)?)
         .max_decoding_message_size(MAX_MESSAGE)
-        .max_encoding_message_size(MAX_MESSAGE))
+        .max_encoding_message_size(MAX_PEER_MESSAGE))
 }
 
 pub fn encode<T: Serialize>(v: &T) -> Vec<u8> {
@@ -64,7 +66,7 @@ pub struct Peer {
 #[error("{0}")]
 struct Msg(String);
 
-/// Room left under [`MAX_MESSAGE`] for gRPC framing around a Raft payload.
+/// Room left under [`MAX_PEER_MESSAGE`] for gRPC framing around a Raft payload.
 const FRAMING: usize = 64 * 1024;
 
 /// openraft's answer to an AppendEntries of `entries` entries encoded in `bytes` that a peer
@@ -123,7 +125,7 @@ impl RaftNetwork<TypeConfig> for Peer {
         option: RPCOption,
     ) -> Result<AppendEntriesResponse<NodeId>, RPCError<NodeId, BasicNode, RaftError<NodeId>>> {
         let data = encode(&rpc);
-        if let Some(too_large) = oversized(data.len(), rpc.entries.len(), MAX_MESSAGE) {
+        if let Some(too_large) = oversized(data.len(), rpc.entries.len(), MAX_PEER_MESSAGE) {
             return Err(RPCError::PayloadTooLarge(too_large));
         }
         self.call("append", data, &option).await

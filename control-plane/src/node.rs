@@ -96,6 +96,7 @@ impl Node {
             clients,
             proposals,
             serving: serving::Serving::start(raft.clone(), &config, shutdown.clone()),
+            fatal: Default::default(),
             config,
         });
 
@@ -120,6 +121,7 @@ impl Node {
             let _ = raft.shutdown().await;
             res.map_err(NodeError::from)
         });
+        tokio::spawn(crate::fatal::watch(ctx.raft.clone(), ctx.fatal.clone(), shutdown.clone()));
         tokio::spawn(bootstrap::form_cluster(ctx.clone()));
         tokio::spawn(crate::health::run(ctx.clone()));
         tokio::spawn(crate::sessions::expire(ctx.clone()));
@@ -146,8 +148,17 @@ impl Node {
         Ok(Node { ctx, server })
     }
 
-    /// Waits until the server stops (after the shutdown token is cancelled).
+    /// Waits until the server stops (after the shutdown token is cancelled, or after the
+    /// Raft core stopped fatally, which is an error).
     pub async fn wait(self) -> Result<(), NodeError> {
-        self.server.await.map_err(|e| NodeError::Raft(e.to_string()))?
+        tokio::select! {
+            r = self.server => r.map_err(|e| NodeError::Raft(e.to_string()))??,
+            // A graceful stop waits for every open stream; a fatal one does not wait long.
+            _ = self.ctx.fatal.exit_due() => {}
+        }
+        match self.ctx.fatal.reason() {
+            Some(reason) => Err(NodeError::Fatal(reason.to_string())),
+            None => Ok(()),
+        }
     }
 }

@@ -1,12 +1,14 @@
 //! Session affinity on the control plane, beside the binding rules in [`crate::state`]:
-//! the leader expires bindings whose TTL has passed, with its clock stamped into the command.
+//! the leader expires bindings whose TTL has passed, with its clock stamped into the command,
+//! and mints the cluster's affinity hashing secret when the state has none (a new cluster, or
+//! one from before hashing).
 
 use std::sync::Arc;
 use std::time::Duration;
 
 use crate::node::context::NodeCtx;
 use crate::node::leader;
-use crate::state::Command;
+use crate::state::{Command, SecretBytes};
 
 /// How often the leader looks for expired bindings.
 const EXPIRY_TICK: Duration = Duration::from_millis(500);
@@ -23,6 +25,7 @@ pub async fn expire(node: Arc<NodeCtx>) {
         if !node.is_leader() {
             continue;
         }
+        mint_secret(&node).await;
         // Judged at the time `apply` will use: never before the state's high-water clock.
         let due = {
             let live = node.shared.read();
@@ -35,5 +38,22 @@ pub async fn expire(node: Arc<NodeCtx>) {
                 tracing::debug!("session expiry not recorded: {e}");
             }
         }
+    }
+}
+
+/// Proposes a fresh affinity secret when the applied state has none; the state machine keeps
+/// only the first one ever applied, so two leaders racing cannot change it.
+async fn mint_secret(node: &NodeCtx) {
+    if node.shared.read().state.affinity_secret.is_set() {
+        return;
+    }
+    let secret = match switchyard_model::AffinitySecret::mint() {
+        Ok(s) => s,
+        Err(e) => return tracing::error!("cannot mint the affinity secret: {e}"),
+    };
+    let cmd = Command::SetAffinitySecret(SecretBytes(secret.expose().to_vec()));
+    match node.propose(cmd.into()).await {
+        Ok(_) => tracing::info!("minted the cluster's affinity hashing secret"),
+        Err(e) => tracing::debug!("affinity secret not recorded: {e:?}"),
     }
 }

@@ -2,7 +2,7 @@
 //! everything here is deterministic (time comes inside commands, stamped by the leader).
 
 use switchyard_model::topology::put;
-use switchyard_model::{fields, usable, Model};
+use switchyard_model::{fields, usable, AffinitySecret, Model};
 use switchyard_proto::v1::{
     change, Backend, BackendRef, Change, Health, HealthCheckKind, Pool, SessionBinding, SessionRef, Topology,
 };
@@ -286,6 +286,16 @@ impl State {
                 }
             }
             Command::Note => {}
+            Command::SetAffinitySecret(SecretBytes(secret)) => {
+                if self.affinity_secret.is_set() || !AffinitySecret::from_bytes(secret).is_set() {
+                    return Ok(vec![]);
+                }
+                // Bindings made before hashing carry raw keys (perhaps credentials): drop them.
+                for (pool, key) in self.sessions.keys().cloned().collect::<Vec<Key2>>() {
+                    self.emit(&mut out, change::Kind::SessionRemoved(SessionRef { pool, key }));
+                }
+                self.emit(&mut out, change::Kind::AffinitySecret(secret.clone()));
+            }
         }
         Ok(out)
     }

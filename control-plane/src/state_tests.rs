@@ -379,3 +379,23 @@ fn tokens_stay_out_of_change_sets_and_only_accepted_writes_are_audited() {
     s.apply_proposed(6, &Command::ExpireSessions { now_ms: 1 }.into());
     assert_eq!(s.audit().len(), 2);
 }
+
+#[test]
+fn the_first_affinity_secret_takes_drops_raw_bindings_and_never_changes() {
+    let mut s = State::default();
+    s.apply(1, &pool("p")).unwrap();
+    s.apply(2, &backend("p", "a:1")).unwrap();
+    s.apply(3, &bind("raw-token", "a:1", 1000, 10)).unwrap();
+    assert_eq!(s.sessions.len(), 1);
+    let first = Command::SetAffinitySecret(SecretBytes(vec![1; 32]));
+    let out = s.apply(4, &first).unwrap();
+    assert_eq!(out.len(), 2, "the raw binding goes, the secret comes: {out:?}");
+    assert!(s.sessions.is_empty() && s.affinity_secret.is_set());
+    assert!(!format!("{first:?}").contains("1, 1"), "Debug hides the secret");
+    // A second mint (two leaders racing) and a malformed one change nothing.
+    assert!(s.apply(5, &Command::SetAffinitySecret(SecretBytes(vec![2; 32]))).unwrap().is_empty());
+    assert_eq!(s.affinity_secret.expose(), &[1; 32]);
+    let mut fresh = State::default();
+    assert!(fresh.apply(1, &Command::SetAffinitySecret(SecretBytes(vec![3; 5]))).unwrap().is_empty());
+    assert!(!fresh.affinity_secret.is_set());
+}

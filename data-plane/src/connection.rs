@@ -218,7 +218,10 @@ async fn open(state: &ProxyState, mut client: TcpStream, peer: SocketAddr, tunin
         return reject_none(state, client, Reject::NotFound).await;
     };
     // Session affinity: the key the pool names; a client without the cookie gets a new one.
-    let (session, set_cookie) = session_key(pool.affinity_key.as_ref(), &up, peer.ip());
+    // Only the key's hash is looked up, reported and cached: it may be a credential. Until
+    // the cluster's secret arrives there is no affinity.
+    let (raw, set_cookie) = session_key(pool.affinity_key.as_ref(), &up, peer.ip());
+    let session = raw.and_then(|k| table.affinity_secret.hash(k.as_bytes()));
     let bound = session.as_deref().and_then(|k| state.affinity.backend_for(&pool.pool.name, k));
     let mut exclude = Vec::new();
     let (idx, mut backend) = loop {

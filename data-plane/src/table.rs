@@ -5,7 +5,7 @@ use std::collections::HashMap;
 use std::net::IpAddr;
 use std::sync::Arc;
 
-use switchyard_model::{usable, KeySpec, Model};
+use switchyard_model::{usable, AffinitySecret, KeySpec, Model};
 use switchyard_proto::v1::{Algorithm, Backend, Pool, Route, Settings};
 
 use crate::balance::{Balancer, PickInput};
@@ -38,6 +38,9 @@ pub struct Table {
     /// host; within each, the longest path prefix first.
     routes: Vec<Route>,
     pub pools: HashMap<String, Arc<PoolTable>>,
+    /// Session keys are hashed with this before any lookup, report or cache write; the raw
+    /// key lives only in the request being routed (and in `hash_key` balancing, in memory).
+    pub affinity_secret: AffinitySecret,
 }
 
 fn route_rank(r: &Route) -> (u8, usize, usize) {
@@ -75,7 +78,13 @@ fn key_spec(pool: &str, what: &str, s: &str) -> Option<KeySpec> {
 
 impl Table {
     pub fn empty() -> Table {
-        Table { revision: 0, settings: Settings::default(), routes: Vec::new(), pools: HashMap::new() }
+        Table {
+            revision: 0,
+            settings: Settings::default(),
+            routes: Vec::new(),
+            pools: HashMap::new(),
+            affinity_secret: AffinitySecret::default(),
+        }
     }
 
     pub fn build(model: &Model, revision: u64, registry: &Registry) -> Table {
@@ -105,7 +114,7 @@ impl Table {
                 (p.name.clone(), Arc::new(table))
             })
             .collect();
-        Table { revision, settings: model.settings, routes, pools }
+        Table { revision, settings: model.settings, routes, pools, affinity_secret: model.affinity_secret.clone() }
     }
 
     /// The pool for a request, by Host and path prefix.

@@ -1,6 +1,7 @@
 //! Switchyard's model, in one place for both planes: the control plane's state machine and
 //! the proxy's mirror are two users of [`Model`], not two copies of it.
 
+pub mod affinity;
 pub mod fields;
 pub mod grpc;
 pub mod keyspec;
@@ -9,5 +10,6 @@ pub mod signal;
 pub mod tls;
 pub mod topology;
 
+pub use affinity::AffinitySecret;
 pub use keyspec::KeySpec;
 pub use topology::{usable, Entity, Model};

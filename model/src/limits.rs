@@ -7,6 +7,12 @@ use switchyard_proto::v1::Settings;
 /// large state never wedges replication or a proxy's resync.
 pub const MAX_GRPC_MESSAGE: usize = 256 * 1024 * 1024;
 
+/// Largest request the peer service (Raft RPCs, `Forward`) accepts. Replication splits its
+/// batches under it and snapshots travel in 1 MiB chunks, so peers never need more; anything
+/// bigger is refused from its length prefix, before the body is read (tonic answers
+/// OUT_OF_RANGE), so a forged giant request costs no memory. One Raft entry must fit whole.
+pub const MAX_PEER_MESSAGE: usize = 64 * 1024 * 1024;
+
 /// How often a quiet `Discovery.Watch` stream carries a progress event. Proxies judge a
 /// stream silent after a few of these go missing, so both planes take it from here.
 pub const WATCH_PROGRESS_EVERY: std::time::Duration = std::time::Duration::from_secs(1);

@@ -4,6 +4,8 @@
 use std::collections::BTreeMap;
 
 use prost::Message;
+
+use crate::affinity::AffinitySecret;
 use switchyard_proto::v1::{
     change, AdminState, Backend, Change, Health, Pool, Route, SessionBinding, Settings, Topology,
 };
@@ -20,6 +22,8 @@ pub struct Model {
     pub routes: BTreeMap<String, Route>,
     pub settings: Settings,
     pub sessions: BTreeMap<PairKey, SessionBinding>,
+    /// The key session keys are hashed with (see [`crate::affinity`]).
+    pub affinity_secret: AffinitySecret,
 }
 
 impl Default for Model {
@@ -30,6 +34,7 @@ impl Default for Model {
             routes: BTreeMap::new(),
             settings: crate::limits::default_settings(),
             sessions: BTreeMap::new(),
+            affinity_secret: AffinitySecret::default(),
         }
     }
 }
@@ -54,6 +59,7 @@ pub enum Entity<'a> {
     Route(&'a str),
     Settings,
     Session { pool: &'a str, key: &'a str },
+    AffinitySecret,
 }
 
 impl Entity<'_> {
@@ -70,6 +76,7 @@ impl Entity<'_> {
             K::SettingsPut(s) => (Entity::Settings, Some(s.encode_to_vec())),
             K::SessionPut(s) => (Entity::Session { pool: &s.pool, key: &s.key }, Some(s.encode_to_vec())),
             K::SessionRemoved(s) => (Entity::Session { pool: &s.pool, key: &s.key }, None),
+            K::AffinitySecret(k) => (Entity::AffinitySecret, Some(k.clone())),
         })
     }
 }
@@ -106,6 +113,7 @@ impl Model {
             K::SessionRemoved(s) => {
                 self.sessions.remove(&(s.pool.clone(), s.key.clone()));
             }
+            K::AffinitySecret(k) => self.affinity_secret = AffinitySecret::from_bytes(k),
         }
     }
 
@@ -117,10 +125,12 @@ impl Model {
             routes: t.routes.into_iter().map(|r| (r.name.clone(), r)).collect(),
             settings: t.settings.unwrap_or_else(crate::limits::default_settings),
             sessions: t.sessions.into_iter().map(|s| ((s.pool.clone(), s.key.clone()), s)).collect(),
+            affinity_secret: AffinitySecret::from_bytes(&t.affinity_secret),
         }
     }
 
-    /// The whole model as the API's message.
+    /// The whole model as the API's message, secret included: for proxies and storage. What
+    /// the Query API shows goes through [`Model::to_public_topology`].
     pub fn to_topology(&self, revision: u64) -> Topology {
         Topology {
             revision,
@@ -129,7 +139,13 @@ impl Model {
             routes: self.routes.values().cloned().collect(),
             settings: Some(self.settings),
             sessions: self.sessions.values().cloned().collect(),
+            affinity_secret: self.affinity_secret.expose().to_vec(),
         }
+    }
+
+    /// The whole model without its secret.
+    pub fn to_public_topology(&self, revision: u64) -> Topology {
+        Topology { affinity_secret: Vec::new(), ..self.to_topology(revision) }
     }
 
     /// The whole model as a list of puts, in a stable order: applied to an empty store, they
@@ -140,6 +156,9 @@ impl Model {
         out.extend(self.backends.values().map(|b| put(change::Kind::BackendPut(b.clone()))));
         out.extend(self.routes.values().map(|r| put(change::Kind::RoutePut(r.clone()))));
         out.extend(self.sessions.values().map(|s| put(change::Kind::SessionPut(s.clone()))));
+        if self.affinity_secret.is_set() {
+            out.push(put(change::Kind::AffinitySecret(self.affinity_secret.expose().to_vec())));
+        }
         out
     }
 
@@ -177,6 +196,9 @@ mod tests {
         m.apply(&put(change::Kind::SessionPut(s)));
         let settings = Settings { idle_timeout_ms: 5000, ..m.settings };
         m.apply(&put(change::Kind::SettingsPut(settings)));
+        m.apply(&put(change::Kind::AffinitySecret(vec![7; 32])));
+        assert!(m.affinity_secret.is_set());
+        assert!(m.to_public_topology(7).affinity_secret.is_empty());
         assert_eq!(m.backends_of("p").map(|b| b.address.as_str()).collect::<Vec<_>>(), ["a:1", "b:1"]);
         assert_eq!(m.settings.idle_timeout_ms, 5000);
         assert_eq!(m.sessions.len(), 1);

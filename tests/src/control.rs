@@ -9,10 +9,11 @@ use std::time::Duration;
 
 use command_fds::{CommandFdExt, FdMapping};
 use switchyard_model::grpc::{self, ChannelOptions, ClientTls};
+use switchyard_model::AffinitySecret;
 use switchyard_proto::v1::admin_client::AdminClient;
 use switchyard_proto::v1::discovery_client::DiscoveryClient;
 use switchyard_proto::v1::query_client::QueryClient;
-use switchyard_proto::v1::{ClusterStatusReply, ClusterStatusRequest};
+use switchyard_proto::v1::{watch_event, ClusterStatusReply, ClusterStatusRequest, WatchRequest};
 use tonic::transport::Channel;
 
 use crate::process::{bin, eventually, Proc};
@@ -87,6 +88,17 @@ impl ControlNode {
 
     pub fn is_running(&self) -> bool {
         self.proc.is_running()
+    }
+
+    pub fn pid(&self) -> Option<u32> {
+        self.proc.pid()
+    }
+
+    /// Waits up to `timeout` for the process to exit by itself (see [`Proc::wait_exit`]).
+    pub fn wait_exit(&mut self, timeout: Duration) -> Option<std::process::ExitStatus> {
+        let status = self.proc.wait_exit(timeout);
+        self.park();
+        status
     }
 
     fn park(&mut self) {
@@ -240,4 +252,20 @@ pub async fn status(addr: &str) -> Option<ClusterStatusReply> {
 
 pub async fn status_with(addr: &str, tls: &ClientTls) -> Option<ClusterStatusReply> {
     QueryClient::new(tls_channel(addr, tls)).cluster_status(ClusterStatusRequest {}).await.ok().map(|r| r.into_inner())
+}
+
+/// The cluster's affinity hashing secret, as a proxy receives it on a watch, once the leader
+/// has minted it. Tests hash raw session keys with it to look their bindings up.
+pub async fn affinity_secret(addr: &str) -> AffinitySecret {
+    eventually("the leader to mint the affinity secret", Duration::from_secs(10), || async {
+        let req = WatchRequest { proxy_id: String::new(), from_revision: 0 };
+        let mut stream = discovery(addr).watch(req).await.ok()?.into_inner();
+        match stream.message().await.ok()??.kind? {
+            watch_event::Kind::Snapshot(t) => {
+                Some(AffinitySecret::from_bytes(&t.affinity_secret)).filter(|s| s.is_set())
+            }
+            _ => None,
+        }
+    })
+    .await
 }

@@ -4,16 +4,22 @@
 use std::collections::BTreeMap;
 use std::time::Duration;
 
+use switchyard_model::AffinitySecret;
 use switchyard_proto::v1::*;
 use switchyard_tests::*;
 
-async fn session(addr: &str, key: &str) -> Option<SessionBinding> {
-    let req = GetSessionRequest { consistency: Consistency::Local as i32, pool: "chat".into(), key: key.into() };
+/// The binding of raw session key `key`, looked up by its hash (all the cluster stores).
+async fn session(addr: &str, secret: &AffinitySecret, key: &str) -> Option<SessionBinding> {
+    let key = secret.hash(key.as_bytes()).expect("a secret");
+    let req = GetSessionRequest { consistency: Consistency::Local as i32, pool: "chat".into(), key };
     query(addr).get_session(req).await.ok().map(|r| r.into_inner())
 }
 
-async fn setup(affinity: &str, ttl_ms: u64, backends: &[EchoBackend]) -> (Cluster, u64) {
+/// A cluster with pool "chat" (with `affinity`) and a route to it. The affinity secret is
+/// minted first, so a proxy at the returned revision has it.
+async fn setup(affinity: &str, ttl_ms: u64, backends: &[EchoBackend]) -> (Cluster, u64, AffinitySecret) {
     let c = Cluster::start(3, &[]).await;
+    let secret = affinity_secret(&c.nodes[&1].addr).await;
     let mut a = admin(&c.nodes[&1].addr);
     let pool = Pool { name: "chat".into(), affinity: affinity.into(), affinity_ttl_ms: ttl_ms, ..Default::default() };
     a.create_pool(CreatePoolRequest { pool: Some(pool) }).await.unwrap();
@@ -23,14 +29,14 @@ async fn setup(affinity: &str, ttl_ms: u64, backends: &[EchoBackend]) -> (Cluste
     }
     let route = Route { name: "all".into(), pool: "chat".into(), ..Default::default() };
     let rev = a.set_route(SetRouteRequest { route: Some(route) }).await.unwrap().into_inner().revision;
-    (c, rev)
+    (c, rev, secret)
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_session_returns_to_its_backend_through_any_proxy_after_joins_and_losses() {
     let _g = serial().await;
     let bs = [EchoBackend::start("b1").await, EchoBackend::start("b2").await, EchoBackend::start("b3").await];
-    let (mut c, rev) = setup("header:X-Session", 600_000, &bs).await;
+    let (mut c, rev, secret) = setup("header:X-Session", 600_000, &bs).await;
     let mut p1 = ProxyProcess::spawn(&c.endpoints(), &c.dir.path().join("p1.cache"), "p1");
     let p2 = ProxyProcess::spawn(&c.endpoints(), &c.dir.path().join("p2.cache"), "p2");
     p1.wait_revision(rev).await;
@@ -44,7 +50,7 @@ async fn a_session_returns_to_its_backend_through_any_proxy_after_joins_and_loss
     }
     let any = c.nodes[&2].addr.clone();
     for k in &keys {
-        eventually("binding replicated", Duration::from_secs(5), || async { session(&any, k).await }).await;
+        eventually("binding replicated", Duration::from_secs(5), || async { session(&any, &secret, k).await }).await;
     }
     let check = |label: &'static str, proxy: String| {
         let home = home.clone();
@@ -78,7 +84,7 @@ async fn a_session_returns_to_its_backend_through_any_proxy_after_joins_and_loss
 async fn proxies_racing_on_a_new_key_end_with_one_binding() {
     let _g = serial().await;
     let bs = [EchoBackend::start("b1").await, EchoBackend::start("b2").await, EchoBackend::start("b3").await];
-    let (c, rev) = setup("header:X-Session", 600_000, &bs).await;
+    let (c, rev, secret) = setup("header:X-Session", 600_000, &bs).await;
     let p1 = ProxyProcess::spawn(&c.endpoints(), &c.dir.path().join("p1.cache"), "p1");
     let p2 = ProxyProcess::spawn(&c.endpoints(), &c.dir.path().join("p2.cache"), "p2");
     p1.wait_revision(rev).await;
@@ -89,8 +95,10 @@ async fn proxies_racing_on_a_new_key_end_with_one_binding() {
         let (a, b) = tokio::join!(ws_connect(&p1.ws, "/", &hdr), ws_connect(&p2.ws, "/", &hdr));
         let (a, b) = (a.unwrap().1, b.unwrap().1);
         assert_eq!(a, b, "{k}: both proxies chose the same backend");
-        let bound =
-            eventually("one binding", Duration::from_secs(5), || async { session(&c.nodes[&1].addr, &k).await }).await;
+        let bound = eventually("one binding", Duration::from_secs(5), || async {
+            session(&c.nodes[&1].addr, &secret, &k).await
+        })
+        .await;
         assert_eq!(bound.backend, bs.iter().find(|x| x.name == a).unwrap().addr);
         let (_ws, again) = ws_connect(&p2.ws, "/", &[("X-Session", &k)]).await.unwrap();
         assert_eq!(again, a);
@@ -107,7 +115,7 @@ async fn proxies_racing_on_a_new_key_end_with_one_binding() {
 async fn bindings_expire_after_their_ttl_once_connections_are_gone_and_cookies_are_issued() {
     let _g = serial().await;
     let bs = [EchoBackend::start("b1").await, EchoBackend::start("b2").await];
-    let (c, rev) = setup("cookie:sy_session", 1000, &bs).await;
+    let (c, rev, secret) = setup("cookie:sy_session", 1000, &bs).await;
     let p = ProxyProcess::spawn(&c.endpoints(), &c.dir.path().join("p.cache"), "p");
     p.wait_revision(rev).await;
 
@@ -119,11 +127,12 @@ async fn bindings_expire_after_their_ttl_once_connections_are_gone_and_cookies_a
     let key = cookie.split(';').next().unwrap().strip_prefix("sy_session=").unwrap().to_string();
     let addr = c.nodes[&1].addr.clone();
     let bound =
-        eventually("cookie session bound", Duration::from_secs(5), || async { session(&addr, &key).await }).await;
+        eventually("cookie session bound", Duration::from_secs(5), || async { session(&addr, &secret, &key).await })
+            .await;
 
     // Held open for three TTLs: refreshed (last seen moves on), never expired.
     eventually("binding refreshed across three TTLs", Duration::from_secs(10), || async {
-        let now = session(&addr, &key).await.expect("a binding with a live connection must not expire");
+        let now = session(&addr, &secret, &key).await.expect("a binding with a live connection must not expire");
         (now.last_seen_ms >= bound.last_seen_ms + 3 * 1000).then_some(())
     })
     .await;
@@ -133,7 +142,7 @@ async fn bindings_expire_after_their_ttl_once_connections_are_gone_and_cookies_a
     drop(_ws2);
     drop(ws);
     eventually("binding to expire", Duration::from_secs(6), || async {
-        session(&addr, &key).await.is_none().then_some(())
+        session(&addr, &secret, &key).await.is_none().then_some(())
     })
     .await;
 }

@@ -141,6 +141,8 @@ pub(super) fn change_json(c: &Change) -> Value {
         Some(change::Kind::SettingsPut(s)) => json!({"settings_put": settings_json(s)}),
         Some(change::Kind::SessionPut(s)) => json!({"session_put": session_json(s)}),
         Some(change::Kind::SessionRemoved(s)) => json!({"session_removed": {"pool": s.pool, "key": s.key}}),
+        // The secret itself is never shown, only that the cluster has one now.
+        Some(change::Kind::AffinitySecret(_)) => json!({"affinity_secret": "set"}),
         None => Value::Null,
     }
 }

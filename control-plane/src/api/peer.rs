@@ -1,7 +1,14 @@
 //! The peer-only Raft service: openraft's RPCs and leader forwarding. Every call's cluster id
-//! is checked before its payload reaches openraft.
+//! is checked, and its payload must be one a legitimate peer could send ([`sane`],
+//! [`forwardable`]), before it reaches openraft or the leader's proposer.
 
-use std::sync::Arc;
+pub mod forwardable;
+pub mod sane;
+
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 
 use openraft::raft::AppendEntriesResponse;
 use switchyard_proto::raft::raft_server::Raft;
@@ -14,16 +21,47 @@ use crate::node::calls::Envelope;
 use crate::node::context::NodeCtx;
 use crate::node::leader;
 
-pub struct PeerService(pub Arc<NodeCtx>);
+pub struct PeerService {
+    node: Arc<NodeCtx>,
+    chunks: sane::Chunks,
+    quiet: Quiet,
+}
 
-/// The sender's cluster id (checked) and the decoded payload.
-fn payload<T: serde::de::DeserializeOwned>(
-    node: &NodeCtx,
-    req: Request<RaftPayload>,
-) -> Result<(Option<String>, T), Status> {
-    let id = node.cluster_id.check(&req)?;
-    let v = decode(&req.into_inner().data).map_err(|e| Status::invalid_argument(format!("bad raft payload: {e}")))?;
-    Ok((id, v))
+impl PeerService {
+    pub fn new(node: Arc<NodeCtx>) -> PeerService {
+        PeerService { node, chunks: Default::default(), quiet: Default::default() }
+    }
+}
+
+/// A flood of bad requests must not become a flood of log lines: at most one a second, with
+/// how many were left out since the last.
+#[derive(Default)]
+struct Quiet {
+    last: Mutex<Option<Instant>>,
+    skipped: AtomicU64,
+}
+
+const LOG_EVERY: Duration = Duration::from_secs(1);
+
+impl Quiet {
+    /// `Some(skipped since the last line)` when a line may be written now.
+    fn allow(&self) -> Option<u64> {
+        let mut last = self.last.lock().unwrap_or_else(|e| e.into_inner());
+        let now = Instant::now();
+        if last.is_some_and(|t| now.duration_since(t) < LOG_EVERY) {
+            self.skipped.fetch_add(1, Ordering::Relaxed);
+            return None;
+        }
+        *last = Some(now);
+        Some(self.skipped.swap(0, Ordering::Relaxed))
+    }
+}
+
+/// A request as it arrived: who sent it, the cluster id it carried (checked), its payload.
+struct Incoming<T> {
+    from: Option<SocketAddr>,
+    cluster_id: Option<String>,
+    rpc: T,
 }
 
 fn reply<T: serde::Serialize>(v: &T) -> Result<Response<RaftPayload>, Status> {
@@ -31,13 +69,35 @@ fn reply<T: serde::Serialize>(v: &T) -> Result<Response<RaftPayload>, Status> {
 }
 
 impl PeerService {
+    fn payload<T: serde::de::DeserializeOwned>(
+        &self,
+        method: &'static str,
+        req: Request<RaftPayload>,
+    ) -> Result<Incoming<T>, Status> {
+        let from = req.remote_addr();
+        let cluster_id = self.node.cluster_id.check(&req)?;
+        let rpc = decode(&req.into_inner().data).map_err(|e| self.refuse(from, method, format!("bad payload: {e}")))?;
+        Ok(Incoming { from, cluster_id, rpc })
+    }
+
+    /// INVALID_ARGUMENT with the reason, and a (rate-limited) warning naming the sender.
+    fn refuse(&self, from: Option<SocketAddr>, method: &'static str, reason: impl std::fmt::Display) -> Status {
+        if let Some(skipped) = self.quiet.allow() {
+            let from = from.map_or_else(|| "unknown".to_string(), |a| a.to_string());
+            tracing::warn!(%from, method, skipped, "refused a peer request: {reason}");
+        }
+        Status::invalid_argument(format!("refused {method}: {reason}"))
+    }
+
     /// A leader reached this node: a node without a cluster id yet takes the leader's.
     fn accepted_from_leader(&self, id: Option<String>) -> Result<(), Status> {
-        self.0.serving.heard_from_leader();
+        self.node.serving.heard_from_leader();
         match id {
-            Some(id) if self.0.cluster_id.get().is_none() => {
-                self.0.cluster_id.adopt(&id).map_err(|e| Status::internal(format!("cannot store the cluster id: {e}")))
-            }
+            Some(id) if self.node.cluster_id.get().is_none() => self
+                .node
+                .cluster_id
+                .adopt(&id)
+                .map_err(|e| Status::internal(format!("cannot store the cluster id: {e}"))),
             _ => Ok(()),
         }
     }
@@ -46,41 +106,67 @@ impl PeerService {
 #[tonic::async_trait]
 impl Raft for PeerService {
     async fn append_entries(&self, req: Request<RaftPayload>) -> Result<Response<RaftPayload>, Status> {
-        let (id, rpc) = payload(&self.0, req)?;
-        let r = self.0.raft.append_entries(rpc).await;
+        let m = "AppendEntries";
+        let Incoming { from, cluster_id, rpc } = self.payload(m, req)?;
+        sane::append(&rpc).map_err(|e| self.refuse(from, m, e))?;
+        let r = self.node.raft.append_entries(rpc).await;
         if matches!(r, Ok(ref a) if !matches!(a, AppendEntriesResponse::HigherVote(_))) {
-            self.accepted_from_leader(id)?;
+            self.accepted_from_leader(cluster_id)?;
         }
         reply(&r)
     }
 
     async fn vote(&self, req: Request<RaftPayload>) -> Result<Response<RaftPayload>, Status> {
-        let (_, rpc) = payload(&self.0, req)?;
-        reply(&self.0.raft.vote(rpc).await)
+        let m = "Vote";
+        let Incoming { from, rpc, .. } = self.payload(m, req)?;
+        sane::vote(&rpc).map_err(|e| self.refuse(from, m, e))?;
+        reply(&self.node.raft.vote(rpc).await)
     }
 
     async fn install_snapshot(&self, req: Request<RaftPayload>) -> Result<Response<RaftPayload>, Status> {
-        let (id, rpc) = payload(&self.0, req)?;
-        let r = self.0.raft.install_snapshot(rpc).await;
+        let m = "InstallSnapshot";
+        let Incoming { from, cluster_id, rpc } = self.payload(m, req)?;
+        sane::snapshot(&rpc).and_then(|()| self.chunks.check(&rpc)).map_err(|e| self.refuse(from, m, e))?;
+        let (id, offset, len) = (rpc.meta.snapshot_id.clone(), rpc.offset, rpc.data.len());
+        let r = self.node.raft.install_snapshot(rpc).await;
         if r.is_ok() {
-            self.accepted_from_leader(id)?;
+            self.chunks.accepted(&id, offset, len);
+            self.accepted_from_leader(cluster_id)?;
         }
         reply(&r)
     }
 
     async fn forward(&self, req: Request<RaftPayload>) -> Result<Response<RaftPayload>, Status> {
-        let (_, call): (_, Envelope) = payload(&self.0, req)?;
-        Ok(Response::new(RaftPayload { data: leader::serve_forwarded(&self.0, call).await }))
+        let m = "Forward";
+        let Incoming { from, rpc, .. } = self.payload::<Envelope>(m, req)?;
+        forwardable::check(&rpc).map_err(|e| self.refuse(from, m, e))?;
+        Ok(Response::new(RaftPayload { data: leader::serve_forwarded(&self.node, rpc).await }))
     }
 
     async fn initialized(&self, _req: Request<Empty>) -> Result<Response<InitializedReply>, Status> {
-        let initialized = self.0.raft.is_initialized().await.unwrap_or(false);
+        let node = &self.node;
+        let initialized = node.raft.is_initialized().await.unwrap_or(false);
         Ok(Response::new(InitializedReply {
             initialized,
-            node_id: self.0.id,
-            cluster_id: self.0.cluster_id.get().unwrap_or_default(),
-            members: if initialized { self.0.member_ids() } else { Vec::new() },
-            members_hash: members_hash(&self.0.config.initial_cluster),
+            node_id: node.id,
+            cluster_id: node.cluster_id.get().unwrap_or_default(),
+            members: if initialized { node.member_ids() } else { Vec::new() },
+            members_hash: members_hash(&node.config.initial_cluster),
         }))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn refusal_lines_are_limited_to_one_a_second_and_count_the_rest() {
+        let q = Quiet::default();
+        assert_eq!(q.allow(), Some(0));
+        assert_eq!(q.allow(), None);
+        assert_eq!(q.allow(), None);
+        *q.last.lock().unwrap() = Some(Instant::now() - LOG_EVERY);
+        assert_eq!(q.allow(), Some(2));
     }
 }

@@ -33,7 +33,7 @@ impl QueryService {
 impl Query for QueryService {
     async fn get_topology(&self, req: Request<ReadRequest>) -> Result<Response<Topology>, Status> {
         let v = self.view(req.into_inner().consistency).await?;
-        Ok(Response::new(v.0.state.to_topology(v.0.revision())))
+        Ok(Response::new(v.0.state.to_public_topology(v.0.revision())))
     }
 
     async fn list_pools(&self, req: Request<ReadRequest>) -> Result<Response<ListPoolsReply>, Status> {

@@ -37,6 +37,8 @@ pub struct NodeCtx {
     pub forwarder: Forwarder,
     /// Whether this node may serve watches and reports (a leader, and membership).
     pub serving: Serving,
+    /// Set when the Raft core stops fatally (see [`crate::fatal`]).
+    pub fatal: crate::fatal::Fatal,
     pub(super) proposals: mpsc::Sender<Proposal>,
 }
 

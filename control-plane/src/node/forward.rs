@@ -45,6 +45,11 @@ impl LeaderClients {
         match client.forward(req).await {
             Ok(r) => network::decode::<Result<C::Reply, ExecError>>(&r.into_inner().data)
                 .map_err(|e| ExecError::Api(ApiError::Internal(format!("bad reply from leader: {e}"))))?,
+            // Refused as it stands (not a call a follower may forward, or over the peer
+            // message cap): sending it again would be refused again.
+            Err(s) if matches!(s.code(), tonic::Code::InvalidArgument | tonic::Code::OutOfRange) => {
+                Err(ExecError::Api(ApiError::InvalidArgument(format!("the leader refused the call: {}", s.message()))))
+            }
             // The leader is unreachable (killed, partitioned), or the connection broke after
             // the call went out and it may have been carried out: wait for the next leader and
             // send it again. For a write with a request id that is safe (the state machine

@@ -149,7 +149,9 @@ impl RunOnLeader for ReadIndex {
 impl RunOnLeader for Report {
     async fn run(self, ctx: &NodeCtx) -> Result<Self::Reply, ExecError> {
         ctx.ensure_leader()?;
-        let Report { status: Pb(status), bindings, loads } = self;
+        let Report { status: Pb(status), mut bindings, loads } = self;
+        // Keys are hashed on the proxy; a raw one (an old proxy's) is never stored.
+        bindings.retain(|Pb(b)| switchyard_model::affinity::is_hashed(&b.key));
         ctx.proxies.record(status, loads.into_iter().map(|Pb(l)| l).collect());
         if !bindings.is_empty() {
             // Time comes from the leader, inside the command: apply stays deterministic. The

@@ -70,6 +70,18 @@ pub enum Command {
     /// Changes nothing; carries the audit note of a write that is not a command (membership
     /// changes are Raft's own entries).
     Note,
+    /// The leader's freshly minted affinity hashing secret; only the first one ever takes.
+    SetAffinitySecret(SecretBytes),
+}
+
+/// Secret bytes in a command; `Debug` does not show them.
+#[derive(Clone, Serialize, Deserialize)]
+pub struct SecretBytes(pub Vec<u8>);
+
+impl std::fmt::Debug for SecretBytes {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "SecretBytes({} bytes)", self.0.len())
+    }
 }
 
 /// A command as proposed: with the identity of the admin write it came from, if it carried

@@ -158,6 +158,9 @@ impl StateMachineStore {
                     let s = switchyard_proto::v1::Settings::decode(&*v).map_err(|e| bad(&e))?;
                     model.apply(&put(change::Kind::SettingsPut(s)));
                 }
+                _ if &*k == AFFINITY_SECRET => {
+                    model.apply(&put(change::Kind::AffinitySecret(v.to_vec())));
+                }
                 _ if &*k == LAST_APPLIED => last_applied = postcard::from_bytes(&v).map_err(|e| bad(&e))?,
                 _ if &*k == MEMBERSHIP => membership = postcard::from_bytes(&v).map_err(|e| bad(&e))?,
                 _ if &*k == CLOCK => clock_ms = postcard::from_bytes(&v).map_err(|e| bad(&e))?,

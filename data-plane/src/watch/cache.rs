@@ -75,11 +75,15 @@ pub fn load(path: &Path) -> Option<(Topology, SystemTime)> {
 }
 
 /// Writes atomically and durably: a temp file, flushed to disk, renamed over the old one, and
-/// the directory flushed, so a crash leaves either the old cache or the new one, whole.
+/// the directory flushed, so a crash leaves either the old cache or the new one, whole. The
+/// file is its owner's alone (0600): it holds the cluster's affinity hashing key.
 pub fn write(path: &Path, t: &Topology) -> std::io::Result<()> {
     use std::io::Write;
+    use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
     let tmp = path.with_extension("tmp");
-    let mut f = std::fs::File::create(&tmp)?;
+    let mut f = std::fs::OpenOptions::new().write(true).create(true).truncate(true).mode(0o600).open(&tmp)?;
+    // A leftover temp file keeps its old mode through `open`: set it, before any byte goes in.
+    f.set_permissions(std::fs::Permissions::from_mode(0o600))?;
     f.write_all(&frame(&t.encode_to_vec()))?;
     f.sync_all()?;
     drop(f);
@@ -127,6 +131,23 @@ mod tests {
         std::fs::write(&path, b"\xff\xff\xff not protobuf").unwrap();
         assert!(load(&path).is_none());
         assert!(load(&dir.path().join("missing")).is_none());
+    }
+
+    #[test]
+    fn the_cache_file_is_private_even_when_an_open_one_existed() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("cache.pb");
+        let mode = |p: &Path| std::fs::metadata(p).unwrap().permissions().mode() & 0o777;
+        write(&path, &topology()).unwrap();
+        assert_eq!(mode(&path), 0o600);
+        // An older proxy left it world-readable, and a temp file beside it.
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o644)).unwrap();
+        std::fs::write(path.with_extension("tmp"), b"old").unwrap();
+        std::fs::set_permissions(path.with_extension("tmp"), std::fs::Permissions::from_mode(0o666)).unwrap();
+        write(&path, &topology()).unwrap();
+        assert_eq!(mode(&path), 0o600);
+        assert_eq!(load(&path).map(|(t, _)| t), Some(topology()));
     }
 
     #[test]

@@ -31,6 +31,7 @@ pub const LAST_APPLIED: &[u8] = b"~last_applied";
 pub const MEMBERSHIP: &[u8] = b"~membership";
 pub const SETTINGS: &[u8] = b"~settings";
 pub const CLOCK: &[u8] = b"~clock";
+pub const AFFINITY_SECRET: &[u8] = b"~affinity_secret";
 
 /// Writes one client's row of the seen-requests table (`None`: it was evicted).
 pub fn persist_seen(batch: &mut sled::Batch, client: &str, rec: Option<&Record>) -> Result<(), StorageError> {
@@ -83,6 +84,7 @@ pub fn persist(batch: &mut sled::Batch, c: &Change) {
         Entity::Route(n) => k1(b'r', n),
         Entity::Settings => SETTINGS.to_vec(),
         Entity::Session { pool, key } => k2(b's', pool, key),
+        Entity::AffinitySecret => AFFINITY_SECRET.to_vec(),
     };
     match value {
         Some(v) => batch.insert(key, v),
