@@ -14,8 +14,20 @@ fn entry(index: u64, cmd: Command) -> Entry {
     }
 }
 
+/// Opens (or reopens) a store. sled's background flusher may hold a just-dropped database
+/// (and its file lock) for a moment, more so with tests running side by side: a reopen waits
+/// for the lock, within a deadline.
 fn open(dir: &std::path::Path) -> (sled::Db, StateMachineStore) {
-    let db = store::open(dir, 1).expect("open sled");
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    let db = loop {
+        match store::open(dir, 1) {
+            Ok(db) => break db,
+            Err(e) if e.to_string().contains("could not acquire lock") && std::time::Instant::now() < deadline => {
+                std::thread::sleep(std::time::Duration::from_millis(20))
+            }
+            Err(e) => panic!("open sled: {e}"),
+        }
+    };
     (db.clone(), StateMachineStore::open(db).expect("open state machine"))
 }
 
