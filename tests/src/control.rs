@@ -188,7 +188,8 @@ pub struct Cluster {
 }
 
 impl Cluster {
-    /// Starts `n` founding members with `extra` flags, and waits for a leader.
+    /// Starts `n` founding members with `extra` flags, and waits for a leader and its
+    /// affinity secret.
     pub async fn start(n: u64, extra: &[&str]) -> Cluster {
         let dir = tempfile::tempdir().expect("temp dir");
         let sockets: BTreeMap<u64, TcpListener> = (1..=n).map(|i| (i, reserve())).collect();
@@ -205,7 +206,10 @@ impl Cluster {
             .map(|(i, l)| (i, ControlNode::spawn(i, l, &dir.path().join(format!("node-{i}")), &flags)))
             .collect();
         let c = Cluster { dir, nodes };
-        c.leader(Duration::from_secs(15)).await;
+        let leader = c.leader(Duration::from_secs(15)).await;
+        // A new leader mints the affinity secret (a change event of its own) soon after it
+        // wins: tests start once that has happened, so it never lands inside one.
+        affinity_secret(&c.nodes[&leader].addr).await;
         c
     }
 
