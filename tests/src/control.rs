@@ -195,7 +195,8 @@ pub struct Cluster {
 }
 
 impl Cluster {
-    /// Starts `n` founding members with `extra` flags, and waits for a leader.
+    /// Starts `n` founding members with `extra` flags, and waits for a leader and its
+    /// affinity secret.
     pub async fn start(n: u64, extra: &[&str]) -> Cluster {
         Cluster::start_with(n, extra, ClientTls::cleartext()).await
     }
@@ -217,7 +218,10 @@ impl Cluster {
             .map(|(i, l)| (i, ControlNode::spawn(i, l, &dir.path().join(format!("node-{i}")), &flags)))
             .collect();
         let c = Cluster { dir, nodes, tls };
-        c.leader(Duration::from_secs(15)).await;
+        let leader = c.leader(Duration::from_secs(15)).await;
+        // A new leader mints the affinity secret (a change event of its own) soon after it
+        // wins: tests start once that has happened, so it never lands inside one.
+        affinity_secret_with(&c.nodes[&leader].addr, &c.tls).await;
         c
     }
 
@@ -257,9 +261,14 @@ pub async fn status_with(addr: &str, tls: &ClientTls) -> Option<ClusterStatusRep
 /// The cluster's affinity hashing secret, as a proxy receives it on a watch, once the leader
 /// has minted it. Tests hash raw session keys with it to look their bindings up.
 pub async fn affinity_secret(addr: &str) -> AffinitySecret {
+    affinity_secret_with(addr, &ClientTls::cleartext()).await
+}
+
+/// [`affinity_secret`] through `tls`.
+pub async fn affinity_secret_with(addr: &str, tls: &ClientTls) -> AffinitySecret {
     eventually("the leader to mint the affinity secret", Duration::from_secs(10), || async {
         let req = WatchRequest { proxy_id: String::new(), from_revision: 0 };
-        let mut stream = discovery(addr).watch(req).await.ok()?.into_inner();
+        let mut stream = DiscoveryClient::new(tls_channel(addr, tls)).watch(req).await.ok()?.into_inner();
         match stream.message().await.ok()??.kind? {
             watch_event::Kind::Snapshot(t) => {
                 Some(AffinitySecret::from_bytes(&t.affinity_secret)).filter(|s| s.is_set())
