@@ -117,6 +117,10 @@ impl Proc {
         self.0.is_some()
     }
 
+    pub fn pid(&self) -> Option<u32> {
+        self.0.as_ref().map(Child::id)
+    }
+
     /// Spawns `cmd` with its stdout piped and returns the first line it prints (processes
     /// report the addresses they bound there). A process that exits or stays silent for 30 s
     /// fails the test; the process is this guard's from the moment it is spawned.
