@@ -15,10 +15,8 @@ use crate::relay::{self, CloseHandle, Limits, Stream};
 use crate::state::ProxyState;
 use crate::tls::BackendTls;
 
-/// A client during its handshake: plain, or past its TLS handshake (boxed: rustls' state
-/// would otherwise take room in every connection's future, ws ones included).
-type ClientIo = Either<TcpStream, Box<tokio_rustls::server::TlsStream<TcpStream>>>;
-type BackendIo = Either<TcpStream, Box<tokio_rustls::client::TlsStream<TcpStream>>>;
+mod streams;
+use streams::{accept_tls, backend_stream, client_stream, connect_backend, BackendFail, ClientIo};
 
 /// What every connection's handling needs besides the shared state.
 pub struct Ctx {
@@ -166,32 +164,11 @@ struct Established {
     session: Option<(String, String, String)>,
 }
 
-fn handshake_timeout(s: &switchyard_proto::v1::Settings) -> Duration {
+pub(crate) fn handshake_timeout(s: &switchyard_proto::v1::Settings) -> Duration {
     if s.handshake_timeout_ms > 0 {
         Duration::from_millis(s.handshake_timeout_ms)
     } else {
         DEFAULT_HANDSHAKE_TIMEOUT
-    }
-}
-
-/// The TLS handshake of a wss client, on the connection's own task and under the handshake
-/// timeout. A failure costs a debug line and a count (`tls_error`, `tls_timeout`).
-async fn accept_tls(state: &ProxyState, ctx: &Ctx, sock: TcpStream, peer: SocketAddr) -> Option<ClientIo> {
-    let acceptor = ctx.wss.as_ref()?;
-    let limit = handshake_timeout(&state.table.load().settings);
-    // Boxed: the handshake's state lives only while it runs, not in every connection.
-    match tokio::time::timeout(limit, Box::pin(acceptor.accept(sock))).await {
-        Ok(Ok(s)) => Some(Either::Right(Box::new(s))),
-        Ok(Err(e)) => {
-            state.runtime.count_failure("tls_error");
-            tracing::debug!(%peer, "TLS handshake failed: {e}");
-            None
-        }
-        Err(_) => {
-            state.runtime.count_failure("tls_timeout");
-            tracing::debug!(%peer, ?limit, "TLS handshake timed out");
-            None
-        }
     }
 }
 
@@ -291,11 +268,11 @@ async fn open(state: &ProxyState, mut client: ClientIo, peer: SocketAddr, ctx: &
         match connect_backend(&b.backend.address, ctx).await {
             Ok(s) => break (i, s),
             Err(why) => {
+                tls_failed |= matches!(why, BackendFail::Tls(_));
                 // Passive health: this proxy stops sending new connections here for a while.
                 b.stats.connect_failures.fetch_add(1, Relaxed);
                 b.stats.ejected_until_ms.store(state.registry.now_ms() + tuning.eject_for.as_millis() as u64, Relaxed);
                 tracing::warn!(backend = %b.backend.address, pool = %pool.pool.name, "{why}; ejected locally");
-                tls_failed |= why.starts_with("TLS");
                 exclude.push(i);
             }
         }
@@ -357,46 +334,6 @@ async fn open(state: &ProxyState, mut client: ClientIo, peer: SocketAddr, ctx: &
         pool: pool.pool.name.clone(),
         address: entry.backend.address.clone(),
     })
-}
-
-/// Connects to a backend (with TLS when configured) under the connect timeout; the error
-/// says what failed, starting with "TLS" when the TCP connection worked and TLS did not.
-async fn connect_backend(address: &str, ctx: &Ctx) -> Result<BackendIo, String> {
-    let limit = ctx.tuning.connect_timeout;
-    let tcp = match tokio::time::timeout(limit, TcpStream::connect(address)).await {
-        Ok(Ok(s)) => s,
-        Ok(Err(e)) => return Err(format!("connect failed: {e}")),
-        Err(_) => return Err("connect timed out".into()),
-    };
-    let _ = tcp.set_nodelay(true);
-    let Some(bt) = &ctx.backend_tls else { return Ok(Either::Left(tcp)) };
-    let name = bt.name_for(address).map_err(|e| format!("TLS: {e}"))?;
-    let connector = tokio_rustls::TlsConnector::from(bt.config.clone());
-    match tokio::time::timeout(limit, Box::pin(connector.connect(name, tcp))).await {
-        Ok(Ok(s)) => Ok(Either::Right(Box::new(s))),
-        Ok(Err(e)) => Err(format!("TLS handshake failed: {e}")),
-        Err(_) => Err("TLS handshake timed out".into()),
-    }
-}
-
-fn client_stream(c: ClientIo) -> Stream {
-    match c {
-        Either::Left(s) => Stream::Plain(s),
-        Either::Right(t) => {
-            let (tcp, conn) = t.into_inner();
-            Stream::tls(tcp, conn)
-        }
-    }
-}
-
-fn backend_stream(c: BackendIo) -> Stream {
-    match c {
-        Either::Left(s) => Stream::Plain(s),
-        Either::Right(t) => {
-            let (tcp, conn) = t.into_inner();
-            Stream::tls(tcp, conn)
-        }
-    }
 }
 
 /// The session key for a pool's affinity spec, and the `Set-Cookie` line to add to the 101

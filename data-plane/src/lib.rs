@@ -81,16 +81,9 @@ impl Proxy {
             None => None,
         };
         let backend_tls = match &tls.backend {
-            Some(b) => {
-                Some(tls::BackendTls { config: tls::backend_config(&b.ca)?, server_name: b.server_name.clone() })
-            }
+            Some(b) => Some(tls::BackendTls::new(tls::backend_config(&b.ca)?, b.server_name.clone())?),
             None => None,
         };
-        if let Some(b) = &backend_tls {
-            if let Some(n) = &b.server_name {
-                b.name_for(n)?;
-            }
-        }
         let state = ProxyState::new(cfg.proxy_id.clone());
         let mut mirror = watch::mirror::Mirror::default();
         if let Some((t, written)) = cfg.cache_file.as_deref().and_then(watch::cache::load) {

@@ -54,6 +54,15 @@ pub struct BackendTls {
 }
 
 impl BackendTls {
+    /// Checks `server_name` now, so a bad one stops the start rather than every connection.
+    pub fn new(config: Arc<ClientConfig>, server_name: Option<String>) -> Result<BackendTls, TlsError> {
+        let b = BackendTls { config, server_name };
+        if b.server_name.is_some() {
+            b.name_for("")?;
+        }
+        Ok(b)
+    }
+
     /// The name a backend at `address` (host:port) must prove.
     pub fn name_for(&self, address: &str) -> Result<rustls::pki_types::ServerName<'static>, TlsError> {
         let host = match &self.server_name {
