@@ -72,11 +72,13 @@ async fn write_all(s: &Stream, mut buf: &[u8]) -> io::Result<()> {
 /// Writes what the socket takes now, without waiting: the fast path of every write. The
 /// caller finishes with [`write_rest`] when it returns less than all, or the stream is
 /// [`Stream::pending`].
+#[inline]
 pub fn try_write(s: &Stream, buf: &[u8]) -> io::Result<usize> {
     s.try_write(buf)
 }
 
 /// Whether a write that took `sent` of `len` bytes must still wait.
+#[inline]
 pub fn unfinished(s: &Stream, sent: usize, len: usize) -> bool {
     sent < len || s.pending()
 }

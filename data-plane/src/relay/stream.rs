@@ -43,6 +43,7 @@ impl Stream {
     }
 
     /// Waits until [`Self::read_some`] may have something.
+    #[inline]
     pub async fn readable(&self) -> io::Result<()> {
         match self {
             Stream::Plain(s) => s.readable().await,
@@ -61,6 +62,7 @@ impl Stream {
 
     /// Reads what is there without waiting: `Ok(0)` at the end of the stream, `WouldBlock`
     /// when nothing is.
+    #[inline]
     pub fn read_some(&self, buf: &mut [u8]) -> io::Result<usize> {
         match self {
             Stream::Plain(s) => read_plain(s, buf),
@@ -70,6 +72,7 @@ impl Stream {
 
     /// Writes what the socket takes now, without waiting; for TLS, the plaintext taken (its
     /// record may still be [`Self::pending`]).
+    #[inline]
     pub fn try_write(&self, buf: &[u8]) -> io::Result<usize> {
         match self {
             Stream::Plain(s) => match s.try_write(buf) {
@@ -82,6 +85,7 @@ impl Stream {
     }
 
     /// Encrypted bytes written but not yet taken by the socket.
+    #[inline]
     pub fn pending(&self) -> bool {
         match self {
             Stream::Plain(_) => false,
@@ -105,6 +109,7 @@ impl Stream {
 /// readiness is cleared at once (through `try_io`, which keeps any readiness that arrived
 /// meanwhile) instead of spending a second `recv` to learn it would block: this saves a
 /// syscall per message, which is most of the proxy's own cost.
+#[inline]
 fn read_plain(s: &TcpStream, buf: &mut [u8]) -> io::Result<usize> {
     let mut got = 0;
     let res = s.try_io(Interest::READABLE, || {
