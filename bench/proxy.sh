@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # The proxy against NGINX, HAProxy and a direct connection: same machine, same echo backend,
-# same load, interleaved in one run. Then config propagation: 3 control-plane nodes, 10
-# proxies, 1,000 writes.
+# same load, interleaved in one run, over ws and over wss (each proxy terminating TLS with the
+# same ECDSA P-256 certificate; the client makes full handshakes, no resumption). Then config
+# propagation: 3 control-plane nodes, 10 proxies, 1,000 writes.
 #
 # Usage: bash bench/proxy.sh [SECONDS_PER_PHASE] [IDLE_CONNECTIONS]   (QUICK=1: throughput and
 # handshakes only; BASELINE=DIR: also run DIR/switchyard-proxy, another build, as target
@@ -28,7 +29,13 @@ procs() { echo "$1 $(pgrep -P "$1" | tr '\n' ' ')"; }
 rss_kb() { local t=0; for p in $(procs "$1"); do t=$((t + $(awk '/VmRSS/{print $2}' /proc/$p/status))); done; echo $t; }
 cpu_ticks() { local t=0; for p in $(procs "$1"); do t=$((t + $(awk '{print $14+$15}' /proc/$p/stat))); done; echo $t; }
 
-BACKEND=$(port); CP=$(port); SY=$(port); SYA=$(port); NG=$(port); HA=$(port)
+BACKEND=$(port); CP=$(port); SY=$(port); SYA=$(port); NG=$(port); HA=$(port); SYS=$(port); NGS=$(port); HAS=$(port)
+# One certificate for all three: ECDSA P-256 from `switchyard certs`; HAProxy wants it with its key.
+CERTS="$PWD/$OUT/certs"
+$B/switchyard certs init "$CERTS" >/dev/null
+$B/switchyard certs issue "$CERTS" --role proxy --name bench --san localhost --san 127.0.0.1 >/dev/null
+cat "$CERTS/bench.crt" "$CERTS/bench.key" > "$CERTS/bench.pem"
+tls_args() { case $1 in *-wss) echo "--tls-ca $CERTS/ca.crt --sni localhost";; esac; }
 $B/switchyard demo-backend --listen 127.0.0.1:$BACKEND --no-greeting > "$OUT/backend.log" 2>&1 & PIDS+=($!)
 $B/switchyard-control --id 1 --listen 127.0.0.1:$CP --data-dir "$OUT/cp" > "$OUT/cp.log" 2>&1 & PIDS+=($!)
 wait_port $BACKEND; wait_port $CP
@@ -36,8 +43,10 @@ export SWITCHYARD_ENDPOINTS=127.0.0.1:$CP
 $B/switchyard pool create bench >/dev/null
 $B/switchyard backend add bench 127.0.0.1:$BACKEND >/dev/null
 $B/switchyard route set all --pool bench >/dev/null
-$B/switchyard-proxy --listen 127.0.0.1:$SY --admin 127.0.0.1:$SYA --control-plane 127.0.0.1:$CP --proxy-id bench > "$OUT/proxy.log" 2>&1 & SYPID=$!; PIDS+=($SYPID)
+$B/switchyard-proxy --listen 127.0.0.1:$SY --admin 127.0.0.1:$SYA --control-plane 127.0.0.1:$CP --proxy-id bench \
+  --wss-listen 127.0.0.1:$SYS --wss-cert "$CERTS/bench.crt" --wss-key "$CERTS/bench.key" > "$OUT/proxy.log" 2>&1 & SYPID=$!; PIDS+=($SYPID)
 TARGETS="switchyard${BASELINE:+ baseline} nginx haproxy"
+TLS_TARGETS="switchyard-wss nginx-wss haproxy-wss"
 if [ -n "${BASELINE:-}" ]; then
   BL=$(port); BLA=$(port)
   "$BASELINE/switchyard-proxy" --listen 127.0.0.1:$BL --admin 127.0.0.1:$BLA --control-plane 127.0.0.1:$CP --proxy-id baseline > "$OUT/baseline.log" 2>&1 & BLPID=$!; PIDS+=($BLPID)
@@ -56,6 +65,10 @@ http {
   upstream be { server 127.0.0.1:$BACKEND; keepalive 64; }
   server {
     listen 127.0.0.1:$NG;
+    listen 127.0.0.1:$NGS ssl;
+    ssl_certificate $CERTS/bench.crt;
+    ssl_certificate_key $CERTS/bench.key;
+    ssl_protocols TLSv1.2 TLSv1.3;
     location / {
       proxy_pass http://be;
       proxy_http_version 1.1;
@@ -85,43 +98,51 @@ defaults
   timeout tunnel 1h
 frontend fe
   bind 127.0.0.1:$HA
+  bind 127.0.0.1:$HAS ssl crt $CERTS/bench.pem alpn http/1.1 ssl-min-ver TLSv1.2
   default_backend be
 backend be
   server s1 127.0.0.1:$BACKEND
 HAP
 haproxy -f "$OUT/haproxy.cfg" -db > "$OUT/haproxy.log" 2>&1 & HAPID=$!; PIDS+=($HAPID)
-wait_port $SY; wait_port $NG; wait_port $HA
+wait_port $SY; wait_port $NG; wait_port $HA; wait_port $SYS; wait_port $NGS; wait_port $HAS
 wait_proxy_config 127.0.0.1:$SYA
 [ -n "${BASELINE:-}" ] && { wait_port $BL; wait_proxy_config 127.0.0.1:$BLA; }
 
-declare -A ADDR=([direct]=127.0.0.1:$BACKEND [switchyard]=127.0.0.1:$SY [nginx]=127.0.0.1:$NG [haproxy]=127.0.0.1:$HA)
-declare -A PID=([direct]=0 [switchyard]=$SYPID [nginx]=$NGPID [haproxy]=$HAPID)
+declare -A ADDR=([direct]=127.0.0.1:$BACKEND [switchyard]=127.0.0.1:$SY [nginx]=127.0.0.1:$NG [haproxy]=127.0.0.1:$HA
+  [switchyard-wss]=127.0.0.1:$SYS [nginx-wss]=127.0.0.1:$NGS [haproxy-wss]=127.0.0.1:$HAS)
+declare -A PID=([direct]=0 [switchyard]=$SYPID [nginx]=$NGPID [haproxy]=$HAPID
+  [switchyard-wss]=$SYPID [nginx-wss]=$NGPID [haproxy-wss]=$HAPID)
 [ -n "${BASELINE:-}" ] && { ADDR[baseline]=127.0.0.1:$BL; PID[baseline]=$BLPID; }
 TCK=$(getconf CLK_TCK)
 
 # Interleaved rounds: every target once per round.
 for round in 1 2; do
-  for t in direct $TARGETS; do
+  for t in direct $TARGETS $TLS_TARGETS; do
     p=${PID[$t]}
     c0=$([ "$p" = 0 ] && echo 0 || cpu_ticks "$p")
-    line=$($B/ws-bench throughput --target "${ADDR[$t]}" --conns 100 --seconds "$SECS")
+    line=$($B/ws-bench $(tls_args $t) throughput --target "${ADDR[$t]}" --conns 100 --seconds "$SECS")
     c1=$([ "$p" = 0 ] && echo 0 || cpu_ticks "$p")
     echo "$line" | python3 -c "
 import json,sys; r=json.loads(sys.stdin.read()); r.update(name='$t', round=$round, proxy_cpu_s=($c1-$c0)/$TCK)
 r['proxy_cpu_us_per_msg'] = r['proxy_cpu_s'] * 1e6 / (2 * r['round_trips']) if r['round_trips'] else None
 print(json.dumps(r))" | tee -a "$RESULTS"
-    $B/ws-bench handshakes --target "${ADDR[$t]}" --seconds $((SECS / 2)) | python3 -c "
-import json,sys; r=json.loads(sys.stdin.read()); r.update(name='$t', round=$round); print(json.dumps(r))" | tee -a "$RESULTS"
+    c0=$([ "$p" = 0 ] && echo 0 || cpu_ticks "$p")
+    line=$($B/ws-bench $(tls_args $t) handshakes --target "${ADDR[$t]}" --seconds $((SECS / 2)))
+    c1=$([ "$p" = 0 ] && echo 0 || cpu_ticks "$p")
+    echo "$line" | python3 -c "
+import json,sys; r=json.loads(sys.stdin.read()); r.update(name='$t', round=$round, proxy_cpu_s=($c1-$c0)/$TCK)
+r['proxy_cpu_us_per_handshake'] = r['proxy_cpu_s'] * 1e6 / r['handshakes'] if r['handshakes'] else None
+print(json.dumps(r))" | tee -a "$RESULTS"
   done
 done
 
 # Memory per idle connection, at $IDLE connections held through each proxy.
-for t in $([ "${QUICK:-}" ] || echo $TARGETS); do
+for t in $([ "${QUICK:-}" ] || echo $TARGETS $TLS_TARGETS); do
   p=${PID[$t]}
   before=$(rss_kb "$p")
   fds_before=$(fd_count "$p")
   fifo="$OUT/idle-$t.out"
-  $B/ws-bench idle --target "${ADDR[$t]}" --conns "$IDLE" --hold 600 > "$fifo" 2>&1 & IPID=$!; PIDS+=($IPID)
+  $B/ws-bench $(tls_args $t) idle --target "${ADDR[$t]}" --conns "$IDLE" --hold 600 > "$fifo" 2>&1 & IPID=$!; PIDS+=($IPID)
   for _ in $(seq 600); do grep -q ready "$fifo" 2>/dev/null && break; kill -0 $IPID 2>/dev/null || break; sleep 0.2; done
   grep -q ready "$fifo" || { echo "idle run against $t failed: $(cat "$fifo")" >&2; kill -9 $IPID; continue; }
   # Settled: resident memory stops changing between two readings.
@@ -170,23 +191,31 @@ for r in rows:
     if r.get('phase') == 'handshakes': hs[r['name']].append(r)
 def avg(xs): xs = [x for x in xs if x is not None]; return sum(xs) / len(xs) if xs else float('nan')
 print()
-print(f"{'target':<12}{'msgs/s':>10}{'p50 ms':>9}{'p99 ms':>9}{'cpu us/msg':>12}{'handshakes/s':>14}")
-for n in ['direct', 'switchyard', 'baseline', 'nginx', 'haproxy']:
+print(f"{'target':<16}{'msgs/s':>10}{'p50 ms':>9}{'p99 ms':>9}{'cpu us/msg':>12}{'handshakes/s':>14}{'cpu us/hs':>11}")
+for n in ['direct', 'switchyard', 'baseline', 'nginx', 'haproxy', 'switchyard-wss', 'nginx-wss', 'haproxy-wss']:
     t = tp[n]
     if not t: continue
-    print(f"{n:<12}{avg([r['messages_per_sec'] for r in t]):>10.0f}{avg([r['p50_ms'] for r in t]):>9.2f}"
+    print(f"{n:<16}{avg([r['messages_per_sec'] for r in t]):>10.0f}{avg([r['p50_ms'] for r in t]):>9.2f}"
           f"{avg([r['p99_ms'] for r in t]):>9.2f}{avg([r['proxy_cpu_us_per_msg'] for r in t]) if n != 'direct' else float('nan'):>12.2f}"
-          f"{avg([r['per_sec'] for r in hs[n]]):>14.0f}")
+          f"{avg([r['per_sec'] for r in hs[n]]):>14.0f}{avg([r.get('proxy_cpu_us_per_handshake') for r in hs[n]]) if n != 'direct' else float('nan'):>11.1f}")
 sy, ng = tp['switchyard'], tp['nginx']
 if sy and ng:
     print(f"\nswitchyard/nginx: msgs/s {avg([r['messages_per_sec'] for r in sy]) / avg([r['messages_per_sec'] for r in ng]):.2f}x, "
           f"cpu/msg {avg([r['proxy_cpu_us_per_msg'] for r in sy]) / avg([r['proxy_cpu_us_per_msg'] for r in ng]):.2f}x, "
           f"p99 {avg([r['p99_ms'] for r in sy]) / avg([r['p99_ms'] for r in ng]):.2f}x")
+sw, nw = tp['switchyard-wss'], tp['nginx-wss']
+if sw and nw:
+    print(f"switchyard/nginx over wss: msgs/s {avg([r['messages_per_sec'] for r in sw]) / avg([r['messages_per_sec'] for r in nw]):.2f}x (goal >= 1.10), "
+          f"cpu/msg {avg([r['proxy_cpu_us_per_msg'] for r in sw]) / avg([r['proxy_cpu_us_per_msg'] for r in nw]):.2f}x (goal <= 0.80), "
+          f"TLS handshakes/s {avg([r['per_sec'] for r in hs['switchyard-wss']]) / avg([r['per_sec'] for r in hs['nginx-wss']]):.2f}x (goal >= 1.10)")
 bl = tp['baseline']
 if sy and bl:
     print(f"switchyard/baseline build: msgs/s {avg([r['messages_per_sec'] for r in sy]) / avg([r['messages_per_sec'] for r in bl]):.2f}x, "
           f"cpu/msg {avg([r['proxy_cpu_us_per_msg'] for r in sy]) / avg([r['proxy_cpu_us_per_msg'] for r in bl]):.2f}x, "
           f"handshakes/s {avg([r['per_sec'] for r in hs['switchyard']]) / avg([r['per_sec'] for r in hs['baseline']]):.2f}x")
+idle = {r['name']: r['bytes_per_conn'] for r in rows if r.get('phase') == 'idle'}
+if 'switchyard' in idle and 'switchyard-wss' in idle:
+    print(f"idle memory, switchyard wss/ws: {idle['switchyard-wss'] / idle['switchyard']:.2f}x (goal <= 1.50)")
 for r in rows:
     if r.get('phase') == 'idle':
         print(f"idle {r['name']:<11} {r['bytes_per_conn']:>8.0f} B/connection at {r['conns']} connections")

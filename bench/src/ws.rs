@@ -16,8 +16,18 @@ use serde_json::json;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio_tungstenite::tungstenite::Message;
 
+mod wstls;
+
+use wstls::Ws;
+
 #[derive(Parser)]
 struct Args {
+    /// wss: the CA bundle to verify the target against (connections are ws without it).
+    #[arg(long, global = true)]
+    tls_ca: Option<std::path::PathBuf>,
+    /// wss: the name to send as SNI and verify.
+    #[arg(long, global = true, default_value = "localhost")]
+    sni: String,
     #[command(subcommand)]
     cmd: Cmd,
 }
@@ -115,19 +125,15 @@ enum Cmd {
     },
 }
 
-type Ws = tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>;
-
 async fn connect(target: &str) -> Result<Ws> {
-    let (ws, _) =
-        tokio::time::timeout(Duration::from_secs(10), tokio_tungstenite::connect_async(format!("ws://{target}/")))
-            .await
-            .context("handshake timed out")??;
-    Ok(ws)
+    wstls::connect(target, None).await
 }
 
 #[tokio::main]
 async fn main() -> Result<()> {
-    match Args::parse().cmd {
+    let args = Args::parse();
+    wstls::init(args.tls_ca, &args.sni)?;
+    match args.cmd {
         Cmd::Throughput { target, conns, seconds, size } => throughput(&target, conns, seconds, size).await,
         Cmd::Handshakes { target, concurrency, seconds } => handshakes(&target, concurrency, seconds).await,
         Cmd::Idle { target, conns, hold } => idle(&target, conns, hold).await,
@@ -282,12 +288,7 @@ async fn propagation(cp: &str, proxies: &[String], writes: usize, pool: &str, ba
 }
 
 async fn connect_with(target: &str, header: (&str, &str)) -> Result<Ws> {
-    use tokio_tungstenite::tungstenite::client::IntoClientRequest;
-    let mut req = format!("ws://{target}/").into_client_request()?;
-    req.headers_mut()
-        .insert(tokio_tungstenite::tungstenite::http::HeaderName::from_bytes(header.0.as_bytes())?, header.1.parse()?);
-    let (ws, _) = tokio::time::timeout(Duration::from_secs(10), tokio_tungstenite::connect_async(req)).await??;
-    Ok(ws)
+    wstls::connect(target, Some(header)).await
 }
 
 /// Bindings on one node (all pools; the benches use one).

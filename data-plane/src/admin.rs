@@ -158,7 +158,17 @@ fn metrics(state: &ProxyState) -> String {
     reg.register("connections", "Connections relayed since start", total);
     reg.register("messages", "WebSocket messages relayed", msgs);
     reg.register("bytes", "Bytes relayed after the handshake", bytes);
-    reg.register("handshake_failures", "Handshakes refused, by reason", fails);
+    reg.register(
+        "handshake_failures",
+        "Handshakes refused or failed, by reason (tls_error and tls_timeout: wss clients' TLS handshakes)",
+        fails,
+    );
+    let reloads = Family::<Labels, Counter>::default();
+    reloads.get_or_create(&vec![("result".into(), "ok".into())]).inc_by(state.runtime.tls_reloads.load(Relaxed));
+    reloads
+        .get_or_create(&vec![("result".into(), "failed".into())])
+        .inc_by(state.runtime.tls_reload_failures.load(Relaxed));
+    reg.register("tls_certificate_reloads", "wss certificate reloads (failed: the previous set kept)", reloads);
     let cfg = state.status.config();
     let rev = Gauge::<i64>::default();
     rev.set(cfg.revision as i64);

@@ -16,9 +16,35 @@ pub struct Args {
     /// TOML file with any of the keys below.
     #[arg(long)]
     pub config: Option<PathBuf>,
-    /// WebSocket listener [default: 0.0.0.0:8080].
+    /// WebSocket (ws://) listener [default: 0.0.0.0:8080, unless only --wss-listen is given].
     #[arg(long)]
     pub listen: Option<SocketAddr>,
+    /// WebSocket over TLS (wss://) listener; needs certificates (--wss-cert/--wss-key or
+    /// --wss-cert-dir).
+    #[arg(long)]
+    pub wss_listen: Option<SocketAddr>,
+    /// A PEM certificate chain to serve, chosen by SNI from its SAN names; repeatable, paired
+    /// in order with --wss-key. The first is the default for clients without a known name.
+    #[arg(long)]
+    pub wss_cert: Vec<PathBuf>,
+    /// The PEM private key of the --wss-cert in the same position.
+    #[arg(long)]
+    pub wss_key: Vec<PathBuf>,
+    /// Serve every NAME.crt with a NAME.key beside it in this directory (after any
+    /// --wss-cert pairs; CA certificates are skipped). Files are reloaded when they change
+    /// and on SIGHUP.
+    #[arg(long)]
+    pub wss_cert_dir: Option<PathBuf>,
+    /// TLS to every backend, verified against --backend-tls-ca.
+    #[arg(long)]
+    pub backend_tls: bool,
+    /// PEM CA bundle backends' certificates must chain to.
+    #[arg(long)]
+    pub backend_tls_ca: Option<PathBuf>,
+    /// The name backends' certificates must carry (and the SNI sent) [default: the host part
+    /// of each backend's address].
+    #[arg(long)]
+    pub backend_tls_server_name: Option<String>,
     /// Admin HTTP (/metrics, /status) [default: 127.0.0.1:8081].
     #[arg(long)]
     pub admin: Option<SocketAddr>,
@@ -56,6 +82,15 @@ pub struct Args {
 #[serde(deny_unknown_fields, rename_all = "kebab-case")]
 struct FileConfig {
     listen: Option<SocketAddr>,
+    wss_listen: Option<SocketAddr>,
+    #[serde(default)]
+    wss_cert: Vec<PathBuf>,
+    #[serde(default)]
+    wss_key: Vec<PathBuf>,
+    wss_cert_dir: Option<PathBuf>,
+    backend_tls: Option<bool>,
+    backend_tls_ca: Option<PathBuf>,
+    backend_tls_server_name: Option<String>,
     admin: Option<SocketAddr>,
     control_plane: Option<String>,
     cache_file: Option<PathBuf>,
@@ -79,6 +114,23 @@ pub struct ProxyConfig {
     pub tuning: Tuning,
     /// How the proxy reaches the control plane (cleartext when no TLS file was given).
     pub control_tls: ClientTls,
+}
+
+/// Listeners and TLS beyond [`ProxyConfig`] (kept apart so that embedders of [`ProxyConfig`]
+/// that serve only ws are unaffected).
+#[derive(Debug, Clone, Default)]
+pub struct TlsConfig {
+    /// No ws listener: only `--wss-listen` was given.
+    pub no_ws: bool,
+    pub wss_listen: Option<SocketAddr>,
+    pub wss_certs: crate::tls::CertSources,
+    pub backend: Option<BackendTlsConfig>,
+}
+
+#[derive(Debug, Clone)]
+pub struct BackendTlsConfig {
+    pub ca: PathBuf,
+    pub server_name: Option<String>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -109,7 +161,7 @@ fn control_tls(tls: &TlsFiles) -> Result<ClientTls, ConfigError> {
 }
 
 impl Args {
-    pub fn into_config(self) -> Result<ProxyConfig, ConfigError> {
+    pub fn into_config(self) -> Result<(ProxyConfig, TlsConfig), ConfigError> {
         let file = match &self.config {
             None => FileConfig::default(),
             Some(p) => {
@@ -118,7 +170,10 @@ impl Args {
                 toml::from_str(&text).map_err(|e| ConfigError(format!("{}: {e}", p.display())))?
             }
         };
-        let listen = self.listen.or(file.listen).unwrap_or_else(|| "0.0.0.0:8080".parse().expect("valid"));
+        let tls = tls_config(&self, &file)?;
+        let listen = self.listen.or(file.listen);
+        let listen = listen.or(tls.wss_listen.filter(|_| tls.no_ws));
+        let listen = listen.unwrap_or_else(|| "0.0.0.0:8080".parse().expect("valid"));
         let admin = self.admin.or(file.admin).unwrap_or_else(|| "127.0.0.1:8081".parse().expect("valid"));
         let cp = self.control_plane.or(file.control_plane).unwrap_or_else(|| "127.0.0.1:7400".into());
         let control_plane: Vec<String> =
@@ -146,13 +201,13 @@ impl Args {
             let host = std::fs::read_to_string("/etc/hostname").map(|h| h.trim().to_string()).unwrap_or_default();
             format!("{}:{}", if host.is_empty() { "proxy" } else { &host }, listen.port())
         });
-        let tls = TlsFiles {
+        let control_files = TlsFiles {
             ca: self.tls_ca.or(file.tls_ca),
             cert: self.tls_cert.or(file.tls_cert),
             key: self.tls_key.or(file.tls_key),
         };
-        let control_tls = control_tls(&tls)?;
-        Ok(ProxyConfig {
+        let control_tls = control_tls(&control_files)?;
+        let cfg = ProxyConfig {
             control_tls,
             listen,
             admin,
@@ -160,6 +215,52 @@ impl Args {
             cache_file: self.cache_file.or(file.cache_file),
             proxy_id,
             tuning,
-        })
+        };
+        Ok((cfg, tls))
     }
+}
+
+fn tls_config(a: &Args, file: &FileConfig) -> Result<TlsConfig, ConfigError> {
+    let wss_listen = a.wss_listen.or(file.wss_listen);
+    let (certs, keys) = if a.wss_cert.is_empty() && a.wss_key.is_empty() {
+        (file.wss_cert.clone(), file.wss_key.clone())
+    } else {
+        (a.wss_cert.clone(), a.wss_key.clone())
+    };
+    if certs.len() != keys.len() {
+        return Err(ConfigError(format!(
+            "--wss-cert and --wss-key go in pairs: {} certificate(s), {} key(s)",
+            certs.len(),
+            keys.len()
+        )));
+    }
+    let wss_certs = crate::tls::CertSources {
+        pairs: certs.into_iter().zip(keys).collect(),
+        dir: a.wss_cert_dir.clone().or(file.wss_cert_dir.clone()),
+    };
+    match (wss_listen.is_some(), wss_certs.is_empty()) {
+        (true, true) => {
+            return Err(ConfigError("--wss-listen needs certificates: --wss-cert/--wss-key or --wss-cert-dir".into()))
+        }
+        (false, false) => return Err(ConfigError("wss certificates given without --wss-listen".into())),
+        _ => {}
+    }
+    let backend_on = a.backend_tls || file.backend_tls.unwrap_or(false);
+    let ca = a.backend_tls_ca.clone().or(file.backend_tls_ca.clone());
+    let server_name = a.backend_tls_server_name.clone().or(file.backend_tls_server_name.clone());
+    let backend =
+        match (backend_on, ca) {
+            (true, Some(ca)) => Some(BackendTlsConfig { ca, server_name }),
+            (true, None) => return Err(ConfigError(
+                "--backend-tls needs --backend-tls-ca FILE (the CA bundle backends' certificates are verified against)"
+                    .into(),
+            )),
+            (false, Some(_)) => return Err(ConfigError("--backend-tls-ca given without --backend-tls".into())),
+            (false, None) if server_name.is_some() => {
+                return Err(ConfigError("--backend-tls-server-name given without --backend-tls".into()))
+            }
+            (false, None) => None,
+        };
+    let no_ws = wss_listen.is_some() && a.listen.or(file.listen).is_none();
+    Ok(TlsConfig { no_ws, wss_listen, wss_certs, backend })
 }

@@ -6,12 +6,25 @@ use std::sync::atomic::Ordering::Relaxed;
 use std::sync::Arc;
 use std::time::Duration;
 
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
+use tokio_util::either::Either;
 
 use crate::handshake::{self, Reject};
-use crate::relay::{self, CloseHandle, Limits};
+use crate::relay::{self, CloseHandle, Limits, Stream};
 use crate::state::ProxyState;
+use crate::tls::BackendTls;
+
+mod streams;
+use streams::{accept_tls, backend_stream, client_stream, connect_backend, BackendFail, ClientIo};
+
+/// What every connection's handling needs besides the shared state.
+pub struct Ctx {
+    pub tuning: Tuning,
+    /// For connections from the wss listener.
+    pub wss: Option<tokio_rustls::TlsAcceptor>,
+    pub backend_tls: Option<BackendTls>,
+}
 
 /// Proxy-local knobs that are not part of the replicated settings.
 #[derive(Clone, Copy, Debug)]
@@ -48,24 +61,25 @@ const MAX_RESPONSE_HEAD: usize = 16 * 1024;
 /// processes. A connection lives on one thread from accept to close, so relaying a message
 /// wakes no other thread (with work stealing, cross-thread wake-ups cost more than the relay).
 pub struct Workers {
-    senders: Vec<tokio::sync::mpsc::UnboundedSender<(std::net::TcpStream, SocketAddr)>>,
+    senders: Vec<tokio::sync::mpsc::UnboundedSender<(std::net::TcpStream, SocketAddr, bool)>>,
     next: std::sync::atomic::AtomicUsize,
 }
 
 impl Workers {
-    pub fn start(n: usize, state: Arc<ProxyState>, tuning: Tuning) -> std::io::Result<Workers> {
+    pub fn start(n: usize, state: Arc<ProxyState>, ctx: Arc<Ctx>) -> std::io::Result<Workers> {
         let mut senders = Vec::new();
         for i in 0..n.max(1) {
-            let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel::<(std::net::TcpStream, SocketAddr)>();
+            let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel::<(std::net::TcpStream, SocketAddr, bool)>();
             let rt = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
             let st = state.clone();
+            let ctx = ctx.clone();
             std::thread::Builder::new().name(format!("sy-worker-{i}")).spawn(move || {
                 rt.block_on(async move {
-                    while let Some((sock, peer)) = rx.recv().await {
+                    while let Some((sock, peer, tls)) = rx.recv().await {
                         let Ok(sock) = TcpStream::from_std(sock) else { continue };
-                        let st2 = st.clone();
+                        let (st2, ctx) = (st.clone(), ctx.clone());
                         tokio::spawn(
-                            st.runtime.connections.track_future(async move { handle(st2, sock, peer, tuning).await }),
+                            st.runtime.connections.track_future(async move { handle(st2, sock, peer, ctx, tls).await }),
                         );
                     }
                     // Accepting stopped: stay until this thread's connections are done.
@@ -77,16 +91,17 @@ impl Workers {
         Ok(Workers { senders, next: std::sync::atomic::AtomicUsize::new(0) })
     }
 
-    fn dispatch(&self, sock: TcpStream, peer: SocketAddr) {
+    fn dispatch(&self, sock: TcpStream, peer: SocketAddr, tls: bool) {
         let i = self.next.fetch_add(1, Relaxed) % self.senders.len();
         if let Ok(std_sock) = sock.into_std() {
-            let _ = self.senders[i].send((std_sock, peer));
+            let _ = self.senders[i].send((std_sock, peer, tls));
         }
     }
 }
 
-/// Accepts until shutdown and hands each connection to a worker, tracked for shutdown.
-pub async fn serve(listener: TcpListener, state: Arc<ProxyState>, workers: Workers) {
+/// Accepts until shutdown and hands each connection to a worker, tracked for shutdown;
+/// `tls`: the wss listener, whose connections start with a TLS handshake.
+pub async fn serve(listener: TcpListener, state: Arc<ProxyState>, workers: Arc<Workers>, tls: bool) {
     loop {
         let (sock, peer) = tokio::select! {
             _ = state.runtime.shutdown.cancelled() => break,
@@ -102,16 +117,16 @@ pub async fn serve(listener: TcpListener, state: Arc<ProxyState>, workers: Worke
         };
         let _ = sock.set_nodelay(true);
         state.runtime.accepted.fetch_add(1, Relaxed);
-        workers.dispatch(sock, peer);
+        workers.dispatch(sock, peer, tls);
     }
 }
 
-async fn reject_none<T>(state: &ProxyState, sock: TcpStream, r: Reject) -> Option<T> {
+async fn reject_none<T>(state: &ProxyState, sock: ClientIo, r: Reject) -> Option<T> {
     reject(state, sock, r).await;
     None
 }
 
-async fn reject(state: &ProxyState, mut sock: TcpStream, r: Reject) {
+async fn reject(state: &ProxyState, mut sock: ClientIo, r: Reject) {
     state.runtime.count_failure(r.reason());
     let retry = (r.status() == 503).then(|| 1 + rand::random::<u64>() % 5);
     let _ = tokio::time::timeout(Duration::from_secs(2), sock.write_all(&handshake::error_response(&r, retry))).await;
@@ -119,7 +134,7 @@ async fn reject(state: &ProxyState, mut sock: TcpStream, r: Reject) {
 }
 
 /// Reads up to the end of an HTTP head; returns the head length (the buffer may hold more).
-async fn read_head(sock: &mut TcpStream, buf: &mut Vec<u8>, max: usize) -> Result<usize, Reject> {
+async fn read_head<S: AsyncRead + Unpin>(sock: &mut S, buf: &mut Vec<u8>, max: usize) -> Result<usize, Reject> {
     loop {
         if let Some(end) = handshake::head_end(buf) {
             return Ok(end);
@@ -137,8 +152,8 @@ async fn read_head(sock: &mut TcpStream, buf: &mut Vec<u8>, max: usize) -> Resul
 
 /// A connection past its handshake: what the relay needs, and nothing else.
 struct Established {
-    client: TcpStream,
-    backend: TcpStream,
+    client: Stream,
+    backend: Stream,
     client_early: Vec<u8>,
     backend_early: Vec<u8>,
     pool: String,
@@ -149,10 +164,26 @@ struct Established {
     session: Option<(String, String, String)>,
 }
 
-async fn handle(state: Arc<ProxyState>, client: TcpStream, peer: SocketAddr, tuning: Tuning) {
+pub(crate) fn handshake_timeout(s: &switchyard_proto::v1::Settings) -> Duration {
+    if s.handshake_timeout_ms > 0 {
+        Duration::from_millis(s.handshake_timeout_ms)
+    } else {
+        DEFAULT_HANDSHAKE_TIMEOUT
+    }
+}
+
+async fn handle(state: Arc<ProxyState>, client: TcpStream, peer: SocketAddr, ctx: Arc<Ctx>, tls: bool) {
+    let client = if tls {
+        match accept_tls(&state, &ctx, client, peer).await {
+            Some(c) => c,
+            None => return,
+        }
+    } else {
+        Either::Left(client)
+    };
     // The handshake's buffers, parsed headers and table reference die with `open`'s future,
     // so an established connection keeps only its sockets and relay state.
-    let Some(e) = open(&state, client, peer, tuning).await else { return };
+    let Some(e) = open(&state, client, peer, &ctx, tls).await else { return };
     let Established { client, backend, client_early, backend_early, pool, address, stats, limits, session } = e;
     let id = state.runtime.conn_id();
     let ctl = Arc::new(CloseHandle::default());
@@ -183,14 +214,11 @@ async fn handle(state: Arc<ProxyState>, client: TcpStream, peer: SocketAddr, tun
     }
 }
 
-async fn open(state: &ProxyState, mut client: TcpStream, peer: SocketAddr, tuning: Tuning) -> Option<Established> {
+async fn open(state: &ProxyState, mut client: ClientIo, peer: SocketAddr, ctx: &Ctx, tls: bool) -> Option<Established> {
+    let tuning = ctx.tuning;
     let table = state.table.load_full();
     let s = table.settings;
-    let hs_timeout = if s.handshake_timeout_ms > 0 {
-        Duration::from_millis(s.handshake_timeout_ms)
-    } else {
-        DEFAULT_HANDSHAKE_TIMEOUT
-    };
+    let hs_timeout = handshake_timeout(&s);
     let max_header = if s.max_header_bytes > 0 { s.max_header_bytes as usize } else { DEFAULT_MAX_HEADER };
     let mut buf = Vec::with_capacity(1024);
     let head_len = match tokio::time::timeout(hs_timeout, read_head(&mut client, &mut buf, max_header)).await {
@@ -224,9 +252,12 @@ async fn open(state: &ProxyState, mut client: TcpStream, peer: SocketAddr, tunin
     let session = raw.and_then(|k| table.affinity_secret.hash(k.as_bytes()));
     let bound = session.as_deref().and_then(|k| state.affinity.backend_for(&pool.pool.name, k));
     let mut exclude = Vec::new();
+    // A backend that failed TLS (its certificate did not verify, say) makes the answer 502.
+    let mut tls_failed = false;
+    let unusable = |tls_failed: bool| if tls_failed { Reject::BadGateway } else { Reject::Unavailable };
     let (idx, mut backend) = loop {
         if exclude.len() >= tuning.max_attempts {
-            return reject_none(state, client, Reject::Unavailable).await;
+            return reject_none(state, client, unusable(tls_failed)).await;
         }
         let now = state.registry.now_ms();
         let choice = match &session {
@@ -234,29 +265,30 @@ async fn open(state: &ProxyState, mut client: TcpStream, peer: SocketAddr, tunin
             None => pool.pick(&up, peer.ip(), now, &exclude),
         };
         let Some(i) = choice else {
-            return reject_none(state, client, Reject::Unavailable).await;
+            return reject_none(state, client, unusable(tls_failed)).await;
         };
         let b = &pool.backends[i];
-        match tokio::time::timeout(tuning.connect_timeout, TcpStream::connect(&b.backend.address)).await {
-            Ok(Ok(s)) => break (i, s),
-            _ => {
+        match connect_backend(&b.backend.address, ctx).await {
+            Ok(s) => break (i, s),
+            Err(why) => {
+                tls_failed |= matches!(why, BackendFail::Tls(_));
                 // Passive health: this proxy stops sending new connections here for a while.
                 b.stats.connect_failures.fetch_add(1, Relaxed);
                 b.stats.ejected_until_ms.store(state.registry.now_ms() + tuning.eject_for.as_millis() as u64, Relaxed);
-                tracing::warn!(backend = %b.backend.address, pool = %pool.pool.name, "connect failed; ejected locally");
+                tracing::warn!(backend = %b.backend.address, pool = %pool.pool.name, "{why}; ejected locally");
                 exclude.push(i);
             }
         }
     };
-    let _ = backend.set_nodelay(true);
     let entry = &pool.backends[idx];
     let stats = entry.stats.clone();
 
     // Forward the upgrade and relay the backend's answer.
-    let fwd = handshake::forward_head(&up, peer.ip(), "ws");
+    let fwd = handshake::forward_head(&up, peer.ip(), if tls { "https" } else { "http" });
     let mut resp = Vec::with_capacity(512);
     let answer = tokio::time::timeout(hs_timeout, async {
         backend.write_all(&fwd).await.map_err(|_| Reject::BadGateway)?;
+        backend.flush().await.map_err(|_| Reject::BadGateway)?;
         read_head(&mut backend, &mut resp, MAX_RESPONSE_HEAD).await.map_err(|_| Reject::BadGateway)
     })
     .await;
@@ -282,7 +314,8 @@ async fn open(state: &ProxyState, mut client: TcpStream, peer: SocketAddr, tunin
         resp.extend_from_slice(cookie.as_bytes());
         resp.extend_from_slice(b"\r\n");
     }
-    if client.write_all(&resp).await.is_err() {
+    // Flushed: TLS may hold the 101's record until then, and the relay starts clean.
+    if client.write_all(&resp).await.is_err() || client.flush().await.is_err() {
         return None;
     }
     drop(resp);
@@ -294,8 +327,8 @@ async fn open(state: &ProxyState, mut client: TcpStream, peer: SocketAddr, tunin
     let session = session.map(|k| state.affinity.bind_live(&pool.pool.name, &k, &entry.backend.address));
     // Bytes the client sent behind its head go through the relay, which tracks their frames.
     Some(Established {
-        client,
-        backend,
+        client: client_stream(client),
+        backend: backend_stream(backend),
         client_early: early,
         backend_early,
         stats,

@@ -166,6 +166,11 @@ fn strip_port(h: &str) -> &str {
 /// The request as the backend sees it: the client's head untouched (subprotocols, extensions
 /// and application headers pass through), plus `X-Forwarded-For` (appended to), and
 /// `X-Forwarded-Proto` and `Forwarded` describing this hop.
+///
+/// `proto` is `http` for ws clients and `https` for wss clients, not `ws`/`wss`: the upgrade
+/// request is an HTTP request, and backends decide "was this secure?" by comparing these
+/// headers with `https` (Rails, Django's `SECURE_PROXY_SSL_HEADER`, Express' `trust proxy`,
+/// Spring), as NGINX's `$scheme` and HAProxy's `ssl_fc` configurations send them.
 pub fn forward_head(up: &Upgrade, client: IpAddr, proto: &str) -> Vec<u8> {
     let mut out = Vec::with_capacity(512);
     out.extend_from_slice(b"GET ");
@@ -247,11 +252,12 @@ mod tests {
         assert_eq!(up.path(), "/chat");
         assert_eq!(up.query_param("room").as_deref(), Some("1"));
         assert_eq!(up.cookie("sid").as_deref(), Some("xyz"));
-        let fwd = String::from_utf8(forward_head(&up, "192.0.2.7".parse().unwrap(), "ws")).unwrap();
+        let fwd = String::from_utf8(forward_head(&up, "192.0.2.7".parse().unwrap(), "https")).unwrap();
         assert!(fwd.starts_with("GET /chat?room=1 HTTP/1.1\r\n"));
         assert!(fwd.contains("Sec-WebSocket-Protocol: chat, superchat\r\n"));
         assert!(fwd.contains("X-Forwarded-For: 10.0.0.1, 192.0.2.7\r\n"));
-        assert!(fwd.contains("Forwarded: for=192.0.2.7;proto=ws;host=\"example.com\"\r\n"));
+        assert!(fwd.contains("X-Forwarded-Proto: https\r\n"));
+        assert!(fwd.contains("Forwarded: for=192.0.2.7;proto=https;host=\"example.com\"\r\n"));
         assert!(fwd.ends_with("\r\n\r\n"));
     }
 

@@ -17,6 +17,7 @@ pub mod state;
 pub mod stats;
 pub mod status;
 pub mod table;
+pub mod tls;
 pub mod watch;
 
 use std::sync::Arc;
@@ -24,22 +25,65 @@ use std::time::Duration;
 
 use tokio::net::TcpListener;
 
-pub use config::ProxyConfig;
+pub use config::{ProxyConfig, TlsConfig};
 pub use state::ProxyState;
 
 /// A running proxy.
 pub struct Proxy {
     pub state: Arc<ProxyState>,
+    /// The ws listener's address (the wss one's when there is no ws listener).
     pub listen: std::net::SocketAddr,
+    pub ws: Option<std::net::SocketAddr>,
+    pub wss: Option<std::net::SocketAddr>,
     pub admin: std::net::SocketAddr,
-    accept: tokio::task::JoinHandle<()>,
+    accept: Vec<tokio::task::JoinHandle<()>>,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    #[error("{0}")]
+    Io(#[from] std::io::Error),
+    #[error("{0}")]
+    Tls(#[from] tls::TlsError),
+    #[error("no listener: give --listen, --wss-listen or both")]
+    NoListener,
+    #[error("--wss-listen needs its listener and certificates together")]
+    WssIncomplete,
+}
+
+/// The sockets a proxy serves.
+pub struct Listeners {
+    pub ws: Option<TcpListener>,
+    pub wss: Option<TcpListener>,
+    pub admin: TcpListener,
 }
 
 impl Proxy {
+    /// Starts serving ws on `listener`: see [`Proxy::start_with`].
+    pub fn start(cfg: ProxyConfig, listener: TcpListener, admin: TcpListener) -> Result<Proxy, StartError> {
+        Proxy::start_with(cfg, Listeners { ws: Some(listener), wss: None, admin }, &TlsConfig::default())
+    }
+
     /// Starts serving on the given listeners: from the cache file at once if there is one,
-    /// then from the control plane as soon as a node answers.
-    pub fn start(cfg: ProxyConfig, listener: TcpListener, admin: TcpListener) -> std::io::Result<Proxy> {
+    /// then from the control plane as soon as a node answers. wss certificates are loaded
+    /// here, so a bad file stops the start with its name.
+    pub fn start_with(cfg: ProxyConfig, listeners: Listeners, tls: &TlsConfig) -> Result<Proxy, StartError> {
         switchyard_model::tls::install_provider();
+        let Listeners { ws: listener, wss, admin } = listeners;
+        if listener.is_none() && wss.is_none() {
+            return Err(StartError::NoListener);
+        }
+        if wss.is_some() == tls.wss_certs.is_empty() {
+            return Err(StartError::WssIncomplete);
+        }
+        let resolver = match wss {
+            Some(_) => Some(Arc::new(tls::SniResolver::new(tls::CertSet::load(&tls.wss_certs)?))),
+            None => None,
+        };
+        let backend_tls = match &tls.backend {
+            Some(b) => Some(tls::BackendTls::new(tls::backend_config(&b.ca)?, b.server_name.clone())?),
+            None => None,
+        };
         let state = ProxyState::new(cfg.proxy_id.clone());
         let mut mirror = watch::mirror::Mirror::default();
         if let Some((t, written)) = cfg.cache_file.as_deref().and_then(watch::cache::load) {
@@ -50,7 +94,9 @@ impl Proxy {
                 "serving from the config cache until a control-plane node answers"
             );
         }
-        let listen = listener.local_addr()?;
+        let ws_addr = listener.as_ref().map(|l| l.local_addr()).transpose()?;
+        let wss_addr = wss.as_ref().map(|l| l.local_addr()).transpose()?;
+        let listen = ws_addr.or(wss_addr).ok_or(StartError::NoListener)?;
         let admin_addr = admin.local_addr()?;
         tokio::spawn(admin::serve(admin, state.clone()));
         watch::start(
@@ -62,16 +108,32 @@ impl Proxy {
             },
             mirror,
         );
-        let workers = connection::Workers::start(cfg.tuning.workers, state.clone(), cfg.tuning)?;
-        let accept = tokio::spawn(connection::serve(listener, state.clone(), workers));
-        Ok(Proxy { state, listen, admin: admin_addr, accept })
+        if let Some(r) = &resolver {
+            tls::reload::spawn(r.clone(), tls.wss_certs.clone(), state.clone());
+        }
+        let ctx = Arc::new(connection::Ctx {
+            tuning: cfg.tuning,
+            wss: resolver.map(|r| tokio_rustls::TlsAcceptor::from(tls::server_config(r))),
+            backend_tls,
+        });
+        let workers = Arc::new(connection::Workers::start(cfg.tuning.workers, state.clone(), ctx)?);
+        let mut accept = Vec::new();
+        if let Some(l) = listener {
+            accept.push(tokio::spawn(connection::serve(l, state.clone(), workers.clone(), false)));
+        }
+        if let Some(l) = wss {
+            accept.push(tokio::spawn(connection::serve(l, state.clone(), workers, true)));
+        }
+        Ok(Proxy { state, listen, ws: ws_addr, wss: wss_addr, admin: admin_addr, accept })
     }
 
     /// SIGTERM behaviour: stop accepting, ask every connection to close with 1001 (spread
     /// over the grace period), and wait for them, at most the grace period plus a little.
     pub async fn shutdown(self, grace: Duration) {
         self.state.runtime.shutdown.cancel();
-        let _ = self.accept.await;
+        for a in self.accept {
+            let _ = a.await;
+        }
         let conns: Vec<_> = self.state.registry.all().into_iter().flat_map(|(_, s)| s.connections()).collect();
         tracing::info!(connections = conns.len(), ?grace, "closing connections");
         tokio::spawn(drain::drain(conns, grace));

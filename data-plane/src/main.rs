@@ -3,7 +3,7 @@
 
 use clap::Parser;
 use switchyard_proxy::config::Args;
-use switchyard_proxy::Proxy;
+use switchyard_proxy::{Listeners, Proxy};
 
 #[tokio::main]
 async fn main() {
@@ -20,17 +20,28 @@ async fn main() {
 }
 
 async fn run(args: Args) -> anyhow::Result<()> {
-    let cfg = args.into_config()?;
-    let listener = tokio::net::TcpListener::bind(cfg.listen)
-        .await
-        .map_err(|e| anyhow::anyhow!("cannot listen on {}: {e}", cfg.listen))?;
-    let admin = tokio::net::TcpListener::bind(cfg.admin)
-        .await
-        .map_err(|e| anyhow::anyhow!("cannot listen on {} (admin): {e}", cfg.admin))?;
+    let (cfg, tls) = args.into_config()?;
+    let bind = |addr: std::net::SocketAddr, what: &'static str| async move {
+        tokio::net::TcpListener::bind(addr).await.map_err(|e| anyhow::anyhow!("cannot listen on {addr}{what}: {e}"))
+    };
+    let ws = if tls.no_ws { None } else { Some(bind(cfg.listen, "").await?) };
+    let wss = match tls.wss_listen {
+        Some(a) => Some(bind(a, " (wss)").await?),
+        None => None,
+    };
+    let admin = bind(cfg.admin, " (admin)").await?;
     let grace = cfg.tuning.shutdown_grace;
-    let proxy = Proxy::start(cfg, listener, admin)?;
-    // Tests and scripts read the bound addresses from here when they asked for port 0.
-    println!("listening ws={} admin={}", proxy.listen, proxy.admin);
+    let proxy = Proxy::start_with(cfg, Listeners { ws, wss, admin }, &tls)?;
+    // Tests and scripts read the bound addresses from here when they asked for port 0:
+    // `ws=` and `wss=` for the listeners there are, then `admin=`.
+    let mut line = String::from("listening");
+    if let Some(a) = proxy.ws {
+        line.push_str(&format!(" ws={a}"));
+    }
+    if let Some(a) = proxy.wss {
+        line.push_str(&format!(" wss={a}"));
+    }
+    println!("{line} admin={}", proxy.admin);
     switchyard_model::signal::wait_for_signal().await;
     tracing::info!("shutting down");
     proxy.shutdown(grace).await;

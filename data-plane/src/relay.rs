@@ -14,12 +14,12 @@ mod direction;
 mod io;
 mod limits;
 mod shared;
+pub mod stream;
 #[cfg(test)]
 mod tests;
 
 use std::time::Duration;
 
-use tokio::net::TcpStream;
 use tokio::time::Instant;
 
 pub use close::CloseHandle;
@@ -27,6 +27,7 @@ use direction::{Direction, TimerAction};
 use limits::Side;
 pub use limits::{End, Limits};
 use shared::{Finished, Shared};
+pub use stream::Stream;
 
 use crate::frame::CLOSE_GOING_AWAY;
 use crate::stats::BackendStats;
@@ -38,8 +39,8 @@ const FAR: Duration = Duration::from_secs(86_400);
 /// already read past each side's HTTP head.
 #[allow(clippy::too_many_arguments)]
 pub async fn relay(
-    client: &TcpStream,
-    backend: &TcpStream,
+    client: &Stream,
+    backend: &Stream,
     client_early: &[u8],
     backend_early: &[u8],
     limits: Limits,
@@ -58,8 +59,8 @@ pub async fn relay(
 async fn pump(
     side: Side,
     limits: Limits,
-    from: &TcpStream,
-    to: &TcpStream,
+    from: &Stream,
+    to: &Stream,
     early: &[u8],
     sh: &Shared,
     ctl: &CloseHandle,
@@ -116,7 +117,7 @@ async fn pump(
             r = from.readable() => {
                 r?;
                 let mut b = io::Buf::take();
-                match io::read_some(from, &mut b) {
+                match from.read_some(&mut b) {
                     Ok(0) => {
                         drop(b);
                         d.on_eof(to).await;

@@ -30,6 +30,9 @@ pub struct ProxyState {
 pub struct Runtime {
     pub admission: Admission,
     pub accepted: AtomicU64,
+    /// wss certificate sets loaded after the first, and loads that failed (old set kept).
+    pub tls_reloads: AtomicU64,
+    pub tls_reload_failures: AtomicU64,
     handshake_failures: Mutex<BTreeMap<&'static str, u64>>,
     next_conn: AtomicU64,
     /// Cancelled on SIGTERM: stop accepting, close connections.
@@ -63,6 +66,8 @@ impl ProxyState {
             runtime: Runtime {
                 admission: Admission::default(),
                 accepted: AtomicU64::new(0),
+                tls_reloads: AtomicU64::new(0),
+                tls_reload_failures: AtomicU64::new(0),
                 handshake_failures: Mutex::new(BTreeMap::new()),
                 next_conn: AtomicU64::new(1),
                 shutdown: CancellationToken::new(),

@@ -10,6 +10,8 @@ use crate::process::{bin, eventually, Proc};
 /// A running `switchyard-proxy` process; killed when dropped.
 pub struct ProxyProcess {
     pub ws: String,
+    /// The wss listener's address, when the proxy was given `--wss-listen`.
+    pub wss: String,
     pub admin: String,
     pub args: Vec<String>,
     proc: Proc,
@@ -18,15 +20,16 @@ pub struct ProxyProcess {
 impl ProxyProcess {
     /// Starts a proxy on ephemeral ports and reads them back from its first line of output.
     pub fn spawn(control_plane: &str, cache_file: &Path, id: &str) -> ProxyProcess {
-        ProxyProcess::spawn_with(control_plane, cache_file, id, &[])
+        Self::spawn_with(control_plane, cache_file, id, &[])
     }
 
-    /// [`ProxyProcess::spawn`] with more flags.
+    /// As [`Self::spawn`], with more flags (`--wss-listen 127.0.0.1:0 --wss-cert ...`).
     pub fn spawn_with(control_plane: &str, cache_file: &Path, id: &str, extra: &[String]) -> ProxyProcess {
-        let mut args = vec![
-            "--listen".to_string(),
-            "127.0.0.1:0".into(),
-            "--admin".into(),
+        // With `--wss-listen` among `extra`, there is a ws listener only if `extra` asks.
+        let ws = !extra.iter().any(|a| a == "--wss-listen");
+        let mut args: Vec<String> = if ws { vec!["--listen".into(), "127.0.0.1:0".into()] } else { Vec::new() };
+        args.extend([
+            "--admin".to_string(),
             "127.0.0.1:0".into(),
             "--control-plane".into(),
             control_plane.into(),
@@ -36,9 +39,10 @@ impl ProxyProcess {
             id.into(),
             "--shutdown-grace-ms".into(),
             "1000".into(),
-        ];
-        args.extend(extra.iter().cloned());
-        let mut p = ProxyProcess { ws: String::new(), admin: String::new(), args, proc: Proc::default() };
+        ]);
+        args.extend_from_slice(extra);
+        let mut p =
+            ProxyProcess { ws: String::new(), wss: String::new(), admin: String::new(), args, proc: Proc::default() };
         p.start();
         p
     }
@@ -52,20 +56,54 @@ impl ProxyProcess {
             if let Some(a) = part.strip_prefix("ws=") {
                 self.ws = a.to_string();
             }
+            if let Some(a) = part.strip_prefix("wss=") {
+                self.wss = a.to_string();
+            }
             if let Some(a) = part.strip_prefix("admin=") {
                 self.admin = a.to_string();
             }
         }
-        assert!(!self.ws.is_empty(), "proxy did not report its address: {line:?}");
+        assert!(!self.ws.is_empty() || !self.wss.is_empty(), "proxy did not report its address: {line:?}");
         // Keep the same ports on restart.
-        for (flag, v) in [("--listen", self.ws.clone()), ("--admin", self.admin.clone())] {
-            let i = self.args.iter().position(|a| a == flag).expect("flag") + 1;
-            self.args[i] = v;
+        for (flag, v) in
+            [("--listen", self.ws.clone()), ("--wss-listen", self.wss.clone()), ("--admin", self.admin.clone())]
+        {
+            if let Some(i) = self.args.iter().position(|a| a == flag) {
+                self.args[i + 1] = v;
+            }
         }
     }
 
     pub fn kill9(&mut self) {
         self.proc.kill9();
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.proc.pid().expect("proxy running")
+    }
+
+    /// Sends a signal (`HUP`, say) by name.
+    pub fn signal(&self, name: &str) {
+        let pid = self.proc.pid().expect("proxy running");
+        let ok = Command::new("kill").args([&format!("-{name}"), &pid.to_string()]).status().expect("kill");
+        assert!(ok.success(), "kill -{name} {pid} failed");
+    }
+
+    /// The proxy's `/metrics` text.
+    pub async fn metrics(&self) -> Option<String> {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let mut s = tokio::net::TcpStream::connect(&self.admin).await.ok()?;
+        s.write_all(b"GET /metrics HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n").await.ok()?;
+        let mut out = Vec::new();
+        s.read_to_end(&mut out).await.ok()?;
+        Some(String::from_utf8(out).ok()?.split_once("\r\n\r\n")?.1.to_string())
+    }
+
+    /// A counter or gauge from `/metrics`: the sample whose name and labels start with
+    /// `prefix` (`switchyard_proxy_handshake_failures_total{reason="tls_error"}`).
+    pub async fn metric(&self, prefix: &str) -> Option<f64> {
+        let text = self.metrics().await?;
+        text.lines().find(|l| l.starts_with(prefix))?.rsplit_once(' ')?.1.parse().ok()
     }
 
     /// SIGTERM and wait for the exit status.

@@ -9,7 +9,9 @@
 mod control;
 mod data;
 mod process;
+mod tls;
 
 pub use control::*;
 pub use data::*;
 pub use process::*;
+pub use tls::*;

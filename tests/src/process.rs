@@ -141,7 +141,7 @@ impl Proc {
     }
 
     pub fn pid(&self) -> Option<u32> {
-        self.0.as_ref().map(|c| c.id())
+        self.0.as_ref().map(Child::id)
     }
 
     /// Spawns `cmd` with its stdout piped and returns the first line it prints (processes

@@ -68,8 +68,8 @@ async fn echo_through_the_proxy_text_binary_large_fragmented_and_ping() {
     assert_eq!(name, "b1");
     let headers: BTreeMap<String, String> = env.backends[0].last_headers.lock().unwrap().iter().cloned().collect();
     assert_eq!(headers["x-forwarded-for"], "10.9.8.7, 127.0.0.1");
-    assert_eq!(headers["x-forwarded-proto"], "ws");
-    assert!(headers["forwarded"].starts_with("for=127.0.0.1;proto=ws"), "{headers:?}");
+    assert_eq!(headers["x-forwarded-proto"], "http");
+    assert!(headers["forwarded"].starts_with("for=127.0.0.1;proto=http;"), "{headers:?}");
 
     echo(&mut ws, Message::text("hello")).await.unwrap();
     echo(&mut ws, Message::binary(vec![0u8, 1, 2, 255])).await.unwrap();

@@ -8,10 +8,10 @@ use std::io;
 use std::sync::atomic::Ordering::Relaxed;
 use std::time::Duration;
 
-use tokio::net::TcpStream;
+use super::stream::Stream;
 use tokio::time::Instant;
 
-use super::io::{shutdown_write, try_write, write_frame, write_rest};
+use super::io::{shutdown_write, try_write, unfinished, write_frame, write_rest};
 use super::limits::{End, Limits, Side, CLOSE_LINGER};
 use super::shared::Shared;
 use crate::frame::{self, Tracker, Violation, CLOSE_GOING_AWAY, CLOSE_PROTOCOL_ERROR, CLOSE_TOO_BIG};
@@ -148,7 +148,7 @@ impl Direction {
         &mut self,
         data: &[u8],
         now: Instant,
-        to: &TcpStream,
+        to: &Stream,
         sh: &Shared,
         stats: &BackendStats,
     ) -> io::Result<bool> {
@@ -166,7 +166,7 @@ impl Direction {
             // Usually the socket takes it all at once. Otherwise wait, but not forever: a peer
             // that stops reading must not pin the connection (and its timers).
             let sent = try_write(to, &data[..ok_len])?;
-            if sent < ok_len {
+            if unfinished(to, sent, ok_len) {
                 write_rest(to, &data[sent..ok_len], now + self.stall).await?;
             }
         }
@@ -196,7 +196,7 @@ impl Direction {
     }
 
     /// Sends our Close, when [`Self::owes_close`].
-    pub async fn close(&mut self, to: &TcpStream, sh: &Shared) -> io::Result<()> {
+    pub async fn close(&mut self, to: &Stream, sh: &Shared) -> io::Result<()> {
         // After the peer's own Close went out on this output, a second one is not allowed.
         self.sent_close = self.t.saw_close || self.send_close(to, sh).await?;
         Ok(())
@@ -204,7 +204,7 @@ impl Direction {
 
     /// The input hung up without a Close frame (crashed, killed, cut off): the output still
     /// gets a proper Close, then the FIN.
-    pub async fn on_eof(&mut self, to: &TcpStream) {
+    pub async fn on_eof(&mut self, to: &Stream) {
         if !self.sent_close && !self.t.saw_close && self.t.at_boundary() {
             let _ = write_frame(to, &proxy_close(self.side, CLOSE_GOING_AWAY)).await;
         }
@@ -230,7 +230,7 @@ impl Direction {
 
     /// Writes the proxy's Close if one is decided and the output is at a boundary. Returns
     /// whether it did.
-    async fn send_close(&self, to: &TcpStream, sh: &Shared) -> io::Result<bool> {
+    async fn send_close(&self, to: &Stream, sh: &Shared) -> io::Result<bool> {
         let Some(codes) = sh.close() else { return Ok(false) };
         if !self.t.at_boundary() {
             return Ok(false);

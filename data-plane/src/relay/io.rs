@@ -8,7 +8,7 @@ use std::ops::{Deref, DerefMut};
 
 use futures::FutureExt;
 
-use tokio::net::TcpStream;
+use super::stream::Stream;
 use tokio::time::Instant;
 
 /// Per-read buffer size: large enough for typical messages in one read, small enough that
@@ -59,68 +59,49 @@ impl DerefMut for Buf {
     }
 }
 
-/// Reads what the socket has. A read that does not fill the buffer drained the socket, so
-/// readiness is cleared at once (through `try_io`, which keeps any readiness that arrived
-/// meanwhile) instead of spending a second `recv` to learn it would block: this saves a
-/// syscall per message, which is most of the proxy's own cost.
-pub fn read_some(s: &TcpStream, buf: &mut [u8]) -> io::Result<usize> {
-    use std::io::Read;
-    let mut got = 0;
-    let res = s.try_io(tokio::io::Interest::READABLE, || {
-        let n = (&*socket2::SockRef::from(s)).read(buf)?;
-        got = n;
-        if n > 0 && n < buf.len() {
-            Err(io::ErrorKind::WouldBlock.into())
-        } else {
-            Ok(n)
-        }
-    });
-    match res {
-        Err(e) if e.kind() == io::ErrorKind::WouldBlock && got > 0 => Ok(got),
-        other => other,
-    }
-}
-
-async fn write_all(s: &TcpStream, mut buf: &[u8]) -> io::Result<()> {
-    while !buf.is_empty() {
+/// Writes all of `buf`, and for TLS until its records are out too.
+async fn write_all(s: &Stream, mut buf: &[u8]) -> io::Result<()> {
+    while !buf.is_empty() || s.pending() {
         s.writable().await?;
-        match s.try_write(buf) {
-            Ok(n) => buf = &buf[n..],
-            Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
-            Err(e) => return Err(e),
-        }
+        let n = s.try_write(buf)?;
+        buf = &buf[n..];
     }
     Ok(())
 }
 
-/// Writes what the socket takes now, without waiting: the fast path of every write.
-pub fn try_write(s: &TcpStream, buf: &[u8]) -> io::Result<usize> {
-    match s.try_write(buf) {
-        Ok(n) => Ok(n),
-        Err(e) if e.kind() == io::ErrorKind::WouldBlock => Ok(0),
-        Err(e) => Err(e),
-    }
+/// Writes what the socket takes now, without waiting: the fast path of every write. The
+/// caller finishes with [`write_rest`] when it returns less than all, or the stream is
+/// [`Stream::pending`].
+#[inline]
+pub fn try_write(s: &Stream, buf: &[u8]) -> io::Result<usize> {
+    s.try_write(buf)
+}
+
+/// Whether a write that took `sent` of `len` bytes must still wait.
+#[inline]
+pub fn unfinished(s: &Stream, sent: usize, len: usize) -> bool {
+    sent < len || s.pending()
 }
 
 /// Writes the rest of a write that [`try_write`] could not finish, waiting on a slow peer
 /// until `by` at most (then `TimedOut`: a peer that stops reading must not pin the connection
 /// forever). Boxed, so that its readiness future and timer take no room in every connection's
 /// state; a plain `fn`, so that the caller's future holds only the box.
-pub fn write_rest<'a>(s: &'a TcpStream, rest: &'a [u8], by: Instant) -> impl Future<Output = io::Result<()>> + 'a {
+pub fn write_rest<'a>(s: &'a Stream, rest: &'a [u8], by: Instant) -> impl Future<Output = io::Result<()>> + 'a {
     Box::pin(tokio::time::timeout_at(by, write_all(s, rest)))
         .map(|r| r.unwrap_or_else(|_| Err(io::Error::new(io::ErrorKind::TimedOut, "peer stopped reading"))))
 }
 
 /// Writes one of the proxy's own frames (a few bytes), however long it takes.
-pub async fn write_frame(s: &TcpStream, frame: &[u8]) -> io::Result<()> {
+pub async fn write_frame(s: &Stream, frame: &[u8]) -> io::Result<()> {
     let sent = try_write(s, frame)?;
-    if sent < frame.len() {
+    if unfinished(s, sent, frame.len()) {
         Box::pin(write_all(s, &frame[sent..])).await?;
     }
     Ok(())
 }
 
 /// Sends our FIN; the socket stays open for reading.
-pub fn shutdown_write(s: &TcpStream) -> io::Result<()> {
-    socket2::SockRef::from(s).shutdown(std::net::Shutdown::Write)
+pub fn shutdown_write(s: &Stream) -> io::Result<()> {
+    s.shutdown_write()
 }

@@ -155,10 +155,10 @@ impl Rig {
         let (backend, backend_in) = socket_pair().await;
         let (ctl, stats) = (Arc::new(CloseHandle::default()), Arc::new(BackendStats::default()));
         let (c, s) = (ctl.clone(), stats.clone());
-        let relay =
-            tokio::spawn(
-                async move { relay(&client_in, &backend_in, &client_early, &backend_early, limits, &c, &s).await },
-            );
+        let relay = tokio::spawn(async move {
+            let (ci, bi) = (super::Stream::Plain(client_in), super::Stream::Plain(backend_in));
+            relay(&ci, &bi, &client_early, &backend_early, limits, &c, &s).await
+        });
         let (client, backend) = (Peer { s: client, got: Vec::new() }, Peer { s: backend, got: Vec::new() });
         Rig { client, backend, ctl, stats, relay }
     }

@@ -1,0 +1,85 @@
+//! The streams of a connection before the relay: a wss client's TLS handshake, the
+//! connection to a backend (TLS when configured), and turning both into relay streams.
+
+use std::net::SocketAddr;
+
+use tokio::net::TcpStream;
+use tokio_util::either::Either;
+
+use super::{handshake_timeout, Ctx};
+use crate::relay::Stream;
+use crate::state::ProxyState;
+
+/// A client during its handshake: plain, or past its TLS handshake (boxed: rustls' state
+/// would otherwise take room in every connection's future, ws ones included).
+pub type ClientIo = Either<TcpStream, Box<tokio_rustls::server::TlsStream<TcpStream>>>;
+pub type BackendIo = Either<TcpStream, Box<tokio_rustls::client::TlsStream<TcpStream>>>;
+
+/// The TLS handshake of a wss client, on the connection's own task and under the handshake
+/// timeout. A failure costs a debug line and a count (`tls_error`, `tls_timeout`).
+pub async fn accept_tls(state: &ProxyState, ctx: &Ctx, sock: TcpStream, peer: SocketAddr) -> Option<ClientIo> {
+    let acceptor = ctx.wss.as_ref()?;
+    let limit = handshake_timeout(&state.table.load().settings);
+    // Boxed: the handshake's state lives only while it runs, not in every connection.
+    match tokio::time::timeout(limit, Box::pin(acceptor.accept(sock))).await {
+        Ok(Ok(s)) => Some(Either::Right(Box::new(s))),
+        Ok(Err(e)) => {
+            state.runtime.count_failure("tls_error");
+            tracing::debug!(%peer, "TLS handshake failed: {e}");
+            None
+        }
+        Err(_) => {
+            state.runtime.count_failure("tls_timeout");
+            tracing::debug!(%peer, ?limit, "TLS handshake timed out");
+            None
+        }
+    }
+}
+
+/// Why a backend could not be used: its TCP connection failed, or TLS did after it.
+#[derive(Debug, thiserror::Error)]
+pub enum BackendFail {
+    #[error("connect failed: {0}")]
+    Connect(String),
+    #[error("TLS to the backend failed: {0}")]
+    Tls(String),
+}
+
+/// Connects to a backend (with TLS when configured) under the connect timeout.
+pub async fn connect_backend(address: &str, ctx: &Ctx) -> Result<BackendIo, BackendFail> {
+    let limit = ctx.tuning.connect_timeout;
+    let tcp = match tokio::time::timeout(limit, TcpStream::connect(address)).await {
+        Ok(Ok(s)) => s,
+        Ok(Err(e)) => return Err(BackendFail::Connect(e.to_string())),
+        Err(_) => return Err(BackendFail::Connect("timed out".into())),
+    };
+    let _ = tcp.set_nodelay(true);
+    let Some(bt) = &ctx.backend_tls else { return Ok(Either::Left(tcp)) };
+    let name = bt.name_for(address).map_err(|e| BackendFail::Tls(e.to_string()))?;
+    let connector = tokio_rustls::TlsConnector::from(bt.config.clone());
+    match tokio::time::timeout(limit, Box::pin(connector.connect(name, tcp))).await {
+        Ok(Ok(s)) => Ok(Either::Right(Box::new(s))),
+        Ok(Err(e)) => Err(BackendFail::Tls(e.to_string())),
+        Err(_) => Err(BackendFail::Tls("handshake timed out".into())),
+    }
+}
+
+pub fn client_stream(c: ClientIo) -> Stream {
+    match c {
+        Either::Left(s) => Stream::Plain(s),
+        Either::Right(t) => {
+            let (tcp, conn) = t.into_inner();
+            Stream::tls(tcp, conn)
+        }
+    }
+}
+
+pub fn backend_stream(c: BackendIo) -> Stream {
+    match c {
+        Either::Left(s) => Stream::Plain(s),
+        Either::Right(t) => {
+            let (tcp, conn) = t.into_inner();
+            Stream::tls(tcp, conn)
+        }
+    }
+}

@@ -1,0 +1,227 @@
+//! One side of a relayed connection: a plain TCP socket, or TLS (rustls) over one. The relay
+//! works on readiness and non-blocking reads and writes; for TLS those drive rustls by hand:
+//! a read feeds ciphertext in and takes plaintext out, a write encrypts one record and hands
+//! it to the socket. Encrypted bytes the socket did not take stay in rustls and count as
+//! [`Stream::pending`], so a writer waits for them exactly as for a short plain write.
+//!
+//! Both directions of a connection run in one task, so the lock around rustls' state is
+//! never contended; it is there so the task stays `Send`.
+
+use std::io::{self, Read, Write};
+use std::sync::{Mutex, MutexGuard};
+
+use tokio::io::Interest;
+use tokio::net::TcpStream;
+
+pub enum Stream {
+    Plain(TcpStream),
+    Tls(Box<TlsIo>),
+}
+
+pub struct TlsIo {
+    tcp: TcpStream,
+    st: Mutex<TlsState>,
+}
+
+struct TlsState {
+    conn: rustls::Connection,
+    /// Decrypted bytes may be waiting in rustls: the next read needs no readiness.
+    buffered: bool,
+}
+
+impl Stream {
+    /// TLS over `tcp`, past its handshake. Plaintext rustls already decrypted is read first.
+    pub fn tls(tcp: TcpStream, conn: impl Into<rustls::Connection>) -> Stream {
+        Stream::Tls(Box::new(TlsIo { tcp, st: Mutex::new(TlsState { conn: conn.into(), buffered: true }) }))
+    }
+
+    pub fn tcp(&self) -> &TcpStream {
+        match self {
+            Stream::Plain(s) => s,
+            Stream::Tls(t) => &t.tcp,
+        }
+    }
+
+    /// Waits until [`Self::read_some`] may have something.
+    #[inline]
+    pub async fn readable(&self) -> io::Result<()> {
+        match self {
+            Stream::Plain(s) => s.readable().await,
+            Stream::Tls(t) => {
+                if t.lock().buffered {
+                    return Ok(());
+                }
+                t.tcp.readable().await
+            }
+        }
+    }
+
+    pub async fn writable(&self) -> io::Result<()> {
+        self.tcp().writable().await
+    }
+
+    /// Reads what is there without waiting: `Ok(0)` at the end of the stream, `WouldBlock`
+    /// when nothing is.
+    #[inline]
+    pub fn read_some(&self, buf: &mut [u8]) -> io::Result<usize> {
+        match self {
+            Stream::Plain(s) => read_plain(s, buf),
+            Stream::Tls(t) => t.read_some(buf),
+        }
+    }
+
+    /// Writes what the socket takes now, without waiting; for TLS, the plaintext taken (its
+    /// record may still be [`Self::pending`]).
+    #[inline]
+    pub fn try_write(&self, buf: &[u8]) -> io::Result<usize> {
+        match self {
+            Stream::Plain(s) => match s.try_write(buf) {
+                Ok(n) => Ok(n),
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => Ok(0),
+                Err(e) => Err(e),
+            },
+            Stream::Tls(t) => t.try_write(buf),
+        }
+    }
+
+    /// Encrypted bytes written but not yet taken by the socket.
+    #[inline]
+    pub fn pending(&self) -> bool {
+        match self {
+            Stream::Plain(_) => false,
+            Stream::Tls(t) => t.lock().conn.wants_write(),
+        }
+    }
+
+    /// Ends our direction: TLS says `close_notify` first, then the FIN; the socket stays open
+    /// for reading.
+    pub fn shutdown_write(&self) -> io::Result<()> {
+        if let Stream::Tls(t) = self {
+            let mut st = t.lock();
+            st.conn.send_close_notify();
+            let _ = flush(&t.tcp, &mut st.conn);
+        }
+        socket2::SockRef::from(self.tcp()).shutdown(std::net::Shutdown::Write)
+    }
+}
+
+/// Reads what the socket has. A read that does not fill the buffer drained the socket, so
+/// readiness is cleared at once (through `try_io`, which keeps any readiness that arrived
+/// meanwhile) instead of spending a second `recv` to learn it would block: this saves a
+/// syscall per message, which is most of the proxy's own cost.
+#[inline]
+fn read_plain(s: &TcpStream, buf: &mut [u8]) -> io::Result<usize> {
+    let mut got = 0;
+    let res = s.try_io(Interest::READABLE, || {
+        let n = (&*socket2::SockRef::from(s)).read(buf)?;
+        got = n;
+        if n > 0 && n < buf.len() {
+            Err(io::ErrorKind::WouldBlock.into())
+        } else {
+            Ok(n)
+        }
+    });
+    match res {
+        Err(e) if e.kind() == io::ErrorKind::WouldBlock && got > 0 => Ok(got),
+        other => other,
+    }
+}
+
+/// The socket as rustls' reader; remembers whether a read came back short (the socket is
+/// drained), the same saved syscall as [`read_plain`].
+struct SockRead<'a> {
+    s: &'a TcpStream,
+    short: bool,
+}
+
+impl Read for SockRead<'_> {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        let n = (&*socket2::SockRef::from(self.s)).read(buf)?;
+        self.short = n > 0 && n < buf.len();
+        Ok(n)
+    }
+}
+
+struct SockWrite<'a>(&'a TcpStream);
+
+impl Write for SockWrite<'_> {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        (&*socket2::SockRef::from(self.0)).write(buf)
+    }
+    fn write_vectored(&mut self, bufs: &[io::IoSlice<'_>]) -> io::Result<usize> {
+        (&*socket2::SockRef::from(self.0)).write_vectored(bufs)
+    }
+    fn flush(&mut self) -> io::Result<()> {
+        Ok(())
+    }
+}
+
+/// Hands rustls' encrypted output to the socket until it is all out or the socket is full.
+fn flush(tcp: &TcpStream, conn: &mut rustls::Connection) -> io::Result<()> {
+    while conn.wants_write() {
+        match tcp.try_io(Interest::WRITABLE, || conn.write_tls(&mut SockWrite(tcp))) {
+            Ok(_) => {}
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Ok(()),
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(())
+}
+
+impl TlsIo {
+    fn lock(&self) -> MutexGuard<'_, TlsState> {
+        self.st.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn read_some(&self, buf: &mut [u8]) -> io::Result<usize> {
+        let mut st = self.lock();
+        loop {
+            match st.conn.reader().read(buf) {
+                Ok(n) => {
+                    st.buffered = n > 0 && n == buf.len();
+                    return Ok(n);
+                }
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
+                // The peer hung up without close_notify: an end like any other to the relay.
+                Err(e) if e.kind() == io::ErrorKind::UnexpectedEof => return Ok(0),
+                Err(e) => return Err(e),
+            }
+            st.buffered = false;
+            let mut got = 0;
+            let res = self.tcp.try_io(Interest::READABLE, || {
+                let mut rd = SockRead { s: &self.tcp, short: false };
+                let n = st.conn.read_tls(&mut rd)?;
+                got = n;
+                if rd.short {
+                    Err(io::ErrorKind::WouldBlock.into())
+                } else {
+                    Ok(n)
+                }
+            });
+            match res {
+                Ok(_) => {}
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock && got > 0 => {}
+                Err(e) => return Err(e),
+            }
+            if let Err(e) = st.conn.process_new_packets() {
+                // rustls queued an alert saying why; the peer may as well hear it.
+                let _ = flush(&self.tcp, &mut st.conn);
+                return Err(io::Error::new(io::ErrorKind::InvalidData, e));
+            }
+            // Answers rustls owes the peer (a key update, say) go out with no wait.
+            flush(&self.tcp, &mut st.conn)?;
+        }
+    }
+
+    fn try_write(&self, buf: &[u8]) -> io::Result<usize> {
+        let mut st = self.lock();
+        // What is already encrypted goes first; a socket still full takes nothing new.
+        flush(&self.tcp, &mut st.conn)?;
+        if st.conn.wants_write() {
+            return Ok(0);
+        }
+        let n = if buf.is_empty() { 0 } else { st.conn.writer().write(buf)? };
+        flush(&self.tcp, &mut st.conn)?;
+        Ok(n)
+    }
+}
