@@ -9,7 +9,13 @@ use std::time::Duration;
 
 use switchyard_model::grpc::ClientTls;
 use switchyard_model::tls::TlsFiles;
+use switchyard_proto::v1::discovery_client::DiscoveryClient;
+use switchyard_proto::v1::{watch_event, WatchRequest};
 use switchyard_tests::*;
+
+fn eps_first(eps: &str) -> String {
+    eps.split(',').next().unwrap().to_string()
+}
 
 fn run(args: &[&str]) -> (i32, String, String) {
     let out = Command::new(bin("switchyard")).args(args).output().expect("run switchyard");
@@ -88,6 +94,19 @@ async fn a_cluster_with_mtls_serves_its_cli_and_proxy_and_refuses_cleartext() {
         ws_connect(&proxy.ws, "/", &[]).await.ok().filter(|(_, hello)| hello == "tls-b1")
     })
     .await;
+
+    // The affinity hashing secret reaches proxies' watches, never an admin's.
+    let proxy_tls = ClientTls::from_files(&files(c, "edge")).unwrap();
+    let secret = affinity_secret_with(&eps_first(&eps), &proxy_tls).await;
+    assert!(secret.is_set());
+    let req = WatchRequest { proxy_id: String::new(), from_revision: 0 };
+    let mut w = DiscoveryClient::new(tls_channel(&eps_first(&eps), &admin_tls)).watch(req).await.unwrap().into_inner();
+    match w.message().await.unwrap().and_then(|e| e.kind) {
+        Some(watch_event::Kind::Snapshot(t)) => {
+            assert!(t.affinity_secret.is_empty(), "an admin's watch got the secret")
+        }
+        other => panic!("expected a snapshot, got {other:?}"),
+    }
 
     // A cleartext client fails at once, and is told why.
     let (code, _, err) = run(&["--endpoints", &eps, "cluster", "status"]);

@@ -14,6 +14,9 @@ use switchyard_proto::v1::*;
 use tokio::sync::{broadcast, mpsc, watch};
 use tonic::{Request, Response, Status};
 
+use switchyard_model::tls::Role;
+
+use crate::auth::Caller;
 use crate::clock::now_ms;
 use crate::node::calls::{ReadIndex, Report};
 use crate::node::context::NodeCtx;
@@ -70,6 +73,28 @@ fn snapshot_event(node: &NodeCtx) -> WatchEvent {
     WatchEvent { revision: rev, kind: Some(watch_event::Kind::Snapshot(live.state.to_topology(rev))) }
 }
 
+/// Whether a watcher gets the affinity hashing secret: proxies need it to hash keys, and a
+/// node's trusted loopback caller may do anything. Viewers, operators and admins watch the
+/// config without it (with it, anyone could test a guessed credential against a hash).
+fn may_see_affinity_secret(caller: Option<&Caller>) -> bool {
+    caller.is_some_and(|c| matches!(c.role(), None | Some(Role::Proxy | Role::Node)))
+}
+
+/// `ev` as this watcher may see it.
+fn shown(mut ev: WatchEvent, secret: bool) -> WatchEvent {
+    if secret {
+        return ev;
+    }
+    match &mut ev.kind {
+        Some(watch_event::Kind::Snapshot(t)) => t.affinity_secret.clear(),
+        Some(watch_event::Kind::Changes(set)) => {
+            set.changes.retain(|c| !matches!(c.kind, Some(change::Kind::AffinitySecret(_))))
+        }
+        _ => {}
+    }
+    ev
+}
+
 fn changes_event(rev: u64, changes: &[Change]) -> WatchEvent {
     WatchEvent { revision: rev, kind: Some(watch_event::Kind::Changes(ChangeSet { changes: changes.to_vec() })) }
 }
@@ -83,6 +108,7 @@ impl Discovery for DiscoveryService {
     async fn watch(&self, req: Request<WatchRequest>) -> Result<Response<WatchStream>, Status> {
         // A proxy that followed another cluster must not be handed this one's config.
         self.node.cluster_id.check(&req)?;
+        let secret = may_see_affinity_secret(req.extensions().get::<Caller>());
         let req = req.into_inner();
         let node = self.node.clone();
         node.serving.check().map_err(Status::unavailable)?;
@@ -117,7 +143,7 @@ impl Discovery for DiscoveryService {
             // Whether an event went out since the last tick: then no progress is due.
             let mut sent_since_tick = true;
             for ev in first {
-                if tx.send(Ok(ev)).await.is_err() {
+                if tx.send(Ok(shown(ev, secret))).await.is_err() {
                     return;
                 }
             }
@@ -176,7 +202,7 @@ impl Discovery for DiscoveryService {
                 };
                 last = ev.revision;
                 sent_since_tick = true;
-                if tx.send(Ok(ev)).await.is_err() {
+                if tx.send(Ok(shown(ev, secret))).await.is_err() {
                     return;
                 }
             }
@@ -221,5 +247,34 @@ impl Discovery for DiscoveryService {
                 _ => vec![],
             };
         Ok(Response::new(ReportReply { revision: self.node.shared.read().revision(), cluster_loads }))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use switchyard_model::tls::Identity;
+
+    #[test]
+    fn only_proxies_nodes_and_trusted_loopback_see_the_affinity_secret() {
+        let cert = |role| Caller::Certificate(Identity { name: "x".into(), role });
+        assert!(may_see_affinity_secret(Some(&cert(Role::Proxy))));
+        assert!(may_see_affinity_secret(Some(&cert(Role::Node))));
+        assert!(may_see_affinity_secret(Some(&Caller::Loopback)));
+        for r in [Role::Viewer, Role::Operator, Role::Admin] {
+            assert!(!may_see_affinity_secret(Some(&cert(r))));
+            let token = Caller::Token { id: "t".into(), name: String::new(), role: r };
+            assert!(!may_see_affinity_secret(Some(&token)));
+        }
+        assert!(!may_see_affinity_secret(None));
+
+        let topology = Topology { affinity_secret: vec![7; 32], ..Default::default() };
+        let snap = WatchEvent { revision: 3, kind: Some(watch_event::Kind::Snapshot(topology)) };
+        let hidden = shown(snap.clone(), false);
+        assert!(matches!(hidden.kind, Some(watch_event::Kind::Snapshot(t)) if t.affinity_secret.is_empty()));
+        assert_eq!(shown(snap.clone(), true), snap);
+        let c = Change { kind: Some(change::Kind::AffinitySecret(vec![7; 32])) };
+        let hidden = shown(changes_event(4, &[c]), false);
+        assert!(matches!(hidden.kind, Some(watch_event::Kind::Changes(s)) if s.changes.is_empty()));
     }
 }
