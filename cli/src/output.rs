@@ -278,15 +278,18 @@ pub fn demo_backend(name: &str, addr: SocketAddr) {
 
 /// What `switchyard dev` started, and what to try with it.
 pub fn dev_banner(
-    proxies: &[(SocketAddr, SocketAddr)],
+    proxies: &[(SocketAddr, SocketAddr, SocketAddr)],
     endpoints: &[String],
     backends: &[String],
     data: &Path,
     certs: &Path,
 ) {
     println!("Switchyard dev is up: 3 control-plane nodes, 2 proxies, 3 echo backends (pool \"demo\").");
-    for (listen, admin) in proxies {
-        println!("  ws://{listen}/     proxy (status: http://{admin}/status, metrics: /metrics)");
+    for (ws, wss, admin) in proxies {
+        println!(
+            "  ws://{ws}/  wss://localhost:{}/  proxy (status: http://{admin}/status, metrics: /metrics)",
+            wss.port()
+        );
     }
     println!("  control plane: {}", endpoints.join(","));
     println!("  backends:      {}", backends.join(", "));
@@ -302,8 +305,13 @@ pub fn dev_banner(
     println!("  switchyard backend list demo");
     println!("  switchyard proxy list");
     println!("  switchyard watch");
-    if let Some((listen, _)) = proxies.first() {
-        println!("Connect any WebSocket client to ws://{listen}/ : the backend greets with its name and echoes.");
+    if let Some((ws, wss, _)) = proxies.first() {
+        println!("Connect any WebSocket client to ws://{ws}/ : the backend greets with its name and echoes.");
+        println!(
+            "Or over TLS to wss://localhost:{}/ , trusting the CA {}.",
+            wss.port(),
+            certs.join("ca.crt").display()
+        );
     }
     println!();
     println!("Ctrl-C stops it.");

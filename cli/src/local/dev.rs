@@ -11,7 +11,8 @@ use switchyard_model::grpc::{self, ChannelOptions, ClientTls};
 use switchyard_model::tls::{Role, TlsFiles};
 use switchyard_proto::v1::admin_client::AdminClient;
 use switchyard_proto::v1::{AddBackendRequest, Backend, CreatePoolRequest, Pool, Route, SetRouteRequest};
-use switchyard_proxy::{Proxy, ProxyConfig};
+use switchyard_proxy::tls::certs::CertSources;
+use switchyard_proxy::{Listeners, Proxy, ProxyConfig, TlsConfig};
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
@@ -98,11 +99,18 @@ pub(super) async fn run(args: DevArgs) -> Result<()> {
             tuning: Default::default(),
             control_tls: ClientTls::from_files(&certs.files("proxy"))?,
         };
-        let p = Proxy::start(cfg, bind(listen, "a proxy").await?, bind(admin_addr, "a proxy's admin port").await?)?;
-        proxies.push(p);
+        // wss beside ws: 8443 and 8453 with the default ports.
+        let wss = SocketAddr::from(([127, 0, 0, 1], port + 363));
+        let listeners = Listeners {
+            ws: Some(bind(listen, "a proxy").await?),
+            wss: Some(bind(wss, "a proxy's wss port").await?),
+            admin: bind(admin_addr, "a proxy's admin port").await?,
+        };
+        let tls = TlsConfig { wss_certs: certs.wss(), ..Default::default() };
+        proxies.push(Proxy::start_with(cfg, listeners, &tls)?);
     }
 
-    let bound: Vec<_> = proxies.iter().map(|p| (p.listen, p.admin)).collect();
+    let bound: Vec<_> = proxies.iter().filter_map(|p| Some((p.ws?, p.wss?, p.admin))).collect();
     output::dev_banner(&bound, &endpoints, &backends, &dir, &certs.dir);
     wait_for_signal().await;
     output::note("stopping");
@@ -128,13 +136,18 @@ impl DevCerts {
             super::certs::init(dir)?;
         }
         let parts = [("node-1", Role::Node), ("node-2", Role::Node), ("node-3", Role::Node)];
-        let parts = parts.into_iter().chain([("proxy", Role::Proxy), ("admin", Role::Admin)]);
+        let parts = parts.into_iter().chain([("proxy", Role::Proxy), ("admin", Role::Admin), ("wss", Role::Proxy)]);
         for (name, role) in parts {
             if !dir.join(format!("{name}.crt")).exists() {
                 super::certs::issue(dir, role, name, &[])?;
             }
         }
         Ok(DevCerts { dir: dir.to_path_buf() })
+    }
+
+    /// The certificate the proxies serve wss with (for localhost and 127.0.0.1).
+    fn wss(&self) -> CertSources {
+        CertSources { pairs: vec![(self.dir.join("wss.crt"), self.dir.join("wss.key"))], dir: None }
     }
 
     fn files(&self, name: &str) -> TlsFiles {
