@@ -13,6 +13,9 @@
 # BASELINE=DIR (a directory with another build's switchyard-control) adds that build as a third
 # system, interleaved with the others, so a change is measured against its predecessor in the
 # same run.
+# TLS=1 runs both systems with mTLS between members and to the clients (Switchyard's default,
+# etcd with --client-cert-auth and --peer-client-cert-auth), certificates from `switchyard
+# certs`; a BASELINE build must then know the --tls-* flags too.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 SECONDS_PER_PHASE=${1:-10}
@@ -32,10 +35,11 @@ RESULTS="$OUT/control-plane.jsonl"
 : > "$RESULTS"
 # Interleave: put phases of both, then failover trials of both.
 SYSTEMS="switchyard etcd${BASELINE:+ baseline}"
+TLS_FLAG=${TLS:+--tls}
 run() {
   case "$1" in
-    baseline) shift; ./target/release/cp-bench --system switchyard --label switchyard-baseline --bin-dir "$BASELINE" "$@" ;;
-    *) local s=$1; shift; ./target/release/cp-bench --system "$s" "$@" ;;
+    baseline) shift; ./target/release/cp-bench --system switchyard --label switchyard-baseline --bin-dir "$BASELINE" $TLS_FLAG "$@" ;;
+    *) local s=$1; shift; ./target/release/cp-bench --system "$s" $TLS_FLAG "$@" ;;
   esac
 }
 for sys in $SYSTEMS; do

@@ -52,13 +52,29 @@ struct Args {
     /// Value size in bytes.
     #[arg(long, default_value_t = 100)]
     value_size: usize,
+    /// Both systems serve mTLS (members to each other, and to the clients), with certificates
+    /// from this build's `switchyard certs`.
+    #[arg(long)]
+    tls: bool,
 }
 
 #[tokio::main]
 async fn main() -> Result<()> {
     let args = Args::parse();
     let label = args.label.clone().unwrap_or_else(|| args.system.clone());
-    let mut cluster = Cluster::start(&args.system, &args.bin_dir, &args.out_dir, args.members)?;
+    let pki = if args.tls { Some(procs::make_pki(&args.out_dir.join(format!("{label}-pki")))?) } else { None };
+    if let Some(p) = &pki {
+        switchyard_model::tls::install_provider();
+        let _ = target::TLS.set(
+            switchyard_model::tls::TlsFiles {
+                ca: Some(p.join("ca.crt")),
+                cert: Some(p.join("bench.crt")),
+                key: Some(p.join("bench.key")),
+            }
+            .client()?,
+        );
+    }
+    let mut cluster = Cluster::start(&args.system, &args.bin_dir, &args.out_dir, args.members, pki.as_deref())?;
     cluster.wait_ready().await?;
     let value = vec![b'x'; args.value_size];
     target::prepare(&cluster.system, &cluster.client_addrs).await?;

@@ -28,6 +28,25 @@ impl Member {
     }
 }
 
+/// A CA, one certificate every member serves and calls its peers with (`node`), and the
+/// bench's own client certificate (`bench`, an admin), made by this build's `switchyard certs`.
+pub fn make_pki(dir: &Path) -> Result<std::path::PathBuf> {
+    let _ = std::fs::remove_dir_all(dir);
+    let cli = std::env::current_exe()?.with_file_name("switchyard");
+    let run = |args: &[&str]| -> Result<()> {
+        let out = Command::new(&cli).args(args).output().with_context(|| format!("running {}", cli.display()))?;
+        if !out.status.success() {
+            bail!("switchyard {args:?}: {}", String::from_utf8_lossy(&out.stderr));
+        }
+        Ok(())
+    };
+    let d = dir.to_str().context("a UTF-8 path")?;
+    run(&["certs", "init", d])?;
+    run(&["certs", "issue", d, "--role", "node", "--name", "node", "--san", "127.0.0.1"])?;
+    run(&["certs", "issue", d, "--role", "admin", "--name", "bench", "--san", "127.0.0.1"])?;
+    Ok(dir.to_path_buf())
+}
+
 pub struct Cluster {
     pub system: String,
     pub client_addrs: Vec<String>,
@@ -40,7 +59,10 @@ fn ports(n: usize) -> Vec<u16> {
 }
 
 impl Cluster {
-    pub fn start(system: &str, bin_dir: &Path, out: &Path, n: usize) -> Result<Cluster> {
+    /// `pki`: a directory from [`make_pki`], for members that serve mTLS.
+    pub fn start(system: &str, bin_dir: &Path, out: &Path, n: usize, pki: Option<&Path>) -> Result<Cluster> {
+        let scheme = if pki.is_some() { "https" } else { "http" };
+        let pem = |name: &str| pki.map(|p| p.join(name).display().to_string()).unwrap_or_default();
         let dir = out.join(system);
         let _ = std::fs::remove_dir_all(&dir);
         std::fs::create_dir_all(&dir)?;
@@ -64,7 +86,14 @@ impl Cluster {
                             dir.join(format!("node-{}", i + 1)).display().to_string(),
                             "--initial-cluster".into(),
                             initial.join(","),
-                        ],
+                        ]
+                        .into_iter()
+                        .chain(pki.iter().flat_map(|_| {
+                            ["--tls-ca".into(), pem("ca.crt"), "--tls-cert".into(), pem("node.crt")]
+                                .into_iter()
+                                .chain(["--tls-key".into(), pem("node.key")])
+                        }))
+                        .collect(),
                         log: dir.join(format!("node-{}.log", i + 1)),
                         child: None,
                     });
@@ -72,10 +101,10 @@ impl Cluster {
             }
             "etcd" => {
                 let initial: Vec<String> =
-                    (0..n).map(|i| format!("n{}=http://127.0.0.1:{}", i + 1, p[3 + i])).collect();
+                    (0..n).map(|i| format!("n{}={scheme}://127.0.0.1:{}", i + 1, p[3 + i])).collect();
                 for i in 0..n {
-                    let client = format!("http://127.0.0.1:{}", p[i]);
-                    let peer = format!("http://127.0.0.1:{}", p[3 + i]);
+                    let client = format!("{scheme}://127.0.0.1:{}", p[i]);
+                    let peer = format!("{scheme}://127.0.0.1:{}", p[3 + i]);
                     client_addrs.push(format!("127.0.0.1:{}", p[i]));
                     let cmd = [
                         "etcd",
@@ -100,7 +129,21 @@ impl Cluster {
                     ]
                     .iter()
                     .map(|s| s.to_string())
-                    .collect();
+                    .collect::<Vec<_>>();
+                    let mut cmd = cmd;
+                    if pki.is_some() {
+                        for (flag, file) in [
+                            ("--trusted-ca-file", "ca.crt"),
+                            ("--cert-file", "node.crt"),
+                            ("--key-file", "node.key"),
+                            ("--peer-trusted-ca-file", "ca.crt"),
+                            ("--peer-cert-file", "node.crt"),
+                            ("--peer-key-file", "node.key"),
+                        ] {
+                            cmd.extend([flag.to_string(), pem(file)]);
+                        }
+                        cmd.extend(["--client-cert-auth".into(), "--peer-client-cert-auth".into()]);
+                    }
                     members.push(Member { cmd, log: dir.join(format!("n{}.log", i + 1)), child: None });
                 }
             }

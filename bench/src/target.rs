@@ -34,13 +34,19 @@ pub struct Conn {
     channel: Channel,
 }
 
+/// The client's TLS, for runs where both systems serve mTLS (set once, before any channel).
+pub static TLS: std::sync::OnceLock<tonic::transport::ClientTlsConfig> = std::sync::OnceLock::new();
+
 fn channel(addr: &str) -> Channel {
-    Endpoint::from_shared(format!("http://{addr}"))
-        .expect("uri")
-        .connect_timeout(Duration::from_millis(300))
-        .timeout(Duration::from_secs(5))
-        .tcp_nodelay(true)
-        .connect_lazy()
+    let (scheme, tls) = match TLS.get() {
+        Some(t) => ("https", Some(t.clone())),
+        None => ("http", None),
+    };
+    let mut e = Endpoint::from_shared(format!("{scheme}://{addr}")).expect("uri");
+    if let Some(t) = tls {
+        e = e.tls_config(t).expect("TLS config");
+    }
+    e.connect_timeout(Duration::from_millis(300)).timeout(Duration::from_secs(5)).tcp_nodelay(true).connect_lazy()
 }
 
 /// Switchyard needs the pool the bench writes backends into.
