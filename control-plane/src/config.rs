@@ -107,18 +107,7 @@ impl NodeConfig {
             if self.insecure {
                 return bad("--insecure is for a node without TLS; this one has --tls-* files".into());
             }
-            let (Some(_), Some(cert), Some(_)) = (&self.tls.ca, &self.tls.cert, &self.tls.key) else {
-                return bad("TLS needs all three of --tls-ca, --tls-cert and --tls-key".into());
-            };
-            let id = self.tls.own_identity().map_err(|e| NodeError::Config(e.to_string()))?;
-            if let Some(id) = id.filter(|i| i.role != Role::Node) {
-                return bad(format!(
-                    "{} is a certificate for {} {:?}; a node needs one issued with --role node",
-                    cert.display(),
-                    id.role,
-                    id.name
-                ));
-            }
+            self.tls.check_for(Role::Node).map_err(|e| NodeError::Config(e.to_string()))?;
         } else if !self.insecure && !self.listen.ip().is_loopback() {
             return bad(format!(
                 "--listen {} is not a loopback address and this node has no TLS: give it --tls-ca, --tls-cert \

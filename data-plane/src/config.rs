@@ -143,20 +143,8 @@ fn control_tls(tls: &TlsFiles) -> Result<ClientTls, ConfigError> {
     if !tls.enabled() {
         return Ok(ClientTls::cleartext());
     }
-    let (Some(_), Some(cert), Some(_)) = (&tls.ca, &tls.cert, &tls.key) else {
-        return Err(ConfigError(
-            "TLS to the control plane needs all three of --tls-ca, --tls-cert and --tls-key".into(),
-        ));
-    };
     let bad = |e: switchyard_model::tls::TlsError| ConfigError(e.to_string());
-    if let Some(id) = tls.own_identity().map_err(bad)?.filter(|i| i.role != Role::Proxy) {
-        return Err(ConfigError(format!(
-            "{} is a certificate for {} {:?}; a proxy needs one issued with --role proxy",
-            cert.display(),
-            id.role,
-            id.name
-        )));
-    }
+    tls.check_for(Role::Proxy).map_err(bad)?;
     ClientTls::from_files(tls).map_err(bad)
 }
 

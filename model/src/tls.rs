@@ -148,6 +148,24 @@ impl TlsFiles {
         identity_of(&first).map(Some).map_err(|e| file_err(cert, e))
     }
 
+    /// Checks the files of a part that serves or calls as `role`: all three given, and a
+    /// certificate issued for that role (a proxy holding an admin's certificate would have
+    /// more power than it needs; a node with a viewer's would be refused by its peers).
+    pub fn check_for(&self, role: Role) -> Result<(), TlsError> {
+        let (Some(_), Some(cert), Some(_)) = (&self.ca, &self.cert, &self.key) else {
+            return Err(TlsError::Config("TLS needs all three of --tls-ca, --tls-cert and --tls-key".into()));
+        };
+        match self.own_identity()? {
+            Some(id) if id.role != role => Err(TlsError::Config(format!(
+                "{} is a certificate for {} {:?}; a {role} needs one issued with --role {role}",
+                cert.display(),
+                id.role,
+                id.name
+            ))),
+            _ => Ok(()),
+        }
+    }
+
     fn pair(&self) -> Result<Option<TonicIdentity>, TlsError> {
         match (&self.cert, &self.key) {
             (None, None) => Ok(None),

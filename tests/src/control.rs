@@ -13,7 +13,10 @@ use switchyard_model::AffinitySecret;
 use switchyard_proto::v1::admin_client::AdminClient;
 use switchyard_proto::v1::discovery_client::DiscoveryClient;
 use switchyard_proto::v1::query_client::QueryClient;
-use switchyard_proto::v1::{watch_event, ClusterStatusReply, ClusterStatusRequest, WatchRequest};
+use switchyard_proto::v1::{
+    watch_event, AddBackendRequest, Backend, ClusterStatusReply, ClusterStatusRequest, CreatePoolRequest, Pool, Route,
+    SetRouteRequest, WatchRequest,
+};
 use tonic::transport::Channel;
 
 use crate::process::{bin, eventually, Proc};
@@ -280,4 +283,18 @@ pub async fn affinity_secret_with(addr: &str, tls: &ClientTls) -> AffinitySecret
         }
     })
     .await
+}
+
+/// Pool `pool` with default settings, `backends` in it at weight 1 and route "all" to it for
+/// every host; returns the revision of the route.
+pub async fn route_all(addr: &str, pool: &str, backends: &[&str]) -> u64 {
+    let mut a = admin(addr);
+    let p = Pool { name: pool.into(), ..Default::default() };
+    a.create_pool(CreatePoolRequest { pool: Some(p) }).await.expect("create pool");
+    for b in backends {
+        let b = Backend { pool: pool.into(), address: b.to_string(), weight: 1, ..Default::default() };
+        a.add_backend(AddBackendRequest { backend: Some(b) }).await.expect("add backend");
+    }
+    let route = Route { name: "all".into(), pool: pool.into(), ..Default::default() };
+    a.set_route(SetRouteRequest { route: Some(route) }).await.expect("set route").into_inner().revision
 }

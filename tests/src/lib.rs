@@ -8,10 +8,12 @@
 
 mod control;
 mod data;
+mod pki;
 mod process;
 mod tls;
 
 pub use control::*;
 pub use data::*;
+pub use pki::*;
 pub use process::*;
 pub use tls::*;

@@ -151,13 +151,7 @@ async fn a_forged_forward_of_an_internal_command_is_refused_and_the_backend_keep
     let addr = c.nodes[&leader].addr.clone();
     let cluster_id = status(&addr).await.unwrap().cluster_id;
     let backend = EchoBackend::start("b1").await;
-    let mut a = admin(&addr);
-    let pool = Pool { name: "chat".into(), ..Default::default() };
-    a.create_pool(CreatePoolRequest { pool: Some(pool) }).await.unwrap();
-    let b = Backend { pool: "chat".into(), address: backend.addr.clone(), weight: 1, ..Default::default() };
-    a.add_backend(AddBackendRequest { backend: Some(b) }).await.unwrap();
-    let route = Route { name: "all".into(), pool: "chat".into(), ..Default::default() };
-    let rev = a.set_route(SetRouteRequest { route: Some(route) }).await.unwrap().into_inner().revision;
+    let rev = route_all(&addr, "chat", &[&backend.addr]).await;
     let p = ProxyProcess::spawn(&c.endpoints(), &c.dir.path().join("p.cache"), "p");
     p.wait_revision(rev).await;
     assert_eq!(ws_connect(&p.ws, "/", &[]).await.unwrap().1, "b1");
@@ -178,7 +172,7 @@ async fn a_forged_forward_of_an_internal_command_is_refused_and_the_backend_keep
 
     // A write after the refusals, read linearizably: had the forged ones applied, they would
     // show.
-    let after = a.delete_route(DeleteRouteRequest { name: "none".into() }).await;
+    let after = admin(&addr).delete_route(DeleteRouteRequest { name: "none".into() }).await;
     assert_eq!(after.unwrap_err().code(), Code::NotFound);
     let req = ListBackendsRequest { consistency: Consistency::Linearizable as i32, pool: "chat".into() };
     let bs = query(&addr).list_backends(req).await.unwrap().into_inner().backends;

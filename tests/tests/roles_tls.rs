@@ -3,8 +3,6 @@
 //! and no token refused as unauthenticated, the CLI's one line for each, and the bootstrap
 //! token standing in for a certificate.
 
-use std::path::{Path, PathBuf};
-use std::process::Command;
 use std::time::Duration;
 
 use futures::StreamExt;
@@ -21,37 +19,6 @@ use switchyard_tests::*;
 use tonic::transport::Channel;
 use tonic::Code;
 
-fn run(args: &[&str]) -> (i32, String, String) {
-    let out =
-        Command::new(bin("switchyard")).args(args).env_remove("SWITCHYARD_TOKEN").output().expect("run switchyard");
-    let text = |b: &[u8]| String::from_utf8_lossy(b).into_owned();
-    (out.status.code().unwrap_or(-1), text(&out.stdout), text(&out.stderr))
-}
-
-/// One certificate per (name, role), by the real CLI.
-fn make_certs(dir: &Path, parts: &[(&str, &str)]) {
-    let d = dir.to_str().unwrap();
-    assert_eq!(run(&["certs", "init", d]).0, 0);
-    for (name, role) in parts {
-        let (code, _, err) = run(&["certs", "issue", d, "--role", role, "--name", name, "--san", "127.0.0.1"]);
-        assert_eq!(code, 0, "certs issue {name}: {err}");
-    }
-}
-
-fn files(dir: &Path, name: &str) -> TlsFiles {
-    TlsFiles {
-        ca: Some(dir.join("ca.crt")),
-        cert: Some(dir.join(format!("{name}.crt"))),
-        key: Some(dir.join(format!("{name}.key"))),
-    }
-}
-
-fn flags(dir: &Path, name: &str) -> Vec<String> {
-    let f = files(dir, name);
-    let p = |p: Option<PathBuf>| p.unwrap().display().to_string();
-    vec!["--tls-ca".into(), p(f.ca), "--tls-cert".into(), p(f.cert), "--tls-key".into(), p(f.key)]
-}
-
 fn refused<T: std::fmt::Debug>(r: Result<T, tonic::Status>, code: Code, needle: &str) {
     let s = r.expect_err("the call should be refused");
     assert_eq!(s.code(), code, "{s:?}");
@@ -65,11 +32,11 @@ async fn each_certificate_role_is_allowed_and_refused_per_service() {
     let c = certs.path();
     let parts = [("node", "node"), ("edge", "proxy"), ("ops", "admin"), ("oncall", "operator"), ("dash", "viewer")];
     make_certs(c, &parts);
-    let node_flags = flags(c, "node");
+    let node_flags = cert_flags(c, "node");
     let node_flags: Vec<&str> = node_flags.iter().map(String::as_str).collect();
-    let cluster = Cluster::start_with(1, &node_flags, ClientTls::from_files(&files(c, "ops")).unwrap()).await;
+    let cluster = Cluster::start_with(1, &node_flags, ClientTls::from_files(&cert_files(c, "ops")).unwrap()).await;
     let addr = cluster.nodes[&1].addr.clone();
-    let ch = |name: &str| tls_channel(&addr, &ClientTls::from_files(&files(c, name)).unwrap());
+    let ch = |name: &str| tls_channel(&addr, &ClientTls::from_files(&cert_files(c, name)).unwrap());
     // The CA to verify the node with, and no certificate of its own.
     let ca_only = TlsFiles { ca: Some(c.join("ca.crt")), cert: None, key: None };
     let anon: Channel = tls_channel(&addr, &ClientTls::from_files(&ca_only).unwrap());
@@ -140,11 +107,11 @@ async fn each_certificate_role_is_allowed_and_refused_per_service() {
     let cli = |name: Option<&str>, args: &[&str]| {
         let mut all = vec!["--endpoints".to_string(), addr.clone()];
         match name {
-            Some(n) => all.extend(flags(c, n)),
+            Some(n) => all.extend(cert_flags(c, n)),
             None => all.extend(["--tls-ca".into(), c.join("ca.crt").display().to_string()]),
         }
         all.extend(args.iter().map(|s| s.to_string()));
-        run(&all.iter().map(String::as_str).collect::<Vec<_>>())
+        run_cli(&all.iter().map(String::as_str).collect::<Vec<_>>())
     };
     let (code, _, err) = cli(Some("dash"), &["pool", "create", "web"]);
     assert_eq!(code, 1);

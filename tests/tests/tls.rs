@@ -3,12 +3,9 @@
 //! wrong setup fails: a cleartext client, an `https://` endpoint without a CA, a part given a
 //! certificate of another role, a node without TLS on a routable address.
 
-use std::path::{Path, PathBuf};
-use std::process::Command;
 use std::time::Duration;
 
 use switchyard_model::grpc::ClientTls;
-use switchyard_model::tls::TlsFiles;
 use switchyard_proto::v1::discovery_client::DiscoveryClient;
 use switchyard_proto::v1::{watch_event, WatchRequest};
 use switchyard_tests::*;
@@ -17,49 +14,15 @@ fn eps_first(eps: &str) -> String {
     eps.split(',').next().unwrap().to_string()
 }
 
-fn run(args: &[&str]) -> (i32, String, String) {
-    let out = Command::new(bin("switchyard")).args(args).output().expect("run switchyard");
-    (
-        out.status.code().unwrap_or(-1),
-        String::from_utf8_lossy(&out.stdout).into_owned(),
-        String::from_utf8_lossy(&out.stderr).into_owned(),
-    )
-}
-
-/// A CA with one certificate per name and role, written by the real CLI.
-fn make_certs(dir: &Path, parts: &[(&str, &str)]) {
-    let d = dir.to_str().unwrap();
-    let (code, _, err) = run(&["certs", "init", d]);
-    assert_eq!(code, 0, "certs init: {err}");
-    for (name, role) in parts {
-        let (code, _, err) = run(&["certs", "issue", d, "--role", role, "--name", name, "--san", "127.0.0.1"]);
-        assert_eq!(code, 0, "certs issue {name}: {err}");
-    }
-}
-
-fn files(dir: &Path, name: &str) -> TlsFiles {
-    TlsFiles {
-        ca: Some(dir.join("ca.crt")),
-        cert: Some(dir.join(format!("{name}.crt"))),
-        key: Some(dir.join(format!("{name}.key"))),
-    }
-}
-
-fn flags(dir: &Path, name: &str) -> Vec<String> {
-    let f = files(dir, name);
-    let p = |p: Option<PathBuf>| p.unwrap().display().to_string();
-    vec!["--tls-ca".into(), p(f.ca), "--tls-cert".into(), p(f.cert), "--tls-key".into(), p(f.key)]
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_cluster_with_mtls_serves_its_cli_and_proxy_and_refuses_cleartext() {
     let _g = serial().await;
     let certs = tempfile::tempdir().unwrap();
     let c = certs.path();
     make_certs(c, &[("node", "node"), ("edge", "proxy"), ("ops", "admin")]);
-    let node_flags = flags(c, "node");
+    let node_flags = cert_flags(c, "node");
     let node_flags: Vec<&str> = node_flags.iter().map(String::as_str).collect();
-    let admin_tls = ClientTls::from_files(&files(c, "ops")).unwrap();
+    let admin_tls = ClientTls::from_files(&cert_files(c, "ops")).unwrap();
     let cluster = Cluster::start_with(3, &node_flags, admin_tls.clone()).await;
     let leader = cluster.leader(Duration::from_secs(10)).await;
     let s = status_with(&cluster.nodes[&leader].addr, &admin_tls).await.unwrap();
@@ -68,12 +31,12 @@ async fn a_cluster_with_mtls_serves_its_cli_and_proxy_and_refuses_cleartext() {
     // The CLI, with the admin's certificate, configures a pool behind the proxy.
     let backend = EchoBackend::start("tls-b1").await;
     let eps = cluster.endpoints();
-    let admin_flags = flags(c, "ops");
+    let admin_flags = cert_flags(c, "ops");
     let cli = |args: &[&str]| {
         let mut all: Vec<&str> = vec!["--endpoints", &eps];
         all.extend(admin_flags.iter().map(String::as_str));
         all.extend(args);
-        run(&all)
+        run_cli(&all)
     };
     for args in [
         vec!["pool", "create", "chat"],
@@ -89,14 +52,14 @@ async fn a_cluster_with_mtls_serves_its_cli_and_proxy_and_refuses_cleartext() {
 
     // A proxy with its own certificate follows the cluster over TLS and routes.
     let dir = tempfile::tempdir().unwrap();
-    let proxy = ProxyProcess::spawn_with(&eps, &dir.path().join("p.cache"), "edge", &flags(c, "edge"));
+    let proxy = ProxyProcess::spawn_with(&eps, &dir.path().join("p.cache"), "edge", &cert_flags(c, "edge"));
     eventually("the proxy to route over its TLS-fed config", Duration::from_secs(15), || async {
         ws_connect(&proxy.ws, "/", &[]).await.ok().filter(|(_, hello)| hello == "tls-b1")
     })
     .await;
 
     // The affinity hashing secret reaches proxies' watches, never an admin's.
-    let proxy_tls = ClientTls::from_files(&files(c, "edge")).unwrap();
+    let proxy_tls = ClientTls::from_files(&cert_files(c, "edge")).unwrap();
     let secret = affinity_secret_with(&eps_first(&eps), &proxy_tls).await;
     assert!(secret.is_set());
     let req = WatchRequest { proxy_id: String::new(), from_revision: 0 };
@@ -109,13 +72,13 @@ async fn a_cluster_with_mtls_serves_its_cli_and_proxy_and_refuses_cleartext() {
     }
 
     // A cleartext client fails at once, and is told why.
-    let (code, _, err) = run(&["--endpoints", &eps, "cluster", "status"]);
+    let (code, _, err) = run_cli(&["--endpoints", &eps, "cluster", "status"]);
     assert_ne!(code, 0);
     assert_eq!(err.trim_end().lines().count(), 1, "{err}");
     assert!(err.contains("the node may require TLS: pass --tls-ca"), "{err}");
     // An https:// endpoint is never tried in cleartext.
     let https = format!("https://{}", cluster.nodes[&leader].addr);
-    let (code, _, err) = run(&["--endpoints", &https, "cluster", "status"]);
+    let (code, _, err) = run_cli(&["--endpoints", &https, "cluster", "status"]);
     assert_ne!(code, 0);
     assert!(err.contains("needs the cluster CA (--tls-ca)"), "{err}");
     // Nor does the test's own cleartext channel get an answer.
@@ -133,7 +96,7 @@ async fn parts_refuse_certificates_of_another_role_and_cleartext_off_loopback() 
     args.extend(["--data-dir".into(), data.path().join("n").display().to_string()]);
 
     let mut viewer = args.clone();
-    viewer.extend(flags(c, "viewer-1"));
+    viewer.extend(cert_flags(c, "viewer-1"));
     let (ok, err) = run_to_exit("switchyard-control", &viewer);
     assert!(!ok);
     assert!(err.contains("a node needs one issued with --role node") && err.contains("viewer"), "{err}");
@@ -151,7 +114,7 @@ async fn parts_refuse_certificates_of_another_role_and_cleartext_off_loopback() 
     assert!(err.contains("not a loopback address") && err.contains("--insecure"), "{err}");
 
     let mut proxy = vec!["--listen".to_string(), "127.0.0.1:0".into(), "--admin".into(), "127.0.0.1:0".into()];
-    proxy.extend(flags(c, "node"));
+    proxy.extend(cert_flags(c, "node"));
     let (ok, err) = run_to_exit("switchyard-proxy", &proxy);
     assert!(!ok);
     assert!(err.contains("a proxy needs one issued with --role proxy"), "{err}");

@@ -25,13 +25,7 @@ async fn setup(flags: impl FnOnce(&TestCa, &Path) -> Vec<String>) -> Env {
     let cluster = Cluster::start(1, &[]).await;
     let addr = cluster.nodes[&1].addr.clone();
     let backend = EchoBackend::start("b1").await;
-    let mut a = admin(&addr);
-    let pool = Pool { name: "chat".into(), ..Default::default() };
-    a.create_pool(CreatePoolRequest { pool: Some(pool) }).await.unwrap();
-    let b = Backend { pool: "chat".into(), address: backend.addr.clone(), weight: 1, ..Default::default() };
-    a.add_backend(AddBackendRequest { backend: Some(b) }).await.unwrap();
-    let route = Route { name: "all".into(), pool: "chat".into(), ..Default::default() };
-    let rev = a.set_route(SetRouteRequest { route: Some(route) }).await.unwrap().into_inner().revision;
+    let rev = route_all(&addr, "chat", &[&backend.addr]).await;
     let dir = tempfile::tempdir().unwrap();
     let ca = TestCa::new(dir.path());
     let certs = dir.path().join("certs");
