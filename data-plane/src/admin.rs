@@ -3,11 +3,11 @@
 use std::convert::Infallible;
 use std::sync::atomic::Ordering::Relaxed;
 use std::sync::Arc;
-use std::time::SystemTime;
+use std::time::{Duration, SystemTime};
 
 use http_body_util::Full;
 use hyper::body::{Bytes, Incoming};
-use hyper::{Request, Response, StatusCode};
+use hyper::{Method, Request, Response, StatusCode};
 use prometheus_client::encoding::text::encode;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
@@ -18,17 +18,41 @@ use tokio::net::TcpListener;
 
 use crate::state::ProxyState;
 
+/// The admin port is for scrapers and operators, a handful of connections: past this many at
+/// once, new ones are closed at accept.
+const MAX_ADMIN_CONNECTIONS: usize = 64;
+/// A request head must arrive within this (slow or idle clients hold nothing for long).
+const ADMIN_HEAD_TIMEOUT: Duration = Duration::from_secs(5);
+/// A kept-alive admin connection is closed gracefully after this, idle or not; scrapers
+/// reconnect.
+const ADMIN_CONNECTION_LIFETIME: Duration = Duration::from_secs(30);
+
 pub async fn serve(listener: TcpListener, state: Arc<ProxyState>) {
+    let slots = Arc::new(tokio::sync::Semaphore::new(MAX_ADMIN_CONNECTIONS));
     loop {
         let (sock, _) = tokio::select! {
             _ = state.runtime.shutdown.cancelled() => return,
-            r = listener.accept() => match r { Ok(x) => x, Err(_) => continue },
+            r = listener.accept() => match r {
+                Ok(x) => x,
+                Err(_) => {
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    continue;
+                }
+            },
+        };
+        let Ok(slot) = slots.clone().try_acquire_owned() else {
+            tracing::warn!("admin port: {MAX_ADMIN_CONNECTIONS} connections open; closing a new one");
+            continue;
         };
         let st = state.clone();
         tokio::spawn(async move {
+            let _slot = slot;
             let svc = hyper::service::service_fn(move |req| {
                 let st = st.clone();
                 async move {
+                    if req.method() != Method::GET && req.method() != Method::HEAD {
+                        return Ok::<_, Infallible>(not_allowed());
+                    }
                     if req.uri().path() == "/applied" {
                         return Ok::<_, Infallible>(applied(&st, req.uri().query().unwrap_or("")).await);
                     }
@@ -36,9 +60,30 @@ pub async fn serve(listener: TcpListener, state: Arc<ProxyState>) {
                 }
             });
             let io = hyper_util::rt::TokioIo::new(sock);
-            let _ = hyper::server::conn::http1::Builder::new().serve_connection(io, svc).await;
+            let conn = hyper::server::conn::http1::Builder::new()
+                .timer(hyper_util::rt::TokioTimer::new())
+                .header_read_timeout(ADMIN_HEAD_TIMEOUT)
+                .max_buf_size(64 * 1024)
+                .serve_connection(io, svc);
+            tokio::pin!(conn);
+            tokio::select! {
+                _ = conn.as_mut() => {}
+                _ = tokio::time::sleep(ADMIN_CONNECTION_LIFETIME) => {
+                    conn.as_mut().graceful_shutdown();
+                    let _ = tokio::time::timeout(ADMIN_HEAD_TIMEOUT, conn).await;
+                }
+            }
         });
     }
+}
+
+fn not_allowed() -> Response<Full<Bytes>> {
+    Response::builder()
+        .status(StatusCode::METHOD_NOT_ALLOWED)
+        .header("allow", "GET, HEAD")
+        .header("content-type", "text/plain")
+        .body(Full::new(Bytes::from_static(b"the admin port is read-only: GET or HEAD\n")))
+        .expect("static response parts are valid")
 }
 
 fn route(state: &ProxyState, req: Request<Incoming>) -> Response<Full<Bytes>> {
@@ -122,6 +167,8 @@ pub fn status_json(state: &ProxyState) -> serde_json::Value {
             "last_heard_seconds": cp.last_heard.map(|t| t.elapsed().as_secs_f64()),
         },
         "accepted": state.runtime.accepted.load(Relaxed),
+        "open_connections": state.runtime.open.load(Relaxed),
+        "max_connections": state.runtime.max_open.load(Relaxed),
         "active": backends.iter().map(|b| b["active"].as_u64().unwrap_or(0)).sum::<u64>(),
         "handshake_failures": failures,
         "backends": backends,

@@ -76,7 +76,10 @@ impl Workers {
             std::thread::Builder::new().name(format!("sy-worker-{i}")).spawn(move || {
                 rt.block_on(async move {
                     while let Some((sock, peer, tls)) = rx.recv().await {
-                        let Ok(sock) = TcpStream::from_std(sock) else { continue };
+                        let Ok(sock) = TcpStream::from_std(sock) else {
+                            drop(crate::fds::Slot::adopt(&st.runtime));
+                            continue;
+                        };
                         let (st2, ctx) = (st.clone(), ctx.clone());
                         tokio::spawn(
                             st.runtime.connections.track_future(async move { handle(st2, sock, peer, ctx, tls).await }),
@@ -91,10 +94,12 @@ impl Workers {
         Ok(Workers { senders, next: std::sync::atomic::AtomicUsize::new(0) })
     }
 
-    fn dispatch(&self, sock: TcpStream, peer: SocketAddr, tls: bool) {
+    /// Hands a connection to the next worker; false if it could not.
+    fn dispatch(&self, sock: TcpStream, peer: SocketAddr, tls: bool) -> bool {
         let i = self.next.fetch_add(1, Relaxed) % self.senders.len();
-        if let Ok(std_sock) = sock.into_std() {
-            let _ = self.senders[i].send((std_sock, peer, tls));
+        match sock.into_std() {
+            Ok(std_sock) => self.senders[i].send((std_sock, peer, tls)).is_ok(),
+            Err(_) => false,
         }
     }
 }
@@ -115,9 +120,20 @@ pub async fn serve(listener: TcpListener, state: Arc<ProxyState>, workers: Arc<W
                 }
             },
         };
-        let _ = sock.set_nodelay(true);
         state.runtime.accepted.fetch_add(1, Relaxed);
-        workers.dispatch(sock, peer, tls);
+        if crate::fds::take(&state.runtime).map(std::mem::forget).is_none() {
+            // Out of descriptors for another proxied connection: say so and close, without
+            // reading (a TLS client gets no readable answer, but is not left hanging).
+            if !tls {
+                let _ = sock.try_write(&handshake::error_response(&Reject::OverCapacity, Some(1)));
+            }
+            state.runtime.count_failure("fd_budget");
+            continue;
+        }
+        let _ = sock.set_nodelay(true);
+        if !workers.dispatch(sock, peer, tls) {
+            drop(crate::fds::Slot::adopt(&state.runtime));
+        }
     }
 }
 
@@ -173,6 +189,8 @@ pub(crate) fn handshake_timeout(s: &switchyard_proto::v1::Settings) -> Duration 
 }
 
 async fn handle(state: Arc<ProxyState>, client: TcpStream, peer: SocketAddr, ctx: Arc<Ctx>, tls: bool) {
+    // The slot taken at accept, given back however this ends.
+    let _slot = crate::fds::Slot::adopt(&state.runtime);
     let client = if tls {
         match accept_tls(&state, &ctx, client, peer).await {
             Some(c) => c,

@@ -24,24 +24,42 @@ pub enum Violation {
     Protocol(&'static str),
 }
 
-/// Incremental frame-header parser over one direction of a connection.
+/// Which peer a stream comes from: RFC 6455 §5.1 has clients mask every frame and servers
+/// none.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Peer {
+    Client,
+    Server,
+}
+
+/// Incremental frame-header parser over one direction of a connection. Besides frame
+/// boundaries it checks what a relay owes the protocol without unmasking payloads: masking by
+/// direction, minimal length encodings, control-frame rules, fragmentation order, and a
+/// Close's status code (its two bytes are the only payload bytes it reads). Nothing after a
+/// Close is passed on.
 #[derive(Debug, Clone)]
 pub struct Tracker {
     hdr: [u8; 14],
     hdr_len: u8,
+    from: Peer,
     /// Payload bytes left in the current frame.
     remaining: u64,
     in_payload: bool,
     fin: bool,
     opcode: u8,
+    /// Of the current Close frame: its status code as read so far, and how many of its bytes.
+    close_code: [u8; 2],
+    close_read: u8,
     /// A fragmented data message is open.
     in_message: bool,
     msg_bytes: u64,
     max_message: u64,
     /// Completed data messages.
     pub messages: u64,
-    /// A Close frame has gone by.
+    /// A Close frame has gone by: the stream ends there.
     pub saw_close: bool,
+    /// Where in the last fed chunk the Close frame began, when it began in that chunk.
+    pub close_start: Option<usize>,
 }
 
 fn header_len(h: &[u8]) -> usize {
@@ -57,20 +75,30 @@ fn header_len(h: &[u8]) -> usize {
     2 + ext + mask
 }
 
+/// Whether a peer may send this status code in a Close frame (RFC 6455 §7.4 and the IANA
+/// registry): 1004-1006 and 1015 are reserved for reports, not frames.
+pub fn close_code_allowed(code: u16) -> bool {
+    matches!(code, 1000..=1003 | 1007..=1014 | 3000..=4999)
+}
+
 impl Tracker {
-    pub fn new(max_message: u64) -> Tracker {
+    pub fn new(max_message: u64, from: Peer) -> Tracker {
         Tracker {
             hdr: [0; 14],
             hdr_len: 0,
+            from,
             remaining: 0,
             in_payload: false,
             fin: false,
             opcode: 0,
+            close_code: [0; 2],
+            close_read: 0,
             in_message: false,
             msg_bytes: 0,
             max_message,
             messages: 0,
             saw_close: false,
+            close_start: None,
         }
     }
 
@@ -80,22 +108,41 @@ impl Tracker {
         !self.in_payload && self.hdr_len == 0
     }
 
-    /// Feeds the next bytes of the stream. On a violation, returns how many bytes of `data`
-    /// precede the offending frame (they end at a boundary and may still be forwarded).
-    pub fn feed(&mut self, data: &[u8]) -> Result<(), (usize, Violation)> {
+    /// Feeds the next bytes of the stream; returns how many of them to pass on (all, unless a
+    /// Close frame ends in them: what follows a Close is dropped). On a violation, returns how
+    /// many bytes of `data` precede the offending frame: they end at a boundary and may still
+    /// be passed on. When the offending frame began in an earlier chunk that is 0, and the
+    /// output is mid-frame.
+    pub fn feed(&mut self, data: &[u8]) -> Result<usize, (usize, Violation)> {
+        self.close_start = None;
+        if self.saw_close {
+            return Ok(0);
+        }
         let mut i = 0;
+        // Where the current frame began in `data`; `None` when it began in an earlier chunk.
+        let mut frame_start = if self.at_boundary() { Some(0) } else { None };
         while i < data.len() {
             if self.in_payload {
                 let take = (self.remaining.min((data.len() - i) as u64)) as usize;
+                if self.opcode == OP_CLOSE {
+                    self.read_close_code(&data[i..i + take]);
+                }
                 self.remaining -= take as u64;
                 i += take;
                 if self.remaining == 0 {
                     self.in_payload = false;
-                    self.finish_frame();
+                    self.finish_frame().map_err(|v| (frame_start.unwrap_or(0), v))?;
+                    if self.saw_close {
+                        self.close_start = frame_start;
+                        return Ok(i);
+                    }
+                    frame_start = Some(i);
                 }
                 continue;
             }
-            let frame_start = i.saturating_sub(self.hdr_len as usize);
+            if self.hdr_len == 0 {
+                frame_start = Some(i);
+            }
             let need = header_len(&self.hdr[..self.hdr_len as usize]);
             let take = (need - self.hdr_len as usize).min(data.len() - i);
             self.hdr[self.hdr_len as usize..self.hdr_len as usize + take].copy_from_slice(&data[i..i + take]);
@@ -105,30 +152,56 @@ impl Tracker {
             if (self.hdr_len as usize) < need {
                 continue;
             }
-            let start = if frame_start <= i { frame_start } else { 0 };
+            let start = frame_start.unwrap_or(0);
             self.parse_header().map_err(|v| (start, v))?;
+            if !self.in_payload {
+                // An empty frame is whole with its header.
+                self.finish_frame().map_err(|v| (start, v))?;
+                if self.saw_close {
+                    self.close_start = frame_start;
+                    return Ok(i);
+                }
+                frame_start = Some(i);
+            }
         }
-        Ok(())
+        Ok(i)
     }
 
     fn parse_header(&mut self) -> Result<(), Violation> {
         let h = &self.hdr;
         let fin = h[0] & 0x80 != 0;
-        if h[0] & 0x70 != 0 {
-            // RSV bits belong to negotiated extensions (permessage-deflate sets RSV1); the
-            // proxy passes extensions through, so it does not judge them.
-        }
+        // RSV bits belong to negotiated extensions (permessage-deflate sets RSV1); the proxy
+        // passes extensions through, so it does not judge them.
         let opcode = h[0] & 0x0f;
+        let masked = h[1] & 0x80 != 0;
+        if masked != (self.from == Peer::Client) {
+            return Err(Violation::Protocol(if masked {
+                "masked frame from a server"
+            } else {
+                "unmasked frame from a client"
+            }));
+        }
         let len7 = (h[1] & 0x7f) as u64;
         let len = match len7 {
             126 => u16::from_be_bytes([h[2], h[3]]) as u64,
             127 => u64::from_be_bytes([h[2], h[3], h[4], h[5], h[6], h[7], h[8], h[9]]),
             n => n,
         };
+        let minimal = match len7 {
+            126 => len >= 126,
+            127 => len > 0xffff && len >> 63 == 0,
+            _ => true,
+        };
+        if !minimal {
+            return Err(Violation::Protocol("payload length not in its shortest form"));
+        }
         match opcode {
             OP_CLOSE | OP_PING | OP_PONG => {
                 if !fin || len > 125 {
                     return Err(Violation::Protocol("fragmented or oversized control frame"));
+                }
+                if opcode == OP_CLOSE && len == 1 {
+                    return Err(Violation::Protocol("close frame with a 1-byte payload"));
                 }
             }
             OP_CONTINUATION => {
@@ -151,19 +224,35 @@ impl Tracker {
         }
         self.fin = fin;
         self.opcode = opcode;
+        self.close_read = 0;
         self.hdr_len = 0;
         self.remaining = len;
-        if len == 0 {
-            self.finish_frame();
-        } else {
-            self.in_payload = true;
-        }
+        self.in_payload = len > 0;
         Ok(())
     }
 
-    fn finish_frame(&mut self) {
+    /// Takes the status code from the first payload bytes of a Close frame, unmasked.
+    fn read_close_code(&mut self, payload: &[u8]) {
+        for &b in payload {
+            let k = self.close_read as usize;
+            if k >= 2 {
+                break;
+            }
+            // A control frame's header is 2 bytes, then the mask key if any.
+            let m = if self.from == Peer::Client { self.hdr[2 + k] } else { 0 };
+            self.close_code[k] = b ^ m;
+            self.close_read += 1;
+        }
+    }
+
+    fn finish_frame(&mut self) -> Result<(), Violation> {
         match self.opcode {
-            OP_CLOSE => self.saw_close = true,
+            OP_CLOSE => {
+                if self.close_read == 2 && !close_code_allowed(u16::from_be_bytes(self.close_code)) {
+                    return Err(Violation::Protocol("close frame with a status code that may not be sent"));
+                }
+                self.saw_close = true;
+            }
             OP_PING | OP_PONG => {}
             _ if self.fin => {
                 self.messages += 1;
@@ -172,6 +261,7 @@ impl Tracker {
             }
             _ => self.in_message = true,
         }
+        Ok(())
     }
 }
 
@@ -230,9 +320,9 @@ mod tests {
         stream.extend(frame(false, OP_BINARY, 300, true));
         stream.extend(frame(true, OP_PING, 3, true));
         stream.extend(frame(true, OP_CONTINUATION, 70_000, true));
-        stream.extend(frame(true, OP_CLOSE, 2, true));
+        stream.extend(close_frame(1000, "", Some([1, 2, 3, 4])));
         for chunk in [1, 2, 3, 7, 100, 4096, stream.len()] {
-            let mut t = Tracker::new(1 << 20);
+            let mut t = Tracker::new(1 << 20, Peer::Client);
             for c in stream.chunks(chunk) {
                 t.feed(c).unwrap();
             }
@@ -240,7 +330,7 @@ mod tests {
             assert_eq!(t.messages, 2, "chunk {chunk}");
             assert!(t.saw_close);
         }
-        let mut t = Tracker::new(1 << 20);
+        let mut t = Tracker::new(1 << 20, Peer::Client);
         t.feed(&stream[..10]).unwrap();
         assert!(!t.at_boundary());
     }
@@ -251,7 +341,7 @@ mod tests {
         let first = stream.len();
         stream.extend(frame(false, OP_BINARY, 60, false));
         stream.extend(frame(true, OP_CONTINUATION, 60, false));
-        let mut t = Tracker::new(100);
+        let mut t = Tracker::new(100, Peer::Server);
         let (ok, v) = t.feed(&stream).unwrap_err();
         assert_eq!(v, Violation::MessageTooBig);
         assert_eq!(ok, first + 2 + 60, "bytes before the frame that broke the limit");
@@ -259,20 +349,75 @@ mod tests {
 
     #[test]
     fn protocol_errors() {
-        let mut t = Tracker::new(1 << 20);
+        let mut t = Tracker::new(1 << 20, Peer::Server);
         assert!(t.feed(&frame(true, OP_CONTINUATION, 1, false)).is_err());
-        let mut t = Tracker::new(1 << 20);
+        let mut t = Tracker::new(1 << 20, Peer::Server);
         assert!(t.feed(&frame(true, OP_PING, 126, false)).is_err());
-        let mut t = Tracker::new(1 << 20);
+        let mut t = Tracker::new(1 << 20, Peer::Server);
         assert!(t.feed(&frame(true, 0x3, 1, false)).is_err());
     }
 
     #[test]
     fn proxy_frames_parse_back() {
-        let mut t = Tracker::new(10);
+        let mut t = Tracker::new(10, Peer::Client);
         t.feed(&close_frame(CLOSE_GOING_AWAY, "bye", Some([9, 8, 7, 6]))).unwrap();
         assert!(t.saw_close && t.at_boundary());
         let f = close_frame(1001, "", None);
         assert_eq!(f, vec![0x88, 2, 0x03, 0xE9]);
+    }
+
+    #[test]
+    fn masking_must_match_the_sender() {
+        let mut t = Tracker::new(1 << 20, Peer::Client);
+        assert_eq!(
+            t.feed(&frame(true, OP_TEXT, 3, false)),
+            Err((0, Violation::Protocol("unmasked frame from a client")))
+        );
+        let mut t = Tracker::new(1 << 20, Peer::Server);
+        assert!(t.feed(&frame(true, OP_TEXT, 3, true)).is_err());
+    }
+
+    #[test]
+    fn lengths_must_be_minimal() {
+        let ok = frame(true, OP_TEXT, 2, false);
+        let mut long16 = vec![0x81, 126, 0, 5];
+        long16.extend_from_slice(b"hello");
+        let mut long64 = vec![0x82, 127];
+        long64.extend_from_slice(&300u64.to_be_bytes());
+        let mut huge = vec![0x82, 127];
+        huge.extend_from_slice(&(1u64 << 63).to_be_bytes());
+        for bad in [long16, long64, huge] {
+            let mut t = Tracker::new(u64::MAX, Peer::Server);
+            let stream = [ok.clone(), bad].concat();
+            assert_eq!(t.feed(&stream).unwrap_err().0, ok.len(), "the frame before goes through");
+        }
+    }
+
+    #[test]
+    fn close_frames_are_checked_and_end_the_stream() {
+        let mask = Some([9, 8, 7, 6]);
+        for (payload, ok) in [
+            (vec![], true),
+            (vec![0x03], false),
+            (1000u16.to_be_bytes().to_vec(), true),
+            (4999u16.to_be_bytes().to_vec(), true),
+            (1005u16.to_be_bytes().to_vec(), false),
+            (999u16.to_be_bytes().to_vec(), false),
+            (2000u16.to_be_bytes().to_vec(), false),
+        ] {
+            let f = control_frame(OP_CLOSE, &payload, mask);
+            let mut t = Tracker::new(10, Peer::Client);
+            // Byte by byte, so the code is read across chunks.
+            let r: Result<Vec<usize>, _> = f.chunks(1).map(|c| t.feed(c)).collect();
+            assert_eq!(r.is_ok(), ok, "{payload:?}");
+        }
+        let text = control_frame(OP_TEXT, b"hi", mask);
+        let close = close_frame(1000, "bye", mask);
+        let mut t = Tracker::new(10, Peer::Client);
+        let stream = [text.clone(), close.clone(), text.clone()].concat();
+        assert_eq!(t.feed(&stream), Ok(text.len() + close.len()), "nothing after the Close");
+        assert_eq!(t.close_start, Some(text.len()));
+        assert_eq!(t.feed(&text), Ok(0));
+        assert_eq!(t.close_start, None);
     }
 }

@@ -66,6 +66,9 @@ pub struct Upgrade {
     /// Host without port, lower case.
     pub host: String,
     pub headers: Vec<(String, Vec<u8>)>,
+    /// The authority of an absolute-form target (`GET http://host/path`): it replaces the
+    /// Host header (RFC 9112 §3.2.2), so the backend gets it as Host.
+    pub authority: Option<String>,
 }
 
 impl Upgrade {
@@ -98,9 +101,69 @@ impl Upgrade {
     }
 }
 
-/// Where the request head ends (index just past the blank line), if it is complete.
+/// Where the request head ends (index just past the blank line), if it is complete. A head
+/// that ends in bare LFs ends here too, so that it is refused at once instead of waiting for
+/// a CRLF that never comes; an empty line before the request line is skipped (RFC 9112 §2.2).
 pub fn head_end(buf: &[u8]) -> Option<usize> {
-    buf.windows(4).position(|w| w == b"\r\n\r\n").map(|i| i + 4)
+    let mut line_start = 0;
+    for (i, _) in buf.iter().enumerate().filter(|(_, b)| **b == b'\n') {
+        let line = &buf[line_start..i];
+        if (line.is_empty() || line == b"\r") && line_start > 0 {
+            return Some(i + 1);
+        }
+        line_start = i + 1;
+    }
+    None
+}
+
+/// A line ending that is LF alone: RFC 9112 §2.2 allows servers to accept it, but a proxy
+/// that does while the backend does not (or the reverse) is how requests get smuggled.
+fn has_bare_lf(head: &[u8]) -> bool {
+    head.iter().enumerate().any(|(i, b)| *b == b'\n' && (i == 0 || head[i - 1] != b'\r'))
+}
+
+/// A Host value the proxy can route on and repeat in `Forwarded`: a DNS name or IPv4 address,
+/// or an IPv6 literal in brackets, and an optional port. Anything else (quotes, semicolons,
+/// spaces, userinfo) is refused rather than escaped.
+fn valid_authority(h: &str) -> bool {
+    let (host, port) = if let Some(rest) = h.strip_prefix('[') {
+        let Some((v6, after)) = rest.split_once(']') else { return false };
+        if v6.is_empty() || !v6.bytes().all(|b| b.is_ascii_hexdigit() || b == b':' || b == b'.') {
+            return false;
+        }
+        match after {
+            "" => return true,
+            p => match p.strip_prefix(':') {
+                Some(port) => ("x", port),
+                None => return false,
+            },
+        }
+    } else {
+        match h.rsplit_once(':') {
+            Some((host, port)) => (host, port),
+            None => (h, "0"),
+        }
+    };
+    let host_ok = !host.is_empty()
+        && host.len() <= 253
+        && host.bytes().all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'.' | b'_'));
+    let port_ok = !port.is_empty() && port.len() <= 5 && port.bytes().all(|b| b.is_ascii_digit());
+    host_ok && port_ok
+}
+
+/// Splits an absolute-form target into its authority and the origin-form rest.
+fn absolute_form(target: &str) -> Option<Result<(String, String), Reject>> {
+    let (scheme, rest) = target.split_once("://")?;
+    if !["http", "https", "ws", "wss"].iter().any(|s| scheme.eq_ignore_ascii_case(s)) {
+        return Some(Err(Reject::BadRequest("request target must be a path or an http(s) URI")));
+    }
+    let end = rest.find(['/', '?', '#']).unwrap_or(rest.len());
+    let (authority, path) = rest.split_at(end);
+    if authority.contains('@') || !valid_authority(authority) {
+        return Some(Err(Reject::BadRequest("bad authority in the request target")));
+    }
+    let path = if path.starts_with('/') { path.to_string() } else { format!("/{path}") };
+    Some(Ok((authority.to_string(), path)))
 }
 
 fn has_token(v: &[u8], token: &str) -> bool {
@@ -109,7 +172,12 @@ fn has_token(v: &[u8], token: &str) -> bool {
 
 /// Checks a complete request head.
 pub fn parse_request(head: &[u8]) -> Result<Upgrade, Reject> {
-    let mut hdrs = [httparse::EMPTY_HEADER; 128];
+    if has_bare_lf(head) {
+        return Err(Reject::BadRequest("line ending without CR"));
+    }
+    // Room for as many headers as the head has lines: the byte limit is the only limit.
+    let lines = head.iter().filter(|b| **b == b'\n').count();
+    let mut hdrs = vec![httparse::EMPTY_HEADER; lines.max(1)];
     let mut req = httparse::Request::new(&mut hdrs);
     match req.parse(head) {
         Ok(httparse::Status::Complete(_)) => {}
@@ -122,6 +190,24 @@ pub fn parse_request(head: &[u8]) -> Result<Upgrade, Reject> {
     }
     let headers: Vec<(String, Vec<u8>)> = req.headers.iter().map(|h| (h.name.to_string(), h.value.to_vec())).collect();
     let get = |name: &str| headers.iter().find(|(n, _)| n.eq_ignore_ascii_case(name)).map(|(_, v)| v.as_slice());
+    let count = |name: &str| headers.iter().filter(|(n, _)| n.eq_ignore_ascii_case(name)).count();
+    // One of each, or the backend may read another than the proxy checked (RFC 9112 §3.2).
+    for (name, why) in [
+        ("host", "more than one Host"),
+        ("sec-websocket-key", "more than one Sec-WebSocket-Key"),
+        ("sec-websocket-version", "more than one Sec-WebSocket-Version"),
+    ] {
+        if count(name) > 1 {
+            return Err(Reject::BadRequest(why));
+        }
+    }
+    // An upgrade request has no body; one that says otherwise would have its body taken for
+    // frames by the backend and for a body by a server in between.
+    if count("transfer-encoding") > 0
+        || headers.iter().any(|(n, v)| n.eq_ignore_ascii_case("content-length") && v.trim_ascii() != b"0")
+    {
+        return Err(Reject::BadRequest("a websocket upgrade has no body"));
+    }
     let upgrade = get("upgrade").is_some_and(|v| has_token(v, "websocket"));
     let connection = headers.iter().any(|(n, v)| n.eq_ignore_ascii_case("connection") && has_token(v, "upgrade"));
     if !upgrade || !connection {
@@ -139,12 +225,20 @@ pub fn parse_request(head: &[u8]) -> Result<Upgrade, Reject> {
     }
     let host = get("host").ok_or(Reject::BadRequest("missing Host"))?;
     let host = std::str::from_utf8(host).map_err(|_| Reject::BadRequest("bad Host"))?.trim().to_ascii_lowercase();
-    let host = strip_port(&host).to_string();
-    let target = req.path.unwrap_or("/").to_string();
-    if !target.starts_with('/') {
-        return Err(Reject::BadRequest("request target must be a path"));
+    if !valid_authority(&host) {
+        return Err(Reject::BadRequest("bad Host"));
     }
-    Ok(Upgrade { target, host, headers })
+    let target = req.path.unwrap_or("/");
+    let (authority, target) = match absolute_form(target) {
+        Some(r) => {
+            let (a, t) = r?;
+            (Some(a), t)
+        }
+        None if target.starts_with('/') => (None, target.to_string()),
+        None => return Err(Reject::BadRequest("request target must be a path or an http(s) URI")),
+    };
+    let host = strip_port(authority.as_deref().unwrap_or(&host)).to_ascii_lowercase();
+    Ok(Upgrade { target, host, headers, authority })
 }
 
 /// A base64 encoding of 16 bytes: 22 characters and "==".
@@ -181,6 +275,12 @@ pub fn forward_head(up: &Upgrade, client: IpAddr, proto: &str) -> Vec<u8> {
         if n.eq_ignore_ascii_case("x-forwarded-proto") {
             continue;
         }
+        if let (Some(a), true) = (&up.authority, n.eq_ignore_ascii_case("host")) {
+            out.extend_from_slice(b"Host: ");
+            out.extend_from_slice(a.as_bytes());
+            out.extend_from_slice(b"\r\n");
+            continue;
+        }
         out.extend_from_slice(n.as_bytes());
         out.extend_from_slice(b": ");
         out.extend_from_slice(v);
@@ -204,7 +304,8 @@ pub fn forward_head(up: &Upgrade, client: IpAddr, proto: &str) -> Vec<u8> {
 
 /// The status code of a complete response head.
 pub fn response_status(head: &[u8]) -> Option<u16> {
-    let mut hdrs = [httparse::EMPTY_HEADER; 128];
+    let lines = head.iter().filter(|b| **b == b'\n').count();
+    let mut hdrs = vec![httparse::EMPTY_HEADER; lines.max(1)];
     let mut resp = httparse::Response::new(&mut hdrs);
     match resp.parse(head) {
         Ok(httparse::Status::Complete(_)) => resp.code,
@@ -279,5 +380,74 @@ mod tests {
         assert!(r.starts_with("HTTP/1.1 503 Service Unavailable\r\n"));
         assert!(r.contains("Retry-After: 3\r\n"));
         assert_eq!(response_status(r.as_bytes()), Some(503));
+    }
+
+    fn refused(head: &str) -> Reject {
+        parse_request(head.as_bytes()).unwrap_err()
+    }
+
+    #[test]
+    fn one_host_one_key_one_version() {
+        let twice = |h: &str| GOOD.replace("\r\n\r\n", &format!("\r\n{h}\r\n\r\n"));
+        assert_eq!(refused(&twice("Host: other.example")), Reject::BadRequest("more than one Host"));
+        assert_eq!(refused(&twice("host: example.com")), Reject::BadRequest("more than one Host"));
+        let key = "Sec-WebSocket-Key: AAAAAAAAAAAAAAAAAAAAAA==";
+        assert_eq!(refused(&twice(key)), Reject::BadRequest("more than one Sec-WebSocket-Key"));
+        assert_eq!(
+            refused(&twice("Sec-WebSocket-Version: 13")),
+            Reject::BadRequest("more than one Sec-WebSocket-Version")
+        );
+    }
+
+    #[test]
+    fn a_host_that_could_inject_into_forwarded_is_refused() {
+        for bad in ["a\";for=6.6.6.6", "a;b", "a b", "user@host", "[::1", "[zz]", "host:", "host:99999x", ""] {
+            let head = GOOD.replace("Host: Example.com:8080", &format!("Host: {bad}"));
+            assert_eq!(refused(&head).status(), 400, "{bad:?}");
+        }
+        for good in ["[::1]:8080", "[::1]", "10.0.0.1", "a-b.example_x.com", "localhost:1"] {
+            let head = GOOD.replace("Host: Example.com:8080", &format!("Host: {good}"));
+            assert!(parse_request(head.as_bytes()).is_ok(), "{good:?}");
+        }
+    }
+
+    #[test]
+    fn an_upgrade_with_a_body_is_refused() {
+        let with = |h: &str| GOOD.replace("\r\n\r\n", &format!("\r\n{h}\r\n\r\n"));
+        assert_eq!(refused(&with("Content-Length: 5")).status(), 400);
+        assert_eq!(refused(&with("Transfer-Encoding: chunked")).status(), 400);
+        assert!(parse_request(with("Content-Length: 0").as_bytes()).is_ok());
+    }
+
+    #[test]
+    fn bare_lf_heads_end_at_once_and_are_refused() {
+        let lf = GOOD.replace("\r\n", "\n");
+        assert_eq!(head_end(lf.as_bytes()), Some(lf.len()), "the head is complete, not awaited");
+        assert_eq!(refused(&lf), Reject::BadRequest("line ending without CR"));
+        let mixed = GOOD.replacen("\r\n", "\n", 2);
+        assert_eq!(refused(&mixed).status(), 400);
+        assert_eq!(head_end(GOOD.as_bytes()), Some(GOOD.len()));
+        assert_eq!(head_end(&GOOD.as_bytes()[..GOOD.len() - 1]), None);
+    }
+
+    #[test]
+    fn absolute_form_targets_are_accepted_and_their_authority_wins() {
+        let head = GOOD.replace("GET /chat?room=1", "GET http://Chat.Example:9000/chat?room=1");
+        let up = parse_request(head.as_bytes()).unwrap();
+        assert_eq!((up.host.as_str(), up.path(), up.query()), ("chat.example", "/chat", Some("room=1")));
+        let fwd = String::from_utf8(forward_head(&up, "192.0.2.7".parse().unwrap(), "http")).unwrap();
+        assert!(fwd.starts_with("GET /chat?room=1 HTTP/1.1\r\nHost: Chat.Example:9000\r\n"), "{fwd}");
+        let bare = GOOD.replace("GET /chat?room=1", "GET wss://chat.example");
+        assert_eq!(parse_request(bare.as_bytes()).unwrap().target, "/");
+        for bad in ["GET ftp://x/ ", "GET http://u@x/ ", "GET http://x\"y/ ", "GET chat "] {
+            assert_eq!(refused(&GOOD.replace("GET /chat?room=1 ", bad)).status(), 400, "{bad}");
+        }
+    }
+
+    #[test]
+    fn the_header_count_is_bounded_by_bytes_only() {
+        let many: String = (0..2000).map(|i| format!("X-{i}: v\r\n")).collect();
+        let head = GOOD.replace("\r\n\r\n", &format!("\r\n{many}\r\n"));
+        assert_eq!(parse_request(head.as_bytes()).unwrap().headers.len(), 2008);
     }
 }

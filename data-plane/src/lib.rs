@@ -9,6 +9,7 @@ pub mod balance;
 pub mod config;
 pub mod connection;
 pub mod drain;
+pub mod fds;
 pub mod frame;
 pub mod handshake;
 mod hash;
@@ -85,6 +86,17 @@ impl Proxy {
             None => None,
         };
         let state = ProxyState::new(cfg.proxy_id.clone());
+        match fds::raise_limit() {
+            Some(limit) => {
+                let max = fds::connections_for(limit);
+                state.runtime.max_open.store(max, std::sync::atomic::Ordering::Relaxed);
+                tracing::info!(
+                    "file descriptor limit {limit}: room for {max} proxied connections (two descriptors each); \
+                     more get 503 at accept"
+                );
+            }
+            None => tracing::info!("no file descriptor limit"),
+        }
         let mut mirror = watch::mirror::Mirror::default();
         if let Some((t, written)) = cfg.cache_file.as_deref().and_then(watch::cache::load) {
             mirror = watch::mirror::Mirror::from_topology(t);

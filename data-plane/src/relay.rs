@@ -112,6 +112,10 @@ async fn pump(
                     TimerAction::Wait => {}
                     TimerAction::Ping => io::write_frame(to, &direction::ping()).await?,
                     TimerAction::Finish => return Ok(()),
+                    TimerAction::CloseAndFinish => {
+                        d.close(to, sh).await?;
+                        return Ok(());
+                    }
                 }
             }
             r = from.readable() => {
@@ -120,7 +124,7 @@ async fn pump(
                 match from.read_some(&mut b) {
                     Ok(0) => {
                         drop(b);
-                        d.on_eof(to).await;
+                        d.on_eof(to, sh).await;
                         return Ok(());
                     }
                     Ok(n) => read = Some((b, n)),

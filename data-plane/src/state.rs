@@ -3,7 +3,7 @@
 //! runtime pieces its connections share ([`Runtime`]).
 
 use std::collections::BTreeMap;
-use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering::Relaxed};
 use std::sync::{Arc, Mutex};
 
 use arc_swap::ArcSwap;
@@ -30,6 +30,12 @@ pub struct ProxyState {
 pub struct Runtime {
     pub admission: Admission,
     pub accepted: AtomicU64,
+    /// Client connections open (accepted and not yet ended), and how many the descriptor
+    /// limit leaves room for (0: no cap); see [`crate::fds`].
+    pub open: AtomicUsize,
+    pub max_open: AtomicUsize,
+    /// Connections refused at accept because the descriptor budget was spent.
+    pub refused_fd_budget: AtomicU64,
     /// wss certificate sets loaded after the first, and loads that failed (old set kept).
     pub tls_reloads: AtomicU64,
     pub tls_reload_failures: AtomicU64,
@@ -66,6 +72,9 @@ impl ProxyState {
             runtime: Runtime {
                 admission: Admission::default(),
                 accepted: AtomicU64::new(0),
+                open: AtomicUsize::new(0),
+                max_open: AtomicUsize::new(0),
+                refused_fd_budget: AtomicU64::new(0),
                 tls_reloads: AtomicU64::new(0),
                 tls_reload_failures: AtomicU64::new(0),
                 handshake_failures: Mutex::new(BTreeMap::new()),

@@ -44,6 +44,8 @@ pub enum TimerAction {
     Ping,
     /// This direction is done.
     Finish,
+    /// Send the held Close (the backend never answered ours), then this direction is done.
+    CloseAndFinish,
 }
 
 pub struct Direction {
@@ -59,19 +61,23 @@ pub struct Direction {
     /// A ping fell due while this output was mid-frame; it goes out at the next boundary.
     ping_pending: bool,
     ping_sent: Option<Instant>,
+    /// The backend's Close answered ours while the client's Close was held: it was kept from
+    /// the client, who hears the proxy's instead.
+    swallowed: bool,
 }
 
 impl Direction {
     pub fn new(side: Side, limits: Limits) -> Direction {
         Direction {
             side,
-            t: Tracker::new(limits.max_message),
+            t: Tracker::new(limits.max_message, sender(side)),
             idle_timeout: limits.idle_timeout,
             ping_interval: limits.ping_interval,
             stall: write_stall(limits),
             sent_close: false,
             ping_pending: false,
             ping_sent: None,
+            swallowed: false,
         }
     }
 
@@ -121,6 +127,7 @@ impl Direction {
     pub fn on_timer(&mut self, now: Instant, sh: &Shared) -> TimerAction {
         match self.due(now, sh) {
             None => TimerAction::Wait,
+            Some(Event::Closing) if self.owes_held_close(sh) => TimerAction::CloseAndFinish,
             Some(Event::Closing | Event::OtherEnded) => TimerAction::Finish,
             Some(Event::Idle) => {
                 sh.request_close(CLOSE_GOING_AWAY, CLOSE_GOING_AWAY, End::Proxy(CLOSE_GOING_AWAY));
@@ -158,10 +165,18 @@ impl Direction {
         }
         let before = self.t.messages;
         let was_boundary = self.t.at_boundary();
-        let (ok_len, violation) = match self.t.feed(data) {
-            Ok(()) => (data.len(), None),
+        let had_close = self.t.saw_close;
+        let (mut ok_len, violation) = match self.t.feed(data) {
+            Ok(n) => (n, None),
             Err((n, v)) => (n, Some(v)),
         };
+        if !had_close && self.t.saw_close && self.holds(sh) {
+            // The backend's answer to our Close: the client hears the proxy's own instead.
+            if let Some(at) = self.t.close_start {
+                ok_len = at;
+                self.swallowed = true;
+            }
+        }
         if ok_len > 0 {
             // Usually the socket takes it all at once. Otherwise wait, but not forever: a peer
             // that stops reading must not pin the connection (and its timers).
@@ -190,23 +205,42 @@ impl Direction {
         Ok(false)
     }
 
-    /// A close is decided and this output is between frames: our Close is due.
+    /// A close is decided and this output is between frames: our Close is due (for a held
+    /// client Close, once the backend answered).
     pub fn owes_close(&self, sh: &Shared) -> bool {
-        !self.sent_close && self.t.at_boundary() && sh.close().is_some()
+        !self.sent_close && self.t.at_boundary() && sh.close().is_some() && (!self.holds(sh) || self.swallowed)
     }
 
-    /// Sends our Close, when [`Self::owes_close`].
+    /// This output is the client's and its Close waits for the backend's answer.
+    fn holds(&self, sh: &Shared) -> bool {
+        self.side == Side::ToClient && sh.close().is_some_and(|c| c.hold_client)
+    }
+
+    /// A held Close is still owed and could go out now.
+    fn owes_held_close(&self, sh: &Shared) -> bool {
+        self.holds(sh) && !self.sent_close && self.t.at_boundary() && (!self.t.saw_close || self.swallowed)
+    }
+
+    /// The peer's own Close went out on this output (a second one is not allowed).
+    fn forwarded_close(&self) -> bool {
+        self.t.saw_close && !self.swallowed
+    }
+
+    /// Sends our Close, when [`Self::owes_close`] (or a held one at the end of lingering).
     pub async fn close(&mut self, to: &Stream, sh: &Shared) -> io::Result<()> {
-        // After the peer's own Close went out on this output, a second one is not allowed.
-        self.sent_close = self.t.saw_close || self.send_close(to, sh).await?;
+        self.sent_close = self.forwarded_close() || self.send_close(to, sh).await?;
         Ok(())
     }
 
     /// The input hung up without a Close frame (crashed, killed, cut off): the output still
-    /// gets a proper Close, then the FIN.
-    pub async fn on_eof(&mut self, to: &Stream) {
-        if !self.sent_close && !self.t.saw_close && self.t.at_boundary() {
-            let _ = write_frame(to, &proxy_close(self.side, CLOSE_GOING_AWAY)).await;
+    /// gets a proper Close (the code decided, if the proxy decided to close), then the FIN.
+    pub async fn on_eof(&mut self, to: &Stream, sh: &Shared) {
+        if !self.sent_close && !self.forwarded_close() && self.t.at_boundary() {
+            let code = sh.close().map_or(CLOSE_GOING_AWAY, |c| match self.side {
+                Side::ToClient => c.client,
+                Side::ToBackend => c.backend,
+            });
+            let _ = write_frame(to, &proxy_close(self.side, code)).await;
         }
         let _ = shutdown_write(to);
     }
@@ -216,15 +250,16 @@ impl Direction {
     fn on_violation(&mut self, v: Violation, at_boundary: bool, sh: &Shared) {
         let code = if v == Violation::MessageTooBig { CLOSE_TOO_BIG } else { CLOSE_PROTOCOL_ERROR };
         // The side that broke the limit hears why; the other side hears the proxy is going away.
+        // A client still gets the backend's replies to what it sent before.
         match self.side {
-            Side::ToBackend => sh.request_close(code, CLOSE_GOING_AWAY, End::Proxy(code)),
+            Side::ToBackend => sh.request_close_held(code, CLOSE_GOING_AWAY, End::Proxy(code)),
             Side::ToClient => sh.request_close(CLOSE_GOING_AWAY, code, End::Proxy(CLOSE_GOING_AWAY)),
         }
         // The tracker stopped at the offending header. If part of it went out earlier the
         // tracker stays mid-frame, so no Close is written after half a header (the connection
         // just ends).
         if at_boundary {
-            self.t = Tracker::new(u64::MAX);
+            self.t = Tracker::new(u64::MAX, sender(self.side));
         }
     }
 
@@ -241,6 +276,14 @@ impl Direction {
         };
         write_frame(to, &proxy_close(self.side, code)).await?;
         Ok(true)
+    }
+}
+
+/// Who sends what a direction reads.
+fn sender(side: Side) -> frame::Peer {
+    match side {
+        Side::ToBackend => frame::Peer::Client,
+        Side::ToClient => frame::Peer::Server,
     }
 }
 

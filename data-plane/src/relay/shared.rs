@@ -15,6 +15,10 @@ use super::limits::{End, Side};
 pub struct Codes {
     pub client: u16,
     pub backend: u16,
+    /// The client broke the protocol: what the backend sends until it answers our Close still
+    /// reaches the client (the replies to messages that came before the offending frame), then
+    /// the client hears `client` in place of the backend's answer.
+    pub hold_client: bool,
     /// When the proxy decided: both peers have `CLOSE_LINGER` from then to finish.
     pub at: Instant,
 }
@@ -81,8 +85,18 @@ impl Shared {
 
     /// Decides to close (the first decision wins) and wakes both directions to send it.
     pub fn request_close(&self, client: u16, backend: u16, end: End) {
+        self.decide(Codes { client, backend, hold_client: false, at: Instant::now() }, end);
+    }
+
+    /// As [`Self::request_close`], with the client's Close held until the backend answered
+    /// (see [`Codes::hold_client`]).
+    pub fn request_close_held(&self, client: u16, backend: u16, end: End) {
+        self.decide(Codes { client, backend, hold_client: true, at: Instant::now() }, end);
+    }
+
+    fn decide(&self, codes: Codes, end: End) {
         if self.close.get().is_none() {
-            self.close.set(Some(Codes { client, backend, at: Instant::now() }));
+            self.close.set(Some(codes));
             self.end.set(Some(end));
             self.wake.notify_waiters();
         }

@@ -310,3 +310,32 @@ async fn a_peer_that_hangs_up_leaves_the_other_a_close_then_the_end() {
     r.client.s.shutdown().await.unwrap();
     assert_eq!(r.end().await, End::Peer);
 }
+
+#[tokio::test]
+async fn a_client_that_breaks_the_protocol_still_gets_the_replies_then_1002() {
+    let mut r = Rig::start(NO_LIMITS).await;
+    // A message, then a frame a client may not send (unmasked).
+    r.client.send(&[data(OP_TEXT, b"ok", Some(MASK)), data(OP_TEXT, b"bad", None)].concat()).await;
+    assert_eq!(r.backend.frame().await.payload, b"ok");
+    let to_backend = r.backend.frame().await;
+    assert!(to_backend.masked && to_backend.close_code() == 1001, "{to_backend:?}");
+    // The backend answers the message, then our Close.
+    r.backend.send(&[data(OP_TEXT, b"reply", None), close_frame(1001, "", None)].concat()).await;
+    assert_eq!(r.client.frame().await.payload, b"reply", "the reply still reaches the client");
+    let to_client = r.client.frame().await;
+    assert!(!to_client.masked && to_client.close_code() == 1002, "the client hears why: {to_client:?}");
+    assert_eq!(r.hang_up().await, End::Proxy(1002));
+}
+
+#[tokio::test]
+async fn nothing_after_a_peers_close_is_passed_on() {
+    let mut r = Rig::start(NO_LIMITS).await;
+    let close = close_frame(1000, "", Some(MASK));
+    r.client.send(&[close.clone(), data(OP_TEXT, b"late", Some(MASK))].concat()).await;
+    assert_eq!(r.backend.frame().await.close_code(), 1000);
+    r.client.send(&data(OP_TEXT, b"later", Some(MASK))).await;
+    r.backend.quiet().await;
+    r.backend.send(&close_frame(1000, "", None)).await;
+    assert_eq!(r.client.frame().await.close_code(), 1000, "the backend's Close, byte for byte");
+    assert_eq!(r.hang_up().await, End::Peer);
+}

@@ -1,0 +1,72 @@
+//! File descriptors bound how many connections one proxy process can carry: each proxied
+//! connection holds two (the client's socket and the backend's). The proxy raises its soft
+//! limit to the hard one at start, says how many connections that allows, and answers 503 at
+//! accept once they are spent, instead of failing `accept` in a loop or a backend connect
+//! halfway through a handshake.
+
+use std::sync::atomic::Ordering::Relaxed;
+
+use crate::state::Runtime;
+
+/// Descriptors kept for everything else: listeners, the admin port, control-plane channels,
+/// the cache file, each worker's poller, and the 503 itself.
+const RESERVED: u64 = 64;
+
+/// Raises the soft descriptor limit to the hard limit; returns the limit now in force, or
+/// `None` when there is none (or it cannot be read).
+pub fn raise_limit() -> Option<u64> {
+    use rustix::process::{getrlimit, setrlimit, Resource};
+    let mut lim = getrlimit(Resource::Nofile);
+    if lim.current != lim.maximum {
+        lim.current = lim.maximum;
+        if setrlimit(Resource::Nofile, lim).is_err() {
+            lim = getrlimit(Resource::Nofile);
+        }
+    }
+    lim.current.filter(|&n| n < i64::MAX as u64)
+}
+
+/// Proxied connections a descriptor limit leaves room for.
+pub fn connections_for(limit: u64) -> usize {
+    (limit.saturating_sub(RESERVED) / 2) as usize
+}
+
+/// One open client connection, counted until it drops.
+pub struct Slot<'a>(&'a Runtime);
+
+impl Drop for Slot<'_> {
+    fn drop(&mut self) {
+        self.0.open.fetch_sub(1, Relaxed);
+    }
+}
+
+impl<'a> Slot<'a> {
+    /// Takes over a slot that [`take`] handed out and the caller forgot (it crossed to a
+    /// worker thread with its socket).
+    pub fn adopt(rt: &'a Runtime) -> Slot<'a> {
+        Slot(rt)
+    }
+}
+
+/// Takes a slot for a new client connection, or `None` when the budget is spent.
+pub fn take(rt: &Runtime) -> Option<Slot<'_>> {
+    let max = rt.max_open.load(Relaxed);
+    let n = rt.open.fetch_add(1, Relaxed);
+    if max > 0 && n >= max {
+        rt.open.fetch_sub(1, Relaxed);
+        rt.refused_fd_budget.fetch_add(1, Relaxed);
+        return None;
+    }
+    Some(Slot(rt))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_budget_is_two_descriptors_a_connection_after_the_reserve() {
+        assert_eq!(connections_for(20_000), 9_968);
+        assert_eq!(connections_for(10), 0);
+    }
+}

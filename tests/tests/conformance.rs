@@ -1,0 +1,57 @@
+//! The proxy changes nothing a WebSocket peer says: every conformance case (the Autobahn
+//! fuzzing client's framing, fragmentation, UTF-8 and closing-handshake cases, and the
+//! proxy's own protocol checks) ends for the client exactly as it does on a direct connection
+//! to the same strict backend: the same frames, the same close code, the same end.
+
+use switchyard_tests::conformance::{cases, describe, run_case, StrictEcho};
+use switchyard_tests::*;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_case_ends_as_on_a_direct_connection_to_a_backend_that_drops_at_once() {
+    every_case_ends_as_on_a_direct_connection(false).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_case_ends_as_on_a_direct_connection_to_a_backend_that_waits_for_the_close() {
+    every_case_ends_as_on_a_direct_connection(true).await;
+}
+
+async fn every_case_ends_as_on_a_direct_connection(linger: bool) {
+    let _g = serial().await;
+    let backend = StrictEcho::start(linger).await;
+    let cluster = Cluster::start(1, &[]).await;
+    let rev = route_all(&cluster.nodes[&1].addr, "conf", &[&backend.addr]).await;
+    let proxy = ProxyProcess::spawn(&cluster.endpoints(), &cluster.dir.path().join("proxy.cache"), "p1");
+    proxy.wait_revision(rev).await;
+
+    let (mut differ, mut codes) = (Vec::new(), Vec::new());
+    for c in cases() {
+        let t = std::time::Instant::now();
+        let direct = run_case(&backend.addr, &c).await.without_reasons();
+        let td = t.elapsed();
+        let proxied = run_case(&proxy.ws, &c).await.without_reasons();
+        println!("{}: {} ({td:?} direct, {:?} proxied)", c.id, describe(&proxied), t.elapsed() - td);
+        // tungstenite accepts a length not in its shortest form; RFC 6455 §5.2 says it MUST be,
+        // and the proxy holds clients to it (checked below).
+        let stricter = c.id.starts_with("x.len64");
+        if direct != proxied && !stricter {
+            differ.push(format!("{}: direct {} / proxied {}", c.id, describe(&direct), describe(&proxied)));
+        }
+        codes.push((c.id, proxied.close_code(), proxied.end));
+    }
+    assert!(differ.is_empty(), "{} cases differ:\n{}", differ.len(), differ.join("\n"));
+    // And what the cases exist for, whatever the backend: the close code a client must get.
+    for (id, code, end) in codes {
+        let want = match id.as_str() {
+            "3.1" | "3.7" | "4.1.1" | "4.2.5" | "5.1" | "5.9" | "5.15" | "5.18" | "7.3.2" => Some(1002),
+            "x.unmasked" | "x.len64-short" | "x.len64-binary" => Some(1002),
+            i if i.starts_with("7.9.") => Some(1002),
+            i if i.starts_with("6.3.") || i == "6.4.1" || i == "7.5.1" => Some(1007),
+            "7.3.1" => None,
+            "1.1.7" | "6.2.1" | "7.1.1" | "7.3.3" => Some(1000),
+            _ => continue,
+        };
+        assert_eq!(code, want, "{id}");
+        assert_eq!(end, "closed", "{id}: the connection ends");
+    }
+}
