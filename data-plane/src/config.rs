@@ -67,6 +67,18 @@ pub struct Args {
     /// Connection worker threads [default: one per core].
     #[arg(long)]
     pub workers: Option<usize>,
+    /// Client connections open at once; more get 503 at accept [default: what the file
+    /// descriptor limit allows, two descriptors per connection]. A larger value is lowered to
+    /// that.
+    #[arg(long)]
+    pub max_connections: Option<usize>,
+    /// Write one line per connection (and per refused handshake) here when it ends; `-` is
+    /// stdout. SIGUSR1 reopens the file. Off by default.
+    #[arg(long, value_name = "PATH")]
+    pub access_log: Option<PathBuf>,
+    /// The access log's line format.
+    #[arg(long, value_enum)]
+    pub access_log_format: Option<crate::access_log::Format>,
     /// The cluster CA (PEM): with it the proxy talks to the control plane over TLS only.
     #[arg(long, env = "SWITCHYARD_TLS_CA")]
     pub tls_ca: Option<PathBuf>,
@@ -99,6 +111,9 @@ struct FileConfig {
     eject_ms: Option<u64>,
     shutdown_grace_ms: Option<u64>,
     workers: Option<usize>,
+    max_connections: Option<usize>,
+    access_log: Option<PathBuf>,
+    access_log_format: Option<crate::access_log::Format>,
     tls_ca: Option<PathBuf>,
     tls_cert: Option<PathBuf>,
     tls_key: Option<PathBuf>,
@@ -114,6 +129,8 @@ pub struct ProxyConfig {
     pub tuning: Tuning,
     /// How the proxy reaches the control plane (cleartext when no TLS file was given).
     pub control_tls: ClientTls,
+    /// Where access-log lines go, if anywhere.
+    pub access_log: Option<crate::access_log::Target>,
 }
 
 /// Listeners and TLS beyond [`ProxyConfig`] (kept apart so that embedders of [`ProxyConfig`]
@@ -185,6 +202,12 @@ impl Args {
             }
             tuning.workers = w;
         }
+        if let Some(m) = self.max_connections.or(file.max_connections) {
+            if m == 0 {
+                return Err(ConfigError("--max-connections must be 1 or more".into()));
+            }
+            tuning.max_connections = Some(m);
+        }
         let proxy_id = self.proxy_id.or(file.proxy_id).unwrap_or_else(|| {
             let host = std::fs::read_to_string("/etc/hostname").map(|h| h.trim().to_string()).unwrap_or_default();
             format!("{}:{}", if host.is_empty() { "proxy" } else { &host }, listen.port())
@@ -203,6 +226,10 @@ impl Args {
             cache_file: self.cache_file.or(file.cache_file),
             proxy_id,
             tuning,
+            access_log: self.access_log.or(file.access_log).map(|path| crate::access_log::Target {
+                path,
+                format: self.access_log_format.or(file.access_log_format).unwrap_or(crate::access_log::Format::Json),
+            }),
         };
         Ok((cfg, tls))
     }

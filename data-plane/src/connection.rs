@@ -10,6 +10,7 @@ use tokio::io::{AsyncRead, AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 use tokio_util::either::Either;
 
+use crate::access_log;
 use crate::handshake::{self, Reject};
 use crate::relay::{self, CloseHandle, Limits, Stream};
 use crate::state::ProxyState;
@@ -38,6 +39,8 @@ pub struct Tuning {
     pub shutdown_grace: Duration,
     /// Connection worker threads.
     pub workers: usize,
+    /// The operator's cap on open client connections (the descriptor limit caps it too).
+    pub max_connections: Option<usize>,
 }
 
 impl Default for Tuning {
@@ -48,6 +51,7 @@ impl Default for Tuning {
             max_attempts: 3,
             shutdown_grace: Duration::from_secs(10),
             workers: std::thread::available_parallelism().map_or(2, |n| n.get()),
+            max_connections: None,
         }
     }
 }
@@ -122,12 +126,16 @@ pub async fn serve(listener: TcpListener, state: Arc<ProxyState>, workers: Arc<W
         };
         state.runtime.accepted.fetch_add(1, Relaxed);
         if crate::fds::take(&state.runtime).map(std::mem::forget).is_none() {
+            if let Some(log) = state.runtime.access_log.get() {
+                let termination = "max_connections";
+                log.log(access_log::Record { client: Some(peer), status: 503, termination, ..Default::default() });
+            }
             // Out of descriptors for another proxied connection: say so and close, without
             // reading (a TLS client gets no readable answer, but is not left hanging).
             if !tls {
                 let _ = sock.try_write(&handshake::error_response(&Reject::OverCapacity, Some(1)));
             }
-            state.runtime.count_failure("fd_budget");
+            state.runtime.count_failure("max_connections");
             continue;
         }
         let _ = sock.set_nodelay(true);
@@ -137,10 +145,18 @@ pub async fn serve(listener: TcpListener, state: Arc<ProxyState>, workers: Arc<W
     }
 }
 
-async fn reject_none<T>(state: &ProxyState, sock: ClientIo, r: Reject) -> Option<T> {
+async fn reject_none<T>(state: &ProxyState, rec: &mut Log, sock: ClientIo, r: Reject) -> Option<T> {
+    if let Some(rec) = rec {
+        rec.status = r.status();
+        rec.termination = r.reason();
+    }
     reject(state, sock, r).await;
     None
 }
+
+/// The access-log record of a connection, when access logging is on (boxed: a connection's
+/// future holds a pointer, not the record, when it is off).
+type Log = Option<Box<access_log::Record>>;
 
 async fn reject(state: &ProxyState, mut sock: ClientIo, r: Reject) {
     state.runtime.count_failure(r.reason());
@@ -191,17 +207,49 @@ pub(crate) fn handshake_timeout(s: &switchyard_proto::v1::Settings) -> Duration 
 async fn handle(state: Arc<ProxyState>, client: TcpStream, peer: SocketAddr, ctx: Arc<Ctx>, tls: bool) {
     // The slot taken at accept, given back however this ends.
     let _slot = crate::fds::Slot::adopt(&state.runtime);
+    let started = tokio::time::Instant::now();
+    let log = state.runtime.access_log.get();
+    let mut rec: Log = log.map(|_| Box::new(access_log::Record { client: Some(peer), ..Default::default() }));
     let client = if tls {
         match accept_tls(&state, &ctx, client, peer).await {
-            Some(c) => c,
-            None => return,
+            Ok(c) => {
+                if let (Some(r), Either::Right(t)) = (&mut rec, &c) {
+                    let conn = t.get_ref().1;
+                    let version = match conn.protocol_version() {
+                        Some(rustls::ProtocolVersion::TLSv1_3) => "TLSv1.3",
+                        Some(rustls::ProtocolVersion::TLSv1_2) => "TLSv1.2",
+                        _ => "TLS",
+                    };
+                    r.tls = Some((version, conn.server_name().map(str::to_string)));
+                }
+                c
+            }
+            Err(why) => {
+                if let (Some(log), Some(mut r)) = (log, rec) {
+                    r.termination = why;
+                    r.duration = started.elapsed();
+                    log.log(*r);
+                }
+                return;
+            }
         }
     } else {
         Either::Left(client)
     };
     // The handshake's buffers, parsed headers and table reference die with `open`'s future,
     // so an established connection keeps only its sockets and relay state.
-    let Some(e) = open(&state, client, peer, &ctx, tls).await else { return };
+    let Some(e) = open(&state, &mut rec, client, peer, &ctx, tls).await else {
+        if let (Some(log), Some(mut r)) = (log, rec) {
+            // A client that connected and left without a request is not a request.
+            if r.status != 0 {
+                r.duration = started.elapsed();
+                r.handshake = r.duration;
+                log.log(*r);
+            }
+        }
+        return;
+    };
+    let handshake = started.elapsed();
     let Established { client, backend, client_early, backend_early, pool, address, stats, limits, session } = e;
     let id = state.runtime.conn_id();
     let ctl = Arc::new(CloseHandle::default());
@@ -223,16 +271,52 @@ async fn handle(state: Arc<ProxyState>, client: TcpStream, peer: SocketAddr, ctx
     if state.runtime.shutdown.is_cancelled() || !still_admitted {
         ctl.close(crate::frame::CLOSE_GOING_AWAY);
     }
-    let end = relay::relay(&client, &backend, &client_early, &backend_early, limits, &ctl, &stats).await;
-    tracing::debug!(?end, "connection ended");
+    let done = relay::relay(&client, &backend, &client_early, &backend_early, limits, &ctl, &stats).await;
+    tracing::debug!(?done, "connection ended");
     stats.active.fetch_sub(1, Relaxed);
     stats.unregister(id);
     if let Some(k) = &session {
         state.affinity.unbind_live(k);
     }
+    if let (Some(log), Some(mut r)) = (log, rec) {
+        r.status = 101;
+        r.handshake = handshake;
+        r.duration = started.elapsed();
+        r.to_backend = done.to_backend;
+        r.to_client = done.to_client;
+        r.termination = termination(&done, state.runtime.shutdown.is_cancelled());
+        log.log(*r);
+    }
 }
 
-async fn open(state: &ProxyState, mut client: ClientIo, peer: SocketAddr, ctx: &Ctx, tls: bool) -> Option<Established> {
+/// Who ended a relayed connection and why, in the access log's words.
+fn termination(r: &relay::Relayed, shutting_down: bool) -> &'static str {
+    use relay::{End, Side, Why};
+    match (r.end, r.why) {
+        (End::DeadClient, _) => "ping_timeout",
+        (End::Proxy(_), Some(Why::Idle)) => "idle_timeout",
+        (End::Proxy(_), Some(Why::Asked)) if shutting_down => "shutdown",
+        (End::Proxy(_), Some(Why::Asked)) => "drain",
+        (End::Proxy(_), Some(Why::TooBig)) => "message_too_big",
+        (End::Proxy(_), Some(Why::Protocol(Side::ToBackend))) => "client_protocol_error",
+        (End::Proxy(_), Some(Why::Protocol(Side::ToClient))) => "backend_protocol_error",
+        (End::Error, _) => "io_error",
+        _ => match r.first {
+            Some(Side::ToBackend) => "client_closed",
+            Some(Side::ToClient) => "backend_closed",
+            None => "closed",
+        },
+    }
+}
+
+async fn open(
+    state: &ProxyState,
+    rec: &mut Log,
+    mut client: ClientIo,
+    peer: SocketAddr,
+    ctx: &Ctx,
+    tls: bool,
+) -> Option<Established> {
     let tuning = ctx.tuning;
     let table = state.table.load_full();
     let s = table.settings;
@@ -241,33 +325,47 @@ async fn open(state: &ProxyState, mut client: ClientIo, peer: SocketAddr, ctx: &
     let mut buf = Vec::with_capacity(1024);
     let head_len = match tokio::time::timeout(hs_timeout, read_head(&mut client, &mut buf, max_header)).await {
         Ok(Ok(n)) if n <= max_header => n,
-        Ok(Ok(_)) => return reject_none(state, client, Reject::HeadersTooLarge).await,
+        Ok(Ok(_)) => return reject_none(state, rec, client, Reject::HeadersTooLarge).await,
         Ok(Err(Reject::BadRequest(_))) if buf.is_empty() => return None, // connected and left
-        Ok(Err(r)) => return reject_none(state, client, r).await,
-        Err(_) => return reject_none(state, client, Reject::Timeout).await,
+        Ok(Err(r)) => return reject_none(state, rec, client, r).await,
+        Err(_) => return reject_none(state, rec, client, Reject::Timeout).await,
     };
     let up = match handshake::parse_request(&buf[..head_len]) {
         Ok(u) => u,
-        Err(r) => return reject_none(state, client, r).await,
+        Err(r) => return reject_none(state, rec, client, r).await,
     };
     // Admission: the caps in force come with the config; over them, 503 and a jittered
     // Retry-After so a storm of reconnects spreads out.
     match state.runtime.admission.admit(peer.ip(), s.max_handshakes_per_sec, s.max_connections_per_ip_per_sec) {
         Ok(()) => {}
-        Err(crate::admission::Refusal::ProxyBusy) => return reject_none(state, client, Reject::OverCapacity).await,
-        Err(crate::admission::Refusal::ClientRate) => return reject_none(state, client, Reject::ClientRate).await,
+        Err(crate::admission::Refusal::ProxyBusy) => {
+            return reject_none(state, rec, client, Reject::OverCapacity).await
+        }
+        Err(crate::admission::Refusal::ClientRate) => return reject_none(state, rec, client, Reject::ClientRate).await,
     }
     let early = buf.split_off(head_len);
     drop(buf);
 
-    let Some(pool) = table.route(&up.host, up.path()).cloned() else {
-        return reject_none(state, client, Reject::NotFound).await;
+    if let Some(r) = rec {
+        r.host = Some(up.host.clone());
+        r.path = Some(up.path().to_string());
+    }
+    let Some((route, pool)) = table.route_named(&up.host, up.path()) else {
+        return reject_none(state, rec, client, Reject::NotFound).await;
     };
     // Session affinity: the key the pool names; a client without the cookie gets a new one.
     // Only the key's hash is looked up, reported and cached: it may be a credential. Until
     // the cluster's secret arrives there is no affinity.
+    let pool = pool.clone();
+    if let Some(r) = rec {
+        r.route = Some(route.to_string());
+        r.pool = Some(pool.pool.name.clone());
+    }
     let (raw, set_cookie) = session_key(pool.affinity_key.as_ref(), &up, peer.ip());
     let session = raw.and_then(|k| table.affinity_secret.hash(k.as_bytes()));
+    if let Some(r) = rec {
+        r.session = session.clone();
+    }
     let bound = session.as_deref().and_then(|k| state.affinity.backend_for(&pool.pool.name, k));
     let mut exclude = Vec::new();
     // A backend that failed TLS (its certificate did not verify, say) makes the answer 502.
@@ -275,7 +373,7 @@ async fn open(state: &ProxyState, mut client: ClientIo, peer: SocketAddr, ctx: &
     let unusable = |tls_failed: bool| if tls_failed { Reject::BadGateway } else { Reject::Unavailable };
     let (idx, mut backend) = loop {
         if exclude.len() >= tuning.max_attempts {
-            return reject_none(state, client, unusable(tls_failed)).await;
+            return reject_none(state, rec, client, unusable(tls_failed)).await;
         }
         let now = state.registry.now_ms();
         let choice = match &session {
@@ -283,7 +381,7 @@ async fn open(state: &ProxyState, mut client: ClientIo, peer: SocketAddr, ctx: &
             None => pool.pick(&up, peer.ip(), now, &exclude),
         };
         let Some(i) = choice else {
-            return reject_none(state, client, unusable(tls_failed)).await;
+            return reject_none(state, rec, client, unusable(tls_failed)).await;
         };
         let b = &pool.backends[i];
         match connect_backend(&b.backend.address, ctx).await {
@@ -300,6 +398,9 @@ async fn open(state: &ProxyState, mut client: ClientIo, peer: SocketAddr, ctx: &
     };
     let entry = &pool.backends[idx];
     let stats = entry.stats.clone();
+    if let Some(r) = rec {
+        r.backend = Some(entry.backend.address.clone());
+    }
 
     // Forward the upgrade and relay the backend's answer.
     let fwd = handshake::forward_head(&up, peer.ip(), if tls { "https" } else { "http" });
@@ -312,13 +413,17 @@ async fn open(state: &ProxyState, mut client: ClientIo, peer: SocketAddr, ctx: &
     .await;
     let resp_len = match answer {
         Ok(Ok(n)) => n,
-        Ok(Err(r)) => return reject_none(state, client, r).await,
-        Err(_) => return reject_none(state, client, Reject::BadGateway).await,
+        Ok(Err(r)) => return reject_none(state, rec, client, r).await,
+        Err(_) => return reject_none(state, rec, client, Reject::BadGateway).await,
     };
     let status = handshake::response_status(&resp[..resp_len]);
     if status != Some(101) {
         // The backend said no: its answer is the client's answer.
         state.runtime.count_failure("backend_refused");
+        if let Some(r) = rec {
+            r.status = status.unwrap_or(0);
+            r.termination = "backend_refused";
+        }
         if client.write_all(&resp).await.is_err() {
             return None;
         }

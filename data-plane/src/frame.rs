@@ -102,6 +102,11 @@ impl Tracker {
         }
     }
 
+    /// The status code of the Close that went by (1005, "no status", for one without a code).
+    pub fn close_code(&self) -> Option<u16> {
+        self.saw_close.then(|| if self.close_read == 2 { u16::from_be_bytes(self.close_code) } else { 1005 })
+    }
+
     /// True when the bytes fed so far end exactly between frames, where the proxy may insert
     /// a frame of its own.
     pub fn at_boundary(&self) -> bool {

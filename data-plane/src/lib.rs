@@ -2,6 +2,7 @@
 //! config stream, balances new connections over backends, and relays frames with small,
 //! bounded memory per connection.
 
+pub mod access_log;
 pub mod admin;
 pub mod admission;
 pub mod affinity;
@@ -50,6 +51,8 @@ pub enum StartError {
     NoListener,
     #[error("--wss-listen needs its listener and certificates together")]
     WssIncomplete,
+    #[error("cannot open the access log {0}: {1}")]
+    AccessLog(String, std::io::Error),
 }
 
 /// The sockets a proxy serves.
@@ -86,16 +89,36 @@ impl Proxy {
             None => None,
         };
         let state = ProxyState::new(cfg.proxy_id.clone());
-        match fds::raise_limit() {
-            Some(limit) => {
-                let max = fds::connections_for(limit);
-                state.runtime.max_open.store(max, std::sync::atomic::Ordering::Relaxed);
-                tracing::info!(
-                    "file descriptor limit {limit}: room for {max} proxied connections (two descriptors each); \
-                     more get 503 at accept"
-                );
+        let room = fds::raise_limit().map(fds::connections_for);
+        let max = match (room, cfg.tuning.max_connections) {
+            (Some(room), Some(asked)) if asked > room => {
+                tracing::warn!("--max-connections {asked} lowered to {room}: the file descriptor limit allows no more");
+                room
             }
-            None => tracing::info!("no file descriptor limit"),
+            (_, Some(asked)) => asked,
+            (Some(room), None) => room,
+            (None, None) => 0,
+        };
+        state.runtime.max_open.store(max, std::sync::atomic::Ordering::Relaxed);
+        match room {
+            Some(room) => tracing::info!(
+                "the file descriptor limit leaves room for {room} proxied connections (two descriptors each); \
+                 serving at most {max}, 503 at accept past that"
+            ),
+            None => tracing::info!("no file descriptor limit; serving at most {max} connections (0: no cap)"),
+        }
+        if let Some(target) = &cfg.access_log {
+            let log = access_log::AccessLog::start(target.clone())
+                .map_err(|e| StartError::AccessLog(target.path.display().to_string(), e))?;
+            let _ = state.runtime.access_log.set(log.clone());
+            // SIGUSR1: reopen the file (after logrotate moved it).
+            if let Ok(mut usr1) = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::user_defined1()) {
+                tokio::spawn(async move {
+                    while usr1.recv().await.is_some() {
+                        log.reopen();
+                    }
+                });
+            }
         }
         let mut mirror = watch::mirror::Mirror::default();
         if let Some((t, written)) = cfg.cache_file.as_deref().and_then(watch::cache::load) {

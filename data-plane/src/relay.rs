@@ -24,8 +24,7 @@ use tokio::time::Instant;
 
 pub use close::CloseHandle;
 use direction::{Direction, TimerAction};
-use limits::Side;
-pub use limits::{End, Limits};
+pub use limits::{End, Flow, Limits, Relayed, Side, Why};
 use shared::{Finished, Shared};
 pub use stream::Stream;
 
@@ -46,12 +45,18 @@ pub async fn relay(
     limits: Limits,
     ctl: &CloseHandle,
     stats: &BackendStats,
-) -> End {
+) -> Relayed {
     let sh = Shared::new(Instant::now());
     let c2b = pump(Side::ToBackend, limits, client, backend, client_early, &sh, ctl, stats);
     let b2c = pump(Side::ToClient, limits, backend, client, backend_early, &sh, ctl, stats);
     let (a, b) = tokio::join!(c2b, b2c);
-    sh.end().unwrap_or(if a.is_err() || b.is_err() { End::Error } else { End::Peer })
+    Relayed {
+        end: sh.end().unwrap_or(if a.is_err() || b.is_err() { End::Error } else { End::Peer }),
+        why: sh.why(),
+        first: sh.first(),
+        to_backend: sh.flow(Side::ToBackend),
+        to_client: sh.flow(Side::ToClient),
+    }
 }
 
 /// Runs one direction: reads `from`, writes `to`, and lets its [`Direction`] decide the rest.
@@ -69,6 +74,21 @@ async fn pump(
     let _finished = Finished(sh);
     // Built here, not passed in: an async fn's arguments take room in its future twice.
     let mut d = Direction::new(side, limits);
+    let r = run(&mut d, from, to, early, sh, ctl, stats).await;
+    sh.set_flow(side, d.flow());
+    r
+}
+
+/// The loop of [`pump`].
+async fn run(
+    d: &mut Direction,
+    from: &Stream,
+    to: &Stream,
+    early: &[u8],
+    sh: &Shared,
+    ctl: &CloseHandle,
+    stats: &BackendStats,
+) -> std::io::Result<()> {
     if !early.is_empty() {
         d.on_read(early, Instant::now(), to, sh, stats).await?;
     }
@@ -103,7 +123,7 @@ async fn pump(
             _ = &mut ctl_close, if d.side() == Side::ToClient => {
                 ctl_close.set(ctl.notified());
                 let code = ctl.requested().unwrap_or(CLOSE_GOING_AWAY);
-                sh.request_close(code, CLOSE_GOING_AWAY, End::Proxy(code));
+                sh.request_close(code, CLOSE_GOING_AWAY, End::Proxy(code), Why::Asked);
                 rearm = true;
             }
             _ = &mut timer => {

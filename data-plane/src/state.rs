@@ -41,6 +41,8 @@ pub struct Runtime {
     pub tls_reload_failures: AtomicU64,
     handshake_failures: Mutex<BTreeMap<&'static str, u64>>,
     next_conn: AtomicU64,
+    /// Set at start when access logging is on.
+    pub access_log: std::sync::OnceLock<Arc<crate::access_log::AccessLog>>,
     /// Cancelled on SIGTERM: stop accepting, close connections.
     pub shutdown: CancellationToken,
     pub connections: TaskTracker,
@@ -79,6 +81,7 @@ impl ProxyState {
                 tls_reload_failures: AtomicU64::new(0),
                 handshake_failures: Mutex::new(BTreeMap::new()),
                 next_conn: AtomicU64::new(1),
+                access_log: std::sync::OnceLock::new(),
                 shutdown: CancellationToken::new(),
                 connections: TaskTracker::new(),
             },

@@ -119,10 +119,15 @@ impl Table {
 
     /// The pool for a request, by Host and path prefix.
     pub fn route(&self, host: &str, path: &str) -> Option<&Arc<PoolTable>> {
+        self.route_named(host, path).map(|(_, p)| p)
+    }
+
+    /// [`Self::route`], with the name of the route that matched.
+    pub fn route_named(&self, host: &str, path: &str) -> Option<(&str, &Arc<PoolTable>)> {
         self.routes
             .iter()
             .find(|r| host_matches(&r.host, host) && path.starts_with(&r.path_prefix))
-            .and_then(|r| self.pools.get(&r.pool))
+            .and_then(|r| Some((r.name.as_str(), self.pools.get(&r.pool)?)))
     }
 }
 

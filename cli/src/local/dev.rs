@@ -98,6 +98,7 @@ pub(super) async fn run(args: DevArgs) -> Result<()> {
             proxy_id: format!("dev-proxy-{}", i + 1),
             tuning: Default::default(),
             control_tls: ClientTls::from_files(&certs.files("proxy"))?,
+            access_log: None,
         };
         // wss beside ws: 8443 and 8453 with the default ports.
         let wss = SocketAddr::from(([127, 0, 0, 1], port + 363));

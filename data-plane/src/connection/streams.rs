@@ -16,22 +16,28 @@ pub type ClientIo = Either<TcpStream, Box<tokio_rustls::server::TlsStream<TcpStr
 pub type BackendIo = Either<TcpStream, Box<tokio_rustls::client::TlsStream<TcpStream>>>;
 
 /// The TLS handshake of a wss client, on the connection's own task and under the handshake
-/// timeout. A failure costs a debug line and a count (`tls_error`, `tls_timeout`).
-pub async fn accept_tls(state: &ProxyState, ctx: &Ctx, sock: TcpStream, peer: SocketAddr) -> Option<ClientIo> {
-    let acceptor = ctx.wss.as_ref()?;
+/// timeout. A failure costs a debug line and a count (`tls_error`, `tls_timeout`), and is
+/// returned as that reason.
+pub async fn accept_tls(
+    state: &ProxyState,
+    ctx: &Ctx,
+    sock: TcpStream,
+    peer: SocketAddr,
+) -> Result<ClientIo, &'static str> {
+    let Some(acceptor) = ctx.wss.as_ref() else { return Err("tls_error") };
     let limit = handshake_timeout(&state.table.load().settings);
     // Boxed: the handshake's state lives only while it runs, not in every connection.
     match tokio::time::timeout(limit, Box::pin(acceptor.accept(sock))).await {
-        Ok(Ok(s)) => Some(Either::Right(Box::new(s))),
+        Ok(Ok(s)) => Ok(Either::Right(Box::new(s))),
         Ok(Err(e)) => {
             state.runtime.count_failure("tls_error");
             tracing::debug!(%peer, "TLS handshake failed: {e}");
-            None
+            Err("tls_error")
         }
         Err(_) => {
             state.runtime.count_failure("tls_timeout");
             tracing::debug!(%peer, ?limit, "TLS handshake timed out");
-            None
+            Err("tls_timeout")
         }
     }
 }

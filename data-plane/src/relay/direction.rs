@@ -12,7 +12,7 @@ use super::stream::Stream;
 use tokio::time::Instant;
 
 use super::io::{shutdown_write, try_write, unfinished, write_frame, write_rest};
-use super::limits::{End, Limits, Side, CLOSE_LINGER};
+use super::limits::{End, Flow, Limits, Side, Why, CLOSE_LINGER};
 use super::shared::Shared;
 use crate::frame::{self, Tracker, Violation, CLOSE_GOING_AWAY, CLOSE_PROTOCOL_ERROR, CLOSE_TOO_BIG};
 use crate::stats::BackendStats;
@@ -64,6 +64,9 @@ pub struct Direction {
     /// The backend's Close answered ours while the client's Close was held: it was kept from
     /// the client, who hears the proxy's instead.
     swallowed: bool,
+    /// Bytes passed on, and the code of the proxy's own Close on this output.
+    bytes: u64,
+    proxy_close: Option<u16>,
 }
 
 impl Direction {
@@ -78,11 +81,23 @@ impl Direction {
             ping_pending: false,
             ping_sent: None,
             swallowed: false,
+            bytes: 0,
+            proxy_close: None,
         }
     }
 
     pub fn side(&self) -> Side {
         self.side
+    }
+
+    /// What went through this direction so far.
+    pub fn flow(&self) -> Flow {
+        Flow {
+            bytes: self.bytes,
+            messages: self.t.messages,
+            peer_close: self.t.close_code(),
+            proxy_close: self.proxy_close,
+        }
     }
 
     /// When each event falls due (`None`: not pending), in precedence order. Activity only
@@ -130,7 +145,7 @@ impl Direction {
             Some(Event::Closing) if self.owes_held_close(sh) => TimerAction::CloseAndFinish,
             Some(Event::Closing | Event::OtherEnded) => TimerAction::Finish,
             Some(Event::Idle) => {
-                sh.request_close(CLOSE_GOING_AWAY, CLOSE_GOING_AWAY, End::Proxy(CLOSE_GOING_AWAY));
+                sh.request_close(CLOSE_GOING_AWAY, CLOSE_GOING_AWAY, End::Proxy(CLOSE_GOING_AWAY), Why::Idle);
                 TimerAction::Wait
             }
             Some(Event::DeadClient) => {
@@ -190,6 +205,10 @@ impl Direction {
             Side::ToClient => (&stats.bytes_to_client, &stats.messages_to_client),
         };
         bytes.fetch_add(ok_len as u64, Relaxed);
+        self.bytes += ok_len as u64;
+        if !had_close && self.t.saw_close {
+            sh.peer_ended(self.side);
+        }
         msgs.fetch_add(self.t.messages - before, Relaxed);
         if let Some(v) = violation {
             self.on_violation(v, ok_len > 0 || was_boundary, sh);
@@ -240,32 +259,40 @@ impl Direction {
                 Side::ToClient => c.client,
                 Side::ToBackend => c.backend,
             });
-            let _ = write_frame(to, &proxy_close(self.side, code)).await;
+            if write_frame(to, &proxy_close(self.side, code)).await.is_ok() {
+                self.proxy_close = Some(code);
+            }
         }
+        sh.peer_ended(self.side);
         let _ = shutdown_write(to);
     }
 
     /// The input broke a limit: decides the close. `at_boundary` tells whether the output is
     /// still between frames, i.e. none of the offending header went out with an earlier read.
     fn on_violation(&mut self, v: Violation, at_boundary: bool, sh: &Shared) {
-        let code = if v == Violation::MessageTooBig { CLOSE_TOO_BIG } else { CLOSE_PROTOCOL_ERROR };
+        let (code, why) = match v {
+            Violation::MessageTooBig => (CLOSE_TOO_BIG, Why::TooBig),
+            Violation::Protocol(_) => (CLOSE_PROTOCOL_ERROR, Why::Protocol(self.side)),
+        };
         // The side that broke the limit hears why; the other side hears the proxy is going away.
         // A client still gets the backend's replies to what it sent before.
         match self.side {
-            Side::ToBackend => sh.request_close_held(code, CLOSE_GOING_AWAY, End::Proxy(code)),
-            Side::ToClient => sh.request_close(CLOSE_GOING_AWAY, code, End::Proxy(CLOSE_GOING_AWAY)),
+            Side::ToBackend => sh.request_close_held(code, CLOSE_GOING_AWAY, End::Proxy(code), why),
+            Side::ToClient => sh.request_close(CLOSE_GOING_AWAY, code, End::Proxy(CLOSE_GOING_AWAY), why),
         }
         // The tracker stopped at the offending header. If part of it went out earlier the
         // tracker stays mid-frame, so no Close is written after half a header (the connection
         // just ends).
         if at_boundary {
+            let messages = self.t.messages;
             self.t = Tracker::new(u64::MAX, sender(self.side));
+            self.t.messages = messages;
         }
     }
 
     /// Writes the proxy's Close if one is decided and the output is at a boundary. Returns
     /// whether it did.
-    async fn send_close(&self, to: &Stream, sh: &Shared) -> io::Result<bool> {
+    async fn send_close(&mut self, to: &Stream, sh: &Shared) -> io::Result<bool> {
         let Some(codes) = sh.close() else { return Ok(false) };
         if !self.t.at_boundary() {
             return Ok(false);
@@ -275,6 +302,7 @@ impl Direction {
             Side::ToBackend => codes.backend,
         };
         write_frame(to, &proxy_close(self.side, code)).await?;
+        self.proxy_close = Some(code);
         Ok(true)
     }
 }

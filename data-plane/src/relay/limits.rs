@@ -29,6 +29,41 @@ pub enum End {
     Error,
 }
 
+/// Why the proxy decided to close, for the access log.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Why {
+    Idle,
+    /// Asked through the connection's close handle: a drain, a removed or disabled backend,
+    /// or shutdown.
+    Asked,
+    TooBig,
+    /// A peer broke RFC 6455; `Side` is the output its frames were headed for.
+    Protocol(Side),
+}
+
+/// What went one way through a relayed connection.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Flow {
+    pub bytes: u64,
+    pub messages: u64,
+    /// The status code of the Close the sending peer sent (1005 for a Close without one).
+    pub peer_close: Option<u16>,
+    /// The code of the proxy's own Close on this output, if it sent one.
+    pub proxy_close: Option<u16>,
+}
+
+/// How a relayed connection went.
+#[derive(Debug, Clone, Copy)]
+pub struct Relayed {
+    pub end: End,
+    pub why: Option<Why>,
+    /// The input whose peer ended first (a Close frame or the end of its stream), named by
+    /// the output it fed.
+    pub first: Option<Side>,
+    pub to_backend: Flow,
+    pub to_client: Flow,
+}
+
 /// Which output a direction writes.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Side {

@@ -8,7 +8,7 @@ use std::time::Duration;
 use tokio::sync::Notify;
 use tokio::time::Instant;
 
-use super::limits::{End, Side};
+use super::limits::{End, Flow, Side, Why};
 
 /// The close the proxy decided: the code each side hears.
 #[derive(Clone, Copy, Debug)]
@@ -51,6 +51,10 @@ pub struct Shared {
     /// When one direction finished, so the other does not wait forever.
     finished_at: Slot<Option<Instant>>,
     end: Slot<Option<End>>,
+    why: Slot<Option<Why>>,
+    first: Slot<Option<Side>>,
+    /// What each direction passed on, written when it finishes: [to backend, to client].
+    flows: [Slot<Flow>; 2],
 }
 
 impl Shared {
@@ -63,6 +67,9 @@ impl Shared {
             last_any_ns: AtomicU64::new(0),
             finished_at: Slot::new(None),
             end: Slot::new(None),
+            why: Slot::new(None),
+            first: Slot::new(None),
+            flows: [Slot::new(Flow::default()), Slot::new(Flow::default())],
         }
     }
 
@@ -84,19 +91,20 @@ impl Shared {
     }
 
     /// Decides to close (the first decision wins) and wakes both directions to send it.
-    pub fn request_close(&self, client: u16, backend: u16, end: End) {
-        self.decide(Codes { client, backend, hold_client: false, at: Instant::now() }, end);
+    pub fn request_close(&self, client: u16, backend: u16, end: End, why: Why) {
+        self.decide(Codes { client, backend, hold_client: false, at: Instant::now() }, end, why);
     }
 
     /// As [`Self::request_close`], with the client's Close held until the backend answered
     /// (see [`Codes::hold_client`]).
-    pub fn request_close_held(&self, client: u16, backend: u16, end: End) {
-        self.decide(Codes { client, backend, hold_client: true, at: Instant::now() }, end);
+    pub fn request_close_held(&self, client: u16, backend: u16, end: End, why: Why) {
+        self.decide(Codes { client, backend, hold_client: true, at: Instant::now() }, end, why);
     }
 
-    fn decide(&self, codes: Codes, end: End) {
+    fn decide(&self, codes: Codes, end: End, why: Why) {
         if self.close.get().is_none() {
             self.close.set(Some(codes));
+            self.why.set(Some(why));
             self.end.set(Some(end));
             self.wake.notify_waiters();
         }
@@ -116,6 +124,29 @@ impl Shared {
 
     pub fn end(&self) -> Option<End> {
         self.end.get()
+    }
+
+    pub fn why(&self) -> Option<Why> {
+        self.why.get()
+    }
+
+    /// Records that the peer feeding `side` ended (Close or end of stream), if none did yet.
+    pub fn peer_ended(&self, side: Side) {
+        if self.first.get().is_none() {
+            self.first.set(Some(side));
+        }
+    }
+
+    pub fn first(&self) -> Option<Side> {
+        self.first.get()
+    }
+
+    pub fn set_flow(&self, side: Side, f: Flow) {
+        self.flows[side as usize].set(f);
+    }
+
+    pub fn flow(&self, side: Side) -> Flow {
+        self.flows[side as usize].get()
     }
 }
 

@@ -142,7 +142,7 @@ struct Rig {
     backend: Peer,
     ctl: Arc<CloseHandle>,
     stats: Arc<BackendStats>,
-    relay: tokio::task::JoinHandle<End>,
+    relay: tokio::task::JoinHandle<Relayed>,
 }
 
 impl Rig {
@@ -164,16 +164,24 @@ impl Rig {
     }
 
     async fn end(&mut self) -> End {
+        self.relayed().await.end
+    }
+
+    async fn relayed(&mut self) -> Relayed {
         timeout(WAIT, &mut self.relay).await.expect("the relay ended").unwrap()
     }
 
     /// Both peers hang up (as after answering a Close); the relay then ends.
-    async fn hang_up(mut self) -> End {
+    async fn hang_up(self) -> End {
+        self.hang_up_relayed().await.end
+    }
+
+    async fn hang_up_relayed(mut self) -> Relayed {
         self.client.s.shutdown().await.unwrap();
         self.backend.s.shutdown().await.unwrap();
         self.client.eof().await;
         self.backend.eof().await;
-        self.end().await
+        self.relayed().await
     }
 }
 
@@ -324,7 +332,10 @@ async fn a_client_that_breaks_the_protocol_still_gets_the_replies_then_1002() {
     assert_eq!(r.client.frame().await.payload, b"reply", "the reply still reaches the client");
     let to_client = r.client.frame().await;
     assert!(!to_client.masked && to_client.close_code() == 1002, "the client hears why: {to_client:?}");
-    assert_eq!(r.hang_up().await, End::Proxy(1002));
+    let done = r.hang_up_relayed().await;
+    assert_eq!((done.end, done.why), (End::Proxy(1002), Some(Why::Protocol(Side::ToBackend))));
+    assert_eq!((done.to_client.proxy_close, done.to_backend.proxy_close), (Some(1002), Some(1001)));
+    assert_eq!((done.to_backend.messages, done.to_client.messages), (1, 1));
 }
 
 #[tokio::test]
@@ -335,7 +346,11 @@ async fn nothing_after_a_peers_close_is_passed_on() {
     assert_eq!(r.backend.frame().await.close_code(), 1000);
     r.client.send(&data(OP_TEXT, b"later", Some(MASK))).await;
     r.backend.quiet().await;
-    r.backend.send(&close_frame(1000, "", None)).await;
-    assert_eq!(r.client.frame().await.close_code(), 1000, "the backend's Close, byte for byte");
-    assert_eq!(r.hang_up().await, End::Peer);
+    r.backend.send(&close_frame(4000, "", None)).await;
+    assert_eq!(r.client.frame().await.close_code(), 4000, "the backend's Close, byte for byte");
+    let done = r.hang_up_relayed().await;
+    assert_eq!((done.end, done.first), (End::Peer, Some(Side::ToBackend)), "the client ended first");
+    let to_backend = Flow { bytes: close.len() as u64, messages: 0, peer_close: Some(1000), proxy_close: None };
+    assert_eq!(done.to_backend, to_backend, "what came after the client's Close is not counted");
+    assert_eq!(done.to_client.peer_close, Some(4000));
 }

@@ -36,7 +36,7 @@ fn the_backend_output_waits_only_on_closing() {
     let t0 = Instant::now();
     let (d, sh) = (Direction::new(Side::ToBackend, limits), Shared::new(t0));
     assert_eq!(d.deadline(&sh), None);
-    sh.request_close(CLOSE_GOING_AWAY, CLOSE_GOING_AWAY, End::Proxy(CLOSE_GOING_AWAY));
+    sh.request_close(CLOSE_GOING_AWAY, CLOSE_GOING_AWAY, End::Proxy(CLOSE_GOING_AWAY), Why::Asked);
     let closing = sh.close().unwrap().at + CLOSE_LINGER;
     assert_eq!(d.deadline(&sh), Some(closing));
     assert_eq!(d.due(closing, &sh), Some(Event::Closing));
