@@ -10,6 +10,7 @@ pub mod config;
 pub mod error;
 pub mod fatal;
 pub mod health;
+pub mod metrics;
 pub mod network;
 pub mod node;
 pub mod pb;

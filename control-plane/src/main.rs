@@ -60,9 +60,34 @@ async fn run(args: Args, passed: std::io::Result<Option<std::net::TcpListener>>)
     config.listen = listener.local_addr()?;
     let listen = config.listen;
     let shutdown = CancellationToken::new();
+    let (metrics_at, metrics_default) = (config.metrics_listen, config.metrics_listen_default);
     let node = Node::start(config, listener, shutdown.clone()).await?;
-    // Tests and scripts read the bound address from here when they asked for port 0.
-    println!("listening grpc={listen}");
+    // Bound once the node has started, so a refusal to start is what a bad data dir reports.
+    let metrics = match metrics_at {
+        None => None,
+        Some(a) => match tokio::net::TcpListener::bind(a).await {
+            Ok(l) => Some(l),
+            Err(e) if metrics_default => {
+                tracing::warn!(
+                    "no metrics: the default metrics address {a} is taken ({e}); give each node its own \
+                     --metrics-listen (or `off`)"
+                );
+                None
+            }
+            Err(e) => return Err(anyhow::anyhow!("cannot listen on {a} for metrics (--metrics-listen): {e}")),
+        },
+    };
+    let mut line = format!("listening grpc={listen}");
+    if let Some(m) = metrics {
+        let addr = m.local_addr()?;
+        if !addr.ip().is_loopback() {
+            tracing::warn!(%addr, "metrics served on a non-loopback address, without credentials");
+        }
+        line.push_str(&format!(" metrics={addr}"));
+        node.serve_metrics(m);
+    }
+    // Tests and scripts read the bound addresses from here when they asked for port 0.
+    println!("{line}");
     std::io::stdout().flush()?;
     tokio::spawn(async move {
         switchyard_model::signal::wait_for_signal().await;

@@ -139,7 +139,9 @@ impl Discovery for DiscoveryService {
         health.mark_changed();
         let mut ticks = self.leader_revision.clone();
         ticks.borrow_and_update();
+        let open = node.metrics.watch_stream();
         tokio::spawn(async move {
+            let _open = open;
             // Whether an event went out since the last tick: then no progress is due.
             let mut sent_since_tick = true;
             for ev in first {

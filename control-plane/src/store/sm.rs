@@ -25,6 +25,7 @@ use self::rows::*;
 use super::{read_err, write_err};
 use crate::audit::{AuditLog, AuditRecord};
 use crate::auth::tokens::{TokenRecord, Tokens};
+use crate::metrics::Metrics;
 use crate::pb::Pb;
 use crate::seen::{Record, Seen};
 use crate::state::State;
@@ -114,9 +115,16 @@ pub struct StateMachineStore {
     /// Serializes writes and reads of the stored snapshot (`meta` and `data` together) between
     /// the builder's task and snapshot installs.
     snap_lock: Arc<Mutex<()>>,
+    metrics: Arc<Metrics>,
 }
 
 impl StateMachineStore {
+    /// Counts snapshot builds and installs into a node's metrics.
+    pub fn with_metrics(mut self, metrics: Arc<Metrics>) -> Self {
+        self.metrics = metrics;
+        self
+    }
+
     /// Loads the state machine from sled; a corrupt entry is an error, not a panic.
     pub fn open(db: sled::Db) -> Result<Self, StorageError> {
         let sm = db.open_tree("sm").map_err(read_err)?;
@@ -186,6 +194,7 @@ impl StateMachineStore {
             sm,
             snap,
             snap_lock: Arc::default(),
+            metrics: Arc::default(),
         };
         // A crash between storing a received snapshot and rewriting `sm` leaves the snapshot
         // ahead: finish the install from it.
@@ -291,6 +300,7 @@ impl RaftSnapshotBuilder<TypeConfig> for SnapshotSource {
             self.snap.apply_batch(batch).map_err(write_err)?;
         }
         self.db.flush_async().await.map_err(write_err)?;
+        self.metrics.snapshot_builds.inc();
         Ok(Snapshot { meta, snapshot: Box::new(Cursor::new(data)) })
     }
 }
@@ -301,6 +311,7 @@ pub struct SnapshotSource {
     db: sled::Db,
     snap: sled::Tree,
     snap_lock: Arc<Mutex<()>>,
+    metrics: Arc<Metrics>,
 }
 
 impl RaftStateMachine<TypeConfig> for StateMachineStore {
@@ -378,6 +389,7 @@ impl RaftStateMachine<TypeConfig> for StateMachineStore {
             db: self.db.clone(),
             snap: self.snap.clone(),
             snap_lock: self.snap_lock.clone(),
+            metrics: self.metrics.clone(),
         }
     }
 
@@ -403,6 +415,7 @@ impl RaftStateMachine<TypeConfig> for StateMachineStore {
         self.db.flush_async().await.map_err(write_err)?;
         self.restore(&data)?;
         self.db.flush_async().await.map_err(write_err)?;
+        self.metrics.snapshot_installs.inc();
         Ok(())
     }
 
