@@ -80,6 +80,9 @@ pub enum RemoteCmd {
     /// Bearer tokens for scripts and people without a certificate (admin only).
     #[command(subcommand)]
     Token(TokenCmd),
+    /// Backups of the cluster's state (admin only); restore with `switchyard-control --restore`.
+    #[command(subcommand)]
+    Snapshot(SnapshotCmd),
     /// Accepted admin writes: who, when, what, at which revision (admin only).
     Audit {
         /// Only records at this revision or later.
@@ -92,6 +95,13 @@ pub enum RemoteCmd {
         #[arg(long, default_value_t = 0)]
         from: u64,
     },
+}
+
+#[derive(Subcommand, Debug)]
+pub enum SnapshotCmd {
+    /// Save the state at one revision (every acknowledged write) to FILE, with a checksum.
+    /// The file holds token hashes and the affinity secret: it is written 0600.
+    Save { file: std::path::PathBuf },
 }
 
 /// Commands that run in this process and need no control plane.

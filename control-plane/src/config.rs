@@ -240,6 +240,11 @@ pub struct Args {
     /// `off` [default: 127.0.0.1:7480]. Port 0 picks a free port, printed at start.
     #[arg(long, value_name = "ADDR|off")]
     pub metrics_listen: Option<String>,
+    /// Make a NEW cluster from a backup (`switchyard snapshot save`): fill this node's empty
+    /// data dir with the backup's state and the members of --initial-cluster, then start.
+    /// Every founding member restores the same file. Start later runs without it.
+    #[arg(long, value_name = "FILE")]
+    pub restore: Option<PathBuf>,
 }
 
 #[derive(Debug, Default, Deserialize)]

@@ -4,6 +4,7 @@
 pub mod api;
 pub mod audit;
 pub mod auth;
+pub mod backup;
 pub mod clock;
 pub mod cluster_id;
 pub mod config;
@@ -14,6 +15,7 @@ pub mod metrics;
 pub mod network;
 pub mod node;
 pub mod pb;
+pub mod restore;
 pub mod seen;
 pub mod sessions;
 pub mod state;

@@ -44,8 +44,21 @@ fn parse_args() -> Args {
     Args::from_arg_matches(&matches).unwrap_or_else(|e| e.format(&mut cmd).exit())
 }
 
-async fn run(args: Args, passed: std::io::Result<Option<std::net::TcpListener>>) -> anyhow::Result<()> {
+async fn run(mut args: Args, passed: std::io::Result<Option<std::net::TcpListener>>) -> anyhow::Result<()> {
+    let restore = args.restore.take();
     let mut config = args.into_config()?;
+    if let Some(file) = restore {
+        let r = switchyard_control::restore::restore(&config, &file).await?;
+        tracing::warn!(
+            revision = r.revision,
+            from_cluster = r.old_cluster,
+            cluster_id = r.new_cluster,
+            "restored {} into {}: a NEW cluster {}; start this node without --restore from now on",
+            file.display(),
+            config.data_dir.display(),
+            r.new_cluster
+        );
+    }
     let listener = match passed.map_err(|e| anyhow::anyhow!("socket passed in LISTEN_FDS: {e}"))? {
         Some(l) => {
             l.set_nonblocking(true)?;

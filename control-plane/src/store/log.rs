@@ -45,6 +45,14 @@ fn flush_loop(db: sled::Db, rx: std::sync::mpsc::Receiver<LogFlushed<TypeConfig>
     }
 }
 
+/// Marks `db`'s empty log as starting after `at` (a restored snapshot's position), as if
+/// everything up to it had been purged. No store is opened, so no flusher thread holds `db`.
+pub fn start_after(db: &sled::Db, at: LogId) -> Result<(), StorageError> {
+    let meta = db.open_tree("meta").map_err(write_err)?;
+    meta.insert("last_purged", postcard::to_stdvec(&at).map_err(write_err)?).map_err(write_err)?;
+    Ok(())
+}
+
 impl LogStore {
     /// Starts the flusher thread; it ends when the last clone of this store is dropped.
     pub fn new(db: sled::Db) -> Result<Self, StorageError> {
@@ -89,7 +97,9 @@ impl LogStore {
 
     /// No vote and no log: this node has never promised anything to anyone (or forgot it).
     pub fn is_empty(&self) -> Result<bool, StorageError> {
-        Ok(self.log.is_empty() && self.get_meta::<Vote<NodeId>>("vote")?.is_none())
+        Ok(self.log.is_empty()
+            && self.get_meta::<Vote<NodeId>>("vote")?.is_none()
+            && self.get_meta::<LogId>("last_purged")?.is_none())
     }
 
     /// Decodes every entry once, so a corrupt log stops the node at start, not mid-replication.

@@ -68,6 +68,32 @@ impl Live {
     }
 }
 
+impl Live {
+    /// The state as a snapshot's data (what Raft sends a lagging follower, and what a backup
+    /// file carries).
+    pub fn snapshot_data(&self) -> Result<Vec<u8>, StorageError> {
+        encode(&SnapshotFile {
+            last_applied: self.last_applied,
+            membership: self.membership.clone(),
+            topology: self.state.to_topology(self.revision()).encode_to_vec(),
+            seen: self.state.seen().rows().map(|(c, r)| (c.clone(), r.clone())).collect(),
+            clock_ms: self.state.clock_ms(),
+            tokens: self.state.tokens().iter().cloned().collect(),
+            audit: self.state.audit().records().cloned().collect(),
+        })
+    }
+}
+
+/// Snapshot data from another cluster, made this cluster's: applied at `at`, with this
+/// cluster's members. Everything else (topology, sessions, tokens, audit, clock) is kept.
+pub fn rebase_snapshot(data: &[u8], at: LogId, membership: StoredMembership) -> Result<Vec<u8>, StorageError> {
+    let mut file: SnapshotFile = postcard::from_bytes(data).map_err(read_err)?;
+    Topology::decode(file.topology.as_slice()).map_err(read_err)?;
+    file.last_applied = Some(at);
+    file.membership = membership;
+    encode(&file)
+}
+
 /// Shared between the state machine (writer) and the APIs (readers, watchers).
 pub struct Shared {
     live: RwLock<Live>,
@@ -268,16 +294,7 @@ impl RaftSnapshotBuilder<TypeConfig> for SnapshotSource {
     async fn build_snapshot(&mut self) -> Result<Snapshot<TypeConfig>, StorageError> {
         let (data, last_applied, membership) = {
             let live = self.shared.read();
-            let file = SnapshotFile {
-                last_applied: live.last_applied,
-                membership: live.membership.clone(),
-                topology: live.state.to_topology(live.revision()).encode_to_vec(),
-                seen: live.state.seen().rows().map(|(c, r)| (c.clone(), r.clone())).collect(),
-                clock_ms: live.state.clock_ms(),
-                tokens: live.state.tokens().iter().cloned().collect(),
-                audit: live.state.audit().records().cloned().collect(),
-            };
-            (encode(&file)?, live.last_applied, live.membership.clone())
+            (live.snapshot_data()?, live.last_applied, live.membership.clone())
         };
         let nanos = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_nanos());
         let snapshot_id = match last_applied {
