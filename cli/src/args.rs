@@ -115,6 +115,11 @@ pub enum LocalCmd {
     /// A cluster CA and the certificates of its parts (nodes, proxies, people).
     #[command(subcommand)]
     Certs(CertsCmd),
+    /// Print a shell completion script (e.g. `switchyard completions bash >
+    /// /usr/share/bash-completion/completions/switchyard`).
+    Completions { shell: clap_complete::Shell },
+    /// Print the man page (roff): `switchyard man > /usr/share/man/man1/switchyard.1`.
+    Man,
 }
 
 #[derive(Subcommand, Debug)]
