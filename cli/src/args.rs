@@ -80,6 +80,9 @@ pub enum RemoteCmd {
     /// Bearer tokens for scripts and people without a certificate (admin only).
     #[command(subcommand)]
     Token(TokenCmd),
+    /// Backups of the cluster's state (admin only); restore with `switchyard-control --restore`.
+    #[command(subcommand)]
+    Snapshot(SnapshotCmd),
     /// Accepted admin writes: who, when, what, at which revision (admin only).
     Audit {
         /// Only records at this revision or later.
@@ -94,6 +97,13 @@ pub enum RemoteCmd {
     },
 }
 
+#[derive(Subcommand, Debug)]
+pub enum SnapshotCmd {
+    /// Save the state at one revision (every acknowledged write) to FILE, with a checksum.
+    /// The file holds token hashes and the affinity secret: it is written 0600.
+    Save { file: std::path::PathBuf },
+}
+
 /// Commands that run in this process and need no control plane.
 #[derive(Subcommand, Debug)]
 pub enum LocalCmd {
@@ -105,6 +115,11 @@ pub enum LocalCmd {
     /// A cluster CA and the certificates of its parts (nodes, proxies, people).
     #[command(subcommand)]
     Certs(CertsCmd),
+    /// Print a shell completion script (e.g. `switchyard completions bash >
+    /// /usr/share/bash-completion/completions/switchyard`).
+    Completions { shell: clap_complete::Shell },
+    /// Print the man page (roff): `switchyard man > /usr/share/man/man1/switchyard.1`.
+    Man,
 }
 
 #[derive(Subcommand, Debug)]

@@ -125,7 +125,8 @@ impl Client {
     }
 
     pub fn admin(c: Chan) -> AdminClient<Chan> {
-        AdminClient::new(c)
+        // A backup (`snapshot save`) is one message as large as the state.
+        AdminClient::new(c).max_decoding_message_size(MAX_GRPC_MESSAGE)
     }
     pub fn access(c: Chan) -> AccessClient<Chan> {
         AccessClient::new(c).max_decoding_message_size(MAX_GRPC_MESSAGE)

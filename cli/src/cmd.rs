@@ -10,6 +10,7 @@ mod proxy;
 mod route;
 mod session;
 mod settings;
+mod snapshot;
 mod token;
 mod watch;
 
@@ -29,6 +30,7 @@ pub async fn run(ctx: &mut Ctx, cmd: RemoteCmd) -> Result<()> {
         RemoteCmd::Proxy(c) => proxy::run(ctx, c).await,
         RemoteCmd::Watch { from } => watch::run(ctx, from).await,
         RemoteCmd::Token(c) => token::run(ctx, c).await,
+        RemoteCmd::Snapshot(c) => snapshot::run(ctx, c).await,
         RemoteCmd::Audit { since } => audit::run(ctx, since).await,
     }
 }

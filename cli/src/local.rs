@@ -1,4 +1,5 @@
-//! Commands that run in this process and need no control plane: `dev` and `demo-backend`.
+//! Commands that run in this process and need no control plane: `dev`, `demo-backend`,
+//! `certs`, and the shell completions and man page generated from the CLI's own definition.
 
 pub mod certs;
 mod demo;
@@ -6,7 +7,9 @@ mod dev;
 
 use anyhow::Result;
 
-use crate::args::{CertsCmd, LocalCmd};
+use clap::CommandFactory;
+
+use crate::args::{CertsCmd, Cli, LocalCmd};
 
 pub async fn run(cmd: LocalCmd) -> Result<()> {
     match cmd {
@@ -20,6 +23,14 @@ pub async fn run(cmd: LocalCmd) -> Result<()> {
         LocalCmd::Certs(CertsCmd::Issue { dir, role, name, sans }) => {
             let (crt, key) = certs::issue(&dir, role, &name, &sans)?;
             println!("wrote {} and {} ({role} {name:?})", crt.display(), key.display());
+            Ok(())
+        }
+        LocalCmd::Completions { shell } => {
+            clap_complete::generate(shell, &mut Cli::command(), "switchyard", &mut std::io::stdout());
+            Ok(())
+        }
+        LocalCmd::Man => {
+            clap_mangen::Man::new(Cli::command()).render(&mut std::io::stdout())?;
             Ok(())
         }
     }

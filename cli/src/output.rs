@@ -230,6 +230,18 @@ impl Out {
         }
     }
 
+    /// A saved backup.
+    pub fn backup_saved(&self, file: &Path, revision: u64, bytes: usize, sha256: &str) {
+        match self.format {
+            Format::Json => print_json(
+                &json!({"file": file.display().to_string(), "revision": revision, "bytes": bytes, "sha256": sha256}),
+            ),
+            Format::Table => {
+                println!("saved revision {revision} to {} ({bytes} bytes, sha256 {sha256})", file.display())
+            }
+        }
+    }
+
     /// A stream: one compact JSON line per event, or one line per change, so it can be piped.
     pub fn watch_event(&self, ev: &WatchEvent) {
         match (&ev.kind, self.format) {

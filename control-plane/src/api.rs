@@ -20,12 +20,16 @@ use tower::layer::util::{Identity, Stack};
 
 use crate::auth::layer::AuthLayer;
 use crate::auth::{Auth, Authorizer};
+use crate::metrics::layer::CallsLayer;
 use crate::network::{MAX_MESSAGE, MAX_PEER_MESSAGE};
 use crate::node::context::NodeCtx;
 
+/// The router's layers: calls counted outermost (refusals too), then authorization.
+pub type Layers = Stack<AuthLayer, Stack<CallsLayer, Identity>>;
+
 /// Every service behind the one authorization layer ([`crate::auth`]), in mode `auth`, and
 /// behind TLS when the node has it.
-pub fn router(node: Arc<NodeCtx>, auth: Auth) -> Result<Router<Stack<AuthLayer, Identity>>, crate::error::NodeError> {
+pub fn router(node: Arc<NodeCtx>, auth: Auth) -> Result<Router<Layers>, crate::error::NodeError> {
     let authorizer = Arc::new(Authorizer { mode: auth, tokens: node.shared.clone() });
     let (health_reporter, health) = tonic_health::server::health_reporter();
     let reflection = tonic_reflection::server::Builder::configure()
@@ -51,6 +55,7 @@ pub fn router(node: Arc<NodeCtx>, auth: Auth) -> Result<Router<Stack<AuthLayer, 
         server = server.tls_config(tls).map_err(|e| crate::error::NodeError::Config(format!("TLS: {e}")))?;
     }
     Ok(server
+        .layer(CallsLayer(node.metrics.clone()))
         .layer(AuthLayer(authorizer))
         .add_service(health)
         .add_service(reflection)

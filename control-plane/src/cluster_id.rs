@@ -10,12 +10,18 @@ use tonic::Status;
 /// The gRPC metadata key peer calls carry the sender's cluster id in.
 pub const HEADER: &str = switchyard_model::grpc::CLUSTER_ID_KEY;
 const KEY: &str = "cluster_id";
+/// The cluster a restored cluster's backup came from (see [`crate::restore`]).
+const RESTORED_FROM: &str = "restored_from";
+/// The metadata key a watch reply names that cluster in, so a proxy that followed it knows
+/// this one replaces it and resyncs whole.
+pub const RESTORED_FROM_HEADER: &str = "switchyard-restored-from";
 
 /// This node's cluster id, if it has one yet; shared by the peer client and service.
 #[derive(Clone)]
 pub struct ClusterId {
     meta: sled::Tree,
     cur: Arc<RwLock<Option<String>>>,
+    restored_from: Option<String>,
 }
 
 /// 32 lowercase hex digits (128 bits).
@@ -39,7 +45,42 @@ impl ClusterId {
                 Some(s.ok_or("corrupt cluster id")?)
             }
         };
-        Ok(ClusterId { meta, cur: Arc::new(RwLock::new(cur)) })
+        let restored_from = meta
+            .get(RESTORED_FROM)
+            .map_err(|e| e.to_string())?
+            .and_then(|v| String::from_utf8(v.to_vec()).ok())
+            .filter(|s| valid(s));
+        Ok(ClusterId { meta, cur: Arc::new(RwLock::new(cur)), restored_from })
+    }
+
+    /// Records, in a data dir being restored, the cluster its backup came from.
+    pub fn record_restored_from(db: &sled::Db, old: &str) -> Result<(), String> {
+        let meta = db.open_tree("meta").map_err(|e| e.to_string())?;
+        meta.insert(RESTORED_FROM, old.as_bytes()).map_err(|e| e.to_string())?;
+        Ok(())
+    }
+
+    /// The cluster this one was restored from, if it was.
+    pub fn restored_from(&self) -> Option<&str> {
+        self.restored_from.as_deref()
+    }
+
+    /// [`Self::check`] for a watch: a watcher that followed the cluster this one was restored
+    /// from is let in, and `true` says it must be sent the state whole (its revision belongs
+    /// to the old cluster).
+    pub fn check_watch<T>(&self, req: &tonic::Request<T>) -> Result<bool, Status> {
+        let theirs = req.metadata().get(HEADER).and_then(|v| v.to_str().ok());
+        match (theirs, self.restored_from()) {
+            (Some(t), Some(old)) if t == old && self.get().is_some_and(|ours| ours != t) => Ok(true),
+            _ => self.check(req).map(|_| false),
+        }
+    }
+
+    /// Tells a watcher which cluster this one replaced, if any.
+    pub fn attach_lineage<T>(&self, res: &mut tonic::Response<T>) {
+        if let Some(v) = self.restored_from().and_then(|id| MetadataValue::try_from(id).ok()) {
+            res.metadata_mut().insert(RESTORED_FROM_HEADER, v);
+        }
     }
 
     pub fn get(&self) -> Option<String> {

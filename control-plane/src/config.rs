@@ -56,6 +56,11 @@ pub struct NodeConfig {
     /// Serve cleartext on a routable address. Without TLS a node otherwise listens only on
     /// loopback, where nothing outside the machine can reach it.
     pub insecure: bool,
+    /// Where to serve Prometheus metrics over plain HTTP; `None`: not at all.
+    pub metrics_listen: Option<SocketAddr>,
+    /// Whether `metrics_listen` is the default rather than asked for: a default port already
+    /// taken (several nodes on one machine, an older script) is then only a warning.
+    pub metrics_listen_default: bool,
 }
 
 impl NodeConfig {
@@ -75,6 +80,8 @@ impl NodeConfig {
             write_timeout: Duration::from_millis(DEFAULT_WRITE_TIMEOUT_MS),
             tls: TlsFiles::default(),
             insecure: false,
+            metrics_listen: Some(DEFAULT_METRICS_LISTEN.parse().expect("default is valid")),
+            metrics_listen_default: true,
         }
     }
 
@@ -229,6 +236,15 @@ pub struct Args {
     /// cluster. For trusted networks only.
     #[arg(long)]
     pub insecure: bool,
+    /// Address to serve Prometheus metrics on (`GET /metrics`, plain HTTP, no credentials), or
+    /// `off` [default: 127.0.0.1:7480]. Port 0 picks a free port, printed at start.
+    #[arg(long, value_name = "ADDR|off")]
+    pub metrics_listen: Option<String>,
+    /// Make a NEW cluster from a backup (`switchyard snapshot save`): fill this node's empty
+    /// data dir with the backup's state and the members of --initial-cluster, then start.
+    /// Every founding member restores the same file. Start later runs without it.
+    #[arg(long, value_name = "FILE")]
+    pub restore: Option<PathBuf>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -250,9 +266,22 @@ struct FileConfig {
     tls_cert: Option<PathBuf>,
     tls_key: Option<PathBuf>,
     insecure: Option<bool>,
+    metrics_listen: Option<String>,
 }
 
 pub const DEFAULT_LISTEN: &str = "127.0.0.1:7400";
+pub const DEFAULT_METRICS_LISTEN: &str = "127.0.0.1:7480";
+
+/// Parses `--metrics-listen`: an address, or `off`.
+pub fn parse_metrics_listen(s: &str) -> Result<Option<SocketAddr>, NodeError> {
+    match s.trim() {
+        "off" | "none" | "" => Ok(None),
+        a => a
+            .parse()
+            .map(Some)
+            .map_err(|_| NodeError::Config(format!("--metrics-listen {a:?} is not an address (host:port) or `off`"))),
+    }
+}
 
 /// Parses `1=host:port,2=host:port`.
 pub fn parse_initial_cluster(s: &str) -> Result<BTreeMap<NodeId, String>, NodeError> {
@@ -311,6 +340,10 @@ impl Args {
             key: self.tls_key.or(file.tls_key),
         };
         c.insecure = self.insecure || file.insecure.unwrap_or(false);
+        if let Some(m) = self.metrics_listen.or(file.metrics_listen) {
+            c.metrics_listen = parse_metrics_listen(&m)?;
+            c.metrics_listen_default = false;
+        }
         c.validate()?;
         Ok(c)
     }
@@ -327,6 +360,18 @@ mod tests {
         assert!(parse_initial_cluster("1=a:1,1=b:2").is_err());
         assert!(parse_initial_cluster("x=a:1").is_err());
         assert!(parse_initial_cluster("1=nope").is_err());
+    }
+
+    #[test]
+    fn metrics_listen_is_an_address_or_off() {
+        assert_eq!(parse_metrics_listen("127.0.0.1:0").unwrap(), Some("127.0.0.1:0".parse().unwrap()));
+        assert_eq!(parse_metrics_listen("off").unwrap(), None);
+        let e = parse_metrics_listen("7480").unwrap_err().to_string();
+        assert!(e.contains("--metrics-listen") && e.contains("off"), "{e}");
+        let c = Args { id: Some(1), ..Default::default() }.into_config().unwrap();
+        assert_eq!((c.metrics_listen.unwrap().port(), c.metrics_listen_default), (7480, true));
+        let c = Args { id: Some(1), metrics_listen: Some("off".into()), ..Default::default() }.into_config().unwrap();
+        assert_eq!((c.metrics_listen, c.metrics_listen_default), (None, false));
     }
 
     #[test]

@@ -104,6 +104,8 @@ pub async fn run(node: Arc<NodeCtx>) {
 
 async fn record(node: &NodeCtx, tracks: &mut HashMap<(String, String), Track>, key: (String, String), ok: bool) {
     let Some(t) = tracks.get_mut(&key) else { return };
+    let result = if ok { "ok" } else { "failed" };
+    node.metrics.probes.get_or_create(&vec![("result", result.to_string())]).inc();
     if ok {
         t.ok_streak += 1;
         t.fail_streak = 0;
@@ -125,6 +127,8 @@ async fn record(node: &NodeCtx, tracks: &mut HashMap<(String, String), Track>, k
         return;
     };
     tracing::info!(pool = %key.0, backend = %key.1, health = ?want, "health changed");
+    let to = if want == Health::Healthy { "healthy" } else { "unhealthy" };
+    node.metrics.flips.get_or_create(&vec![("to", to.to_string())]).inc();
     let cmd = Command::SetBackendHealth { pool: key.0.clone(), address: key.1.clone(), health: want as i32 };
     if let Err(e) = leader::write(node, cmd).await {
         tracing::warn!(backend = %key.1, "could not record health: {e}");

@@ -44,8 +44,21 @@ fn parse_args() -> Args {
     Args::from_arg_matches(&matches).unwrap_or_else(|e| e.format(&mut cmd).exit())
 }
 
-async fn run(args: Args, passed: std::io::Result<Option<std::net::TcpListener>>) -> anyhow::Result<()> {
+async fn run(mut args: Args, passed: std::io::Result<Option<std::net::TcpListener>>) -> anyhow::Result<()> {
+    let restore = args.restore.take();
     let mut config = args.into_config()?;
+    if let Some(file) = restore {
+        let r = switchyard_control::restore::restore(&config, &file).await?;
+        tracing::warn!(
+            revision = r.revision,
+            from_cluster = r.old_cluster,
+            cluster_id = r.new_cluster,
+            "restored {} into {}: a NEW cluster {}; start this node without --restore from now on",
+            file.display(),
+            config.data_dir.display(),
+            r.new_cluster
+        );
+    }
     let listener = match passed.map_err(|e| anyhow::anyhow!("socket passed in LISTEN_FDS: {e}"))? {
         Some(l) => {
             l.set_nonblocking(true)?;
@@ -60,9 +73,34 @@ async fn run(args: Args, passed: std::io::Result<Option<std::net::TcpListener>>)
     config.listen = listener.local_addr()?;
     let listen = config.listen;
     let shutdown = CancellationToken::new();
+    let (metrics_at, metrics_default) = (config.metrics_listen, config.metrics_listen_default);
     let node = Node::start(config, listener, shutdown.clone()).await?;
-    // Tests and scripts read the bound address from here when they asked for port 0.
-    println!("listening grpc={listen}");
+    // Bound once the node has started, so a refusal to start is what a bad data dir reports.
+    let metrics = match metrics_at {
+        None => None,
+        Some(a) => match tokio::net::TcpListener::bind(a).await {
+            Ok(l) => Some(l),
+            Err(e) if metrics_default => {
+                tracing::warn!(
+                    "no metrics: the default metrics address {a} is taken ({e}); give each node its own \
+                     --metrics-listen (or `off`)"
+                );
+                None
+            }
+            Err(e) => return Err(anyhow::anyhow!("cannot listen on {a} for metrics (--metrics-listen): {e}")),
+        },
+    };
+    let mut line = format!("listening grpc={listen}");
+    if let Some(m) = metrics {
+        let addr = m.local_addr()?;
+        if !addr.ip().is_loopback() {
+            tracing::warn!(%addr, "metrics served on a non-loopback address, without credentials");
+        }
+        line.push_str(&format!(" metrics={addr}"));
+        node.serve_metrics(m);
+    }
+    // Tests and scripts read the bound addresses from here when they asked for port 0.
+    println!("{line}");
     std::io::stdout().flush()?;
     tokio::spawn(async move {
         switchyard_model::signal::wait_for_signal().await;

@@ -54,12 +54,13 @@ impl Node {
             path: config.data_dir.display().to_string(),
             reason: format!("corrupt: {e}"),
         };
-        let log = LogStore::new(db.clone()).map_err(data_err)?;
+        let metrics = Arc::new(crate::metrics::Metrics::default());
+        let log = LogStore::with_metrics(db.clone(), metrics.clone()).map_err(data_err)?;
         log.check().map_err(data_err)?;
         let cluster_id = ClusterId::open(&db)
             .map_err(|e| NodeError::DataDir { path: config.data_dir.display().to_string(), reason: e })?;
         bootstrap::check_peers(&config, log.is_empty().map_err(data_err)?, &cluster_id).await?;
-        let sm = StateMachineStore::open(db).map_err(data_err)?;
+        let sm = StateMachineStore::open(db).map_err(data_err)?.with_metrics(metrics.clone());
         let shared = sm.shared();
 
         let raft_config = openraft::Config {
@@ -82,7 +83,7 @@ impl Node {
             .map_err(|e| NodeError::Raft(e.to_string()))?;
 
         let (proposals, proposals_rx) = mpsc::channel(64 * 1024);
-        tokio::spawn(batch::propose_loop(raft.clone(), proposals_rx));
+        tokio::spawn(batch::propose_loop(raft.clone(), proposals_rx, metrics.clone()));
         let clients = Arc::new(LeaderClients::new(cluster_id.clone(), peer_tls));
         let ctx = Arc::new(NodeCtx {
             id: config.id,
@@ -97,6 +98,7 @@ impl Node {
             proposals,
             serving: serving::Serving::start(raft.clone(), &config, shutdown.clone()),
             fatal: Default::default(),
+            metrics,
             config,
         });
 
@@ -146,6 +148,11 @@ impl Node {
             ),
         }
         Ok(Node { ctx, server })
+    }
+
+    /// Serves Prometheus metrics on `listener` until shutdown (see [`crate::metrics`]).
+    pub fn serve_metrics(&self, listener: TcpListener) {
+        tokio::spawn(crate::metrics::serve(listener, self.ctx.clone()));
     }
 
     /// Waits until the server stops (after the shutdown token is cancelled, or after the

@@ -21,6 +21,12 @@ pub const FORMAT: u32 = 3;
 /// sled can panic on some corrupt files; that is caught here and turned into an error so a
 /// bad data dir stops the node with a message.
 pub fn open(dir: &Path, node_id: u64) -> Result<sled::Db, NodeError> {
+    open_with(dir, node_id, true)
+}
+
+/// [`open`], with or without sled's background flusher: a restore opens without it, so the
+/// database is released the moment it is dropped and the node can open it right after.
+pub fn open_with(dir: &Path, node_id: u64, background_flush: bool) -> Result<sled::Db, NodeError> {
     let path = dir.display().to_string();
     let err = |reason: String| NodeError::DataDir { path: path.clone(), reason };
     let existed = dir.join("conf").exists();
@@ -34,7 +40,8 @@ pub fn open(dir: &Path, node_id: u64) -> Result<sled::Db, NodeError> {
         }
     }
     let d = dir.to_path_buf();
-    let db = std::panic::catch_unwind(move || sled::Config::new().path(d).open())
+    let flush_every = background_flush.then_some(500);
+    let db = std::panic::catch_unwind(move || sled::Config::new().path(d).flush_every_ms(flush_every).open())
         .map_err(|_| err("sled panicked opening it: the database is corrupt".into()))?
         .map_err(|e| err(format!("cannot open sled database: {e} (corrupt or in use by another process?)")))?;
     let meta = db.open_tree("meta").map_err(|e| err(e.to_string()))?;

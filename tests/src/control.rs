@@ -35,6 +35,8 @@ pub struct ControlNode {
     pub addr: String,
     pub data_dir: PathBuf,
     pub args: Vec<String>,
+    /// The metrics port it reported (port 0 asked: a new one on every start).
+    pub metrics: String,
     listener: TcpListener,
     proc: Proc,
     /// Refuses connections while the process is down: declared after `proc`, so dropped
@@ -47,9 +49,21 @@ impl ControlNode {
     pub fn spawn(id: u64, listener: TcpListener, data_dir: &Path, extra: &[String]) -> ControlNode {
         let addr = listener.local_addr().expect("local addr").to_string();
         let mut args = vec!["--id".to_string(), id.to_string(), "--data-dir".into(), data_dir.display().to_string()];
+        // Nodes of parallel tests must not fight over the default metrics port.
+        if !extra.iter().any(|a| a == "--metrics-listen") {
+            args.extend(["--metrics-listen".to_string(), "127.0.0.1:0".into()]);
+        }
         args.extend(extra.iter().cloned());
-        let mut n =
-            ControlNode { id, addr, data_dir: data_dir.into(), args, listener, proc: Proc::default(), parked: None };
+        let mut n = ControlNode {
+            id,
+            addr,
+            data_dir: data_dir.into(),
+            args,
+            metrics: String::new(),
+            listener,
+            proc: Proc::default(),
+            parked: None,
+        };
         n.start();
         n
     }
@@ -73,7 +87,15 @@ impl ControlNode {
             .expect("one fd mapping");
         let what = format!("switchyard-control node {} (log: {})", self.id, log_path.display());
         let line = self.proc.start_reporting(&mut cmd, &what);
-        assert_eq!(line, format!("listening grpc={}", self.addr), "{what} serves the socket it was given");
+        let mut parts = line.split_whitespace();
+        assert_eq!(parts.next(), Some("listening"), "{what}: first line {line:?}");
+        assert_eq!(parts.next(), Some(format!("grpc={}", self.addr).as_str()), "{what} serves the socket it was given");
+        self.metrics = parts.find_map(|p| p.strip_prefix("metrics=")).unwrap_or_default().to_string();
+    }
+
+    /// The node's `/metrics` text (OpenMetrics), if it serves metrics and answers.
+    pub async fn scrape(&self) -> Option<String> {
+        crate::http_get(&self.metrics, "/metrics").await
     }
 
     /// SIGKILL: no chance to flush or say goodbye.

@@ -275,12 +275,17 @@ async fn a_node_asked_for_port_0_reports_and_advertises_the_port_it_got() {
     let dir = tempfile::tempdir().unwrap();
     let mut node = Proc::default();
     let mut cmd = std::process::Command::new(bin("switchyard-control"));
-    cmd.args(["--id", "1", "--listen", "127.0.0.1:0", "--data-dir"])
+    cmd.args(["--id", "1", "--listen", "127.0.0.1:0", "--metrics-listen", "127.0.0.1:0", "--data-dir"])
         .arg(dir.path().join("node-1"))
         .stderr(std::process::Stdio::null());
     let line = node.start_reporting(&mut cmd, "switchyard-control");
-    let addr = line.strip_prefix("listening grpc=").unwrap_or_else(|| panic!("unexpected first line {line:?}"));
+    let (addr, metrics) = line
+        .strip_prefix("listening grpc=")
+        .and_then(|r| r.split_once(" metrics="))
+        .unwrap_or_else(|| panic!("unexpected first line {line:?}"));
     assert!(addr.parse::<std::net::SocketAddr>().is_ok_and(|a| a.port() != 0), "{line:?}");
+    assert!(metrics.parse::<std::net::SocketAddr>().is_ok_and(|a| a.port() != 0), "{line:?}");
+    assert!(http_get(metrics, "/healthz").await.is_some(), "the metrics port answers");
     let s = eventually("the node to lead", Duration::from_secs(10), || async {
         status(addr).await.filter(|s| s.leader_id == 1)
     })

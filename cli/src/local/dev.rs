@@ -53,11 +53,20 @@ pub(super) async fn run(args: DevArgs) -> Result<()> {
         listeners.push(l);
     }
     let mut nodes = Vec::new();
+    let mut metrics_urls = Vec::new();
     for ((id, addr), listener) in addrs.iter().zip(listeners) {
         let mut cfg = NodeConfig::new(*id, *addr, dir.join(format!("node-{id}")));
         cfg.initial_cluster = addrs.iter().map(|(i, a)| (*i, a.to_string())).collect();
         cfg.tls = certs.files(&format!("node-{id}"));
-        nodes.push(Node::start(cfg, listener, shutdown.child_token()).await?);
+        // Three nodes in one process: each gets its own metrics port, 80 above the first
+        // node's gRPC port (7480-7482 with the defaults), so none takes another's.
+        let metrics_addr = SocketAddr::from(([127, 0, 0, 1], args.base_port + 80 + (*id as u16 - 1)));
+        let metrics = bind(metrics_addr, "a node's metrics").await?;
+        cfg.metrics_listen = Some(metrics_addr);
+        let node = Node::start(cfg, listener, shutdown.child_token()).await?;
+        node.serve_metrics(metrics);
+        metrics_urls.push(format!("http://{metrics_addr}/metrics"));
+        nodes.push(node);
     }
     let endpoints: Vec<String> = addrs.values().map(|a| a.to_string()).collect();
     nodes[0]
@@ -113,6 +122,7 @@ pub(super) async fn run(args: DevArgs) -> Result<()> {
 
     let bound: Vec<_> = proxies.iter().filter_map(|p| Some((p.ws?, p.wss?, p.admin))).collect();
     output::dev_banner(&bound, &endpoints, &backends, &dir, &certs.dir);
+    output::note(format!("control-plane metrics: {}", metrics_urls.join(" ")));
     wait_for_signal().await;
     output::note("stopping");
     for p in proxies {

@@ -106,13 +106,14 @@ impl Discovery for DiscoveryService {
     type WatchStream = WatchStream;
 
     async fn watch(&self, req: Request<WatchRequest>) -> Result<Response<WatchStream>, Status> {
-        // A proxy that followed another cluster must not be handed this one's config.
-        self.node.cluster_id.check(&req)?;
+        // A proxy that followed another cluster must not be handed this one's config, unless
+        // this cluster was restored from that one: then it gets the state whole.
+        let resync = self.node.cluster_id.check_watch(&req)?;
         let secret = may_see_affinity_secret(req.extensions().get::<Caller>());
         let req = req.into_inner();
         let node = self.node.clone();
         node.serving.check().map_err(Status::unavailable)?;
-        let from = req.from_revision;
+        let from = if resync { 0 } else { req.from_revision };
         if from > node.shared.read().revision() {
             // This node is behind what the watcher already has; never send it backwards.
             node.raft.wait(Some(CATCH_UP)).applied_index_at_least(Some(from), "watch resume").await.map_err(|_| {
@@ -139,7 +140,9 @@ impl Discovery for DiscoveryService {
         health.mark_changed();
         let mut ticks = self.leader_revision.clone();
         ticks.borrow_and_update();
+        let open = node.metrics.watch_stream();
         tokio::spawn(async move {
+            let _open = open;
             // Whether an event went out since the last tick: then no progress is due.
             let mut sent_since_tick = true;
             for ev in first {
@@ -209,6 +212,7 @@ impl Discovery for DiscoveryService {
         });
         let mut res: Response<WatchStream> = Response::new(Box::pin(tokio_stream::wrappers::ReceiverStream::new(out)));
         self.node.cluster_id.attach_reply(&mut res);
+        self.node.cluster_id.attach_lineage(&mut res);
         Ok(res)
     }
 

@@ -12,6 +12,7 @@
 //! | Admin | SetBackendWeight, SetBackendState (drain/enable/disable), UpdateSettings, DeleteSession | operator, admin |
 //! | Admin | CreatePool, UpdatePool, DeletePool, AddBackend, RemoveBackend, SetRoute, DeleteRoute | admin |
 //! | Admin | AddNode, PromoteNode, RemoveNode | admin |
+//! | Admin | SaveSnapshot (a backup holds tokens' hashes and the affinity secret) | admin |
 //! | Access | CreateToken, ListTokens, RevokeToken, ListAudit | admin |
 //! | switchyard.raft.v1.Raft | every method (Raft RPCs, Forward, Initialized) | node |
 
@@ -64,6 +65,7 @@ pub const TABLE: &[(&str, Access)] = &[
     ("/switchyard.v1.Admin/AddNode", ADMIN),
     ("/switchyard.v1.Admin/PromoteNode", ADMIN),
     ("/switchyard.v1.Admin/RemoveNode", ADMIN),
+    ("/switchyard.v1.Admin/SaveSnapshot", ADMIN),
     ("/switchyard.v1.Access/CreateToken", ADMIN),
     ("/switchyard.v1.Access/ListTokens", ADMIN),
     ("/switchyard.v1.Access/RevokeToken", ADMIN),

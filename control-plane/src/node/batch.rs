@@ -9,6 +9,7 @@ use tokio::sync::{mpsc, oneshot, OwnedSemaphorePermit, Semaphore};
 
 use super::calls::{ExecError, Written};
 use crate::error::ApiError;
+use crate::metrics::Metrics;
 use crate::state::{Batch, Proposed};
 use crate::types::Raft;
 
@@ -53,7 +54,7 @@ pub fn fail_all<T>(txs: Vec<oneshot::Sender<Result<T, ExecError>>>, e: ExecError
 
 /// The leader's proposer: each batch becomes one Raft entry; entries are submitted without
 /// waiting for the previous one to commit.
-pub async fn propose_loop(raft: Raft, mut rx: mpsc::Receiver<Proposal>) {
+pub async fn propose_loop(raft: Raft, mut rx: mpsc::Receiver<Proposal>, metrics: Arc<Metrics>) {
     let mut buf = Vec::with_capacity(MAX_BATCH);
     let slots = Arc::new(Semaphore::new(IN_FLIGHT));
     while let Some(slot) = next_batch(&mut rx, &mut buf, &slots).await {
@@ -68,6 +69,8 @@ pub async fn propose_loop(raft: Raft, mut rx: mpsc::Receiver<Proposal>) {
                 (p.cmd, p.tx)
             })
             .unzip();
+        metrics.proposals.inc_by(cmds.len() as u64);
+        metrics.batch_size.observe(cmds.len() as f64);
         let pending = match raft.client_write_ff(Batch(cmds)).await {
             Ok(p) => p,
             Err(f) => {

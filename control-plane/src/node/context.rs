@@ -39,6 +39,7 @@ pub struct NodeCtx {
     pub serving: Serving,
     /// Set when the Raft core stops fatally (see [`crate::fatal`]).
     pub fatal: crate::fatal::Fatal,
+    pub metrics: Arc<crate::metrics::Metrics>,
     pub(super) proposals: mpsc::Sender<Proposal>,
 }
 

@@ -153,7 +153,9 @@ impl RunOnLeader for Report {
         // Keys are hashed on the proxy; a raw one (an old proxy's) is never stored.
         bindings.retain(|Pb(b)| switchyard_model::affinity::is_hashed(&b.key));
         ctx.proxies.record(status, loads.into_iter().map(|Pb(l)| l).collect());
+        ctx.metrics.reports.inc();
         if !bindings.is_empty() {
+            ctx.metrics.bindings_absorbed.inc_by(bindings.len() as u64);
             // Time comes from the leader, inside the command: apply stays deterministic. The
             // report is answered once its bindings commit, so a flood of reports slows its
             // senders instead of queueing without bound.

@@ -6,7 +6,10 @@ use std::ops::{Bound, RangeBounds};
 use openraft::storage::{LogFlushed, LogState, RaftLogReader, RaftLogStorage};
 use openraft::{OptionalSend, Vote};
 
+use std::sync::Arc;
+
 use super::{read_err, write_err};
+use crate::metrics::Metrics;
 use crate::types::{Entry, LogId, NodeId, StorageError, TypeConfig};
 
 /// Log entries in tree `log`; vote, committed and purged ids in tree `meta`.
@@ -16,6 +19,7 @@ pub struct LogStore {
     log: sled::Tree,
     meta: sled::Tree,
     flusher: std::sync::mpsc::Sender<LogFlushed<TypeConfig>>,
+    metrics: Arc<Metrics>,
 }
 
 /// Group commit: every append waiting when a flush starts is made durable by that one flush,
@@ -23,12 +27,14 @@ pub struct LogStore {
 ///
 /// It is a thread of its own: an fsync blocks, and handing each one to sled's pool costs a
 /// second thread hop.
-fn flush_loop(db: sled::Db, rx: std::sync::mpsc::Receiver<LogFlushed<TypeConfig>>) {
+fn flush_loop(db: sled::Db, rx: std::sync::mpsc::Receiver<LogFlushed<TypeConfig>>, metrics: Arc<Metrics>) {
     let mut waiting = Vec::new();
     while let Ok(first) = rx.recv() {
         waiting.push(first);
         waiting.extend(rx.try_iter());
+        let started = std::time::Instant::now();
         let res = db.flush();
+        metrics.log_flush.observe(started.elapsed().as_secs_f64());
         for cb in waiting.drain(..) {
             let r = match &res {
                 Ok(_) => Ok(()),
@@ -39,18 +45,32 @@ fn flush_loop(db: sled::Db, rx: std::sync::mpsc::Receiver<LogFlushed<TypeConfig>
     }
 }
 
+/// Marks `db`'s empty log as starting after `at` (a restored snapshot's position), as if
+/// everything up to it had been purged. No store is opened, so no flusher thread holds `db`.
+pub fn start_after(db: &sled::Db, at: LogId) -> Result<(), StorageError> {
+    let meta = db.open_tree("meta").map_err(write_err)?;
+    meta.insert("last_purged", postcard::to_stdvec(&at).map_err(write_err)?).map_err(write_err)?;
+    Ok(())
+}
+
 impl LogStore {
     /// Starts the flusher thread; it ends when the last clone of this store is dropped.
     pub fn new(db: sled::Db) -> Result<Self, StorageError> {
+        Self::with_metrics(db, Arc::default())
+    }
+
+    /// [`Self::new`], timing flushes and noting commits into a node's metrics.
+    pub fn with_metrics(db: sled::Db, metrics: Arc<Metrics>) -> Result<Self, StorageError> {
         let log = db.open_tree("log").map_err(read_err)?;
         let meta = db.open_tree("meta").map_err(read_err)?;
         let (flusher, rx) = std::sync::mpsc::channel();
         let flush_db = db.clone();
+        let flush_metrics = metrics.clone();
         std::thread::Builder::new()
             .name("log-flush".into())
-            .spawn(move || flush_loop(flush_db, rx))
+            .spawn(move || flush_loop(flush_db, rx, flush_metrics))
             .map_err(write_err)?;
-        Ok(LogStore { db, log, meta, flusher })
+        Ok(LogStore { db, log, meta, flusher, metrics })
     }
 
     fn get_meta<T: serde::de::DeserializeOwned>(&self, key: &str) -> Result<Option<T>, StorageError> {
@@ -77,7 +97,9 @@ impl LogStore {
 
     /// No vote and no log: this node has never promised anything to anyone (or forgot it).
     pub fn is_empty(&self) -> Result<bool, StorageError> {
-        Ok(self.log.is_empty() && self.get_meta::<Vote<NodeId>>("vote")?.is_none())
+        Ok(self.log.is_empty()
+            && self.get_meta::<Vote<NodeId>>("vote")?.is_none()
+            && self.get_meta::<LogId>("last_purged")?.is_none())
     }
 
     /// Decodes every entry once, so a corrupt log stops the node at start, not mid-replication.
@@ -169,6 +191,9 @@ impl RaftLogStorage<TypeConfig> for LogStore {
 
     /// Not flushed: a lost committed index is recomputed by the next leader.
     async fn save_committed(&mut self, committed: Option<LogId>) -> Result<(), StorageError> {
+        if let Some(c) = committed {
+            self.metrics.set_committed(c.index);
+        }
         self.put_meta("committed", &committed)
     }
 

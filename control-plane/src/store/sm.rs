@@ -25,6 +25,7 @@ use self::rows::*;
 use super::{read_err, write_err};
 use crate::audit::{AuditLog, AuditRecord};
 use crate::auth::tokens::{TokenRecord, Tokens};
+use crate::metrics::Metrics;
 use crate::pb::Pb;
 use crate::seen::{Record, Seen};
 use crate::state::State;
@@ -65,6 +66,32 @@ impl Live {
         }
         Some(self.history.iter().filter(|(r, _)| *r > from).cloned().collect())
     }
+}
+
+impl Live {
+    /// The state as a snapshot's data (what Raft sends a lagging follower, and what a backup
+    /// file carries).
+    pub fn snapshot_data(&self) -> Result<Vec<u8>, StorageError> {
+        encode(&SnapshotFile {
+            last_applied: self.last_applied,
+            membership: self.membership.clone(),
+            topology: self.state.to_topology(self.revision()).encode_to_vec(),
+            seen: self.state.seen().rows().map(|(c, r)| (c.clone(), r.clone())).collect(),
+            clock_ms: self.state.clock_ms(),
+            tokens: self.state.tokens().iter().cloned().collect(),
+            audit: self.state.audit().records().cloned().collect(),
+        })
+    }
+}
+
+/// Snapshot data from another cluster, made this cluster's: applied at `at`, with this
+/// cluster's members. Everything else (topology, sessions, tokens, audit, clock) is kept.
+pub fn rebase_snapshot(data: &[u8], at: LogId, membership: StoredMembership) -> Result<Vec<u8>, StorageError> {
+    let mut file: SnapshotFile = postcard::from_bytes(data).map_err(read_err)?;
+    Topology::decode(file.topology.as_slice()).map_err(read_err)?;
+    file.last_applied = Some(at);
+    file.membership = membership;
+    encode(&file)
 }
 
 /// Shared between the state machine (writer) and the APIs (readers, watchers).
@@ -114,9 +141,16 @@ pub struct StateMachineStore {
     /// Serializes writes and reads of the stored snapshot (`meta` and `data` together) between
     /// the builder's task and snapshot installs.
     snap_lock: Arc<Mutex<()>>,
+    metrics: Arc<Metrics>,
 }
 
 impl StateMachineStore {
+    /// Counts snapshot builds and installs into a node's metrics.
+    pub fn with_metrics(mut self, metrics: Arc<Metrics>) -> Self {
+        self.metrics = metrics;
+        self
+    }
+
     /// Loads the state machine from sled; a corrupt entry is an error, not a panic.
     pub fn open(db: sled::Db) -> Result<Self, StorageError> {
         let sm = db.open_tree("sm").map_err(read_err)?;
@@ -186,6 +220,7 @@ impl StateMachineStore {
             sm,
             snap,
             snap_lock: Arc::default(),
+            metrics: Arc::default(),
         };
         // A crash between storing a received snapshot and rewriting `sm` leaves the snapshot
         // ahead: finish the install from it.
@@ -259,16 +294,7 @@ impl RaftSnapshotBuilder<TypeConfig> for SnapshotSource {
     async fn build_snapshot(&mut self) -> Result<Snapshot<TypeConfig>, StorageError> {
         let (data, last_applied, membership) = {
             let live = self.shared.read();
-            let file = SnapshotFile {
-                last_applied: live.last_applied,
-                membership: live.membership.clone(),
-                topology: live.state.to_topology(live.revision()).encode_to_vec(),
-                seen: live.state.seen().rows().map(|(c, r)| (c.clone(), r.clone())).collect(),
-                clock_ms: live.state.clock_ms(),
-                tokens: live.state.tokens().iter().cloned().collect(),
-                audit: live.state.audit().records().cloned().collect(),
-            };
-            (encode(&file)?, live.last_applied, live.membership.clone())
+            (live.snapshot_data()?, live.last_applied, live.membership.clone())
         };
         let nanos = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_nanos());
         let snapshot_id = match last_applied {
@@ -291,6 +317,7 @@ impl RaftSnapshotBuilder<TypeConfig> for SnapshotSource {
             self.snap.apply_batch(batch).map_err(write_err)?;
         }
         self.db.flush_async().await.map_err(write_err)?;
+        self.metrics.snapshot_builds.inc();
         Ok(Snapshot { meta, snapshot: Box::new(Cursor::new(data)) })
     }
 }
@@ -301,6 +328,7 @@ pub struct SnapshotSource {
     db: sled::Db,
     snap: sled::Tree,
     snap_lock: Arc<Mutex<()>>,
+    metrics: Arc<Metrics>,
 }
 
 impl RaftStateMachine<TypeConfig> for StateMachineStore {
@@ -378,6 +406,7 @@ impl RaftStateMachine<TypeConfig> for StateMachineStore {
             db: self.db.clone(),
             snap: self.snap.clone(),
             snap_lock: self.snap_lock.clone(),
+            metrics: self.metrics.clone(),
         }
     }
 
@@ -403,6 +432,7 @@ impl RaftStateMachine<TypeConfig> for StateMachineStore {
         self.db.flush_async().await.map_err(write_err)?;
         self.restore(&data)?;
         self.db.flush_async().await.map_err(write_err)?;
+        self.metrics.snapshot_installs.inc();
         Ok(())
     }
 

@@ -19,6 +19,8 @@ use super::install::install;
 use super::mirror::Mirror;
 use crate::state::ProxyState;
 
+/// The watch reply's metadata key naming the cluster a restored cluster replaced.
+const RESTORED_FROM: &str = "switchyard-restored-from";
 /// How long a node may take to start a watch stream before the next one is tried.
 const OPEN_TIMEOUT: Duration = Duration::from_secs(3);
 const BACKOFF_MIN: Duration = Duration::from_millis(100);
@@ -45,7 +47,7 @@ pub async fn run(
     while !shutdown.is_cancelled() {
         let addr = endpoints[next % endpoints.len()].clone();
         next += 1;
-        let from = lock().revision;
+        let mut from = lock().revision;
         let stream = match grpc::channel(&addr, &ChannelOptions::PROXY, &tls) {
             Ok(ch) => {
                 let mut c = DiscoveryClient::new(ch).max_decoding_message_size(MAX_GRPC_MESSAGE);
@@ -57,7 +59,20 @@ pub async fn run(
                 match tokio::time::timeout(OPEN_TIMEOUT, c.watch(req)).await {
                     Ok(Ok(s)) => {
                         let got = s.metadata().get(grpc::CLUSTER_ID_KEY).and_then(|v| v.to_str().ok());
-                        let knew = cluster.is_some();
+                        let mut knew = cluster.is_some();
+                        let restored_from = s.metadata().get(RESTORED_FROM).and_then(|v| v.to_str().ok());
+                        if let (Some(g), Some(old)) = (got, restored_from) {
+                            if cluster.as_deref() == Some(old) && g != old {
+                                // A cluster restored from a backup of the one followed: its
+                                // revisions are not comparable with this proxy's, so the node
+                                // sends the state whole and it replaces the config.
+                                tracing::warn!(node = %addr, "cluster {g} was restored from cluster {old}, which this proxy followed: taking its state whole");
+                                cluster = Some(g.to_string());
+                                knew = false;
+                                *lock() = Mirror::default();
+                                from = 0;
+                            }
+                        }
                         match same_cluster(&mut cluster, got) {
                             Ok(()) => {
                                 if let (false, Some(f), Some(id)) = (knew, &cluster_file, &cluster) {
