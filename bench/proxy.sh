@@ -6,7 +6,8 @@
 #
 # Usage: bash bench/proxy.sh [SECONDS_PER_PHASE] [IDLE_CONNECTIONS]   (QUICK=1: throughput and
 # handshakes only; BASELINE=DIR: also run DIR/switchyard-proxy, another build, as target
-# "baseline" in the same rounds, to compare a change with its predecessor)
+# "baseline" in the same rounds, to compare a change with its predecessor; ACCESS_LOG=1: the
+# baseline is this build with its access log on, to a file, to price the log)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 SECS=${1:-10}
@@ -23,6 +24,12 @@ if ! command -v nginx >/dev/null || ! command -v haproxy >/dev/null; then
 fi
 cargo build --release --bins -q
 B=target/release
+if [ -n "${ACCESS_LOG:-}" ]; then
+  mkdir -p "$OUT/logged"
+  printf '#!/bin/sh\nexec %s/%s/switchyard-proxy --access-log %s/%s/access.log "$@"\n' "$PWD" "$B" "$PWD" "$OUT" > "$OUT/logged/switchyard-proxy"
+  chmod +x "$OUT/logged/switchyard-proxy"
+  BASELINE="$OUT/logged"
+fi
 source bench/lib.sh
 # Resident memory (kB) and CPU ticks of a process and its children.
 procs() { echo "$1 $(pgrep -P "$1" | tr '\n' ' ')"; }
