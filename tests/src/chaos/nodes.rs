@@ -57,7 +57,8 @@ impl NsNode {
         let mut cmd = self.command();
         cmd.env("RUST_LOG", "warn,openraft=error").stderr(log);
         let what = format!("switchyard-control node {} (log: {})", self.id, log_path.display());
-        let line = self.proc.start_reporting(&mut cmd, &what);
+        // Waits (up to 30 s) for the first line without holding up the runtime's other tasks.
+        let line = tokio::task::block_in_place(|| self.proc.start_reporting(&mut cmd, &what));
         assert_eq!(line, format!("listening grpc={}", self.addr), "{what}");
         self.stopped = false;
     }
@@ -75,7 +76,7 @@ impl NsNode {
             .spawn()
             .expect("spawn a node");
         proc.set(child);
-        let status = proc.wait_exit(Duration::from_secs(20));
+        let status = tokio::task::block_in_place(|| proc.wait_exit(Duration::from_secs(20)));
         let stderr = std::fs::read_to_string(&log).unwrap_or_default();
         match status {
             Some(s) => (s.success(), stderr),
@@ -118,7 +119,19 @@ impl NsNode {
 pub struct NsCluster {
     pub nodes: BTreeMap<u64, NsNode>,
     pub relays: BTreeMap<u64, Relay>,
+    /// The relays' own runtime (one thread), shut down when dropped.
+    _relay_rt: RelayRuntime,
     pub net: Net,
+}
+
+struct RelayRuntime(Option<tokio::runtime::Runtime>);
+
+impl Drop for RelayRuntime {
+    fn drop(&mut self) {
+        if let Some(rt) = self.0.take() {
+            rt.shutdown_background();
+        }
+    }
 }
 
 impl NsCluster {
@@ -128,11 +141,18 @@ impl NsCluster {
     /// suite is about faults, and the bridge is private to this run.
     pub async fn start(net: Net, n: u64, dir: &std::path::Path, seed: u64) -> NsCluster {
         let initial = (1..=n).map(|i| format!("{i}={}:{PORT}", net::relay_addr(i))).collect::<Vec<_>>().join(",");
+        let rt = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(1)
+            .thread_name("fault-relay")
+            .enable_all()
+            .build()
+            .expect("the relays' runtime");
         let mut relays = BTreeMap::new();
         for i in 1..=n {
             let listen = SocketAddr::new(IpAddr::V4(net::relay_addr(i)), PORT);
             let target = SocketAddr::new(IpAddr::V4(net::node_addr(i)), PORT);
-            let r = Relay::start(listen, IpAddr::V4(net::RELAY_SOURCE), target, seed ^ i).await.expect("start a relay");
+            let source = IpAddr::V4(net::RELAY_SOURCE);
+            let r = Relay::start(rt.handle(), listen, source, target, seed ^ i).expect("start a relay");
             relays.insert(i, r);
         }
         let mut nodes = BTreeMap::new();
@@ -153,7 +173,7 @@ impl NsCluster {
             node.start();
             nodes.insert(i, node);
         }
-        NsCluster { nodes, relays, net }
+        NsCluster { nodes, relays, _relay_rt: RelayRuntime(Some(rt)), net }
     }
 
     /// Every node's client address, for proxies.

@@ -48,14 +48,32 @@ pub struct Relay {
 
 impl Relay {
     /// Listens on `listen`, forwards each connection to `target`, dialing from `source`.
-    pub async fn start(listen: SocketAddr, source: IpAddr, target: SocketAddr, seed: u64) -> std::io::Result<Relay> {
-        let listener = TcpListener::bind(listen).await?;
+    /// Runs on `rt`: the network must not stall when the test's own runtime is busy.
+    pub fn start(
+        rt: &tokio::runtime::Handle,
+        listen: SocketAddr,
+        source: IpAddr,
+        target: SocketAddr,
+        seed: u64,
+    ) -> std::io::Result<Relay> {
+        let listener = std::net::TcpListener::bind(listen)?;
+        listener.set_nonblocking(true)?;
         let (faults, rx) = watch::channel(Faults::default());
         let cuts = Arc::new(AtomicU64::new(0));
         let counter = cuts.clone();
-        let task = tokio::spawn(async move {
+        let task = rt.spawn(async move {
+            let listener = TcpListener::from_std(listener).expect("register the relay's socket");
             let mut rng = Rng::new(seed);
-            while let Ok((client, _)) = listener.accept().await {
+            loop {
+                let client = match listener.accept().await {
+                    Ok((c, _)) => c,
+                    Err(e) => {
+                        // Out of descriptors, say: the relay must outlive it.
+                        eprintln!("chaos: relay {listen}: accept failed: {e}");
+                        tokio::time::sleep(Duration::from_millis(50)).await;
+                        continue;
+                    }
+                };
                 let (rx, counter, seed) = (rx.clone(), counter.clone(), rng.next_u64());
                 tokio::spawn(async move {
                     if let Ok(server) = dial(source, target).await {

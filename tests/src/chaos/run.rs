@@ -50,11 +50,15 @@ pub struct Outcome {
 
 /// Runs the suite; `Err` when this machine cannot host it (the caller skips).
 pub async fn run(settings: Settings) -> Result<Outcome, NetError> {
+    let t = Instant::now();
     let net = Net::create(3)?;
     let dir = tempfile::tempdir().expect("temp dir");
     let mut chaos = Chaos::start(net, dir.path(), settings).await;
+    println!("chaos: set up in {:.1}s", t.elapsed().as_secs_f64());
     let outcome = chaos.run().await;
+    let t = Instant::now();
     drop(chaos);
+    println!("chaos: torn down in {:.1}s", t.elapsed().as_secs_f64());
     Ok(outcome)
 }
 
@@ -75,10 +79,20 @@ struct Chaos {
 
 impl Chaos {
     async fn start(net: Net, dir: &std::path::Path, settings: Settings) -> Chaos {
+        let t = Instant::now();
+        crate::bin("switchyard-control");
+        let built = t.elapsed();
         let cluster = NsCluster::start(net, 3, dir, settings.seed).await;
+        let started = t.elapsed();
         let leader = cluster.leader(RECOVERY_BOUND).await.expect("a first leader");
         let leader = cluster.nodes[&leader].addr.clone();
         affinity_secret(&leader).await;
+        println!(
+            "chaos: binaries ready after {:.1}s, nodes up after {:.1}s, leader after {:.1}s",
+            built.as_secs_f64(),
+            started.as_secs_f64(),
+            t.elapsed().as_secs_f64()
+        );
         let backends =
             vec![EchoBackend::start("b1").await, EchoBackend::start("b2").await, EchoBackend::start("b3").await];
         let rev = configure(&leader, &backends).await;
@@ -133,11 +147,13 @@ impl Chaos {
             self.window(window, fault).await;
         }
         self.shared.stop.store(true, Ordering::SeqCst);
+        let t = Instant::now();
         for t in self.tasks.drain(..) {
             let _ = tokio::time::timeout(Duration::from_secs(20), t).await;
         }
         let acked = self.durable.take().expect("durable writer").await.expect("durable writer");
         self.check_durable(&acked).await;
+        println!("chaos: workload stopped and checked in {:.1}s", t.elapsed().as_secs_f64());
         let tallies = self.shared.tallies.lock().unwrap().clone();
         for (w, t) in tallies {
             self.report.add_tally(w, &t);
@@ -257,12 +273,12 @@ impl Chaos {
         self.shared.proxy_restarting[i].store(true, Ordering::SeqCst);
         self.shared.proxy_epoch[i].fetch_add(1, Ordering::SeqCst);
         if graceful {
-            self.proxies[i].terminate();
+            tokio::task::block_in_place(|| self.proxies[i].terminate());
         } else {
             self.proxies[i].kill9();
         }
         self.hold(300, 1000).await;
-        self.proxies[i].start();
+        tokio::task::block_in_place(|| self.proxies[i].start());
         self.shared.proxy_epoch[i].fetch_add(1, Ordering::SeqCst);
         self.shared.proxy_restarting[i].store(false, Ordering::SeqCst);
         println!("chaos:   proxy {i} {}", if graceful { "terminated and restarted" } else { "killed and restarted" });
@@ -376,8 +392,18 @@ impl Chaos {
     /// After a heal: a leader, a write at revision R, and every proxy at R or later.
     async fn recover(&mut self, window: usize, fault: Fault, healed: Instant) {
         if self.cluster.leader(RECOVERY_BOUND).await.is_none() {
-            self.shared
-                .violation(format!("window {window} ({}): no leader {RECOVERY_BOUND:?} after the heal", fault.name()));
+            let mut seen = Vec::new();
+            for n in self.cluster.nodes.values() {
+                let s = tokio::time::timeout(Duration::from_secs(2), crate::status(&n.addr)).await.ok().flatten();
+                seen.push(s.map_or(format!("node {}: no answer", n.id), |s| {
+                    format!("node {}: {} in term {}, leader {}", n.id, s.state, s.term, s.leader_id)
+                }));
+            }
+            self.shared.violation(format!(
+                "window {window} ({}): no leader all nodes agree on {RECOVERY_BOUND:?} after the heal: {}",
+                fault.name(),
+                seen.join("; ")
+            ));
             return;
         }
         self.markers += 1;

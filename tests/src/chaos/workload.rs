@@ -49,6 +49,9 @@ pub struct Shared {
     /// Backend name → address, to know which backend a client reached.
     pub backend_addr: BTreeMap<String, String>,
     pub stop: AtomicBool,
+    /// Linearizable, unless `SWITCHYARD_CHAOS_LOCAL_READS=1` asks for local reads: a check
+    /// of the checker, since those may be stale and the run must then say so.
+    read_consistency: Consistency,
 }
 
 impl Shared {
@@ -65,6 +68,10 @@ impl Shared {
             churned: Mutex::new(BTreeMap::new()),
             backend_addr,
             stop: AtomicBool::new(false),
+            read_consistency: match std::env::var("SWITCHYARD_CHAOS_LOCAL_READS").as_deref() {
+                Ok("1") => Consistency::Local,
+                _ => Consistency::Linearizable,
+            },
         }
     }
 
@@ -149,7 +156,7 @@ async fn write(shared: &Shared, window: usize, node: &str, address: &str, weight
 /// A linearizable read of the register through `node`; `None` when it failed.
 pub async fn read(shared: &Shared, node: &str, address: &str) -> Option<Call> {
     let invoked = shared.now_us();
-    let req = ListBackendsRequest { consistency: Consistency::Linearizable as i32, pool: REGISTER_POOL.into() };
+    let req = ListBackendsRequest { consistency: shared.read_consistency as i32, pool: REGISTER_POOL.into() };
     let r = tokio::time::timeout(CALL_TIMEOUT, query(node).list_backends(req)).await.ok()?.ok()?;
     let completed = shared.now_us();
     let b = r.into_inner().backends.into_iter().find(|b| b.address == address)?;
