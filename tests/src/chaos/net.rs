@@ -145,6 +145,12 @@ fn remove_stale() {
         for line in String::from_utf8_lossy(&out.stdout).lines() {
             let name = line.split_whitespace().next().unwrap_or("");
             if name.starts_with(PREFIX) {
+                // A node a crashed run left behind still runs in it: stop it first.
+                if let Ok(pids) = Command::new("ip").args(["netns", "pids", name]).output() {
+                    for pid in String::from_utf8_lossy(&pids.stdout).split_whitespace() {
+                        let _ = Command::new("kill").args(["-KILL", pid]).status();
+                    }
+                }
                 let _ = ip(&["netns", "del", name]);
             }
         }

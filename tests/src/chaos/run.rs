@@ -116,6 +116,11 @@ impl Chaos {
                 workload::ws_client(shared, ws, i % 2, pool, key).await;
             }));
         }
+        let prober = workload::affinity_prober(shared.clone(), ws, settings.seed ^ 0xaf);
+        tasks.push(tokio::spawn(async move {
+            let probes = prober.await;
+            println!("chaos: {probes} new sessions checked for affinity");
+        }));
         let durable = Some(tokio::spawn(workload::durable_writer(shared.clone(), settings.seed ^ 0xd0)));
         println!(
             "chaos: seed {} (replay with SWITCHYARD_CHAOS_SEED={}), {} s of faults",
@@ -197,7 +202,10 @@ impl Chaos {
         stop.store(true, Ordering::SeqCst);
         let mut calls = history.await.expect("register history");
         self.final_reads(&register, &mut calls).await;
-        if let Err(e) = linear::check(1, &calls) {
+        // The search is CPU work: off the runtime that drives the clients.
+        let (verdict, calls) =
+            tokio::task::spawn_blocking(move || (linear::check(1, &calls), calls)).await.expect("the checker");
+        if let Err(e) = verdict {
             self.shared.tally(window, |t| t.stale += 1);
             self.shared.violation(format!("window {window} ({}): register {register}: {e}", fault.name()));
         }
@@ -208,6 +216,7 @@ impl Chaos {
     async fn inject(&mut self, fault: Fault) {
         let leader = self.cluster.leader(RECOVERY_BOUND).await.expect("a leader before the fault");
         let follower = self.pick_follower(leader);
+        println!("chaos:   leader {leader}, follower picked {follower}");
         match fault {
             Fault::KillLeader | Fault::KillFollower => {
                 let id = if fault == Fault::KillLeader { leader } else { follower };
@@ -427,7 +436,13 @@ impl Chaos {
             }
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
-        self.report.converged(window, healed.elapsed());
+        let took = healed.elapsed();
+        let leader = self.cluster.leader_now().await.map_or(0, |(l, _)| l);
+        println!(
+            "chaos:   healed; leader {leader}, proxies at revision {rev} {:.2}s after the heal",
+            took.as_secs_f64()
+        );
+        self.report.converged(window, took);
     }
 
     /// A linearizable read of the register through every node, once the writers stopped:

@@ -15,6 +15,7 @@ use tokio_tungstenite::tungstenite::Message;
 use super::linear::{Call, Op};
 use super::rng::Rng;
 use crate::{admin, query, ws_connect, ProxyProcess};
+use switchyard_model::grpc::with_request_id;
 
 /// How long one admin call may take before its outcome counts as unknown.
 const CALL_TIMEOUT: Duration = Duration::from_secs(3);
@@ -49,9 +50,15 @@ pub struct Shared {
     /// Backend name → address, to know which backend a client reached.
     pub backend_addr: BTreeMap<String, String>,
     pub stop: AtomicBool,
+    /// Session key → the backend it first reached in the affinity pool.
+    homes: Mutex<BTreeMap<String, String>>,
     /// Linearizable, unless `SWITCHYARD_CHAOS_LOCAL_READS=1` asks for local reads: a check
     /// of the checker, since those may be stale and the run must then say so.
     read_consistency: Consistency,
+    /// Writes carry a request id (client id and sequence number), as the CLI's do, unless
+    /// `SWITCHYARD_CHAOS_NO_REQUEST_IDS=1`: then a forwarded write cut off after it committed
+    /// may apply twice (documented), which the register's history shows.
+    request_ids: bool,
 }
 
 impl Shared {
@@ -68,6 +75,8 @@ impl Shared {
             churned: Mutex::new(BTreeMap::new()),
             backend_addr,
             stop: AtomicBool::new(false),
+            homes: Mutex::new(BTreeMap::new()),
+            request_ids: std::env::var("SWITCHYARD_CHAOS_NO_REQUEST_IDS").as_deref() != Ok("1"),
             read_consistency: match std::env::var("SWITCHYARD_CHAOS_LOCAL_READS").as_deref() {
                 Ok("1") => Consistency::Local,
                 _ => Consistency::Linearizable,
@@ -93,6 +102,26 @@ impl Shared {
         self.stop.load(Ordering::Relaxed)
     }
 
+    /// Affinity: session `key` reached backend `name` through proxy `proxy`; it must be the
+    /// backend it reached first (the pool's backends stay fit the whole run).
+    fn home(&self, key: &str, name: &str, proxy: usize) {
+        let mut homes = self.homes.lock().unwrap();
+        let home = homes.entry(key.to_string()).or_insert_with(|| name.to_string()).clone();
+        drop(homes);
+        if home != name {
+            self.violation(format!("affinity: session {key} moved from {home} to {name} (via proxy {proxy})"));
+        }
+    }
+
+    /// `req` as a write from `client`'s `seq`-th request (ids left off if asked).
+    fn identified<T>(&self, req: T, client: &str, seq: u64) -> tonic::Request<T> {
+        if self.request_ids {
+            with_request_id(req, client, seq).expect("a valid request id")
+        } else {
+            tonic::Request::new(req)
+        }
+    }
+
     fn churn_epoch(&self, addr: &str) -> u64 {
         self.churned.lock().unwrap().get(addr).copied().unwrap_or(0)
     }
@@ -116,11 +145,13 @@ pub async fn register_history(shared: Arc<Shared>, window: usize, stop: Arc<Atom
         tasks.push(tokio::spawn(async move {
             let mut rng = Rng::new(seed ^ (w + 1).wrapping_mul(0x1000_0001));
             let mut calls = Vec::new();
+            let (client, mut seq) = (format!("chaos-reg-{window}-{w}"), 0);
             while !stop.load(Ordering::Relaxed) {
                 let node = rng.pick(&shared.nodes).clone();
                 let call = if w < 2 {
                     let v = next_value.fetch_add(1, Ordering::Relaxed) as u32;
-                    Some(write(&shared, window, &node, &address, v).await)
+                    seq += 1;
+                    Some(write(&shared, window, &node, &address, v, (&client, seq)).await)
                 } else {
                     read(&shared, &node, &address).await
                 };
@@ -138,9 +169,10 @@ pub async fn register_history(shared: Arc<Shared>, window: usize, stop: Arc<Atom
     calls
 }
 
-async fn write(shared: &Shared, window: usize, node: &str, address: &str, weight: u32) -> Call {
+async fn write(shared: &Shared, window: usize, node: &str, address: &str, weight: u32, id: (&str, u64)) -> Call {
     let invoked = shared.now_us();
     let req = SetBackendWeightRequest { pool: REGISTER_POOL.into(), address: address.into(), weight };
+    let req = shared.identified(req, id.0, id.1);
     let r = tokio::time::timeout(CALL_TIMEOUT, admin(node).set_backend_weight(req)).await;
     let completed = match r {
         Ok(Ok(_)) => {
@@ -175,7 +207,8 @@ pub async fn durable_writer(shared: Arc<Shared>, seed: u64) -> Vec<(String, usiz
         let node = rng.pick(&shared.nodes).clone();
         let b = Backend { pool: DURABLE_POOL.into(), address: address.clone(), weight: 1, ..Default::default() };
         let mut client = admin(&node);
-        let r = tokio::time::timeout(CALL_TIMEOUT, client.add_backend(AddBackendRequest { backend: Some(b) })).await;
+        let req = shared.identified(AddBackendRequest { backend: Some(b) }, "chaos-durable", n);
+        let r = tokio::time::timeout(CALL_TIMEOUT, client.add_backend(req)).await;
         if let Ok(Ok(_)) = r {
             let w = shared.window.load(Ordering::Relaxed);
             shared.tally(w, |t| t.acked += 1);
@@ -200,7 +233,6 @@ pub enum Pool {
 /// connection and echoes on it; a close it cannot explain is a violation.
 pub async fn ws_client(shared: Arc<Shared>, proxies: [String; 2], home: usize, pool: Pool, key: String) -> u64 {
     let path = if pool == Pool::Chat { "/" } else { "/churn" };
-    let mut bound: Option<String> = None;
     let mut reconnects = 0u64;
     let mut p = home;
     while !shared.stopping() {
@@ -217,13 +249,7 @@ pub async fn ws_client(shared: Arc<Shared>, proxies: [String; 2], home: usize, p
         reconnects += 1;
         let addr = shared.backend_addr.get(&name).cloned().unwrap_or_default();
         if pool == Pool::Chat {
-            match &bound {
-                Some(b) if *b != name => {
-                    shared.violation(format!("affinity: session {key} moved from {b} to {name} (via proxy {p})"))
-                }
-                Some(_) => {}
-                None => bound = Some(name.clone()),
-            }
+            shared.home(&key, &name, p);
         }
         let churn_epoch = shared.churn_epoch(&addr);
         let why = hold(&shared, &mut ws).await;
@@ -244,6 +270,25 @@ pub async fn ws_client(shared: Arc<Shared>, proxies: [String; 2], home: usize, p
         p = home;
     }
     reconnects
+}
+
+/// New sessions all the time: a connection with one of 24 session keys, through either
+/// proxy, every 250 ms, closed at once; each key must keep reaching its first backend.
+pub async fn affinity_prober(shared: Arc<Shared>, proxies: [String; 2], seed: u64) -> u64 {
+    let mut rng = Rng::new(seed);
+    let mut probes = 0;
+    while !shared.stopping() {
+        let p = rng.below(2) as usize;
+        let key = format!("a-{}", rng.below(24));
+        if let Ok((mut ws, name)) = ws_connect(&proxies[p], "/", &[("X-Session", &key)]).await {
+            shared.home(&key, &name, p);
+            let _ = ws.close(None).await;
+            probes += 1;
+        }
+        // Pacing of new sessions.
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+    probes
 }
 
 #[derive(Debug)]
