@@ -158,6 +158,10 @@ impl Chaos {
         }
         let acked = self.durable.take().expect("durable writer").await.expect("durable writer");
         self.check_durable(&acked).await;
+        println!(
+            "chaos: {} held connections closed by their proxy's restart or their backend's drain/removal (allowed)",
+            self.shared.expected_closes.load(Ordering::Relaxed)
+        );
         println!("chaos: workload stopped and checked in {:.1}s", t.elapsed().as_secs_f64());
         let tallies = self.shared.tallies.lock().unwrap().clone();
         for (w, t) in tallies {

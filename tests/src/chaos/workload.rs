@@ -50,6 +50,9 @@ pub struct Shared {
     /// Backend name → address, to know which backend a client reached.
     pub backend_addr: BTreeMap<String, String>,
     pub stop: AtomicBool,
+    /// Connections closed for a reason the suite allows: their proxy restarted, or their
+    /// backend was drained or removed (with 1001).
+    pub expected_closes: AtomicU64,
     /// Session key → the backend it first reached in the affinity pool.
     homes: Mutex<BTreeMap<String, String>>,
     /// Linearizable, unless `SWITCHYARD_CHAOS_LOCAL_READS=1` asks for local reads: a check
@@ -75,6 +78,7 @@ impl Shared {
             churned: Mutex::new(BTreeMap::new()),
             backend_addr,
             stop: AtomicBool::new(false),
+            expected_closes: AtomicU64::new(0),
             homes: Mutex::new(BTreeMap::new()),
             request_ids: std::env::var("SWITCHYARD_CHAOS_NO_REQUEST_IDS").as_deref() != Ok("1"),
             read_consistency: match std::env::var("SWITCHYARD_CHAOS_LOCAL_READS").as_deref() {
@@ -258,7 +262,9 @@ pub async fn ws_client(shared: Arc<Shared>, proxies: [String; 2], home: usize, p
         let drained = pool == Pool::Churn
             && matches!(why, Closed::By(CloseCode::Away))
             && shared.churn_epoch(&addr) != churn_epoch;
-        if !proxy_restarted && !drained {
+        if proxy_restarted || drained {
+            shared.expected_closes.fetch_add(1, Ordering::Relaxed);
+        } else {
             let w = shared.window.load(Ordering::Relaxed);
             shared.tally(w, |t| t.dropped += 1);
             let why = match why {
