@@ -325,7 +325,7 @@ impl Chaos {
             .await;
         }
         let victim = if self.schedule.rng().chance(0.5) { b1 } else { b2 };
-        self.mark_churned(&victim);
+        let event = self.churn_issued(&victim);
         self.write_until_ok("drain a backend", |node| {
             let req = SetBackendStateRequest {
                 pool: "churn".into(),
@@ -337,14 +337,39 @@ impl Chaos {
         .await;
         // Pacing: the drain window (1 s) runs before the backend is removed.
         self.hold(1200, 1500).await;
-        self.write_until_ok("remove the drained backend", |node| remove_backend(node, "churn", victim.clone())).await;
+        let rev = self
+            .write_until_ok("remove the drained backend", |node| remove_backend(node, "churn", victim.clone()))
+            .await;
+        self.churn_applied(&victim, event, rev).await;
         self.write_until_ok("add it back", |node| add_backend(node, "churn", victim.clone())).await;
-        self.mark_churned(&b3);
-        self.write_until_ok("remove b3 from the churn pool", |node| remove_backend(node, "churn", b3.clone())).await;
+        let event = self.churn_issued(&b3);
+        let rev = self
+            .write_until_ok("remove b3 from the churn pool", |node| remove_backend(node, "churn", b3.clone()))
+            .await;
+        self.churn_applied(&b3, event, rev).await;
     }
 
-    fn mark_churned(&self, addr: &str) {
-        *self.shared.churned.lock().unwrap().entry(addr.to_string()).or_default() += 1;
+    /// Notes that a drain or removal of `addr` is about to be issued; its index.
+    fn churn_issued(&self, addr: &str) -> usize {
+        let mut churned = self.shared.churned.lock().unwrap();
+        let events = churned.entry(addr.to_string()).or_default();
+        events.push((self.shared.now_us(), None));
+        events.len() - 1
+    }
+
+    /// Waits until every proxy runs `rev` (the removal), then notes when.
+    async fn churn_applied(&self, addr: &str, event: usize, rev: Option<u64>) {
+        let deadline = Instant::now() + CONVERGENCE_BOUND;
+        while let Some(rev) = rev {
+            if self.shared.proxy_revision.iter().all(|r| r.load(Ordering::SeqCst) >= rev) || Instant::now() > deadline {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        // Left open (any later close allowed) when the removal's revision is unknown.
+        if rev.is_some() {
+            self.shared.churned.lock().unwrap().get_mut(addr).expect("issued")[event].1 = Some(self.shared.now_us());
+        }
     }
 
     /// A follower's data dir is wiped: restarted with the same flags it must be refused;

@@ -29,6 +29,9 @@ pub struct Tally {
     pub dropped: u64,
 }
 
+/// A drain or removal: (issued, applied by every proxy), microseconds since the run began.
+pub type ChurnEvent = (u64, Option<u64>);
+
 /// What every task shares: the clock, the current window, the outcome counts and the
 /// violations found.
 pub struct Shared {
@@ -44,9 +47,10 @@ pub struct Shared {
     pub proxy_restarting: [AtomicBool; 2],
     /// Each proxy's latest config revision, as its `/status` says.
     pub proxy_revision: [AtomicU64; 2],
-    /// Bumped (per backend address) just before config churn drains or removes that backend
-    /// from the churn pool: its connections there may then be closed with 1001.
-    pub churned: Mutex<BTreeMap<String, u64>>,
+    /// Per backend address, config churn's drains and removals in the churn pool: when each
+    /// was issued and when every proxy had applied it (microseconds). A connection to that
+    /// backend made before the proxies applied one may be closed with 1001 once it is issued.
+    pub churned: Mutex<BTreeMap<String, Vec<ChurnEvent>>>,
     /// Backend name → address, to know which backend a client reached.
     pub backend_addr: BTreeMap<String, String>,
     pub stop: AtomicBool,
@@ -126,8 +130,13 @@ impl Shared {
         }
     }
 
-    fn churn_epoch(&self, addr: &str) -> u64 {
-        self.churned.lock().unwrap().get(addr).copied().unwrap_or(0)
+    /// Whether a drain or removal of `addr` allows closing a connection made at `connected`.
+    fn churned_since(&self, addr: &str, connected: u64) -> bool {
+        let now = self.now_us();
+        let churned = self.churned.lock().unwrap();
+        churned.get(addr).is_some_and(|events| {
+            events.iter().any(|(issued, applied)| *issued <= now && applied.is_none_or(|a| a >= connected))
+        })
     }
 }
 
@@ -241,6 +250,7 @@ pub async fn ws_client(shared: Arc<Shared>, proxies: [String; 2], home: usize, p
     let mut p = home;
     while !shared.stopping() {
         let epoch = shared.proxy_epoch[p].load(Ordering::SeqCst);
+        let connected = shared.now_us();
         let (mut ws, name) = match ws_connect(&proxies[p], path, &[("X-Session", &key)]).await {
             Ok(c) => c,
             Err(_) => {
@@ -255,13 +265,11 @@ pub async fn ws_client(shared: Arc<Shared>, proxies: [String; 2], home: usize, p
         if pool == Pool::Chat {
             shared.home(&key, &name, p);
         }
-        let churn_epoch = shared.churn_epoch(&addr);
         let why = hold(&shared, &mut ws).await;
         let Some(why) = why else { break };
         let proxy_restarted = shared.proxy_epoch[p].load(Ordering::SeqCst) != epoch;
-        let drained = pool == Pool::Churn
-            && matches!(why, Closed::By(CloseCode::Away))
-            && shared.churn_epoch(&addr) != churn_epoch;
+        let drained =
+            pool == Pool::Churn && matches!(why, Closed::By(CloseCode::Away)) && shared.churned_since(&addr, connected);
         if proxy_restarted || drained {
             shared.expected_closes.fetch_add(1, Ordering::Relaxed);
         } else {
