@@ -10,4 +10,5 @@ pub mod relay;
 pub mod report;
 pub mod rng;
 pub mod run;
+pub mod setup;
 pub mod workload;
