@@ -113,8 +113,13 @@ impl ProxyProcess {
 
     /// The proxy's `/status` JSON.
     pub async fn status(&self) -> Option<serde_json::Value> {
+        Self::status_at(&self.admin).await
+    }
+
+    /// The `/status` JSON of the proxy whose admin port is `admin`.
+    pub async fn status_at(admin: &str) -> Option<serde_json::Value> {
         use tokio::io::{AsyncReadExt, AsyncWriteExt};
-        let mut s = tokio::net::TcpStream::connect(&self.admin).await.ok()?;
+        let mut s = tokio::net::TcpStream::connect(admin).await.ok()?;
         s.write_all(b"GET /status HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n").await.ok()?;
         let mut out = Vec::new();
         s.read_to_end(&mut out).await.ok()?;
