@@ -15,6 +15,8 @@ ulimit -n 20000
 echo "chaos soak: $MINUTES min of faults, profile $PROFILE, log $LOG"
 # The e2e lock keeps other worktrees' end-to-end runs off the CPU and the ports meanwhile.
 status=0
+# A new schedule per soak unless one is asked for (`cargo test` alone runs a fixed one).
+export SWITCHYARD_CHAOS_SEED=${SWITCHYARD_CHAOS_SEED:-$(date +%s%N)}
 SWITCHYARD_CHAOS_SECS=$((MINUTES * 60)) flock /tmp/switchyard-e2e.lock \
   cargo test --profile "$PROFILE" -p switchyard-tests --test chaos -- --nocapture >"$LOG" 2>&1 || status=$?
 grep -E '^chaos: (seed|set up|[0-9]+ )' "$LOG" | sort -u || true
