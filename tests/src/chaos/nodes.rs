@@ -59,7 +59,8 @@ impl NsNode {
         let what = format!("switchyard-control node {} (log: {})", self.id, log_path.display());
         // Waits (up to 30 s) for the first line without holding up the runtime's other tasks.
         let line = tokio::task::block_in_place(|| self.proc.start_reporting(&mut cmd, &what));
-        assert_eq!(line, format!("listening grpc={}", self.addr), "{what}");
+        // `listening grpc=ADDR`, then the metrics address (each namespace has its own loopback).
+        assert_eq!(line.split_whitespace().nth(1), Some(format!("grpc={}", self.addr).as_str()), "{what}: {line}");
         self.stopped = false;
     }
 
