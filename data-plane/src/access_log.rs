@@ -195,52 +195,59 @@ fn fields<'a>(r: &'a Record, time: &'a str, client: &'a str) -> Vec<(&'static st
 }
 
 fn json(out: &mut String, at: SystemTime, r: &Record) {
-    let (time, client) = (rfc3339(at), r.client.map(|c| c.to_string()).unwrap_or_default());
     out.push('{');
-    let mut first = true;
-    for (k, v) in fields(r, &time, &client) {
-        let Some(v) = v else { continue };
-        if !first {
-            out.push(',');
-        }
-        first = false;
-        let _ = write!(out, "\"{k}\":");
-        match v {
-            V::S(s) => out.push_str(&serde_json::Value::from(s).to_string()),
-            V::N(n) => {
-                let _ = write!(out, "{n}");
-            }
-            V::F(f) => {
-                let _ = write!(out, "{f:.3}");
-            }
-        }
-    }
+    write_fields(
+        out,
+        at,
+        r,
+        ",",
+        |out, k| {
+            let _ = write!(out, "\"{k}\":");
+        },
+        |_| false,
+    );
     out.push('}');
 }
 
 fn logfmt(out: &mut String, at: SystemTime, r: &Record) {
+    write_fields(
+        out,
+        at,
+        r,
+        " ",
+        |out, k| {
+            let _ = write!(out, "{k}=");
+        },
+        |s| !s.is_empty() && s.bytes().all(|b| b.is_ascii_graphic() && b != b'"' && b != b'='),
+    );
+}
+
+/// The fields that are set, each as `key` then its value, `sep` between them; a string goes
+/// bare when `bare` says it may, else quoted with JSON's escapes (quotes, backslashes and
+/// control bytes).
+fn write_fields(
+    out: &mut String,
+    at: SystemTime,
+    r: &Record,
+    sep: &str,
+    key: impl Fn(&mut String, &str),
+    bare: impl Fn(&str) -> bool,
+) {
     let (time, client) = (rfc3339(at), r.client.map(|c| c.to_string()).unwrap_or_default());
     let mut first = true;
     for (k, v) in fields(r, &time, &client) {
         let Some(v) = v else { continue };
         if !first {
-            out.push(' ');
+            out.push_str(sep);
         }
         first = false;
-        let _ = write!(out, "{k}=");
-        match v {
-            V::S(s) if !s.is_empty() && s.bytes().all(|b| b.is_ascii_graphic() && b != b'"' && b != b'=') => {
-                out.push_str(s)
-            }
-            // Quoted, with quotes, backslashes and control bytes escaped (JSON's rules do).
-            V::S(s) => out.push_str(&serde_json::Value::from(s).to_string()),
-            V::N(n) => {
-                let _ = write!(out, "{n}");
-            }
-            V::F(f) => {
-                let _ = write!(out, "{f:.3}");
-            }
-        }
+        key(out, k);
+        let _ = match v {
+            V::S(s) if bare(s) => write!(out, "{s}"),
+            V::S(s) => write!(out, "{}", serde_json::Value::from(s)),
+            V::N(n) => write!(out, "{n}"),
+            V::F(f) => write!(out, "{f:.3}"),
+        };
     }
 }
 

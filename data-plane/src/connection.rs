@@ -125,7 +125,7 @@ pub async fn serve(listener: TcpListener, state: Arc<ProxyState>, workers: Arc<W
             },
         };
         state.runtime.accepted.fetch_add(1, Relaxed);
-        if crate::fds::take(&state.runtime).map(std::mem::forget).is_none() {
+        if !crate::fds::reserve(&state.runtime) {
             if let Some(log) = state.runtime.access_log.get() {
                 let termination = "max_connections";
                 log.log(access_log::Record { client: Some(peer), status: 503, termination, ..Default::default() });

@@ -41,23 +41,23 @@ impl Drop for Slot<'_> {
 }
 
 impl<'a> Slot<'a> {
-    /// Takes over a slot that [`take`] handed out and the caller forgot (it crossed to a
-    /// worker thread with its socket).
+    /// Takes charge of a slot [`reserve`] counted: whoever ends up holding the connection
+    /// (its worker, or the accept loop when the hand-over failed) gives it back on drop.
     pub fn adopt(rt: &'a Runtime) -> Slot<'a> {
         Slot(rt)
     }
 }
 
-/// Takes a slot for a new client connection, or `None` when the budget is spent.
-pub fn take(rt: &Runtime) -> Option<Slot<'_>> {
+/// Counts a new client connection, or says no when the budget is spent. The slot crosses to
+/// a worker thread with the socket; see [`Slot::adopt`].
+pub fn reserve(rt: &Runtime) -> bool {
     let max = rt.max_open.load(Relaxed);
     let n = rt.open.fetch_add(1, Relaxed);
     if max > 0 && n >= max {
         rt.open.fetch_sub(1, Relaxed);
-        rt.refused_fd_budget.fetch_add(1, Relaxed);
-        return None;
+        return false;
     }
-    Some(Slot(rt))
+    true
 }
 
 #[cfg(test)]

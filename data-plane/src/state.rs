@@ -34,8 +34,6 @@ pub struct Runtime {
     /// limit leaves room for (0: no cap); see [`crate::fds`].
     pub open: AtomicUsize,
     pub max_open: AtomicUsize,
-    /// Connections refused at accept because the descriptor budget was spent.
-    pub refused_fd_budget: AtomicU64,
     /// wss certificate sets loaded after the first, and loads that failed (old set kept).
     pub tls_reloads: AtomicU64,
     pub tls_reload_failures: AtomicU64,
@@ -76,7 +74,6 @@ impl ProxyState {
                 accepted: AtomicU64::new(0),
                 open: AtomicUsize::new(0),
                 max_open: AtomicUsize::new(0),
-                refused_fd_budget: AtomicU64::new(0),
                 tls_reloads: AtomicU64::new(0),
                 tls_reload_failures: AtomicU64::new(0),
                 handshake_failures: Mutex::new(BTreeMap::new()),

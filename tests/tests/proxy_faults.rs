@@ -398,16 +398,23 @@ async fn a_client_that_stops_reading_is_cut_off_not_held_forever() {
     writer.abort();
 }
 
+/// A one-node cluster, one echo backend routed for every request, and a proxy started with
+/// the flags `extra` makes (given the cluster's temp dir), running that config.
+async fn one_backend_behind(
+    extra: impl FnOnce(&std::path::Path) -> Vec<String>,
+) -> (Cluster, EchoBackend, ProxyProcess) {
+    let c = Cluster::start(1, &[]).await;
+    let b = EchoBackend::start("b1").await;
+    let rev = pool_with(&c.nodes[&1].addr, Algorithm::RoundRobin, &[(&b.addr, 1)]).await;
+    let proxy = ProxyProcess::spawn_with(&c.endpoints(), &c.dir.path().join("p.cache"), "p1", &extra(c.dir.path()));
+    proxy.wait_revision(rev).await;
+    (c, b, proxy)
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn past_max_connections_new_clients_get_503_at_accept_until_one_leaves() {
     let _g = serial().await;
-    let c = Cluster::start(1, &[]).await;
-    let b = EchoBackend::start("b1").await;
-    let addr = c.nodes[&1].addr.clone();
-    let rev = pool_with(&addr, Algorithm::RoundRobin, &[(&b.addr, 1)]).await;
-    let extra = ["--max-connections".to_string(), "3".into()];
-    let proxy = ProxyProcess::spawn_with(&c.endpoints(), &c.dir.path().join("p.cache"), "p1", &extra);
-    proxy.wait_revision(rev).await;
+    let (_c, _b, proxy) = one_backend_behind(|_| vec!["--max-connections".into(), "3".into()]).await;
     let mut held = Vec::new();
     for _ in 0..3 {
         held.push(ws_connect(&proxy.ws, "/", &[]).await.expect("within the cap").0);
@@ -440,14 +447,9 @@ async fn log_lines(path: &std::path::Path, n: usize) -> Vec<serde_json::Value> {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_access_log_has_a_line_per_connection_and_refusal_and_reopens_on_sigusr1() {
     let _g = serial().await;
-    let c = Cluster::start(1, &[]).await;
-    let b = EchoBackend::start("b1").await;
-    let addr = c.nodes[&1].addr.clone();
-    let rev = pool_with(&addr, Algorithm::RoundRobin, &[(&b.addr, 1)]).await;
+    let (c, b, proxy) =
+        one_backend_behind(|dir| vec!["--access-log".into(), dir.join("access.log").display().to_string()]).await;
     let log = c.dir.path().join("access.log");
-    let extra = ["--access-log".to_string(), log.display().to_string()];
-    let proxy = ProxyProcess::spawn_with(&c.endpoints(), &c.dir.path().join("p.cache"), "p1", &extra);
-    proxy.wait_revision(rev).await;
 
     let (mut ws, _) = ws_connect(&proxy.ws, "/room?token=secret", &[]).await.unwrap();
     echo(&mut ws, Message::text("one")).await.unwrap();
