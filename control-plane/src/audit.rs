@@ -61,7 +61,7 @@ impl AuditLog {
         self.records.range(start..)
     }
 
-    pub fn records(&self) -> impl Iterator<Item = &AuditRecord> {
+    pub fn records(&self) -> impl DoubleEndedIterator<Item = &AuditRecord> {
         self.records.iter()
     }
 

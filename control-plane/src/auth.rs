@@ -53,7 +53,7 @@ impl Caller {
         }
     }
 
-    fn may(&self, allowed: &[Role]) -> bool {
+    pub(crate) fn may(&self, allowed: &[Role]) -> bool {
         self.role().is_none_or(|r| allowed.contains(&r))
     }
 

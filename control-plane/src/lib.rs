@@ -8,6 +8,7 @@ pub mod backup;
 pub mod clock;
 pub mod cluster_id;
 pub mod config;
+pub mod console;
 pub mod error;
 pub mod fatal;
 pub mod health;

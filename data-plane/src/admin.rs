@@ -1,4 +1,5 @@
-//! The proxy's admin port: Prometheus `/metrics` and a JSON `/status`.
+//! The proxy's admin port: Prometheus `/metrics`, a JSON `/status`, and a page showing that
+//! status at `/` (HTML and a little JavaScript compiled in, no external assets).
 
 use std::convert::Infallible;
 use std::sync::atomic::Ordering::Relaxed;
@@ -86,16 +87,26 @@ fn not_allowed() -> Response<Full<Bytes>> {
         .expect("static response parts are valid")
 }
 
+const PAGE: &str = include_str!("admin/page.html");
+const PAGE_JS: &str = include_str!("admin/status.js");
+
 fn route(state: &ProxyState, req: Request<Incoming>) -> Response<Full<Bytes>> {
     let (ct, body, status) = match req.uri().path() {
+        "/" => ("text/html; charset=utf-8", PAGE.into(), StatusCode::OK),
+        "/status.js" => ("text/javascript; charset=utf-8", PAGE_JS.into(), StatusCode::OK),
         "/metrics" => ("application/openmetrics-text; version=1.0.0; charset=utf-8", metrics(state), StatusCode::OK),
         "/status" => ("application/json", status_json(state).to_string(), StatusCode::OK),
         "/healthz" => ("text/plain", "ok\n".into(), StatusCode::OK),
-        _ => ("text/plain", "not found: try /metrics or /status\n".into(), StatusCode::NOT_FOUND),
+        _ => ("text/plain", "not found: try /, /metrics or /status\n".into(), StatusCode::NOT_FOUND),
     };
     Response::builder()
         .status(status)
         .header("content-type", ct)
+        .header(
+            "content-security-policy",
+            "default-src 'self'; style-src 'self' 'unsafe-inline'; frame-ancestors 'none'",
+        )
+        .header("x-content-type-options", "nosniff")
         .body(Full::new(Bytes::from(body)))
         .expect("static response parts are valid")
 }

@@ -6,6 +6,7 @@
 //! start. For those the harness binds the socket itself and hands it over as fd 3 (systemd
 //! socket activation), keeping it for the test's whole life so a restarted node gets it back.
 
+pub mod browser;
 pub mod chaos;
 pub mod conformance;
 mod control;

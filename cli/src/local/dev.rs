@@ -123,6 +123,13 @@ pub(super) async fn run(args: DevArgs) -> Result<()> {
     let bound: Vec<_> = proxies.iter().filter_map(|p| Some((p.ws?, p.wss?, p.admin))).collect();
     output::dev_banner(&bound, &endpoints, &backends, &dir, &certs.dir);
     output::note(format!("control-plane metrics: {}", metrics_urls.join(" ")));
+    // Every node serves the console; node 1 initialized the cluster, so its data dir holds
+    // the first admin token.
+    let console = metrics_urls[0].trim_end_matches("metrics");
+    output::note(format!(
+        "web console: {console} (sign in with the token in {})",
+        dir.join("node-1").join("admin.token").display()
+    ));
     wait_for_signal().await;
     output::note("stopping");
     for p in proxies {

@@ -232,6 +232,7 @@ impl Discovery for DiscoveryService {
             last_report_ms: now_ms(),
             connections: r.loads.iter().map(|l| l.connections).sum(),
             node: self.node.advertise.clone(),
+            handshake_failures: r.handshake_failures,
         };
         // Reports are kept on the leader, which answers `proxy list` for the whole cluster. A
         // report that cannot reach it is dropped: the proxy sends a fresh one within seconds.

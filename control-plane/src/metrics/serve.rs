@@ -1,33 +1,60 @@
-//! The metrics port: a small hyper HTTP/1.1 server answering `GET /metrics` (and `/healthz`
-//! for a plain liveness probe). Read-only and unauthenticated, like etcd's
-//! `--listen-metrics-urls`: it serves on loopback unless told otherwise.
+//! The node's HTTP port: `GET /metrics` (unauthenticated and read-only, like etcd's
+//! `--listen-metrics-urls`), `/healthz` for a plain liveness probe, and the web console
+//! ([`crate::console`], which checks credentials itself). It serves on loopback unless told
+//! otherwise.
 
 use std::convert::Infallible;
+use std::net::SocketAddr;
 use std::sync::Arc;
+use std::time::Duration;
 
-use http_body_util::Full;
+use http_body_util::{BodyExt, Full};
 use hyper::body::{Bytes, Incoming};
 use hyper::{Method, Request, Response, StatusCode};
 use tokio::net::TcpListener;
 
+use crate::console::{self, Body};
 use crate::node::context::NodeCtx;
+
+/// Scrapers and a few console pages: past this many connections at once, new ones are closed
+/// at accept.
+const MAX_CONNECTIONS: usize = 64;
+/// A request head must arrive within this, so idle or slow clients hold nothing for long.
+const HEAD_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// Serves until the node's shutdown token is cancelled.
 pub async fn serve(listener: TcpListener, node: Arc<NodeCtx>) {
+    let slots = Arc::new(tokio::sync::Semaphore::new(MAX_CONNECTIONS));
     loop {
-        let sock = tokio::select! {
+        let (sock, peer) = tokio::select! {
             _ = node.shutdown.cancelled() => return,
-            r = listener.accept() => match r { Ok((s, _)) => s, Err(_) => continue },
+            r = listener.accept() => match r {
+                Ok(x) => x,
+                Err(_) => {
+                    // Out of descriptors, most likely: back off rather than spin.
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    continue;
+                }
+            },
+        };
+        let Ok(slot) = slots.clone().try_acquire_owned() else {
+            tracing::warn!("http port: {MAX_CONNECTIONS} connections open; closing a new one");
+            continue;
         };
         let node = node.clone();
         let stop = node.shutdown.clone();
         tokio::spawn(async move {
+            let _slot = slot;
             let svc = hyper::service::service_fn(move |req| {
                 let node = node.clone();
-                async move { Ok::<_, Infallible>(answer(&node, &req)) }
+                async move { Ok::<_, Infallible>(answer(&node, peer, req).await) }
             });
             let io = hyper_util::rt::TokioIo::new(sock);
-            let conn = hyper::server::conn::http1::Builder::new().serve_connection(io, svc);
+            let conn = hyper::server::conn::http1::Builder::new()
+                .timer(hyper_util::rt::TokioTimer::new())
+                .header_read_timeout(HEAD_TIMEOUT)
+                .max_buf_size(64 * 1024)
+                .serve_connection(io, svc);
             tokio::select! {
                 _ = conn => {}
                 _ = stop.cancelled() => {}
@@ -36,7 +63,7 @@ pub async fn serve(listener: TcpListener, node: Arc<NodeCtx>) {
     }
 }
 
-fn answer(node: &NodeCtx, req: &Request<Incoming>) -> Response<Full<Bytes>> {
+async fn answer(node: &Arc<NodeCtx>, peer: SocketAddr, req: Request<Incoming>) -> Response<Body> {
     let (status, ct, body) = match (req.method(), req.uri().path()) {
         (&Method::GET, "/metrics") => {
             (StatusCode::OK, "application/openmetrics-text; version=1.0.0; charset=utf-8", super::render(node))
@@ -45,12 +72,15 @@ fn answer(node: &NodeCtx, req: &Request<Incoming>) -> Response<Full<Bytes>> {
             None => (StatusCode::OK, "text/plain", "ok\n".into()),
             Some(why) => (StatusCode::SERVICE_UNAVAILABLE, "text/plain", format!("fatal: {why}\n")),
         },
-        (&Method::GET, _) => (StatusCode::NOT_FOUND, "text/plain", "not found: try /metrics\n".into()),
-        _ => (StatusCode::METHOD_NOT_ALLOWED, "text/plain", "only GET\n".into()),
+        (&Method::GET, _) | (&Method::POST, _) => match console::answer(node, peer, req).await {
+            Some(r) => return r,
+            None => (StatusCode::NOT_FOUND, "text/plain", "not found: try /metrics or / (the console)\n".into()),
+        },
+        _ => (StatusCode::METHOD_NOT_ALLOWED, "text/plain", "only GET (and POST for console actions)\n".into()),
     };
     Response::builder()
         .status(status)
         .header("content-type", ct)
-        .body(Full::new(Bytes::from(body)))
+        .body(Full::new(Bytes::from(body)).boxed_unsync())
         .expect("static response parts are valid")
 }

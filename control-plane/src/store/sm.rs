@@ -66,6 +66,11 @@ impl Live {
         }
         Some(self.history.iter().filter(|(r, _)| *r > from).cloned().collect())
     }
+
+    /// The last `n` change sets this node applied, oldest first.
+    pub fn recent(&self, n: usize) -> Vec<(u64, Arc<Vec<Change>>)> {
+        self.history.iter().skip(self.history.len().saturating_sub(n)).cloned().collect()
+    }
 }
 
 impl Live {

@@ -49,6 +49,7 @@ pub async fn run(state: Arc<ProxyState>, endpoints: Vec<String>, mut applied: wa
             rejected_reason: String::new(),
             loads,
             bindings,
+            handshake_failures: state.runtime.failures().values().sum(),
         };
         let addr = state.status.control_plane().connected.unwrap_or_else(|| endpoints[i % endpoints.len()].clone());
         let ch = match &open {
