@@ -6,7 +6,9 @@
 pub mod layer;
 pub mod serve;
 
+use std::collections::VecDeque;
 use std::sync::atomic::{AtomicI64, AtomicU64, Ordering::Relaxed};
+use std::sync::{Arc, Mutex, Weak};
 
 use openraft::ServerState;
 use prometheus_client::encoding::text::encode;
@@ -47,7 +49,16 @@ pub struct Metrics {
     pub flips: Family<Labels, Counter>,
     /// gRPC calls answered, by service, method and code (see [`layer`]).
     pub calls: Family<Labels, Counter>,
+    /// Leader: from a revision applied here to a proxy running it, by the proxy's report.
+    pub propagation: Histogram,
+    /// When recent apply batches finished: (last index, unix ms), oldest first.
+    applied_at: Mutex<VecDeque<(u64, u64)>>,
+    /// The revision each open watch stream has sent through.
+    watch_sent: Mutex<Vec<Weak<AtomicU64>>>,
 }
+
+/// Apply batches remembered for propagation times: minutes of writes at any sane rate.
+const APPLIED_REMEMBERED: usize = 4096;
 
 impl Default for Metrics {
     fn default() -> Self {
@@ -66,6 +77,10 @@ impl Default for Metrics {
             probes: Family::default(),
             flips: Family::default(),
             calls: Family::default(),
+            // 1 ms to about 16 s.
+            propagation: Histogram::new(exponential_buckets(0.001, 2.0, 15)),
+            applied_at: Mutex::new(VecDeque::with_capacity(APPLIED_REMEMBERED)),
+            watch_sent: Mutex::new(Vec::new()),
         }
     }
 }
@@ -76,14 +91,57 @@ impl Metrics {
     }
 
     /// Counts one open watch stream until the guard is dropped.
-    pub fn watch_stream(self: &std::sync::Arc<Self>) -> WatchGuard {
+    pub fn watch_stream(self: &Arc<Self>) -> WatchGuard {
         self.watch_streams.fetch_add(1, Relaxed);
-        WatchGuard(self.clone())
+        let sent = Arc::new(AtomicU64::new(0));
+        let mut all = self.watch_sent.lock().unwrap_or_else(|e| e.into_inner());
+        all.retain(|w| w.strong_count() > 0);
+        all.push(Arc::downgrade(&sent));
+        WatchGuard(self.clone(), sent)
+    }
+
+    /// Records that this node applied through `index` at `at_ms`.
+    pub fn note_applied(&self, index: u64, at_ms: u64) {
+        let mut q = self.applied_at.lock().unwrap_or_else(|e| e.into_inner());
+        if q.len() == APPLIED_REMEMBERED {
+            q.pop_front();
+        }
+        q.push_back((index, at_ms));
+    }
+
+    /// When this node applied `revision`, if it is recent enough to be remembered (the batch
+    /// before it must be known too, or the revision may be older than the memory).
+    pub fn applied_time(&self, revision: u64) -> Option<u64> {
+        let q = self.applied_at.lock().unwrap_or_else(|e| e.into_inner());
+        let i = q.partition_point(|(idx, _)| *idx < revision);
+        (i > 0).then(|| q.get(i).map(|(_, at)| *at)).flatten()
+    }
+
+    /// Leader: a proxy reported running `revision` since `proxy_ms` (its clock, unix ms).
+    /// Clocks of different machines differ by their NTP error; a proxy ahead of the leader's
+    /// clock counts as 0.
+    pub fn observe_propagation(&self, revision: u64, proxy_ms: u64) {
+        if let Some(t) = self.applied_time(revision) {
+            self.propagation.observe(proxy_ms.saturating_sub(t) as f64 / 1000.0);
+        }
+    }
+
+    /// The most revisions an open watch stream is behind `applied`.
+    fn watch_lag(&self, applied: u64) -> u64 {
+        let all = self.watch_sent.lock().unwrap_or_else(|e| e.into_inner());
+        all.iter().filter_map(Weak::upgrade).map(|s| applied.saturating_sub(s.load(Relaxed))).max().unwrap_or(0)
     }
 }
 
-/// Held by a watch stream's task.
-pub struct WatchGuard(std::sync::Arc<Metrics>);
+/// Held by a watch stream's task; says how far the stream has sent.
+pub struct WatchGuard(Arc<Metrics>, Arc<AtomicU64>);
+
+impl WatchGuard {
+    /// The stream is current through `revision`.
+    pub fn sent(&self, revision: u64) {
+        self.1.store(revision, Relaxed);
+    }
+}
 
 impl Drop for WatchGuard {
     fn drop(&mut self) {
@@ -152,6 +210,18 @@ pub fn render(node: &NodeCtx) -> String {
     reg.register("snapshot_builds", "Snapshots this node built", m.snapshot_builds.clone());
     reg.register("snapshot_installs", "Snapshots this node installed from a leader", m.snapshot_installs.clone());
     gauge(&mut reg, "watch_streams", "Discovery watch streams open on this node", m.watch_streams.load(Relaxed));
+    let applied_rev = raft.last_applied.map_or(0, |l| l.index);
+    gauge(
+        &mut reg,
+        "watch_lag_revisions",
+        "Most revisions any watch stream on this node is behind what it applied (entries without changes count until the next progress event)",
+        m.watch_lag(applied_rev) as i64,
+    );
+    reg.register(
+        "proxy_propagation_seconds",
+        "Leader only: from a revision applied on the leader to a proxy running it, by proxy reports",
+        m.propagation.clone(),
+    );
 
     let applied = Family::<Labels, Gauge>::default();
     if node.is_leader() {

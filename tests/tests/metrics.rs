@@ -142,6 +142,7 @@ async fn three_nodes_expose_agreeing_raft_metrics_and_count_calls_by_method_and_
     eventually("the watch stream to be counted", Duration::from_secs(5), || streams(1.0)).await;
     drop(stream);
     eventually("the closed watch stream to be uncounted", Duration::from_secs(5), || streams(0.0)).await;
+    assert_eq!(value(&scrape(watch_on).await, "switchyard_control_watch_lag_revisions", &[]), Some(0.0));
 
     // The Grafana dashboard asks only for metrics a node exposes.
     let text = c.nodes[&leader].scrape().await.expect("scrape");
@@ -152,7 +153,7 @@ async fn three_nodes_expose_agreeing_raft_metrics_and_count_calls_by_method_and_
     // or runs a proxy, so those are looked up where the node registers them instead.
     let source = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/../control-plane/src/metrics.rs"))
         .expect("control-plane/src/metrics.rs");
-    let idle = ["health_probes", "health_flips", "proxy_applied_revision"];
+    let idle = ["health_probes", "health_flips", "proxy_applied_revision", "proxy_propagation_seconds"];
     let mut used = 0;
     for (i, _) in dashboard.match_indices("switchyard_control_") {
         let name: String = dashboard[i..].chars().take_while(|c| c.is_ascii_alphanumeric() || *c == '_').collect();
@@ -163,4 +164,32 @@ async fn three_nodes_expose_agreeing_raft_metrics_and_count_calls_by_method_and_
         used += 1;
     }
     assert!(used >= 15, "the dashboard queries the metrics ({used} uses found)");
+}
+
+/// A proxy following the cluster: once it has reported, each revision it moves to is timed
+/// from the leader's apply to the proxy's, into the leader's propagation histogram.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_leader_times_writes_reaching_proxies() {
+    let _g = serial().await;
+    let c = Cluster::start(1, &[]).await;
+    let node = &c.nodes[&1];
+    let dir = tempfile::tempdir().unwrap();
+    let proxy = ProxyProcess::spawn(&node.addr, &dir.path().join("p.cache"), "timed");
+    let count = || async {
+        value(&scrape(node).await, "switchyard_control_proxy_propagation_seconds_count", &[]).unwrap_or(0.0)
+    };
+    eventually("the proxy's first report", Duration::from_secs(15), || async {
+        let s = scrape(node).await;
+        value(&s, "switchyard_control_proxy_applied_revision", &[("proxy", "timed")]).map(|_| ())
+    })
+    .await;
+    assert_eq!(count().await, 0.0, "a first report is never timed: it may be a restarted proxy's cache");
+    let rev = route_all(&node.addr, "timed-pool", &["127.0.0.1:9"]).await;
+    let applied = http_get(&proxy.admin, &format!("/applied?revision={rev}")).await;
+    assert!(applied.is_some(), "the proxy runs revision {rev}");
+    eventually("the move to be timed", Duration::from_secs(15), || async { (count().await >= 1.0).then_some(()) })
+        .await;
+    let s = scrape(node).await;
+    let sum = value(&s, "switchyard_control_proxy_propagation_seconds_sum", &[]).expect("sum");
+    assert!(sum.is_finite() && sum >= 0.0, "propagation sum {sum}");
 }

@@ -142,7 +142,6 @@ impl Discovery for DiscoveryService {
         ticks.borrow_and_update();
         let open = node.metrics.watch_stream();
         tokio::spawn(async move {
-            let _open = open;
             // Whether an event went out since the last tick: then no progress is due.
             let mut sent_since_tick = true;
             for ev in first {
@@ -150,6 +149,7 @@ impl Discovery for DiscoveryService {
                     return;
                 }
             }
+            open.sent(last);
             loop {
                 let notice = tokio::select! {
                     biased;
@@ -186,6 +186,7 @@ impl Discovery for DiscoveryService {
                         if tx.send(Ok(progress_event(last, leader_revision))).await.is_err() {
                             return;
                         }
+                        open.sent(last);
                         continue;
                     }
                     n = rx.recv() => n,
@@ -208,6 +209,7 @@ impl Discovery for DiscoveryService {
                 if tx.send(Ok(shown(ev, secret))).await.is_err() {
                     return;
                 }
+                open.sent(last);
             }
         });
         let mut res: Response<WatchStream> = Response::new(Box::pin(tokio_stream::wrappers::ReceiverStream::new(out)));
@@ -233,6 +235,7 @@ impl Discovery for DiscoveryService {
             connections: r.loads.iter().map(|l| l.connections).sum(),
             node: self.node.advertise.clone(),
             handshake_failures: r.handshake_failures,
+            applied_unix_ms: r.applied_unix_ms,
         };
         // Reports are kept on the leader, which answers `proxy list` for the whole cluster. A
         // report that cannot reach it is dropped: the proxy sends a fresh one within seconds.

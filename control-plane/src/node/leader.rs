@@ -152,7 +152,13 @@ impl RunOnLeader for Report {
         let Report { status: Pb(status), mut bindings, loads } = self;
         // Keys are hashed on the proxy; a raw one (an old proxy's) is never stored.
         bindings.retain(|Pb(b)| switchyard_model::affinity::is_hashed(&b.key));
-        ctx.proxies.record(status, loads.into_iter().map(|Pb(l)| l).collect());
+        let (revision, since) = (status.applied_revision, status.applied_unix_ms);
+        let before = ctx.proxies.record(status, loads.into_iter().map(|Pb(l)| l).collect());
+        // A first report may be a restarted proxy's cached config, applied long after the
+        // write: propagation is timed only on revisions a proxy moved to while reporting here.
+        if before.is_some_and(|b| revision > b) && since > 0 {
+            ctx.metrics.observe_propagation(revision, since);
+        }
         ctx.metrics.reports.inc();
         if !bindings.is_empty() {
             ctx.metrics.bindings_absorbed.inc_by(bindings.len() as u64);

@@ -17,11 +17,12 @@ pub struct ProxyRegistry {
 }
 
 impl ProxyRegistry {
-    /// Records a proxy's report, replacing its previous one.
-    pub fn record(&self, status: ProxyStatus, loads: Vec<BackendLoad>) {
+    /// Records a proxy's report, replacing its previous one, whose applied revision it
+    /// returns.
+    pub fn record(&self, status: ProxyStatus, loads: Vec<BackendLoad>) -> Option<u64> {
         let id = status.proxy_id.clone();
         self.loads.lock().unwrap_or_else(|e| e.into_inner()).insert(id.clone(), (loads, Instant::now()));
-        self.statuses.lock().unwrap_or_else(|e| e.into_inner()).insert(id, status);
+        self.statuses.lock().unwrap_or_else(|e| e.into_inner()).insert(id, status).map(|s| s.applied_revision)
     }
 
     /// Every proxy that ever reported to this leader, by id.

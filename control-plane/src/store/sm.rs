@@ -402,6 +402,9 @@ impl RaftStateMachine<TypeConfig> for StateMachineStore {
             live.history.push_back((rev, changes.clone()));
             let _ = self.shared.tx.send(Notice::Changes(rev, changes));
         }
+        if let Some(l) = live.last_applied {
+            self.metrics.note_applied(l.index, crate::clock::now_ms());
+        }
         Ok(replies)
     }
 

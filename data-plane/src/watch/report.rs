@@ -50,6 +50,10 @@ pub async fn run(state: Arc<ProxyState>, endpoints: Vec<String>, mut applied: wa
             loads,
             bindings,
             handshake_failures: state.runtime.failures().values().sum(),
+            applied_unix_ms: state
+                .status
+                .applied_at(rev)
+                .map_or(0, |(_, at)| at.duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_millis() as u64)),
         };
         let addr = state.status.control_plane().connected.unwrap_or_else(|| endpoints[i % endpoints.len()].clone());
         let ch = match &open {
