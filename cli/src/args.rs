@@ -237,6 +237,13 @@ pub struct PoolOpts {
     /// Window over which a draining backend's connections are closed, e.g. 30s.
     #[arg(long, value_parser = humantime::parse_duration)]
     pub drain_timeout: Option<Duration>,
+    /// Plain HTTP: the largest request body taken, in bytes (0 = the proxy's 10 MiB).
+    #[arg(long)]
+    pub max_body: Option<u64>,
+    /// Plain HTTP: how long a backend may take to start answering, e.g. 90s (long-polling
+    /// requests are held for tens of seconds; default 120s).
+    #[arg(long, value_parser = humantime::parse_duration)]
+    pub response_timeout: Option<Duration>,
     /// Active health check.
     #[arg(long, value_enum)]
     pub health_check: Option<HealthCheckArg>,

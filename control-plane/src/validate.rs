@@ -110,6 +110,12 @@ pub fn pool(mut p: Pool) -> Result<Pool, ApiError> {
     if p.drain_timeout_ms > 24 * 3600 * 1000 {
         return Err(invalid("drain timeout must be at most 24h"));
     }
+    if p.max_body_bytes > 1 << 30 {
+        return Err(invalid("max body must be at most 1 GiB"));
+    }
+    if p.response_timeout_ms > 3600 * 1000 {
+        return Err(invalid("response timeout must be at most 1h"));
+    }
     if let Some(hc) = &p.health_check {
         health_check(hc)?;
     }

@@ -39,6 +39,8 @@ pub struct Record {
     /// For wss: the TLS version and the server name the client asked for.
     pub tls: Option<(&'static str, Option<String>)>,
     pub host: Option<String>,
+    /// For plain HTTP requests: the method (WebSocket connections are all GET upgrades).
+    pub method: Option<String>,
     /// The request path, without the query (it may carry credentials).
     pub path: Option<String>,
     pub route: Option<String>,
@@ -174,6 +176,7 @@ fn fields<'a>(r: &'a Record, time: &'a str, client: &'a str) -> Vec<(&'static st
         ("status", Some(V::N(r.status.into()))),
         ("termination", Some(V::S(r.termination))),
         ("host", r.host.as_deref().map(V::S)),
+        ("method", r.method.as_deref().map(V::S)),
         ("path", r.path.as_deref().map(V::S)),
         ("route", r.route.as_deref().map(V::S)),
         ("pool", r.pool.as_deref().map(V::S)),

@@ -44,6 +44,15 @@ impl Affinity {
         k
     }
 
+    /// Like [`Self::bind_live`] for a binding this proxy already holds: kept live (and so
+    /// refreshed by the periodic report) without reporting it again at once, so a stream of
+    /// plain HTTP requests on one session costs no report per request.
+    pub fn hold_live(&self, pool: &str, key: &str, backend: &str) -> LiveKey {
+        let k = (pool.to_string(), key.to_string(), backend.to_string());
+        *self.live.lock().unwrap_or_else(|e| e.into_inner()).entry(k.clone()).or_default() += 1;
+        k
+    }
+
     /// The connection behind `k` ended.
     pub fn unbind_live(&self, k: &LiveKey) {
         let mut live = self.live.lock().unwrap_or_else(|e| e.into_inner());

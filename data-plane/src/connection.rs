@@ -16,7 +16,7 @@ use crate::relay::{self, CloseHandle, Limits, Stream};
 use crate::state::ProxyState;
 use crate::tls::BackendTls;
 
-mod streams;
+pub(crate) mod streams;
 use streams::{accept_tls, backend_stream, client_stream, connect_backend, BackendFail, ClientIo};
 
 /// What every connection's handling needs besides the shared state.
@@ -145,13 +145,13 @@ pub async fn serve(listener: TcpListener, state: Arc<ProxyState>, workers: Arc<W
     }
 }
 
-async fn reject_none<T>(state: &ProxyState, rec: &mut Log, sock: ClientIo, r: Reject) -> Option<T> {
+async fn reject_none(state: &ProxyState, rec: &mut Log, sock: ClientIo, r: Reject) -> Opened {
     if let Some(rec) = rec {
         rec.status = r.status();
         rec.termination = r.reason();
     }
     reject(state, sock, r).await;
-    None
+    Opened::Done
 }
 
 /// The access-log record of a connection, when access logging is on (boxed: a connection's
@@ -180,6 +180,18 @@ async fn read_head<S: AsyncRead + Unpin>(sock: &mut S, buf: &mut Vec<u8>, max: u
             Ok(_) => {}
         }
     }
+}
+
+/// How a connection's first request went. Returned once per connection and taken apart at
+/// once, so the WebSocket variant is not boxed (that would be an allocation per handshake).
+#[allow(clippy::large_enum_variant)]
+enum Opened {
+    /// A WebSocket, past its handshake.
+    Ws(Established),
+    /// A plain HTTP request: the connection and the bytes read so far, for [`crate::plain`].
+    Plain(ClientIo, Vec<u8>),
+    /// Refused, answered, or gone.
+    Done,
 }
 
 /// A connection past its handshake: what the relay needs, and nothing else.
@@ -238,16 +250,23 @@ async fn handle(state: Arc<ProxyState>, client: TcpStream, peer: SocketAddr, ctx
     };
     // The handshake's buffers, parsed headers and table reference die with `open`'s future,
     // so an established connection keeps only its sockets and relay state.
-    let Some(e) = open(&state, &mut rec, client, peer, &ctx, tls).await else {
-        if let (Some(log), Some(mut r)) = (log, rec) {
-            // A client that connected and left without a request is not a request.
-            if r.status != 0 {
-                r.duration = started.elapsed();
-                r.handshake = r.duration;
-                log.log(*r);
-            }
+    let e = match open(&state, &mut rec, client, peer, &ctx, tls).await {
+        Opened::Ws(e) => e,
+        Opened::Plain(client, first) => {
+            crate::plain::serve(state.clone(), ctx.clone(), client, first, peer, tls).await;
+            return;
         }
-        return;
+        Opened::Done => {
+            if let (Some(log), Some(mut r)) = (log, rec) {
+                // A client that connected and left without a request is not a request.
+                if r.status != 0 {
+                    r.duration = started.elapsed();
+                    r.handshake = r.duration;
+                    log.log(*r);
+                }
+            }
+            return;
+        }
     };
     let handshake = started.elapsed();
     let Established { client, backend, client_early, backend_early, pool, address, stats, limits, session } = e;
@@ -316,7 +335,7 @@ async fn open(
     peer: SocketAddr,
     ctx: &Ctx,
     tls: bool,
-) -> Option<Established> {
+) -> Opened {
     let tuning = ctx.tuning;
     let table = state.table.load_full();
     let s = table.settings;
@@ -326,10 +345,13 @@ async fn open(
     let head_len = match tokio::time::timeout(hs_timeout, read_head(&mut client, &mut buf, max_header)).await {
         Ok(Ok(n)) if n <= max_header => n,
         Ok(Ok(_)) => return reject_none(state, rec, client, Reject::HeadersTooLarge).await,
-        Ok(Err(Reject::BadRequest(_))) if buf.is_empty() => return None, // connected and left
+        Ok(Err(Reject::BadRequest(_))) if buf.is_empty() => return Opened::Done, // connected and left
         Ok(Err(r)) => return reject_none(state, rec, client, r).await,
         Err(_) => return reject_none(state, rec, client, Reject::Timeout).await,
     };
+    if !handshake::wants_websocket(&buf[..head_len]) {
+        return Opened::Plain(client, buf);
+    }
     let up = match handshake::parse_request(&buf[..head_len]) {
         Ok(u) => u,
         Err(r) => return reject_none(state, rec, client, r).await,
@@ -425,10 +447,10 @@ async fn open(
             r.termination = "backend_refused";
         }
         if client.write_all(&resp).await.is_err() {
-            return None;
+            return Opened::Done;
         }
         let _ = tokio::time::timeout(Duration::from_secs(5), tokio::io::copy(&mut backend, &mut client)).await;
-        return None;
+        return Opened::Done;
     }
     // Frames the backend sent right behind its 101 go through the relay, which tracks them.
     let backend_early = resp.split_off(resp_len);
@@ -439,7 +461,7 @@ async fn open(
     }
     // Flushed: TLS may hold the 101's record until then, and the relay starts clean.
     if client.write_all(&resp).await.is_err() || client.flush().await.is_err() {
-        return None;
+        return Opened::Done;
     }
     drop(resp);
     let limits = Limits {
@@ -449,7 +471,7 @@ async fn open(
     };
     let session = session.map(|k| state.affinity.bind_live(&pool.pool.name, &k, &entry.backend.address));
     // Bytes the client sent behind its head go through the relay, which tracks their frames.
-    Some(Established {
+    Opened::Ws(Established {
         client: client_stream(client),
         backend: backend_stream(backend),
         client_early: early,
@@ -464,7 +486,7 @@ async fn open(
 
 /// The session key for a pool's affinity spec, and the `Set-Cookie` line to add to the 101
 /// when the spec is a cookie the client does not have yet.
-fn session_key(
+pub(crate) fn session_key(
     spec: Option<&switchyard_model::KeySpec>,
     up: &handshake::Upgrade,
     client: std::net::IpAddr,

@@ -125,7 +125,7 @@ fn has_bare_lf(head: &[u8]) -> bool {
 /// A Host value the proxy can route on and repeat in `Forwarded`: a DNS name or IPv4 address,
 /// or an IPv6 literal in brackets, and an optional port. Anything else (quotes, semicolons,
 /// spaces, userinfo) is refused rather than escaped.
-fn valid_authority(h: &str) -> bool {
+pub(crate) fn valid_authority(h: &str) -> bool {
     let (host, port) = if let Some(rest) = h.strip_prefix('[') {
         let Some((v6, after)) = rest.split_once(']') else { return false };
         if v6.is_empty() || !v6.bytes().all(|b| b.is_ascii_hexdigit() || b == b':' || b == b'.') {
@@ -166,8 +166,17 @@ fn absolute_form(target: &str) -> Option<Result<(String, String), Reject>> {
     Some(Ok((authority.to_string(), path)))
 }
 
-fn has_token(v: &[u8], token: &str) -> bool {
+pub(crate) fn has_token(v: &[u8], token: &str) -> bool {
     std::str::from_utf8(v).is_ok_and(|s| s.split(',').any(|t| t.trim().eq_ignore_ascii_case(token)))
+}
+
+/// Whether a complete head asks for a WebSocket upgrade (an `Upgrade` header naming
+/// `websocket`): such a head goes the WebSocket way, and any other is a plain HTTP request.
+pub fn wants_websocket(head: &[u8]) -> bool {
+    head.split(|b| *b == b'\n').skip(1).any(|line| {
+        let Some(colon) = line.iter().position(|b| *b == b':') else { return false };
+        line[..colon].trim_ascii().eq_ignore_ascii_case(b"upgrade") && has_token(&line[colon + 1..], "websocket")
+    })
 }
 
 /// Checks a complete request head.
@@ -247,7 +256,7 @@ fn valid_key(k: &[u8]) -> bool {
     k.len() == 24 && k.ends_with(b"==") && k[..22].iter().all(|b| b.is_ascii_alphanumeric() || *b == b'+' || *b == b'/')
 }
 
-fn strip_port(h: &str) -> &str {
+pub(crate) fn strip_port(h: &str) -> &str {
     if let Some(rest) = h.strip_prefix('[') {
         return rest.split(']').next().unwrap_or(rest);
     }
@@ -397,6 +406,16 @@ mod tests {
             refused(&twice("Sec-WebSocket-Version: 13")),
             Reject::BadRequest("more than one Sec-WebSocket-Version")
         );
+    }
+
+    #[test]
+    fn only_heads_naming_websocket_in_upgrade_take_the_websocket_path() {
+        assert!(wants_websocket(GOOD.as_bytes()));
+        assert!(wants_websocket(b"GET / HTTP/1.1\r\nupgrade :  h2c, WebSocket\r\n\r\n"));
+        assert!(!wants_websocket(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n"));
+        assert!(!wants_websocket(b"POST /upgrade HTTP/1.1\r\nUpgrade: h2c\r\nX-Note: websocket\r\n\r\n"));
+        // The request line is not a header, whatever it says.
+        assert!(!wants_websocket(b"GET /upgrade:websocket HTTP/1.1\r\nHost: x\r\n\r\n"));
     }
 
     #[test]

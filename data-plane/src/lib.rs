@@ -14,6 +14,7 @@ pub mod fds;
 pub mod frame;
 pub mod handshake;
 mod hash;
+pub mod plain;
 pub mod relay;
 pub mod state;
 pub mod stats;

@@ -17,6 +17,8 @@ pub const POOL_FIELDS: &[&str] = &[
     "health_check",
     "max_connections_per_backend",
     "drain_timeout_ms",
+    "max_body_bytes",
+    "response_timeout_ms",
 ];
 
 pub const SETTINGS_FIELDS: &[&str] = &[
@@ -41,6 +43,8 @@ pub fn merge_pool(cur: &Pool, new: &Pool, mask: &[String]) -> Result<Pool, Unkno
             "health_check" => p.health_check = new.health_check.clone(),
             "max_connections_per_backend" => p.max_connections_per_backend = new.max_connections_per_backend,
             "drain_timeout_ms" => p.drain_timeout_ms = new.drain_timeout_ms,
+            "max_body_bytes" => p.max_body_bytes = new.max_body_bytes,
+            "response_timeout_ms" => p.response_timeout_ms = new.response_timeout_ms,
             other => return Err(UnknownField(other.to_string())),
         }
     }
@@ -83,6 +87,8 @@ mod tests {
             health_check: Some(Default::default()),
             max_connections_per_backend: 4,
             drain_timeout_ms: 5,
+            max_body_bytes: 6,
+            response_timeout_ms: 7,
             ..Default::default()
         };
         let cur = Pool { name: "p".into(), created_revision: 2, ..Default::default() };

@@ -11,12 +11,14 @@ pub mod chaos;
 pub mod conformance;
 mod control;
 mod data;
+mod http_backend;
 mod pki;
 mod process;
 mod tls;
 
 pub use control::*;
 pub use data::*;
+pub use http_backend::*;
 pub use pki::*;
 pub use process::*;
 pub use tls::*;

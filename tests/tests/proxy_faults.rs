@@ -462,7 +462,9 @@ async fn the_access_log_has_a_line_per_connection_and_refusal_and_reopens_on_sig
     while ws.next().await.is_some() {}
     drop(ws);
     let mut plain = tokio::net::TcpStream::connect(&proxy.ws).await.unwrap();
-    tokio::io::AsyncWriteExt::write_all(&mut plain, b"GET / HTTP/1.1\r\nHost: x\r\n\r\n").await.unwrap();
+    tokio::io::AsyncWriteExt::write_all(&mut plain, b"GET / HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\n\r\n")
+        .await
+        .unwrap();
     let lines = log_lines(&log, 2).await;
     let done = lines.iter().find(|l| l["status"] == 101).expect("the relayed connection's line");
     assert_eq!(done["termination"], "client_closed", "{done}");
@@ -483,7 +485,8 @@ async fn the_access_log_has_a_line_per_connection_and_refusal_and_reopens_on_sig
     eventually("lines go to a reopened file", Duration::from_secs(10), || async {
         // Each try is a refused handshake, which writes a line.
         let mut s = tokio::net::TcpStream::connect(&proxy.ws).await.ok()?;
-        tokio::io::AsyncWriteExt::write_all(&mut s, b"GET / HTTP/1.1\r\nHost: x\r\n\r\n").await.ok()?;
+        let half_upgrade = b"GET / HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\n\r\n";
+        tokio::io::AsyncWriteExt::write_all(&mut s, half_upgrade).await.ok()?;
         std::fs::metadata(&log).ok().filter(|m| m.len() > 0)
     })
     .await;

@@ -89,6 +89,14 @@ fn apply_pool_opts(pool: &mut Pool, o: &PoolOpts) -> Vec<String> {
         pool.drain_timeout_ms = ms(d);
         set("drain_timeout_ms");
     }
+    if let Some(b) = o.max_body {
+        pool.max_body_bytes = b;
+        set("max_body_bytes");
+    }
+    if let Some(t) = o.response_timeout {
+        pool.response_timeout_ms = ms(t);
+        set("response_timeout_ms");
+    }
     let hc_given = o.health_check.is_some()
         || o.health_interval.is_some()
         || o.health_timeout.is_some()

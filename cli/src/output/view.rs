@@ -59,6 +59,8 @@ pub(super) fn pool_json(p: &Pool) -> Value {
         "affinity_ttl_ms": p.affinity_ttl_ms,
         "max_connections_per_backend": p.max_connections_per_backend,
         "drain_timeout_ms": p.drain_timeout_ms,
+        "max_body_bytes": p.max_body_bytes,
+        "response_timeout_ms": p.response_timeout_ms,
         "health_check": {
             "kind": health_check_kind(hc.kind),
             "interval_ms": hc.interval_ms, "timeout_ms": hc.timeout_ms,

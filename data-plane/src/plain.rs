@@ -1,0 +1,479 @@
+//! Plain HTTP/1.1 on the WebSocket listeners, for applications that start with long-polling
+//! (socket.io, SockJS, SignalR) or serve a few plain requests beside their WebSocket. A
+//! request that is not an upgrade is routed by the same routes, balanced by the same pools
+//! and bound by the same session affinity as a WebSocket connection, so a long-polling
+//! session and its later upgrade land on the same backend from any proxy.
+//!
+//! hyper parses and serves: the client's connection is handed over with the bytes already
+//! read for its first head, and every request is rebuilt for the backend from parsed parts,
+//! so no byte of a client's framing reaches a backend (no request smuggling through the
+//! proxy). The WebSocket path is untouched: it is chosen from the first head before hyper
+//! is involved.
+
+mod backends;
+pub mod bodies;
+
+use std::convert::Infallible;
+use std::net::{IpAddr, SocketAddr};
+use std::pin::Pin;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering::Relaxed};
+use std::sync::Arc;
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use http_body_util::{BodyExt, Empty, Full};
+use hyper::body::{Body as _, Bytes, Incoming};
+use hyper::header::{self, HeaderMap, HeaderName, HeaderValue};
+use hyper::{Request, Response, StatusCode, Version};
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+
+use self::bodies::{Limited, Relayed, ReqBody, RespBody};
+use crate::access_log;
+use crate::connection::streams::{BackendFail, ClientIo};
+use crate::connection::{handshake_timeout, Ctx};
+use crate::handshake::{self, Reject};
+use crate::state::ProxyState;
+
+/// Defaults for pools that do not set their own limits. Long-polling requests are held by
+/// the backend for tens of seconds (socket.io's default ping interval is 25 s), so the
+/// response timeout is generous; NGINX's `proxy_read_timeout` default of 60 s cuts
+/// SignalR's 90-110 s polls.
+pub const DEFAULT_MAX_BODY: u64 = 10 << 20;
+pub const DEFAULT_RESPONSE_TIMEOUT: Duration = Duration::from_secs(120);
+/// hyper's smallest read buffer.
+const MIN_BUF: usize = 8192;
+
+/// Serves plain HTTP on a client connection whose first head (and whatever followed it) is
+/// in `first`, until the client closes, the connection idles out, or the proxy shuts down.
+pub async fn serve(
+    state: Arc<ProxyState>,
+    ctx: Arc<Ctx>,
+    client: ClientIo,
+    first: Vec<u8>,
+    peer: SocketAddr,
+    tls: bool,
+) {
+    let table = state.table.load();
+    let head_timeout = handshake_timeout(&table.settings);
+    let max_header = match table.settings.max_header_bytes {
+        0 => 16 * 1024,
+        n => n as usize,
+    };
+    drop(table);
+    let io = hyper_util::rt::TokioIo::new(Prefixed { first: Bytes::from(first), io: client });
+    let st = state.clone();
+    let svc = hyper::service::service_fn(move |req| {
+        let (st, ctx) = (st.clone(), ctx.clone());
+        async move { Ok::<_, Infallible>(handle(&st, &ctx, req, peer, tls).await) }
+    });
+    let conn = hyper::server::conn::http1::Builder::new()
+        .timer(hyper_util::rt::TokioTimer::new())
+        .header_read_timeout(head_timeout)
+        .max_buf_size(max_header.max(MIN_BUF))
+        .keep_alive(true)
+        .serve_connection(io, svc);
+    tokio::pin!(conn);
+    let stop = state.runtime.shutdown.clone();
+    tokio::select! {
+        r = conn.as_mut() => {
+            if let Err(e) = r {
+                tracing::debug!(%peer, "plain HTTP connection: {e}");
+            }
+        }
+        _ = stop.cancelled() => {
+            // Requests in flight finish; the connection then closes instead of idling.
+            conn.as_mut().graceful_shutdown();
+            let _ = tokio::time::timeout(Duration::from_secs(30), conn).await;
+        }
+    }
+}
+
+/// The first head's bytes, then the connection.
+struct Prefixed {
+    first: Bytes,
+    io: ClientIo,
+}
+
+impl AsyncRead for Prefixed {
+    fn poll_read(mut self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &mut ReadBuf<'_>) -> Poll<std::io::Result<()>> {
+        if !self.first.is_empty() {
+            let n = self.first.len().min(buf.remaining());
+            buf.put_slice(&self.first.split_to(n));
+            return Poll::Ready(Ok(()));
+        }
+        Pin::new(&mut self.io).poll_read(cx, buf)
+    }
+}
+
+impl AsyncWrite for Prefixed {
+    fn poll_write(mut self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &[u8]) -> Poll<std::io::Result<usize>> {
+        Pin::new(&mut self.io).poll_write(cx, buf)
+    }
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.io).poll_flush(cx)
+    }
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.io).poll_shutdown(cx)
+    }
+}
+
+/// The headers that describe one hop (RFC 9110 §7.6.1), never forwarded.
+const HOP_BY_HOP: [&str; 8] = [
+    "connection",
+    "keep-alive",
+    "proxy-connection",
+    "te",
+    "trailer",
+    "transfer-encoding",
+    "upgrade",
+    "proxy-authenticate",
+];
+
+/// Removes hop-by-hop headers, including those the Connection header names.
+fn strip_hop_by_hop(h: &mut HeaderMap) {
+    let named: Vec<HeaderName> = h
+        .get_all(header::CONNECTION)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .filter_map(|t| HeaderName::from_bytes(t.trim().as_bytes()).ok())
+        .collect();
+    for n in named {
+        h.remove(n);
+    }
+    for n in HOP_BY_HOP {
+        h.remove(n);
+    }
+}
+
+/// What the routing and affinity code reads from a request (the same view a WebSocket
+/// handshake gives it), or why the request is refused.
+fn view(req: &Request<Incoming>) -> Result<handshake::Upgrade, &'static str> {
+    let hosts: Vec<&HeaderValue> = req.headers().get_all(header::HOST).iter().collect();
+    if hosts.len() > 1 {
+        return Err("more than one Host");
+    }
+    let authority = req.uri().authority().map(|a| a.as_str().to_string());
+    let host = match (&authority, hosts.first()) {
+        (Some(a), _) => a.clone(),
+        (None, Some(h)) => h.to_str().map_err(|_| "bad Host")?.trim().to_ascii_lowercase(),
+        (None, None) if req.version() == Version::HTTP_11 => return Err("missing Host"),
+        (None, None) => String::new(),
+    };
+    if !host.is_empty() && !handshake::valid_authority(&host) {
+        return Err("bad Host");
+    }
+    let target = req.uri().path_and_query().map_or("/".to_string(), |p| p.as_str().to_string());
+    let headers = req.headers().iter().map(|(n, v)| (n.as_str().to_string(), v.as_bytes().to_vec())).collect();
+    Ok(handshake::Upgrade { target, host: handshake::strip_port(&host).to_ascii_lowercase(), headers, authority })
+}
+
+fn refusal(state: &ProxyState, rec: Option<Box<access_log::Record>>, r: Reject) -> Response<RespBody> {
+    state.runtime.count_failure(r.reason());
+    let retry = (r.status() == 503).then(|| 1 + rand::random::<u64>() % 5);
+    own(
+        state,
+        rec,
+        StatusCode::from_u16(r.status()).unwrap_or(StatusCode::BAD_GATEWAY),
+        r.reason(),
+        &r.to_string(),
+        retry,
+    )
+}
+
+/// The proxy's own answer (the backend never saw the request, or failed it).
+fn own(
+    state: &ProxyState,
+    rec: Option<Box<access_log::Record>>,
+    status: StatusCode,
+    termination: &'static str,
+    text: &str,
+    retry_after: Option<u64>,
+) -> Response<RespBody> {
+    if let (Some(log), Some(mut r)) = (state.runtime.access_log.get(), rec) {
+        r.status = status.as_u16();
+        r.termination = termination;
+        log.log(*r);
+    }
+    let mut b = Response::builder().status(status).header(header::CONTENT_TYPE, "text/plain; charset=utf-8");
+    if let Some(s) = retry_after {
+        b = b.header(header::RETRY_AFTER, s.to_string());
+    }
+    b.body(Full::new(Bytes::from(format!("{text}\n"))).map_err(|e| match e {}).boxed_unsync())
+        .expect("static response parts are valid")
+}
+
+/// A request's access-log record until its answer is decided: a client that leaves first
+/// (its connection closed before the backend answered) is logged as `client_closed`, with
+/// NGINX's 499.
+struct Pending<'a>(&'a ProxyState, Option<Box<access_log::Record>>, tokio::time::Instant);
+
+impl Drop for Pending<'_> {
+    fn drop(&mut self) {
+        if let (Some(log), Some(mut r)) = (self.0.runtime.access_log.get(), self.1.take()) {
+            r.status = 499;
+            r.termination = "client_closed";
+            r.duration = self.2.elapsed();
+            log.log(*r);
+        }
+    }
+}
+
+/// Lasts as long as a response: the request counts as a connection to its backend (for least
+/// connections, and `/status`), keeps its session binding live, and is logged when it ends.
+struct InFlight {
+    state: Arc<ProxyState>,
+    stats: Arc<crate::stats::BackendStats>,
+    session: Option<crate::affinity::LiveKey>,
+    rec: Option<Box<access_log::Record>>,
+    started: tokio::time::Instant,
+    bytes_in: Arc<AtomicU64>,
+    bytes_out: Arc<AtomicU64>,
+}
+
+impl Drop for InFlight {
+    fn drop(&mut self) {
+        self.stats.active.fetch_sub(1, Relaxed);
+        if let Some(k) = &self.session {
+            self.state.affinity.unbind_live(k);
+        }
+        if let (Some(log), Some(mut r)) = (self.state.runtime.access_log.get(), self.rec.take()) {
+            r.duration = self.started.elapsed();
+            r.to_backend.bytes = self.bytes_in.load(Relaxed);
+            r.to_client.bytes = self.bytes_out.load(Relaxed);
+            log.log(*r);
+        }
+    }
+}
+
+async fn handle(
+    state: &Arc<ProxyState>,
+    ctx: &Ctx,
+    req: Request<Incoming>,
+    peer: SocketAddr,
+    tls: bool,
+) -> Response<RespBody> {
+    let started = tokio::time::Instant::now();
+    let mut rec = Pending(state, None, started);
+    rec.1 = state.runtime.access_log.get().map(|_| {
+        Box::new(access_log::Record {
+            client: Some(peer),
+            method: Some(req.method().to_string()),
+            path: Some(req.uri().path().to_string()),
+            ..Default::default()
+        })
+    });
+    let up = match view(&req) {
+        Ok(u) => u,
+        Err(why) => return refusal(state, rec.1.take(), Reject::BadRequest(why)),
+    };
+    if let Some(r) = &mut rec.1 {
+        r.host = Some(up.host.clone());
+    }
+    if up.header("upgrade").is_some_and(|v| handshake::has_token(v, "websocket")) {
+        // A WebSocket upgrade is taken on a connection's first request only, where it gets
+        // the frame-checking relay; browsers and WebSocket clients always open a new
+        // connection for one.
+        let mut r = refusal(
+            state,
+            rec.1.take(),
+            Reject::BadRequest("a WebSocket upgrade must be a connection's first request"),
+        );
+        r.headers_mut().insert(header::CONNECTION, HeaderValue::from_static("close"));
+        return r;
+    }
+    let table = state.table.load_full();
+    let Some((route, pool)) = table.route_named(&up.host, up.path()) else {
+        return refusal(state, rec.1.take(), Reject::NotFound);
+    };
+    let pool = pool.clone();
+    if let Some(r) = &mut rec.1 {
+        r.route = Some(route.to_string());
+        r.pool = Some(pool.pool.name.clone());
+    }
+    let max_body = match pool.pool.max_body_bytes {
+        0 => DEFAULT_MAX_BODY,
+        n => n,
+    };
+    let response_timeout = match pool.pool.response_timeout_ms {
+        0 => DEFAULT_RESPONSE_TIMEOUT,
+        ms => Duration::from_millis(ms),
+    };
+    if req.body().size_hint().lower() > max_body {
+        return own(
+            state,
+            rec.1.take(),
+            StatusCode::PAYLOAD_TOO_LARGE,
+            "body_too_large",
+            "request body too large",
+            None,
+        );
+    }
+
+    // Session affinity, exactly as for a WebSocket handshake.
+    let (raw, set_cookie) = crate::connection::session_key(pool.affinity_key.as_ref(), &up, peer.ip());
+    let session = raw.and_then(|k| table.affinity_secret.hash(k.as_bytes()));
+    if let Some(r) = &mut rec.1 {
+        r.session = session.clone();
+    }
+    let bound = session.as_deref().and_then(|k| state.affinity.backend_for(&pool.pool.name, k));
+
+    // A backend and a connection to it: a pooled one when this worker has one.
+    let tuning = ctx.tuning;
+    let mut exclude = Vec::new();
+    let mut tls_failed = false;
+    let (idx, mut sender, reused) = loop {
+        if exclude.len() >= tuning.max_attempts {
+            return refusal(state, rec.1.take(), if tls_failed { Reject::BadGateway } else { Reject::Unavailable });
+        }
+        let now = state.registry.now_ms();
+        let choice = match &session {
+            Some(k) => pool.pick_session(k, bound.as_deref(), now, &exclude).map(|(i, _)| i),
+            None => pool.pick(&up, peer.ip(), now, &exclude),
+        };
+        let Some(i) = choice else {
+            return refusal(state, rec.1.take(), if tls_failed { Reject::BadGateway } else { Reject::Unavailable });
+        };
+        let b = &pool.backends[i];
+        if let Some(tx) = backends::checkout(&b.backend.address) {
+            break (i, tx, true);
+        }
+        match backends::connect(&b.backend.address, ctx).await {
+            Ok(tx) => break (i, tx, false),
+            Err(why) => {
+                tls_failed |= matches!(why, BackendFail::Tls(_));
+                b.stats.connect_failures.fetch_add(1, Relaxed);
+                b.stats.ejected_until_ms.store(state.registry.now_ms() + tuning.eject_for.as_millis() as u64, Relaxed);
+                tracing::warn!(backend = %b.backend.address, pool = %pool.pool.name, "{why}; ejected locally");
+                exclude.push(i);
+            }
+        }
+    };
+    let entry = &pool.backends[idx];
+    let address = entry.backend.address.clone();
+    if let Some(r) = &mut rec.1 {
+        r.backend = Some(address.clone());
+        r.handshake = started.elapsed();
+    }
+
+    // The request as the backend gets it: parsed parts, hop-by-hop headers gone, this hop
+    // described in X-Forwarded-* and Forwarded as for WebSocket.
+    let (parts, body) = req.into_parts();
+    let client_version = parts.version;
+    let mut headers = parts.headers;
+    strip_hop_by_hop(&mut headers);
+    forwarding_headers(&mut headers, &up, peer.ip(), if tls { "https" } else { "http" });
+    let bodiless = body.is_end_stream();
+    let (seen_in, over) = (Arc::new(AtomicU64::new(0)), Arc::new(AtomicBool::new(false)));
+    let body = Limited { inner: body, max: max_body, seen: seen_in.clone(), over: over.clone() };
+    let build = |body: ReqBody| {
+        let mut r = Request::builder().method(parts.method.clone()).uri(up.target.as_str()).version(Version::HTTP_11);
+        *r.headers_mut().expect("builder without errors") = headers.clone();
+        r.body(body)
+    };
+    let Ok(first_try) = build(body.boxed_unsync()) else {
+        return refusal(state, rec.1.take(), Reject::BadRequest("request target cannot be forwarded"));
+    };
+    let mut sent = tokio::time::timeout(response_timeout, sender.send_request(first_try)).await;
+    // A pooled connection the backend closed just now fails before anything was answered;
+    // a request without a body is sent again once, on a new connection.
+    if let (Ok(Err(e)), true, true) = (&sent, reused, bodiless) {
+        if e.is_closed() || e.is_incomplete_message() || e.is_canceled() {
+            if let (Ok(tx), Ok(retry)) =
+                (backends::connect(&address, ctx).await, build(Empty::new().map_err(|e| match e {}).boxed_unsync()))
+            {
+                sender = tx;
+                sent = tokio::time::timeout(response_timeout, sender.send_request(retry)).await;
+            }
+        }
+    }
+    let resp = match sent {
+        Ok(Ok(r)) => r,
+        Ok(Err(_)) if over.load(Relaxed) => {
+            return own(
+                state,
+                rec.1.take(),
+                StatusCode::PAYLOAD_TOO_LARGE,
+                "body_too_large",
+                "request body too large",
+                None,
+            )
+        }
+        Ok(Err(e)) => {
+            tracing::debug!(backend = %address, "plain HTTP request failed: {e}");
+            return own(state, rec.1.take(), StatusCode::BAD_GATEWAY, "bad_gateway", "backend failed", None);
+        }
+        Err(_) => {
+            return own(
+                state,
+                rec.1.take(),
+                StatusCode::GATEWAY_TIMEOUT,
+                "gateway_timeout",
+                "backend did not answer in time",
+                None,
+            )
+        }
+    };
+    backends::checkin_when_idle(address.clone(), sender);
+
+    let (mut parts, body) = resp.into_parts();
+    // This hop's version is the client's, whatever the backend spoke.
+    parts.version = client_version;
+    strip_hop_by_hop(&mut parts.headers);
+    if let Some(line) = &set_cookie {
+        // `session_key` gives the header line of the 101; here it is a header value.
+        let v = line.trim_end().strip_prefix("Set-Cookie: ").unwrap_or(line.trim_end());
+        if let Ok(v) = HeaderValue::from_str(v) {
+            parts.headers.append(header::SET_COOKIE, v);
+        }
+    }
+    let live = session.map(|k| {
+        if bound.as_deref() == Some(address.as_str()) {
+            state.affinity.hold_live(&pool.pool.name, &k, &address)
+        } else {
+            state.affinity.bind_live(&pool.pool.name, &k, &address)
+        }
+    });
+    entry.stats.active.fetch_add(1, Relaxed);
+    entry.stats.total.fetch_add(1, Relaxed);
+    if let Some(r) = &mut rec.1 {
+        r.status = parts.status.as_u16();
+        r.termination = "http";
+    }
+    let bytes_out = Arc::new(AtomicU64::new(0));
+    let hold = InFlight {
+        state: state.clone(),
+        stats: entry.stats.clone(),
+        session: live,
+        rec: rec.1.take(),
+        started,
+        bytes_in: seen_in,
+        bytes_out: bytes_out.clone(),
+    };
+    Response::from_parts(parts, Relayed { inner: body, seen: bytes_out, hold: Some(Box::new(hold)) }.boxed_unsync())
+}
+
+/// `X-Forwarded-For` appended to, `X-Forwarded-Proto` set, `Forwarded` added, and `Host`
+/// set from an absolute-form target's authority (RFC 9112 §3.2.2).
+fn forwarding_headers(h: &mut HeaderMap, up: &handshake::Upgrade, client: IpAddr, proto: &'static str) {
+    let prior: Vec<String> =
+        h.get_all("x-forwarded-for").iter().filter_map(|v| v.to_str().ok()).map(str::to_string).collect();
+    let xff = if prior.is_empty() { client.to_string() } else { format!("{}, {client}", prior.join(", ")) };
+    h.remove("x-forwarded-for");
+    if let Ok(v) = HeaderValue::from_str(&xff) {
+        h.insert("x-forwarded-for", v);
+    }
+    h.insert("x-forwarded-proto", HeaderValue::from_static(proto));
+    let for_ = match client {
+        IpAddr::V4(a) => a.to_string(),
+        IpAddr::V6(a) => format!("\"[{a}]\""),
+    };
+    if let Ok(v) = HeaderValue::from_str(&format!("for={for_};proto={proto};host=\"{}\"", up.host)) {
+        h.append(header::FORWARDED, v);
+    }
+    if let Some(a) = &up.authority {
+        if let Ok(v) = HeaderValue::from_str(a) {
+            h.insert(header::HOST, v);
+        }
+    }
+}

@@ -1,0 +1,74 @@
+//! Keep-alive connections to backends for plain HTTP, pooled per worker thread (a worker's
+//! connections live on its own runtime, so a pooled connection is never driven by another
+//! thread). A connection goes back to the pool once its response has been read to the end;
+//! one the backend closed, or idle for [`IDLE_FOR`], is dropped.
+
+use std::cell::RefCell;
+use std::collections::HashMap;
+use std::time::{Duration, Instant};
+
+use hyper::client::conn::http1::{self, SendRequest};
+use hyper_util::rt::TokioIo;
+
+use super::bodies::ReqBody;
+use crate::connection::streams::{connect_backend, BackendFail};
+use crate::connection::Ctx;
+
+/// An idle connection older than this is closed rather than reused: backends commonly close
+/// keep-alive connections after 60-75 s, and a request sent on one they just closed is lost.
+const IDLE_FOR: Duration = Duration::from_secs(30);
+/// Idle connections kept per backend and worker.
+const MAX_IDLE: usize = 64;
+
+pub type Sender = SendRequest<ReqBody>;
+
+thread_local! {
+    static IDLE: RefCell<HashMap<String, Vec<(Sender, Instant)>>> = RefCell::new(HashMap::new());
+}
+
+/// An idle connection to `backend` that is still open, if this worker has one.
+pub fn checkout(backend: &str) -> Option<Sender> {
+    IDLE.with(|idle| {
+        let mut idle = idle.borrow_mut();
+        let list = idle.get_mut(backend)?;
+        while let Some((tx, since)) = list.pop() {
+            if since.elapsed() < IDLE_FOR && tx.is_ready() && !tx.is_closed() {
+                return Some(tx);
+            }
+        }
+        None
+    })
+}
+
+/// Keeps `tx` for the next request to `backend` once it is idle again.
+pub fn checkin_when_idle(backend: String, mut tx: Sender) {
+    tokio::spawn(async move {
+        if tx.ready().await.is_err() {
+            return;
+        }
+        IDLE.with(|idle| {
+            let mut idle = idle.borrow_mut();
+            let list = idle.entry(backend).or_default();
+            list.retain(|(t, since)| since.elapsed() < IDLE_FOR && !t.is_closed());
+            if list.len() < MAX_IDLE {
+                list.push((tx, Instant::now()));
+            }
+        });
+    });
+}
+
+/// A new connection to `backend` (TLS when the proxy is configured for it), driven on this
+/// worker.
+pub async fn connect(backend: &str, ctx: &Ctx) -> Result<Sender, BackendFail> {
+    let io = connect_backend(backend, ctx).await?;
+    let (tx, conn) = http1::Builder::new()
+        .handshake(TokioIo::new(io))
+        .await
+        .map_err(|e| BackendFail::Connect(format!("HTTP/1.1 handshake: {e}")))?;
+    tokio::spawn(async move {
+        if let Err(e) = conn.await {
+            tracing::debug!("backend connection ended: {e}");
+        }
+    });
+    Ok(tx)
+}

@@ -1,0 +1,238 @@
+//! Plain HTTP/1.1 through real proxies to real hyper backends: routed and balanced like
+//! WebSocket, sticky by the same affinity cookie from any proxy, kept alive on both sides,
+//! bodies streamed both ways, hop-by-hop headers dropped and this hop described; and the
+//! limits: 413, 504 for a pool's response timeout while a long-poll under the default is not
+//! cut, 404, 503, 400, 431, and an upgrade on a reused connection refused.
+
+use std::sync::atomic::Ordering::Relaxed;
+use std::time::Duration;
+
+use http_body_util::Full;
+use hyper::body::Bytes;
+use hyper::Request;
+use switchyard_tests::*;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+const LONG: Duration = Duration::from_secs(15);
+
+/// Writes `raw` on a new connection to `addr` and reads until the peer closes or 5 s pass.
+async fn raw(addr: &str, raw: &[u8]) -> String {
+    let mut s = tokio::net::TcpStream::connect(addr).await.expect("connect");
+    s.write_all(raw).await.expect("write");
+    let mut out = Vec::new();
+    let _ = tokio::time::timeout(Duration::from_secs(5), s.read_to_end(&mut out)).await;
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+fn cookie_of(h: &hyper::HeaderMap) -> Option<String> {
+    h.get_all("set-cookie").iter().filter_map(|v| v.to_str().ok()).find_map(|v| {
+        let pair = v.split(';').next()?;
+        pair.starts_with("sy=").then(|| pair.to_string())
+    })
+}
+
+/// A cluster with pool "web" (two backends, cookie affinity, a 1000-byte body limit) for
+/// app.example, and pool "slow" (a 400 ms response timeout) for slow.example.
+async fn setup() -> (Cluster, HttpBackend, HttpBackend, HttpBackend, String) {
+    let c = Cluster::start(1, &[]).await;
+    let eps = c.endpoints();
+    let (b1, b2, slow) =
+        (HttpBackend::start("b1").await, HttpBackend::start("b2").await, HttpBackend::start("s1").await);
+    for args in [
+        vec!["pool", "create", "web", "--affinity", "cookie:sy", "--max-body", "1000"],
+        vec!["backend", "add", "web", &b1.addr],
+        vec!["backend", "add", "web", &b2.addr],
+        vec!["route", "set", "web", "--pool", "web", "--host", "app.example"],
+        vec!["pool", "create", "slow", "--response-timeout", "400ms"],
+        vec!["backend", "add", "slow", &slow.addr],
+        vec!["route", "set", "slow", "--pool", "slow", "--host", "slow.example"],
+        vec!["pool", "create", "empty"],
+        vec!["route", "set", "empty", "--pool", "empty", "--host", "empty.example"],
+    ] {
+        let mut all = vec!["--endpoints", &eps];
+        all.extend(args.iter());
+        let (code, _, err) = run_cli(&all);
+        assert_eq!(code, 0, "{args:?}: {err}");
+    }
+    (c, b1, b2, slow, eps)
+}
+
+async fn until_routed(proxy: &ProxyProcess) {
+    eventually("the proxy to route plain HTTP", LONG, || async {
+        let mut tx = http_client(&proxy.ws).await;
+        let (code, _, body) = http_send(&mut tx, get("/", &[])).await;
+        (code == 200 && body.starts_with('b')).then_some(())
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn plain_http_is_balanced_sticky_kept_alive_and_streamed() {
+    let _g = serial().await;
+    let (_c, b1, b2, _slow, eps) = setup().await;
+    let dir = tempfile::tempdir().unwrap();
+    let p1 = ProxyProcess::spawn(&eps, &dir.path().join("p1.cache"), "http-1");
+    let p2 = ProxyProcess::spawn(&eps, &dir.path().join("p2.cache"), "http-2");
+    until_routed(&p1).await;
+    until_routed(&p2).await;
+
+    // Without the cookie, requests are balanced over both backends, and each answer sets one.
+    let mut seen = std::collections::BTreeSet::new();
+    let mut tx = http_client(&p1.ws).await;
+    for _ in 0..8 {
+        let (code, h, body) = http_send(&mut tx, get("/", &[])).await;
+        assert_eq!(code, 200);
+        assert!(cookie_of(&h).is_some(), "a cookie on a response without one asked: {h:?}");
+        seen.insert(body);
+    }
+    assert_eq!(seen.len(), 2, "both backends served: {seen:?}");
+
+    // With the cookie, every request sticks to one backend, through either proxy, on one
+    // kept-alive connection each.
+    let (_, h, first) = http_send(&mut tx, get("/", &[])).await;
+    let cookie = cookie_of(&h).expect("cookie");
+    let connections_before = b1.connections.load(Relaxed) + b2.connections.load(Relaxed);
+    let mut tx2 = http_client(&p2.ws).await;
+    for i in 0..20 {
+        let via = if i % 2 == 0 { &mut tx } else { &mut tx2 };
+        let (code, h, body) = http_send(via, get("/", &[("cookie", &cookie)])).await;
+        assert_eq!((code, body.as_str()), (200, first.as_str()), "request {i} stuck to {first}");
+        assert!(cookie_of(&h).is_none(), "no new cookie for a client that has one");
+    }
+    let opened = b1.connections.load(Relaxed) + b2.connections.load(Relaxed) - connections_before;
+    assert!(opened <= 2, "20 requests over kept-alive backend connections opened {opened} new ones");
+
+    // Hop-by-hop headers stay on their hop; the backend learns who asked and how.
+    let (code, _, _) = http_send(
+        &mut tx,
+        get(
+            "/",
+            &[
+                ("cookie", &cookie),
+                ("connection", "x-secret"),
+                ("x-secret", "1"),
+                ("x-app", "kept"),
+                ("x-forwarded-for", "10.9.8.7"),
+            ],
+        ),
+    )
+    .await;
+    assert_eq!(code, 200);
+    let backend = if first == "b1" { &b1 } else { &b2 };
+    assert_eq!(backend.last_header("x-app").as_deref(), Some("kept"));
+    assert_eq!(backend.last_header("x-secret"), None, "a header named in Connection was forwarded");
+    assert_eq!(backend.last_header("x-forwarded-for").as_deref(), Some("10.9.8.7, 127.0.0.1"));
+    assert_eq!(backend.last_header("x-forwarded-proto").as_deref(), Some("http"));
+    assert_eq!(backend.last_header("forwarded").as_deref(), Some("for=127.0.0.1;proto=http;host=\"app.example\""));
+    assert_eq!(backend.last_header("host").as_deref(), Some("app.example"));
+
+    // Bodies stream both ways: a chunked upload is echoed, a chunked answer arrives whole.
+    let chunks = futures::stream::iter(
+        ["ab", "cd", "ef"].map(|s| Ok::<_, std::convert::Infallible>(hyper::body::Frame::data(Bytes::from(s)))),
+    );
+    let sock = tokio::net::TcpStream::connect(&p1.ws).await.unwrap();
+    let (mut stx, conn) = hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(sock)).await.unwrap();
+    tokio::spawn(conn);
+    let req =
+        Request::post("/echo").header("host", "app.example").body(http_body_util::StreamBody::new(chunks)).unwrap();
+    let resp = stx.send_request(req).await.expect("echo");
+    let echoed = http_body_util::BodyExt::collect(resp.into_body()).await.unwrap().to_bytes();
+    assert_eq!(&echoed[..], b"abcdef");
+    let (code, _, body) = http_send(&mut tx, get("/chunks", &[])).await;
+    assert_eq!((code, body.as_str()), (200, "one,two,three"));
+
+    // WebSocket on the same listener still takes its own path (the frame-checking relay).
+    let ws_backend = EchoBackend::start("ws-1").await;
+    for args in [
+        vec!["pool", "create", "ws"],
+        vec!["backend", "add", "ws", &ws_backend.addr],
+        vec!["route", "set", "ws", "--pool", "ws", "--host", "ws.example"],
+    ] {
+        let mut all = vec!["--endpoints", &eps];
+        all.extend(args.iter());
+        let (code, _, err) = run_cli(&all);
+        assert_eq!(code, 0, "{args:?}: {err}");
+    }
+    let (mut ws, hello) = eventually("a WebSocket through the same listener", LONG, || async {
+        ws_connect(&p1.ws, "/", &[("host", "ws.example")]).await.ok()
+    })
+    .await;
+    assert_eq!(hello, "ws-1");
+    echo(&mut ws, tokio_tungstenite::tungstenite::Message::text("still a websocket")).await.expect("echo");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn plain_http_limits_answer_with_the_right_status() {
+    let _g = serial().await;
+    let (_c, b1, b2, slow, eps) = setup().await;
+    let dir = tempfile::tempdir().unwrap();
+    let log = dir.path().join("access.log");
+    let extra = vec!["--access-log".to_string(), log.display().to_string()];
+    let p = ProxyProcess::spawn_with(&eps, &dir.path().join("p.cache"), "http-limits", &extra);
+    until_routed(&p).await;
+    let mut tx = http_client(&p.ws).await;
+    let before = b1.requests.load(Relaxed) + b2.requests.load(Relaxed);
+
+    // 413: a declared body over the pool's limit is refused before any backend sees it; a
+    // chunked one is cut when it passes the limit.
+    let big =
+        Request::post("/echo").header("host", "app.example").body(Full::new(Bytes::from(vec![b'x'; 2000]))).unwrap();
+    let (code, _, _) = http_send(&mut tx, big).await;
+    assert_eq!(code, 413);
+    assert_eq!(b1.requests.load(Relaxed) + b2.requests.load(Relaxed), before, "a backend saw the oversized request");
+    let chunked = format!(
+        "POST /echo HTTP/1.1\r\nHost: app.example\r\nConnection: close\r\nTransfer-Encoding: chunked\r\n\r\n{:x}\r\n{}\r\n0\r\n\r\n",
+        3000,
+        "y".repeat(3000)
+    );
+    let answer = raw(&p.ws, chunked.as_bytes()).await;
+    assert!(answer.starts_with("HTTP/1.1 413"), "{answer}");
+
+    // A pool's response timeout answers 504; a long-poll under the default one is not cut.
+    let mut slow_tx = http_client(&p.ws).await;
+    let req = Request::get("/hold?ms=3000").header("host", "slow.example").body(Full::new(Bytes::new())).unwrap();
+    let (code, _, _) = http_send(&mut slow_tx, req).await;
+    assert_eq!(code, 504);
+    let (code, _, body) = http_send(&mut tx, get("/hold?ms=2500", &[])).await;
+    assert_eq!(code, 200, "{body}");
+    drop(slow);
+
+    // 404 without a route, 503 with no backend (and a Retry-After), 400 for two Hosts, 431
+    // for a head over the limit.
+    let req = Request::get("/").header("host", "nowhere.example").body(Full::new(Bytes::new())).unwrap();
+    assert_eq!(http_send(&mut tx, req).await.0, 404);
+    let req = Request::get("/").header("host", "empty.example").body(Full::new(Bytes::new())).unwrap();
+    let (code, h, _) = http_send(&mut tx, req).await;
+    assert_eq!(code, 503);
+    assert!(h.contains_key("retry-after"));
+    let answer = raw(&p.ws, b"GET / HTTP/1.1\r\nHost: app.example\r\nHost: evil.example\r\n\r\n").await;
+    assert!(answer.starts_with("HTTP/1.1 400"), "{answer}");
+    let huge = format!("GET / HTTP/1.1\r\nHost: app.example\r\nX-Big: {}\r\n\r\n", "z".repeat(40_000));
+    let answer = raw(&p.ws, huge.as_bytes()).await;
+    assert!(answer.starts_with("HTTP/1.1 431"), "{answer}");
+
+    // A WebSocket upgrade after a plain request on the same connection is refused, and the
+    // connection closed; the proxy keeps serving.
+    let two =
+        "GET / HTTP/1.1\r\nHost: app.example\r\n\r\nGET / HTTP/1.1\r\nHost: app.example\r\nUpgrade: websocket\r\n\
+               Connection: Upgrade\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n";
+    let answer = raw(&p.ws, two.as_bytes()).await;
+    assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
+    assert!(answer.contains("HTTP/1.1 400"), "{answer}");
+    assert_eq!(http_send(&mut http_client(&p.ws).await, get("/", &[])).await.0, 200);
+
+    // Each request has an access-log line: method, status, how it ended.
+    let lines = eventually("access-log lines", LONG, || async {
+        let text = std::fs::read_to_string(&log).ok()?;
+        let lines: Vec<serde_json::Value> = text.lines().filter_map(|l| serde_json::from_str(l).ok()).collect();
+        lines.iter().any(|l| l["termination"] == "gateway_timeout").then_some(lines)
+    })
+    .await;
+    let has = |status: u64, termination: &str, method: &str| {
+        lines.iter().any(|l| l["status"] == status && l["termination"] == termination && l["method"] == method)
+    };
+    assert!(has(413, "body_too_large", "POST"), "{lines:?}");
+    assert!(has(504, "gateway_timeout", "GET"), "{lines:?}");
+    assert!(has(200, "http", "GET"), "{lines:?}");
+    assert!(has(404, "no_route", "GET"), "{lines:?}");
+}
