@@ -336,11 +336,41 @@ pub enum RouteCmd {
         host: String,
         #[arg(long, default_value = "")]
         path_prefix: String,
+        #[command(flatten)]
+        auth: Box<RouteAuthOpts>,
     },
     List,
     Delete {
         name: String,
     },
+}
+
+/// Edge authentication for a route: a JWT checked against a key set, or an HTTP endpoint asked.
+#[derive(Args, Debug, Default, Clone)]
+pub struct RouteAuthOpts {
+    /// Verify a JWT on every request with the keys of this JSON Web Key Set file (public RSA,
+    /// EC P-256/P-384 or Ed25519 keys). Setting the route again with a new file rotates them.
+    #[arg(long, value_name = "FILE", conflicts_with = "auth_request")]
+    pub jwt_jwks: Option<std::path::PathBuf>,
+    /// Where the token is: header:NAME (Bearer in Authorization), cookie:NAME or query:NAME.
+    #[arg(long, value_name = "SPEC", requires = "jwt_jwks")]
+    pub jwt_from: Option<String>,
+    /// An accepted `iss` (repeatable; none = any issuer).
+    #[arg(long, value_name = "ISS", requires = "jwt_jwks")]
+    pub jwt_issuer: Vec<String>,
+    /// An accepted `aud` (repeatable; none = the audience is not checked).
+    #[arg(long, value_name = "AUD", requires = "jwt_jwks")]
+    pub jwt_audience: Vec<String>,
+    /// Pass a claim to the backend as a header, CLAIM=HEADER (repeatable).
+    #[arg(long, value_name = "CLAIM=HEADER", requires = "jwt_jwks")]
+    pub jwt_claim_header: Vec<String>,
+    /// Ask this http:// endpoint first (NGINX auth_request): 2xx lets the request through,
+    /// 401 and 403 are passed back to the client.
+    #[arg(long, value_name = "URL")]
+    pub auth_request: Option<String>,
+    /// How long the auth endpoint may take, e.g. 2s.
+    #[arg(long, value_parser = humantime::parse_duration, requires = "auth_request")]
+    pub auth_timeout: Option<Duration>,
 }
 
 #[derive(Subcommand, Debug)]

@@ -186,6 +186,9 @@ pub fn route(mut r: Route) -> Result<Route, ApiError> {
     if r.path_prefix.bytes().any(|b| b.is_ascii_whitespace() || b.is_ascii_control()) {
         return Err(invalid("path prefix must not contain spaces or control characters"));
     }
+    if let Some(a) = &r.auth {
+        switchyard_model::edge_auth::validate(a).map_err(|e| invalid(format!("route auth: {e}")))?;
+    }
     r.updated_revision = 0;
     Ok(r)
 }

@@ -352,7 +352,7 @@ async fn open(
     if !handshake::wants_websocket(&buf[..head_len]) {
         return Opened::Plain(client, buf);
     }
-    let up = match handshake::parse_request(&buf[..head_len]) {
+    let mut up = match handshake::parse_request(&buf[..head_len]) {
         Ok(u) => u,
         Err(r) => return reject_none(state, rec, client, r).await,
     };
@@ -382,6 +382,23 @@ async fn open(
     if let Some(r) = rec {
         r.route = Some(route.to_string());
         r.pool = Some(pool.pool.name.clone());
+    }
+    // Edge authentication, before any backend is contacted.
+    if let Some(auth) = table.route_auth(route) {
+        match crate::edge_auth::check(auth, &up, peer.ip()).await {
+            crate::edge_auth::Verdict::Allow { headers, claims } => {
+                for (name, value) in headers {
+                    up.headers.retain(|(n, _)| !n.eq_ignore_ascii_case(&name));
+                    if let Some(v) = value {
+                        up.headers.push((name, v.into_bytes()));
+                    }
+                }
+                up.claims = claims;
+            }
+            crate::edge_auth::Verdict::Deny { status, why, challenge } => {
+                return reject_none(state, rec, client, Reject::Auth { status, why, challenge }).await;
+            }
+        }
     }
     let (raw, set_cookie) = session_key(pool.affinity_key.as_ref(), &up, peer.ip());
     let session = raw.and_then(|k| table.affinity_secret.hash(k.as_bytes()));

@@ -27,6 +27,9 @@ pub enum Reject {
     Timeout,
     #[error("backend failed")]
     BadGateway,
+    /// The route's edge authentication said no (401, 403), or could not decide (5xx).
+    #[error("{why}")]
+    Auth { status: u16, why: &'static str, challenge: Option<String> },
 }
 
 impl Reject {
@@ -39,6 +42,7 @@ impl Reject {
             Reject::Unavailable | Reject::OverCapacity | Reject::ClientRate => 503,
             Reject::Timeout => 408,
             Reject::BadGateway => 502,
+            Reject::Auth { status, .. } => *status,
         }
     }
 
@@ -55,6 +59,9 @@ impl Reject {
             Reject::ClientRate => "client_rate",
             Reject::Timeout => "timeout",
             Reject::BadGateway => "bad_gateway",
+            Reject::Auth { status: 401, .. } => "unauthorized",
+            Reject::Auth { status: 403, .. } => "forbidden",
+            Reject::Auth { .. } => "auth_failed",
         }
     }
 }
@@ -69,6 +76,8 @@ pub struct Upgrade {
     /// The authority of an absolute-form target (`GET http://host/path`): it replaces the
     /// Host header (RFC 9112 §3.2.2), so the backend gets it as Host.
     pub authority: Option<String>,
+    /// The claims of the token the route's JWT check verified, for `claim:NAME` keys.
+    pub claims: Option<crate::edge_auth::Claims>,
 }
 
 impl Upgrade {
@@ -247,7 +256,7 @@ pub fn parse_request(head: &[u8]) -> Result<Upgrade, Reject> {
         None => return Err(Reject::BadRequest("request target must be a path or an http(s) URI")),
     };
     let host = strip_port(authority.as_deref().unwrap_or(&host)).to_ascii_lowercase();
-    Ok(Upgrade { target, host, headers, authority })
+    Ok(Upgrade { target, host, headers, authority, claims: None })
 }
 
 /// A base64 encoding of 16 bytes: 22 characters and "==".
@@ -327,11 +336,15 @@ pub fn error_response(r: &Reject, retry_after: Option<u64>) -> Vec<u8> {
     let status = r.status();
     let text = match status {
         400 => "Bad Request",
+        401 => "Unauthorized",
+        403 => "Forbidden",
         404 => "Not Found",
         408 => "Request Timeout",
         426 => "Upgrade Required",
         431 => "Request Header Fields Too Large",
+        500 => "Internal Server Error",
         502 => "Bad Gateway",
+        504 => "Gateway Timeout",
         _ => "Service Unavailable",
     };
     let body = format!("{r}\n");
@@ -341,6 +354,9 @@ pub fn error_response(r: &Reject, retry_after: Option<u64>) -> Vec<u8> {
     }
     if let Some(s) = retry_after {
         extra.push_str(&format!("Retry-After: {s}\r\n"));
+    }
+    if let Reject::Auth { challenge: Some(c), .. } = r {
+        extra.push_str(&format!("WWW-Authenticate: {c}\r\n"));
     }
     format!(
         "HTTP/1.1 {status} {text}\r\nContent-Type: text/plain\r\nContent-Length: {}\r\nConnection: close\r\n{extra}\r\n{body}",

@@ -10,6 +10,7 @@ pub mod balance;
 pub mod config;
 pub mod connection;
 pub mod drain;
+pub mod edge_auth;
 pub mod fds;
 pub mod frame;
 pub mod handshake;

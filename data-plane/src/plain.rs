@@ -165,12 +165,32 @@ fn view(req: &Request<Incoming>) -> Result<handshake::Upgrade, &'static str> {
     }
     let target = req.uri().path_and_query().map_or("/".to_string(), |p| p.as_str().to_string());
     let headers = req.headers().iter().map(|(n, v)| (n.as_str().to_string(), v.as_bytes().to_vec())).collect();
-    Ok(handshake::Upgrade { target, host: handshake::strip_port(&host).to_ascii_lowercase(), headers, authority })
+    Ok(handshake::Upgrade {
+        target,
+        host: handshake::strip_port(&host).to_ascii_lowercase(),
+        headers,
+        authority,
+        claims: None,
+    })
 }
 
 fn refusal(state: &ProxyState, rec: Option<Box<access_log::Record>>, r: Reject) -> Response<RespBody> {
     state.runtime.count_failure(r.reason());
     let retry = (r.status() == 503).then(|| 1 + rand::random::<u64>() % 5);
+    if let Reject::Auth { challenge: Some(c), .. } = &r {
+        let mut resp = own(
+            state,
+            rec,
+            StatusCode::from_u16(r.status()).unwrap_or(StatusCode::UNAUTHORIZED),
+            r.reason(),
+            &r.to_string(),
+            None,
+        );
+        if let Ok(v) = HeaderValue::from_str(c) {
+            resp.headers_mut().insert(header::WWW_AUTHENTICATE, v);
+        }
+        return resp;
+    }
     own(
         state,
         rec,
@@ -263,7 +283,7 @@ async fn handle(
             ..Default::default()
         })
     });
-    let up = match view(&req) {
+    let mut up = match view(&req) {
         Ok(u) => u,
         Err(why) => return refusal(state, rec.1.take(), Reject::BadRequest(why)),
     };
@@ -290,6 +310,19 @@ async fn handle(
     if let Some(r) = &mut rec.1 {
         r.route = Some(route.to_string());
         r.pool = Some(pool.pool.name.clone());
+    }
+    // Edge authentication, before any backend is contacted.
+    let mut passed = Vec::new();
+    if let Some(auth) = table.route_auth(route) {
+        match crate::edge_auth::check(auth, &up, peer.ip()).await {
+            crate::edge_auth::Verdict::Allow { headers, claims } => {
+                passed = headers;
+                up.claims = claims;
+            }
+            crate::edge_auth::Verdict::Deny { status, why, challenge } => {
+                return refusal(state, rec.1.take(), Reject::Auth { status, why, challenge });
+            }
+        }
     }
     let max_body = match pool.pool.max_body_bytes {
         0 => DEFAULT_MAX_BODY,
@@ -363,6 +396,13 @@ async fn handle(
     let mut headers = parts.headers;
     strip_hop_by_hop(&mut headers);
     forwarding_headers(&mut headers, &up, peer.ip(), if tls { "https" } else { "http" });
+    for (name, value) in passed {
+        let Ok(n) = HeaderName::from_bytes(name.as_bytes()) else { continue };
+        headers.remove(&n);
+        if let Some(v) = value.and_then(|v| HeaderValue::from_str(&v).ok()) {
+            headers.insert(n, v);
+        }
+    }
     let bodiless = body.is_end_stream();
     let (seen_in, over) = (Arc::new(AtomicU64::new(0)), Arc::new(AtomicBool::new(false)));
     let body = Limited { inner: body, max: max_body, seen: seen_in.clone(), over: over.clone() };

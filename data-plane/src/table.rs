@@ -41,6 +41,8 @@ pub struct Table {
     /// Session keys are hashed with this before any lookup, report or cache write; the raw
     /// key lives only in the request being routed (and in `hash_key` balancing, in memory).
     pub affinity_secret: AffinitySecret,
+    /// Routes' edge authentication, by route name.
+    auth: HashMap<String, Arc<crate::edge_auth::EdgeAuth>>,
 }
 
 fn route_rank(r: &Route) -> (u8, usize, usize) {
@@ -84,10 +86,17 @@ impl Table {
             routes: Vec::new(),
             pools: HashMap::new(),
             affinity_secret: AffinitySecret::default(),
+            auth: HashMap::new(),
         }
     }
 
     pub fn build(model: &Model, revision: u64, registry: &Registry) -> Table {
+        Table::build_with(model, revision, registry, &crate::edge_auth::KeyCache::default())
+    }
+
+    /// [`Self::build`], compiling routes' key sets through `keys` (which keeps each route's
+    /// last good set).
+    pub fn build_with(model: &Model, revision: u64, registry: &Registry, keys: &crate::edge_auth::KeyCache) -> Table {
         let mut routes: Vec<Route> = model.routes.values().cloned().collect();
         routes.sort_by_key(route_rank);
         let pools = model
@@ -114,7 +123,20 @@ impl Table {
                 (p.name.clone(), Arc::new(table))
             })
             .collect();
-        Table { revision, settings: model.settings, routes, pools, affinity_secret: model.affinity_secret.clone() }
+        let auth = routes.iter().filter_map(|r| Some((r.name.clone(), crate::edge_auth::compile(r, keys)?))).collect();
+        Table {
+            revision,
+            settings: model.settings,
+            routes,
+            pools,
+            affinity_secret: model.affinity_secret.clone(),
+            auth,
+        }
+    }
+
+    /// The edge authentication of route `name`, if it has one.
+    pub fn route_auth(&self, name: &str) -> Option<&Arc<crate::edge_auth::EdgeAuth>> {
+        self.auth.get(name)
     }
 
     /// The pool for a request, by Host and path prefix.
@@ -138,8 +160,18 @@ pub fn request_value(spec: &KeySpec, up: &Upgrade, client: IpAddr) -> Option<Str
         KeySpec::Header(name) => up.header(name).map(|v| String::from_utf8_lossy(v).into_owned()),
         KeySpec::Cookie(name) => up.cookie(name),
         KeySpec::Query(name) => up.query_param(name),
+        KeySpec::Claim(name) => claim(up, name),
     }
     .filter(|v| !v.is_empty())
+}
+
+/// A verified claim as a key: strings as they are, numbers and booleans as JSON prints them.
+fn claim(up: &Upgrade, name: &str) -> Option<String> {
+    match up.claims.as_ref()?.get(name)? {
+        serde_json::Value::String(s) => Some(s.clone()),
+        v @ (serde_json::Value::Number(_) | serde_json::Value::Bool(_)) => Some(v.to_string()),
+        _ => None,
+    }
 }
 
 fn ip_hash(client: IpAddr) -> u64 {
@@ -156,6 +188,7 @@ pub fn request_key(spec: &KeySpec, up: &Upgrade, client: IpAddr) -> Option<u64> 
         KeySpec::Header(name) => up.header(name).map(|v| v.to_vec()),
         KeySpec::Cookie(name) => up.cookie(name).map(String::into_bytes),
         KeySpec::Query(name) => up.query_param(name).map(String::into_bytes),
+        KeySpec::Claim(name) => claim(up, name).map(String::into_bytes),
     }?;
     Some(hash64(&[&value]))
 }
@@ -211,7 +244,7 @@ mod tests {
             host: host.into(),
             path_prefix: prefix.into(),
             pool: name.into(),
-            updated_revision: 0,
+            ..Default::default()
         }
     }
 

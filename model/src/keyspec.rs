@@ -1,5 +1,5 @@
 //! Where a hash or affinity key comes from in a request: `header:NAME`, `cookie:NAME`,
-//! `query:NAME` or `ip`. Parsed once, when a pool is validated or a routing table is built,
+//! `query:NAME`, `claim:NAME` (a claim of the JWT the route verified) or `ip`. Parsed once, when a pool is validated or a routing table is built,
 //! never per request.
 
 use std::fmt;
@@ -10,13 +10,15 @@ pub enum KeySpec {
     Header(String),
     Cookie(String),
     Query(String),
+    /// A claim of the token the route's JWT check verified (absent on routes without one).
+    Claim(String),
     /// The client's IP address.
     ClientIp,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum KeySpecError {
-    #[error("{0:?} must be header:NAME, cookie:NAME, query:NAME or ip")]
+    #[error("{0:?} must be header:NAME, cookie:NAME, query:NAME, claim:NAME or ip")]
     Form(String),
     #[error("{spec:?}: {name:?} is not a valid {kind} name")]
     BadName { spec: String, name: String, kind: &'static str },
@@ -35,6 +37,7 @@ impl FromStr for KeySpec {
             "header" => ("header", KeySpec::Header),
             "cookie" => ("cookie", KeySpec::Cookie),
             "query" => ("query", KeySpec::Query),
+            "claim" => ("claim", KeySpec::Claim),
             _ => return Err(form()),
         };
         if name.is_empty() {
@@ -55,6 +58,7 @@ impl fmt::Display for KeySpec {
             KeySpec::Header(n) => write!(f, "header:{n}"),
             KeySpec::Cookie(n) => write!(f, "cookie:{n}"),
             KeySpec::Query(n) => write!(f, "query:{n}"),
+            KeySpec::Claim(n) => write!(f, "claim:{n}"),
             KeySpec::ClientIp => f.write_str("ip"),
         }
     }
@@ -70,6 +74,7 @@ mod tests {
             ("header:X-User", KeySpec::Header("X-User".into())),
             ("cookie:sid", KeySpec::Cookie("sid".into())),
             ("query:room", KeySpec::Query("room".into())),
+            ("claim:sub", KeySpec::Claim("sub".into())),
             ("ip", KeySpec::ClientIp),
         ] {
             let k: KeySpec = s.parse().unwrap();

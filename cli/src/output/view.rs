@@ -104,15 +104,28 @@ pub(super) fn backend_row(b: &Backend) -> Vec<String> {
 }
 pub(super) const BACKEND_HEADERS: &[&str] = &["POOL", "ADDRESS", "WEIGHT", "STATE", "HEALTH", "ZONE"];
 
+/// A route's edge authentication in a few words (the key set itself is not printed).
+fn route_auth(r: &Route) -> String {
+    use switchyard_proto::v1::route_auth::Kind;
+    match r.auth.as_ref().and_then(|a| a.kind.as_ref()) {
+        Some(Kind::Jwt(j)) => {
+            let keys = serde_json::from_str::<Value>(&j.jwks).ok().and_then(|v| v["keys"].as_array().map(Vec::len));
+            format!("jwt ({} keys)", keys.unwrap_or(0))
+        }
+        Some(Kind::Request(q)) => format!("request {}", q.url),
+        None => "-".into(),
+    }
+}
+
 pub(super) fn route_json(r: &Route) -> Value {
-    json!({"name": r.name, "host": r.host, "path_prefix": r.path_prefix, "pool": r.pool, "updated_revision": r.updated_revision})
+    json!({"name": r.name, "host": r.host, "path_prefix": r.path_prefix, "pool": r.pool, "auth": route_auth(r), "updated_revision": r.updated_revision})
 }
 
 pub(super) fn route_row(r: &Route) -> Vec<String> {
     let any = |s: &str| if s.is_empty() { "*".to_string() } else { s.to_string() };
-    vec![r.name.clone(), any(&r.host), any(&r.path_prefix), r.pool.clone()]
+    vec![r.name.clone(), any(&r.host), any(&r.path_prefix), r.pool.clone(), route_auth(r)]
 }
-pub(super) const ROUTE_HEADERS: &[&str] = &["NAME", "HOST", "PATH PREFIX", "POOL"];
+pub(super) const ROUTE_HEADERS: &[&str] = &["NAME", "HOST", "PATH PREFIX", "POOL", "AUTH"];
 
 pub(super) fn session_json(s: &SessionBinding) -> Value {
     json!({"pool": s.pool, "key": s.key, "backend": s.backend, "last_seen_ms": s.last_seen_ms, "ttl_ms": s.ttl_ms})

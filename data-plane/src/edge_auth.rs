@@ -1,0 +1,257 @@
+//! Clients checked at the edge, per route, before any backend is contacted: a JWT verified
+//! against the route's key set, or an HTTP endpoint asked with the client's credentials
+//! (NGINX's `auth_request`: 2xx lets the request through, 401 and 403 are passed back).
+//!
+//! A key set that a proxy cannot use (the control plane validated it, so this takes a
+//! newer control plane or a bug) keeps the route on its last good keys, and `/status` says
+//! so; a route that never had good keys refuses every token.
+
+use std::collections::HashMap;
+use std::net::IpAddr;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use http_body_util::{BodyExt, Empty};
+use hyper::body::Bytes;
+use jsonwebtoken::errors::ErrorKind;
+use jsonwebtoken::{decode, decode_header, Algorithm, Validation};
+use serde_json::{Map, Value};
+use switchyard_model::edge_auth::{self as model, Key};
+use switchyard_model::KeySpec;
+use switchyard_proto::v1::{route_auth, Route};
+
+use crate::handshake::Upgrade;
+
+/// Clock skew allowed on `exp` and `nbf`.
+const LEEWAY_SECS: u64 = 30;
+
+pub type Claims = Arc<Map<String, Value>>;
+type Keys = Arc<Vec<Key>>;
+
+/// A route's check, compiled from its config.
+pub enum EdgeAuth {
+    Jwt(Jwt),
+    Request { authority: String, path: String, timeout: Duration },
+}
+
+pub struct Jwt {
+    keys: Arc<Vec<Key>>,
+    from: KeySpec,
+    issuers: Vec<String>,
+    audiences: Vec<String>,
+    claim_headers: Vec<(String, String)>,
+}
+
+/// What a check decided.
+pub enum Verdict {
+    /// Go on, with these headers set for the backend (claims a route passes on; `None`: a
+    /// claim the token lacks, whose header is removed all the same, so a client cannot send
+    /// it itself) and the verified claims (for `claim:NAME` affinity).
+    Allow { headers: Vec<(String, Option<String>)>, claims: Option<Claims> },
+    /// Answer with this status; `challenge` adds `WWW-Authenticate`.
+    Deny { status: u16, why: &'static str, challenge: Option<String> },
+}
+
+fn deny(status: u16, why: &'static str) -> Verdict {
+    let challenge = (status == 401).then(|| format!("Bearer error=\"invalid_token\", error_description=\"{why}\""));
+    Verdict::Deny { status, why, challenge }
+}
+
+/// The last good keys of each route's key set, and why a newer one was not taken.
+#[derive(Default)]
+pub struct KeyCache {
+    /// By route: the key set's text and its keys.
+    good: Mutex<HashMap<String, (String, Keys)>>,
+    errors: Mutex<HashMap<String, String>>,
+}
+
+impl KeyCache {
+    fn keys(&self, route: &str, jwks: &str) -> Arc<Vec<Key>> {
+        let mut good = self.good.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some((text, keys)) = good.get(route) {
+            if text == jwks {
+                return keys.clone();
+            }
+        }
+        let mut errors = self.errors.lock().unwrap_or_else(|e| e.into_inner());
+        match model::compile_jwks(jwks) {
+            Ok(keys) => {
+                let keys = Arc::new(keys);
+                good.insert(route.to_string(), (jwks.to_string(), keys.clone()));
+                errors.remove(route);
+                keys
+            }
+            Err(e) => {
+                tracing::error!(route, "cannot use the route's key set, keeping its last good keys: {e}");
+                errors.insert(route.to_string(), e);
+                good.get(route).map(|(_, k)| k.clone()).unwrap_or_default()
+            }
+        }
+    }
+
+    /// For `/status`: each route with keys, how many, and the error of a set not taken.
+    pub fn status(&self) -> Value {
+        let good = self.good.lock().unwrap_or_else(|e| e.into_inner());
+        let errors = self.errors.lock().unwrap_or_else(|e| e.into_inner());
+        let mut routes: Vec<&String> = good.keys().chain(errors.keys()).collect();
+        routes.sort();
+        routes.dedup();
+        let out: Map<String, Value> = routes
+            .into_iter()
+            .map(|r| {
+                let keys = good.get(r).map_or(0, |(_, k)| k.len());
+                (r.clone(), serde_json::json!({ "keys": keys, "error": errors.get(r) }))
+            })
+            .collect();
+        Value::Object(out)
+    }
+}
+
+/// A route's check, or none. Settings a proxy cannot use (validated by the control plane, so
+/// only a newer one's) leave the route refusing every client rather than open.
+pub fn compile(route: &Route, cache: &KeyCache) -> Option<Arc<EdgeAuth>> {
+    let kind = route.auth.as_ref()?.kind.as_ref()?;
+    Some(Arc::new(match kind {
+        route_auth::Kind::Jwt(j) => EdgeAuth::Jwt(Jwt {
+            keys: cache.keys(&route.name, &j.jwks),
+            from: model::token_source(j).unwrap_or(KeySpec::Header("Authorization".into())),
+            issuers: j.issuers.clone(),
+            audiences: j.audiences.clone(),
+            claim_headers: j.claim_headers.iter().map(|(c, h)| (c.clone(), h.clone())).collect(),
+        }),
+        route_auth::Kind::Request(r) => {
+            let (authority, path) = model::subrequest_target(r).unwrap_or_else(|_| ("0.0.0.0:0".into(), "/".into()));
+            let ms = if r.timeout_ms == 0 { model::DEFAULT_SUBREQUEST_MS } else { r.timeout_ms };
+            EdgeAuth::Request { authority, path, timeout: Duration::from_millis(ms.into()) }
+        }
+    }))
+}
+
+/// Runs a route's check on a request.
+pub async fn check(auth: &EdgeAuth, up: &Upgrade, client: IpAddr) -> Verdict {
+    match auth {
+        EdgeAuth::Jwt(j) => verify(j, up),
+        EdgeAuth::Request { authority, path, timeout } => subrequest(authority, path, *timeout, up, client).await,
+    }
+}
+
+fn token(from: &KeySpec, up: &Upgrade) -> Option<String> {
+    match from {
+        KeySpec::Header(name) => {
+            let v = std::str::from_utf8(up.header(name)?).ok()?.trim();
+            if name.eq_ignore_ascii_case("authorization") {
+                let (scheme, t) = v.split_once(' ')?;
+                scheme.eq_ignore_ascii_case("bearer").then(|| t.trim().to_string())
+            } else {
+                Some(v.to_string())
+            }
+        }
+        KeySpec::Cookie(name) => up.cookie(name),
+        KeySpec::Query(name) => up.query_param(name),
+        _ => None,
+    }
+    .filter(|t| !t.is_empty())
+}
+
+fn verify(j: &Jwt, up: &Upgrade) -> Verdict {
+    let Some(token) = token(&j.from, up) else { return deny(401, "no token") };
+    let Ok(header) = decode_header(&token) else { return deny(401, "malformed token") };
+    if matches!(header.alg, Algorithm::HS256 | Algorithm::HS384 | Algorithm::HS512) {
+        return deny(401, "symmetric signatures are not accepted");
+    }
+    let mut v = Validation::new(header.alg);
+    v.leeway = LEEWAY_SECS;
+    v.validate_nbf = true;
+    v.set_required_spec_claims(&["exp"]);
+    if j.audiences.is_empty() {
+        v.validate_aud = false;
+    } else {
+        v.set_audience(&j.audiences);
+    }
+    if !j.issuers.is_empty() {
+        v.set_issuer(&j.issuers);
+    }
+    let candidates = j
+        .keys
+        .iter()
+        .filter(|k| k.algorithms.contains(&header.alg))
+        .filter(|k| header.kid.is_none() || k.kid.is_none() || k.kid == header.kid);
+    let mut outcome = deny(401, "unknown signing key");
+    for k in candidates {
+        match decode::<Map<String, Value>>(&token, &k.key, &v) {
+            Ok(data) => {
+                let claims = Arc::new(data.claims);
+                let headers = j
+                    .claim_headers
+                    .iter()
+                    .map(|(claim, header)| {
+                        let v = match claims.get(claim) {
+                            Some(Value::String(s)) => Some(s.clone()),
+                            Some(Value::Number(n)) => Some(n.to_string()),
+                            Some(Value::Bool(b)) => Some(b.to_string()),
+                            _ => None,
+                        };
+                        // A claim that cannot be a header value is left out rather than mangled.
+                        (header.clone(), v.filter(|v| !v.bytes().any(|b| b.is_ascii_control())))
+                    })
+                    .collect();
+                return Verdict::Allow { headers, claims: Some(claims) };
+            }
+            Err(e) => {
+                outcome = match e.kind() {
+                    ErrorKind::ExpiredSignature => deny(401, "token expired"),
+                    ErrorKind::ImmatureSignature => deny(401, "token not valid yet"),
+                    ErrorKind::InvalidAudience => deny(403, "token not for this audience"),
+                    ErrorKind::InvalidIssuer => deny(403, "token from an issuer not accepted here"),
+                    ErrorKind::MissingRequiredClaim(_) => deny(401, "token without exp"),
+                    ErrorKind::InvalidSignature => deny(401, "bad signature"),
+                    _ => deny(401, "invalid token"),
+                };
+                // Another key with the same kid (or none) may still verify it; a claim
+                // failure does not depend on the key.
+                if !matches!(e.kind(), ErrorKind::InvalidSignature | ErrorKind::InvalidAlgorithm) {
+                    return outcome;
+                }
+            }
+        }
+    }
+    outcome
+}
+
+/// Headers an auth endpoint gets: the client's credentials and what it asked for.
+const PASSED: [&str; 3] = ["authorization", "cookie", "user-agent"];
+
+async fn subrequest(authority: &str, path: &str, timeout: Duration, up: &Upgrade, client: IpAddr) -> Verdict {
+    let ask = async {
+        let tcp = tokio::net::TcpStream::connect(authority).await.ok()?;
+        let (mut tx, conn) = hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(tcp)).await.ok()?;
+        tokio::spawn(conn);
+        let mut req = hyper::Request::get(path)
+            .header(hyper::header::HOST, authority)
+            .header("x-original-uri", up.target.as_str())
+            .header("x-original-host", up.host.as_str())
+            .header("x-forwarded-for", client.to_string());
+        for (n, v) in &up.headers {
+            if PASSED.iter().any(|p| n.eq_ignore_ascii_case(p)) {
+                req = req.header(n.as_str(), v.as_slice());
+            }
+        }
+        let resp = tx.send_request(req.body(Empty::<Bytes>::new()).ok()?).await.ok()?;
+        let status = resp.status().as_u16();
+        let challenge =
+            resp.headers().get(hyper::header::WWW_AUTHENTICATE).and_then(|v| v.to_str().ok()).map(str::to_string);
+        // The answer's body is not used; reading it lets the connection close cleanly.
+        let _ = resp.into_body().collect().await;
+        Some((status, challenge))
+    };
+    match tokio::time::timeout(timeout, ask).await {
+        Ok(Some((s, _))) if (200..300).contains(&s) => Verdict::Allow { headers: Vec::new(), claims: None },
+        Ok(Some((401, challenge))) => Verdict::Deny { status: 401, why: "refused by the auth endpoint", challenge },
+        Ok(Some((403, _))) => Verdict::Deny { status: 403, why: "refused by the auth endpoint", challenge: None },
+        Ok(Some(_)) => {
+            Verdict::Deny { status: 500, why: "the auth endpoint answered neither 2xx, 401 nor 403", challenge: None }
+        }
+        Ok(None) => Verdict::Deny { status: 502, why: "the auth endpoint could not be asked", challenge: None },
+        Err(_) => Verdict::Deny { status: 504, why: "the auth endpoint did not answer in time", challenge: None },
+    }
+}
