@@ -68,12 +68,14 @@ pub struct KeyCache {
 impl KeyCache {
     fn keys(&self, route: &str, jwks: &str) -> Arc<Vec<Key>> {
         let mut good = self.good.lock().unwrap_or_else(|e| e.into_inner());
+        let mut errors = self.errors.lock().unwrap_or_else(|e| e.into_inner());
         if let Some((text, keys)) = good.get(route) {
             if text == jwks {
+                // The set in use again (after one that did not load): nothing is wrong now.
+                errors.remove(route);
                 return keys.clone();
             }
         }
-        let mut errors = self.errors.lock().unwrap_or_else(|e| e.into_inner());
         match model::compile_jwks(jwks) {
             Ok(keys) => {
                 let keys = Arc::new(keys);
@@ -253,5 +255,30 @@ async fn subrequest(authority: &str, path: &str, timeout: Duration, up: &Upgrade
         }
         Ok(None) => Verdict::Deny { status: 502, why: "the auth endpoint could not be asked", challenge: None },
         Err(_) => Verdict::Deny { status: 504, why: "the auth endpoint did not answer in time", challenge: None },
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const EC: &str = r#"{"keys":[{"kty":"EC","crv":"P-256","kid":"k1","alg":"ES256",
+        "x":"f83OJ3D2xF1Bg8vub9tLe1gHMzV76e8Tus9uPHvRVEU","y":"x_FEzRu9m36HLN_tue659LNpXW6pCyStikYjKIWI5a0"}]}"#;
+
+    #[test]
+    fn a_set_that_does_not_load_keeps_the_last_good_keys_and_says_so() {
+        let cache = KeyCache::default();
+        assert_eq!(cache.keys("api", EC).len(), 1);
+        // A key type this proxy cannot use (say, from a newer control plane).
+        let odd = EC.replace("P-256", "secp256k1");
+        assert_eq!(cache.keys("api", &odd).len(), 1, "the last good key stays");
+        let s = cache.status();
+        assert_eq!(s["api"]["keys"], 1);
+        assert!(s["api"]["error"].as_str().is_some_and(|e| !e.is_empty()), "{s}");
+        // A route that never had good keys has none: every token is refused.
+        assert!(cache.keys("new", &odd).is_empty());
+        // A good set again clears the error.
+        cache.keys("api", EC);
+        assert!(cache.status()["api"]["error"].is_null());
     }
 }

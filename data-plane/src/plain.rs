@@ -21,13 +21,13 @@ use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::Duration;
 
-use http_body_util::{BodyExt, Empty, Full};
+use http_body_util::{BodyExt, Full};
 use hyper::body::{Body as _, Bytes, Incoming};
 use hyper::header::{self, HeaderMap, HeaderName, HeaderValue};
 use hyper::{Request, Response, StatusCode, Version};
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 
-use self::bodies::{Limited, Relayed, ReqBody, RespBody};
+use self::bodies::{Limited, Relayed, RespBody};
 use crate::access_log;
 use crate::connection::streams::{BackendFail, ClientIo};
 use crate::connection::{handshake_timeout, Ctx};
@@ -117,20 +117,29 @@ impl AsyncWrite for Prefixed {
     }
 }
 
-/// The headers that describe one hop (RFC 9110 §7.6.1), never forwarded.
-const HOP_BY_HOP: [&str; 8] = [
-    "connection",
-    "keep-alive",
-    "proxy-connection",
-    "te",
-    "trailer",
-    "transfer-encoding",
-    "upgrade",
-    "proxy-authenticate",
+/// The headers that describe one hop (RFC 9110 §7.6.1), never forwarded. Names, not
+/// strings: a string is parsed into a name on every lookup.
+const HOP_BY_HOP: [HeaderName; 8] = [
+    header::CONNECTION,
+    HeaderName::from_static("keep-alive"),
+    HeaderName::from_static("proxy-connection"),
+    header::TE,
+    header::TRAILER,
+    header::TRANSFER_ENCODING,
+    header::UPGRADE,
+    header::PROXY_AUTHENTICATE,
 ];
+const X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
+const X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
 
 /// Removes hop-by-hop headers, including those the Connection header names.
 fn strip_hop_by_hop(h: &mut HeaderMap) {
+    if !h.contains_key(header::CONNECTION) {
+        for n in &HOP_BY_HOP[1..] {
+            h.remove(n);
+        }
+        return;
+    }
     let named: Vec<HeaderName> = h
         .get_all(header::CONNECTION)
         .iter()
@@ -141,9 +150,17 @@ fn strip_hop_by_hop(h: &mut HeaderMap) {
     for n in named {
         h.remove(n);
     }
-    for n in HOP_BY_HOP {
+    for n in &HOP_BY_HOP {
         h.remove(n);
     }
+}
+
+/// Whether balancing, affinity or the route's auth will look at the request's headers: only
+/// then are they copied into the view.
+fn needs_headers(pool: &crate::table::PoolTable, auth: bool) -> bool {
+    use switchyard_model::KeySpec;
+    let reads = |k: Option<&KeySpec>| matches!(k, Some(KeySpec::Header(_) | KeySpec::Cookie(_)));
+    auth || reads(pool.affinity_key.as_ref()) || reads(pool.hash_key())
 }
 
 /// What the routing and affinity code reads from a request (the same view a WebSocket
@@ -164,7 +181,8 @@ fn view(req: &Request<Incoming>) -> Result<handshake::Upgrade, &'static str> {
         return Err("bad Host");
     }
     let target = req.uri().path_and_query().map_or("/".to_string(), |p| p.as_str().to_string());
-    let headers = req.headers().iter().map(|(n, v)| (n.as_str().to_string(), v.as_bytes().to_vec())).collect();
+    // Headers are copied only for a request that needs them looked at (see `needs_headers`).
+    let headers = Vec::new();
     Ok(handshake::Upgrade {
         target,
         host: handshake::strip_port(&host).to_ascii_lowercase(),
@@ -242,6 +260,8 @@ impl Drop for Pending<'_> {
 /// Lasts as long as a response: the request counts as a connection to its backend (for least
 /// connections, and `/status`), keeps its session binding live, and is logged when it ends.
 struct InFlight {
+    /// The backend connection, pooled again once the response is over.
+    idle: Option<(String, backends::Sender)>,
     state: Arc<ProxyState>,
     stats: Arc<crate::stats::BackendStats>,
     session: Option<crate::affinity::LiveKey>,
@@ -253,6 +273,9 @@ struct InFlight {
 
 impl Drop for InFlight {
     fn drop(&mut self) {
+        if let Some((backend, tx)) = self.idle.take() {
+            backends::checkin(backend, tx);
+        }
         self.stats.active.fetch_sub(1, Relaxed);
         if let Some(k) = &self.session {
             self.state.affinity.unbind_live(k);
@@ -290,7 +313,7 @@ async fn handle(
     if let Some(r) = &mut rec.1 {
         r.host = Some(up.host.clone());
     }
-    if up.header("upgrade").is_some_and(|v| handshake::has_token(v, "websocket")) {
+    if req.headers().get_all(header::UPGRADE).iter().any(|v| handshake::has_token(v.as_bytes(), "websocket")) {
         // A WebSocket upgrade is taken on a connection's first request only, where it gets
         // the frame-checking relay; browsers and WebSocket clients always open a new
         // connection for one.
@@ -310,6 +333,9 @@ async fn handle(
     if let Some(r) = &mut rec.1 {
         r.route = Some(route.to_string());
         r.pool = Some(pool.pool.name.clone());
+    }
+    if needs_headers(&pool, table.route_auth(route).is_some()) {
+        up.headers = req.headers().iter().map(|(n, v)| (n.as_str().to_string(), v.as_bytes().to_vec())).collect();
     }
     // Edge authentication, before any backend is contacted.
     let mut passed = Vec::new();
@@ -403,30 +429,24 @@ async fn handle(
             headers.insert(n, v);
         }
     }
-    let bodiless = body.is_end_stream();
     let (seen_in, over) = (Arc::new(AtomicU64::new(0)), Arc::new(AtomicBool::new(false)));
     let body = Limited { inner: body, max: max_body, seen: seen_in.clone(), over: over.clone() };
-    let build = |body: ReqBody| {
-        let mut r = Request::builder().method(parts.method.clone()).uri(up.target.as_str()).version(Version::HTTP_11);
-        *r.headers_mut().expect("builder without errors") = headers.clone();
-        r.body(body)
-    };
-    let Ok(first_try) = build(body.boxed_unsync()) else {
-        return refusal(state, rec.1.take(), Reject::BadRequest("request target cannot be forwarded"));
-    };
-    let mut sent = tokio::time::timeout(response_timeout, sender.send_request(first_try)).await;
-    // A pooled connection the backend closed just now fails before anything was answered;
-    // a request without a body is sent again once, on a new connection.
-    if let (Ok(Err(e)), true, true) = (&sent, reused, bodiless) {
-        if e.is_closed() || e.is_incomplete_message() || e.is_canceled() {
-            if let (Ok(tx), Ok(retry)) =
-                (backends::connect(&address, ctx).await, build(Empty::new().map_err(|e| match e {}).boxed_unsync()))
-            {
+    let mut fwd = Request::new(body.boxed_unsync());
+    *fwd.method_mut() = parts.method;
+    *fwd.uri_mut() = parts.uri.path_and_query().map_or_else(|| hyper::Uri::from_static("/"), |p| p.clone().into());
+    *fwd.headers_mut() = headers;
+    let mut sent = tokio::time::timeout(response_timeout, sender.try_send_request(fwd)).await;
+    // A pooled connection the backend closed just now fails before the request was written;
+    // hyper hands it back, and it goes once more on a new connection.
+    if let (Ok(Err(e)), true) = (&mut sent, reused) {
+        if let Some(again) = e.take_message() {
+            if let Ok(tx) = backends::connect(&address, ctx).await {
                 sender = tx;
-                sent = tokio::time::timeout(response_timeout, sender.send_request(retry)).await;
+                sent = tokio::time::timeout(response_timeout, sender.try_send_request(again)).await;
             }
         }
     }
+    let sent = sent.map(|r| r.map_err(|e| e.into_error()));
     let resp = match sent {
         Ok(Ok(r)) => r,
         Ok(Err(_)) if over.load(Relaxed) => {
@@ -454,7 +474,6 @@ async fn handle(
             )
         }
     };
-    backends::checkin_when_idle(address.clone(), sender);
 
     let (mut parts, body) = resp.into_parts();
     // This hop's version is the client's, whatever the backend spoke.
@@ -482,6 +501,7 @@ async fn handle(
     }
     let bytes_out = Arc::new(AtomicU64::new(0));
     let hold = InFlight {
+        idle: Some((address, sender)),
         state: state.clone(),
         stats: entry.stats.clone(),
         session: live,
@@ -496,14 +516,12 @@ async fn handle(
 /// `X-Forwarded-For` appended to, `X-Forwarded-Proto` set, `Forwarded` added, and `Host`
 /// set from an absolute-form target's authority (RFC 9112 §3.2.2).
 fn forwarding_headers(h: &mut HeaderMap, up: &handshake::Upgrade, client: IpAddr, proto: &'static str) {
-    let prior: Vec<String> =
-        h.get_all("x-forwarded-for").iter().filter_map(|v| v.to_str().ok()).map(str::to_string).collect();
+    let prior: Vec<&str> = h.get_all(&X_FORWARDED_FOR).iter().filter_map(|v| v.to_str().ok()).collect();
     let xff = if prior.is_empty() { client.to_string() } else { format!("{}, {client}", prior.join(", ")) };
-    h.remove("x-forwarded-for");
     if let Ok(v) = HeaderValue::from_str(&xff) {
-        h.insert("x-forwarded-for", v);
+        h.insert(X_FORWARDED_FOR, v);
     }
-    h.insert("x-forwarded-proto", HeaderValue::from_static(proto));
+    h.insert(X_FORWARDED_PROTO, HeaderValue::from_static(proto));
     let for_ = match client {
         IpAddr::V4(a) => a.to_string(),
         IpAddr::V6(a) => format!("\"[{a}]\""),

@@ -194,6 +194,11 @@ pub fn request_key(spec: &KeySpec, up: &Upgrade, client: IpAddr) -> Option<u64> 
 }
 
 impl PoolTable {
+    /// The key consistent hashing reads (the client IP unless the pool names one).
+    pub fn hash_key(&self) -> Option<&KeySpec> {
+        self.hash_key.as_ref()
+    }
+
     /// Whether backend `i` may take a new connection now.
     pub fn fit(&self, i: usize, now_ms: u64, exclude: &[usize]) -> bool {
         let max = self.pool.max_connections_per_backend as u64;

@@ -26,34 +26,31 @@ thread_local! {
     static IDLE: RefCell<HashMap<String, Vec<(Sender, Instant)>>> = RefCell::new(HashMap::new());
 }
 
-/// An idle connection to `backend` that is still open, if this worker has one.
+/// An idle connection to `backend` that is open and ready, if this worker has one. One just
+/// given back may not be ready yet (its connection task has not run since the response
+/// ended): it stays for the next request.
 pub fn checkout(backend: &str) -> Option<Sender> {
     IDLE.with(|idle| {
         let mut idle = idle.borrow_mut();
         let list = idle.get_mut(backend)?;
-        while let Some((tx, since)) = list.pop() {
-            if since.elapsed() < IDLE_FOR && tx.is_ready() && !tx.is_closed() {
-                return Some(tx);
-            }
-        }
-        None
+        list.retain(|(tx, since)| since.elapsed() < IDLE_FOR && !tx.is_closed());
+        let i = list.iter().rposition(|(tx, _)| tx.is_ready())?;
+        Some(list.swap_remove(i).0)
     })
 }
 
-/// Keeps `tx` for the next request to `backend` once it is idle again.
-pub fn checkin_when_idle(backend: String, mut tx: Sender) {
-    tokio::spawn(async move {
-        if tx.ready().await.is_err() {
-            return;
+/// Gives `tx` back for the next request to `backend`, once its response is over (one cut
+/// short closes, and is dropped at the next checkout).
+pub fn checkin(backend: String, tx: Sender) {
+    if tx.is_closed() {
+        return;
+    }
+    IDLE.with(|idle| {
+        let mut idle = idle.borrow_mut();
+        let list = idle.entry(backend).or_default();
+        if list.len() < MAX_IDLE {
+            list.push((tx, Instant::now()));
         }
-        IDLE.with(|idle| {
-            let mut idle = idle.borrow_mut();
-            let list = idle.entry(backend).or_default();
-            list.retain(|(t, since)| since.elapsed() < IDLE_FOR && !t.is_closed());
-            if list.len() < MAX_IDLE {
-                list.push((tx, Instant::now()));
-            }
-        });
     });
 }
 

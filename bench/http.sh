@@ -1,0 +1,118 @@
+#!/usr/bin/env bash
+# Plain HTTP/1.1 through the proxy against NGINX, HAProxy and a direct connection: the same
+# small GET on kept-alive connections (64 by default), the same backend, interleaved in one run,
+# on one machine. Reports requests/s and the proxy's CPU per request, each as a ratio to NGINX.
+#
+# Usage: bash bench/http.sh [SECONDS_PER_PHASE] [CONNECTIONS] [ROUNDS]
+set -euo pipefail
+cd "$(dirname "$0")/.."
+SECS=${1:-10}
+CONNS=${2:-64}
+ROUNDS=${3:-3}
+OUT=bench/out/http
+rm -rf "$OUT"; mkdir -p "$OUT"
+RESULTS="$OUT/results.jsonl"; : > "$RESULTS"
+ulimit -n 20000
+
+if ! command -v nginx >/dev/null || ! command -v haproxy >/dev/null; then
+  echo "installing nginx and haproxy (Debian)..." >&2
+  apt-get update -qq >/dev/null
+  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq nginx-light haproxy >/dev/null
+fi
+cargo build --release --bins -q
+B=target/release
+source bench/lib.sh
+procs() { echo "$1 $(pgrep -P "$1" | tr '\n' ' ')"; }
+cpu_ticks() { local t=0; for p in $(procs "$1"); do t=$((t + $(awk '{print $14+$15}' /proc/$p/stat))); done; echo $t; }
+
+BACKEND=$(port); CP=$(port); SY=$(port); SYA=$(port); NG=$(port); HA=$(port)
+$B/http-bench backend --listen 127.0.0.1:$BACKEND > "$OUT/backend.log" 2>&1 & PIDS+=($!)
+$B/switchyard-control --id 1 --listen 127.0.0.1:$CP --data-dir "$OUT/cp" --metrics-listen off > "$OUT/cp.log" 2>&1 & PIDS+=($!)
+wait_port $BACKEND; wait_port $CP
+export SWITCHYARD_ENDPOINTS=127.0.0.1:$CP
+$B/switchyard pool create bench >/dev/null
+$B/switchyard backend add bench 127.0.0.1:$BACKEND >/dev/null
+$B/switchyard route set all --pool bench >/dev/null
+$B/switchyard-proxy --listen 127.0.0.1:$SY --admin 127.0.0.1:$SYA --control-plane 127.0.0.1:$CP --proxy-id bench \
+  > "$OUT/proxy.log" 2>&1 & SYPID=$!; PIDS+=($SYPID)
+
+# NGINX and HAProxy as their operators would set them up for this: two workers, kept-alive
+# upstream connections, forwarding headers, no access log.
+cat > "$OUT/nginx.conf" <<NGX
+worker_processes 2;
+worker_rlimit_nofile 20000;
+daemon off;
+pid $PWD/$OUT/nginx.pid;
+error_log $PWD/$OUT/nginx.err warn;
+events { worker_connections 20000; }
+http {
+  access_log off;
+  upstream be { server 127.0.0.1:$BACKEND; keepalive 128; }
+  server {
+    listen 127.0.0.1:$NG;
+    keepalive_requests 1000000;
+    location / {
+      proxy_pass http://be;
+      proxy_http_version 1.1;
+      proxy_set_header Connection "";
+      proxy_set_header Host \$host;
+      proxy_set_header X-Forwarded-For \$proxy_add_x_forwarded_for;
+      proxy_set_header X-Forwarded-Proto \$scheme;
+    }
+  }
+}
+NGX
+nginx -c "$PWD/$OUT/nginx.conf" > "$OUT/nginx.log" 2>&1 & NGPID=$!; PIDS+=($NGPID)
+cat > "$OUT/haproxy.cfg" <<HAP
+global
+  maxconn 9950
+  nbthread 2
+defaults
+  mode http
+  option forwardfor
+  timeout connect 5s
+  timeout client 1h
+  timeout server 1h
+  http-reuse always
+frontend fe
+  bind 127.0.0.1:$HA
+  default_backend be
+backend be
+  server s1 127.0.0.1:$BACKEND
+HAP
+haproxy -f "$OUT/haproxy.cfg" -db > "$OUT/haproxy.log" 2>&1 & HAPID=$!; PIDS+=($HAPID)
+wait_port $SY; wait_port $NG; wait_port $HA
+wait_proxy_config 127.0.0.1:$SYA
+
+declare -A ADDR=([direct]=127.0.0.1:$BACKEND [switchyard]=127.0.0.1:$SY [nginx]=127.0.0.1:$NG [haproxy]=127.0.0.1:$HA)
+declare -A PID=([direct]=0 [switchyard]=$SYPID [nginx]=$NGPID [haproxy]=$HAPID)
+TCK=$(getconf CLK_TCK)
+for round in $(seq "$ROUNDS"); do
+  for t in direct switchyard nginx haproxy; do
+    p=${PID[$t]}
+    c0=$([ "$p" = 0 ] && echo 0 || cpu_ticks "$p")
+    line=$($B/http-bench load --target "${ADDR[$t]}" --conns "$CONNS" --seconds "$SECS")
+    c1=$([ "$p" = 0 ] && echo 0 || cpu_ticks "$p")
+    echo "$line" | python3 -c "
+import json,sys; r=json.loads(sys.stdin.read()); r.update(name='$t', round=$round, proxy_cpu_s=($c1-$c0)/$TCK)
+r['proxy_cpu_us_per_request'] = r['proxy_cpu_s'] * 1e6 / r['requests'] if r['requests'] else None
+print(json.dumps(r))" | tee -a "$RESULTS"
+  done
+done
+
+python3 - "$RESULTS" <<'PY'
+import json, sys, collections
+rows = [json.loads(l) for l in open(sys.argv[1]) if l.strip()]
+by = collections.defaultdict(list)
+for r in rows: by[r['name']].append(r)
+def avg(xs): xs = [x for x in xs if x is not None]; return sum(xs) / len(xs) if xs else float('nan')
+rps = {n: avg([r['requests_per_s'] for r in rs]) for n, rs in by.items()}
+cpu = {n: avg([r['proxy_cpu_us_per_request'] for r in rs]) for n, rs in by.items()}
+err = {n: sum(r['errors'] for r in rs) for n, rs in by.items()}
+print()
+print(f"{'target':<12}{'requests/s':>12}{'x nginx':>9}{'cpu us/req':>12}{'x nginx':>9}{'p99 us':>9}{'errors':>8}")
+for n in ['direct', 'switchyard', 'nginx', 'haproxy']:
+    p99 = avg([r['p99_us'] for r in by[n]])
+    c = cpu[n] if n != 'direct' else float('nan')
+    print(f"{n:<12}{rps[n]:>12.0f}{rps[n]/rps['nginx']:>9.2f}{c:>12.1f}{c/cpu['nginx']:>9.2f}{p99:>9.0f}{err[n]:>8}")
+PY
