@@ -10,6 +10,7 @@ pub mod cluster_id;
 pub mod config;
 pub mod error;
 pub mod fatal;
+pub mod features;
 pub mod health;
 pub mod metrics;
 pub mod network;

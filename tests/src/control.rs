@@ -8,6 +8,7 @@ use std::process::Command;
 use std::time::Duration;
 
 use command_fds::{CommandFdExt, FdMapping};
+use switchyard_model::grpc::Channel;
 use switchyard_model::grpc::{self, ChannelOptions, ClientTls};
 use switchyard_model::AffinitySecret;
 use switchyard_proto::v1::admin_client::AdminClient;
@@ -17,7 +18,6 @@ use switchyard_proto::v1::{
     watch_event, AddBackendRequest, Backend, ClusterStatusReply, ClusterStatusRequest, CreatePoolRequest, Pool, Route,
     SetRouteRequest, WatchRequest,
 };
-use tonic::transport::Channel;
 
 use crate::process::{bin, eventually, Proc};
 
