@@ -10,7 +10,7 @@ use crate::output::Format;
 #[derive(Parser, Debug)]
 #[command(
     name = "switchyard",
-    version = switchyard_model::version::build_line(),
+    version = switchyard_model::version::protocol_line(),
     about = "Switchyard: administer the WebSocket load balancer, or run it locally with `switchyard dev`"
 )]
 pub struct Cli {

@@ -11,7 +11,7 @@ use switchyard_model::tls::{Role, TlsFiles};
 use crate::connection::Tuning;
 
 #[derive(Debug, Default, clap::Parser)]
-#[command(name = "switchyard-proxy", version = switchyard_model::version::build_line(), about = "Switchyard WebSocket proxy")]
+#[command(name = "switchyard-proxy", version = switchyard_model::version::protocol_line(), about = "Switchyard WebSocket proxy")]
 pub struct Args {
     /// TOML file with any of the keys below.
     #[arg(long)]

@@ -51,7 +51,15 @@ pub fn max_feature_level() -> u32 {
     })
 }
 
-/// What `--version` prints after the program's name: `0.1.0 (protocol 1.1, max feature level 2)`.
+/// What a proxy's or the CLI's `--version` prints after the program's name: `0.1.0 (protocol
+/// 1.1)`. They apply no log, so they have no feature level.
+pub fn protocol_line() -> &'static str {
+    static LINE: OnceLock<String> = OnceLock::new();
+    LINE.get_or_init(|| format!("{VERSION} (protocol {PROTOCOL})"))
+}
+
+/// What a node's `--version` prints after the program's name: `0.1.0 (protocol 1.1, max
+/// feature level 2)`.
 pub fn build_line() -> &'static str {
     static LINE: OnceLock<String> = OnceLock::new();
     LINE.get_or_init(|| format!("{VERSION} (protocol {PROTOCOL}, max feature level {})", max_feature_level()))

@@ -169,6 +169,7 @@ async fn a_cluster_and_its_proxies_upgrade_one_process_at_a_time_without_droppin
     let t0 = Instant::now();
     let old = vec![(version::TEST_MAX_FEATURE_LEVEL_ENV.to_string(), "1".to_string())];
     let mut c = Cluster::start_env(3, &[], switchyard_model::grpc::ClientTls::cleartext(), &old).await;
+    eprintln!("cluster up at {:?}", t0.elapsed());
     let endpoints: Vec<String> = c.nodes.values().map(|n| n.addr.clone()).collect();
     let any = endpoints[0].clone();
 
@@ -206,6 +207,7 @@ async fn a_cluster_and_its_proxies_upgrade_one_process_at_a_time_without_droppin
         assert!(st["control_plane"]["connected"].as_bool().unwrap_or(false), "{st}");
     }
 
+    eprintln!("setup done at {:?}", t0.elapsed());
     let load = Arc::new(Load::default());
     let mut clients = Vec::new();
     for (i, p) in proxies.iter().enumerate() {
@@ -231,11 +233,14 @@ async fn a_cluster_and_its_proxies_upgrade_one_process_at_a_time_without_droppin
     // Nodes one at a time, as the new release (no env var).
     let ids: Vec<u64> = c.nodes.keys().copied().collect();
     for (k, id) in ids.iter().enumerate() {
+        let t = Instant::now();
         let status = blocking(|| c.node(*id).terminate());
+        eprintln!("node {id} stopped in {:?}", t.elapsed());
         assert!(status.success(), "node {id} exited {status} on SIGTERM");
         c.node(*id).env.clear();
         blocking(|| c.node(*id).start());
         caught_up(&c).await;
+        eprintln!("node {id} back and caught up after {:?}", t.elapsed());
         if k + 1 < ids.len() {
             // Still a mixed cluster: stays at 1, and the refusal names an old node.
             assert_eq!(feature_levels(&c).await, vec![1, 1, 1]);
@@ -255,9 +260,24 @@ async fn a_cluster_and_its_proxies_upgrade_one_process_at_a_time_without_droppin
     for m in &st.members {
         assert_eq!((m.version.as_str(), m.max_feature_level), (version::VERSION, 2), "member {m:?}");
     }
+    // What an operator sees: `switchyard cluster status` and `switchyard-control --version`.
+    let out = std::process::Command::new(bin("switchyard"))
+        .args(["--endpoints", &any, "-o", "json", "cluster", "status"])
+        .output()
+        .expect("run switchyard");
+    let j: serde_json::Value = serde_json::from_slice(&out.stdout).expect("cluster status JSON");
+    assert_eq!(j["feature_level"], 2, "{j}");
+    for m in j["members"].as_array().expect("members") {
+        assert_eq!((m["version"].as_str(), m["max_feature_level"].as_u64()), (Some(version::VERSION), Some(2)), "{m}");
+    }
+    let out = std::process::Command::new(bin("switchyard-control")).arg("--version").output().expect("--version");
+    let line = String::from_utf8_lossy(&out.stdout).to_string();
+    let want = format!("switchyard-control {} (protocol {}, max feature level 2)", version::VERSION, version::PROTOCOL);
+    assert_eq!(line.trim_end(), want);
     assert!(load.failures().is_empty(), "failures while nodes restarted: {:?}", load.failures());
     assert_eq!(load.going_away.load(Ordering::SeqCst), 0, "no connection ends while nodes restart");
 
+    eprintln!("nodes done at {:?}", t0.elapsed());
     // Proxies one at a time: the new process takes the socket, then the old one drains.
     for i in 0..proxies.len() {
         let before = load.going_away.load(Ordering::SeqCst);
@@ -301,6 +321,27 @@ async fn a_cluster_and_its_proxies_upgrade_one_process_at_a_time_without_droppin
     let missing: Vec<&String> = acked.iter().filter(|a| !stored.contains(*a)).collect();
     assert!(acked.len() >= 20, "the writer only got {} writes in", acked.len());
     assert!(missing.is_empty(), "acknowledged writes lost: {missing:?}");
+
+    // No way back: an old binary refuses the upgraded cluster's data dir, by name.
+    blocking(|| c.node(1).terminate());
+    let mut args = c.nodes[&1].args.clone();
+    args.extend(["--listen".into(), "127.0.0.1:0".into()]);
+    let log = c.dir.path().join("downgrade.log");
+    let mut old_node = Proc::default();
+    old_node.set(
+        std::process::Command::new(bin("switchyard-control"))
+            .args(&args)
+            .envs(old.iter().map(|(k, v)| (k, v)))
+            .stdout(std::process::Stdio::null())
+            .stderr(std::fs::File::create(&log).unwrap())
+            .spawn()
+            .expect("start the old binary"),
+    );
+    let exit = blocking(|| old_node.wait_exit(Duration::from_secs(20))).expect("the old binary refuses to start");
+    let err = std::fs::read_to_string(&log).unwrap();
+    assert!(!exit.success(), "{err}");
+    assert!(err.contains("runs at feature level 2") && err.contains("supports at most level 1"), "{err}");
+
     eprintln!(
         "upgrade: {} writes, {} echoes, {} reconnects, {:.1}s",
         acked.len(),
