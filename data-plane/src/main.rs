@@ -28,14 +28,16 @@ async fn main() {
 }
 
 async fn run(args: Args, passed: std::io::Result<Option<std::net::TcpListener>>) -> anyhow::Result<()> {
-    let (cfg, tls) = args.into_config()?;
+    let (mut cfg, tls) = args.into_config()?;
     let bind = |addr: std::net::SocketAddr, what: &'static str| async move {
         tokio::net::TcpListener::bind(addr).await.map_err(|e| anyhow::anyhow!("cannot listen on {addr}{what}: {e}"))
     };
     let passed = passed.map_err(|e| anyhow::anyhow!("socket passed in LISTEN_FDS: {e}"))?;
     let ws = match passed {
-        // The supervisor's socket serves as the ws listener, whatever --listen says.
+        // The supervisor's socket serves as the ws listener, whatever --listen says. It may
+        // still be served by the process this one replaces: accept once there is a config.
         Some(l) => {
+            cfg.tuning.accept_when_configured = Some(std::time::Duration::from_secs(10));
             l.set_nonblocking(true)?;
             Some(tokio::net::TcpListener::from_std(l)?)
         }

@@ -281,8 +281,14 @@ async fn a_cluster_and_its_proxies_upgrade_one_process_at_a_time_without_droppin
     // Proxies one at a time: the new process takes the socket, then the old one drains.
     for i in 0..proxies.len() {
         let before = load.going_away.load(Ordering::SeqCst);
-        let cache = c.dir.path().join(format!("proxy-{i}-new.cache"));
+        // Same socket, same cache file: it serves from its first accepted connection.
+        let cache = c.dir.path().join(format!("proxy-{i}.cache"));
         let new = blocking(|| ProxyProcess::spawn_on(&sockets[i], &cp, &cache, &format!("edge-{i}")));
+        // While both processes accept from the socket, new clients get in, whichever takes them.
+        for k in 0..6 {
+            let (mut ws, _) = ws_connect(&new.ws, "/", &[]).await.unwrap_or_else(|e| panic!("new client {k}: {e}"));
+            echo(&mut ws, Message::text("hello")).await.expect("echo while two processes share the socket");
+        }
         new.wait_revision(rev).await;
         let exit = blocking(|| proxies[i].terminate());
         assert!(exit.success(), "proxy {i} exited {exit} on SIGTERM");
