@@ -92,6 +92,21 @@ pub async fn ask(ctx: &NodeCtx, members: &[Member]) -> BTreeMap<NodeId, Runs> {
     futures::future::join_all(asks).await.into_iter().flatten().collect()
 }
 
+/// Refuses to add a node that says it cannot run the cluster's level (it would stop at the
+/// first entry it applied); one that does not answer is left to refuse by itself.
+pub async fn check_joiner(ctx: &NodeCtx, id: NodeId, addr: &str) -> Result<(), String> {
+    let level = ctx.shared.read().state.feature_level();
+    let joiner = Member { id, address: addr.to_string(), ..Default::default() };
+    match ask(ctx, std::slice::from_ref(&joiner)).await.remove(&id) {
+        Some(r) if r.max_level < level => Err(format!(
+            "node {id} runs {}, max feature level {}, and the cluster runs at {level}: upgrade it before adding it",
+            if r.version.is_empty() { "a version from before feature levels" } else { &r.version },
+            r.max_level
+        )),
+        _ => Ok(()),
+    }
+}
+
 /// `members` with what each runs filled in, as far as they answered.
 pub async fn annotate(ctx: &NodeCtx, mut members: Vec<Member>) -> Vec<Member> {
     let runs = ask(ctx, &members).await;

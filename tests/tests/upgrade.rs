@@ -274,6 +274,15 @@ async fn a_cluster_and_its_proxies_upgrade_one_process_at_a_time_without_droppin
     let line = String::from_utf8_lossy(&out.stdout).to_string();
     let want = format!("switchyard-control {} (protocol {}, max feature level 2)", version::VERSION, version::PROTOCOL);
     assert_eq!(line.trim_end(), want);
+    // A node of the old release can no longer be added: it could not apply the log.
+    let mut flags = test_flags();
+    flags.push("--join".into());
+    let n4 = blocking(|| ControlNode::spawn_env(4, reserve(), &c.dir.path().join("node-4"), &flags, &old));
+    let e = admin(&any).add_node(AddNodeRequest { id: 4, address: n4.addr.clone() }).await.expect_err("refused");
+    assert_eq!(e.code(), Code::FailedPrecondition, "{e:?}");
+    let want = format!("node 4 runs {}, max feature level 1, and the cluster runs at 2", version::VERSION);
+    assert!(e.message().contains(&want), "{}", e.message());
+    drop(n4);
     assert!(load.failures().is_empty(), "failures while nodes restarted: {:?}", load.failures());
     assert_eq!(load.going_away.load(Ordering::SeqCst), 0, "no connection ends while nodes restart");
 
