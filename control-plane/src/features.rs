@@ -25,7 +25,7 @@ use crate::types::NodeId;
 /// How often the leader asks members what they run.
 const TICK: Duration = Duration::from_secs(1);
 /// How long one member may take to answer.
-const ASK_TIMEOUT: Duration = Duration::from_millis(800);
+const ASK_TIMEOUT: Duration = Duration::from_millis(500);
 
 /// Why this binary cannot run a cluster at `level`, if it cannot.
 pub fn unsupported(level: u32) -> Option<String> {

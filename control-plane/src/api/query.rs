@@ -125,7 +125,7 @@ impl Query for QueryService {
         _req: Request<ClusterStatusRequest>,
     ) -> Result<Response<ClusterStatusReply>, Status> {
         let m = self.0.raft.metrics().borrow().clone();
-        // Every member is asked what it runs (in parallel, each within a second).
+        // Every member is asked what it runs (in parallel, each within half a second).
         let members = crate::features::annotate(&self.0, self.0.members()).await;
         Ok(Response::new(ClusterStatusReply {
             node_id: self.0.id,
