@@ -10,7 +10,7 @@ use crate::output::Format;
 #[derive(Parser, Debug)]
 #[command(
     name = "switchyard",
-    version,
+    version = switchyard_model::version::protocol_line(),
     about = "Switchyard: administer the WebSocket load balancer, or run it locally with `switchyard dev`"
 )]
 pub struct Cli {
@@ -384,9 +384,14 @@ pub enum SessionCmd {
         pool: String,
         key: String,
     },
+    /// Deletes one binding, or with `--all` every binding of the pool (needs cluster feature
+    /// level 2).
     Delete {
         pool: String,
-        key: String,
+        #[arg(required_unless_present = "all", conflicts_with = "all")]
+        key: Option<String>,
+        #[arg(long)]
+        all: bool,
     },
 }
 

@@ -6,6 +6,7 @@
 use std::time::Duration;
 
 use anyhow::{bail, Result};
+use switchyard_model::grpc::Channel;
 use switchyard_model::grpc::{self, ChannelOptions, ClientTls};
 use switchyard_model::limits::MAX_GRPC_MESSAGE;
 use switchyard_proto::v1::access_client::AccessClient;
@@ -15,7 +16,6 @@ use switchyard_proto::v1::query_client::QueryClient;
 use tonic::metadata::{Ascii, MetadataValue};
 use tonic::service::interceptor::InterceptedService;
 use tonic::service::Interceptor;
-use tonic::transport::Channel;
 use tonic::{Code, Request, Status};
 
 /// Adds `authorization: Bearer <token>` to every call, when the CLI was given a token.

@@ -14,8 +14,8 @@ mod view;
 #[cfg(test)]
 pub(crate) use view::{algorithm, health_check_kind};
 use view::{
-    backend_json, backend_row, change_json, member_json, pool_json, pool_row, role, route_json, route_row,
-    session_json, settings_json, BACKEND_HEADERS, POOL_HEADERS, ROUTE_HEADERS,
+    backend_json, backend_row, change_json, member_json, member_status_json, pool_json, pool_row, role, route_json,
+    route_row, session_json, settings_json, BACKEND_HEADERS, POOL_HEADERS, ROUTE_HEADERS,
 };
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
@@ -197,7 +197,11 @@ impl Out {
                 "state": s.state,
                 "snapshot_index": s.snapshot_index,
                 "purged_index": s.purged_index,
-                "members": s.members.iter().map(member_json).collect::<Vec<_>>(),
+                "feature_level": s.feature_level,
+                "version": s.version,
+                "protocol": s.protocol,
+                "max_feature_level": s.max_feature_level,
+                "members": s.members.iter().map(member_status_json).collect::<Vec<_>>(),
             })),
             Format::Table => {
                 let leader = if s.leader_id == 0 { "none".to_string() } else { s.leader_id.to_string() };
@@ -210,6 +214,9 @@ impl Out {
                     if s.cluster_id.is_empty() { "unknown" } else { &s.cluster_id },
                     if s.security.is_empty() { "unknown" } else { &s.security }
                 );
+                // A node from before feature levels does not send one.
+                let level = if s.feature_level == 0 { "unknown".to_string() } else { s.feature_level.to_string() };
+                println!("feature level {level}");
                 if s.security.starts_with("INSECURE") {
                     eprintln!(
                         "warning: node {} serves cleartext on a routable address (--insecure): anyone who can reach \
@@ -217,9 +224,26 @@ impl Out {
                         s.node_id
                     );
                 }
-                self.members(&s.members);
+                self.member_versions(&s.members);
             }
         }
+    }
+
+    /// Members with what each runs ("?" for one that did not answer).
+    fn member_versions(&self, ms: &[Member]) {
+        let rows = || {
+            ms.iter()
+                .map(|m| {
+                    let leader = if m.leader { "*".into() } else { String::new() };
+                    let or_q = |s: &str| if s.is_empty() { "?".to_string() } else { s.to_string() };
+                    let max = if m.max_feature_level == 0 { "?".into() } else { m.max_feature_level.to_string() };
+                    let (version, protocol) = (or_q(&m.version), or_q(&m.protocol));
+                    vec![m.id.to_string(), m.address.clone(), role(m.role).into(), leader, version, protocol, max]
+                })
+                .collect()
+        };
+        let heads = ["ID", "ADDRESS", "ROLE", "LEADER", "VERSION", "PROTOCOL", "MAX LEVEL"];
+        self.emit(|| json!(ms.iter().map(member_status_json).collect::<Vec<_>>()), &heads, rows);
     }
 
     /// For writes that return no object: "`what` (revision N)", or `{"revision": N}`.

@@ -21,6 +21,8 @@ fn help_and_version() {
     let (code, out, _) = run(&["--version"]);
     assert_eq!(code, 0);
     assert!(out.starts_with("switchyard "), "{out}");
+    let protocol = switchyard_model::version::PROTOCOL;
+    assert!(out.contains(&format!("(protocol {protocol})")), "{out}");
 }
 
 #[test]

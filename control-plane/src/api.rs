@@ -6,6 +6,7 @@ pub mod admin;
 pub mod discovery;
 pub mod peer;
 pub mod query;
+pub mod versions;
 
 use std::sync::Arc;
 
@@ -23,9 +24,11 @@ use crate::auth::{Auth, Authorizer};
 use crate::metrics::layer::CallsLayer;
 use crate::network::{MAX_MESSAGE, MAX_PEER_MESSAGE};
 use crate::node::context::NodeCtx;
+use versions::VersionLayer;
 
-/// The router's layers: calls counted outermost (refusals too), then authorization.
-pub type Layers = Stack<AuthLayer, Stack<CallsLayer, Identity>>;
+/// The router's layers: calls counted outermost (refusals too), then the caller's protocol
+/// version, then authorization.
+pub type Layers = Stack<AuthLayer, Stack<VersionLayer, Stack<CallsLayer, Identity>>>;
 
 /// Every service behind the one authorization layer ([`crate::auth`]), in mode `auth`, and
 /// behind TLS when the node has it.
@@ -56,6 +59,7 @@ pub fn router(node: Arc<NodeCtx>, auth: Auth) -> Result<Router<Layers>, crate::e
     }
     Ok(server
         .layer(CallsLayer(node.metrics.clone()))
+        .layer(VersionLayer)
         .layer(AuthLayer(authorizer))
         .add_service(health)
         .add_service(reflection)

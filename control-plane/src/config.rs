@@ -183,7 +183,7 @@ impl Security {
 
 /// Command-line flags of `switchyard-control`.
 #[derive(Debug, Default, clap::Parser)]
-#[command(name = "switchyard-control", version, about = "Switchyard control-plane node")]
+#[command(name = "switchyard-control", version = switchyard_model::version::build_line(), about = "Switchyard control-plane node")]
 pub struct Args {
     /// TOML file with any of the keys below (e.g. `id = 1`, `data-dir = "/var/lib/sy"`).
     #[arg(long)]

@@ -51,6 +51,9 @@ pub enum NodeError {
     /// The Raft core stopped on its own while the node ran.
     #[error("fatal: {0}")]
     Fatal(String),
+    /// The cluster runs at a feature level this binary cannot apply.
+    #[error("{0}")]
+    FeatureLevel(String),
     /// The data dir does not fit the cluster its peers hold (amnesia, another cluster's).
     #[error("{0}")]
     Membership(String),

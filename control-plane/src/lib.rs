@@ -11,6 +11,7 @@ pub mod config;
 pub mod console;
 pub mod error;
 pub mod fatal;
+pub mod features;
 pub mod health;
 pub mod metrics;
 pub mod network;

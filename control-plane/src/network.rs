@@ -12,10 +12,10 @@ use openraft::raft::{
 use openraft::BasicNode;
 use serde::de::DeserializeOwned;
 use serde::Serialize;
+use switchyard_model::grpc::Channel;
 use switchyard_model::grpc::{ChannelError, ChannelOptions, ClientTls};
 use switchyard_proto::raft::raft_client::RaftClient;
 use switchyard_proto::raft::RaftPayload;
-use tonic::transport::Channel;
 
 use crate::cluster_id::ClusterId;
 use crate::types::{NodeId, TypeConfig};

@@ -62,6 +62,10 @@ impl Node {
         bootstrap::check_peers(&config, log.is_empty().map_err(data_err)?, &cluster_id).await?;
         let sm = StateMachineStore::open(db).map_err(data_err)?.with_metrics(metrics.clone());
         let shared = sm.shared();
+        let level = shared.read().state.feature_level();
+        if let Some(why) = crate::features::unsupported(level) {
+            return Err(NodeError::FeatureLevel(why));
+        }
 
         let raft_config = openraft::Config {
             cluster_name: "switchyard".into(),
@@ -99,6 +103,7 @@ impl Node {
             serving: serving::Serving::start(raft.clone(), &config, shutdown.clone()),
             fatal: Default::default(),
             metrics,
+            features: Default::default(),
             config,
         });
 
@@ -127,6 +132,7 @@ impl Node {
         tokio::spawn(bootstrap::form_cluster(ctx.clone()));
         tokio::spawn(crate::health::run(ctx.clone()));
         tokio::spawn(crate::sessions::expire(ctx.clone()));
+        tokio::spawn(crate::features::run(ctx.clone()));
         let security = ctx.config.security();
         match security {
             Security::Mtls => {

@@ -33,6 +33,8 @@ pub struct State {
     /// The latest `now_ms` ever applied: session time never goes back when a new leader's
     /// wall clock is behind the old one's.
     clock_ms: u64,
+    /// The cluster's feature level as stored: 0 (a cluster from before levels) reads as 1.
+    feature_level: u32,
 }
 
 impl std::ops::Deref for State {
@@ -48,7 +50,18 @@ impl State {
     }
 
     pub fn from_model(model: Model, seen: Seen, clock_ms: u64) -> State {
-        State { model, seen, clock_ms, tokens: Tokens::default(), audit: AuditLog::default() }
+        State { model, seen, clock_ms, tokens: Tokens::default(), audit: AuditLog::default(), feature_level: 0 }
+    }
+
+    /// With the feature level restored too (0, from data written before levels, reads as 1).
+    pub fn with_feature_level(mut self, level: u32) -> State {
+        self.feature_level = level;
+        self
+    }
+
+    /// The cluster's feature level, as committed in Raft (1 until the leader raises it).
+    pub fn feature_level(&self) -> u32 {
+        self.feature_level.max(1)
     }
 
     /// With the tokens and audit log restored too.
@@ -286,6 +299,16 @@ impl State {
                 }
             }
             Command::Note => {}
+            Command::SetFeatureLevel(n) => self.feature_level = self.feature_level().max(*n),
+            Command::DeleteSessions { pool } => {
+                if !self.pools.contains_key(pool) {
+                    return Err(no_pool(pool));
+                }
+                let keys: Vec<Key2> = self.sessions.keys().filter(|(p, _)| p == pool).cloned().collect();
+                for (pool, key) in keys {
+                    self.emit(&mut out, change::Kind::SessionRemoved(SessionRef { pool, key }));
+                }
+            }
             Command::SetAffinitySecret(SecretBytes(secret)) => {
                 if self.affinity_secret.is_set() || !AffinitySecret::from_bytes(secret).is_set() {
                     return Ok(vec![]);

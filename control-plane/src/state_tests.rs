@@ -399,3 +399,22 @@ fn the_first_affinity_secret_takes_drops_raw_bindings_and_never_changes() {
     assert!(fresh.apply(1, &Command::SetAffinitySecret(SecretBytes(vec![3; 5]))).unwrap().is_empty());
     assert!(!fresh.affinity_secret.is_set());
 }
+
+#[test]
+fn delete_sessions_drops_every_binding_of_one_pool_only() {
+    let mut s = State::default();
+    s.apply(1, &pool("p")).unwrap();
+    s.apply(2, &pool("q")).unwrap();
+    s.apply(3, &backend("p", "a:1")).unwrap();
+    s.apply(4, &backend("q", "a:1")).unwrap();
+    s.apply(5, &bind("k1", "a:1", 60_000, 1)).unwrap();
+    s.apply(6, &bind("k2", "a:1", 60_000, 1)).unwrap();
+    let q = SessionBinding { pool: "q".into(), key: "k9".into(), backend: "a:1".into(), ..Default::default() };
+    s.apply(7, &Command::BindSessions { now_ms: 1, bindings: vec![Pb(q)] }).unwrap();
+    assert_eq!(s.sessions.len(), 3);
+    let out = s.apply(8, &Command::DeleteSessions { pool: "p".into() }).unwrap();
+    assert_eq!(out.len(), 2);
+    assert_eq!(s.sessions.keys().cloned().collect::<Vec<_>>(), vec![("q".to_string(), "k9".to_string())]);
+    assert!(matches!(s.apply(9, &Command::DeleteSessions { pool: "nope".into() }), Err(ApiError::NotFound(_))));
+    assert_eq!(Command::DeleteSessions { pool: "p".into() }.needs(), 2);
+}

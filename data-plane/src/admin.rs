@@ -183,6 +183,7 @@ pub fn status_json(state: &ProxyState) -> serde_json::Value {
         "active": backends.iter().map(|b| b["active"].as_u64().unwrap_or(0)).sum::<u64>(),
         "handshake_failures": failures,
         "edge_auth": state.keys.status(),
+        "versions": state.status.versions(),
         "backends": backends,
     })
 }

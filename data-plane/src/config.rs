@@ -11,12 +11,14 @@ use switchyard_model::tls::{Role, TlsFiles};
 use crate::connection::Tuning;
 
 #[derive(Debug, Default, clap::Parser)]
-#[command(name = "switchyard-proxy", version, about = "Switchyard WebSocket proxy")]
+#[command(name = "switchyard-proxy", version = switchyard_model::version::protocol_line(), about = "Switchyard WebSocket proxy")]
 pub struct Args {
     /// TOML file with any of the keys below.
     #[arg(long)]
     pub config: Option<PathBuf>,
     /// WebSocket (ws://) listener [default: 0.0.0.0:8080, unless only --wss-listen is given].
+    /// A listening socket passed on fd 3 (`LISTEN_FDS=1`, systemd socket activation, or a
+    /// supervisor handing it from the old process to the new one) serves instead.
     #[arg(long)]
     pub listen: Option<SocketAddr>,
     /// WebSocket over TLS (wss://) listener; needs certificates (--wss-cert/--wss-key or

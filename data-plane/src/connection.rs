@@ -41,6 +41,10 @@ pub struct Tuning {
     pub workers: usize,
     /// The operator's cap on open client connections (the descriptor limit caps it too).
     pub max_connections: Option<usize>,
+    /// Accept only once a config is in use (from the cache or a node), waiting at most this
+    /// long: a process taking over a listening socket that an old one still serves would
+    /// otherwise answer its share of new clients with 404s until its first config arrives.
+    pub accept_when_configured: Option<Duration>,
 }
 
 impl Default for Tuning {
@@ -52,6 +56,7 @@ impl Default for Tuning {
             shutdown_grace: Duration::from_secs(10),
             workers: std::thread::available_parallelism().map_or(2, |n| n.get()),
             max_connections: None,
+            accept_when_configured: None,
         }
     }
 }
@@ -105,6 +110,20 @@ impl Workers {
             Ok(std_sock) => self.senders[i].send((std_sock, peer, tls)).is_ok(),
             Err(_) => false,
         }
+    }
+}
+
+/// Waits until the proxy runs a config, at most `limit` (or until shutdown).
+pub async fn configured(state: &ProxyState, limit: Duration) {
+    let deadline = tokio::time::Instant::now() + limit;
+    while state.status.config().source == "none" && tokio::time::Instant::now() < deadline {
+        tokio::select! {
+            _ = state.runtime.shutdown.cancelled() => return,
+            _ = tokio::time::sleep(Duration::from_millis(10)) => {}
+        }
+    }
+    if state.status.config().source == "none" {
+        tracing::warn!(?limit, "no config yet; accepting anyway");
     }
 }
 
@@ -520,5 +539,27 @@ pub(crate) fn session_key(
         }
         // No key in this request (header or query parameter missing): balance it as usual.
         _ => (None, None),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn accepting_waits_for_a_config_but_not_past_the_limit() {
+        let state = ProxyState::new("p".into());
+        let t = std::time::Instant::now();
+        configured(&state, Duration::from_millis(150)).await;
+        assert!(t.elapsed() >= Duration::from_millis(150), "returned without a config after {:?}", t.elapsed());
+
+        let s = state.clone();
+        tokio::spawn(async move {
+            tokio::time::sleep(Duration::from_millis(50)).await;
+            s.status.record("cache", 7, std::time::SystemTime::now());
+        });
+        let t = std::time::Instant::now();
+        configured(&state, Duration::from_secs(10)).await;
+        assert!(t.elapsed() < Duration::from_secs(2), "still waiting {:?} after the config came", t.elapsed());
     }
 }

@@ -155,11 +155,16 @@ impl Proxy {
         });
         let workers = Arc::new(connection::Workers::start(cfg.tuning.workers, state.clone(), ctx)?);
         let mut accept = Vec::new();
-        if let Some(l) = listener {
-            accept.push(tokio::spawn(connection::serve(l, state.clone(), workers.clone(), false)));
-        }
-        if let Some(l) = wss {
-            accept.push(tokio::spawn(connection::serve(l, state.clone(), workers, true)));
+        let gate = cfg.tuning.accept_when_configured;
+        for (l, tls) in [(listener, false), (wss, true)] {
+            let Some(l) = l else { continue };
+            let (state, workers) = (state.clone(), workers.clone());
+            accept.push(tokio::spawn(async move {
+                if let Some(limit) = gate {
+                    connection::configured(&state, limit).await;
+                }
+                connection::serve(l, state, workers, tls).await
+            }));
         }
         Ok(Proxy { state, listen, ws: ws_addr, wss: wss_addr, admin: admin_addr, accept })
     }

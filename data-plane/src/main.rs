@@ -1,5 +1,10 @@
 //! `switchyard-proxy`: parse flags, bind, run until SIGTERM, then close connections over
 //! the grace period and exit 0.
+//!
+//! A restart without refusing anyone: a supervisor that holds the ws listening socket (systemd
+//! socket activation, `LISTEN_FDS=1` with the socket on fd 3) passes it to the new process
+//! before it sends the old one SIGTERM. Both accept from the one socket until the old one
+//! stops; nothing queued on it is lost, unlike two processes each binding with SO_REUSEPORT.
 
 use clap::Parser;
 use switchyard_proxy::config::Args;
@@ -7,24 +12,38 @@ use switchyard_proxy::{Listeners, Proxy};
 
 #[tokio::main]
 async fn main() {
+    // First, before anything else reads the environment: this also clears LISTEN_FDS so it
+    // does not leak into anything the proxy might start.
+    let passed = listenfd::ListenFd::from_env().take_tcp_listener(0);
     tracing_subscriber::fmt()
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info,h2=warn,tower=warn".into()),
         )
         .with_writer(std::io::stderr)
         .init();
-    if let Err(e) = run(Args::parse()).await {
+    if let Err(e) = run(Args::parse(), passed).await {
         eprintln!("switchyard-proxy: error: {e:#}");
         std::process::exit(1);
     }
 }
 
-async fn run(args: Args) -> anyhow::Result<()> {
-    let (cfg, tls) = args.into_config()?;
+async fn run(args: Args, passed: std::io::Result<Option<std::net::TcpListener>>) -> anyhow::Result<()> {
+    let (mut cfg, tls) = args.into_config()?;
     let bind = |addr: std::net::SocketAddr, what: &'static str| async move {
         tokio::net::TcpListener::bind(addr).await.map_err(|e| anyhow::anyhow!("cannot listen on {addr}{what}: {e}"))
     };
-    let ws = if tls.no_ws { None } else { Some(bind(cfg.listen, "").await?) };
+    let passed = passed.map_err(|e| anyhow::anyhow!("socket passed in LISTEN_FDS: {e}"))?;
+    let ws = match passed {
+        // The supervisor's socket serves as the ws listener, whatever --listen says. It may
+        // still be served by the process this one replaces: accept once there is a config.
+        Some(l) => {
+            cfg.tuning.accept_when_configured = Some(std::time::Duration::from_secs(10));
+            l.set_nonblocking(true)?;
+            Some(tokio::net::TcpListener::from_std(l)?)
+        }
+        None if tls.no_ws => None,
+        None => Some(bind(cfg.listen, "").await?),
+    };
     let wss = match tls.wss_listen {
         Some(a) => Some(bind(a, " (wss)").await?),
         None => None,

@@ -32,6 +32,9 @@ pub struct ControlPlaneInfo {
     pub through: u64,
     /// When a followed node last sent anything (event or progress).
     pub last_heard: Option<Instant>,
+    /// What the followed node said it runs, from its watch reply's metadata
+    /// (`0.1.0 (protocol 1.1)`, or "an unknown version" from a node before versions).
+    pub node_version: Option<String>,
 }
 
 pub struct ConfigStatus {
@@ -56,6 +59,7 @@ impl Default for ConfigStatus {
                 leader_revision: 0,
                 through: 0,
                 last_heard: None,
+                node_version: None,
             }),
             started: Instant::now(),
         }
@@ -94,12 +98,24 @@ impl ConfigStatus {
         self.control_plane.lock().unwrap_or_else(|e| e.into_inner()).clone()
     }
 
-    pub fn set_control_plane(&self, connected: Option<String>) {
+    /// The node followed now (`None`: none), and what it said it runs.
+    pub fn set_control_plane(&self, connected: Option<String>, node_version: Option<String>) {
         let mut cp = self.control_plane.lock().unwrap_or_else(|e| e.into_inner());
         if cp.connected != connected {
             cp.connected = connected;
             cp.since = Instant::now();
         }
+        cp.node_version = node_version;
+    }
+
+    /// This proxy's version and the followed node's, for `/status` (`"versions"`).
+    pub fn versions(&self) -> serde_json::Value {
+        use switchyard_model::version;
+        serde_json::json!({
+            "proxy": version::VERSION,
+            "protocol": version::PROTOCOL.to_string(),
+            "control_plane_node": self.control_plane().node_version,
+        })
     }
 
     /// The followed node spoke at `at` (`leader_revision` when it was progress), and the

@@ -3,9 +3,15 @@
 
 use std::time::Duration;
 
-use tonic::transport::{Channel, ClientTlsConfig, Endpoint};
+use tonic::service::interceptor::InterceptedService;
+use tonic::transport::{ClientTlsConfig, Endpoint};
 
 use crate::tls::{TlsError, TlsFiles};
+use crate::version::Versioned;
+
+/// A channel to a node that stamps this build's version on every call
+/// ([`crate::version`]): every client of a node is built on one.
+pub type Channel = InterceptedService<tonic::transport::Channel, Versioned>;
 
 /// Set to [`OUTCOME_UNKNOWN`] on an UNAVAILABLE status when the write may still commit (it
 /// reached the leader but no quorum answered in time): retrying it could apply it twice.
@@ -159,7 +165,8 @@ pub fn uri(addr: &str, tls: &ClientTls) -> Result<String, ChannelError> {
     }
 }
 
-/// A lazily connected channel: nothing is dialled until the first call.
+/// A lazily connected channel: nothing is dialled until the first call. Every call on it
+/// carries this build's version headers.
 pub fn channel(addr: &str, o: &ChannelOptions, tls: &ClientTls) -> Result<Channel, ChannelError> {
     let err = |e| ChannelError::Transport(addr.to_string(), e);
     let mut e =
@@ -173,7 +180,7 @@ pub fn channel(addr: &str, o: &ChannelOptions, tls: &ClientTls) -> Result<Channe
     if let Some(t) = o.request_timeout {
         e = e.timeout(t);
     }
-    Ok(e.connect_lazy())
+    Ok(InterceptedService::new(e.connect_lazy(), Versioned))
 }
 
 #[cfg(test)]

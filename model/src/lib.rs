@@ -10,6 +10,7 @@ pub mod limits;
 pub mod signal;
 pub mod tls;
 pub mod topology;
+pub mod version;
 
 pub use affinity::AffinitySecret;
 pub use keyspec::KeySpec;

@@ -8,6 +8,7 @@ use std::process::Command;
 use std::time::Duration;
 
 use command_fds::{CommandFdExt, FdMapping};
+use switchyard_model::grpc::Channel;
 use switchyard_model::grpc::{self, ChannelOptions, ClientTls};
 use switchyard_model::AffinitySecret;
 use switchyard_proto::v1::admin_client::AdminClient;
@@ -17,7 +18,6 @@ use switchyard_proto::v1::{
     watch_event, AddBackendRequest, Backend, ClusterStatusReply, ClusterStatusRequest, CreatePoolRequest, Pool, Route,
     SetRouteRequest, WatchRequest,
 };
-use tonic::transport::Channel;
 
 use crate::process::{bin, eventually, Proc};
 
@@ -35,6 +35,8 @@ pub struct ControlNode {
     pub addr: String,
     pub data_dir: PathBuf,
     pub args: Vec<String>,
+    /// Environment variables set on every start (an upgrade test plays older releases so).
+    pub env: Vec<(String, String)>,
     /// The metrics port it reported (port 0 asked: a new one on every start).
     pub metrics: String,
     listener: TcpListener,
@@ -47,6 +49,17 @@ pub struct ControlNode {
 impl ControlNode {
     /// Starts node `id` on `listener` (see [`reserve`]) and waits until it serves.
     pub fn spawn(id: u64, listener: TcpListener, data_dir: &Path, extra: &[String]) -> ControlNode {
+        Self::spawn_env(id, listener, data_dir, extra, &[])
+    }
+
+    /// [`ControlNode::spawn`] with environment variables `env`, kept for restarts.
+    pub fn spawn_env(
+        id: u64,
+        listener: TcpListener,
+        data_dir: &Path,
+        extra: &[String],
+        env: &[(String, String)],
+    ) -> ControlNode {
         let addr = listener.local_addr().expect("local addr").to_string();
         let mut args = vec!["--id".to_string(), id.to_string(), "--data-dir".into(), data_dir.display().to_string()];
         // Nodes of parallel tests must not fight over the default metrics port.
@@ -59,6 +72,7 @@ impl ControlNode {
             addr,
             data_dir: data_dir.into(),
             args,
+            env: env.to_vec(),
             metrics: String::new(),
             listener,
             proc: Proc::default(),
@@ -82,6 +96,7 @@ impl ControlNode {
             .env("LISTEN_FDS", "1")
             .env_remove("LISTEN_PID")
             .env_remove("LISTEN_FDS_FIRST_FD")
+            .envs(self.env.iter().map(|(k, v)| (k, v)))
             .stderr(log)
             .fd_mappings(vec![FdMapping { parent_fd: sock.into(), child_fd: 3 }])
             .expect("one fd mapping");
@@ -228,6 +243,11 @@ impl Cluster {
 
     /// [`Cluster::start`], for nodes the test reaches through `tls`.
     pub async fn start_with(n: u64, extra: &[&str], tls: ClientTls) -> Cluster {
+        Cluster::start_env(n, extra, tls, &[]).await
+    }
+
+    /// [`Cluster::start_with`], every node started with environment variables `env`.
+    pub async fn start_env(n: u64, extra: &[&str], tls: ClientTls, env: &[(String, String)]) -> Cluster {
         let dir = tempfile::tempdir().expect("temp dir");
         let sockets: BTreeMap<u64, TcpListener> = (1..=n).map(|i| (i, reserve())).collect();
         let initial = sockets
@@ -240,7 +260,7 @@ impl Cluster {
         flags.extend(extra.iter().map(|s| s.to_string()));
         let nodes = sockets
             .into_iter()
-            .map(|(i, l)| (i, ControlNode::spawn(i, l, &dir.path().join(format!("node-{i}")), &flags)))
+            .map(|(i, l)| (i, ControlNode::spawn_env(i, l, &dir.path().join(format!("node-{i}")), &flags, env)))
             .collect();
         let c = Cluster { dir, nodes, tls };
         let leader = c.leader(Duration::from_secs(15)).await;

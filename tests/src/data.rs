@@ -14,10 +14,43 @@ pub struct ProxyProcess {
     pub wss: String,
     pub admin: String,
     pub args: Vec<String>,
+    /// The ws listening socket the harness holds and hands over as fd 3, if it does.
+    pub socket: Option<std::net::TcpListener>,
     proc: Proc,
 }
 
 impl ProxyProcess {
+    /// Starts a proxy that serves ws on `socket`, held by the harness and passed as fd 3
+    /// (`LISTEN_FDS=1`), as a supervisor does: two processes given the same socket share it,
+    /// so a new one can take over an address while the old one drains.
+    pub fn spawn_on(socket: &std::net::TcpListener, control_plane: &str, cache_file: &Path, id: &str) -> ProxyProcess {
+        let args = [
+            "--admin",
+            "127.0.0.1:0",
+            "--control-plane",
+            control_plane,
+            "--cache-file",
+            &cache_file.display().to_string(),
+            "--proxy-id",
+            id,
+            "--shutdown-grace-ms",
+            "1000",
+        ]
+        .map(String::from)
+        .to_vec();
+        let socket = Some(socket.try_clone().expect("clone the proxy's socket"));
+        let mut p = ProxyProcess {
+            ws: String::new(),
+            wss: String::new(),
+            admin: String::new(),
+            args,
+            socket,
+            proc: Proc::default(),
+        };
+        p.start();
+        p
+    }
+
     /// Starts a proxy on ephemeral ports and reads them back from its first line of output.
     pub fn spawn(control_plane: &str, cache_file: &Path, id: &str) -> ProxyProcess {
         Self::spawn_with(control_plane, cache_file, id, &[])
@@ -41,16 +74,31 @@ impl ProxyProcess {
             "1000".into(),
         ]);
         args.extend_from_slice(extra);
-        let mut p =
-            ProxyProcess { ws: String::new(), wss: String::new(), admin: String::new(), args, proc: Proc::default() };
+        let mut p = ProxyProcess {
+            ws: String::new(),
+            wss: String::new(),
+            admin: String::new(),
+            args,
+            socket: None,
+            proc: Proc::default(),
+        };
         p.start();
         p
     }
 
     /// (Re)starts the proxy; a restart asks for the ports it reported the first time.
     pub fn start(&mut self) {
+        use command_fds::{CommandFdExt, FdMapping};
         let mut cmd = Command::new(bin("switchyard-proxy"));
         cmd.args(&self.args).env("RUST_LOG", "warn").stderr(Stdio::null());
+        if let Some(sock) = &self.socket {
+            let fd = sock.try_clone().expect("clone the proxy's socket");
+            cmd.env("LISTEN_FDS", "1")
+                .env_remove("LISTEN_PID")
+                .env_remove("LISTEN_FDS_FIRST_FD")
+                .fd_mappings(vec![FdMapping { parent_fd: fd.into(), child_fd: 3 }])
+                .expect("one fd mapping");
+        }
         let line = self.proc.start_reporting(&mut cmd, "switchyard-proxy");
         for part in line.split_whitespace() {
             if let Some(a) = part.strip_prefix("ws=") {

@@ -20,7 +20,7 @@ struct Env {
 
 async fn write(
     addr: &str,
-    f: impl AsyncFnOnce(&mut admin_client::AdminClient<tonic::transport::Channel>) -> Result<u64, tonic::Status>,
+    f: impl AsyncFnOnce(&mut admin_client::AdminClient<switchyard_model::grpc::Channel>) -> Result<u64, tonic::Status>,
 ) -> u64 {
     f(&mut admin(addr)).await.expect("admin write")
 }

@@ -6,6 +6,7 @@
 use std::time::Duration;
 
 use futures::StreamExt;
+use switchyard_model::grpc::Channel;
 use switchyard_model::grpc::ClientTls;
 use switchyard_model::tls::TlsFiles;
 use switchyard_proto::raft::raft_client::RaftClient;
@@ -16,7 +17,6 @@ use switchyard_proto::v1::discovery_client::DiscoveryClient;
 use switchyard_proto::v1::query_client::QueryClient;
 use switchyard_proto::v1::*;
 use switchyard_tests::*;
-use tonic::transport::Channel;
 use tonic::Code;
 
 fn refused<T: std::fmt::Debug>(r: Result<T, tonic::Status>, code: Code, needle: &str) {

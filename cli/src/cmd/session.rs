@@ -19,9 +19,12 @@ pub(super) async fn run(ctx: &mut Ctx, c: SessionCmd) -> Result<()> {
             let s = ctx.query(req, |mut c, r| async move { c.get_session(r).await }).await?;
             ctx.out.session(&s);
         }
-        SessionCmd::Delete { pool, key } => {
-            let what = format!("session {key} deleted");
-            let req = DeleteSessionRequest { pool, key };
+        SessionCmd::Delete { pool, key, all } => {
+            let what = match &key {
+                Some(k) => format!("session {k} deleted"),
+                None => format!("every session of pool {pool} deleted"),
+            };
+            let req = DeleteSessionRequest { pool, key: key.unwrap_or_default(), all };
             let r = ctx.admin(req, |mut c, r| async move { c.delete_session(r).await }).await?;
             ctx.out.revision(&what, r.revision);
         }

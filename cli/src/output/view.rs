@@ -135,6 +135,16 @@ pub(super) fn member_json(m: &Member) -> Value {
     json!({"id": m.id, "address": m.address, "role": role(m.role), "leader": m.leader})
 }
 
+/// A member with what it runs (cluster status): `null` where it did not say.
+pub(super) fn member_status_json(m: &Member) -> Value {
+    let mut v = member_json(m);
+    let or_null = |s: &str| if s.is_empty() { Value::Null } else { json!(s) };
+    v["version"] = or_null(&m.version);
+    v["protocol"] = or_null(&m.protocol);
+    v["max_feature_level"] = if m.max_feature_level == 0 { Value::Null } else { json!(m.max_feature_level) };
+    v
+}
+
 pub(super) fn settings_json(s: &Settings) -> Value {
     json!({
         "handshake_timeout_ms": s.handshake_timeout_ms, "max_header_bytes": s.max_header_bytes,

@@ -223,12 +223,14 @@ impl Admin for AdminService {
         let (id, caller) = (id_of(&req)?, caller_of(&req)?);
         let r = req.into_inner();
         validate::name("pool", &r.pool)?;
-        if r.key.is_empty() {
-            return Err(Status::invalid_argument("session key must not be empty"));
-        }
+        let (cmd, what) = match (r.all, r.key.is_empty()) {
+            (true, true) => (Command::DeleteSessions { pool: r.pool.clone() }, "every session"),
+            (true, false) => return Err(Status::invalid_argument("give a session key or `all`, not both")),
+            (false, true) => return Err(Status::invalid_argument("session key must not be empty")),
+            (false, false) => (Command::DeleteSession { pool: r.pool.clone(), key: r.key }, "one session"),
+        };
         // The key itself is left out: an affinity key may be a client's credential.
-        let audit = note(&caller, "Admin/DeleteSession", format!("one session of pool {}", r.pool));
-        let cmd = Command::DeleteSession { pool: r.pool, key: r.key };
+        let audit = note(&caller, "Admin/DeleteSession", format!("{what} of pool {}", r.pool));
         let (revision, _) = leader::write(&self.0, Proposed { id, cmd, audit }).await?;
         Ok(Response::new(WriteReply { revision }))
     }

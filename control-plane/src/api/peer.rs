@@ -152,6 +152,9 @@ impl Raft for PeerService {
             cluster_id: node.cluster_id.get().unwrap_or_default(),
             members: if initialized { node.member_ids() } else { Vec::new() },
             members_hash: members_hash(&node.config.initial_cluster),
+            version: switchyard_model::version::VERSION.into(),
+            protocol: switchyard_model::version::PROTOCOL.to_string(),
+            max_feature_level: switchyard_model::version::max_feature_level(),
         }))
     }
 }

@@ -125,19 +125,25 @@ impl Query for QueryService {
         _req: Request<ClusterStatusRequest>,
     ) -> Result<Response<ClusterStatusReply>, Status> {
         let m = self.0.raft.metrics().borrow().clone();
+        // Every member is asked what it runs (in parallel, each within half a second).
+        let members = crate::features::annotate(&self.0, self.0.members()).await;
         Ok(Response::new(ClusterStatusReply {
             node_id: self.0.id,
             leader_id: m.current_leader.unwrap_or(0),
             term: m.current_term,
             applied_revision: m.last_applied.map_or(0, |l| l.index),
             committed_index: self.0.raft.metrics().borrow().last_log_index.unwrap_or(0),
-            members: self.0.members(),
+            members,
             state: format!("{:?}", m.state),
             snapshot_index: m.snapshot.map_or(0, |l| l.index),
             purged_index: m.purged.map_or(0, |l| l.index),
             session_count: self.0.shared.read().state.sessions.len() as u64,
             cluster_id: self.0.cluster_id.get().unwrap_or_default(),
             security: self.0.config.security().as_str().to_string(),
+            feature_level: self.0.shared.read().state.feature_level(),
+            version: switchyard_model::version::VERSION.into(),
+            protocol: switchyard_model::version::PROTOCOL.to_string(),
+            max_feature_level: switchyard_model::version::max_feature_level(),
         }))
     }
 }

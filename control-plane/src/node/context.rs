@@ -40,6 +40,8 @@ pub struct NodeCtx {
     /// Set when the Raft core stops fatally (see [`crate::fatal`]).
     pub fatal: crate::fatal::Fatal,
     pub metrics: Arc<crate::metrics::Metrics>,
+    /// What each member runs, as the leader last heard (see [`crate::features`]).
+    pub features: crate::features::Members,
     pub(super) proposals: mpsc::Sender<Proposal>,
 }
 
@@ -75,6 +77,13 @@ impl NodeCtx {
 
     /// Queues a write for the next Raft entry this node proposes (it must lead).
     pub async fn propose(&self, cmd: Proposed) -> Result<Written, ExecError> {
+        // The gate for commands old nodes cannot decode (see `Command`), checked on the leader,
+        // whose applied level is the cluster's; a follower's may lag behind it.
+        let level = self.shared.read().state.feature_level();
+        if cmd.cmd.needs() > level && self.is_leader() {
+            let why = crate::features::refusal(self, &cmd.cmd, level);
+            return Err(ExecError::Api(ApiError::FailedPrecondition(why)));
+        }
         let gone = || ExecError::Api(ApiError::Unavailable("node is shutting down".into()));
         let (tx, rx) = oneshot::channel();
         self.proposals.send(Proposal { cmd, tx }).await.map_err(|_| gone())?;
@@ -101,6 +110,7 @@ impl NodeCtx {
                 address: n.addr.clone(),
                 role: if voters.contains(id) { MemberRole::Voter } else { MemberRole::Learner } as i32,
                 leader: m.current_leader == Some(*id),
+                ..Default::default()
             })
             .collect()
     }

@@ -5,10 +5,10 @@
 use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex};
 
+use switchyard_model::grpc::Channel;
 use switchyard_proto::raft::raft_client::RaftClient;
 use switchyard_proto::raft::RaftPayload;
 use tokio::sync::{mpsc, oneshot, Semaphore};
-use tonic::transport::Channel;
 
 use super::batch::{fail_all, next_batch, IN_FLIGHT, MAX_BATCH};
 use super::calls::{ExecError, LeaderCall, Writes, Written};

@@ -59,6 +59,9 @@ impl RunOnLeader for AddNode {
         if ctx.members().iter().any(|m| m.id == self.id) {
             return Err(ExecError::Api(ApiError::AlreadyExists(format!("node {} is already a member", self.id))));
         }
+        crate::features::check_joiner(ctx, self.id, &self.addr)
+            .await
+            .map_err(|why| ExecError::Api(ApiError::FailedPrecondition(why)))?;
         let r = ctx.raft.add_learner(self.id, BasicNode::new(self.addr), false).await.map_err(membership_err)?;
         Ok(r.log_id.index)
     }

@@ -11,6 +11,12 @@ use crate::pb::Pb;
 use crate::seen::RequestId;
 
 /// A write to the model, as it travels through the Raft log.
+///
+/// The log's encoding is postcard, which is not self-describing: a variant is its index, so
+/// a node that does not know a variant cannot decode the entry at all, let alone skip it.
+/// That is why each variant has the cluster feature level it needs ([`Command::needs`]): the
+/// leader proposes one only once the cluster runs at that level, which it reaches only when
+/// every member supports it. New variants go at the end, with a new level.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub enum Command {
     CreatePool(Pb<Pool>),
@@ -72,6 +78,33 @@ pub enum Command {
     Note,
     /// The leader's freshly minted affinity hashing secret; only the first one ever takes.
     SetAffinitySecret(SecretBytes),
+    /// Raises the cluster's feature level (never lowers it). The leader proposes it once
+    /// every member says it supports the level (`crate::features`).
+    SetFeatureLevel(u32),
+    /// Drops every binding of a pool (`session delete POOL --all`). Feature level 2.
+    DeleteSessions {
+        pool: String,
+    },
+}
+
+impl Command {
+    /// The cluster feature level this command needs: the leader refuses it below that.
+    pub fn needs(&self) -> u32 {
+        match self {
+            Command::DeleteSessions { .. } => 2,
+            // Gated by its own rule: proposed only when every member supports the level.
+            Command::SetFeatureLevel(_) => 1,
+            _ => 1,
+        }
+    }
+
+    /// What an operator asked for, to name it in a refusal.
+    pub fn what(&self) -> &'static str {
+        match self {
+            Command::DeleteSessions { .. } => "deleting every session of a pool",
+            _ => "this write",
+        }
+    }
 }
 
 /// Secret bytes in a command; `Debug` does not show them.

@@ -28,7 +28,7 @@ use crate::auth::tokens::{TokenRecord, Tokens};
 use crate::metrics::Metrics;
 use crate::pb::Pb;
 use crate::seen::{Record, Seen};
-use crate::state::State;
+use crate::state::{Command, State};
 use crate::types::{Entry, LogId, Response, SnapshotMeta, StorageError, StoredMembership, TypeConfig};
 
 /// How many applied change sets a node keeps in memory so a watcher can resume without a
@@ -77,26 +77,58 @@ impl Live {
     /// The state as a snapshot's data (what Raft sends a lagging follower, and what a backup
     /// file carries).
     pub fn snapshot_data(&self) -> Result<Vec<u8>, StorageError> {
-        encode(&SnapshotFile {
-            last_applied: self.last_applied,
-            membership: self.membership.clone(),
-            topology: self.state.to_topology(self.revision()).encode_to_vec(),
-            seen: self.state.seen().rows().map(|(c, r)| (c.clone(), r.clone())).collect(),
-            clock_ms: self.state.clock_ms(),
-            tokens: self.state.tokens().iter().cloned().collect(),
-            audit: self.state.audit().records().cloned().collect(),
-        })
+        encode_snapshot(
+            &SnapshotFile {
+                last_applied: self.last_applied,
+                membership: self.membership.clone(),
+                topology: self.state.to_topology(self.revision()).encode_to_vec(),
+                seen: self.state.seen().rows().map(|(c, r)| (c.clone(), r.clone())).collect(),
+                clock_ms: self.state.clock_ms(),
+                tokens: self.state.tokens().iter().cloned().collect(),
+                audit: self.state.audit().records().cloned().collect(),
+            },
+            &SnapshotTail { feature_level: self.state.feature_level() },
+        )
     }
 }
 
 /// Snapshot data from another cluster, made this cluster's: applied at `at`, with this
 /// cluster's members. Everything else (topology, sessions, tokens, audit, clock) is kept.
 pub fn rebase_snapshot(data: &[u8], at: LogId, membership: StoredMembership) -> Result<Vec<u8>, StorageError> {
-    let mut file: SnapshotFile = postcard::from_bytes(data).map_err(read_err)?;
+    let (mut file, tail) = decode_snapshot(data)?;
     Topology::decode(file.topology.as_slice()).map_err(read_err)?;
     file.last_applied = Some(at);
     file.membership = membership;
-    encode(&file)
+    encode_snapshot(&file, &tail)
+}
+
+/// What snapshot data holds after its [`SnapshotFile`]: added without a storage-format bump,
+/// so data dirs, snapshots and backups written before it still read (postcard stops where
+/// the file ends, and a missing tail reads as its default), and a node upgraded in place
+/// keeps its data. The feature level is here, not in the file, for that reason.
+#[derive(Serialize, Deserialize, Default)]
+struct SnapshotTail {
+    feature_level: u32,
+}
+
+fn encode_snapshot(file: &SnapshotFile, tail: &SnapshotTail) -> Result<Vec<u8>, StorageError> {
+    let mut data = encode(file)?;
+    data.extend(encode(tail)?);
+    Ok(data)
+}
+
+fn decode_snapshot(data: &[u8]) -> Result<(SnapshotFile, SnapshotTail), StorageError> {
+    let (file, rest) = postcard::take_from_bytes::<SnapshotFile>(data).map_err(read_err)?;
+    let tail = if rest.is_empty() { SnapshotTail::default() } else { postcard::from_bytes(rest).map_err(read_err)? };
+    Ok((file, tail))
+}
+
+/// The feature level snapshot data carries, for a node about to install it.
+fn refuse_level(level: u32) -> Result<(), StorageError> {
+    match crate::features::unsupported(level) {
+        Some(why) => Err(read_err(why)),
+        None => Ok(()),
+    }
 }
 
 /// Shared between the state machine (writer) and the APIs (readers, watchers).
@@ -167,6 +199,7 @@ impl StateMachineStore {
         let mut clock_ms = 0;
         let mut tokens = Vec::new();
         let mut audit = Vec::new();
+        let mut feature_level = 0;
         for kv in sm.iter() {
             let (k, v) = kv.map_err(read_err)?;
             let bad = |e: &dyn std::fmt::Display| read_err(format!("state machine key {k:?}: {e}"));
@@ -203,11 +236,13 @@ impl StateMachineStore {
                 _ if &*k == LAST_APPLIED => last_applied = postcard::from_bytes(&v).map_err(|e| bad(&e))?,
                 _ if &*k == MEMBERSHIP => membership = postcard::from_bytes(&v).map_err(|e| bad(&e))?,
                 _ if &*k == CLOCK => clock_ms = postcard::from_bytes(&v).map_err(|e| bad(&e))?,
+                _ if &*k == FEATURE_LEVEL => feature_level = postcard::from_bytes(&v).map_err(|e| bad(&e))?,
                 _ => return Err(bad(&"unknown key")),
             }
         }
         let state = State::from_model(model, Seen::from_rows(seen), clock_ms)
-            .with_access(Tokens::from_records(tokens), AuditLog::from_records(audit));
+            .with_access(Tokens::from_records(tokens), AuditLog::from_records(audit))
+            .with_feature_level(feature_level);
         let (tx, _) = broadcast::channel(4096);
         let revision = last_applied.map_or(0, |l: LogId| l.index);
         let mut me = StateMachineStore {
@@ -248,10 +283,12 @@ impl StateMachineStore {
 
     /// Replaces the state machine with a snapshot's contents.
     fn restore(&mut self, data: &[u8]) -> Result<(), StorageError> {
-        let file: SnapshotFile = postcard::from_bytes(data).map_err(read_err)?;
+        let (file, tail) = decode_snapshot(data)?;
+        refuse_level(tail.feature_level)?;
         let topo = Topology::decode(file.topology.as_slice()).map_err(read_err)?;
         let state = State::from_topology(topo, Seen::from_rows(file.seen), file.clock_ms)
-            .with_access(Tokens::from_records(file.tokens), AuditLog::from_records(file.audit));
+            .with_access(Tokens::from_records(file.tokens), AuditLog::from_records(file.audit))
+            .with_feature_level(tail.feature_level);
         self.sm.clear().map_err(write_err)?;
         let mut batch = sled::Batch::default();
         for c in state.as_changes() {
@@ -269,6 +306,7 @@ impl StateMachineStore {
         batch.insert(LAST_APPLIED, encode(&file.last_applied)?);
         batch.insert(MEMBERSHIP, encode(&file.membership)?);
         batch.insert(CLOCK, encode(&file.clock_ms)?);
+        batch.insert(FEATURE_LEVEL, encode(&state.feature_level())?);
         self.sm.apply_batch(batch).map_err(write_err)?;
         let mut live = self.shared.write();
         live.state = state;
@@ -349,6 +387,18 @@ impl RaftStateMachine<TypeConfig> for StateMachineStore {
         I: IntoIterator<Item = Entry> + OptionalSend,
         I::IntoIter: OptionalSend,
     {
+        // A level this binary cannot run stops it before anything here is applied, and so
+        // before the entries that need that level, which it may not even decode (`Command`).
+        let entries: Vec<Entry> = entries.into_iter().collect();
+        for e in &entries {
+            if let EntryPayload::Normal(cmds) = &e.payload {
+                for p in &cmds.0 {
+                    if let Command::SetFeatureLevel(n) = p.cmd {
+                        refuse_level(n)?;
+                    }
+                }
+            }
+        }
         let mut batch = sled::Batch::default();
         let mut replies = Vec::new();
         let mut notices = Vec::new();
@@ -392,6 +442,7 @@ impl RaftStateMachine<TypeConfig> for StateMachineStore {
         }
         batch.insert(LAST_APPLIED, encode(&live.last_applied)?);
         batch.insert(CLOCK, encode(&live.state.clock_ms())?);
+        batch.insert(FEATURE_LEVEL, encode(&live.state.feature_level())?);
         self.sm.apply_batch(batch).map_err(write_err)?;
         for (rev, changes) in notices {
             if live.history.len() == HISTORY {
@@ -428,8 +479,8 @@ impl RaftStateMachine<TypeConfig> for StateMachineStore {
         snapshot: Box<Cursor<Vec<u8>>>,
     ) -> Result<(), StorageError> {
         let data = snapshot.into_inner();
-        // Check it decodes before anything is replaced.
-        let _: SnapshotFile = postcard::from_bytes(&data).map_err(read_err)?;
+        // Check it decodes, at a level this binary runs, before anything is replaced.
+        refuse_level(decode_snapshot(&data)?.1.feature_level)?;
         let mut batch = sled::Batch::default();
         batch.insert("meta", encode(meta)?);
         batch.insert("data", data.clone());

@@ -101,7 +101,7 @@ pub async fn run(
             }
         };
         let Some(stream) = stream else {
-            state.status.set_control_plane(None);
+            state.status.set_control_plane(None, None);
             let jitter = rand::random::<u64>() % (backoff.as_millis() as u64 / 2 + 1);
             tokio::select! {
                 _ = shutdown.cancelled() => return,
@@ -110,9 +110,10 @@ pub async fn run(
             backoff = (backoff * 2).min(BACKOFF_MAX);
             continue;
         };
+        let runs = switchyard_model::version::of_reply(stream.metadata()).describe();
         let mut stream = stream.into_inner();
-        tracing::info!(node = %addr, from, "following the control plane");
-        state.status.set_control_plane(Some(addr.clone()));
+        tracing::info!(node = %addr, from, runs, "following the control plane");
+        state.status.set_control_plane(Some(addr.clone()), Some(runs));
         backoff = BACKOFF_MIN;
         let mut fresh = Freshness::new(Instant::now());
         // The revision the stream has brought this proxy up to date with: the config's, or
@@ -160,7 +161,7 @@ pub async fn run(
             }
         }
         tracing::warn!(node = %addr, revision = lock().revision, "control-plane stream ended; trying the next node");
-        state.status.set_control_plane(None);
+        state.status.set_control_plane(None, None);
     }
 }
 

@@ -25,7 +25,7 @@ pub async fn run(state: Arc<ProxyState>, endpoints: Vec<String>, mut applied: wa
     let mut i = 0usize;
     // The channel to the node last reported to, kept so each report does not cost a new
     // connection (and, with TLS, a handshake).
-    let mut open: Option<(String, tonic::transport::Channel)> = None;
+    let mut open: Option<(String, grpc::Channel)> = None;
     let mut last_refresh = Instant::now();
     loop {
         let refresh_every = refresh_interval(&state.table.load());

@@ -58,11 +58,12 @@ fn admin_write(p: &Proposed) -> Result<(), ApiError> {
         Command::DeleteRoute { name } => validate::name("route", name),
         // Merged with the stored settings and validated whole when applied.
         Command::UpdateSettings { .. } => Ok(()),
-        Command::DeleteSession { pool, .. } => validate::name("pool", pool),
+        Command::DeleteSession { pool, .. } | Command::DeleteSessions { pool } => validate::name("pool", pool),
         Command::SetBackendHealth { .. } => internal("SetBackendHealth (health checks run on the leader)"),
         Command::BindSessions { .. } => internal("BindSessions (proxies report sessions through Discovery)"),
         Command::ExpireSessions { .. } => internal("ExpireSessions"),
         Command::SetAffinitySecret(_) => internal("SetAffinitySecret"),
+        Command::SetFeatureLevel(_) => internal("SetFeatureLevel (the leader raises it once every member can)"),
         // Token writes and audit notes come from the Admin API of the follower (an admin's
         // call, authorized there); the record's role is checked again when applied.
         Command::CreateToken(t) => {
@@ -102,6 +103,7 @@ mod tests {
             Command::BindSessions { now_ms: 1, bindings: vec![Pb(SessionBinding::default())] },
             Command::ExpireSessions { now_ms: u64::MAX },
             Command::SetAffinitySecret(SecretBytes(vec![0; 32])),
+            Command::SetFeatureLevel(99),
         ];
         for cmd in internal {
             // Alone or hidden among legitimate writes, the whole call is refused.

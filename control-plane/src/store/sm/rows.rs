@@ -32,6 +32,8 @@ pub const MEMBERSHIP: &[u8] = b"~membership";
 pub const SETTINGS: &[u8] = b"~settings";
 pub const CLOCK: &[u8] = b"~clock";
 pub const AFFINITY_SECRET: &[u8] = b"~affinity_secret";
+/// The cluster feature level (absent in data from before levels: level 1).
+pub const FEATURE_LEVEL: &[u8] = b"~feature_level";
 
 /// Writes one client's row of the seen-requests table (`None`: it was evicted).
 pub fn persist_seen(batch: &mut sled::Batch, client: &str, rec: Option<&Record>) -> Result<(), StorageError> {
