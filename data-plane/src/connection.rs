@@ -272,7 +272,9 @@ async fn handle(state: Arc<ProxyState>, client: TcpStream, peer: SocketAddr, ctx
     let e = match open(&state, &mut rec, client, peer, &ctx, tls).await {
         Opened::Ws(e) => e,
         Opened::Plain(client, first) => {
-            crate::plain::serve(state.clone(), ctx.clone(), client, first, peer, tls).await;
+            // Boxed: hyper's connection state would otherwise widen every connection's
+            // future, WebSocket ones included.
+            Box::pin(crate::plain::serve(state.clone(), ctx.clone(), client, first, peer, tls)).await;
             return;
         }
         Opened::Done => {
@@ -404,7 +406,8 @@ async fn open(
     }
     // Edge authentication, before any backend is contacted.
     if let Some(auth) = table.route_auth(route) {
-        match crate::edge_auth::check(auth, &up, peer.ip()).await {
+        // Boxed: an auth subrequest's state would otherwise widen every connection's future.
+        match Box::pin(crate::edge_auth::check(auth, &up, peer.ip())).await {
             crate::edge_auth::Verdict::Allow { headers, claims } => {
                 for (name, value) in headers {
                     up.headers.retain(|(n, _)| !n.eq_ignore_ascii_case(&name));
