@@ -213,6 +213,20 @@ enum Opened {
     Done,
 }
 
+/// Passive health: a backend this proxy could not connect to gets no new connections or
+/// requests from it for a while.
+pub(crate) fn eject_locally(
+    state: &ProxyState,
+    b: &crate::table::BackendEntry,
+    pool: &str,
+    tuning: &Tuning,
+    why: &BackendFail,
+) {
+    b.stats.connect_failures.fetch_add(1, Relaxed);
+    b.stats.ejected_until_ms.store(state.registry.now_ms() + tuning.eject_for.as_millis() as u64, Relaxed);
+    tracing::warn!(backend = %b.backend.address, pool, "{why}; ejected locally");
+}
+
 /// A connection past its handshake: what the relay needs, and nothing else.
 struct Established {
     client: Stream,
@@ -449,10 +463,7 @@ async fn open(
             Ok(s) => break (i, s),
             Err(why) => {
                 tls_failed |= matches!(why, BackendFail::Tls(_));
-                // Passive health: this proxy stops sending new connections here for a while.
-                b.stats.connect_failures.fetch_add(1, Relaxed);
-                b.stats.ejected_until_ms.store(state.registry.now_ms() + tuning.eject_for.as_millis() as u64, Relaxed);
-                tracing::warn!(backend = %b.backend.address, pool = %pool.pool.name, "{why}; ejected locally");
+                eject_locally(state, b, &pool.pool.name, &tuning, &why);
                 exclude.push(i);
             }
         }

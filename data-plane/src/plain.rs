@@ -257,6 +257,11 @@ impl Drop for Pending<'_> {
     }
 }
 
+/// 413: a body over the pool's limit, declared or streamed.
+fn too_large(state: &ProxyState, rec: Option<Box<access_log::Record>>) -> Response<RespBody> {
+    own(state, rec, StatusCode::PAYLOAD_TOO_LARGE, "body_too_large", "request body too large", None)
+}
+
 /// Lasts as long as a response: the request counts as a connection to its backend (for least
 /// connections, and `/status`), keeps its session binding live, and is logged when it ends.
 struct InFlight {
@@ -359,14 +364,7 @@ async fn handle(
         ms => Duration::from_millis(ms),
     };
     if req.body().size_hint().lower() > max_body {
-        return own(
-            state,
-            rec.1.take(),
-            StatusCode::PAYLOAD_TOO_LARGE,
-            "body_too_large",
-            "request body too large",
-            None,
-        );
+        return too_large(state, rec.1.take());
     }
 
     // Session affinity, exactly as for a WebSocket handshake.
@@ -401,9 +399,7 @@ async fn handle(
             Ok(tx) => break (i, tx, false),
             Err(why) => {
                 tls_failed |= matches!(why, BackendFail::Tls(_));
-                b.stats.connect_failures.fetch_add(1, Relaxed);
-                b.stats.ejected_until_ms.store(state.registry.now_ms() + tuning.eject_for.as_millis() as u64, Relaxed);
-                tracing::warn!(backend = %b.backend.address, pool = %pool.pool.name, "{why}; ejected locally");
+                crate::connection::eject_locally(state, b, &pool.pool.name, &tuning, &why);
                 exclude.push(i);
             }
         }
@@ -449,16 +445,7 @@ async fn handle(
     let sent = sent.map(|r| r.map_err(|e| e.into_error()));
     let resp = match sent {
         Ok(Ok(r)) => r,
-        Ok(Err(_)) if over.load(Relaxed) => {
-            return own(
-                state,
-                rec.1.take(),
-                StatusCode::PAYLOAD_TOO_LARGE,
-                "body_too_large",
-                "request body too large",
-                None,
-            )
-        }
+        Ok(Err(_)) if over.load(Relaxed) => return too_large(state, rec.1.take()),
         Ok(Err(e)) => {
             tracing::debug!(backend = %address, "plain HTTP request failed: {e}");
             return own(state, rec.1.take(), StatusCode::BAD_GATEWAY, "bad_gateway", "backend failed", None);
