@@ -118,12 +118,36 @@ impl Metrics {
     }
 
     /// Leader: a proxy reported running `revision` since `proxy_ms` (its clock, unix ms).
-    /// Clocks of different machines differ by their NTP error; a proxy ahead of the leader's
-    /// clock counts as 0.
-    pub fn observe_propagation(&self, revision: u64, proxy_ms: u64) {
-        if let Some(t) = self.applied_time(revision) {
+    /// Only a revision applied after the proxy's previous report (`reported_ms`) is timed: an
+    /// older one is a proxy catching up (just started, or back from a restart), not a write
+    /// propagating. Clocks of different machines differ by their NTP error; a proxy ahead of
+    /// the leader's clock counts as 0.
+    pub fn observe_propagation(&self, revision: u64, proxy_ms: u64, reported_ms: u64) {
+        if let Some(t) = self.applied_time(revision).filter(|t| *t >= reported_ms) {
             self.propagation.observe(proxy_ms.saturating_sub(t) as f64 / 1000.0);
         }
+    }
+
+    #[cfg(test)]
+    fn propagation_count(&self) -> u64 {
+        self.propagation_sum_count().1
+    }
+
+    #[cfg(test)]
+    fn propagation_sum(&self) -> f64 {
+        self.propagation_sum_count().0
+    }
+
+    #[cfg(test)]
+    fn propagation_sum_count(&self) -> (f64, u64) {
+        let mut reg = Registry::default();
+        reg.register("p", "propagation", self.propagation.clone());
+        let mut out = String::new();
+        encode(&mut out, &reg).expect("writing to a String cannot fail");
+        let value = |name: &str| {
+            out.lines().find_map(|l| l.strip_prefix(name)).and_then(|v| v.trim().parse::<f64>().ok()).unwrap_or(0.0)
+        };
+        (value("p_sum "), value("p_count ") as u64)
     }
 
     /// The most revisions an open watch stream is behind `applied`.
@@ -243,4 +267,26 @@ pub fn render(node: &NodeCtx) -> String {
     let mut out = String::new();
     encode(&mut out, &reg).expect("writing to a String cannot fail");
     out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_writes_applied_after_a_proxys_previous_report_are_timed() {
+        let m = Metrics::default();
+        for (index, at) in [(5, 1_000), (9, 2_000), (12, 3_000)] {
+            m.note_applied(index, at);
+        }
+        // Revision 9 was applied at 2,000 (the batch through 9); a proxy that last reported
+        // at 1,500 and runs it since 2,040 took 40 ms.
+        m.observe_propagation(9, 2_040, 1_500);
+        assert_eq!((m.propagation_count(), m.propagation_sum()), (1, 0.04));
+        // A proxy catching up (its previous report came after the write) is not timed.
+        m.observe_propagation(12, 9_000, 3_500);
+        // Nor is a revision older than what is remembered.
+        m.observe_propagation(3, 9_000, 0);
+        assert_eq!(m.propagation_count(), 1);
+    }
 }

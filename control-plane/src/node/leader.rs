@@ -158,9 +158,10 @@ impl RunOnLeader for Report {
         let (revision, since) = (status.applied_revision, status.applied_unix_ms);
         let before = ctx.proxies.record(status, loads.into_iter().map(|Pb(l)| l).collect());
         // A first report may be a restarted proxy's cached config, applied long after the
-        // write: propagation is timed only on revisions a proxy moved to while reporting here.
-        if before.is_some_and(|b| revision > b) && since > 0 {
-            ctx.metrics.observe_propagation(revision, since);
+        // write: propagation is timed only on revisions a proxy moved to while reporting here
+        // (and, in `observe_propagation`, only on writes applied after its previous report).
+        if let Some((_, reported_ms)) = before.filter(|(b, _)| revision > *b && since > 0) {
+            ctx.metrics.observe_propagation(revision, since, reported_ms);
         }
         ctx.metrics.reports.inc();
         if !bindings.is_empty() {

@@ -17,12 +17,13 @@ pub struct ProxyRegistry {
 }
 
 impl ProxyRegistry {
-    /// Records a proxy's report, replacing its previous one, whose applied revision it
-    /// returns.
-    pub fn record(&self, status: ProxyStatus, loads: Vec<BackendLoad>) -> Option<u64> {
+    /// Records a proxy's report, replacing its previous one, whose applied revision and
+    /// receipt time (unix ms) it returns.
+    pub fn record(&self, status: ProxyStatus, loads: Vec<BackendLoad>) -> Option<(u64, u64)> {
         let id = status.proxy_id.clone();
         self.loads.lock().unwrap_or_else(|e| e.into_inner()).insert(id.clone(), (loads, Instant::now()));
-        self.statuses.lock().unwrap_or_else(|e| e.into_inner()).insert(id, status).map(|s| s.applied_revision)
+        let before = self.statuses.lock().unwrap_or_else(|e| e.into_inner()).insert(id, status);
+        before.map(|s| (s.applied_revision, s.last_report_ms))
     }
 
     /// Every proxy that ever reported to this leader, by id.
