@@ -22,6 +22,7 @@ fn open(dir: &std::path::Path) -> (sled::Db, StateMachineStore) {
         match store::open(dir, 1) {
             Ok(db) => break db,
             Err(e) if e.to_string().contains("could not acquire lock") && std::time::Instant::now() < deadline => {
+                // sled's file lock outlives a dropped Db briefly; retried until the deadline.
                 std::thread::sleep(std::time::Duration::from_millis(20))
             }
             Err(e) => panic!("open sled: {e}"),

@@ -85,6 +85,7 @@ async fn client(proxy: String, name: String, load: Arc<Load>) {
                 }
                 other => return load.fail(format!("{name}: message {seq}: {other:?}")),
             }
+            // Pacing, not waiting: a client that talks every 20 ms the whole run.
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
         let _ = ws.close(None).await;
@@ -116,12 +117,14 @@ async fn writer(endpoints: Vec<String>, load: Arc<Load>) -> Vec<String> {
                 {
                     next += 1;
                     assert!(Instant::now() < deadline, "write {seq} not acknowledged within 15 s: {s}");
+                    // Back-off between retries of the same write, bounded by the deadline above.
                     tokio::time::sleep(Duration::from_millis(50)).await;
                 }
                 Err(s) => panic!("write {seq} refused: {s}"),
             }
         }
         acked.push(address);
+        // Pacing: a steady trickle of writes through every restart, not a flood.
         tokio::time::sleep(Duration::from_millis(30)).await;
     }
     acked
