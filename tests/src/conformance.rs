@@ -69,13 +69,14 @@ async fn serve_strict(sock: TcpStream, linger: bool) {
         };
         let _ = ws.close(Some(CloseFrame { code, reason: "".into() })).await;
         if linger {
-            // Until the client's Close (or anything that ends the stream), within a bound.
+            // Until the client ends its side (it half-closes after answering the Close), within
+            // a bound. Read raw: after a protocol error tungstenite reads no further, and input
+            // left unread when the socket closes would turn the close into a reset that can
+            // take the Close frame with it.
             let _ = tokio::time::timeout(Duration::from_secs(2), async {
-                while let Some(Ok(m)) = ws.next().await {
-                    if matches!(m, Message::Close(_)) {
-                        break;
-                    }
-                }
+                let raw = ws.get_mut();
+                let mut sink = [0u8; 4096];
+                while matches!(raw.read(&mut sink).await, Ok(n) if n > 0) {}
             })
             .await;
         }
@@ -369,6 +370,8 @@ pub async fn run_case(addr: &str, c: &Case) -> Outcome {
                 // Echo the code, not the reason (a reason may be invalid UTF-8).
                 p.truncate(2);
                 let _ = s.write_all(&frame(FIN | CLOSE, &p)).await;
+                // Nothing follows a Close: say so at the TCP level too, as browsers do.
+                let _ = s.shutdown().await;
             }
             frames.push(f);
         }
