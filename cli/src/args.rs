@@ -176,6 +176,14 @@ pub enum ClusterCmd {
     RemoveNode { id: u64 },
 }
 
+/// `--backend-tls`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub enum BackendTlsArg {
+    On,
+    Off,
+    Proxy,
+}
+
 /// `--algorithm`: clap rejects any other name, so nothing falls back to round robin unasked.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
 pub enum AlgorithmArg {
@@ -244,6 +252,17 @@ pub struct PoolOpts {
     /// requests are held for tens of seconds; default 120s).
     #[arg(long, value_parser = humantime::parse_duration)]
     pub response_timeout: Option<Duration>,
+    /// TLS to the pool's backends: on (with --backend-tls-ca), off (plain TCP even on proxies
+    /// started with --backend-tls), or proxy (each proxy's own --backend-tls setting).
+    #[arg(long, value_enum)]
+    pub backend_tls: Option<BackendTlsArg>,
+    /// PEM CA bundle the backends' certificates are verified against (turns backend TLS on).
+    #[arg(long, value_name = "FILE")]
+    pub backend_tls_ca: Option<std::path::PathBuf>,
+    /// The name backends' certificates must carry, also sent as SNI (default: each
+    /// backend's host).
+    #[arg(long, value_name = "NAME")]
+    pub backend_tls_server_name: Option<String>,
     /// Active health check.
     #[arg(long, value_enum)]
     pub health_check: Option<HealthCheckArg>,

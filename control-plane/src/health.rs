@@ -8,7 +8,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use futures::{SinkExt, StreamExt};
-use switchyard_proto::v1::{Health, HealthCheck, HealthCheckKind};
+use switchyard_proto::v1::{BackendTls, Health, HealthCheck, HealthCheckKind};
 use tokio_tungstenite::tungstenite::Message;
 
 use crate::node::context::NodeCtx;
@@ -24,8 +24,16 @@ struct Track {
     next_probe: Option<Instant>,
 }
 
-/// One probe: whether the backend answered within the timeout.
-pub async fn probe(address: &str, hc: &HealthCheck) -> bool {
+/// TLS to a pool's backends, compiled once per setting (see `run`).
+#[derive(Clone)]
+pub struct ProbeTls {
+    pub config: Arc<rustls::ClientConfig>,
+    pub server_name: String,
+}
+
+/// One probe: whether the backend answered within the timeout. A WebSocket check of a pool
+/// with backend TLS speaks wss and verifies the backend as the proxies do.
+pub async fn probe(address: &str, hc: &HealthCheck, tls: Option<&ProbeTls>) -> bool {
     let timeout = Duration::from_millis(hc.timeout_ms.max(1) as u64);
     let attempt = async {
         match HealthCheckKind::try_from(hc.kind).unwrap_or(HealthCheckKind::HealthCheckNone) {
@@ -33,30 +41,73 @@ pub async fn probe(address: &str, hc: &HealthCheck) -> bool {
             HealthCheckKind::HealthCheckTcp => tokio::net::TcpStream::connect(address).await.is_ok(),
             HealthCheckKind::HealthCheckWebsocket => {
                 let path = if hc.path.is_empty() { "/" } else { hc.path.as_str() };
-                let Ok((mut ws, _)) = tokio_tungstenite::connect_async(format!("ws://{address}{path}")).await else {
-                    return false;
-                };
-                if ws.send(Message::Ping(b"switchyard-health".to_vec().into())).await.is_err() {
-                    return false;
-                }
-                let mut ok = false;
-                while let Some(Ok(m)) = ws.next().await {
-                    if let Message::Pong(p) = m {
-                        ok = p.as_ref() == b"switchyard-health";
-                        break;
+                let Ok(tcp) = tokio::net::TcpStream::connect(address).await else { return false };
+                match tls {
+                    None => ws_ping(tokio_tungstenite::client_async(format!("ws://{address}{path}"), tcp).await).await,
+                    Some(t) => {
+                        let Ok(name) = switchyard_model::backend_tls::name_for(&t.server_name, address) else {
+                            return false;
+                        };
+                        let connector = tokio_rustls::TlsConnector::from(t.config.clone());
+                        let Ok(s) = connector.connect(name, tcp).await else { return false };
+                        ws_ping(tokio_tungstenite::client_async(format!("wss://{address}{path}"), s).await).await
                     }
                 }
-                let _ = ws.close(None).await;
-                ok
             }
         }
     };
     tokio::time::timeout(timeout, attempt).await.unwrap_or(false)
 }
 
+/// After a handshake: whether a ping comes back as its pong.
+async fn ws_ping<S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin, R>(
+    handshake: Result<(tokio_tungstenite::WebSocketStream<S>, R), tokio_tungstenite::tungstenite::Error>,
+) -> bool {
+    let Ok((mut ws, _)) = handshake else { return false };
+    if ws.send(Message::Ping(b"switchyard-health".to_vec().into())).await.is_err() {
+        return false;
+    }
+    let mut ok = false;
+    while let Some(Ok(m)) = ws.next().await {
+        if let Message::Pong(p) = m {
+            ok = p.as_ref() == b"switchyard-health";
+            break;
+        }
+    }
+    let _ = ws.close(None).await;
+    ok
+}
+
+/// Compiles pools' backend TLS once per setting, not once per probe.
+#[derive(Default)]
+struct TlsCache(HashMap<String, (BackendTls, Option<ProbeTls>)>);
+
+impl TlsCache {
+    /// `Ok(None)`: no TLS. `Err`: TLS that does not compile, so no probe can pass.
+    fn get(&mut self, pool: &str, setting: Option<&BackendTls>) -> Result<Option<ProbeTls>, ()> {
+        let Some(t) = setting.filter(|t| t.enabled) else { return Ok(None) };
+        if let Some((seen, compiled)) = self.0.get(pool) {
+            if seen == t {
+                return compiled.clone().map(Some).ok_or(());
+            }
+        }
+        // Checked when written; a setting that still does not compile probes as failing.
+        let compiled = switchyard_model::backend_tls::roots(&t.ca_pem)
+            .map(|roots| ProbeTls {
+                config: switchyard_model::backend_tls::client_config(roots),
+                server_name: t.server_name.clone(),
+            })
+            .map_err(|e| tracing::warn!(pool, "backend TLS of the pool does not compile: {e}"))
+            .ok();
+        self.0.insert(pool.to_string(), (t.clone(), compiled.clone()));
+        compiled.map(Some).ok_or(())
+    }
+}
+
 /// Runs for the node's lifetime; probes only while this node leads.
 pub async fn run(node: Arc<NodeCtx>) {
     let mut tracks: HashMap<(String, String), Track> = HashMap::new();
+    let mut tls = TlsCache::default();
     let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel::<((String, String), bool)>();
     let mut ticker = tokio::time::interval(TICK);
     ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -75,27 +126,34 @@ pub async fn run(node: Arc<NodeCtx>) {
             continue;
         }
         let now = Instant::now();
-        let targets: Vec<((String, String), HealthCheck)> = {
+        let targets: Vec<((String, String), HealthCheck, Option<BackendTls>)> = {
             let live = node.shared.read();
             live.state
                 .backends
                 .keys()
                 .filter_map(|k| {
-                    let hc = live.state.pools.get(&k.0)?.health_check.clone()?;
-                    (hc.kind != HealthCheckKind::HealthCheckNone as i32).then(|| (k.clone(), hc))
+                    let pool = live.state.pools.get(&k.0)?;
+                    let hc = pool.health_check.clone()?;
+                    (hc.kind != HealthCheckKind::HealthCheckNone as i32)
+                        .then(|| (k.clone(), hc, pool.backend_tls.clone()))
                 })
                 .collect()
         };
-        tracks.retain(|k, _| targets.iter().any(|(t, _)| t == k));
-        for (key, hc) in targets {
+        tls.0.retain(|pool, _| targets.iter().any(|(k, _, _)| &k.0 == pool));
+        tracks.retain(|k, _| targets.iter().any(|(t, _, _)| t == k));
+        for (key, hc, backend_tls) in targets {
             let t = tracks.entry(key.clone()).or_default();
             if t.next_probe.is_some_and(|at| now < at) {
                 continue;
             }
             t.next_probe = Some(now + Duration::from_millis(hc.interval_ms as u64));
             let tx = tx.clone();
+            let tls = tls.get(&key.0, backend_tls.as_ref());
             tokio::spawn(async move {
-                let ok = probe(&key.1, &hc).await;
+                let ok = match tls {
+                    Ok(tls) => probe(&key.1, &hc, tls.as_ref()).await,
+                    Err(()) => false,
+                };
                 let _ = tx.send((key, ok));
             });
         }

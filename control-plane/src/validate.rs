@@ -119,6 +119,9 @@ pub fn pool(mut p: Pool) -> Result<Pool, ApiError> {
     if let Some(hc) = &p.health_check {
         health_check(hc)?;
     }
+    if let Some(t) = &p.backend_tls {
+        switchyard_model::backend_tls::check(t).map_err(invalid)?;
+    }
     p.created_revision = 0;
     p.updated_revision = 0;
     Ok(p)

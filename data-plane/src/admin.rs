@@ -182,7 +182,7 @@ pub fn status_json(state: &ProxyState) -> serde_json::Value {
         "max_connections": state.runtime.max_open.load(Relaxed),
         "active": backends.iter().map(|b| b["active"].as_u64().unwrap_or(0)).sum::<u64>(),
         "handshake_failures": failures,
-        "edge_auth": state.keys.status(),
+        "edge_auth": state.compiled.keys.status(),
         "versions": state.status.versions(),
         "backends": backends,
     })

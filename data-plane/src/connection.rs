@@ -363,7 +363,7 @@ async fn open(
             return reject_none(state, rec, client, unusable(tls_failed)).await;
         };
         let b = &pool.backends[i];
-        match connect_backend(&b.backend.address, ctx).await {
+        match connect_backend(&b.backend.address, &pool.tls, ctx).await {
             Ok(s) => break (i, s),
             Err(why) => {
                 tls_failed |= matches!(why, BackendFail::Tls(_));

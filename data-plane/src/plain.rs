@@ -266,7 +266,7 @@ fn too_large(state: &ProxyState, rec: Option<Box<access_log::Record>>) -> Respon
 /// connections, and `/status`), keeps its session binding live, and is logged when it ends.
 struct InFlight {
     /// The backend connection, pooled again once the response is over.
-    idle: Option<(String, backends::Sender)>,
+    idle: Option<(String, u64, String, backends::Sender)>,
     state: Arc<ProxyState>,
     stats: Arc<crate::stats::BackendStats>,
     session: Option<crate::affinity::LiveKey>,
@@ -278,8 +278,8 @@ struct InFlight {
 
 impl Drop for InFlight {
     fn drop(&mut self) {
-        if let Some((backend, tx)) = self.idle.take() {
-            backends::checkin(backend, tx);
+        if let Some((pool, tag, backend, tx)) = self.idle.take() {
+            backends::checkin(pool, tag, backend, tx);
         }
         self.stats.active.fetch_sub(1, Relaxed);
         if let Some(k) = &self.session {
@@ -392,10 +392,10 @@ async fn handle(
             return refusal(state, rec.1.take(), if tls_failed { Reject::BadGateway } else { Reject::Unavailable });
         };
         let b = &pool.backends[i];
-        if let Some(tx) = backends::checkout(&b.backend.address) {
+        if let Some(tx) = backends::checkout(&pool.pool.name, pool.tls.tag(), &b.backend.address) {
             break (i, tx, true);
         }
-        match backends::connect(&b.backend.address, ctx).await {
+        match backends::connect(&b.backend.address, &pool.tls, ctx).await {
             Ok(tx) => break (i, tx, false),
             Err(why) => {
                 tls_failed |= matches!(why, BackendFail::Tls(_));
@@ -436,7 +436,7 @@ async fn handle(
     // hyper hands it back, and it goes once more on a new connection.
     if let (Ok(Err(e)), true) = (&mut sent, reused) {
         if let Some(again) = e.take_message() {
-            if let Ok(tx) = backends::connect(&address, ctx).await {
+            if let Ok(tx) = backends::connect(&address, &pool.tls, ctx).await {
                 sender = tx;
                 sent = tokio::time::timeout(response_timeout, sender.try_send_request(again)).await;
             }
@@ -488,7 +488,7 @@ async fn handle(
     }
     let bytes_out = Arc::new(AtomicU64::new(0));
     let hold = InFlight {
-        idle: Some((address, sender)),
+        idle: Some((pool.pool.name.clone(), pool.tls.tag(), address, sender)),
         state: state.clone(),
         stats: entry.stats.clone(),
         session: live,

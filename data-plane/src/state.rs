@@ -24,8 +24,8 @@ pub struct ProxyState {
     pub affinity: Affinity,
     pub status: ConfigStatus,
     pub runtime: Runtime,
-    /// Routes' last good JWT key sets (see [`crate::edge_auth`]).
-    pub keys: crate::edge_auth::KeyCache,
+    /// What tables compile and keep across config changes (key sets, backend TLS).
+    pub compiled: crate::table::Compiled,
 }
 
 /// What connections share apart from config: admission, counters, shutdown.
@@ -71,7 +71,7 @@ impl ProxyState {
             registry: Registry::default(),
             affinity: Affinity::default(),
             status: ConfigStatus::default(),
-            keys: Default::default(),
+            compiled: Default::default(),
             runtime: Runtime {
                 admission: Admission::default(),
                 accepted: AtomicU64::new(0),

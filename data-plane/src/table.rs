@@ -29,6 +29,16 @@ pub struct PoolTable {
     /// For pools with session affinity: where a new session key goes, the same on every
     /// proxy, so proxies racing on one key pick the same backend.
     affinity: Option<crate::balance::Maglev>,
+    /// TLS to this pool's backends.
+    pub tls: crate::tls::PoolTls,
+}
+
+/// What tables compile from the config and keep from one table to the next.
+#[derive(Default)]
+pub struct Compiled {
+    /// Routes' last good JWT key sets (see [`crate::edge_auth`]).
+    pub keys: crate::edge_auth::KeyCache,
+    pub tls: crate::tls::PoolTlsCache,
 }
 
 pub struct Table {
@@ -91,12 +101,13 @@ impl Table {
     }
 
     pub fn build(model: &Model, revision: u64, registry: &Registry) -> Table {
-        Table::build_with(model, revision, registry, &crate::edge_auth::KeyCache::default())
+        Table::build_with(model, revision, registry, &Compiled::default())
     }
 
-    /// [`Self::build`], compiling routes' key sets through `keys` (which keeps each route's
-    /// last good set).
-    pub fn build_with(model: &Model, revision: u64, registry: &Registry, keys: &crate::edge_auth::KeyCache) -> Table {
+    /// [`Self::build`], compiling routes' key sets and pools' backend TLS through `compiled`
+    /// (which keeps what it compiled for the next table).
+    pub fn build_with(model: &Model, revision: u64, registry: &Registry, compiled: &Compiled) -> Table {
+        compiled.tls.retain(&|p| model.pools.contains_key(p));
         let mut routes: Vec<Route> = model.routes.values().cloned().collect();
         routes.sort_by_key(route_rank);
         let pools = model
@@ -119,11 +130,15 @@ impl Table {
                     .into_iter()
                     .map(|b| BackendEntry { backend: b.clone(), stats: registry.get(&p.name, &b.address) })
                     .collect();
-                let table = PoolTable { pool: p.clone(), backends, hash_key, affinity_key, balancer, affinity };
+                let tls = compiled.tls.get(&p.name, p.backend_tls.as_ref());
+                let table = PoolTable { pool: p.clone(), backends, hash_key, affinity_key, balancer, affinity, tls };
                 (p.name.clone(), Arc::new(table))
             })
             .collect();
-        let auth = routes.iter().filter_map(|r| Some((r.name.clone(), crate::edge_auth::compile(r, keys)?))).collect();
+        let auth = routes
+            .iter()
+            .filter_map(|r| Some((r.name.clone(), crate::edge_auth::compile(r, &compiled.keys)?)))
+            .collect();
         Table {
             revision,
             settings: model.settings,

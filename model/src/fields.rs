@@ -19,6 +19,7 @@ pub const POOL_FIELDS: &[&str] = &[
     "drain_timeout_ms",
     "max_body_bytes",
     "response_timeout_ms",
+    "backend_tls",
 ];
 
 pub const SETTINGS_FIELDS: &[&str] = &[
@@ -45,6 +46,7 @@ pub fn merge_pool(cur: &Pool, new: &Pool, mask: &[String]) -> Result<Pool, Unkno
             "drain_timeout_ms" => p.drain_timeout_ms = new.drain_timeout_ms,
             "max_body_bytes" => p.max_body_bytes = new.max_body_bytes,
             "response_timeout_ms" => p.response_timeout_ms = new.response_timeout_ms,
+            "backend_tls" => p.backend_tls = new.backend_tls.clone(),
             other => return Err(UnknownField(other.to_string())),
         }
     }
@@ -89,6 +91,7 @@ mod tests {
             drain_timeout_ms: 5,
             max_body_bytes: 6,
             response_timeout_ms: 7,
+            backend_tls: Some(switchyard_proto::v1::BackendTls { enabled: true, ..Default::default() }),
             ..Default::default()
         };
         let cur = Pool { name: "p".into(), created_revision: 2, ..Default::default() };

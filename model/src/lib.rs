@@ -2,6 +2,7 @@
 //! the proxy's mirror are two users of [`Model`], not two copies of it.
 
 pub mod affinity;
+pub mod backend_tls;
 pub mod edge_auth;
 pub mod fields;
 pub mod grpc;

@@ -130,6 +130,18 @@ async fn writer(endpoints: Vec<String>, load: Arc<Load>) -> Vec<String> {
     acked
 }
 
+/// The feature level of this build, which the cluster reaches once every node runs it.
+const TOP: u32 = version::MAX_FEATURE_LEVEL;
+
+/// A pool with TLS to its backends: the write gated at feature level 3.
+fn tls_pool() -> CreatePoolRequest {
+    let mut p = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
+    p.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+    let ca_pem = p.self_signed(&rcgen::KeyPair::generate().unwrap()).unwrap().pem();
+    let backend_tls = Some(BackendTls { enabled: true, ca_pem, server_name: String::new() });
+    CreatePoolRequest { pool: Some(Pool { name: "tls".into(), backend_tls, ..Default::default() }) }
+}
+
 /// `session delete POOL --all`: the command gated at feature level 2.
 async fn delete_all_sessions(addr: &str) -> Result<u64, tonic::Status> {
     let req = DeleteSessionRequest { pool: "chat".into(), key: String::new(), all: true };
@@ -235,6 +247,9 @@ async fn a_cluster_and_its_proxies_upgrade_one_process_at_a_time_without_droppin
     })
     .await;
     assert!(refusal.contains("needs feature level 2; the cluster runs at 1 until every node is upgraded"), "{refusal}");
+    let e = admin(&any).create_pool(tls_pool()).await.expect_err("level 3 refused at level 1");
+    assert_eq!(e.code(), Code::FailedPrecondition, "{e:?}");
+    assert!(e.message().contains("TLS to a pool's backends needs feature level 3"), "{}", e.message());
 
     // Nodes one at a time, as the new release (no env var).
     let ids: Vec<u64> = c.nodes.keys().copied().collect();
@@ -256,15 +271,16 @@ async fn a_cluster_and_its_proxies_upgrade_one_process_at_a_time_without_droppin
             assert!(e.message().contains(&old_one) || e.message().contains("has not said"), "{}", e.message());
         }
     }
-    eventually("the leader to raise the feature level to 2 by itself", Duration::from_secs(10), || async {
-        (feature_levels(&c).await == vec![2, 2, 2]).then_some(())
+    eventually("the leader to raise the feature level to the top by itself", Duration::from_secs(10), || async {
+        (feature_levels(&c).await == vec![TOP; 3]).then_some(())
     })
     .await;
-    delete_all_sessions(&any).await.expect("level-2 write accepted at level 2");
+    delete_all_sessions(&any).await.expect("level-2 write accepted at the top level");
+    admin(&any).create_pool(tls_pool()).await.expect("level-3 write accepted at the top level");
     let st = status(&any).await.unwrap();
-    assert_eq!((st.feature_level, st.max_feature_level, st.version.as_str()), (2, 2, version::VERSION));
+    assert_eq!((st.feature_level, st.max_feature_level, st.version.as_str()), (TOP, TOP, version::VERSION));
     for m in &st.members {
-        assert_eq!((m.version.as_str(), m.max_feature_level), (version::VERSION, 2), "member {m:?}");
+        assert_eq!((m.version.as_str(), m.max_feature_level), (version::VERSION, TOP), "member {m:?}");
     }
     // What an operator sees: `switchyard cluster status` and `switchyard-control --version`.
     let out = std::process::Command::new(bin("switchyard"))
@@ -272,13 +288,15 @@ async fn a_cluster_and_its_proxies_upgrade_one_process_at_a_time_without_droppin
         .output()
         .expect("run switchyard");
     let j: serde_json::Value = serde_json::from_slice(&out.stdout).expect("cluster status JSON");
-    assert_eq!(j["feature_level"], 2, "{j}");
+    assert_eq!(j["feature_level"], TOP, "{j}");
     for m in j["members"].as_array().expect("members") {
-        assert_eq!((m["version"].as_str(), m["max_feature_level"].as_u64()), (Some(version::VERSION), Some(2)), "{m}");
+        let want = (Some(version::VERSION), Some(TOP as u64));
+        assert_eq!((m["version"].as_str(), m["max_feature_level"].as_u64()), want, "{m}");
     }
     let out = std::process::Command::new(bin("switchyard-control")).arg("--version").output().expect("--version");
     let line = String::from_utf8_lossy(&out.stdout).to_string();
-    let want = format!("switchyard-control {} (protocol {}, max feature level 2)", version::VERSION, version::PROTOCOL);
+    let want =
+        format!("switchyard-control {} (protocol {}, max feature level {TOP})", version::VERSION, version::PROTOCOL);
     assert_eq!(line.trim_end(), want);
     // A node of the old release can no longer be added: it could not apply the log.
     let mut flags = test_flags();
@@ -286,7 +304,7 @@ async fn a_cluster_and_its_proxies_upgrade_one_process_at_a_time_without_droppin
     let n4 = blocking(|| ControlNode::spawn_env(4, reserve(), &c.dir.path().join("node-4"), &flags, &old));
     let e = admin(&any).add_node(AddNodeRequest { id: 4, address: n4.addr.clone() }).await.expect_err("refused");
     assert_eq!(e.code(), Code::FailedPrecondition, "{e:?}");
-    let want = format!("node 4 runs {}, max feature level 1, and the cluster runs at 2", version::VERSION);
+    let want = format!("node 4 runs {}, max feature level 1, and the cluster runs at {TOP}", version::VERSION);
     assert!(e.message().contains(&want), "{}", e.message());
     drop(n4);
     assert!(load.failures().is_empty(), "failures while nodes restarted: {:?}", load.failures());
@@ -361,7 +379,7 @@ async fn a_cluster_and_its_proxies_upgrade_one_process_at_a_time_without_droppin
     let exit = blocking(|| old_node.wait_exit(Duration::from_secs(20))).expect("the old binary refuses to start");
     let err = std::fs::read_to_string(&log).unwrap();
     assert!(!exit.success(), "{err}");
-    assert!(err.contains("runs at feature level 2") && err.contains("supports at most level 1"), "{err}");
+    assert!(err.contains(&format!("runs at feature level {TOP}")) && err.contains("supports at most level 1"), "{err}");
 
     eprintln!(
         "upgrade: {} writes, {} echoes, {} reconnects, {:.1}s",

@@ -1,13 +1,13 @@
 //! `switchyard pool`: create, list, get, update (only the options given), delete.
 
-use anyhow::{bail, Result};
+use anyhow::{anyhow, bail, Result};
 use switchyard_proto::v1::{
-    Algorithm, CreatePoolRequest, DeletePoolRequest, GetPoolRequest, HealthCheck, HealthCheckKind, Pool, ReadRequest,
-    UpdatePoolRequest,
+    Algorithm, BackendTls, CreatePoolRequest, DeletePoolRequest, GetPoolRequest, HealthCheck, HealthCheckKind, Pool,
+    ReadRequest, UpdatePoolRequest,
 };
 
 use super::ctx::Ctx;
-use crate::args::{PoolCmd, PoolOpts};
+use crate::args::{BackendTlsArg, PoolCmd, PoolOpts};
 
 pub(super) async fn run(ctx: &mut Ctx, c: PoolCmd) -> Result<()> {
     let consistency = ctx.consistency;
@@ -15,23 +15,31 @@ pub(super) async fn run(ctx: &mut Ctx, c: PoolCmd) -> Result<()> {
         PoolCmd::Create { name, opts } => {
             let mut pool = Pool { name, ..Default::default() };
             apply_pool_opts(&mut pool, &opts);
+            apply_backend_tls(&mut pool, &opts)?;
             let req = CreatePoolRequest { pool: Some(pool) };
             let r = ctx.admin(req, |mut c, r| async move { c.create_pool(r).await }).await?;
             ctx.out.pool(&r.pool.unwrap_or_default());
         }
         PoolCmd::Update { name, opts } => {
             let mut pool = Pool { name, ..Default::default() };
-            let update_mask = apply_pool_opts(&mut pool, &opts);
-            if update_mask.is_empty() {
-                bail!("pool update: give at least one option to change (see --help)");
-            }
-            if update_mask.iter().any(|m| m == "health_check") && opts.health_check.is_none() {
-                // The health check is replaced whole: start from the pool's so that changing
-                // one field keeps the others.
+            let mut update_mask = apply_pool_opts(&mut pool, &opts);
+            // The health check and backend TLS are replaced whole: start from the pool's, so
+            // that changing one field keeps the others.
+            let partial_hc = update_mask.iter().any(|m| m == "health_check") && opts.health_check.is_none();
+            let partial_tls =
+                tls_given(&opts) && !matches!(opts.backend_tls, Some(BackendTlsArg::Off) | Some(BackendTlsArg::Proxy));
+            if partial_hc || partial_tls {
                 let req = GetPoolRequest { consistency, name: pool.name.clone() };
                 let cur = ctx.query(req, |mut c, r| async move { c.get_pool(r).await }).await?;
                 pool.health_check = cur.health_check;
+                pool.backend_tls = cur.backend_tls;
                 apply_pool_opts(&mut pool, &opts);
+            }
+            if apply_backend_tls(&mut pool, &opts)? {
+                update_mask.push("backend_tls".into());
+            }
+            if update_mask.is_empty() {
+                bail!("pool update: give at least one option to change (see --help)");
             }
             let req = UpdatePoolRequest { pool: Some(pool), update_mask };
             let r = ctx.admin(req, |mut c, r| async move { c.update_pool(r).await }).await?;
@@ -57,6 +65,45 @@ pub(super) async fn run(ctx: &mut Ctx, c: PoolCmd) -> Result<()> {
 
 fn ms(d: std::time::Duration) -> u64 {
     d.as_millis() as u64
+}
+
+fn tls_given(o: &PoolOpts) -> bool {
+    o.backend_tls.is_some() || o.backend_tls_ca.is_some() || o.backend_tls_server_name.is_some()
+}
+
+/// Sets `pool.backend_tls` from the options given, on top of what it has; whether any was.
+/// A CA bundle or a server name alone turns TLS on.
+fn apply_backend_tls(pool: &mut Pool, o: &PoolOpts) -> Result<bool> {
+    if !tls_given(o) {
+        return Ok(false);
+    }
+    let details = o.backend_tls_ca.is_some() || o.backend_tls_server_name.is_some();
+    match o.backend_tls {
+        Some(BackendTlsArg::Proxy) | Some(BackendTlsArg::Off) if details => {
+            bail!("--backend-tls-ca and --backend-tls-server-name go with --backend-tls on")
+        }
+        Some(BackendTlsArg::Proxy) => pool.backend_tls = None,
+        Some(BackendTlsArg::Off) => pool.backend_tls = Some(BackendTls::default()),
+        Some(BackendTlsArg::On) | None => {
+            let mut t = pool.backend_tls.clone().unwrap_or_default();
+            t.enabled = true;
+            if let Some(path) = &o.backend_tls_ca {
+                let max = switchyard_model::backend_tls::MAX_CA_PEM_BYTES as u64;
+                let len =
+                    std::fs::metadata(path).map_err(|e| anyhow!("--backend-tls-ca {}: {e}", path.display()))?.len();
+                if len > max {
+                    bail!("--backend-tls-ca {}: {len} bytes, more than a CA bundle's {max}", path.display());
+                }
+                t.ca_pem =
+                    std::fs::read_to_string(path).map_err(|e| anyhow!("--backend-tls-ca {}: {e}", path.display()))?;
+            }
+            if let Some(n) = &o.backend_tls_server_name {
+                t.server_name = n.clone();
+            }
+            pool.backend_tls = Some(t);
+        }
+    }
+    Ok(true)
 }
 
 /// Fills `pool` from the options given and returns the update mask: the names of the fields

@@ -61,6 +61,11 @@ pub(super) fn pool_json(p: &Pool) -> Value {
         "drain_timeout_ms": p.drain_timeout_ms,
         "max_body_bytes": p.max_body_bytes,
         "response_timeout_ms": p.response_timeout_ms,
+        "backend_tls": p.backend_tls.as_ref().map(|t| json!({
+            "enabled": t.enabled,
+            "server_name": t.server_name,
+            "ca_certificates": t.ca_pem.matches("-----BEGIN CERTIFICATE-----").count(),
+        })),
         "health_check": {
             "kind": health_check_kind(hc.kind),
             "interval_ms": hc.interval_ms, "timeout_ms": hc.timeout_ms,
@@ -79,10 +84,17 @@ pub(super) fn pool_row(p: &Pool) -> Vec<String> {
         dash(&p.hash_key),
         if p.affinity.is_empty() { "-".into() } else { format!("{} ({})", p.affinity, ms(p.affinity_ttl_ms)) },
         ms(p.drain_timeout_ms),
+        match &p.backend_tls {
+            None => "-".into(),
+            Some(t) if !t.enabled => "off".into(),
+            Some(t) if t.server_name.is_empty() => "on".into(),
+            Some(t) => format!("on ({})", t.server_name),
+        },
         p.updated_revision.to_string(),
     ]
 }
-pub(super) const POOL_HEADERS: &[&str] = &["NAME", "ALGORITHM", "HASH KEY", "AFFINITY", "DRAIN", "REVISION"];
+pub(super) const POOL_HEADERS: &[&str] =
+    &["NAME", "ALGORITHM", "HASH KEY", "AFFINITY", "DRAIN", "BACKEND TLS", "REVISION"];
 
 pub(super) fn backend_json(b: &Backend) -> Value {
     json!({

@@ -92,6 +92,10 @@ impl Command {
     pub fn needs(&self) -> u32 {
         match self {
             Command::DeleteSessions { .. } => 2,
+            // An older node would drop the field (prost skips what it does not know) and
+            // apply a different pool than the rest.
+            Command::CreatePool(Pb(p)) if p.backend_tls.is_some() => 3,
+            Command::UpdatePool { mask, .. } if mask.iter().any(|f| f == "backend_tls") => 3,
             // Gated by its own rule: proposed only when every member supports the level.
             Command::SetFeatureLevel(_) => 1,
             _ => 1,
@@ -102,6 +106,7 @@ impl Command {
     pub fn what(&self) -> &'static str {
         match self {
             Command::DeleteSessions { .. } => "deleting every session of a pool",
+            Command::CreatePool(_) | Command::UpdatePool { .. } => "TLS to a pool's backends",
             _ => "this write",
         }
     }

@@ -9,6 +9,7 @@ use tokio_util::either::Either;
 use super::{handshake_timeout, Ctx};
 use crate::relay::Stream;
 use crate::state::ProxyState;
+use crate::tls::PoolTls;
 
 /// A client during its handshake: plain, or past its TLS handshake (boxed: rustls' state
 /// would otherwise take room in every connection's future, ws ones included).
@@ -51,8 +52,17 @@ pub enum BackendFail {
     Tls(String),
 }
 
-/// Connects to a backend (with TLS when configured) under the connect timeout.
-pub async fn connect_backend(address: &str, ctx: &Ctx) -> Result<BackendIo, BackendFail> {
+/// Connects to a backend under the connect timeout, with TLS when its pool (or, where the
+/// pool says nothing, the proxy) asks for it.
+pub async fn connect_backend(address: &str, tls: &PoolTls, ctx: &Ctx) -> Result<BackendIo, BackendFail> {
+    let bt = match tls {
+        PoolTls::Proxy => ctx.backend_tls.as_ref(),
+        PoolTls::Off => None,
+        PoolTls::On(t) => Some(t),
+        PoolTls::Broken(why) => {
+            return Err(BackendFail::Tls(format!("the pool's backend TLS does not compile: {why}")))
+        }
+    };
     let limit = ctx.tuning.connect_timeout;
     let tcp = match tokio::time::timeout(limit, TcpStream::connect(address)).await {
         Ok(Ok(s)) => s,
@@ -60,7 +70,7 @@ pub async fn connect_backend(address: &str, ctx: &Ctx) -> Result<BackendIo, Back
         Err(_) => return Err(BackendFail::Connect("timed out".into())),
     };
     let _ = tcp.set_nodelay(true);
-    let Some(bt) = &ctx.backend_tls else { return Ok(Either::Left(tcp)) };
+    let Some(bt) = bt else { return Ok(Either::Left(tcp)) };
     let name = bt.name_for(address).map_err(|e| BackendFail::Tls(e.to_string()))?;
     let connector = tokio_rustls::TlsConnector::from(bt.config.clone());
     match tokio::time::timeout(limit, Box::pin(connector.connect(name, tcp))).await {

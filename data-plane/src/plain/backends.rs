@@ -13,6 +13,7 @@ use hyper_util::rt::TokioIo;
 use super::bodies::ReqBody;
 use crate::connection::streams::{connect_backend, BackendFail};
 use crate::connection::Ctx;
+use crate::tls::PoolTls;
 
 /// An idle connection older than this is closed rather than reused: backends commonly close
 /// keep-alive connections after 60-75 s, and a request sent on one they just closed is lost.
@@ -22,42 +23,56 @@ const MAX_IDLE: usize = 64;
 
 pub type Sender = SendRequest<ReqBody>;
 
+/// Per pool: the TLS its idle connections were made with (see [`PoolTls::tag`]) and them, by
+/// backend address. Pools differ in TLS, so one address in two pools shares nothing, and a
+/// pool whose TLS changed reuses none made before.
+type Idle = HashMap<String, (u64, HashMap<String, Vec<(Sender, Instant)>>)>;
+
 thread_local! {
-    static IDLE: RefCell<HashMap<String, Vec<(Sender, Instant)>>> = RefCell::new(HashMap::new());
+    static IDLE: RefCell<Idle> = RefCell::new(HashMap::new());
 }
 
-/// An idle connection to `backend` that is open and ready, if this worker has one. One just
-/// given back may not be ready yet (its connection task has not run since the response
-/// ended): it stays for the next request.
-pub fn checkout(backend: &str) -> Option<Sender> {
+/// An idle connection to `backend` of `pool` (made with TLS `tag`) that is open and ready, if
+/// this worker has one. One just given back may not be ready yet (its connection task has
+/// not run since the response ended): it stays for the next request.
+pub fn checkout(pool: &str, tag: u64, backend: &str) -> Option<Sender> {
     IDLE.with(|idle| {
         let mut idle = idle.borrow_mut();
-        let list = idle.get_mut(backend)?;
+        let (made_with, backends) = idle.get_mut(pool)?;
+        if *made_with != tag {
+            return None;
+        }
+        let list = backends.get_mut(backend)?;
         list.retain(|(tx, since)| since.elapsed() < IDLE_FOR && !tx.is_closed());
         let i = list.iter().rposition(|(tx, _)| tx.is_ready())?;
         Some(list.swap_remove(i).0)
     })
 }
 
-/// Gives `tx` back for the next request to `backend`, once its response is over (one cut
-/// short closes, and is dropped at the next checkout).
-pub fn checkin(backend: String, tx: Sender) {
+/// Gives `tx` back for the next request to `backend` of `pool`, once its response is over
+/// (one cut short closes, and is dropped at the next checkout).
+pub fn checkin(pool: String, tag: u64, backend: String, tx: Sender) {
     if tx.is_closed() {
         return;
     }
     IDLE.with(|idle| {
         let mut idle = idle.borrow_mut();
-        let list = idle.entry(backend).or_default();
+        let (made_with, backends) = idle.entry(pool).or_insert_with(|| (tag, HashMap::new()));
+        if *made_with != tag {
+            // The pool's TLS changed: what was made before goes.
+            *made_with = tag;
+            backends.clear();
+        }
+        let list = backends.entry(backend).or_default();
         if list.len() < MAX_IDLE {
             list.push((tx, Instant::now()));
         }
     });
 }
 
-/// A new connection to `backend` (TLS when the proxy is configured for it), driven on this
-/// worker.
-pub async fn connect(backend: &str, ctx: &Ctx) -> Result<Sender, BackendFail> {
-    let io = connect_backend(backend, ctx).await?;
+/// A new connection to `backend`, with the TLS its pool asks for, driven on this worker.
+pub async fn connect(backend: &str, tls: &PoolTls, ctx: &Ctx) -> Result<Sender, BackendFail> {
+    let io = connect_backend(backend, tls, ctx).await?;
     let (tx, conn) = http1::Builder::new()
         .handshake(TokioIo::new(io))
         .await

@@ -3,6 +3,7 @@
 //! once by [`switchyard_model::tls::install_provider`].
 
 pub mod certs;
+pub mod pool;
 pub mod reload;
 
 use std::path::Path;
@@ -11,6 +12,7 @@ use std::sync::Arc;
 use rustls::{ClientConfig, RootCertStore, ServerConfig};
 
 pub use certs::{CertSet, CertSources, SniResolver};
+pub use pool::{PoolTls, PoolTlsCache};
 
 #[derive(Debug, thiserror::Error)]
 #[error("{0}")]
@@ -33,30 +35,29 @@ pub fn server_config(resolver: Arc<SniResolver>) -> Arc<ServerConfig> {
 /// The config for TLS to backends: backends' certificates are verified against the CA bundle
 /// in `ca` (there is no switch to turn verification off).
 pub fn backend_config(ca: &Path) -> Result<Arc<ClientConfig>, TlsError> {
-    switchyard_model::tls::install_provider();
     let mut roots = RootCertStore::empty();
     for c in switchyard_model::tls::load_certs(ca).map_err(|e| TlsError(e.to_string()))? {
         roots.add(c).map_err(|e| TlsError(format!("{}: not a usable CA certificate: {e}", ca.display())))?;
     }
-    let mut c = ClientConfig::builder_with_protocol_versions(&[&rustls::version::TLS13, &rustls::version::TLS12])
-        .with_root_certificates(roots)
-        .with_no_client_auth();
-    c.alpn_protocols = vec![b"http/1.1".to_vec()];
-    Ok(Arc::new(c))
+    Ok(switchyard_model::backend_tls::client_config(roots))
 }
 
-/// TLS toward backends, proxy-wide: the client config and the name to verify (and send as
+/// TLS toward backends (the proxy's own, or a pool's): the client config and the name to verify (and send as
 /// SNI); without a name, the host part of each backend's address is used.
 #[derive(Clone)]
 pub struct BackendTls {
     pub config: Arc<ClientConfig>,
     pub server_name: Option<String>,
+    /// Unique per value made, so connections made under it can be told from others.
+    pub id: u64,
 }
 
 impl BackendTls {
     /// Checks `server_name` now, so a bad one stops the start rather than every connection.
     pub fn new(config: Arc<ClientConfig>, server_name: Option<String>) -> Result<BackendTls, TlsError> {
-        let b = BackendTls { config, server_name };
+        static NEXT: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(16);
+        let id = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let b = BackendTls { config, server_name, id };
         if b.server_name.is_some() {
             b.name_for("")?;
         }
@@ -65,11 +66,6 @@ impl BackendTls {
 
     /// The name a backend at `address` (host:port) must prove.
     pub fn name_for(&self, address: &str) -> Result<rustls::pki_types::ServerName<'static>, TlsError> {
-        let host = match &self.server_name {
-            Some(n) => n.as_str(),
-            None => address.rsplit_once(':').map_or(address, |(h, _)| h).trim_start_matches('[').trim_end_matches(']'),
-        };
-        rustls::pki_types::ServerName::try_from(host.to_string())
-            .map_err(|_| TlsError(format!("{host:?} is not a host name or IP address to verify a backend against")))
+        switchyard_model::backend_tls::name_for(self.server_name.as_deref().unwrap_or(""), address).map_err(TlsError)
     }
 }

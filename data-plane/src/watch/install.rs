@@ -16,7 +16,7 @@ pub fn install(state: &ProxyState, mirror: &Mirror, delta: &Delta, source: &'sta
     match delta {
         Delta::Sessions(changes) => state.affinity.update(changes),
         Delta::All => {
-            let new = Arc::new(Table::build_with(mirror.model(), mirror.revision, &state.registry, &state.keys));
+            let new = Arc::new(Table::build_with(mirror.model(), mirror.revision, &state.registry, &state.compiled));
             let old = state.table.swap(new.clone());
             drain::on_change(state, &old, &new);
             let backends = &mirror.model().backends;
