@@ -165,19 +165,26 @@ pub async fn run(ctx: Arc<NodeCtx>) {
             _ = ctx.shutdown.cancelled() => return,
             _ = ticker.tick() => {}
         }
-        if !ctx.is_leader() {
-            continue;
+        if ctx.is_leader() {
+            raise(&ctx).await;
         }
-        let members = ctx.members();
-        let runs = ask(&ctx, &members).await;
-        let common = common_level(&members, &runs);
-        ctx.features.set(runs);
-        let level = ctx.shared.read().state.feature_level();
-        if let Some(n) = common.filter(|n| *n > level) {
-            tracing::info!(from = level, to = n, "every member supports feature level {n}: raising the cluster's");
-            if let Err(e) = leader::write(&ctx, Command::SetFeatureLevel(n)).await {
-                tracing::warn!("feature level {n} not committed: {e}");
-            }
+    }
+}
+
+/// Asks members what they run and raises the cluster's level to what all of them support.
+/// Run every [`TICK`] by the leader, and at once when a write needs a level the cluster has
+/// not reached: a cluster whose members all support it (a new one, in its first second)
+/// takes the write instead of refusing it.
+pub async fn raise(ctx: &NodeCtx) {
+    let members = ctx.members();
+    let runs = ask(ctx, &members).await;
+    let common = common_level(&members, &runs);
+    ctx.features.set(runs);
+    let level = ctx.shared.read().state.feature_level();
+    if let Some(n) = common.filter(|n| *n > level) {
+        tracing::info!(from = level, to = n, "every member supports feature level {n}: raising the cluster's");
+        if let Err(e) = leader::write(ctx, Command::SetFeatureLevel(n)).await {
+            tracing::warn!("feature level {n} not committed: {e}");
         }
     }
 }

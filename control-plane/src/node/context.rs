@@ -79,7 +79,12 @@ impl NodeCtx {
     pub async fn propose(&self, cmd: Proposed) -> Result<Written, ExecError> {
         // The gate for commands old nodes cannot decode (see `Command`), checked on the leader,
         // whose applied level is the cluster's; a follower's may lag behind it.
-        let level = self.shared.read().state.feature_level();
+        let mut level = self.shared.read().state.feature_level();
+        if cmd.cmd.needs() > level && self.is_leader() {
+            // Boxed: raising writes through this function (a level-1 command, so once).
+            Box::pin(crate::features::raise(self)).await;
+            level = self.shared.read().state.feature_level();
+        }
         if cmd.cmd.needs() > level && self.is_leader() {
             let why = crate::features::refusal(self, &cmd.cmd, level);
             return Err(ExecError::Api(ApiError::FailedPrecondition(why)));
