@@ -116,6 +116,13 @@ pub async fn state(node: &NodeCtx, caller: &Caller, rights: &Rights) -> Value {
             json!({
                 "name": p.name, "algorithm": algorithm(p.algorithm), "affinity": p.affinity,
                 "health_check": p.health_check.as_ref().map_or("none", |h| check_kind(h.kind)),
+                // "" when each proxy's own setting applies.
+                "backend_tls": match &p.backend_tls {
+                    None => String::new(),
+                    Some(t) if !t.enabled => "off".into(),
+                    Some(t) if t.server_name.is_empty() => "on".into(),
+                    Some(t) => format!("on, verified as {}", t.server_name),
+                },
                 "backends": backends,
             })
         })

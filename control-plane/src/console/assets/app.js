@@ -102,7 +102,8 @@ function render(s) {
       el("td", {}, b.zone), el("td", {}, ...(s.you.operate ? actions(pool.name, b) : []))));
     return el("div", { "data-pool": pool.name },
       el("h3", {}, pool.name + " ", el("small", {}, pool.algorithm +
-        (pool.affinity ? " · affinity " + pool.affinity : "") + " · health check " + pool.health_check)),
+        (pool.affinity ? " · affinity " + pool.affinity : "") + " · health check " + pool.health_check +
+        (pool.backend_tls ? " · TLS to backends " + pool.backend_tls : ""))),
       el("table", {}, el("thead", {}, el("tr", {}, ...["backend", "weight", "state", "health", "connections",
         "sessions", "zone", ""].map((h) => el("th", {}, h)))), el("tbody", {}, ...rows)));
   }));
