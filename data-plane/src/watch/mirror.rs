@@ -40,11 +40,14 @@ impl Mirror {
         self.model.sessions.iter().map(|(k, s)| (k.clone(), s.backend.clone())).collect()
     }
 
-    /// Applies one event and says what it changed. Events at or below the current revision
-    /// are ignored (`None`), so a resumed stream can never take the proxy backwards. Progress
-    /// changes nothing, its revision included: only config moves the revision.
+    /// Applies one event and says what it changed. Events below the current revision, and
+    /// changes at it, are ignored (`None`), so a resumed stream can never take the proxy
+    /// backwards; a snapshot at the current revision replaces the config (it is the whole
+    /// truth, asked for when the config came from a cache that may be wrong). Progress changes
+    /// nothing, its revision included: only config moves the revision.
     pub fn apply(&mut self, ev: WatchEvent) -> Option<Delta> {
-        if ev.revision < self.revision || (ev.revision == self.revision && self.revision != 0) {
+        let snapshot = matches!(ev.kind, Some(watch_event::Kind::Snapshot(_)));
+        if ev.revision < self.revision || (ev.revision == self.revision && self.revision != 0 && !snapshot) {
             return None;
         }
         let delta = match ev.kind? {
@@ -103,9 +106,11 @@ mod tests {
         let snap = WatchEvent { revision: 3, kind: Some(watch_event::Kind::Snapshot(topo)) };
         assert_eq!(m.apply(snap.clone()), Some(Delta::All));
         assert_eq!(m.revision, 3);
-        // The same revision again, or an older one, changes nothing.
-        assert_eq!(m.apply(snap), None);
+        // Changes at the same revision, or an older one, change nothing; a snapshot at it
+        // replaces the config.
+        assert_eq!(m.apply(changes(3, vec![session("same")])), None);
         assert_eq!(m.apply(changes(2, vec![session("old")])), None);
+        assert_eq!(m.apply(snap), Some(Delta::All));
         assert!(m.model().sessions.is_empty());
 
         assert_eq!(m.apply(changes(4, vec![session("k")])), Some(Delta::Sessions(vec![session("k")])));
