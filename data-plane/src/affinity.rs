@@ -27,8 +27,8 @@ struct Live {
 
 #[derive(Default)]
 pub struct Affinity {
-    /// As the control plane last streamed them: (pool, key) → backend.
-    bound: RwLock<HashMap<(String, String), String>>,
+    /// As the control plane last streamed them: (pool, key) → (backend, TTL in ms).
+    bound: RwLock<HashMap<(String, String), (String, u64)>>,
     /// Made here, not yet reported.
     pending: Mutex<Vec<SessionBinding>>,
     /// Sessions used here, refreshed while they have connections.
@@ -48,7 +48,8 @@ fn key_of(b: &SessionBinding) -> LiveKey {
 impl Affinity {
     /// The backend the cluster binds `key` to in `pool`, if any.
     pub fn backend_for(&self, pool: &str, key: &str) -> Option<String> {
-        self.bound.read().unwrap_or_else(|e| e.into_inner()).get(&(pool.to_string(), key.to_string())).cloned()
+        let bound = self.bound.read().unwrap_or_else(|e| e.into_inner());
+        bound.get(&(pool.to_string(), key.to_string())).map(|b| b.0.clone())
     }
 
     /// A connection for `key` went to `backend`: keep the binding refreshed while the
@@ -85,16 +86,22 @@ impl Affinity {
     }
 
     /// The bindings to report at `now`: the new ones, plus each live one whose last
-    /// acknowledged report is a third of its pool's TTL (`ttl`) old, or that was never
-    /// acknowledged. Forgets ended sessions whose acknowledgement has aged out.
+    /// acknowledged report is a third of its TTL old, or that was never acknowledged. The TTL
+    /// is its pool's (`ttl`), or the binding's own when shorter (it keeps the TTL it was made
+    /// with when the pool's changes). Forgets ended sessions whose acknowledgement aged out.
     pub fn take_report(&self, now: Instant, ttl: impl Fn(&str) -> Duration) -> Vec<SessionBinding> {
+        let bound = self.bound.read().unwrap_or_else(|e| e.into_inner());
+        let ttl = |(pool, key, backend): &LiveKey| {
+            let own = bound.get(&(pool.clone(), key.clone())).filter(|b| b.0 == *backend && b.1 > 0);
+            own.map_or(ttl(pool), |b| ttl(pool).min(Duration::from_millis(b.1)))
+        };
         let mut out = std::mem::take(&mut *self.pending.lock().unwrap_or_else(|e| e.into_inner()));
         let mut reported: HashSet<LiveKey> = HashSet::new();
         out.retain(|b| reported.insert(key_of(b)));
         let mut live = self.live.lock().unwrap_or_else(|e| e.into_inner());
         live.retain(|k, l| {
             let age = l.acked.map(|at| now.saturating_duration_since(at));
-            let t = ttl(&k.0);
+            let t = ttl(k);
             if l.conns == 0 {
                 return age.is_some_and(|a| a < t);
             }
@@ -117,7 +124,7 @@ impl Affinity {
     }
 
     /// Replaces the streamed bindings (a whole new config).
-    pub(crate) fn replace(&self, bound: HashMap<(String, String), String>) {
+    pub(crate) fn replace(&self, bound: HashMap<(String, String), (String, u64)>) {
         *self.bound.write().unwrap_or_else(|e| e.into_inner()) = bound;
     }
 
@@ -127,7 +134,7 @@ impl Affinity {
         for c in changes {
             match c {
                 change::Kind::SessionPut(s) => {
-                    map.insert((s.pool.clone(), s.key.clone()), s.backend.clone());
+                    map.insert((s.pool.clone(), s.key.clone()), (s.backend.clone(), s.ttl_ms));
                 }
                 change::Kind::SessionRemoved(s) => {
                     map.remove(&(s.pool.clone(), s.key.clone()));
@@ -173,12 +180,24 @@ mod tests {
     #[test]
     fn a_binding_the_cluster_already_streamed_is_not_reported_at_once() {
         let a = Affinity::default();
-        a.replace(HashMap::from([(("p".into(), "s".into()), "b:1".into())]));
+        a.replace(HashMap::from([(("p".into(), "s".into()), ("b:1".into(), 30_000))]));
         a.bind_live("p", "s", "b:1");
         assert!(a.pending.lock().unwrap().is_empty());
         assert_eq!(a.take_report(Instant::now(), |_| Duration::from_secs(30)).len(), 1, "never acknowledged here");
         a.bind_live("p", "s", "b:2");
         assert_eq!(a.pending.lock().unwrap().len(), 1, "a different backend is new");
+    }
+
+    #[test]
+    fn a_binding_made_with_a_shorter_ttl_than_its_pools_now_is_refreshed_by_its_own() {
+        let a = Affinity::default();
+        a.replace(HashMap::from([(("p".into(), "s".into()), ("b:1".into(), 3_000))]));
+        a.bind_live("p", "s", "b:1");
+        let t0 = Instant::now();
+        let pool_ttl = |_: &str| Duration::from_secs(3600);
+        a.acknowledged(&a.take_report(t0, pool_ttl), t0);
+        assert!(a.take_report(t0 + Duration::from_millis(900), pool_ttl).is_empty());
+        assert_eq!(a.take_report(t0 + Duration::from_secs(1), pool_ttl).len(), 1, "a third of 3 s, not of 1 h");
     }
 
     #[test]

@@ -35,9 +35,9 @@ impl Mirror {
         &self.model
     }
 
-    /// Session bindings as a map, for the proxy's lookups.
-    pub fn session_map(&self) -> HashMap<(String, String), String> {
-        self.model.sessions.iter().map(|(k, s)| (k.clone(), s.backend.clone())).collect()
+    /// Session bindings as a map, for the proxy's lookups: (backend, TTL in ms).
+    pub fn session_map(&self) -> HashMap<(String, String), (String, u64)> {
+        self.model.sessions.iter().map(|(k, s)| (k.clone(), (s.backend.clone(), s.ttl_ms))).collect()
     }
 
     /// Applies one event and says what it changed. Events below the current revision, and
@@ -114,7 +114,7 @@ mod tests {
         assert!(m.model().sessions.is_empty());
 
         assert_eq!(m.apply(changes(4, vec![session("k")])), Some(Delta::Sessions(vec![session("k")])));
-        assert_eq!(m.session_map().get(&("p".into(), "k".into())).map(String::as_str), Some("a:1"));
+        assert_eq!(m.session_map().get(&("p".into(), "k".into())).map(|b| b.0.as_str()), Some("a:1"));
         let backend = Backend { pool: "p".into(), address: "a:1".into(), ..Default::default() };
         let mixed = changes(5, vec![session("j"), change::Kind::BackendPut(backend)]);
         assert_eq!(m.apply(mixed), Some(Delta::All));
