@@ -17,7 +17,8 @@ use crate::types::NodeId;
 /// Named defaults. openraft 0.9 lets a follower call an election only after the leader lease
 /// (`election_max`) plus its own random timeout (`election_min..election_max`) pass without a
 /// heartbeat: 360-480 ms here, seven to ten missed heartbeats, so a busy machine does not see
-/// spurious elections while failover stays well under a second.
+/// spurious elections while failover stays well under a second (openraft notices the timeout
+/// at its next timer tick: see [`NodeConfig::replication_deadline_ms`]).
 pub const DEFAULT_HEARTBEAT_MS: u64 = 50;
 pub const DEFAULT_ELECTION_MIN_MS: u64 = 120;
 pub const DEFAULT_ELECTION_MAX_MS: u64 = 240;
@@ -129,6 +130,17 @@ impl NodeConfig {
             return bad("need 0 < heartbeat < election-min/2 and election-min < election-max".into());
         }
         Ok(())
+    }
+
+    /// openraft's `heartbeat_interval`, which is not our heartbeat: openraft makes it the
+    /// deadline of every AppendEntries (and read-index round), so at 50 ms a 30 ms link or a
+    /// slow fsync would stop all commits. Heartbeats go out every `heartbeat_ms` from
+    /// [`crate::node::heartbeat`] instead, and this is three quarters of election-min
+    /// (openraft requires less than election-min). The cost: openraft checks election timers
+    /// every 1.5 × this (135 ms at the defaults, not 75 ms), so a failover may be noticed up
+    /// to that much later.
+    pub fn replication_deadline_ms(&self) -> u64 {
+        (self.election_min_ms * 3 / 4).max(self.heartbeat_ms + 1)
     }
 
     /// How long this node must have been without a leader, or not a member, before it ends
@@ -406,5 +418,24 @@ mod tests {
         let half = Args { tls_ca: Some("ca.crt".into()), ..args("127.0.0.1:7400", false) };
         let e = half.into_config().unwrap_err().to_string();
         assert!(e.contains("all three"), "{e}");
+    }
+
+    #[test]
+    fn the_replication_deadline_outlasts_a_heartbeat_and_passes_openraft() {
+        for (hb, min, max) in [(50, 120, 240), (100, 400, 700), (1, 3, 4), (10, 21, 30)] {
+            let base = NodeConfig::new(1, "127.0.0.1:7400".parse().unwrap(), "d".into());
+            let c = NodeConfig { heartbeat_ms: hb, election_min_ms: min, election_max_ms: max, ..base };
+            c.validate().unwrap();
+            let d = c.replication_deadline_ms();
+            assert!(hb < d && d < min, "{hb}/{min}: {d}");
+            let raft = openraft::Config {
+                heartbeat_interval: d,
+                election_timeout_min: min,
+                election_timeout_max: max,
+                enable_heartbeat: false,
+                ..Default::default()
+            };
+            raft.validate().unwrap();
+        }
     }
 }

@@ -44,6 +44,8 @@ pub struct Metrics {
     /// Proxy reports the leader took in, and the session bindings in them it proposed.
     pub reports: Counter,
     pub bindings_absorbed: Counter,
+    /// Refreshes in reports left out: the binding was seen within a third of its TTL.
+    pub refreshes_skipped: Counter,
     /// Health probes by result (`ok`, `failed`) and health flips by the new state.
     pub probes: Family<Labels, Counter>,
     pub flips: Family<Labels, Counter>,
@@ -74,6 +76,7 @@ impl Default for Metrics {
             watch_streams: AtomicI64::new(0),
             reports: Counter::default(),
             bindings_absorbed: Counter::default(),
+            refreshes_skipped: Counter::default(),
             probes: Family::default(),
             flips: Family::default(),
             calls: Family::default(),
@@ -259,6 +262,11 @@ pub fn render(node: &NodeCtx) -> String {
         "session_bindings_absorbed",
         "Session bindings from proxy reports the leader proposed",
         m.bindings_absorbed.clone(),
+    );
+    reg.register(
+        "session_refreshes_skipped",
+        "Leader only: refreshes in proxy reports not proposed, the binding being seen within a third of its TTL",
+        m.refreshes_skipped.clone(),
     );
     reg.register("health_probes", "Active health probes the leader ran, by result", m.probes.clone());
     reg.register("health_flips", "Backend health changes the leader recorded, by new state", m.flips.clone());

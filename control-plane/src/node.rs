@@ -7,6 +7,7 @@ pub mod bootstrap;
 pub mod calls;
 pub mod context;
 pub mod forward;
+pub mod heartbeat;
 pub mod leader;
 pub mod proxies;
 pub mod serving;
@@ -69,7 +70,8 @@ impl Node {
 
         let raft_config = openraft::Config {
             cluster_name: "switchyard".into(),
-            heartbeat_interval: config.heartbeat_ms,
+            heartbeat_interval: config.replication_deadline_ms(),
+            enable_heartbeat: false,
             election_timeout_min: config.election_min_ms,
             election_timeout_max: config.election_max_ms,
             install_snapshot_timeout: 10_000,
@@ -128,6 +130,7 @@ impl Node {
             let _ = raft.shutdown().await;
             res.map_err(NodeError::from)
         });
+        tokio::spawn(heartbeat::run(ctx.clone()));
         tokio::spawn(crate::fatal::watch(ctx.raft.clone(), ctx.fatal.clone(), shutdown.clone()));
         tokio::spawn(bootstrap::form_cluster(ctx.clone()));
         tokio::spawn(crate::health::run(ctx.clone()));

@@ -1,14 +1,17 @@
 //! Session affinity on the control plane, beside the binding rules in [`crate::state`]:
 //! the leader expires bindings whose TTL has passed, with its clock stamped into the command,
-//! and mints the cluster's affinity hashing secret when the state has none (a new cluster, or
-//! one from before hashing).
+//! skips refreshes too recent to matter, and mints the cluster's affinity hashing secret when
+//! the state has none (a new cluster, or one from before hashing).
 
 use std::sync::Arc;
 use std::time::Duration;
 
+use switchyard_proto::v1::SessionBinding;
+
 use crate::node::context::NodeCtx;
 use crate::node::leader;
-use crate::state::{Command, SecretBytes};
+use crate::pb::Pb;
+use crate::state::{Command, SecretBytes, State};
 
 /// How often the leader looks for expired bindings.
 const EXPIRY_TICK: Duration = Duration::from_millis(500);
@@ -41,6 +44,21 @@ pub async fn expire(node: Arc<NodeCtx>) {
     }
 }
 
+/// Drops from a report the refreshes not worth a Raft entry: a binding the state already
+/// holds, to the same backend, seen less than a third of its TTL before `now_ms` (judged, as
+/// `apply` will, at no earlier than the high-water clock). Idle sessions so commit once per
+/// TTL/3 however often proxies report them, with two thirds of the TTL to spare. Returns how
+/// many were dropped.
+pub fn drop_fresh_refreshes(state: &State, now_ms: u64, bindings: &mut Vec<Pb<SessionBinding>>) -> usize {
+    let at = now_ms.max(state.clock_ms());
+    let before = bindings.len();
+    bindings.retain(|Pb(b)| match state.sessions.get(&(b.pool.clone(), b.key.clone())) {
+        Some(cur) if cur.backend == b.backend => at.saturating_sub(cur.last_seen_ms) >= cur.ttl_ms / 3,
+        _ => true,
+    });
+    before - bindings.len()
+}
+
 /// Proposes a fresh affinity secret when the applied state has none; the state machine keeps
 /// only the first one ever applied, so two leaders racing cannot change it.
 async fn mint_secret(node: &NodeCtx) {
@@ -55,5 +73,38 @@ async fn mint_secret(node: &NodeCtx) {
     match node.propose(cmd.into()).await {
         Ok(_) => tracing::info!("minted the cluster's affinity hashing secret"),
         Err(e) => tracing::debug!("affinity secret not recorded: {e:?}"),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::state::Command;
+    use switchyard_proto::v1::{Backend, Pool};
+
+    fn binding(key: &str, backend: &str) -> Pb<SessionBinding> {
+        Pb(SessionBinding { pool: "p".into(), key: key.into(), backend: backend.into(), ..Default::default() })
+    }
+
+    #[test]
+    fn only_refreshes_younger_than_a_third_of_the_ttl_are_dropped() {
+        let mut s = State::default();
+        let pool = Pool { name: "p".into(), affinity_ttl_ms: 3_000, ..Default::default() };
+        s.apply(1, &Command::CreatePool(Pb(crate::validate::pool(pool).unwrap()))).unwrap();
+        for (i, a) in ["a:1", "a:2"].into_iter().enumerate() {
+            let b = Backend { pool: "p".into(), address: a.into(), weight: 1, ..Default::default() };
+            s.apply(2 + i as u64, &Command::AddBackend(Pb(crate::validate::backend(b).unwrap()))).unwrap();
+        }
+        s.apply(4, &Command::BindSessions { now_ms: 10_000, bindings: vec![binding("k", "a:1")] }).unwrap();
+
+        let mut r = vec![binding("k", "a:1"), binding("k", "a:2"), binding("new", "a:1")];
+        assert_eq!(drop_fresh_refreshes(&s, 10_999, &mut r), 1, "moved 999 ms of a 3 s TTL");
+        assert_eq!(r, vec![binding("k", "a:2"), binding("new", "a:1")], "another backend and a new key stay");
+        let mut r = vec![binding("k", "a:1")];
+        assert_eq!(drop_fresh_refreshes(&s, 11_000, &mut r), 0, "a third of the TTL on: committed");
+        // A clock behind the state's high-water mark is judged at the mark.
+        s.apply(5, &Command::ExpireSessions { now_ms: 11_500 }).unwrap();
+        let mut r = vec![binding("k", "a:1")];
+        assert_eq!(drop_fresh_refreshes(&s, 5, &mut r), 0);
     }
 }

@@ -1,9 +1,14 @@
 //! Session affinity on a proxy: the bindings the control plane streamed (which backend
 //! serves a session key), and the bindings made or kept alive here, waiting to be reported.
 //! Streamed bindings change only through the config's install step.
+//!
+//! A live binding is re-reported only once a third of its TTL has passed since the control
+//! plane last acknowledged it: idle sessions then cost one refresh per TTL/3, not one per
+//! report, and two missed refreshes still leave a third of the TTL to spare.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::sync::{Mutex, RwLock};
+use std::time::{Duration, Instant};
 
 use switchyard_proto::v1::{change, SessionBinding};
 use tokio::sync::Notify;
@@ -11,76 +16,115 @@ use tokio::sync::Notify;
 /// A live connection's binding: (pool, key, backend).
 pub type LiveKey = (String, String, String);
 
+/// A binding used here: its connections, and when the control plane last acknowledged a
+/// report of it. Kept after its last connection ends while that acknowledgement is recent, so
+/// a session's next request does not report it again at once.
+#[derive(Default)]
+struct Live {
+    conns: usize,
+    acked: Option<Instant>,
+}
+
 #[derive(Default)]
 pub struct Affinity {
-    /// As the control plane last streamed them: (pool, key) → backend.
-    bound: RwLock<HashMap<(String, String), String>>,
-    /// Made or refreshed here, not yet reported.
+    /// As the control plane last streamed them: (pool, key) → (backend, TTL in ms).
+    bound: RwLock<HashMap<(String, String), (String, u64)>>,
+    /// Made here, not yet reported.
     pending: Mutex<Vec<SessionBinding>>,
-    /// Sessions with live connections here, refreshed while they last: key → count.
-    live: Mutex<HashMap<LiveKey, usize>>,
+    /// Sessions used here, refreshed while they have connections.
+    live: Mutex<HashMap<LiveKey, Live>>,
     /// Woken when a new binding should be reported soon.
     pub report_now: Notify,
+}
+
+fn binding((pool, key, backend): &LiveKey) -> SessionBinding {
+    SessionBinding { pool: pool.clone(), key: key.clone(), backend: backend.clone(), ..Default::default() }
+}
+
+fn key_of(b: &SessionBinding) -> LiveKey {
+    (b.pool.clone(), b.key.clone(), b.backend.clone())
 }
 
 impl Affinity {
     /// The backend the cluster binds `key` to in `pool`, if any.
     pub fn backend_for(&self, pool: &str, key: &str) -> Option<String> {
-        self.bound.read().unwrap_or_else(|e| e.into_inner()).get(&(pool.to_string(), key.to_string())).cloned()
+        let bound = self.bound.read().unwrap_or_else(|e| e.into_inner());
+        bound.get(&(pool.to_string(), key.to_string())).map(|b| b.0.clone())
     }
 
-    /// A connection for `key` went to `backend`: report the binding (new or refreshed) and keep
-    /// refreshing it while the connection lives. Returns the key for [`Self::unbind_live`].
+    /// A connection for `key` went to `backend`: keep the binding refreshed while the
+    /// connection lives, and report it at once unless the cluster already holds it. Returns
+    /// the key for [`Self::unbind_live`].
     pub fn bind_live(&self, pool: &str, key: &str, backend: &str) -> LiveKey {
-        let k = (pool.to_string(), key.to_string(), backend.to_string());
-        *self.live.lock().unwrap_or_else(|e| e.into_inner()).entry(k.clone()).or_default() += 1;
-        self.pending.lock().unwrap_or_else(|e| e.into_inner()).push(SessionBinding {
-            pool: k.0.clone(),
-            key: k.1.clone(),
-            backend: k.2.clone(),
-            ..Default::default()
-        });
+        if self.backend_for(pool, key).as_deref() == Some(backend) {
+            return self.hold_live(pool, key, backend);
+        }
+        let k = self.hold_live(pool, key, backend);
+        self.pending.lock().unwrap_or_else(|e| e.into_inner()).push(binding(&k));
         self.report_now.notify_one();
         k
     }
 
     /// Like [`Self::bind_live`] for a binding this proxy already holds: kept live (and so
-    /// refreshed by the periodic report) without reporting it again at once, so a stream of
-    /// plain HTTP requests on one session costs no report per request.
+    /// refreshed by the periodic report when due) without reporting it at once, so a stream
+    /// of plain HTTP requests on one session costs no report per request.
     pub fn hold_live(&self, pool: &str, key: &str, backend: &str) -> LiveKey {
         let k = (pool.to_string(), key.to_string(), backend.to_string());
-        *self.live.lock().unwrap_or_else(|e| e.into_inner()).entry(k.clone()).or_default() += 1;
+        self.live.lock().unwrap_or_else(|e| e.into_inner()).entry(k.clone()).or_default().conns += 1;
         k
     }
 
     /// The connection behind `k` ended.
     pub fn unbind_live(&self, k: &LiveKey) {
         let mut live = self.live.lock().unwrap_or_else(|e| e.into_inner());
-        if let Some(n) = live.get_mut(k) {
-            *n -= 1;
-            if *n == 0 {
+        if let Some(l) = live.get_mut(k) {
+            l.conns = l.conns.saturating_sub(1);
+            if l.conns == 0 && l.acked.is_none() {
                 live.remove(k);
             }
         }
     }
 
-    /// The bindings to report now: the new ones, plus every live one when `refresh` (so the
-    /// control plane keeps them past their TTL while connections last).
-    pub fn take_report(&self, refresh: bool) -> Vec<SessionBinding> {
+    /// The bindings to report at `now`: the new ones, plus each live one whose last
+    /// acknowledged report is a third of its TTL old, or that was never acknowledged. The TTL
+    /// is its pool's (`ttl`), or the binding's own when shorter (it keeps the TTL it was made
+    /// with when the pool's changes). Forgets ended sessions whose acknowledgement aged out.
+    pub fn take_report(&self, now: Instant, ttl: impl Fn(&str) -> Duration) -> Vec<SessionBinding> {
+        let bound = self.bound.read().unwrap_or_else(|e| e.into_inner());
+        let ttl = |(pool, key, backend): &LiveKey| {
+            let own = bound.get(&(pool.clone(), key.clone())).filter(|b| b.0 == *backend && b.1 > 0);
+            own.map_or(ttl(pool), |b| ttl(pool).min(Duration::from_millis(b.1)))
+        };
         let mut out = std::mem::take(&mut *self.pending.lock().unwrap_or_else(|e| e.into_inner()));
-        if refresh {
-            out.extend(self.live.lock().unwrap_or_else(|e| e.into_inner()).keys().map(|(p, k, b)| SessionBinding {
-                pool: p.clone(),
-                key: k.clone(),
-                backend: b.clone(),
-                ..Default::default()
-            }));
-        }
+        let mut reported: HashSet<LiveKey> = HashSet::new();
+        out.retain(|b| reported.insert(key_of(b)));
+        let mut live = self.live.lock().unwrap_or_else(|e| e.into_inner());
+        live.retain(|k, l| {
+            let age = l.acked.map(|at| now.saturating_duration_since(at));
+            let t = ttl(k);
+            if l.conns == 0 {
+                return age.is_some_and(|a| a < t);
+            }
+            if age.is_none_or(|a| a >= t / 3) && !reported.contains(k) {
+                out.push(binding(k));
+            }
+            true
+        });
         out
     }
 
+    /// The control plane acknowledged (committed, or found fresh) the report of `sent` at `at`.
+    pub fn acknowledged(&self, sent: &[SessionBinding], at: Instant) {
+        let mut live = self.live.lock().unwrap_or_else(|e| e.into_inner());
+        for b in sent {
+            if let Some(l) = live.get_mut(&key_of(b)) {
+                l.acked = Some(at);
+            }
+        }
+    }
+
     /// Replaces the streamed bindings (a whole new config).
-    pub(crate) fn replace(&self, bound: HashMap<(String, String), String>) {
+    pub(crate) fn replace(&self, bound: HashMap<(String, String), (String, u64)>) {
         *self.bound.write().unwrap_or_else(|e| e.into_inner()) = bound;
     }
 
@@ -90,7 +134,7 @@ impl Affinity {
         for c in changes {
             match c {
                 change::Kind::SessionPut(s) => {
-                    map.insert((s.pool.clone(), s.key.clone()), s.backend.clone());
+                    map.insert((s.pool.clone(), s.key.clone()), (s.backend.clone(), s.ttl_ms));
                 }
                 change::Kind::SessionRemoved(s) => {
                     map.remove(&(s.pool.clone(), s.key.clone()));
@@ -107,17 +151,53 @@ mod tests {
     use switchyard_proto::v1::SessionRef;
 
     #[test]
-    fn live_bindings_are_reported_once_then_on_every_refresh_while_they_last() {
+    fn live_bindings_are_reported_at_once_then_every_third_of_their_ttl() {
         let a = Affinity::default();
+        let ttl = |_: &str| Duration::from_secs(30);
+        let t0 = Instant::now();
         let k1 = a.bind_live("p", "s", "b:1");
         let k2 = a.bind_live("p", "s", "b:1");
-        assert_eq!(a.take_report(false).len(), 2);
-        assert!(a.take_report(false).is_empty());
-        assert_eq!(a.take_report(true).len(), 1);
+        let sent = a.take_report(t0, ttl);
+        assert_eq!(sent.len(), 1, "one binding, however many connections");
+        a.acknowledged(&sent, t0);
+        assert!(a.take_report(t0 + Duration::from_secs(9), ttl).is_empty(), "fresh: not again");
+        let due = a.take_report(t0 + Duration::from_secs(10), ttl);
+        assert_eq!(due.len(), 1, "a third of the TTL on");
+        assert!(!a.take_report(t0 + Duration::from_secs(11), ttl).is_empty(), "unacknowledged: again");
+        a.acknowledged(&due, t0 + Duration::from_secs(11));
         a.unbind_live(&k1);
-        assert_eq!(a.take_report(true).len(), 1, "one connection still holds it");
+        assert!(a.take_report(t0 + Duration::from_secs(12), ttl).is_empty(), "one connection still holds it");
         a.unbind_live(&k2);
-        assert!(a.take_report(true).is_empty());
+        // Back within a third of the TTL of its last acknowledgement: not reported at once.
+        let k3 = a.hold_live("p", "s", "b:1");
+        assert!(a.take_report(t0 + Duration::from_secs(15), ttl).is_empty());
+        a.unbind_live(&k3);
+        assert!(a.take_report(t0 + Duration::from_secs(25), ttl).is_empty(), "no connection: no refresh");
+        assert!(a.take_report(t0 + Duration::from_secs(41), ttl).is_empty());
+        assert!(a.live.lock().unwrap().is_empty(), "forgotten once its acknowledgement aged out");
+    }
+
+    #[test]
+    fn a_binding_the_cluster_already_streamed_is_not_reported_at_once() {
+        let a = Affinity::default();
+        a.replace(HashMap::from([(("p".into(), "s".into()), ("b:1".into(), 30_000))]));
+        a.bind_live("p", "s", "b:1");
+        assert!(a.pending.lock().unwrap().is_empty());
+        assert_eq!(a.take_report(Instant::now(), |_| Duration::from_secs(30)).len(), 1, "never acknowledged here");
+        a.bind_live("p", "s", "b:2");
+        assert_eq!(a.pending.lock().unwrap().len(), 1, "a different backend is new");
+    }
+
+    #[test]
+    fn a_binding_made_with_a_shorter_ttl_than_its_pools_now_is_refreshed_by_its_own() {
+        let a = Affinity::default();
+        a.replace(HashMap::from([(("p".into(), "s".into()), ("b:1".into(), 3_000))]));
+        a.bind_live("p", "s", "b:1");
+        let t0 = Instant::now();
+        let pool_ttl = |_: &str| Duration::from_secs(3600);
+        a.acknowledged(&a.take_report(t0, pool_ttl), t0);
+        assert!(a.take_report(t0 + Duration::from_millis(900), pool_ttl).is_empty());
+        assert_eq!(a.take_report(t0 + Duration::from_secs(1), pool_ttl).len(), 1, "a third of 3 s, not of 1 h");
     }
 
     #[test]

@@ -14,6 +14,7 @@ mod data;
 mod http_backend;
 mod pki;
 mod process;
+mod relayed;
 mod tls;
 
 pub use control::*;
@@ -21,4 +22,5 @@ pub use data::*;
 pub use http_backend::*;
 pub use pki::*;
 pub use process::*;
+pub use relayed::*;
 pub use tls::*;

@@ -164,12 +164,16 @@ impl RunOnLeader for Report {
             ctx.metrics.observe_propagation(revision, since, reported_ms);
         }
         ctx.metrics.reports.inc();
+        // Time comes from the leader, inside the command: apply stays deterministic.
+        let now_ms = crate::clock::now_ms();
+        if !bindings.is_empty() {
+            let skipped = crate::sessions::drop_fresh_refreshes(&ctx.shared.read().state, now_ms, &mut bindings);
+            ctx.metrics.refreshes_skipped.inc_by(skipped as u64);
+        }
         if !bindings.is_empty() {
             ctx.metrics.bindings_absorbed.inc_by(bindings.len() as u64);
-            // Time comes from the leader, inside the command: apply stays deterministic. The
-            // report is answered once its bindings commit, so a flood of reports slows its
-            // senders instead of queueing without bound.
-            let now_ms = crate::clock::now_ms();
+            // The report is answered once its bindings commit, so a flood of reports slows
+            // its senders instead of queueing without bound.
             ctx.propose(Command::BindSessions { now_ms, bindings }.into()).await?.1.map_err(ExecError::Api)?;
         }
         Ok(ctx.proxies.cluster_loads().into_iter().map(Pb).collect())

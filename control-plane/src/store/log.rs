@@ -116,7 +116,7 @@ impl LogStore {
 }
 
 /// Most stored bytes of log entries replication sends in one AppendEntries (at least one
-/// entry always goes): openraft gives each such RPC only a heartbeat interval, so a batch
+/// entry always goes): openraft gives each such RPC only its replication deadline, so a batch
 /// capped by entry count alone could be too big to ever arrive in time on a slow link.
 pub const MAX_APPEND_BYTES: usize = 1024 * 1024;
 

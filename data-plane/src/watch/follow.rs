@@ -2,7 +2,8 @@
 //! applied revision on another node when one fails, goes silent or falls behind the leader
 //! ([`freshness`](super::freshness)). With every node down, the proxy keeps the config it has.
 //! A stream from another cluster than the one followed so far (kept beside the config cache)
-//! is refused, never applied.
+//! is refused, never applied. A proxy that started from its cache asks its first stream for
+//! the state whole, so a cache that was wrong in any way is replaced, not patched.
 
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
@@ -44,15 +45,19 @@ pub async fn run(
     let mut next = 0usize;
     // The cluster followed so far, from the first stream that named one.
     let mut cluster: Option<String> = cluster_file.as_deref().and_then(load_cluster);
+    // Until a snapshot replaced the config the proxy started from (its cache), every stream
+    // asks for one; later ones resume after the revision applied.
+    let mut resync = lock().revision > 0;
     while !shutdown.is_cancelled() {
         let addr = endpoints[next % endpoints.len()].clone();
         next += 1;
-        let mut from = lock().revision;
+        let from = lock().revision;
+        let mut ask = if resync { 0 } else { from };
         let stream = match grpc::channel(&addr, &ChannelOptions::PROXY, &tls) {
             Ok(ch) => {
                 let mut c = DiscoveryClient::new(ch).max_decoding_message_size(MAX_GRPC_MESSAGE);
                 let mut req =
-                    tonic::Request::new(WatchRequest { proxy_id: state.proxy_id.clone(), from_revision: from });
+                    tonic::Request::new(WatchRequest { proxy_id: state.proxy_id.clone(), from_revision: ask });
                 if let Some(v) = cluster.as_deref().and_then(|id| id.parse().ok()) {
                     req.metadata_mut().insert(grpc::CLUSTER_ID_KEY, v);
                 }
@@ -70,7 +75,7 @@ pub async fn run(
                                 cluster = Some(g.to_string());
                                 knew = false;
                                 *lock() = Mirror::default();
-                                from = 0;
+                                ask = 0;
                             }
                         }
                         match same_cluster(&mut cluster, got) {
@@ -112,13 +117,13 @@ pub async fn run(
         };
         let runs = switchyard_model::version::of_reply(stream.metadata()).describe();
         let mut stream = stream.into_inner();
-        tracing::info!(node = %addr, from, runs, "following the control plane");
+        tracing::info!(node = %addr, from = ask, runs, "following the control plane");
         state.status.set_control_plane(Some(addr.clone()), Some(runs));
         backoff = BACKOFF_MIN;
         let mut fresh = Freshness::new(Instant::now());
         // The revision the stream has brought this proxy up to date with: the config's, or
         // above it when progress says no change came in between.
-        let mut through = from;
+        let mut through = lock().revision;
         state.status.heard(fresh.last_heard, None, through);
         let mut check = tokio::time::interval(CHECK_EVERY);
         loop {
@@ -146,8 +151,12 @@ pub async fn run(
                 Some(watch_event::Kind::Progress(p)) => (Some(p.leader_revision), p.node_revision),
                 _ => (None, 0),
             };
+            let snapshot = matches!(ev.kind, Some(watch_event::Kind::Snapshot(_)));
             let mut m = lock();
             let delta = m.apply(ev);
+            // A snapshot older than the config (a node behind this proxy) is not applied; the
+            // next stream asks again.
+            resync &= !(snapshot && delta.is_some());
             if let Some(delta) = &delta {
                 install(&state, &m, delta, "control-plane", SystemTime::now());
             }

@@ -35,16 +35,19 @@ impl Mirror {
         &self.model
     }
 
-    /// Session bindings as a map, for the proxy's lookups.
-    pub fn session_map(&self) -> HashMap<(String, String), String> {
-        self.model.sessions.iter().map(|(k, s)| (k.clone(), s.backend.clone())).collect()
+    /// Session bindings as a map, for the proxy's lookups: (backend, TTL in ms).
+    pub fn session_map(&self) -> HashMap<(String, String), (String, u64)> {
+        self.model.sessions.iter().map(|(k, s)| (k.clone(), (s.backend.clone(), s.ttl_ms))).collect()
     }
 
-    /// Applies one event and says what it changed. Events at or below the current revision
-    /// are ignored (`None`), so a resumed stream can never take the proxy backwards. Progress
-    /// changes nothing, its revision included: only config moves the revision.
+    /// Applies one event and says what it changed. Events below the current revision, and
+    /// changes at it, are ignored (`None`), so a resumed stream can never take the proxy
+    /// backwards; a snapshot at the current revision replaces the config (it is the whole
+    /// truth, asked for when the config came from a cache that may be wrong). Progress changes
+    /// nothing, its revision included: only config moves the revision.
     pub fn apply(&mut self, ev: WatchEvent) -> Option<Delta> {
-        if ev.revision < self.revision || (ev.revision == self.revision && self.revision != 0) {
+        let snapshot = matches!(ev.kind, Some(watch_event::Kind::Snapshot(_)));
+        if ev.revision < self.revision || (ev.revision == self.revision && self.revision != 0 && !snapshot) {
             return None;
         }
         let delta = match ev.kind? {
@@ -103,13 +106,15 @@ mod tests {
         let snap = WatchEvent { revision: 3, kind: Some(watch_event::Kind::Snapshot(topo)) };
         assert_eq!(m.apply(snap.clone()), Some(Delta::All));
         assert_eq!(m.revision, 3);
-        // The same revision again, or an older one, changes nothing.
-        assert_eq!(m.apply(snap), None);
+        // Changes at the same revision, or an older one, change nothing; a snapshot at it
+        // replaces the config.
+        assert_eq!(m.apply(changes(3, vec![session("same")])), None);
         assert_eq!(m.apply(changes(2, vec![session("old")])), None);
+        assert_eq!(m.apply(snap), Some(Delta::All));
         assert!(m.model().sessions.is_empty());
 
         assert_eq!(m.apply(changes(4, vec![session("k")])), Some(Delta::Sessions(vec![session("k")])));
-        assert_eq!(m.session_map().get(&("p".into(), "k".into())).map(String::as_str), Some("a:1"));
+        assert_eq!(m.session_map().get(&("p".into(), "k".into())).map(|b| b.0.as_str()), Some("a:1"));
         let backend = Backend { pool: "p".into(), address: "a:1".into(), ..Default::default() };
         let mixed = changes(5, vec![session("j"), change::Kind::BackendPut(backend)]);
         assert_eq!(m.apply(mixed), Some(Delta::All));

@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 
 use switchyard_model::grpc::{self, ChannelOptions, ClientTls};
 use switchyard_proto::v1::discovery_client::DiscoveryClient;
-use switchyard_proto::v1::{BackendLoad, ProxyReport};
+use switchyard_proto::v1::{BackendLoad, ProxyReport, SessionBinding};
 use tokio::sync::watch;
 
 use crate::state::ProxyState;
@@ -19,21 +19,25 @@ const REPORT_TIMEOUT: Duration = Duration::from_secs(2);
 /// New connections arriving together are reported together.
 const GATHER: Duration = Duration::from_millis(2);
 
-/// Reports at once when something changed, and otherwise often enough to keep live sessions'
-/// bindings fresh ([`refresh_interval`]).
+/// Reports at once when something changed, and otherwise often enough to refresh live
+/// sessions' bindings when due ([`refresh_interval`], [`Affinity::take_report`]).
+///
+/// [`Affinity::take_report`]: crate::affinity::Affinity::take_report
 pub async fn run(state: Arc<ProxyState>, endpoints: Vec<String>, mut applied: watch::Receiver<u64>, tls: ClientTls) {
     let mut i = 0usize;
     // The channel to the node last reported to, kept so each report does not cost a new
     // connection (and, with TLS, a handshake).
     let mut open: Option<(String, grpc::Channel)> = None;
-    let mut last_refresh = Instant::now();
+    let mut last_tick = Instant::now();
     loop {
-        let refresh_every = refresh_interval(&state.table.load());
-        let refresh = last_refresh.elapsed() >= refresh_every;
-        if refresh {
-            last_refresh = Instant::now();
+        let table = state.table.load();
+        let refresh_every = refresh_interval(&table);
+        if last_tick.elapsed() >= refresh_every {
+            last_tick = Instant::now();
         }
-        let bindings = state.affinity.take_report(refresh);
+        let bindings = state.affinity.take_report(Instant::now(), |pool| affinity_ttl(&table, pool));
+        drop(table);
+        let sent: Vec<SessionBinding> = bindings.clone();
         let rev = *applied.borrow_and_update();
         let loads: Vec<BackendLoad> = state
             .registry
@@ -66,6 +70,8 @@ pub async fn run(state: Arc<ProxyState>, endpoints: Vec<String>, mut applied: wa
             let mut c = DiscoveryClient::new(ch);
             match tokio::time::timeout(REPORT_TIMEOUT, c.report(report)).await {
                 Ok(Ok(reply)) => {
+                    // Answered only once the bindings committed (or were found fresh).
+                    state.affinity.acknowledged(&sent, Instant::now());
                     // Other proxies' connections: the cluster's count less what this proxy sent.
                     for l in reply.into_inner().cluster_loads {
                         let own = mine.get(&(l.pool.clone(), l.address.clone())).copied().unwrap_or(0);
@@ -83,17 +89,23 @@ pub async fn run(state: Arc<ProxyState>, endpoints: Vec<String>, mut applied: wa
             _ = state.runtime.shutdown.cancelled() => return,
             r = applied.changed() => if r.is_err() { return },
             _ = state.affinity.report_now.notified() => tokio::time::sleep(GATHER).await,
-            _ = tokio::time::sleep(refresh_every.saturating_sub(last_refresh.elapsed())) => {}
+            _ = tokio::time::sleep(refresh_every.saturating_sub(last_tick.elapsed())) => {}
         }
     }
 }
 
 /// Reports go out every second (connection counts feed cluster-wide balancing), and more
-/// often when an affinity TTL is short: a third of the shortest, at least 200 ms.
+/// often when an affinity TTL is short: a sixth of the shortest, at least 100 ms, so a
+/// binding due at a third of its TTL goes out by half of it.
 pub fn refresh_interval(table: &Table) -> Duration {
     let min_ttl = table.pools.values().filter(|p| p.affinity_key.is_some()).map(|p| p.pool.affinity_ttl_ms).min();
     match min_ttl {
-        Some(ttl) => Duration::from_millis((ttl / 3).clamp(200, 1000)),
+        Some(ttl) => Duration::from_millis((ttl / 6).clamp(100, 1000)),
         None => Duration::from_secs(1),
     }
+}
+
+/// A pool's affinity TTL; zero (refresh at every report) for a pool this proxy does not know.
+fn affinity_ttl(table: &Table, pool: &str) -> Duration {
+    Duration::from_millis(table.pools.get(pool).map_or(0, |p| p.pool.affinity_ttl_ms))
 }

@@ -47,7 +47,8 @@ pub struct Relay {
 }
 
 impl Relay {
-    /// Listens on `listen`, forwards each connection to `target`, dialing from `source`.
+    /// Listens on `listen` (port 0: any), forwards each connection to `target`, dialing from
+    /// `source`.
     /// Runs on `rt`: the network must not stall when the test's own runtime is busy.
     pub fn start(
         rt: &tokio::runtime::Handle,
@@ -58,6 +59,8 @@ impl Relay {
     ) -> std::io::Result<Relay> {
         let listener = std::net::TcpListener::bind(listen)?;
         listener.set_nonblocking(true)?;
+        // `listen` may name port 0.
+        let listen = listener.local_addr()?;
         let (faults, rx) = watch::channel(Faults::default());
         let cuts = Arc::new(AtomicU64::new(0));
         let counter = cuts.clone();

@@ -1,0 +1,66 @@
+//! A proxy that starts from its config cache takes the cluster's state whole on its first
+//! stream, so a cache that is wrong at the very revision it claims is repaired.
+
+use std::time::Duration;
+
+use switchyard_proto::v1::*;
+use switchyard_tests::*;
+
+/// The cluster's whole state, as a watch from revision 0 first sends it, once at `revision`.
+async fn snapshot(addr: &str, revision: u64) -> Topology {
+    eventually("a snapshot at the route's revision", Duration::from_secs(10), || async {
+        let req = WatchRequest { proxy_id: String::new(), from_revision: 0 };
+        let mut stream = discovery(addr).watch(req).await.ok()?.into_inner();
+        match stream.message().await.ok()??.kind? {
+            watch_event::Kind::Snapshot(t) if t.revision >= revision => Some(t),
+            _ => None,
+        }
+    })
+    .await
+}
+
+fn backends(status: &serde_json::Value) -> Option<Vec<String>> {
+    let list = status["backends"].as_array()?;
+    Some(list.iter().filter_map(|b| b["address"].as_str().map(String::from)).collect())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_proxy_started_from_a_wrong_cache_converges_to_the_cluster() {
+    let _g = serial().await;
+    let c = Cluster::start(1, &[]).await;
+    let addr = c.nodes[&1].addr.clone();
+    let b1 = EchoBackend::start("b1").await;
+    let rev = route_all(&addr, "chat", &[b1.addr.as_str()]).await;
+    let truth = snapshot(&addr, rev).await;
+
+    // Same revision, same cluster, but a backend the cluster never had in place of b1.
+    let ghost = ClosedPort::new();
+    let mut wrong = truth.clone();
+    for b in &mut wrong.backends {
+        b.address = ghost.addr.clone();
+    }
+    let cache = c.dir.path().join("p.cache");
+    switchyard_proxy::watch::cache::write(&cache, &wrong).expect("write the cache");
+
+    // The proxy loads it as it is (no checksum or framing to refuse it by).
+    let (loaded, _) = switchyard_proxy::watch::cache::load(&cache).expect("a usable cache");
+    assert_eq!(loaded, wrong);
+
+    let p = ProxyProcess::spawn(&c.endpoints(), &cache, "p");
+
+    // Generous: the machine may be busy, and without the resync this never happens at all.
+    eventually("the proxy to take the cluster's backends", Duration::from_secs(20), || async {
+        let s = p.status().await?;
+        (backends(&s)? == vec![b1.addr.clone()] && s["config"]["revision"].as_u64()? >= truth.revision).then_some(())
+    })
+    .await;
+    let (_ws, name) = ws_connect(&p.ws, "/", &[]).await.expect("routed by the cluster's config");
+    assert_eq!(name, "b1");
+    // Later changes still arrive as they happen.
+    let b2 = EchoBackend::start("b2").await;
+    let req = AddBackendRequest {
+        backend: Some(Backend { pool: "chat".into(), address: b2.addr.clone(), weight: 1, ..Default::default() }),
+    };
+    let rev = admin(&addr).add_backend(req).await.expect("add b2").into_inner().revision;
+    p.wait_revision(rev).await;
+}
