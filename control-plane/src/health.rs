@@ -3,12 +3,12 @@
 //! after `rise` successes or `fall` failures in a row, and each flip is a Raft command, so every
 //! proxy sees the same health. A new leader starts probing within one interval.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use futures::{SinkExt, StreamExt};
-use switchyard_proto::v1::{BackendTls, Health, HealthCheck, HealthCheckKind};
+use switchyard_proto::v1::{Health, HealthCheck, HealthCheckKind, Pool};
 use tokio_tungstenite::tungstenite::Message;
 
 use crate::node::context::NodeCtx;
@@ -78,29 +78,34 @@ async fn ws_ping<S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin, R>(
     ok
 }
 
-/// Compiles pools' backend TLS once per setting, not once per probe.
+/// What probing a pool's backends takes: `Err` for TLS that does not compile, so no probe can
+/// pass.
+type PoolTls = Result<Option<ProbeTls>, ()>;
+
+/// Compiles pools' backend TLS once per pool revision, not once per probe (nor compares a CA
+/// bundle every tick).
 #[derive(Default)]
-struct TlsCache(HashMap<String, (BackendTls, Option<ProbeTls>)>);
+struct TlsCache(HashMap<String, (u64, PoolTls)>);
 
 impl TlsCache {
-    /// `Ok(None)`: no TLS. `Err`: TLS that does not compile, so no probe can pass.
-    fn get(&mut self, pool: &str, setting: Option<&BackendTls>) -> Result<Option<ProbeTls>, ()> {
-        let Some(t) = setting.filter(|t| t.enabled) else { return Ok(None) };
-        if let Some((seen, compiled)) = self.0.get(pool) {
-            if seen == t {
-                return compiled.clone().map(Some).ok_or(());
+    fn get(&mut self, pool: &Pool) -> PoolTls {
+        let Some(t) = pool.backend_tls.as_ref().filter(|t| t.enabled) else { return Ok(None) };
+        if let Some((rev, compiled)) = self.0.get(&pool.name) {
+            if *rev == pool.updated_revision {
+                return compiled.clone();
             }
         }
         // Checked when written; a setting that still does not compile probes as failing.
         let compiled = switchyard_model::backend_tls::roots(&t.ca_pem)
-            .map(|roots| ProbeTls {
-                config: switchyard_model::backend_tls::client_config(roots),
-                server_name: t.server_name.clone(),
+            .map(|roots| {
+                Some(ProbeTls {
+                    config: switchyard_model::backend_tls::client_config(roots),
+                    server_name: t.server_name.clone(),
+                })
             })
-            .map_err(|e| tracing::warn!(pool, "backend TLS of the pool does not compile: {e}"))
-            .ok();
-        self.0.insert(pool.to_string(), (t.clone(), compiled.clone()));
-        compiled.map(Some).ok_or(())
+            .map_err(|e| tracing::warn!(pool = pool.name, "backend TLS of the pool does not compile: {e}"));
+        self.0.insert(pool.name.clone(), (pool.updated_revision, compiled.clone()));
+        compiled
     }
 }
 
@@ -126,29 +131,40 @@ pub async fn run(node: Arc<NodeCtx>) {
             continue;
         }
         let now = Instant::now();
-        let targets: Vec<((String, String), HealthCheck, Option<BackendTls>)> = {
+        let targets: Vec<((String, String), HealthCheck, PoolTls)> = {
             let live = node.shared.read();
+            // Per pool once, then per backend.
+            let checked: HashMap<&str, (HealthCheck, PoolTls)> = live
+                .state
+                .pools
+                .values()
+                .filter_map(|p| {
+                    let hc = p.health_check.clone()?;
+                    (hc.kind != HealthCheckKind::HealthCheckNone as i32).then(|| (p.name.as_str(), (hc, tls.get(p))))
+                })
+                .collect();
             live.state
                 .backends
                 .keys()
                 .filter_map(|k| {
-                    let pool = live.state.pools.get(&k.0)?;
-                    let hc = pool.health_check.clone()?;
-                    (hc.kind != HealthCheckKind::HealthCheckNone as i32)
-                        .then(|| (k.clone(), hc, pool.backend_tls.clone()))
+                    let (hc, t) = checked.get(k.0.as_str())?;
+                    Some((k.clone(), hc.clone(), t.clone()))
                 })
                 .collect()
         };
-        tls.0.retain(|pool, _| targets.iter().any(|(k, _, _)| &k.0 == pool));
-        tracks.retain(|k, _| targets.iter().any(|(t, _, _)| t == k));
-        for (key, hc, backend_tls) in targets {
+        // Sets, not scans: with thousands of backends a scan per entry is millions of
+        // comparisons every tick.
+        let keys: HashSet<&(String, String)> = targets.iter().map(|(k, _, _)| k).collect();
+        let pools: HashSet<&str> = keys.iter().map(|k| k.0.as_str()).collect();
+        tls.0.retain(|pool, _| pools.contains(pool.as_str()));
+        tracks.retain(|k, _| keys.contains(k));
+        for (key, hc, tls) in targets {
             let t = tracks.entry(key.clone()).or_default();
             if t.next_probe.is_some_and(|at| now < at) {
                 continue;
             }
             t.next_probe = Some(now + Duration::from_millis(hc.interval_ms as u64));
             let tx = tx.clone();
-            let tls = tls.get(&key.0, backend_tls.as_ref());
             tokio::spawn(async move {
                 let ok = match tls {
                     Ok(tls) => probe(&key.1, &hc, tls.as_ref()).await,
