@@ -65,6 +65,11 @@ impl Registry {
         self.map.write().unwrap_or_else(|e| e.into_inner()).entry(key).or_default().clone()
     }
 
+    /// The stats of a backend this proxy tracks, without starting to track it.
+    pub fn find(&self, pool: &str, addr: &str) -> Option<Arc<BackendStats>> {
+        self.map.read().unwrap_or_else(|e| e.into_inner()).get(&(pool.to_string(), addr.to_string())).cloned()
+    }
+
     /// Forgets backends no longer configured once their last connection is gone.
     pub fn retain(&self, keep: impl Fn(&(String, String)) -> bool) {
         self.map.write().unwrap_or_else(|e| e.into_inner()).retain(|k, s| keep(k) || s.active.load(Relaxed) > 0);

@@ -73,13 +73,13 @@ pub async fn run(state: Arc<ProxyState>, endpoints: Vec<String>, mut applied: wa
                     // Answered only once the bindings committed (or were found fresh).
                     state.affinity.acknowledged(&sent, Instant::now());
                     // Other proxies' connections: the cluster's count less what this proxy sent.
+                    // Only for backends tracked here: a load for one this config lacks (as an
+                    // earlier report of this proxy's may have sent) must not bring it back.
                     for l in reply.into_inner().cluster_loads {
                         let own = mine.get(&(l.pool.clone(), l.address.clone())).copied().unwrap_or(0);
-                        state
-                            .registry
-                            .get(&l.pool, &l.address)
-                            .cluster_active
-                            .store(l.connections.saturating_sub(own), Relaxed);
+                        if let Some(s) = state.registry.find(&l.pool, &l.address) {
+                            s.cluster_active.store(l.connections.saturating_sub(own), Relaxed);
+                        }
                     }
                 }
                 _ => i += 1,
