@@ -279,16 +279,10 @@ impl Cluster {
 
     /// The leader every running node agrees on.
     pub async fn leader(&self, timeout: Duration) -> u64 {
+        let running: Vec<&str> = self.nodes.values().filter(|n| n.is_running()).map(|n| n.addr.as_str()).collect();
         eventually("a leader all running nodes agree on", timeout, || async {
-            let mut leader = None;
-            for n in self.nodes.values().filter(|n| n.is_running()) {
-                let s = status_with(&n.addr, &self.tls).await?;
-                if s.leader_id == 0 || leader.is_some_and(|l| l != s.leader_id) {
-                    return None;
-                }
-                leader = Some(s.leader_id);
-            }
-            leader.filter(|l| self.nodes.get(l).is_some_and(|n| n.is_running()))
+            let leader = leader_of(&running, &self.tls).await?;
+            self.nodes.get(&leader).is_some_and(|n| n.is_running()).then_some(leader)
         })
         .await
     }
@@ -296,6 +290,24 @@ impl Cluster {
     pub fn node(&mut self, id: u64) -> &mut ControlNode {
         self.nodes.get_mut(&id).expect("node id")
     }
+}
+
+/// The leader every node at `addrs` names, if they all name the same one.
+pub async fn leader_of(addrs: &[&str], tls: &ClientTls) -> Option<u64> {
+    let mut leader = None;
+    for a in addrs {
+        let s = status_with(a, tls).await?;
+        if s.leader_id == 0 || leader.is_some_and(|l| l != s.leader_id) {
+            return None;
+        }
+        leader = Some(s.leader_id);
+    }
+    leader
+}
+
+/// Waits for the nodes at `addrs` to agree on a leader.
+pub async fn agreed_leader(addrs: &[&str], tls: &ClientTls, timeout: Duration) -> u64 {
+    eventually("a leader all nodes agree on", timeout, || leader_of(addrs, tls)).await
 }
 
 pub async fn status(addr: &str) -> Option<ClusterStatusReply> {

@@ -8,8 +8,8 @@ use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::time::Duration;
 
 use crate::chaos::relay::{Faults, Relay};
-use crate::control::{reserve, status, ControlNode};
-use crate::process::eventually;
+use crate::control::{agreed_leader, reserve, ControlNode};
+use switchyard_model::grpc::ClientTls;
 
 pub struct RelayedCluster {
     /// Declared first: processes die before their relays stop.
@@ -24,13 +24,7 @@ impl RelayedCluster {
     /// leader all of them agree on.
     pub async fn start(n: u64, flags: &[&str]) -> RelayedCluster {
         let dir = tempfile::tempdir().expect("temp dir");
-        // The relays' own thread: their timing must not wait on the test's runtime.
-        let rt = tokio::runtime::Builder::new_multi_thread()
-            .worker_threads(1)
-            .thread_name("fault-relay")
-            .enable_all()
-            .build()
-            .expect("the relays' runtime");
+        let rt = crate::chaos::relay::runtime();
         let sockets: BTreeMap<u64, std::net::TcpListener> = (1..=n).map(|i| (i, reserve())).collect();
         let loopback = IpAddr::V4(Ipv4Addr::LOCALHOST);
         let relays: BTreeMap<u64, Relay> = sockets
@@ -56,18 +50,8 @@ impl RelayedCluster {
 
     /// The leader every node agrees on.
     pub async fn leader(&self, timeout: Duration) -> u64 {
-        eventually("a leader all nodes agree on", timeout, || async {
-            let mut leader = None;
-            for n in self.nodes.values() {
-                let s = status(&n.addr).await?;
-                if s.leader_id == 0 || leader.is_some_and(|l| l != s.leader_id) {
-                    return None;
-                }
-                leader = Some(s.leader_id);
-            }
-            leader
-        })
-        .await
+        let addrs: Vec<&str> = self.nodes.values().map(|n| n.addr.as_str()).collect();
+        agreed_leader(&addrs, &ClientTls::cleartext(), timeout).await
     }
 
     /// Sets what every peer link does from now on.

@@ -142,12 +142,7 @@ impl NsCluster {
     /// suite is about faults, and the bridge is private to this run.
     pub async fn start(net: Net, n: u64, dir: &std::path::Path, seed: u64) -> NsCluster {
         let initial = (1..=n).map(|i| format!("{i}={}:{PORT}", net::relay_addr(i))).collect::<Vec<_>>().join(",");
-        let rt = tokio::runtime::Builder::new_multi_thread()
-            .worker_threads(1)
-            .thread_name("fault-relay")
-            .enable_all()
-            .build()
-            .expect("the relays' runtime");
+        let rt = super::relay::runtime();
         let mut relays = BTreeMap::new();
         for i in 1..=n {
             let listen = SocketAddr::new(IpAddr::V4(net::relay_addr(i)), PORT);

@@ -46,6 +46,16 @@ pub struct Relay {
     task: tokio::task::JoinHandle<()>,
 }
 
+/// The relays' own runtime, one thread: their timing must not wait on the test's runtime.
+pub fn runtime() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(1)
+        .thread_name("fault-relay")
+        .enable_all()
+        .build()
+        .expect("the relays' runtime")
+}
+
 impl Relay {
     /// Listens on `listen` (port 0: any), forwards each connection to `target`, dialing from
     /// `source`.
