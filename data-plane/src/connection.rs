@@ -18,7 +18,7 @@ use crate::tls::BackendTls;
 
 mod accept;
 pub(crate) mod streams;
-pub use accept::{configured, serve, Workers};
+pub use accept::{configured, start, Listen};
 use streams::{accept_tls, backend_stream, client_stream, connect_backend, BackendFail, ClientIo};
 
 /// What every connection's handling needs besides the shared state.

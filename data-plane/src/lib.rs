@@ -153,19 +153,12 @@ impl Proxy {
             wss: resolver.map(|r| tokio_rustls::TlsAcceptor::from(tls::server_config(r))),
             backend_tls,
         });
-        let workers = Arc::new(connection::Workers::start(cfg.tuning.workers, state.clone(), ctx)?);
-        let mut accept = Vec::new();
+        let listeners = [(listener, false), (wss, true)]
+            .into_iter()
+            .filter_map(|(l, tls)| l.map(|listener| connection::Listen { listener, tls }))
+            .collect();
         let gate = cfg.tuning.accept_when_configured;
-        for (l, tls) in [(listener, false), (wss, true)] {
-            let Some(l) = l else { continue };
-            let (state, workers) = (state.clone(), workers.clone());
-            accept.push(tokio::spawn(async move {
-                if let Some(limit) = gate {
-                    connection::configured(&state, limit).await;
-                }
-                connection::serve(l, state, workers, tls).await
-            }));
-        }
+        let accept = connection::start(cfg.tuning.workers, listeners, gate, state.clone(), ctx)?;
         Ok(Proxy { state, listen, ws: ws_addr, wss: wss_addr, admin: admin_addr, accept })
     }
 

@@ -1,63 +1,78 @@
-//! Accepting connections: the listener loop (admission by descriptor budget, 503 past it),
-//! and the worker threads each connection is handed to and lives on.
+//! Accepting connections: each worker thread runs its own accept loop on the shared
+//! listening socket (admission by descriptor budget, 503 past it), and a connection lives on
+//! the worker that accepted it.
 
-use std::net::SocketAddr;
 use std::sync::atomic::Ordering::Relaxed;
 use std::sync::Arc;
 use std::time::Duration;
 
-use tokio::net::{TcpListener, TcpStream};
+use tokio::net::TcpListener;
+use tokio::task::JoinHandle;
 
 use super::{handle, Ctx};
 use crate::access_log;
 use crate::handshake::{self, Reject};
 use crate::state::ProxyState;
 
-/// Connection workers: one single-threaded runtime per thread, like NGINX's worker
-/// processes. A connection lives on one thread from accept to close, so relaying a message
-/// wakes no other thread (with work stealing, cross-thread wake-ups cost more than the relay).
-pub struct Workers {
-    senders: Vec<tokio::sync::mpsc::UnboundedSender<(std::net::TcpStream, SocketAddr, bool)>>,
-    next: std::sync::atomic::AtomicUsize,
+/// A listening socket and whether it is the wss one (its connections start with a TLS
+/// handshake).
+pub struct Listen {
+    pub listener: TcpListener,
+    pub tls: bool,
 }
 
-impl Workers {
-    pub fn start(n: usize, state: Arc<ProxyState>, ctx: Arc<Ctx>) -> std::io::Result<Workers> {
-        let mut senders = Vec::new();
-        for i in 0..n.max(1) {
-            let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel::<(std::net::TcpStream, SocketAddr, bool)>();
-            let rt = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
-            let st = state.clone();
-            let ctx = ctx.clone();
-            std::thread::Builder::new().name(format!("sy-worker-{i}")).spawn(move || {
-                rt.block_on(async move {
-                    while let Some((sock, peer, tls)) = rx.recv().await {
-                        let Ok(sock) = TcpStream::from_std(sock) else {
-                            drop(crate::fds::Slot::adopt(&st.runtime));
-                            continue;
-                        };
-                        let (st2, ctx) = (st.clone(), ctx.clone());
-                        tokio::spawn(
-                            st.runtime.connections.track_future(async move { handle(st2, sock, peer, ctx, tls).await }),
-                        );
+/// Starts the connection workers: one single-threaded runtime per thread, like NGINX's
+/// worker processes, each accepting from every listener itself. A connection lives on one
+/// thread from accept to close, so neither handing it over nor relaying a message wakes
+/// another thread: a hand-over from a separate accept loop cost a deregister, a register
+/// and a cross-thread wake-up per connection. Every worker's poller watches the same
+/// socket, so an idle worker may wake for a connection another one took; the accept that
+/// finds nothing costs one syscall, and a busy worker takes fewer new connections.
+///
+/// Returns each accept loop's handle; they end at shutdown (after waiting `gate` for a
+/// first config, when set). Each thread stays until its connections are done.
+pub fn start(
+    n: usize,
+    listeners: Vec<Listen>,
+    gate: Option<Duration>,
+    state: Arc<ProxyState>,
+    ctx: Arc<Ctx>,
+) -> std::io::Result<Vec<JoinHandle<()>>> {
+    // Back to plain sockets: each worker registers its own copy with its own poller.
+    let mut shared = Vec::new();
+    for l in listeners {
+        shared.push((l.listener.into_std()?, l.tls));
+    }
+    let mut loops = Vec::new();
+    for i in 0..n.max(1) {
+        let rt = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
+        for (l, tls) in &shared {
+            let l = l.try_clone()?;
+            let (state, ctx, tls) = (state.clone(), ctx.clone(), *tls);
+            loops.push(rt.spawn(async move {
+                let l = match TcpListener::from_std(l) {
+                    Ok(l) => l,
+                    Err(e) => {
+                        tracing::error!("worker cannot watch its listener: {e}");
+                        return;
                     }
-                    // Accepting stopped: stay until this thread's connections are done.
-                    st.runtime.connections.wait().await;
-                });
-            })?;
-            senders.push(tx);
+                };
+                if let Some(limit) = gate {
+                    configured(&state, limit).await;
+                }
+                serve(l, state, ctx, tls).await
+            }));
         }
-        Ok(Workers { senders, next: std::sync::atomic::AtomicUsize::new(0) })
+        let st = state.clone();
+        std::thread::Builder::new().name(format!("sy-worker-{i}")).spawn(move || {
+            rt.block_on(async move {
+                st.runtime.shutdown.cancelled().await;
+                // Accepting stopped: stay until the connections are done.
+                st.runtime.connections.wait().await;
+            });
+        })?;
     }
-
-    /// Hands a connection to the next worker; false if it could not.
-    fn dispatch(&self, sock: TcpStream, peer: SocketAddr, tls: bool) -> bool {
-        let i = self.next.fetch_add(1, Relaxed) % self.senders.len();
-        match sock.into_std() {
-            Ok(std_sock) => self.senders[i].send((std_sock, peer, tls)).is_ok(),
-            Err(_) => false,
-        }
-    }
+    Ok(loops)
 }
 
 /// Waits until the proxy runs a config, at most `limit` (or until shutdown).
@@ -80,9 +95,8 @@ pub async fn configured(state: &ProxyState, limit: Duration) {
     }
 }
 
-/// Accepts until shutdown and hands each connection to a worker, tracked for shutdown;
-/// `tls`: the wss listener, whose connections start with a TLS handshake.
-pub async fn serve(listener: TcpListener, state: Arc<ProxyState>, workers: Arc<Workers>, tls: bool) {
+/// Accepts until shutdown and serves each connection on this worker, tracked for shutdown.
+async fn serve(listener: TcpListener, state: Arc<ProxyState>, ctx: Arc<Ctx>, tls: bool) {
     loop {
         let (sock, peer) = tokio::select! {
             _ = state.runtime.shutdown.cancelled() => break,
@@ -111,8 +125,7 @@ pub async fn serve(listener: TcpListener, state: Arc<ProxyState>, workers: Arc<W
             continue;
         }
         let _ = sock.set_nodelay(true);
-        if !workers.dispatch(sock, peer, tls) {
-            drop(crate::fds::Slot::adopt(&state.runtime));
-        }
+        let (st, ctx) = (state.clone(), ctx.clone());
+        tokio::spawn(state.runtime.connections.track_future(async move { handle(st, sock, peer, ctx, tls).await }));
     }
 }
