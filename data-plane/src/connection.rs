@@ -156,11 +156,77 @@ pub(crate) fn handshake_timeout(s: &switchyard_proto::v1::Settings) -> Duration 
 async fn handle(state: Arc<ProxyState>, client: TcpStream, peer: SocketAddr, ctx: Arc<Ctx>, tls: bool) {
     // The slot taken at accept, given back however this ends.
     let _slot = crate::fds::Slot::adopt(&state.runtime);
+    // Two phases, so that an established connection's task holds only what relaying needs:
+    // the handshake's state (TLS, the head, routing, the backend connect) lives in a box
+    // freed when it ends, and the relay phase owns its few fields instead of sharing the
+    // future with the handshake's locals (an async fn keeps room for every local it ever had).
+    if let Some(live) = Box::pin(establish(&state, client, peer, &ctx, tls)).await {
+        live.run(&state).await;
+    }
+}
+
+/// A WebSocket connection past its handshake, registered with its backend's stats.
+struct Live {
+    client: Stream,
+    backend: Stream,
+    client_early: Vec<u8>,
+    backend_early: Vec<u8>,
+    stats: Arc<crate::stats::BackendStats>,
+    limits: Limits,
+    session: Option<(String, String, String)>,
+    id: u64,
+    ctl: Arc<CloseHandle>,
+    rec: Log,
+    started: tokio::time::Instant,
+    handshake: Duration,
+}
+
+impl Live {
+    /// Takes a box: an async fn keeps its arguments twice, so a by-value `Live` would take
+    /// its room twice in every connection's state.
+    async fn run(mut self: Box<Self>, state: &ProxyState) {
+        let done = relay::relay(
+            &self.client,
+            &self.backend,
+            &self.client_early,
+            &self.backend_early,
+            self.limits,
+            &self.ctl,
+            &self.stats,
+        )
+        .await;
+        tracing::debug!(?done, "connection ended");
+        self.stats.active.fetch_sub(1, Relaxed);
+        self.stats.unregister(self.id);
+        if let Some(k) = &self.session {
+            state.affinity.unbind_live(k);
+        }
+        if let (Some(log), Some(mut r)) = (state.runtime.access_log.get(), self.rec.take()) {
+            r.status = 101;
+            r.handshake = self.handshake;
+            r.duration = self.started.elapsed();
+            r.to_backend = done.to_backend;
+            r.to_client = done.to_client;
+            r.termination = termination(&done, state.runtime.shutdown.is_cancelled());
+            log.log(*r);
+        }
+    }
+}
+
+/// The handshake phase of [`handle`]: a WebSocket connection ready to relay, or `None` once
+/// the connection was refused, served as plain HTTP, or gone.
+async fn establish(
+    state: &Arc<ProxyState>,
+    client: TcpStream,
+    peer: SocketAddr,
+    ctx: &Arc<Ctx>,
+    tls: bool,
+) -> Option<Box<Live>> {
     let started = tokio::time::Instant::now();
     let log = state.runtime.access_log.get();
     let mut rec: Log = log.map(|_| Box::new(access_log::Record { client: Some(peer), ..Default::default() }));
     let client = if tls {
-        match accept_tls(&state, &ctx, client, peer).await {
+        match accept_tls(state, ctx, client, peer).await {
             Ok(c) => {
                 if let (Some(r), Either::Right(t)) = (&mut rec, &c) {
                     let conn = t.get_ref().1;
@@ -179,21 +245,18 @@ async fn handle(state: Arc<ProxyState>, client: TcpStream, peer: SocketAddr, ctx
                     r.duration = started.elapsed();
                     log.log(*r);
                 }
-                return;
+                return None;
             }
         }
     } else {
         Either::Left(client)
     };
-    // The handshake's buffers, parsed headers and table reference die with `open`'s future,
-    // so an established connection keeps only its sockets and relay state.
-    let e = match open(&state, &mut rec, client, peer, &ctx, tls).await {
+    let e = match open(state, &mut rec, client, peer, ctx, tls).await {
         Opened::Ws(e) => e,
         Opened::Plain(client, first) => {
-            // Boxed: hyper's connection state would otherwise widen every connection's
-            // future, WebSocket ones included.
+            // Boxed: hyper's connection state would otherwise widen the handshake's future.
             Box::pin(crate::plain::serve(state.clone(), ctx.clone(), client, first, peer, tls)).await;
-            return;
+            return None;
         }
         Opened::Done => {
             if let (Some(log), Some(mut r)) = (log, rec) {
@@ -204,7 +267,7 @@ async fn handle(state: Arc<ProxyState>, client: TcpStream, peer: SocketAddr, ctx
                     log.log(*r);
                 }
             }
-            return;
+            return None;
         }
     };
     let handshake = started.elapsed();
@@ -224,27 +287,23 @@ async fn handle(state: Arc<ProxyState>, client: TcpStream, peer: SocketAddr, ctx
         .get(&pool)
         .and_then(|p| p.backends.iter().find(|b| b.backend.address == address))
         .is_some_and(|b| switchyard_model::usable(&b.backend));
-    // Not kept for the connection's life: an idle connection holds as little as possible.
-    drop((pool, address));
     if state.runtime.shutdown.is_cancelled() || !still_admitted {
         ctl.close(crate::frame::CLOSE_GOING_AWAY);
     }
-    let done = relay::relay(&client, &backend, &client_early, &backend_early, limits, &ctl, &stats).await;
-    tracing::debug!(?done, "connection ended");
-    stats.active.fetch_sub(1, Relaxed);
-    stats.unregister(id);
-    if let Some(k) = &session {
-        state.affinity.unbind_live(k);
-    }
-    if let (Some(log), Some(mut r)) = (log, rec) {
-        r.status = 101;
-        r.handshake = handshake;
-        r.duration = started.elapsed();
-        r.to_backend = done.to_backend;
-        r.to_client = done.to_client;
-        r.termination = termination(&done, state.runtime.shutdown.is_cancelled());
-        log.log(*r);
-    }
+    Some(Box::new(Live {
+        client,
+        backend,
+        client_early,
+        backend_early,
+        stats,
+        limits,
+        session,
+        id,
+        ctl,
+        rec,
+        started,
+        handshake,
+    }))
 }
 
 /// Who ended a relayed connection and why, in the access log's words.
@@ -479,5 +538,23 @@ mod tests {
         let t = std::time::Instant::now();
         configured(&state, Duration::from_secs(10)).await;
         assert!(t.elapsed() < Duration::from_secs(2), "still waiting {:?} after the config came", t.elapsed());
+    }
+
+    /// An idle connection's memory is mostly its task's future: this keeps the handshake's
+    /// state out of it (see [`handle`]). The bound has room for compiler changes, not for
+    /// the handshake's ~1.5 KiB coming back.
+    #[tokio::test]
+    async fn an_established_connection_keeps_no_handshake_state() {
+        let state = ProxyState::new("p".into());
+        let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let client = TcpStream::connect(l.local_addr().unwrap()).await.unwrap();
+        let ctx = Arc::new(Ctx { tuning: Tuning::default(), wss: None, backend_tls: None });
+        let task = handle(state.clone(), client, "127.0.0.1:1".parse().unwrap(), ctx.clone(), false);
+        let mut rec: Log = None;
+        let other = Either::Left(TcpStream::connect(l.local_addr().unwrap()).await.unwrap());
+        let handshake = open(&state, &mut rec, other, "127.0.0.1:1".parse().unwrap(), &ctx, false);
+        let (task, handshake) = (std::mem::size_of_val(&task), std::mem::size_of_val(&handshake));
+        assert!(handshake > 1024, "the handshake's state is {handshake} bytes: this test no longer tells anything");
+        assert!(task < 2400, "a connection's task is {task} bytes");
     }
 }

@@ -82,7 +82,7 @@ mod tests {
             .map(|c| {
                 let c = c.clone();
                 tokio::spawn(async move {
-                    c.notified().await;
+                    c.asked().await;
                     start.elapsed()
                 })
             })

@@ -14,10 +14,12 @@ mod direction;
 mod io;
 mod limits;
 mod shared;
+mod signal;
 pub mod stream;
 #[cfg(test)]
 mod tests;
 
+use std::future::poll_fn;
 use std::time::Duration;
 
 use tokio::time::Instant;
@@ -92,12 +94,11 @@ async fn run(
     if !early.is_empty() {
         d.on_read(early, Instant::now(), to, sh, stats).await?;
     }
-    // The wake-ups and the timer live across iterations: re-creating them for every message
-    // would register and deregister waiters and timers on the hot path.
-    let wake = sh.wake.notified();
-    tokio::pin!(wake);
-    let ctl_close = ctl.notified();
-    tokio::pin!(ctl_close);
+    // The timer lives across iterations: re-creating it for every message would register
+    // and deregister it on the hot path. The wake-ups and readiness keep no state but the
+    // count each signal was last seen at: an idle connection's state stays small, and
+    // polling them takes no lock.
+    let (mut woken, mut asked) = (0u32, 0u32);
     let timer = tokio::time::sleep_until(Instant::now() + FAR);
     tokio::pin!(timer);
     let mut rearm = true;
@@ -115,13 +116,9 @@ async fn run(
         let mut read = None;
         tokio::select! {
             biased;
-            _ = &mut wake => {
-                wake.set(sh.wake.notified());
-                rearm = true;
-            }
+            _ = poll_fn(|cx| sh.wake.poll_raised(&mut woken, cx)) => rearm = true,
             // The client side's loop answers the handle, so exactly one direction does.
-            _ = &mut ctl_close, if d.side() == Side::ToClient => {
-                ctl_close.set(ctl.notified());
+            _ = poll_fn(|cx| ctl.poll_asked(&mut asked, cx)), if d.side() == Side::ToClient => {
                 let code = ctl.requested().unwrap_or(CLOSE_GOING_AWAY);
                 sh.request_close(code, CLOSE_GOING_AWAY, End::Proxy(code), Why::Asked);
                 rearm = true;
@@ -138,7 +135,7 @@ async fn run(
                     }
                 }
             }
-            r = from.readable() => {
+            r = poll_fn(|cx| from.poll_readable(cx)) => {
                 r?;
                 let mut b = io::Buf::take();
                 match from.read_some(&mut b) {

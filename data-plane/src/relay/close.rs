@@ -2,24 +2,23 @@
 //! live connection, so a drain, a removed backend or a shutdown can reach it.
 
 use std::sync::atomic::{AtomicU16, Ordering::Relaxed};
+use std::task::{Context, Poll};
 
-use tokio::sync::futures::Notified;
-use tokio::sync::Notify;
+use super::signal::Signal;
 
 #[derive(Default)]
 pub struct CloseHandle {
-    notify: Notify,
+    signal: Signal,
     /// 0: no close asked for.
     code: AtomicU16,
 }
 
 impl CloseHandle {
     /// Asks the connection to close at its next frame boundaries: the client hears `code`,
-    /// the backend 1001. A close asked for before the relay starts is not lost (`Notify`
-    /// keeps the permit).
+    /// the backend 1001. A close asked for before the relay starts is not lost.
     pub fn close(&self, code: u16) {
         self.code.store(code, Relaxed);
-        self.notify.notify_one();
+        self.signal.raise();
     }
 
     /// The close code asked for, if any.
@@ -30,8 +29,16 @@ impl CloseHandle {
         }
     }
 
-    /// Resolves once a close is asked for (or at once, if one already was and nobody waited).
-    pub(crate) fn notified(&self) -> Notified<'_> {
-        self.notify.notified()
+    /// Ready once a close was asked for after `seen` (start from 0: one asked for before the
+    /// wait counts). One task waits on a handle: the relay's.
+    pub(crate) fn poll_asked(&self, seen: &mut u32, cx: &mut Context<'_>) -> Poll<()> {
+        self.signal.poll_raised(seen, cx)
+    }
+
+    /// Resolves once a close is asked for (at once, if one already was).
+    #[cfg(test)]
+    pub(crate) async fn asked(&self) {
+        let mut seen = 0;
+        std::future::poll_fn(|cx| self.poll_asked(&mut seen, cx)).await
     }
 }

@@ -5,10 +5,10 @@ use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 use std::sync::Mutex;
 use std::time::Duration;
 
-use tokio::sync::Notify;
 use tokio::time::Instant;
 
 use super::limits::{End, Flow, Side, Why};
+use super::signal::Signal;
 
 /// The close the proxy decided: the code each side hears.
 #[derive(Clone, Copy, Debug)]
@@ -42,7 +42,7 @@ impl<T: Copy> Slot<T> {
 pub struct Shared {
     close: Slot<Option<Codes>>,
     /// Wakes both directions when `close` or `finished_at` changes their deadlines.
-    pub wake: Notify,
+    pub wake: Signal,
     /// Activity times, as nanoseconds since `base`: written on every read, so atomics rather
     /// than locks.
     base: Instant,
@@ -61,7 +61,7 @@ impl Shared {
     pub fn new(now: Instant) -> Shared {
         Shared {
             close: Slot::new(None),
-            wake: Notify::new(),
+            wake: Signal::default(),
             base: now,
             last_client_ns: AtomicU64::new(0),
             last_any_ns: AtomicU64::new(0),
@@ -106,7 +106,7 @@ impl Shared {
             self.close.set(Some(codes));
             self.why.set(Some(why));
             self.end.set(Some(end));
-            self.wake.notify_waiters();
+            self.wake.raise();
         }
     }
 
@@ -159,6 +159,6 @@ impl Drop for Finished<'_> {
         if self.0.finished_at.get().is_none() {
             self.0.finished_at.set(Some(Instant::now()));
         }
-        self.0.wake.notify_waiters();
+        self.0.wake.raise();
     }
 }

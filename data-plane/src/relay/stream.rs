@@ -42,16 +42,17 @@ impl Stream {
         }
     }
 
-    /// Waits until [`Self::read_some`] may have something.
+    /// Ready when [`Self::read_some`] may have something. A poll rather than a future: the
+    /// waker waits in the socket's registration, so a relay waiting on it holds no state.
     #[inline]
-    pub async fn readable(&self) -> io::Result<()> {
+    pub fn poll_readable(&self, cx: &mut std::task::Context<'_>) -> std::task::Poll<io::Result<()>> {
         match self {
-            Stream::Plain(s) => s.readable().await,
+            Stream::Plain(s) => s.poll_read_ready(cx),
             Stream::Tls(t) => {
                 if t.lock().buffered {
-                    return Ok(());
+                    return std::task::Poll::Ready(Ok(()));
                 }
-                t.tcp.readable().await
+                t.tcp.poll_read_ready(cx)
             }
         }
     }
