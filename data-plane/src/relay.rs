@@ -92,7 +92,9 @@ async fn run(
     stats: &BackendStats,
 ) -> std::io::Result<()> {
     if !early.is_empty() {
-        d.on_read(early, Instant::now(), to, sh, stats).await?;
+        // Boxed, as the close paths below: what runs once per connection at most should not
+        // widen the state an idle connection keeps.
+        Box::pin(d.on_read(early, Instant::now(), to, sh, stats)).await?;
     }
     // The timer lives across iterations: re-creating it for every message would register
     // and deregister it on the hot path. The wake-ups and readiness keep no state but the
@@ -105,7 +107,7 @@ async fn run(
     loop {
         // A close the proxy decided goes out once this output is between frames.
         if d.owes_close(sh) {
-            d.close(to, sh).await?;
+            Box::pin(d.close(to, sh)).await?;
         }
         if rearm {
             // Activity only pushes deadlines later, so the timer may fire early; `on_timer`
@@ -127,10 +129,10 @@ async fn run(
                 rearm = true;
                 match d.on_timer(Instant::now(), sh) {
                     TimerAction::Wait => {}
-                    TimerAction::Ping => io::write_frame(to, &direction::ping()).await?,
+                    TimerAction::Ping => io::write_frame(to, &direction::PING).await?,
                     TimerAction::Finish => return Ok(()),
                     TimerAction::CloseAndFinish => {
-                        d.close(to, sh).await?;
+                        Box::pin(d.close(to, sh)).await?;
                         return Ok(());
                     }
                 }
@@ -141,7 +143,7 @@ async fn run(
                 match from.read_some(&mut b) {
                     Ok(0) => {
                         drop(b);
-                        d.on_eof(to, sh).await;
+                        Box::pin(d.on_eof(to, sh)).await;
                         return Ok(());
                     }
                     Ok(n) => read = Some((b, n)),
@@ -153,7 +155,10 @@ async fn run(
         if let Some((b, n)) = read {
             let now = Instant::now();
             sh.touch(d.side(), now);
-            rearm |= d.on_read(&b[..n], now, to, sh, stats).await?;
+            rearm |= match d.forward(&b[..n], to, sh, stats)? {
+                direction::Step::Done(moved) => moved,
+                step => Box::pin(d.finish(step, &b[..n], now, to, sh, stats)).await?,
+            };
         }
     }
 }

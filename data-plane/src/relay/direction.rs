@@ -48,6 +48,34 @@ pub enum TimerAction {
     CloseAndFinish,
 }
 
+/// Where [`Direction::forward`] stopped.
+pub enum Step {
+    /// All done; whether the deadline may have moved.
+    Done(bool),
+    /// The socket took `sent` bytes of the read's `fed.ok_len`: the rest must wait.
+    Rest { sent: usize, fed: Fed },
+    /// Written; the read left this owed.
+    Owes(Owed),
+}
+
+/// What a read fed to the tracker, kept until its bytes are written.
+pub struct Fed {
+    before: u64,
+    had_close: bool,
+    was_boundary: bool,
+    ok_len: usize,
+    violation: Option<Violation>,
+}
+
+/// What a read leaves the output owed once its bytes are out.
+pub enum Owed {
+    Nothing,
+    /// A limit was broken: the close it decided.
+    Close,
+    /// A ping that waited for a frame boundary.
+    Ping,
+}
+
 pub struct Direction {
     side: Side,
     t: Tracker,
@@ -174,9 +202,19 @@ impl Direction {
         sh: &Shared,
         stats: &BackendStats,
     ) -> io::Result<bool> {
+        match self.forward(data, to, sh, stats)? {
+            Step::Done(rearm) => Ok(rearm),
+            step => self.finish(step, data, now, to, sh, stats).await,
+        }
+    }
+
+    /// [`Self::on_read`] as far as it goes without waiting, which is all of it for nearly
+    /// every read: the relay loop awaits [`Self::finish`] (boxed) only for the rest, so the
+    /// state every connection keeps has no room for a write that waits.
+    pub fn forward(&mut self, data: &[u8], to: &Stream, sh: &Shared, stats: &BackendStats) -> io::Result<Step> {
         if self.sent_close {
             // Our Close is out: what the peer still sends is discarded.
-            return Ok(false);
+            return Ok(Step::Done(false));
         }
         let before = self.t.messages;
         let was_boundary = self.t.at_boundary();
@@ -192,14 +230,58 @@ impl Direction {
                 self.swallowed = true;
             }
         }
+        let fed = Fed { before, had_close, was_boundary, ok_len, violation };
         if ok_len > 0 {
             // Usually the socket takes it all at once. Otherwise wait, but not forever: a peer
             // that stops reading must not pin the connection (and its timers).
             let sent = try_write(to, &data[..ok_len])?;
             if unfinished(to, sent, ok_len) {
-                write_rest(to, &data[sent..ok_len], now + self.stall).await?;
+                return Ok(Step::Rest { sent, fed });
             }
         }
+        Ok(match self.account(fed, sh, stats) {
+            Owed::Nothing => Step::Done(false),
+            owed => Step::Owes(owed),
+        })
+    }
+
+    /// Finishes what [`Self::forward`] could not: the rest of a write, then what the read
+    /// left owed. Returns whether the deadline may have moved.
+    pub async fn finish(
+        &mut self,
+        step: Step,
+        data: &[u8],
+        now: Instant,
+        to: &Stream,
+        sh: &Shared,
+        stats: &BackendStats,
+    ) -> io::Result<bool> {
+        let owed = match step {
+            Step::Done(rearm) => return Ok(rearm),
+            Step::Rest { sent, fed } => {
+                write_rest(to, &data[sent..fed.ok_len], now + self.stall).await?;
+                self.account(fed, sh, stats)
+            }
+            Step::Owes(owed) => owed,
+        };
+        match owed {
+            Owed::Nothing => Ok(false),
+            Owed::Close => {
+                self.sent_close = self.send_close(to, sh).await?;
+                Ok(true)
+            }
+            Owed::Ping => {
+                write_frame(to, &PING).await?;
+                self.ping_sent = Some(Instant::now());
+                self.ping_pending = false;
+                Ok(true)
+            }
+        }
+    }
+
+    /// Counts what a read passed on, once it is written, and says what it leaves owed.
+    fn account(&mut self, fed: Fed, sh: &Shared, stats: &BackendStats) -> Owed {
+        let Fed { before, had_close, was_boundary, ok_len, violation } = fed;
         let (bytes, msgs) = match self.side {
             Side::ToBackend => (&stats.bytes_to_backend, &stats.messages_to_backend),
             Side::ToClient => (&stats.bytes_to_client, &stats.messages_to_client),
@@ -212,16 +294,12 @@ impl Direction {
         msgs.fetch_add(self.t.messages - before, Relaxed);
         if let Some(v) = violation {
             self.on_violation(v, ok_len > 0 || was_boundary, sh);
-            self.sent_close = self.send_close(to, sh).await?;
-            return Ok(true);
+            return Owed::Close;
         }
         if self.ping_pending && self.t.at_boundary() && !self.t.saw_close {
-            write_frame(to, &ping()).await?;
-            self.ping_sent = Some(Instant::now());
-            self.ping_pending = false;
-            return Ok(true);
+            return Owed::Ping;
         }
-        Ok(false)
+        Owed::Nothing
     }
 
     /// A close is decided and this output is between frames: our Close is due (for a held
@@ -316,9 +394,8 @@ fn sender(side: Side) -> frame::Peer {
 }
 
 /// The proxy's Ping (only ever sent to the client, so unmasked).
-pub fn ping() -> Vec<u8> {
-    frame::control_frame(frame::OP_PING, b"sy", None)
-}
+/// A constant, so that a ping owes no buffer across its write.
+pub const PING: [u8; 4] = [0x80 | frame::OP_PING, 2, b's', b'y'];
 
 /// The proxy's own Close toward one side: masked toward the backend, plain toward the client.
 fn proxy_close(side: Side, code: u16) -> Vec<u8> {

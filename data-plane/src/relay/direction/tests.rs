@@ -97,3 +97,8 @@ fn the_other_direction_ending_takes_precedence() {
     assert_eq!(d.due(t0 + 2 * S, &sh), Some(Event::OtherEnded), "over idle and ping");
     assert_eq!(d.on_timer(t0 + 2 * S, &sh), TimerAction::Finish);
 }
+
+#[test]
+fn the_constant_ping_is_the_frame_the_encoder_makes() {
+    assert_eq!(PING.to_vec(), crate::frame::control_frame(crate::frame::OP_PING, b"sy", None));
+}
