@@ -342,7 +342,12 @@ impl Direction {
             }
         }
         sh.peer_ended(self.side);
-        let _ = shutdown_write(to);
+        // When the other direction is already done, the relay ends now and the socket is
+        // closed, which sends the FIN itself: a plain socket needs no separate shutdown (TLS
+        // still says close_notify first).
+        if !(sh.finished_at().is_some() && matches!(to, Stream::Plain(_))) {
+            let _ = shutdown_write(to);
+        }
     }
 
     /// The input broke a limit: decides the close. `at_boundary` tells whether the output is
