@@ -17,8 +17,10 @@ use crate::state::ProxyState;
 use crate::tls::BackendTls;
 
 mod accept;
+mod live;
 pub(crate) mod streams;
 pub use accept::{configured, start, Listen};
+use live::Live;
 use streams::{accept_tls, backend_stream, client_stream, connect_backend, BackendFail, ClientIo};
 
 /// What every connection's handling needs besides the shared state.
@@ -153,62 +155,25 @@ pub(crate) fn handshake_timeout(s: &switchyard_proto::v1::Settings) -> Duration 
     }
 }
 
-async fn handle(state: Arc<ProxyState>, client: TcpStream, peer: SocketAddr, ctx: Arc<Ctx>, tls: bool) {
-    // The slot taken at accept, given back however this ends.
-    let _slot = crate::fds::Slot::adopt(&state.runtime);
-    // Two phases, so that an established connection's task holds only what relaying needs:
-    // the handshake's state (TLS, the head, routing, the backend connect) lives in a box
-    // freed when it ends, and the relay phase owns its few fields instead of sharing the
-    // future with the handshake's locals (an async fn keeps room for every local it ever had).
-    if let Some(live) = Box::pin(establish(&state, client, peer, &ctx, tls)).await {
-        live.run(&state).await;
-    }
-}
-
-/// A WebSocket connection past its handshake, registered with its backend's stats.
-struct Live {
-    client: Stream,
-    backend: Stream,
-    client_early: Vec<u8>,
-    backend_early: Vec<u8>,
-    stats: Arc<crate::stats::BackendStats>,
-    limits: Limits,
-    session: Option<(String, String, String)>,
-    id: u64,
-    ctl: Arc<CloseHandle>,
-    rec: Log,
-    started: tokio::time::Instant,
-    handshake: Duration,
-}
-
-impl Live {
-    /// Takes a box: an async fn keeps its arguments twice, so a by-value `Live` would take
-    /// its room twice in every connection's state.
-    async fn run(mut self: Box<Self>, state: &ProxyState) {
-        let done = relay::relay(
-            &self.client,
-            &self.backend,
-            &self.client_early,
-            &self.backend_early,
-            self.limits,
-            &self.ctl,
-            &self.stats,
-        )
-        .await;
-        tracing::debug!(?done, "connection ended");
-        self.stats.active.fetch_sub(1, Relaxed);
-        self.stats.unregister(self.id);
-        if let Some(k) = &self.session {
-            state.affinity.unbind_live(k);
-        }
-        if let (Some(log), Some(mut r)) = (state.runtime.access_log.get(), self.rec.take()) {
-            r.status = 101;
-            r.handshake = self.handshake;
-            r.duration = self.started.elapsed();
-            r.to_backend = done.to_backend;
-            r.to_client = done.to_client;
-            r.termination = termination(&done, state.runtime.shutdown.is_cancelled());
-            log.log(*r);
+#[allow(clippy::manual_async_fn)] // an `async fn` keeps its arguments twice in its state
+fn handle(
+    state: Arc<ProxyState>,
+    client: TcpStream,
+    peer: SocketAddr,
+    ctx: Arc<Ctx>,
+    tls: bool,
+) -> impl std::future::Future<Output = ()> {
+    // Two phases, so that an established connection's task holds only what relaying needs.
+    // The handshake (TLS, the head, routing, the backend connect) runs in a box, made here so
+    // that it takes the socket and the rest with it and is freed when it ends. The relay
+    // phase owns its few fields. Not an `async fn`: that would keep every argument for the
+    // connection's whole life.
+    let handshake = Box::pin(establish(state.clone(), client, peer, ctx, tls));
+    async move {
+        // The slot taken at accept, given back however this ends.
+        let _slot = crate::fds::Slot::adopt(&state.runtime);
+        if let Some(live) = handshake.await {
+            live.run(&state).await;
         }
     }
 }
@@ -216,17 +181,17 @@ impl Live {
 /// The handshake phase of [`handle`]: a WebSocket connection ready to relay, or `None` once
 /// the connection was refused, served as plain HTTP, or gone.
 async fn establish(
-    state: &Arc<ProxyState>,
+    state: Arc<ProxyState>,
     client: TcpStream,
     peer: SocketAddr,
-    ctx: &Arc<Ctx>,
+    ctx: Arc<Ctx>,
     tls: bool,
 ) -> Option<Box<Live>> {
     let started = tokio::time::Instant::now();
     let log = state.runtime.access_log.get();
     let mut rec: Log = log.map(|_| Box::new(access_log::Record { client: Some(peer), ..Default::default() }));
     let client = if tls {
-        match accept_tls(state, ctx, client, peer).await {
+        match accept_tls(&state, &ctx, client, peer).await {
             Ok(c) => {
                 if let (Some(r), Either::Right(t)) = (&mut rec, &c) {
                     let conn = t.get_ref().1;
@@ -251,7 +216,7 @@ async fn establish(
     } else {
         Either::Left(client)
     };
-    let e = match open(state, &mut rec, client, peer, ctx, tls).await {
+    let e = match open(&state, &mut rec, client, peer, &ctx, tls).await {
         Opened::Ws(e) => e,
         Opened::Plain(client, first) => {
             // Boxed: hyper's connection state would otherwise widen the handshake's future.
@@ -520,41 +485,4 @@ pub(crate) fn session_key(
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[tokio::test]
-    async fn accepting_waits_for_a_config_but_not_past_the_limit() {
-        let state = ProxyState::new("p".into());
-        let t = std::time::Instant::now();
-        configured(&state, Duration::from_millis(150)).await;
-        assert!(t.elapsed() >= Duration::from_millis(150), "returned without a config after {:?}", t.elapsed());
-
-        let s = state.clone();
-        tokio::spawn(async move {
-            tokio::time::sleep(Duration::from_millis(50)).await;
-            s.status.record("cache", 7, std::time::SystemTime::now());
-        });
-        let t = std::time::Instant::now();
-        configured(&state, Duration::from_secs(10)).await;
-        assert!(t.elapsed() < Duration::from_secs(2), "still waiting {:?} after the config came", t.elapsed());
-    }
-
-    /// An idle connection's memory is mostly its task's future: this keeps the handshake's
-    /// state out of it (see [`handle`]). The bound has room for compiler changes, not for
-    /// the handshake's ~1.5 KiB coming back.
-    #[tokio::test]
-    async fn an_established_connection_keeps_no_handshake_state() {
-        let state = ProxyState::new("p".into());
-        let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let client = TcpStream::connect(l.local_addr().unwrap()).await.unwrap();
-        let ctx = Arc::new(Ctx { tuning: Tuning::default(), wss: None, backend_tls: None });
-        let task = handle(state.clone(), client, "127.0.0.1:1".parse().unwrap(), ctx.clone(), false);
-        let mut rec: Log = None;
-        let other = Either::Left(TcpStream::connect(l.local_addr().unwrap()).await.unwrap());
-        let handshake = open(&state, &mut rec, other, "127.0.0.1:1".parse().unwrap(), &ctx, false);
-        let (task, handshake) = (std::mem::size_of_val(&task), std::mem::size_of_val(&handshake));
-        assert!(handshake > 1024, "the handshake's state is {handshake} bytes: this test no longer tells anything");
-        assert!(task < 2100, "a connection's task is {task} bytes");
-    }
-}
+mod tests;

@@ -19,10 +19,12 @@ pub mod stream;
 #[cfg(test)]
 mod tests;
 
-use std::future::poll_fn;
+use std::future::{poll_fn, Future};
+use std::pin::Pin;
+use std::task::Poll;
 use std::time::Duration;
 
-use tokio::time::Instant;
+use tokio::time::{Instant, Sleep};
 
 pub use close::CloseHandle;
 use direction::{Direction, TimerAction};
@@ -38,127 +40,136 @@ const FAR: Duration = Duration::from_secs(86_400);
 
 /// Relays until both directions are done. `client_early` and `backend_early` are bytes
 /// already read past each side's HTTP head.
+///
+/// This and the functions below return `async move` blocks rather than being `async fn`s:
+/// an `async fn` keeps each argument twice in its state (as passed, and moved into the
+/// body), and that state is what every idle connection holds.
 #[allow(clippy::too_many_arguments)]
-pub async fn relay(
-    client: &Stream,
-    backend: &Stream,
-    client_early: &[u8],
-    backend_early: &[u8],
+#[allow(clippy::manual_async_fn)] // an `async fn` keeps its arguments twice in its state
+pub fn relay<'a>(
+    client: &'a Stream,
+    backend: &'a Stream,
+    client_early: &'a [u8],
+    backend_early: &'a [u8],
     limits: Limits,
-    ctl: &CloseHandle,
-    stats: &BackendStats,
-) -> Relayed {
-    let sh = Shared::new(Instant::now());
-    let c2b = pump(Side::ToBackend, limits, client, backend, client_early, &sh, ctl, stats);
-    let b2c = pump(Side::ToClient, limits, backend, client, backend_early, &sh, ctl, stats);
-    let (a, b) = tokio::join!(c2b, b2c);
-    Relayed {
-        end: sh.end().unwrap_or(if a.is_err() || b.is_err() { End::Error } else { End::Peer }),
-        why: sh.why(),
-        first: sh.first(),
-        to_backend: sh.flow(Side::ToBackend),
-        to_client: sh.flow(Side::ToClient),
+    ctl: &'a CloseHandle,
+    stats: &'a BackendStats,
+) -> impl Future<Output = Relayed> + 'a {
+    async move {
+        let sh = Shared::new(Instant::now());
+        let c2b = pump(Side::ToBackend, &limits, client, backend, client_early, &sh, ctl, stats);
+        let b2c = pump(Side::ToClient, &limits, backend, client, backend_early, &sh, ctl, stats);
+        let (a, b) = tokio::join!(c2b, b2c);
+        Relayed {
+            end: sh.end().unwrap_or(if a.is_err() || b.is_err() { End::Error } else { End::Peer }),
+            why: sh.why(),
+            first: sh.first(),
+            to_backend: sh.flow(Side::ToBackend),
+            to_client: sh.flow(Side::ToClient),
+        }
     }
 }
 
 /// Runs one direction: reads `from`, writes `to`, and lets its [`Direction`] decide the rest.
 #[allow(clippy::too_many_arguments)]
-async fn pump(
+#[allow(clippy::manual_async_fn)] // see [`relay`]'s note on `async fn` state
+fn pump<'a>(
     side: Side,
-    limits: Limits,
-    from: &Stream,
-    to: &Stream,
-    early: &[u8],
-    sh: &Shared,
-    ctl: &CloseHandle,
-    stats: &BackendStats,
-) -> std::io::Result<()> {
-    let _finished = Finished(sh);
-    // Built here, not passed in: an async fn's arguments take room in its future twice.
-    let mut d = Direction::new(side, limits);
-    let r = run(&mut d, from, to, early, sh, ctl, stats).await;
-    sh.set_flow(side, d.flow());
-    r
-}
-
-/// The loop of [`pump`].
-async fn run(
-    d: &mut Direction,
-    from: &Stream,
-    to: &Stream,
-    early: &[u8],
-    sh: &Shared,
-    ctl: &CloseHandle,
-    stats: &BackendStats,
-) -> std::io::Result<()> {
-    if !early.is_empty() {
-        // Boxed, as the close paths below: what runs once per connection at most should not
-        // widen the state an idle connection keeps.
-        Box::pin(d.on_read(early, Instant::now(), to, sh, stats)).await?;
-    }
-    // The timer lives across iterations: re-creating it for every message would register
-    // and deregister it on the hot path. The wake-ups and readiness keep no state but the
-    // count each signal was last seen at: an idle connection's state stays small, and
-    // polling them takes no lock.
-    let (mut woken, mut asked) = (0u32, 0u32);
-    let timer = tokio::time::sleep_until(Instant::now() + FAR);
-    tokio::pin!(timer);
-    let mut rearm = true;
-    loop {
-        // A close the proxy decided goes out once this output is between frames.
-        if d.owes_close(sh) {
-            Box::pin(d.close(to, sh)).await?;
-        }
-        if rearm {
-            // Activity only pushes deadlines later, so the timer may fire early; `on_timer`
-            // then finds nothing due and it is re-armed here. No timer work per message.
-            timer.as_mut().reset(d.deadline(sh).unwrap_or_else(|| Instant::now() + FAR));
-            rearm = false;
-        }
-        let mut read = None;
-        tokio::select! {
-            biased;
-            _ = poll_fn(|cx| sh.wake.poll_raised(&mut woken, cx)) => rearm = true,
-            // The client side's loop answers the handle, so exactly one direction does.
-            _ = poll_fn(|cx| ctl.poll_asked(&mut asked, cx)), if d.side() == Side::ToClient => {
-                let code = ctl.requested().unwrap_or(CLOSE_GOING_AWAY);
-                sh.request_close(code, CLOSE_GOING_AWAY, End::Proxy(code), Why::Asked);
-                rearm = true;
+    limits: &'a Limits,
+    from: &'a Stream,
+    to: &'a Stream,
+    early: &'a [u8],
+    sh: &'a Shared,
+    ctl: &'a CloseHandle,
+    stats: &'a BackendStats,
+) -> impl Future<Output = std::io::Result<()>> + 'a {
+    async move {
+        let _finished = Finished(sh);
+        let mut d = Direction::new(side, *limits);
+        // The loop, in a block of its own so that its `?`s still leave the flow recorded.
+        let r: std::io::Result<()> = async {
+            let d = &mut d;
+            if !early.is_empty() {
+                // Boxed, as the close paths below: what runs once per connection at most should not
+                // widen the state an idle connection keeps.
+                Box::pin(d.on_read(early, Instant::now(), to, sh, stats)).await?;
             }
-            _ = &mut timer => {
-                rearm = true;
-                match d.on_timer(Instant::now(), sh) {
-                    TimerAction::Wait => {}
-                    TimerAction::Ping => io::write_frame(to, &direction::PING).await?,
-                    TimerAction::Finish => return Ok(()),
-                    TimerAction::CloseAndFinish => {
-                        Box::pin(d.close(to, sh)).await?;
-                        return Ok(());
+            // The timer lives across iterations: re-creating it for every message would register
+            // and deregister it on the hot path. It is made (boxed) the first time this direction
+            // has a deadline, so a connection with no idle timeout or pings, the usual backend
+            // direction, keeps none. The wake-ups and readiness keep no state but the count each
+            // signal was last seen at: an idle connection's state stays small, and polling them
+            // takes no lock.
+            let (mut woken, mut asked) = (0u32, 0u32);
+            let mut timer: Option<Pin<Box<Sleep>>> = None;
+            let mut rearm = true;
+            loop {
+                // A close the proxy decided goes out once this output is between frames.
+                if d.owes_close(sh) {
+                    Box::pin(d.close(to, sh)).await?;
+                }
+                if rearm {
+                    // Activity only pushes deadlines later, so the timer may fire early; `on_timer`
+                    // then finds nothing due and it is re-armed here. No timer work per message.
+                    match (d.deadline(sh), timer.as_mut()) {
+                        (Some(at), Some(t)) => t.as_mut().reset(at),
+                        (Some(at), None) => timer = Some(Box::pin(tokio::time::sleep_until(at))),
+                        (None, Some(t)) => t.as_mut().reset(Instant::now() + FAR),
+                        (None, None) => {}
+                    }
+                    rearm = false;
+                }
+                let mut read = None;
+                tokio::select! {
+                    biased;
+                    _ = poll_fn(|cx| sh.wake.poll_raised(&mut woken, cx)) => rearm = true,
+                    // The client side's loop answers the handle, so exactly one direction does.
+                    _ = poll_fn(|cx| ctl.poll_asked(&mut asked, cx)), if d.side() == Side::ToClient => {
+                        let code = ctl.requested().unwrap_or(CLOSE_GOING_AWAY);
+                        sh.request_close(code, CLOSE_GOING_AWAY, End::Proxy(code), Why::Asked);
+                        rearm = true;
+                    }
+                    _ = poll_fn(|cx| timer.as_mut().map_or(Poll::Pending, |t| t.as_mut().poll(cx))) => {
+                        rearm = true;
+                        match d.on_timer(Instant::now(), sh) {
+                            TimerAction::Wait => {}
+                            TimerAction::Ping => io::write_frame(to, &direction::PING).await?,
+                            TimerAction::Finish => return Ok(()),
+                            TimerAction::CloseAndFinish => {
+                                Box::pin(d.close(to, sh)).await?;
+                                return Ok(());
+                            }
+                        }
+                    }
+                    r = poll_fn(|cx| from.poll_readable(cx)) => {
+                        r?;
+                        let mut b = io::Buf::take();
+                        match from.read_some(&mut b) {
+                            Ok(0) => {
+                                drop(b);
+                                Box::pin(d.on_eof(to, sh)).await;
+                                return Ok(());
+                            }
+                            Ok(n) => read = Some((b, n)),
+                            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {}
+                            Err(e) => return Err(e),
+                        }
                     }
                 }
-            }
-            r = poll_fn(|cx| from.poll_readable(cx)) => {
-                r?;
-                let mut b = io::Buf::take();
-                match from.read_some(&mut b) {
-                    Ok(0) => {
-                        drop(b);
-                        Box::pin(d.on_eof(to, sh)).await;
-                        return Ok(());
-                    }
-                    Ok(n) => read = Some((b, n)),
-                    Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {}
-                    Err(e) => return Err(e),
+                if let Some((b, n)) = read {
+                    let now = Instant::now();
+                    sh.touch(d.side(), now);
+                    // Bound first: a `?` in the match itself would keep its temporary in the state.
+                    let step = d.forward(&b[..n], to, sh, stats)?;
+                    rearm |= match step {
+                        direction::Step::Done(moved) => moved,
+                        step => Box::pin(d.finish(step, &b[..n], now, to, sh, stats)).await?,
+                    };
                 }
             }
         }
-        if let Some((b, n)) = read {
-            let now = Instant::now();
-            sh.touch(d.side(), now);
-            rearm |= match d.forward(&b[..n], to, sh, stats)? {
-                direction::Step::Done(moved) => moved,
-                step => Box::pin(d.finish(step, &b[..n], now, to, sh, stats)).await?,
-            };
-        }
+        .await;
+        sh.set_flow(side, d.flow());
+        r
     }
 }

@@ -126,6 +126,6 @@ async fn serve(listener: TcpListener, state: Arc<ProxyState>, ctx: Arc<Ctx>, tls
         }
         let _ = sock.set_nodelay(true);
         let (st, ctx) = (state.clone(), ctx.clone());
-        tokio::spawn(state.runtime.connections.track_future(async move { handle(st, sock, peer, ctx, tls).await }));
+        tokio::spawn(state.runtime.connections.track_future(handle(st, sock, peer, ctx, tls)));
     }
 }

@@ -1,0 +1,60 @@
+//! An established WebSocket connection: what relaying it needs, and what is recorded when
+//! it ends.
+
+use std::sync::atomic::Ordering::Relaxed;
+use std::sync::Arc;
+use std::time::Duration;
+
+use super::{termination, Log};
+use crate::relay::{self, CloseHandle, Limits, Stream};
+use crate::state::ProxyState;
+
+/// A WebSocket connection past its handshake, registered with its backend's stats.
+pub(super) struct Live {
+    pub(super) client: Stream,
+    pub(super) backend: Stream,
+    pub(super) client_early: Vec<u8>,
+    pub(super) backend_early: Vec<u8>,
+    pub(super) stats: Arc<crate::stats::BackendStats>,
+    pub(super) limits: Limits,
+    pub(super) session: Option<(String, String, String)>,
+    pub(super) id: u64,
+    pub(super) ctl: Arc<CloseHandle>,
+    pub(super) rec: Log,
+    pub(super) started: tokio::time::Instant,
+    pub(super) handshake: Duration,
+}
+
+impl Live {
+    /// Takes a box, so that the state every connection keeps holds a pointer, not a `Live`.
+    #[allow(clippy::manual_async_fn)] // an `async fn` keeps its arguments twice in its state
+    pub(super) fn run(mut self: Box<Self>, state: &ProxyState) -> impl std::future::Future<Output = ()> + '_ {
+        async move {
+            let done = relay::relay(
+                &self.client,
+                &self.backend,
+                &self.client_early,
+                &self.backend_early,
+                self.limits,
+                &self.ctl,
+                &self.stats,
+            )
+            .await;
+            tracing::debug!(?done, "connection ended");
+            self.stats.active.fetch_sub(1, Relaxed);
+            self.stats.unregister(self.id);
+            if let Some(k) = &self.session {
+                state.affinity.unbind_live(k);
+            }
+            if let (Some(log), Some(mut r)) = (state.runtime.access_log.get(), self.rec.take()) {
+                r.status = 101;
+                r.handshake = self.handshake;
+                r.duration = self.started.elapsed();
+                r.to_backend = done.to_backend;
+                r.to_client = done.to_client;
+                r.termination = termination(&done, state.runtime.shutdown.is_cancelled());
+                log.log(*r);
+            }
+        }
+    }
+}
