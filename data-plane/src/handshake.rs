@@ -284,6 +284,7 @@ pub(crate) fn strip_port(h: &str) -> &str {
 /// headers with `https` (Rails, Django's `SECURE_PROXY_SSL_HEADER`, Express' `trust proxy`,
 /// Spring), as NGINX's `$scheme` and HAProxy's `ssl_fc` configurations send them.
 pub fn forward_head(up: &Upgrade, client: IpAddr, proto: &str) -> Vec<u8> {
+    use std::io::Write;
     let mut out = Vec::with_capacity(512);
     out.extend_from_slice(b"GET ");
     out.extend_from_slice(up.target.as_bytes());
@@ -303,20 +304,21 @@ pub fn forward_head(up: &Upgrade, client: IpAddr, proto: &str) -> Vec<u8> {
         out.extend_from_slice(b": ");
         out.extend_from_slice(v);
         if n.eq_ignore_ascii_case("x-forwarded-for") && !xff_done {
-            out.extend_from_slice(format!(", {client}").as_bytes());
+            let _ = write!(out, ", {client}");
             xff_done = true;
         }
         out.extend_from_slice(b"\r\n");
     }
     if !xff_done {
-        out.extend_from_slice(format!("X-Forwarded-For: {client}\r\n").as_bytes());
+        let _ = write!(out, "X-Forwarded-For: {client}\r\n");
     }
-    out.extend_from_slice(format!("X-Forwarded-Proto: {proto}\r\n").as_bytes());
-    let for_ = match client {
-        IpAddr::V4(a) => a.to_string(),
-        IpAddr::V6(a) => format!("\"[{a}]\""),
+    let _ = write!(out, "X-Forwarded-Proto: {proto}\r\n");
+    // Written in place (writes to a Vec cannot fail): no string per header.
+    let _ = match client {
+        IpAddr::V4(a) => write!(out, "Forwarded: for={a}"),
+        IpAddr::V6(a) => write!(out, "Forwarded: for=\"[{a}]\""),
     };
-    out.extend_from_slice(format!("Forwarded: for={for_};proto={proto};host=\"{}\"\r\n\r\n", up.host).as_bytes());
+    let _ = write!(out, ";proto={proto};host=\"{}\"\r\n\r\n", up.host);
     out
 }
 
