@@ -59,18 +59,19 @@ pub fn relay<'a>(
         let sh = Shared::new(Instant::now());
         let c2b = pump(Side::ToBackend, &limits, client, backend, client_early, &sh, ctl, stats);
         let b2c = pump(Side::ToClient, &limits, backend, client, backend_early, &sh, ctl, stats);
-        let (a, b) = tokio::join!(c2b, b2c);
+        let ((a, to_backend), (b, to_client)) = tokio::join!(c2b, b2c);
         Relayed {
             end: sh.end().unwrap_or(if a.is_err() || b.is_err() { End::Error } else { End::Peer }),
             why: sh.why(),
             first: sh.first(),
-            to_backend: sh.flow(Side::ToBackend),
-            to_client: sh.flow(Side::ToClient),
+            to_backend,
+            to_client,
         }
     }
 }
 
 /// Runs one direction: reads `from`, writes `to`, and lets its [`Direction`] decide the rest.
+/// Returns how it ended and what went through it.
 #[allow(clippy::too_many_arguments)]
 #[allow(clippy::manual_async_fn)] // see [`relay`]'s note on `async fn` state
 fn pump<'a>(
@@ -82,11 +83,11 @@ fn pump<'a>(
     sh: &'a Shared,
     ctl: &'a CloseHandle,
     stats: &'a BackendStats,
-) -> impl Future<Output = std::io::Result<()>> + 'a {
+) -> impl Future<Output = (std::io::Result<()>, Flow)> + 'a {
     async move {
         let _finished = Finished(sh);
         let mut d = Direction::new(side, *limits);
-        // The loop, in a block of its own so that its `?`s still leave the flow recorded.
+        // The loop, in a block of its own so that its `?`s still leave the flow to report.
         let r: std::io::Result<()> = async {
             let d = &mut d;
             if !early.is_empty() {
@@ -169,7 +170,6 @@ fn pump<'a>(
             }
         }
         .await;
-        sh.set_flow(side, d.flow());
-        r
+        (r, d.flow())
     }
 }

@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use tokio::time::Instant;
 
-use super::limits::{End, Flow, Side, Why};
+use super::limits::{End, Side, Why};
 use super::signal::Signal;
 
 /// The close the proxy decided: the code each side hears.
@@ -53,8 +53,6 @@ pub struct Shared {
     end: Slot<Option<End>>,
     why: Slot<Option<Why>>,
     first: Slot<Option<Side>>,
-    /// What each direction passed on, written when it finishes: [to backend, to client].
-    flows: [Slot<Flow>; 2],
 }
 
 impl Shared {
@@ -69,7 +67,6 @@ impl Shared {
             end: Slot::new(None),
             why: Slot::new(None),
             first: Slot::new(None),
-            flows: [Slot::new(Flow::default()), Slot::new(Flow::default())],
         }
     }
 
@@ -139,14 +136,6 @@ impl Shared {
 
     pub fn first(&self) -> Option<Side> {
         self.first.get()
-    }
-
-    pub fn set_flow(&self, side: Side, f: Flow) {
-        self.flows[side as usize].set(f);
-    }
-
-    pub fn flow(&self, side: Side) -> Flow {
-        self.flows[side as usize].get()
     }
 }
 
