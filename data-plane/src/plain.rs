@@ -12,9 +12,10 @@
 
 mod backends;
 pub mod bodies;
+mod headers;
 
 use std::convert::Infallible;
-use std::net::{IpAddr, SocketAddr};
+use std::net::SocketAddr;
 use std::pin::Pin;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering::Relaxed};
 use std::sync::Arc;
@@ -23,11 +24,12 @@ use std::time::Duration;
 
 use http_body_util::{BodyExt, Full};
 use hyper::body::{Body as _, Bytes, Incoming};
-use hyper::header::{self, HeaderMap, HeaderName, HeaderValue};
+use hyper::header::{self, HeaderName, HeaderValue};
 use hyper::{Request, Response, StatusCode, Version};
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 
 use self::bodies::{Limited, Relayed, RespBody};
+use self::headers::{forwarding_headers, strip_hop_by_hop};
 use crate::access_log;
 use crate::connection::streams::{BackendFail, ClientIo};
 use crate::connection::{handshake_timeout, Ctx};
@@ -114,44 +116,6 @@ impl AsyncWrite for Prefixed {
     }
     fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
         Pin::new(&mut self.io).poll_shutdown(cx)
-    }
-}
-
-/// The headers that describe one hop (RFC 9110 §7.6.1), never forwarded. Names, not
-/// strings: a string is parsed into a name on every lookup.
-const HOP_BY_HOP: [HeaderName; 8] = [
-    header::CONNECTION,
-    HeaderName::from_static("keep-alive"),
-    HeaderName::from_static("proxy-connection"),
-    header::TE,
-    header::TRAILER,
-    header::TRANSFER_ENCODING,
-    header::UPGRADE,
-    header::PROXY_AUTHENTICATE,
-];
-const X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
-const X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
-
-/// Removes hop-by-hop headers, including those the Connection header names.
-fn strip_hop_by_hop(h: &mut HeaderMap) {
-    if !h.contains_key(header::CONNECTION) {
-        for n in &HOP_BY_HOP[1..] {
-            h.remove(n);
-        }
-        return;
-    }
-    let named: Vec<HeaderName> = h
-        .get_all(header::CONNECTION)
-        .iter()
-        .filter_map(|v| v.to_str().ok())
-        .flat_map(|v| v.split(','))
-        .filter_map(|t| HeaderName::from_bytes(t.trim().as_bytes()).ok())
-        .collect();
-    for n in named {
-        h.remove(n);
-    }
-    for n in &HOP_BY_HOP {
-        h.remove(n);
     }
 }
 
@@ -498,27 +462,4 @@ async fn handle(
         bytes_out: bytes_out.clone(),
     };
     Response::from_parts(parts, Relayed { inner: body, seen: bytes_out, hold: Some(Box::new(hold)) }.boxed_unsync())
-}
-
-/// `X-Forwarded-For` appended to, `X-Forwarded-Proto` set, `Forwarded` added, and `Host`
-/// set from an absolute-form target's authority (RFC 9112 §3.2.2).
-fn forwarding_headers(h: &mut HeaderMap, up: &handshake::Upgrade, client: IpAddr, proto: &'static str) {
-    let prior: Vec<&str> = h.get_all(&X_FORWARDED_FOR).iter().filter_map(|v| v.to_str().ok()).collect();
-    let xff = if prior.is_empty() { client.to_string() } else { format!("{}, {client}", prior.join(", ")) };
-    if let Ok(v) = HeaderValue::from_str(&xff) {
-        h.insert(X_FORWARDED_FOR, v);
-    }
-    h.insert(X_FORWARDED_PROTO, HeaderValue::from_static(proto));
-    let for_ = match client {
-        IpAddr::V4(a) => a.to_string(),
-        IpAddr::V6(a) => format!("\"[{a}]\""),
-    };
-    if let Ok(v) = HeaderValue::from_str(&format!("for={for_};proto={proto};host=\"{}\"", up.host)) {
-        h.append(header::FORWARDED, v);
-    }
-    if let Some(a) = &up.authority {
-        if let Ok(v) = HeaderValue::from_str(a) {
-            h.insert(header::HOST, v);
-        }
-    }
 }

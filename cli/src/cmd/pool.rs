@@ -188,7 +188,7 @@ mod tests {
     use std::time::Duration;
 
     use super::*;
-    use crate::args::{AlgorithmArg, HealthCheckArg};
+    use crate::args::pool::{AlgorithmArg, HealthCheckArg};
 
     #[test]
     fn no_options_no_mask() {

@@ -1,0 +1,69 @@
+//! What the proxy changes in a plain request's headers: the hop-by-hop ones it drops, and the
+//! forwarding ones it adds.
+
+use std::net::IpAddr;
+
+use hyper::header::{self, HeaderMap, HeaderName, HeaderValue};
+
+use crate::handshake;
+
+/// The headers that describe one hop (RFC 9110 §7.6.1), never forwarded. Names, not
+/// strings: a string is parsed into a name on every lookup.
+const HOP_BY_HOP: [HeaderName; 8] = [
+    header::CONNECTION,
+    HeaderName::from_static("keep-alive"),
+    HeaderName::from_static("proxy-connection"),
+    header::TE,
+    header::TRAILER,
+    header::TRANSFER_ENCODING,
+    header::UPGRADE,
+    header::PROXY_AUTHENTICATE,
+];
+const X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
+const X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
+
+/// Removes hop-by-hop headers, including those the Connection header names.
+pub(super) fn strip_hop_by_hop(h: &mut HeaderMap) {
+    if !h.contains_key(header::CONNECTION) {
+        for n in &HOP_BY_HOP[1..] {
+            h.remove(n);
+        }
+        return;
+    }
+    let named: Vec<HeaderName> = h
+        .get_all(header::CONNECTION)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .filter_map(|t| HeaderName::from_bytes(t.trim().as_bytes()).ok())
+        .collect();
+    for n in named {
+        h.remove(n);
+    }
+    for n in &HOP_BY_HOP {
+        h.remove(n);
+    }
+}
+
+/// `X-Forwarded-For` appended to, `X-Forwarded-Proto` set, `Forwarded` added, and `Host`
+/// set from an absolute-form target's authority (RFC 9112 §3.2.2).
+pub(super) fn forwarding_headers(h: &mut HeaderMap, up: &handshake::Upgrade, client: IpAddr, proto: &'static str) {
+    let prior: Vec<&str> = h.get_all(&X_FORWARDED_FOR).iter().filter_map(|v| v.to_str().ok()).collect();
+    let xff = if prior.is_empty() { client.to_string() } else { format!("{}, {client}", prior.join(", ")) };
+    if let Ok(v) = HeaderValue::from_str(&xff) {
+        h.insert(X_FORWARDED_FOR, v);
+    }
+    h.insert(X_FORWARDED_PROTO, HeaderValue::from_static(proto));
+    let for_ = match client {
+        IpAddr::V4(a) => a.to_string(),
+        IpAddr::V6(a) => format!("\"[{a}]\""),
+    };
+    if let Ok(v) = HeaderValue::from_str(&format!("for={for_};proto={proto};host=\"{}\"", up.host)) {
+        h.append(header::FORWARDED, v);
+    }
+    if let Some(a) = &up.authority {
+        if let Ok(v) = HeaderValue::from_str(a) {
+            h.insert(header::HOST, v);
+        }
+    }
+}
