@@ -7,7 +7,8 @@
 # Usage: bash bench/proxy.sh [SECONDS_PER_PHASE] [IDLE_CONNECTIONS]   (QUICK=1: throughput and
 # handshakes only; BASELINE=DIR: also run DIR/switchyard-proxy, another build, as target
 # "baseline" in the same rounds, to compare a change with its predecessor; ACCESS_LOG=1: the
-# baseline is this build with its access log on, to a file, to price the log)
+# baseline is this build with its access log on, to a file, to price the log; ROUNDS=N: N
+# interleaved rounds, 2 by default, each figure the median of its rounds)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 SECS=${1:-10}
@@ -123,7 +124,7 @@ declare -A PID=([direct]=0 [switchyard]=$SYPID [nginx]=$NGPID [haproxy]=$HAPID
 TCK=$(getconf CLK_TCK)
 
 # Interleaved rounds: every target once per round.
-for round in 1 2; do
+for round in $(seq "${ROUNDS:-2}"); do
   for t in direct $TARGETS $TLS_TARGETS; do
     p=${PID[$t]}
     c0=$([ "$p" = 0 ] && echo 0 || cpu_ticks "$p")
@@ -196,7 +197,8 @@ tp = collections.defaultdict(list); hs = collections.defaultdict(list)
 for r in rows:
     if r.get('phase') == 'throughput': tp[r['name']].append(r)
     if r.get('phase') == 'handshakes': hs[r['name']].append(r)
-def avg(xs): xs = [x for x in xs if x is not None]; return sum(xs) / len(xs) if xs else float('nan')
+# The median of the rounds: on a shared machine one disturbed round moves a mean far more.
+def avg(xs): xs = sorted(x for x in xs if x is not None); n = len(xs); return (xs[n // 2] if n % 2 else (xs[n // 2 - 1] + xs[n // 2]) / 2) if xs else float('nan')
 print()
 print(f"{'target':<16}{'msgs/s':>10}{'p50 ms':>9}{'p99 ms':>9}{'cpu us/msg':>12}{'handshakes/s':>14}{'cpu us/hs':>11}")
 for n in ['direct', 'switchyard', 'baseline', 'nginx', 'haproxy', 'switchyard-wss', 'nginx-wss', 'haproxy-wss']:
