@@ -8,7 +8,8 @@
 # handshakes only; BASELINE=DIR: also run DIR/switchyard-proxy, another build, as target
 # "baseline" in the same rounds, to compare a change with its predecessor; ACCESS_LOG=1: the
 # baseline is this build with its access log on, to a file, to price the log; ROUNDS=N: N
-# interleaved rounds, 2 by default, each figure the median of its rounds)
+# interleaved rounds, 2 by default, each figure the median of its rounds; SIZE=BYTES: the echoed
+# message size, 64 by default)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 SECS=${1:-10}
@@ -128,7 +129,7 @@ for round in $(seq "${ROUNDS:-2}"); do
   for t in direct $TARGETS $TLS_TARGETS; do
     p=${PID[$t]}
     c0=$([ "$p" = 0 ] && echo 0 || cpu_ticks "$p")
-    line=$($B/ws-bench $(tls_args $t) throughput --target "${ADDR[$t]}" --conns 100 --seconds "$SECS")
+    line=$($B/ws-bench $(tls_args $t) throughput --target "${ADDR[$t]}" --conns 100 --seconds "$SECS" --size "${SIZE:-64}")
     c1=$([ "$p" = 0 ] && echo 0 || cpu_ticks "$p")
     echo "$line" | python3 -c "
 import json,sys; r=json.loads(sys.stdin.read()); r.update(name='$t', round=$round, proxy_cpu_s=($c1-$c0)/$TCK)
@@ -208,6 +209,10 @@ for n in ['direct', 'switchyard', 'baseline', 'nginx', 'haproxy', 'switchyard-ws
           f"{avg([r['p99_ms'] for r in t]):>9.2f}{avg([r['proxy_cpu_us_per_msg'] for r in t]) if n != 'direct' else float('nan'):>12.2f}"
           f"{avg([r['per_sec'] for r in hs[n]]):>14.0f}{avg([r.get('proxy_cpu_us_per_handshake') for r in hs[n]]) if n != 'direct' else float('nan'):>11.1f}")
 sy, ng = tp['switchyard'], tp['nginx']
+if sy and sy[0].get('size', 64) >= 1024:
+    for n in ['direct', 'switchyard', 'baseline', 'nginx', 'haproxy', 'switchyard-wss', 'nginx-wss', 'haproxy-wss']:
+        if tp[n]:
+            print(f"{n:<16}{avg([r['messages_per_sec'] * r['size'] / 1e6 for r in tp[n]]):>8.0f} MB/s of {sy[0]['size']}-byte messages")
 if sy and ng:
     print(f"\nswitchyard/nginx: msgs/s {avg([r['messages_per_sec'] for r in sy]) / avg([r['messages_per_sec'] for r in ng]):.2f}x, "
           f"cpu/msg {avg([r['proxy_cpu_us_per_msg'] for r in sy]) / avg([r['proxy_cpu_us_per_msg'] for r in ng]):.2f}x, "
