@@ -27,7 +27,7 @@ use streams::{accept_tls, backend_stream, client_stream, connect_backend, Backen
 pub struct Ctx {
     pub tuning: Tuning,
     /// For connections from the wss listener.
-    pub wss: Option<tokio_rustls::TlsAcceptor>,
+    pub wss: Option<Arc<rustls::ServerConfig>>,
     pub backend_tls: Option<BackendTls>,
 }
 
@@ -192,15 +192,14 @@ async fn establish(
     let mut rec: Log = log.map(|_| Box::new(access_log::Record { client: Some(peer), ..Default::default() }));
     let client = if tls {
         match accept_tls(&state, &ctx, client, peer).await {
-            Ok(c) => {
+            Ok((c, sni)) => {
                 if let (Some(r), Either::Right(t)) = (&mut rec, &c) {
-                    let conn = t.get_ref().1;
-                    let version = match conn.protocol_version() {
+                    let version = match t.protocol_version() {
                         Some(rustls::ProtocolVersion::TLSv1_3) => "TLSv1.3",
                         Some(rustls::ProtocolVersion::TLSv1_2) => "TLSv1.2",
                         _ => "TLS",
                     };
-                    r.tls = Some((version, conn.server_name().map(str::to_string)));
+                    r.tls = Some((version, sni));
                 }
                 c
             }

@@ -148,11 +148,7 @@ impl Proxy {
         if let Some(r) = &resolver {
             tls::reload::spawn(r.clone(), tls.wss_certs.clone(), state.clone());
         }
-        let ctx = Arc::new(connection::Ctx {
-            tuning: cfg.tuning,
-            wss: resolver.map(|r| tokio_rustls::TlsAcceptor::from(tls::server_config(r))),
-            backend_tls,
-        });
+        let ctx = Arc::new(connection::Ctx { tuning: cfg.tuning, wss: resolver.map(tls::server_config), backend_tls });
         let listeners = [(listener, false), (wss, true)]
             .into_iter()
             .filter_map(|(l, tls)| l.map(|listener| connection::Listen { listener, tls }))

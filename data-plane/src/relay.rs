@@ -30,6 +30,7 @@ pub use close::CloseHandle;
 use direction::{Direction, TimerAction};
 pub use limits::{End, Flow, Limits, Relayed, Side, Why};
 use shared::{Finished, Shared};
+pub(crate) use stream::read_socket;
 pub use stream::Stream;
 
 use crate::frame::CLOSE_GOING_AWAY;

@@ -9,27 +9,28 @@ use tokio_util::either::Either;
 use super::{handshake_timeout, Ctx};
 use crate::relay::Stream;
 use crate::state::ProxyState;
+use crate::tls::edge::{self, EdgeTls};
 use crate::tls::PoolTls;
 
 /// A client during its handshake: plain, or past its TLS handshake (boxed: rustls' state
 /// would otherwise take room in every connection's future, ws ones included).
-pub type ClientIo = Either<TcpStream, Box<tokio_rustls::server::TlsStream<TcpStream>>>;
+pub type ClientIo = Either<TcpStream, Box<EdgeTls>>;
 pub type BackendIo = Either<TcpStream, Box<tokio_rustls::client::TlsStream<TcpStream>>>;
 
 /// The TLS handshake of a wss client, on the connection's own task and under the handshake
-/// timeout. A failure costs a debug line and a count (`tls_error`, `tls_timeout`), and is
-/// returned as that reason.
+/// timeout: the connection and the name it asked for (SNI). A failure costs a debug line and
+/// a count (`tls_error`, `tls_timeout`), and is returned as that reason.
 pub async fn accept_tls(
     state: &ProxyState,
     ctx: &Ctx,
     sock: TcpStream,
     peer: SocketAddr,
-) -> Result<ClientIo, &'static str> {
-    let Some(acceptor) = ctx.wss.as_ref() else { return Err("tls_error") };
+) -> Result<(ClientIo, Option<String>), &'static str> {
+    let Some(config) = ctx.wss.as_ref() else { return Err("tls_error") };
     let limit = handshake_timeout(&state.table.load().settings);
     // Boxed: the handshake's state lives only while it runs, not in every connection.
-    match tokio::time::timeout(limit, Box::pin(acceptor.accept(sock))).await {
-        Ok(Ok(s)) => Ok(Either::Right(Box::new(s))),
+    match tokio::time::timeout(limit, Box::pin(edge::accept(sock, config.clone()))).await {
+        Ok(Ok((s, sni))) => Ok((Either::Right(Box::new(s)), sni)),
         Ok(Err(e)) => {
             state.runtime.count_failure("tls_error");
             tracing::debug!(%peer, "TLS handshake failed: {e}");
@@ -83,10 +84,7 @@ pub async fn connect_backend(address: &str, tls: &PoolTls, ctx: &Ctx) -> Result<
 pub fn client_stream(c: ClientIo) -> Stream {
     match c {
         Either::Left(s) => Stream::Plain(s),
-        Either::Right(t) => {
-            let (tcp, conn) = t.into_inner();
-            Stream::tls(tcp, conn)
-        }
+        Either::Right(t) => Stream::Edge(t),
     }
 }
 

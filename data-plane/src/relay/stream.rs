@@ -15,7 +15,10 @@ use tokio::net::TcpStream;
 
 pub enum Stream {
     Plain(TcpStream),
+    /// TLS to a backend (buffered rustls).
     Tls(Box<TlsIo>),
+    /// A wss client (unbuffered rustls: an idle one holds no buffer).
+    Edge(Box<crate::tls::edge::EdgeTls>),
 }
 
 pub struct TlsIo {
@@ -39,6 +42,7 @@ impl Stream {
         match self {
             Stream::Plain(s) => s,
             Stream::Tls(t) => &t.tcp,
+            Stream::Edge(t) => t.tcp(),
         }
     }
 
@@ -54,6 +58,12 @@ impl Stream {
                 }
                 t.tcp.poll_read_ready(cx)
             }
+            Stream::Edge(t) => {
+                if t.buffered() {
+                    return std::task::Poll::Ready(Ok(()));
+                }
+                t.tcp().poll_read_ready(cx)
+            }
         }
     }
 
@@ -66,8 +76,9 @@ impl Stream {
     #[inline]
     pub fn read_some(&self, buf: &mut [u8]) -> io::Result<usize> {
         match self {
-            Stream::Plain(s) => read_plain(s, buf),
+            Stream::Plain(s) => read_socket(s, buf),
             Stream::Tls(t) => t.read_some(buf),
+            Stream::Edge(t) => t.read_some(buf),
         }
     }
 
@@ -82,6 +93,7 @@ impl Stream {
                 Err(e) => Err(e),
             },
             Stream::Tls(t) => t.try_write(buf),
+            Stream::Edge(t) => t.try_write(buf),
         }
     }
 
@@ -91,12 +103,16 @@ impl Stream {
         match self {
             Stream::Plain(_) => false,
             Stream::Tls(t) => t.lock().conn.wants_write(),
+            Stream::Edge(t) => t.pending(),
         }
     }
 
     /// Ends our direction: TLS says `close_notify` first, then the FIN; the socket stays open
     /// for reading.
     pub fn shutdown_write(&self) -> io::Result<()> {
+        if let Stream::Edge(t) = self {
+            return t.shutdown_write();
+        }
         if let Stream::Tls(t) = self {
             let mut st = t.lock();
             st.conn.send_close_notify();
@@ -111,7 +127,7 @@ impl Stream {
 /// meanwhile) instead of spending a second `recv` to learn it would block: this saves a
 /// syscall per message, which is most of the proxy's own cost.
 #[inline]
-fn read_plain(s: &TcpStream, buf: &mut [u8]) -> io::Result<usize> {
+pub(crate) fn read_socket(s: &TcpStream, buf: &mut [u8]) -> io::Result<usize> {
     let mut got = 0;
     let res = s.try_io(Interest::READABLE, || {
         let n = (&*socket2::SockRef::from(s)).read(buf)?;
@@ -129,7 +145,7 @@ fn read_plain(s: &TcpStream, buf: &mut [u8]) -> io::Result<usize> {
 }
 
 /// The socket as rustls' reader; remembers whether a read came back short (the socket is
-/// drained), the same saved syscall as [`read_plain`].
+/// drained), the same saved syscall as [`read_socket`].
 struct SockRead<'a> {
     s: &'a TcpStream,
     short: bool,

@@ -157,8 +157,24 @@ impl SniResolver {
 
 impl ResolvesServerCert for SniResolver {
     fn resolve(&self, hello: ClientHello<'_>) -> Option<Arc<CertifiedKey>> {
+        SEEN_SNI.with(|s| *s.borrow_mut() = hello.server_name().map(str::to_string));
         Some(self.set.load().pick(hello.server_name()))
     }
+}
+
+thread_local! {
+    /// The name the last ClientHello resolved on this thread asked for. rustls' unbuffered
+    /// server connection does not say, and resolving runs inside the caller's synchronous
+    /// processing of the hello, on its thread.
+    static SEEN_SNI: std::cell::RefCell<Option<String>> = const { std::cell::RefCell::new(None) };
+}
+
+/// Runs `f` (a step of one connection's handshake), and returns with its result the name
+/// the client asked for (SNI) if its hello was resolved during it.
+pub fn sni_seen_during<R>(f: impl FnOnce() -> R) -> (R, Option<String>) {
+    SEEN_SNI.with(|s| s.borrow_mut().take());
+    let r = f();
+    (r, SEEN_SNI.with(|s| s.borrow_mut().take()))
 }
 
 #[cfg(test)]

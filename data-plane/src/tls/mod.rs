@@ -3,6 +3,7 @@
 //! once by [`switchyard_model::tls::install_provider`].
 
 pub mod certs;
+pub mod edge;
 pub mod pool;
 pub mod reload;
 

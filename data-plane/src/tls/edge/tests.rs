@@ -1,0 +1,152 @@
+//! The unbuffered server connection against tokio-rustls' (buffered) client, over real
+//! loopback sockets.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use rustls::pki_types::{CertificateDer, ServerName};
+use rustls::ServerConfig;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream};
+
+use super::*;
+
+struct Pki {
+    server: Arc<ServerConfig>,
+    client: Arc<rustls::ClientConfig>,
+}
+
+fn pki(versions: &[&'static rustls::SupportedProtocolVersion]) -> Pki {
+    switchyard_model::tls::install_provider();
+    let kp = rcgen::KeyPair::generate().unwrap();
+    let cert = rcgen::CertificateParams::new(vec!["a.example".to_string()]).unwrap().self_signed(&kp).unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let (c, k) = (dir.path().join("a.crt"), dir.path().join("a.key"));
+    std::fs::write(&c, cert.pem()).unwrap();
+    std::fs::write(&k, kp.serialize_pem()).unwrap();
+    let set = crate::tls::CertSet::load(&crate::tls::CertSources { pairs: vec![(c, k)], dir: None }).unwrap();
+    // The proxy's own config; the client picks the version.
+    let server = crate::tls::server_config(Arc::new(crate::tls::SniResolver::new(set)));
+    let mut roots = rustls::RootCertStore::empty();
+    roots.add(CertificateDer::from(cert.der().to_vec())).unwrap();
+    let client = rustls::ClientConfig::builder_with_protocol_versions(versions)
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    Pki { server, client: Arc::new(client) }
+}
+
+async fn pair() -> (TcpStream, TcpStream) {
+    let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let c = TcpStream::connect(l.local_addr().unwrap()).await.unwrap();
+    let (s, _) = l.accept().await.unwrap();
+    (s, c)
+}
+
+/// A handshake, then plaintext both ways through the relay's calls and the async traits.
+async fn round_trip(versions: &[&'static rustls::SupportedProtocolVersion]) {
+    let pki = pki(versions);
+    let (s, c) = pair().await;
+    let connector = tokio_rustls::TlsConnector::from(pki.client.clone());
+    let client = tokio::spawn(async move {
+        let mut c = connector.connect(ServerName::try_from("a.example").unwrap(), c).await.unwrap();
+        // More than one record, and more than one read, each way.
+        let big: Vec<u8> = (0..100_000u32).map(|i| i as u8).collect();
+        c.write_all(&big).await.unwrap();
+        let mut back = vec![0u8; big.len()];
+        c.read_exact(&mut back).await.unwrap();
+        assert_eq!(back, big);
+        c.shutdown().await.unwrap();
+        let mut rest = Vec::new();
+        c.read_to_end(&mut rest).await.unwrap();
+        rest
+    });
+    let (mut tls, sni) = accept(s, pki.server.clone()).await.unwrap();
+    assert_eq!(sni.as_deref(), Some("a.example"));
+    // Echo through the async traits until the client's close_notify.
+    let mut got = Vec::new();
+    let mut buf = vec![0u8; 5000];
+    while got.len() < 100_000 {
+        let n = tls.read(&mut buf).await.unwrap();
+        assert!(n > 0, "eof after {} bytes", got.len());
+        got.extend_from_slice(&buf[..n]);
+        tls.write_all(&buf[..n]).await.unwrap();
+    }
+    tls.flush().await.unwrap();
+    assert_eq!(tls.read(&mut buf).await.unwrap(), 0, "close_notify reads as the end");
+    tls.shutdown().await.unwrap();
+    assert!(client.await.unwrap().is_empty());
+    // Nothing is held once everything was read and sent.
+    let st = tls.lock();
+    assert_eq!((st.inbox.capacity(), st.plain.capacity(), st.outbox.capacity()), (0, 0, 0));
+}
+
+#[tokio::test]
+async fn tls13_round_trip_holds_no_buffer_when_idle() {
+    round_trip(&[&rustls::version::TLS13]).await;
+}
+
+#[tokio::test]
+async fn tls12_round_trip_holds_no_buffer_when_idle() {
+    round_trip(&[&rustls::version::TLS12]).await;
+}
+
+/// The relay's calls: non-blocking reads into a big buffer, writes that hold what the socket
+/// does not take, and `pending` until it is all out.
+#[tokio::test]
+async fn relay_calls_move_large_writes_through_a_full_socket() {
+    let pki = pki(&[&rustls::version::TLS13]);
+    let (s, c) = pair().await;
+    let connector = tokio_rustls::TlsConnector::from(pki.client.clone());
+    let (tls, c) = tokio::join!(accept(s, pki.server.clone()), async {
+        connector.connect(ServerName::try_from("a.example").unwrap(), c).await.unwrap()
+    });
+    let (tls, _) = tls.unwrap();
+    let mut c = c;
+    // 4 MiB written with nobody reading: the socket fills and the rest waits in the outbox.
+    let chunk = vec![7u8; 60_000];
+    let mut written = 0;
+    while written < 4 << 20 {
+        let n = tls.try_write(&chunk).unwrap();
+        if n == 0 {
+            break;
+        }
+        written += n;
+    }
+    assert!(tls.pending(), "a full socket leaves records waiting");
+    let reader = tokio::spawn(async move {
+        let mut total = 0;
+        let mut buf = vec![0u8; 65536];
+        while total < written {
+            total += c.read(&mut buf).await.unwrap();
+        }
+        total
+    });
+    while tls.pending() {
+        tls.tcp().writable().await.unwrap();
+        tls.try_write(&[]).unwrap();
+    }
+    assert_eq!(tokio::time::timeout(Duration::from_secs(10), reader).await.unwrap().unwrap(), written);
+}
+
+#[tokio::test]
+async fn garbage_instead_of_a_hello_fails_the_handshake() {
+    let pki = pki(&[&rustls::version::TLS13]);
+    let (s, mut c) = pair().await;
+    c.write_all(b"GET / HTTP/1.1\r\nHost: a.example\r\n\r\n").await.unwrap();
+    let err = accept(s, pki.server.clone()).await.err().expect("garbage is refused");
+    assert_eq!(err.kind(), io::ErrorKind::InvalidData, "{err}");
+    // The client hears why: one fatal alert record, then the end.
+    let mut out = Vec::new();
+    c.read_to_end(&mut out).await.unwrap();
+    assert_eq!(&out[..], &[0x15, 0x03, 0x03, 0x00, 0x02, 0x02, 0x32], "a decode_error alert");
+}
+
+#[tokio::test]
+async fn a_client_gone_mid_handshake_is_an_error_not_a_hang() {
+    let pki = pki(&[&rustls::version::TLS13]);
+    let (s, mut c) = pair().await;
+    c.write_all(&[0x16, 0x03, 0x01, 0x02, 0x00, 0x01]).await.unwrap();
+    drop(c);
+    let err = tokio::time::timeout(Duration::from_secs(5), accept(s, pki.server.clone())).await.unwrap().err();
+    assert_eq!(err.expect("refused").kind(), io::ErrorKind::UnexpectedEof);
+}
