@@ -9,7 +9,8 @@
 # "baseline" in the same rounds, to compare a change with its predecessor; ACCESS_LOG=1: the
 # baseline is this build with its access log on, to a file, to price the log; ROUNDS=N: N
 # interleaved rounds, 2 by default, each figure the median of its rounds; SIZE=BYTES: the echoed
-# message size, 64 by default)
+# message size, 64 by default; RATE=N: the fixed rate of the light phase, 5,000 messages/s by
+# default)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 SECS=${1:-10}
@@ -52,13 +53,19 @@ export SWITCHYARD_ENDPOINTS=127.0.0.1:$CP
 $B/switchyard pool create bench >/dev/null
 $B/switchyard backend add bench 127.0.0.1:$BACKEND >/dev/null
 $B/switchyard route set all --pool bench >/dev/null
-$B/switchyard-proxy --listen 127.0.0.1:$SY --admin 127.0.0.1:$SYA --control-plane 127.0.0.1:$CP --proxy-id bench \
-  --wss-listen 127.0.0.1:$SYS --wss-cert "$CERTS/bench.crt" --wss-key "$CERTS/bench.key" > "$OUT/proxy.log" 2>&1 & SYPID=$!; PIDS+=($SYPID)
+start_switchyard() {
+  $B/switchyard-proxy --listen 127.0.0.1:$SY --admin 127.0.0.1:$SYA --control-plane 127.0.0.1:$CP --proxy-id bench \
+    --wss-listen 127.0.0.1:$SYS --wss-cert "$CERTS/bench.crt" --wss-key "$CERTS/bench.key" >> "$OUT/proxy.log" 2>&1 & SYPID=$!; PIDS+=($SYPID)
+}
+start_switchyard
 TARGETS="switchyard${BASELINE:+ baseline} nginx haproxy"
 TLS_TARGETS="switchyard-wss nginx-wss haproxy-wss"
 if [ -n "${BASELINE:-}" ]; then
   BL=$(port); BLA=$(port)
-  "$BASELINE/switchyard-proxy" --listen 127.0.0.1:$BL --admin 127.0.0.1:$BLA --control-plane 127.0.0.1:$CP --proxy-id baseline > "$OUT/baseline.log" 2>&1 & BLPID=$!; PIDS+=($BLPID)
+  start_baseline() {
+    "$BASELINE/switchyard-proxy" --listen 127.0.0.1:$BL --admin 127.0.0.1:$BLA --control-plane 127.0.0.1:$CP --proxy-id baseline >> "$OUT/baseline.log" 2>&1 & BLPID=$!; PIDS+=($BLPID)
+  }
+  start_baseline
 fi
 
 cat > "$OUT/nginx.conf" <<NGX
@@ -92,7 +99,8 @@ http {
   }
 }
 NGX
-nginx -c "$PWD/$OUT/nginx.conf" > "$OUT/nginx.log" 2>&1 & NGPID=$!; PIDS+=($NGPID)
+start_nginx() { nginx -c "$PWD/$OUT/nginx.conf" >> "$OUT/nginx.log" 2>&1 & NGPID=$!; PIDS+=($NGPID); }
+start_nginx
 
 cat > "$OUT/haproxy.cfg" <<HAP
 global
@@ -112,7 +120,8 @@ frontend fe
 backend be
   server s1 127.0.0.1:$BACKEND
 HAP
-haproxy -f "$OUT/haproxy.cfg" -db > "$OUT/haproxy.log" 2>&1 & HAPID=$!; PIDS+=($HAPID)
+start_haproxy() { haproxy -f "$OUT/haproxy.cfg" -db >> "$OUT/haproxy.log" 2>&1 & HAPID=$!; PIDS+=($HAPID); }
+start_haproxy
 wait_port $SY; wait_port $NG; wait_port $HA; wait_port $SYS; wait_port $NGS; wait_port $HAS
 wait_proxy_config 127.0.0.1:$SYA
 [ -n "${BASELINE:-}" ] && { wait_port $BL; wait_proxy_config 127.0.0.1:$BLA; }
@@ -135,6 +144,15 @@ for round in $(seq "${ROUNDS:-2}"); do
 import json,sys; r=json.loads(sys.stdin.read()); r.update(name='$t', round=$round, proxy_cpu_s=($c1-$c0)/$TCK)
 r['proxy_cpu_us_per_msg'] = r['proxy_cpu_s'] * 1e6 / (2 * r['round_trips']) if r['round_trips'] else None
 print(json.dumps(r))" | tee -a "$RESULTS"
+    # A light fixed rate (5,000 messages/s on 50 connections): CPU per message and latency
+    # when every message wakes the proxy on its own.
+    c0=$([ "$p" = 0 ] && echo 0 || cpu_ticks "$p")
+    line=$($B/ws-bench $(tls_args $t) throughput --target "${ADDR[$t]}" --conns 50 --seconds "$SECS" --size "${SIZE:-64}" --rate "${RATE:-5000}")
+    c1=$([ "$p" = 0 ] && echo 0 || cpu_ticks "$p")
+    echo "$line" | python3 -c "
+import json,sys; r=json.loads(sys.stdin.read()); r.update(phase='light', name='$t', round=$round, proxy_cpu_s=($c1-$c0)/$TCK)
+r['proxy_cpu_us_per_msg'] = r['proxy_cpu_s'] * 1e6 / (2 * r['round_trips']) if r['round_trips'] else None
+print(json.dumps(r))" | tee -a "$RESULTS"
     c0=$([ "$p" = 0 ] && echo 0 || cpu_ticks "$p")
     line=$($B/ws-bench $(tls_args $t) handshakes --target "${ADDR[$t]}" --seconds $((SECS / 2)))
     c1=$([ "$p" = 0 ] && echo 0 || cpu_ticks "$p")
@@ -145,11 +163,28 @@ print(json.dumps(r))" | tee -a "$RESULTS"
   done
 done
 
-# Memory per idle connection, at $IDLE connections held through each proxy.
+# Restarts the process behind target $1, so that what an earlier phase left in its allocator
+# is not counted as free room for the next one (a wss figure measured after the ws one in the
+# same process came out lower than the ws one's own cost).
+fresh() {
+  case $1 in
+    switchyard*) kill -9 $SYPID; wait $SYPID 2>/dev/null || true; start_switchyard; wait_port $SY; wait_port $SYS
+      wait_proxy_config 127.0.0.1:$SYA; PID[switchyard]=$SYPID; PID[switchyard-wss]=$SYPID ;;
+    baseline) kill -9 $BLPID; wait $BLPID 2>/dev/null || true; start_baseline; wait_port $BL; wait_proxy_config 127.0.0.1:$BLA
+      PID[baseline]=$BLPID ;;
+    nginx*) for c in $(pgrep -P $NGPID); do kill -9 $c; done; kill -9 $NGPID; wait $NGPID 2>/dev/null || true
+      start_nginx; wait_port $NG; wait_port $NGS; PID[nginx]=$NGPID; PID[nginx-wss]=$NGPID ;;
+    haproxy*) kill -9 $HAPID; wait $HAPID 2>/dev/null || true; start_haproxy; wait_port $HA; wait_port $HAS
+      PID[haproxy]=$HAPID; PID[haproxy-wss]=$HAPID ;;
+  esac
+}
+
+# Memory per idle connection, at $IDLE connections held through each proxy, each measured on a
+# freshly started process.
 for t in $([ "${QUICK:-}" ] || echo $TARGETS $TLS_TARGETS); do
+  fresh "$t"
   p=${PID[$t]}
   before=$(rss_kb "$p")
-  fds_before=$(fd_count "$p")
   fifo="$OUT/idle-$t.out"
   $B/ws-bench $(tls_args $t) idle --target "${ADDR[$t]}" --conns "$IDLE" --hold 600 > "$fifo" 2>&1 & IPID=$!; PIDS+=($IPID)
   for _ in $(seq 600); do grep -q ready "$fifo" 2>/dev/null && break; kill -0 $IPID 2>/dev/null || break; sleep 0.2; done
@@ -159,8 +194,6 @@ for t in $([ "${QUICK:-}" ] || echo $TARGETS $TLS_TARGETS); do
   for _ in $(seq 50); do sleep 0.2; now=$(rss_kb "$p"); [ "$now" = "$after" ] && break; after=$now; done
   kill -9 $IPID 2>/dev/null || true; wait $IPID 2>/dev/null || true
   python3 -c "import json; print(json.dumps({'phase':'idle','name':'$t','conns':$IDLE,'rss_before_kb':$before,'rss_after_kb':$after,'bytes_per_conn':($after-$before)*1024/$IDLE}))" | tee -a "$RESULTS"
-  # The proxy has closed the idle connections before the next one is measured.
-  for _ in $(seq 150); do [ "$(fd_count "$p")" -le $((fds_before + 8)) ] && break; sleep 0.2; done
 done
 
 # Config propagation: 3 control-plane nodes, 10 proxies, 1,000 writes.
@@ -194,10 +227,11 @@ fi
 python3 - "$RESULTS" <<'PY'
 import json, sys, collections
 rows = [json.loads(l) for l in open(sys.argv[1]) if l.strip()]
-tp = collections.defaultdict(list); hs = collections.defaultdict(list)
+tp = collections.defaultdict(list); hs = collections.defaultdict(list); lt = collections.defaultdict(list)
 for r in rows:
     if r.get('phase') == 'throughput': tp[r['name']].append(r)
     if r.get('phase') == 'handshakes': hs[r['name']].append(r)
+    if r.get('phase') == 'light': lt[r['name']].append(r)
 # The median of the rounds: on a shared machine one disturbed round moves a mean far more.
 def avg(xs): xs = sorted(x for x in xs if x is not None); n = len(xs); return (xs[n // 2] if n % 2 else (xs[n // 2 - 1] + xs[n // 2]) / 2) if xs else float('nan')
 print()
@@ -208,6 +242,19 @@ for n in ['direct', 'switchyard', 'baseline', 'nginx', 'haproxy', 'switchyard-ws
     print(f"{n:<16}{avg([r['messages_per_sec'] for r in t]):>10.0f}{avg([r['p50_ms'] for r in t]):>9.2f}"
           f"{avg([r['p99_ms'] for r in t]):>9.2f}{avg([r['proxy_cpu_us_per_msg'] for r in t]) if n != 'direct' else float('nan'):>12.2f}"
           f"{avg([r['per_sec'] for r in hs[n]]):>14.0f}{avg([r.get('proxy_cpu_us_per_handshake') for r in hs[n]]) if n != 'direct' else float('nan'):>11.1f}")
+if any(lt.values()):
+    rate = next(r['rate'] for v in lt.values() for r in v)
+    print(f"\nat a fixed {rate:.0f} messages/s on 50 connections:")
+    print(f"{'target':<16}{'msgs/s':>10}{'p50 us':>9}{'p99 us':>9}{'cpu us/msg':>12}")
+    for n in ['direct', 'switchyard', 'baseline', 'nginx', 'haproxy', 'switchyard-wss', 'nginx-wss', 'haproxy-wss']:
+        t = lt[n]
+        if not t: continue
+        print(f"{n:<16}{avg([r['messages_per_sec'] for r in t]):>10.0f}{avg([r['p50_ms'] * 1000 for r in t]):>9.0f}"
+              f"{avg([r['p99_ms'] * 1000 for r in t]):>9.0f}{avg([r['proxy_cpu_us_per_msg'] for r in t]) if n != 'direct' else float('nan'):>12.2f}")
+    for a, b in [('switchyard', 'nginx'), ('switchyard-wss', 'nginx-wss')]:
+        if lt[a] and lt[b]:
+            print(f"{a}/{b} at the fixed rate: cpu/msg {avg([r['proxy_cpu_us_per_msg'] for r in lt[a]]) / avg([r['proxy_cpu_us_per_msg'] for r in lt[b]]):.2f}x (goal <= 0.80), "
+                  f"p50 {avg([r['p50_ms'] for r in lt[a]]) / avg([r['p50_ms'] for r in lt[b]]):.2f}x, p99 {avg([r['p99_ms'] for r in lt[a]]) / avg([r['p99_ms'] for r in lt[b]]):.2f}x (goal <= 1)")
 sy, ng = tp['switchyard'], tp['nginx']
 if sy and sy[0].get('size', 64) >= 1024:
     for n in ['direct', 'switchyard', 'baseline', 'nginx', 'haproxy', 'switchyard-wss', 'nginx-wss', 'haproxy-wss']:

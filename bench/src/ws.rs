@@ -34,7 +34,8 @@ struct Args {
 
 #[derive(Subcommand)]
 enum Cmd {
-    /// Echo round trips on `conns` connections for `seconds`.
+    /// Echo round trips on `conns` connections for `seconds`: as fast as each connection can
+    /// (one in flight), or at a fixed total rate.
     Throughput {
         #[arg(long)]
         target: String,
@@ -44,6 +45,11 @@ enum Cmd {
         seconds: u64,
         #[arg(long, default_value_t = 64)]
         size: usize,
+        /// Messages per second through the target, counted as in `messages_per_sec` (an echo
+        /// is two): each connection sends on its own fixed schedule, the connections' schedules
+        /// spread over the period, and a late echo does not delay the next send's slot.
+        #[arg(long)]
+        rate: Option<f64>,
     },
     /// Open, then close, connections as fast as `concurrency` clients can.
     Handshakes {
@@ -134,7 +140,7 @@ async fn main() -> Result<()> {
     let args = Args::parse();
     wstls::init(args.tls_ca, &args.sni)?;
     match args.cmd {
-        Cmd::Throughput { target, conns, seconds, size } => throughput(&target, conns, seconds, size).await,
+        Cmd::Throughput { target, conns, seconds, size, rate } => throughput(&target, conns, seconds, size, rate).await,
         Cmd::Handshakes { target, concurrency, seconds } => handshakes(&target, concurrency, seconds).await,
         Cmd::Idle { target, conns, hold } => idle(&target, conns, hold).await,
         Cmd::Propagation { control_plane, proxies, writes, pool, backend } => {
@@ -152,7 +158,10 @@ async fn main() -> Result<()> {
     }
 }
 
-async fn throughput(target: &str, conns: usize, seconds: u64, size: usize) -> Result<()> {
+async fn throughput(target: &str, conns: usize, seconds: u64, size: usize, rate: Option<f64>) -> Result<()> {
+    if let Some(r) = rate {
+        anyhow::ensure!(r > 0.0 && r.is_finite(), "--rate must be a positive number of messages per second");
+    }
     let mut wss = Vec::new();
     for _ in 0..conns {
         wss.push(connect(target).await?);
@@ -160,13 +169,28 @@ async fn throughput(target: &str, conns: usize, seconds: u64, size: usize) -> Re
     let start = Instant::now();
     let deadline = start + Duration::from_secs(seconds);
     let payload = vec![b'x'; size];
+    // Each connection's period between sends: `rate` counts both directions of an echo.
+    let period = rate.map(|r| Duration::from_secs_f64(conns as f64 * 2.0 / r));
     let tasks: Vec<_> = wss
         .into_iter()
-        .map(|mut ws| {
+        .enumerate()
+        .map(|(i, mut ws)| {
             let payload = payload.clone();
+            let mut ticks = period.map(|p| {
+                let first = tokio::time::Instant::from_std(start) + p.mul_f64(i as f64 / conns as f64);
+                let mut t = tokio::time::interval_at(first, p);
+                t.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Burst);
+                t
+            });
             tokio::spawn(async move {
                 let mut h = Histogram::<u64>::new(3).expect("histogram");
-                while Instant::now() < deadline {
+                loop {
+                    if let Some(t) = ticks.as_mut() {
+                        t.tick().await;
+                    }
+                    if Instant::now() >= deadline {
+                        break;
+                    }
                     let t = Instant::now();
                     if ws.send(Message::binary(payload.clone())).await.is_err() {
                         break;
@@ -188,7 +212,7 @@ async fn throughput(target: &str, conns: usize, seconds: u64, size: usize) -> Re
     let secs = start.elapsed().as_secs_f64();
     println!(
         "{}",
-        json!({"phase": "throughput", "target": target, "conns": conns, "size": size,
+        json!({"phase": "throughput", "target": target, "conns": conns, "size": size, "rate": rate,
             "round_trips": all.len(), "round_trips_per_sec": all.len() as f64 / secs,
             "messages_per_sec": 2.0 * all.len() as f64 / secs,
             "p50_ms": all.value_at_quantile(0.5) as f64 / 1000.0, "p99_ms": all.value_at_quantile(0.99) as f64 / 1000.0})
