@@ -150,3 +150,28 @@ async fn a_client_gone_mid_handshake_is_an_error_not_a_hang() {
     let err = tokio::time::timeout(Duration::from_secs(5), accept(s, pki.server.clone())).await.unwrap().err();
     assert_eq!(err.expect("refused").kind(), io::ErrorKind::UnexpectedEof);
 }
+
+/// A client's KeyUpdate asks for ours: the answer rustls owes goes out before anything the
+/// server encrypts after it, under the new key, or the client could not read on.
+#[tokio::test]
+async fn a_key_update_from_the_client_is_answered_in_order() {
+    let pki = pki(&[&rustls::version::TLS13]);
+    let (s, c) = pair().await;
+    let connector = tokio_rustls::TlsConnector::from(pki.client.clone());
+    let (tls, c) = tokio::join!(accept(s, pki.server.clone()), async {
+        connector.connect(ServerName::try_from("a.example").unwrap(), c).await.unwrap()
+    });
+    let (mut tls, _) = tls.unwrap();
+    let mut c = c;
+    for round in 0..3u8 {
+        c.get_mut().1.refresh_traffic_keys().unwrap();
+        c.write_all(&[round; 100]).await.unwrap();
+        let mut got = [0u8; 100];
+        tls.read_exact(&mut got).await.unwrap();
+        assert_eq!(got, [round; 100]);
+        tls.write_all(&[round + 10; 100]).await.unwrap();
+        let mut back = [0u8; 100];
+        tokio::time::timeout(Duration::from_secs(5), c.read_exact(&mut back)).await.unwrap().unwrap();
+        assert_eq!(back, [round + 10; 100]);
+    }
+}
