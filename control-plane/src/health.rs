@@ -133,24 +133,20 @@ pub async fn run(node: Arc<NodeCtx>) {
         let now = Instant::now();
         let targets: Vec<((String, String), HealthCheck, PoolTls)> = {
             let live = node.shared.read();
-            // Per pool once, then per backend.
-            let checked: HashMap<&str, (HealthCheck, PoolTls)> = live
-                .state
-                .pools
-                .values()
-                .filter_map(|p| {
-                    let hc = p.health_check.clone()?;
-                    (hc.kind != HealthCheckKind::HealthCheckNone as i32).then(|| (p.name.as_str(), (hc, tls.get(p))))
-                })
-                .collect();
-            live.state
-                .backends
-                .keys()
-                .filter_map(|k| {
-                    let (hc, t) = checked.get(k.0.as_str())?;
-                    Some((k.clone(), hc.clone(), t.clone()))
-                })
-                .collect()
+            // Per checked pool once, then its backends (a range of the map): pools without a
+            // check cost nothing per tick, however many backends they have.
+            let mut targets = Vec::new();
+            for p in live.state.pools.values() {
+                let Some(hc) = p.health_check.as_ref() else { continue };
+                if hc.kind == HealthCheckKind::HealthCheckNone as i32 {
+                    continue;
+                }
+                let t = tls.get(p);
+                for b in live.state.backends_of(&p.name) {
+                    targets.push(((p.name.clone(), b.address.clone()), hc.clone(), t.clone()));
+                }
+            }
+            targets
         };
         // Sets, not scans: with thousands of backends a scan per entry is millions of
         // comparisons every tick.
