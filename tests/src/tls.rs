@@ -31,6 +31,14 @@ impl TestCa {
         TestCa { ca_file, params, key }
     }
 
+    /// A second CA, in `dir/rogue`, that nothing is told to trust: its certificates must be
+    /// refused. Returns it with its directory.
+    pub fn untrusted(dir: &Path) -> (TestCa, PathBuf) {
+        let rogue_dir = dir.join("rogue");
+        std::fs::create_dir(&rogue_dir).expect("rogue CA dir");
+        (TestCa::new(&rogue_dir), rogue_dir)
+    }
+
     /// Writes a certificate for `sans` and its key to `crt` and `key` (replacing them), and
     /// returns the certificate's DER.
     pub fn issue_to(&self, crt: &Path, key: &Path, sans: &[&str]) -> Vec<u8> {

@@ -29,9 +29,7 @@ async fn refusal(proxy: &str, host: &str) -> String {
 async fn each_pool_speaks_the_tls_it_names_to_its_backends_and_health_checks_follow() {
     let dir = tempfile::tempdir().unwrap();
     let ca = TestCa::new(dir.path());
-    let rogue_dir = dir.path().join("rogue");
-    std::fs::create_dir(&rogue_dir).unwrap();
-    let rogue = TestCa::new(&rogue_dir);
+    let (rogue, rogue_dir) = TestCa::untrusted(dir.path());
     let (gc, gk, _) = ca.issue(dir.path(), "good", &["127.0.0.1"]);
     // Valid only for a name, not for the address it is reached at.
     let (nc, nk, _) = ca.issue(dir.path(), "named", &["backend.internal"]);

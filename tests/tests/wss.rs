@@ -269,10 +269,7 @@ async fn backends_over_tls_are_verified_and_an_unverifiable_one_gets_502_and_is_
     let _g = serial().await;
     let dir = tempfile::tempdir().unwrap();
     let ca = TestCa::new(dir.path());
-    // A second CA the proxy does not trust.
-    let rogue_dir = dir.path().join("rogue");
-    std::fs::create_dir(&rogue_dir).unwrap();
-    let rogue = TestCa::new(&rogue_dir);
+    let (rogue, rogue_dir) = TestCa::untrusted(dir.path());
     let (gc, gk, _) = ca.issue(dir.path(), "good", &["127.0.0.1"]);
     let (bc, bk, _) = rogue.issue(&rogue_dir, "bad", &["127.0.0.1"]);
     let good = TlsEchoBackend::start("tls-good", &gc, &gk).await;
