@@ -432,7 +432,9 @@ async fn reports(
                             n += 1;
                             SessionBinding {
                                 pool: pool.clone(),
-                                key: format!("r{r}-{n}-{}", std::process::id()),
+                                // Keys travel hashed (32 hex digits); the control plane drops
+                                // any other shape. Unique per reporter, report and run.
+                                key: format!("{:08x}{:08x}{:016x}", std::process::id(), r, n),
                                 backend: backend.clone(),
                                 ..Default::default()
                             }
