@@ -1,5 +1,6 @@
-//! One side of a relayed connection: a plain TCP socket, or TLS (rustls) over one. The relay
-//! works on readiness and non-blocking reads and writes; for TLS those drive rustls by hand:
+//! One side of a relayed connection: a plain TCP socket, TLS to a backend (buffered rustls,
+//! here), or a wss client (unbuffered rustls, [`crate::tls::edge`]). The relay works on
+//! readiness and non-blocking reads and writes; for TLS those drive rustls by hand:
 //! a read feeds ciphertext in and takes plaintext out, a write encrypts one record and hands
 //! it to the socket. Encrypted bytes the socket did not take stay in rustls and count as
 //! [`Stream::pending`], so a writer waits for them exactly as for a short plain write.

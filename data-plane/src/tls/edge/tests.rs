@@ -42,6 +42,16 @@ async fn pair() -> (TcpStream, TcpStream) {
     (s, c)
 }
 
+/// Both ends of a connection past its handshake: ours, and tokio-rustls' client.
+async fn connected(pki: &Pki) -> (EdgeTls, tokio_rustls::client::TlsStream<TcpStream>) {
+    let (s, c) = pair().await;
+    let connector = tokio_rustls::TlsConnector::from(pki.client.clone());
+    let (tls, c) = tokio::join!(accept(s, pki.server.clone()), async {
+        connector.connect(ServerName::try_from("a.example").unwrap(), c).await.unwrap()
+    });
+    (tls.unwrap().0, c)
+}
+
 /// A handshake, then plaintext both ways through the relay's calls and the async traits.
 async fn round_trip(versions: &[&'static rustls::SupportedProtocolVersion]) {
     let pki = pki(versions);
@@ -95,13 +105,7 @@ async fn tls12_round_trip_holds_no_buffer_when_idle() {
 #[tokio::test]
 async fn relay_calls_move_large_writes_through_a_full_socket() {
     let pki = pki(&[&rustls::version::TLS13]);
-    let (s, c) = pair().await;
-    let connector = tokio_rustls::TlsConnector::from(pki.client.clone());
-    let (tls, c) = tokio::join!(accept(s, pki.server.clone()), async {
-        connector.connect(ServerName::try_from("a.example").unwrap(), c).await.unwrap()
-    });
-    let (tls, _) = tls.unwrap();
-    let mut c = c;
+    let (tls, mut c) = connected(&pki).await;
     // 4 MiB written with nobody reading: the socket fills and the rest waits in the outbox.
     let chunk = vec![7u8; 60_000];
     let mut written = 0;
@@ -117,7 +121,9 @@ async fn relay_calls_move_large_writes_through_a_full_socket() {
         let mut total = 0;
         let mut buf = vec![0u8; 65536];
         while total < written {
-            total += c.read(&mut buf).await.unwrap();
+            let n = c.read(&mut buf).await.unwrap();
+            assert!(n > 0 && buf[..n].iter().all(|&b| b == 7), "the bytes written, in order");
+            total += n;
         }
         total
     });
@@ -156,13 +162,7 @@ async fn a_client_gone_mid_handshake_is_an_error_not_a_hang() {
 #[tokio::test]
 async fn a_key_update_from_the_client_is_answered_in_order() {
     let pki = pki(&[&rustls::version::TLS13]);
-    let (s, c) = pair().await;
-    let connector = tokio_rustls::TlsConnector::from(pki.client.clone());
-    let (tls, c) = tokio::join!(accept(s, pki.server.clone()), async {
-        connector.connect(ServerName::try_from("a.example").unwrap(), c).await.unwrap()
-    });
-    let (mut tls, _) = tls.unwrap();
-    let mut c = c;
+    let (mut tls, mut c) = connected(&pki).await;
     for round in 0..3u8 {
         c.get_mut().1.refresh_traffic_keys().unwrap();
         c.write_all(&[round; 100]).await.unwrap();
