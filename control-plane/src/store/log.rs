@@ -185,8 +185,15 @@ impl RaftLogStorage<TypeConfig> for LogStore {
         Ok(())
     }
 
+    /// The vote as stored, but never as a granted leadership: openraft 0.9 restarts a node
+    /// whose stored vote is its own granted one as leader at once, and takes the first entry
+    /// of its old term as the read index's floor. What that node remembers as committed is
+    /// what it happened to flush, so a linearizable read could miss writes it acknowledged
+    /// before it was killed. Without the grant the node stands for election: a new term, a new
+    /// entry of its own to commit first. The term and the node voted for stay, so it still
+    /// grants no other candidate in that term.
     async fn read_vote(&mut self) -> Result<Option<Vote<NodeId>>, StorageError> {
-        self.get_meta("vote")
+        Ok(self.get_meta::<Vote<NodeId>>("vote")?.map(|v| Vote { committed: false, ..v }))
     }
 
     /// Not flushed: a lost committed index is recomputed by the next leader.
