@@ -13,8 +13,13 @@ use crate::types::StorageError;
 /// machine or snapshot encoding changes, so an older node's data dir is refused by name
 /// instead of failing to decode as "corrupt". 2: request ids in log entries, the session clock
 /// and the seen-request table in the state machine and snapshots. 3: audit notes in log
-/// entries, bearer tokens and the audit log in the state machine and snapshots.
-pub const FORMAT: u32 = 3;
+/// entries, bearer tokens and the audit log in the state machine and snapshots. 4: the state
+/// machine is no longer written row by row, only in snapshots (a build that reads format 3
+/// would take the rows it finds for the current state).
+pub const FORMAT: u32 = 4;
+/// An older format this build opens, and upgrades in place: format 3's rows are read once and
+/// its log and snapshots are format 4's.
+const UPGRADES_FROM: u32 = 3;
 
 /// Opens (or creates) a node's data dir and checks it belongs to this node.
 ///
@@ -74,7 +79,10 @@ pub fn open_with(dir: &Path, node_id: u64, background_flush: bool) -> Result<sle
             u32::from_be_bytes(b)
         }
     };
-    if format != FORMAT {
+    if format == UPGRADES_FROM {
+        meta.insert("format", &FORMAT.to_be_bytes()).map_err(|e| err(e.to_string()))?;
+        db.flush().map_err(|e| err(e.to_string()))?;
+    } else if format != FORMAT {
         return Err(err(format!(
             "was written in storage format {format}, and this build reads format {FORMAT}: move it aside \
              and start the node empty (a member of a running cluster is then removed and re-added: \
@@ -112,6 +120,20 @@ mod tests {
             db.flush().unwrap();
         }
         let e = open(&path, 1).unwrap_err().to_string();
-        assert!(e.contains("storage format 1") && e.contains("reads format 3"), "{e}");
+        assert!(e.contains("storage format 1") && e.contains("reads format 4"), "{e}");
+    }
+
+    #[test]
+    fn a_format_3_data_dir_opens_and_is_marked_format_4() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("node");
+        {
+            let db = open(&path, 1).unwrap();
+            db.open_tree("meta").unwrap().insert("format", &3u32.to_be_bytes()).unwrap();
+            db.flush().unwrap();
+        }
+        let db = open(&path, 1).unwrap();
+        let marker = db.open_tree("meta").unwrap().get("format").unwrap().unwrap();
+        assert_eq!(&*marker, &FORMAT.to_be_bytes());
     }
 }

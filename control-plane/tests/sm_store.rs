@@ -1,5 +1,6 @@
-//! The sled state machine beyond the seen table: the high-water session clock kept across
-//! reopening and snapshots, and stored snapshots never replaced by older ones.
+//! The state machine beyond the seen table: durable through its snapshots (what came after
+//! the last one is re-applied from the log), the high-water session clock kept in them, stored
+//! snapshots never replaced by older ones, and the rows of a format-3 data dir read once.
 
 use openraft::storage::{RaftSnapshotBuilder, RaftStateMachine};
 use openraft::{CommittedLeaderId, EntryPayload};
@@ -36,17 +37,16 @@ fn clock(sm: &StateMachineStore) -> u64 {
 }
 
 #[tokio::test]
-async fn the_session_clock_survives_reopening_and_travels_in_snapshots() {
+async fn the_session_clock_survives_in_snapshots_and_travels_with_them() {
     let tmp = tempfile::tempdir().unwrap();
     let (db, mut sm) = open(&tmp.path().join("a"));
     sm.apply([entry(1, Command::ExpireSessions { now_ms: 5000 })]).await.unwrap();
     sm.apply([entry(2, Command::ExpireSessions { now_ms: 4000 })]).await.unwrap();
     assert_eq!(clock(&sm), 5000);
-    db.flush().unwrap();
-    drop((db, sm));
-    let (db, mut sm) = open(&tmp.path().join("a"));
-    assert_eq!(clock(&sm), 5000);
     let snap = sm.get_snapshot_builder().await.build_snapshot().await.expect("snapshot");
+    drop((db, sm));
+    let (db, sm) = open(&tmp.path().join("a"));
+    assert_eq!(clock(&sm), 5000);
     drop((db, sm));
     let (db, mut other) = open(&tmp.path().join("b"));
     other.install_snapshot(&snap.meta, snap.snapshot).await.expect("install");
@@ -122,7 +122,7 @@ fn access(sm: &StateMachineStore) -> (Vec<String>, Vec<(u64, String)>) {
 }
 
 #[tokio::test]
-async fn tokens_and_audit_records_survive_reopening_and_travel_in_snapshots() {
+async fn tokens_and_audit_records_survive_in_snapshots_and_travel_with_them() {
     let tmp = tempfile::tempdir().unwrap();
     let (db, mut sm) = open(&tmp.path().join("a"));
     sm.apply([audited(1, Command::CreateToken(token("t1")), "create")]).await.unwrap();
@@ -132,11 +132,10 @@ async fn tokens_and_audit_records_survive_reopening_and_travel_in_snapshots() {
     sm.apply([audited(4, Command::RevokeToken { id: "t1".into() }, "revoke")]).await.unwrap();
     let want = (vec!["t2".to_string()], vec![(1, "create".into()), (2, "create".into()), (3, "revoke".into())]);
     assert_eq!(access(&sm), want);
-    db.flush().unwrap();
-    drop((db, sm));
-    let (db, mut sm) = open(&tmp.path().join("a"));
-    assert_eq!(access(&sm), want);
     let snap = sm.get_snapshot_builder().await.build_snapshot().await.expect("snapshot");
+    drop((db, sm));
+    let (db, sm) = open(&tmp.path().join("a"));
+    assert_eq!(access(&sm), want);
     drop((db, sm));
     let (db, mut other) = open(&tmp.path().join("b"));
     other.install_snapshot(&snap.meta, snap.snapshot).await.expect("install");
@@ -145,4 +144,62 @@ async fn tokens_and_audit_records_survive_reopening_and_travel_in_snapshots() {
     drop((db, other));
     let (_db, other) = open(&tmp.path().join("b"));
     assert_eq!(access(&other), want);
+}
+
+fn pool(index: u64, name: &str) -> Entry {
+    use switchyard_control::pb::Pb;
+    entry(index, Command::CreatePool(Pb(switchyard_proto::v1::Pool { name: name.into(), ..Default::default() })))
+}
+
+fn pools(sm: &StateMachineStore) -> Vec<String> {
+    sm.shared().read().state.pools.keys().cloned().collect()
+}
+
+/// Applying writes nothing: a reopened store is at its last snapshot, and reports that
+/// index so Raft re-applies the committed entries after it from the log.
+#[tokio::test]
+async fn a_reopened_store_is_at_its_last_snapshot_and_says_so() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (db, mut sm) = open(&tmp.path().join("a"));
+    sm.apply([pool(1, "p1"), pool(2, "p2")]).await.unwrap();
+    sm.get_snapshot_builder().await.build_snapshot().await.expect("snapshot");
+    sm.apply([pool(3, "p3")]).await.unwrap();
+    assert_eq!(pools(&sm), ["p1", "p2", "p3"]);
+    drop((db, sm));
+    let (db, mut sm) = open(&tmp.path().join("a"));
+    assert_eq!(pools(&sm), ["p1", "p2"]);
+    assert_eq!(sm.applied_state().await.unwrap().0.map(|l| l.index), Some(2));
+    // Raft's re-apply of entry 3 brings it back.
+    sm.apply([pool(3, "p3")]).await.unwrap();
+    assert_eq!(pools(&sm), ["p1", "p2", "p3"]);
+    drop((db, sm));
+}
+
+/// A data dir from a build that wrote the state machine row by row (storage format 3) starts
+/// where it stopped; once a snapshot covers the rows, they are dropped.
+#[tokio::test]
+async fn rows_of_a_format_3_data_dir_are_read_until_a_snapshot_covers_them() {
+    use prost::Message;
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().join("a");
+    {
+        let db = store::open(&dir, 1).unwrap();
+        let rows = db.open_tree("sm").unwrap();
+        let mut key = vec![b'p', 0];
+        key.extend_from_slice(b"old");
+        rows.insert(key, switchyard_proto::v1::Pool { name: "old".into(), ..Default::default() }.encode_to_vec())
+            .unwrap();
+        let at: Option<LogId> = Some(LogId::new(CommittedLeaderId::new(1, 1), 5));
+        rows.insert("~last_applied", postcard::to_stdvec(&at).unwrap()).unwrap();
+        db.flush().unwrap();
+    }
+    let (db, mut sm) = open(&dir);
+    assert_eq!(pools(&sm), ["old"]);
+    assert_eq!(sm.applied_state().await.unwrap().0.map(|l| l.index), Some(5));
+    sm.apply([pool(6, "new")]).await.unwrap();
+    sm.get_snapshot_builder().await.build_snapshot().await.expect("snapshot");
+    drop((db, sm));
+    let (db, sm) = open(&dir);
+    assert_eq!(pools(&sm), ["new", "old"]);
+    assert!(db.open_tree("sm").unwrap().is_empty(), "the snapshot covers the rows");
 }

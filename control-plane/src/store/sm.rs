@@ -1,10 +1,14 @@
-//! The state machine in sled, and the live copy in memory that the APIs read and watchers
-//! follow.
+//! The state machine: in memory, durable through its snapshots, and the live copy the APIs
+//! read and watchers follow.
 //!
-//! sled batches are atomic within one tree, so every entity, every row of the seen-requests
-//! table, every token, every audit record and `last_applied` live in tree `sm` under prefixed
-//! keys ([`rows`]) and commit together.
-//! Snapshots live in tree `snapshot`.
+//! Applying an entry writes nothing to disk. The log is flushed before anything is
+//! acknowledged, and Raft never purges it past the last stored snapshot, so the state is
+//! always the last snapshot plus the committed entries after it: at start openraft re-applies
+//! those from the log. Writing every entity, seen-table row and audit record to sled on every
+//! apply, on every node, cost about a third of the control plane's write throughput.
+//! Snapshots live in tree `snapshot`. Tree `sm` holds the state machine row by row as builds
+//! before storage format 4 wrote it ([`rows`]); it is read, never written, so such a data dir
+//! starts where it stopped.
 
 mod rows;
 
@@ -111,6 +115,10 @@ struct SnapshotTail {
     feature_level: u32,
 }
 
+fn encode<T: Serialize>(v: &T) -> Result<Vec<u8>, StorageError> {
+    postcard::to_stdvec(v).map_err(write_err)
+}
+
 fn encode_snapshot(file: &SnapshotFile, tail: &SnapshotTail) -> Result<Vec<u8>, StorageError> {
     let mut data = encode(file)?;
     data.extend(encode(tail)?);
@@ -188,71 +196,20 @@ impl StateMachineStore {
         self
     }
 
-    /// Loads the state machine from sled; a corrupt entry is an error, not a panic.
+    /// Loads the state machine: the stored snapshot, or the rows an older build wrote when
+    /// they are newer. A corrupt entry is an error, not a panic.
     pub fn open(db: sled::Db) -> Result<Self, StorageError> {
         let sm = db.open_tree("sm").map_err(read_err)?;
         let snap = db.open_tree("snapshot").map_err(read_err)?;
-        let mut model = Model::default();
-        let mut last_applied = None;
-        let mut membership = StoredMembership::default();
-        let mut seen = Vec::new();
-        let mut clock_ms = 0;
-        let mut tokens = Vec::new();
-        let mut audit = Vec::new();
-        let mut feature_level = 0;
-        for kv in sm.iter() {
-            let (k, v) = kv.map_err(read_err)?;
-            let bad = |e: &dyn std::fmt::Display| read_err(format!("state machine key {k:?}: {e}"));
-            match k.first() {
-                Some(b'p') => {
-                    let p = switchyard_proto::v1::Pool::decode(&*v).map_err(|e| bad(&e))?;
-                    model.apply(&put(change::Kind::PoolPut(p)));
-                }
-                Some(b'b') => {
-                    let b = switchyard_proto::v1::Backend::decode(&*v).map_err(|e| bad(&e))?;
-                    model.apply(&put(change::Kind::BackendPut(b)));
-                }
-                Some(b'r') => {
-                    let r = switchyard_proto::v1::Route::decode(&*v).map_err(|e| bad(&e))?;
-                    model.apply(&put(change::Kind::RoutePut(r)));
-                }
-                Some(b's') => {
-                    let s = switchyard_proto::v1::SessionBinding::decode(&*v).map_err(|e| bad(&e))?;
-                    model.apply(&put(change::Kind::SessionPut(s)));
-                }
-                Some(b't') => tokens.push(postcard::from_bytes::<TokenRecord>(&v).map_err(|e| bad(&e))?),
-                Some(b'a') => audit.push(postcard::from_bytes::<AuditRecord>(&v).map_err(|e| bad(&e))?),
-                Some(b'c') => {
-                    let client = std::str::from_utf8(&k[2..]).map_err(|e| bad(&e))?.to_string();
-                    seen.push((client, postcard::from_bytes::<Record>(&v).map_err(|e| bad(&e))?));
-                }
-                _ if &*k == SETTINGS => {
-                    let s = switchyard_proto::v1::Settings::decode(&*v).map_err(|e| bad(&e))?;
-                    model.apply(&put(change::Kind::SettingsPut(s)));
-                }
-                _ if &*k == AFFINITY_SECRET => {
-                    model.apply(&put(change::Kind::AffinitySecret(v.to_vec())));
-                }
-                _ if &*k == LAST_APPLIED => last_applied = postcard::from_bytes(&v).map_err(|e| bad(&e))?,
-                _ if &*k == MEMBERSHIP => membership = postcard::from_bytes(&v).map_err(|e| bad(&e))?,
-                _ if &*k == CLOCK => clock_ms = postcard::from_bytes(&v).map_err(|e| bad(&e))?,
-                _ if &*k == FEATURE_LEVEL => feature_level = postcard::from_bytes(&v).map_err(|e| bad(&e))?,
-                _ => return Err(bad(&"unknown key")),
-            }
-        }
-        let state = State::from_model(model, Seen::from_rows(seen), clock_ms)
-            .with_access(Tokens::from_records(tokens), AuditLog::from_records(audit))
-            .with_feature_level(feature_level);
         let (tx, _) = broadcast::channel(4096);
-        let revision = last_applied.map_or(0, |l: LogId| l.index);
         let mut me = StateMachineStore {
             shared: Arc::new(Shared {
                 live: RwLock::new(Live {
-                    state,
-                    last_applied,
-                    membership,
+                    state: State::default(),
+                    last_applied: None,
+                    membership: StoredMembership::default(),
                     history: VecDeque::new(),
-                    history_start: revision,
+                    history_start: 0,
                 }),
                 tx,
             }),
@@ -262,12 +219,17 @@ impl StateMachineStore {
             snap_lock: Arc::default(),
             metrics: Arc::default(),
         };
-        // A crash between storing a received snapshot and rewriting `sm` leaves the snapshot
-        // ahead: finish the install from it.
-        if let Some((meta, data)) = me.read_snapshot()? {
-            if meta.last_log_id > last_applied {
+        // An empty tree reads as the empty state, at no index.
+        let (state, last_applied, membership) = load_rows(&me.sm)?;
+        match me.read_snapshot()? {
+            Some((meta, data)) if meta.last_log_id >= last_applied => {
                 me.restore(&data)?;
+                if !me.sm.is_empty() {
+                    // The snapshot covers what the rows held: they are not needed again.
+                    me.sm.clear().map_err(write_err)?;
+                }
             }
+            _ => me.replace(state, last_applied, membership),
         }
         Ok(me)
     }
@@ -289,34 +251,76 @@ impl StateMachineStore {
         let state = State::from_topology(topo, Seen::from_rows(file.seen), file.clock_ms)
             .with_access(Tokens::from_records(file.tokens), AuditLog::from_records(file.audit))
             .with_feature_level(tail.feature_level);
-        self.sm.clear().map_err(write_err)?;
-        let mut batch = sled::Batch::default();
-        for c in state.as_changes() {
-            persist(&mut batch, &c);
-        }
-        for (client, rec) in state.seen().rows() {
-            persist_seen(&mut batch, client, Some(rec))?;
-        }
-        for t in state.tokens().iter() {
-            persist_token(&mut batch, &t.id, Some(t))?;
-        }
-        for r in state.audit().records() {
-            batch.insert(audit_key(r.seq), encode(r)?);
-        }
-        batch.insert(LAST_APPLIED, encode(&file.last_applied)?);
-        batch.insert(MEMBERSHIP, encode(&file.membership)?);
-        batch.insert(CLOCK, encode(&file.clock_ms)?);
-        batch.insert(FEATURE_LEVEL, encode(&state.feature_level())?);
-        self.sm.apply_batch(batch).map_err(write_err)?;
+        self.replace(state, file.last_applied, file.membership);
+        Ok(())
+    }
+
+    /// Replaces the live state; watchers resend it whole.
+    fn replace(&mut self, state: State, last_applied: Option<LogId>, membership: StoredMembership) {
         let mut live = self.shared.write();
         live.state = state;
-        live.last_applied = file.last_applied;
-        live.membership = file.membership;
+        live.last_applied = last_applied;
+        live.membership = membership;
         live.history.clear();
         live.history_start = live.revision();
         let _ = self.shared.tx.send(Notice::Reset);
-        Ok(())
     }
+}
+
+/// The state machine as rows in tree `sm` (written by builds before storage format 4).
+fn load_rows(sm: &sled::Tree) -> Result<(State, Option<LogId>, StoredMembership), StorageError> {
+    let mut model = Model::default();
+    let mut last_applied = None;
+    let mut membership = StoredMembership::default();
+    let mut seen = Vec::new();
+    let mut clock_ms = 0;
+    let mut tokens = Vec::new();
+    let mut audit = Vec::new();
+    let mut feature_level = 0;
+    for kv in sm.iter() {
+        let (k, v) = kv.map_err(read_err)?;
+        let bad = |e: &dyn std::fmt::Display| read_err(format!("state machine key {k:?}: {e}"));
+        match k.first() {
+            Some(b'p') => {
+                let p = switchyard_proto::v1::Pool::decode(&*v).map_err(|e| bad(&e))?;
+                model.apply(&put(change::Kind::PoolPut(p)));
+            }
+            Some(b'b') => {
+                let b = switchyard_proto::v1::Backend::decode(&*v).map_err(|e| bad(&e))?;
+                model.apply(&put(change::Kind::BackendPut(b)));
+            }
+            Some(b'r') => {
+                let r = switchyard_proto::v1::Route::decode(&*v).map_err(|e| bad(&e))?;
+                model.apply(&put(change::Kind::RoutePut(r)));
+            }
+            Some(b's') => {
+                let s = switchyard_proto::v1::SessionBinding::decode(&*v).map_err(|e| bad(&e))?;
+                model.apply(&put(change::Kind::SessionPut(s)));
+            }
+            Some(b't') => tokens.push(postcard::from_bytes::<TokenRecord>(&v).map_err(|e| bad(&e))?),
+            Some(b'a') => audit.push(postcard::from_bytes::<AuditRecord>(&v).map_err(|e| bad(&e))?),
+            Some(b'c') => {
+                let client = std::str::from_utf8(&k[2..]).map_err(|e| bad(&e))?.to_string();
+                seen.push((client, postcard::from_bytes::<Record>(&v).map_err(|e| bad(&e))?));
+            }
+            _ if &*k == SETTINGS => {
+                let s = switchyard_proto::v1::Settings::decode(&*v).map_err(|e| bad(&e))?;
+                model.apply(&put(change::Kind::SettingsPut(s)));
+            }
+            _ if &*k == AFFINITY_SECRET => {
+                model.apply(&put(change::Kind::AffinitySecret(v.to_vec())));
+            }
+            _ if &*k == LAST_APPLIED => last_applied = postcard::from_bytes(&v).map_err(|e| bad(&e))?,
+            _ if &*k == MEMBERSHIP => membership = postcard::from_bytes(&v).map_err(|e| bad(&e))?,
+            _ if &*k == CLOCK => clock_ms = postcard::from_bytes(&v).map_err(|e| bad(&e))?,
+            _ if &*k == FEATURE_LEVEL => feature_level = postcard::from_bytes(&v).map_err(|e| bad(&e))?,
+            _ => return Err(bad(&"unknown key")),
+        }
+    }
+    let state = State::from_model(model, Seen::from_rows(seen), clock_ms)
+        .with_access(Tokens::from_records(tokens), AuditLog::from_records(audit))
+        .with_feature_level(feature_level);
+    Ok((state, last_applied, membership))
 }
 
 /// The stored snapshot; the caller holds the snapshot lock.
@@ -345,8 +349,6 @@ impl RaftSnapshotBuilder<TypeConfig> for SnapshotSource {
             None => format!("none-{nanos}"),
         };
         let meta = SnapshotMeta { last_log_id: last_applied, last_membership: membership, snapshot_id };
-        // The state machine must be durable up to the snapshot before Raft purges the log.
-        self.db.flush_async().await.map_err(write_err)?;
         {
             let _g = self.snap_lock.lock().unwrap_or_else(|e| e.into_inner());
             if let Some((stored, data)) = read_snapshot(&self.snap)? {
@@ -359,6 +361,7 @@ impl RaftSnapshotBuilder<TypeConfig> for SnapshotSource {
             batch.insert("data", data.clone());
             self.snap.apply_batch(batch).map_err(write_err)?;
         }
+        // Durable before Raft purges the log up to it: it is the state machine's only copy.
         self.db.flush_async().await.map_err(write_err)?;
         self.metrics.snapshot_builds.inc();
         Ok(Snapshot { meta, snapshot: Box::new(Cursor::new(data)) })
@@ -399,7 +402,6 @@ impl RaftStateMachine<TypeConfig> for StateMachineStore {
                 }
             }
         }
-        let mut batch = sled::Batch::default();
         let mut replies = Vec::new();
         let mut notices = Vec::new();
         let mut live = self.shared.write();
@@ -414,18 +416,8 @@ impl RaftStateMachine<TypeConfig> for StateMachineStore {
                     for p in &cmds.0 {
                         let a = live.state.apply_proposed(rev, p);
                         if let (true, Ok(changes)) = (a.fresh, &a.written.1) {
-                            for Pb(c) in changes {
-                                persist(&mut batch, c);
-                            }
                             all.extend(changes.iter().map(|Pb(c)| c.clone()));
                         }
-                        if let Some(client) = &a.recorded {
-                            persist_seen(&mut batch, client, live.state.seen().get(client))?;
-                        }
-                        for client in &a.evicted {
-                            persist_seen(&mut batch, client, None)?;
-                        }
-                        persist_access(&mut batch, &live.state, p, &a)?;
                         outcomes.push(a.written);
                     }
                     if !all.is_empty() {
@@ -435,15 +427,10 @@ impl RaftStateMachine<TypeConfig> for StateMachineStore {
                 }
                 EntryPayload::Membership(m) => {
                     live.membership = StoredMembership::new(Some(e.log_id), m);
-                    batch.insert(MEMBERSHIP, encode(&live.membership)?);
                     replies.push(Response::default());
                 }
             }
         }
-        batch.insert(LAST_APPLIED, encode(&live.last_applied)?);
-        batch.insert(CLOCK, encode(&live.state.clock_ms())?);
-        batch.insert(FEATURE_LEVEL, encode(&live.state.feature_level())?);
-        self.sm.apply_batch(batch).map_err(write_err)?;
         for (rev, changes) in notices {
             if live.history.len() == HISTORY {
                 if let Some((r, _)) = live.history.pop_front() {
@@ -490,7 +477,6 @@ impl RaftStateMachine<TypeConfig> for StateMachineStore {
         }
         self.db.flush_async().await.map_err(write_err)?;
         self.restore(&data)?;
-        self.db.flush_async().await.map_err(write_err)?;
         self.metrics.snapshot_installs.inc();
         Ok(())
     }
