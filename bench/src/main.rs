@@ -56,6 +56,10 @@ struct Args {
     /// from this build's `switchyard certs`.
     #[arg(long)]
     tls: bool,
+    /// etcd's `--heartbeat-interval` and `--election-timeout` in ms (e.g. `50,250`, Switchyard's
+    /// defaults), so failover is compared at the same election timing as well as at etcd's own.
+    #[arg(long, value_delimiter = ',', num_args = 2)]
+    etcd_timing: Option<Vec<u64>>,
 }
 
 #[tokio::main]
@@ -74,7 +78,14 @@ async fn main() -> Result<()> {
             .client()?,
         );
     }
-    let mut cluster = Cluster::start(&args.system, &args.bin_dir, &args.out_dir, args.members, pki.as_deref())?;
+    let mut cluster = Cluster::start(
+        &args.system,
+        &args.bin_dir,
+        &args.out_dir,
+        args.members,
+        pki.as_deref(),
+        args.etcd_timing.as_deref(),
+    )?;
     cluster.wait_ready().await?;
     let value = vec![b'x'; args.value_size];
     target::prepare(&cluster.system, &cluster.client_addrs).await?;

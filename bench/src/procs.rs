@@ -59,8 +59,16 @@ fn ports(n: usize) -> Vec<u16> {
 }
 
 impl Cluster {
-    /// `pki`: a directory from [`make_pki`], for members that serve mTLS.
-    pub fn start(system: &str, bin_dir: &Path, out: &Path, n: usize, pki: Option<&Path>) -> Result<Cluster> {
+    /// `pki`: a directory from [`make_pki`], for members that serve mTLS. `etcd_timing`: etcd's
+    /// heartbeat interval and election timeout in ms, instead of its defaults (100, 1000).
+    pub fn start(
+        system: &str,
+        bin_dir: &Path,
+        out: &Path,
+        n: usize,
+        pki: Option<&Path>,
+        etcd_timing: Option<&[u64]>,
+    ) -> Result<Cluster> {
         let scheme = if pki.is_some() { "https" } else { "http" };
         let pem = |name: &str| pki.map(|p| p.join(name).display().to_string()).unwrap_or_default();
         let dir = out.join(system);
@@ -143,6 +151,10 @@ impl Cluster {
                             cmd.extend([flag.to_string(), pem(file)]);
                         }
                         cmd.extend(["--client-cert-auth".into(), "--peer-client-cert-auth".into()]);
+                    }
+                    if let Some([heartbeat, election]) = etcd_timing {
+                        cmd.extend(["--heartbeat-interval".into(), heartbeat.to_string()]);
+                        cmd.extend(["--election-timeout".into(), election.to_string()]);
                     }
                     members.push(Member { cmd, log: dir.join(format!("n{}.log", i + 1)), child: None });
                 }
