@@ -58,7 +58,7 @@ struct Args {
     tls: bool,
     /// etcd's `--heartbeat-interval` and `--election-timeout` in ms (e.g. `50,250`, Switchyard's
     /// defaults), so failover is compared at the same election timing as well as at etcd's own.
-    #[arg(long, value_delimiter = ',', num_args = 2)]
+    #[arg(long, value_delimiter = ',')]
     etcd_timing: Option<Vec<u64>>,
 }
 
@@ -66,6 +66,9 @@ struct Args {
 async fn main() -> Result<()> {
     let args = Args::parse();
     let label = args.label.clone().unwrap_or_else(|| args.system.clone());
+    if args.etcd_timing.as_ref().is_some_and(|t| t.len() != 2) {
+        anyhow::bail!("--etcd-timing takes HEARTBEAT_MS,ELECTION_MS");
+    }
     let pki = if args.tls { Some(procs::make_pki(&args.out_dir.join(format!("{label}-pki")))?) } else { None };
     if let Some(p) = &pki {
         switchyard_model::tls::install_provider();

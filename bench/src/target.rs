@@ -85,7 +85,24 @@ impl Conn {
     }
 
     /// How many of `keys` a linearizable read does not find.
+    /// How many of `keys` a linearizable read lacks. A read that meets an election right after
+    /// the failover ("leader changed", UNAVAILABLE) is tried again, for up to 10 s.
     pub async fn count_missing(&self, keys: &[Key]) -> Result<usize> {
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+        loop {
+            match self.count_missing_once(keys).await {
+                Err(e)
+                    if std::time::Instant::now() < deadline
+                        && e.downcast_ref::<tonic::Status>().is_some_and(|s| s.code() == tonic::Code::Unavailable) =>
+                {
+                    tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+                }
+                other => return other,
+            }
+        }
+    }
+
+    async fn count_missing_once(&self, keys: &[Key]) -> Result<usize> {
         let present: HashSet<String> = if self.system == "switchyard" {
             let mut q = sy::query_client::QueryClient::new(self.channel.clone()).max_decoding_message_size(1 << 30);
             let r = q
