@@ -4,7 +4,7 @@
 #     committed in Raft);
 #  2. time from a new session's handshake until its binding is applied on every proxy;
 #  3. binding reports absorbed per second, sent straight to the control plane in batches.
-# Usage: bash bench/affinity.sh [SECONDS]
+# Usage: bash bench/affinity.sh [SECONDS]   (B=DIR runs another build's binaries)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 SECS=${1:-10}
@@ -13,7 +13,7 @@ rm -rf "$OUT"; mkdir -p "$OUT"
 RESULTS="$OUT/results.jsonl"; : > "$RESULTS"
 ulimit -n 20000
 cargo build --release --bins -q
-B=target/release
+B=${B:-target/release}
 source bench/lib.sh
 
 C1=$(port); C2=$(port); C3=$(port)

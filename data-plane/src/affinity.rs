@@ -16,6 +16,9 @@ use tokio::sync::Notify;
 /// A live connection's binding: (pool, key, backend).
 pub type LiveKey = (String, String, String);
 
+/// Streamed bindings by pool, then key: (backend, TTL in ms).
+type Bound = HashMap<String, HashMap<String, (String, u64)>>;
+
 /// A binding used here: its connections, and when the control plane last acknowledged a
 /// report of it. Kept after its last connection ends while that acknowledgement is recent, so
 /// a session's next request does not report it again at once.
@@ -27,8 +30,10 @@ struct Live {
 
 #[derive(Default)]
 pub struct Affinity {
-    /// As the control plane last streamed them: (pool, key) → (backend, TTL in ms).
-    bound: RwLock<HashMap<(String, String), (String, u64)>>,
+    /// As the control plane last streamed them: pool → key → (backend, TTL in ms). Nested,
+    /// so a lookup by `&str` allocates nothing: one is made per handshake with affinity, and
+    /// one per live session at every report.
+    bound: RwLock<Bound>,
     /// Made here, not yet reported.
     pending: Mutex<Vec<SessionBinding>>,
     /// Sessions used here, refreshed while they have connections.
@@ -49,7 +54,7 @@ impl Affinity {
     /// The backend the cluster binds `key` to in `pool`, if any.
     pub fn backend_for(&self, pool: &str, key: &str) -> Option<String> {
         let bound = self.bound.read().unwrap_or_else(|e| e.into_inner());
-        bound.get(&(pool.to_string(), key.to_string())).map(|b| b.0.clone())
+        bound.get(pool).and_then(|keys| keys.get(key)).map(|b| b.0.clone())
     }
 
     /// A connection for `key` went to `backend`: keep the binding refreshed while the
@@ -92,7 +97,7 @@ impl Affinity {
     pub fn take_report(&self, now: Instant, ttl: impl Fn(&str) -> Duration) -> Vec<SessionBinding> {
         let bound = self.bound.read().unwrap_or_else(|e| e.into_inner());
         let ttl = |(pool, key, backend): &LiveKey| {
-            let own = bound.get(&(pool.clone(), key.clone())).filter(|b| b.0 == *backend && b.1 > 0);
+            let own = bound.get(pool).and_then(|keys| keys.get(key)).filter(|b| b.0 == *backend && b.1 > 0);
             own.map_or(ttl(pool), |b| ttl(pool).min(Duration::from_millis(b.1)))
         };
         let mut out = std::mem::take(&mut *self.pending.lock().unwrap_or_else(|e| e.into_inner()));
@@ -101,11 +106,10 @@ impl Affinity {
         let mut live = self.live.lock().unwrap_or_else(|e| e.into_inner());
         live.retain(|k, l| {
             let age = l.acked.map(|at| now.saturating_duration_since(at));
-            let t = ttl(k);
             if l.conns == 0 {
-                return age.is_some_and(|a| a < t);
+                return age.is_some_and(|a| a < ttl(k));
             }
-            if age.is_none_or(|a| a >= t / 3) && !reported.contains(k) {
+            if age.is_none_or(|a| a >= ttl(k) / 3) && !reported.contains(k) {
                 out.push(binding(k));
             }
             true
@@ -125,7 +129,11 @@ impl Affinity {
 
     /// Replaces the streamed bindings (a whole new config).
     pub(crate) fn replace(&self, bound: HashMap<(String, String), (String, u64)>) {
-        *self.bound.write().unwrap_or_else(|e| e.into_inner()) = bound;
+        let mut nested = Bound::new();
+        for ((pool, key), b) in bound {
+            nested.entry(pool).or_default().insert(key, b);
+        }
+        *self.bound.write().unwrap_or_else(|e| e.into_inner()) = nested;
     }
 
     /// Applies streamed session changes; other kinds are not this map's business.
@@ -134,10 +142,15 @@ impl Affinity {
         for c in changes {
             match c {
                 change::Kind::SessionPut(s) => {
-                    map.insert((s.pool.clone(), s.key.clone()), (s.backend.clone(), s.ttl_ms));
+                    map.entry(s.pool.clone()).or_default().insert(s.key.clone(), (s.backend.clone(), s.ttl_ms));
                 }
                 change::Kind::SessionRemoved(s) => {
-                    map.remove(&(s.pool.clone(), s.key.clone()));
+                    if let Some(keys) = map.get_mut(&s.pool) {
+                        keys.remove(&s.key);
+                        if keys.is_empty() {
+                            map.remove(&s.pool);
+                        }
+                    }
                 }
                 _ => {}
             }
@@ -213,9 +226,15 @@ mod tests {
         };
         a.update(&[put("s", "b:1"), put("t", "b:2")]);
         assert_eq!(a.backend_for("p", "s").as_deref(), Some("b:1"));
-        a.update(&[change::Kind::SessionRemoved(SessionRef { pool: "p".into(), key: "s".into() })]);
+        let removed = |k: &str| change::Kind::SessionRemoved(SessionRef { pool: "p".into(), key: k.into() });
+        a.update(&[removed("s")]);
         assert_eq!(a.backend_for("p", "s"), None);
+        assert_eq!(a.backend_for("p", "t").as_deref(), Some("b:2"), "the pool's other binding stays");
+        a.update(&[removed("t")]);
+        assert!(a.bound.read().unwrap().is_empty(), "a pool without bindings is not kept");
+        a.replace(HashMap::from([(("q".into(), "u".into()), ("b:3".into(), 1_000))]));
+        assert_eq!(a.backend_for("q", "u").as_deref(), Some("b:3"));
         a.replace(HashMap::new());
-        assert_eq!(a.backend_for("p", "t"), None);
+        assert_eq!(a.backend_for("q", "u"), None);
     }
 }
