@@ -14,10 +14,11 @@ use switchyard_model::tls::{Role, TlsFiles};
 use crate::error::NodeError;
 use crate::types::NodeId;
 
-/// Named defaults. A follower calls an election once the leader lease (`election_max`, 240 ms
-/// here: nearly five missed heartbeats, so a busy machine does not see spurious elections) and
-/// a stagger by node id have passed without hearing from the leader ([`crate::node::election`]);
-/// openraft alone would wait the lease plus a random `election_min..election_max` more.
+/// Named defaults. openraft 0.9 lets a follower call an election only after the leader lease
+/// (`election_max`) plus its own random timeout (`election_min..election_max`) pass without a
+/// heartbeat: 360-480 ms here, seven to ten missed heartbeats, so a busy machine does not see
+/// spurious elections while failover stays well under a second (openraft notices the timeout
+/// at its next timer tick: see [`NodeConfig::replication_deadline_ms`]).
 pub const DEFAULT_HEARTBEAT_MS: u64 = 50;
 pub const DEFAULT_ELECTION_MIN_MS: u64 = 120;
 pub const DEFAULT_ELECTION_MAX_MS: u64 = 240;
@@ -135,9 +136,9 @@ impl NodeConfig {
     /// deadline of every AppendEntries (and read-index round), so at 50 ms a 30 ms link or a
     /// slow fsync would stop all commits. Heartbeats go out every `heartbeat_ms` from
     /// [`crate::node::heartbeat`] instead, and this is three quarters of election-min
-    /// (openraft requires less than election-min). openraft checks its election timers only
-    /// every 1.5 × this (135 ms at the defaults), which is one more reason a dead leader is
-    /// noticed by [`crate::node::election`] instead, every few milliseconds.
+    /// (openraft requires less than election-min). The cost: openraft checks election timers
+    /// every 1.5 × this (135 ms at the defaults, not 75 ms), so a failover may be noticed up
+    /// to that much later.
     pub fn replication_deadline_ms(&self) -> u64 {
         (self.election_min_ms * 3 / 4).max(self.heartbeat_ms + 1)
     }

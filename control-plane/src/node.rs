@@ -6,7 +6,6 @@ pub mod batch;
 pub mod bootstrap;
 pub mod calls;
 pub mod context;
-pub mod election;
 pub mod forward;
 pub mod heartbeat;
 pub mod leader;
@@ -132,7 +131,6 @@ impl Node {
             res.map_err(NodeError::from)
         });
         tokio::spawn(heartbeat::run(ctx.clone()));
-        tokio::spawn(election::run(ctx.clone()));
         tokio::spawn(crate::fatal::watch(ctx.raft.clone(), ctx.fatal.clone(), shutdown.clone()));
         tokio::spawn(bootstrap::form_cluster(ctx.clone()));
         tokio::spawn(crate::health::run(ctx.clone()));
