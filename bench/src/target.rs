@@ -84,7 +84,6 @@ impl Conn {
         Ok(())
     }
 
-    /// How many of `keys` a linearizable read does not find.
     /// How many of `keys` a linearizable read lacks. A read that meets an election right after
     /// the failover ("leader changed", UNAVAILABLE) is tried again, for up to 10 s.
     pub async fn count_missing(&self, keys: &[Key]) -> Result<usize> {
