@@ -87,7 +87,7 @@ pub async fn restore(config: &NodeConfig, file: &Path) -> Result<Restored, NodeE
         snapshot_id: format!("restore-{}-{}", backup.revision, &new_cluster[..8]),
     };
     {
-        let mut sm = StateMachineStore::open(db.clone()).map_err(|e| failed(&e))?;
+        let mut sm = StateMachineStore::open(db.clone(), dir).map_err(|e| failed(&e))?;
         sm.install_snapshot(&meta, Box::new(Cursor::new(data))).await.map_err(|e| failed(&e))?;
     }
     store::log::start_after(&db, at).map_err(|e| failed(&e))?;

@@ -1,5 +1,6 @@
 //! sled storage: the Raft log and vote ([`log::LogStore`]), the state machine and snapshots
-//! ([`sm::StateMachineStore`]), all in one sled database per node.
+//! ([`sm::StateMachineStore`]) in one sled database per node; the current snapshot in a file
+//! beside it.
 
 pub mod log;
 pub mod sm;

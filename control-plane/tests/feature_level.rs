@@ -28,7 +28,7 @@ fn open(dir: &std::path::Path) -> (sled::Db, StateMachineStore) {
             Err(e) => panic!("open sled: {e}"),
         }
     };
-    (db.clone(), StateMachineStore::open(db).expect("open state machine"))
+    (db.clone(), StateMachineStore::open(db, dir).expect("open state machine"))
 }
 
 fn level(sm: &StateMachineStore) -> u32 {

@@ -25,7 +25,7 @@ async fn apply(sm: &mut StateMachineStore, e: Entry) -> Response {
 
 fn open(dir: &std::path::Path) -> (sled::Db, StateMachineStore) {
     let db = store::open(dir, 1).expect("open sled");
-    (db.clone(), StateMachineStore::open(db).expect("open state machine"))
+    (db.clone(), StateMachineStore::open(db, dir).expect("open state machine"))
 }
 
 #[tokio::test]

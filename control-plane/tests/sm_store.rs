@@ -29,7 +29,7 @@ fn open(dir: &std::path::Path) -> (sled::Db, StateMachineStore) {
             Err(e) => panic!("open sled: {e}"),
         }
     };
-    (db.clone(), StateMachineStore::open(db).expect("open state machine"))
+    (db.clone(), StateMachineStore::open(db, dir).expect("open state machine"))
 }
 
 fn clock(sm: &StateMachineStore) -> u64 {
@@ -76,7 +76,7 @@ async fn a_build_from_an_older_state_does_not_replace_a_newer_installed_snapshot
     // before the install did): a second handle on the same database, left behind.
     let (db, mut builder_view) = open(&tmp.path().join("follower"));
     builder_view.apply([entry(1, Command::ExpireSessions { now_ms: 1 })]).await.unwrap();
-    let mut follower = StateMachineStore::open(db.clone()).unwrap();
+    let mut follower = StateMachineStore::open(db.clone(), &tmp.path().join("follower")).unwrap();
     follower.install_snapshot(&snap.meta, snap.snapshot).await.unwrap();
 
     let built = builder_view.get_snapshot_builder().await.build_snapshot().await.unwrap();

@@ -10,8 +10,9 @@ struct SledBuilder;
 impl StoreBuilder<TypeConfig, LogStore, StateMachineStore, TempDir> for SledBuilder {
     async fn build(&self) -> Result<(TempDir, LogStore, StateMachineStore), StorageError> {
         let dir = tempfile::tempdir().expect("temp dir");
-        let db = store::open(&dir.path().join("data"), 1).expect("open sled");
-        Ok((dir, LogStore::new(db.clone())?, StateMachineStore::open(db)?))
+        let data = dir.path().join("data");
+        let db = store::open(&data, 1).expect("open sled");
+        Ok((dir, LogStore::new(db.clone())?, StateMachineStore::open(db, &data)?))
     }
 }
 

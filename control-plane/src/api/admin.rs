@@ -265,12 +265,14 @@ impl Admin for AdminService {
     async fn save_snapshot(&self, _: Request<SaveSnapshotRequest>) -> Result<Response<SaveSnapshotReply>, Status> {
         leader::linearize(&self.0).await?;
         let cluster_id = self.0.cluster_id.get().ok_or_else(|| Status::unavailable("this node has no cluster yet"))?;
-        // One read guard: the data is the state at exactly this revision.
-        let (revision, data) = {
-            let live = self.0.shared.read();
-            let data = live.snapshot_data().map_err(|e| Status::internal(format!("cannot encode the state: {e}")))?;
-            (live.revision(), data)
-        };
+        // One read guard: the data is the state at exactly this revision. Encoded off the
+        // lock and off the runtime.
+        let view = self.0.shared.read().snapshot_view();
+        let revision = view.revision();
+        let data = tokio::task::spawn_blocking(move || view.encode())
+            .await
+            .map_err(|e| Status::internal(format!("cannot encode the state: {e}")))?
+            .map_err(|e| Status::internal(format!("cannot encode the state: {e}")))?;
         let file = crate::backup::Backup { format: crate::store::FORMAT, revision, cluster_id, data }.encode();
         tracing::info!(revision, bytes = file.len(), "backup taken");
         Ok(Response::new(SaveSnapshotReply { revision, file }))

@@ -9,6 +9,7 @@ use std::time::Duration;
 
 use futures::Stream;
 use switchyard_model::limits::WATCH_PROGRESS_EVERY;
+use switchyard_model::Model;
 use switchyard_proto::v1::discovery_server::Discovery;
 use switchyard_proto::v1::*;
 use tokio::sync::{broadcast, mpsc, watch};
@@ -68,9 +69,17 @@ fn progress_event(sent: u64, leader_revision: u64) -> WatchEvent {
 const CATCH_UP: Duration = Duration::from_secs(3);
 
 fn snapshot_event(node: &NodeCtx) -> WatchEvent {
-    let live = node.shared.read();
-    let rev = live.revision();
-    WatchEvent { revision: rev, kind: Some(watch_event::Kind::Snapshot(live.state.to_topology(rev))) }
+    let (model, rev) = {
+        let live = node.shared.read();
+        (Model::clone(&live.state), live.revision())
+    };
+    snapshot_of(&model, rev)
+}
+
+/// The whole model as one event. Built from a clone (which shares the live maps' nodes), so
+/// the state lock is held only for the clone, not for the copy of every entity.
+fn snapshot_of(model: &Model, rev: u64) -> WatchEvent {
+    WatchEvent { revision: rev, kind: Some(watch_event::Kind::Snapshot(model.to_topology(rev))) }
 }
 
 /// Whether a watcher gets the affinity hashing secret: proxies need it to hash keys, and a
@@ -123,14 +132,15 @@ impl Discovery for DiscoveryService {
         let (first, mut rx, mut last) = {
             let (live, rx) = node.shared.subscribe();
             let rev = live.revision();
-            let first: Vec<WatchEvent> = match (from > 0).then(|| live.changes_since(from)).flatten() {
-                Some(changes) => changes.iter().map(|(r, c)| changes_event(*r, c)).collect(),
-                None => vec![WatchEvent {
-                    revision: rev,
-                    kind: Some(watch_event::Kind::Snapshot(live.state.to_topology(rev))),
-                }],
+            let first = match (from > 0).then(|| live.changes_since(from)).flatten() {
+                Some(changes) => Ok(changes),
+                None => Err((Model::clone(&live.state), rev)),
             };
             (first, rx, rev.max(from))
+        };
+        let first: Vec<WatchEvent> = match first {
+            Ok(changes) => changes.iter().map(|(r, c)| changes_event(*r, c)).collect(),
+            Err((model, rev)) => vec![snapshot_of(&model, rev)],
         };
         tracing::debug!(proxy = %req.proxy_id, from, "watch started");
         let (tx, out) = mpsc::channel::<Result<WatchEvent, Status>>(256);

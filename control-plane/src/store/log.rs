@@ -6,6 +6,7 @@ use std::ops::{Bound, RangeBounds};
 use openraft::storage::{LogFlushed, LogState, RaftLogReader, RaftLogStorage};
 use openraft::{OptionalSend, Vote};
 
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
 use super::{read_err, write_err};
@@ -19,6 +20,10 @@ pub struct LogStore {
     log: sled::Tree,
     meta: sled::Tree,
     flusher: std::sync::mpsc::Sender<LogFlushed<TypeConfig>>,
+    purger: std::sync::mpsc::Sender<LogId>,
+    /// The first index not purged (0: none purged since start). Entries below it may still be
+    /// in the tree, awaiting the purge thread; reads skip them.
+    first_kept: Arc<AtomicU64>,
     metrics: Arc<Metrics>,
 }
 
@@ -43,6 +48,35 @@ fn flush_loop(db: sled::Db, rx: std::sync::mpsc::Receiver<LogFlushed<TypeConfig>
             cb.log_io_completed(r);
         }
     }
+}
+
+/// Purges in the background, in order: openraft awaits `purge` inside its core, and removing
+/// the ten thousand or so entries a snapshot frees took 100–800 ms in sled under load, time in
+/// which the core sent no heartbeat and answered nothing (followers stood for election).
+///
+/// `purge` records the new point before handing it here, and this thread makes it durable
+/// before it removes anything, so a crash at any moment leaves either the old point with every
+/// entry after it, or the new one: never a gap. Reads skip what awaits removal.
+fn purge_loop(db: sled::Db, log: sled::Tree, rx: std::sync::mpsc::Receiver<LogId>) {
+    while let Ok(mut upto) = rx.recv() {
+        // Only the latest point matters when several are waiting.
+        upto = rx.try_iter().fold(upto, std::cmp::max);
+        if let Err(e) = purge_upto(&db, &log, upto) {
+            // Not fatal: the entries stay, and the next purge covers them.
+            tracing::warn!(error = %e, upto = %upto, "log purge failed");
+        }
+    }
+}
+
+fn purge_upto(db: &sled::Db, log: &sled::Tree, upto: LogId) -> Result<(), StorageError> {
+    db.flush().map_err(write_err)?;
+    // One key at a time, not one batch: a sled batch holds a lock every other write to the
+    // database waits on (appends too), for as long as it takes to apply.
+    for kv in log.range(..=key(upto.index)) {
+        let (k, _) = kv.map_err(read_err)?;
+        log.remove(k).map_err(write_err)?;
+    }
+    Ok(())
 }
 
 /// Marks `db`'s empty log as starting after `at` (a restored snapshot's position), as if
@@ -70,7 +104,17 @@ impl LogStore {
             .name("log-flush".into())
             .spawn(move || flush_loop(flush_db, rx, flush_metrics))
             .map_err(write_err)?;
-        Ok(LogStore { db, log, meta, flusher, metrics })
+        let (purger, rx) = std::sync::mpsc::channel();
+        let (purge_db, purge_log) = (db.clone(), log.clone());
+        std::thread::Builder::new()
+            .name("log-purge".into())
+            .spawn(move || purge_loop(purge_db, purge_log, rx))
+            .map_err(write_err)?;
+        let mut me = LogStore { db, log, meta, flusher, purger, first_kept: Arc::default(), metrics };
+        if let Some(p) = me.get_meta::<LogId>("last_purged")? {
+            me.first_kept = Arc::new(AtomicU64::new(p.index + 1));
+        }
+        Ok(me)
     }
 
     fn get_meta<T: serde::de::DeserializeOwned>(&self, key: &str) -> Result<Option<T>, StorageError> {
@@ -93,6 +137,10 @@ impl LogStore {
             batch.insert(&key(e.log_id.index), postcard::to_stdvec(&e).map_err(write_err)?);
         }
         self.log.apply_batch(batch).map_err(write_err)
+    }
+
+    fn first_kept(&self) -> u64 {
+        self.first_kept.load(Ordering::Acquire)
     }
 
     /// No vote and no log: this node has never promised anything to anyone (or forgot it).
@@ -133,7 +181,8 @@ impl RaftLogReader<TypeConfig> for LogStore {
             Bound::Included(i) => *i,
             Bound::Excluded(i) => i + 1,
             Bound::Unbounded => 0,
-        };
+        }
+        .max(self.first_kept());
         let iter = match range.end_bound() {
             Bound::Included(i) => self.log.range(key(start)..=key(*i)),
             Bound::Excluded(i) => self.log.range(key(start)..key(*i)),
@@ -151,6 +200,10 @@ impl RaftLogReader<TypeConfig> for LogStore {
     async fn limited_get_log_entries(&mut self, start: u64, end: u64) -> Result<Vec<Entry>, StorageError> {
         let mut out = Vec::new();
         let mut bytes = 0;
+        let start = start.max(self.first_kept());
+        if start >= end {
+            return Ok(out);
+        }
         for kv in self.log.range(key(start)..key(end)) {
             let (_, v) = kv.map_err(read_err)?;
             bytes += v.len();
@@ -169,7 +222,7 @@ impl RaftLogStorage<TypeConfig> for LogStore {
     async fn get_log_state(&mut self) -> Result<LogState<TypeConfig>, StorageError> {
         let last_purged: Option<LogId> = self.get_meta("last_purged")?;
         let last = match self.log.last().map_err(read_err)? {
-            Some((_, v)) => Some(postcard::from_bytes::<Entry>(&v).map_err(read_err)?.log_id),
+            Some((_, v)) => Some(postcard::from_bytes::<Entry>(&v).map_err(read_err)?.log_id).max(last_purged),
             None => last_purged,
         };
         Ok(LogState { last_purged_log_id: last_purged, last_log_id: last })
@@ -233,16 +286,12 @@ impl RaftLogStorage<TypeConfig> for LogStore {
         Ok(())
     }
 
+    /// Records the point, then hands the flush and the removal to the purge thread
+    /// ([`purge_loop`]) and returns at once.
     async fn purge(&mut self, log_id: LogId) -> Result<(), StorageError> {
         self.put_meta("last_purged", &log_id)?;
-        self.db.flush_async().await.map_err(write_err)?;
-        let mut batch = sled::Batch::default();
-        for kv in self.log.range(..=key(log_id.index)) {
-            let (k, _) = kv.map_err(read_err)?;
-            batch.remove(k);
-        }
-        self.log.apply_batch(batch).map_err(write_err)?;
-        Ok(())
+        self.first_kept.fetch_max(log_id.index + 1, Ordering::Release);
+        self.purger.send(log_id).map_err(|_| write_err("log purge thread stopped"))
     }
 }
 

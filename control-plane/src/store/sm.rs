@@ -6,15 +6,16 @@
 //! always the last snapshot plus the committed entries after it: at start openraft re-applies
 //! those from the log. Writing every entity, seen-table row and audit record to sled on every
 //! apply, on every node, cost about a third of the control plane's write throughput.
-//! Snapshots live in tree `snapshot`. Tree `sm` holds the state machine row by row as builds
+//! Snapshots live in a file of their own ([`snapfile`]). Tree `sm` holds the state machine row by row as builds
 //! before storage format 4 wrote it ([`rows`]); it is read, never written, so such a data dir
 //! starts where it stopped.
 
 mod rows;
+mod snapfile;
 
 use std::collections::VecDeque;
 use std::io::Cursor;
-use std::sync::{Arc, Mutex, RwLock};
+use std::sync::{Arc, RwLock};
 
 use openraft::storage::{RaftSnapshotBuilder, RaftStateMachine, Snapshot};
 use openraft::{EntryPayload, OptionalSend};
@@ -26,6 +27,7 @@ use switchyard_proto::v1::{change, Change, Topology};
 use tokio::sync::broadcast;
 
 use self::rows::*;
+use self::snapfile::SnapshotStore;
 use super::{read_err, write_err};
 use crate::audit::{AuditLog, AuditRecord};
 use crate::auth::tokens::{TokenRecord, Tokens};
@@ -78,9 +80,31 @@ impl Live {
 }
 
 impl Live {
+    /// A copy of the state for a snapshot, cheap enough to take under the state lock: the
+    /// model's maps share their nodes with the live ones, and the seen table, tokens and
+    /// audit log are bounded. Encoding it ([`SnapshotView::encode`]) is the slow part, and
+    /// runs with the lock released.
+    pub fn snapshot_view(&self) -> SnapshotView {
+        SnapshotView { state: self.state.clone(), last_applied: self.last_applied, membership: self.membership.clone() }
+    }
+}
+
+/// The state at one revision, for encoding as snapshot data off the state lock.
+pub struct SnapshotView {
+    state: State,
+    pub last_applied: Option<LogId>,
+    pub membership: StoredMembership,
+}
+
+impl SnapshotView {
+    pub fn revision(&self) -> u64 {
+        self.last_applied.map_or(0, |l| l.index)
+    }
+
     /// The state as a snapshot's data (what Raft sends a lagging follower, and what a backup
-    /// file carries).
-    pub fn snapshot_data(&self) -> Result<Vec<u8>, StorageError> {
+    /// file carries). CPU-bound and proportional to the state: call it from a blocking
+    /// thread, not from an async task.
+    pub fn encode(&self) -> Result<Vec<u8>, StorageError> {
         encode_snapshot(
             &SnapshotFile {
                 last_applied: self.last_applied,
@@ -94,6 +118,14 @@ impl Live {
             &SnapshotTail { feature_level: self.state.feature_level() },
         )
     }
+}
+
+/// Runs CPU- or disk-bound storage work on a blocking thread, so the Raft core, the state
+/// machine worker and the gRPC services sharing the runtime go on meanwhile.
+async fn off_runtime<T: Send + 'static>(
+    work: impl FnOnce() -> Result<T, StorageError> + Send + 'static,
+) -> Result<T, StorageError> {
+    tokio::task::spawn_blocking(work).await.map_err(|e| write_err(format!("storage task failed: {e}")))?
 }
 
 /// Snapshot data from another cluster, made this cluster's: applied at `at`, with this
@@ -180,12 +212,8 @@ struct SnapshotFile {
 /// openraft's view of the state machine.
 pub struct StateMachineStore {
     shared: Arc<Shared>,
-    db: sled::Db,
     sm: sled::Tree,
-    snap: sled::Tree,
-    /// Serializes writes and reads of the stored snapshot (`meta` and `data` together) between
-    /// the builder's task and snapshot installs.
-    snap_lock: Arc<Mutex<()>>,
+    snaps: SnapshotStore,
     metrics: Arc<Metrics>,
 }
 
@@ -198,9 +226,9 @@ impl StateMachineStore {
 
     /// Loads the state machine: the stored snapshot, or the rows an older build wrote when
     /// they are newer. A corrupt entry is an error, not a panic.
-    pub fn open(db: sled::Db) -> Result<Self, StorageError> {
+    pub fn open(db: sled::Db, dir: &std::path::Path) -> Result<Self, StorageError> {
         let sm = db.open_tree("sm").map_err(read_err)?;
-        let snap = db.open_tree("snapshot").map_err(read_err)?;
+        let snaps = SnapshotStore::open(dir, &db)?;
         let (tx, _) = broadcast::channel(4096);
         let mut me = StateMachineStore {
             shared: Arc::new(Shared {
@@ -213,15 +241,13 @@ impl StateMachineStore {
                 }),
                 tx,
             }),
-            db,
             sm,
-            snap,
-            snap_lock: Arc::default(),
+            snaps,
             metrics: Arc::default(),
         };
         // An empty tree reads as the empty state, at no index.
         let (state, last_applied, membership) = load_rows(&me.sm)?;
-        match me.read_snapshot()? {
+        match me.snaps.read()? {
             Some((meta, data)) if meta.last_log_id >= last_applied => {
                 me.restore(&data)?;
                 if !me.sm.is_empty() {
@@ -238,20 +264,10 @@ impl StateMachineStore {
         self.shared.clone()
     }
 
-    fn read_snapshot(&self) -> Result<Option<(SnapshotMeta, Vec<u8>)>, StorageError> {
-        let _g = self.snap_lock.lock().unwrap_or_else(|e| e.into_inner());
-        read_snapshot(&self.snap)
-    }
-
     /// Replaces the state machine with a snapshot's contents.
     fn restore(&mut self, data: &[u8]) -> Result<(), StorageError> {
-        let (file, tail) = decode_snapshot(data)?;
-        refuse_level(tail.feature_level)?;
-        let topo = Topology::decode(file.topology.as_slice()).map_err(read_err)?;
-        let state = State::from_topology(topo, Seen::from_rows(file.seen), file.clock_ms)
-            .with_access(Tokens::from_records(file.tokens), AuditLog::from_records(file.audit))
-            .with_feature_level(tail.feature_level);
-        self.replace(state, file.last_applied, file.membership);
+        let (state, last_applied, membership) = decode_state(data)?;
+        self.replace(state, last_applied, membership);
         Ok(())
     }
 
@@ -265,6 +281,17 @@ impl StateMachineStore {
         live.history_start = live.revision();
         let _ = self.shared.tx.send(Notice::Reset);
     }
+}
+
+/// The state a snapshot's data holds, refused if its feature level is not one this binary runs.
+fn decode_state(data: &[u8]) -> Result<(State, Option<LogId>, StoredMembership), StorageError> {
+    let (file, tail) = decode_snapshot(data)?;
+    refuse_level(tail.feature_level)?;
+    let topo = Topology::decode(file.topology.as_slice()).map_err(read_err)?;
+    let state = State::from_topology(topo, Seen::from_rows(file.seen), file.clock_ms)
+        .with_access(Tokens::from_records(file.tokens), AuditLog::from_records(file.audit))
+        .with_feature_level(tail.feature_level);
+    Ok((state, file.last_applied, file.membership))
 }
 
 /// The state machine as rows in tree `sm` (written by builds before storage format 4).
@@ -323,15 +350,6 @@ fn load_rows(sm: &sled::Tree) -> Result<(State, Option<LogId>, StoredMembership)
     Ok((state, last_applied, membership))
 }
 
-/// The stored snapshot; the caller holds the snapshot lock.
-fn read_snapshot(snap: &sled::Tree) -> Result<Option<(SnapshotMeta, Vec<u8>)>, StorageError> {
-    let (Some(meta), Some(data)) = (snap.get("meta").map_err(read_err)?, snap.get("data").map_err(read_err)?) else {
-        return Ok(None);
-    };
-    let meta = postcard::from_bytes(&meta).map_err(read_err)?;
-    Ok(Some((meta, data.to_vec())))
-}
-
 impl RaftSnapshotBuilder<TypeConfig> for SnapshotSource {
     /// Builds from the live state, but never replaces a stored snapshot at least as new: one
     /// installed from the leader while this build ran covers entries this node may already
@@ -339,31 +357,28 @@ impl RaftSnapshotBuilder<TypeConfig> for SnapshotSource {
     /// sent a snapshot behind the purge point, over and over. That stored one is returned
     /// instead (rebuilding from the live state would do too, but the stored one is at hand).
     async fn build_snapshot(&mut self) -> Result<Snapshot<TypeConfig>, StorageError> {
-        let (data, last_applied, membership) = {
-            let live = self.shared.read();
-            (live.snapshot_data()?, live.last_applied, live.membership.clone())
-        };
+        let view = self.shared.read().snapshot_view();
+        let (last_applied, membership) = (view.last_applied, view.membership.clone());
         let nanos = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_nanos());
         let snapshot_id = match last_applied {
             Some(l) => format!("{}-{}-{nanos}", l.leader_id, l.index),
             None => format!("none-{nanos}"),
         };
         let meta = SnapshotMeta { last_log_id: last_applied, last_membership: membership, snapshot_id };
-        {
-            let _g = self.snap_lock.lock().unwrap_or_else(|e| e.into_inner());
-            if let Some((stored, data)) = read_snapshot(&self.snap)? {
-                if stored.last_log_id >= meta.last_log_id {
-                    return Ok(Snapshot { meta: stored, snapshot: Box::new(Cursor::new(data)) });
-                }
-            }
-            let mut batch = sled::Batch::default();
-            batch.insert("meta", encode(&meta)?);
-            batch.insert("data", data.clone());
-            self.snap.apply_batch(batch).map_err(write_err)?;
+        let snaps = self.snaps.clone();
+        let built = off_runtime(move || {
+            let data = view.encode()?;
+            let newer = snaps.store_unless_newer(&meta, &data)?;
+            Ok(match newer {
+                Some((stored, data)) => (stored, data, false),
+                None => (meta, data, true),
+            })
+        })
+        .await?;
+        let (meta, data, fresh) = built;
+        if fresh {
+            self.metrics.snapshot_builds.inc();
         }
-        // Durable before Raft purges the log up to it: it is the state machine's only copy.
-        self.db.flush_async().await.map_err(write_err)?;
-        self.metrics.snapshot_builds.inc();
         Ok(Snapshot { meta, snapshot: Box::new(Cursor::new(data)) })
     }
 }
@@ -371,9 +386,7 @@ impl RaftSnapshotBuilder<TypeConfig> for SnapshotSource {
 /// What the snapshot builder needs; built while openraft has the state machine to itself.
 pub struct SnapshotSource {
     shared: Arc<Shared>,
-    db: sled::Db,
-    snap: sled::Tree,
-    snap_lock: Arc<Mutex<()>>,
+    snaps: SnapshotStore,
     metrics: Arc<Metrics>,
 }
 
@@ -447,13 +460,7 @@ impl RaftStateMachine<TypeConfig> for StateMachineStore {
     }
 
     async fn get_snapshot_builder(&mut self) -> Self::SnapshotBuilder {
-        SnapshotSource {
-            shared: self.shared.clone(),
-            db: self.db.clone(),
-            snap: self.snap.clone(),
-            snap_lock: self.snap_lock.clone(),
-            metrics: self.metrics.clone(),
-        }
+        SnapshotSource { shared: self.shared.clone(), snaps: self.snaps.clone(), metrics: self.metrics.clone() }
     }
 
     async fn begin_receiving_snapshot(&mut self) -> Result<Box<Cursor<Vec<u8>>>, StorageError> {
@@ -466,22 +473,23 @@ impl RaftStateMachine<TypeConfig> for StateMachineStore {
         snapshot: Box<Cursor<Vec<u8>>>,
     ) -> Result<(), StorageError> {
         let data = snapshot.into_inner();
-        // Check it decodes, at a level this binary runs, before anything is replaced.
-        refuse_level(decode_snapshot(&data)?.1.feature_level)?;
-        let mut batch = sled::Batch::default();
-        batch.insert("meta", encode(meta)?);
-        batch.insert("data", data.clone());
-        {
-            let _g = self.snap_lock.lock().unwrap_or_else(|e| e.into_inner());
-            self.snap.apply_batch(batch).map_err(write_err)?;
-        }
-        self.db.flush_async().await.map_err(write_err)?;
-        self.restore(&data)?;
+        let (meta, snaps) = (meta.clone(), self.snaps.clone());
+        // Decoded (at a level this binary runs) before anything is replaced, and stored, on a
+        // blocking thread: both take time in proportion to the state.
+        let (state, last_applied, membership) = off_runtime(move || {
+            let decoded = decode_state(&data)?;
+            snaps.store(&meta, &data)?;
+            Ok(decoded)
+        })
+        .await?;
+        self.replace(state, last_applied, membership);
         self.metrics.snapshot_installs.inc();
         Ok(())
     }
 
     async fn get_current_snapshot(&mut self) -> Result<Option<Snapshot<TypeConfig>>, StorageError> {
-        Ok(self.read_snapshot()?.map(|(meta, data)| Snapshot { meta, snapshot: Box::new(Cursor::new(data)) }))
+        let snaps = self.snaps.clone();
+        let stored = off_runtime(move || snaps.read()).await?;
+        Ok(stored.map(|(meta, data)| Snapshot { meta, snapshot: Box::new(Cursor::new(data)) }))
     }
 }
