@@ -269,9 +269,8 @@ impl Admin for AdminService {
         // lock and off the runtime.
         let view = self.0.shared.read().snapshot_view();
         let revision = view.revision();
-        let data = tokio::task::spawn_blocking(move || view.encode())
+        let data = crate::store::sm::off_runtime(move || view.encode())
             .await
-            .map_err(|e| Status::internal(format!("cannot encode the state: {e}")))?
             .map_err(|e| Status::internal(format!("cannot encode the state: {e}")))?;
         let file = crate::backup::Backup { format: crate::store::FORMAT, revision, cluster_id, data }.encode();
         tracing::info!(revision, bytes = file.len(), "backup taken");
