@@ -61,7 +61,10 @@ impl Node {
         let cluster_id = ClusterId::open(&db)
             .map_err(|e| NodeError::DataDir { path: config.data_dir.display().to_string(), reason: e })?;
         bootstrap::check_peers(&config, log.is_empty().map_err(data_err)?, &cluster_id).await?;
-        let sm = StateMachineStore::open(db, &config.data_dir).map_err(data_err)?.with_metrics(metrics.clone());
+        let sm = StateMachineStore::open(db, &config.data_dir)
+            .and_then(|sm| sm.with_purge_gate(log.purge_gate()))
+            .map_err(data_err)?
+            .with_metrics(metrics.clone());
         let shared = sm.shared();
         let level = shared.read().state.feature_level();
         if let Some(why) = crate::features::unsupported(level) {

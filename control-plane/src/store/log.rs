@@ -24,7 +24,36 @@ pub struct LogStore {
     /// The first index not purged (0: none purged since start). Entries below it may still be
     /// in the tree, awaiting the purge thread; reads skip them.
     first_kept: Arc<AtomicU64>,
+    /// The purge point Raft asked for, not yet recorded on disk (the purge thread records it
+    /// once the snapshot covering it is durable).
+    pending_purge: Arc<std::sync::Mutex<Option<LogId>>>,
+    /// One more than the index of the durably stored snapshot, if purges wait for it.
+    gate: PurgeGate,
     metrics: Arc<Metrics>,
+}
+
+/// How far the log may be purged: one more than the index of the snapshot durably stored
+/// (0: none). The state machine's snapshot store raises it once a snapshot is on disk.
+///
+/// openraft 0.9 asks for a purge up to an installed snapshot in the same breath as it hands
+/// the install to the state machine, without waiting for it: a purge recorded before that
+/// snapshot is on disk would leave, after a crash, a log that starts past the snapshot the
+/// node restarts from, and a node that cannot start. A store without a gate (tools, tests of
+/// the log alone) purges at once.
+#[derive(Clone)]
+pub struct PurgeGate(Arc<AtomicU64>);
+
+impl PurgeGate {
+    const OPEN: u64 = u64::MAX;
+
+    /// Lets purges through up to `index` (the index of a snapshot now durable).
+    pub fn durable(&self, index: Option<u64>) {
+        self.0.store(index.map_or(0, |i| i + 1), Ordering::Release);
+    }
+
+    fn allows(&self, index: u64) -> bool {
+        index < self.0.load(Ordering::Acquire)
+    }
 }
 
 /// Group commit: every append waiting when a flush starts is made durable by that one flush,
@@ -54,21 +83,39 @@ fn flush_loop(db: sled::Db, rx: std::sync::mpsc::Receiver<LogFlushed<TypeConfig>
 /// the ten thousand or so entries a snapshot frees took 100–800 ms in sled under load, time in
 /// which the core sent no heartbeat and answered nothing (followers stood for election).
 ///
-/// `purge` records the new point before handing it here, and this thread makes it durable
-/// before it removes anything, so a crash at any moment leaves either the old point with every
-/// entry after it, or the new one: never a gap. Reads skip what awaits removal.
-fn purge_loop(db: sled::Db, log: sled::Tree, rx: std::sync::mpsc::Receiver<LogId>) {
-    while let Ok(mut upto) = rx.recv() {
-        // Only the latest point matters when several are waiting.
-        upto = rx.try_iter().fold(upto, std::cmp::max);
-        if let Err(e) = purge_upto(&db, &log, upto) {
-            // Not fatal: the entries stay, and the next purge covers them.
-            tracing::warn!(error = %e, upto = %upto, "log purge failed");
+/// A point is recorded (and made durable) only once the gate allows it, and before anything
+/// is removed, so a crash at any moment leaves either the old point with every entry after it,
+/// or the new one: never a gap, never a log starting past the stored snapshot. Reads skip what
+/// awaits removal.
+fn purge_loop(db: sled::Db, log: sled::Tree, meta: sled::Tree, gate: PurgeGate, rx: std::sync::mpsc::Receiver<LogId>) {
+    let mut want: Option<LogId> = None;
+    loop {
+        match want {
+            Some(upto) if gate.allows(upto.index) => {
+                want = None;
+                if let Err(e) = purge_upto(&db, &log, &meta, upto) {
+                    // Not fatal: the entries stay, and the next purge covers them.
+                    tracing::warn!(error = %e, upto = %upto, "log purge failed");
+                }
+            }
+            // Waiting for the snapshot to be durable: look again shortly, or take a newer point.
+            Some(_) => match rx.recv_timeout(std::time::Duration::from_millis(50)) {
+                Ok(p) => want = want.max(Some(p)),
+                Err(std::sync::mpsc::RecvTimeoutError::Timeout) => {}
+                Err(std::sync::mpsc::RecvTimeoutError::Disconnected) => return,
+            },
+            None => match rx.recv() {
+                Ok(p) => want = Some(p),
+                Err(_) => return,
+            },
         }
+        // Only the latest point matters when several are waiting.
+        want = rx.try_iter().fold(want, |w, p| w.max(Some(p)));
     }
 }
 
-fn purge_upto(db: &sled::Db, log: &sled::Tree, upto: LogId) -> Result<(), StorageError> {
+fn purge_upto(db: &sled::Db, log: &sled::Tree, meta: &sled::Tree, upto: LogId) -> Result<(), StorageError> {
+    meta.insert("last_purged", postcard::to_stdvec(&upto).map_err(write_err)?).map_err(write_err)?;
     db.flush().map_err(write_err)?;
     // One key at a time, not one batch: a sled batch holds a lock every other write to the
     // database waits on (appends too), for as long as it takes to apply.
@@ -105,16 +152,35 @@ impl LogStore {
             .spawn(move || flush_loop(flush_db, rx, flush_metrics))
             .map_err(write_err)?;
         let (purger, rx) = std::sync::mpsc::channel();
-        let (purge_db, purge_log) = (db.clone(), log.clone());
+        let gate = PurgeGate(Arc::new(AtomicU64::new(PurgeGate::OPEN)));
+        let (purge_db, purge_log, purge_meta, purge_gate) = (db.clone(), log.clone(), meta.clone(), gate.clone());
         std::thread::Builder::new()
             .name("log-purge".into())
-            .spawn(move || purge_loop(purge_db, purge_log, rx))
+            .spawn(move || purge_loop(purge_db, purge_log, purge_meta, purge_gate, rx))
             .map_err(write_err)?;
-        let mut me = LogStore { db, log, meta, flusher, purger, first_kept: Arc::default(), metrics };
+        let mut me = LogStore {
+            db,
+            log,
+            meta,
+            flusher,
+            purger,
+            first_kept: Arc::default(),
+            pending_purge: Arc::default(),
+            gate,
+            metrics,
+        };
         if let Some(p) = me.get_meta::<LogId>("last_purged")? {
             me.first_kept = Arc::new(AtomicU64::new(p.index + 1));
         }
         Ok(me)
+    }
+
+    /// Makes purges wait for the snapshot they rely on to be durable: the caller (the node)
+    /// hands the gate to the state machine's snapshot store, which sets where it stands.
+    /// Closed until then.
+    pub fn purge_gate(&self) -> PurgeGate {
+        self.gate.durable(None);
+        self.gate.clone()
     }
 
     fn get_meta<T: serde::de::DeserializeOwned>(&self, key: &str) -> Result<Option<T>, StorageError> {
@@ -220,9 +286,20 @@ impl RaftLogStorage<TypeConfig> for LogStore {
     type LogReader = LogStore;
 
     async fn get_log_state(&mut self) -> Result<LogState<TypeConfig>, StorageError> {
-        let last_purged: Option<LogId> = self.get_meta("last_purged")?;
+        let stored: Option<LogId> = self.get_meta("last_purged")?;
+        let pending = *self.pending_purge.lock().unwrap_or_else(|e| e.into_inner());
+        let last_purged = stored.max(pending);
+        let purged_index = last_purged.map(|p| p.index);
         let last = match self.log.last().map_err(read_err)? {
-            Some((_, v)) => Some(postcard::from_bytes::<Entry>(&v).map_err(read_err)?.log_id).max(last_purged),
+            // Entries at or below the purge point may still await the purge thread.
+            Some((_, v)) => {
+                let last = postcard::from_bytes::<Entry>(&v).map_err(read_err)?.log_id;
+                if Some(last.index) > purged_index {
+                    Some(last)
+                } else {
+                    last_purged
+                }
+            }
             None => last_purged,
         };
         Ok(LogState { last_purged_log_id: last_purged, last_log_id: last })
@@ -286,10 +363,13 @@ impl RaftLogStorage<TypeConfig> for LogStore {
         Ok(())
     }
 
-    /// Records the point, then hands the flush and the removal to the purge thread
-    /// ([`purge_loop`]) and returns at once.
+    /// Hands the point to the purge thread ([`purge_loop`]), which records it and removes the
+    /// entries once the gate allows, and returns at once.
     async fn purge(&mut self, log_id: LogId) -> Result<(), StorageError> {
-        self.put_meta("last_purged", &log_id)?;
+        {
+            let mut pending = self.pending_purge.lock().unwrap_or_else(|e| e.into_inner());
+            *pending = (*pending).max(Some(log_id));
+        }
         self.first_kept.fetch_max(log_id.index + 1, Ordering::Release);
         self.purger.send(log_id).map_err(|_| write_err("log purge thread stopped"))
     }
@@ -311,6 +391,33 @@ mod tests {
             log_id: LogId::new(CommittedLeaderId::new(1, 1), index),
             payload: EntryPayload::Normal(Batch(vec![Command::CreatePool(Pb(pool)).into()])),
         }
+    }
+
+    #[tokio::test]
+    async fn a_purge_is_recorded_only_once_the_snapshot_it_relies_on_is_durable() {
+        let tmp = tempfile::tempdir().unwrap();
+        let mut log = LogStore::new(crate::store::open(tmp.path(), 1).unwrap()).unwrap();
+        let gate = log.purge_gate();
+        log.write_entries((1..=10).map(big)).unwrap();
+        log.purge(LogId::new(CommittedLeaderId::new(1, 1), 6)).await.unwrap();
+        // Raft sees the purge at once...
+        let state = log.get_log_state().await.unwrap();
+        assert_eq!(state.last_purged_log_id.map(|l| l.index), Some(6));
+        assert_eq!(state.last_log_id.map(|l| l.index), Some(10));
+        let first = log.try_get_log_entries(0..).await.unwrap().first().map(|e| e.log_id.index);
+        assert_eq!(first, Some(7));
+        // ...but while no durable snapshot covers index 6, nothing is recorded or removed: a
+        // crash now restarts from the old snapshot with every entry after it.
+        std::thread::sleep(std::time::Duration::from_millis(200));
+        assert_eq!(log.get_meta::<LogId>("last_purged").unwrap(), None);
+        assert_eq!(log.log.len(), 10);
+        gate.durable(Some(6));
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+        while log.log.len() != 4 {
+            assert!(std::time::Instant::now() < deadline, "purge never ran: {} entries", log.log.len());
+            std::thread::sleep(std::time::Duration::from_millis(10));
+        }
+        assert_eq!(log.get_meta::<LogId>("last_purged").unwrap().map(|l| l.index), Some(6));
     }
 
     #[tokio::test]

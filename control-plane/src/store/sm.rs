@@ -233,6 +233,13 @@ pub struct StateMachineStore {
 }
 
 impl StateMachineStore {
+    /// Keeps the log from being purged past the snapshot durably stored here (see
+    /// [`crate::store::log::PurgeGate`]).
+    pub fn with_purge_gate(mut self, gate: crate::store::log::PurgeGate) -> Result<Self, StorageError> {
+        self.snaps.gate_purges(gate)?;
+        Ok(self)
+    }
+
     /// Counts snapshot builds and installs into a node's metrics.
     pub fn with_metrics(mut self, metrics: Arc<Metrics>) -> Self {
         self.metrics = metrics;

@@ -16,6 +16,7 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 
 use super::super::{read_err, write_err};
+use crate::store::log::PurgeGate;
 use crate::types::{SnapshotMeta, StorageError};
 
 const FILE: &str = "snapshot";
@@ -33,12 +34,28 @@ pub struct SnapshotStore {
     dir: PathBuf,
     legacy: sled::Tree,
     lock: Arc<Mutex<()>>,
+    /// Told where the durable snapshot stands, so the log is never purged past it.
+    gate: Option<PurgeGate>,
 }
 
 impl SnapshotStore {
     pub fn open(dir: &Path, db: &sled::Db) -> Result<Self, StorageError> {
         let legacy = db.open_tree("snapshot").map_err(read_err)?;
-        Ok(SnapshotStore { dir: dir.to_path_buf(), legacy, lock: Arc::default() })
+        Ok(SnapshotStore { dir: dir.to_path_buf(), legacy, lock: Arc::default(), gate: None })
+    }
+
+    /// From now on, tells `gate` the index of the snapshot durably stored, starting with the
+    /// one stored now.
+    pub fn gate_purges(&mut self, gate: PurgeGate) -> Result<(), StorageError> {
+        let lock = self.lock.clone();
+        let _g = lock.lock().unwrap_or_else(|e| e.into_inner());
+        let stored = match read_meta(&self.dir.join(FILE))? {
+            Some(m) => Some(m),
+            None => legacy_meta(&self.legacy)?,
+        };
+        gate.durable(stored.and_then(|m| m.last_log_id).map(|l| l.index));
+        self.gate = Some(gate);
+        Ok(())
     }
 
     fn guard(&self) -> std::sync::MutexGuard<'_, ()> {
@@ -86,11 +103,11 @@ impl SnapshotStore {
     }
 
     fn write_locked(&self, meta: &SnapshotMeta, data: &[u8]) -> Result<(), StorageError> {
-        let meta = postcard::to_stdvec(meta).map_err(write_err)?;
-        let mut head = Vec::with_capacity(MAGIC.len() + 12 + meta.len());
+        let encoded = postcard::to_stdvec(meta).map_err(write_err)?;
+        let mut head = Vec::with_capacity(MAGIC.len() + 12 + encoded.len());
         head.extend_from_slice(MAGIC);
-        head.extend_from_slice(&(meta.len() as u32).to_le_bytes());
-        head.extend_from_slice(&meta);
+        head.extend_from_slice(&(encoded.len() as u32).to_le_bytes());
+        head.extend_from_slice(&encoded);
         head.extend_from_slice(&(data.len() as u64).to_le_bytes());
         let mut crc = crc32fast::Hasher::new();
         crc.update(&head);
@@ -111,6 +128,9 @@ impl SnapshotStore {
         drop(f);
         std::fs::rename(&tmp, self.dir.join(FILE)).map_err(|e| io("rename", e))?;
         File::open(&self.dir).and_then(|d| d.sync_all()).map_err(|e| io("fsync the dir of", e))?;
+        if let Some(gate) = &self.gate {
+            gate.durable(meta.last_log_id.map(|l| l.index));
+        }
         // The file is what counts from now on; an older build's copy in sled is dead weight.
         for kv in self.legacy.iter().keys() {
             self.legacy.remove(kv.map_err(read_err)?).map_err(write_err)?;
