@@ -38,8 +38,8 @@ pub struct LogStore {
 /// openraft 0.9 asks for a purge up to an installed snapshot in the same breath as it hands
 /// the install to the state machine, without waiting for it: a purge recorded before that
 /// snapshot is on disk would leave, after a crash, a log that starts past the snapshot the
-/// node restarts from, and a node that cannot start. A store without a gate (tools, tests of
-/// the log alone) purges at once.
+/// node restarts from, and a node that cannot start. A store whose gate nobody took
+/// ([`LogStore::purge_gate`]: tools, tests of the log alone) purges at once.
 #[derive(Clone)]
 pub struct PurgeGate(Arc<AtomicU64>);
 
@@ -158,21 +158,10 @@ impl LogStore {
             .name("log-purge".into())
             .spawn(move || purge_loop(purge_db, purge_log, purge_meta, purge_gate, rx))
             .map_err(write_err)?;
-        let mut me = LogStore {
-            db,
-            log,
-            meta,
-            flusher,
-            purger,
-            first_kept: Arc::default(),
-            pending_purge: Arc::default(),
-            gate,
-            metrics,
-        };
-        if let Some(p) = me.get_meta::<LogId>("last_purged")? {
-            me.first_kept = Arc::new(AtomicU64::new(p.index + 1));
-        }
-        Ok(me)
+        let purged = meta.get("last_purged").map_err(read_err)?;
+        let purged: Option<LogId> = purged.map(|v| postcard::from_bytes(&v)).transpose().map_err(read_err)?;
+        let first_kept = Arc::new(AtomicU64::new(purged.map_or(0, |p| p.index + 1)));
+        Ok(LogStore { db, log, meta, flusher, purger, first_kept, pending_purge: Arc::default(), gate, metrics })
     }
 
     /// Makes purges wait for the snapshot they rely on to be durable: the caller (the node)

@@ -6,9 +6,9 @@
 //! always the last snapshot plus the committed entries after it: at start openraft re-applies
 //! those from the log. Writing every entity, seen-table row and audit record to sled on every
 //! apply, on every node, cost about a third of the control plane's write throughput.
-//! Snapshots live in a file of their own ([`snapfile`]). Tree `sm` holds the state machine row by row as builds
-//! before storage format 4 wrote it ([`rows`]); it is read, never written, so such a data dir
-//! starts where it stopped.
+//! Snapshots live in a file of their own ([`snapfile`]). Tree `sm` holds the state machine row
+//! by row as builds before storage format 4 wrote it ([`rows`]); it is read, never written, so
+//! such a data dir starts where it stopped.
 
 mod rows;
 mod snapfile;

@@ -47,11 +47,9 @@ impl SnapshotStore {
     /// From now on, tells `gate` the index of the snapshot durably stored, starting with the
     /// one stored now.
     pub fn gate_purges(&mut self, gate: PurgeGate) -> Result<(), StorageError> {
-        let lock = self.lock.clone();
-        let _g = lock.lock().unwrap_or_else(|e| e.into_inner());
-        let stored = match read_meta(&self.dir.join(FILE))? {
-            Some(m) => Some(m),
-            None => legacy_meta(&self.legacy)?,
+        let stored = {
+            let _g = self.guard();
+            self.meta_locked()?
         };
         gate.durable(stored.and_then(|m| m.last_log_id).map(|l| l.index));
         self.gate = Some(gate);
@@ -62,13 +60,26 @@ impl SnapshotStore {
         self.lock.lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    /// The stored snapshot, whole and checked. Blocking: reads the file.
-    pub fn read(&self) -> Result<Option<(SnapshotMeta, Vec<u8>)>, StorageError> {
-        let _g = self.guard();
+    /// The stored snapshot's meta: the file's, else an older build's in sled.
+    fn meta_locked(&self) -> Result<Option<SnapshotMeta>, StorageError> {
+        match read_meta(&self.dir.join(FILE))? {
+            Some(m) => Ok(Some(m)),
+            None => legacy_meta(&self.legacy),
+        }
+    }
+
+    /// The stored snapshot, whole and checked: the file, else an older build's in sled.
+    fn read_locked(&self) -> Result<Option<(SnapshotMeta, Vec<u8>)>, StorageError> {
         match read_file(&self.dir.join(FILE))? {
             Some(s) => Ok(Some(s)),
             None => read_legacy(&self.legacy),
         }
+    }
+
+    /// The stored snapshot, whole and checked. Blocking: reads the file.
+    pub fn read(&self) -> Result<Option<(SnapshotMeta, Vec<u8>)>, StorageError> {
+        let _g = self.guard();
+        self.read_locked()
     }
 
     /// Stores `data` as the snapshot, unless the one stored is at least as new: then that one
@@ -79,17 +90,9 @@ impl SnapshotStore {
         data: &[u8],
     ) -> Result<Option<(SnapshotMeta, Vec<u8>)>, StorageError> {
         let _g = self.guard();
-        let stored = match read_meta(&self.dir.join(FILE))? {
-            Some(m) => Some(m),
-            None => legacy_meta(&self.legacy)?,
-        };
-        if stored.is_some_and(|s| s.last_log_id >= meta.last_log_id) {
-            let current = match read_file(&self.dir.join(FILE))? {
-                Some(s) => Some(s),
-                None => read_legacy(&self.legacy)?,
-            };
-            if current.is_some() {
-                return Ok(current);
+        if self.meta_locked()?.is_some_and(|s| s.last_log_id >= meta.last_log_id) {
+            if let Some(current) = self.read_locked()? {
+                return Ok(Some(current));
             }
         }
         self.write_locked(meta, data)?;
