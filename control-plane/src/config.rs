@@ -14,11 +14,11 @@ use switchyard_model::tls::{Role, TlsFiles};
 use crate::error::NodeError;
 use crate::types::NodeId;
 
-/// Named defaults. openraft 0.9 lets a follower call an election only after the leader lease
-/// (`election_max`) plus its own random timeout (`election_min..election_max`) pass without a
-/// heartbeat: 360-480 ms here, seven to ten missed heartbeats, so a busy machine does not see
-/// spurious elections while failover stays well under a second (openraft notices the timeout
-/// at its next timer tick: see [`NodeConfig::replication_deadline_ms`]).
+/// Named defaults. Elections are called by [`crate::node::election`]: a follower stands once
+/// its leader has been silent for `election_max` plus a random part of
+/// `election_min..election_max` (360-480 ms here, seven to ten missed heartbeats, so a busy
+/// machine does not see spurious elections), or, when the leader's process is gone (its
+/// listening port refuses), as soon as the other voters' lease (`election_min`) has run out.
 pub const DEFAULT_HEARTBEAT_MS: u64 = 50;
 pub const DEFAULT_ELECTION_MIN_MS: u64 = 120;
 pub const DEFAULT_ELECTION_MAX_MS: u64 = 240;
@@ -136,11 +136,22 @@ impl NodeConfig {
     /// deadline of every AppendEntries (and read-index round), so at 50 ms a 30 ms link or a
     /// slow fsync would stop all commits. Heartbeats go out every `heartbeat_ms` from
     /// [`crate::node::heartbeat`] instead, and this is three quarters of election-min
-    /// (openraft requires less than election-min). The cost: openraft checks election timers
-    /// every 1.5 × this (135 ms at the defaults, not 75 ms), so a failover may be noticed up
-    /// to that much later.
+    /// (openraft requires less than its election timeout).
     pub fn replication_deadline_ms(&self) -> u64 {
         (self.election_min_ms * 3 / 4).max(self.heartbeat_ms + 1)
+    }
+
+    /// The leader lease: how long a voter that heard from its leader refuses every candidate.
+    /// It is the least time in which a dead leader can be replaced.
+    pub fn lease(&self) -> Duration {
+        Duration::from_millis(self.openraft_election_ms().1)
+    }
+
+    /// openraft's `election_timeout_min` and `_max`. Its timer is off, so only the max counts:
+    /// openraft takes it as the lease. The min only has to sit between the deadline and it.
+    pub fn openraft_election_ms(&self) -> (u64, u64) {
+        let min = self.replication_deadline_ms() + 1;
+        (min, self.election_min_ms.max(min + 1))
     }
 
     /// How long this node must have been without a leader, or not a member, before it ends
@@ -219,10 +230,16 @@ pub struct Args {
     /// Start empty and wait to be added with `switchyard cluster add-node`.
     #[arg(long)]
     pub join: bool,
+    /// How often a leader reaches every follower [default: 50].
     #[arg(long)]
     pub heartbeat_ms: Option<u64>,
+    /// The leader lease: a voter that heard from its leader this lately votes for no one else;
+    /// a leader whose process is gone is replaced about this long after it last spoke
+    /// [default: 120].
     #[arg(long)]
     pub election_min_ms: Option<u64>,
+    /// A follower whose leader has been silent for this plus a random part of
+    /// election-min..election-max stands for election [default: 240].
     #[arg(long)]
     pub election_max_ms: Option<u64>,
     /// Snapshot after this many log entries.
@@ -428,11 +445,14 @@ mod tests {
             c.validate().unwrap();
             let d = c.replication_deadline_ms();
             assert!(hb < d && d < min, "{hb}/{min}: {d}");
+            let (emin, emax) = c.openraft_election_ms();
+            assert!(c.lease() >= Duration::from_millis(min) && c.lease() <= Duration::from_millis(max), "{c:?}");
             let raft = openraft::Config {
                 heartbeat_interval: d,
-                election_timeout_min: min,
-                election_timeout_max: max,
+                election_timeout_min: emin,
+                election_timeout_max: emax,
                 enable_heartbeat: false,
+                enable_elect: false,
                 ..Default::default()
             };
             raft.validate().unwrap();

@@ -49,6 +49,8 @@ pub struct Metrics {
     /// Health probes by result (`ok`, `failed`) and health flips by the new state.
     pub probes: Family<Labels, Counter>,
     pub flips: Family<Labels, Counter>,
+    /// Elections this node called, by why (see [`crate::node::election`]).
+    pub elections: Family<Labels, Counter>,
     /// gRPC calls answered, by service, method and code (see [`layer`]).
     pub calls: Family<Labels, Counter>,
     /// Leader: from a revision applied here to a proxy running it, by the proxy's report.
@@ -79,6 +81,7 @@ impl Default for Metrics {
             refreshes_skipped: Counter::default(),
             probes: Family::default(),
             flips: Family::default(),
+            elections: Family::default(),
             calls: Family::default(),
             // 1 ms to about 16 s.
             propagation: Histogram::new(exponential_buckets(0.001, 2.0, 15)),
@@ -269,6 +272,7 @@ pub fn render(node: &NodeCtx) -> String {
         m.refreshes_skipped.clone(),
     );
     reg.register("health_probes", "Active health probes the leader ran, by result", m.probes.clone());
+    reg.register("elections_called", "Elections this node called, by why it stood", m.elections.clone());
     reg.register("health_flips", "Backend health changes the leader recorded, by new state", m.flips.clone());
     reg.register("grpc_server_handled", "gRPC calls answered, by service, method and code", m.calls.clone());
 

@@ -6,6 +6,7 @@ pub mod batch;
 pub mod bootstrap;
 pub mod calls;
 pub mod context;
+pub mod election;
 pub mod forward;
 pub mod heartbeat;
 pub mod leader;
@@ -75,8 +76,10 @@ impl Node {
             cluster_name: "switchyard".into(),
             heartbeat_interval: config.replication_deadline_ms(),
             enable_heartbeat: false,
-            election_timeout_min: config.election_min_ms,
-            election_timeout_max: config.election_max_ms,
+            // Elections are called by `election::run`; openraft takes the max as the lease.
+            enable_elect: false,
+            election_timeout_min: config.openraft_election_ms().0,
+            election_timeout_max: config.openraft_election_ms().1,
             install_snapshot_timeout: 10_000,
             snapshot_policy: SnapshotPolicy::LogsSinceLast(config.snapshot_every),
             max_in_snapshot_log_to_keep: config.keep_logs,
@@ -134,6 +137,7 @@ impl Node {
             res.map_err(NodeError::from)
         });
         tokio::spawn(heartbeat::run(ctx.clone()));
+        tokio::spawn(election::run(ctx.clone()));
         tokio::spawn(crate::fatal::watch(ctx.raft.clone(), ctx.fatal.clone(), shutdown.clone()));
         tokio::spawn(bootstrap::form_cluster(ctx.clone()));
         tokio::spawn(crate::health::run(ctx.clone()));

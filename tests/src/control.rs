@@ -248,6 +248,22 @@ impl Cluster {
 
     /// [`Cluster::start_with`], every node started with environment variables `env`.
     pub async fn start_env(n: u64, extra: &[&str], tls: ClientTls, env: &[(String, String)]) -> Cluster {
+        Cluster::start_full(n, test_flags(), extra, tls, env).await
+    }
+
+    /// [`Cluster::start`] with `timing` in place of [`test_flags`].
+    pub async fn start_timed(n: u64, timing: &[&str]) -> Cluster {
+        let timing = timing.iter().map(|s| s.to_string()).collect();
+        Cluster::start_full(n, timing, &[], ClientTls::cleartext(), &[]).await
+    }
+
+    async fn start_full(
+        n: u64,
+        mut flags: Vec<String>,
+        extra: &[&str],
+        tls: ClientTls,
+        env: &[(String, String)],
+    ) -> Cluster {
         let dir = tempfile::tempdir().expect("temp dir");
         let sockets: BTreeMap<u64, TcpListener> = (1..=n).map(|i| (i, reserve())).collect();
         let initial = sockets
@@ -255,7 +271,6 @@ impl Cluster {
             .map(|(i, l)| format!("{i}={}", l.local_addr().expect("local addr")))
             .collect::<Vec<_>>()
             .join(",");
-        let mut flags = test_flags();
         flags.extend(["--initial-cluster".to_string(), initial]);
         flags.extend(extra.iter().map(|s| s.to_string()));
         let nodes = sockets

@@ -103,6 +103,45 @@ async fn leader_killed_during_writes_loses_no_acknowledged_write_and_rejoins() {
     .await;
 }
 
+/// Elections this node called for `why`, from its metrics.
+async fn elections(n: &ControlNode, why: &str) -> f64 {
+    let text = n.scrape().await.unwrap_or_else(|| panic!("node {} serves /metrics", n.id));
+    let key = format!("switchyard_control_elections_called_total{{why=\"{why}\"}} ");
+    text.lines().find_map(|l| l.strip_prefix(&key)?.trim().parse().ok()).unwrap_or(0.0)
+}
+
+/// A leader whose process dies is replaced because its followers see it gone (the stream
+/// each holds open to it breaks and its port turns them away), not because it went silent:
+/// here silence would take over 4 s, and the test fails if any node stood for silence or
+/// the winner did not stand for the leader being gone.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_killed_leader_is_replaced_because_its_followers_see_it_gone() {
+    let _g = serial().await;
+    let timing = ["--heartbeat-ms", "100", "--election-min-ms", "400", "--election-max-ms", "4000"];
+    let mut c = Cluster::start_timed(3, &timing).await;
+    let endpoints: Vec<String> = c.nodes.values().map(|n| n.addr.clone()).collect();
+    let old = c.leader(Duration::from_secs(10)).await;
+    // Every follower has heard from the leader (and so holds its stream) once a write commits.
+    create_acked(&endpoints, "before", 0).await;
+    let before: f64 = {
+        let mut sum = 0.0;
+        for n in c.nodes.values() {
+            sum += elections(n, "leader_silent").await;
+        }
+        sum
+    };
+    c.node(old).kill9();
+    let new = c.leader(Duration::from_secs(15)).await;
+    assert_ne!(new, old);
+    assert!(elections(&c.nodes[&new], "leader_gone").await >= 1.0, "node {new} won standing for the leader being gone");
+    let mut after = 0.0;
+    for n in c.nodes.values().filter(|n| n.is_running()) {
+        after += elections(n, "leader_silent").await;
+    }
+    assert_eq!(after, before, "no node stood for silence");
+    create_acked(&endpoints, "after", 0).await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn learner_added_from_snapshot_promoted_and_removed() {
     let _g = serial().await;

@@ -10,9 +10,10 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use futures::StreamExt;
 use openraft::raft::AppendEntriesResponse;
 use switchyard_proto::raft::raft_server::Raft;
-use switchyard_proto::raft::{Empty, InitializedReply, RaftPayload};
+use switchyard_proto::raft::{Empty, InitializedReply, LeaderReply, RaftPayload};
 use tonic::{Request, Response, Status};
 
 use crate::network::{decode, encode};
@@ -103,8 +104,27 @@ impl PeerService {
     }
 }
 
+/// A held stream: one message once taken, then open while this node leads.
+type HoldStream = std::pin::Pin<Box<dyn futures::Stream<Item = Result<Empty, Status>> + Send>>;
+
+/// Resolves once this node no longer leads, or shuts down.
+async fn until_not_leading(node: Arc<NodeCtx>) {
+    let mut metrics = node.raft.metrics();
+    loop {
+        if metrics.borrow_and_update().current_leader != Some(node.id) {
+            return;
+        }
+        tokio::select! {
+            _ = node.shutdown.cancelled() => return,
+            r = metrics.changed() => if r.is_err() { return },
+        }
+    }
+}
+
 #[tonic::async_trait]
 impl Raft for PeerService {
+    type HoldStream = HoldStream;
+
     async fn append_entries(&self, req: Request<RaftPayload>) -> Result<Response<RaftPayload>, Status> {
         let m = "AppendEntries";
         let Incoming { from, cluster_id, rpc } = self.payload(m, req)?;
@@ -141,6 +161,30 @@ impl Raft for PeerService {
         let Incoming { from, rpc, .. } = self.payload::<Envelope>(m, req)?;
         forwardable::check(&rpc).map_err(|e| self.refuse(from, m, e))?;
         Ok(Response::new(RaftPayload { data: leader::serve_forwarded(&self.node, rpc).await }))
+    }
+
+    async fn hold(&self, req: Request<Empty>) -> Result<Response<HoldStream>, Status> {
+        self.node.cluster_id.check(&req)?;
+        if !self.node.is_leader() {
+            return Err(Status::failed_precondition("not the leader"));
+        }
+        let ended = futures::stream::once(until_not_leading(self.node.clone())).filter_map(|()| async { None });
+        Ok(Response::new(Box::pin(futures::stream::once(async { Ok(Empty {}) }).chain(ended))))
+    }
+
+    async fn leader(&self, req: Request<Empty>) -> Result<Response<LeaderReply>, Status> {
+        self.node.cluster_id.check(&req)?;
+        let (leader, term) = {
+            let m = self.node.raft.metrics();
+            let m = m.borrow();
+            (m.current_leader, m.vote.leader_id().term)
+        };
+        let since = if leader == Some(self.node.id) {
+            0
+        } else {
+            self.node.serving.since_leader_contact().map_or(u64::MAX, |d| d.as_millis() as u64)
+        };
+        Ok(Response::new(LeaderReply { leader_id: leader.unwrap_or(0), term, since_leader_ms: since }))
     }
 
     async fn initialized(&self, _req: Request<Empty>) -> Result<Response<InitializedReply>, Status> {

@@ -14,7 +14,7 @@
 //! | Admin | AddNode, PromoteNode, RemoveNode | admin |
 //! | Admin | SaveSnapshot (a backup holds tokens' hashes and the affinity secret) | admin |
 //! | Access | CreateToken, ListTokens, RevokeToken, ListAudit | admin |
-//! | switchyard.raft.v1.Raft | every method (Raft RPCs, Forward, Initialized) | node |
+//! | switchyard.raft.v1.Raft | every method (Raft RPCs, Forward, Initialized, Hold, Leader) | node |
 
 use switchyard_model::tls::Role::{self, *};
 
@@ -75,6 +75,8 @@ pub const TABLE: &[(&str, Access)] = &[
     ("/switchyard.raft.v1.Raft/InstallSnapshot", PEER),
     ("/switchyard.raft.v1.Raft/Forward", PEER),
     ("/switchyard.raft.v1.Raft/Initialized", PEER),
+    ("/switchyard.raft.v1.Raft/Hold", PEER),
+    ("/switchyard.raft.v1.Raft/Leader", PEER),
 ];
 
 /// Who may call `path`; `None` (refused) for a path not in the table.

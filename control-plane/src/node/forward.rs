@@ -37,6 +37,17 @@ impl LeaderClients {
         Ok(c)
     }
 
+    /// A client on a connection of its own (not the shared one forwards use), so that its
+    /// connection breaking says something about the node at `addr` alone.
+    pub fn dedicated(&self, addr: &str) -> Result<RaftClient<Channel>, switchyard_model::grpc::ChannelError> {
+        network::client(addr, &self.2)
+    }
+
+    /// Puts this node's cluster id on a peer request.
+    pub fn attach<T>(&self, req: &mut tonic::Request<T>) {
+        self.1.attach(req);
+    }
+
     /// Sends `call` to the node at `addr` and returns its typed answer.
     pub async fn call<C: LeaderCall>(&self, addr: &str, call: C) -> Result<C::Reply, ExecError> {
         let mut client = self.get(addr)?;

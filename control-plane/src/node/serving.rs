@@ -147,6 +147,13 @@ impl Serving {
         self.contact_ms.store(self.epoch.elapsed().as_millis() as u64, Relaxed);
     }
 
+    /// Since the leader last reached this node; `None` if it never has since this process
+    /// started.
+    pub fn since_leader_contact(&self) -> Option<Duration> {
+        let at = self.contact_ms.load(Relaxed);
+        (at != u64::MAX).then(|| self.epoch.elapsed().saturating_sub(Duration::from_millis(at)))
+    }
+
     /// `Err` with the UNAVAILABLE message while not serving.
     pub fn check(&self) -> Result<(), String> {
         match &*self.rx.borrow() {

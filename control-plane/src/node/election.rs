@@ -1,0 +1,388 @@
+//! Elections are called from here; openraft's own election timer is off (`enable_elect:
+//! false`).
+//!
+//! A follower of an elected leader stands for one of two reasons:
+//! - **The leader's process is gone.** Each follower holds a stream open to its leader
+//!   ([`hold`]). When it breaks and a new connection is refused at once, nothing is listening
+//!   at the leader's address any more (killed, crashed, stopped). The follower then stands as
+//!   soon as the other voters' lease has run out (`election_min` after they last heard the
+//!   leader, during which they refuse any candidate), staggered by node id so that two
+//!   followers do not split the vote. A killed leader is replaced in about the lease.
+//! - **The leader is silent**, for `election_max` plus a random part of
+//!   `election_min..election_max`: openraft's own rule at these settings, for a leader that
+//!   cannot say it is gone (its host died, or the network between them did). A check that
+//!   comes late means this node's own thread was held up; it is skipped, so that a node that
+//!   stalled does not blame its leader for messages it has not read yet.
+//!
+//! Without an elected leader (this node stood, or voted for a candidate that has not won) it
+//! stands again after a random `election_min..election_max` since its vote last changed, as
+//! openraft would. Silence alone never makes a node stand sooner than before this module, so
+//! a busy machine sees no more spurious elections; only a leader that is certainly gone is
+//! replaced faster.
+
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use rand::Rng;
+use switchyard_proto::raft::{Empty, LeaderReply};
+use tokio::time::Instant;
+use tokio_util::sync::CancellationToken;
+
+use super::context::NodeCtx;
+use crate::types::NodeId;
+
+/// How often the facts are looked at.
+const CHECK_EVERY: Duration = Duration::from_millis(5);
+/// A check this much later than the last means this node's thread was held up.
+const LATE: Duration = Duration::from_millis(50);
+/// Past the lease before the first follower in id order stands: the other voters heard the
+/// leader's last message a few milliseconds after this one recorded it.
+const MARGIN: Duration = Duration::from_millis(15);
+/// Between followers in id order: about one vote round and the new leader's first append.
+const STEP: Duration = Duration::from_millis(40);
+
+/// How long a hold call may take to be answered.
+const OPEN_WITHIN: Duration = Duration::from_secs(1);
+
+/// A leader, by id and term.
+type Term = (NodeId, u64);
+
+/// What one check sees.
+#[derive(Clone, Debug, Default)]
+pub struct Facts {
+    pub voter: bool,
+    pub leading: bool,
+    pub sole_voter: bool,
+    /// This node's vote is for an elected leader (whether or not it knows which node).
+    pub committed: bool,
+    /// The followed leader's process was found gone.
+    pub gone: bool,
+    /// Since the leader last reached this node, or this node's vote last changed if later.
+    pub since_contact: Duration,
+    /// Since this node's vote last changed.
+    pub since_vote: Duration,
+    /// Since this node last stood (`None`: never).
+    pub since_stood: Option<Duration>,
+    /// This node's place by id among the voters that may stand (the leader excluded).
+    pub rank: usize,
+}
+
+/// The waits, drawn by [`run`].
+#[derive(Clone, Copy, Debug)]
+pub struct Waits {
+    pub lease: Duration,
+    pub silence: Duration,
+    pub retry: Duration,
+}
+
+/// Why a node stands.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Why {
+    SoleVoter,
+    NoLeader,
+    LeaderGone,
+    LeaderSilent,
+}
+
+impl Why {
+    /// The metric label.
+    pub fn label(self) -> &'static str {
+        match self {
+            Why::SoleVoter => "sole_voter",
+            Why::NoLeader => "no_leader",
+            Why::LeaderGone => "leader_gone",
+            Why::LeaderSilent => "leader_silent",
+        }
+    }
+
+    fn text(self) -> &'static str {
+        match self {
+            Why::SoleVoter => "the only voter",
+            Why::NoLeader => "no leader elected",
+            Why::LeaderGone => "the leader's process is gone",
+            Why::LeaderSilent => "the leader is silent",
+        }
+    }
+}
+
+/// Why this node should stand now, if it should.
+pub fn should_stand(f: &Facts, w: &Waits) -> Option<Why> {
+    if !f.voter || f.leading {
+        return None;
+    }
+    // One standing at a time: the vote it cast has not shown in the metrics yet.
+    if f.since_stood.is_some_and(|s| s < w.retry.min(w.lease)) {
+        return None;
+    }
+    if f.sole_voter {
+        return Some(Why::SoleVoter);
+    }
+    if !f.committed {
+        return (f.since_vote >= w.retry).then_some(Why::NoLeader);
+    }
+    if f.gone && f.since_contact >= w.lease + MARGIN + STEP * f.rank as u32 {
+        return Some(Why::LeaderGone);
+    }
+    (f.since_contact >= w.silence).then_some(Why::LeaderSilent)
+}
+
+/// This node's place among the voters other than `leader`, by id.
+fn rank(voters: impl Iterator<Item = NodeId>, me: NodeId, leader: Option<NodeId>) -> usize {
+    voters.filter(|v| *v < me && Some(*v) != leader).count()
+}
+
+fn between(lo: Duration, hi: Duration) -> Duration {
+    if hi <= lo {
+        return lo;
+    }
+    rand::rng().random_range(lo..hi)
+}
+
+/// Runs for the node's lifetime.
+pub async fn run(node: Arc<NodeCtx>) {
+    let (min, max) =
+        (Duration::from_millis(node.config.election_min_ms), Duration::from_millis(node.config.election_max_ms));
+    let draw = || Waits { lease: node.config.lease(), silence: max + between(min, max), retry: between(min, max) };
+    let mut waits = draw();
+    let mut metrics = node.raft.metrics();
+    let mut tick = tokio::time::interval(CHECK_EVERY);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
+    let mut last_check = Instant::now();
+    let mut vote_seen = None;
+    let mut vote_at = Instant::now();
+    let mut stood_at: Option<Instant> = None;
+    // The last pre-vote was refused (logged once until one passes).
+    let mut refused = false;
+    let gone: Arc<Mutex<Option<Term>>> = Arc::default();
+    let mut held: Option<(Term, CancellationToken)> = None;
+    loop {
+        tokio::select! {
+            _ = node.shutdown.cancelled() => break,
+            _ = tick.tick() => {}
+        }
+        let now = Instant::now();
+        let late = now.duration_since(last_check) > LATE;
+        last_check = now;
+        let (mut facts, following, leader_addr, term, voters) = {
+            let m = metrics.borrow_and_update();
+            if vote_seen.as_ref() != Some(&m.vote) {
+                vote_seen = Some(m.vote);
+                vote_at = now;
+                waits = draw();
+            }
+            let membership = m.membership_config.membership();
+            let voters: Vec<(NodeId, String)> = membership
+                .voter_ids()
+                .map(|v| (v, membership.get_node(&v).map(|n| n.addr.clone()).unwrap_or_default()))
+                .collect();
+            let following = match m.current_leader {
+                Some(l) if l != node.id && m.vote.is_committed() => Some((l, m.vote.leader_id().term)),
+                _ => None,
+            };
+            let addr = following.and_then(|(l, _)| membership.get_node(&l).map(|n| n.addr.clone()));
+            let facts = Facts {
+                voter: voters.iter().any(|(v, _)| *v == node.id),
+                leading: m.current_leader == Some(node.id),
+                sole_voter: voters.len() == 1,
+                committed: m.vote.is_committed(),
+                rank: rank(membership.voter_ids(), node.id, m.current_leader),
+                ..Facts::default()
+            };
+            (facts, following, addr, m.vote.leader_id().term, voters)
+        };
+        // The hold stream follows the elected leader.
+        if held.as_ref().map(|h| h.0) != following {
+            if let Some((_, stop)) = held.take() {
+                stop.cancel();
+            }
+            if let (Some(f), Some(addr)) = (following, leader_addr) {
+                let stop = node.shutdown.child_token();
+                tokio::spawn(hold(node.clone(), f, addr, gone.clone(), stop.clone()));
+                held = Some((f, stop));
+            }
+        }
+        if late {
+            continue;
+        }
+        let since_vote = now.duration_since(vote_at);
+        facts.since_vote = since_vote;
+        facts.since_contact = node.serving.since_leader_contact().map_or(since_vote, |c| c.min(since_vote));
+        facts.gone = following.is_some() && *gone.lock().unwrap_or_else(|e| e.into_inner()) == following;
+        facts.since_stood = stood_at.map(|t| now.duration_since(t));
+        let Some(why) = should_stand(&facts, &waits) else { continue };
+        stood_at = Some(now);
+        if why != Why::SoleVoter && !prevote(&node, &voters, waits.lease).await {
+            if !refused {
+                tracing::info!(term, "not standing ({}): most voters still hear a leader", why.text());
+                refused = true;
+            }
+            continue;
+        }
+        refused = false;
+        tracing::info!(
+            term,
+            silent_ms = facts.since_contact.as_millis() as u64,
+            "standing for election: {}",
+            why.text()
+        );
+        node.metrics.elections.get_or_create(&vec![("why", why.label().to_string())]).inc();
+        if node.raft.trigger().elect().await.is_err() {
+            // Raft stopped (shut down or fatal): `fatal::watch` reports it.
+            break;
+        }
+    }
+    if let Some((_, stop)) = held {
+        stop.cancel();
+    }
+}
+
+/// A pre-vote: whether most voters would take part in an election now. This node would; a
+/// peer would unless it leads, or heard from its leader within the lease (it would refuse
+/// the vote anyway, and a candidate's higher term would unseat a leader that is fine). A peer
+/// that does not answer within the lease counts against. Without this a node cut off from
+/// the others, or just restarted (openraft retries a lost follower only every 500 ms), would
+/// stand, raise its term, and make a healthy leader step down when it heard of it.
+async fn prevote(node: &NodeCtx, voters: &[(NodeId, String)], lease: Duration) -> bool {
+    let asks = voters.iter().filter(|(id, _)| *id != node.id).map(|(_, addr)| async move {
+        let mut client = node.clients.get(addr).ok()?;
+        let mut req = tonic::Request::new(Empty {});
+        node.clients.attach(&mut req);
+        let r = tokio::time::timeout(lease, client.leader(req)).await.ok()?.ok()?.into_inner();
+        Some(r)
+    });
+    let replies = futures::future::join_all(asks).await;
+    majority_willing(&replies, voters.len(), lease)
+}
+
+/// The pre-vote's count: this node, and each peer that answered without a live leader.
+fn majority_willing(replies: &[Option<LeaderReply>], voters: usize, lease: Duration) -> bool {
+    let lease_ms = lease.as_millis() as u64;
+    let peers = replies.iter().flatten().filter(|r| r.leader_id == 0 || r.since_leader_ms >= lease_ms).count();
+    1 + peers > voters / 2
+}
+
+/// Holds a stream open to `leader` at `addr` until `stop`. A stream the leader took, then
+/// broken, is followed by a new call at once: refused (UNAVAILABLE), the leader's process is
+/// gone and `gone` says so; taken again, it was a blip.
+async fn hold(node: Arc<NodeCtx>, leader: Term, addr: String, gone: Arc<Mutex<Option<Term>>>, stop: CancellationToken) {
+    let Ok(mut client) = node.clients.dedicated(&addr) else { return };
+    let retry = Duration::from_millis(node.config.heartbeat_ms);
+    let mut taken = false;
+    loop {
+        let mut req = tonic::Request::new(Empty {});
+        node.clients.attach(&mut req);
+        // A port that takes connections nobody serves (a socket held by a supervisor while
+        // the node is down) would keep the call waiting: silence decides that case.
+        let opened = tokio::select! {
+            _ = stop.cancelled() => return,
+            r = tokio::time::timeout(OPEN_WITHIN, client.hold(req)) => r,
+        };
+        let Ok(opened) = opened else { continue };
+        match opened {
+            Ok(stream) => {
+                let mut stream = stream.into_inner();
+                loop {
+                    let msg = tokio::select! {
+                        _ = stop.cancelled() => return,
+                        m = stream.message() => m,
+                    };
+                    match msg {
+                        Ok(Some(_)) => taken = true,
+                        Ok(None) | Err(_) => break,
+                    }
+                }
+                if taken {
+                    // Broken or ended: ask again at once.
+                    continue;
+                }
+            }
+            Err(s) if taken && s.code() == tonic::Code::Unavailable => {
+                tracing::info!(leader = leader.0, term = leader.1, "the leader's process is gone: {}", s.message());
+                *gone.lock().unwrap_or_else(|e| e.into_inner()) = Some(leader);
+                return;
+            }
+            // Not leading yet (a new leader's metrics lag), or not reachable yet.
+            Err(_) => {}
+        }
+        tokio::select! {
+            _ = stop.cancelled() => return,
+            _ = tokio::time::sleep(retry) => {}
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const W: Waits = Waits {
+        lease: Duration::from_millis(120),
+        silence: Duration::from_millis(400),
+        retry: Duration::from_millis(150),
+    };
+
+    fn ms(n: u64) -> Duration {
+        Duration::from_millis(n)
+    }
+
+    fn follower() -> Facts {
+        Facts { voter: true, committed: true, since_contact: ms(10), since_vote: ms(5_000), ..Facts::default() }
+    }
+
+    #[test]
+    fn a_follower_stands_after_the_silence_and_not_before() {
+        assert_eq!(should_stand(&follower(), &W), None);
+        assert_eq!(should_stand(&Facts { since_contact: ms(399), ..follower() }, &W), None);
+        assert_eq!(should_stand(&Facts { since_contact: ms(400), ..follower() }, &W), Some(Why::LeaderSilent));
+    }
+
+    #[test]
+    fn a_gone_leader_is_replaced_once_the_lease_is_out_in_id_order() {
+        let gone = Facts { gone: true, ..follower() };
+        assert_eq!(should_stand(&Facts { since_contact: ms(130), ..gone.clone() }, &W), None, "others' lease still on");
+        let first = Facts { since_contact: W.lease + MARGIN, ..gone.clone() };
+        assert_eq!(should_stand(&first, &W), Some(Why::LeaderGone));
+        assert_eq!(should_stand(&Facts { rank: 1, ..first.clone() }, &W), None, "the second waits one step");
+        let second = Facts { rank: 1, since_contact: W.lease + MARGIN + STEP, ..gone };
+        assert_eq!(should_stand(&second, &W), Some(Why::LeaderGone));
+    }
+
+    #[test]
+    fn leaders_learners_and_a_node_that_just_stood_do_not_stand() {
+        let silent = Facts { since_contact: ms(1_000), ..follower() };
+        assert_eq!(should_stand(&Facts { leading: true, ..silent.clone() }, &W), None);
+        assert_eq!(should_stand(&Facts { voter: false, ..silent.clone() }, &W), None);
+        assert_eq!(should_stand(&Facts { since_stood: Some(ms(50)), ..silent.clone() }, &W), None);
+        assert!(should_stand(&Facts { since_stood: Some(ms(200)), ..silent }, &W).is_some());
+    }
+
+    #[test]
+    fn without_an_elected_leader_a_voter_stands_again_after_its_retry_wait() {
+        let candidate = Facts { committed: false, since_vote: ms(100), ..follower() };
+        assert_eq!(should_stand(&candidate, &W), None);
+        assert_eq!(should_stand(&Facts { since_vote: ms(150), ..candidate }, &W), Some(Why::NoLeader));
+        let sole = Facts { sole_voter: true, ..Facts::default() };
+        assert_eq!(should_stand(&Facts { voter: true, ..sole }, &W), Some(Why::SoleVoter));
+    }
+
+    #[test]
+    fn a_prevote_passes_only_when_most_voters_hear_no_leader() {
+        let lease = ms(120);
+        let live = Some(LeaderReply { leader_id: 2, term: 5, since_leader_ms: 30 });
+        let lapsed = Some(LeaderReply { leader_id: 2, term: 5, since_leader_ms: 130 });
+        let none = Some(LeaderReply { leader_id: 0, term: 6, since_leader_ms: u64::MAX });
+        let leading = Some(LeaderReply { leader_id: 3, term: 5, since_leader_ms: 0 });
+        assert!(majority_willing(&[None, lapsed], 3, lease), "the leader is dead, the other follower's lease ran out");
+        assert!(!majority_willing(&[leading, live], 3, lease), "a restarted node facing a live leader");
+        assert!(!majority_willing(&[None, None], 3, lease), "cut off from both");
+        assert!(majority_willing(&[none, None], 3, lease));
+        assert!(!majority_willing(&[lapsed, live, leading, None], 5, lease), "2 of 5");
+        assert!(majority_willing(&[lapsed, none, live, None], 5, lease), "3 of 5");
+    }
+
+    #[test]
+    fn ranks_skip_the_leader() {
+        let ranks: Vec<usize> = [1, 3, 4, 5].iter().map(|&me| rank(1..=5, me, Some(2))).collect();
+        assert_eq!(ranks, [0, 1, 2, 3]);
+    }
+}
