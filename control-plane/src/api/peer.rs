@@ -90,6 +90,17 @@ impl PeerService {
         Status::invalid_argument(format!("refused {method}: {reason}"))
     }
 
+    /// A request from an elected leader of this node's term or a later one arrived: the
+    /// leader is alive, whether or not this node's Raft core gets to it soon (a long fsync
+    /// holds it). Counted on arrival so that [`crate::node::election`] does not take a busy
+    /// core for a silent leader.
+    fn arrived_from_leader(&self, vote: &openraft::Vote<crate::types::NodeId>) {
+        let term = self.node.raft.metrics().borrow().vote.leader_id().term;
+        if vote.is_committed() && vote.leader_id().term >= term {
+            self.node.serving.heard_from_leader();
+        }
+    }
+
     /// A leader reached this node: a node without a cluster id yet takes the leader's.
     fn accepted_from_leader(&self, id: Option<String>) -> Result<(), Status> {
         self.node.serving.heard_from_leader();
@@ -129,6 +140,7 @@ impl Raft for PeerService {
         let m = "AppendEntries";
         let Incoming { from, cluster_id, rpc } = self.payload(m, req)?;
         sane::append(&rpc).map_err(|e| self.refuse(from, m, e))?;
+        self.arrived_from_leader(&rpc.vote);
         let r = self.node.raft.append_entries(rpc).await;
         if matches!(r, Ok(ref a) if !matches!(a, AppendEntriesResponse::HigherVote(_))) {
             self.accepted_from_leader(cluster_id)?;
@@ -147,6 +159,7 @@ impl Raft for PeerService {
         let m = "InstallSnapshot";
         let Incoming { from, cluster_id, rpc } = self.payload(m, req)?;
         sane::snapshot(&rpc).and_then(|()| self.chunks.check(&rpc)).map_err(|e| self.refuse(from, m, e))?;
+        self.arrived_from_leader(&rpc.vote);
         let (id, offset, len) = (rpc.meta.snapshot_id.clone(), rpc.offset, rpc.data.len());
         let r = self.node.raft.install_snapshot(rpc).await;
         if r.is_ok() {

@@ -63,6 +63,8 @@ pub struct Facts {
     pub since_vote: Duration,
     /// Since this node last stood (`None`: never).
     pub since_stood: Option<Duration>,
+    /// Its vote has not changed since it last stood.
+    pub stood_unseen: bool,
     /// This node's place by id among the voters that may stand (the leader excluded).
     pub rank: usize,
 }
@@ -110,8 +112,10 @@ pub fn should_stand(f: &Facts, w: &Waits) -> Option<Why> {
     if !f.voter || f.leading {
         return None;
     }
-    // One standing at a time: the vote it cast has not shown in the metrics yet.
-    if f.since_stood.is_some_and(|s| s < w.retry.min(w.lease)) {
+    // One standing at a time: the vote it cast has not shown in the metrics yet, or (when it
+    // never does) openraft's core is busy, and standing again would only queue more.
+    let settle = if f.stood_unseen { w.silence } else { w.retry.min(w.lease) };
+    if f.since_stood.is_some_and(|s| s < settle) {
         return None;
     }
     if f.sole_voter {
@@ -163,7 +167,7 @@ pub async fn run(node: Arc<NodeCtx>) {
         let now = Instant::now();
         let late = now.duration_since(last_check) > LATE;
         last_check = now;
-        let (mut facts, following, leader_addr, term, voters) = {
+        let (mut facts, following, leader_addr, term) = {
             let m = metrics.borrow_and_update();
             if vote_seen.as_ref() != Some(&m.vote) {
                 vote_seen = Some(m.vote);
@@ -171,24 +175,20 @@ pub async fn run(node: Arc<NodeCtx>) {
                 waits = draw();
             }
             let membership = m.membership_config.membership();
-            let voters: Vec<(NodeId, String)> = membership
-                .voter_ids()
-                .map(|v| (v, membership.get_node(&v).map(|n| n.addr.clone()).unwrap_or_default()))
-                .collect();
             let following = match m.current_leader {
                 Some(l) if l != node.id && m.vote.is_committed() => Some((l, m.vote.leader_id().term)),
                 _ => None,
             };
             let addr = following.and_then(|(l, _)| membership.get_node(&l).map(|n| n.addr.clone()));
             let facts = Facts {
-                voter: voters.iter().any(|(v, _)| *v == node.id),
+                voter: membership.voter_ids().any(|v| v == node.id),
                 leading: m.current_leader == Some(node.id),
-                sole_voter: voters.len() == 1,
+                sole_voter: membership.voter_ids().count() == 1,
                 committed: m.vote.is_committed(),
                 rank: rank(membership.voter_ids(), node.id, m.current_leader),
                 ..Facts::default()
             };
-            (facts, following, addr, m.vote.leader_id().term, voters)
+            (facts, following, addr, m.vote.leader_id().term)
         };
         // The hold stream follows the elected leader.
         if held.as_ref().map(|h| h.0) != following {
@@ -209,8 +209,17 @@ pub async fn run(node: Arc<NodeCtx>) {
         facts.since_contact = node.serving.since_leader_contact().map_or(since_vote, |c| c.min(since_vote));
         facts.gone = following.is_some() && *gone.lock().unwrap_or_else(|e| e.into_inner()) == following;
         facts.since_stood = stood_at.map(|t| now.duration_since(t));
+        facts.stood_unseen = stood_at.is_some_and(|t| vote_at < t);
         let Some(why) = should_stand(&facts, &waits) else { continue };
         stood_at = Some(now);
+        let voters: Vec<(NodeId, String)> = {
+            let m = metrics.borrow();
+            let membership = m.membership_config.membership();
+            membership
+                .voter_ids()
+                .map(|v| (v, membership.get_node(&v).map(|n| n.addr.clone()).unwrap_or_default()))
+                .collect()
+        };
         if why != Why::SoleVoter && !prevote(&node, &voters, waits.lease).await {
             if !refused {
                 tracing::info!(term, "not standing ({}): most voters still hear a leader", why.text());
@@ -353,7 +362,10 @@ mod tests {
         assert_eq!(should_stand(&Facts { leading: true, ..silent.clone() }, &W), None);
         assert_eq!(should_stand(&Facts { voter: false, ..silent.clone() }, &W), None);
         assert_eq!(should_stand(&Facts { since_stood: Some(ms(50)), ..silent.clone() }, &W), None);
-        assert!(should_stand(&Facts { since_stood: Some(ms(200)), ..silent }, &W).is_some());
+        assert!(should_stand(&Facts { since_stood: Some(ms(200)), ..silent.clone() }, &W).is_some());
+        let unseen = Facts { since_stood: Some(ms(200)), stood_unseen: true, ..silent };
+        assert_eq!(should_stand(&unseen, &W), None, "its last standing has not shown yet: openraft's core is busy");
+        assert!(should_stand(&Facts { since_stood: Some(ms(400)), ..unseen }, &W).is_some());
     }
 
     #[test]
