@@ -10,7 +10,6 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use futures::StreamExt;
 use openraft::raft::AppendEntriesResponse;
 use switchyard_proto::raft::raft_server::Raft;
 use switchyard_proto::raft::{Empty, InitializedReply, LeaderReply, RaftPayload};
@@ -118,18 +117,15 @@ impl PeerService {
 /// A held stream: one message once taken, then open while this node leads.
 type HoldStream = std::pin::Pin<Box<dyn futures::Stream<Item = Result<Empty, Status>> + Send>>;
 
-/// Resolves once this node no longer leads, or shuts down.
-async fn until_not_leading(node: Arc<NodeCtx>) {
-    let mut metrics = node.raft.metrics();
-    loop {
-        if metrics.borrow_and_update().current_leader != Some(node.id) {
-            return;
-        }
-        tokio::select! {
-            _ = node.shutdown.cancelled() => return,
-            r = metrics.changed() => if r.is_err() { return },
-        }
+/// The next tick of a held stream: `None` once this node no longer leads, or shuts down.
+/// Ticks come from this node's runtime, not its Raft core, so a follower can tell a leader
+/// whose core waits on a slow fsync from one that is gone.
+async fn tick(node: &NodeCtx, every: &mut tokio::time::Interval) -> Option<Result<Empty, Status>> {
+    tokio::select! {
+        _ = node.shutdown.cancelled() => return None,
+        _ = every.tick() => {}
     }
+    (node.raft.metrics().borrow().current_leader == Some(node.id)).then_some(Ok(Empty {}))
 }
 
 #[tonic::async_trait]
@@ -181,8 +177,13 @@ impl Raft for PeerService {
         if !self.node.is_leader() {
             return Err(Status::failed_precondition("not the leader"));
         }
-        let ended = futures::stream::once(until_not_leading(self.node.clone())).filter_map(|()| async { None });
-        Ok(Response::new(Box::pin(futures::stream::once(async { Ok(Empty {}) }).chain(ended))))
+        // The first tick is at once: it says the stream was taken.
+        let every = tokio::time::interval(Duration::from_millis(self.node.config.heartbeat_ms));
+        let ticks = futures::stream::unfold((self.node.clone(), every), |(node, mut every)| async move {
+            let t = tick(&node, &mut every).await?;
+            Some((t, (node, every)))
+        });
+        Ok(Response::new(Box::pin(ticks)))
     }
 
     async fn leader(&self, req: Request<Empty>) -> Result<Response<LeaderReply>, Status> {

@@ -10,9 +10,12 @@
 //!   followers do not split the vote. A killed leader is replaced in about the lease.
 //! - **The leader is silent**, for `election_max` plus a random part of
 //!   `election_min..election_max`: openraft's own rule at these settings, for a leader that
-//!   cannot say it is gone (its host died, or the network between them did). A check that
-//!   comes late means this node's own thread was held up; it is skipped, so that a node that
-//!   stalled does not blame its leader for messages it has not read yet.
+//!   cannot say it is gone (its host died, or the network between them did). The held
+//!   stream ticks every heartbeat from the leader's runtime, not its Raft core: while it
+//!   does, the leader is alive and only its core is held up (openraft's leader waits for its
+//!   own fsync before it replicates or heartbeats), and it gets [`BUSY`] times as long. A
+//!   check that comes late means this node's own thread was held up; it is skipped, so that
+//!   a node that stalled does not blame its leader for messages it has not read yet.
 //!
 //! Without an elected leader (this node stood, or voted for a candidate that has not won) it
 //! stands again after a random `election_min..election_max` since its vote last changed, as
@@ -41,6 +44,9 @@ const MARGIN: Duration = Duration::from_millis(15);
 /// Between followers in id order: about one vote round and the new leader's first append.
 const STEP: Duration = Duration::from_millis(40);
 
+/// How many silences a leader whose held stream still ticks is given before followers stand.
+const BUSY: u32 = 4;
+
 /// How long a hold call may take to be answered.
 const OPEN_WITHIN: Duration = Duration::from_secs(1);
 
@@ -59,6 +65,8 @@ pub struct Facts {
     pub gone: bool,
     /// Since the leader last reached this node, or this node's vote last changed if later.
     pub since_contact: Duration,
+    /// Since the stream held to the leader last ticked (or the vote changed, if later).
+    pub since_alive: Duration,
     /// Since this node's vote last changed.
     pub since_vote: Duration,
     /// Since this node last stood (`None`: never).
@@ -127,7 +135,10 @@ pub fn should_stand(f: &Facts, w: &Waits) -> Option<Why> {
     if f.gone && f.since_contact >= w.lease + MARGIN + STEP * f.rank as u32 {
         return Some(Why::LeaderGone);
     }
-    (f.since_contact >= w.silence).then_some(Why::LeaderSilent)
+    // A leader whose stream still ticks is alive but its Raft core is held up (a slow
+    // fsync): given longer, not forever (a hung disk must not keep it leader).
+    let silent = f.since_contact >= w.silence && (f.since_alive >= w.silence || f.since_contact >= w.silence * BUSY);
+    silent.then_some(Why::LeaderSilent)
 }
 
 /// This node's place among the voters other than `leader`, by id.
@@ -207,6 +218,7 @@ pub async fn run(node: Arc<NodeCtx>) {
         let since_vote = now.duration_since(vote_at);
         facts.since_vote = since_vote;
         facts.since_contact = node.serving.since_leader_contact().map_or(since_vote, |c| c.min(since_vote));
+        facts.since_alive = node.serving.since_leader_alive().map_or(since_vote, |c| c.min(since_vote));
         facts.gone = following.is_some() && *gone.lock().unwrap_or_else(|e| e.into_inner()) == following;
         facts.since_stood = stood_at.map(|t| now.duration_since(t));
         facts.stood_unseen = stood_at.is_some_and(|t| vote_at < t);
@@ -296,7 +308,10 @@ async fn hold(node: Arc<NodeCtx>, leader: Term, addr: String, gone: Arc<Mutex<Op
                         m = stream.message() => m,
                     };
                     match msg {
-                        Ok(Some(_)) => taken = true,
+                        Ok(Some(_)) => {
+                            taken = true;
+                            node.serving.leader_alive();
+                        }
                         Ok(None) | Err(_) => break,
                     }
                 }
@@ -335,14 +350,30 @@ mod tests {
     }
 
     fn follower() -> Facts {
-        Facts { voter: true, committed: true, since_contact: ms(10), since_vote: ms(5_000), ..Facts::default() }
+        Facts {
+            voter: true,
+            committed: true,
+            since_contact: ms(10),
+            since_alive: ms(10),
+            since_vote: ms(5_000),
+            ..Facts::default()
+        }
     }
 
     #[test]
     fn a_follower_stands_after_the_silence_and_not_before() {
         assert_eq!(should_stand(&follower(), &W), None);
-        assert_eq!(should_stand(&Facts { since_contact: ms(399), ..follower() }, &W), None);
-        assert_eq!(should_stand(&Facts { since_contact: ms(400), ..follower() }, &W), Some(Why::LeaderSilent));
+        let silent = |n| Facts { since_contact: ms(n), since_alive: ms(n), ..follower() };
+        assert_eq!(should_stand(&silent(399), &W), None);
+        assert_eq!(should_stand(&silent(400), &W), Some(Why::LeaderSilent));
+    }
+
+    #[test]
+    fn a_leader_whose_stream_ticks_is_given_longer_but_not_forever() {
+        let busy = |n| Facts { since_contact: ms(n), since_alive: ms(20), ..follower() };
+        assert_eq!(should_stand(&busy(400), &W), None, "its core is held up, its process is not");
+        assert_eq!(should_stand(&busy(1_599), &W), None);
+        assert_eq!(should_stand(&busy(1_600), &W), Some(Why::LeaderSilent), "a hung disk does not keep it leader");
     }
 
     #[test]
@@ -358,7 +389,7 @@ mod tests {
 
     #[test]
     fn leaders_learners_and_a_node_that_just_stood_do_not_stand() {
-        let silent = Facts { since_contact: ms(1_000), ..follower() };
+        let silent = Facts { since_contact: ms(1_000), since_alive: ms(1_000), ..follower() };
         assert_eq!(should_stand(&Facts { leading: true, ..silent.clone() }, &W), None);
         assert_eq!(should_stand(&Facts { voter: false, ..silent.clone() }, &W), None);
         assert_eq!(should_stand(&Facts { since_stood: Some(ms(50)), ..silent.clone() }, &W), None);

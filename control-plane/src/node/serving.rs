@@ -91,13 +91,20 @@ pub struct Serving {
     epoch: Instant,
     /// Milliseconds after `epoch` when the leader last reached this node (`u64::MAX`: never).
     contact_ms: Arc<AtomicU64>,
+    /// The same for the last tick of the stream held to the leader ([`crate::node::election`]).
+    alive_ms: AtomicU64,
 }
 
 impl Serving {
     /// Starts following `raft` until `shutdown`.
     pub fn start(raft: Raft, config: &NodeConfig, shutdown: CancellationToken) -> Serving {
         let (tx, rx) = watch::channel(Health::Serving);
-        let s = Serving { rx, epoch: Instant::now(), contact_ms: Arc::new(AtomicU64::new(u64::MAX)) };
+        let s = Serving {
+            rx,
+            epoch: Instant::now(),
+            contact_ms: Arc::new(AtomicU64::new(u64::MAX)),
+            alive_ms: AtomicU64::new(u64::MAX),
+        };
         let contact = (s.epoch, s.contact_ms.clone());
         let every = Duration::from_millis(config.heartbeat_ms);
         let (id, silence, grace) = (config.id, config.leader_silence(), config.unserving_after());
@@ -150,7 +157,21 @@ impl Serving {
     /// Since the leader last reached this node; `None` if it never has since this process
     /// started.
     pub fn since_leader_contact(&self) -> Option<Duration> {
-        let at = self.contact_ms.load(Relaxed);
+        self.since(&self.contact_ms)
+    }
+
+    /// The stream held to the leader ticked: its process and runtime are alive.
+    pub fn leader_alive(&self) {
+        self.alive_ms.store(self.epoch.elapsed().as_millis() as u64, Relaxed);
+    }
+
+    /// Since the stream held to the leader last ticked (`None`: never).
+    pub fn since_leader_alive(&self) -> Option<Duration> {
+        self.since(&self.alive_ms)
+    }
+
+    fn since(&self, at: &AtomicU64) -> Option<Duration> {
+        let at = at.load(Relaxed);
         (at != u64::MAX).then(|| self.epoch.elapsed().saturating_sub(Duration::from_millis(at)))
     }
 
