@@ -94,8 +94,8 @@ impl PeerService {
     /// holds it). Counted on arrival so that [`crate::node::election`] does not take a busy
     /// core for a silent leader.
     fn arrived_from_leader(&self, vote: &openraft::Vote<crate::types::NodeId>) {
-        let term = self.node.raft.metrics().borrow().vote.leader_id().term;
-        if vote.is_committed() && vote.leader_id().term >= term {
+        let mine = self.node.raft.metrics().borrow().vote;
+        if vote.is_committed() && *vote >= mine {
             self.node.serving.heard_from_leader();
         }
     }
@@ -125,7 +125,15 @@ async fn tick(node: &NodeCtx, every: &mut tokio::time::Interval) -> Option<Resul
         _ = node.shutdown.cancelled() => return None,
         _ = every.tick() => {}
     }
-    (node.raft.metrics().borrow().current_leader == Some(node.id)).then_some(Ok(Empty {}))
+    leads(node).then_some(Ok(Empty {}))
+}
+
+/// This node leads. Not only `current_leader`: openraft 0.9 keeps a leader that removed
+/// itself from the membership named as leader once it has stepped down.
+fn leads(node: &NodeCtx) -> bool {
+    let m = node.raft.metrics();
+    let m = m.borrow();
+    m.current_leader == Some(node.id) && m.state == openraft::ServerState::Leader
 }
 
 #[tonic::async_trait]
@@ -174,7 +182,7 @@ impl Raft for PeerService {
 
     async fn hold(&self, req: Request<Empty>) -> Result<Response<HoldStream>, Status> {
         self.node.cluster_id.check(&req)?;
-        if !self.node.is_leader() {
+        if !leads(&self.node) {
             return Err(Status::failed_precondition("not the leader"));
         }
         // The first tick is at once: it says the stream was taken.
@@ -193,7 +201,7 @@ impl Raft for PeerService {
             let m = m.borrow();
             (m.current_leader, m.vote.leader_id().term)
         };
-        let since = if leader == Some(self.node.id) {
+        let since = if leads(&self.node) {
             0
         } else {
             self.node.serving.since_leader_contact().map_or(u64::MAX, |d| d.as_millis() as u64)

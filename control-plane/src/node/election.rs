@@ -168,6 +168,7 @@ pub async fn run(node: Arc<NodeCtx>) {
     let mut stood_at: Option<Instant> = None;
     // The last pre-vote was refused (logged once until one passes).
     let mut refused = false;
+    let mut refused_at: Option<Instant> = None;
     let gone: Arc<Mutex<Option<Term>>> = Arc::default();
     let mut held: Option<(Term, CancellationToken)> = None;
     loop {
@@ -222,8 +223,10 @@ pub async fn run(node: Arc<NodeCtx>) {
         facts.gone = following.is_some() && *gone.lock().unwrap_or_else(|e| e.into_inner()) == following;
         facts.since_stood = stood_at.map(|t| now.duration_since(t));
         facts.stood_unseen = stood_at.is_some_and(|t| vote_at < t);
+        if refused_at.is_some_and(|t| now.duration_since(t) < waits.retry) {
+            continue;
+        }
         let Some(why) = should_stand(&facts, &waits) else { continue };
-        stood_at = Some(now);
         let voters: Vec<(NodeId, String)> = {
             let m = metrics.borrow();
             let membership = m.membership_config.membership();
@@ -233,6 +236,8 @@ pub async fn run(node: Arc<NodeCtx>) {
                 .collect()
         };
         if why != Why::SoleVoter && !prevote(&node, &voters, waits.lease).await {
+            // Asked again after a retry wait, not a silence: a refusal changes no vote.
+            refused_at = Some(now);
             if !refused {
                 tracing::info!(term, "not standing ({}): most voters still hear a leader", why.text());
                 refused = true;
@@ -240,6 +245,7 @@ pub async fn run(node: Arc<NodeCtx>) {
             continue;
         }
         refused = false;
+        stood_at = Some(now);
         tracing::info!(
             term,
             silent_ms = facts.since_contact.as_millis() as u64,
@@ -302,6 +308,7 @@ async fn hold(node: Arc<NodeCtx>, leader: Term, addr: String, gone: Arc<Mutex<Op
         match opened {
             Ok(stream) => {
                 let mut stream = stream.into_inner();
+                let opened_at = Instant::now();
                 loop {
                     let msg = tokio::select! {
                         _ = stop.cancelled() => return,
@@ -315,12 +322,13 @@ async fn hold(node: Arc<NodeCtx>, leader: Term, addr: String, gone: Arc<Mutex<Op
                         Ok(None) | Err(_) => break,
                     }
                 }
-                if taken {
-                    // Broken or ended: ask again at once.
+                // Broken or ended: ask again at once, unless it lasted so short a time that
+                // asking at once would only spin.
+                if taken && opened_at.elapsed() >= retry {
                     continue;
                 }
             }
-            Err(s) if taken && s.code() == tonic::Code::Unavailable => {
+            Err(s) if taken && refused(&s) => {
                 tracing::info!(leader = leader.0, term = leader.1, "the leader's process is gone: {}", s.message());
                 *gone.lock().unwrap_or_else(|e| e.into_inner()) = Some(leader);
                 return;
@@ -333,6 +341,22 @@ async fn hold(node: Arc<NodeCtx>, leader: Term, addr: String, gone: Arc<Mutex<Op
             _ = tokio::time::sleep(retry) => {}
         }
     }
+}
+
+/// The call found nothing listening at the leader's address (or the connection reset as it
+/// was made): not a timeout, a TLS failure or an answer, which a live leader can give.
+fn refused(s: &tonic::Status) -> bool {
+    if s.code() != tonic::Code::Unavailable {
+        return false;
+    }
+    let mut cause: Option<&(dyn std::error::Error + 'static)> = std::error::Error::source(s);
+    while let Some(e) = cause {
+        if let Some(io) = e.downcast_ref::<std::io::Error>() {
+            return matches!(io.kind(), std::io::ErrorKind::ConnectionRefused | std::io::ErrorKind::ConnectionReset);
+        }
+        cause = e.source();
+    }
+    false
 }
 
 #[cfg(test)]
