@@ -114,7 +114,8 @@ impl PeerService {
     }
 }
 
-/// A held stream: one message once taken, then open while this node leads.
+/// A held stream: a tick at once (the stream was taken), then one every heartbeat while this
+/// node leads.
 type HoldStream = std::pin::Pin<Box<dyn futures::Stream<Item = Result<Empty, Status>> + Send>>;
 
 /// The next tick of a held stream: `None` once this node no longer leads, or shuts down.
