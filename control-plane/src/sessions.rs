@@ -8,6 +8,8 @@ use std::time::Duration;
 
 use switchyard_proto::v1::SessionBinding;
 
+use crate::error::ApiError;
+use crate::node::calls::ExecError;
 use crate::node::context::NodeCtx;
 use crate::node::leader;
 use crate::pb::Pb;
@@ -62,18 +64,32 @@ pub fn drop_fresh_refreshes(state: &State, now_ms: u64, bindings: &mut Vec<Pb<Se
 /// Proposes a fresh affinity secret when the applied state has none; the state machine keeps
 /// only the first one ever applied, so two leaders racing cannot change it.
 async fn mint_secret(node: &NodeCtx) {
-    if node.shared.read().state.affinity_secret.is_set() {
-        return;
-    }
-    let secret = match switchyard_model::AffinitySecret::mint() {
-        Ok(s) => s,
-        Err(e) => return tracing::error!("cannot mint the affinity secret: {e}"),
-    };
-    let cmd = Command::SetAffinitySecret(SecretBytes(secret.expose().to_vec()));
-    match node.propose(cmd.into()).await {
-        Ok(_) => tracing::info!("minted the cluster's affinity hashing secret"),
+    match ensure_secret(node).await {
+        Ok(true) => tracing::info!("minted the cluster's affinity hashing secret"),
+        Ok(false) => {}
         Err(e) => tracing::debug!("affinity secret not recorded: {e:?}"),
     }
+}
+
+/// Makes sure the state holds the affinity secret before the leader proposes an admin write,
+/// so no pool (and so no session key) exists before the secret does: a proxy that routed a
+/// connection before the secret reached it would give that connection no affinity at all.
+/// Returns whether this call minted it. One mint at a time: the writes that arrive together
+/// on a new cluster wait for the first one's instead of proposing their own.
+pub async fn ensure_secret(node: &NodeCtx) -> Result<bool, ExecError> {
+    static MINTING: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+    if node.shared.read().state.affinity_secret.is_set() {
+        return Ok(false);
+    }
+    let _one = MINTING.lock().await;
+    if node.shared.read().state.affinity_secret.is_set() {
+        return Ok(false);
+    }
+    let secret = switchyard_model::AffinitySecret::mint()
+        .map_err(|e| ExecError::Api(ApiError::Internal(format!("cannot mint the affinity secret: {e}"))))?;
+    let cmd = Command::SetAffinitySecret(SecretBytes(secret.expose().to_vec()));
+    node.propose(cmd.into()).await?.1.map_err(ExecError::Api)?;
+    Ok(true)
 }
 
 #[cfg(test)]

@@ -374,10 +374,14 @@ impl State {
                     created_revision: rev,
                     ..cur.clone()
                 },
-                Some(_) => continue,
+                Some(cur) => {
+                    tracing::debug!(pool = %b.pool, backend = %b.backend, bound = %cur.backend, "binding kept to its first backend");
+                    continue;
+                }
                 None => {
                     let Some(pool) = self.pools.get(&b.pool) else { continue };
                     if !usable_here(self, &b.backend) {
+                        tracing::debug!(pool = %b.pool, backend = %b.backend, "no binding to an unusable backend");
                         continue;
                     }
                     SessionBinding {

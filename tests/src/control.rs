@@ -88,11 +88,14 @@ impl ControlNode {
         // Stop turning connections away first: from here on they wait for the new process.
         self.parked = None;
         let log_path = self.data_dir.with_extension("log");
-        let log = std::fs::File::create(&log_path).expect("log file");
+        let (log, filter) = match crate::kept_log(&format!("node{}", self.id)) {
+            Some(kept) => kept,
+            None => (std::fs::File::create(&log_path).expect("log file"), "warn,openraft=error".into()),
+        };
         let sock = self.listener.try_clone().expect("clone the node's socket");
         let mut cmd = Command::new(bin("switchyard-control"));
         cmd.args(&self.args)
-            .env("RUST_LOG", "warn,openraft=error")
+            .env("RUST_LOG", filter)
             .env("LISTEN_FDS", "1")
             .env_remove("LISTEN_PID")
             .env_remove("LISTEN_FDS_FIRST_FD")
@@ -248,13 +251,19 @@ impl Cluster {
 
     /// [`Cluster::start_with`], every node started with environment variables `env`.
     pub async fn start_env(n: u64, extra: &[&str], tls: ClientTls, env: &[(String, String)]) -> Cluster {
-        Cluster::start_full(n, test_flags(), extra, tls, env).await
+        Cluster::start_full(n, test_flags(), extra, tls, env, true).await
+    }
+
+    /// [`Cluster::start`] returning as soon as the nodes agree on a leader, before the leader
+    /// has minted the affinity secret (for tests of what happens first on a new cluster).
+    pub async fn start_new(n: u64) -> Cluster {
+        Cluster::start_full(n, test_flags(), &[], ClientTls::cleartext(), &[], false).await
     }
 
     /// [`Cluster::start`] with `timing` in place of [`test_flags`].
     pub async fn start_timed(n: u64, timing: &[&str]) -> Cluster {
         let timing = timing.iter().map(|s| s.to_string()).collect();
-        Cluster::start_full(n, timing, &[], ClientTls::cleartext(), &[]).await
+        Cluster::start_full(n, timing, &[], ClientTls::cleartext(), &[], true).await
     }
 
     async fn start_full(
@@ -263,6 +272,7 @@ impl Cluster {
         extra: &[&str],
         tls: ClientTls,
         env: &[(String, String)],
+        wait_for_secret: bool,
     ) -> Cluster {
         let dir = tempfile::tempdir().expect("temp dir");
         let sockets: BTreeMap<u64, TcpListener> = (1..=n).map(|i| (i, reserve())).collect();
@@ -282,7 +292,7 @@ impl Cluster {
         // A new leader mints the affinity secret (a change event of its own) soon after it
         // wins: tests start once that has happened, so it never lands inside one. (Over TLS
         // the test holds an admin's certificate, and admins' watches never carry the secret.)
-        if !c.tls.enabled() {
+        if wait_for_secret && !c.tls.enabled() {
             affinity_secret(&c.nodes[&leader].addr).await;
         }
         c

@@ -90,7 +90,10 @@ impl ProxyProcess {
     pub fn start(&mut self) {
         use command_fds::{CommandFdExt, FdMapping};
         let mut cmd = Command::new(bin("switchyard-proxy"));
-        cmd.args(&self.args).env("RUST_LOG", "warn").stderr(Stdio::null());
+        match crate::kept_log("proxy") {
+            Some((log, filter)) => cmd.args(&self.args).env("RUST_LOG", filter).stderr(log),
+            None => cmd.args(&self.args).env("RUST_LOG", "warn").stderr(Stdio::null()),
+        };
         if let Some(sock) = &self.socket {
             let fd = sock.try_clone().expect("clone the proxy's socket");
             cmd.env("LISTEN_FDS", "1")

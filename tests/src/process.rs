@@ -218,3 +218,17 @@ pub async fn http_get(addr: &str, path: &str) -> Option<String> {
     let (head, body) = text.split_once("\r\n\r\n")?;
     head.starts_with("HTTP/1.1 200").then(|| body.to_string())
 }
+
+/// Where a child's log goes when `SWITCHYARD_TEST_LOGS=DIR` is set (for chasing a rare
+/// failure): `DIR/NAME-N.log`, kept after the test, with `SWITCHYARD_TEST_RUST_LOG` (default
+/// `debug,openraft=info,h2=info,hyper=info,tower=info`) as the filter. Unset, `None`.
+pub fn kept_log(name: &str) -> Option<(std::fs::File, String)> {
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    static N: AtomicUsize = AtomicUsize::new(0);
+    let dir = PathBuf::from(std::env::var_os("SWITCHYARD_TEST_LOGS")?);
+    std::fs::create_dir_all(&dir).expect("SWITCHYARD_TEST_LOGS dir");
+    let path = dir.join(format!("{name}-{}.log", N.fetch_add(1, Ordering::Relaxed)));
+    let filter = std::env::var("SWITCHYARD_TEST_RUST_LOG")
+        .unwrap_or_else(|_| "debug,openraft=info,h2=info,hyper=info,tower=info,rustls=info,sled=info".into());
+    Some((std::fs::File::create(&path).expect("kept log file"), filter))
+}

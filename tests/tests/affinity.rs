@@ -32,6 +32,53 @@ async fn setup(affinity: &str, ttl_ms: u64, backends: &[EchoBackend]) -> (Cluste
     (c, rev, secret)
 }
 
+/// The affinity secret of the node at `addr` as its watch shows it now (unset if none yet).
+async fn secret_now(addr: &str) -> AffinitySecret {
+    let req = WatchRequest { proxy_id: String::new(), from_revision: 0 };
+    let mut stream = switchyard_proto::v1::discovery_client::DiscoveryClient::connect(format!("http://{addr}"))
+        .await
+        .unwrap()
+        .watch(req)
+        .await
+        .unwrap()
+        .into_inner();
+    match stream.message().await.unwrap().and_then(|e| e.kind) {
+        Some(watch_event::Kind::Snapshot(t)) => AffinitySecret::from_bytes(&t.affinity_secret),
+        other => panic!("a watch from revision 0 starts with a snapshot, not {other:?}"),
+    }
+}
+
+/// A proxy that routed a session before the secret reached it gave that connection no
+/// affinity at all, for its whole life. So the first write on a new cluster mints the secret
+/// before it applies: no pool exists without it, and a proxy's first config carries it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_first_pool_of_a_new_cluster_never_exists_before_the_affinity_secret() {
+    let _g = serial().await;
+    let c = Cluster::start_new(1).await;
+    let addr = c.nodes[&1].addr.clone();
+    let b1 = EchoBackend::start("b1").await;
+    let pool = Pool { name: "chat".into(), affinity: "header:X-Session".into(), ..Default::default() };
+    admin(&addr).create_pool(CreatePoolRequest { pool: Some(pool) }).await.unwrap();
+    let secret = secret_now(&addr).await;
+    assert!(secret.is_set(), "a pool was applied before the affinity secret");
+
+    let backend = Backend { pool: "chat".into(), address: b1.addr.clone(), weight: 1, ..Default::default() };
+    admin(&addr).add_backend(AddBackendRequest { backend: Some(backend) }).await.unwrap();
+    let route = Route { name: "all".into(), pool: "chat".into(), ..Default::default() };
+    admin(&addr).set_route(SetRouteRequest { route: Some(route) }).await.unwrap();
+    let proxy = ProxyProcess::spawn(&c.endpoints(), &c.dir.path().join("p.cache"), "p1");
+    // The first connection the proxy routes is bound, as every later one.
+    let _held = eventually("the proxy to route", Duration::from_secs(10), || async {
+        ws_connect(&proxy.ws, "/", &[("X-Session", "first")]).await.ok()
+    })
+    .await;
+    let bound = eventually("the first session bound", Duration::from_secs(10), || async {
+        session(&addr, &secret, "first").await
+    })
+    .await;
+    assert_eq!(bound.backend, b1.addr);
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_session_returns_to_its_backend_through_any_proxy_after_joins_and_losses() {
     let _g = serial().await;

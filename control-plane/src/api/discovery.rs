@@ -262,7 +262,14 @@ impl Discovery for DiscoveryService {
         let cluster_loads =
             match tokio::time::timeout(std::time::Duration::from_secs(1), leader::execute(&self.node, call)).await {
                 Ok(Ok(l)) => l.into_iter().map(|crate::pb::Pb(l)| l).collect(),
-                _ => vec![],
+                Ok(Err(e)) => {
+                    tracing::debug!(proxy = %r.proxy_id, error = %e, "report not kept");
+                    vec![]
+                }
+                Err(_) => {
+                    tracing::debug!(proxy = %r.proxy_id, "report not kept within 1 s");
+                    vec![]
+                }
             };
         Ok(Response::new(ReportReply { revision: self.node.shared.read().revision(), cluster_loads }))
     }

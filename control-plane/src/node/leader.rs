@@ -45,7 +45,7 @@ impl RunOnLeader for Writes {
             .map(|p| async move {
                 match p.id.as_ref().map(|id| id.check()) {
                     Some(Err(e)) => Err(ExecError::Api(e)),
-                    _ => ctx.propose(p).await,
+                    _ => propose_write(ctx, p).await,
                 }
             })
             .collect();
@@ -156,6 +156,7 @@ impl RunOnLeader for Report {
         // Keys are hashed on the proxy; a raw one (an old proxy's) is never stored.
         bindings.retain(|Pb(b)| switchyard_model::affinity::is_hashed(&b.key));
         let (revision, since) = (status.applied_revision, status.applied_unix_ms);
+        tracing::debug!(proxy = %status.proxy_id, bindings = bindings.len(), "report");
         let before = ctx.proxies.record(status, loads.into_iter().map(|Pb(l)| l).collect());
         // A first report may be a restarted proxy's cached config, applied long after the
         // write: propagation is timed only on revisions a proxy moved to while reporting here
@@ -267,7 +268,7 @@ pub async fn write(ctx: &NodeCtx, cmd: impl Into<Proposed>) -> Result<(u64, Vec<
         async move {
             let res = match ctx.remote_leader() {
                 Some(leader) => ctx.forwarder.write(leader, cmd.clone()).await,
-                None => ctx.propose(cmd.clone()).await,
+                None => propose_write(ctx, cmd.clone()).await,
             };
             match res {
                 Err(ExecError::NotLeader(Some(addr))) if addr != ctx.advertise => ctx.forwarder.write(addr, cmd).await,
@@ -277,6 +278,15 @@ pub async fn write(ctx: &NodeCtx, cmd: impl Into<Proposed>) -> Result<(u64, Vec<
     })
     .await?;
     from_wire(outcome).map(|c| (revision, c))
+}
+
+/// Proposes an admin write on the leader, after the affinity secret: see
+/// [`crate::sessions::ensure_secret`].
+async fn propose_write(ctx: &NodeCtx, cmd: Proposed) -> Result<Written, ExecError> {
+    if crate::sessions::ensure_secret(ctx).await? {
+        tracing::info!("minted the cluster's affinity hashing secret");
+    }
+    ctx.propose(cmd).await
 }
 
 /// Waits until this node has applied everything the leader had committed when asked.

@@ -70,6 +70,7 @@ pub async fn run(state: Arc<ProxyState>, endpoints: Vec<String>, mut applied: wa
             let mut c = DiscoveryClient::new(ch);
             match tokio::time::timeout(REPORT_TIMEOUT, c.report(report)).await {
                 Ok(Ok(reply)) => {
+                    tracing::debug!(node = %addr, bindings = sent.len(), "report answered");
                     // Answered only once the bindings committed (or were found fresh).
                     state.affinity.acknowledged(&sent, Instant::now());
                     // Other proxies' connections: the cluster's count less what this proxy sent.
@@ -82,7 +83,14 @@ pub async fn run(state: Arc<ProxyState>, endpoints: Vec<String>, mut applied: wa
                         }
                     }
                 }
-                _ => i += 1,
+                Ok(Err(e)) => {
+                    tracing::debug!(node = %addr, bindings = sent.len(), error = %e, "report refused");
+                    i += 1
+                }
+                Err(_) => {
+                    tracing::debug!(node = %addr, bindings = sent.len(), "report timed out");
+                    i += 1
+                }
             }
         }
         tokio::select! {
