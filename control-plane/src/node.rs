@@ -90,6 +90,7 @@ impl Node {
         .validate()
         .map_err(|e| NodeError::Config(e.to_string()))?;
         let peer_tls = config.peer_tls()?;
+        let log_ends = log.clone();
         let raft = Raft::new(config.id, Arc::new(raft_config), Network(cluster_id.clone(), peer_tls.clone()), log, sm)
             .await
             .map_err(|e| NodeError::Raft(e.to_string()))?;
@@ -112,6 +113,7 @@ impl Node {
             fatal: Default::default(),
             metrics,
             features: Default::default(),
+            log: log_ends,
             config,
         });
 

@@ -12,7 +12,7 @@ use std::time::{Duration, Instant};
 
 use openraft::raft::AppendEntriesResponse;
 use switchyard_proto::raft::raft_server::Raft;
-use switchyard_proto::raft::{Empty, InitializedReply, LeaderReply, RaftPayload};
+use switchyard_proto::raft::{Empty, InitializedReply, LeaderReply, LeaderRequest, RaftPayload};
 use tonic::{Request, Response, Status};
 
 use crate::network::{decode, encode};
@@ -157,7 +157,11 @@ impl Raft for PeerService {
         let m = "Vote";
         let Incoming { from, rpc, .. } = self.payload(m, req)?;
         sane::vote(&rpc).map_err(|e| self.refuse(from, m, e))?;
-        reply(&self.node.raft.vote(rpc).await)
+        let r = self.node.raft.vote(rpc).await;
+        if matches!(r, Ok(ref v) if v.vote_granted) {
+            self.node.serving.voted();
+        }
+        reply(&r)
     }
 
     async fn install_snapshot(&self, req: Request<RaftPayload>) -> Result<Response<RaftPayload>, Status> {
@@ -195,19 +199,31 @@ impl Raft for PeerService {
         Ok(Response::new(Box::pin(ticks)))
     }
 
-    async fn leader(&self, req: Request<Empty>) -> Result<Response<LeaderReply>, Status> {
+    async fn leader(&self, req: Request<LeaderRequest>) -> Result<Response<LeaderReply>, Status> {
         self.node.cluster_id.check(&req)?;
+        let asker = req.into_inner();
         let (leader, term) = {
             let m = self.node.raft.metrics();
             let m = m.borrow();
             (m.current_leader, m.vote.leader_id().term)
         };
+        // A vote cast within the lease counts as hearing a leader: an election is under way
+        // (Raft's metrics may not show its winner yet), and this node would refuse another
+        // candidate until the lease runs out anyway.
+        let serving = &self.node.serving;
         let since = if leads(&self.node) {
             0
         } else {
-            self.node.serving.since_leader_contact().map_or(u64::MAX, |d| d.as_millis() as u64)
+            let heard = [serving.since_leader_contact(), serving.since_voted()].into_iter().flatten().min();
+            heard.map_or(u64::MAX, |d| d.as_millis() as u64)
         };
-        Ok(Response::new(LeaderReply { leader_id: leader.unwrap_or(0), term, since_leader_ms: since }))
+        // Raft's own up-to-date rule, on (term, index): a candidate this node would refuse by
+        // its log must not raise the term (openraft keeps the term when it refuses by log, so
+        // the others would then stand at terms below the loser's and lose too).
+        let mine = self.node.log.last_log_id().map_err(|e| Status::internal(e.to_string()))?;
+        let mine = mine.map_or((0, 0), |l| (l.leader_id.term, l.index));
+        let log_behind = (asker.last_log_term, asker.last_log_index) < mine;
+        Ok(Response::new(LeaderReply { leader_id: leader.unwrap_or(0), term, since_leader_ms: since, log_behind }))
     }
 
     async fn initialized(&self, _req: Request<Empty>) -> Result<Response<InitializedReply>, Status> {

@@ -42,6 +42,8 @@ pub struct NodeCtx {
     pub metrics: Arc<crate::metrics::Metrics>,
     /// What each member runs, as the leader last heard (see [`crate::features`]).
     pub features: crate::features::Members,
+    /// The Raft log, read outside Raft's core only for its last entry (a pre-vote's check).
+    pub log: crate::store::log::LogStore,
     pub(super) proposals: mpsc::Sender<Proposal>,
 }
 

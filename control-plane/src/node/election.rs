@@ -27,7 +27,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use rand::Rng;
-use switchyard_proto::raft::{Empty, LeaderReply};
+use switchyard_proto::raft::{Empty, LeaderReply, LeaderRequest};
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
@@ -216,7 +216,13 @@ pub async fn run(node: Arc<NodeCtx>) {
         if late {
             continue;
         }
-        let since_vote = now.duration_since(vote_at);
+        // Raft's metrics show a vote only once its core has written it; a vote this node cast,
+        // or a leader's message, counts from when it arrived.
+        let serving = &node.serving;
+        let since_vote = [serving.since_voted(), serving.since_leader_contact()]
+            .into_iter()
+            .flatten()
+            .fold(now.duration_since(vote_at), Duration::min);
         facts.since_vote = since_vote;
         facts.since_contact = node.serving.since_leader_contact().map_or(since_vote, |c| c.min(since_vote));
         facts.since_alive = node.serving.since_leader_alive().map_or(since_vote, |c| c.min(since_vote));
@@ -245,7 +251,15 @@ pub async fn run(node: Arc<NodeCtx>) {
             continue;
         }
         refused = false;
+        // The pre-vote took a while (up to the lease, for a voter that does not answer): a
+        // leader heard or a vote cast since the decision makes it stale.
+        let since_decided = now.elapsed();
+        if [serving.since_leader_contact(), serving.since_voted()].into_iter().flatten().any(|d| d < since_decided) {
+            tracing::debug!(term, "not standing ({}): a leader or a candidate was heard meanwhile", why.text());
+            continue;
+        }
         stood_at = Some(now);
+        serving.voted();
         tracing::info!(
             term,
             silent_ms = facts.since_contact.as_millis() as u64,
@@ -264,27 +278,47 @@ pub async fn run(node: Arc<NodeCtx>) {
 }
 
 /// A pre-vote: whether most voters would take part in an election now. This node would; a
-/// peer would unless it leads, or heard from its leader within the lease (it would refuse
-/// the vote anyway, and a candidate's higher term would unseat a leader that is fine). A peer
-/// that does not answer within the lease counts against. Without this a node cut off from
+/// peer would unless it leads, or heard from its leader (or voted) within the lease (it would
+/// refuse the vote anyway, and a candidate's higher term would unseat a leader that is
+/// fine), or its log is longer than this node's (it would refuse the vote by log, and
+/// openraft would leave its term below the loser's). A peer that does not answer within the
+/// lease counts against. Without this a node cut off from
 /// the others, or just restarted (openraft retries a lost follower only every 500 ms), would
 /// stand, raise its term, and make a healthy leader step down when it heard of it.
 async fn prevote(node: &NodeCtx, voters: &[(NodeId, String)], lease: Duration) -> bool {
+    let Ok(last) = node.log.last_log_id() else { return false };
+    let ask = last.map_or(LeaderRequest::default(), |l| LeaderRequest {
+        last_log_term: l.leader_id.term,
+        last_log_index: l.index,
+    });
     let asks = voters.iter().filter(|(id, _)| *id != node.id).map(|(_, addr)| async move {
         let mut client = node.clients.get(addr).ok()?;
-        let mut req = tonic::Request::new(Empty {});
+        let mut req = tonic::Request::new(ask);
         node.clients.attach(&mut req);
         let r = tokio::time::timeout(lease, client.leader(req)).await.ok()?.ok()?.into_inner();
         Some(r)
     });
-    let replies = futures::future::join_all(asks).await;
+    // Decided as soon as the count is: a voter that does not answer (stopped, cut off) would
+    // otherwise hold the standing up for the whole lease.
+    let mut pending: futures::stream::FuturesUnordered<_> = asks.collect();
+    let mut replies = Vec::new();
+    while let Some(r) = futures::StreamExt::next(&mut pending).await {
+        replies.push(r);
+        let open = vec![Some(LeaderReply { leader_id: 0, ..Default::default() }); pending.len()];
+        let best = [replies.as_slice(), &open].concat();
+        if majority_willing(&replies, voters.len(), lease) || !majority_willing(&best, voters.len(), lease) {
+            break;
+        }
+    }
     majority_willing(&replies, voters.len(), lease)
 }
 
-/// The pre-vote's count: this node, and each peer that answered without a live leader.
+/// The pre-vote's count: this node, and each peer that answered without a live leader and
+/// with a log no longer than this node's.
 fn majority_willing(replies: &[Option<LeaderReply>], voters: usize, lease: Duration) -> bool {
     let lease_ms = lease.as_millis() as u64;
-    let peers = replies.iter().flatten().filter(|r| r.leader_id == 0 || r.since_leader_ms >= lease_ms).count();
+    let willing = |r: &&LeaderReply| !r.log_behind && (r.leader_id == 0 || r.since_leader_ms >= lease_ms);
+    let peers = replies.iter().flatten().filter(willing).count();
     1 + peers > voters / 2
 }
 
@@ -435,16 +469,19 @@ mod tests {
     #[test]
     fn a_prevote_passes_only_when_most_voters_hear_no_leader() {
         let lease = ms(120);
-        let live = Some(LeaderReply { leader_id: 2, term: 5, since_leader_ms: 30 });
-        let lapsed = Some(LeaderReply { leader_id: 2, term: 5, since_leader_ms: 130 });
-        let none = Some(LeaderReply { leader_id: 0, term: 6, since_leader_ms: u64::MAX });
-        let leading = Some(LeaderReply { leader_id: 3, term: 5, since_leader_ms: 0 });
+        let live = Some(LeaderReply { leader_id: 2, term: 5, since_leader_ms: 30, log_behind: false });
+        let lapsed = Some(LeaderReply { leader_id: 2, term: 5, since_leader_ms: 130, log_behind: false });
+        let none = Some(LeaderReply { leader_id: 0, term: 6, since_leader_ms: u64::MAX, log_behind: false });
+        let leading = Some(LeaderReply { leader_id: 3, term: 5, since_leader_ms: 0, log_behind: false });
         assert!(majority_willing(&[None, lapsed], 3, lease), "the leader is dead, the other follower's lease ran out");
         assert!(!majority_willing(&[leading, live], 3, lease), "a restarted node facing a live leader");
         assert!(!majority_willing(&[None, None], 3, lease), "cut off from both");
         assert!(majority_willing(&[none, None], 3, lease));
         assert!(!majority_willing(&[lapsed, live, leading, None], 5, lease), "2 of 5");
         assert!(majority_willing(&[lapsed, none, live, None], 5, lease), "3 of 5");
+        let longer = Some(LeaderReply { leader_id: 0, term: 6, since_leader_ms: u64::MAX, log_behind: true });
+        assert!(!majority_willing(&[longer, None], 3, lease), "the one that answered has a longer log");
+        assert!(majority_willing(&[longer, none], 3, lease), "the other would vote for this node");
     }
 
     #[test]

@@ -93,6 +93,8 @@ pub struct Serving {
     contact_ms: Arc<AtomicU64>,
     /// The same for the last tick of the stream held to the leader ([`crate::node::election`]).
     alive_ms: AtomicU64,
+    /// The same for the last vote this node cast (for a candidate that asked, or for itself).
+    vote_ms: AtomicU64,
 }
 
 impl Serving {
@@ -104,6 +106,7 @@ impl Serving {
             epoch: Instant::now(),
             contact_ms: Arc::new(AtomicU64::new(u64::MAX)),
             alive_ms: AtomicU64::new(u64::MAX),
+            vote_ms: AtomicU64::new(u64::MAX),
         };
         let contact = (s.epoch, s.contact_ms.clone());
         let every = Duration::from_millis(config.heartbeat_ms);
@@ -163,6 +166,18 @@ impl Serving {
     /// The stream held to the leader ticked: its process and runtime are alive.
     pub fn leader_alive(&self) {
         self.alive_ms.store(self.epoch.elapsed().as_millis() as u64, Relaxed);
+    }
+
+    /// This node cast a vote: granted one a candidate asked for, or stood. Recorded as it
+    /// happens, where Raft's metrics show it only once its core has written the vote (on a
+    /// busy disk, a hundred milliseconds and more later).
+    pub fn voted(&self) {
+        self.vote_ms.store(self.epoch.elapsed().as_millis() as u64, Relaxed);
+    }
+
+    /// Since this node last cast a vote (`None`: never).
+    pub fn since_voted(&self) -> Option<Duration> {
+        self.since(&self.vote_ms)
     }
 
     /// Since the stream held to the leader last ticked (`None`: never).

@@ -135,6 +135,33 @@ pub fn start_after(db: &sled::Db, at: LogId) -> Result<(), StorageError> {
 }
 
 impl LogStore {
+    /// The purge point and the last entry (the purge point when every entry was purged).
+    fn ends(&self) -> Result<(Option<LogId>, Option<LogId>), StorageError> {
+        let stored: Option<LogId> = self.get_meta("last_purged")?;
+        let pending = *self.pending_purge.lock().unwrap_or_else(|e| e.into_inner());
+        let last_purged = stored.max(pending);
+        let purged_index = last_purged.map(|p| p.index);
+        let last = match self.log.last().map_err(read_err)? {
+            // Entries at or below the purge point may still await the purge thread.
+            Some((_, v)) => {
+                let last = postcard::from_bytes::<Entry>(&v).map_err(read_err)?.log_id;
+                if Some(last.index) > purged_index {
+                    Some(last)
+                } else {
+                    last_purged
+                }
+            }
+            None => last_purged,
+        };
+        Ok((last_purged, last))
+    }
+
+    /// The last entry's id, as [`RaftLogStorage::get_log_state`] gives it: for a pre-vote,
+    /// asked outside Raft's core.
+    pub fn last_log_id(&self) -> Result<Option<LogId>, StorageError> {
+        Ok(self.ends()?.1)
+    }
+
     /// Starts the flusher thread; it ends when the last clone of this store is dropped.
     pub fn new(db: sled::Db) -> Result<Self, StorageError> {
         Self::with_metrics(db, Arc::default())
@@ -275,22 +302,7 @@ impl RaftLogStorage<TypeConfig> for LogStore {
     type LogReader = LogStore;
 
     async fn get_log_state(&mut self) -> Result<LogState<TypeConfig>, StorageError> {
-        let stored: Option<LogId> = self.get_meta("last_purged")?;
-        let pending = *self.pending_purge.lock().unwrap_or_else(|e| e.into_inner());
-        let last_purged = stored.max(pending);
-        let purged_index = last_purged.map(|p| p.index);
-        let last = match self.log.last().map_err(read_err)? {
-            // Entries at or below the purge point may still await the purge thread.
-            Some((_, v)) => {
-                let last = postcard::from_bytes::<Entry>(&v).map_err(read_err)?.log_id;
-                if Some(last.index) > purged_index {
-                    Some(last)
-                } else {
-                    last_purged
-                }
-            }
-            None => last_purged,
-        };
+        let (last_purged, last) = self.ends()?;
         Ok(LogState { last_purged_log_id: last_purged, last_log_id: last })
     }
 

@@ -66,17 +66,26 @@ pub struct Schedule {
     rng: Rng,
     round: Vec<Fault>,
     rounds: u64,
+    only: Option<u16>,
 }
 
 impl Schedule {
-    pub fn new(seed: u64) -> Schedule {
-        Schedule { rng: Rng::new(seed), round: Vec::new(), rounds: 0 }
+    /// `only`: a mask over [`Fault::ALL`] of the faults to inject (all when `None`).
+    pub fn new(seed: u64, only: Option<u16>) -> Schedule {
+        Schedule { rng: Rng::new(seed), round: Vec::new(), rounds: 0, only }
     }
 
     pub fn next_fault(&mut self) -> Fault {
         if self.round.is_empty() {
-            let mut all: Vec<Fault> =
-                Fault::ALL.iter().copied().filter(|f| self.rounds == 0 || *f != Fault::WipedDataDir).collect();
+            let only = self.only.unwrap_or(u16::MAX);
+            let mut all: Vec<Fault> = (Fault::ALL.iter().enumerate())
+                .filter(|(i, f)| only & 1 << i != 0 && (self.rounds == 0 || **f != Fault::WipedDataDir))
+                .map(|(_, f)| *f)
+                .collect();
+            if all.is_empty() {
+                // Asked for the wiped data dir alone: it repeats.
+                all.push(Fault::WipedDataDir);
+            }
             // Fisher–Yates; popped from the back.
             for i in (1..all.len()).rev() {
                 all.swap(i, self.rng.below(i as u64 + 1) as usize);

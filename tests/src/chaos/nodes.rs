@@ -53,9 +53,15 @@ impl NsNode {
     /// Starts the process with its flags and waits until it serves.
     pub fn start(&mut self) {
         let log_path = self.data_dir.with_extension("log");
-        let log = std::fs::OpenOptions::new().create(true).append(true).open(&log_path).expect("log file");
+        let (log, filter) = match crate::kept_log(&format!("node{}", self.id)) {
+            Some(kept) => kept,
+            None => (
+                std::fs::OpenOptions::new().create(true).append(true).open(&log_path).expect("log file"),
+                "warn,openraft=error".into(),
+            ),
+        };
         let mut cmd = self.command();
-        cmd.env("RUST_LOG", "warn,openraft=error").stderr(log);
+        cmd.env("RUST_LOG", filter).stderr(log);
         let what = format!("switchyard-control node {} (log: {})", self.id, log_path.display());
         // Waits (up to 30 s) for the first line without holding up the runtime's other tasks.
         let line = tokio::task::block_in_place(|| self.proc.start_reporting(&mut cmd, &what));

@@ -29,20 +29,30 @@ pub struct Settings {
     /// Faults are started until this much time has passed.
     pub duration: Duration,
     pub seed: u64,
+    /// Only these faults (a mask over [`Fault::ALL`]), when not all.
+    pub only: Option<u16>,
 }
 
 /// The seed of the schedule `cargo test` runs (one a 4-minute soak passed with).
 const DEFAULT_SEED: u64 = 1_795_661_404_269_649_149;
 
 impl Settings {
-    /// `SWITCHYARD_CHAOS_SECS` (default `default_secs`) and `SWITCHYARD_CHAOS_SEED` (default:
-    /// from the clock).
+    /// `SWITCHYARD_CHAOS_SECS` (default `default_secs`), `SWITCHYARD_CHAOS_SEED` (default: a
+    /// fixed one) and `SWITCHYARD_CHAOS_ONLY` (fault names as in the code, comma-separated:
+    /// `PauseLeader,KillLeader`), for chasing one fault's failure.
     pub fn from_env(default_secs: u64) -> Settings {
         let secs = std::env::var("SWITCHYARD_CHAOS_SECS").ok().and_then(|s| s.parse().ok()).unwrap_or(default_secs);
         // A fixed schedule unless a seed is given, so `cargo test` runs the same faults every
         // time (bench/chaos.sh picks a new seed per soak).
         let seed = std::env::var("SWITCHYARD_CHAOS_SEED").ok().and_then(|s| s.parse().ok()).unwrap_or(DEFAULT_SEED);
-        Settings { duration: Duration::from_secs(secs), seed }
+        let only = std::env::var("SWITCHYARD_CHAOS_ONLY").ok().map(|names| {
+            names.split(',').map(str::trim).fold(0u16, |mask, name| {
+                let i = Fault::ALL.iter().position(|f| format!("{f:?}") == name);
+                let i = i.unwrap_or_else(|| panic!("SWITCHYARD_CHAOS_ONLY: no fault {name:?} in {:?}", Fault::ALL));
+                mask | 1 << i
+            })
+        });
+        Settings { duration: Duration::from_secs(secs), seed, only }
     }
 }
 
@@ -137,7 +147,7 @@ impl Chaos {
             cluster,
             _backends: backends,
             shared,
-            schedule: Schedule::new(settings.seed),
+            schedule: Schedule::new(settings.seed, settings.only),
             settings,
             tasks,
             durable,
