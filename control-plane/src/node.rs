@@ -114,6 +114,7 @@ impl Node {
             metrics,
             features: Default::default(),
             log: log_ends,
+            minting: Default::default(),
             config,
         });
 

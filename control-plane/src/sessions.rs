@@ -77,19 +77,25 @@ async fn mint_secret(node: &NodeCtx) {
 /// Returns whether this call minted it. One mint at a time: the writes that arrive together
 /// on a new cluster wait for the first one's instead of proposing their own.
 pub async fn ensure_secret(node: &NodeCtx) -> Result<bool, ExecError> {
-    static MINTING: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
     if node.shared.read().state.affinity_secret.is_set() {
         return Ok(false);
     }
-    let _one = MINTING.lock().await;
-    if node.shared.read().state.affinity_secret.is_set() {
-        return Ok(false);
-    }
-    let secret = switchyard_model::AffinitySecret::mint()
-        .map_err(|e| ExecError::Api(ApiError::Internal(format!("cannot mint the affinity secret: {e}"))))?;
-    let cmd = Command::SetAffinitySecret(SecretBytes(secret.expose().to_vec()));
-    node.propose(cmd.into()).await?.1.map_err(ExecError::Api)?;
-    Ok(true)
+    let mint = async {
+        let _one = node.minting.lock().await;
+        if node.shared.read().state.affinity_secret.is_set() {
+            return Ok(false);
+        }
+        let secret = switchyard_model::AffinitySecret::mint()
+            .map_err(|e| ExecError::Api(ApiError::Internal(format!("cannot mint the affinity secret: {e}"))))?;
+        let cmd = Command::SetAffinitySecret(SecretBytes(secret.expose().to_vec()));
+        node.propose(cmd.into()).await?.1.map_err(ExecError::Api)?;
+        Ok(true)
+    };
+    // Bounded like a write: a leader cut off from its quorum must not hold the writes queued
+    // behind the mint for longer than each of them would have waited anyway.
+    tokio::time::timeout(node.config.write_timeout, mint).await.unwrap_or_else(|_| {
+        Err(ExecError::Api(ApiError::Unavailable("the affinity secret was not committed in time".into())))
+    })
 }
 
 #[cfg(test)]

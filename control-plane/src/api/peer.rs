@@ -220,9 +220,15 @@ impl Raft for PeerService {
         // Raft's own up-to-date rule, on (term, index): a candidate this node would refuse by
         // its log must not raise the term (openraft keeps the term when it refuses by log, so
         // the others would then stand at terms below the loser's and lose too).
-        let mine = self.node.log.last_log_id().map_err(|e| Status::internal(e.to_string()))?;
-        let mine = mine.map_or((0, 0), |l| (l.leader_id.term, l.index));
-        let log_behind = (asker.last_log_term, asker.last_log_index) < mine;
+        // A log this node cannot read does not hold the asker back: openraft's vote check still
+        // applies the rule, and a refusal here would count against every candidate.
+        let log_behind = match self.node.log.last_log_id() {
+            Ok(mine) => asker_behind(&asker, mine),
+            Err(e) => {
+                tracing::warn!("pre-vote: cannot read this node's last log entry: {e}");
+                false
+            }
+        };
         Ok(Response::new(LeaderReply { leader_id: leader.unwrap_or(0), term, since_leader_ms: since, log_behind }))
     }
 
@@ -242,9 +248,28 @@ impl Raft for PeerService {
     }
 }
 
+/// Raft's up-to-date rule on (term, index), for a pre-vote: whether the asker's log is behind
+/// `mine`. An asker that sent no log id (one from before pre-votes compared logs) is not.
+fn asker_behind(asker: &LeaderRequest, mine: Option<crate::types::LogId>) -> bool {
+    let mine = mine.map_or((0, 0), |l| (l.leader_id.term, l.index));
+    asker.compare_log && (asker.last_log_term, asker.last_log_index) < mine
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_pre_vote_asker_is_behind_by_term_first_then_index() {
+        let ask = |term, index| LeaderRequest { last_log_term: term, last_log_index: index, compare_log: true };
+        let mine = Some(openraft::LogId::new(openraft::CommittedLeaderId::new(5, 1), 100));
+        assert!(asker_behind(&ask(5, 99), mine));
+        assert!(!asker_behind(&ask(5, 100), mine), "as long is not behind");
+        assert!(!asker_behind(&ask(6, 3), mine), "a later term wins over a longer log");
+        assert!(asker_behind(&ask(4, 500), mine));
+        assert!(!asker_behind(&ask(0, 0), None), "two empty logs");
+        assert!(!asker_behind(&LeaderRequest::default(), mine), "an old node sends no log id: not held back");
+    }
 
     #[test]
     fn refusal_lines_are_limited_to_one_a_second_and_count_the_rest() {

@@ -44,6 +44,8 @@ pub struct NodeCtx {
     pub features: crate::features::Members,
     /// The Raft log, read outside Raft's core only for its last entry (a pre-vote's check).
     pub log: crate::store::log::LogStore,
+    /// Held while this node proposes the affinity secret ([`crate::sessions::ensure_secret`]).
+    pub minting: tokio::sync::Mutex<()>,
     pub(super) proposals: mpsc::Sender<Proposal>,
 }
 

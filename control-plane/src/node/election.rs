@@ -286,11 +286,18 @@ pub async fn run(node: Arc<NodeCtx>) {
 /// the others, or just restarted (openraft retries a lost follower only every 500 ms), would
 /// stand, raise its term, and make a healthy leader step down when it heard of it.
 async fn prevote(node: &NodeCtx, voters: &[(NodeId, String)], lease: Duration) -> bool {
-    let Ok(last) = node.log.last_log_id() else { return false };
-    let ask = last.map_or(LeaderRequest::default(), |l| LeaderRequest {
-        last_log_term: l.leader_id.term,
-        last_log_index: l.index,
-    });
+    let ask = match node.log.last_log_id() {
+        Ok(last) => LeaderRequest {
+            last_log_term: last.map_or(0, |l| l.leader_id.term),
+            last_log_index: last.map_or(0, |l| l.index),
+            compare_log: true,
+        },
+        Err(e) => {
+            // Peers then judge only by their leader; openraft's vote check still compares logs.
+            tracing::warn!("pre-vote: cannot read this node's last log entry: {e}");
+            LeaderRequest::default()
+        }
+    };
     let asks = voters.iter().filter(|(id, _)| *id != node.id).map(|(_, addr)| async move {
         let mut client = node.clients.get(addr).ok()?;
         let mut req = tonic::Request::new(ask);
@@ -304,20 +311,31 @@ async fn prevote(node: &NodeCtx, voters: &[(NodeId, String)], lease: Duration) -
     let mut replies = Vec::new();
     while let Some(r) = futures::StreamExt::next(&mut pending).await {
         replies.push(r);
-        let open = vec![Some(LeaderReply { leader_id: 0, ..Default::default() }); pending.len()];
-        let best = [replies.as_slice(), &open].concat();
-        if majority_willing(&replies, voters.len(), lease) || !majority_willing(&best, voters.len(), lease) {
-            break;
+        if let Some(outcome) = decided(&replies, pending.len(), voters.len(), lease) {
+            return outcome;
         }
     }
     majority_willing(&replies, voters.len(), lease)
 }
 
-/// The pre-vote's count: this node, and each peer that answered without a live leader and
-/// with a log no longer than this node's.
+/// The pre-vote's outcome with `replies` in and `unanswered` peers still to answer; `None`
+/// while their answers could still change it.
+fn decided(replies: &[Option<LeaderReply>], unanswered: usize, voters: usize, lease: Duration) -> Option<bool> {
+    if majority_willing(replies, voters, lease) {
+        return Some(true);
+    }
+    let best = LeaderReply { leader_id: 0, since_leader_ms: u64::MAX, ..Default::default() };
+    let mut all = replies.to_vec();
+    all.extend(std::iter::repeat_n(Some(best), unanswered));
+    (!majority_willing(&all, voters, lease)).then_some(false)
+}
+
+/// The pre-vote's count: this node, and each peer that answered without a leader (or a vote)
+/// heard within the lease and with a log no longer than this node's.
 fn majority_willing(replies: &[Option<LeaderReply>], voters: usize, lease: Duration) -> bool {
     let lease_ms = lease.as_millis() as u64;
-    let willing = |r: &&LeaderReply| !r.log_behind && (r.leader_id == 0 || r.since_leader_ms >= lease_ms);
+    // Not `leader_id == 0` alone: a peer that just voted for a candidate names no leader yet.
+    let willing = |r: &&LeaderReply| !r.log_behind && r.since_leader_ms >= lease_ms;
     let peers = replies.iter().flatten().filter(willing).count();
     1 + peers > voters / 2
 }
@@ -480,6 +498,21 @@ mod tests {
         assert!(!majority_willing(&[lapsed, live, leading, None], 5, lease), "2 of 5");
         assert!(majority_willing(&[lapsed, none, live, None], 5, lease), "3 of 5");
         let longer = Some(LeaderReply { leader_id: 0, term: 6, since_leader_ms: u64::MAX, log_behind: true });
+        let voted = Some(LeaderReply { leader_id: 0, term: 6, since_leader_ms: 20, log_behind: false });
+        assert!(!majority_willing(&[voted, None], 3, lease), "it just voted for a candidate");
+
+        // Decided early only when the rest cannot change it.
+        assert_eq!(
+            decided(&[None], 1, 3, lease),
+            None,
+            "the dead leader refused first; the follower may still say yes"
+        );
+        assert_eq!(decided(&[None, lapsed], 0, 3, lease), Some(true));
+        assert_eq!(decided(&[lapsed], 1, 3, lease), Some(true), "no need to wait for a stopped leader");
+        assert_eq!(decided(&[None, None], 0, 3, lease), Some(false));
+        assert_eq!(decided(&[live], 1, 3, lease), None);
+        assert_eq!(decided(&[None, live, None], 1, 5, lease), Some(false), "2 of 5 at best");
+        assert_eq!(decided(&[None, live], 2, 5, lease), None);
         assert!(!majority_willing(&[longer, None], 3, lease), "the one that answered has a longer log");
         assert!(majority_willing(&[longer, none], 3, lease), "the other would vote for this node");
     }
