@@ -64,32 +64,31 @@ pub fn drop_fresh_refreshes(state: &State, now_ms: u64, bindings: &mut Vec<Pb<Se
 /// Proposes a fresh affinity secret when the applied state has none; the state machine keeps
 /// only the first one ever applied, so two leaders racing cannot change it.
 async fn mint_secret(node: &NodeCtx) {
-    match ensure_secret(node).await {
-        Ok(true) => tracing::info!("minted the cluster's affinity hashing secret"),
-        Ok(false) => {}
-        Err(e) => tracing::debug!("affinity secret not recorded: {e:?}"),
+    if let Err(e) = ensure_secret(node).await {
+        tracing::debug!("affinity secret not recorded: {e:?}");
     }
 }
 
 /// Makes sure the state holds the affinity secret before the leader proposes an admin write,
 /// so no pool (and so no session key) exists before the secret does: a proxy that routed a
 /// connection before the secret reached it would give that connection no affinity at all.
-/// Returns whether this call minted it. One mint at a time: the writes that arrive together
+/// One mint at a time: the writes that arrive together
 /// on a new cluster wait for the first one's instead of proposing their own.
-pub async fn ensure_secret(node: &NodeCtx) -> Result<bool, ExecError> {
+pub async fn ensure_secret(node: &NodeCtx) -> Result<(), ExecError> {
     if node.shared.read().state.affinity_secret.is_set() {
-        return Ok(false);
+        return Ok(());
     }
     let mint = async {
         let _one = node.minting.lock().await;
         if node.shared.read().state.affinity_secret.is_set() {
-            return Ok(false);
+            return Ok(());
         }
         let secret = switchyard_model::AffinitySecret::mint()
             .map_err(|e| ExecError::Api(ApiError::Internal(format!("cannot mint the affinity secret: {e}"))))?;
         let cmd = Command::SetAffinitySecret(SecretBytes(secret.expose().to_vec()));
         node.propose(cmd.into()).await?.1.map_err(ExecError::Api)?;
-        Ok(true)
+        tracing::info!("minted the cluster's affinity hashing secret");
+        Ok(())
     };
     // Bounded like a write: a leader cut off from its quorum must not hold the writes queued
     // behind the mint for longer than each of them would have waited anyway.

@@ -210,16 +210,11 @@ impl Raft for PeerService {
         // A vote cast within the lease counts as hearing a leader: an election is under way
         // (Raft's metrics may not show its winner yet), and this node would refuse another
         // candidate until the lease runs out anyway.
-        let serving = &self.node.serving;
         let since = if leads(&self.node) {
             0
         } else {
-            let heard = [serving.since_leader_contact(), serving.since_voted()].into_iter().flatten().min();
-            heard.map_or(u64::MAX, |d| d.as_millis() as u64)
+            self.node.serving.since_leader_or_vote().map_or(u64::MAX, |d| d.as_millis() as u64)
         };
-        // Raft's own up-to-date rule, on (term, index): a candidate this node would refuse by
-        // its log must not raise the term (openraft keeps the term when it refuses by log, so
-        // the others would then stand at terms below the loser's and lose too).
         // A log this node cannot read does not hold the asker back: openraft's vote check still
         // applies the rule, and a refusal here would count against every candidate.
         let log_behind = match self.node.log.last_log_id() {
@@ -249,7 +244,9 @@ impl Raft for PeerService {
 }
 
 /// Raft's up-to-date rule on (term, index), for a pre-vote: whether the asker's log is behind
-/// `mine`. An asker that sent no log id (one from before pre-votes compared logs) is not.
+/// `mine`. A candidate this node would refuse by log must not raise the term: openraft keeps
+/// its term when it refuses by log, so the others would then stand below the loser's term and
+/// lose too. An asker that sent no log id (one from before pre-votes compared logs) is not.
 fn asker_behind(asker: &LeaderRequest, mine: Option<crate::types::LogId>) -> bool {
     let mine = mine.map_or((0, 0), |l| (l.leader_id.term, l.index));
     asker.compare_log && (asker.last_log_term, asker.last_log_index) < mine

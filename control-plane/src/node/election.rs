@@ -219,13 +219,12 @@ pub async fn run(node: Arc<NodeCtx>) {
         // Raft's metrics show a vote only once its core has written it; a vote this node cast,
         // or a leader's message, counts from when it arrived.
         let serving = &node.serving;
-        let since_vote = [serving.since_voted(), serving.since_leader_contact()]
-            .into_iter()
-            .flatten()
-            .fold(now.duration_since(vote_at), Duration::min);
+        let since_vote =
+            serving.since_leader_or_vote().map_or(now.duration_since(vote_at), |d| d.min(now.duration_since(vote_at)));
         facts.since_vote = since_vote;
-        facts.since_contact = node.serving.since_leader_contact().map_or(since_vote, |c| c.min(since_vote));
-        facts.since_alive = node.serving.since_leader_alive().map_or(since_vote, |c| c.min(since_vote));
+        // Already bounded by the leader's last message (above).
+        facts.since_contact = since_vote;
+        facts.since_alive = serving.since_leader_alive().map_or(since_vote, |c| c.min(since_vote));
         facts.gone = following.is_some() && *gone.lock().unwrap_or_else(|e| e.into_inner()) == following;
         facts.since_stood = stood_at.map(|t| now.duration_since(t));
         facts.stood_unseen = stood_at.is_some_and(|t| vote_at < t);
@@ -254,7 +253,7 @@ pub async fn run(node: Arc<NodeCtx>) {
         // The pre-vote took a while (up to the lease, for a voter that does not answer): a
         // leader heard or a vote cast since the decision makes it stale.
         let since_decided = now.elapsed();
-        if [serving.since_leader_contact(), serving.since_voted()].into_iter().flatten().any(|d| d < since_decided) {
+        if serving.since_leader_or_vote().is_some_and(|d| d < since_decided) {
             tracing::debug!(term, "not standing ({}): a leader or a candidate was heard meanwhile", why.text());
             continue;
         }
@@ -282,9 +281,9 @@ pub async fn run(node: Arc<NodeCtx>) {
 /// refuse the vote anyway, and a candidate's higher term would unseat a leader that is
 /// fine), or its log is longer than this node's (it would refuse the vote by log, and
 /// openraft would leave its term below the loser's). A peer that does not answer within the
-/// lease counts against. Without this a node cut off from
-/// the others, or just restarted (openraft retries a lost follower only every 500 ms), would
-/// stand, raise its term, and make a healthy leader step down when it heard of it.
+/// lease counts against. Without this a node cut off from the others, or just restarted
+/// (openraft retries a lost follower only every 500 ms), would stand, raise its term, and
+/// make a healthy leader step down when it heard of it.
 async fn prevote(node: &NodeCtx, voters: &[(NodeId, String)], lease: Duration) -> bool {
     let ask = match node.log.last_log_id() {
         Ok(last) => LeaderRequest {
@@ -500,6 +499,8 @@ mod tests {
         let longer = Some(LeaderReply { leader_id: 0, term: 6, since_leader_ms: u64::MAX, log_behind: true });
         let voted = Some(LeaderReply { leader_id: 0, term: 6, since_leader_ms: 20, log_behind: false });
         assert!(!majority_willing(&[voted, None], 3, lease), "it just voted for a candidate");
+        assert!(!majority_willing(&[longer, None], 3, lease), "the one that answered has a longer log");
+        assert!(majority_willing(&[longer, none], 3, lease), "the other would vote for this node");
 
         // Decided early only when the rest cannot change it.
         assert_eq!(
@@ -513,8 +514,6 @@ mod tests {
         assert_eq!(decided(&[live], 1, 3, lease), None);
         assert_eq!(decided(&[None, live, None], 1, 5, lease), Some(false), "2 of 5 at best");
         assert_eq!(decided(&[None, live], 2, 5, lease), None);
-        assert!(!majority_willing(&[longer, None], 3, lease), "the one that answered has a longer log");
-        assert!(majority_willing(&[longer, none], 3, lease), "the other would vote for this node");
     }
 
     #[test]

@@ -283,9 +283,7 @@ pub async fn write(ctx: &NodeCtx, cmd: impl Into<Proposed>) -> Result<(u64, Vec<
 /// Proposes an admin write on the leader, after the affinity secret: see
 /// [`crate::sessions::ensure_secret`].
 async fn propose_write(ctx: &NodeCtx, cmd: Proposed) -> Result<Written, ExecError> {
-    if crate::sessions::ensure_secret(ctx).await? {
-        tracing::info!("minted the cluster's affinity hashing secret");
-    }
+    crate::sessions::ensure_secret(ctx).await?;
     ctx.propose(cmd).await
 }
 

@@ -180,6 +180,12 @@ impl Serving {
         self.since(&self.vote_ms)
     }
 
+    /// Since the leader last reached this node or this node last cast a vote, whichever is
+    /// later (`None`: neither yet): how long ago an elected or electing leader was heard.
+    pub fn since_leader_or_vote(&self) -> Option<Duration> {
+        [self.since_leader_contact(), self.since_voted()].into_iter().flatten().min()
+    }
+
     /// Since the stream held to the leader last ticked (`None`: never).
     pub fn since_leader_alive(&self) -> Option<Duration> {
         self.since(&self.alive_ms)
