@@ -220,8 +220,9 @@ pub async fn http_get(addr: &str, path: &str) -> Option<String> {
 }
 
 /// Where a child's log goes when `SWITCHYARD_TEST_LOGS=DIR` is set (for chasing a rare
-/// failure): `DIR/NAME-N.log`, kept after the test, with `SWITCHYARD_TEST_RUST_LOG` (default
-/// `debug,openraft=info,h2=info,hyper=info,tower=info`) as the filter. Unset, `None`.
+/// failure): `DIR/NAME-N.log`, kept after the test, with `SWITCHYARD_TEST_RUST_LOG` (default:
+/// debug, with openraft and the transport and storage crates at info) as the filter. Unset,
+/// `None`.
 pub fn kept_log(name: &str) -> Option<(std::fs::File, String)> {
     use std::sync::atomic::{AtomicUsize, Ordering};
     static N: AtomicUsize = AtomicUsize::new(0);
