@@ -189,3 +189,34 @@ async fn a_leader_cut_off_from_its_quorum_ends_its_watches() {
     assert_eq!(status.code(), Code::Unavailable, "{status:?}");
     assert!(status.message().contains("no leader"), "{status:?}");
 }
+
+/// A proxy takes a report's answer as its bindings' commit and does not send them again for
+/// a third of their TTL: a report the cluster could not keep must not be answered OK.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_report_whose_bindings_cannot_commit_is_refused_not_acknowledged() {
+    let _g = serial().await;
+    let mut c = Cluster::start(3, &[]).await;
+    let leader = c.leader(Duration::from_secs(10)).await;
+    let addr = c.nodes[&leader].addr.clone();
+    admin(&addr).create_pool(pool("p")).await.unwrap();
+    let report = |key: &str| ProxyReport {
+        proxy_id: "raw-reporter".into(),
+        bindings: vec![SessionBinding {
+            pool: "p".into(),
+            key: key.into(),
+            backend: "127.0.0.1:9".into(),
+            ..Default::default()
+        }],
+        ..Default::default()
+    };
+    // While the quorum is there, a binding commits and the report is answered.
+    discovery(&addr).report(report(&"a".repeat(32))).await.expect("a report with a quorum is kept");
+    for id in [1, 2, 3].into_iter().filter(|id| *id != leader) {
+        c.node(id).kill9();
+    }
+    // The leader still serves for about an election timeout, but nothing it proposes commits.
+    let err =
+        discovery(&addr).report(report(&"b".repeat(32))).await.expect_err("a report that was not kept is refused");
+    assert_eq!(err.code(), Code::Unavailable, "{err:?}");
+    assert!(err.message().contains("not kept"), "{err:?}");
+}

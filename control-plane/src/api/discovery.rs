@@ -257,20 +257,21 @@ impl Discovery for DiscoveryService {
             .collect();
         let loads = r.loads.into_iter().map(crate::pb::Pb).collect();
         let call = Report { status: crate::pb::Pb(status), bindings, loads };
-        // Kept on the leader; a report that cannot reach it is dropped (the next one comes
-        // within seconds) rather than held.
-        let cluster_loads =
-            match tokio::time::timeout(std::time::Duration::from_secs(1), leader::execute(&self.node, call)).await {
-                Ok(Ok(l)) => l.into_iter().map(|crate::pb::Pb(l)| l).collect(),
-                Ok(Err(e)) => {
-                    tracing::debug!(proxy = %r.proxy_id, error = %e, "report not kept");
-                    vec![]
-                }
-                Err(_) => {
-                    tracing::debug!(proxy = %r.proxy_id, "report not kept within 1 s");
-                    vec![]
-                }
-            };
+        // Kept on the leader. A report that is not kept in time says so: the proxy takes an
+        // answer as its bindings' commit and would not send them again for a third of their
+        // TTL, while other proxies bound the same sessions elsewhere.
+        let kept = tokio::time::timeout(std::time::Duration::from_secs(1), leader::execute(&self.node, call)).await;
+        let cluster_loads = match kept {
+            Ok(Ok(l)) => l.into_iter().map(|crate::pb::Pb(l)| l).collect(),
+            Ok(Err(e)) => {
+                tracing::debug!(proxy = %r.proxy_id, error = %e, "report not kept");
+                return Err(Status::unavailable(format!("report not kept: {e}")));
+            }
+            Err(_) => {
+                tracing::debug!(proxy = %r.proxy_id, "report not kept within 1 s");
+                return Err(Status::unavailable("report not kept within 1 s; send it again"));
+            }
+        };
         Ok(Response::new(ReportReply { revision: self.node.shared.read().revision(), cluster_loads }))
     }
 }
