@@ -18,6 +18,7 @@ use switchyard_proto::raft::raft_client::RaftClient;
 use switchyard_proto::raft::RaftPayload;
 
 use crate::cluster_id::ClusterId;
+use crate::store::log::Durable;
 use crate::types::{NodeId, TypeConfig};
 
 pub use switchyard_model::limits::MAX_GRPC_MESSAGE as MAX_MESSAGE;
@@ -45,13 +46,19 @@ pub fn decode<T: DeserializeOwned>(b: &[u8]) -> Result<T, postcard::Error> {
 
 /// Makes one [`Peer`] per target; openraft keeps one per replication stream.
 #[derive(Clone)]
-pub struct Network(pub ClusterId, pub ClientTls);
+pub struct Network(pub ClusterId, pub ClientTls, pub Durable);
 
 impl RaftNetworkFactory<TypeConfig> for Network {
     type Network = Peer;
 
     async fn new_client(&mut self, target: NodeId, node: &BasicNode) -> Peer {
-        Peer { target, client: client(&node.addr, &self.1).ok(), addr: node.addr.clone(), ids: self.0.clone() }
+        Peer {
+            target,
+            client: client(&node.addr, &self.1).ok(),
+            addr: node.addr.clone(),
+            ids: self.0.clone(),
+            durable: self.2.clone(),
+        }
     }
 }
 
@@ -60,6 +67,7 @@ pub struct Peer {
     addr: String,
     client: Option<RaftClient<Channel>>,
     ids: ClusterId,
+    durable: Durable,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -127,6 +135,16 @@ impl RaftNetwork<TypeConfig> for Peer {
         let data = encode(&rpc);
         if let Some(too_large) = oversized(data.len(), rpc.entries.len(), MAX_PEER_MESSAGE) {
             return Err(RPCError::PayloadTooLarge(too_large));
+        }
+        // A commit index goes out only once this leader's own copy of it is durable: it may
+        // have counted that copy before it was ([`Durable`]).
+        if let Some(c) = rpc.leader_commit {
+            if tokio::time::timeout(option.hard_ttl(), self.durable.reached(c.index)).await.is_err() {
+                return Err(RPCError::Network(NetworkError::new(&Msg(format!(
+                    "this node's log is not durable through the commit index {} yet",
+                    c.index
+                )))));
+            }
         }
         self.call("append", data, &option).await
     }

@@ -65,7 +65,8 @@ impl Node {
         let sm = StateMachineStore::open(db, &config.data_dir)
             .and_then(|sm| sm.with_purge_gate(log.purge_gate()))
             .map_err(data_err)?
-            .with_metrics(metrics.clone());
+            .with_metrics(metrics.clone())
+            .with_durable(log.durable());
         let shared = sm.shared();
         let level = shared.read().state.feature_level();
         if let Some(why) = crate::features::unsupported(level) {
@@ -91,9 +92,15 @@ impl Node {
         .map_err(|e| NodeError::Config(e.to_string()))?;
         let peer_tls = config.peer_tls()?;
         let log_ends = log.clone();
-        let raft = Raft::new(config.id, Arc::new(raft_config), Network(cluster_id.clone(), peer_tls.clone()), log, sm)
-            .await
-            .map_err(|e| NodeError::Raft(e.to_string()))?;
+        let raft = Raft::new(
+            config.id,
+            Arc::new(raft_config),
+            Network(cluster_id.clone(), peer_tls.clone(), log.durable()),
+            log,
+            sm,
+        )
+        .await
+        .map_err(|e| NodeError::Raft(e.to_string()))?;
 
         let (proposals, proposals_rx) = mpsc::channel(64 * 1024);
         tokio::spawn(batch::propose_loop(raft.clone(), proposals_rx, metrics.clone()));

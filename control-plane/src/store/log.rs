@@ -6,7 +6,7 @@ use std::ops::{Bound, RangeBounds};
 use openraft::storage::{LogFlushed, LogState, RaftLogReader, RaftLogStorage};
 use openraft::{OptionalSend, Vote};
 
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 
 use super::{read_err, write_err};
@@ -19,8 +19,14 @@ pub struct LogStore {
     db: sled::Db,
     log: sled::Tree,
     meta: sled::Tree,
-    flusher: std::sync::mpsc::Sender<LogFlushed<TypeConfig>>,
+    flusher: std::sync::mpsc::Sender<Flush>,
     purger: std::sync::mpsc::Sender<LogId>,
+    /// This node's id, as its data dir records it (`None`: never leads, see [`Self::leading`]).
+    id: Option<NodeId>,
+    /// Whether the vote last saved is this node's own granted one: its appends are then a
+    /// leader's, acknowledged before they are durable (see [`Durable`]).
+    leading: Arc<AtomicBool>,
+    durable: Durable,
     /// The first index not purged (0: none purged since start). Entries below it may still be
     /// in the tree, awaiting the purge thread; reads skip them.
     first_kept: Arc<AtomicU64>,
@@ -56,12 +62,65 @@ impl PurgeGate {
     }
 }
 
+/// How far this node's log is durable: every entry up to the index it names.
+///
+/// openraft 0.9 waits for the leader's own flush before it sends an entry to the followers,
+/// so a write paid the leader's flush and then a follower's, in a row. The Raft paper (10.2.1)
+/// lets the leader write in parallel with replicating, provided it counts itself toward a
+/// quorum only once its write is durable. Here the leader's appends are acknowledged to
+/// openraft at once, and what nobody may see before the leader's copy is durable waits here
+/// instead: the commit index sent to any peer (`network`), and the applying of an entry
+/// (the state machine), hence every client's answer. A commit index the leader computed
+/// early is therefore seen by nobody until its own copy is on disk, so a leader that dies
+/// before its flush leaves no trace of that commit, exactly as if it had counted itself late.
+/// Followers still acknowledge only what they flushed.
+#[derive(Clone, Default)]
+pub struct Durable(Arc<tokio::sync::watch::Sender<u64>>);
+
+impl Durable {
+    /// Waits until the log is durable through `index`. Never returns if the flusher stops.
+    pub async fn reached(&self, index: u64) {
+        let mut rx = self.0.subscribe();
+        let _ = rx.wait_for(|through| *through > index).await;
+    }
+
+    /// Through `index` now (one more than the index, internally: 0 is an empty log).
+    fn raise(&self, index: u64) {
+        self.0.send_if_modified(|d| {
+            let raised = index + 1 > *d;
+            if raised {
+                *d = index + 1;
+            }
+            raised
+        });
+    }
+
+    /// Entries from `index` on were removed.
+    fn cut(&self, index: u64) {
+        self.0.send_if_modified(|d| {
+            let cut = *d > index;
+            if cut {
+                *d = index;
+            }
+            cut
+        });
+    }
+}
+
+/// The exit status of a node whose log failed to flush after it had counted a leader's
+/// entries (sysexits' EX_IOERR).
+const EXIT_UNFLUSHED: i32 = 74;
+
+/// An append for the flusher: its last index, and openraft's callback unless the append was
+/// a leader's, acknowledged already.
+struct Flush(u64, Option<LogFlushed<TypeConfig>>);
+
 /// Group commit: every append waiting when a flush starts is made durable by that one flush,
 /// and Raft goes on appending and replicating meanwhile instead of waiting on each fsync.
 ///
 /// It is a thread of its own: an fsync blocks, and handing each one to sled's pool costs a
 /// second thread hop.
-fn flush_loop(db: sled::Db, rx: std::sync::mpsc::Receiver<LogFlushed<TypeConfig>>, metrics: Arc<Metrics>) {
+fn flush_loop(db: sled::Db, rx: std::sync::mpsc::Receiver<Flush>, durable: Durable, metrics: Arc<Metrics>) {
     let mut waiting = Vec::new();
     while let Ok(first) = rx.recv() {
         waiting.push(first);
@@ -69,12 +128,21 @@ fn flush_loop(db: sled::Db, rx: std::sync::mpsc::Receiver<LogFlushed<TypeConfig>
         let started = std::time::Instant::now();
         let res = db.flush();
         metrics.log_flush.observe(started.elapsed().as_secs_f64());
-        for cb in waiting.drain(..) {
-            let r = match &res {
-                Ok(_) => Ok(()),
-                Err(e) => Err(std::io::Error::other(e.to_string())),
-            };
-            cb.log_io_completed(r);
+        match &res {
+            Ok(_) => durable.raise(waiting.iter().map(|f| f.0).max().unwrap_or(0)),
+            // A leader's entries were acknowledged as durable and cannot be taken back: stop
+            // the node, as a database stops on a failed fsync, rather than run on a log that
+            // may not hold what Raft counted.
+            Err(e) if waiting.iter().any(|f| f.1.is_none()) => {
+                tracing::error!(error = %e, "the Raft log could not be flushed after this leader counted its entries; stopping");
+                std::process::exit(EXIT_UNFLUSHED);
+            }
+            Err(_) => {}
+        }
+        for Flush(_, cb) in waiting.drain(..) {
+            if let Some(cb) = cb {
+                cb.log_io_completed(res.as_ref().map(|_| ()).map_err(|e| std::io::Error::other(e.to_string())));
+            }
         }
     }
 }
@@ -174,9 +242,11 @@ impl LogStore {
         let (flusher, rx) = std::sync::mpsc::channel();
         let flush_db = db.clone();
         let flush_metrics = metrics.clone();
+        let durable = Durable::default();
+        let flush_durable = durable.clone();
         std::thread::Builder::new()
             .name("log-flush".into())
-            .spawn(move || flush_loop(flush_db, rx, flush_metrics))
+            .spawn(move || flush_loop(flush_db, rx, flush_durable, flush_metrics))
             .map_err(write_err)?;
         let (purger, rx) = std::sync::mpsc::channel();
         let gate = PurgeGate(Arc::new(AtomicU64::new(PurgeGate::OPEN)));
@@ -188,7 +258,32 @@ impl LogStore {
         let purged = meta.get("last_purged").map_err(read_err)?;
         let purged: Option<LogId> = purged.map(|v| postcard::from_bytes(&v)).transpose().map_err(read_err)?;
         let first_kept = Arc::new(AtomicU64::new(purged.map_or(0, |p| p.index + 1)));
-        Ok(LogStore { db, log, meta, flusher, purger, first_kept, pending_purge: Arc::default(), gate, metrics })
+        let id = meta.get("node_id").map_err(read_err)?.and_then(|v| postcard::from_bytes(&v).ok());
+        let me = LogStore {
+            db,
+            log,
+            meta,
+            flusher,
+            purger,
+            id,
+            leading: Arc::default(),
+            durable,
+            first_kept,
+            pending_purge: Arc::default(),
+            gate,
+            metrics,
+        };
+        // What a data dir holds when it opens is on disk.
+        if let Some(last) = me.ends()?.1 {
+            me.durable.raise(last.index);
+        }
+        Ok(me)
+    }
+
+    /// How far this node's log is durable, for what must not be seen before the leader's own
+    /// copy is ([`Durable`]).
+    pub fn durable(&self) -> Durable {
+        self.durable.clone()
     }
 
     /// Makes purges wait for the snapshot they rely on to be durable: the caller (the node)
@@ -219,16 +314,17 @@ impl LogStore {
     /// writes, each with its sync, where the flush needs one. Atomicity is not needed: sled
     /// recovers a prefix of its writes, so a crash mid-append leaves a shorter log with no
     /// hole, and Raft counts none of it until the flush calls back.
-    fn write_entries(&self, entries: impl IntoIterator<Item = Entry>) -> Result<(), StorageError> {
+    fn write_entries(&self, entries: impl IntoIterator<Item = Entry>) -> Result<Option<u64>, StorageError> {
         let encoded: Vec<_> = entries
             .into_iter()
             .map(|e| postcard::to_stdvec(&e).map(|v| (key(e.log_id.index), v)))
             .collect::<Result<_, _>>()
             .map_err(write_err)?;
+        let last = encoded.last().map(|(k, _)| u64::from_be_bytes(*k));
         for (k, v) in encoded {
             self.log.insert(k, v).map_err(write_err)?;
         }
-        Ok(())
+        Ok(last)
     }
 
     fn first_kept(&self) -> u64 {
@@ -323,6 +419,13 @@ impl RaftLogStorage<TypeConfig> for LogStore {
     async fn save_vote(&mut self, vote: &Vote<NodeId>) -> Result<(), StorageError> {
         self.put_meta("vote", vote)?;
         self.db.flush_async().await.map_err(write_err)?;
+        // That flush took every entry written so far to disk: a new leader starts with its
+        // whole log durable.
+        if let Some(last) = self.ends()?.1 {
+            self.durable.raise(last.index);
+        }
+        let own = self.id.is_some_and(|id| vote.leader_id.node_id == id) && vote.committed;
+        self.leading.store(own, Ordering::Release);
         Ok(())
     }
 
@@ -354,11 +457,24 @@ impl RaftLogStorage<TypeConfig> for LogStore {
         I: IntoIterator<Item = Entry> + OptionalSend,
         I::IntoIter: OptionalSend,
     {
-        self.write_entries(entries)?;
-        // Raft counts this node's copy toward a quorum only once the flusher has made it
-        // durable and called back.
-        if let Err(std::sync::mpsc::SendError(cb)) = self.flusher.send(callback) {
-            cb.log_io_completed(Err(std::io::Error::other("log flusher stopped")));
+        let Some(last) = self.write_entries(entries)? else {
+            callback.log_io_completed(Ok(()));
+            return Ok(());
+        };
+        // A follower's copy counts toward a quorum only once the flusher has made it durable
+        // and called back; a leader's counts at once, and [`Durable`] holds back what depends
+        // on it.
+        let early = self.leading.load(Ordering::Acquire);
+        let (flush, now) =
+            if early { (Flush(last, None), Some(callback)) } else { (Flush(last, Some(callback)), None) };
+        if let Err(std::sync::mpsc::SendError(Flush(_, cb))) = self.flusher.send(flush) {
+            if let Some(cb) = cb.or(now) {
+                cb.log_io_completed(Err(std::io::Error::other("log flusher stopped")));
+            }
+            return Ok(());
+        }
+        if let Some(cb) = now {
+            cb.log_io_completed(Ok(()));
         }
         Ok(())
     }
@@ -371,6 +487,7 @@ impl RaftLogStorage<TypeConfig> for LogStore {
         }
         self.log.apply_batch(batch).map_err(write_err)?;
         self.db.flush_async().await.map_err(write_err)?;
+        self.durable.cut(log_id.index);
         Ok(())
     }
 
@@ -442,5 +559,40 @@ mod tests {
         // One entry over the cap still goes alone, so replication never stalls.
         let got = log.limited_get_log_entries(30, 31).await.unwrap();
         assert_eq!(got.len(), 1);
+    }
+
+    /// Whether `reached(index)` resolves within a short wait.
+    async fn reaches(d: &Durable, index: u64) -> bool {
+        tokio::time::timeout(std::time::Duration::from_millis(100), d.reached(index)).await.is_ok()
+    }
+
+    #[tokio::test]
+    async fn only_this_nodes_own_granted_vote_makes_its_appends_a_leaders() {
+        let tmp = tempfile::tempdir().unwrap();
+        let mut log = LogStore::new(crate::store::open(tmp.path(), 1).unwrap()).unwrap();
+        let leading = |log: &LogStore| log.leading.load(Ordering::Acquire);
+        assert!(!leading(&log), "a store opens as no leader's");
+        log.save_vote(&Vote::new(1, 1)).await.unwrap();
+        assert!(!leading(&log), "a candidate's own vote, not yet granted");
+        log.save_vote(&Vote::new_committed(1, 1)).await.unwrap();
+        assert!(leading(&log), "its own vote, granted by a quorum");
+        log.save_vote(&Vote::new_committed(2, 3)).await.unwrap();
+        assert!(!leading(&log), "another node's leadership");
+    }
+
+    #[tokio::test]
+    async fn durability_follows_flushes_and_truncation() {
+        let tmp = tempfile::tempdir().unwrap();
+        let mut log = LogStore::new(crate::store::open(tmp.path(), 1).unwrap()).unwrap();
+        let d = log.durable();
+        assert!(!reaches(&d, 0).await, "an empty log holds nothing");
+        // Written but not flushed: not durable.
+        log.write_entries((1..=3).map(big)).unwrap();
+        assert!(!reaches(&d, 1).await);
+        log.save_vote(&Vote::new(1, 1)).await.unwrap();
+        assert!(reaches(&d, 3).await && !reaches(&d, 4).await, "a vote's flush takes the whole log");
+        d.raise(5);
+        log.truncate(LogId::new(CommittedLeaderId::new(1, 1), 2)).await.unwrap();
+        assert!(reaches(&d, 1).await && !reaches(&d, 2).await, "what was cut is no longer durable");
     }
 }

@@ -230,9 +230,20 @@ pub struct StateMachineStore {
     sm: sled::Tree,
     snaps: SnapshotStore,
     metrics: Arc<Metrics>,
+    /// How far this node's log is durable: nothing is applied past it (`None`: tools and
+    /// tests of the state machine alone).
+    durable: Option<crate::store::log::Durable>,
 }
 
 impl StateMachineStore {
+    /// Applies an entry only once this node's log holds it durably: a leader counts its own
+    /// copy before it is (see [`crate::store::log::Durable`]), and applying is what answers
+    /// clients.
+    pub fn with_durable(mut self, durable: crate::store::log::Durable) -> Self {
+        self.durable = Some(durable);
+        self
+    }
+
     /// Keeps the log from being purged past the snapshot durably stored here (see
     /// [`crate::store::log::PurgeGate`]).
     pub fn with_purge_gate(mut self, gate: crate::store::log::PurgeGate) -> Result<Self, StorageError> {
@@ -266,6 +277,7 @@ impl StateMachineStore {
             sm,
             snaps,
             metrics: Arc::default(),
+            durable: None,
         };
         // An empty tree reads as the empty state, at no index.
         let (state, last_applied, membership) = load_rows(&me.sm)?;
@@ -428,6 +440,9 @@ impl RaftStateMachine<TypeConfig> for StateMachineStore {
         // A level this binary cannot run stops it before anything here is applied, and so
         // before the entries that need that level, which it may not even decode (`Command`).
         let entries: Vec<Entry> = entries.into_iter().collect();
+        if let (Some(d), Some(last)) = (&self.durable, entries.last()) {
+            d.reached(last.log_id.index).await;
+        }
         for e in &entries {
             if let EntryPayload::Normal(cmds) = &e.payload {
                 for p in &cmds.0 {
