@@ -75,34 +75,44 @@ impl PurgeGate {
 /// before its flush leaves no trace of that commit, exactly as if it had counted itself late.
 /// Followers still acknowledge only what they flushed.
 #[derive(Clone, Default)]
-pub struct Durable(Arc<tokio::sync::watch::Sender<u64>>);
+pub struct Durable(Arc<tokio::sync::watch::Sender<Through>>);
+
+/// One more than the index the log is durable through (0: nothing), and how many truncations
+/// came before: a flush queued before a truncation must not raise the index past it.
+#[derive(Clone, Copy, Default)]
+struct Through {
+    next: u64,
+    epoch: u64,
+}
 
 impl Durable {
     /// Waits until the log is durable through `index`. Never returns if the flusher stops.
     pub async fn reached(&self, index: u64) {
         let mut rx = self.0.subscribe();
-        let _ = rx.wait_for(|through| *through > index).await;
+        let _ = rx.wait_for(|t| t.next > index).await;
     }
 
-    /// Through `index` now (one more than the index, internally: 0 is an empty log).
-    fn raise(&self, index: u64) {
-        self.0.send_if_modified(|d| {
-            let raised = index + 1 > *d;
+    fn epoch(&self) -> u64 {
+        self.0.borrow().epoch
+    }
+
+    /// Durable through `index` now, unless the log was truncated since `epoch`.
+    fn raise(&self, index: u64, epoch: u64) {
+        self.0.send_if_modified(|t| {
+            let raised = t.epoch == epoch && index + 1 > t.next;
             if raised {
-                *d = index + 1;
+                t.next = index + 1;
             }
             raised
         });
     }
 
-    /// Entries from `index` on were removed.
-    fn cut(&self, index: u64) {
-        self.0.send_if_modified(|d| {
-            let cut = *d > index;
-            if cut {
-                *d = index;
-            }
-            cut
+    /// Entries from `index` on were removed, and all before it are durable: a flush still
+    /// queued from before speaks of entries that are gone.
+    fn truncated(&self, index: u64) {
+        self.0.send_modify(|t| {
+            t.next = index;
+            t.epoch += 1;
         });
     }
 }
@@ -111,9 +121,9 @@ impl Durable {
 /// entries (sysexits' EX_IOERR).
 const EXIT_UNFLUSHED: i32 = 74;
 
-/// An append for the flusher: its last index, and openraft's callback unless the append was
-/// a leader's, acknowledged already.
-struct Flush(u64, Option<LogFlushed<TypeConfig>>);
+/// An append for the flusher: its last index, the truncation epoch it was written in, and
+/// openraft's callback unless the append was a leader's, acknowledged already.
+struct Flush(u64, u64, Option<LogFlushed<TypeConfig>>);
 
 /// Group commit: every append waiting when a flush starts is made durable by that one flush,
 /// and Raft goes on appending and replicating meanwhile instead of waiting on each fsync.
@@ -129,17 +139,21 @@ fn flush_loop(db: sled::Db, rx: std::sync::mpsc::Receiver<Flush>, durable: Durab
         let res = db.flush();
         metrics.log_flush.observe(started.elapsed().as_secs_f64());
         match &res {
-            Ok(_) => durable.raise(waiting.iter().map(|f| f.0).max().unwrap_or(0)),
+            Ok(_) => {
+                for f in &waiting {
+                    durable.raise(f.0, f.1);
+                }
+            }
             // A leader's entries were acknowledged as durable and cannot be taken back: stop
             // the node, as a database stops on a failed fsync, rather than run on a log that
             // may not hold what Raft counted.
-            Err(e) if waiting.iter().any(|f| f.1.is_none()) => {
+            Err(e) if waiting.iter().any(|f| f.2.is_none()) => {
                 tracing::error!(error = %e, "the Raft log could not be flushed after this leader counted its entries; stopping");
                 std::process::exit(EXIT_UNFLUSHED);
             }
             Err(_) => {}
         }
-        for Flush(_, cb) in waiting.drain(..) {
+        for Flush(_, _, cb) in waiting.drain(..) {
             if let Some(cb) = cb {
                 cb.log_io_completed(res.as_ref().map(|_| ()).map_err(|e| std::io::Error::other(e.to_string())));
             }
@@ -275,7 +289,7 @@ impl LogStore {
         };
         // What a data dir holds when it opens is on disk.
         if let Some(last) = me.ends()?.1 {
-            me.durable.raise(last.index);
+            me.durable.raise(last.index, 0);
         }
         Ok(me)
     }
@@ -313,7 +327,8 @@ impl LogStore {
     /// and seals its manifest in a buffer of its own, so every append cost three serial disk
     /// writes, each with its sync, where the flush needs one. Atomicity is not needed: sled
     /// recovers a prefix of its writes, so a crash mid-append leaves a shorter log with no
-    /// hole, and Raft counts none of it until the flush calls back.
+    /// hole, and nothing depends on an entry before the flush (a follower's acknowledgement, a
+    /// leader's commit, see [`Durable`]).
     fn write_entries(&self, entries: impl IntoIterator<Item = Entry>) -> Result<Option<u64>, StorageError> {
         let encoded: Vec<_> = entries
             .into_iter()
@@ -422,7 +437,7 @@ impl RaftLogStorage<TypeConfig> for LogStore {
         // That flush took every entry written so far to disk: a new leader starts with its
         // whole log durable.
         if let Some(last) = self.ends()?.1 {
-            self.durable.raise(last.index);
+            self.durable.raise(last.index, self.durable.epoch());
         }
         let own = self.id.is_some_and(|id| vote.leader_id.node_id == id) && vote.committed;
         self.leading.store(own, Ordering::Release);
@@ -465,9 +480,10 @@ impl RaftLogStorage<TypeConfig> for LogStore {
         // and called back; a leader's counts at once, and [`Durable`] holds back what depends
         // on it.
         let early = self.leading.load(Ordering::Acquire);
+        let epoch = self.durable.epoch();
         let (flush, now) =
-            if early { (Flush(last, None), Some(callback)) } else { (Flush(last, Some(callback)), None) };
-        if let Err(std::sync::mpsc::SendError(Flush(_, cb))) = self.flusher.send(flush) {
+            if early { (Flush(last, epoch, None), Some(callback)) } else { (Flush(last, epoch, Some(callback)), None) };
+        if let Err(std::sync::mpsc::SendError(Flush(_, _, cb))) = self.flusher.send(flush) {
             if let Some(cb) = cb.or(now) {
                 cb.log_io_completed(Err(std::io::Error::other("log flusher stopped")));
             }
@@ -487,7 +503,7 @@ impl RaftLogStorage<TypeConfig> for LogStore {
         }
         self.log.apply_batch(batch).map_err(write_err)?;
         self.db.flush_async().await.map_err(write_err)?;
-        self.durable.cut(log_id.index);
+        self.durable.truncated(log_id.index);
         Ok(())
     }
 
@@ -591,8 +607,11 @@ mod tests {
         assert!(!reaches(&d, 1).await);
         log.save_vote(&Vote::new(1, 1)).await.unwrap();
         assert!(reaches(&d, 3).await && !reaches(&d, 4).await, "a vote's flush takes the whole log");
-        d.raise(5);
+        d.raise(5, d.epoch());
+        let stale = d.epoch();
         log.truncate(LogId::new(CommittedLeaderId::new(1, 1), 2)).await.unwrap();
         assert!(reaches(&d, 1).await && !reaches(&d, 2).await, "what was cut is no longer durable");
+        d.raise(9, stale);
+        assert!(!reaches(&d, 2).await, "a flush queued before the truncation raises nothing");
     }
 }
