@@ -132,7 +132,9 @@ impl Query for QueryService {
             leader_id: m.current_leader.unwrap_or(0),
             term: m.current_term,
             applied_revision: m.last_applied.map_or(0, |l| l.index),
-            committed_index: self.0.raft.metrics().borrow().last_log_index.unwrap_or(0),
+            // What the log store was told is committed, not the log's end (which a leader has
+            // appended, maybe not even flushed).
+            committed_index: self.0.metrics.committed.load(std::sync::atomic::Ordering::Relaxed),
             members,
             state: format!("{:?}", m.state),
             snapshot_index: m.snapshot.map_or(0, |l| l.index),

@@ -464,7 +464,11 @@ impl RaftLogStorage<TypeConfig> for LogStore {
     }
 
     async fn read_committed(&mut self) -> Result<Option<LogId>, StorageError> {
-        Ok(self.get_meta::<Option<LogId>>("committed")?.flatten())
+        let committed = self.get_meta::<Option<LogId>>("committed")?.flatten();
+        if let Some(c) = committed {
+            self.metrics.set_committed(c.index);
+        }
+        Ok(committed)
     }
 
     async fn append<I>(&mut self, entries: I, callback: LogFlushed<TypeConfig>) -> Result<(), StorageError>
