@@ -13,6 +13,14 @@ use super::{read_err, write_err};
 use crate::metrics::Metrics;
 use crate::types::{Entry, LogId, NodeId, StorageError, TypeConfig};
 
+mod flush;
+mod purge;
+
+pub use flush::Durable;
+use flush::{flush_loop, Flush};
+use purge::purge_loop;
+pub use purge::PurgeGate;
+
 /// Log entries in tree `log`; vote, committed and purged ids in tree `meta`.
 #[derive(Clone)]
 pub struct LogStore {
@@ -36,176 +44,6 @@ pub struct LogStore {
     /// One more than the index of the durably stored snapshot, if purges wait for it.
     gate: PurgeGate,
     metrics: Arc<Metrics>,
-}
-
-/// How far the log may be purged: one more than the index of the snapshot durably stored
-/// (0: none). The state machine's snapshot store raises it once a snapshot is on disk.
-///
-/// openraft 0.9 asks for a purge up to an installed snapshot in the same breath as it hands
-/// the install to the state machine, without waiting for it: a purge recorded before that
-/// snapshot is on disk would leave, after a crash, a log that starts past the snapshot the
-/// node restarts from, and a node that cannot start. A store whose gate nobody took
-/// ([`LogStore::purge_gate`]: tools, tests of the log alone) purges at once.
-#[derive(Clone)]
-pub struct PurgeGate(Arc<AtomicU64>);
-
-impl PurgeGate {
-    const OPEN: u64 = u64::MAX;
-
-    /// Lets purges through up to `index` (the index of a snapshot now durable).
-    pub fn durable(&self, index: Option<u64>) {
-        self.0.store(index.map_or(0, |i| i + 1), Ordering::Release);
-    }
-
-    fn allows(&self, index: u64) -> bool {
-        index < self.0.load(Ordering::Acquire)
-    }
-}
-
-/// How far this node's log is durable: every entry up to the index it names.
-///
-/// openraft 0.9 waits for the leader's own flush before it sends an entry to the followers,
-/// so a write paid the leader's flush and then a follower's, in a row. The Raft paper (10.2.1)
-/// lets the leader write in parallel with replicating, provided it counts itself toward a
-/// quorum only once its write is durable. Here the leader's appends are acknowledged to
-/// openraft at once, and what nobody may see before the leader's copy is durable waits here
-/// instead: the commit index sent to any peer (`network`), and the applying of an entry
-/// (the state machine), hence every client's answer. A commit index the leader computed
-/// early is therefore seen by nobody until its own copy is on disk, so a leader that dies
-/// before its flush leaves no trace of that commit, exactly as if it had counted itself late.
-/// Followers still acknowledge only what they flushed.
-#[derive(Clone, Default)]
-pub struct Durable(Arc<tokio::sync::watch::Sender<Through>>);
-
-/// One more than the index the log is durable through (0: nothing), and how many truncations
-/// came before: a flush queued before a truncation must not raise the index past it.
-#[derive(Clone, Copy, Default)]
-struct Through {
-    next: u64,
-    epoch: u64,
-}
-
-impl Durable {
-    /// Waits until the log is durable through `index`. Never returns if the flusher stops.
-    pub async fn reached(&self, index: u64) {
-        let mut rx = self.0.subscribe();
-        let _ = rx.wait_for(|t| t.next > index).await;
-    }
-
-    fn epoch(&self) -> u64 {
-        self.0.borrow().epoch
-    }
-
-    /// Durable through `index` now, unless the log was truncated since `epoch`.
-    fn raise(&self, index: u64, epoch: u64) {
-        self.0.send_if_modified(|t| {
-            let raised = t.epoch == epoch && index + 1 > t.next;
-            if raised {
-                t.next = index + 1;
-            }
-            raised
-        });
-    }
-
-    /// Entries from `index` on were removed, and all before it are durable: a flush still
-    /// queued from before speaks of entries that are gone.
-    fn truncated(&self, index: u64) {
-        self.0.send_modify(|t| {
-            t.next = index;
-            t.epoch += 1;
-        });
-    }
-}
-
-/// The exit status of a node whose log failed to flush after it had counted a leader's
-/// entries (sysexits' EX_IOERR).
-const EXIT_UNFLUSHED: i32 = 74;
-
-/// An append for the flusher: its last index, the truncation epoch it was written in, and
-/// openraft's callback unless the append was a leader's, acknowledged already.
-struct Flush(u64, u64, Option<LogFlushed<TypeConfig>>);
-
-/// Group commit: every append waiting when a flush starts is made durable by that one flush,
-/// and Raft goes on appending and replicating meanwhile instead of waiting on each fsync.
-///
-/// It is a thread of its own: an fsync blocks, and handing each one to sled's pool costs a
-/// second thread hop.
-fn flush_loop(db: sled::Db, rx: std::sync::mpsc::Receiver<Flush>, durable: Durable, metrics: Arc<Metrics>) {
-    let mut waiting = Vec::new();
-    while let Ok(first) = rx.recv() {
-        waiting.push(first);
-        waiting.extend(rx.try_iter());
-        let started = std::time::Instant::now();
-        let res = db.flush();
-        metrics.log_flush.observe(started.elapsed().as_secs_f64());
-        match &res {
-            Ok(_) => {
-                for f in &waiting {
-                    durable.raise(f.0, f.1);
-                }
-            }
-            // A leader's entries were acknowledged as durable and cannot be taken back: stop
-            // the node, as a database stops on a failed fsync, rather than run on a log that
-            // may not hold what Raft counted.
-            Err(e) if waiting.iter().any(|f| f.2.is_none()) => {
-                tracing::error!(error = %e, "the Raft log could not be flushed after this leader counted its entries; stopping");
-                std::process::exit(EXIT_UNFLUSHED);
-            }
-            Err(_) => {}
-        }
-        for Flush(_, _, cb) in waiting.drain(..) {
-            if let Some(cb) = cb {
-                cb.log_io_completed(res.as_ref().map(|_| ()).map_err(|e| std::io::Error::other(e.to_string())));
-            }
-        }
-    }
-}
-
-/// Purges in the background, in order: openraft awaits `purge` inside its core, and removing
-/// the ten thousand or so entries a snapshot frees took 100–800 ms in sled under load, time in
-/// which the core sent no heartbeat and answered nothing (followers stood for election).
-///
-/// A point is recorded (and made durable) only once the gate allows it, and before anything
-/// is removed, so a crash at any moment leaves either the old point with every entry after it,
-/// or the new one: never a gap, never a log starting past the stored snapshot. Reads skip what
-/// awaits removal.
-fn purge_loop(db: sled::Db, log: sled::Tree, meta: sled::Tree, gate: PurgeGate, rx: std::sync::mpsc::Receiver<LogId>) {
-    let mut want: Option<LogId> = None;
-    loop {
-        match want {
-            Some(upto) if gate.allows(upto.index) => {
-                want = None;
-                if let Err(e) = purge_upto(&db, &log, &meta, upto) {
-                    // Not fatal: the entries stay, and the next purge covers them.
-                    tracing::warn!(error = %e, upto = %upto, "log purge failed");
-                }
-            }
-            // Waiting for the snapshot to be durable: look again shortly, or take a newer point.
-            Some(_) => match rx.recv_timeout(std::time::Duration::from_millis(50)) {
-                Ok(p) => want = want.max(Some(p)),
-                Err(std::sync::mpsc::RecvTimeoutError::Timeout) => {}
-                Err(std::sync::mpsc::RecvTimeoutError::Disconnected) => return,
-            },
-            None => match rx.recv() {
-                Ok(p) => want = Some(p),
-                Err(_) => return,
-            },
-        }
-        // Only the latest point matters when several are waiting.
-        want = rx.try_iter().fold(want, |w, p| w.max(Some(p)));
-    }
-}
-
-fn purge_upto(db: &sled::Db, log: &sled::Tree, meta: &sled::Tree, upto: LogId) -> Result<(), StorageError> {
-    meta.insert("last_purged", postcard::to_stdvec(&upto).map_err(write_err)?).map_err(write_err)?;
-    db.flush().map_err(write_err)?;
-    // One key at a time, not one batch: a sled batch holds a lock every other write to the
-    // database waits on (appends too), for as long as it takes to apply.
-    for kv in log.range(..=key(upto.index)) {
-        let (k, _) = kv.map_err(read_err)?;
-        log.remove(k).map_err(write_err)?;
-    }
-    Ok(())
 }
 
 /// Marks `db`'s empty log as starting after `at` (a restored snapshot's position), as if
@@ -263,7 +101,7 @@ impl LogStore {
             .spawn(move || flush_loop(flush_db, rx, flush_durable, flush_metrics))
             .map_err(write_err)?;
         let (purger, rx) = std::sync::mpsc::channel();
-        let gate = PurgeGate(Arc::new(AtomicU64::new(PurgeGate::OPEN)));
+        let gate = PurgeGate::open();
         let (purge_db, purge_log, purge_meta, purge_gate) = (db.clone(), log.clone(), meta.clone(), gate.clone());
         std::thread::Builder::new()
             .name("log-purge".into())
@@ -371,7 +209,7 @@ impl LogStore {
 /// capped by entry count alone could be too big to ever arrive in time on a slow link.
 pub const MAX_APPEND_BYTES: usize = 1024 * 1024;
 
-fn key(i: u64) -> [u8; 8] {
+pub(super) fn key(i: u64) -> [u8; 8] {
     i.to_be_bytes()
 }
 
@@ -511,7 +349,7 @@ impl RaftLogStorage<TypeConfig> for LogStore {
         Ok(())
     }
 
-    /// Hands the point to the purge thread ([`purge_loop`]), which records it and removes the
+    /// Hands the point to the purge thread (`purge::purge_loop`), which records it and removes the
     /// entries once the gate allows, and returns at once.
     async fn purge(&mut self, log_id: LogId) -> Result<(), StorageError> {
         {

@@ -1,0 +1,107 @@
+//! The log's flush thread (group commit) and how far the log is durable.
+
+use std::sync::Arc;
+
+use openraft::storage::LogFlushed;
+
+use crate::metrics::Metrics;
+use crate::types::TypeConfig;
+
+/// How far this node's log is durable: every entry up to the index it names.
+///
+/// openraft 0.9 waits for the leader's own flush before it sends an entry to the followers,
+/// so a write paid the leader's flush and then a follower's, in a row. The Raft paper (10.2.1)
+/// lets the leader write in parallel with replicating, provided it counts itself toward a
+/// quorum only once its write is durable. Here the leader's appends are acknowledged to
+/// openraft at once, and what nobody may see before the leader's copy is durable waits here
+/// instead: the commit index sent to any peer (`network`), and the applying of an entry
+/// (the state machine), hence every client's answer. A commit index the leader computed
+/// early is therefore seen by nobody until its own copy is on disk, so a leader that dies
+/// before its flush leaves no trace of that commit, exactly as if it had counted itself late.
+/// Followers still acknowledge only what they flushed.
+#[derive(Clone, Default)]
+pub struct Durable(Arc<tokio::sync::watch::Sender<Through>>);
+
+/// One more than the index the log is durable through (0: nothing), and how many truncations
+/// came before: a flush queued before a truncation must not raise the index past it.
+#[derive(Clone, Copy, Default)]
+struct Through {
+    next: u64,
+    epoch: u64,
+}
+
+impl Durable {
+    /// Waits until the log is durable through `index`. Never returns if the flusher stops.
+    pub async fn reached(&self, index: u64) {
+        let mut rx = self.0.subscribe();
+        let _ = rx.wait_for(|t| t.next > index).await;
+    }
+
+    pub(super) fn epoch(&self) -> u64 {
+        self.0.borrow().epoch
+    }
+
+    /// Durable through `index` now, unless the log was truncated since `epoch`.
+    pub(super) fn raise(&self, index: u64, epoch: u64) {
+        self.0.send_if_modified(|t| {
+            let raised = t.epoch == epoch && index + 1 > t.next;
+            if raised {
+                t.next = index + 1;
+            }
+            raised
+        });
+    }
+
+    /// Entries from `index` on were removed, and all before it are durable: a flush still
+    /// queued from before speaks of entries that are gone.
+    pub(super) fn truncated(&self, index: u64) {
+        self.0.send_modify(|t| {
+            t.next = index;
+            t.epoch += 1;
+        });
+    }
+}
+
+/// The exit status of a node whose log failed to flush after it had counted a leader's
+/// entries (sysexits' EX_IOERR).
+const EXIT_UNFLUSHED: i32 = 74;
+
+/// An append for the flusher: its last index, the truncation epoch it was written in, and
+/// openraft's callback unless the append was a leader's, acknowledged already.
+pub(super) struct Flush(pub u64, pub u64, pub Option<LogFlushed<TypeConfig>>);
+
+/// Group commit: every append waiting when a flush starts is made durable by that one flush,
+/// and Raft goes on appending and replicating meanwhile instead of waiting on each fsync.
+///
+/// It is a thread of its own: an fsync blocks, and handing each one to sled's pool costs a
+/// second thread hop.
+pub(super) fn flush_loop(db: sled::Db, rx: std::sync::mpsc::Receiver<Flush>, durable: Durable, metrics: Arc<Metrics>) {
+    let mut waiting = Vec::new();
+    while let Ok(first) = rx.recv() {
+        waiting.push(first);
+        waiting.extend(rx.try_iter());
+        let started = std::time::Instant::now();
+        let res = db.flush();
+        metrics.log_flush.observe(started.elapsed().as_secs_f64());
+        match &res {
+            Ok(_) => {
+                for f in &waiting {
+                    durable.raise(f.0, f.1);
+                }
+            }
+            // A leader's entries were acknowledged as durable and cannot be taken back: stop
+            // the node, as a database stops on a failed fsync, rather than run on a log that
+            // may not hold what Raft counted.
+            Err(e) if waiting.iter().any(|f| f.2.is_none()) => {
+                tracing::error!(error = %e, "the Raft log could not be flushed after this leader counted its entries; stopping");
+                std::process::exit(EXIT_UNFLUSHED);
+            }
+            Err(_) => {}
+        }
+        for Flush(_, _, cb) in waiting.drain(..) {
+            if let Some(cb) = cb {
+                cb.log_io_completed(res.as_ref().map(|_| ()).map_err(|e| std::io::Error::other(e.to_string())));
+            }
+        }
+    }
+}
