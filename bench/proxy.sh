@@ -6,7 +6,7 @@
 #
 # Usage: bash bench/proxy.sh [SECONDS_PER_PHASE] [IDLE_CONNECTIONS]   (QUICK=1: throughput and
 # handshakes only; BASELINE=DIR: also run DIR/switchyard-proxy, another build, as target
-# "baseline" in the same rounds, to compare a change with its predecessor; ACCESS_LOG=1: the
+# "baseline" (and "baseline-wss") in the same rounds, to compare a change with its predecessor; ACCESS_LOG=1: the
 # baseline is this build with its access log on, to a file, to price the log; ROUNDS=N: N
 # interleaved rounds, 2 by default, each figure the median of its rounds; SIZE=BYTES: the echoed
 # message size, 64 by default; RATE=N: the fixed rate of the light phase, 5,000 messages/s by
@@ -59,11 +59,12 @@ start_switchyard() {
 }
 start_switchyard
 TARGETS="switchyard${BASELINE:+ baseline} nginx haproxy"
-TLS_TARGETS="switchyard-wss nginx-wss haproxy-wss"
+TLS_TARGETS="switchyard-wss${BASELINE:+ baseline-wss} nginx-wss haproxy-wss"
 if [ -n "${BASELINE:-}" ]; then
-  BL=$(port); BLA=$(port)
+  BL=$(port); BLA=$(port); BLS=$(port)
   start_baseline() {
-    "$BASELINE/switchyard-proxy" --listen 127.0.0.1:$BL --admin 127.0.0.1:$BLA --control-plane 127.0.0.1:$CP --proxy-id baseline >> "$OUT/baseline.log" 2>&1 & BLPID=$!; PIDS+=($BLPID)
+    "$BASELINE/switchyard-proxy" --listen 127.0.0.1:$BL --admin 127.0.0.1:$BLA --control-plane 127.0.0.1:$CP --proxy-id baseline \
+      --wss-listen 127.0.0.1:$BLS --wss-cert "$CERTS/bench.crt" --wss-key "$CERTS/bench.key" >> "$OUT/baseline.log" 2>&1 & BLPID=$!; PIDS+=($BLPID)
   }
   start_baseline
 fi
@@ -130,7 +131,7 @@ declare -A ADDR=([direct]=127.0.0.1:$BACKEND [switchyard]=127.0.0.1:$SY [nginx]=
   [switchyard-wss]=127.0.0.1:$SYS [nginx-wss]=127.0.0.1:$NGS [haproxy-wss]=127.0.0.1:$HAS)
 declare -A PID=([direct]=0 [switchyard]=$SYPID [nginx]=$NGPID [haproxy]=$HAPID
   [switchyard-wss]=$SYPID [nginx-wss]=$NGPID [haproxy-wss]=$HAPID)
-[ -n "${BASELINE:-}" ] && { ADDR[baseline]=127.0.0.1:$BL; PID[baseline]=$BLPID; }
+[ -n "${BASELINE:-}" ] && { ADDR[baseline]=127.0.0.1:$BL; PID[baseline]=$BLPID; ADDR[baseline-wss]=127.0.0.1:$BLS; PID[baseline-wss]=$BLPID; }
 TCK=$(getconf CLK_TCK)
 
 # Interleaved rounds: every target once per round.
@@ -170,8 +171,8 @@ fresh() {
   case $1 in
     switchyard*) kill -9 $SYPID; wait $SYPID 2>/dev/null || true; start_switchyard; wait_port $SY; wait_port $SYS
       wait_proxy_config 127.0.0.1:$SYA; PID[switchyard]=$SYPID; PID[switchyard-wss]=$SYPID ;;
-    baseline) kill -9 $BLPID; wait $BLPID 2>/dev/null || true; start_baseline; wait_port $BL; wait_proxy_config 127.0.0.1:$BLA
-      PID[baseline]=$BLPID ;;
+    baseline*) kill -9 $BLPID; wait $BLPID 2>/dev/null || true; start_baseline; wait_port $BL; wait_port $BLS
+      wait_proxy_config 127.0.0.1:$BLA; PID[baseline]=$BLPID; PID[baseline-wss]=$BLPID ;;
     nginx*) for c in $(pgrep -P $NGPID); do kill -9 $c; done; kill -9 $NGPID; wait $NGPID 2>/dev/null || true
       start_nginx; wait_port $NG; wait_port $NGS; PID[nginx]=$NGPID; PID[nginx-wss]=$NGPID ;;
     haproxy*) kill -9 $HAPID; wait $HAPID 2>/dev/null || true; start_haproxy; wait_port $HA; wait_port $HAS
@@ -236,7 +237,7 @@ for r in rows:
 def avg(xs): xs = sorted(x for x in xs if x is not None); n = len(xs); return (xs[n // 2] if n % 2 else (xs[n // 2 - 1] + xs[n // 2]) / 2) if xs else float('nan')
 print()
 print(f"{'target':<16}{'msgs/s':>10}{'p50 ms':>9}{'p99 ms':>9}{'cpu us/msg':>12}{'handshakes/s':>14}{'cpu us/hs':>11}")
-for n in ['direct', 'switchyard', 'baseline', 'nginx', 'haproxy', 'switchyard-wss', 'nginx-wss', 'haproxy-wss']:
+for n in ['direct', 'switchyard', 'baseline', 'nginx', 'haproxy', 'switchyard-wss', 'baseline-wss', 'nginx-wss', 'haproxy-wss']:
     t = tp[n]
     if not t: continue
     print(f"{n:<16}{avg([r['messages_per_sec'] for r in t]):>10.0f}{avg([r['p50_ms'] for r in t]):>9.2f}"
@@ -246,7 +247,7 @@ if any(lt.values()):
     rate = next(r['rate'] for v in lt.values() for r in v)
     print(f"\nat a fixed {rate:.0f} messages/s on 50 connections:")
     print(f"{'target':<16}{'msgs/s':>10}{'p50 us':>9}{'p99 us':>9}{'cpu us/msg':>12}")
-    for n in ['direct', 'switchyard', 'baseline', 'nginx', 'haproxy', 'switchyard-wss', 'nginx-wss', 'haproxy-wss']:
+    for n in ['direct', 'switchyard', 'baseline', 'nginx', 'haproxy', 'switchyard-wss', 'baseline-wss', 'nginx-wss', 'haproxy-wss']:
         t = lt[n]
         if not t: continue
         print(f"{n:<16}{avg([r['messages_per_sec'] for r in t]):>10.0f}{avg([r['p50_ms'] * 1000 for r in t]):>9.0f}"
@@ -257,7 +258,7 @@ if any(lt.values()):
                   f"p50 {avg([r['p50_ms'] for r in lt[a]]) / avg([r['p50_ms'] for r in lt[b]]):.2f}x, p99 {avg([r['p99_ms'] for r in lt[a]]) / avg([r['p99_ms'] for r in lt[b]]):.2f}x (goal <= 1)")
 sy, ng = tp['switchyard'], tp['nginx']
 if sy and sy[0].get('size', 64) >= 1024:
-    for n in ['direct', 'switchyard', 'baseline', 'nginx', 'haproxy', 'switchyard-wss', 'nginx-wss', 'haproxy-wss']:
+    for n in ['direct', 'switchyard', 'baseline', 'nginx', 'haproxy', 'switchyard-wss', 'baseline-wss', 'nginx-wss', 'haproxy-wss']:
         if tp[n]:
             print(f"{n:<16}{avg([r['messages_per_sec'] * r['size'] / 1e6 for r in tp[n]]):>8.0f} MB/s of {sy[0]['size']}-byte messages")
 if sy and ng:
@@ -274,9 +275,16 @@ if sy and bl:
     print(f"switchyard/baseline build: msgs/s {avg([r['messages_per_sec'] for r in sy]) / avg([r['messages_per_sec'] for r in bl]):.2f}x, "
           f"cpu/msg {avg([r['proxy_cpu_us_per_msg'] for r in sy]) / avg([r['proxy_cpu_us_per_msg'] for r in bl]):.2f}x, "
           f"handshakes/s {avg([r['per_sec'] for r in hs['switchyard']]) / avg([r['per_sec'] for r in hs['baseline']]):.2f}x")
+bw = tp['baseline-wss']
+if sw and bw:
+    print(f"switchyard/baseline build over wss: msgs/s {avg([r['messages_per_sec'] for r in sw]) / avg([r['messages_per_sec'] for r in bw]):.2f}x, "
+          f"cpu/msg {avg([r['proxy_cpu_us_per_msg'] for r in sw]) / avg([r['proxy_cpu_us_per_msg'] for r in bw]):.2f}x, "
+          f"TLS handshakes/s {avg([r['per_sec'] for r in hs['switchyard-wss']]) / avg([r['per_sec'] for r in hs['baseline-wss']]):.2f}x")
 idle = {r['name']: r['bytes_per_conn'] for r in rows if r.get('phase') == 'idle'}
 if 'switchyard' in idle and 'switchyard-wss' in idle:
     print(f"idle memory, switchyard wss/ws: {idle['switchyard-wss'] / idle['switchyard']:.2f}x (goal <= 1.50)")
+if 'baseline' in idle and 'baseline-wss' in idle:
+    print(f"idle memory, baseline build wss/ws: {idle['baseline-wss'] / idle['baseline']:.2f}x")
 for r in rows:
     if r.get('phase') == 'idle':
         print(f"idle {r['name']:<11} {r['bytes_per_conn']:>8.0f} B/connection at {r['conns']} connections")

@@ -5,7 +5,9 @@
 //! per-worker scratch buffer and decrypted from there, and encrypted into another; a
 //! connection keeps bytes of its own only while a record is split across reads, a reader's
 //! buffer was too small for what was decrypted, or the socket would not take what was
-//! encrypted. An idle connection holds rustls' keys and state, and nothing else.
+//! encrypted. Once the handshake is over, the keys are taken out of rustls and records are
+//! opened and sealed by [`records`]: an idle connection then holds its keys and sequence
+//! numbers, and nothing else.
 //!
 //! The relay uses it through [`crate::relay::Stream`] (readiness and non-blocking reads and
 //! writes); the handshake phase and plain HTTP through `AsyncRead`/`AsyncWrite`.
@@ -19,6 +21,8 @@ use rustls::unbuffered::{
     ConnectionState, EncodeError, EncodeTlsData, EncryptError, InsufficientSizeError, UnbufferedStatus, WriteTraffic,
 };
 use tokio::net::TcpStream;
+
+use self::records::Records;
 
 /// Ciphertext one socket read takes at most: a 16 KiB message in its record arrives whole.
 const READ: usize = 32 * 1024;
@@ -63,8 +67,16 @@ pub struct EdgeTls {
     st: Mutex<State>,
 }
 
+/// Who protects records: rustls during the handshake, [`Records`] after it.
+enum Engine {
+    Rustls(Box<UnbufferedServerConnection>),
+    Records(Records),
+    /// Between the two, and after a failed hand-over.
+    Gone,
+}
+
 struct State {
-    conn: UnbufferedServerConnection,
+    engine: Engine,
     /// Ciphertext read and not yet used up: the start of a record split across reads, or a
     /// handshake message being joined. Empty, and unallocated, between whole records.
     inbox: Vec<u8>,
@@ -124,8 +136,13 @@ impl State {
     /// past what rustls is done with. Stops once every whole record is used and more
     /// ciphertext is needed, or the peer closed.
     fn process(&mut self, inb: &mut [u8], start: &mut usize, out: &mut [u8], filled: &mut usize) -> io::Result<()> {
+        let conn = match &mut self.engine {
+            Engine::Rustls(conn) => conn,
+            Engine::Records(_) => return self.open_records(inb, start, out, filled),
+            Engine::Gone => return Err(self.gone()),
+        };
         loop {
-            let UnbufferedStatus { mut discard, state } = self.conn.process_tls_records(&mut inb[*start..]);
+            let UnbufferedStatus { mut discard, state } = conn.process_tls_records(&mut inb[*start..]);
             let res = match state {
                 Ok(ConnectionState::ReadTraffic(mut r)) => {
                     let mut res = Ok(false);
@@ -174,15 +191,20 @@ impl State {
         }
     }
 
+    fn gone(&self) -> io::Error {
+        io::Error::new(io::ErrorKind::InvalidData, "TLS connection has no keys")
+    }
+
     /// Marks the connection failed, with the alert rustls queued saying why in `outbox`.
     /// rustls hands out queued records before it looks at input again, and it is asked only
     /// while it has some: looking at the input again would fail, and alert, a second time.
     fn fail(&mut self, e: rustls::Error, rest: &mut [u8]) -> io::Error {
         for _ in 0..4 {
-            if !self.conn.wants_write() {
+            let Engine::Rustls(conn) = &mut self.engine else { break };
+            if !conn.wants_write() {
                 break;
             }
-            match self.conn.process_tls_records(rest).state {
+            match conn.process_tls_records(rest).state {
                 Ok(ConnectionState::EncodeTlsData(mut enc)) => {
                     if encode(&mut self.outbox, &mut enc).is_err() {
                         break;
@@ -205,7 +227,8 @@ impl State {
     ) -> io::Result<usize> {
         let mut f = Some(f);
         loop {
-            let UnbufferedStatus { discard, state } = self.conn.process_tls_records(&mut self.inbox[..]);
+            let Engine::Rustls(conn) = &mut self.engine else { return Err(self.gone()) };
+            let UnbufferedStatus { discard, state } = conn.process_tls_records(&mut self.inbox[..]);
             let res = match state {
                 Ok(ConnectionState::WriteTraffic(mut w)) => {
                     let f = f.take().expect("encrypts once");
@@ -297,7 +320,11 @@ impl EdgeTls {
     }
 
     pub fn protocol_version(&self) -> Option<rustls::ProtocolVersion> {
-        self.lock().conn.protocol_version()
+        match &self.lock().engine {
+            Engine::Rustls(conn) => conn.protocol_version(),
+            Engine::Records(r) => Some(r.protocol_version()),
+            Engine::Gone => None,
+        }
     }
 
     /// Plaintext is waiting here: the next read needs no readiness from the socket.
@@ -382,7 +409,10 @@ impl EdgeTls {
         }
         let buf = &buf[..buf.len().min(WRITE_MAX)];
         with_scratch(&OUT, OUT_CAP, |o| {
-            let n = st.encrypt(o, |w, o| w.encrypt(buf, o))?;
+            let n = match &mut st.engine {
+                Engine::Records(r) => r.seal_data(buf, o).map_err(|f| st.failed_sealing(f))?,
+                _ => st.encrypt(o, |w, o| w.encrypt(buf, o))?,
+            };
             st.send(&self.tcp, &o[..n])
         })?;
         Ok(buf.len())
@@ -400,7 +430,10 @@ impl EdgeTls {
         if !st.close_sent && st.failed.is_none() {
             st.close_sent = true;
             with_scratch(&OUT, OUT_CAP, |o| {
-                let n = st.encrypt(o, |w, o| w.queue_close_notify(o))?;
+                let n = match &mut st.engine {
+                    Engine::Records(r) => r.close_notify(o).map_err(|f| st.failed_sealing(f))?,
+                    _ => st.encrypt(o, |w, o| w.queue_close_notify(o))?,
+                };
                 st.send(&self.tcp, &o[..n])
             })?;
         }
@@ -415,6 +448,7 @@ impl EdgeTls {
 }
 
 mod handshake;
+mod records;
 #[cfg(test)]
 mod tests;
 

@@ -30,6 +30,8 @@ pub fn server_config(resolver: Arc<SniResolver>) -> Arc<ServerConfig> {
         .with_cert_resolver(resolver);
     c.alpn_protocols = vec![b"http/1.1".to_vec()];
     c.send_tls13_tickets = 1;
+    // The keys leave rustls once the handshake is over: `edge::records` protects the records.
+    c.enable_secret_extraction = true;
     Arc::new(c)
 }
 

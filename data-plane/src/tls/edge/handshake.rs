@@ -11,7 +11,7 @@ use rustls::ServerConfig;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::TcpStream;
 
-use super::{EdgeTls, State};
+use super::{EdgeTls, Engine, State};
 
 /// The TLS handshake of a wss client on `tcp`: the connection, and the name the client asked
 /// for (SNI), when it gave one. The caller bounds it in time.
@@ -20,7 +20,7 @@ pub async fn accept(tcp: TcpStream, config: Arc<ServerConfig>) -> io::Result<(Ed
     let tls = EdgeTls {
         tcp,
         st: Mutex::new(State {
-            conn,
+            engine: Engine::Rustls(Box::new(conn)),
             inbox: Vec::new(),
             plain: Vec::new(),
             plain_at: 0,
@@ -47,9 +47,15 @@ pub async fn accept(tcp: TcpStream, config: Arc<ServerConfig>) -> io::Result<(Ed
         std::future::poll_fn(|cx| tls.poll_flush_outbox(cx)).await?;
         let (handshaking, eof) = {
             let st = tls.lock();
-            (st.conn.is_handshaking(), st.eof)
+            let handshaking = match &st.engine {
+                Engine::Rustls(conn) => conn.is_handshaking(),
+                _ => false,
+            };
+            (handshaking, st.eof)
         };
         if !handshaking {
+            // From here on records are sealed and opened without rustls (see `records`).
+            tls.lock().take_keys()?;
             break;
         }
         if eof {

@@ -17,6 +17,14 @@ struct Pki {
 }
 
 fn pki(versions: &[&'static rustls::SupportedProtocolVersion]) -> Pki {
+    pki_with(versions, None)
+}
+
+/// As [`pki`], with the client offering `suite` alone when one is given.
+fn pki_with(
+    versions: &[&'static rustls::SupportedProtocolVersion],
+    suite: Option<rustls::SupportedCipherSuite>,
+) -> Pki {
     switchyard_model::tls::install_provider();
     let kp = rcgen::KeyPair::generate().unwrap();
     let cert = rcgen::CertificateParams::new(vec!["a.example".to_string()]).unwrap().self_signed(&kp).unwrap();
@@ -29,7 +37,13 @@ fn pki(versions: &[&'static rustls::SupportedProtocolVersion]) -> Pki {
     let server = crate::tls::server_config(Arc::new(crate::tls::SniResolver::new(set)));
     let mut roots = rustls::RootCertStore::empty();
     roots.add(CertificateDer::from(cert.der().to_vec())).unwrap();
-    let client = rustls::ClientConfig::builder_with_protocol_versions(versions)
+    let mut provider = rustls::crypto::ring::default_provider();
+    if let Some(suite) = suite {
+        provider.cipher_suites = vec![suite];
+    }
+    let client = rustls::ClientConfig::builder_with_provider(Arc::new(provider))
+        .with_protocol_versions(versions)
+        .unwrap()
         .with_root_certificates(roots)
         .with_no_client_auth();
     Pki { server, client: Arc::new(client) }
@@ -54,7 +68,14 @@ async fn connected(pki: &Pki) -> (EdgeTls, tokio_rustls::client::TlsStream<TcpSt
 
 /// A handshake, then plaintext both ways through the relay's calls and the async traits.
 async fn round_trip(versions: &[&'static rustls::SupportedProtocolVersion]) {
-    let pki = pki(versions);
+    round_trip_with(versions, None).await
+}
+
+async fn round_trip_with(
+    versions: &[&'static rustls::SupportedProtocolVersion],
+    suite: Option<rustls::SupportedCipherSuite>,
+) {
+    let pki = pki_with(versions, suite);
     let (s, c) = pair().await;
     let connector = tokio_rustls::TlsConnector::from(pki.client.clone());
     let client = tokio::spawn(async move {
@@ -72,6 +93,7 @@ async fn round_trip(versions: &[&'static rustls::SupportedProtocolVersion]) {
     });
     let (mut tls, sni) = accept(s, pki.server.clone()).await.unwrap();
     assert_eq!(sni.as_deref(), Some("a.example"));
+    assert!(matches!(tls.lock().engine, Engine::Records(_)), "the keys left rustls after the handshake");
     // Echo through the async traits until the client's close_notify.
     let mut got = Vec::new();
     let mut buf = vec![0u8; 5000];
@@ -174,4 +196,78 @@ async fn a_key_update_from_the_client_is_answered_in_order() {
         tokio::time::timeout(Duration::from_secs(5), c.read_exact(&mut back)).await.unwrap().unwrap();
         assert_eq!(back, [round + 10; 100]);
     }
+}
+
+#[tokio::test]
+async fn every_suite_and_version_round_trips_on_our_records() {
+    use rustls::crypto::ring::cipher_suite as cs;
+    for suite in [cs::TLS13_AES_128_GCM_SHA256, cs::TLS13_AES_256_GCM_SHA384, cs::TLS13_CHACHA20_POLY1305_SHA256] {
+        round_trip_with(&[&rustls::version::TLS13], Some(suite)).await;
+    }
+    for suite in [
+        cs::TLS_ECDHE_ECDSA_WITH_AES_128_GCM_SHA256,
+        cs::TLS_ECDHE_ECDSA_WITH_AES_256_GCM_SHA384,
+        cs::TLS_ECDHE_ECDSA_WITH_CHACHA20_POLY1305_SHA256,
+    ] {
+        round_trip_with(&[&rustls::version::TLS12], Some(suite)).await;
+    }
+}
+
+/// The server moves to a new key before its AES-GCM limit, and the client reads on under it.
+#[tokio::test]
+async fn the_server_updates_its_key_at_the_record_limit() {
+    let pki = pki(&[&rustls::version::TLS13]);
+    let (mut tls, mut c) = connected(&pki).await;
+    match &mut tls.lock().engine {
+        Engine::Records(r) => r.set_gcm_limit(3),
+        _ => panic!("records after the handshake"),
+    }
+    for round in 0..10u8 {
+        tls.write_all(&[round; 50]).await.unwrap();
+        let mut back = [0u8; 50];
+        tokio::time::timeout(Duration::from_secs(5), c.read_exact(&mut back)).await.unwrap().unwrap();
+        assert_eq!(back, [round; 50], "round {round}");
+    }
+    match &tls.lock().engine {
+        Engine::Records(r) => assert!(r.tx_seq() <= 3, "sealed under new keys, not one key past its limit"),
+        _ => unreachable!(),
+    }
+    // And the client's records still open.
+    c.write_all(b"still here").await.unwrap();
+    let mut got = [0u8; 10];
+    tls.read_exact(&mut got).await.unwrap();
+    assert_eq!(&got, b"still here");
+}
+
+/// A forged record fails the connection, and the client is told why in an alert it can read.
+#[tokio::test]
+async fn a_forged_record_fails_with_bad_record_mac() {
+    for versions in [&[&rustls::version::TLS13], &[&rustls::version::TLS12]] {
+        let pki = pki(versions);
+        let (mut tls, mut c) = connected(&pki).await;
+        // Written past the client's TLS: a record no key sealed.
+        c.get_mut()
+            .0
+            .write_all(&[23, 3, 3, 0, 40].iter().copied().chain([0x5a; 40]).collect::<Vec<_>>())
+            .await
+            .unwrap();
+        let mut buf = [0u8; 16];
+        let err = tls.read(&mut buf).await.expect_err("a forged record is refused");
+        assert_eq!(err.kind(), io::ErrorKind::InvalidData);
+        assert!(tls.read(&mut buf).await.is_err(), "and stays failed");
+        tls.flush().await.unwrap();
+        let err = c.read(&mut buf).await.expect_err("the client hears an alert");
+        assert!(err.to_string().contains("BadRecordMac"), "{err}");
+    }
+}
+
+/// A record longer than TLS allows is refused at its header, before it is waited for.
+#[tokio::test]
+async fn an_oversized_record_is_refused_at_its_header() {
+    let pki = pki(&[&rustls::version::TLS13]);
+    let (mut tls, mut c) = connected(&pki).await;
+    c.get_mut().0.write_all(&[23, 3, 3, 0xff, 0xff]).await.unwrap();
+    let mut buf = [0u8; 16];
+    let err = tokio::time::timeout(Duration::from_secs(5), tls.read(&mut buf)).await.unwrap().expect_err("refused");
+    assert_eq!(err.kind(), io::ErrorKind::InvalidData);
 }

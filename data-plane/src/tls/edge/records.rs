@@ -1,0 +1,456 @@
+//! The record layer of an established wss connection. rustls does the handshake; once it is
+//! over, the traffic keys are taken out through the API rustls keeps for kernel TLS
+//! (`dangerous_into_kernel_connection`), and records are opened and sealed here with ring.
+//!
+//! Why: rustls' own record layer keeps each direction's AES-GCM key schedule and GHASH table
+//! (544 bytes apiece in ring) and the connection's state beside them for the connection's
+//! whole life, which made an idle wss connection cost 2.25x an idle ws one. Here an idle
+//! connection holds each direction's key, IV and sequence number; the key schedule is built
+//! for each read or write that moves records (0.2 us for AES-128-GCM here), a price only
+//! busy connections pay. TLS 1.3 key updates still go through rustls' key schedule, which is
+//! kept for that alone.
+//!
+//! What is done here is the record protection of RFC 8446 section 5 and RFC 5246 section
+//! 6.2.3.3 (with RFC 7905 for ChaCha20-Poly1305), for the AEAD suites rustls negotiates with
+//! ring, and the post-handshake messages a server can be sent: a TLS 1.3 KeyUpdate, a TLS 1.2
+//! renegotiation request (refused, as rustls refuses it), alerts.
+
+use std::io;
+use std::ops::Range;
+
+use ring::aead::{Aad, LessSafeKey, Nonce, UnboundKey, AES_128_GCM, AES_256_GCM, CHACHA20_POLY1305};
+use rustls::kernel::KernelConnection;
+use rustls::server::ServerConnectionData;
+use rustls::{AlertDescription, ConnectionTrafficSecrets, ExtractedSecrets, ProtocolVersion};
+
+use super::{broken, Engine, State};
+
+const HEADER: usize = 5;
+const TAG: usize = 16;
+/// The largest plaintext a record may carry (RFC 8446 5.1, RFC 5246 6.2.1).
+pub const MAX_PLAIN: usize = 1 << 14;
+/// The most a sealed record adds to its plaintext: header, TLS 1.2 explicit nonce, tag (TLS
+/// 1.3's content type byte is less than the explicit nonce).
+pub const OVERHEAD: usize = HEADER + 8 + TAG;
+
+const CHANGE_CIPHER_SPEC: u8 = 20;
+const ALERT: u8 = 21;
+const HANDSHAKE: u8 = 22;
+const APPLICATION_DATA: u8 = 23;
+const CLIENT_HELLO: u8 = 1;
+const KEY_UPDATE: u8 = 24;
+/// Records sealed under one AES-GCM key: a TLS 1.3 connection moves to a new key before this
+/// (RFC 8446 5.5; rustls' figure for AES-256-GCM, the lower of the two), a TLS 1.2 one, which
+/// has no key update, is closed.
+const GCM_RECORDS: u64 = 1 << 23;
+
+/// Why a record could not be opened or sealed, and the alert the peer is owed for it.
+#[derive(Debug)]
+pub struct Fail {
+    pub error: rustls::Error,
+    pub alert: Option<AlertDescription>,
+}
+
+fn fail(alert: AlertDescription, why: &str) -> Fail {
+    Fail { error: rustls::Error::General(why.into()), alert: Some(alert) }
+}
+
+/// What one record held.
+#[derive(Debug, PartialEq)]
+pub enum Opened {
+    /// Application data, at this range of the record's bytes.
+    Data(Range<usize>),
+    /// close_notify: no more data will come.
+    Closed,
+    /// A message handled here (a key update, a warning).
+    Nothing,
+}
+
+/// One direction's traffic keys, as rustls derived them, and its next sequence number.
+struct Direction {
+    secrets: ConnectionTrafficSecrets,
+    seq: u64,
+}
+
+/// A direction's key, ready to use for one read or write.
+struct Keyed {
+    key: LessSafeKey,
+    iv: [u8; 12],
+    gcm: bool,
+}
+
+impl Direction {
+    fn keyed(&self) -> Result<Keyed, Fail> {
+        let (alg, key, iv, gcm) = match &self.secrets {
+            ConnectionTrafficSecrets::Aes128Gcm { key, iv } => (&AES_128_GCM, key, iv, true),
+            ConnectionTrafficSecrets::Aes256Gcm { key, iv } => (&AES_256_GCM, key, iv, true),
+            ConnectionTrafficSecrets::Chacha20Poly1305 { key, iv } => (&CHACHA20_POLY1305, key, iv, false),
+            _ => return Err(fail(AlertDescription::InternalError, "unsupported TLS cipher suite")),
+        };
+        let bad = || fail(AlertDescription::InternalError, "unusable TLS traffic key");
+        let key = LessSafeKey::new(UnboundKey::new(alg, key.as_ref()).map_err(|_| bad())?);
+        let iv: [u8; 12] = iv.as_ref().try_into().map_err(|_| bad())?;
+        Ok(Keyed { key, iv, gcm })
+    }
+}
+
+/// The per-record nonce: the IV with the sequence number XORed into its last 8 bytes (RFC
+/// 8446 5.3; RFC 7905 for TLS 1.2's ChaCha20-Poly1305; the nonce rustls also sends as TLS
+/// 1.2 AES-GCM's explicit part).
+fn nonce(iv: &[u8; 12], seq: u64) -> [u8; 12] {
+    let mut n = *iv;
+    for (b, s) in n[4..].iter_mut().zip(seq.to_be_bytes()) {
+        *b ^= s;
+    }
+    n
+}
+
+/// TLS 1.2's additional data: sequence number, type, version, plaintext length.
+fn aad12(seq: u64, typ: u8, plain_len: usize) -> [u8; 13] {
+    let mut a = [0u8; 13];
+    a[..8].copy_from_slice(&seq.to_be_bytes());
+    a[8] = typ;
+    a[9..11].copy_from_slice(&[3, 3]);
+    a[11..13].copy_from_slice(&(plain_len as u16).to_be_bytes());
+    a
+}
+
+/// The record layer of one connection past its handshake.
+pub struct Records {
+    tls13: bool,
+    rx: Direction,
+    tx: Direction,
+    /// TLS 1.3 only: rustls' key schedule, for the secrets after a key update.
+    kernel: Option<Box<KernelConnection<ServerConnectionData>>>,
+    /// Records sealed under one AES-GCM key ([`GCM_RECORDS`]; lower in tests).
+    gcm_limit: u64,
+}
+
+impl Records {
+    pub fn new(secrets: ExtractedSecrets, kernel: KernelConnection<ServerConnectionData>) -> Result<Self, Fail> {
+        let tls13 = match kernel.protocol_version() {
+            ProtocolVersion::TLSv1_3 => true,
+            ProtocolVersion::TLSv1_2 => false,
+            _ => return Err(fail(AlertDescription::InternalError, "unsupported TLS version")),
+        };
+        let (tx, rx) = (
+            Direction { seq: secrets.tx.0, secrets: secrets.tx.1 },
+            Direction { seq: secrets.rx.0, secrets: secrets.rx.1 },
+        );
+        // Both keys are usable, or the connection is refused now rather than at its first record.
+        tx.keyed()?;
+        rx.keyed()?;
+        Ok(Self { tls13, rx, tx, kernel: tls13.then(|| Box::new(kernel)), gcm_limit: GCM_RECORDS })
+    }
+
+    pub fn protocol_version(&self) -> ProtocolVersion {
+        if self.tls13 {
+            ProtocolVersion::TLSv1_3
+        } else {
+            ProtocolVersion::TLSv1_2
+        }
+    }
+
+    #[cfg(test)]
+    pub fn set_gcm_limit(&mut self, records: u64) {
+        self.gcm_limit = records;
+    }
+
+    #[cfg(test)]
+    pub fn tx_seq(&self) -> u64 {
+        self.tx.seq
+    }
+
+    /// The length of the record at the start of `buf`, header included, once all of it is
+    /// there; a record longer than the protocol allows fails at its header.
+    pub fn whole(&self, buf: &[u8]) -> Result<Option<usize>, Fail> {
+        if buf.len() < HEADER {
+            return Ok(None);
+        }
+        if buf[1] != 3 {
+            return Err(fail(AlertDescription::DecodeError, "not a TLS record"));
+        }
+        let len = u16::from_be_bytes([buf[3], buf[4]]) as usize;
+        let max = if self.tls13 { MAX_PLAIN + 256 } else { MAX_PLAIN + 2048 };
+        if len > max {
+            return Err(fail(AlertDescription::RecordOverflow, "TLS record too long"));
+        }
+        Ok((buf.len() >= HEADER + len).then_some(HEADER + len))
+    }
+
+    /// Opens the whole record `rec` in place (one [`Self::whole`] measured). What it owes the
+    /// peer (the answer to a key update, a refusal to renegotiate) is sealed onto `outbox`.
+    pub fn open(&mut self, rec: &mut [u8], outbox: &mut Vec<u8>) -> Result<Opened, Fail> {
+        let bad_mac = || Fail { error: rustls::Error::DecryptError, alert: Some(AlertDescription::BadRecordMac) };
+        let k = self.rx.keyed()?;
+        let seq = self.rx.seq;
+        let typ = rec[0];
+        let (content, range) = if self.tls13 {
+            // After the handshake only protected records may come (a change_cipher_spec is
+            // allowed during the handshake alone, RFC 8446 5).
+            if typ != APPLICATION_DATA {
+                return Err(fail(AlertDescription::UnexpectedMessage, "unprotected TLS record after the handshake"));
+            }
+            let header: [u8; HEADER] = rec[..HEADER].try_into().expect("a whole record has its header");
+            let n = Nonce::assume_unique_for_key(nonce(&k.iv, seq));
+            let len = k.key.open_in_place(n, Aad::from(header), &mut rec[HEADER..]).map_err(|_| bad_mac())?.len();
+            // The inner plaintext: content, the real content type, zero padding.
+            let Some(end) = rec[HEADER..HEADER + len].iter().rposition(|&b| b != 0) else {
+                return Err(fail(AlertDescription::UnexpectedMessage, "TLS record with no content type"));
+            };
+            if end > MAX_PLAIN {
+                return Err(fail(AlertDescription::RecordOverflow, "TLS plaintext too long"));
+            }
+            (rec[HEADER + end], HEADER..HEADER + end)
+        } else {
+            if !matches!(typ, APPLICATION_DATA | ALERT | HANDSHAKE) {
+                return Err(fail(AlertDescription::UnexpectedMessage, "unexpected TLS record type"));
+            }
+            let explicit = if k.gcm { 8 } else { 0 };
+            let Some(len) = (rec.len() - HEADER).checked_sub(explicit + TAG) else {
+                return Err(bad_mac());
+            };
+            if len > MAX_PLAIN {
+                return Err(fail(AlertDescription::RecordOverflow, "TLS plaintext too long"));
+            }
+            let n = if k.gcm {
+                // The salt from the key block, then the nonce the sender chose.
+                let mut n = [0u8; 12];
+                n[..4].copy_from_slice(&k.iv[..4]);
+                n[4..].copy_from_slice(&rec[HEADER..HEADER + 8]);
+                n
+            } else {
+                nonce(&k.iv, seq)
+            };
+            let n = Nonce::assume_unique_for_key(n);
+            let at = HEADER + explicit;
+            k.key.open_in_place(n, Aad::from(aad12(seq, typ, len)), &mut rec[at..]).map_err(|_| bad_mac())?;
+            (typ, at..at + len)
+        };
+        self.rx.seq =
+            seq.checked_add(1).ok_or_else(|| fail(AlertDescription::InternalError, "TLS sequence exhausted"))?;
+        match content {
+            APPLICATION_DATA => Ok(Opened::Data(range)),
+            ALERT => self.alert(&rec[range]),
+            HANDSHAKE => self.post_handshake(&rec[range], outbox),
+            CHANGE_CIPHER_SPEC => {
+                Err(fail(AlertDescription::UnexpectedMessage, "change_cipher_spec after the handshake"))
+            }
+            _ => Err(fail(AlertDescription::UnexpectedMessage, "unknown TLS content type")),
+        }
+    }
+
+    fn alert(&self, a: &[u8]) -> Result<Opened, Fail> {
+        let &[level, desc] = a else {
+            return Err(fail(AlertDescription::DecodeError, "malformed TLS alert"));
+        };
+        let desc = AlertDescription::from(desc);
+        match desc {
+            AlertDescription::CloseNotify => Ok(Opened::Closed),
+            // TLS 1.3 has no warnings but this one (RFC 8446 6.1); TLS 1.2's are ignored.
+            AlertDescription::UserCanceled => Ok(Opened::Nothing),
+            _ if !self.tls13 && level == 1 => Ok(Opened::Nothing),
+            _ => Err(Fail { error: rustls::Error::AlertReceived(desc), alert: None }),
+        }
+    }
+
+    /// A handshake message after the handshake: a TLS 1.3 KeyUpdate is followed, a TLS 1.2
+    /// renegotiation is refused with a warning (as rustls does); anything else is an error.
+    fn post_handshake(&mut self, msg: &[u8], outbox: &mut Vec<u8>) -> Result<Opened, Fail> {
+        if !self.tls13 {
+            if msg.first() == Some(&CLIENT_HELLO) {
+                let mut out = [0u8; 2 + OVERHEAD];
+                let n = self.seal(ALERT, &[1, AlertDescription::NoRenegotiation.into()], &mut out)?;
+                outbox.extend_from_slice(&out[..n]);
+                return Ok(Opened::Nothing);
+            }
+            return Err(fail(AlertDescription::UnexpectedMessage, "unexpected TLS handshake message"));
+        }
+        // A KeyUpdate is 5 bytes and changes the key: it must be the record's only message
+        // (RFC 8446 5.1: no handshake message may span a key change).
+        match msg {
+            &[KEY_UPDATE, 0, 0, 1, requested @ (0 | 1)] => {
+                let kernel = self.kernel.as_mut().expect("a TLS 1.3 connection keeps its key schedule");
+                let (seq, secrets) = kernel.update_rx_secret().map_err(|e| Fail { error: e, alert: None })?;
+                self.rx = Direction { secrets, seq };
+                if requested == 1 {
+                    // Ours goes out under the old key, before anything sealed after it.
+                    let mut out = [0u8; 4 + 1 + OVERHEAD];
+                    let n = self.seal_one(HANDSHAKE, &[KEY_UPDATE, 0, 0, 1, 0], &mut out, None)?;
+                    outbox.extend_from_slice(&out[..n]);
+                    self.next_tx()?;
+                }
+                Ok(Opened::Nothing)
+            }
+            [KEY_UPDATE, ..] => Err(fail(AlertDescription::DecodeError, "malformed TLS KeyUpdate")),
+            _ => Err(fail(AlertDescription::UnexpectedMessage, "unexpected TLS handshake message")),
+        }
+    }
+
+    fn next_tx(&mut self) -> Result<(), Fail> {
+        let kernel = self.kernel.as_mut().expect("a TLS 1.3 connection keeps its key schedule");
+        let (seq, secrets) = kernel.update_tx_secret().map_err(|e| Fail { error: e, alert: None })?;
+        self.tx = Direction { secrets, seq };
+        Ok(())
+    }
+
+    /// Seals `plain` as records of content type `typ` into `out`, which has room for it and
+    /// [`OVERHEAD`] for every [`MAX_PLAIN`] of it, and one record more; returns the bytes
+    /// written.
+    pub fn seal(&mut self, typ: u8, plain: &[u8], out: &mut [u8]) -> Result<usize, Fail> {
+        let mut k = self.tx.keyed()?;
+        let mut at = 0;
+        for chunk in plain.chunks(MAX_PLAIN) {
+            if k.gcm && self.tx.seq >= self.gcm_limit {
+                if !self.tls13 {
+                    let error = rustls::Error::General("TLS 1.2 record limit of the key reached".into());
+                    return Err(Fail { error, alert: None });
+                }
+                at += self.seal_one(HANDSHAKE, &[KEY_UPDATE, 0, 0, 1, 0], &mut out[at..], Some(&k))?;
+                self.next_tx()?;
+                k = self.tx.keyed()?;
+            }
+            at += self.seal_one(typ, chunk, &mut out[at..], Some(&k))?;
+        }
+        Ok(at)
+    }
+
+    /// Seals one record under `k` (this direction's key when `None`).
+    fn seal_one(&mut self, typ: u8, plain: &[u8], out: &mut [u8], k: Option<&Keyed>) -> Result<usize, Fail> {
+        let own;
+        let k = match k {
+            Some(k) => k,
+            None => {
+                own = self.tx.keyed()?;
+                &own
+            }
+        };
+        let short = || fail(AlertDescription::InternalError, "no room to seal a TLS record");
+        if plain.len() > MAX_PLAIN || out.len() < plain.len() + OVERHEAD {
+            return Err(short());
+        }
+        let seq = self.tx.seq;
+        let n = nonce(&k.iv, seq);
+        let (body, tag_at) = if self.tls13 {
+            let len = plain.len() + 1 + TAG;
+            out[..HEADER].copy_from_slice(&[APPLICATION_DATA, 3, 3, (len >> 8) as u8, len as u8]);
+            out[HEADER..HEADER + plain.len()].copy_from_slice(plain);
+            out[HEADER + plain.len()] = typ;
+            let header: [u8; HEADER] = out[..HEADER].try_into().expect("5 bytes");
+            let end = HEADER + plain.len() + 1;
+            let tag = k
+                .key
+                .seal_in_place_separate_tag(Nonce::assume_unique_for_key(n), Aad::from(header), &mut out[HEADER..end])
+                .map_err(|_| short())?;
+            out[end..end + TAG].copy_from_slice(tag.as_ref());
+            (HEADER + len, end)
+        } else {
+            let explicit = if k.gcm { 8 } else { 0 };
+            let len = explicit + plain.len() + TAG;
+            out[..HEADER].copy_from_slice(&[typ, 3, 3, (len >> 8) as u8, len as u8]);
+            if k.gcm {
+                out[HEADER..HEADER + 8].copy_from_slice(&n[4..]);
+            }
+            let at = HEADER + explicit;
+            let end = at + plain.len();
+            out[at..end].copy_from_slice(plain);
+            let tag = k
+                .key
+                .seal_in_place_separate_tag(
+                    Nonce::assume_unique_for_key(n),
+                    Aad::from(aad12(seq, typ, plain.len())),
+                    &mut out[at..end],
+                )
+                .map_err(|_| short())?;
+            out[end..end + TAG].copy_from_slice(tag.as_ref());
+            (HEADER + len, end)
+        };
+        debug_assert_eq!(body, tag_at + TAG);
+        // A sequence number is never used twice under one key: past u64::MAX there is none.
+        self.tx.seq =
+            seq.checked_add(1).ok_or_else(|| fail(AlertDescription::InternalError, "TLS sequence exhausted"))?;
+        Ok(body)
+    }
+
+    /// Application data sealed into `out` (see [`Self::seal`]).
+    pub fn seal_data(&mut self, plain: &[u8], out: &mut [u8]) -> Result<usize, Fail> {
+        self.seal(APPLICATION_DATA, plain, out)
+    }
+
+    /// A sealed close_notify for `out`.
+    pub fn close_notify(&mut self, out: &mut [u8]) -> Result<usize, Fail> {
+        self.seal(ALERT, &[1, AlertDescription::CloseNotify.into()], out)
+    }
+
+    /// A sealed fatal alert, best effort: the connection is failing anyway.
+    pub fn fatal(&mut self, alert: AlertDescription) -> Option<Vec<u8>> {
+        let mut out = vec![0u8; 2 + OVERHEAD];
+        let n = self.seal(ALERT, &[2, alert.into()], &mut out).ok()?;
+        out.truncate(n);
+        Some(out)
+    }
+}
+
+/// The connection's side of the hand-over and of opening records.
+impl State {
+    /// [`Self::process`] once [`Records`] has the keys: every whole record is opened in place.
+    pub(super) fn open_records(
+        &mut self,
+        inb: &mut [u8],
+        start: &mut usize,
+        out: &mut [u8],
+        filled: &mut usize,
+    ) -> io::Result<()> {
+        let Engine::Records(r) = &mut self.engine else { return Err(self.gone()) };
+        while !self.eof {
+            let res = match r.whole(&inb[*start..]) {
+                Ok(None) => return Ok(()),
+                Ok(Some(len)) => r.open(&mut inb[*start..*start + len], &mut self.outbox).map(|o| (o, len)),
+                Err(f) => Err(f),
+            };
+            let (opened, len) = match res {
+                Ok(ok) => ok,
+                Err(f) => {
+                    if let Some(alert) = f.alert.and_then(|a| r.fatal(a)) {
+                        self.outbox.extend_from_slice(&alert);
+                    }
+                    let io = broken(&f.error);
+                    self.failed = Some(f.error);
+                    return Err(io);
+                }
+            };
+            match opened {
+                Opened::Data(range) => {
+                    let p = &inb[*start + range.start..*start + range.end];
+                    let n = p.len().min(out.len() - *filled);
+                    out[*filled..*filled + n].copy_from_slice(&p[..n]);
+                    *filled += n;
+                    self.plain.extend_from_slice(&p[n..]);
+                }
+                Opened::Closed => self.eof = true,
+                Opened::Nothing => {}
+            }
+            *start += len;
+        }
+        Ok(())
+    }
+
+    /// Hands the keys over from rustls to [`Records`], once the handshake is over and every
+    /// record rustls made has been taken.
+    pub(super) fn take_keys(&mut self) -> io::Result<()> {
+        let Engine::Rustls(conn) = std::mem::replace(&mut self.engine, Engine::Gone) else {
+            return Ok(());
+        };
+        let (secrets, kernel) = conn.dangerous_into_kernel_connection().map_err(|e| broken(&e))?;
+        let records = Records::new(secrets, kernel).map_err(|f| broken(&f.error))?;
+        self.engine = Engine::Records(records);
+        Ok(())
+    }
+
+    /// A write that could not be sealed: the connection is failed.
+    pub(super) fn failed_sealing(&mut self, f: Fail) -> io::Error {
+        let io = broken(&f.error);
+        self.failed = Some(f.error);
+        io
+    }
+}
