@@ -29,6 +29,10 @@ const READ: usize = 32 * 1024;
 /// The read scratch: what a connection may hold back (a handshake message being joined,
 /// which rustls caps at 64 KiB, or the start of a record) and one read after it.
 const IN_CAP: usize = 64 * 1024 + 1024 + READ;
+/// Socket reads one [`EdgeTls::read_some`] makes that bring no plaintext (records with no
+/// data, a key update, a warning) before it gives the task back: a peer streaming such records
+/// does not hold the worker.
+const EMPTY_READS: usize = 4;
 /// Plaintext one write encrypts at most (a caller with more writes again).
 const WRITE_MAX: usize = 64 * 1024;
 /// The write scratch: `WRITE_MAX` in 16 KiB records, each with at most 64 bytes of header,
@@ -142,7 +146,12 @@ impl State {
             Engine::Gone => return Err(self.gone()),
         };
         loop {
-            let UnbufferedStatus { mut discard, state } = conn.process_tls_records(&mut inb[*start..]);
+            // Once the handshake is over rustls gets no more input, only the chance to hand out
+            // what it owes (tickets, its Finished): a record after the client's Finished (a key
+            // update, say) is for `Records`, which takes the keys as they are now.
+            let over = !conn.is_handshaking();
+            let input = if over { &mut [][..] } else { &mut inb[*start..] };
+            let UnbufferedStatus { mut discard, state } = conn.process_tls_records(input);
             let res = match state {
                 Ok(ConnectionState::ReadTraffic(mut r)) => {
                     let mut res = Ok(false);
@@ -189,6 +198,11 @@ impl State {
                 Err(e) => return Err(self.fail(e, &mut inb[*start..])),
             }
         }
+    }
+
+    /// rustls finished the handshake and the keys are still to be handed over.
+    fn handshake_over(&self) -> bool {
+        matches!(&self.engine, Engine::Rustls(conn) if !conn.is_handshaking())
     }
 
     fn gone(&self) -> io::Error {
@@ -352,6 +366,7 @@ impl EdgeTls {
             inb[..used].copy_from_slice(&st.inbox);
             let mut start = 0;
             let mut filled = 0;
+            let mut empty_reads = 0;
             let res = loop {
                 // (Nothing to process is nothing to do: what rustls owes comes out of input.)
                 if used > start {
@@ -359,8 +374,11 @@ impl EdgeTls {
                         break Err(e);
                     }
                 }
-                if filled > 0 || st.eof || !st.plain.is_empty() {
+                if filled > 0 || st.eof || !st.plain.is_empty() || st.handshake_over() {
                     break Ok(filled);
+                }
+                if empty_reads == EMPTY_READS {
+                    break Err(io::ErrorKind::WouldBlock.into());
                 }
                 // Only the start of a record is left: it moves to the front, once per read.
                 if start > 0 {
@@ -377,7 +395,10 @@ impl EdgeTls {
                         st.eof = true;
                         break Ok(0);
                     }
-                    Ok(n) => used += n,
+                    Ok(n) => {
+                        used += n;
+                        empty_reads += 1;
+                    }
                     Err(e) => break Err(e),
                 }
             };

@@ -21,7 +21,7 @@ use std::ops::Range;
 use ring::aead::{Aad, LessSafeKey, Nonce, UnboundKey, AES_128_GCM, AES_256_GCM, CHACHA20_POLY1305};
 use rustls::kernel::KernelConnection;
 use rustls::server::ServerConnectionData;
-use rustls::{AlertDescription, ConnectionTrafficSecrets, ExtractedSecrets, ProtocolVersion};
+use rustls::{AlertDescription, ConnectionTrafficSecrets, ExtractedSecrets, ProtocolVersion, SupportedCipherSuite};
 
 use super::{broken, Engine, State};
 
@@ -39,10 +39,11 @@ const HANDSHAKE: u8 = 22;
 const APPLICATION_DATA: u8 = 23;
 const CLIENT_HELLO: u8 = 1;
 const KEY_UPDATE: u8 = 24;
-/// Records sealed under one AES-GCM key: a TLS 1.3 connection moves to a new key before this
-/// (RFC 8446 5.5; rustls' figure for AES-256-GCM, the lower of the two), a TLS 1.2 one, which
-/// has no key update, is closed.
-const GCM_RECORDS: u64 = 1 << 23;
+/// What a peer may send that costs us work and brings no data, as rustls allows it: key
+/// updates in a row without data between them, renegotiation requests, warnings.
+const KEY_UPDATES_IN_A_ROW: u8 = 32;
+const RENEGOTIATIONS: u8 = 1;
+const WARNINGS: u8 = 4;
 
 /// Why a record could not be opened or sealed, and the alert the peer is owed for it.
 #[derive(Debug)]
@@ -122,8 +123,17 @@ pub struct Records {
     tx: Direction,
     /// TLS 1.3 only: rustls' key schedule, for the secrets after a key update.
     kernel: Option<Box<KernelConnection<ServerConnectionData>>>,
-    /// Records sealed under one AES-GCM key ([`GCM_RECORDS`]; lower in tests).
-    gcm_limit: u64,
+    /// Records sealed under one key before a TLS 1.3 connection moves to the next and a TLS
+    /// 1.2 one, which cannot, is closed: the suite's confidentiality limit (RFC 8446 5.5).
+    limit: u64,
+    /// The peer asked for our key update: it goes out before the next record we seal (RFC
+    /// 8446 4.6.3), once however many requests came.
+    answer_owed: bool,
+    /// close_notify is sealed: nothing more is.
+    closed: bool,
+    key_updates: u8,
+    renegotiations: u8,
+    warnings: u8,
 }
 
 impl Records {
@@ -133,6 +143,10 @@ impl Records {
             ProtocolVersion::TLSv1_2 => false,
             _ => return Err(fail(AlertDescription::InternalError, "unsupported TLS version")),
         };
+        let limit = match kernel.negotiated_cipher_suite() {
+            SupportedCipherSuite::Tls13(s) => s.common.confidentiality_limit,
+            SupportedCipherSuite::Tls12(s) => s.common.confidentiality_limit,
+        };
         let (tx, rx) = (
             Direction { seq: secrets.tx.0, secrets: secrets.tx.1 },
             Direction { seq: secrets.rx.0, secrets: secrets.rx.1 },
@@ -140,7 +154,18 @@ impl Records {
         // Both keys are usable, or the connection is refused now rather than at its first record.
         tx.keyed()?;
         rx.keyed()?;
-        Ok(Self { tls13, rx, tx, kernel: tls13.then(|| Box::new(kernel)), gcm_limit: GCM_RECORDS })
+        Ok(Self {
+            tls13,
+            rx,
+            tx,
+            kernel: tls13.then(|| Box::new(kernel)),
+            limit,
+            answer_owed: false,
+            closed: false,
+            key_updates: 0,
+            renegotiations: 0,
+            warnings: 0,
+        })
     }
 
     pub fn protocol_version(&self) -> ProtocolVersion {
@@ -152,8 +177,8 @@ impl Records {
     }
 
     #[cfg(test)]
-    pub fn set_gcm_limit(&mut self, records: u64) {
-        self.gcm_limit = records;
+    pub fn set_limit(&mut self, records: u64) {
+        self.limit = records;
     }
 
     #[cfg(test)]
@@ -167,7 +192,8 @@ impl Records {
         if buf.len() < HEADER {
             return Ok(None);
         }
-        if buf[1] != 3 {
+        // Every record after the handshake says TLS 1.2 in its header, in TLS 1.3 too.
+        if buf[1..3] != [3, 3] {
             return Err(fail(AlertDescription::DecodeError, "not a TLS record"));
         }
         let len = u16::from_be_bytes([buf[3], buf[4]]) as usize;
@@ -194,13 +220,14 @@ impl Records {
             let header: [u8; HEADER] = rec[..HEADER].try_into().expect("a whole record has its header");
             let n = Nonce::assume_unique_for_key(nonce(&k.iv, seq));
             let len = k.key.open_in_place(n, Aad::from(header), &mut rec[HEADER..]).map_err(|_| bad_mac())?.len();
-            // The inner plaintext: content, the real content type, zero padding.
+            // The inner plaintext: content, the real content type, zero padding; 2^14 + 1
+            // bytes at most, padding included (RFC 8446 5.4).
+            if len > MAX_PLAIN + 1 {
+                return Err(fail(AlertDescription::RecordOverflow, "TLS plaintext too long"));
+            }
             let Some(end) = rec[HEADER..HEADER + len].iter().rposition(|&b| b != 0) else {
                 return Err(fail(AlertDescription::UnexpectedMessage, "TLS record with no content type"));
             };
-            if end > MAX_PLAIN {
-                return Err(fail(AlertDescription::RecordOverflow, "TLS plaintext too long"));
-            }
             (rec[HEADER + end], HEADER..HEADER + end)
         } else {
             if !matches!(typ, APPLICATION_DATA | ALERT | HANDSHAKE) {
@@ -230,7 +257,12 @@ impl Records {
         self.rx.seq =
             seq.checked_add(1).ok_or_else(|| fail(AlertDescription::InternalError, "TLS sequence exhausted"))?;
         match content {
-            APPLICATION_DATA => Ok(Opened::Data(range)),
+            APPLICATION_DATA => {
+                if !range.is_empty() {
+                    self.key_updates = 0;
+                }
+                Ok(Opened::Data(range))
+            }
             ALERT => self.alert(&rec[range]),
             HANDSHAKE => self.post_handshake(&rec[range], outbox),
             CHANGE_CIPHER_SPEC => {
@@ -240,16 +272,23 @@ impl Records {
         }
     }
 
-    fn alert(&self, a: &[u8]) -> Result<Opened, Fail> {
-        let &[level, desc] = a else {
-            return Err(fail(AlertDescription::DecodeError, "malformed TLS alert"));
+    fn alert(&mut self, a: &[u8]) -> Result<Opened, Fail> {
+        let &[level @ (1 | 2), desc] = a else {
+            return Err(fail(AlertDescription::IllegalParameter, "malformed TLS alert"));
         };
         let desc = AlertDescription::from(desc);
+        let warning = level == 1;
         match desc {
             AlertDescription::CloseNotify => Ok(Opened::Closed),
-            // TLS 1.3 has no warnings but this one (RFC 8446 6.1); TLS 1.2's are ignored.
-            AlertDescription::UserCanceled => Ok(Opened::Nothing),
-            _ if !self.tls13 && level == 1 => Ok(Opened::Nothing),
+            // A warning is ignored, a few times: in TLS 1.3 only user_canceled may be one
+            // (RFC 8446 6).
+            _ if warning && (desc == AlertDescription::UserCanceled || !self.tls13) => {
+                self.warnings += 1;
+                if self.warnings > WARNINGS {
+                    return Err(fail(AlertDescription::UnexpectedMessage, "too many TLS warning alerts"));
+                }
+                Ok(Opened::Nothing)
+            }
             _ => Err(Fail { error: rustls::Error::AlertReceived(desc), alert: None }),
         }
     }
@@ -258,8 +297,9 @@ impl Records {
     /// renegotiation is refused with a warning (as rustls does); anything else is an error.
     fn post_handshake(&mut self, msg: &[u8], outbox: &mut Vec<u8>) -> Result<Opened, Fail> {
         if !self.tls13 {
-            if msg.first() == Some(&CLIENT_HELLO) {
-                let mut out = [0u8; 2 + OVERHEAD];
+            if msg.first() == Some(&CLIENT_HELLO) && self.renegotiations < RENEGOTIATIONS && !self.closed {
+                self.renegotiations += 1;
+                let mut out = [0u8; 2 * (4 + 1 + OVERHEAD)];
                 let n = self.seal(ALERT, &[1, AlertDescription::NoRenegotiation.into()], &mut out)?;
                 outbox.extend_from_slice(&out[..n]);
                 return Ok(Opened::Nothing);
@@ -267,20 +307,26 @@ impl Records {
             return Err(fail(AlertDescription::UnexpectedMessage, "unexpected TLS handshake message"));
         }
         // A KeyUpdate is 5 bytes and changes the key: it must be the record's only message
-        // (RFC 8446 5.1: no handshake message may span a key change).
+        // (RFC 8446 5.1: no handshake message may span a key change). One split across two
+        // records, which the RFC allows and no client does, is refused.
         match msg {
-            &[KEY_UPDATE, 0, 0, 1, requested @ (0 | 1)] => {
+            &[KEY_UPDATE, 0, 0, 1, requested] => {
+                if requested > 1 {
+                    return Err(fail(AlertDescription::IllegalParameter, "malformed TLS KeyUpdate"));
+                }
+                self.key_updates += 1;
+                if self.key_updates > KEY_UPDATES_IN_A_ROW {
+                    return Err(fail(AlertDescription::UnexpectedMessage, "too many TLS key updates"));
+                }
                 let kernel = self.kernel.as_mut().expect("a TLS 1.3 connection keeps its key schedule");
                 let (seq, secrets) = kernel.update_rx_secret().map_err(|e| Fail { error: e, alert: None })?;
                 self.rx = Direction { secrets, seq };
-                if requested == 1 {
-                    // Ours goes out under the old key, before anything sealed after it.
-                    let mut out = [0u8; 4 + 1 + OVERHEAD];
-                    let n = self.seal_one(HANDSHAKE, &[KEY_UPDATE, 0, 0, 1, 0], &mut out, None)?;
-                    outbox.extend_from_slice(&out[..n]);
-                    self.next_tx()?;
-                }
+                // Sealed before our next record; nothing after our close_notify.
+                self.answer_owed |= requested == 1 && !self.closed;
                 Ok(Opened::Nothing)
+            }
+            [KEY_UPDATE, 0, 0, 1, _, ..] => {
+                Err(fail(AlertDescription::UnexpectedMessage, "TLS KeyUpdate not at a record's end"))
             }
             [KEY_UPDATE, ..] => Err(fail(AlertDescription::DecodeError, "malformed TLS KeyUpdate")),
             _ => Err(fail(AlertDescription::UnexpectedMessage, "unexpected TLS handshake message")),
@@ -298,17 +344,24 @@ impl Records {
     /// [`OVERHEAD`] for every [`MAX_PLAIN`] of it, and one record more; returns the bytes
     /// written.
     pub fn seal(&mut self, typ: u8, plain: &[u8], out: &mut [u8]) -> Result<usize, Fail> {
+        if self.closed {
+            let error = rustls::Error::General("TLS connection closed for writing".into());
+            return Err(Fail { error, alert: None });
+        }
         let mut k = self.tx.keyed()?;
         let mut at = 0;
         for chunk in plain.chunks(MAX_PLAIN) {
-            if k.gcm && self.tx.seq >= self.gcm_limit {
-                if !self.tls13 {
-                    let error = rustls::Error::General("TLS 1.2 record limit of the key reached".into());
-                    return Err(Fail { error, alert: None });
-                }
+            // The key update a peer asked for, or ours at the limit, under the old key.
+            if self.answer_owed || (self.tls13 && self.tx.seq >= self.limit) {
                 at += self.seal_one(HANDSHAKE, &[KEY_UPDATE, 0, 0, 1, 0], &mut out[at..], Some(&k))?;
+                self.answer_owed = false;
                 self.next_tx()?;
                 k = self.tx.keyed()?;
+            }
+            if self.tx.seq >= self.limit {
+                // TLS 1.2 has no key update: the connection ends, with a close_notify.
+                let error = rustls::Error::General("TLS 1.2 record limit of the key reached".into());
+                return Err(Fail { error, alert: Some(AlertDescription::CloseNotify) });
             }
             at += self.seal_one(typ, chunk, &mut out[at..], Some(&k))?;
         }
@@ -377,15 +430,25 @@ impl Records {
         self.seal(APPLICATION_DATA, plain, out)
     }
 
-    /// A sealed close_notify for `out`.
+    /// A sealed close_notify for `out`: the last record this connection seals.
     pub fn close_notify(&mut self, out: &mut [u8]) -> Result<usize, Fail> {
-        self.seal(ALERT, &[1, AlertDescription::CloseNotify.into()], out)
+        if self.closed {
+            return Ok(0);
+        }
+        self.closed = true;
+        self.seal_one(ALERT, &[1, AlertDescription::CloseNotify.into()], out, None)
     }
 
-    /// A sealed fatal alert, best effort: the connection is failing anyway.
-    pub fn fatal(&mut self, alert: AlertDescription) -> Option<Vec<u8>> {
+    /// A sealed alert that ends the connection (close_notify as a warning, anything else
+    /// fatal), best effort: the connection is ending anyway. None after our close_notify.
+    pub fn last_alert(&mut self, alert: AlertDescription) -> Option<Vec<u8>> {
+        if self.closed {
+            return None;
+        }
+        self.closed = true;
+        let level = if alert == AlertDescription::CloseNotify { 1 } else { 2 };
         let mut out = vec![0u8; 2 + OVERHEAD];
-        let n = self.seal(ALERT, &[2, alert.into()], &mut out).ok()?;
+        let n = self.seal_one(ALERT, &[level, alert.into()], &mut out, None).ok()?;
         out.truncate(n);
         Some(out)
     }
@@ -411,7 +474,7 @@ impl State {
             let (opened, len) = match res {
                 Ok(ok) => ok,
                 Err(f) => {
-                    if let Some(alert) = f.alert.and_then(|a| r.fatal(a)) {
+                    if let Some(alert) = f.alert.and_then(|a| r.last_alert(a)) {
                         self.outbox.extend_from_slice(&alert);
                     }
                     let io = broken(&f.error);
@@ -449,6 +512,11 @@ impl State {
 
     /// A write that could not be sealed: the connection is failed.
     pub(super) fn failed_sealing(&mut self, f: Fail) -> io::Error {
+        if let (Engine::Records(r), Some(a)) = (&mut self.engine, f.alert) {
+            if let Some(alert) = r.last_alert(a) {
+                self.outbox.extend_from_slice(&alert);
+            }
+        }
         let io = broken(&f.error);
         self.failed = Some(f.error);
         io

@@ -219,7 +219,7 @@ async fn the_server_updates_its_key_at_the_record_limit() {
     let pki = pki(&[&rustls::version::TLS13]);
     let (mut tls, mut c) = connected(&pki).await;
     match &mut tls.lock().engine {
-        Engine::Records(r) => r.set_gcm_limit(3),
+        Engine::Records(r) => r.set_limit(3),
         _ => panic!("records after the handshake"),
     }
     for round in 0..10u8 {
@@ -270,4 +270,102 @@ async fn an_oversized_record_is_refused_at_its_header() {
     let mut buf = [0u8; 16];
     let err = tokio::time::timeout(Duration::from_secs(5), tls.read(&mut buf)).await.unwrap().expect_err("refused");
     assert_eq!(err.kind(), io::ErrorKind::InvalidData);
+}
+
+/// TLS 1.2 has no key update: at the record limit the connection ends with a close_notify,
+/// after everything sealed before it, instead of sealing past the limit.
+#[tokio::test]
+async fn a_tls12_connection_at_the_record_limit_closes_cleanly() {
+    let pki = pki(&[&rustls::version::TLS12]);
+    let (tls, mut c) = connected(&pki).await;
+    match &mut tls.lock().engine {
+        Engine::Records(r) => r.set_limit(3),
+        _ => panic!("records after the handshake"),
+    }
+    let mut sent = 0;
+    let err = loop {
+        match tls.try_write(&[9u8; 10]) {
+            Ok(n) => sent += n,
+            Err(e) => break e,
+        }
+    };
+    assert_eq!(err.kind(), io::ErrorKind::InvalidData, "{err}");
+    std::future::poll_fn(|cx| tls.poll_flush_outbox(cx)).await.unwrap();
+    let mut got = Vec::new();
+    tokio::time::timeout(Duration::from_secs(5), c.read_to_end(&mut got)).await.unwrap().unwrap();
+    assert_eq!(got, vec![9u8; sent], "what was sealed arrives, then a clean end");
+    assert!(sent > 0);
+}
+
+/// Key updates with no data between them cost work and bring nothing: past rustls' allowance
+/// the connection fails instead of answering them for ever.
+#[tokio::test]
+async fn a_flood_of_key_updates_fails_the_connection() {
+    let pki = pki(&[&rustls::version::TLS13]);
+    let (mut tls, mut c) = connected(&pki).await;
+    for _ in 0..40 {
+        c.get_mut().1.refresh_traffic_keys().unwrap();
+    }
+    c.flush().await.unwrap();
+    let mut buf = [0u8; 16];
+    let err = tokio::time::timeout(Duration::from_secs(5), tls.read(&mut buf)).await.unwrap().expect_err("refused");
+    assert!(err.to_string().contains("too many TLS key updates"), "{err}");
+}
+
+/// A connection whose client's bytes after its first flight reach the server in one piece:
+/// what the client sends after its Finished (a key update, data) lands in the same read.
+async fn coalescing_pair() -> (TcpStream, TcpStream) {
+    let (s, relay_s) = pair().await;
+    let (relay_c, c) = pair().await;
+    let (mut from_c, mut to_c) = relay_c.into_split();
+    let (mut from_s, mut to_s) = relay_s.into_split();
+    tokio::spawn(async move {
+        let mut buf = vec![0u8; 65536];
+        let mut first = true;
+        loop {
+            if !first {
+                // Everything the client wrote meanwhile goes over in one write.
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+            first = false;
+            match from_c.read(&mut buf).await {
+                Ok(0) | Err(_) => break,
+                Ok(n) => {
+                    if to_s.write_all(&buf[..n]).await.is_err() {
+                        break;
+                    }
+                }
+            }
+        }
+    });
+    tokio::spawn(async move {
+        let _ = tokio::io::copy(&mut from_s, &mut to_c).await;
+    });
+    (s, c)
+}
+
+/// A key update right behind the client's Finished, in the same read as it: the keys are
+/// handed over before rustls sees it, so its answer is ours and the client reads on.
+#[tokio::test]
+async fn a_key_update_right_after_the_handshake_survives_the_hand_over() {
+    let pki = pki(&[&rustls::version::TLS13]);
+    for round in 0..3u8 {
+        let (s, c) = coalescing_pair().await;
+        let connector = tokio_rustls::TlsConnector::from(pki.client.clone());
+        let client = async {
+            let mut c = connector.connect(ServerName::try_from("a.example").unwrap(), c).await.unwrap();
+            c.get_mut().1.refresh_traffic_keys().unwrap();
+            c.write_all(&[round; 10]).await.unwrap();
+            c
+        };
+        let (tls, c) = tokio::join!(accept(s, pki.server.clone()), client);
+        let (mut tls, mut c) = (tls.unwrap().0, c);
+        let mut got = [0u8; 10];
+        tls.read_exact(&mut got).await.unwrap();
+        assert_eq!(got, [round; 10]);
+        tls.write_all(&[round; 10]).await.unwrap();
+        let mut back = [0u8; 10];
+        tokio::time::timeout(Duration::from_secs(5), c.read_exact(&mut back)).await.unwrap().unwrap();
+        assert_eq!(back, [round; 10], "round {round}");
+    }
 }
