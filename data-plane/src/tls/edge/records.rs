@@ -56,6 +56,11 @@ fn fail(alert: AlertDescription, why: &str) -> Fail {
     Fail { error: rustls::Error::General(why.into()), alert: Some(alert) }
 }
 
+/// A TLS 1.3 connection keeps rustls' key schedule; this is for one that somehow has none.
+fn no_schedule() -> Fail {
+    fail(AlertDescription::InternalError, "no TLS key schedule for a key update")
+}
+
 /// What one record held.
 #[derive(Debug, PartialEq)]
 pub enum Opened {
@@ -173,6 +178,24 @@ impl Records {
             ProtocolVersion::TLSv1_3
         } else {
             ProtocolVersion::TLSv1_2
+        }
+    }
+
+    /// Both directions under the same `secrets` (so what is sealed opens here too), with no
+    /// key schedule: for the properties in `tests`.
+    #[cfg(test)]
+    pub fn for_tests(tls13: bool, secrets: impl Fn() -> ConnectionTrafficSecrets) -> Self {
+        Self {
+            tls13,
+            rx: Direction { secrets: secrets(), seq: 0 },
+            tx: Direction { secrets: secrets(), seq: 0 },
+            kernel: None,
+            limit: u64::MAX,
+            answer_owed: false,
+            closed: false,
+            key_updates: 0,
+            renegotiations: 0,
+            warnings: 0,
         }
     }
 
@@ -318,7 +341,7 @@ impl Records {
                 if self.key_updates > KEY_UPDATES_IN_A_ROW {
                     return Err(fail(AlertDescription::UnexpectedMessage, "too many TLS key updates"));
                 }
-                let kernel = self.kernel.as_mut().expect("a TLS 1.3 connection keeps its key schedule");
+                let Some(kernel) = self.kernel.as_mut() else { return Err(no_schedule()) };
                 let (seq, secrets) = kernel.update_rx_secret().map_err(|e| Fail { error: e, alert: None })?;
                 self.rx = Direction { secrets, seq };
                 // Sealed before our next record; nothing after our close_notify.
@@ -334,7 +357,7 @@ impl Records {
     }
 
     fn next_tx(&mut self) -> Result<(), Fail> {
-        let kernel = self.kernel.as_mut().expect("a TLS 1.3 connection keeps its key schedule");
+        let Some(kernel) = self.kernel.as_mut() else { return Err(no_schedule()) };
         let (seq, secrets) = kernel.update_tx_secret().map_err(|e| Fail { error: e, alert: None })?;
         self.tx = Direction { secrets, seq };
         Ok(())
@@ -453,6 +476,9 @@ impl Records {
         Some(out)
     }
 }
+
+#[cfg(test)]
+mod tests;
 
 /// The connection's side of the hand-over and of opening records.
 impl State {
