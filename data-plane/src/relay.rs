@@ -58,6 +58,9 @@ pub fn relay<'a>(
 ) -> impl Future<Output = Relayed> + 'a {
     async move {
         let sh = Shared::new(Instant::now());
+        if matches!((client, backend), (Stream::Plain(_), Stream::Plain(_))) {
+            sh.set_plain();
+        }
         let c2b = pump(Side::ToBackend, &limits, client, backend, client_early, &sh, ctl, stats);
         let b2c = pump(Side::ToClient, &limits, backend, client, backend_early, &sh, ctl, stats);
         let ((a, to_backend), (b, to_client)) = tokio::join!(c2b, b2c);
@@ -111,6 +114,11 @@ fn pump<'a>(
                     Box::pin(d.close(to, sh)).await?;
                 }
                 if rearm {
+                    // The other direction ended after the closing handshake: nothing more may
+                    // come this way (see `Shared::closed_cleanly`).
+                    if sh.finished_at().is_some() && sh.closed_cleanly() {
+                        return Ok(());
+                    }
                     // Activity only pushes deadlines later, so the timer may fire early; `on_timer`
                     // then finds nothing due and it is re-armed here. No timer work per message.
                     match (d.deadline(sh), timer.as_mut()) {

@@ -290,6 +290,10 @@ impl Direction {
         self.bytes += ok_len as u64;
         if !had_close && self.t.saw_close {
             sh.peer_ended(self.side);
+            sh.close_came(self.side);
+            if !self.swallowed {
+                sh.close_went(self.side);
+            }
         }
         msgs.fetch_add(self.t.messages - before, Relaxed);
         if let Some(v) = violation {
@@ -339,13 +343,16 @@ impl Direction {
             });
             if write_frame(to, &proxy_close(self.side, code)).await.is_ok() {
                 self.proxy_close = Some(code);
+                sh.close_went(self.side);
             }
         }
         sh.peer_ended(self.side);
-        // When the other direction is already done, the relay ends now and the socket is
-        // closed, which sends the FIN itself: a plain socket needs no separate shutdown (TLS
-        // still says close_notify first).
-        if !(sh.finished_at().is_some() && matches!(to, Stream::Plain(_))) {
+        // When the other direction is already done, or ends now because the closing handshake
+        // is over (`Shared::closed_cleanly`), the relay ends and the socket is closed, which
+        // sends the FIN itself: a plain socket needs no separate shutdown (TLS still says
+        // close_notify first).
+        let ending = sh.finished_at().is_some() || sh.closed_cleanly();
+        if !(ending && matches!(to, Stream::Plain(_))) {
             let _ = shutdown_write(to);
         }
     }
@@ -386,6 +393,7 @@ impl Direction {
         };
         write_frame(to, &proxy_close(self.side, code)).await?;
         self.proxy_close = Some(code);
+        sh.close_went(self.side);
         Ok(true)
     }
 }

@@ -1,7 +1,7 @@
 //! What the two directions of one connection share: the close the proxy decided, activity
 //! times, when one direction finished, and how the connection ended.
 
-use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
+use std::sync::atomic::{AtomicU64, AtomicU8, Ordering::Relaxed};
 use std::sync::Mutex;
 use std::time::Duration;
 
@@ -53,7 +53,27 @@ pub struct Shared {
     end: Slot<Option<End>>,
     why: Slot<Option<Why>>,
     first: Slot<Option<Side>>,
+    /// Which Close frames went by, and whether both sockets are plain (see
+    /// [`Self::closed_cleanly`]).
+    closes: AtomicU8,
 }
+
+/// Bits of [`Shared::closes`]: a Close came from the peer feeding `side`, a Close went out to
+/// `side`'s peer, both sockets are plain TCP.
+fn came_from(side: Side) -> u8 {
+    match side {
+        Side::ToBackend => 1,
+        Side::ToClient => 2,
+    }
+}
+fn went_to(side: Side) -> u8 {
+    match side {
+        Side::ToBackend => 4,
+        Side::ToClient => 8,
+    }
+}
+const ALL_CLOSES: u8 = 1 | 2 | 4 | 8;
+const PLAIN: u8 = 16;
 
 impl Shared {
     pub fn new(now: Instant) -> Shared {
@@ -67,7 +87,31 @@ impl Shared {
             end: Slot::new(None),
             why: Slot::new(None),
             first: Slot::new(None),
+            closes: AtomicU8::new(0),
         }
+    }
+
+    /// Both sockets are plain TCP: closing one sends its FIN, with nothing owed before it.
+    pub fn set_plain(&self) {
+        self.closes.fetch_or(PLAIN, Relaxed);
+    }
+
+    /// The peer feeding `side` sent its Close frame.
+    pub fn close_came(&self, side: Side) {
+        self.closes.fetch_or(came_from(side), Relaxed);
+    }
+
+    /// A Close frame (the other peer's, or the proxy's own) went out to `side`'s peer.
+    pub fn close_went(&self, side: Side) {
+        self.closes.fetch_or(went_to(side), Relaxed);
+    }
+
+    /// The WebSocket closing handshake is over on both legs (each peer sent a Close and got
+    /// one) and both sockets are plain: neither peer may send anything more (RFC 6455 5.5.1),
+    /// so once one hangs up the relay ends at once and closes both sockets, as NGINX does,
+    /// instead of half-closing and waiting for the other's FIN.
+    pub fn closed_cleanly(&self) -> bool {
+        self.closes.load(Relaxed) == ALL_CLOSES | PLAIN
     }
 
     /// Records that `side`'s input just spoke (the client, if it feeds the backend).

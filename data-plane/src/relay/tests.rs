@@ -338,6 +338,23 @@ async fn a_client_that_breaks_the_protocol_still_gets_the_replies_then_1002() {
     assert_eq!((done.to_backend.messages, done.to_client.messages), (1, 1));
 }
 
+/// After the closing handshake neither peer may send more: the first to hang up ends the
+/// relay, and the other's socket is closed at once (as NGINX does) instead of half-closed
+/// while the proxy waits up to `CLOSE_LINGER` for its FIN.
+#[tokio::test]
+async fn once_both_closes_went_by_the_first_hang_up_ends_the_relay() {
+    let mut r = Rig::start(NO_LIMITS).await;
+    r.client.send(&close_frame(1000, "", Some(MASK))).await;
+    assert_eq!(r.backend.frame().await.close_code(), 1000);
+    r.backend.send(&close_frame(1000, "", None)).await;
+    assert_eq!(r.client.frame().await.close_code(), 1000);
+    // The backend hangs up; the client, which has its Close, does not.
+    r.backend.s.shutdown().await.unwrap();
+    let done = timeout(QUIET, &mut r.relay).await.expect("the relay ended without waiting for the client").unwrap();
+    assert_eq!((done.end, done.first), (End::Peer, Some(Side::ToBackend)));
+    r.client.eof().await;
+}
+
 #[tokio::test]
 async fn nothing_after_a_peers_close_is_passed_on() {
     let mut r = Rig::start(NO_LIMITS).await;
