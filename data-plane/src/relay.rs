@@ -114,9 +114,9 @@ fn pump<'a>(
                     Box::pin(d.close(to, sh)).await?;
                 }
                 if rearm {
-                    // The other direction ended after the closing handshake: nothing more may
-                    // come this way (see `Shared::closed_cleanly`).
-                    if sh.finished_at().is_some() && sh.closed_cleanly() {
+                    // The other peer is gone and this one has closed: nothing more may come
+                    // this way (see `Shared::closed_for`).
+                    if sh.finished_at().is_some() && sh.closed_for(side.other()) {
                         return Ok(());
                     }
                     // Activity only pushes deadlines later, so the timer may fire early; `on_timer`

@@ -347,11 +347,11 @@ impl Direction {
             }
         }
         sh.peer_ended(self.side);
-        // When the other direction is already done, or ends now because the closing handshake
-        // is over (`Shared::closed_cleanly`), the relay ends and the socket is closed, which
-        // sends the FIN itself: a plain socket needs no separate shutdown (TLS still says
+        // When the other direction is already done, or ends now because the peer it reads has
+        // closed (`Shared::closed_for`), the relay ends and the socket is closed, which sends
+        // the FIN itself: a plain socket needs no separate shutdown (TLS still says
         // close_notify first).
-        let ending = sh.finished_at().is_some() || sh.closed_cleanly();
+        let ending = sh.finished_at().is_some() || sh.closed_for(self.side);
         if !(ending && matches!(to, Stream::Plain(_))) {
             let _ = shutdown_write(to);
         }

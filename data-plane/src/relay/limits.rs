@@ -70,3 +70,13 @@ pub enum Side {
     ToBackend,
     ToClient,
 }
+
+impl Side {
+    /// The opposite direction.
+    pub fn other(self) -> Side {
+        match self {
+            Side::ToBackend => Side::ToClient,
+            Side::ToClient => Side::ToBackend,
+        }
+    }
+}

@@ -54,7 +54,7 @@ pub struct Shared {
     why: Slot<Option<Why>>,
     first: Slot<Option<Side>>,
     /// Which Close frames went by, and whether both sockets are plain (see
-    /// [`Self::closed_cleanly`]).
+    /// [`Self::closed_for`]).
     closes: AtomicU8,
 }
 
@@ -72,7 +72,6 @@ fn went_to(side: Side) -> u8 {
         Side::ToClient => 8,
     }
 }
-const ALL_CLOSES: u8 = 1 | 2 | 4 | 8;
 const PLAIN: u8 = 16;
 
 impl Shared {
@@ -106,12 +105,13 @@ impl Shared {
         self.closes.fetch_or(went_to(side), Relaxed);
     }
 
-    /// The WebSocket closing handshake is over on both legs (each peer sent a Close and got
-    /// one) and both sockets are plain: neither peer may send anything more (RFC 6455 5.5.1),
-    /// so once one hangs up the relay ends at once and closes both sockets, as NGINX does,
-    /// instead of half-closing and waiting for the other's FIN.
-    pub fn closed_cleanly(&self) -> bool {
-        self.closes.load(Relaxed) == ALL_CLOSES | PLAIN
+    /// The peer that `side` writes to has sent its Close and been sent one (its peer's or the
+    /// proxy's), and both sockets are plain: it may send nothing more (RFC 6455 5.5.1). Once
+    /// the other peer is gone, the relay then ends at once and closes both sockets, as NGINX
+    /// does, instead of half-closing this one and waiting for its FIN.
+    pub fn closed_for(&self, side: Side) -> bool {
+        let done = came_from(side.other()) | went_to(side) | PLAIN;
+        self.closes.load(Relaxed) & done == done
     }
 
     /// Records that `side`'s input just spoke (the client, if it feeds the backend).

@@ -355,6 +355,20 @@ async fn once_both_closes_went_by_the_first_hang_up_ends_the_relay() {
     r.client.eof().await;
 }
 
+/// A backend that hangs up without answering the client's Close: the client gets the proxy's
+/// 1001 in its place, has then sent and got a Close, and is closed at once.
+#[tokio::test]
+async fn a_client_that_closed_is_let_go_when_the_backend_drops_without_answering() {
+    let mut r = Rig::start(NO_LIMITS).await;
+    r.client.send(&close_frame(1000, "", Some(MASK))).await;
+    assert_eq!(r.backend.frame().await.close_code(), 1000);
+    r.backend.s.shutdown().await.unwrap();
+    assert_eq!(r.client.frame().await.close_code(), 1001);
+    let done = timeout(QUIET, &mut r.relay).await.expect("the relay ended without waiting for the client").unwrap();
+    assert_eq!(done.to_client.proxy_close, Some(1001));
+    r.client.eof().await;
+}
+
 #[tokio::test]
 async fn nothing_after_a_peers_close_is_passed_on() {
     let mut r = Rig::start(NO_LIMITS).await;
