@@ -60,6 +60,9 @@ pub struct Tracker {
     pub saw_close: bool,
     /// Where in the last fed chunk the Close frame began, when it began in that chunk.
     pub close_start: Option<usize>,
+    /// A frame that began in an earlier chunk (so partly passed on) broke a rule at its end:
+    /// the output stays mid-frame for good, and nothing more is passed on.
+    broken: bool,
 }
 
 fn header_len(h: &[u8]) -> usize {
@@ -99,6 +102,7 @@ impl Tracker {
             messages: 0,
             saw_close: false,
             close_start: None,
+            broken: false,
         }
     }
 
@@ -110,7 +114,7 @@ impl Tracker {
     /// True when the bytes fed so far end exactly between frames, where the proxy may insert
     /// a frame of its own.
     pub fn at_boundary(&self) -> bool {
-        !self.in_payload && self.hdr_len == 0
+        !self.in_payload && self.hdr_len == 0 && !self.broken
     }
 
     /// Feeds the next bytes of the stream; returns how many of them to pass on (all, unless a
@@ -120,7 +124,7 @@ impl Tracker {
     /// output is mid-frame.
     pub fn feed(&mut self, data: &[u8]) -> Result<usize, (usize, Violation)> {
         self.close_start = None;
-        if self.saw_close {
+        if self.saw_close || self.broken {
             return Ok(0);
         }
         let mut i = 0;
@@ -136,7 +140,12 @@ impl Tracker {
                 i += take;
                 if self.remaining == 0 {
                     self.in_payload = false;
-                    self.finish_frame().map_err(|v| (frame_start.unwrap_or(0), v))?;
+                    if let Err(v) = self.finish_frame() {
+                        // Part of this frame went out with an earlier chunk: no frame of the
+                        // proxy's may follow that part.
+                        self.broken = frame_start.is_none();
+                        return Err((frame_start.unwrap_or(0), v));
+                    }
                     if self.saw_close {
                         self.close_start = frame_start;
                         return Ok(i);
@@ -317,6 +326,19 @@ mod tests {
         }
         f.extend(std::iter::repeat_n(7u8, len));
         f
+    }
+
+    /// A Close whose code may not be sent, split so that its start went out with an earlier
+    /// read: the output is mid-frame, and stays so (no proxy frame may follow that part).
+    #[test]
+    fn a_bad_close_split_across_reads_leaves_the_output_mid_frame() {
+        let bad = close_frame(1005, "", Some([1, 2, 3, 4]));
+        let mut t = Tracker::new(1 << 20, Peer::Client);
+        assert_eq!(t.feed(&bad[..bad.len() - 1]), Ok(bad.len() - 1));
+        assert!(matches!(t.feed(&bad[bad.len() - 1..]), Err((0, Violation::Protocol(_)))));
+        assert!(!t.at_boundary());
+        assert_eq!(t.feed(&frame(true, OP_TEXT, 3, true)), Ok(0), "nothing more passes");
+        assert!(!t.at_boundary());
     }
 
     #[test]

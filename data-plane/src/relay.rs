@@ -117,6 +117,15 @@ fn pump<'a>(
                     // The other peer is gone and this one has closed: nothing more may come
                     // this way (see `Shared::closed_for`).
                     if sh.finished_at().is_some() && sh.closed_for(side.other()) {
+                        // What that peer sent meanwhile (a Pong, say) is read first: closing a
+                        // socket with unread input resets the connection, and the reset can
+                        // overtake the Close still on its way to the peer.
+                        let mut b = io::Buf::take();
+                        for _ in 0..4 {
+                            if !matches!(from.read_some(&mut b), Ok(n) if n > 0) {
+                                break;
+                            }
+                        }
                         return Ok(());
                     }
                     // Activity only pushes deadlines later, so the timer may fire early; `on_timer`

@@ -230,6 +230,8 @@ impl Direction {
                 self.swallowed = true;
             }
         }
+        // A Close going by may end the relay (`Shared::closed_for`): the loop looks again.
+        let closed_now = !had_close && self.t.saw_close;
         let fed = Fed { before, had_close, was_boundary, ok_len, violation };
         if ok_len > 0 {
             // Usually the socket takes it all at once. Otherwise wait, but not forever: a peer
@@ -240,7 +242,7 @@ impl Direction {
             }
         }
         Ok(match self.account(fed, sh, stats) {
-            Owed::Nothing => Step::Done(false),
+            Owed::Nothing => Step::Done(closed_now),
             owed => Step::Owes(owed),
         })
     }
@@ -256,16 +258,18 @@ impl Direction {
         sh: &Shared,
         stats: &BackendStats,
     ) -> io::Result<bool> {
+        let mut closed_now = false;
         let owed = match step {
             Step::Done(rearm) => return Ok(rearm),
             Step::Rest { sent, fed } => {
                 write_rest(to, &data[sent..fed.ok_len], now + self.stall).await?;
+                closed_now = !fed.had_close && self.t.saw_close;
                 self.account(fed, sh, stats)
             }
             Step::Owes(owed) => owed,
         };
         match owed {
-            Owed::Nothing => Ok(false),
+            Owed::Nothing => Ok(closed_now),
             Owed::Close => {
                 self.sent_close = self.send_close(to, sh).await?;
                 Ok(true)
@@ -347,11 +351,11 @@ impl Direction {
             }
         }
         sh.peer_ended(self.side);
-        // When the other direction is already done, or ends now because the peer it reads has
-        // closed (`Shared::closed_for`), the relay ends and the socket is closed, which sends
-        // the FIN itself: a plain socket needs no separate shutdown (TLS still says
-        // close_notify first).
-        let ending = sh.finished_at().is_some() || sh.closed_for(self.side);
+        // When the other direction is already done, or ends now because the peer this one
+        // writes to has closed and the peer that hung up owes nothing more
+        // (`Shared::closed_for`), the relay ends and the socket is closed, which sends the FIN
+        // itself: a plain socket needs no separate shutdown (TLS still says close_notify first).
+        let ending = sh.finished_at().is_some() || (sh.closed_for(self.side) && sh.close_went_to(self.side.other()));
         if !(ending && matches!(to, Stream::Plain(_))) {
             let _ = shutdown_write(to);
         }

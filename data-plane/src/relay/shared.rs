@@ -105,6 +105,11 @@ impl Shared {
         self.closes.fetch_or(went_to(side), Relaxed);
     }
 
+    /// A Close frame went out to `side`'s peer.
+    pub fn close_went_to(&self, side: Side) -> bool {
+        self.closes.load(Relaxed) & went_to(side) != 0
+    }
+
     /// The peer that `side` writes to has sent its Close and been sent one (its peer's or the
     /// proxy's), and both sockets are plain: it may send nothing more (RFC 6455 5.5.1). Once
     /// the other peer is gone, the relay then ends at once and closes both sockets, as NGINX
