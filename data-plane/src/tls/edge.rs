@@ -431,7 +431,7 @@ impl EdgeTls {
         let buf = &buf[..buf.len().min(WRITE_MAX)];
         with_scratch(&OUT, OUT_CAP, |o| {
             let n = match &mut st.engine {
-                Engine::Records(r) => r.seal_data(buf, o).map_err(|f| st.failed_sealing(f))?,
+                Engine::Records(r) => r.seal_data(buf, o).map_err(|f| st.failed_records(f))?,
                 _ => st.encrypt(o, |w, o| w.encrypt(buf, o))?,
             };
             st.send(&self.tcp, &o[..n])
@@ -452,7 +452,7 @@ impl EdgeTls {
             st.close_sent = true;
             with_scratch(&OUT, OUT_CAP, |o| {
                 let n = match &mut st.engine {
-                    Engine::Records(r) => r.close_notify(o).map_err(|f| st.failed_sealing(f))?,
+                    Engine::Records(r) => r.close_notify(o).map_err(|f| st.failed_records(f))?,
                     _ => st.encrypt(o, |w, o| w.queue_close_notify(o))?,
                 };
                 st.send(&self.tcp, &o[..n])

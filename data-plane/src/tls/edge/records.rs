@@ -76,7 +76,7 @@ struct Direction {
 }
 
 /// A direction's key, ready to use for one read or write.
-struct Keyed {
+pub struct Keyed {
     key: LessSafeKey,
     iv: [u8; 12],
     gcm: bool,
@@ -226,9 +226,14 @@ impl Records {
 
     /// Opens the whole record `rec` in place (one [`Self::whole`] measured). What it owes the
     /// peer (the answer to a key update, a refusal to renegotiate) is sealed onto `outbox`.
-    pub fn open(&mut self, rec: &mut [u8], outbox: &mut Vec<u8>) -> Result<Opened, Fail> {
+    /// `key` is the receive key built for an earlier record of the same read, if any: one key
+    /// schedule serves every record a read brings (a handshake message may change it).
+    pub fn open(&mut self, rec: &mut [u8], outbox: &mut Vec<u8>, key: &mut Option<Keyed>) -> Result<Opened, Fail> {
         let bad_mac = || Fail { error: rustls::Error::DecryptError, alert: Some(AlertDescription::BadRecordMac) };
-        let k = self.rx.keyed()?;
+        let k = match key {
+            Some(k) => k,
+            None => key.insert(self.rx.keyed()?),
+        };
         let seq = self.rx.seq;
         let typ = rec[0];
         let (content, range) = if self.tls13 {
@@ -284,7 +289,10 @@ impl Records {
                 Ok(Opened::Data(range))
             }
             ALERT => self.alert(&rec[range]),
-            HANDSHAKE => self.post_handshake(&rec[range], outbox),
+            HANDSHAKE => {
+                *key = None;
+                self.post_handshake(&rec[range], outbox)
+            }
             CHANGE_CIPHER_SPEC => {
                 Err(fail(AlertDescription::UnexpectedMessage, "change_cipher_spec after the handshake"))
             }

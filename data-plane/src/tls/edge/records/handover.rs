@@ -17,22 +17,16 @@ impl State {
         filled: &mut usize,
     ) -> io::Result<()> {
         let Engine::Records(r) = &mut self.engine else { return Err(self.gone()) };
+        let mut key = None;
         while !self.eof {
             let res = match r.whole(&inb[*start..]) {
                 Ok(None) => return Ok(()),
-                Ok(Some(len)) => r.open(&mut inb[*start..*start + len], &mut self.outbox).map(|o| (o, len)),
+                Ok(Some(len)) => r.open(&mut inb[*start..*start + len], &mut self.outbox, &mut key).map(|o| (o, len)),
                 Err(f) => Err(f),
             };
             let (opened, len) = match res {
                 Ok(ok) => ok,
-                Err(f) => {
-                    if let Some(alert) = f.alert.and_then(|a| r.last_alert(a)) {
-                        self.outbox.extend_from_slice(&alert);
-                    }
-                    let io = broken(&f.error);
-                    self.failed = Some(f.error);
-                    return Err(io);
-                }
+                Err(f) => return Err(self.failed_records(f)),
             };
             match opened {
                 Opened::Data(range) => {
@@ -62,8 +56,9 @@ impl State {
         Ok(())
     }
 
-    /// A write that could not be sealed: the connection is failed.
-    pub(in crate::tls::edge) fn failed_sealing(&mut self, f: Fail) -> io::Error {
+    /// A record that could not be opened or sealed: the connection is failed, and the alert
+    /// the peer is owed goes out first.
+    pub(in crate::tls::edge) fn failed_records(&mut self, f: Fail) -> io::Error {
         if let (Engine::Records(r), Some(a)) = (&mut self.engine, f.alert) {
             if let Some(alert) = r.last_alert(a) {
                 self.outbox.extend_from_slice(&alert);

@@ -24,11 +24,11 @@ fn records(tls13: bool, chacha: bool, key: u8) -> Records {
 /// Opens every whole record of `buf` as a read would, from `at`; what came out as data, and
 /// whether a record failed. Each turn moves on or stops, so this ends.
 fn open_all(r: &mut Records, buf: &mut [u8], at: &mut usize, data: &mut Vec<u8>) -> Result<bool, Fail> {
-    let mut outbox = Vec::new();
+    let (mut outbox, mut key) = (Vec::new(), None);
     loop {
         let Some(len) = r.whole(&buf[*at..])? else { return Ok(false) };
         assert!(len >= HEADER, "a record is at least its header");
-        match r.open(&mut buf[*at..*at + len], &mut outbox)? {
+        match r.open(&mut buf[*at..*at + len], &mut outbox, &mut key)? {
             Opened::Data(range) => data.extend_from_slice(&buf[*at + range.start..*at + range.end]),
             Opened::Closed => return Ok(true),
             Opened::Nothing => {}
