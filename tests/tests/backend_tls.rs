@@ -20,8 +20,19 @@ async fn refusal(proxy: &str, host: &str) -> String {
     );
     let mut c = tokio::net::TcpStream::connect(proxy).await.unwrap();
     c.write_all(head.as_bytes()).await.unwrap();
+    // Only the status line matters. Read up to the end of the head, not to EOF: while the
+    // config change is still on its way the proxy upgrades, and that connection stays open.
     let mut out = Vec::new();
-    tokio::time::timeout(LONG, c.read_to_end(&mut out)).await.unwrap().unwrap();
+    let mut buf = [0u8; 1024];
+    let _ = tokio::time::timeout(LONG, async {
+        while !out.windows(4).any(|w| w == b"\r\n\r\n") {
+            match c.read(&mut buf).await {
+                Ok(0) | Err(_) => break,
+                Ok(n) => out.extend_from_slice(&buf[..n]),
+            }
+        }
+    })
+    .await;
     String::from_utf8_lossy(&out).lines().next().unwrap_or_default().to_string()
 }
 
