@@ -82,6 +82,11 @@ enum Cmd {
         concurrency: usize,
         #[arg(long, default_value_t = 10)]
         seconds: u64,
+        /// Open each session with a plain HTTP GET carrying this Host (as a long-polling
+        /// client's first request does), on kept-alive connections, instead of a WebSocket
+        /// handshake on a new connection.
+        #[arg(long)]
+        http_host: Option<String>,
     },
     /// From a new session's handshake to its binding being applied on every proxy.
     Visibility {
@@ -146,8 +151,8 @@ async fn main() -> Result<()> {
         Cmd::Propagation { control_plane, proxies, writes, pool, backend } => {
             propagation(&control_plane, &proxies, writes, &pool, &backend).await
         }
-        Cmd::Sessions { targets, control_plane, pool, concurrency, seconds } => {
-            sessions(&targets, &control_plane, &pool, concurrency, seconds).await
+        Cmd::Sessions { targets, control_plane, pool, concurrency, seconds, http_host } => {
+            sessions(&targets, &control_plane, &pool, concurrency, seconds, http_host.as_deref()).await
         }
         Cmd::Visibility { target, proxies, control_plane, pool, sessions } => {
             visibility(&target, &proxies, &control_plane, &pool, sessions).await
@@ -322,7 +327,14 @@ async fn session_count(cp: &str, _pool: &str) -> Result<usize> {
     Ok(q.cluster_status(ClusterStatusRequest {}).await?.into_inner().session_count as usize)
 }
 
-async fn sessions(targets: &[String], cp: &str, pool: &str, concurrency: usize, seconds: u64) -> Result<()> {
+async fn sessions(
+    targets: &[String],
+    cp: &str,
+    pool: &str,
+    concurrency: usize,
+    seconds: u64,
+    http_host: Option<&str>,
+) -> Result<()> {
     let before = session_count(cp, pool).await?;
     let start = Instant::now();
     let deadline = start + Duration::from_secs(seconds);
@@ -330,7 +342,13 @@ async fn sessions(targets: &[String], cp: &str, pool: &str, concurrency: usize, 
     let tasks: Vec<_> = (0..concurrency)
         .map(|w| {
             let (targets, opened) = (targets.to_vec(), opened.clone());
+            let http_host = http_host.map(str::to_string);
             tokio::spawn(async move {
+                if let Some(host) = http_host {
+                    let t = &targets[w % targets.len()];
+                    let _ = http_sessions(t, &host, w, deadline, &opened).await;
+                    return;
+                }
                 let mut i = 0u64;
                 while Instant::now() < deadline {
                     let key = format!("s-{w}-{i}-{}", std::process::id());
@@ -363,10 +381,37 @@ async fn sessions(targets: &[String], cp: &str, pool: &str, concurrency: usize, 
     let all_secs = start.elapsed().as_secs_f64();
     println!(
         "{}",
-        json!({"phase": "sessions", "proxies": targets.len(), "concurrency": concurrency, "opened": opened,
+        json!({"phase": "sessions", "over": if http_host.is_some() { "http" } else { "ws" },
+            "proxies": targets.len(), "concurrency": concurrency, "opened": opened,
             "bound": bound, "handshakes_per_sec": opened as f64 / open_secs,
             "bound_sessions_per_sec": bound as f64 / all_secs, "seconds_until_all_bound": all_secs})
     );
+    Ok(())
+}
+
+/// One kept-alive connection, one GET after another, each with a fresh session key: every
+/// 2xx answer is a session the proxy bound.
+async fn http_sessions(target: &str, host: &str, w: usize, deadline: Instant, opened: &AtomicU64) -> Result<()> {
+    use http_body_util::{BodyExt, Empty};
+    use hyper::body::Bytes;
+    let sock = tokio::net::TcpStream::connect(target).await?;
+    let _ = sock.set_nodelay(true);
+    let (mut tx, conn) = hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(sock)).await?;
+    tokio::spawn(conn);
+    let mut i = 0u64;
+    while Instant::now() < deadline {
+        let key = format!("h-{w}-{i}-{}", std::process::id());
+        i += 1;
+        let req =
+            hyper::Request::get("/poll").header("host", host).header("x-session", key).body(Empty::<Bytes>::new())?;
+        tx.ready().await?;
+        let r = tx.send_request(req).await?;
+        let ok = r.status().is_success();
+        r.into_body().collect().await?;
+        if ok {
+            opened.fetch_add(1, Relaxed);
+        }
+    }
     Ok(())
 }
 
