@@ -68,9 +68,12 @@ for c in sorted({k[1] for k in put}):
         continue
     fmt = lambda r: f"{r['ops_per_sec']:.0f}/s p50 {r['p50_ms']:.2f} p99 {r['p99_ms']:.2f}"
     print(f"{'puts, %d client(s)' % c:<22}{fmt(s):>24}{fmt(e):>24}{s['ops_per_sec'] / e['ops_per_sec']:>7.2f}x")
+    cpu = lambda r: f"{r['cpu_us_per_op']:.0f} us"
+    print(f"{'  CPU per put, members':<22}{cpu(s):>24}{cpu(e):>24}{s['cpu_us_per_op'] / e['cpu_us_per_op']:>7.2f}x")
     b = put.get(("switchyard-baseline", c))
     if b:
         print(f"{'  baseline build':<22}{fmt(b):>24}{'':>24}{s['ops_per_sec'] / b['ops_per_sec']:>7.2f}x (this/baseline)")
+        print(f"{'  its CPU per put':<22}{cpu(b):>24}{'':>24}{s['cpu_us_per_op'] / b['cpu_us_per_op']:>7.2f}x (this/baseline)")
 if "switchyard-baseline" in fo and "switchyard" in fo:
     s, b = fo["switchyard"], fo["switchyard-baseline"]
     print(f"{'failover, baseline':<22}{'p50 %.0f max %.0f ms' % (b['p50_ms'], b['max_ms']):>24}{'':>24}{s['p50_ms'] / b['p50_ms']:>7.2f}x (this/baseline)")

@@ -94,11 +94,14 @@ async fn main() -> Result<()> {
     target::prepare(&cluster.system, &cluster.client_addrs).await?;
 
     for &n in args.clients.iter().filter(|_| !args.skip_put) {
+        let cpu = cluster.cpu_seconds();
         let r = put_phase(&cluster, n, Duration::from_secs(args.seconds), &value).await;
+        let cpu = cluster.cpu_seconds() - cpu;
         println!(
             "{}",
             json!({"system": label, "phase": "put", "clients": n, "seconds": args.seconds,
-            "ops": r.0, "ops_per_sec": r.0 as f64 / args.seconds as f64, "p50_ms": r.1, "p99_ms": r.2, "errors": r.3})
+            "ops": r.0, "ops_per_sec": r.0 as f64 / args.seconds as f64, "p50_ms": r.1, "p99_ms": r.2, "errors": r.3,
+            "cpu_us_per_op": cpu * 1e6 / r.0.max(1) as f64})
         );
     }
 
