@@ -70,6 +70,8 @@ for c in sorted({k[1] for k in put}):
     print(f"{'puts, %d client(s)' % c:<22}{fmt(s):>24}{fmt(e):>24}{s['ops_per_sec'] / e['ops_per_sec']:>7.2f}x")
     cpu = lambda r: f"{r['cpu_us_per_op']:.0f} us"
     print(f"{'  CPU per put, members':<22}{cpu(s):>24}{cpu(e):>24}{s['cpu_us_per_op'] / e['cpu_us_per_op']:>7.2f}x")
+    ccpu = lambda r: f"{r['client_cpu_us_per_op']:.0f} us"
+    print(f"{'  ... the load generator':<22}{ccpu(s):>24}{ccpu(e):>24}{s['client_cpu_us_per_op'] / e['client_cpu_us_per_op']:>7.2f}x")
     b = put.get(("switchyard-baseline", c))
     if b:
         print(f"{'  baseline build':<22}{fmt(b):>24}{'':>24}{s['ops_per_sec'] / b['ops_per_sec']:>7.2f}x (this/baseline)")

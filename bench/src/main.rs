@@ -94,14 +94,14 @@ async fn main() -> Result<()> {
     target::prepare(&cluster.system, &cluster.client_addrs).await?;
 
     for &n in args.clients.iter().filter(|_| !args.skip_put) {
-        let cpu = cluster.cpu_seconds();
+        let (cpu, mine) = (cluster.cpu_seconds(), own_cpu_seconds());
         let r = put_phase(&cluster, n, Duration::from_secs(args.seconds), &value).await;
-        let cpu = cluster.cpu_seconds() - cpu;
+        let (cpu, mine) = (cluster.cpu_seconds() - cpu, own_cpu_seconds() - mine);
         println!(
             "{}",
             json!({"system": label, "phase": "put", "clients": n, "seconds": args.seconds,
             "ops": r.0, "ops_per_sec": r.0 as f64 / args.seconds as f64, "p50_ms": r.1, "p99_ms": r.2, "errors": r.3,
-            "cpu_us_per_op": cpu * 1e6 / r.0.max(1) as f64})
+            "cpu_us_per_op": cpu * 1e6 / r.0.max(1) as f64, "client_cpu_us_per_op": mine * 1e6 / r.0.max(1) as f64})
         );
     }
 
@@ -128,6 +128,15 @@ async fn main() -> Result<()> {
     }
     cluster.stop();
     Ok(())
+}
+
+/// CPU seconds this process (the load generator) has used so far.
+fn own_cpu_seconds() -> f64 {
+    let stat = std::fs::read_to_string("/proc/self/stat").unwrap_or_default();
+    let Some(end) = stat.rfind(')') else { return 0.0 };
+    let f: Vec<&str> = stat[end + 2..].split(' ').collect();
+    let field = |i: usize| f.get(i).and_then(|v| v.parse::<u64>().ok()).unwrap_or(0);
+    (field(11) + field(12)) as f64 / 100.0
 }
 
 /// Returns (ops, p50 ms, p99 ms, errors).
