@@ -36,6 +36,8 @@ pub struct Metrics {
     pub batch_size: Histogram,
     /// Time of one fsync of the log (one flush makes every waiting append durable).
     pub log_flush: Histogram,
+    /// sled blob files fsynced with the log that points to them (see `store::blobs`).
+    pub log_blobs_synced: Counter,
     pub snapshot_builds: Counter,
     pub snapshot_installs: Counter,
     /// The highest committed index the log store was told of.
@@ -72,6 +74,7 @@ impl Default for Metrics {
             batch_size: Histogram::new(exponential_buckets(1.0, 2.0, 11)),
             // 50 µs to about 1.6 s.
             log_flush: Histogram::new(exponential_buckets(0.000_05, 2.0, 16)),
+            log_blobs_synced: Counter::default(),
             snapshot_builds: Counter::default(),
             snapshot_installs: Counter::default(),
             committed: AtomicU64::new(0),
@@ -237,6 +240,11 @@ pub fn render(node: &NodeCtx) -> String {
     reg.register("proposals", "Commands this node proposed to Raft as leader", m.proposals.clone());
     reg.register("proposal_batch_size_commands", "Commands per Raft entry proposed", m.batch_size.clone());
     reg.register("log_flush_duration_seconds", "Time of one fsync of the Raft log", m.log_flush.clone());
+    reg.register(
+        "log_blobs_synced",
+        "sled blob files (large log messages) fsynced with the log that points to them",
+        m.log_blobs_synced.clone(),
+    );
     reg.register("snapshot_builds", "Snapshots this node built", m.snapshot_builds.clone());
     reg.register("snapshot_installs", "Snapshots this node installed from a leader", m.snapshot_installs.clone());
     gauge(&mut reg, "watch_streams", "Discovery watch streams open on this node", m.watch_streams.load(Relaxed));

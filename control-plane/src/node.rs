@@ -48,16 +48,24 @@ impl Node {
         let db = {
             let dir = config.data_dir.clone();
             let id = config.id;
-            tokio::task::spawn_blocking(move || store::open(&dir, id))
-                .await
-                .map_err(|e| NodeError::Storage(e.to_string()))??
+            tokio::task::spawn_blocking(move || {
+                let db = store::open(&dir, id)?;
+                let blobs = store::blobs::Blobs::watch(&dir).map_err(|e| NodeError::DataDir {
+                    path: dir.display().to_string(),
+                    reason: format!("cannot watch its blobs/ directory: {e}"),
+                })?;
+                Ok::<_, NodeError>((db, blobs))
+            })
+            .await
+            .map_err(|e| NodeError::Storage(e.to_string()))??
         };
+        let (db, blobs) = db;
         let data_err = |e: crate::types::StorageError| NodeError::DataDir {
             path: config.data_dir.display().to_string(),
             reason: format!("corrupt: {e}"),
         };
         let metrics = Arc::new(crate::metrics::Metrics::default());
-        let log = LogStore::with_metrics(db.clone(), metrics.clone()).map_err(data_err)?;
+        let log = LogStore::with_metrics(db.clone(), blobs, metrics.clone()).map_err(data_err)?;
         log.check().map_err(data_err)?;
         let cluster_id = ClusterId::open(&db)
             .map_err(|e| NodeError::DataDir { path: config.data_dir.display().to_string(), reason: e })?;

@@ -2,6 +2,7 @@
 //! ([`sm::StateMachineStore`]) in one sled database per node; the current snapshot in a file
 //! beside it.
 
+pub mod blobs;
 pub mod log;
 pub mod sm;
 

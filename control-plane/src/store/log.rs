@@ -9,6 +9,7 @@ use openraft::{OptionalSend, Vote};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 
+use super::blobs::Blobs;
 use super::{read_err, write_err};
 use crate::metrics::Metrics;
 use crate::types::{Entry, LogId, NodeId, StorageError, TypeConfig};
@@ -82,30 +83,32 @@ impl LogStore {
         Ok(self.ends()?.1)
     }
 
-    /// Starts the flusher thread; it ends when the last clone of this store is dropped.
+    /// Starts the flusher thread; it ends when the last clone of this store is dropped. sled's
+    /// blob files are not synced: for a store a node does not run on.
     pub fn new(db: sled::Db) -> Result<Self, StorageError> {
-        Self::with_metrics(db, Arc::default())
+        Self::with_metrics(db, Blobs::none(), Arc::default())
     }
 
-    /// [`Self::new`], timing flushes and noting commits into a node's metrics.
-    pub fn with_metrics(db: sled::Db, metrics: Arc<Metrics>) -> Result<Self, StorageError> {
+    /// [`Self::new`], syncing `blobs` with every flush, timing flushes and noting commits into
+    /// a node's metrics.
+    pub fn with_metrics(db: sled::Db, blobs: Blobs, metrics: Arc<Metrics>) -> Result<Self, StorageError> {
         let log = db.open_tree("log").map_err(read_err)?;
         let meta = db.open_tree("meta").map_err(read_err)?;
         let (flusher, rx) = std::sync::mpsc::channel();
-        let flush_db = db.clone();
+        let (flush_db, flush_blobs) = (db.clone(), blobs.clone());
         let flush_metrics = metrics.clone();
         let durable = Durable::default();
         let flush_durable = durable.clone();
         std::thread::Builder::new()
             .name("log-flush".into())
-            .spawn(move || flush_loop(flush_db, rx, flush_durable, flush_metrics))
+            .spawn(move || flush_loop(flush_db, flush_blobs, rx, flush_durable, flush_metrics))
             .map_err(write_err)?;
         let (purger, rx) = std::sync::mpsc::channel();
         let gate = PurgeGate::open();
         let (purge_db, purge_log, purge_meta, purge_gate) = (db.clone(), log.clone(), meta.clone(), gate.clone());
         std::thread::Builder::new()
             .name("log-purge".into())
-            .spawn(move || purge_loop(purge_db, purge_log, purge_meta, purge_gate, rx))
+            .spawn(move || purge_loop(purge_db, blobs, purge_log, purge_meta, purge_gate, rx))
             .map_err(write_err)?;
         let purged = meta.get("last_purged").map_err(read_err)?;
         let purged: Option<LogId> = purged.map(|v| postcard::from_bytes(&v)).transpose().map_err(read_err)?;

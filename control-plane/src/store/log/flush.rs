@@ -5,6 +5,7 @@ use std::sync::Arc;
 use openraft::storage::LogFlushed;
 
 use crate::metrics::Metrics;
+use crate::store::blobs::Blobs;
 use crate::types::TypeConfig;
 
 /// How far this node's log is durable: every entry up to the index it names.
@@ -66,6 +67,15 @@ impl Durable {
 /// entries (sysexits' EX_IOERR).
 const EXIT_UNFLUSHED: i32 = 74;
 
+/// `db.flush()`, with the blob files it points to made durable too (see [`Blobs`]): first
+/// those written before it, most of them, then those written while it ran.
+/// Returns the number of blobs synced.
+pub(super) fn flush_with_blobs(db: &sled::Db, blobs: &Blobs) -> sled::Result<u64> {
+    let before = blobs.sync()?;
+    db.flush()?;
+    Ok(before + blobs.sync()?)
+}
+
 /// An append for the flusher: its last index, the truncation epoch it was written in, and
 /// openraft's callback unless the append was a leader's, acknowledged already.
 pub(super) struct Flush(pub u64, pub u64, pub Option<LogFlushed<TypeConfig>>);
@@ -75,14 +85,23 @@ pub(super) struct Flush(pub u64, pub u64, pub Option<LogFlushed<TypeConfig>>);
 ///
 /// It is a thread of its own: an fsync blocks, and handing each one to sled's pool costs a
 /// second thread hop.
-pub(super) fn flush_loop(db: sled::Db, rx: std::sync::mpsc::Receiver<Flush>, durable: Durable, metrics: Arc<Metrics>) {
+pub(super) fn flush_loop(
+    db: sled::Db,
+    blobs: Blobs,
+    rx: std::sync::mpsc::Receiver<Flush>,
+    durable: Durable,
+    metrics: Arc<Metrics>,
+) {
     let mut waiting = Vec::new();
     while let Ok(first) = rx.recv() {
         waiting.push(first);
         waiting.extend(rx.try_iter());
         let started = std::time::Instant::now();
-        let res = db.flush();
+        let res = flush_with_blobs(&db, &blobs);
         metrics.log_flush.observe(started.elapsed().as_secs_f64());
+        if let Ok(n @ 1..) = res {
+            metrics.log_blobs_synced.inc_by(n);
+        }
         match &res {
             Ok(_) => {
                 for f in &waiting {

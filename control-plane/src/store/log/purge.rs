@@ -4,6 +4,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
 use super::key;
+use crate::store::blobs::Blobs;
 use crate::store::{read_err, write_err};
 use crate::types::{LogId, StorageError};
 
@@ -44,6 +45,7 @@ impl PurgeGate {
 /// awaits removal.
 pub(super) fn purge_loop(
     db: sled::Db,
+    blobs: Blobs,
     log: sled::Tree,
     meta: sled::Tree,
     gate: PurgeGate,
@@ -54,7 +56,7 @@ pub(super) fn purge_loop(
         match want {
             Some(upto) if gate.allows(upto.index) => {
                 want = None;
-                if let Err(e) = purge_upto(&db, &log, &meta, upto) {
+                if let Err(e) = purge_upto(&db, &blobs, &log, &meta, upto) {
                     // Not fatal: the entries stay, and the next purge covers them.
                     tracing::warn!(error = %e, upto = %upto, "log purge failed");
                 }
@@ -75,9 +77,15 @@ pub(super) fn purge_loop(
     }
 }
 
-fn purge_upto(db: &sled::Db, log: &sled::Tree, meta: &sled::Tree, upto: LogId) -> Result<(), StorageError> {
+fn purge_upto(
+    db: &sled::Db,
+    blobs: &Blobs,
+    log: &sled::Tree,
+    meta: &sled::Tree,
+    upto: LogId,
+) -> Result<(), StorageError> {
     meta.insert("last_purged", postcard::to_stdvec(&upto).map_err(write_err)?).map_err(write_err)?;
-    db.flush().map_err(write_err)?;
+    super::flush::flush_with_blobs(db, blobs).map_err(write_err)?;
     // One key at a time, not one batch: a sled batch holds a lock every other write to the
     // database waits on (appends too), for as long as it takes to apply.
     for kv in log.range(..=key(upto.index)) {
