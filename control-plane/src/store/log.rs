@@ -194,13 +194,37 @@ impl LogStore {
             && self.get_meta::<LogId>("last_purged")?.is_none())
     }
 
-    /// Decodes every entry once, so a corrupt log stops the node at start, not mid-replication.
+    /// Decodes every entry once, so a corrupt log stops the node at start, not mid-replication,
+    /// and ends the log at its first hole.
+    ///
+    /// sled's recovery skips a message whose blob file is gone (see `store::blobs`) rather
+    /// than stop there. Every blob is synced before the entries in it count as durable, so a
+    /// hole can only be where a power loss caught entries this node never acknowledged: what
+    /// follows it was not acknowledged either, and Raft sends it again.
     pub fn check(&self) -> Result<u64, StorageError> {
         let mut n = 0;
+        let mut last: Option<u64> = None;
+        let mut hole = None;
         for kv in self.log.iter() {
-            let (_, v) = kv.map_err(read_err)?;
+            let (k, v) = kv.map_err(read_err)?;
+            let i = u64::from_be_bytes(k.as_ref().try_into().map_err(|_| read_err("a log key is not 8 bytes"))?);
+            if let Some(l) = last.filter(|l| i != l + 1) {
+                hole = Some(l + 1);
+                break;
+            }
             postcard::from_bytes::<Entry>(&v).map_err(read_err)?;
+            last = Some(i);
             n += 1;
+        }
+        if let Some(from) = hole {
+            let mut dropped = 0;
+            for kv in self.log.range(key(from)..) {
+                self.log.remove(kv.map_err(read_err)?.0).map_err(write_err)?;
+                dropped += 1;
+            }
+            self.db.flush().map_err(write_err)?;
+            self.durable.truncated(from);
+            tracing::warn!(from, dropped, "the log had a hole at index {from} (entries lost to a crash before they were durable); it now ends before it");
         }
         self.get_meta::<Vote<NodeId>>("vote")?;
         Ok(n)
@@ -380,6 +404,20 @@ mod tests {
             log_id: LogId::new(CommittedLeaderId::new(1, 1), index),
             payload: EntryPayload::Normal(Batch(vec![Command::CreatePool(Pb(pool)).into()])),
         }
+    }
+
+    #[tokio::test]
+    async fn a_log_with_a_hole_ends_before_it() {
+        let tmp = tempfile::tempdir().unwrap();
+        let db = crate::store::open(tmp.path(), 1).unwrap();
+        let mut log = LogStore::new(db.clone()).unwrap();
+        log.write_entries((1..=6).map(big)).unwrap();
+        // What sled's recovery leaves when it skips a message whose blob is gone.
+        db.open_tree("log").unwrap().remove(key(4)).unwrap();
+        assert_eq!(log.check().unwrap(), 3, "entries 1 to 3 are kept");
+        let state = log.get_log_state().await.unwrap();
+        assert_eq!(state.last_log_id.map(|l| l.index), Some(3), "5 and 6 went with the hole");
+        assert_eq!(log.check().unwrap(), 3, "a log without a hole is left as it is");
     }
 
     #[tokio::test]
