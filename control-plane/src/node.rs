@@ -66,7 +66,6 @@ impl Node {
         };
         let metrics = Arc::new(crate::metrics::Metrics::default());
         let log = LogStore::with_metrics(db.clone(), blobs, metrics.clone()).map_err(data_err)?;
-        log.check().map_err(data_err)?;
         let cluster_id = ClusterId::open(&db)
             .map_err(|e| NodeError::DataDir { path: config.data_dir.display().to_string(), reason: e })?;
         bootstrap::check_peers(&config, log.is_empty().map_err(data_err)?, &cluster_id).await?;
@@ -75,6 +74,8 @@ impl Node {
             .map_err(data_err)?
             .with_metrics(metrics.clone())
             .with_durable(log.durable());
+        // After the state machine set the purge gate: the log is checked from its snapshot on.
+        log.check().map_err(data_err)?;
         let shared = sm.shared();
         let level = shared.read().state.feature_level();
         if let Some(why) = crate::features::unsupported(level) {

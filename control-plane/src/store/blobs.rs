@@ -33,6 +33,9 @@ struct Watch {
     dir: PathBuf,
     fd: OwnedFd,
     buf: Vec<MaybeUninit<u8>>,
+    /// A sync failed after it had taken events off the queue: their names are gone, so the
+    /// next one syncs every blob.
+    owe_all: bool,
 }
 
 impl Blobs {
@@ -49,9 +52,11 @@ impl Blobs {
         let fd = inotify::init(CreateFlags::CLOEXEC | CreateFlags::NONBLOCK)?;
         // Watching starts before the listing below, so no blob falls between the two.
         inotify::add_watch(&fd, &dir, WatchFlags::CLOSE_WRITE | WatchFlags::MOVED_TO)?;
-        let mut w = Watch { dir, fd, buf: vec![MaybeUninit::uninit(); 16 << 10] };
+        let mut w = Watch { dir, fd, buf: vec![MaybeUninit::uninit(); 16 << 10], owe_all: false };
         w.drain()?;
         w.sync_all()?;
+        // The directory's own entry in the data dir.
+        File::open(data_dir)?.sync_all()?;
         Ok(Blobs(Some(Arc::new(Mutex::new(w)))))
     }
 
@@ -60,17 +65,9 @@ impl Blobs {
     pub fn sync(&self) -> io::Result<u64> {
         let Some(w) = &self.0 else { return Ok(0) };
         let mut w = w.lock().unwrap_or_else(|e| e.into_inner());
-        match w.drain()? {
-            Drained::Overflowed => w.sync_all(),
-            Drained::Names(names) if names.is_empty() => Ok(0),
-            Drained::Names(names) => {
-                for n in &names {
-                    sync_file(&w.dir.join(n))?;
-                }
-                File::open(&w.dir)?.sync_all()?;
-                Ok(names.len() as u64)
-            }
-        }
+        let res = w.sync_new();
+        w.owe_all = res.is_err();
+        res
     }
 }
 
@@ -81,6 +78,22 @@ enum Drained {
 }
 
 impl Watch {
+    fn sync_new(&mut self) -> io::Result<u64> {
+        let drained = self.drain()?;
+        match drained {
+            _ if self.owe_all => self.sync_all(),
+            Drained::Overflowed => self.sync_all(),
+            Drained::Names(names) if names.is_empty() => Ok(0),
+            Drained::Names(names) => {
+                for n in &names {
+                    sync_file(&self.dir.join(n))?;
+                }
+                File::open(&self.dir)?.sync_all()?;
+                Ok(names.len() as u64)
+            }
+        }
+    }
+
     fn drain(&mut self) -> io::Result<Drained> {
         let mut names = Vec::new();
         let mut overflowed = false;
@@ -88,6 +101,10 @@ impl Watch {
         loop {
             match events.next() {
                 Ok(e) if e.events().contains(ReadFlags::QUEUE_OVERFLOW) => overflowed = true,
+                // The directory was removed or unmounted under the node: nothing watches it.
+                Ok(e) if e.events().intersects(ReadFlags::IGNORED | ReadFlags::UNMOUNT) => {
+                    return Err(io::Error::other(format!("{} is no longer watched", self.dir.display())));
+                }
                 Ok(e) => {
                     if let Some(name) = e.file_name() {
                         names.push(PathBuf::from(OsStr::from_bytes(name.to_bytes())));

@@ -45,6 +45,8 @@ pub struct LogStore {
     /// One more than the index of the durably stored snapshot, if purges wait for it.
     gate: PurgeGate,
     metrics: Arc<Metrics>,
+    /// sled's blob files, synced with every flush that makes entries count as durable.
+    blobs: Blobs,
 }
 
 /// Marks `db`'s empty log as starting after `at` (a restored snapshot's position), as if
@@ -108,7 +110,10 @@ impl LogStore {
         let (purge_db, purge_log, purge_meta, purge_gate) = (db.clone(), log.clone(), meta.clone(), gate.clone());
         std::thread::Builder::new()
             .name("log-purge".into())
-            .spawn(move || purge_loop(purge_db, blobs, purge_log, purge_meta, purge_gate, rx))
+            .spawn({
+                let blobs = blobs.clone();
+                move || purge_loop(purge_db, blobs, purge_log, purge_meta, purge_gate, rx)
+            })
             .map_err(write_err)?;
         let purged = meta.get("last_purged").map_err(read_err)?;
         let purged: Option<LogId> = purged.map(|v| postcard::from_bytes(&v)).transpose().map_err(read_err)?;
@@ -127,6 +132,7 @@ impl LogStore {
             pending_purge: Arc::default(),
             gate,
             metrics,
+            blobs,
         };
         // What a data dir holds when it opens is on disk.
         if let Some(last) = me.ends()?.1 {
@@ -183,6 +189,13 @@ impl LogStore {
         Ok(last)
     }
 
+    /// After a flush of its own: what it made durable may point to blobs (see [`Blobs`]).
+    async fn sync_blobs(&self) -> Result<(), StorageError> {
+        let blobs = self.blobs.clone();
+        tokio::task::spawn_blocking(move || blobs.sync()).await.map_err(write_err)?.map_err(write_err)?;
+        Ok(())
+    }
+
     fn first_kept(&self) -> u64 {
         self.first_kept.load(Ordering::Acquire)
     }
@@ -201,11 +214,17 @@ impl LogStore {
     /// than stop there. Every blob is synced before the entries in it count as durable, so a
     /// hole can only be where a power loss caught entries this node never acknowledged: what
     /// follows it was not acknowledged either, and Raft sends it again.
+    ///
+    /// Only entries after the purge point and after the durable snapshot are looked at: older
+    /// ones are what a purge cut short by a crash left, to be removed, not a hole. Call it once
+    /// the state machine has set the purge gate ([`Self::purge_gate`]).
     pub fn check(&self) -> Result<u64, StorageError> {
+        let purged: Option<LogId> = self.get_meta("last_purged")?;
+        let floor = purged.map_or(0, |p| p.index + 1).max(self.gate.floor());
         let mut n = 0;
         let mut last: Option<u64> = None;
         let mut hole = None;
-        for kv in self.log.iter() {
+        for kv in self.log.range(key(floor)..) {
             let (k, v) = kv.map_err(read_err)?;
             let i = u64::from_be_bytes(k.as_ref().try_into().map_err(|_| read_err("a log key is not 8 bytes"))?);
             if let Some(l) = last.filter(|l| i != l + 1) {
@@ -222,7 +241,7 @@ impl LogStore {
                 self.log.remove(kv.map_err(read_err)?.0).map_err(write_err)?;
                 dropped += 1;
             }
-            self.db.flush().map_err(write_err)?;
+            flush::flush_with_blobs(&self.db, &self.blobs).map_err(write_err)?;
             self.durable.truncated(from);
             tracing::warn!(from, dropped, "the log had a hole at index {from} (entries lost to a crash before they were durable); it now ends before it");
         }
@@ -299,6 +318,7 @@ impl RaftLogStorage<TypeConfig> for LogStore {
     async fn save_vote(&mut self, vote: &Vote<NodeId>) -> Result<(), StorageError> {
         self.put_meta("vote", vote)?;
         self.db.flush_async().await.map_err(write_err)?;
+        self.sync_blobs().await?;
         // That flush took every entry written so far to disk: a new leader starts with its
         // whole log durable.
         if let Some(last) = self.ends()?.1 {
@@ -372,6 +392,7 @@ impl RaftLogStorage<TypeConfig> for LogStore {
         }
         self.log.apply_batch(batch).map_err(write_err)?;
         self.db.flush_async().await.map_err(write_err)?;
+        self.sync_blobs().await?;
         self.durable.truncated(log_id.index);
         Ok(())
     }
@@ -418,6 +439,20 @@ mod tests {
         let state = log.get_log_state().await.unwrap();
         assert_eq!(state.last_log_id.map(|l| l.index), Some(3), "5 and 6 went with the hole");
         assert_eq!(log.check().unwrap(), 3, "a log without a hole is left as it is");
+    }
+
+    #[tokio::test]
+    async fn what_a_purge_cut_short_left_below_the_snapshot_is_no_hole() {
+        let tmp = tempfile::tempdir().unwrap();
+        let db = crate::store::open(tmp.path(), 1).unwrap();
+        let log = LogStore::new(db.clone()).unwrap();
+        // Entries 1-3 from before a snapshot at 10 was installed, then 11-12 appended after it;
+        // the crash came before the purge recorded its point.
+        log.write_entries((1..=3).chain(11..=12).map(big)).unwrap();
+        log.purge_gate().durable(Some(10));
+        assert_eq!(log.check().unwrap(), 2, "11 and 12 are checked and kept");
+        let state = log.clone().get_log_state().await.unwrap();
+        assert_eq!(state.last_log_id.map(|l| l.index), Some(12));
     }
 
     #[tokio::test]

@@ -69,6 +69,10 @@ const EXIT_UNFLUSHED: i32 = 74;
 
 /// `db.flush()`, with the blob files it points to made durable too (see [`Blobs`]): first
 /// those written before it, most of them, then those written while it ran.
+/// How long a blob sled's own background work wrote may wait for its fsync while no append
+/// comes to do it.
+const IDLE_BLOB_SYNC: std::time::Duration = std::time::Duration::from_millis(100);
+
 /// Returns the number of blobs synced.
 pub(super) fn flush_with_blobs(db: &sled::Db, blobs: &Blobs) -> sled::Result<u64> {
     let before = blobs.sync()?;
@@ -93,13 +97,28 @@ pub(super) fn flush_loop(
     metrics: Arc<Metrics>,
 ) {
     let mut waiting = Vec::new();
-    while let Ok(first) = rx.recv() {
+    loop {
+        let first = match rx.recv_timeout(IDLE_BLOB_SYNC) {
+            Ok(f) => f,
+            // sled's own cleaner may copy entries into a new blob and delete the old one while
+            // no append comes: such a blob waits no longer than this for its fsync.
+            Err(std::sync::mpsc::RecvTimeoutError::Timeout) => {
+                match blobs.sync() {
+                    Ok(n) => {
+                        metrics.log_blobs_synced.inc_by(n);
+                    }
+                    Err(e) => tracing::warn!(error = %e, "could not sync sled's blob files; trying again"),
+                }
+                continue;
+            }
+            Err(std::sync::mpsc::RecvTimeoutError::Disconnected) => return,
+        };
         waiting.push(first);
         waiting.extend(rx.try_iter());
         let started = std::time::Instant::now();
         let res = flush_with_blobs(&db, &blobs);
         metrics.log_flush.observe(started.elapsed().as_secs_f64());
-        if let Ok(n @ 1..) = res {
+        if let Ok(n) = res {
             metrics.log_blobs_synced.inc_by(n);
         }
         match &res {

@@ -30,6 +30,14 @@ impl PurgeGate {
         self.0.store(index.map_or(0, |i| i + 1), Ordering::Release);
     }
 
+    /// One more than the durable snapshot's index; 0 if no snapshot or nobody took the gate.
+    pub(super) fn floor(&self) -> u64 {
+        match self.0.load(Ordering::Acquire) {
+            u64::MAX => 0,
+            f => f,
+        }
+    }
+
     fn allows(&self, index: u64) -> bool {
         index < self.0.load(Ordering::Acquire)
     }
