@@ -29,7 +29,7 @@ use hyper::{Request, Response, StatusCode, Version};
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 
 use self::bodies::{Limited, Relayed, RespBody};
-use self::headers::{forwarding_headers, strip_hop_by_hop};
+use self::headers::{strip_hop_by_hop, Forwarding};
 use crate::access_log;
 use crate::connection::streams::{BackendFail, ClientIo};
 use crate::connection::{handshake_timeout, Ctx};
@@ -64,9 +64,10 @@ pub async fn serve(
     drop(table);
     let io = hyper_util::rt::TokioIo::new(Prefixed { first: Bytes::from(first), io: client });
     let st = state.clone();
+    let fwd = Arc::new(Forwarding::new(peer.ip(), if tls { "https" } else { "http" }));
     let svc = hyper::service::service_fn(move |req| {
-        let (st, ctx) = (st.clone(), ctx.clone());
-        async move { Ok::<_, Infallible>(handle(&st, &ctx, req, peer, tls).await) }
+        let (st, ctx, fwd) = (st.clone(), ctx.clone(), fwd.clone());
+        async move { Ok::<_, Infallible>(handle(&st, &ctx, req, peer, &fwd).await) }
     });
     let conn = hyper::server::conn::http1::Builder::new()
         .timer(hyper_util::rt::TokioTimer::new())
@@ -263,7 +264,7 @@ async fn handle(
     ctx: &Ctx,
     req: Request<Incoming>,
     peer: SocketAddr,
-    tls: bool,
+    fwd: &Forwarding,
 ) -> Response<RespBody> {
     let started = tokio::time::Instant::now();
     let mut rec = Pending(state, None, started);
@@ -381,7 +382,7 @@ async fn handle(
     let client_version = parts.version;
     let mut headers = parts.headers;
     strip_hop_by_hop(&mut headers);
-    forwarding_headers(&mut headers, &up, peer.ip(), if tls { "https" } else { "http" });
+    fwd.apply(&mut headers, &up);
     for (name, value) in passed {
         let Ok(n) = HeaderName::from_bytes(name.as_bytes()) else { continue };
         headers.remove(&n);

@@ -45,25 +45,56 @@ pub(super) fn strip_hop_by_hop(h: &mut HeaderMap) {
     }
 }
 
-/// `X-Forwarded-For` appended to, `X-Forwarded-Proto` set, `Forwarded` added, and `Host`
-/// set from an absolute-form target's authority (RFC 9112 §3.2.2).
-pub(super) fn forwarding_headers(h: &mut HeaderMap, up: &handshake::Upgrade, client: IpAddr, proto: &'static str) {
-    let prior: Vec<&str> = h.get_all(&X_FORWARDED_FOR).iter().filter_map(|v| v.to_str().ok()).collect();
-    let xff = if prior.is_empty() { client.to_string() } else { format!("{}, {client}", prior.join(", ")) };
-    if let Ok(v) = HeaderValue::from_str(&xff) {
-        h.insert(X_FORWARDED_FOR, v);
+/// The forwarding headers of one client connection: its address is formatted once, not for
+/// every request on it (formatting it twice per request was about 2% of the proxy's CPU).
+pub(super) struct Forwarding {
+    client: String,
+    /// The client's address as an `X-Forwarded-For` value.
+    xff: HeaderValue,
+    /// `Forwarded` up to the host's value.
+    forwarded: String,
+    proto: &'static str,
+}
+
+impl Forwarding {
+    pub(super) fn new(client: IpAddr, proto: &'static str) -> Forwarding {
+        let text = client.to_string();
+        let for_ = match client {
+            IpAddr::V4(_) => text.clone(),
+            IpAddr::V6(_) => format!("\"[{text}]\""),
+        };
+        Forwarding {
+            xff: HeaderValue::from_str(&text).expect("an IP address is a valid header value"),
+            client: text,
+            forwarded: format!("for={for_};proto={proto};host=\""),
+            proto,
+        }
     }
-    h.insert(X_FORWARDED_PROTO, HeaderValue::from_static(proto));
-    let for_ = match client {
-        IpAddr::V4(a) => a.to_string(),
-        IpAddr::V6(a) => format!("\"[{a}]\""),
-    };
-    if let Ok(v) = HeaderValue::from_str(&format!("for={for_};proto={proto};host=\"{}\"", up.host)) {
-        h.append(header::FORWARDED, v);
-    }
-    if let Some(a) = &up.authority {
-        if let Ok(v) = HeaderValue::from_str(a) {
-            h.insert(header::HOST, v);
+
+    /// `X-Forwarded-For` appended to, `X-Forwarded-Proto` set, `Forwarded` added, and `Host`
+    /// set from an absolute-form target's authority (RFC 9112 §3.2.2).
+    pub(super) fn apply(&self, h: &mut HeaderMap, up: &handshake::Upgrade) {
+        let prior: Vec<&str> = h.get_all(&X_FORWARDED_FOR).iter().filter_map(|v| v.to_str().ok()).collect();
+        let xff = if prior.is_empty() {
+            Some(self.xff.clone())
+        } else {
+            HeaderValue::try_from(format!("{}, {}", prior.join(", "), self.client)).ok()
+        };
+        if let Some(v) = xff {
+            h.insert(X_FORWARDED_FOR, v);
+        }
+        h.insert(X_FORWARDED_PROTO, HeaderValue::from_static(self.proto));
+        let mut fwd = String::with_capacity(self.forwarded.len() + up.host.len() + 1);
+        fwd.push_str(&self.forwarded);
+        fwd.push_str(&up.host);
+        fwd.push('"');
+        if let Ok(v) = HeaderValue::try_from(fwd) {
+            h.append(header::FORWARDED, v);
+        }
+        if let Some(a) = &up.authority {
+            if let Ok(v) = HeaderValue::from_str(a) {
+                h.insert(header::HOST, v);
+            }
         }
     }
 }
