@@ -215,19 +215,20 @@ impl LogStore {
     /// hole can only be where a power loss caught entries this node never acknowledged: what
     /// follows it was not acknowledged either, and Raft sends it again.
     ///
-    /// Only entries after the purge point and after the durable snapshot are looked at: older
-    /// ones are what a purge cut short by a crash left, to be removed, not a hole. Call it once
-    /// the state machine has set the purge gate ([`Self::purge_gate`]).
+    /// Holes are looked for only after the durable snapshot: below it, a gap is what a purge
+    /// cut short by a crash left, to be removed. Call it once the state machine has set the
+    /// purge gate ([`Self::purge_gate`]).
     pub fn check(&self) -> Result<u64, StorageError> {
         let purged: Option<LogId> = self.get_meta("last_purged")?;
-        let floor = purged.map_or(0, |p| p.index + 1).max(self.gate.floor());
+        let kept_from = purged.map_or(0, |p| p.index + 1);
+        let floor = kept_from.max(self.gate.floor());
         let mut n = 0;
         let mut last: Option<u64> = None;
         let mut hole = None;
-        for kv in self.log.range(key(floor)..) {
+        for kv in self.log.range(key(kept_from)..) {
             let (k, v) = kv.map_err(read_err)?;
             let i = u64::from_be_bytes(k.as_ref().try_into().map_err(|_| read_err("a log key is not 8 bytes"))?);
-            if let Some(l) = last.filter(|l| i != l + 1) {
+            if let Some(l) = last.filter(|l| i != l + 1 && l + 1 >= floor) {
                 hole = Some(l + 1);
                 break;
             }
@@ -450,7 +451,7 @@ mod tests {
         // the crash came before the purge recorded its point.
         log.write_entries((1..=3).chain(11..=12).map(big)).unwrap();
         log.purge_gate().durable(Some(10));
-        assert_eq!(log.check().unwrap(), 2, "11 and 12 are checked and kept");
+        assert_eq!(log.check().unwrap(), 5, "all five are decoded, and none is dropped");
         let state = log.clone().get_log_state().await.unwrap();
         assert_eq!(state.last_log_id.map(|l| l.index), Some(12));
     }
