@@ -49,9 +49,19 @@ impl Blobs {
     pub fn watch(data_dir: &Path) -> io::Result<Blobs> {
         let dir = data_dir.join("blobs");
         std::fs::create_dir_all(&dir)?;
-        let fd = inotify::init(CreateFlags::CLOEXEC | CreateFlags::NONBLOCK)?;
+        let fd = inotify::init(CreateFlags::CLOEXEC | CreateFlags::NONBLOCK).map_err(|e| match e {
+            Errno::MFILE => io::Error::other(
+                "no inotify instance left for this user (raise the sysctl fs.inotify.max_user_instances)",
+            ),
+            e => e.into(),
+        })?;
         // Watching starts before the listing below, so no blob falls between the two.
-        inotify::add_watch(&fd, &dir, WatchFlags::CLOSE_WRITE | WatchFlags::MOVED_TO)?;
+        inotify::add_watch(&fd, &dir, WatchFlags::CLOSE_WRITE | WatchFlags::MOVED_TO).map_err(|e| match e {
+            Errno::NOSPC => {
+                io::Error::other("no inotify watch left for this user (raise the sysctl fs.inotify.max_user_watches)")
+            }
+            e => e.into(),
+        })?;
         let mut w = Watch { dir, fd, buf: vec![MaybeUninit::uninit(); 16 << 10], owe_all: false };
         w.drain()?;
         w.sync_all()?;
