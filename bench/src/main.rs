@@ -132,11 +132,7 @@ async fn main() -> Result<()> {
 
 /// CPU seconds this process (the load generator) has used so far.
 fn own_cpu_seconds() -> f64 {
-    let stat = std::fs::read_to_string("/proc/self/stat").unwrap_or_default();
-    let Some(end) = stat.rfind(')') else { return 0.0 };
-    let f: Vec<&str> = stat[end + 2..].split(' ').collect();
-    let field = |i: usize| f.get(i).and_then(|v| v.parse::<u64>().ok()).unwrap_or(0);
-    (field(11) + field(12)) as f64 / 100.0
+    procs::cpu_seconds_of("self").unwrap_or(0.0)
 }
 
 /// Returns (ops, p50 ms, p99 ms, errors).

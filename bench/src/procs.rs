@@ -209,19 +209,7 @@ impl Cluster {
     /// `/proc/PID/stat`: the cost of a phase is the difference across it, a figure the
     /// machine's noise moves less than a rate does.
     pub fn cpu_seconds(&self) -> f64 {
-        let ticks = 100.0; // USER_HZ on Linux
-        self.members
-            .iter()
-            .filter_map(|m| m.child.as_ref())
-            .filter_map(|c| std::fs::read_to_string(format!("/proc/{}/stat", c.id())).ok())
-            .filter_map(|stat| {
-                // Fields after the command name (which may hold spaces) are space-separated;
-                // utime and stime are the 14th and 15th fields of the whole line.
-                let rest = &stat[stat.rfind(')')? + 2..];
-                let f: Vec<&str> = rest.split(' ').collect();
-                Some((f.get(11)?.parse::<u64>().ok()? + f.get(12)?.parse::<u64>().ok()?) as f64 / ticks)
-            })
-            .sum()
+        self.members.iter().filter_map(|m| m.child.as_ref()).filter_map(|c| cpu_seconds_of(&c.id().to_string())).sum()
     }
 
     pub fn kill9(&mut self, i: usize) {
@@ -246,4 +234,14 @@ impl Drop for Cluster {
     fn drop(&mut self) {
         self.stop();
     }
+}
+
+/// CPU seconds (user + system) process `pid` (or `self`) has used so far, from
+/// `/proc/PID/stat`; `None` once it is gone.
+pub fn cpu_seconds_of(pid: &str) -> Option<f64> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    // Fields after the command name (which may hold spaces) are space-separated; utime and
+    // stime are the 14th and 15th fields of the whole line, in USER_HZ (100 on Linux) ticks.
+    let f: Vec<&str> = stat[stat.rfind(')')? + 2..].split(' ').collect();
+    Some((f.get(11)?.parse::<u64>().ok()? + f.get(12)?.parse::<u64>().ok()?) as f64 / 100.0)
 }

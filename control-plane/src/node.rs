@@ -45,7 +45,7 @@ impl Node {
     ) -> Result<Node, NodeError> {
         config.validate()?;
         switchyard_model::tls::install_provider();
-        let db = {
+        let (db, blobs) = {
             let dir = config.data_dir.clone();
             let id = config.id;
             tokio::task::spawn_blocking(move || {
@@ -59,7 +59,6 @@ impl Node {
             .await
             .map_err(|e| NodeError::Storage(e.to_string()))??
         };
-        let (db, blobs) = db;
         let data_err = |e: crate::types::StorageError| NodeError::DataDir {
             path: config.data_dir.display().to_string(),
             reason: format!("corrupt: {e}"),

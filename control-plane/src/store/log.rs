@@ -189,10 +189,13 @@ impl LogStore {
         Ok(last)
     }
 
-    /// After a flush of its own: what it made durable may point to blobs (see [`Blobs`]).
-    async fn sync_blobs(&self) -> Result<(), StorageError> {
-        let blobs = self.blobs.clone();
-        tokio::task::spawn_blocking(move || blobs.sync()).await.map_err(write_err)?.map_err(write_err)?;
+    /// A flush outside the flusher thread, blobs included ([`flush::flush_with_blobs`]).
+    async fn flush(&self) -> Result<(), StorageError> {
+        let (db, blobs) = (self.db.clone(), self.blobs.clone());
+        tokio::task::spawn_blocking(move || flush::flush_with_blobs(&db, &blobs))
+            .await
+            .map_err(write_err)?
+            .map_err(write_err)?;
         Ok(())
     }
 
@@ -318,8 +321,7 @@ impl RaftLogStorage<TypeConfig> for LogStore {
 
     async fn save_vote(&mut self, vote: &Vote<NodeId>) -> Result<(), StorageError> {
         self.put_meta("vote", vote)?;
-        self.db.flush_async().await.map_err(write_err)?;
-        self.sync_blobs().await?;
+        self.flush().await?;
         // That flush took every entry written so far to disk: a new leader starts with its
         // whole log durable.
         if let Some(last) = self.ends()?.1 {
@@ -392,8 +394,7 @@ impl RaftLogStorage<TypeConfig> for LogStore {
             batch.remove(k);
         }
         self.log.apply_batch(batch).map_err(write_err)?;
-        self.db.flush_async().await.map_err(write_err)?;
-        self.sync_blobs().await?;
+        self.flush().await?;
         self.durable.truncated(log_id.index);
         Ok(())
     }

@@ -67,13 +67,13 @@ impl Durable {
 /// entries (sysexits' EX_IOERR).
 const EXIT_UNFLUSHED: i32 = 74;
 
-/// `db.flush()`, with the blob files it points to made durable too (see [`Blobs`]): first
-/// those written before it, most of them, then those written while it ran.
 /// How long a blob sled's own background work wrote may wait for its fsync while no append
 /// comes to do it.
 const IDLE_BLOB_SYNC: std::time::Duration = std::time::Duration::from_millis(100);
 
-/// Returns the number of blobs synced.
+/// `db.flush()`, with the blob files it points to made durable too (see [`Blobs`]): first
+/// those written before it, most of them, then those written while it ran. Returns the number
+/// of blobs synced.
 pub(super) fn flush_with_blobs(db: &sled::Db, blobs: &Blobs) -> sled::Result<u64> {
     let before = blobs.sync()?;
     db.flush()?;
