@@ -84,6 +84,14 @@ impl Browser {
 
     /// One DevTools call and its result; events in between are skipped.
     async fn call(&mut self, session: Option<&str>, method: &str, params: Value) -> Value {
+        match self.try_call(session, method, params).await {
+            Ok(v) => v,
+            Err(e) => panic!("{method} failed: {e}"),
+        }
+    }
+
+    /// One DevTools call: its result, or the error DevTools answered with.
+    async fn try_call(&mut self, session: Option<&str>, method: &str, params: Value) -> Result<Value, Value> {
         self.next_id += 1;
         let id = self.next_id;
         let mut msg = json!({"id": id, "method": method, "params": params});
@@ -102,9 +110,9 @@ impl Browser {
             let v: Value = serde_json::from_str(&text).expect("DevTools sends JSON");
             if v["id"] == json!(id) {
                 if let Some(e) = v.get("error") {
-                    panic!("{method} failed: {e}");
+                    return Err(e.clone());
                 }
-                return v["result"].clone();
+                return Ok(v["result"].clone());
             }
         }
     }
@@ -115,11 +123,21 @@ impl Browser {
         self.call(Some(&s), "Page.navigate", json!({"url": url})).await;
     }
 
-    /// Evaluates `expr` in the page (awaiting a promise) and returns its value as JSON.
+    /// Evaluates `expr` in the page (awaiting a promise) and returns its value as JSON. A
+    /// page that navigates (a reload, a sign-out) while the expression runs yields an
+    /// `exception` value, which `wait_for` polls past, rather than failing the test.
     pub async fn eval(&mut self, expr: &str) -> Value {
         let s = self.session.clone();
         let params = json!({"expression": expr, "returnByValue": true, "awaitPromise": true});
-        let r = self.call(Some(&s), "Runtime.evaluate", params).await;
+        let r = match self.try_call(Some(&s), "Runtime.evaluate", params).await {
+            Ok(r) => r,
+            Err(e) => {
+                let msg = e["message"].as_str().unwrap_or_default();
+                let navigating = msg.contains("navigated or closed") || msg.contains("Cannot find context");
+                assert!(navigating, "Runtime.evaluate failed: {e}");
+                return json!({ "exception": msg });
+            }
+        };
         if let Some(e) = r.get("exceptionDetails") {
             return json!({ "exception": e["exception"]["description"].clone() });
         }
