@@ -8,6 +8,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use futures::{SinkExt, StreamExt};
+use switchyard_model::topology::Pair;
 use switchyard_proto::v1::{Health, HealthCheck, HealthCheckKind, Pool};
 use tokio_tungstenite::tungstenite::Message;
 
@@ -185,7 +186,7 @@ async fn record(node: &NodeCtx, tracks: &mut HashMap<(String, String), Track>, k
     }
     let (current, hc) = {
         let live = node.shared.read();
-        let Some(b) = live.state.backends.get(&key) else { return };
+        let Some(b) = live.state.backends.get(&Pair(&key.0, &key.1)) else { return };
         let Some(hc) = live.state.pools.get(&key.0).and_then(|p| p.health_check.clone()) else { return };
         (b.health, hc)
     };

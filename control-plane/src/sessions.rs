@@ -6,6 +6,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
+use switchyard_model::topology::Pair;
 use switchyard_proto::v1::SessionBinding;
 
 use crate::error::ApiError;
@@ -54,7 +55,7 @@ pub async fn expire(node: Arc<NodeCtx>) {
 pub fn drop_fresh_refreshes(state: &State, now_ms: u64, bindings: &mut Vec<Pb<SessionBinding>>) -> usize {
     let at = now_ms.max(state.clock_ms());
     let before = bindings.len();
-    bindings.retain(|Pb(b)| match state.sessions.get(&(b.pool.clone(), b.key.clone())) {
+    bindings.retain(|Pb(b)| match state.sessions.get(&Pair(&b.pool, &b.key)) {
         Some(cur) if cur.backend == b.backend => at.saturating_sub(cur.last_seen_ms) >= cur.ttl_ms / 3,
         _ => true,
     });

@@ -1,7 +1,7 @@
 //! The replicated state machine: a pure `apply` over ordered maps. Raft decides the order;
 //! everything here is deterministic (time comes inside commands, stamped by the leader).
 
-use switchyard_model::topology::put;
+use switchyard_model::topology::{put, Pair};
 use switchyard_model::{fields, usable, AffinitySecret, Model};
 use switchyard_proto::v1::{
     change, Backend, BackendRef, Change, Health, HealthCheckKind, Pool, SessionBinding, SessionRef, Topology,
@@ -287,7 +287,7 @@ impl State {
                 self.expire_sessions(&mut out, now_ms)
             }
             Command::DeleteSession { pool, key } => {
-                if !self.sessions.contains_key(&(pool.clone(), key.clone())) {
+                if !self.sessions.contains_key(&Pair(pool, key)) {
                     return Err(ApiError::NotFound(format!("no session {key:?} in pool {pool:?}")));
                 }
                 self.emit(&mut out, change::Kind::SessionRemoved(SessionRef { pool: pool.clone(), key: key.clone() }));
@@ -364,7 +364,7 @@ impl State {
     fn bind_sessions(&mut self, out: &mut Vec<Change>, rev: u64, now_ms: u64, bindings: &[Pb<SessionBinding>]) {
         for Pb(b) in bindings {
             let usable_here = |s: &State, backend: &str| s.backend(&b.pool, backend).is_some_and(usable);
-            let next = match self.sessions.get(&(b.pool.clone(), b.key.clone())) {
+            let next = match self.sessions.get(&Pair(&b.pool, &b.key)) {
                 Some(cur) if cur.backend == b.backend => {
                     SessionBinding { last_seen_ms: cur.last_seen_ms.max(now_ms), ..cur.clone() }
                 }

@@ -12,7 +12,7 @@ use switchyard_model::version::max_feature_level;
 fn entry(index: u64, cmd: Command) -> Entry {
     Entry {
         log_id: LogId::new(CommittedLeaderId::new(1, 1), index),
-        payload: EntryPayload::Normal(Batch(vec![cmd.into()])),
+        payload: EntryPayload::Normal(Batch(std::sync::Arc::new(vec![cmd.into()]))),
     }
 }
 

@@ -15,7 +15,7 @@ fn entry(index: u64, client: &str, seq: u64, pool: &str) -> Entry {
     let id = Some(RequestId { client: client.into(), seq });
     Entry {
         log_id: LogId::new(CommittedLeaderId::new(1, 1), index),
-        payload: EntryPayload::Normal(Batch(vec![Proposed { id, cmd, audit: None }])),
+        payload: EntryPayload::Normal(Batch(std::sync::Arc::new(vec![Proposed { id, cmd, audit: None }]))),
     }
 }
 

@@ -11,7 +11,7 @@ use switchyard_control::types::{Entry, LogId};
 fn entry(index: u64, cmd: Command) -> Entry {
     Entry {
         log_id: LogId::new(CommittedLeaderId::new(1, 1), index),
-        payload: EntryPayload::Normal(Batch(vec![cmd.into()])),
+        payload: EntryPayload::Normal(Batch(std::sync::Arc::new(vec![cmd.into()]))),
     }
 }
 
@@ -96,7 +96,11 @@ fn audited(index: u64, cmd: Command, what: &str) -> Entry {
     });
     Entry {
         log_id: LogId::new(CommittedLeaderId::new(1, 1), index),
-        payload: EntryPayload::Normal(Batch(vec![switchyard_control::state::Proposed { id: None, cmd, audit }])),
+        payload: EntryPayload::Normal(Batch(std::sync::Arc::new(vec![switchyard_control::state::Proposed {
+            id: None,
+            cmd,
+            audit,
+        }]))),
     }
 }
 

@@ -3,6 +3,7 @@
 
 use std::sync::Arc;
 
+use switchyard_model::topology::Pair;
 use switchyard_proto::v1::admin_server::Admin;
 use switchyard_proto::v1::*;
 use tonic::{Request, Response, Status};
@@ -60,7 +61,7 @@ impl AdminService {
         let (revision, changes) = leader::write(&self.0, Proposed { id, cmd, audit }).await?;
         let backend = backend_of(&changes).or_else(|| {
             // A write that changed nothing: answer with the backend as it stands.
-            self.0.shared.read().state.backends.get(&(pool, address)).cloned()
+            self.0.shared.read().state.backends.get(&Pair(&pool, &address)).cloned()
         });
         Ok(Response::new(BackendReply { revision, backend }))
     }

@@ -71,7 +71,7 @@ pub async fn propose_loop(raft: Raft, mut rx: mpsc::Receiver<Proposal>, metrics:
             .unzip();
         metrics.proposals.inc_by(cmds.len() as u64);
         metrics.batch_size.observe(cmds.len() as f64);
-        let pending = match raft.client_write_ff(Batch(cmds)).await {
+        let pending = match raft.client_write_ff(Batch(Arc::new(cmds))).await {
             Ok(p) => p,
             Err(f) => {
                 fail_all(txs, ExecError::Api(ApiError::Unavailable(format!("raft stopped: {f}"))));

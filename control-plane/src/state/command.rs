@@ -142,8 +142,11 @@ impl From<Command> for Proposed {
 /// One Raft entry's payload: the commands a leader gathered while its previous entry was
 /// being written (group commit). They apply in order at the entry's revision (a repeated
 /// request answers with the revision it was first applied at).
+///
+/// Shared, so the log's copy of a recent entry is handed to replication and to the state
+/// machine without decoding it again (`store::log`'s tail); it encodes as the `Vec` would.
 #[derive(Debug, Clone, Serialize, Deserialize)]
-pub struct Batch(pub Vec<Proposed>);
+pub struct Batch(pub std::sync::Arc<Vec<Proposed>>);
 
 /// What applying one command did: the changes it made, or why it made none.
 pub type Outcome = Result<Vec<Change>, ApiError>;

@@ -16,11 +16,13 @@ use crate::types::{Entry, LogId, NodeId, StorageError, TypeConfig};
 
 mod flush;
 mod purge;
+mod tail;
 
 pub use flush::Durable;
 use flush::{flush_loop, Flush};
 use purge::purge_loop;
 pub use purge::PurgeGate;
+use tail::Tail;
 
 /// Log entries in tree `log`; vote, committed and purged ids in tree `meta`.
 #[derive(Clone)]
@@ -47,6 +49,8 @@ pub struct LogStore {
     metrics: Arc<Metrics>,
     /// sled's blob files, synced with every flush that makes entries count as durable.
     blobs: Blobs,
+    /// The newest entries, decoded, for reads that would otherwise decode them again.
+    tail: Arc<std::sync::Mutex<Tail>>,
 }
 
 /// Marks `db`'s empty log as starting after `at` (a restored snapshot's position), as if
@@ -133,6 +137,7 @@ impl LogStore {
             gate,
             metrics,
             blobs,
+            tail: Arc::default(),
         };
         // What a data dir holds when it opens is on disk.
         if let Some(last) = me.ends()?.1 {
@@ -179,14 +184,25 @@ impl LogStore {
     fn write_entries(&self, entries: impl IntoIterator<Item = Entry>) -> Result<Option<u64>, StorageError> {
         let encoded: Vec<_> = entries
             .into_iter()
-            .map(|e| postcard::to_stdvec(&e).map(|v| (key(e.log_id.index), v)))
+            .map(|e| postcard::to_stdvec(&e).map(|v| (v, e)))
             .collect::<Result<_, _>>()
             .map_err(write_err)?;
-        let last = encoded.last().map(|(k, _)| u64::from_be_bytes(*k));
-        for (k, v) in encoded {
-            self.log.insert(k, v).map_err(write_err)?;
+        let last = encoded.last().map(|(_, e)| e.log_id.index);
+        let mut tail = self.tail();
+        for (v, e) in encoded {
+            let size = v.len();
+            if let Err(err) = self.log.insert(key(e.log_id.index), v) {
+                // The tail must end where the log does; sled now ends somewhere unknown.
+                tail.clear();
+                return Err(write_err(err));
+            }
+            tail.push(e, size);
         }
         Ok(last)
+    }
+
+    fn tail(&self) -> std::sync::MutexGuard<'_, Tail> {
+        self.tail.lock().unwrap_or_else(|e| e.into_inner())
     }
 
     /// A flush outside the flusher thread, blobs included ([`flush::flush_with_blobs`]).
@@ -240,6 +256,7 @@ impl LogStore {
             n += 1;
         }
         if let Some(from) = hole {
+            self.tail().clear();
             let mut dropped = 0;
             for kv in self.log.range(key(from)..) {
                 self.log.remove(kv.map_err(read_err)?.0).map_err(write_err)?;
@@ -274,6 +291,14 @@ impl RaftLogReader<TypeConfig> for LogStore {
             Bound::Unbounded => 0,
         }
         .max(self.first_kept());
+        let end = match range.end_bound() {
+            Bound::Included(i) => Some(i.saturating_add(1)),
+            Bound::Excluded(i) => Some(*i),
+            Bound::Unbounded => None,
+        };
+        if let Some(cached) = self.tail().get(start, end, usize::MAX) {
+            return Ok(cached);
+        }
         let iter = match range.end_bound() {
             Bound::Included(i) => self.log.range(key(start)..=key(*i)),
             Bound::Excluded(i) => self.log.range(key(start)..key(*i)),
@@ -294,6 +319,9 @@ impl RaftLogReader<TypeConfig> for LogStore {
         let start = start.max(self.first_kept());
         if start >= end {
             return Ok(out);
+        }
+        if let Some(cached) = self.tail().get(start, Some(end), MAX_APPEND_BYTES) {
+            return Ok(cached);
         }
         for kv in self.log.range(key(start)..key(end)) {
             let (_, v) = kv.map_err(read_err)?;
@@ -388,12 +416,16 @@ impl RaftLogStorage<TypeConfig> for LogStore {
     }
 
     async fn truncate(&mut self, log_id: LogId) -> Result<(), StorageError> {
+        self.tail().truncate_from(log_id.index);
         let mut batch = sled::Batch::default();
         for kv in self.log.range(key(log_id.index)..) {
             let (k, _) = kv.map_err(read_err)?;
             batch.remove(k);
         }
-        self.log.apply_batch(batch).map_err(write_err)?;
+        if let Err(e) = self.log.apply_batch(batch) {
+            self.tail().clear();
+            return Err(write_err(e));
+        }
         self.flush().await?;
         self.durable.truncated(log_id.index);
         Ok(())
@@ -407,6 +439,7 @@ impl RaftLogStorage<TypeConfig> for LogStore {
             *pending = (*pending).max(Some(log_id));
         }
         self.first_kept.fetch_max(log_id.index + 1, Ordering::Release);
+        self.tail().purge_to(log_id.index);
         self.purger.send(log_id).map_err(|_| write_err("log purge thread stopped"))
     }
 }
@@ -425,7 +458,7 @@ mod tests {
             switchyard_proto::v1::Pool { name: "p".into(), hash_key: "x".repeat(100 * 1024), ..Default::default() };
         Entry {
             log_id: LogId::new(CommittedLeaderId::new(1, 1), index),
-            payload: EntryPayload::Normal(Batch(vec![Command::CreatePool(Pb(pool)).into()])),
+            payload: EntryPayload::Normal(Batch(Arc::new(vec![Command::CreatePool(Pb(pool)).into()]))),
         }
     }
 
@@ -495,6 +528,32 @@ mod tests {
         // One entry over the cap still goes alone, so replication never stalls.
         let got = log.limited_get_log_entries(30, 31).await.unwrap();
         assert_eq!(got.len(), 1);
+    }
+
+    #[tokio::test]
+    async fn reads_from_the_tail_match_reads_from_sled() {
+        let tmp = tempfile::tempdir().unwrap();
+        let db = crate::store::open(tmp.path(), 1).unwrap();
+        let mut cached = LogStore::new(db.clone()).unwrap();
+        cached.write_entries((1..=30).map(big)).unwrap();
+        cached.truncate(LogId::new(CommittedLeaderId::new(1, 1), 26)).await.unwrap();
+        cached.write_entries((26..=27).map(big)).unwrap();
+        // A store opened on the same database holds no tail: every read goes to sled.
+        let mut cold = LogStore::new(db).unwrap();
+        let ids = |v: Vec<Entry>| v.iter().map(|e| e.log_id.index).collect::<Vec<_>>();
+        for (start, end) in [(1, 31), (5, 9), (20, 28), (27, 28), (28, 40)] {
+            let a = ids(cached.limited_get_log_entries(start, end).await.unwrap());
+            assert_eq!(a, ids(cold.limited_get_log_entries(start, end).await.unwrap()), "{start}..{end}");
+            let a = ids(cached.try_get_log_entries(start..end).await.unwrap());
+            assert_eq!(a, ids(cold.try_get_log_entries(start..end).await.unwrap()), "{start}..{end}");
+        }
+        let a = ids(cached.try_get_log_entries(3..).await.unwrap());
+        assert_eq!(a, (3..=27).collect::<Vec<_>>());
+        assert_eq!(a, ids(cold.try_get_log_entries(3..).await.unwrap()));
+        let a = ids(cached.try_get_log_entries(27..=u64::MAX).await.unwrap());
+        assert_eq!(a, vec![27]);
+        cached.purge(LogId::new(CommittedLeaderId::new(1, 1), 10)).await.unwrap();
+        assert_eq!(ids(cached.try_get_log_entries(0..13).await.unwrap()), vec![11, 12]);
     }
 
     /// Whether `reached(index)` resolves within a short wait.

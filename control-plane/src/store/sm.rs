@@ -445,7 +445,7 @@ impl RaftStateMachine<TypeConfig> for StateMachineStore {
         }
         for e in &entries {
             if let EntryPayload::Normal(cmds) = &e.payload {
-                for p in &cmds.0 {
+                for p in cmds.0.iter() {
                     if let Command::SetFeatureLevel(n) = p.cmd {
                         refuse_level(n)?;
                     }
@@ -463,7 +463,7 @@ impl RaftStateMachine<TypeConfig> for StateMachineStore {
                 EntryPayload::Normal(cmds) => {
                     let mut outcomes = Vec::with_capacity(cmds.0.len());
                     let mut all = Vec::new();
-                    for p in &cmds.0 {
+                    for p in cmds.0.iter() {
                         let a = live.state.apply_proposed(rev, p);
                         if let (true, Ok(changes)) = (a.fresh, &a.written.1) {
                             all.extend(changes.iter().map(|Pb(c)| c.clone()));

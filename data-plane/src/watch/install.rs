@@ -4,6 +4,8 @@
 use std::sync::Arc;
 use std::time::SystemTime;
 
+use switchyard_model::topology::Pair;
+
 use super::mirror::{Delta, Mirror};
 use crate::drain;
 use crate::state::ProxyState;
@@ -20,7 +22,7 @@ pub fn install(state: &ProxyState, mirror: &Mirror, delta: &Delta, source: &'sta
             let old = state.table.swap(new.clone());
             drain::on_change(state, &old, &new);
             let backends = &mirror.model().backends;
-            state.registry.retain(|k| backends.contains_key(k));
+            state.registry.retain(|(pool, address)| backends.contains_key(&Pair(pool, address)));
             state.affinity.replace(mirror.session_map());
         }
     }
