@@ -17,7 +17,7 @@ const SUM: usize = 32;
 /// A decoded, checked backup.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Backup {
-    /// The storage format the data is in ([`crate::store::FORMAT`] of the node that saved it).
+    /// The storage format the data is in ([`crate::store::SNAPSHOT_FORMAT`] of the node that saved it).
     pub format: u32,
     pub revision: u64,
     /// The cluster it was saved from.
@@ -81,8 +81,8 @@ impl Backup {
             return Err(BackupError::Checksum { found: hex(found.as_ref()), recorded: hex(recorded) });
         }
         let format = u32::from_be_bytes(file[8..12].try_into().expect("4 bytes"));
-        if format != crate::store::FORMAT {
-            return Err(BackupError::Format { found: format, want: crate::store::FORMAT });
+        if format != crate::store::SNAPSHOT_FORMAT {
+            return Err(BackupError::Format { found: format, want: crate::store::SNAPSHOT_FORMAT });
         }
         let cluster_id = String::from_utf8(file[20..52].to_vec()).map_err(|_| BackupError::ClusterId)?;
         if !crate::cluster_id::valid(&cluster_id) {
@@ -103,7 +103,7 @@ mod tests {
 
     fn sample() -> Backup {
         Backup {
-            format: crate::store::FORMAT,
+            format: crate::store::SNAPSHOT_FORMAT,
             revision: 42,
             cluster_id: "0123456789abcdef0123456789abcdef".into(),
             data: b"state".to_vec(),
@@ -122,6 +122,9 @@ mod tests {
         assert!(matches!(Backup::decode(&file[..file.len() - 1]), Err(BackupError::Truncated(_))));
         assert_eq!(Backup::decode(b"hello world"), Err(BackupError::NotABackup));
         let old = Backup { format: 2, ..sample() }.encode();
-        assert_eq!(Backup::decode(&old), Err(BackupError::Format { found: 2, want: crate::store::FORMAT }));
+        assert_eq!(Backup::decode(&old), Err(BackupError::Format { found: 2, want: crate::store::SNAPSHOT_FORMAT }));
+        // Format 5 moved the log, not the snapshot: backups are still format 4's.
+        let five = Backup { format: 5, ..sample() }.encode();
+        assert_eq!(Backup::decode(&five), Err(BackupError::Format { found: 5, want: 4 }));
     }
 }

@@ -64,7 +64,7 @@ impl Node {
             reason: format!("corrupt: {e}"),
         };
         let metrics = Arc::new(crate::metrics::Metrics::default());
-        let log = LogStore::with_metrics(db.clone(), blobs, metrics.clone()).map_err(data_err)?;
+        let log = LogStore::with_metrics(db.clone(), &config.data_dir, blobs, metrics.clone()).map_err(data_err)?;
         let cluster_id = ClusterId::open(&db)
             .map_err(|e| NodeError::DataDir { path: config.data_dir.display().to_string(), reason: e })?;
         bootstrap::check_peers(&config, log.is_empty().map_err(data_err)?, &cluster_id).await?;

@@ -5,6 +5,7 @@
 pub mod blobs;
 pub mod log;
 pub mod sm;
+pub mod wal;
 
 use std::path::Path;
 
@@ -17,11 +18,16 @@ use crate::types::StorageError;
 /// and the seen-request table in the state machine and snapshots. 3: audit notes in log
 /// entries, bearer tokens and the audit log in the state machine and snapshots. 4: the state
 /// machine is no longer written row by row, only in snapshots (a build that reads format 3
-/// would take the rows it finds for the current state).
-pub const FORMAT: u32 = 4;
-/// An older format this build opens, and upgrades in place: format 3's rows are read once and
-/// its log and snapshots are format 4's.
-const UPGRADES_FROM: u32 = 3;
+/// would take the rows it finds for the current state). 5: the Raft log is in its own WAL
+/// (`wal/`), not in sled (a build that reads format 4 would find an empty log beside a vote).
+pub const FORMAT: u32 = 5;
+/// Older formats this build opens, and upgrades in place: format 3's rows are read once, and
+/// a log left in sled is moved to the WAL (`log::LogStore::new`); entries and snapshots are
+/// encoded alike in all three.
+const UPGRADES_FROM: &[u32] = &[3, 4];
+/// The format snapshots, and so backups, are encoded in: unchanged since format 4, so
+/// backups stay readable by builds of format 4.
+pub const SNAPSHOT_FORMAT: u32 = 4;
 
 /// Opens (or creates) a node's data dir and checks it belongs to this node.
 ///
@@ -81,7 +87,7 @@ pub fn open_with(dir: &Path, node_id: u64, background_flush: bool) -> Result<sle
             u32::from_be_bytes(b)
         }
     };
-    if format == UPGRADES_FROM {
+    if UPGRADES_FROM.contains(&format) {
         meta.insert("format", &FORMAT.to_be_bytes()).map_err(|e| err(e.to_string()))?;
         db.flush().map_err(|e| err(e.to_string()))?;
     } else if format != FORMAT {
@@ -122,11 +128,11 @@ mod tests {
             db.flush().unwrap();
         }
         let e = open(&path, 1).unwrap_err().to_string();
-        assert!(e.contains("storage format 1") && e.contains("reads format 4"), "{e}");
+        assert!(e.contains("storage format 1") && e.contains("reads format 5"), "{e}");
     }
 
     #[test]
-    fn a_format_3_data_dir_opens_and_is_marked_format_4() {
+    fn a_format_3_data_dir_opens_and_is_marked_as_this_builds() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("node");
         {

@@ -12,7 +12,7 @@ impl StoreBuilder<TypeConfig, LogStore, StateMachineStore, TempDir> for SledBuil
         let dir = tempfile::tempdir().expect("temp dir");
         let data = dir.path().join("data");
         let db = store::open(&data, 1).expect("open sled");
-        Ok((dir, LogStore::new(db.clone())?, StateMachineStore::open(db, &data)?))
+        Ok((dir, LogStore::new(db.clone(), &data)?, StateMachineStore::open(db, &data)?))
     }
 }
 

@@ -395,12 +395,12 @@ async fn blobs_synced(n: &ControlNode) -> f64 {
     metric(n, "switchyard_control_log_blobs_synced_total").await
 }
 
-/// Large entries (here binding reports of 600 sessions, about 60 KB each) make sled write
-/// parts of the log to files of their own under `blobs/`, which its flush does not sync.
-/// Every node syncs each of them before it counts the entries in them durable, and a cluster
-/// killed outright comes back with every binding it acknowledged.
+/// Large entries (here binding reports of 600 sessions, about 60 KB each) go to the log's
+/// own segment files, and a cluster killed outright comes back with every binding it
+/// acknowledged. (When the log was in sled, such entries went to sled's blob files, which its
+/// flush did not sync; any blob sled still writes is synced too.)
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn log_blobs_are_synced_with_the_log_and_survive_a_kill_of_every_node() {
+async fn large_log_entries_survive_a_kill_of_every_node() {
     let _g = serial().await;
     let mut c = Cluster::start(3, &[]).await;
     let leader = c.leader(Duration::from_secs(10)).await;
@@ -440,8 +440,8 @@ async fn log_blobs_are_synced_with_the_log_and_survive_a_kill_of_every_node() {
     })
     .await;
     for n in c.nodes.values() {
-        let synced = blobs_synced(n).await;
-        assert!(synced >= 1.0, "node {} synced {synced} blobs", n.id);
+        let segments = std::fs::read_dir(n.data_dir.join("wal")).expect("a wal/ directory").count();
+        assert!(segments >= 1, "node {} has no log segment", n.id);
         // Every blob still on disk was synced: one written after the last flush waits at
         // most the idle flusher's 100 ms.
         eventually(&format!("node {}'s blobs all synced", n.id), Duration::from_secs(5), || async {

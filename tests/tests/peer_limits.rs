@@ -59,7 +59,7 @@ async fn a_raft_core_that_stops_fatally_turns_health_not_serving_and_exits_non_z
     // refused such votes): at its next election the core adds 1 to the term and panics.
     {
         let db = store::open(&c.nodes[&1].data_dir, 1).unwrap();
-        let mut log = LogStore::new(db).unwrap();
+        let mut log = LogStore::new(db, &c.nodes[&1].data_dir).unwrap();
         log.save_vote(&Vote::new(u64::MAX, 2)).await.unwrap();
     }
     c.node(1).start();

@@ -273,7 +273,7 @@ impl Admin for AdminService {
         let data = crate::store::sm::off_runtime(move || view.encode())
             .await
             .map_err(|e| Status::internal(format!("cannot encode the state: {e}")))?;
-        let file = crate::backup::Backup { format: crate::store::FORMAT, revision, cluster_id, data }.encode();
+        let file = crate::backup::Backup { format: crate::store::SNAPSHOT_FORMAT, revision, cluster_id, data }.encode();
         tracing::info!(revision, bytes = file.len(), "backup taken");
         Ok(Response::new(SaveSnapshotReply { revision, file }))
     }

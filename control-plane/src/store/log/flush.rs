@@ -6,6 +6,7 @@ use openraft::storage::LogFlushed;
 
 use crate::metrics::Metrics;
 use crate::store::blobs::Blobs;
+use crate::store::wal::Wal;
 use crate::types::TypeConfig;
 
 /// How far this node's log is durable: every entry up to the index it names.
@@ -87,10 +88,10 @@ pub(super) struct Flush(pub u64, pub u64, pub Option<LogFlushed<TypeConfig>>);
 /// Group commit: every append waiting when a flush starts is made durable by that one flush,
 /// and Raft goes on appending and replicating meanwhile instead of waiting on each fsync.
 ///
-/// It is a thread of its own: an fsync blocks, and handing each one to sled's pool costs a
-/// second thread hop.
+/// It is a thread of its own: an fsync blocks. Only the log is synced here; sled holds just
+/// the vote and other records whose writers flush it themselves.
 pub(super) fn flush_loop(
-    db: sled::Db,
+    wal: Arc<Wal>,
     blobs: Blobs,
     rx: std::sync::mpsc::Receiver<Flush>,
     durable: Durable,
@@ -116,11 +117,8 @@ pub(super) fn flush_loop(
         waiting.push(first);
         waiting.extend(rx.try_iter());
         let started = std::time::Instant::now();
-        let res = flush_with_blobs(&db, &blobs);
+        let res = wal.sync();
         metrics.log_flush.observe(started.elapsed().as_secs_f64());
-        if let Ok(n) = res {
-            metrics.log_blobs_synced.inc_by(n);
-        }
         match &res {
             Ok(_) => {
                 for f in &waiting {

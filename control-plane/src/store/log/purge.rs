@@ -3,9 +3,9 @@
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
-use super::key;
 use crate::store::blobs::Blobs;
-use crate::store::{read_err, write_err};
+use crate::store::wal::Wal;
+use crate::store::write_err;
 use crate::types::{LogId, StorageError};
 
 /// How far the log may be purged: one more than the index of the snapshot durably stored
@@ -44,8 +44,9 @@ impl PurgeGate {
 }
 
 /// Purges in the background, in order: openraft awaits `purge` inside its core, and removing
-/// the ten thousand or so entries a snapshot frees took 100–800 ms in sled under load, time in
-/// which the core sent no heartbeat and answered nothing (followers stood for election).
+/// the ten thousand or so entries a snapshot frees took 100–800 ms when the log was in sled,
+/// time in which the core sent no heartbeat and answered nothing (followers stood for
+/// election); the point waits for the gate besides.
 ///
 /// A point is recorded (and made durable) only once the gate allows it, and before anything
 /// is removed, so a crash at any moment leaves either the old point with every entry after it,
@@ -54,7 +55,7 @@ impl PurgeGate {
 pub(super) fn purge_loop(
     db: sled::Db,
     blobs: Blobs,
-    log: sled::Tree,
+    wal: Arc<Wal>,
     meta: sled::Tree,
     gate: PurgeGate,
     rx: std::sync::mpsc::Receiver<LogId>,
@@ -64,7 +65,7 @@ pub(super) fn purge_loop(
         match want {
             Some(upto) if gate.allows(upto.index) => {
                 want = None;
-                if let Err(e) = purge_upto(&db, &blobs, &log, &meta, upto) {
+                if let Err(e) = purge_upto(&db, &blobs, &wal, &meta, upto) {
                     // Not fatal: the entries stay, and the next purge covers them.
                     tracing::warn!(error = %e, upto = %upto, "log purge failed");
                 }
@@ -85,20 +86,9 @@ pub(super) fn purge_loop(
     }
 }
 
-fn purge_upto(
-    db: &sled::Db,
-    blobs: &Blobs,
-    log: &sled::Tree,
-    meta: &sled::Tree,
-    upto: LogId,
-) -> Result<(), StorageError> {
+fn purge_upto(db: &sled::Db, blobs: &Blobs, wal: &Wal, meta: &sled::Tree, upto: LogId) -> Result<(), StorageError> {
     meta.insert("last_purged", postcard::to_stdvec(&upto).map_err(write_err)?).map_err(write_err)?;
     super::flush::flush_with_blobs(db, blobs).map_err(write_err)?;
-    // One key at a time, not one batch: a sled batch holds a lock every other write to the
-    // database waits on (appends too), for as long as it takes to apply.
-    for kv in log.range(..=key(upto.index)) {
-        let (k, _) = kv.map_err(read_err)?;
-        log.remove(k).map_err(write_err)?;
-    }
-    Ok(())
+    // Whole segments only: what the last one still holds below the point stays, unread.
+    wal.purge(upto.index).map_err(write_err)
 }
