@@ -17,7 +17,9 @@ use crate::types::Raft;
 pub const MAX_BATCH: usize = 1024;
 /// Entries submitted to Raft and not yet answered. openraft queues whatever it is given one
 /// entry per message, so holding writes back here is what lets them gather into batches.
-pub const IN_FLIGHT: usize = 3;
+/// With the log's real fsync (the WAL), 3 left the cores idle part of the time at 64 writers:
+/// 6 made 1.03-1.18x the writes/s of 3 in five interleaved rounds, and 12 less than 6.
+pub const IN_FLIGHT: usize = 6;
 
 /// A write waiting to be batched into the next Raft entry.
 pub struct Proposal {
