@@ -29,27 +29,15 @@ pub fn backend_key(b: &Backend) -> BackendKey {
 #[derive(Debug, Clone, Copy)]
 pub struct Pair<'a>(pub &'a str, pub &'a str);
 
-impl equivalent::Equivalent<PairKey> for Pair<'_> {
-    fn equivalent(&self, key: &PairKey) -> bool {
-        self.0 == key.0 && self.1 == key.1
+impl<A: AsRef<str>, B: AsRef<str>> equivalent::Equivalent<(A, B)> for Pair<'_> {
+    fn equivalent(&self, key: &(A, B)) -> bool {
+        self.0 == key.0.as_ref() && self.1 == key.1.as_ref()
     }
 }
 
-impl equivalent::Comparable<PairKey> for Pair<'_> {
-    fn compare(&self, key: &PairKey) -> std::cmp::Ordering {
-        (self.0, self.1).cmp(&(key.0.as_str(), key.1.as_str()))
-    }
-}
-
-impl equivalent::Equivalent<BackendKey> for Pair<'_> {
-    fn equivalent(&self, key: &BackendKey) -> bool {
-        self.0 == key.0 && self.1 == key.1
-    }
-}
-
-impl equivalent::Comparable<BackendKey> for Pair<'_> {
-    fn compare(&self, key: &BackendKey) -> std::cmp::Ordering {
-        (self.0, self.1).cmp(&(key.0.as_str(), key.1.as_str()))
+impl<A: AsRef<str>, B: AsRef<str>> equivalent::Comparable<(A, B)> for Pair<'_> {
+    fn compare(&self, key: &(A, B)) -> std::cmp::Ordering {
+        (self.0, self.1).cmp(&(key.0.as_ref(), key.1.as_ref()))
     }
 }
 
