@@ -17,6 +17,7 @@ use crate::metrics::Metrics;
 use crate::types::{Entry, LogId, NodeId, StorageError, TypeConfig};
 
 mod flush;
+mod migrate;
 mod purge;
 mod tail;
 
@@ -94,7 +95,7 @@ impl LogStore {
     /// [`Self::new`], syncing `blobs` with every flush of sled, timing flushes and noting
     /// commits into a node's metrics.
     pub fn with_metrics(db: sled::Db, dir: &Path, blobs: Blobs, metrics: Arc<Metrics>) -> Result<Self, StorageError> {
-        let wal = open_wal(&db, dir)?;
+        let wal = migrate::open_wal(&db, dir)?;
         let meta = db.open_tree("meta").map_err(read_err)?;
         let (flusher, rx) = std::sync::mpsc::channel();
         let (flush_wal, flush_blobs) = (wal.clone(), blobs.clone());
@@ -270,51 +271,6 @@ impl LogStore {
 /// capped by entry count alone could be too big to ever arrive in time on a slow link.
 pub const MAX_APPEND_BYTES: usize = 1024 * 1024;
 
-/// The log of the data dir `dir`, moved out of `db` first if an older build left it there.
-///
-/// Before the WAL, entries were in sled's tree `log`. They are copied into `wal.tmp/`,
-/// synced, and the directory renamed to `wal/` in one step, so a crash leaves either no WAL
-/// (copied again on the next start) or all of it; only then is the tree emptied.
-fn open_wal(db: &sled::Db, dir: &Path) -> Result<Arc<Wal>, StorageError> {
-    let path = dir.join("wal");
-    let old = db.open_tree("log").map_err(read_err)?;
-    if !path.exists() && !old.is_empty() {
-        let tmp = dir.join("wal.tmp");
-        if tmp.exists() {
-            std::fs::remove_dir_all(&tmp).map_err(write_err)?;
-        }
-        let (wal, _) = Wal::open(&tmp).map_err(write_err)?;
-        let mut run: Vec<(LogId, Vec<u8>)> = Vec::new();
-        for kv in old.iter() {
-            let (_, v) = kv.map_err(read_err)?;
-            let id = postcard::from_bytes::<Entry>(&v).map_err(read_err)?.log_id;
-            if run.last().is_some_and(|(l, _)| id.index != l.index + 1) || run.len() >= 1024 {
-                wal.append(&run).map_err(write_err)?;
-                run.clear();
-            }
-            run.push((id, v.to_vec()));
-        }
-        wal.append(&run).map_err(write_err)?;
-        wal.sync().map_err(write_err)?;
-        drop(wal);
-        std::fs::rename(&tmp, &path).map_err(write_err)?;
-        std::fs::File::open(dir).and_then(|d| d.sync_all()).map_err(write_err)?;
-        tracing::info!(entries = old.len(), "moved the Raft log out of sled into wal/");
-    }
-    let (wal, recovered) = Wal::open(&path).map_err(read_err)?;
-    if recovered.dropped_bytes > 0 {
-        tracing::warn!(
-            bytes = recovered.dropped_bytes,
-            "the log ended in a torn write (a crash before it was synced, so never acknowledged); cut off"
-        );
-    }
-    if !old.is_empty() {
-        old.clear().map_err(write_err)?;
-        db.flush().map_err(write_err)?;
-    }
-    Ok(Arc::new(wal))
-}
-
 impl RaftLogReader<TypeConfig> for LogStore {
     async fn try_get_log_entries<RB: RangeBounds<u64> + Clone + Debug + OptionalSend>(
         &mut self,
@@ -455,185 +411,4 @@ impl RaftLogStorage<TypeConfig> for LogStore {
 }
 
 #[cfg(test)]
-mod tests {
-    use openraft::{CommittedLeaderId, EntryPayload};
-
-    use super::*;
-    use crate::pb::Pb;
-    use crate::state::{Batch, Command};
-
-    /// An entry of about 100 KiB (a pool with a long hash key, never applied here).
-    fn big(index: u64) -> Entry {
-        let pool =
-            switchyard_proto::v1::Pool { name: "p".into(), hash_key: "x".repeat(100 * 1024), ..Default::default() };
-        Entry {
-            log_id: LogId::new(CommittedLeaderId::new(1, 1), index),
-            payload: EntryPayload::Normal(Batch(Arc::new(vec![Command::CreatePool(Pb(pool)).into()]))),
-        }
-    }
-
-    #[tokio::test]
-    async fn a_log_with_a_hole_ends_before_it() {
-        let tmp = tempfile::tempdir().unwrap();
-        let db = crate::store::open(tmp.path(), 1).unwrap();
-        let mut log = LogStore::new(db.clone(), tmp.path()).unwrap();
-        // What a crash between a truncation's two steps can leave: a segment removed, the
-        // later one not (see `Wal::truncate`).
-        log.write_entries((1..=3).map(big)).unwrap();
-        log.write_entries((5..=6).map(big)).unwrap();
-        assert_eq!(log.check().unwrap(), 3, "entries 1 to 3 are kept");
-        let state = log.get_log_state().await.unwrap();
-        assert_eq!(state.last_log_id.map(|l| l.index), Some(3), "5 and 6 went with the hole");
-        assert_eq!(log.check().unwrap(), 3, "a log without a hole is left as it is");
-        drop(log);
-        let mut log = LogStore::new(db, tmp.path()).unwrap();
-        let state = log.get_log_state().await.unwrap();
-        assert_eq!(state.last_log_id.map(|l| l.index), Some(3), "and so it stays");
-    }
-
-    #[tokio::test]
-    async fn what_a_purge_cut_short_left_below_the_snapshot_is_no_hole() {
-        let tmp = tempfile::tempdir().unwrap();
-        let db = crate::store::open(tmp.path(), 1).unwrap();
-        let log = LogStore::new(db.clone(), tmp.path()).unwrap();
-        // Entries 1-3 from before a snapshot at 10 was installed, then 11-12 appended after it;
-        // the crash came before the purge recorded its point.
-        log.write_entries((1..=3).map(big)).unwrap();
-        log.write_entries((11..=12).map(big)).unwrap();
-        log.purge_gate().durable(Some(10));
-        assert_eq!(log.check().unwrap(), 5, "all five are decoded, and none is dropped");
-        let state = log.clone().get_log_state().await.unwrap();
-        assert_eq!(state.last_log_id.map(|l| l.index), Some(12));
-    }
-
-    #[tokio::test]
-    async fn a_purge_is_recorded_only_once_the_snapshot_it_relies_on_is_durable() {
-        let tmp = tempfile::tempdir().unwrap();
-        let mut log = LogStore::new(crate::store::open(tmp.path(), 1).unwrap(), tmp.path()).unwrap();
-        let gate = log.purge_gate();
-        // Two segments: the purge below removes the first whole.
-        log.write_entries((1..=6).map(big)).unwrap();
-        log.write_entries((8..=10).map(big)).unwrap();
-        log.purge(LogId::new(CommittedLeaderId::new(1, 1), 6)).await.unwrap();
-        // Raft sees the purge at once...
-        let state = log.get_log_state().await.unwrap();
-        assert_eq!(state.last_purged_log_id.map(|l| l.index), Some(6));
-        assert_eq!(state.last_log_id.map(|l| l.index), Some(10));
-        let first = log.try_get_log_entries(0..).await.unwrap().first().map(|e| e.log_id.index);
-        assert_eq!(first, Some(8));
-        // ...but while no durable snapshot covers index 6, nothing is recorded or removed: a
-        // crash now restarts from the old snapshot with every entry after it.
-        std::thread::sleep(std::time::Duration::from_millis(200));
-        assert_eq!(log.get_meta::<LogId>("last_purged").unwrap(), None);
-        assert_eq!(log.wal.runs(), [(1, 6), (8, 10)]);
-        gate.durable(Some(6));
-        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
-        while log.wal.runs() != [(8, 10)] {
-            assert!(std::time::Instant::now() < deadline, "purge never ran: {:?}", log.wal.runs());
-            std::thread::sleep(std::time::Duration::from_millis(10));
-        }
-        assert_eq!(log.get_meta::<LogId>("last_purged").unwrap().map(|l| l.index), Some(6));
-    }
-
-    #[tokio::test]
-    async fn a_log_left_in_sled_by_an_older_build_moves_to_the_wal() {
-        let tmp = tempfile::tempdir().unwrap();
-        let db = crate::store::open(tmp.path(), 1).unwrap();
-        {
-            // As an older build wrote it: big-endian index keys, a gap below a purge point.
-            let tree = db.open_tree("log").unwrap();
-            for e in (1..=3).chain(7..=9).map(big) {
-                tree.insert(e.log_id.index.to_be_bytes(), postcard::to_stdvec(&e).unwrap()).unwrap();
-            }
-            // A copy cut short by a crash is started over.
-            std::fs::create_dir_all(tmp.path().join("wal.tmp")).unwrap();
-            std::fs::write(tmp.path().join("wal.tmp").join("00000000000000000001.wal"), b"torn").unwrap();
-        }
-        let mut log = LogStore::new(db.clone(), tmp.path()).unwrap();
-        assert!(db.open_tree("log").unwrap().is_empty(), "the old tree is emptied");
-        assert!(!tmp.path().join("wal.tmp").exists());
-        assert_eq!(log.wal.runs(), [(1, 3), (7, 9)]);
-        let got: Vec<u64> = log.try_get_log_entries(7..).await.unwrap().iter().map(|e| e.log_id.index).collect();
-        assert_eq!(got, [7, 8, 9]);
-        drop(log);
-        let log = LogStore::new(db, tmp.path()).unwrap();
-        assert_eq!(log.wal.runs(), [(1, 3), (7, 9)], "and stays moved");
-    }
-
-    #[tokio::test]
-    async fn replication_reads_are_capped_by_bytes_not_only_by_entries() {
-        let tmp = tempfile::tempdir().unwrap();
-        let mut log = LogStore::new(crate::store::open(tmp.path(), 1).unwrap(), tmp.path()).unwrap();
-        log.write_entries((1..=30).map(big)).unwrap();
-        let got = log.limited_get_log_entries(1, 31).await.unwrap();
-        let indexes: Vec<u64> = got.iter().map(|e| e.log_id.index).collect();
-        assert_eq!(indexes, (1..=10).collect::<Vec<_>>(), "about 1 MiB of 100 KiB entries, in order");
-        // One entry over the cap still goes alone, so replication never stalls.
-        let got = log.limited_get_log_entries(30, 31).await.unwrap();
-        assert_eq!(got.len(), 1);
-    }
-
-    #[tokio::test]
-    async fn reads_from_the_tail_match_reads_from_the_wal() {
-        let tmp = tempfile::tempdir().unwrap();
-        let db = crate::store::open(tmp.path(), 1).unwrap();
-        let mut cached = LogStore::new(db.clone(), tmp.path()).unwrap();
-        cached.write_entries((1..=30).map(big)).unwrap();
-        cached.truncate(LogId::new(CommittedLeaderId::new(1, 1), 26)).await.unwrap();
-        cached.write_entries((26..=27).map(big)).unwrap();
-        // A store opened on the same data dir holds no tail: every read goes to the WAL.
-        let mut cold = LogStore::new(db, tmp.path()).unwrap();
-        let ids = |v: Vec<Entry>| v.iter().map(|e| e.log_id.index).collect::<Vec<_>>();
-        for (start, end) in [(1, 31), (5, 9), (20, 28), (27, 28), (28, 40)] {
-            let a = ids(cached.limited_get_log_entries(start, end).await.unwrap());
-            assert_eq!(a, ids(cold.limited_get_log_entries(start, end).await.unwrap()), "{start}..{end}");
-            let a = ids(cached.try_get_log_entries(start..end).await.unwrap());
-            assert_eq!(a, ids(cold.try_get_log_entries(start..end).await.unwrap()), "{start}..{end}");
-        }
-        let a = ids(cached.try_get_log_entries(3..).await.unwrap());
-        assert_eq!(a, (3..=27).collect::<Vec<_>>());
-        assert_eq!(a, ids(cold.try_get_log_entries(3..).await.unwrap()));
-        let a = ids(cached.try_get_log_entries(27..=u64::MAX).await.unwrap());
-        assert_eq!(a, vec![27]);
-        cached.purge(LogId::new(CommittedLeaderId::new(1, 1), 10)).await.unwrap();
-        assert_eq!(ids(cached.try_get_log_entries(0..13).await.unwrap()), vec![11, 12]);
-    }
-
-    /// Whether `reached(index)` resolves within a short wait.
-    async fn reaches(d: &Durable, index: u64) -> bool {
-        tokio::time::timeout(std::time::Duration::from_millis(100), d.reached(index)).await.is_ok()
-    }
-
-    #[tokio::test]
-    async fn only_this_nodes_own_granted_vote_makes_its_appends_a_leaders() {
-        let tmp = tempfile::tempdir().unwrap();
-        let mut log = LogStore::new(crate::store::open(tmp.path(), 1).unwrap(), tmp.path()).unwrap();
-        let leading = |log: &LogStore| log.leading.load(Ordering::Acquire);
-        assert!(!leading(&log), "a store opens as no leader's");
-        log.save_vote(&Vote::new(1, 1)).await.unwrap();
-        assert!(!leading(&log), "a candidate's own vote, not yet granted");
-        log.save_vote(&Vote::new_committed(1, 1)).await.unwrap();
-        assert!(leading(&log), "its own vote, granted by a quorum");
-        log.save_vote(&Vote::new_committed(2, 3)).await.unwrap();
-        assert!(!leading(&log), "another node's leadership");
-    }
-
-    #[tokio::test]
-    async fn durability_follows_flushes_and_truncation() {
-        let tmp = tempfile::tempdir().unwrap();
-        let mut log = LogStore::new(crate::store::open(tmp.path(), 1).unwrap(), tmp.path()).unwrap();
-        let d = log.durable();
-        assert!(!reaches(&d, 0).await, "an empty log holds nothing");
-        // Written but not flushed: not durable.
-        log.write_entries((1..=3).map(big)).unwrap();
-        assert!(!reaches(&d, 1).await);
-        log.save_vote(&Vote::new(1, 1)).await.unwrap();
-        assert!(reaches(&d, 3).await && !reaches(&d, 4).await, "a vote's flush takes the whole log");
-        d.raise(5, d.epoch());
-        let stale = d.epoch();
-        log.truncate(LogId::new(CommittedLeaderId::new(1, 1), 2)).await.unwrap();
-        assert!(reaches(&d, 1).await && !reaches(&d, 2).await, "what was cut is no longer durable");
-        d.raise(9, stale);
-        assert!(!reaches(&d, 2).await, "a flush queued before the truncation raises nothing");
-    }
-}
+mod tests;
