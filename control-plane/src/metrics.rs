@@ -36,7 +36,7 @@ pub struct Metrics {
     pub batch_size: Histogram,
     /// Time of one fsync of the log (one flush makes every waiting append durable).
     pub log_flush: Histogram,
-    /// sled blob files fsynced with the log that points to them (see `store::blobs`).
+    /// sled blob files fsynced with sled's flushes (see `store::blobs`).
     pub log_blobs_synced: Counter,
     pub snapshot_builds: Counter,
     pub snapshot_installs: Counter,

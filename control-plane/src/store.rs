@@ -1,6 +1,6 @@
-//! sled storage: the Raft log and vote ([`log::LogStore`]), the state machine and snapshots
-//! ([`sm::StateMachineStore`]) in one sled database per node; the current snapshot in a file
-//! beside it.
+//! A node's storage: the Raft log in its own WAL ([`wal`]) and the vote in sled
+//! ([`log::LogStore`]), the state machine and snapshots ([`sm::StateMachineStore`]); one sled
+//! database per node, the WAL and the current snapshot in files beside it.
 
 pub mod blobs;
 pub mod log;

@@ -42,7 +42,7 @@ pub struct LogStore {
     leading: Arc<AtomicBool>,
     durable: Durable,
     /// The first index not purged (0: none purged since start). Entries below it may still be
-    /// in the tree, awaiting the purge thread; reads skip them.
+    /// in the WAL, awaiting the purge thread; reads skip them.
     first_kept: Arc<AtomicU64>,
     /// The purge point Raft asked for, not yet recorded on disk (the purge thread records it
     /// once the snapshot covering it is durable).

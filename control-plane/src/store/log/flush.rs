@@ -101,8 +101,8 @@ pub(super) fn flush_loop(
     loop {
         let first = match rx.recv_timeout(IDLE_BLOB_SYNC) {
             Ok(f) => f,
-            // sled's own cleaner may copy entries into a new blob and delete the old one while
-            // no append comes: such a blob waits no longer than this for its fsync.
+            // sled's own cleaner may copy records into a new blob and delete the old one while
+            // no flush comes: such a blob waits no longer than this for its fsync.
             Err(std::sync::mpsc::RecvTimeoutError::Timeout) => {
                 match blobs.sync() {
                     Ok(n) => {
