@@ -22,7 +22,7 @@ mod purge;
 mod tail;
 
 pub use flush::Durable;
-use flush::{flush_loop, Flush};
+use flush::{flush_loop, Flush, SyncCost};
 use purge::purge_loop;
 pub use purge::PurgeGate;
 use tail::Tail;
@@ -41,6 +41,7 @@ pub struct LogStore {
     /// leader's, acknowledged before they are durable (see [`Durable`]).
     leading: Arc<AtomicBool>,
     durable: Durable,
+    sync_cost: SyncCost,
     /// The first index not purged (0: none purged since start). Entries below it may still be
     /// in the WAL, awaiting the purge thread; reads skip them.
     first_kept: Arc<AtomicU64>,
@@ -102,9 +103,11 @@ impl LogStore {
         let flush_metrics = metrics.clone();
         let durable = Durable::default();
         let flush_durable = durable.clone();
+        let sync_cost = SyncCost::default();
+        let flush_cost = sync_cost.clone();
         std::thread::Builder::new()
             .name("log-flush".into())
-            .spawn(move || flush_loop(flush_wal, flush_blobs, rx, flush_durable, flush_metrics))
+            .spawn(move || flush_loop(flush_wal, flush_blobs, rx, flush_durable, flush_metrics, flush_cost))
             .map_err(write_err)?;
         let (purger, rx) = std::sync::mpsc::channel();
         let gate = PurgeGate::open();
@@ -129,6 +132,7 @@ impl LogStore {
             id,
             leading: Arc::default(),
             durable,
+            sync_cost,
             first_kept,
             pending_purge: Arc::default(),
             gate,
@@ -372,6 +376,18 @@ impl RaftLogStorage<TypeConfig> for LogStore {
         // on it.
         let early = self.leading.load(Ordering::Acquire);
         let epoch = self.durable.epoch();
+        // openraft 0.9's core awaits this callback before it does anything else, so a
+        // follower's core gains nothing from the flusher thread but two hand-offs between
+        // threads: it syncs here while syncs are cheap (1 client's writes: 6-10% more of them
+        // per second, measured).
+        if !early && self.sync_cost.cheap() {
+            let res = self.sync_cost.sync(&self.wal, &self.metrics);
+            if res.is_ok() {
+                self.durable.raise(last, epoch);
+            }
+            callback.log_io_completed(res.map_err(|e| std::io::Error::other(e.to_string())));
+            return Ok(());
+        }
         let (flush, now) =
             if early { (Flush(last, epoch, None), Some(callback)) } else { (Flush(last, epoch, Some(callback)), None) };
         if let Err(std::sync::mpsc::SendError(Flush(_, _, cb))) = self.flusher.send(flush) {

@@ -1,6 +1,8 @@
 //! The log's flush thread (group commit) and how far the log is durable.
 
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
+use std::time::{Duration, Instant};
 
 use openraft::storage::LogFlushed;
 
@@ -81,6 +83,40 @@ pub(super) fn flush_with_blobs(db: &sled::Db, blobs: &Blobs) -> sled::Result<u64
     Ok(before + blobs.sync()?)
 }
 
+/// A follower syncs its appends in place while the log's fsyncs cost no more than this on
+/// average; a slower disk's go to the flusher thread, so that the node's other work (watches,
+/// reads, forwarded writes, all on one runtime thread) does not stall behind each one.
+const IN_PLACE_SYNC_MAX: Duration = Duration::from_millis(1);
+
+/// What the log's fsyncs have cost lately: a moving average over about the last eight.
+#[derive(Clone, Default)]
+pub(super) struct SyncCost(Arc<AtomicU64>);
+
+impl SyncCost {
+    /// Syncs `wal`, timing it into this average and into the node's flush histogram.
+    pub(super) fn sync(&self, wal: &Wal, metrics: &Metrics) -> std::io::Result<()> {
+        let started = Instant::now();
+        let res = wal.sync();
+        let took = started.elapsed();
+        metrics.log_flush.observe(took.as_secs_f64());
+        self.observe(took);
+        res
+    }
+
+    /// Two threads may race here and lose one sample: an average needs no more.
+    pub(super) fn observe(&self, took: Duration) {
+        let us = u64::try_from(took.as_micros()).unwrap_or(u64::MAX);
+        let old = self.0.load(Ordering::Relaxed);
+        let new = if old == 0 { us } else { old - old / 8 + us / 8 };
+        self.0.store(new, Ordering::Relaxed);
+    }
+
+    /// Whether a sync is cheap enough to run on the caller's thread.
+    pub(super) fn cheap(&self) -> bool {
+        self.0.load(Ordering::Relaxed) <= u64::try_from(IN_PLACE_SYNC_MAX.as_micros()).unwrap_or(u64::MAX)
+    }
+}
+
 /// An append for the flusher: its last index, the truncation epoch it was written in, and
 /// openraft's callback unless the append was a leader's, acknowledged already.
 pub(super) struct Flush(pub u64, pub u64, pub Option<LogFlushed<TypeConfig>>);
@@ -96,6 +132,7 @@ pub(super) fn flush_loop(
     rx: std::sync::mpsc::Receiver<Flush>,
     durable: Durable,
     metrics: Arc<Metrics>,
+    cost: SyncCost,
 ) {
     let mut waiting = Vec::new();
     loop {
@@ -116,9 +153,7 @@ pub(super) fn flush_loop(
         };
         waiting.push(first);
         waiting.extend(rx.try_iter());
-        let started = std::time::Instant::now();
-        let res = wal.sync();
-        metrics.log_flush.observe(started.elapsed().as_secs_f64());
+        let res = cost.sync(&wal, &metrics);
         match &res {
             Ok(_) => {
                 for f in &waiting {

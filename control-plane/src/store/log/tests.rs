@@ -177,3 +177,20 @@ async fn durability_follows_flushes_and_truncation() {
     d.raise(9, stale);
     assert!(!reaches(&d, 2).await, "a flush queued before the truncation raises nothing");
 }
+
+#[test]
+fn a_follower_syncs_in_place_only_while_syncs_are_cheap() {
+    use std::time::Duration;
+    let cost = flush::SyncCost::default();
+    assert!(cost.cheap(), "no sync measured yet");
+    cost.observe(Duration::from_micros(150));
+    assert!(cost.cheap());
+    for _ in 0..20 {
+        cost.observe(Duration::from_millis(20));
+    }
+    assert!(!cost.cheap(), "a slow disk's syncs go to the flusher");
+    for _ in 0..60 {
+        cost.observe(Duration::from_micros(150));
+    }
+    assert!(cost.cheap(), "and come back once the disk is fast again");
+}
