@@ -58,6 +58,8 @@ impl RaftNetworkFactory<TypeConfig> for Network {
             addr: node.addr.clone(),
             ids: self.0.clone(),
             durable: self.2.clone(),
+            held: None,
+            unary: false,
         }
     }
 }
@@ -68,6 +70,17 @@ pub struct Peer {
     client: Option<RaftClient<Channel>>,
     ids: ClusterId,
     durable: Durable,
+    /// The AppendStream held open to this peer, once an append has opened it.
+    held: Option<Held>,
+    /// The peer answered AppendStream with UNIMPLEMENTED (a build from before it): appends go
+    /// unary for as long as this replication stream lasts.
+    unary: bool,
+}
+
+/// A held AppendStream: requests go into `tx`, replies come back in the same order.
+struct Held {
+    tx: tokio::sync::mpsc::Sender<RaftPayload>,
+    replies: tonic::Streaming<RaftPayload>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -109,8 +122,20 @@ impl Peer {
             "vote" => client.vote(request).await,
             _ => client.install_snapshot(request).await,
         };
+        self.answer(reply.map(|r| r.into_inner()))
+    }
+
+    /// A peer's reply (or the status it failed with) as openraft takes it.
+    fn answer<Resp, E>(
+        &self,
+        reply: Result<RaftPayload, tonic::Status>,
+    ) -> Result<Resp, RPCError<NodeId, BasicNode, RaftError<NodeId, E>>>
+    where
+        Resp: DeserializeOwned,
+        E: std::error::Error + DeserializeOwned,
+    {
         let reply = match reply {
-            Ok(r) => r.into_inner(),
+            Ok(r) => r,
             Err(s) if s.code() == tonic::Code::Unavailable => {
                 return Err(RPCError::Unreachable(Unreachable::new(&Msg(format!(
                     "node {}: {}",
@@ -123,6 +148,40 @@ impl Peer {
         let res: Result<Resp, RaftError<NodeId, E>> =
             decode(&reply.data).map_err(|e| RPCError::Network(NetworkError::new(&e)))?;
         res.map_err(|e| RPCError::RemoteError(RemoteError::new(self.target, e)))
+    }
+
+    /// An append over the held AppendStream, opened first if none is held. `Ok(Err(data))`:
+    /// the peer does not know AppendStream, and the append comes back unsent.
+    async fn append_held(&mut self, data: Vec<u8>) -> Result<Result<RaftPayload, Vec<u8>>, tonic::Status> {
+        if self.held.is_none() {
+            let Some(client) = self.client.as_mut() else {
+                return Err(tonic::Status::unavailable(format!("bad peer address {}", self.addr)));
+            };
+            // The first request is queued before the stream opens, so that it goes out with
+            // the stream's headers instead of a round trip after them.
+            let (tx, rx) = tokio::sync::mpsc::channel(1);
+            let _ = tx.try_send(RaftPayload { data: data.clone() });
+            let mut request = tonic::Request::new(tokio_stream::wrappers::ReceiverStream::new(rx));
+            self.ids.attach(&mut request);
+            let replies = match client.append_stream(request).await {
+                Ok(r) => r.into_inner(),
+                Err(s) if s.code() == tonic::Code::Unimplemented => {
+                    self.unary = true;
+                    return Ok(Err(data));
+                }
+                Err(s) => return Err(s),
+            };
+            self.held = Some(Held { tx, replies });
+        } else if let Some(held) = &self.held {
+            if held.tx.send(RaftPayload { data }).await.is_err() {
+                return Err(tonic::Status::unavailable("the append stream is closed"));
+            }
+        }
+        let held = self.held.as_mut().expect("opened above");
+        match held.replies.message().await? {
+            Some(reply) => Ok(Ok(reply)),
+            None => Err(tonic::Status::unavailable("the peer ended the append stream")),
+        }
     }
 }
 
@@ -146,7 +205,20 @@ impl RaftNetwork<TypeConfig> for Peer {
                 )))));
             }
         }
-        self.call("append", data, &option).await
+        if self.unary {
+            return self.call("append", data, &option).await;
+        }
+        let reply = match tokio::time::timeout(option.hard_ttl(), self.append_held(data)).await {
+            Ok(Ok(Ok(reply))) => Ok(reply),
+            Ok(Ok(Err(data))) => return self.call("append", data, &option).await,
+            Ok(Err(s)) => Err(s),
+            Err(_) => Err(tonic::Status::deadline_exceeded("no reply on the append stream in time")),
+        };
+        // After a failure the stream's state is unknown: the next append opens another.
+        if reply.is_err() {
+            self.held = None;
+        }
+        self.answer(reply)
     }
 
     async fn install_snapshot(

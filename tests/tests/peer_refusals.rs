@@ -37,10 +37,20 @@ async fn forge(addr: &str, cluster_id: &str, which: &str, data: Vec<u8>) -> toni
     req.metadata_mut().insert("switchyard-cluster-id", cluster_id.parse().unwrap());
     let mut peer = RaftClient::new(channel(addr));
     let r = match which {
-        "vote" => peer.vote(req).await,
-        "append" => peer.append_entries(req).await,
-        "snapshot" => peer.install_snapshot(req).await,
-        _ => peer.forward(req).await,
+        "vote" => peer.vote(req).await.map(drop),
+        "append" => peer.append_entries(req).await.map(drop),
+        // The same append on a held AppendStream: refused there too, and the refusal ends it.
+        "stream" => {
+            let (meta, _, payload) = req.into_parts();
+            let mut req = tonic::Request::new(futures::stream::iter([payload]));
+            *req.metadata_mut() = meta;
+            match peer.append_stream(req).await {
+                Ok(replies) => replies.into_inner().message().await.map(drop),
+                Err(s) => Err(s),
+            }
+        }
+        "snapshot" => peer.install_snapshot(req).await.map(drop),
+        _ => peer.forward(req).await.map(drop),
     };
     r.expect_err("a forged request must be refused")
 }
@@ -99,11 +109,14 @@ async fn poisoned_votes_and_malformed_appends_change_nothing_even_after_a_full_r
             leader_commit: None,
         };
         refused(&at("append", encode(&append(u64::MAX, None, vec![]))).await, "term");
+        refused(&at("stream", encode(&append(u64::MAX, None, vec![]))).await, "term");
+        refused(&at("stream", Vec::new()).await, "bad payload");
         refused(&at("append", encode(&append(term, Some(log_id(term, big)), vec![]))).await, "index");
         refused(&at("append", encode(&append(term, None, vec![entry(u64::MAX, 0)]))).await, "term");
         // Even under the current leader's own vote: entries with a gap, or not after prev.
         let gap = append(term, Some(log_id(term, 1)), vec![entry(term, 2), entry(term, 5)]);
         refused(&at("append", encode(&gap)).await, "consecutive");
+        refused(&at("stream", encode(&gap)).await, "consecutive");
         let not_after = append(term, Some(log_id(term, 1)), vec![entry(term, 1)]);
         refused(&at("append", encode(&not_after)).await, "consecutive");
         let future = append(term, Some(log_id(term, 1)), vec![entry(term + 1, 2)]);

@@ -21,15 +21,17 @@ use crate::node::calls::Envelope;
 use crate::node::context::NodeCtx;
 use crate::node::leader;
 
+/// Cheap to clone: a held stream serves its requests with a clone of its own.
+#[derive(Clone)]
 pub struct PeerService {
     node: Arc<NodeCtx>,
-    chunks: sane::Chunks,
-    quiet: Quiet,
+    chunks: Arc<sane::Chunks>,
+    quiet: Arc<Quiet>,
 }
 
 impl PeerService {
     pub fn new(node: Arc<NodeCtx>) -> PeerService {
-        PeerService { node, chunks: Default::default(), quiet: Default::default() }
+        PeerService { node, chunks: Arc::default(), quiet: Arc::default() }
     }
 }
 
@@ -137,20 +139,67 @@ fn leads(node: &NodeCtx) -> bool {
     m.current_leader == Some(node.id) && m.state == openraft::ServerState::Leader
 }
 
-#[tonic::async_trait]
-impl Raft for PeerService {
-    type HoldStream = HoldStream;
+/// The replies of a held AppendStream, one per request, in order.
+type AppendReplies = std::pin::Pin<Box<dyn futures::Stream<Item = Result<RaftPayload, Status>> + Send>>;
 
-    async fn append_entries(&self, req: Request<RaftPayload>) -> Result<Response<RaftPayload>, Status> {
+impl PeerService {
+    /// One AppendEntries, unary or from a held stream: checked, then handed to Raft.
+    async fn append(
+        &self,
+        from: Option<SocketAddr>,
+        cluster_id: Option<String>,
+        data: &[u8],
+    ) -> Result<RaftPayload, Status> {
         let m = "AppendEntries";
-        let Incoming { from, cluster_id, rpc } = self.payload(m, req)?;
+        let rpc = decode(data).map_err(|e| self.refuse(from, m, format!("bad payload: {e}")))?;
         sane::append(&rpc).map_err(|e| self.refuse(from, m, e))?;
         self.arrived_from_leader(&rpc.vote);
         let r = self.node.raft.append_entries(rpc).await;
         if matches!(r, Ok(ref a) if !matches!(a, AppendEntriesResponse::HigherVote(_))) {
             self.accepted_from_leader(cluster_id)?;
         }
-        reply(&r)
+        Ok(RaftPayload { data: encode(&r) })
+    }
+}
+
+#[tonic::async_trait]
+impl Raft for PeerService {
+    type HoldStream = HoldStream;
+    type AppendStreamStream = AppendReplies;
+
+    async fn append_entries(&self, req: Request<RaftPayload>) -> Result<Response<RaftPayload>, Status> {
+        let from = req.remote_addr();
+        let cluster_id = self.node.cluster_id.check(&req)?;
+        Ok(Response::new(self.append(from, cluster_id, &req.into_inner().data).await?))
+    }
+
+    /// The cluster id is checked once, when the stream opens (it rides in the call's
+    /// metadata); every request is checked as a unary one would be. A refused request ends the
+    /// stream with its status, and the leader opens another for its next append.
+    async fn append_stream(
+        &self,
+        req: Request<tonic::Streaming<RaftPayload>>,
+    ) -> Result<Response<AppendReplies>, Status> {
+        let from = req.remote_addr();
+        let cluster_id = self.node.cluster_id.check(&req)?;
+        let requests = req.into_inner();
+        let replies = futures::stream::try_unfold((self.clone(), requests), move |(svc, mut requests)| {
+            let cluster_id = cluster_id.clone();
+            async move {
+                // A node shutting down ends the stream, as it ends held ones: a server stops
+                // gracefully only once every stream has ended.
+                let next = tokio::select! {
+                    _ = svc.node.shutdown.cancelled() => None,
+                    next = requests.message() => next?,
+                };
+                let Some(req) = next else {
+                    return Ok(None);
+                };
+                let reply = svc.append(from, cluster_id, &req.data).await?;
+                Ok(Some((reply, (svc, requests))))
+            }
+        });
+        Ok(Response::new(Box::pin(replies)))
     }
 
     async fn vote(&self, req: Request<RaftPayload>) -> Result<Response<RaftPayload>, Status> {

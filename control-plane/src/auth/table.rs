@@ -71,6 +71,7 @@ pub const TABLE: &[(&str, Access)] = &[
     ("/switchyard.v1.Access/RevokeToken", ADMIN),
     ("/switchyard.v1.Access/ListAudit", ADMIN),
     ("/switchyard.raft.v1.Raft/AppendEntries", PEER),
+    ("/switchyard.raft.v1.Raft/AppendStream", PEER),
     ("/switchyard.raft.v1.Raft/Vote", PEER),
     ("/switchyard.raft.v1.Raft/InstallSnapshot", PEER),
     ("/switchyard.raft.v1.Raft/Forward", PEER),
