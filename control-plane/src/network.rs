@@ -240,19 +240,4 @@ impl RaftNetwork<TypeConfig> for Peer {
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn an_append_over_the_message_limit_asks_openraft_for_fewer_entries() {
-        let limit = 1024 * 1024;
-        assert!(oversized(limit / 2, 100, limit).is_none());
-        // 100 entries in twice the limit: about half of them fit.
-        let hint = oversized(2 * limit, 100, limit).expect("too large").entries_hint();
-        assert!((40..50).contains(&hint), "hint {hint}");
-        // Never zero, never all of them; one entry alone cannot be split.
-        assert_eq!(oversized(1000 * limit, 100, limit).unwrap().entries_hint(), 1);
-        assert_eq!(oversized(limit, 2, limit).unwrap().entries_hint(), 1);
-        assert!(oversized(2 * limit, 1, limit).is_none());
-    }
-}
+mod tests;
