@@ -109,7 +109,7 @@ impl SnapshotView {
             &SnapshotFile {
                 last_applied: self.last_applied,
                 membership: self.membership.clone(),
-                topology: self.state.to_topology(self.revision()).encode_to_vec(),
+                topology: self.state.encode_topology(self.revision()),
                 seen: self.state.seen().rows().map(|(c, r)| (c.clone(), r.clone())).collect(),
                 clock_ms: self.state.clock_ms(),
                 tokens: self.state.tokens().iter().cloned().collect(),
