@@ -198,6 +198,34 @@ impl LogStore {
         Ok(last)
     }
 
+    /// Returns once entries from `first` on may be written: at once, unless they would leave a
+    /// hole after the log's last entry (a follower that installed a snapshot past its log goes
+    /// on from the snapshot). Then it waits for that snapshot to be durable. Until it is, a
+    /// crash would restart the node from its older snapshot with a hole in its log, and
+    /// [`Self::check`] would cut off everything past the hole: entries this node had
+    /// acknowledged, which the leader may have counted toward a commit. openraft 0.9 hands the
+    /// install to the state machine without waiting for it, and goes on appending.
+    async fn past_a_hole(&self, first: u64) {
+        let hole = match self.wal.last() {
+            Some(last) => first > last.index + 1,
+            None => first > 0,
+        };
+        if !hole {
+            return;
+        }
+        let mut waited = false;
+        while !self.gate.allows(first - 1) {
+            if !waited {
+                tracing::info!(
+                    first,
+                    "an append past a hole in the log waits for the snapshot before it to be durable"
+                );
+                waited = true;
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(1)).await;
+        }
+    }
+
     fn tail(&self) -> std::sync::MutexGuard<'_, Tail> {
         self.tail.lock().unwrap_or_else(|e| e.into_inner())
     }
@@ -367,6 +395,10 @@ impl RaftLogStorage<TypeConfig> for LogStore {
         I: IntoIterator<Item = Entry> + OptionalSend,
         I::IntoIter: OptionalSend,
     {
+        let entries: Vec<Entry> = entries.into_iter().collect();
+        if let Some(first) = entries.first() {
+            self.past_a_hole(first.log_id.index).await;
+        }
         let Some(last) = self.write_entries(entries)? else {
             callback.log_io_completed(Ok(()));
             return Ok(());

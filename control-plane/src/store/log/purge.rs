@@ -38,7 +38,7 @@ impl PurgeGate {
         }
     }
 
-    fn allows(&self, index: u64) -> bool {
+    pub(super) fn allows(&self, index: u64) -> bool {
         index < self.0.load(Ordering::Acquire)
     }
 }

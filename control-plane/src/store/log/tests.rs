@@ -194,3 +194,25 @@ fn a_follower_syncs_in_place_only_while_syncs_are_cheap() {
     }
     assert!(cost.cheap(), "and come back once the disk is fast again");
 }
+
+#[tokio::test]
+async fn an_append_past_a_hole_waits_for_the_snapshot_before_it_to_be_durable() {
+    let tmp = tempfile::tempdir().unwrap();
+    let log = LogStore::new(crate::store::open(tmp.path(), 1).unwrap(), tmp.path()).unwrap();
+    let gate = log.purge_gate();
+    log.write_entries((1..=3).map(big)).unwrap();
+    let quick = std::time::Duration::from_millis(100);
+    assert!(tokio::time::timeout(quick, log.past_a_hole(4)).await.is_ok(), "the next entry goes at once");
+    // A snapshot at 10 installed, not yet on disk: entry 11 would follow a hole.
+    let waiting = tokio::spawn({
+        let log = log.clone();
+        async move { log.past_a_hole(11).await }
+    });
+    tokio::time::sleep(quick).await;
+    assert!(!waiting.is_finished(), "it waits while the snapshot is not durable");
+    gate.durable(Some(9));
+    tokio::time::sleep(quick).await;
+    assert!(!waiting.is_finished(), "a snapshot short of the hole does not do");
+    gate.durable(Some(10));
+    tokio::time::timeout(std::time::Duration::from_secs(5), waiting).await.expect("goes on once it is").unwrap();
+}
