@@ -152,34 +152,45 @@ impl Peer {
 
     /// An append over the held AppendStream, opened first if none is held. `Ok(Err(data))`:
     /// the peer does not know AppendStream, and the append comes back unsent.
+    ///
+    /// The stream is taken out of `self.held` for the whole call and put back only once its
+    /// reply has been read. openraft wraps this call in a timeout of its own and drops it when
+    /// that fires: a stream kept then would still owe the dropped request's reply, and the
+    /// next append would take that reply for its own (a "conflict" below what the follower had
+    /// matched, after which the leader sent it nothing it could accept).
     async fn append_held(&mut self, data: Vec<u8>) -> Result<Result<RaftPayload, Vec<u8>>, tonic::Status> {
-        if self.held.is_none() {
-            let Some(client) = self.client.as_mut() else {
-                return Err(tonic::Status::unavailable(format!("bad peer address {}", self.addr)));
-            };
-            // The first request is queued before the stream opens, so that it goes out with
-            // the stream's headers instead of a round trip after them.
-            let (tx, rx) = tokio::sync::mpsc::channel(1);
-            let _ = tx.try_send(RaftPayload { data: data.clone() });
-            let mut request = tonic::Request::new(tokio_stream::wrappers::ReceiverStream::new(rx));
-            self.ids.attach(&mut request);
-            let replies = match client.append_stream(request).await {
-                Ok(r) => r.into_inner(),
-                Err(s) if s.code() == tonic::Code::Unimplemented => {
-                    self.unary = true;
-                    return Ok(Err(data));
+        let mut held = match self.held.take() {
+            Some(held) => {
+                if held.tx.send(RaftPayload { data }).await.is_err() {
+                    return Err(tonic::Status::unavailable("the append stream is closed"));
                 }
-                Err(s) => return Err(s),
-            };
-            self.held = Some(Held { tx, replies });
-        } else if let Some(held) = &self.held {
-            if held.tx.send(RaftPayload { data }).await.is_err() {
-                return Err(tonic::Status::unavailable("the append stream is closed"));
+                held
             }
-        }
-        let held = self.held.as_mut().expect("opened above");
+            None => {
+                let Some(client) = self.client.as_mut() else {
+                    return Err(tonic::Status::unavailable(format!("bad peer address {}", self.addr)));
+                };
+                // The first request is queued before the stream opens, so that it goes out
+                // with the stream's headers instead of a round trip after them.
+                let (tx, rx) = tokio::sync::mpsc::channel(1);
+                let _ = tx.try_send(RaftPayload { data: data.clone() });
+                let mut request = tonic::Request::new(tokio_stream::wrappers::ReceiverStream::new(rx));
+                self.ids.attach(&mut request);
+                match client.append_stream(request).await {
+                    Ok(r) => Held { tx, replies: r.into_inner() },
+                    Err(s) if s.code() == tonic::Code::Unimplemented => {
+                        self.unary = true;
+                        return Ok(Err(data));
+                    }
+                    Err(s) => return Err(s),
+                }
+            }
+        };
         match held.replies.message().await? {
-            Some(reply) => Ok(Ok(reply)),
+            Some(reply) => {
+                self.held = Some(held);
+                Ok(Ok(reply))
+            }
             None => Err(tonic::Status::unavailable("the peer ended the append stream")),
         }
     }
@@ -214,10 +225,7 @@ impl RaftNetwork<TypeConfig> for Peer {
             Ok(Err(s)) => Err(s),
             Err(_) => Err(tonic::Status::deadline_exceeded("no reply on the append stream in time")),
         };
-        // After a failure the stream's state is unknown: the next append opens another.
-        if reply.is_err() {
-            self.held = None;
-        }
+        // A failed call did not put its stream back: the next append opens another.
         self.answer(reply)
     }
 

@@ -29,6 +29,8 @@ fn an_append_over_the_message_limit_asks_openraft_for_fewer_entries() {
 struct Appends {
     streams: bool,
     fail_every: u64,
+    /// An append whose prev_log_id has this index is answered late, and with a conflict.
+    late: Option<u64>,
     opened: Arc<AtomicU64>,
     on_streams: Arc<AtomicU64>,
     unary: Arc<AtomicU64>,
@@ -59,12 +61,21 @@ impl Raft for Appends {
         }
         self.opened.fetch_add(1, Ordering::Relaxed);
         let me = self.clone();
-        let replies = req.into_inner().map(move |r| {
-            r?;
-            let n = me.on_streams.fetch_add(1, Ordering::Relaxed) + 1;
-            match me.fail_every {
-                f if f > 0 && n.is_multiple_of(f) => Err(tonic::Status::internal("refused")),
-                _ => Ok(success()),
+        let replies = req.into_inner().then(move |r| {
+            let me = me.clone();
+            async move {
+                let r = r?;
+                let n = me.on_streams.fetch_add(1, Ordering::Relaxed) + 1;
+                let rpc: AppendEntriesRequest<TypeConfig> = decode(&r.data).unwrap();
+                if me.late.is_some() && rpc.prev_log_id.map(|p| p.index) == me.late {
+                    tokio::time::sleep(Duration::from_millis(300)).await;
+                    let conflict = AppendEntriesResponse::<NodeId>::Conflict;
+                    return Ok(RaftPayload { data: encode(&Ok::<_, RaftError<NodeId>>(conflict)) });
+                }
+                match me.fail_every {
+                    f if f > 0 && n.is_multiple_of(f) => Err(tonic::Status::internal("refused")),
+                    _ => Ok(success()),
+                }
             }
         });
         Ok(Response::new(Box::pin(replies)))
@@ -104,6 +115,35 @@ async fn peer_of(appends: Appends) -> (Peer, tempfile::TempDir) {
     let mut net = Network(ClusterId::open(&db).unwrap(), ClientTls::cleartext(), Durable::default());
     let peer = net.new_client(2, &BasicNode::new(addr.to_string())).await;
     (peer, tmp)
+}
+
+async fn append_after(
+    peer: &mut Peer,
+    prev: u64,
+) -> Result<AppendEntriesResponse<NodeId>, RPCError<NodeId, BasicNode, RaftError<NodeId>>> {
+    let rpc = AppendEntriesRequest {
+        vote: Vote::new_committed(1, 1),
+        prev_log_id: Some(openraft::LogId::new(openraft::CommittedLeaderId::new(1, 1), prev)),
+        entries: vec![],
+        leader_commit: None,
+    };
+    peer.append_entries(rpc, RPCOption::new(Duration::from_secs(5))).await
+}
+
+/// openraft drops an append when its own timeout fires first: the reply owed on that stream
+/// must never be taken for the next append's.
+#[tokio::test]
+async fn an_append_dropped_midway_leaves_no_reply_behind_for_the_next() {
+    let appends = Appends { streams: true, late: Some(2), ..Default::default() };
+    let (mut peer, _tmp) = peer_of(appends.clone()).await;
+    assert!(matches!(append_after(&mut peer, 1).await, Ok(AppendEntriesResponse::Success)));
+    let dropped = tokio::time::timeout(Duration::from_millis(50), append_after(&mut peer, 2)).await;
+    assert!(dropped.is_err(), "the second append is dropped before its (late) reply");
+    assert!(
+        matches!(append_after(&mut peer, 3).await, Ok(AppendEntriesResponse::Success)),
+        "the third gets its own reply, not the second's conflict"
+    );
+    assert_eq!(appends.opened.load(Ordering::Relaxed), 2, "on a stream of its own");
 }
 
 async fn append(
