@@ -10,6 +10,7 @@
 //! by row as builds before storage format 4 wrote it ([`rows`]); it is read, never written, so
 //! such a data dir starts where it stopped.
 
+mod data;
 mod rows;
 mod snapfile;
 
@@ -20,12 +21,13 @@ use std::sync::{Arc, RwLock};
 use openraft::storage::{RaftSnapshotBuilder, RaftStateMachine, Snapshot};
 use openraft::{EntryPayload, OptionalSend};
 use prost::Message;
-use serde::{Deserialize, Serialize};
 use switchyard_model::topology::put;
 use switchyard_model::Model;
-use switchyard_proto::v1::{change, Change, Topology};
+use switchyard_proto::v1::{change, Change};
 use tokio::sync::broadcast;
 
+pub use self::data::rebase_snapshot;
+use self::data::{decode_state, encode_snapshot, refuse_level, SnapshotFile, SnapshotTail};
 use self::rows::*;
 use self::snapfile::SnapshotStore;
 use super::{read_err, write_err};
@@ -143,52 +145,6 @@ pub async fn off_runtime<T: Send + 'static>(
 /// the runtime preempts it, while it still progresses on a busy machine.
 const SNAPSHOT_NICE: i32 = 10;
 
-/// Snapshot data from another cluster, made this cluster's: applied at `at`, with this
-/// cluster's members. Everything else (topology, sessions, tokens, audit, clock) is kept.
-pub fn rebase_snapshot(data: &[u8], at: LogId, membership: StoredMembership) -> Result<Vec<u8>, StorageError> {
-    let (mut file, tail) = decode_snapshot(data)?;
-    Topology::decode(file.topology.as_slice()).map_err(read_err)?;
-    file.last_applied = Some(at);
-    file.membership = membership;
-    encode_snapshot(&file, &tail)
-}
-
-/// What snapshot data holds after its [`SnapshotFile`]: added without a storage-format bump,
-/// so data dirs, snapshots and backups written before it still read (postcard stops where
-/// the file ends, and a missing tail reads as its default), and a node upgraded in place
-/// keeps its data. The feature level is here, not in the file, for that reason.
-#[derive(Serialize, Deserialize, Default)]
-struct SnapshotTail {
-    feature_level: u32,
-}
-
-fn encode<T: Serialize>(v: &T) -> Result<Vec<u8>, StorageError> {
-    postcard::to_stdvec(v).map_err(write_err)
-}
-
-fn encode_snapshot(file: &SnapshotFile, tail: &SnapshotTail) -> Result<Vec<u8>, StorageError> {
-    // Room for the topology and a little more up front: the data is written once, not copied
-    // again each time a growing buffer doubles.
-    let room = file.topology.len() + 64 * 1024;
-    let mut data = postcard::to_extend(file, Vec::with_capacity(room)).map_err(write_err)?;
-    data.extend(encode(tail)?);
-    Ok(data)
-}
-
-fn decode_snapshot(data: &[u8]) -> Result<(SnapshotFile, SnapshotTail), StorageError> {
-    let (file, rest) = postcard::take_from_bytes::<SnapshotFile>(data).map_err(read_err)?;
-    let tail = if rest.is_empty() { SnapshotTail::default() } else { postcard::from_bytes(rest).map_err(read_err)? };
-    Ok((file, tail))
-}
-
-/// The feature level snapshot data carries, for a node about to install it.
-fn refuse_level(level: u32) -> Result<(), StorageError> {
-    match crate::features::unsupported(level) {
-        Some(why) => Err(read_err(why)),
-        None => Ok(()),
-    }
-}
-
 /// Shared between the state machine (writer) and the APIs (readers, watchers).
 pub struct Shared {
     live: RwLock<Live>,
@@ -210,25 +166,6 @@ impl Shared {
     fn write(&self) -> std::sync::RwLockWriteGuard<'_, Live> {
         self.live.write().unwrap_or_else(|e| e.into_inner())
     }
-}
-
-#[derive(Serialize, Deserialize)]
-struct SnapshotFile {
-    last_applied: Option<LogId>,
-    membership: StoredMembership,
-    /// As bytes, not a sequence of `u8`: the same postcard encoding (a length, then the
-    /// bytes), written and read in one copy instead of one serde call per byte of a state that
-    /// may be hundreds of megabytes.
-    #[serde(with = "serde_bytes")]
-    topology: Vec<u8>,
-    /// The seen-requests table: without it a node restored from a snapshot would apply a
-    /// retried write again.
-    seen: Vec<(String, Record)>,
-    /// The high-water clock (`State::clock_ms`): without it a restored node could stamp
-    /// session times earlier than ones already applied.
-    clock_ms: u64,
-    tokens: Vec<TokenRecord>,
-    audit: Vec<AuditRecord>,
 }
 
 /// openraft's view of the state machine.
@@ -322,17 +259,6 @@ impl StateMachineStore {
         live.history_start = live.revision();
         let _ = self.shared.tx.send(Notice::Reset);
     }
-}
-
-/// The state a snapshot's data holds, refused if its feature level is not one this binary runs.
-fn decode_state(data: &[u8]) -> Result<(State, Option<LogId>, StoredMembership), StorageError> {
-    let (file, tail) = decode_snapshot(data)?;
-    refuse_level(tail.feature_level)?;
-    let topo = Topology::decode(file.topology.as_slice()).map_err(read_err)?;
-    let state = State::from_topology(topo, Seen::from_rows(file.seen), file.clock_ms)
-        .with_access(Tokens::from_records(file.tokens), AuditLog::from_records(file.audit))
-        .with_feature_level(tail.feature_level);
-    Ok((state, file.last_applied, file.membership))
 }
 
 /// The state machine as rows in tree `sm` (written by builds before storage format 4).
@@ -535,35 +461,5 @@ impl RaftStateMachine<TypeConfig> for StateMachineStore {
         let snaps = self.snaps.clone();
         let stored = off_runtime(move || snaps.read()).await?;
         Ok(stored.map(|(meta, data)| Snapshot { meta, snapshot: Box::new(Cursor::new(data)) }))
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use serde::{Deserialize, Serialize};
-
-    /// Snapshots written before the topology was marked as bytes must read the same, and new
-    /// ones must read in builds before it.
-    #[test]
-    fn topology_as_bytes_encodes_as_the_byte_sequence_it_replaced() {
-        #[derive(Serialize, Deserialize, PartialEq, Debug)]
-        struct Seq {
-            a: u64,
-            t: Vec<u8>,
-            b: u64,
-        }
-        #[derive(Serialize, Deserialize, PartialEq, Debug)]
-        struct Bytes {
-            a: u64,
-            #[serde(with = "serde_bytes")]
-            t: Vec<u8>,
-            b: u64,
-        }
-        let t: Vec<u8> = (0..300u32).map(|i| (i * 7) as u8).collect();
-        let seq = postcard::to_stdvec(&Seq { a: 7, t: t.clone(), b: 9 }).unwrap();
-        let bytes = postcard::to_stdvec(&Bytes { a: 7, t: t.clone(), b: 9 }).unwrap();
-        assert_eq!(seq, bytes);
-        assert_eq!(postcard::from_bytes::<Bytes>(&seq).unwrap(), Bytes { a: 7, t: t.clone(), b: 9 });
-        assert_eq!(postcard::from_bytes::<Seq>(&bytes).unwrap(), Seq { a: 7, t, b: 9 });
     }
 }
