@@ -1,5 +1,6 @@
 //! Raft's transport between control-plane nodes: openraft's RPCs as postcard bytes inside
-//! the peer-only gRPC service, plus the leader-forwarding call.
+//! the peer-only gRPC service (appends on a stream held to each follower), plus the
+//! leader-forwarding call.
 
 use openraft::error::{
     InstallSnapshotError, NetworkError, PayloadTooLarge, RPCError, RaftError, RemoteError, Unreachable,

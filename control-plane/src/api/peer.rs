@@ -103,13 +103,13 @@ impl PeerService {
     }
 
     /// A leader reached this node: a node without a cluster id yet takes the leader's.
-    fn accepted_from_leader(&self, id: Option<String>) -> Result<(), Status> {
+    fn accepted_from_leader(&self, id: Option<&str>) -> Result<(), Status> {
         self.node.serving.heard_from_leader();
         match id {
             Some(id) if self.node.cluster_id.get().is_none() => self
                 .node
                 .cluster_id
-                .adopt(&id)
+                .adopt(id)
                 .map_err(|e| Status::internal(format!("cannot store the cluster id: {e}"))),
             _ => Ok(()),
         }
@@ -147,7 +147,7 @@ impl PeerService {
     async fn append(
         &self,
         from: Option<SocketAddr>,
-        cluster_id: Option<String>,
+        cluster_id: Option<&str>,
         data: &[u8],
     ) -> Result<RaftPayload, Status> {
         let m = "AppendEntries";
@@ -170,7 +170,7 @@ impl Raft for PeerService {
     async fn append_entries(&self, req: Request<RaftPayload>) -> Result<Response<RaftPayload>, Status> {
         let from = req.remote_addr();
         let cluster_id = self.node.cluster_id.check(&req)?;
-        Ok(Response::new(self.append(from, cluster_id, &req.into_inner().data).await?))
+        Ok(Response::new(self.append(from, cluster_id.as_deref(), &req.into_inner().data).await?))
     }
 
     /// The cluster id is checked once, when the stream opens (it rides in the call's
@@ -183,22 +183,22 @@ impl Raft for PeerService {
         let from = req.remote_addr();
         let cluster_id = self.node.cluster_id.check(&req)?;
         let requests = req.into_inner();
-        let replies = futures::stream::try_unfold((self.clone(), requests), move |(svc, mut requests)| {
-            let cluster_id = cluster_id.clone();
-            async move {
-                // A node shutting down ends the stream, as it ends held ones: a server stops
-                // gracefully only once every stream has ended.
-                let next = tokio::select! {
-                    _ = svc.node.shutdown.cancelled() => None,
-                    next = requests.message() => next?,
-                };
-                let Some(req) = next else {
-                    return Ok(None);
-                };
-                let reply = svc.append(from, cluster_id, &req.data).await?;
-                Ok(Some((reply, (svc, requests))))
-            }
-        });
+        let replies =
+            futures::stream::try_unfold((self.clone(), requests, cluster_id), move |(svc, mut requests, id)| {
+                async move {
+                    // A node shutting down ends the stream, as it ends held ones: a server stops
+                    // gracefully only once every stream has ended.
+                    let next = tokio::select! {
+                        _ = svc.node.shutdown.cancelled() => None,
+                        next = requests.message() => next?,
+                    };
+                    let Some(req) = next else {
+                        return Ok(None);
+                    };
+                    let reply = svc.append(from, id.as_deref(), &req.data).await?;
+                    Ok(Some((reply, (svc, requests, id))))
+                }
+            });
         Ok(Response::new(Box::pin(replies)))
     }
 
@@ -222,7 +222,7 @@ impl Raft for PeerService {
         let r = self.node.raft.install_snapshot(rpc).await;
         if r.is_ok() {
             self.chunks.accepted(&id, offset, len);
-            self.accepted_from_leader(cluster_id)?;
+            self.accepted_from_leader(cluster_id.as_deref())?;
         }
         reply(&r)
     }

@@ -117,13 +117,14 @@ async fn peer_of(appends: Appends) -> (Peer, tempfile::TempDir) {
     (peer, tmp)
 }
 
+/// An empty append after `prev` (`None`: from the start of the log).
 async fn append_after(
     peer: &mut Peer,
-    prev: u64,
+    prev: Option<u64>,
 ) -> Result<AppendEntriesResponse<NodeId>, RPCError<NodeId, BasicNode, RaftError<NodeId>>> {
     let rpc = AppendEntriesRequest {
         vote: Vote::new_committed(1, 1),
-        prev_log_id: Some(openraft::LogId::new(openraft::CommittedLeaderId::new(1, 1), prev)),
+        prev_log_id: prev.map(|i| openraft::LogId::new(openraft::CommittedLeaderId::new(1, 1), i)),
         entries: vec![],
         leader_commit: None,
     };
@@ -136,26 +137,14 @@ async fn append_after(
 async fn an_append_dropped_midway_leaves_no_reply_behind_for_the_next() {
     let appends = Appends { streams: true, late: Some(2), ..Default::default() };
     let (mut peer, _tmp) = peer_of(appends.clone()).await;
-    assert!(matches!(append_after(&mut peer, 1).await, Ok(AppendEntriesResponse::Success)));
-    let dropped = tokio::time::timeout(Duration::from_millis(50), append_after(&mut peer, 2)).await;
+    assert!(matches!(append_after(&mut peer, Some(1)).await, Ok(AppendEntriesResponse::Success)));
+    let dropped = tokio::time::timeout(Duration::from_millis(50), append_after(&mut peer, Some(2))).await;
     assert!(dropped.is_err(), "the second append is dropped before its (late) reply");
     assert!(
-        matches!(append_after(&mut peer, 3).await, Ok(AppendEntriesResponse::Success)),
+        matches!(append_after(&mut peer, Some(3)).await, Ok(AppendEntriesResponse::Success)),
         "the third gets its own reply, not the second's conflict"
     );
     assert_eq!(appends.opened.load(Ordering::Relaxed), 2, "on a stream of its own");
-}
-
-async fn append(
-    peer: &mut Peer,
-) -> Result<AppendEntriesResponse<NodeId>, RPCError<NodeId, BasicNode, RaftError<NodeId>>> {
-    let rpc = AppendEntriesRequest {
-        vote: Vote::new_committed(1, 1),
-        prev_log_id: None,
-        entries: vec![],
-        leader_commit: None,
-    };
-    peer.append_entries(rpc, RPCOption::new(Duration::from_secs(5))).await
 }
 
 #[tokio::test]
@@ -163,11 +152,11 @@ async fn appends_share_one_held_stream_and_a_failure_opens_the_next() {
     let appends = Appends { streams: true, fail_every: 3, ..Default::default() };
     let (mut peer, _tmp) = peer_of(appends.clone()).await;
     for _ in 0..2 {
-        assert!(matches!(append(&mut peer).await, Ok(AppendEntriesResponse::Success)));
+        assert!(matches!(append_after(&mut peer, None).await, Ok(AppendEntriesResponse::Success)));
     }
     assert_eq!(appends.opened.load(Ordering::Relaxed), 1, "the second append went on the first's stream");
-    assert!(append(&mut peer).await.is_err(), "the peer refused the third");
-    assert!(matches!(append(&mut peer).await, Ok(AppendEntriesResponse::Success)));
+    assert!(append_after(&mut peer, None).await.is_err(), "the peer refused the third");
+    assert!(matches!(append_after(&mut peer, None).await, Ok(AppendEntriesResponse::Success)));
     assert_eq!(appends.opened.load(Ordering::Relaxed), 2, "after a failure the next append opens a stream");
     assert_eq!(appends.unary.load(Ordering::Relaxed), 0);
 }
@@ -177,7 +166,7 @@ async fn a_peer_without_append_stream_gets_unary_appends() {
     let appends = Appends::default();
     let (mut peer, _tmp) = peer_of(appends.clone()).await;
     for _ in 0..3 {
-        assert!(matches!(append(&mut peer).await, Ok(AppendEntriesResponse::Success)));
+        assert!(matches!(append_after(&mut peer, None).await, Ok(AppendEntriesResponse::Success)));
     }
     assert_eq!(appends.unary.load(Ordering::Relaxed), 3, "every append arrived, unary");
     assert!(peer.unary, "and the stream is not asked for again");
