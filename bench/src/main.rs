@@ -95,13 +95,17 @@ async fn main() -> Result<()> {
 
     for &n in args.clients.iter().filter(|_| !args.skip_put) {
         let (cpu, mine) = (cluster.cpu_seconds(), own_cpu_seconds());
+        let term = highest_term(&cluster).await;
         let r = put_phase(&cluster, n, Duration::from_secs(args.seconds), &value).await;
         let (cpu, mine) = (cluster.cpu_seconds() - cpu, own_cpu_seconds() - mine);
+        // Elections during the phase (not the one that follows the kills when the run ends).
+        let elections = highest_term(&cluster).await.saturating_sub(term);
         println!(
             "{}",
             json!({"system": label, "phase": "put", "clients": n, "seconds": args.seconds,
             "ops": r.0, "ops_per_sec": r.0 as f64 / args.seconds as f64, "p50_ms": r.1, "p99_ms": r.2, "errors": r.3,
-            "cpu_us_per_op": cpu * 1e6 / r.0.max(1) as f64, "client_cpu_us_per_op": mine * 1e6 / r.0.max(1) as f64})
+            "cpu_us_per_op": cpu * 1e6 / r.0.max(1) as f64, "client_cpu_us_per_op": mine * 1e6 / r.0.max(1) as f64,
+            "elections": elections})
         );
     }
 
@@ -128,6 +132,15 @@ async fn main() -> Result<()> {
     }
     cluster.stop();
     Ok(())
+}
+
+/// The highest Raft term any member answers with.
+async fn highest_term(cluster: &Cluster) -> u64 {
+    let mut highest = 0;
+    for addr in &cluster.client_addrs {
+        highest = highest.max(Conn::new(&cluster.system, addr).term().await.unwrap_or(0));
+    }
+    highest
 }
 
 /// CPU seconds this process (the load generator) has used so far.

@@ -138,6 +138,17 @@ impl Conn {
             .count())
     }
 
+    /// The Raft term this member is in: it rises with every election.
+    pub async fn term(&self) -> Option<u64> {
+        if self.system == "switchyard" {
+            let mut q = sy::query_client::QueryClient::new(self.channel.clone());
+            Some(q.cluster_status(sy::ClusterStatusRequest {}).await.ok()?.into_inner().term)
+        } else {
+            let mut m = etcd::maintenance_client::MaintenanceClient::new(self.channel.clone());
+            Some(m.status(etcd::StatusRequest {}).await.ok()?.into_inner().raft_term)
+        }
+    }
+
     /// The leader's position (0, 1, 2) as this member sees it.
     pub async fn leader_index(&self) -> Option<usize> {
         if self.system == "switchyard" {

@@ -45,7 +45,9 @@ pub struct NodeConfig {
     pub heartbeat_ms: u64,
     pub election_min_ms: u64,
     pub election_max_ms: u64,
-    /// Take a snapshot after this many log entries since the last one.
+    /// Take a snapshot after this many log entries since the last one (and, once snapshots
+    /// are large, not before the log since the last one is half its size: see
+    /// [`crate::node::compaction`]).
     pub snapshot_every: u64,
     /// Log entries kept behind a snapshot for slow followers.
     pub keep_logs: u64,
@@ -242,7 +244,8 @@ pub struct Args {
     /// election-min..election-max stands for election [default: 240].
     #[arg(long)]
     pub election_max_ms: Option<u64>,
-    /// Snapshot after this many log entries.
+    /// Snapshot after this many log entries (once the snapshot is over 16 MiB, also not before
+    /// the log since it is half its size).
     #[arg(long)]
     pub snapshot_every: Option<u64>,
     /// Log entries kept behind a snapshot.

@@ -5,6 +5,7 @@
 pub mod batch;
 pub mod bootstrap;
 pub mod calls;
+pub mod compaction;
 pub mod context;
 pub mod election;
 pub mod forward;
@@ -90,7 +91,8 @@ impl Node {
             election_timeout_min: config.openraft_election_ms().0,
             election_timeout_max: config.openraft_election_ms().1,
             install_snapshot_timeout: 10_000,
-            snapshot_policy: SnapshotPolicy::LogsSinceLast(config.snapshot_every),
+            // Triggered by `compaction::run`, which weighs the log against the snapshot too.
+            snapshot_policy: SnapshotPolicy::Never,
             max_in_snapshot_log_to_keep: config.keep_logs,
             snapshot_max_chunk_size: 1024 * 1024,
             max_payload_entries: 1000,
@@ -156,6 +158,7 @@ impl Node {
         });
         tokio::spawn(heartbeat::run(ctx.clone()));
         tokio::spawn(election::run(ctx.clone()));
+        tokio::spawn(compaction::run(ctx.clone()));
         tokio::spawn(crate::fatal::watch(ctx.raft.clone(), ctx.fatal.clone(), shutdown.clone()));
         tokio::spawn(bootstrap::form_cluster(ctx.clone()));
         tokio::spawn(crate::health::run(ctx.clone()));

@@ -86,6 +86,13 @@ impl LogStore {
         Ok(self.ends()?.1)
     }
 
+    /// The bytes of log after the durable snapshot, and that snapshot's size (0 before any):
+    /// what [`crate::node::compaction`] weighs to decide when the next snapshot is worth its
+    /// cost.
+    pub fn since_snapshot(&self) -> (u64, u64) {
+        (self.wal.bytes_from(self.gate.floor()), self.gate.snapshot_bytes())
+    }
+
     /// Opens the log of the data dir `dir`, whose sled database is `db`, and starts the
     /// flusher thread; it ends when the last clone of this store is dropped. sled's blob files
     /// are not synced: for a store a node does not run on.

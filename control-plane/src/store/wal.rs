@@ -332,6 +332,13 @@ impl Wal {
         self.inner().segments.is_empty()
     }
 
+    /// How many bytes the records from index `first` on take, framing included.
+    pub fn bytes_from(&self, first: u64) -> u64 {
+        let inner = self.inner();
+        let held = inner.segments.iter().filter(|s| s.next() > first);
+        held.map(|s| s.len() - s.start_of(first.saturating_sub(s.first) as usize)).sum()
+    }
+
     /// The runs of consecutive indexes held, first to last, in order.
     pub fn runs(&self) -> Vec<(u64, u64)> {
         self.inner().segments.iter().map(|s| (s.first, s.next() - 1)).collect()

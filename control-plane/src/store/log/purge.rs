@@ -16,30 +16,46 @@ use crate::types::{LogId, StorageError};
 /// snapshot is on disk would leave, after a crash, a log that starts past the snapshot the
 /// node restarts from, and a node that cannot start. A store whose gate nobody took
 /// ([`super::LogStore::purge_gate`]: tools, tests of the log alone) purges at once.
+///
+/// It also carries the durable snapshot's size, which [`super::LogStore::since_snapshot`]
+/// weighs the log against.
 #[derive(Clone)]
-pub struct PurgeGate(Arc<AtomicU64>);
+pub struct PurgeGate {
+    next: Arc<AtomicU64>,
+    bytes: Arc<AtomicU64>,
+}
 
 impl PurgeGate {
     /// A gate nobody has taken yet: purges go through at once.
     pub(super) fn open() -> Self {
-        PurgeGate(Arc::new(AtomicU64::new(u64::MAX)))
+        PurgeGate { next: Arc::new(AtomicU64::new(u64::MAX)), bytes: Arc::default() }
     }
 
     /// Lets purges through up to `index` (the index of a snapshot now durable).
     pub fn durable(&self, index: Option<u64>) {
-        self.0.store(index.map_or(0, |i| i + 1), Ordering::Release);
+        self.next.store(index.map_or(0, |i| i + 1), Ordering::Release);
+    }
+
+    /// Records the size in bytes of the snapshot now durable.
+    pub fn sized(&self, bytes: u64) {
+        self.bytes.store(bytes, Ordering::Relaxed);
+    }
+
+    /// The durable snapshot's size in bytes (0: none, or not known).
+    pub(super) fn snapshot_bytes(&self) -> u64 {
+        self.bytes.load(Ordering::Relaxed)
     }
 
     /// One more than the durable snapshot's index; 0 if no snapshot or nobody took the gate.
     pub(super) fn floor(&self) -> u64 {
-        match self.0.load(Ordering::Acquire) {
+        match self.next.load(Ordering::Acquire) {
             u64::MAX => 0,
             f => f,
         }
     }
 
     pub(super) fn allows(&self, index: u64) -> bool {
-        index < self.0.load(Ordering::Acquire)
+        index < self.next.load(Ordering::Acquire)
     }
 }
 

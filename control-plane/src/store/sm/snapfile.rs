@@ -52,6 +52,7 @@ impl SnapshotStore {
             self.meta_locked()?
         };
         gate.durable(stored.and_then(|m| m.last_log_id).map(|l| l.index));
+        gate.sized(std::fs::metadata(self.dir.join(FILE)).map_or(0, |m| m.len()));
         self.gate = Some(gate);
         Ok(())
     }
@@ -133,6 +134,7 @@ impl SnapshotStore {
         File::open(&self.dir).and_then(|d| d.sync_all()).map_err(|e| io("fsync the dir of", e))?;
         if let Some(gate) = &self.gate {
             gate.durable(meta.last_log_id.map(|l| l.index));
+            gate.sized(data.len() as u64);
         }
         // The file is what counts from now on; an older build's copy in sled is dead weight.
         for kv in self.legacy.iter().keys() {

@@ -215,3 +215,19 @@ fn a_new_segment_starts_once_the_last_is_full() {
     assert_eq!(wal.runs(), [(1, 2), (3, 3)]);
     assert_eq!(wal.read(2, 4, usize::MAX).unwrap().len(), 2);
 }
+
+#[test]
+fn bytes_from_counts_the_records_at_and_after_an_index_across_segments() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (wal, _) = Wal::open(tmp.path()).unwrap();
+    wal.append(&recs(1..=3, 1)).unwrap();
+    // A gap starts a second segment.
+    wal.append(&recs(10..=11, 1)).unwrap();
+    assert_eq!(segments(tmp.path()).len(), 2);
+    let r = (HEADER + rec(1, 1).1.len()) as u64;
+    assert_eq!(wal.bytes_from(0), 5 * r);
+    assert_eq!(wal.bytes_from(2), 4 * r);
+    assert_eq!(wal.bytes_from(4), 2 * r);
+    assert_eq!(wal.bytes_from(11), r);
+    assert_eq!(wal.bytes_from(12), 0);
+}
