@@ -3,6 +3,7 @@
 //! bounded to the last [`MAX_AUDIT`] records, oldest dropped first.
 
 use std::collections::VecDeque;
+use std::sync::Arc;
 
 use serde::{Deserialize, Serialize};
 
@@ -25,7 +26,9 @@ pub struct AuditRecord {
     /// Position in the log: keys the stored row, and orders records within one revision.
     pub seq: u64,
     pub revision: u64,
-    pub note: AuditNote,
+    /// Shared with the command it audits: applying a write, and cloning the state for a
+    /// snapshot, copy a pointer, not four strings (same encoding as the note itself).
+    pub note: Arc<AuditNote>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Default)]
@@ -47,7 +50,7 @@ impl AuditLog {
     }
 
     /// Appends a record; returns it and the seq of the one dropped to stay in bounds.
-    pub fn push(&mut self, revision: u64, note: AuditNote) -> (AuditRecord, Option<u64>) {
+    pub fn push(&mut self, revision: u64, note: Arc<AuditNote>) -> (AuditRecord, Option<u64>) {
         let rec = AuditRecord { seq: self.next_seq, revision, note };
         self.next_seq += 1;
         self.records.push_back(rec.clone());
@@ -78,14 +81,14 @@ impl AuditLog {
 mod tests {
     use super::*;
 
-    fn note(what: &str) -> AuditNote {
-        AuditNote {
+    fn note(what: &str) -> Arc<AuditNote> {
+        Arc::new(AuditNote {
             who: "cert alice".into(),
             role: "admin".into(),
             method: what.into(),
             summary: String::new(),
             at_ms: 1,
-        }
+        })
     }
 
     #[test]
@@ -107,5 +110,27 @@ mod tests {
             v
         });
         assert_eq!(again, log);
+    }
+}
+
+#[cfg(test)]
+mod encoding {
+    use super::*;
+
+    /// The record as it was before its note was shared: logs and snapshots hold this.
+    #[derive(Serialize)]
+    struct Plain {
+        seq: u64,
+        revision: u64,
+        note: AuditNote,
+    }
+
+    #[test]
+    fn a_shared_note_encodes_as_the_note_itself() {
+        let note =
+            AuditNote { who: "w".into(), role: "admin".into(), method: "m".into(), summary: "s".into(), at_ms: 7 };
+        let shared = AuditRecord { seq: 1, revision: 2, note: Arc::new(note.clone()) };
+        let plain = Plain { seq: 1, revision: 2, note };
+        assert_eq!(postcard::to_stdvec(&shared).unwrap(), postcard::to_stdvec(&plain).unwrap());
     }
 }

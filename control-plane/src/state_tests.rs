@@ -340,7 +340,7 @@ fn audited(cmd: Command) -> Proposed {
         summary: String::new(),
         at_ms: 5,
     };
-    Proposed { id: None, cmd, audit: Some(note) }
+    Proposed { id: None, cmd, audit: Some(std::sync::Arc::new(note)) }
 }
 
 fn token(id: &str, role: &str) -> Command {

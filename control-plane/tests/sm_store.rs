@@ -99,7 +99,7 @@ fn audited(index: u64, cmd: Command, what: &str) -> Entry {
         payload: EntryPayload::Normal(Batch(std::sync::Arc::new(vec![switchyard_control::state::Proposed {
             id: None,
             cmd,
-            audit,
+            audit: audit.map(std::sync::Arc::new),
         }]))),
     }
 }

@@ -34,7 +34,7 @@ pub fn info(t: &TokenRecord) -> TokenInfo {
 }
 
 fn audit_pb(r: &AuditRecord) -> PbAudit {
-    let AuditNote { who, role, method, summary, at_ms } = r.note.clone();
+    let AuditNote { who, role, method, summary, at_ms } = (*r.note).clone();
     PbAudit { revision: r.revision, at_ms, who, role, method, summary }
 }
 

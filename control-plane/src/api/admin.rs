@@ -43,8 +43,14 @@ fn id_of<T>(req: &Request<T>) -> Result<Option<RequestId>, Status> {
 }
 
 /// The audit note of a write by `caller`; the leader stamps its time when it proposes it.
-pub fn note(caller: &Caller, method: &str, summary: String) -> Option<AuditNote> {
-    Some(AuditNote { who: caller.who(), role: caller.role_name().into(), method: method.into(), summary, at_ms: 0 })
+pub fn note(caller: &Caller, method: &str, summary: String) -> Option<std::sync::Arc<AuditNote>> {
+    Some(std::sync::Arc::new(AuditNote {
+        who: caller.who(),
+        role: caller.role_name().into(),
+        method: method.into(),
+        summary,
+        at_ms: 0,
+    }))
 }
 
 impl AdminService {
@@ -54,7 +60,7 @@ impl AdminService {
         pool: String,
         address: String,
         cmd: Command,
-        audit: Option<AuditNote>,
+        audit: Option<std::sync::Arc<AuditNote>>,
     ) -> Result<Response<BackendReply>, Status> {
         validate::name("pool", &pool)?;
         validate::address(&address)?;

@@ -27,7 +27,7 @@ pub async fn create_token(
     name: String,
     role: &str,
     ttl: Option<Duration>,
-    audit: Option<AuditNote>,
+    audit: Option<std::sync::Arc<AuditNote>>,
 ) -> Result<(u64, TokenRecord, String), ApiError> {
     tokens::token_role(role).map_err(ApiError::InvalidArgument)?;
     if name.len() > tokens::MAX_NAME || name.chars().any(char::is_control) {
@@ -77,13 +77,13 @@ pub fn write_secret(path: &Path, secret: &str) -> std::io::Result<()> {
 /// being elected. The log says where it went, never what it is.
 pub async fn bootstrap_admin_token(node: &NodeCtx) {
     let path: PathBuf = node.config.data_dir.join(ADMIN_TOKEN_FILE);
-    let audit = Some(AuditNote {
+    let audit = Some(std::sync::Arc::new(AuditNote {
         who: "bootstrap".into(),
         role: "admin".into(),
         method: "Access/CreateToken".into(),
         summary: format!("the first admin token, written to {} on node {}", path.display(), node.id),
         at_ms: 0,
-    });
+    }));
     let mut tries = 0;
     let (rec, secret) = loop {
         match create_token(node, "bootstrap-admin".into(), "admin", None, audit.clone()).await {

@@ -66,7 +66,7 @@ pub async fn propose_loop(raft: Raft, mut rx: mpsc::Receiver<Proposal>, metrics:
             .drain(..)
             .map(|mut p| {
                 if let Some(a) = &mut p.cmd.audit {
-                    a.at_ms = now_ms;
+                    std::sync::Arc::make_mut(a).at_ms = now_ms;
                 }
                 (p.cmd, p.tx)
             })

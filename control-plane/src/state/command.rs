@@ -130,7 +130,7 @@ pub struct Proposed {
     pub id: Option<RequestId>,
     pub cmd: Command,
     /// Who asked, and what, for the audit log: set on admin writes, none on internal ones.
-    pub audit: Option<AuditNote>,
+    pub audit: Option<std::sync::Arc<AuditNote>>,
 }
 
 impl From<Command> for Proposed {
