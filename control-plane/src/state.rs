@@ -1,7 +1,7 @@
 //! The replicated state machine: a pure `apply` over ordered maps. Raft decides the order;
 //! everything here is deterministic (time comes inside commands, stamped by the leader).
 
-use switchyard_model::topology::{put, Pair};
+use switchyard_model::topology::{backend_key, put, Pair};
 use switchyard_model::{fields, usable, AffinitySecret, Model};
 use switchyard_proto::v1::{
     change, Backend, BackendRef, Change, Health, HealthCheckKind, Pool, SessionBinding, SessionRef, Topology,
@@ -207,15 +207,19 @@ impl State {
                 if !self.pools.contains_key(&b.pool) {
                     return Err(no_pool(&b.pool));
                 }
-                if self.backend(&b.pool, &b.address).is_some() {
+                let mut b = b.clone();
+                b.updated_revision = rev;
+                // One descent of a map of possibly millions (a lookup, then an insert, took
+                // two): insert, and put back what was there if the backend already existed.
+                let key = backend_key(&b);
+                if let Some(old) = self.model.backends.insert(key.clone(), b.clone()) {
+                    self.model.backends.insert(key, old);
                     return Err(ApiError::AlreadyExists(format!(
                         "backend {} already exists in pool {:?}",
                         b.address, b.pool
                     )));
                 }
-                let mut b = b.clone();
-                b.updated_revision = rev;
-                self.emit(&mut out, change::Kind::BackendPut(b));
+                out.push(put(change::Kind::BackendPut(b)));
             }
             Command::SetBackendWeight { pool, address, weight } => {
                 return self.update_backend(rev, pool, address, |b| {

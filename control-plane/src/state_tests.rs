@@ -38,6 +38,11 @@ fn references_are_checked_when_applied() {
     s.apply(2, &pool("p")).unwrap();
     assert!(matches!(s.apply(3, &pool("p")), Err(ApiError::AlreadyExists(_))));
     s.apply(4, &backend("p", "a:1")).unwrap();
+    // A backend added twice is refused, and the one there stays as it was (revision 4).
+    let before = s.clone();
+    assert!(matches!(s.apply(5, &backend("p", "a:1")), Err(ApiError::AlreadyExists(_))));
+    assert_eq!(s, before);
+    assert_eq!(s.backend("p", "a:1").unwrap().updated_revision, 4);
     let del = Command::DeletePool { name: "p".into() };
     assert!(matches!(s.apply(5, &del), Err(ApiError::FailedPrecondition(_))));
     let before = s.clone();
