@@ -216,3 +216,19 @@ async fn an_append_past_a_hole_waits_for_the_snapshot_before_it_to_be_durable() 
     gate.durable(Some(10));
     tokio::time::timeout(std::time::Duration::from_secs(5), waiting).await.expect("goes on once it is").unwrap();
 }
+
+#[test]
+fn since_snapshot_weighs_the_log_after_the_durable_snapshot_against_its_size() {
+    let tmp = tempfile::tempdir().unwrap();
+    let log = LogStore::new(crate::store::open(tmp.path(), 1).unwrap(), tmp.path()).unwrap();
+    let gate = log.purge_gate();
+    log.write_entries((1..=4).map(big)).unwrap();
+    let (all, none) = log.since_snapshot();
+    assert!(all > 4 * 100 * 1024, "four entries of about 100 KiB: {all}");
+    assert_eq!(none, 0, "no snapshot yet");
+    // A snapshot at 2, of 5 MB: the log after it is entries 3 and 4, half of the whole.
+    gate.durable(Some(2));
+    gate.sized(5_000_000);
+    let (after, size) = log.since_snapshot();
+    assert_eq!((after * 2, size), (all, 5_000_000));
+}
