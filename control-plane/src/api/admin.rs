@@ -43,8 +43,8 @@ fn id_of<T>(req: &Request<T>) -> Result<Option<RequestId>, Status> {
 }
 
 /// The audit note of a write by `caller`; the leader stamps its time when it proposes it.
-pub fn note(caller: &Caller, method: &str, summary: String) -> Option<std::sync::Arc<AuditNote>> {
-    Some(std::sync::Arc::new(AuditNote {
+pub fn note(caller: &Caller, method: &str, summary: String) -> Option<Arc<AuditNote>> {
+    Some(Arc::new(AuditNote {
         who: caller.who(),
         role: caller.role_name().into(),
         method: method.into(),
@@ -60,7 +60,7 @@ impl AdminService {
         pool: String,
         address: String,
         cmd: Command,
-        audit: Option<std::sync::Arc<AuditNote>>,
+        audit: Option<Arc<AuditNote>>,
     ) -> Result<Response<BackendReply>, Status> {
         validate::name("pool", &pool)?;
         validate::address(&address)?;

@@ -3,6 +3,7 @@
 
 use std::io::Write;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::time::Duration;
 
 use super::tokens::{self, TokenRecord};
@@ -27,7 +28,7 @@ pub async fn create_token(
     name: String,
     role: &str,
     ttl: Option<Duration>,
-    audit: Option<std::sync::Arc<AuditNote>>,
+    audit: Option<Arc<AuditNote>>,
 ) -> Result<(u64, TokenRecord, String), ApiError> {
     tokens::token_role(role).map_err(ApiError::InvalidArgument)?;
     if name.len() > tokens::MAX_NAME || name.chars().any(char::is_control) {
@@ -77,7 +78,7 @@ pub fn write_secret(path: &Path, secret: &str) -> std::io::Result<()> {
 /// being elected. The log says where it went, never what it is.
 pub async fn bootstrap_admin_token(node: &NodeCtx) {
     let path: PathBuf = node.config.data_dir.join(ADMIN_TOKEN_FILE);
-    let audit = Some(std::sync::Arc::new(AuditNote {
+    let audit = Some(Arc::new(AuditNote {
         who: "bootstrap".into(),
         role: "admin".into(),
         method: "Access/CreateToken".into(),

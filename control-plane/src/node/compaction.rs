@@ -48,7 +48,7 @@ pub async fn run(node: Arc<NodeCtx>) {
             let applied = m.last_applied.map_or(0, |l| l.index + 1);
             applied.saturating_sub(m.snapshot.map_or(0, |l| l.index + 1))
         };
-        if entries < every || triggered.is_some_and(|t| t.elapsed() < RETRIGGER) {
+        if triggered.is_some_and(|t| t.elapsed() < RETRIGGER) {
             continue;
         }
         let (log_bytes, snapshot_bytes) = node.log.since_snapshot();
