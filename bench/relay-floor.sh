@@ -1,0 +1,110 @@
+#!/usr/bin/env bash
+# How low a WebSocket relay's CPU per message can go on this machine: the Switchyard proxy and
+# NGINX against `relay-floor` (bench/relay-floor/), a transparent TCP relay on io_uring that
+# forwards bytes and does nothing else: no frame parsing, timers, limits or accounting, and
+# completions reaped in batches (one `io_uring_enter` for many sends and receives). What it
+# costs is, near enough, what the kernel's TCP path costs per message, whatever the I/O model;
+# issue 10 asks for 0.80x NGINX's CPU per message, and this shows where that stands against
+# the floor. Same echo backend, same load, interleaved rounds, 2 worker threads or processes
+# each; ws only (the floor relay has no TLS).
+#
+# Usage: bash bench/relay-floor.sh [SECONDS_PER_PHASE]   (ROUNDS=N, 3 by default; RATE=N, the
+# light phase's fixed rate, 5,000 messages/s by default)
+set -euo pipefail
+cd "$(dirname "$0")/.."
+SECS=${1:-8}
+OUT=bench/out/relay-floor
+rm -rf "$OUT"; mkdir -p "$OUT"
+RESULTS="$OUT/results.jsonl"; : > "$RESULTS"
+ulimit -n 20000
+
+if ! command -v nginx >/dev/null; then
+  echo "installing nginx (Debian)..." >&2
+  apt-get update -qq >/dev/null
+  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq nginx-light >/dev/null
+fi
+cargo build --release --bins -q
+cargo build --release -q --manifest-path bench/relay-floor/Cargo.toml
+B=target/release
+source bench/lib.sh
+procs() { echo "$1 $(pgrep -P "$1" | tr '\n' ' ')"; }
+cpu_ticks() { local t=0; for p in $(procs "$1"); do t=$((t + $(awk '{print $14+$15}' /proc/$p/stat))); done; echo $t; }
+TCK=$(getconf CLK_TCK)
+
+BACKEND=$(port); CP=$(port); SY=$(port); SYA=$(port); NG=$(port); FL=$(port)
+$B/switchyard demo-backend --listen 127.0.0.1:$BACKEND --no-greeting > "$OUT/backend.log" 2>&1 & PIDS+=($!)
+$B/switchyard-control --id 1 --listen 127.0.0.1:$CP --data-dir "$OUT/cp" > "$OUT/cp.log" 2>&1 & PIDS+=($!)
+wait_port $BACKEND; wait_port $CP
+export SWITCHYARD_ENDPOINTS=127.0.0.1:$CP
+wait_leader $B/switchyard
+$B/switchyard pool create bench >/dev/null
+$B/switchyard backend add bench 127.0.0.1:$BACKEND >/dev/null
+$B/switchyard route set all --pool bench >/dev/null
+$B/switchyard-proxy --listen 127.0.0.1:$SY --admin 127.0.0.1:$SYA --control-plane 127.0.0.1:$CP --proxy-id bench \
+  > "$OUT/proxy.log" 2>&1 & SYPID=$!; PIDS+=($SYPID)
+cat > "$OUT/nginx.conf" <<NGX
+worker_processes 2;
+worker_rlimit_nofile 20000;
+daemon off;
+pid $PWD/$OUT/nginx.pid;
+error_log $PWD/$OUT/nginx.err warn;
+events { worker_connections 20000; }
+http {
+  access_log off;
+  map \$http_upgrade \$connection_upgrade { default upgrade; '' close; }
+  upstream be { server 127.0.0.1:$BACKEND; keepalive 64; }
+  server {
+    listen 127.0.0.1:$NG;
+    location / {
+      proxy_pass http://be;
+      proxy_http_version 1.1;
+      proxy_set_header Upgrade \$http_upgrade;
+      proxy_set_header Connection \$connection_upgrade;
+      proxy_set_header Host \$host;
+      proxy_read_timeout 1h;
+      proxy_send_timeout 1h;
+      proxy_buffering off;
+    }
+  }
+}
+NGX
+nginx -c "$PWD/$OUT/nginx.conf" >> "$OUT/nginx.log" 2>&1 & NGPID=$!; PIDS+=($NGPID)
+bench/relay-floor/target/release/relay-floor 127.0.0.1:$FL 127.0.0.1:$BACKEND 2 > "$OUT/floor.log" 2>&1 & FLPID=$!; PIDS+=($FLPID)
+wait_port $SY; wait_port $NG; wait_port $FL
+wait_proxy_config 127.0.0.1:$SYA
+
+declare -A ADDR=([switchyard]=127.0.0.1:$SY [nginx]=127.0.0.1:$NG [floor]=127.0.0.1:$FL)
+declare -A PID=([switchyard]=$SYPID [nginx]=$NGPID [floor]=$FLPID)
+# One phase: ws-bench's JSON line with the relay's CPU per message (an echo is two messages).
+phase() {
+  local name=$1 t=$2 round=$3; shift 3
+  local c0 c1 line
+  c0=$(cpu_ticks "${PID[$t]}")
+  line=$($B/ws-bench throughput --target "${ADDR[$t]}" --seconds "$SECS" "$@")
+  c1=$(cpu_ticks "${PID[$t]}")
+  echo "$line" | python3 -c "
+import json,sys; r=json.loads(sys.stdin.read()); r.update(phase='$name', name='$t', round=$round, cpu_s=($c1-$c0)/$TCK)
+r['cpu_us_per_msg'] = r['cpu_s'] * 1e6 / (2 * r['round_trips']) if r['round_trips'] else None
+print(json.dumps(r))" >> "$RESULTS"
+}
+for round in $(seq "${ROUNDS:-3}"); do
+  for t in switchyard nginx floor; do
+    phase throughput "$t" "$round" --conns 100
+    phase light "$t" "$round" --conns 50 --rate "${RATE:-5000}"
+  done
+  echo "round $round done" >&2
+done
+
+python3 - "$RESULTS" <<'PY'
+import json, statistics, sys
+rows = [json.loads(l) for l in open(sys.argv[1]) if l.strip()]
+def med(phase, name, key):
+    v = [r[key] for r in rows if r["phase"] == phase and r["name"] == name and r[key] is not None]
+    return statistics.median(v) if v else float("nan")
+print(f"{'figure':<34}{'switchyard':>12}{'nginx':>12}{'floor':>12}{'sy/nginx':>10}{'floor/nginx':>13}")
+for phase, key, label in [("throughput", "messages_per_sec", "messages/s"),
+                          ("throughput", "cpu_us_per_msg", "CPU per message (us)"),
+                          ("light", "cpu_us_per_msg", "CPU per message at a light rate")]:
+    s, n, f = (med(phase, x, key) for x in ("switchyard", "nginx", "floor"))
+    print(f"{label:<34}{s:>12.2f}{n:>12.2f}{f:>12.2f}{s / n:>9.2f}x{f / n:>12.2f}x")
+PY
