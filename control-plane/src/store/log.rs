@@ -275,14 +275,25 @@ impl LogStore {
     /// where a crash caught a truncation or an append this node never acknowledged: what
     /// follows it was not acknowledged either, and Raft sends it again.
     ///
-    /// Holes are looked for only after the durable snapshot: below it, a gap is what an append
-    /// past a purge still waiting left, to be removed. Call it once the state machine has set
-    /// the purge gate ([`Self::purge_gate`]).
+    /// Holes are looked for only after the durable snapshot. Below it, a gap is what an append
+    /// past a purge still waiting left (a follower that installed a snapshot past its log, and
+    /// crashed before the purge to it was recorded): that purge is recorded here, as the purge
+    /// thread would have, so that Raft sees a log that starts after the snapshot rather than
+    /// one with entries missing from its middle. Call it once the state machine has set the
+    /// purge gate ([`Self::purge_gate`]).
     pub fn check(&self) -> Result<u64, StorageError> {
         let purged: Option<LogId> = self.get_meta("last_purged")?;
-        let kept_from = purged.map_or(0, |p| p.index + 1);
+        let mut kept_from = purged.map_or(0, |p| p.index + 1);
         let floor = kept_from.max(self.gate.floor());
-        let runs = self.wal.runs();
+        let mut runs = self.wal.runs();
+        let cut_short = runs.windows(2).any(|w| w[0].1 >= kept_from && w[1].0 != w[0].1 + 1 && w[0].1 + 1 < floor);
+        if let (true, Some(snap)) = (cut_short, self.gate.snapshot_id()) {
+            purge::purge_upto(&self.db, &self.blobs, &self.wal, &self.meta, snap)?;
+            self.first_kept.fetch_max(snap.index + 1, Ordering::Release);
+            self.tail().purge_to(snap.index);
+            tracing::info!(upto = %snap, "recorded a purge to the snapshot that a crash had cut short");
+            (kept_from, runs) = (snap.index + 1, self.wal.runs());
+        }
         let hole = runs.windows(2).find_map(|w| {
             let (end, next) = (w[0].1, w[1].0);
             (end >= kept_from && next != end + 1 && end + 1 >= floor).then_some(end + 1)

@@ -23,17 +23,26 @@ use crate::types::{LogId, StorageError};
 pub struct PurgeGate {
     next: Arc<AtomicU64>,
     bytes: Arc<AtomicU64>,
+    /// The durable snapshot's log id, for the purge [`super::LogStore::check`] may have to
+    /// record at start.
+    id: Arc<std::sync::Mutex<Option<LogId>>>,
 }
 
 impl PurgeGate {
     /// A gate nobody has taken yet: purges go through at once.
     pub(super) fn open() -> Self {
-        PurgeGate { next: Arc::new(AtomicU64::new(u64::MAX)), bytes: Arc::default() }
+        PurgeGate { next: Arc::new(AtomicU64::new(u64::MAX)), bytes: Arc::default(), id: Arc::default() }
     }
 
-    /// Lets purges through up to `index` (the index of a snapshot now durable).
-    pub fn durable(&self, index: Option<u64>) {
-        self.next.store(index.map_or(0, |i| i + 1), Ordering::Release);
+    /// Lets purges through up to `id` (the last entry of a snapshot now durable).
+    pub fn durable(&self, id: Option<LogId>) {
+        *self.id.lock().unwrap_or_else(|e| e.into_inner()) = id;
+        self.next.store(id.map_or(0, |i| i.index + 1), Ordering::Release);
+    }
+
+    /// The durable snapshot's last log id (`None`: none, or nobody took the gate).
+    pub(super) fn snapshot_id(&self) -> Option<LogId> {
+        *self.id.lock().unwrap_or_else(|e| e.into_inner())
     }
 
     /// Records the size in bytes of the snapshot now durable.
@@ -102,7 +111,13 @@ pub(super) fn purge_loop(
     }
 }
 
-fn purge_upto(db: &sled::Db, blobs: &Blobs, wal: &Wal, meta: &sled::Tree, upto: LogId) -> Result<(), StorageError> {
+pub(super) fn purge_upto(
+    db: &sled::Db,
+    blobs: &Blobs,
+    wal: &Wal,
+    meta: &sled::Tree,
+    upto: LogId,
+) -> Result<(), StorageError> {
     meta.insert("last_purged", postcard::to_stdvec(&upto).map_err(write_err)?).map_err(write_err)?;
     super::flush::flush_with_blobs(db, blobs).map_err(write_err)?;
     // Whole segments only: what the last one still holds below the point stays, unread.

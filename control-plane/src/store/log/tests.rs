@@ -4,6 +4,10 @@ use super::*;
 use crate::pb::Pb;
 use crate::state::{Batch, Command};
 
+fn id(index: u64) -> LogId {
+    LogId::new(CommittedLeaderId::new(1, 1), index)
+}
+
 /// An entry of about 100 KiB (a pool with a long hash key, never applied here).
 fn big(index: u64) -> Entry {
     let pool = switchyard_proto::v1::Pool { name: "p".into(), hash_key: "x".repeat(100 * 1024), ..Default::default() };
@@ -33,7 +37,7 @@ async fn a_log_with_a_hole_ends_before_it() {
 }
 
 #[tokio::test]
-async fn what_a_purge_cut_short_left_below_the_snapshot_is_no_hole() {
+async fn a_purge_a_crash_cut_short_is_recorded_at_start_so_the_log_has_no_gap() {
     let tmp = tempfile::tempdir().unwrap();
     let db = crate::store::open(tmp.path(), 1).unwrap();
     let log = LogStore::new(db.clone(), tmp.path()).unwrap();
@@ -41,10 +45,31 @@ async fn what_a_purge_cut_short_left_below_the_snapshot_is_no_hole() {
     // the crash came before the purge recorded its point.
     log.write_entries((1..=3).map(big)).unwrap();
     log.write_entries((11..=12).map(big)).unwrap();
-    log.purge_gate().durable(Some(10));
-    assert_eq!(log.check().unwrap(), 5, "all five are decoded, and none is dropped");
+    log.purge_gate().durable(Some(id(10)));
+    assert_eq!(log.check().unwrap(), 2, "11 and 12 are kept; 1 to 3 go with the purge to the snapshot");
+    // Raft sees a log that starts after the snapshot, with nothing missing from its middle:
+    // every index from the purge point on can be read.
     let state = log.clone().get_log_state().await.unwrap();
+    assert_eq!(state.last_purged_log_id, Some(id(10)));
     assert_eq!(state.last_log_id.map(|l| l.index), Some(12));
+    let read: Vec<u64> = log.clone().try_get_log_entries(0..).await.unwrap().iter().map(|e| e.log_id.index).collect();
+    assert_eq!(read, [11, 12]);
+    // Recorded, not only seen: a restart finds the same.
+    drop(log);
+    let mut log = LogStore::new(db, tmp.path()).unwrap();
+    let state = log.get_log_state().await.unwrap();
+    assert_eq!((state.last_purged_log_id, state.last_log_id.map(|l| l.index)), (Some(id(10)), Some(12)));
+}
+
+#[tokio::test]
+async fn a_log_whose_purge_point_was_recorded_is_left_as_it_is() {
+    let tmp = tempfile::tempdir().unwrap();
+    let db = crate::store::open(tmp.path(), 1).unwrap();
+    let log = LogStore::new(db, tmp.path()).unwrap();
+    log.write_entries((1..=6).map(big)).unwrap();
+    log.purge_gate().durable(Some(id(4)));
+    assert_eq!(log.check().unwrap(), 6, "no gap: nothing is purged at start");
+    assert_eq!(log.get_meta::<LogId>("last_purged").unwrap(), None);
 }
 
 #[tokio::test]
@@ -67,7 +92,7 @@ async fn a_purge_is_recorded_only_once_the_snapshot_it_relies_on_is_durable() {
     std::thread::sleep(std::time::Duration::from_millis(200));
     assert_eq!(log.get_meta::<LogId>("last_purged").unwrap(), None);
     assert_eq!(log.wal.runs(), [(1, 6), (8, 10)]);
-    gate.durable(Some(6));
+    gate.durable(Some(id(6)));
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
     while log.wal.runs() != [(8, 10)] {
         assert!(std::time::Instant::now() < deadline, "purge never ran: {:?}", log.wal.runs());
@@ -210,10 +235,10 @@ async fn an_append_past_a_hole_waits_for_the_snapshot_before_it_to_be_durable() 
     });
     tokio::time::sleep(quick).await;
     assert!(!waiting.is_finished(), "it waits while the snapshot is not durable");
-    gate.durable(Some(9));
+    gate.durable(Some(id(9)));
     tokio::time::sleep(quick).await;
     assert!(!waiting.is_finished(), "a snapshot short of the hole does not do");
-    gate.durable(Some(10));
+    gate.durable(Some(id(10)));
     tokio::time::timeout(std::time::Duration::from_secs(5), waiting).await.expect("goes on once it is").unwrap();
 }
 
@@ -227,7 +252,7 @@ fn since_snapshot_weighs_the_log_after_the_durable_snapshot_against_its_size() {
     assert!(all > 4 * 100 * 1024, "four entries of about 100 KiB: {all}");
     assert_eq!(none, 0, "no snapshot yet");
     // A snapshot at 2, of 5 MB: the log after it is entries 3 and 4, half of the whole.
-    gate.durable(Some(2));
+    gate.durable(Some(id(2)));
     gate.sized(5_000_000);
     let (after, size) = log.since_snapshot();
     assert_eq!((after * 2, size), (all, 5_000_000));

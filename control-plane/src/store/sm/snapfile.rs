@@ -51,7 +51,7 @@ impl SnapshotStore {
             let _g = self.guard();
             self.meta_locked()?
         };
-        gate.durable(stored.and_then(|m| m.last_log_id).map(|l| l.index));
+        gate.durable(stored.and_then(|m| m.last_log_id));
         gate.sized(std::fs::metadata(self.dir.join(FILE)).map_or(0, |m| m.len()));
         self.gate = Some(gate);
         Ok(())
@@ -133,7 +133,7 @@ impl SnapshotStore {
         std::fs::rename(&tmp, self.dir.join(FILE)).map_err(|e| io("rename", e))?;
         File::open(&self.dir).and_then(|d| d.sync_all()).map_err(|e| io("fsync the dir of", e))?;
         if let Some(gate) = &self.gate {
-            gate.durable(meta.last_log_id.map(|l| l.index));
+            gate.durable(meta.last_log_id);
             gate.sized(data.len() as u64);
         }
         // The file is what counts from now on; an older build's copy in sled is dead weight.
