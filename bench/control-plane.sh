@@ -11,7 +11,10 @@
 # etcd's failover is measured twice: with its own timing (heartbeat 100 ms, election 1 s) and
 # with Switchyard's (ETCD_TIMING=HEARTBEAT_MS,ELECTION_MS, default 50,250).
 #
-# Usage: bash bench/control-plane.sh [SECONDS_PER_PHASE] [TRIALS]
+# Usage: bash bench/control-plane.sh [SECONDS_PER_PHASE] [TRIALS]   (ROUNDS=N: N interleaved rounds
+# of the put phases, 3 by default, each system on a fresh cluster every round; each figure is
+# the median of its rounds, and the ratio of each round is printed beside it: one pair of
+# 10-second phases moves by a fifth from run to run on this shared machine)
 # BASELINE=DIR (a directory with another build's switchyard-control) adds that build as a third
 # system, interleaved with the others, so a change is measured against its predecessor in the
 # same run.
@@ -45,8 +48,10 @@ run() {
     *) local s=$1; shift; ./target/release/cp-bench --system "$s" $TLS_FLAG "$@" ;;
   esac
 }
-for sys in $SYSTEMS; do
-  run "$sys" --seconds "$SECONDS_PER_PHASE" --trials 0 --out-dir "$OUT" | tee -a "$RESULTS"
+for round in $(seq "${ROUNDS:-3}"); do
+  for sys in $SYSTEMS; do
+    run "$sys" --seconds "$SECONDS_PER_PHASE" --trials 0 --out-dir "$OUT" | sed "s/^{/{\"round\":$round,/" | tee -a "$RESULTS"
+  done
 done
 # etcd again with Switchyard's election timing (heartbeat 50 ms, election timeout up to
 # 240 ms; etcd wants at least 5 heartbeats), for failover only.
@@ -56,36 +61,49 @@ for sys in $SYSTEMS etcd-timed; do
 done
 
 python3 - "$RESULTS" <<'PY'
-import json, os, sys
+import json, os, statistics, sys
 rows = [json.loads(l) for l in open(sys.argv[1]) if l.strip()]
-put = {(r["system"], r["clients"]): r for r in rows if r["phase"] == "put"}
+# Each put figure is the median over the rounds (keys as cp-bench writes them).
+by = {}
+for r in rows:
+    if r["phase"] == "put":
+        by.setdefault((r["system"], r["clients"]), []).append(r)
+put = {k: {f: statistics.median(x[f] for x in v) for f in ("ops_per_sec", "p50_ms", "p99_ms", "cpu_us_per_op", "client_cpu_us_per_op")}
+       for k, v in by.items()}
+def rounds(system, clients):
+    return {r.get("round", 1): r["ops_per_sec"] for r in by.get((system, clients), [])}
 fo = {r["system"]: r for r in rows if r["phase"] == "failover-summary"}
 print()
-print(f"{'load':<22}{'switchyard':>24}{'etcd':>24}{'ratio':>8}")
+print(f"{'load':<22}{'switchyard':>30}{'etcd':>30}{'ratio':>8}")
 for c in sorted({k[1] for k in put}):
     s, e = put.get(("switchyard", c)), put.get(("etcd", c))
     if not s or not e:
         continue
     fmt = lambda r: f"{r['ops_per_sec']:.0f}/s p50 {r['p50_ms']:.2f} p99 {r['p99_ms']:.2f}"
-    print(f"{'puts, %d client(s)' % c:<22}{fmt(s):>24}{fmt(e):>24}{s['ops_per_sec'] / e['ops_per_sec']:>7.2f}x")
+    print(f"{'puts, %d client(s)' % c:<22}{fmt(s):>30}{fmt(e):>30}{s['ops_per_sec'] / e['ops_per_sec']:>7.2f}x")
+    rs, re_ = rounds("switchyard", c), rounds("etcd", c)
+    each = ", ".join(f"{rs[k] / re_[k]:.2f}x" for k in sorted(rs) if k in re_)
+    print(f"{'  each round':<22}{each:>60}")
+    el = lambda sy: sum(r.get("elections", 0) for r in by.get((sy, c), []))
+    print(f"{'  elections meanwhile':<22}{el('switchyard'):>30}{el('etcd'):>30}")
     cpu = lambda r: f"{r['cpu_us_per_op']:.0f} us"
-    print(f"{'  CPU per put, members':<22}{cpu(s):>24}{cpu(e):>24}{s['cpu_us_per_op'] / e['cpu_us_per_op']:>7.2f}x")
+    print(f"{'  CPU per put, members':<22}{cpu(s):>30}{cpu(e):>30}{s['cpu_us_per_op'] / e['cpu_us_per_op']:>7.2f}x")
     ccpu = lambda r: f"{r['client_cpu_us_per_op']:.0f} us"
-    print(f"{'  ... the load generator':<22}{ccpu(s):>24}{ccpu(e):>24}{s['client_cpu_us_per_op'] / e['client_cpu_us_per_op']:>7.2f}x")
+    print(f"{'  ... the load generator':<22}{ccpu(s):>30}{ccpu(e):>30}{s['client_cpu_us_per_op'] / e['client_cpu_us_per_op']:>7.2f}x")
     b = put.get(("switchyard-baseline", c))
     if b:
-        print(f"{'  baseline build':<22}{fmt(b):>24}{'':>24}{s['ops_per_sec'] / b['ops_per_sec']:>7.2f}x (this/baseline)")
-        print(f"{'  its CPU per put':<22}{cpu(b):>24}{'':>24}{s['cpu_us_per_op'] / b['cpu_us_per_op']:>7.2f}x (this/baseline)")
+        print(f"{'  baseline build':<22}{fmt(b):>30}{'':>30}{s['ops_per_sec'] / b['ops_per_sec']:>7.2f}x (this/baseline)")
+        print(f"{'  its CPU per put':<22}{cpu(b):>30}{'':>30}{s['cpu_us_per_op'] / b['cpu_us_per_op']:>7.2f}x (this/baseline)")
 if "switchyard-baseline" in fo and "switchyard" in fo:
     s, b = fo["switchyard"], fo["switchyard-baseline"]
-    print(f"{'failover, baseline':<22}{'p50 %.0f max %.0f ms' % (b['p50_ms'], b['max_ms']):>24}{'':>24}{s['p50_ms'] / b['p50_ms']:>7.2f}x (this/baseline)")
+    print(f"{'failover, baseline':<22}{'p50 %.0f max %.0f ms' % (b['p50_ms'], b['max_ms']):>30}{'':>30}{s['p50_ms'] / b['p50_ms']:>7.2f}x (this/baseline)")
 if "switchyard" in fo and "etcd" in fo:
     s, e = fo["switchyard"], fo["etcd"]
     f = lambda r: f"p50 {r['p50_ms']:.0f} max {r['max_ms']:.0f} ms"
-    print(f"{'failover (%d trials)' % s['trials']:<22}{f(s):>24}{f(e):>24}{s['p50_ms'] / e['p50_ms']:>7.2f}x")
+    print(f"{'failover (%d trials)' % s['trials']:<22}{f(s):>30}{f(e):>30}{s['p50_ms'] / e['p50_ms']:>7.2f}x")
     t = fo.get("etcd-timed")
     if t:
         timing = os.environ.get("ETCD_TIMING", "50,250").replace(",", "/")
-        print(f"{'  etcd at %s ms' % timing:<22}{'':>24}{f(t):>24}{s['p50_ms'] / t['p50_ms']:>7.2f}x")
-    print(f"{'acknowledged lost':<22}{s['lost']:>24}{e['lost']:>24}")
+        print(f"{'  etcd at %s ms' % timing:<22}{'':>30}{f(t):>30}{s['p50_ms'] / t['p50_ms']:>7.2f}x")
+    print(f"{'acknowledged lost':<22}{s['lost']:>30}{e['lost']:>30}")
 PY
