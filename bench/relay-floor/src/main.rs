@@ -82,7 +82,11 @@ fn worker(rx: mpsc::Receiver<(RawFd, RawFd)>, efd: RawFd) {
                         conns.len() - 1
                     });
                     let dir = |from, to| Dir { from, to, buf: vec![0u8; BUF].into_boxed_slice(), len: 0, sent: 0 };
-                    let c = conns[slot].insert(Conn { dirs: [dir(client, backend), dir(backend, client)], in_flight: 2, closing: false });
+                    let c = conns[slot].insert(Conn {
+                        dirs: [dir(client, backend), dir(backend, client)],
+                        in_flight: 2,
+                        closing: false,
+                    });
                     for d in 0..2 {
                         let e = recv(&mut c.dirs[d], slot, d);
                         push(&mut ring, e);
