@@ -27,26 +27,13 @@ cpu_ticks() { local t=0; for p in $(procs "$1"); do t=$((t + $(awk '{print $14+$
 
 BACKEND=$(port); CP=$(port); SY=$(port); SYA=$(port); NG=$(port); HA=$(port)
 $B/http-bench backend --listen 127.0.0.1:$BACKEND > "$OUT/backend.log" 2>&1 & PIDS+=($!)
-$B/switchyard-control --id 1 --listen 127.0.0.1:$CP --data-dir "$OUT/cp" --metrics-listen off > "$OUT/cp.log" 2>&1 & PIDS+=($!)
-wait_port $BACKEND; wait_port $CP
-export SWITCHYARD_ENDPOINTS=127.0.0.1:$CP
-$B/switchyard pool create bench >/dev/null
-$B/switchyard backend add bench 127.0.0.1:$BACKEND >/dev/null
-$B/switchyard route set all --pool bench >/dev/null
-$B/switchyard-proxy --listen 127.0.0.1:$SY --admin 127.0.0.1:$SYA --control-plane 127.0.0.1:$CP --proxy-id bench \
-  > "$OUT/proxy.log" 2>&1 & SYPID=$!; PIDS+=($SYPID)
+wait_port $BACKEND
+one_node_and_proxy
 
 # NGINX and HAProxy as their operators would set them up for this: two workers, kept-alive
 # upstream connections, forwarding headers, no access log.
 cat > "$OUT/nginx.conf" <<NGX
-worker_processes 2;
-worker_rlimit_nofile 20000;
-daemon off;
-pid $PWD/$OUT/nginx.pid;
-error_log $PWD/$OUT/nginx.err warn;
-events { worker_connections 20000; }
-http {
-  access_log off;
+$(nginx_head)
   upstream be { server 127.0.0.1:$BACKEND; keepalive 128; }
   server {
     listen 127.0.0.1:$NG;

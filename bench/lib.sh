@@ -36,3 +36,58 @@ proxy_admin() {
   done
   echo "no admin address in $1" >&2; exit 1
 }
+# The start of every NGINX config here, up to the http block's first line: two workers, room
+# for 20,000 connections, pid and error log under $OUT, no access log.
+nginx_head() {
+  cat <<NGX
+worker_processes 2;
+worker_rlimit_nofile 20000;
+daemon off;
+pid $PWD/$OUT/nginx.pid;
+error_log $PWD/$OUT/nginx.err warn;
+events { worker_connections 20000; }
+http {
+  access_log off;
+NGX
+}
+# NGINX set up as its operators would to proxy WebSocket: two workers, kept-alive upstream
+# connections, forwarding headers, no buffering, no access log. $1: the config file to write
+# (under $OUT, where its pid and error log go too); $2: the backend's port; the rest: lines
+# for the server block (its listen and TLS lines).
+nginx_ws_conf() {
+  local conf=$1 backend=$2; shift 2
+  cat > "$conf" <<NGX
+$(nginx_head)
+  map \$http_upgrade \$connection_upgrade { default upgrade; '' close; }
+  upstream be { server 127.0.0.1:$backend; keepalive 64; }
+  server {
+$(printf '    %s\n' "$@")
+    location / {
+      proxy_pass http://be;
+      proxy_http_version 1.1;
+      proxy_set_header Upgrade \$http_upgrade;
+      proxy_set_header Connection \$connection_upgrade;
+      proxy_set_header Host \$host;
+      proxy_set_header X-Forwarded-For \$proxy_add_x_forwarded_for;
+      proxy_read_timeout 1h;
+      proxy_send_timeout 1h;
+      proxy_buffering off;
+    }
+  }
+}
+NGX
+}
+# One control-plane node (127.0.0.1:$CP, data in $OUT/cp) holding pool `bench` with the
+# backend at 127.0.0.1:$BACKEND, routed from everywhere, and one Switchyard proxy following it
+# (127.0.0.1:$SY, admin 127.0.0.1:$SYA, binaries in $B); SYPID is the proxy's pid.
+one_node_and_proxy() {
+  $B/switchyard-control --id 1 --listen 127.0.0.1:$CP --data-dir "$OUT/cp" --metrics-listen off > "$OUT/cp.log" 2>&1 & PIDS+=($!)
+  wait_port $CP
+  export SWITCHYARD_ENDPOINTS=127.0.0.1:$CP
+  wait_leader $B/switchyard
+  $B/switchyard pool create bench >/dev/null
+  $B/switchyard backend add bench 127.0.0.1:$BACKEND >/dev/null
+  $B/switchyard route set all --pool bench >/dev/null
+  $B/switchyard-proxy --listen 127.0.0.1:$SY --admin 127.0.0.1:$SYA --control-plane 127.0.0.1:$CP --proxy-id bench \
+    > "$OUT/proxy.log" 2>&1 & SYPID=$!; PIDS+=($SYPID)
+}

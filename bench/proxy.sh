@@ -69,37 +69,8 @@ if [ -n "${BASELINE:-}" ]; then
   start_baseline
 fi
 
-cat > "$OUT/nginx.conf" <<NGX
-worker_processes 2;
-worker_rlimit_nofile 20000;
-daemon off;
-pid $PWD/$OUT/nginx.pid;
-error_log $PWD/$OUT/nginx.err warn;
-events { worker_connections 20000; }
-http {
-  access_log off;
-  map \$http_upgrade \$connection_upgrade { default upgrade; '' close; }
-  upstream be { server 127.0.0.1:$BACKEND; keepalive 64; }
-  server {
-    listen 127.0.0.1:$NG;
-    listen 127.0.0.1:$NGS ssl;
-    ssl_certificate $CERTS/bench.crt;
-    ssl_certificate_key $CERTS/bench.key;
-    ssl_protocols TLSv1.2 TLSv1.3;
-    location / {
-      proxy_pass http://be;
-      proxy_http_version 1.1;
-      proxy_set_header Upgrade \$http_upgrade;
-      proxy_set_header Connection \$connection_upgrade;
-      proxy_set_header Host \$host;
-      proxy_set_header X-Forwarded-For \$proxy_add_x_forwarded_for;
-      proxy_read_timeout 1h;
-      proxy_send_timeout 1h;
-      proxy_buffering off;
-    }
-  }
-}
-NGX
+nginx_ws_conf "$OUT/nginx.conf" $BACKEND "listen 127.0.0.1:$NG;" "listen 127.0.0.1:$NGS ssl;" \
+  "ssl_certificate $CERTS/bench.crt;" "ssl_certificate_key $CERTS/bench.key;" "ssl_protocols TLSv1.2 TLSv1.3;"
 start_nginx() { nginx -c "$PWD/$OUT/nginx.conf" >> "$OUT/nginx.log" 2>&1 & NGPID=$!; PIDS+=($NGPID); }
 start_nginx
 

@@ -33,41 +33,9 @@ TCK=$(getconf CLK_TCK)
 
 BACKEND=$(port); CP=$(port); SY=$(port); SYA=$(port); NG=$(port); FL=$(port)
 $B/switchyard demo-backend --listen 127.0.0.1:$BACKEND --no-greeting > "$OUT/backend.log" 2>&1 & PIDS+=($!)
-$B/switchyard-control --id 1 --listen 127.0.0.1:$CP --data-dir "$OUT/cp" > "$OUT/cp.log" 2>&1 & PIDS+=($!)
-wait_port $BACKEND; wait_port $CP
-export SWITCHYARD_ENDPOINTS=127.0.0.1:$CP
-wait_leader $B/switchyard
-$B/switchyard pool create bench >/dev/null
-$B/switchyard backend add bench 127.0.0.1:$BACKEND >/dev/null
-$B/switchyard route set all --pool bench >/dev/null
-$B/switchyard-proxy --listen 127.0.0.1:$SY --admin 127.0.0.1:$SYA --control-plane 127.0.0.1:$CP --proxy-id bench \
-  > "$OUT/proxy.log" 2>&1 & SYPID=$!; PIDS+=($SYPID)
-cat > "$OUT/nginx.conf" <<NGX
-worker_processes 2;
-worker_rlimit_nofile 20000;
-daemon off;
-pid $PWD/$OUT/nginx.pid;
-error_log $PWD/$OUT/nginx.err warn;
-events { worker_connections 20000; }
-http {
-  access_log off;
-  map \$http_upgrade \$connection_upgrade { default upgrade; '' close; }
-  upstream be { server 127.0.0.1:$BACKEND; keepalive 64; }
-  server {
-    listen 127.0.0.1:$NG;
-    location / {
-      proxy_pass http://be;
-      proxy_http_version 1.1;
-      proxy_set_header Upgrade \$http_upgrade;
-      proxy_set_header Connection \$connection_upgrade;
-      proxy_set_header Host \$host;
-      proxy_read_timeout 1h;
-      proxy_send_timeout 1h;
-      proxy_buffering off;
-    }
-  }
-}
-NGX
+wait_port $BACKEND
+one_node_and_proxy
+nginx_ws_conf "$OUT/nginx.conf" $BACKEND "listen 127.0.0.1:$NG;"
 nginx -c "$PWD/$OUT/nginx.conf" >> "$OUT/nginx.log" 2>&1 & NGPID=$!; PIDS+=($NGPID)
 bench/relay-floor/target/release/relay-floor 127.0.0.1:$FL 127.0.0.1:$BACKEND 2 > "$OUT/floor.log" 2>&1 & FLPID=$!; PIDS+=($FLPID)
 wait_port $SY; wait_port $NG; wait_port $FL
