@@ -90,11 +90,17 @@ impl Affinity {
         }
     }
 
-    /// The bindings to report at `now`: the new ones, plus each live one whose last
-    /// acknowledged report is a third of its TTL old, or that was never acknowledged. The TTL
-    /// is its pool's (`ttl`), or the binding's own when shorter (it keeps the TTL it was made
-    /// with when the pool's changes). Forgets ended sessions whose acknowledgement aged out.
-    pub fn take_report(&self, now: Instant, ttl: impl Fn(&str) -> Duration) -> Vec<SessionBinding> {
+    /// The bindings to report at `now`: the new ones, each live one that was never
+    /// acknowledged, and, when `refreshes` (the periodic report), each live one whose last
+    /// acknowledged report is a third of its TTL old. The TTL is its pool's (`ttl`), or the
+    /// binding's own when shorter (it keeps the TTL it was made with when the pool's changes).
+    /// Forgets ended sessions whose acknowledgement aged out.
+    ///
+    /// Refreshes wait for the periodic report because every other report follows a new
+    /// revision: a refresh sent with it commits one, which prompts the next report, and with
+    /// thousands of sessions coming due one after another that loop committed an entry per
+    /// round trip (25 a second with 9,000 idle sessions) instead of one per period.
+    pub fn take_report(&self, now: Instant, ttl: impl Fn(&str) -> Duration, refreshes: bool) -> Vec<SessionBinding> {
         let bound = self.bound.read().unwrap_or_else(|e| e.into_inner());
         let ttl = |(pool, key, backend): &LiveKey| {
             let own = bound.get(pool).and_then(|keys| keys.get(key)).filter(|b| b.0 == *backend && b.1 > 0);
@@ -109,7 +115,11 @@ impl Affinity {
             if l.conns == 0 {
                 return age.is_some_and(|a| a < ttl(k));
             }
-            if age.is_none_or(|a| a >= ttl(k) / 3) && !reported.contains(k) {
+            let due = match age {
+                None => true,
+                Some(a) => refreshes && a >= ttl(k) / 3,
+            };
+            if due && !reported.contains(k) {
                 out.push(binding(k));
             }
             true
@@ -170,24 +180,43 @@ mod tests {
         let t0 = Instant::now();
         let k1 = a.bind_live("p", "s", "b:1");
         let k2 = a.bind_live("p", "s", "b:1");
-        let sent = a.take_report(t0, ttl);
+        let sent = a.take_report(t0, ttl, true);
         assert_eq!(sent.len(), 1, "one binding, however many connections");
         a.acknowledged(&sent, t0);
-        assert!(a.take_report(t0 + Duration::from_secs(9), ttl).is_empty(), "fresh: not again");
-        let due = a.take_report(t0 + Duration::from_secs(10), ttl);
+        assert!(a.take_report(t0 + Duration::from_secs(9), ttl, true).is_empty(), "fresh: not again");
+        let due = a.take_report(t0 + Duration::from_secs(10), ttl, true);
         assert_eq!(due.len(), 1, "a third of the TTL on");
-        assert!(!a.take_report(t0 + Duration::from_secs(11), ttl).is_empty(), "unacknowledged: again");
+        assert!(!a.take_report(t0 + Duration::from_secs(11), ttl, true).is_empty(), "unacknowledged: again");
         a.acknowledged(&due, t0 + Duration::from_secs(11));
         a.unbind_live(&k1);
-        assert!(a.take_report(t0 + Duration::from_secs(12), ttl).is_empty(), "one connection still holds it");
+        assert!(a.take_report(t0 + Duration::from_secs(12), ttl, true).is_empty(), "one connection still holds it");
         a.unbind_live(&k2);
         // Back within a third of the TTL of its last acknowledgement: not reported at once.
         let k3 = a.hold_live("p", "s", "b:1");
-        assert!(a.take_report(t0 + Duration::from_secs(15), ttl).is_empty());
+        assert!(a.take_report(t0 + Duration::from_secs(15), ttl, true).is_empty());
         a.unbind_live(&k3);
-        assert!(a.take_report(t0 + Duration::from_secs(25), ttl).is_empty(), "no connection: no refresh");
-        assert!(a.take_report(t0 + Duration::from_secs(41), ttl).is_empty());
+        assert!(a.take_report(t0 + Duration::from_secs(25), ttl, true).is_empty(), "no connection: no refresh");
+        assert!(a.take_report(t0 + Duration::from_secs(41), ttl, true).is_empty());
         assert!(a.live.lock().unwrap().is_empty(), "forgotten once its acknowledgement aged out");
+    }
+
+    #[test]
+    fn refreshes_wait_for_the_periodic_report_and_new_bindings_do_not() {
+        let a = Affinity::default();
+        let ttl = |_: &str| Duration::from_secs(30);
+        let t0 = Instant::now();
+        a.bind_live("p", "old", "b:1");
+        let sent = a.take_report(t0, ttl, false);
+        assert_eq!(sent.len(), 1, "a new binding goes with any report");
+        a.acknowledged(&sent, t0);
+        // A third of the TTL on, "old" is due; a new session binds meanwhile.
+        let later = t0 + Duration::from_secs(10);
+        a.bind_live("p", "new", "b:1");
+        let keys = |v: Vec<SessionBinding>| v.into_iter().map(|b| b.key).collect::<Vec<_>>();
+        let first = a.take_report(later, ttl, false);
+        a.acknowledged(&first, later);
+        assert_eq!(keys(first), ["new"], "the refresh waits");
+        assert_eq!(keys(a.take_report(later, ttl, true)), ["old"], "and goes with the periodic report");
     }
 
     #[test]
@@ -196,7 +225,11 @@ mod tests {
         a.replace(HashMap::from([(("p".into(), "s".into()), ("b:1".into(), 30_000))]));
         a.bind_live("p", "s", "b:1");
         assert!(a.pending.lock().unwrap().is_empty());
-        assert_eq!(a.take_report(Instant::now(), |_| Duration::from_secs(30)).len(), 1, "never acknowledged here");
+        assert_eq!(
+            a.take_report(Instant::now(), |_| Duration::from_secs(30), true).len(),
+            1,
+            "never acknowledged here"
+        );
         a.bind_live("p", "s", "b:2");
         assert_eq!(a.pending.lock().unwrap().len(), 1, "a different backend is new");
     }
@@ -208,9 +241,9 @@ mod tests {
         a.bind_live("p", "s", "b:1");
         let t0 = Instant::now();
         let pool_ttl = |_: &str| Duration::from_secs(3600);
-        a.acknowledged(&a.take_report(t0, pool_ttl), t0);
-        assert!(a.take_report(t0 + Duration::from_millis(900), pool_ttl).is_empty());
-        assert_eq!(a.take_report(t0 + Duration::from_secs(1), pool_ttl).len(), 1, "a third of 3 s, not of 1 h");
+        a.acknowledged(&a.take_report(t0, pool_ttl, true), t0);
+        assert!(a.take_report(t0 + Duration::from_millis(900), pool_ttl, true).is_empty());
+        assert_eq!(a.take_report(t0 + Duration::from_secs(1), pool_ttl, true).len(), 1, "a third of 3 s, not of 1 h");
     }
 
     #[test]

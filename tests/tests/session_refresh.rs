@@ -13,6 +13,12 @@ fn idle_sessions() -> usize {
     std::env::var("SWITCHYARD_IDLE_SESSIONS").ok().and_then(|v| v.parse().ok()).unwrap_or(200)
 }
 
+/// The quiet window; `SWITCHYARD_IDLE_WINDOW_SECS` lengthens it past the first refreshes (a
+/// third of the 60 s TTL after each binding) to measure the steady state.
+fn idle_window() -> Duration {
+    Duration::from_secs(std::env::var("SWITCHYARD_IDLE_WINDOW_SECS").ok().and_then(|v| v.parse().ok()).unwrap_or(4))
+}
+
 async fn session(addr: &str, secret: &AffinitySecret, pool: &str, key: &str) -> Option<SessionBinding> {
     let key = secret.hash(key.as_bytes()).expect("a secret");
     let req = GetSessionRequest { consistency: Consistency::Local as i32, pool: pool.into(), key };
@@ -38,12 +44,12 @@ async fn idle_bound_sessions_commit_nothing_and_a_session_in_use_outlives_its_tt
     let addr = c.nodes[&leader].addr.clone();
     let secret = affinity_secret(&addr).await;
     let b = EchoBackend::start("b1").await;
-    pool_with_route(&addr, "idle", 60_000, &b.addr).await;
-    let rev = pool_with_route(&addr, "short", 1_500, &b.addr).await;
+    let rev = pool_with_route(&addr, "idle", 60_000, &b.addr).await;
     let p = ProxyProcess::spawn(&c.endpoints(), &c.dir.path().join("p.cache"), "p");
     p.wait_revision(rev).await;
 
     let n = idle_sessions();
+    let binding = Instant::now();
     let mut held = Vec::with_capacity(n);
     for i in 0..n {
         let key = format!("idle-{i}");
@@ -56,7 +62,7 @@ async fn idle_bound_sessions_commit_nothing_and_a_session_in_use_outlives_its_tt
     .await;
 
     // A measurement window, not a wait for a condition: how many entries commit meanwhile.
-    let window = Duration::from_secs(4);
+    let window = idle_window();
     let before = status(&addr).await.unwrap();
     let started = Instant::now();
     tokio::time::sleep(window).await;
@@ -65,13 +71,22 @@ async fn idle_bound_sessions_commit_nothing_and_a_session_in_use_outlives_its_tt
     let entries = after.committed_index - before.committed_index;
     let revisions = after.applied_revision - before.applied_revision;
     println!(
-        "{n} idle bound sessions: {entries} Raft entries in {secs:.1} s ({:.2}/s), {revisions} revisions",
+        "{n} idle bound sessions (opened and bound in {:.1} s): {entries} Raft entries in {secs:.1} s ({:.2}/s), {revisions} revisions",
+        (started - binding).as_secs_f64(),
         entries as f64 / secs
     );
-    assert!(entries <= 1, "{n} idle sessions committed {entries} entries in {secs:.1} s");
+    // A session comes due for a refresh a third of its TTL (20 s here) after its binding was
+    // acknowledged, and the proxy sends due refreshes only with its periodic report (every
+    // second here): so at most an entry per second once the first sessions are due (thousands
+    // of sessions take that long to open), and none before.
+    let most = if binding.elapsed() >= Duration::from_secs(20) { window.as_secs() + 1 } else { 1 };
+    assert!(entries <= most, "{n} idle sessions committed {entries} entries in {secs:.1} s");
     assert_eq!(after.session_count, n as u64, "no idle session expired");
 
-    // One session in use, held for more than twice its TTL: refreshed, never expired.
+    // One session in use, held for more than twice its TTL: refreshed, never expired. (Its
+    // pool comes only now: a short TTL makes the proxy report more often.)
+    let rev = pool_with_route(&addr, "short", 1_500, &b.addr).await;
+    p.wait_revision(rev).await;
     let (_ws, _) = ws_connect(&p.ws, "/short", &[("X-Session", "kept")]).await.unwrap();
     let first = eventually("the kept session bound", Duration::from_secs(5), || async {
         session(&addr, &secret, "short", "kept").await

@@ -32,10 +32,12 @@ pub async fn run(state: Arc<ProxyState>, endpoints: Vec<String>, mut applied: wa
     loop {
         let table = state.table.load();
         let refresh_every = refresh_interval(&table);
-        if last_tick.elapsed() >= refresh_every {
+        // Due refreshes go only with the periodic report (see `Affinity::take_report`).
+        let periodic = last_tick.elapsed() >= refresh_every;
+        if periodic {
             last_tick = Instant::now();
         }
-        let bindings = state.affinity.take_report(Instant::now(), |pool| affinity_ttl(&table, pool));
+        let bindings = state.affinity.take_report(Instant::now(), |pool| affinity_ttl(&table, pool), periodic);
         drop(table);
         let sent: Vec<SessionBinding> = bindings.clone();
         let rev = *applied.borrow_and_update();
