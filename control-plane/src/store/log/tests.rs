@@ -62,7 +62,7 @@ async fn a_purge_a_crash_cut_short_is_recorded_at_start_so_the_log_has_no_gap() 
 }
 
 #[tokio::test]
-async fn a_log_whose_purge_point_was_recorded_is_left_as_it_is() {
+async fn a_log_without_a_gap_below_the_snapshot_is_not_purged_at_start() {
     let tmp = tempfile::tempdir().unwrap();
     let db = crate::store::open(tmp.path(), 1).unwrap();
     let log = LogStore::new(db, tmp.path()).unwrap();
