@@ -17,20 +17,25 @@ pub async fn run(cmd: LocalCmd) -> Result<()> {
         LocalCmd::DemoBackend(a) => demo::run(a).await,
         LocalCmd::Certs(CertsCmd::Init { dir }) => {
             certs::init(&dir)?;
-            println!("wrote {} and {}", dir.join("ca.crt").display(), dir.join("ca.key").display());
+            outln!("wrote {} and {}", dir.join("ca.crt").display(), dir.join("ca.key").display());
             Ok(())
         }
         LocalCmd::Certs(CertsCmd::Issue { dir, role, name, sans }) => {
             let (crt, key) = certs::issue(&dir, role, &name, &sans)?;
-            println!("wrote {} and {} ({role} {name:?})", crt.display(), key.display());
+            outln!("wrote {} and {} ({role} {name:?})", crt.display(), key.display());
             Ok(())
         }
+        // Made whole first: clap_complete panics when its writer fails (a closed pipe).
         LocalCmd::Completions { shell } => {
-            clap_complete::generate(shell, &mut Cli::command(), "switchyard", &mut std::io::stdout());
+            let mut script = Vec::new();
+            clap_complete::generate(shell, &mut Cli::command(), "switchyard", &mut script);
+            crate::output::write_bytes_out(&script);
             Ok(())
         }
         LocalCmd::Man => {
-            clap_mangen::Man::new(Cli::command()).render(&mut std::io::stdout())?;
+            let mut page = Vec::new();
+            clap_mangen::Man::new(Cli::command()).render(&mut page)?;
+            crate::output::write_bytes_out(&page);
             Ok(())
         }
     }

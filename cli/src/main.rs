@@ -1,5 +1,12 @@
 //! `switchyard`: the admin CLI. Errors are one line on stderr and a non-zero exit.
 
+/// `println!` for the CLI's results: a reader that went away (`switchyard backend list |
+/// head -1`) ends the command quietly, where `println!` panics.
+macro_rules! outln {
+    () => { $crate::output::write_out(format_args!("\n")) };
+    ($($t:tt)*) => { $crate::output::write_out(format_args!("{}\n", format_args!($($t)*))) };
+}
+
 mod args;
 mod client;
 mod cmd;

@@ -34,7 +34,7 @@ fn table(headers: &[&str], rows: &[Vec<String>]) {
     }
     let line = |cells: Vec<&str>| {
         let s: Vec<String> = cells.iter().enumerate().map(|(i, c)| format!("{:<w$}", c, w = widths[i])).collect();
-        println!("{}", s.join("  ").trim_end());
+        outln!("{}", s.join("  ").trim_end());
     };
     line(headers.to_vec());
     for r in rows {
@@ -43,7 +43,7 @@ fn table(headers: &[&str], rows: &[Vec<String>]) {
 }
 
 fn print_json(v: &Value) {
-    println!("{}", serde_json::to_string_pretty(v).expect("json values print"));
+    outln!("{}", serde_json::to_string_pretty(v).expect("json values print"));
 }
 
 /// Prints command results in the format the user chose; remote commands hold one in their context.
@@ -205,7 +205,7 @@ impl Out {
             })),
             Format::Table => {
                 let leader = if s.leader_id == 0 { "none".to_string() } else { s.leader_id.to_string() };
-                println!(
+                outln!(
                     "answered by node {} ({}), leader {leader}, term {}, revision {}, cluster {}, transport {}",
                     s.node_id,
                     s.state,
@@ -216,7 +216,7 @@ impl Out {
                 );
                 // A node from before feature levels does not send one.
                 let level = if s.feature_level == 0 { "unknown".to_string() } else { s.feature_level.to_string() };
-                println!("feature level {level}");
+                outln!("feature level {level}");
                 if s.security.starts_with("INSECURE") {
                     eprintln!(
                         "warning: node {} serves cleartext on a routable address (--insecure): anyone who can reach \
@@ -250,7 +250,7 @@ impl Out {
     pub fn revision(&self, what: &str, revision: u64) {
         match self.format {
             Format::Json => print_json(&json!({"revision": revision})),
-            Format::Table => println!("{what} (revision {revision})"),
+            Format::Table => outln!("{what} (revision {revision})"),
         }
     }
 
@@ -261,7 +261,7 @@ impl Out {
                 &json!({"file": file.display().to_string(), "revision": revision, "bytes": bytes, "sha256": sha256}),
             ),
             Format::Table => {
-                println!("saved revision {revision} to {} ({bytes} bytes, sha256 {sha256})", file.display())
+                outln!("saved revision {revision} to {} ({bytes} bytes, sha256 {sha256})", file.display())
             }
         }
     }
@@ -269,11 +269,11 @@ impl Out {
     /// A stream: one compact JSON line per event, or one line per change, so it can be piped.
     pub fn watch_event(&self, ev: &WatchEvent) {
         match (&ev.kind, self.format) {
-            (Some(watch_event::Kind::Snapshot(t)), Format::Json) => println!(
+            (Some(watch_event::Kind::Snapshot(t)), Format::Json) => outln!(
                 "{}",
                 json!({"revision": ev.revision, "snapshot": {"pools": t.pools.len(), "backends": t.backends.len(), "routes": t.routes.len(), "sessions": t.sessions.len()}})
             ),
-            (Some(watch_event::Kind::Snapshot(t)), Format::Table) => println!(
+            (Some(watch_event::Kind::Snapshot(t)), Format::Table) => outln!(
                 "{:>8}  state: {} pools, {} backends, {} routes, {} sessions",
                 ev.revision,
                 t.pools.len(),
@@ -281,19 +281,44 @@ impl Out {
                 t.routes.len(),
                 t.sessions.len()
             ),
-            (Some(watch_event::Kind::Changes(cs)), Format::Json) => println!(
+            (Some(watch_event::Kind::Changes(cs)), Format::Json) => outln!(
                 "{}",
                 json!({"revision": ev.revision, "changes": cs.changes.iter().map(change_json).collect::<Vec<_>>()})
             ),
             (Some(watch_event::Kind::Changes(cs)), Format::Table) => {
                 for c in &cs.changes {
-                    println!("{:>8}  {}", ev.revision, change_json(c));
+                    outln!("{:>8}  {}", ev.revision, change_json(c));
                 }
             }
             // Progress says the stream is alive; it carries no change to show.
             (Some(watch_event::Kind::Progress(_)) | None, _) => {}
         }
     }
+}
+
+/// Writes to standard output (see `out!`): a closed pipe ends the command with status 0, as
+/// the reader asked for no more; any other failure is one line and status 1.
+pub fn write_out(args: std::fmt::Arguments) {
+    let r = std::io::stdout().lock().write_fmt(args);
+    if let Err(e) = r {
+        stdout_failed(e);
+    }
+}
+
+/// [`write_out`] for bytes made elsewhere (completion scripts, the man page).
+pub fn write_bytes_out(bytes: &[u8]) {
+    let mut out = std::io::stdout().lock();
+    if let Err(e) = out.write_all(bytes).and_then(|_| out.flush()) {
+        stdout_failed(e);
+    }
+}
+
+fn stdout_failed(e: std::io::Error) -> ! {
+    if e.kind() == std::io::ErrorKind::BrokenPipe {
+        std::process::exit(0);
+    }
+    error(format_args!("cannot write to standard output: {e}"));
+    std::process::exit(1);
 }
 
 /// One line on stderr, prefixed with the program's name.
@@ -308,7 +333,7 @@ pub fn note(line: impl Display) {
 
 /// The address actually bound, flushed: scripts and tests read it through a pipe.
 pub fn demo_backend(name: &str, addr: SocketAddr) {
-    println!("demo backend {name} on ws://{addr}");
+    outln!("demo backend {name} on ws://{addr}");
     flush();
 }
 
@@ -320,37 +345,33 @@ pub fn dev_banner(
     data: &Path,
     certs: &Path,
 ) {
-    println!("Switchyard dev is up: 3 control-plane nodes, 2 proxies, 3 echo backends (pool \"demo\").");
+    outln!("Switchyard dev is up: 3 control-plane nodes, 2 proxies, 3 echo backends (pool \"demo\").");
     for (ws, wss, admin) in proxies {
-        println!(
+        outln!(
             "  ws://{ws}/  wss://localhost:{}/  proxy (status: http://{admin}/status, metrics: /metrics)",
             wss.port()
         );
     }
-    println!("  control plane: {}", endpoints.join(","));
-    println!("  backends:      {}", backends.join(", "));
-    println!("  data:          {}", data.display());
-    println!("  cluster CA:    {} (every part talks mTLS)", certs.join("ca.crt").display());
-    println!();
-    println!("Try:");
-    println!("  export SWITCHYARD_ENDPOINTS={}", endpoints.join(","));
-    println!("  export SWITCHYARD_TLS_CA={}", certs.join("ca.crt").display());
-    println!("  export SWITCHYARD_TLS_CERT={}", certs.join("admin.crt").display());
-    println!("  export SWITCHYARD_TLS_KEY={}", certs.join("admin.key").display());
-    println!("  switchyard cluster status");
-    println!("  switchyard backend list demo");
-    println!("  switchyard proxy list");
-    println!("  switchyard watch");
+    outln!("  control plane: {}", endpoints.join(","));
+    outln!("  backends:      {}", backends.join(", "));
+    outln!("  data:          {}", data.display());
+    outln!("  cluster CA:    {} (every part talks mTLS)", certs.join("ca.crt").display());
+    outln!();
+    outln!("Try:");
+    outln!("  export SWITCHYARD_ENDPOINTS={}", endpoints.join(","));
+    outln!("  export SWITCHYARD_TLS_CA={}", certs.join("ca.crt").display());
+    outln!("  export SWITCHYARD_TLS_CERT={}", certs.join("admin.crt").display());
+    outln!("  export SWITCHYARD_TLS_KEY={}", certs.join("admin.key").display());
+    outln!("  switchyard cluster status");
+    outln!("  switchyard backend list demo");
+    outln!("  switchyard proxy list");
+    outln!("  switchyard watch");
     if let Some((ws, wss, _)) = proxies.first() {
-        println!("Connect any WebSocket client to ws://{ws}/ : the backend greets with its name and echoes.");
-        println!(
-            "Or over TLS to wss://localhost:{}/ , trusting the CA {}.",
-            wss.port(),
-            certs.join("ca.crt").display()
-        );
+        outln!("Connect any WebSocket client to ws://{ws}/ : the backend greets with its name and echoes.");
+        outln!("Or over TLS to wss://localhost:{}/ , trusting the CA {}.", wss.port(), certs.join("ca.crt").display());
     }
-    println!();
-    println!("Ctrl-C stops it.");
+    outln!();
+    outln!("Ctrl-C stops it.");
     flush();
 }
 

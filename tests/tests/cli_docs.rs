@@ -20,3 +20,29 @@ fn completions_and_man_page_cover_the_commands() {
     assert_ne!(code, 0, "an unknown shell is refused");
     assert!(err.contains("nosh"), "{err}");
 }
+
+/// `switchyard completions bash | head -1`: the reader closes the pipe early, and the CLI ends
+/// quietly with status 0 (it panicked with a backtrace before). These scripts are larger than
+/// a pipe's 64 KiB buffer, so the CLI is still writing when the pipe closes.
+#[test]
+fn a_reader_that_closes_the_pipe_early_ends_the_cli_quietly() {
+    use std::io::Read;
+    use std::process::{Command, Stdio};
+    for args in [["completions", "bash"], ["completions", "zsh"]] {
+        let mut child = Command::new(switchyard_tests::bin("switchyard"))
+            .args(args)
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        // Read a little, then hang up: the CLI's next writes meet a closed pipe.
+        let mut first = [0u8; 16];
+        child.stdout.as_mut().unwrap().read_exact(&mut first).unwrap();
+        drop(child.stdout.take());
+        let mut err = String::new();
+        child.stderr.take().unwrap().read_to_string(&mut err).unwrap();
+        let status = child.wait().unwrap();
+        assert_eq!(status.code(), Some(0), "{args:?}: {err}");
+        assert!(!err.contains("panicked"), "{args:?}: {err}");
+    }
+}

@@ -43,7 +43,7 @@ impl Out {
                     if t.name.is_empty() { String::new() } else { format!(", name {}", t.name) },
                     time(t.expires_ms, "never")
                 ));
-                println!("{}", r.secret);
+                outln!("{}", r.secret);
             }
         }
     }
