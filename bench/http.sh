@@ -22,8 +22,6 @@ fi
 cargo build --release --bins -q
 B=target/release
 source bench/lib.sh
-procs() { echo "$1 $(pgrep -P "$1" | tr '\n' ' ')"; }
-cpu_ticks() { local t=0; for p in $(procs "$1"); do t=$((t + $(awk '{print $14+$15}' /proc/$p/stat))); done; echo $t; }
 
 BACKEND=$(port); CP=$(port); SY=$(port); SYA=$(port); NG=$(port); HA=$(port)
 $B/http-bench backend --listen 127.0.0.1:$BACKEND > "$OUT/backend.log" 2>&1 & PIDS+=($!)
@@ -73,7 +71,6 @@ wait_proxy_config 127.0.0.1:$SYA
 
 declare -A ADDR=([direct]=127.0.0.1:$BACKEND [switchyard]=127.0.0.1:$SY [nginx]=127.0.0.1:$NG [haproxy]=127.0.0.1:$HA)
 declare -A PID=([direct]=0 [switchyard]=$SYPID [nginx]=$NGPID [haproxy]=$HAPID)
-TCK=$(getconf CLK_TCK)
 for round in $(seq "$ROUNDS"); do
   for t in direct switchyard nginx haproxy; do
     p=${PID[$t]}

@@ -23,6 +23,10 @@ while time.time() < deadline:
 sys.exit(f"proxy {sys.argv[1]} got no config within 30 s")
 PY
 }
+# A process and its children; their CPU time in clock ticks (TCK a second).
+procs() { echo "$1 $(pgrep -P "$1" | tr '\n' ' ')"; }
+cpu_ticks() { local t=0; for p in $(procs "$1"); do t=$((t + $(awk '{print $14+$15}' /proc/$p/stat))); done; echo $t; }
+TCK=$(getconf CLK_TCK)
 # Open descriptors of a process and its children.
 fd_count() { local t=0; for p in $1 $(pgrep -P "$1"); do t=$((t + $(ls /proc/$p/fd | wc -l))); done; echo $t; }
 # Waits until the Switchyard cluster at $SWITCHYARD_ENDPOINTS has a leader.

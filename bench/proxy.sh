@@ -34,10 +34,8 @@ if [ -n "${ACCESS_LOG:-}" ]; then
   BASELINE="$OUT/logged"
 fi
 source bench/lib.sh
-# Resident memory (kB) and CPU ticks of a process and its children.
-procs() { echo "$1 $(pgrep -P "$1" | tr '\n' ' ')"; }
+# Resident memory (kB) of a process and its children.
 rss_kb() { local t=0; for p in $(procs "$1"); do t=$((t + $(awk '/VmRSS/{print $2}' /proc/$p/status))); done; echo $t; }
-cpu_ticks() { local t=0; for p in $(procs "$1"); do t=$((t + $(awk '{print $14+$15}' /proc/$p/stat))); done; echo $t; }
 
 BACKEND=$(port); CP=$(port); SY=$(port); SYA=$(port); NG=$(port); HA=$(port); SYS=$(port); NGS=$(port); HAS=$(port)
 # One certificate for all three: ECDSA P-256 from `switchyard certs`; HAProxy wants it with its key.
@@ -103,7 +101,6 @@ declare -A ADDR=([direct]=127.0.0.1:$BACKEND [switchyard]=127.0.0.1:$SY [nginx]=
 declare -A PID=([direct]=0 [switchyard]=$SYPID [nginx]=$NGPID [haproxy]=$HAPID
   [switchyard-wss]=$SYPID [nginx-wss]=$NGPID [haproxy-wss]=$HAPID)
 [ -n "${BASELINE:-}" ] && { ADDR[baseline]=127.0.0.1:$BL; PID[baseline]=$BLPID; ADDR[baseline-wss]=127.0.0.1:$BLS; PID[baseline-wss]=$BLPID; }
-TCK=$(getconf CLK_TCK)
 
 # Interleaved rounds: every target once per round.
 for round in $(seq "${ROUNDS:-2}"); do

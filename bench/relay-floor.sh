@@ -27,9 +27,6 @@ cargo build --release --bins -q
 cargo build --release -q --manifest-path bench/relay-floor/Cargo.toml
 B=target/release
 source bench/lib.sh
-procs() { echo "$1 $(pgrep -P "$1" | tr '\n' ' ')"; }
-cpu_ticks() { local t=0; for p in $(procs "$1"); do t=$((t + $(awk '{print $14+$15}' /proc/$p/stat))); done; echo $t; }
-TCK=$(getconf CLK_TCK)
 
 BACKEND=$(port); CP=$(port); SY=$(port); SYA=$(port); NG=$(port); FL=$(port)
 $B/switchyard demo-backend --listen 127.0.0.1:$BACKEND --no-greeting > "$OUT/backend.log" 2>&1 & PIDS+=($!)

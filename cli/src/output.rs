@@ -296,7 +296,7 @@ impl Out {
     }
 }
 
-/// Writes to standard output (see `out!`): a closed pipe ends the command with status 0, as
+/// Writes to standard output (see `outln!`): a closed pipe ends the command with status 0, as
 /// the reader asked for no more; any other failure is one line and status 1.
 pub fn write_out(args: std::fmt::Arguments) {
     let r = std::io::stdout().lock().write_fmt(args);
