@@ -17,24 +17,29 @@ mod headers;
 use std::convert::Infallible;
 use std::net::SocketAddr;
 use std::pin::Pin;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering::Relaxed};
+use std::sync::atomic::{AtomicU32, AtomicU64, Ordering::Relaxed};
 use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::Duration;
 
-use http_body_util::{BodyExt, Full};
+use http_body_util::{Either, Full};
 use hyper::body::{Body as _, Bytes, Incoming};
 use hyper::header::{self, HeaderName, HeaderValue};
 use hyper::{Request, Response, StatusCode, Version};
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 
-use self::bodies::{Limited, Relayed, RespBody};
+use self::bodies::{Counts, Limited, Relayed};
 use self::headers::{strip_hop_by_hop, Forwarding};
 use crate::access_log;
 use crate::connection::streams::{BackendFail, ClientIo};
 use crate::connection::{handshake_timeout, Ctx};
 use crate::handshake::{self, Reject};
 use crate::state::ProxyState;
+use crate::table::PoolTable;
+
+/// The response body sent to a client: the proxy's own short answer, or a backend's body on
+/// its way (not boxed: every response would pay an allocation for it).
+type RespBody = Either<Full<Bytes>, Relayed<InFlight>>;
 
 /// Defaults for pools that do not set their own limits. Long-polling requests are held by
 /// the backend for tens of seconds (socket.io's default ping interval is 25 s), so the
@@ -65,29 +70,92 @@ pub async fn serve(
     let io = hyper_util::rt::TokioIo::new(Prefixed { first: Bytes::from(first), io: client });
     let st = state.clone();
     let fwd = Arc::new(Forwarding::new(peer.ip(), if tls { "https" } else { "http" }));
+    let activity = Arc::new(Activity::new());
+    let act = activity.clone();
     let svc = hyper::service::service_fn(move |req| {
-        let (st, ctx, fwd) = (st.clone(), ctx.clone(), fwd.clone());
-        async move { Ok::<_, Infallible>(handle(&st, &ctx, req, peer, &fwd).await) }
+        let (st, ctx, fwd, busy) = (st.clone(), ctx.clone(), fwd.clone(), act.begin());
+        async move { Ok::<_, Infallible>(handle(&st, &ctx, req, peer, &fwd, busy).await) }
     });
+    // No `header_read_timeout`: hyper arms a new timer for every request head with it (an
+    // allocation, a timer-wheel insert and removal, and often a wake-up of the driver: about
+    // one extra syscall in four requests); the one timer below does its work.
     let conn = hyper::server::conn::http1::Builder::new()
         .timer(hyper_util::rt::TokioTimer::new())
-        .header_read_timeout(head_timeout)
         .max_buf_size(max_header.max(MIN_BUF))
         .keep_alive(true)
         .serve_connection(io, svc);
     tokio::pin!(conn);
     let stop = state.runtime.shutdown.clone();
-    tokio::select! {
-        r = conn.as_mut() => {
-            if let Err(e) = r {
-                tracing::debug!(%peer, "plain HTTP connection: {e}");
+    let idle = tokio::time::sleep(head_timeout);
+    tokio::pin!(idle);
+    loop {
+        tokio::select! {
+            biased;
+            r = conn.as_mut() => {
+                if let Err(e) = r {
+                    tracing::debug!(%peer, "plain HTTP connection: {e}");
+                }
+                return;
             }
+            _ = stop.cancelled() => {
+                // Requests in flight finish; the connection then closes instead of idling.
+                conn.as_mut().graceful_shutdown();
+                let _ = tokio::time::timeout(Duration::from_secs(30), conn).await;
+                return;
+            }
+            _ = idle.as_mut() => match activity.due(head_timeout) {
+                Some(at) => idle.as_mut().reset(at),
+                None => {
+                    tracing::debug!(%peer, "plain HTTP connection idle, or its next head unfinished, for {head_timeout:?}: closed");
+                    return;
+                }
+            },
         }
-        _ = stop.cancelled() => {
-            // Requests in flight finish; the connection then closes instead of idling.
-            conn.as_mut().graceful_shutdown();
-            let _ = tokio::time::timeout(Duration::from_secs(30), conn).await;
+    }
+}
+
+/// Whether a plain HTTP connection has a request in flight, and when its last one ended: the
+/// connection's one timer reads it when it fires. A connection with no request in flight has
+/// the handshake timeout to finish its next head, counted from when the last response ended
+/// (or the connection opened): an idle keep-alive connection closes then, as does one whose
+/// client sends a head slowly (slowloris). A request in flight puts it off.
+struct Activity {
+    base: tokio::time::Instant,
+    busy: AtomicU32,
+    /// Milliseconds after `base`.
+    idle_since: AtomicU64,
+}
+
+impl Activity {
+    fn new() -> Activity {
+        Activity { base: tokio::time::Instant::now(), busy: AtomicU32::new(0), idle_since: AtomicU64::new(0) }
+    }
+
+    /// A request began: in flight until the `Busy` is dropped (with its response's end).
+    fn begin(self: &Arc<Self>) -> Busy {
+        self.busy.fetch_add(1, Relaxed);
+        Busy(self.clone())
+    }
+
+    /// When the connection is next due to close (`None`: now).
+    fn due(&self, limit: Duration) -> Option<tokio::time::Instant> {
+        let now = tokio::time::Instant::now();
+        if self.busy.load(Relaxed) > 0 {
+            return Some(now + limit);
         }
+        let due = self.base + Duration::from_millis(self.idle_since.load(Relaxed)) + limit;
+        (due > now).then_some(due)
+    }
+}
+
+/// A request in flight on its connection (see [`Activity`]).
+struct Busy(Arc<Activity>);
+
+impl Drop for Busy {
+    fn drop(&mut self) {
+        let a = &self.0;
+        a.idle_since.store(a.base.elapsed().as_millis() as u64, Relaxed);
+        a.busy.fetch_sub(1, Relaxed);
     }
 }
 
@@ -131,18 +199,19 @@ fn needs_headers(pool: &crate::table::PoolTable, auth: bool) -> bool {
 /// What the routing and affinity code reads from a request (the same view a WebSocket
 /// handshake gives it), or why the request is refused.
 fn view(req: &Request<Incoming>) -> Result<handshake::Upgrade, &'static str> {
-    let hosts: Vec<&HeaderValue> = req.headers().get_all(header::HOST).iter().collect();
-    if hosts.len() > 1 {
+    let mut hosts = req.headers().get_all(header::HOST).iter();
+    let first = hosts.next();
+    if hosts.next().is_some() {
         return Err("more than one Host");
     }
     let authority = req.uri().authority().map(|a| a.as_str().to_string());
-    let host = match (&authority, hosts.first()) {
-        (Some(a), _) => a.clone(),
-        (None, Some(h)) => h.to_str().map_err(|_| "bad Host")?.trim().to_ascii_lowercase(),
+    let host = match (&authority, first) {
+        (Some(a), _) => a.as_str(),
+        (None, Some(h)) => h.to_str().map_err(|_| "bad Host")?.trim(),
         (None, None) if req.version() == Version::HTTP_11 => return Err("missing Host"),
-        (None, None) => String::new(),
+        (None, None) => "",
     };
-    if !host.is_empty() && !handshake::valid_authority(&host) {
+    if !host.is_empty() && !handshake::valid_authority(host) {
         return Err("bad Host");
     }
     let target = req.uri().path_and_query().map_or("/".to_string(), |p| p.as_str().to_string());
@@ -150,7 +219,7 @@ fn view(req: &Request<Incoming>) -> Result<handshake::Upgrade, &'static str> {
     let headers = Vec::new();
     Ok(handshake::Upgrade {
         target,
-        host: handshake::strip_port(&host).to_ascii_lowercase(),
+        host: handshake::strip_port(host).to_ascii_lowercase(),
         headers,
         authority,
         claims: None,
@@ -202,8 +271,7 @@ fn own(
     if let Some(s) = retry_after {
         b = b.header(header::RETRY_AFTER, s.to_string());
     }
-    b.body(Full::new(Bytes::from(format!("{text}\n"))).map_err(|e| match e {}).boxed_unsync())
-        .expect("static response parts are valid")
+    b.body(Either::Left(Full::new(Bytes::from(format!("{text}\n"))))).expect("static response parts are valid")
 }
 
 /// A request's access-log record until its answer is decided: a client that leaves first
@@ -231,29 +299,32 @@ fn too_large(state: &ProxyState, rec: Option<Box<access_log::Record>>) -> Respon
 /// connections, and `/status`), keeps its session binding live, and is logged when it ends.
 struct InFlight {
     /// The backend connection, pooled again once the response is over.
-    idle: Option<(String, u64, String, backends::Sender)>,
+    idle: Option<backends::Sender>,
+    /// The pool, and the index of the backend in it.
+    pool: Arc<PoolTable>,
+    backend: usize,
     state: Arc<ProxyState>,
-    stats: Arc<crate::stats::BackendStats>,
     session: Option<crate::affinity::LiveKey>,
     rec: Option<Box<access_log::Record>>,
     started: tokio::time::Instant,
-    bytes_in: Arc<AtomicU64>,
-    bytes_out: Arc<AtomicU64>,
+    counts: Arc<Counts>,
+    _busy: Busy,
 }
 
 impl Drop for InFlight {
     fn drop(&mut self) {
-        if let Some((pool, tag, backend, tx)) = self.idle.take() {
-            backends::checkin(pool, tag, backend, tx);
+        let b = &self.pool.backends[self.backend];
+        if let Some(tx) = self.idle.take() {
+            backends::checkin(&self.pool.pool.name, self.pool.tls.tag(), &b.backend.address, tx);
         }
-        self.stats.active.fetch_sub(1, Relaxed);
+        b.stats.active.fetch_sub(1, Relaxed);
         if let Some(k) = &self.session {
             self.state.affinity.unbind_live(k);
         }
         if let (Some(log), Some(mut r)) = (self.state.runtime.access_log.get(), self.rec.take()) {
             r.duration = self.started.elapsed();
-            r.to_backend.bytes = self.bytes_in.load(Relaxed);
-            r.to_client.bytes = self.bytes_out.load(Relaxed);
+            r.to_backend.bytes = self.counts.to_backend.load(Relaxed);
+            r.to_client.bytes = self.counts.to_client.load(Relaxed);
             log.log(*r);
         }
     }
@@ -265,6 +336,7 @@ async fn handle(
     req: Request<Incoming>,
     peer: SocketAddr,
     fwd: &Forwarding,
+    busy: Busy,
 ) -> Response<RespBody> {
     let started = tokio::time::Instant::now();
     let mut rec = Pending(state, None, started);
@@ -370,9 +442,9 @@ async fn handle(
         }
     };
     let entry = &pool.backends[idx];
-    let address = entry.backend.address.clone();
+    let address = entry.backend.address.as_str();
     if let Some(r) = &mut rec.1 {
-        r.backend = Some(address.clone());
+        r.backend = Some(address.to_string());
         r.handshake = started.elapsed();
     }
 
@@ -390,9 +462,9 @@ async fn handle(
             headers.insert(n, v);
         }
     }
-    let (seen_in, over) = (Arc::new(AtomicU64::new(0)), Arc::new(AtomicBool::new(false)));
-    let body = Limited { inner: body, max: max_body, seen: seen_in.clone(), over: over.clone() };
-    let mut fwd = Request::new(body.boxed_unsync());
+    let counts = Arc::new(Counts::default());
+    let body = Limited { inner: body, max: max_body, counts: counts.clone() };
+    let mut fwd = Request::new(body);
     *fwd.method_mut() = parts.method;
     *fwd.uri_mut() = parts.uri.path_and_query().map_or_else(|| hyper::Uri::from_static("/"), |p| p.clone().into());
     *fwd.headers_mut() = headers;
@@ -401,7 +473,7 @@ async fn handle(
     // hyper hands it back, and it goes once more on a new connection.
     if let (Ok(Err(e)), true) = (&mut sent, reused) {
         if let Some(again) = e.take_message() {
-            if let Ok(tx) = backends::connect(&address, &pool.tls, ctx).await {
+            if let Ok(tx) = backends::connect(address, &pool.tls, ctx).await {
                 sender = tx;
                 sent = tokio::time::timeout(response_timeout, sender.try_send_request(again)).await;
             }
@@ -410,7 +482,7 @@ async fn handle(
     let sent = sent.map(|r| r.map_err(|e| e.into_error()));
     let resp = match sent {
         Ok(Ok(r)) => r,
-        Ok(Err(_)) if over.load(Relaxed) => return too_large(state, rec.1.take()),
+        Ok(Err(_)) if counts.over.load(Relaxed) => return too_large(state, rec.1.take()),
         Ok(Err(e)) => {
             tracing::debug!(backend = %address, "plain HTTP request failed: {e}");
             return own(state, rec.1.take(), StatusCode::BAD_GATEWAY, "bad_gateway", "backend failed", None);
@@ -439,10 +511,10 @@ async fn handle(
         }
     }
     let live = session.map(|k| {
-        if bound.as_deref() == Some(address.as_str()) {
-            state.affinity.hold_live(&pool.pool.name, &k, &address)
+        if bound.as_deref() == Some(address) {
+            state.affinity.hold_live(&pool.pool.name, &k, address)
         } else {
-            state.affinity.bind_live(&pool.pool.name, &k, &address)
+            state.affinity.bind_live(&pool.pool.name, &k, address)
         }
     });
     entry.stats.active.fetch_add(1, Relaxed);
@@ -451,16 +523,16 @@ async fn handle(
         r.status = parts.status.as_u16();
         r.termination = "http";
     }
-    let bytes_out = Arc::new(AtomicU64::new(0));
     let hold = InFlight {
-        idle: Some((pool.pool.name.clone(), pool.tls.tag(), address, sender)),
+        idle: Some(sender),
+        pool: pool.clone(),
+        backend: idx,
         state: state.clone(),
-        stats: entry.stats.clone(),
         session: live,
         rec: rec.1.take(),
         started,
-        bytes_in: seen_in,
-        bytes_out: bytes_out.clone(),
+        counts: counts.clone(),
+        _busy: busy,
     };
-    Response::from_parts(parts, Relayed { inner: body, seen: bytes_out, hold: Some(Box::new(hold)) }.boxed_unsync())
+    Response::from_parts(parts, Either::Right(Relayed { inner: body, counts, hold: Some(hold) }))
 }

@@ -2,7 +2,8 @@
 //! WebSocket, sticky by the same affinity cookie from any proxy, kept alive on both sides,
 //! bodies streamed both ways, hop-by-hop headers dropped and this hop described; and the
 //! limits: 413, 504 for a pool's response timeout while a long-poll under the default is not
-//! cut, 404, 503, 400, 431, and an upgrade on a reused connection refused.
+//! cut, 404, 503, 400, 431, and an upgrade on a reused connection refused; and the handshake
+//! timeout bounding the wait for a kept-alive connection's next head.
 
 use std::sync::atomic::Ordering::Relaxed;
 use std::time::Duration;
@@ -10,6 +11,7 @@ use std::time::Duration;
 use http_body_util::Full;
 use hyper::body::Bytes;
 use hyper::Request;
+use switchyard_proto::v1::{Settings, UpdateSettingsRequest};
 use switchyard_tests::*;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
@@ -162,9 +164,9 @@ async fn plain_http_is_balanced_sticky_kept_alive_and_streamed() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn plain_http_limits_answer_with_the_right_status() {
+async fn plain_http_limits_answer_with_the_right_status_and_idle_connections_close() {
     let _g = serial().await;
-    let (_c, b1, b2, slow, eps) = setup().await;
+    let (c, b1, b2, slow, eps) = setup().await;
     let dir = tempfile::tempdir().unwrap();
     let log = dir.path().join("access.log");
     let extra = vec!["--access-log".to_string(), log.display().to_string()];
@@ -235,4 +237,49 @@ async fn plain_http_limits_answer_with_the_right_status() {
     assert!(has(504, "gateway_timeout", "GET"), "{lines:?}");
     assert!(has(200, "http", "GET"), "{lines:?}");
     assert!(has(404, "no_route", "GET"), "{lines:?}");
+
+    // The handshake timeout bounds a plain connection's wait for its next head, counted from
+    // the end of its last response: a kept-alive connection left idle is closed, and so is one
+    // whose next head comes too slowly (slowloris on a reused connection). A request in flight
+    // (a long-poll the backend holds past the timeout) is not cut by it.
+    let s = Settings { handshake_timeout_ms: 1000, ..Default::default() };
+    let req = UpdateSettingsRequest { settings: Some(s), update_mask: vec!["handshake_timeout_ms".into()] };
+    let rev = admin(&c.nodes[&1].addr).update_settings(req).await.unwrap().into_inner().revision;
+    p.wait_revision(rev).await;
+
+    // A long-poll held 2.5 s by its backend is answered; its connection stays usable.
+    let mut tx = http_client(&p.ws).await;
+    let (code, _, body) = http_send(&mut tx, get("/hold?ms=2500", &[])).await;
+    assert_eq!(code, 200, "{body}");
+    assert_eq!(http_send(&mut tx, get("/", &[])).await.0, 200);
+
+    // Left idle after one answered request: closed by the proxy (the read ends), within the
+    // 5 s `raw` waits, where the default timeout (10 s) would have kept it open.
+    let one = "GET / HTTP/1.1\r\nHost: app.example\r\n\r\n";
+    let mut idle = tokio::net::TcpStream::connect(&p.ws).await.unwrap();
+    idle.write_all(one.as_bytes()).await.unwrap();
+    let mut out = Vec::new();
+    tokio::time::timeout(Duration::from_secs(5), idle.read_to_end(&mut out))
+        .await
+        .expect("idle connection closed")
+        .ok();
+    let out = String::from_utf8_lossy(&out);
+    assert!(out.starts_with("HTTP/1.1 200") && out.matches("HTTP/1.1").count() == 1, "{out}");
+
+    // The next head begun, then a header line every 300 ms: progress, but the head never
+    // ends. Closed too, with the first answer only.
+    let (mut rd, mut wr) = tokio::net::TcpStream::connect(&p.ws).await.unwrap().into_split();
+    wr.write_all(format!("{one}GET / HTTP/1.1\r\n").as_bytes()).await.unwrap();
+    let drip = tokio::spawn(async move {
+        while wr.write_all(b"X-Slow: 1\r\n").await.is_ok() {
+            tokio::time::sleep(Duration::from_millis(300)).await;
+        }
+    });
+    let mut out = Vec::new();
+    tokio::time::timeout(Duration::from_secs(5), rd.read_to_end(&mut out)).await.expect("slow head closed").ok();
+    drip.abort();
+    let out = String::from_utf8_lossy(&out);
+    assert!(out.starts_with("HTTP/1.1 200") && out.matches("HTTP/1.1").count() == 1, "{out}");
+
+    assert_eq!(http_send(&mut http_client(&p.ws).await, get("/", &[])).await.0, 200);
 }

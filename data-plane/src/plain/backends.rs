@@ -52,20 +52,27 @@ pub fn checkout(pool: &str, tag: u64, backend: &str) -> Option<Sender> {
 }
 
 /// Gives `tx` back for the next request to `backend` of `pool`, once its response is over
-/// (one cut short closes, and is dropped at the next checkout).
-pub fn checkin(pool: String, tag: u64, backend: String, tx: Sender) {
+/// (one cut short closes, and is dropped at the next checkout). The names are copied only
+/// the first time this worker pools a connection to them.
+pub fn checkin(pool: &str, tag: u64, backend: &str, tx: Sender) {
     if tx.is_closed() {
         return;
     }
     IDLE.with(|idle| {
         let mut idle = idle.borrow_mut();
-        let (made_with, backends) = idle.entry(pool).or_insert_with(|| (tag, HashMap::new()));
+        if !idle.contains_key(pool) {
+            idle.insert(pool.to_string(), (tag, HashMap::new()));
+        }
+        let (made_with, backends) = idle.get_mut(pool).expect("inserted above");
         if *made_with != tag {
             // The pool's TLS changed: what was made before goes.
             *made_with = tag;
             backends.clear();
         }
-        let list = backends.entry(backend).or_default();
+        if !backends.contains_key(backend) {
+            backends.insert(backend.to_string(), Vec::new());
+        }
+        let list = backends.get_mut(backend).expect("inserted above");
         if list.len() < MAX_IDLE {
             list.push((tx, Instant::now()));
         }

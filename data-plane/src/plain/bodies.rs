@@ -12,21 +12,32 @@ use hyper::body::{Body, Bytes, Frame, Incoming, SizeHint};
 pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
 
 /// The request body sent to a backend: a client's body is streamed, never buffered whole.
-pub type ReqBody = http_body_util::combinators::UnsyncBoxBody<Bytes, BoxError>;
-/// The response body sent to a client.
-pub type RespBody = http_body_util::combinators::UnsyncBoxBody<Bytes, BoxError>;
+/// Not boxed: every request would pay an allocation for it.
+pub type ReqBody = Limited;
 
 #[derive(Debug, thiserror::Error)]
 #[error("request body over the pool's limit of {0} bytes")]
 pub struct TooLarge(pub u64);
 
+/// What one request's bodies carried, shared by both bodies and the request's handler (one
+/// allocation for the three, not one each).
+#[derive(Default)]
+pub struct Counts {
+    /// Request body bytes from the client.
+    pub to_backend: AtomicU64,
+    /// Response body bytes to the client.
+    pub to_client: AtomicU64,
+    /// The request body went over the pool's limit.
+    pub over: AtomicBool,
+}
+
 /// A client's request body: fails with [`TooLarge`] once more than `max` bytes came, and
-/// says so in `over` (the answer is then 413, whatever the backend did with the part it got).
+/// says so in `counts.over` (the answer is then 413, whatever the backend did with the part
+/// it got).
 pub struct Limited {
     pub inner: Incoming,
     pub max: u64,
-    pub seen: Arc<AtomicU64>,
-    pub over: Arc<AtomicBool>,
+    pub counts: Arc<Counts>,
 }
 
 impl Body for Limited {
@@ -38,9 +49,9 @@ impl Body for Limited {
         match Pin::new(&mut self.inner).poll_frame(cx) {
             Poll::Ready(Some(Ok(f))) => {
                 if let Some(d) = f.data_ref() {
-                    let n = self.seen.fetch_add(d.len() as u64, Relaxed) + d.len() as u64;
+                    let n = self.counts.to_backend.fetch_add(d.len() as u64, Relaxed) + d.len() as u64;
                     if n > max {
-                        self.over.store(true, Relaxed);
+                        self.counts.over.store(true, Relaxed);
                         return Poll::Ready(Some(Err(Box::new(TooLarge(max)))));
                     }
                 }
@@ -65,7 +76,7 @@ impl Body for Limited {
 /// or the client goes away, whichever comes first.
 pub struct Relayed<H: Send + 'static> {
     pub inner: Incoming,
-    pub seen: Arc<AtomicU64>,
+    pub counts: Arc<Counts>,
     pub hold: Option<H>,
 }
 
@@ -77,7 +88,7 @@ impl<H: Send + Unpin + 'static> Body for Relayed<H> {
         match Pin::new(&mut self.inner).poll_frame(cx) {
             Poll::Ready(Some(Ok(f))) => {
                 if let Some(d) = f.data_ref() {
-                    self.seen.fetch_add(d.len() as u64, Relaxed);
+                    self.counts.to_client.fetch_add(d.len() as u64, Relaxed);
                 }
                 Poll::Ready(Some(Ok(f)))
             }
