@@ -12,23 +12,22 @@
 
 mod backends;
 pub mod bodies;
+mod client;
 mod headers;
 
 use std::convert::Infallible;
 use std::net::SocketAddr;
-use std::pin::Pin;
-use std::sync::atomic::{AtomicU32, AtomicU64, Ordering::Relaxed};
+use std::sync::atomic::Ordering::Relaxed;
 use std::sync::Arc;
-use std::task::{Context, Poll};
 use std::time::Duration;
 
 use http_body_util::{Either, Full};
 use hyper::body::{Body as _, Bytes, Incoming};
 use hyper::header::{self, HeaderName, HeaderValue};
 use hyper::{Request, Response, StatusCode, Version};
-use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 
 use self::bodies::{Counts, Limited, Relayed};
+use self::client::{Activity, Busy, Prefixed};
 use self::headers::{strip_hop_by_hop, Forwarding};
 use crate::access_log;
 use crate::connection::streams::{BackendFail, ClientIo};
@@ -111,80 +110,6 @@ pub async fn serve(
                 }
             },
         }
-    }
-}
-
-/// Whether a plain HTTP connection has a request in flight, and when its last one ended: the
-/// connection's one timer reads it when it fires. A connection with no request in flight has
-/// the handshake timeout to finish its next head, counted from when the last response ended
-/// (or the connection opened): an idle keep-alive connection closes then, as does one whose
-/// client sends a head slowly (slowloris). A request in flight puts it off.
-struct Activity {
-    base: tokio::time::Instant,
-    busy: AtomicU32,
-    /// Milliseconds after `base`.
-    idle_since: AtomicU64,
-}
-
-impl Activity {
-    fn new() -> Activity {
-        Activity { base: tokio::time::Instant::now(), busy: AtomicU32::new(0), idle_since: AtomicU64::new(0) }
-    }
-
-    /// A request began: in flight until the `Busy` is dropped (with its response's end).
-    fn begin(self: &Arc<Self>) -> Busy {
-        self.busy.fetch_add(1, Relaxed);
-        Busy(self.clone())
-    }
-
-    /// When the connection is next due to close (`None`: now).
-    fn due(&self, limit: Duration) -> Option<tokio::time::Instant> {
-        let now = tokio::time::Instant::now();
-        if self.busy.load(Relaxed) > 0 {
-            return Some(now + limit);
-        }
-        let due = self.base + Duration::from_millis(self.idle_since.load(Relaxed)) + limit;
-        (due > now).then_some(due)
-    }
-}
-
-/// A request in flight on its connection (see [`Activity`]).
-struct Busy(Arc<Activity>);
-
-impl Drop for Busy {
-    fn drop(&mut self) {
-        let a = &self.0;
-        a.idle_since.store(a.base.elapsed().as_millis() as u64, Relaxed);
-        a.busy.fetch_sub(1, Relaxed);
-    }
-}
-
-/// The first head's bytes, then the connection.
-struct Prefixed {
-    first: Bytes,
-    io: ClientIo,
-}
-
-impl AsyncRead for Prefixed {
-    fn poll_read(mut self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &mut ReadBuf<'_>) -> Poll<std::io::Result<()>> {
-        if !self.first.is_empty() {
-            let n = self.first.len().min(buf.remaining());
-            buf.put_slice(&self.first.split_to(n));
-            return Poll::Ready(Ok(()));
-        }
-        Pin::new(&mut self.io).poll_read(cx, buf)
-    }
-}
-
-impl AsyncWrite for Prefixed {
-    fn poll_write(mut self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &[u8]) -> Poll<std::io::Result<usize>> {
-        Pin::new(&mut self.io).poll_write(cx, buf)
-    }
-    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
-        Pin::new(&mut self.io).poll_flush(cx)
-    }
-    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
-        Pin::new(&mut self.io).poll_shutdown(cx)
     }
 }
 
