@@ -85,3 +85,26 @@ impl AsyncWrite for Prefixed {
         Pin::new(&mut self.io).poll_shutdown(cx)
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test(start_paused = true)]
+    async fn a_connection_is_due_a_whole_limit_after_its_last_request_ended_never_during_one() {
+        let limit = Duration::from_secs(10);
+        let a = Arc::new(Activity::new());
+        tokio::time::advance(Duration::from_secs(4)).await;
+        assert!(a.due(limit).is_some(), "opened 4 s ago");
+        let busy = a.begin();
+        tokio::time::advance(Duration::from_secs(30)).await;
+        // In flight: put off by a whole limit, however long it has run.
+        assert_eq!(a.due(limit), Some(tokio::time::Instant::now() + limit));
+        drop(busy);
+        let ended = tokio::time::Instant::now();
+        tokio::time::advance(Duration::from_secs(9)).await;
+        assert_eq!(a.due(limit), Some(ended + limit));
+        tokio::time::advance(Duration::from_secs(1)).await;
+        assert_eq!(a.due(limit), None, "idle for the whole limit");
+    }
+}
