@@ -156,6 +156,7 @@ impl Out {
                 .iter()
                 .map(|p| json!({
                     "proxy_id": p.proxy_id, "applied_revision": p.applied_revision,
+                    "current_through": p.current_through.max(p.applied_revision),
                     "rejected_reason": p.rejected_reason, "last_report_ms": p.last_report_ms,
                     "connections": p.connections, "node": p.node,
                 }))
@@ -164,7 +165,10 @@ impl Out {
         let rows = || {
             ps.iter()
                 .map(|p| {
-                    let (rev, conns) = (p.applied_revision.to_string(), p.connections.to_string());
+                    // What it is current through, as `cluster status` counts revisions: a
+                    // proxy that has every change shows the cluster's revision.
+                    let rev = p.current_through.max(p.applied_revision).to_string();
+                    let conns = p.connections.to_string();
                     vec![p.proxy_id.clone(), rev, conns, p.node.clone(), p.rejected_reason.clone()]
                 })
                 .collect()

@@ -162,7 +162,7 @@ async fn least_connections_p2c_and_ip_hash_distribute_as_designed() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn metrics_status_and_proxy_list_report_what_runs() {
     let _g = serial().await;
-    let c = Cluster::start(3, &[]).await;
+    let mut c = Cluster::start(3, &[]).await;
     let b = EchoBackend::start("b1").await;
     let rev = pool_with(&c.nodes[&1].addr, Algorithm::RoundRobin, &[(&b.addr, 1)]).await;
     let p1 = ProxyProcess::spawn(&c.nodes[&1].addr, &c.dir.path().join("p1.cache"), "proxy-one");
@@ -200,6 +200,33 @@ async fn metrics_status_and_proxy_list_report_what_runs() {
         .await;
         assert_eq!(list.as_array().unwrap().len(), 2, "{list}");
     }
+
+    // An election adds an entry that changes nothing a proxy follows: a proxy that has every
+    // change is listed at the cluster's revision all the same (its config's own revision stays
+    // below it), not as if it were behind.
+    let p3 = ProxyProcess::spawn(&c.endpoints(), &c.dir.path().join("p3.cache"), "proxy-three");
+    p3.wait_revision(rev).await;
+    let old = c.leader(Duration::from_secs(10)).await;
+    c.node(old).kill9();
+    let new = c.leader(Duration::from_secs(10)).await;
+    let addr = c.nodes[&new].addr.clone();
+    let (config, through, cluster) = eventually("proxy-three listed current", Duration::from_secs(15), || async {
+        let cluster = status(&addr).await?.applied_revision;
+        let out = Command::new(bin("switchyard"))
+            .args(["--endpoints", &addr, "-o", "json", "proxy", "list"])
+            .output()
+            .ok()?;
+        let v: serde_json::Value = serde_json::from_slice(&out.stdout).ok()?;
+        let p = v.as_array()?.iter().find(|p| p["proxy_id"] == "proxy-three")?.clone();
+        let through = p["current_through"].as_u64()?;
+        (through == cluster).then_some((p["applied_revision"].as_u64()?, through, cluster))
+    })
+    .await;
+    assert!(config < through, "config {config}, current through {through}, cluster {cluster}");
+    let out = Command::new(bin("switchyard")).args(["--endpoints", &addr, "proxy", "list"]).output().unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    let row = text.lines().find(|l| l.starts_with("proxy-three")).unwrap_or_default();
+    assert_eq!(row.split_whitespace().nth(1), Some(cluster.to_string().as_str()), "{text}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

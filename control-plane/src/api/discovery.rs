@@ -246,6 +246,8 @@ impl Discovery for DiscoveryService {
             node: self.node.advertise.clone(),
             handshake_failures: r.handshake_failures,
             applied_unix_ms: r.applied_unix_ms,
+            // A proxy before this field sends 0.
+            current_through: r.current_through.max(r.applied_revision),
         };
         // Reports are kept on the leader, which answers `proxy list` for the whole cluster. A
         // report that cannot reach it is dropped: the proxy sends a fresh one within seconds.

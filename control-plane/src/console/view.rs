@@ -44,7 +44,7 @@ pub async fn state(node: &NodeCtx, caller: &Caller, rights: &Rights) -> Value {
                 .into_iter()
                 .map(|Pb(p)| {
                     json!({
-                        "id": p.proxy_id, "revision": p.applied_revision, "node": p.node,
+                        "id": p.proxy_id, "revision": p.current_through.max(p.applied_revision), "node": p.node,
                         "age_ms": now.saturating_sub(p.last_report_ms), "connections": p.connections,
                         "handshake_failures": p.handshake_failures, "rejected": p.rejected_reason,
                     })

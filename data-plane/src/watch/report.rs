@@ -52,6 +52,7 @@ pub async fn run(state: Arc<ProxyState>, endpoints: Vec<String>, mut applied: wa
         let report = ProxyReport {
             proxy_id: state.proxy_id.clone(),
             applied_revision: rev,
+            current_through: rev.max(state.status.control_plane().through),
             rejected_reason: String::new(),
             loads,
             bindings,
