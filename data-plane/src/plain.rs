@@ -325,6 +325,8 @@ async fn handle(
         0 => DEFAULT_RESPONSE_TIMEOUT,
         ms => Duration::from_millis(ms),
     };
+    // The client's stall bound, for its request body as for its heads.
+    let stall = handshake_timeout(&table.settings);
     if req.body().size_hint().lower() > max_body {
         return too_large(state, rec.1.take());
     }
@@ -388,7 +390,7 @@ async fn handle(
         }
     }
     let counts = Arc::new(Counts::default());
-    let body = Limited { inner: body, max: max_body, counts: counts.clone() };
+    let body = Limited::new(body, max_body, counts.clone(), stall);
     let mut fwd = Request::new(body);
     *fwd.method_mut() = parts.method;
     *fwd.uri_mut() = parts.uri.path_and_query().map_or_else(|| hyper::Uri::from_static("/"), |p| p.clone().into());
@@ -408,6 +410,18 @@ async fn handle(
     let resp = match sent {
         Ok(Ok(r)) => r,
         Ok(Err(_)) if counts.over.load(Relaxed) => return too_large(state, rec.1.take()),
+        Ok(Err(_)) if counts.stalled.load(Relaxed) => {
+            let mut r = own(
+                state,
+                rec.1.take(),
+                StatusCode::REQUEST_TIMEOUT,
+                "body_timeout",
+                "request body not sent in time",
+                None,
+            );
+            r.headers_mut().insert(header::CONNECTION, HeaderValue::from_static("close"));
+            return r;
+        }
         Ok(Err(e)) => {
             tracing::debug!(backend = %address, "plain HTTP request failed: {e}");
             return own(state, rec.1.take(), StatusCode::BAD_GATEWAY, "bad_gateway", "backend failed", None);

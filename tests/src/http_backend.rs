@@ -45,6 +45,11 @@ async fn answer(name: Arc<str>, seen: Arc<Mutex<Vec<(String, String)>>>, req: Re
         "/echo" => {
             Response::builder().header("x-backend", &*name).body(req.into_body().boxed()).expect("valid response")
         }
+        "/count" => {
+            // Reads the whole body before it answers (with its length), as an upload handler does.
+            let n = req.into_body().collect().await.map_or(0, |b| b.to_bytes().len());
+            text(&name, n.to_string())
+        }
         "/chunks" => {
             let parts = ["one,", "two,", "three"].map(|p| Ok::<_, hyper::Error>(Frame::data(Bytes::from(p))));
             let body = StreamBody::new(futures::stream::iter(parts));

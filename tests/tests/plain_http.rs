@@ -3,7 +3,8 @@
 //! bodies streamed both ways, hop-by-hop headers dropped and this hop described; and the
 //! limits: 413, 504 for a pool's response timeout while a long-poll under the default is not
 //! cut, 404, 503, 400, 431, and an upgrade on a reused connection refused; and the handshake
-//! timeout bounding the wait for a kept-alive connection's next head.
+//! timeout bounding the wait for a kept-alive connection's next head and for a request body
+//! the client stops sending (408).
 
 use std::sync::atomic::Ordering::Relaxed;
 use std::time::Duration;
@@ -281,5 +282,23 @@ async fn plain_http_limits_answer_with_the_right_status_and_idle_connections_clo
     let out = String::from_utf8_lossy(&out);
     assert!(out.starts_with("HTTP/1.1 200") && out.matches("HTTP/1.1").count() == 1, "{out}");
 
+    // A request body the client stops sending gets 408 (its connection closed); one that
+    // keeps coming, a chunk every 300 ms for 3 s, is taken whole: the bound is between reads.
+    let stalled = "POST /count HTTP/1.1\r\nHost: app.example\r\nContent-Length: 100\r\n\r\n0123456789";
+    let answer = raw(&p.ws, stalled.as_bytes()).await;
+    assert!(answer.starts_with("HTTP/1.1 408"), "{answer}");
+    let (mut rd, mut wr) = tokio::net::TcpStream::connect(&p.ws).await.unwrap().into_split();
+    let head = "POST /count HTTP/1.1\r\nHost: app.example\r\nConnection: close\r\nContent-Length: 100\r\n\r\n";
+    wr.write_all(head.as_bytes()).await.unwrap();
+    for _ in 0..10 {
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        wr.write_all(b"0123456789").await.unwrap();
+    }
+    let mut out = Vec::new();
+    tokio::time::timeout(Duration::from_secs(5), rd.read_to_end(&mut out)).await.expect("answered").ok();
+    let out = String::from_utf8_lossy(&out);
+    assert!(out.starts_with("HTTP/1.1 200") && out.ends_with("\r\n\r\n100"), "{out}");
+
+    // The proxy serves on.
     assert_eq!(http_send(&mut http_client(&p.ws).await, get("/", &[])).await.0, 200);
 }

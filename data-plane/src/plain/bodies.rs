@@ -2,10 +2,12 @@
 //! limit, and the backend's response body, counted, holding what must last as long as the
 //! response does (the in-flight count, the live session binding, the access-log record).
 
+use std::future::Future;
 use std::pin::Pin;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering::Relaxed};
 use std::sync::Arc;
 use std::task::{Context, Poll};
+use std::time::Duration;
 
 use hyper::body::{Body, Bytes, Frame, Incoming, SizeHint};
 
@@ -19,6 +21,10 @@ pub type ReqBody = Limited;
 #[error("request body over the pool's limit of {0} bytes")]
 pub struct TooLarge(pub u64);
 
+#[derive(Debug, thiserror::Error)]
+#[error("the client sent nothing of its request body for {0:?}")]
+pub struct Stalled(pub Duration);
+
 /// What one request's bodies carried, shared by both bodies and the request's handler (one
 /// allocation for the three, not one each).
 #[derive(Default)]
@@ -29,15 +35,30 @@ pub struct Counts {
     pub to_client: AtomicU64,
     /// The request body went over the pool's limit.
     pub over: AtomicBool,
+    /// The client stopped sending its request body.
+    pub stalled: AtomicBool,
 }
 
 /// A client's request body: fails with [`TooLarge`] once more than `max` bytes came, and
 /// says so in `counts.over` (the answer is then 413, whatever the backend did with the part
-/// it got).
+/// it got); fails with [`Stalled`] when the client sends nothing for `stall` while the body is
+/// asked for, and says so in `counts.stalled` (408). Only the time spent waiting on the
+/// client counts: a backend slow to take the body does not make the client stall.
 pub struct Limited {
     pub inner: Incoming,
     pub max: u64,
     pub counts: Arc<Counts>,
+    pub stall: Duration,
+    /// Made the first time the client keeps the body waiting (never, for most requests).
+    timer: Option<Pin<Box<tokio::time::Sleep>>>,
+    /// Whether the last poll found the client's bytes pending (the wait goes on).
+    waiting: bool,
+}
+
+impl Limited {
+    pub fn new(inner: Incoming, max: u64, counts: Arc<Counts>, stall: Duration) -> Limited {
+        Limited { inner, max, counts, stall, timer: None, waiting: false }
+    }
 }
 
 impl Body for Limited {
@@ -45,21 +66,41 @@ impl Body for Limited {
     type Error = BoxError;
 
     fn poll_frame(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
-        let max = self.max;
-        match Pin::new(&mut self.inner).poll_frame(cx) {
-            Poll::Ready(Some(Ok(f))) => {
+        let this = &mut *self;
+        let polled = Pin::new(&mut this.inner).poll_frame(cx);
+        let Poll::Ready(frame) = polled else {
+            // A wait for the client starts now, unless it was already going on.
+            let deadline = tokio::time::Instant::now() + this.stall;
+            let timer = match &mut this.timer {
+                Some(t) => {
+                    if !this.waiting {
+                        t.as_mut().reset(deadline);
+                    }
+                    t
+                }
+                None => this.timer.insert(Box::pin(tokio::time::sleep_until(deadline))),
+            };
+            this.waiting = true;
+            if timer.as_mut().poll(cx).is_ready() {
+                this.counts.stalled.store(true, Relaxed);
+                return Poll::Ready(Some(Err(Box::new(Stalled(this.stall)))));
+            }
+            return Poll::Pending;
+        };
+        this.waiting = false;
+        match frame {
+            Some(Ok(f)) => {
                 if let Some(d) = f.data_ref() {
-                    let n = self.counts.to_backend.fetch_add(d.len() as u64, Relaxed) + d.len() as u64;
-                    if n > max {
-                        self.counts.over.store(true, Relaxed);
-                        return Poll::Ready(Some(Err(Box::new(TooLarge(max)))));
+                    let n = this.counts.to_backend.fetch_add(d.len() as u64, Relaxed) + d.len() as u64;
+                    if n > this.max {
+                        this.counts.over.store(true, Relaxed);
+                        return Poll::Ready(Some(Err(Box::new(TooLarge(this.max)))));
                     }
                 }
                 Poll::Ready(Some(Ok(f)))
             }
-            Poll::Ready(Some(Err(e))) => Poll::Ready(Some(Err(Box::new(e)))),
-            Poll::Ready(None) => Poll::Ready(None),
-            Poll::Pending => Poll::Pending,
+            Some(Err(e)) => Poll::Ready(Some(Err(Box::new(e)))),
+            None => Poll::Ready(None),
         }
     }
 
