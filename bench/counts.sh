@@ -55,23 +55,7 @@ phase() {
     ADDR[baseline]=127.0.0.1:$BL
   fi
   if [ "$kind" = http ]; then
-    cat > "$OUT/nginx.conf" <<NGX
-$(nginx_head)
-  upstream be { server 127.0.0.1:$BACKEND; keepalive 128; }
-  server {
-    listen 127.0.0.1:$NG;
-    keepalive_requests 1000000;
-    location / {
-      proxy_pass http://be;
-      proxy_http_version 1.1;
-      proxy_set_header Connection "";
-      proxy_set_header Host \$host;
-      proxy_set_header X-Forwarded-For \$proxy_add_x_forwarded_for;
-      proxy_set_header X-Forwarded-Proto \$scheme;
-    }
-  }
-}
-NGX
+    nginx_http_conf "$OUT/nginx.conf" $BACKEND $NG
   else
     nginx_ws_conf "$OUT/nginx.conf" $BACKEND "listen 127.0.0.1:$NG;"
   fi

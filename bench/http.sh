@@ -30,23 +30,7 @@ one_node_and_proxy
 
 # NGINX and HAProxy as their operators would set them up for this: two workers, kept-alive
 # upstream connections, forwarding headers, no access log.
-cat > "$OUT/nginx.conf" <<NGX
-$(nginx_head)
-  upstream be { server 127.0.0.1:$BACKEND; keepalive 128; }
-  server {
-    listen 127.0.0.1:$NG;
-    keepalive_requests 1000000;
-    location / {
-      proxy_pass http://be;
-      proxy_http_version 1.1;
-      proxy_set_header Connection "";
-      proxy_set_header Host \$host;
-      proxy_set_header X-Forwarded-For \$proxy_add_x_forwarded_for;
-      proxy_set_header X-Forwarded-Proto \$scheme;
-    }
-  }
-}
-NGX
+nginx_http_conf "$OUT/nginx.conf" $BACKEND $NG
 nginx -c "$PWD/$OUT/nginx.conf" > "$OUT/nginx.log" 2>&1 & NGPID=$!; PIDS+=($NGPID)
 cat > "$OUT/haproxy.cfg" <<HAP
 global

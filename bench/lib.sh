@@ -81,6 +81,29 @@ $(printf '    %s\n' "$@")
 }
 NGX
 }
+# NGINX set up as its operators would to proxy plain HTTP: two workers, kept-alive upstream
+# connections, forwarding headers, no access log. $1: the config file to write (under $OUT);
+# $2: the backend's port; $3: the port to listen on.
+nginx_http_conf() {
+  local conf=$1 backend=$2 listen=$3
+  cat > "$conf" <<NGX
+$(nginx_head)
+  upstream be { server 127.0.0.1:$backend; keepalive 128; }
+  server {
+    listen 127.0.0.1:$listen;
+    keepalive_requests 1000000;
+    location / {
+      proxy_pass http://be;
+      proxy_http_version 1.1;
+      proxy_set_header Connection "";
+      proxy_set_header Host \$host;
+      proxy_set_header X-Forwarded-For \$proxy_add_x_forwarded_for;
+      proxy_set_header X-Forwarded-Proto \$scheme;
+    }
+  }
+}
+NGX
+}
 # One control-plane node (127.0.0.1:$CP, data in $OUT/cp) holding pool `bench` with the
 # backend at 127.0.0.1:$BACKEND, routed from everywhere, and one Switchyard proxy following it
 # (127.0.0.1:$SY, admin 127.0.0.1:$SYA, binaries in $B); SYPID is the proxy's pid.
