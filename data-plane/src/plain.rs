@@ -390,7 +390,7 @@ async fn handle(
         }
     }
     let counts = Arc::new(Counts::default());
-    let body = Limited::new(body, max_body, counts.clone(), stall);
+    let body = Limited::new(body, max_body, counts.clone(), stall, busy.again());
     let mut fwd = Request::new(body);
     *fwd.method_mut() = parts.method;
     *fwd.uri_mut() = parts.uri.path_and_query().map_or_else(|| hyper::Uri::from_static("/"), |p| p.clone().into());

@@ -118,6 +118,12 @@ impl ConfigStatus {
         })
     }
 
+    /// The config was replaced by another cluster's (restored from a backup of the one
+    /// followed): what it was current through no longer counts.
+    pub fn restart_through(&self) {
+        self.control_plane.lock().unwrap_or_else(|e| e.into_inner()).through = 0;
+    }
+
     /// The followed node spoke at `at` (`leader_revision` when it was progress), and the
     /// config is current through `through`.
     pub fn heard(&self, at: Instant, leader_revision: Option<u64>, through: u64) {

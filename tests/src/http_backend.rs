@@ -50,6 +50,22 @@ async fn answer(name: Arc<str>, seen: Arc<Mutex<Vec<(String, String)>>>, req: Re
             let n = req.into_body().collect().await.map_or(0, |b| b.to_bytes().len());
             text(&name, n.to_string())
         }
+        "/drip" => {
+            // A response body streamed slowly: `n` chunks, `ms` apart.
+            let ms: u64 = param("ms").and_then(|v| v.parse().ok()).unwrap_or(0);
+            let n: usize = param("n").and_then(|v| v.parse().ok()).unwrap_or(1);
+            let parts = futures::stream::unfold(0usize, move |i| async move {
+                if i == n {
+                    return None;
+                }
+                tokio::time::sleep(Duration::from_millis(ms)).await;
+                Some((Ok::<_, hyper::Error>(Frame::data(Bytes::from(format!("{i},")))), i + 1))
+            });
+            Response::builder()
+                .header("x-backend", &*name)
+                .body(StreamBody::new(parts).boxed())
+                .expect("valid response")
+        }
         "/chunks" => {
             let parts = ["one,", "two,", "three"].map(|p| Ok::<_, hyper::Error>(Frame::data(Bytes::from(p))));
             let body = StreamBody::new(futures::stream::iter(parts));

@@ -283,7 +283,7 @@ async fn plain_http_limits_answer_with_the_right_status_and_idle_connections_clo
     assert!(out.starts_with("HTTP/1.1 200") && out.matches("HTTP/1.1").count() == 1, "{out}");
 
     // A request body the client stops sending gets 408 (its connection closed); one that
-    // keeps coming, a chunk every 300 ms for 3 s, is taken whole: the bound is between reads.
+    // keeps coming, a chunk every 200 ms for 2 s, is taken whole: the bound is between reads.
     let stalled = "POST /count HTTP/1.1\r\nHost: app.example\r\nContent-Length: 100\r\n\r\n0123456789";
     let answer = raw(&p.ws, stalled.as_bytes()).await;
     assert!(answer.starts_with("HTTP/1.1 408"), "{answer}");
@@ -291,13 +291,18 @@ async fn plain_http_limits_answer_with_the_right_status_and_idle_connections_clo
     let head = "POST /count HTTP/1.1\r\nHost: app.example\r\nConnection: close\r\nContent-Length: 100\r\n\r\n";
     wr.write_all(head.as_bytes()).await.unwrap();
     for _ in 0..10 {
-        tokio::time::sleep(Duration::from_millis(300)).await;
+        tokio::time::sleep(Duration::from_millis(200)).await;
         wr.write_all(b"0123456789").await.unwrap();
     }
     let mut out = Vec::new();
     tokio::time::timeout(Duration::from_secs(5), rd.read_to_end(&mut out)).await.expect("answered").ok();
     let out = String::from_utf8_lossy(&out);
     assert!(out.starts_with("HTTP/1.1 200") && out.ends_with("\r\n\r\n100"), "{out}");
+
+    // A response body the backend streams for longer than the timeout (8 chunks 200 ms
+    // apart) arrives whole: the request is in flight until its body has ended.
+    let (code, _, body) = http_send(&mut http_client(&p.ws).await, get("/drip?ms=200&n=8", &[])).await;
+    assert_eq!((code, body.as_str()), (200, "0,1,2,3,4,5,6,7,"));
 
     // The proxy serves on.
     assert_eq!(http_send(&mut http_client(&p.ws).await, get("/", &[])).await.0, 200);

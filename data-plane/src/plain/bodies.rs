@@ -53,11 +53,19 @@ pub struct Limited {
     timer: Option<Pin<Box<tokio::time::Sleep>>>,
     /// Whether the last poll found the client's bytes pending (the wait goes on).
     waiting: bool,
+    /// The request stays in flight on its connection while its body is being sent.
+    _busy: super::client::Busy,
 }
 
 impl Limited {
-    pub fn new(inner: Incoming, max: u64, counts: Arc<Counts>, stall: Duration) -> Limited {
-        Limited { inner, max, counts, stall, timer: None, waiting: false }
+    pub(super) fn new(
+        inner: Incoming,
+        max: u64,
+        counts: Arc<Counts>,
+        stall: Duration,
+        busy: super::client::Busy,
+    ) -> Limited {
+        Limited { inner, max, counts, stall, timer: None, waiting: false, _busy: busy }
     }
 }
 

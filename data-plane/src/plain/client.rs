@@ -49,6 +49,14 @@ impl Activity {
 /// A request in flight on its connection (see [`Activity`]).
 pub(super) struct Busy(Arc<Activity>);
 
+impl Busy {
+    /// Another hold on the same request: the request body keeps one, since the response may
+    /// end while the client is still sending its body (a backend that answers early).
+    pub(super) fn again(&self) -> Busy {
+        self.0.begin()
+    }
+}
+
 impl Drop for Busy {
     fn drop(&mut self) {
         let a = &self.0;

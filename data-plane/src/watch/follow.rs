@@ -75,6 +75,7 @@ pub async fn run(
                                 cluster = Some(g.to_string());
                                 knew = false;
                                 *lock() = Mirror::default();
+                                state.status.restart_through();
                                 ask = 0;
                             }
                         }
