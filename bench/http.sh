@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Plain HTTP/1.1 through the proxy against NGINX, HAProxy and a direct connection: the same
 # small GET on kept-alive connections (64 by default), the same backend, interleaved in one run,
-# on one machine. Reports requests/s and the proxy's CPU per request, each as a ratio to NGINX.
+# on one machine. Reports requests/s and the proxy's CPU per request, each the median of the
+# rounds and a ratio to NGINX, and each round's ratios (one round here can move by a third).
 #
 # Usage: bash bench/http.sh [SECONDS_PER_PHASE] [CONNECTIONS] [ROUNDS]
 set -euo pipefail
@@ -69,18 +70,26 @@ print(json.dumps(r))" | tee -a "$RESULTS"
 done
 
 python3 - "$RESULTS" <<'PY'
-import json, sys, collections
+import json, sys, collections, statistics
 rows = [json.loads(l) for l in open(sys.argv[1]) if l.strip()]
 by = collections.defaultdict(list)
 for r in rows: by[r['name']].append(r)
-def avg(xs): xs = [x for x in xs if x is not None]; return sum(xs) / len(xs) if xs else float('nan')
-rps = {n: avg([r['requests_per_s'] for r in rs]) for n, rs in by.items()}
-cpu = {n: avg([r['proxy_cpu_us_per_request'] for r in rs]) for n, rs in by.items()}
+# Medians of the rounds: one round on this shared machine can move by a third.
+med = lambda xs: statistics.median([x for x in xs if x is not None]) if any(x is not None for x in xs) else float('nan')
+rps = {n: med([r['requests_per_s'] for r in rs]) for n, rs in by.items()}
+cpu = {n: med([r['proxy_cpu_us_per_request'] for r in rs]) for n, rs in by.items()}
 err = {n: sum(r['errors'] for r in rs) for n, rs in by.items()}
 print()
+print(f"medians of {len(by['nginx'])} rounds")
 print(f"{'target':<12}{'requests/s':>12}{'x nginx':>9}{'cpu us/req':>12}{'x nginx':>9}{'p99 us':>9}{'errors':>8}")
 for n in ['direct', 'switchyard', 'nginx', 'haproxy']:
-    p99 = avg([r['p99_us'] for r in by[n]])
+    p99 = med([r['p99_us'] for r in by[n]])
     c = cpu[n] if n != 'direct' else float('nan')
     print(f"{n:<12}{rps[n]:>12.0f}{rps[n]/rps['nginx']:>9.2f}{c:>12.1f}{c/cpu['nginx']:>9.2f}{p99:>9.0f}{err[n]:>8}")
+rounds = collections.defaultdict(dict)
+for r in rows: rounds[r['round']][r['name']] = r
+print("switchyard/nginx by round, requests/s and CPU per request: " + ", ".join(
+    f"{rs['switchyard']['requests_per_s'] / rs['nginx']['requests_per_s']:.2f}x/"
+    f"{rs['switchyard']['proxy_cpu_us_per_request'] / rs['nginx']['proxy_cpu_us_per_request']:.2f}x"
+    for _, rs in sorted(rounds.items())))
 PY
