@@ -15,15 +15,10 @@ OUT=bench/out/counts
 rm -rf "$OUT"; mkdir -p "$OUT"
 ulimit -n 20000
 
-if ! command -v nginx >/dev/null; then
-  echo "installing nginx (Debian)..." >&2
-  apt-get update -qq >/dev/null
-  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq nginx-light >/dev/null
-fi
-command -v perf >/dev/null || { echo "counts.sh needs perf (Debian: linux-perf)" >&2; exit 1; }
+source bench/lib.sh
+need nginx:nginx-light perf:linux-perf
 cargo build --release --bins -q
 B=target/release
-source bench/lib.sh
 
 # The malloc probe: libc's, once per boot. Without uprobes the counts lack allocations.
 LIBC=$(ldd $B/switchyard-proxy | awk '/libc.so/{print $3}')

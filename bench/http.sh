@@ -15,14 +15,10 @@ rm -rf "$OUT"; mkdir -p "$OUT"
 RESULTS="$OUT/results.jsonl"; : > "$RESULTS"
 ulimit -n 20000
 
-if ! command -v nginx >/dev/null || ! command -v haproxy >/dev/null; then
-  echo "installing nginx and haproxy (Debian)..." >&2
-  apt-get update -qq >/dev/null
-  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq nginx-light haproxy >/dev/null
-fi
+source bench/lib.sh
+need nginx:nginx-light haproxy:haproxy
 cargo build --release --bins -q
 B=target/release
-source bench/lib.sh
 
 BACKEND=$(port); CP=$(port); SY=$(port); SYA=$(port); NG=$(port); HA=$(port)
 $B/http-bench backend --listen 127.0.0.1:$BACKEND > "$OUT/backend.log" 2>&1 & PIDS+=($!)

@@ -5,6 +5,15 @@ PIDS=()
 # script held (the e2e lock's descriptor among them).
 cleanup() { for p in "${PIDS[@]}"; do for c in $(pgrep -P "$p"); do kill -9 "$c" 2>/dev/null || true; done; kill -9 "$p" 2>/dev/null || true; done; }
 trap cleanup EXIT
+# Installs what a script runs when it is missing, from Debian's packages: need CMD:PACKAGE...
+need() {
+  local missing=()
+  for p in "$@"; do command -v "${p%%:*}" >/dev/null || missing+=("${p#*:}"); done
+  [ ${#missing[@]} -eq 0 ] && return 0
+  echo "installing ${missing[*]} (Debian)..." >&2
+  apt-get update -qq >/dev/null
+  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${missing[@]}" >/dev/null
+}
 port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
 wait_port() { for _ in $(seq 100); do (exec 3<>/dev/tcp/127.0.0.1/$1) 2>/dev/null && return 0; sleep 0.1; done; echo "port $1 did not open" >&2; exit 1; }
 # Waits until the Switchyard proxy with this admin address runs a config from the control plane.

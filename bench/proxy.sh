@@ -20,11 +20,8 @@ rm -rf "$OUT"; mkdir -p "$OUT"
 RESULTS="$OUT/results.jsonl"; : > "$RESULTS"
 ulimit -n 20000
 
-if ! command -v nginx >/dev/null || ! command -v haproxy >/dev/null; then
-  echo "installing nginx and haproxy (Debian)..." >&2
-  apt-get update -qq >/dev/null
-  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq nginx-light haproxy >/dev/null
-fi
+source bench/lib.sh
+need nginx:nginx-light haproxy:haproxy
 cargo build --release --bins -q
 B=target/release
 if [ -n "${ACCESS_LOG:-}" ]; then
@@ -33,7 +30,6 @@ if [ -n "${ACCESS_LOG:-}" ]; then
   chmod +x "$OUT/logged/switchyard-proxy"
   BASELINE="$OUT/logged"
 fi
-source bench/lib.sh
 # Resident memory (kB) of a process and its children.
 rss_kb() { local t=0; for p in $(procs "$1"); do t=$((t + $(awk '/VmRSS/{print $2}' /proc/$p/status))); done; echo $t; }
 

@@ -18,15 +18,11 @@ rm -rf "$OUT"; mkdir -p "$OUT"
 RESULTS="$OUT/results.jsonl"; : > "$RESULTS"
 ulimit -n 20000
 
-if ! command -v nginx >/dev/null; then
-  echo "installing nginx (Debian)..." >&2
-  apt-get update -qq >/dev/null
-  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq nginx-light >/dev/null
-fi
+source bench/lib.sh
+need nginx:nginx-light
 cargo build --release --bins -q
 cargo build --release -q --manifest-path bench/relay-floor/Cargo.toml
 B=target/release
-source bench/lib.sh
 
 BACKEND=$(port); CP=$(port); SY=$(port); SYA=$(port); NG=$(port); FL=$(port)
 $B/switchyard demo-backend --listen 127.0.0.1:$BACKEND --no-greeting > "$OUT/backend.log" 2>&1 & PIDS+=($!)

@@ -254,8 +254,8 @@ async fn plain_http_limits_answer_with_the_right_status_and_idle_connections_clo
     assert_eq!(code, 200, "{body}");
     assert_eq!(http_send(&mut tx, get("/", &[])).await.0, 200);
 
-    // Left idle after one answered request: closed by the proxy (the read ends), within the
-    // 5 s `raw` waits, where the default timeout (10 s) would have kept it open.
+    // Left idle after one answered request: closed by the proxy (the read ends) within 5 s,
+    // where the default timeout (10 s) would have kept it open.
     let one = "GET / HTTP/1.1\r\nHost: app.example\r\n\r\n";
     let mut idle = tokio::net::TcpStream::connect(&p.ws).await.unwrap();
     idle.write_all(one.as_bytes()).await.unwrap();
@@ -287,6 +287,7 @@ async fn plain_http_limits_answer_with_the_right_status_and_idle_connections_clo
     let stalled = "POST /count HTTP/1.1\r\nHost: app.example\r\nContent-Length: 100\r\n\r\n0123456789";
     let answer = raw(&p.ws, stalled.as_bytes()).await;
     assert!(answer.starts_with("HTTP/1.1 408"), "{answer}");
+    assert!(answer.to_ascii_lowercase().contains("\r\nconnection: close\r\n"), "{answer}");
     let (mut rd, mut wr) = tokio::net::TcpStream::connect(&p.ws).await.unwrap().into_split();
     let head = "POST /count HTTP/1.1\r\nHost: app.example\r\nConnection: close\r\nContent-Length: 100\r\n\r\n";
     wr.write_all(head.as_bytes()).await.unwrap();

@@ -45,10 +45,10 @@ pub struct Counts {
 /// asked for, and says so in `counts.stalled` (408). Only the time spent waiting on the
 /// client counts: a backend slow to take the body does not make the client stall.
 pub struct Limited {
-    pub inner: Incoming,
-    pub max: u64,
-    pub counts: Arc<Counts>,
-    pub stall: Duration,
+    inner: Incoming,
+    max: u64,
+    counts: Arc<Counts>,
+    stall: Duration,
     /// Made the first time the client keeps the body waiting (never, for most requests).
     timer: Option<Pin<Box<tokio::time::Sleep>>>,
     /// Whether the last poll found the client's bytes pending (the wait goes on).
