@@ -18,6 +18,7 @@ use crate::tls::BackendTls;
 
 mod accept;
 mod live;
+mod refused;
 pub(crate) mod streams;
 pub use accept::{configured, start, Listen};
 use live::Live;
@@ -407,7 +408,14 @@ async fn open(
     let answer = tokio::time::timeout(hs_timeout, async {
         backend.write_all(&fwd).await.map_err(|_| Reject::BadGateway)?;
         backend.flush().await.map_err(|_| Reject::BadGateway)?;
-        read_head(&mut backend, &mut resp, MAX_RESPONSE_HEAD).await.map_err(|_| Reject::BadGateway)
+        loop {
+            let n = read_head(&mut backend, &mut resp, MAX_RESPONSE_HEAD).await.map_err(|_| Reject::BadGateway)?;
+            match handshake::response_status(&resp[..n]) {
+                // 100 Continue, 103 Early Hints: not the answer to the upgrade.
+                Some(s) if (100..200).contains(&s) && s != 101 => drop(resp.drain(..n)),
+                _ => return Ok(n),
+            }
+        }
     })
     .await;
     let resp_len = match answer {
@@ -423,10 +431,11 @@ async fn open(
             r.status = status.unwrap_or(0);
             r.termination = "backend_refused";
         }
-        if client.write_all(&resp).await.is_err() {
-            return Opened::Done;
-        }
-        let _ = tokio::time::timeout(Duration::from_secs(5), tokio::io::copy(&mut backend, &mut client)).await;
+        let limit = match pool.pool.response_timeout_ms {
+            0 => crate::plain::DEFAULT_RESPONSE_TIMEOUT,
+            ms => Duration::from_millis(ms),
+        };
+        refused::relay(&mut client, &mut backend, resp, resp_len, limit).await;
         return Opened::Done;
     }
     // Frames the backend sent right behind its 101 go through the relay, which tracks them.

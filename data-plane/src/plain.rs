@@ -10,6 +10,7 @@
 //! proxy). The WebSocket path is untouched: it is chosen from the first head before hyper
 //! is involved.
 
+mod answers;
 mod backends;
 pub mod bodies;
 mod client;
@@ -26,6 +27,7 @@ use hyper::body::{Body as _, Bytes, Incoming};
 use hyper::header::{self, HeaderName, HeaderValue};
 use hyper::{Request, Response, StatusCode, Version};
 
+use self::answers::{own, refusal, too_large, Pending};
 use self::bodies::{Counts, Limited, Relayed};
 use self::client::{Activity, Busy, Prefixed};
 use self::headers::{strip_hop_by_hop, Forwarding};
@@ -151,75 +153,6 @@ fn view(req: &Request<Incoming>) -> Result<handshake::Upgrade, &'static str> {
     })
 }
 
-fn refusal(state: &ProxyState, rec: Option<Box<access_log::Record>>, r: Reject) -> Response<RespBody> {
-    state.runtime.count_failure(r.reason());
-    let retry = (r.status() == 503).then(|| 1 + rand::random::<u64>() % 5);
-    if let Reject::Auth { challenge: Some(c), .. } = &r {
-        let mut resp = own(
-            state,
-            rec,
-            StatusCode::from_u16(r.status()).unwrap_or(StatusCode::UNAUTHORIZED),
-            r.reason(),
-            &r.to_string(),
-            None,
-        );
-        if let Ok(v) = HeaderValue::from_str(c) {
-            resp.headers_mut().insert(header::WWW_AUTHENTICATE, v);
-        }
-        return resp;
-    }
-    own(
-        state,
-        rec,
-        StatusCode::from_u16(r.status()).unwrap_or(StatusCode::BAD_GATEWAY),
-        r.reason(),
-        &r.to_string(),
-        retry,
-    )
-}
-
-/// The proxy's own answer (the backend never saw the request, or failed it).
-fn own(
-    state: &ProxyState,
-    rec: Option<Box<access_log::Record>>,
-    status: StatusCode,
-    termination: &'static str,
-    text: &str,
-    retry_after: Option<u64>,
-) -> Response<RespBody> {
-    if let (Some(log), Some(mut r)) = (state.runtime.access_log.get(), rec) {
-        r.status = status.as_u16();
-        r.termination = termination;
-        log.log(*r);
-    }
-    let mut b = Response::builder().status(status).header(header::CONTENT_TYPE, "text/plain; charset=utf-8");
-    if let Some(s) = retry_after {
-        b = b.header(header::RETRY_AFTER, s.to_string());
-    }
-    b.body(Either::Left(Full::new(Bytes::from(format!("{text}\n"))))).expect("static response parts are valid")
-}
-
-/// A request's access-log record until its answer is decided: a client that leaves first
-/// (its connection closed before the backend answered) is logged as `client_closed`, with
-/// NGINX's 499.
-struct Pending<'a>(&'a ProxyState, Option<Box<access_log::Record>>, tokio::time::Instant);
-
-impl Drop for Pending<'_> {
-    fn drop(&mut self) {
-        if let (Some(log), Some(mut r)) = (self.0.runtime.access_log.get(), self.1.take()) {
-            r.status = 499;
-            r.termination = "client_closed";
-            r.duration = self.2.elapsed();
-            log.log(*r);
-        }
-    }
-}
-
-/// 413: a body over the pool's limit, declared or streamed.
-fn too_large(state: &ProxyState, rec: Option<Box<access_log::Record>>) -> Response<RespBody> {
-    own(state, rec, StatusCode::PAYLOAD_TOO_LARGE, "body_too_large", "request body too large", None)
-}
-
 /// Lasts as long as a response: the request counts as a connection to its backend (for least
 /// connections, and `/status`), keeps its session binding live, and is logged when it ends.
 struct InFlight {
@@ -279,6 +212,17 @@ async fn handle(
     };
     if let Some(r) = &mut rec.1 {
         r.host = Some(up.host.clone());
+    }
+    // Not a forward proxy; and a body in a coding the proxy cannot pass on by name.
+    let unsupported = if req.method() == hyper::Method::CONNECT {
+        Some("CONNECT is not proxied")
+    } else {
+        headers::bad_framing(req.headers(), true)
+    };
+    if let Some(why) = unsupported {
+        let mut r = own(state, rec.1.take(), StatusCode::NOT_IMPLEMENTED, "not_implemented", why, None);
+        r.headers_mut().insert(header::CONNECTION, HeaderValue::from_static("close"));
+        return r;
     }
     if req.headers().get_all(header::UPGRADE).iter().any(|v| handshake::has_token(v.as_bytes(), "websocket")) {
         // A WebSocket upgrade is taken on a connection's first request only, where it gets
@@ -381,7 +325,12 @@ async fn handle(
     let client_version = parts.version;
     let mut headers = parts.headers;
     strip_hop_by_hop(&mut headers);
-    fwd.apply(&mut headers, &up);
+    fwd.apply(&mut headers, &up, address);
+    // A body of unknown length goes chunked, whatever the method: hyper would send a GET's
+    // as no body at all.
+    if !body.is_end_stream() && body.size_hint().exact().is_none() {
+        headers.insert(header::TRANSFER_ENCODING, HeaderValue::from_static("chunked"));
+    }
     for (name, value) in passed {
         let Ok(n) = HeaderName::from_bytes(name.as_bytes()) else { continue };
         headers.remove(&n);
@@ -422,6 +371,17 @@ async fn handle(
             r.headers_mut().insert(header::CONNECTION, HeaderValue::from_static("close"));
             return r;
         }
+        Ok(Err(_)) if counts.malformed.load(Relaxed) => {
+            let why = "malformed request body";
+            let mut r = own(state, rec.1.take(), StatusCode::BAD_REQUEST, "bad_request", why, None);
+            r.headers_mut().insert(header::CONNECTION, HeaderValue::from_static("close"));
+            return r;
+        }
+        Ok(Err(_)) if counts.client_gone.load(Relaxed) => {
+            // Nobody reads this answer; it is what the access log says (NGINX's 499).
+            let status = StatusCode::from_u16(499).expect("a valid status");
+            return own(state, rec.1.take(), status, "client_closed", "client closed", None);
+        }
         Ok(Err(e)) => {
             tracing::debug!(backend = %address, "plain HTTP request failed: {e}");
             return own(state, rec.1.take(), StatusCode::BAD_GATEWAY, "bad_gateway", "backend failed", None);
@@ -438,6 +398,17 @@ async fn handle(
         }
     };
 
+    // A 101 to a request that asked for no upgrade, or framing the client would misread:
+    // the backend failed (NGINX answers these 502 too). Its connection is not pooled.
+    let broken = if resp.status().is_informational() {
+        Some("an interim or 101 response to a plain request")
+    } else {
+        headers::bad_framing(resp.headers(), false)
+    };
+    if let Some(why) = broken {
+        tracing::debug!(backend = %address, "plain HTTP response refused: {why}");
+        return own(state, rec.1.take(), StatusCode::BAD_GATEWAY, "bad_gateway", "backend failed", None);
+    }
     let (mut parts, body) = resp.into_parts();
     // This hop's version is the client's, whatever the backend spoke.
     parts.version = client_version;

@@ -18,6 +18,9 @@ use crate::tls::PoolTls;
 /// An idle connection older than this is closed rather than reused: backends commonly close
 /// keep-alive connections after 60-75 s, and a request sent on one they just closed is lost.
 const IDLE_FOR: Duration = Duration::from_secs(30);
+/// A backend's response head larger than this is a 502 (hyper's default, about 400 KiB, is
+/// what a misbehaving backend could make every request hold); bodies stream whatever this is.
+const MAX_RESPONSE_BUF: usize = 64 * 1024;
 /// Idle connections kept per backend and worker.
 const MAX_IDLE: usize = 64;
 
@@ -83,6 +86,7 @@ pub fn checkin(pool: &str, tag: u64, backend: &str, tx: Sender) {
 pub async fn connect(backend: &str, tls: &PoolTls, ctx: &Ctx) -> Result<Sender, BackendFail> {
     let io = connect_backend(backend, tls, ctx).await?;
     let (tx, conn) = http1::Builder::new()
+        .max_buf_size(MAX_RESPONSE_BUF)
         .handshake(TokioIo::new(io))
         .await
         .map_err(|e| BackendFail::Connect(format!("HTTP/1.1 handshake: {e}")))?;

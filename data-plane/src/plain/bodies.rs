@@ -37,6 +37,18 @@ pub struct Counts {
     pub over: AtomicBool,
     /// The client stopped sending its request body.
     pub stalled: AtomicBool,
+    /// The client's request body broke its own framing (a bad chunk): 400, as NGINX.
+    pub malformed: AtomicBool,
+    /// The client's connection ended inside its request body.
+    pub client_gone: AtomicBool,
+}
+
+/// Whether a client's body error is the client breaking its framing (a bad chunk size line,
+/// say) rather than its connection ending: hyper's decoder says the first with
+/// `InvalidData`/`InvalidInput`.
+fn is_malformed(e: &hyper::Error) -> bool {
+    let io = std::error::Error::source(e).and_then(|c| c.downcast_ref::<std::io::Error>());
+    matches!(io.map(|e| e.kind()), Some(std::io::ErrorKind::InvalidData | std::io::ErrorKind::InvalidInput))
 }
 
 /// A client's request body: fails with [`TooLarge`] once more than `max` bytes came, and
@@ -107,7 +119,11 @@ impl Body for Limited {
                 }
                 Poll::Ready(Some(Ok(f)))
             }
-            Some(Err(e)) => Poll::Ready(Some(Err(Box::new(e)))),
+            Some(Err(e)) => {
+                let flag = if is_malformed(&e) { &this.counts.malformed } else { &this.counts.client_gone };
+                flag.store(true, Relaxed);
+                Poll::Ready(Some(Err(Box::new(e))))
+            }
             None => Poll::Ready(None),
         }
     }

@@ -22,7 +22,8 @@ const HOP_BY_HOP: [HeaderName; 8] = [
 const X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
 const X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
 
-/// Removes hop-by-hop headers, including those the Connection header names.
+/// Removes hop-by-hop headers, including those the Connection header names, except `Host`:
+/// every HTTP/1.1 request carries one (RFC 9112 §3.2), and the proxy routed on it.
 pub(super) fn strip_hop_by_hop(h: &mut HeaderMap) {
     if !h.contains_key(header::CONNECTION) {
         for n in &HOP_BY_HOP[1..] {
@@ -37,12 +38,31 @@ pub(super) fn strip_hop_by_hop(h: &mut HeaderMap) {
         .flat_map(|v| v.split(','))
         .filter_map(|t| HeaderName::from_bytes(t.trim().as_bytes()).ok())
         .collect();
-    for n in named {
+    for n in named.into_iter().filter(|n| *n != header::HOST) {
         h.remove(n);
     }
     for n in &HOP_BY_HOP {
         h.remove(n);
     }
+}
+
+/// Why a message's framing is refused, if it is: a transfer coding other than `chunked`
+/// (the proxy would pass on coded bytes without the coding's name, RFC 9112 §6.1), or, when
+/// `with_length` is false, a `Content-Length` beside `Transfer-Encoding` (RFC 9112 §6.3: a
+/// sign of smuggling, and a length the client would frame the decoded body by). Requests
+/// with both are taken as hyper takes them: the coding wins and the connection closes after.
+pub(super) fn bad_framing(h: &HeaderMap, with_length: bool) -> Option<&'static str> {
+    let codings = h.get_all(header::TRANSFER_ENCODING);
+    let mut any = false;
+    for v in codings.iter() {
+        any = true;
+        let Ok(v) = v.to_str() else { return Some("a transfer coding that is not text") };
+        if v.split(',').any(|c| !c.trim().eq_ignore_ascii_case("chunked")) {
+            return Some("a transfer coding other than chunked");
+        }
+    }
+    (any && !with_length && h.contains_key(header::CONTENT_LENGTH))
+        .then_some("both Transfer-Encoding and Content-Length")
 }
 
 /// The forwarding headers of one client connection: its address is formatted once, not for
@@ -71,9 +91,10 @@ impl Forwarding {
         }
     }
 
-    /// `X-Forwarded-For` appended to, `X-Forwarded-Proto` set, `Forwarded` added, and `Host`
-    /// set from an absolute-form target's authority (RFC 9112 §3.2.2).
-    pub(super) fn apply(&self, h: &mut HeaderMap, up: &handshake::Upgrade) {
+    /// `X-Forwarded-For` appended to, `X-Forwarded-Proto` set, `Forwarded` appended to, and
+    /// `Host` set from an absolute-form target's authority (RFC 9112 §3.2.2), or to the
+    /// backend's address for an HTTP/1.0 request that had none (as NGINX's `$proxy_host`).
+    pub(super) fn apply(&self, h: &mut HeaderMap, up: &handshake::Upgrade, backend: &str) {
         let prior: Vec<&str> = h.get_all(&X_FORWARDED_FOR).iter().filter_map(|v| v.to_str().ok()).collect();
         let xff = if prior.is_empty() {
             Some(self.xff.clone())
@@ -96,5 +117,41 @@ impl Forwarding {
                 h.insert(header::HOST, v);
             }
         }
+        if !h.contains_key(header::HOST) {
+            if let Ok(v) = HeaderValue::from_str(backend) {
+                h.insert(header::HOST, v);
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn map(pairs: &[(&str, &str)]) -> HeaderMap {
+        pairs
+            .iter()
+            .map(|(k, v)| (HeaderName::from_bytes(k.as_bytes()).unwrap(), HeaderValue::from_str(v).unwrap()))
+            .collect()
+    }
+
+    #[test]
+    fn only_chunked_framing_passes() {
+        assert_eq!(bad_framing(&map(&[("transfer-encoding", "chunked")]), false), None);
+        assert_eq!(bad_framing(&map(&[("content-length", "3")]), false), None);
+        let gz = map(&[("transfer-encoding", "gzip, chunked")]);
+        assert_eq!(bad_framing(&gz, true), Some("a transfer coding other than chunked"));
+        let both = map(&[("transfer-encoding", "chunked"), ("content-length", "3")]);
+        assert_eq!(bad_framing(&both, false), Some("both Transfer-Encoding and Content-Length"));
+        assert_eq!(bad_framing(&both, true), None);
+    }
+
+    #[test]
+    fn host_survives_a_connection_header_naming_it() {
+        let mut h = map(&[("host", "a"), ("connection", "host, x-a"), ("x-a", "1"), ("keep-alive", "5")]);
+        strip_hop_by_hop(&mut h);
+        assert_eq!(h.get("host").map(|v| v.as_bytes()), Some(&b"a"[..]));
+        assert!(h.get("x-a").is_none() && h.get("keep-alive").is_none() && h.get("connection").is_none());
     }
 }

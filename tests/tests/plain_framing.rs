@@ -1,0 +1,181 @@
+//! Plain HTTP framing through a real proxy, to a backend that answers exactly the bytes a test
+//! chooses and records exactly the bytes it gets: what would let a client and a backend
+//! disagree on where a message ends is refused (CL beside TE, codings other than chunked, a
+//! 101 nobody asked for, a malformed chunked body), a body is never dropped, every request
+//! reaches the backend with a Host; and a backend's refusal of a WebSocket upgrade reaches the
+//! client whole, interim answers skipped, with `Connection: close`.
+
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use switchyard_tests::*;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+/// A backend that records each request's bytes and answers by path (see [`answer`]).
+struct Scripted {
+    addr: String,
+    got: Arc<Mutex<Vec<String>>>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl Drop for Scripted {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+/// The answer to a request for `path`, in parts written 300 ms apart.
+fn answer(path: &str) -> Vec<&'static [u8]> {
+    match path {
+        "/both" => vec![
+            b"HTTP/1.1 200 OK\r\nContent-Length: 3\r\nTransfer-Encoding: chunked\r\n\r\nb\r\nhello world\r\n0\r\n\r\n",
+        ],
+        "/gzip" => vec![b"HTTP/1.1 200 OK\r\nTransfer-Encoding: gzip, chunked\r\n\r\n5\r\nhello\r\n0\r\n\r\n"],
+        "/switch" => vec![b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: foo\r\nConnection: upgrade\r\n\r\n"],
+        "/refuse" => vec![
+            b"HTTP/1.1 103 Early Hints\r\nLink: </a.css>\r\n\r\n",
+            b"HTTP/1.1 401 Unauthorized\r\nContent-Length: 16\r\n\r\n0123",
+            b"456789abcdef",
+        ],
+        _ => vec![b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok"],
+    }
+}
+
+impl Scripted {
+    async fn start() -> Scripted {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap().to_string();
+        let got = Arc::new(Mutex::new(Vec::new()));
+        let g = got.clone();
+        let task = tokio::spawn(async move {
+            while let Ok((mut s, _)) = listener.accept().await {
+                let g = g.clone();
+                tokio::spawn(async move {
+                    // Requests one after another, as a keep-alive backend takes them.
+                    while let Some(text) = read_request(&mut s).await {
+                        let path = text.split(' ').nth(1).unwrap_or("/").to_string();
+                        g.lock().unwrap().push(text);
+                        for (i, part) in answer(&path).into_iter().enumerate() {
+                            if i > 0 {
+                                tokio::time::sleep(Duration::from_millis(300)).await;
+                            }
+                            if s.write_all(part).await.is_err() {
+                                return;
+                            }
+                        }
+                    }
+                });
+            }
+        });
+        Scripted { addr, got, task }
+    }
+
+    fn last(&self) -> String {
+        self.got.lock().unwrap().last().cloned().unwrap_or_default()
+    }
+}
+
+/// A request's bytes: its head, and a chunked body up to its last chunk (or what came in
+/// 2 s); `None` once the connection ends.
+async fn read_request(s: &mut tokio::net::TcpStream) -> Option<String> {
+    let mut buf = Vec::new();
+    let mut chunk = [0u8; 4096];
+    loop {
+        let text = String::from_utf8_lossy(&buf).to_ascii_lowercase();
+        let waiting_body = match text.find("\r\n\r\n") {
+            None => false,
+            Some(end) if !text[..end].contains("transfer-encoding: chunked") => break,
+            Some(end) if text.len() > end + 4 && text.ends_with("0\r\n\r\n") => break,
+            Some(_) => true,
+        };
+        let read = s.read(&mut chunk);
+        let n = if waiting_body {
+            match tokio::time::timeout(Duration::from_secs(2), read).await {
+                Ok(r) => r.ok()?,
+                Err(_) => break,
+            }
+        } else {
+            read.await.ok()?
+        };
+        if n == 0 {
+            return None;
+        }
+        buf.extend_from_slice(&chunk[..n]);
+    }
+    Some(String::from_utf8_lossy(&buf).into_owned())
+}
+
+/// Writes `raw` on a new connection and reads until the proxy closes it (5 s at most).
+async fn exchange(addr: &str, raw: &[u8]) -> String {
+    let mut s = tokio::net::TcpStream::connect(addr).await.unwrap();
+    s.write_all(raw).await.unwrap();
+    let mut out = Vec::new();
+    let _ = tokio::time::timeout(Duration::from_secs(5), s.read_to_end(&mut out)).await;
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+fn status(answer: &str) -> &str {
+    answer.split(' ').nth(1).unwrap_or("")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn framing_a_client_and_a_backend_could_read_differently_is_refused() {
+    let _g = serial().await;
+    let c = Cluster::start(1, &[]).await;
+    let b = Scripted::start().await;
+    let rev = route_all(&c.nodes[&1].addr, "p", &[&b.addr]).await;
+    let proxy = ProxyProcess::spawn(&c.endpoints(), &c.dir.path().join("p.cache"), "p1");
+    proxy.wait_revision(rev).await;
+    let p = proxy.ws.as_str();
+    let ok = exchange(p, b"GET / HTTP/1.1\r\nHost: a\r\nConnection: close\r\n\r\n").await;
+    assert!(ok.starts_with("HTTP/1.1 200") && ok.ends_with("ok"), "{ok}");
+
+    // The backend's framing: CL beside TE, a coding other than chunked, a 101 unasked: 502.
+    for path in ["/both", "/gzip", "/switch"] {
+        let req = format!("GET {path} HTTP/1.1\r\nHost: a\r\nConnection: close\r\n\r\n");
+        let got = exchange(p, req.as_bytes()).await;
+        assert_eq!(status(&got), "502", "{path}: {got}");
+    }
+
+    // The client's: a coding other than chunked and CONNECT get 501, a bad chunk 400; the
+    // backend never hears of the first two.
+    let before = b.got.lock().unwrap().len();
+    let gz = b"POST / HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: gzip, chunked\r\n\r\n2\r\nab\r\n0\r\n\r\n";
+    let got = exchange(p, gz).await;
+    assert_eq!(status(&got), "501", "{got}");
+    assert!(got.to_ascii_lowercase().contains("connection: close"), "{got}");
+    let got = exchange(p, b"CONNECT a:443 HTTP/1.1\r\nHost: a:443\r\n\r\n").await;
+    assert_eq!(status(&got), "501", "{got}");
+    assert_eq!(b.got.lock().unwrap().len(), before, "refused before any backend");
+    let bad = b"POST / HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked\r\n\r\nzz\r\nab\r\n0\r\n\r\n";
+    let got = exchange(p, bad).await;
+    assert_eq!(status(&got), "400", "{got}");
+
+    // A GET's chunked body reaches the backend (hyper alone would send it as no body).
+    let get = b"GET /echo HTTP/1.1\r\nHost: a\r\nConnection: close\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nhello\r\n0\r\n\r\n";
+    let got = exchange(p, get).await;
+    assert_eq!(status(&got), "200", "{got}");
+    assert!(b.last().contains("\r\n\r\n5\r\nhello\r\n0\r\n\r\n"), "the body went on: {}", b.last());
+
+    // Every request reaches the backend with a Host: one the Connection header names, and
+    // an HTTP/1.0 request's that had none (the backend's address, as NGINX sends).
+    let got = exchange(p, b"GET /named HTTP/1.1\r\nHost: app.example\r\nConnection: close, host\r\n\r\n").await;
+    assert_eq!(status(&got), "200", "{got}");
+    assert!(b.last().to_ascii_lowercase().contains("host: app.example\r\n"), "{}", b.last());
+    let got = exchange(p, b"GET /old HTTP/1.0\r\n\r\n").await;
+    assert_eq!(status(&got), "200", "{got}");
+    let host = format!("host: {}\r\n", b.addr);
+    assert!(b.last().to_ascii_lowercase().contains(&host), "{}", b.last());
+
+    // A backend's refusal of an upgrade: the 103 before it skipped, its body whole though it
+    // comes 300 ms later, and the connection closed with it although the backend keeps its own.
+    let up = "GET /refuse HTTP/1.1\r\nHost: a\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n";
+    let got = exchange(p, up.as_bytes()).await;
+    assert!(got.starts_with("HTTP/1.1 401 Unauthorized\r\n"), "{got}");
+    assert!(got.contains("\r\nConnection: close\r\n\r\n"), "{got}");
+    assert!(got.ends_with("\r\n\r\n0123456789abcdef"), "{got}");
+
+    // The proxy serves on.
+    let ok = exchange(p, b"GET / HTTP/1.1\r\nHost: a\r\nConnection: close\r\n\r\n").await;
+    assert!(ok.starts_with("HTTP/1.1 200"), "{ok}");
+}
