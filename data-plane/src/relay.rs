@@ -152,7 +152,7 @@ fn pump<'a>(
                         rearm = true;
                         match d.on_timer(Instant::now(), sh) {
                             TimerAction::Wait => {}
-                            TimerAction::Ping => io::write_frame(to, &direction::PING).await?,
+                            TimerAction::Ping => io::write_frame(to, &direction::PING, direction::write_stall(*limits)).await?,
                             TimerAction::Finish => return Ok(()),
                             TimerAction::CloseAndFinish => {
                                 Box::pin(d.close(to, sh)).await?;

@@ -275,7 +275,7 @@ impl Direction {
                 Ok(true)
             }
             Owed::Ping => {
-                write_frame(to, &PING).await?;
+                write_frame(to, &PING, self.stall).await?;
                 self.ping_sent = Some(Instant::now());
                 self.ping_pending = false;
                 Ok(true)
@@ -345,7 +345,7 @@ impl Direction {
                 Side::ToClient => c.client,
                 Side::ToBackend => c.backend,
             });
-            if write_frame(to, &proxy_close(self.side, code)).await.is_ok() {
+            if write_frame(to, &proxy_close(self.side, code), self.stall).await.is_ok() {
                 self.proxy_close = Some(code);
                 sh.close_went(self.side);
             }
@@ -395,7 +395,7 @@ impl Direction {
             Side::ToClient => codes.client,
             Side::ToBackend => codes.backend,
         };
-        write_frame(to, &proxy_close(self.side, code)).await?;
+        write_frame(to, &proxy_close(self.side, code), self.stall).await?;
         self.proxy_close = Some(code);
         sh.close_went(self.side);
         Ok(true)
@@ -423,7 +423,7 @@ fn proxy_close(side: Side, code: u16) -> Vec<u8> {
 }
 
 /// How long one write may wait on a peer that does not read before the connection ends.
-fn write_stall(limits: Limits) -> Duration {
+pub(super) fn write_stall(limits: Limits) -> Duration {
     let mut d = Duration::from_secs(300);
     if let Some(idle) = limits.idle_timeout {
         d = d.min(idle);

@@ -5,6 +5,7 @@
 use std::future::Future;
 use std::io;
 use std::ops::{Deref, DerefMut};
+use std::time::Duration;
 
 use futures::FutureExt;
 
@@ -93,11 +94,13 @@ pub fn write_rest<'a>(s: &'a Stream, rest: &'a [u8], by: Instant) -> impl Future
         .map(|r| r.unwrap_or_else(|_| Err(io::Error::new(io::ErrorKind::TimedOut, "peer stopped reading"))))
 }
 
-/// Writes one of the proxy's own frames (a few bytes), however long it takes.
-pub async fn write_frame(s: &Stream, frame: &[u8]) -> io::Result<()> {
+/// Writes one of the proxy's own frames (a Ping, a Close: a few bytes), waiting on a peer
+/// that does not read for `stall` at most, as data writes do: a client that stops reading
+/// when its buffers are exactly full must not pin the connection behind the proxy's Ping.
+pub async fn write_frame(s: &Stream, frame: &[u8], stall: Duration) -> io::Result<()> {
     let sent = try_write(s, frame)?;
     if unfinished(s, sent, frame.len()) {
-        Box::pin(write_all(s, &frame[sent..])).await?;
+        write_rest(s, &frame[sent..], Instant::now() + stall).await?;
     }
     Ok(())
 }
@@ -105,4 +108,24 @@ pub async fn write_frame(s: &Stream, frame: &[u8]) -> io::Result<()> {
 /// Sends our FIN; the socket stays open for reading.
 pub fn shutdown_write(s: &Stream) -> io::Result<()> {
     s.shutdown_write()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The proxy's Ping or Close to a client that stopped reading with its buffers full ends
+    /// in `TimedOut` after the stall bound, as a data write does, instead of waiting forever.
+    #[tokio::test]
+    async fn the_proxys_own_frame_waits_on_a_peer_that_does_not_read_no_longer_than_the_stall() {
+        let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let _far = tokio::net::TcpStream::connect(l.local_addr().unwrap()).await.unwrap();
+        let s = Stream::Plain(l.accept().await.unwrap().0);
+        let chunk = vec![0u8; 1 << 16];
+        while try_write(&s, &chunk).unwrap() > 0 {}
+        let t = Instant::now();
+        let r = write_frame(&s, &[0x89, 0], Duration::from_millis(300)).await;
+        assert_eq!(r.map_err(|e| e.kind()), Err(io::ErrorKind::TimedOut));
+        assert!(t.elapsed() >= Duration::from_millis(300), "gave up after {:?}", t.elapsed());
+    }
 }
