@@ -21,7 +21,7 @@ use crate::state::ProxyState;
 
 /// The admin port is for scrapers and operators, a handful of connections: past this many at
 /// once, new ones are closed at accept.
-const MAX_ADMIN_CONNECTIONS: usize = 64;
+pub const MAX_ADMIN_CONNECTIONS: usize = 64;
 /// A request head must arrive within this (slow or idle clients hold nothing for long).
 const ADMIN_HEAD_TIMEOUT: Duration = Duration::from_secs(5);
 /// A kept-alive admin connection is closed gracefully after this, idle or not; scrapers
@@ -180,6 +180,7 @@ pub fn status_json(state: &ProxyState) -> serde_json::Value {
         "accepted": state.runtime.accepted.load(Relaxed),
         "open_connections": state.runtime.open.load(Relaxed),
         "max_connections": state.runtime.max_open.load(Relaxed),
+        "idle_backend_connections": state.runtime.pooled.load(Relaxed),
         "active": backends.iter().map(|b| b["active"].as_u64().unwrap_or(0)).sum::<u64>(),
         "handshake_failures": failures,
         "edge_auth": state.compiled.keys.status(),

@@ -129,6 +129,10 @@ pub(crate) fn eject_locally(
     tuning: &Tuning,
     why: &BackendFail,
 ) {
+    if let BackendFail::Local(_) = why {
+        tracing::warn!(backend = %b.backend.address, pool, "{why}; the backend is not ejected");
+        return;
+    }
     b.stats.connect_failures.fetch_add(1, Relaxed);
     b.stats.ejected_until_ms.store(state.registry.now_ms() + tuning.eject_for.as_millis() as u64, Relaxed);
     tracing::warn!(backend = %b.backend.address, pool, "{why}; ejected locally");
@@ -392,6 +396,9 @@ async fn open(
             Err(why) => {
                 tls_failed |= matches!(why, BackendFail::Tls(_));
                 eject_locally(state, b, &pool.pool.name, &tuning, &why);
+                if let BackendFail::Local(_) = why {
+                    return reject_none(state, rec, client, Reject::OverCapacity).await;
+                }
                 exclude.push(i);
             }
         }

@@ -8,9 +8,10 @@ use std::sync::atomic::Ordering::Relaxed;
 
 use crate::state::Runtime;
 
-/// Descriptors kept for everything else: listeners, the admin port, control-plane channels,
-/// the cache file, each worker's poller, and the 503 itself.
-const RESERVED: u64 = 64;
+/// Descriptors kept for everything else: the admin port's connections (up to
+/// [`crate::admin::MAX_ADMIN_CONNECTIONS`]) and 64 for the rest (listeners, control-plane
+/// channels, the cache file, each worker's poller, the 503 itself: about 26 in use at start).
+const RESERVED: u64 = 64 + crate::admin::MAX_ADMIN_CONNECTIONS as u64;
 
 /// Raises the soft descriptor limit to the hard limit; returns the limit now in force, or
 /// `None` when there is none (or it cannot be read).
@@ -48,16 +49,29 @@ impl<'a> Slot<'a> {
     }
 }
 
-/// Counts a new client connection, or says no when the budget is spent. The slot crosses to
-/// a worker thread with the socket; see [`Slot::adopt`].
+/// Counts a new client connection, or says no when the budget is spent: the cap
+/// (`--max-connections` or the descriptor room) on client connections, and the descriptor
+/// room itself, of which idle pooled backend connections take one descriptor each. When those
+/// are what stands in the way, this worker's are closed at once and the other workers' are
+/// asked to close theirs. The slot crosses to a worker thread with the socket; see
+/// [`Slot::adopt`].
 pub fn reserve(rt: &Runtime) -> bool {
-    let max = rt.max_open.load(Relaxed);
+    let (max, room) = (rt.max_open.load(Relaxed), rt.fd_room.load(Relaxed));
     let n = rt.open.fetch_add(1, Relaxed);
-    if max > 0 && n >= max {
-        rt.open.fetch_sub(1, Relaxed);
-        return false;
+    let capped = max > 0 && n >= max;
+    let fits = || room == 0 || n + rt.pooled.load(Relaxed).div_ceil(2) < room;
+    if !capped && fits() {
+        return true;
     }
-    true
+    if !capped && rt.pooled.load(Relaxed) > 0 {
+        crate::plain::close_idle(rt);
+        rt.close_idle.notify_waiters();
+        if fits() {
+            return true;
+        }
+    }
+    rt.open.fetch_sub(1, Relaxed);
+    false
 }
 
 #[cfg(test)]
@@ -66,7 +80,7 @@ mod tests {
 
     #[test]
     fn the_budget_is_two_descriptors_a_connection_after_the_reserve() {
-        assert_eq!(connections_for(20_000), 9_968);
+        assert_eq!(connections_for(20_000), 9_936);
         assert_eq!(connections_for(10), 0);
     }
 }

@@ -102,6 +102,7 @@ impl Proxy {
             (None, None) => 0,
         };
         state.runtime.max_open.store(max, std::sync::atomic::Ordering::Relaxed);
+        state.runtime.fd_room.store(room.unwrap_or(0), std::sync::atomic::Ordering::Relaxed);
         match room {
             Some(room) => tracing::info!(
                 "the file descriptor limit leaves room for {room} proxied connections (two descriptors each); \

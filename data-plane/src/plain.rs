@@ -153,6 +153,12 @@ fn view(req: &Request<Incoming>) -> Result<handshake::Upgrade, &'static str> {
     })
 }
 
+/// Closes this worker's idle backend connections, for the descriptor budget (see
+/// [`crate::fds::reserve`]); returns how many.
+pub fn close_idle(rt: &crate::state::Runtime) -> usize {
+    backends::close_idle(&rt.pooled)
+}
+
 /// Lasts as long as a response: the request counts as a connection to its backend (for least
 /// connections, and `/status`), keeps its session binding live, and is logged when it ends.
 struct InFlight {
@@ -173,7 +179,7 @@ impl Drop for InFlight {
     fn drop(&mut self) {
         let b = &self.pool.backends[self.backend];
         if let Some(tx) = self.idle.take() {
-            backends::checkin(&self.pool.pool.name, self.pool.tls.tag(), &b.backend.address, tx);
+            backends::checkin(&self.pool.pool.name, self.pool.tls.tag(), &b.backend.address, tx, &self.state);
         }
         b.stats.active.fetch_sub(1, Relaxed);
         if let Some(k) = &self.session {
@@ -300,7 +306,8 @@ async fn handle(
             return refusal(state, rec.1.take(), if tls_failed { Reject::BadGateway } else { Reject::Unavailable });
         };
         let b = &pool.backends[i];
-        if let Some(tx) = backends::checkout(&pool.pool.name, pool.tls.tag(), &b.backend.address) {
+        if let Some(tx) = backends::checkout(&pool.pool.name, pool.tls.tag(), &b.backend.address, &state.runtime.pooled)
+        {
             break (i, tx, true);
         }
         match backends::connect(&b.backend.address, &pool.tls, ctx).await {
@@ -308,6 +315,9 @@ async fn handle(
             Err(why) => {
                 tls_failed |= matches!(why, BackendFail::Tls(_));
                 crate::connection::eject_locally(state, b, &pool.pool.name, &tuning, &why);
+                if let BackendFail::Local(_) = why {
+                    return refusal(state, rec.1.take(), Reject::OverCapacity);
+                }
                 exclude.push(i);
             }
         }

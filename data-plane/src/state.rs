@@ -36,6 +36,12 @@ pub struct Runtime {
     /// limit leaves room for (0: no cap); see [`crate::fds`].
     pub open: AtomicUsize,
     pub max_open: AtomicUsize,
+    /// Connections the descriptor limit leaves room for (0: no limit), and the idle
+    /// keep-alive connections to backends in the plain-HTTP pools, one descriptor each, which
+    /// count against it; raised to have every worker close its idle ones when room is short.
+    pub fd_room: AtomicUsize,
+    pub pooled: AtomicUsize,
+    pub close_idle: tokio::sync::Notify,
     /// wss certificate sets loaded after the first, and loads that failed (old set kept).
     pub tls_reloads: AtomicU64,
     pub tls_reload_failures: AtomicU64,
@@ -77,6 +83,9 @@ impl ProxyState {
                 accepted: AtomicU64::new(0),
                 open: AtomicUsize::new(0),
                 max_open: AtomicUsize::new(0),
+                fd_room: AtomicUsize::new(0),
+                pooled: AtomicUsize::new(0),
+                close_idle: tokio::sync::Notify::new(),
                 tls_reloads: AtomicU64::new(0),
                 tls_reload_failures: AtomicU64::new(0),
                 handshake_failures: Mutex::new(BTreeMap::new()),

@@ -16,6 +16,8 @@ pub struct ProxyProcess {
     pub args: Vec<String>,
     /// The ws listening socket the harness holds and hands over as fd 3, if it does.
     pub socket: Option<std::net::TcpListener>,
+    /// A descriptor limit to start it under (with `prlimit`), if any.
+    pub nofile: Option<u64>,
     proc: Proc,
 }
 
@@ -45,6 +47,7 @@ impl ProxyProcess {
             admin: String::new(),
             args,
             socket,
+            nofile: None,
             proc: Proc::default(),
         };
         p.start();
@@ -58,6 +61,21 @@ impl ProxyProcess {
 
     /// As [`Self::spawn`], with more flags (`--wss-listen 127.0.0.1:0 --wss-cert ...`).
     pub fn spawn_with(control_plane: &str, cache_file: &Path, id: &str, extra: &[String]) -> ProxyProcess {
+        Self::launch(control_plane, cache_file, id, extra, None)
+    }
+
+    /// [`ProxyProcess::spawn_with`] under a descriptor limit of `nofile`, soft and hard.
+    pub fn spawn_limited(
+        control_plane: &str,
+        cache_file: &Path,
+        id: &str,
+        extra: &[String],
+        nofile: u64,
+    ) -> ProxyProcess {
+        Self::launch(control_plane, cache_file, id, extra, Some(nofile))
+    }
+
+    fn launch(control_plane: &str, cache_file: &Path, id: &str, extra: &[String], nofile: Option<u64>) -> ProxyProcess {
         // With `--wss-listen` among `extra`, there is a ws listener only if `extra` asks.
         let ws = !extra.iter().any(|a| a == "--wss-listen");
         let mut args: Vec<String> = if ws { vec!["--listen".into(), "127.0.0.1:0".into()] } else { Vec::new() };
@@ -80,6 +98,7 @@ impl ProxyProcess {
             admin: String::new(),
             args,
             socket: None,
+            nofile,
             proc: Proc::default(),
         };
         p.start();
@@ -89,7 +108,15 @@ impl ProxyProcess {
     /// (Re)starts the proxy; a restart asks for the ports it reported the first time.
     pub fn start(&mut self) {
         use command_fds::{CommandFdExt, FdMapping};
-        let mut cmd = Command::new(bin("switchyard-proxy"));
+        let mut cmd = match self.nofile {
+            // prlimit sets the limit on itself and execs the proxy: the same process.
+            Some(n) => {
+                let mut c = Command::new("prlimit");
+                c.arg(format!("--nofile={n}:{n}")).arg("--").arg(bin("switchyard-proxy"));
+                c
+            }
+            None => Command::new(bin("switchyard-proxy")),
+        };
         match crate::kept_log("proxy") {
             Some((log, filter)) => cmd.args(&self.args).env("RUST_LOG", filter).stderr(log),
             None => cmd.args(&self.args).env("RUST_LOG", "warn").stderr(Stdio::null()),

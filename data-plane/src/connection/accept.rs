@@ -97,14 +97,24 @@ pub async fn configured(state: &ProxyState, limit: Duration) {
 
 /// Accepts until shutdown and serves each connection on this worker, tracked for shutdown.
 async fn serve(listener: TcpListener, state: Arc<ProxyState>, ctx: Arc<Ctx>, tls: bool) {
+    // Failed accepts since the last warning, and when that was: one line per 10 s at most.
+    let (mut failed, mut warned) = (0u64, None::<tokio::time::Instant>);
     loop {
         let (sock, peer) = tokio::select! {
             _ = state.runtime.shutdown.cancelled() => break,
             r = listener.accept() => match r {
                 Ok(x) => x,
                 Err(e) => {
-                    // Out of descriptors or similar: back off instead of spinning.
-                    tracing::warn!("accept: {e}");
+                    // Out of descriptors or similar: idle backend connections go (they are
+                    // the descriptors the proxy can give back at once), and accepting backs
+                    // off instead of spinning.
+                    crate::plain::close_idle(&state.runtime);
+                    state.runtime.close_idle.notify_waiters();
+                    failed += 1;
+                    if warned.is_none_or(|at| at.elapsed() >= Duration::from_secs(10)) {
+                        tracing::warn!("accept: {e} ({failed} failed accepts since the last warning)");
+                        (failed, warned) = (0, Some(tokio::time::Instant::now()));
+                    }
                     tokio::time::sleep(Duration::from_millis(50)).await;
                     continue;
                 }

@@ -51,6 +51,22 @@ pub enum BackendFail {
     Connect(String),
     #[error("TLS to the backend failed: {0}")]
     Tls(String),
+    /// The proxy itself is out of something a connection needs (descriptors, memory, local
+    /// ports): no fault of the backend's, which is not ejected for it.
+    #[error("connect failed for want of local resources: {0}")]
+    Local(String),
+}
+
+impl BackendFail {
+    /// A connect error that is the proxy's own shortage, not the backend's failure.
+    fn from_connect(e: std::io::Error) -> BackendFail {
+        use rustix::io::Errno;
+        let local = [Errno::MFILE, Errno::NFILE, Errno::NOBUFS, Errno::NOMEM, Errno::ADDRNOTAVAIL];
+        match e.raw_os_error() {
+            Some(n) if local.iter().any(|l| l.raw_os_error() == n) => BackendFail::Local(e.to_string()),
+            _ => BackendFail::Connect(e.to_string()),
+        }
+    }
 }
 
 /// Connects to a backend under the connect timeout, with TLS when its pool (or, where the
@@ -67,7 +83,7 @@ pub async fn connect_backend(address: &str, tls: &PoolTls, ctx: &Ctx) -> Result<
     let limit = ctx.tuning.connect_timeout;
     let tcp = match tokio::time::timeout(limit, TcpStream::connect(address)).await {
         Ok(Ok(s)) => s,
-        Ok(Err(e)) => return Err(BackendFail::Connect(e.to_string())),
+        Ok(Err(e)) => return Err(BackendFail::from_connect(e)),
         Err(_) => return Err(BackendFail::Connect("timed out".into())),
     };
     let _ = tcp.set_nodelay(true);
@@ -94,6 +110,23 @@ pub fn backend_stream(c: BackendIo) -> Stream {
         Either::Right(t) => {
             let (tcp, conn) = t.into_inner();
             Stream::tls(tcp, conn)
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_proxys_own_shortages_are_not_the_backends_failures() {
+        use rustix::io::Errno;
+        let io = |e: Errno| std::io::Error::from_raw_os_error(e.raw_os_error());
+        for local in [Errno::MFILE, Errno::NFILE, Errno::NOBUFS, Errno::NOMEM, Errno::ADDRNOTAVAIL] {
+            assert!(matches!(BackendFail::from_connect(io(local)), BackendFail::Local(_)), "{local:?}");
+        }
+        for theirs in [Errno::CONNREFUSED, Errno::HOSTUNREACH, Errno::CONNRESET] {
+            assert!(matches!(BackendFail::from_connect(io(theirs)), BackendFail::Connect(_)), "{theirs:?}");
         }
     }
 }

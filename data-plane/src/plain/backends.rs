@@ -3,8 +3,10 @@
 //! thread). A connection goes back to the pool once its response has been read to the end;
 //! one the backend closed, or idle for [`IDLE_FOR`], is dropped.
 
-use std::cell::RefCell;
+use std::cell::{Cell, RefCell};
 use std::collections::HashMap;
+use std::sync::atomic::{AtomicUsize, Ordering::Relaxed};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use hyper::client::conn::http1::{self, SendRequest};
@@ -13,6 +15,7 @@ use hyper_util::rt::TokioIo;
 use super::bodies::ReqBody;
 use crate::connection::streams::{connect_backend, BackendFail};
 use crate::connection::Ctx;
+use crate::state::ProxyState;
 use crate::tls::PoolTls;
 
 /// An idle connection older than this is closed rather than reused: backends commonly close
@@ -33,12 +36,15 @@ type Idle = HashMap<String, (u64, HashMap<String, Vec<(Sender, Instant)>>)>;
 
 thread_local! {
     static IDLE: RefCell<Idle> = RefCell::new(HashMap::new());
+    /// Whether this worker's sweeper runs.
+    static SWEEPING: Cell<bool> = const { Cell::new(false) };
 }
 
 /// An idle connection to `backend` of `pool` (made with TLS `tag`) that is open and ready, if
 /// this worker has one. One just given back may not be ready yet (its connection task has
-/// not run since the response ended): it stays for the next request.
-pub fn checkout(pool: &str, tag: u64, backend: &str) -> Option<Sender> {
+/// not run since the response ended): it stays for the next request. `pooled` counts the
+/// idle connections of every worker (see [`crate::fds::reserve`]).
+pub fn checkout(pool: &str, tag: u64, backend: &str, pooled: &AtomicUsize) -> Option<Sender> {
     IDLE.with(|idle| {
         let mut idle = idle.borrow_mut();
         let (made_with, backends) = idle.get_mut(pool)?;
@@ -47,20 +53,29 @@ pub fn checkout(pool: &str, tag: u64, backend: &str) -> Option<Sender> {
         }
         let list = backends.get_mut(backend)?;
         // One clock read for the whole list (a read per entry was 3% of the proxy's CPU).
-        let now = Instant::now();
-        list.retain(|(tx, since)| now.saturating_duration_since(*since) < IDLE_FOR && !tx.is_closed());
+        expire(list, Instant::now(), pooled);
         let i = list.iter().rposition(|(tx, _)| tx.is_ready())?;
+        pooled.fetch_sub(1, Relaxed);
         Some(list.swap_remove(i).0)
     })
 }
 
+/// Drops the connections of `list` idle too long or closed by their backend.
+fn expire(list: &mut Vec<(Sender, Instant)>, now: Instant, pooled: &AtomicUsize) {
+    let before = list.len();
+    list.retain(|(tx, since)| now.saturating_duration_since(*since) < IDLE_FOR && !tx.is_closed());
+    pooled.fetch_sub(before - list.len(), Relaxed);
+}
+
 /// Gives `tx` back for the next request to `backend` of `pool`, once its response is over
 /// (one cut short closes, and is dropped at the next checkout). The names are copied only
-/// the first time this worker pools a connection to them.
-pub fn checkin(pool: &str, tag: u64, backend: &str, tx: Sender) {
+/// the first time this worker pools a connection to them. The first connection a worker
+/// pools starts its sweeper.
+pub fn checkin(pool: &str, tag: u64, backend: &str, tx: Sender, state: &Arc<ProxyState>) {
     if tx.is_closed() {
         return;
     }
+    let pooled = &state.runtime.pooled;
     IDLE.with(|idle| {
         let mut idle = idle.borrow_mut();
         if !idle.contains_key(pool) {
@@ -70,6 +85,7 @@ pub fn checkin(pool: &str, tag: u64, backend: &str, tx: Sender) {
         if *made_with != tag {
             // The pool's TLS changed: what was made before goes.
             *made_with = tag;
+            pooled.fetch_sub(backends.values().map(Vec::len).sum(), Relaxed);
             backends.clear();
         }
         if !backends.contains_key(backend) {
@@ -78,8 +94,53 @@ pub fn checkin(pool: &str, tag: u64, backend: &str, tx: Sender) {
         let list = backends.get_mut(backend).expect("inserted above");
         if list.len() < MAX_IDLE {
             list.push((tx, Instant::now()));
+            pooled.fetch_add(1, Relaxed);
         }
     });
+    if !SWEEPING.get() {
+        SWEEPING.set(true);
+        if let Ok(rt) = tokio::runtime::Handle::try_current() {
+            rt.spawn(sweep(state.clone()));
+        }
+    }
+}
+
+/// Closes this worker's idle connections past [`IDLE_FOR`] every so often, so that a pool no
+/// request comes back to does not hold its descriptors (and backend slots) for good; and all
+/// of them when the descriptor budget runs short (see [`crate::fds::reserve`]).
+async fn sweep(state: Arc<ProxyState>) {
+    let rt = &state.runtime;
+    loop {
+        tokio::select! {
+            _ = rt.shutdown.cancelled() => return,
+            _ = rt.close_idle.notified() => {
+                close_idle(&rt.pooled);
+                continue;
+            }
+            _ = tokio::time::sleep(IDLE_FOR / 2) => {}
+        }
+        let now = Instant::now();
+        IDLE.with(|idle| {
+            for (_, backends) in idle.borrow_mut().values_mut() {
+                backends.values_mut().for_each(|list| expire(list, now, &rt.pooled));
+                backends.retain(|_, list| !list.is_empty());
+            }
+        });
+    }
+}
+
+/// Closes every idle connection this worker holds (the descriptor budget is short); returns
+/// how many.
+pub fn close_idle(pooled: &AtomicUsize) -> usize {
+    IDLE.with(|idle| {
+        let mut n = 0;
+        for (_, backends) in idle.borrow_mut().values_mut() {
+            n += backends.values().map(Vec::len).sum::<usize>();
+            backends.clear();
+        }
+        pooled.fetch_sub(n, Relaxed);
+        n
+    })
 }
 
 /// A new connection to `backend`, with the TLS its pool asks for, driven on this worker.

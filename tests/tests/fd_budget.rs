@@ -1,0 +1,75 @@
+//! The descriptor budget under a real `RLIMIT_NOFILE` (the proxy started through `prlimit`):
+//! idle keep-alive connections to plain-HTTP backends count against it, and are closed to make
+//! room for clients rather than holding descriptors the next WebSocket needs.
+
+use std::time::Duration;
+
+use switchyard_tests::*;
+
+const LONG: Duration = Duration::from_secs(15);
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn idle_backend_connections_make_room_for_clients_when_descriptors_run_short() {
+    let _g = serial().await;
+    let c = Cluster::start(1, &[]).await;
+    let eps = c.endpoints();
+    let (ws_backend, http_backend) = (EchoBackend::start("e1").await, HttpBackend::start("h1").await);
+    for args in [
+        vec!["pool", "create", "ws"],
+        vec!["backend", "add", "ws", &ws_backend.addr],
+        vec!["route", "set", "all", "--pool", "ws"],
+        vec!["pool", "create", "web"],
+        vec!["backend", "add", "web", &http_backend.addr],
+        vec!["route", "set", "web", "--pool", "web", "--host", "app.example"],
+    ] {
+        let mut all = vec!["--endpoints", &eps];
+        all.extend(args.iter());
+        let (code, _, err) = run_cli(&all);
+        assert_eq!(code, 0, "{args:?}: {err}");
+    }
+    // 200 descriptors: 128 kept for the rest (the admin port's 64 among them), room for 36.
+    let proxy = ProxyProcess::spawn_limited(&eps, &c.dir.path().join("p.cache"), "p1", &[], 200);
+    eventually("the proxy to route plain HTTP", LONG, || async {
+        let mut tx = http_client(&proxy.ws).await;
+        (http_send(&mut tx, get("/", &[])).await.0 == 200).then_some(())
+    })
+    .await;
+    let s = proxy.status().await.unwrap();
+    assert_eq!(s["max_connections"].as_u64(), Some(36), "{s}");
+
+    // 16 overlapping requests leave 16 idle backend connections once their clients are gone.
+    let requests = (0..16).map(|_| {
+        let addr = proxy.ws.clone();
+        tokio::spawn(async move {
+            let mut tx = http_client(&addr).await;
+            http_send(&mut tx, get("/drip?ms=100&n=3", &[])).await.0
+        })
+    });
+    for r in futures::future::join_all(requests).await {
+        assert_eq!(r.unwrap(), 200);
+    }
+    let s = eventually("the clients to be gone and their backend connections idle", LONG, || async {
+        let s = proxy.status().await?;
+        (s["open_connections"].as_u64() == Some(0) && s["idle_backend_connections"].as_u64() >= Some(16)).then_some(s)
+    })
+    .await;
+    let pooled = s["idle_backend_connections"].as_u64().unwrap();
+
+    // Every client slot is usable: the idle connections go (within seconds, not the 30 s
+    // they would idle), and the backend is never blamed.
+    let mut held = Vec::new();
+    for i in 0..36 {
+        let (ws, _) =
+            eventually(&format!("WebSocket {i} of 36 with {pooled} idle backend connections"), LONG, || async {
+                ws_connect(&proxy.ws, "/", &[]).await.ok()
+            })
+            .await;
+        held.push(ws);
+    }
+    let e = ws_connect(&proxy.ws, "/", &[]).await.map(|_| ()).expect_err("the 37th is over the room");
+    assert!(e.to_string().contains("503"), "{e}");
+    let s = proxy.status().await.unwrap();
+    assert_eq!(s["idle_backend_connections"].as_u64(), Some(0), "{s}");
+    assert_eq!(s["open_connections"].as_u64(), Some(36), "{s}");
+    echo(&mut held[35], tokio_tungstenite::tungstenite::Message::text("last")).await.unwrap();
+}
