@@ -325,7 +325,8 @@ async fn open(
     };
     // Admission: the caps in force come with the config; over them, 503 and a jittered
     // Retry-After so a storm of reconnects spreads out.
-    match state.runtime.admission.admit(peer.ip(), s.max_handshakes_per_sec, s.max_connections_per_ip_per_sec) {
+    // (The per-IP rate was checked at accept.)
+    match state.runtime.admission.admit(peer.ip(), s.max_handshakes_per_sec, 0) {
         Ok(()) => {}
         Err(crate::admission::Refusal::ProxyBusy) => {
             return reject_none(state, rec, client, Reject::OverCapacity).await

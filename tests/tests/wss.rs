@@ -168,6 +168,45 @@ async fn garbage_and_stalled_tls_handshakes_are_closed_counted_and_others_served
     .await;
 }
 
+/// The per-IP rate is counted at accept, before TLS: one client opening connections that never
+/// finish their handshake keeps no more of them than its rate allows (before, each held a slot
+/// until the handshake timeout).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_over_its_ip_rate_is_refused_before_tls() {
+    let _g = serial().await;
+    let env = setup(|ca, certs| {
+        ca.issue(certs, "a", &["a.example"]);
+        s(&["--wss-listen", "127.0.0.1:0", "--wss-cert-dir", &certs.display().to_string()])
+    })
+    .await;
+    let set = Settings { max_connections_per_ip_per_sec: 3, ..Default::default() };
+    let req = UpdateSettingsRequest { settings: Some(set), update_mask: vec!["max_connections_per_ip_per_sec".into()] };
+    let rev = admin(&env.cluster.nodes[&1].addr).update_settings(req).await.unwrap().into_inner().revision;
+    env.proxy.wait_revision(rev).await;
+    let mut stalled = Vec::new();
+    for _ in 0..20 {
+        stalled.push(tokio::net::TcpStream::connect(&env.proxy.wss).await.unwrap());
+    }
+    // Refused ones are closed at once; admitted ones wait for a ClientHello.
+    let mut open = 0;
+    for c in &mut stalled {
+        let mut b = [0u8; 1];
+        if tokio::time::timeout(Duration::from_millis(300), c.read(&mut b)).await.is_err() {
+            open += 1;
+        }
+    }
+    // Three a second: the 20 connections may straddle a second's edge.
+    assert!((1..=6).contains(&open), "{open} of 20 stalled handshakes held");
+    let failures = env.proxy.metric("switchyard_proxy_handshake_failures_total{reason=\"client_rate\"}").await;
+    assert!(failures.unwrap_or(0.0) >= 14.0, "{failures:?}");
+    // The next second, a real client is served.
+    let (mut ws, _, _) = eventually("a wss client within the rate", Duration::from_secs(5), || async {
+        wss_connect(&env.proxy.wss, "a.example", "/", env.ca.client_config()).await.ok()
+    })
+    .await;
+    echo_on(&mut ws, Message::text("served")).await.unwrap();
+}
+
 /// `switchyard_proxy_tls_certificate_reloads_total{result="ok"}`.
 async fn reloads(p: &ProxyProcess, result: &str) -> u64 {
     p.metric(&format!("switchyard_proxy_tls_certificate_reloads_total{{result=\"{result}\"}}")).await.unwrap_or(0.0)

@@ -2,11 +2,12 @@
 //! listening socket (admission by descriptor budget, 503 past it), and a connection lives on
 //! the worker that accepted it.
 
+use std::net::SocketAddr;
 use std::sync::atomic::Ordering::Relaxed;
 use std::sync::Arc;
 use std::time::Duration;
 
-use tokio::net::TcpListener;
+use tokio::net::{TcpListener, TcpStream};
 use tokio::task::JoinHandle;
 
 use super::{handle, Ctx};
@@ -122,20 +123,36 @@ async fn serve(listener: TcpListener, state: Arc<ProxyState>, ctx: Arc<Ctx>, tls
         };
         state.runtime.accepted.fetch_add(1, Relaxed);
         if !crate::fds::reserve(&state.runtime) {
-            if let Some(log) = state.runtime.access_log.get() {
-                let termination = "max_connections";
-                log.log(access_log::Record { client: Some(peer), status: 503, termination, ..Default::default() });
-            }
-            // Out of descriptors for another proxied connection: say so and close, without
-            // reading (a TLS client gets no readable answer, but is not left hanging).
-            if !tls {
-                let _ = sock.try_write(&handshake::error_response(&Reject::OverCapacity, Some(1)));
-            }
-            state.runtime.count_failure("max_connections");
+            refuse_at_accept(&state, &sock, peer, tls, Reject::OverCapacity, Some(1));
+            continue;
+        }
+        // A client IP's new connections per second, counted here, before TLS or a head: a
+        // client holding half-finished handshakes takes no more slots than its rate allows.
+        let per_ip = state.table.load().settings.max_connections_per_ip_per_sec;
+        if per_ip > 0 && state.runtime.admission.admit(peer.ip(), 0, per_ip).is_err() {
+            drop(crate::fds::Slot::adopt(&state.runtime));
+            refuse_at_accept(&state, &sock, peer, tls, Reject::ClientRate, Some(1 + rand::random::<u64>() % 5));
             continue;
         }
         let _ = sock.set_nodelay(true);
         let (st, ctx) = (state.clone(), ctx.clone());
         tokio::spawn(state.runtime.connections.track_future(handle(st, sock, peer, ctx, tls)));
     }
+}
+
+/// A connection refused as it is accepted: 503 and closed, without reading (a TLS client gets
+/// no readable answer, but is not left hanging). Logged and counted under `max_connections`
+/// for a spent budget, under the refusal's reason otherwise.
+fn refuse_at_accept(state: &ProxyState, sock: &TcpStream, peer: SocketAddr, tls: bool, r: Reject, retry: Option<u64>) {
+    let termination = match r {
+        Reject::OverCapacity => "max_connections",
+        _ => r.reason(),
+    };
+    if let Some(log) = state.runtime.access_log.get() {
+        log.log(access_log::Record { client: Some(peer), status: 503, termination, ..Default::default() });
+    }
+    if !tls {
+        let _ = sock.try_write(&handshake::error_response(&r, retry));
+    }
+    state.runtime.count_failure(termination);
 }
