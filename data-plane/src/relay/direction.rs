@@ -422,9 +422,10 @@ fn proxy_close(side: Side, code: u16) -> Vec<u8> {
     }
 }
 
-/// How long one write may wait on a peer that does not read before the connection ends.
+/// How long one write may wait on a peer that does not read before the connection ends: 60 s
+/// unless the connection's timers say sooner (NGINX's `send_timeout`).
 pub(super) fn write_stall(limits: Limits) -> Duration {
-    let mut d = Duration::from_secs(300);
+    let mut d = Duration::from_secs(60);
     if let Some(idle) = limits.idle_timeout {
         d = d.min(idle);
     }
