@@ -22,6 +22,7 @@ mod refused;
 pub(crate) mod streams;
 pub use accept::{configured, start, Listen};
 use live::Live;
+pub(crate) use streams::eject_locally;
 use streams::{accept_tls, backend_stream, client_stream, connect_backend, BackendFail, ClientIo};
 
 /// What every connection's handling needs besides the shared state.
@@ -118,24 +119,6 @@ enum Opened {
     Plain(ClientIo, Vec<u8>),
     /// Refused, answered, or gone.
     Done,
-}
-
-/// Passive health: a backend this proxy could not connect to gets no new connections or
-/// requests from it for a while.
-pub(crate) fn eject_locally(
-    state: &ProxyState,
-    b: &crate::table::BackendEntry,
-    pool: &str,
-    tuning: &Tuning,
-    why: &BackendFail,
-) {
-    if let BackendFail::Local(_) = why {
-        tracing::warn!(backend = %b.backend.address, pool, "{why}; the backend is not ejected");
-        return;
-    }
-    b.stats.connect_failures.fetch_add(1, Relaxed);
-    b.stats.ejected_until_ms.store(state.registry.now_ms() + tuning.eject_for.as_millis() as u64, Relaxed);
-    tracing::warn!(backend = %b.backend.address, pool, "{why}; ejected locally");
 }
 
 /// A connection past its handshake: what the relay needs, and nothing else.
@@ -439,19 +422,13 @@ async fn open(
             r.status = status.unwrap_or(0);
             r.termination = "backend_refused";
         }
-        let limit = match pool.pool.response_timeout_ms {
-            0 => crate::plain::DEFAULT_RESPONSE_TIMEOUT,
-            ms => Duration::from_millis(ms),
-        };
-        refused::relay(&mut client, &mut backend, resp, resp_len, limit).await;
+        refused::relay(&mut client, &mut backend, resp, resp_len, hs_timeout).await;
         return Opened::Done;
     }
     // Frames the backend sent right behind its 101 go through the relay, which tracks them.
     let backend_early = resp.split_off(resp_len);
     if let Some(cookie) = &set_cookie {
-        resp.truncate(resp_len - 2);
-        resp.extend_from_slice(cookie.as_bytes());
-        resp.extend_from_slice(b"\r\n");
+        handshake::add_header(&mut resp, cookie.trim_end().as_bytes());
     }
     // Flushed: TLS may hold the 101's record until then, and the relay starts clean.
     if client.write_all(&resp).await.is_err() || client.flush().await.is_err() {

@@ -332,6 +332,17 @@ pub fn forward_head(up: &Upgrade, client: IpAddr, proto: &str) -> Vec<u8> {
     out
 }
 
+/// Adds the header `line` (without its line ending) at the end of the complete head in `head`,
+/// whatever line endings the head used: the head is rewritten to end in CRLF CRLF.
+pub fn add_header(head: &mut Vec<u8>, line: &[u8]) {
+    while matches!(head.last(), Some(b'\r' | b'\n')) {
+        head.pop();
+    }
+    head.extend_from_slice(b"\r\n");
+    head.extend_from_slice(line);
+    head.extend_from_slice(b"\r\n\r\n");
+}
+
 /// The status code of a complete response head.
 pub fn response_status(head: &[u8]) -> Option<u16> {
     let lines = head.iter().filter(|b| **b == b'\n').count();

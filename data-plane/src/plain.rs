@@ -388,9 +388,12 @@ async fn handle(
             return r;
         }
         Ok(Err(_)) if counts.client_gone.load(Relaxed) => {
-            // Nobody reads this answer; it is what the access log says (NGINX's 499).
-            let status = StatusCode::from_u16(499).expect("a valid status");
-            return own(state, rec.1.take(), status, "client_closed", "client closed", None);
+            // The client's connection ended inside its body: a client that only half-closed
+            // reads a 400 (its body was incomplete); the log says who ended it.
+            let why = "request body cut short";
+            let mut r = own(state, rec.1.take(), StatusCode::BAD_REQUEST, "client_closed", why, None);
+            r.headers_mut().insert(header::CONNECTION, HeaderValue::from_static("close"));
+            return r;
         }
         Ok(Err(e)) => {
             tracing::debug!(backend = %address, "plain HTTP request failed: {e}");

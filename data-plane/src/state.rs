@@ -28,6 +28,18 @@ pub struct ProxyState {
     pub compiled: crate::table::Compiled,
 }
 
+/// A value on a cache line of its own: one every worker writes on every request would
+/// otherwise drag the counters beside it from core to core.
+#[repr(align(128))]
+pub struct Padded<T>(pub T);
+
+impl<T> std::ops::Deref for Padded<T> {
+    type Target = T;
+    fn deref(&self) -> &T {
+        &self.0
+    }
+}
+
 /// What connections share apart from config: admission, counters, shutdown.
 pub struct Runtime {
     pub admission: Admission,
@@ -40,7 +52,7 @@ pub struct Runtime {
     /// keep-alive connections to backends in the plain-HTTP pools, one descriptor each, which
     /// count against it; raised to have every worker close its idle ones when room is short.
     pub fd_room: AtomicUsize,
-    pub pooled: AtomicUsize,
+    pub pooled: Padded<AtomicUsize>,
     pub close_idle: tokio::sync::Notify,
     /// wss certificate sets loaded after the first, and loads that failed (old set kept).
     pub tls_reloads: AtomicU64,
@@ -84,7 +96,7 @@ impl ProxyState {
                 open: AtomicUsize::new(0),
                 max_open: AtomicUsize::new(0),
                 fd_room: AtomicUsize::new(0),
-                pooled: AtomicUsize::new(0),
+                pooled: Padded(AtomicUsize::new(0)),
                 close_idle: tokio::sync::Notify::new(),
                 tls_reloads: AtomicU64::new(0),
                 tls_reload_failures: AtomicU64::new(0),

@@ -37,7 +37,8 @@ async fn idle_backend_connections_make_room_for_clients_when_descriptors_run_sho
     let s = proxy.status().await.unwrap();
     assert_eq!(s["max_connections"].as_u64(), Some(36), "{s}");
 
-    // 16 overlapping requests leave 16 idle backend connections once their clients are gone.
+    // Overlapping requests leave idle backend connections once their clients are gone (how
+    // many depends on how far they overlapped: one is enough to make the point).
     let requests = (0..16).map(|_| {
         let addr = proxy.ws.clone();
         tokio::spawn(async move {
@@ -50,26 +51,28 @@ async fn idle_backend_connections_make_room_for_clients_when_descriptors_run_sho
     }
     let s = eventually("the clients to be gone and their backend connections idle", LONG, || async {
         let s = proxy.status().await?;
-        (s["open_connections"].as_u64() == Some(0) && s["idle_backend_connections"].as_u64() >= Some(16)).then_some(s)
+        (s["open_connections"].as_u64() == Some(0) && s["idle_backend_connections"].as_u64() >= Some(1)).then_some(s)
     })
     .await;
     let pooled = s["idle_backend_connections"].as_u64().unwrap();
 
-    // Every client slot is usable: the idle connections go (within seconds, not the 30 s
-    // they would idle), and the backend is never blamed.
+    // Every client slot is usable at the first try: the idle connections go (the client that
+    // finds them in its way is let in while every worker closes its own), rather than idling
+    // their 30 s; and the backend is never blamed.
     let mut held = Vec::new();
     for i in 0..36 {
-        let (ws, _) =
-            eventually(&format!("WebSocket {i} of 36 with {pooled} idle backend connections"), LONG, || async {
-                ws_connect(&proxy.ws, "/", &[]).await.ok()
-            })
-            .await;
-        held.push(ws);
+        let r = ws_connect(&proxy.ws, "/", &[]).await;
+        held.push(r.unwrap_or_else(|e| panic!("WebSocket {i} of 36 with {pooled} idle backend connections: {e}")).0);
     }
     let e = ws_connect(&proxy.ws, "/", &[]).await.map(|_| ()).expect_err("the 37th is over the room");
     assert!(e.to_string().contains("503"), "{e}");
-    let s = proxy.status().await.unwrap();
-    assert_eq!(s["idle_backend_connections"].as_u64(), Some(0), "{s}");
+    let s = eventually("every worker's idle connections closed", LONG, || async {
+        let s = proxy.status().await?;
+        (s["idle_backend_connections"].as_u64() == Some(0)).then_some(s)
+    })
+    .await;
     assert_eq!(s["open_connections"].as_u64(), Some(36), "{s}");
+    assert_eq!(s["handshake_failures"]["max_connections"].as_u64(), Some(1), "only the 37th: {s}");
+    assert!(s["handshake_failures"]["no_backend"].is_null(), "the backend was never out of use: {s}");
     echo(&mut held[35], tokio_tungstenite::tungstenite::Message::text("last")).await.unwrap();
 }

@@ -122,16 +122,17 @@ async fn serve(listener: TcpListener, state: Arc<ProxyState>, ctx: Arc<Ctx>, tls
             },
         };
         state.runtime.accepted.fetch_add(1, Relaxed);
-        if !crate::fds::reserve(&state.runtime) {
-            refuse_at_accept(&state, &sock, peer, tls, Reject::OverCapacity, Some(1));
-            continue;
-        }
         // A client IP's new connections per second, counted here, before TLS or a head: a
         // client holding half-finished handshakes takes no more slots than its rate allows.
+        // First, so that a client over its rate costs nothing else (no idle backend
+        // connection is closed to make it room).
         let per_ip = state.table.load().settings.max_connections_per_ip_per_sec;
         if per_ip > 0 && state.runtime.admission.admit(peer.ip(), 0, per_ip).is_err() {
-            drop(crate::fds::Slot::adopt(&state.runtime));
             refuse_at_accept(&state, &sock, peer, tls, Reject::ClientRate, Some(1 + rand::random::<u64>() % 5));
+            continue;
+        }
+        if !crate::fds::reserve(&state.runtime) {
+            refuse_at_accept(&state, &sock, peer, tls, Reject::OverCapacity, Some(1));
             continue;
         }
         let _ = sock.set_nodelay(true);

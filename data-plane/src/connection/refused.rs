@@ -7,7 +7,10 @@ use std::time::Duration;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 
 /// Relays the refusal in `resp` (its head is `head_len` bytes; what follows is body already
-/// read) and the rest of its body, for at most `limit`, or until the client goes away.
+/// read) and the rest of its body, for at most `limit`: the head and what came with it first,
+/// then the rest until its length, the backend's close, the client's, or `limit`. A chunked
+/// body from a backend that keeps its connection open ends at `limit` (the handshake timeout)
+/// unless the client, which can tell where it ends, leaves first.
 pub(super) async fn relay<C, B>(client: &mut C, backend: &mut B, mut resp: Vec<u8>, head_len: usize, limit: Duration)
 where
     C: AsyncRead + AsyncWrite + Unpin,
@@ -15,33 +18,38 @@ where
 {
     let mut body = resp.split_off(head_len);
     let length = body_length(&resp);
-    resp.truncate(head_len - 2);
-    resp.extend_from_slice(b"Connection: close\r\n\r\n");
+    crate::handshake::add_header(&mut resp, b"Connection: close");
     if let Some(n) = length {
         body.truncate(n.min(body.len() as u64) as usize);
     }
     let rest = length.map(|n| n - body.len() as u64);
-    let (mut from_client, mut to_client) = tokio::io::split(client);
-    let answer = async {
-        to_client.write_all(&resp).await?;
-        to_client.write_all(&body).await?;
-        match rest {
-            Some(n) => tokio::io::copy(&mut backend.take(n), &mut to_client).await?,
-            None => tokio::io::copy(backend, &mut to_client).await?,
+    let _ = tokio::time::timeout(limit, async {
+        client.write_all(&resp).await?;
+        client.write_all(&body).await?;
+        client.flush().await?;
+        if rest == Some(0) {
+            return Ok(());
+        }
+        let (mut from_client, mut to_client) = tokio::io::split(client);
+        let copy = async {
+            match rest {
+                Some(n) => tokio::io::copy(&mut backend.take(n), &mut to_client).await?,
+                None => tokio::io::copy(backend, &mut to_client).await?,
+            };
+            to_client.flush().await
         };
-        to_client.flush().await
-    };
-    // Whatever the client sends now is not read as a request; its close ends the relay (a
-    // chunked body from a backend that keeps its connection open would otherwise be waited
-    // on until `limit`).
-    let gone = async {
-        let mut sink = [0u8; 512];
-        while matches!(from_client.read(&mut sink).await, Ok(n) if n > 0) {}
-    };
-    tokio::select! {
-        _ = tokio::time::timeout(limit, answer) => {}
-        _ = gone => {}
-    }
+        // Whatever the client sends now is not read as a request; its close ends the relay.
+        let gone = async {
+            let mut sink = [0u8; 512];
+            while matches!(from_client.read(&mut sink).await, Ok(n) if n > 0) {}
+        };
+        tokio::select! {
+            biased;
+            r = copy => r,
+            _ = gone => Ok(()),
+        }
+    })
+    .await;
 }
 
 /// How many body bytes follow `head`: none for 204 and 304, `Content-Length`'s value, or

@@ -2,11 +2,12 @@
 //! connection to a backend (TLS when configured), and turning both into relay streams.
 
 use std::net::SocketAddr;
+use std::sync::atomic::Ordering::Relaxed;
 
 use tokio::net::TcpStream;
 use tokio_util::either::Either;
 
-use super::{handshake_timeout, Ctx};
+use super::{handshake_timeout, Ctx, Tuning};
 use crate::relay::Stream;
 use crate::state::ProxyState;
 use crate::tls::edge::{self, EdgeTls};
@@ -112,6 +113,29 @@ pub fn backend_stream(c: BackendIo) -> Stream {
             Stream::tls(tcp, conn)
         }
     }
+}
+
+/// Passive health: a backend this proxy could not connect to gets no new connections or
+/// requests from it for a while.
+pub(crate) fn eject_locally(
+    state: &ProxyState,
+    b: &crate::table::BackendEntry,
+    pool: &str,
+    tuning: &Tuning,
+    why: &BackendFail,
+) {
+    if let BackendFail::Local(_) = why {
+        // Once per 10 s at most: a shortage fails every connect at once.
+        static WARNED_MS: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+        let (now, last) = (state.registry.now_ms(), WARNED_MS.load(Relaxed));
+        if now.saturating_sub(last) >= 10_000 && WARNED_MS.compare_exchange(last, now, Relaxed, Relaxed).is_ok() {
+            tracing::warn!(backend = %b.backend.address, pool, "{why}; the backend is not ejected");
+        }
+        return;
+    }
+    b.stats.connect_failures.fetch_add(1, Relaxed);
+    b.stats.ejected_until_ms.store(state.registry.now_ms() + tuning.eject_for.as_millis() as u64, Relaxed);
+    tracing::warn!(backend = %b.backend.address, pool, "{why}; ejected locally");
 }
 
 #[cfg(test)]

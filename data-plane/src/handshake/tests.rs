@@ -122,3 +122,15 @@ fn the_header_count_is_bounded_by_bytes_only() {
     let head = GOOD.replace("\r\n\r\n", &format!("\r\n{many}\r\n"));
     assert_eq!(parse_request(head.as_bytes()).unwrap().headers.len(), 2008);
 }
+
+#[test]
+fn a_header_added_to_a_head_ends_it_in_crlf_whatever_it_ended_in() {
+    for head in ["HTTP/1.1 401 No\r\nA: 1\r\n\r\n", "HTTP/1.1 401 No\nA: 1\n\n", "HTTP/1.1 401 No\r\nA: 1\r\n\n"] {
+        let mut h = head.as_bytes().to_vec();
+        add_header(&mut h, b"Connection: close");
+        assert_eq!(
+            String::from_utf8(h).unwrap().replace("\r\n", "|").replace('\n', "|"),
+            "HTTP/1.1 401 No|A: 1|Connection: close||"
+        );
+    }
+}

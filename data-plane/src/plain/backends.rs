@@ -64,7 +64,9 @@ pub fn checkout(pool: &str, tag: u64, backend: &str, pooled: &AtomicUsize) -> Op
 fn expire(list: &mut Vec<(Sender, Instant)>, now: Instant, pooled: &AtomicUsize) {
     let before = list.len();
     list.retain(|(tx, since)| now.saturating_duration_since(*since) < IDLE_FOR && !tx.is_closed());
-    pooled.fetch_sub(before - list.len(), Relaxed);
+    if list.len() < before {
+        pooled.fetch_sub(before - list.len(), Relaxed);
+    }
 }
 
 /// Gives `tx` back for the next request to `backend` of `pool`, once its response is over

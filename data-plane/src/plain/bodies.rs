@@ -45,10 +45,14 @@ pub struct Counts {
 
 /// Whether a client's body error is the client breaking its framing (a bad chunk size line,
 /// say) rather than its connection ending: hyper's decoder says the first with
-/// `InvalidData`/`InvalidInput`.
+/// `InvalidData`/`InvalidInput`, which a TLS connection's own failure (a bad record, an
+/// alert) also uses, with a rustls error inside.
 fn is_malformed(e: &hyper::Error) -> bool {
-    let io = std::error::Error::source(e).and_then(|c| c.downcast_ref::<std::io::Error>());
-    matches!(io.map(|e| e.kind()), Some(std::io::ErrorKind::InvalidData | std::io::ErrorKind::InvalidInput))
+    let Some(io) = std::error::Error::source(e).and_then(|c| c.downcast_ref::<std::io::Error>()) else {
+        return false;
+    };
+    let tls = io.get_ref().is_some_and(|inner| inner.is::<rustls::Error>());
+    !tls && matches!(io.kind(), std::io::ErrorKind::InvalidData | std::io::ErrorKind::InvalidInput)
 }
 
 /// A client's request body: fails with [`TooLarge`] once more than `max` bytes came, and

@@ -206,7 +206,9 @@ impl State {
     }
 
     fn gone(&self) -> io::Error {
-        io::Error::new(io::ErrorKind::InvalidData, "TLS connection has no keys")
+        // A rustls error inside, as for every TLS failure: what reads it can tell TLS from the
+        // bytes it carries (see `plain::bodies`).
+        io::Error::new(io::ErrorKind::InvalidData, rustls::Error::General("TLS connection has no keys".into()))
     }
 
     /// Marks the connection failed, with the alert rustls queued saying why in `outbox`.
@@ -387,7 +389,8 @@ impl EdgeTls {
                     start = 0;
                 }
                 if used == inb.len() {
-                    break Err(io::Error::new(io::ErrorKind::InvalidData, "TLS message too large"));
+                    let e = rustls::Error::General("TLS message too large".into());
+                    break Err(io::Error::new(io::ErrorKind::InvalidData, e));
                 }
                 let end = inb.len().min(used + READ);
                 match crate::relay::read_socket(&self.tcp, &mut inb[used..end]) {
