@@ -24,6 +24,9 @@ pub enum Format {
     Json,
 }
 
+/// The widest a column is padded to.
+const MAX_WIDTH: usize = 200;
+
 /// Prints `rows` under `headers` with aligned columns.
 fn table(headers: &[&str], rows: &[Vec<String>]) {
     let mut widths: Vec<usize> = headers.iter().map(|h| h.len()).collect();
@@ -33,7 +36,9 @@ fn table(headers: &[&str], rows: &[Vec<String>]) {
         }
     }
     let line = |cells: Vec<&str>| {
-        let s: Vec<String> = cells.iter().enumerate().map(|(i, c)| format!("{:<w$}", c, w = widths[i])).collect();
+        // Columns are aligned up to a width; a longer cell runs past (a width over u16 panics).
+        let s: Vec<String> =
+            cells.iter().enumerate().map(|(i, c)| format!("{:<w$}", c, w = widths[i].min(MAX_WIDTH))).collect();
         outln!("{}", s.join("  ").trim_end());
     };
     line(headers.to_vec());
@@ -381,4 +386,13 @@ pub fn dev_banner(
 
 fn flush() {
     let _ = std::io::stdout().flush();
+}
+
+#[cfg(test)]
+mod width_tests {
+    /// A cell wider than a format width may be (u16) is printed, not a panic.
+    #[test]
+    fn a_cell_wider_than_any_format_width_prints() {
+        super::table(&["ZONE"], &[vec!["z".repeat(70_000)]]);
+    }
 }

@@ -17,6 +17,7 @@ pub const DEFAULT_WEIGHT: u32 = 1;
 pub const DEFAULT_DRAIN_TIMEOUT_MS: u64 = 30_000;
 pub const DEFAULT_AFFINITY_TTL_MS: u64 = 30 * 60 * 1000;
 const MAX_NAME: usize = 63;
+const DAY_MS: u64 = 24 * 3600 * 1000;
 
 fn invalid(msg: impl Into<String>) -> ApiError {
     ApiError::InvalidArgument(msg.into())
@@ -104,6 +105,9 @@ pub fn pool(mut p: Pool) -> Result<Pool, ApiError> {
             p.affinity_ttl_ms = DEFAULT_AFFINITY_TTL_MS;
         }
     }
+    if p.affinity_ttl_ms > 30 * DAY_MS {
+        return Err(invalid("affinity TTL must be at most 30 days"));
+    }
     if p.drain_timeout_ms == 0 {
         p.drain_timeout_ms = DEFAULT_DRAIN_TIMEOUT_MS;
     }
@@ -127,7 +131,28 @@ pub fn pool(mut p: Pool) -> Result<Pool, ApiError> {
     Ok(p)
 }
 
+/// The longest free-text value stored beside a backend or route (a zone, a label, a path):
+/// it is replicated to every node and proxy and shown in every listing.
+const MAX_TEXT: usize = 1024;
+
+fn text(what: &str, v: &str) -> Result<(), ApiError> {
+    if v.len() > MAX_TEXT {
+        return Err(invalid(format!("{what} is {} bytes, over the limit of {MAX_TEXT}", v.len())));
+    }
+    if v.chars().any(char::is_control) {
+        return Err(invalid(format!("{what} {v:?} holds control characters")));
+    }
+    Ok(())
+}
+
 fn health_check(hc: &HealthCheck) -> Result<(), ApiError> {
+    text("health check path", &hc.path)?;
+    if !hc.path.is_empty() && !hc.path.starts_with('/') {
+        return Err(invalid(format!("health check path {:?} must start with '/'", hc.path)));
+    }
+    if hc.path.contains(' ') {
+        return Err(invalid(format!("health check path {:?} holds a space", hc.path)));
+    }
     let kind = HealthCheckKind::try_from(hc.kind).map_err(|_| invalid("unknown health check kind"))?;
     if kind == HealthCheckKind::HealthCheckNone {
         return Ok(());
@@ -160,6 +185,14 @@ pub fn backend(mut b: Backend) -> Result<Backend, ApiError> {
         b.admin_state = AdminState::Active as i32;
     }
     admin_state(b.admin_state)?;
+    text("zone", &b.zone)?;
+    if b.labels.len() > 64 {
+        return Err(invalid(format!("{} labels, over the limit of 64", b.labels.len())));
+    }
+    for (k, v) in &b.labels {
+        text("label name", k)?;
+        text("label value", v)?;
+    }
     b.health = 0;
     b.updated_revision = 0;
     Ok(b)
@@ -183,6 +216,7 @@ pub fn route(mut r: Route) -> Result<Route, ApiError> {
             return Err(invalid(format!("route host {:?} is not a host name", r.host)));
         }
     }
+    text("path prefix", &r.path_prefix)?;
     if !r.path_prefix.is_empty() && !r.path_prefix.starts_with('/') {
         return Err(invalid(format!("path prefix {:?} must start with '/'", r.path_prefix)));
     }
@@ -209,11 +243,11 @@ pub fn settings(s: &Settings) -> Result<(), ApiError> {
     if !(125..=1024 * 1024 * 1024).contains(&s.max_message_bytes) {
         return Err(invalid("max message bytes must be between 125 B and 1 GiB"));
     }
-    if s.idle_timeout_ms != 0 && s.idle_timeout_ms < 1000 {
-        return Err(invalid("idle timeout must be 0 (off) or at least 1s"));
+    if s.idle_timeout_ms != 0 && !(1000..=7 * DAY_MS).contains(&s.idle_timeout_ms) {
+        return Err(invalid("idle timeout must be 0 (off) or between 1s and 7 days"));
     }
-    if s.ping_interval_ms != 0 && s.ping_interval_ms < 100 {
-        return Err(invalid("ping interval must be 0 (off) or at least 100ms"));
+    if s.ping_interval_ms != 0 && !(100..=3600 * 1000).contains(&s.ping_interval_ms) {
+        return Err(invalid("ping interval must be 0 (off) or between 100ms and 1h"));
     }
     Ok(())
 }
@@ -221,6 +255,33 @@ pub fn settings(s: &Settings) -> Result<(), ApiError> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn stored_text_and_durations_are_bounded() {
+        let mut b = Backend { pool: "p".into(), address: "127.0.0.1:80".into(), weight: 1, ..Default::default() };
+        b.zone = "z".repeat(MAX_TEXT + 1);
+        assert!(backend(b.clone()).is_err());
+        b.zone = "eu-1".into();
+        assert!(backend(b).is_ok());
+        let hc = |path: &str| HealthCheck {
+            kind: HealthCheckKind::HealthCheckWebsocket as i32,
+            interval_ms: 1000,
+            timeout_ms: 500,
+            rise: 1,
+            fall: 1,
+            path: path.into(),
+        };
+        assert!(health_check(&hc("no slash")).is_err());
+        assert!(health_check(&hc("/ok")).is_ok());
+        let base = Settings {
+            handshake_timeout_ms: 1000,
+            max_header_bytes: 4096,
+            max_message_bytes: 1 << 20,
+            ..Default::default()
+        };
+        assert!(settings(&Settings { idle_timeout_ms: u64::MAX, ..base }).is_err());
+        assert!(settings(&Settings { idle_timeout_ms: 60_000, ..base }).is_ok());
+    }
 
     #[test]
     fn addresses() {

@@ -63,8 +63,10 @@ pub(super) async fn run(ctx: &mut Ctx, c: PoolCmd) -> Result<()> {
     Ok(())
 }
 
+/// Milliseconds, saturating: a duration past u64 milliseconds is sent as the largest, which
+/// the server refuses as out of range, instead of wrapping to a small one.
 fn ms(d: std::time::Duration) -> u64 {
-    d.as_millis() as u64
+    u64::try_from(d.as_millis()).unwrap_or(u64::MAX)
 }
 
 fn tls_given(o: &PoolOpts) -> bool {
