@@ -16,6 +16,7 @@ use std::time::Duration;
 use switchyard_model::version::{self, max_feature_level};
 use switchyard_proto::raft::Empty;
 use switchyard_proto::v1::Member;
+use tonic::Code;
 
 use crate::node::context::NodeCtx;
 use crate::node::leader;
@@ -92,19 +93,42 @@ pub async fn ask(ctx: &NodeCtx, members: &[Member]) -> BTreeMap<NodeId, Runs> {
     futures::future::join_all(asks).await.into_iter().flatten().collect()
 }
 
-/// Refuses to add a node that says it cannot run the cluster's level (it would stop at the
-/// first entry it applied); one that does not answer is left to refuse by itself.
+/// Refuses to add a node that is not the one named: an address another member already has
+/// (a second id for one node would count one disk twice toward a quorum), a node that says it
+/// is another id, belongs to another cluster or refuses us, or one that says it cannot run the
+/// cluster's level (it would stop at the first entry it applied). One that does not answer
+/// is added: a learner catches up before it may be promoted, and it refuses by itself.
 pub async fn check_joiner(ctx: &NodeCtx, id: NodeId, addr: &str) -> Result<(), String> {
-    let level = ctx.shared.read().state.feature_level();
-    let joiner = Member { id, address: addr.to_string(), ..Default::default() };
-    match ask(ctx, std::slice::from_ref(&joiner)).await.remove(&id) {
-        Some(r) if r.max_level < level => Err(format!(
-            "node {id} runs {}, max feature level {}, and the cluster runs at {level}: upgrade it before adding it",
-            if r.version.is_empty() { "a version from before feature levels" } else { &r.version },
-            r.max_level
-        )),
-        _ => Ok(()),
+    if let Some(m) = ctx.members().iter().find(|m| m.address.eq_ignore_ascii_case(addr)) {
+        return Err(format!("{addr} is node {}'s address", m.id));
     }
+    let Ok(mut client) = ctx.clients.get(addr) else { return Ok(()) };
+    let mut req = tonic::Request::new(Empty {});
+    req.set_timeout(ASK_TIMEOUT);
+    ctx.cluster_id.attach(&mut req);
+    let r = match tokio::time::timeout(ASK_TIMEOUT, client.initialized(req)).await {
+        Err(_) => return Ok(()),
+        Ok(Err(s)) if matches!(s.code(), Code::Unavailable | Code::DeadlineExceeded | Code::Cancelled) => return Ok(()),
+        Ok(Err(s)) => return Err(format!("the node at {addr} refused this cluster: {}", s.message())),
+        Ok(Ok(r)) => r.into_inner(),
+    };
+    if r.node_id != id {
+        return Err(format!("the node at {addr} is node {}, not node {id}", r.node_id));
+    }
+    if let (Some(ours), false) = (ctx.cluster_id.get(), r.cluster_id.is_empty()) {
+        if r.cluster_id != ours {
+            return Err(format!("the node at {addr} belongs to another cluster ({})", r.cluster_id));
+        }
+    }
+    let level = ctx.shared.read().state.feature_level();
+    let max_level = r.max_feature_level.max(1);
+    if max_level < level {
+        return Err(format!(
+            "node {id} runs {}, max feature level {max_level}, and the cluster runs at {level}: upgrade it before adding it",
+            if r.version.is_empty() { "a version from before feature levels" } else { &r.version },
+        ));
+    }
+    Ok(())
 }
 
 /// `members` with what each runs filled in, as far as they answered.

@@ -96,6 +96,12 @@ async fn bad_admin_requests_get_the_right_codes_and_reasons() {
         "already a member",
     );
     expect_code(a.add_node(AddNodeRequest { id: 5, address: "nope".into() }).await, Code::InvalidArgument, "host:port");
+    // A second id for a member's address would count one node twice toward a quorum.
+    expect_code(
+        a.add_node(AddNodeRequest { id: 5, address: addr.clone() }).await,
+        Code::FailedPrecondition,
+        "is node 1's address",
+    );
 
     // None of that changed anything but what succeeded.
     let t = query(&addr).get_topology(ReadRequest::default()).await.unwrap().into_inner();
