@@ -317,7 +317,7 @@ pub fn parse_metrics_listen(s: &str) -> Result<Option<SocketAddr>, NodeError> {
 
 /// Parses `1=host:port,2=host:port`.
 pub fn parse_initial_cluster(s: &str) -> Result<BTreeMap<NodeId, String>, NodeError> {
-    let mut out = BTreeMap::new();
+    let mut out: BTreeMap<NodeId, String> = BTreeMap::new();
     for part in s.split(',').map(str::trim).filter(|p| !p.is_empty()) {
         let (id, addr) = part
             .split_once('=')
@@ -327,6 +327,11 @@ pub fn parse_initial_cluster(s: &str) -> Result<BTreeMap<NodeId, String>, NodeEr
         let addr = addr.trim();
         crate::validate::address(addr)
             .map_err(|_| NodeError::Config(format!("--initial-cluster: {addr:?} is not host:port")))?;
+        if let Some((other, _)) = out.iter().find(|(_, a)| a.eq_ignore_ascii_case(addr)) {
+            return Err(NodeError::Config(format!(
+                "--initial-cluster gives nodes {other} and {id} one address, {addr}"
+            )));
+        }
         if out.insert(id, addr.to_string()).is_some() {
             return Err(NodeError::Config(format!("--initial-cluster names node {id} twice")));
         }
@@ -390,6 +395,7 @@ mod tests {
         let m = parse_initial_cluster("1=127.0.0.1:7401, 2=127.0.0.1:7402").unwrap();
         assert_eq!(m[&2], "127.0.0.1:7402");
         assert!(parse_initial_cluster("1=a:1,1=b:2").is_err());
+        assert!(parse_initial_cluster("1=a:1,2=a:1").is_err(), "two nodes at one address");
         assert!(parse_initial_cluster("x=a:1").is_err());
         assert!(parse_initial_cluster("1=nope").is_err());
     }
