@@ -50,10 +50,18 @@ pub fn name(kind: &str, n: &str) -> Result<(), ApiError> {
 /// A backend address: `host:port`, host an IP (v6 in brackets) or a DNS name.
 pub fn address(a: &str) -> Result<(), ApiError> {
     let bad = |why: &str| invalid(format!("backend address {a:?}: {why} (want host:port)"));
-    let (host, port) = a.rsplit_once(':').ok_or_else(|| bad("no port"))?;
-    let port: u16 = port.parse().map_err(|_| bad("port is not a number from 1 to 65535"))?;
+    let (host, port_text) = a.rsplit_once(':').ok_or_else(|| bad("no port"))?;
+    let port: u16 = port_text.parse().map_err(|_| bad("port is not a number from 1 to 65535"))?;
     if port == 0 {
         return Err(bad("port 0"));
+    }
+    // One spelling per address: `:029001` or `:+29001` beside `:29001` would be two backends
+    // for one server, with its weight counted twice.
+    if port.to_string() != port_text {
+        return Err(bad("port written with a sign or leading zeros"));
+    }
+    if !host.starts_with('[') && host.contains(':') {
+        return Err(bad("an IPv6 address goes in brackets"));
     }
     if let Some(v6) = host.strip_prefix('[').and_then(|h| h.strip_suffix(']')) {
         return v6.parse::<std::net::Ipv6Addr>().map(|_| ()).map_err(|_| bad("bad IPv6 address"));
@@ -281,6 +289,16 @@ mod tests {
         };
         assert!(settings(&Settings { idle_timeout_ms: u64::MAX, ..base }).is_err());
         assert!(settings(&Settings { idle_timeout_ms: 60_000, ..base }).is_ok());
+    }
+
+    #[test]
+    fn addresses_have_one_spelling() {
+        for a in ["127.0.0.1:029001", "127.0.0.1:+29001", "::1:80"] {
+            assert!(address(a).is_err(), "{a}");
+        }
+        for a in ["127.0.0.1:29001", "[::1]:80", "example.com:80"] {
+            assert!(address(a).is_ok(), "{a}");
+        }
     }
 
     #[test]
