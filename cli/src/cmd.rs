@@ -14,6 +14,12 @@ mod snapshot;
 mod token;
 mod watch;
 
+/// Milliseconds, saturating: a duration past u64 milliseconds is sent as the largest, which
+/// the server refuses as out of range, instead of wrapping to a small one.
+fn millis(d: std::time::Duration) -> u64 {
+    u64::try_from(d.as_millis()).unwrap_or(u64::MAX)
+}
+
 use anyhow::Result;
 
 use crate::args::RemoteCmd;

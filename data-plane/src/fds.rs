@@ -66,7 +66,6 @@ pub fn reserve(rt: &Runtime) -> bool {
     }
     if !capped && rt.pooled.load(Relaxed) > 0 {
         crate::plain::close_idle(rt);
-        rt.close_idle.notify_waiters();
         return true;
     }
     rt.open.fetch_sub(1, Relaxed);

@@ -27,7 +27,7 @@ use hyper::body::{Body as _, Bytes, Incoming};
 use hyper::header::{self, HeaderName, HeaderValue};
 use hyper::{Request, Response, StatusCode, Version};
 
-use self::answers::{own, refusal, too_large, Pending};
+use self::answers::{own, own_closing, refusal, too_large, Pending};
 use self::bodies::{Counts, Limited, Relayed};
 use self::client::{Activity, Busy, Prefixed};
 use self::headers::{strip_hop_by_hop, Forwarding};
@@ -153,10 +153,11 @@ fn view(req: &Request<Incoming>) -> Result<handshake::Upgrade, &'static str> {
     })
 }
 
-/// Closes this worker's idle backend connections, for the descriptor budget (see
-/// [`crate::fds::reserve`]); returns how many.
-pub fn close_idle(rt: &crate::state::Runtime) -> usize {
-    backends::close_idle(&rt.pooled)
+/// Closes this worker's idle backend connections at once and asks every other worker to close
+/// its own: they are the descriptors the proxy can give back (see [`crate::fds::reserve`]).
+pub fn close_idle(rt: &crate::state::Runtime) {
+    backends::close_idle(&rt.pooled);
+    rt.close_idle.notify_waiters();
 }
 
 /// Lasts as long as a response: the request counts as a connection to its backend (for least
@@ -226,9 +227,7 @@ async fn handle(
         headers::bad_framing(req.headers(), true)
     };
     if let Some(why) = unsupported {
-        let mut r = own(state, rec.1.take(), StatusCode::NOT_IMPLEMENTED, "not_implemented", why, None);
-        r.headers_mut().insert(header::CONNECTION, HeaderValue::from_static("close"));
-        return r;
+        return own_closing(state, rec.1.take(), StatusCode::NOT_IMPLEMENTED, "not_implemented", why);
     }
     if req.headers().get_all(header::UPGRADE).iter().any(|v| handshake::has_token(v.as_bytes(), "websocket")) {
         // A WebSocket upgrade is taken on a connection's first request only, where it gets
@@ -370,30 +369,18 @@ async fn handle(
         Ok(Ok(r)) => r,
         Ok(Err(_)) if counts.over.load(Relaxed) => return too_large(state, rec.1.take()),
         Ok(Err(_)) if counts.stalled.load(Relaxed) => {
-            let mut r = own(
-                state,
-                rec.1.take(),
-                StatusCode::REQUEST_TIMEOUT,
-                "body_timeout",
-                "request body not sent in time",
-                None,
-            );
-            r.headers_mut().insert(header::CONNECTION, HeaderValue::from_static("close"));
-            return r;
+            let why = "request body not sent in time";
+            return own_closing(state, rec.1.take(), StatusCode::REQUEST_TIMEOUT, "body_timeout", why);
         }
         Ok(Err(_)) if counts.malformed.load(Relaxed) => {
             let why = "malformed request body";
-            let mut r = own(state, rec.1.take(), StatusCode::BAD_REQUEST, "bad_request", why, None);
-            r.headers_mut().insert(header::CONNECTION, HeaderValue::from_static("close"));
-            return r;
+            return own_closing(state, rec.1.take(), StatusCode::BAD_REQUEST, "bad_request", why);
         }
         Ok(Err(_)) if counts.client_gone.load(Relaxed) => {
             // The client's connection ended inside its body: a client that only half-closed
             // reads a 400 (its body was incomplete); the log says who ended it.
             let why = "request body cut short";
-            let mut r = own(state, rec.1.take(), StatusCode::BAD_REQUEST, "client_closed", why, None);
-            r.headers_mut().insert(header::CONNECTION, HeaderValue::from_static("close"));
-            return r;
+            return own_closing(state, rec.1.take(), StatusCode::BAD_REQUEST, "client_closed", why);
         }
         Ok(Err(e)) => {
             tracing::debug!(backend = %address, "plain HTTP request failed: {e}");

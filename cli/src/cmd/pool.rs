@@ -63,12 +63,6 @@ pub(super) async fn run(ctx: &mut Ctx, c: PoolCmd) -> Result<()> {
     Ok(())
 }
 
-/// Milliseconds, saturating: a duration past u64 milliseconds is sent as the largest, which
-/// the server refuses as out of range, instead of wrapping to a small one.
-fn ms(d: std::time::Duration) -> u64 {
-    u64::try_from(d.as_millis()).unwrap_or(u64::MAX)
-}
-
 fn tls_given(o: &PoolOpts) -> bool {
     o.backend_tls.is_some() || o.backend_tls_ca.is_some() || o.backend_tls_server_name.is_some()
 }
@@ -127,7 +121,7 @@ fn apply_pool_opts(pool: &mut Pool, o: &PoolOpts) -> Vec<String> {
         set("affinity");
     }
     if let Some(t) = o.affinity_ttl {
-        pool.affinity_ttl_ms = ms(t);
+        pool.affinity_ttl_ms = super::millis(t);
         set("affinity_ttl_ms");
     }
     if let Some(m) = o.max_connections {
@@ -135,7 +129,7 @@ fn apply_pool_opts(pool: &mut Pool, o: &PoolOpts) -> Vec<String> {
         set("max_connections_per_backend");
     }
     if let Some(d) = o.drain_timeout {
-        pool.drain_timeout_ms = ms(d);
+        pool.drain_timeout_ms = super::millis(d);
         set("drain_timeout_ms");
     }
     if let Some(b) = o.max_body {
@@ -143,7 +137,7 @@ fn apply_pool_opts(pool: &mut Pool, o: &PoolOpts) -> Vec<String> {
         set("max_body_bytes");
     }
     if let Some(t) = o.response_timeout {
-        pool.response_timeout_ms = ms(t);
+        pool.response_timeout_ms = super::millis(t);
         set("response_timeout_ms");
     }
     let hc_given = o.health_check.is_some()
@@ -165,10 +159,10 @@ fn apply_pool_opts(pool: &mut Pool, o: &PoolOpts) -> Vec<String> {
             hc.kind = HealthCheckKind::from(k) as i32;
         }
         if let Some(d) = o.health_interval {
-            hc.interval_ms = ms(d) as u32;
+            hc.interval_ms = u32::try_from(super::millis(d)).unwrap_or(u32::MAX);
         }
         if let Some(d) = o.health_timeout {
-            hc.timeout_ms = ms(d) as u32;
+            hc.timeout_ms = u32::try_from(super::millis(d)).unwrap_or(u32::MAX);
         }
         if let Some(r) = o.health_rise {
             hc.rise = r;

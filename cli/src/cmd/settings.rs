@@ -30,8 +30,7 @@ pub(super) async fn run(ctx: &mut Ctx, c: SettingsCmd) -> Result<()> {
 fn apply_settings_opts(o: &SettingsOpts) -> (Settings, Vec<String>) {
     let mut s = Settings::default();
     let mut mask = Vec::new();
-    // Saturating: a duration past u64 milliseconds must not wrap to a small one.
-    let ms = |d: std::time::Duration| u64::try_from(d.as_millis()).unwrap_or(u64::MAX);
+    let ms = super::millis;
     if let Some(d) = o.handshake_timeout {
         s.handshake_timeout_ms = ms(d);
         mask.push("handshake_timeout_ms");

@@ -9,7 +9,7 @@ use crate::args::TokenCmd;
 pub(super) async fn run(ctx: &mut Ctx, c: TokenCmd) -> Result<()> {
     match c {
         TokenCmd::Create { role, ttl, name } => {
-            let ttl_ms = u64::try_from(ttl.as_millis()).unwrap_or(u64::MAX);
+            let ttl_ms = super::millis(ttl);
             let req = CreateTokenRequest { name, role, ttl_ms };
             let r = ctx.access(req, |mut c, r| async move { c.create_token(r).await }).await?;
             ctx.out.token_created(&r);

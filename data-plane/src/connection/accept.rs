@@ -110,7 +110,6 @@ async fn serve(listener: TcpListener, state: Arc<ProxyState>, ctx: Arc<Ctx>, tls
                     // the descriptors the proxy can give back at once), and accepting backs
                     // off instead of spinning.
                     crate::plain::close_idle(&state.runtime);
-                    state.runtime.close_idle.notify_waiters();
                     failed += 1;
                     if warned.is_none_or(|at| at.elapsed() >= Duration::from_secs(10)) {
                         tracing::warn!("accept: {e} ({failed} failed accepts since the last warning)");

@@ -60,6 +60,20 @@ pub(super) fn own(
         .expect("static response parts are valid")
 }
 
+/// [`own`], with `Connection: close`: after this answer the connection's framing can no
+/// longer be trusted (a body left unread, or broken).
+pub(super) fn own_closing(
+    state: &ProxyState,
+    rec: Option<Box<access_log::Record>>,
+    status: StatusCode,
+    termination: &'static str,
+    text: &str,
+) -> Response<RespBody> {
+    let mut r = own(state, rec, status, termination, text, None);
+    r.headers_mut().insert(header::CONNECTION, HeaderValue::from_static("close"));
+    r
+}
+
 /// A request's access-log record until its answer is decided: a client that leaves first
 /// (its connection closed before the backend answered) is logged as `client_closed`, with
 /// NGINX's 499.

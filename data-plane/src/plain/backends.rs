@@ -100,9 +100,9 @@ pub fn checkin(pool: &str, tag: u64, backend: &str, tx: Sender, state: &Arc<Prox
         }
     });
     if !SWEEPING.get() {
-        SWEEPING.set(true);
         if let Ok(rt) = tokio::runtime::Handle::try_current() {
             rt.spawn(sweep(state.clone()));
+            SWEEPING.set(true);
         }
     }
 }
@@ -131,17 +131,13 @@ async fn sweep(state: Arc<ProxyState>) {
     }
 }
 
-/// Closes every idle connection this worker holds (the descriptor budget is short); returns
-/// how many.
-pub fn close_idle(pooled: &AtomicUsize) -> usize {
+/// Closes every idle connection this worker holds (the descriptor budget is short).
+pub fn close_idle(pooled: &AtomicUsize) {
     IDLE.with(|idle| {
-        let mut n = 0;
         for (_, backends) in idle.borrow_mut().values_mut() {
-            n += backends.values().map(Vec::len).sum::<usize>();
+            pooled.fetch_sub(backends.values().map(Vec::len).sum(), Relaxed);
             backends.clear();
         }
-        pooled.fetch_sub(n, Relaxed);
-        n
     })
 }
 
