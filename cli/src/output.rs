@@ -11,6 +11,19 @@ use switchyard_proto::v1::*;
 mod access;
 mod view;
 
+/// Node ids as "1,2,3".
+fn ids(v: &[u64]) -> String {
+    v.iter().map(u64::to_string).collect::<Vec<_>>().join(",")
+}
+
+/// A voter change under way as `{"old_voters": [..], "new_voters": [..]}`, or null.
+fn joint_json(s: &ClusterStatusReply) -> Value {
+    if s.joint_new_voters.is_empty() {
+        return Value::Null;
+    }
+    json!({"old_voters": s.joint_old_voters, "new_voters": s.joint_new_voters})
+}
+
 #[cfg(test)]
 pub(crate) use view::{algorithm, health_check_kind};
 use view::{
@@ -210,6 +223,7 @@ impl Out {
                 "version": s.version,
                 "protocol": s.protocol,
                 "max_feature_level": s.max_feature_level,
+                "joint": joint_json(s),
                 "members": s.members.iter().map(member_status_json).collect::<Vec<_>>(),
             })),
             Format::Table => {
@@ -226,6 +240,14 @@ impl Out {
                 // A node from before feature levels does not send one.
                 let level = if s.feature_level == 0 { "unknown".to_string() } else { s.feature_level.to_string() };
                 outln!("feature level {level}");
+                if !s.joint_new_voters.is_empty() {
+                    outln!(
+                        "voter change under way: voters {} -> {}; until the leader finishes it, writes need a \
+                         majority of both sets",
+                        ids(&s.joint_old_voters),
+                        ids(&s.joint_new_voters)
+                    );
+                }
                 if s.security.starts_with("INSECURE") {
                     eprintln!(
                         "warning: node {} serves cleartext on a routable address (--insecure): anyone who can reach \

@@ -10,6 +10,7 @@ pub mod context;
 pub mod election;
 pub mod forward;
 pub mod heartbeat;
+pub mod joint;
 pub mod leader;
 pub mod proxies;
 pub mod serving;
@@ -159,6 +160,7 @@ impl Node {
         tokio::spawn(heartbeat::run(ctx.clone()));
         tokio::spawn(election::run(ctx.clone()));
         tokio::spawn(compaction::run(ctx.clone()));
+        tokio::spawn(joint::run(ctx.clone()));
         tokio::spawn(crate::fatal::watch(ctx.raft.clone(), ctx.fatal.clone(), shutdown.clone()));
         tokio::spawn(bootstrap::form_cluster(ctx.clone()));
         tokio::spawn(crate::health::run(ctx.clone()));

@@ -127,6 +127,10 @@ impl Query for QueryService {
         let m = self.0.raft.metrics().borrow().clone();
         // Every member is asked what it runs (in parallel, each within half a second).
         let members = crate::features::annotate(&self.0, self.0.members()).await;
+        let (joint_old_voters, joint_new_voters) = match crate::node::joint::joint_sets(&self.0) {
+            Some((old, new)) => (old.into_iter().collect(), new.into_iter().collect()),
+            None => (vec![], vec![]),
+        };
         Ok(Response::new(ClusterStatusReply {
             node_id: self.0.id,
             leader_id: m.current_leader.unwrap_or(0),
@@ -146,6 +150,8 @@ impl Query for QueryService {
             version: switchyard_model::version::VERSION.into(),
             protocol: switchyard_model::version::PROTOCOL.to_string(),
             max_feature_level: switchyard_model::version::max_feature_level(),
+            joint_old_voters,
+            joint_new_voters,
         }))
     }
 }

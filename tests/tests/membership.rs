@@ -1,0 +1,59 @@
+//! Voter changes cut short: what `cluster status` shows while one is under way, and that the
+//! leader finishes it once it can, with real nodes killed and restarted.
+
+use std::time::Duration;
+
+use switchyard_proto::v1::*;
+use switchyard_tests::*;
+
+fn voters(s: &ClusterStatusReply) -> Vec<u64> {
+    s.members.iter().filter(|m| m.role == MemberRole::Voter as i32).map(|m| m.id).collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_voter_removal_cut_short_is_shown_and_finished_by_the_leader() {
+    let _g = serial().await;
+    let mut c = Cluster::start(3, &[]).await;
+    let leader = c.leader(Duration::from_secs(10)).await;
+    let others: Vec<u64> = c.nodes.keys().copied().filter(|i| *i != leader).collect();
+    let (down, removed) = (others[0], others[1]);
+    let addr = c.nodes[&leader].addr.clone();
+
+    // With `down` dead, the joint configuration ({all three}, {leader, down}) cannot commit:
+    // its new set needs both. The call runs out of time after proposing it.
+    c.node(down).kill9();
+    let err = admin(&addr).remove_node(RemoveNodeRequest { id: removed }).await.unwrap_err();
+    assert!(
+        matches!(err.code(), tonic::Code::Unavailable | tonic::Code::DeadlineExceeded),
+        "the removal cannot finish without node {down}: {err:?}"
+    );
+    let s = status(&addr).await.expect("status from the leader");
+    let mut all: Vec<u64> = c.nodes.keys().copied().collect();
+    all.sort();
+    let mut kept = vec![leader, down];
+    kept.sort();
+    assert_eq!(s.joint_old_voters, all, "status shows the change under way: {s:?}");
+    assert_eq!(s.joint_new_voters, kept, "{s:?}");
+
+    // The CLI says so in words too.
+    let out = std::process::Command::new(bin("switchyard"))
+        .args(["--endpoints", &addr, "cluster", "status"])
+        .output()
+        .expect("run switchyard");
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(text.contains("voter change under way"), "{text}");
+
+    // Once `down` is back the joint entry commits, and with no call left to take the second
+    // step, the leader takes it: `removed` is gone and the status is uniform again.
+    c.node(down).start();
+    let s = eventually("the leader to finish the removal", Duration::from_secs(20), || async {
+        let s = status(&addr).await?;
+        (s.joint_new_voters.is_empty() && !s.members.iter().any(|m| m.id == removed)).then_some(s)
+    })
+    .await;
+    assert_eq!(voters(&s), kept, "{s:?}");
+    assert!(s.joint_old_voters.is_empty(), "{s:?}");
+    // Writes commit with the two voters left.
+    let pool = Pool { name: "after".into(), ..Default::default() };
+    admin(&addr).create_pool(CreatePoolRequest { pool: Some(pool) }).await.expect("write after the change");
+}
