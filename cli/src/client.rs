@@ -48,13 +48,15 @@ pub type Chan = InterceptedService<Channel, Bearer>;
 /// Which failures a call is tried again on, at the next endpoint.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Retry {
-    /// Reads, and writes without a request id: only when the node did not take the call.
+    /// Writes without a request id: only when the node did not take the call.
     NotTaken,
     /// Writes with a request id, resent with the same id: any UNAVAILABLE, even when the
     /// write may have committed, and UNKNOWN, which is how a connection that broke mid-call
     /// shows (the server itself never answers it), since the server applies an id once and
     /// answers a repeat with the first answer.
     Deduplicated,
+    /// Reads: asking again changes nothing, so the same failures as [`Retry::Deduplicated`].
+    Read,
 }
 
 pub struct Client {
@@ -105,12 +107,19 @@ impl Client {
     {
         let deadline = tokio::time::Instant::now() + Duration::from_secs(4);
         let mut last = None;
+        // The first failure after which a write may have been applied: what the caller must
+        // hear if no later attempt settles it, not the last node's "connection refused".
+        let mut maybe_applied: Option<Status> = None;
         loop {
             for _ in 0..self.channels.len() {
                 match f(self.channels[self.current].clone()).await {
                     Ok(v) => return Ok(v),
                     Err(s) if retryable(&s, retry) => {
-                        last = Some(self.explained(&s));
+                        let s = self.explained(&s);
+                        if maybe_applied.is_none() && may_have_applied(&s, retry) {
+                            maybe_applied = Some(s.clone());
+                        }
+                        last = Some(s);
                         self.current = (self.current + 1) % self.channels.len();
                     }
                     Err(s) if transport_mismatch(&s, self.tls).is_some() => return Err(self.explained(&s)),
@@ -118,7 +127,11 @@ impl Client {
                 }
             }
             if tokio::time::Instant::now() >= deadline {
-                return Err(last.unwrap_or_else(|| Status::unavailable("no endpoint answered")));
+                let last = last.unwrap_or_else(|| Status::unavailable("no endpoint answered"));
+                return Err(match maybe_applied {
+                    Some(first) => unsettled(first, &last),
+                    None => last,
+                });
             }
             tokio::time::sleep(Duration::from_millis(200)).await;
         }
@@ -164,10 +177,26 @@ fn transport_mismatch(s: &Status, tls: bool) -> Option<&'static str> {
 /// it may still commit and must not be applied twice, unless the server deduplicates it.
 fn retryable(s: &Status, retry: Retry) -> bool {
     match (s.code(), retry) {
-        (Code::Unavailable | Code::Unknown, Retry::Deduplicated) => true,
+        (Code::Unavailable | Code::Unknown, Retry::Deduplicated | Retry::Read) => true,
         (Code::Unavailable, Retry::NotTaken) => !grpc::outcome_unknown(s),
         _ => false,
     }
+}
+
+/// Whether a write that failed with `s` may still have been applied.
+fn may_have_applied(s: &Status, retry: Retry) -> bool {
+    retry != Retry::Read && (grpc::outcome_unknown(s) || s.code() == Code::Unknown)
+}
+
+/// The answer when every attempt failed but `first` may have been applied: unavailable,
+/// marked outcome unknown, saying so and what the last attempt met.
+fn unsettled(first: Status, last: &Status) -> Status {
+    let m = format!(
+        "{} (the write may have been applied: read before retrying; last attempt: {})",
+        first.message(),
+        last.message()
+    );
+    grpc::mark_outcome_unknown(Status::unavailable(m))
 }
 
 #[cfg(test)]
@@ -201,9 +230,29 @@ mod tests {
     }
 
     #[test]
+    fn reads_are_retried_on_a_broken_connection() {
+        assert!(retryable(&Status::unknown("h2 protocol error: connection reset"), Retry::Read));
+        assert!(retryable(&Status::unavailable("connection refused"), Retry::Read));
+        assert!(!may_have_applied(&Status::unknown("reset"), Retry::Read));
+    }
+
+    #[test]
+    fn an_unsettled_write_says_so_whatever_the_last_node_said() {
+        let first = with_outcome(Code::Unavailable, "n1: no quorum");
+        assert!(may_have_applied(&first, Retry::Deduplicated));
+        assert!(may_have_applied(&Status::unknown("reset"), Retry::Deduplicated));
+        assert!(!may_have_applied(&Status::unavailable("connection refused"), Retry::Deduplicated));
+        let s = unsettled(first, &Status::unavailable("n2: connection refused"));
+        assert!(grpc::outcome_unknown(&s));
+        assert_eq!(s.code(), Code::Unavailable);
+        assert!(s.message().contains("n1: no quorum") && s.message().contains("may have been applied"), "{s:?}");
+        assert!(s.message().contains("n2: connection refused"), "{s:?}");
+    }
+
+    #[test]
     fn other_codes_are_never_retried() {
         for code in [Code::InvalidArgument, Code::NotFound, Code::FailedPrecondition, Code::DeadlineExceeded] {
-            for retry in [Retry::NotTaken, Retry::Deduplicated] {
+            for retry in [Retry::NotTaken, Retry::Deduplicated, Retry::Read] {
                 assert!(!retryable(&Status::new(code, "x"), retry), "{code:?}");
             }
         }

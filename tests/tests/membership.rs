@@ -57,3 +57,31 @@ async fn a_voter_removal_cut_short_is_shown_and_finished_by_the_leader() {
     let pool = Pool { name: "after".into(), ..Default::default() };
     admin(&addr).create_pool(CreatePoolRequest { pool: Some(pool) }).await.expect("write after the change");
 }
+
+/// A node started with --join answers at once that it is not a member yet (it used to hold
+/// each call for the write timeout, then call a write's outcome unknown), so a client that
+/// lists it first goes on to a member.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_node_waiting_to_join_sends_callers_on_to_a_member() {
+    let _g = serial().await;
+    let c = Cluster::start(1, &[]).await;
+    let mut flags = test_flags();
+    flags.push("--join".into());
+    let n2 = ControlNode::spawn(2, reserve(), &c.dir.path().join("node-2"), &flags);
+
+    let pool = Pool { name: "p".into(), ..Default::default() };
+    let err = admin(&n2.addr).create_pool(CreatePoolRequest { pool: Some(pool) }).await.unwrap_err();
+    assert_eq!(err.code(), tonic::Code::Unavailable, "{err:?}");
+    assert!(err.message().contains("has not joined"), "{}", err.message());
+    assert!(!switchyard_model::grpc::outcome_unknown(&err), "nothing was proposed: {:?}", err.metadata());
+
+    // A membership call is not retried once its outcome is unknown, so this failed before.
+    let endpoints = format!("{},{}", n2.addr, c.nodes[&1].addr);
+    let out = std::process::Command::new(bin("switchyard"))
+        .args(["--endpoints", &endpoints, "--output", "json", "cluster", "add-node", "2", &n2.addr])
+        .output()
+        .expect("run switchyard");
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let members: serde_json::Value = serde_json::from_slice(&out.stdout).expect("json");
+    assert!(members.as_array().unwrap().iter().any(|m| m["id"] == 2), "{members}");
+}

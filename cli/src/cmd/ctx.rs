@@ -69,7 +69,7 @@ impl Ctx {
         F: Fn(AdminClient<Chan>, Req) -> Fut,
         Fut: Future<Output = Result<Response<T>, Status>>,
     {
-        self.call(Client::admin, req, f).await
+        self.call(Client::admin, Retry::NotTaken, req, f).await
     }
 
     /// A token or audit call: retried only when the node did not take it (a token create is
@@ -80,37 +80,38 @@ impl Ctx {
         F: Fn(AccessClient<Chan>, Req) -> Fut,
         Fut: Future<Output = Result<Response<T>, Status>>,
     {
-        self.call(Client::access, req, f).await
+        self.call(Client::access, Retry::NotTaken, req, f).await
     }
 
-    /// A read, like [`Ctx::membership`].
+    /// A read, asked again at the next node on any failure to answer (a broken connection
+    /// included): asking twice changes nothing.
     pub async fn query<Req, T, F, Fut>(&mut self, req: Req, f: F) -> Result<T>
     where
         Req: Clone,
         F: Fn(QueryClient<Chan>, Req) -> Fut,
         Fut: Future<Output = Result<Response<T>, Status>>,
     {
-        self.call(Client::query, req, f).await
+        self.call(Client::query, Retry::Read, req, f).await
     }
 
-    /// A stream from the discovery service, like [`Ctx::query`].
+    /// A stream from the discovery service, retried like [`Ctx::query`] until it opens.
     pub async fn discovery<Req, T, F, Fut>(&mut self, req: Req, f: F) -> Result<T>
     where
         Req: Clone,
         F: Fn(DiscoveryClient<Chan>, Req) -> Fut,
         Fut: Future<Output = Result<Response<T>, Status>>,
     {
-        self.call(Client::discovery, req, f).await
+        self.call(Client::discovery, Retry::Read, req, f).await
     }
 
     /// The request is cloned per attempt because the client may try several endpoints.
-    async fn call<S, Req, T, F, Fut>(&mut self, stub: fn(Chan) -> S, req: Req, f: F) -> Result<T>
+    async fn call<S, Req, T, F, Fut>(&mut self, stub: fn(Chan) -> S, retry: Retry, req: Req, f: F) -> Result<T>
     where
         Req: Clone,
         F: Fn(S, Req) -> Fut,
         Fut: Future<Output = Result<Response<T>, Status>>,
     {
-        Ok(self.client.call(Retry::NotTaken, |c| f(stub(c), req.clone())).await?.into_inner())
+        Ok(self.client.call(retry, |c| f(stub(c), req.clone())).await?.into_inner())
     }
 }
 

@@ -218,6 +218,14 @@ where
     Fut: Future<Output = Result<T, ExecError>>,
 {
     let timeout = ctx.config.write_timeout;
+    // A node started with --join knows no leader until it is added: waiting out the timeout
+    // for one would hold a client that could be asking a member instead.
+    if ctx.config.join && ctx.member_ids().is_empty() {
+        return Err(ApiError::Unavailable(format!(
+            "node {} has not joined a cluster yet (started with --join: add it with `cluster add-node`); ask a member",
+            ctx.id
+        )));
+    }
     let retrying = async {
         let mut backoff = Duration::from_millis(5);
         loop {
