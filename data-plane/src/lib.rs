@@ -55,6 +55,8 @@ pub enum StartError {
     WssIncomplete,
     #[error("cannot open the access log {0}: {1}")]
     AccessLog(String, std::io::Error),
+    #[error("--cache-file {0}: {1}")]
+    CacheFile(String, watch::cache::CacheError),
 }
 
 /// The sockets a proxy serves.
@@ -124,7 +126,11 @@ impl Proxy {
             }
         }
         let mut mirror = watch::mirror::Mirror::default();
-        if let Some((t, written)) = cfg.cache_file.as_deref().and_then(watch::cache::load) {
+        let cached = match cfg.cache_file.as_deref() {
+            Some(p) => watch::cache::open(p).map_err(|e| StartError::CacheFile(p.display().to_string(), e))?,
+            None => None,
+        };
+        if let Some((t, written)) = cached {
             mirror = watch::mirror::Mirror::from_topology(t);
             watch::install::install(&state, &mirror, &watch::mirror::Delta::All, "cache", written);
             tracing::warn!(

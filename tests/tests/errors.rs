@@ -235,3 +235,42 @@ async fn foreign_or_corrupt_data_dir_stops_the_node_with_a_message() {
     std::fs::write(&db, garbage).unwrap();
     refuses(1, &dir, "corrupt");
 }
+
+/// A mistyped `--cache-file` naming someone else's file stops the proxy with the path and
+/// leaves the file as it was; a proxy whose control-plane nodes all fail to answer says so.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_proxy_keeps_off_a_file_not_its_cache_and_says_when_no_node_answers() {
+    let dir = tempfile::tempdir().unwrap();
+    let dead = reserve().local_addr().unwrap().to_string(); // closed once the listener drops
+    let foreign = dir.path().join("proxy.toml");
+    let text = "# someone's config\nlisten = \"0.0.0.0:8080\"\n";
+    std::fs::write(&foreign, text).unwrap();
+    let args = |cache: &std::path::Path| {
+        ["--listen", "127.0.0.1:0", "--admin", "127.0.0.1:0", "--control-plane", &dead, "--cache-file"]
+            .map(String::from)
+            .into_iter()
+            .chain([cache.display().to_string()])
+            .collect::<Vec<_>>()
+    };
+    let (ok, err) = run_to_exit("switchyard-proxy", &args(&foreign));
+    assert!(!ok, "{err}");
+    assert!(err.contains(&foreign.display().to_string()) && err.contains("not a Switchyard config cache"), "{err}");
+    assert_eq!(std::fs::read_to_string(&foreign).unwrap(), text, "the file is untouched");
+
+    let log = dir.path().join("proxy.log");
+    let mut proxy = Proc::default();
+    proxy.set(
+        Command::new(bin("switchyard-proxy"))
+            .args(args(&dir.path().join("cache.pb")))
+            .env("RUST_LOG", "warn")
+            .stdout(std::process::Stdio::null())
+            .stderr(std::fs::File::create(&log).unwrap())
+            .spawn()
+            .expect("start the proxy"),
+    );
+    eventually("the proxy to say no node answers", Duration::from_secs(15), || async {
+        let text = std::fs::read_to_string(&log).ok()?;
+        text.contains("no control-plane node answers").then_some(())
+    })
+    .await;
+}

@@ -32,6 +32,10 @@ pub enum CacheError {
     Checksum,
     #[error("undecodable config: {0}")]
     Decode(#[from] prost::DecodeError),
+    #[error("the file is not a Switchyard config cache; refusing to overwrite it (move it away or name another)")]
+    Foreign,
+    #[error("{0}")]
+    Io(#[from] std::io::Error),
 }
 
 /// Frames an encoded topology for the file.
@@ -59,6 +63,26 @@ fn unframe(bytes: &[u8]) -> Result<Topology, CacheError> {
         return Err(CacheError::Checksum);
     }
     Ok(Topology::decode(payload)?)
+}
+
+/// The cache at start, with the time it was written: `None` when there is none or it is a
+/// damaged cache (it is then replaced), an error for a file this proxy must not overwrite:
+/// something that is not a cache at all (a mistyped path naming another file), or a path it
+/// cannot read or that is not a file.
+pub fn open(path: &Path) -> Result<Option<(Topology, SystemTime)>, CacheError> {
+    let meta = match std::fs::metadata(path) {
+        Ok(m) => m,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+        Err(e) => return Err(e.into()),
+    };
+    if !meta.is_file() {
+        return Err(CacheError::Io(std::io::Error::other("not a regular file")));
+    }
+    let bytes = std::fs::read(path)?;
+    if !bytes.is_empty() && !bytes.starts_with(&MAGIC[..bytes.len().min(MAGIC.len())]) {
+        return Err(CacheError::Foreign);
+    }
+    Ok(load(path))
 }
 
 /// Loads the cache file, if there is a usable one, with the time it was written.
@@ -131,6 +155,27 @@ mod tests {
         std::fs::write(&path, b"\xff\xff\xff not protobuf").unwrap();
         assert!(load(&path).is_none());
         assert!(load(&dir.path().join("missing")).is_none());
+    }
+
+    #[test]
+    fn only_a_cache_missing_empty_or_damaged_may_be_replaced() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("cache.pb");
+        assert!(open(&path).unwrap().is_none(), "missing");
+        std::fs::write(&path, b"").unwrap();
+        assert!(open(&path).unwrap().is_none(), "empty");
+        write(&path, &topology()).unwrap();
+        assert_eq!(open(&path).unwrap().map(|(t, _)| t), Some(topology()));
+        let mut bytes = std::fs::read(&path).unwrap();
+        let last = bytes.len() - 1;
+        bytes[last] ^= 0xff;
+        std::fs::write(&path, &bytes).unwrap();
+        assert!(open(&path).unwrap().is_none(), "a damaged cache is replaced");
+        std::fs::write(&path, &MAGIC[..3]).unwrap();
+        assert!(open(&path).unwrap().is_none(), "a header cut short is a damaged cache");
+        std::fs::write(&path, b"listen: 0.0.0.0:8080\n").unwrap();
+        assert!(matches!(open(&path), Err(CacheError::Foreign)), "someone else's file");
+        assert!(matches!(open(dir.path()), Err(CacheError::Io(_))), "a directory");
     }
 
     #[test]

@@ -48,6 +48,7 @@ pub async fn run(
     // Until a snapshot replaced the config the proxy started from (its cache), every stream
     // asks for one; later ones resume after the revision applied.
     let mut resync = lock().revision > 0;
+    let mut unreached = Unreached::new(endpoints.len());
     while !shutdown.is_cancelled() {
         let addr = endpoints[next % endpoints.len()].clone();
         next += 1;
@@ -98,7 +99,18 @@ pub async fn run(
                         tracing::error!(node = %addr, "refused to stream: {}", s.message());
                         None
                     }
-                    _ => None,
+                    Ok(Err(s)) => {
+                        unreached.failed(&addr, &format!("{:?}: {}", s.code(), s.message()), lock().revision);
+                        None
+                    }
+                    Err(_) => {
+                        unreached.failed(
+                            &addr,
+                            &format!("no answer within {}s", OPEN_TIMEOUT.as_secs()),
+                            lock().revision,
+                        );
+                        None
+                    }
                 }
             }
             Err(e) => {
@@ -119,6 +131,7 @@ pub async fn run(
         let runs = switchyard_model::version::of_reply(stream.metadata()).describe();
         let mut stream = stream.into_inner();
         tracing::info!(node = %addr, from = ask, runs, "following the control plane");
+        unreached = Unreached::new(endpoints.len());
         state.status.set_control_plane(Some(addr.clone()), Some(runs));
         backoff = BACKOFF_MIN;
         let mut fresh = Freshness::new(Instant::now());
@@ -172,6 +185,36 @@ pub async fn run(
         }
         tracing::warn!(node = %addr, revision = lock().revision, "control-plane stream ended; trying the next node");
         state.status.set_control_plane(None, None);
+    }
+}
+
+/// Says so when no control-plane node answers: once every node has failed in a row, then at
+/// most every [`Unreached::REPEAT`], each attempt's reason logged at debug.
+struct Unreached {
+    nodes: usize,
+    in_a_row: usize,
+    warned: Option<Instant>,
+}
+
+impl Unreached {
+    const REPEAT: Duration = Duration::from_secs(30);
+
+    fn new(nodes: usize) -> Unreached {
+        Unreached { nodes: nodes.max(1), in_a_row: 0, warned: None }
+    }
+
+    fn failed(&mut self, node: &str, why: &str, revision: u64) {
+        tracing::debug!(node, "cannot open a watch stream: {why}");
+        self.in_a_row += 1;
+        if self.in_a_row >= self.nodes && self.warned.is_none_or(|w| w.elapsed() >= Self::REPEAT) {
+            self.warned = Some(Instant::now());
+            tracing::warn!(
+                nodes = self.nodes,
+                attempts = self.in_a_row,
+                revision,
+                "no control-plane node answers (last, {node}: {why}); serving the config held, trying on"
+            );
+        }
     }
 }
 
