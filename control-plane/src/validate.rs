@@ -72,6 +72,36 @@ pub fn address(a: &str) -> Result<(), ApiError> {
     hostname(host).map_err(|_| bad("bad host name"))
 }
 
+/// A new backend's address: [`address`], in the one spelling a server has, so the same
+/// server cannot be added twice under two (with its weight counted twice). Calls that name an
+/// existing backend take [`address`] alone, so one stored before this check stays reachable.
+pub fn new_address(a: &str) -> Result<(), ApiError> {
+    address(a)?;
+    let bad = |why: &str| invalid(format!("backend address {a:?}: {why}"));
+    let (host, _) = a.rsplit_once(':').expect("address() found the port");
+    if let Some(v6) = host.strip_prefix('[').and_then(|h| h.strip_suffix(']')) {
+        let canonical = v6.parse::<std::net::Ipv6Addr>().expect("address() parsed it").to_string();
+        if canonical != v6 {
+            return Err(bad(&format!("write the IPv6 address as [{canonical}]")));
+        }
+        return Ok(());
+    }
+    if host.parse::<IpAddr>().is_ok() {
+        return Ok(());
+    }
+    if host.bytes().any(|b| b.is_ascii_uppercase()) {
+        return Err(bad(&format!("write host names in lower case ({}): DNS ignores case", host.to_ascii_lowercase())));
+    }
+    // A resolver reads `127.000.0.1` or `10.1` as an IPv4 address (in octal, even), as URL
+    // parsers do any host whose last label is a number: no real name ends in one.
+    if host.rsplit('.').next().is_some_and(|l| l.bytes().all(|b| b.is_ascii_digit())) {
+        return Err(bad(
+            "a host name cannot end in a number; write an IPv4 address as four numbers without leading zeros",
+        ));
+    }
+    Ok(())
+}
+
 fn hostname(h: &str) -> Result<(), ()> {
     if h.is_empty() || h.len() > 253 {
         return Err(());
@@ -187,7 +217,7 @@ pub fn weight(w: u32) -> Result<(), ApiError> {
 /// Validates a new backend, returning it with its defaults.
 pub fn backend(mut b: Backend) -> Result<Backend, ApiError> {
     name("pool", &b.pool)?;
-    address(&b.address)?;
+    new_address(&b.address)?;
     weight(b.weight)?;
     if b.admin_state == AdminState::Unspecified as i32 {
         b.admin_state = AdminState::Active as i32;
@@ -298,6 +328,25 @@ mod tests {
         }
         for a in ["127.0.0.1:29001", "[::1]:80", "example.com:80"] {
             assert!(address(a).is_ok(), "{a}");
+        }
+    }
+
+    #[test]
+    fn new_backends_take_the_one_spelling_and_lookups_any() {
+        for a in [
+            "EXAMPLE.com:80",
+            "[::A]:80",
+            "[0::1]:80",
+            "[0:0:0:0:0:0:0:1]:80",
+            "127.000.0.1:80",
+            "10.1:80",
+            "host.42:80",
+        ] {
+            assert!(new_address(a).is_err(), "{a}");
+            address(a).unwrap();
+        }
+        for a in ["example.com:80", "[::a]:80", "[::1]:80", "127.0.0.1:80", "echo-1.internal:8080", "a:1", "1a.b2:80"] {
+            new_address(a).unwrap();
         }
     }
 
