@@ -228,6 +228,16 @@ async fn foreign_or_corrupt_data_dir_stops_the_node_with_a_message() {
     .await;
     n.kill9();
 
+    // Damage in the log's first record, whole records after it: not a crash's torn write,
+    // which would only ever be the tail, so the node stops rather than drop what follows.
+    let seg = std::fs::read_dir(dir.join("wal")).unwrap().next().unwrap().unwrap().path();
+    let whole = std::fs::read(&seg).unwrap();
+    let mut damaged = whole.clone();
+    damaged[8..12].copy_from_slice(&[0xa5; 4]);
+    std::fs::write(&seg, &damaged).unwrap();
+    refuses(1, &dir, "damage, not a write cut short");
+    std::fs::write(&seg, &whole).unwrap();
+
     // Overwrite the database file with garbage.
     let db = dir.join("db");
     let len = std::fs::metadata(&db).unwrap().len() as usize;

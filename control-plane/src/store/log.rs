@@ -400,8 +400,22 @@ impl RaftLogStorage<TypeConfig> for LogStore {
         self.put_meta("committed", &committed)
     }
 
+    /// At most the last entry held. The committed id is not flushed with the log: a follower
+    /// records what its leader says is committed, entries it has not synced yet included, so
+    /// after a crash cut its unsynced tail the record can point past the log's end. openraft
+    /// would then fail to start, reading entries that are gone; the leader sends them again.
     async fn read_committed(&mut self) -> Result<Option<LogId>, StorageError> {
-        let committed = self.get_meta::<Option<LogId>>("committed")?.flatten();
+        let mut committed = self.get_meta::<Option<LogId>>("committed")?.flatten();
+        let last = self.ends()?.1;
+        if committed.is_some_and(|c| last.is_none_or(|l| l.index < c.index)) {
+            tracing::warn!(
+                committed = committed.map(|c| c.index),
+                last = last.map(|l| l.index),
+                "the committed index recorded is past the log's end (its unsynced tail was cut): \
+                 taking the end; the leader sends the rest again"
+            );
+            committed = last;
+        }
         if let Some(c) = committed {
             self.metrics.set_committed(c.index);
         }

@@ -12,9 +12,10 @@
 //! records). Within a segment indexes are consecutive; a segment starts a new run after a
 //! gap (an append past a purge still in progress) or once the last one passes
 //! [`SEGMENT_BYTES`]; the segment before is synced before the new one takes a record. So a
-//! record cut short or failing its CRC in the last segment is the tail of a write never
-//! synced, and so never acknowledged: opening ends the log there and says so. Anywhere else
-//! it is corruption, and the node does not start.
+//! record cut short in the last segment (past the file's end, or with a sector still zeros)
+//! is the tail of a write never synced, and so never acknowledged: opening ends the log there
+//! and says so. A record failing its CRC with every sector written, or a bad record anywhere
+//! else, is corruption, and the node does not start.
 
 use std::fs::{File, OpenOptions};
 use std::io::{self, Read};
@@ -143,7 +144,7 @@ impl Wal {
                 ids: Vec::new(),
                 dirty: false,
             };
-            let (valid_to, torn_to, file_len) = scan(&mut seg)?;
+            let Scan { valid_to, torn_to, file_len, torn } = scan(&mut seg)?;
             seg.filled = file_len;
             if torn_to > valid_to {
                 if n + 1 < count {
@@ -151,6 +152,16 @@ impl Wal {
                         &seg.path,
                         format!(
                             "the record at byte {valid_to} is cut short or fails its CRC, and later segments follow"
+                        ),
+                    ));
+                }
+                if !torn {
+                    return Err(corrupt(
+                        &seg.path,
+                        format!(
+                            "the record at byte {valid_to} fails its CRC with none of its sectors zero, so it is \
+                             damage, not a write cut short by a crash; entries from it on cannot be trusted. \
+                             Take this node out of the cluster and add it back with an empty data dir"
                         ),
                     ));
                 }
@@ -396,13 +407,47 @@ impl Wal {
     }
 }
 
-/// Reads a segment's records into `seg`, checking framing, CRCs and index order. Returns how
-/// far its records are whole, how far past that the file holds anything but zeros (a torn
-/// write), and the file's length.
-fn scan(seg: &mut Segment) -> io::Result<(u64, u64, u64)> {
+/// What [`scan`] found in a segment.
+struct Scan {
+    /// How far its records are whole.
+    valid_to: u64,
+    /// How far past that the file holds anything but zeros.
+    torn_to: u64,
+    file_len: u64,
+    /// Whether what follows the whole records can be a write cut short by a crash.
+    torn: bool,
+}
+
+/// Disks write sectors whole; a crash during a write leaves each of its sectors either as
+/// written or as before, and before is zeros here ([`PREFILL`]), or past the file's end.
+const SECTOR: usize = 512;
+
+/// Whether bytes `from..to` of a segment (`to` may run past its end) look like a write a crash
+/// cut short, as etcd's WAL judges it: past the end of the file, or a sector of it still all
+/// zeros. A record that fails its CRC with every sector written was damaged after the fact.
+fn cut_short(data: &[u8], from: usize, to: usize) -> bool {
+    if to > data.len() {
+        return true;
+    }
+    let mut at = from;
+    while at < to {
+        let next = ((at / SECTOR + 1) * SECTOR).min(to);
+        if data[at..next].iter().all(|b| *b == 0) {
+            return true;
+        }
+        at = next;
+    }
+    false
+}
+
+/// Reads a segment's records into `seg`, checking framing, CRCs and index order.
+fn scan(seg: &mut Segment) -> io::Result<Scan> {
     let mut data = Vec::new();
     (&*seg.file).read_to_end(&mut data)?;
     let mut at = 0usize;
+    // A zero length (or no room for a header) ends the records; whatever follows is a write
+    // cut short, its first sector not on disk.
+    let mut torn = true;
     while data.len() - at >= HEADER {
         let len = u32::from_le_bytes(data[at..at + 4].try_into().expect("4 bytes"));
         if len == 0 {
@@ -410,7 +455,13 @@ fn scan(seg: &mut Segment) -> io::Result<(u64, u64, u64)> {
         }
         let crc = u32::from_le_bytes(data[at + 4..at + 8].try_into().expect("4 bytes"));
         let end = at + HEADER + len as usize;
-        if len > MAX_RECORD || end > data.len() || crc32fast::hash(&data[at + HEADER..end]) != crc {
+        if len > MAX_RECORD {
+            // Judged by the header alone: the length says nothing of where the record ends.
+            torn = cut_short(&data, at, at + HEADER);
+            break;
+        }
+        if end > data.len() || crc32fast::hash(&data[at + HEADER..end]) != crc {
+            torn = cut_short(&data, at, end);
             break;
         }
         let entry: Entry = postcard::from_bytes(&data[at + HEADER..end]).map_err(|e| {
@@ -425,7 +476,7 @@ fn scan(seg: &mut Segment) -> io::Result<(u64, u64, u64)> {
         at = end;
     }
     let torn_to = data.iter().rposition(|b| *b != 0).map_or(at, |p| (p + 1).max(at));
-    Ok((at as u64, torn_to as u64, data.len() as u64))
+    Ok(Scan { valid_to: at as u64, torn_to: torn_to as u64, file_len: data.len() as u64, torn })
 }
 
 #[cfg(test)]

@@ -257,3 +257,28 @@ fn since_snapshot_weighs_the_log_after_the_durable_snapshot_against_its_size() {
     let (after, size) = log.since_snapshot();
     assert_eq!((after * 2, size), (all, 5_000_000));
 }
+
+/// A follower records as committed what its leader says, entries it has not synced
+/// included; a crash that cuts those off leaves the record past the log's end, and openraft
+/// would fail to start reading entries that are gone.
+#[tokio::test]
+async fn a_committed_index_past_the_log_end_is_read_as_the_end() {
+    let tmp = tempfile::tempdir().unwrap();
+    let db = crate::store::open(tmp.path(), 1).unwrap();
+    let mut log = LogStore::new(db.clone(), tmp.path()).unwrap();
+    log.write_entries((1..=6).map(big)).unwrap();
+    log.save_committed(Some(id(6))).await.unwrap();
+    assert_eq!(log.read_committed().await.unwrap(), Some(id(6)));
+    log.flush().await.unwrap();
+    drop(log);
+    // The records from entry 5 on never reached the disk: zeros, as written ahead.
+    let wal = tmp.path().join("wal");
+    let seg = std::fs::read_dir(&wal).unwrap().next().unwrap().unwrap().path();
+    let entry = postcard::to_stdvec(&big(1)).unwrap().len() as u64 + 8;
+    let f = std::fs::OpenOptions::new().write(true).open(&seg).unwrap();
+    std::os::unix::fs::FileExt::write_all_at(&f, &vec![0u8; 2 * entry as usize], 4 * entry).unwrap();
+    drop(f);
+    let mut log = LogStore::new(db, tmp.path()).unwrap();
+    assert_eq!(log.get_log_state().await.unwrap().last_log_id.map(|l| l.index), Some(4));
+    assert_eq!(log.read_committed().await.unwrap(), Some(id(4)));
+}

@@ -8,6 +8,19 @@ fn rec(index: u64, term: u64) -> (LogId, Vec<u8>) {
     (id, postcard::to_stdvec(&e).unwrap())
 }
 
+/// A framed record of about 2 KiB (several sectors) for index `index`.
+fn big_framed(index: u64) -> Vec<u8> {
+    let id = LogId::new(CommittedLeaderId::new(1, 1), index);
+    let cmd = crate::state::Command::DeletePool { name: "x".repeat(2048) };
+    let big =
+        Entry { log_id: id, payload: EntryPayload::Normal(crate::state::Batch(std::sync::Arc::new(vec![cmd.into()]))) };
+    let payload = postcard::to_stdvec(&big).unwrap();
+    let mut rec = (payload.len() as u32).to_le_bytes().to_vec();
+    rec.extend_from_slice(&crc32fast::hash(&payload).to_le_bytes());
+    rec.extend_from_slice(&payload);
+    rec
+}
+
 fn recs(r: std::ops::RangeInclusive<u64>, term: u64) -> Vec<(LogId, Vec<u8>)> {
     r.map(|i| rec(i, term)).collect()
 }
@@ -62,11 +75,9 @@ fn a_torn_write_at_the_end_is_cut_off() {
     let path = tmp.path().join(segment_name(1));
     let file_len = std::fs::metadata(&path).unwrap().len();
     assert!(file_len >= whole + PREFILL / 2, "zeros are written ahead of the records");
-    // Half of a fifth record: its header and part of its payload, over the zeros.
-    let (_, five) = rec(5, 1);
-    let mut torn = (five.len() as u32).to_le_bytes().to_vec();
-    torn.extend_from_slice(&crc32fast::hash(&five).to_le_bytes());
-    torn.extend_from_slice(&five[..five.len() / 2]);
+    // A fifth record's first sector, over the zeros; its later sectors never written.
+    let five = big_framed(5);
+    let torn = five[..((whole as usize / SECTOR + 1) * SECTOR) - whole as usize].to_vec();
     let f = OpenOptions::new().write(true).open(&path).unwrap();
     f.write_all_at(&torn, whole).unwrap();
     drop(f);
@@ -80,26 +91,58 @@ fn a_torn_write_at_the_end_is_cut_off() {
     assert_eq!(ids(&wal, 1, 6, usize::MAX).len(), 5);
     let five_end = wal.inner().segments[0].len();
 
-    // A whole record with a flipped byte is no better than a torn one at the end.
+    // A whole record with a flipped byte is damage, not a write cut short: refused, not cut.
     wal.sync().unwrap();
     drop(wal);
     let mut data = std::fs::read(&path).unwrap();
     data[whole as usize + HEADER] ^= 0x5a;
     std::fs::write(&path, &data).unwrap();
-    let (wal, r) = Wal::open(tmp.path()).unwrap();
-    // Up to its last byte that is not zero.
-    assert!(r.dropped_bytes > HEADER as u64 && r.dropped_bytes <= five_end - whole, "{r:?}");
-    assert_eq!(wal.last().map(|l| l.index), Some(4));
+    let e = Wal::open(tmp.path()).err().expect("damage refused").to_string();
+    assert!(e.contains("none of its sectors zero") && e.contains(&segment_name(1)), "{e}");
+    data[whole as usize + HEADER] ^= 0x5a;
+    std::fs::write(&path, &data).unwrap();
 
     // A stray byte far past the records, as a write that reached the disk out of order
     // leaves one, is part of the torn write too.
-    drop(wal);
     let f = OpenOptions::new().write(true).open(&path).unwrap();
-    f.write_all_at(&[7], whole + 4096).unwrap();
+    f.write_all_at(&[7], five_end + 4096).unwrap();
     drop(f);
     let (wal, r) = Wal::open(tmp.path()).unwrap();
     assert_eq!(r.dropped_bytes, 4097);
-    assert_eq!(wal.last().map(|l| l.index), Some(4));
+    assert_eq!(wal.last().map(|l| l.index), Some(5));
+}
+
+/// Sectors reach the disk whole but in any order: a record whose later sector is still zeros
+/// was cut short by a crash, while garbage over records in the middle of the last segment,
+/// with whole records after it, is damage and stops the start.
+#[test]
+fn only_a_record_with_a_sector_unwritten_counts_as_cut_short() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (wal, _) = Wal::open(tmp.path()).unwrap();
+    wal.append(&recs(1..=2, 1)).unwrap();
+    wal.sync().unwrap();
+    let whole = wal.inner().segments[0].len() as usize;
+    drop(wal);
+    let path = tmp.path().join(segment_name(1));
+    let mut data = std::fs::read(&path).unwrap();
+    // A 2 KiB record whose first sector made it and whose others did not.
+    let rec = big_framed(3);
+    let first_sector_end = (whole / SECTOR + 1) * SECTOR;
+    data[whole..first_sector_end].copy_from_slice(&rec[..first_sector_end - whole]);
+    std::fs::write(&path, &data).unwrap();
+    let (wal, r) = Wal::open(tmp.path()).unwrap();
+    assert_eq!(r.dropped_bytes, (first_sector_end - whole) as u64);
+    assert_eq!(wal.last().map(|l| l.index), Some(2));
+    drop(wal);
+
+    // Garbage over the first record; the second still whole after it.
+    let mut data = std::fs::read(&path).unwrap();
+    for b in &mut data[HEADER..HEADER + 4] {
+        *b = 0xa5;
+    }
+    std::fs::write(&path, &data).unwrap();
+    let e = Wal::open(tmp.path()).err().expect("damage refused").to_string();
+    assert!(e.contains("at byte 0") && e.contains("none of its sectors zero"), "{e}");
 }
 
 #[test]
