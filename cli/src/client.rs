@@ -93,9 +93,29 @@ impl Client {
 
     /// `s` with the endpoint that gave it and, when the failure looks like one side speaking
     /// TLS and the other not, what to change (a bare "h2 protocol error" tells nobody that).
-    fn explained(&self, s: &Status) -> Status {
+    fn explained(&self, at: usize, s: &Status) -> Status {
         let hint = transport_mismatch(s, self.tls).map(|h| format!(" ({h})")).unwrap_or_default();
-        Status::new(s.code(), format!("{}: {}{hint}", self.endpoints[self.current], s.message()))
+        Status::new(s.code(), format!("{}: {}{hint}", self.endpoints[at], s.message()))
+    }
+
+    /// [`Self::explained`], and when the hint is that the node may require TLS, a look at
+    /// what the endpoint answers to an HTTP/1.1 request: a TLS alert confirms the hint, an
+    /// HTTP/1 reply means the endpoint is no control-plane node at all (a proxy's listener or
+    /// admin port, say), which the hint would have hidden.
+    async fn diagnosed(&self, at: usize, s: &Status) -> Status {
+        if self.tls || transport_mismatch(s, self.tls).is_none() {
+            return self.explained(at, s);
+        }
+        let endpoint = &self.endpoints[at];
+        let hint = match probe(endpoint).await {
+            Some(Answer::Http1) => {
+                "it answered HTTP/1.1, not gRPC: is this a proxy's port? Give the \
+                                   control plane's gRPC address (--listen of switchyard-control)"
+            }
+            Some(Answer::Tls) => "the node requires TLS: pass --tls-ca, with --tls-cert/--tls-key or a token",
+            None => return self.explained(at, s),
+        };
+        Status::new(s.code(), format!("{endpoint}: {} ({hint})", s.message()))
     }
 
     /// Runs `f` against the endpoints in turn until one answers; a node that is down or has no
@@ -106,28 +126,32 @@ impl Client {
         Fut: std::future::Future<Output = Result<T, Status>>,
     {
         let deadline = tokio::time::Instant::now() + Duration::from_secs(4);
-        let mut last = None;
+        // The last failure, and the endpoint that gave it.
+        let mut last: Option<(usize, Status)> = None;
         // The first failure after which a write may have been applied: what the caller must
         // hear if no later attempt settles it, not the last node's "connection refused".
         let mut maybe_applied: Option<Status> = None;
         loop {
             for _ in 0..self.channels.len() {
-                match f(self.channels[self.current].clone()).await {
+                let at = self.current;
+                match f(self.channels[at].clone()).await {
                     Ok(v) => return Ok(v),
                     Err(s) if retryable(&s, retry) => {
-                        let s = self.explained(&s);
                         if maybe_applied.is_none() && may_have_applied(&s, retry) {
-                            maybe_applied = Some(s.clone());
+                            maybe_applied = Some(self.explained(at, &s));
                         }
-                        last = Some(s);
-                        self.current = (self.current + 1) % self.channels.len();
+                        last = Some((at, s));
+                        self.current = (at + 1) % self.channels.len();
                     }
-                    Err(s) if transport_mismatch(&s, self.tls).is_some() => return Err(self.explained(&s)),
+                    Err(s) if transport_mismatch(&s, self.tls).is_some() => return Err(self.diagnosed(at, &s).await),
                     Err(s) => return Err(s),
                 }
             }
             if tokio::time::Instant::now() >= deadline {
-                let last = last.unwrap_or_else(|| Status::unavailable("no endpoint answered"));
+                let last = match last {
+                    Some((at, s)) => self.diagnosed(at, &s).await,
+                    None => Status::unavailable("no endpoint answered"),
+                };
                 return Err(match maybe_applied {
                     Some(first) => unsettled(first, &last),
                     None => last,
@@ -149,6 +173,38 @@ impl Client {
     }
     pub fn discovery(c: Chan) -> DiscoveryClient<Chan> {
         DiscoveryClient::new(c).max_decoding_message_size(MAX_GRPC_MESSAGE)
+    }
+}
+
+/// What an endpoint sent back to an HTTP/1.1 request, when that tells what it is.
+#[derive(Debug, PartialEq, Eq)]
+enum Answer {
+    Http1,
+    Tls,
+}
+
+/// Connects to `endpoint` (host:port, or with a scheme) and reads the first bytes it answers
+/// an HTTP/1.1 request with (a gRPC server answers none, or HTTP/2), within a second each way.
+async fn probe(endpoint: &str) -> Option<Answer> {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let addr = endpoint.split_once("://").map_or(endpoint, |(_, a)| a);
+    let second = Duration::from_secs(1);
+    let mut s = tokio::time::timeout(second, tokio::net::TcpStream::connect(addr)).await.ok()?.ok()?;
+    tokio::time::timeout(second, s.write_all(b"GET / HTTP/1.1\r\nHost: switchyard\r\nConnection: close\r\n\r\n"))
+        .await
+        .ok()?
+        .ok()?;
+    let mut buf = [0u8; 5];
+    let n = tokio::time::timeout(second, s.read(&mut buf)).await.ok()?.ok()?;
+    classify(&buf[..n])
+}
+
+fn classify(first: &[u8]) -> Option<Answer> {
+    match first {
+        [b'H', b'T', b'T', b'P', b'/', ..] => Some(Answer::Http1),
+        // A TLS record: an alert (21) or a handshake (22), version 3.x.
+        [21 | 22, 3, ..] => Some(Answer::Tls),
+        _ => None,
     }
 }
 
@@ -247,6 +303,14 @@ mod tests {
         assert_eq!(s.code(), Code::Unavailable);
         assert!(s.message().contains("n1: no quorum") && s.message().contains("may have been applied"), "{s:?}");
         assert!(s.message().contains("n2: connection refused"), "{s:?}");
+    }
+
+    #[test]
+    fn first_bytes_tell_http1_from_tls() {
+        assert_eq!(classify(b"HTTP/1.1 400 Bad Request"), Some(Answer::Http1));
+        assert_eq!(classify(&[21, 3, 3, 0, 2]), Some(Answer::Tls));
+        assert_eq!(classify(&[0, 0, 18, 4, 0]), None, "an HTTP/2 settings frame");
+        assert_eq!(classify(b""), None);
     }
 
     #[test]

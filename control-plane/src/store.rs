@@ -33,6 +33,15 @@ pub const SNAPSHOT_FORMAT: u32 = 4;
 ///
 /// sled can panic on some corrupt files; that is caught here and turned into an error so a
 /// bad data dir stops the node with a message.
+/// sled's error without the `backtrace ()` its corruption errors print.
+fn sled_reason(e: &sled::Error) -> String {
+    match e {
+        sled::Error::Corruption { at: Some(at), .. } => format!("corrupt data at {at:?}"),
+        sled::Error::Corruption { at: None, .. } => "corrupt data".into(),
+        e => e.to_string(),
+    }
+}
+
 pub fn open(dir: &Path, node_id: u64) -> Result<sled::Db, NodeError> {
     open_with(dir, node_id, true)
 }
@@ -43,8 +52,11 @@ pub fn open_with(dir: &Path, node_id: u64, background_flush: bool) -> Result<sle
     let path = dir.display().to_string();
     let err = |reason: String| NodeError::DataDir { path: path.clone(), reason };
     let existed = dir.join("conf").exists();
+    if dir.exists() && !dir.is_dir() {
+        return Err(err("is not a directory; point --data-dir at an empty or new directory".into()));
+    }
     if dir.exists() {
-        let entries: Vec<_> = std::fs::read_dir(dir)?.filter_map(|e| e.ok()).collect();
+        let entries: Vec<_> = std::fs::read_dir(dir).map_err(|e| err(e.to_string()))?.filter_map(|e| e.ok()).collect();
         let looks_like_sled = entries.iter().any(|e| e.file_name() == "conf" || e.file_name() == "db");
         if !entries.is_empty() && !looks_like_sled {
             return Err(err("exists and is not a Switchyard data dir (no sled database in it); \
@@ -56,7 +68,9 @@ pub fn open_with(dir: &Path, node_id: u64, background_flush: bool) -> Result<sle
     let flush_every = background_flush.then_some(500);
     let db = std::panic::catch_unwind(move || sled::Config::new().path(d).flush_every_ms(flush_every).open())
         .map_err(|_| err("sled panicked opening it: the database is corrupt".into()))?
-        .map_err(|e| err(format!("cannot open sled database: {e} (corrupt or in use by another process?)")))?;
+        .map_err(|e| {
+            err(format!("cannot open sled database: {} (corrupt or in use by another process?)", sled_reason(&e)))
+        })?;
     let meta = db.open_tree("meta").map_err(|e| err(e.to_string()))?;
     match meta.get("node_id").map_err(|e| err(e.to_string()))? {
         Some(v) => {

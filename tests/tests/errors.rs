@@ -247,7 +247,8 @@ async fn foreign_or_corrupt_data_dir_stops_the_node_with_a_message() {
 }
 
 /// A mistyped `--cache-file` naming someone else's file stops the proxy with the path and
-/// leaves the file as it was; a proxy whose control-plane nodes all fail to answer says so.
+/// leaves the file as it was; a proxy whose control-plane nodes all fail to answer says so;
+/// the CLI given a proxy's port says that is what it is.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_proxy_keeps_off_a_file_not_its_cache_and_says_when_no_node_answers() {
     let dir = tempfile::tempdir().unwrap();
@@ -283,4 +284,10 @@ async fn a_proxy_keeps_off_a_file_not_its_cache_and_says_when_no_node_answers() 
         text.contains("no control-plane node answers").then_some(())
     })
     .await;
+
+    // The CLI pointed at a proxy's port says what it found there, not that TLS may be needed.
+    let p = ProxyProcess::spawn(&dead, &dir.path().join("other.pb"), "p2");
+    let (code, _, err) = cli(&["--endpoints", &p.ws, "cluster", "status"]);
+    assert_ne!(code, 0);
+    assert!(err.contains("answered HTTP/1.1, not gRPC") && !err.contains("TLS"), "{err}");
 }

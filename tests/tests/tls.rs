@@ -75,7 +75,7 @@ async fn a_cluster_with_mtls_serves_its_cli_and_proxy_and_refuses_cleartext() {
     let (code, _, err) = run_cli(&["--endpoints", &eps, "cluster", "status"]);
     assert_ne!(code, 0);
     assert_eq!(err.trim_end().lines().count(), 1, "{err}");
-    assert!(err.contains("the node may require TLS: pass --tls-ca"), "{err}");
+    assert!(err.contains("the node requires TLS: pass --tls-ca"), "{err}");
     // An https:// endpoint is never tried in cleartext.
     let https = format!("https://{}", cluster.nodes[&leader].addr);
     let (code, _, err) = run_cli(&["--endpoints", &https, "cluster", "status"]);

@@ -45,6 +45,20 @@ pub fn init(dir: &Path) -> Result<()> {
     Ok(())
 }
 
+/// A subject alternative name a TLS client can match: an IP address or a DNS name (a
+/// leading `*.` allowed). rcgen takes any ASCII as a DNS name, so `http://h:1` or `h:7401`
+/// made a certificate no client would ever accept for the host meant.
+fn check_san(san: &str) -> Result<()> {
+    if san.parse::<std::net::IpAddr>().is_ok() {
+        return Ok(());
+    }
+    let name = san.strip_prefix("*.").unwrap_or(san);
+    if rustls::pki_types::DnsName::try_from(name).is_err() || name.parse::<std::net::IpAddr>().is_ok() {
+        bail!("--san {san:?} is neither a host name nor an IP address (no scheme, no port)");
+    }
+    Ok(())
+}
+
 /// Issues `DIR/NAME.crt` and `DIR/NAME.key` for `role`, valid for the given host names and
 /// IP addresses (`localhost` and `127.0.0.1` when none are given).
 pub fn issue(dir: &Path, role: Role, name: &str, sans: &[String]) -> Result<(PathBuf, PathBuf)> {
@@ -66,6 +80,7 @@ pub fn issue(dir: &Path, role: Role, name: &str, sans: &[String]) -> Result<(Pat
         }
     }
     let sans = if sans.is_empty() { vec!["localhost".to_string(), "127.0.0.1".to_string()] } else { sans.to_vec() };
+    sans.iter().try_for_each(|s| check_san(s))?;
     let mut p = CertificateParams::new(sans).context("a --san is neither a host name nor an IP address")?;
     p.distinguished_name = DistinguishedName::new();
     p.distinguished_name.push(DnType::CommonName, name);
@@ -147,5 +162,16 @@ mod tests {
         assert!(issue(d.path(), Role::Node, "ca", &[]).is_err());
         let other = tempfile::tempdir().unwrap();
         assert!(issue(other.path(), Role::Node, "n", &[]).unwrap_err().to_string().contains("certs init"));
+    }
+
+    #[test]
+    fn sans_are_host_names_or_addresses() {
+        for ok in ["localhost", "10.0.0.1", "::1", "node-1.example.com", "*.example.com"] {
+            check_san(ok).unwrap();
+        }
+        for bad in ["http://h", "h:7401", "a b", "", "*.", "1.2.3.4:80", "[::1]", "*.10.0.0.1"] {
+            let e = check_san(bad).unwrap_err().to_string();
+            assert!(e.contains("neither a host name nor an IP address"), "{bad}: {e}");
+        }
     }
 }
