@@ -399,6 +399,7 @@ pub fn dev_banner(
     outln!("  switchyard watch");
     if let Some((ws, wss, _)) = proxies.first() {
         outln!("Connect any WebSocket client to ws://{ws}/ : the backend greets with its name and echoes.");
+        outln!("Plain HTTP goes through the same listener: `curl http://{ws}/` answers with a backend's name.");
         outln!("Or over TLS to wss://localhost:{}/ , trusting the CA {}.", wss.port(), certs.join("ca.crt").display());
     }
     outln!();

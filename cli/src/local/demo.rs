@@ -1,6 +1,7 @@
 //! A demo WebSocket echo backend (tokio-tungstenite): greets each connection with its name,
-//! then echoes every text and binary message. `switchyard dev` runs three; benchmarks and
-//! manual tests can run one with `switchyard demo-backend`.
+//! then echoes every text and binary message; a plain HTTP request is answered `200` with its
+//! name, so `curl` through a proxy shows plain HTTP proxying too. `switchyard dev` runs three;
+//! benchmarks and manual tests can run one with `switchyard demo-backend`.
 
 use anyhow::{anyhow, Result};
 use futures::{SinkExt, StreamExt};
@@ -25,6 +26,7 @@ pub(super) async fn echo_server(listener: TcpListener, name: String, greet: bool
         let _ = sock.set_nodelay(true);
         let name = name.clone();
         tokio::spawn(async move {
+            let Some(sock) = websocket_or_answer(sock, &name).await else { return };
             let cfg = WebSocketConfig::default().max_message_size(Some(64 << 20)).max_frame_size(Some(64 << 20));
             let Ok(mut ws) = tokio_tungstenite::accept_async_with_config(sock, Some(cfg)).await else { return };
             if greet && ws.send(Message::text(name)).await.is_err() {
@@ -37,5 +39,62 @@ pub(super) async fn echo_server(listener: TcpListener, name: String, greet: bool
                 }
             }
         });
+    }
+}
+
+/// The socket back when its request asks for a WebSocket upgrade; otherwise the request is
+/// answered `200` with this backend's name (then closed) and `None` returned.
+async fn websocket_or_answer(mut sock: tokio::net::TcpStream, name: &str) -> Option<tokio::net::TcpStream> {
+    use tokio::io::AsyncWriteExt;
+    let mut buf = vec![0u8; 16 * 1024];
+    let head = loop {
+        let n = sock.peek(&mut buf).await.ok()?;
+        let seen = &buf[..n];
+        if n == 0 {
+            return None;
+        }
+        if let Some(end) = seen.windows(4).position(|w| w == b"\r\n\r\n") {
+            break String::from_utf8_lossy(&seen[..end]).to_ascii_lowercase();
+        }
+        if n == buf.len() {
+            // No head within 16 KiB: tungstenite refuses it.
+            return Some(sock);
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+    };
+    if head.lines().any(|l| l.starts_with("upgrade:") && l.contains("websocket")) {
+        return Some(sock);
+    }
+    let body = format!("{name}\n");
+    let answer = format!(
+        "HTTP/1.1 200 OK\r\ncontent-type: text/plain\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{body}",
+        body.len()
+    );
+    let _ = sock.write_all(answer.as_bytes()).await;
+    let _ = sock.shutdown().await;
+    None
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+    #[tokio::test]
+    async fn plain_requests_get_the_name_and_upgrades_the_echo() {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        tokio::spawn(echo_server(listener, "echo-t".into(), true));
+
+        let mut s = tokio::net::TcpStream::connect(addr).await.unwrap();
+        s.write_all(b"GET /x HTTP/1.1\r\nHost: h\r\n\r\n").await.unwrap();
+        let mut out = String::new();
+        s.read_to_string(&mut out).await.unwrap();
+        assert!(out.starts_with("HTTP/1.1 200 OK\r\n") && out.ends_with("\r\n\r\necho-t\n"), "{out:?}");
+
+        let (mut ws, _) = tokio_tungstenite::connect_async(format!("ws://{addr}/")).await.unwrap();
+        assert_eq!(ws.next().await.unwrap().unwrap(), Message::text("echo-t"));
+        ws.send(Message::text("hi")).await.unwrap();
+        assert_eq!(ws.next().await.unwrap().unwrap(), Message::text("hi"));
     }
 }
