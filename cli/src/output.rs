@@ -11,19 +11,6 @@ use switchyard_proto::v1::*;
 mod access;
 mod view;
 
-/// Node ids as "1,2,3".
-fn ids(v: &[u64]) -> String {
-    v.iter().map(u64::to_string).collect::<Vec<_>>().join(",")
-}
-
-/// A voter change under way as `{"old_voters": [..], "new_voters": [..]}`, or null.
-fn joint_json(s: &ClusterStatusReply) -> Value {
-    if s.joint_new_voters.is_empty() {
-        return Value::Null;
-    }
-    json!({"old_voters": s.joint_old_voters, "new_voters": s.joint_new_voters})
-}
-
 #[cfg(test)]
 pub(crate) use view::{algorithm, health_check_kind};
 use view::{
@@ -145,16 +132,19 @@ impl Out {
         );
     }
 
+    /// Times as a person reads them (JSON keeps the milliseconds).
     pub fn sessions(&self, ss: &[SessionBinding]) {
+        let now_ms =
+            std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_millis() as u64);
         let rows = || {
             ss.iter()
                 .map(|s| {
-                    let (seen, ttl) = (s.last_seen_ms.to_string(), s.ttl_ms.to_string());
+                    let (seen, ttl) = (ago(s.last_seen_ms, now_ms), ms_text(s.ttl_ms));
                     vec![s.pool.clone(), s.key.clone(), s.backend.clone(), seen, ttl]
                 })
                 .collect()
         };
-        let headers = ["POOL", "KEY", "BACKEND", "LAST SEEN (ms)", "TTL (ms)"];
+        let headers = ["POOL", "KEY", "BACKEND", "LAST SEEN", "TTL"];
         self.emit(|| json!(ss.iter().map(session_json).collect::<Vec<_>>()), &headers, rows);
     }
 
@@ -411,8 +401,43 @@ fn flush() {
     let _ = std::io::stdout().flush();
 }
 
+/// Node ids as "1,2,3".
+fn ids(v: &[u64]) -> String {
+    v.iter().map(u64::to_string).collect::<Vec<_>>().join(",")
+}
+
+/// A voter change under way as `{"old_voters": [..], "new_voters": [..]}`, or null.
+fn joint_json(s: &ClusterStatusReply) -> Value {
+    if s.joint_new_voters.is_empty() {
+        return Value::Null;
+    }
+    json!({"old_voters": s.joint_old_voters, "new_voters": s.joint_new_voters})
+}
+
+/// `ms` milliseconds as "1m 30s" (whole seconds; "0s" below one).
+fn ms_text(ms: u64) -> String {
+    humantime::format_duration(std::time::Duration::from_secs(ms / 1000)).to_string()
+}
+
+/// How long before `now_ms` the time `at_ms` was: "12s ago" ("just now" within a second, or
+/// when the clocks disagree).
+fn ago(at_ms: u64, now_ms: u64) -> String {
+    match now_ms.saturating_sub(at_ms) {
+        0..=999 => "just now".into(),
+        d => format!("{} ago", ms_text(d)),
+    }
+}
+
 #[cfg(test)]
 mod width_tests {
+    #[test]
+    fn times_read_as_ages_and_durations() {
+        assert_eq!(super::ago(1_000, 1_500), "just now");
+        assert_eq!(super::ago(5_000, 1_000), "just now", "a clock ahead of ours");
+        assert_eq!(super::ago(0, 90_500), "1m 30s ago");
+        assert_eq!(super::ms_text(1_800_000), "30m");
+    }
+
     /// A cell wider than a format width may be (u16) is printed, not a panic.
     #[test]
     fn a_cell_wider_than_any_format_width_prints() {
