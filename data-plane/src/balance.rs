@@ -119,38 +119,61 @@ impl Balancer {
                 (0..n).filter(|&i| fit(i)).max_by(|&a, &b| self.hrw(inp.ip, a).total_cmp(&self.hrw(inp.ip, b)))
             }
             Algorithm::LeastConnections => {
-                let start = self.counter.fetch_add(1, Relaxed) as usize;
+                // The least load per unit of weight; ties (all idle, often) go by weighted
+                // round robin among the tied, as NGINX's and HAProxy's least-connections do.
+                let mut tied = vec![false; n];
                 let mut best: Option<usize> = None;
-                for j in 0..n {
-                    let i = (start + j) % n;
-                    if !fit(i) {
-                        continue;
+                let mut count = 0;
+                for i in (0..n).filter(|&i| fit(i)) {
+                    match best {
+                        Some(b) if self.less_loaded(inp, b, i) => continue,
+                        Some(b) if !self.less_loaded(inp, i, b) => {}
+                        _ => {
+                            tied.iter_mut().for_each(|t| *t = false);
+                            count = 0;
+                            best = Some(i);
+                        }
                     }
-                    best = match best {
-                        Some(b) if !self.less_loaded(inp, i, b) => Some(b),
-                        _ => Some(i),
-                    };
+                    tied[i] = true;
+                    count += 1;
                 }
-                best
+                if count <= 1 {
+                    return best;
+                }
+                self.round_robin(&|i| tied[i])
             }
             Algorithm::P2c => {
+                // Two candidates drawn in proportion to weight, the less loaded per unit of
+                // weight taken: with equal loads the picks follow the weights.
                 let fits: Vec<usize> = (0..n).filter(|&i| fit(i)).collect();
                 match fits.len() {
                     0 => None,
                     1 => Some(fits[0]),
-                    m => {
+                    _ => {
                         let r = mix(self.counter.fetch_add(1, Relaxed) ^ 0x5eed);
-                        let a = fits[(r % m as u64) as usize];
-                        let mut b = fits[((r >> 32) % (m as u64 - 1)) as usize];
-                        if b == a {
-                            b = fits[m - 1];
-                        }
+                        let a = self.weighted(&fits, r, None);
+                        let b = self.weighted(&fits, mix(r), Some(a));
                         Some(if self.less_loaded(inp, b, a) { b } else { a })
                     }
                 }
             }
             Algorithm::RoundRobin | Algorithm::Unspecified => self.round_robin(&fit),
         }
+    }
+
+    /// One of `fits` (all of weight above 0), but `except`, drawn by `r` in proportion to weight.
+    fn weighted(&self, fits: &[usize], r: u64, except: Option<usize>) -> usize {
+        let pool = || fits.iter().copied().filter(|&i| Some(i) != except);
+        let total: u64 = pool().map(|i| u64::from(self.weights[i])).sum();
+        let mut at = r % total.max(1);
+        for i in pool() {
+            let w = u64::from(self.weights[i]);
+            if at < w {
+                return i;
+            }
+            at -= w;
+        }
+        pool().next_back().unwrap_or(fits[0])
     }
 
     /// Whether `a` carries less load per unit of weight than `b`.
@@ -247,6 +270,29 @@ mod tests {
             let c = (0..300).filter(|_| b.pick(&inp) == Some(1)).count();
             assert!(c >= 190, "{algo:?} picked the idle backend {c}/300 times");
         }
+    }
+
+    /// With every backend idle the picks follow the weights, and an unfit backend's turn
+    /// goes to no one in particular (it used to fall to the one after it, doubling its share).
+    #[test]
+    fn least_connections_and_p2c_follow_weights_when_loads_tie() {
+        for algo in [Algorithm::LeastConnections, Algorithm::P2c] {
+            let b = Balancer::new(algo, &[("a", 1), ("b", 3), ("c", 0)]);
+            let c = counts(&b, 3, 4000, |_| None);
+            let share = c[1] as f64 / 4000.0;
+            assert!((0.70..0.80).contains(&share), "{algo:?}: weight 3 of 4 took {c:?}");
+            assert_eq!(c[2], 0, "{algo:?}: weight 0 takes nothing");
+            let b = Balancer::new(algo, &[("a", 1), ("b", 1), ("c", 1)]);
+            let inp = PickInput { key: None, ip: 0, load: &|_| 0, fit: &|i| i != 1 };
+            let mut c = [0usize; 3];
+            (0..3000).for_each(|_| c[b.pick(&inp).unwrap()] += 1);
+            assert!(c[0].abs_diff(c[2]) < 300 && c[1] == 0, "{algo:?}: {c:?}");
+        }
+        // Load per unit of weight decides before the tie-break: 4 on weight 4 beats 2 on 1.
+        let b = Balancer::new(Algorithm::LeastConnections, &[("a", 1), ("b", 4)]);
+        let loads = [2u64, 4];
+        let inp = PickInput { key: None, ip: 0, load: &|i| loads[i], fit: &|_| true };
+        assert!((0..10).all(|_| b.pick(&inp) == Some(1)));
     }
 
     #[test]
