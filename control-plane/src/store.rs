@@ -29,19 +29,59 @@ const UPGRADES_FROM: &[u32] = &[3, 4];
 /// backups stay readable by builds of format 4.
 pub const SNAPSHOT_FORMAT: u32 = 4;
 
-/// Opens (or creates) a node's data dir and checks it belongs to this node.
-///
-/// sled can panic on some corrupt files; that is caught here and turned into an error so a
-/// bad data dir stops the node with a message.
-/// sled's error without the `backtrace ()` its corruption errors print.
+/// How long a locked database is waited for at open.
+const LOCK_WAIT: std::time::Duration = std::time::Duration::from_secs(2);
+
+/// Whether sled failed to take the database's file lock (sled says so only in words).
+fn locked(e: &sled::Error) -> bool {
+    matches!(e, sled::Error::Io(io) if io.to_string().contains("could not acquire lock"))
+}
+
+/// Why sled could not open the database, in words that point at the fix: its corruption
+/// errors print an empty `backtrace ()`, and a full disk or a lock is no corruption.
 fn sled_reason(e: &sled::Error) -> String {
     match e {
         sled::Error::Corruption { at: Some(at), .. } => format!("corrupt data at {at:?}"),
         sled::Error::Corruption { at: None, .. } => "corrupt data".into(),
-        e => e.to_string(),
+        sled::Error::Io(io) if io.kind() == std::io::ErrorKind::StorageFull => {
+            "the disk is full: free space and start it again".into()
+        }
+        e if locked(e) => format!("{e} (is another process using this data dir?)"),
+        e => format!("{e} (corrupt, or in use by another process?)"),
     }
 }
 
+/// Least free space a node opens its data dir with. sled writes as it opens (a snapshot of
+/// its page table, a segment), and one of those writes failing on a full disk left a database
+/// it then refused as corrupt, for good; a node that stopped because its disk filled must not
+/// be restarted into that by its supervisor before space is freed.
+pub const MIN_FREE_BYTES: u64 = 32 << 20;
+
+/// Free bytes on the filesystem holding `dir` (or the nearest existing folder above it), for
+/// an unprivileged writer; `None` when that cannot be told.
+fn free_bytes(dir: &Path) -> Option<u64> {
+    let at = dir.ancestors().find(|p| p.exists())?;
+    let at = if at.as_os_str().is_empty() { Path::new(".") } else { at };
+    let st = rustix::fs::statvfs(at).ok()?;
+    Some(st.f_bavail.saturating_mul(st.f_frsize))
+}
+
+/// Refuses to open with less than [`MIN_FREE_BYTES`] free.
+fn room_to_open(free: u64) -> Result<(), String> {
+    if free < MIN_FREE_BYTES {
+        return Err(format!(
+            "only {} KiB free on its filesystem; a node needs {} MiB free to open its database safely: free space and start it again",
+            free / 1024,
+            MIN_FREE_BYTES >> 20
+        ));
+    }
+    Ok(())
+}
+
+/// Opens (or creates) a node's data dir and checks it belongs to this node.
+///
+/// sled can panic on some corrupt files; that is caught here and turned into an error so a
+/// bad data dir stops the node with a message.
 pub fn open(dir: &Path, node_id: u64) -> Result<sled::Db, NodeError> {
     open_with(dir, node_id, true)
 }
@@ -64,13 +104,25 @@ pub fn open_with(dir: &Path, node_id: u64, background_flush: bool) -> Result<sle
                 .into()));
         }
     }
-    let d = dir.to_path_buf();
+    if let Some(free) = free_bytes(dir) {
+        room_to_open(free).map_err(err)?;
+    }
     let flush_every = background_flush.then_some(500);
-    let db = std::panic::catch_unwind(move || sled::Config::new().path(d).flush_every_ms(flush_every).open())
-        .map_err(|_| err("sled panicked opening it: the database is corrupt".into()))?
-        .map_err(|e| {
-            err(format!("cannot open sled database: {} (corrupt or in use by another process?)", sled_reason(&e)))
-        })?;
+    // A database this process just dropped may still be locked for a moment by sled's own
+    // threads (a restore reopens at once): a lock is waited for briefly, then refused.
+    let since = std::time::Instant::now();
+    let db = loop {
+        let d = dir.to_path_buf();
+        let opened = std::panic::catch_unwind(move || sled::Config::new().path(d).flush_every_ms(flush_every).open())
+            .map_err(|_| err("sled panicked opening it: the database is corrupt".into()))?;
+        match opened {
+            Ok(db) => break db,
+            Err(e) if locked(&e) && since.elapsed() < LOCK_WAIT => {
+                std::thread::sleep(std::time::Duration::from_millis(20));
+            }
+            Err(e) => return Err(err(format!("cannot open sled database: {}", sled_reason(&e)))),
+        }
+    };
     let meta = db.open_tree("meta").map_err(|e| err(e.to_string()))?;
     match meta.get("node_id").map_err(|e| err(e.to_string()))? {
         Some(v) => {
@@ -129,12 +181,22 @@ mod tests {
     use super::*;
 
     #[test]
+    fn a_nearly_full_disk_is_refused_before_sled_writes_and_the_free_space_is_read() {
+        let e = room_to_open(MIN_FREE_BYTES - 1).unwrap_err();
+        assert!(e.contains("free space and start it again") && e.contains("32 MiB"), "{e}");
+        room_to_open(MIN_FREE_BYTES).unwrap();
+        let dir = tempfile::tempdir().unwrap();
+        // Read through the nearest folder that exists.
+        assert!(free_bytes(&dir.path().join("not/yet")).is_some_and(|f| f > 0));
+    }
+
+    #[test]
     fn a_data_dir_of_another_storage_format_is_refused_by_name() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("node");
-        drop(open(&path, 1).unwrap());
+        drop(open_with(&path, 1, false).unwrap());
         // Reopening a dir this build wrote works.
-        drop(open(&path, 1).unwrap());
+        drop(open_with(&path, 1, false).unwrap());
         // A dir from before formats were recorded (no marker) is named as such.
         {
             let db = sled::Config::new().path(&path).open().unwrap();
@@ -150,7 +212,9 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("node");
         {
-            let db = open(&path, 1).unwrap();
+            // Without the background flusher, whose thread could still hold the lock when
+            // the second open comes.
+            let db = open_with(&path, 1, false).unwrap();
             db.open_tree("meta").unwrap().insert("format", &3u32.to_be_bytes()).unwrap();
             db.flush().unwrap();
         }

@@ -93,7 +93,15 @@ pub async fn propose_loop(raft: Raft, mut rx: mpsc::Receiver<Proposal>, metrics:
                     fail_all(txs, ExecError::NotLeader(f.leader_node.map(|n| n.addr)))
                 }
                 Ok(Err(e)) => fail_all(txs, ExecError::Api(ApiError::Internal(e.to_string()))),
-                Err(_) => fail_all(txs, ExecError::Api(ApiError::Unavailable("raft stopped".into()))),
+                // The core took the entry and then stopped (a failed disk write, say): it may
+                // be in the log on disk and apply after a restart.
+                Err(_) => fail_all(
+                    txs,
+                    ExecError::Api(ApiError::OutcomeUnknown(
+                        "raft stopped after taking the write (it may apply once the node restarts); read before retrying"
+                            .into(),
+                    )),
+                ),
             }
         });
     }

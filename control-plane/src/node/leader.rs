@@ -31,7 +31,8 @@ fn membership_err(e: RaftError<NodeId, ClientWriteError<NodeId, BasicNode>>) -> 
         RaftError::APIError(ClientWriteError::ChangeMembershipError(e)) => {
             ExecError::Api(ApiError::FailedPrecondition(e.to_string()))
         }
-        RaftError::Fatal(f) => ExecError::Api(ApiError::Unavailable(format!("raft stopped: {f}"))),
+        // The change may be in the log already.
+        RaftError::Fatal(f) => ExecError::Api(ApiError::OutcomeUnknown(format!("raft stopped: {f}"))),
     }
 }
 
