@@ -2,6 +2,7 @@
 //! was removed or disabled (closed now, with 1001) or set to draining (closed with 1001,
 //! spread with jitter over the pool's drain window, so clients do not reconnect at once).
 
+use std::sync::atomic::Ordering::Relaxed;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -29,12 +30,21 @@ pub fn on_change(state: &ProxyState, old: &Table, new: &Table) {
                     let conns = n.stats.connections();
                     tracing::info!(backend = %n.backend.address, connections = conns.len(), ?window, "draining");
                     let token = state.runtime.shutdown.clone();
+                    let stats = n.stats.clone();
+                    let epoch = stats.drain_epoch.fetch_add(1, Relaxed) + 1;
+                    let current = move || stats.drain_epoch.load(Relaxed) == epoch;
                     tokio::spawn(async move {
                         tokio::select! {
                             _ = token.cancelled() => {}
-                            _ = drain(conns, window) => {}
+                            _ = drain(conns, window, current) => {}
                         }
                     });
+                }
+                // Set active again mid-drain (a drain started by mistake, or called off): the
+                // connections not yet closed stay, as HAProxy's `ready` keeps them.
+                Some(n) if was == AdminState::Draining as i32 && n.backend.admin_state == AdminState::Active as i32 => {
+                    n.stats.drain_epoch.fetch_add(1, Relaxed);
+                    tracing::info!(backend = %n.backend.address, "drain called off: the backend is active again");
                 }
                 _ => {}
             }
@@ -49,8 +59,9 @@ fn close_all(conns: &[Arc<CloseHandle>]) {
 }
 
 /// Closes `conns` at evenly spaced, jittered times across 90% of `window`; whatever is
-/// left at the window's end is closed then.
-pub async fn drain(mut conns: Vec<Arc<CloseHandle>>, window: Duration) {
+/// left at the window's end is closed then. Stops, closing no more, once `current` says the
+/// drain was called off.
+pub async fn drain(mut conns: Vec<Arc<CloseHandle>>, window: Duration, current: impl Fn() -> bool) {
     conns.shuffle(&mut rand::rng());
     let n = conns.len().max(1) as u32;
     let span = window.mul_f64(0.9);
@@ -59,10 +70,15 @@ pub async fn drain(mut conns: Vec<Arc<CloseHandle>>, window: Duration) {
     for (i, c) in conns.iter().enumerate() {
         let jitter = step.mul_f64(rand::random::<f64>());
         tokio::time::sleep_until(start + step * i as u32 + jitter).await;
+        if !current() {
+            return;
+        }
         c.close(CLOSE_GOING_AWAY);
     }
     tokio::time::sleep_until(start + window).await;
-    close_all(&conns);
+    if current() {
+        close_all(&conns);
+    }
 }
 
 #[cfg(test)]
@@ -87,7 +103,7 @@ mod tests {
                 })
             })
             .collect();
-        drain(conns.clone(), window).await;
+        drain(conns.clone(), window, || true).await;
         let mut at = Vec::with_capacity(n);
         for w in watchers {
             at.push(w.await.unwrap());
@@ -124,11 +140,29 @@ mod tests {
     async fn every_connection_is_closed_by_the_windows_end() {
         let conns: Vec<_> = (0..3).map(|_| Arc::new(CloseHandle::default())).collect();
         let start = Instant::now();
-        drain(conns.clone(), Duration::from_millis(100)).await;
+        drain(conns.clone(), Duration::from_millis(100), || true).await;
         assert_eq!(start.elapsed(), Duration::from_millis(100));
         assert!(conns.iter().all(|c| c.requested() == Some(CLOSE_GOING_AWAY)));
         // A single connection is closed within the span too, not at the end.
         let one = close_times(1, Duration::from_secs(10)).await;
         assert!(one[0] <= Duration::from_secs(9), "{one:?}");
+    }
+
+    /// A drain called off midway (the backend set active again) closes nothing more.
+    #[tokio::test(start_paused = true)]
+    async fn a_drain_called_off_closes_nothing_more() {
+        let conns: Vec<_> = (0..10).map(|_| Arc::new(CloseHandle::default())).collect();
+        let start = Instant::now();
+        let on = Arc::new(std::sync::atomic::AtomicBool::new(true));
+        let still = on.clone();
+        let task = tokio::spawn(drain(conns.clone(), Duration::from_secs(10), move || still.load(Relaxed)));
+        tokio::time::sleep(Duration::from_secs(3)).await;
+        on.store(false, Relaxed);
+        let closed_then = conns.iter().filter(|c| c.requested().is_some()).count();
+        task.await.unwrap();
+        assert!(start.elapsed() < Duration::from_secs(4), "stopped at the next turn, at {:?}", start.elapsed());
+        let closed = conns.iter().filter(|c| c.requested().is_some()).count();
+        assert_eq!(closed, closed_then, "nothing closed after the drain was called off");
+        assert!((1..10).contains(&closed), "{closed} of 10 closed in the first 3 s");
     }
 }

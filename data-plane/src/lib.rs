@@ -174,7 +174,7 @@ impl Proxy {
         }
         let conns: Vec<_> = self.state.registry.all().into_iter().flat_map(|(_, s)| s.connections()).collect();
         tracing::info!(connections = conns.len(), ?grace, "closing connections");
-        tokio::spawn(drain::drain(conns, grace));
+        tokio::spawn(drain::drain(conns, grace, || true));
         self.state.runtime.connections.close();
         if tokio::time::timeout(grace + Duration::from_secs(3), self.state.runtime.connections.wait()).await.is_err() {
             tracing::warn!("grace period over with connections still open; exiting");

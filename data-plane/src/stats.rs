@@ -21,6 +21,9 @@ pub struct BackendStats {
     pub ejected_until_ms: AtomicU64,
     /// Connections through other proxies, as the control plane last reported.
     pub cluster_active: AtomicU64,
+    /// Bumped when a drain starts and when it is called off (the backend set active again):
+    /// a drain task closes connections only while the number it started with is current.
+    pub drain_epoch: AtomicU64,
     conns: Mutex<HashMap<u64, Arc<CloseHandle>>>,
 }
 
