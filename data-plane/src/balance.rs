@@ -121,26 +121,21 @@ impl Balancer {
             Algorithm::LeastConnections => {
                 // The least load per unit of weight; ties (all idle, often) go by weighted
                 // round robin among the tied, as NGINX's and HAProxy's least-connections do.
-                let mut tied = vec![false; n];
+                // Nothing is allocated: this runs for every connection and plain request.
                 let mut best: Option<usize> = None;
-                let mut count = 0;
+                let mut tied = 0;
                 for i in (0..n).filter(|&i| fit(i)) {
                     match best {
-                        Some(b) if self.less_loaded(inp, b, i) => continue,
-                        Some(b) if !self.less_loaded(inp, i, b) => {}
-                        _ => {
-                            tied.iter_mut().for_each(|t| *t = false);
-                            count = 0;
-                            best = Some(i);
-                        }
+                        Some(b) if self.less_loaded(inp, b, i) => {}
+                        Some(b) if !self.less_loaded(inp, i, b) => tied += 1,
+                        _ => (best, tied) = (Some(i), 1),
                     }
-                    tied[i] = true;
-                    count += 1;
                 }
-                if count <= 1 {
+                let b = best?;
+                if tied == 1 {
                     return best;
                 }
-                self.round_robin(&|i| tied[i])
+                self.round_robin(&|i| fit(i) && !self.less_loaded(inp, i, b) && !self.less_loaded(inp, b, i))
             }
             Algorithm::P2c => {
                 // Two candidates drawn in proportion to weight, the less loaded per unit of

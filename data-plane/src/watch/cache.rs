@@ -82,14 +82,20 @@ pub fn open(path: &Path) -> Result<Option<(Topology, SystemTime)>, CacheError> {
     if !bytes.is_empty() && !bytes.starts_with(&MAGIC[..bytes.len().min(MAGIC.len())]) {
         return Err(CacheError::Foreign);
     }
-    Ok(load(path))
+    Ok(usable(path, &bytes, meta.modified().unwrap_or(SystemTime::UNIX_EPOCH)))
 }
 
 /// Loads the cache file, if there is a usable one, with the time it was written.
 pub fn load(path: &Path) -> Option<(Topology, SystemTime)> {
     let bytes = std::fs::read(path).ok()?;
     let written = std::fs::metadata(path).and_then(|m| m.modified()).unwrap_or(SystemTime::UNIX_EPOCH);
-    match unframe(&bytes) {
+    usable(path, &bytes, written)
+}
+
+/// The topology in a cache file's `bytes`, written at `written`; a damaged one is said and
+/// ignored.
+fn usable(path: &Path, bytes: &[u8], written: SystemTime) -> Option<(Topology, SystemTime)> {
+    match unframe(bytes) {
         Ok(t) => Some((t, written)),
         Err(e) => {
             tracing::warn!(path = %path.display(), "ignoring unusable config cache: {e}");
