@@ -19,13 +19,16 @@ pub type LiveKey = (String, String, String);
 /// Streamed bindings by pool, then key: (backend, TTL in ms).
 type Bound = HashMap<String, HashMap<String, (String, u64)>>;
 
-/// A binding used here: its connections, and when the control plane last acknowledged a
-/// report of it. Kept after its last connection ends while that acknowledgement is recent, so
-/// a session's next request does not report it again at once.
+/// A binding used here: its connections, when the control plane last acknowledged a report
+/// of it, and when it was last used since. Kept after its last connection ends while that
+/// acknowledgement is recent, so a session's next request does not report it again at once;
+/// and refreshed while it is used, even if no connection is open when the report is taken: a
+/// long-polling session's requests come and go between reports.
 #[derive(Default)]
 struct Live {
     conns: usize,
     acked: Option<Instant>,
+    used: Option<Instant>,
 }
 
 #[derive(Default)]
@@ -75,26 +78,29 @@ impl Affinity {
     /// of plain HTTP requests on one session costs no report per request.
     pub fn hold_live(&self, pool: &str, key: &str, backend: &str) -> LiveKey {
         let k = (pool.to_string(), key.to_string(), backend.to_string());
-        self.live.lock().unwrap_or_else(|e| e.into_inner()).entry(k.clone()).or_default().conns += 1;
+        let now = Instant::now();
+        let mut live = self.live.lock().unwrap_or_else(|e| e.into_inner());
+        let l = live.entry(k.clone()).or_default();
+        l.conns += 1;
+        l.used = Some(now);
         k
     }
 
-    /// The connection behind `k` ended.
+    /// The connection or request behind `k` ended. Its binding stays until the report: it
+    /// was used, so it is refreshed.
     pub fn unbind_live(&self, k: &LiveKey) {
         let mut live = self.live.lock().unwrap_or_else(|e| e.into_inner());
         if let Some(l) = live.get_mut(k) {
             l.conns = l.conns.saturating_sub(1);
-            if l.conns == 0 && l.acked.is_none() {
-                live.remove(k);
-            }
         }
     }
 
-    /// The bindings to report at `now`: the new ones, each live one that was never
-    /// acknowledged, and, when `refreshes` (the periodic report), each live one whose last
-    /// acknowledged report is a third of its TTL old. The TTL is its pool's (`ttl`), or the
+    /// The bindings to report at `now`: the new ones, each one in use (with a connection, or
+    /// used since its last acknowledgement) that was never acknowledged, and, when
+    /// `refreshes` (the periodic report), each one in use whose last acknowledged report is a
+    /// third of its TTL old. The TTL is its pool's (`ttl`), or the
     /// binding's own when shorter (it keeps the TTL it was made with when the pool's changes).
-    /// Forgets ended sessions whose acknowledgement aged out.
+    /// Forgets ended sessions whose acknowledgement and last use aged out.
     ///
     /// Refreshes wait for the periodic report because every other report follows a new
     /// revision: a refresh sent with it commits one, which prompts the next report, and with
@@ -113,7 +119,8 @@ impl Affinity {
         let mut live = self.live.lock().unwrap_or_else(|e| e.into_inner());
         live.retain(|k, l| {
             let age = l.acked.map(|at| now.saturating_duration_since(at));
-            if l.conns == 0 {
+            let used = l.used.is_some_and(|at| now.saturating_duration_since(at) < ttl(k));
+            if l.conns == 0 && !used {
                 return age.is_some_and(|a| a < ttl(k));
             }
             let due = match age {
@@ -128,12 +135,16 @@ impl Affinity {
         out
     }
 
-    /// The control plane acknowledged (committed, or found fresh) the report of `sent` at `at`.
+    /// The control plane acknowledged (committed, or found fresh) the report of `sent`, taken
+    /// at `at`: uses since then are still to be refreshed.
     pub fn acknowledged(&self, sent: &[SessionBinding], at: Instant) {
         let mut live = self.live.lock().unwrap_or_else(|e| e.into_inner());
         for b in sent {
             if let Some(l) = live.get_mut(&key_of(b)) {
                 l.acked = Some(at);
+                if l.used.is_some_and(|u| u <= at) {
+                    l.used = None;
+                }
             }
         }
     }
@@ -196,8 +207,37 @@ mod tests {
         let k3 = a.hold_live("p", "s", "b:1");
         assert!(a.take_report(t0 + Duration::from_secs(15), ttl, true).is_empty());
         a.unbind_live(&k3);
-        assert!(a.take_report(t0 + Duration::from_secs(25), ttl, true).is_empty(), "no connection: no refresh");
-        assert!(a.take_report(t0 + Duration::from_secs(41), ttl, true).is_empty());
+        // Used since its last acknowledgement, though no connection is open now: refreshed.
+        let used = a.take_report(t0 + Duration::from_secs(25), ttl, true);
+        assert_eq!(used.len(), 1, "a session used between reports is refreshed");
+        a.acknowledged(&used, t0 + Duration::from_secs(25));
+        assert!(a.take_report(t0 + Duration::from_secs(41), ttl, true).is_empty(), "unused since: no refresh");
+        assert!(a.take_report(t0 + Duration::from_secs(56), ttl, true).is_empty());
+        assert!(a.live.lock().unwrap().is_empty(), "forgotten once its acknowledgement aged out");
+    }
+
+    /// A long-polling session: each request is held briefly and none is open when the
+    /// periodic report is taken, yet the binding is refreshed for as long as requests come.
+    #[test]
+    fn a_session_of_short_requests_is_refreshed_while_they_come() {
+        let a = Affinity::default();
+        let ttl = |_: &str| Duration::from_secs(3);
+        let k = a.bind_live("p", "s", "b:1");
+        a.unbind_live(&k);
+        let t0 = Instant::now();
+        let first = a.take_report(t0, ttl, true);
+        assert_eq!(first.len(), 1, "the new binding");
+        a.acknowledged(&first, t0);
+        let later = t0 + Duration::from_secs(1);
+        assert!(a.take_report(later, ttl, true).is_empty(), "not used since: no refresh");
+        // One request, over before the next periodic report.
+        let k = a.hold_live("p", "s", "b:1");
+        a.unbind_live(&k);
+        let refresh = a.take_report(later, ttl, true);
+        assert_eq!(refresh.len(), 1, "used since the last acknowledgement: refreshed");
+        a.acknowledged(&refresh, later);
+        assert!(a.take_report(later + Duration::from_secs(1), ttl, true).is_empty(), "not used since");
+        assert!(a.take_report(later + Duration::from_secs(4), ttl, true).is_empty());
         assert!(a.live.lock().unwrap().is_empty(), "forgotten once its acknowledgement aged out");
     }
 

@@ -78,6 +78,9 @@ impl Maglev {
 pub struct Balancer {
     pub algorithm: Algorithm,
     weights: Vec<u32>,
+    /// Each backend's identity hashed, for client-IP hashing: a client's backend must not
+    /// depend on where the others sit in the pool's order.
+    ids: Vec<u64>,
     maglev: Option<Maglev>,
     /// Smooth weighted round robin state (NGINX's algorithm), one slot per backend.
     swrr: Mutex<Vec<i64>>,
@@ -100,6 +103,7 @@ impl Balancer {
         Balancer {
             algorithm,
             weights: backends.iter().map(|b| b.1).collect(),
+            ids: backends.iter().map(|b| hash64(&[b.0.as_bytes(), b"rendezvous"])).collect(),
             maglev,
             swrr: Mutex::new(vec![0; backends.len()]),
             counter: AtomicU64::new(0),
@@ -177,7 +181,7 @@ impl Balancer {
     }
 
     fn hrw(&self, ip: u64, i: usize) -> f64 {
-        let h = mix(ip ^ mix(i as u64 + 1));
+        let h = mix(ip ^ self.ids[i]);
         let u = ((h >> 11) as f64 + 0.5) / (1u64 << 53) as f64;
         -(self.weights[i] as f64) / u.ln()
     }
@@ -298,5 +302,29 @@ mod tests {
         let inp = PickInput { key: None, ip: 42, load: &|_| 0, fit: &|_| true };
         let first = b.pick(&inp);
         assert!((0..20).all(|_| b.pick(&inp) == first));
+    }
+
+    /// A client stays where it was when another backend is removed, added or reordered (it
+    /// moved when clients were hashed against each backend's place in the pool).
+    #[test]
+    fn ip_hash_follows_backends_not_their_places() {
+        let ids = ["10.0.0.1:80", "10.0.0.2:80", "10.0.0.3:80", "10.0.0.4:80"];
+        let pick = |pool: &[&'static str], ip: u64| -> &'static str {
+            let b = Balancer::new(Algorithm::IpHash, &pool.iter().map(|a| (*a, 1)).collect::<Vec<_>>());
+            let inp = PickInput { key: None, ip: mix(ip), load: &|_| 0, fit: &|_| true };
+            pool[b.pick(&inp).unwrap()]
+        };
+        let without_second = [ids[0], ids[2], ids[3]];
+        let reordered = [ids[3], ids[1], ids[0], ids[2]];
+        let mut kept = 0;
+        for ip in 0..2000 {
+            let was = pick(&ids, ip);
+            assert_eq!(pick(&reordered, ip), was, "order alone moved client {ip}");
+            if was != ids[1] {
+                assert_eq!(pick(&without_second, ip), was, "client {ip} moved off a backend that stayed");
+                kept += 1;
+            }
+        }
+        assert!((1300..1700).contains(&kept), "the removed backend had {} of 2000", 2000 - kept);
     }
 }

@@ -160,16 +160,38 @@ pub fn close_idle(rt: &crate::state::Runtime) {
     rt.close_idle.notify_waiters();
 }
 
-/// Lasts as long as a response: the request counts as a connection to its backend (for least
-/// connections, and `/status`), keeps its session binding live, and is logged when it ends.
-struct InFlight {
-    /// The backend connection, pooled again once the response is over.
-    idle: Option<backends::Sender>,
-    /// The pool, and the index of the backend in it.
+/// Lasts from the moment a request is sent to a backend until its response ends: the
+/// request counts as a connection to its backend (for least connections, power of two
+/// choices, `max_connections` and `/status`) and keeps its session binding live, also while a
+/// long-poll waits for its response head.
+struct Held {
     pool: Arc<PoolTable>,
     backend: usize,
     state: Arc<ProxyState>,
     session: Option<crate::affinity::LiveKey>,
+}
+
+impl Held {
+    fn new(state: &Arc<ProxyState>, pool: &Arc<PoolTable>, backend: usize) -> Held {
+        pool.backends[backend].stats.active.fetch_add(1, Relaxed);
+        Held { pool: pool.clone(), backend, state: state.clone(), session: None }
+    }
+}
+
+impl Drop for Held {
+    fn drop(&mut self) {
+        self.pool.backends[self.backend].stats.active.fetch_sub(1, Relaxed);
+        if let Some(k) = &self.session {
+            self.state.affinity.unbind_live(k);
+        }
+    }
+}
+
+/// Lasts as long as a response: holds the backend ([`Held`]) and is logged when it ends.
+struct InFlight {
+    /// The backend connection, pooled again once the response is over.
+    idle: Option<backends::Sender>,
+    held: Held,
     rec: Option<Box<access_log::Record>>,
     started: tokio::time::Instant,
     counts: Arc<Counts>,
@@ -178,15 +200,12 @@ struct InFlight {
 
 impl Drop for InFlight {
     fn drop(&mut self) {
-        let b = &self.pool.backends[self.backend];
+        let (pool, state) = (&self.held.pool, &self.held.state);
+        let b = &pool.backends[self.held.backend];
         if let Some(tx) = self.idle.take() {
-            backends::checkin(&self.pool.pool.name, self.pool.tls.tag(), &b.backend.address, tx, &self.state);
+            backends::checkin(&pool.pool.name, pool.tls.tag(), &b.backend.address, tx, state);
         }
-        b.stats.active.fetch_sub(1, Relaxed);
-        if let Some(k) = &self.session {
-            self.state.affinity.unbind_live(k);
-        }
-        if let (Some(log), Some(mut r)) = (self.state.runtime.access_log.get(), self.rec.take()) {
+        if let (Some(log), Some(mut r)) = (state.runtime.access_log.get(), self.rec.take()) {
             r.duration = self.started.elapsed();
             r.to_backend.bytes = self.counts.to_backend.load(Relaxed);
             r.to_client.bytes = self.counts.to_client.load(Relaxed);
@@ -323,6 +342,12 @@ async fn handle(
     };
     let entry = &pool.backends[idx];
     let address = entry.backend.address.as_str();
+    // Counted from here, and a session already bound to this backend kept live from here:
+    // a long-poll is held by its backend before any response head comes.
+    let mut held = Held::new(state, &pool, idx);
+    if let Some(k) = session.as_deref().filter(|_| bound.as_deref() == Some(address)) {
+        held.session = Some(state.affinity.hold_live(&pool.pool.name, k, address));
+    }
     if let Some(r) = &mut rec.1 {
         r.backend = Some(address.to_string());
         r.handshake = started.elapsed();
@@ -420,29 +445,15 @@ async fn handle(
             parts.headers.append(header::SET_COOKIE, v);
         }
     }
-    let live = session.map(|k| {
-        if bound.as_deref() == Some(address) {
-            state.affinity.hold_live(&pool.pool.name, &k, address)
-        } else {
-            state.affinity.bind_live(&pool.pool.name, &k, address)
-        }
-    });
-    entry.stats.active.fetch_add(1, Relaxed);
+    // A new binding is made only once the backend answered.
+    if let (Some(k), None) = (&session, &held.session) {
+        held.session = Some(state.affinity.bind_live(&pool.pool.name, k, address));
+    }
     entry.stats.total.fetch_add(1, Relaxed);
     if let Some(r) = &mut rec.1 {
         r.status = parts.status.as_u16();
         r.termination = "http";
     }
-    let hold = InFlight {
-        idle: Some(sender),
-        pool: pool.clone(),
-        backend: idx,
-        state: state.clone(),
-        session: live,
-        rec: rec.1.take(),
-        started,
-        counts: counts.clone(),
-        _busy: busy,
-    };
+    let hold = InFlight { idle: Some(sender), held, rec: rec.1.take(), started, counts: counts.clone(), _busy: busy };
     Response::from_parts(parts, Either::Right(Relayed { inner: body, counts, hold: Some(hold) }))
 }

@@ -4,7 +4,7 @@
 //! limits: 413, 504 for a pool's response timeout while a long-poll under the default is not
 //! cut, 404, 503, 400, 431, and an upgrade on a reused connection refused; and the handshake
 //! timeout bounding the wait for a kept-alive connection's next head and for a request body
-//! the client stops sending (408).
+//! the client stops sending (408); a held long-poll counted on its backend while it waits.
 
 use std::sync::atomic::Ordering::Relaxed;
 use std::time::Duration;
@@ -307,4 +307,52 @@ async fn plain_http_limits_answer_with_the_right_status_and_idle_connections_clo
 
     // The proxy serves on.
     assert_eq!(http_send(&mut http_client(&p.ws).await, get("/", &[])).await.0, 200);
+}
+
+/// A long-poll the backend holds counts as a connection to it from the moment it is sent,
+/// not from its response head: least connections sends everything else to the other backend
+/// meanwhile (it spread them evenly when a held request counted for nothing).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_held_long_poll_counts_as_a_connection_while_it_waits() {
+    let _g = serial().await;
+    let (_c, b1, b2, _slow, eps) = setup().await;
+    for args in [
+        vec!["pool", "create", "lc", "--algorithm", "least-connections"],
+        vec!["backend", "add", "lc", &b1.addr],
+        vec!["backend", "add", "lc", &b2.addr],
+        vec!["route", "set", "lc", "--pool", "lc", "--host", "lc.example"],
+    ] {
+        let mut all = vec!["--endpoints", &eps];
+        all.extend(args.iter());
+        let (code, _, err) = run_cli(&all);
+        assert_eq!(code, 0, "{args:?}: {err}");
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let p = ProxyProcess::spawn(&eps, &dir.path().join("p.cache"), "http-lc");
+    let lc = |path: &str| Request::get(path).header("host", "lc.example").body(Full::new(Bytes::new())).unwrap();
+    eventually("the proxy to route lc.example", LONG, || async {
+        let mut tx = http_client(&p.ws).await;
+        (http_send(&mut tx, lc("/")).await.0 == 200).then_some(())
+    })
+    .await;
+
+    let mut held_tx = http_client(&p.ws).await;
+    let req = lc("/hold?ms=5000");
+    let held = tokio::spawn(async move { http_send(&mut held_tx, req).await });
+    let busy = eventually("the held request counted on its backend", LONG, || async {
+        let s = p.status().await?;
+        let pool = s["backends"].as_array()?.iter().filter(|b| b["pool"] == "lc").cloned().collect::<Vec<_>>();
+        let busy = pool.iter().find(|b| b["active"] == 1)?;
+        Some(busy["address"].as_str()?.to_string())
+    })
+    .await;
+    let other = if busy == b1.addr { "b2" } else { "b1" };
+    let mut tx = http_client(&p.ws).await;
+    for i in 0..6 {
+        let (code, _, body) = http_send(&mut tx, lc("/")).await;
+        assert_eq!((code, body.as_str()), (200, other), "request {i} went to the backend holding the long-poll");
+    }
+    let (code, _, body) = held.await.unwrap();
+    let held_by = if busy == b1.addr { "b1" } else { "b2" };
+    assert_eq!((code, body.as_str()), (200, held_by));
 }

@@ -1,6 +1,7 @@
 //! Session refresh costs nothing in steady state: idle bound sessions are re-reported only
 //! every third of their TTL, and the leader commits no refresh that would only move
-//! `last_seen` by less than that, while a session in use still outlives its TTL.
+//! `last_seen` by less than that, while a session in use still outlives its TTL, a
+//! long-polling one (only plain requests, none open at a report) too.
 
 use std::time::{Duration, Instant};
 
@@ -98,4 +99,51 @@ async fn idle_bound_sessions_commit_nothing_and_a_session_in_use_outlives_its_tt
     })
     .await;
     drop(held);
+}
+
+/// A long-polling session makes only plain HTTP requests, each held by its backend and none
+/// open when a report is taken, yet its binding is refreshed for as long as they come: it
+/// outlives three TTLs on the backend it was bound to, never made anew.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_long_polling_session_outlives_its_ttl() {
+    let _g = serial().await;
+    let c = Cluster::start(1, &[]).await;
+    let addr = c.nodes.values().next().unwrap().addr.clone();
+    let secret = affinity_secret(&addr).await;
+    let (b1, b2) = (HttpBackend::start("b1").await, HttpBackend::start("b2").await);
+    let mut a = admin(&addr);
+    let pool =
+        Pool { name: "poll".into(), affinity: "header:X-Session".into(), affinity_ttl_ms: 1_500, ..Default::default() };
+    a.create_pool(CreatePoolRequest { pool: Some(pool) }).await.unwrap();
+    for b in [&b1.addr, &b2.addr] {
+        let b = Backend { pool: "poll".into(), address: b.clone(), weight: 1, ..Default::default() };
+        a.add_backend(AddBackendRequest { backend: Some(b) }).await.unwrap();
+    }
+    let route = Route { name: "poll".into(), host: "poll.example".into(), pool: "poll".into(), ..Default::default() };
+    let rev = a.set_route(SetRouteRequest { route: Some(route) }).await.unwrap().into_inner().revision;
+    let p = ProxyProcess::spawn(&c.endpoints(), &c.dir.path().join("p.cache"), "p");
+    p.wait_revision(rev).await;
+
+    let poll = |path: &str| {
+        hyper::Request::get(path)
+            .header("host", "poll.example")
+            .header("x-session", "poller")
+            .body(http_body_util::Full::new(hyper::body::Bytes::new()))
+            .unwrap()
+    };
+    let mut tx = http_client(&p.ws).await;
+    let (code, _, served_by) = http_send(&mut tx, poll("/")).await;
+    assert_eq!(code, 200);
+    let first = eventually("the session bound", Duration::from_secs(5), || async {
+        session(&addr, &secret, "poll", "poller").await
+    })
+    .await;
+    let started = Instant::now();
+    while started.elapsed() < Duration::from_millis(3 * 1_500) {
+        let (code, _, body) = http_send(&mut tx, poll("/hold?ms=400")).await;
+        assert_eq!((code, body.as_str()), (200, served_by.as_str()), "the session moved after {:?}", started.elapsed());
+    }
+    let now = session(&addr, &secret, "poll", "poller").await.expect("a session in use must not expire");
+    assert_eq!(now.created_revision, first.created_revision, "the binding expired and was made anew");
+    assert!(now.last_seen_ms >= first.last_seen_ms + 1_500, "refreshed: {first:?} then {now:?}");
 }

@@ -37,7 +37,8 @@ pub async fn run(state: Arc<ProxyState>, endpoints: Vec<String>, mut applied: wa
         if periodic {
             last_tick = Instant::now();
         }
-        let bindings = state.affinity.take_report(Instant::now(), |pool| affinity_ttl(&table, pool), periodic);
+        let taken = Instant::now();
+        let bindings = state.affinity.take_report(taken, |pool| affinity_ttl(&table, pool), periodic);
         drop(table);
         let sent: Vec<SessionBinding> = bindings.clone();
         let rev = *applied.borrow_and_update();
@@ -75,7 +76,7 @@ pub async fn run(state: Arc<ProxyState>, endpoints: Vec<String>, mut applied: wa
                 Ok(Ok(reply)) => {
                     tracing::debug!(node = %addr, bindings = sent.len(), "report answered");
                     // Answered only once the bindings committed (or were found fresh).
-                    state.affinity.acknowledged(&sent, Instant::now());
+                    state.affinity.acknowledged(&sent, taken);
                     // Other proxies' connections: the cluster's count less what this proxy sent.
                     // Only for backends tracked here: a load for one this config lacks (as an
                     // earlier report of this proxy's may have sent) must not bring it back.
