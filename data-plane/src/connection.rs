@@ -20,10 +20,11 @@ mod accept;
 mod live;
 mod refused;
 pub(crate) mod streams;
+mod upgrade;
 pub use accept::{configured, start, Listen};
 use live::Live;
 pub(crate) use streams::eject_locally;
-use streams::{accept_tls, backend_stream, client_stream, connect_backend, BackendFail, ClientIo};
+use streams::{accept_tls, backend_stream, client_stream, ClientIo};
 
 /// What every connection's handling needs besides the shared state.
 pub struct Ctx {
@@ -286,7 +287,6 @@ async fn open(
     ctx: &Ctx,
     tls: bool,
 ) -> Opened {
-    let tuning = ctx.tuning;
     let table = state.table.load_full();
     let s = table.settings;
     let hs_timeout = handshake_timeout(&s);
@@ -358,62 +358,19 @@ async fn open(
         r.session = session.clone();
     }
     let bound = session.as_deref().and_then(|k| state.affinity.backend_for(&pool.pool.name, k));
-    let mut exclude = Vec::new();
-    // A backend that failed TLS (its certificate did not verify, say) makes the answer 502.
-    let mut tls_failed = false;
-    let unusable = |tls_failed: bool| if tls_failed { Reject::BadGateway } else { Reject::Unavailable };
-    let (idx, mut backend) = loop {
-        if exclude.len() >= tuning.max_attempts {
-            return reject_none(state, rec, client, unusable(tls_failed)).await;
-        }
-        let now = state.registry.now_ms();
-        let choice = match &session {
-            Some(k) => pool.pick_session(k, bound.as_deref(), now, &exclude).map(|(i, _)| i),
-            None => pool.pick(&up, peer.ip(), now, &exclude),
-        };
-        let Some(i) = choice else {
-            return reject_none(state, rec, client, unusable(tls_failed)).await;
-        };
-        let b = &pool.backends[i];
-        match connect_backend(&b.backend.address, &pool.tls, ctx).await {
-            Ok(s) => break (i, s),
-            Err(why) => {
-                tls_failed |= matches!(why, BackendFail::Tls(_));
-                eject_locally(state, b, &pool.pool.name, &tuning, &why);
-                if let BackendFail::Local(_) = why {
-                    return reject_none(state, rec, client, Reject::OverCapacity).await;
-                }
-                exclude.push(i);
-            }
-        }
+    let fwd = handshake::forward_head(&up, peer.ip(), if tls { "https" } else { "http" });
+    let deadline = tokio::time::Instant::now() + hs_timeout;
+    let reached =
+        upgrade::reach(state, ctx, &pool, session.as_deref(), bound.as_deref(), &up, peer, &fwd, deadline).await;
+    let upgrade::Reached { idx, mut backend, mut resp, head: resp_len } = match reached {
+        Ok(r) => r,
+        Err(r) => return reject_none(state, rec, client, r).await,
     };
     let entry = &pool.backends[idx];
     let stats = entry.stats.clone();
     if let Some(r) = rec {
         r.backend = Some(entry.backend.address.clone());
     }
-
-    // Forward the upgrade and relay the backend's answer.
-    let fwd = handshake::forward_head(&up, peer.ip(), if tls { "https" } else { "http" });
-    let mut resp = Vec::with_capacity(512);
-    let answer = tokio::time::timeout(hs_timeout, async {
-        backend.write_all(&fwd).await.map_err(|_| Reject::BadGateway)?;
-        backend.flush().await.map_err(|_| Reject::BadGateway)?;
-        loop {
-            let n = read_head(&mut backend, &mut resp, MAX_RESPONSE_HEAD).await.map_err(|_| Reject::BadGateway)?;
-            match handshake::response_status(&resp[..n]) {
-                // 100 Continue, 103 Early Hints: not the answer to the upgrade.
-                Some(s) if (100..200).contains(&s) && s != 101 => drop(resp.drain(..n)),
-                _ => return Ok(n),
-            }
-        }
-    })
-    .await;
-    let resp_len = match answer {
-        Ok(Ok(n)) => n,
-        Ok(Err(r)) => return reject_none(state, rec, client, r).await,
-        Err(_) => return reject_none(state, rec, client, Reject::BadGateway).await,
-    };
     let status = handshake::response_status(&resp[..resp_len]);
     if status != Some(101) {
         // The backend said no: its answer is the client's answer.

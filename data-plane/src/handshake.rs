@@ -27,6 +27,8 @@ pub enum Reject {
     Timeout,
     #[error("backend failed")]
     BadGateway,
+    #[error("backend did not answer in time")]
+    GatewayTimeout,
     /// The route's edge authentication said no (401, 403), or could not decide (5xx).
     #[error("{why}")]
     Auth { status: u16, why: &'static str, challenge: Option<String> },
@@ -42,6 +44,7 @@ impl Reject {
             Reject::Unavailable | Reject::OverCapacity | Reject::ClientRate => 503,
             Reject::Timeout => 408,
             Reject::BadGateway => 502,
+            Reject::GatewayTimeout => 504,
             Reject::Auth { status, .. } => *status,
         }
     }
@@ -59,6 +62,7 @@ impl Reject {
             Reject::ClientRate => "client_rate",
             Reject::Timeout => "timeout",
             Reject::BadGateway => "bad_gateway",
+            Reject::GatewayTimeout => "gateway_timeout",
             Reject::Auth { status: 401, .. } => "unauthorized",
             Reject::Auth { status: 403, .. } => "forbidden",
             Reject::Auth { .. } => "auth_failed",

@@ -56,6 +56,9 @@ pub enum BackendFail {
     /// ports): no fault of the backend's, which is not ejected for it.
     #[error("connect failed for want of local resources: {0}")]
     Local(String),
+    /// Connected, but the upgrade got no usable answer.
+    #[error("upgrade failed: {0}")]
+    Upgrade(&'static str),
 }
 
 impl BackendFail {

@@ -1,0 +1,104 @@
+//! Backends that take the connection but fail the upgrade: one that closes without answering
+//! is passed over for the next backend within the same handshake, one that never answers
+//! costs its client a 504 at the handshake timeout, and both are ejected so the clients after
+//! go elsewhere at once (NGINX counts both against `max_fails`; the hanging one used to take
+//! every other client for the whole timeout and answer 502, for as long as it hung).
+
+use std::time::Duration;
+
+use switchyard_proto::v1::*;
+use switchyard_tests::*;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+/// A backend that accepts connections and reads the head: `close` closes each one then
+/// without a byte back; otherwise it is held open, unanswered.
+async fn broken_backend(close: bool) -> (String, tokio::task::JoinHandle<()>) {
+    let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = l.local_addr().unwrap().to_string();
+    let task = tokio::spawn(async move {
+        let mut held = Vec::new();
+        while let Ok((mut s, _)) = l.accept().await {
+            let mut buf = [0u8; 4096];
+            let _ = tokio::time::timeout(Duration::from_secs(5), s.read(&mut buf)).await;
+            if !close {
+                held.push(s);
+            }
+        }
+    });
+    (addr, task)
+}
+
+/// The status line the proxy answers an upgrade for `host` with.
+async fn answer(proxy: &str, host: &str) -> String {
+    let head = format!(
+        "GET / HTTP/1.1\r\nHost: {host}\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\
+         Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n"
+    );
+    let mut c = tokio::net::TcpStream::connect(proxy).await.unwrap();
+    c.write_all(head.as_bytes()).await.unwrap();
+    let mut out = Vec::new();
+    let mut buf = [0u8; 1024];
+    let _ = tokio::time::timeout(Duration::from_secs(10), async {
+        while !out.windows(4).any(|w| w == b"\r\n\r\n") {
+            match c.read(&mut buf).await {
+                Ok(0) | Err(_) => break,
+                Ok(n) => out.extend_from_slice(&buf[..n]),
+            }
+        }
+    })
+    .await;
+    String::from_utf8_lossy(&out).lines().next().unwrap_or("").to_string()
+}
+
+fn backend_status(s: &serde_json::Value, pool: &str, addr: &str) -> serde_json::Value {
+    let all = s["backends"].as_array().expect("backends");
+    all.iter().find(|b| b["pool"] == pool && b["address"] == addr).cloned().expect("the backend in /status")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_backend_that_fails_the_upgrade_is_passed_over_or_answered_504_and_ejected() {
+    let _g = serial().await;
+    let c = Cluster::start(1, &[]).await;
+    let addr = c.nodes[&1].addr.clone();
+    let good = EchoBackend::start("good").await;
+    let (closer, _closer_task) = broken_backend(true).await;
+    let (hanger, _hanger_task) = broken_backend(false).await;
+    let mut a = admin(&addr);
+    for (pool, broken) in [("closes", &closer), ("hangs", &hanger)] {
+        a.create_pool(CreatePoolRequest { pool: Some(Pool { name: pool.into(), ..Default::default() }) })
+            .await
+            .unwrap();
+        for b in [broken, &good.addr] {
+            let b = Backend { pool: pool.into(), address: b.clone(), weight: 1, ..Default::default() };
+            a.add_backend(AddBackendRequest { backend: Some(b) }).await.unwrap();
+        }
+        let route =
+            Route { name: pool.into(), host: format!("{pool}.example"), pool: pool.into(), ..Default::default() };
+        a.set_route(SetRouteRequest { route: Some(route) }).await.unwrap();
+    }
+    let s = Settings { handshake_timeout_ms: 1000, ..Default::default() };
+    let req = UpdateSettingsRequest { settings: Some(s), update_mask: vec!["handshake_timeout_ms".into()] };
+    let rev = a.update_settings(req).await.unwrap().into_inner().revision;
+    let p = ProxyProcess::spawn(&c.endpoints(), &c.dir.path().join("p.cache"), "p");
+    p.wait_revision(rev).await;
+
+    // Closed without an answer: the same handshake goes on to the good backend.
+    for i in 0..4 {
+        assert_eq!(answer(&p.ws, "closes.example").await, "HTTP/1.1 101 Switching Protocols", "upgrade {i}");
+    }
+    let closes = backend_status(&p.status().await.unwrap(), "closes", &closer);
+    assert!(closes["connect_failures"] == 1 && closes["ejected"] == true, "{closes}");
+
+    // Never answered: one client gets 504 at the timeout, and the ejection spares the rest.
+    let mut answers = Vec::new();
+    for _ in 0..4 {
+        answers.push(answer(&p.ws, "hangs.example").await);
+    }
+    let timeouts = answers.iter().filter(|a| *a == "HTTP/1.1 504 Gateway Timeout").count();
+    let upgraded = answers.iter().filter(|a| *a == "HTTP/1.1 101 Switching Protocols").count();
+    assert_eq!((timeouts, upgraded), (1, 3), "{answers:?}");
+    let hangs = backend_status(&p.status().await.unwrap(), "hangs", &hanger);
+    assert!(hangs["connect_failures"] == 1 && hangs["ejected"] == true, "{hangs}");
+    let good_there = backend_status(&p.status().await.unwrap(), "hangs", &good.addr);
+    assert_eq!(good_there["total"], 3, "{good_there}");
+}
