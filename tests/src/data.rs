@@ -341,3 +341,27 @@ impl DemoBackend {
         self.proc.kill9();
     }
 }
+
+/// The status line of the proxy's answer to a WebSocket upgrade for `host`. Reads up to the
+/// end of the head, not to EOF: an upgraded connection stays open.
+pub async fn upgrade_status(proxy: &str, host: &str) -> String {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let head = format!(
+        "GET / HTTP/1.1\r\nHost: {host}\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\
+         Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n"
+    );
+    let mut c = tokio::net::TcpStream::connect(proxy).await.expect("connect to the proxy");
+    c.write_all(head.as_bytes()).await.expect("write the upgrade");
+    let mut out = Vec::new();
+    let mut buf = [0u8; 1024];
+    let _ = tokio::time::timeout(std::time::Duration::from_secs(15), async {
+        while !out.windows(4).any(|w| w == b"\r\n\r\n") {
+            match c.read(&mut buf).await {
+                Ok(0) | Err(_) => break,
+                Ok(n) => out.extend_from_slice(&buf[..n]),
+            }
+        }
+    })
+    .await;
+    String::from_utf8_lossy(&out).lines().next().unwrap_or_default().to_string()
+}

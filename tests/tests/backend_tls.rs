@@ -7,34 +7,9 @@ use std::time::Duration;
 
 use serde_json::Value;
 use switchyard_tests::*;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio_tungstenite::tungstenite::Message;
 
 const LONG: Duration = Duration::from_secs(15);
-
-/// The status line of the proxy's answer to an upgrade for `host`.
-async fn refusal(proxy: &str, host: &str) -> String {
-    let head = format!(
-        "GET / HTTP/1.1\r\nHost: {host}\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\
-         Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n"
-    );
-    let mut c = tokio::net::TcpStream::connect(proxy).await.unwrap();
-    c.write_all(head.as_bytes()).await.unwrap();
-    // Only the status line matters. Read up to the end of the head, not to EOF: while the
-    // config change is still on its way the proxy upgrades, and that connection stays open.
-    let mut out = Vec::new();
-    let mut buf = [0u8; 1024];
-    let _ = tokio::time::timeout(LONG, async {
-        while !out.windows(4).any(|w| w == b"\r\n\r\n") {
-            match c.read(&mut buf).await {
-                Ok(0) | Err(_) => break,
-                Ok(n) => out.extend_from_slice(&buf[..n]),
-            }
-        }
-    })
-    .await;
-    String::from_utf8_lossy(&out).lines().next().unwrap_or_default().to_string()
-}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn each_pool_speaks_the_tls_it_names_to_its_backends_and_health_checks_follow() {
@@ -117,7 +92,7 @@ async fn each_pool_speaks_the_tls_it_names_to_its_backends_and_health_checks_fol
         echo(&mut ws, Message::text(format!("through {host}"))).await.unwrap();
     }
     // A backend whose certificate the pool's CA did not sign is never spoken to.
-    assert_eq!(refusal(&proxy.ws, "rogue.example").await, "HTTP/1.1 502 Bad Gateway");
+    assert_eq!(upgrade_status(&proxy.ws, "rogue.example").await, "HTTP/1.1 502 Bad Gateway");
     assert_eq!(stranger.upgrades(), 0, "the unverified backend saw no WebSocket handshake");
 
     // The leader's WebSocket health checks verify as the proxies do.
@@ -161,7 +136,7 @@ async fn each_pool_speaks_the_tls_it_names_to_its_backends_and_health_checks_fol
     // Off: plain TCP to a TLS backend, which then fails its handshake (the proxy answers 502).
     ok(&["pool", "update", "secure", "--backend-tls", "off"]);
     eventually("secure's TLS off on the proxy", LONG, || async {
-        (refusal(&proxy.ws, "secure.example").await.starts_with("HTTP/1.1 50")).then_some(())
+        (upgrade_status(&proxy.ws, "secure.example").await.starts_with("HTTP/1.1 50")).then_some(())
     })
     .await;
 }

@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use switchyard_proto::v1::*;
 use switchyard_tests::*;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::io::AsyncReadExt;
 
 /// A backend that accepts connections and reads the head: `close` closes each one then
 /// without a byte back; otherwise it is held open, unanswered.
@@ -26,28 +26,6 @@ async fn broken_backend(close: bool) -> (String, tokio::task::JoinHandle<()>) {
         }
     });
     (addr, task)
-}
-
-/// The status line the proxy answers an upgrade for `host` with.
-async fn answer(proxy: &str, host: &str) -> String {
-    let head = format!(
-        "GET / HTTP/1.1\r\nHost: {host}\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\
-         Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n"
-    );
-    let mut c = tokio::net::TcpStream::connect(proxy).await.unwrap();
-    c.write_all(head.as_bytes()).await.unwrap();
-    let mut out = Vec::new();
-    let mut buf = [0u8; 1024];
-    let _ = tokio::time::timeout(Duration::from_secs(10), async {
-        while !out.windows(4).any(|w| w == b"\r\n\r\n") {
-            match c.read(&mut buf).await {
-                Ok(0) | Err(_) => break,
-                Ok(n) => out.extend_from_slice(&buf[..n]),
-            }
-        }
-    })
-    .await;
-    String::from_utf8_lossy(&out).lines().next().unwrap_or("").to_string()
 }
 
 fn backend_status(s: &serde_json::Value, pool: &str, addr: &str) -> serde_json::Value {
@@ -84,7 +62,7 @@ async fn a_backend_that_fails_the_upgrade_is_passed_over_or_answered_504_and_eje
 
     // Closed without an answer: the same handshake goes on to the good backend.
     for i in 0..4 {
-        assert_eq!(answer(&p.ws, "closes.example").await, "HTTP/1.1 101 Switching Protocols", "upgrade {i}");
+        assert_eq!(upgrade_status(&p.ws, "closes.example").await, "HTTP/1.1 101 Switching Protocols", "upgrade {i}");
     }
     let closes = backend_status(&p.status().await.unwrap(), "closes", &closer);
     assert!(closes["connect_failures"] == 1 && closes["ejected"] == true, "{closes}");
@@ -92,7 +70,7 @@ async fn a_backend_that_fails_the_upgrade_is_passed_over_or_answered_504_and_eje
     // Never answered: one client gets 504 at the timeout, and the ejection spares the rest.
     let mut answers = Vec::new();
     for _ in 0..4 {
-        answers.push(answer(&p.ws, "hangs.example").await);
+        answers.push(upgrade_status(&p.ws, "hangs.example").await);
     }
     let timeouts = answers.iter().filter(|a| *a == "HTTP/1.1 504 Gateway Timeout").count();
     let upgraded = answers.iter().filter(|a| *a == "HTTP/1.1 101 Switching Protocols").count();
