@@ -63,6 +63,10 @@ pub struct Tracker {
     /// A frame that began in an earlier chunk (so partly passed on) broke a rule at its end:
     /// the output stays mid-frame for good, and nothing more is passed on.
     broken: bool,
+    /// Bytes of a frame other than a Pong went by since [`Self::take_spoke`]. A Pong answers
+    /// a Ping (the proxy's own, often): it shows the peer is there, not that the connection
+    /// is in use, so it must not keep an idle connection open.
+    pub spoke: bool,
 }
 
 fn header_len(h: &[u8]) -> usize {
@@ -103,6 +107,7 @@ impl Tracker {
             saw_close: false,
             close_start: None,
             broken: false,
+            spoke: false,
         }
     }
 
@@ -132,6 +137,7 @@ impl Tracker {
         let mut frame_start = if self.at_boundary() { Some(0) } else { None };
         while i < data.len() {
             if self.in_payload {
+                self.spoke |= self.opcode != OP_PONG;
                 let take = (self.remaining.min((data.len() - i) as u64)) as usize;
                 if self.opcode == OP_CLOSE {
                     self.read_close_code(&data[i..i + take]);
@@ -168,6 +174,7 @@ impl Tracker {
             }
             let start = frame_start.unwrap_or(0);
             self.parse_header().map_err(|v| (start, v))?;
+            self.spoke |= self.opcode != OP_PONG;
             if !self.in_payload {
                 // An empty frame is whole with its header.
                 self.finish_frame().map_err(|v| (start, v))?;

@@ -177,9 +177,9 @@ fn pump<'a>(
                 }
                 if let Some((b, n)) = read {
                     let now = Instant::now();
-                    sh.touch(d.side(), now);
                     // Bound first: a `?` in the match itself would keep its temporary in the state.
                     let step = d.forward(&b[..n], to, sh, stats)?;
+                    sh.touch(d.side(), now, d.took_spoke());
                     rearm |= match step {
                         direction::Step::Done(moved) => moved,
                         step => Box::pin(d.finish(step, &b[..n], now, to, sh, stats)).await?,

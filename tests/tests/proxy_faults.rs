@@ -22,14 +22,18 @@ async fn pool_with(addr: &str, algorithm: Algorithm, backends: &[(&str, u32)]) -
     a.set_route(SetRouteRequest { route: Some(route) }).await.unwrap().into_inner().revision
 }
 
+/// The code of the next Close the client gets within 10 s, past any other frames.
 async fn next_close_code(ws: &mut Ws) -> Option<u16> {
-    loop {
-        match tokio::time::timeout(Duration::from_secs(10), ws.next()).await.expect("no hang") {
-            Some(Ok(Message::Close(f))) => return f.map(|f| u16::from(f.code)),
-            Some(Ok(_)) => continue,
-            _ => return None,
+    let close = async {
+        loop {
+            match ws.next().await {
+                Some(Ok(Message::Close(f))) => return f.map(|f| u16::from(f.code)),
+                Some(Ok(_)) => continue,
+                _ => return None,
+            }
         }
-    }
+    };
+    tokio::time::timeout(Duration::from_secs(10), close).await.expect("a Close within 10 s")
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -282,6 +286,19 @@ async fn idle_connections_close_and_dead_clients_are_detected_by_ping() {
         }
     }
     echo(&mut ws, Message::text("alive")).await.unwrap();
+
+    // Both at once, the defaults' shape (pings more often than the idle timeout): a client
+    // that only answers pings is idle, and the idle timeout still ends it. Its Pongs kept it
+    // open for good when they counted as use.
+    let s = Settings { idle_timeout_ms: 1000, ping_interval_ms: 200, ..Default::default() };
+    let req = UpdateSettingsRequest {
+        settings: Some(s),
+        update_mask: vec!["idle_timeout_ms".into(), "ping_interval_ms".into()],
+    };
+    let rev = admin(&addr).update_settings(req).await.unwrap().into_inner().revision;
+    proxy.wait_revision(rev).await;
+    let (mut ws, _) = ws_connect(&proxy.ws, "/", &[]).await.unwrap();
+    assert_eq!(next_close_code(&mut ws).await, Some(1001), "an idle client answering pings closed by the proxy");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -118,6 +118,12 @@ impl Direction {
         self.side
     }
 
+    /// Whether the input sent more than Pongs since this was last asked (see
+    /// [`Tracker::spoke`](crate::frame::Tracker)).
+    pub fn took_spoke(&mut self) -> bool {
+        std::mem::take(&mut self.t.spoke)
+    }
+
     /// What went through this direction so far.
     pub fn flow(&self) -> Flow {
         Flow {

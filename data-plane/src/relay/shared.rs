@@ -119,10 +119,14 @@ impl Shared {
         self.closes.load(Relaxed) & done == done
     }
 
-    /// Records that `side`'s input just spoke (the client, if it feeds the backend).
-    pub fn touch(&self, side: Side, now: Instant) {
+    /// Records that `side`'s input was just heard from (the client, if it feeds the backend),
+    /// and whether it `spoke`: sent more than Pongs, which show a peer is alive (for pings)
+    /// but not that the connection is in use (for the idle timeout).
+    pub fn touch(&self, side: Side, now: Instant, spoke: bool) {
         let ns = now.duration_since(self.base).as_nanos() as u64;
-        self.last_any_ns.store(ns, Relaxed);
+        if spoke {
+            self.last_any_ns.store(ns, Relaxed);
+        }
         if side == Side::ToBackend {
             self.last_client_ns.store(ns, Relaxed);
         }

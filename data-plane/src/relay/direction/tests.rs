@@ -21,9 +21,9 @@ fn the_deadline_is_the_earliest_event_and_activity_moves_it() {
     assert_eq!(d.due(t0 + 2 * S, &sh), None);
     assert_eq!(d.due(t0 + 3 * S, &sh), Some(Event::PingDue));
     // The backend speaking keeps the connection from idling, not the client from a ping.
-    sh.touch(Side::ToClient, t0 + 2 * S);
+    sh.touch(Side::ToClient, t0 + 2 * S, true);
     assert_eq!(d.deadline(&sh), Some(t0 + 3 * S));
-    sh.touch(Side::ToBackend, t0 + 2 * S);
+    sh.touch(Side::ToBackend, t0 + 2 * S, true);
     assert_eq!(d.deadline(&sh), Some(t0 + 5 * S));
     // A timer armed earlier fires early and finds nothing to do.
     let mut d = d;
@@ -58,7 +58,7 @@ fn an_unanswered_ping_is_not_repeated_and_ends_as_a_dead_client() {
 fn an_answered_ping_schedules_the_next_one() {
     let (mut d, sh, t0) = client_output(None, Some(3));
     assert_eq!(d.on_timer(t0 + 3 * S, &sh), TimerAction::Ping);
-    sh.touch(Side::ToBackend, t0 + 4 * S);
+    sh.touch(Side::ToBackend, t0 + 4 * S, true);
     assert_eq!(d.deadline(&sh), Some(t0 + 7 * S));
     assert_eq!(d.due(t0 + 7 * S, &sh), Some(Event::PingDue));
 }
@@ -101,4 +101,31 @@ fn the_other_direction_ending_takes_precedence() {
 #[test]
 fn the_constant_ping_is_the_frame_the_encoder_makes() {
     assert_eq!(PING.to_vec(), crate::frame::control_frame(crate::frame::OP_PING, b"sy", None));
+}
+
+/// A client that only answers the proxy's Pings is alive but idle: the idle timeout still
+/// ends it (the Pongs kept it open for good when they counted as use).
+#[test]
+fn pongs_answer_pings_but_do_not_keep_an_idle_connection_open() {
+    let (mut d, sh, t0) = client_output(Some(8), Some(3));
+    assert_eq!(d.on_timer(t0 + 3 * S, &sh), TimerAction::Ping);
+    sh.touch(Side::ToBackend, t0 + 4 * S, false);
+    assert_eq!(d.on_timer(t0 + 7 * S, &sh), TimerAction::Ping, "answered: the next ping, no dead client");
+    sh.touch(Side::ToBackend, t0 + 7 * S, false);
+    assert_eq!(d.due(t0 + 8 * S, &sh), Some(Event::Idle));
+}
+
+/// What a chunk of frames tells the idle timeout: anything but a Pong is use.
+#[test]
+fn the_tracker_tells_pongs_from_use() {
+    let mask = Some([1, 2, 3, 4]);
+    let mut client = frame::Tracker::new(1 << 20, frame::Peer::Client);
+    client.feed(&frame::control_frame(frame::OP_PONG, b"p", mask)).unwrap();
+    assert!(!std::mem::take(&mut client.spoke), "a Pong alone");
+    client.feed(&frame::control_frame(frame::OP_PING, b"p", mask)).unwrap();
+    assert!(std::mem::take(&mut client.spoke), "a Ping of the client's own is use");
+    let mut text = frame::control_frame(frame::OP_PONG, b"", mask);
+    text.extend(frame::control_frame(frame::OP_TEXT, b"hi", mask));
+    client.feed(&text).unwrap();
+    assert!(std::mem::take(&mut client.spoke), "a Pong and a message");
 }
