@@ -103,7 +103,10 @@ impl Client {
     /// HTTP/1 reply means the endpoint is no control-plane node at all (a proxy's listener or
     /// admin port, say), which the hint would have hidden.
     async fn diagnosed(&self, at: usize, s: &Status) -> Status {
-        if self.tls || transport_mismatch(s, self.tls).is_none() {
+        // A port that holds an HTTP/2 preface without a word (an HTTP/1.1 server waiting for
+        // the rest of a head) looks like a frozen node: the probe tells them apart.
+        let unsure = transport_mismatch(s, self.tls).is_some() || s.message() == UNRESPONSIVE;
+        if self.tls || !unsure {
             return self.explained(at, s);
         }
         let endpoint = &self.endpoints[at];
@@ -134,7 +137,7 @@ impl Client {
         loop {
             for _ in 0..self.channels.len() {
                 let at = self.current;
-                match f(self.channels[at].clone()).await {
+                match f(self.channels[at].clone()).await.map_err(unresponsive) {
                     Ok(v) => return Ok(v),
                     Err(s) if retryable(&s, retry) => {
                         if maybe_applied.is_none() && may_have_applied(&s, retry) {
@@ -144,6 +147,11 @@ impl Client {
                         self.current = (at + 1) % self.channels.len();
                     }
                     Err(s) if transport_mismatch(&s, self.tls).is_some() => return Err(self.diagnosed(at, &s).await),
+                    Err(s) if s.message() == UNRESPONSIVE => {
+                        let s = self.diagnosed(at, &s).await;
+                        let m = format!("{} (the write may have been applied: read before retrying)", s.message());
+                        return Err(grpc::mark_outcome_unknown(Status::unavailable(m)));
+                    }
                     Err(s) => return Err(s),
                 }
             }
@@ -227,6 +235,23 @@ fn transport_mismatch(s: &Status, tls: bool) -> Option<&'static str> {
         return Some("the node may not speak TLS: drop --tls-ca/--tls-cert/--tls-key");
     }
     None
+}
+
+const UNRESPONSIVE: &str = "no answer to HTTP/2 pings within 2 s: the node is stopped, overloaded or cut off";
+
+/// A call that failed because its node stopped answering HTTP/2 pings, as a frozen, cut-off
+/// or swamped node does (its kernel still takes connections, so nothing else shows it): an
+/// UNAVAILABLE that says so, marked outcome unknown, since the node may have taken the call.
+/// Reads and deduplicated writes are asked again at the next node; other writes are not.
+fn unresponsive(s: Status) -> Status {
+    let mut src = std::error::Error::source(&s);
+    while let Some(e) = src {
+        if e.downcast_ref::<hyper::Error>().is_some_and(hyper::Error::is_timeout) {
+            return grpc::mark_outcome_unknown(Status::unavailable(UNRESPONSIVE));
+        }
+        src = e.source();
+    }
+    s
 }
 
 /// Unreachable nodes are retried elsewhere; a write whose outcome is unknown is not, because

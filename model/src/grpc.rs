@@ -116,7 +116,9 @@ impl ChannelOptions {
     /// The CLI: one request at a time, each with a deadline.
     pub const CLI: ChannelOptions = ChannelOptions {
         connect_timeout: Duration::from_secs(1),
-        keep_alive: None,
+        // A frozen or cut-off node still takes connections (its kernel does), so only an
+        // unanswered HTTP/2 ping shows it, within 2 s, and the CLI moves to the next node.
+        keep_alive: Some(Duration::from_secs(1)),
         keep_alive_while_idle: false,
         request_timeout: Some(Duration::from_secs(15)),
     };

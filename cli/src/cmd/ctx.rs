@@ -72,7 +72,7 @@ impl Ctx {
         self.call(Client::admin, Retry::NotTaken, req, f).await
     }
 
-    /// A token or audit call: retried only when the node did not take it (a token create is
+    /// A token write: retried only when the node did not take it (a token create is
     /// not deduplicated, since each attempt mints its own secret).
     pub async fn access<Req, T, F, Fut>(&mut self, req: Req, f: F) -> Result<T>
     where
@@ -81,6 +81,16 @@ impl Ctx {
         Fut: Future<Output = Result<Response<T>, Status>>,
     {
         self.call(Client::access, Retry::NotTaken, req, f).await
+    }
+
+    /// A read of tokens or the audit log: asked again at the next node like [`Ctx::query`].
+    pub async fn access_read<Req, T, F, Fut>(&mut self, req: Req, f: F) -> Result<T>
+    where
+        Req: Clone,
+        F: Fn(AccessClient<Chan>, Req) -> Fut,
+        Fut: Future<Output = Result<Response<T>, Status>>,
+    {
+        self.call(Client::access, Retry::Read, req, f).await
     }
 
     /// A read, asked again at the next node on any failure to answer (a broken connection

@@ -15,7 +15,7 @@ pub(super) async fn run(ctx: &mut Ctx, c: TokenCmd) -> Result<()> {
             ctx.out.token_created(&r);
         }
         TokenCmd::List => {
-            let r = ctx.access(ListTokensRequest {}, |mut c, r| async move { c.list_tokens(r).await }).await?;
+            let r = ctx.access_read(ListTokensRequest {}, |mut c, r| async move { c.list_tokens(r).await }).await?;
             ctx.out.tokens(&r.tokens);
         }
         TokenCmd::Revoke { id } => {
