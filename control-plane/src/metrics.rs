@@ -198,12 +198,16 @@ pub fn render(node: &NodeCtx) -> String {
     let mut reg = Registry::with_prefix(PREFIX);
     let raft = node.raft.metrics().borrow().clone();
 
+    // A leader cut off from every majority is `leader_without_quorum`, not `leader`, and names
+    // no leader: a "more than one leader" alert must not fire for it (see
+    // `NodeCtx::leading_without_quorum`).
+    let cut_off = node.leading_without_quorum().is_some();
     gauge(&mut reg, "raft_term", "Current Raft term", raft.current_term as i64);
     gauge(
         &mut reg,
         "raft_leader_id",
         "Id of the leader this node knows of (0: none)",
-        raft.current_leader.unwrap_or(0) as i64,
+        if cut_off { 0 } else { raft.current_leader.unwrap_or(0) as i64 },
     );
     let state = Family::<Labels, Gauge>::default();
     for (s, name) in [
@@ -213,8 +217,10 @@ pub fn render(node: &NodeCtx) -> String {
         (ServerState::Learner, "learner"),
         (ServerState::Shutdown, "shutdown"),
     ] {
-        state.get_or_create(&vec![("state", name.to_string())]).set((raft.state == s) as i64);
+        let is = raft.state == s && !(cut_off && s == ServerState::Leader);
+        state.get_or_create(&vec![("state", name.to_string())]).set(is as i64);
     }
+    state.get_or_create(&vec![("state", "leader_without_quorum".to_string())]).set(cut_off as i64);
     reg.register("raft_state", "1 for this node's Raft role, 0 for the others", state);
     gauge(&mut reg, "raft_last_log_index", "Index of the last entry in this node's log", idx(raft.last_log_index));
     gauge(&mut reg, "raft_commit_index", "Highest log index known committed", m.committed.load(Relaxed) as i64);

@@ -44,3 +44,47 @@ async fn the_cli_moves_past_a_frozen_node_and_names_it_when_none_other_answers()
     assert!(err.contains("may have been applied"), "a write sent to a frozen node has an unknown outcome: {err}");
     signal(c.nodes[&frozen].pid().unwrap(), "CONT");
 }
+
+/// A leader whose followers are all frozen keeps openraft's lead (openraft has no
+/// check-quorum step-down) but no longer claims it: its status names no leader and says why,
+/// its metrics count it as `leader_without_quorum`, and it refuses writes and reads at once,
+/// as not taken, instead of holding each for the 3 s write timeout. Once a follower is back,
+/// it leads again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_leader_that_no_majority_answers_says_so_and_refuses_at_once() {
+    let _g = serial().await;
+    let c = Cluster::start(3, &[]).await;
+    let leader = c.leader(Duration::from_secs(10)).await;
+    let addr = c.nodes[&leader].addr.clone();
+    let followers: Vec<u32> = c.nodes.iter().filter(|(id, _)| **id != leader).map(|(_, n)| n.pid().unwrap()).collect();
+    followers.iter().for_each(|&p| signal(p, "STOP"));
+
+    let s = eventually("the cut-off leader to say so", Duration::from_secs(10), || async {
+        let s = status(&addr).await?;
+        s.state.starts_with("Leader without quorum").then_some(s)
+    })
+    .await;
+    assert_eq!(s.leader_id, 0, "a cut-off leader names no leader: {s:?}");
+    let metrics = c.nodes[&leader].scrape().await.expect("metrics");
+    assert!(metrics.contains("switchyard_control_raft_state{state=\"leader\"} 0"), "{metrics}");
+    assert!(metrics.contains("switchyard_control_raft_state{state=\"leader_without_quorum\"} 1"), "{metrics}");
+
+    let (code, _, err) = run_cli(&["--endpoints", &addr, "pool", "create", "cut-off"]);
+    assert_ne!(code, 0);
+    assert!(err.contains("no quorum") && err.contains("not taken"), "{err}");
+    assert!(!err.contains("may have been applied") && !err.contains("outcome is unknown"), "{err}");
+    let (code, _, err) = run_cli(&["--endpoints", &addr, "pool", "list"]);
+    assert_ne!(code, 0);
+    assert!(err.contains("no quorum") && !err.contains("BasicNode"), "{err}");
+
+    followers.iter().for_each(|&p| signal(p, "CONT"));
+    eventually("a leader with a quorum again", Duration::from_secs(10), || async {
+        let s = status(&addr).await?;
+        (s.leader_id != 0 && !s.state.contains("without quorum")).then_some(())
+    })
+    .await;
+    let (code, _, err) = run_cli(&["--endpoints", &c.endpoints(), "pool", "create", "healed"]);
+    assert_eq!(code, 0, "{err}");
+    let (_, out, _) = run_cli(&["--endpoints", &c.endpoints(), "pool", "list"]);
+    assert!(out.contains("healed") && !out.contains("cut-off"), "{out}");
+}

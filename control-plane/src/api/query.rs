@@ -131,16 +131,23 @@ impl Query for QueryService {
             Some((old, new)) => (old.into_iter().collect(), new.into_iter().collect()),
             None => (vec![], vec![]),
         };
+        // A leader cut off from every majority does not claim the lead (see
+        // `NodeCtx::leading_without_quorum`).
+        let cut_off = self.0.leading_without_quorum();
+        let state = match cut_off {
+            Some(silent) => format!("Leader without quorum for {:.1}s", silent.as_secs_f64()),
+            None => format!("{:?}", m.state),
+        };
         Ok(Response::new(ClusterStatusReply {
             node_id: self.0.id,
-            leader_id: m.current_leader.unwrap_or(0),
+            leader_id: if cut_off.is_some() { 0 } else { m.current_leader.unwrap_or(0) },
             term: m.current_term,
             applied_revision: m.last_applied.map_or(0, |l| l.index),
             // What the log store was told is committed, not the log's end (which a leader has
             // appended, maybe not even flushed).
             committed_index: self.0.metrics.committed.load(std::sync::atomic::Ordering::Relaxed),
             members,
-            state: format!("{:?}", m.state),
+            state,
             snapshot_index: m.snapshot.map_or(0, |l| l.index),
             purged_index: m.purged.map_or(0, |l| l.index),
             session_count: self.0.shared.read().state.sessions.len() as u64,

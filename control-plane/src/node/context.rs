@@ -63,6 +63,38 @@ impl NodeCtx {
         self.raft.metrics().borrow().current_leader == Some(self.id)
     }
 
+    /// How long this node has led without a majority answering it, once that is longer than
+    /// a follower waits before it stands (at most twice `election_max`), with the same margin
+    /// a node gives itself before it stops serving watches ([`UNSERVING_AFTER_ELECTIONS`]
+    /// election timeouts): it is cut off, and another leader may already serve.
+    ///
+    /// [`UNSERVING_AFTER_ELECTIONS`]: crate::config::UNSERVING_AFTER_ELECTIONS openraft keeps such a leader leading (it has no
+    /// check-quorum step-down), so this node says so itself: its status and metrics do not
+    /// claim the lead, and it refuses writes and reads at once rather than let them wait out
+    /// the write timeout. A single voter is its own majority.
+    pub fn leading_without_quorum(&self) -> Option<std::time::Duration> {
+        let rx = self.raft.metrics();
+        let m = rx.borrow();
+        if m.current_leader != Some(self.id) {
+            return None;
+        }
+        let silent = m.millis_since_quorum_ack?;
+        (silent > u64::from(crate::config::UNSERVING_AFTER_ELECTIONS) * self.config.election_max_ms).then(|| std::time::Duration::from_millis(silent))
+    }
+
+    /// The refusal for a write or read on a leader that [`Self::leading_without_quorum`].
+    pub fn refuse_without_quorum(&self) -> Result<(), ExecError> {
+        match self.leading_without_quorum() {
+            None => Ok(()),
+            Some(silent) => Err(ExecError::Api(ApiError::Unavailable(format!(
+                "no quorum: node {} leads but no majority has answered it for {:.1}s (it is cut off; another node \
+                 may lead); not taken",
+                self.id,
+                silent.as_secs_f64()
+            )))),
+        }
+    }
+
     /// `Ok` when this node leads; otherwise who does, if known.
     pub fn ensure_leader(&self) -> Result<(), ExecError> {
         match self.leader() {
@@ -81,6 +113,7 @@ impl NodeCtx {
 
     /// Queues a write for the next Raft entry this node proposes (it must lead).
     pub async fn propose(&self, cmd: Proposed) -> Result<Written, ExecError> {
+        self.refuse_without_quorum()?;
         // The gate for commands old nodes cannot decode (see `Command`), checked on the leader,
         // whose applied level is the cluster's; a follower's may lag behind it.
         let mut level = self.shared.read().state.feature_level();

@@ -140,10 +140,19 @@ impl RunOnLeader for Remove {
 
 impl RunOnLeader for ReadIndex {
     async fn run(self, ctx: &NodeCtx) -> Result<u64, ExecError> {
+        ctx.refuse_without_quorum()?;
         match ctx.raft.ensure_linearizable().await {
             Ok(l) => Ok(l.map_or(0, |l| l.index)),
             Err(RaftError::APIError(openraft::error::CheckIsLeaderError::ForwardToLeader(f))) => {
                 Err(ExecError::NotLeader(f.leader_node.map(|n| n.addr)))
+            }
+            // openraft's own text lists the whole membership in debug form.
+            Err(RaftError::APIError(openraft::error::CheckIsLeaderError::QuorumNotEnough(q))) => {
+                Err(ExecError::Api(ApiError::Unavailable(format!(
+                    "no quorum: only node(s) {} confirmed node {}'s lead for a read",
+                    q.got.iter().map(|n| n.to_string()).collect::<Vec<_>>().join(","),
+                    ctx.id
+                ))))
             }
             Err(e) => Err(ExecError::Api(ApiError::Unavailable(e.to_string()))),
         }
