@@ -79,7 +79,8 @@ impl NodeCtx {
             return None;
         }
         let silent = m.millis_since_quorum_ack?;
-        (silent > u64::from(crate::config::UNSERVING_AFTER_ELECTIONS) * self.config.election_max_ms).then(|| std::time::Duration::from_millis(silent))
+        (silent > u64::from(crate::config::UNSERVING_AFTER_ELECTIONS) * self.config.election_max_ms)
+            .then(|| std::time::Duration::from_millis(silent))
     }
 
     /// The refusal for a write or read on a leader that [`Self::leading_without_quorum`].

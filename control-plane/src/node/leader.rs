@@ -284,18 +284,54 @@ pub async fn write(ctx: &NodeCtx, cmd: impl Into<Proposed>) -> Result<(u64, Vec<
     let (revision, outcome) = with_leader(ctx, true, || {
         let cmd = cmd.clone();
         async move {
+            // The leader's own commands are never forwarded: a node that lost the lead while
+            // proposing one (a leader frozen and resumed, say) drops it, and the new leader
+            // would refuse it anyway, along with every admin write batched with it.
+            if let (Some(what), Some(_)) = (cmd.cmd.internal(), ctx.remote_leader()) {
+                return Err(ExecError::Api(ApiError::Unavailable(format!(
+                    "node {} no longer leads; {what} is the leader's own and is not forwarded",
+                    ctx.id
+                ))));
+            }
             let res = match ctx.remote_leader() {
+                // A write applied once by its request id is not held for a leader that was
+                // replaced meanwhile (frozen, cut off): it goes to the new one, and should the
+                // old one have passed it on before it stopped, the copy that applies second is
+                // answered as a repeat. Without an id it waits: a second copy would apply.
+                Some(leader) if cmd.id.is_some() => tokio::select! {
+                    r = ctx.forwarder.write(leader.clone(), cmd.clone()) => r,
+                    to = leader_moved(ctx, &leader) => Err(ExecError::NotLeader(Some(to))),
+                },
                 Some(leader) => ctx.forwarder.write(leader, cmd.clone()).await,
                 None => propose_write(ctx, cmd.clone()).await,
             };
             match res {
-                Err(ExecError::NotLeader(Some(addr))) if addr != ctx.advertise => ctx.forwarder.write(addr, cmd).await,
+                Err(ExecError::NotLeader(Some(addr))) if addr != ctx.advertise && cmd.cmd.internal().is_none() => {
+                    ctx.forwarder.write(addr, cmd).await
+                }
                 other => other,
             }
         }
     })
     .await?;
     from_wire(outcome).map(|c| (revision, c))
+}
+
+/// Resolves once this node knows of a leader other than the one at `from`, with its address
+/// (this node's own, if it won).
+async fn leader_moved(ctx: &NodeCtx, from: &str) -> String {
+    let mut rx = ctx.raft.metrics();
+    loop {
+        if let (Some(_), Some(addr)) = ctx.leader() {
+            if addr != from {
+                return addr;
+            }
+        }
+        if rx.changed().await.is_err() {
+            // Raft stopped: the write's own path reports that.
+            std::future::pending::<()>().await;
+        }
+    }
 }
 
 /// Proposes an admin write on the leader, after the affinity secret: see

@@ -102,6 +102,34 @@ impl Command {
         }
     }
 
+    /// Why this command is the leader's own (proposed by it, never forwarded to it: see
+    /// `api::peer::forwardable`), or `None` for what an admin may ask any node for. The match
+    /// is exhaustive on purpose: a new command does not compile until it is placed.
+    pub fn internal(&self) -> Option<&'static str> {
+        match self {
+            Command::SetBackendHealth { .. } => Some("SetBackendHealth (health checks run on the leader)"),
+            Command::BindSessions { .. } => Some("BindSessions (proxies report sessions through Discovery)"),
+            Command::ExpireSessions { .. } => Some("ExpireSessions"),
+            Command::SetAffinitySecret(_) => Some("SetAffinitySecret"),
+            Command::SetFeatureLevel(_) => Some("SetFeatureLevel (the leader raises it once every member can)"),
+            Command::CreatePool(_)
+            | Command::UpdatePool { .. }
+            | Command::DeletePool { .. }
+            | Command::AddBackend(_)
+            | Command::SetBackendWeight { .. }
+            | Command::SetBackendState { .. }
+            | Command::RemoveBackend { .. }
+            | Command::SetRoute(_)
+            | Command::DeleteRoute { .. }
+            | Command::UpdateSettings { .. }
+            | Command::DeleteSession { .. }
+            | Command::DeleteSessions { .. }
+            | Command::CreateToken(_)
+            | Command::RevokeToken { .. }
+            | Command::Note => None,
+        }
+    }
+
     /// What an operator asked for, to name it in a refusal.
     pub fn what(&self) -> &'static str {
         match self {

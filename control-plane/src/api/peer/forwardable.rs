@@ -1,8 +1,8 @@
 //! What a follower may forward to the leader: only what its own clients could have asked it
 //! for. Internal commands (health flips, session binds and expiry, the affinity secret) are
 //! proposed by the leader itself, and proxies' session reports arrive as [`Report`] calls, so
-//! a `Forward` carrying one of them is forged. The match below is exhaustive on purpose: a new
-//! command does not compile until it is placed on one side.
+//! a `Forward` carrying one of them is forged ([`Command::internal`] says which). The match
+//! below is exhaustive on purpose: a new command does not compile until it is checked.
 
 use crate::error::ApiError;
 use crate::node::calls::Envelope;
@@ -31,9 +31,9 @@ fn admin_write(p: &Proposed) -> Result<(), ApiError> {
     if let Some(id) = &p.id {
         id.check()?;
     }
-    let internal = |what: &str| {
-        Err(ApiError::InvalidArgument(format!("{what} is internal to the leader and cannot be forwarded")))
-    };
+    if let Some(what) = p.cmd.internal() {
+        return Err(ApiError::InvalidArgument(format!("{what} is internal to the leader and cannot be forwarded")));
+    }
     match &p.cmd {
         Command::CreatePool(Pb(pool)) => validate::pool(pool.clone()).map(drop),
         // Merged with the stored pool and validated whole when applied.
@@ -59,11 +59,12 @@ fn admin_write(p: &Proposed) -> Result<(), ApiError> {
         // Merged with the stored settings and validated whole when applied.
         Command::UpdateSettings { .. } => Ok(()),
         Command::DeleteSession { pool, .. } | Command::DeleteSessions { pool } => validate::name("pool", pool),
-        Command::SetBackendHealth { .. } => internal("SetBackendHealth (health checks run on the leader)"),
-        Command::BindSessions { .. } => internal("BindSessions (proxies report sessions through Discovery)"),
-        Command::ExpireSessions { .. } => internal("ExpireSessions"),
-        Command::SetAffinitySecret(_) => internal("SetAffinitySecret"),
-        Command::SetFeatureLevel(_) => internal("SetFeatureLevel (the leader raises it once every member can)"),
+        // Refused above (`Command::internal`).
+        Command::SetBackendHealth { .. }
+        | Command::BindSessions { .. }
+        | Command::ExpireSessions { .. }
+        | Command::SetAffinitySecret(_)
+        | Command::SetFeatureLevel(_) => Ok(()),
         // Token writes and audit notes come from the Admin API of the follower (an admin's
         // call, authorized there); the record's role is checked again when applied.
         Command::CreateToken(t) => {
