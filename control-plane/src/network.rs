@@ -61,6 +61,7 @@ impl RaftNetworkFactory<TypeConfig> for Network {
             durable: self.2.clone(),
             held: None,
             unary: false,
+            silent: 0,
         }
     }
 }
@@ -76,6 +77,11 @@ pub struct Peer {
     /// The peer answered AppendStream with UNIMPLEMENTED (a build from before it): appends go
     /// unary for as long as this replication stream lasts.
     unary: bool,
+    /// Appends in a row that got no reply in time. From the third on, the peer is reported
+    /// unreachable, so openraft waits its backoff (500 ms) between tries instead of trying
+    /// again at every heartbeat and logging each failure (30 lines a second for a frozen or
+    /// cut-off follower).
+    silent: u32,
 }
 
 /// A held AppendStream: requests go into `tx`, replies come back in the same order.
@@ -87,6 +93,9 @@ struct Held {
 #[derive(Debug, thiserror::Error)]
 #[error("{0}")]
 struct Msg(String);
+
+/// Appends in a row without a reply after which a peer is reported unreachable.
+const SILENT_UNREACHABLE: u32 = 3;
 
 /// Room left under [`MAX_PEER_MESSAGE`] for gRPC framing around a Raft payload.
 const FRAMING: usize = 64 * 1024;
@@ -227,6 +236,14 @@ impl RaftNetwork<TypeConfig> for Peer {
             Err(_) => Err(tonic::Status::deadline_exceeded("no reply on the append stream in time")),
         };
         // A failed call did not put its stream back: the next append opens another.
+        let timed_out = matches!(&reply, Err(s) if s.code() == tonic::Code::DeadlineExceeded);
+        self.silent = if timed_out { self.silent.saturating_add(1) } else { 0 };
+        if self.silent >= SILENT_UNREACHABLE {
+            return Err(RPCError::Unreachable(Unreachable::new(&Msg(format!(
+                "node {}: no reply to {} appends in a row",
+                self.target, self.silent
+            )))));
+        }
         self.answer(reply)
     }
 
