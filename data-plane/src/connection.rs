@@ -359,9 +359,8 @@ async fn open(
     }
     let bound = session.as_deref().and_then(|k| state.affinity.backend_for(&pool.pool.name, k));
     let fwd = handshake::forward_head(&up, peer.ip(), if tls { "https" } else { "http" });
-    let deadline = tokio::time::Instant::now() + hs_timeout;
     let reached =
-        upgrade::reach(state, ctx, &pool, session.as_deref(), bound.as_deref(), &up, peer, &fwd, deadline).await;
+        upgrade::reach(state, ctx, &pool, session.as_deref(), bound.as_deref(), &up, peer, &fwd, hs_timeout).await;
     let upgrade::Reached { idx, mut backend, mut resp, head: resp_len } = match reached {
         Ok(r) => r,
         Err(r) => return reject_none(state, rec, client, r).await,

@@ -37,7 +37,9 @@ enum Failed {
 }
 
 /// The upgrade for `up` (already forwarded as `fwd`) answered by the first backend that
-/// answers, bound by `deadline` for the whole exchange.
+/// answers, bound by `timeout` (the handshake timeout) for the whole exchange. A backend is
+/// ejected for not answering in time only if it had at least half of that to answer: one
+/// asked late, after another backend used up the time, is not to blame.
 #[allow(clippy::too_many_arguments)]
 pub(super) async fn reach(
     state: &ProxyState,
@@ -48,8 +50,9 @@ pub(super) async fn reach(
     up: &Upgrade,
     peer: SocketAddr,
     fwd: &[u8],
-    deadline: tokio::time::Instant,
+    timeout: std::time::Duration,
 ) -> Result<Reached, Reject> {
+    let deadline = tokio::time::Instant::now() + timeout;
     let tuning = &ctx.tuning;
     let mut exclude = Vec::new();
     // A backend that failed TLS (its certificate did not verify, say) makes the answer 502.
@@ -79,6 +82,7 @@ pub(super) async fn reach(
             }
         };
         let mut resp = Vec::with_capacity(512);
+        let given = deadline.saturating_duration_since(tokio::time::Instant::now());
         let asked = tokio::time::timeout_at(deadline, ask(&mut backend, fwd, &mut resp)).await;
         let why = match asked {
             Ok(Ok(head)) => return Ok(Reached { idx: i, backend, resp, head }),
@@ -88,8 +92,10 @@ pub(super) async fn reach(
                 return Err(Reject::BadGateway);
             }
             Err(_) => {
-                let why = BackendFail::Upgrade("no answer within the handshake timeout");
-                eject_locally(state, b, &pool.pool.name, tuning, &why);
+                if given >= timeout / 2 {
+                    let why = BackendFail::Upgrade("no answer within the handshake timeout");
+                    eject_locally(state, b, &pool.pool.name, tuning, &why);
+                }
                 return Err(Reject::GatewayTimeout);
             }
         };
