@@ -63,6 +63,11 @@ pub struct Args {
     pub connect_timeout_ms: Option<u64>,
     #[arg(long)]
     pub eject_ms: Option<u64>,
+    /// A backend connection whose sent data goes unacknowledged this long (its host is gone
+    /// or cut off, or it advertised a zero window throughout) is given up, and its client
+    /// gets Close 1001 [default: 60000; 0: the kernel's own, about 15 minutes].
+    #[arg(long)]
+    pub backend_unacked_timeout_ms: Option<u64>,
     /// On SIGTERM, connections are closed over this long.
     #[arg(long)]
     pub shutdown_grace_ms: Option<u64>,
@@ -111,6 +116,7 @@ struct FileConfig {
     proxy_id: Option<String>,
     connect_timeout_ms: Option<u64>,
     eject_ms: Option<u64>,
+    backend_unacked_timeout_ms: Option<u64>,
     shutdown_grace_ms: Option<u64>,
     workers: Option<usize>,
     max_connections: Option<usize>,
@@ -194,6 +200,13 @@ impl Args {
         }
         if let Some(ms) = self.eject_ms.or(file.eject_ms) {
             tuning.eject_for = Duration::from_millis(ms);
+        }
+        if let Some(ms) = self.backend_unacked_timeout_ms.or(file.backend_unacked_timeout_ms) {
+            // The kernel takes milliseconds as a u32 (about 49 days).
+            if ms > u64::from(u32::MAX) {
+                return Err(ConfigError(format!("--backend-unacked-timeout-ms {ms} is over {}", u32::MAX)));
+            }
+            tuning.backend_unacked = (ms > 0).then(|| Duration::from_millis(ms));
         }
         if let Some(ms) = self.shutdown_grace_ms.or(file.shutdown_grace_ms) {
             tuning.shutdown_grace = Duration::from_millis(ms);

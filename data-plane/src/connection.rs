@@ -40,6 +40,12 @@ pub struct Tuning {
     pub connect_timeout: Duration,
     /// How long a backend that refused a connection gets no new ones from this proxy.
     pub eject_for: Duration,
+    /// `TCP_USER_TIMEOUT` on backend connections: how long data sent to a backend may go
+    /// unacknowledged before the kernel gives the connection up. Without it a backend host
+    /// that vanished (powered off, cut off by the network: no RST comes) holds its clients
+    /// for the kernel's retransmission budget, about 15 minutes, their messages going
+    /// nowhere; the idle timeout never fires while they keep sending.
+    pub backend_unacked: Option<Duration>,
     /// Backends tried per handshake before answering 503.
     pub max_attempts: usize,
     /// On SIGTERM, closes are spread over this long.
@@ -59,6 +65,7 @@ impl Default for Tuning {
         Tuning {
             connect_timeout: Duration::from_secs(3),
             eject_for: Duration::from_secs(10),
+            backend_unacked: Some(Duration::from_secs(60)),
             max_attempts: 3,
             shutdown_grace: Duration::from_secs(10),
             workers: std::thread::available_parallelism().map_or(2, |n| n.get()),

@@ -171,7 +171,14 @@ fn pump<'a>(
                             }
                             Ok(n) => read = Some((b, n)),
                             Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {}
-                            Err(e) => return Err(e),
+                            Err(e) => {
+                                // Reset, or given up by the kernel (a host that vanished): the
+                                // peer is gone without a Close, as at an end of stream, and the
+                                // other side is told so (1001), not just dropped.
+                                drop(b);
+                                Box::pin(d.on_eof(to, sh)).await;
+                                return Err(e);
+                            }
                         }
                     }
                 }

@@ -91,6 +91,9 @@ pub async fn connect_backend(address: &str, tls: &PoolTls, ctx: &Ctx) -> Result<
         Err(_) => return Err(BackendFail::Connect("timed out".into())),
     };
     let _ = tcp.set_nodelay(true);
+    if let Some(t) = ctx.tuning.backend_unacked {
+        let _ = socket2::SockRef::from(&tcp).set_tcp_user_timeout(Some(t));
+    }
     let Some(bt) = bt else { return Ok(Either::Left(tcp)) };
     let name = bt.name_for(address).map_err(|e| BackendFail::Tls(e.to_string()))?;
     let connector = tokio_rustls::TlsConnector::from(bt.config.clone());

@@ -342,6 +342,22 @@ async fn a_client_that_breaks_the_protocol_still_gets_the_replies_then_1002() {
 /// relay, and the other's socket is closed at once (as NGINX does) instead of half-closed
 /// while the proxy waits up to `CLOSE_LINGER` for its FIN.
 #[tokio::test]
+async fn a_peer_that_resets_leaves_the_other_a_close_too() {
+    let mut r = Rig::start(NO_LIMITS).await;
+    r.backend.s.write_all(&data(OP_TEXT, b"hi", None)).await.unwrap();
+    assert_eq!(r.client.frame().await.payload, b"hi");
+    // A zero linger: the backend's close is a reset, as from a host that rebooted.
+    socket2::SockRef::from(&r.backend.s).set_linger(Some(Duration::ZERO)).unwrap();
+    let (stand_in, _other_end) = socket_pair().await;
+    drop(std::mem::replace(&mut r.backend.s, stand_in));
+    let to_client = r.client.frame().await;
+    assert!(!to_client.masked && to_client.close_code() == 1001, "{to_client:?}");
+    r.client.eof().await;
+    r.client.s.shutdown().await.unwrap();
+    assert_eq!(r.end().await, End::Error);
+}
+
+#[tokio::test]
 async fn once_both_closes_went_by_the_first_hang_up_ends_the_relay() {
     let mut r = Rig::start(NO_LIMITS).await;
     r.client.send(&close_frame(1000, "", Some(MASK))).await;
