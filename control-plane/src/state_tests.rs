@@ -423,3 +423,18 @@ fn delete_sessions_drops_every_binding_of_one_pool_only() {
     assert!(matches!(s.apply(9, &Command::DeleteSessions { pool: "nope".into() }), Err(ApiError::NotFound(_))));
     assert_eq!(Command::DeleteSessions { pool: "p".into() }.needs(), 2);
 }
+
+#[test]
+fn closing_on_a_failed_check_needs_feature_level_4_only_when_set() {
+    let hc = |close| Some(switchyard_proto::v1::HealthCheck { close_on_failure: close, ..Default::default() });
+    let with = Pool { name: "p".into(), health_check: hc(true), ..Default::default() };
+    let create = Command::CreatePool(Pb(with.clone()));
+    assert_eq!((create.needs(), create.what()), (4, "closing a backend's connections when its health check fails"));
+    let update = |pool: &Pool, field: &str| Command::UpdatePool { pool: Pb(pool.clone()), mask: vec![field.into()] };
+    assert_eq!(update(&with, "health_check").needs(), 4);
+    // The field goes only where the mask says: a pool carrying it in another update needs nothing.
+    assert_eq!(update(&with, "drain_timeout_ms").needs(), 1);
+    let without = Pool { name: "p".into(), health_check: hc(false), ..Default::default() };
+    assert_eq!(Command::CreatePool(Pb(without.clone())).needs(), 1);
+    assert_eq!(update(&without, "health_check").needs(), 1);
+}

@@ -308,6 +308,7 @@ mod tests {
             rise: 1,
             fall: 1,
             path: path.into(),
+            ..Default::default()
         };
         assert!(health_check(&hc("no slash")).is_err());
         assert!(health_check(&hc("/ok")).is_ok());

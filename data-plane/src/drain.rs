@@ -1,13 +1,14 @@
 //! What a config change does to established connections: nothing, unless their own backend
-//! was removed or disabled (closed now, with 1001) or set to draining (closed with 1001,
-//! spread with jitter over the pool's drain window, so clients do not reconnect at once).
+//! was removed or disabled (closed now, with 1001), set to draining (closed with 1001,
+//! spread with jitter over the pool's drain window, so clients do not reconnect at once), or
+//! marked down by a health check that says to close (closed now, with 1001).
 
 use std::sync::atomic::Ordering::Relaxed;
 use std::sync::Arc;
 use std::time::Duration;
 
 use rand::seq::SliceRandom;
-use switchyard_proto::v1::AdminState;
+use switchyard_proto::v1::{AdminState, Health};
 
 use crate::frame::CLOSE_GOING_AWAY;
 use crate::relay::CloseHandle;
@@ -39,6 +40,18 @@ pub fn on_change(state: &ProxyState, old: &Table, new: &Table) {
                             _ = drain(conns, window, current) => {}
                         }
                     });
+                }
+                // Marked down by its health check, in a pool that asks for it (HAProxy's
+                // `on-marked-down shutdown-sessions`): closed now, not spread over a window,
+                // since its clients are likely talking to nothing.
+                Some(n)
+                    if n.backend.health == Health::Unhealthy as i32
+                        && e.backend.health != Health::Unhealthy as i32
+                        && new_pool.and_then(|p| p.pool.health_check.as_ref()).is_some_and(|h| h.close_on_failure) =>
+                {
+                    let conns = n.stats.connections();
+                    tracing::info!(backend = %n.backend.address, connections = conns.len(), "health check failed: closing its connections");
+                    close_all(&conns)
                 }
                 // Set active again mid-drain (a drain started by mistake, or called off): the
                 // connections not yet closed stay, as HAProxy's `ready` keeps them.

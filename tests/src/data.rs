@@ -340,6 +340,13 @@ impl DemoBackend {
     pub fn kill9(&mut self) {
         self.proc.kill9();
     }
+
+    /// Sends a signal (`STOP`, `CONT`, ...) to the running backend.
+    pub fn signal(&self, name: &str) {
+        let pid = self.proc.pid().expect("the backend runs");
+        let ok = Command::new("kill").args([&format!("-{name}"), &pid.to_string()]).status().is_ok_and(|s| s.success());
+        assert!(ok, "kill -{name} {pid}");
+    }
 }
 
 /// The status line of the proxy's answer to a WebSocket upgrade for `host`. Reads up to the

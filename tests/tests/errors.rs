@@ -33,7 +33,7 @@ async fn bad_admin_requests_get_the_right_codes_and_reasons() {
         timeout_ms: 5,
         rise: 1,
         fall: 1,
-        path: String::new(),
+        ..Default::default()
     });
     expect_code(a.create_pool(CreatePoolRequest { pool: Some(p) }).await, Code::InvalidArgument, "interval");
 

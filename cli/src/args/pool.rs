@@ -106,6 +106,11 @@ pub struct PoolOpts {
     /// Request path for websocket health checks.
     #[arg(long)]
     pub health_path: Option<String>,
+    /// When the check marks a backend unhealthy, close its connections (Close 1001) so their
+    /// clients reconnect to a healthy one (HAProxy's `on-marked-down shutdown-sessions`).
+    /// Off by default: established connections stay, as in NGINX and HAProxy.
+    #[arg(long, value_name = "BOOL", action = clap::ArgAction::Set)]
+    pub health_close_on_failure: Option<bool>,
 }
 
 #[derive(Subcommand, Debug)]

@@ -145,7 +145,8 @@ fn apply_pool_opts(pool: &mut Pool, o: &PoolOpts) -> Vec<String> {
         || o.health_timeout.is_some()
         || o.health_rise.is_some()
         || o.health_fall.is_some()
-        || o.health_path.is_some();
+        || o.health_path.is_some()
+        || o.health_close_on_failure.is_some();
     if hc_given {
         let mut hc = pool.health_check.clone().unwrap_or(HealthCheck {
             kind: HealthCheckKind::HealthCheckTcp as i32,
@@ -154,6 +155,7 @@ fn apply_pool_opts(pool: &mut Pool, o: &PoolOpts) -> Vec<String> {
             rise: 2,
             fall: 3,
             path: "/".into(),
+            close_on_failure: false,
         });
         if let Some(k) = o.health_check {
             hc.kind = HealthCheckKind::from(k) as i32;
@@ -172,6 +174,9 @@ fn apply_pool_opts(pool: &mut Pool, o: &PoolOpts) -> Vec<String> {
         }
         if let Some(p) = &o.health_path {
             hc.path = p.clone();
+        }
+        if let Some(c) = o.health_close_on_failure {
+            hc.close_on_failure = c;
         }
         pool.health_check = Some(hc);
         set("health_check");
@@ -241,11 +246,16 @@ mod tests {
             rise: 4,
             fall: 5,
             path: "/h".into(),
+            close_on_failure: true,
         };
         let mut pool = Pool { health_check: Some(current.clone()), ..Default::default() };
         let opts = PoolOpts { health_fall: Some(1), ..Default::default() };
         assert_eq!(apply_pool_opts(&mut pool, &opts), ["health_check"]);
-        assert_eq!(pool.health_check, Some(HealthCheck { fall: 1, ..current }));
+        assert_eq!(pool.health_check, Some(HealthCheck { fall: 1, ..current.clone() }));
+        // Turned off alone, the rest kept.
+        let opts = PoolOpts { health_close_on_failure: Some(false), ..Default::default() };
+        assert_eq!(apply_pool_opts(&mut pool, &opts), ["health_check"]);
+        assert_eq!(pool.health_check, Some(HealthCheck { fall: 1, close_on_failure: false, ..current }));
     }
 
     #[test]

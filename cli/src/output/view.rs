@@ -70,6 +70,7 @@ pub(super) fn pool_json(p: &Pool) -> Value {
             "kind": health_check_kind(hc.kind),
             "interval_ms": hc.interval_ms, "timeout_ms": hc.timeout_ms,
             "rise": hc.rise, "fall": hc.fall, "path": hc.path,
+            "close_on_failure": hc.close_on_failure,
         },
         "created_revision": p.created_revision,
         "updated_revision": p.updated_revision,

@@ -87,6 +87,10 @@ pub enum Command {
     },
 }
 
+fn closes_on_failure(p: &Pool) -> bool {
+    p.health_check.as_ref().is_some_and(|h| h.close_on_failure)
+}
+
 impl Command {
     /// The cluster feature level this command needs: the leader refuses it below that.
     pub fn needs(&self) -> u32 {
@@ -96,6 +100,12 @@ impl Command {
             // apply a different pool than the rest.
             Command::CreatePool(Pb(p)) if p.backend_tls.is_some() => 3,
             Command::UpdatePool { mask, .. } if mask.iter().any(|f| f == "backend_tls") => 3,
+            Command::CreatePool(Pb(p)) if closes_on_failure(p) => 4,
+            Command::UpdatePool { pool: Pb(p), mask }
+                if mask.iter().any(|f| f == "health_check") && closes_on_failure(p) =>
+            {
+                4
+            }
             // Gated by its own rule: proposed only when every member supports the level.
             Command::SetFeatureLevel(_) => 1,
             _ => 1,
@@ -134,6 +144,9 @@ impl Command {
     pub fn what(&self) -> &'static str {
         match self {
             Command::DeleteSessions { .. } => "deleting every session of a pool",
+            Command::CreatePool(_) | Command::UpdatePool { .. } if self.needs() == 4 => {
+                "closing a backend's connections when its health check fails"
+            }
             Command::CreatePool(_) | Command::UpdatePool { .. } => "TLS to a pool's backends",
             _ => "this write",
         }
