@@ -347,9 +347,9 @@ async fn open(
         match Box::pin(crate::edge_auth::check(auth, &up, peer.ip())).await {
             crate::edge_auth::Verdict::Allow { headers, claims } => {
                 for (name, value) in headers {
-                    up.headers.retain(|(n, _)| !n.eq_ignore_ascii_case(&name));
+                    up.headers.remove(&name);
                     if let Some(v) = value {
-                        up.headers.push((name, v.into_bytes()));
+                        up.headers.push(&name, v.as_bytes());
                     }
                 }
                 up.claims = claims;

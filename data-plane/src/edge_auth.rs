@@ -233,9 +233,9 @@ async fn subrequest(authority: &str, path: &str, timeout: Duration, up: &Upgrade
             .header("x-original-uri", up.target.as_str())
             .header("x-original-host", up.host.as_str())
             .header("x-forwarded-for", client.to_string());
-        for (n, v) in &up.headers {
+        for (n, v) in up.headers.iter() {
             if PASSED.iter().any(|p| n.eq_ignore_ascii_case(p)) {
-                req = req.header(n.as_str(), v.as_slice());
+                req = req.header(n, v);
             }
         }
         let resp = tx.send_request(req.body(Empty::<Bytes>::new()).ok()?).await.ok()?;

@@ -306,6 +306,29 @@ pub fn control_frame(opcode: u8, payload: &[u8], mask: Option<[u8; 4]>) -> Vec<u
     f
 }
 
+/// A Close carrying only a code, built on the stack: the proxy's own closes (one or two per
+/// connection) then cost no allocation.
+pub struct CodeClose {
+    bytes: [u8; 8],
+    len: usize,
+}
+
+impl std::ops::Deref for CodeClose {
+    type Target = [u8];
+    fn deref(&self) -> &[u8] {
+        &self.bytes[..self.len]
+    }
+}
+
+/// The same bytes as `close_frame(code, "", mask)`.
+pub fn code_close(code: u16, mask: Option<[u8; 4]>) -> CodeClose {
+    let [hi, lo] = code.to_be_bytes();
+    match mask {
+        None => CodeClose { bytes: [0x80 | OP_CLOSE, 2, hi, lo, 0, 0, 0, 0], len: 4 },
+        Some(m) => CodeClose { bytes: [0x80 | OP_CLOSE, 0x82, m[0], m[1], m[2], m[3], hi ^ m[0], lo ^ m[1]], len: 8 },
+    }
+}
+
 pub fn close_frame(code: u16, reason: &str, mask: Option<[u8; 4]>) -> Vec<u8> {
     let mut p = code.to_be_bytes().to_vec();
     p.extend_from_slice(&reason.as_bytes()[..reason.len().min(123)]);
@@ -397,6 +420,9 @@ mod tests {
         t.feed(&close_frame(CLOSE_GOING_AWAY, "bye", Some([9, 8, 7, 6]))).unwrap();
         assert!(t.saw_close && t.at_boundary());
         let f = close_frame(1001, "", None);
+        for mask in [None, Some([9, 8, 7, 6])] {
+            assert_eq!(&*code_close(1002, mask), close_frame(1002, "", mask).as_slice(), "{mask:?}");
+        }
         assert_eq!(f, vec![0x88, 2, 0x03, 0xE9]);
     }
 

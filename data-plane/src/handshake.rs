@@ -4,6 +4,9 @@
 
 use std::net::IpAddr;
 
+mod headers;
+pub use headers::Headers;
+
 /// Why a handshake was refused; each maps to the status an operator would expect.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum Reject {
@@ -76,7 +79,7 @@ pub struct Upgrade {
     pub target: String,
     /// Host without port, lower case.
     pub host: String,
-    pub headers: Vec<(String, Vec<u8>)>,
+    pub headers: Headers,
     /// The authority of an absolute-form target (`GET http://host/path`): it replaces the
     /// Host header (RFC 9112 §3.2.2), so the backend gets it as Host.
     pub authority: Option<String>,
@@ -94,11 +97,11 @@ impl Upgrade {
     }
 
     pub fn header(&self, name: &str) -> Option<&[u8]> {
-        self.headers.iter().find(|(n, _)| n.eq_ignore_ascii_case(name)).map(|(_, v)| v.as_slice())
+        self.headers.get(name)
     }
 
     pub fn cookie(&self, name: &str) -> Option<String> {
-        self.headers.iter().filter(|(n, _)| n.eq_ignore_ascii_case("cookie")).find_map(|(_, v)| {
+        self.headers.all("cookie").find_map(|v| {
             std::str::from_utf8(v).ok()?.split(';').find_map(|kv| {
                 let (k, v) = kv.trim().split_once('=')?;
                 (k == name).then(|| v.to_string())
@@ -192,6 +195,24 @@ pub fn wants_websocket(head: &[u8]) -> bool {
     })
 }
 
+/// Headers parsed into an array on the stack; a head with more lines gets a vector.
+const STACK_HEADERS: usize = 32;
+
+/// Room for as many headers as the head has lines: on the stack when they fit (no allocation
+/// for a usual head), else in `heap`.
+fn header_room<'a, 'h>(
+    lines: usize,
+    stack: &'a mut [httparse::Header<'h>; STACK_HEADERS],
+    heap: &'a mut Vec<httparse::Header<'h>>,
+) -> &'a mut [httparse::Header<'h>] {
+    if lines <= STACK_HEADERS {
+        &mut stack[..]
+    } else {
+        heap.resize(lines, httparse::EMPTY_HEADER);
+        &mut heap[..]
+    }
+}
+
 /// Checks a complete request head.
 pub fn parse_request(head: &[u8]) -> Result<Upgrade, Reject> {
     if has_bare_lf(head) {
@@ -199,8 +220,8 @@ pub fn parse_request(head: &[u8]) -> Result<Upgrade, Reject> {
     }
     // Room for as many headers as the head has lines: the byte limit is the only limit.
     let lines = head.iter().filter(|b| **b == b'\n').count();
-    let mut hdrs = vec![httparse::EMPTY_HEADER; lines.max(1)];
-    let mut req = httparse::Request::new(&mut hdrs);
+    let (mut stack, mut heap) = ([httparse::EMPTY_HEADER; STACK_HEADERS], Vec::new());
+    let mut req = httparse::Request::new(header_room(lines, &mut stack, &mut heap));
     match req.parse(head) {
         Ok(httparse::Status::Complete(_)) => {}
         Ok(httparse::Status::Partial) => return Err(Reject::BadRequest("incomplete request")),
@@ -210,9 +231,9 @@ pub fn parse_request(head: &[u8]) -> Result<Upgrade, Reject> {
     if req.version != Some(1) {
         return Err(Reject::BadRequest("websocket needs HTTP/1.1"));
     }
-    let headers: Vec<(String, Vec<u8>)> = req.headers.iter().map(|h| (h.name.to_string(), h.value.to_vec())).collect();
-    let get = |name: &str| headers.iter().find(|(n, _)| n.eq_ignore_ascii_case(name)).map(|(_, v)| v.as_slice());
-    let count = |name: &str| headers.iter().filter(|(n, _)| n.eq_ignore_ascii_case(name)).count();
+    let headers = Headers::from_parsed(req.headers);
+    let get = |name: &str| headers.get(name);
+    let count = |name: &str| headers.all(name).count();
     // One of each, or the backend may read another than the proxy checked (RFC 9112 §3.2).
     for (name, why) in [
         ("host", "more than one Host"),
@@ -225,13 +246,11 @@ pub fn parse_request(head: &[u8]) -> Result<Upgrade, Reject> {
     }
     // An upgrade request has no body; one that says otherwise would have its body taken for
     // frames by the backend and for a body by a server in between.
-    if count("transfer-encoding") > 0
-        || headers.iter().any(|(n, v)| n.eq_ignore_ascii_case("content-length") && v.trim_ascii() != b"0")
-    {
+    if count("transfer-encoding") > 0 || headers.all("content-length").any(|v| v.trim_ascii() != b"0") {
         return Err(Reject::BadRequest("a websocket upgrade has no body"));
     }
     let upgrade = get("upgrade").is_some_and(|v| has_token(v, "websocket"));
-    let connection = headers.iter().any(|(n, v)| n.eq_ignore_ascii_case("connection") && has_token(v, "upgrade"));
+    let connection = headers.all("connection").any(|v| has_token(v, "upgrade"));
     if !upgrade || !connection {
         return Err(Reject::UpgradeRequired);
     }
@@ -259,7 +278,18 @@ pub fn parse_request(head: &[u8]) -> Result<Upgrade, Reject> {
         None if target.starts_with('/') => (None, target.to_string()),
         None => return Err(Reject::BadRequest("request target must be a path or an http(s) URI")),
     };
-    let host = strip_port(authority.as_deref().unwrap_or(&host)).to_ascii_lowercase();
+    let host = match &authority {
+        Some(a) => strip_port(a).to_ascii_lowercase(),
+        // Already lower case: cut the port off in place rather than copy it.
+        None => {
+            // `strip_port` keeps a prefix, or what is inside the brackets of an IPv6 literal.
+            let (start, len) = (usize::from(host.starts_with('[')), strip_port(&host).len());
+            let mut host = host;
+            host.truncate(start + len);
+            host.drain(..start);
+            host
+        }
+    };
     Ok(Upgrade { target, host, headers, authority, claims: None })
 }
 
@@ -294,7 +324,7 @@ pub fn forward_head(up: &Upgrade, client: IpAddr, proto: &str) -> Vec<u8> {
     out.extend_from_slice(up.target.as_bytes());
     out.extend_from_slice(b" HTTP/1.1\r\n");
     let mut xff_done = false;
-    for (n, v) in &up.headers {
+    for (n, v) in up.headers.iter() {
         if n.eq_ignore_ascii_case("x-forwarded-proto") {
             continue;
         }
@@ -309,7 +339,7 @@ pub fn forward_head(up: &Upgrade, client: IpAddr, proto: &str) -> Vec<u8> {
             // this hop: a second line must not come after the address the proxy vouches for.
             if !xff_done {
                 out.extend_from_slice(b"X-Forwarded-For: ");
-                for (_, v) in up.headers.iter().filter(|(n, _)| n.eq_ignore_ascii_case("x-forwarded-for")) {
+                for v in up.headers.all("x-forwarded-for") {
                     out.extend_from_slice(v);
                     out.extend_from_slice(b", ");
                 }
@@ -350,8 +380,8 @@ pub fn add_header(head: &mut Vec<u8>, line: &[u8]) {
 /// The status code of a complete response head.
 pub fn response_status(head: &[u8]) -> Option<u16> {
     let lines = head.iter().filter(|b| **b == b'\n').count();
-    let mut hdrs = vec![httparse::EMPTY_HEADER; lines.max(1)];
-    let mut resp = httparse::Response::new(&mut hdrs);
+    let (mut stack, mut heap) = ([httparse::EMPTY_HEADER; STACK_HEADERS], Vec::new());
+    let mut resp = httparse::Response::new(header_room(lines, &mut stack, &mut heap));
     match resp.parse(head) {
         Ok(httparse::Status::Complete(_)) => resp.code,
         _ => None,

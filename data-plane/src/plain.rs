@@ -143,7 +143,7 @@ fn view(req: &Request<Incoming>) -> Result<handshake::Upgrade, &'static str> {
     }
     let target = req.uri().path_and_query().map_or("/".to_string(), |p| p.as_str().to_string());
     // Headers are copied only for a request that needs them looked at (see `needs_headers`).
-    let headers = Vec::new();
+    let headers = handshake::Headers::default();
     Ok(handshake::Upgrade {
         target,
         host: handshake::strip_port(host).to_ascii_lowercase(),
@@ -270,7 +270,9 @@ async fn handle(
         r.pool = Some(pool.pool.name.clone());
     }
     if needs_headers(&pool, table.route_auth(route).is_some()) {
-        up.headers = req.headers().iter().map(|(n, v)| (n.as_str().to_string(), v.as_bytes().to_vec())).collect();
+        for (n, v) in req.headers() {
+            up.headers.push(n.as_str(), v.as_bytes());
+        }
     }
     // Edge authentication, before any backend is contacted.
     let mut passed = Vec::new();

@@ -421,10 +421,10 @@ fn sender(side: Side) -> frame::Peer {
 pub const PING: [u8; 4] = [0x80 | frame::OP_PING, 2, b's', b'y'];
 
 /// The proxy's own Close toward one side: masked toward the backend, plain toward the client.
-fn proxy_close(side: Side, code: u16) -> Vec<u8> {
+fn proxy_close(side: Side, code: u16) -> frame::CodeClose {
     match side {
-        Side::ToClient => frame::close_frame(code, "", None),
-        Side::ToBackend => frame::close_frame(code, "", Some(rand::random())),
+        Side::ToClient => frame::code_close(code, None),
+        Side::ToBackend => frame::code_close(code, Some(rand::random())),
     }
 }
 
