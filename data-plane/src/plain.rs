@@ -79,9 +79,10 @@ pub async fn serve(
     });
     // No `header_read_timeout`: hyper arms a new timer for every request head with it (an
     // allocation, a timer-wheel insert and removal, and often a wake-up of the driver: about
-    // one extra syscall in four requests); the one timer below does its work.
+    // one extra syscall in four requests); the one timer below does its work. Turned off by
+    // name and no timer given: with a timer, hyper's default is 30 s.
     let conn = hyper::server::conn::http1::Builder::new()
-        .timer(hyper_util::rt::TokioTimer::new())
+        .header_read_timeout(None)
         .max_buf_size(max_header.max(MIN_BUF))
         .keep_alive(true)
         .serve_connection(io, svc);
