@@ -17,6 +17,7 @@ use crate::state::ProxyState;
 use crate::tls::BackendTls;
 
 mod accept;
+pub(crate) mod attempts;
 mod live;
 mod refused;
 pub(crate) mod streams;

@@ -32,7 +32,8 @@ use self::bodies::{Counts, Limited, Relayed};
 use self::client::{Activity, Busy, Prefixed};
 use self::headers::{strip_hop_by_hop, Forwarding};
 use crate::access_log;
-use crate::connection::streams::{BackendFail, ClientIo};
+use crate::connection::attempts::Attempts;
+use crate::connection::streams::ClientIo;
 use crate::connection::{handshake_timeout, Ctx};
 use crate::handshake::{self, Reject};
 use crate::state::ProxyState;
@@ -311,20 +312,11 @@ async fn handle(
     let bound = session.as_deref().and_then(|k| state.affinity.backend_for(&pool.pool.name, k));
 
     // A backend and a connection to it: a pooled one when this worker has one.
-    let tuning = ctx.tuning;
-    let mut exclude = Vec::new();
-    let mut tls_failed = false;
+    let mut attempts = Attempts::new(state, &pool, &ctx.tuning, session.as_deref(), bound.as_deref());
     let (idx, mut sender, reused) = loop {
-        if exclude.len() >= tuning.max_attempts {
-            return refusal(state, rec.1.take(), if tls_failed { Reject::BadGateway } else { Reject::Unavailable });
-        }
-        let now = state.registry.now_ms();
-        let choice = match &session {
-            Some(k) => pool.pick_session(k, bound.as_deref(), now, &exclude).map(|(i, _)| i),
-            None => pool.pick(&up, peer.ip(), now, &exclude),
-        };
-        let Some(i) = choice else {
-            return refusal(state, rec.1.take(), if tls_failed { Reject::BadGateway } else { Reject::Unavailable });
+        let i = match attempts.next(&up, peer.ip()) {
+            Ok(i) => i,
+            Err(r) => return refusal(state, rec.1.take(), r),
         };
         let b = &pool.backends[i];
         if let Some(tx) = backends::checkout(&pool.pool.name, pool.tls.tag(), &b.backend.address, &state.runtime.pooled)
@@ -334,12 +326,9 @@ async fn handle(
         match backends::connect(&b.backend.address, &pool.tls, ctx).await {
             Ok(tx) => break (i, tx, false),
             Err(why) => {
-                tls_failed |= matches!(why, BackendFail::Tls(_));
-                crate::connection::eject_locally(state, b, &pool.pool.name, &tuning, &why);
-                if let BackendFail::Local(_) = why {
-                    return refusal(state, rec.1.take(), Reject::OverCapacity);
+                if let Err(r) = attempts.failed(i, &why) {
+                    return refusal(state, rec.1.take(), r);
                 }
-                exclude.push(i);
             }
         }
     };

@@ -13,6 +13,7 @@ use std::net::SocketAddr;
 
 use tokio::io::AsyncWriteExt;
 
+use super::attempts::Attempts;
 use super::streams::{connect_backend, BackendFail, BackendIo};
 use super::{eject_locally, read_head, Ctx, MAX_RESPONSE_HEAD};
 use crate::handshake::{self, Reject, Upgrade};
@@ -54,30 +55,14 @@ pub(super) async fn reach(
 ) -> Result<Reached, Reject> {
     let deadline = tokio::time::Instant::now() + timeout;
     let tuning = &ctx.tuning;
-    let mut exclude = Vec::new();
-    // A backend that failed TLS (its certificate did not verify, say) makes the answer 502.
-    let mut tls_failed = false;
-    let unusable = |tls_failed: bool| if tls_failed { Reject::BadGateway } else { Reject::Unavailable };
+    let mut attempts = Attempts::new(state, pool, tuning, session, bound);
     loop {
-        if exclude.len() >= tuning.max_attempts {
-            return Err(unusable(tls_failed));
-        }
-        let now = state.registry.now_ms();
-        let choice = match session {
-            Some(k) => pool.pick_session(k, bound, now, &exclude).map(|(i, _)| i),
-            None => pool.pick(up, peer.ip(), now, &exclude),
-        };
-        let Some(i) = choice else { return Err(unusable(tls_failed)) };
+        let i = attempts.next(up, peer.ip())?;
         let b = &pool.backends[i];
         let mut backend = match connect_backend(&b.backend.address, &pool.tls, ctx).await {
             Ok(s) => s,
             Err(why) => {
-                tls_failed |= matches!(why, BackendFail::Tls(_));
-                eject_locally(state, b, &pool.pool.name, tuning, &why);
-                if let BackendFail::Local(_) = why {
-                    return Err(Reject::OverCapacity);
-                }
-                exclude.push(i);
+                attempts.failed(i, &why)?;
                 continue;
             }
         };
@@ -99,8 +84,7 @@ pub(super) async fn reach(
                 return Err(Reject::GatewayTimeout);
             }
         };
-        eject_locally(state, b, &pool.pool.name, tuning, &BackendFail::Upgrade(why));
-        exclude.push(i);
+        attempts.failed(i, &BackendFail::Upgrade(why))?;
     }
 }
 

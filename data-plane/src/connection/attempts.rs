@@ -1,0 +1,69 @@
+//! Picking backends for one request in turn, for a WebSocket upgrade and a plain HTTP request
+//! alike: the first the pool's algorithm (or the session's binding) names, then, each time one
+//! fails, the next that has not failed, up to the attempt limit.
+
+use std::net::IpAddr;
+
+use super::streams::{eject_locally, BackendFail};
+use super::Tuning;
+use crate::handshake::{Reject, Upgrade};
+use crate::state::ProxyState;
+use crate::table::PoolTable;
+
+pub(crate) struct Attempts<'a> {
+    state: &'a ProxyState,
+    pool: &'a PoolTable,
+    tuning: &'a Tuning,
+    /// The request's session key (hashed) and the backend it is bound to, if any.
+    session: Option<&'a str>,
+    bound: Option<&'a str>,
+    failed: Vec<usize>,
+    /// A backend failed TLS (its certificate did not verify, say): running out is then 502.
+    tls_failed: bool,
+}
+
+impl<'a> Attempts<'a> {
+    pub(crate) fn new(
+        state: &'a ProxyState,
+        pool: &'a PoolTable,
+        tuning: &'a Tuning,
+        session: Option<&'a str>,
+        bound: Option<&'a str>,
+    ) -> Self {
+        Attempts { state, pool, tuning, session, bound, failed: Vec::new(), tls_failed: false }
+    }
+
+    /// The next backend to try (its index in the pool), or the answer once none is left.
+    pub(crate) fn next(&self, up: &Upgrade, client: IpAddr) -> Result<usize, Reject> {
+        if self.failed.len() >= self.tuning.max_attempts {
+            return Err(self.none_left());
+        }
+        let now = self.state.registry.now_ms();
+        let choice = match self.session {
+            Some(k) => self.pool.pick_session(k, self.bound, now, &self.failed).map(|(i, _)| i),
+            None => self.pool.pick(up, client, now, &self.failed),
+        };
+        choice.ok_or_else(|| self.none_left())
+    }
+
+    /// Backend `i` could not be used: it is ejected by this proxy and not tried again for this
+    /// request. `Err` when the shortage is the proxy's own (out of descriptors, say): no other
+    /// backend would do better.
+    pub(crate) fn failed(&mut self, i: usize, why: &BackendFail) -> Result<(), Reject> {
+        self.tls_failed |= matches!(why, BackendFail::Tls(_));
+        eject_locally(self.state, &self.pool.backends[i], &self.pool.pool.name, self.tuning, why);
+        if let BackendFail::Local(_) = why {
+            return Err(Reject::OverCapacity);
+        }
+        self.failed.push(i);
+        Ok(())
+    }
+
+    fn none_left(&self) -> Reject {
+        if self.tls_failed {
+            Reject::BadGateway
+        } else {
+            Reject::Unavailable
+        }
+    }
+}
