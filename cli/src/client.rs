@@ -227,11 +227,13 @@ fn transport_mismatch(s: &Status, tls: bool) -> Option<&'static str> {
         src = e.source();
     }
     // A TLS server answers an HTTP/2 preface with an alert and a close: the client sees a
-    // frame of invalid size, or the connection closed (or its pipe broken) under its first call.
-    if !tls && ["http2 error", "connection closed", "broken pipe"].iter().any(|c| m.contains(c)) {
+    // frame of invalid size, or the connection closed, reset (a close with the preface still
+    // unread) or its pipe broken under its first call.
+    let m = m.to_ascii_lowercase();
+    if !tls && ["http2 error", "connection closed", "connection reset", "broken pipe"].iter().any(|c| m.contains(c)) {
         return Some("the node may require TLS: pass --tls-ca, with --tls-cert/--tls-key or a token");
     }
-    if tls && (m.contains("InvalidContentType") || m.contains("corrupt message") || m.contains("tls handshake")) {
+    if tls && (m.contains("invalidcontenttype") || m.contains("corrupt message") || m.contains("tls handshake")) {
         return Some("the node may not speak TLS: drop --tls-ca/--tls-cert/--tls-key");
     }
     None
