@@ -144,6 +144,15 @@ struct Established {
     session: Option<(String, String, String)>,
 }
 
+/// What the replicated settings say a relayed connection may do.
+pub(crate) fn relay_limits(s: &switchyard_proto::v1::Settings) -> Limits {
+    Limits {
+        max_message: if s.max_message_bytes > 0 { s.max_message_bytes } else { 16 << 20 },
+        idle_timeout: (s.idle_timeout_ms > 0).then(|| Duration::from_millis(s.idle_timeout_ms)),
+        ping_interval: (s.ping_interval_ms > 0).then(|| Duration::from_millis(s.ping_interval_ms)),
+    }
+}
+
 pub(crate) fn handshake_timeout(s: &switchyard_proto::v1::Settings) -> Duration {
     if s.handshake_timeout_ms > 0 {
         Duration::from_millis(s.handshake_timeout_ms)
@@ -399,11 +408,7 @@ async fn open(
         return Opened::Done;
     }
     drop(resp);
-    let limits = Limits {
-        max_message: if s.max_message_bytes > 0 { s.max_message_bytes } else { 16 << 20 },
-        idle_timeout: (s.idle_timeout_ms > 0).then(|| Duration::from_millis(s.idle_timeout_ms)),
-        ping_interval: (s.ping_interval_ms > 0).then(|| Duration::from_millis(s.ping_interval_ms)),
-    };
+    let limits = relay_limits(&s);
     let session = session.map(|k| state.affinity.bind_live(&pool.pool.name, &k, &entry.backend.address));
     // Bytes the client sent behind its head go through the relay, which tracks their frames.
     Opened::Ws(Established {

@@ -64,6 +64,9 @@ pub async fn serve(
 ) {
     let table = state.table.load();
     let head_timeout = handshake_timeout(&table.settings);
+    // How long a client may leave a response unread: the relay's bound for a peer that stops
+    // reading (60 s, or sooner by the idle timeout or pings).
+    let stall = crate::relay::write_stall(crate::connection::relay_limits(&table.settings));
     let max_header = match table.settings.max_header_bytes {
         0 => 16 * 1024,
         n => n as usize,
@@ -106,8 +109,12 @@ pub async fn serve(
                 let _ = tokio::time::timeout(Duration::from_secs(30), conn).await;
                 return;
             }
-            _ = idle.as_mut() => match activity.due(head_timeout) {
+            _ = idle.as_mut() => match activity.due(head_timeout, stall) {
                 Some(at) => idle.as_mut().reset(at),
+                None if activity.in_flight() => {
+                    tracing::debug!(%peer, "plain HTTP client left its response unread for {stall:?}: closed");
+                    return;
+                }
                 None => {
                     tracing::debug!(%peer, "plain HTTP connection idle, or its next head unfinished, for {head_timeout:?}: closed");
                     return;
@@ -446,6 +453,7 @@ async fn handle(
         r.status = parts.status.as_u16();
         r.termination = "http";
     }
+    let activity = busy.activity();
     let hold = InFlight { idle: Some(sender), held, rec: rec.1.take(), started, counts: counts.clone(), _busy: busy };
-    Response::from_parts(parts, Either::Right(Relayed { inner: body, counts, hold: Some(hold) }))
+    Response::from_parts(parts, Either::Right(Relayed { inner: body, counts, hold: Some(hold), activity }))
 }

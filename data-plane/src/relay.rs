@@ -27,6 +27,7 @@ use std::time::Duration;
 use tokio::time::{Instant, Sleep};
 
 pub use close::CloseHandle;
+pub(crate) use direction::write_stall;
 use direction::{Direction, TimerAction};
 pub use limits::{End, Flow, Limits, Relayed, Side, Why};
 use shared::{Finished, Shared};

@@ -66,6 +66,16 @@ async fn answer(name: Arc<str>, seen: Arc<Mutex<Vec<(String, String)>>>, req: Re
                 .body(StreamBody::new(parts).boxed())
                 .expect("valid response")
         }
+        "/big" => {
+            // `n` chunks of 64 KiB, each as soon as the last is taken: only the reader paces it.
+            let n: usize = param("n").and_then(|v| v.parse().ok()).unwrap_or(1);
+            let chunk = Bytes::from(vec![b'x'; 64 * 1024]);
+            let parts = futures::stream::iter((0..n).map(move |_| Ok::<_, hyper::Error>(Frame::data(chunk.clone()))));
+            Response::builder()
+                .header("x-backend", &*name)
+                .body(StreamBody::new(parts).boxed())
+                .expect("valid response")
+        }
         "/chunks" => {
             let parts = ["one,", "two,", "three"].map(|p| Ok::<_, hyper::Error>(Frame::data(Bytes::from(p))));
             let body = StreamBody::new(futures::stream::iter(parts));

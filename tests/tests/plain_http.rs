@@ -305,6 +305,28 @@ async fn plain_http_limits_answer_with_the_right_status_and_idle_connections_clo
     let (code, _, body) = http_send(&mut http_client(&p.ws).await, get("/drip?ms=200&n=8", &[])).await;
     assert_eq!((code, body.as_str()), (200, "0,1,2,3,4,5,6,7,"));
 
+    // A client that stops reading a long response is let go once it has left it unread for
+    // the relay's write-stall bound (NGINX's `send_timeout`; 1 s here, from a 1 s idle
+    // timeout): its request no longer holds its backend. It held it for good before.
+    let s = Settings { idle_timeout_ms: 1000, ..Default::default() };
+    let req = UpdateSettingsRequest { settings: Some(s), update_mask: vec!["idle_timeout_ms".into()] };
+    let rev = admin(&c.nodes[&1].addr).update_settings(req).await.unwrap().into_inner().revision;
+    p.wait_revision(rev).await;
+    let mut reader = tokio::net::TcpStream::connect(&p.ws).await.unwrap();
+    reader.write_all(b"GET /big?n=2048 HTTP/1.1\r\nHost: app.example\r\n\r\n").await.unwrap();
+    let mut head = [0u8; 512];
+    let n = reader.read(&mut head).await.unwrap();
+    assert!(head[..n].starts_with(b"HTTP/1.1 200"), "{}", String::from_utf8_lossy(&head[..n]));
+    let active = |s: &serde_json::Value| {
+        s["backends"].as_array().map_or(0, |all| all.iter().map(|b| b["active"].as_u64().unwrap_or(0)).sum::<u64>())
+    };
+    assert_eq!(active(&p.status().await.unwrap()), 1, "the unread response is in flight");
+    eventually("the unread response to be let go", Duration::from_secs(10), || async {
+        (active(&p.status().await?) == 0).then_some(())
+    })
+    .await;
+    drop(reader);
+
     // The proxy serves on.
     assert_eq!(http_send(&mut http_client(&p.ws).await, get("/", &[])).await.0, 200);
 }

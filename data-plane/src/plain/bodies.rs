@@ -147,6 +147,15 @@ pub struct Relayed<H: Send + 'static> {
     pub inner: Incoming,
     pub counts: Arc<Counts>,
     pub hold: Option<H>,
+    /// Told when data goes to hyper and when hyper asks for more, so a client that stops
+    /// reading is seen.
+    pub(super) activity: Arc<super::client::Activity>,
+}
+
+impl<H: Send + 'static> Drop for Relayed<H> {
+    fn drop(&mut self) {
+        self.activity.asked();
+    }
 }
 
 impl<H: Send + Unpin + 'static> Body for Relayed<H> {
@@ -154,10 +163,12 @@ impl<H: Send + Unpin + 'static> Body for Relayed<H> {
     type Error = BoxError;
 
     fn poll_frame(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+        self.activity.asked();
         match Pin::new(&mut self.inner).poll_frame(cx) {
             Poll::Ready(Some(Ok(f))) => {
                 if let Some(d) = f.data_ref() {
                     self.counts.to_client.fetch_add(d.len() as u64, Relaxed);
+                    self.activity.handed();
                 }
                 Poll::Ready(Some(Ok(f)))
             }

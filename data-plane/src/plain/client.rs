@@ -22,11 +22,20 @@ pub(super) struct Activity {
     busy: AtomicU32,
     /// Milliseconds after `base`.
     idle_since: AtomicU64,
+    /// When the response body last handed hyper data that hyper has not asked past since
+    /// (milliseconds after `base`, plus one; 0: not waiting on the client). hyper asks for
+    /// more once what it has is written, so this ages only while the client does not read.
+    handed: AtomicU64,
 }
 
 impl Activity {
     pub(super) fn new() -> Activity {
-        Activity { base: tokio::time::Instant::now(), busy: AtomicU32::new(0), idle_since: AtomicU64::new(0) }
+        Activity {
+            base: tokio::time::Instant::now(),
+            busy: AtomicU32::new(0),
+            idle_since: AtomicU64::new(0),
+            handed: AtomicU64::new(0),
+        }
     }
 
     /// A request began: in flight until the `Busy` is dropped (with its response's end).
@@ -35,11 +44,33 @@ impl Activity {
         Busy(self.clone())
     }
 
-    /// When the connection is next due to close (`None`: now).
-    pub(super) fn due(&self, limit: Duration) -> Option<tokio::time::Instant> {
+    /// The response body handed hyper data to write to the client.
+    pub(super) fn handed(&self) {
+        self.handed.store(self.base.elapsed().as_millis() as u64 + 1, Relaxed);
+    }
+
+    /// hyper asked the response body for more (what it had is written), or the body is gone.
+    pub(super) fn asked(&self) {
+        self.handed.store(0, Relaxed);
+    }
+
+    pub(super) fn in_flight(&self) -> bool {
+        self.busy.load(Relaxed) > 0
+    }
+
+    /// When the connection is next due to close (`None`: now): `limit` after its last
+    /// response ended when none is in flight; with one in flight, once the client has left
+    /// response data unread for `stall` (NGINX's `send_timeout`: a client that stops reading
+    /// would otherwise hold its request, and the backend connection, for as long as it likes).
+    pub(super) fn due(&self, limit: Duration, stall: Duration) -> Option<tokio::time::Instant> {
         let now = tokio::time::Instant::now();
         if self.busy.load(Relaxed) > 0 {
-            return Some(now + limit);
+            let handed = self.handed.load(Relaxed);
+            if handed == 0 {
+                return Some(now + limit);
+            }
+            let at = self.base + Duration::from_millis(handed - 1) + stall;
+            return (at > now).then(|| at.min(now + limit));
         }
         let due = self.base + Duration::from_millis(self.idle_since.load(Relaxed)) + limit;
         (due > now).then_some(due)
@@ -54,6 +85,10 @@ impl Busy {
     /// end while the client is still sending its body (a backend that answers early).
     pub(super) fn again(&self) -> Busy {
         self.0.begin()
+    }
+
+    pub(super) fn activity(&self) -> Arc<Activity> {
+        self.0.clone()
     }
 }
 
@@ -100,19 +135,40 @@ mod tests {
 
     #[tokio::test(start_paused = true)]
     async fn a_connection_is_due_a_whole_limit_after_its_last_request_ended_never_during_one() {
-        let limit = Duration::from_secs(10);
+        let (limit, stall) = (Duration::from_secs(10), Duration::from_secs(60));
         let a = Arc::new(Activity::new());
         tokio::time::advance(Duration::from_secs(4)).await;
-        assert!(a.due(limit).is_some(), "opened 4 s ago");
+        assert!(a.due(limit, stall).is_some(), "opened 4 s ago");
         let busy = a.begin();
         tokio::time::advance(Duration::from_secs(30)).await;
         // In flight: put off by a whole limit, however long it has run.
-        assert_eq!(a.due(limit), Some(tokio::time::Instant::now() + limit));
+        assert_eq!(a.due(limit, stall), Some(tokio::time::Instant::now() + limit));
         drop(busy);
         let ended = tokio::time::Instant::now();
         tokio::time::advance(Duration::from_secs(9)).await;
-        assert_eq!(a.due(limit), Some(ended + limit));
+        assert_eq!(a.due(limit, stall), Some(ended + limit));
         tokio::time::advance(Duration::from_secs(1)).await;
-        assert_eq!(a.due(limit), None, "idle for the whole limit");
+        assert_eq!(a.due(limit, stall), None, "idle for the whole limit");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_client_that_leaves_its_response_unread_is_due_after_the_stall() {
+        let (limit, stall) = (Duration::from_secs(10), Duration::from_secs(25));
+        let a = Arc::new(Activity::new());
+        let _busy = a.begin();
+        a.handed();
+        let handed = tokio::time::Instant::now();
+        // Checked at the limit's pace, and at the stall's end.
+        assert_eq!(a.due(limit, stall), Some(handed + limit));
+        tokio::time::advance(Duration::from_secs(20)).await;
+        assert_eq!(a.due(limit, stall), Some(handed + stall));
+        // hyper asked for more: the client is reading, and a backend slow to send is no stall.
+        a.asked();
+        tokio::time::advance(Duration::from_secs(100)).await;
+        assert_eq!(a.due(limit, stall), Some(tokio::time::Instant::now() + limit));
+        a.handed();
+        tokio::time::advance(stall).await;
+        assert_eq!(a.due(limit, stall), None, "unread for the whole stall");
+        assert!(a.in_flight());
     }
 }

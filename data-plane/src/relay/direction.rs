@@ -430,7 +430,7 @@ fn proxy_close(side: Side, code: u16) -> frame::CodeClose {
 
 /// How long one write may wait on a peer that does not read before the connection ends: 60 s
 /// unless the connection's timers say sooner (NGINX's `send_timeout`).
-pub(super) fn write_stall(limits: Limits) -> Duration {
+pub(crate) fn write_stall(limits: Limits) -> Duration {
     let mut d = Duration::from_secs(60);
     if let Some(idle) = limits.idle_timeout {
         d = d.min(idle);
