@@ -329,6 +329,9 @@ pub fn code_close(code: u16, mask: Option<[u8; 4]>) -> CodeClose {
     }
 }
 
+/// A Close with a reason, as the tests' peers send one (the proxy's own carry only a code:
+/// [`code_close`]).
+#[cfg(test)]
 pub fn close_frame(code: u16, reason: &str, mask: Option<[u8; 4]>) -> Vec<u8> {
     let mut p = code.to_be_bytes().to_vec();
     p.extend_from_slice(&reason.as_bytes()[..reason.len().min(123)]);

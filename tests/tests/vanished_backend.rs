@@ -33,17 +33,24 @@ fn ip(args: &[&str]) -> Result<(), String> {
 struct FarHost;
 
 impl FarHost {
+    /// `Err` when this machine cannot make a namespace (not root, no `ip`): the test is
+    /// skipped. Past that, a step that fails fails the test.
     fn create() -> Result<FarHost, String> {
         FarHost::remove();
         ip(&["netns", "add", NS])?;
         let host = FarHost;
-        ip(&["link", "add", HOST_VETH, "type", "veth", "peer", "name", NS_VETH])?;
-        ip(&["link", "set", NS_VETH, "netns", NS])?;
-        ip(&["addr", "add", &format!("{HOST_ADDR}/30"), "dev", HOST_VETH])?;
-        ip(&["link", "set", HOST_VETH, "up"])?;
-        ip(&["-n", NS, "addr", "add", &format!("{BACKEND_ADDR}/30"), "dev", NS_VETH])?;
-        ip(&["-n", NS, "link", "set", NS_VETH, "up"])?;
-        ip(&["-n", NS, "link", "set", "lo", "up"])?;
+        let (host_net, backend_net) = (format!("{HOST_ADDR}/30"), format!("{BACKEND_ADDR}/30"));
+        for step in [
+            &["link", "add", HOST_VETH, "type", "veth", "peer", "name", NS_VETH][..],
+            &["link", "set", NS_VETH, "netns", NS],
+            &["addr", "add", &host_net, "dev", HOST_VETH],
+            &["link", "set", HOST_VETH, "up"],
+            &["-n", NS, "addr", "add", &backend_net, "dev", NS_VETH],
+            &["-n", NS, "link", "set", NS_VETH, "up"],
+            &["-n", NS, "link", "set", "lo", "up"],
+        ] {
+            ip(step).unwrap_or_else(|e| panic!("building the backend's network: {e}"));
+        }
         Ok(host)
     }
 

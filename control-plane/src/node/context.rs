@@ -64,14 +64,15 @@ impl NodeCtx {
     }
 
     /// How long this node has led without a majority answering it, once that is longer than
-    /// a follower waits before it stands (at most twice `election_max`), with the same margin
-    /// a node gives itself before it stops serving watches ([`UNSERVING_AFTER_ELECTIONS`]
-    /// election timeouts): it is cut off, and another leader may already serve.
+    /// [`UNSERVING_AFTER_ELECTIONS`] election timeouts (the margin after which a node stops
+    /// serving watches): it is cut off, and another leader may already serve.
     ///
-    /// [`UNSERVING_AFTER_ELECTIONS`]: crate::config::UNSERVING_AFTER_ELECTIONS openraft keeps such a leader leading (it has no
-    /// check-quorum step-down), so this node says so itself: its status and metrics do not
-    /// claim the lead, and it refuses writes and reads at once rather than let them wait out
-    /// the write timeout. A single voter is its own majority.
+    /// openraft keeps such a leader leading (it has no check-quorum step-down), so this node
+    /// says so itself: its status and metrics do not claim the lead, and it refuses writes and
+    /// reads at once rather than let them wait out the write timeout. A single voter is its
+    /// own majority.
+    ///
+    /// [`UNSERVING_AFTER_ELECTIONS`]: crate::config::UNSERVING_AFTER_ELECTIONS
     pub fn leading_without_quorum(&self) -> Option<std::time::Duration> {
         let rx = self.raft.metrics();
         let m = rx.borrow();

@@ -36,23 +36,29 @@ impl Headers {
         self.spans.push(Span { start, name_end, end: self.bytes.len() as u32 });
     }
 
+    fn name(&self, s: &Span) -> &[u8] {
+        &self.bytes[s.start as usize..s.name_end as usize]
+    }
+
+    fn value(&self, s: &Span) -> &[u8] {
+        &self.bytes[s.name_end as usize..s.end as usize]
+    }
+
     /// Each header as (name, value), in order.
     pub fn iter(&self) -> impl Iterator<Item = (&str, &[u8])> + '_ {
-        self.spans.iter().map(|s| {
-            let name = &self.bytes[s.start as usize..s.name_end as usize];
-            // Names are tokens (httparse checks them) or the proxy's own: ASCII either way.
-            (std::str::from_utf8(name).unwrap_or(""), &self.bytes[s.name_end as usize..s.end as usize])
-        })
+        // Names are tokens (httparse checks them) or the proxy's own: ASCII either way.
+        self.spans.iter().map(|s| (std::str::from_utf8(self.name(s)).unwrap_or(""), self.value(s)))
     }
 
     /// The values of the headers named `name` (any case), in order.
     pub fn all<'a>(&'a self, name: &'a str) -> impl Iterator<Item = &'a [u8]> + 'a {
-        self.iter().filter(move |(n, _)| n.eq_ignore_ascii_case(name)).map(|(_, v)| v)
+        self.spans.iter().filter(move |s| self.name(s).eq_ignore_ascii_case(name.as_bytes())).map(|s| self.value(s))
     }
 
     /// The first value of `name` (any case).
     pub fn get(&self, name: &str) -> Option<&[u8]> {
-        self.iter().find(|(n, _)| n.eq_ignore_ascii_case(name)).map(|(_, v)| v)
+        let s = self.spans.iter().find(|s| self.name(s).eq_ignore_ascii_case(name.as_bytes()))?;
+        Some(self.value(s))
     }
 
     /// Drops every header named `name` (any case); its bytes stay until the request goes.

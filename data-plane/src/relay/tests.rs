@@ -338,9 +338,8 @@ async fn a_client_that_breaks_the_protocol_still_gets_the_replies_then_1002() {
     assert_eq!((done.to_backend.messages, done.to_client.messages), (1, 1));
 }
 
-/// After the closing handshake neither peer may send more: the first to hang up ends the
-/// relay, and the other's socket is closed at once (as NGINX does) instead of half-closed
-/// while the proxy waits up to `CLOSE_LINGER` for its FIN.
+/// A peer that resets (no Close, no FIN) is gone like one that hung up: the other side gets
+/// Close 1001, not a dropped connection.
 #[tokio::test]
 async fn a_peer_that_resets_leaves_the_other_a_close_too() {
     let mut r = Rig::start(NO_LIMITS).await;
@@ -357,6 +356,9 @@ async fn a_peer_that_resets_leaves_the_other_a_close_too() {
     assert_eq!(r.end().await, End::Error);
 }
 
+/// After the closing handshake neither peer may send more: the first to hang up ends the
+/// relay, and the other's socket is closed at once (as NGINX does) instead of half-closed
+/// while the proxy waits up to `CLOSE_LINGER` for its FIN.
 #[tokio::test]
 async fn once_both_closes_went_by_the_first_hang_up_ends_the_relay() {
     let mut r = Rig::start(NO_LIMITS).await;
