@@ -29,7 +29,7 @@ use tokio::time::{Instant, Sleep};
 pub use close::CloseHandle;
 pub(crate) use direction::write_stall;
 use direction::{Direction, TimerAction};
-pub use limits::{End, Flow, Limits, Relayed, Side, Why};
+pub use limits::{End, Flow, Limits, Relayed, Side, Why, CLOSE_LINGER};
 use shared::{Finished, Shared};
 pub(crate) use stream::read_socket;
 pub use stream::Stream;
@@ -71,6 +71,7 @@ pub fn relay<'a>(
             first: sh.first(),
             to_backend,
             to_client,
+            client_open: sh.client_open(),
         }
     }
 }
@@ -118,7 +119,14 @@ fn pump<'a>(
                     // The other peer is gone and this one has closed: nothing more may come
                     // this way (see `Shared::closed_for`).
                     if sh.finished_at().is_some() && sh.closed_for(side.other()) {
-                        // What that peer sent meanwhile (a Pong, say) is read first: closing a
+                        if side == Side::ToBackend {
+                            // The client's socket: what it still sends (a Pong, or anything
+                            // after its Close) may come after this, so it is closed by
+                            // lingering once the relay is done (`Stream::linger`).
+                            sh.leave_client_open();
+                            return Ok(());
+                        }
+                        // What the backend sent meanwhile (a Pong, say) is read first: closing a
                         // socket with unread input resets the connection, and the reset can
                         // overtake the Close still on its way to the peer.
                         let mut b = io::Buf::take();

@@ -183,12 +183,12 @@ pub struct Case {
     pub writes: Vec<Vec<u8>>,
 }
 
-const FIN: u8 = 0x80;
-const TEXT: u8 = 1;
+pub const FIN: u8 = 0x80;
+pub const TEXT: u8 = 1;
 const BINARY: u8 = 2;
 const CONT: u8 = 0;
-const CLOSE: u8 = 8;
-const PING: u8 = 9;
+pub const CLOSE: u8 = 8;
+pub const PING: u8 = 9;
 const PONG: u8 = 10;
 
 fn case(id: impl Into<String>, writes: Vec<Vec<u8>>) -> Case {
@@ -320,25 +320,7 @@ pub fn cases() -> Vec<Case> {
 /// case's writes, answers a Close with the same payload (as a well-behaved client does) and
 /// collects what arrives until the peer ends the connection.
 pub async fn run_case(addr: &str, c: &Case) -> Outcome {
-    let mut s = TcpStream::connect(addr).await.expect("connect");
-    s.set_nodelay(true).expect("nodelay");
-    let req = format!(
-        "GET /conformance HTTP/1.1\r\nHost: {addr}\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\
-         Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n"
-    );
-    s.write_all(req.as_bytes()).await.expect("write upgrade");
-    let mut buf = Vec::new();
-    let head_end = loop {
-        if let Some(i) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
-            break i + 4;
-        }
-        let mut chunk = [0u8; 4096];
-        let n = s.read(&mut chunk).await.expect("read 101");
-        assert!(n > 0, "{}: closed before the 101", c.id);
-        buf.extend_from_slice(&chunk[..n]);
-    };
-    assert!(buf.starts_with(b"HTTP/1.1 101"), "{}: {}", c.id, String::from_utf8_lossy(&buf));
-    buf.drain(..head_end);
+    let (mut s, buf) = upgrade(addr, &c.id).await;
     let bytewise = c.id == "x.bytewise";
     for w in &c.writes {
         let r = if bytewise {
@@ -358,6 +340,36 @@ pub async fn run_case(addr: &str, c: &Case) -> Outcome {
             break;
         }
     }
+    outcome(s, buf).await
+}
+
+/// Connects to `addr` and upgrades; returns the socket and what came after the `101`'s head.
+pub async fn upgrade(addr: &str, id: &str) -> (TcpStream, Vec<u8>) {
+    let mut s = TcpStream::connect(addr).await.expect("connect");
+    s.set_nodelay(true).expect("nodelay");
+    let req = format!(
+        "GET /conformance HTTP/1.1\r\nHost: {addr}\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\
+         Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n"
+    );
+    s.write_all(req.as_bytes()).await.expect("write upgrade");
+    let mut buf = Vec::new();
+    let head_end = loop {
+        if let Some(i) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
+            break i + 4;
+        }
+        let mut chunk = [0u8; 4096];
+        let n = s.read(&mut chunk).await.expect("read 101");
+        assert!(n > 0, "{id}: closed before the 101");
+        buf.extend_from_slice(&chunk[..n]);
+    };
+    assert!(buf.starts_with(b"HTTP/1.1 101"), "{id}: {}", String::from_utf8_lossy(&buf));
+    buf.drain(..head_end);
+    (s, buf)
+}
+
+/// Reads frames until the connection ends (or the case deadline passes), answering a Close
+/// as a browser does: the code echoed, then the FIN. `buf` holds what was read already.
+pub async fn outcome(mut s: TcpStream, mut buf: Vec<u8>) -> Outcome {
     let mut frames = Vec::new();
     let mut replied = false;
     let deadline = tokio::time::Instant::now() + CASE_DEADLINE;

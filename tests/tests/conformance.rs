@@ -3,7 +3,9 @@
 //! proxy's own protocol checks) ends for the client exactly as it does on a direct connection
 //! to the same strict backend: the same frames, the same close code, the same end.
 
+use std::time::Duration;
 use switchyard_tests::conformance::{cases, describe, run_case, StrictEcho};
+
 use switchyard_tests::*;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -63,4 +65,38 @@ async fn every_case_ends_as_on_a_direct_connection(linger: bool) {
         assert_eq!(code, want, "{id}");
         assert_eq!(end, "closed", "{id}: the connection ends");
     }
+}
+
+/// Autobahn 7.1.6 by steps: a client sends a large message, its Close, and then (against RFC
+/// 6455, but clients do: a Pong on its way, a Ping) one more frame. The backend echoes, answers
+/// the Close and hangs up, so the proxy's relay ends while most of the echo still waits in its
+/// socket for this client, which has not read yet. The client's late frame must not make the
+/// proxy's kernel reset the connection and drop the rest: the echo and the backend's Close
+/// arrive whole. (Run in one go, the case lost them in CI when the late frame came just after
+/// the relay ended.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_frame_sent_after_the_clients_close_costs_it_nothing_it_was_sent() {
+    use switchyard_tests::conformance::{close_payload, frame, outcome, upgrade, CLOSE, FIN, PING, TEXT};
+    use tokio::io::AsyncWriteExt;
+    let _g = serial().await;
+    let backend = StrictEcho::start(false).await;
+    let cluster = Cluster::start(1, &[]).await;
+    let rev = route_all(&cluster.nodes[&1].addr, "conf", &[&backend.addr]).await;
+    let proxy = ProxyProcess::spawn(&cluster.endpoints(), &cluster.dir.path().join("proxy.cache"), "p1");
+    proxy.wait_revision(rev).await;
+
+    let (mut s, buf) = upgrade(&proxy.ws, "late frame").await;
+    // More than this unread socket's receive window takes, so the rest waits on the proxy's side.
+    let len = 1 << 20;
+    s.write_all(&frame(FIN | TEXT, &vec![b'x'; len])).await.unwrap();
+    s.write_all(&frame(FIN | CLOSE, &close_payload(1000, b""))).await.unwrap();
+    let ended = || async {
+        let st = proxy.status().await?;
+        let b = st["backends"].as_array()?.first()?.clone();
+        (b["total"].as_u64()? >= 1 && b["active"].as_u64()? == 0).then_some(())
+    };
+    eventually("the relay ended, the echo written", Duration::from_secs(10), ended).await;
+    s.write_all(&frame(FIN | PING, b"")).await.unwrap();
+    let got = outcome(s, buf).await.without_reasons();
+    assert_eq!(describe(&got), format!("[op1/{len}B, Close(1000)] then closed"));
 }

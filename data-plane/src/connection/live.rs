@@ -30,30 +30,38 @@ impl Live {
     #[allow(clippy::manual_async_fn)] // an `async fn` keeps its arguments twice in its state
     pub(super) fn run(mut self: Box<Self>, state: &ProxyState) -> impl std::future::Future<Output = ()> + '_ {
         async move {
-            let done = relay::relay(
-                &self.client,
-                &self.backend,
-                &self.client_early,
-                &self.backend_early,
-                self.limits,
-                &self.ctl,
-                &self.stats,
-            )
-            .await;
-            tracing::debug!(?done, "connection ended");
-            self.stats.active.fetch_sub(1, Relaxed);
-            self.stats.unregister(self.id);
-            if let Some(k) = &self.session {
-                state.affinity.unbind_live(k);
-            }
-            if let (Some(log), Some(mut r)) = (state.runtime.access_log.get(), self.rec.take()) {
-                r.status = 101;
-                r.handshake = self.handshake;
-                r.duration = self.started.elapsed();
-                r.to_backend = done.to_backend;
-                r.to_client = done.to_client;
-                r.termination = termination(&done, state.runtime.shutdown.is_cancelled());
-                log.log(*r);
+            // In a block of its own, so that what it leaves is not kept beside the linger below.
+            let client_open = {
+                let done = relay::relay(
+                    &self.client,
+                    &self.backend,
+                    &self.client_early,
+                    &self.backend_early,
+                    self.limits,
+                    &self.ctl,
+                    &self.stats,
+                )
+                .await;
+                tracing::debug!(?done, "connection ended");
+                self.stats.active.fetch_sub(1, Relaxed);
+                self.stats.unregister(self.id);
+                if let Some(k) = &self.session {
+                    state.affinity.unbind_live(k);
+                }
+                if let (Some(log), Some(mut r)) = (state.runtime.access_log.get(), self.rec.take()) {
+                    r.status = 101;
+                    r.handshake = self.handshake;
+                    r.duration = self.started.elapsed();
+                    r.to_backend = done.to_backend;
+                    r.to_client = done.to_client;
+                    r.termination = termination(&done, state.runtime.shutdown.is_cancelled());
+                    log.log(*r);
+                }
+                done.client_open
+            };
+            if client_open {
+                // The backend has hung up already; its socket goes with the client's.
+                self.client.linger(relay::CLOSE_LINGER).await;
             }
         }
     }

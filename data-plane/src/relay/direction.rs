@@ -359,8 +359,9 @@ impl Direction {
         sh.peer_ended(self.side);
         // When the other direction is already done, or ends now because the peer this one
         // writes to has closed and the peer that hung up owes nothing more
-        // (`Shared::closed_for`), the relay ends and the socket is closed, which sends the FIN
-        // itself: a plain socket needs no separate shutdown (TLS still says close_notify first).
+        // (`Shared::closed_for`), the relay ends and the socket is closed (a client's by
+        // lingering), which sends the FIN itself: a plain socket needs no separate shutdown
+        // here (TLS still says close_notify first).
         let ending = sh.finished_at().is_some() || (sh.closed_for(self.side) && sh.close_went_to(self.side.other()));
         if !(ending && matches!(to, Stream::Plain(_))) {
             let _ = shutdown_write(to);

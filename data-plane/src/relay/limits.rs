@@ -62,6 +62,9 @@ pub struct Relayed {
     pub first: Option<Side>,
     pub to_backend: Flow,
     pub to_client: Flow,
+    /// The relay ended on the closing handshake without the client's end of stream: its
+    /// socket should be closed with [`super::Stream::linger`], not dropped.
+    pub client_open: bool,
 }
 
 /// Which output a direction writes.

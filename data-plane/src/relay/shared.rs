@@ -1,7 +1,7 @@
 //! What the two directions of one connection share: the close the proxy decided, activity
 //! times, when one direction finished, and how the connection ended.
 
-use std::sync::atomic::{AtomicU64, AtomicU8, Ordering::Relaxed};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicU8, Ordering::Relaxed};
 use std::sync::Mutex;
 use std::time::Duration;
 
@@ -56,6 +56,9 @@ pub struct Shared {
     /// Which Close frames went by, and whether both sockets are plain (see
     /// [`Self::closed_for`]).
     closes: AtomicU8,
+    /// The relay ended on the closing handshake with the client's socket still open for
+    /// reading: it is to be closed by lingering (see [`super::Stream::linger`]).
+    client_open: AtomicBool,
 }
 
 /// Bits of [`Shared::closes`]: a Close came from the peer feeding `side`, a Close went out to
@@ -87,12 +90,22 @@ impl Shared {
             why: Slot::new(None),
             first: Slot::new(None),
             closes: AtomicU8::new(0),
+            client_open: AtomicBool::new(false),
         }
     }
 
     /// Both sockets are plain TCP: closing one sends its FIN, with nothing owed before it.
     pub fn set_plain(&self) {
         self.closes.fetch_or(PLAIN, Relaxed);
+    }
+
+    /// The relay leaves the client's socket open for reading (see [`Self::client_open`]).
+    pub fn leave_client_open(&self) {
+        self.client_open.store(true, Relaxed);
+    }
+
+    pub fn client_open(&self) -> bool {
+        self.client_open.load(Relaxed)
     }
 
     /// The peer feeding `side` sent its Close frame.
@@ -112,8 +125,9 @@ impl Shared {
 
     /// The peer that `side` writes to has sent its Close and been sent one (its peer's or the
     /// proxy's), and both sockets are plain: it may send nothing more (RFC 6455 5.5.1). Once
-    /// the other peer is gone, the relay then ends at once and closes both sockets, as NGINX
-    /// does, instead of half-closing this one and waiting for its FIN.
+    /// the other peer is gone, the relay then ends at once instead of half-closing this one
+    /// and waiting for its FIN (a client's socket is then closed by lingering, outside the
+    /// relay: see [`Self::leave_client_open`]).
     pub fn closed_for(&self, side: Side) -> bool {
         let done = came_from(side.other()) | went_to(side) | PLAIN;
         self.closes.load(Relaxed) & done == done

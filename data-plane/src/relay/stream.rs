@@ -121,6 +121,39 @@ impl Stream {
         }
         socket2::SockRef::from(self.tcp()).shutdown(std::net::Shutdown::Write)
     }
+
+    /// Closes our side, then reads and discards until the peer closes its own, for at most
+    /// `bound` (Envoy's delayed close, HAProxy's linger, NGINX's `lingering_close`). Dropping a socket with input unread, or getting
+    /// input after it is closed, makes the kernel reset the connection and throw away what it
+    /// has not yet delivered: a client that sends anything after its Close (a Pong on its
+    /// way, a Ping as in Autobahn case 7.1.6) would lose the end of what it was sent, the
+    /// Close frame with it, and see the connection fail (1006) instead of close.
+    pub async fn linger(&self, bound: std::time::Duration) {
+        let tcp = self.tcp();
+        // On this future, in room the relay's state leaves in every connection's task (more
+        // would grow them all): late input is a frame or two, and a mass disconnect should
+        // not borrow a relay buffer for every lingering socket.
+        let mut sink = [0u8; 512];
+        // A client that answered the closing handshake has often hung up already: then there
+        // is nothing to wait for, and this costs what the plain drop did.
+        if matches!(tcp.try_read(&mut sink), Ok(0)) || self.shutdown_write().is_err() {
+            return;
+        }
+        let _ = tokio::time::timeout(bound, async {
+            loop {
+                if tcp.readable().await.is_err() {
+                    return;
+                }
+                match tcp.try_read(&mut sink) {
+                    Ok(0) => return,
+                    Ok(_) => {}
+                    Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
+                    Err(_) => return,
+                }
+            }
+        })
+        .await;
+    }
 }
 
 /// Reads what the socket has. A read that does not fill the buffer drained the socket, so

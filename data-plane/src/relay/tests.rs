@@ -357,8 +357,8 @@ async fn a_peer_that_resets_leaves_the_other_a_close_too() {
 }
 
 /// After the closing handshake neither peer may send more: the first to hang up ends the
-/// relay, and the other's socket is closed at once (as NGINX does) instead of half-closed
-/// while the proxy waits up to `CLOSE_LINGER` for its FIN.
+/// relay at once (as NGINX does) instead of the relay waiting up to `CLOSE_LINGER` for the
+/// other's FIN. The client's socket is left for `Stream::linger` to close.
 #[tokio::test]
 async fn once_both_closes_went_by_the_first_hang_up_ends_the_relay() {
     let mut r = Rig::start(NO_LIMITS).await;
@@ -370,11 +370,12 @@ async fn once_both_closes_went_by_the_first_hang_up_ends_the_relay() {
     r.backend.s.shutdown().await.unwrap();
     let done = timeout(QUIET, &mut r.relay).await.expect("the relay ended without waiting for the client").unwrap();
     assert_eq!((done.end, done.first), (End::Peer, Some(Side::ToBackend)));
+    assert!(done.client_open, "the client has not hung up: its socket is to be closed by lingering");
     r.client.eof().await;
 }
 
 /// A backend that hangs up without answering the client's Close: the client gets the proxy's
-/// 1001 in its place, has then sent and got a Close, and is closed at once.
+/// 1001 in its place, has then sent and got a Close, and the relay ends at once.
 #[tokio::test]
 async fn a_client_that_closed_is_let_go_when_the_backend_drops_without_answering() {
     let mut r = Rig::start(NO_LIMITS).await;
@@ -402,4 +403,48 @@ async fn nothing_after_a_peers_close_is_passed_on() {
     let to_backend = Flow { bytes: close.len() as u64, messages: 0, peer_close: Some(1000), proxy_close: None };
     assert_eq!(done.to_backend, to_backend, "what came after the client's Close is not counted");
     assert_eq!(done.to_client.peer_close, Some(4000));
+}
+
+#[tokio::test]
+async fn a_relay_that_ends_on_the_clients_hang_up_leaves_nothing_to_linger_on() {
+    let mut r = Rig::start(NO_LIMITS).await;
+    r.client.send(&close_frame(1000, "", Some(MASK))).await;
+    assert_eq!(r.backend.frame().await.close_code(), 1000);
+    r.backend.send(&close_frame(1000, "", None)).await;
+    assert_eq!(r.client.frame().await.close_code(), 1000);
+    r.client.s.shutdown().await.unwrap();
+    let done = timeout(QUIET, &mut r.relay).await.expect("the relay ended without waiting for the backend").unwrap();
+    assert_eq!((done.end, done.first), (End::Peer, Some(Side::ToBackend)));
+    assert!(!done.client_open, "the client hung up itself");
+}
+
+/// Lingering reads what the client still sends, so that its late bytes do not reset the
+/// connection, but only up to its bound: a client that never closes is let go.
+#[tokio::test]
+async fn lingering_takes_late_bytes_and_gives_up_on_a_peer_that_never_closes() {
+    let (mut peer, ours) = socket_pair().await;
+    let ours = super::Stream::Plain(ours);
+    let bound = Duration::from_millis(200);
+    let linger = tokio::spawn(async move {
+        let t = Instant::now();
+        ours.linger(bound).await;
+        t.elapsed()
+    });
+    peer.write_all(b"late").await.unwrap();
+    let mut b = [0u8; 16];
+    assert_eq!(timeout(WAIT, peer.read(&mut b)).await.expect("our FIN").unwrap(), 0, "our side is closed first");
+    let took = timeout(WAIT, linger).await.expect("lingering ended").unwrap();
+    assert!(took >= bound, "lingering ended after {took:?}, before its bound, with the peer still open");
+}
+
+#[tokio::test]
+async fn lingering_ends_when_the_peer_closes_its_side() {
+    let (mut peer, ours) = socket_pair().await;
+    let ours = super::Stream::Plain(ours);
+    let linger = tokio::spawn(async move { ours.linger(Duration::from_secs(600)).await });
+    peer.write_all(b"late").await.unwrap();
+    let mut b = [0u8; 16];
+    assert_eq!(timeout(WAIT, peer.read(&mut b)).await.expect("our FIN").unwrap(), 0);
+    peer.shutdown().await.unwrap();
+    timeout(WAIT, linger).await.expect("lingering ended with the peer's FIN, not its bound").unwrap();
 }
