@@ -269,6 +269,28 @@ async fn raw(addr: &str, req: &[u8]) -> String {
     String::from_utf8_lossy(&out[..n]).into_owned()
 }
 
+/// A client refused while it is still sending (a head over the limit; 8 MiB of it, more than
+/// the sockets between it and the proxy hold) gets to finish its write and read the 431: the
+/// proxy reads and discards what follows its answer, for up to 2 s, before it closes. Closing
+/// at once, on the client's unread bytes, resets the connection and the client's write fails
+/// instead (curl then reports a reset, not the 431), as it did before.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_refused_while_still_sending_finishes_and_reads_the_answer() {
+    let _g = serial().await;
+    let env = setup(1, &[("b1", 1)], Algorithm::RoundRobin, "").await;
+    let s = tokio::net::TcpStream::connect(&env.proxy.ws).await.unwrap();
+    let mut head = b"GET / HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\nX-Big: ".to_vec();
+    head.resize(8 << 20, b'a');
+    let (mut rd, mut wr) = s.into_split();
+    let wrote = tokio::time::timeout(Duration::from_secs(20), wr.write_all(&head)).await.expect("written within 20 s");
+    assert!(wrote.is_ok(), "the refused client's write failed: {wrote:?}");
+    let mut answer = Vec::new();
+    let read =
+        tokio::time::timeout(Duration::from_secs(10), rd.read_to_end(&mut answer)).await.expect("closed within 10 s");
+    assert!(read.is_ok(), "the refused client's read failed: {read:?}");
+    assert!(answer.starts_with(b"HTTP/1.1 431"), "{}", String::from_utf8_lossy(&answer));
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn bad_handshakes_get_their_status_and_others_are_served_meanwhile() {
     let _g = serial().await;
