@@ -98,19 +98,13 @@ async fn reject(state: &ProxyState, mut sock: ClientIo, r: Reject) {
     state.runtime.count_failure(r.reason());
     let retry = (r.status() == 503).then(|| 1 + rand::random::<u64>() % 5);
     let _ = tokio::time::timeout(Duration::from_secs(2), sock.write_all(&handshake::error_response(&r, retry))).await;
-    let _ = sock.shutdown().await;
     if r == Reject::Timeout {
         // A client too slow to send its head is not waited for a second time.
+        let _ = sock.shutdown().await;
         return;
     }
-    // Lingering, as at the end of a relay (`Stream::linger`): a client may still be sending
-    // what the answer refuses (a head over the limit); closing on its unread bytes would
-    // reset the connection, and the client would see its write fail, not the answer.
-    let _ = tokio::time::timeout(relay::CLOSE_LINGER, async {
-        let mut sink = vec![0u8; 16 << 10];
-        while matches!(sock.read(&mut sink).await, Ok(n) if n > 0) {}
-    })
-    .await;
+    // The client may still be sending what the answer refuses (a head over the limit).
+    streams::linger(&mut sock).await;
 }
 
 /// Reads up to the end of an HTTP head; returns the head length (the buffer may hold more).

@@ -72,7 +72,7 @@ pub async fn serve(
         n => n as usize,
     };
     drop(table);
-    let io = hyper_util::rt::TokioIo::new(Prefixed { first: Bytes::from(first), io: client });
+    let io = hyper_util::rt::TokioIo::new(Prefixed::new(Bytes::from(first), client));
     let st = state.clone();
     let fwd = Arc::new(Forwarding::new(peer.ip(), if tls { "https" } else { "http" }));
     let activity = Arc::new(Activity::new());

@@ -190,6 +190,19 @@ async fn plain_http_limits_answer_with_the_right_status_and_idle_connections_clo
     );
     let answer = raw(&p.ws, chunked.as_bytes()).await;
     assert!(answer.starts_with("HTTP/1.1 413"), "{answer}");
+    // A client still sending its body when the 413 comes (8 MiB, more than the sockets between
+    // it and the proxy hold) finishes its write and reads the answer: the proxy lingers, where
+    // closing at once on the unread body reset the connection and failed the client's write.
+    let mut post =
+        format!("POST /echo HTTP/1.1\r\nHost: app.example\r\nContent-Length: {}\r\n\r\n", 8 << 20).into_bytes();
+    post.resize(post.len() + (8 << 20), b'z');
+    let (mut rd, mut wr) = tokio::net::TcpStream::connect(&p.ws).await.unwrap().into_split();
+    let wrote = tokio::time::timeout(LONG, wr.write_all(&post)).await.expect("the body written");
+    assert!(wrote.is_ok(), "the client's write failed: {wrote:?}");
+    let mut answer = Vec::new();
+    let read = tokio::time::timeout(LONG, rd.read_to_end(&mut answer)).await.expect("the connection closed");
+    assert!(read.is_ok(), "the client's read failed: {read:?}");
+    assert!(answer.starts_with(b"HTTP/1.1 413"), "{}", String::from_utf8_lossy(&answer));
 
     // A pool's response timeout answers 504; a long-poll under the default one is not cut.
     let mut slow_tx = http_client(&p.ws).await;

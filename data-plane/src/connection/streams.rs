@@ -104,6 +104,23 @@ pub async fn connect_backend(address: &str, tls: &PoolTls, ctx: &Ctx) -> Result<
     }
 }
 
+/// Ends a client connection the proxy answered (a refused handshake, plain HTTP): our FIN
+/// (TLS's close_notify first), then what the client still sends is read and discarded until
+/// its FIN, for at most `CLOSE_LINGER` (NGINX's `lingering_close`). Closing on unread bytes
+/// resets the connection: a client still writing (an oversized head or body) would see its
+/// write fail, and may never read the answer. See also `Stream::linger`.
+pub async fn linger(c: &mut ClientIo) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    if c.shutdown().await.is_err() {
+        return;
+    }
+    let _ = tokio::time::timeout(crate::relay::CLOSE_LINGER, async {
+        let mut sink = vec![0u8; 16 << 10];
+        while matches!(c.read(&mut sink).await, Ok(n) if n > 0) {}
+    })
+    .await;
+}
+
 pub fn client_stream(c: ClientIo) -> Stream {
     match c {
         Either::Left(s) => Stream::Plain(s),

@@ -1,6 +1,7 @@
 //! The client's side of a plain HTTP connection: its bytes (the first head, read before hyper
 //! took over, then the socket), and what its one idle/head timer looks at.
 
+use std::future::Future;
 use std::pin::Pin;
 use std::sync::atomic::{AtomicU32, AtomicU64, Ordering::Relaxed};
 use std::sync::Arc;
@@ -100,10 +101,19 @@ impl Drop for Busy {
     }
 }
 
-/// The first head's bytes, then the connection.
+/// The first head's bytes, then the connection. Its shutdown lingers.
 pub(super) struct Prefixed {
     pub(super) first: Bytes,
     pub(super) io: ClientIo,
+    /// Set once our side is shut: the end of lingering, if the client's FIN does not come
+    /// first.
+    pub(super) linger: Option<Pin<Box<tokio::time::Sleep>>>,
+}
+
+impl Prefixed {
+    pub(super) fn new(first: Bytes, io: ClientIo) -> Prefixed {
+        Prefixed { first, io, linger: None }
+    }
 }
 
 impl AsyncRead for Prefixed {
@@ -124,8 +134,31 @@ impl AsyncWrite for Prefixed {
     fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
         Pin::new(&mut self.io).poll_flush(cx)
     }
+    /// hyper's end of the connection: our FIN, then lingering (as `connection::streams::linger`
+    /// does for a refused handshake). An answer given before its request was read whole (413,
+    /// 431, an early error) is followed by the rest of the request; closing on those bytes
+    /// resets the connection, and the client sees its write fail instead of the answer.
     fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
-        Pin::new(&mut self.io).poll_shutdown(cx)
+        let me = &mut *self;
+        let until = match &mut me.linger {
+            Some(until) => until,
+            None => {
+                std::task::ready!(Pin::new(&mut me.io).poll_shutdown(cx))?;
+                me.linger.insert(Box::pin(tokio::time::sleep(crate::relay::CLOSE_LINGER)))
+            }
+        };
+        let mut sink = [0u8; 4096];
+        // A few reads a turn, so that a client streaming at line rate cannot hold the worker.
+        for _ in 0..8 {
+            let mut b = ReadBuf::new(&mut sink);
+            match Pin::new(&mut me.io).poll_read(cx, &mut b) {
+                Poll::Ready(Ok(())) if !b.filled().is_empty() => continue,
+                Poll::Ready(_) => return Poll::Ready(Ok(())),
+                Poll::Pending => return until.as_mut().poll(cx).map(Ok),
+            }
+        }
+        cx.waker().wake_by_ref();
+        until.as_mut().poll(cx).map(Ok)
     }
 }
 
