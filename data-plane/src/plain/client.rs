@@ -204,4 +204,33 @@ mod tests {
         assert_eq!(a.due(limit, stall), None, "unread for the whole stall");
         assert!(a.in_flight());
     }
+
+    /// hyper's shutdown sends the FIN at once, takes what the client still sends, and ends at
+    /// the client's FIN, or at the bound when it never comes.
+    #[tokio::test]
+    async fn shutting_down_lingers_until_the_clients_fin_or_the_bound() {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        for client_closes in [true, false] {
+            let mut peer = tokio::net::TcpStream::connect(l.local_addr().unwrap()).await.unwrap();
+            let ours = tokio_util::either::Either::Left(l.accept().await.unwrap().0);
+            let mut p = Prefixed::new(Bytes::new(), ours);
+            let t = tokio::time::Instant::now();
+            let shut = tokio::spawn(async move { p.shutdown().await });
+            peer.write_all(&vec![b'z'; 256 << 10]).await.expect("the rest of a request is taken");
+            let mut b = [0u8; 16];
+            assert_eq!(peer.read(&mut b).await.unwrap(), 0, "our FIN comes first");
+            if client_closes {
+                peer.shutdown().await.unwrap();
+            }
+            let done = tokio::time::timeout(Duration::from_secs(5), shut).await.expect("lingering ended");
+            done.unwrap().unwrap();
+            let took = t.elapsed();
+            if client_closes {
+                assert!(took < crate::relay::CLOSE_LINGER, "ended {took:?} after, not at the client's FIN");
+            } else {
+                assert!(took >= crate::relay::CLOSE_LINGER, "ended {took:?} after, before its bound");
+            }
+        }
+    }
 }
