@@ -42,6 +42,9 @@ pub fn start(
     // Back to plain sockets: each worker registers its own copy with its own poller.
     let mut shared = Vec::new();
     for l in listeners {
+        // Accepted sockets inherit TCP_NODELAY from their listener (Linux and the BSDs): set
+        // once here, it saves a `setsockopt` per connection (checked on each worker's first).
+        let _ = socket2::SockRef::from(&l.listener).set_tcp_nodelay(true);
         shared.push((l.listener.into_std()?, l.tls));
     }
     let mut loops = Vec::new();
@@ -117,6 +120,9 @@ pub async fn configured(state: &ProxyState, limit: Duration) {
 async fn serve(listener: TcpListener, state: Arc<ProxyState>, ctx: Arc<Ctx>, tls: bool) {
     // Failed accepts since the last warning, and when that was: one line per 10 s at most.
     let (mut failed, mut warned) = (0u64, None::<tokio::time::Instant>);
+    // Whether accepted sockets come with TCP_NODELAY from the listener (see `start`); until
+    // the first one says, unknown.
+    let mut inherits_nodelay = None;
     loop {
         let (sock, peer) = tokio::select! {
             _ = state.runtime.shutdown.cancelled() => break,
@@ -151,7 +157,9 @@ async fn serve(listener: TcpListener, state: Arc<ProxyState>, ctx: Arc<Ctx>, tls
             refuse_at_accept(&state, &sock, peer, tls, Reject::OverCapacity, Some(1));
             continue;
         }
-        let _ = sock.set_nodelay(true);
+        if !*inherits_nodelay.get_or_insert_with(|| sock.nodelay().unwrap_or(false)) {
+            let _ = sock.set_nodelay(true);
+        }
         let (st, ctx) = (state.clone(), ctx.clone());
         tokio::spawn(state.runtime.connections.track_future(handle(st, sock, peer, ctx, tls)));
     }

@@ -34,3 +34,14 @@ async fn an_established_connection_keeps_no_handshake_state() {
     assert!(handshake > 1024, "the handshake's state is {handshake} bytes: this test no longer tells anything");
     assert!(task < 1500, "a connection's task is {task} bytes");
 }
+
+/// What `accept::start` counts on to save a `setsockopt` per connection (each worker checks
+/// its first connection and sets the option itself if it was not inherited).
+#[tokio::test]
+async fn accepted_sockets_inherit_nodelay_from_their_listener() {
+    let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    socket2::SockRef::from(&l).set_tcp_nodelay(true).unwrap();
+    let _c = TcpStream::connect(l.local_addr().unwrap()).await.unwrap();
+    let (s, _) = l.accept().await.unwrap();
+    assert!(s.nodelay().unwrap(), "an accepted socket without TCP_NODELAY");
+}
