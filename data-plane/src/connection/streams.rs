@@ -110,15 +110,43 @@ pub async fn connect_backend(address: &str, tls: &PoolTls, ctx: &Ctx) -> Result<
 /// resets the connection: a client still writing (an oversized head or body) would see its
 /// write fail, and may never read the answer. See also `Stream::linger`.
 pub async fn linger(c: &mut ClientIo) {
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    if c.shutdown().await.is_err() {
-        return;
+    let mut l = Linger::default();
+    let _ = std::future::poll_fn(|cx| l.poll(c, cx)).await;
+}
+
+/// [`linger`] as a poll, for an `AsyncWrite::poll_shutdown` (hyper's end of a plain HTTP
+/// connection): the deadline, set once our side is shut.
+#[derive(Default)]
+pub struct Linger(Option<std::pin::Pin<Box<tokio::time::Sleep>>>);
+
+impl Linger {
+    pub fn poll<S>(&mut self, io: &mut S, cx: &mut std::task::Context<'_>) -> std::task::Poll<std::io::Result<()>>
+    where
+        S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
+    {
+        use std::future::Future;
+        use std::pin::Pin;
+        use std::task::Poll;
+        let until = match &mut self.0 {
+            Some(until) => until,
+            None => {
+                std::task::ready!(Pin::new(&mut *io).poll_shutdown(cx))?;
+                self.0.insert(Box::pin(tokio::time::sleep(crate::relay::CLOSE_LINGER)))
+            }
+        };
+        let mut sink = [0u8; 4096];
+        // A few reads a turn, so that a client streaming at line rate cannot hold the worker.
+        for _ in 0..8 {
+            let mut b = tokio::io::ReadBuf::new(&mut sink);
+            match Pin::new(&mut *io).poll_read(cx, &mut b) {
+                Poll::Ready(Ok(())) if !b.filled().is_empty() => continue,
+                Poll::Ready(_) => return Poll::Ready(Ok(())),
+                Poll::Pending => return until.as_mut().poll(cx).map(Ok),
+            }
+        }
+        cx.waker().wake_by_ref();
+        until.as_mut().poll(cx).map(Ok)
     }
-    let _ = tokio::time::timeout(crate::relay::CLOSE_LINGER, async {
-        let mut sink = vec![0u8; 16 << 10];
-        while matches!(c.read(&mut sink).await, Ok(n) if n > 0) {}
-    })
-    .await;
 }
 
 pub fn client_stream(c: ClientIo) -> Stream {

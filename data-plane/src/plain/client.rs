@@ -1,7 +1,6 @@
 //! The client's side of a plain HTTP connection: its bytes (the first head, read before hyper
 //! took over, then the socket), and what its one idle/head timer looks at.
 
-use std::future::Future;
 use std::pin::Pin;
 use std::sync::atomic::{AtomicU32, AtomicU64, Ordering::Relaxed};
 use std::sync::Arc;
@@ -11,7 +10,7 @@ use std::time::Duration;
 use hyper::body::Bytes;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 
-use crate::connection::streams::ClientIo;
+use crate::connection::streams::{ClientIo, Linger};
 
 /// Whether a plain HTTP connection has a request in flight, and when its last one ended: the
 /// connection's one timer reads it when it fires. A connection with no request in flight has
@@ -105,14 +104,12 @@ impl Drop for Busy {
 pub(super) struct Prefixed {
     pub(super) first: Bytes,
     pub(super) io: ClientIo,
-    /// Set once our side is shut: the end of lingering, if the client's FIN does not come
-    /// first.
-    pub(super) linger: Option<Pin<Box<tokio::time::Sleep>>>,
+    linger: Linger,
 }
 
 impl Prefixed {
     pub(super) fn new(first: Bytes, io: ClientIo) -> Prefixed {
-        Prefixed { first, io, linger: None }
+        Prefixed { first, io, linger: Linger::default() }
     }
 }
 
@@ -140,25 +137,7 @@ impl AsyncWrite for Prefixed {
     /// resets the connection, and the client sees its write fail instead of the answer.
     fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
         let me = &mut *self;
-        let until = match &mut me.linger {
-            Some(until) => until,
-            None => {
-                std::task::ready!(Pin::new(&mut me.io).poll_shutdown(cx))?;
-                me.linger.insert(Box::pin(tokio::time::sleep(crate::relay::CLOSE_LINGER)))
-            }
-        };
-        let mut sink = [0u8; 4096];
-        // A few reads a turn, so that a client streaming at line rate cannot hold the worker.
-        for _ in 0..8 {
-            let mut b = ReadBuf::new(&mut sink);
-            match Pin::new(&mut me.io).poll_read(cx, &mut b) {
-                Poll::Ready(Ok(())) if !b.filled().is_empty() => continue,
-                Poll::Ready(_) => return Poll::Ready(Ok(())),
-                Poll::Pending => return until.as_mut().poll(cx).map(Ok),
-            }
-        }
-        cx.waker().wake_by_ref();
-        until.as_mut().poll(cx).map(Ok)
+        me.linger.poll(&mut me.io, cx)
     }
 }
 

@@ -421,7 +421,7 @@ async fn a_relay_that_ends_on_the_clients_hang_up_leaves_nothing_to_linger_on() 
 /// Lingering reads what the client still sends, so that its late bytes do not reset the
 /// connection, but only up to its bound: a client that never closes is let go.
 #[tokio::test]
-async fn lingering_takes_late_bytes_and_gives_up_on_a_peer_that_never_closes() {
+async fn lingering_sends_our_fin_and_gives_up_on_a_peer_that_never_closes() {
     let (mut peer, ours) = socket_pair().await;
     let ours = super::Stream::Plain(ours);
     let bound = Duration::from_millis(200);
