@@ -68,6 +68,12 @@ pub struct Args {
     /// gets Close 1001 [default: 60000; 0: the kernel's own, about 15 minutes].
     #[arg(long)]
     pub backend_unacked_timeout_ms: Option<u64>,
+    /// TCP keepalive on backend connections: a probe once a backend has sent nothing this
+    /// long (rounded up to whole seconds), then every third of it. A backend host that
+    /// vanished under quiet connections is given up after the unacknowledged timeout (or nine
+    /// unanswered probes without one), and its clients get Close 1001 [default: 30000; 0: off].
+    #[arg(long)]
+    pub backend_keepalive_ms: Option<u64>,
     /// On SIGTERM, connections are closed over this long.
     #[arg(long)]
     pub shutdown_grace_ms: Option<u64>,
@@ -117,6 +123,7 @@ struct FileConfig {
     connect_timeout_ms: Option<u64>,
     eject_ms: Option<u64>,
     backend_unacked_timeout_ms: Option<u64>,
+    backend_keepalive_ms: Option<u64>,
     shutdown_grace_ms: Option<u64>,
     workers: Option<usize>,
     max_connections: Option<usize>,
@@ -207,6 +214,13 @@ impl Args {
                 return Err(ConfigError(format!("--backend-unacked-timeout-ms {ms} is over {}", u32::MAX)));
             }
             tuning.backend_unacked = (ms > 0).then(|| Duration::from_millis(ms));
+        }
+        if let Some(ms) = self.backend_keepalive_ms.or(file.backend_keepalive_ms) {
+            // The kernel takes whole seconds as an i32 (TCP_KEEPIDLE's own cap is 32767).
+            if ms > 32_767_000 {
+                return Err(ConfigError(format!("--backend-keepalive-ms {ms} is over 32767000 (the kernel's cap)")));
+            }
+            tuning.backend_keepalive = (ms > 0).then(|| Duration::from_secs(ms.div_ceil(1000)));
         }
         if let Some(ms) = self.shutdown_grace_ms.or(file.shutdown_grace_ms) {
             tuning.shutdown_grace = Duration::from_millis(ms);

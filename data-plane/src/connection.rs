@@ -47,6 +47,11 @@ pub struct Tuning {
     /// for the kernel's retransmission budget, about 15 minutes, their messages going
     /// nowhere; the idle timeout never fires while they keep sending.
     pub backend_unacked: Option<Duration>,
+    /// TCP keepalive on backend connections: a probe once nothing has come from the backend
+    /// this long (whole seconds, the kernel's unit). The unacknowledged-data bound above
+    /// only sees a vanished host while data goes to it; a quiet WebSocket (a client waiting
+    /// for pushes) sends nothing, and without probes would wait on a dead backend forever.
+    pub backend_keepalive: Option<Duration>,
     /// Backends tried per handshake before answering 503.
     pub max_attempts: usize,
     /// On SIGTERM, closes are spread over this long.
@@ -67,6 +72,7 @@ impl Default for Tuning {
             connect_timeout: Duration::from_secs(3),
             eject_for: Duration::from_secs(10),
             backend_unacked: Some(Duration::from_secs(60)),
+            backend_keepalive: Some(Duration::from_secs(30)),
             max_attempts: 3,
             shutdown_grace: Duration::from_secs(10),
             workers: std::thread::available_parallelism().map_or(2, |n| n.get()),

@@ -19,6 +19,9 @@ fn bad_configuration_is_refused_with_a_message() {
     let (code, err) = run(&["--backend-unacked-timeout-ms", "4294967296", "--listen", "127.0.0.1:0"]);
     assert_eq!(code, 1);
     assert!(err.contains("--backend-unacked-timeout-ms 4294967296 is over 4294967295"), "{err}");
+    let (code, err) = run(&["--backend-keepalive-ms", "32767001", "--listen", "127.0.0.1:0"]);
+    assert_eq!(code, 1);
+    assert!(err.contains("--backend-keepalive-ms 32767001 is over 32767000"), "{err}");
     let busy = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
     let addr = busy.local_addr().unwrap().to_string();
     let (code, err) = run(&["--listen", &addr, "--admin", "127.0.0.1:0"]);

@@ -4,7 +4,8 @@
 //! the kernel retransmits for about 15 minutes, and a client that keeps sending is held on a
 //! dead backend all that time (the idle timeout never fires while it talks): its messages go
 //! nowhere. The proxy sets `TCP_USER_TIMEOUT` on backend connections, so the kernel gives the
-//! connection up, and the client gets Close 1001 and can reconnect elsewhere.
+//! connection up, and the client gets Close 1001 and can reconnect elsewhere. A client that
+//! sends nothing (waiting for pushes) is found the same way by TCP keepalive probes.
 
 use std::process::Command;
 use std::time::{Duration, Instant};
@@ -88,14 +89,14 @@ async fn next_close(ws: &mut Ws) -> Option<u16> {
     }
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_client_on_a_vanished_backend_host_is_closed_once_its_data_goes_unacknowledged() {
-    let _g = serial().await;
+/// A backend host in its own namespace, a one-node cluster routing everything to it, and a
+/// proxy started with `args`, in use; `None` when this machine cannot make a namespace.
+async fn far_backend(args: &[&str]) -> Option<(FarHost, Proc, Cluster, ProxyProcess)> {
     let far = match FarHost::create() {
         Ok(f) => f,
         Err(why) => {
             println!("skipped: this test needs network namespaces (root and `ip`): {why}");
-            return;
+            return None;
         }
     };
     // The backend runs inside the namespace (`ip netns exec` runs it in place, so the guard
@@ -119,9 +120,29 @@ async fn a_client_on_a_vanished_backend_host_is_closed_once_its_data_goes_unackn
     a.add_backend(AddBackendRequest { backend: Some(b) }).await.unwrap();
     let route = Route { name: "all".into(), pool: "far".into(), ..Default::default() };
     let rev = a.set_route(SetRouteRequest { route: Some(route) }).await.unwrap().into_inner().revision;
-    let unacked = ["--backend-unacked-timeout-ms".to_string(), "1000".into()];
-    let p = ProxyProcess::spawn_with(&c.endpoints(), &c.dir.path().join("p.cache"), "p", &unacked);
+    let args: Vec<String> = args.iter().map(|a| a.to_string()).collect();
+    let p = ProxyProcess::spawn_with(&c.endpoints(), &c.dir.path().join("p.cache"), "p", &args);
     p.wait_revision(rev).await;
+    Some((far, backend, c, p))
+}
+
+/// The connection is let go (its client had 2 s to answer the Close), and the proxy keeps
+/// no trace of it.
+async fn let_go(p: &ProxyProcess) {
+    eventually("the connection to end on the proxy", Duration::from_secs(10), || async {
+        let s = p.status().await?;
+        let far = s["backends"].as_array()?.iter().find(|b| b["pool"] == "far")?.clone();
+        (far["active"] == 0 && s["open_connections"] == 0).then_some(())
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_on_a_vanished_backend_host_is_closed_once_its_data_goes_unacknowledged() {
+    let _g = serial().await;
+    // Keepalive off: only the data the client sends finds the host gone.
+    let args = ["--backend-unacked-timeout-ms", "1000", "--backend-keepalive-ms", "0"];
+    let Some((far, _backend, _c, p)) = far_backend(&args).await else { return };
 
     let (mut ws, name) = ws_connect(&p.ws, "/", &[]).await.expect("connect through the proxy");
     assert_eq!(name, "far");
@@ -136,14 +157,28 @@ async fn a_client_on_a_vanished_backend_host_is_closed_once_its_data_goes_unackn
     let waited = cut.elapsed();
     let code = close.unwrap_or_else(|_| panic!("no Close within 15 s of the host vanishing: the client is held"));
     assert_eq!(code, Some(1001), "the client is told the backend went away (after {waited:?})");
+    let_go(&p).await;
+    println!("closed {waited:?} after the host vanished");
+}
 
-    // The connection is let go (its client had 2 s to answer the Close), and the proxy keeps
-    // no trace of it.
-    eventually("the connection to end on the proxy", Duration::from_secs(10), || async {
-        let s = p.status().await?;
-        let far = s["backends"].as_array()?.iter().find(|b| b["pool"] == "far")?.clone();
-        (far["active"] == 0 && s["open_connections"] == 0).then_some(())
-    })
-    .await;
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_quiet_client_on_a_vanished_backend_host_is_closed_by_keepalive_probes() {
+    let _g = serial().await;
+    let args = ["--backend-unacked-timeout-ms", "2000", "--backend-keepalive-ms", "1000"];
+    let Some((far, _backend, _c, p)) = far_backend(&args).await else { return };
+
+    let (mut ws, name) = ws_connect(&p.ws, "/", &[]).await.expect("connect through the proxy");
+    assert_eq!(name, "far");
+    echo(&mut ws, Message::text("before")).await.expect("an echo while the host is there");
+
+    // Both sides fall silent, as a client waiting for pushes and a backend with none to send
+    // do; nothing is sent that could go unacknowledged, but the probes are.
+    far.vanish();
+    let cut = Instant::now();
+    let close = tokio::time::timeout(Duration::from_secs(15), next_close(&mut ws)).await;
+    let waited = cut.elapsed();
+    let code = close.unwrap_or_else(|_| panic!("no Close within 15 s of the host vanishing: the quiet client is held"));
+    assert_eq!(code, Some(1001), "the client is told the backend went away (after {waited:?})");
+    let_go(&p).await;
     println!("closed {waited:?} after the host vanished");
 }

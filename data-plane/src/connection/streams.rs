@@ -3,6 +3,7 @@
 
 use std::net::SocketAddr;
 use std::sync::atomic::Ordering::Relaxed;
+use std::time::Duration;
 
 use tokio::net::TcpStream;
 use tokio_util::either::Either;
@@ -94,6 +95,9 @@ pub async fn connect_backend(address: &str, tls: &PoolTls, ctx: &Ctx) -> Result<
     if let Some(t) = ctx.tuning.backend_unacked {
         let _ = socket2::SockRef::from(&tcp).set_tcp_user_timeout(Some(t));
     }
+    if let Some(idle) = ctx.tuning.backend_keepalive {
+        let _ = socket2::SockRef::from(&tcp).set_tcp_keepalive(&keepalive(idle));
+    }
     let Some(bt) = bt else { return Ok(Either::Left(tcp)) };
     let name = bt.name_for(address).map_err(|e| BackendFail::Tls(e.to_string()))?;
     let connector = tokio_rustls::TlsConnector::from(bt.config.clone());
@@ -102,6 +106,14 @@ pub async fn connect_backend(address: &str, tls: &PoolTls, ctx: &Ctx) -> Result<
         Ok(Err(e)) => Err(BackendFail::Tls(e.to_string())),
         Err(_) => Err(BackendFail::Tls("handshake timed out".into())),
     }
+}
+
+/// Probes after `idle` of silence, then every third of it (at least a second): with the
+/// unacknowledged bound set the kernel gives up once nothing has come back for that bound and
+/// a probe is out, so the probes must come often enough for that bound to be what decides.
+fn keepalive(idle: Duration) -> socket2::TcpKeepalive {
+    let every = Duration::from_secs((idle.as_secs() / 3).max(1));
+    socket2::TcpKeepalive::new().with_time(idle).with_interval(every)
 }
 
 /// Ends a client connection the proxy answered (a refused handshake, plain HTTP): our FIN
@@ -192,6 +204,19 @@ pub(crate) fn eject_locally(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn keepalive_probes_start_after_the_idle_time_and_repeat_every_third_of_it() {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let s = std::net::TcpStream::connect(l.local_addr().unwrap()).unwrap();
+        let sock = socket2::SockRef::from(&s);
+        for (idle, every) in [(30, 10), (1, 1), (4, 1), (600, 200)] {
+            sock.set_tcp_keepalive(&keepalive(Duration::from_secs(idle))).unwrap();
+            assert!(sock.keepalive().unwrap());
+            assert_eq!(sock.tcp_keepalive_time().unwrap(), Duration::from_secs(idle));
+            assert_eq!(sock.tcp_keepalive_interval().unwrap(), Duration::from_secs(every), "idle {idle} s");
+        }
+    }
 
     #[test]
     fn the_proxys_own_shortages_are_not_the_backends_failures() {
