@@ -20,12 +20,11 @@ use switchyard_model::edge_auth::{self as model, Key};
 use switchyard_model::KeySpec;
 use switchyard_proto::v1::{route_auth, Route};
 
-use crate::handshake::Upgrade;
+use crate::handshake::{Claims, Upgrade};
 
 /// Clock skew allowed on `exp` and `nbf`.
 const LEEWAY_SECS: u64 = 30;
 
-pub type Claims = Arc<Map<String, Value>>;
 type Keys = Arc<Vec<Key>>;
 
 /// A route's check, compiled from its config.

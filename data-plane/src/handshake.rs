@@ -3,9 +3,13 @@
 //! forwarding headers, reading the backend's answer, and the proxy's own error responses.
 
 use std::net::IpAddr;
+use std::sync::Arc;
 
 mod headers;
 pub use headers::Headers;
+
+/// The claims of a token a route's JWT check verified (see `crate::edge_auth`).
+pub type Claims = Arc<serde_json::Map<String, serde_json::Value>>;
 
 /// Why a handshake was refused; each maps to the status an operator would expect.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -84,7 +88,7 @@ pub struct Upgrade {
     /// Host header (RFC 9112 §3.2.2), so the backend gets it as Host.
     pub authority: Option<String>,
     /// The claims of the token the route's JWT check verified, for `claim:NAME` keys.
-    pub claims: Option<crate::edge_auth::Claims>,
+    pub claims: Option<Claims>,
 }
 
 impl Upgrade {

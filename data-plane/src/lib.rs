@@ -17,6 +17,7 @@ pub mod handshake;
 mod hash;
 pub mod plain;
 pub mod relay;
+mod socket;
 pub mod state;
 pub mod stats;
 pub mod status;

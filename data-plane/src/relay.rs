@@ -31,7 +31,6 @@ pub(crate) use direction::write_stall;
 use direction::{Direction, TimerAction};
 pub use limits::{End, Flow, Limits, Relayed, Side, Why, CLOSE_LINGER};
 use shared::{Finished, Shared};
-pub(crate) use stream::read_socket;
 pub use stream::Stream;
 
 use crate::frame::CLOSE_GOING_AWAY;

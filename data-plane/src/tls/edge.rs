@@ -393,7 +393,7 @@ impl EdgeTls {
                     break Err(io::Error::new(io::ErrorKind::InvalidData, e));
                 }
                 let end = inb.len().min(used + READ);
-                match crate::relay::read_socket(&self.tcp, &mut inb[used..end]) {
+                match crate::socket::read_socket(&self.tcp, &mut inb[used..end]) {
                     Ok(0) => {
                         st.eof = true;
                         break Ok(0);
