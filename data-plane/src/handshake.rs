@@ -6,7 +6,9 @@ use std::net::IpAddr;
 use std::sync::Arc;
 
 mod headers;
+mod path;
 pub use headers::Headers;
+pub use path::normalize;
 
 /// The claims of a token a route's JWT check verified (see `crate::edge_auth`).
 pub type Claims = Arc<serde_json::Map<String, serde_json::Value>>;
@@ -171,6 +173,14 @@ pub(crate) fn valid_authority(h: &str) -> bool {
     host_ok && port_ok
 }
 
+/// `example.com.` is `example.com` (the root label made explicit): matched raw, it would miss
+/// the routes for its host and fall through to a catch-all.
+pub fn trim_root_dot(host: &mut String) {
+    if host.len() > 1 && host.ends_with('.') {
+        host.pop();
+    }
+}
+
 /// Splits an absolute-form target into its authority and the origin-form rest.
 fn absolute_form(target: &str) -> Option<Result<(String, String), Reject>> {
     let (scheme, rest) = target.split_once("://")?;
@@ -282,7 +292,13 @@ pub fn parse_request(head: &[u8]) -> Result<Upgrade, Reject> {
         None if target.starts_with('/') => (None, target.to_string()),
         None => return Err(Reject::BadRequest("request target must be a path or an http(s) URI")),
     };
-    let host = match &authority {
+    // Routed and sent on normalized (see `path`).
+    let normal = match normalize(&target)? {
+        std::borrow::Cow::Owned(t) => Some(t),
+        std::borrow::Cow::Borrowed(_) => None,
+    };
+    let target = normal.unwrap_or(target);
+    let mut host = match &authority {
         Some(a) => strip_port(a).to_ascii_lowercase(),
         // Already lower case: cut the port off in place rather than copy it.
         None => {
@@ -294,6 +310,7 @@ pub fn parse_request(head: &[u8]) -> Result<Upgrade, Reject> {
             host
         }
     };
+    trim_root_dot(&mut host);
     Ok(Upgrade { target, host, headers, authority, claims: None })
 }
 

@@ -150,16 +150,17 @@ fn view(req: &Request<Incoming>) -> Result<handshake::Upgrade, &'static str> {
     if !host.is_empty() && !handshake::valid_authority(host) {
         return Err("bad Host");
     }
-    let target = req.uri().path_and_query().map_or("/".to_string(), |p| p.as_str().to_string());
+    // Routed and sent on normalized (see `handshake::normalize`).
+    let raw = req.uri().path_and_query().map_or("/", |p| p.as_str());
+    let target = handshake::normalize(raw).map_err(|r| match r {
+        Reject::BadRequest(why) => why,
+        _ => "bad path",
+    })?;
+    let mut host = handshake::strip_port(host).to_ascii_lowercase();
+    handshake::trim_root_dot(&mut host);
     // Headers are copied only for a request that needs them looked at (see `needs_headers`).
     let headers = handshake::Headers::default();
-    Ok(handshake::Upgrade {
-        target,
-        host: handshake::strip_port(host).to_ascii_lowercase(),
-        headers,
-        authority,
-        claims: None,
-    })
+    Ok(handshake::Upgrade { target: target.into_owned(), host, headers, authority, claims: None })
 }
 
 /// Closes this worker's idle backend connections at once and asks every other worker to close
@@ -375,7 +376,15 @@ async fn handle(
     let body = Limited::new(body, max_body, counts.clone(), stall, busy.again());
     let mut fwd = Request::new(body);
     *fwd.method_mut() = parts.method;
-    *fwd.uri_mut() = parts.uri.path_and_query().map_or_else(|| hyper::Uri::from_static("/"), |p| p.clone().into());
+    // The path as routed: the client's own when it was already normal.
+    let uri = match parts.uri.path_and_query() {
+        Some(p) if p.as_str() == up.target => p.clone().into(),
+        _ => match hyper::Uri::try_from(up.target.as_str()) {
+            Ok(u) => u,
+            Err(_) => return refusal(state, rec.1.take(), Reject::BadRequest("bad path")),
+        },
+    };
+    *fwd.uri_mut() = uri;
     *fwd.headers_mut() = headers;
     let mut sent = tokio::time::timeout(response_timeout, sender.try_send_request(fwd)).await;
     // A pooled connection the backend closed just now fails before the request was written;

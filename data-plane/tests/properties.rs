@@ -4,7 +4,7 @@
 
 use proptest::prelude::*;
 use switchyard_proxy::frame::{Peer, Tracker, Violation};
-use switchyard_proxy::handshake::{head_end, parse_request};
+use switchyard_proxy::handshake::{head_end, normalize, parse_request};
 
 /// Cuts `len` bytes into chunks at the given points (each taken modulo the length).
 fn chunks(len: usize, cuts: &[usize]) -> Vec<(usize, usize)> {
@@ -203,7 +203,10 @@ proptest! {
 
     #[test]
     fn a_valid_upgrade_parses_however_it_arrives(
-        path in "/[a-zA-Z0-9/._~-]{0,40}",
+        // Paths already normal (no dot segment, no empty one): kept exactly.
+        path in prop::collection::vec("[a-zA-Z0-9_~-][a-zA-Z0-9._~-]{0,8}", 0..6)
+            .prop_flat_map(|segs| (Just(segs), any::<bool>()))
+            .prop_map(|(segs, slash)| format!("/{}{}", segs.join("/"), if slash && !segs.is_empty() { "/" } else { "" })),
         host in "[a-z][a-z0-9-]{0,20}(\\.[a-z]{2,5})?(:[0-9]{1,5})?",
         extra in prop::collection::vec(("X-[A-Za-z]{1,10}", "[ -~]{0,30}"), 0..200),
         cuts in prop::collection::vec(any::<usize>(), 0..10),
@@ -223,5 +226,30 @@ proptest! {
         let up = parse_request(b).map_err(|e| TestCaseError::fail(format!("{e}: {head}")))?;
         prop_assert_eq!(up.path(), path.as_str());
         prop_assert_eq!(up.headers.len(), 5 + extra.len());
+    }
+
+    #[test]
+    fn a_normalized_path_has_no_dot_segment_or_empty_one_and_normalizing_again_keeps_it(
+        parts in prop::collection::vec(prop_oneof![
+            Just("."), Just(".."), Just(""), Just("%2e"), Just("%2E%2e"), Just("%61"), Just("a"), Just("b.c"), Just("%20"),
+        ], 0..10),
+        query in prop::option::of("[a-z=&/.]{0,10}"),
+    ) {
+        let target = format!("/{}{}", parts.join("/"), query.map(|q| format!("?{q}")).unwrap_or_default());
+        let once = normalize(&target).map_err(|e| TestCaseError::fail(format!("{e}: {target}")))?.into_owned();
+        let path = once.split('?').next().unwrap_or("");
+        prop_assert!(path.starts_with('/'), "{target} -> {once}");
+        // Every segment but the last is a name; the last may be empty (a trailing slash).
+        let segs: Vec<&str> = path.split('/').skip(1).collect();
+        let (last, init) = segs.split_last().expect("a path has a segment");
+        for seg in init {
+            prop_assert!(!seg.is_empty() && *seg != "." && *seg != "..", "{target} -> {once}");
+        }
+        prop_assert!(*last != "." && *last != "..", "{target} -> {once}");
+        prop_assert!(!path.to_ascii_lowercase().contains("%2e") && !path.contains("%61"), "{target} -> {once}");
+        let again = normalize(&once).map_err(|e| TestCaseError::fail(format!("{e}: {once}")))?;
+        prop_assert_eq!(again.as_ref(), once.as_str(), "{} is not a fixed point", once);
+        // The query is the application's: passed on as it came.
+        prop_assert_eq!(once.split_once('?').map(|(_, q)| q), target.split_once('?').map(|(_, q)| q));
     }
 }

@@ -18,10 +18,14 @@ pub struct HttpBackend {
     pub connections: Arc<AtomicU64>,
     pub requests: Arc<AtomicU64>,
     pub last_headers: Arc<Mutex<Vec<(String, String)>>>,
+    /// The request target of the last request, as it came.
+    pub last_target: Arc<Mutex<String>>,
     task: tokio::task::JoinHandle<()>,
 }
 
 type Body = BoxBody<Bytes, hyper::Error>;
+/// The last request's headers and target.
+type Seen = (Arc<Mutex<Vec<(String, String)>>>, Arc<Mutex<String>>);
 
 fn text(name: &str, s: String) -> Response<Body> {
     Response::builder()
@@ -30,8 +34,9 @@ fn text(name: &str, s: String) -> Response<Body> {
         .expect("valid response")
 }
 
-async fn answer(name: Arc<str>, seen: Arc<Mutex<Vec<(String, String)>>>, req: Request<Incoming>) -> Response<Body> {
-    *seen.lock().unwrap() =
+async fn answer(name: Arc<str>, seen: Arc<Seen>, req: Request<Incoming>) -> Response<Body> {
+    *seen.1.lock().unwrap() = req.uri().to_string();
+    *seen.0.lock().unwrap() =
         req.headers().iter().map(|(k, v)| (k.to_string(), v.to_str().unwrap_or("").to_string())).collect();
     let query = req.uri().query().unwrap_or("").to_string();
     let param = |k: &str| query.split('&').find_map(|kv| kv.strip_prefix(&format!("{k}="))).map(str::to_string);
@@ -90,9 +95,9 @@ impl HttpBackend {
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind http backend");
         let addr = listener.local_addr().expect("addr").to_string();
         let (connections, requests) = (Arc::new(AtomicU64::new(0)), Arc::new(AtomicU64::new(0)));
-        let last_headers = Arc::new(Mutex::new(Vec::new()));
-        let (c, r, h, n): (_, _, _, Arc<str>) =
-            (connections.clone(), requests.clone(), last_headers.clone(), name.into());
+        let (last_headers, last_target) = (Arc::new(Mutex::new(Vec::new())), Arc::new(Mutex::new(String::new())));
+        let (c, r, n): (_, _, Arc<str>) = (connections.clone(), requests.clone(), name.into());
+        let h = Arc::new((last_headers.clone(), last_target.clone()));
         let task = tokio::spawn(async move {
             while let Ok((sock, _)) = listener.accept().await {
                 c.fetch_add(1, Relaxed);
@@ -108,7 +113,7 @@ impl HttpBackend {
                 });
             }
         });
-        HttpBackend { addr, name: name.to_string(), connections, requests, last_headers, task }
+        HttpBackend { addr, name: name.to_string(), connections, requests, last_headers, last_target, task }
     }
 
     /// The value of header `name` in the last request this backend got.

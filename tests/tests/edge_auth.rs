@@ -238,3 +238,113 @@ async fn jwt_and_auth_requests_are_checked_before_any_backend_is_contacted() {
     assert_eq!(status["edge_auth"]["api"]["keys"], 1, "{}", status["edge_auth"]);
     assert!(status["edge_auth"]["api"]["error"].is_null());
 }
+
+/// The status code of the answer to a request head sent raw, byte for byte: client libraries
+/// tidy a path before they send it, and an attacker's client does not.
+async fn raw_status(addr: &str, head: &str) -> u16 {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut s = tokio::net::TcpStream::connect(addr).await.expect("connect");
+    s.write_all(head.as_bytes()).await.expect("send the head");
+    let mut got = Vec::new();
+    let mut buf = [0u8; 1024];
+    while !got.windows(2).any(|w| w == b"\r\n") {
+        let n = tokio::time::timeout(LONG, s.read(&mut buf)).await.expect("an answer in time").expect("read");
+        assert!(n > 0, "closed without a status line: {:?}", String::from_utf8_lossy(&got));
+        got.extend_from_slice(&buf[..n]);
+    }
+    let line = String::from_utf8_lossy(&got).lines().next().unwrap_or("").to_string();
+    line.split(' ').nth(1).and_then(|c| c.parse().ok()).unwrap_or_else(|| panic!("a status line: {line:?}"))
+}
+
+fn get(host: &str, path: &str, auth: &str) -> String {
+    format!("GET {path} HTTP/1.1\r\nHost: {host}\r\nAuthorization: {auth}\r\nConnection: close\r\n\r\n")
+}
+
+fn upgrade(host: &str, path: &str) -> String {
+    format!(
+        "GET {path} HTTP/1.1\r\nHost: {host}\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\
+         Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n"
+    )
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_path_that_names_a_guarded_route_does_not_take_an_open_route_past_its_check() {
+    let _g = serial().await;
+    let c = Cluster::start(1, &[]).await;
+    let eps = c.endpoints();
+    let dir = tempfile::tempdir().unwrap();
+    let app = HttpBackend::start("app").await;
+    let live = EchoBackend::start("live").await;
+    let (gate, _gate_task) = auth_endpoint().await;
+    let gate_url = format!("http://{gate}/check");
+    let cli = |args: &[&str]| {
+        let mut all = vec!["--endpoints", eps.as_str()];
+        all.extend_from_slice(args);
+        let (code, _, err) = run_cli(&all);
+        assert_eq!(code, 0, "{all:?}: {err}");
+    };
+    cli(&["pool", "create", "app"]);
+    cli(&["backend", "add", "app", &app.addr]);
+    cli(&["pool", "create", "live"]);
+    cli(&["backend", "add", "live", &live.addr]);
+    // Each host: /admin behind the auth endpoint, everything else open, as an operator
+    // guards an application's admin pages.
+    for (host, pool) in [("paths.example", "app"), ("live.example", "live")] {
+        let guarded = format!("{pool}-admin");
+        cli(&[
+            "route",
+            "set",
+            &guarded,
+            "--pool",
+            pool,
+            "--host",
+            host,
+            "--path-prefix",
+            "/admin",
+            "--auth-request",
+            &gate_url,
+        ]);
+        cli(&["route", "set", pool, "--pool", pool, "--host", host]);
+    }
+    let proxy = ProxyProcess::spawn(&eps, &dir.path().join("p.cache"), "edge");
+    let p = proxy.ws.as_str();
+    eventually("the proxy to guard /admin", LONG, || async {
+        (raw_status(p, &get("live.example", "/admin", "none")).await == 401).then_some(())
+    })
+    .await;
+
+    // Plain HTTP: every spelling of /admin is checked, and with a good token the backend gets
+    // the path the proxy matched.
+    let before = app.requests.load(Relaxed);
+    for path in [
+        "/admin/users",
+        "/x/../admin/users",
+        "//admin/users",
+        "/%61dmin/users",
+        "/./admin/users",
+        "/%2e%2e/admin/users",
+    ] {
+        assert_eq!(raw_status(p, &get("paths.example", path, "Bearer nope")).await, 401, "{path}");
+        assert_eq!(raw_status(p, &get("paths.example", path, "Bearer good")).await, 200, "{path}");
+        assert_eq!(*app.last_target.lock().unwrap(), "/admin/users", "what the backend got for {path}");
+    }
+    // The host with its root dot is the same host, and its /admin the same guarded route.
+    assert_eq!(raw_status(p, &get("paths.example.", "/admin/users", "Bearer nope")).await, 401);
+    // Escapes with no one meaning across servers are refused, before any backend.
+    let served = app.requests.load(Relaxed);
+    assert_eq!(served, before + 6);
+    for path in ["/admin%2fusers", "/x%2F..%2Fadmin", "/x%5c..%5cadmin", "/x\\..\\admin", "/a%zz"] {
+        assert_eq!(raw_status(p, &get("paths.example", path, "Bearer good")).await, 400, "{path}");
+    }
+    assert_eq!(app.requests.load(Relaxed), served, "a refused path reached the backend");
+    // An open path is served normalized; its query is the application's and is kept.
+    assert_eq!(raw_status(p, &get("paths.example", "/open/./a//b/../c?q=/../x", "none")).await, 200);
+    assert_eq!(*app.last_target.lock().unwrap(), "/open/a/c?q=/../x");
+
+    // WebSocket: the same for the upgrade.
+    for path in ["/x/../admin", "//admin", "/%61dmin", "/%2E%2E/admin/"] {
+        assert_eq!(raw_status(p, &upgrade("live.example", path)).await, 401, "{path}");
+    }
+    assert_eq!(raw_status(p, &upgrade("live.example", "/x%2f..%2fadmin")).await, 400);
+    assert_eq!(raw_status(p, &upgrade("live.example", "/x/../open")).await, 101);
+}

@@ -1,0 +1,154 @@
+//! The request path as routes see it and backends get it. Routes match by path prefix, and a
+//! route may carry authentication, so the path the proxy matches must be the path the backend
+//! serves: `/x/../admin`, `//admin` and `/%61dmin` are `/admin` to most servers (ASP.NET,
+//! Tomcat, Spring, Express's static files), and matched raw they would take an open route
+//! past the guarded one. So the path is normalized once (RFC 3986 §6.2.2: unreserved
+//! characters decoded, dot segments removed; runs of slashes merged, as NGINX's
+//! `merge_slashes` and Envoy's `merge_slashes` do), matched, and sent on in that form (Envoy's
+//! `normalize_path`). An encoded slash, backslash or NUL has no one meaning across servers
+//! (one splits the path there, another does not), so a path with one is refused, as Envoy's
+//! `path_with_escaped_slashes_action: REJECT_REQUEST` and Apache's default do; so is a raw
+//! backslash, which Windows servers take for a slash.
+
+use std::borrow::Cow;
+
+use super::Reject;
+
+/// `target` (an origin-form path and query) with its path normalized; borrowed when it
+/// already was, which is every request a browser or WebSocket client sends in practice.
+pub fn normalize(target: &str) -> Result<Cow<'_, str>, Reject> {
+    let end = target.find(['?', '#']).unwrap_or(target.len());
+    let (path, rest) = target.split_at(end);
+    if !path.starts_with('/') {
+        // `*` (OPTIONS *): nothing to match a prefix against.
+        return Ok(Cow::Borrowed(target));
+    }
+    let b = path.as_bytes();
+    let plain = !b.contains(&b'%') && !b.contains(&b'\\') && !b.windows(2).any(|w| w == b"//" || w == b"/.");
+    // A fragment is the client's own business (RFC 9110 §7.1); none reaches a backend.
+    let rest = rest.split('#').next().unwrap_or("");
+    if plain {
+        return Ok(if rest.len() == target.len() - end {
+            Cow::Borrowed(target)
+        } else {
+            Cow::Owned(format!("{path}{rest}"))
+        });
+    }
+    let decoded = decode_unreserved(path)?;
+    let mut out = String::with_capacity(target.len());
+    let mut segments: Vec<&str> = Vec::new();
+    let mut parts = decoded.split('/').skip(1).peekable();
+    // Whether the path ends in a slash once resolved (`/a/`, `/a/.`, `/a/b/..`).
+    let mut dir = false;
+    while let Some(seg) = parts.next() {
+        let last = parts.peek().is_none();
+        match seg {
+            "" | "." => dir = last,
+            ".." => {
+                segments.pop();
+                dir = last;
+            }
+            s => {
+                segments.push(s);
+                dir = false;
+            }
+        }
+    }
+    for s in &segments {
+        out.push('/');
+        out.push_str(s);
+    }
+    if dir || segments.is_empty() {
+        out.push('/');
+    }
+    out.push_str(rest);
+    Ok(if out == target { Cow::Borrowed(target) } else { Cow::Owned(out) })
+}
+
+/// Percent-escapes of unreserved characters decoded, the others kept (hex in upper case);
+/// a malformed escape, or one that stands for a slash, backslash or NUL, refused.
+fn decode_unreserved(path: &str) -> Result<Cow<'_, str>, Reject> {
+    if path.contains('\\') {
+        return Err(Reject::BadRequest("a backslash in the path"));
+    }
+    if !path.contains('%') {
+        return Ok(Cow::Borrowed(path));
+    }
+    let b = path.as_bytes();
+    let mut out = String::with_capacity(path.len());
+    let mut i = 0;
+    while i < b.len() {
+        if b[i] != b'%' {
+            // Whole characters up to the next escape (the path may hold raw UTF-8).
+            let next = path[i..].find('%').map_or(b.len(), |n| i + n);
+            out.push_str(&path[i..next]);
+            i = next;
+            continue;
+        }
+        let hex = |c: u8| (c as char).to_digit(16);
+        let (Some(hi), Some(lo)) = (b.get(i + 1).copied().and_then(hex), b.get(i + 2).copied().and_then(hex)) else {
+            return Err(Reject::BadRequest("a malformed percent-escape in the path"));
+        };
+        let c = (hi * 16 + lo) as u8;
+        match c {
+            b'/' | b'\\' | 0 => return Err(Reject::BadRequest("an encoded slash, backslash or NUL in the path")),
+            c if c.is_ascii_alphanumeric() || matches!(c, b'-' | b'.' | b'_' | b'~') => out.push(c as char),
+            c => {
+                out.push('%');
+                out.push_str(&format!("{c:02X}"));
+            }
+        }
+        i += 3;
+    }
+    Ok(Cow::Owned(out))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn n(t: &str) -> String {
+        normalize(t).unwrap_or_else(|e| panic!("{t}: {e}")).into_owned()
+    }
+
+    #[test]
+    fn paths_already_normal_are_kept_as_they_are() {
+        for t in ["/", "/chat", "/chat/", "/a/b?x=1&y=/../z", "/.well-known/x", "/a.b/c..d/...", "*", "/caf\u{e9}"] {
+            assert!(matches!(normalize(t), Ok(Cow::Borrowed(s)) if s == t), "{t}");
+        }
+    }
+
+    #[test]
+    fn dot_segments_runs_of_slashes_and_unreserved_escapes_resolve_to_the_path_servers_serve() {
+        for (t, want) in [
+            ("/x/../admin", "/admin"),
+            ("/x/../admin/users?q=1", "/admin/users?q=1"),
+            ("//admin", "/admin"),
+            ("/a//b///c", "/a/b/c"),
+            ("/./admin", "/admin"),
+            ("/%61dmin", "/admin"),
+            ("/%2e%2e/admin", "/admin"),
+            ("/a/%2E/b", "/a/b"),
+            ("/../../admin", "/admin"),
+            ("/a/b/..", "/a/"),
+            ("/a/b/.", "/a/b/"),
+            ("/a/..", "/"),
+            ("/..", "/"),
+            ("/a/b/", "/a/b/"),
+            ("/a%7eb", "/a~b"),
+            ("/a%20b%3f", "/a%20b%3F"),
+            ("/a?x#frag", "/a?x"),
+            ("/a#frag", "/a"),
+            ("/caf%C3%A9", "/caf%C3%A9"),
+        ] {
+            assert_eq!(n(t), want, "{t}");
+        }
+    }
+
+    #[test]
+    fn escapes_with_no_one_meaning_across_servers_are_refused() {
+        for t in ["/admin%2fusers", "/a%2F..%2Fadmin", "/a%5cb", "/a%00", "/a\\..\\admin", "/a%", "/a%4", "/a%zz"] {
+            assert!(matches!(normalize(t), Err(Reject::BadRequest(_))), "{t}: {:?}", normalize(t));
+        }
+    }
+}
