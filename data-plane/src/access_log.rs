@@ -56,7 +56,7 @@ pub struct Record {
     pub to_client: Flow,
     /// Who ended it and why: `client_closed`, `backend_closed`, `idle_timeout`,
     /// `ping_timeout`, `drain`, `shutdown`, `message_too_big`, `client_protocol_error`,
-    /// `backend_protocol_error`, `io_error`, or a refusal's reason (`no_route`,
+    /// `backend_protocol_error`, `io_error`, `backend_timeout`, or a refusal's reason (`no_route`,
     /// `no_backend`, `backend_refused`, `over_capacity`, ...).
     pub termination: &'static str,
 }

@@ -92,25 +92,57 @@ pub async fn serve(
         .serve_connection(io, svc);
     tokio::pin!(conn);
     let stop = state.runtime.shutdown.clone();
+    let cancelled = stop.cancelled();
+    tokio::pin!(cancelled);
     let idle = tokio::time::sleep(head_timeout);
     tokio::pin!(idle);
+    enum Next {
+        Ended(hyper::Result<()>),
+        Stop,
+        Due,
+    }
     loop {
-        tokio::select! {
-            biased;
-            r = conn.as_mut() => {
+        let next = std::future::poll_fn(|cx| {
+            use std::future::Future;
+            use std::task::Poll;
+            if let Poll::Ready(r) = conn.as_mut().poll(cx) {
+                return Poll::Ready(Next::Ended(r));
+            }
+            if cancelled.as_mut().poll(cx).is_ready() {
+                return Poll::Ready(Next::Stop);
+            }
+            // A response body just began to wait on its backend: the timer moves up if the
+            // backend's bound ends before it would fire.
+            if let Some(at) = activity.backend_deadline() {
+                if at < idle.deadline() {
+                    idle.as_mut().reset(at);
+                }
+            }
+            if idle.as_mut().poll(cx).is_ready() {
+                return Poll::Ready(Next::Due);
+            }
+            Poll::Pending
+        })
+        .await;
+        match next {
+            Next::Ended(r) => {
                 if let Err(e) = r {
                     tracing::debug!(%peer, "plain HTTP connection: {e}");
                 }
                 return;
             }
-            _ = stop.cancelled() => {
+            Next::Stop => {
                 // Requests in flight finish; the connection then closes instead of idling.
                 conn.as_mut().graceful_shutdown();
                 let _ = tokio::time::timeout(Duration::from_secs(30), conn).await;
                 return;
             }
-            _ = idle.as_mut() => match activity.due(head_timeout, stall) {
+            Next::Due => match activity.due(head_timeout, stall) {
                 Some(at) => idle.as_mut().reset(at),
+                None if activity.silent() => {
+                    tracing::debug!(%peer, "plain HTTP backend sent nothing of its response body in time: closed");
+                    return;
+                }
                 None if activity.in_flight() => {
                     tracing::debug!(%peer, "plain HTTP client left its response unread for {stall:?}: closed");
                     return;
@@ -219,7 +251,38 @@ impl Drop for InFlight {
             r.duration = self.started.elapsed();
             r.to_backend.bytes = self.counts.to_backend.load(Relaxed);
             r.to_client.bytes = self.counts.to_client.load(Relaxed);
+            if self._busy.silent() {
+                r.termination = "backend_timeout";
+            }
             log.log(*r);
+        }
+    }
+}
+
+/// Sends `req` on `sender` and waits for the response head, for at most `limit` from when the
+/// backend has the whole request: an upload that takes longer than the limit is the client's
+/// pace, not the backend's delay (the client's own stalls are `Limited`'s to bound).
+async fn send_within(
+    sender: &mut backends::Sender,
+    req: Request<bodies::ReqBody>,
+    limit: Duration,
+    counts: &Counts,
+    started: tokio::time::Instant,
+) -> Result<
+    Result<Response<Incoming>, hyper::client::conn::TrySendError<Request<bodies::ReqBody>>>,
+    tokio::time::error::Elapsed,
+> {
+    let send = sender.try_send_request(req);
+    tokio::pin!(send);
+    let mut deadline = tokio::time::Instant::now() + limit;
+    loop {
+        match tokio::time::timeout_at(deadline, send.as_mut()).await {
+            Err(elapsed) => match counts.body_sent_at(started) {
+                Some(at) if at + limit <= tokio::time::Instant::now() => return Err(elapsed),
+                Some(at) => deadline = at + limit,
+                None => deadline = tokio::time::Instant::now() + limit,
+            },
+            answered => return answered,
         }
     }
 }
@@ -373,7 +436,7 @@ async fn handle(
         }
     }
     let counts = Arc::new(Counts::default());
-    let body = Limited::new(body, max_body, counts.clone(), stall, busy.again());
+    let body = Limited::new(body, max_body, counts.clone(), stall, started, busy.again());
     let mut fwd = Request::new(body);
     *fwd.method_mut() = parts.method;
     // The path as routed: the client's own when it was already normal.
@@ -386,14 +449,14 @@ async fn handle(
     };
     *fwd.uri_mut() = uri;
     *fwd.headers_mut() = headers;
-    let mut sent = tokio::time::timeout(response_timeout, sender.try_send_request(fwd)).await;
+    let mut sent = send_within(&mut sender, fwd, response_timeout, &counts, started).await;
     // A pooled connection the backend closed just now fails before the request was written;
     // hyper hands it back, and it goes once more on a new connection.
     if let (Ok(Err(e)), true) = (&mut sent, reused) {
         if let Some(again) = e.take_message() {
             if let Ok(tx) = backends::connect(address, &pool.tls, ctx).await {
                 sender = tx;
-                sent = tokio::time::timeout(response_timeout, sender.try_send_request(again)).await;
+                sent = send_within(&mut sender, again, response_timeout, &counts, started).await;
             }
         }
     }
@@ -463,6 +526,7 @@ async fn handle(
         r.termination = "http";
     }
     let activity = busy.activity();
+    activity.responding(response_timeout);
     let hold = InFlight { idle: Some(sender), held, rec: rec.1.take(), started, counts: counts.clone(), _busy: busy };
     Response::from_parts(parts, Either::Right(Relayed { inner: body, counts, hold: Some(hold), activity }))
 }

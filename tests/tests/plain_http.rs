@@ -2,7 +2,8 @@
 //! WebSocket, sticky by the same affinity cookie from any proxy, kept alive on both sides,
 //! bodies streamed both ways, hop-by-hop headers dropped and this hop described; and the
 //! limits: 413, 504 for a pool's response timeout while a long-poll under the default is not
-//! cut, 404, 503, 400, 431, and an upgrade on a reused connection refused; and the handshake
+//! cut (the timeout counted once the backend has the whole request, and bounding the silences
+//! inside a response body too), 404, 503, 400, 431, and an upgrade on a reused connection refused; and the handshake
 //! timeout bounding the wait for a kept-alive connection's next head and for a request body
 //! the client stops sending (408); a held long-poll counted on its backend while it waits.
 
@@ -25,6 +26,11 @@ async fn raw(addr: &str, raw: &[u8]) -> String {
     let mut out = Vec::new();
     let _ = tokio::time::timeout(Duration::from_secs(5), s.read_to_end(&mut out)).await;
     String::from_utf8_lossy(&out).into_owned()
+}
+
+/// A GET for `path` on `host`.
+fn get_on(host: &str, path: &str) -> Request<Full<Bytes>> {
+    Request::get(path).header("host", host).body(Full::new(Bytes::new())).expect("valid request")
 }
 
 fn cookie_of(h: &hyper::HeaderMap) -> Option<String> {
@@ -211,6 +217,30 @@ async fn plain_http_limits_answer_with_the_right_status_and_idle_connections_clo
     assert_eq!(code, 504);
     let (code, _, body) = http_send(&mut tx, get("/hold?ms=2500", &[])).await;
     assert_eq!(code, 200, "{body}");
+    // Pool "slow" answers within 400 ms or not at all, counted from when the backend has the
+    // whole request: an upload that takes 1 s (a chunk every 100 ms) is the client's pace, and
+    // is answered (it got 504 when the timeout ran from the start of the upload).
+    let (mut rd, mut wr) = tokio::net::TcpStream::connect(&p.ws).await.unwrap().into_split();
+    let head = "POST /count HTTP/1.1\r\nHost: slow.example\r\nConnection: close\r\nContent-Length: 100\r\n\r\n";
+    wr.write_all(head.as_bytes()).await.unwrap();
+    for _ in 0..10 {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        wr.write_all(b"0123456789").await.unwrap();
+    }
+    let mut out = Vec::new();
+    tokio::time::timeout(Duration::from_secs(5), rd.read_to_end(&mut out)).await.expect("answered").ok();
+    let out = String::from_utf8_lossy(&out);
+    assert!(out.starts_with("HTTP/1.1 200") && out.ends_with("\r\n\r\n100"), "{out}");
+    // The same bound holds between the pieces of a response body (NGINX's
+    // `proxy_read_timeout`): a body whose pieces come 150 ms apart arrives whole, one whose
+    // backend falls silent for 1.5 s is cut there, the client seeing an unfinished body (it
+    // waited for the rest for as long as the backend liked before).
+    let (code, _, body) = http_send(&mut http_client(&p.ws).await, get_on("slow.example", "/drip?ms=150&n=6")).await;
+    assert_eq!((code, body.as_str()), (200, "0,1,2,3,4,5,"));
+    let cut = raw(&p.ws, b"GET /drip?ms=1500&n=2 HTTP/1.1\r\nHost: slow.example\r\n\r\n").await;
+    assert!(cut.starts_with("HTTP/1.1 200"), "{cut}");
+    assert!(!cut.contains("1,") && !cut.ends_with("0\r\n\r\n"), "the body was cut, not finished: {cut:?}");
+
     drop(slow);
 
     // 404 without a route, 503 with no backend (and a Retry-After), 400 for two Hosts, 431

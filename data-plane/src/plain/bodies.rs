@@ -41,6 +41,19 @@ pub struct Counts {
     pub malformed: AtomicBool,
     /// The client's connection ended inside its request body.
     pub client_gone: AtomicBool,
+    /// When the request body had all gone to the backend: milliseconds after the request
+    /// started, plus one (0: not yet). The backend's time to answer counts from there.
+    pub body_sent: AtomicU64,
+}
+
+impl Counts {
+    /// When the backend had the whole request, if it has.
+    pub fn body_sent_at(&self, started: tokio::time::Instant) -> Option<tokio::time::Instant> {
+        match self.body_sent.load(Relaxed) {
+            0 => None,
+            ms => Some(started + Duration::from_millis(ms - 1)),
+        }
+    }
 }
 
 /// Whether a client's body error is the client breaking its framing (a bad chunk size line,
@@ -69,6 +82,8 @@ pub struct Limited {
     timer: Option<Pin<Box<tokio::time::Sleep>>>,
     /// Whether the last poll found the client's bytes pending (the wait goes on).
     waiting: bool,
+    /// When the request started (see `Counts::body_sent`).
+    started: tokio::time::Instant,
     /// The request stays in flight on its connection while its body is being sent.
     _busy: super::client::Busy,
 }
@@ -79,9 +94,19 @@ impl Limited {
         max: u64,
         counts: Arc<Counts>,
         stall: Duration,
+        started: tokio::time::Instant,
         busy: super::client::Busy,
     ) -> Limited {
-        Limited { inner, max, counts, stall, timer: None, waiting: false, _busy: busy }
+        let body = Limited { inner, max, counts, stall, timer: None, waiting: false, started, _busy: busy };
+        if body.inner.is_end_stream() {
+            body.sent();
+        }
+        body
+    }
+
+    fn sent(&self) {
+        let ms = self.started.elapsed().as_millis() as u64;
+        self.counts.body_sent.store(ms + 1, Relaxed);
     }
 }
 
@@ -121,6 +146,10 @@ impl Body for Limited {
                         return Poll::Ready(Some(Err(Box::new(TooLarge(this.max)))));
                     }
                 }
+                // hyper sends no more once the body says it has ended, without a last poll.
+                if this.inner.is_end_stream() {
+                    this.sent();
+                }
                 Poll::Ready(Some(Ok(f)))
             }
             Some(Err(e)) => {
@@ -128,7 +157,10 @@ impl Body for Limited {
                 flag.store(true, Relaxed);
                 Poll::Ready(Some(Err(Box::new(e))))
             }
-            None => Poll::Ready(None),
+            None => {
+                this.sent();
+                Poll::Ready(None)
+            }
         }
     }
 
@@ -147,8 +179,8 @@ pub struct Relayed<H: Send + 'static> {
     pub inner: Incoming,
     pub counts: Arc<Counts>,
     pub hold: Option<H>,
-    /// Told when data goes to hyper and when hyper asks for more, so a client that stops
-    /// reading is seen.
+    /// Told when data goes to hyper, when hyper asks for more and when the backend has none
+    /// yet, so a client that stops reading and a backend that stops sending are seen.
     pub(super) activity: Arc<super::client::Activity>,
 }
 
@@ -180,7 +212,11 @@ impl<H: Send + Unpin + 'static> Body for Relayed<H> {
                 self.hold = None;
                 Poll::Ready(None)
             }
-            Poll::Pending => Poll::Pending,
+            Poll::Pending => {
+                // hyper wrote what it had and asks for more: the backend keeps it waiting.
+                self.activity.backend_waits();
+                Poll::Pending
+            }
         }
     }
 

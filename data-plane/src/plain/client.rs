@@ -2,7 +2,7 @@
 //! took over, then the socket), and what its one idle/head timer looks at.
 
 use std::pin::Pin;
-use std::sync::atomic::{AtomicU32, AtomicU64, Ordering::Relaxed};
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering::Relaxed};
 use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::Duration;
@@ -26,6 +26,16 @@ pub(super) struct Activity {
     /// (milliseconds after `base`, plus one; 0: not waiting on the client). hyper asks for
     /// more once what it has is written, so this ages only while the client does not read.
     handed: AtomicU64,
+    /// Since when the response body has waited on its backend (milliseconds after `base`,
+    /// plus one; 0: not waiting), and how long it may (the pool's response timeout, NGINX's
+    /// `proxy_read_timeout`): a backend that stops inside a body would otherwise hold the
+    /// client, its backend connection and its slot for good.
+    backend_wait: AtomicU64,
+    silence_ms: AtomicU64,
+    /// The connection was closed on a silent backend (for the access log).
+    silent: AtomicBool,
+    /// A wait on the backend began since the connection's timer last looked.
+    wait_began: AtomicBool,
 }
 
 impl Activity {
@@ -35,7 +45,43 @@ impl Activity {
             busy: AtomicU32::new(0),
             idle_since: AtomicU64::new(0),
             handed: AtomicU64::new(0),
+            backend_wait: AtomicU64::new(0),
+            silence_ms: AtomicU64::new(0),
+            silent: AtomicBool::new(false),
+            wait_began: AtomicBool::new(false),
         }
+    }
+
+    /// A response's body starts: its backend may be silent this long between data.
+    pub(super) fn responding(&self, silence: Duration) {
+        self.silence_ms.store(silence.as_millis() as u64, Relaxed);
+        self.backend_wait.store(0, Relaxed);
+    }
+
+    /// The response body has no data from its backend for now; the wait starts unless it
+    /// already had.
+    pub(super) fn backend_waits(&self) {
+        if self.backend_wait.load(Relaxed) == 0 {
+            self.backend_wait.store(self.base.elapsed().as_millis() as u64 + 1, Relaxed);
+            self.wait_began.store(true, Relaxed);
+        }
+    }
+
+    /// The end of the backend's bound, once, when a wait on it has just begun (the
+    /// connection's timer may need to move up for it).
+    pub(super) fn backend_deadline(&self) -> Option<tokio::time::Instant> {
+        // Looked at on every wake-up of the connection: a load, and a store only when set.
+        if !self.wait_began.load(Relaxed) {
+            return None;
+        }
+        self.wait_began.store(false, Relaxed);
+        let waits = self.backend_wait.load(Relaxed).checked_sub(1)?;
+        Some(self.base + Duration::from_millis(waits + self.silence_ms.load(Relaxed)))
+    }
+
+    /// Whether the connection was closed because its backend went silent inside a response.
+    pub(super) fn silent(&self) -> bool {
+        self.silent.load(Relaxed)
     }
 
     /// A request began: in flight until the `Busy` is dropped (with its response's end).
@@ -47,6 +93,7 @@ impl Activity {
     /// The response body handed hyper data to write to the client.
     pub(super) fn handed(&self) {
         self.handed.store(self.base.elapsed().as_millis() as u64 + 1, Relaxed);
+        self.backend_wait.store(0, Relaxed);
     }
 
     /// hyper asked the response body for more (what it had is written), or the body is gone.
@@ -61,15 +108,24 @@ impl Activity {
     /// When the connection is next due to close (`None`: now): `limit` after its last
     /// response ended when none is in flight; with one in flight, once the client has left
     /// response data unread for `stall` (NGINX's `send_timeout`: a client that stops reading
-    /// would otherwise hold its request, and the backend connection, for as long as it likes).
+    /// would otherwise hold its request, and the backend connection, for as long as it likes),
+    /// or once the backend has sent nothing of a response body for the pool's response
+    /// timeout.
     pub(super) fn due(&self, limit: Duration, stall: Duration) -> Option<tokio::time::Instant> {
         let now = tokio::time::Instant::now();
         if self.busy.load(Relaxed) > 0 {
-            let handed = self.handed.load(Relaxed);
-            if handed == 0 {
+            let (handed, waits) = (self.handed.load(Relaxed), self.backend_wait.load(Relaxed));
+            let at = if handed != 0 {
+                self.base + Duration::from_millis(handed - 1) + stall
+            } else if waits != 0 {
+                let at = self.base + Duration::from_millis(waits - 1 + self.silence_ms.load(Relaxed));
+                if at <= now {
+                    self.silent.store(true, Relaxed);
+                }
+                at
+            } else {
                 return Some(now + limit);
-            }
-            let at = self.base + Duration::from_millis(handed - 1) + stall;
+            };
             return (at > now).then(|| at.min(now + limit));
         }
         let due = self.base + Duration::from_millis(self.idle_since.load(Relaxed)) + limit;
@@ -89,6 +145,10 @@ impl Busy {
 
     pub(super) fn activity(&self) -> Arc<Activity> {
         self.0.clone()
+    }
+
+    pub(super) fn silent(&self) -> bool {
+        self.0.silent()
     }
 }
 
@@ -182,6 +242,33 @@ mod tests {
         tokio::time::advance(stall).await;
         assert_eq!(a.due(limit, stall), None, "unread for the whole stall");
         assert!(a.in_flight());
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_backend_silent_inside_a_response_body_for_its_bound_is_due() {
+        let (limit, stall, silence) = (Duration::from_secs(10), Duration::from_secs(60), Duration::from_secs(3));
+        let a = Arc::new(Activity::new());
+        let _busy = a.begin();
+        a.responding(silence);
+        a.asked();
+        a.backend_waits();
+        let began = tokio::time::Instant::now();
+        assert_eq!(a.backend_deadline(), Some(began + silence), "the timer is told when a wait begins");
+        assert_eq!(a.backend_deadline(), None, "and only then");
+        tokio::time::advance(Duration::from_secs(2)).await;
+        a.backend_waits();
+        assert_eq!(a.due(limit, stall), Some(began + silence), "a wait goes on from when it began");
+        // Data came and was written: the wait is over, and a new one starts from scratch.
+        a.handed();
+        a.asked();
+        tokio::time::advance(Duration::from_secs(30)).await;
+        assert_eq!(a.due(limit, stall), Some(tokio::time::Instant::now() + limit));
+        a.backend_waits();
+        tokio::time::advance(silence - Duration::from_millis(1)).await;
+        assert!(a.due(limit, stall).is_some() && !a.silent());
+        tokio::time::advance(Duration::from_millis(1)).await;
+        assert_eq!(a.due(limit, stall), None, "silent for the whole bound");
+        assert!(a.silent());
     }
 
     /// hyper's shutdown sends the FIN at once, takes what the client still sends, and ends at
