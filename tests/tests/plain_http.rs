@@ -215,6 +215,9 @@ async fn plain_http_limits_answer_with_the_right_status_and_idle_connections_clo
     let req = Request::get("/hold?ms=3000").header("host", "slow.example").body(Full::new(Bytes::new())).unwrap();
     let (code, _, _) = http_send(&mut slow_tx, req).await;
     assert_eq!(code, 504);
+    // Counted, as a refused handshake is.
+    let s = p.status().await.expect("status");
+    assert_eq!(s["handshake_failures"]["gateway_timeout"].as_u64(), Some(1), "{}", s["handshake_failures"]);
     let (code, _, body) = http_send(&mut tx, get("/hold?ms=2500", &[])).await;
     assert_eq!(code, 200, "{body}");
     // Pool "slow" answers within 400 ms or not at all, counted from when the backend has the

@@ -12,7 +12,6 @@ use crate::handshake::Reject;
 use crate::state::ProxyState;
 
 pub(super) fn refusal(state: &ProxyState, rec: Option<Box<access_log::Record>>, r: Reject) -> Response<RespBody> {
-    state.runtime.count_failure(r.reason());
     let retry = (r.status() == 503).then(|| 1 + rand::random::<u64>() % 5);
     if let Reject::Auth { challenge: Some(c), .. } = &r {
         let mut resp = own(
@@ -38,7 +37,9 @@ pub(super) fn refusal(state: &ProxyState, rec: Option<Box<access_log::Record>>, 
     )
 }
 
-/// The proxy's own answer (the backend never saw the request, or failed it).
+/// The proxy's own answer (the backend never saw the request, or failed it), counted by its
+/// reason with the refused handshakes (`/status`, `/metrics`), so a 502 or 504 on plain HTTP
+/// is as visible as on WebSocket.
 pub(super) fn own(
     state: &ProxyState,
     rec: Option<Box<access_log::Record>>,
@@ -47,6 +48,7 @@ pub(super) fn own(
     text: &str,
     retry_after: Option<u64>,
 ) -> Response<RespBody> {
+    state.runtime.count_failure(termination);
     if let (Some(log), Some(mut r)) = (state.runtime.access_log.get(), rec) {
         r.status = status.as_u16();
         r.termination = termination;

@@ -18,9 +18,13 @@ use crate::connection::Ctx;
 use crate::state::ProxyState;
 use crate::tls::PoolTls;
 
-/// An idle connection older than this is closed rather than reused: backends commonly close
-/// keep-alive connections after 60-75 s, and a request sent on one they just closed is lost.
-const IDLE_FOR: Duration = Duration::from_secs(30);
+/// An idle connection older than this is closed rather than reused. A backend that closes
+/// an idle connection first races a request sent on it at that moment, which fails with 502
+/// (a request written cannot be taken back and sent again). Node's HTTP server, what
+/// socket.io runs on, closes after 5 s by default (`keepAliveTimeout`); so the proxy gives up
+/// first. Under load a connection is reused within milliseconds, so this costs only a
+/// connect after a quiet spell.
+const IDLE_FOR: Duration = Duration::from_secs(4);
 /// A backend's response head larger than this is a 502 (hyper's default, about 400 KiB, is
 /// what a misbehaving backend could make every request hold); bodies stream whatever this is.
 const MAX_RESPONSE_BUF: usize = 64 * 1024;
