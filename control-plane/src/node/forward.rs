@@ -10,7 +10,7 @@ use switchyard_proto::raft::raft_client::RaftClient;
 use switchyard_proto::raft::RaftPayload;
 use tokio::sync::{mpsc, oneshot, Semaphore};
 
-use super::batch::{fail_all, next_batch, IN_FLIGHT, MAX_BATCH};
+use super::batch::{by_size, encoded_size, fail_all, next_batch, BATCH_BYTES, IN_FLIGHT, MAX_BATCH};
 use super::calls::{ExecError, LeaderCall, Writes, Written};
 use switchyard_model::grpc::ClientTls;
 
@@ -111,7 +111,12 @@ async fn forward_loop(clients: Arc<LeaderClients>, mut rx: mpsc::Receiver<Forwar
             groups.entry(f.leader.clone()).or_default().push(f);
         }
         let slot = Arc::new(slot);
-        for (leader, fwds) in groups {
+        // A call per leader, and per run of `BATCH_BYTES`: the leader takes a call under
+        // the peer limit, and makes an entry of each.
+        let runs = groups.into_iter().flat_map(|(leader, fwds)| {
+            by_size(fwds, |f| encoded_size(&f.cmd), BATCH_BYTES).into_iter().map(move |run| (leader.clone(), run))
+        });
+        for (leader, fwds) in runs {
             let (cmds, txs): (Vec<Proposed>, Vec<_>) = fwds.into_iter().map(|f| (f.cmd, f.tx)).unzip();
             let clients = clients.clone();
             let slot = slot.clone();
