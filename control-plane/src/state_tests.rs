@@ -438,3 +438,23 @@ fn closing_on_a_failed_check_needs_feature_level_4_only_when_set() {
     assert_eq!(Command::CreatePool(Pb(without.clone())).needs(), 1);
     assert_eq!(update(&without, "health_check").needs(), 1);
 }
+
+#[test]
+fn route_auth_and_claim_keys_need_feature_level_3_which_every_build_knowing_them_has() {
+    let auth = Some(switchyard_proto::v1::RouteAuth::default());
+    let guarded = Command::SetRoute(Pb(Route { name: "r".into(), pool: "p".into(), auth, ..Default::default() }));
+    assert_eq!((guarded.needs(), guarded.what()), (3, "authentication on a route"));
+    assert_eq!(Command::SetRoute(Pb(Route { name: "r".into(), pool: "p".into(), ..Default::default() })).needs(), 1);
+    let claims = Pool { name: "p".into(), affinity: "claim:sub".into(), ..Default::default() };
+    let create = Command::CreatePool(Pb(claims.clone()));
+    assert_eq!((create.needs(), create.what()), (3, "a claim: key (a JWT claim) for affinity or hashing"));
+    let hashed = Pool { name: "p".into(), hash_key: "Claim:tenant".into(), ..Default::default() };
+    assert_eq!(Command::CreatePool(Pb(hashed)).needs(), 3);
+    let update = |field: &str| Command::UpdatePool { pool: Pb(claims.clone()), mask: vec![field.into()] };
+    assert_eq!(update("affinity").needs(), 3);
+    assert_eq!(update("weight_default").needs(), 1, "the key goes only where the mask says");
+    assert_eq!(
+        Command::CreatePool(Pb(Pool { name: "p".into(), affinity: "cookie:sy".into(), ..Default::default() })).needs(),
+        1
+    );
+}

@@ -87,6 +87,10 @@ pub enum Command {
     },
 }
 
+fn uses_claims(p: &Pool) -> bool {
+    [&p.affinity, &p.hash_key].iter().any(|k| k.trim_start().to_ascii_lowercase().starts_with("claim:"))
+}
+
 fn closes_on_failure(p: &Pool) -> bool {
     p.health_check.as_ref().is_some_and(|h| h.close_on_failure)
 }
@@ -100,6 +104,16 @@ impl Command {
             // apply a different pool than the rest.
             Command::CreatePool(Pb(p)) if p.backend_tls.is_some() => 3,
             Command::UpdatePool { mask, .. } if mask.iter().any(|f| f == "backend_tls") => 3,
+            // Edge authentication and `claim:` keys came before level 3, after rolling
+            // upgrades: a level-2 node would store the route without its auth (and serve it
+            // open), and refuse a `claim:` key the others apply.
+            Command::SetRoute(Pb(r)) if r.auth.is_some() => 3,
+            Command::CreatePool(Pb(p)) if uses_claims(p) => 3,
+            Command::UpdatePool { pool: Pb(p), mask }
+                if mask.iter().any(|f| f == "affinity" || f == "hash_key") && uses_claims(p) =>
+            {
+                3
+            }
             Command::CreatePool(Pb(p)) if closes_on_failure(p) => 4,
             Command::UpdatePool { pool: Pb(p), mask }
                 if mask.iter().any(|f| f == "health_check") && closes_on_failure(p) =>
@@ -146,6 +160,10 @@ impl Command {
             Command::DeleteSessions { .. } => "deleting every session of a pool",
             Command::CreatePool(_) | Command::UpdatePool { .. } if self.needs() == 4 => {
                 "closing a backend's connections when its health check fails"
+            }
+            Command::SetRoute(_) => "authentication on a route",
+            Command::CreatePool(Pb(p)) | Command::UpdatePool { pool: Pb(p), .. } if uses_claims(p) => {
+                "a claim: key (a JWT claim) for affinity or hashing"
             }
             Command::CreatePool(_) | Command::UpdatePool { .. } => "TLS to a pool's backends",
             _ => "this write",
