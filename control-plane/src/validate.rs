@@ -18,6 +18,8 @@ pub const DEFAULT_DRAIN_TIMEOUT_MS: u64 = 30_000;
 pub const DEFAULT_AFFINITY_TTL_MS: u64 = 30 * 60 * 1000;
 const MAX_NAME: usize = 63;
 const DAY_MS: u64 = 24 * 3600 * 1000;
+/// The longest a session binding may last (a pool's `affinity_ttl_ms` at most).
+pub const MAX_AFFINITY_TTL_MS: u64 = 30 * DAY_MS;
 
 fn invalid(msg: impl Into<String>) -> ApiError {
     ApiError::InvalidArgument(msg.into())
@@ -143,7 +145,7 @@ pub fn pool(mut p: Pool) -> Result<Pool, ApiError> {
             p.affinity_ttl_ms = DEFAULT_AFFINITY_TTL_MS;
         }
     }
-    if p.affinity_ttl_ms > 30 * DAY_MS {
+    if p.affinity_ttl_ms > MAX_AFFINITY_TTL_MS {
         return Err(invalid("affinity TTL must be at most 30 days"));
     }
     if p.drain_timeout_ms == 0 {

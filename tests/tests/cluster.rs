@@ -464,3 +464,37 @@ async fn large_log_entries_survive_a_kill_of_every_node() {
     })
     .await;
 }
+
+/// What a proxy reports is checked like any request: a name past the bound is refused, and a
+/// binding's TTL is held to what a pool may set (30 days), not `u64::MAX`, which never expires.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn proxy_reports_are_bounded_before_they_are_kept() {
+    let _g = serial().await;
+    let c = Cluster::start(1, &[]).await;
+    let addr = c.nodes[&1].addr.clone();
+    let pool = Pool { name: "p".into(), affinity: "header:X-Session".into(), ..Default::default() };
+    admin(&addr).create_pool(CreatePoolRequest { pool: Some(pool) }).await.unwrap();
+    let b = Backend { pool: "p".into(), address: "127.0.0.1:9".into(), weight: 1, ..Default::default() };
+    admin(&addr).add_backend(AddBackendRequest { backend: Some(b) }).await.unwrap();
+
+    let long = ProxyReport { proxy_id: "p".repeat(300), ..Default::default() };
+    let e = discovery(&addr).report(long).await.expect_err("a 300-byte proxy name");
+    assert_eq!(e.code(), tonic::Code::InvalidArgument, "{e}");
+
+    let forever = SessionBinding {
+        pool: "p".into(),
+        key: format!("{:032x}", 7u128),
+        backend: "127.0.0.1:9".into(),
+        ttl_ms: u64::MAX,
+        ..Default::default()
+    };
+    let report = ProxyReport { proxy_id: "p1".into(), bindings: vec![forever], ..Default::default() };
+    discovery(&addr).report(report).await.expect("the report is kept");
+    let all = query(&addr)
+        .list_sessions(ListSessionsRequest { consistency: 0, pool: "p".into(), limit: 0 })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(all.sessions.len(), 1);
+    assert_eq!(all.sessions[0].ttl_ms, 30 * 24 * 3600 * 1000);
+}

@@ -15,6 +15,11 @@ use switchyard_proto::v1::*;
 use tokio::sync::{broadcast, mpsc, watch};
 use tonic::{Request, Response, Status};
 
+/// Longest proxy name kept (a host name and a port fit).
+const MAX_PROXY_ID: usize = 256;
+/// Longest reason a proxy gives for refusing a config, as kept for `proxy list`.
+const MAX_REASON: usize = 1024;
+
 use switchyard_model::tls::Role;
 
 use crate::auth::Caller;
@@ -237,12 +242,24 @@ impl Discovery for DiscoveryService {
         if r.proxy_id.is_empty() {
             return Err(Status::invalid_argument("proxy_id is required"));
         }
+        // Kept on the leader for `proxy list` until the proxy goes: bounded like any name.
+        if r.proxy_id.len() > MAX_PROXY_ID {
+            return Err(Status::invalid_argument(format!("proxy_id is over {MAX_PROXY_ID} bytes")));
+        }
+        let mut r = r;
+        if r.rejected_reason.len() > MAX_REASON {
+            let mut end = MAX_REASON;
+            while !r.rejected_reason.is_char_boundary(end) {
+                end -= 1;
+            }
+            r.rejected_reason.truncate(end);
+        }
         let status = ProxyStatus {
             proxy_id: r.proxy_id.clone(),
             applied_revision: r.applied_revision,
             rejected_reason: r.rejected_reason,
             last_report_ms: now_ms(),
-            connections: r.loads.iter().map(|l| l.connections).sum(),
+            connections: r.loads.iter().fold(0u64, |n, l| n.saturating_add(l.connections)),
             node: self.node.advertise.clone(),
             handshake_failures: r.handshake_failures,
             applied_unix_ms: r.applied_unix_ms,
@@ -255,7 +272,12 @@ impl Discovery for DiscoveryService {
             .bindings
             .into_iter()
             .filter(|b| !b.pool.is_empty() && !b.key.is_empty() && !b.backend.is_empty())
-            .map(crate::pb::Pb)
+            // A binding lives at most as long as a pool's TTL may be set to: `u64::MAX` from
+            // a proxy would make one that never expires.
+            .map(|mut b| {
+                b.ttl_ms = b.ttl_ms.min(crate::validate::MAX_AFFINITY_TTL_MS);
+                crate::pb::Pb(b)
+            })
             .collect();
         let loads = r.loads.into_iter().map(crate::pb::Pb).collect();
         let call = Report { status: crate::pb::Pb(status), bindings, loads };

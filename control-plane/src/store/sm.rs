@@ -294,7 +294,8 @@ fn load_rows(sm: &sled::Tree) -> Result<(State, Option<LogId>, StoredMembership)
             Some(b't') => tokens.push(postcard::from_bytes::<TokenRecord>(&v).map_err(|e| bad(&e))?),
             Some(b'a') => audit.push(postcard::from_bytes::<AuditRecord>(&v).map_err(|e| bad(&e))?),
             Some(b'c') => {
-                let client = std::str::from_utf8(&k[2..]).map_err(|e| bad(&e))?.to_string();
+                let name = k.get(2..).ok_or_else(|| bad(&"too short for a client's key"))?;
+                let client = std::str::from_utf8(name).map_err(|e| bad(&e))?.to_string();
                 seen.push((client, postcard::from_bytes::<Record>(&v).map_err(|e| bad(&e))?));
             }
             _ if &*k == SETTINGS => {
@@ -461,5 +462,21 @@ impl RaftStateMachine<TypeConfig> for StateMachineStore {
         let snaps = self.snaps.clone();
         let stored = off_runtime(move || snaps.read()).await?;
         Ok(stored.map(|(meta, data)| Snapshot { meta, snapshot: Box::new(Cursor::new(data)) }))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_damaged_row_of_the_old_format_is_an_error_not_a_panic() {
+        let dir = tempfile::tempdir().unwrap();
+        let db = sled::open(dir.path()).unwrap();
+        let sm = db.open_tree("sm").unwrap();
+        // A client's row is `c/NAME`: one byte of it is what a torn or corrupted key leaves.
+        sm.insert(b"c", b"x".to_vec()).unwrap();
+        let Err(e) = load_rows(&sm) else { panic!("a damaged row is refused") };
+        assert!(e.to_string().contains("too short"), "{e}");
     }
 }
