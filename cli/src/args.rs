@@ -284,6 +284,7 @@ pub enum SessionCmd {
     /// level 2).
     Delete {
         pool: String,
+        /// The binding's key as `session list` shows it (its keyed hash, not the raw value).
         #[arg(required_unless_present = "all", conflicts_with = "all")]
         key: Option<String>,
         #[arg(long)]

@@ -467,8 +467,10 @@ async fn large_log_entries_survive_a_kill_of_every_node() {
 
 /// What a proxy reports is checked like any request: a name past the bound is refused, and a
 /// binding's TTL is held to what a pool may set (30 days), not `u64::MAX`, which never expires.
+/// And a session is deleted by its keyed hash only: a raw key may be a client's credential,
+/// and is refused before it reaches the log.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn proxy_reports_are_bounded_before_they_are_kept() {
+async fn what_proxies_and_admins_send_about_sessions_is_checked_before_it_is_kept() {
     let _g = serial().await;
     let c = Cluster::start(1, &[]).await;
     let addr = c.nodes[&1].addr.clone();
@@ -497,4 +499,9 @@ async fn proxy_reports_are_bounded_before_they_are_kept() {
         .into_inner();
     assert_eq!(all.sessions.len(), 1);
     assert_eq!(all.sessions[0].ttl_ms, 30 * 24 * 3600 * 1000);
+
+    let delete = |key: String| DeleteSessionRequest { pool: "p".into(), key, all: false };
+    let e = admin(&addr).delete_session(delete("sid=alice-secret".into())).await.expect_err("a raw key");
+    assert_eq!(e.code(), tonic::Code::InvalidArgument, "{e}");
+    admin(&addr).delete_session(delete(format!("{:032x}", 7u128))).await.expect("deleted by its hash");
 }

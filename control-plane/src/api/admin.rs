@@ -234,6 +234,13 @@ impl Admin for AdminService {
             (true, true) => (Command::DeleteSessions { pool: r.pool.clone() }, "every session"),
             (true, false) => return Err(Status::invalid_argument("give a session key or `all`, not both")),
             (false, true) => return Err(Status::invalid_argument("session key must not be empty")),
+            // Bindings hold keyed hashes only; a raw key (a cookie pasted in, say) may be a
+            // client's credential, and would be written to the log, a snapshot and backups.
+            (false, false) if !switchyard_model::affinity::is_hashed(&r.key) => {
+                return Err(Status::invalid_argument(
+                    "session key must be as `session list` shows it (its keyed hash, 32 lower-case hex digits), not the raw cookie or header value",
+                ))
+            }
             (false, false) => (Command::DeleteSession { pool: r.pool.clone(), key: r.key }, "one session"),
         };
         // The key itself is left out: an affinity key may be a client's credential.
