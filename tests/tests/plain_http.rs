@@ -28,6 +28,21 @@ async fn raw(addr: &str, raw: &[u8]) -> String {
     String::from_utf8_lossy(&out).into_owned()
 }
 
+/// POSTs a 100-byte body to `/count` on `host` in ten pieces `gap` apart, and reads the
+/// answer until the proxy closes (or 5 s pass).
+async fn upload_in_pieces(addr: &str, host: &str, gap: Duration) -> String {
+    let (mut rd, mut wr) = tokio::net::TcpStream::connect(addr).await.unwrap().into_split();
+    let head = format!("POST /count HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\nContent-Length: 100\r\n\r\n");
+    wr.write_all(head.as_bytes()).await.unwrap();
+    for _ in 0..10 {
+        tokio::time::sleep(gap).await;
+        wr.write_all(b"0123456789").await.unwrap();
+    }
+    let mut out = Vec::new();
+    tokio::time::timeout(Duration::from_secs(5), rd.read_to_end(&mut out)).await.expect("answered").ok();
+    String::from_utf8_lossy(&out).into_owned()
+}
+
 /// A GET for `path` on `host`.
 fn get_on(host: &str, path: &str) -> Request<Full<Bytes>> {
     Request::get(path).header("host", host).body(Full::new(Bytes::new())).expect("valid request")
@@ -223,16 +238,7 @@ async fn plain_http_limits_answer_with_the_right_status_and_idle_connections_clo
     // Pool "slow" answers within 400 ms or not at all, counted from when the backend has the
     // whole request: an upload that takes 1 s (a chunk every 100 ms) is the client's pace, and
     // is answered (it got 504 when the timeout ran from the start of the upload).
-    let (mut rd, mut wr) = tokio::net::TcpStream::connect(&p.ws).await.unwrap().into_split();
-    let head = "POST /count HTTP/1.1\r\nHost: slow.example\r\nConnection: close\r\nContent-Length: 100\r\n\r\n";
-    wr.write_all(head.as_bytes()).await.unwrap();
-    for _ in 0..10 {
-        tokio::time::sleep(Duration::from_millis(100)).await;
-        wr.write_all(b"0123456789").await.unwrap();
-    }
-    let mut out = Vec::new();
-    tokio::time::timeout(Duration::from_secs(5), rd.read_to_end(&mut out)).await.expect("answered").ok();
-    let out = String::from_utf8_lossy(&out);
+    let out = upload_in_pieces(&p.ws, "slow.example", Duration::from_millis(100)).await;
     assert!(out.starts_with("HTTP/1.1 200") && out.ends_with("\r\n\r\n100"), "{out}");
     // The same bound holds between the pieces of a response body (NGINX's
     // `proxy_read_timeout`): a body whose pieces come 150 ms apart arrives whole, one whose
@@ -334,16 +340,7 @@ async fn plain_http_limits_answer_with_the_right_status_and_idle_connections_clo
     let answer = raw(&p.ws, stalled.as_bytes()).await;
     assert!(answer.starts_with("HTTP/1.1 408"), "{answer}");
     assert!(answer.to_ascii_lowercase().contains("\r\nconnection: close\r\n"), "{answer}");
-    let (mut rd, mut wr) = tokio::net::TcpStream::connect(&p.ws).await.unwrap().into_split();
-    let head = "POST /count HTTP/1.1\r\nHost: app.example\r\nConnection: close\r\nContent-Length: 100\r\n\r\n";
-    wr.write_all(head.as_bytes()).await.unwrap();
-    for _ in 0..10 {
-        tokio::time::sleep(Duration::from_millis(200)).await;
-        wr.write_all(b"0123456789").await.unwrap();
-    }
-    let mut out = Vec::new();
-    tokio::time::timeout(Duration::from_secs(5), rd.read_to_end(&mut out)).await.expect("answered").ok();
-    let out = String::from_utf8_lossy(&out);
+    let out = upload_in_pieces(&p.ws, "app.example", Duration::from_millis(200)).await;
     assert!(out.starts_with("HTTP/1.1 200") && out.ends_with("\r\n\r\n100"), "{out}");
 
     // A response body the backend streams for longer than the timeout (8 chunks 200 ms

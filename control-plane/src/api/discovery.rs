@@ -15,11 +15,6 @@ use switchyard_proto::v1::*;
 use tokio::sync::{broadcast, mpsc, watch};
 use tonic::{Request, Response, Status};
 
-/// Longest proxy name kept (a host name and a port fit).
-const MAX_PROXY_ID: usize = 256;
-/// Longest reason a proxy gives for refusing a config, as kept for `proxy list`.
-const MAX_REASON: usize = 1024;
-
 use switchyard_model::tls::Role;
 
 use crate::auth::Caller;
@@ -29,6 +24,11 @@ use crate::node::context::NodeCtx;
 use crate::node::leader;
 use crate::node::serving::Health;
 use crate::store::sm::Notice;
+
+/// Longest proxy name kept (a host name and a port fit).
+const MAX_PROXY_ID: usize = 256;
+/// Longest reason a proxy gives for refusing a config, as kept for `proxy list`.
+const MAX_REASON: usize = 1024;
 
 pub struct DiscoveryService {
     node: Arc<NodeCtx>,
@@ -235,7 +235,7 @@ impl Discovery for DiscoveryService {
 
     async fn report(&self, req: Request<ProxyReport>) -> Result<Response<ReportReply>, Status> {
         self.node.cluster_id.check(&req)?;
-        let r = req.into_inner();
+        let mut r = req.into_inner();
         // A node that cannot reach the leader would drop the report anyway; saying so sends
         // the proxy to a node that can.
         self.node.serving.check().map_err(Status::unavailable)?;
@@ -246,7 +246,6 @@ impl Discovery for DiscoveryService {
         if r.proxy_id.len() > MAX_PROXY_ID {
             return Err(Status::invalid_argument(format!("proxy_id is over {MAX_PROXY_ID} bytes")));
         }
-        let mut r = r;
         if r.rejected_reason.len() > MAX_REASON {
             let mut end = MAX_REASON;
             while !r.rejected_reason.is_char_boundary(end) {

@@ -97,11 +97,12 @@ impl Limited {
         started: tokio::time::Instant,
         busy: super::client::Busy,
     ) -> Limited {
-        let body = Limited { inner, max, counts, stall, timer: None, waiting: false, started, _busy: busy };
-        if body.inner.is_end_stream() {
-            body.sent();
+        if inner.is_end_stream() {
+            // Nothing to send (most requests): the backend has it all from the start, and no
+            // clock is read for it.
+            counts.body_sent.store(1, Relaxed);
         }
-        body
+        Limited { inner, max, counts, stall, timer: None, waiting: false, started, _busy: busy }
     }
 
     fn sent(&self) {
