@@ -126,6 +126,46 @@ pub fn key_spec(what: &str, s: &str) -> Result<KeySpec, ApiError> {
     s.parse().map_err(|e| invalid(format!("{what} {e}")))
 }
 
+/// The longest name a key spec may carry, the most a route's claim header may be. Checked
+/// at the admin edge only: the state machine applies what older versions accepted the same
+/// way on every version.
+const MAX_KEY_NAME: usize = 128;
+
+fn key_spec_length(what: &str, s: &str) -> Result<(), ApiError> {
+    let name = s.split_once(':').map_or(s, |(_, n)| n);
+    if name.len() > MAX_KEY_NAME {
+        return Err(invalid(format!("{what} name is {} bytes, over the limit of {MAX_KEY_NAME}", name.len())));
+    }
+    Ok(())
+}
+
+/// What an admin's pool adds to [`pool`]'s checks, at the edge only (see [`MAX_KEY_NAME`]).
+pub fn admin_pool(p: Pool) -> Result<Pool, ApiError> {
+    key_spec_length("hash key", &p.hash_key)?;
+    key_spec_length("affinity", &p.affinity)?;
+    pool(p)
+}
+
+/// An update mask: every name one of `fields`, each once. Checked before the request reaches
+/// the log, since the state machine refuses an unknown name only when it applies the entry
+/// and a repeated name would be stored and replicated as many times as it was sent.
+pub fn update_mask(what: &str, mask: &[String], fields: &[&str]) -> Result<(), ApiError> {
+    for (i, f) in mask.iter().enumerate() {
+        if !fields.contains(&f.as_str()) {
+            let f = if f.len() > 64 {
+                format!("{:?}... ({} bytes)", &f[..f.floor_char_boundary(64)], f.len())
+            } else {
+                format!("{f:?}")
+            };
+            return Err(invalid(format!("{what} field {f} cannot be updated; fields: {fields:?}")));
+        }
+        if mask[..i].contains(f) {
+            return Err(invalid(format!("{what} field {f:?} is named twice in update_mask")));
+        }
+    }
+    Ok(())
+}
+
 /// Validates a pool and fills defaults, returning the pool to store.
 pub fn pool(mut p: Pool) -> Result<Pool, ApiError> {
     name("pool", &p.name)?;
@@ -264,6 +304,9 @@ pub fn route(mut r: Route) -> Result<Route, ApiError> {
         return Err(invalid("path prefix must not contain spaces or control characters"));
     }
     if let Some(a) = &r.auth {
+        if let Some(switchyard_proto::v1::route_auth::Kind::Jwt(j)) = &a.kind {
+            key_spec_length("route auth token_from", &j.token_from)?;
+        }
         switchyard_model::edge_auth::validate(a).map_err(|e| invalid(format!("route auth: {e}")))?;
     }
     r.updated_revision = 0;
@@ -373,5 +416,21 @@ mod tests {
         key_spec("k", "ip").unwrap();
         assert!(key_spec("k", "body:x").is_err());
         assert!(key_spec("k", "cookie:").is_err());
+        let long = Pool { name: "p".into(), hash_key: format!("header:{}", "h".repeat(129)), ..Default::default() };
+        assert!(pool(long.clone()).is_ok(), "the state machine applies what older versions accepted");
+        assert!(admin_pool(long).is_err());
+        admin_pool(Pool { name: "p".into(), hash_key: format!("header:{}", "h".repeat(128)), ..Default::default() })
+            .unwrap();
+    }
+
+    #[test]
+    fn update_masks_name_known_fields_once() {
+        let m = |v: &[&str]| v.iter().map(|s| s.to_string()).collect::<Vec<_>>();
+        update_mask("pool", &m(&["algorithm", "affinity"]), &["algorithm", "affinity"]).unwrap();
+        let twice = update_mask("pool", &m(&["algorithm", "algorithm"]), &["algorithm"]).unwrap_err();
+        assert!(twice.to_string().contains("named twice"), "{twice}");
+        let long = "x".repeat(100_000);
+        let unknown = update_mask("settings", &m(&[&long]), &["idle_timeout_ms"]).unwrap_err().to_string();
+        assert!(unknown.contains("100000 bytes") && unknown.len() < 400, "{unknown}");
     }
 }

@@ -88,6 +88,30 @@ async fn bad_admin_requests_get_the_right_codes_and_reasons() {
         Code::InvalidArgument,
         "max header bytes",
     );
+    // Masks and key names are checked before the log: these refusals commit no entry (an
+    // unknown settings field used to be refused only when its entry was applied).
+    let committed = || async { status(&addr).await.expect("status").committed_index };
+    let before = committed().await;
+    let settings_mask = |mask: &[&str]| UpdateSettingsRequest {
+        settings: Some(Settings::default()),
+        update_mask: mask.iter().map(|m| m.to_string()).collect(),
+    };
+    expect_code(a.update_settings(settings_mask(&["bogus"])).await, Code::InvalidArgument, "cannot be updated");
+    let twice = settings_mask(&["idle_timeout_ms", "idle_timeout_ms"]);
+    expect_code(a.update_settings(twice).await, Code::InvalidArgument, "named twice");
+    let pool_twice = UpdatePoolRequest {
+        pool: Some(Pool { name: "chat".into(), ..Default::default() }),
+        update_mask: vec!["algorithm".into(), "algorithm".into()],
+    };
+    expect_code(a.update_pool(pool_twice).await, Code::InvalidArgument, "named twice");
+    let long_key = Pool { name: "long".into(), affinity: format!("cookie:{}", "a".repeat(200)), ..Default::default() };
+    expect_code(
+        a.create_pool(CreatePoolRequest { pool: Some(long_key) }).await,
+        Code::InvalidArgument,
+        "over the limit",
+    );
+    assert_eq!(committed().await, before, "a refused request reached the log");
+
     expect_code(a.promote_node(PromoteNodeRequest { id: 9 }).await, Code::NotFound, "not a member");
     expect_code(a.remove_node(RemoveNodeRequest { id: 1 }).await, Code::FailedPrecondition, "last voter");
     expect_code(

@@ -34,7 +34,7 @@ fn backend_of(changes: &[Change]) -> Option<Backend> {
     })
 }
 
-use switchyard_model::fields::POOL_FIELDS;
+use switchyard_model::fields::{POOL_FIELDS, SETTINGS_FIELDS};
 
 /// The request id in `req`'s metadata; none means the write is not deduplicated.
 fn id_of<T>(req: &Request<T>) -> Result<Option<RequestId>, Status> {
@@ -96,7 +96,7 @@ impl AdminService {
 impl Admin for AdminService {
     async fn create_pool(&self, req: Request<CreatePoolRequest>) -> Result<Response<PoolReply>, Status> {
         let (id, caller) = (id_of(&req)?, caller_of(&req)?);
-        let pool = validate::pool(required(req.into_inner().pool, "pool")?)?;
+        let pool = validate::admin_pool(required(req.into_inner().pool, "pool")?)?;
         let audit = note(&caller, "Admin/CreatePool", format!("pool {}", pool.name));
         let (revision, changes) =
             leader::write(&self.0, Proposed { id, cmd: Command::CreatePool(Pb(pool)), audit }).await?;
@@ -111,17 +111,9 @@ impl Admin for AdminService {
         if req.update_mask.is_empty() {
             return Err(Status::invalid_argument(format!("update_mask is empty; name fields from {POOL_FIELDS:?}")));
         }
-        for f in &req.update_mask {
-            if !POOL_FIELDS.contains(&f.as_str()) {
-                return Err(Status::invalid_argument(format!(
-                    "pool field {f:?} cannot be updated; fields: {POOL_FIELDS:?}"
-                )));
-            }
-        }
+        validate::update_mask("pool", &req.update_mask, POOL_FIELDS)?;
         // Check the new values on their own; the merged pool is checked again when applied.
-        let mut probe = pool.clone();
-        probe.name = pool.name.clone();
-        validate::pool(probe)?;
+        validate::admin_pool(pool.clone())?;
         let audit = note(&caller, "Admin/UpdatePool", format!("pool {}: {}", pool.name, req.update_mask.join(",")));
         let cmd = Command::UpdatePool { pool: Pb(pool), mask: req.update_mask };
         let (revision, changes) = leader::write(&self.0, Proposed { id, cmd, audit }).await?;
@@ -215,6 +207,7 @@ impl Admin for AdminService {
         if r.update_mask.is_empty() {
             validate::settings(&settings)?;
         }
+        validate::update_mask("settings", &r.update_mask, SETTINGS_FIELDS)?;
         let fields = if r.update_mask.is_empty() { "every field".to_string() } else { r.update_mask.join(",") };
         let audit = note(&caller, "Admin/UpdateSettings", format!("settings: {fields}"));
         let cmd = Command::UpdateSettings { settings: Pb(settings), mask: r.update_mask };
