@@ -449,6 +449,7 @@ impl RaftStateMachine<TypeConfig> for StateMachineStore {
         // blocking thread: both take time in proportion to the state.
         let (state, last_applied, membership) = off_runtime(move || {
             let decoded = decode_state(&data)?;
+            consistent(&meta, &decoded.1, &decoded.2)?;
             snaps.store(&meta, &data)?;
             Ok(decoded)
         })
@@ -465,9 +466,60 @@ impl RaftStateMachine<TypeConfig> for StateMachineStore {
     }
 }
 
+/// Snapshot data must be at the log id and membership its meta names: openraft goes on from
+/// the meta (purging the log up to it, answering votes with it) while the state is the data's,
+/// so a mismatch would leave this node's state apart from every other node's with no error.
+/// Every snapshot a node builds or restores agrees; one that does not came from a faulty or
+/// hostile peer, and this node stops rather than install it.
+fn consistent(
+    meta: &SnapshotMeta,
+    last_applied: &Option<LogId>,
+    membership: &StoredMembership,
+) -> Result<(), StorageError> {
+    if meta.last_log_id != *last_applied || meta.last_membership != *membership {
+        return Err(read_err(format!(
+            "snapshot {:?} holds a state at {last_applied:?} with membership {membership:?}, but its meta \
+             says {:?} with {:?}",
+            meta.snapshot_id, meta.last_log_id, meta.last_membership
+        )));
+    }
+    Ok(())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[tokio::test]
+    async fn snapshot_data_that_disagrees_with_its_meta_is_not_installed() {
+        use openraft::{CommittedLeaderId, Membership};
+        let dir = tempfile::tempdir().unwrap();
+        let db = crate::store::open_with(dir.path(), 1, false).unwrap();
+        let mut sm = StateMachineStore::open(db, dir.path()).unwrap();
+        let at = |i| LogId::new(CommittedLeaderId::new(1, 1), i);
+        let nodes = std::collections::BTreeMap::from([(1, openraft::BasicNode::new("127.0.0.1:1"))]);
+        let membership = StoredMembership::new(Some(at(1)), Membership::new(vec![[1].into()], nodes));
+        let data = rebase_snapshot(
+            &sm.get_snapshot_builder().await.build_snapshot().await.unwrap().snapshot.into_inner(),
+            at(7),
+            membership.clone(),
+        )
+        .unwrap();
+        let meta = |last| SnapshotMeta {
+            last_log_id: Some(last),
+            last_membership: membership.clone(),
+            snapshot_id: "s".into(),
+        };
+
+        let e = sm.install_snapshot(&meta(at(9)), Box::new(Cursor::new(data.clone()))).await.unwrap_err();
+        assert!(e.to_string().contains("its meta"), "{e}");
+        assert_eq!(sm.applied_state().await.unwrap().0, None, "nothing was installed");
+        let other = SnapshotMeta { last_membership: StoredMembership::default(), ..meta(at(7)) };
+        assert!(sm.install_snapshot(&other, Box::new(Cursor::new(data.clone()))).await.is_err());
+
+        sm.install_snapshot(&meta(at(7)), Box::new(Cursor::new(data))).await.unwrap();
+        assert_eq!(sm.applied_state().await.unwrap().0, Some(at(7)));
+    }
 
     #[test]
     fn a_damaged_row_of_the_old_format_is_an_error_not_a_panic() {

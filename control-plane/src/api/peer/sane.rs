@@ -8,10 +8,10 @@
 //!   leader of term T only has entries of terms up to T;
 //! - entries that do not follow `prev_log_id` one index at a time, or whose terms go down:
 //!   openraft truncates and appends by index on trust;
-//! - a snapshot whose membership comes after its last log id, an oversized snapshot id, or a
-//!   chunk that does not continue what this node received of that snapshot: openraft writes a
-//!   chunk at its offset into an in-memory buffer, so one chunk with a far offset would
-//!   allocate that many bytes.
+//! - a snapshot whose membership comes after its last log id, an oversized snapshot id, a
+//!   chunk that does not continue what this node received of that snapshot, or one that
+//!   takes it past [`MAX_SNAPSHOT_BYTES`]: openraft writes a chunk at its offset into an
+//!   in-memory buffer, so one chunk with a far offset would allocate that many bytes.
 //!
 //! Votes from unknown node ids and higher (sane) terms are left to openraft and to the peer
 //! role check: they are what an election looks like.
@@ -27,6 +27,10 @@ use crate::types::{LogId, NodeId, TypeConfig};
 pub const LIMIT: u64 = u64::MAX - (1 << 32);
 /// Longest snapshot id accepted (ours are `term-node-index-nanos`, well under 100 bytes).
 pub const MAX_SNAPSHOT_ID: usize = 256;
+/// Most snapshot data accepted, held in memory until it is whole. A state this large would
+/// be about 20 million session bindings; without a bound, a peer could stream chunks until
+/// this node ran out of memory.
+pub const MAX_SNAPSHOT_BYTES: u64 = 4 << 30;
 
 /// Why a request was refused.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -47,6 +51,8 @@ pub enum Insane {
     SnapshotId(usize),
     #[error("snapshot chunk at offset {offset} does not continue the {received} bytes received")]
     Offset { offset: u64, received: u64 },
+    #[error("snapshot chunk at offset {offset} of {len} bytes goes past {MAX_SNAPSHOT_BYTES} bytes")]
+    TooLarge { offset: u64, len: usize },
 }
 
 fn vote_term(v: &Vote<NodeId>) -> Result<u64, Insane> {
@@ -124,6 +130,9 @@ pub struct Chunks(Mutex<Option<(String, u64)>>);
 
 impl Chunks {
     pub fn check(&self, rpc: &InstallSnapshotRequest<TypeConfig>) -> Result<(), Insane> {
+        if rpc.offset.checked_add(rpc.data.len() as u64).is_none_or(|end| end > MAX_SNAPSHOT_BYTES) {
+            return Err(Insane::TooLarge { offset: rpc.offset, len: rpc.data.len() });
+        }
         if rpc.offset == 0 {
             return Ok(());
         }

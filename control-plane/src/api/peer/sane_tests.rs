@@ -79,7 +79,7 @@ fn snapshot_chunks_continue_what_arrived_and_meta_is_consistent() {
 
     let chunks = Chunks::default();
     // A far offset before anything arrived would make openraft allocate that many bytes.
-    assert_eq!(chunks.check(&snap(5, None, None, 1 << 40)), Err(Insane::Offset { offset: 1 << 40, received: 0 }));
+    assert_eq!(chunks.check(&snap(5, None, None, 1 << 30)), Err(Insane::Offset { offset: 1 << 30, received: 0 }));
     let first = snap(5, None, None, 0);
     assert_eq!(chunks.check(&first), Ok(()));
     chunks.accepted(&first.meta.snapshot_id, 0, 10);
@@ -89,4 +89,14 @@ fn snapshot_chunks_continue_what_arrived_and_meta_is_consistent() {
     let mut other = snap(5, None, None, 10);
     other.meta.snapshot_id = "another".into();
     assert!(chunks.check(&other).is_err(), "another snapshot starts at 0");
+
+    // A peer streaming chunks without end is stopped at the bound.
+    chunks.accepted("big", 0, (MAX_SNAPSHOT_BYTES - 10) as usize);
+    let mut next = snap(5, None, None, MAX_SNAPSHOT_BYTES - 10);
+    next.meta.snapshot_id = "big".into();
+    assert_eq!(chunks.check(&next), Ok(()), "up to the bound");
+    next.offset += 1;
+    assert_eq!(chunks.check(&next), Err(Insane::TooLarge { offset: MAX_SNAPSHOT_BYTES - 9, len: 10 }));
+    next.offset = u64::MAX - 5;
+    assert!(matches!(chunks.check(&next), Err(Insane::TooLarge { .. })), "no overflow");
 }
