@@ -77,9 +77,19 @@ pub async fn serve(
     let fwd = Arc::new(Forwarding::new(peer.ip(), if tls { "https" } else { "http" }));
     let activity = Arc::new(Activity::new());
     let act = activity.clone();
+    // hyper holds every head to at least its smallest buffer; a lower limit is checked on
+    // each request here (the first head was checked before hyper had it).
+    let small_limit = (max_header < MIN_BUF).then_some(max_header);
     let svc = hyper::service::service_fn(move |req| {
         let (st, ctx, fwd, busy) = (st.clone(), ctx.clone(), fwd.clone(), act.begin());
-        async move { Ok::<_, Infallible>(handle(&st, &ctx, req, peer, &fwd, busy).await) }
+        async move {
+            if small_limit.is_some_and(|max| head_size(&req) > max) {
+                let mut too_large = refusal(&st, None, Reject::HeadersTooLarge);
+                too_large.headers_mut().insert(header::CONNECTION, HeaderValue::from_static("close"));
+                return Ok::<_, Infallible>(too_large);
+            }
+            Ok::<_, Infallible>(handle(&st, &ctx, req, peer, &fwd, busy).await)
+        }
     });
     // No `header_read_timeout`: hyper arms a new timer for every request head with it (an
     // allocation, a timer-wheel insert and removal, and often a wake-up of the driver: about
@@ -154,6 +164,14 @@ pub async fn serve(
             },
         }
     }
+}
+
+/// The size of `req`'s head as the client sent it, near enough: request line, header lines,
+/// the blank line (hyper keeps names and values byte for byte, names lower-cased).
+fn head_size<B>(req: &Request<B>) -> usize {
+    let line = req.method().as_str().len() + req.uri().to_string().len() + " HTTP/1.1\r\n".len() + 1;
+    let fields: usize = req.headers().iter().map(|(n, v)| n.as_str().len() + v.len() + 4).sum();
+    line + fields + 2
 }
 
 /// Whether balancing, affinity or the route's auth will look at the request's headers: only

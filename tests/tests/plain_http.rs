@@ -370,6 +370,19 @@ async fn plain_http_limits_answer_with_the_right_status_and_idle_connections_clo
     .await;
     drop(reader);
 
+    // A head limit under hyper's smallest buffer (8 KiB) holds for every request on a
+    // kept-alive connection, not only its first: a 4 KiB head after a small one gets 431.
+    let s = Settings { max_header_bytes: 2048, ..Default::default() };
+    let req = UpdateSettingsRequest { settings: Some(s), update_mask: vec!["max_header_bytes".into()] };
+    let rev = admin(&c.nodes[&1].addr).update_settings(req).await.unwrap().into_inner().revision;
+    p.wait_revision(rev).await;
+    let second = format!("{one}GET / HTTP/1.1\r\nHost: app.example\r\nX-Big: {}\r\n\r\n", "z".repeat(4096));
+    let answer = raw(&p.ws, second.as_bytes()).await;
+    assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
+    assert!(answer.contains("HTTP/1.1 431"), "{answer}");
+    let fits = format!("{one}GET / HTTP/1.1\r\nHost: app.example\r\nX-Small: {}\r\n\r\n", "z".repeat(1500));
+    assert_eq!(raw(&p.ws, fits.as_bytes()).await.matches("HTTP/1.1 200").count(), 2);
+
     // The proxy serves on.
     assert_eq!(http_send(&mut http_client(&p.ws).await, get("/", &[])).await.0, 200);
 }
