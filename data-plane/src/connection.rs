@@ -151,6 +151,7 @@ struct Established {
     pool: String,
     address: String,
     stats: Arc<crate::stats::BackendStats>,
+    counted: crate::stats::Counted,
     limits: Limits,
     /// The live session binding this connection keeps fresh.
     session: Option<(String, String, String)>,
@@ -253,11 +254,11 @@ async fn establish(
         }
     };
     let handshake = started.elapsed();
-    let Established { client, backend, client_early, backend_early, pool, address, stats, limits, session } = e;
+    let Established { client, backend, client_early, backend_early, pool, address, stats, counted, limits, session } =
+        e;
     let id = state.runtime.conn_id();
     let ctl = Arc::new(CloseHandle::default());
     stats.register(id, ctl.clone());
-    stats.active.fetch_add(1, Relaxed);
     stats.total.fetch_add(1, Relaxed);
     // A connection that arrives while shutting down is closed like the others, and so is one
     // whose backend was removed, disabled or set draining while its handshake was in flight
@@ -278,6 +279,7 @@ async fn establish(
         client_early,
         backend_early,
         stats,
+        counted: Some(counted),
         limits,
         session,
         id,
@@ -390,7 +392,7 @@ async fn open(
     let fwd = handshake::forward_head(&up, peer.ip(), if tls { "https" } else { "http" });
     let reached =
         upgrade::reach(state, ctx, &pool, session.as_deref(), bound.as_deref(), &up, peer, &fwd, hs_timeout).await;
-    let upgrade::Reached { idx, mut backend, mut resp, head: resp_len } = match reached {
+    let upgrade::Reached { idx, counted, mut backend, mut resp, head: resp_len } = match reached {
         Ok(r) => r,
         Err(r) => return reject_none(state, rec, client, r).await,
     };
@@ -429,6 +431,7 @@ async fn open(
         client_early: early,
         backend_early,
         stats,
+        counted,
         limits,
         session,
         pool: pool.pool.name.clone(),

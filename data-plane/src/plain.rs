@@ -37,6 +37,7 @@ use crate::connection::streams::ClientIo;
 use crate::connection::{handshake_timeout, Ctx};
 use crate::handshake::{self, Reject};
 use crate::state::ProxyState;
+use crate::stats::Counted;
 use crate::table::PoolTable;
 
 /// The response body sent to a client: the proxy's own short answer, or a backend's body on
@@ -229,18 +230,18 @@ struct Held {
     backend: usize,
     state: Arc<ProxyState>,
     session: Option<crate::affinity::LiveKey>,
+    /// Counted since the backend was picked, before its connection was taken or made.
+    _counted: Counted,
 }
 
 impl Held {
-    fn new(state: &Arc<ProxyState>, pool: &Arc<PoolTable>, backend: usize) -> Held {
-        pool.backends[backend].stats.active.fetch_add(1, Relaxed);
-        Held { pool: pool.clone(), backend, state: state.clone(), session: None }
+    fn new(state: &Arc<ProxyState>, pool: &Arc<PoolTable>, backend: usize, counted: Counted) -> Held {
+        Held { pool: pool.clone(), backend, state: state.clone(), session: None, _counted: counted }
     }
 }
 
 impl Drop for Held {
     fn drop(&mut self) {
-        self.pool.backends[self.backend].stats.active.fetch_sub(1, Relaxed);
         if let Some(k) = &self.session {
             self.state.affinity.unbind_live(k);
         }
@@ -423,9 +424,9 @@ async fn handle(
     };
     let entry = &pool.backends[idx];
     let address = entry.backend.address.as_str();
-    // Counted from here, and a session already bound to this backend kept live from here:
+    // Counted since it was picked; a session already bound to this backend kept live from here:
     // a long-poll is held by its backend before any response head comes.
-    let mut held = Held::new(state, &pool, idx);
+    let mut held = Held::new(state, &pool, idx, attempts.take());
     if let Some(k) = session.as_deref().filter(|_| bound.as_deref() == Some(address)) {
         held.session = Some(state.affinity.hold_live(&pool.pool.name, k, address));
     }

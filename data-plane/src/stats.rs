@@ -45,6 +45,32 @@ impl BackendStats {
     pub fn load(&self) -> u64 {
         self.active.load(Relaxed) + self.cluster_active.load(Relaxed)
     }
+
+    /// Counts a connection to this backend in `active` until the returned guard drops.
+    pub fn count(self: &Arc<Self>) -> Counted {
+        self.active.fetch_add(1, Relaxed);
+        Counted(self.clone())
+    }
+}
+
+/// One connection (or request) counted against its backend from the moment the backend was
+/// picked, as NGINX's `least_conn` counts: a burst of handshakes in flight together sees each
+/// other, so least connections and power of two choices spread it and
+/// `max_connections_per_backend` holds, where counting from the 101 sent the whole burst to
+/// the backend that looked idlest. A guard, so every way out (a failed attempt, a refusal, a
+/// panic in the relay) gives the count back.
+pub struct Counted(Arc<BackendStats>);
+
+impl Counted {
+    pub fn stats(&self) -> &Arc<BackendStats> {
+        &self.0
+    }
+}
+
+impl Drop for Counted {
+    fn drop(&mut self) {
+        self.0.active.fetch_sub(1, Relaxed);
+    }
 }
 
 /// All backends' stats, by (pool, address).

@@ -374,3 +374,81 @@ async fn handshake_gaps_are_closed_and_the_admin_port_is_bounded() {
     let n = tokio::time::timeout(Duration::from_secs(15), idle.read(&mut b)).await;
     assert!(matches!(n, Ok(Ok(0)) | Ok(Err(_))), "an idle admin connection is closed: {n:?}");
 }
+
+/// A backend that takes `delay` to answer each upgrade with its 101, then holds the
+/// connection until the proxy closes it.
+async fn slow_to_upgrade(delay: Duration) -> (String, tokio::task::JoinHandle<()>) {
+    let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = l.local_addr().unwrap().to_string();
+    let task = tokio::spawn(async move {
+        while let Ok((mut s, _)) = l.accept().await {
+            tokio::spawn(async move {
+                let (mut head, mut buf) = (Vec::new(), [0u8; 1024]);
+                while !head.windows(4).any(|w| w == b"\r\n\r\n") {
+                    match s.read(&mut buf).await {
+                        Ok(0) | Err(_) => return,
+                        Ok(n) => head.extend_from_slice(&buf[..n]),
+                    }
+                }
+                let text = String::from_utf8_lossy(&head).into_owned();
+                let key = text
+                    .lines()
+                    .find(|l| l.to_ascii_lowercase().starts_with("sec-websocket-key:"))
+                    .and_then(|l| l.split_once(':'))
+                    .map_or("", |(_, v)| v.trim());
+                let accept = tokio_tungstenite::tungstenite::handshake::derive_accept_key(key.as_bytes());
+                tokio::time::sleep(delay).await;
+                let answer = format!(
+                    "HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\
+                     Sec-WebSocket-Accept: {accept}\r\n\r\n"
+                );
+                let _ = s.write_all(answer.as_bytes()).await;
+                while matches!(s.read(&mut buf).await, Ok(n) if n > 0) {}
+            });
+        }
+    });
+    (addr, task)
+}
+
+/// A backend counts a connection from the moment it is picked, not from its 101: a burst of
+/// upgrades in flight together sees each other, so least connections spreads it and the
+/// per-backend cap holds (all six got 101 when the count began at the 101).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn upgrades_in_flight_count_against_their_backend() {
+    let _g = serial().await;
+    let cluster = Cluster::start(1, &[]).await;
+    let addr = cluster.nodes[&1].addr.clone();
+    let (one, t1) = slow_to_upgrade(Duration::from_millis(600)).await;
+    let (two, t2) = slow_to_upgrade(Duration::from_millis(600)).await;
+    let mut a = admin(&addr);
+    let pool = Pool {
+        name: "capped".into(),
+        algorithm: Algorithm::LeastConnections as i32,
+        max_connections_per_backend: 2,
+        ..Default::default()
+    };
+    a.create_pool(CreatePoolRequest { pool: Some(pool) }).await.unwrap();
+    for address in [&one, &two] {
+        let b = Backend { pool: "capped".into(), address: address.clone(), weight: 1, ..Default::default() };
+        a.add_backend(AddBackendRequest { backend: Some(b) }).await.unwrap();
+    }
+    let route = Route { name: "capped".into(), pool: "capped".into(), ..Default::default() };
+    let rev = a.set_route(SetRouteRequest { route: Some(route) }).await.unwrap().into_inner().revision;
+    let proxy = ProxyProcess::spawn(&cluster.endpoints(), &cluster.dir.path().join("proxy.cache"), "p1");
+    proxy.wait_revision(rev).await;
+
+    let burst = (0..6).map(|_| upgrade_status(&proxy.ws, "capped.example"));
+    let mut answers = futures::future::join_all(burst).await;
+    answers.sort();
+    let statuses: Vec<&str> = answers.iter().map(|a| a.split(' ').nth(1).unwrap_or("none")).collect();
+    assert_eq!(statuses, ["101", "101", "101", "101", "503", "503"], "{answers:?}");
+    // Every count was given back: the refused ones at once, the others as they closed.
+    eventually("the counts back at zero", Duration::from_secs(10), || async {
+        let s = proxy.status().await?;
+        let active: u64 = s["backends"].as_array()?.iter().map(|b| b["active"].as_u64().unwrap_or(0)).sum();
+        (active == 0).then_some(())
+    })
+    .await;
+    t1.abort();
+    t2.abort();
+}

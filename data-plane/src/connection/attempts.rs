@@ -8,6 +8,7 @@ use super::streams::{eject_locally, BackendFail};
 use super::Tuning;
 use crate::handshake::{Reject, Upgrade};
 use crate::state::ProxyState;
+use crate::stats::Counted;
 use crate::table::PoolTable;
 
 pub(crate) struct Attempts<'a> {
@@ -20,6 +21,8 @@ pub(crate) struct Attempts<'a> {
     failed: Vec<usize>,
     /// A backend failed TLS (its certificate did not verify, say): running out is then 502.
     tls_failed: bool,
+    /// The backend being tried, counted against it until it fails or is taken.
+    trying: Option<Counted>,
 }
 
 impl<'a> Attempts<'a> {
@@ -30,11 +33,13 @@ impl<'a> Attempts<'a> {
         session: Option<&'a str>,
         bound: Option<&'a str>,
     ) -> Self {
-        Attempts { state, pool, tuning, session, bound, failed: Vec::new(), tls_failed: false }
+        Attempts { state, pool, tuning, session, bound, failed: Vec::new(), tls_failed: false, trying: None }
     }
 
-    /// The next backend to try (its index in the pool), or the answer once none is left.
-    pub(crate) fn next(&self, up: &Upgrade, client: IpAddr) -> Result<usize, Reject> {
+    /// The next backend to try (its index in the pool), or the answer once none is left. It
+    /// counts as a connection to that backend from here (see [`Counted`]).
+    pub(crate) fn next(&mut self, up: &Upgrade, client: IpAddr) -> Result<usize, Reject> {
+        self.trying = None;
         if self.failed.len() >= self.tuning.max_attempts {
             return Err(self.none_left());
         }
@@ -43,13 +48,21 @@ impl<'a> Attempts<'a> {
             Some(k) => self.pool.pick_session(k, self.bound, now, &self.failed).map(|(i, _)| i),
             None => self.pool.pick(up, client, now, &self.failed),
         };
-        choice.ok_or_else(|| self.none_left())
+        let i = choice.ok_or_else(|| self.none_left())?;
+        self.trying = Some(self.pool.backends[i].stats.count());
+        Ok(i)
+    }
+
+    /// The count of the backend [`next`](Self::next) gave, for the connection that uses it.
+    pub(crate) fn take(mut self) -> Counted {
+        self.trying.take().expect("taken after next gave a backend")
     }
 
     /// Backend `i` could not be used: it is ejected by this proxy and not tried again for this
     /// request. `Err` when the shortage is the proxy's own (out of descriptors, say): no other
     /// backend would do better.
     pub(crate) fn failed(&mut self, i: usize, why: &BackendFail) -> Result<(), Reject> {
+        self.trying = None;
         self.tls_failed |= matches!(why, BackendFail::Tls(_));
         eject_locally(self.state, &self.pool.backends[i], &self.pool.pool.name, self.tuning, why);
         if let BackendFail::Local(_) = why {

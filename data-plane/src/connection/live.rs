@@ -1,7 +1,6 @@
 //! An established WebSocket connection: what relaying it needs, and what is recorded when
 //! it ends.
 
-use std::sync::atomic::Ordering::Relaxed;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -16,6 +15,8 @@ pub(super) struct Live {
     pub(super) client_early: Vec<u8>,
     pub(super) backend_early: Vec<u8>,
     pub(super) stats: Arc<crate::stats::BackendStats>,
+    /// Counted against the backend until the relay ends (not through the linger after it).
+    pub(super) counted: Option<crate::stats::Counted>,
     pub(super) limits: Limits,
     pub(super) session: Option<(String, String, String)>,
     pub(super) id: u64,
@@ -32,6 +33,13 @@ impl Live {
         async move {
             // In a block of its own, so that what it leaves is not kept beside the linger below.
             let client_open = {
+                let held = Held {
+                    _counted: self.counted.take(),
+                    stats: &self.stats,
+                    id: self.id,
+                    session: &self.session,
+                    state,
+                };
                 let done = relay::relay(
                     &self.client,
                     &self.backend,
@@ -43,11 +51,7 @@ impl Live {
                 )
                 .await;
                 tracing::debug!(?done, "connection ended");
-                self.stats.active.fetch_sub(1, Relaxed);
-                self.stats.unregister(self.id);
-                if let Some(k) = &self.session {
-                    state.affinity.unbind_live(k);
-                }
+                drop(held);
                 if let (Some(log), Some(mut r)) = (state.runtime.access_log.get(), self.rec.take()) {
                     r.status = 101;
                     r.handshake = self.handshake;
@@ -63,6 +67,27 @@ impl Live {
                 // The backend has hung up already; its socket goes with the client's.
                 self.client.linger(relay::CLOSE_LINGER).await;
             }
+        }
+    }
+}
+
+/// What a relayed connection holds of its backend: its count, its place among the backend's
+/// connections (for drains and removals) and its live session binding. Given back when the
+/// relay ends, and by a relay that panicked too (tokio keeps the process; its task's state
+/// is dropped), which would otherwise count against the backend for good.
+struct Held<'a> {
+    _counted: Option<crate::stats::Counted>,
+    stats: &'a crate::stats::BackendStats,
+    id: u64,
+    session: &'a Option<(String, String, String)>,
+    state: &'a ProxyState,
+}
+
+impl Drop for Held<'_> {
+    fn drop(&mut self) {
+        self.stats.unregister(self.id);
+        if let Some(k) = self.session {
+            self.state.affinity.unbind_live(k);
         }
     }
 }

@@ -24,6 +24,8 @@ use crate::table::PoolTable;
 /// sent (its answer's head is `resp[..head]`; any bytes after are its first frames).
 pub(super) struct Reached {
     pub idx: usize,
+    /// Counted against the backend since it was picked.
+    pub counted: crate::stats::Counted,
     pub backend: BackendIo,
     pub resp: Vec<u8>,
     pub head: usize,
@@ -70,7 +72,7 @@ pub(super) async fn reach(
         let given = deadline.saturating_duration_since(tokio::time::Instant::now());
         let asked = tokio::time::timeout_at(deadline, ask(&mut backend, fwd, &mut resp)).await;
         let why = match asked {
-            Ok(Ok(head)) => return Ok(Reached { idx: i, backend, resp, head }),
+            Ok(Ok(head)) => return Ok(Reached { idx: i, counted: attempts.take(), backend, resp, head }),
             Ok(Err(Failed::Unanswered(why))) => why,
             Ok(Err(Failed::Invalid)) => {
                 eject_locally(state, b, &pool.pool.name, tuning, &BackendFail::Upgrade("an invalid answer"));
