@@ -92,6 +92,7 @@ fn pump<'a>(
     async move {
         let _finished = Finished(sh);
         let mut d = Direction::new(side, *limits);
+        let mut input_failed = false;
         // The loop, in a block of its own so that its `?`s still leave the flow to report.
         let r: std::io::Result<()> = async {
             let d = &mut d;
@@ -185,6 +186,7 @@ fn pump<'a>(
                                 // other side is told so (1001), not just dropped.
                                 drop(b);
                                 Box::pin(d.on_eof(to, sh)).await;
+                                input_failed = true;
                                 return Err(e);
                             }
                         }
@@ -203,6 +205,12 @@ fn pump<'a>(
             }
         }
         .await;
+        if r.is_err() && !input_failed {
+            // This output failed (its peer left it unread for the stall bound, or its socket
+            // broke): the other peer hears 1001 from the other direction at its next frame
+            // boundary, not a bare FIN.
+            sh.request_close(CLOSE_GOING_AWAY, CLOSE_GOING_AWAY, End::Error, Why::PeerLost);
+        }
         (r, d.flow())
     }
 }

@@ -12,7 +12,7 @@ use super::stream::Stream;
 use tokio::time::Instant;
 
 use super::io::{shutdown_write, try_write, unfinished, write_frame, write_rest};
-use super::limits::{End, Flow, Limits, Side, Why, CLOSE_LINGER};
+use super::limits::{End, Flow, Limits, Side, Why, CLOSE_LINGER, PEER_CLOSING};
 use super::shared::Shared;
 use crate::frame::{self, Tracker, Violation, CLOSE_GOING_AWAY, CLOSE_PROTOCOL_ERROR, CLOSE_TOO_BIG};
 use crate::stats::BackendStats;
@@ -27,6 +27,8 @@ pub enum Event {
     Closing,
     /// The other direction ended `CLOSE_LINGER` ago.
     OtherEnded,
+    /// A peer's Close went by `PEER_CLOSING` ago and the closing handshake has not ended.
+    PeerClosing,
     /// No traffic either way for the idle timeout (watched by the client output).
     Idle,
     /// A whole ping interval passed after our ping without a word from the client.
@@ -137,7 +139,7 @@ impl Direction {
     /// When each event falls due (`None`: not pending), in precedence order. Activity only
     /// moves these later, so a timer armed with an earlier value fires early, finds nothing
     /// due, and is re-armed.
-    fn schedule(&self, sh: &Shared) -> [(Event, Option<Instant>); 5] {
+    fn schedule(&self, sh: &Shared) -> [(Event, Option<Instant>); 6] {
         let close = sh.close();
         // Idle and ping are the client output's, and stop once a close is decided.
         let watch = self.side == Side::ToClient && close.is_none();
@@ -156,6 +158,7 @@ impl Direction {
         [
             (Event::Closing, close.map(|c| c.at + CLOSE_LINGER)),
             (Event::OtherEnded, sh.finished_at().map(|f| f + CLOSE_LINGER)),
+            (Event::PeerClosing, sh.close_seen_at().map(|c| c + PEER_CLOSING)),
             (Event::Idle, idle),
             (Event::DeadClient, dead),
             (Event::PingDue, ping),
@@ -177,12 +180,15 @@ impl Direction {
         match self.due(now, sh) {
             None => TimerAction::Wait,
             Some(Event::Closing) if self.owes_held_close(sh) => TimerAction::CloseAndFinish,
-            Some(Event::Closing | Event::OtherEnded) => TimerAction::Finish,
+            Some(Event::Closing | Event::OtherEnded | Event::PeerClosing) => TimerAction::Finish,
             Some(Event::Idle) => {
                 sh.request_close(CLOSE_GOING_AWAY, CLOSE_GOING_AWAY, End::Proxy(CLOSE_GOING_AWAY), Why::Idle);
                 TimerAction::Wait
             }
             Some(Event::DeadClient) => {
+                // The backend hears the client is gone (1001, from the other direction at its
+                // next frame boundary), not a bare FIN.
+                sh.request_close(CLOSE_GOING_AWAY, CLOSE_GOING_AWAY, End::DeadClient, Why::PeerLost);
                 sh.set_end(End::DeadClient);
                 TimerAction::Finish
             }
@@ -300,7 +306,7 @@ impl Direction {
         self.bytes += ok_len as u64;
         if !had_close && self.t.saw_close {
             sh.peer_ended(self.side);
-            sh.close_came(self.side);
+            sh.close_came(self.side, Instant::now());
             if !self.swallowed {
                 sh.close_went(self.side);
             }

@@ -10,6 +10,11 @@ pub const CLOSE_LINGER: Duration = Duration::from_secs(2);
 #[cfg(test)]
 pub const CLOSE_LINGER: Duration = Duration::from_millis(300);
 
+/// After a peer's Close went by, how long the closing handshake may take before the proxy
+/// ends the connection: a peer that neither answers a Close nor closes its socket would
+/// otherwise hold it for good when no idle timeout is set (pings stop at a Close).
+pub const PEER_CLOSING: Duration = CLOSE_LINGER.saturating_mul(5);
+
 #[derive(Clone, Copy, Debug)]
 pub struct Limits {
     pub max_message: u64,
@@ -39,6 +44,9 @@ pub enum Why {
     TooBig,
     /// A peer broke RFC 6455; `Side` is the output its frames were headed for.
     Protocol(Side),
+    /// One peer is lost (it stopped answering pings or reading, or its socket failed): the
+    /// other hears the proxy is going away.
+    PeerLost,
 }
 
 /// What went one way through a relayed connection.

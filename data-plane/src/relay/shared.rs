@@ -56,6 +56,8 @@ pub struct Shared {
     /// Which Close frames went by, and whether both sockets are plain (see
     /// [`Self::closed_for`]).
     closes: AtomicU8,
+    /// When the first peer's Close went by, as nanoseconds since `base` plus one (0: none).
+    close_seen_ns: AtomicU64,
     /// The relay ended on the closing handshake with the client's socket still open for
     /// reading: it is to be closed by lingering (see [`super::Stream::linger`]).
     client_open: AtomicBool,
@@ -90,6 +92,7 @@ impl Shared {
             why: Slot::new(None),
             first: Slot::new(None),
             closes: AtomicU8::new(0),
+            close_seen_ns: AtomicU64::new(0),
             client_open: AtomicBool::new(false),
         }
     }
@@ -108,9 +111,19 @@ impl Shared {
         self.client_open.load(Relaxed)
     }
 
-    /// The peer feeding `side` sent its Close frame.
-    pub fn close_came(&self, side: Side) {
+    /// The peer feeding `side` sent its Close frame (at `now`).
+    pub fn close_came(&self, side: Side, now: Instant) {
         self.closes.fetch_or(came_from(side), Relaxed);
+        let ns = now.saturating_duration_since(self.base).as_nanos() as u64 + 1;
+        let _ = self.close_seen_ns.compare_exchange(0, ns, Relaxed, Relaxed);
+    }
+
+    /// When the first peer's Close went by, if one did.
+    pub fn close_seen_at(&self) -> Option<Instant> {
+        match self.close_seen_ns.load(Relaxed) {
+            0 => None,
+            ns => Some(self.base + Duration::from_nanos(ns - 1)),
+        }
     }
 
     /// A Close frame (the other peer's, or the proxy's own) went out to `side`'s peer.

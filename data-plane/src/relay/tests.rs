@@ -8,7 +8,7 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::time::timeout;
 
-use super::limits::CLOSE_LINGER;
+use super::limits::{CLOSE_LINGER, PEER_CLOSING};
 use super::*;
 use crate::frame::{close_frame, control_frame, OP_BINARY, OP_CLOSE, OP_PING, OP_PONG, OP_TEXT};
 
@@ -256,8 +256,47 @@ async fn a_client_that_never_answers_pings_is_cut_off() {
     let start = Instant::now();
     let ping = r.client.frame().await;
     assert_eq!(ping, Frame { opcode: OP_PING, masked: false, payload: b"sy".to_vec() });
-    assert_eq!(r.end().await, End::DeadClient);
+    // The backend hears the client is gone, with a Close rather than a bare end of stream.
+    let to_backend = r.backend.frame().await;
+    assert!(to_backend.masked && to_backend.close_code() == 1001, "{to_backend:?}");
     assert!(start.elapsed() >= Duration::from_millis(200), "cut off after {:?}", start.elapsed());
+    assert_eq!(r.end().await, End::DeadClient);
+}
+
+#[tokio::test]
+async fn a_client_that_stops_reading_is_let_go_and_the_backend_hears_1001() {
+    // The stall bound is a second at least; an idle timeout of one makes it that.
+    let limits = Limits { idle_timeout: Some(Duration::from_secs(1)), ..NO_LIMITS };
+    let mut r = Rig::start(limits).await;
+    // The client never reads: the backend's messages fill the socket buffers, then the write
+    // to the client waits out the bound.
+    let msg = data(OP_BINARY, &[5; 16 * 1024], None);
+    let backend = &mut r.backend;
+    let flood = async {
+        loop {
+            if timeout(Duration::from_millis(200), backend.s.write_all(&msg)).await.is_err() {
+                return;
+            }
+        }
+    };
+    timeout(Duration::from_secs(30), flood).await.expect("the buffers filled");
+    let to_backend = timeout(Duration::from_secs(5), r.backend.frame()).await.expect("a Close for the backend");
+    assert!(to_backend.masked && to_backend.close_code() == 1001, "{to_backend:?}");
+    assert_eq!(timeout(Duration::from_secs(5), &mut r.relay).await.expect("ended").unwrap().end, End::Error);
+}
+
+#[tokio::test]
+async fn a_closing_handshake_a_peer_never_finishes_is_ended() {
+    // No idle timeout and no pings: nothing else would end it.
+    let mut r = Rig::start(NO_LIMITS).await;
+    let start = Instant::now();
+    r.backend.send(&close_frame(1000, "", None)).await;
+    assert_eq!(r.client.frame().await.close_code(), 1000);
+    // The client neither answers nor closes its socket.
+    let done = timeout(PEER_CLOSING + WAIT, &mut r.relay).await.expect("the relay ended").unwrap();
+    assert!(start.elapsed() >= PEER_CLOSING, "ended after {:?}", start.elapsed());
+    assert_eq!(done.first, Some(Side::ToClient), "the backend closed first");
+    r.client.eof().await;
 }
 
 #[tokio::test]
