@@ -163,6 +163,7 @@ pub(crate) fn relay_limits(s: &switchyard_proto::v1::Settings) -> Limits {
         max_message: if s.max_message_bytes > 0 { s.max_message_bytes } else { 16 << 20 },
         idle_timeout: (s.idle_timeout_ms > 0).then(|| Duration::from_millis(s.idle_timeout_ms)),
         ping_interval: (s.ping_interval_ms > 0).then(|| Duration::from_millis(s.ping_interval_ms)),
+        extensions: false,
     }
 }
 
@@ -401,7 +402,10 @@ async fn open(
     if let Some(r) = rec {
         r.backend = Some(entry.backend.address.clone());
     }
-    let status = handshake::response_status(&resp[..resp_len]);
+    let (status, extensions) = match handshake::response_head(&resp[..resp_len]) {
+        Some((code, ext)) => (Some(code), ext),
+        None => (None, false),
+    };
     if status != Some(101) {
         // The backend said no: its answer is the client's answer.
         state.runtime.count_failure("backend_refused");
@@ -422,7 +426,7 @@ async fn open(
         return Opened::Done;
     }
     drop(resp);
-    let limits = relay_limits(&s);
+    let limits = Limits { extensions, ..relay_limits(&s) };
     let session = session.map(|k| state.affinity.bind_live(&pool.pool.name, &k, &entry.backend.address));
     // Bytes the client sent behind its head go through the relay, which tracks their frames.
     Opened::Ws(Established {

@@ -58,6 +58,9 @@ pub struct Tracker {
     pub messages: u64,
     /// A Close frame has gone by: the stream ends there.
     pub saw_close: bool,
+    /// An extension was agreed in the handshake: the RSV bits are its to use (permessage-deflate
+    /// sets RSV1), and they pass through unjudged. Without one they must be clear (RFC 6455 5.2).
+    extensions: bool,
     /// Where in the last fed chunk the Close frame began, when it began in that chunk.
     pub close_start: Option<usize>,
     /// A frame that began in an earlier chunk (so partly passed on) broke a rule at its end:
@@ -105,10 +108,17 @@ impl Tracker {
             max_message,
             messages: 0,
             saw_close: false,
+            extensions: false,
             close_start: None,
             broken: false,
             spoke: false,
         }
+    }
+
+    /// Whether an extension was agreed, so RSV bits may be set (see the field).
+    pub fn with_extensions(mut self, agreed: bool) -> Tracker {
+        self.extensions = agreed;
+        self
     }
 
     /// The status code of the Close that went by (1005, "no status", for one without a code).
@@ -191,8 +201,11 @@ impl Tracker {
     fn parse_header(&mut self) -> Result<(), Violation> {
         let h = &self.hdr;
         let fin = h[0] & 0x80 != 0;
-        // RSV bits belong to negotiated extensions (permessage-deflate sets RSV1); the proxy
-        // passes extensions through, so it does not judge them.
+        // RSV bits belong to agreed extensions; the proxy passes extensions through, so it
+        // judges the bits only when there is none.
+        if h[0] & 0x70 != 0 && !self.extensions {
+            return Err(Violation::Protocol("reserved bits set with no extension agreed"));
+        }
         let opcode = h[0] & 0x0f;
         let masked = h[1] & 0x80 != 0;
         if masked != (self.from == Peer::Client) {
@@ -415,6 +428,18 @@ mod tests {
         assert!(t.feed(&frame(true, OP_PING, 126, false)).is_err());
         let mut t = Tracker::new(1 << 20, Peer::Server);
         assert!(t.feed(&frame(true, 0x3, 1, false)).is_err());
+    }
+
+    #[test]
+    fn reserved_bits_are_an_agreed_extensions_only() {
+        for rsv in [0x40, 0x20, 0x10] {
+            let mut f = frame(true, OP_TEXT, 5, true);
+            f[0] |= rsv;
+            let mut none = Tracker::new(1 << 20, Peer::Client);
+            assert_eq!(none.feed(&f), Err((0, Violation::Protocol("reserved bits set with no extension agreed"))));
+            let mut agreed = Tracker::new(1 << 20, Peer::Client).with_extensions(true);
+            assert_eq!(agreed.feed(&f), Ok(f.len()), "permessage-deflate's compressed frames, say");
+        }
     }
 
     #[test]

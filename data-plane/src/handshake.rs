@@ -400,11 +400,23 @@ pub fn add_header(head: &mut Vec<u8>, line: &[u8]) {
 
 /// The status code of a complete response head.
 pub fn response_status(head: &[u8]) -> Option<u16> {
+    response_head(head).map(|(code, _)| code)
+}
+
+/// The status code of a complete response head, and whether it agrees a WebSocket extension
+/// (a non-empty `Sec-WebSocket-Extensions`).
+pub fn response_head(head: &[u8]) -> Option<(u16, bool)> {
     let lines = head.iter().filter(|b| **b == b'\n').count();
     let (mut stack, mut heap) = ([httparse::EMPTY_HEADER; STACK_HEADERS], Vec::new());
     let mut resp = httparse::Response::new(header_room(lines, &mut stack, &mut heap));
     match resp.parse(head) {
-        Ok(httparse::Status::Complete(_)) => resp.code,
+        Ok(httparse::Status::Complete(_)) => {
+            let extensions = resp
+                .headers
+                .iter()
+                .any(|h| h.name.eq_ignore_ascii_case("sec-websocket-extensions") && !h.value.trim_ascii().is_empty());
+            Some((resp.code?, extensions))
+        }
         _ => None,
     }
 }

@@ -378,6 +378,12 @@ async fn handshake_gaps_are_closed_and_the_admin_port_is_bounded() {
 /// A backend that takes `delay` to answer each upgrade with its 101, then holds the
 /// connection until the proxy closes it.
 async fn slow_to_upgrade(delay: Duration) -> (String, tokio::task::JoinHandle<()>) {
+    upgrading_backend(delay, None).await
+}
+
+/// A backend that answers each upgrade after `delay`, agreeing `extension` if given, then
+/// sends every frame it gets back unmasked, its first byte (FIN, RSV bits, opcode) kept.
+async fn upgrading_backend(delay: Duration, extension: Option<&'static str>) -> (String, tokio::task::JoinHandle<()>) {
     let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = l.local_addr().unwrap().to_string();
     let task = tokio::spawn(async move {
@@ -398,12 +404,27 @@ async fn slow_to_upgrade(delay: Duration) -> (String, tokio::task::JoinHandle<()
                     .map_or("", |(_, v)| v.trim());
                 let accept = tokio_tungstenite::tungstenite::handshake::derive_accept_key(key.as_bytes());
                 tokio::time::sleep(delay).await;
+                let agreed = extension.map_or(String::new(), |e| format!("Sec-WebSocket-Extensions: {e}\r\n"));
                 let answer = format!(
                     "HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\
-                     Sec-WebSocket-Accept: {accept}\r\n\r\n"
+                     Sec-WebSocket-Accept: {accept}\r\n{agreed}\r\n"
                 );
                 let _ = s.write_all(answer.as_bytes()).await;
-                while matches!(s.read(&mut buf).await, Ok(n) if n > 0) {}
+                // Short masked frames (payload under 126 bytes) back as the server sends them.
+                let mut got = Vec::new();
+                while let Ok(n @ 1..) = s.read(&mut buf).await {
+                    got.extend_from_slice(&buf[..n]);
+                    while got.len() >= 6 && got.len() >= 6 + (got[1] & 0x7f) as usize {
+                        let len = (got[1] & 0x7f) as usize;
+                        let key = [got[2], got[3], got[4], got[5]];
+                        let mut back = vec![got[0], len as u8];
+                        back.extend(got[6..6 + len].iter().enumerate().map(|(i, b)| b ^ key[i % 4]));
+                        got.drain(..6 + len);
+                        if s.write_all(&back).await.is_err() {
+                            return;
+                        }
+                    }
+                }
             });
         }
     });
@@ -449,6 +470,67 @@ async fn upgrades_in_flight_count_against_their_backend() {
         (active == 0).then_some(())
     })
     .await;
+    t1.abort();
+    t2.abort();
+}
+
+/// Frames with RSV bits pass when the backend agreed an extension (permessage-deflate sets
+/// RSV1 on every compressed message: browsers offer it on every connection), and are refused
+/// with 1002 when it did not.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn reserved_bits_pass_when_the_backend_agreed_an_extension() {
+    let _g = serial().await;
+    let cluster = Cluster::start(1, &[]).await;
+    let addr = cluster.nodes[&1].addr.clone();
+    let (deflate, t1) = upgrading_backend(Duration::ZERO, Some("permessage-deflate")).await;
+    let (plain, t2) = upgrading_backend(Duration::ZERO, None).await;
+    let mut a = admin(&addr);
+    let mut rev = 0;
+    for (name, backend) in [("deflate", &deflate), ("plain", &plain)] {
+        a.create_pool(CreatePoolRequest { pool: Some(Pool { name: name.into(), ..Default::default() }) })
+            .await
+            .unwrap();
+        let b = Backend { pool: name.into(), address: backend.clone(), weight: 1, ..Default::default() };
+        a.add_backend(AddBackendRequest { backend: Some(b) }).await.unwrap();
+        let route =
+            Route { name: name.into(), host: format!("{name}.example"), pool: name.into(), ..Default::default() };
+        rev = a.set_route(SetRouteRequest { route: Some(route) }).await.unwrap().into_inner().revision;
+    }
+    let proxy = ProxyProcess::spawn(&cluster.endpoints(), &cluster.dir.path().join("proxy.cache"), "p1");
+    proxy.wait_revision(rev).await;
+
+    let mut compressed = vec![0x80 | 0x40 | 0x1, 0x80 | 4, 1, 2, 3, 4];
+    compressed.extend(b"zzzz".iter().enumerate().map(|(i, b)| b ^ (i as u8 + 1)));
+    for (host, want) in [("deflate.example", vec![0xc1, 4, b'z', b'z', b'z', b'z']), ("plain.example", vec![])] {
+        let mut c = tokio::net::TcpStream::connect(&proxy.ws).await.unwrap();
+        let head = format!(
+            "GET / HTTP/1.1\r\nHost: {host}\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\
+             Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\
+             Sec-WebSocket-Extensions: permessage-deflate\r\n\r\n"
+        );
+        c.write_all(head.as_bytes()).await.unwrap();
+        c.write_all(&compressed).await.unwrap();
+        let mut out = Vec::new();
+        let mut buf = [0u8; 1024];
+        let _ = tokio::time::timeout(Duration::from_secs(5), async {
+            while let Ok(n @ 1..) = c.read(&mut buf).await {
+                out.extend_from_slice(&buf[..n]);
+                if out.windows(4).position(|w| w == b"\r\n\r\n").is_some_and(|at| out.len() >= at + 4 + 4) {
+                    break;
+                }
+            }
+        })
+        .await;
+        let end = out.windows(4).position(|w| w == b"\r\n\r\n").expect("a 101") + 4;
+        assert!(out.starts_with(b"HTTP/1.1 101"), "{}", String::from_utf8_lossy(&out));
+        let frames = &out[end..];
+        if want.is_empty() {
+            // The proxy's Close 1002: the frame broke the protocol with no extension agreed.
+            assert!(frames.starts_with(&[0x88, 2, 0x03, 0xea]), "{frames:?}");
+        } else {
+            assert!(frames.starts_with(&want), "the compressed frame came back, RSV1 kept: {frames:?}");
+        }
+    }
     t1.abort();
     t2.abort();
 }

@@ -45,6 +45,11 @@ fn error_responses_are_http() {
     assert!(r.starts_with("HTTP/1.1 503 Service Unavailable\r\n"));
     assert!(r.contains("Retry-After: 3\r\n"));
     assert_eq!(response_status(r.as_bytes()), Some(503));
+    let agreed = "HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nSec-WebSocket-Extensions: \
+                  permessage-deflate; client_max_window_bits=15\r\n\r\n";
+    assert_eq!(response_head(agreed.as_bytes()), Some((101, true)));
+    let empty = "HTTP/1.1 101 Switching Protocols\r\nSec-WebSocket-Extensions:  \r\n\r\n";
+    assert_eq!(response_head(empty.as_bytes()), Some((101, false)));
 }
 
 fn refused(head: &str) -> Reject {

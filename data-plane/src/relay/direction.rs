@@ -103,7 +103,7 @@ impl Direction {
     pub fn new(side: Side, limits: Limits) -> Direction {
         Direction {
             side,
-            t: Tracker::new(limits.max_message, sender(side)),
+            t: Tracker::new(limits.max_message, sender(side)).with_extensions(limits.extensions),
             idle_timeout: limits.idle_timeout,
             ping_interval: limits.ping_interval,
             stall: write_stall(limits),
@@ -392,7 +392,8 @@ impl Direction {
         // just ends).
         if at_boundary {
             let messages = self.t.messages;
-            self.t = Tracker::new(u64::MAX, sender(self.side));
+            // Only following frames now, not judging them.
+            self.t = Tracker::new(u64::MAX, sender(self.side)).with_extensions(true);
             self.t.messages = messages;
         }
     }

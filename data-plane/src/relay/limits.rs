@@ -20,6 +20,9 @@ pub struct Limits {
     pub max_message: u64,
     pub idle_timeout: Option<Duration>,
     pub ping_interval: Option<Duration>,
+    /// The backend's 101 agreed an extension (`Sec-WebSocket-Extensions`): frames may carry
+    /// RSV bits.
+    pub extensions: bool,
 }
 
 /// How a relayed connection ended.

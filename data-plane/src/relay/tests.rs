@@ -18,7 +18,7 @@ const WAIT: Duration = Duration::from_secs(2);
 const QUIET: Duration = Duration::from_millis(250);
 const MASK: [u8; 4] = [1, 2, 3, 4];
 
-const NO_LIMITS: Limits = Limits { max_message: 1 << 20, idle_timeout: None, ping_interval: None };
+const NO_LIMITS: Limits = Limits { max_message: 1 << 20, idle_timeout: None, ping_interval: None, extensions: false };
 
 /// A frame as the far end reads it, payload unmasked.
 #[derive(Debug, PartialEq)]
@@ -486,4 +486,20 @@ async fn lingering_ends_when_the_peer_closes_its_side() {
     assert_eq!(timeout(WAIT, peer.read(&mut b)).await.expect("our FIN").unwrap(), 0);
     peer.shutdown().await.unwrap();
     timeout(WAIT, linger).await.expect("lingering ended with the peer's FIN, not its bound").unwrap();
+}
+
+/// RSV bits are the agreed extensions' (permessage-deflate sets RSV1 on compressed messages);
+/// with none agreed, a frame carrying one breaks the protocol and is not passed on.
+#[tokio::test]
+async fn reserved_bits_pass_only_when_an_extension_was_agreed() {
+    let mut compressed = data(OP_TEXT, b"deflated", Some(MASK));
+    compressed[0] |= 0x40;
+    let mut r = Rig::start(Limits { extensions: true, ..NO_LIMITS }).await;
+    r.client.send(&compressed).await;
+    assert_eq!(r.backend.bytes(compressed.len()).await, compressed, "passed through untouched");
+
+    let mut r = Rig::start(NO_LIMITS).await;
+    r.client.send(&compressed).await;
+    assert_eq!(r.client.frame().await.close_code(), 1002, "the client hears why");
+    assert_eq!(r.backend.frame().await.close_code(), 1001, "the backend got the Close, not the frame");
 }

@@ -9,6 +9,7 @@ fn client_output(idle: Option<u64>, ping: Option<u64>) -> (Direction, Shared, In
         max_message: 1 << 20,
         idle_timeout: idle.map(Duration::from_secs),
         ping_interval: ping.map(Duration::from_secs),
+        extensions: false,
     };
     let t0 = Instant::now();
     (Direction::new(Side::ToClient, limits), Shared::new(t0), t0)
@@ -32,7 +33,7 @@ fn the_deadline_is_the_earliest_event_and_activity_moves_it() {
 
 #[test]
 fn the_backend_output_waits_only_on_closing() {
-    let limits = Limits { max_message: 1, idle_timeout: Some(S), ping_interval: Some(S) };
+    let limits = Limits { max_message: 1, idle_timeout: Some(S), ping_interval: Some(S), extensions: false };
     let t0 = Instant::now();
     let (d, sh) = (Direction::new(Side::ToBackend, limits), Shared::new(t0));
     assert_eq!(d.deadline(&sh), None);
