@@ -8,7 +8,7 @@ use serde::Deserialize;
 use switchyard_model::grpc::ClientTls;
 use switchyard_model::tls::{Role, TlsFiles};
 
-use crate::connection::Tuning;
+use crate::handling::Tuning;
 
 #[derive(Debug, Default, clap::Parser)]
 #[command(name = "switchyard-proxy", version = switchyard_model::version::protocol_line(), about = "Switchyard WebSocket proxy")]

@@ -13,6 +13,7 @@ pub mod drain;
 pub mod edge_auth;
 pub mod fds;
 pub mod frame;
+pub mod handling;
 pub mod handshake;
 mod hash;
 pub mod plain;
@@ -156,7 +157,7 @@ impl Proxy {
         if let Some(r) = &resolver {
             tls::reload::spawn(r.clone(), tls.wss_certs.clone(), state.clone());
         }
-        let ctx = Arc::new(connection::Ctx { tuning: cfg.tuning, wss: resolver.map(tls::server_config), backend_tls });
+        let ctx = Arc::new(handling::Ctx { tuning: cfg.tuning, wss: resolver.map(tls::server_config), backend_tls });
         let listeners = [(listener, false), (wss, true)]
             .into_iter()
             .filter_map(|(l, tls)| l.map(|listener| connection::Listen { listener, tls }))

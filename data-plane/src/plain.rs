@@ -32,9 +32,9 @@ use self::bodies::{Counts, Limited, Relayed};
 use self::client::{Activity, Busy, Prefixed};
 use self::headers::{strip_hop_by_hop, Forwarding};
 use crate::access_log;
-use crate::connection::attempts::Attempts;
-use crate::connection::streams::ClientIo;
-use crate::connection::{handshake_timeout, Ctx};
+use crate::handling::attempts::Attempts;
+use crate::handling::streams::ClientIo;
+use crate::handling::{handshake_timeout, relay_limits, session_key, Ctx};
 use crate::handshake::{self, Reject};
 use crate::state::ProxyState;
 use crate::stats::Counted;
@@ -67,7 +67,7 @@ pub async fn serve(
     let head_timeout = handshake_timeout(&table.settings);
     // How long a client may leave a response unread: the relay's bound for a peer that stops
     // reading (60 s, or sooner by the idle timeout or pings).
-    let stall = crate::relay::write_stall(crate::connection::relay_limits(&table.settings));
+    let stall = crate::relay::write_stall(relay_limits(&table.settings));
     let max_header = match table.settings.max_header_bytes {
         0 => 16 * 1024,
         n => n as usize,
@@ -394,7 +394,7 @@ async fn handle(
     }
 
     // Session affinity, exactly as for a WebSocket handshake.
-    let (raw, set_cookie) = crate::connection::session_key(pool.affinity_key.as_ref(), &up, peer.ip());
+    let (raw, set_cookie) = session_key(pool.affinity_key.as_ref(), &up, peer.ip());
     let session = raw.and_then(|k| table.affinity_secret.hash(k.as_bytes()));
     if let Some(r) = &mut rec.1 {
         r.session = session.clone();

@@ -1,4 +1,5 @@
 use super::*;
+use crate::handling::Tuning;
 
 #[tokio::test]
 async fn accepting_waits_for_a_config_but_not_past_the_limit() {

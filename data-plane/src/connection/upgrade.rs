@@ -13,9 +13,10 @@ use std::net::SocketAddr;
 
 use tokio::io::AsyncWriteExt;
 
-use super::attempts::Attempts;
-use super::streams::{connect_backend, BackendFail, BackendIo};
-use super::{eject_locally, read_head, Ctx, MAX_RESPONSE_HEAD};
+use super::{read_head, MAX_RESPONSE_HEAD};
+use crate::handling::attempts::Attempts;
+use crate::handling::streams::{connect_backend, eject_locally, BackendFail, BackendIo};
+use crate::handling::Ctx;
 use crate::handshake::{self, Reject, Upgrade};
 use crate::state::ProxyState;
 use crate::table::PoolTable;

@@ -13,8 +13,8 @@ use hyper::client::conn::http1::{self, SendRequest};
 use hyper_util::rt::TokioIo;
 
 use super::bodies::ReqBody;
-use crate::connection::streams::{connect_backend, BackendFail};
-use crate::connection::Ctx;
+use crate::handling::streams::{connect_backend, BackendFail};
+use crate::handling::Ctx;
 use crate::state::ProxyState;
 use crate::tls::PoolTls;
 

@@ -10,7 +10,7 @@ use std::time::Duration;
 use hyper::body::Bytes;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 
-use crate::connection::streams::{ClientIo, Linger};
+use crate::handling::streams::{ClientIo, Linger};
 
 /// Whether a plain HTTP connection has a request in flight, and when its last one ended: the
 /// connection's one timer reads it when it fires. A connection with no request in flight has
@@ -191,7 +191,7 @@ impl AsyncWrite for Prefixed {
     fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
         Pin::new(&mut self.io).poll_flush(cx)
     }
-    /// hyper's end of the connection: our FIN, then lingering (as `connection::streams::linger`
+    /// hyper's end of the connection: our FIN, then lingering (as `handling::streams::linger`
     /// does for a refused handshake). An answer given before its request was read whole (413,
     /// 431, an early error) is followed by the rest of the request; closing on those bytes
     /// resets the connection, and the client sees its write fail instead of the answer.
