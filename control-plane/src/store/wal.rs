@@ -14,8 +14,9 @@
 //! [`SEGMENT_BYTES`]; the segment before is synced before the new one takes a record. So a
 //! record cut short in the last segment (past the file's end, or with a sector still zeros)
 //! is the tail of a write never synced, and so never acknowledged: opening ends the log there
-//! and says so. A record failing its CRC with every sector written, or a bad record anywhere
-//! else, is corruption, and the node does not start.
+//! and says so. A record failing its CRC with every sector written, a bad record anywhere
+//! else, or a segment with no records before others, is corruption, and the node does not
+//! start.
 
 use std::fs::{File, OpenOptions};
 use std::io::{self, Read};
@@ -171,6 +172,18 @@ impl Wal {
                 recovered.dropped_bytes = torn_to - valid_to;
             }
             if seg.ids.is_empty() {
+                // A segment is synced with its entries before the next one takes any (see
+                // `append`), so only the last can be empty after a crash (made, and nothing
+                // written to it yet). One before others is damage: a file truncated or zeroed.
+                if n + 1 < count {
+                    return Err(corrupt(
+                        &seg.path,
+                        "holds no entries, and later segments follow: a segment is written to disk with its \
+                         entries before the next takes any, so this is damage (a file truncated or zeroed), and \
+                         entries this node acknowledged may be gone. Take this node out of the cluster and add \
+                         it back with an empty data dir",
+                    ));
+                }
                 std::fs::remove_file(&seg.path)?;
                 continue;
             }
@@ -292,13 +305,23 @@ impl Wal {
         res
     }
 
-    /// Removes the entries from `index` on. Not durable until [`Self::sync`].
+    /// Removes the entries from `index` on, durably: entries appended after a truncation
+    /// must never sit beside a removed segment come back (its old entries, or one starting
+    /// inside theirs, which opening would take for corruption), so segments removed are gone
+    /// from the directory before this returns.
     pub fn truncate(&self, index: u64) -> io::Result<()> {
         let mut inner = self.inner();
+        let mut removed = false;
         while inner.segments.last().is_some_and(|s| s.first >= index) {
             let s = inner.segments.pop().expect("checked");
             std::fs::remove_file(&s.path)?;
-            inner.dir_dirty = true;
+            removed = true;
+        }
+        if removed {
+            if let Err(e) = sync_dir(&self.dir) {
+                inner.dir_dirty = true;
+                return Err(e);
+            }
         }
         if let Some(s) = inner.segments.last_mut() {
             if index < s.next() {

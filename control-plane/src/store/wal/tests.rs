@@ -274,3 +274,26 @@ fn bytes_from_counts_the_records_at_and_after_an_index_across_segments() {
     assert_eq!(wal.bytes_from(11), r);
     assert_eq!(wal.bytes_from(12), 0);
 }
+
+#[test]
+fn an_empty_segment_before_others_is_damage_and_only_the_last_may_be_empty() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (wal, _) = Wal::open(tmp.path()).unwrap();
+    wal.append(&recs(1..=3, 1)).unwrap();
+    wal.append(&recs(10..=12, 1)).unwrap();
+    wal.append(&recs(20..=22, 1)).unwrap();
+    wal.sync().unwrap();
+    drop(wal);
+    // The last segment made and nothing written to it before a crash: removed at start.
+    std::fs::File::create(tmp.path().join(segment_name(30))).unwrap();
+    let (wal, _) = Wal::open(tmp.path()).unwrap();
+    assert_eq!(wal.runs(), [(1, 3), (10, 12), (20, 22)]);
+    drop(wal);
+    assert_eq!(segments(tmp.path()).len(), 3);
+    // A middle one emptied: its entries were on disk before the next segment took any, so
+    // this is damage, not a crash, and the node does not start on a log missing them.
+    std::fs::OpenOptions::new().write(true).open(tmp.path().join(segment_name(10))).unwrap().set_len(0).unwrap();
+    let e = Wal::open(tmp.path()).err().expect("refused").to_string();
+    assert!(e.contains(&segment_name(10)) && e.contains("holds no entries"), "{e}");
+    assert_eq!(segments(tmp.path()).len(), 3, "nothing was removed");
+}
