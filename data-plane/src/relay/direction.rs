@@ -158,7 +158,9 @@ impl Direction {
         [
             (Event::Closing, close.map(|c| c.at + CLOSE_LINGER)),
             (Event::OtherEnded, sh.finished_at().map(|f| f + CLOSE_LINGER)),
-            (Event::PeerClosing, sh.close_seen_at().map(|c| c + PEER_CLOSING)),
+            // Watched by the client output only, which keeps a timer already (the idle
+            // timeout's, usually): the backend output would make one for it on every close.
+            (Event::PeerClosing, sh.close_seen_at().filter(|_| self.side == Side::ToClient).map(|c| c + PEER_CLOSING)),
             (Event::Idle, idle),
             (Event::DeadClient, dead),
             (Event::PingDue, ping),

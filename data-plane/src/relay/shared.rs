@@ -115,7 +115,10 @@ impl Shared {
     pub fn close_came(&self, side: Side, now: Instant) {
         self.closes.fetch_or(came_from(side), Relaxed);
         let ns = now.saturating_duration_since(self.base).as_nanos() as u64 + 1;
-        let _ = self.close_seen_ns.compare_exchange(0, ns, Relaxed, Relaxed);
+        if self.close_seen_ns.compare_exchange(0, ns, Relaxed, Relaxed).is_ok() {
+            // The client output watches the closing handshake's bound, whichever side began it.
+            self.wake.raise();
+        }
     }
 
     /// When the first peer's Close went by, if one did.

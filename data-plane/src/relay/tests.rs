@@ -297,6 +297,15 @@ async fn a_closing_handshake_a_peer_never_finishes_is_ended() {
     assert!(start.elapsed() >= PEER_CLOSING, "ended after {:?}", start.elapsed());
     assert_eq!(done.first, Some(Side::ToClient), "the backend closed first");
     r.client.eof().await;
+
+    // The same when the client begins it and the backend never answers.
+    let mut r = Rig::start(NO_LIMITS).await;
+    let start = Instant::now();
+    r.client.send(&close_frame(1000, "", Some(MASK))).await;
+    assert_eq!(r.backend.frame().await.close_code(), 1000);
+    let done = timeout(PEER_CLOSING + WAIT, &mut r.relay).await.expect("the relay ended").unwrap();
+    assert!(start.elapsed() >= PEER_CLOSING, "ended after {:?}", start.elapsed());
+    assert_eq!(done.first, Some(Side::ToBackend), "the client closed first");
 }
 
 #[tokio::test]
