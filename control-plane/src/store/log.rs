@@ -272,8 +272,11 @@ impl LogStore {
     /// node already, not mid-replication.)
     ///
     /// Entries are appended in order and synced before they count, so a hole can only be
-    /// where a crash caught a truncation or an append this node never acknowledged: what
-    /// follows it was not acknowledged either, and Raft sends it again.
+    /// where a crash caught a truncation still removing segments, or a segment whose
+    /// directory entry was not yet durable while a later one's was (some filesystems order
+    /// them so): what follows it was not acknowledged, or was being truncated, and Raft sends
+    /// it again. A segment that is there but empty before others is damage, refused when the
+    /// WAL opens.
     ///
     /// Holes are looked for only after the durable snapshot. Below it, a gap is what an append
     /// past a purge still waiting left (a follower that installed a snapshot past its log, and
