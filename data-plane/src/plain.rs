@@ -15,6 +15,8 @@ mod backends;
 pub mod bodies;
 mod client;
 mod headers;
+mod inflight;
+mod view;
 
 use std::convert::Infallible;
 use std::net::SocketAddr;
@@ -25,20 +27,20 @@ use std::time::Duration;
 use http_body_util::{Either, Full};
 use hyper::body::{Body as _, Bytes, Incoming};
 use hyper::header::{self, HeaderName, HeaderValue};
-use hyper::{Request, Response, StatusCode, Version};
+use hyper::{Request, Response, StatusCode};
 
 use self::answers::{own, own_closing, refusal, too_large, Pending};
 use self::bodies::{Counts, Limited, Relayed};
 use self::client::{Activity, Busy, Prefixed};
 use self::headers::{strip_hop_by_hop, Forwarding};
+use self::inflight::{send_within, Held, InFlight};
+use self::view::{head_size, needs_headers, view};
 use crate::access_log;
 use crate::handling::attempts::Attempts;
 use crate::handling::streams::ClientIo;
 use crate::handling::{handshake_timeout, relay_limits, session_key, Ctx};
 use crate::handshake::{self, Reject};
 use crate::state::ProxyState;
-use crate::stats::Counted;
-use crate::table::PoolTable;
 
 /// The response body sent to a client: the proxy's own short answer, or a backend's body on
 /// its way (not boxed: every response would pay an allocation for it).
@@ -167,143 +169,11 @@ pub async fn serve(
     }
 }
 
-/// The size of `req`'s head as the client sent it, near enough: request line, header lines,
-/// the blank line (hyper keeps names and values byte for byte, names lower-cased).
-fn head_size<B>(req: &Request<B>) -> usize {
-    let line = req.method().as_str().len() + req.uri().to_string().len() + " HTTP/1.1\r\n".len() + 1;
-    let fields: usize = req.headers().iter().map(|(n, v)| n.as_str().len() + v.len() + 4).sum();
-    line + fields + 2
-}
-
-/// Whether balancing, affinity or the route's auth will look at the request's headers: only
-/// then are they copied into the view.
-fn needs_headers(pool: &crate::table::PoolTable, auth: bool) -> bool {
-    use switchyard_model::KeySpec;
-    let reads = |k: Option<&KeySpec>| matches!(k, Some(KeySpec::Header(_) | KeySpec::Cookie(_)));
-    auth || reads(pool.affinity_key.as_ref()) || reads(pool.hash_key())
-}
-
-/// What the routing and affinity code reads from a request (the same view a WebSocket
-/// handshake gives it), or why the request is refused.
-fn view(req: &Request<Incoming>) -> Result<handshake::Upgrade, &'static str> {
-    let mut hosts = req.headers().get_all(header::HOST).iter();
-    let first = hosts.next();
-    if hosts.next().is_some() {
-        return Err("more than one Host");
-    }
-    let authority = req.uri().authority().map(|a| a.as_str().to_string());
-    let host = match (&authority, first) {
-        (Some(a), _) => a.as_str(),
-        (None, Some(h)) => h.to_str().map_err(|_| "bad Host")?.trim(),
-        (None, None) if req.version() == Version::HTTP_11 => return Err("missing Host"),
-        (None, None) => "",
-    };
-    if !host.is_empty() && !handshake::valid_authority(host) {
-        return Err("bad Host");
-    }
-    // Routed and sent on normalized (see `handshake::normalize`).
-    let raw = req.uri().path_and_query().map_or("/", |p| p.as_str());
-    let target = handshake::normalize(raw).map_err(|r| match r {
-        Reject::BadRequest(why) => why,
-        _ => "bad path",
-    })?;
-    let mut host = handshake::strip_port(host).to_ascii_lowercase();
-    handshake::trim_root_dot(&mut host);
-    // Headers are copied only for a request that needs them looked at (see `needs_headers`).
-    let headers = handshake::Headers::default();
-    Ok(handshake::Upgrade { target: target.into_owned(), host, headers, authority, claims: None })
-}
-
 /// Closes this worker's idle backend connections at once and asks every other worker to close
 /// its own: they are the descriptors the proxy can give back (see [`crate::fds::reserve`]).
 pub fn close_idle(rt: &crate::state::Runtime) {
     backends::close_idle(&rt.pooled);
     rt.close_idle.notify_waiters();
-}
-
-/// Lasts from the moment a request is sent to a backend until its response ends: the
-/// request counts as a connection to its backend (for least connections, power of two
-/// choices, `max_connections` and `/status`) and keeps its session binding live, also while a
-/// long-poll waits for its response head.
-struct Held {
-    pool: Arc<PoolTable>,
-    backend: usize,
-    state: Arc<ProxyState>,
-    session: Option<crate::affinity::LiveKey>,
-    /// Counted since the backend was picked, before its connection was taken or made.
-    _counted: Counted,
-}
-
-impl Held {
-    fn new(state: &Arc<ProxyState>, pool: &Arc<PoolTable>, backend: usize, counted: Counted) -> Held {
-        Held { pool: pool.clone(), backend, state: state.clone(), session: None, _counted: counted }
-    }
-}
-
-impl Drop for Held {
-    fn drop(&mut self) {
-        if let Some(k) = &self.session {
-            self.state.affinity.unbind_live(k);
-        }
-    }
-}
-
-/// Lasts as long as a response: holds the backend ([`Held`]) and is logged when it ends.
-struct InFlight {
-    /// The backend connection, pooled again once the response is over.
-    idle: Option<backends::Sender>,
-    held: Held,
-    rec: Option<Box<access_log::Record>>,
-    started: tokio::time::Instant,
-    counts: Arc<Counts>,
-    _busy: Busy,
-}
-
-impl Drop for InFlight {
-    fn drop(&mut self) {
-        let (pool, state) = (&self.held.pool, &self.held.state);
-        let b = &pool.backends[self.held.backend];
-        if let Some(tx) = self.idle.take() {
-            backends::checkin(&pool.pool.name, pool.tls.tag(), &b.backend.address, tx, state);
-        }
-        if let (Some(log), Some(mut r)) = (state.runtime.access_log.get(), self.rec.take()) {
-            r.duration = self.started.elapsed();
-            r.to_backend.bytes = self.counts.to_backend.load(Relaxed);
-            r.to_client.bytes = self.counts.to_client.load(Relaxed);
-            if self._busy.silent() {
-                r.termination = "backend_timeout";
-            }
-            log.log(*r);
-        }
-    }
-}
-
-/// Sends `req` on `sender` and waits for the response head, for at most `limit` from when the
-/// backend has the whole request: an upload that takes longer than the limit is the client's
-/// pace, not the backend's delay (the client's own stalls are `Limited`'s to bound).
-async fn send_within(
-    sender: &mut backends::Sender,
-    req: Request<bodies::ReqBody>,
-    limit: Duration,
-    counts: &Counts,
-    started: tokio::time::Instant,
-) -> Result<
-    Result<Response<Incoming>, hyper::client::conn::TrySendError<Request<bodies::ReqBody>>>,
-    tokio::time::error::Elapsed,
-> {
-    let send = sender.try_send_request(req);
-    tokio::pin!(send);
-    let mut deadline = tokio::time::Instant::now() + limit;
-    loop {
-        match tokio::time::timeout_at(deadline, send.as_mut()).await {
-            Err(elapsed) => match counts.body_sent_at(started) {
-                Some(at) if at + limit <= tokio::time::Instant::now() => return Err(elapsed),
-                Some(at) => deadline = at + limit,
-                None => deadline = tokio::time::Instant::now() + limit,
-            },
-            answered => return answered,
-        }
-    }
 }
 
 async fn handle(
