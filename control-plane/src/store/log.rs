@@ -271,12 +271,15 @@ impl LogStore {
     /// point on. (Opening the WAL decoded every entry once, so a corrupt log has stopped the
     /// node already, not mid-replication.)
     ///
-    /// Entries are appended in order and synced before they count, so a hole can only be
-    /// where a crash caught a truncation still removing segments, or a segment whose
-    /// directory entry was not yet durable while a later one's was (some filesystems order
-    /// them so): what follows it was not acknowledged, or was being truncated, and Raft sends
-    /// it again. A segment that is there but empty before others is damage, refused when the
-    /// WAL opens.
+    /// Entries are appended in order and synced before they count; segments enter the
+    /// directory in order and a truncation removes them last first, each for good before the
+    /// next (see [`Wal`]). So a hole after the snapshot is damage (a segment file deleted),
+    /// and entries this node acknowledged may have gone with it: the node does not start, as
+    /// for a segment that is there but empty (refused when the WAL opens). A data dir last
+    /// written by a build before that order is cut at its first hole, once, as those builds
+    /// did: a crash there could leave one (a segment whose directory entry was not yet
+    /// durable while a later one's was, or a truncation cut short), and what followed it was
+    /// never acknowledged, or was being truncated; Raft sends it again.
     ///
     /// Holes are looked for only after the durable snapshot. Below it, a gap is what an append
     /// past a purge still waiting left (a follower that installed a snapshot past its log, and
@@ -305,6 +308,16 @@ impl LogStore {
             runs.iter().filter(|r| r.1 >= kept_from && r.0 < to).map(|r| r.1.min(to - 1) + 1 - r.0.max(kept_from)).sum()
         };
         let mut kept = held(u64::MAX);
+        let ordered = self.get_meta::<bool>(ORDERED)?.unwrap_or(false);
+        if let (Some(from), true) = (hole, ordered) {
+            let segment = runs.iter().find(|r| r.0 > from).map_or(0, |r| r.0);
+            return Err(read_err(format!(
+                "the log has a hole: entries from index {from} are missing, and the segment starting at \
+                 {segment} follows. Segments are written to disk in order, so a segment file is gone (deleted \
+                 or lost), and entries this node acknowledged may be gone with it. Take this node out of the \
+                 cluster and add it back with an empty data dir"
+            )));
+        }
         if let Some(from) = hole {
             let dropped = kept - held(from);
             kept = held(from);
@@ -314,10 +327,18 @@ impl LogStore {
             self.durable.truncated(from);
             tracing::warn!(from, dropped, "the log had a hole at index {from} (entries lost to a crash before they were durable); it now ends before it");
         }
+        if !ordered {
+            // After any cut above is durable: holes from here on are damage.
+            self.put_meta(ORDERED, &true)?;
+        }
         self.get_meta::<Vote<NodeId>>("vote")?;
         Ok(kept)
     }
 }
+
+/// Set in the log's metadata once a build that keeps segments in order in the directory has
+/// checked the log: from then on, a hole in it is refused rather than cut.
+const ORDERED: &str = "wal_ordered";
 
 /// Most stored bytes of log entries replication sends in one AppendEntries (at least one
 /// entry always goes): openraft gives each such RPC only its replication deadline, so a batch

@@ -16,7 +16,9 @@
 //! is the tail of a write never synced, and so never acknowledged: opening ends the log there
 //! and says so. A record failing its CRC with every sector written, a bad record anywhere
 //! else, or a segment with no records before others, is corruption, and the node does not
-//! start.
+//! start. Segments also enter the directory in order, and a truncation removes them last
+//! first, each for good before the next: so a segment missing between two on disk is damage
+//! too, which `LogStore::check` refuses.
 
 use std::fs::{File, OpenOptions};
 use std::io::{self, Read};
@@ -237,6 +239,13 @@ impl Wal {
             if let Some(prev) = inner.segments.last_mut() {
                 prev.file.sync_data()?;
             }
+            // Segments enter the directory in order: the ones made before are in it for good
+            // before this one can be. So a segment missing before one on disk is damage, not a
+            // crash's leftover (see `LogStore::check`). Once per segment of 64 MiB, or per gap.
+            if inner.dir_dirty {
+                sync_dir(&self.dir)?;
+                inner.dir_dirty = false;
+            }
             let path = self.dir.join(segment_name(start));
             let file = OpenOptions::new().read(true).write(true).create(true).truncate(true).open(&path)?;
             inner.segments.push(Segment {
@@ -308,16 +317,13 @@ impl Wal {
     /// Removes the entries from `index` on, durably: entries appended after a truncation
     /// must never sit beside a removed segment come back (its old entries, or one starting
     /// inside theirs, which opening would take for corruption), so segments removed are gone
-    /// from the directory before this returns.
+    /// from the directory before this returns. They go last first, each for good before the
+    /// next: a crash part way leaves the log shorter, never with a hole in it.
     pub fn truncate(&self, index: u64) -> io::Result<()> {
         let mut inner = self.inner();
-        let mut removed = false;
         while inner.segments.last().is_some_and(|s| s.first >= index) {
             let s = inner.segments.pop().expect("checked");
             std::fs::remove_file(&s.path)?;
-            removed = true;
-        }
-        if removed {
             if let Err(e) = sync_dir(&self.dir) {
                 inner.dir_dirty = true;
                 return Err(e);

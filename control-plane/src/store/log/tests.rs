@@ -18,12 +18,12 @@ fn big(index: u64) -> Entry {
 }
 
 #[tokio::test]
-async fn a_log_with_a_hole_ends_before_it() {
+async fn a_log_with_a_hole_left_by_an_older_build_ends_before_it() {
     let tmp = tempfile::tempdir().unwrap();
     let db = crate::store::open(tmp.path(), 1).unwrap();
     let mut log = LogStore::new(db.clone(), tmp.path()).unwrap();
-    // What a crash between a truncation's two steps can leave: a segment removed, the
-    // later one not (see `Wal::truncate`).
+    // What a crash inside a truncation could leave under builds that removed segments in no
+    // set order: a segment removed, the later one not.
     log.write_entries((1..=3).map(big)).unwrap();
     log.write_entries((5..=6).map(big)).unwrap();
     assert_eq!(log.check().unwrap(), 3, "entries 1 to 3 are kept");
@@ -34,6 +34,28 @@ async fn a_log_with_a_hole_ends_before_it() {
     let mut log = LogStore::new(db, tmp.path()).unwrap();
     let state = log.get_log_state().await.unwrap();
     assert_eq!(state.last_log_id.map(|l| l.index), Some(3), "and so it stays");
+}
+
+#[tokio::test]
+async fn a_hole_in_a_log_kept_in_order_stops_the_node() {
+    let tmp = tempfile::tempdir().unwrap();
+    let db = crate::store::open(tmp.path(), 1).unwrap();
+    let log = LogStore::new(db.clone(), tmp.path()).unwrap();
+    assert_eq!(log.check().unwrap(), 0, "this build checked the log once: it is kept in order from now on");
+    // The log as a deleted segment (entries 4 to 9) leaves it: 1-3, then 10 on.
+    log.write_entries((1..=3).map(big)).unwrap();
+    log.write_entries((10..=11).map(big)).unwrap();
+    drop(log);
+    let log = LogStore::new(db.clone(), tmp.path()).unwrap();
+    let err = log.check().unwrap_err().to_string();
+    assert!(
+        err.contains("entries from index 4 are missing, and the segment starting at 10")
+            && err.contains("empty data dir"),
+        "{err}"
+    );
+    let mut log = LogStore::new(db, tmp.path()).unwrap();
+    let state = log.get_log_state().await.unwrap();
+    assert_eq!(state.last_log_id.map(|l| l.index), Some(11), "refused, not cut: the entries after it are all there");
 }
 
 #[tokio::test]
