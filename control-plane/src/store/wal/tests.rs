@@ -1,6 +1,7 @@
 use openraft::{CommittedLeaderId, EntryPayload};
 
 use super::*;
+use crate::types::Entry;
 
 fn rec(index: u64, term: u64) -> (LogId, Vec<u8>) {
     let id = LogId::new(CommittedLeaderId::new(term, 1), index);
