@@ -35,7 +35,7 @@ impl LogStore {
         let mut kept_from = purged.map_or(0, |p| p.index + 1);
         let floor = kept_from.max(self.gate.floor());
         let mut runs = self.wal.runs();
-        let cut_short = runs.windows(2).any(|w| w[0].1 >= kept_from && w[1].0 != w[0].1 + 1 && w[0].1 + 1 < floor);
+        let cut_short = first_missing(&runs, kept_from).is_some_and(|at| at < floor);
         if let (true, Some(snap)) = (cut_short, self.gate.snapshot_id()) {
             purge::purge_upto(&self.db, &self.blobs, &self.wal, &self.meta, snap)?;
             self.first_kept.fetch_max(snap.index + 1, Ordering::Release);
@@ -82,3 +82,21 @@ impl LogStore {
 /// Set in the log's metadata once a build that keeps segments in order in the directory has
 /// checked the log: from then on, a hole in it is refused rather than cut.
 const ORDERED: &str = "wal_ordered";
+
+/// The first index from `kept_from` on that the log should hold and does not: before its
+/// first run (a log emptied by a snapshot's install, then appended past it) or between runs.
+/// openraft reads a log with no purge point from index 0, and every index after the purge
+/// point up to the last: a gap anywhere there is one it cannot load.
+fn first_missing(runs: &[(u64, u64)], kept_from: u64) -> Option<u64> {
+    let mut next = kept_from;
+    for &(first, last) in runs {
+        if last < next {
+            continue;
+        }
+        if first > next {
+            return Some(next);
+        }
+        next = last + 1;
+    }
+    None
+}

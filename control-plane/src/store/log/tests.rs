@@ -84,13 +84,33 @@ async fn a_purge_a_crash_cut_short_is_recorded_at_start_so_the_log_has_no_gap() 
 }
 
 #[tokio::test]
+async fn a_first_snapshot_appended_past_before_its_purge_was_recorded_is_purged_to_at_start() {
+    let tmp = tempfile::tempdir().unwrap();
+    let db = crate::store::open(tmp.path(), 1).unwrap();
+    let log = LogStore::new(db.clone(), tmp.path()).unwrap();
+    // A node that joined with an empty log: the leader's snapshot at 10 installed and on disk,
+    // 11-12 appended and acknowledged, then a crash before the purge to 10 was recorded (the
+    // purge thread looks at its gate every 50 ms). No purge point, and no entry 0: openraft
+    // would read index 0 and fail to start, on every start.
+    log.write_entries((11..=12).map(big)).unwrap();
+    log.purge_gate().durable(Some(id(10)));
+    assert_eq!(log.check().unwrap(), 2, "11 and 12 are kept");
+    let state = log.clone().get_log_state().await.unwrap();
+    assert_eq!((state.last_purged_log_id, state.last_log_id.map(|l| l.index)), (Some(id(10)), Some(12)));
+    drop(log);
+    let mut log = LogStore::new(db, tmp.path()).unwrap();
+    let state = log.get_log_state().await.unwrap();
+    assert_eq!(state.last_purged_log_id, Some(id(10)), "recorded, so a restart finds it");
+}
+
+#[tokio::test]
 async fn a_log_without_a_gap_below_the_snapshot_is_not_purged_at_start() {
     let tmp = tempfile::tempdir().unwrap();
     let db = crate::store::open(tmp.path(), 1).unwrap();
     let log = LogStore::new(db, tmp.path()).unwrap();
-    log.write_entries((1..=6).map(big)).unwrap();
+    log.write_entries((0..=6).map(big)).unwrap();
     log.purge_gate().durable(Some(id(4)));
-    assert_eq!(log.check().unwrap(), 6, "no gap: nothing is purged at start");
+    assert_eq!(log.check().unwrap(), 7, "no gap: nothing is purged at start");
     assert_eq!(log.get_meta::<LogId>("last_purged").unwrap(), None);
 }
 
