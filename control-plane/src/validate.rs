@@ -49,6 +49,16 @@ pub fn name(kind: &str, n: &str) -> Result<(), ApiError> {
     Ok(())
 }
 
+/// A control-plane node to add: an id of 1 or more (replies use 0 for "no leader") and a
+/// `host:port` address. Checked where the Admin API takes the call and again where a leader
+/// takes it forwarded.
+pub fn new_node(id: u64, addr: &str) -> Result<(), ApiError> {
+    if id == 0 {
+        return Err(invalid("node id must be 1 or more".to_string()));
+    }
+    address(addr).map_err(|_| invalid(format!("node address {addr:?} must be host:port")))
+}
+
 /// A backend address: `host:port`, host an IP (v6 in brackets) or a DNS name.
 pub fn address(a: &str) -> Result<(), ApiError> {
     let bad = |why: &str| invalid(format!("backend address {a:?}: {why} (want host:port)"));

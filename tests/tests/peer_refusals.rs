@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use openraft::{CommittedLeaderId, EntryPayload, Vote};
 use switchyard_control::network::encode;
-use switchyard_control::node::calls::{Envelope, Writes};
+use switchyard_control::node::calls::{AddNode, Envelope, Writes};
 use switchyard_control::pb::Pb;
 use switchyard_control::state::{Command, Proposed};
 use switchyard_control::types::{Entry, LogId, TypeConfig};
@@ -95,8 +95,33 @@ async fn poisoned_votes_and_malformed_appends_change_nothing_even_after_a_full_r
     let cluster_id = status(&c.nodes[&leader].addr).await.unwrap().cluster_id;
     let big = u64::MAX - 1;
 
-    for n in c.nodes.values() {
+    for (&id, n) in c.nodes.iter() {
         let at = |which: &'static str, data: Vec<u8>| forge(&n.addr, &cluster_id, which, data);
+        // Leadership handed to the receiver in one request (openraft's transfer path), under a
+        // vote a term ahead: no election would make it leader.
+        let handed = Vote::new_committed(term + 1, id);
+        refused(
+            &at("vote", encode(&VoteRequest { vote: handed, last_log_id: Some(log_id(term, 1 << 20)) })).await,
+            "names this node",
+        );
+        let heartbeat = AppendEntries { vote: handed, prev_log_id: None, entries: vec![], leader_commit: None };
+        refused(&at("append", encode(&heartbeat)).await, "names this node");
+        refused(&at("stream", encode(&heartbeat)).await, "names this node");
+        let snapshot = openraft::raft::InstallSnapshotRequest::<TypeConfig> {
+            vote: handed,
+            meta: Default::default(),
+            offset: 0,
+            data: vec![],
+            done: false,
+        };
+        refused(&at("snapshot", encode(&snapshot)).await, "names this node");
+        // A candidate's vote request is never committed; a leader's entries always are.
+        let committed = VoteRequest { vote: Vote::new_committed(term + 1, 9), last_log_id: None };
+        refused(&at("vote", encode(&committed)).await, "committed vote");
+        let uncommitted =
+            AppendEntries { vote: Vote::new(term + 1, 9), prev_log_id: None, entries: vec![], leader_commit: None };
+        refused(&at("append", encode(&uncommitted)).await, "not committed");
+
         // The reported attack: one vote at term 2^64-1.
         refused(&at("vote", encode(&VoteRequest { vote: Vote::new(u64::MAX, 9), last_log_id: None })).await, "term");
         let vote = VoteRequest { vote: Vote::new(term + 1, 9), last_log_id: Some(log_id(term, big)) };
@@ -182,6 +207,12 @@ async fn a_forged_forward_of_an_internal_command_is_refused_and_the_backend_keep
             refused(&forge(&n.addr, &cluster_id, "forward", encode(env)).await, "internal");
         }
     }
+    // A node added as the Admin API would never have taken it: id 0 (what replies use for "no
+    // leader"), or an address nothing can dial.
+    let zero = Envelope::AddNode(AddNode { id: 0, addr: "127.0.0.1:1".into() });
+    refused(&forge(&addr, &cluster_id, "forward", encode(&zero)).await, "node id must be 1 or more");
+    let nowhere = Envelope::AddNode(AddNode { id: 9, addr: "garbage".into() });
+    refused(&forge(&addr, &cluster_id, "forward", encode(&nowhere)).await, "must be host:port");
 
     // A write after the refusals, read linearizably: had the forged ones applied, they would
     // show.

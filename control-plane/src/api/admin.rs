@@ -246,11 +246,7 @@ impl Admin for AdminService {
         id_of(&req)?;
         let caller = caller_of(&req)?;
         let r = req.into_inner();
-        if r.id == 0 {
-            return Err(Status::invalid_argument("node id must be 1 or more"));
-        }
-        validate::address(&r.address)
-            .map_err(|_| Status::invalid_argument(format!("node address {:?} must be host:port", r.address)))?;
+        validate::new_node(r.id, &r.address)?;
         let what = format!("node {} at {}", r.id, r.address);
         self.membership(&caller, "Admin/AddNode", what, AddNode { id: r.id, addr: r.address }).await
     }

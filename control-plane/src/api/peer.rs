@@ -152,7 +152,9 @@ impl PeerService {
     ) -> Result<RaftPayload, Status> {
         let m = "AppendEntries";
         let rpc = decode(data).map_err(|e| self.refuse(from, m, format!("bad payload: {e}")))?;
-        sane::append(&rpc).map_err(|e| self.refuse(from, m, e))?;
+        sane::append(&rpc)
+            .and_then(|()| sane::carrier(self.node.id, &rpc.vote, true))
+            .map_err(|e| self.refuse(from, m, e))?;
         self.arrived_from_leader(&rpc.vote);
         let r = self.node.raft.append_entries(rpc).await;
         if matches!(r, Ok(ref a) if !matches!(a, AppendEntriesResponse::HigherVote(_))) {
@@ -205,7 +207,9 @@ impl Raft for PeerService {
     async fn vote(&self, req: Request<RaftPayload>) -> Result<Response<RaftPayload>, Status> {
         let m = "Vote";
         let Incoming { from, rpc, .. } = self.payload(m, req)?;
-        sane::vote(&rpc).map_err(|e| self.refuse(from, m, e))?;
+        sane::vote(&rpc)
+            .and_then(|()| sane::carrier(self.node.id, &rpc.vote, false))
+            .map_err(|e| self.refuse(from, m, e))?;
         let r = self.node.raft.vote(rpc).await;
         if matches!(r, Ok(ref v) if v.vote_granted) {
             self.node.serving.voted();
@@ -216,7 +220,10 @@ impl Raft for PeerService {
     async fn install_snapshot(&self, req: Request<RaftPayload>) -> Result<Response<RaftPayload>, Status> {
         let m = "InstallSnapshot";
         let Incoming { from, cluster_id, rpc } = self.payload(m, req)?;
-        sane::snapshot(&rpc).and_then(|()| self.chunks.check(&rpc)).map_err(|e| self.refuse(from, m, e))?;
+        sane::snapshot(&rpc)
+            .and_then(|()| self.chunks.check(&rpc))
+            .and_then(|()| sane::carrier(self.node.id, &rpc.vote, true))
+            .map_err(|e| self.refuse(from, m, e))?;
         self.arrived_from_leader(&rpc.vote);
         let (id, offset, len) = (rpc.meta.snapshot_id.clone(), rpc.offset, rpc.data.len());
         let r = self.node.raft.install_snapshot(rpc).await;

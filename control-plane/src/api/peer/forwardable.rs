@@ -14,10 +14,10 @@ use crate::validate;
 pub fn check(env: &Envelope) -> Result<(), ApiError> {
     match env {
         Envelope::Writes(w) => w.0.iter().try_for_each(admin_write),
+        Envelope::AddNode(n) => validate::new_node(n.id, &n.addr),
         // Membership changes and reads an admin or a proxy asked a follower for. A report's
         // bindings are filtered to hashed keys where it is carried out.
-        Envelope::AddNode(_)
-        | Envelope::Promote(_)
+        Envelope::Promote(_)
         | Envelope::Remove(_)
         | Envelope::ReadIndex(_)
         | Envelope::Report(_)

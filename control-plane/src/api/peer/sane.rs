@@ -8,6 +8,8 @@
 //!   leader of term T only has entries of terms up to T;
 //! - entries that do not follow `prev_log_id` one index at a time, or whose terms go down:
 //!   openraft truncates and appends by index on trust;
+//! - a vote request under a committed vote, entries or a snapshot under one not committed,
+//!   or any of them under a vote naming this node (see [`carrier`]);
 //! - a snapshot whose membership comes after its last log id, an oversized snapshot id, a
 //!   chunk that does not continue what this node received of that snapshot, or one that
 //!   takes it past [`MAX_SNAPSHOT_BYTES`]: openraft writes a chunk at its offset into an
@@ -53,6 +55,12 @@ pub enum Insane {
     Offset { offset: u64, received: u64 },
     #[error("snapshot chunk at offset {offset} of {len} bytes goes past {MAX_SNAPSHOT_BYTES} bytes")]
     TooLarge { offset: u64, len: usize },
+    #[error("the vote names this node (node {0}) as its leader or candidate")]
+    NamesReceiver(NodeId),
+    #[error("a vote request carries a committed vote (a candidate's is not committed)")]
+    CommittedCandidate,
+    #[error("entries or a snapshot sent under a vote not committed (a leader's is)")]
+    UncommittedLeader,
 }
 
 fn vote_term(v: &Vote<NodeId>) -> Result<u64, Insane> {
@@ -77,6 +85,23 @@ fn log_id(what: &'static str, id: Option<&LogId>, vote: u64) -> Result<(), Insan
         return Err(Insane::FutureTerm { what, term, vote });
     }
     Ok(())
+}
+
+/// Whose vote a request carries: a candidate asks with its own, not yet committed; a leader
+/// sends entries and snapshots under its committed one. Neither names the node it is sent to.
+/// openraft 0.9 takes a committed vote naming the receiver as leadership handed over to it
+/// (its leader-transfer path, which Switchyard does not use): one such request would make
+/// this node leader with no election, and its appends could truncate committed entries on
+/// followers behind it.
+pub fn carrier(me: NodeId, vote: &Vote<NodeId>, from_leader: bool) -> Result<(), Insane> {
+    if vote.leader_id().voted_for() == Some(me) {
+        return Err(Insane::NamesReceiver(me));
+    }
+    match (vote.is_committed(), from_leader) {
+        (true, false) => Err(Insane::CommittedCandidate),
+        (false, true) => Err(Insane::UncommittedLeader),
+        _ => Ok(()),
+    }
 }
 
 pub fn vote(rpc: &VoteRequest<NodeId>) -> Result<(), Insane> {

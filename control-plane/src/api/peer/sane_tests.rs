@@ -100,3 +100,18 @@ fn snapshot_chunks_continue_what_arrived_and_meta_is_consistent() {
     next.offset = u64::MAX - 5;
     assert!(matches!(chunks.check(&next), Err(Insane::TooLarge { .. })), "no overflow");
 }
+
+#[test]
+fn a_vote_is_carried_by_whom_it_names_and_never_names_the_receiver() {
+    // Node 3 receives. A candidate (2) asks with its own vote, not committed.
+    assert_eq!(carrier(3, &Vote::new(5, 2), false), Ok(()));
+    assert_eq!(carrier(3, &Vote::new_committed(5, 2), false), Err(Insane::CommittedCandidate));
+    // A leader (2) sends entries and snapshots under its committed vote.
+    assert_eq!(carrier(3, &Vote::new_committed(5, 2), true), Ok(()));
+    assert_eq!(carrier(3, &Vote::new(5, 2), true), Err(Insane::UncommittedLeader));
+    // Leadership handed to the receiver by one request (openraft's transfer path): refused
+    // whatever the request.
+    assert_eq!(carrier(3, &Vote::new_committed(6, 3), true), Err(Insane::NamesReceiver(3)));
+    assert_eq!(carrier(3, &Vote::new_committed(6, 3), false), Err(Insane::NamesReceiver(3)));
+    assert_eq!(carrier(3, &Vote::new(6, 3), false), Err(Insane::NamesReceiver(3)));
+}
