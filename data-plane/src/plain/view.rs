@@ -10,7 +10,12 @@ use crate::handshake::{self, Reject};
 /// The size of `req`'s head as the client sent it, near enough: request line, header lines,
 /// the blank line (hyper keeps names and values byte for byte, names lower-cased).
 pub(super) fn head_size<B>(req: &Request<B>) -> usize {
-    let line = req.method().as_str().len() + req.uri().to_string().len() + " HTTP/1.1\r\n".len() + 1;
+    // The target as sent, measured without writing it out: origin form, or absolute form.
+    let uri = req.uri();
+    let target = uri.scheme_str().map_or(0, |s| s.len() + "://".len())
+        + uri.authority().map_or(0, |a| a.as_str().len())
+        + uri.path_and_query().map_or(0, |p| p.as_str().len());
+    let line = req.method().as_str().len() + target + " HTTP/1.1\r\n".len() + 1;
     let fields: usize = req.headers().iter().map(|(n, v)| n.as_str().len() + v.len() + 4).sum();
     line + fields + 2
 }
