@@ -17,6 +17,19 @@ pub fn roots(pem: &str) -> Result<RootCertStore, String> {
     if pem.len() > MAX_CA_PEM_BYTES {
         return Err(format!("CA bundle is {} bytes, more than {MAX_CA_PEM_BYTES}", pem.len()));
     }
+    // Only certificates: the PEM reader skips other sections, so a server's combined file
+    // (certificate, then its private key) would be taken, and its key stored in the config,
+    // shown to every viewer and written to every proxy's cache.
+    for line in pem.lines() {
+        let label = line.trim().strip_prefix("-----BEGIN ").and_then(|l| l.strip_suffix("-----"));
+        if let Some(label) = label.filter(|l| *l != "CERTIFICATE") {
+            let label: String = label.chars().take(40).collect();
+            return Err(format!(
+                "CA bundle holds a {label:?} section; it may hold CERTIFICATE sections only (a private key must \
+                 never go into the config)"
+            ));
+        }
+    }
     let certs = CertificateDer::pem_slice_iter(pem.as_bytes())
         .collect::<Result<Vec<_>, _>>()
         .map_err(|e| format!("CA bundle is not PEM: {e}"))?;
@@ -100,6 +113,10 @@ mod tests {
         assert!(check(&on(&ca, "bad name!")).unwrap_err().contains("not a host name"));
         let huge = ca.repeat(MAX_CA_PEM_BYTES / ca.len() + 1);
         assert!(check(&on(&huge, "")).unwrap_err().contains("more than"));
+        // A server's combined file, its key after its certificate: refused.
+        let key = rcgen::KeyPair::generate().unwrap().serialize_pem();
+        let err = check(&on(&format!("{ca}{key}"), "")).unwrap_err();
+        assert!(err.contains("\"PRIVATE KEY\" section") && !err.contains(&key[40..80]), "{err}");
         let off_with_ca = BackendTls { enabled: false, ca_pem: ca, server_name: String::new() };
         assert!(check(&off_with_ca).unwrap_err().contains("off"));
     }

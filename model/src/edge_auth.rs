@@ -41,6 +41,7 @@ pub fn compile_jwks(text: &str) -> Result<Vec<Key>, String> {
     if set.keys.is_empty() || set.keys.len() > MAX_KEYS {
         return Err(format!("a key set needs 1 to {MAX_KEYS} keys, not {}", set.keys.len()));
     }
+    private_parts(text)?;
     set.keys
         .iter()
         .enumerate()
@@ -85,6 +86,27 @@ pub fn compile_jwks(text: &str) -> Result<Vec<Key>, String> {
         .collect()
 }
 
+/// Members that only a private key has (RFC 7518 §6.2.2, §6.3.2; RFC 8037 §2). A symmetric
+/// key's `k` is refused by its type, below.
+const PRIVATE: [&str; 7] = ["d", "p", "q", "dp", "dq", "qi", "oth"];
+
+/// Refuses a key set that carries private key material. jsonwebtoken reads the public members
+/// and ignores the rest, so a set exported whole from a key store would otherwise be taken,
+/// stored, and shown to every viewer of the config: the key to sign tokens with.
+fn private_parts(text: &str) -> Result<(), String> {
+    let set: serde_json::Value = serde_json::from_str(text).map_err(|e| format!("not a JSON Web Key Set: {e}"))?;
+    let keys = set.get("keys").and_then(|k| k.as_array()).map(Vec::as_slice).unwrap_or_default();
+    for (i, key) in keys.iter().enumerate() {
+        if let Some(m) = PRIVATE.iter().find(|m| key.get(**m).is_some()) {
+            return Err(format!(
+                "key {i} holds private key material (member {m:?}): publish public keys only, and treat that key as \
+                 exposed"
+            ));
+        }
+    }
+    Ok(())
+}
+
 fn algorithm_of(a: KeyAlgorithm) -> Option<Algorithm> {
     Some(match a {
         KeyAlgorithm::RS256 => Algorithm::RS256,
@@ -116,18 +138,38 @@ fn header_name(s: &str) -> bool {
     !s.is_empty() && s.len() <= 128 && s.bytes().all(|b| b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b))
 }
 
-/// The subrequest endpoint: `http://authority/path`.
+/// The subrequest endpoint: `http://host[:port]/path`, as the authority to dial (port 80 when
+/// the url names none, as a browser or NGINX reads it) and the path to ask for.
 pub fn subrequest_target(r: &AuthRequest) -> Result<(String, String), String> {
     let rest = r.url.strip_prefix("http://").ok_or_else(|| format!("auth request url {:?} must be http://", r.url))?;
     let (authority, path) = match rest.find('/') {
         Some(i) => rest.split_at(i),
         None => (rest, "/"),
     };
-    let bad = |c: char| c.is_ascii_whitespace() || c.is_ascii_control() || c == '@';
-    if authority.is_empty() || authority.contains(bad) || path.contains(bad) || r.url.len() > 2048 {
-        return Err(format!("auth request url {:?} is not http://host:port/path", r.url));
+    let not = || format!("auth request url {:?} is not http://host:port/path", r.url);
+    // A path a request line can carry as it is: visible ASCII (anything else percent-encoded).
+    let visible = |s: &str| s.bytes().all(|b| b.is_ascii_graphic());
+    if authority.is_empty() || !visible(authority) || authority.contains('@') || !visible(path) || r.url.len() > 2048 {
+        return Err(not());
     }
-    Ok((authority.to_string(), path.to_string()))
+    // The port, when given, is 1-65535 written plainly; an IPv6 host is in brackets.
+    let authority = if authority.starts_with('[') && authority.ends_with(']') {
+        format!("{authority}:80")
+    } else {
+        match authority.rsplit_once(':') {
+            None if !authority.starts_with('[') => format!("{authority}:80"),
+            Some((host, port))
+                if !host.is_empty() && (!host.contains(':') || (host.starts_with('[') && host.ends_with(']'))) =>
+            {
+                match port.parse::<u16>() {
+                    Ok(p) if p > 0 && p.to_string() == port => authority.to_string(),
+                    _ => return Err(format!("auth request url {:?}: port must be 1 to 65535", r.url)),
+                }
+            }
+            _ => return Err(not()),
+        }
+    };
+    Ok((authority, path.to_string()))
 }
 
 /// Checks a route's auth settings as written.
@@ -179,6 +221,10 @@ mod tests {
         assert!(compile_jwks("not json").is_err());
         assert!(compile_jwks(&EC.replace("ES256", "RS256")).unwrap_err().contains("does not fit"));
         assert!(compile_jwks(&" ".repeat(MAX_JWKS_BYTES + 1)).is_err());
+        // A key exported whole, private part and all: refused, and the error does not echo it.
+        let private = EC.replace(r#""kid":"k1","#, r#""kid":"k1","d":"jpsQnnGQmL-YBIffH1136cspYG6-0iY7X1fCE9-E9LI","#);
+        let err = compile_jwks(&private).unwrap_err();
+        assert!(err.contains("private key material") && err.contains("\"d\"") && !err.contains("jpsQ"), "{err}");
     }
 
     #[test]
@@ -203,5 +249,27 @@ mod tests {
         assert!(req("http://auth:9000/check").is_ok());
         assert!(req("https://auth/check").is_err());
         assert!(req("http://user@auth/check").is_err());
+        // Dialed as host:port, port 80 when none is named; a port the proxy could never dial,
+        // or a path a request line cannot carry, is refused when written.
+        let target = |url: &str| subrequest_target(&AuthRequest { url: url.into(), timeout_ms: 0 });
+        assert_eq!(target("http://auth/check"), Ok(("auth:80".into(), "/check".into())));
+        assert_eq!(target("http://auth"), Ok(("auth:80".into(), "/".into())));
+        assert_eq!(target("http://10.0.0.5:9000/v?x=1"), Ok(("10.0.0.5:9000".into(), "/v?x=1".into())));
+        assert_eq!(target("http://[::1]:9000/check"), Ok(("[::1]:9000".into(), "/check".into())));
+        assert_eq!(target("http://[::1]/check"), Ok(("[::1]:80".into(), "/check".into())));
+        for bad in
+            ["http://auth:0/x", "http://auth:99999/x", "http://auth:/x", "http://auth:+80/x", "http://auth:080/x"]
+        {
+            assert!(target(bad).unwrap_err().contains("port must be"), "{bad}");
+        }
+        for bad in [
+            "http://auth:9000/\u{fc}",
+            "http://auth:9000/a b",
+            "http://::1:9000/x",
+            "http://[::1:9000/x",
+            "http://:9000/x",
+        ] {
+            assert!(target(bad).is_err(), "{bad}");
+        }
     }
 }
