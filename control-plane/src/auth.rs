@@ -67,6 +67,19 @@ impl Caller {
         }
     }
 
+    /// Whether the credential this caller was let in with still holds. A call is checked when
+    /// it starts; a stream it opened (a watch, the console's feed) runs on, so it asks this
+    /// as it goes: a token revoked or expired since ends it. Certificates (whose revocation is
+    /// their CA's business) and the trusted loopback are not looked at again.
+    pub fn still_holds(&self, tokens: &tokens::Tokens, now_ms: u64) -> Result<(), String> {
+        let Caller::Token { id, .. } = self else { return Ok(()) };
+        match tokens.get(id) {
+            None => Err(format!("token {id} was revoked")),
+            Some(r) if r.expired(now_ms) => Err(format!("token {id} has expired")),
+            Some(_) => Ok(()),
+        }
+    }
+
     /// The role as audit records show it.
     pub fn role_name(&self) -> &'static str {
         self.role().map_or("admin (loopback)", Role::as_str)

@@ -54,10 +54,10 @@ pub async fn answer(node: &Arc<NodeCtx>, peer: SocketAddr, req: Request<Incoming
             Err(r) => r,
         },
         (&Method::GET, "/console/api/events") => match authorize(node, peer, req.headers(), VIEW) {
-            Ok(_) => secured(Response::builder())
+            Ok((caller, _)) => secured(Response::builder())
                 .header(header::CONTENT_TYPE, "text/event-stream")
                 .header(header::CACHE_CONTROL, "no-store")
-                .body(BodyExt::boxed_unsync(events::stream(node.clone())))
+                .body(BodyExt::boxed_unsync(events::stream(node.clone(), caller)))
                 .expect("static response parts are valid"),
             Err(r) => r,
         },

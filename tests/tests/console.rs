@@ -197,6 +197,38 @@ async fn the_console_shows_the_cluster_live_and_lets_operators_not_viewers_drain
     let (code, _) = http(&console, "POST", "/console/api/backend-state", &h[..1], &body).await;
     assert_eq!(code, 415, "a form-encoded post is refused");
 
+    // The live feed ends once the token it was opened with is revoked (the page then
+    // reconnects, and is refused).
+    let out = cli(&["-o", "json", "token", "create", "--role", "viewer", "--ttl", "1h", "--name", "feed"]);
+    let v: serde_json::Value = serde_json::from_str(&out).expect("json");
+    let (feed_id, feed) = (v["id"].as_str().expect("id").to_string(), v["secret"].as_str().expect("secret"));
+    let mut s = tokio::net::TcpStream::connect(&console).await.expect("connect");
+    let req = format!("GET /console/api/events HTTP/1.1\r\nHost: {console}\r\nAuthorization: Bearer {feed}\r\n\r\n");
+    s.write_all(req.as_bytes()).await.expect("send");
+    let mut got = Vec::new();
+    let mut buf = [0u8; 4096];
+    while !String::from_utf8_lossy(&got).contains("retry: 2000") {
+        let n = tokio::time::timeout(LONG, s.read(&mut buf)).await.expect("the feed begins").expect("read");
+        assert!(n > 0, "the feed ended before it began: {}", String::from_utf8_lossy(&got));
+        got.extend_from_slice(&buf[..n]);
+    }
+    assert!(String::from_utf8_lossy(&got).starts_with("HTTP/1.1 200"), "{}", String::from_utf8_lossy(&got));
+    cli(&["token", "revoke", &feed_id]);
+    // The body's end: its last chunk (or the connection's).
+    let ended = tokio::time::timeout(LONG, async {
+        loop {
+            match s.read(&mut buf).await {
+                Ok(0) | Err(_) => return,
+                Ok(n) => got.extend_from_slice(&buf[..n]),
+            }
+            if got.ends_with(b"\r\n0\r\n\r\n") {
+                return;
+            }
+        }
+    })
+    .await;
+    assert!(ended.is_ok(), "the feed of a revoked token still runs after {LONG:?}");
+
     // The proxy's admin port serves its own status page.
     page.open(&format!("http://{}/", proxy.admin)).await;
     page.wait_for("the proxy's page", "document.querySelector('#proxy-id')?.textContent === 'edge-1'", LONG).await;

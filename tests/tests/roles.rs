@@ -71,7 +71,7 @@ async fn each_role_is_allowed_and_refused_per_service_with_tokens() {
     let c = Cluster::start(1, &[]).await;
     let addr = c.nodes[&1].addr.clone();
     let admin_file = admin_token_file(&c.nodes[&1].data_dir).await;
-    let (_, viewer) = create_token(&addr, &admin_file, "viewer", "1h", "dash");
+    let (viewer_id, viewer) = create_token(&addr, &admin_file, "viewer", "1h", "dash");
     let (_, operator) = create_token(&addr, &admin_file, "operator", "1h", "oncall");
     let (admin_id, adm) = create_token(&addr, &admin_file, "admin", "1h", "ci");
 
@@ -133,6 +133,24 @@ async fn each_role_is_allowed_and_refused_per_service_with_tokens() {
     let (code, _, err) = cli(&addr, &["--token", &unknown, "pool", "list"]);
     assert_eq!(code, 1);
     assert_eq!(err.trim_end(), "switchyard: not authenticated: unknown or revoked token");
+
+    // A stream outlives its call's check: the viewer's watch, open all along, ends once its
+    // token is revoked.
+    let (code, _, err) = cli(&addr, &["--token", &adm, "token", "revoke", &viewer_id]);
+    assert_eq!(code, 0, "{err}");
+    let ended = tokio::time::timeout(Duration::from_secs(10), async {
+        loop {
+            match stream.next().await {
+                Some(Ok(_)) => continue,
+                other => return other,
+            }
+        }
+    })
+    .await
+    .expect("the watch ends within seconds of the revocation");
+    let status = ended.expect("it ends with a status").unwrap_err();
+    assert_eq!(status.code(), Code::Unauthenticated, "{status}");
+    assert!(status.message().contains(&format!("token {viewer_id} was revoked")), "{status}");
 
     // Revoked: refused from then on.
     let (code, out, err) = cli(&addr, &["--token", &adm, "token", "revoke", &admin_id]);

@@ -72,6 +72,9 @@ fn progress_event(sent: u64, leader_revision: u64) -> WatchEvent {
 
 /// How long a Watch waits for this node to reach the revision a proxy already has.
 const CATCH_UP: Duration = Duration::from_secs(3);
+/// How often an open watch asks whether its caller's token still holds (revoked or expired
+/// tokens end it, see [`Caller::still_holds`]).
+pub const RECHECK: Duration = Duration::from_secs(1);
 
 fn snapshot_event(node: &NodeCtx) -> WatchEvent {
     let (model, rev) = {
@@ -124,6 +127,7 @@ impl Discovery for DiscoveryService {
         // this cluster was restored from that one: then it gets the state whole.
         let resync = self.node.cluster_id.check_watch(&req)?;
         let secret = may_see_affinity_secret(req.extensions().get::<Caller>());
+        let caller = req.extensions().get::<Caller>().cloned();
         let req = req.into_inner();
         let node = self.node.clone();
         node.serving.check().map_err(Status::unavailable)?;
@@ -159,6 +163,8 @@ impl Discovery for DiscoveryService {
         tokio::spawn(async move {
             // Whether an event went out since the last tick: then no progress is due.
             let mut sent_since_tick = true;
+            let mut recheck = tokio::time::interval(RECHECK);
+            recheck.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
             for ev in first {
                 if tx.send(Ok(shown(ev, secret))).await.is_err() {
                     return;
@@ -170,6 +176,17 @@ impl Discovery for DiscoveryService {
                     biased;
                     _ = shutdown.cancelled() => return,
                     _ = tx.closed() => return,
+                    _ = recheck.tick() => {
+                        let holds = caller.as_ref().map_or(Ok(()), |c| {
+                            c.still_holds(node.shared.read().state.tokens(), crate::clock::now_ms())
+                        });
+                        if let Err(why) = holds {
+                            tracing::info!(proxy = %req.proxy_id, "ending watch: {why}");
+                            let _ = tx.send(Err(Status::unauthenticated(why))).await;
+                            return;
+                        }
+                        continue;
+                    }
                     r = health.changed() => {
                         let why = match (r, &*health.borrow_and_update()) {
                             (Err(_), _) => return,

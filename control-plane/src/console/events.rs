@@ -13,6 +13,8 @@ use tokio_stream::wrappers::ReceiverStream;
 use tokio_stream::StreamExt;
 
 use super::view::describe;
+use crate::api::discovery::RECHECK;
+use crate::auth::Caller;
 use crate::node::context::NodeCtx;
 use crate::store::sm::Notice;
 
@@ -23,14 +25,16 @@ const KEEPALIVE: Duration = Duration::from_secs(15);
 
 pub type Events = StreamBody<futures::stream::BoxStream<'static, Result<Frame<Bytes>, Infallible>>>;
 
-/// The event stream for one page; it ends when the page goes away or the node stops.
-pub fn stream(node: std::sync::Arc<NodeCtx>) -> Events {
+/// The event stream for one page; it ends when the page goes away, the node stops, or the
+/// token the page was let in with is revoked or expires (the page then reconnects and is
+/// refused).
+pub fn stream(node: std::sync::Arc<NodeCtx>, caller: Caller) -> Events {
     let (tx, rx) = mpsc::channel::<Bytes>(64);
     let (recent, notices) = {
         let (live, rx) = node.shared.subscribe();
         (live.recent(REPLAY), rx)
     };
-    tokio::spawn(feed(node, recent, notices, tx));
+    tokio::spawn(feed(node, caller, recent, notices, tx));
     let s = ReceiverStream::new(rx).map(|b| Ok(Frame::data(b)));
     StreamBody::new(Box::pin(s) as futures::stream::BoxStream<'static, _>)
 }
@@ -46,6 +50,7 @@ fn changes(revision: u64, set: &[switchyard_proto::v1::Change]) -> Bytes {
 
 async fn feed(
     node: std::sync::Arc<NodeCtx>,
+    caller: Caller,
     recent: Vec<(u64, std::sync::Arc<Vec<switchyard_proto::v1::Change>>)>,
     mut notices: broadcast::Receiver<Notice>,
     tx: mpsc::Sender<Bytes>,
@@ -59,10 +64,18 @@ async fn feed(
         }
     }
     let mut keepalive = tokio::time::interval(KEEPALIVE);
+    let mut recheck = tokio::time::interval(RECHECK);
     loop {
         let out = tokio::select! {
             _ = node.shutdown.cancelled() => return,
             _ = tx.closed() => return,
+            _ = recheck.tick() => {
+                if let Err(why) = caller.still_holds(node.shared.read().state.tokens(), crate::clock::now_ms()) {
+                    tracing::info!("ending a console feed: {why}");
+                    return;
+                }
+                continue;
+            }
             _ = keepalive.tick() => Bytes::from_static(b": keepalive\n\n"),
             n = notices.recv() => match n {
                 Ok(Notice::Changes(rev, set)) => changes(rev, &set),
