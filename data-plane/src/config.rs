@@ -241,6 +241,13 @@ impl Args {
             let host = std::fs::read_to_string("/etc/hostname").map(|h| h.trim().to_string()).unwrap_or_default();
             format!("{}:{}", if host.is_empty() { "proxy" } else { &host }, listen.port())
         });
+        // Shown by `proxy list` and the console, and kept by the control plane, which refuses
+        // what this refuses: said here, at start, rather than in every report.
+        if proxy_id.is_empty() || proxy_id.len() > 256 || proxy_id.chars().any(char::is_control) {
+            return Err(ConfigError(format!(
+                "--proxy-id {proxy_id:?} must be 1 to 256 bytes with no control characters"
+            )));
+        }
         let control_files = TlsFiles {
             ca: self.tls_ca.or(file.tls_ca),
             cert: self.tls_cert.or(file.tls_cert),

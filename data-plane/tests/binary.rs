@@ -22,6 +22,9 @@ fn bad_configuration_is_refused_with_a_message() {
     let (code, err) = run(&["--backend-keepalive-ms", "32767001", "--listen", "127.0.0.1:0"]);
     assert_eq!(code, 1);
     assert!(err.contains("--backend-keepalive-ms 32767001 is over 32767000"), "{err}");
+    let (code, err) = run(&["--proxy-id", "edge\u{1b}[2J", "--listen", "127.0.0.1:0"]);
+    assert_eq!(code, 1);
+    assert!(err.contains("must be 1 to 256 bytes with no control characters"), "{err}");
     let busy = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
     let addr = busy.local_addr().unwrap().to_string();
     let (code, err) = run(&["--listen", &addr, "--admin", "127.0.0.1:0"]);

@@ -211,6 +211,20 @@ async fn a_report_whose_bindings_cannot_commit_is_refused_not_acknowledged() {
     };
     // While the quorum is there, a binding commits and the report is answered.
     discovery(&addr).report(report(&"a".repeat(32))).await.expect("a report with a quorum is kept");
+    // What operators' terminals print comes without escape sequences or line breaks: a
+    // proxy id with one is refused, a rejection reason has them blanked.
+    let escaped = ProxyReport { proxy_id: "edge\n\u{1b}[2J".into(), ..Default::default() };
+    let err = discovery(&addr).report(escaped).await.expect_err("a proxy id with control characters");
+    assert_eq!((err.code(), err.message()), (Code::InvalidArgument, "proxy_id holds a control character"));
+    let reason = ProxyReport {
+        proxy_id: "edge-9".into(),
+        rejected_reason: "bad\u{1b}[31m\nconfig".into(),
+        ..Default::default()
+    };
+    discovery(&addr).report(reason).await.expect("a report with an odd reason is kept");
+    let listed = query(&addr).list_proxies(ReadRequest::default()).await.unwrap().into_inner().proxies;
+    let shown = listed.iter().find(|p| p.proxy_id == "edge-9").expect("edge-9 listed");
+    assert_eq!(shown.rejected_reason, "bad [31m config");
     for id in [1, 2, 3].into_iter().filter(|id| *id != leader) {
         c.node(id).kill9();
     }

@@ -263,12 +263,20 @@ impl Discovery for DiscoveryService {
         if r.proxy_id.len() > MAX_PROXY_ID {
             return Err(Status::invalid_argument(format!("proxy_id is over {MAX_PROXY_ID} bytes")));
         }
+        // Printed by `proxy list` and shown by the console: no escape sequences or line breaks
+        // from a proxy reach an operator's terminal.
+        if r.proxy_id.chars().any(char::is_control) {
+            return Err(Status::invalid_argument("proxy_id holds a control character"));
+        }
         if r.rejected_reason.len() > MAX_REASON {
             let mut end = MAX_REASON;
             while !r.rejected_reason.is_char_boundary(end) {
                 end -= 1;
             }
             r.rejected_reason.truncate(end);
+        }
+        if r.rejected_reason.chars().any(char::is_control) {
+            r.rejected_reason = r.rejected_reason.chars().map(|c| if c.is_control() { ' ' } else { c }).collect();
         }
         let status = ProxyStatus {
             proxy_id: r.proxy_id.clone(),
