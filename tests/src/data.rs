@@ -227,9 +227,14 @@ pub struct EchoBackend {
 
 impl EchoBackend {
     pub async fn start(name: &str) -> EchoBackend {
+        Self::start_at(name, "127.0.0.1:0").await
+    }
+
+    /// One listening at `addr` (a backend coming back where it was).
+    pub async fn start_at(name: &str, addr: &str) -> EchoBackend {
         use futures::{SinkExt, StreamExt};
         use tokio_tungstenite::tungstenite::Message;
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind echo backend");
+        let listener = tokio::net::TcpListener::bind(addr).await.expect("bind echo backend");
         let addr = listener.local_addr().expect("addr").to_string();
         let last_headers = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
         let (n, h) = (name.to_string(), last_headers.clone());

@@ -80,3 +80,33 @@ async fn a_backend_that_fails_the_upgrade_is_passed_over_or_answered_504_and_eje
     let good_there = backend_status(&p.status().await.unwrap(), "hangs", &good.addr);
     assert_eq!(good_there["total"], 3, "{good_there}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_lone_backend_back_from_a_restart_is_tried_at_once_though_ejected() {
+    let _g = serial().await;
+    let c = Cluster::start(1, &[]).await;
+    let addr = c.nodes[&1].addr.clone();
+    // The backend's address, with nothing listening there yet.
+    let gone = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let lone = gone.local_addr().unwrap().to_string();
+    drop(gone);
+    let mut a = admin(&addr);
+    a.create_pool(CreatePoolRequest { pool: Some(Pool { name: "lone".into(), ..Default::default() }) }).await.unwrap();
+    let b = Backend { pool: "lone".into(), address: lone.clone(), weight: 1, ..Default::default() };
+    a.add_backend(AddBackendRequest { backend: Some(b) }).await.unwrap();
+    let route = Route { name: "lone".into(), host: "lone.example".into(), pool: "lone".into(), ..Default::default() };
+    let rev = a.set_route(SetRouteRequest { route: Some(route) }).await.unwrap().into_inner().revision;
+    // Ejected for a minute: far past the end of this test.
+    let flags = ["--eject-ms".to_string(), "60000".to_string()];
+    let p = ProxyProcess::spawn_with(&c.endpoints(), &c.dir.path().join("p.cache"), "p", &flags);
+    p.wait_revision(rev).await;
+
+    let down = upgrade_status(&p.ws, "lone.example").await;
+    assert!(down.starts_with("HTTP/1.1 503"), "{down}");
+    let s = backend_status(&p.status().await.unwrap(), "lone", &lone);
+    assert!(s["connect_failures"] == 1 && s["ejected"] == true, "{s}");
+    // Back (a restart that took a second): the next client reaches it, though the proxy's
+    // ejection has 59 s to run. Every backend of the pool is ejected, so they are tried.
+    let _back = EchoBackend::start_at("lone", &lone).await;
+    assert_eq!(upgrade_status(&p.ws, "lone.example").await, "HTTP/1.1 101 Switching Protocols");
+}

@@ -44,10 +44,17 @@ impl<'a> Attempts<'a> {
             return Err(self.none_left());
         }
         let now = self.state.registry.now_ms();
-        let choice = match self.session {
+        let pick = |now: u64| match self.session {
             Some(k) => self.pool.pick_session(k, self.bound, now, &self.failed).map(|(i, _)| i),
             None => self.pool.pick(up, client, now, &self.failed),
         };
+        // Every backend that could take it is ejected by this proxy: they are tried anyway,
+        // ejection set aside (a clock at its end). An ejection is this proxy's guess from one
+        // failed connect; refusing every client for its whole length would turn a one-second
+        // restart of a lone backend, or a rolling deploy, into ten seconds of 503. NGINX never
+        // marks a lone server down, and Envoy balances over every host of a pool below its
+        // panic threshold.
+        let choice = pick(now).or_else(|| pick(u64::MAX));
         let i = choice.ok_or_else(|| self.none_left())?;
         self.trying = Some(self.pool.backends[i].stats.count());
         Ok(i)
