@@ -161,6 +161,7 @@ impl Table {
 
     /// [`Self::route`], with the name of the route that matched.
     pub fn route_named(&self, host: &str, path: &str) -> Option<(&str, &Arc<PoolTable>)> {
+        let path = crate::handshake::path::without_params(path);
         self.routes
             .iter()
             .find(|r| host_matches(&r.host, host) && path.starts_with(&r.path_prefix))
@@ -291,6 +292,10 @@ mod tests {
         assert_eq!(pool("a.example.com", "/chat").as_deref(), Some("wild"));
         assert_eq!(pool("example.com", "/chat").as_deref(), Some("chat"));
         assert_eq!(pool("other", "/").as_deref(), Some("any"));
+        // A segment's parameters do not take a path off its route (Tomcat serves
+        // `/chat;x/1` as `/chat/1`).
+        assert_eq!(pool("example.com", "/chat;jsessionid=1/x").as_deref(), Some("chat"));
+        assert_eq!(pool("api.example.com", "/ws;x").as_deref(), Some("exact-ws"));
     }
 
     #[test]

@@ -42,6 +42,13 @@ pub fn normalize(target: &str) -> Result<Cow<'_, str>, Reject> {
     let mut dir = false;
     while let Some(seg) = parts.next() {
         let last = parts.peek().is_none();
+        // `..;x` is `..` to servers that drop a segment's parameters before resolving dot
+        // segments (Tomcat, Jetty, Spring): `/open/..;/admin` is their `/admin`. Refused, as
+        // an encoded slash is: it means one thing here and another there.
+        let name = seg.split(';').next().unwrap_or("");
+        if name != seg && (name == "." || name == "..") {
+            return Err(Reject::BadRequest("a dot segment with parameters (`..;`) in the path"));
+        }
         match seg {
             "" | "." => dir = last,
             ".." => {
@@ -63,6 +70,17 @@ pub fn normalize(target: &str) -> Result<Cow<'_, str>, Reject> {
     }
     out.push_str(rest);
     Ok(if out == target { Cow::Borrowed(target) } else { Cow::Owned(out) })
+}
+
+/// `path` as routes are matched against it: each segment without its `;parameters`, as the
+/// servers that drop them read it (`/admin;x/users` is `/admin/users` to Tomcat, Jetty and
+/// Spring), so such a path takes the route, and the check, of the path they serve. The
+/// backend still gets the path with its parameters.
+pub fn without_params(path: &str) -> Cow<'_, str> {
+    if !path.contains(';') {
+        return Cow::Borrowed(path);
+    }
+    Cow::Owned(path.split('/').map(|s| s.split(';').next().unwrap_or("")).collect::<Vec<_>>().join("/"))
 }
 
 /// Percent-escapes of unreserved characters decoded, the others kept (hex in upper case);
@@ -150,5 +168,18 @@ mod tests {
         for t in ["/admin%2fusers", "/a%2F..%2Fadmin", "/a%5cb", "/a%00", "/a\\..\\admin", "/a%", "/a%4", "/a%zz"] {
             assert!(matches!(normalize(t), Err(Reject::BadRequest(_))), "{t}: {:?}", normalize(t));
         }
+        // `..;` is `..` to Tomcat, Jetty and Spring, a name to everyone else.
+        for t in ["/open/..;/admin", "/open/..;jsessionid=1/admin", "/open/%2e%2e;/admin", "/a/.;x/b", "/..;"] {
+            assert!(matches!(normalize(t), Err(Reject::BadRequest(_))), "{t}: {:?}", normalize(t));
+        }
+        assert_eq!(n("/app;jsessionid=1/chat"), "/app;jsessionid=1/chat", "other parameters are the backend's");
+    }
+
+    #[test]
+    fn routes_see_each_segment_without_its_parameters() {
+        assert!(matches!(without_params("/admin/users"), Cow::Borrowed("/admin/users")));
+        assert_eq!(without_params("/admin;x=1/users"), "/admin/users");
+        assert_eq!(without_params("/a;b;c/d;/e"), "/a/d/e");
+        assert_eq!(without_params("/;x"), "/");
     }
 }
