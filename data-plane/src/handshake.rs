@@ -6,7 +6,7 @@ use std::net::IpAddr;
 use std::sync::Arc;
 
 mod headers;
-mod path;
+pub mod path;
 pub use headers::Headers;
 pub use path::normalize;
 
@@ -330,9 +330,39 @@ pub(crate) fn strip_port(h: &str) -> &str {
     }
 }
 
-/// The request as the backend sees it: the client's head untouched (subprotocols, extensions
-/// and application headers pass through), plus `X-Forwarded-For` (appended to), and
-/// `X-Forwarded-Proto` and `Forwarded` describing this hop.
+/// Forwarding headers other than `X-Forwarded-For` (which is appended to): they describe this
+/// hop, and are the proxy's to write. Frameworks read their first value (Spring's
+/// `Forwarded`, Rack's `X-Forwarded-Ssl`), so a client's own would say what it liked.
+const FORWARDING: [&str; 7] = [
+    "forwarded",
+    "x-forwarded-proto",
+    "x-forwarded-host",
+    "x-forwarded-port",
+    "x-forwarded-ssl",
+    "x-forwarded-scheme",
+    "x-url-scheme",
+];
+
+/// Whether a client's request header is dropped rather than sent on: a forwarding header the
+/// proxy writes itself ([`FORWARDING`]), or a name with an underscore, which CGI-style servers
+/// (WSGI, Rack, uWSGI) read as the dash spelling (`X_User` is `HTTP_X_USER`, as `X-User` is):
+/// it could stand in for a header the proxy strips or sets. NGINX drops those by default
+/// (`underscores_in_headers off`).
+pub fn client_may_not_send(name: &str) -> bool {
+    name.contains('_') || FORWARDING.iter().any(|f| name.eq_ignore_ascii_case(f))
+}
+
+/// Headers that describe the client's hop (RFC 9110 §7.6.1), never sent on; the proxy writes
+/// its own `Connection: Upgrade`.
+const HOP_BY_HOP: [&str; 6] = ["connection", "keep-alive", "proxy-connection", "te", "trailer", "transfer-encoding"];
+
+/// The request as the backend sees it: the client's head (subprotocols, extensions and
+/// application headers pass through) without its hop-by-hop headers, those its `Connection`
+/// names, and those it may not send ([`client_may_not_send`]), plus `X-Forwarded-For`
+/// (appended to), and `X-Forwarded-Proto` and `Forwarded` describing this hop. A header the
+/// client's `Connection` named would be dropped by the next proxy that follows RFC 9110 (Go's
+/// `ReverseProxy`, so Traefik and Caddy; Apache), and with it this proxy's `X-Forwarded-For`
+/// or an edge-auth claim header, had they gone through under that name.
 ///
 /// `proto` is `http` for ws clients and `https` for wss clients, not `ws`/`wss`: the upgrade
 /// request is an HTTP request, and backends decide "was this secure?" by comparing these
@@ -345,8 +375,9 @@ pub fn forward_head(up: &Upgrade, client: IpAddr, proto: &str) -> Vec<u8> {
     out.extend_from_slice(up.target.as_bytes());
     out.extend_from_slice(b" HTTP/1.1\r\n");
     let mut xff_done = false;
+    let listed = |n: &str| !n.eq_ignore_ascii_case("upgrade") && up.headers.all("connection").any(|v| has_token(v, n));
     for (n, v) in up.headers.iter() {
-        if n.eq_ignore_ascii_case("x-forwarded-proto") {
+        if client_may_not_send(n) || HOP_BY_HOP.iter().any(|h| n.eq_ignore_ascii_case(h)) || listed(n) {
             continue;
         }
         if let (Some(a), true) = (&up.authority, n.eq_ignore_ascii_case("host")) {
@@ -377,6 +408,7 @@ pub fn forward_head(up: &Upgrade, client: IpAddr, proto: &str) -> Vec<u8> {
     if !xff_done {
         let _ = write!(out, "X-Forwarded-For: {client}\r\n");
     }
+    out.extend_from_slice(b"Connection: Upgrade\r\n");
     let _ = write!(out, "X-Forwarded-Proto: {proto}\r\n");
     // Written in place (writes to a Vec cannot fail): no string per header.
     let _ = match client {

@@ -32,7 +32,7 @@ use hyper::{Request, Response, StatusCode};
 use self::answers::{own, own_closing, refusal, too_large, Pending};
 use self::bodies::{Counts, Limited, Relayed};
 use self::client::{Activity, Busy, Prefixed};
-use self::headers::{strip_hop_by_hop, Forwarding};
+use self::headers::{strip_client_only, strip_hop_by_hop, Forwarding};
 use self::inflight::{send_within, Held, InFlight};
 use self::view::{head_size, needs_headers, view};
 use crate::access_log;
@@ -311,6 +311,7 @@ async fn handle(
     let client_version = parts.version;
     let mut headers = parts.headers;
     strip_hop_by_hop(&mut headers);
+    strip_client_only(&mut headers);
     fwd.apply(&mut headers, &up, address);
     // A body of unknown length goes chunked, whatever the method: hyper would send a GET's
     // as no body at all.

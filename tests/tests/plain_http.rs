@@ -137,6 +137,9 @@ async fn plain_http_is_balanced_sticky_kept_alive_and_streamed() {
                 ("x-secret", "1"),
                 ("x-app", "kept"),
                 ("x-forwarded-for", "10.9.8.7"),
+                ("forwarded", "for=10.0.0.1;proto=https;host=admin.internal"),
+                ("x-forwarded-ssl", "on"),
+                ("x_app", "underscored"),
             ],
         ),
     )
@@ -147,7 +150,10 @@ async fn plain_http_is_balanced_sticky_kept_alive_and_streamed() {
     assert_eq!(backend.last_header("x-secret"), None, "a header named in Connection was forwarded");
     assert_eq!(backend.last_header("x-forwarded-for").as_deref(), Some("10.9.8.7, 127.0.0.1"));
     assert_eq!(backend.last_header("x-forwarded-proto").as_deref(), Some("http"));
+    // The client's own forwarding headers, and names with an underscore (`x_app` is
+    // `HTTP_X_APP` to a CGI-style server, as `x-app` is), do not reach the backend.
     assert_eq!(backend.last_header("forwarded").as_deref(), Some("for=127.0.0.1;proto=http;host=\"app.example\""));
+    assert_eq!((backend.last_header("x-forwarded-ssl"), backend.last_header("x_app")), (None, None));
     assert_eq!(backend.last_header("host").as_deref(), Some("app.example"));
 
     // Bodies stream both ways: a chunked upload is echoed, a chunked answer arrives whole.

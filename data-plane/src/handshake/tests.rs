@@ -28,6 +28,32 @@ fn every_forwarded_for_line_comes_before_this_hop() {
 }
 
 #[test]
+fn the_backend_gets_no_hop_header_and_no_forwarding_header_of_the_clients_own() {
+    let head = "GET / HTTP/1.1\r\nHost: a\r\nUpgrade: websocket\r\nConnection: Upgrade, X-Forwarded-For, X-User, Keep-Alive\r\n\
+                Keep-Alive: 5\r\nX-User: ada\r\nForwarded: for=10.0.0.1;proto=https;host=admin.internal\r\n\
+                X-Forwarded-Ssl: on\r\nX-Forwarded-Host: admin.internal\r\nX_Forwarded_Proto: https\r\nX_User: root\r\n\
+                X-Forwarded-For: 1.1.1.1\r\nX-App: kept\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n\
+                Sec-WebSocket-Version: 13\r\n\r\n";
+    let up = parse_request(head.as_bytes()).unwrap();
+    let fwd = String::from_utf8(forward_head(&up, "192.0.2.7".parse().unwrap(), "http")).unwrap();
+    // Named by the client's Connection (the next RFC 9110 proxy would drop them, this hop's
+    // X-Forwarded-For with them): gone, and the proxy's own Connection sent.
+    assert!(!fwd.contains("X-User") && !fwd.contains("Keep-Alive"), "{fwd}");
+    assert_eq!(fwd.matches("Connection:").count(), 1, "{fwd}");
+    assert!(fwd.contains("\r\nConnection: Upgrade\r\nX-Forwarded-Proto: http\r\n"), "{fwd}");
+    // The client's own X-Forwarded-For went with its Connection; this hop's is written.
+    assert!(fwd.contains("X-Forwarded-For: 192.0.2.7\r\n") && !fwd.contains("1.1.1.1"), "{fwd}");
+    // The forwarding headers are this proxy's alone; underscore names go (CGI reads them as
+    // the dash spelling).
+    assert_eq!(fwd.matches("Forwarded:").count(), 1, "{fwd}");
+    assert!(fwd.contains("Forwarded: for=192.0.2.7;proto=http;host=\"a\"\r\n"), "{fwd}");
+    for gone in ["X-Forwarded-Ssl", "X-Forwarded-Host", "X_Forwarded_Proto", "X_User", "admin.internal"] {
+        assert!(!fwd.contains(gone), "{gone} in {fwd}");
+    }
+    assert!(fwd.contains("Upgrade: websocket\r\n") && fwd.contains("X-App: kept\r\n"), "{fwd}");
+}
+
+#[test]
 fn rejects_with_the_right_status() {
     let swap = |from: &str, to: &str| parse_request(GOOD.replace(from, to).as_bytes()).unwrap_err().status();
     assert_eq!(swap("Upgrade: websocket\r\n", ""), 426);

@@ -46,6 +46,18 @@ pub(super) fn strip_hop_by_hop(h: &mut HeaderMap) {
     }
 }
 
+/// Removes what a client may not send on (see [`handshake::client_may_not_send`]): the
+/// forwarding headers this proxy writes, and names with an underscore.
+pub(super) fn strip_client_only(h: &mut HeaderMap) {
+    if !h.keys().any(|n| handshake::client_may_not_send(n.as_str())) {
+        return;
+    }
+    let gone: Vec<HeaderName> = h.keys().filter(|n| handshake::client_may_not_send(n.as_str())).cloned().collect();
+    for n in gone {
+        h.remove(n);
+    }
+}
+
 /// Why a message's framing is refused, if it is: a transfer coding other than `chunked`
 /// (the proxy would pass on coded bytes without the coding's name, RFC 9112 §6.1), or, when
 /// `with_length` is false, a `Content-Length` beside `Transfer-Encoding` (RFC 9112 §6.3: a
@@ -91,7 +103,7 @@ impl Forwarding {
         }
     }
 
-    /// `X-Forwarded-For` appended to, `X-Forwarded-Proto` set, `Forwarded` appended to, and
+    /// `X-Forwarded-For` appended to, `X-Forwarded-Proto` and `Forwarded` set, and
     /// `Host` set from an absolute-form target's authority (RFC 9112 §3.2.2), or to the
     /// backend's address for an HTTP/1.0 request that had none (as NGINX's `$proxy_host`).
     pub(super) fn apply(&self, h: &mut HeaderMap, up: &handshake::Upgrade, backend: &str) {
@@ -110,7 +122,7 @@ impl Forwarding {
         fwd.push_str(&up.host);
         fwd.push('"');
         if let Ok(v) = HeaderValue::try_from(fwd) {
-            h.append(header::FORWARDED, v);
+            h.insert(header::FORWARDED, v);
         }
         if let Some(a) = &up.authority {
             if let Ok(v) = HeaderValue::from_str(a) {
