@@ -30,7 +30,7 @@ pub struct WatchConfig {
 pub fn start(state: Arc<ProxyState>, cfg: WatchConfig, mirror: Mirror) {
     let (applied_tx, applied_rx) = watch::channel(mirror.revision);
     let mirror = Arc::new(Mutex::new(mirror));
-    let cluster_file = cfg.cache_file.as_deref().map(follow::cluster_file);
+    let cluster_file = cfg.cache_file.clone();
     if let Some(path) = cfg.cache_file {
         tokio::spawn(cache::writer(path, applied_rx.clone(), mirror.clone()));
     }

@@ -146,8 +146,13 @@ async fn a_saved_cluster_restored_into_wiped_nodes_has_everything_under_a_new_cl
     assert!(ws_connect(&proxy.ws, "/late", &[]).await.map(|(_, n)| n != "late").unwrap_or(true), "no stale route");
     let (_ws, again) = ws_connect(&proxy.ws, "/chat", &[("X-Session", "alice")]).await.unwrap();
     assert_eq!(again, home, "alice's session survives the restore");
-    let followed = std::fs::read_to_string(format!("{}.cluster-id", proxy_cache.display())).unwrap();
-    assert_eq!(followed.trim(), new_id, "the proxy now follows the new cluster");
+    // Written once the restored state is applied and cached (a crash before must not leave
+    // the new id beside the old cluster's config).
+    eventually("the proxy to follow the new cluster", Duration::from_secs(5), || async {
+        let followed = std::fs::read_to_string(format!("{}.cluster-id", proxy_cache.display())).ok()?;
+        (followed.trim() == new_id).then_some(())
+    })
+    .await;
     proxy.terminate();
 }
 

@@ -64,3 +64,43 @@ async fn a_proxy_started_from_a_wrong_cache_converges_to_the_cluster() {
     let rev = admin(&addr).add_backend(req).await.expect("add b2").into_inner().revision;
     p.wait_revision(rev).await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_cache_beside_no_cluster_id_is_replaced_by_the_clusters_state_whatever_its_revision() {
+    let _g = serial().await;
+    let c = Cluster::start(1, &[]).await;
+    let addr = c.nodes[&1].addr.clone();
+    let b1 = EchoBackend::start("b1").await;
+    let rev = route_all(&addr, "chat", &[b1.addr.as_str()]).await;
+    let truth = snapshot(&addr, rev).await;
+
+    // Another cluster's config, far ahead in revisions, and the file naming its cluster lost
+    // (or a cache from a build before cluster ids).
+    let ghost = ClosedPort::new();
+    let mut other = truth.clone();
+    other.revision = truth.revision + 1000;
+    for b in &mut other.backends {
+        b.address = ghost.addr.clone();
+    }
+    let cache = c.dir.path().join("p.cache");
+    switchyard_proxy::watch::cache::write(&cache, &other).expect("write the cache");
+    let id_file = switchyard_proxy::watch::follow::cluster_file(&cache);
+    assert!(!id_file.exists());
+
+    let p = ProxyProcess::spawn(&c.endpoints(), &cache, "p");
+    eventually("the proxy to take this cluster's config", Duration::from_secs(20), || async {
+        let s = p.status().await?;
+        let revision = s["config"]["revision"].as_u64()?;
+        (backends(&s)? == vec![b1.addr.clone()] && revision >= truth.revision && revision < other.revision)
+            .then_some(())
+    })
+    .await;
+    let (_ws, name) = ws_connect(&p.ws, "/", &[]).await.expect("routed by this cluster's config");
+    assert_eq!(name, "b1");
+    // The cluster's id is written beside a cache that holds its config, never beside the other.
+    eventually("the cluster id and its config on disk", Duration::from_secs(10), || async {
+        let (held, _) = switchyard_proxy::watch::cache::load(&cache)?;
+        (id_file.exists() && held.revision < other.revision).then_some(())
+    })
+    .await;
+}

@@ -108,13 +108,23 @@ fn usable(path: &Path, bytes: &[u8], written: SystemTime) -> Option<(Topology, S
 /// the directory flushed, so a crash leaves either the old cache or the new one, whole. The
 /// file is its owner's alone (0600): it holds the cluster's affinity hashing key.
 pub fn write(path: &Path, t: &Topology) -> std::io::Result<()> {
+    write_file(path, &frame(&t.encode_to_vec()))
+}
+
+/// `bytes` to `path` through a temp file beside it, durably (see [`write`]). The temp file's
+/// name is the whole name plus this process's id: two proxies whose cache files differ only
+/// in their extension (`edge.8080`, `edge.8443`) must not write through one temp file and
+/// rename each other's config into place.
+pub fn write_file(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
     use std::io::Write;
     use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
-    let tmp = path.with_extension("tmp");
+    let mut tmp = path.as_os_str().to_owned();
+    tmp.push(format!(".{}.tmp", std::process::id()));
+    let tmp = PathBuf::from(tmp);
     let mut f = std::fs::OpenOptions::new().write(true).create(true).truncate(true).mode(0o600).open(&tmp)?;
     // A leftover temp file keeps its old mode through `open`: set it, before any byte goes in.
     f.set_permissions(std::fs::Permissions::from_mode(0o600))?;
-    f.write_all(&frame(&t.encode_to_vec()))?;
+    f.write_all(bytes)?;
     f.sync_all()?;
     drop(f);
     std::fs::rename(&tmp, path)?;

@@ -36,9 +36,10 @@ pub async fn run(
     endpoints: Vec<String>,
     mirror: Arc<Mutex<Mirror>>,
     applied: watch::Sender<u64>,
-    cluster_file: Option<PathBuf>,
+    cache_file: Option<PathBuf>,
     tls: ClientTls,
 ) {
+    let cluster_file = cache_file.as_deref().map(cluster_file);
     let lock = || mirror.lock().unwrap_or_else(|e| e.into_inner());
     let shutdown = state.runtime.shutdown.clone();
     let mut backoff = BACKOFF_MIN;
@@ -49,6 +50,9 @@ pub async fn run(
     // asks for one; later ones resume after the revision applied.
     let mut resync = lock().revision > 0;
     let mut unreached = Unreached::new(endpoints.len());
+    // A cluster id adopted from a stream, to be written beside the cache once that stream's
+    // config is applied.
+    let mut unsaved: Option<String> = None;
     while !shutdown.is_cancelled() {
         let addr = endpoints[next % endpoints.len()].clone();
         next += 1;
@@ -82,10 +86,18 @@ pub async fn run(
                         }
                         match same_cluster(&mut cluster, got) {
                             Ok(()) => {
-                                if let (false, Some(f), Some(id)) = (knew, &cluster_file, &cluster) {
-                                    if let Err(e) = save_cluster(f, id) {
-                                        tracing::warn!("cannot write {}: {e}", f.display());
-                                    }
+                                // A config held from before this proxy knew the cluster (a
+                                // cache beside no cluster id: lost, or from a build before
+                                // ids): its revision is not this cluster's, and a snapshot
+                                // from it below that revision must still replace it.
+                                if !knew && got.is_some() && ask == 0 && lock().revision > 0 {
+                                    lock().foreign = true;
+                                }
+                                // Written once this cluster's config has replaced the one
+                                // held: a crash before would leave its id beside the other's
+                                // config, at a revision its snapshot could not replace.
+                                if !knew {
+                                    unsaved = cluster.clone();
                                 }
                                 Some(s)
                             }
@@ -181,6 +193,14 @@ pub async fn run(
             state.status.heard(now, leader_revision, through);
             if delta.is_some() {
                 let _ = applied.send(rev);
+                if let (Some(cache), Some(f), Some(id)) = (&cache_file, &cluster_file, unsaved.take()) {
+                    // The cache first (the writer would have it within 200 ms): the id must
+                    // never sit beside the config of another cluster.
+                    let t = lock().to_topology();
+                    if let Err(e) = super::cache::write(cache, &t).and_then(|()| save_cluster(f, &id)) {
+                        tracing::warn!("cannot write {} or {}: {e}", cache.display(), f.display());
+                    }
+                }
             }
         }
         tracing::warn!(node = %addr, revision = lock().revision, "control-plane stream ended; trying the next node");
@@ -235,10 +255,7 @@ fn load_cluster(path: &Path) -> Option<String> {
 
 /// Written aside and renamed into place, so a crash leaves the old file or the new one.
 fn save_cluster(path: &Path, id: &str) -> std::io::Result<()> {
-    let mut tmp = path.as_os_str().to_owned();
-    tmp.push(".tmp");
-    std::fs::write(&tmp, format!("{id}\n"))?;
-    std::fs::rename(&tmp, path)
+    super::cache::write_file(path, format!("{id}\n").as_bytes())
 }
 
 /// Whether a stream from cluster `got` may be followed after `known`; the first id seen is

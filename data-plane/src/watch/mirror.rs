@@ -10,6 +10,10 @@ use switchyard_proto::v1::{change, watch_event, Topology, WatchEvent};
 pub struct Mirror {
     pub revision: u64,
     model: Model,
+    /// The config is not known to come from the cluster now streaming (a cache beside no
+    /// cluster id, say): its revision says nothing about that cluster's, so the next snapshot
+    /// replaces it whatever its revision.
+    pub foreign: bool,
 }
 
 /// What an applied event changed, so installing it does only the work it needs.
@@ -24,7 +28,7 @@ pub enum Delta {
 
 impl Mirror {
     pub fn from_topology(t: Topology) -> Mirror {
-        Mirror { revision: t.revision, model: Model::from_topology(t) }
+        Mirror { revision: t.revision, model: Model::from_topology(t), foreign: false }
     }
 
     pub fn to_topology(&self) -> Topology {
@@ -47,7 +51,11 @@ impl Mirror {
     /// nothing, its revision included: only config moves the revision.
     pub fn apply(&mut self, ev: WatchEvent) -> Option<Delta> {
         let snapshot = matches!(ev.kind, Some(watch_event::Kind::Snapshot(_)));
-        if ev.revision < self.revision || (ev.revision == self.revision && self.revision != 0 && !snapshot) {
+        if self.foreign && !snapshot {
+            return None;
+        }
+        let behind = ev.revision < self.revision || (ev.revision == self.revision && self.revision != 0 && !snapshot);
+        if behind && !self.foreign {
             return None;
         }
         let delta = match ev.kind? {
@@ -122,6 +130,33 @@ mod tests {
         assert_eq!(m.model().backends.len(), 1);
         assert_eq!(Mirror::from_topology(m.to_topology()), m);
         assert_eq!(m.apply(WatchEvent { revision: 6, kind: None }), None);
+    }
+
+    #[test]
+    fn a_config_from_another_cluster_is_replaced_by_the_next_snapshot_whatever_its_revision() {
+        // A cache at 900 held beside no cluster id; the cluster streaming is at 40.
+        let cached = Topology {
+            revision: 900,
+            pools: vec![Pool { name: "old".into(), ..Default::default() }],
+            ..Default::default()
+        };
+        let mut m = Mirror::from_topology(cached);
+        m.foreign = true;
+        assert_eq!(m.apply(changes(950, vec![session("k")])), None, "no change lands on another cluster's config");
+        let topo = Topology {
+            revision: 40,
+            pools: vec![Pool { name: "new".into(), ..Default::default() }],
+            ..Default::default()
+        };
+        assert_eq!(
+            m.apply(WatchEvent { revision: 40, kind: Some(watch_event::Kind::Snapshot(topo)) }),
+            Some(Delta::All)
+        );
+        assert_eq!((m.revision, m.foreign), (40, false));
+        assert!(m.model().pools.contains_key("new") && !m.model().pools.contains_key("old"));
+        // From then on, forward only again.
+        assert_eq!(m.apply(changes(39, vec![session("old")])), None);
+        assert!(m.apply(changes(41, vec![session("k")])).is_some());
     }
 
     #[test]
