@@ -11,7 +11,7 @@ use crate::state::Runtime;
 /// Descriptors kept for everything else: the admin port's connections (up to
 /// [`crate::admin::MAX_ADMIN_CONNECTIONS`]) and 64 for the rest (listeners, control-plane
 /// channels, the cache file, each worker's poller, the 503 itself: about 26 in use at start).
-const RESERVED: u64 = 64 + crate::admin::MAX_ADMIN_CONNECTIONS as u64;
+pub const RESERVED: u64 = 64 + crate::admin::MAX_ADMIN_CONNECTIONS as u64;
 
 /// Raises the soft descriptor limit to the hard limit; returns the limit now in force, or
 /// `None` when there is none (or it cannot be read).

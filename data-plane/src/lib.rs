@@ -53,6 +53,11 @@ pub enum StartError {
     Tls(#[from] tls::TlsError),
     #[error("no listener: give --listen, --wss-listen or both")]
     NoListener,
+    #[error(
+        "the file descriptor limit ({0}) leaves no room for a proxied connection: the proxy keeps {1} for itself \
+         and needs two per connection; raise it (ulimit -n, LimitNOFILE=)"
+    )]
+    NoDescriptors(u64, u64),
     #[error("--wss-listen needs its listener and certificates together")]
     WssIncomplete,
     #[error("cannot open the access log {0}: {1}")]
@@ -95,7 +100,13 @@ impl Proxy {
             None => None,
         };
         let state = ProxyState::new(cfg.proxy_id.clone());
-        let room = fds::raise_limit().map(fds::connections_for);
+        let limit = fds::raise_limit();
+        let room = limit.map(fds::connections_for);
+        // No room at all would read as "no cap" below (0): the proxy would accept without
+        // limit and fail in accept and connect, what the budget is there to prevent.
+        if let (Some(limit), Some(0)) = (limit, room) {
+            return Err(StartError::NoDescriptors(limit, fds::RESERVED));
+        }
         let max = match (room, cfg.tuning.max_connections) {
             (Some(room), Some(asked)) if asked > room => {
                 tracing::warn!("--max-connections {asked} lowered to {room}: the file descriptor limit allows no more");

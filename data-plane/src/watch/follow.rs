@@ -145,7 +145,9 @@ pub async fn run(
         tracing::info!(node = %addr, from = ask, runs, "following the control plane");
         unreached = Unreached::new(endpoints.len());
         state.status.set_control_plane(Some(addr.clone()), Some(runs));
-        backoff = BACKOFF_MIN;
+        // Reset once the stream brings something: a node (or something before it) that takes
+        // the stream and ends it at once would otherwise be asked again, and again, at once.
+        let mut heard = false;
         let mut fresh = Freshness::new(Instant::now());
         // The revision the stream has brought this proxy up to date with: the config's, or
         // above it when progress says no change came in between.
@@ -172,6 +174,10 @@ pub async fn run(
                     break;
                 }
             };
+            if !heard {
+                heard = true;
+                backoff = BACKOFF_MIN;
+            }
             let now = Instant::now();
             let (leader_revision, node_revision) = match &ev.kind {
                 Some(watch_event::Kind::Progress(p)) => (Some(p.leader_revision), p.node_revision),
@@ -205,6 +211,14 @@ pub async fn run(
         }
         tracing::warn!(node = %addr, revision = lock().revision, "control-plane stream ended; trying the next node");
         state.status.set_control_plane(None, None);
+        if !heard {
+            let jitter = rand::random::<u64>() % (backoff.as_millis() as u64 / 2 + 1);
+            tokio::select! {
+                _ = shutdown.cancelled() => return,
+                _ = tokio::time::sleep(backoff + Duration::from_millis(jitter)) => {}
+            }
+            backoff = (backoff * 2).min(BACKOFF_MAX);
+        }
     }
 }
 
