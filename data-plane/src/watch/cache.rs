@@ -112,22 +112,31 @@ pub fn write(path: &Path, t: &Topology) -> std::io::Result<()> {
 }
 
 /// `bytes` to `path` through a temp file beside it, durably (see [`write`]). The temp file's
-/// name is the whole name plus this process's id: two proxies whose cache files differ only
-/// in their extension (`edge.8080`, `edge.8443`) must not write through one temp file and
-/// rename each other's config into place.
+/// name is the whole name plus this process's id and a count: two proxies whose cache files
+/// differ only in their extension (`edge.8080`, `edge.8443`) must not write through one temp
+/// file and rename each other's config into place, nor two writes of one proxy (the cache
+/// writer, and the follower's write when it adopts a cluster).
 pub fn write_file(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
     use std::io::Write;
     use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
+    static WRITES: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+    let n = WRITES.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
     let mut tmp = path.as_os_str().to_owned();
-    tmp.push(format!(".{}.tmp", std::process::id()));
+    tmp.push(format!(".{}.{n}.tmp", std::process::id()));
     let tmp = PathBuf::from(tmp);
-    let mut f = std::fs::OpenOptions::new().write(true).create(true).truncate(true).mode(0o600).open(&tmp)?;
-    // A leftover temp file keeps its old mode through `open`: set it, before any byte goes in.
-    f.set_permissions(std::fs::Permissions::from_mode(0o600))?;
-    f.write_all(bytes)?;
-    f.sync_all()?;
-    drop(f);
-    std::fs::rename(&tmp, path)?;
+    let written = (|| {
+        let mut f = std::fs::OpenOptions::new().write(true).create(true).truncate(true).mode(0o600).open(&tmp)?;
+        // A leftover temp file keeps its old mode through `open`: set it before any byte.
+        f.set_permissions(std::fs::Permissions::from_mode(0o600))?;
+        f.write_all(bytes)?;
+        f.sync_all()?;
+        drop(f);
+        std::fs::rename(&tmp, path)
+    })();
+    if let Err(e) = written {
+        let _ = std::fs::remove_file(&tmp);
+        return Err(e);
+    }
     let dir = path.parent().filter(|d| !d.as_os_str().is_empty()).unwrap_or(Path::new("."));
     std::fs::File::open(dir)?.sync_all()
 }

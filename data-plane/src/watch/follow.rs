@@ -205,6 +205,8 @@ pub async fn run(
                     let t = lock().to_topology();
                     if let Err(e) = super::cache::write(cache, &t).and_then(|()| save_cluster(f, &id)) {
                         tracing::warn!("cannot write {} or {}: {e}", cache.display(), f.display());
+                        // Tried again with the next applied event.
+                        unsaved = Some(id);
                     }
                 }
             }
