@@ -282,7 +282,7 @@ pub fn render(node: &NodeCtx) -> String {
     );
     reg.register(
         "session_refreshes_skipped",
-        "Leader only: refreshes in proxy reports not proposed, the binding being seen within a third of its TTL",
+        "Leader only: bindings in proxy reports not proposed: refreshes seen within a third of their TTL, and bindings apply would ignore",
         m.refreshes_skipped.clone(),
     );
     reg.register("health_probes", "Active health probes the leader ran, by result", m.probes.clone());

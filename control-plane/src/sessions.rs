@@ -47,17 +47,23 @@ pub async fn expire(node: Arc<NodeCtx>) {
     }
 }
 
-/// Drops from a report the refreshes not worth a Raft entry: a binding the state already
-/// holds, to the same backend, seen less than a third of its TTL before `now_ms` (judged, as
-/// `apply` will, at no earlier than the high-water clock). Idle sessions so commit once per
-/// TTL/3 however often proxies report them, with two thirds of the TTL to spare. Returns how
-/// many were dropped.
+/// Drops from a report the bindings not worth a Raft entry. A refresh: a binding the state
+/// already holds, to the same backend, seen less than a third of its TTL before `now_ms`
+/// (judged, as `apply` will, at no earlier than the high-water clock); idle sessions so commit
+/// once per TTL/3 however often proxies report them, with two thirds of the TTL to spare. And
+/// one `apply` would ignore: a session bound to another backend that is still usable (a
+/// binding keeps its first backend), a new one to an unusable backend or an unknown pool. A
+/// proxy that cannot use a session's backend itself (ejected there, or at its connection cap)
+/// sends such a re-binding with every connection of the session, and each was an entry that
+/// changed nothing. Returns how many were dropped.
 pub fn drop_fresh_refreshes(state: &State, now_ms: u64, bindings: &mut Vec<Pb<SessionBinding>>) -> usize {
     let at = now_ms.max(state.clock_ms());
+    let usable_here = |pool: &str, backend: &str| state.backend(pool, backend).is_some_and(switchyard_model::usable);
     let before = bindings.len();
     bindings.retain(|Pb(b)| match state.sessions.get(&Pair(&b.pool, &b.key)) {
         Some(cur) if cur.backend == b.backend => at.saturating_sub(cur.last_seen_ms) >= cur.ttl_ms / 3,
-        _ => true,
+        Some(cur) => !usable_here(&b.pool, &cur.backend) && usable_here(&b.pool, &b.backend),
+        None => state.pools.contains_key(b.pool.as_str()) && usable_here(&b.pool, &b.backend),
     });
     before - bindings.len()
 }
@@ -119,13 +125,27 @@ mod tests {
         }
         s.apply(4, &Command::BindSessions { now_ms: 10_000, bindings: vec![binding("k", "a:1")] }).unwrap();
 
-        let mut r = vec![binding("k", "a:1"), binding("k", "a:2"), binding("new", "a:1")];
+        let mut r = vec![binding("k", "a:1"), binding("new", "a:1")];
         assert_eq!(drop_fresh_refreshes(&s, 10_999, &mut r), 1, "moved 999 ms of a 3 s TTL");
-        assert_eq!(r, vec![binding("k", "a:2"), binding("new", "a:1")], "another backend and a new key stay");
+        assert_eq!(r, vec![binding("new", "a:1")], "a new key stays");
+        // What apply would ignore: another backend while the first is usable, a new key on an
+        // unknown backend or pool. Moving off a backend that is not usable stays.
+        let elsewhere = Pb(SessionBinding { pool: "q".into(), ..binding("new", "a:1").0 });
+        let mut r = vec![binding("k", "a:2"), binding("new", "z:9"), elsewhere];
+        assert_eq!(drop_fresh_refreshes(&s, 11_000, &mut r), 3);
+        let drain = Command::SetBackendState {
+            pool: "p".into(),
+            address: "a:1".into(),
+            state: switchyard_proto::v1::AdminState::Draining as i32,
+        };
+        s.apply(5, &drain).unwrap();
+        let mut r = vec![binding("k", "a:2"), binding("new2", "a:1")];
+        assert_eq!(drop_fresh_refreshes(&s, 11_000, &mut r), 1, "off a draining backend: kept; onto it: dropped");
+        assert_eq!(r, vec![binding("k", "a:2")]);
         let mut r = vec![binding("k", "a:1")];
         assert_eq!(drop_fresh_refreshes(&s, 11_000, &mut r), 0, "a third of the TTL on: committed");
         // A clock behind the state's high-water mark is judged at the mark.
-        s.apply(5, &Command::ExpireSessions { now_ms: 11_500 }).unwrap();
+        s.apply(6, &Command::ExpireSessions { now_ms: 11_500 }).unwrap();
         let mut r = vec![binding("k", "a:1")];
         assert_eq!(drop_fresh_refreshes(&s, 5, &mut r), 0);
     }

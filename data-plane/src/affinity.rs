@@ -31,6 +31,10 @@ struct Live {
     used: Option<Instant>,
 }
 
+/// Most bindings one report carries: about 1 MiB encoded, well under the control plane's
+/// 4 MiB message limit and the leader's batch budget.
+pub const MAX_REPORT_BINDINGS: usize = 10_000;
+
 #[derive(Default)]
 pub struct Affinity {
     /// As the control plane last streamed them: pool → key → (backend, TTL in ms). Nested,
@@ -132,6 +136,18 @@ impl Affinity {
             }
             true
         });
+        drop(live);
+        if out.len() > MAX_REPORT_BINDINGS {
+            // The rest wait for the next report (the commit of this one prompts it), first in
+            // line. Uncapped, a report past the control plane's 4 MiB message limit (about
+            // 40,000 bindings, after an outage on a busy proxy) was refused whole, every time:
+            // its bindings stayed due, the next was as large, and the proxy reported nothing
+            // again.
+            let rest = out.split_off(MAX_REPORT_BINDINGS);
+            let mut pending = self.pending.lock().unwrap_or_else(|e| e.into_inner());
+            let newer = std::mem::replace(&mut *pending, rest);
+            pending.extend(newer);
+        }
         out
     }
 
@@ -214,6 +230,26 @@ mod tests {
         assert!(a.take_report(t0 + Duration::from_secs(41), ttl, true).is_empty(), "unused since: no refresh");
         assert!(a.take_report(t0 + Duration::from_secs(56), ttl, true).is_empty());
         assert!(a.live.lock().unwrap().is_empty(), "forgotten once its acknowledgement aged out");
+    }
+
+    #[test]
+    fn a_report_carries_at_most_its_cap_and_the_rest_go_in_the_next() {
+        let a = Affinity::default();
+        let ttl = |_: &str| Duration::from_secs(30);
+        let t0 = Instant::now();
+        let n = MAX_REPORT_BINDINGS + 2_500;
+        for i in 0..n {
+            a.bind_live("p", &format!("{i:064x}"), "b:1");
+        }
+        let first = a.take_report(t0, ttl, true);
+        assert_eq!(first.len(), MAX_REPORT_BINDINGS);
+        a.acknowledged(&first, t0);
+        let second = a.take_report(t0, ttl, true);
+        assert_eq!(second.len(), 2_500, "the rest, in the next report");
+        let keys: HashSet<&str> = first.iter().chain(&second).map(|b| b.key.as_str()).collect();
+        assert_eq!(keys.len(), n, "every binding once");
+        a.acknowledged(&second, t0);
+        assert!(a.take_report(t0, ttl, true).is_empty());
     }
 
     /// A long-polling session: each request is held briefly and none is open when the
