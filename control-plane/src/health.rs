@@ -23,6 +23,9 @@ struct Track {
     ok_streak: u32,
     fail_streak: u32,
     next_probe: Option<Instant>,
+    /// A flip of this backend is being written: no second one until it is done (the probe
+    /// after it judges against the state it left).
+    writing: Arc<std::sync::atomic::AtomicBool>,
 }
 
 /// TLS to a pool's backends, compiled once per setting (see `run`).
@@ -122,7 +125,7 @@ pub async fn run(node: Arc<NodeCtx>) {
             _ = node.shutdown.cancelled() => return,
             _ = ticker.tick() => {}
             Some((key, ok)) = rx.recv() => {
-                record(&node, &mut tracks, key, ok).await;
+                record(&node, &mut tracks, key, ok);
                 continue;
             }
         }
@@ -173,7 +176,7 @@ pub async fn run(node: Arc<NodeCtx>) {
     }
 }
 
-async fn record(node: &NodeCtx, tracks: &mut HashMap<(String, String), Track>, key: (String, String), ok: bool) {
+fn record(node: &Arc<NodeCtx>, tracks: &mut HashMap<(String, String), Track>, key: (String, String), ok: bool) {
     let Some(t) = tracks.get_mut(&key) else { return };
     let result = if ok { "ok" } else { "failed" };
     node.metrics.probes.get_or_create(&vec![("result", result.to_string())]).inc();
@@ -197,11 +200,21 @@ async fn record(node: &NodeCtx, tracks: &mut HashMap<(String, String), Track>, k
     } else {
         return;
     };
+    if t.writing.swap(true, std::sync::atomic::Ordering::AcqRel) {
+        return;
+    }
     tracing::info!(pool = %key.0, backend = %key.1, health = ?want, "health changed");
     let to = if want == Health::Healthy { "healthy" } else { "unhealthy" };
     node.metrics.flips.get_or_create(&vec![("to", to.to_string())]).inc();
     let cmd = Command::SetBackendHealth { pool: key.0.clone(), address: key.1.clone(), health: want as i32 };
-    if let Err(e) = leader::write(node, cmd).await {
-        tracing::warn!(backend = %key.1, "could not record health: {e}");
-    }
+    // Written beside the probing, not in its way: flips due together (a rack lost) share the
+    // leader's group commit, and probes of every other backend go on meanwhile. Awaited here,
+    // each flip was its own entry, and probing stopped while it committed.
+    let (node, writing) = (node.clone(), t.writing.clone());
+    tokio::spawn(async move {
+        if let Err(e) = leader::write(&node, cmd).await {
+            tracing::warn!(backend = %key.1, "could not record health: {e}");
+        }
+        writing.store(false, std::sync::atomic::Ordering::Release);
+    });
 }
