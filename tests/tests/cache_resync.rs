@@ -24,23 +24,41 @@ fn backends(status: &serde_json::Value) -> Option<Vec<String>> {
     Some(list.iter().filter_map(|b| b["address"].as_str().map(String::from)).collect())
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_proxy_started_from_a_wrong_cache_converges_to_the_cluster() {
-    let _g = serial().await;
+/// A one-node cluster routing everything to `b1`, its state at that revision, and the same
+/// state with a backend nothing listens on in place of b1's, written as the proxy's cache at
+/// `revision_ahead` revisions past the cluster's.
+struct Wrong {
+    c: Cluster,
+    addr: String,
+    b1: EchoBackend,
+    truth: Topology,
+    wrong: Topology,
+    cache: std::path::PathBuf,
+    _ghost: ClosedPort,
+}
+
+async fn wrong_cache(revision_ahead: u64) -> Wrong {
     let c = Cluster::start(1, &[]).await;
     let addr = c.nodes[&1].addr.clone();
     let b1 = EchoBackend::start("b1").await;
     let rev = route_all(&addr, "chat", &[b1.addr.as_str()]).await;
     let truth = snapshot(&addr, rev).await;
-
-    // Same revision, same cluster, but a backend the cluster never had in place of b1.
     let ghost = ClosedPort::new();
     let mut wrong = truth.clone();
+    wrong.revision += revision_ahead;
     for b in &mut wrong.backends {
         b.address = ghost.addr.clone();
     }
     let cache = c.dir.path().join("p.cache");
     switchyard_proxy::watch::cache::write(&cache, &wrong).expect("write the cache");
+    Wrong { c, addr, b1, truth, wrong, cache, _ghost: ghost }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_proxy_started_from_a_wrong_cache_converges_to_the_cluster() {
+    let _g = serial().await;
+    // Same revision, same cluster, but a backend the cluster never had in place of b1.
+    let Wrong { c, addr, b1, truth, wrong, cache, _ghost } = wrong_cache(0).await;
 
     // The proxy loads it as it is (no checksum or framing to refuse it by).
     let (loaded, _) = switchyard_proxy::watch::cache::load(&cache).expect("a usable cache");
@@ -68,22 +86,9 @@ async fn a_proxy_started_from_a_wrong_cache_converges_to_the_cluster() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_cache_beside_no_cluster_id_is_replaced_by_the_clusters_state_whatever_its_revision() {
     let _g = serial().await;
-    let c = Cluster::start(1, &[]).await;
-    let addr = c.nodes[&1].addr.clone();
-    let b1 = EchoBackend::start("b1").await;
-    let rev = route_all(&addr, "chat", &[b1.addr.as_str()]).await;
-    let truth = snapshot(&addr, rev).await;
-
     // Another cluster's config, far ahead in revisions, and the file naming its cluster lost
     // (or a cache from a build before cluster ids).
-    let ghost = ClosedPort::new();
-    let mut other = truth.clone();
-    other.revision = truth.revision + 1000;
-    for b in &mut other.backends {
-        b.address = ghost.addr.clone();
-    }
-    let cache = c.dir.path().join("p.cache");
-    switchyard_proxy::watch::cache::write(&cache, &other).expect("write the cache");
+    let Wrong { c, b1, truth, wrong: other, cache, _ghost, .. } = wrong_cache(1000).await;
     let id_file = switchyard_proxy::watch::follow::cluster_file(&cache);
     assert!(!id_file.exists());
 
