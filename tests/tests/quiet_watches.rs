@@ -199,6 +199,9 @@ async fn a_report_whose_bindings_cannot_commit_is_refused_not_acknowledged() {
     let leader = c.leader(Duration::from_secs(10)).await;
     let addr = c.nodes[&leader].addr.clone();
     admin(&addr).create_pool(pool("p")).await.unwrap();
+    // A backend the bindings can go to: the leader proposes none that apply would ignore.
+    let b = Backend { pool: "p".into(), address: "127.0.0.1:9".into(), weight: 1, ..Default::default() };
+    admin(&addr).add_backend(AddBackendRequest { backend: Some(b) }).await.unwrap();
     let report = |key: &str| ProxyReport {
         proxy_id: "raw-reporter".into(),
         bindings: vec![SessionBinding {
