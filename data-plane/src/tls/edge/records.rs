@@ -39,6 +39,10 @@ const KEY_UPDATE: u8 = 24;
 /// What a peer may send that costs us work and brings no data, as rustls allows it: key
 /// updates in a row without data between them, renegotiation requests, warnings.
 const KEY_UPDATES_IN_A_ROW: u8 = 32;
+/// Application data records with nothing in them, in a row: allowed (RFC 8446 5.1), but each
+/// costs an open and carries nothing, so a stream of them is work without end for 21 bytes
+/// apiece. OpenSSL's `max_empty_records` is the same 32.
+const EMPTY_IN_A_ROW: u8 = 32;
 const RENEGOTIATIONS: u8 = 1;
 const WARNINGS: u8 = 4;
 
@@ -134,6 +138,7 @@ pub struct Records {
     /// close_notify is sealed: nothing more is.
     closed: bool,
     key_updates: u8,
+    empty_records: u8,
     renegotiations: u8,
     warnings: u8,
 }
@@ -165,6 +170,7 @@ impl Records {
             answer_owed: false,
             closed: false,
             key_updates: 0,
+            empty_records: 0,
             renegotiations: 0,
             warnings: 0,
         })
@@ -191,6 +197,7 @@ impl Records {
             answer_owed: false,
             closed: false,
             key_updates: 0,
+            empty_records: 0,
             renegotiations: 0,
             warnings: 0,
         }
@@ -283,8 +290,14 @@ impl Records {
             seq.checked_add(1).ok_or_else(|| fail(AlertDescription::InternalError, "TLS sequence exhausted"))?;
         match content {
             APPLICATION_DATA => {
-                if !range.is_empty() {
+                if range.is_empty() {
+                    self.empty_records += 1;
+                    if self.empty_records > EMPTY_IN_A_ROW {
+                        return Err(fail(AlertDescription::UnexpectedMessage, "too many empty TLS records in a row"));
+                    }
+                } else {
                     self.key_updates = 0;
+                    self.empty_records = 0;
                 }
                 Ok(Opened::Data(range))
             }

@@ -121,3 +121,36 @@ proptest! {
         prop_assert_eq!(data, plain);
     }
 }
+
+/// One application data record with nothing in it (`seal` makes none for no data).
+fn empty(r: &mut Records) -> Vec<u8> {
+    let mut out = vec![0u8; OVERHEAD];
+    let n = r.seal_one(APPLICATION_DATA, b"", &mut out, None).expect("seals");
+    out.truncate(n);
+    out
+}
+
+/// Empty records are taken a few at a time, as OpenSSL takes them, but not without end: a
+/// stream of them would cost an open each and carry nothing.
+#[test]
+fn empty_records_in_a_row_are_refused_past_a_few_and_data_resets_the_count() {
+    for (tls13, chacha) in [(true, false), (false, false), (true, true)] {
+        let mut sealer = records(tls13, chacha, 9);
+        let mut r = records(tls13, chacha, 9);
+        let mut wire = Vec::new();
+        for _ in 0..EMPTY_IN_A_ROW {
+            wire.extend_from_slice(&empty(&mut sealer));
+        }
+        wire.extend_from_slice(&sealed(&mut sealer, b"x"));
+        for _ in 0..EMPTY_IN_A_ROW {
+            wire.extend_from_slice(&empty(&mut sealer));
+        }
+        let (mut at, mut data) = (0, Vec::new());
+        assert!(!open_all(&mut r, &mut wire, &mut at, &mut data).expect("as many as allowed, twice"));
+        assert_eq!(data, b"x");
+        let mut more = empty(&mut sealer);
+        let (mut at, mut data) = (0, Vec::new());
+        let e = open_all(&mut r, &mut more, &mut at, &mut data).expect_err("one more is refused");
+        assert_eq!(e.alert, Some(AlertDescription::UnexpectedMessage), "tls13 {tls13}");
+    }
+}
