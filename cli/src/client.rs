@@ -66,6 +66,18 @@ pub struct Client {
     tls: bool,
 }
 
+/// Set, a token may go to another host in cleartext (a network the operator trusts).
+const CLEARTEXT_TOKEN: &str = "SWITCHYARD_ALLOW_CLEARTEXT_TOKEN";
+
+/// Whether an endpoint (as [`normalize`] gives it) is on this machine: `localhost`, or a
+/// loopback address.
+fn loopback(e: &str) -> bool {
+    let uri = if e.contains("://") { e.to_string() } else { format!("http://{e}") };
+    let Ok(parsed) = uri.parse::<tonic::transport::Uri>() else { return false };
+    let host = parsed.host().unwrap_or_default().trim_start_matches('[').trim_end_matches(']');
+    host.eq_ignore_ascii_case("localhost") || host.parse::<std::net::IpAddr>().is_ok_and(|ip| ip.is_loopback())
+}
+
 /// Accepts `host:port`, `http://host:port` or `https://host:port`; the scheme of a bare
 /// `host:port` follows the transport (TLS when a CA was given).
 pub fn normalize(e: &str) -> Result<String> {
@@ -84,6 +96,16 @@ pub fn normalize(e: &str) -> Result<String> {
 impl Client {
     pub fn new(endpoints: &str, tls: ClientTls, bearer: Bearer) -> Result<Client> {
         let endpoints: Vec<String> = endpoints.split(',').map(normalize).collect::<Result<_>>()?;
+        // The token goes out with the first request, before any answer could say the node
+        // wants TLS: in cleartext, only to this machine.
+        if bearer.0.is_some() && !tls.enabled() && std::env::var_os(CLEARTEXT_TOKEN).is_none() {
+            if let Some(e) = endpoints.iter().find(|e| !loopback(e)) {
+                bail!(
+                    "{e}: a token is not sent in cleartext to another host; give the cluster CA (--tls-ca), or set \
+                     {CLEARTEXT_TOKEN}=1 on a network you trust"
+                );
+            }
+        }
         let channels = endpoints
             .iter()
             .map(|e| Ok(InterceptedService::new(grpc::channel(e, &ChannelOptions::CLI, &tls)?, bearer.clone())))

@@ -64,3 +64,22 @@ fn demo_backend_prints_the_bound_address() {
     assert_ne!(addr.port(), 0, "{line:?}");
     connected.expect("address parsed above").expect("the printed address accepts connections");
 }
+
+/// A token goes out with the first request, before a node could say it wants TLS: without
+/// the cluster CA it is sent only to this machine. Refused before anything is dialled (the
+/// address is one nothing answers).
+#[test]
+fn a_token_is_not_sent_in_cleartext_to_another_host() {
+    let secret = "sy_0123456789abcdef";
+    let out = Command::new(env!("CARGO_BIN_EXE_switchyard"))
+        .args(["--endpoints", "127.0.0.1:1,192.0.2.1:7400", "pool", "list"])
+        .env("SWITCHYARD_TOKEN", secret)
+        .env_remove("SWITCHYARD_ALLOW_CLEARTEXT_TOKEN")
+        .env_remove("SWITCHYARD_TLS_CA")
+        .output()
+        .expect("run switchyard");
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_ne!(out.status.code(), Some(0));
+    assert_eq!(err.trim_end().lines().count(), 1, "{err}");
+    assert!(err.contains("192.0.2.1:7400") && err.contains("--tls-ca") && !err.contains(secret), "{err}");
+}

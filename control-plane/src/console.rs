@@ -135,6 +135,17 @@ fn authorize(
     headers: &HeaderMap,
     path: &str,
 ) -> Result<(Caller, view::Rights), Response<Body>> {
+    // This port has no TLS: on a node whose gRPC port requires it, a token sent here from
+    // another machine crossed the network in the clear, and one taken off the wire would
+    // work here too. The console is then for this machine (an SSH tunnel, or
+    // `kubectl port-forward`, which arrives on loopback).
+    if node.config.security() == Security::Mtls && !peer.ip().is_loopback() {
+        return Err(error(
+            StatusCode::FORBIDDEN,
+            "this node requires TLS and its console port has none: open the console from this machine (an SSH \
+             tunnel or kubectl port-forward to it)",
+        ));
+    }
     let trusted = node.config.security() != Security::Mtls && peer.ip().is_loopback() && host_is_loopback(headers);
     let authz =
         Authorizer { mode: if trusted { Auth::LoopbackTrusted } else { Auth::Required }, tokens: node.shared.clone() };

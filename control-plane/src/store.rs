@@ -78,6 +78,21 @@ fn room_to_open(free: u64) -> Result<(), String> {
     Ok(())
 }
 
+/// Creates `dir` (and any parent missing) for this user alone, or makes an existing one so:
+/// it holds the cluster's affinity secret, the audit log and token hashes, and its files are
+/// made with the process's umask.
+fn private_dir(dir: &Path) -> std::io::Result<()> {
+    use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
+    if !dir.exists() {
+        std::fs::DirBuilder::new().recursive(true).mode(0o700).create(dir)?;
+    }
+    let mode = std::fs::metadata(dir)?.permissions().mode();
+    if mode & 0o077 != 0 {
+        std::fs::set_permissions(dir, std::fs::Permissions::from_mode(mode & 0o700))?;
+    }
+    Ok(())
+}
+
 /// Opens (or creates) a node's data dir and checks it belongs to this node.
 ///
 /// sled can panic on some corrupt files; that is caught here and turned into an error so a
@@ -104,6 +119,7 @@ pub fn open_with(dir: &Path, node_id: u64, background_flush: bool) -> Result<sle
                 .into()));
         }
     }
+    private_dir(dir).map_err(|e| err(format!("cannot make it private to this user: {e}")))?;
     if let Some(free) = free_bytes(dir) {
         room_to_open(free).map_err(err)?;
     }
@@ -188,6 +204,21 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         // Read through the nearest folder that exists.
         assert!(free_bytes(&dir.path().join("not/yet")).is_some_and(|f| f > 0));
+    }
+
+    #[test]
+    fn a_data_dir_is_made_private_to_its_user_new_or_not() {
+        use std::os::unix::fs::PermissionsExt;
+        let mode = |p: &Path| std::fs::metadata(p).unwrap().permissions().mode() & 0o777;
+        let dir = tempfile::tempdir().unwrap();
+        let new = dir.path().join("a/node");
+        drop(open_with(&new, 1, false).unwrap());
+        assert_eq!(mode(&new), 0o700);
+        let old = dir.path().join("old");
+        std::fs::create_dir(&old).unwrap();
+        std::fs::set_permissions(&old, std::fs::Permissions::from_mode(0o755)).unwrap();
+        drop(open_with(&old, 1, false).unwrap());
+        assert_eq!(mode(&old), 0o700, "a dir made readable by others is closed");
     }
 
     #[test]

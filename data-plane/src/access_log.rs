@@ -226,8 +226,7 @@ fn logfmt(out: &mut String, at: SystemTime, r: &Record) {
 }
 
 /// The fields that are set, each as `key` then its value, `sep` between them; a string goes
-/// bare when `bare` says it may, else quoted with JSON's escapes (quotes, backslashes and
-/// control bytes).
+/// bare when `bare` says it may, else quoted (see [`quoted`]).
 fn write_fields(
     out: &mut String,
     at: SystemTime,
@@ -247,16 +246,54 @@ fn write_fields(
         key(out, k);
         let _ = match v {
             V::S(s) if bare(s) => write!(out, "{s}"),
-            V::S(s) => write!(out, "{}", serde_json::Value::from(s)),
+            V::S(s) => {
+                quoted(out, s);
+                Ok(())
+            }
             V::N(n) => write!(out, "{n}"),
             V::F(f) => write!(out, "{f:.3}"),
         };
     }
 }
 
+/// `s` as a JSON string, with every character escaped that could act on an operator's
+/// terminal or log viewer, not only those JSON requires: a request path may hold any UTF-8,
+/// so C1 controls (U+009B is a terminal's CSI), Unicode line and paragraph separators (a
+/// new line to many log tools) and bidirectional overrides (a line that reads other than it
+/// is) would otherwise reach them raw.
+fn quoted(out: &mut String, s: &str) {
+    out.push('"');
+    for c in s.chars() {
+        match c {
+            '"' => out.push_str("\\\""),
+            '\\' => out.push_str("\\\\"),
+            '\n' => out.push_str("\\n"),
+            '\r' => out.push_str("\\r"),
+            '\t' => out.push_str("\\t"),
+            c if c.is_control()
+                || matches!(c, '\u{2028}' | '\u{2029}' | '\u{200e}' | '\u{200f}' | '\u{202a}'..='\u{202e}' | '\u{2066}'..='\u{2069}') =>
+            {
+                let _ = write!(out, "\\u{:04x}", c as u32);
+            }
+            c => out.push(c),
+        }
+    }
+    out.push('"');
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn what_could_act_on_a_terminal_or_split_a_line_is_escaped() {
+        let raw = "/a\u{9b}2J\u{1b}[0m\u{85}b\u{2028}c\u{202e}d\u{7f}\n\"\\é✓";
+        let mut s = String::new();
+        quoted(&mut s, raw);
+        assert_eq!(s, r#""/a\u009b2J\u001b[0m\u0085b\u2028c\u202ed\u007f\n\"\\é✓""#);
+        assert!(s.chars().all(|c| !c.is_control() && !('\u{2028}'..='\u{2069}').contains(&c)));
+        assert_eq!(serde_json::from_str::<String>(&s).unwrap(), raw, "still JSON, and reads back as it was");
+    }
 
     fn record() -> Record {
         Record {

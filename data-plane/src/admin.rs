@@ -22,6 +22,9 @@ use crate::state::ProxyState;
 /// The admin port is for scrapers and operators, a handful of connections: past this many at
 /// once, new ones are closed at accept.
 pub const MAX_ADMIN_CONNECTIONS: usize = 64;
+/// A quarter of them for any one address: no client can keep the readiness and liveness
+/// probes out (a probe that cannot connect takes the proxy out of service, or restarts it).
+pub const MAX_ADMIN_PER_CLIENT: usize = 16;
 /// A request head must arrive within this (slow or idle clients hold nothing for long).
 const ADMIN_HEAD_TIMEOUT: Duration = Duration::from_secs(5);
 /// A kept-alive admin connection is closed gracefully after this, idle or not; scrapers
@@ -29,9 +32,9 @@ const ADMIN_HEAD_TIMEOUT: Duration = Duration::from_secs(5);
 const ADMIN_CONNECTION_LIFETIME: Duration = Duration::from_secs(30);
 
 pub async fn serve(listener: TcpListener, state: Arc<ProxyState>) {
-    let slots = Arc::new(tokio::sync::Semaphore::new(MAX_ADMIN_CONNECTIONS));
+    let slots = switchyard_model::slots::Slots::new(MAX_ADMIN_CONNECTIONS, MAX_ADMIN_PER_CLIENT);
     loop {
-        let (sock, _) = tokio::select! {
+        let (sock, peer) = tokio::select! {
             _ = state.runtime.shutdown.cancelled() => return,
             r = listener.accept() => match r {
                 Ok(x) => x,
@@ -41,9 +44,12 @@ pub async fn serve(listener: TcpListener, state: Arc<ProxyState>) {
                 }
             },
         };
-        let Ok(slot) = slots.clone().try_acquire_owned() else {
-            tracing::warn!("admin port: {MAX_ADMIN_CONNECTIONS} connections open; closing a new one");
-            continue;
+        let slot = match slots.take(peer.ip()) {
+            Ok(s) => s,
+            Err(full) => {
+                tracing::warn!(%peer, "admin port: {full}; closing a new one");
+                continue;
+            }
         };
         let st = state.clone();
         tokio::spawn(async move {

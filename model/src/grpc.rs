@@ -126,8 +126,15 @@ impl ChannelOptions {
 
 /// How a client reaches nodes: in cleartext (a loopback setup) or over TLS verified against
 /// the cluster CA, showing its own certificate if it has one.
-#[derive(Debug, Clone, Default)]
+#[derive(Clone, Default)]
 pub struct ClientTls(Option<ClientTlsConfig>);
+
+/// Says which, never what: tonic's own `Debug` prints the client's private key.
+impl std::fmt::Debug for ClientTls {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(if self.enabled() { "ClientTls(tls)" } else { "ClientTls(cleartext)" })
+    }
+}
 
 impl ClientTls {
     /// Cleartext: only `host:port` and `http://` endpoints.

@@ -9,6 +9,7 @@ pub mod grpc;
 pub mod keyspec;
 pub mod limits;
 pub mod signal;
+pub mod slots;
 pub mod tls;
 pub mod topology;
 pub mod version;

@@ -156,6 +156,13 @@ async fn proxies_racing_on_a_new_key_end_with_one_binding() {
         .unwrap()
         .into_inner();
     assert_eq!(all.sessions.len(), 10, "one binding per key");
+    // Not the whole of a table clients fill, at once.
+    let err = query(&c.nodes[&1].addr)
+        .list_sessions(ListSessionsRequest { consistency: 0, pool: "chat".into(), limit: u32::MAX })
+        .await
+        .expect_err("a limit past the cap");
+    assert_eq!(err.code(), tonic::Code::InvalidArgument, "{err:?}");
+    assert!(err.message().contains("over 10000"), "{err:?}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -202,6 +202,13 @@ async fn the_console_shows_the_cluster_live_and_lets_operators_not_viewers_drain
     let out = cli(&["-o", "json", "token", "create", "--role", "viewer", "--ttl", "1h", "--name", "feed"]);
     let v: serde_json::Value = serde_json::from_str(&out).expect("json");
     let (feed_id, feed) = (v["id"].as_str().expect("id").to_string(), v["secret"].as_str().expect("secret"));
+    // Made through the leader: taken by this follower once it has applied the entry.
+    let bearer = format!("Bearer {feed}");
+    eventually("the follower to take the new token", LONG, || async {
+        let (code, _) = http(&console, "GET", "/console/api/state", &[("Authorization", &bearer)], "").await;
+        (code == 200).then_some(())
+    })
+    .await;
     let mut s = tokio::net::TcpStream::connect(&console).await.expect("connect");
     let req = format!("GET /console/api/events HTTP/1.1\r\nHost: {console}\r\nAuthorization: Bearer {feed}\r\n\r\n");
     s.write_all(req.as_bytes()).await.expect("send");

@@ -195,3 +195,46 @@ async fn the_leader_times_writes_reaching_proxies() {
     let sum = value(&s, "switchyard_control_proxy_propagation_seconds_sum", &[]).expect("sum");
     assert!(sum.is_finite() && sum >= 0.0, "propagation sum {sum}");
 }
+
+/// Sends `GET /healthz` from `from` to `to` and reads to the end: the status line, or
+/// nothing for a connection closed at accept.
+async fn healthz_from(from: &str, to: &str) -> String {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let sock = tokio::net::TcpSocket::new_v4().unwrap();
+    sock.bind(format!("{from}:0").parse().unwrap()).unwrap();
+    let mut s = sock.connect(to.parse().unwrap()).await.expect("connects");
+    let _ = s.write_all(b"GET /healthz HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n").await;
+    let mut out = Vec::new();
+    let _ = tokio::time::timeout(Duration::from_secs(10), s.read_to_end(&mut out)).await.expect("answered or closed");
+    String::from_utf8_lossy(&out).lines().next().unwrap_or_default().to_string()
+}
+
+/// One client holding connections open on a node's HTTP port or a proxy's admin port takes
+/// a quarter of their slots, not all: an orchestrator's health probe still gets in (a probe
+/// that cannot connect restarts the process, or takes a proxy out of service).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_client_holding_connections_cannot_keep_health_probes_out() {
+    let _g = serial().await;
+    let c = Cluster::start(1, &[]).await;
+    c.leader(Duration::from_secs(10)).await;
+    let proxy = ProxyProcess::spawn(&c.endpoints(), &c.dir.path().join("p.cache"), "p1");
+    for port in [c.nodes[&1].metrics.clone(), proxy.admin.clone()] {
+        // Sixteen idle connections from 127.0.0.1, each taken (they hold their slot until the
+        // head timeout).
+        let mut held = Vec::new();
+        for _ in 0..16 {
+            held.push(tokio::net::TcpStream::connect(&port).await.unwrap());
+        }
+        eventually("the 17th from the same client closed at accept", Duration::from_secs(5), || async {
+            healthz_from("127.0.0.1", &port).await.is_empty().then_some(())
+        })
+        .await;
+        // The probe, from another address, is answered.
+        assert_eq!(healthz_from("127.0.0.2", &port).await, "HTTP/1.1 200 OK", "{port}");
+        drop(held);
+        eventually("127.0.0.1 served again once its connections went", Duration::from_secs(5), || async {
+            (healthz_from("127.0.0.1", &port).await == "HTTP/1.1 200 OK").then_some(())
+        })
+        .await;
+    }
+}

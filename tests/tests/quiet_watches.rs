@@ -219,6 +219,12 @@ async fn a_report_whose_bindings_cannot_commit_is_refused_not_acknowledged() {
     let escaped = ProxyReport { proxy_id: "edge\n\u{1b}[2J".into(), ..Default::default() };
     let err = discovery(&addr).report(escaped).await.expect_err("a proxy id with control characters");
     assert_eq!((err.code(), err.message()), (Code::InvalidArgument, "proxy_id holds a control character"));
+    // A watcher's name is logged when its watch starts and ends: checked the same way.
+    let escaped = WatchRequest { proxy_id: "edge\n\u{1b}[2J".into(), ..Default::default() };
+    let err = discovery(&addr).watch(escaped).await.expect_err("a watcher's id with control characters");
+    assert_eq!((err.code(), err.message()), (Code::InvalidArgument, "proxy_id holds a control character"));
+    let long = WatchRequest { proxy_id: "w".repeat(4096), ..Default::default() };
+    assert_eq!(discovery(&addr).watch(long).await.expect_err("a 4 KiB watcher id").code(), Code::InvalidArgument);
     let reason = ProxyReport {
         proxy_id: "edge-9".into(),
         rejected_reason: "bad\u{1b}[31m\nconfig".into(),

@@ -116,6 +116,19 @@ fn changes_event(rev: u64, changes: &[Change]) -> WatchEvent {
     WatchEvent { revision: rev, kind: Some(watch_event::Kind::Changes(ChangeSet { changes: changes.to_vec() })) }
 }
 
+/// A proxy's name as it is logged, kept on the leader for `proxy list` and shown by the
+/// console: bounded like any name, and no escape sequences or line breaks from a proxy (or
+/// any watcher) reach an operator's terminal.
+fn check_proxy_id(id: &str) -> Result<(), Status> {
+    if id.len() > MAX_PROXY_ID {
+        return Err(Status::invalid_argument(format!("proxy_id is over {MAX_PROXY_ID} bytes")));
+    }
+    if id.chars().any(char::is_control) {
+        return Err(Status::invalid_argument("proxy_id holds a control character"));
+    }
+    Ok(())
+}
+
 type WatchStream = Pin<Box<dyn Stream<Item = Result<WatchEvent, Status>> + Send>>;
 
 #[tonic::async_trait]
@@ -129,6 +142,8 @@ impl Discovery for DiscoveryService {
         let secret = may_see_affinity_secret(req.extensions().get::<Caller>());
         let caller = req.extensions().get::<Caller>().cloned();
         let req = req.into_inner();
+        // Logged when the watch starts and ends (a watcher need not name itself).
+        check_proxy_id(&req.proxy_id)?;
         let node = self.node.clone();
         node.serving.check().map_err(Status::unavailable)?;
         let from = if resync { 0 } else { req.from_revision };
@@ -259,15 +274,7 @@ impl Discovery for DiscoveryService {
         if r.proxy_id.is_empty() {
             return Err(Status::invalid_argument("proxy_id is required"));
         }
-        // Kept on the leader for `proxy list` until the proxy goes: bounded like any name.
-        if r.proxy_id.len() > MAX_PROXY_ID {
-            return Err(Status::invalid_argument(format!("proxy_id is over {MAX_PROXY_ID} bytes")));
-        }
-        // Printed by `proxy list` and shown by the console: no escape sequences or line breaks
-        // from a proxy reach an operator's terminal.
-        if r.proxy_id.chars().any(char::is_control) {
-            return Err(Status::invalid_argument("proxy_id holds a control character"));
-        }
+        check_proxy_id(&r.proxy_id)?;
         if r.rejected_reason.len() > MAX_REASON {
             let mut end = MAX_REASON;
             while !r.rejected_reason.is_char_boundary(end) {

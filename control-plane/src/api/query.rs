@@ -29,6 +29,9 @@ impl QueryService {
     }
 }
 
+/// The most bindings one `ListSessions` answers with.
+const MAX_LISTED_SESSIONS: usize = 10_000;
+
 #[tonic::async_trait]
 impl Query for QueryService {
     async fn get_topology(&self, req: Request<ReadRequest>) -> Result<Response<Topology>, Status> {
@@ -92,6 +95,14 @@ impl Query for QueryService {
     async fn list_sessions(&self, req: Request<ListSessionsRequest>) -> Result<Response<ListSessionsReply>, Status> {
         let r = req.into_inner();
         let v = self.view(r.consistency).await?;
+        // Each listed binding is copied under the state's read lock and held until the reply
+        // is sent: a caller may not ask for the whole of a client-driven table at once.
+        if r.limit as usize > MAX_LISTED_SESSIONS {
+            return Err(Status::invalid_argument(format!(
+                "limit {} is over {MAX_LISTED_SESSIONS}; list one pool at a time, or look a session up by key",
+                r.limit
+            )));
+        }
         let limit = if r.limit == 0 { 1000 } else { r.limit as usize };
         let sessions =
             v.0.state

@@ -16,15 +16,23 @@ use tokio::net::TcpListener;
 use crate::console::{self, Body};
 use crate::node::context::NodeCtx;
 
-/// Scrapers and a few console pages: past this many connections at once, new ones are closed
-/// at accept.
+/// Scrapers, probes and a few console pages: past this many connections at once, or past
+/// [`MAX_PER_CLIENT`] from one address, new ones are closed at accept.
 const MAX_CONNECTIONS: usize = 64;
+/// A quarter of the port for any one address, so that no client can keep the liveness
+/// probe out (a console behind one ingress has every user on one address: pages use two or
+/// three connections each).
+const MAX_PER_CLIENT: usize = 16;
 /// A request head must arrive within this, so idle or slow clients hold nothing for long.
 const HEAD_TIMEOUT: Duration = Duration::from_secs(5);
+/// A connection is closed gracefully after this, busy or not: a client that stops reading a
+/// response, or a console feed left open, would otherwise hold its slot for good. Scrapers
+/// reconnect, and the console's feed reconnects by itself.
+const LIFETIME: Duration = Duration::from_secs(300);
 
 /// Serves until the node's shutdown token is cancelled.
 pub async fn serve(listener: TcpListener, node: Arc<NodeCtx>) {
-    let slots = Arc::new(tokio::sync::Semaphore::new(MAX_CONNECTIONS));
+    let slots = switchyard_model::slots::Slots::new(MAX_CONNECTIONS, MAX_PER_CLIENT);
     loop {
         let (sock, peer) = tokio::select! {
             _ = node.shutdown.cancelled() => return,
@@ -37,9 +45,12 @@ pub async fn serve(listener: TcpListener, node: Arc<NodeCtx>) {
                 }
             },
         };
-        let Ok(slot) = slots.clone().try_acquire_owned() else {
-            tracing::warn!("http port: {MAX_CONNECTIONS} connections open; closing a new one");
-            continue;
+        let slot = match slots.take(peer.ip()) {
+            Ok(s) => s,
+            Err(full) => {
+                tracing::warn!(%peer, "http port: {full}; closing a new one");
+                continue;
+            }
         };
         let node = node.clone();
         let stop = node.shutdown.clone();
@@ -55,9 +66,14 @@ pub async fn serve(listener: TcpListener, node: Arc<NodeCtx>) {
                 .header_read_timeout(HEAD_TIMEOUT)
                 .max_buf_size(64 * 1024)
                 .serve_connection(io, svc);
+            tokio::pin!(conn);
             tokio::select! {
-                _ = conn => {}
+                _ = conn.as_mut() => {}
                 _ = stop.cancelled() => {}
+                _ = tokio::time::sleep(LIFETIME) => {
+                    conn.as_mut().graceful_shutdown();
+                    let _ = tokio::time::timeout(HEAD_TIMEOUT, conn).await;
+                }
             }
         });
     }

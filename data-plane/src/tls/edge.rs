@@ -33,6 +33,9 @@ const IN_CAP: usize = 64 * 1024 + 1024 + READ;
 /// data, a key update, a warning) before it gives the task back: a peer streaming such records
 /// does not hold the worker.
 const EMPTY_READS: usize = 4;
+/// The most room an unfinished record is kept in between reads: one whole record of the
+/// largest size a peer may send (RFC 8446 5.2), with its header.
+const KEPT_INBOX: usize = 5 + (1 << 14) + 256;
 /// Plaintext one write encrypts at most (a caller with more writes again).
 const WRITE_MAX: usize = 64 * 1024;
 /// The write scratch: `WRITE_MAX` in 16 KiB records, each with at most 64 bytes of header,
@@ -405,11 +408,16 @@ impl EdgeTls {
                     Err(e) => break Err(e),
                 }
             };
-            if start == used {
+            let rest = &inb[start..used];
+            if rest.is_empty() {
                 st.inbox = Vec::new();
+            } else if st.inbox.capacity() > KEPT_INBOX.max(2 * rest.len()) {
+                // A big handshake flight once grew it: what is left now is not kept in that
+                // room for the connection's life.
+                st.inbox = rest.to_vec();
             } else {
                 st.inbox.clear();
-                st.inbox.extend_from_slice(&inb[start..used]);
+                st.inbox.extend_from_slice(rest);
             }
             res
         });

@@ -1,0 +1,106 @@
+//! Connection slots for the small HTTP ports operators and their tools use (a node's metrics
+//! and console port, a proxy's admin port): a cap on all connections, and a smaller one per
+//! client address. Without the second, one client holding the whole cap open keeps the
+//! orchestrator's health probe out, and a probe that cannot connect gets the process
+//! restarted (or, for a proxy's readiness, taken out of service).
+
+use std::collections::HashMap;
+use std::net::IpAddr;
+use std::sync::{Arc, Mutex};
+
+/// A port's slots. Cloned handles share them.
+#[derive(Clone)]
+pub struct Slots {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    total: usize,
+    per_peer: usize,
+    held: Mutex<Held>,
+}
+
+#[derive(Default)]
+struct Held {
+    all: usize,
+    by_peer: HashMap<IpAddr, usize>,
+}
+
+/// Why a connection got no slot.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Full {
+    /// Every slot of the port is held.
+    All(usize),
+    /// Every slot this client may hold is held.
+    Peer(usize),
+}
+
+impl std::fmt::Display for Full {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Full::All(n) => write!(f, "{n} connections open"),
+            Full::Peer(n) => write!(f, "{n} connections open from this client"),
+        }
+    }
+}
+
+/// A held slot, given back when dropped.
+pub struct Slot {
+    inner: Arc<Inner>,
+    peer: IpAddr,
+}
+
+impl Slots {
+    pub fn new(total: usize, per_peer: usize) -> Slots {
+        Slots { inner: Arc::new(Inner { total, per_peer, held: Mutex::default() }) }
+    }
+
+    /// A slot for a connection from `peer`, if the port and that client have one free.
+    pub fn take(&self, peer: IpAddr) -> Result<Slot, Full> {
+        let mut h = self.inner.held.lock().unwrap_or_else(|e| e.into_inner());
+        if h.all >= self.inner.total {
+            return Err(Full::All(self.inner.total));
+        }
+        let mine = h.by_peer.entry(peer).or_default();
+        if *mine >= self.inner.per_peer {
+            return Err(Full::Peer(self.inner.per_peer));
+        }
+        *mine += 1;
+        h.all += 1;
+        Ok(Slot { inner: self.inner.clone(), peer })
+    }
+}
+
+impl Drop for Slot {
+    fn drop(&mut self) {
+        let mut h = self.inner.held.lock().unwrap_or_else(|e| e.into_inner());
+        h.all -= 1;
+        if let Some(n) = h.by_peer.get_mut(&self.peer) {
+            *n -= 1;
+            if *n == 0 {
+                h.by_peer.remove(&self.peer);
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn one_client_cannot_take_every_slot_and_slots_come_back() {
+        let s = Slots::new(5, 2);
+        let (a, b, c): (IpAddr, IpAddr, IpAddr) =
+            ("10.0.0.1".parse().unwrap(), "10.0.0.2".parse().unwrap(), "10.0.0.3".parse().unwrap());
+        let a1 = s.take(a).unwrap();
+        let _a2 = s.take(a).unwrap();
+        assert_eq!(s.take(a).err(), Some(Full::Peer(2)), "a has its share");
+        let _b = [s.take(b).unwrap(), s.take(b).unwrap()];
+        let _c1 = s.take(c).unwrap();
+        assert_eq!(s.take(c).err(), Some(Full::All(5)), "the port is full");
+        drop(a1);
+        let _c2 = s.take(c).expect("a slot given back is free again");
+        assert!(s.inner.held.lock().unwrap().by_peer.len() == 3);
+    }
+}
