@@ -48,6 +48,8 @@ pub struct Metrics {
     pub bindings_absorbed: Counter,
     /// Refreshes in reports left out: the binding was seen within a third of its TTL.
     pub refreshes_skipped: Counter,
+    /// New bindings the leader did not propose because the state held its most.
+    pub bindings_refused_full: Counter,
     /// Health probes by result (`ok`, `failed`) and health flips by the new state.
     pub probes: Family<Labels, Counter>,
     pub flips: Family<Labels, Counter>,
@@ -82,6 +84,7 @@ impl Default for Metrics {
             reports: Counter::default(),
             bindings_absorbed: Counter::default(),
             refreshes_skipped: Counter::default(),
+            bindings_refused_full: Counter::default(),
             probes: Family::default(),
             flips: Family::default(),
             elections: Family::default(),
@@ -284,6 +287,11 @@ pub fn render(node: &NodeCtx) -> String {
         "session_refreshes_skipped",
         "Leader only: bindings in proxy reports not proposed: refreshes seen within a third of their TTL, and bindings apply would ignore",
         m.refreshes_skipped.clone(),
+    );
+    reg.register(
+        "session_bindings_refused_full",
+        "Leader only: new session bindings not proposed because the cluster held its most (sessions go on without replicated affinity until room is made)",
+        m.bindings_refused_full.clone(),
     );
     reg.register("health_probes", "Active health probes the leader ran, by result", m.probes.clone());
     reg.register("elections_called", "Elections this node called, by why it stood", m.elections.clone());

@@ -68,6 +68,31 @@ pub fn drop_fresh_refreshes(state: &State, now_ms: u64, bindings: &mut Vec<Pb<Se
     before - bindings.len()
 }
 
+/// The most session bindings the cluster holds. Session keys come from clients (a cookie
+/// the proxy mints for each client that has none, a header a client sets), so without a
+/// bound a client opening connections without its cookie grows every node's state, its
+/// snapshots and every proxy's table by one binding per connection, for a whole TTL. Like a
+/// full HAProxy stick table, a full cluster still routes a new session; it only does not
+/// record it, so the session's later connections may land elsewhere until bindings expire.
+/// A binding is a few hundred bytes in memory on every node and every proxy.
+pub const MAX_SESSIONS: usize = 1_000_000;
+
+/// Drops from a report the new bindings past [`MAX_SESSIONS`] (refreshes and moves of
+/// bindings held stay); returns how many.
+pub fn drop_past_the_cap(state: &State, bindings: &mut Vec<Pb<SessionBinding>>, max: usize) -> usize {
+    let mut room = max.saturating_sub(state.sessions.len());
+    let before = bindings.len();
+    bindings.retain(|Pb(b)| {
+        if state.sessions.get(&Pair(&b.pool, &b.key)).is_some() {
+            return true;
+        }
+        let fits = room > 0;
+        room = room.saturating_sub(1);
+        fits
+    });
+    before - bindings.len()
+}
+
 /// Proposes a fresh affinity secret when the applied state has none; the state machine keeps
 /// only the first one ever applied, so two leaders racing cannot change it.
 async fn mint_secret(node: &NodeCtx) {
@@ -148,5 +173,24 @@ mod tests {
         s.apply(6, &Command::ExpireSessions { now_ms: 11_500 }).unwrap();
         let mut r = vec![binding("k", "a:1")];
         assert_eq!(drop_fresh_refreshes(&s, 5, &mut r), 0);
+    }
+
+    #[test]
+    fn new_bindings_past_the_cap_are_dropped_and_held_ones_still_refresh() {
+        let mut s = State::default();
+        let pool = Pool { name: "p".into(), ..Default::default() };
+        s.apply(1, &Command::CreatePool(Pb(crate::validate::pool(pool).unwrap()))).unwrap();
+        let b = Backend { pool: "p".into(), address: "a:1".into(), weight: 1, ..Default::default() };
+        s.apply(2, &Command::AddBackend(Pb(crate::validate::backend(b).unwrap()))).unwrap();
+        s.apply(3, &Command::BindSessions { now_ms: 1, bindings: vec![binding("k1", "a:1"), binding("k2", "a:1")] })
+            .unwrap();
+        // Room for one more of three: the first new one takes it.
+        let mut r = vec![binding("n1", "a:1"), binding("k1", "a:1"), binding("n2", "a:1"), binding("n3", "a:1")];
+        assert_eq!(drop_past_the_cap(&s, &mut r, 3), 2);
+        assert_eq!(r, vec![binding("n1", "a:1"), binding("k1", "a:1")]);
+        // Full: held keys only.
+        let mut r = vec![binding("n1", "a:1"), binding("k2", "a:1")];
+        assert_eq!(drop_past_the_cap(&s, &mut r, 2), 1);
+        assert_eq!(r, vec![binding("k2", "a:1")]);
     }
 }

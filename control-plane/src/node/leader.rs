@@ -178,8 +178,16 @@ impl RunOnLeader for Report {
         // Time comes from the leader, inside the command: apply stays deterministic.
         let now_ms = crate::clock::now_ms();
         if !bindings.is_empty() {
-            let skipped = crate::sessions::drop_fresh_refreshes(&ctx.shared.read().state, now_ms, &mut bindings);
+            let live = ctx.shared.read();
+            let skipped = crate::sessions::drop_fresh_refreshes(&live.state, now_ms, &mut bindings);
             ctx.metrics.refreshes_skipped.inc_by(skipped as u64);
+            let max = crate::sessions::MAX_SESSIONS;
+            let refused = crate::sessions::drop_past_the_cap(&live.state, &mut bindings, max);
+            drop(live);
+            if refused > 0 {
+                ctx.metrics.bindings_refused_full.inc_by(refused as u64);
+                tracing::debug!(refused, "session bindings past the cluster's {max}: not recorded");
+            }
         }
         if !bindings.is_empty() {
             ctx.metrics.bindings_absorbed.inc_by(bindings.len() as u64);
