@@ -37,6 +37,8 @@ pub enum BackupError {
     Format { found: u32, want: u32 },
     #[error("the snapshot names no valid cluster id")]
     ClusterId,
+    #[error("the snapshot's revision {0} is past any a cluster can reach")]
+    Revision(u64),
 }
 
 fn hex(b: &[u8]) -> String {
@@ -71,7 +73,7 @@ impl Backup {
         }
         let u64_at = |at: usize| u64::from_be_bytes(file[at..at + 8].try_into().expect("8 bytes"));
         let len = u64_at(8 + 4 + 8 + 32);
-        let want = (HEAD + SUM) as u64 + len;
+        let want = ((HEAD + SUM) as u64).saturating_add(len);
         if file.len() as u64 != want {
             return Err(BackupError::Truncated(format!("{} bytes, the header says {want}", file.len())));
         }
@@ -88,7 +90,13 @@ impl Backup {
         if !crate::cluster_id::valid(&cluster_id) {
             return Err(BackupError::ClusterId);
         }
-        Ok(Backup { format, revision: u64_at(12), cluster_id, data: body[HEAD..].to_vec() })
+        // A checksum is no signature: the revision is checked as a peer's log index is
+        // (openraft adds 1 to it unchecked once it is the restored log's start).
+        let revision = u64_at(12);
+        if revision > crate::api::peer::sane::LIMIT {
+            return Err(BackupError::Revision(revision));
+        }
+        Ok(Backup { format, revision, cluster_id, data: body[HEAD..].to_vec() })
     }
 
     /// The file's SHA-256, in hex.
@@ -126,5 +134,12 @@ mod tests {
         // Format 5 moved the log, not the snapshot: backups are still format 4's.
         let five = Backup { format: 5, ..sample() }.encode();
         assert_eq!(Backup::decode(&five), Err(BackupError::Format { found: 5, want: 4 }));
+        // Made to the format, checksum and all: a length that would overflow, a revision
+        // no cluster reaches.
+        let mut huge = file.clone();
+        huge[HEAD - 8..HEAD].copy_from_slice(&u64::MAX.to_be_bytes());
+        assert!(matches!(Backup::decode(&huge), Err(BackupError::Truncated(_))));
+        let far = Backup { revision: u64::MAX, ..sample() }.encode();
+        assert_eq!(Backup::decode(&far), Err(BackupError::Revision(u64::MAX)));
     }
 }

@@ -25,6 +25,10 @@ pub const DEFAULT_ELECTION_MAX_MS: u64 = 240;
 pub const DEFAULT_SNAPSHOT_EVERY: u64 = 10_000;
 pub const DEFAULT_KEEP_LOGS: u64 = 1_000;
 pub const DEFAULT_WRITE_TIMEOUT_MS: u64 = 5_000;
+/// The longest heartbeat or election timeout a node takes (ms).
+pub const MAX_TIMING_MS: u64 = 60_000;
+/// The longest write timeout a node takes.
+pub const MAX_WRITE_TIMEOUT: Duration = Duration::from_secs(600);
 /// How many election timeouts (`election_max`) a node may go without a leader, or without
 /// being a member, before it stops serving watches: long enough to ride out an ordinary
 /// election, short enough that a cut-off node's watchers move on within seconds.
@@ -125,11 +129,28 @@ impl NodeConfig {
                 self.listen
             ));
         }
+        // Bounded first, so the products below and the leader's quorum check cannot
+        // overflow (etcd caps its election timeout at 50 s).
+        if self.heartbeat_ms > MAX_TIMING_MS
+            || self.election_min_ms > MAX_TIMING_MS
+            || self.election_max_ms > MAX_TIMING_MS
+        {
+            return bad(format!("--heartbeat-ms, --election-min-ms and --election-max-ms are at most {MAX_TIMING_MS}"));
+        }
         if self.heartbeat_ms == 0
             || self.election_min_ms <= self.heartbeat_ms * 2
             || self.election_max_ms <= self.election_min_ms
         {
             return bad("need 0 < heartbeat < election-min/2 and election-min < election-max".into());
+        }
+        if self.write_timeout.is_zero() || self.write_timeout > MAX_WRITE_TIMEOUT {
+            return bad(format!(
+                "--write-timeout-ms must be 1 to {} (every write would time out at 0)",
+                MAX_WRITE_TIMEOUT.as_millis()
+            ));
+        }
+        if self.snapshot_every == 0 {
+            return bad("--snapshot-every must be 1 or more".into());
         }
         Ok(())
     }
@@ -410,6 +431,22 @@ mod tests {
         assert_eq!((c.metrics_listen.unwrap().port(), c.metrics_listen_default), (7480, true));
         let c = Args { id: Some(1), metrics_listen: Some("off".into()), ..Default::default() }.into_config().unwrap();
         assert_eq!((c.metrics_listen, c.metrics_listen_default), (None, false));
+    }
+
+    #[test]
+    fn timings_past_their_bounds_are_refused_not_overflowed() {
+        let check = |f: fn(&mut NodeConfig)| {
+            let mut c = NodeConfig::new(1, "127.0.0.1:7400".parse().unwrap(), "d".into());
+            f(&mut c);
+            c.validate().map_err(|e| e.to_string())
+        };
+        assert!(check(|_| {}).is_ok());
+        let e = check(|c| c.heartbeat_ms = 1 << 63).unwrap_err();
+        assert!(e.contains("at most 60000"), "{e}");
+        let e = check(|c| c.election_max_ms = u64::MAX / 3 + 1).unwrap_err();
+        assert!(e.contains("at most 60000"), "{e}");
+        assert!(check(|c| c.write_timeout = Duration::ZERO).unwrap_err().contains("--write-timeout-ms"));
+        assert!(check(|c| c.snapshot_every = 0).unwrap_err().contains("--snapshot-every"));
     }
 
     #[test]

@@ -202,11 +202,20 @@ impl Args {
             return Err(ConfigError("--control-plane needs at least one host:port".into()));
         }
         let mut tuning = Tuning::default();
+        // Each bounded: a connect timeout of 0 would eject every backend, and an ejection
+        // past the clock's range would end at once.
+        let within = |flag: &str, ms: u64, least: u64, most: u64| {
+            if (least..=most).contains(&ms) {
+                Ok(Duration::from_millis(ms))
+            } else {
+                Err(ConfigError(format!("--{flag} {ms} is not {least} to {most}")))
+            }
+        };
         if let Some(ms) = self.connect_timeout_ms.or(file.connect_timeout_ms) {
-            tuning.connect_timeout = Duration::from_millis(ms);
+            tuning.connect_timeout = within("connect-timeout-ms", ms, 1, 600_000)?;
         }
         if let Some(ms) = self.eject_ms.or(file.eject_ms) {
-            tuning.eject_for = Duration::from_millis(ms);
+            tuning.eject_for = within("eject-ms", ms, 0, 86_400_000)?;
         }
         if let Some(ms) = self.backend_unacked_timeout_ms.or(file.backend_unacked_timeout_ms) {
             // The kernel takes milliseconds as a u32 (about 49 days).
@@ -223,7 +232,7 @@ impl Args {
             tuning.backend_keepalive = (ms > 0).then(|| Duration::from_secs(ms.div_ceil(1000)));
         }
         if let Some(ms) = self.shutdown_grace_ms.or(file.shutdown_grace_ms) {
-            tuning.shutdown_grace = Duration::from_millis(ms);
+            tuning.shutdown_grace = within("shutdown-grace-ms", ms, 0, 86_400_000)?;
         }
         if let Some(w) = self.workers.or(file.workers) {
             if w == 0 {
@@ -314,4 +323,24 @@ fn tls_config(a: &Args, file: &FileConfig) -> Result<TlsConfig, ConfigError> {
         };
     let no_ws = wss_listen.is_some() && a.listen.or(file.listen).is_none();
     Ok(TlsConfig { no_ws, wss_listen, wss_certs, backend })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::Parser;
+
+    fn config(flags: &[&str]) -> Result<ProxyConfig, String> {
+        let args = Args::try_parse_from([&["switchyard-proxy"], flags].concat()).map_err(|e| e.to_string())?;
+        args.into_config().map(|(c, _)| c).map_err(|e| e.to_string())
+    }
+
+    #[test]
+    fn timings_past_their_bounds_are_refused_at_start() {
+        assert!(config(&["--eject-ms", "60000", "--connect-timeout-ms", "500"]).is_ok());
+        let e = config(&["--eject-ms", "18446744073709551615"]).unwrap_err();
+        assert!(e.contains("--eject-ms 18446744073709551615 is not 0 to 86400000"), "{e}");
+        assert!(config(&["--connect-timeout-ms", "0"]).unwrap_err().contains("--connect-timeout-ms"));
+        assert!(config(&["--shutdown-grace-ms", "99999999999"]).unwrap_err().contains("--shutdown-grace-ms"));
+    }
 }

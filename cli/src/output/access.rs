@@ -12,7 +12,14 @@ fn time(ms: u64, zero: &str) -> String {
     if ms == 0 {
         return zero.into();
     }
-    humantime::format_rfc3339_seconds(UNIX_EPOCH + Duration::from_millis(ms)).to_string()
+    // humantime fails (and `to_string` panics) from the year 10000 on: a node's clock or a
+    // reply can say so.
+    use std::fmt::Write;
+    let mut out = String::new();
+    match write!(out, "{}", humantime::format_rfc3339_seconds(UNIX_EPOCH + Duration::from_millis(ms))) {
+        Ok(()) => out,
+        Err(_) => format!("{ms} ms after 1970"),
+    }
 }
 
 fn token_json(t: &TokenInfo) -> serde_json::Value {
@@ -91,5 +98,16 @@ impl Out {
                 .collect()
         };
         self.emit(json, &["REVISION", "TIME", "WHO", "ROLE", "METHOD", "WHAT"], rows);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn times_past_the_year_9999_print_as_milliseconds() {
+        assert_eq!(super::time(0, "never"), "never");
+        assert_eq!(super::time(1_000, "-"), "1970-01-01T00:00:01Z");
+        assert_eq!(super::time(253_402_300_800_000, "-"), "253402300800000 ms after 1970");
+        assert_eq!(super::time(u64::MAX, "-"), format!("{} ms after 1970", u64::MAX));
     }
 }

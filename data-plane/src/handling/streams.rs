@@ -197,7 +197,9 @@ pub(crate) fn eject_locally(
         return;
     }
     b.stats.connect_failures.fetch_add(1, Relaxed);
-    b.stats.ejected_until_ms.store(state.registry.now_ms() + tuning.eject_for.as_millis() as u64, Relaxed);
+    b.stats
+        .ejected_until_ms
+        .store(state.registry.now_ms().saturating_add(tuning.eject_for.as_millis() as u64), Relaxed);
     tracing::warn!(backend = %b.backend.address, pool, "{why}; ejected locally");
 }
 
