@@ -38,8 +38,10 @@ node = sts["spec"]["template"]["spec"]["containers"][0]
 assert "grpc_health_probe" in " ".join(node["readinessProbe"]["exec"]["command"]), "nodes probed on grpc.health.v1"
 dep = kinds["Deployment"][0]
 proxy = dep["spec"]["template"]["spec"]["containers"][0]
-for p in ("readinessProbe", "livenessProbe"):
-    assert proxy[p]["httpGet"]["path"] == "/healthz", f"proxy {p} on /healthz"
+assert proxy["readinessProbe"]["httpGet"]["path"] == "/readyz", "proxy readiness on /readyz (a config to run)"
+assert proxy["livenessProbe"]["httpGet"]["path"] == "/healthz", "proxy liveness on /healthz"
+pod = dep["spec"]["template"]["spec"]
+assert pod["securityContext"].get("fsGroup") == pod["securityContext"]["runAsGroup"], "proxy can read its Secret"
 # Every selector matches its pod template's labels.
 for f, d in docs:
     if d["kind"] in ("StatefulSet", "Deployment"):

@@ -301,20 +301,30 @@ pub enum SettingsCmd {
 
 #[derive(Args, Debug, Default, Clone)]
 pub struct SettingsOpts {
+    /// How long a client has to send its whole request head (and, idle, its next one)
+    /// [default: 10s; 100ms to 5m].
     #[arg(long, value_parser = humantime::parse_duration)]
     pub handshake_timeout: Option<Duration>,
+    /// The largest request head taken (431 past it) [default: 16384; 1 KiB to 1 MiB].
     #[arg(long)]
     pub max_header_bytes: Option<u32>,
+    /// The largest WebSocket message relayed (Close 1009 past it) [default: 16 MiB; 125 B to
+    /// 1 GiB].
     #[arg(long)]
     pub max_message_bytes: Option<u64>,
-    /// 0s turns it off.
+    /// A connection with no frame but Pongs either way this long is closed with 1001
+    /// [default: 5m; 1s to 7 days]. 0s turns it off.
     #[arg(long, value_parser = humantime::parse_duration)]
     pub idle_timeout: Option<Duration>,
-    /// 0s turns it off.
+    /// How often the proxy pings each client; one silent for another interval is cut off
+    /// [default: 30s; 100ms to 1h]. 0s turns it off.
     #[arg(long, value_parser = humantime::parse_duration)]
     pub ping_interval: Option<Duration>,
+    /// New connections a second one client address may open on each proxy (503 past it)
+    /// [default: 0, no limit].
     #[arg(long)]
     pub max_connections_per_ip_per_sec: Option<u32>,
+    /// WebSocket handshakes a second each proxy takes (503 past it) [default: 0, no limit].
     #[arg(long)]
     pub max_handshakes_per_sec: Option<u32>,
 }

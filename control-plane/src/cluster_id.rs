@@ -145,8 +145,11 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let (a, b) = (mint(), mint());
         assert!(valid(&a) && a != b);
+        // Without sled's background flusher, whose thread could still hold the lock when the
+        // second open comes.
+        let open = || sled::Config::new().path(dir.path()).flush_every_ms(None).open().unwrap();
         {
-            let db = sled::Config::new().path(dir.path()).open().unwrap();
+            let db = open();
             let ids = ClusterId::open(&db).unwrap();
             let mut req = tonic::Request::new(());
             ids.attach(&mut req);
@@ -155,7 +158,7 @@ mod tests {
             ids.adopt(&b).unwrap();
             assert_eq!(ids.get().as_deref(), Some(a.as_str()));
         }
-        let db = sled::Config::new().path(dir.path()).open().unwrap();
+        let db = open();
         let ids = ClusterId::open(&db).unwrap();
         assert_eq!(ids.get().as_deref(), Some(a.as_str()), "survives a restart");
 

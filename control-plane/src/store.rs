@@ -230,7 +230,7 @@ mod tests {
         drop(open_with(&path, 1, false).unwrap());
         // A dir from before formats were recorded (no marker) is named as such.
         {
-            let db = sled::Config::new().path(&path).open().unwrap();
+            let db = sled::Config::new().path(&path).flush_every_ms(None).open().unwrap();
             db.open_tree("meta").unwrap().remove("format").unwrap();
             db.flush().unwrap();
         }

@@ -96,6 +96,18 @@ fn not_allowed() -> Response<Full<Bytes>> {
 const PAGE: &str = include_str!("admin/page.html");
 const PAGE_JS: &str = include_str!("admin/status.js");
 
+/// Whether the proxy should be sent traffic: it runs a config (from the control plane or its
+/// cache) and is not shutting down.
+fn ready(state: &ProxyState) -> Result<(), &'static str> {
+    if state.runtime.shutdown.is_cancelled() {
+        return Err("shutting down");
+    }
+    if state.status.config().source == "none" {
+        return Err("no config yet (from the control plane or the cache)");
+    }
+    Ok(())
+}
+
 fn route(state: &ProxyState, req: Request<Incoming>) -> Response<Full<Bytes>> {
     let (ct, body, status) = match req.uri().path() {
         "/" => ("text/html; charset=utf-8", PAGE.into(), StatusCode::OK),
@@ -103,7 +115,13 @@ fn route(state: &ProxyState, req: Request<Incoming>) -> Response<Full<Bytes>> {
         "/metrics" => ("application/openmetrics-text; version=1.0.0; charset=utf-8", metrics(state), StatusCode::OK),
         "/status" => ("application/json", status_json(state).to_string(), StatusCode::OK),
         "/healthz" => ("text/plain", "ok\n".into(), StatusCode::OK),
-        _ => ("text/plain", "not found: try /, /metrics or /status\n".into(), StatusCode::NOT_FOUND),
+        // For a load balancer's readiness check: traffic only once there are routes to send
+        // it by, and none while shutting down (liveness stays on /healthz).
+        "/readyz" => match ready(state) {
+            Ok(()) => ("text/plain", "ready\n".into(), StatusCode::OK),
+            Err(why) => ("text/plain", format!("not ready: {why}\n"), StatusCode::SERVICE_UNAVAILABLE),
+        },
+        _ => ("text/plain", "not found: try /, /metrics, /status, /healthz or /readyz\n".into(), StatusCode::NOT_FOUND),
     };
     Response::builder()
         .status(status)

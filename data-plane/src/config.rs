@@ -59,8 +59,12 @@ pub struct Args {
     /// This proxy's name in `switchyard proxy list` [default: host name and listen port].
     #[arg(long)]
     pub proxy_id: Option<String>,
+    /// How long a connect to a backend may take before the next backend is tried
+    /// [default: 3000; 1 to 600000].
     #[arg(long)]
     pub connect_timeout_ms: Option<u64>,
+    /// How long a backend this proxy failed to reach is passed over, by this proxy alone
+    /// [default: 10000; 0 to 86400000].
     #[arg(long)]
     pub eject_ms: Option<u64>,
     /// A backend connection whose sent data goes unacknowledged this long (its host is gone

@@ -165,8 +165,9 @@ impl Proxy {
             },
             mirror,
         );
-        if let Some(r) = &resolver {
-            tls::reload::spawn(r.clone(), tls.wss_certs.clone(), state.clone());
+        match &resolver {
+            Some(r) => tls::reload::spawn(r.clone(), tls.wss_certs.clone(), state.clone()),
+            None => tls::reload::ignore_hangup(state.clone()),
         }
         let ctx = Arc::new(handling::Ctx { tuning: cfg.tuning, wss: resolver.map(tls::server_config), backend_tls });
         let listeners = [(listener, false), (wss, true)]

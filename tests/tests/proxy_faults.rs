@@ -187,6 +187,21 @@ async fn metrics_status_and_proxy_list_report_what_runs() {
     );
     assert!(text.contains("switchyard_proxy_config_revision"), "{text}");
     assert!(text.contains("switchyard_proxy_control_plane_connected 1"), "{text}");
+    // Ready: it runs a config. One that never reached a node and has no cache is alive (for
+    // liveness) but not ready (for a load balancer), and says why.
+    let get = async |admin: &str, path: &str| {
+        let mut s = tokio::net::TcpStream::connect(admin).await.unwrap();
+        s.write_all(format!("GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n").as_bytes()).await.unwrap();
+        let mut text = String::new();
+        s.read_to_string(&mut text).await.unwrap();
+        text
+    };
+    assert!(get(&p1.admin, "/readyz").await.starts_with("HTTP/1.1 200"));
+    let lone = ProxyProcess::spawn("127.0.0.1:1", &c.dir.path().join("lone.cache"), "lone");
+    let not_ready = get(&lone.admin, "/readyz").await;
+    assert!(not_ready.starts_with("HTTP/1.1 503") && not_ready.contains("no config yet"), "{not_ready}");
+    assert!(get(&lone.admin, "/healthz").await.starts_with("HTTP/1.1 200"));
+    drop(lone);
 
     // Every node lists both proxies, whichever node each reports to.
     for n in c.nodes.values() {

@@ -95,12 +95,17 @@ pub struct PoolOpts {
     /// Active health check.
     #[arg(long, value_enum)]
     pub health_check: Option<HealthCheckArg>,
+    /// Time between probes of each backend [default: 2s; 100ms to 1h].
     #[arg(long, value_parser = humantime::parse_duration)]
     pub health_interval: Option<Duration>,
+    /// How long a probe may take before it counts as failed [default: 1s; at most the
+    /// interval].
     #[arg(long, value_parser = humantime::parse_duration)]
     pub health_timeout: Option<Duration>,
+    /// Probes in a row that must pass to mark a backend healthy [default: 2; 1 to 100].
     #[arg(long)]
     pub health_rise: Option<u32>,
+    /// Probes in a row that must fail to mark a backend unhealthy [default: 3; 1 to 100].
     #[arg(long)]
     pub health_fall: Option<u32>,
     /// Request path for websocket health checks.

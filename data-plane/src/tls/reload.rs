@@ -52,6 +52,23 @@ pub fn reload(resolver: &SniResolver, src: &CertSources, state: &ProxyState, why
 }
 
 /// Watches until shutdown.
+/// For a proxy without wss: SIGHUP is taken and ignored. Its default action ends the process
+/// (and a supervisor counts that as a clean exit, so it stays down): a `systemctl reload`, or
+/// a HUP sent to every proxy after a certificate renewal, would stop this one.
+pub fn ignore_hangup(state: Arc<ProxyState>) {
+    use tokio::signal::unix::{signal, SignalKind};
+    // Taken now, not in the task: a HUP right after start would otherwise still end it.
+    let Ok(mut hup) = signal(SignalKind::hangup()) else { return };
+    tokio::spawn(async move {
+        loop {
+            tokio::select! {
+                _ = state.runtime.shutdown.cancelled() => return,
+                _ = hup.recv() => tracing::info!("SIGHUP: this proxy has no wss certificate to reload"),
+            }
+        }
+    });
+}
+
 pub fn spawn(resolver: Arc<SniResolver>, src: CertSources, state: Arc<ProxyState>) {
     tokio::spawn(async move {
         use tokio::signal::unix::{signal, SignalKind};
