@@ -29,10 +29,17 @@ async fn main() {
 
 async fn run(args: Args, passed: std::io::Result<Option<std::net::TcpListener>>) -> anyhow::Result<()> {
     let (mut cfg, tls) = args.into_config()?;
-    let bind = |addr: std::net::SocketAddr, what: &'static str| async move {
-        tokio::net::TcpListener::bind(addr).await.map_err(|e| anyhow::anyhow!("cannot listen on {addr}{what}: {e}"))
-    };
     let passed = passed.map_err(|e| anyhow::anyhow!("socket passed in LISTEN_FDS: {e}"))?;
+    // Handed a socket, this process may be replacing one that still holds the wss and admin
+    // ports: those it binds beside it (SO_REUSEPORT, which the one it replaces set too, and
+    // only a process of the same user can) rather than fail to start. The wss port is then
+    // served by both until the old one stops; unlike the handed-over ws socket, a wss
+    // connection still queued on the old process's socket when it closes is reset.
+    let handed_over = passed.is_some();
+    let bind = |addr: std::net::SocketAddr, what: &'static str| async move {
+        let bound = if handed_over { shared_bind(addr) } else { tokio::net::TcpListener::bind(addr).await };
+        bound.map_err(|e| anyhow::anyhow!("cannot listen on {addr}{what}: {e}"))
+    };
     let ws = match passed {
         // The supervisor's socket serves as the ws listener, whatever --listen says. It may
         // still be served by the process this one replaces: accept once there is a config.
@@ -65,4 +72,15 @@ async fn run(args: Args, passed: std::io::Result<Option<std::net::TcpListener>>)
     tracing::info!("shutting down");
     proxy.shutdown(grace).await;
     Ok(())
+}
+
+/// A listening socket on `addr` that other processes of this user may bind too.
+fn shared_bind(addr: std::net::SocketAddr) -> std::io::Result<tokio::net::TcpListener> {
+    let s = socket2::Socket::new(socket2::Domain::for_address(addr), socket2::Type::STREAM, None)?;
+    s.set_reuse_address(true)?;
+    s.set_reuse_port(true)?;
+    s.set_nonblocking(true)?;
+    s.bind(&addr.into())?;
+    s.listen(1024)?;
+    tokio::net::TcpListener::from_std(s.into())
 }

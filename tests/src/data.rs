@@ -25,10 +25,18 @@ impl ProxyProcess {
     /// Starts a proxy that serves ws on `socket`, held by the harness and passed as fd 3
     /// (`LISTEN_FDS=1`), as a supervisor does: two processes given the same socket share it,
     /// so a new one can take over an address while the old one drains.
-    pub fn spawn_on(socket: &std::net::TcpListener, control_plane: &str, cache_file: &Path, id: &str) -> ProxyProcess {
+    /// Its admin port is `admin` (`127.0.0.1:0` for any): a new process given the one it
+    /// replaces binds beside it, as it binds that process's wss port.
+    pub fn spawn_on(
+        socket: &std::net::TcpListener,
+        control_plane: &str,
+        cache_file: &Path,
+        id: &str,
+        admin: &str,
+    ) -> ProxyProcess {
         let args = [
             "--admin",
-            "127.0.0.1:0",
+            admin,
             "--control-plane",
             control_plane,
             "--cache-file",

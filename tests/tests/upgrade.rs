@@ -213,7 +213,13 @@ async fn a_cluster_and_its_proxies_upgrade_one_process_at_a_time_without_droppin
         .iter()
         .enumerate()
         .map(|(i, s)| {
-            ProxyProcess::spawn_on(s, &cp, &c.dir.path().join(format!("proxy-{i}.cache")), &format!("edge-{i}"))
+            ProxyProcess::spawn_on(
+                s,
+                &cp,
+                &c.dir.path().join(format!("proxy-{i}.cache")),
+                &format!("edge-{i}"),
+                "127.0.0.1:0",
+            )
         })
         .collect();
     for p in &proxies {
@@ -314,9 +320,12 @@ async fn a_cluster_and_its_proxies_upgrade_one_process_at_a_time_without_droppin
     // Proxies one at a time: the new process takes the socket, then the old one drains.
     for i in 0..proxies.len() {
         let before = load.going_away.load(Ordering::SeqCst);
-        // Same socket, same cache file: it serves from its first accepted connection.
+        // Same socket, same cache file: it serves from its first accepted connection. Same
+        // admin port too, as a unit or manifest fixes it: bound beside the old process's.
         let cache = c.dir.path().join(format!("proxy-{i}.cache"));
-        let new = blocking(|| ProxyProcess::spawn_on(&sockets[i], &cp, &cache, &format!("edge-{i}")));
+        let admin = proxies[i].admin.clone();
+        let new = blocking(|| ProxyProcess::spawn_on(&sockets[i], &cp, &cache, &format!("edge-{i}"), &admin));
+        assert_eq!(new.admin, admin);
         // While both processes accept from the socket, new clients get in, whichever takes them.
         for k in 0..6 {
             let (mut ws, _) = ws_connect(&new.ws, "/", &[]).await.unwrap_or_else(|e| panic!("new client {k}: {e}"));
