@@ -173,9 +173,20 @@ pub enum ClusterCmd {
     /// Add a node as a learner (it must be running with --join).
     AddNode { id: u64, address: String },
     /// Promote a learner to voter.
-    Promote { id: u64 },
+    Promote {
+        id: u64,
+        /// Promote even if a majority of the voters after the change does not answer now.
+        #[arg(long)]
+        force: bool,
+    },
     /// Remove a node (voter or learner) from the cluster.
-    RemoveNode { id: u64 },
+    RemoveNode {
+        id: u64,
+        /// Remove even if a majority of the voters left does not answer now (the change then
+        /// waits for them, and so does every write).
+        #[arg(long)]
+        force: bool,
+    },
 }
 
 #[derive(Subcommand, Debug)]

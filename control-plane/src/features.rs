@@ -9,7 +9,7 @@
 //! cluster above its max (a downgrade, or an old node joining) stops rather than apply what it
 //! cannot understand.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -91,6 +91,51 @@ pub async fn ask(ctx: &NodeCtx, members: &[Member]) -> BTreeMap<NodeId, Runs> {
         Some((m.id, Runs { version: r.version, protocol: r.protocol, max_level: r.max_feature_level.max(1) }))
     });
     futures::future::join_all(asks).await.into_iter().flatten().collect()
+}
+
+/// Refuses a voter change that could not commit now (etcd's strict reconfig check): a joint
+/// change needs a majority of the voters before it and of the voters after it, and while it
+/// cannot commit, no other change can be made and no write commits. One mistyped id (the
+/// live voter removed instead of the dead one, a dead learner promoted) would otherwise stop
+/// every write until the missing nodes came back, or for good.
+pub async fn strict_reconfig(ctx: &NodeCtx, remove: Option<NodeId>, promote: Option<NodeId>) -> Result<(), String> {
+    use switchyard_proto::v1::MemberRole;
+    let members = ctx.members();
+    let before: BTreeSet<NodeId> =
+        members.iter().filter(|m| m.role == MemberRole::Voter as i32).map(|m| m.id).collect();
+    // Only a change the leader would make is judged: an id that is no member, or no voter to
+    // remove, gets the leader's own answer.
+    let mut after = before.clone();
+    if let Some(id) = remove {
+        after.remove(&id);
+    }
+    if let Some(id) = promote.filter(|id| members.iter().any(|m| m.id == *id)) {
+        after.insert(id);
+    }
+    if after == before || after.is_empty() {
+        // Nothing changes among the voters (a learner, or a call the leader refuses anyway).
+        return Ok(());
+    }
+    let answered = ask(ctx, &members).await;
+    let up = |set: &BTreeSet<NodeId>| set.iter().filter(|id| answered.contains_key(id)).count();
+    let majority = |set: &BTreeSet<NodeId>| up(set) > set.len() / 2;
+    let list = |set: &BTreeSet<NodeId>| set.iter().map(|id| id.to_string()).collect::<Vec<_>>().join(", ");
+    if !majority(&before) {
+        return Err(format!(
+            "only {} of the voters {} answer: no change can commit now; bring them back first",
+            up(&before),
+            list(&before)
+        ));
+    }
+    if !majority(&after) {
+        return Err(format!(
+            "the voters after this change would be {}, and only {} of them answer: the change could not commit, and \
+             no write could until they are back. Remove an unreachable node first, or pass --force",
+            list(&after),
+            up(&after)
+        ));
+    }
+    Ok(())
 }
 
 /// Refuses to add a node that is not the one named: an address another member already has

@@ -347,8 +347,13 @@ async fn promoting_a_learner_that_has_not_caught_up_is_refused_and_changes_nothi
     // A learner nothing answers for: it never catches up.
     let gone = ClosedPort::new();
     a.add_node(AddNodeRequest { id: 7, address: gone.addr.clone() }).await.expect("add learner");
+    // A learner that does not answer would make a voter set ({1, 7}) that cannot commit.
+    let err = a.promote_node(PromoteNodeRequest { id: 7, force: false }).await.expect_err("promotion refused");
+    assert_eq!(err.code(), Code::FailedPrecondition, "{err:?}");
+    assert!(err.message().contains("would be 1, 7, and only 1 of them answer"), "{err:?}");
+    // Forced past that check, the leader still refuses a learner that has not caught up.
     let asked = std::time::Instant::now();
-    let err = a.promote_node(PromoteNodeRequest { id: 7 }).await.expect_err("promotion refused");
+    let err = a.promote_node(PromoteNodeRequest { id: 7, force: true }).await.expect_err("promotion refused");
     assert_eq!(err.code(), Code::FailedPrecondition, "{err:?}");
     assert!(err.message().contains("node 7 is") && err.message().contains("behind"), "{err:?}");
     // Refused after a bounded wait (half the 3 s write timeout), not when the caller gives up.

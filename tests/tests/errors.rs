@@ -112,8 +112,8 @@ async fn bad_admin_requests_get_the_right_codes_and_reasons() {
     );
     assert_eq!(committed().await, before, "a refused request reached the log");
 
-    expect_code(a.promote_node(PromoteNodeRequest { id: 9 }).await, Code::NotFound, "not a member");
-    expect_code(a.remove_node(RemoveNodeRequest { id: 1 }).await, Code::FailedPrecondition, "last voter");
+    expect_code(a.promote_node(PromoteNodeRequest { id: 9, force: false }).await, Code::NotFound, "not a member");
+    expect_code(a.remove_node(RemoveNodeRequest { id: 1, force: false }).await, Code::FailedPrecondition, "last voter");
     expect_code(
         a.add_node(AddNodeRequest { id: 1, address: "127.0.0.1:1".into() }).await,
         Code::AlreadyExists,

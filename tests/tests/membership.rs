@@ -20,9 +20,15 @@ async fn a_voter_removal_cut_short_is_shown_and_finished_by_the_leader() {
     let addr = c.nodes[&leader].addr.clone();
 
     // With `down` dead, the joint configuration ({all three}, {leader, down}) cannot commit:
-    // its new set needs both. The call runs out of time after proposing it.
+    // its new set needs both. Refused, as etcd's strict reconfig check refuses it; removing
+    // `down` itself is what can commit.
     c.node(down).kill9();
-    let err = admin(&addr).remove_node(RemoveNodeRequest { id: removed }).await.unwrap_err();
+    let err = admin(&addr).remove_node(RemoveNodeRequest { id: removed, force: false }).await.unwrap_err();
+    assert_eq!(err.code(), tonic::Code::FailedPrecondition, "{err:?}");
+    assert!(err.message().contains("only 1 of them answer") && err.message().contains("--force"), "{err:?}");
+    assert!(status(&addr).await.expect("status").joint_new_voters.is_empty(), "nothing proposed");
+    // Forced, the call runs out of time after proposing it.
+    let err = admin(&addr).remove_node(RemoveNodeRequest { id: removed, force: true }).await.unwrap_err();
     assert!(
         matches!(err.code(), tonic::Code::Unavailable | tonic::Code::DeadlineExceeded),
         "the removal cannot finish without node {down}: {err:?}"

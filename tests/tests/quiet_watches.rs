@@ -105,8 +105,12 @@ async fn a_removed_node_ends_its_watches_and_the_proxy_moves_on_and_keeps_up() {
     following(&proxy, &gone_addr, rev).await;
     let mut raw = discovery(&gone_addr).watch(watch_req()).await.unwrap().into_inner();
 
-    let removed_at =
-        admin(&leader_addr).remove_node(RemoveNodeRequest { id: gone }).await.unwrap().into_inner().revision;
+    let removed_at = admin(&leader_addr)
+        .remove_node(RemoveNodeRequest { id: gone, force: false })
+        .await
+        .unwrap()
+        .into_inner()
+        .revision;
     let status = ending(&mut raw, BOUND).await;
     assert_eq!(status.code(), Code::Unavailable, "{status:?}");
     let err = discovery(&gone_addr).watch(watch_req()).await.expect_err("a new watch is refused");

@@ -93,7 +93,7 @@ async fn each_role_is_allowed_and_refused_per_service_with_tokens() {
     a.set_backend_state(bearer(drain(), &operator)).await.expect("an operator drains");
 
     // Admin membership (admin only): past the check, node 99 is simply not a member.
-    let remove = || RemoveNodeRequest { id: 99 };
+    let remove = || RemoveNodeRequest { id: 99, force: false };
     refused(a.remove_node(bearer(remove(), &operator)).await, Code::PermissionDenied, "Admin/RemoveNode");
     refused(a.remove_node(bearer(remove(), &adm)).await, Code::NotFound, "not a member");
 

@@ -63,8 +63,12 @@ async fn each_certificate_role_is_allowed_and_refused_per_service() {
     admin("oncall").set_backend_state(drain()).await.expect("the operator drains");
 
     // Admin membership: admin only (past the check, node 99 is not a member).
-    refused(admin("oncall").remove_node(RemoveNodeRequest { id: 99 }).await, Code::PermissionDenied, "RemoveNode");
-    refused(admin("ops").remove_node(RemoveNodeRequest { id: 99 }).await, Code::NotFound, "not a member");
+    refused(
+        admin("oncall").remove_node(RemoveNodeRequest { id: 99, force: false }).await,
+        Code::PermissionDenied,
+        "RemoveNode",
+    );
+    refused(admin("ops").remove_node(RemoveNodeRequest { id: 99, force: false }).await, Code::NotFound, "not a member");
 
     // Query read: people, not proxies or nodes.
     for name in ["dash", "oncall", "ops"] {

@@ -23,13 +23,14 @@ pub(super) async fn run(ctx: &mut Ctx, c: ClusterCmd) -> Result<()> {
             let r = ctx.membership(req, |mut c, r| async move { c.add_node(r).await }).await?;
             ctx.out.members(&r.members);
         }
-        ClusterCmd::Promote { id } => {
-            let r =
-                ctx.membership(PromoteNodeRequest { id }, |mut c, r| async move { c.promote_node(r).await }).await?;
+        ClusterCmd::Promote { id, force } => {
+            let req = PromoteNodeRequest { id, force };
+            let r = ctx.membership(req, |mut c, r| async move { c.promote_node(r).await }).await?;
             ctx.out.members(&r.members);
         }
-        ClusterCmd::RemoveNode { id } => {
-            let r = ctx.membership(RemoveNodeRequest { id }, |mut c, r| async move { c.remove_node(r).await }).await?;
+        ClusterCmd::RemoveNode { id, force } => {
+            let req = RemoveNodeRequest { id, force };
+            let r = ctx.membership(req, |mut c, r| async move { c.remove_node(r).await }).await?;
             ctx.out.members(&r.members);
         }
     }

@@ -254,14 +254,20 @@ impl Admin for AdminService {
     async fn promote_node(&self, req: Request<PromoteNodeRequest>) -> Result<Response<MembershipReply>, Status> {
         id_of(&req)?;
         let caller = caller_of(&req)?;
-        let id = req.into_inner().id;
+        let PromoteNodeRequest { id, force } = req.into_inner();
+        if !force {
+            crate::features::strict_reconfig(&self.0, None, Some(id)).await.map_err(Status::failed_precondition)?;
+        }
         self.membership(&caller, "Admin/PromoteNode", format!("node {id}"), Promote { id }).await
     }
 
     async fn remove_node(&self, req: Request<RemoveNodeRequest>) -> Result<Response<MembershipReply>, Status> {
         id_of(&req)?;
         let caller = caller_of(&req)?;
-        let id = req.into_inner().id;
+        let RemoveNodeRequest { id, force } = req.into_inner();
+        if !force {
+            crate::features::strict_reconfig(&self.0, Some(id), None).await.map_err(Status::failed_precondition)?;
+        }
         self.membership(&caller, "Admin/RemoveNode", format!("node {id}"), Remove { id }).await
     }
 

@@ -405,7 +405,7 @@ impl Chaos {
         node.args.drain(i..i + 2);
         node.args.extend(["--join".into(), "--advertise".into(), peer_addr.clone()]);
         self.write_until_ok("remove the wiped node", |n| async move {
-            admin(&n).remove_node(RemoveNodeRequest { id }).await.ok().map(|r| r.into_inner().revision)
+            admin(&n).remove_node(RemoveNodeRequest { id, force: true }).await.ok().map(|r| r.into_inner().revision)
         })
         .await;
         self.cluster.nodes.get_mut(&id).expect("node").start();
@@ -415,7 +415,7 @@ impl Chaos {
         })
         .await;
         self.write_until_ok("promote it", |n| async move {
-            admin(&n).promote_node(PromoteNodeRequest { id }).await.ok().map(|r| r.into_inner().revision)
+            admin(&n).promote_node(PromoteNodeRequest { id, force: true }).await.ok().map(|r| r.into_inner().revision)
         })
         .await;
         println!("chaos:   node {id} refused with a wiped data dir, then re-added and promoted");
