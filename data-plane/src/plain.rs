@@ -270,6 +270,17 @@ async fn handle(
         r.session = session.clone();
     }
     let bound = session.as_deref().and_then(|k| state.affinity.backend_for(&pool.pool.name, k));
+    // A request that would begin a session is admitted as a WebSocket handshake is (the
+    // proxy's handshake rate, when set): one kept-alive connection can carry any number.
+    if session.is_some() && bound.is_none() {
+        if let Err(r) = state.runtime.admission.admit(peer.ip(), table.settings.max_handshakes_per_sec, 0) {
+            let why = match r {
+                crate::admission::Refusal::ProxyBusy => Reject::OverCapacity,
+                crate::admission::Refusal::ClientRate => Reject::ClientRate,
+            };
+            return refusal(state, rec.1.take(), why);
+        }
+    }
 
     // A backend and a connection to it: a pooled one when this worker has one.
     let mut attempts = Attempts::new(state, &pool, &ctx.tuning, session.as_deref(), bound.as_deref());
@@ -399,7 +410,11 @@ async fn handle(
     // This hop's version is the client's, whatever the backend spoke.
     parts.version = client_version;
     strip_hop_by_hop(&mut parts.headers);
-    if let Some(line) = &set_cookie {
+    // A session is begun by an answer that took the request (below 400), as a WebSocket's by
+    // its 101: every error answered to a client without the cookie (a 404 for each made-up
+    // path, say) would otherwise be a binding replicated to every node and proxy.
+    let begun = parts.status.as_u16() < 400;
+    if let Some(line) = set_cookie.as_ref().filter(|_| begun) {
         // `session_key` gives the header line of the 101; here it is a header value.
         let v = line.trim_end().strip_prefix("Set-Cookie: ").unwrap_or(line.trim_end());
         if let Ok(v) = HeaderValue::from_str(v) {
@@ -407,7 +422,7 @@ async fn handle(
         }
     }
     // A new binding is made only once the backend answered.
-    if let (Some(k), None) = (&session, &held.session) {
+    if let (Some(k), None, true) = (&session, &held.session, begun) {
         held.session = Some(state.affinity.bind_live(&pool.pool.name, k, address));
     }
     entry.stats.total.fetch_add(1, Relaxed);

@@ -86,6 +86,11 @@ async fn answer(name: Arc<str>, seen: Arc<Seen>, req: Request<Incoming>) -> Resp
             let body = StreamBody::new(futures::stream::iter(parts));
             Response::builder().header("x-backend", &*name).body(body.boxed()).expect("valid response")
         }
+        "/missing" => {
+            let mut r = text(&name, "not here".into());
+            *r.status_mut() = hyper::StatusCode::NOT_FOUND;
+            r
+        }
         _ => text(&name, name.to_string()),
     }
 }

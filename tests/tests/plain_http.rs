@@ -112,6 +112,10 @@ async fn plain_http_is_balanced_sticky_kept_alive_and_streamed() {
         seen.insert(body);
     }
     assert_eq!(seen.len(), 2, "both backends served: {seen:?}");
+    // A backend's error begins no session: no cookie (and no binding) for a 404.
+    let (code, h, _) = http_send(&mut tx, get("/missing", &[])).await;
+    assert_eq!(code, 404);
+    assert!(cookie_of(&h).is_none(), "a cookie on a 404: {h:?}");
 
     // With the cookie, every request sticks to one backend, through either proxy, on one
     // kept-alive connection each.

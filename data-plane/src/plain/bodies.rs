@@ -188,6 +188,7 @@ pub struct Relayed<H: Send + 'static> {
 impl<H: Send + 'static> Drop for Relayed<H> {
     fn drop(&mut self) {
         self.activity.asked();
+        self.activity.backend_done();
     }
 }
 
@@ -207,10 +208,12 @@ impl<H: Send + Unpin + 'static> Body for Relayed<H> {
             }
             Poll::Ready(Some(Err(e))) => {
                 self.hold = None;
+                self.activity.backend_done();
                 Poll::Ready(Some(Err(Box::new(e))))
             }
             Poll::Ready(None) => {
                 self.hold = None;
+                self.activity.backend_done();
                 Poll::Ready(None)
             }
             Poll::Pending => {

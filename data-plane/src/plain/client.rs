@@ -67,6 +67,16 @@ impl Activity {
         }
     }
 
+    /// The response body is over (or gone): no wait on its backend goes on. A chunked body
+    /// usually ends after one (its last chunk comes on a later turn of the backend's
+    /// connection), and the next request on the connection would otherwise be judged by it:
+    /// closed once the pool's response timeout had passed since, while it sent its body or
+    /// waited for its own response head.
+    pub(super) fn backend_done(&self) {
+        self.backend_wait.store(0, Relaxed);
+        self.wait_began.store(false, Relaxed);
+    }
+
     /// The end of the backend's bound, once, when a wait on it has just begun (the
     /// connection's timer may need to move up for it).
     pub(super) fn backend_deadline(&self) -> Option<tokio::time::Instant> {
@@ -269,6 +279,25 @@ mod tests {
         tokio::time::advance(Duration::from_millis(1)).await;
         assert_eq!(a.due(limit, stall), None, "silent for the whole bound");
         assert!(a.silent());
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_wait_left_by_a_finished_body_does_not_judge_the_next_request() {
+        let (limit, stall, silence) = (Duration::from_secs(10), Duration::from_secs(60), Duration::from_secs(3));
+        let a = Arc::new(Activity::new());
+        // A chunked body: its last data, a wait, then its end.
+        let first = a.begin();
+        a.responding(silence);
+        a.handed();
+        a.asked();
+        a.backend_waits();
+        a.backend_done();
+        drop(first);
+        // The next request is sent, its body slowly: longer than the silence bound.
+        let _next = a.begin();
+        tokio::time::advance(silence * 4).await;
+        assert_eq!(a.due(limit, stall), Some(tokio::time::Instant::now() + limit), "in flight, not silent");
+        assert!(!a.silent());
     }
 
     /// hyper's shutdown sends the FIN at once, takes what the client still sends, and ends at
