@@ -1,5 +1,5 @@
 //! What a config change does to established connections: nothing, unless their own backend
-//! was removed or disabled (closed now, with 1001), set to draining (closed with 1001,
+//! was disabled (closed now, with 1001), set to draining or removed (closed with 1001,
 //! spread with jitter over the pool's drain window, so clients do not reconnect at once), or
 //! marked down by a health check that says to close (closed now, with 1001).
 
@@ -22,24 +22,21 @@ pub fn on_change(state: &ProxyState, old: &Table, new: &Table) {
             let now = new_pool.and_then(|p| p.backends.iter().find(|n| n.backend.address == e.backend.address));
             let was = e.backend.admin_state;
             match now {
-                None => close_all(&e.stats.connections()),
+                // Removed: drained as if set draining first, over the pool's window (a removal
+                // is how scale-down scripts and operators take a backend away, and closing all
+                // of its connections at once sends every client back together). A drain under
+                // way goes on; a disabled backend's connections are already closed.
+                None if was == AdminState::Active as i32 => {
+                    let window = Duration::from_millis(old_pool.pool.drain_timeout_ms.max(1));
+                    start_drain(state, e, window, "removed: draining");
+                }
+                None => {}
                 Some(n) if n.backend.admin_state == AdminState::Disabled as i32 && was != n.backend.admin_state => {
                     close_all(&n.stats.connections())
                 }
                 Some(n) if n.backend.admin_state == AdminState::Draining as i32 && was != n.backend.admin_state => {
                     let window = Duration::from_millis(new_pool.map_or(30_000, |p| p.pool.drain_timeout_ms.max(1)));
-                    let conns = n.stats.connections();
-                    tracing::info!(backend = %n.backend.address, connections = conns.len(), ?window, "draining");
-                    let token = state.runtime.shutdown.clone();
-                    let stats = n.stats.clone();
-                    let epoch = stats.drain_epoch.fetch_add(1, Relaxed) + 1;
-                    let current = move || stats.drain_epoch.load(Relaxed) == epoch;
-                    tokio::spawn(async move {
-                        tokio::select! {
-                            _ = token.cancelled() => {}
-                            _ = drain(conns, window, current) => {}
-                        }
-                    });
+                    start_drain(state, n, window, "draining");
                 }
                 // Marked down by its health check, in a pool that asks for it (HAProxy's
                 // `on-marked-down shutdown-sessions`): closed now, not spread over a window,
@@ -63,6 +60,34 @@ pub fn on_change(state: &ProxyState, old: &Table, new: &Table) {
             }
         }
     }
+    // Added back while a removal's drain runs (the same address keeps its counters): the
+    // drain is called off, as for a backend set active again.
+    for (name, new_pool) in &new.pools {
+        let old_pool = old.pools.get(name);
+        for n in &new_pool.backends {
+            let was_there = old_pool.is_some_and(|p| p.backends.iter().any(|o| o.backend.address == n.backend.address));
+            if !was_there && n.backend.admin_state == AdminState::Active as i32 {
+                n.stats.drain_epoch.fetch_add(1, Relaxed);
+            }
+        }
+    }
+}
+
+/// Closes the backend's connections spread over `window` (see [`drain`]), unless it is set
+/// active again first.
+fn start_drain(state: &ProxyState, b: &crate::table::BackendEntry, window: Duration, what: &'static str) {
+    let conns = b.stats.connections();
+    tracing::info!(backend = %b.backend.address, connections = conns.len(), ?window, "{what}");
+    let token = state.runtime.shutdown.clone();
+    let stats = b.stats.clone();
+    let epoch = stats.drain_epoch.fetch_add(1, Relaxed) + 1;
+    let current = move || stats.drain_epoch.load(Relaxed) == epoch;
+    tokio::spawn(async move {
+        tokio::select! {
+            _ = token.cancelled() => {}
+            _ = drain(conns, window, current) => {}
+        }
+    });
 }
 
 fn close_all(conns: &[Arc<CloseHandle>]) {

@@ -192,6 +192,17 @@ async fn config_changes_leave_established_connections_open() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn draining_closes_with_1001_spread_over_the_window() {
+    drained_by(false).await
+}
+
+/// A backend removed outright is drained as if set draining first: removing all its clients
+/// at once sent them back together.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn removing_a_backend_closes_its_connections_spread_over_the_window() {
+    drained_by(true).await
+}
+
+async fn drained_by(removal: bool) {
     let _g = serial().await;
     let env = setup(1, &[("b1", 1)], Algorithm::RoundRobin, "").await;
     let mut conns = Vec::new();
@@ -202,7 +213,11 @@ async fn draining_closes_with_1001_spread_over_the_window() {
     let b1 = env.backends[0].addr.clone();
     let start = std::time::Instant::now();
     write(&addr, async |a| {
-        let req = SetBackendStateRequest { pool: "chat".into(), address: b1, state: AdminState::Draining as i32 };
+        let (pool, address) = ("chat".to_string(), b1);
+        if removal {
+            return Ok(a.remove_backend(RemoveBackendRequest { pool, address }).await?.into_inner().revision);
+        }
+        let req = SetBackendStateRequest { pool, address, state: AdminState::Draining as i32 };
         Ok(a.set_backend_state(req).await?.into_inner().revision)
     })
     .await;
@@ -221,7 +236,7 @@ async fn draining_closes_with_1001_spread_over_the_window() {
     // the time for the change to reach the proxy).
     assert!(times[7] - times[0] >= Duration::from_millis(500), "spread: {times:?}");
     assert!(times[7] <= Duration::from_secs(4), "deadline: {times:?}");
-    // No new sessions go to a draining backend.
+    // No new sessions go to a draining (or removed) backend.
     assert!(ws_connect(&env.proxy.ws, "/", &[]).await.is_err());
 }
 
