@@ -80,6 +80,8 @@ fn start_drain(state: &ProxyState, b: &crate::table::BackendEntry, window: Durat
     tracing::info!(backend = %b.backend.address, connections = conns.len(), ?window, "{what}");
     let token = state.runtime.shutdown.clone();
     let stats = b.stats.clone();
+    let until = state.registry.now_ms().saturating_add(window.as_millis() as u64);
+    stats.drain_until_ms.store(until, Relaxed);
     let epoch = stats.drain_epoch.fetch_add(1, Relaxed) + 1;
     let current = move || stats.drain_epoch.load(Relaxed) == epoch;
     tokio::spawn(async move {

@@ -283,7 +283,8 @@ async fn handle(
     }
 
     // A backend and a connection to it: a pooled one when this worker has one.
-    let mut attempts = Attempts::new(state, &pool, &ctx.tuning, session.as_deref(), bound.as_deref());
+    let mut attempts =
+        Attempts::new(state, &pool, &ctx.tuning, session.as_deref(), bound.as_deref()).keeping_draining_sessions();
     let (idx, mut sender, reused) = loop {
         let i = match attempts.next(&up, peer.ip()) {
             Ok(i) => i,

@@ -24,6 +24,11 @@ pub struct BackendStats {
     /// Bumped when a drain starts and when it is called off (the backend set active again):
     /// a drain task closes connections only while the number it started with is current.
     pub drain_epoch: AtomicU64,
+    /// While set draining: the end of its window (registry milliseconds). A session bound here
+    /// keeps its plain HTTP requests here until then (HAProxy's drain keeps persistent
+    /// sessions): each long-poll is a new request, and one sent elsewhere finds its session
+    /// unknown there ("Session ID unknown"), every polling client at once.
+    pub drain_until_ms: AtomicU64,
     conns: Mutex<HashMap<u64, Arc<CloseHandle>>>,
 }
 

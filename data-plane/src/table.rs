@@ -6,7 +6,7 @@ use std::net::IpAddr;
 use std::sync::Arc;
 
 use switchyard_model::{usable, AffinitySecret, KeySpec, Model};
-use switchyard_proto::v1::{Algorithm, Backend, Pool, Route, Settings};
+use switchyard_proto::v1::{AdminState, Algorithm, Backend, Pool, Route, Settings};
 
 use crate::balance::{Balancer, PickInput};
 use crate::handshake::Upgrade;
@@ -225,17 +225,33 @@ impl PoolTable {
             && (max == 0 || e.stats.active.load(std::sync::atomic::Ordering::Relaxed) < max)
     }
 
-    /// The backend for a session key: its binding when the bound backend is fit, else the
-    /// key's consistent-hash choice. Returns whether that makes a new binding.
+    /// Whether draining backend `i` may still take a request of a session bound to it: within
+    /// its drain window, healthy, and otherwise fit.
+    fn draining_fit(&self, i: usize, now_ms: u64, exclude: &[usize]) -> bool {
+        use std::sync::atomic::Ordering::Relaxed;
+        let max = self.pool.max_connections_per_backend as u64;
+        let e = &self.backends[i];
+        e.backend.admin_state == AdminState::Draining as i32
+            && e.backend.health != switchyard_proto::v1::Health::Unhealthy as i32
+            && e.stats.drain_until_ms.load(Relaxed) > now_ms
+            && !exclude.contains(&i)
+            && e.stats.ejected_until_ms.load(Relaxed) <= now_ms
+            && (max == 0 || e.stats.active.load(Relaxed) < max)
+    }
+
+    /// The backend for a session key: its binding when the bound backend is fit (or, with
+    /// `keep_draining`, draining within its window: see `BackendStats::drain_until_ms`), else
+    /// the key's consistent-hash choice. Returns whether that makes a new binding.
     pub fn pick_session(
         &self,
         key: &str,
         bound: Option<&str>,
         now_ms: u64,
         exclude: &[usize],
+        keep_draining: bool,
     ) -> Option<(usize, bool)> {
         if let Some(i) = bound.and_then(|b| self.backends.iter().position(|e| e.backend.address == b)) {
-            if self.fit(i, now_ms, exclude) {
+            if self.fit(i, now_ms, exclude) || (keep_draining && self.draining_fit(i, now_ms, exclude)) {
                 return Some((i, false));
             }
         }
@@ -320,8 +336,39 @@ mod tests {
         assert_eq!(p.hash_key, Some(KeySpec::Header("X-User".into())));
         // A session bound to the weight-0 backend goes elsewhere, as the control plane agrees.
         for i in 0..20 {
-            let (idx, new) = p.pick_session(&format!("k{i}"), Some("a:1"), 0, &[]).unwrap();
+            let (idx, new) = p.pick_session(&format!("k{i}"), Some("a:1"), 0, &[], true).unwrap();
             assert_eq!((p.backends[idx].backend.address.as_str(), new), ("b:1", true));
         }
+    }
+
+    #[test]
+    fn a_draining_backend_keeps_its_bound_plain_sessions_until_its_window_ends() {
+        use std::sync::atomic::Ordering::Relaxed;
+        use switchyard_model::topology::put;
+        use switchyard_proto::v1::change::Kind;
+        let mut m = Model::default();
+        m.apply(&put(Kind::PoolPut(Pool { name: "p".into(), affinity: "cookie:sid".into(), ..Default::default() })));
+        for (address, state) in [("a:1", AdminState::Draining), ("b:1", AdminState::Active)] {
+            let b = Backend {
+                pool: "p".into(),
+                address: address.into(),
+                weight: 1,
+                admin_state: state as i32,
+                ..Default::default()
+            };
+            m.apply(&put(Kind::BackendPut(b)));
+        }
+        let table = Table::build(&m, 1, &Registry::default());
+        let p = &table.pools["p"];
+        let at = |idx: usize| p.backends[idx].backend.address.as_str();
+        p.backends[0].stats.drain_until_ms.store(1_000, Relaxed);
+        // Within the window: a plain request of a session bound there stays; a WebSocket
+        // connection (closed by the drain, reconnecting) goes elsewhere, as does a new session.
+        let (i, new) = p.pick_session("k", Some("a:1"), 999, &[], true).unwrap();
+        assert_eq!((at(i), new), ("a:1", false));
+        assert_eq!(at(p.pick_session("k", Some("a:1"), 999, &[], false).unwrap().0), "b:1");
+        assert_eq!(at(p.pick_session("k", None, 999, &[], true).unwrap().0), "b:1");
+        // The window over: moved.
+        assert_eq!(at(p.pick_session("k", Some("a:1"), 1_000, &[], true).unwrap().0), "b:1");
     }
 }

@@ -23,6 +23,8 @@ pub(crate) struct Attempts<'a> {
     tls_failed: bool,
     /// The backend being tried, counted against it until it fails or is taken.
     trying: Option<Counted>,
+    /// See [`Attempts::keeping_draining_sessions`].
+    keep_draining: bool,
 }
 
 impl<'a> Attempts<'a> {
@@ -33,7 +35,24 @@ impl<'a> Attempts<'a> {
         session: Option<&'a str>,
         bound: Option<&'a str>,
     ) -> Self {
-        Attempts { state, pool, tuning, session, bound, failed: Vec::new(), tls_failed: false, trying: None }
+        Attempts {
+            state,
+            pool,
+            tuning,
+            session,
+            bound,
+            failed: Vec::new(),
+            tls_failed: false,
+            trying: None,
+            keep_draining: false,
+        }
+    }
+
+    /// For plain HTTP: a session bound to a draining backend keeps going there within the
+    /// drain window (see `BackendStats::drain_until_ms`).
+    pub(crate) fn keeping_draining_sessions(mut self) -> Self {
+        self.keep_draining = true;
+        self
     }
 
     /// The next backend to try (its index in the pool), or the answer once none is left. It
@@ -45,7 +64,7 @@ impl<'a> Attempts<'a> {
         }
         let now = self.state.registry.now_ms();
         let pick = |now: u64| match self.session {
-            Some(k) => self.pool.pick_session(k, self.bound, now, &self.failed).map(|(i, _)| i),
+            Some(k) => self.pool.pick_session(k, self.bound, now, &self.failed, self.keep_draining).map(|(i, _)| i),
             None => self.pool.pick(up, client, now, &self.failed),
         };
         // Every backend that could take it is ejected by this proxy: they are tried anyway,
