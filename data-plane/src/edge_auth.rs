@@ -221,12 +221,74 @@ fn verify(j: &Jwt, up: &Upgrade) -> Verdict {
 
 /// Headers an auth endpoint gets: the client's credentials and what it asked for.
 const PASSED: [&str; 3] = ["authorization", "cookie", "user-agent"];
+/// An auth answer's body read past this is given up on, and its connection with it.
+const MAX_AUTH_BODY: usize = 64 * 1024;
+
+/// Kept-alive connections to auth endpoints, per worker thread (a worker's connections are
+/// driven by its own runtime) and endpoint: a connection a subrequest makes a new TCP
+/// connection each (every long-poll of an authenticated route is one) left a socket in
+/// TIME_WAIT per request, and a few hundred a second ran the proxy out of local ports for
+/// that endpoint, failing every authenticated route closed.
+mod pool {
+    use std::cell::RefCell;
+    use std::collections::HashMap;
+    use std::time::{Duration, Instant};
+
+    use http_body_util::Empty;
+    use hyper::body::Bytes;
+    use hyper::client::conn::http1::SendRequest;
+
+    pub type Sender = SendRequest<Empty<Bytes>>;
+    /// Closed rather than reused after this idle (an endpoint that closes idle connections
+    /// first races a request sent at that moment; see `plain::backends`).
+    const IDLE_FOR: Duration = Duration::from_secs(4);
+    /// Idle connections kept per endpoint and worker.
+    const MAX_IDLE: usize = 32;
+    /// Endpoints kept per worker: routes name them, but a bound keeps a bad config small.
+    const MAX_ENDPOINTS: usize = 64;
+
+    thread_local! {
+        static IDLE: RefCell<HashMap<String, Vec<(Sender, Instant)>>> = RefCell::new(HashMap::new());
+    }
+
+    pub fn checkout(authority: &str) -> Option<Sender> {
+        IDLE.with(|idle| {
+            let mut idle = idle.borrow_mut();
+            let list = idle.get_mut(authority)?;
+            let now = Instant::now();
+            list.retain(|(tx, at)| now.saturating_duration_since(*at) < IDLE_FOR && !tx.is_closed());
+            let i = list.iter().rposition(|(tx, _)| tx.is_ready())?;
+            Some(list.swap_remove(i).0)
+        })
+    }
+
+    pub fn checkin(authority: &str, tx: Sender) {
+        if tx.is_closed() {
+            return;
+        }
+        IDLE.with(|idle| {
+            let mut idle = idle.borrow_mut();
+            if !idle.contains_key(authority) && idle.len() >= MAX_ENDPOINTS {
+                return;
+            }
+            let list = idle.entry(authority.to_string()).or_default();
+            if list.len() < MAX_IDLE {
+                list.push((tx, Instant::now()));
+            }
+        })
+    }
+}
+
+async fn connect(authority: &str) -> Option<pool::Sender> {
+    let tcp = tokio::net::TcpStream::connect(authority).await.ok()?;
+    let _ = tcp.set_nodelay(true);
+    let (tx, conn) = hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(tcp)).await.ok()?;
+    tokio::spawn(conn);
+    Some(tx)
+}
 
 async fn subrequest(authority: &str, path: &str, timeout: Duration, up: &Upgrade, client: IpAddr) -> Verdict {
-    let ask = async {
-        let tcp = tokio::net::TcpStream::connect(authority).await.ok()?;
-        let (mut tx, conn) = hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(tcp)).await.ok()?;
-        tokio::spawn(conn);
+    let request = || {
         let mut req = hyper::Request::get(path)
             .header(hyper::header::HOST, authority)
             .header("x-original-uri", up.target.as_str())
@@ -237,12 +299,34 @@ async fn subrequest(authority: &str, path: &str, timeout: Duration, up: &Upgrade
                 req = req.header(n, v);
             }
         }
-        let resp = tx.send_request(req.body(Empty::<Bytes>::new()).ok()?).await.ok()?;
+        req.body(Empty::<Bytes>::new()).ok()
+    };
+    let ask = async {
+        // A kept-alive connection the endpoint closed just now fails: the GET goes once more
+        // on a new one (it changes nothing).
+        let resp = match pool::checkout(authority) {
+            Some(mut tx) => match tx.send_request(request()?).await {
+                Ok(r) => Some((r, tx)),
+                Err(_) => None,
+            },
+            None => None,
+        };
+        let (resp, tx) = match resp {
+            Some(r) => r,
+            None => {
+                let mut tx = connect(authority).await?;
+                (tx.send_request(request()?).await.ok()?, tx)
+            }
+        };
         let status = resp.status().as_u16();
         let challenge =
             resp.headers().get(hyper::header::WWW_AUTHENTICATE).and_then(|v| v.to_str().ok()).map(str::to_string);
-        // The answer's body is not used; reading it lets the connection close cleanly.
-        let _ = resp.into_body().collect().await;
+        // The answer's body is not used; read whole (a few KiB at most), the connection is
+        // kept for the next subrequest.
+        let body = http_body_util::Limited::new(resp.into_body(), MAX_AUTH_BODY);
+        if body.collect().await.is_ok() {
+            pool::checkin(authority, tx);
+        }
         Some((status, challenge))
     };
     match tokio::time::timeout(timeout, ask).await {

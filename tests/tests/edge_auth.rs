@@ -6,7 +6,9 @@
 //! subrequest (NGINX's auth_request): 2xx lets through, 401 and 403 are passed back.
 
 use std::convert::Infallible;
-use std::sync::atomic::Ordering::Relaxed;
+use std::sync::atomic::AtomicU64;
+use std::sync::atomic::Ordering::{self, Relaxed};
+use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use base64::Engine;
@@ -74,11 +76,15 @@ fn jwks_file(dir: &std::path::Path, name: &str, keys: &[&SigningKey]) -> String 
 
 /// An auth endpoint: `Bearer good` is allowed, `Bearer forbidden` gets 403, anything else
 /// 401 with a challenge of its own.
-async fn auth_endpoint() -> (String, tokio::task::JoinHandle<()>) {
+/// Also gives the count of connections it accepted.
+async fn auth_endpoint() -> (String, tokio::task::JoinHandle<()>, Arc<AtomicU64>) {
     let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = l.local_addr().unwrap().to_string();
+    let accepted = Arc::new(AtomicU64::new(0));
+    let counter = accepted.clone();
     let task = tokio::spawn(async move {
         while let Ok((s, _)) = l.accept().await {
+            counter.fetch_add(1, Ordering::SeqCst);
             tokio::spawn(async move {
                 let svc = hyper::service::service_fn(|req: hyper::Request<hyper::body::Incoming>| async move {
                     let auth = req.headers().get("authorization").and_then(|v| v.to_str().ok()).unwrap_or("");
@@ -99,7 +105,7 @@ async fn auth_endpoint() -> (String, tokio::task::JoinHandle<()>) {
             });
         }
     });
-    (addr, task)
+    (addr, task, accepted)
 }
 
 fn req(host: &str, path: &str, headers: &[(&str, &str)]) -> hyper::Request<Full<Bytes>> {
@@ -120,7 +126,7 @@ async fn jwt_and_auth_requests_are_checked_before_any_backend_is_contacted() {
     let set1 = jwks_file(dir.path(), "set1.json", &[&k1]);
     let (b1, b2) = (HttpBackend::start("api-1").await, HttpBackend::start("api-2").await);
     let ws_backend = EchoBackend::start("ws-1").await;
-    let (gate, _gate_task) = auth_endpoint().await;
+    let (gate, _gate_task, gate_connections) = auth_endpoint().await;
     let gate_url = format!("http://{gate}/check");
     let jwt_flags = |set: &str| -> Vec<String> {
         ["--jwt-jwks", set, "--jwt-issuer", ISSUER, "--jwt-audience", AUDIENCE, "--jwt-claim-header", "sub=X-User"]
@@ -232,6 +238,13 @@ async fn jwt_and_auth_requests_are_checked_before_any_backend_is_contacted() {
     let (code, _, _) = http_send(&mut tx, req("gate.example", "/", &[("authorization", "Bearer good")])).await;
     assert_eq!(code, 200);
     assert_eq!(contacted(), before + 1);
+    // Subrequests reuse kept-alive connections: one per worker at most, not one each.
+    for _ in 0..20 {
+        let (code, _, _) = http_send(&mut tx, req("gate.example", "/", &[("authorization", "Bearer good")])).await;
+        assert_eq!(code, 200);
+    }
+    let opened = gate_connections.load(Ordering::SeqCst);
+    assert!(opened <= 2, "23 subrequests opened {opened} connections to the auth endpoint");
 
     // The proxy shows its routes' key sets.
     let status: serde_json::Value = serde_json::from_str(&http_get(&proxy.admin, "/status").await.unwrap()).unwrap();
@@ -275,7 +288,7 @@ async fn a_path_that_names_a_guarded_route_does_not_take_an_open_route_past_its_
     let dir = tempfile::tempdir().unwrap();
     let app = HttpBackend::start("app").await;
     let live = EchoBackend::start("live").await;
-    let (gate, _gate_task) = auth_endpoint().await;
+    let (gate, _gate_task, _gate_connections) = auth_endpoint().await;
     let gate_url = format!("http://{gate}/check");
     let cli = |args: &[&str]| {
         let mut all = vec!["--endpoints", eps.as_str()];
