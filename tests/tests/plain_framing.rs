@@ -179,3 +179,61 @@ async fn framing_a_client_and_a_backend_could_read_differently_is_refused() {
     let ok = exchange(p, b"GET / HTTP/1.1\r\nHost: a\r\nConnection: close\r\n\r\n").await;
     assert!(ok.starts_with("HTTP/1.1 200"), "{ok}");
 }
+
+/// A backend that takes the connection and the head but stops reading the body (a blocked
+/// event loop, say) gets the pool's response timeout to read it, as NGINX's
+/// `proxy_send_timeout`: the client gets 504, instead of holding its connection, the backend
+/// connection and the backend's count for good.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_backend_that_stops_reading_the_body_is_bounded_by_the_response_timeout() {
+    use switchyard_proto::v1::*;
+    let _g = serial().await;
+    let c = Cluster::start(1, &[]).await;
+    // Accepts and holds every connection, reading nothing.
+    let stuck = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let stuck_addr = stuck.local_addr().unwrap().to_string();
+    let held = tokio::spawn(async move {
+        let mut socks = Vec::new();
+        while let Ok((s, _)) = stuck.accept().await {
+            socks.push(s);
+        }
+    });
+    let mut a = admin(&c.nodes[&1].addr);
+    let pool = Pool { name: "stuck".into(), response_timeout_ms: 500, max_body_bytes: 1 << 30, ..Default::default() };
+    a.create_pool(CreatePoolRequest { pool: Some(pool) }).await.unwrap();
+    let b = Backend { pool: "stuck".into(), address: stuck_addr, weight: 1, ..Default::default() };
+    a.add_backend(AddBackendRequest { backend: Some(b) }).await.unwrap();
+    let route = Route { name: "all".into(), pool: "stuck".into(), ..Default::default() };
+    let rev = a.set_route(SetRouteRequest { route: Some(route) }).await.unwrap().into_inner().revision;
+    let proxy = ProxyProcess::spawn(&c.endpoints(), &c.dir.path().join("p.cache"), "p1");
+    proxy.wait_revision(rev).await;
+
+    let body_len: usize = 256 << 20;
+    let s = tokio::net::TcpStream::connect(&proxy.ws).await.unwrap();
+    let (mut r, mut w) = s.into_split();
+    let head = format!("POST /up HTTP/1.1\r\nHost: a\r\nContent-Length: {body_len}\r\n\r\n");
+    let writer = tokio::spawn(async move {
+        w.write_all(head.as_bytes()).await?;
+        let chunk = vec![b'x'; 1 << 20];
+        for _ in 0..body_len / chunk.len() {
+            w.write_all(&chunk).await?;
+        }
+        Ok::<_, std::io::Error>(w)
+    });
+    let mut got = Vec::new();
+    let mut buf = [0u8; 4096];
+    let answered = tokio::time::timeout(Duration::from_secs(15), async {
+        while !got.windows(4).any(|w| w == b"\r\n\r\n") {
+            match r.read(&mut buf).await {
+                Ok(0) | Err(_) => break,
+                Ok(n) => got.extend_from_slice(&buf[..n]),
+            }
+        }
+    })
+    .await;
+    writer.abort();
+    held.abort();
+    assert!(answered.is_ok(), "no answer while the backend read nothing");
+    let text = String::from_utf8_lossy(&got);
+    assert!(text.starts_with("HTTP/1.1 504"), "{text}");
+}

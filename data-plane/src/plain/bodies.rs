@@ -44,9 +44,22 @@ pub struct Counts {
     /// When the request body had all gone to the backend: milliseconds after the request
     /// started, plus one (0: not yet). The backend's time to answer counts from there.
     pub body_sent: AtomicU64,
+    /// When the request body last handed hyper data that hyper has not asked past since
+    /// (milliseconds after the request started, plus one; 0: asked since). hyper asks for
+    /// more once what it has is written to the backend: this ages only while the backend
+    /// does not read (see `inflight::send_within`).
+    pub handed: AtomicU64,
 }
 
 impl Counts {
+    /// Since when the backend has left request body data unread, if it has.
+    pub fn unread_since(&self, started: tokio::time::Instant) -> Option<tokio::time::Instant> {
+        match self.handed.load(Relaxed) {
+            0 => None,
+            ms => Some(started + Duration::from_millis(ms - 1)),
+        }
+    }
+
     /// When the backend had the whole request, if it has.
     pub fn body_sent_at(&self, started: tokio::time::Instant) -> Option<tokio::time::Instant> {
         match self.body_sent.load(Relaxed) {
@@ -117,6 +130,7 @@ impl Body for Limited {
 
     fn poll_frame(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
         let this = &mut *self;
+        this.counts.handed.store(0, Relaxed);
         let polled = Pin::new(&mut this.inner).poll_frame(cx);
         let Poll::Ready(frame) = polled else {
             // A wait for the client starts now, unless it was already going on.
@@ -150,6 +164,9 @@ impl Body for Limited {
                 // hyper sends no more once the body says it has ended, without a last poll.
                 if this.inner.is_end_stream() {
                     this.sent();
+                } else {
+                    let ms = this.started.elapsed().as_millis() as u64;
+                    this.counts.handed.store(ms + 1, Relaxed);
                 }
                 Poll::Ready(Some(Ok(f)))
             }

@@ -75,7 +75,10 @@ impl Drop for InFlight {
 
 /// Sends `req` on `sender` and waits for the response head, for at most `limit` from when the
 /// backend has the whole request: an upload that takes longer than the limit is the client's
-/// pace, not the backend's delay (the client's own stalls are `Limited`'s to bound).
+/// pace, not the backend's delay (the client's own stalls are `Limited`'s to bound). A
+/// backend that stops reading the body is bound by the same limit (NGINX's
+/// `proxy_send_timeout`): it would otherwise hold the client, its connection and its count
+/// for as long as it liked.
 pub(super) async fn send_within(
     sender: &mut backends::Sender,
     req: Request<bodies::ReqBody>,
@@ -94,7 +97,11 @@ pub(super) async fn send_within(
             Err(elapsed) => match counts.body_sent_at(started) {
                 Some(at) if at + limit <= tokio::time::Instant::now() => return Err(elapsed),
                 Some(at) => deadline = at + limit,
-                None => deadline = tokio::time::Instant::now() + limit,
+                None => match counts.unread_since(started) {
+                    Some(at) if at + limit <= tokio::time::Instant::now() => return Err(elapsed),
+                    Some(at) => deadline = at + limit,
+                    None => deadline = tokio::time::Instant::now() + limit,
+                },
             },
             answered => return answered,
         }
