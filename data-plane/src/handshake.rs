@@ -332,8 +332,12 @@ pub(crate) fn strip_port(h: &str) -> &str {
 
 /// Forwarding headers other than `X-Forwarded-For` (which is appended to): they describe this
 /// hop, and are the proxy's to write. Frameworks read their first value (Spring's
-/// `Forwarded`, Rack's `X-Forwarded-Ssl`), so a client's own would say what it liked.
-const FORWARDING: [&str; 7] = [
+/// `Forwarded`, Rack's `X-Forwarded-Ssl`), so a client's own would say what it liked. The
+/// client-address headers CDNs and edge proxies set (`X-Real-IP`, `True-Client-IP`,
+/// `X-Client-IP`) go too: many applications take the client's address from them, and a
+/// client's own would name any address it liked (`X-Forwarded-For`'s last entry is this
+/// proxy's word).
+const FORWARDING: [&str; 10] = [
     "forwarded",
     "x-forwarded-proto",
     "x-forwarded-host",
@@ -341,6 +345,9 @@ const FORWARDING: [&str; 7] = [
     "x-forwarded-ssl",
     "x-forwarded-scheme",
     "x-url-scheme",
+    "x-real-ip",
+    "true-client-ip",
+    "x-client-ip",
 ];
 
 /// Whether a client's request header is dropped rather than sent on: a forwarding header the

@@ -134,6 +134,24 @@ pub fn token_source(j: &JwtAuth) -> Result<KeySpec, String> {
 }
 
 /// An HTTP token (RFC 9110 §5.6.2), what a header name may be.
+/// Header names a claim may not be written to.
+const RESERVED: [&str; 14] = [
+    "host",
+    "content-length",
+    "transfer-encoding",
+    "connection",
+    "keep-alive",
+    "upgrade",
+    "te",
+    "trailer",
+    "proxy-connection",
+    "expect",
+    "forwarded",
+    "x-forwarded-for",
+    "x-forwarded-proto",
+    "cookie",
+];
+
 fn header_name(s: &str) -> bool {
     !s.is_empty() && s.len() <= 128 && s.bytes().all(|b| b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b))
 }
@@ -191,6 +209,13 @@ pub fn validate(a: &RouteAuth) -> Result<(), String> {
                 if claim.is_empty() || claim.len() > 128 || !header_name(header) {
                     return Err(format!("claim header {claim:?} -> {header:?}: a claim name and a header name"));
                 }
+                // A claim may name a header the backend reads, never one that frames or routes
+                // the request, or that the proxy writes itself.
+                if RESERVED.iter().any(|r| header.eq_ignore_ascii_case(r))
+                    || header.to_ascii_lowercase().starts_with("sec-websocket-")
+                {
+                    return Err(format!("claim header {header:?} is one the proxy sets or the request is framed by"));
+                }
             }
             Ok(())
         }
@@ -241,6 +266,18 @@ mod tests {
             j.claim_headers.insert("sub".into(), "X User".into());
         })
         .is_err());
+        // A header that frames or routes the request, or that the proxy writes: refused.
+        for reserved in ["Content-Length", "host", "Transfer-Encoding", "Sec-WebSocket-Key", "X-Forwarded-For"] {
+            let e = jwt(&|j| {
+                j.claim_headers.insert("sub".into(), reserved.into());
+            })
+            .unwrap_err();
+            assert!(e.contains("the proxy sets or the request is framed by"), "{reserved}: {e}");
+        }
+        assert!(jwt(&|j| {
+            j.claim_headers.insert("sub".into(), "X-User".into());
+        })
+        .is_ok());
         let req = |url: &str| {
             validate(&RouteAuth {
                 kind: Some(route_auth::Kind::Request(AuthRequest { url: url.into(), timeout_ms: 0 })),
