@@ -147,10 +147,11 @@ async fn consistent_hash_agrees_across_proxies_and_moves_few_keys_on_growth() {
             }
         }
     }
-    // Ideal is 1/4 of 60 = 15, all to the new backend; Maglev shuffles a few percent more
-    // between the old ones.
-    assert!((5..=25).contains(&moved), "moved {moved} of 60 keys");
-    assert!(elsewhere <= 3, "{elsewhere} keys moved between old backends");
+    // Ideal is 1/4 of 60 = 15 (a standard deviation of 3.4 over random backend ports), all to
+    // the new backend; Maglev shuffles a few percent more between the old ones. Bounds of
+    // about four deviations: a modulo hash would move 45.
+    assert!((3..=28).contains(&moved), "moved {moved} of 60 keys");
+    assert!(elsewhere <= 5, "{elsewhere} keys moved between old backends");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
