@@ -245,6 +245,10 @@ pub enum RouteCmd {
         path_prefix: String,
         #[command(flatten)]
         auth: Box<RouteAuthOpts>,
+        /// Replace a route that has edge authentication with one that has none (opening it
+        /// to every client); refused without this.
+        #[arg(long)]
+        force: bool,
     },
     List,
     Delete {

@@ -375,5 +375,5 @@ pub async fn route_all(addr: &str, pool: &str, backends: &[&str]) -> u64 {
         a.add_backend(AddBackendRequest { backend: Some(b) }).await.expect("add backend");
     }
     let route = Route { name: "all".into(), pool: pool.into(), ..Default::default() };
-    a.set_route(SetRouteRequest { route: Some(route) }).await.expect("set route").into_inner().revision
+    a.set_route(SetRouteRequest { route: Some(route), force: false }).await.expect("set route").into_inner().revision
 }

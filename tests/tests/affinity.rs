@@ -28,7 +28,7 @@ async fn setup(affinity: &str, ttl_ms: u64, backends: &[EchoBackend]) -> (Cluste
         a.add_backend(AddBackendRequest { backend: Some(backend) }).await.unwrap();
     }
     let route = Route { name: "all".into(), pool: "chat".into(), ..Default::default() };
-    let rev = a.set_route(SetRouteRequest { route: Some(route) }).await.unwrap().into_inner().revision;
+    let rev = a.set_route(SetRouteRequest { route: Some(route), force: false }).await.unwrap().into_inner().revision;
     (c, rev, secret)
 }
 
@@ -65,7 +65,7 @@ async fn the_first_pool_of_a_new_cluster_never_exists_before_the_affinity_secret
     let backend = Backend { pool: "chat".into(), address: b1.addr.clone(), weight: 1, ..Default::default() };
     admin(&addr).add_backend(AddBackendRequest { backend: Some(backend) }).await.unwrap();
     let route = Route { name: "all".into(), pool: "chat".into(), ..Default::default() };
-    admin(&addr).set_route(SetRouteRequest { route: Some(route) }).await.unwrap();
+    admin(&addr).set_route(SetRouteRequest { route: Some(route), force: false }).await.unwrap();
     let proxy = ProxyProcess::spawn(&c.endpoints(), &c.dir.path().join("p.cache"), "p1");
     // The first connection the proxy routes is bound, as every later one.
     let _held = eventually("the proxy to route", Duration::from_secs(10), || async {
@@ -215,7 +215,7 @@ async fn least_connections_across_two_proxies_balances_the_cluster_totals() {
         a.add_backend(AddBackendRequest { backend: Some(backend) }).await.unwrap();
     }
     let route = Route { name: "all".into(), pool: "chat".into(), ..Default::default() };
-    a.set_route(SetRouteRequest { route: Some(route) }).await.unwrap();
+    a.set_route(SetRouteRequest { route: Some(route), force: false }).await.unwrap();
     // Proxy 1 puts 10 connections on b1 while b2 takes none.
     let state =
         |s: AdminState| SetBackendStateRequest { pool: "chat".into(), address: bs[1].addr.clone(), state: s as i32 };

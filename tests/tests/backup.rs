@@ -50,7 +50,7 @@ async fn a_saved_cluster_restored_into_wiped_nodes_has_everything_under_a_new_cl
         a.add_backend(AddBackendRequest { backend: Some(backend) }).await.unwrap();
     }
     let route = Route { name: "chat".into(), pool: "chat".into(), path_prefix: "/chat".into(), ..Default::default() };
-    a.set_route(SetRouteRequest { route: Some(route) }).await.unwrap();
+    a.set_route(SetRouteRequest { route: Some(route), force: false }).await.unwrap();
     let token = CreateTokenRequest { name: "ci-bot".into(), role: "operator".into(), ttl_ms: 3_600_000 };
     let rev = AccessClient::new(channel(&addr)).create_token(token).await.unwrap().into_inner().revision;
     let proxy_cache = c.dir.path().join("proxy.cache");
@@ -81,7 +81,7 @@ async fn a_saved_cluster_restored_into_wiped_nodes_has_everything_under_a_new_cl
     let lb = Backend { pool: "late".into(), address: late.addr.clone(), weight: 1, ..Default::default() };
     a.add_backend(AddBackendRequest { backend: Some(lb) }).await.unwrap();
     let lr = Route { name: "late".into(), pool: "late".into(), path_prefix: "/late".into(), ..Default::default() };
-    let late_rev = a.set_route(SetRouteRequest { route: Some(lr) }).await.unwrap().into_inner().revision;
+    let late_rev = a.set_route(SetRouteRequest { route: Some(lr), force: false }).await.unwrap().into_inner().revision;
     proxy.wait_revision(late_rev).await;
     assert_eq!(ws_connect(&proxy.ws, "/late", &[]).await.unwrap().1, "late");
 

@@ -156,6 +156,12 @@ async fn jwt_and_auth_requests_are_checked_before_any_backend_is_contacted() {
         run_cli(&["--endpoints", &eps, "route", "set", "bad", "--pool", "api", "--jwt-jwks", oct.to_str().unwrap()]);
     assert_ne!(code, 0);
     assert!(err.contains("symmetric"), "{err}");
+    // A route is replaced whole: setting a guarded one again without its auth flags would
+    // open it to every client, so that takes --force.
+    let (code, _, err) =
+        run_cli(&["--endpoints", &eps, "route", "set", "gate", "--pool", "api", "--host", "gate.example"]);
+    assert_eq!(code, 1, "{err}");
+    assert!(err.contains("has edge authentication and this request has none") && err.contains("--force"), "{err}");
 
     let proxy = ProxyProcess::spawn(&eps, &dir.path().join("p.cache"), "edge");
     let good = token(&k1, json!({}));

@@ -65,6 +65,7 @@ async fn bad_admin_requests_get_the_right_codes_and_reasons() {
 
     let route = |name: &str, pool: &str, prefix: &str| SetRouteRequest {
         route: Some(Route { name: name.into(), pool: pool.into(), path_prefix: prefix.into(), ..Default::default() }),
+        force: false,
     };
     expect_code(a.set_route(route("r", "chat", "no-slash")).await, Code::InvalidArgument, "must start with '/'");
     expect_code(a.set_route(route("r", "ghost", "/")).await, Code::NotFound, "ghost");

@@ -116,7 +116,7 @@ async fn a_pool_that_asks_has_the_connections_of_a_backend_marked_down_closed() 
         }
         let route =
             Route { name: pool.into(), host: format!("{pool}.example"), pool: pool.into(), ..Default::default() };
-        rev = a.set_route(SetRouteRequest { route: Some(route) }).await.unwrap().into_inner().revision;
+        rev = a.set_route(SetRouteRequest { route: Some(route), force: false }).await.unwrap().into_inner().revision;
     }
     let p = ProxyProcess::spawn(&c.endpoints(), &c.dir.path().join("p.cache"), "p");
     p.wait_revision(rev).await;

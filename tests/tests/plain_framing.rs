@@ -204,7 +204,7 @@ async fn a_backend_that_stops_reading_the_body_is_bounded_by_the_response_timeou
     let b = Backend { pool: "stuck".into(), address: stuck_addr, weight: 1, ..Default::default() };
     a.add_backend(AddBackendRequest { backend: Some(b) }).await.unwrap();
     let route = Route { name: "all".into(), pool: "stuck".into(), ..Default::default() };
-    let rev = a.set_route(SetRouteRequest { route: Some(route) }).await.unwrap().into_inner().revision;
+    let rev = a.set_route(SetRouteRequest { route: Some(route), force: false }).await.unwrap().into_inner().revision;
     let proxy = ProxyProcess::spawn(&c.endpoints(), &c.dir.path().join("p.cache"), "p1");
     proxy.wait_revision(rev).await;
 

@@ -52,7 +52,7 @@ async fn setup(nodes: u64, backends: &[(&str, u32)], algorithm: Algorithm, hash_
     }
     let rev = write(&addr, async |a| {
         let route = Route { name: "all".into(), pool: "chat".into(), ..Default::default() };
-        Ok(a.set_route(SetRouteRequest { route: Some(route) }).await?.into_inner().revision)
+        Ok(a.set_route(SetRouteRequest { route: Some(route), force: false }).await?.into_inner().revision)
     })
     .await;
     let proxy = ProxyProcess::spawn(&cluster.endpoints(), &cluster.dir.path().join("proxy.cache"), "p1");
@@ -470,7 +470,7 @@ async fn upgrades_in_flight_count_against_their_backend() {
         a.add_backend(AddBackendRequest { backend: Some(b) }).await.unwrap();
     }
     let route = Route { name: "capped".into(), pool: "capped".into(), ..Default::default() };
-    let rev = a.set_route(SetRouteRequest { route: Some(route) }).await.unwrap().into_inner().revision;
+    let rev = a.set_route(SetRouteRequest { route: Some(route), force: false }).await.unwrap().into_inner().revision;
     let proxy = ProxyProcess::spawn(&cluster.endpoints(), &cluster.dir.path().join("proxy.cache"), "p1");
     proxy.wait_revision(rev).await;
 
@@ -510,7 +510,7 @@ async fn reserved_bits_pass_when_the_backend_agreed_an_extension() {
         a.add_backend(AddBackendRequest { backend: Some(b) }).await.unwrap();
         let route =
             Route { name: name.into(), host: format!("{name}.example"), pool: name.into(), ..Default::default() };
-        rev = a.set_route(SetRouteRequest { route: Some(route) }).await.unwrap().into_inner().revision;
+        rev = a.set_route(SetRouteRequest { route: Some(route), force: false }).await.unwrap().into_inner().revision;
     }
     let proxy = ProxyProcess::spawn(&cluster.endpoints(), &cluster.dir.path().join("proxy.cache"), "p1");
     proxy.wait_revision(rev).await;

@@ -19,7 +19,7 @@ async fn pool_with(addr: &str, algorithm: Algorithm, backends: &[(&str, u32)]) -
         a.add_backend(AddBackendRequest { backend: Some(b) }).await.unwrap();
     }
     let route = Route { name: "all".into(), pool: "p".into(), ..Default::default() };
-    a.set_route(SetRouteRequest { route: Some(route) }).await.unwrap().into_inner().revision
+    a.set_route(SetRouteRequest { route: Some(route), force: false }).await.unwrap().into_inner().revision
 }
 
 /// The code of the next Close the client gets within 10 s, past any other frames.
@@ -326,7 +326,7 @@ async fn unknown_route_is_404_and_no_usable_backend_is_503_with_retry_after() {
     let mut a = admin(&addr);
     a.delete_route(DeleteRouteRequest { name: "all".into() }).await.unwrap();
     let route = Route { name: "chat".into(), pool: "p".into(), path_prefix: "/chat".into(), ..Default::default() };
-    a.set_route(SetRouteRequest { route: Some(route) }).await.unwrap();
+    a.set_route(SetRouteRequest { route: Some(route), force: false }).await.unwrap();
     let req = SetBackendStateRequest { pool: "p".into(), address: b.addr.clone(), state: AdminState::Disabled as i32 };
     let rev = a.set_backend_state(req).await.unwrap().into_inner().revision;
     let proxy = ProxyProcess::spawn(&c.endpoints(), &c.dir.path().join("p.cache"), "p1");

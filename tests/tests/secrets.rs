@@ -52,7 +52,7 @@ async fn a_bearer_token_affinity_key_is_never_stored_shown_or_cached_raw() {
         a.add_backend(AddBackendRequest { backend: Some(backend) }).await.unwrap();
     }
     let route = Route { name: "all".into(), pool: "chat".into(), ..Default::default() };
-    let rev = a.set_route(SetRouteRequest { route: Some(route) }).await.unwrap().into_inner().revision;
+    let rev = a.set_route(SetRouteRequest { route: Some(route), force: false }).await.unwrap().into_inner().revision;
     let caches = [c.dir.path().join("p1.cache"), c.dir.path().join("p2.cache")];
     let p1 = ProxyProcess::spawn(&c.endpoints(), &caches[0], "p1");
     let p2 = ProxyProcess::spawn(&c.endpoints(), &caches[1], "p2");

@@ -34,7 +34,7 @@ async fn pool_with_route(addr: &str, name: &str, ttl_ms: u64, backend: &str) -> 
     let b = Backend { pool: name.into(), address: backend.into(), weight: 1, ..Default::default() };
     a.add_backend(AddBackendRequest { backend: Some(b) }).await.unwrap();
     let route = Route { name: name.into(), path_prefix: format!("/{name}"), pool: name.into(), ..Default::default() };
-    a.set_route(SetRouteRequest { route: Some(route) }).await.unwrap().into_inner().revision
+    a.set_route(SetRouteRequest { route: Some(route), force: false }).await.unwrap().into_inner().revision
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -120,7 +120,7 @@ async fn a_long_polling_session_outlives_its_ttl() {
         a.add_backend(AddBackendRequest { backend: Some(b) }).await.unwrap();
     }
     let route = Route { name: "poll".into(), host: "poll.example".into(), pool: "poll".into(), ..Default::default() };
-    let rev = a.set_route(SetRouteRequest { route: Some(route) }).await.unwrap().into_inner().revision;
+    let rev = a.set_route(SetRouteRequest { route: Some(route), force: false }).await.unwrap().into_inner().revision;
     let p = ProxyProcess::spawn(&c.endpoints(), &c.dir.path().join("p.cache"), "p");
     p.wait_revision(rev).await;
 

@@ -52,7 +52,7 @@ async fn a_backend_that_fails_the_upgrade_is_passed_over_or_answered_504_and_eje
         }
         let route =
             Route { name: pool.into(), host: format!("{pool}.example"), pool: pool.into(), ..Default::default() };
-        a.set_route(SetRouteRequest { route: Some(route) }).await.unwrap();
+        a.set_route(SetRouteRequest { route: Some(route), force: false }).await.unwrap();
     }
     let s = Settings { handshake_timeout_ms: 1000, ..Default::default() };
     let req = UpdateSettingsRequest { settings: Some(s), update_mask: vec!["handshake_timeout_ms".into()] };
@@ -95,7 +95,7 @@ async fn a_lone_backend_back_from_a_restart_is_tried_at_once_though_ejected() {
     let b = Backend { pool: "lone".into(), address: lone.clone(), weight: 1, ..Default::default() };
     a.add_backend(AddBackendRequest { backend: Some(b) }).await.unwrap();
     let route = Route { name: "lone".into(), host: "lone.example".into(), pool: "lone".into(), ..Default::default() };
-    let rev = a.set_route(SetRouteRequest { route: Some(route) }).await.unwrap().into_inner().revision;
+    let rev = a.set_route(SetRouteRequest { route: Some(route), force: false }).await.unwrap().into_inner().revision;
     // Ejected for a minute: far past the end of this test.
     let flags = ["--eject-ms".to_string(), "60000".to_string()];
     let p = ProxyProcess::spawn_with(&c.endpoints(), &c.dir.path().join("p.cache"), "p", &flags);

@@ -119,7 +119,7 @@ async fn far_backend(args: &[&str]) -> Option<(FarHost, Proc, Cluster, ProxyProc
     let b = Backend { pool: "far".into(), address: format!("{BACKEND_ADDR}:9000"), weight: 1, ..Default::default() };
     a.add_backend(AddBackendRequest { backend: Some(b) }).await.unwrap();
     let route = Route { name: "all".into(), pool: "far".into(), ..Default::default() };
-    let rev = a.set_route(SetRouteRequest { route: Some(route) }).await.unwrap().into_inner().revision;
+    let rev = a.set_route(SetRouteRequest { route: Some(route), force: false }).await.unwrap().into_inner().revision;
     let args: Vec<String> = args.iter().map(|a| a.to_string()).collect();
     let p = ProxyProcess::spawn_with(&c.endpoints(), &c.dir.path().join("p.cache"), "p", &args);
     p.wait_revision(rev).await;

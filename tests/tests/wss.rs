@@ -324,7 +324,7 @@ async fn backends_over_tls_are_verified_and_an_unverifiable_one_gets_502_and_is_
         let b = Backend { pool: pool.into(), address: backend.clone(), weight: 1, ..Default::default() };
         a.add_backend(AddBackendRequest { backend: Some(b) }).await.unwrap();
         let route = Route { name: pool.into(), pool: pool.into(), host: host.into(), ..Default::default() };
-        rev = a.set_route(SetRouteRequest { route: Some(route) }).await.unwrap().into_inner().revision;
+        rev = a.set_route(SetRouteRequest { route: Some(route), force: false }).await.unwrap().into_inner().revision;
     }
     let extra = s(&["--backend-tls", "--backend-tls-ca", &ca.ca_file.display().to_string()]);
     let proxy = ProxyProcess::spawn_with(&cluster.endpoints(), &dir.path().join("proxy.cache"), "p1", &extra);

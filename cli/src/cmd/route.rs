@@ -39,10 +39,10 @@ fn auth(o: RouteAuthOpts) -> Result<Option<RouteAuth>> {
 
 pub(super) async fn run(ctx: &mut Ctx, c: RouteCmd) -> Result<()> {
     match c {
-        RouteCmd::Set { name, pool, host, path_prefix, auth: a } => {
+        RouteCmd::Set { name, pool, host, path_prefix, auth: a, force } => {
             let auth = auth(*a)?;
-            let req =
-                SetRouteRequest { route: Some(Route { name, host, path_prefix, pool, updated_revision: 0, auth }) };
+            let route = Route { name, host, path_prefix, pool, updated_revision: 0, auth };
+            let req = SetRouteRequest { route: Some(route), force };
             let r = ctx.admin(req, |mut c, r| async move { c.set_route(r).await }).await?;
             ctx.out.route(&r.route.unwrap_or_default());
         }

@@ -92,7 +92,7 @@ pub(super) async fn run(args: DevArgs) -> Result<()> {
         backends.push(addr);
     }
     let route = Route { name: "default".into(), pool: "demo".into(), ..Default::default() };
-    admin.set_route(SetRouteRequest { route: Some(route) }).await?;
+    admin.set_route(SetRouteRequest { route: Some(route), force: false }).await?;
 
     let mut proxies = Vec::new();
     for i in 0..2u16 {

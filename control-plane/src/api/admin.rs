@@ -176,7 +176,20 @@ impl Admin for AdminService {
 
     async fn set_route(&self, req: Request<SetRouteRequest>) -> Result<Response<RouteReply>, Status> {
         let (id, caller) = (id_of(&req)?, caller_of(&req)?);
-        let route = validate::route(required(req.into_inner().route, "route")?)?;
+        let SetRouteRequest { route, force } = req.into_inner();
+        let route = validate::route(required(route, "route")?)?;
+        // A route is replaced whole: repointing one, or rotating its keys, without its auth
+        // flags would open it to every client, and pass client-sent claim headers on.
+        if !force && route.auth.is_none() {
+            let guarded = self.0.shared.read().state.routes.get(route.name.as_str()).is_some_and(|r| r.auth.is_some());
+            if guarded {
+                return Err(Status::failed_precondition(format!(
+                    "route {} has edge authentication and this request has none: it would open the route to every \
+                     client; give its auth flags again, or --force to remove it",
+                    route.name
+                )));
+            }
+        }
         let what = format!(
             "route {} (host {:?}, path {:?}) to pool {}",
             route.name, route.host, route.path_prefix, route.pool

@@ -43,7 +43,7 @@ pub async fn configure(leader: &str, backends: &[EchoBackend]) -> u64 {
     }
     let churn =
         Route { name: "churn".into(), path_prefix: "/churn".into(), pool: "churn".into(), ..Default::default() };
-    a.set_route(SetRouteRequest { route: Some(churn) }).await.expect("set route");
+    a.set_route(SetRouteRequest { route: Some(churn), force: false }).await.expect("set route");
     let all = Route { name: "all".into(), pool: "chat".into(), ..Default::default() };
-    a.set_route(SetRouteRequest { route: Some(all) }).await.expect("set route").into_inner().revision
+    a.set_route(SetRouteRequest { route: Some(all), force: false }).await.expect("set route").into_inner().revision
 }
