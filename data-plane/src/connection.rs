@@ -188,13 +188,10 @@ async fn establish(
     // A connection that arrives while shutting down is closed like the others, and so is one
     // whose backend was removed, disabled or set draining while its handshake was in flight
     // (the change's closes only reach connections registered before it).
-    let still_admitted = state
-        .table
-        .load()
-        .pools
-        .get(&pool)
-        .and_then(|p| p.backends.iter().find(|b| b.backend.address == address))
-        .is_some_and(|b| switchyard_model::usable(&b.backend));
+    let still_admitted =
+        state.table.load().pools.get(&pool).is_some_and(|p| {
+            p.backends.iter().find(|b| b.backend.address == address).is_some_and(|b| p.takes(&b.backend))
+        });
     if state.runtime.shutdown.is_cancelled() || !still_admitted {
         ctl.close(crate::frame::CLOSE_GOING_AWAY);
     }

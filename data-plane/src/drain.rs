@@ -41,9 +41,13 @@ pub fn on_change(state: &ProxyState, old: &Table, new: &Table) {
                 // Marked down by its health check, in a pool that asks for it (HAProxy's
                 // `on-marked-down shutdown-sessions`): closed now, not spread over a window,
                 // since its clients are likely talking to nothing.
+                // Not when that leaves the pool in panic (every backend marked down): its
+                // backends all take connections then, and closing them would only send every
+                // client back at once to the same backends.
                 Some(n)
                     if n.backend.health == Health::Unhealthy as i32
                         && e.backend.health != Health::Unhealthy as i32
+                        && new_pool.is_some_and(|p| !p.panic)
                         && new_pool.and_then(|p| p.pool.health_check.as_ref()).is_some_and(|h| h.close_on_failure) =>
                 {
                     let conns = n.stats.connections();

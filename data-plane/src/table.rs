@@ -31,6 +31,12 @@ pub struct PoolTable {
     affinity: Option<crate::balance::Maglev>,
     /// TLS to this pool's backends.
     pub tls: crate::tls::PoolTls,
+    /// Every backend that would otherwise take connections is marked down by the health
+    /// check: they all take them anyway (Envoy's panic mode, NGINX trying every server once
+    /// all have failed). A check that fails everywhere is likelier wrong (a mistyped path, a
+    /// control plane that cannot reach the backends) than every backend down, and refusing
+    /// every client would make it an outage either way.
+    pub panic: bool,
 }
 
 /// What tables compile from the config and keep from one table to the next.
@@ -126,12 +132,17 @@ impl Table {
                 } else {
                     key_spec(&p.name, "hash key", &p.hash_key)
                 };
+                let panic = !bs.iter().any(|b| usable(b)) && bs.iter().any(|b| down_but_in_service(b));
+                if panic {
+                    tracing::warn!(pool = %p.name, "every backend is marked down by its health check: all of them take connections anyway");
+                }
                 let backends = bs
                     .into_iter()
                     .map(|b| BackendEntry { backend: b.clone(), stats: registry.get(&p.name, &b.address) })
                     .collect();
                 let tls = compiled.tls.get(&p.name, p.backend_tls.as_ref());
-                let table = PoolTable { pool: p.clone(), backends, hash_key, affinity_key, balancer, affinity, tls };
+                let table =
+                    PoolTable { pool: p.clone(), backends, hash_key, affinity_key, balancer, affinity, tls, panic };
                 (p.name.clone(), Arc::new(table))
             })
             .collect();
@@ -209,17 +220,30 @@ pub fn request_key(spec: &KeySpec, up: &Upgrade, client: IpAddr) -> Option<u64> 
     Some(hash64(&[&value]))
 }
 
+/// Active with a weight, and marked down by the health check alone.
+fn down_but_in_service(b: &Backend) -> bool {
+    b.admin_state == AdminState::Active as i32
+        && b.weight > 0
+        && b.health == switchyard_proto::v1::Health::Unhealthy as i32
+}
+
 impl PoolTable {
     /// The key consistent hashing reads (the client IP unless the pool names one).
     pub fn hash_key(&self) -> Option<&KeySpec> {
         self.hash_key.as_ref()
     }
 
+    /// Whether `b` takes connections: usable, or only marked down by its health check while
+    /// the pool is in [`panic`](Self::panic).
+    pub fn takes(&self, b: &Backend) -> bool {
+        usable(b) || (self.panic && down_but_in_service(b))
+    }
+
     /// Whether backend `i` may take a new connection now.
     pub fn fit(&self, i: usize, now_ms: u64, exclude: &[usize]) -> bool {
         let max = self.pool.max_connections_per_backend as u64;
         let e = &self.backends[i];
-        usable(&e.backend)
+        self.takes(&e.backend)
             && !exclude.contains(&i)
             && e.stats.ejected_until_ms.load(std::sync::atomic::Ordering::Relaxed) <= now_ms
             && (max == 0 || e.stats.active.load(std::sync::atomic::Ordering::Relaxed) < max)
@@ -339,6 +363,42 @@ mod tests {
             let (idx, new) = p.pick_session(&format!("k{i}"), Some("a:1"), 0, &[], true).unwrap();
             assert_eq!((p.backends[idx].backend.address.as_str(), new), ("b:1", true));
         }
+    }
+
+    #[test]
+    fn a_pool_whose_every_backend_is_marked_down_takes_them_all_anyway() {
+        use switchyard_model::topology::put;
+        use switchyard_proto::v1::change::Kind;
+        use switchyard_proto::v1::Health;
+        let build = |backends: &[(&str, Health, AdminState)]| {
+            let mut m = Model::default();
+            m.apply(&put(Kind::PoolPut(Pool { name: "p".into(), ..Default::default() })));
+            for (address, health, state) in backends {
+                let b = Backend {
+                    pool: "p".into(),
+                    address: address.to_string(),
+                    weight: 1,
+                    admin_state: *state as i32,
+                    health: *health as i32,
+                    ..Default::default()
+                };
+                m.apply(&put(Kind::BackendPut(b)));
+            }
+            Table::build(&m, 1, &Registry::default())
+        };
+        let (up, down, active, drain) = (Health::Healthy, Health::Unhealthy, AdminState::Active, AdminState::Draining);
+        let t = build(&[("a:1", down, active), ("b:1", down, active), ("c:1", up, drain)]);
+        let p = &t.pools["p"];
+        assert!(p.panic);
+        assert!(p.fit(0, 0, &[]) && p.fit(1, 0, &[]), "every active backend takes connections");
+        assert!(!p.fit(2, 0, &[]), "a draining one still does not");
+        // One healthy backend left: the check is believed.
+        let t = build(&[("a:1", down, active), ("b:1", up, active)]);
+        let p = &t.pools["p"];
+        assert!(!p.panic && !p.fit(0, 0, &[]) && p.fit(1, 0, &[]));
+        // Nothing marked down, only disabled or draining: no panic (an operator's choice).
+        let t = build(&[("a:1", up, AdminState::Disabled), ("b:1", up, drain)]);
+        assert!(!t.pools["p"].panic);
     }
 
     #[test]
