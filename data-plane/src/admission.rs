@@ -24,6 +24,15 @@ pub enum Refusal {
     ClientRate,
 }
 
+impl From<Refusal> for crate::handshake::Reject {
+    fn from(r: Refusal) -> Self {
+        match r {
+            Refusal::ProxyBusy => crate::handshake::Reject::OverCapacity,
+            Refusal::ClientRate => crate::handshake::Reject::ClientRate,
+        }
+    }
+}
+
 impl Default for Admission {
     fn default() -> Self {
         let now = Instant::now();

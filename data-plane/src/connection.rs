@@ -262,12 +262,8 @@ async fn open(
     // Admission: the caps in force come with the config; over them, 503 and a jittered
     // Retry-After so a storm of reconnects spreads out.
     // (The per-IP rate was checked at accept.)
-    match state.runtime.admission.admit(peer.ip(), s.max_handshakes_per_sec, 0) {
-        Ok(()) => {}
-        Err(crate::admission::Refusal::ProxyBusy) => {
-            return reject_none(state, rec, client, Reject::OverCapacity).await
-        }
-        Err(crate::admission::Refusal::ClientRate) => return reject_none(state, rec, client, Reject::ClientRate).await,
+    if let Err(r) = state.runtime.admission.admit(peer.ip(), s.max_handshakes_per_sec, 0) {
+        return reject_none(state, rec, client, r.into()).await;
     }
     let early = buf.split_off(head_len);
     drop(buf);

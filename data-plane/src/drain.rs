@@ -3,6 +3,7 @@
 //! spread with jitter over the pool's drain window, so clients do not reconnect at once), or
 //! marked down by a health check that says to close (closed now, with 1001).
 
+use std::collections::HashMap;
 use std::sync::atomic::Ordering::Relaxed;
 use std::sync::Arc;
 use std::time::Duration;
@@ -13,13 +14,19 @@ use switchyard_proto::v1::{AdminState, Health};
 use crate::frame::CLOSE_GOING_AWAY;
 use crate::relay::CloseHandle;
 use crate::state::ProxyState;
-use crate::table::Table;
+use crate::table::{BackendEntry, PoolTable, Table};
+
+/// A pool's backends by address: each is looked up once per change, not searched for.
+fn by_address(p: &PoolTable) -> HashMap<&str, &BackendEntry> {
+    p.backends.iter().map(|b| (b.backend.address.as_str(), b)).collect()
+}
 
 pub fn on_change(state: &ProxyState, old: &Table, new: &Table) {
     for (name, old_pool) in &old.pools {
         let new_pool = new.pools.get(name);
+        let new_backends = new_pool.map(|p| by_address(p)).unwrap_or_default();
         for e in &old_pool.backends {
-            let now = new_pool.and_then(|p| p.backends.iter().find(|n| n.backend.address == e.backend.address));
+            let now = new_backends.get(e.backend.address.as_str()).copied();
             let was = e.backend.admin_state;
             match now {
                 // Removed: drained as if set draining first, over the pool's window (a removal
@@ -67,9 +74,9 @@ pub fn on_change(state: &ProxyState, old: &Table, new: &Table) {
     // Added back while a removal's drain runs (the same address keeps its counters): the
     // drain is called off, as for a backend set active again.
     for (name, new_pool) in &new.pools {
-        let old_pool = old.pools.get(name);
+        let old_backends = old.pools.get(name).map(|p| by_address(p)).unwrap_or_default();
         for n in &new_pool.backends {
-            let was_there = old_pool.is_some_and(|p| p.backends.iter().any(|o| o.backend.address == n.backend.address));
+            let was_there = old_backends.contains_key(n.backend.address.as_str());
             if !was_there && n.backend.admin_state == AdminState::Active as i32 {
                 n.stats.drain_epoch.fetch_add(1, Relaxed);
             }
@@ -79,7 +86,7 @@ pub fn on_change(state: &ProxyState, old: &Table, new: &Table) {
 
 /// Closes the backend's connections spread over `window` (see [`drain`]), unless it is set
 /// active again first.
-fn start_drain(state: &ProxyState, b: &crate::table::BackendEntry, window: Duration, what: &'static str) {
+fn start_drain(state: &ProxyState, b: &BackendEntry, window: Duration, what: &'static str) {
     let conns = b.stats.connections();
     tracing::info!(backend = %b.backend.address, connections = conns.len(), ?window, "{what}");
     let token = state.runtime.shutdown.clone();

@@ -274,11 +274,7 @@ async fn handle(
     // proxy's handshake rate, when set): one kept-alive connection can carry any number.
     if session.is_some() && bound.is_none() {
         if let Err(r) = state.runtime.admission.admit(peer.ip(), table.settings.max_handshakes_per_sec, 0) {
-            let why = match r {
-                crate::admission::Refusal::ProxyBusy => Reject::OverCapacity,
-                crate::admission::Refusal::ClientRate => Reject::ClientRate,
-            };
-            return refusal(state, rec.1.take(), why);
+            return refusal(state, rec.1.take(), r.into());
         }
     }
 

@@ -241,24 +241,26 @@ impl PoolTable {
 
     /// Whether backend `i` may take a new connection now.
     pub fn fit(&self, i: usize, now_ms: u64, exclude: &[usize]) -> bool {
-        let max = self.pool.max_connections_per_backend as u64;
-        let e = &self.backends[i];
-        self.takes(&e.backend)
-            && !exclude.contains(&i)
-            && e.stats.ejected_until_ms.load(std::sync::atomic::Ordering::Relaxed) <= now_ms
-            && (max == 0 || e.stats.active.load(std::sync::atomic::Ordering::Relaxed) < max)
+        self.takes(&self.backends[i].backend) && self.has_room(i, now_ms, exclude)
     }
 
     /// Whether draining backend `i` may still take a request of a session bound to it: within
     /// its drain window, healthy, and otherwise fit.
     fn draining_fit(&self, i: usize, now_ms: u64, exclude: &[usize]) -> bool {
-        use std::sync::atomic::Ordering::Relaxed;
-        let max = self.pool.max_connections_per_backend as u64;
         let e = &self.backends[i];
         e.backend.admin_state == AdminState::Draining as i32
             && e.backend.health != switchyard_proto::v1::Health::Unhealthy as i32
-            && e.stats.drain_until_ms.load(Relaxed) > now_ms
-            && !exclude.contains(&i)
+            && e.stats.drain_until_ms.load(std::sync::atomic::Ordering::Relaxed) > now_ms
+            && self.has_room(i, now_ms, exclude)
+    }
+
+    /// Backend `i` is not excluded for this request, not ejected by this proxy, and under the
+    /// pool's per-backend cap.
+    fn has_room(&self, i: usize, now_ms: u64, exclude: &[usize]) -> bool {
+        use std::sync::atomic::Ordering::Relaxed;
+        let max = self.pool.max_connections_per_backend as u64;
+        let e = &self.backends[i];
+        !exclude.contains(&i)
             && e.stats.ejected_until_ms.load(Relaxed) <= now_ms
             && (max == 0 || e.stats.active.load(Relaxed) < max)
     }

@@ -54,18 +54,25 @@ pub struct Counts {
 impl Counts {
     /// Since when the backend has left request body data unread, if it has.
     pub fn unread_since(&self, started: tokio::time::Instant) -> Option<tokio::time::Instant> {
-        match self.handed.load(Relaxed) {
-            0 => None,
-            ms => Some(started + Duration::from_millis(ms - 1)),
-        }
+        when(&self.handed, started)
     }
 
     /// When the backend had the whole request, if it has.
     pub fn body_sent_at(&self, started: tokio::time::Instant) -> Option<tokio::time::Instant> {
-        match self.body_sent.load(Relaxed) {
-            0 => None,
-            ms => Some(started + Duration::from_millis(ms - 1)),
-        }
+        when(&self.body_sent, started)
+    }
+}
+
+/// Records now as milliseconds after `started`, plus one (0 stands for none): what [`when`]
+/// reads back.
+fn stamp(at: &AtomicU64, started: tokio::time::Instant) {
+    at.store(started.elapsed().as_millis() as u64 + 1, Relaxed);
+}
+
+fn when(at: &AtomicU64, started: tokio::time::Instant) -> Option<tokio::time::Instant> {
+    match at.load(Relaxed) {
+        0 => None,
+        ms => Some(started + Duration::from_millis(ms - 1)),
     }
 }
 
@@ -119,8 +126,7 @@ impl Limited {
     }
 
     fn sent(&self) {
-        let ms = self.started.elapsed().as_millis() as u64;
-        self.counts.body_sent.store(ms + 1, Relaxed);
+        stamp(&self.counts.body_sent, self.started);
     }
 }
 
@@ -165,8 +171,7 @@ impl Body for Limited {
                 if this.inner.is_end_stream() {
                     this.sent();
                 } else {
-                    let ms = this.started.elapsed().as_millis() as u64;
-                    this.counts.handed.store(ms + 1, Relaxed);
+                    stamp(&this.counts.handed, this.started);
                 }
                 Poll::Ready(Some(Ok(f)))
             }
