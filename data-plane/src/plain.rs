@@ -14,6 +14,7 @@ mod answers;
 mod backends;
 pub mod bodies;
 mod client;
+mod fast;
 mod headers;
 mod inflight;
 mod view;
@@ -55,8 +56,37 @@ pub const DEFAULT_RESPONSE_TIMEOUT: Duration = Duration::from_secs(120);
 /// hyper's smallest read buffer.
 const MIN_BUF: usize = 8192;
 
+/// A plain connection's bounds, from the settings when it opens.
+struct Bounds {
+    /// For a head, counted from the last response's end (or the connection's start).
+    head_timeout: Duration,
+    /// How long a client may leave a response unread: the relay's bound for a peer that stops
+    /// reading (60 s, or sooner by the idle timeout or pings).
+    stall: Duration,
+    max_header: usize,
+}
+
+fn bounds(state: &ProxyState) -> Bounds {
+    let table = state.table.load();
+    let s = &table.settings;
+    let max_header = match s.max_header_bytes {
+        0 => 16 * 1024,
+        n => n as usize,
+    };
+    Bounds { head_timeout: handshake_timeout(s), stall: crate::relay::write_stall(relay_limits(s)), max_header }
+}
+
+/// How long a pool's backend may take to answer, or go silent inside an answer.
+fn response_timeout(pool: &crate::table::PoolTable) -> Duration {
+    match pool.pool.response_timeout_ms {
+        0 => DEFAULT_RESPONSE_TIMEOUT,
+        ms => Duration::from_millis(ms),
+    }
+}
+
 /// Serves plain HTTP on a client connection whose first head (and whatever followed it) is
-/// in `first`, until the client closes, the connection idles out, or the proxy shuts down.
+/// in `first`, until the client closes, the connection idles out, or the proxy shuts down:
+/// the fast path while it takes the requests, then hyper.
 pub async fn serve(
     state: Arc<ProxyState>,
     ctx: Arc<Ctx>,
@@ -65,16 +95,22 @@ pub async fn serve(
     peer: SocketAddr,
     tls: bool,
 ) {
-    let table = state.table.load();
-    let head_timeout = handshake_timeout(&table.settings);
-    // How long a client may leave a response unread: the relay's bound for a peer that stops
-    // reading (60 s, or sooner by the idle timeout or pings).
-    let stall = crate::relay::write_stall(relay_limits(&table.settings));
-    let max_header = match table.settings.max_header_bytes {
-        0 => 16 * 1024,
-        n => n as usize,
-    };
-    drop(table);
+    match fast::serve(&state, &ctx, client, first, peer, tls).await {
+        fast::Outcome::Closed => {}
+        fast::Outcome::Hyper(client, rest) => Box::pin(serve_hyper(state, ctx, client, rest, peer, tls)).await,
+    }
+}
+
+/// [`serve`] by hyper.
+async fn serve_hyper(
+    state: Arc<ProxyState>,
+    ctx: Arc<Ctx>,
+    client: ClientIo,
+    first: Vec<u8>,
+    peer: SocketAddr,
+    tls: bool,
+) {
+    let Bounds { head_timeout, stall, max_header } = bounds(&state);
     let io = hyper_util::rt::TokioIo::new(Prefixed::new(Bytes::from(first), client));
     let st = state.clone();
     let fwd = Arc::new(Forwarding::new(peer.ip(), if tls { "https" } else { "http" }));
@@ -253,10 +289,7 @@ async fn handle(
         0 => DEFAULT_MAX_BODY,
         n => n,
     };
-    let response_timeout = match pool.pool.response_timeout_ms {
-        0 => DEFAULT_RESPONSE_TIMEOUT,
-        ms => Duration::from_millis(ms),
-    };
+    let response_timeout = response_timeout(&pool);
     // The client's stall bound, for its request body as for its heads.
     let stall = handshake_timeout(&table.settings);
     if req.body().size_hint().lower() > max_body {
@@ -287,7 +320,9 @@ async fn handle(
             Err(r) => return refusal(state, rec.1.take(), r),
         };
         let b = &pool.backends[i];
-        if let Some(tx) = backends::checkout(&pool.pool.name, pool.tls.tag(), &b.backend.address, &state.runtime.pooled)
+        let pooled = &state.runtime.pooled;
+        if let Some(backends::Conn::Hyper(tx)) =
+            backends::checkout(&pool.pool.name, pool.tls.tag(), &b.backend.address, pooled, false)
         {
             break (i, tx, true);
         }
@@ -302,12 +337,8 @@ async fn handle(
     };
     let entry = &pool.backends[idx];
     let address = entry.backend.address.as_str();
-    // Counted since it was picked; a session already bound to this backend kept live from here:
-    // a long-poll is held by its backend before any response head comes.
-    let mut held = Held::new(state, &pool, idx, attempts.take());
-    if let Some(k) = session.as_deref().filter(|_| bound.as_deref() == Some(address)) {
-        held.session = Some(state.affinity.hold_live(&pool.pool.name, k, address));
-    }
+    // Counted since it was picked.
+    let mut held = Held::request(state, &pool, idx, attempts.take(), session.as_deref(), bound.as_deref());
     if let Some(r) = &mut rec.1 {
         r.backend = Some(address.to_string());
         r.handshake = started.elapsed();

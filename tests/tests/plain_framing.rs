@@ -37,6 +37,17 @@ fn answer(path: &str) -> Vec<&'static [u8]> {
             b"HTTP/1.1 401 Unauthorized\r\nContent-Length: 16\r\n\r\n0123",
             b"456789abcdef",
         ],
+        "/chunked" => {
+            vec![b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nhel", b"lo\r\n6\r\n world\r\n0\r\n\r\n"]
+        }
+        "/early" => vec![
+            b"HTTP/1.1 103 Early Hints\r\nLink: </a.css>\r\n\r\n",
+            b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\n\r\nearly",
+        ],
+        "/badchunk" => vec![b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nhello!!\r\n0\r\n\r\n"],
+        // The backend closes after these (see `Scripted::start`).
+        "/until-close" => vec![b"HTTP/1.1 200 OK\r\n\r\nall of it"],
+        "/close-after" => vec![b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok"],
         _ => vec![b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok"],
     }
 }
@@ -62,6 +73,9 @@ impl Scripted {
                             if s.write_all(part).await.is_err() {
                                 return;
                             }
+                        }
+                        if path == "/until-close" || path == "/close-after" {
+                            return;
                         }
                     }
                 });
@@ -114,6 +128,33 @@ async fn exchange(addr: &str, raw: &[u8]) -> String {
     String::from_utf8_lossy(&out).into_owned()
 }
 
+/// Reads from `s` until what came ends with `tail` (5 s at most): one answer or several on a
+/// kept-alive connection.
+async fn read_until(s: &mut tokio::net::TcpStream, tail: &str) -> String {
+    let mut got = Vec::new();
+    let mut buf = [0u8; 4096];
+    let _ = tokio::time::timeout(Duration::from_secs(5), async {
+        while !got.ends_with(tail.as_bytes()) {
+            match s.read(&mut buf).await {
+                Ok(0) | Err(_) => break,
+                Ok(n) => got.extend_from_slice(&buf[..n]),
+            }
+        }
+    })
+    .await;
+    String::from_utf8_lossy(&got).into_owned()
+}
+
+/// A one-node cluster and a proxy routing everything to a [`Scripted`] backend.
+async fn scripted_behind_a_proxy() -> (Cluster, Scripted, ProxyProcess) {
+    let c = Cluster::start(1, &[]).await;
+    let b = Scripted::start().await;
+    let rev = route_all(&c.nodes[&1].addr, "p", &[&b.addr]).await;
+    let proxy = ProxyProcess::spawn(&c.endpoints(), &c.dir.path().join("p.cache"), "p1");
+    proxy.wait_revision(rev).await;
+    (c, b, proxy)
+}
+
 fn status(answer: &str) -> &str {
     answer.split(' ').nth(1).unwrap_or("")
 }
@@ -121,11 +162,7 @@ fn status(answer: &str) -> &str {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn framing_a_client_and_a_backend_could_read_differently_is_refused() {
     let _g = serial().await;
-    let c = Cluster::start(1, &[]).await;
-    let b = Scripted::start().await;
-    let rev = route_all(&c.nodes[&1].addr, "p", &[&b.addr]).await;
-    let proxy = ProxyProcess::spawn(&c.endpoints(), &c.dir.path().join("p.cache"), "p1");
-    proxy.wait_revision(rev).await;
+    let (_c, b, proxy) = scripted_behind_a_proxy().await;
     let p = proxy.ws.as_str();
     let ok = exchange(p, b"GET / HTTP/1.1\r\nHost: a\r\nConnection: close\r\n\r\n").await;
     assert!(ok.starts_with("HTTP/1.1 200") && ok.ends_with("ok"), "{ok}");
@@ -236,4 +273,65 @@ async fn a_backend_that_stops_reading_the_body_is_bounded_by_the_response_timeou
     assert!(answered.is_ok(), "no answer while the backend read nothing");
     let text = String::from_utf8_lossy(&got);
     assert!(text.starts_with("HTTP/1.1 504"), "{text}");
+}
+
+/// Requests without a body take the proxy's fast path: a backend's answer reaches the client
+/// framed as the backend framed it (a chunked body byte for byte, interim answers skipped), on
+/// one kept-alive client connection whatever the backend does with its own; a request the
+/// fast path does not take (one with a body, pipelined behind others) is served by hyper on
+/// the same connection; a body framed until the backend closes closes the client's too; and
+/// chunked framing that does not add up is a 502, never the bytes past it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bodiless_requests_get_answers_framed_as_sent_on_one_kept_alive_connection() {
+    let _g = serial().await;
+    let (_c, b, proxy) = scripted_behind_a_proxy().await;
+    let mut s = tokio::net::TcpStream::connect(&proxy.ws).await.unwrap();
+
+    s.write_all(b"GET /chunked HTTP/1.1\r\nHost: a\r\n\r\n").await.unwrap();
+    let got = read_until(&mut s, "0\r\n\r\n").await;
+    assert!(got.starts_with("HTTP/1.1 200 OK\r\n"), "{got}");
+    assert!(got.contains("\r\nTransfer-Encoding: chunked\r\n"), "{got}");
+    assert!(got.ends_with("\r\n\r\n5\r\nhello\r\n6\r\n world\r\n0\r\n\r\n"), "byte for byte: {got}");
+
+    s.write_all(b"GET /early HTTP/1.1\r\nHost: a\r\n\r\n").await.unwrap();
+    let got = read_until(&mut s, "early").await;
+    assert!(got.starts_with("HTTP/1.1 200 OK\r\n") && got.ends_with("\r\n\r\nearly"), "103 skipped: {got}");
+
+    // The backend closes its connection after this answer; the client's goes on, and its
+    // next request gets a new backend connection, not a 502.
+    s.write_all(b"GET /close-after HTTP/1.1\r\nHost: a\r\n\r\n").await.unwrap();
+    let got = read_until(&mut s, "ok").await;
+    assert!(got.starts_with("HTTP/1.1 200"), "{got}");
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    s.write_all(b"GET /next HTTP/1.1\r\nHost: a\r\n\r\n").await.unwrap();
+    let got = read_until(&mut s, "ok").await;
+    assert!(got.starts_with("HTTP/1.1 200") && got.ends_with("ok"), "{got}");
+
+    // Three requests in one write: the POST's body goes to hyper with the rest of the
+    // connection, and every answer comes back in order.
+    let pipelined = b"GET /one HTTP/1.1\r\nHost: a\r\n\r\nPOST /two HTTP/1.1\r\nHost: a\r\nContent-Length: 5\r\n\r\nhelloGET /three HTTP/1.1\r\nHost: a\r\n\r\n";
+    s.write_all(pipelined).await.unwrap();
+    let got = read_until(&mut s, "ok").await;
+    let got = if got.matches("HTTP/1.1 200").count() < 3 { got + &read_until(&mut s, "ok").await } else { got };
+    let got = if got.matches("HTTP/1.1 200").count() < 3 { got + &read_until(&mut s, "ok").await } else { got };
+    assert_eq!(got.matches("HTTP/1.1 200").count(), 3, "{got}");
+    let seen = b.got.lock().unwrap().clone();
+    let two = seen.iter().find(|r| r.starts_with("POST /two ")).expect("the POST reached the backend");
+    assert!(two.ends_with("\r\n\r\nhello"), "{two}");
+    let order: Vec<&str> = seen.iter().rev().take(3).map(|r| r.split(' ').nth(1).unwrap_or("")).collect();
+    assert_eq!(order, ["/three", "/two", "/one"]);
+
+    // A body that lasts until the backend closes: the client's connection closes after it.
+    let got = exchange(&proxy.ws, b"GET /until-close HTTP/1.1\r\nHost: a\r\n\r\n").await;
+    assert!(got.starts_with("HTTP/1.1 200 OK\r\n") && got.ends_with("\r\n\r\nall of it"), "{got}");
+    assert!(got.contains("\r\nConnection: close\r\n"), "{got}");
+
+    // Chunk data longer than its size, in the first bytes of the body: a 502, never the
+    // bytes after.
+    let got = exchange(&proxy.ws, b"GET /badchunk HTTP/1.1\r\nHost: a\r\nConnection: close\r\n\r\n").await;
+    assert_eq!(status(&got), "502", "{got}");
+    assert!(!got.contains("hello"), "{got}");
+
+    let ok = exchange(&proxy.ws, b"GET / HTTP/1.1\r\nHost: a\r\nConnection: close\r\n\r\n").await;
+    assert!(ok.starts_with("HTTP/1.1 200") && ok.ends_with("ok"), "{ok}");
 }

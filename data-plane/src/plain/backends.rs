@@ -13,7 +13,7 @@ use hyper::client::conn::http1::{self, SendRequest};
 use hyper_util::rt::TokioIo;
 
 use super::bodies::ReqBody;
-use crate::handling::streams::{connect_backend, BackendFail};
+use crate::handling::streams::{connect_backend, BackendFail, BackendIo};
 use crate::handling::Ctx;
 use crate::state::ProxyState;
 use crate::tls::PoolTls;
@@ -33,10 +33,50 @@ const MAX_IDLE: usize = 64;
 
 pub type Sender = SendRequest<ReqBody>;
 
+/// A pooled backend connection: driven by hyper's client (requests with bodies, TLS to the
+/// client, anything past the fast path), or the bare stream the fast path writes and reads
+/// itself (see [`super::fast`]). The two are never swapped: each asks for its own kind.
+pub enum Conn {
+    Hyper(Sender),
+    Raw(BackendIo),
+}
+
+impl Conn {
+    fn is_closed(&mut self) -> bool {
+        match self {
+            Conn::Hyper(tx) => tx.is_closed(),
+            Conn::Raw(io) => raw_stirred(io),
+        }
+    }
+
+    fn is_ready(&mut self) -> bool {
+        match self {
+            Conn::Hyper(tx) => tx.is_ready(),
+            Conn::Raw(io) => !raw_stirred(io),
+        }
+    }
+
+    fn raw(&self) -> bool {
+        matches!(self, Conn::Raw(_))
+    }
+}
+
+/// Whether an idle bare connection has anything to read: its backend closed it, or sent bytes
+/// no request asked for; either way it is not reused. Looks at the readiness tokio already
+/// has (no system call): an idle connection that woke its worker has it set.
+fn raw_stirred(io: &mut BackendIo) -> bool {
+    let tcp = match io {
+        tokio_util::either::Either::Left(t) => t,
+        tokio_util::either::Either::Right(t) => t.get_ref().0,
+    };
+    let mut cx = std::task::Context::from_waker(std::task::Waker::noop());
+    tcp.poll_read_ready(&mut cx).is_ready()
+}
+
 /// Per pool: the TLS its idle connections were made with (see [`PoolTls::tag`]) and them, by
 /// backend address. Pools differ in TLS, so one address in two pools shares nothing, and a
 /// pool whose TLS changed reuses none made before.
-type Idle = HashMap<String, (u64, HashMap<String, Vec<(Sender, Instant)>>)>;
+type Idle = HashMap<String, (u64, HashMap<String, Vec<(Conn, Instant)>>)>;
 
 thread_local! {
     static IDLE: RefCell<Idle> = RefCell::new(HashMap::new());
@@ -47,8 +87,8 @@ thread_local! {
 /// An idle connection to `backend` of `pool` (made with TLS `tag`) that is open and ready, if
 /// this worker has one. One just given back may not be ready yet (its connection task has
 /// not run since the response ended): it stays for the next request. `pooled` counts the
-/// idle connections of every worker (see [`crate::fds::reserve`]).
-pub fn checkout(pool: &str, tag: u64, backend: &str, pooled: &AtomicUsize) -> Option<Sender> {
+/// idle connections of every worker (see [`crate::fds::reserve`]). `raw`: the kind wanted.
+pub fn checkout(pool: &str, tag: u64, backend: &str, pooled: &AtomicUsize, raw: bool) -> Option<Conn> {
     IDLE.with(|idle| {
         let mut idle = idle.borrow_mut();
         let (made_with, backends) = idle.get_mut(pool)?;
@@ -58,16 +98,16 @@ pub fn checkout(pool: &str, tag: u64, backend: &str, pooled: &AtomicUsize) -> Op
         let list = backends.get_mut(backend)?;
         // One clock read for the whole list (a read per entry was 3% of the proxy's CPU).
         expire(list, Instant::now(), pooled);
-        let i = list.iter().rposition(|(tx, _)| tx.is_ready())?;
+        let i = list.iter_mut().rposition(|(c, _)| c.raw() == raw && c.is_ready())?;
         pooled.fetch_sub(1, Relaxed);
         Some(list.swap_remove(i).0)
     })
 }
 
 /// Drops the connections of `list` idle too long or closed by their backend.
-fn expire(list: &mut Vec<(Sender, Instant)>, now: Instant, pooled: &AtomicUsize) {
+fn expire(list: &mut Vec<(Conn, Instant)>, now: Instant, pooled: &AtomicUsize) {
     let before = list.len();
-    list.retain(|(tx, since)| now.saturating_duration_since(*since) < IDLE_FOR && !tx.is_closed());
+    list.retain_mut(|(c, since)| now.saturating_duration_since(*since) < IDLE_FOR && !c.is_closed());
     if list.len() < before {
         pooled.fetch_sub(before - list.len(), Relaxed);
     }
@@ -77,7 +117,7 @@ fn expire(list: &mut Vec<(Sender, Instant)>, now: Instant, pooled: &AtomicUsize)
 /// (one cut short closes, and is dropped at the next checkout). The names are copied only
 /// the first time this worker pools a connection to them. The first connection a worker
 /// pools starts its sweeper.
-pub fn checkin(pool: &str, tag: u64, backend: &str, tx: Sender, state: &Arc<ProxyState>) {
+pub fn checkin(pool: &str, tag: u64, backend: &str, mut tx: Conn, state: &Arc<ProxyState>) {
     if tx.is_closed() {
         return;
     }

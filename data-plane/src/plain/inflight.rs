@@ -33,6 +33,25 @@ impl Held {
     pub(super) fn new(state: &Arc<ProxyState>, pool: &Arc<PoolTable>, backend: usize, counted: Counted) -> Held {
         Held { pool: pool.clone(), backend, state: state.clone(), session: None, _counted: counted }
     }
+
+    /// [`Held::new`] for a request whose session (hashed key) is `session`, bound to `bound`:
+    /// a session already bound to this backend is kept live from here, since a long-poll is
+    /// held by its backend before any response head comes.
+    pub(super) fn request(
+        state: &Arc<ProxyState>,
+        pool: &Arc<PoolTable>,
+        backend: usize,
+        counted: Counted,
+        session: Option<&str>,
+        bound: Option<&str>,
+    ) -> Held {
+        let mut held = Held::new(state, pool, backend, counted);
+        let address = pool.backends[backend].backend.address.as_str();
+        if let Some(k) = session.filter(|_| bound == Some(address)) {
+            held.session = Some(state.affinity.hold_live(&pool.pool.name, k, address));
+        }
+        held
+    }
 }
 
 impl Drop for Held {
@@ -59,7 +78,7 @@ impl Drop for InFlight {
         let (pool, state) = (&self.held.pool, &self.held.state);
         let b = &pool.backends[self.held.backend];
         if let Some(tx) = self.idle.take() {
-            backends::checkin(&pool.pool.name, pool.tls.tag(), &b.backend.address, tx, state);
+            backends::checkin(&pool.pool.name, pool.tls.tag(), &b.backend.address, backends::Conn::Hyper(tx), state);
         }
         if let (Some(log), Some(mut r)) = (state.runtime.access_log.get(), self.rec.take()) {
             r.duration = self.started.elapsed();
