@@ -44,6 +44,7 @@ fn answer(path: &str) -> Vec<&'static [u8]> {
             b"HTTP/1.1 103 Early Hints\r\nLink: </a.css>\r\n\r\n",
             b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\n\r\nearly",
         ],
+        "/garbage" => vec![b"NOT HTTP AT ALL\r\n\r\n"],
         "/badchunk" => vec![b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nhello!!\r\n0\r\n\r\n"],
         // The backend closes after these (see `Scripted::start`).
         "/until-close" => vec![b"HTTP/1.1 200 OK\r\n\r\nall of it"],
@@ -306,6 +307,15 @@ async fn bodiless_requests_get_answers_framed_as_sent_on_one_kept_alive_connecti
     s.write_all(b"GET /next HTTP/1.1\r\nHost: a\r\n\r\n").await.unwrap();
     let got = read_until(&mut s, "ok").await;
     assert!(got.starts_with("HTTP/1.1 200") && got.ends_with("ok"), "{got}");
+
+    // The proxy's own answer to a HEAD has no body: the next answer on the connection is
+    // read from its first byte.
+    s.write_all(b"HEAD /garbage HTTP/1.1\r\nHost: a\r\n\r\n").await.unwrap();
+    let got = read_until(&mut s, "\r\n\r\n").await;
+    assert!(got.starts_with("HTTP/1.1 502") && got.contains("\r\nContent-Length: 15\r\n"), "{got}");
+    s.write_all(b"GET /after-head HTTP/1.1\r\nHost: a\r\n\r\n").await.unwrap();
+    let got = read_until(&mut s, "ok").await;
+    assert!(got.starts_with("HTTP/1.1 200"), "no body after the 502's head: {got}");
 
     // Three requests in one write: the POST's body goes to hyper with the rest of the
     // connection, and every answer comes back in order.

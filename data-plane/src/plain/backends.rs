@@ -42,29 +42,57 @@ pub enum Conn {
 }
 
 impl Conn {
-    fn is_closed(&mut self) -> bool {
+    /// Closed as far as is known without a system call.
+    fn gone(&mut self) -> bool {
         match self {
             Conn::Hyper(tx) => tx.is_closed(),
-            Conn::Raw(io) => raw_stirred(io),
+            Conn::Raw(io) => stirred(io),
         }
     }
 
-    fn is_ready(&mut self) -> bool {
+    /// Ready for a request as far as is known without a system call; see [`Conn::clean`].
+    fn ready(&mut self) -> bool {
         match self {
             Conn::Hyper(tx) => tx.is_ready(),
-            Conn::Raw(io) => !raw_stirred(io),
+            Conn::Raw(io) => !stirred(io),
         }
     }
 
     fn raw(&self) -> bool {
         matches!(self, Conn::Raw(_))
     }
+
+    /// For a bare connection about to be used (after [`Conn::ready`]): nothing waits to be
+    /// read on it. Bytes there are the backend's close, or bytes no request asked for; sent
+    /// on, they would be read as the next client's answer. The readiness tokio has is what
+    /// its worker last heard from the kernel, as NGINX's cached upstream connections and
+    /// hyper's idle ones go by what their event loop last heard; it is not looked at when the
+    /// task's budget is spent, and then the kernel is asked (a system call per request, were
+    /// it always asked: a sixth of the fast path's calls).
+    fn clean(&mut self) -> bool {
+        let Conn::Raw(io) = self else { return true };
+        let tcp = match io {
+            tokio_util::either::Either::Left(t) => &*t,
+            tokio_util::either::Either::Right(t) => {
+                let (tcp, tls) = t.get_mut();
+                // Plaintext rustls holds already, or the backend's close_notify.
+                match tls.process_new_packets() {
+                    Ok(s) if s.plaintext_bytes_to_read() == 0 && !s.peer_has_closed() => &*tcp,
+                    _ => return false,
+                }
+            }
+        };
+        if tokio::task::coop::has_budget_remaining() {
+            return true;
+        }
+        let mut one = [std::mem::MaybeUninit::<u8>::uninit(); 1];
+        matches!(socket2::SockRef::from(tcp).peek(&mut one), Err(e) if e.kind() == std::io::ErrorKind::WouldBlock)
+    }
 }
 
-/// Whether an idle bare connection has anything to read: its backend closed it, or sent bytes
-/// no request asked for; either way it is not reused. Looks at the readiness tokio already
-/// has (no system call): an idle connection that woke its worker has it set.
-fn raw_stirred(io: &mut BackendIo) -> bool {
+/// Whether an idle bare connection is known to have something to read (its backend closed
+/// it, or sent bytes no request asked for): the readiness tokio already has, no system call.
+fn stirred(io: &mut BackendIo) -> bool {
     let tcp = match io {
         tokio_util::either::Either::Left(t) => t,
         tokio_util::either::Either::Right(t) => t.get_ref().0,
@@ -97,17 +125,27 @@ pub fn checkout(pool: &str, tag: u64, backend: &str, pooled: &AtomicUsize, raw: 
         }
         let list = backends.get_mut(backend)?;
         // One clock read for the whole list (a read per entry was 3% of the proxy's CPU).
-        expire(list, Instant::now(), pooled);
-        let i = list.iter_mut().rposition(|(c, _)| c.raw() == raw && c.is_ready())?;
-        pooled.fetch_sub(1, Relaxed);
-        Some(list.swap_remove(i).0)
+        expire(list, Instant::now(), pooled, false);
+        loop {
+            let i = list.iter_mut().rposition(|(c, _)| c.raw() == raw && c.ready())?;
+            pooled.fetch_sub(1, Relaxed);
+            let mut c = list.swap_remove(i).0;
+            if c.clean() {
+                return Some(c);
+            }
+        }
     })
 }
 
-/// Drops the connections of `list` idle too long or closed by their backend.
-fn expire(list: &mut Vec<(Conn, Instant)>, now: Instant, pooled: &AtomicUsize) {
+/// Drops the connections of `list` idle too long or closed by their backend; bare ones are
+/// looked at only when `look_at_raw` (a look at each is a poll of its readiness, with a waker
+/// registered: at every checkout, that was a few per cent of the proxy's CPU; the one taken
+/// is looked at anyway).
+fn expire(list: &mut Vec<(Conn, Instant)>, now: Instant, pooled: &AtomicUsize, look_at_raw: bool) {
     let before = list.len();
-    list.retain_mut(|(c, since)| now.saturating_duration_since(*since) < IDLE_FOR && !c.is_closed());
+    list.retain_mut(|(c, since)| {
+        now.saturating_duration_since(*since) < IDLE_FOR && ((c.raw() && !look_at_raw) || !c.gone())
+    });
     if list.len() < before {
         pooled.fetch_sub(before - list.len(), Relaxed);
     }
@@ -118,7 +156,7 @@ fn expire(list: &mut Vec<(Conn, Instant)>, now: Instant, pooled: &AtomicUsize) {
 /// the first time this worker pools a connection to them. The first connection a worker
 /// pools starts its sweeper.
 pub fn checkin(pool: &str, tag: u64, backend: &str, mut tx: Conn, state: &Arc<ProxyState>) {
-    if tx.is_closed() {
+    if tx.gone() {
         return;
     }
     let pooled = &state.runtime.pooled;
@@ -168,7 +206,7 @@ async fn sweep(state: Arc<ProxyState>) {
         let now = Instant::now();
         IDLE.with(|idle| {
             for (_, backends) in idle.borrow_mut().values_mut() {
-                backends.values_mut().for_each(|list| expire(list, now, &rt.pooled));
+                backends.values_mut().for_each(|list| expire(list, now, &rt.pooled, true));
                 backends.retain(|_, list| !list.is_empty());
             }
         });

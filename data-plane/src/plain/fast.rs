@@ -10,7 +10,9 @@
 //! rest of its life: one path for the requests that are most of the traffic, and hyper's
 //! for the rest, where its answers to odd requests are worth more than speed.
 
+mod chunked;
 mod heads;
+mod io;
 
 use std::future::Future;
 use std::mem::MaybeUninit;
@@ -18,14 +20,13 @@ use std::net::SocketAddr;
 use std::pin::Pin;
 use std::sync::atomic::Ordering::Relaxed;
 use std::sync::Arc;
-use std::task::{ready, Context, Poll};
+use std::task::Poll;
 use std::time::Duration;
 
-use tokio::io::{AsyncRead, AsyncWrite};
-use tokio::time::{Instant, Sleep};
-use tokio_util::io::poll_read_buf;
+use tokio::time::Instant;
 
 use self::heads::{Framing, Taken, MAX_HEADERS};
+use self::io::{poll_read_into, spare, write_all, Clock, Fail};
 use super::answers::Pending;
 use super::backends::{self, Conn};
 use super::inflight::Held;
@@ -54,80 +55,6 @@ const BACKEND_ROOM: usize = 16 * 1024;
 /// Interim (1xx) responses skipped before the final one (as hyper's client skips them).
 const MAX_INTERIM: usize = 8;
 
-/// One deadline at a time, on one timer: each phase of a request sets when it must be over,
-/// and the timer is moved only when it fires early or the new deadline is sooner (moving
-/// it for every phase of every request would cost a timer-wheel update each).
-struct Clock {
-    sleep: Pin<Box<Sleep>>,
-    due: Instant,
-}
-
-impl Clock {
-    fn set(&mut self, due: Instant) {
-        self.due = due;
-        if due < self.sleep.deadline() {
-            self.sleep.as_mut().reset(due);
-        }
-    }
-
-    fn poll(&mut self, cx: &mut Context<'_>) -> Poll<()> {
-        loop {
-            ready!(self.sleep.as_mut().poll(cx));
-            if Instant::now() >= self.due {
-                return Poll::Ready(());
-            }
-            self.sleep.as_mut().reset(self.due);
-        }
-    }
-}
-
-#[derive(Debug)]
-enum Fail {
-    Timeout,
-    Io,
-    /// The other side (the client, while its backend is awaited) closed.
-    Gone,
-}
-
-fn poll_read_into<S: AsyncRead + Unpin>(
-    io: &mut S,
-    buf: &mut Vec<u8>,
-    room: usize,
-    cx: &mut Context<'_>,
-) -> Poll<Result<usize, Fail>> {
-    buf.reserve(room);
-    poll_read_buf(Pin::new(io), cx, buf).map_err(|_| Fail::Io)
-}
-
-/// Reads what `io` has into `buf` before `clock` is due.
-async fn read_some<S: AsyncRead + Unpin>(io: &mut S, buf: &mut Vec<u8>, clock: &mut Clock) -> Result<usize, Fail> {
-    std::future::poll_fn(|cx| {
-        if let Poll::Ready(r) = poll_read_into(io, buf, BACKEND_ROOM, cx) {
-            return Poll::Ready(r);
-        }
-        clock.poll(cx).map(|()| Err(Fail::Timeout))
-    })
-    .await
-}
-
-/// Writes all of `bytes` to `io`, and flushes it, before `clock` is due.
-async fn write_all<S: AsyncWrite + Unpin>(io: &mut S, mut bytes: &[u8], clock: &mut Clock) -> Result<(), Fail> {
-    std::future::poll_fn(|cx| {
-        while !bytes.is_empty() {
-            match Pin::new(&mut *io).poll_write(cx, bytes) {
-                Poll::Ready(Ok(0) | Err(_)) => return Poll::Ready(Err(Fail::Io)),
-                Poll::Ready(Ok(n)) => bytes = &bytes[n..],
-                Poll::Pending => return clock.poll(cx).map(|()| Err(Fail::Timeout)),
-            }
-        }
-        match Pin::new(&mut *io).poll_flush(cx) {
-            Poll::Ready(r) => Poll::Ready(r.map_err(|_| Fail::Io)),
-            Poll::Pending => clock.poll(cx).map(|()| Err(Fail::Timeout)),
-        }
-    })
-    .await
-}
-
 /// What became of one request.
 enum Next {
     Again,
@@ -141,7 +68,9 @@ struct Fast<'a> {
     ctx: &'a Ctx,
     client: ClientIo,
     peer: SocketAddr,
-    proto: &'static str,
+    hop: heads::Hop,
+    /// The request being answered is a HEAD: an answer of the proxy's own has no body.
+    head: bool,
     /// The client's bytes not yet taken by a request.
     buf: Vec<u8>,
     /// The backend's bytes of the response being relayed.
@@ -171,7 +100,8 @@ pub(super) async fn serve(
         ctx,
         client,
         peer,
-        proto: if tls { "https" } else { "http" },
+        hop: heads::Hop::new(peer.ip(), if tls { "https" } else { "http" }),
+        head: false,
         buf: first,
         rbuf: Vec::new(),
         out: Vec::new(),
@@ -187,8 +117,8 @@ pub(super) async fn serve(
             return Outcome::Hyper(f.client, f.buf);
         }
         match f.one(len).await {
-            Next::Again if !state.runtime.shutdown.is_cancelled() => {}
-            Next::Again | Next::Close => {
+            Next::Again => {}
+            Next::Close => {
                 crate::handling::streams::linger(&mut f.client).await;
                 return Outcome::Closed;
             }
@@ -203,6 +133,8 @@ impl Fast<'_> {
     /// `None` when the client closed, idled out, or the proxy is shutting down.
     async fn head(&mut self, stop: &mut Pin<Box<tokio_util::sync::WaitForCancellationFutureOwned>>) -> Option<usize> {
         self.clock.set(Instant::now() + self.head_timeout);
+        spare::give_back(&mut self.rbuf);
+        spare::give_back(&mut self.out);
         loop {
             if !self.buf.is_empty() {
                 let mut h = [const { MaybeUninit::uninit() }; MAX_HEADERS];
@@ -213,12 +145,12 @@ impl Fast<'_> {
                 }
             }
             let (client, buf, clock) = (&mut self.client, &mut self.buf, &mut self.clock);
-            let idle = buf.is_empty();
             let read = std::future::poll_fn(|cx| {
                 if let Poll::Ready(r) = poll_read_into(client, buf, CLIENT_ROOM, cx) {
                     return Poll::Ready(r);
                 }
-                if idle && stop.as_mut().poll(cx).is_ready() {
+                // Shutting down: no request is in flight here (a head not yet whole is not one).
+                if stop.as_mut().poll(cx).is_ready() {
                     return Poll::Ready(Err(Fail::Gone));
                 }
                 clock.poll(cx).map(|()| Err(Fail::Timeout))
@@ -245,6 +177,9 @@ impl Fast<'_> {
             return Next::Hyper;
         }
         let Some(mut t) = heads::take(&req) else { return Next::Hyper };
+        // Shutting down: this answer is the connection's last.
+        t.close |= state.runtime.shutdown.is_cancelled();
+        self.head = t.head;
         let Some((route, pool)) = table.route_named(&t.up.host, t.up.path()) else { return Next::Hyper };
         if table.route_auth(route).is_some() {
             return Next::Hyper;
@@ -257,16 +192,17 @@ impl Fast<'_> {
         }
         let (raw, set_cookie) = session_key(pool.affinity_key.as_ref(), &t.up, self.peer.ip());
         let session = raw.and_then(|k| table.affinity_secret.hash(k.as_bytes()));
+        spare::lend(&mut self.out);
+        spare::lend(&mut self.rbuf);
         let mut up_head = std::mem::take(&mut self.out);
-        heads::upstream(&mut up_head, &req, &t, self.peer.ip(), self.proto);
-        self.buf.drain(..len);
-
+        heads::upstream(&mut up_head, &req, &t, &self.hop);
         let mut rec = Pending(state, None, started);
         rec.1 = state.runtime.access_log.get().map(|_| {
             Box::new(access_log::Record {
                 client: Some(self.peer),
-                method: Some(t.method.clone()),
-                path: Some(t.path.clone()),
+                method: req.method.map(str::to_string),
+                // Without the query: it may carry credentials.
+                path: req.path.map(|p| p.split(['?', '#']).next().unwrap_or("/").to_string()),
                 host: Some(t.up.host.clone()),
                 route: Some(route.to_string()),
                 pool: Some(pool.pool.name.clone()),
@@ -274,6 +210,7 @@ impl Fast<'_> {
                 ..Default::default()
             })
         });
+        self.buf.drain(..len);
         let bound = session.as_deref().and_then(|k| state.affinity.backend_for(&pool.pool.name, k));
         if session.is_some() && bound.is_none() {
             if let Err(r) = state.runtime.admission.admit(self.peer.ip(), table.settings.max_handshakes_per_sec, 0) {
@@ -336,7 +273,7 @@ impl Fast<'_> {
         };
 
         let mut out = up_head;
-        let closing = t.close || state.runtime.shutdown.is_cancelled();
+        let closing = t.close;
         let (answer, close) =
             match heads::respond(&self.rbuf[..head_len], t.head, set_cookie.as_deref(), closing, &mut out) {
                 Ok(a) => a,
@@ -390,9 +327,10 @@ impl Fast<'_> {
             self.rbuf.clear();
             from = 0;
             self.clock.set(Instant::now() + response_timeout);
-            match read_some(&mut io, &mut self.rbuf, &mut self.clock).await {
+            match self.read_backend(&mut io).await {
                 Ok(0) if matches!(framing, Framing::UntilClose) => break Ok(()),
-                Ok(0) | Err(Fail::Io | Fail::Gone) => break Err("backend_closed"),
+                Err(Fail::Gone) => break Err("client_closed"),
+                Ok(0) | Err(Fail::Io) => break Err("backend_closed"),
                 Err(Fail::Timeout) => break Err("backend_timeout"),
                 Ok(_) => {}
             }
@@ -444,9 +382,11 @@ impl Fast<'_> {
         let mut interim = 0;
         loop {
             if !self.rbuf.is_empty() {
-                let mut h = [httparse::EMPTY_HEADER; MAX_HEADERS];
-                let mut resp = httparse::Response::new(&mut h);
-                match resp.parse(&self.rbuf) {
+                let mut h = [const { MaybeUninit::uninit() }; MAX_HEADERS];
+                let mut resp = httparse::Response::new(&mut []);
+                match httparse::ParserConfig::default()
+                    .parse_response_with_uninit_headers(&mut resp, &self.rbuf, &mut h)
+                {
                     // An interim answer (100, 102, 103) goes; the final one follows.
                     Ok(httparse::Status::Complete(n)) if resp.code.is_some_and(|c| c < 200 && c != 101) => {
                         interim += 1;
@@ -462,24 +402,7 @@ impl Fast<'_> {
                     Err(_) => return Err(Exchange::Bad("malformed response head")),
                 }
             }
-            // The backend's answer; meanwhile the client is read too, so that one that leaves
-            // is noticed (and its backend given back) rather than waited on for a long-poll.
-            let (client, buf, rbuf, clock) = (&mut self.client, &mut self.buf, &mut self.rbuf, &mut self.clock);
-            let read = std::future::poll_fn(|cx| {
-                if let Poll::Ready(r) = poll_read_into(io, rbuf, BACKEND_ROOM, cx) {
-                    return Poll::Ready(r);
-                }
-                if buf.len() < MAX_AHEAD {
-                    match poll_read_into(client, buf, CLIENT_ROOM, cx) {
-                        Poll::Ready(Ok(0) | Err(_)) => return Poll::Ready(Err(Fail::Gone)),
-                        Poll::Ready(Ok(_)) => cx.waker().wake_by_ref(),
-                        Poll::Pending => {}
-                    }
-                }
-                clock.poll(cx).map(|()| Err(Fail::Timeout))
-            })
-            .await;
-            match read {
+            match self.read_backend(io).await {
                 // Closed or reset before a byte of the answer: the request is sent again,
                 // when sending it twice is safe.
                 Ok(0) | Err(Fail::Io) if self.rbuf.is_empty() && t.idempotent && interim == 0 => {
@@ -491,6 +414,27 @@ impl Fast<'_> {
                 Ok(_) => {}
             }
         }
+    }
+
+    /// Reads what the backend has into `rbuf`, before the clock is due. The client is read
+    /// meanwhile (into `buf`, what it sends ahead), so that one that leaves is noticed, and
+    /// its backend given back, rather than waited on through a long-poll or a stream.
+    async fn read_backend(&mut self, io: &mut BackendIo) -> Result<usize, Fail> {
+        let (client, buf, rbuf, clock) = (&mut self.client, &mut self.buf, &mut self.rbuf, &mut self.clock);
+        std::future::poll_fn(|cx| {
+            if let Poll::Ready(r) = poll_read_into(io, rbuf, BACKEND_ROOM, cx) {
+                return Poll::Ready(r);
+            }
+            if buf.len() < MAX_AHEAD {
+                match poll_read_into(client, buf, CLIENT_ROOM, cx) {
+                    Poll::Ready(Ok(0) | Err(_)) => return Poll::Ready(Err(Fail::Gone)),
+                    Poll::Ready(Ok(_)) => cx.waker().wake_by_ref(),
+                    Poll::Pending => {}
+                }
+            }
+            clock.poll(cx).map(|()| Err(Fail::Timeout))
+        })
+        .await
     }
 
     /// The proxy's own answer to the request, logged and counted by its reason.
@@ -511,7 +455,7 @@ impl Fast<'_> {
             r.duration = rec.2.elapsed();
             log.log(*r);
         }
-        heads::own(&mut out, status, text, retry.as_deref().unwrap_or("").as_bytes(), close);
+        heads::own(&mut out, status, text, retry.as_deref().unwrap_or("").as_bytes(), close, self.head);
         self.clock.set(Instant::now() + self.stall);
         let written = write_all(&mut self.client, &out, &mut self.clock).await;
         out.clear();

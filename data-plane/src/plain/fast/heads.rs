@@ -4,6 +4,7 @@
 use std::io::Write;
 use std::net::IpAddr;
 
+use super::chunked::Chunked;
 use crate::handshake::{self, client_may_not_send, has_token, Upgrade};
 
 /// Headers a head may have for the fast path; hyper's limit, so that a head with more goes
@@ -25,9 +26,6 @@ pub(super) struct Taken {
     /// Safe to send twice (RFC 9110 §9.2.2), and without a body: sent again on a new
     /// connection when a reused one turns out closed.
     pub(super) idempotent: bool,
-    pub(super) method: String,
-    /// The raw path, without the query, for the access log.
-    pub(super) path: String,
 }
 
 /// The request in `req` as the fast path would take it, or `None` for hyper to take: a body,
@@ -61,27 +59,45 @@ pub(super) fn take(req: &httparse::Request<'_, '_>) -> Option<Taken> {
     if !handshake::valid_authority(host) {
         return None;
     }
+    // Bytes hyper's URI parser refuses (`<`, `"`, a backtick...) get hyper's 400.
+    hyper::http::uri::PathAndQuery::try_from(target).ok()?;
     let normal = handshake::normalize(target).ok()?;
     let mut name = handshake::strip_port(host).to_ascii_lowercase();
     handshake::trim_root_dot(&mut name);
     let up =
         Upgrade { target: normal.into_owned(), host: name, headers: Default::default(), authority: None, claims: None };
     let idempotent = ["GET", "HEAD", "OPTIONS", "TRACE", "PUT", "DELETE"].contains(&method);
-    Some(Taken {
-        up,
-        close,
-        head: method == "HEAD",
-        idempotent,
-        method: method.to_string(),
-        path: target.split(['?', '#']).next().unwrap_or("/").to_string(),
-    })
+    Some(Taken { up, close, head: method == "HEAD", idempotent })
+}
+
+/// The forwarding headers' parts that are the same for every request on a connection,
+/// formatted once when it opens (formatting the address per request was a few per cent of
+/// the proxy's CPU).
+pub(super) struct Hop {
+    /// The client's address, as `X-Forwarded-For` ends.
+    client: String,
+    /// `X-Forwarded-Proto` and `Forwarded` up to the host's value.
+    lines: String,
+}
+
+impl Hop {
+    pub(super) fn new(client: IpAddr, proto: &str) -> Hop {
+        let for_ = match client {
+            IpAddr::V4(a) => a.to_string(),
+            IpAddr::V6(a) => format!("\"[{a}]\""),
+        };
+        Hop {
+            client: client.to_string(),
+            lines: format!("X-Forwarded-Proto: {proto}\r\nForwarded: for={for_};proto={proto};host=\""),
+        }
+    }
 }
 
 /// The request's head as its backend gets it, into `out`: the routed target, the client's
 /// headers without the hop-by-hop ones, those its `Connection` names and those it may not
 /// send; `X-Forwarded-For` appended to, `X-Forwarded-Proto` and `Forwarded` set (as
 /// [`super::super::headers::Forwarding`] does for hyper's requests).
-pub(super) fn upstream(out: &mut Vec<u8>, req: &httparse::Request<'_, '_>, t: &Taken, client: IpAddr, proto: &str) {
+pub(super) fn upstream(out: &mut Vec<u8>, req: &httparse::Request<'_, '_>, t: &Taken, hop: &Hop) {
     out.clear();
     out.extend_from_slice(req.method.unwrap_or("GET").as_bytes());
     out.push(b' ');
@@ -104,8 +120,8 @@ pub(super) fn upstream(out: &mut Vec<u8>, req: &httparse::Request<'_, '_>, t: &T
                     out.extend_from_slice(v.value.trim_ascii());
                     out.extend_from_slice(b", ");
                 }
-                let _ = write!(out, "{client}\r\n");
                 xff = true;
+                line_end(out, &hop.client);
             }
             continue;
         }
@@ -115,14 +131,25 @@ pub(super) fn upstream(out: &mut Vec<u8>, req: &httparse::Request<'_, '_>, t: &T
         out.extend_from_slice(b"\r\n");
     }
     if !xff {
-        let _ = write!(out, "X-Forwarded-For: {client}\r\n");
+        out.extend_from_slice(b"X-Forwarded-For: ");
+        line_end(out, &hop.client);
     }
-    let _ = write!(out, "X-Forwarded-Proto: {proto}\r\n");
-    let _ = match client {
-        IpAddr::V4(a) => write!(out, "Forwarded: for={a}"),
-        IpAddr::V6(a) => write!(out, "Forwarded: for=\"[{a}]\""),
-    };
-    let _ = write!(out, ";proto={proto};host=\"{}\"\r\n\r\n", t.up.host);
+    out.extend_from_slice(hop.lines.as_bytes());
+    out.extend_from_slice(t.up.host.as_bytes());
+    out.extend_from_slice(b"\"\r\n\r\n");
+}
+
+fn line_end(out: &mut Vec<u8>, last: &str) {
+    out.extend_from_slice(last.as_bytes());
+    out.extend_from_slice(b"\r\n");
+}
+
+/// `HTTP/1.1 NNN ` (a status has three digits: httparse reads no other).
+fn status_line(out: &mut Vec<u8>, status: u16, reason: &str) {
+    out.extend_from_slice(b"HTTP/1.1 ");
+    let s = status.min(999);
+    out.extend_from_slice(&[b'0' + (s / 100) as u8, b'0' + (s / 10 % 10) as u8, b'0' + (s % 10) as u8, b' ']);
+    line_end(out, reason);
 }
 
 /// How a response's body is framed, from its head.
@@ -159,6 +186,10 @@ pub(super) fn answer(resp: &httparse::Response<'_, '_>, head: bool) -> Result<An
             if v.split(',').any(|c| !c.trim().eq_ignore_ascii_case("chunked")) {
                 return Err("a transfer coding other than chunked");
             }
+            // Passed on as it came: `chunked` twice would be decoded twice by some clients.
+            if chunked || v.split(',').count() > 1 {
+                return Err("chunked more than once");
+            }
             chunked = true;
         } else if n.eq_ignore_ascii_case("content-length") {
             let v = h.value.trim_ascii();
@@ -182,6 +213,11 @@ pub(super) fn answer(resp: &httparse::Response<'_, '_>, head: bool) -> Result<An
         return Err("both Transfer-Encoding and Content-Length");
     }
     let framing = if head || status == 204 || status == 304 {
+        // A backend that sends the body it declared anyway would have it read as the next
+        // answer on this connection: not reused when it declared one.
+        if chunked || length.is_some_and(|l| l > 0) {
+            reusable = false;
+        }
         Framing::None
     } else if chunked {
         Framing::Chunked(Chunked::default())
@@ -200,9 +236,11 @@ pub(super) fn answer(resp: &httparse::Response<'_, '_>, head: bool) -> Result<An
 pub(super) fn downstream(out: &mut Vec<u8>, resp: &httparse::Response<'_, '_>, extra: &[u8], close: bool) {
     out.clear();
     let status = resp.code.unwrap_or(502);
-    let _ = write!(out, "HTTP/1.1 {status} {}\r\n", resp.reason.unwrap_or(""));
+    status_line(out, status, resp.reason.unwrap_or(""));
     let connection = || resp.headers.iter().filter(|h| h.name.eq_ignore_ascii_case("connection"));
-    let named = |n: &str| connection().any(|c| has_token(c.value, n));
+    // The body is passed on framed by these: they stay, whatever `Connection` names.
+    let framing = |n: &str| n.eq_ignore_ascii_case("content-length") || n.eq_ignore_ascii_case("transfer-encoding");
+    let named = |n: &str| !framing(n) && connection().any(|c| has_token(c.value, n));
     let mut dated = false;
     for h in resp.headers.iter() {
         let n = h.name;
@@ -236,9 +274,10 @@ pub(super) fn respond(
     closing: bool,
     out: &mut Vec<u8>,
 ) -> Result<(Answer, bool), &'static str> {
-    let mut h = [httparse::EMPTY_HEADER; MAX_HEADERS];
-    let mut resp = httparse::Response::new(&mut h);
-    if !matches!(resp.parse(raw), Ok(httparse::Status::Complete(_))) {
+    let mut h = [const { std::mem::MaybeUninit::uninit() }; MAX_HEADERS];
+    let mut resp = httparse::Response::new(&mut []);
+    let parsed = httparse::ParserConfig::default().parse_response_with_uninit_headers(&mut resp, raw, &mut h);
+    if !matches!(parsed, Ok(httparse::Status::Complete(_))) {
         return Err("malformed response head");
     }
     let a = answer(&resp, head)?;
@@ -248,18 +287,23 @@ pub(super) fn respond(
     Ok((a, close))
 }
 
-/// The proxy's own short answer (as `answers::own` makes for hyper's requests), into `out`.
-pub(super) fn own(out: &mut Vec<u8>, status: u16, text: &str, extra: &[u8], close: bool) {
+/// The proxy's own short answer (as `answers::own` makes for hyper's requests), into `out`;
+/// without its body when it answers a HEAD request (`head`).
+pub(super) fn own(out: &mut Vec<u8>, status: u16, text: &str, extra: &[u8], close: bool, head: bool) {
     out.clear();
     let reason = hyper::StatusCode::from_u16(status).ok().and_then(|s| s.canonical_reason()).unwrap_or("");
-    let _ = write!(out, "HTTP/1.1 {status} {reason}\r\nContent-Type: text/plain; charset=utf-8\r\n");
+    status_line(out, status, reason);
+    out.extend_from_slice(b"Content-Type: text/plain; charset=utf-8\r\n");
     let _ = write!(out, "Content-Length: {}\r\n", text.len() + 1);
     date(out);
     out.extend_from_slice(extra);
     if close {
         out.extend_from_slice(b"Connection: close\r\n");
     }
-    let _ = write!(out, "\r\n{text}\n");
+    out.extend_from_slice(b"\r\n");
+    if !head {
+        let _ = writeln!(out, "{text}");
+    }
 }
 
 /// A `Date` header line, formatted once a second per worker.
@@ -282,162 +326,9 @@ fn date(out: &mut Vec<u8>) {
     });
 }
 
-/// Longest chunk-size line (extensions included) and all trailer lines together.
-const MAX_CHUNK_LINE: usize = 4096;
-const MAX_TRAILERS: usize = 16 * 1024;
-/// Hex digits of a chunk size: 15 keep it below 2^60.
-const MAX_DIGITS: u8 = 15;
-
-/// Follows a chunked body byte by byte (RFC 9112 §7.1), strictly: CRLF line endings only, a
-/// size in at most 15 hex digits, no control bytes in extensions or trailers. The body is
-/// passed on as it came, so this is what keeps a backend's framing from being read one way
-/// here and another by the client.
-#[derive(Default)]
-pub(super) struct Chunked {
-    st: St,
-    size: u64,
-    digits: u8,
-    line: usize,
-    trailers: usize,
-}
-
-#[derive(Default, Clone, Copy)]
-enum St {
-    #[default]
-    Size,
-    Ext,
-    SizeLf,
-    Data,
-    DataCr,
-    DataLf,
-    Trailer,
-    TrailerLf,
-    LastLf,
-    Done,
-}
-
-impl Chunked {
-    /// How many of `b` belong to the body, and whether it ends with them.
-    pub(super) fn scan(&mut self, b: &[u8]) -> Result<(usize, bool), &'static str> {
-        let text = |c: u8| c == b'\t' || (c >= 0x20 && c != 0x7f);
-        let mut i = 0;
-        while i < b.len() {
-            let c = b[i];
-            i += 1;
-            self.st = match self.st {
-                St::Size => match (c as char).to_digit(16) {
-                    Some(_) if self.digits == MAX_DIGITS => return Err("chunk size too large"),
-                    Some(d) => {
-                        self.size = self.size * 16 + u64::from(d);
-                        self.digits += 1;
-                        St::Size
-                    }
-                    None if self.digits == 0 => return Err("bad chunk size"),
-                    None if c == b'\r' => St::SizeLf,
-                    None if matches!(c, b';' | b' ' | b'\t') => {
-                        self.line = 0;
-                        St::Ext
-                    }
-                    None => return Err("bad chunk size"),
-                },
-                St::Ext if c == b'\r' => St::SizeLf,
-                St::Ext if text(c) && self.line < MAX_CHUNK_LINE => {
-                    self.line += 1;
-                    St::Ext
-                }
-                St::Ext => return Err("bad chunk extension"),
-                St::SizeLf if c != b'\n' => return Err("bad chunk size line"),
-                St::SizeLf if self.size == 0 => {
-                    self.line = 0;
-                    St::Trailer
-                }
-                St::SizeLf => {
-                    self.digits = 0;
-                    St::Data
-                }
-                // `c` is the first byte of the data; the rest of it that is here goes at once.
-                St::Data => {
-                    let n = (self.size - 1).min((b.len() - i) as u64);
-                    i += n as usize;
-                    self.size -= n + 1;
-                    if self.size == 0 {
-                        St::DataCr
-                    } else {
-                        St::Data
-                    }
-                }
-                St::DataCr if c == b'\r' => St::DataLf,
-                St::DataLf if c == b'\n' => St::Size,
-                St::DataCr | St::DataLf => return Err("chunk data longer than its size"),
-                St::Trailer if c == b'\r' && self.line == 0 => St::LastLf,
-                St::Trailer if c == b'\r' => St::TrailerLf,
-                St::Trailer if text(c) && self.trailers < MAX_TRAILERS => {
-                    self.line += 1;
-                    self.trailers += 1;
-                    St::Trailer
-                }
-                St::Trailer => return Err("bad trailer"),
-                St::TrailerLf if c == b'\n' => {
-                    self.line = 0;
-                    St::Trailer
-                }
-                St::TrailerLf => return Err("bad trailer line"),
-                St::LastLf if c == b'\n' => {
-                    self.st = St::Done;
-                    return Ok((i, true));
-                }
-                St::LastLf => return Err("bad end of chunked body"),
-                St::Done => return Ok((i - 1, true)),
-            };
-        }
-        Ok((i, matches!(self.st, St::Done)))
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    fn whole(body: &[u8]) -> Result<(usize, bool), &'static str> {
-        Chunked::default().scan(body)
-    }
-
-    #[test]
-    fn a_chunked_body_ends_where_its_last_chunk_and_trailers_do() {
-        let body = b"5\r\nhello\r\n6;x=y\r\n world\r\n0\r\nX-T: 1\r\n\r\nNEXT";
-        assert_eq!(whole(body), Ok((body.len() - 4, true)));
-        assert_eq!(whole(b"0\r\n\r\n"), Ok((5, true)));
-        assert_eq!(whole(b"A\r\n0123456789\r\n0\r\n\r\n"), Ok((20, true)));
-    }
-
-    #[test]
-    fn a_chunked_body_split_anywhere_ends_in_the_same_place() {
-        let body = b"5\r\nhello\r\n1a\r\nabcdefghijklmnopqrstuvwxyz\r\n0\r\nA: b\r\n\r\n";
-        for cut in 0..=body.len() {
-            for cut2 in cut..=body.len() {
-                let mut c = Chunked::default();
-                let (a, end_a) = c.scan(&body[..cut]).unwrap();
-                assert_eq!((a, end_a), (cut, cut == body.len()), "first part to {cut}");
-                let (b, end_b) = c.scan(&body[cut..cut2]).unwrap();
-                assert_eq!(b, cut2 - cut);
-                assert!(!end_b || cut2 == body.len());
-                let (r, end) = c.scan(&body[cut2..]).unwrap();
-                assert_eq!((cut2 + r, end || end_b), (body.len(), true), "split at {cut} and {cut2}");
-            }
-        }
-    }
-
-    #[test]
-    fn chunked_framing_that_could_be_read_two_ways_is_refused() {
-        assert!(whole(b"5\nhello\r\n0\r\n\r\n").is_err(), "bare LF after the size");
-        assert!(whole(b"5\r\nhello!\r\n").is_err(), "data longer than its size");
-        assert!(whole(b"x\r\n").is_err());
-        assert!(whole(b"\r\n").is_err(), "no size");
-        assert!(whole(b"1000000000000000\r\n").is_err(), "16 hex digits");
-        assert!(whole(b"0\r\nA: b\n\r\n").is_err(), "bare LF in a trailer");
-        assert!(whole(b"1;a\x00b\r\nx\r\n").is_err(), "control byte in an extension");
-        assert!(whole(b"-1\r\n").is_err());
-    }
 
     fn parse_resp<'h, 'b>(raw: &'b [u8], h: &'h mut [httparse::Header<'b>]) -> httparse::Response<'h, 'b> {
         let mut r = httparse::Response::new(h);
@@ -463,6 +354,8 @@ mod tests {
         for bad in [
             &b"HTTP/1.1 200 OK\r\nTransfer-Encoding: gzip, chunked\r\n\r\n"[..],
             b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\nContent-Length: 3\r\n\r\n",
+            b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked, chunked\r\n\r\n",
+            b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\nTransfer-Encoding: chunked\r\n\r\n",
             b"HTTP/1.1 200 OK\r\nContent-Length: 3\r\nContent-Length: 4\r\n\r\n",
             b"HTTP/1.1 200 OK\r\nContent-Length: +3\r\n\r\n",
             b"HTTP/1.1 101 Switching Protocols\r\n\r\n",
@@ -477,7 +370,8 @@ mod tests {
     #[test]
     fn the_client_gets_no_hop_by_hop_header_and_a_date() {
         let mut h = [httparse::EMPTY_HEADER; 16];
-        let raw = b"HTTP/1.1 200 Fine\r\nConnection: x-a, keep-alive\r\nX-A: 1\r\nKeep-Alive: 5\r\nTransfer-Encoding: chunked\r\nX-B: 2\r\n\r\n";
+        // A Connection naming the framing header does not take it away.
+        let raw = b"HTTP/1.1 200 Fine\r\nConnection: x-a, keep-alive, transfer-encoding\r\nX-A: 1\r\nKeep-Alive: 5\r\nTransfer-Encoding: chunked\r\nX-B: 2\r\n\r\n";
         let r = parse_resp(raw, &mut h);
         let mut out = Vec::new();
         downstream(&mut out, &r, b"Set-Cookie: a=b\r\n", true);
@@ -511,6 +405,7 @@ mod tests {
         assert!(!taken(b"GET /a HTTP/1.1\r\nHost: x y\r\n\r\n"));
         assert!(!taken(b"GET http://x/a HTTP/1.1\r\nHost: x\r\n\r\n"));
         assert!(!taken(b"OPTIONS * HTTP/1.1\r\nHost: x\r\n\r\n"));
+        assert!(!taken(b"GET /a<b> HTTP/1.1\r\nHost: x\r\n\r\n"), "hyper refuses these bytes");
     }
 
     #[test]
@@ -521,7 +416,7 @@ mod tests {
         assert!(r.parse(raw).unwrap().is_complete());
         let t = take(&r).unwrap();
         let mut out = Vec::new();
-        upstream(&mut out, &r, &t, "10.0.0.1".parse().unwrap(), "http");
+        upstream(&mut out, &r, &t, &Hop::new("10.0.0.1".parse().unwrap(), "http"));
         let text = String::from_utf8(out).unwrap();
         assert!(text.starts_with("GET /b HTTP/1.1\r\nHost: x\r\n"), "{text}");
         assert!(text.contains("\r\nX-Forwarded-For: 1.1.1.1, 2.2.2.2, 10.0.0.1\r\n"), "{text}");
@@ -530,5 +425,19 @@ mod tests {
             assert!(!text.contains(gone), "{gone} in {text}");
         }
         assert!(text.ends_with("\r\n\r\n"));
+    }
+
+    #[test]
+    fn the_proxys_own_answer_to_a_head_request_has_no_body() {
+        let mut out = Vec::new();
+        own(&mut out, 502, "backend failed", b"", false, true);
+        let text = String::from_utf8(out.clone()).unwrap();
+        assert!(
+            text.starts_with("HTTP/1.1 502 Bad Gateway\r\n") && text.contains("\r\nContent-Length: 15\r\n"),
+            "{text}"
+        );
+        assert!(text.ends_with("\r\n\r\n"), "{text}");
+        own(&mut out, 502, "backend failed", b"", false, false);
+        assert!(String::from_utf8(out).unwrap().ends_with("\r\n\r\nbackend failed\n"));
     }
 }
