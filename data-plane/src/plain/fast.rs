@@ -273,7 +273,8 @@ impl Fast<'_> {
         };
 
         let mut out = up_head;
-        let closing = t.close;
+        // Shutting down since the request came: this answer is the connection's last.
+        let closing = t.close || state.runtime.shutdown.is_cancelled();
         let (answer, close) =
             match heads::respond(&self.rbuf[..head_len], t.head, set_cookie.as_deref(), closing, &mut out) {
                 Ok(a) => a,
@@ -282,17 +283,9 @@ impl Fast<'_> {
                     return self.own(&mut rec, 502, "bad_gateway", "backend failed", t.close, out).await;
                 }
             };
-        let begun = answer.status < 400;
-        if let (Some(k), None, true) = (&session, &held.session, begun) {
-            held.session = Some(state.affinity.bind_live(&pool.pool.name, k, address));
-        }
-        entry.stats.total.fetch_add(1, Relaxed);
-        if let Some(r) = &mut rec.1 {
-            r.status = answer.status;
-            r.termination = "http";
-        }
-
         // The body: what came with the head, then the rest as it comes.
+        let status = answer.status;
+        let mut answered = false;
         let mut framing = answer.framing;
         let mut reusable = answer.reusable;
         let mut from = head_len;
@@ -302,7 +295,7 @@ impl Fast<'_> {
                 Ok(x) => x,
                 Err(why) => {
                     tracing::debug!(backend = %address, "plain HTTP response body refused: {why}");
-                    if from == head_len && sent == 0 {
+                    if !answered {
                         // Nothing has gone to the client yet: it gets a 502 instead.
                         out.clear();
                         return self.own(&mut rec, 502, "bad_gateway", "backend failed", t.close, out).await;
@@ -313,6 +306,19 @@ impl Fast<'_> {
             if end && from + n < self.rbuf.len() {
                 // Bytes past the response's end: nothing asked for them.
                 reusable = false;
+            }
+            if !answered {
+                // The backend's answer goes to the client (not a 502 for its first bytes): a
+                // session is begun by one that took the request, as for hyper's requests.
+                answered = true;
+                if let (Some(k), None, true) = (&session, &held.session, status < 400) {
+                    held.session = Some(state.affinity.bind_live(&pool.pool.name, k, address));
+                }
+                entry.stats.total.fetch_add(1, Relaxed);
+                if let Some(r) = &mut rec.1 {
+                    r.status = status;
+                    r.termination = "http";
+                }
             }
             out.extend_from_slice(&self.rbuf[from..from + n]);
             sent += n as u64;

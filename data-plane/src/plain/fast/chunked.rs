@@ -15,6 +15,8 @@ pub(super) struct Chunked {
     st: St,
     size: u64,
     digits: u8,
+    /// Leading zeros of the size, and whitespace after it (bounded as a line is).
+    zeros: usize,
     line: usize,
     /// The trailer line being read is past its name.
     colon: bool,
@@ -25,6 +27,8 @@ pub(super) struct Chunked {
 enum St {
     #[default]
     Size,
+    /// Whitespace after the size.
+    SizeWs,
     Ext,
     SizeLf,
     Data,
@@ -47,20 +51,41 @@ impl Chunked {
             i += 1;
             self.st = match self.st {
                 St::Size => match (c as char).to_digit(16) {
-                    Some(_) if self.digits == MAX_DIGITS => return Err("chunk size too large"),
-                    Some(d) => {
+                    // Leading zeros are not counted against the size's digits.
+                    Some(d) if self.size != 0 || d != 0 => {
+                        if self.digits == MAX_DIGITS {
+                            return Err("chunk size too large");
+                        }
                         self.size = self.size * 16 + u64::from(d);
                         self.digits += 1;
                         St::Size
                     }
-                    None if self.digits == 0 => return Err("bad chunk size"),
+                    Some(_) if self.zeros < MAX_CHUNK_LINE => {
+                        self.zeros += 1;
+                        St::Size
+                    }
+                    Some(_) => return Err("chunk size line too long"),
+                    None if self.digits == 0 && self.zeros == 0 => return Err("bad chunk size"),
                     None if c == b'\r' => St::SizeLf,
-                    None if matches!(c, b';' | b' ' | b'\t') => {
+                    None if c == b';' => {
                         self.line = 0;
                         St::Ext
                     }
+                    // Whitespace after the size (BWS) only before `;` or the line's end: `1 0`
+                    // would be 0x10 to a lenient reader.
+                    None if matches!(c, b' ' | b'\t') => St::SizeWs,
                     None => return Err("bad chunk size"),
                 },
+                St::SizeWs if matches!(c, b' ' | b'\t') && self.zeros < MAX_CHUNK_LINE => {
+                    self.zeros += 1;
+                    St::SizeWs
+                }
+                St::SizeWs if c == b'\r' => St::SizeLf,
+                St::SizeWs if c == b';' => {
+                    self.line = 0;
+                    St::Ext
+                }
+                St::SizeWs => return Err("bad chunk size"),
                 St::Ext if c == b'\r' => St::SizeLf,
                 St::Ext if text(c) && self.line < MAX_CHUNK_LINE => {
                     self.line += 1;
@@ -73,7 +98,7 @@ impl Chunked {
                     St::Trailer
                 }
                 St::SizeLf => {
-                    self.digits = 0;
+                    (self.digits, self.zeros) = (0, 0);
                     St::Data
                 }
                 // `c` is the first byte of the data; the rest of it that is here goes at once.
@@ -135,6 +160,8 @@ mod tests {
         let body = b"5\r\nhello\r\n6;x=y\r\n world\r\n0\r\nX-T: 1\r\n\r\nNEXT";
         assert_eq!(whole(body), Ok((body.len() - 4, true)));
         assert_eq!(whole(b"0\r\n\r\n"), Ok((5, true)));
+        assert_eq!(whole(b"0000000000000005 \t;a=\"b c\"\r\nhello\r\n0\r\n\r\n"), Ok((40, true)));
+        assert_eq!(whole(b"A \r\n0123456789\r\n0\r\n\r\n"), Ok((21, true)));
         assert_eq!(whole(b"A\r\n0123456789\r\n0\r\n\r\n"), Ok((20, true)));
     }
 
@@ -165,6 +192,8 @@ mod tests {
         assert!(whole(b"0\r\nA: b\n\r\n").is_err(), "bare LF in a trailer");
         assert!(whole(b"1;a\x00b\r\nx\r\n").is_err(), "control byte in an extension");
         assert!(whole(b"-1\r\n").is_err());
+        assert!(whole(b"1 0\r\n").is_err(), "whitespace inside the size");
+        assert!(whole(b"5 junk\r\n").is_err(), "an extension without `;`");
         assert!(whole(b"0\r\n \r\n\r\n").is_err(), "a blank trailer line");
         assert!(whole(b"0\r\nno colon\r\n\r\n").is_err(), "a trailer without a name");
         assert!(whole(b"0\r\n: v\r\n\r\n").is_err(), "an empty trailer name");

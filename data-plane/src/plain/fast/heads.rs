@@ -178,7 +178,8 @@ pub(super) fn answer(resp: &httparse::Response<'_, '_>, head: bool) -> Result<An
     if status < 200 {
         return Err("an interim or 101 response to a plain request");
     }
-    let (mut length, mut chunked, mut reusable) = (None, false, resp.version == Some(1));
+    let (mut length, mut chunked) = (None, false);
+    let (mut close, mut keep_alive) = (false, false);
     for h in resp.headers.iter() {
         let n = h.name;
         if n.eq_ignore_ascii_case("transfer-encoding") {
@@ -202,20 +203,20 @@ pub(super) fn answer(resp: &httparse::Response<'_, '_>, head: bool) -> Result<An
             }
             length = Some(n);
         } else if n.eq_ignore_ascii_case("connection") {
-            if has_token(h.value, "close") {
-                reusable = false;
-            } else if has_token(h.value, "keep-alive") && resp.version == Some(0) {
-                reusable = true;
-            }
+            close |= has_token(h.value, "close");
+            keep_alive |= has_token(h.value, "keep-alive");
         }
     }
+    // `close` wins, on whichever line it came.
+    let mut reusable = (resp.version == Some(1) || keep_alive) && !close;
     if chunked && length.is_some() {
         return Err("both Transfer-Encoding and Content-Length");
     }
     let framing = if head || status == 204 || status == 304 {
-        // A backend that sends the body it declared anyway would have it read as the next
-        // answer on this connection: not reused when it declared one.
-        if chunked || length.is_some_and(|l| l > 0) {
+        // A 204 may not declare a body (RFC 9110 §15.3.5): one that does may send it, to be
+        // read as the next answer on this connection. (A HEAD's or a 304's length is the
+        // resource's, as it should be.)
+        if status == 204 && (chunked || length.is_some_and(|l| l > 0)) {
             reusable = false;
         }
         Framing::None
@@ -241,10 +242,12 @@ pub(super) fn downstream(out: &mut Vec<u8>, resp: &httparse::Response<'_, '_>, e
     // The body is passed on framed by these: they stay, whatever `Connection` names.
     let framing = |n: &str| n.eq_ignore_ascii_case("content-length") || n.eq_ignore_ascii_case("transfer-encoding");
     let named = |n: &str| !framing(n) && connection().any(|c| has_token(c.value, n));
+    // `Trailer` announces the trailers, which are passed on with the body.
+    let hop = |n: &str| !n.eq_ignore_ascii_case("trailer") && HOP_BY_HOP.iter().any(|x| n.eq_ignore_ascii_case(x));
     let mut dated = false;
     for h in resp.headers.iter() {
         let n = h.name;
-        if HOP_BY_HOP.iter().any(|x| n.eq_ignore_ascii_case(x)) || named(n) {
+        if hop(n) || named(n) {
             continue;
         }
         dated |= n.eq_ignore_ascii_case("date");
@@ -351,6 +354,15 @@ mod tests {
         let r = parse_resp(b"HTTP/1.0 204 No Content\r\n\r\n", &mut h);
         let a = answer(&r, false).unwrap();
         assert!(matches!(a.framing, Framing::None) && !a.reusable, "1.0 without keep-alive");
+        let mut h = [httparse::EMPTY_HEADER; 16];
+        let raw = b"HTTP/1.0 200 OK\r\nConnection: close\r\nConnection: keep-alive\r\nContent-Length: 0\r\n\r\n";
+        assert!(!answer(&parse_resp(raw, &mut h), false).unwrap().reusable, "close wins");
+        let mut h = [httparse::EMPTY_HEADER; 16];
+        let r = parse_resp(b"HTTP/1.1 304 Not Modified\r\nContent-Length: 9\r\n\r\n", &mut h);
+        assert!(answer(&r, false).unwrap().reusable, "a 304's length is the resource's");
+        let mut h = [httparse::EMPTY_HEADER; 16];
+        let r = parse_resp(b"HTTP/1.1 204 No Content\r\nContent-Length: 9\r\n\r\n", &mut h);
+        assert!(!answer(&r, false).unwrap().reusable, "a 204 that declares a body");
         for bad in [
             &b"HTTP/1.1 200 OK\r\nTransfer-Encoding: gzip, chunked\r\n\r\n"[..],
             b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\nContent-Length: 3\r\n\r\n",
