@@ -291,7 +291,7 @@ impl Fast<'_> {
         let mut from = head_len;
         let mut sent = 0u64;
         let ended = loop {
-            let (n, end) = match body_part(&mut framing, &self.rbuf[from..]) {
+            let (n, end) = match framing.take(&self.rbuf[from..]) {
                 Ok(x) => x,
                 Err(why) => {
                     tracing::debug!(backend = %address, "plain HTTP response body refused: {why}");
@@ -483,18 +483,4 @@ enum Exchange {
     Bad(&'static str),
     Timeout,
     ClientGone,
-}
-
-/// How many of `b` belong to the response body, and whether it ends with them.
-fn body_part(f: &mut Framing, b: &[u8]) -> Result<(usize, bool), &'static str> {
-    Ok(match f {
-        Framing::None => (0, true),
-        Framing::Length(left) => {
-            let n = (*left).min(b.len() as u64);
-            *left -= n;
-            (n as usize, *left == 0)
-        }
-        Framing::Chunked(c) => c.scan(b)?,
-        Framing::UntilClose => (b.len(), false),
-    })
 }

@@ -161,6 +161,22 @@ pub(super) enum Framing {
     UntilClose,
 }
 
+impl Framing {
+    /// How many of `b` belong to the response body, and whether it ends with them.
+    pub(super) fn take(&mut self, b: &[u8]) -> Result<(usize, bool), &'static str> {
+        Ok(match self {
+            Framing::None => (0, true),
+            Framing::Length(left) => {
+                let n = (*left).min(b.len() as u64);
+                *left -= n;
+                (n as usize, *left == 0)
+            }
+            Framing::Chunked(c) => c.scan(b)?,
+            Framing::UntilClose => (b.len(), false),
+        })
+    }
+}
+
 /// A backend's response head, checked: its framing, whether its connection may be reused,
 /// and the head the client gets.
 pub(super) struct Answer {
