@@ -177,8 +177,6 @@ impl Fast<'_> {
             return Next::Hyper;
         }
         let Some(mut t) = heads::take(&req) else { return Next::Hyper };
-        // Shutting down: this answer is the connection's last.
-        t.close |= state.runtime.shutdown.is_cancelled();
         self.head = t.head;
         let Some((route, pool)) = table.route_named(&t.up.host, t.up.path()) else { return Next::Hyper };
         if table.route_auth(route).is_some() {
@@ -453,6 +451,9 @@ impl Fast<'_> {
         close: bool,
         mut out: Vec<u8>,
     ) -> Next {
+        // Shutting down: this answer is the connection's last (looked at here and before the
+        // backend's answer, not per request: the token's look takes a lock).
+        let close = close || self.state.runtime.shutdown.is_cancelled();
         let retry = (status == 503).then(|| format!("Retry-After: {}\r\n", 1 + rand::random::<u64>() % 5));
         self.state.runtime.count_failure(termination);
         if let (Some(log), Some(mut r)) = (self.state.runtime.access_log.get(), rec.1.take()) {
