@@ -8,8 +8,15 @@
 # the floor. Same echo backend, same load, interleaved rounds, 2 worker threads or processes
 # each; ws only (the floor relay has no TLS).
 #
+# Handshakes too (connect, upgrade, close; the floor's acceptor accepts and connects with
+# blocking calls, the least a relay's handshake can ask of the kernel), and each target's CPU
+# split into user and system time: the system time is what any relay moving the same bytes
+# over the same sockets pays, so NGINX's own system time against its total says how far below
+# NGINX any relay can go.
+#
 # Usage: bash bench/relay-floor.sh [SECONDS_PER_PHASE]   (ROUNDS=N, 3 by default; RATE=N, the
-# light phase's fixed rate, 5,000 messages/s by default)
+# light phase's fixed rate, 5,000 messages/s by default; SIZE=N, the message size, 64 bytes
+# by default)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 SECS=${1:-8}
@@ -36,22 +43,29 @@ wait_proxy_config 127.0.0.1:$SYA
 
 declare -A ADDR=([switchyard]=127.0.0.1:$SY [nginx]=127.0.0.1:$NG [floor]=127.0.0.1:$FL)
 declare -A PID=([switchyard]=$SYPID [nginx]=$NGPID [floor]=$FLPID)
-# One phase: ws-bench's JSON line with the relay's CPU per message (an echo is two messages).
+# User and system ticks of a process and its children.
+ticks() { local u=0 s=0 a b; for p in $(procs "$1"); do read -r a b < <(awk '{print $14, $15}' "/proc/$p/stat"); u=$((u + a)); s=$((s + b)); done; echo "$u $s"; }
+# One phase: ws-bench's JSON line with the relay's CPU per unit of work (an echo is two
+# messages; a handshake is one), user and system apart.
 phase() {
   local name=$1 t=$2 round=$3; shift 3
   local c0 c1 line
-  c0=$(cpu_ticks "${PID[$t]}")
-  line=$($B/ws-bench throughput --target "${ADDR[$t]}" --seconds "$SECS" "$@")
-  c1=$(cpu_ticks "${PID[$t]}")
+  c0=$(ticks "${PID[$t]}")
+  line=$($B/ws-bench "$@" --target "${ADDR[$t]}" --seconds "$SECS")
+  c1=$(ticks "${PID[$t]}")
   echo "$line" | python3 -c "
-import json,sys; r=json.loads(sys.stdin.read()); r.update(phase='$name', name='$t', round=$round, cpu_s=($c1-$c0)/$TCK)
-r['cpu_us_per_msg'] = r['cpu_s'] * 1e6 / (2 * r['round_trips']) if r['round_trips'] else None
+import json,sys; r=json.loads(sys.stdin.read()); r.update(phase='$name', name='$t', round=$round)
+(u0, s0), (u1, s1) = [int(x) for x in '$c0'.split()], [int(x) for x in '$c1'.split()]
+n = 2 * r['round_trips'] if 'round_trips' in r else r['handshakes']
+r['user_us'], r['sys_us'] = ((u1 - u0) * 1e6 / $TCK / n, (s1 - s0) * 1e6 / $TCK / n) if n else (None, None)
+r['cpu_us'] = r['user_us'] + r['sys_us'] if n else None
 print(json.dumps(r))" >> "$RESULTS"
 }
 for round in $(seq "${ROUNDS:-3}"); do
   for t in switchyard nginx floor; do
-    phase throughput "$t" "$round" --conns 100
-    phase light "$t" "$round" --conns 50 --rate "${RATE:-5000}"
+    phase throughput "$t" "$round" throughput --conns 100 --size "${SIZE:-64}"
+    phase light "$t" "$round" throughput --conns 50 --size "${SIZE:-64}" --rate "${RATE:-5000}"
+    phase handshakes "$t" "$round" handshakes
   done
   echo "round $round done" >&2
 done
@@ -60,12 +74,20 @@ python3 - "$RESULTS" <<'PY'
 import json, statistics, sys
 rows = [json.loads(l) for l in open(sys.argv[1]) if l.strip()]
 def med(phase, name, key):
-    v = [r[key] for r in rows if r["phase"] == phase and r["name"] == name and r[key] is not None]
+    v = [r[key] for r in rows if r["phase"] == phase and r["name"] == name and r.get(key) is not None]
     return statistics.median(v) if v else float("nan")
-print(f"{'figure':<34}{'switchyard':>12}{'nginx':>12}{'floor':>12}{'sy/nginx':>10}{'floor/nginx':>13}")
+print(f"{'figure':<36}{'switchyard':>12}{'nginx':>12}{'floor':>12}{'sy/nginx':>10}{'floor/nginx':>13}")
 for phase, key, label in [("throughput", "messages_per_sec", "messages/s"),
-                          ("throughput", "cpu_us_per_msg", "CPU per message (us)"),
-                          ("light", "cpu_us_per_msg", "CPU per message at a light rate")]:
+                          ("throughput", "cpu_us", "CPU per message (us)"),
+                          ("throughput", "sys_us", "  of which system time"),
+                          ("light", "cpu_us", "CPU per message at a light rate"),
+                          ("light", "sys_us", "  of which system time"),
+                          ("handshakes", "per_sec", "handshakes/s"),
+                          ("handshakes", "cpu_us", "CPU per handshake (us)"),
+                          ("handshakes", "sys_us", "  of which system time")]:
     s, n, f = (med(phase, x, key) for x in ("switchyard", "nginx", "floor"))
-    print(f"{label:<34}{s:>12.2f}{n:>12.2f}{f:>12.2f}{s / n:>9.2f}x{f / n:>12.2f}x")
+    print(f"{label:<36}{s:>12.2f}{n:>12.2f}{f:>12.2f}{s / n:>9.2f}x{f / n:>12.2f}x")
+for phase, what in [("throughput", "message"), ("light", "message at a light rate"), ("handshakes", "handshake")]:
+    share = med(phase, "nginx", "sys_us") / med(phase, "nginx", "cpu_us")
+    print(f"NGINX's system time alone per {what}: {share:.2f}x its CPU")
 PY
