@@ -47,7 +47,10 @@ pub async fn serve(listener: TcpListener, state: Arc<ProxyState>) {
         let slot = match slots.take(peer.ip()) {
             Ok(s) => s,
             Err(full) => {
-                tracing::warn!(%peer, "admin port: {full}; closing a new one");
+                if let Some(n) = slots.refused() {
+                    let every = switchyard_model::slots::REPORT_EVERY.as_secs();
+                    tracing::warn!(%peer, "admin port: {full}; {n} new connection(s) closed since the last such warning (at most one every {every} s)");
+                }
                 continue;
             }
         };

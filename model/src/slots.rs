@@ -3,10 +3,18 @@
 //! client address. Without the second, one client holding the whole cap open keeps the
 //! orchestrator's health probe out, and a probe that cannot connect gets the process
 //! restarted (or, for a proxy's readiness, taken out of service).
+//!
+//! A refused connection is said in the log at most once every [`REPORT_EVERY`], with how many
+//! were refused since: a client opening connections in a loop would otherwise write a warning
+//! per connection, as fast as it can connect, and fill the disk the logs are on.
 
 use std::collections::HashMap;
 use std::net::IpAddr;
 use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+/// At most one warning about refused connections per port this often.
+pub const REPORT_EVERY: Duration = Duration::from_secs(10);
 
 /// A port's slots. Cloned handles share them.
 #[derive(Clone)]
@@ -24,6 +32,9 @@ struct Inner {
 struct Held {
     all: usize,
     by_peer: HashMap<IpAddr, usize>,
+    /// Refused since the last report, and when that report was.
+    refused: u64,
+    reported: Option<Instant>,
 }
 
 /// Why a connection got no slot.
@@ -69,6 +80,22 @@ impl Slots {
         h.all += 1;
         Ok(Slot { inner: self.inner.clone(), peer })
     }
+
+    /// Counts a refused connection; returns how many were refused since the last report when
+    /// one is due (the first at once, then at most one every [`REPORT_EVERY`]).
+    pub fn refused(&self) -> Option<u64> {
+        self.refused_at(Instant::now())
+    }
+
+    fn refused_at(&self, now: Instant) -> Option<u64> {
+        let mut h = self.inner.held.lock().unwrap_or_else(|e| e.into_inner());
+        h.refused += 1;
+        if h.reported.is_some_and(|t| now.saturating_duration_since(t) < REPORT_EVERY) {
+            return None;
+        }
+        h.reported = Some(now);
+        Some(std::mem::take(&mut h.refused))
+    }
 }
 
 impl Drop for Slot {
@@ -102,5 +129,17 @@ mod tests {
         drop(a1);
         let _c2 = s.take(c).expect("a slot given back is free again");
         assert!(s.inner.held.lock().unwrap().by_peer.len() == 3);
+    }
+
+    #[test]
+    fn refusals_are_reported_at_once_then_at_most_every_period_with_their_count() {
+        let s = Slots::new(1, 1);
+        let t = Instant::now();
+        assert_eq!(s.refused_at(t), Some(1), "the first refusal is said at once");
+        for i in 1..=1000 {
+            assert_eq!(s.refused_at(t + Duration::from_millis(i)), None, "refusal {i} within the period");
+        }
+        assert_eq!(s.refused_at(t + REPORT_EVERY), Some(1001), "the next report counts every one since");
+        assert_eq!(s.refused_at(t + REPORT_EVERY + Duration::from_secs(1)), None);
     }
 }
