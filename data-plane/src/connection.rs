@@ -233,7 +233,7 @@ fn termination(r: &relay::Relayed, shutting_down: bool) -> &'static str {
 }
 
 async fn open(
-    state: &ProxyState,
+    state: &Arc<ProxyState>,
     rec: &mut Log,
     mut client: ClientIo,
     peer: SocketAddr,
@@ -286,7 +286,7 @@ async fn open(
     // Edge authentication, before any backend is contacted.
     if let Some(auth) = table.route_auth(route) {
         // Boxed: an auth subrequest's state would otherwise widen every connection's future.
-        match Box::pin(crate::edge_auth::check(auth, &up, peer.ip())).await {
+        match Box::pin(crate::edge_auth::check(auth, &up, peer.ip(), state)).await {
             crate::edge_auth::Verdict::Allow { headers, claims } => {
                 for (name, value) in headers {
                     up.headers.remove(&name);

@@ -21,6 +21,7 @@ use switchyard_model::KeySpec;
 use switchyard_proto::v1::{route_auth, Route};
 
 use crate::handshake::{Claims, Upgrade};
+use crate::state::ProxyState;
 
 /// Clock skew allowed on `exp` and `nbf`.
 const LEEWAY_SECS: u64 = 30;
@@ -129,10 +130,12 @@ pub fn compile(route: &Route, cache: &KeyCache) -> Option<Arc<EdgeAuth>> {
 }
 
 /// Runs a route's check on a request.
-pub async fn check(auth: &EdgeAuth, up: &Upgrade, client: IpAddr) -> Verdict {
+pub async fn check(auth: &EdgeAuth, up: &Upgrade, client: IpAddr, state: &Arc<ProxyState>) -> Verdict {
     match auth {
         EdgeAuth::Jwt(j) => verify(j, up),
-        EdgeAuth::Request { authority, path, timeout } => subrequest(authority, path, *timeout, up, client).await,
+        EdgeAuth::Request { authority, path, timeout } => {
+            subrequest(authority, path, *timeout, up, client, state).await
+        }
     }
 }
 
@@ -228,10 +231,13 @@ const MAX_AUTH_BODY: usize = 64 * 1024;
 /// driven by its own runtime) and endpoint: a connection a subrequest makes a new TCP
 /// connection each (every long-poll of an authenticated route is one) left a socket in
 /// TIME_WAIT per request, and a few hundred a second ran the proxy out of local ports for
-/// that endpoint, failing every authenticated route closed.
-mod pool {
+/// that endpoint, failing every authenticated route closed. Idle ones hold a descriptor each,
+/// so they count in the descriptor budget beside the plain-HTTP pools (`pooled`, see
+/// [`crate::fds::reserve`]), and go with them when it runs short or they idle too long.
+pub(crate) mod pool {
     use std::cell::RefCell;
     use std::collections::HashMap;
+    use std::sync::atomic::{AtomicUsize, Ordering::Relaxed};
     use std::time::{Duration, Instant};
 
     use http_body_util::Empty;
@@ -251,30 +257,58 @@ mod pool {
         static IDLE: RefCell<HashMap<String, Vec<(Sender, Instant)>>> = RefCell::new(HashMap::new());
     }
 
-    pub fn checkout(authority: &str) -> Option<Sender> {
+    pub fn checkout(authority: &str, pooled: &AtomicUsize) -> Option<Sender> {
         IDLE.with(|idle| {
             let mut idle = idle.borrow_mut();
             let list = idle.get_mut(authority)?;
+            let before = list.len();
             let now = Instant::now();
             list.retain(|(tx, at)| now.saturating_duration_since(*at) < IDLE_FOR && !tx.is_closed());
-            let i = list.iter().rposition(|(tx, _)| tx.is_ready())?;
-            Some(list.swap_remove(i).0)
+            let taken = list.iter().rposition(|(tx, _)| tx.is_ready()).map(|i| list.swap_remove(i).0);
+            pooled.fetch_sub(before - list.len(), Relaxed);
+            taken
         })
     }
 
-    pub fn checkin(authority: &str, tx: Sender) {
+    /// Keeps `tx` for the next subrequest to `authority`; true when it was kept.
+    pub fn checkin(authority: &str, tx: Sender, pooled: &AtomicUsize) -> bool {
         if tx.is_closed() {
-            return;
+            return false;
         }
         IDLE.with(|idle| {
             let mut idle = idle.borrow_mut();
             if !idle.contains_key(authority) && idle.len() >= MAX_ENDPOINTS {
-                return;
+                return false;
             }
             let list = idle.entry(authority.to_string()).or_default();
-            if list.len() < MAX_IDLE {
-                list.push((tx, Instant::now()));
+            if list.len() >= MAX_IDLE {
+                return false;
             }
+            list.push((tx, Instant::now()));
+            pooled.fetch_add(1, Relaxed);
+            true
+        })
+    }
+
+    /// Closes this worker's idle connections past [`IDLE_FOR`] (or closed by their endpoint).
+    pub fn expire(now: Instant, pooled: &AtomicUsize) {
+        IDLE.with(|idle| {
+            let mut idle = idle.borrow_mut();
+            for list in idle.values_mut() {
+                let before = list.len();
+                list.retain(|(tx, at)| now.saturating_duration_since(*at) < IDLE_FOR && !tx.is_closed());
+                pooled.fetch_sub(before - list.len(), Relaxed);
+            }
+            idle.retain(|_, list| !list.is_empty());
+        })
+    }
+
+    /// Closes every idle connection this worker holds (the descriptor budget is short).
+    pub fn close_idle(pooled: &AtomicUsize) {
+        IDLE.with(|idle| {
+            let mut idle = idle.borrow_mut();
+            pooled.fetch_sub(idle.values().map(Vec::len).sum(), Relaxed);
+            idle.clear();
         })
     }
 }
@@ -287,7 +321,15 @@ async fn connect(authority: &str) -> Option<pool::Sender> {
     Some(tx)
 }
 
-async fn subrequest(authority: &str, path: &str, timeout: Duration, up: &Upgrade, client: IpAddr) -> Verdict {
+async fn subrequest(
+    authority: &str,
+    path: &str,
+    timeout: Duration,
+    up: &Upgrade,
+    client: IpAddr,
+    state: &Arc<ProxyState>,
+) -> Verdict {
+    let pooled = &state.runtime.pooled;
     let request = || {
         let mut req = hyper::Request::get(path)
             .header(hyper::header::HOST, authority)
@@ -304,7 +346,7 @@ async fn subrequest(authority: &str, path: &str, timeout: Duration, up: &Upgrade
     let ask = async {
         // A kept-alive connection the endpoint closed just now fails: the GET goes once more
         // on a new one (it changes nothing).
-        let resp = match pool::checkout(authority) {
+        let resp = match pool::checkout(authority, pooled) {
             Some(mut tx) => match tx.send_request(request()?).await {
                 Ok(r) => Some((r, tx)),
                 Err(_) => None,
@@ -324,8 +366,8 @@ async fn subrequest(authority: &str, path: &str, timeout: Duration, up: &Upgrade
         // The answer's body is not used; read whole (a few KiB at most), the connection is
         // kept for the next subrequest.
         let body = http_body_util::Limited::new(resp.into_body(), MAX_AUTH_BODY);
-        if body.collect().await.is_ok() {
-            pool::checkin(authority, tx);
+        if body.collect().await.is_ok() && pool::checkin(authority, tx, pooled) {
+            crate::plain::sweep_here(state);
         }
         Some((status, challenge))
     };

@@ -12,6 +12,7 @@
 
 mod answers;
 mod backends;
+pub(crate) use backends::sweep_here;
 pub mod bodies;
 mod client;
 mod fast;
@@ -209,6 +210,7 @@ async fn serve_hyper(
 /// its own: they are the descriptors the proxy can give back (see [`crate::fds::reserve`]).
 pub fn close_idle(rt: &crate::state::Runtime) {
     backends::close_idle(&rt.pooled);
+    crate::edge_auth::pool::close_idle(&rt.pooled);
     rt.close_idle.notify_waiters();
 }
 
@@ -275,7 +277,7 @@ async fn handle(
     // Edge authentication, before any backend is contacted.
     let mut passed = Vec::new();
     if let Some(auth) = table.route_auth(route) {
-        match crate::edge_auth::check(auth, &up, peer.ip()).await {
+        match crate::edge_auth::check(auth, &up, peer.ip(), state).await {
             crate::edge_auth::Verdict::Allow { headers, claims } => {
                 passed = headers;
                 up.claims = claims;

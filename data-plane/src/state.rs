@@ -49,7 +49,7 @@ pub struct Runtime {
     pub open: AtomicUsize,
     pub max_open: AtomicUsize,
     /// Connections the descriptor limit leaves room for (0: no limit), and the idle
-    /// keep-alive connections to backends in the plain-HTTP pools, one descriptor each, which
+    /// keep-alive connections in the plain-HTTP and edge-auth pools, one descriptor each, which
     /// count against it; raised to have every worker close its idle ones when room is short.
     pub fd_room: AtomicUsize,
     pub pooled: Padded<AtomicUsize>,

@@ -1,27 +1,70 @@
 //! The descriptor budget under a real `RLIMIT_NOFILE` (the proxy started through `prlimit`):
-//! idle keep-alive connections to plain-HTTP backends count against it, and are closed to make
-//! room for clients rather than holding descriptors the next WebSocket needs.
+//! idle keep-alive connections (to plain-HTTP backends, and to edge-auth endpoints) count
+//! against it, and are closed to make room for clients rather than holding descriptors the
+//! next WebSocket needs.
 
+use std::convert::Infallible;
 use std::time::Duration;
 
 use switchyard_tests::*;
 
 const LONG: Duration = Duration::from_secs(15);
 
+/// Where the idle connections that stand in the clients' way lead.
+#[derive(Clone, Copy, PartialEq)]
+enum Idle {
+    /// A plain-HTTP backend, after overlapping requests.
+    Backend,
+    /// The auth endpoint of a route with `--auth-request`, after overlapping handshakes.
+    AuthEndpoint,
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn idle_backend_connections_make_room_for_clients_when_descriptors_run_short() {
+    room_is_made_from(Idle::Backend).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn idle_auth_endpoint_connections_count_and_make_room_for_clients_when_descriptors_run_short() {
+    room_is_made_from(Idle::AuthEndpoint).await;
+}
+
+/// An auth endpoint that lets every request through, on connections it keeps alive.
+async fn auth_endpoint() -> (String, tokio::task::JoinHandle<()>) {
+    let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = l.local_addr().unwrap().to_string();
+    let task = tokio::spawn(async move {
+        while let Ok((s, _)) = l.accept().await {
+            tokio::spawn(async move {
+                let svc = hyper::service::service_fn(|_req: hyper::Request<hyper::body::Incoming>| async {
+                    Ok::<_, Infallible>(hyper::Response::new(http_body_util::Empty::<hyper::body::Bytes>::new()))
+                });
+                let io = hyper_util::rt::TokioIo::new(s);
+                let _ = hyper::server::conn::http1::Builder::new().serve_connection(io, svc).await;
+            });
+        }
+    });
+    (addr, task)
+}
+
+async fn room_is_made_from(kind: Idle) {
     let _g = serial().await;
     let c = Cluster::start(1, &[]).await;
     let eps = c.endpoints();
     let (ws_backend, http_backend) = (EchoBackend::start("e1").await, HttpBackend::start("h1").await);
-    for args in [
-        vec!["pool", "create", "ws"],
-        vec!["backend", "add", "ws", &ws_backend.addr],
-        vec!["route", "set", "all", "--pool", "ws"],
-        vec!["pool", "create", "web"],
-        vec!["backend", "add", "web", &http_backend.addr],
-        vec!["route", "set", "web", "--pool", "web", "--host", "app.example"],
-    ] {
+    let (gate, _gate_task) = auth_endpoint().await;
+    let gate_url = format!("http://{gate}/check");
+    let mut setup = vec![vec!["pool", "create", "ws"], vec!["backend", "add", "ws", &ws_backend.addr]];
+    setup.extend(match kind {
+        Idle::Backend => vec![
+            vec!["route", "set", "all", "--pool", "ws"],
+            vec!["pool", "create", "web"],
+            vec!["backend", "add", "web", &http_backend.addr],
+            vec!["route", "set", "web", "--pool", "web", "--host", "app.example"],
+        ],
+        Idle::AuthEndpoint => vec![vec!["route", "set", "all", "--pool", "ws", "--auth-request", &gate_url]],
+    });
+    for args in setup {
         let mut all = vec!["--endpoints", &eps];
         all.extend(args.iter());
         let (code, _, err) = run_cli(&all);
@@ -29,27 +72,41 @@ async fn idle_backend_connections_make_room_for_clients_when_descriptors_run_sho
     }
     // 200 descriptors: 128 kept for the rest (the admin port's 64 among them), room for 36.
     let proxy = ProxyProcess::spawn_limited(&eps, &c.dir.path().join("p.cache"), "p1", &[], 200);
-    eventually("the proxy to route plain HTTP", LONG, || async {
-        let mut tx = http_client(&proxy.ws).await;
-        (http_send(&mut tx, get("/", &[])).await.0 == 200).then_some(())
+    eventually("the proxy to route", LONG, || async {
+        match kind {
+            Idle::Backend => {
+                let mut tx = http_client(&proxy.ws).await;
+                (http_send(&mut tx, get("/", &[])).await.0 == 200).then_some(())
+            }
+            Idle::AuthEndpoint => ws_connect(&proxy.ws, "/", &[]).await.ok().map(drop),
+        }
     })
     .await;
     let s = proxy.status().await.unwrap();
     assert_eq!(s["max_connections"].as_u64(), Some(36), "{s}");
 
-    // Overlapping requests leave idle backend connections once their clients are gone (how
-    // many depends on how far they overlapped: one is enough to make the point).
-    let requests = (0..16).map(|_| {
+    // Overlapping requests (or handshakes, each asking the auth endpoint) leave idle
+    // connections once their clients are gone (how many depends on how far they overlapped:
+    // one is enough to make the point).
+    let clients = (0..16).map(|_| {
         let addr = proxy.ws.clone();
         tokio::spawn(async move {
-            let mut tx = http_client(&addr).await;
-            http_send(&mut tx, get("/drip?ms=100&n=3", &[])).await.0
+            match kind {
+                Idle::Backend => {
+                    let mut tx = http_client(&addr).await;
+                    http_send(&mut tx, get("/drip?ms=100&n=3", &[])).await.0
+                }
+                Idle::AuthEndpoint => match ws_connect(&addr, "/", &[]).await {
+                    Ok(_) => 101,
+                    Err(e) => panic!("an authenticated handshake: {e}"),
+                },
+            }
         })
     });
-    for r in futures::future::join_all(requests).await {
-        assert_eq!(r.unwrap(), 200);
+    for r in futures::future::join_all(clients).await {
+        assert!([200, 101].contains(&r.unwrap()));
     }
-    let s = eventually("the clients to be gone and their backend connections idle", LONG, || async {
+    let s = eventually("the clients to be gone and their idle connections counted", LONG, || async {
         let s = proxy.status().await?;
         (s["open_connections"].as_u64() == Some(0) && s["idle_backend_connections"].as_u64() >= Some(1)).then_some(s)
     })
@@ -62,7 +119,7 @@ async fn idle_backend_connections_make_room_for_clients_when_descriptors_run_sho
     let mut held = Vec::new();
     for i in 0..36 {
         let r = ws_connect(&proxy.ws, "/", &[]).await;
-        held.push(r.unwrap_or_else(|e| panic!("WebSocket {i} of 36 with {pooled} idle backend connections: {e}")).0);
+        held.push(r.unwrap_or_else(|e| panic!("WebSocket {i} of 36 with {pooled} idle connections: {e}")).0);
     }
     let e = ws_connect(&proxy.ws, "/", &[]).await.map(|_| ()).expect_err("the 37th is over the room");
     assert!(e.to_string().contains("503"), "{e}");

@@ -181,6 +181,12 @@ pub fn checkin(pool: &str, tag: u64, backend: &str, mut tx: Conn, state: &Arc<Pr
             pooled.fetch_add(1, Relaxed);
         }
     });
+    sweep_here(state);
+}
+
+/// Starts this worker's sweeper, if it has none yet: the first connection it pools, to a
+/// backend or an auth endpoint (see `edge_auth::pool`), does.
+pub fn sweep_here(state: &Arc<ProxyState>) {
     if !SWEEPING.get() {
         if let Ok(rt) = tokio::runtime::Handle::try_current() {
             rt.spawn(sweep(state.clone()));
@@ -199,6 +205,7 @@ async fn sweep(state: Arc<ProxyState>) {
             _ = rt.shutdown.cancelled() => return,
             _ = rt.close_idle.notified() => {
                 close_idle(&rt.pooled);
+                crate::edge_auth::pool::close_idle(&rt.pooled);
                 continue;
             }
             _ = tokio::time::sleep(IDLE_FOR / 2) => {}
@@ -210,6 +217,7 @@ async fn sweep(state: Arc<ProxyState>) {
                 backends.retain(|_, list| !list.is_empty());
             }
         });
+        crate::edge_auth::pool::expire(now, &rt.pooled);
     }
 }
 
