@@ -34,25 +34,9 @@ const ADMIN_CONNECTION_LIFETIME: Duration = Duration::from_secs(30);
 pub async fn serve(listener: TcpListener, state: Arc<ProxyState>) {
     let slots = switchyard_model::slots::Slots::new(MAX_ADMIN_CONNECTIONS, MAX_ADMIN_PER_CLIENT);
     loop {
-        let (sock, peer) = tokio::select! {
+        let (sock, _, slot) = tokio::select! {
             _ = state.runtime.shutdown.cancelled() => return,
-            r = listener.accept() => match r {
-                Ok(x) => x,
-                Err(_) => {
-                    tokio::time::sleep(Duration::from_millis(50)).await;
-                    continue;
-                }
-            },
-        };
-        let slot = match slots.take(peer.ip()) {
-            Ok(s) => s,
-            Err(full) => {
-                if let Some(n) = slots.refused() {
-                    let every = switchyard_model::slots::REPORT_EVERY.as_secs();
-                    tracing::warn!(%peer, "admin port: {full}; {n} new connection(s) closed since the last such warning (at most one every {every} s)");
-                }
-                continue;
-            }
+            a = slots.accept(&listener, "admin port") => a,
         };
         let st = state.clone();
         tokio::spawn(async move {

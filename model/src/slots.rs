@@ -9,7 +9,7 @@
 //! per connection, as fast as it can connect, and fill the disk the logs are on.
 
 use std::collections::HashMap;
-use std::net::IpAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -79,6 +79,34 @@ impl Slots {
         *mine += 1;
         h.all += 1;
         Ok(Slot { inner: self.inner.clone(), peer })
+    }
+
+    /// The next connection on `listener` that gets a slot. Those over the caps are closed at
+    /// once and said in the log (as `port`) once every [`REPORT_EVERY`]; a failing accept (out
+    /// of descriptors, most likely) backs off rather than spins. Cancel-safe.
+    pub async fn accept(
+        &self,
+        listener: &tokio::net::TcpListener,
+        port: &str,
+    ) -> (tokio::net::TcpStream, SocketAddr, Slot) {
+        loop {
+            let (sock, peer) = match listener.accept().await {
+                Ok(x) => x,
+                Err(_) => {
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    continue;
+                }
+            };
+            match self.take(peer.ip()) {
+                Ok(slot) => return (sock, peer, slot),
+                Err(full) => {
+                    if let Some(n) = self.refused() {
+                        let every = REPORT_EVERY.as_secs();
+                        tracing::warn!(%peer, "{port}: {full}; {n} new connection(s) closed since the last such warning (at most one every {every} s)");
+                    }
+                }
+            }
+        }
     }
 
     /// Counts a refused connection; returns how many were refused since the last report when

@@ -34,26 +34,9 @@ const LIFETIME: Duration = Duration::from_secs(300);
 pub async fn serve(listener: TcpListener, node: Arc<NodeCtx>) {
     let slots = switchyard_model::slots::Slots::new(MAX_CONNECTIONS, MAX_PER_CLIENT);
     loop {
-        let (sock, peer) = tokio::select! {
+        let (sock, peer, slot) = tokio::select! {
             _ = node.shutdown.cancelled() => return,
-            r = listener.accept() => match r {
-                Ok(x) => x,
-                Err(_) => {
-                    // Out of descriptors, most likely: back off rather than spin.
-                    tokio::time::sleep(Duration::from_millis(50)).await;
-                    continue;
-                }
-            },
-        };
-        let slot = match slots.take(peer.ip()) {
-            Ok(s) => s,
-            Err(full) => {
-                if let Some(n) = slots.refused() {
-                    let every = switchyard_model::slots::REPORT_EVERY.as_secs();
-                    tracing::warn!(%peer, "http port: {full}; {n} new connection(s) closed since the last such warning (at most one every {every} s)");
-                }
-                continue;
-            }
+            a = slots.accept(&listener, "http port") => a,
         };
         let node = node.clone();
         let stop = node.shutdown.clone();
