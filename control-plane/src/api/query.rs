@@ -10,11 +10,21 @@ use crate::node::calls::{ListProxies, Loads};
 use crate::node::context::NodeCtx;
 use crate::node::leader;
 use crate::store::sm::Live;
+use switchyard_model::Model;
 
 pub struct QueryService(pub Arc<NodeCtx>);
 
 /// A read guard over the applied state, so one answer reads one consistent revision.
 struct View<'a>(std::sync::RwLockReadGuard<'a, Live>);
+
+impl View<'_> {
+    /// The model as of this view, and its revision, with the state lock let go. The clone
+    /// shares the live maps' nodes, so copying every entity out of it (a topology with a
+    /// million sessions) holds no lock that applying entries waits on.
+    fn detach(self) -> (Model, u64) {
+        (Model::clone(&self.0.state), self.0.revision())
+    }
+}
 
 impl QueryService {
     /// Linearizable reads confirm the read index with the leader, then wait for this node to
@@ -35,8 +45,8 @@ const MAX_LISTED_SESSIONS: usize = 10_000;
 #[tonic::async_trait]
 impl Query for QueryService {
     async fn get_topology(&self, req: Request<ReadRequest>) -> Result<Response<Topology>, Status> {
-        let v = self.view(req.into_inner().consistency).await?;
-        Ok(Response::new(v.0.state.to_public_topology(v.0.revision())))
+        let (model, revision) = self.view(req.into_inner().consistency).await?.detach();
+        Ok(Response::new(model.to_public_topology(revision)))
     }
 
     async fn list_pools(&self, req: Request<ReadRequest>) -> Result<Response<ListPoolsReply>, Status> {
@@ -60,16 +70,13 @@ impl Query for QueryService {
 
     async fn list_backends(&self, req: Request<ListBackendsRequest>) -> Result<Response<ListBackendsReply>, Status> {
         let r = req.into_inner();
-        let (backends, revision) = {
-            let v = self.view(r.consistency).await?;
-            let backends: Vec<Backend> = if r.pool.is_empty() {
-                v.0.state.backends.values().cloned().collect()
-            } else if v.0.state.pools.contains_key(&r.pool) {
-                v.0.state.backends_of(&r.pool).cloned().collect()
-            } else {
-                return Err(Status::not_found(format!("pool {:?} not found", r.pool)));
-            };
-            (backends, v.0.revision())
+        let (model, revision) = self.view(r.consistency).await?.detach();
+        let backends: Vec<Backend> = if r.pool.is_empty() {
+            model.backends.values().cloned().collect()
+        } else if model.pools.contains_key(&r.pool) {
+            model.backends_of(&r.pool).cloned().collect()
+        } else {
+            return Err(Status::not_found(format!("pool {:?} not found", r.pool)));
         };
         let loads = match tokio::time::timeout(std::time::Duration::from_secs(1), leader::execute(&self.0, Loads)).await
         {
