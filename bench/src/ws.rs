@@ -289,7 +289,12 @@ async fn propagation(cp: &str, proxies: &[String], writes: usize, pool: &str, ba
     let mut h = Histogram::<u64>::new(3)?;
     let mut ahead = 0;
     for i in 0..writes {
-        let req = SetBackendWeightRequest { pool: pool.into(), address: backend.into(), weight: 2 + (i % 2) as u32 };
+        let req = SetBackendWeightRequest {
+            pool: pool.into(),
+            address: backend.into(),
+            weight: 2 + (i % 2) as u32,
+            force: false,
+        };
         let rev = admin.set_backend_weight(req).await?.into_inner().revision;
         let acked = SystemTime::now().duration_since(SystemTime::UNIX_EPOCH)?.as_micros() as i64;
         let path = format!("/applied?revision={rev}");

@@ -203,32 +203,39 @@ pub enum BackendCmd {
         labels: Vec<String>,
     },
     /// Backends of one pool, or of all pools.
-    List {
-        pool: Option<String>,
-    },
+    List { pool: Option<String> },
     SetWeight {
         pool: String,
         address: String,
         weight: u32,
+        /// Weight 0 for the last backend of a routed pool taking new connections.
+        #[arg(long)]
+        force: bool,
     },
     /// Take no new sessions; close existing ones over the pool's drain window.
     Drain {
         pool: String,
         address: String,
+        /// Drain the last backend of a routed pool taking new connections.
+        #[arg(long)]
+        force: bool,
     },
     /// Back to active.
-    Enable {
-        pool: String,
-        address: String,
-    },
+    Enable { pool: String, address: String },
     /// No new sessions, and existing connections are closed.
     Disable {
         pool: String,
         address: String,
+        /// Disable the last backend of a routed pool taking new connections.
+        #[arg(long)]
+        force: bool,
     },
     Remove {
         pool: String,
         address: String,
+        /// Remove the last backend of a routed pool taking new connections.
+        #[arg(long)]
+        force: bool,
     },
 }
 

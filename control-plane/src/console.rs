@@ -209,8 +209,12 @@ async fn set_backend_state(node: &Arc<NodeCtx>, peer: SocketAddr, req: Request<I
             return error(StatusCode::BAD_REQUEST, format!("state {other:?}: expected active, draining or disabled"))
         }
     };
-    let mut call =
-        tonic::Request::new(SetBackendStateRequest { pool: w.pool, address: w.address, state: state as i32 });
+    let mut call = tonic::Request::new(SetBackendStateRequest {
+        pool: w.pool,
+        address: w.address,
+        state: state as i32,
+        force: false,
+    });
     call.extensions_mut().insert(caller);
     match AdminService(node.clone()).set_backend_state(call).await {
         Ok(r) => reply(StatusCode::OK, &json!({ "revision": r.into_inner().revision })),

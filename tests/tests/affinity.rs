@@ -217,8 +217,12 @@ async fn least_connections_across_two_proxies_balances_the_cluster_totals() {
     let route = Route { name: "all".into(), pool: "chat".into(), ..Default::default() };
     a.set_route(SetRouteRequest { route: Some(route), force: false }).await.unwrap();
     // Proxy 1 puts 10 connections on b1 while b2 takes none.
-    let state =
-        |s: AdminState| SetBackendStateRequest { pool: "chat".into(), address: bs[1].addr.clone(), state: s as i32 };
+    let state = |s: AdminState| SetBackendStateRequest {
+        pool: "chat".into(),
+        address: bs[1].addr.clone(),
+        state: s as i32,
+        force: false,
+    };
     let rev = a.set_backend_state(state(AdminState::Disabled)).await.unwrap().into_inner().revision;
     let p1 = ProxyProcess::spawn(&c.endpoints(), &c.dir.path().join("p1.cache"), "p1");
     let p2 = ProxyProcess::spawn(&c.endpoints(), &c.dir.path().join("p2.cache"), "p2");

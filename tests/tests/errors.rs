@@ -50,14 +50,24 @@ async fn bad_admin_requests_get_the_right_codes_and_reasons() {
     a.add_backend(backend("chat", "10.0.0.1:80", 1)).await.unwrap();
     expect_code(a.add_backend(backend("chat", "10.0.0.1:80", 1)).await, Code::AlreadyExists, "already exists");
     expect_code(
-        a.set_backend_weight(SetBackendWeightRequest { pool: "chat".into(), address: "10.0.0.9:80".into(), weight: 2 })
-            .await,
+        a.set_backend_weight(SetBackendWeightRequest {
+            pool: "chat".into(),
+            address: "10.0.0.9:80".into(),
+            weight: 2,
+            force: false,
+        })
+        .await,
         Code::NotFound,
         "10.0.0.9:80",
     );
     expect_code(
-        a.set_backend_state(SetBackendStateRequest { pool: "chat".into(), address: "10.0.0.1:80".into(), state: 42 })
-            .await,
+        a.set_backend_state(SetBackendStateRequest {
+            pool: "chat".into(),
+            address: "10.0.0.1:80".into(),
+            state: 42,
+            force: false,
+        })
+        .await,
         Code::InvalidArgument,
         "state",
     );

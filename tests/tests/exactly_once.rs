@@ -154,7 +154,7 @@ async fn a_retried_add_does_not_bring_back_a_backend_removed_since() {
     add_and_lose_the_reply(&leader, &leader).await;
     let added = backends(&leader, "p").await.remove(0);
 
-    let remove = RemoveBackendRequest { pool: "p".into(), address: "10.0.0.1:80".into() };
+    let remove = RemoveBackendRequest { pool: "p".into(), address: "10.0.0.1:80".into(), force: false };
     let removed = admin(&follower).remove_backend(once(remove, "bob", 1)).await.expect("bob removes it").into_inner();
     assert!(removed.revision > added.updated_revision);
 

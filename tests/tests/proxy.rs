@@ -172,7 +172,7 @@ async fn config_changes_leave_established_connections_open() {
     .await;
     let b1 = env.backends[0].addr.clone();
     write(&addr, async |a| {
-        let req = SetBackendWeightRequest { pool: "chat".into(), address: b1, weight: 7 };
+        let req = SetBackendWeightRequest { pool: "chat".into(), address: b1, weight: 7, force: false };
         Ok(a.set_backend_weight(req).await?.into_inner().revision)
     })
     .await;
@@ -213,12 +213,17 @@ async fn drained_by(removal: bool) {
     let addr = env.cluster.nodes[&1].addr.clone();
     let b1 = env.backends[0].addr.clone();
     let start = std::time::Instant::now();
+    // The pool's only backend: forced (see `last_backend.rs`).
     write(&addr, async |a| {
         let (pool, address) = ("chat".to_string(), b1);
         if removal {
-            return Ok(a.remove_backend(RemoveBackendRequest { pool, address }).await?.into_inner().revision);
+            return Ok(a
+                .remove_backend(RemoveBackendRequest { pool, address, force: true })
+                .await?
+                .into_inner()
+                .revision);
         }
-        let req = SetBackendStateRequest { pool, address, state: AdminState::Draining as i32 };
+        let req = SetBackendStateRequest { pool, address, state: AdminState::Draining as i32, force: true };
         Ok(a.set_backend_state(req).await?.into_inner().revision)
     })
     .await;

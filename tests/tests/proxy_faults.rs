@@ -327,7 +327,13 @@ async fn unknown_route_is_404_and_no_usable_backend_is_503_with_retry_after() {
     a.delete_route(DeleteRouteRequest { name: "all".into() }).await.unwrap();
     let route = Route { name: "chat".into(), pool: "p".into(), path_prefix: "/chat".into(), ..Default::default() };
     a.set_route(SetRouteRequest { route: Some(route), force: false }).await.unwrap();
-    let req = SetBackendStateRequest { pool: "p".into(), address: b.addr.clone(), state: AdminState::Disabled as i32 };
+    // The pool's only backend, behind a route: refused without `force`.
+    let req = SetBackendStateRequest {
+        pool: "p".into(),
+        address: b.addr.clone(),
+        state: AdminState::Disabled as i32,
+        force: true,
+    };
     let rev = a.set_backend_state(req).await.unwrap().into_inner().revision;
     let proxy = ProxyProcess::spawn(&c.endpoints(), &c.dir.path().join("p.cache"), "p1");
     proxy.wait_revision(rev).await;

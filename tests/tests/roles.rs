@@ -97,6 +97,7 @@ async fn each_role_is_allowed_and_refused_per_service_with_tokens() {
         pool: "chat".into(),
         address: "10.0.0.1:80".into(),
         state: AdminState::Draining as i32,
+        force: false,
     };
     refused(a.set_backend_state(bearer(drain(), &viewer)).await, Code::PermissionDenied, "operator or admin");
     a.set_backend_state(bearer(drain(), &operator)).await.expect("an operator drains");

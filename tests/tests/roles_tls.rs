@@ -58,6 +58,7 @@ async fn each_certificate_role_is_allowed_and_refused_per_service() {
         pool: "chat".into(),
         address: "10.0.0.1:80".into(),
         state: AdminState::Draining as i32,
+        force: false,
     };
     refused(admin("dash").set_backend_state(drain()).await, Code::PermissionDenied, "needs role operator or admin");
     admin("oncall").set_backend_state(drain()).await.expect("the operator drains");

@@ -25,17 +25,21 @@ pub(super) async fn run(ctx: &mut Ctx, c: BackendCmd) -> Result<()> {
             let r = ctx.query(req, |mut c, r| async move { c.list_backends(r).await }).await?;
             ctx.out.backends(&r.backends, &r.loads);
         }
-        BackendCmd::SetWeight { pool, address, weight } => {
-            let req = SetBackendWeightRequest { pool, address, weight };
+        BackendCmd::SetWeight { pool, address, weight, force } => {
+            let req = SetBackendWeightRequest { pool, address, weight, force };
             let r = ctx.admin(req, |mut c, r| async move { c.set_backend_weight(r).await }).await?;
             ctx.out.backend(&r.backend.unwrap_or_default());
         }
-        BackendCmd::Drain { pool, address } => set_state(ctx, pool, address, AdminState::Draining).await?,
-        BackendCmd::Enable { pool, address } => set_state(ctx, pool, address, AdminState::Active).await?,
-        BackendCmd::Disable { pool, address } => set_state(ctx, pool, address, AdminState::Disabled).await?,
-        BackendCmd::Remove { pool, address } => {
+        BackendCmd::Drain { pool, address, force } => {
+            set_state(ctx, pool, address, AdminState::Draining, force).await?
+        }
+        BackendCmd::Enable { pool, address } => set_state(ctx, pool, address, AdminState::Active, false).await?,
+        BackendCmd::Disable { pool, address, force } => {
+            set_state(ctx, pool, address, AdminState::Disabled, force).await?
+        }
+        BackendCmd::Remove { pool, address, force } => {
             let what = format!("backend {address} removed from pool {pool}");
-            let req = RemoveBackendRequest { pool, address };
+            let req = RemoveBackendRequest { pool, address, force };
             let r = ctx.admin(req, |mut c, r| async move { c.remove_backend(r).await }).await?;
             ctx.out.revision(&what, r.revision);
         }
@@ -43,8 +47,8 @@ pub(super) async fn run(ctx: &mut Ctx, c: BackendCmd) -> Result<()> {
     Ok(())
 }
 
-async fn set_state(ctx: &mut Ctx, pool: String, address: String, state: AdminState) -> Result<()> {
-    let req = SetBackendStateRequest { pool, address, state: state as i32 };
+async fn set_state(ctx: &mut Ctx, pool: String, address: String, state: AdminState, force: bool) -> Result<()> {
+    let req = SetBackendStateRequest { pool, address, state: state as i32, force };
     let r = ctx.admin(req, |mut c, r| async move { c.set_backend_state(r).await }).await?;
     match r.backend {
         Some(b) => ctx.out.backend(&b),

@@ -3,7 +3,7 @@
 
 use std::sync::Arc;
 
-use switchyard_model::topology::Pair;
+use switchyard_model::topology::{in_service, Pair};
 use switchyard_proto::v1::admin_server::Admin;
 use switchyard_proto::v1::*;
 use tonic::{Request, Response, Status};
@@ -70,6 +70,29 @@ impl AdminService {
             self.0.shared.read().state.backends.get(&Pair(&pool, &address)).cloned()
         });
         Ok(Response::new(BackendReply { revision, backend }))
+    }
+
+    /// Refuses, unless `force`, a change (`what`: "draining it", say) that takes away the last
+    /// backend of `pool` taking new connections while a route sends clients to the pool:
+    /// every new client of the pool would get 503 (a disruption budget at its smallest). A
+    /// change to a backend already out of service takes nothing away, so a retried request
+    /// is not refused the second time.
+    fn keeps_a_backend(&self, pool: &str, address: &str, what: &str, force: bool) -> Result<(), Status> {
+        if force {
+            return Ok(());
+        }
+        let live = self.0.shared.read();
+        let st = &live.state;
+        let Some(me) = st.backends.get(&Pair(pool, address)) else { return Ok(()) };
+        if !in_service(me) || st.backends_of(pool).any(|b| b.address != address && in_service(b)) {
+            return Ok(());
+        }
+        let Some(route) = st.routes.values().find(|r| r.pool == pool) else { return Ok(()) };
+        Err(Status::failed_precondition(format!(
+            "backend {address} is the last of pool {pool} taking new connections and route {} sends clients to \
+             the pool: {what} would answer every new client 503; enable or add another backend first, or --force",
+            route.name
+        )))
     }
 
     /// Membership changes are Raft's own entries, not commands, so the seen table does not
@@ -146,6 +169,9 @@ impl Admin for AdminService {
         let (id, caller) = (id_of(&req)?, caller_of(&req)?);
         let r = req.into_inner();
         validate::weight(r.weight)?;
+        if r.weight == 0 {
+            self.keeps_a_backend(&r.pool, &r.address, "a weight of 0", r.force)?;
+        }
         let what = format!("backend {} in pool {}: weight {}", r.address, r.pool, r.weight);
         let audit = note(&caller, "Admin/SetBackendWeight", what);
         let cmd = Command::SetBackendWeight { pool: r.pool.clone(), address: r.address.clone(), weight: r.weight };
@@ -156,6 +182,11 @@ impl Admin for AdminService {
         let (id, caller) = (id_of(&req)?, caller_of(&req)?);
         let r = req.into_inner();
         validate::admin_state(r.state)?;
+        match AdminState::try_from(r.state) {
+            Ok(AdminState::Draining) => self.keeps_a_backend(&r.pool, &r.address, "draining it", r.force)?,
+            Ok(AdminState::Disabled) => self.keeps_a_backend(&r.pool, &r.address, "disabling it", r.force)?,
+            _ => {}
+        }
         let state = AdminState::try_from(r.state).map_or("?".into(), |s| s.as_str_name().to_lowercase());
         let audit =
             note(&caller, "Admin/SetBackendState", format!("backend {} in pool {}: {state}", r.address, r.pool));
@@ -168,6 +199,7 @@ impl Admin for AdminService {
         let r = req.into_inner();
         validate::name("pool", &r.pool)?;
         validate::address(&r.address)?;
+        self.keeps_a_backend(&r.pool, &r.address, "removing it", r.force)?;
         let audit = note(&caller, "Admin/RemoveBackend", format!("backend {} in pool {}", r.address, r.pool));
         let cmd = Command::RemoveBackend { pool: r.pool, address: r.address };
         let (revision, _) = leader::write(&self.0, Proposed { id, cmd, audit }).await?;

@@ -333,7 +333,7 @@ impl Chaos {
         for b in [&b1, &b2, &b3] {
             let w = 1 + self.schedule.rng().below(5) as u32;
             self.write_until_ok("change a weight", |node| {
-                let req = SetBackendWeightRequest { pool: "churn".into(), address: b.clone(), weight: w };
+                let req = SetBackendWeightRequest { pool: "churn".into(), address: b.clone(), weight: w, force: false };
                 async move { admin(&node).set_backend_weight(req).await.ok().map(|r| r.into_inner().revision) }
             })
             .await;
@@ -345,6 +345,7 @@ impl Chaos {
                 pool: "churn".into(),
                 address: victim.clone(),
                 state: AdminState::Draining as i32,
+                force: false,
             };
             async move { admin(&node).set_backend_state(req).await.ok().map(|r| r.into_inner().revision) }
         })

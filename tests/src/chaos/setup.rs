@@ -12,7 +12,7 @@ pub async fn add_backend(node: String, pool: &str, address: String) -> Option<u6
 }
 
 pub async fn remove_backend(node: String, pool: &str, address: String) -> Option<u64> {
-    let req = RemoveBackendRequest { pool: pool.into(), address };
+    let req = RemoveBackendRequest { pool: pool.into(), address, force: false };
     admin(&node).remove_backend(req).await.ok().map(|r| r.into_inner().revision)
 }
 

@@ -184,7 +184,7 @@ pub async fn register_history(shared: Arc<Shared>, window: usize, stop: Arc<Atom
 
 async fn write(shared: &Shared, window: usize, node: &str, address: &str, weight: u32, id: (&str, u64)) -> Call {
     let invoked = shared.now_us();
-    let req = SetBackendWeightRequest { pool: REGISTER_POOL.into(), address: address.into(), weight };
+    let req = SetBackendWeightRequest { pool: REGISTER_POOL.into(), address: address.into(), weight, force: false };
     let req = shared.identified(req, id.0, id.1);
     let r = tokio::time::timeout(CALL_TIMEOUT, admin(node).set_backend_weight(req)).await;
     let completed = match r {

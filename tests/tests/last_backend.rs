@@ -1,0 +1,68 @@
+//! An operator's change that would take away the last backend of a routed pool taking new
+//! connections (weight 0, drain, disable, remove) is refused without `--force`: every new
+//! client of the pool would get 503. A disruption budget at its smallest.
+
+use switchyard_tests::*;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_last_backend_of_a_routed_pool_taking_connections_is_kept_unless_forced() {
+    let _g = serial().await;
+    let c = Cluster::start(1, &[]).await;
+    let eps = c.endpoints();
+    let cli = |args: &[&str]| {
+        let mut all = vec!["--endpoints", eps.as_str()];
+        all.extend(args);
+        run_cli(&all)
+    };
+    let ok = |args: &[&str]| {
+        let (code, out, err) = cli(args);
+        assert_eq!(code, 0, "{args:?}: {err}");
+        out
+    };
+    ok(&["pool", "create", "chat"]);
+    ok(&["backend", "add", "chat", "10.0.0.1:80"]);
+    ok(&["backend", "add", "chat", "10.0.0.2:80"]);
+    ok(&["route", "set", "all", "--pool", "chat"]);
+    ok(&["pool", "create", "spare"]);
+    ok(&["backend", "add", "spare", "10.0.0.9:80"]);
+
+    // With another backend in service, one goes.
+    ok(&["backend", "drain", "chat", "10.0.0.1:80"]);
+    // The last one: every way of taking it out is refused, in one line that says why and
+    // what to do, and changes nothing.
+    for args in [
+        &["backend", "drain", "chat", "10.0.0.2:80"][..],
+        &["backend", "disable", "chat", "10.0.0.2:80"],
+        &["backend", "remove", "chat", "10.0.0.2:80"],
+        &["backend", "set-weight", "chat", "10.0.0.2:80", "0"],
+    ] {
+        let (code, _, err) = cli(args);
+        assert_eq!(code, 1, "{args:?}: {err}");
+        assert!(
+            err.contains("10.0.0.2:80 is the last of pool chat")
+                && err.contains("route all")
+                && err.contains("503")
+                && err.contains("--force"),
+            "{args:?}: {err}"
+        );
+        assert_eq!(err.trim().lines().count(), 1, "{err}");
+    }
+    let listed: serde_json::Value = serde_json::from_str(&ok(&["-o", "json", "backend", "list", "chat"])).unwrap();
+    let last = listed.as_array().unwrap().iter().find(|b| b["address"] == "10.0.0.2:80").unwrap().clone();
+    assert_eq!((last["state"].as_str(), last["weight"].as_u64()), (Some("active"), Some(1)), "{listed}");
+
+    // Another weight is no loss; a change to a backend already out of service takes nothing
+    // away (a retried drain is answered, not refused); nor does the last backend of a pool no
+    // route sends clients to.
+    ok(&["backend", "set-weight", "chat", "10.0.0.2:80", "3"]);
+    ok(&["backend", "drain", "chat", "10.0.0.1:80"]);
+    ok(&["backend", "remove", "chat", "10.0.0.1:80"]);
+    ok(&["backend", "disable", "spare", "10.0.0.9:80"]);
+    // With a second backend in service again, the other may go.
+    ok(&["backend", "add", "chat", "10.0.0.3:80"]);
+    ok(&["backend", "disable", "chat", "10.0.0.2:80"]);
+    // And --force takes the last one out, as asked.
+    ok(&["backend", "disable", "chat", "10.0.0.3:80", "--force"]);
+    let listed: serde_json::Value = serde_json::from_str(&ok(&["-o", "json", "backend", "list", "chat"])).unwrap();
+    assert!(listed.as_array().unwrap().iter().all(|b| b["state"] == "disabled"), "{listed}");
+}
