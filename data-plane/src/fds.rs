@@ -51,11 +51,11 @@ impl<'a> Slot<'a> {
 
 /// Counts a new client connection, or says no when the budget is spent: the cap
 /// (`--max-connections` or the descriptor room) on client connections, and the descriptor
-/// room itself, of which idle pooled backend connections take one descriptor each. When those
-/// are what stands in the way, this worker's are closed at once and the other workers' are
-/// asked to close theirs, and the client is let in: the others close theirs within moments,
-/// before this client's backend connect, and the descriptors kept in reserve cover the
-/// overlap. The slot crosses to a worker thread with the socket; see [`Slot::adopt`].
+/// room itself, of which idle pooled connections (to plain-HTTP backends and auth endpoints)
+/// take one descriptor each. When those are what stands in the way, this worker's are closed
+/// at once and the other workers' are asked to close theirs, and the client is let in: the
+/// others close theirs within moments, before this client's backend connect, and the
+/// descriptors kept in reserve cover the overlap. The slot crosses to a worker thread with the socket; see [`Slot::adopt`].
 pub fn reserve(rt: &Runtime) -> bool {
     let (max, room) = (rt.max_open.load(Relaxed), rt.fd_room.load(Relaxed));
     let n = rt.open.fetch_add(1, Relaxed);

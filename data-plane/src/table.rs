@@ -222,9 +222,7 @@ pub fn request_key(spec: &KeySpec, up: &Upgrade, client: IpAddr) -> Option<u64> 
 
 /// Active with a weight, and marked down by the health check alone.
 fn down_but_in_service(b: &Backend) -> bool {
-    b.admin_state == AdminState::Active as i32
-        && b.weight > 0
-        && b.health == switchyard_proto::v1::Health::Unhealthy as i32
+    switchyard_model::topology::in_service(b) && b.health == switchyard_proto::v1::Health::Unhealthy as i32
 }
 
 impl PoolTable {

@@ -73,17 +73,17 @@ impl Default for Model {
     }
 }
 
-/// Whether new sessions may go to a backend, apart from its load: active, not known to be
-/// unhealthy, and with a weight. The state machine and every proxy use this one rule, so a
-/// binding the proxies route around is also one the control plane lets a new report replace.
 /// Whether an operator has this backend taking new connections (active, with a weight),
 /// whatever its health says: a pool whose every such backend is down still uses them.
 pub fn in_service(b: &Backend) -> bool {
     b.admin_state == AdminState::Active as i32 && b.weight > 0
 }
 
+/// Whether new sessions may go to a backend, apart from its load: active, not known to be
+/// unhealthy, and with a weight. The state machine and every proxy use this one rule, so a
+/// binding the proxies route around is also one the control plane lets a new report replace.
 pub fn usable(b: &Backend) -> bool {
-    b.admin_state == AdminState::Active as i32 && b.health != Health::Unhealthy as i32 && b.weight > 0
+    in_service(b) && b.health != Health::Unhealthy as i32
 }
 
 /// Wraps a change kind.

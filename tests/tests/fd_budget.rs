@@ -24,8 +24,11 @@ async fn idle_backend_connections_make_room_for_clients_when_descriptors_run_sho
     room_is_made_from(Idle::Backend).await;
 }
 
+/// Connections to an auth endpoint are counted as backend ones are, and every client slot is
+/// usable with them about. (Whether they are closed to make room cannot show here: the next
+/// handshake's own check opens one again, and the reserve holds a few dozen idle ones.)
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn idle_auth_endpoint_connections_count_and_make_room_for_clients_when_descriptors_run_short() {
+async fn idle_auth_endpoint_connections_count_against_the_descriptor_budget() {
     room_is_made_from(Idle::AuthEndpoint).await;
 }
 
@@ -103,8 +106,9 @@ async fn room_is_made_from(kind: Idle) {
             }
         })
     });
+    let want = if kind == Idle::Backend { 200 } else { 101 };
     for r in futures::future::join_all(clients).await {
-        assert!([200, 101].contains(&r.unwrap()));
+        assert_eq!(r.unwrap(), want);
     }
     let s = eventually("the clients to be gone and their idle connections counted", LONG, || async {
         let s = proxy.status().await?;
@@ -114,8 +118,8 @@ async fn room_is_made_from(kind: Idle) {
     let pooled = s["idle_backend_connections"].as_u64().unwrap();
 
     // Every client slot is usable at the first try: the idle connections go (the client that
-    // finds them in its way is let in while every worker closes its own), rather than idling
-    // their 30 s; and the backend is never blamed.
+    // finds them in its way is let in while every worker closes its own), rather than waiting
+    // for their sweep; and the backend is never blamed.
     let mut held = Vec::new();
     for i in 0..36 {
         let r = ws_connect(&proxy.ws, "/", &[]).await;

@@ -2,12 +2,17 @@
 //! connections (weight 0, drain, disable, remove) is refused without `--force`: every new
 //! client of the pool would get 503. A disruption budget at its smallest.
 
+use std::time::Duration;
+
+use switchyard_model::grpc::with_request_id;
+use switchyard_proto::v1::*;
 use switchyard_tests::*;
+use tonic::Code;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_last_backend_of_a_routed_pool_taking_connections_is_kept_unless_forced() {
     let _g = serial().await;
-    let c = Cluster::start(1, &[]).await;
+    let c = Cluster::start(3, &[]).await;
     let eps = c.endpoints();
     let cli = |args: &[&str]| {
         let mut all = vec!["--endpoints", eps.as_str()];
@@ -52,17 +57,48 @@ async fn the_last_backend_of_a_routed_pool_taking_connections_is_kept_unless_for
     assert_eq!((last["state"].as_str(), last["weight"].as_u64()), (Some("active"), Some(1)), "{listed}");
 
     // Another weight is no loss; a change to a backend already out of service takes nothing
-    // away (a retried drain is answered, not refused); nor does the last backend of a pool no
-    // route sends clients to.
+    // away; nor does the last backend of a pool no route sends clients to.
     ok(&["backend", "set-weight", "chat", "10.0.0.2:80", "3"]);
     ok(&["backend", "drain", "chat", "10.0.0.1:80"]);
     ok(&["backend", "remove", "chat", "10.0.0.1:80"]);
     ok(&["backend", "disable", "spare", "10.0.0.9:80"]);
-    // With a second backend in service again, the other may go.
-    ok(&["backend", "add", "chat", "10.0.0.3:80"]);
-    ok(&["backend", "disable", "chat", "10.0.0.2:80"]);
+
+    // Through a follower, right after the change on the leader that makes room: judged on a
+    // linearizable read, not on what the follower had applied by then.
+    let leader = c.leader(Duration::from_secs(10)).await;
+    let follower = c.nodes.keys().copied().find(|id| *id != leader).expect("a follower");
+    let (leader, follower) = (c.nodes[&leader].addr.clone(), c.nodes[&follower].addr.clone());
+    let state = |address: &str, s: AdminState| SetBackendStateRequest {
+        pool: "chat".into(),
+        address: address.into(),
+        state: s as i32,
+        force: false,
+    };
+    let b3 = Backend { pool: "chat".into(), address: "10.0.0.3:80".into(), weight: 1, ..Default::default() };
+    admin(&leader).add_backend(AddBackendRequest { backend: Some(b3) }).await.expect("add a third");
+    let drained = admin(&follower)
+        .set_backend_state(with_request_id(state("10.0.0.2:80", AdminState::Draining), "alice", 1).unwrap())
+        .await
+        .expect("with the third in service, the follower lets the second go")
+        .into_inner();
+    // A retry of that drain after the third went too (forced) is answered as the first time:
+    // it was applied then, and is not judged again.
+    admin(&leader)
+        .set_backend_state(SetBackendStateRequest { force: true, ..state("10.0.0.3:80", AdminState::Disabled) })
+        .await
+        .expect("forced");
+    admin(&leader).set_backend_state(state("10.0.0.2:80", AdminState::Active)).await.expect("back in service");
+    let again = admin(&follower)
+        .set_backend_state(with_request_id(state("10.0.0.2:80", AdminState::Draining), "alice", 1).unwrap())
+        .await
+        .expect("the retry is answered, not refused")
+        .into_inner();
+    assert_eq!(again.revision, drained.revision, "answered as the first time");
+    let refused = admin(&follower).set_backend_state(state("10.0.0.2:80", AdminState::Draining)).await;
+    assert_eq!(refused.expect_err("a new drain of the last one").code(), Code::FailedPrecondition);
+
     // And --force takes the last one out, as asked.
-    ok(&["backend", "disable", "chat", "10.0.0.3:80", "--force"]);
+    ok(&["backend", "disable", "chat", "10.0.0.2:80", "--force"]);
     let listed: serde_json::Value = serde_json::from_str(&ok(&["-o", "json", "backend", "list", "chat"])).unwrap();
     assert!(listed.as_array().unwrap().iter().all(|b| b["state"] == "disabled"), "{listed}");
 }

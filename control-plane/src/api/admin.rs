@@ -14,7 +14,7 @@ use crate::node::calls::{AddNode, LeaderCall, Promote, Remove};
 use crate::node::context::NodeCtx;
 use crate::node::leader::{self, RunOnLeader};
 use crate::pb::Pb;
-use crate::seen::RequestId;
+use crate::seen::{Lookup, RequestId};
 use crate::state::{Command, Proposed};
 use crate::validate::{self, required};
 
@@ -74,15 +74,28 @@ impl AdminService {
 
     /// Refuses, unless `force`, a change (`what`: "draining it", say) that takes away the last
     /// backend of `pool` taking new connections while a route sends clients to the pool:
-    /// every new client of the pool would get 503 (a disruption budget at its smallest). A
-    /// change to a backend already out of service takes nothing away, so a retried request
-    /// is not refused the second time.
-    fn keeps_a_backend(&self, pool: &str, address: &str, what: &str, force: bool) -> Result<(), Status> {
+    /// every new client of the pool would get 503 (a disruption budget at its smallest).
+    /// Checked on a linearizable read, so a node that has not yet applied the operator's last
+    /// change (the enable before this drain) does not judge by what came before it. A request
+    /// retried after it was applied (its id already seen) is not judged again: it is answered
+    /// as the first time. Not atomic with the write: two changes sent at once may each leave
+    /// the other's backend as the last.
+    async fn keeps_a_backend(
+        &self,
+        id: Option<&RequestId>,
+        (pool, address): (&str, &str),
+        what: &str,
+        force: bool,
+    ) -> Result<(), Status> {
         if force {
             return Ok(());
         }
+        leader::linearize(&self.0).await?;
         let live = self.0.shared.read();
         let st = &live.state;
+        if id.is_some_and(|id| !matches!(st.seen().lookup(id), Lookup::New)) {
+            return Ok(());
+        }
         let Some(me) = st.backends.get(&Pair(pool, address)) else { return Ok(()) };
         if !in_service(me) || st.backends_of(pool).any(|b| b.address != address && in_service(b)) {
             return Ok(());
@@ -90,7 +103,8 @@ impl AdminService {
         let Some(route) = st.routes.values().find(|r| r.pool == pool) else { return Ok(()) };
         Err(Status::failed_precondition(format!(
             "backend {address} is the last of pool {pool} taking new connections and route {} sends clients to \
-             the pool: {what} would answer every new client 503; enable or add another backend first, or --force",
+             the pool: {what} would answer every new client 503; enable or add another backend first, or force \
+             it (the CLI's --force)",
             route.name
         )))
     }
@@ -170,7 +184,7 @@ impl Admin for AdminService {
         let r = req.into_inner();
         validate::weight(r.weight)?;
         if r.weight == 0 {
-            self.keeps_a_backend(&r.pool, &r.address, "a weight of 0", r.force)?;
+            self.keeps_a_backend(id.as_ref(), (&r.pool, &r.address), "a weight of 0", r.force).await?;
         }
         let what = format!("backend {} in pool {}: weight {}", r.address, r.pool, r.weight);
         let audit = note(&caller, "Admin/SetBackendWeight", what);
@@ -183,8 +197,12 @@ impl Admin for AdminService {
         let r = req.into_inner();
         validate::admin_state(r.state)?;
         match AdminState::try_from(r.state) {
-            Ok(AdminState::Draining) => self.keeps_a_backend(&r.pool, &r.address, "draining it", r.force)?,
-            Ok(AdminState::Disabled) => self.keeps_a_backend(&r.pool, &r.address, "disabling it", r.force)?,
+            Ok(AdminState::Draining) => {
+                self.keeps_a_backend(id.as_ref(), (&r.pool, &r.address), "draining it", r.force).await?
+            }
+            Ok(AdminState::Disabled) => {
+                self.keeps_a_backend(id.as_ref(), (&r.pool, &r.address), "disabling it", r.force).await?
+            }
             _ => {}
         }
         let state = AdminState::try_from(r.state).map_or("?".into(), |s| s.as_str_name().to_lowercase());
@@ -199,7 +217,7 @@ impl Admin for AdminService {
         let r = req.into_inner();
         validate::name("pool", &r.pool)?;
         validate::address(&r.address)?;
-        self.keeps_a_backend(&r.pool, &r.address, "removing it", r.force)?;
+        self.keeps_a_backend(id.as_ref(), (&r.pool, &r.address), "removing it", r.force).await?;
         let audit = note(&caller, "Admin/RemoveBackend", format!("backend {} in pool {}", r.address, r.pool));
         let cmd = Command::RemoveBackend { pool: r.pool, address: r.address };
         let (revision, _) = leader::write(&self.0, Proposed { id, cmd, audit }).await?;
