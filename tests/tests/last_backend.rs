@@ -63,8 +63,9 @@ async fn the_last_backend_of_a_routed_pool_taking_connections_is_kept_unless_for
     ok(&["backend", "remove", "chat", "10.0.0.1:80"]);
     ok(&["backend", "disable", "spare", "10.0.0.9:80"]);
 
-    // Through a follower, right after the change on the leader that makes room: judged on a
-    // linearizable read, not on what the follower had applied by then.
+    // Through a follower, right after the change on the leader that makes room: the check
+    // reads linearizably, so a follower that had not applied the add yet would not refuse.
+    // (One this quick to apply cannot show that; the drain going through is what is asserted.)
     let leader = c.leader(Duration::from_secs(10)).await;
     let follower = c.nodes.keys().copied().find(|id| *id != leader).expect("a follower");
     let (leader, follower) = (c.nodes[&leader].addr.clone(), c.nodes[&follower].addr.clone());

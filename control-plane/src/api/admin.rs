@@ -90,6 +90,9 @@ impl AdminService {
         if force {
             return Ok(());
         }
+        // A malformed request is answered as such, not after a read of the leader's.
+        validate::name("pool", pool)?;
+        validate::address(address)?;
         leader::linearize(&self.0).await?;
         let live = self.0.shared.read();
         let st = &live.state;
