@@ -261,3 +261,42 @@ async fn least_connections_across_two_proxies_balances_the_cluster_totals() {
     .await;
     assert_eq!(out.as_array().unwrap().len(), 2);
 }
+
+/// A new affinity key for a pool that holds bindings would move every session at once (they
+/// are keyed by the old one): refused without `--force`. Other fields, and the key of a pool
+/// with no bindings, change freely.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_new_affinity_key_for_a_pool_holding_sessions_takes_force() {
+    let _g = serial().await;
+    let b1 = EchoBackend::start("b1").await;
+    let (c, rev, secret) = setup("header:X-Session", 600_000, std::slice::from_ref(&b1)).await;
+    let addr = c.nodes[&1].addr.clone();
+    let proxy = ProxyProcess::spawn(&c.endpoints(), &c.dir.path().join("p.cache"), "p1");
+    proxy.wait_revision(rev).await;
+    let _held = ws_connect(&proxy.ws, "/", &[("X-Session", "first")]).await.unwrap();
+    eventually("the session bound", Duration::from_secs(10), || async { session(&addr, &secret, "first").await }).await;
+    let eps = c.endpoints();
+    let cli = |args: &[&str]| {
+        let mut all = vec!["--endpoints", eps.as_str()];
+        all.extend(args);
+        run_cli(&all)
+    };
+    let affinity = || async {
+        let req = GetPoolRequest { consistency: Consistency::Linearizable as i32, name: "chat".into() };
+        query(&addr).get_pool(req).await.unwrap().into_inner().affinity
+    };
+
+    let (code, _, err) = cli(&["pool", "update", "chat", "--affinity", "header:X-Other"]);
+    assert_eq!(code, 1, "{err}");
+    assert!(err.contains("pool chat holds session bindings") && err.contains("--force"), "{err}");
+    assert_eq!(err.trim().lines().count(), 1, "{err}");
+    assert_eq!(affinity().await, "header:X-Session", "the refused update changed nothing");
+    assert!(session(&addr, &secret, "first").await.is_some(), "the binding stays");
+
+    assert_eq!(cli(&["pool", "update", "chat", "--affinity-ttl", "5m"]).0, 0, "another field");
+    assert_eq!(cli(&["pool", "create", "quiet", "--affinity", "header:X-A"]).0, 0);
+    assert_eq!(cli(&["pool", "update", "quiet", "--affinity", "header:X-B"]).0, 0, "no bindings to move");
+    let (code, _, err) = cli(&["pool", "update", "chat", "--affinity", "header:X-Other", "--force"]);
+    assert_eq!(code, 0, "{err}");
+    assert_ne!(affinity().await, "header:X-Session", "forced");
+}

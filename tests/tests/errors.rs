@@ -85,6 +85,7 @@ async fn bad_admin_requests_get_the_right_codes_and_reasons() {
         a.update_pool(UpdatePoolRequest {
             pool: Some(Pool { name: "chat".into(), ..Default::default() }),
             update_mask: vec!["name".into()],
+            force: false,
         })
         .await,
         Code::InvalidArgument,
@@ -113,6 +114,7 @@ async fn bad_admin_requests_get_the_right_codes_and_reasons() {
     let pool_twice = UpdatePoolRequest {
         pool: Some(Pool { name: "chat".into(), ..Default::default() }),
         update_mask: vec!["algorithm".into(), "algorithm".into()],
+        force: false,
     };
     expect_code(a.update_pool(pool_twice).await, Code::InvalidArgument, "named twice");
     let long_key = Pool { name: "long".into(), affinity: format!("cookie:{}", "a".repeat(200)), ..Default::default() };

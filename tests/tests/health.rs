@@ -66,7 +66,9 @@ async fn backends_flip_health_after_rise_and_fall_probes_and_a_new_leader_takes_
     // The WebSocket check: a real handshake and a ping answered with a pong.
     let pool =
         Pool { name: "p".into(), health_check: Some(hc(HealthCheckKind::HealthCheckWebsocket)), ..Default::default() };
-    a.update_pool(UpdatePoolRequest { pool: Some(pool), update_mask: vec!["health_check".into()] }).await.unwrap();
+    a.update_pool(UpdatePoolRequest { pool: Some(pool), update_mask: vec!["health_check".into()], force: false })
+        .await
+        .unwrap();
     ws_backend.kill9();
     wait_health(&c, &ws_backend.addr, Health::Unhealthy, bound).await;
     ws_backend.start();

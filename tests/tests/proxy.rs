@@ -178,7 +178,7 @@ async fn config_changes_leave_established_connections_open() {
     .await;
     let rev = write(&addr, async |a| {
         let pool = Pool { name: "chat".into(), algorithm: Algorithm::LeastConnections as i32, ..Default::default() };
-        let req = UpdatePoolRequest { pool: Some(pool), update_mask: vec!["algorithm".into()] };
+        let req = UpdatePoolRequest { pool: Some(pool), update_mask: vec!["algorithm".into()], force: false };
         Ok(a.update_pool(req).await?.into_inner().revision)
     })
     .await;

@@ -135,7 +135,7 @@ async fn least_connections_p2c_and_ip_hash_distribute_as_designed() {
 
     for (algo, name) in [(Algorithm::P2c, "p2c"), (Algorithm::IpHash, "ip-hash")] {
         let pool = Pool { name: "p".into(), algorithm: algo as i32, ..Default::default() };
-        let req = UpdatePoolRequest { pool: Some(pool), update_mask: vec!["algorithm".into()] };
+        let req = UpdatePoolRequest { pool: Some(pool), update_mask: vec!["algorithm".into()], force: false };
         let rev = admin(&addr).update_pool(req).await.unwrap().into_inner().revision;
         proxy.wait_revision(rev).await;
         let mut m = BTreeMap::new();

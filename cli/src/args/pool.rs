@@ -134,6 +134,10 @@ pub enum PoolCmd {
         name: String,
         #[command(flatten)]
         opts: PoolOpts,
+        /// Change the affinity key of a pool that holds session bindings (every session
+        /// moves); refused without this.
+        #[arg(long)]
+        force: bool,
     },
     Delete {
         name: String,

@@ -20,7 +20,7 @@ pub(super) async fn run(ctx: &mut Ctx, c: PoolCmd) -> Result<()> {
             let r = ctx.admin(req, |mut c, r| async move { c.create_pool(r).await }).await?;
             ctx.out.pool(&r.pool.unwrap_or_default());
         }
-        PoolCmd::Update { name, opts } => {
+        PoolCmd::Update { name, opts, force } => {
             let mut pool = Pool { name, ..Default::default() };
             let mut update_mask = apply_pool_opts(&mut pool, &opts);
             // The health check and backend TLS are replaced whole: start from the pool's, so
@@ -41,7 +41,7 @@ pub(super) async fn run(ctx: &mut Ctx, c: PoolCmd) -> Result<()> {
             if update_mask.is_empty() {
                 bail!("pool update: give at least one option to change (see --help)");
             }
-            let req = UpdatePoolRequest { pool: Some(pool), update_mask };
+            let req = UpdatePoolRequest { pool: Some(pool), update_mask, force };
             let r = ctx.admin(req, |mut c, r| async move { c.update_pool(r).await }).await?;
             ctx.out.pool(&r.pool.unwrap_or_default());
         }

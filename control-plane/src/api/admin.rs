@@ -1,7 +1,7 @@
 //! Admin: validated writes, sent through Raft on whichever node leads. A write that carries
 //! a request id in its metadata is applied at most once: a retry gets the first answer.
 
-use std::sync::Arc;
+use std::sync::{Arc, RwLockReadGuard};
 
 use switchyard_model::topology::{in_service, Pair};
 use switchyard_proto::v1::admin_server::Admin;
@@ -16,6 +16,7 @@ use crate::node::leader::{self, RunOnLeader};
 use crate::pb::Pb;
 use crate::seen::{Lookup, RequestId};
 use crate::state::{Command, Proposed};
+use crate::store::sm::Live;
 use crate::validate::{self, required};
 
 pub struct AdminService(pub Arc<NodeCtx>);
@@ -93,12 +94,8 @@ impl AdminService {
         // A malformed request is answered as such, not after a read of the leader's.
         validate::name("pool", pool)?;
         validate::address(address)?;
-        leader::linearize(&self.0).await?;
-        let live = self.0.shared.read();
+        let Some(live) = self.judging(id).await? else { return Ok(()) };
         let st = &live.state;
-        if id.is_some_and(|id| !matches!(st.seen().lookup(id), Lookup::New)) {
-            return Ok(());
-        }
         let Some(me) = st.backends.get(&Pair(pool, address)) else { return Ok(()) };
         if !in_service(me) || st.backends_of(pool).any(|b| b.address != address && in_service(b)) {
             return Ok(());
@@ -109,6 +106,39 @@ impl AdminService {
              the pool: {what} would answer every new client 503; enable or add another backend first, or force \
              it (the CLI's --force)",
             route.name
+        )))
+    }
+
+    /// The state an operator-mistake check judges a request by: read linearizably, or `None`
+    /// for a request whose id was already applied (it is answered from the table of requests
+    /// seen, as the first time, and not judged again).
+    async fn judging(&self, id: Option<&RequestId>) -> Result<Option<RwLockReadGuard<'_, Live>>, Status> {
+        leader::linearize(&self.0).await?;
+        let live = self.0.shared.read();
+        if id.is_some_and(|id| !matches!(live.state.seen().lookup(id), Lookup::New)) {
+            return Ok(None);
+        }
+        Ok(Some(live))
+    }
+
+    /// Refuses, unless `force`, a new affinity key for a pool that holds session bindings:
+    /// they are keyed by the old one, so every session would move at once (a long-polling
+    /// client's server session is then unknown where it lands). Judged as
+    /// [`Self::keeps_a_backend`] is.
+    async fn keeps_sessions(&self, id: Option<&RequestId>, new: &Pool, force: bool) -> Result<(), Status> {
+        if force {
+            return Ok(());
+        }
+        let Some(live) = self.judging(id).await? else { return Ok(()) };
+        let st = &live.state;
+        let Some(cur) = st.pools.get(new.name.as_str()) else { return Ok(()) };
+        if cur.affinity == new.affinity || !st.sessions.keys().any(|(p, _)| p.as_str() == new.name) {
+            return Ok(());
+        }
+        Err(Status::failed_precondition(format!(
+            "pool {} holds session bindings keyed by its affinity {:?}: a new key would move every session at \
+             once; force it (the CLI's --force) to do so",
+            new.name, cur.affinity
         )))
     }
 
@@ -153,7 +183,10 @@ impl Admin for AdminService {
         }
         validate::update_mask("pool", &req.update_mask, POOL_FIELDS)?;
         // Check the new values on their own; the merged pool is checked again when applied.
-        validate::admin_pool(pool.clone())?;
+        let checked = validate::admin_pool(pool.clone())?;
+        if req.update_mask.iter().any(|f| f == "affinity") {
+            self.keeps_sessions(id.as_ref(), &checked, req.force).await?;
+        }
         let audit = note(&caller, "Admin/UpdatePool", format!("pool {}: {}", pool.name, req.update_mask.join(",")));
         let cmd = Command::UpdatePool { pool: Pb(pool), mask: req.update_mask };
         let (revision, changes) = leader::write(&self.0, Proposed { id, cmd, audit }).await?;
