@@ -38,6 +38,15 @@ fn backend_of(changes: &[Change]) -> Option<Backend> {
 use switchyard_model::fields::{POOL_FIELDS, SETTINGS_FIELDS};
 
 /// The request id in `req`'s metadata; none means the write is not deduplicated.
+/// Whether two affinity keys name the same thing: header names are matched without regard
+/// to case (as the proxy reads them), everything else as written.
+fn same_key(a: &str, b: &str) -> bool {
+    match (a.strip_prefix("header:"), b.strip_prefix("header:")) {
+        (Some(a), Some(b)) => a.eq_ignore_ascii_case(b),
+        _ => a == b,
+    }
+}
+
 fn id_of<T>(req: &Request<T>) -> Result<Option<RequestId>, Status> {
     let id = switchyard_model::grpc::request_id(req.metadata()).map_err(|e| Status::invalid_argument(e.to_string()))?;
     Ok(id.map(|(client, seq)| RequestId { client, seq }))
@@ -122,8 +131,9 @@ impl AdminService {
     }
 
     /// Refuses, unless `force`, a new affinity key for a pool that holds session bindings:
-    /// they are keyed by the old one, so every session would move at once (a long-polling
-    /// client's server session is then unknown where it lands). Judged as
+    /// they are keyed by the old one, so every session is bound afresh at once, most to
+    /// another backend (a long-polling client's server session is then unknown where it
+    /// lands); the old bindings stay unused until they expire. Judged as
     /// [`Self::keeps_a_backend`] is.
     async fn keeps_sessions(&self, id: Option<&RequestId>, new: &Pool, force: bool) -> Result<(), Status> {
         if force {
@@ -132,12 +142,13 @@ impl AdminService {
         let Some(live) = self.judging(id).await? else { return Ok(()) };
         let st = &live.state;
         let Some(cur) = st.pools.get(new.name.as_str()) else { return Ok(()) };
-        if cur.affinity == new.affinity || !st.sessions.keys().any(|(p, _)| p.as_str() == new.name) {
+        let bound = st.sessions.range(Pair(&new.name, "")..).next().is_some_and(|((p, _), _)| *p == new.name);
+        if same_key(&cur.affinity, &new.affinity) || !bound {
             return Ok(());
         }
         Err(Status::failed_precondition(format!(
-            "pool {} holds session bindings keyed by its affinity {:?}: a new key would move every session at \
-             once; force it (the CLI's --force) to do so",
+            "pool {} holds session bindings keyed by its affinity {:?}: a new key would bind every session afresh \
+             at once, most to another backend; force it (the CLI's --force) to do so",
             new.name, cur.affinity
         )))
     }
