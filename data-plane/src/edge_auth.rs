@@ -261,12 +261,10 @@ pub(crate) mod pool {
         IDLE.with(|idle| {
             let mut idle = idle.borrow_mut();
             let list = idle.get_mut(authority)?;
-            let before = list.len();
-            let now = Instant::now();
-            list.retain(|(tx, at)| now.saturating_duration_since(*at) < IDLE_FOR && !tx.is_closed());
-            let taken = list.iter().rposition(|(tx, _)| tx.is_ready()).map(|i| list.swap_remove(i).0);
-            pooled.fetch_sub(before - list.len(), Relaxed);
-            taken
+            prune(list, Instant::now(), pooled);
+            let i = list.iter().rposition(|(tx, _)| tx.is_ready())?;
+            pooled.fetch_sub(1, Relaxed);
+            Some(list.swap_remove(i).0)
         })
     }
 
@@ -294,13 +292,16 @@ pub(crate) mod pool {
     pub fn expire(now: Instant, pooled: &AtomicUsize) {
         IDLE.with(|idle| {
             let mut idle = idle.borrow_mut();
-            for list in idle.values_mut() {
-                let before = list.len();
-                list.retain(|(tx, at)| now.saturating_duration_since(*at) < IDLE_FOR && !tx.is_closed());
-                pooled.fetch_sub(before - list.len(), Relaxed);
-            }
+            idle.values_mut().for_each(|list| prune(list, now, pooled));
             idle.retain(|_, list| !list.is_empty());
         })
+    }
+
+    /// Drops `list`'s connections idle past [`IDLE_FOR`] or closed by their endpoint.
+    fn prune(list: &mut Vec<(Sender, Instant)>, now: Instant, pooled: &AtomicUsize) {
+        let before = list.len();
+        list.retain(|(tx, at)| now.saturating_duration_since(*at) < IDLE_FOR && !tx.is_closed());
+        pooled.fetch_sub(before - list.len(), Relaxed);
     }
 
     /// Closes every idle connection this worker holds (the descriptor budget is short).

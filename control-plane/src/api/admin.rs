@@ -37,7 +37,6 @@ fn backend_of(changes: &[Change]) -> Option<Backend> {
 
 use switchyard_model::fields::{POOL_FIELDS, SETTINGS_FIELDS};
 
-/// The request id in `req`'s metadata; none means the write is not deduplicated.
 /// Whether two affinity keys name the same thing: header names are matched without regard
 /// to case (as the proxy reads them), everything else as written.
 fn same_key(a: &str, b: &str) -> bool {
@@ -47,6 +46,7 @@ fn same_key(a: &str, b: &str) -> bool {
     }
 }
 
+/// The request id in `req`'s metadata; none means the write is not deduplicated.
 fn id_of<T>(req: &Request<T>) -> Result<Option<RequestId>, Status> {
     let id = switchyard_model::grpc::request_id(req.metadata()).map_err(|e| Status::invalid_argument(e.to_string()))?;
     Ok(id.map(|(client, seq)| RequestId { client, seq }))
