@@ -5,10 +5,9 @@
 //! Why: rustls' own record layer keeps each direction's AES-GCM key schedule and GHASH table
 //! (544 bytes apiece in ring) and the connection's state beside them for the connection's
 //! whole life, which made an idle wss connection cost 2.25x an idle ws one. Here an idle
-//! connection holds each direction's key, IV and sequence number; the key schedule is built
-//! for each read or write that moves records (0.2 us for AES-128-GCM here), a price only
-//! busy connections pay. TLS 1.3 key updates still go through rustls' key schedule, which is
-//! kept for that alone.
+//! connection holds each direction's key, IV and sequence number; the built keys of the
+//! connections that moved records last are kept per worker thread ([`keys`]). TLS 1.3 key
+//! updates still go through rustls' key schedule, which is kept for that alone.
 //!
 //! What is done here is the record protection of RFC 8446 section 5 and RFC 5246 section
 //! 6.2.3.3 (with RFC 7905 for ChaCha20-Poly1305), for the AEAD suites rustls negotiates with
@@ -17,10 +16,12 @@
 
 use std::ops::Range;
 
-use ring::aead::{Aad, LessSafeKey, Nonce, UnboundKey, AES_128_GCM, AES_256_GCM, CHACHA20_POLY1305};
+use ring::aead::{Aad, Nonce};
 use rustls::kernel::KernelConnection;
 use rustls::server::ServerConnectionData;
-use rustls::{AlertDescription, ConnectionTrafficSecrets, ExtractedSecrets, ProtocolVersion, SupportedCipherSuite};
+use rustls::{AlertDescription, ExtractedSecrets, ProtocolVersion, SupportedCipherSuite};
+
+use self::keys::{Direction, Lease};
 
 const HEADER: usize = 5;
 const TAG: usize = 16;
@@ -71,34 +72,6 @@ pub enum Opened {
     Closed,
     /// A message handled here (a key update, a warning).
     Nothing,
-}
-
-/// One direction's traffic keys, as rustls derived them, and its next sequence number.
-struct Direction {
-    secrets: ConnectionTrafficSecrets,
-    seq: u64,
-}
-
-/// A direction's key, ready to use for one read or write.
-pub struct Keyed {
-    key: LessSafeKey,
-    iv: [u8; 12],
-    gcm: bool,
-}
-
-impl Direction {
-    fn keyed(&self) -> Result<Keyed, Fail> {
-        let (alg, key, iv, gcm) = match &self.secrets {
-            ConnectionTrafficSecrets::Aes128Gcm { key, iv } => (&AES_128_GCM, key, iv, true),
-            ConnectionTrafficSecrets::Aes256Gcm { key, iv } => (&AES_256_GCM, key, iv, true),
-            ConnectionTrafficSecrets::Chacha20Poly1305 { key, iv } => (&CHACHA20_POLY1305, key, iv, false),
-            _ => return Err(fail(AlertDescription::InternalError, "unsupported TLS cipher suite")),
-        };
-        let bad = || fail(AlertDescription::InternalError, "unusable TLS traffic key");
-        let key = LessSafeKey::new(UnboundKey::new(alg, key.as_ref()).map_err(|_| bad())?);
-        let iv: [u8; 12] = iv.as_ref().try_into().map_err(|_| bad())?;
-        Ok(Keyed { key, iv, gcm })
-    }
 }
 
 /// The per-record nonce: the IV with the sequence number XORed into its last 8 bytes (RFC
@@ -154,13 +127,11 @@ impl Records {
             SupportedCipherSuite::Tls13(s) => s.common.confidentiality_limit,
             SupportedCipherSuite::Tls12(s) => s.common.confidentiality_limit,
         };
-        let (tx, rx) = (
-            Direction { seq: secrets.tx.0, secrets: secrets.tx.1 },
-            Direction { seq: secrets.rx.0, secrets: secrets.rx.1 },
-        );
-        // Both keys are usable, or the connection is refused now rather than at its first record.
-        tx.keyed()?;
-        rx.keyed()?;
+        let (tx, rx) = (Direction::new(secrets.tx.1, secrets.tx.0), Direction::new(secrets.rx.1, secrets.rx.0));
+        // Both keys are usable, or the connection is refused now rather than at its first
+        // record; built, they are kept for the first records.
+        tx.lease()?;
+        rx.lease()?;
         Ok(Self {
             tls13,
             rx,
@@ -187,11 +158,11 @@ impl Records {
     /// Both directions under the same `secrets` (so what is sealed opens here too), with no
     /// key schedule: for the properties in `tests`.
     #[cfg(test)]
-    pub fn for_tests(tls13: bool, secrets: impl Fn() -> ConnectionTrafficSecrets) -> Self {
+    pub fn for_tests(tls13: bool, secrets: impl Fn() -> rustls::ConnectionTrafficSecrets) -> Self {
         Self {
             tls13,
-            rx: Direction { secrets: secrets(), seq: 0 },
-            tx: Direction { secrets: secrets(), seq: 0 },
+            rx: Direction::new(secrets(), 0),
+            tx: Direction::new(secrets(), 0),
             kernel: None,
             limit: u64::MAX,
             answer_owed: false,
@@ -233,13 +204,13 @@ impl Records {
 
     /// Opens the whole record `rec` in place (one [`Self::whole`] measured). What it owes the
     /// peer (the answer to a key update, a refusal to renegotiate) is sealed onto `outbox`.
-    /// `key` is the receive key built for an earlier record of the same read, if any: one key
-    /// schedule serves every record a read brings (a handshake message may change it).
-    pub fn open(&mut self, rec: &mut [u8], outbox: &mut Vec<u8>, key: &mut Option<Keyed>) -> Result<Opened, Fail> {
+    /// `key` is the receive key taken for an earlier record of the same read, if any: one
+    /// lease serves every record a read brings (a handshake message may change the key).
+    pub fn open(&mut self, rec: &mut [u8], outbox: &mut Vec<u8>, key: &mut Option<Lease>) -> Result<Opened, Fail> {
         let bad_mac = || Fail { error: rustls::Error::DecryptError, alert: Some(AlertDescription::BadRecordMac) };
         let k = match key {
             Some(k) => k,
-            None => key.insert(self.rx.keyed()?),
+            None => key.insert(self.rx.lease()?),
         };
         let seq = self.rx.seq;
         let typ = rec[0];
@@ -361,7 +332,8 @@ impl Records {
                 }
                 let Some(kernel) = self.kernel.as_mut() else { return Err(no_schedule()) };
                 let (seq, secrets) = kernel.update_rx_secret().map_err(|e| Fail { error: e, alert: None })?;
-                self.rx = Direction { secrets, seq };
+                self.rx.forget();
+                self.rx = Direction::new(secrets, seq);
                 // Sealed before our next record; nothing after our close_notify.
                 self.answer_owed |= requested == 1 && !self.closed;
                 Ok(Opened::Nothing)
@@ -377,7 +349,8 @@ impl Records {
     fn next_tx(&mut self) -> Result<(), Fail> {
         let Some(kernel) = self.kernel.as_mut() else { return Err(no_schedule()) };
         let (seq, secrets) = kernel.update_tx_secret().map_err(|e| Fail { error: e, alert: None })?;
-        self.tx = Direction { secrets, seq };
+        self.tx.forget();
+        self.tx = Direction::new(secrets, seq);
         Ok(())
     }
 
@@ -389,15 +362,16 @@ impl Records {
             let error = rustls::Error::General("TLS connection closed for writing".into());
             return Err(Fail { error, alert: None });
         }
-        let mut k = self.tx.keyed()?;
+        let mut k = self.tx.lease()?;
         let mut at = 0;
         for chunk in plain.chunks(MAX_PLAIN) {
             // The key update a peer asked for, or ours at the limit, under the old key.
             if self.answer_owed || (self.tls13 && self.tx.seq >= self.limit) {
                 at += self.seal_one(HANDSHAKE, &[KEY_UPDATE, 0, 0, 1, 0], &mut out[at..], Some(&k))?;
                 self.answer_owed = false;
+                drop(k);
                 self.next_tx()?;
-                k = self.tx.keyed()?;
+                k = self.tx.lease()?;
             }
             if self.tx.seq >= self.limit {
                 // TLS 1.2 has no key update: the connection ends, with a close_notify.
@@ -410,12 +384,12 @@ impl Records {
     }
 
     /// Seals one record under `k` (this direction's key when `None`).
-    fn seal_one(&mut self, typ: u8, plain: &[u8], out: &mut [u8], k: Option<&Keyed>) -> Result<usize, Fail> {
+    fn seal_one(&mut self, typ: u8, plain: &[u8], out: &mut [u8], k: Option<&Lease>) -> Result<usize, Fail> {
         let own;
         let k = match k {
             Some(k) => k,
             None => {
-                own = self.tx.keyed()?;
+                own = self.tx.lease()?;
                 &own
             }
         };
@@ -495,6 +469,15 @@ impl Records {
     }
 }
 
+impl Drop for Records {
+    /// The connection is over: its kept keys are dropped now, not when others displace them.
+    fn drop(&mut self) {
+        self.rx.forget();
+        self.tx.forget();
+    }
+}
+
 mod handover;
+mod keys;
 #[cfg(test)]
 mod tests;

@@ -154,3 +154,49 @@ fn empty_records_in_a_row_are_refused_past_a_few_and_data_resets_the_count() {
         assert_eq!(e.alert, Some(AlertDescription::UnexpectedMessage), "tls13 {tls13}");
     }
 }
+
+/// A connection moving records finds its built keys kept on its thread, and they go when it
+/// does (see `keys`).
+#[test]
+fn a_busy_connection_keeps_its_keys_on_its_thread_until_it_ends() {
+    let mut sealer = records(true, false, 5);
+    let mut r = records(true, false, 5);
+    let mut wire = sealed(&mut sealer, b"hello");
+    let (sealer_tx, r_rx) = (sealer.tx.id(), r.rx.id());
+    assert!(keys::is_kept(sealer_tx), "the key that sealed is kept for the next write");
+    let (mut at, mut data) = (0, Vec::new());
+    open_all(&mut r, &mut wire, &mut at, &mut data).expect("opens");
+    assert_eq!(data, b"hello");
+    assert!(keys::is_kept(r_rx), "the key that opened is kept for the next read");
+    drop((r, sealer));
+    assert!(!keys::is_kept(r_rx) && !keys::is_kept(sealer_tx), "an ended connection's keys are dropped");
+}
+
+/// Keys are kept in a table of a few slots per thread, so directions share slots: one never
+/// opens or seals with another's key, whatever the order they take turns in.
+#[test]
+fn directions_that_share_a_kept_slot_never_use_each_others_keys() {
+    for (tls13, chacha) in [(true, false), (false, false), (true, true)] {
+        let (mut a_tx, mut a_rx) = (records(tls13, chacha, 1), records(tls13, chacha, 1));
+        let (mut b_tx, mut b_rx) = (records(tls13, chacha, 2), records(tls13, chacha, 2));
+        // b's directions fall in a's slots, under other secrets.
+        let secrets = |k: u8| {
+            let (key, iv) = (AeadKey::from([k; 32]), Iv::from([k.wrapping_add(1); 12]));
+            if chacha {
+                ConnectionTrafficSecrets::Chacha20Poly1305 { key, iv }
+            } else {
+                ConnectionTrafficSecrets::Aes256Gcm { key, iv }
+            }
+        };
+        b_tx.tx = keys::same_slot(&a_tx.tx, secrets(2));
+        b_rx.rx = keys::same_slot(&a_rx.rx, secrets(2));
+        for i in 0..6u8 {
+            let (mut wa, mut wb) = (sealed(&mut a_tx, &[i; 10]), sealed(&mut b_tx, &[i + 100; 10]));
+            let (mut at, mut data) = (0, Vec::new());
+            open_all(&mut b_rx, &mut wb, &mut at, &mut data).expect("b opens what b sealed");
+            let (mut at2, mut data2) = (0, Vec::new());
+            open_all(&mut a_rx, &mut wa, &mut at2, &mut data2).expect("a opens what a sealed");
+            assert_eq!((data, data2), (vec![i + 100; 10], vec![i; 10]), "tls13 {tls13} chacha {chacha}");
+        }
+    }
+}
