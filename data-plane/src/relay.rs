@@ -31,6 +31,7 @@ pub(crate) use direction::write_stall;
 use direction::{Direction, TimerAction};
 pub use limits::{End, Flow, Limits, Relayed, Side, Why, CLOSE_LINGER};
 use shared::{Finished, Shared};
+use signal::Seen;
 pub use stream::Stream;
 
 use crate::frame::CLOSE_GOING_AWAY;
@@ -107,8 +108,12 @@ fn pump<'a>(
             // direction, keeps none. The wake-ups and readiness keep no state but the count each
             // signal was last seen at: an idle connection's state stays small, and polling them
             // takes no lock.
-            let (mut woken, mut asked) = (0u32, 0u32);
+            let (mut woken, mut asked) = (Seen::default(), Seen::default());
             let mut timer: Option<Pin<Box<Sleep>>> = None;
+            // The timer has this task's waker and has not fired: polling it again (an atomic
+            // registration) waits until it has fired or was re-armed. A poll made with the
+            // task's budget spent registers nothing, so it does not count.
+            let mut timer_waits = false;
             let mut rearm = true;
             loop {
                 // A close the proxy decided goes out once this output is between frames.
@@ -145,6 +150,7 @@ fn pump<'a>(
                         (None, Some(t)) => t.as_mut().reset(Instant::now() + FAR),
                         (None, None) => {}
                     }
+                    timer_waits = false;
                     rearm = false;
                 }
                 let mut read = None;
@@ -157,7 +163,15 @@ fn pump<'a>(
                         sh.request_close(code, CLOSE_GOING_AWAY, End::Proxy(code), Why::Asked);
                         rearm = true;
                     }
-                    _ = poll_fn(|cx| timer.as_mut().map_or(Poll::Pending, |t| t.as_mut().poll(cx))) => {
+                    _ = poll_fn(|cx| match timer.as_mut() {
+                        Some(t) if !timer_waits || t.is_elapsed() => {
+                            let registers = tokio::task::coop::has_budget_remaining();
+                            let p = t.as_mut().poll(cx);
+                            timer_waits = p.is_pending() && registers;
+                            p
+                        }
+                        _ => Poll::Pending,
+                    }) => {
                         rearm = true;
                         match d.on_timer(Instant::now(), sh) {
                             TimerAction::Wait => {}

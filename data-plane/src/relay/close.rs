@@ -4,7 +4,7 @@
 use std::sync::atomic::{AtomicU16, Ordering::Relaxed};
 use std::task::{Context, Poll};
 
-use super::signal::Signal;
+use super::signal::{Seen, Signal};
 
 #[derive(Default)]
 pub struct CloseHandle {
@@ -31,14 +31,14 @@ impl CloseHandle {
 
     /// Ready once a close was asked for after `seen` (start from 0: one asked for before the
     /// wait counts). One task waits on a handle: the relay's.
-    pub(crate) fn poll_asked(&self, seen: &mut u32, cx: &mut Context<'_>) -> Poll<()> {
+    pub(crate) fn poll_asked(&self, seen: &mut Seen, cx: &mut Context<'_>) -> Poll<()> {
         self.signal.poll_raised(seen, cx)
     }
 
     /// Resolves once a close is asked for (at once, if one already was).
     #[cfg(test)]
     pub(crate) async fn asked(&self) {
-        let mut seen = 0;
+        let mut seen = Seen::default();
         std::future::poll_fn(|cx| self.poll_asked(&mut seen, cx)).await
     }
 }

@@ -322,6 +322,35 @@ async fn a_client_that_answers_pings_stays() {
     assert!(!r.relay.is_finished());
 }
 
+/// A direction that never runs out of input still keeps its timer: the backend streams
+/// without a pause, so the relay's reads use up the task's budget over and over, and the pings
+/// still come on time.
+#[tokio::test]
+async fn pings_keep_coming_while_the_backend_streams_without_a_pause() {
+    let limits = Limits { ping_interval: Some(Duration::from_millis(100)), ..NO_LIMITS };
+    let Rig { mut client, backend, relay, .. } = Rig::start(limits).await;
+    let mut backend = backend.s;
+    let stream = tokio::spawn(async move {
+        let burst: Vec<u8> = (0..512).flat_map(|_| data(OP_BINARY, b"x", None)).collect();
+        while backend.write_all(&burst).await.is_ok() {}
+    });
+    let (mut pings, mut frames) = (0, 0u64);
+    let three = async {
+        while pings < 3 {
+            let f = client.frame().await;
+            frames += 1;
+            if f.opcode == OP_PING {
+                pings += 1;
+                client.send(&control_frame(OP_PONG, b"sy", Some(MASK))).await;
+            }
+        }
+    };
+    timeout(WAIT, three).await.expect("three pings came while the backend streamed");
+    assert!(frames > 1000, "the backend's frames came between the pings: {frames}");
+    stream.abort();
+    relay.abort();
+}
+
 async fn too_big(from_client: bool) {
     let limits = Limits { max_message: 100, ..NO_LIMITS };
     let mut r = Rig::start(limits).await;
