@@ -131,7 +131,10 @@ impl Records {
         // Both keys are usable, or the connection is refused now rather than at its first
         // record; built, they are kept for the first records.
         tx.lease()?;
-        rx.lease()?;
+        if let Err(f) = rx.lease() {
+            tx.forget();
+            return Err(f);
+        }
         Ok(Self {
             tls13,
             rx,
