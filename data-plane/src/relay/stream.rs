@@ -14,7 +14,7 @@ use std::sync::{Mutex, MutexGuard};
 use tokio::io::Interest;
 use tokio::net::TcpStream;
 
-use crate::socket::read_socket;
+use crate::socket::{read_socket, write_socket};
 
 pub enum Stream {
     Plain(TcpStream),
@@ -90,11 +90,7 @@ impl Stream {
     #[inline]
     pub fn try_write(&self, buf: &[u8]) -> io::Result<usize> {
         match self {
-            Stream::Plain(s) => match s.try_write(buf) {
-                Ok(n) => Ok(n),
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => Ok(0),
-                Err(e) => Err(e),
-            },
+            Stream::Plain(s) => write_socket(s, buf),
             Stream::Tls(t) => t.try_write(buf),
             Stream::Edge(t) => t.try_write(buf),
         }

@@ -23,6 +23,7 @@ use rustls::unbuffered::{
 use tokio::net::TcpStream;
 
 use self::records::Records;
+use crate::socket::write_socket;
 
 /// Ciphertext one socket read takes at most: a 16 KiB message in its record arrives whole.
 const READ: usize = 32 * 1024;
@@ -103,15 +104,6 @@ struct State {
 
 fn broken(e: &rustls::Error) -> io::Error {
     io::Error::new(io::ErrorKind::InvalidData, e.clone())
-}
-
-/// Writes what the socket takes now: `Ok(0)` when it takes nothing.
-fn write_socket(tcp: &TcpStream, buf: &[u8]) -> io::Result<usize> {
-    match tcp.try_write(buf) {
-        Ok(n) => Ok(n),
-        Err(e) if e.kind() == io::ErrorKind::WouldBlock => Ok(0),
-        Err(e) => Err(e),
-    }
 }
 
 /// Copies a handshake record (or alert) rustls has ready onto the end of `outbox`.
