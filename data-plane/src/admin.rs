@@ -17,6 +17,7 @@ use prometheus_client::registry::Registry;
 use serde_json::json;
 use tokio::net::TcpListener;
 
+use crate::relay::Side;
 use crate::state::ProxyState;
 
 /// The admin port is for scrapers and operators, a handful of connections: past this many at
@@ -167,10 +168,10 @@ pub fn status_json(state: &ProxyState) -> serde_json::Value {
                 "pool": pool, "address": addr,
                 "active": s.active.load(Relaxed), "total": s.total.load(Relaxed),
                 "active_elsewhere": s.cluster_active.load(Relaxed),
-                "messages_to_backend": s.messages_to_backend.load(Relaxed),
-                "messages_to_client": s.messages_to_client.load(Relaxed),
-                "bytes_to_backend": s.bytes_to_backend.load(Relaxed),
-                "bytes_to_client": s.bytes_to_client.load(Relaxed),
+                "messages_to_backend": s.traffic.messages(Side::ToBackend),
+                "messages_to_client": s.traffic.messages(Side::ToClient),
+                "bytes_to_backend": s.traffic.bytes(Side::ToBackend),
+                "bytes_to_client": s.traffic.bytes(Side::ToClient),
                 "connect_failures": s.connect_failures.load(Relaxed),
                 "ejected": s.ejected_until_ms.load(Relaxed) > state.registry.now_ms(),
             })
@@ -213,14 +214,11 @@ fn metrics(state: &ProxyState) -> String {
         let l = vec![("pool".to_string(), pool.clone()), ("backend".to_string(), addr.clone())];
         active.get_or_create(&l).set(s.active.load(Relaxed) as i64);
         total.get_or_create(&l).inc_by(s.total.load(Relaxed));
-        for (dir, m, b) in [
-            ("to_backend", &s.messages_to_backend, &s.bytes_to_backend),
-            ("to_client", &s.messages_to_client, &s.bytes_to_client),
-        ] {
+        for (dir, side) in [("to_backend", Side::ToBackend), ("to_client", Side::ToClient)] {
             let mut ld = l.clone();
             ld.push(("direction".into(), dir.into()));
-            msgs.get_or_create(&ld).inc_by(m.load(Relaxed));
-            bytes.get_or_create(&ld).inc_by(b.load(Relaxed));
+            msgs.get_or_create(&ld).inc_by(s.traffic.messages(side));
+            bytes.get_or_create(&ld).inc_by(s.traffic.bytes(side));
         }
     }
     for (reason, n) in state.runtime.failures().iter() {

@@ -2,20 +2,67 @@
 //! on a config change picks the same stats back up, so counts and connections carry over.
 
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering::Relaxed};
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::Instant;
 
 use crate::relay::close::CloseHandle;
+use crate::relay::Side;
+
+/// Messages and bytes relayed each way, counted apart by each worker thread. Every relayed
+/// message adds to these; one set written from every worker moved its cache line between
+/// the cores on each message.
+#[derive(Default)]
+pub struct Traffic {
+    shards: [Shard; SHARDS],
+}
+
+/// Workers counting apart; more share a shard.
+const SHARDS: usize = 8;
+
+/// One worker's counts, on cache lines of their own (128 bytes: adjacent lines are fetched in
+/// pairs).
+#[derive(Default)]
+#[repr(align(128))]
+struct Shard {
+    messages: [AtomicU64; 2],
+    bytes: [AtomicU64; 2],
+}
+
+static NEXT_SHARD: AtomicUsize = AtomicUsize::new(0);
+
+thread_local! {
+    static SHARD: usize = NEXT_SHARD.fetch_add(1, Relaxed) % SHARDS;
+}
+
+fn way(side: Side) -> usize {
+    match side {
+        Side::ToBackend => 0,
+        Side::ToClient => 1,
+    }
+}
+
+impl Traffic {
+    pub fn add(&self, side: Side, messages: u64, bytes: u64) {
+        let s = &self.shards[SHARD.with(|s| *s)];
+        s.bytes[way(side)].fetch_add(bytes, Relaxed);
+        s.messages[way(side)].fetch_add(messages, Relaxed);
+    }
+
+    pub fn messages(&self, side: Side) -> u64 {
+        self.shards.iter().map(|s| s.messages[way(side)].load(Relaxed)).sum()
+    }
+
+    pub fn bytes(&self, side: Side) -> u64 {
+        self.shards.iter().map(|s| s.bytes[way(side)].load(Relaxed)).sum()
+    }
+}
 
 #[derive(Default)]
 pub struct BackendStats {
     pub active: AtomicU64,
     pub total: AtomicU64,
-    pub messages_to_backend: AtomicU64,
-    pub messages_to_client: AtomicU64,
-    pub bytes_to_backend: AtomicU64,
-    pub bytes_to_client: AtomicU64,
+    pub traffic: Traffic,
     pub connect_failures: AtomicU64,
     /// Passive health: no new connections before this time (ms on the registry's clock).
     pub ejected_until_ms: AtomicU64,

@@ -5,7 +5,6 @@
 //! acts on whichever entry is due.
 
 use std::io;
-use std::sync::atomic::Ordering::Relaxed;
 use std::time::Duration;
 
 use super::stream::Stream;
@@ -300,11 +299,6 @@ impl Direction {
     /// Counts what a read passed on, once it is written, and says what it leaves owed.
     fn account(&mut self, fed: Fed, sh: &Shared, stats: &BackendStats) -> Owed {
         let Fed { before, had_close, was_boundary, ok_len, violation } = fed;
-        let (bytes, msgs) = match self.side {
-            Side::ToBackend => (&stats.bytes_to_backend, &stats.messages_to_backend),
-            Side::ToClient => (&stats.bytes_to_client, &stats.messages_to_client),
-        };
-        bytes.fetch_add(ok_len as u64, Relaxed);
         self.bytes += ok_len as u64;
         if !had_close && self.t.saw_close {
             sh.peer_ended(self.side);
@@ -313,7 +307,7 @@ impl Direction {
                 sh.close_went(self.side);
             }
         }
-        msgs.fetch_add(self.t.messages - before, Relaxed);
+        stats.traffic.add(self.side, self.t.messages - before, ok_len as u64);
         if let Some(v) = violation {
             self.on_violation(v, ok_len > 0 || was_boundary, sh);
             return Owed::Close;

@@ -1,7 +1,6 @@
 //! The relay between real loopback sockets: the test plays the client and the backend by
 //! writing raw frames to the far ends of two socket pairs, and reads what the proxy sends.
 
-use std::sync::atomic::Ordering::Relaxed;
 use std::sync::Arc;
 
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -366,12 +365,8 @@ async fn too_big(from_client: bool) {
     let (to_sender, to_receiver) = (sender.frame().await, receiver.frame().await);
     assert_eq!((to_sender.close_code(), to_receiver.close_code()), (1009, 1001));
     assert_eq!((to_sender.masked, to_receiver.masked), (!from_client, from_client));
-    let (bytes, msgs) = if from_client {
-        (&r.stats.bytes_to_backend, &r.stats.messages_to_backend)
-    } else {
-        (&r.stats.bytes_to_client, &r.stats.messages_to_client)
-    };
-    assert_eq!((bytes.load(Relaxed), msgs.load(Relaxed)), (small.len() as u64, 1));
+    let side = if from_client { Side::ToBackend } else { Side::ToClient };
+    assert_eq!((r.stats.traffic.bytes(side), r.stats.traffic.messages(side)), (small.len() as u64, 1));
     let code = if from_client { 1009 } else { 1001 };
     assert_eq!(r.hang_up().await, End::Proxy(code), "the code is the client's");
 }
