@@ -106,8 +106,8 @@ fn pump<'a>(
             // and deregister it on the hot path. It is made (boxed) the first time this direction
             // has a deadline, so a connection with no idle timeout or pings, the usual backend
             // direction, keeps none. The wake-ups and readiness keep no state but the count each
-            // signal was last seen at: an idle connection's state stays small, and polling them
-            // takes no lock.
+            // signal was last seen at (and whether this task's waker is in place): an idle
+            // connection's state stays small, and polling them takes no lock.
             let (mut woken, mut asked) = (Seen::default(), Seen::default());
             let mut timer: Option<Pin<Box<Sleep>>> = None;
             // The timer has this task's waker and has not fired: polling it again (an atomic
