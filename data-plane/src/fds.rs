@@ -55,7 +55,8 @@ impl<'a> Slot<'a> {
 /// take one descriptor each. When those are what stands in the way, this worker's are closed
 /// at once and the other workers' are asked to close theirs, and the client is let in: the
 /// others close theirs within moments, before this client's backend connect, and the
-/// descriptors kept in reserve cover the overlap. The slot crosses to a worker thread with the socket; see [`Slot::adopt`].
+/// descriptors kept in reserve cover the overlap. The slot crosses to a worker thread with
+/// the socket; see [`Slot::adopt`].
 pub fn reserve(rt: &Runtime) -> bool {
     let (max, room) = (rt.max_open.load(Relaxed), rt.fd_room.load(Relaxed));
     let n = rt.open.fetch_add(1, Relaxed);

@@ -243,16 +243,16 @@ impl Admin for AdminService {
         let (id, caller) = (id_of(&req)?, caller_of(&req)?);
         let r = req.into_inner();
         validate::admin_state(r.state)?;
-        match AdminState::try_from(r.state) {
-            Ok(AdminState::Draining) => {
-                self.keeps_a_backend(id.as_ref(), (&r.pool, &r.address), "draining it", r.force).await?
-            }
-            Ok(AdminState::Disabled) => {
-                self.keeps_a_backend(id.as_ref(), (&r.pool, &r.address), "disabling it", r.force).await?
-            }
-            _ => {}
+        let to = AdminState::try_from(r.state);
+        let taking_out = match to {
+            Ok(AdminState::Draining) => Some("draining it"),
+            Ok(AdminState::Disabled) => Some("disabling it"),
+            _ => None,
+        };
+        if let Some(what) = taking_out {
+            self.keeps_a_backend(id.as_ref(), (&r.pool, &r.address), what, r.force).await?;
         }
-        let state = AdminState::try_from(r.state).map_or("?".into(), |s| s.as_str_name().to_lowercase());
+        let state = to.map_or("?".into(), |s| s.as_str_name().to_lowercase());
         let audit =
             note(&caller, "Admin/SetBackendState", format!("backend {} in pool {}: {state}", r.address, r.pool));
         let cmd = Command::SetBackendState { pool: r.pool.clone(), address: r.address.clone(), state: r.state };
