@@ -49,7 +49,7 @@ pub fn start(
     }
     let mut loops = Vec::new();
     for i in 0..n.max(1) {
-        let rt = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
+        let rt = tokio::runtime::Builder::new_current_thread().enable_all().on_thread_park(before_park).build()?;
         for (l, tls) in &shared {
             let l = l.try_clone()?;
             let (state, ctx, tls) = (state.clone(), ctx.clone(), *tls);
@@ -78,6 +78,24 @@ pub fn start(
         })?;
     }
     Ok(loops)
+}
+
+/// Runs as a worker is about to park (sleep in `epoll_wait`) with no task ready. If it read
+/// anything since it last parked, it first yields its core to whatever else is runnable there.
+///
+/// On a core shared with other busy processes (the clients and backends of a load test, the
+/// application beside a sidecar), the process this worker just wrote to is often runnable on
+/// it: run first, it usually brings the worker's next input before the worker would sleep,
+/// and a yield costs both sides less than a sleep and a wake-up (neither has to wake the
+/// other). Measured on 2 shared cores, 100 echoing connections: 0.87x the proxy's CPU per
+/// wss message and 1.07x the messages/s, 0.92x the CPU per ws message, and 0.85-0.88x at a
+/// light fixed rate, with no worse latency (medians of 8-12 interleaved rounds). With
+/// nothing else runnable the yield returns at once: one syscall per park after work. A park
+/// after a timer alone does not yield.
+fn before_park() {
+    if crate::socket::read_since_asked() {
+        std::thread::yield_now();
+    }
 }
 
 /// Keeps a timer at most a second out on the worker. tokio's timer wakes its own poller

@@ -163,6 +163,7 @@ struct SockRead<'a> {
 
 impl Read for SockRead<'_> {
     fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        crate::socket::note_read();
         let n = (&*socket2::SockRef::from(self.s)).read(buf)?;
         self.short = n > 0 && n < buf.len();
         Ok(n)
