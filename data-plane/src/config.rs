@@ -84,6 +84,11 @@ pub struct Args {
     /// Connection worker threads [default: one per core].
     #[arg(long)]
     pub workers: Option<usize>,
+    /// A worker that did work sleeps at once when it runs out, instead of first yielding its
+    /// core to whatever else is runnable there: for cores kept for the proxy alone, or
+    /// real-time scheduling (see the README's "Workers" note).
+    #[arg(long)]
+    pub no_park_yield: bool,
     /// Client connections open at once; more get 503 at accept [default: what the file
     /// descriptor limit allows, two descriptors per connection]. A larger value is lowered to
     /// that.
@@ -130,6 +135,7 @@ struct FileConfig {
     backend_keepalive_ms: Option<u64>,
     shutdown_grace_ms: Option<u64>,
     workers: Option<usize>,
+    park_yield: Option<bool>,
     max_connections: Option<usize>,
     access_log: Option<PathBuf>,
     access_log_format: Option<crate::access_log::Format>,
@@ -244,6 +250,7 @@ impl Args {
             }
             tuning.workers = w;
         }
+        tuning.park_yield = !self.no_park_yield && file.park_yield.unwrap_or(true);
         if let Some(m) = self.max_connections.or(file.max_connections) {
             if m == 0 {
                 return Err(ConfigError("--max-connections must be 1 or more".into()));
@@ -346,5 +353,16 @@ mod tests {
         assert!(e.contains("--eject-ms 18446744073709551615 is not 0 to 86400000"), "{e}");
         assert!(config(&["--connect-timeout-ms", "0"]).unwrap_err().contains("--connect-timeout-ms"));
         assert!(config(&["--shutdown-grace-ms", "99999999999"]).unwrap_err().contains("--shutdown-grace-ms"));
+    }
+
+    /// Workers yield before they park unless the flag or the file says not to.
+    #[test]
+    fn the_park_yield_is_on_unless_turned_off() {
+        assert!(config(&[]).unwrap().tuning.park_yield);
+        assert!(!config(&["--no-park-yield"]).unwrap().tuning.park_yield);
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("proxy.toml");
+        std::fs::write(&file, "park-yield = false\n").unwrap();
+        assert!(!config(&["--config", file.to_str().unwrap()]).unwrap().tuning.park_yield);
     }
 }

@@ -44,6 +44,8 @@ pub struct Tuning {
     pub shutdown_grace: Duration,
     /// Connection worker threads.
     pub workers: usize,
+    /// Workers yield their core before they park after work (`connection::accept`).
+    pub park_yield: bool,
     /// The operator's cap on open client connections (the descriptor limit caps it too).
     pub max_connections: Option<usize>,
     /// Accept only once a config is in use (from the cache or a node), waiting at most this
@@ -62,6 +64,7 @@ impl Default for Tuning {
             max_attempts: 3,
             shutdown_grace: Duration::from_secs(10),
             workers: std::thread::available_parallelism().map_or(2, |n| n.get()),
+            park_yield: true,
             max_connections: None,
             accept_when_configured: None,
         }

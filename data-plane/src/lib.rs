@@ -175,7 +175,7 @@ impl Proxy {
             .filter_map(|(l, tls)| l.map(|listener| connection::Listen { listener, tls }))
             .collect();
         let gate = cfg.tuning.accept_when_configured;
-        let accept = connection::start(cfg.tuning.workers, listeners, gate, state.clone(), ctx)?;
+        let accept = connection::start(cfg.tuning.workers, cfg.tuning.park_yield, listeners, gate, state.clone(), ctx)?;
         Ok(Proxy { state, listen, ws: ws_addr, wss: wss_addr, admin: admin_addr, accept })
     }
 

@@ -47,42 +47,18 @@ pub fn write_socket(s: &TcpStream, buf: &[u8]) -> io::Result<usize> {
 }
 
 thread_local! {
-    /// This thread read from a socket since it last asked [`read_since_asked`].
+    /// This thread tried to read a socket since it last asked [`read_since_asked`].
     static READ: Cell<bool> = const { Cell::new(false) };
 }
 
-/// Records that this thread read from a socket (a worker's cue to yield before it parks).
+/// Records that this thread tried to read a socket: a worker's cue to yield before it parks
+/// (`connection::accept`).
 #[inline]
 pub fn note_read() {
     READ.with(|r| r.set(true));
 }
 
-/// Whether this thread read from a socket since it last asked.
+/// Whether this thread tried to read a socket since it last asked.
 pub fn read_since_asked() -> bool {
     READ.with(|r| r.replace(false))
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    /// A worker yields before parking only after it read something, and once per read-to-park
-    /// stretch: a park after a timer alone, or a second park with no read between, does not.
-    #[tokio::test(flavor = "current_thread")]
-    async fn a_read_is_seen_by_the_next_park_only() {
-        let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let c = TcpStream::connect(l.local_addr().unwrap()).await.unwrap();
-        let (s, _) = l.accept().await.unwrap();
-        read_since_asked();
-        assert!(!read_since_asked(), "nothing was read yet");
-        rustix::net::send(&c, b"hi", SendFlags::NOSIGNAL).unwrap();
-        s.readable().await.unwrap();
-        let mut buf = [0u8; 8];
-        assert_eq!(read_socket(&s, &mut buf).unwrap(), 2);
-        assert!(read_since_asked(), "the read is seen");
-        assert!(!read_since_asked(), "and seen once");
-        // A read that finds nothing is still work the worker did before parking.
-        assert!(read_socket(&s, &mut buf).is_err());
-        assert!(read_since_asked());
-    }
 }

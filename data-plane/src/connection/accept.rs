@@ -34,6 +34,7 @@ pub struct Listen {
 /// first config, when set). Each thread stays until its connections are done.
 pub fn start(
     n: usize,
+    park_yield: bool,
     listeners: Vec<Listen>,
     gate: Option<Duration>,
     state: Arc<ProxyState>,
@@ -49,7 +50,12 @@ pub fn start(
     }
     let mut loops = Vec::new();
     for i in 0..n.max(1) {
-        let rt = tokio::runtime::Builder::new_current_thread().enable_all().on_thread_park(before_park).build()?;
+        let mut rt = tokio::runtime::Builder::new_current_thread();
+        rt.enable_all();
+        if park_yield {
+            rt.on_thread_park(yield_before_park(std::thread::yield_now));
+        }
+        let rt = rt.build()?;
         for (l, tls) in &shared {
             let l = l.try_clone()?;
             let (state, ctx, tls) = (state.clone(), ctx.clone(), *tls);
@@ -80,21 +86,22 @@ pub fn start(
     Ok(loops)
 }
 
-/// Runs as a worker is about to park (sleep in `epoll_wait`) with no task ready. If it read
-/// anything since it last parked, it first yields its core to whatever else is runnable there.
+/// A worker's hook for when it is about to park (sleep in `epoll_wait`, no task ready): if
+/// it tried to read a socket since the hook last ran, it first yields its core (`yield_now`)
+/// to whatever else is runnable there.
 ///
-/// On a core shared with other busy processes (the clients and backends of a load test, the
-/// application beside a sidecar), the process this worker just wrote to is often runnable on
-/// it: run first, it usually brings the worker's next input before the worker would sleep,
-/// and a yield costs both sides less than a sleep and a wake-up (neither has to wake the
-/// other). Measured on 2 shared cores, 100 echoing connections: 0.87x the proxy's CPU per
-/// wss message and 1.07x the messages/s, 0.92x the CPU per ws message, and 0.85-0.88x at a
-/// light fixed rate, with no worse latency (medians of 8-12 interleaved rounds). With
-/// nothing else runnable the yield returns at once: one syscall per park after work. A park
-/// after a timer alone does not yield.
-fn before_park() {
-    if crate::socket::read_since_asked() {
-        std::thread::yield_now();
+/// On a core shared with busy processes (a sidecar's application, a load test's clients
+/// and backends) the peer this worker just wrote to is often runnable on it: run first, it
+/// usually brings the worker's next input before the worker sleeps, which spares the worker
+/// a sleep and its wake-up, and the peer the cost of waking it. With nothing else runnable
+/// the yield returns at once (one syscall). The cost: a yielded worker waits its turn
+/// behind a neighbour that keeps its core busy, where a woken one would be run first; and a
+/// neighbour in another cgroup may not be run at all. `--no-park-yield` turns it off.
+fn yield_before_park(yield_now: fn()) -> impl Fn() + Send + Sync + 'static {
+    move || {
+        if crate::socket::read_since_asked() {
+            yield_now();
+        }
     }
 }
 
@@ -198,4 +205,45 @@ fn refuse_at_accept(state: &ProxyState, sock: &TcpStream, peer: SocketAddr, tls:
         let _ = sock.try_write(&handshake::error_response(&r, retry));
     }
     state.runtime.count_failure(termination);
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::atomic::{AtomicUsize, Ordering::SeqCst};
+    use std::time::Duration;
+
+    use super::yield_before_park;
+
+    static YIELDS: AtomicUsize = AtomicUsize::new(0);
+
+    /// A worker runtime with the hook parks after a timer without yielding, and yields once
+    /// when it parks after reading a socket.
+    #[test]
+    fn a_worker_yields_before_parking_after_a_read_and_not_after_a_timer_alone() {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .on_thread_park(yield_before_park(|| {
+                YIELDS.fetch_add(1, SeqCst);
+            }))
+            .build()
+            .unwrap();
+        rt.block_on(async {
+            let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+            let c = tokio::net::TcpStream::connect(l.local_addr().unwrap()).await.unwrap();
+            let (s, _) = l.accept().await.unwrap();
+            crate::socket::read_since_asked();
+            let before = YIELDS.load(SeqCst);
+            tokio::time::sleep(Duration::from_millis(20)).await;
+            assert_eq!(YIELDS.load(SeqCst), before, "a park after a timer alone yielded");
+            c.try_write(b"hi").unwrap();
+            s.readable().await.unwrap();
+            let mut buf = [0u8; 8];
+            assert_eq!(crate::socket::read_socket(&s, &mut buf).unwrap(), 2);
+            // Parks: the hook sees the read.
+            tokio::time::sleep(Duration::from_millis(20)).await;
+            assert_eq!(YIELDS.load(SeqCst), before + 1, "the park after a read did not yield once");
+            tokio::time::sleep(Duration::from_millis(20)).await;
+            assert_eq!(YIELDS.load(SeqCst), before + 1, "a later park with no read yielded");
+        });
+    }
 }

@@ -84,6 +84,7 @@ pub(super) fn poll_read_into<S: AsyncRead + Unpin>(
     cx: &mut Context<'_>,
 ) -> Poll<Result<usize, Fail>> {
     buf.reserve(room);
+    crate::socket::note_read();
     poll_read_buf(Pin::new(io), cx, buf).map_err(|_| Fail::Io)
 }
 
