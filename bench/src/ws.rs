@@ -144,7 +144,11 @@ async fn connect(target: &str) -> Result<Ws> {
 #[tokio::main]
 async fn main() -> Result<()> {
     let args = Args::parse();
-    wstls::init(args.tls_ca, &args.sni)?;
+    let size = match &args.cmd {
+        Cmd::Throughput { size, .. } => *size,
+        _ => 0,
+    };
+    wstls::init(args.tls_ca, &args.sni, size)?;
     match args.cmd {
         Cmd::Throughput { target, conns, seconds, size, rate } => throughput(&target, conns, seconds, size, rate).await,
         Cmd::Handshakes { target, concurrency, seconds } => handshakes(&target, concurrency, seconds).await,
