@@ -25,6 +25,13 @@ pub const DEFAULT_ELECTION_MAX_MS: u64 = 240;
 pub const DEFAULT_SNAPSHOT_EVERY: u64 = 10_000;
 pub const DEFAULT_KEEP_LOGS: u64 = 1_000;
 pub const DEFAULT_WRITE_TIMEOUT_MS: u64 = 5_000;
+/// The most the pools, backends and routes may take in a config snapshot by default: 64 MiB,
+/// about a million plain backends, a quarter of what a proxy takes in one message
+/// ([`switchyard_model::limits::MAX_GRPC_MESSAGE`]), leaving the rest for session bindings.
+pub const DEFAULT_MAX_CONFIG_BYTES: u64 = 64 << 20;
+/// The range `--max-config-bytes` takes: half a proxy's message at most.
+pub const MAX_CONFIG_BYTES_RANGE: std::ops::RangeInclusive<u64> =
+    (64 << 10)..=(switchyard_model::limits::MAX_GRPC_MESSAGE as u64 / 2);
 /// The longest heartbeat or election timeout a node takes (ms).
 pub const MAX_TIMING_MS: u64 = 60_000;
 /// The longest write timeout a node takes.
@@ -57,6 +64,9 @@ pub struct NodeConfig {
     pub keep_logs: u64,
     /// How long a write may wait for a quorum before the caller gets UNAVAILABLE.
     pub write_timeout: Duration,
+    /// Writes that would grow the config's pools, backends and routes past this many bytes
+    /// (as encoded for proxies) are refused with RESOURCE_EXHAUSTED (`api::admin`).
+    pub max_config_bytes: u64,
     /// The cluster CA and this node's certificate (role `node`): with them the node serves
     /// only TLS and calls its peers with its certificate.
     pub tls: TlsFiles,
@@ -85,6 +95,7 @@ impl NodeConfig {
             snapshot_every: DEFAULT_SNAPSHOT_EVERY,
             keep_logs: DEFAULT_KEEP_LOGS,
             write_timeout: Duration::from_millis(DEFAULT_WRITE_TIMEOUT_MS),
+            max_config_bytes: DEFAULT_MAX_CONFIG_BYTES,
             tls: TlsFiles::default(),
             insecure: false,
             metrics_listen: Some(DEFAULT_METRICS_LISTEN.parse().expect("default is valid")),
@@ -151,6 +162,15 @@ impl NodeConfig {
         }
         if self.snapshot_every == 0 {
             return bad("--snapshot-every must be 1 or more".into());
+        }
+        if !MAX_CONFIG_BYTES_RANGE.contains(&self.max_config_bytes) {
+            return bad(format!(
+                "--max-config-bytes must be {} to {}: every proxy receives the whole config in one message of at most {} \
+                 bytes, session bindings included",
+                MAX_CONFIG_BYTES_RANGE.start(),
+                MAX_CONFIG_BYTES_RANGE.end(),
+                switchyard_model::limits::MAX_GRPC_MESSAGE
+            ));
         }
         Ok(())
     }
@@ -275,6 +295,11 @@ pub struct Args {
     /// How long a write waits for a quorum before answering UNAVAILABLE.
     #[arg(long)]
     pub write_timeout_ms: Option<u64>,
+    /// Refuse writes that would grow the pools, backends and routes past this many bytes (as
+    /// sent to proxies, all in one message); set the same on every node [default: 67108864,
+    /// 64 MiB].
+    #[arg(long)]
+    pub max_config_bytes: Option<u64>,
     /// The cluster CA certificate (PEM): peers, proxies and the CLI must show certificates it
     /// signed, or a bearer token.
     #[arg(long, env = "SWITCHYARD_TLS_CA")]
@@ -315,6 +340,7 @@ struct FileConfig {
     snapshot_every: Option<u64>,
     keep_logs: Option<u64>,
     write_timeout_ms: Option<u64>,
+    max_config_bytes: Option<u64>,
     tls_ca: Option<PathBuf>,
     tls_cert: Option<PathBuf>,
     tls_key: Option<PathBuf>,
@@ -392,6 +418,7 @@ impl Args {
         if let Some(ms) = self.write_timeout_ms.or(file.write_timeout_ms) {
             c.write_timeout = Duration::from_millis(ms);
         }
+        c.max_config_bytes = self.max_config_bytes.or(file.max_config_bytes).unwrap_or(c.max_config_bytes);
         c.tls = TlsFiles {
             ca: self.tls_ca.or(file.tls_ca),
             cert: self.tls_cert.or(file.tls_cert),

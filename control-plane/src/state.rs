@@ -35,6 +35,23 @@ pub struct State {
     clock_ms: u64,
     /// The cluster's feature level as stored: 0 (a cluster from before levels) reads as 1.
     feature_level: u32,
+    /// What the pools, backends and routes take in a config snapshot (encoded, with their
+    /// framing): every proxy receives all of it in one message, so writes that would grow it
+    /// past the node's `--max-config-bytes` are refused (`api::admin`). Kept up to date by
+    /// [`State::emit`], not stored: rebuilt from the model when the state is loaded.
+    topology_bytes: u64,
+}
+
+/// What one topology entity adds to a config snapshot: its encoding and its field's framing
+/// (the tags of pools, backends and routes in `Topology` are 2, 3 and 4).
+pub fn snapshot_len<M: prost::Message>(m: &M) -> u64 {
+    prost::encoding::message::encoded_len(2, m) as u64
+}
+
+fn topology_bytes(m: &Model) -> u64 {
+    m.pools.values().map(snapshot_len).sum::<u64>()
+        + m.backends.values().map(snapshot_len).sum::<u64>()
+        + m.routes.values().map(snapshot_len).sum::<u64>()
 }
 
 impl std::ops::Deref for State {
@@ -50,7 +67,21 @@ impl State {
     }
 
     pub fn from_model(model: Model, seen: Seen, clock_ms: u64) -> State {
-        State { model, seen, clock_ms, tokens: Tokens::default(), audit: AuditLog::default(), feature_level: 0 }
+        let topology_bytes = topology_bytes(&model);
+        State {
+            model,
+            seen,
+            clock_ms,
+            tokens: Tokens::default(),
+            audit: AuditLog::default(),
+            feature_level: 0,
+            topology_bytes,
+        }
+    }
+
+    /// The pools', backends' and routes' share of a config snapshot, in bytes.
+    pub fn topology_bytes(&self) -> u64 {
+        self.topology_bytes
     }
 
     /// With the feature level restored too (0, from data written before levels, reads as 1).
@@ -145,6 +176,18 @@ impl State {
 
     /// Records a change: applied to the model and added to the command's outcome.
     fn emit(&mut self, out: &mut Vec<Change>, kind: change::Kind) {
+        use change::Kind as K;
+        let m = &self.model;
+        let (old, new) = match &kind {
+            K::PoolPut(p) => (m.pools.get(&p.name).map(snapshot_len), snapshot_len(p)),
+            K::PoolDeleted(n) => (m.pools.get(n).map(snapshot_len), 0),
+            K::BackendPut(b) => (m.backends.get(&Pair(&b.pool, &b.address)).map(snapshot_len), snapshot_len(b)),
+            K::BackendRemoved(b) => (m.backends.get(&Pair(&b.pool, &b.address)).map(snapshot_len), 0),
+            K::RoutePut(r) => (m.routes.get(&r.name).map(snapshot_len), snapshot_len(r)),
+            K::RouteDeleted(n) => (m.routes.get(n).map(snapshot_len), 0),
+            _ => (None, 0),
+        };
+        self.topology_bytes = self.topology_bytes - old.unwrap_or(0) + new;
         let c = put(kind);
         self.model.apply(&c);
         out.push(c);
@@ -219,6 +262,7 @@ impl State {
                         b.address, b.pool
                     )));
                 }
+                self.topology_bytes += snapshot_len(&b);
                 out.push(put(change::Kind::BackendPut(b)));
             }
             Command::SetBackendWeight { pool, address, weight } => {

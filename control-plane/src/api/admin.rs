@@ -15,11 +15,15 @@ use crate::node::context::NodeCtx;
 use crate::node::leader::{self, RunOnLeader};
 use crate::pb::Pb;
 use crate::seen::{Lookup, RequestId};
-use crate::state::{Command, Proposed};
+use crate::state::{snapshot_len, Command, Proposed, State};
 use crate::store::sm::Live;
 use crate::validate::{self, required};
 
 pub struct AdminService(pub Arc<NodeCtx>);
+
+/// What the revisions the state machine stamps on a new entity add to its encoding, at most
+/// (two varint fields of up to 10 bytes and their tags).
+const REVISIONS: u64 = 22;
 
 fn pool_of(changes: &[Change]) -> Option<Pool> {
     changes.iter().find_map(|c| match &c.kind {
@@ -80,6 +84,32 @@ impl AdminService {
             self.0.shared.read().state.backends.get(&Pair(&pool, &address)).cloned()
         });
         Ok(Response::new(BackendReply { revision, backend }))
+    }
+
+    /// Refuses a write that would grow the pools, backends and routes past this node's
+    /// `--max-config-bytes`: every proxy receives all of them in one message, and a config
+    /// past what that message may hold would reach no proxy at all (new proxies would start
+    /// with nothing). `growth` is what the write adds, judged on this node's state: writes in
+    /// flight at the same moment may each pass and together overshoot by their own size.
+    /// Writes that shrink the config or change a backend's weight or state are never refused,
+    /// so an operator at the limit can still drain and remove. A retried request (its id
+    /// already seen) is answered as the first time.
+    fn has_room(&self, id: Option<&RequestId>, growth: impl FnOnce(&State) -> u64) -> Result<(), Status> {
+        let live = self.0.shared.read();
+        let st = &live.state;
+        if id.is_some_and(|id| !matches!(st.seen().lookup(id), Lookup::New)) {
+            return Ok(());
+        }
+        let (now, limit) = (st.topology_bytes(), self.0.config.max_config_bytes);
+        let after = now.saturating_add(growth(st));
+        if after <= limit {
+            return Ok(());
+        }
+        Err(Status::resource_exhausted(format!(
+            "the config (pools, backends, routes) would grow to {after} bytes, over this node's limit of {limit} \
+             (--max-config-bytes; it holds {now}): every proxy receives the whole config in one message. Remove \
+             pools, backends or routes no longer needed, or raise the limit on every node"
+        )))
     }
 
     /// Refuses, unless `force`, a change (`what`: "draining it", say) that takes away the last
@@ -178,6 +208,7 @@ impl Admin for AdminService {
     async fn create_pool(&self, req: Request<CreatePoolRequest>) -> Result<Response<PoolReply>, Status> {
         let (id, caller) = (id_of(&req)?, caller_of(&req)?);
         let pool = validate::admin_pool(required(req.into_inner().pool, "pool")?)?;
+        self.has_room(id.as_ref(), |_| snapshot_len(&pool) + REVISIONS)?;
         let audit = note(&caller, "Admin/CreatePool", format!("pool {}", pool.name));
         let (revision, changes) =
             leader::write(&self.0, Proposed { id, cmd: Command::CreatePool(Pb(pool)), audit }).await?;
@@ -198,6 +229,11 @@ impl Admin for AdminService {
         if req.update_mask.iter().any(|f| f == "affinity") {
             self.keeps_sessions(id.as_ref(), &checked, req.force).await?;
         }
+        self.has_room(id.as_ref(), |st| {
+            let Some(cur) = st.pools.get(pool.name.as_str()) else { return 0 };
+            let merged = switchyard_model::fields::merge_pool(cur, &pool, &req.update_mask).unwrap_or_default();
+            snapshot_len(&merged).saturating_sub(snapshot_len(cur))
+        })?;
         let audit = note(&caller, "Admin/UpdatePool", format!("pool {}: {}", pool.name, req.update_mask.join(",")));
         let cmd = Command::UpdatePool { pool: Pb(pool), mask: req.update_mask };
         let (revision, changes) = leader::write(&self.0, Proposed { id, cmd, audit }).await?;
@@ -216,6 +252,7 @@ impl Admin for AdminService {
     async fn add_backend(&self, req: Request<AddBackendRequest>) -> Result<Response<BackendReply>, Status> {
         let (id, caller) = (id_of(&req)?, caller_of(&req)?);
         let b = validate::backend(required(req.into_inner().backend, "backend")?)?;
+        self.has_room(id.as_ref(), |_| snapshot_len(&b) + REVISIONS)?;
         let what = format!("backend {} in pool {} (weight {})", b.address, b.pool, b.weight);
         let audit = note(&caller, "Admin/AddBackend", what);
         let (revision, changes) =
@@ -287,6 +324,10 @@ impl Admin for AdminService {
                 )));
             }
         }
+        self.has_room(id.as_ref(), |st| {
+            let old = st.routes.get(route.name.as_str()).map_or(0, snapshot_len);
+            (snapshot_len(&route) + REVISIONS).saturating_sub(old)
+        })?;
         let what = format!(
             "route {} (host {:?}, path {:?}) to pool {}",
             route.name, route.host, route.path_prefix, route.pool

@@ -92,3 +92,20 @@ fn the_replication_deadline_outlasts_a_heartbeat_and_passes_openraft() {
         raft.validate().unwrap();
     }
 }
+
+#[test]
+fn the_config_limit_defaults_to_64_mib_and_stays_within_a_proxys_message() {
+    let c = Args { id: Some(1), ..Default::default() }.into_config().unwrap();
+    assert_eq!(c.max_config_bytes, 64 << 20);
+    let dir = tempfile::tempdir().unwrap();
+    let f = dir.path().join("c.toml");
+    std::fs::write(&f, "id = 1\nmax-config-bytes = 1048576\n").unwrap();
+    let c = Args { config: Some(f.clone()), ..Default::default() }.into_config().unwrap();
+    assert_eq!(c.max_config_bytes, 1 << 20);
+    let c = Args { config: Some(f), max_config_bytes: Some(2 << 20), ..Default::default() }.into_config().unwrap();
+    assert_eq!(c.max_config_bytes, 2 << 20, "the flag wins over the file");
+    for bad in [0, 1000, switchyard_model::limits::MAX_GRPC_MESSAGE as u64] {
+        let e = Args { id: Some(1), max_config_bytes: Some(bad), ..Default::default() }.into_config().unwrap_err();
+        assert!(e.to_string().contains("--max-config-bytes must be 65536 to 134217728"), "{e}");
+    }
+}
