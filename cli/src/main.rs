@@ -62,6 +62,7 @@ fn one_line(e: &anyhow::Error) -> String {
             tonic::Code::NotFound => "not found",
             tonic::Code::AlreadyExists => "already exists",
             tonic::Code::FailedPrecondition => "failed precondition",
+            tonic::Code::ResourceExhausted => "resource exhausted",
             tonic::Code::Unavailable => "unavailable",
             tonic::Code::Unauthenticated => "not authenticated",
             tonic::Code::PermissionDenied => "permission denied",

@@ -38,7 +38,8 @@ pub struct State {
     /// What the pools, backends and routes take in a config snapshot (encoded, with their
     /// framing): every proxy receives all of it in one message, so writes that would grow it
     /// past the node's `--max-config-bytes` are refused (`api::admin`). Kept up to date by
-    /// [`State::emit`], not stored: rebuilt from the model when the state is loaded.
+    /// [`State::emit`] and the AddBackend arm of [`State::apply`], not stored: rebuilt from the
+    /// model when the state is loaded.
     topology_bytes: u64,
 }
 
@@ -187,7 +188,9 @@ impl State {
             K::RouteDeleted(n) => (m.routes.get(n).map(snapshot_len), 0),
             _ => (None, 0),
         };
-        self.topology_bytes = self.topology_bytes - old.unwrap_or(0) + new;
+        let old = old.unwrap_or(0);
+        debug_assert!(old <= self.topology_bytes, "the running size counts every entity");
+        self.topology_bytes = self.topology_bytes - old + new;
         let c = put(kind);
         self.model.apply(&c);
         out.push(c);

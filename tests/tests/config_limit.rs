@@ -1,23 +1,38 @@
 //! The config's pools, backends and routes are bounded (`--max-config-bytes`): every proxy
 //! receives all of them in one message, so a write that would grow them past the limit is
 //! refused with RESOURCE_EXHAUSTED and the reason, and costs nothing else. Writes that shrink
-//! the config, or drain a backend, still go through at the limit.
+//! the config, repoint a route, or drain a backend still go through at the limit.
 
+use switchyard_model::grpc::with_request_id;
 use switchyard_proto::v1::*;
 use switchyard_tests::*;
 use tonic::Code;
 
-/// A backend of about 3 KiB: a 1,000-byte zone and two 1,000-byte labels.
-fn big(i: usize) -> Backend {
-    let text = |c: char| std::iter::repeat_n(c, 1000).collect::<String>();
+/// A backend of about 3 KiB (a 1,000-byte zone and two 1,000-byte labels), or a plain one.
+fn backend(i: usize, big: bool) -> Backend {
+    let text = |c: char| if big { std::iter::repeat_n(c, 1000).collect::<String>() } else { String::new() };
     Backend {
         pool: "chat".into(),
-        address: format!("10.0.{}.{}:80", i / 200, i % 200 + 1),
+        address: format!("10.{}.{}.{}:80", u8::from(big), i / 200, i % 200 + 1),
         weight: 1,
         zone: text('z'),
-        labels: [("a".to_string(), text('a')), ("b".to_string(), text('b'))].into(),
+        labels: if big { [("a".to_string(), text('a')), ("b".to_string(), text('b'))].into() } else { [].into() },
         ..Default::default()
     }
+}
+
+/// A pool with a health check whose path is `len` bytes long.
+fn pool_with_check(name: &str, len: usize) -> Pool {
+    let check = HealthCheck {
+        kind: HealthCheckKind::HealthCheckWebsocket as i32,
+        path: format!("/{}", "h".repeat(len - 1)),
+        interval_ms: 1000,
+        timeout_ms: 500,
+        rise: 1,
+        fall: 1,
+        ..Default::default()
+    };
+    Pool { name: name.into(), health_check: Some(check), ..Default::default() }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -35,56 +50,81 @@ async fn writes_past_the_config_limit_are_refused_and_shrinking_ones_are_not() {
         assert_eq!(code, 0, "{args:?}: {err}");
         out
     };
+    // Two pools with names of one length, so repointing the route between them grows nothing.
     ok(&["pool", "create", "chat"]);
+    ok(&["pool", "create", "talk"]);
     ok(&["route", "set", "all", "--pool", "chat"]);
     let node = c.nodes.values().next().expect("one node").addr.clone();
     let mut adm = admin(&node);
+    let first_try = adm
+        .add_backend(with_request_id(AddBackendRequest { backend: Some(backend(0, false)) }, "alice", 1).unwrap())
+        .await
+        .expect("room for one")
+        .into_inner();
 
-    // Backends go in until the next one would pass 64 KiB; that one is refused, saying why.
-    let mut added = 0;
-    let refusal = loop {
-        match adm.add_backend(AddBackendRequest { backend: Some(big(added)) }).await {
-            Ok(_) => added += 1,
-            Err(e) => break e,
+    // Big backends go in until the next would pass 64 KiB; that one is refused, saying why.
+    // Then plain ones, until less room is left than one of those takes.
+    let fill = |big: bool| {
+        let mut adm = adm.clone();
+        async move {
+            let mut added = 0;
+            loop {
+                match adm.add_backend(AddBackendRequest { backend: Some(backend(added + 1, big)) }).await {
+                    Ok(_) => added += 1,
+                    Err(e) => break (added, e),
+                }
+                assert!(added < 2000, "64 KiB must run out before 2,000 backends");
+            }
         }
-        assert!(added < 100, "64 KiB of 3 KiB backends must run out well before 100");
     };
-    assert!((15..=22).contains(&added), "{added} backends of about 3 KiB under 64 KiB");
+    let (big, refusal) = fill(true).await;
+    assert!((15..=22).contains(&big), "{big} backends of about 3 KiB under 64 KiB");
     assert_eq!(refusal.code(), Code::ResourceExhausted, "{refusal:?}");
     let msg = refusal.message();
     assert!(msg.contains("limit of 65536") && msg.contains("--max-config-bytes") && msg.contains("Remove"), "{msg}");
+    let (plain, refusal) = fill(false).await;
+    assert!(plain >= 1, "a 3 KiB backend was refused with room for plain ones");
+    assert_eq!(refusal.code(), Code::ResourceExhausted, "{refusal:?}");
 
-    // Refused, it changed nothing; a pool or a route is refused the same way, and the CLI
-    // says so in one line.
+    // Refused, each write changed nothing: a new route (the CLI says so in one line), a new
+    // pool, a pool grown by an update.
     let count = || async {
         let t = query(&node).get_topology(ReadRequest::default()).await.expect("topology").into_inner();
         (t.backends.len(), t.pools.len(), t.routes.len())
     };
-    assert_eq!(count().await, (added, 1, 1));
-    let zone = "z".repeat(1000);
-    let (code, _, err) =
-        cli(&["backend", "add", "chat", "10.9.9.9:80", "--zone", &zone, "--label", &format!("x={zone}")]);
+    let before = count().await;
+    assert_eq!(before, (1 + big + plain, 2, 1));
+    let (code, _, err) = cli(&["route", "set", "more", "--pool", "chat", "--path-prefix", "/more"]);
     assert_eq!(code, 1, "{err}");
-    assert!(err.contains("--max-config-bytes") && err.trim().lines().count() == 1, "{err}");
-    // Routes of about 1 KiB: less than one big backend's room is left, so at most three fit.
-    let long_path = format!("/{}", "p".repeat(1000));
-    let mut routed = 0;
-    for (name, host) in (0..8).map(|i| (format!("r{i}"), format!("h{i}.example.com"))) {
-        let (code, _, err) =
-            cli(&["route", "set", &name, "--pool", "chat", "--host", &host, "--path-prefix", &long_path]);
-        if code == 0 {
-            routed += 1;
-        } else {
-            assert!(err.contains("--max-config-bytes"), "{err}");
-        }
-    }
-    assert!(routed <= 3, "{routed} routes of 1 KiB fit in less than 3 KiB");
-    assert_eq!(count().await, (added, 1, 1 + routed));
+    assert!(err.contains("resource exhausted: the config") && err.contains("--max-config-bytes"), "{err}");
+    assert_eq!(err.trim().lines().count(), 1, "{err}");
+    let created = adm.create_pool(CreatePoolRequest { pool: Some(pool_with_check("extra", 200)) }).await;
+    assert_eq!(created.expect_err("a new pool").code(), Code::ResourceExhausted);
+    let update = UpdatePoolRequest {
+        pool: Some(pool_with_check("chat", 200)),
+        update_mask: vec!["health_check".into()],
+        force: false,
+    };
+    assert_eq!(adm.update_pool(update).await.expect_err("a grown pool").code(), Code::ResourceExhausted);
+    assert_eq!(count().await, before);
+    // What exists already is answered as such, not as a lack of room.
+    let again = adm.add_backend(AddBackendRequest { backend: Some(backend(1, true)) }).await;
+    assert_eq!(again.expect_err("a duplicate").code(), Code::AlreadyExists);
 
-    // At the limit, an operator can still drain, reweigh and remove; removing makes room.
-    let first = big(0).address;
-    ok(&["backend", "drain", "chat", &first]);
-    ok(&["backend", "set-weight", "chat", &big(1).address, "5"]);
-    ok(&["backend", "remove", "chat", &first]);
-    adm.add_backend(AddBackendRequest { backend: Some(big(500)) }).await.expect("room again after a removal");
+    // A retry of a write applied before the limit was reached is answered as the first time.
+    let retried = adm
+        .add_backend(with_request_id(AddBackendRequest { backend: Some(backend(0, false)) }, "alice", 1).unwrap())
+        .await
+        .expect("the retry is answered, not refused")
+        .into_inner();
+    assert_eq!(retried.revision, first_try.revision);
+
+    // At the limit an operator can still repoint the route, drain and remove; removing makes
+    // room again.
+    ok(&["route", "set", "all", "--pool", "talk"]);
+    ok(&["route", "set", "all", "--pool", "chat"]);
+    let gone = backend(1, true).address;
+    ok(&["backend", "drain", "chat", &gone]);
+    ok(&["backend", "remove", "chat", &gone]);
+    adm.add_backend(AddBackendRequest { backend: Some(backend(1, true)) }).await.expect("room again after a removal");
 }

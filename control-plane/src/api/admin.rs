@@ -89,11 +89,12 @@ impl AdminService {
     /// Refuses a write that would grow the pools, backends and routes past this node's
     /// `--max-config-bytes`: every proxy receives all of them in one message, and a config
     /// past what that message may hold would reach no proxy at all (new proxies would start
-    /// with nothing). `growth` is what the write adds, judged on this node's state: writes in
-    /// flight at the same moment may each pass and together overshoot by their own size.
-    /// Writes that shrink the config or change a backend's weight or state are never refused,
-    /// so an operator at the limit can still drain and remove. A retried request (its id
-    /// already seen) is answered as the first time.
+    /// with nothing). `growth` is what the write adds, judged on this node's state as it has
+    /// applied it, without a read from the leader (like etcd's space quota): writes in flight,
+    /// and on a follower those it has not applied yet, are not counted, so together they may
+    /// overshoot by their own size. Writes that shrink the config or change a backend's weight
+    /// or state are never refused, so an operator at the limit can still drain and remove. A
+    /// retried request whose first try this node has applied is answered as the first time.
     fn has_room(&self, id: Option<&RequestId>, growth: impl FnOnce(&State) -> u64) -> Result<(), Status> {
         let live = self.0.shared.read();
         let st = &live.state;
@@ -208,7 +209,14 @@ impl Admin for AdminService {
     async fn create_pool(&self, req: Request<CreatePoolRequest>) -> Result<Response<PoolReply>, Status> {
         let (id, caller) = (id_of(&req)?, caller_of(&req)?);
         let pool = validate::admin_pool(required(req.into_inner().pool, "pool")?)?;
-        self.has_room(id.as_ref(), |_| snapshot_len(&pool) + REVISIONS)?;
+        // One that exists, or a backend's pool that does not, adds nothing: the state machine
+        // answers it ALREADY_EXISTS or NOT_FOUND.
+        self.has_room(id.as_ref(), |st| {
+            if st.pools.contains_key(pool.name.as_str()) {
+                return 0;
+            }
+            snapshot_len(&pool) + REVISIONS
+        })?;
         let audit = note(&caller, "Admin/CreatePool", format!("pool {}", pool.name));
         let (revision, changes) =
             leader::write(&self.0, Proposed { id, cmd: Command::CreatePool(Pb(pool)), audit }).await?;
@@ -229,9 +237,13 @@ impl Admin for AdminService {
         if req.update_mask.iter().any(|f| f == "affinity") {
             self.keeps_sessions(id.as_ref(), &checked, req.force).await?;
         }
+        // The pool as it would be stored, measured at its old revisions (a new revision adds
+        // a byte or two at most).
         self.has_room(id.as_ref(), |st| {
             let Some(cur) = st.pools.get(pool.name.as_str()) else { return 0 };
-            let merged = switchyard_model::fields::merge_pool(cur, &pool, &req.update_mask).unwrap_or_default();
+            let merged = switchyard_model::fields::merge_pool(cur, &pool, &req.update_mask).ok();
+            let Some(mut merged) = merged.and_then(|m| validate::pool(m).ok()) else { return 0 };
+            (merged.created_revision, merged.updated_revision) = (cur.created_revision, cur.updated_revision);
             snapshot_len(&merged).saturating_sub(snapshot_len(cur))
         })?;
         let audit = note(&caller, "Admin/UpdatePool", format!("pool {}: {}", pool.name, req.update_mask.join(",")));
@@ -252,7 +264,12 @@ impl Admin for AdminService {
     async fn add_backend(&self, req: Request<AddBackendRequest>) -> Result<Response<BackendReply>, Status> {
         let (id, caller) = (id_of(&req)?, caller_of(&req)?);
         let b = validate::backend(required(req.into_inner().backend, "backend")?)?;
-        self.has_room(id.as_ref(), |_| snapshot_len(&b) + REVISIONS)?;
+        self.has_room(id.as_ref(), |st| {
+            if !st.pools.contains_key(b.pool.as_str()) || st.backends.contains_key(&Pair(&b.pool, &b.address)) {
+                return 0;
+            }
+            snapshot_len(&b) + REVISIONS
+        })?;
         let what = format!("backend {} in pool {} (weight {})", b.address, b.pool, b.weight);
         let audit = note(&caller, "Admin/AddBackend", what);
         let (revision, changes) =
@@ -324,9 +341,15 @@ impl Admin for AdminService {
                 )));
             }
         }
-        self.has_room(id.as_ref(), |st| {
-            let old = st.routes.get(route.name.as_str()).map_or(0, snapshot_len);
-            (snapshot_len(&route) + REVISIONS).saturating_sub(old)
+        // A replaced route is measured at its old revision: repointing one (a failover) at the
+        // limit grows nothing.
+        self.has_room(id.as_ref(), |st| match st.routes.get(route.name.as_str()) {
+            Some(old) => {
+                let new = Route { updated_revision: old.updated_revision, ..route.clone() };
+                snapshot_len(&new).saturating_sub(snapshot_len(old))
+            }
+            None if !st.pools.contains_key(route.pool.as_str()) => 0,
+            None => snapshot_len(&route) + REVISIONS,
         })?;
         let what = format!(
             "route {} (host {:?}, path {:?}) to pool {}",
