@@ -27,9 +27,8 @@ pub const DEFAULT_KEEP_LOGS: u64 = 1_000;
 pub const DEFAULT_WRITE_TIMEOUT_MS: u64 = 5_000;
 /// The most the pools, backends and routes may take in a config snapshot by default: 64 MiB,
 /// about a million plain backends, a quarter of what a proxy takes in one message
-/// ([`switchyard_model::limits::MAX_GRPC_MESSAGE`]). The rest is for session bindings: a
-/// million typical ones (short names, IP addresses) take about 100 MB, though a million with
-/// the longest pool names and host names allowed would not fit.
+/// ([`switchyard_model::limits::MAX_GRPC_MESSAGE`]). Session bindings take the rest, at most
+/// [`crate::sessions::MAX_SESSION_BYTES`], so the most this allows and they fit together.
 pub const DEFAULT_MAX_CONFIG_BYTES: u64 = 64 << 20;
 /// The range `--max-config-bytes` takes: half a proxy's message at most.
 pub const MAX_CONFIG_BYTES_RANGE: std::ops::RangeInclusive<u64> =

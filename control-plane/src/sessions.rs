@@ -77,17 +77,42 @@ pub fn drop_fresh_refreshes(state: &State, now_ms: u64, bindings: &mut Vec<Pb<Se
 /// A binding is a few hundred bytes in memory on every node and every proxy.
 pub const MAX_SESSIONS: usize = 1_000_000;
 
-/// Drops from a report the new bindings past [`MAX_SESSIONS`] (refreshes and moves of
-/// bindings held stay); returns how many.
-pub fn drop_past_the_cap(state: &State, bindings: &mut Vec<Pb<SessionBinding>>, max: usize) -> usize {
-    let mut room = max.saturating_sub(state.sessions.len());
+/// The most bytes the bindings may take in a config snapshot. Every proxy receives them in one
+/// message with the pools, backends and routes (at most 128 MiB, `--max-config-bytes`), and
+/// the two must fit in [`switchyard_model::limits::MAX_GRPC_MESSAGE`] (256 MiB). A million
+/// typical bindings (short names, IP addresses) take about 100 MB; a million with the
+/// longest pool and host names allowed would take nearly 400.
+pub const MAX_SESSION_BYTES: u64 = 120 << 20;
+
+/// What a report's new binding may add once stored: the time and revision the state machine
+/// sets (two varints of up to 10 bytes, and their tags).
+const STAMPS: u64 = 22;
+
+/// How many bindings, and how many bytes of them, the cluster records.
+#[derive(Debug, Clone, Copy)]
+pub struct Cap {
+    pub count: usize,
+    pub bytes: u64,
+}
+
+pub const CAP: Cap = Cap { count: MAX_SESSIONS, bytes: MAX_SESSION_BYTES };
+
+/// Drops from a report the new bindings past the cap, in number or in bytes (refreshes and
+/// moves of bindings held stay); returns how many.
+pub fn drop_past_the_cap(state: &State, bindings: &mut Vec<Pb<SessionBinding>>, cap: Cap) -> usize {
+    let mut room = cap.count.saturating_sub(state.sessions.len());
+    let mut bytes = cap.bytes.saturating_sub(state.session_bytes());
     let before = bindings.len();
     bindings.retain(|Pb(b)| {
         if state.sessions.get(&Pair(&b.pool, &b.key)).is_some() {
             return true;
         }
-        let fits = room > 0;
-        room = room.saturating_sub(1);
+        let size = crate::state::snapshot_len(b) + STAMPS;
+        let fits = room > 0 && size <= bytes;
+        if fits {
+            room -= 1;
+            bytes -= size;
+        }
         fits
     });
     before - bindings.len()
@@ -186,11 +211,43 @@ mod tests {
             .unwrap();
         // Room for one more of three: the first new one takes it.
         let mut r = vec![binding("n1", "a:1"), binding("k1", "a:1"), binding("n2", "a:1"), binding("n3", "a:1")];
-        assert_eq!(drop_past_the_cap(&s, &mut r, 3), 2);
+        let count = |n| Cap { count: n, bytes: u64::MAX };
+        assert_eq!(drop_past_the_cap(&s, &mut r, count(3)), 2);
         assert_eq!(r, vec![binding("n1", "a:1"), binding("k1", "a:1")]);
         // Full: held keys only.
         let mut r = vec![binding("n1", "a:1"), binding("k2", "a:1")];
-        assert_eq!(drop_past_the_cap(&s, &mut r, 2), 1);
+        assert_eq!(drop_past_the_cap(&s, &mut r, count(2)), 1);
         assert_eq!(r, vec![binding("k2", "a:1")]);
+    }
+
+    #[test]
+    fn new_bindings_past_the_byte_cap_are_dropped_and_the_bytes_follow_every_change() {
+        let mut s = State::default();
+        let pool = Pool { name: "p".into(), ..Default::default() };
+        s.apply(1, &Command::CreatePool(Pb(crate::validate::pool(pool).unwrap()))).unwrap();
+        for (i, a) in ["a:1", "a:2"].into_iter().enumerate() {
+            let b = Backend { pool: "p".into(), address: a.into(), weight: 1, ..Default::default() };
+            s.apply(2 + i as u64, &Command::AddBackend(Pb(crate::validate::backend(b).unwrap()))).unwrap();
+        }
+        let stored = |s: &State| s.sessions.values().map(crate::state::snapshot_len).sum::<u64>();
+        assert_eq!(s.session_bytes(), 0);
+        s.apply(4, &Command::BindSessions { now_ms: 1, bindings: vec![binding("k1", "a:1"), binding("k2", "a:1")] })
+            .unwrap();
+        assert!(s.session_bytes() > 0);
+        assert_eq!(s.session_bytes(), stored(&s));
+        // Room in bytes for one new binding of a long key, not two; a held key still refreshes.
+        let long = |k: &str| binding(&format!("{k}{}", "x".repeat(200)), "a:2");
+        let one = crate::state::snapshot_len(&long("n1").0) + STAMPS;
+        let cap = Cap { count: usize::MAX, bytes: s.session_bytes() + one + 10 };
+        let mut r = vec![long("n1"), long("n2"), binding("k1", "a:1")];
+        assert_eq!(drop_past_the_cap(&s, &mut r, cap), 1);
+        assert_eq!(r, vec![long("n1"), binding("k1", "a:1")]);
+        // Refreshes, moves, removals and expiry keep the count exact.
+        s.apply(5, &Command::BindSessions { now_ms: 50, bindings: r }).unwrap();
+        assert_eq!(s.session_bytes(), stored(&s));
+        s.apply(6, &Command::RemoveBackend { pool: "p".into(), address: "a:1".into() }).unwrap();
+        assert_eq!(s.session_bytes(), stored(&s));
+        s.apply(7, &Command::ExpireSessions { now_ms: 10_000_000_000 }).unwrap();
+        assert_eq!((s.session_bytes(), s.sessions.len()), (0, 0));
     }
 }

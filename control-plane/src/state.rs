@@ -41,10 +41,13 @@ pub struct State {
     /// [`State::emit`] and the AddBackend arm of [`State::apply`], not stored: rebuilt from the
     /// model when the state is loaded.
     topology_bytes: u64,
+    /// The same for session bindings, which a config snapshot carries too: the leader stops
+    /// recording new ones past [`crate::sessions::MAX_SESSION_BYTES`].
+    session_bytes: u64,
 }
 
-/// What one topology entity adds to a config snapshot: its encoding and its field's framing
-/// (the tags of pools, backends and routes in `Topology` are 2, 3 and 4).
+/// What one entity adds to a config snapshot: its encoding and its field's framing (the tags
+/// of pools, backends, routes and sessions in `Topology` are 2, 3, 4 and 6, one byte each).
 pub fn snapshot_len<M: prost::Message>(m: &M) -> u64 {
     prost::encoding::message::encoded_len(2, m) as u64
 }
@@ -69,6 +72,7 @@ impl State {
 
     pub fn from_model(model: Model, seen: Seen, clock_ms: u64) -> State {
         let topology_bytes = topology_bytes(&model);
+        let session_bytes = model.sessions.values().map(snapshot_len).sum();
         State {
             model,
             seen,
@@ -77,12 +81,18 @@ impl State {
             audit: AuditLog::default(),
             feature_level: 0,
             topology_bytes,
+            session_bytes,
         }
     }
 
     /// The pools', backends' and routes' share of a config snapshot, in bytes.
     pub fn topology_bytes(&self) -> u64 {
         self.topology_bytes
+    }
+
+    /// The session bindings' share of a config snapshot, in bytes.
+    pub fn session_bytes(&self) -> u64 {
+        self.session_bytes
     }
 
     /// With the feature level restored too (0, from data written before levels, reads as 1).
@@ -179,6 +189,12 @@ impl State {
     fn emit(&mut self, out: &mut Vec<Change>, kind: change::Kind) {
         use change::Kind as K;
         let m = &self.model;
+        if let K::SessionPut(b) = &kind {
+            let old = m.sessions.get(&Pair(&b.pool, &b.key)).map_or(0, snapshot_len);
+            self.session_bytes = self.session_bytes - old + snapshot_len(b);
+        } else if let K::SessionRemoved(r) = &kind {
+            self.session_bytes -= m.sessions.get(&Pair(&r.pool, &r.key)).map_or(0, snapshot_len);
+        }
         let (old, new) = match &kind {
             K::PoolPut(p) => (m.pools.get(&p.name).map(snapshot_len), snapshot_len(p)),
             K::PoolDeleted(n) => (m.pools.get(n).map(snapshot_len), 0),

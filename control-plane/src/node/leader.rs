@@ -181,12 +181,17 @@ impl RunOnLeader for Report {
             let live = ctx.shared.read();
             let skipped = crate::sessions::drop_fresh_refreshes(&live.state, now_ms, &mut bindings);
             ctx.metrics.refreshes_skipped.inc_by(skipped as u64);
-            let max = crate::sessions::MAX_SESSIONS;
-            let refused = crate::sessions::drop_past_the_cap(&live.state, &mut bindings, max);
+            let cap = crate::sessions::CAP;
+            let refused = crate::sessions::drop_past_the_cap(&live.state, &mut bindings, cap);
             drop(live);
             if refused > 0 {
                 ctx.metrics.bindings_refused_full.inc_by(refused as u64);
-                tracing::debug!(refused, "session bindings past the cluster's {max}: not recorded");
+                tracing::debug!(
+                    refused,
+                    "session bindings past the cluster's {} or {} bytes: not recorded",
+                    cap.count,
+                    cap.bytes
+                );
             }
         }
         if !bindings.is_empty() {
