@@ -253,7 +253,8 @@ pub enum RouteCmd {
         #[command(flatten)]
         auth: Box<RouteAuthOpts>,
         /// Replace a route that has edge authentication with one that has none (opening it
-        /// to every client); refused without this.
+        /// to every client), or repoint a route from a pool with a backend in service to one
+        /// with none (503 to every new client); both are refused without this.
         #[arg(long)]
         force: bool,
     },

@@ -53,6 +53,7 @@ async fn writes_past_the_config_limit_are_refused_and_shrinking_ones_are_not() {
     // Two pools with names of one length, so repointing the route between them grows nothing.
     ok(&["pool", "create", "chat"]);
     ok(&["pool", "create", "talk"]);
+    ok(&["backend", "add", "talk", "10.9.0.1:80"]);
     ok(&["route", "set", "all", "--pool", "chat"]);
     let node = c.nodes.values().next().expect("one node").addr.clone();
     let mut adm = admin(&node);
@@ -93,7 +94,7 @@ async fn writes_past_the_config_limit_are_refused_and_shrinking_ones_are_not() {
         (t.backends.len(), t.pools.len(), t.routes.len())
     };
     let before = count().await;
-    assert_eq!(before, (1 + big + plain, 2, 1));
+    assert_eq!(before, (2 + big + plain, 2, 1));
     let (code, _, err) = cli(&["route", "set", "more", "--pool", "chat", "--path-prefix", "/more"]);
     assert_eq!(code, 1, "{err}");
     assert!(err.contains("resource exhausted: the config") && err.contains("--max-config-bytes"), "{err}");

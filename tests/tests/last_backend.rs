@@ -1,6 +1,7 @@
 //! An operator's change that would take away the last backend of a routed pool taking new
-//! connections (weight 0, drain, disable, remove) is refused without `--force`: every new
-//! client of the pool would get 503. A disruption budget at its smallest.
+//! connections (weight 0, drain, disable, remove), or repoint a route from a pool that serves
+//! to one that serves nobody, is refused without `--force`: every new client of the pool
+//! would get 503. A disruption budget at its smallest.
 
 use std::time::Duration;
 
@@ -97,6 +98,32 @@ async fn the_last_backend_of_a_routed_pool_taking_connections_is_kept_unless_for
     assert_eq!(again.revision, drained.revision, "answered as the first time");
     let refused = admin(&follower).set_backend_state(state("10.0.0.2:80", AdminState::Draining)).await;
     assert_eq!(refused.expect_err("a new drain of the last one").code(), Code::FailedPrecondition);
+
+    // A route repointed from a pool that serves clients to one that serves nobody (spare's
+    // one backend is disabled) is refused the same way, in one line, and changes nothing.
+    let (code, _, err) = cli(&["route", "set", "all", "--pool", "spare"]);
+    assert_eq!(code, 1, "{err}");
+    assert!(
+        err.contains("route all sends clients to pool chat")
+            && err.contains("pool spare has no backend taking new connections")
+            && err.contains("503")
+            && err.contains("--force"),
+        "{err}"
+    );
+    assert_eq!(err.trim().lines().count(), 1, "{err}");
+    let pool_of_all = || {
+        let routes: serde_json::Value = serde_json::from_str(&ok(&["-o", "json", "route", "list"])).unwrap();
+        let all = routes.as_array().unwrap().iter().find(|r| r["name"] == "all").cloned();
+        all.map(|r| r["pool"].as_str().unwrap_or_default().to_string())
+    };
+    assert_eq!(pool_of_all().as_deref(), Some("chat"));
+    // A new route is not judged; forced, the repoint goes through; and back to a pool that
+    // serves, from one that serves nobody, takes nothing away.
+    ok(&["route", "set", "other", "--pool", "spare", "--host", "other.example.com"]);
+    ok(&["route", "set", "all", "--pool", "spare", "--force"]);
+    assert_eq!(pool_of_all().as_deref(), Some("spare"));
+    ok(&["route", "set", "all", "--pool", "chat"]);
+    assert_eq!(pool_of_all().as_deref(), Some("chat"));
 
     // And --force takes the last one out, as asked.
     ok(&["backend", "disable", "chat", "10.0.0.2:80", "--force"]);

@@ -161,6 +161,26 @@ impl AdminService {
         Ok(Some(live))
     }
 
+    /// Refuses a route repointed from a pool with a backend taking new connections to one
+    /// with none (a typo'd pool, one not yet filled): every new client of the route would get
+    /// 503. A new route, or one whose pool serves nobody already, is not judged. Judged as
+    /// [`Self::keeps_a_backend`] is.
+    async fn keeps_a_route_served(&self, id: Option<&RequestId>, new: &Route) -> Result<(), Status> {
+        let Some(live) = self.judging(id).await? else { return Ok(()) };
+        let st = &live.state;
+        let Some(cur) = st.routes.get(new.name.as_str()) else { return Ok(()) };
+        let serves = |pool: &str| st.backends_of(pool).any(in_service);
+        if cur.pool == new.pool || !st.pools.contains_key(new.pool.as_str()) || !serves(&cur.pool) || serves(&new.pool)
+        {
+            return Ok(());
+        }
+        Err(Status::failed_precondition(format!(
+            "route {} sends clients to pool {}, and pool {} has no backend taking new connections: every new \
+             client of the route would get 503; add or enable a backend in {} first, or force it (the CLI's --force)",
+            new.name, cur.pool, new.pool, new.pool
+        )))
+    }
+
     /// Refuses, unless `force`, a new affinity key for a pool that holds session bindings:
     /// they are keyed by the old one, so every session is bound afresh at once, most to
     /// another backend (a long-polling client's server session is then unknown where it
@@ -340,6 +360,9 @@ impl Admin for AdminService {
                     route.name
                 )));
             }
+        }
+        if !force {
+            self.keeps_a_route_served(id.as_ref(), &route).await?;
         }
         // A replaced route is measured at its old revision: repointing one (a failover) at the
         // limit grows nothing.
