@@ -12,7 +12,7 @@
 pub mod close;
 mod direction;
 mod io;
-mod limits;
+pub(crate) mod limits;
 mod shared;
 mod signal;
 pub mod stream;

@@ -7,7 +7,7 @@ use std::sync::{Arc, Mutex, RwLock};
 use std::time::Instant;
 
 use crate::relay::close::CloseHandle;
-use crate::relay::Side;
+use crate::relay::limits::Side;
 
 /// Messages and bytes relayed each way, counted apart by each worker thread. Every relayed
 /// message adds to these; one set written from every worker moved its cache line between
