@@ -79,14 +79,16 @@ pub const MAX_SESSIONS: usize = 1_000_000;
 
 /// The most bytes the bindings may take in a config snapshot. Every proxy receives them in one
 /// message with the pools, backends and routes (at most 128 MiB, `--max-config-bytes`), and
-/// the two must fit in [`switchyard_model::limits::MAX_GRPC_MESSAGE`] (256 MiB). A million
-/// typical bindings (short names, IP addresses) take about 100 MB; a million with the
+/// the two must fit in [`switchyard_model::limits::MAX_GRPC_MESSAGE`] (256 MiB): 32 MiB is
+/// left for what writes in flight add past either check (each is judged on applied state).
+/// A million typical bindings (short names, IP addresses) take 70-100 MB; a million with the
 /// longest pool and host names allowed would take nearly 400.
-pub const MAX_SESSION_BYTES: u64 = 120 << 20;
+pub const MAX_SESSION_BYTES: u64 = 96 << 20;
 
-/// What a report's new binding may add once stored: the time and revision the state machine
-/// sets (two varints of up to 10 bytes, and their tags).
-const STAMPS: u64 = 22;
+/// What a report's new binding may add once stored: the time, TTL and revision the state
+/// machine sets (varints of up to 10, 5 and 10 bytes, and their tags), and a longer length
+/// prefix.
+const STAMPS: u64 = 34;
 
 /// How many bindings, and how many bytes of them, the cluster records.
 #[derive(Debug, Clone, Copy)]
@@ -97,17 +99,30 @@ pub struct Cap {
 
 pub const CAP: Cap = Cap { count: MAX_SESSIONS, bytes: MAX_SESSION_BYTES };
 
-/// Drops from a report the new bindings past the cap, in number or in bytes (refreshes and
-/// moves of bindings held stay); returns how many.
+/// Drops from a report the new bindings past the cap, in number or in bytes, and the moves of
+/// held bindings to a backend with a longer address past the byte cap (a session not recorded
+/// is still routed; its binding, to a backend no longer usable, expires). Refreshes always
+/// stay. Returns how many were dropped.
 pub fn drop_past_the_cap(state: &State, bindings: &mut Vec<Pb<SessionBinding>>, cap: Cap) -> usize {
+    use crate::state::snapshot_len;
     let mut room = cap.count.saturating_sub(state.sessions.len());
     let mut bytes = cap.bytes.saturating_sub(state.session_bytes());
     let before = bindings.len();
     bindings.retain(|Pb(b)| {
-        if state.sessions.get(&Pair(&b.pool, &b.key)).is_some() {
-            return true;
+        if let Some(cur) = state.sessions.get(&Pair(&b.pool, &b.key)) {
+            if cur.backend == b.backend {
+                return true;
+            }
+            // A move: the new address, and a new time and revision (up to 8 bytes longer).
+            let moved = SessionBinding { backend: b.backend.clone(), ..cur.clone() };
+            let growth = (snapshot_len(&moved) + 8).saturating_sub(snapshot_len(cur));
+            let fits = growth <= bytes;
+            if fits {
+                bytes -= growth;
+            }
+            return fits;
         }
-        let size = crate::state::snapshot_len(b) + STAMPS;
+        let size = snapshot_len(b) + STAMPS;
         let fits = room > 0 && size <= bytes;
         if fits {
             room -= 1;
@@ -242,12 +257,35 @@ mod tests {
         let mut r = vec![long("n1"), long("n2"), binding("k1", "a:1")];
         assert_eq!(drop_past_the_cap(&s, &mut r, cap), 1);
         assert_eq!(r, vec![long("n1"), binding("k1", "a:1")]);
-        // Refreshes, moves, removals and expiry keep the count exact.
-        s.apply(5, &Command::BindSessions { now_ms: 50, bindings: r }).unwrap();
+        // What the cap let through fits under it once stored, at a late time and revision.
+        let rev = u64::MAX >> 1;
+        s.apply(rev, &Command::BindSessions { now_ms: 1 << 50, bindings: r }).unwrap();
         assert_eq!(s.session_bytes(), stored(&s));
-        s.apply(6, &Command::RemoveBackend { pool: "p".into(), address: "a:1".into() }).unwrap();
+        assert!(s.session_bytes() <= cap.bytes, "{} over {}", s.session_bytes(), cap.bytes);
+        // A move to a backend with a longer address is charged its growth: with no room left,
+        // it is dropped; with room, it is applied. Removals and expiry keep the count exact.
+        let far = format!("{}.example.com:80", "b".repeat(60));
+        let b = Backend { pool: "p".into(), address: far.clone(), weight: 1, ..Default::default() };
+        s.apply(rev + 1, &Command::AddBackend(Pb(crate::validate::backend(b).unwrap()))).unwrap();
+        let drain = |a: &str| Command::SetBackendState {
+            pool: "p".into(),
+            address: a.into(),
+            state: switchyard_proto::v1::AdminState::Disabled as i32,
+        };
+        s.apply(rev + 2, &drain("a:1")).unwrap();
+        let full = Cap { count: usize::MAX, bytes: s.session_bytes() };
+        let mut moves = vec![binding("k1", &far)];
+        assert_eq!(drop_past_the_cap(&s, &mut moves, full), 1, "no room for a longer address");
+        let roomy = Cap { count: usize::MAX, bytes: s.session_bytes() + 100 };
+        let mut moves = vec![binding("k1", &far)];
+        assert_eq!(drop_past_the_cap(&s, &mut moves, roomy), 0);
+        s.apply(rev + 3, &Command::BindSessions { now_ms: (1 << 50) + 1, bindings: moves }).unwrap();
+        assert_eq!(s.sessions.get(&Pair("p", "k1")).unwrap().backend, far, "moved");
         assert_eq!(s.session_bytes(), stored(&s));
-        s.apply(7, &Command::ExpireSessions { now_ms: 10_000_000_000 }).unwrap();
+        assert!(s.session_bytes() <= roomy.bytes);
+        s.apply(rev + 4, &Command::RemoveBackend { pool: "p".into(), address: far }).unwrap();
+        assert_eq!(s.session_bytes(), stored(&s));
+        s.apply(rev + 5, &Command::ExpireSessions { now_ms: u64::MAX >> 2 }).unwrap();
         assert_eq!((s.session_bytes(), s.sessions.len()), (0, 0));
     }
 }

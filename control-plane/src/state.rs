@@ -189,11 +189,17 @@ impl State {
     fn emit(&mut self, out: &mut Vec<Change>, kind: change::Kind) {
         use change::Kind as K;
         let m = &self.model;
+        let session_old = match &kind {
+            K::SessionPut(b) => m.sessions.get(&Pair(&b.pool, &b.key)).map(snapshot_len),
+            K::SessionRemoved(r) => m.sessions.get(&Pair(&r.pool, &r.key)).map(snapshot_len),
+            _ => None,
+        };
+        if let Some(old) = session_old {
+            debug_assert!(old <= self.session_bytes, "the running size counts every binding");
+            self.session_bytes -= old;
+        }
         if let K::SessionPut(b) = &kind {
-            let old = m.sessions.get(&Pair(&b.pool, &b.key)).map_or(0, snapshot_len);
-            self.session_bytes = self.session_bytes - old + snapshot_len(b);
-        } else if let K::SessionRemoved(r) = &kind {
-            self.session_bytes -= m.sessions.get(&Pair(&r.pool, &r.key)).map_or(0, snapshot_len);
+            self.session_bytes += snapshot_len(b);
         }
         let (old, new) = match &kind {
             K::PoolPut(p) => (m.pools.get(&p.name).map(snapshot_len), snapshot_len(p)),

@@ -117,13 +117,33 @@ async fn the_last_backend_of_a_routed_pool_taking_connections_is_kept_unless_for
         all.map(|r| r["pool"].as_str().unwrap_or_default().to_string())
     };
     assert_eq!(pool_of_all().as_deref(), Some("chat"));
-    // A new route is not judged; forced, the repoint goes through; and back to a pool that
-    // serves, from one that serves nobody, takes nothing away.
+    // A pool that does not exist is answered as such.
+    let (code, _, err) = cli(&["route", "set", "all", "--pool", "nope"]);
+    assert!(code == 1 && err.contains("not found") && err.contains("nope"), "{err}");
+    // A new route is not judged; forced, the repoint goes through; from a pool that serves
+    // nobody, a repoint takes nothing away, to another such pool or to one that serves.
     ok(&["route", "set", "other", "--pool", "spare", "--host", "other.example.com"]);
     ok(&["route", "set", "all", "--pool", "spare", "--force"]);
     assert_eq!(pool_of_all().as_deref(), Some("spare"));
+    ok(&["pool", "create", "empty"]);
+    ok(&["route", "set", "all", "--pool", "empty"]);
+    assert_eq!(pool_of_all().as_deref(), Some("empty"));
     ok(&["route", "set", "all", "--pool", "chat"]);
     assert_eq!(pool_of_all().as_deref(), Some("chat"));
+    // A retry of a repoint applied when it took nothing away is answered as the first time,
+    // not judged again now that it would: spare serves while the first try is applied, then
+    // serves nobody again, and the route goes back to chat.
+    ok(&["backend", "enable", "spare", "10.0.0.9:80"]);
+    let repoint = || {
+        let route = Route { name: "all".into(), pool: "spare".into(), ..Default::default() };
+        with_request_id(SetRouteRequest { route: Some(route), force: false }, "bob", 1).unwrap()
+    };
+    let first = admin(&leader).set_route(repoint()).await.expect("spare serves").into_inner();
+    ok(&["backend", "disable", "spare", "10.0.0.9:80", "--force"]);
+    ok(&["route", "set", "all", "--pool", "chat"]);
+    let again = admin(&leader).set_route(repoint()).await.expect("the retry is answered, not refused").into_inner();
+    assert_eq!(again.revision, first.revision, "answered as the first time");
+    assert_eq!(pool_of_all().as_deref(), Some("chat"), "the retry changed nothing");
 
     // And --force takes the last one out, as asked.
     ok(&["backend", "disable", "chat", "10.0.0.2:80", "--force"]);
