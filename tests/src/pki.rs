@@ -17,6 +17,25 @@ pub fn run_cli(args: &[&str]) -> (i32, String, String) {
     (out.status.code().unwrap_or(-1), text(&out.stdout), text(&out.stderr))
 }
 
+/// The CLI pointed at a cluster's endpoints.
+pub struct Cli(pub String);
+
+impl Cli {
+    /// `switchyard --endpoints ENDPOINTS ARGS...`: exit code, stdout and stderr.
+    pub fn run(&self, args: &[&str]) -> (i32, String, String) {
+        let mut all = vec!["--endpoints", self.0.as_str()];
+        all.extend_from_slice(args);
+        run_cli(&all)
+    }
+
+    /// [`Cli::run`], which must succeed: its stdout.
+    pub fn ok(&self, args: &[&str]) -> String {
+        let (code, out, err) = self.run(args);
+        assert_eq!(code, 0, "{args:?}: {err}");
+        out
+    }
+}
+
 /// A CA in `dir` with one certificate per (name, role), valid for 127.0.0.1.
 pub fn make_certs(dir: &Path, parts: &[(&str, &str)]) {
     let d = dir.to_str().expect("a UTF-8 path");

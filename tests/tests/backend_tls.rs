@@ -29,28 +29,19 @@ async fn each_pool_speaks_the_tls_it_names_to_its_backends_and_health_checks_fol
     let eps = cluster.endpoints();
     // A new cluster starts at feature level 1: the first write that needs level 3 (the next
     // one) has the leader ask its members and raise the level on the spot, not refuse it.
-    let cli = |args: &[&str]| {
-        let mut all = vec!["--endpoints", eps.as_str()];
-        all.extend_from_slice(args);
-        run_cli(&all)
-    };
-    let ok = |args: &[&str]| {
-        let (code, out, err) = cli(args);
-        assert_eq!(code, 0, "{args:?}: {err}");
-        out
-    };
+    let cli = Cli(eps.clone());
     let ca_file = ca.ca_file.display().to_string();
     // A CA bundle alone turns TLS on, verifying against each backend's host (its IP here).
-    ok(&["pool", "create", "secure", "--backend-tls-ca", &ca_file]);
-    ok(&["pool", "create", "named", "--backend-tls", "on", "--backend-tls-ca", &ca_file]);
-    ok(&["pool", "update", "named", "--backend-tls-server-name", "backend.internal"]);
-    ok(&["pool", "create", "rogue", "--backend-tls-ca", &ca_file]);
-    ok(&["pool", "create", "plain"]);
+    cli.ok(&["pool", "create", "secure", "--backend-tls-ca", &ca_file]);
+    cli.ok(&["pool", "create", "named", "--backend-tls", "on", "--backend-tls-ca", &ca_file]);
+    cli.ok(&["pool", "update", "named", "--backend-tls-server-name", "backend.internal"]);
+    cli.ok(&["pool", "create", "rogue", "--backend-tls-ca", &ca_file]);
+    cli.ok(&["pool", "create", "plain"]);
     for (pool, backend) in
         [("secure", &good.addr), ("named", &named.addr), ("rogue", &stranger.addr), ("plain", &plain.addr)]
     {
-        ok(&["backend", "add", pool, backend]);
-        ok(&["route", "set", pool, "--pool", pool, "--host", &format!("{pool}.example")]);
+        cli.ok(&["backend", "add", pool, backend]);
+        cli.ok(&["route", "set", pool, "--pool", pool, "--host", &format!("{pool}.example")]);
     }
 
     // What the control plane refuses, each with one clear line and nothing stored.
@@ -67,14 +58,14 @@ async fn each_pool_speaks_the_tls_it_names_to_its_backends_and_health_checks_fol
         (&["pool", "create", "x", "--backend-tls", "off", "--backend-tls-ca", &ca_file], "go with --backend-tls on"),
     ];
     for (args, why) in refused {
-        let (code, _, err) = cli(args);
+        let (code, _, err) = cli.run(args);
         assert_ne!(code, 0, "{args:?}");
         assert!(err.contains(why), "{args:?}: {err}");
         assert_eq!(err.trim().lines().count(), 1, "{args:?}: one line: {err}");
     }
-    let (code, _, _) = cli(&["pool", "get", "x"]);
+    let (code, _, _) = cli.run(&["pool", "get", "x"]);
     assert_ne!(code, 0, "no refused pool was stored");
-    let shown: Value = serde_json::from_str(&ok(&["--output", "json", "pool", "get", "named"])).unwrap();
+    let shown: Value = serde_json::from_str(&cli.ok(&["--output", "json", "pool", "get", "named"])).unwrap();
     assert_eq!(shown["backend_tls"]["enabled"], true, "{shown}");
     assert_eq!(shown["backend_tls"]["server_name"], "backend.internal", "{shown}");
     assert_eq!(shown["backend_tls"]["ca_certificates"], 1, "{shown}");
@@ -97,12 +88,12 @@ async fn each_pool_speaks_the_tls_it_names_to_its_backends_and_health_checks_fol
 
     // The leader's WebSocket health checks verify as the proxies do.
     let health = |pool: &'static str| {
-        let out = ok(&["--output", "json", "backend", "list", pool]);
+        let out = cli.ok(&["--output", "json", "backend", "list", pool]);
         let v: Value = serde_json::from_str(&out).unwrap();
         v[0]["health"].as_str().unwrap_or_default().to_string()
     };
     for pool in ["secure", "named", "rogue"] {
-        ok(&[
+        cli.ok(&[
             "pool",
             "update",
             pool,
@@ -119,12 +110,12 @@ async fn each_pool_speaks_the_tls_it_names_to_its_backends_and_health_checks_fol
     for (pool, want) in [("secure", "healthy"), ("named", "healthy"), ("rogue", "unhealthy")] {
         eventually(&format!("{pool}'s backend {want}"), LONG, || async { (health(pool) == want).then_some(()) }).await;
     }
-    let still_on: Value = serde_json::from_str(&ok(&["--output", "json", "pool", "get", "named"])).unwrap();
+    let still_on: Value = serde_json::from_str(&cli.ok(&["--output", "json", "pool", "get", "named"])).unwrap();
     assert_eq!(still_on["backend_tls"]["server_name"], "backend.internal", "a health-check update keeps TLS");
 
     // Trusting the other CA (only the bundle changes; TLS stays on) heals the pool live.
     let rogue_ca = rogue.ca_file.display().to_string();
-    ok(&["pool", "update", "rogue", "--backend-tls-ca", &rogue_ca]);
+    cli.ok(&["pool", "update", "rogue", "--backend-tls-ca", &rogue_ca]);
     eventually("rogue's backend healthy", LONG, || async { (health("rogue") == "healthy").then_some(()) }).await;
     let (mut ws, hello) = eventually("a connection through rogue.example", LONG, || async {
         ws_connect(&proxy.ws, "/", &[("host", "rogue.example")]).await.ok()
@@ -134,7 +125,7 @@ async fn each_pool_speaks_the_tls_it_names_to_its_backends_and_health_checks_fol
     echo(&mut ws, Message::binary(vec![7u8; 100_000])).await.unwrap();
 
     // Off: plain TCP to a TLS backend, which then fails its handshake (the proxy answers 502).
-    ok(&["pool", "update", "secure", "--backend-tls", "off"]);
+    cli.ok(&["pool", "update", "secure", "--backend-tls", "off"]);
     eventually("secure's TLS off on the proxy", LONG, || async {
         (upgrade_status(&proxy.ws, "secure.example").await.starts_with("HTTP/1.1 50")).then_some(())
     })

@@ -39,22 +39,12 @@ fn pool_with_check(name: &str, len: usize) -> Pool {
 async fn writes_past_the_config_limit_are_refused_and_shrinking_ones_are_not() {
     let _g = serial().await;
     let c = Cluster::start(1, &["--max-config-bytes", "65536"]).await;
-    let eps = c.endpoints();
-    let cli = |args: &[&str]| {
-        let mut all = vec!["--endpoints", eps.as_str()];
-        all.extend(args);
-        run_cli(&all)
-    };
-    let ok = |args: &[&str]| {
-        let (code, out, err) = cli(args);
-        assert_eq!(code, 0, "{args:?}: {err}");
-        out
-    };
+    let cli = Cli(c.endpoints());
     // Two pools with names of one length, so repointing the route between them grows nothing.
-    ok(&["pool", "create", "chat"]);
-    ok(&["pool", "create", "talk"]);
-    ok(&["backend", "add", "talk", "10.9.0.1:80"]);
-    ok(&["route", "set", "all", "--pool", "chat"]);
+    cli.ok(&["pool", "create", "chat"]);
+    cli.ok(&["pool", "create", "talk"]);
+    cli.ok(&["backend", "add", "talk", "10.9.0.1:80"]);
+    cli.ok(&["route", "set", "all", "--pool", "chat"]);
     let node = c.nodes.values().next().expect("one node").addr.clone();
     let mut adm = admin(&node);
     let first_try = adm
@@ -95,7 +85,7 @@ async fn writes_past_the_config_limit_are_refused_and_shrinking_ones_are_not() {
     };
     let before = count().await;
     assert_eq!(before, (2 + big + plain, 2, 1));
-    let (code, _, err) = cli(&["route", "set", "more", "--pool", "chat", "--path-prefix", "/more"]);
+    let (code, _, err) = cli.run(&["route", "set", "more", "--pool", "chat", "--path-prefix", "/more"]);
     assert_eq!(code, 1, "{err}");
     assert!(err.contains("resource exhausted: the config") && err.contains("--max-config-bytes"), "{err}");
     assert_eq!(err.trim().lines().count(), 1, "{err}");
@@ -122,10 +112,10 @@ async fn writes_past_the_config_limit_are_refused_and_shrinking_ones_are_not() {
 
     // At the limit an operator can still repoint the route, drain and remove; removing makes
     // room again.
-    ok(&["route", "set", "all", "--pool", "talk"]);
-    ok(&["route", "set", "all", "--pool", "chat"]);
+    cli.ok(&["route", "set", "all", "--pool", "talk"]);
+    cli.ok(&["route", "set", "all", "--pool", "chat"]);
     let gone = backend(1, true).address;
-    ok(&["backend", "drain", "chat", &gone]);
-    ok(&["backend", "remove", "chat", &gone]);
+    cli.ok(&["backend", "drain", "chat", &gone]);
+    cli.ok(&["backend", "remove", "chat", &gone]);
     adm.add_backend(AddBackendRequest { backend: Some(backend(1, true)) }).await.expect("room again after a removal");
 }

@@ -14,26 +14,16 @@ use tonic::Code;
 async fn the_last_backend_of_a_routed_pool_taking_connections_is_kept_unless_forced() {
     let _g = serial().await;
     let c = Cluster::start(3, &[]).await;
-    let eps = c.endpoints();
-    let cli = |args: &[&str]| {
-        let mut all = vec!["--endpoints", eps.as_str()];
-        all.extend(args);
-        run_cli(&all)
-    };
-    let ok = |args: &[&str]| {
-        let (code, out, err) = cli(args);
-        assert_eq!(code, 0, "{args:?}: {err}");
-        out
-    };
-    ok(&["pool", "create", "chat"]);
-    ok(&["backend", "add", "chat", "10.0.0.1:80"]);
-    ok(&["backend", "add", "chat", "10.0.0.2:80"]);
-    ok(&["route", "set", "all", "--pool", "chat"]);
-    ok(&["pool", "create", "spare"]);
-    ok(&["backend", "add", "spare", "10.0.0.9:80"]);
+    let cli = Cli(c.endpoints());
+    cli.ok(&["pool", "create", "chat"]);
+    cli.ok(&["backend", "add", "chat", "10.0.0.1:80"]);
+    cli.ok(&["backend", "add", "chat", "10.0.0.2:80"]);
+    cli.ok(&["route", "set", "all", "--pool", "chat"]);
+    cli.ok(&["pool", "create", "spare"]);
+    cli.ok(&["backend", "add", "spare", "10.0.0.9:80"]);
 
     // With another backend in service, one goes.
-    ok(&["backend", "drain", "chat", "10.0.0.1:80"]);
+    cli.ok(&["backend", "drain", "chat", "10.0.0.1:80"]);
     // The last one: every way of taking it out is refused, in one line that says why and
     // what to do, and changes nothing.
     for args in [
@@ -42,7 +32,7 @@ async fn the_last_backend_of_a_routed_pool_taking_connections_is_kept_unless_for
         &["backend", "remove", "chat", "10.0.0.2:80"],
         &["backend", "set-weight", "chat", "10.0.0.2:80", "0"],
     ] {
-        let (code, _, err) = cli(args);
+        let (code, _, err) = cli.run(args);
         assert_eq!(code, 1, "{args:?}: {err}");
         assert!(
             err.contains("10.0.0.2:80 is the last of pool chat")
@@ -53,16 +43,16 @@ async fn the_last_backend_of_a_routed_pool_taking_connections_is_kept_unless_for
         );
         assert_eq!(err.trim().lines().count(), 1, "{err}");
     }
-    let listed: serde_json::Value = serde_json::from_str(&ok(&["-o", "json", "backend", "list", "chat"])).unwrap();
+    let listed: serde_json::Value = serde_json::from_str(&cli.ok(&["-o", "json", "backend", "list", "chat"])).unwrap();
     let last = listed.as_array().unwrap().iter().find(|b| b["address"] == "10.0.0.2:80").unwrap().clone();
     assert_eq!((last["state"].as_str(), last["weight"].as_u64()), (Some("active"), Some(1)), "{listed}");
 
     // Another weight is no loss; a change to a backend already out of service takes nothing
     // away; nor does the last backend of a pool no route sends clients to.
-    ok(&["backend", "set-weight", "chat", "10.0.0.2:80", "3"]);
-    ok(&["backend", "drain", "chat", "10.0.0.1:80"]);
-    ok(&["backend", "remove", "chat", "10.0.0.1:80"]);
-    ok(&["backend", "disable", "spare", "10.0.0.9:80"]);
+    cli.ok(&["backend", "set-weight", "chat", "10.0.0.2:80", "3"]);
+    cli.ok(&["backend", "drain", "chat", "10.0.0.1:80"]);
+    cli.ok(&["backend", "remove", "chat", "10.0.0.1:80"]);
+    cli.ok(&["backend", "disable", "spare", "10.0.0.9:80"]);
 
     // Through a follower, right after the change on the leader that makes room: the check
     // reads linearizably, so a follower that had not applied the add yet would not refuse.
@@ -101,7 +91,7 @@ async fn the_last_backend_of_a_routed_pool_taking_connections_is_kept_unless_for
 
     // A route repointed from a pool that serves clients to one that serves nobody (spare's
     // one backend is disabled) is refused the same way, in one line, and changes nothing.
-    let (code, _, err) = cli(&["route", "set", "all", "--pool", "spare"]);
+    let (code, _, err) = cli.run(&["route", "set", "all", "--pool", "spare"]);
     assert_eq!(code, 1, "{err}");
     assert!(
         err.contains("route all sends clients to pool chat")
@@ -112,41 +102,41 @@ async fn the_last_backend_of_a_routed_pool_taking_connections_is_kept_unless_for
     );
     assert_eq!(err.trim().lines().count(), 1, "{err}");
     let pool_of_all = || {
-        let routes: serde_json::Value = serde_json::from_str(&ok(&["-o", "json", "route", "list"])).unwrap();
+        let routes: serde_json::Value = serde_json::from_str(&cli.ok(&["-o", "json", "route", "list"])).unwrap();
         let all = routes.as_array().unwrap().iter().find(|r| r["name"] == "all").cloned();
         all.map(|r| r["pool"].as_str().unwrap_or_default().to_string())
     };
     assert_eq!(pool_of_all().as_deref(), Some("chat"));
     // A pool that does not exist is answered as such.
-    let (code, _, err) = cli(&["route", "set", "all", "--pool", "nope"]);
+    let (code, _, err) = cli.run(&["route", "set", "all", "--pool", "nope"]);
     assert!(code == 1 && err.contains("not found") && err.contains("nope"), "{err}");
     // A new route is not judged; forced, the repoint goes through; from a pool that serves
     // nobody, a repoint takes nothing away, to another such pool or to one that serves.
-    ok(&["route", "set", "other", "--pool", "spare", "--host", "other.example.com"]);
-    ok(&["route", "set", "all", "--pool", "spare", "--force"]);
+    cli.ok(&["route", "set", "other", "--pool", "spare", "--host", "other.example.com"]);
+    cli.ok(&["route", "set", "all", "--pool", "spare", "--force"]);
     assert_eq!(pool_of_all().as_deref(), Some("spare"));
-    ok(&["pool", "create", "empty"]);
-    ok(&["route", "set", "all", "--pool", "empty"]);
+    cli.ok(&["pool", "create", "empty"]);
+    cli.ok(&["route", "set", "all", "--pool", "empty"]);
     assert_eq!(pool_of_all().as_deref(), Some("empty"));
-    ok(&["route", "set", "all", "--pool", "chat"]);
+    cli.ok(&["route", "set", "all", "--pool", "chat"]);
     assert_eq!(pool_of_all().as_deref(), Some("chat"));
     // A retry of a repoint applied when it took nothing away is answered as the first time,
     // not judged again now that it would: spare serves while the first try is applied, then
     // serves nobody again, and the route goes back to chat.
-    ok(&["backend", "enable", "spare", "10.0.0.9:80"]);
+    cli.ok(&["backend", "enable", "spare", "10.0.0.9:80"]);
     let repoint = || {
         let route = Route { name: "all".into(), pool: "spare".into(), ..Default::default() };
         with_request_id(SetRouteRequest { route: Some(route), force: false }, "bob", 1).unwrap()
     };
     let first = admin(&leader).set_route(repoint()).await.expect("spare serves").into_inner();
-    ok(&["backend", "disable", "spare", "10.0.0.9:80", "--force"]);
-    ok(&["route", "set", "all", "--pool", "chat"]);
+    cli.ok(&["backend", "disable", "spare", "10.0.0.9:80", "--force"]);
+    cli.ok(&["route", "set", "all", "--pool", "chat"]);
     let again = admin(&leader).set_route(repoint()).await.expect("the retry is answered, not refused").into_inner();
     assert_eq!(again.revision, first.revision, "answered as the first time");
     assert_eq!(pool_of_all().as_deref(), Some("chat"), "the retry changed nothing");
 
     // And --force takes the last one out, as asked.
-    ok(&["backend", "disable", "chat", "10.0.0.2:80", "--force"]);
-    let listed: serde_json::Value = serde_json::from_str(&ok(&["-o", "json", "backend", "list", "chat"])).unwrap();
+    cli.ok(&["backend", "disable", "chat", "10.0.0.2:80", "--force"]);
+    let listed: serde_json::Value = serde_json::from_str(&cli.ok(&["-o", "json", "backend", "list", "chat"])).unwrap();
     assert!(listed.as_array().unwrap().iter().all(|b| b["state"] == "disabled"), "{listed}");
 }
