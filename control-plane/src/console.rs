@@ -196,6 +196,9 @@ async fn set_backend_state(node: &Arc<NodeCtx>, peer: SocketAddr, req: Request<I
         pool: String,
         address: String,
         state: String,
+        /// Past the last-backend check, as the CLI's `--force`: the page asks again first.
+        #[serde(default)]
+        force: bool,
     }
     let w: Wanted = match serde_json::from_slice(&body) {
         Ok(w) => w,
@@ -213,7 +216,7 @@ async fn set_backend_state(node: &Arc<NodeCtx>, peer: SocketAddr, req: Request<I
         pool: w.pool,
         address: w.address,
         state: state as i32,
-        force: false,
+        force: w.force,
     });
     call.extensions_mut().insert(caller);
     match AdminService(node.clone()).set_backend_state(call).await {

@@ -1,7 +1,8 @@
 //! The web console in a real headless Chromium against a real 3-node mTLS cluster and proxy:
 //! a viewer's token signs in and sees the cluster, its proxy, pools and routes; a change made
 //! with the CLI reaches the open page without a reload; a viewer is offered no drain and is
-//! refused one asked for directly; an operator drains a backend through the confirmation; and
+//! refused one asked for directly; an operator drains a backend through the confirmation, and
+//! the last one in service only through a second confirmation that forces it; and
 //! the proxy's own status page renders. Needs Chromium: `.ci/run` installs it (and sets
 //! SWITCHYARD_REQUIRE_BROWSER so a missing browser fails there); elsewhere the test says it
 //! was skipped.
@@ -182,6 +183,29 @@ async fn the_console_shows_the_cluster_live_and_lets_operators_not_viewers_drain
         cli(&["backend", "list", "chat"]).lines().any(|l| l.contains(&b1.addr) && l.contains("draining")),
         "the drain reached the cluster"
     );
+    // The last backend in service is refused, and the page offers to force it behind a second
+    // confirmation that quotes the refusal; forced, it drains.
+    cli(&["backend", "drain", "chat", "127.0.0.1:9"]);
+    let last_row = "chat/127.0.0.1:19";
+    page.wait_for(
+        "the other drain button",
+        &format!("document.querySelector('[data-backend=\"{last_row}\"] button.drain')?.click() ?? null, document.querySelector('#confirm').open"),
+        LONG,
+    )
+    .await;
+    page.eval("document.querySelector('#confirm-yes').click()").await;
+    page.wait_for(
+        "the offer to force it",
+        "document.querySelector('#confirm').open && document.querySelector('#confirm-text').textContent.includes('is the last of pool chat')",
+        LONG,
+    )
+    .await;
+    assert!(
+        cli(&["backend", "list", "chat"]).lines().any(|l| l.contains("127.0.0.1:19") && l.contains("active")),
+        "refused, it changed nothing"
+    );
+    page.eval("document.querySelector('#confirm-yes').click()").await;
+    page.wait_for("the last backend shown draining", &format!("{} === 'draining'", state_of(last_row)), LONG).await;
     // The audit log (admin only) names the operator's token as who drained it.
     let audit = cli(&["audit"]);
     assert!(audit.lines().any(|l| l.contains("SetBackendState") && l.contains("operator")), "{audit}");

@@ -139,13 +139,18 @@ function confirmThen(text, action) {
   d.showModal();
 }
 
-async function setState(pool, address, state) {
+// A change the cluster refuses because it would take away a pool's last backend in service
+// (409, naming --force) is offered again, forced, behind a second confirmation that quotes why.
+async function setState(pool, address, state, force = false) {
   const res = await fetch("/console/api/backend-state", {
     method: "POST", headers: headers({ "Content-Type": "application/json" }),
-    body: JSON.stringify({ pool, address, state }),
+    body: JSON.stringify({ pool, address, state, force }),
   });
   const body = await res.json().catch(() => ({}));
   $("#status").textContent = res.ok ? "" : (body.error || "error " + res.status);
+  if (res.status === 409 && !force && (body.error || "").includes("--force")) {
+    confirmThen("The cluster refused: " + body.error + " Force it anyway?", () => setState(pool, address, state, true));
+  }
   refreshSoon();
 }
 
