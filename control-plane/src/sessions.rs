@@ -85,10 +85,17 @@ pub const MAX_SESSIONS: usize = 1_000_000;
 /// longest pool and host names allowed would take nearly 400.
 pub const MAX_SESSION_BYTES: u64 = 96 << 20;
 
-/// What a report's new binding may add once stored: the time, TTL and revision the state
-/// machine sets (varints of up to 10, 5 and 10 bytes, and their tags), and a longer length
-/// prefix.
-const STAMPS: u64 = 34;
+/// The most `b` can take once stored: with the time, TTL and revision the state machine
+/// sets (`State::bind_sessions`) at their longest.
+fn stored_at_most(b: &SessionBinding) -> u64 {
+    let ttl_ms = b.ttl_ms.max(crate::validate::MAX_AFFINITY_TTL_MS);
+    crate::state::snapshot_len(&SessionBinding {
+        last_seen_ms: u64::MAX,
+        ttl_ms,
+        created_revision: u64::MAX,
+        ..b.clone()
+    })
+}
 
 /// How many bindings, and how many bytes of them, the cluster records.
 #[derive(Debug, Clone, Copy)]
@@ -113,16 +120,16 @@ pub fn drop_past_the_cap(state: &State, bindings: &mut Vec<Pb<SessionBinding>>, 
             if cur.backend == b.backend {
                 return true;
             }
-            // A move: the new address, and a new time and revision (up to 8 bytes longer).
-            let moved = SessionBinding { backend: b.backend.clone(), ..cur.clone() };
-            let growth = (snapshot_len(&moved) + 8).saturating_sub(snapshot_len(cur));
+            // A move: the new address, and a new time and revision.
+            let growth = stored_at_most(&SessionBinding { backend: b.backend.clone(), ..cur.clone() })
+                .saturating_sub(snapshot_len(cur));
             let fits = growth <= bytes;
             if fits {
                 bytes -= growth;
             }
             return fits;
         }
-        let size = snapshot_len(b) + STAMPS;
+        let size = stored_at_most(b);
         let fits = room > 0 && size <= bytes;
         if fits {
             room -= 1;
@@ -252,7 +259,7 @@ mod tests {
         assert_eq!(s.session_bytes(), stored(&s));
         // Room in bytes for one new binding of a long key, not two; a held key still refreshes.
         let long = |k: &str| binding(&format!("{k}{}", "x".repeat(200)), "a:2");
-        let one = crate::state::snapshot_len(&long("n1").0) + STAMPS;
+        let one = stored_at_most(&long("n1").0);
         let cap = Cap { count: usize::MAX, bytes: s.session_bytes() + one + 10 };
         let mut r = vec![long("n1"), long("n2"), binding("k1", "a:1")];
         assert_eq!(drop_past_the_cap(&s, &mut r, cap), 1);

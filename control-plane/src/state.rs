@@ -189,30 +189,31 @@ impl State {
     fn emit(&mut self, out: &mut Vec<Change>, kind: change::Kind) {
         use change::Kind as K;
         let m = &self.model;
-        let session_old = match &kind {
-            K::SessionPut(b) => m.sessions.get(&Pair(&b.pool, &b.key)).map(snapshot_len),
-            K::SessionRemoved(r) => m.sessions.get(&Pair(&r.pool, &r.key)).map(snapshot_len),
-            _ => None,
+        let (total, old, new) = match &kind {
+            K::PoolPut(p) => (&mut self.topology_bytes, m.pools.get(&p.name).map_or(0, snapshot_len), snapshot_len(p)),
+            K::PoolDeleted(n) => (&mut self.topology_bytes, m.pools.get(n).map_or(0, snapshot_len), 0),
+            K::BackendPut(b) => {
+                let old = m.backends.get(&Pair(&b.pool, &b.address)).map_or(0, snapshot_len);
+                (&mut self.topology_bytes, old, snapshot_len(b))
+            }
+            K::BackendRemoved(b) => {
+                (&mut self.topology_bytes, m.backends.get(&Pair(&b.pool, &b.address)).map_or(0, snapshot_len), 0)
+            }
+            K::RoutePut(r) => {
+                (&mut self.topology_bytes, m.routes.get(&r.name).map_or(0, snapshot_len), snapshot_len(r))
+            }
+            K::RouteDeleted(n) => (&mut self.topology_bytes, m.routes.get(n).map_or(0, snapshot_len), 0),
+            K::SessionPut(b) => {
+                let old = m.sessions.get(&Pair(&b.pool, &b.key)).map_or(0, snapshot_len);
+                (&mut self.session_bytes, old, snapshot_len(b))
+            }
+            K::SessionRemoved(r) => {
+                (&mut self.session_bytes, m.sessions.get(&Pair(&r.pool, &r.key)).map_or(0, snapshot_len), 0)
+            }
+            K::SettingsPut(_) | K::AffinitySecret(_) => (&mut 0, 0, 0),
         };
-        if let Some(old) = session_old {
-            debug_assert!(old <= self.session_bytes, "the running size counts every binding");
-            self.session_bytes -= old;
-        }
-        if let K::SessionPut(b) = &kind {
-            self.session_bytes += snapshot_len(b);
-        }
-        let (old, new) = match &kind {
-            K::PoolPut(p) => (m.pools.get(&p.name).map(snapshot_len), snapshot_len(p)),
-            K::PoolDeleted(n) => (m.pools.get(n).map(snapshot_len), 0),
-            K::BackendPut(b) => (m.backends.get(&Pair(&b.pool, &b.address)).map(snapshot_len), snapshot_len(b)),
-            K::BackendRemoved(b) => (m.backends.get(&Pair(&b.pool, &b.address)).map(snapshot_len), 0),
-            K::RoutePut(r) => (m.routes.get(&r.name).map(snapshot_len), snapshot_len(r)),
-            K::RouteDeleted(n) => (m.routes.get(n).map(snapshot_len), 0),
-            _ => (None, 0),
-        };
-        let old = old.unwrap_or(0);
-        debug_assert!(old <= self.topology_bytes, "the running size counts every entity");
-        self.topology_bytes = self.topology_bytes - old + new;
+        debug_assert!(old <= *total, "the running size counts every entity");
+        *total = *total - old + new;
         let c = put(kind);
         self.model.apply(&c);
         out.push(c);

@@ -21,10 +21,6 @@ use crate::validate::{self, required};
 
 pub struct AdminService(pub Arc<NodeCtx>);
 
-/// What the revisions the state machine stamps on a new entity add to its encoding, at most
-/// (two varint fields of up to 10 bytes and their tags).
-const REVISIONS: u64 = 22;
-
 fn pool_of(changes: &[Change]) -> Option<Pool> {
     changes.iter().find_map(|c| match &c.kind {
         Some(change::Kind::PoolPut(p)) => Some(p.clone()),
@@ -229,13 +225,13 @@ impl Admin for AdminService {
     async fn create_pool(&self, req: Request<CreatePoolRequest>) -> Result<Response<PoolReply>, Status> {
         let (id, caller) = (id_of(&req)?, caller_of(&req)?);
         let pool = validate::admin_pool(required(req.into_inner().pool, "pool")?)?;
-        // One that exists, or a backend's pool that does not, adds nothing: the state machine
-        // answers it ALREADY_EXISTS or NOT_FOUND.
+        // One that exists adds nothing: the state machine answers it ALREADY_EXISTS. A new one
+        // is measured with the revisions it will be stamped with at their longest.
         self.has_room(id.as_ref(), |st| {
             if st.pools.contains_key(pool.name.as_str()) {
                 return 0;
             }
-            snapshot_len(&pool) + REVISIONS
+            snapshot_len(&Pool { created_revision: u64::MAX, updated_revision: u64::MAX, ..pool.clone() })
         })?;
         let audit = note(&caller, "Admin/CreatePool", format!("pool {}", pool.name));
         let (revision, changes) =
@@ -288,7 +284,7 @@ impl Admin for AdminService {
             if !st.pools.contains_key(b.pool.as_str()) || st.backends.contains_key(&Pair(&b.pool, &b.address)) {
                 return 0;
             }
-            snapshot_len(&b) + REVISIONS
+            snapshot_len(&Backend { updated_revision: u64::MAX, ..b.clone() })
         })?;
         let what = format!("backend {} in pool {} (weight {})", b.address, b.pool, b.weight);
         let audit = note(&caller, "Admin/AddBackend", what);
@@ -372,7 +368,7 @@ impl Admin for AdminService {
                 snapshot_len(&new).saturating_sub(snapshot_len(old))
             }
             None if !st.pools.contains_key(route.pool.as_str()) => 0,
-            None => snapshot_len(&route) + REVISIONS,
+            None => snapshot_len(&Route { updated_revision: u64::MAX, ..route.clone() }),
         })?;
         let what = format!(
             "route {} (host {:?}, path {:?}) to pool {}",
