@@ -98,9 +98,15 @@ declare -A PID=([direct]=0 [switchyard]=$SYPID [nginx]=$NGPID [haproxy]=$HAPID
   [switchyard-wss]=$SYPID [nginx-wss]=$NGPID [haproxy-wss]=$HAPID)
 [ -n "${BASELINE:-}" ] && { ADDR[baseline]=127.0.0.1:$BL; PID[baseline]=$BLPID; ADDR[baseline-wss]=127.0.0.1:$BLS; PID[baseline-wss]=$BLPID; }
 
-# Interleaved rounds: every target once per round.
+# Interleaved rounds: every target once per round, in an order shuffled anew each round (seeded
+# by the round, so a run can be repeated): what a phase leaves behind in the kernel (the
+# handshake phase's thousands of TIME_WAIT sockets, a worker's placement) then lands on a
+# different neighbour each round instead of always on the same one.
 for round in $(seq "${ROUNDS:-2}"); do
-  for t in direct $TARGETS $TLS_TARGETS; do
+  order=$(python3 -c 'import random, sys; l = sys.argv[2:]; random.Random(int(sys.argv[1])).shuffle(l); print(*l)' \
+    "$round" direct $TARGETS $TLS_TARGETS)
+  echo "round $round: $order" >&2
+  for t in $order; do
     p=${PID[$t]}
     c0=$([ "$p" = 0 ] && echo 0 || cpu_ticks "$p")
     line=$($B/ws-bench $(tls_args $t) throughput --target "${ADDR[$t]}" --conns 100 --seconds "$SECS" --size "${SIZE:-64}")
