@@ -21,6 +21,10 @@ pub enum ApiError {
     OutcomeUnknown(String),
     #[error("{0}")]
     Internal(String),
+    /// Past a size limit. New at feature level 5: it travels in Raft responses and the table
+    /// of requests seen, where a variant is its index.
+    #[error("{0}")]
+    ResourceExhausted(String),
 }
 
 impl From<ApiError> for tonic::Status {
@@ -33,6 +37,7 @@ impl From<ApiError> for tonic::Status {
             ApiError::Unavailable(m) => tonic::Status::unavailable(m),
             ApiError::OutcomeUnknown(m) => switchyard_model::grpc::mark_outcome_unknown(tonic::Status::unavailable(m)),
             ApiError::Internal(m) => tonic::Status::internal(m),
+            ApiError::ResourceExhausted(m) => tonic::Status::resource_exhausted(m),
         }
     }
 }

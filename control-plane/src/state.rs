@@ -15,8 +15,10 @@ use crate::seen::{Lookup, Seen};
 use crate::validate;
 
 mod command;
+mod guard;
 
 pub use command::*;
+pub use guard::Guard;
 
 type Key2 = (String, String);
 
@@ -223,6 +225,12 @@ impl State {
     pub fn apply(&mut self, rev: u64, cmd: &Command) -> Outcome {
         let mut out = Vec::new();
         match cmd {
+            Command::Guarded { guards, cmd } => {
+                for g in guards {
+                    g.check(self, cmd, rev)?;
+                }
+                return self.apply(rev, cmd);
+            }
             Command::CreatePool(Pb(p)) => {
                 if self.pools.contains_key(&p.name) {
                     return Err(ApiError::AlreadyExists(format!("pool {:?} already exists", p.name)));

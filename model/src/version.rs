@@ -32,8 +32,9 @@ pub const VERSION: &str = env!("CARGO_PKG_VERSION");
 
 /// The highest cluster feature level this build can apply. 1: everything before feature
 /// levels. 2: `DeleteSessions` (every binding of a pool at once). 3: pools' `backend_tls`.
-/// 4: health checks' `close_on_failure`.
-pub const MAX_FEATURE_LEVEL: u32 = 4;
+/// 4: health checks' `close_on_failure`. 5: guarded writes, whose checks (the last backend in
+/// service, the config limit) every node repeats as it applies them.
+pub const MAX_FEATURE_LEVEL: u32 = 5;
 
 /// TEST ONLY: lowers the feature level this binary advertises and accepts, to play an older
 /// release in an upgrade test without building two. Never set it in production: a node that

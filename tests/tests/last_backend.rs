@@ -140,3 +140,58 @@ async fn the_last_backend_of_a_routed_pool_taking_connections_is_kept_unless_for
     let listed: serde_json::Value = serde_json::from_str(&cli.ok(&["-o", "json", "backend", "list", "chat"])).unwrap();
     assert!(listed.as_array().unwrap().iter().all(|b| b["state"] == "disabled"), "{listed}");
 }
+
+/// Two operators draining the last two backends of a pool at the same moment, through
+/// different nodes: each drain, judged alone, leaves the other backend in service. The check
+/// travels in the Raft entry and is made again as each node applies it, so the second to
+/// apply is refused and one backend always stays. (Judged only where each arrived, on a read
+/// of the state before either applied, both went through.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn drains_sent_at_once_never_take_out_the_last_backend() {
+    let _g = serial().await;
+    let c = Cluster::start(3, &[]).await;
+    let top = switchyard_model::version::MAX_FEATURE_LEVEL;
+    let addrs: Vec<String> = c.nodes.values().map(|n| n.addr.clone()).collect();
+    eventually("the cluster at the top feature level", Duration::from_secs(10), || async {
+        for a in &addrs {
+            if status(a).await.map(|s| s.feature_level) != Some(top) {
+                return None;
+            }
+        }
+        Some(())
+    })
+    .await;
+    let cli = Cli(c.endpoints());
+    cli.ok(&["pool", "create", "chat"]);
+    cli.ok(&["route", "set", "all", "--pool", "chat"]);
+    let drain = |address: String| SetBackendStateRequest {
+        pool: "chat".into(),
+        address,
+        state: AdminState::Draining as i32,
+        force: false,
+    };
+    for round in 0..15 {
+        let (a, b) = (format!("10.0.{round}.1:80"), format!("10.0.{round}.2:80"));
+        for address in [&a, &b] {
+            let backend = Backend { pool: "chat".into(), address: address.clone(), weight: 1, ..Default::default() };
+            admin(&addrs[0]).add_backend(AddBackendRequest { backend: Some(backend) }).await.expect("add");
+        }
+        // The last round's pair leaves the pool: this round's two are all it has.
+        if round > 0 {
+            for last in [format!("10.0.{}.1:80", round - 1), format!("10.0.{}.2:80", round - 1)] {
+                let r = RemoveBackendRequest { pool: "chat".into(), address: last, force: true };
+                admin(&addrs[0]).remove_backend(r).await.expect("remove the last round's");
+            }
+        }
+        let (mut x, mut y) = (admin(&addrs[1]), admin(&addrs[2]));
+        let (ra, rb) = tokio::join!(x.set_backend_state(drain(a.clone())), y.set_backend_state(drain(b.clone())));
+        let refused: Vec<_> = [&ra, &rb].iter().filter_map(|r| r.as_ref().err()).collect();
+        assert_eq!(refused.len(), 1, "round {round}: exactly one of the two drains goes through: {ra:?} {rb:?}");
+        assert_eq!(refused[0].code(), Code::FailedPrecondition, "{:?}", refused[0]);
+        assert!(refused[0].message().contains("is the last of pool chat"), "{}", refused[0].message());
+        let listed: serde_json::Value =
+            serde_json::from_str(&cli.ok(&["-o", "json", "backend", "list", "chat"])).unwrap();
+        let active = listed.as_array().unwrap().iter().filter(|b| b["state"] == "active").count();
+        assert_eq!(active, 1, "round {round}: {listed}");
+    }
+}

@@ -1,9 +1,9 @@
 //! Admin: validated writes, sent through Raft on whichever node leads. A write that carries
 //! a request id in its metadata is applied at most once: a retry gets the first answer.
 
-use std::sync::{Arc, RwLockReadGuard};
+use std::sync::Arc;
 
-use switchyard_model::topology::{in_service, Pair};
+use switchyard_model::topology::Pair;
 use switchyard_proto::v1::admin_server::Admin;
 use switchyard_proto::v1::*;
 use tonic::{Request, Response, Status};
@@ -15,8 +15,7 @@ use crate::node::context::NodeCtx;
 use crate::node::leader::{self, RunOnLeader};
 use crate::pb::Pb;
 use crate::seen::{Lookup, RequestId};
-use crate::state::{snapshot_len, Command, Proposed, State};
-use crate::store::sm::Live;
+use crate::state::{Command, Guard, Proposed};
 use crate::validate::{self, required};
 
 pub struct AdminService(pub Arc<NodeCtx>);
@@ -37,13 +36,13 @@ fn backend_of(changes: &[Change]) -> Option<Backend> {
 
 use switchyard_model::fields::{POOL_FIELDS, SETTINGS_FIELDS};
 
-/// Whether two affinity keys name the same thing: header names are matched without regard
-/// to case (as the proxy reads them), everything else as written.
-fn same_key(a: &str, b: &str) -> bool {
-    match (a.strip_prefix("header:"), b.strip_prefix("header:")) {
-        (Some(a), Some(b)) => a.eq_ignore_ascii_case(b),
-        _ => a == b,
+/// The guard against taking the last backend of a served pool out of service, on a write
+/// that takes one out (a drain, a disable, a weight of 0, a removal), unless forced.
+fn keeps_a_backend(cmd: &Command, force: bool) -> Vec<Guard> {
+    if force || !Guard::takes_out(cmd) {
+        return vec![];
     }
+    vec![Guard::KeepsABackend]
 }
 
 /// The request id in `req`'s metadata; none means the write is not deduplicated.
@@ -69,12 +68,12 @@ impl AdminService {
         id: Option<RequestId>,
         pool: String,
         address: String,
-        cmd: Command,
+        (cmd, guards): (Command, Vec<Guard>),
         audit: Option<Arc<AuditNote>>,
     ) -> Result<Response<BackendReply>, Status> {
         validate::name("pool", &pool)?;
         validate::address(&address)?;
-        let (revision, changes) = leader::write(&self.0, Proposed { id, cmd, audit }).await?;
+        let (revision, changes) = self.write(id, cmd, guards, audit).await?;
         let backend = backend_of(&changes).or_else(|| {
             // A write that changed nothing: answer with the backend as it stands.
             self.0.shared.read().state.backends.get(&Pair(&pool, &address)).cloned()
@@ -82,122 +81,54 @@ impl AdminService {
         Ok(Response::new(BackendReply { revision, backend }))
     }
 
-    /// Refuses a write that would grow the pools, backends and routes past this node's
-    /// `--max-config-bytes`: every proxy receives all of them in one message, and a config
-    /// past what that message may hold would reach no proxy at all (new proxies would start
-    /// with nothing). `growth` is what the write adds, judged on this node's state as it has
-    /// applied it, without a read from the leader (like etcd's space quota): writes in flight,
-    /// and on a follower those it has not applied yet, are not counted, so together they may
-    /// overshoot by their own size. Writes that shrink the config or change a backend's weight
-    /// or state are never refused, so an operator at the limit can still drain and remove. A
-    /// retried request whose first try this node has applied is answered as the first time.
-    fn has_room(&self, id: Option<&RequestId>, growth: impl FnOnce(&State) -> u64) -> Result<(), Status> {
-        let live = self.0.shared.read();
-        let st = &live.state;
-        if id.is_some_and(|id| !matches!(st.seen().lookup(id), Lookup::New)) {
-            return Ok(());
-        }
-        let (now, limit) = (st.topology_bytes(), self.0.config.max_config_bytes);
-        let after = now.saturating_add(growth(st));
-        if after <= limit {
-            return Ok(());
-        }
-        Err(Status::resource_exhausted(format!(
-            "the config (pools, backends, routes) would grow to {after} bytes, over this node's limit of {limit} \
-             (--max-config-bytes; it holds {now}): every proxy receives the whole config in one message. Remove \
-             pools, backends or routes no longer needed, or raise the limit on every node"
-        )))
-    }
-
-    /// Refuses, unless `force`, a change (`what`: "draining it", say) that takes away the last
-    /// backend of `pool` taking new connections while a route sends clients to the pool:
-    /// every new client of the pool would get 503 (a disruption budget at its smallest).
-    /// Checked on a linearizable read, so a node that has not yet applied the operator's last
-    /// change (the enable before this drain) does not judge by what came before it. A request
-    /// retried after it was applied (its id already seen) is not judged again: it is answered
-    /// as the first time. Not atomic with the write: two changes sent at once may each leave
-    /// the other's backend as the last.
-    async fn keeps_a_backend(
+    /// Sends `cmd` with its guards ([`Guard`]; none for a forced write). From feature level 5
+    /// the guards travel in the entry and every node checks them as it applies it, after
+    /// every write before it in the log, so writes sent at once cannot together slip past
+    /// them. Before level 5 (a rolling upgrade) they are judged here first: the config limit
+    /// on this node's state as it has applied it, without a read from the leader (like
+    /// etcd's space quota); the operator-mistake checks on a linearizable read, so a node
+    /// that has not yet applied the operator's last change (the enable before this drain)
+    /// does not judge by what came before it. There, writes in flight are not counted: two
+    /// drains sent at once may each leave the other's backend as the last, and writes
+    /// admitted together may overshoot the limit by their own size.
+    async fn write(
         &self,
-        id: Option<&RequestId>,
-        (pool, address): (&str, &str),
-        what: &str,
-        force: bool,
-    ) -> Result<(), Status> {
-        if force {
-            return Ok(());
-        }
-        // A malformed request is answered as such, not after a read of the leader's.
-        validate::name("pool", pool)?;
-        validate::address(address)?;
-        let Some(live) = self.judging(id).await? else { return Ok(()) };
-        let st = &live.state;
-        let Some(me) = st.backends.get(&Pair(pool, address)) else { return Ok(()) };
-        if !in_service(me) || st.backends_of(pool).any(|b| b.address != address && in_service(b)) {
-            return Ok(());
-        }
-        let Some(route) = st.routes.values().find(|r| r.pool == pool) else { return Ok(()) };
-        Err(Status::failed_precondition(format!(
-            "backend {address} is the last of pool {pool} taking new connections and route {} sends clients to \
-             the pool: {what} would answer every new client 503; enable or add another backend first, or force \
-             it (the CLI's --force)",
-            route.name
-        )))
+        id: Option<RequestId>,
+        cmd: Command,
+        guards: Vec<Guard>,
+        audit: Option<Arc<AuditNote>>,
+    ) -> Result<(u64, Vec<Change>), Status> {
+        let carried = !guards.is_empty() && self.0.shared.read().state.feature_level() >= 5;
+        let cmd = if carried {
+            Command::Guarded { guards, cmd: Box::new(cmd) }
+        } else {
+            self.judge(id.as_ref(), &cmd, &guards).await?;
+            cmd
+        };
+        Ok(leader::write(&self.0, Proposed { id, cmd, audit }).await?)
     }
 
-    /// The state an operator-mistake check judges a request by: read linearizably, or `None`
-    /// for a request whose id was already applied (it is answered from the table of requests
-    /// seen, as the first time, and not judged again).
-    async fn judging(&self, id: Option<&RequestId>) -> Result<Option<RwLockReadGuard<'_, Live>>, Status> {
-        leader::linearize(&self.0).await?;
+    /// Judges `guards` here, before a write is sent (see [`Self::write`]). A request retried
+    /// after it was applied (its id already seen) is not judged again: it is answered as the
+    /// first time.
+    async fn judge(&self, id: Option<&RequestId>, cmd: &Command, guards: &[Guard]) -> Result<(), Status> {
+        if guards.iter().any(|g| !matches!(g, Guard::Room { .. })) {
+            leader::linearize(&self.0).await?;
+        }
         let live = self.0.shared.read();
         if id.is_some_and(|id| !matches!(live.state.seen().lookup(id), Lookup::New)) {
-            return Ok(None);
+            return Ok(());
         }
-        Ok(Some(live))
+        for g in guards {
+            g.check(&live.state, cmd, u64::MAX)?;
+        }
+        Ok(())
     }
 
-    /// Refuses a route repointed from a pool with a backend taking new connections to one
-    /// with none (a typo'd pool, one not yet filled): every new client of the route would get
-    /// 503. A new route, or one whose pool serves nobody already, is not judged. Judged as
-    /// [`Self::keeps_a_backend`] is.
-    async fn keeps_a_route_served(&self, id: Option<&RequestId>, new: &Route) -> Result<(), Status> {
-        let Some(live) = self.judging(id).await? else { return Ok(()) };
-        let st = &live.state;
-        let Some(cur) = st.routes.get(new.name.as_str()) else { return Ok(()) };
-        let serves = |pool: &str| st.backends_of(pool).any(in_service);
-        if cur.pool == new.pool || !st.pools.contains_key(new.pool.as_str()) || !serves(&cur.pool) || serves(&new.pool)
-        {
-            return Ok(());
-        }
-        Err(Status::failed_precondition(format!(
-            "route {} sends clients to pool {}, and pool {} has no backend taking new connections: every new \
-             client of the route would get 503; add or enable a backend in {} first, or force it (the CLI's --force)",
-            new.name, cur.pool, new.pool, new.pool
-        )))
-    }
-
-    /// Refuses, unless `force`, a new affinity key for a pool that holds session bindings:
-    /// they are keyed by the old one, so every session is bound afresh at once, most to
-    /// another backend (a long-polling client's server session is then unknown where it
-    /// lands); the old bindings stay unused until they expire. Judged as
-    /// [`Self::keeps_a_backend`] is.
-    async fn keeps_sessions(&self, id: Option<&RequestId>, new: &Pool, force: bool) -> Result<(), Status> {
-        if force {
-            return Ok(());
-        }
-        let Some(live) = self.judging(id).await? else { return Ok(()) };
-        let st = &live.state;
-        let Some(cur) = st.pools.get(new.name.as_str()) else { return Ok(()) };
-        let bound = st.sessions.range(Pair(&new.name, "")..).next().is_some_and(|((p, _), _)| *p == new.name);
-        if same_key(&cur.affinity, &new.affinity) || !bound {
-            return Ok(());
-        }
-        Err(Status::failed_precondition(format!(
-            "pool {} holds session bindings keyed by its affinity {:?}: a new key would bind every session afresh \
-             at once, most to another backend; force it (the CLI's --force) to do so",
-            new.name, cur.affinity
-        )))
+    /// The config limit's guard: every node's `--max-config-bytes` should be the same, and
+    /// the one that takes a write is the one that holds it to it.
+    fn room(&self) -> Guard {
+        Guard::Room { limit: self.0.config.max_config_bytes }
     }
 
     /// Membership changes are Raft's own entries, not commands, so the seen table does not
@@ -225,17 +156,8 @@ impl Admin for AdminService {
     async fn create_pool(&self, req: Request<CreatePoolRequest>) -> Result<Response<PoolReply>, Status> {
         let (id, caller) = (id_of(&req)?, caller_of(&req)?);
         let pool = validate::admin_pool(required(req.into_inner().pool, "pool")?)?;
-        // One that exists adds nothing: the state machine answers it ALREADY_EXISTS. A new one
-        // is measured with the revisions it will be stamped with at their longest.
-        self.has_room(id.as_ref(), |st| {
-            if st.pools.contains_key(pool.name.as_str()) {
-                return 0;
-            }
-            snapshot_len(&Pool { created_revision: u64::MAX, updated_revision: u64::MAX, ..pool.clone() })
-        })?;
         let audit = note(&caller, "Admin/CreatePool", format!("pool {}", pool.name));
-        let (revision, changes) =
-            leader::write(&self.0, Proposed { id, cmd: Command::CreatePool(Pb(pool)), audit }).await?;
+        let (revision, changes) = self.write(id, Command::CreatePool(Pb(pool)), vec![self.room()], audit).await?;
         Ok(Response::new(PoolReply { revision, pool: pool_of(&changes) }))
     }
 
@@ -249,22 +171,14 @@ impl Admin for AdminService {
         }
         validate::update_mask("pool", &req.update_mask, POOL_FIELDS)?;
         // Check the new values on their own; the merged pool is checked again when applied.
-        let checked = validate::admin_pool(pool.clone())?;
-        if req.update_mask.iter().any(|f| f == "affinity") {
-            self.keeps_sessions(id.as_ref(), &checked, req.force).await?;
+        validate::admin_pool(pool.clone())?;
+        let mut guards = vec![self.room()];
+        if !req.force && req.update_mask.iter().any(|f| f == "affinity") {
+            guards.push(Guard::KeepsSessions);
         }
-        // The pool as it would be stored, measured at its old revisions (a new revision adds
-        // a byte or two at most).
-        self.has_room(id.as_ref(), |st| {
-            let Some(cur) = st.pools.get(pool.name.as_str()) else { return 0 };
-            let merged = switchyard_model::fields::merge_pool(cur, &pool, &req.update_mask).ok();
-            let Some(mut merged) = merged.and_then(|m| validate::pool(m).ok()) else { return 0 };
-            (merged.created_revision, merged.updated_revision) = (cur.created_revision, cur.updated_revision);
-            snapshot_len(&merged).saturating_sub(snapshot_len(cur))
-        })?;
         let audit = note(&caller, "Admin/UpdatePool", format!("pool {}: {}", pool.name, req.update_mask.join(",")));
         let cmd = Command::UpdatePool { pool: Pb(pool), mask: req.update_mask };
-        let (revision, changes) = leader::write(&self.0, Proposed { id, cmd, audit }).await?;
+        let (revision, changes) = self.write(id, cmd, guards, audit).await?;
         Ok(Response::new(PoolReply { revision, pool: pool_of(&changes) }))
     }
 
@@ -280,16 +194,9 @@ impl Admin for AdminService {
     async fn add_backend(&self, req: Request<AddBackendRequest>) -> Result<Response<BackendReply>, Status> {
         let (id, caller) = (id_of(&req)?, caller_of(&req)?);
         let b = validate::backend(required(req.into_inner().backend, "backend")?)?;
-        self.has_room(id.as_ref(), |st| {
-            if !st.pools.contains_key(b.pool.as_str()) || st.backends.contains_key(&Pair(&b.pool, &b.address)) {
-                return 0;
-            }
-            snapshot_len(&Backend { updated_revision: u64::MAX, ..b.clone() })
-        })?;
         let what = format!("backend {} in pool {} (weight {})", b.address, b.pool, b.weight);
         let audit = note(&caller, "Admin/AddBackend", what);
-        let (revision, changes) =
-            leader::write(&self.0, Proposed { id, cmd: Command::AddBackend(Pb(b)), audit }).await?;
+        let (revision, changes) = self.write(id, Command::AddBackend(Pb(b)), vec![self.room()], audit).await?;
         Ok(Response::new(BackendReply { revision, backend: backend_of(&changes) }))
     }
 
@@ -300,33 +207,23 @@ impl Admin for AdminService {
         let (id, caller) = (id_of(&req)?, caller_of(&req)?);
         let r = req.into_inner();
         validate::weight(r.weight)?;
-        if r.weight == 0 {
-            self.keeps_a_backend(id.as_ref(), (&r.pool, &r.address), "a weight of 0", r.force).await?;
-        }
         let what = format!("backend {} in pool {}: weight {}", r.address, r.pool, r.weight);
         let audit = note(&caller, "Admin/SetBackendWeight", what);
         let cmd = Command::SetBackendWeight { pool: r.pool.clone(), address: r.address.clone(), weight: r.weight };
-        self.backend_write(id, r.pool, r.address, cmd, audit).await
+        let guards = keeps_a_backend(&cmd, r.force);
+        self.backend_write(id, r.pool, r.address, (cmd, guards), audit).await
     }
 
     async fn set_backend_state(&self, req: Request<SetBackendStateRequest>) -> Result<Response<BackendReply>, Status> {
         let (id, caller) = (id_of(&req)?, caller_of(&req)?);
         let r = req.into_inner();
         validate::admin_state(r.state)?;
-        let to = AdminState::try_from(r.state);
-        let taking_out = match to {
-            Ok(AdminState::Draining) => Some("draining it"),
-            Ok(AdminState::Disabled) => Some("disabling it"),
-            _ => None,
-        };
-        if let Some(what) = taking_out {
-            self.keeps_a_backend(id.as_ref(), (&r.pool, &r.address), what, r.force).await?;
-        }
-        let state = to.map_or("?".into(), |s| s.as_str_name().to_lowercase());
+        let state = AdminState::try_from(r.state).map_or("?".into(), |s| s.as_str_name().to_lowercase());
         let audit =
             note(&caller, "Admin/SetBackendState", format!("backend {} in pool {}: {state}", r.address, r.pool));
         let cmd = Command::SetBackendState { pool: r.pool.clone(), address: r.address.clone(), state: r.state };
-        self.backend_write(id, r.pool, r.address, cmd, audit).await
+        let guards = keeps_a_backend(&cmd, r.force);
+        self.backend_write(id, r.pool, r.address, (cmd, guards), audit).await
     }
 
     async fn remove_backend(&self, req: Request<RemoveBackendRequest>) -> Result<Response<WriteReply>, Status> {
@@ -334,10 +231,10 @@ impl Admin for AdminService {
         let r = req.into_inner();
         validate::name("pool", &r.pool)?;
         validate::address(&r.address)?;
-        self.keeps_a_backend(id.as_ref(), (&r.pool, &r.address), "removing it", r.force).await?;
         let audit = note(&caller, "Admin/RemoveBackend", format!("backend {} in pool {}", r.address, r.pool));
         let cmd = Command::RemoveBackend { pool: r.pool, address: r.address };
-        let (revision, _) = leader::write(&self.0, Proposed { id, cmd, audit }).await?;
+        let guards = keeps_a_backend(&cmd, r.force);
+        let (revision, _) = self.write(id, cmd, guards, audit).await?;
         Ok(Response::new(WriteReply { revision }))
     }
 
@@ -357,26 +254,16 @@ impl Admin for AdminService {
                 )));
             }
         }
+        let mut guards = vec![self.room()];
         if !force {
-            self.keeps_a_route_served(id.as_ref(), &route).await?;
+            guards.push(Guard::KeepsARouteServed);
         }
-        // A replaced route is measured at its old revision: repointing one (a failover) at the
-        // limit grows nothing.
-        self.has_room(id.as_ref(), |st| match st.routes.get(route.name.as_str()) {
-            Some(old) => {
-                let new = Route { updated_revision: old.updated_revision, ..route.clone() };
-                snapshot_len(&new).saturating_sub(snapshot_len(old))
-            }
-            None if !st.pools.contains_key(route.pool.as_str()) => 0,
-            None => snapshot_len(&Route { updated_revision: u64::MAX, ..route.clone() }),
-        })?;
         let what = format!(
             "route {} (host {:?}, path {:?}) to pool {}",
             route.name, route.host, route.path_prefix, route.pool
         );
         let audit = note(&caller, "Admin/SetRoute", what);
-        let (revision, changes) =
-            leader::write(&self.0, Proposed { id, cmd: Command::SetRoute(Pb(route)), audit }).await?;
+        let (revision, changes) = self.write(id, Command::SetRoute(Pb(route)), guards, audit).await?;
         let route = changes.iter().find_map(|c| match &c.kind {
             Some(change::Kind::RoutePut(r)) => Some(r.clone()),
             _ => None,

@@ -10,6 +10,8 @@ use crate::error::ApiError;
 use crate::pb::Pb;
 use crate::seen::RequestId;
 
+use super::Guard;
+
 /// A write to the model, as it travels through the Raft log.
 ///
 /// The log's encoding is postcard, which is not self-describing: a variant is its index, so
@@ -85,6 +87,13 @@ pub enum Command {
     DeleteSessions {
         pool: String,
     },
+    /// An admin write with conditions that every node checks as it applies it, refusing it
+    /// (all alike) when one fails ([`Guard`]). Never nested. Feature level 5.
+    Guarded {
+        guards: Vec<Guard>,
+        #[serde(deserialize_with = "super::guard::unguarded")]
+        cmd: Box<Command>,
+    },
 }
 
 fn uses_claims(p: &Pool) -> bool {
@@ -100,6 +109,7 @@ impl Command {
     pub fn needs(&self) -> u32 {
         match self {
             Command::DeleteSessions { .. } => 2,
+            Command::Guarded { cmd, .. } => cmd.needs().max(5),
             // An older node would drop the field (prost skips what it does not know) and
             // apply a different pool than the rest.
             Command::CreatePool(Pb(p)) if p.backend_tls.is_some() => 3,
@@ -131,6 +141,7 @@ impl Command {
     /// is exhaustive on purpose: a new command does not compile until it is placed.
     pub fn internal(&self) -> Option<&'static str> {
         match self {
+            Command::Guarded { cmd, .. } => cmd.internal(),
             Command::SetBackendHealth { .. } => Some("SetBackendHealth (health checks run on the leader)"),
             Command::BindSessions { .. } => Some("BindSessions (proxies report sessions through Discovery)"),
             Command::ExpireSessions { .. } => Some("ExpireSessions"),
@@ -158,6 +169,8 @@ impl Command {
     pub fn what(&self) -> &'static str {
         match self {
             Command::DeleteSessions { .. } => "deleting every session of a pool",
+            Command::Guarded { cmd, .. } if cmd.needs() > 5 => cmd.what(),
+            Command::Guarded { .. } => "a write whose checks every node repeats as it applies it",
             Command::CreatePool(_) | Command::UpdatePool { .. } if self.needs() == 4 => {
                 "closing a backend's connections when its health check fails"
             }

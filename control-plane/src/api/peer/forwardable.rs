@@ -34,7 +34,22 @@ fn admin_write(p: &Proposed) -> Result<(), ApiError> {
     if let Some(what) = p.cmd.internal() {
         return Err(ApiError::InvalidArgument(format!("{what} is internal to the leader and cannot be forwarded")));
     }
-    match &p.cmd {
+    admin_command(&p.cmd)
+}
+
+/// Most guards one write carries: the Admin API puts two at most on any.
+const MAX_GUARDS: usize = 4;
+
+fn admin_command(cmd: &Command) -> Result<(), ApiError> {
+    match cmd {
+        Command::Guarded { guards, cmd } => {
+            if guards.len() > MAX_GUARDS || matches!(**cmd, Command::Guarded { .. }) {
+                return Err(ApiError::InvalidArgument(format!(
+                    "a guarded write carries at most {MAX_GUARDS} guards and no guarded write"
+                )));
+            }
+            admin_command(cmd)
+        }
         Command::CreatePool(Pb(pool)) => validate::pool(pool.clone()).map(drop),
         // Merged with the stored pool and validated whole when applied.
         Command::UpdatePool { pool: Pb(pool), .. } => validate::name("pool", &pool.name),
@@ -81,7 +96,7 @@ mod tests {
 
     use super::*;
     use crate::node::calls::{ListProxies, ReadIndex, Writes};
-    use crate::state::SecretBytes;
+    use crate::state::{Guard, SecretBytes};
 
     fn writes(cmds: Vec<Command>) -> Envelope {
         Envelope::Writes(Writes(cmds.into_iter().map(Proposed::from).collect()))
@@ -118,5 +133,25 @@ mod tests {
         // An admin write the Admin API would have refused is refused here too.
         let bad = Command::CreatePool(Pb(Pool { name: "bad name!".into(), ..Default::default() }));
         assert!(check(&writes(vec![bad])).is_err());
+    }
+
+    #[test]
+    fn a_guarded_write_is_checked_as_the_write_it_guards() {
+        let guarded = |guards: Vec<Guard>, cmd| Command::Guarded { guards, cmd: Box::new(cmd) };
+        let drain = Command::SetBackendState { pool: "p".into(), address: "127.0.0.1:1".into(), state: 2 };
+        assert!(check(&writes(vec![guarded(vec![Guard::KeepsABackend], drain.clone())])).is_ok());
+
+        let health = Command::SetBackendHealth { pool: "p".into(), address: "127.0.0.1:1".into(), health: 2 };
+        let e = check(&writes(vec![guarded(vec![Guard::KeepsABackend], health)])).unwrap_err();
+        assert!(e.to_string().contains("internal"), "an internal command is no less internal guarded: {e}");
+        let bad = Command::SetBackendState { pool: "bad name!".into(), address: "127.0.0.1:1".into(), state: 2 };
+        assert!(check(&writes(vec![guarded(vec![], bad)])).is_err());
+
+        let nested = guarded(vec![], guarded(vec![Guard::KeepsABackend], drain.clone()));
+        let many = guarded(vec![Guard::KeepsABackend; MAX_GUARDS + 1], drain);
+        for cmd in [nested, many] {
+            let e = check(&writes(vec![cmd])).unwrap_err();
+            assert!(e.to_string().contains("at most 4 guards and no guarded write"), "{e}");
+        }
     }
 }
