@@ -113,6 +113,8 @@ fn http_status(s: &tonic::Status) -> StatusCode {
         NotFound => StatusCode::NOT_FOUND,
         FailedPrecondition | AlreadyExists | Aborted => StatusCode::CONFLICT,
         Unavailable => StatusCode::SERVICE_UNAVAILABLE,
+        // As grpc-gateway maps it: a limit reached, which the caller may retry once below it.
+        ResourceExhausted => StatusCode::TOO_MANY_REQUESTS,
         DeadlineExceeded => StatusCode::GATEWAY_TIMEOUT,
         _ => StatusCode::INTERNAL_SERVER_ERROR,
     }

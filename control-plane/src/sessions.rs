@@ -80,7 +80,8 @@ pub const MAX_SESSIONS: usize = 1_000_000;
 /// The most bytes the bindings may take in a config snapshot. Every proxy receives them in one
 /// message with the pools, backends and routes (at most 128 MiB, `--max-config-bytes`), and
 /// the two must fit in [`switchyard_model::limits::MAX_GRPC_MESSAGE`] (256 MiB): 32 MiB is
-/// left for what writes in flight add past either check (each is judged on applied state).
+/// left for what binds in flight add past this check (judged on the leader's applied state)
+/// and the bytes longer revisions add past the config's (`state::Guard::Room`).
 /// A million typical bindings (short names, IP addresses) take 70-100 MB; a million with the
 /// longest pool and host names allowed would take nearly 400.
 pub const MAX_SESSION_BYTES: u64 = 96 << 20;

@@ -39,7 +39,7 @@ pub struct State {
     feature_level: u32,
     /// What the pools, backends and routes take in a config snapshot (encoded, with their
     /// framing): every proxy receives all of it in one message, so writes that would grow it
-    /// past the node's `--max-config-bytes` are refused (`api::admin`). Kept up to date by
+    /// past `--max-config-bytes` are refused as they apply ([`Guard::Room`]). Kept up to date by
     /// [`State::emit`] and the AddBackend arm of [`State::apply`], not stored: rebuilt from the
     /// model when the state is loaded.
     topology_bytes: u64,
@@ -226,6 +226,14 @@ impl State {
         let mut out = Vec::new();
         match cmd {
             Command::Guarded { guards, cmd } => {
+                // Only admin writes are guarded, once: one that is not arrived from no node of
+                // this build, and would not decode on the others (`guard::unguarded`).
+                if let Some(what) = cmd.internal() {
+                    return Err(ApiError::InvalidArgument(format!("{what} is not guarded")));
+                }
+                if matches!(**cmd, Command::Guarded { .. }) {
+                    return Err(ApiError::InvalidArgument("a guarded write inside a guarded write".into()));
+                }
                 for g in guards {
                     g.check(self, cmd, rev)?;
                 }

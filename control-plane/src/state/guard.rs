@@ -8,6 +8,12 @@
 //! in the same order, so either all of them refuse it or none does (etcd's transaction
 //! compares are the same idea). Before level 5 the node that takes the request judges them
 //! on its own read of the state, as before guards were carried.
+//!
+//! What a guard decides is now part of the state machine: nodes that judged one entry
+//! differently would hold different models. So a guard's rule is frozen once released, and
+//! so is what [`growth`] measures: a new rule is a new variant, and a new field in a pool,
+//! backend or route (which changes their encoded size, and which an older node drops) needs
+//! a new feature level, as `backend_tls` did.
 
 use serde::{Deserialize, Deserializer, Serialize};
 use switchyard_model::fields::merge_pool;

@@ -211,3 +211,15 @@ fn guarded_writes_need_level_5_and_do_not_nest_in_the_log() {
     // The flag is left as found: the next entry decodes.
     assert!(postcard::from_bytes::<Command>(&wrap).is_ok());
 }
+
+#[test]
+fn only_admin_writes_apply_guarded_and_only_once() {
+    let mut s = served();
+    let before = s.clone();
+    let nested = guarded(Guard::KeepsABackend, Command::RemoveBackend { pool: "p".into(), address: "a:1".into() });
+    for inner in [nested, Command::SetFeatureLevel(9), Command::ExpireSessions { now_ms: u64::MAX }] {
+        let e = s.apply(20, &Command::Guarded { guards: vec![], cmd: Box::new(inner.clone()) }).unwrap_err();
+        assert!(matches!(e, ApiError::InvalidArgument(_)), "{inner:?}: {e}");
+    }
+    assert_eq!(s, before);
+}

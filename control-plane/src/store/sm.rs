@@ -380,7 +380,11 @@ impl RaftStateMachine<TypeConfig> for StateMachineStore {
         for e in &entries {
             if let EntryPayload::Normal(cmds) = &e.payload {
                 for p in cmds.0.iter() {
-                    if let Command::SetFeatureLevel(n) = p.cmd {
+                    let cmd = match &p.cmd {
+                        Command::Guarded { cmd, .. } => &**cmd,
+                        cmd => cmd,
+                    };
+                    if let Command::SetFeatureLevel(n) = *cmd {
                         refuse_level(n)?;
                     }
                 }
