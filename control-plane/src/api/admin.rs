@@ -172,10 +172,11 @@ impl Admin for AdminService {
         validate::update_mask("pool", &req.update_mask, POOL_FIELDS)?;
         // Check the new values on their own; the merged pool is checked again when applied.
         validate::admin_pool(pool.clone())?;
-        let mut guards = vec![self.room()];
+        let mut guards = Vec::new();
         if !req.force && req.update_mask.iter().any(|f| f == "affinity") {
             guards.push(Guard::KeepsSessions);
         }
+        guards.push(self.room());
         let audit = note(&caller, "Admin/UpdatePool", format!("pool {}: {}", pool.name, req.update_mask.join(",")));
         let cmd = Command::UpdatePool { pool: Pb(pool), mask: req.update_mask };
         let (revision, changes) = self.write(id, cmd, guards, audit).await?;
@@ -242,22 +243,14 @@ impl Admin for AdminService {
         let (id, caller) = (id_of(&req)?, caller_of(&req)?);
         let SetRouteRequest { route, force } = req.into_inner();
         let route = validate::route(required(route, "route")?)?;
-        // A route is replaced whole: repointing one, or rotating its keys, without its auth
-        // flags would open it to every client, and pass client-sent claim headers on.
-        if !force && route.auth.is_none() {
-            let guarded = self.0.shared.read().state.routes.get(route.name.as_str()).is_some_and(|r| r.auth.is_some());
-            if guarded {
-                return Err(Status::failed_precondition(format!(
-                    "route {} has edge authentication and this request has none: it would open the route to every \
-                     client; give its auth flags again, or --force to remove it",
-                    route.name
-                )));
-            }
-        }
-        let mut guards = vec![self.room()];
+        let mut guards = Vec::new();
         if !force {
+            if route.auth.is_none() {
+                guards.push(Guard::KeepsRouteAuth);
+            }
             guards.push(Guard::KeepsARouteServed);
         }
+        guards.push(self.room());
         let what = format!(
             "route {} (host {:?}, path {:?}) to pool {}",
             route.name, route.host, route.path_prefix, route.pool

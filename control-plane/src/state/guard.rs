@@ -38,6 +38,10 @@ pub enum Guard {
     /// A pool's affinity key does not change while the pool holds session bindings: they
     /// are keyed by the old one, so every session would be bound afresh at once.
     KeepsSessions,
+    /// A route with edge authentication is not replaced by one without: a route is replaced
+    /// whole, and repointing one or rotating its keys without its auth flags would open it to
+    /// every client, and pass client-sent claim headers on.
+    KeepsRouteAuth,
     /// The pools, backends and routes stay within `limit` bytes of a config snapshot, the
     /// limit of the node that took the write (`--max-config-bytes`): every proxy receives
     /// them all in one message.
@@ -52,6 +56,7 @@ impl Guard {
             Guard::KeepsABackend => keeps_a_backend(st, cmd),
             Guard::KeepsARouteServed => keeps_a_route_served(st, cmd),
             Guard::KeepsSessions => keeps_sessions(st, cmd),
+            Guard::KeepsRouteAuth => keeps_route_auth(st, cmd),
             Guard::Room { limit } => has_room(st, cmd, rev, *limit),
         }
     }
@@ -104,6 +109,18 @@ fn keeps_a_route_served(st: &State, cmd: &Command) -> Result<(), ApiError> {
         "route {} sends clients to pool {}, and pool {} has no backend taking new connections: every new client \
          of the route would get 503; add or enable a backend in {} first, or force it (the CLI's --force)",
         new.name, cur.pool, new.pool, new.pool
+    )))
+}
+
+fn keeps_route_auth(st: &State, cmd: &Command) -> Result<(), ApiError> {
+    let Command::SetRoute(Pb(new)) = cmd else { return Ok(()) };
+    if new.auth.is_some() || st.routes.get(new.name.as_str()).is_none_or(|r| r.auth.is_none()) {
+        return Ok(());
+    }
+    Err(ApiError::FailedPrecondition(format!(
+        "route {} has edge authentication and this request has none: it would open the route to every client; \
+         give its auth flags again, or --force to remove it",
+        new.name
     )))
 }
 

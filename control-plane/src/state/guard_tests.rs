@@ -223,3 +223,24 @@ fn only_admin_writes_apply_guarded_and_only_once() {
     }
     assert_eq!(s, before);
 }
+
+#[test]
+fn a_route_with_edge_authentication_is_not_replaced_by_one_without() {
+    use switchyard_proto::v1::RouteAuth;
+    let mut s = served();
+    let with = Route {
+        auth: Some(RouteAuth::default()),
+        ..match route("r", "p") {
+            Command::SetRoute(Pb(r)) => r,
+            _ => unreachable!(),
+        }
+    };
+    s.apply(10, &Command::SetRoute(Pb(with.clone()))).unwrap();
+    let before = s.clone();
+    let e = s.apply(11, &guarded(Guard::KeepsRouteAuth, route("r", "p"))).unwrap_err();
+    assert!(matches!(&e, ApiError::FailedPrecondition(m) if m.contains("has edge authentication")), "{e}");
+    assert_eq!(s, before);
+    assert!(s.apply(12, &guarded(Guard::KeepsRouteAuth, Command::SetRoute(Pb(with)))).is_ok(), "with its auth");
+    let other = Route { name: "other".into(), pool: "p".into(), path_prefix: "/other".into(), ..Default::default() };
+    assert!(s.apply(13, &guarded(Guard::KeepsRouteAuth, Command::SetRoute(Pb(other)))).is_ok(), "a new route");
+}
