@@ -15,7 +15,7 @@ use crate::node::context::NodeCtx;
 use crate::node::leader::{self, RunOnLeader};
 use crate::pb::Pb;
 use crate::seen::{Lookup, RequestId};
-use crate::state::{Command, Guard, Proposed};
+use crate::state::{Command, Guard, Proposed, GUARDED_LEVEL};
 use crate::validate::{self, required};
 
 pub struct AdminService(pub Arc<NodeCtx>);
@@ -98,7 +98,7 @@ impl AdminService {
         guards: Vec<Guard>,
         audit: Option<Arc<AuditNote>>,
     ) -> Result<(u64, Vec<Change>), Status> {
-        let carried = !guards.is_empty() && self.0.shared.read().state.feature_level() >= 5;
+        let carried = !guards.is_empty() && self.0.shared.read().state.feature_level() >= GUARDED_LEVEL;
         let cmd = if carried {
             Command::Guarded { guards, cmd: Box::new(cmd) }
         } else {

@@ -96,6 +96,9 @@ pub enum Command {
     },
 }
 
+/// The feature level from which an admin write carries its guards ([`Command::Guarded`]).
+pub const GUARDED_LEVEL: u32 = 5;
+
 fn uses_claims(p: &Pool) -> bool {
     [&p.affinity, &p.hash_key].iter().any(|k| k.trim_start().to_ascii_lowercase().starts_with("claim:"))
 }
@@ -109,7 +112,7 @@ impl Command {
     pub fn needs(&self) -> u32 {
         match self {
             Command::DeleteSessions { .. } => 2,
-            Command::Guarded { cmd, .. } => cmd.needs().max(5),
+            Command::Guarded { cmd, .. } => cmd.needs().max(GUARDED_LEVEL),
             // An older node would drop the field (prost skips what it does not know) and
             // apply a different pool than the rest.
             Command::CreatePool(Pb(p)) if p.backend_tls.is_some() => 3,
@@ -169,7 +172,7 @@ impl Command {
     pub fn what(&self) -> &'static str {
         match self {
             Command::DeleteSessions { .. } => "deleting every session of a pool",
-            Command::Guarded { cmd, .. } if cmd.needs() > 5 => cmd.what(),
+            Command::Guarded { cmd, .. } if cmd.needs() > GUARDED_LEVEL => cmd.what(),
             Command::Guarded { .. } => "a write whose checks every node repeats as it applies it",
             Command::CreatePool(_) | Command::UpdatePool { .. } if self.needs() == 4 => {
                 "closing a backend's connections when its health check fails"
