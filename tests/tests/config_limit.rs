@@ -119,3 +119,43 @@ async fn writes_past_the_config_limit_are_refused_and_shrinking_ones_are_not() {
     cli.ok(&["backend", "remove", "chat", &gone]);
     adm.add_backend(AddBackendRequest { backend: Some(backend(1, true)) }).await.expect("room again after a removal");
 }
+
+/// Forty backends of about 3 KiB sent at once through three nodes, against a 64 KiB limit:
+/// each, judged alone on the state before any of them, has room. The limit travels in each
+/// Raft entry and is checked again as every node applies it, so the config stops short of
+/// the limit and the rest are refused. (Judged only where each arrived, all forty went in:
+/// about 120 KiB.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn writes_sent_at_once_never_take_the_config_past_the_limit() {
+    use switchyard_control::state::snapshot_len;
+    let _g = serial().await;
+    let c = Cluster::start(3, &["--max-config-bytes", "65536"]).await;
+    let addrs: Vec<String> = c.nodes.values().map(|n| n.addr.clone()).collect();
+    let top = switchyard_model::version::MAX_FEATURE_LEVEL;
+    eventually("the cluster at the top feature level", std::time::Duration::from_secs(10), || async {
+        for a in &addrs {
+            if status(a).await.map(|s| s.feature_level) != Some(top) {
+                return None;
+            }
+        }
+        Some(())
+    })
+    .await;
+    Cli(c.endpoints()).ok(&["pool", "create", "chat"]);
+    let adds = (0..40).map(|i| {
+        let mut adm = admin(&addrs[i % addrs.len()]);
+        async move { adm.add_backend(AddBackendRequest { backend: Some(backend(i, true)) }).await }
+    });
+    let answers = futures::future::join_all(adds).await;
+    let taken = answers.iter().filter(|r| r.is_ok()).count();
+    for e in answers.iter().filter_map(|r| r.as_ref().err()) {
+        assert_eq!(e.code(), Code::ResourceExhausted, "{e:?}");
+    }
+    assert!((15..=22).contains(&taken), "{taken} of 40 backends of about 3 KiB under 64 KiB");
+    let t = query(&addrs[0]).get_topology(ReadRequest::default()).await.expect("topology").into_inner();
+    let size: u64 = t.pools.iter().map(snapshot_len).sum::<u64>()
+        + t.backends.iter().map(snapshot_len).sum::<u64>()
+        + t.routes.iter().map(snapshot_len).sum::<u64>();
+    assert_eq!(t.backends.len(), taken);
+    assert!(size <= 65536, "the config takes {size} bytes, past the limit");
+}
