@@ -51,9 +51,7 @@ pub fn start(
     let mut loops = Vec::new();
     for i in 0..n.max(1) {
         let mut rt = tokio::runtime::Builder::new_current_thread();
-        // Sockets and timers only: signals and child processes are the main runtime's, and
-        // their drivers would be checked at every park (perf showed the orphan-process reap).
-        rt.enable_io().enable_time();
+        rt.enable_all();
         if park_yield {
             rt.on_thread_park(yield_before_park(std::thread::yield_now));
         }
