@@ -147,15 +147,19 @@ async fn writes_sent_at_once_never_take_the_config_past_the_limit() {
         async move { adm.add_backend(AddBackendRequest { backend: Some(backend(i, true)) }).await }
     });
     let answers = futures::future::join_all(adds).await;
-    let taken = answers.iter().filter(|r| r.is_ok()).count();
+    // A write that timed out on a loaded machine may or may not have gone in: the stored
+    // config is what is counted.
+    let mut refused = 0;
     for e in answers.iter().filter_map(|r| r.as_ref().err()) {
-        assert_eq!(e.code(), Code::ResourceExhausted, "{e:?}");
+        assert!(matches!(e.code(), Code::ResourceExhausted | Code::Unavailable), "{e:?}");
+        refused += usize::from(e.code() == Code::ResourceExhausted);
     }
-    assert!((15..=22).contains(&taken), "{taken} of 40 backends of about 3 KiB under 64 KiB");
     let t = query(&addrs[0]).get_topology(ReadRequest::default()).await.expect("topology").into_inner();
+    let taken = t.backends.len();
+    assert!((15..=22).contains(&taken), "{taken} of 40 backends of about 3 KiB under 64 KiB");
+    assert!(refused >= 40 - 22, "{refused} refused for the limit");
     let size: u64 = t.pools.iter().map(snapshot_len).sum::<u64>()
         + t.backends.iter().map(snapshot_len).sum::<u64>()
         + t.routes.iter().map(snapshot_len).sum::<u64>();
-    assert_eq!(t.backends.len(), taken);
     assert!(size <= 65536, "the config takes {size} bytes, past the limit");
 }

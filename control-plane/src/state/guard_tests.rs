@@ -244,3 +244,15 @@ fn a_route_with_edge_authentication_is_not_replaced_by_one_without() {
     let other = Route { name: "other".into(), pool: "p".into(), path_prefix: "/other".into(), ..Default::default() };
     assert!(s.apply(13, &guarded(Guard::KeepsRouteAuth, Command::SetRoute(Pb(other)))).is_ok(), "a new route");
 }
+
+#[test]
+fn past_the_limit_a_write_that_adds_nothing_still_goes_through() {
+    let mut s = served();
+    s.apply(10, &pool("q")).unwrap();
+    s.apply(11, &backend("q", "c:1")).unwrap();
+    // Restamped revisions took the config a byte past its limit.
+    let limit = s.topology_bytes() - 1;
+    assert!(s.apply(12, &guarded(Guard::Room { limit }, route("r", "q"))).is_ok(), "a repoint grows nothing");
+    let e = s.apply(13, &guarded(Guard::Room { limit }, backend("q", "d:1"))).unwrap_err();
+    assert!(matches!(e, ApiError::ResourceExhausted(_)), "{e}");
+}

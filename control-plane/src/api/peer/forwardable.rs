@@ -37,7 +37,8 @@ fn admin_write(p: &Proposed) -> Result<(), ApiError> {
     admin_command(&p.cmd)
 }
 
-/// Most guards one write carries: the Admin API puts two at most on any.
+/// Most guards one write carries: the Admin API puts three at most on any (a route set
+/// without auth flags: its auth, its pool serving, the config limit).
 const MAX_GUARDS: usize = 4;
 
 fn admin_command(cmd: &Command) -> Result<(), ApiError> {
