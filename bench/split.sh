@@ -6,7 +6,9 @@
 #
 # Usage: bash bench/split.sh [SECONDS] [ROUNDS]   (BASELINE=DIR: also DIR/switchyard-proxy,
 # another build, as targets "baseline" and "baseline-ws", to compare a change with its
-# predecessor)
+# predecessor; PERF=1: also samples each proxy with perf in the first round and splits its CPU
+# per message by where it goes: sending, receiving, epoll_wait, being preempted on the way
+# back from a system call, sched_yield, the rest of the kernel, user space; SECONDS >= 3)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 SECS=${1:-5}
@@ -15,6 +17,7 @@ OUT=bench/out/split
 rm -rf "$OUT"; mkdir -p "$OUT"
 source bench/lib.sh
 need nginx:nginx-light
+[ -z "${PERF:-}" ] || need perf:linux-perf
 cargo build --release --bins -q
 B=target/release
 # User and system ticks of a process and its children.
@@ -57,7 +60,14 @@ for round in $(seq "$ROUNDS"); do
   for t in $TARGETS; do
     case $t in *-ws) tls=();; *) tls=(--tls-ca "$CERTS/ca.crt" --sni localhost);; esac
     c0=$(ticks "${PID[$t]}")
+    sampler=
+    if [ -n "${PERF:-}" ] && [ "$round" = 1 ]; then
+      # The middle of the run: a second after the clients connected, until a second before the end.
+      (sleep 1; perf record -q -e cpu-clock -g -F 2000 -p "$(procs "${PID[$t]}" | xargs | tr ' ' ,)" \
+        -o "$OUT/$t.perf" -- sleep $((SECS - 2)) >/dev/null 2>&1) & sampler=$!
+    fi
     line=$($B/ws-bench "${tls[@]}" throughput --target "127.0.0.1:${ADDR[$t]}" --conns 100 --seconds "$SECS" --size 64)
+    [ -z "$sampler" ] || wait "$sampler"
     c1=$(ticks "${PID[$t]}")
     echo "$line" | python3 -c "
 import json, sys
@@ -88,4 +98,35 @@ for a, b in [('switchyard', 'nginx'), ('switchyard-ws', 'nginx-ws'), ('switchyar
 for p in ('switchyard', 'nginx'):
     if p in by and p + '-ws' in by:
         print(f"{p}: TLS adds {med(p, 'user_us') - med(p + '-ws', 'user_us'):.2f} us of user time per message")
+PY
+
+# Where each proxy's CPU per message goes (first round, perf): each share of its samples times
+# its CPU per message in that round. "preempted" is time under `exit_to_user_mode_loop`: switched
+# out on the way back from a system call, by a task woken on the same core.
+[ -n "${PERF:-}" ] || exit 0
+for f in "$OUT"/*.perf; do
+  perf report -i "$f" --children --sort sym --stdio -g none 2>/dev/null > "${f%.perf}.syms"
+  perf report -i "$f" --no-children --sort dso --stdio -g none 2>/dev/null > "${f%.perf}.dsos"
+done
+python3 - "$RESULTS" "$OUT" <<'PY'
+import json, re, sys
+rows = {r['name']: r for r in map(json.loads, open(sys.argv[1])) if r['round'] == 1}
+# Each entry's share of samples, children included: a syscall's whole cost. `write` and `read`
+# show as `ksys_write`/`ksys_read` on kernels that fold their `__x64_sys_` frame away.
+parts = [('send', ['sendto', 'writev', 'sendmsg', ('write', 'ksys_write')]),
+         ('receive', ['recvfrom', 'readv', 'recvmsg', ('read', 'ksys_read')]),
+         ('epoll_wait', ['epoll_wait']), ('preempted', [('', 'exit_to_user_mode_loop')]), ('sched_yield', ['sched_yield'])]
+print(f"\n{'target':16}" + "".join(f"{p:>12}" for p, _ in parts) + f"{'other kernel':>14}{'user':>8}  (us per message, first round)")
+for name, r in rows.items():
+    try:
+        syms, dsos = open(f"{sys.argv[2]}/{name}.syms").read(), open(f"{sys.argv[2]}/{name}.dsos").read()
+    except FileNotFoundError:
+        continue
+    total = r['user_us'] + r['sys_us']
+    pct = {m.group(2): float(m.group(1)) / 100 for m in re.finditer(r'^\s*([\d.]+)%\s+[\d.]+%\s+\[k\]\s+(\S+)', syms, re.M)}
+    one = lambda e: max(pct.get('__x64_sys_' + e[0], 0), pct.get(e[1], 0)) if isinstance(e, tuple) else pct.get('__x64_sys_' + e, 0)
+    share = lambda entries: sum(one(e) for e in entries)
+    kernel = sum(float(m.group(1)) for m in re.finditer(r'^\s*([\d.]+)%\s+\[kernel', dsos, re.M)) / 100
+    got = [share(entries) for _, entries in parts]
+    print(f"{name:16}" + "".join(f"{g * total:12.2f}" for g in got) + f"{(kernel - sum(got)) * total:14.2f}{(1 - kernel) * total:8.2f}")
 PY
