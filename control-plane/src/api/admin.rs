@@ -98,8 +98,9 @@ impl AdminService {
         guards: Vec<Guard>,
         audit: Option<Arc<AuditNote>>,
     ) -> Result<(u64, Vec<Change>), Status> {
-        let carried = !guards.is_empty() && self.0.shared.read().state.feature_level() >= GUARDED_LEVEL;
-        let cmd = if carried {
+        let cmd = if guards.is_empty() {
+            cmd
+        } else if self.0.shared.read().state.feature_level() >= GUARDED_LEVEL {
             Command::Guarded { guards, cmd: Box::new(cmd) }
         } else {
             self.judge(id.as_ref(), &cmd, &guards).await?;
