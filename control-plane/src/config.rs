@@ -66,7 +66,8 @@ pub struct NodeConfig {
     /// How long a write may wait for a quorum before the caller gets UNAVAILABLE.
     pub write_timeout: Duration,
     /// Writes that would grow the config's pools, backends and routes past this many bytes
-    /// (as encoded for proxies) are refused with RESOURCE_EXHAUSTED (`api::admin`).
+    /// (as encoded for proxies) are refused with RESOURCE_EXHAUSTED: the limit travels with
+    /// each write and is checked as it applies (`state::Guard::Room`).
     pub max_config_bytes: u64,
     /// The cluster CA and this node's certificate (role `node`): with them the node serves
     /// only TLS and calls its peers with its certificate.
