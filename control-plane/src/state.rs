@@ -18,7 +18,7 @@ mod command;
 mod guard;
 
 pub use command::*;
-pub use guard::Guard;
+pub use guard::{Guard, MAX_GUARDS};
 
 type Key2 = (String, String);
 

@@ -149,15 +149,17 @@ async fn writes_sent_at_once_never_take_the_config_past_the_limit() {
     let answers = futures::future::join_all(adds).await;
     // A write that timed out on a loaded machine may or may not have gone in: the stored
     // config is what is counted.
-    let mut refused = 0;
+    let (mut refused, mut timed_out) = (0, 0);
     for e in answers.iter().filter_map(|r| r.as_ref().err()) {
         assert!(matches!(e.code(), Code::ResourceExhausted | Code::Unavailable), "{e:?}");
         refused += usize::from(e.code() == Code::ResourceExhausted);
+        timed_out += usize::from(e.code() == Code::Unavailable);
     }
     let t = query(&addrs[0]).get_topology(ReadRequest::default()).await.expect("topology").into_inner();
     let taken = t.backends.len();
     assert!((15..=22).contains(&taken), "{taken} of 40 backends of about 3 KiB under 64 KiB");
-    assert!(refused >= 40 - 22, "{refused} refused for the limit");
+    // Every write that is not in the config was refused for the limit (or timed out).
+    assert!(refused + timed_out >= 40 - taken, "{refused} refused for the limit, {timed_out} timed out, {taken} taken");
     let size: u64 = t.pools.iter().map(snapshot_len).sum::<u64>()
         + t.backends.iter().map(snapshot_len).sum::<u64>()
         + t.routes.iter().map(snapshot_len).sum::<u64>();

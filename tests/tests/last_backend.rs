@@ -10,10 +10,45 @@ use switchyard_proto::v1::*;
 use switchyard_tests::*;
 use tonic::Code;
 
+/// Judged as every node applies the write (feature level 5).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_last_backend_of_a_routed_pool_taking_connections_is_kept_unless_forced() {
     let _g = serial().await;
     let c = Cluster::start(3, &[]).await;
+    at_level(&c, switchyard_model::version::MAX_FEATURE_LEVEL).await;
+    operator_checks(&c).await;
+}
+
+/// Judged by the node that takes the write, on a linearizable read: a cluster below level 5
+/// (a rolling upgrade from a release without guarded writes).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn below_level_5_the_node_that_takes_the_write_keeps_the_last_backend() {
+    let _g = serial().await;
+    let env = [(switchyard_model::version::TEST_MAX_FEATURE_LEVEL_ENV.to_string(), "4".to_string())];
+    let c = Cluster::start_env(3, &[], switchyard_model::grpc::ClientTls::cleartext(), &env).await;
+    at_level(&c, 4).await;
+    operator_checks(&c).await;
+    // Still below level 5 after all of it: the node judged alone throughout.
+    for n in c.nodes.values() {
+        assert_eq!(status(&n.addr).await.map(|s| s.feature_level), Some(4));
+    }
+}
+
+/// Waits until every node has applied `level`.
+async fn at_level(c: &Cluster, level: u32) {
+    let addrs: Vec<String> = c.nodes.values().map(|n| n.addr.clone()).collect();
+    eventually("the cluster at its feature level", Duration::from_secs(10), || async {
+        for a in &addrs {
+            if status(a).await.map(|s| s.feature_level) != Some(level) {
+                return None;
+            }
+        }
+        Some(())
+    })
+    .await;
+}
+
+async fn operator_checks(c: &Cluster) {
     let cli = Cli(c.endpoints());
     cli.ok(&["pool", "create", "chat"]);
     cli.ok(&["backend", "add", "chat", "10.0.0.1:80"]);
@@ -150,17 +185,8 @@ async fn the_last_backend_of_a_routed_pool_taking_connections_is_kept_unless_for
 async fn drains_sent_at_once_never_take_out_the_last_backend() {
     let _g = serial().await;
     let c = Cluster::start(3, &[]).await;
-    let top = switchyard_model::version::MAX_FEATURE_LEVEL;
+    at_level(&c, switchyard_model::version::MAX_FEATURE_LEVEL).await;
     let addrs: Vec<String> = c.nodes.values().map(|n| n.addr.clone()).collect();
-    eventually("the cluster at the top feature level", Duration::from_secs(10), || async {
-        for a in &addrs {
-            if status(a).await.map(|s| s.feature_level) != Some(top) {
-                return None;
-            }
-        }
-        Some(())
-    })
-    .await;
     let cli = Cli(c.endpoints());
     cli.ok(&["pool", "create", "chat"]);
     cli.ok(&["route", "set", "all", "--pool", "chat"]);

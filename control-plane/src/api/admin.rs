@@ -98,32 +98,32 @@ impl AdminService {
         guards: Vec<Guard>,
         audit: Option<Arc<AuditNote>>,
     ) -> Result<(u64, Vec<Change>), Status> {
-        let cmd = if guards.is_empty() {
-            cmd
-        } else if self.0.shared.read().state.feature_level() >= GUARDED_LEVEL {
-            Command::Guarded { guards, cmd: Box::new(cmd) }
-        } else {
-            self.judge(id.as_ref(), &cmd, &guards).await?;
-            cmd
-        };
+        let guarded = !guards.is_empty()
+            && (self.0.shared.read().state.feature_level() >= GUARDED_LEVEL
+                || self.judge(id.as_ref(), &cmd, &guards).await?);
+        let cmd = if guarded { Command::Guarded { guards, cmd: Box::new(cmd) } } else { cmd };
         Ok(leader::write(&self.0, Proposed { id, cmd, audit }).await?)
     }
 
     /// Judges `guards` here, before a write is sent (see [`Self::write`]). A request retried
     /// after it was applied (its id already seen) is not judged again: it is answered as the
-    /// first time.
-    async fn judge(&self, id: Option<&RequestId>, cmd: &Command, guards: &[Guard]) -> Result<(), Status> {
+    /// first time. Returns whether the guards should travel after all: this node caught up
+    /// with level 5 while it read, so writes in flight may not have been judged here.
+    async fn judge(&self, id: Option<&RequestId>, cmd: &Command, guards: &[Guard]) -> Result<bool, Status> {
         if guards.iter().any(|g| !matches!(g, Guard::Room { .. })) {
             leader::linearize(&self.0).await?;
         }
         let live = self.0.shared.read();
+        if live.state.feature_level() >= GUARDED_LEVEL {
+            return Ok(true);
+        }
         if id.is_some_and(|id| !matches!(live.state.seen().lookup(id), Lookup::New)) {
-            return Ok(());
+            return Ok(false);
         }
         for g in guards {
             g.check(&live.state, cmd, u64::MAX)?;
         }
-        Ok(())
+        Ok(false)
     }
 
     /// The config limit's guard: every node's `--max-config-bytes` should be the same, and

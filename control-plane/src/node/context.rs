@@ -120,6 +120,12 @@ impl NodeCtx {
         // whose applied level is the cluster's; a follower's may lag behind it.
         let mut level = self.shared.read().state.feature_level();
         if cmd.cmd.needs() > level && self.is_leader() {
+            // A leader just elected may not have applied all it has committed yet, the entry
+            // that raised the level among it (a follower that applied it sent this write).
+            let _ = tokio::time::timeout(self.config.write_timeout, self.raft.ensure_linearizable()).await;
+            level = self.shared.read().state.feature_level();
+        }
+        if cmd.cmd.needs() > level && self.is_leader() {
             // Boxed: raising writes through this function (a level-1 command, so once).
             Box::pin(crate::features::raise(self)).await;
             level = self.shared.read().state.feature_level();

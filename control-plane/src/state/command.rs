@@ -90,6 +90,7 @@ pub enum Command {
     /// An admin write with conditions that every node checks as it applies it, refusing it
     /// (all alike) when one fails ([`Guard`]). Never nested. Feature level 5.
     Guarded {
+        #[serde(deserialize_with = "super::guard::few")]
         guards: Vec<Guard>,
         #[serde(deserialize_with = "super::guard::unguarded")]
         cmd: Box<Command>,
@@ -112,7 +113,9 @@ impl Command {
     pub fn needs(&self) -> u32 {
         match self {
             Command::DeleteSessions { .. } => 2,
-            Command::Guarded { cmd, .. } => cmd.needs().max(GUARDED_LEVEL),
+            Command::Guarded { guards, cmd } => {
+                guards.iter().map(Guard::needs).fold(cmd.needs().max(GUARDED_LEVEL), u32::max)
+            }
             // An older node would drop the field (prost skips what it does not know) and
             // apply a different pool than the rest.
             Command::CreatePool(Pb(p)) if p.backend_tls.is_some() => 3,

@@ -15,15 +15,23 @@
 //! backend or route (which changes their encoded size, and which an older node drops) needs
 //! a new feature level, as `backend_tls` did.
 
+use std::fmt;
+
+use serde::de::{SeqAccess, Visitor};
 use serde::{Deserialize, Deserializer, Serialize};
 use switchyard_model::fields::merge_pool;
 use switchyard_model::topology::{in_service, Pair};
 use switchyard_proto::v1::{AdminState, Backend, Pool, Route};
 
-use super::{snapshot_len, Command, State};
+use super::{snapshot_len, Command, State, GUARDED_LEVEL};
 use crate::error::ApiError;
 use crate::pb::Pb;
 use crate::validate;
+
+/// Most guards one write carries: the Admin API puts three at most on any (a route set
+/// without auth flags: its auth, its pool serving, the config limit). A longer list is
+/// refused as it is decoded, from a peer's `Forward` or from the log, before it is held.
+pub const MAX_GUARDS: usize = 4;
 
 /// One condition of a guarded write; each judges the command it guards.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -49,6 +57,19 @@ pub enum Guard {
 }
 
 impl Guard {
+    /// The feature level every node must run to judge this guard alike. Every guard so far
+    /// came with level 5; a new variant needs a level of its own, since a node without it
+    /// cannot decode the entry.
+    pub fn needs(&self) -> u32 {
+        match self {
+            Guard::KeepsABackend
+            | Guard::KeepsARouteServed
+            | Guard::KeepsSessions
+            | Guard::KeepsRouteAuth
+            | Guard::Room { .. } => GUARDED_LEVEL,
+        }
+    }
+
     /// Whether `cmd` may apply to `st` at revision `rev` (`u64::MAX` when judged before it
     /// has one: the longest it can be stamped with); the refusal says why and what to do.
     pub fn check(&self, st: &State, cmd: &Command, rev: u64) -> Result<(), ApiError> {
@@ -217,6 +238,31 @@ pub(super) fn unguarded<'de, D: Deserializer<'de>>(d: D) -> Result<Box<Command>,
     }
     let _inside = Inside;
     Command::deserialize(d).map(Box::new)
+}
+
+/// Decodes the guards of [`Command::Guarded`], at most [`MAX_GUARDS`] of them: the count is
+/// checked as each arrives, so a forged list of millions is refused, not first built.
+pub(super) fn few<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<Guard>, D::Error> {
+    struct Few;
+    impl<'de> Visitor<'de> for Few {
+        type Value = Vec<Guard>;
+        fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+            write!(f, "at most {MAX_GUARDS} guards")
+        }
+        fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<Vec<Guard>, A::Error> {
+            let mut guards = Vec::new();
+            while let Some(g) = seq.next_element()? {
+                if guards.len() == MAX_GUARDS {
+                    return Err(serde::de::Error::custom(format!(
+                        "a guarded write carries at most {MAX_GUARDS} guards"
+                    )));
+                }
+                guards.push(g);
+            }
+            Ok(guards)
+        }
+    }
+    d.deserialize_seq(Few)
 }
 
 #[cfg(test)]

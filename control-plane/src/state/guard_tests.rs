@@ -115,8 +115,10 @@ fn a_new_affinity_key_is_refused_while_the_pool_holds_bindings() {
         SessionBinding { pool: "p".into(), key: "k".into(), backend: "a:1".into(), ttl_ms: 1000, ..Default::default() };
     s.apply(11, &Command::BindSessions { now_ms: 1, bindings: vec![Pb(b)] }).unwrap();
     assert!(s.apply(12, &update("header:x-user")).is_ok(), "the same header, as the proxy reads it");
+    let before = s.clone();
     let e = s.apply(13, &update("cookie:sid")).unwrap_err();
     assert!(matches!(&e, ApiError::FailedPrecondition(m) if m.contains("holds session bindings")), "{e}");
+    assert_eq!(s, before, "a refused write changes nothing");
 }
 
 /// A random write of the kinds that grow the config, or of those that shrink it.
@@ -210,6 +212,12 @@ fn guarded_writes_need_level_5_and_do_not_nest_in_the_log() {
     assert!(postcard::from_bytes::<Command>(&deep).is_err());
     // The flag is left as found: the next entry decodes.
     assert!(postcard::from_bytes::<Command>(&wrap).is_ok());
+
+    // More guards than any write carries are refused as they are decoded.
+    let with = |n: usize| Command::Guarded { guards: vec![Guard::KeepsABackend; n], cmd: Box::new(Command::Note) };
+    assert!(postcard::from_bytes::<Command>(&postcard::to_allocvec(&with(MAX_GUARDS)).unwrap()).is_ok());
+    let e = postcard::from_bytes::<Command>(&postcard::to_allocvec(&with(MAX_GUARDS + 1)).unwrap()).unwrap_err();
+    assert!(matches!(e, postcard::Error::SerdeDeCustom), "{e}");
 }
 
 #[test]

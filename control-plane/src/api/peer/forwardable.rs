@@ -7,7 +7,7 @@
 use crate::error::ApiError;
 use crate::node::calls::Envelope;
 use crate::pb::Pb;
-use crate::state::{Command, Proposed};
+use crate::state::{Command, Proposed, MAX_GUARDS};
 use crate::validate;
 
 /// Whether `env` is a call a follower could legitimately forward; the reason when not.
@@ -36,10 +36,6 @@ fn admin_write(p: &Proposed) -> Result<(), ApiError> {
     }
     admin_command(&p.cmd)
 }
-
-/// Most guards one write carries: the Admin API puts three at most on any (a route set
-/// without auth flags: its auth, its pool serving, the config limit).
-const MAX_GUARDS: usize = 4;
 
 fn admin_command(cmd: &Command) -> Result<(), ApiError> {
     match cmd {
