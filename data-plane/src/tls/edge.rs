@@ -349,11 +349,12 @@ impl EdgeTls {
     pub fn read_some(&self, out: &mut [u8]) -> io::Result<usize> {
         let mut guard = self.lock();
         let st = &mut *guard;
-        if let Some(e) = &st.failed {
-            return Err(broken(e));
-        }
+        // Plaintext opened before a record that failed is still the peer's: it goes first.
         if st.plain_at < st.plain.len() {
             return Ok(st.take_plain(out));
+        }
+        if let Some(e) = &st.failed {
+            return Err(broken(e));
         }
         if st.eof {
             return Ok(0);
@@ -368,7 +369,9 @@ impl EdgeTls {
                 // (Nothing to process is nothing to do: what rustls owes comes out of input.)
                 if used > start {
                     if let Err(e) = st.process(&mut inb[..used], &mut start, out, &mut filled) {
-                        break Err(e);
+                        // What came before the bad record is read first; the failure is kept
+                        // for the next read.
+                        break if filled > 0 { Ok(filled) } else { Err(e) };
                     }
                 }
                 if filled > 0 || st.eof || !st.plain.is_empty() || st.handshake_over() {
@@ -389,6 +392,14 @@ impl EdgeTls {
                 }
                 let end = inb.len().min(used + READ);
                 match crate::socket::read_socket(&self.tcp, &mut inb[used..end]) {
+                    Ok(0) if used > start => {
+                        // A FIN inside a record: the stream was cut, not closed (TLS's
+                        // protection against truncation).
+                        let e = rustls::Error::General("TLS record cut short by the peer's FIN".into());
+                        let io = io::Error::new(io::ErrorKind::UnexpectedEof, e.clone());
+                        st.failed = Some(e);
+                        break Err(io);
+                    }
                     Ok(0) => {
                         st.eof = true;
                         break Ok(0);
@@ -400,7 +411,8 @@ impl EdgeTls {
                     Err(e) => break Err(e),
                 }
             };
-            let rest = &inb[start..used];
+            // After the end, or a failure, what is left can never be used.
+            let rest = if st.eof || st.failed.is_some() { &inb[..0] } else { &inb[start..used] };
             if rest.is_empty() {
                 st.inbox = Vec::new();
             } else if st.inbox.capacity() > KEPT_INBOX.max(2 * rest.len()) {

@@ -38,8 +38,14 @@ const APPLICATION_DATA: u8 = 23;
 const CLIENT_HELLO: u8 = 1;
 const KEY_UPDATE: u8 = 24;
 /// What a peer may send that costs us work and brings no data, as rustls allows it: key
-/// updates in a row without data between them, renegotiation requests, warnings.
+/// updates in a row, renegotiation requests, warnings. A key update costs a key derivation
+/// and a fresh cipher key (microseconds, for 27 bytes), so it counts as "in a row" until
+/// [`DATA_PER_KEY_UPDATE`] of data came after it, not merely a byte: a client alternating
+/// one-byte records with key updates would otherwise make every read a hundred times dearer.
 const KEY_UPDATES_IN_A_ROW: u8 = 32;
+/// Data after a key update that makes the next one a fresh start. Clients update keys near
+/// the cipher's limit (millions of records) or when told to, never per message.
+const DATA_PER_KEY_UPDATE: u32 = 1 << 20;
 /// Application data records with nothing in them, in a row: allowed (RFC 8446 5.1), but each
 /// costs an open and carries nothing, so a stream of them is work without end for 21 bytes
 /// apiece. OpenSSL's `max_empty_records` is the same 32.
@@ -111,6 +117,8 @@ pub struct Records {
     /// close_notify is sealed: nothing more is.
     closed: bool,
     key_updates: u8,
+    /// Data bytes opened since the last key update (saturating).
+    since_key_update: u32,
     empty_records: u8,
     renegotiations: u8,
     warnings: u8,
@@ -144,6 +152,7 @@ impl Records {
             answer_owed: false,
             closed: false,
             key_updates: 0,
+            since_key_update: 0,
             empty_records: 0,
             renegotiations: 0,
             warnings: 0,
@@ -171,6 +180,7 @@ impl Records {
             answer_owed: false,
             closed: false,
             key_updates: 0,
+            since_key_update: 0,
             empty_records: 0,
             renegotiations: 0,
             warnings: 0,
@@ -270,7 +280,7 @@ impl Records {
                         return Err(fail(AlertDescription::UnexpectedMessage, "too many empty TLS records in a row"));
                     }
                 } else {
-                    self.key_updates = 0;
+                    self.since_key_update = self.since_key_update.saturating_add(range.len() as u32);
                     self.empty_records = 0;
                 }
                 Ok(Opened::Data(range))
@@ -329,6 +339,10 @@ impl Records {
                 if requested > 1 {
                     return Err(fail(AlertDescription::IllegalParameter, "malformed TLS KeyUpdate"));
                 }
+                if self.since_key_update >= DATA_PER_KEY_UPDATE {
+                    self.key_updates = 0;
+                }
+                self.since_key_update = 0;
                 self.key_updates += 1;
                 if self.key_updates > KEY_UPDATES_IN_A_ROW {
                     return Err(fail(AlertDescription::UnexpectedMessage, "too many TLS key updates"));

@@ -312,6 +312,96 @@ async fn a_flood_of_key_updates_fails_the_connection() {
     assert!(err.to_string().contains("too many TLS key updates"), "{err}");
 }
 
+/// Data between key updates does not make them free: a client alternating a byte of data
+/// with a key update is refused as one sending key updates alone, while data sent between
+/// them still arrives until then.
+#[tokio::test]
+async fn key_updates_between_bytes_of_data_still_fail_the_connection() {
+    let pki = pki(&[&rustls::version::TLS13]);
+    let (mut tls, mut c) = connected(&pki).await;
+    for _ in 0..40 {
+        c.write_all(b"x").await.unwrap();
+        c.get_mut().1.refresh_traffic_keys().unwrap();
+    }
+    c.flush().await.unwrap();
+    let mut got = Vec::new();
+    let mut buf = [0u8; 64];
+    let err = tokio::time::timeout(Duration::from_secs(5), async {
+        loop {
+            match tls.read(&mut buf).await {
+                Ok(0) => panic!("a clean end instead of a refusal"),
+                Ok(n) => got.extend_from_slice(&buf[..n]),
+                Err(e) => return e,
+            }
+        }
+    })
+    .await
+    .unwrap();
+    assert!(err.to_string().contains("too many TLS key updates"), "{err}");
+    assert!(got.len() <= 33 && got.iter().all(|&b| b == b'x'), "{got:?}");
+}
+
+/// `data` sealed by the client, then `tail`, in one write on its socket: both land in one read.
+async fn sealed_then(c: &mut tokio_rustls::client::TlsStream<TcpStream>, data: &[u8], tail: &[u8]) {
+    use std::io::Write;
+    let (tcp, conn) = c.get_mut();
+    conn.writer().write_all(data).unwrap();
+    let mut wire = Vec::new();
+    while conn.wants_write() {
+        conn.write_tls(&mut wire).unwrap();
+    }
+    wire.extend_from_slice(tail);
+    tcp.write_all(&wire).await.unwrap();
+}
+
+/// Reads until an error or the end: what came, and how it ended.
+async fn read_out(tls: &mut EdgeTls) -> (Vec<u8>, io::Result<()>) {
+    let mut got = Vec::new();
+    let mut buf = [0u8; 64];
+    let end = tokio::time::timeout(Duration::from_secs(5), async {
+        loop {
+            match tls.read(&mut buf).await {
+                Ok(0) => return Ok(()),
+                Ok(n) => got.extend_from_slice(&buf[..n]),
+                Err(e) => return Err(e),
+            }
+        }
+    })
+    .await
+    .expect("an end, not a hang");
+    (got, end)
+}
+
+/// A record that does not open, right behind one that does: the client's data before it is
+/// still delivered (its last message, its Close), then the connection fails.
+#[tokio::test]
+async fn data_before_a_bad_record_in_the_same_read_is_delivered() {
+    for v in [&rustls::version::TLS13, &rustls::version::TLS12] {
+        let pki = pki(&[v]);
+        let (mut tls, mut c) = connected(&pki).await;
+        let mut forged = vec![0x17, 0x03, 0x03, 0x00, 0x20];
+        forged.extend_from_slice(&[7u8; 0x20]);
+        sealed_then(&mut c, b"last words", &forged).await;
+        let (got, end) = read_out(&mut tls).await;
+        assert_eq!(got, b"last words", "{v:?}");
+        assert_eq!(end.expect_err("the forged record fails it").kind(), io::ErrorKind::InvalidData, "{v:?}");
+    }
+}
+
+/// A FIN in the middle of a record is a cut, not an end: reported as an error, so a relay
+/// says the connection failed rather than closed.
+#[tokio::test]
+async fn a_fin_inside_a_record_is_an_error_not_a_clean_end() {
+    let pki = pki(&[&rustls::version::TLS13]);
+    let (mut tls, mut c) = connected(&pki).await;
+    sealed_then(&mut c, b"before", &[0x17, 0x03, 0x03, 0x00, 0x40, 1, 2, 3]).await;
+    c.get_mut().0.shutdown().await.unwrap();
+    let (got, end) = read_out(&mut tls).await;
+    assert_eq!(got, b"before");
+    assert_eq!(end.expect_err("cut short").kind(), io::ErrorKind::UnexpectedEof);
+    assert!(tls.lock().inbox.is_empty(), "nothing kept once the stream is over");
+}
+
 /// A connection whose client's bytes after its first flight reach the server in one piece:
 /// what the client sends after its Finished (a key update, data) lands in the same read.
 async fn coalescing_pair() -> (TcpStream, TcpStream) {
