@@ -57,8 +57,9 @@ async fn reject(state: &ProxyState, mut sock: ClientIo, r: Reject) {
 
 /// Reads up to the end of an HTTP head; returns the head length (the buffer may hold more).
 async fn read_head<S: AsyncRead + Unpin>(sock: &mut S, buf: &mut Vec<u8>, max: usize) -> Result<usize, Reject> {
+    let mut scan = handshake::HeadScan::default();
     loop {
-        if let Some(end) = handshake::head_end(buf) {
+        if let Some(end) = scan.end(buf) {
             return Ok(end);
         }
         if buf.len() > max {
@@ -293,6 +294,7 @@ async fn open(
                     if let Some(v) = value {
                         up.headers.push(&name, v.as_bytes());
                     }
+                    up.set_here.push(name);
                 }
                 up.claims = claims;
             }

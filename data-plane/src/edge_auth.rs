@@ -157,7 +157,51 @@ fn token(from: &KeySpec, up: &Upgrade) -> Option<String> {
     .filter(|t| !t.is_empty())
 }
 
+/// Whether the request carries the token's source more than once: the proxy verifies one,
+/// and the backend might read another (the last `Authorization`, PHP's last query value),
+/// so such a request is refused rather than guessed at.
+fn ambiguous(from: &KeySpec, up: &Upgrade) -> bool {
+    match from {
+        KeySpec::Header(name) => up.headers.all(name).count() > 1,
+        KeySpec::Cookie(name) => {
+            let pairs = up.headers.all("cookie").filter_map(|v| std::str::from_utf8(v).ok()).flat_map(|v| v.split(';'));
+            pairs.filter(|kv| kv.trim().split_once('=').is_some_and(|(k, _)| k == name)).count() > 1
+        }
+        KeySpec::Query(name) => {
+            let keys =
+                up.query().into_iter().flat_map(|q| q.split('&')).map(|kv| kv.split_once('=').map_or(kv, |(k, _)| k));
+            keys.filter(|k| percent_decoded_is(k, name)).count() > 1
+        }
+        _ => false,
+    }
+}
+
+/// Whether the query key `k`, percent-decoded, is `name` (`access%5Ftoken` is
+/// `access_token` to the backend).
+fn percent_decoded_is(k: &str, name: &str) -> bool {
+    let (mut k, mut name) = (k.as_bytes(), name.as_bytes());
+    loop {
+        match (k, name) {
+            ([], []) => return true,
+            ([b'%', h, l, rest @ ..], [c, more @ ..])
+                if (*h as char).is_ascii_hexdigit() && (*l as char).is_ascii_hexdigit() =>
+            {
+                let byte = u8::from_str_radix(std::str::from_utf8(&[*h, *l]).unwrap_or("zz"), 16).ok();
+                if byte != Some(*c) {
+                    return false;
+                }
+                (k, name) = (rest, more);
+            }
+            ([a, rest @ ..], [c, more @ ..]) if a == c => (k, name) = (rest, more),
+            _ => return false,
+        }
+    }
+}
+
 fn verify(j: &Jwt, up: &Upgrade) -> Verdict {
+    if ambiguous(&j.from, up) {
+        return deny(400, "more than one token");
+    }
     let Some(token) = token(&j.from, up) else { return deny(401, "no token") };
     let Ok(header) = decode_header(&token) else { return deny(401, "malformed token") };
     if matches!(header.alg, Algorithm::HS256 | Algorithm::HS384 | Algorithm::HS512) {
@@ -406,5 +450,31 @@ mod tests {
         // A good set again clears the error.
         cache.keys("api", EC);
         assert!(cache.status()["api"]["error"].is_null());
+    }
+
+    /// A token's source given twice is ambiguous: the proxy would verify one and the backend
+    /// might read the other.
+    #[test]
+    fn a_token_source_given_twice_is_ambiguous() {
+        let up = |target: &str, extra: &str| {
+            let head = format!(
+                "GET {target} HTTP/1.1\r\nHost: a\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n{extra}\
+                 Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n"
+            );
+            crate::handshake::parse_request(head.as_bytes()).unwrap()
+        };
+        let auth = KeySpec::Header("authorization".into());
+        assert!(!ambiguous(&auth, &up("/", "Authorization: Bearer a\r\n")));
+        assert!(ambiguous(&auth, &up("/", "Authorization: Bearer a\r\nauthorization: Bearer b\r\n")));
+        let cookie = KeySpec::Cookie("tok".into());
+        assert!(!ambiguous(&cookie, &up("/", "Cookie: tok=a; other=b\r\n")));
+        assert!(ambiguous(&cookie, &up("/", "Cookie: tok=a; tok=b\r\n")));
+        assert!(ambiguous(&cookie, &up("/", "Cookie: tok=a\r\nCookie: x=1; tok=b\r\n")));
+        let query = KeySpec::Query("access_token".into());
+        assert!(!ambiguous(&query, &up("/?access_token=a&x=access_token", "")));
+        assert!(ambiguous(&query, &up("/?access_token=a&access_token=b", "")));
+        assert!(ambiguous(&query, &up("/?access_token=a&access%5Ftoken=b", "")), "the backend decodes %5F");
+        assert!(ambiguous(&query, &up("/?access_token=a&access%5ftoken", "")));
+        assert!(!ambiguous(&query, &up("/?access_token=a&access%5Gtoken=b", "")));
     }
 }

@@ -91,6 +91,9 @@ pub struct Upgrade {
     pub authority: Option<String>,
     /// The claims of the token the route's JWT check verified, for `claim:NAME` keys.
     pub claims: Option<Claims>,
+    /// Headers the proxy set itself (edge authentication's claim headers): the client's
+    /// `Connection` cannot name them away.
+    pub set_here: Vec<String>,
 }
 
 impl Upgrade {
@@ -127,15 +130,33 @@ impl Upgrade {
 /// that ends in bare LFs ends here too, so that it is refused at once instead of waiting for
 /// a CRLF that never comes; an empty line before the request line is skipped (RFC 9112 §2.2).
 pub fn head_end(buf: &[u8]) -> Option<usize> {
-    let mut line_start = 0;
-    for (i, _) in buf.iter().enumerate().filter(|(_, b)| **b == b'\n') {
-        let line = &buf[line_start..i];
-        if (line.is_empty() || line == b"\r") && line_start > 0 {
-            return Some(i + 1);
+    HeadScan::default().end(buf)
+}
+
+/// [`head_end`] for a head that arrives in pieces: each call looks only at the bytes that
+/// came since the last, so a head trickled a byte at a time costs its length once, not its
+/// length squared.
+#[derive(Default)]
+pub struct HeadScan {
+    pos: usize,
+    line_start: usize,
+}
+
+impl HeadScan {
+    /// The head's length once `buf` (the same buffer as before, grown) holds all of it.
+    pub fn end(&mut self, buf: &[u8]) -> Option<usize> {
+        while let Some(i) = buf.get(self.pos..).and_then(|rest| rest.iter().position(|b| *b == b'\n')) {
+            let i = self.pos + i;
+            self.pos = i + 1;
+            let line = &buf[self.line_start..i];
+            if (line.is_empty() || line == b"\r") && self.line_start > 0 {
+                return Some(i + 1);
+            }
+            self.line_start = i + 1;
         }
-        line_start = i + 1;
+        self.pos = self.pos.max(buf.len());
+        None
     }
-    None
 }
 
 /// A line ending that is LF alone: RFC 9112 §2.2 allows servers to accept it, but a proxy
@@ -311,7 +332,7 @@ pub fn parse_request(head: &[u8]) -> Result<Upgrade, Reject> {
         }
     };
     trim_root_dot(&mut host);
-    Ok(Upgrade { target, host, headers, authority, claims: None })
+    Ok(Upgrade { target, host, headers, authority, claims: None, set_here: Vec::new() })
 }
 
 /// A base64 encoding of 16 bytes: 22 characters and "==".
@@ -366,10 +387,11 @@ const HOP_BY_HOP: [&str; 6] = ["connection", "keep-alive", "proxy-connection", "
 /// The request as the backend sees it: the client's head (subprotocols, extensions and
 /// application headers pass through) without its hop-by-hop headers, those its `Connection`
 /// names, and those it may not send ([`client_may_not_send`]), plus `X-Forwarded-For`
-/// (appended to), and `X-Forwarded-Proto` and `Forwarded` describing this hop. A header the
-/// client's `Connection` named would be dropped by the next proxy that follows RFC 9110 (Go's
-/// `ReverseProxy`, so Traefik and Caddy; Apache), and with it this proxy's `X-Forwarded-For`
-/// or an edge-auth claim header, had they gone through under that name.
+/// (appended to), and `X-Forwarded-Proto` and `Forwarded` describing this hop. `Connection`
+/// names only the client's own end-to-end headers away: never `Host`, the handshake's
+/// `Sec-WebSocket-*` or a header the proxy set ([`Upgrade::set_here`]); the proxy was routed
+/// and authenticated by those, and the backend must see the same (the client's `Connection`
+/// itself is not sent on: the proxy writes its own).
 ///
 /// `proto` is `http` for ws clients and `https` for wss clients, not `ws`/`wss`: the upgrade
 /// request is an HTTP request, and backends decide "was this secure?" by comparing these
@@ -382,7 +404,34 @@ pub fn forward_head(up: &Upgrade, client: IpAddr, proto: &str) -> Vec<u8> {
     out.extend_from_slice(up.target.as_bytes());
     out.extend_from_slice(b" HTTP/1.1\r\n");
     let mut xff_done = false;
-    let listed = |n: &str| !n.eq_ignore_ascii_case("upgrade") && up.headers.all("connection").any(|v| has_token(v, n));
+    let kept = |n: &str| {
+        n.eq_ignore_ascii_case("upgrade")
+            || n.eq_ignore_ascii_case("host")
+            || n.get(..14).is_some_and(|p| p.eq_ignore_ascii_case("sec-websocket-"))
+            || up.set_here.iter().any(|s| s.eq_ignore_ascii_case(n))
+    };
+    // The names `Connection` lists, gathered once: a head of thousands of headers under the
+    // byte limit, with a `Connection` listing thousands of names, costs their sum, not their
+    // product.
+    let named: Vec<&str> = up
+        .headers
+        .all("connection")
+        .filter_map(|v| std::str::from_utf8(v).ok())
+        .flat_map(|v| v.split(','))
+        .map(str::trim)
+        .filter(|t| !t.is_empty() && !t.eq_ignore_ascii_case("upgrade"))
+        .collect();
+    let set: std::collections::HashSet<String> =
+        if named.len() > 8 { named.iter().map(|t| t.to_ascii_lowercase()).collect() } else { Default::default() };
+    let listed = |n: &str| {
+        !named.is_empty()
+            && !kept(n)
+            && if set.is_empty() {
+                named.iter().any(|t| t.eq_ignore_ascii_case(n))
+            } else {
+                set.contains(&n.to_ascii_lowercase())
+            }
+    };
     for (n, v) in up.headers.iter() {
         if client_may_not_send(n) || HOP_BY_HOP.iter().any(|h| n.eq_ignore_ascii_case(h)) || listed(n) {
             continue;

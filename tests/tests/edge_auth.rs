@@ -212,11 +212,22 @@ async fn jwt_and_auth_requests_are_checked_before_any_backend_is_contacted() {
             assert!(hdrs.get("www-authenticate").is_some_and(|v| v.to_str().unwrap().starts_with("Bearer")), "{what}");
         }
     }
+    // Two tokens, a good one first: the backend might read the other, so neither is taken.
+    let twice = [("authorization", bearer.as_str()), ("authorization", "Bearer forged")];
+    assert_eq!(http_send(&mut tx, req("api.example", "/", &twice)).await.0, 400);
     assert_eq!(contacted(), before, "a refused request reached a backend");
 
     // WebSocket: the same check on the upgrade.
     let ws_ok = ws_connect(&proxy.ws, "/", &[("host", "ws.example"), ("authorization", &bearer)]).await;
     assert_eq!(ws_ok.expect("an authenticated upgrade").1, "ws-1");
+    // The client's Connection names its own headers away, not the claim header the proxy set
+    // nor the Host it was routed by.
+    let named = [("host", "ws.example"), ("authorization", &bearer), ("connection", "Upgrade, X-User, Host")];
+    assert_eq!(ws_connect(&proxy.ws, "/", &named).await.expect("an upgrade naming X-User").1, "ws-1");
+    let seen: std::collections::BTreeMap<String, String> =
+        ws_backend.last_headers.lock().unwrap().iter().cloned().collect();
+    assert_eq!(seen.get("x-user").map(String::as_str), Some("ada"), "{seen:?}");
+    assert_eq!(seen.get("host").map(String::as_str), Some("ws.example"), "{seen:?}");
     let refused = ws_connect(&proxy.ws, "/", &[("host", "ws.example")]).await.expect_err("an upgrade without a token");
     assert!(refused.to_string().contains("401"), "{refused}");
 

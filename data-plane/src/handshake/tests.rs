@@ -27,6 +27,32 @@ fn every_forwarded_for_line_comes_before_this_hop() {
     assert_eq!(fwd.matches("X-Forwarded-For").count(), 1, "{fwd}");
 }
 
+/// The client's `Connection` names its own headers away, not what the proxy routed and
+/// authenticated by: `Host`, the handshake's `Sec-WebSocket-*` and the claim headers edge
+/// authentication set all reach the backend.
+#[test]
+fn the_clients_connection_cannot_name_away_host_the_handshake_or_what_the_proxy_set() {
+    let head = "GET /chat HTTP/1.1\r\nHost: tenant-a.example\r\nUpgrade: websocket\r\n\
+                Connection: Upgrade, Host, X-User, Sec-WebSocket-Key, sec-websocket-version, Sec-WebSocket-Protocol, X-App\r\n\
+                Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\nSec-WebSocket-Protocol: chat\r\n\
+                X-App: gone\r\n\r\n";
+    let mut up = parse_request(head.as_bytes()).unwrap();
+    // As connection.rs applies an edge-auth verdict.
+    up.headers.push("X-User", b"ada");
+    up.set_here.push("X-User".into());
+    let fwd = String::from_utf8(forward_head(&up, "192.0.2.7".parse().unwrap(), "http")).unwrap();
+    for kept in [
+        "\r\nHost: tenant-a.example\r\n",
+        "\r\nX-User: ada\r\n",
+        "\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n",
+        "\r\nSec-WebSocket-Version: 13\r\n",
+        "\r\nSec-WebSocket-Protocol: chat\r\n",
+    ] {
+        assert!(fwd.contains(kept), "{kept:?} missing from {fwd}");
+    }
+    assert!(!fwd.contains("X-App"), "the client's own listed header goes: {fwd}");
+}
+
 #[test]
 fn the_backend_gets_no_hop_header_and_no_forwarding_header_of_the_clients_own() {
     let head = "GET / HTTP/1.1\r\nHost: a\r\nUpgrade: websocket\r\nConnection: Upgrade, X-Forwarded-For, X-User, Keep-Alive\r\n\
@@ -140,6 +166,27 @@ fn bare_lf_heads_end_at_once_and_are_refused() {
     assert_eq!(head_end(&GOOD.as_bytes()[..GOOD.len() - 1]), None);
 }
 
+/// A head that arrives in pieces ends where the whole one does, however it is split, with
+/// bytes after it (a pipelined request, early frames) left alone.
+#[test]
+fn a_head_scanned_as_it_arrives_ends_where_the_whole_one_does() {
+    for head in [GOOD.to_string(), GOOD.replace("\r\n", "\n"), format!("\r\n{GOOD}")] {
+        let whole = format!("{head}\x01\x05hello");
+        let want = head_end(whole.as_bytes());
+        for step in [1, 2, 3, 7, 64, whole.len()] {
+            let mut scan = HeadScan::default();
+            let mut got = None;
+            for end in (step..whole.len() + step).step_by(step) {
+                got = scan.end(&whole.as_bytes()[..end.min(whole.len())]);
+                if got.is_some() {
+                    break;
+                }
+            }
+            assert_eq!(got, want, "in pieces of {step}: {head:?}");
+        }
+    }
+}
+
 #[test]
 fn absolute_form_targets_are_accepted_and_their_authority_wins() {
     let head = GOOD.replace("GET /chat?room=1", "GET http://Chat.Example:9000/chat?room=1");
@@ -159,6 +206,25 @@ fn the_header_count_is_bounded_by_bytes_only() {
     let many: String = (0..2000).map(|i| format!("X-{i}: v\r\n")).collect();
     let head = GOOD.replace("\r\n\r\n", &format!("\r\n{many}\r\n"));
     assert_eq!(parse_request(head.as_bytes()).unwrap().headers.len(), 2008);
+}
+
+/// Thousands of headers, and a `Connection` naming thousands of names, are forwarded in time
+/// proportional to their size: the listed names are gathered once, not rescanned per header.
+#[test]
+fn a_connection_naming_thousands_of_headers_drops_exactly_those() {
+    let many: String = (0..3000).map(|i| format!("X-{i}: v\r\n")).collect();
+    let names: Vec<String> = (0..3000).filter(|i| i % 2 == 0).map(|i| format!("x-{i}")).collect();
+    let head = GOOD
+        .replace("Connection: keep-alive, Upgrade", &format!("Connection: Upgrade, {}", names.join(", ")))
+        .replace("\r\n\r\n", &format!("\r\n{many}\r\n"));
+    let up = parse_request(head.as_bytes()).unwrap();
+    let fwd = String::from_utf8(forward_head(&up, "192.0.2.7".parse().unwrap(), "http")).unwrap();
+    for i in [0, 2, 1998, 2998] {
+        assert!(!fwd.contains(&format!("\r\nX-{i}: v\r\n")), "X-{i} was listed");
+    }
+    for i in [1, 3, 1999, 2999] {
+        assert!(fwd.contains(&format!("\r\nX-{i}: v\r\n")), "X-{i} was not listed");
+    }
 }
 
 #[test]

@@ -135,8 +135,12 @@ impl Fast<'_> {
         self.clock.set(Instant::now() + self.head_timeout);
         spare::give_back(&mut self.rbuf);
         spare::give_back(&mut self.out);
+        // Parsed again only once a line more has come (or the limit is reached): a head
+        // trickled a byte at a time is not parsed whole for every byte.
+        let mut parsed_to = 0;
         loop {
-            if !self.buf.is_empty() {
+            if newline_since(&self.buf, parsed_to) || self.buf.len() >= self.max_header {
+                parsed_to = self.buf.len();
                 let mut h = [const { MaybeUninit::uninit() }; MAX_HEADERS];
                 match httparse::Request::new(&mut []).parse_with_uninit_headers(&self.buf, &mut h) {
                     Ok(httparse::Status::Complete(n)) if n <= self.max_header => return Some(n),
@@ -384,8 +388,10 @@ impl Fast<'_> {
         }
         self.rbuf.clear();
         let mut interim = 0;
+        let mut parsed_to = 0;
         loop {
-            if !self.rbuf.is_empty() {
+            if newline_since(&self.rbuf, parsed_to) || self.rbuf.len() >= MAX_RESPONSE_HEAD {
+                parsed_to = self.rbuf.len();
                 let mut h = [const { MaybeUninit::uninit() }; MAX_HEADERS];
                 let mut resp = httparse::Response::new(&mut []);
                 match httparse::ParserConfig::default()
@@ -398,6 +404,7 @@ impl Fast<'_> {
                             return Err(Exchange::Bad("too many interim responses"));
                         }
                         self.rbuf.drain(..n);
+                        parsed_to = 0;
                         continue;
                     }
                     Ok(httparse::Status::Complete(n)) => return Ok(n),
@@ -484,4 +491,10 @@ enum Exchange {
     Bad(&'static str),
     Timeout,
     ClientGone,
+}
+
+/// Whether `buf` has a line end past `from`: only then can a head parsed at `from` bytes and
+/// found partial be whole, or newly malformed, now.
+fn newline_since(buf: &[u8], from: usize) -> bool {
+    buf.get(from..).is_some_and(|new| new.contains(&b'\n'))
 }

@@ -56,5 +56,5 @@ pub(super) fn view(req: &Request<Incoming>) -> Result<handshake::Upgrade, &'stat
     handshake::trim_root_dot(&mut host);
     // Headers are copied only for a request that needs them looked at (see `needs_headers`).
     let headers = handshake::Headers::default();
-    Ok(handshake::Upgrade { target: target.into_owned(), host, headers, authority, claims: None })
+    Ok(handshake::Upgrade { target: target.into_owned(), host, headers, authority, claims: None, set_here: Vec::new() })
 }

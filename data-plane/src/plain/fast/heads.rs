@@ -64,8 +64,14 @@ pub(super) fn take(req: &httparse::Request<'_, '_>) -> Option<Taken> {
     let normal = handshake::normalize(target).ok()?;
     let mut name = handshake::strip_port(host).to_ascii_lowercase();
     handshake::trim_root_dot(&mut name);
-    let up =
-        Upgrade { target: normal.into_owned(), host: name, headers: Default::default(), authority: None, claims: None };
+    let up = Upgrade {
+        target: normal.into_owned(),
+        host: name,
+        headers: Default::default(),
+        authority: None,
+        claims: None,
+        set_here: Vec::new(),
+    };
     let idempotent = ["GET", "HEAD", "OPTIONS", "TRACE", "PUT", "DELETE"].contains(&method);
     Some(Taken { up, close, head: method == "HEAD", idempotent })
 }
