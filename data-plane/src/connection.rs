@@ -322,14 +322,23 @@ async fn open(
         r.backend = Some(entry.backend.address.clone());
     }
     let (status, extensions) = match handshake::response_head(&resp[..resp_len]) {
-        Some((code, ext)) => (Some(code), ext),
-        None => (None, false),
+        Some((code, ext)) => (code, ext),
+        None => {
+            tracing::warn!(backend = %entry.backend.address, "backend answered the upgrade with a malformed head: 502");
+            return reject_none(state, rec, client, Reject::BadGateway).await;
+        }
     };
-    if status != Some(101) {
+    if status == 101 {
+        if let Err(why) = handshake::check_101(&resp[..resp_len], &up) {
+            tracing::warn!(backend = %entry.backend.address, "backend's upgrade answer refused: {why}: 502");
+            return reject_none(state, rec, client, Reject::BadGateway).await;
+        }
+    }
+    if status != 101 {
         // The backend said no: its answer is the client's answer.
         state.runtime.count_failure("backend_refused");
         if let Some(r) = rec {
-            r.status = status.unwrap_or(0);
+            r.status = status;
             r.termination = "backend_refused";
         }
         refused::relay(&mut client, &mut backend, resp, resp_len, hs_timeout).await;

@@ -433,7 +433,11 @@ pub fn forward_head(up: &Upgrade, client: IpAddr, proto: &str) -> Vec<u8> {
             }
     };
     for (n, v) in up.headers.iter() {
-        if client_may_not_send(n) || HOP_BY_HOP.iter().any(|h| n.eq_ignore_ascii_case(h)) || listed(n) {
+        if client_may_not_send(n)
+            || HOP_BY_HOP.iter().any(|h| n.eq_ignore_ascii_case(h))
+            || listed(n)
+            || n.eq_ignore_ascii_case("upgrade")
+        {
             continue;
         }
         if let (Some(a), true) = (&up.authority, n.eq_ignore_ascii_case("host")) {
@@ -464,7 +468,9 @@ pub fn forward_head(up: &Upgrade, client: IpAddr, proto: &str) -> Vec<u8> {
     if !xff_done {
         let _ = write!(out, "X-Forwarded-For: {client}\r\n");
     }
-    out.extend_from_slice(b"Connection: Upgrade\r\n");
+    // Exactly the protocol the proxy relays: a client's `Upgrade: websocket, h2c` must not
+    // let a backend switch to another.
+    out.extend_from_slice(b"Upgrade: websocket\r\nConnection: Upgrade\r\n");
     let _ = write!(out, "X-Forwarded-Proto: {proto}\r\n");
     // Written in place (writes to a Vec cannot fail): no string per header.
     let _ = match client {
@@ -489,6 +495,47 @@ pub fn add_header(head: &mut Vec<u8>, line: &[u8]) {
 /// The status code of a complete response head.
 pub fn response_status(head: &[u8]) -> Option<u16> {
     response_head(head).map(|(code, _)| code)
+}
+
+/// `Sec-WebSocket-Accept` for a client's `Sec-WebSocket-Key` (RFC 6455 §4.2.2).
+pub fn accept_key(key: &[u8]) -> String {
+    use base64::Engine;
+    let mut ctx = ring::digest::Context::new(&ring::digest::SHA1_FOR_LEGACY_USE_ONLY);
+    ctx.update(key.trim_ascii());
+    ctx.update(b"258EAFA5-E914-47DA-95CA-C5AB0DC85B11");
+    base64::engine::general_purpose::STANDARD.encode(ctx.finish())
+}
+
+/// Checks a backend's `101` as the client would (RFC 6455 §4.1): `Upgrade: websocket`,
+/// `Connection: Upgrade`, the `Sec-WebSocket-Accept` for the key sent, and an extension only
+/// when the client offered one (an extension the client did not ask for would have it read
+/// compressed frames as garbage, and the relay let reserved bits through). The client would
+/// fail such an answer itself; the proxy answers 502 instead and says which backend.
+pub fn check_101(head: &[u8], up: &Upgrade) -> Result<(), &'static str> {
+    let lines = head.iter().filter(|b| **b == b'\n').count();
+    let (mut stack, mut heap) = ([httparse::EMPTY_HEADER; STACK_HEADERS], Vec::new());
+    let mut resp = httparse::Response::new(header_room(lines, &mut stack, &mut heap));
+    if !matches!(resp.parse(head), Ok(httparse::Status::Complete(_))) {
+        return Err("malformed 101");
+    }
+    let all = |name: &'static str| resp.headers.iter().filter(move |h| h.name.eq_ignore_ascii_case(name));
+    if !all("upgrade").any(|h| has_token(h.value, "websocket")) {
+        return Err("101 without Upgrade: websocket");
+    }
+    if !all("connection").any(|h| has_token(h.value, "upgrade")) {
+        return Err("101 without Connection: Upgrade");
+    }
+    let key = up.header("sec-websocket-key").unwrap_or_default();
+    let mut accepts = all("sec-websocket-accept");
+    match (accepts.next(), accepts.next()) {
+        (Some(a), None) if a.value.trim_ascii() == accept_key(key).as_bytes() => {}
+        _ => return Err("101 with a wrong Sec-WebSocket-Accept"),
+    }
+    let offered = up.headers.all("sec-websocket-extensions").any(|v| !v.trim_ascii().is_empty());
+    if !offered && all("sec-websocket-extensions").any(|h| !h.value.trim_ascii().is_empty()) {
+        return Err("101 with an extension the client did not offer");
+    }
+    Ok(())
 }
 
 /// The status code of a complete response head, and whether it agrees a WebSocket extension

@@ -168,3 +168,90 @@ async fn reserved_bits_pass_when_the_backend_agreed_an_extension() {
     t1.abort();
     t2.abort();
 }
+
+/// A raw upgrade answer, given the right `Sec-WebSocket-Accept`.
+type Answer = fn(&str) -> String;
+
+/// A backend that answers every upgrade with `answer(accept)` (`accept` being the right
+/// `Sec-WebSocket-Accept` for the key it got), then holds the connection.
+async fn answering_backend(answer: Answer) -> (String, tokio::task::JoinHandle<()>) {
+    let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = l.local_addr().unwrap().to_string();
+    let task = tokio::spawn(async move {
+        while let Ok((mut s, _)) = l.accept().await {
+            tokio::spawn(async move {
+                let (mut head, mut buf) = (Vec::new(), [0u8; 1024]);
+                while !head.windows(4).any(|w| w == b"\r\n\r\n") {
+                    match s.read(&mut buf).await {
+                        Ok(0) | Err(_) => return,
+                        Ok(n) => head.extend_from_slice(&buf[..n]),
+                    }
+                }
+                let text = String::from_utf8_lossy(&head).into_owned();
+                let key = text
+                    .lines()
+                    .find(|l| l.to_ascii_lowercase().starts_with("sec-websocket-key:"))
+                    .and_then(|l| l.split_once(':'))
+                    .map_or("", |(_, v)| v.trim());
+                let accept = tokio_tungstenite::tungstenite::handshake::derive_accept_key(key.as_bytes());
+                let _ = s.write_all(answer(&accept).as_bytes()).await;
+                while let Ok(1..) = s.read(&mut buf).await {}
+            });
+        }
+    });
+    (addr, task)
+}
+
+/// A 101 the client would fail (a wrong accept, no `Upgrade: websocket`, an extension it did
+/// not offer, or no valid head at all) is answered 502 by the proxy, which keeps serving.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_101_the_client_would_fail_is_answered_502() {
+    let _g = serial().await;
+    let cluster = Cluster::start(1, &[]).await;
+    let mut a = admin(&cluster.nodes[&1].addr);
+    let answers: [(&str, Answer); 5] = [
+        ("good", |acc| {
+            format!("HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Accept: {acc}\r\n\r\n")
+        }),
+        ("wrong-accept", |_| {
+            "HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Accept: AAAAAAAAAAAAAAAAAAAAAAAAAAA=\r\n\r\n".into()
+        }),
+        ("no-upgrade", |acc| {
+            format!("HTTP/1.1 101 Switching Protocols\r\nConnection: Upgrade\r\nSec-WebSocket-Accept: {acc}\r\n\r\n")
+        }),
+        ("unoffered", |acc| {
+            format!("HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Accept: {acc}\r\nSec-WebSocket-Extensions: permessage-deflate\r\n\r\n")
+        }),
+        ("garbage", |_| "HTTP/1.1 1O1 Switching\r\n\0\r\n\r\n".into()),
+    ];
+    let mut tasks = Vec::new();
+    let mut rev = 0;
+    for (name, answer) in answers {
+        let (backend, task) = answering_backend(answer).await;
+        tasks.push(task);
+        a.create_pool(CreatePoolRequest { pool: Some(Pool { name: name.into(), ..Default::default() }) })
+            .await
+            .unwrap();
+        let b = Backend { pool: name.into(), address: backend, weight: 1, ..Default::default() };
+        a.add_backend(AddBackendRequest { backend: Some(b) }).await.unwrap();
+        let route =
+            Route { name: name.into(), host: format!("{name}.example"), pool: name.into(), ..Default::default() };
+        rev = a.set_route(SetRouteRequest { route: Some(route), force: false }).await.unwrap().into_inner().revision;
+    }
+    let proxy = ProxyProcess::spawn(&cluster.endpoints(), &cluster.dir.path().join("proxy.cache"), "p1");
+    proxy.wait_revision(rev).await;
+    for (host, want) in [
+        ("good.example", "101"),
+        ("wrong-accept.example", "502"),
+        ("no-upgrade.example", "502"),
+        ("unoffered.example", "502"),
+        ("garbage.example", "502"),
+        ("good.example", "101"),
+    ] {
+        let status = upgrade_status(&proxy.ws, host).await;
+        assert_eq!(status.split(' ').nth(1), Some(want), "{host}: {status}");
+    }
+    for t in tasks {
+        t.abort();
+    }
+}

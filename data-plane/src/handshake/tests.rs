@@ -104,6 +104,47 @@ fn error_responses_are_http() {
     assert_eq!(response_head(empty.as_bytes()), Some((101, false)));
 }
 
+/// A backend's 101 is held to what the client would hold it to (RFC 6455 §4.1).
+#[test]
+fn a_backends_101_is_checked_as_the_client_would_check_it() {
+    assert_eq!(accept_key(b"dGhlIHNhbXBsZSBub25jZQ=="), "s3pPLMBiTxaQ9kYGzzhZRbK+xOo=", "RFC 6455's example");
+    let up = parse_request(GOOD.as_bytes()).unwrap();
+    let answer = |extra: &str| {
+        format!(
+            "HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\
+             Sec-WebSocket-Accept: s3pPLMBiTxaQ9kYGzzhZRbK+xOo=\r\n{extra}\r\n"
+        )
+    };
+    assert_eq!(check_101(answer("").as_bytes(), &up), Ok(()));
+    let odd = answer("")
+        .replace("Upgrade: websocket", "Upgrade: WebSocket")
+        .replace("Connection: Upgrade", "Connection: keep-alive, upgrade");
+    assert_eq!(check_101(odd.as_bytes(), &up), Ok(()), "tokens in any case, in a list");
+    for (what, head) in [
+        ("no Upgrade", answer("").replace("Upgrade: websocket\r\n", "")),
+        ("another protocol", answer("").replace("Upgrade: websocket", "Upgrade: h2c")),
+        ("no Connection", answer("").replace("Connection: Upgrade\r\n", "")),
+        ("a wrong accept", answer("").replace("s3pPLMBiTxaQ9kYGzzhZRbK+xOo=", "AAAAAAAAAAAAAAAAAAAAAAAAAAA=")),
+        ("no accept", answer("").replace("Sec-WebSocket-Accept: s3pPLMBiTxaQ9kYGzzhZRbK+xOo=\r\n", "")),
+        ("two accepts", answer("Sec-WebSocket-Accept: s3pPLMBiTxaQ9kYGzzhZRbK+xOo=\r\n")),
+        ("an extension not offered", answer("Sec-WebSocket-Extensions: permessage-deflate\r\n")),
+    ] {
+        assert!(check_101(head.as_bytes(), &up).is_err(), "{what}: {head}");
+    }
+    let offering = GOOD.replace("Cookie:", "Sec-WebSocket-Extensions: permessage-deflate\r\nCookie:");
+    let up = parse_request(offering.as_bytes()).unwrap();
+    assert_eq!(check_101(answer("Sec-WebSocket-Extensions: permessage-deflate\r\n").as_bytes(), &up), Ok(()));
+}
+
+/// The backend is asked for exactly WebSocket, whatever else the client's `Upgrade` lists.
+#[test]
+fn the_backend_is_asked_to_upgrade_to_websocket_alone() {
+    let up = parse_request(GOOD.replace("Upgrade: websocket", "Upgrade: websocket, h2c").as_bytes()).unwrap();
+    let fwd = String::from_utf8(forward_head(&up, "192.0.2.7".parse().unwrap(), "http")).unwrap();
+    assert_eq!(fwd.matches("Upgrade:").count(), 1, "{fwd}");
+    assert!(fwd.contains("\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n") && !fwd.contains("h2c"), "{fwd}");
+}
+
 fn refused(head: &str) -> Reject {
     parse_request(head.as_bytes()).unwrap_err()
 }
