@@ -371,13 +371,19 @@ const FORWARDING: [&str; 10] = [
     "x-client-ip",
 ];
 
+/// Headers some frameworks take as the request's real path (Symfony's and Zend's trusted
+/// `X-Original-URL`, IIS rewrites' `X-Rewrite-URL`), set by a proxy in front of them, never
+/// by a client: from a client they would route the application around the path this proxy
+/// routed (and authenticated) by.
+const PATH_OVERRIDES: [&str; 2] = ["x-original-url", "x-rewrite-url"];
+
 /// Whether a client's request header is dropped rather than sent on: a forwarding header the
-/// proxy writes itself ([`FORWARDING`]), or a name with an underscore, which CGI-style servers
-/// (WSGI, Rack, uWSGI) read as the dash spelling (`X_User` is `HTTP_X_USER`, as `X-User` is):
-/// it could stand in for a header the proxy strips or sets. NGINX drops those by default
-/// (`underscores_in_headers off`).
+/// proxy writes itself ([`FORWARDING`]), a path override ([`PATH_OVERRIDES`]), or a name with
+/// an underscore, which CGI-style servers (WSGI, Rack, uWSGI) read as the dash spelling
+/// (`X_User` is `HTTP_X_USER`, as `X-User` is): it could stand in for a header the proxy
+/// strips or sets. NGINX drops those by default (`underscores_in_headers off`).
 pub fn client_may_not_send(name: &str) -> bool {
-    name.contains('_') || FORWARDING.iter().any(|f| name.eq_ignore_ascii_case(f))
+    name.contains('_') || FORWARDING.iter().chain(&PATH_OVERRIDES).any(|f| name.eq_ignore_ascii_case(f))
 }
 
 /// Headers that describe the client's hop (RFC 9110 §7.6.1), never sent on; the proxy writes
