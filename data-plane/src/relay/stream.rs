@@ -137,6 +137,16 @@ impl Stream {
         if matches!(tcp.try_read(&mut sink), Ok(0)) || self.shutdown_write().is_err() {
             return;
         }
+        // A wss client's close_notify (and what was sealed before it) still queued: it goes
+        // out first, within the bound, then the FIN that `shutdown_write` held back.
+        if let Stream::Edge(t) = self {
+            if t.pending() {
+                let out = tokio::time::timeout(bound, std::future::poll_fn(|cx| t.poll_flush_outbox(cx))).await;
+                if !matches!(out, Ok(Ok(()))) || t.shutdown_write().is_err() {
+                    return;
+                }
+            }
+        }
         let _ = tokio::time::timeout(bound, async {
             loop {
                 if tcp.readable().await.is_err() {

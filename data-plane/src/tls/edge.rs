@@ -477,8 +477,14 @@ impl EdgeTls {
     }
 
     /// Ends our direction: close_notify, then the FIN; the socket stays open for reading.
+    /// While the socket has not taken all that is sealed (close_notify among it), the FIN
+    /// waits: sent now, it would cut what is still queued here, and the client would see a
+    /// truncated stream. [`crate::relay::Stream::linger`] sends it once the queue is out.
     pub fn shutdown_write(&self) -> io::Result<()> {
         let _ = self.close_notify();
+        if self.pending() {
+            return Ok(());
+        }
         socket2::SockRef::from(&self.tcp).shutdown(std::net::Shutdown::Write)
     }
 }

@@ -70,7 +70,7 @@ pub async fn accept(tcp: TcpStream, config: Arc<ServerConfig>) -> io::Result<(Ed
 
 impl EdgeTls {
     /// Ready once `outbox` is all sent.
-    pub(super) fn poll_flush_outbox(&self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+    pub(crate) fn poll_flush_outbox(&self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
         loop {
             {
                 let mut st = self.lock();

@@ -297,6 +297,30 @@ async fn a_tls12_connection_at_the_record_limit_closes_cleanly() {
     assert!(sent > 0);
 }
 
+/// Closing while the client's socket is full: close_notify and what was sealed before it go
+/// out before the FIN, so a client that reads on sees everything, then a clean end (a FIN
+/// sent at once cut the queue, and the client saw a truncated stream).
+#[tokio::test]
+async fn a_close_waits_for_what_is_queued_before_its_fin() {
+    let pki = pki(&[&rustls::version::TLS13]);
+    let (tls, mut c) = connected(&pki).await;
+    let mut sent = 0;
+    while !tls.pending() {
+        sent += tls.try_write(&[5u8; 16 * 1024]).unwrap();
+    }
+    let stream = crate::relay::Stream::Edge(Box::new(tls));
+    let closing = tokio::spawn(async move { stream.linger(Duration::from_secs(10)).await });
+    let mut got = Vec::new();
+    tokio::time::timeout(Duration::from_secs(10), c.read_to_end(&mut got))
+        .await
+        .unwrap()
+        .expect("a clean end, after close_notify");
+    assert_eq!(got.len(), sent);
+    assert!(got.iter().all(|&b| b == 5));
+    drop(c);
+    closing.await.unwrap();
+}
+
 /// Key updates with no data between them cost work and bring nothing: past rustls' allowance
 /// the connection fails instead of answering them for ever.
 #[tokio::test]
