@@ -130,6 +130,24 @@ fn host_is_loopback(headers: &HeaderMap) -> bool {
     name.eq_ignore_ascii_case("localhost") || name.parse::<IpAddr>().is_ok_and(|ip| ip.is_loopback())
 }
 
+/// Whether the console answers `peer` at all. This port has no TLS, so a token sent to it
+/// from another machine crossed the network in the clear, and one taken off the wire would
+/// work here too: on a node whose gRPC port requires TLS, and on one that serves cleartext on
+/// loopback only (whose `--metrics-listen` may still be routable, for scraping), the console
+/// is for this machine (an SSH tunnel, or `kubectl port-forward`, which arrives on loopback).
+/// Only `--insecure`, which opened the gRPC port to the network in the clear already, opens
+/// it too.
+fn open_to(security: Security, peer: SocketAddr) -> Result<(), &'static str> {
+    match security {
+        _ if peer.ip().is_loopback() => Ok(()),
+        Security::Insecure => Ok(()),
+        Security::Mtls => Err("this node requires TLS and its console port has none: open the console from this \
+             machine (an SSH tunnel or kubectl port-forward to it)"),
+        Security::Loopback => Err("this node serves cleartext on loopback only, and so does its console: open it \
+             from this machine (an SSH tunnel or kubectl port-forward to it)"),
+    }
+}
+
 /// The caller and what the page may offer them, or the refusal to send.
 fn authorize(
     node: &NodeCtx,
@@ -137,16 +155,8 @@ fn authorize(
     headers: &HeaderMap,
     path: &str,
 ) -> Result<(Caller, view::Rights), Response<Body>> {
-    // This port has no TLS: on a node whose gRPC port requires it, a token sent here from
-    // another machine crossed the network in the clear, and one taken off the wire would
-    // work here too. The console is then for this machine (an SSH tunnel, or
-    // `kubectl port-forward`, which arrives on loopback).
-    if node.config.security() == Security::Mtls && !peer.ip().is_loopback() {
-        return Err(error(
-            StatusCode::FORBIDDEN,
-            "this node requires TLS and its console port has none: open the console from this machine (an SSH \
-             tunnel or kubectl port-forward to it)",
-        ));
+    if let Err(why) = open_to(node.config.security(), peer) {
+        return Err(error(StatusCode::FORBIDDEN, why));
     }
     let trusted = node.config.security() != Security::Mtls && peer.ip().is_loopback() && host_is_loopback(headers);
     let authz =
@@ -246,5 +256,21 @@ mod tests {
             assert!(!host_is_loopback(&host(h)), "{h}");
         }
         assert!(!host_is_loopback(&HeaderMap::new()));
+    }
+
+    /// The console port has no TLS: from another machine it answers only a node that serves
+    /// cleartext to the network already (`--insecure`), never one whose gRPC port is held to
+    /// TLS or to loopback.
+    #[test]
+    fn the_console_answers_another_machine_only_on_an_insecure_node() {
+        let (here, there): (SocketAddr, SocketAddr) =
+            ("127.0.0.1:5000".parse().unwrap(), "10.0.0.7:5000".parse().unwrap());
+        for s in [Security::Mtls, Security::Loopback, Security::Insecure] {
+            assert!(open_to(s, here).is_ok(), "{s:?}");
+        }
+        assert!(open_to(Security::Insecure, there).is_ok());
+        assert!(open_to(Security::Mtls, there).unwrap_err().contains("requires TLS"));
+        assert!(open_to(Security::Loopback, there).unwrap_err().contains("loopback only"));
+        assert!(open_to(Security::Loopback, "[::1]:5000".parse().unwrap()).is_ok());
     }
 }

@@ -111,6 +111,9 @@ pub fn write(path: &Path, t: &Topology) -> std::io::Result<()> {
     write_file(path, &frame(&t.encode_to_vec()))
 }
 
+/// Writes so far by this process: the count in each temp file's name.
+static WRITES: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+
 /// `bytes` to `path` through a temp file beside it, durably (see [`write`]). The temp file's
 /// name is the whole name plus this process's id and a count: two proxies whose cache files
 /// differ only in their extension (`edge.8080`, `edge.8443`) must not write through one temp
@@ -119,14 +122,20 @@ pub fn write(path: &Path, t: &Topology) -> std::io::Result<()> {
 pub fn write_file(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
     use std::io::Write;
     use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
-    static WRITES: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
     let n = WRITES.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
     let mut tmp = path.as_os_str().to_owned();
     tmp.push(format!(".{}.{n}.tmp", std::process::id()));
     let tmp = PathBuf::from(tmp);
     let written = (|| {
-        let mut f = std::fs::OpenOptions::new().write(true).create(true).truncate(true).mode(0o600).open(&tmp)?;
-        // A leftover temp file keeps its old mode through `open`: set it before any byte.
+        // A new file or none: a leftover of that name (a crashed process whose id came back)
+        // goes first, and `create_new` (O_EXCL) neither follows a link planted at the name,
+        // in a directory others can write to, nor truncates what it points to.
+        match std::fs::remove_file(&tmp) {
+            Err(e) if e.kind() != std::io::ErrorKind::NotFound => return Err(e),
+            _ => {}
+        }
+        let mut f = std::fs::OpenOptions::new().write(true).create_new(true).mode(0o600).open(&tmp)?;
+        // The umask may have taken bits from the mode: set it before any byte.
         f.set_permissions(std::fs::Permissions::from_mode(0o600))?;
         f.write_all(bytes)?;
         f.sync_all()?;
@@ -218,6 +227,24 @@ mod tests {
         write(&path, &topology()).unwrap();
         assert_eq!(mode(&path), 0o600);
         assert_eq!(load(&path).map(|(t, _)| t), Some(topology()));
+    }
+
+    /// In a directory others can write to, a link planted at the temp file's (predictable)
+    /// name is not followed: the file it points to is left as it was.
+    #[test]
+    fn a_link_planted_at_the_temp_name_is_not_followed() {
+        let dir = tempfile::tempdir().unwrap();
+        let victim = dir.path().join("victim");
+        std::fs::write(&victim, b"precious").unwrap();
+        let path = dir.path().join("cache");
+        let next = WRITES.load(std::sync::atomic::Ordering::Relaxed);
+        for n in next..next + 64 {
+            let tmp = dir.path().join(format!("cache.{}.{n}.tmp", std::process::id()));
+            std::os::unix::fs::symlink(&victim, tmp).unwrap();
+        }
+        write(&path, &topology()).unwrap();
+        assert_eq!(std::fs::read(&victim).unwrap(), b"precious");
+        assert!(load(&path).is_some(), "the cache itself was written");
     }
 
     #[test]
