@@ -78,6 +78,16 @@ pub fn open(path: &Path) -> Result<Option<(Topology, SystemTime)>, CacheError> {
     if !meta.is_file() {
         return Err(CacheError::Io(std::io::Error::other("not a regular file")));
     }
+    if meta.len() > MAX_FILE {
+        // Its first bytes say whose it is, without reading the rest into memory.
+        let mut head = [0u8; MAGIC.len()];
+        std::io::Read::read_exact(&mut std::fs::File::open(path)?, &mut head)?;
+        if head != *MAGIC {
+            return Err(CacheError::Foreign);
+        }
+        tracing::warn!(path = %path.display(), bytes = meta.len(), "config cache larger than any config: ignored");
+        return Ok(None);
+    }
     let bytes = std::fs::read(path)?;
     if !bytes.is_empty() && !bytes.starts_with(&MAGIC[..bytes.len().min(MAGIC.len())]) {
         return Err(CacheError::Foreign);
@@ -85,8 +95,15 @@ pub fn open(path: &Path) -> Result<Option<(Topology, SystemTime)>, CacheError> {
     Ok(usable(path, &bytes, meta.modified().unwrap_or(SystemTime::UNIX_EPOCH)))
 }
 
+/// The largest cache file read: a config is at most one gRPC message, and the header is
+/// small. A larger file (sparse, or grown by someone else) is not read into memory.
+const MAX_FILE: u64 = switchyard_model::limits::MAX_GRPC_MESSAGE as u64 + 1024;
+
 /// Loads the cache file, if there is a usable one, with the time it was written.
 pub fn load(path: &Path) -> Option<(Topology, SystemTime)> {
+    if std::fs::metadata(path).ok()?.len() > MAX_FILE {
+        return None;
+    }
     let bytes = std::fs::read(path).ok()?;
     let written = std::fs::metadata(path).and_then(|m| m.modified()).unwrap_or(SystemTime::UNIX_EPOCH);
     usable(path, &bytes, written)
@@ -227,6 +244,22 @@ mod tests {
         write(&path, &topology()).unwrap();
         assert_eq!(mode(&path), 0o600);
         assert_eq!(load(&path).map(|(t, _)| t), Some(topology()));
+    }
+
+    /// A cache file larger than any config is not read into memory: ignored (and so
+    /// replaced) when it is a cache, refused when it is someone else's file.
+    #[test]
+    fn a_file_larger_than_any_config_is_not_read() {
+        let dir = tempfile::tempdir().unwrap();
+        let (ours, theirs) = (dir.path().join("ours"), dir.path().join("theirs"));
+        for (p, head) in [(&ours, &MAGIC[..]), (&theirs, &b"not a cache"[..])] {
+            let f = std::fs::File::create(p).unwrap();
+            std::io::Write::write_all(&mut &f, head).unwrap();
+            f.set_len(MAX_FILE + 1).unwrap(); // sparse: no gigabytes written
+        }
+        assert!(matches!(open(&ours), Ok(None)));
+        assert!(matches!(open(&theirs), Err(CacheError::Foreign)));
+        assert!(load(&ours).is_none());
     }
 
     /// In a directory others can write to, a link planted at the temp file's (predictable)

@@ -118,7 +118,20 @@ impl SnapshotStore {
         crc.update(data);
         let tmp = self.dir.join(TMP);
         let io = |what: &str, e: std::io::Error| write_err(format!("{what} {}: {e}", tmp.display()));
-        let mut f = File::create(&tmp).map_err(|e| io("create", e))?;
+        // It holds token records and the affinity secret: private however the umask is set
+        // (a leftover temp file keeps its old mode through `open`, so it is set again).
+        let mut f = {
+            use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
+            let f = std::fs::OpenOptions::new()
+                .write(true)
+                .create(true)
+                .truncate(true)
+                .mode(0o600)
+                .open(&tmp)
+                .map_err(|e| io("create", e))?;
+            f.set_permissions(std::fs::Permissions::from_mode(0o600)).map_err(|e| io("chmod", e))?;
+            f
+        };
         f.write_all(&head).map_err(|e| io("write", e))?;
         // A few megabytes at a time, each made durable before the next: the log's fsyncs
         // share the disk, and one behind hundreds of megabytes of dirty snapshot pages waited
@@ -230,6 +243,18 @@ mod tests {
         let db = sled::Config::new().temporary(true).open().unwrap();
         let s = SnapshotStore::open(tmp.path(), &db).unwrap();
         (tmp, s)
+    }
+
+    /// The snapshot holds token records and the affinity secret: private, whatever the umask.
+    #[test]
+    fn the_snapshot_file_is_private() {
+        use std::os::unix::fs::PermissionsExt;
+        let (tmp, s) = store();
+        std::fs::write(tmp.path().join(TMP), b"left over").unwrap();
+        std::fs::set_permissions(tmp.path().join(TMP), std::fs::Permissions::from_mode(0o644)).unwrap();
+        s.store(&meta(1), b"one").unwrap();
+        let mode = std::fs::metadata(tmp.path().join(FILE)).unwrap().permissions().mode();
+        assert_eq!(mode & 0o777, 0o600);
     }
 
     #[test]
