@@ -15,6 +15,25 @@ async fn slow_to_upgrade(delay: Duration) -> (String, tokio::task::JoinHandle<()
     upgrading_backend(delay, None).await
 }
 
+/// Reads an upgrade request's head from `s`: the `Sec-WebSocket-Accept` its key calls for,
+/// or `None` if the connection ends first.
+async fn read_upgrade(s: &mut tokio::net::TcpStream) -> Option<String> {
+    let (mut head, mut buf) = (Vec::new(), [0u8; 1024]);
+    while !head.windows(4).any(|w| w == b"\r\n\r\n") {
+        match s.read(&mut buf).await {
+            Ok(0) | Err(_) => return None,
+            Ok(n) => head.extend_from_slice(&buf[..n]),
+        }
+    }
+    let text = String::from_utf8_lossy(&head).into_owned();
+    let key = text
+        .lines()
+        .find(|l| l.to_ascii_lowercase().starts_with("sec-websocket-key:"))
+        .and_then(|l| l.split_once(':'))
+        .map_or("", |(_, v)| v.trim());
+    Some(tokio_tungstenite::tungstenite::handshake::derive_accept_key(key.as_bytes()))
+}
+
 /// A backend that answers each upgrade after `delay`, agreeing `extension` if given, then
 /// sends every frame it gets back unmasked, its first byte (FIN, RSV bits, opcode) kept.
 async fn upgrading_backend(delay: Duration, extension: Option<&'static str>) -> (String, tokio::task::JoinHandle<()>) {
@@ -23,20 +42,8 @@ async fn upgrading_backend(delay: Duration, extension: Option<&'static str>) -> 
     let task = tokio::spawn(async move {
         while let Ok((mut s, _)) = l.accept().await {
             tokio::spawn(async move {
-                let (mut head, mut buf) = (Vec::new(), [0u8; 1024]);
-                while !head.windows(4).any(|w| w == b"\r\n\r\n") {
-                    match s.read(&mut buf).await {
-                        Ok(0) | Err(_) => return,
-                        Ok(n) => head.extend_from_slice(&buf[..n]),
-                    }
-                }
-                let text = String::from_utf8_lossy(&head).into_owned();
-                let key = text
-                    .lines()
-                    .find(|l| l.to_ascii_lowercase().starts_with("sec-websocket-key:"))
-                    .and_then(|l| l.split_once(':'))
-                    .map_or("", |(_, v)| v.trim());
-                let accept = tokio_tungstenite::tungstenite::handshake::derive_accept_key(key.as_bytes());
+                let mut buf = [0u8; 1024];
+                let Some(accept) = read_upgrade(&mut s).await else { return };
                 tokio::time::sleep(delay).await;
                 let agreed = extension.map_or(String::new(), |e| format!("Sec-WebSocket-Extensions: {e}\r\n"));
                 let answer = format!(
@@ -180,20 +187,8 @@ async fn answering_backend(answer: Answer) -> (String, tokio::task::JoinHandle<(
     let task = tokio::spawn(async move {
         while let Ok((mut s, _)) = l.accept().await {
             tokio::spawn(async move {
-                let (mut head, mut buf) = (Vec::new(), [0u8; 1024]);
-                while !head.windows(4).any(|w| w == b"\r\n\r\n") {
-                    match s.read(&mut buf).await {
-                        Ok(0) | Err(_) => return,
-                        Ok(n) => head.extend_from_slice(&buf[..n]),
-                    }
-                }
-                let text = String::from_utf8_lossy(&head).into_owned();
-                let key = text
-                    .lines()
-                    .find(|l| l.to_ascii_lowercase().starts_with("sec-websocket-key:"))
-                    .and_then(|l| l.split_once(':'))
-                    .map_or("", |(_, v)| v.trim());
-                let accept = tokio_tungstenite::tungstenite::handshake::derive_accept_key(key.as_bytes());
+                let mut buf = [0u8; 1024];
+                let Some(accept) = read_upgrade(&mut s).await else { return };
                 let _ = s.write_all(answer(&accept).as_bytes()).await;
                 while let Ok(1..) = s.read(&mut buf).await {}
             });
