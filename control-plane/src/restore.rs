@@ -75,6 +75,10 @@ pub async fn restore(config: &NodeConfig, file: &Path) -> Result<Restored, NodeE
 
     let db = store::open_with(dir, config.id, false)?;
     let failed = |e: &dyn std::fmt::Display| refuse(config, format!("restore failed: {e}"));
+    // Until the last step below is on disk, a start refuses this dir (`store::RESTORING`).
+    let marker = dir.join(store::RESTORING);
+    let sync_dir = || std::fs::File::open(dir).and_then(|d| d.sync_all());
+    std::fs::File::create(&marker).and_then(|f| f.sync_all()).and_then(|()| sync_dir()).map_err(|e| failed(&e))?;
     // Term 0, as openraft's own first entry: any leader's first entry comes after it.
     let at = LogId::new(CommittedLeaderId::new(0, 0), backup.revision);
     let voters: BTreeSet<NodeId> = members.keys().copied().collect();
@@ -94,6 +98,7 @@ pub async fn restore(config: &NodeConfig, file: &Path) -> Result<Restored, NodeE
     ClusterId::record_restored_from(&db, &backup.cluster_id).map_err(|e| failed(&e))?;
     ClusterId::open(&db).and_then(|ids| ids.adopt(&new_cluster)).map_err(|e| failed(&e))?;
     db.flush_async().await.map_err(|e| failed(&e))?;
+    std::fs::remove_file(&marker).and_then(|()| sync_dir()).map_err(|e| failed(&e))?;
     Ok(Restored { revision: backup.revision, old_cluster: backup.cluster_id, new_cluster })
 }
 

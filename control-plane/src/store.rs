@@ -103,12 +103,22 @@ pub fn open(dir: &Path, node_id: u64) -> Result<sled::Db, NodeError> {
 
 /// [`open`], with or without sled's background flusher: a restore opens without it, so the
 /// database is released the moment it is dropped and the node can open it right after.
+/// Written into a data dir when `--restore` starts filling it and removed when it is done:
+/// a restore stopped halfway leaves a dir with state and no cluster id, which must not start
+/// as if it were whole.
+pub const RESTORING: &str = "RESTORING";
+
 pub fn open_with(dir: &Path, node_id: u64, background_flush: bool) -> Result<sled::Db, NodeError> {
     let path = dir.display().to_string();
     let err = |reason: String| NodeError::DataDir { path: path.clone(), reason };
     let existed = dir.join("conf").exists();
     if dir.exists() && !dir.is_dir() {
         return Err(err("is not a directory; point --data-dir at an empty or new directory".into()));
+    }
+    if dir.join(RESTORING).exists() {
+        return Err(err("holds a restore that did not finish (the node was stopped during --restore): move it \
+             aside and run --restore again into an empty data dir"
+            .into()));
     }
     if dir.exists() {
         let entries: Vec<_> = std::fs::read_dir(dir).map_err(|e| err(e.to_string()))?.filter_map(|e| e.ok()).collect();
@@ -204,6 +214,16 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         // Read through the nearest folder that exists.
         assert!(free_bytes(&dir.path().join("not/yet")).is_some_and(|f| f > 0));
+    }
+
+    #[test]
+    fn a_data_dir_with_an_unfinished_restore_is_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("node");
+        drop(open_with(&path, 1, false).unwrap());
+        std::fs::write(path.join(RESTORING), b"").unwrap();
+        let e = open(&path, 1).unwrap_err().to_string();
+        assert!(e.contains("restore that did not finish") && e.contains("--restore again"), "{e}");
     }
 
     #[test]
