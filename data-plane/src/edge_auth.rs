@@ -183,11 +183,9 @@ fn percent_decoded_is(k: &str, name: &str) -> bool {
     loop {
         match (k, name) {
             ([], []) => return true,
-            ([b'%', h, l, rest @ ..], [c, more @ ..])
-                if (*h as char).is_ascii_hexdigit() && (*l as char).is_ascii_hexdigit() =>
-            {
-                let byte = u8::from_str_radix(std::str::from_utf8(&[*h, *l]).unwrap_or("zz"), 16).ok();
-                if byte != Some(*c) {
+            ([b'%', h, l, rest @ ..], [c, more @ ..]) if h.is_ascii_hexdigit() && l.is_ascii_hexdigit() => {
+                let hex = |d: u8| (d as char).to_digit(16).unwrap_or(0);
+                if hex(*h) * 16 + hex(*l) != u32::from(*c) {
                     return false;
                 }
                 (k, name) = (rest, more);
