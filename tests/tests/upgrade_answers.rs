@@ -12,7 +12,7 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 /// A backend that takes `delay` to answer each upgrade with its 101, then holds the
 /// connection until the proxy closes it.
 async fn slow_to_upgrade(delay: Duration) -> (String, tokio::task::JoinHandle<()>) {
-    upgrading_backend(delay, None).await
+    upgrading_backend(delay, |acc| good_101(acc, None)).await
 }
 
 /// Reads an upgrade request's head from `s`: the `Sec-WebSocket-Accept` its key calls for,
@@ -34,23 +34,33 @@ async fn read_upgrade(s: &mut tokio::net::TcpStream) -> Option<String> {
     Some(tokio_tungstenite::tungstenite::handshake::derive_accept_key(key.as_bytes()))
 }
 
-/// A backend that answers each upgrade after `delay`, agreeing `extension` if given, then
-/// sends every frame it gets back unmasked, its first byte (FIN, RSV bits, opcode) kept.
-async fn upgrading_backend(delay: Duration, extension: Option<&'static str>) -> (String, tokio::task::JoinHandle<()>) {
+/// The 101 a backend that agrees `extension` (if any) sends, with the right `accept`.
+fn good_101(accept: &str, extension: Option<&str>) -> String {
+    let agreed = extension.map_or(String::new(), |e| format!("Sec-WebSocket-Extensions: {e}\r\n"));
+    format!(
+        "HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\
+         Sec-WebSocket-Accept: {accept}\r\n{agreed}\r\n"
+    )
+}
+
+/// A backend that answers each upgrade after `delay` with `answer(accept)` (`accept` being the
+/// right `Sec-WebSocket-Accept` for the key it got), then sends every frame it gets back
+/// unmasked, its first byte (FIN, RSV bits, opcode) kept.
+async fn upgrading_backend(
+    delay: Duration,
+    answer: impl Fn(&str) -> String + Send + Sync + 'static,
+) -> (String, tokio::task::JoinHandle<()>) {
     let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = l.local_addr().unwrap().to_string();
+    let answer = std::sync::Arc::new(answer);
     let task = tokio::spawn(async move {
         while let Ok((mut s, _)) = l.accept().await {
+            let answer = answer.clone();
             tokio::spawn(async move {
                 let mut buf = [0u8; 1024];
                 let Some(accept) = read_upgrade(&mut s).await else { return };
                 tokio::time::sleep(delay).await;
-                let agreed = extension.map_or(String::new(), |e| format!("Sec-WebSocket-Extensions: {e}\r\n"));
-                let answer = format!(
-                    "HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\
-                     Sec-WebSocket-Accept: {accept}\r\n{agreed}\r\n"
-                );
-                let _ = s.write_all(answer.as_bytes()).await;
+                let _ = s.write_all(answer(&accept).as_bytes()).await;
                 // Short masked frames (payload under 126 bytes) back as the server sends them.
                 let mut got = Vec::new();
                 while let Ok(n @ 1..) = s.read(&mut buf).await {
@@ -70,6 +80,16 @@ async fn upgrading_backend(delay: Duration, extension: Option<&'static str>) -> 
         }
     });
     (addr, task)
+}
+
+/// Pool `name` with `backend` alone, routed from host `name.example`: the revision of the route.
+async fn routed_pool(cluster: &Cluster, name: &str, backend: &str) -> u64 {
+    let mut a = admin(&cluster.nodes[&1].addr);
+    a.create_pool(CreatePoolRequest { pool: Some(Pool { name: name.into(), ..Default::default() }) }).await.unwrap();
+    let b = Backend { pool: name.into(), address: backend.into(), weight: 1, ..Default::default() };
+    a.add_backend(AddBackendRequest { backend: Some(b) }).await.unwrap();
+    let route = Route { name: name.into(), host: format!("{name}.example"), pool: name.into(), ..Default::default() };
+    a.set_route(SetRouteRequest { route: Some(route), force: false }).await.unwrap().into_inner().revision
 }
 
 /// A backend counts a connection from the moment it is picked, not from its 101: a burst of
@@ -122,20 +142,11 @@ async fn upgrades_in_flight_count_against_their_backend() {
 async fn reserved_bits_pass_when_the_backend_agreed_an_extension() {
     let _g = serial().await;
     let cluster = Cluster::start(1, &[]).await;
-    let addr = cluster.nodes[&1].addr.clone();
-    let (deflate, t1) = upgrading_backend(Duration::ZERO, Some("permessage-deflate")).await;
-    let (plain, t2) = upgrading_backend(Duration::ZERO, None).await;
-    let mut a = admin(&addr);
+    let (deflate, t1) = upgrading_backend(Duration::ZERO, |acc| good_101(acc, Some("permessage-deflate"))).await;
+    let (plain, t2) = upgrading_backend(Duration::ZERO, |acc| good_101(acc, None)).await;
     let mut rev = 0;
     for (name, backend) in [("deflate", &deflate), ("plain", &plain)] {
-        a.create_pool(CreatePoolRequest { pool: Some(Pool { name: name.into(), ..Default::default() }) })
-            .await
-            .unwrap();
-        let b = Backend { pool: name.into(), address: backend.clone(), weight: 1, ..Default::default() };
-        a.add_backend(AddBackendRequest { backend: Some(b) }).await.unwrap();
-        let route =
-            Route { name: name.into(), host: format!("{name}.example"), pool: name.into(), ..Default::default() };
-        rev = a.set_route(SetRouteRequest { route: Some(route), force: false }).await.unwrap().into_inner().revision;
+        rev = routed_pool(&cluster, name, backend).await;
     }
     let proxy = ProxyProcess::spawn(&cluster.endpoints(), &cluster.dir.path().join("proxy.cache"), "p1");
     proxy.wait_revision(rev).await;
@@ -179,35 +190,14 @@ async fn reserved_bits_pass_when_the_backend_agreed_an_extension() {
 /// A raw upgrade answer, given the right `Sec-WebSocket-Accept`.
 type Answer = fn(&str) -> String;
 
-/// A backend that answers every upgrade with `answer(accept)` (`accept` being the right
-/// `Sec-WebSocket-Accept` for the key it got), then holds the connection.
-async fn answering_backend(answer: Answer) -> (String, tokio::task::JoinHandle<()>) {
-    let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = l.local_addr().unwrap().to_string();
-    let task = tokio::spawn(async move {
-        while let Ok((mut s, _)) = l.accept().await {
-            tokio::spawn(async move {
-                let mut buf = [0u8; 1024];
-                let Some(accept) = read_upgrade(&mut s).await else { return };
-                let _ = s.write_all(answer(&accept).as_bytes()).await;
-                while let Ok(1..) = s.read(&mut buf).await {}
-            });
-        }
-    });
-    (addr, task)
-}
-
 /// A 101 the client would fail (a wrong accept, no `Upgrade: websocket`, an extension it did
 /// not offer, or no valid head at all) is answered 502 by the proxy, which keeps serving.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_101_the_client_would_fail_is_answered_502() {
     let _g = serial().await;
     let cluster = Cluster::start(1, &[]).await;
-    let mut a = admin(&cluster.nodes[&1].addr);
     let answers: [(&str, Answer); 5] = [
-        ("good", |acc| {
-            format!("HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Accept: {acc}\r\n\r\n")
-        }),
+        ("good", |acc| good_101(acc, None)),
         ("wrong-accept", |_| {
             "HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Accept: AAAAAAAAAAAAAAAAAAAAAAAAAAA=\r\n\r\n".into()
         }),
@@ -222,16 +212,9 @@ async fn a_101_the_client_would_fail_is_answered_502() {
     let mut tasks = Vec::new();
     let mut rev = 0;
     for (name, answer) in answers {
-        let (backend, task) = answering_backend(answer).await;
+        let (backend, task) = upgrading_backend(Duration::ZERO, answer).await;
         tasks.push(task);
-        a.create_pool(CreatePoolRequest { pool: Some(Pool { name: name.into(), ..Default::default() }) })
-            .await
-            .unwrap();
-        let b = Backend { pool: name.into(), address: backend, weight: 1, ..Default::default() };
-        a.add_backend(AddBackendRequest { backend: Some(b) }).await.unwrap();
-        let route =
-            Route { name: name.into(), host: format!("{name}.example"), pool: name.into(), ..Default::default() };
-        rev = a.set_route(SetRouteRequest { route: Some(route), force: false }).await.unwrap().into_inner().revision;
+        rev = routed_pool(&cluster, name, &backend).await;
     }
     let proxy = ProxyProcess::spawn(&cluster.endpoints(), &cluster.dir.path().join("proxy.cache"), "p1");
     proxy.wait_revision(rev).await;
