@@ -338,10 +338,15 @@ pub fn parse_request(head: &[u8]) -> Result<Upgrade, Reject> {
     Ok(Upgrade { target, host, headers, authority, claims: None, set_here: Vec::new() })
 }
 
-/// A base64 encoding of 16 bytes: 22 characters and "==".
+/// A base64 encoding of 16 bytes: 22 characters and "==", the last character's four spare
+/// bits zero (so one key has one spelling: RFC 4648 section 3.5, which the backend's own
+/// decoder may hold it to).
 fn valid_key(k: &[u8]) -> bool {
     let k = k.trim_ascii();
-    k.len() == 24 && k.ends_with(b"==") && k[..22].iter().all(|b| b.is_ascii_alphanumeric() || *b == b'+' || *b == b'/')
+    k.len() == 24
+        && k.ends_with(b"==")
+        && k[..22].iter().all(|b| b.is_ascii_alphanumeric() || *b == b'+' || *b == b'/')
+        && b"AQgw".contains(&k[21])
 }
 
 pub(crate) fn strip_port(h: &str) -> &str {

@@ -163,6 +163,24 @@ fn one_host_one_key_one_version() {
 }
 
 #[test]
+fn a_key_is_sixteen_bytes_in_canonical_base64() {
+    let with = |k: &str| GOOD.replace("dGhlIHNhbXBsZSBub25jZQ==", k);
+    let bad = Reject::BadRequest("Sec-WebSocket-Key is not 16 bytes in base64");
+    for k in [
+        "dGhlIHNhbXBsZSBub25jZR==",
+        "dGhlIHNhbXBsZSBub25jZQ=",
+        "dGhlIHNhbXBsZSBub25jZQ",
+        "dGhlIHNhbXBsZSBub25j*Q==",
+        "dGhlIHNhbXBsZSBub25jZQ==AA",
+    ] {
+        assert_eq!(refused(&with(k)), bad, "{k}");
+    }
+    for k in ["AAAAAAAAAAAAAAAAAAAAAA==", "/////////////////////w==", "dGhlIHNhbXBsZSBub25jZg=="] {
+        assert!(parse_request(with(k).as_bytes()).is_ok(), "{k}");
+    }
+}
+
+#[test]
 fn only_heads_naming_websocket_in_upgrade_take_the_websocket_path() {
     assert!(wants_websocket(GOOD.as_bytes()));
     assert!(wants_websocket(b"GET / HTTP/1.1\r\nupgrade :  h2c, WebSocket\r\n\r\n"));
