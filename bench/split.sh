@@ -6,7 +6,8 @@
 #
 # Usage: bash bench/split.sh [SECONDS] [ROUNDS]   (BASELINE=DIR: also DIR/switchyard-proxy,
 # another build, as targets "baseline" and "baseline-ws", to compare a change with its
-# predecessor; PERF=1: also samples each proxy with perf in the first round and splits its CPU
+# predecessor; BLARGS="...": flags for that baseline only, e.g. BASELINE=target/release
+# BLARGS=--no-park-yield to weigh a flag; PERF=1: also samples each proxy with perf in the first round and splits its CPU
 # per message by where it goes: sending, receiving, epoll_wait, being preempted on the way
 # back from a system call, sched_yield, the rest of the kernel, user space; SECONDS >= 3)
 set -euo pipefail
@@ -37,7 +38,7 @@ $B/switchyard backend add bench 127.0.0.1:$BACKEND >/dev/null
 $B/switchyard route set all --pool bench >/dev/null
 start_proxy() { # BINARY ID WS WSS ADMIN
   "$1" --listen 127.0.0.1:$3 --admin 127.0.0.1:$5 --control-plane 127.0.0.1:$CP --proxy-id "$2" \
-    --wss-listen 127.0.0.1:$4 --wss-cert "$CERTS/bench.crt" --wss-key "$CERTS/bench.key" > "$OUT/$2.log" 2>&1 &
+    --wss-listen 127.0.0.1:$4 --wss-cert "$CERTS/bench.crt" --wss-key "$CERTS/bench.key" ${@:6} > "$OUT/$2.log" 2>&1 &
 }
 start_proxy $B/switchyard-proxy switchyard $SY $SYS $SYA; SYPID=$!; PIDS+=($SYPID)
 nginx_ws_conf "$OUT/nginx.conf" $BACKEND "listen 127.0.0.1:$NG;" "listen 127.0.0.1:$NGS ssl;" \
@@ -48,7 +49,7 @@ declare -A PID=([switchyard]=$SYPID [switchyard-ws]=$SYPID [nginx]=$NGPID [nginx
 TARGETS="switchyard switchyard-ws nginx nginx-ws"
 if [ -n "${BASELINE:-}" ]; then
   BL=$(port); BLS=$(port); BLA=$(port)
-  start_proxy "$BASELINE/switchyard-proxy" baseline $BL $BLS $BLA; BLPID=$!; PIDS+=($BLPID)
+  start_proxy "$BASELINE/switchyard-proxy" baseline $BL $BLS $BLA $BLARGS; BLPID=$!; PIDS+=($BLPID)
   wait_port $BLS; wait_proxy_config 127.0.0.1:$BLA
   ADDR+=([baseline]=$BLS [baseline-ws]=$BL); PID+=([baseline]=$BLPID [baseline-ws]=$BLPID)
   TARGETS="switchyard switchyard-ws baseline baseline-ws nginx nginx-ws"
