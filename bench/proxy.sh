@@ -143,7 +143,10 @@ fresh() {
       wait_proxy_config 127.0.0.1:$SYA; PID[switchyard]=$SYPID; PID[switchyard-wss]=$SYPID ;;
     baseline*) kill -9 $BLPID; wait $BLPID 2>/dev/null || true; start_baseline; wait_port $BL; wait_port $BLS
       wait_proxy_config 127.0.0.1:$BLA; PID[baseline]=$BLPID; PID[baseline-wss]=$BLPID ;;
-    nginx*) for c in $(pgrep -P $NGPID); do kill -9 $c; done; kill -9 $NGPID; wait $NGPID 2>/dev/null || true
+    # The master is stopped first: killed workers are otherwise respawned, and one that
+    # outlives it keeps the port, so the new NGINX cannot bind and the old one is measured.
+    nginx*) kill -STOP $NGPID 2>/dev/null || true; for c in $(pgrep -P $NGPID); do kill -9 $c; done
+      kill -9 $NGPID 2>/dev/null || true; wait $NGPID 2>/dev/null || true
       start_nginx; wait_port $NG; wait_port $NGS; PID[nginx]=$NGPID; PID[nginx-wss]=$NGPID ;;
     haproxy*) kill -9 $HAPID; wait $HAPID 2>/dev/null || true; start_haproxy; wait_port $HA; wait_port $HAS
       PID[haproxy]=$HAPID; PID[haproxy-wss]=$HAPID ;;
