@@ -42,6 +42,9 @@ const OPERATE: &str = "/switchyard.v1.Admin/SetBackendState";
 const AUDIT: &str = "/switchyard.v1.Access/ListAudit";
 /// A request body on the console is a few names; anything larger is refused unread.
 const MAX_BODY: usize = 4096;
+/// A body must arrive within this, as a head must (`HEAD_TIMEOUT` of the port): a sender that
+/// stalls mid-body would hold a connection slot until the connection's lifetime ends.
+const BODY_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(5);
 
 /// Answers a console path, or `None` when `req` is not for the console.
 pub async fn answer(node: &Arc<NodeCtx>, peer: SocketAddr, req: Request<Incoming>) -> Option<Response<Body>> {
@@ -123,11 +126,23 @@ fn http_status(s: &tonic::Status) -> StatusCode {
 /// Whether `Host` names this machine's loopback (an IP literal or `localhost`).
 fn host_is_loopback(headers: &HeaderMap) -> bool {
     let Some(host) = headers.get(header::HOST).and_then(|h| h.to_str().ok()) else { return false };
-    let name = match host.strip_prefix('[') {
-        Some(rest) => rest.split(']').next().unwrap_or(""),
-        None => host.rsplit_once(':').map_or(host, |(h, _)| h),
-    };
+    let name = switchyard_model::rebinding::host_name(host);
     name.eq_ignore_ascii_case("localhost") || name.parse::<IpAddr>().is_ok_and(|ip| ip.is_loopback())
+}
+
+/// Headers a forwarder adds for the client it stands in for.
+const FORWARDED_FOR: [&str; 5] = ["forwarded", "x-forwarded-for", "x-forwarded-host", "x-real-ip", "via"];
+
+/// Whether a token-less caller is this machine's own user, trusted as the gRPC port trusts
+/// loopback on a node without TLS. A loopback peer is not proof of that when a reverse proxy
+/// or tunnel on this machine forwards other users (and a client picks its own `Host`), so a
+/// request carrying a forwarder's headers must show a token; a forwarder that adds none
+/// opens the console as it would open the gRPC port (see the README's console section).
+fn loopback_trusted(security: Security, peer: SocketAddr, headers: &HeaderMap) -> bool {
+    security != Security::Mtls
+        && peer.ip().is_loopback()
+        && host_is_loopback(headers)
+        && !FORWARDED_FOR.iter().any(|h| headers.contains_key(*h))
 }
 
 /// Whether the console answers `peer` at all. This port has no TLS, so a token sent to it
@@ -158,7 +173,7 @@ fn authorize(
     if let Err(why) = open_to(node.config.security(), peer) {
         return Err(error(StatusCode::FORBIDDEN, why));
     }
-    let trusted = node.config.security() != Security::Mtls && peer.ip().is_loopback() && host_is_loopback(headers);
+    let trusted = loopback_trusted(node.config.security(), peer, headers);
     let authz =
         Authorizer { mode: if trusted { Auth::LoopbackTrusted } else { Auth::Required }, tokens: node.shared.clone() };
     let presented =
@@ -199,9 +214,10 @@ async fn set_backend_state(node: &Arc<NodeCtx>, peer: SocketAddr, req: Request<I
             return error(StatusCode::FORBIDDEN, "a request from another origin is refused");
         }
     }
-    let body = match Limited::new(req.into_body(), MAX_BODY).collect().await {
-        Ok(b) => b.to_bytes(),
-        Err(_) => return error(StatusCode::PAYLOAD_TOO_LARGE, format!("the body is over {MAX_BODY} bytes")),
+    let body = match tokio::time::timeout(BODY_TIMEOUT, Limited::new(req.into_body(), MAX_BODY).collect()).await {
+        Ok(Ok(b)) => b.to_bytes(),
+        Ok(Err(_)) => return error(StatusCode::PAYLOAD_TOO_LARGE, format!("the body is over {MAX_BODY} bytes")),
+        Err(_) => return error(StatusCode::REQUEST_TIMEOUT, "the body did not arrive in time"),
     };
     #[derive(serde::Deserialize)]
     struct Wanted {
@@ -256,6 +272,29 @@ mod tests {
             assert!(!host_is_loopback(&host(h)), "{h}");
         }
         assert!(!host_is_loopback(&HeaderMap::new()));
+    }
+
+    /// On a node without TLS, a token-less caller on loopback is trusted, unless a
+    /// forwarder's header says it stands in for someone else; with TLS, never.
+    #[test]
+    fn a_forwarded_request_is_not_trusted_as_this_machines_user() {
+        let here: SocketAddr = "127.0.0.1:5000".parse().unwrap();
+        assert!(loopback_trusted(Security::Loopback, here, &host("localhost:7480")));
+        assert!(loopback_trusted(Security::Insecure, here, &host("127.0.0.1:7480")));
+        assert!(!loopback_trusted(Security::Mtls, here, &host("localhost:7480")));
+        assert!(!loopback_trusted(Security::Loopback, "10.0.0.7:5000".parse().unwrap(), &host("localhost:7480")));
+        assert!(!loopback_trusted(Security::Loopback, here, &host("evil.example")));
+        for (k, v) in [
+            ("X-Forwarded-For", "203.0.113.9"),
+            ("Forwarded", "for=203.0.113.9"),
+            ("X-Forwarded-Host", "console.example"),
+            ("X-Real-IP", "203.0.113.9"),
+            ("Via", "1.1 edge"),
+        ] {
+            let mut h = host("localhost:7480");
+            h.insert(k.parse::<header::HeaderName>().unwrap(), v.parse().unwrap());
+            assert!(!loopback_trusted(Security::Loopback, here, &h), "{k}");
+        }
     }
 
     /// The console port has no TLS: from another machine it answers only a node that serves

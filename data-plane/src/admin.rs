@@ -15,6 +15,7 @@ use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::registry::Registry;
 use serde_json::json;
+use switchyard_model::rebinding;
 use tokio::net::TcpListener;
 
 use crate::relay::Side;
@@ -48,6 +49,9 @@ pub async fn serve(listener: TcpListener, state: Arc<ProxyState>) {
                     if req.method() != Method::GET && req.method() != Method::HEAD {
                         return Ok::<_, Infallible>(not_allowed());
                     }
+                    if rebinding::browser_on_a_foreign_name(req.headers()) {
+                        return Ok::<_, Infallible>(foreign_name());
+                    }
                     if req.uri().path() == "/applied" {
                         return Ok::<_, Infallible>(applied(&st, req.uri().query().unwrap_or("")).await);
                     }
@@ -70,6 +74,16 @@ pub async fn serve(listener: TcpListener, state: Arc<ProxyState>) {
             }
         });
     }
+}
+
+/// What a browser gets that named this port by a name that may be another site's (see
+/// [`rebinding`]): `/status` lists every backend address and the control plane's.
+fn foreign_name() -> Response<Full<Bytes>> {
+    Response::builder()
+        .status(StatusCode::FORBIDDEN)
+        .header("content-type", "text/plain")
+        .body(Full::new(Bytes::from_static(rebinding::REFUSAL.as_bytes())))
+        .expect("static response parts are valid")
 }
 
 fn not_allowed() -> Response<Full<Bytes>> {

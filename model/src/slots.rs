@@ -68,6 +68,7 @@ impl Slots {
 
     /// A slot for a connection from `peer`, if the port and that client have one free.
     pub fn take(&self, peer: IpAddr) -> Result<Slot, Full> {
+        let peer = client(peer);
         let mut h = self.inner.held.lock().unwrap_or_else(|e| e.into_inner());
         if h.all >= self.inner.total {
             return Err(Full::All(self.inner.total));
@@ -126,6 +127,19 @@ impl Slots {
     }
 }
 
+/// The client a peer address counts as: an IPv6 host is handed a /64 (RFC 6177), and would
+/// otherwise take a fresh share of the port from each of its addresses; an IPv4 peer seen
+/// through a dual-stack socket counts as itself.
+fn client(peer: IpAddr) -> IpAddr {
+    match peer {
+        IpAddr::V6(v6) => match v6.to_ipv4_mapped() {
+            Some(v4) => IpAddr::V4(v4),
+            None => IpAddr::V6((u128::from(v6) & !u128::from(u64::MAX)).into()),
+        },
+        v4 => v4,
+    }
+}
+
 impl Drop for Slot {
     fn drop(&mut self) {
         let mut h = self.inner.held.lock().unwrap_or_else(|e| e.into_inner());
@@ -157,6 +171,17 @@ mod tests {
         drop(a1);
         let _c2 = s.take(c).expect("a slot given back is free again");
         assert!(s.inner.held.lock().unwrap().by_peer.len() == 3);
+    }
+
+    #[test]
+    fn an_ipv6_network_counts_as_one_client() {
+        let s = Slots::new(10, 2);
+        let ip = |a: &str| a.parse::<IpAddr>().unwrap();
+        let _a = [s.take(ip("2001:db8:1:2::1")).unwrap(), s.take(ip("2001:db8:1:2:ffff::9")).unwrap()];
+        assert_eq!(s.take(ip("2001:db8:1:2:abcd::7")).err(), Some(Full::Peer(2)), "another address of the same /64");
+        let _b = s.take(ip("2001:db8:1:3::1")).expect("the next /64 is another client");
+        let _c = [s.take(ip("::ffff:10.0.0.1")).unwrap(), s.take(ip("10.0.0.1")).unwrap()];
+        assert_eq!(s.take(ip("10.0.0.1")).err(), Some(Full::Peer(2)), "an IPv4-mapped address is the IPv4 one");
     }
 
     #[test]

@@ -238,3 +238,38 @@ async fn one_client_holding_connections_cannot_keep_health_probes_out() {
         .await;
     }
 }
+
+/// Sends `head` (a whole request head) to `to` and returns the status line.
+async fn status_of(to: &str, head: &str) -> String {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut s = tokio::net::TcpStream::connect(to).await.expect("connects");
+    s.write_all(head.as_bytes()).await.unwrap();
+    let mut out = Vec::new();
+    let _ = tokio::time::timeout(Duration::from_secs(10), s.read_to_end(&mut out)).await.expect("answered");
+    String::from_utf8_lossy(&out).lines().next().unwrap_or_default().to_string()
+}
+
+/// DNS rebinding: a browser sent to a node's `/metrics` or a proxy's `/status` under another
+/// site's name (rebound to this machine) is refused; the same browser by address, and a
+/// scraper by any name, are answered.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_browser_reaching_a_port_by_a_foreign_name_is_refused_and_a_scraper_is_not() {
+    let _g = serial().await;
+    let c = Cluster::start(1, &[]).await;
+    c.leader(Duration::from_secs(10)).await;
+    let proxy = ProxyProcess::spawn(&c.endpoints(), &c.dir.path().join("p.cache"), "p1");
+    for (port, path) in [(c.nodes[&1].metrics.clone(), "/metrics"), (proxy.admin.clone(), "/status")] {
+        let req = |host: &str, extra: &str| {
+            format!("GET {path} HTTP/1.1\r\nHost: {host}\r\n{extra}Connection: close\r\n\r\n")
+        };
+        let rebound = "rebind.attacker.example:8081";
+        let got = status_of(&port, &req(rebound, "Sec-Fetch-Site: same-origin\r\n")).await;
+        assert_eq!(got, "HTTP/1.1 403 Forbidden", "{port}{path}");
+        let got = status_of(&port, &req(rebound, "Origin: http://rebind.attacker.example:8081\r\n")).await;
+        assert_eq!(got, "HTTP/1.1 403 Forbidden", "{port}{path} with an Origin");
+        let got = status_of(&port, &req(&port, "Sec-Fetch-Site: same-origin\r\n")).await;
+        assert_eq!(got, "HTTP/1.1 200 OK", "{port}{path}: a browser by address");
+        let got = status_of(&port, &req("metrics.internal.example", "User-Agent: Prometheus/2.53\r\n")).await;
+        assert_eq!(got, "HTTP/1.1 200 OK", "{port}{path}: a scraper by name");
+    }
+}

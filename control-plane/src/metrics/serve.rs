@@ -11,6 +11,7 @@ use std::time::Duration;
 use http_body_util::{BodyExt, Full};
 use hyper::body::{Bytes, Incoming};
 use hyper::{Method, Request, Response, StatusCode};
+use switchyard_model::rebinding;
 use tokio::net::TcpListener;
 
 use crate::console::{self, Body};
@@ -67,6 +68,10 @@ pub async fn serve(listener: TcpListener, node: Arc<NodeCtx>) {
 
 async fn answer(node: &Arc<NodeCtx>, peer: SocketAddr, req: Request<Incoming>) -> Response<Body> {
     let (status, ct, body) = match (req.method(), req.uri().path()) {
+        // The console judges names itself (a loopback one is trusted, another needs a token).
+        (&Method::GET, "/metrics") if rebinding::browser_on_a_foreign_name(req.headers()) => {
+            (StatusCode::FORBIDDEN, "text/plain", rebinding::REFUSAL.into())
+        }
         (&Method::GET, "/metrics") => {
             (StatusCode::OK, "application/openmetrics-text; version=1.0.0; charset=utf-8", super::render(node))
         }
