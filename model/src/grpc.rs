@@ -1,8 +1,10 @@
 //! One way to build a gRPC channel to a Switchyard node, and the metadata keys that carry
 //! what clients must not infer from an error's text, or a write's identity.
 
+use std::sync::Arc;
 use std::time::Duration;
 
+use rustls::client::danger::ServerCertVerifier;
 use tonic::service::interceptor::InterceptedService;
 use tonic::transport::{ClientTlsConfig, Endpoint};
 
@@ -127,7 +129,7 @@ impl ChannelOptions {
 /// How a client reaches nodes: in cleartext (a loopback setup) or over TLS verified against
 /// the cluster CA, showing its own certificate if it has one.
 #[derive(Clone, Default)]
-pub struct ClientTls(Option<ClientTlsConfig>);
+pub struct ClientTls(Option<(ClientTlsConfig, Arc<dyn ServerCertVerifier>)>);
 
 /// Says which, never what: tonic's own `Debug` prints the client's private key.
 impl std::fmt::Debug for ClientTls {
@@ -144,7 +146,7 @@ impl ClientTls {
 
     /// TLS when any TLS material was given, cleartext otherwise.
     pub fn from_files(files: &TlsFiles) -> Result<ClientTls, TlsError> {
-        Ok(ClientTls(if files.enabled() { Some(files.client()?) } else { None }))
+        Ok(ClientTls(if files.enabled() { Some(files.node_client()?) } else { None }))
     }
 
     pub fn enabled(&self) -> bool {
@@ -180,8 +182,8 @@ pub fn channel(addr: &str, o: &ChannelOptions, tls: &ClientTls) -> Result<Channe
     let err = |e| ChannelError::Transport(addr.to_string(), e);
     let mut e =
         Endpoint::from_shared(uri(addr, tls)?).map_err(err)?.connect_timeout(o.connect_timeout).tcp_nodelay(true);
-    if let Some(t) = &tls.0 {
-        e = e.tls_config(t.clone()).map_err(err)?;
+    if let Some((t, verifier)) = &tls.0 {
+        e = e.tls_config_with_verifier(t.clone(), verifier.clone()).map_err(err)?;
     }
     if let Some(k) = o.keep_alive {
         e = e.http2_keep_alive_interval(k).keep_alive_timeout(k).keep_alive_while_idle(o.keep_alive_while_idle);
@@ -222,7 +224,11 @@ mod tests {
     #[tokio::test]
     async fn addresses_become_uris_and_https_never_falls_back_to_cleartext() {
         let clear = ClientTls::cleartext();
-        let tls = ClientTls(Some(ClientTlsConfig::new()));
+        crate::tls::install_provider();
+        let dir = std::env::temp_dir().join(format!("sy-grpc-uri-{}", std::process::id()));
+        let files = TlsFiles { ca: Some(crate::tls::tests::pki(&dir)), cert: None, key: None };
+        let tls = ClientTls::from_files(&files).unwrap();
+        std::fs::remove_dir_all(&dir).unwrap();
         assert_eq!(uri("127.0.0.1:7400", &clear).unwrap(), "http://127.0.0.1:7400");
         assert_eq!(uri("127.0.0.1:7400", &tls).unwrap(), "https://127.0.0.1:7400");
         assert_eq!(uri("https://a:1", &tls).unwrap(), "https://a:1");

@@ -8,9 +8,13 @@
 
 use std::path::{Path, PathBuf};
 use std::str::FromStr;
+use std::sync::Arc;
 
+use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
+use rustls::client::WebPkiServerVerifier;
 use rustls::pki_types::pem::PemObject;
-use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName, UnixTime};
+use rustls::{DigitallySignedStruct, SignatureScheme};
 use tonic::transport::{Certificate, ClientTlsConfig, Identity as TonicIdentity, ServerTlsConfig};
 
 /// Installs ring as the process's crypto provider. Every binary calls it first; calling it
@@ -196,8 +200,28 @@ impl TlsFiles {
             .timeout(std::time::Duration::from_secs(10)))
     }
 
-    /// A client that verifies the server against the CA and shows its own certificate if it
-    /// has one.
+    /// A client of the control plane: it shows its own certificate if it has one, and takes a
+    /// server whose certificate verifies against the CA *and* was issued to a node (see
+    /// [`NodeVerifier`]); the config carries no CA itself, the verifier holds it.
+    pub fn node_client(&self) -> Result<(ClientTlsConfig, Arc<dyn ServerCertVerifier>), TlsError> {
+        let ca = self.ca.as_ref().ok_or_else(|| TlsError::Config("TLS needs --tls-ca (the cluster CA)".into()))?;
+        let mut roots = rustls::RootCertStore::empty();
+        for c in load_certs(ca)? {
+            roots.add(c).map_err(|e| file_err(ca, format!("not a usable CA certificate: {e}")))?;
+        }
+        let provider = Arc::new(rustls::crypto::ring::default_provider());
+        let webpki = WebPkiServerVerifier::builder_with_provider(Arc::new(roots), provider)
+            .build()
+            .map_err(|e| file_err(ca, e))?;
+        let mut c = ClientTlsConfig::new();
+        if let Some(id) = self.pair()? {
+            c = c.identity(id);
+        }
+        Ok((c, Arc::new(NodeVerifier(webpki))))
+    }
+
+    /// A client that verifies the server against the CA alone and shows its own certificate
+    /// if it has one (for servers that are not nodes: the benchmarks' etcd).
     pub fn client(&self) -> Result<ClientTlsConfig, TlsError> {
         let mut c = ClientTlsConfig::new().ca_certificate(self.ca_pem()?);
         if let Some(id) = self.pair()? {
@@ -207,8 +231,59 @@ impl TlsFiles {
     }
 }
 
+/// Verifies a control-plane server: the CA chain and the name as webpki does, then the role
+/// in the certificate. The CA signs every part's certificate, and all of them name
+/// `localhost`/`127.0.0.1` unless told otherwise; without the role check a viewer's or a
+/// proxy's key, on a host or address a node is reached by, would pass as that node and be
+/// handed the CLI's bearer token, a proxy's config stream, a peer's Raft traffic.
+#[derive(Debug)]
+pub struct NodeVerifier(Arc<WebPkiServerVerifier>);
+
+impl ServerCertVerifier for NodeVerifier {
+    fn verify_server_cert(
+        &self,
+        end_entity: &CertificateDer<'_>,
+        intermediates: &[CertificateDer<'_>],
+        server_name: &ServerName<'_>,
+        ocsp_response: &[u8],
+        now: UnixTime,
+    ) -> Result<ServerCertVerified, rustls::Error> {
+        let verified = self.0.verify_server_cert(end_entity, intermediates, server_name, ocsp_response, now)?;
+        match identity_of(end_entity) {
+            Ok(id) if id.role == Role::Node => Ok(verified),
+            Ok(id) => Err(rustls::Error::General(format!(
+                "the server's certificate was issued to {} {:?}, not to a control-plane node",
+                id.role, id.name
+            ))),
+            Err(e) => Err(rustls::Error::General(format!("the server's certificate names no role: {e}"))),
+        }
+    }
+
+    fn verify_tls12_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        self.0.verify_tls12_signature(message, cert, dss)
+    }
+
+    fn verify_tls13_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        self.0.verify_tls13_signature(message, cert, dss)
+    }
+
+    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
+        self.0.supported_verify_schemes()
+    }
+}
+
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
 
     #[test]
@@ -232,6 +307,49 @@ mod tests {
         assert!(e.contains("absent.key"), "{e}");
         let half = TlsFiles { ca: Some(empty.clone()), cert: Some(empty), key: None };
         assert!(half.client().is_err());
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    /// A CA in `dir` and a certificate it issued for `localhost` to each role, as `switchyard
+    /// certs` makes them; returns the CA's path.
+    pub(crate) fn pki(dir: &Path) -> PathBuf {
+        std::fs::create_dir_all(dir).unwrap();
+        let mut p = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
+        p.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+        let ca_key = rcgen::KeyPair::generate().unwrap();
+        let ca = p.self_signed(&ca_key).unwrap();
+        let issuer = rcgen::Issuer::new(p, ca_key);
+        for role in Role::ALL {
+            let mut p = rcgen::CertificateParams::new(vec!["localhost".to_string()]).unwrap();
+            p.distinguished_name.push(rcgen::DnType::CommonName, format!("a-{role}"));
+            p.distinguished_name.push(rcgen::DnType::OrganizationalUnitName, role.as_str());
+            let key = rcgen::KeyPair::generate().unwrap();
+            std::fs::write(dir.join(format!("{role}.crt")), p.signed_by(&key, &issuer).unwrap().pem()).unwrap();
+        }
+        std::fs::write(dir.join("ca.crt"), ca.pem()).unwrap();
+        dir.join("ca.crt")
+    }
+
+    #[test]
+    fn a_control_plane_server_must_hold_a_node_certificate() {
+        install_provider();
+        let dir = std::env::temp_dir().join(format!("sy-tls-node-{}", std::process::id()));
+        let ca = pki(&dir);
+        let (_, verifier) = TlsFiles { ca: Some(ca), cert: None, key: None }.node_client().unwrap();
+        let name = ServerName::try_from("localhost").unwrap();
+        let check = |role: Role| {
+            let cert = load_certs(&dir.join(format!("{role}.crt"))).unwrap().remove(0);
+            verifier.verify_server_cert(&cert, &[], &name, &[], UnixTime::now())
+        };
+        assert!(check(Role::Node).is_ok());
+        for role in [Role::Viewer, Role::Operator, Role::Admin, Role::Proxy] {
+            let e = check(role).unwrap_err().to_string();
+            assert!(e.contains(&format!("issued to {role} \"a-{role}\", not to a control-plane node")), "{e}");
+        }
+        // The chain and the name are still webpki's to check.
+        let cert = load_certs(&dir.join("node.crt")).unwrap().remove(0);
+        let other = ServerName::try_from("node-9.example").unwrap();
+        assert!(verifier.verify_server_cert(&cert, &[], &other, &[], UnixTime::now()).is_err());
         std::fs::remove_dir_all(&dir).unwrap();
     }
 

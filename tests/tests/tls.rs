@@ -119,3 +119,48 @@ async fn parts_refuse_certificates_of_another_role_and_cleartext_off_loopback() 
     assert!(!ok);
     assert!(err.contains("a proxy needs one issued with --role proxy"), "{err}");
 }
+
+/// A server holding a certificate the cluster CA issued to another role (a viewer's key on a
+/// host a node is reached by) is not taken for a node: the CLI refuses it before it sends a
+/// call, and says why, in one line.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_server_without_a_node_certificate_is_not_taken_for_a_node() {
+    let _g = serial().await;
+    let certs = tempfile::tempdir().unwrap();
+    let c = certs.path();
+    make_certs(c, &[("dash", "viewer"), ("ops", "admin")]);
+    switchyard_model::tls::install_provider();
+    let files = cert_files(c, "dash");
+    let (chain, key) = (
+        switchyard_model::tls::load_certs(files.cert.as_ref().unwrap()).unwrap(),
+        switchyard_model::tls::load_key(files.key.as_ref().unwrap()).unwrap(),
+    );
+    let mut cfg = rustls::ServerConfig::builder().with_no_client_auth().with_single_cert(chain, key).unwrap();
+    cfg.alpn_protocols = vec![b"h2".to_vec()];
+    let acceptor = tokio_rustls::TlsAcceptor::from(std::sync::Arc::new(cfg));
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap().to_string();
+    let handshakes = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let counted = handshakes.clone();
+    let rogue = tokio::spawn(async move {
+        loop {
+            let (sock, _) = listener.accept().await.unwrap();
+            let (acceptor, counted) = (acceptor.clone(), counted.clone());
+            tokio::spawn(async move {
+                if acceptor.accept(sock).await.is_ok() {
+                    counted.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+                }
+            });
+        }
+    });
+    let mut args = vec!["--endpoints", &addr];
+    let admin = cert_flags(c, "ops");
+    args.extend(admin.iter().map(String::as_str));
+    args.extend(["cluster", "status"]);
+    let (code, _, err) = run_cli(&args);
+    rogue.abort();
+    assert_ne!(code, 0);
+    assert_eq!(err.trim_end().lines().count(), 1, "{err}");
+    assert!(err.contains("issued to viewer \"dash\", not to a control-plane node"), "{err}");
+    assert_eq!(handshakes.load(std::sync::atomic::Ordering::SeqCst), 0, "no handshake completed with it");
+}
