@@ -174,9 +174,15 @@ impl TlsFiles {
         match (&self.cert, &self.key) {
             (None, None) => Ok(None),
             (Some(c), Some(k)) => {
-                // Parse both now so a bad file is named at startup, not at the first handshake.
-                load_certs(c)?;
-                load_key(k)?;
+                // Parse both now, and pair them, so a bad file is named at startup, not at the
+                // first handshake (where tonic reports only "transport error").
+                let chain = load_certs(c)?;
+                let key = load_key(k)?;
+                let signer = rustls::crypto::ring::sign::any_supported_type(&key)
+                    .map_err(|e| file_err(k, format!("unusable private key: {e}")))?;
+                rustls::sign::CertifiedKey::new(chain, signer)
+                    .keys_match()
+                    .map_err(|_| file_err(k, format!("the key does not match the certificate {}", c.display())))?;
                 Ok(Some(TonicIdentity::from_pem(Self::read(c)?, Self::read(k)?)))
             }
             _ => Err(TlsError::Config("--tls-cert and --tls-key go together".into())),
@@ -350,6 +356,30 @@ pub(crate) mod tests {
         let cert = load_certs(&dir.join("node.crt")).unwrap().remove(0);
         let other = ServerName::try_from("node-9.example").unwrap();
         assert!(verifier.verify_server_cert(&cert, &[], &other, &[], UnixTime::now()).is_err());
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn a_key_of_another_certificate_is_named_at_startup() {
+        install_provider();
+        let dir = std::env::temp_dir().join(format!("sy-tls-pair-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let ca = dir.join("ca.crt");
+        let mut keys = Vec::new();
+        for name in ["a", "b"] {
+            let key = rcgen::KeyPair::generate().unwrap();
+            let cert = rcgen::CertificateParams::new(vec!["localhost".into()]).unwrap().self_signed(&key).unwrap();
+            std::fs::write(dir.join(format!("{name}.crt")), cert.pem()).unwrap();
+            std::fs::write(dir.join(format!("{name}.key")), key.serialize_pem()).unwrap();
+            keys.push(dir.join(format!("{name}.key")));
+        }
+        std::fs::copy(dir.join("a.crt"), &ca).unwrap();
+        let files =
+            |key: &Path| TlsFiles { ca: Some(ca.clone()), cert: Some(dir.join("a.crt")), key: Some(key.into()) };
+        assert!(files(&keys[0]).node_client().is_ok());
+        let e = files(&keys[1]).node_client().unwrap_err().to_string();
+        assert!(e.contains("b.key") && e.contains("does not match the certificate") && e.contains("a.crt"), "{e}");
+        assert!(files(&keys[1]).server().is_err());
         std::fs::remove_dir_all(&dir).unwrap();
     }
 
