@@ -359,11 +359,13 @@ pub enum ProxyCmd {
 
 #[derive(Args, Debug)]
 pub struct DevArgs {
-    /// First control-plane port; the three nodes take this one and the next two.
-    #[arg(long, default_value_t = 7400)]
+    /// First control-plane port; the three nodes take this one and the next two (their
+    /// consoles +80 to +82, so at most 65453).
+    #[arg(long, default_value_t = 7400, value_parser = clap::value_parser!(u16).range(1..=65453))]
     pub base_port: u16,
-    /// First proxy's WebSocket port (admin on the next port); the second proxy takes +10.
-    #[arg(long, default_value_t = 8080)]
+    /// First proxy's WebSocket port (admin on the next port, wss +363); the second proxy
+    /// takes +10 (so at most 65162).
+    #[arg(long, default_value_t = 8080, value_parser = clap::value_parser!(u16).range(1..=65162))]
     pub proxy_port: u16,
     /// Keep data here instead of a temporary directory removed on exit.
     #[arg(long)]
@@ -418,6 +420,20 @@ mod tests {
             assert_eq!(output::health_check_kind(HealthCheckKind::from(*v) as i32), name);
         }
         assert_eq!(HealthCheckArg::value_variants().len(), 3);
+    }
+
+    /// `dev` adds up to 82 to its first node's port and 373 to its first proxy's: a port
+    /// past that would wrap (or panic), so it is refused as it is parsed.
+    #[test]
+    fn dev_ports_that_would_not_fit_are_refused() {
+        let dev = |flag: &str, v: &str| Cli::try_parse_from(["switchyard", "dev", flag, v]).map(|_| ());
+        assert!(dev("--base-port", "65453").is_ok());
+        assert!(dev("--proxy-port", "65162").is_ok());
+        for (flag, v) in
+            [("--base-port", "65454"), ("--base-port", "0"), ("--proxy-port", "65163"), ("--proxy-port", "0")]
+        {
+            assert_eq!(dev(flag, v).unwrap_err().kind(), clap::error::ErrorKind::ValueValidation, "{flag} {v}");
+        }
     }
 
     #[test]

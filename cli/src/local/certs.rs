@@ -56,6 +56,14 @@ fn check_san(san: &str) -> Result<()> {
     if rustls::pki_types::DnsName::try_from(name).is_err() || name.parse::<std::net::IpAddr>().is_ok() {
         bail!("--san {san:?} is neither a host name nor an IP address (no scheme, no port)");
     }
+    // Both are names webpki skips as malformed when it reads them in a certificate: the
+    // certificate would be issued, and no client would match it.
+    if name.ends_with('.') {
+        bail!("--san {san:?}: give the name without its trailing dot (clients match it either way)");
+    }
+    if san.starts_with("*.") && !name.contains('.') {
+        bail!("--san {san:?}: a wildcard needs two labels after \"*.\" (*.example.com, not *.com)");
+    }
     Ok(())
 }
 
@@ -71,6 +79,8 @@ pub fn issue(dir: &Path, role: Role, name: &str, sans: &[String]) -> Result<(Pat
         KeyPair::from_pem(&std::fs::read_to_string(&ca_key).with_context(|| format!("reading {}", ca_key.display()))?)
             .with_context(|| format!("{}: not a usable private key", ca_key.display()))?;
     let issuer = Issuer::from_ca_cert_pem(&ca_pem, &ca_kp)
+        .with_context(|| format!("{}: not a CA certificate", ca_crt.display()))?;
+    let ca_until = ca_until(&switchyard_model::tls::load_certs(&ca_crt)?[0])
         .with_context(|| format!("{}: not a CA certificate", ca_crt.display()))?;
 
     let (crt, key) = (dir.join(format!("{name}.crt")), dir.join(format!("{name}.key")));
@@ -91,11 +101,53 @@ pub fn issue(dir: &Path, role: Role, name: &str, sans: &[String]) -> Result<(Pat
     p.extended_key_usages = vec![ExtendedKeyUsagePurpose::ServerAuth, ExtendedKeyUsagePurpose::ClientAuth];
     p.use_authority_key_identifier_extension = true;
     validity(&mut p, LEAF_DAYS);
+    // Not past the CA: a certificate outliving its issuer fails anyway, later and at once for
+    // every part issued together.
+    p.not_after = p.not_after.min(ca_until);
     let kp = KeyPair::generate_for(&PKCS_ECDSA_P256_SHA256)?;
     let cert = p.signed_by(&kp, &issuer)?;
+    verifies(&ca_crt, cert.der())?;
     write_new(&key, kp.serialize_pem().as_bytes(), 0o600)?;
     write_new(&crt, cert.pem().as_bytes(), 0o644)?;
     Ok((crt, key))
+}
+
+/// Checks that `leaf`, just signed, verifies against `ca_crt` as every part will check it:
+/// rcgen signs with whatever key it is given and checks nothing of the CA, so a `ca.key`
+/// from another CA, a leaf certificate as `ca.crt` or an expired CA made certificates that
+/// failed at every handshake. Nothing is written when it does not.
+fn verifies(ca_crt: &Path, leaf: &rustls::pki_types::CertificateDer<'_>) -> Result<()> {
+    let mut roots = rustls::RootCertStore::empty();
+    for c in switchyard_model::tls::load_certs(ca_crt)? {
+        roots.add(c).with_context(|| format!("{}: not a usable CA certificate", ca_crt.display()))?;
+    }
+    let provider = std::sync::Arc::new(rustls::crypto::ring::default_provider());
+    // Every leaf is issued for client use too, which needs no name to check.
+    let v =
+        rustls::server::WebPkiClientVerifier::builder_with_provider(std::sync::Arc::new(roots), provider).build()?;
+    v.verify_client_cert(leaf, &[], rustls::pki_types::UnixTime::now()).map(|_| ()).map_err(|e| {
+        anyhow::anyhow!(
+            "{}: a certificate signed with its key does not verify against it ({e}): is ca.key the key of this \
+             ca.crt, and is the CA still valid?",
+            ca_crt.display()
+        )
+    })
+}
+
+/// When a certificate stops being valid.
+fn not_after(der: &[u8]) -> Result<OffsetDateTime> {
+    let (_, cert) = x509_parser::parse_x509_certificate(der).map_err(|e| anyhow::anyhow!("unreadable: {e}"))?;
+    Ok(OffsetDateTime::from_unix_timestamp(cert.validity().not_after.timestamp())?)
+}
+
+/// When a CA certificate stops being valid; an error for one that says it is no CA (webpki
+/// takes any certificate as a root, so a leaf's pair copied in as the CA's would sign).
+fn ca_until(der: &[u8]) -> Result<OffsetDateTime> {
+    let (_, cert) = x509_parser::parse_x509_certificate(der).map_err(|e| anyhow::anyhow!("unreadable: {e}"))?;
+    if !cert.basic_constraints().ok().flatten().is_some_and(|b| b.value.ca) {
+        bail!("its basic constraints do not make it a CA (is it a part's certificate?)");
+    }
+    not_after(der)
 }
 
 /// Names become file names and certificate subjects: keep them plain.
@@ -165,6 +217,30 @@ mod tests {
     }
 
     #[test]
+    fn a_ca_key_of_another_ca_or_a_leaf_as_the_ca_issues_nothing() {
+        switchyard_model::tls::install_provider();
+        let (a, b) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+        init(a.path()).unwrap();
+        init(b.path()).unwrap();
+        std::fs::copy(b.path().join("ca.key"), a.path().join("ca.key")).unwrap();
+        let e = issue(a.path(), Role::Node, "n1", &[]).unwrap_err().to_string();
+        assert!(e.contains("does not verify against it") && e.contains("is ca.key the key of this"), "{e}");
+        assert!(!a.path().join("n1.key").exists() && !a.path().join("n1.crt").exists(), "nothing written");
+
+        // A leaf certificate and its key standing in for the CA.
+        let (crt, key) = issue(b.path(), Role::Node, "leaf", &[]).unwrap();
+        let c = tempfile::tempdir().unwrap();
+        std::fs::copy(&crt, c.path().join("ca.crt")).unwrap();
+        std::fs::copy(&key, c.path().join("ca.key")).unwrap();
+        assert!(issue(c.path(), Role::Node, "n2", &[]).is_err());
+        assert!(!c.path().join("n2.key").exists());
+
+        // What is issued does not outlive the CA.
+        let until = |p: &Path| not_after(&switchyard_model::tls::load_certs(p).unwrap()[0]).unwrap();
+        assert!(until(&crt) <= until(&b.path().join("ca.crt")));
+    }
+
+    #[test]
     fn sans_are_host_names_or_addresses() {
         for ok in ["localhost", "10.0.0.1", "::1", "node-1.example.com", "*.example.com"] {
             check_san(ok).unwrap();
@@ -172,6 +248,11 @@ mod tests {
         for bad in ["http://h", "h:7401", "a b", "", "*.", "1.2.3.4:80", "[::1]", "*.10.0.0.1"] {
             let e = check_san(bad).unwrap_err().to_string();
             assert!(e.contains("neither a host name nor an IP address"), "{bad}: {e}");
+        }
+        // Names webpki would skip in the certificate: issued, and matched by no client.
+        assert!(check_san("node1.example.com.").unwrap_err().to_string().contains("trailing dot"));
+        for bad in ["*.internal", "*.localhost"] {
+            assert!(check_san(bad).unwrap_err().to_string().contains("two labels"), "{bad}");
         }
     }
 }
