@@ -91,6 +91,9 @@ impl Proxy {
         if wss.is_some() == tls.wss_certs.is_empty() {
             return Err(StartError::WssIncomplete);
         }
+        // The files as they were before the first load: one that changes while it loads is
+        // loaded again at the first poll.
+        let seen = tls::reload::fingerprint(&tls.wss_certs);
         let resolver = match wss {
             Some(_) => Some(Arc::new(tls::SniResolver::new(tls::CertSet::load(&tls.wss_certs)?))),
             None => None,
@@ -166,7 +169,7 @@ impl Proxy {
             mirror,
         );
         match &resolver {
-            Some(r) => tls::reload::spawn(r.clone(), tls.wss_certs.clone(), state.clone()),
+            Some(r) => tls::reload::spawn(r.clone(), tls.wss_certs.clone(), seen, state.clone()),
             None => tls::reload::ignore_hangup(state.clone()),
         }
         let ctx = Arc::new(handling::Ctx { tuning: cfg.tuning, wss: resolver.map(tls::server_config), backend_tls });

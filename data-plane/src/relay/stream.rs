@@ -206,6 +206,10 @@ fn flush(tcp: &TcpStream, conn: &mut rustls::Connection) -> io::Result<()> {
     Ok(())
 }
 
+/// Socket reads one [`TlsIo::read_some`] makes that bring no plaintext before it gives the
+/// task back (as the wss side's reads do).
+const MAX_EMPTY_READS: usize = 4;
+
 impl TlsIo {
     fn lock(&self) -> MutexGuard<'_, TlsState> {
         self.st.lock().unwrap_or_else(|e| e.into_inner())
@@ -213,6 +217,7 @@ impl TlsIo {
 
     fn read_some(&self, buf: &mut [u8]) -> io::Result<usize> {
         let mut st = self.lock();
+        let mut empty_reads = 0;
         loop {
             match st.conn.reader().read(buf) {
                 Ok(n) => {
@@ -225,6 +230,13 @@ impl TlsIo {
                 Err(e) => return Err(e),
             }
             st.buffered = false;
+            // A backend streaming records that hold no data (session tickets, say, each a key
+            // derivation to rustls) would otherwise keep this loop, and its worker, forever;
+            // the readiness stays set, so the relay comes back after the task yields.
+            if empty_reads == MAX_EMPTY_READS {
+                return Err(io::ErrorKind::WouldBlock.into());
+            }
+            empty_reads += 1;
             let mut got = 0;
             let res = self.tcp.try_io(Interest::READABLE, || {
                 let mut rd = SockRead { s: &self.tcp, short: false };

@@ -14,10 +14,13 @@ use crate::state::ProxyState;
 
 pub const POLL: Duration = Duration::from_secs(2);
 
-/// What the sources look like on disk: a change in any entry means reload.
-type Fingerprint = Vec<(PathBuf, Option<SystemTime>, u64)>;
+/// What the sources look like on disk: a change in any entry means reload. The inode and
+/// change time are in it beside the mtime and size: a file replaced by one with the same
+/// mtime (`cp -p`, `rsync -t`), or made readable by a `chmod`/`chown` after a load failed
+/// on its permissions, changes only those.
+pub type Fingerprint = Vec<(PathBuf, Option<SystemTime>, u64, u64, i64, i64)>;
 
-fn fingerprint(src: &CertSources) -> Fingerprint {
+pub fn fingerprint(src: &CertSources) -> Fingerprint {
     let mut paths: Vec<PathBuf> = src.dir.iter().cloned().collect();
     if let Ok(files) = src.files() {
         for (c, k) in files {
@@ -29,24 +32,33 @@ fn fingerprint(src: &CertSources) -> Fingerprint {
         .into_iter()
         .map(|p| {
             // `metadata` follows symlinks, so a swapped link target counts as a change.
+            use std::os::unix::fs::MetadataExt;
             let m = std::fs::metadata(&p).ok();
             let t = m.as_ref().and_then(|m| m.modified().ok());
-            (p, t, m.map_or(0, |m| m.len()))
+            let (len, ino, ct, ctn) = m.map_or((0, 0, 0, 0), |m| (m.len(), m.ino(), m.ctime(), m.ctime_nsec()));
+            (p, t, len, ino, ct, ctn)
         })
         .collect()
 }
 
-/// Loads the sources again and swaps the new set in; counts and logs the outcome.
-pub fn reload(resolver: &SniResolver, src: &CertSources, state: &ProxyState, why: &str) {
+/// Loads the sources again and swaps the new set in; counts and logs the outcome. A failure
+/// is said and counted only when it differs from `last` (the previous attempt's, retried
+/// every poll): the same broken file is one warning, not one every two seconds.
+pub fn reload(resolver: &SniResolver, src: &CertSources, state: &ProxyState, why: &str, last: &mut Option<String>) {
     match CertSet::load(src) {
         Ok(set) => {
             tracing::info!(certificates = set.count, why, "wss certificates reloaded");
             resolver.swap(set);
             state.runtime.tls_reloads.fetch_add(1, Relaxed);
+            *last = None;
         }
         Err(e) => {
-            tracing::warn!(why, "wss certificate reload failed, still serving the previous certificates: {e}");
-            state.runtime.tls_reload_failures.fetch_add(1, Relaxed);
+            let e = e.to_string();
+            if last.as_deref() != Some(e.as_str()) {
+                tracing::warn!(why, "wss certificate reload failed, still serving the previous certificates: {e}");
+                state.runtime.tls_reload_failures.fetch_add(1, Relaxed);
+            }
+            *last = Some(e);
         }
     }
 }
@@ -69,7 +81,8 @@ pub fn ignore_hangup(state: Arc<ProxyState>) {
     });
 }
 
-pub fn spawn(resolver: Arc<SniResolver>, src: CertSources, state: Arc<ProxyState>) {
+/// `seen`: the files as they were before the set in use was loaded.
+pub fn spawn(resolver: Arc<SniResolver>, src: CertSources, mut seen: Fingerprint, state: Arc<ProxyState>) {
     tokio::spawn(async move {
         use tokio::signal::unix::{signal, SignalKind};
         let mut hup = match signal(SignalKind::hangup()) {
@@ -79,7 +92,8 @@ pub fn spawn(resolver: Arc<SniResolver>, src: CertSources, state: Arc<ProxyState
                 None
             }
         };
-        let mut seen = fingerprint(&src);
+        // The last failure, while reloads keep failing.
+        let mut failing: Option<String> = None;
         loop {
             let why = tokio::select! {
                 _ = state.runtime.shutdown.cancelled() => return,
@@ -87,11 +101,11 @@ pub fn spawn(resolver: Arc<SniResolver>, src: CertSources, state: Arc<ProxyState
                 Some(()) = async { match hup.as_mut() { Some(h) => h.recv().await, None => std::future::pending().await } } => "SIGHUP",
             };
             let now = fingerprint(&src);
-            if why == "SIGHUP" || now != seen {
-                // Remembered even when the load fails, so a broken file is reported once, not
-                // every poll; fixing it changes the fingerprint again.
+            // A failed load is tried again at every poll until one succeeds: what fixes it
+            // (a permission, a label, a transient EIO) may change nothing the fingerprint sees.
+            if why == "SIGHUP" || now != seen || failing.is_some() {
                 seen = now;
-                reload(&resolver, &src, &state, why);
+                reload(&resolver, &src, &state, why, &mut failing);
             }
         }
     });
