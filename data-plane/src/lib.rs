@@ -95,7 +95,13 @@ impl Proxy {
         // loaded again at the first poll.
         let seen = tls::reload::fingerprint(&tls.wss_certs);
         let resolver = match wss {
-            Some(_) => Some(Arc::new(tls::SniResolver::new(tls::CertSet::load(&tls.wss_certs)?))),
+            Some(_) => {
+                let set = tls::CertSet::load(&tls.wss_certs)?;
+                for p in &set.problems {
+                    tracing::warn!("wss certificate directory: {p}");
+                }
+                Some(Arc::new(tls::SniResolver::new(set)))
+            }
             None => None,
         };
         let backend_tls = match &tls.backend {

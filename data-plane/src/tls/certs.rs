@@ -29,21 +29,38 @@ impl CertSources {
 
     /// The (certificate, key) files to load now, explicit pairs first.
     pub fn files(&self) -> Result<Vec<(PathBuf, PathBuf)>, TlsError> {
+        Ok(self.scan()?.0)
+    }
+
+    /// [`Self::files`], and the directory's certificates with no key beside them (a CA's, or
+    /// one of a pair being replaced).
+    fn scan(&self) -> Result<Scan, TlsError> {
         let mut out = self.pairs.clone();
+        let mut lone = Vec::new();
         if let Some(dir) = &self.dir {
             let entries = std::fs::read_dir(dir).map_err(|e| TlsError(format!("{}: {e}", dir.display())))?;
-            let mut found: Vec<(PathBuf, PathBuf)> = entries
-                .filter_map(|e| e.ok().map(|e| e.path()))
-                .filter(|p| p.extension().is_some_and(|x| x == "crt"))
-                .map(|crt| (crt.clone(), crt.with_extension("key")))
-                .filter(|(_, key)| key.is_file())
-                .collect();
+            let mut found: Vec<(PathBuf, PathBuf)> = Vec::new();
+            for crt in entries.filter_map(|e| e.ok().map(|e| e.path())) {
+                if crt.extension().is_none_or(|x| x != "crt") {
+                    continue;
+                }
+                let key = crt.with_extension("key");
+                if key.is_file() {
+                    found.push((crt, key));
+                } else {
+                    lone.push(crt);
+                }
+            }
             found.sort();
+            lone.sort();
             out.extend(found);
         }
-        Ok(out)
+        Ok((out, lone))
     }
 }
+
+/// Pairs to load, and certificates without a key.
+type Scan = (Vec<(PathBuf, PathBuf)>, Vec<PathBuf>);
 
 /// One loaded set: what a handshake is served from until the next reload.
 pub struct CertSet {
@@ -52,7 +69,14 @@ pub struct CertSet {
     /// Keyed by the part after `*.`.
     wildcard: HashMap<String, Arc<CertifiedKey>>,
     pub count: usize,
+    /// The directory's pairs as loaded, by certificate file: what a later load keeps for a
+    /// pair it cannot read.
+    from_dir: HashMap<PathBuf, Loaded>,
+    /// The directory's pairs this load could not read, and what it did instead.
+    pub problems: Vec<String>,
 }
+
+type Loaded = (Arc<CertifiedKey>, Vec<String>);
 
 impl fmt::Debug for CertSet {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
@@ -61,32 +85,75 @@ impl fmt::Debug for CertSet {
 }
 
 impl CertSet {
-    /// Loads every pair; any unreadable file, bad PEM or key that does not match its
-    /// certificate fails the whole set (a reload then keeps the previous one). In the
-    /// directory, CA certificates (such as `switchyard certs`' own `ca.crt`) are skipped.
+    /// Loads every pair, the first time. See [`Self::load_after`].
     pub fn load(src: &CertSources) -> Result<CertSet, TlsError> {
-        let files = src.files()?;
-        let mut keys = Vec::new();
-        let mut exact = HashMap::new();
-        let mut wildcard = HashMap::new();
-        for (i, (crt, key)) in files.iter().enumerate() {
+        Self::load_after(src, None)
+    }
+
+    /// Loads every pair. A `--wss-cert`/`--wss-key` pair that cannot be read (unreadable,
+    /// bad PEM, a key that does not match) fails the whole set: a reload then keeps the
+    /// `previous` one. A directory's pair that cannot be read, or whose key is missing, is
+    /// the same pair of `previous` if it had one, else left out, and either way a problem
+    /// named in the set: one tenant's broken pair neither blocks the others' renewals nor
+    /// (mid-replacement) drops its names to the default certificate. CA certificates there
+    /// (such as `switchyard certs`' own `ca.crt`) are skipped.
+    pub fn load_after(src: &CertSources, previous: Option<&CertSet>) -> Result<CertSet, TlsError> {
+        let (files, lone) = src.scan()?;
+        let kept = |crt: &Path| previous.and_then(|p| p.from_dir.get(crt)).cloned();
+        let mut problems = Vec::new();
+        // (certificate file, from the directory, what it serves), in the order loaded.
+        let mut loaded: Vec<(PathBuf, bool, Loaded)> = Vec::new();
+        for (i, (crt, key)) in files.into_iter().enumerate() {
             let explicit = i < src.pairs.len();
-            let Some((ck, names)) = load_pair(crt, key, explicit)? else { continue };
-            let ck = Arc::new(ck);
-            for n in names {
+            match load_pair(&crt, &key, explicit) {
+                Ok(Some((ck, names))) => loaded.push((crt, !explicit, (Arc::new(ck), names))),
+                Ok(None) => {}
+                Err(e) if explicit => return Err(e),
+                Err(e) => match kept(&crt) {
+                    Some(k) => {
+                        problems.push(format!("{e}; its previous certificate stays"));
+                        loaded.push((crt, true, k));
+                    }
+                    None => problems.push(format!("{e}; left out")),
+                },
+            }
+        }
+        for crt in lone {
+            if let Some(k) = kept(&crt) {
+                problems.push(format!("{}: its key is gone; its previous certificate stays", crt.display()));
+                loaded.push((crt, true, k));
+            }
+        }
+        let (mut keys, mut exact, mut wildcard, mut from_dir) =
+            (Vec::new(), HashMap::new(), HashMap::new(), HashMap::new());
+        for (crt, in_dir, (ck, names)) in loaded {
+            for n in &names {
                 match n.strip_prefix("*.") {
                     Some(rest) => wildcard.entry(rest.to_string()).or_insert_with(|| ck.clone()),
-                    None => exact.entry(n).or_insert_with(|| ck.clone()),
+                    None => exact.entry(n.clone()).or_insert_with(|| ck.clone()),
                 };
             }
-            keys.push(ck);
+            keys.push(ck.clone());
+            if in_dir {
+                from_dir.insert(crt, (ck, names));
+            }
         }
         let Some(default) = keys.first().cloned() else {
-            return Err(TlsError(
-                "no certificate: give --wss-cert/--wss-key or a --wss-cert-dir holding NAME.crt and NAME.key".into(),
-            ));
+            let why = if problems.is_empty() { String::new() } else { format!(" ({})", problems.join("; ")) };
+            return Err(TlsError(format!(
+                "no certificate: give --wss-cert/--wss-key or a --wss-cert-dir holding NAME.crt and NAME.key{why}"
+            )));
         };
-        Ok(CertSet { default, exact, wildcard, count: keys.len() })
+        Ok(CertSet { default, exact, wildcard, count: keys.len(), from_dir, problems })
+    }
+
+    /// The directory's certificate files this set holds and `next` does not: their names go
+    /// to the default certificate once `next` is in use.
+    pub fn gone_in(&self, next: &CertSet) -> Vec<PathBuf> {
+        let mut gone: Vec<PathBuf> =
+            self.from_dir.keys().filter(|p| !next.from_dir.contains_key(*p)).cloned().collect();
+        gone.sort();
+        gone
     }
 
     /// The certificate for a client's SNI name.
@@ -153,6 +220,10 @@ impl SniResolver {
     pub fn swap(&self, set: CertSet) {
         self.set.store(Arc::new(set));
     }
+
+    pub fn current(&self) -> Arc<CertSet> {
+        self.set.load_full()
+    }
 }
 
 impl ResolvesServerCert for SniResolver {
@@ -213,13 +284,57 @@ mod tests {
     }
 
     #[test]
-    fn a_key_that_does_not_match_fails_the_set() {
+    fn a_key_that_does_not_match_fails_an_explicit_pair() {
         let dir = tempfile::tempdir().unwrap();
         let (c, _) = write_pair(dir.path(), "a", &["a.example"]);
         let (_, k) = write_pair(dir.path(), "b", &["b.example"]);
         let e = CertSet::load(&CertSources { pairs: vec![(c, k)], dir: None }).unwrap_err().to_string();
         assert!(e.contains("does not match"), "{e}");
+        // Nothing loadable at all in the directory: no set, saying why.
         std::fs::write(dir.path().join("a.crt"), "not pem").unwrap();
-        assert!(CertSet::load(&CertSources { pairs: vec![], dir: Some(dir.path().into()) }).is_err());
+        std::fs::write(dir.path().join("b.crt"), "not pem").unwrap();
+        let e = CertSet::load(&CertSources { pairs: vec![], dir: Some(dir.path().into()) }).unwrap_err().to_string();
+        assert!(e.contains("no certificate") && e.contains("a.crt") && e.contains("left out"), "{e}");
+    }
+
+    /// One tenant's broken or half-replaced pair in the directory costs only that pair: the
+    /// others load (renewals go through), and its own previous certificate stays.
+    #[test]
+    fn a_broken_directory_pair_keeps_its_previous_certificate_and_blocks_no_other() {
+        let dir = tempfile::tempdir().unwrap();
+        let src = CertSources { pairs: vec![], dir: Some(dir.path().into()) };
+        write_pair(dir.path(), "a", &["a.example"]);
+        write_pair(dir.path(), "b", &["b.example"]);
+        let first = CertSet::load(&src).unwrap();
+        assert!(first.problems.is_empty());
+        let a_before = first.pick(Some("a.example")).cert[0].clone();
+        let b_before = first.pick(Some("b.example")).cert[0].clone();
+
+        // a's key replaced by another's (mid-renewal), b renewed.
+        let (_, other) = write_pair(dir.path(), "other", &["other.example"]);
+        std::fs::copy(&other, dir.path().join("a.key")).unwrap();
+        std::fs::remove_file(dir.path().join("other.crt")).unwrap();
+        write_pair(dir.path(), "b", &["b.example"]);
+        let next = CertSet::load_after(&src, Some(&first)).unwrap();
+        assert_eq!(next.pick(Some("a.example")).cert[0], a_before, "a keeps its previous certificate");
+        assert_ne!(next.pick(Some("b.example")).cert[0], b_before, "b's renewal went through");
+        assert!(
+            next.problems.len() == 1 && next.problems[0].contains("previous certificate stays"),
+            "{:?}",
+            next.problems
+        );
+
+        // a's key gone altogether: still the previous; without one, a is left out.
+        std::fs::remove_file(dir.path().join("a.key")).unwrap();
+        let again = CertSet::load_after(&src, Some(&next)).unwrap();
+        assert_eq!(again.pick(Some("a.example")).cert[0], a_before);
+        assert!(again.problems[0].contains("its key is gone"), "{:?}", again.problems);
+        let fresh = CertSet::load(&src).unwrap();
+        assert_eq!(fresh.count, 1);
+        // A pair removed whole is gone from the next set, and said to be.
+        std::fs::remove_file(dir.path().join("a.crt")).unwrap();
+        let last = CertSet::load_after(&src, Some(&again)).unwrap();
+        assert!(last.problems.is_empty());
+        assert_eq!(again.gone_in(&last), vec![dir.path().join("a.crt")]);
     }
 }

@@ -41,20 +41,42 @@ pub fn fingerprint(src: &CertSources) -> Fingerprint {
         .collect()
 }
 
-/// Loads the sources again and swaps the new set in; counts and logs the outcome. A failure
-/// is said and counted only when it differs from `last` (the previous attempt's, retried
-/// every poll): the same broken file is one warning, not one every two seconds.
-pub fn reload(resolver: &SniResolver, src: &CertSources, state: &ProxyState, why: &str, last: &mut Option<String>) {
-    match CertSet::load(src) {
+/// Loads the sources again and swaps the new set in; counts and logs the outcome. A set
+/// that fails, or loads with problems (a directory pair left out or kept from before), is
+/// tried again every poll; it is said and counted only when what is wrong differs from
+/// `last` or the files `changed`: the same broken file is one warning, not one every poll.
+pub fn reload(
+    resolver: &SniResolver,
+    src: &CertSources,
+    state: &ProxyState,
+    why: &str,
+    changed: bool,
+    last: &mut Option<String>,
+) {
+    let current = resolver.current();
+    match CertSet::load_after(src, Some(&current)) {
         Ok(set) => {
-            tracing::info!(certificates = set.count, why, "wss certificates reloaded");
+            let problems = set.problems.join("; ");
+            if !problems.is_empty() && !changed && last.as_deref() == Some(problems.as_str()) {
+                return;
+            }
+            for gone in current.gone_in(&set) {
+                tracing::warn!(file = %gone.display(), "a wss certificate left the directory: its names now get the default certificate");
+            }
+            if problems.is_empty() {
+                tracing::info!(certificates = set.count, why, "wss certificates reloaded");
+                *last = None;
+            } else {
+                tracing::warn!(certificates = set.count, why, "wss certificates reloaded, not all of them: {problems}");
+                state.runtime.tls_reload_failures.fetch_add(1, Relaxed);
+                *last = Some(problems);
+            }
             resolver.swap(set);
             state.runtime.tls_reloads.fetch_add(1, Relaxed);
-            *last = None;
         }
         Err(e) => {
             let e = e.to_string();
-            if last.as_deref() != Some(e.as_str()) {
+            if changed || last.as_deref() != Some(e.as_str()) {
                 tracing::warn!(why, "wss certificate reload failed, still serving the previous certificates: {e}");
                 state.runtime.tls_reload_failures.fetch_add(1, Relaxed);
             }
@@ -92,8 +114,10 @@ pub fn spawn(resolver: Arc<SniResolver>, src: CertSources, mut seen: Fingerprint
                 None
             }
         };
-        // The last failure, while reloads keep failing.
-        let mut failing: Option<String> = None;
+        // What was last wrong, while loads keep failing or leaving pairs out (the first one's
+        // problems were said at start).
+        let first = resolver.current().problems.join("; ");
+        let mut failing = (!first.is_empty()).then_some(first);
         loop {
             let why = tokio::select! {
                 _ = state.runtime.shutdown.cancelled() => return,
@@ -103,9 +127,10 @@ pub fn spawn(resolver: Arc<SniResolver>, src: CertSources, mut seen: Fingerprint
             let now = fingerprint(&src);
             // A failed load is tried again at every poll until one succeeds: what fixes it
             // (a permission, a label, a transient EIO) may change nothing the fingerprint sees.
-            if why == "SIGHUP" || now != seen || failing.is_some() {
+            let changed = why == "SIGHUP" || now != seen;
+            if changed || failing.is_some() {
                 seen = now;
-                reload(&resolver, &src, &state, why, &mut failing);
+                reload(&resolver, &src, &state, why, changed, &mut failing);
             }
         }
     });
