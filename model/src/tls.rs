@@ -91,12 +91,35 @@ fn file_err(path: &Path, reason: impl std::fmt::Display) -> TlsError {
     TlsError::File { path: path.display().to_string(), reason: reason.to_string() }
 }
 
+/// The most a PEM file of TLS material may hold: a long chain, or a CA bundle, is tens of KiB.
+pub const MAX_PEM_FILE: u64 = 1 << 20;
+
+/// A file's bytes, if it is a regular file of at most [`MAX_PEM_FILE`]: `/dev/zero` would be
+/// read until memory ran out, and a FIFO would block the reader (a whole worker, for a
+/// reload) until something wrote to it.
+pub fn read_small(path: &Path) -> Result<Vec<u8>, TlsError> {
+    use std::io::Read;
+    let meta = std::fs::metadata(path).map_err(|e| file_err(path, e))?;
+    if !meta.is_file() {
+        return Err(file_err(path, "not a regular file"));
+    }
+    let mut out = Vec::new();
+    std::fs::File::open(path)
+        .and_then(|f| f.take(MAX_PEM_FILE + 1).read_to_end(&mut out))
+        .map_err(|e| file_err(path, e))?;
+    if out.len() as u64 > MAX_PEM_FILE {
+        return Err(file_err(
+            path,
+            format!("larger than {MAX_PEM_FILE} bytes: not a PEM file of certificates or a key"),
+        ));
+    }
+    Ok(out)
+}
+
 /// The certificates of a PEM file, at least one.
 pub fn load_certs(path: &Path) -> Result<Vec<CertificateDer<'static>>, TlsError> {
-    let certs = CertificateDer::pem_file_iter(path)
-        .map_err(|e| file_err(path, e))?
-        .collect::<Result<Vec<_>, _>>()
-        .map_err(|e| file_err(path, e))?;
+    let bytes = read_small(path)?;
+    let certs = CertificateDer::pem_slice_iter(&bytes).collect::<Result<Vec<_>, _>>().map_err(|e| file_err(path, e))?;
     if certs.is_empty() {
         return Err(file_err(path, "no PEM certificate in the file"));
     }
@@ -105,7 +128,8 @@ pub fn load_certs(path: &Path) -> Result<Vec<CertificateDer<'static>>, TlsError>
 
 /// The private key of a PEM file (PKCS#8, SEC1 or PKCS#1).
 pub fn load_key(path: &Path) -> Result<PrivateKeyDer<'static>, TlsError> {
-    PrivateKeyDer::from_pem_file(path).map_err(|e| file_err(path, format!("no usable PEM private key: {e}")))
+    PrivateKeyDer::from_pem_slice(&read_small(path)?)
+        .map_err(|e| file_err(path, format!("no usable PEM private key: {e}")))
 }
 
 /// The identity in a certificate's subject: CN is the name, OU the role.
@@ -141,7 +165,7 @@ impl TlsFiles {
     }
 
     fn read(path: &Path) -> Result<Vec<u8>, TlsError> {
-        std::fs::read(path).map_err(|e| file_err(path, e))
+        read_small(path)
     }
 
     /// The identity this part's own certificate claims (checked at startup so a node is not
@@ -380,6 +404,21 @@ pub(crate) mod tests {
         let e = files(&keys[1]).node_client().unwrap_err().to_string();
         assert!(e.contains("b.key") && e.contains("does not match the certificate") && e.contains("a.crt"), "{e}");
         assert!(files(&keys[1]).server().is_err());
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn special_and_huge_files_are_refused_without_reading_them_whole() {
+        for p in ["/dev/zero", "/dev/null", "/"] {
+            let e = load_certs(Path::new(p)).unwrap_err().to_string();
+            assert!(e.contains("not a regular file"), "{p}: {e}");
+        }
+        let dir = std::env::temp_dir().join(format!("sy-tls-big-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let big = dir.join("big.pem");
+        std::fs::write(&big, vec![b'a'; MAX_PEM_FILE as usize + 1]).unwrap();
+        let e = load_key(&big).unwrap_err().to_string();
+        assert!(e.contains("larger than"), "{e}");
         std::fs::remove_dir_all(&dir).unwrap();
     }
 

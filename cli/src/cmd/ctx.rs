@@ -125,12 +125,34 @@ impl Ctx {
     }
 }
 
+/// A token file's text: a regular file of at most 4 KiB (a token is under 100 bytes; this
+/// stops `/dev/zero` being read until memory runs out). One that others may read is used, with
+/// a warning: the token in it is as good as a password.
+fn token_file(p: &std::path::Path) -> Result<String> {
+    use std::io::Read;
+    use std::os::unix::fs::PermissionsExt;
+    let err = |e: &dyn std::fmt::Display| anyhow::anyhow!("--token-file {}: {e}", p.display());
+    let meta = std::fs::metadata(p).map_err(|e| err(&e))?;
+    if !meta.is_file() {
+        return Err(err(&"not a regular file"));
+    }
+    if meta.permissions().mode() & 0o077 != 0 {
+        eprintln!("warning: --token-file {} can be read by others than its owner (chmod 600 it)", p.display());
+    }
+    let mut text = String::new();
+    std::fs::File::open(p).and_then(|f| f.take(4097).read_to_string(&mut text)).map_err(|e| err(&e))?;
+    if text.len() > 4096 {
+        return Err(err(&"larger than 4 KiB: not a token file"));
+    }
+    Ok(text)
+}
+
 /// The bearer token from `--token-file` (named explicitly, so it wins over an exported
 /// `SWITCHYARD_TOKEN`) or `--token`/`SWITCHYARD_TOKEN`, trimmed. Errors name the file, never the
 /// token.
 pub fn read_token(flag: Option<String>, file: Option<&std::path::Path>) -> Result<Option<String>> {
     let token = match (file, flag) {
-        (Some(p), _) => std::fs::read_to_string(p).map_err(|e| anyhow::anyhow!("--token-file {}: {e}", p.display()))?,
+        (Some(p), _) => token_file(p)?,
         (None, Some(t)) => t,
         (None, None) => return Ok(None),
     };

@@ -187,6 +187,15 @@ fn load_pair(crt: &Path, key: &Path, explicit: bool) -> Result<Option<(Certified
         tracing::debug!(file = %crt.display(), "skipping a CA certificate in the certificate directory");
         return Ok(None);
     }
+    // A directory made by `switchyard certs` also holds the nodes' and the operators'
+    // identities: served to browsers, an `admin.crt` (first by name) would be the default
+    // certificate. Only a proxy's, or one from another CA (no Switchyard role), serves.
+    if let Ok(id) = switchyard_model::tls::identity_of(&chain[0]) {
+        if !explicit && id.role != switchyard_model::tls::Role::Proxy {
+            tracing::debug!(file = %crt.display(), role = %id.role, "skipping a Switchyard identity that is not a proxy's");
+            return Ok(None);
+        }
+    }
     let mut names = Vec::new();
     if let Ok(Some(san)) = leaf.subject_alternative_name() {
         for n in &san.value.general_names {
@@ -281,6 +290,29 @@ mod tests {
         assert_eq!(names(set.pick(Some("x.y.apps.example"))), 1, "a wildcard covers one label");
         assert_eq!(names(set.pick(None)), 1);
         assert_eq!(names(set.pick(Some("unknown.example"))), 1);
+    }
+
+    #[test]
+    fn a_switchyard_identity_other_than_a_proxys_is_not_served_from_the_directory() {
+        let dir = tempfile::tempdir().unwrap();
+        let with_role = |name: &str, role: &str| {
+            let kp = rcgen::KeyPair::generate().unwrap();
+            let mut p = rcgen::CertificateParams::new(vec![format!("{name}.example")]).unwrap();
+            p.distinguished_name.push(rcgen::DnType::CommonName, name);
+            p.distinguished_name.push(rcgen::DnType::OrganizationalUnitName, role);
+            std::fs::write(dir.path().join(format!("{name}.crt")), p.self_signed(&kp).unwrap().pem()).unwrap();
+            std::fs::write(dir.path().join(format!("{name}.key")), kp.serialize_pem()).unwrap();
+        };
+        with_role("admin", "admin");
+        with_role("node-1", "node");
+        with_role("edge", "proxy");
+        write_pair(dir.path(), "site", &["site.example"]);
+        let set = CertSet::load(&CertSources { pairs: vec![], dir: Some(dir.path().into()) }).unwrap();
+        assert_eq!(set.count, 2, "the proxy's and the one with no Switchyard role");
+        assert!(set.problems.is_empty());
+        let default = set.pick(None);
+        let (_, leaf) = x509_parser::parse_x509_certificate(&default.cert[0]).unwrap();
+        assert!(leaf.subject().to_string().contains("edge"), "the default is the proxy's, not admin.crt");
     }
 
     #[test]
