@@ -59,8 +59,8 @@ pub struct Args {
     /// This proxy's name in `switchyard proxy list` [default: host name and listen port].
     #[arg(long)]
     pub proxy_id: Option<String>,
-    /// How long a connect to a backend may take before the next backend is tried
-    /// [default: 3000; 1 to 600000].
+    /// How long a connect to a backend (with its TLS handshake, for TLS backends) may take
+    /// before the next backend is tried [default: 3000; 1 to 600000].
     #[arg(long)]
     pub connect_timeout_ms: Option<u64>,
     /// How long a backend this proxy failed to reach is passed over, by this proxy alone

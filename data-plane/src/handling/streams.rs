@@ -74,8 +74,10 @@ impl BackendFail {
     }
 }
 
-/// Connects to a backend under the connect timeout, with TLS when its pool (or, where the
-/// pool says nothing, the proxy) asks for it.
+/// Connects to a backend under the connect timeout, TLS handshake included (one bound for
+/// both: a backend that takes the TCP connection and stalls its TLS would otherwise hold
+/// each attempt for twice the timeout), with TLS when its pool (or, where the pool says
+/// nothing, the proxy) asks for it.
 pub async fn connect_backend(address: &str, tls: &PoolTls, ctx: &Ctx) -> Result<BackendIo, BackendFail> {
     let bt = match tls {
         PoolTls::Proxy => ctx.backend_tls.as_ref(),
@@ -85,8 +87,8 @@ pub async fn connect_backend(address: &str, tls: &PoolTls, ctx: &Ctx) -> Result<
             return Err(BackendFail::Tls(format!("the pool's backend TLS does not compile: {why}")))
         }
     };
-    let limit = ctx.tuning.connect_timeout;
-    let tcp = match tokio::time::timeout(limit, TcpStream::connect(address)).await {
+    let deadline = tokio::time::Instant::now() + ctx.tuning.connect_timeout;
+    let tcp = match tokio::time::timeout_at(deadline, TcpStream::connect(address)).await {
         Ok(Ok(s)) => s,
         Ok(Err(e)) => return Err(BackendFail::from_connect(e)),
         Err(_) => return Err(BackendFail::Connect("timed out".into())),
@@ -101,7 +103,7 @@ pub async fn connect_backend(address: &str, tls: &PoolTls, ctx: &Ctx) -> Result<
     let Some(bt) = bt else { return Ok(Either::Left(tcp)) };
     let name = bt.name_for(address).map_err(|e| BackendFail::Tls(e.to_string()))?;
     let connector = tokio_rustls::TlsConnector::from(bt.config.clone());
-    match tokio::time::timeout(limit, Box::pin(connector.connect(name, tcp))).await {
+    match tokio::time::timeout_at(deadline, Box::pin(connector.connect(name, tcp))).await {
         Ok(Ok(s)) => Ok(Either::Right(Box::new(s))),
         Ok(Err(e)) => Err(BackendFail::Tls(e.to_string())),
         Err(_) => Err(BackendFail::Tls("handshake timed out".into())),
