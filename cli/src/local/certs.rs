@@ -40,9 +40,7 @@ pub fn init(dir: &Path) -> Result<()> {
     p.key_usages = vec![KeyUsagePurpose::KeyCertSign, KeyUsagePurpose::CrlSign, KeyUsagePurpose::DigitalSignature];
     validity(&mut p, CA_DAYS);
     let cert = p.self_signed(&kp)?;
-    write_new(&key, kp.serialize_pem().as_bytes(), 0o600)?;
-    write_new(&crt, cert.pem().as_bytes(), 0o644)?;
-    Ok(())
+    write_pair(&key, kp.serialize_pem().as_bytes(), &crt, cert.pem().as_bytes())
 }
 
 /// A subject alternative name a TLS client can match: an IP address or a DNS name (a
@@ -107,8 +105,7 @@ pub fn issue(dir: &Path, role: Role, name: &str, sans: &[String]) -> Result<(Pat
     let kp = KeyPair::generate_for(&PKCS_ECDSA_P256_SHA256)?;
     let cert = p.signed_by(&kp, &issuer)?;
     verifies(&ca_crt, cert.der())?;
-    write_new(&key, kp.serialize_pem().as_bytes(), 0o600)?;
-    write_new(&crt, cert.pem().as_bytes(), 0o644)?;
+    write_pair(&key, kp.serialize_pem().as_bytes(), &crt, cert.pem().as_bytes())?;
     Ok((crt, key))
 }
 
@@ -167,6 +164,28 @@ fn validity(p: &mut CertificateParams, days: i64) {
     // An hour of slack for clocks a little behind the issuer's.
     p.not_before = now - Duration::hours(1);
     p.not_after = now + Duration::days(days);
+}
+
+/// Writes a key (0600) and its certificate (0644) as a pair or not at all: each goes to a
+/// temporary name first and is linked into place (a link never replaces a file), so an
+/// interrupted run or a full disk leaves no key without its certificate for the next run to
+/// refuse as if a CA or a part already existed.
+fn write_pair(key: &Path, key_pem: &[u8], crt: &Path, crt_pem: &[u8]) -> Result<()> {
+    let tmp = |p: &Path| {
+        let name = p.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+        p.with_file_name(format!(".{name}.{}.tmp", std::process::id()))
+    };
+    let (tk, tc) = (tmp(key), tmp(crt));
+    let done = write_new(&tk, key_pem, 0o600).and_then(|_| write_new(&tc, crt_pem, 0o644)).and_then(|_| {
+        std::fs::hard_link(&tk, key).with_context(|| format!("writing {}", key.display()))?;
+        std::fs::hard_link(&tc, crt).map_err(|e| {
+            let _ = std::fs::remove_file(key);
+            anyhow::anyhow!("writing {}: {e}", crt.display())
+        })
+    });
+    let _ = std::fs::remove_file(&tk);
+    let _ = std::fs::remove_file(&tc);
+    done
 }
 
 fn write_new(path: &Path, bytes: &[u8], mode: u32) -> Result<()> {

@@ -5,7 +5,7 @@ use std::time::{Duration, UNIX_EPOCH};
 use serde_json::json;
 use switchyard_proto::v1::{AuditRecord, CreateTokenReply, TokenInfo};
 
-use super::{note, print_json, Format, Out};
+use super::{note, Format, Out};
 
 /// A unix-ms time as RFC 3339 (UTC, seconds); 0 prints as `never` or `-`.
 fn time(ms: u64, zero: &str) -> String {
@@ -30,6 +30,20 @@ fn token_json(t: &TokenInfo) -> serde_json::Value {
     })
 }
 
+/// Writes what holds a new token's secret, and exits non-zero saying so when it cannot be
+/// written (a closed pipe included, which other output ends quietly on): the token exists
+/// now, and its secret is shown nowhere else.
+fn secret_out(id: &str, text: &str) {
+    use std::io::Write;
+    let mut out = std::io::stdout().lock();
+    if let Err(e) = writeln!(out, "{text}").and_then(|_| out.flush()) {
+        super::error(format_args!(
+            "token {id} was created but its secret could not be written ({e}); revoke it: switchyard token revoke {id}"
+        ));
+        std::process::exit(1);
+    }
+}
+
 impl Out {
     /// The secret alone on stdout (so `T=$(switchyard token create ...)` works), what it is on
     /// stderr; or one JSON document with both.
@@ -40,7 +54,7 @@ impl Out {
                 let mut v = token_json(&t);
                 v["secret"] = json!(r.secret);
                 v["revision"] = json!(r.revision);
-                print_json(&v);
+                secret_out(&t.id, &serde_json::to_string_pretty(&v).expect("json values print"));
             }
             Format::Table => {
                 note(format_args!(
@@ -50,7 +64,7 @@ impl Out {
                     if t.name.is_empty() { String::new() } else { format!(", name {}", t.name) },
                     time(t.expires_ms, "never")
                 ));
-                outln!("{}", r.secret);
+                secret_out(&t.id, &r.secret);
             }
         }
     }
