@@ -301,7 +301,15 @@ pub fn route(mut r: Route) -> Result<Route, ApiError> {
     r.host = r.host.to_ascii_lowercase();
     if !r.host.is_empty() {
         let h = r.host.strip_prefix("*.").unwrap_or(&r.host);
-        let h = h.rsplit_once(':').filter(|(_, p)| p.parse::<u16>().is_ok()).map_or(h, |(h, _)| h);
+        if h.rsplit_once(':').is_some_and(|(_, p)| p.parse::<u16>().is_ok()) && h.parse::<IpAddr>().is_err() {
+            // Proxies match the host on any port, so a port here was ignored, yet made the
+            // route outrank the same host without it (and skip that one's authentication).
+            return Err(invalid(format!(
+                "route host {:?} names a port: a route matches its host on any port the proxy listens on; give the \
+                 name alone",
+                r.host
+            )));
+        }
         if hostname(h).is_err() && h.parse::<IpAddr>().is_err() {
             return Err(invalid(format!("route host {:?} is not a host name", r.host)));
         }
@@ -431,6 +439,19 @@ mod tests {
         assert!(admin_pool(long).is_err());
         admin_pool(Pool { name: "p".into(), hash_key: format!("header:{}", "h".repeat(128)), ..Default::default() })
             .unwrap();
+    }
+
+    #[test]
+    fn route_hosts_are_names_or_addresses_without_a_port() {
+        let r =
+            |host: &str| route(Route { name: "r".into(), pool: "p".into(), host: host.into(), ..Default::default() });
+        for ok in ["api.example.com", "*.example.com", "10.0.0.1", "::1", "API.Example.com"] {
+            r(ok).unwrap_or_else(|e| panic!("{ok}: {e:?}"));
+        }
+        for bad in ["api.example.com:9443", "*.example.com:1", "10.0.0.1:80"] {
+            let e = format!("{:?}", r(bad).unwrap_err());
+            assert!(e.contains("names a port"), "{bad}: {e}");
+        }
     }
 
     #[test]

@@ -115,7 +115,9 @@ impl Balancer {
         let fit = |i: usize| self.weights[i] > 0 && (inp.fit)(i);
         match self.algorithm {
             Algorithm::ConsistentHash => match (inp.key, &self.maglev) {
-                (Some(k), Some(m)) => m.candidates(k).take(MAGLEV_SIZE).find(|&i| fit(i)),
+                // Nothing fit (all at their limit, draining, ejected): known in n looks, not
+                // after a walk of every slot of the table.
+                (Some(k), Some(m)) => (0..n).any(fit).then(|| m.candidates(k).take(MAGLEV_SIZE).find(|&i| fit(i)))?,
                 _ => self.round_robin(&fit),
             },
             Algorithm::IpHash => {

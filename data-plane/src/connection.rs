@@ -260,6 +260,11 @@ async fn open(
         Ok(u) => u,
         Err(r) => return reject_none(state, rec, client, r).await,
     };
+    // The config in force now, not when the connection came: the head may take up to the
+    // handshake timeout, and a route given authentication (or a backend removed) meanwhile
+    // must not be served as it was.
+    let table = state.table.load_full();
+    let s = table.settings;
     // Admission: the caps in force come with the config; over them, 503 and a jittered
     // Retry-After so a storm of reconnects spreads out.
     // (The per-IP rate was checked at accept.)

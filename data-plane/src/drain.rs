@@ -34,7 +34,7 @@ pub fn on_change(state: &ProxyState, old: &Table, new: &Table) {
                 // of its connections at once sends every client back together). A drain under
                 // way goes on; a disabled backend's connections are already closed.
                 None if was == AdminState::Active as i32 => {
-                    let window = Duration::from_millis(old_pool.pool.drain_timeout_ms.max(1));
+                    let window = drain_window(Some(&**old_pool));
                     start_drain(state, e, window, "removed: draining");
                 }
                 None => {}
@@ -42,7 +42,7 @@ pub fn on_change(state: &ProxyState, old: &Table, new: &Table) {
                     close_all(&n.stats.connections())
                 }
                 Some(n) if n.backend.admin_state == AdminState::Draining as i32 && was != n.backend.admin_state => {
-                    let window = Duration::from_millis(new_pool.map_or(30_000, |p| p.pool.drain_timeout_ms.max(1)));
+                    let window = drain_window(new_pool.map(|p| &**p));
                     start_drain(state, n, window, "draining");
                 }
                 // Marked down by its health check, in a pool that asks for it (HAProxy's
@@ -86,6 +86,14 @@ pub fn on_change(state: &ProxyState, old: &Table, new: &Table) {
 
 /// Closes the backend's connections spread over `window` (see [`drain`]), unless it is set
 /// active again first.
+/// A pool's drain window: its own, 30 s where it has none (it is gone, or came from a
+/// control plane or stored state from before the default was applied at write: 0 would
+/// close every connection at once, the storm a drain is there to spread), a day at most.
+fn drain_window(pool: Option<&PoolTable>) -> Duration {
+    let ms = pool.map_or(0, |p| p.pool.drain_timeout_ms);
+    Duration::from_millis(if ms == 0 { 30_000 } else { ms.min(86_400_000) })
+}
+
 fn start_drain(state: &ProxyState, b: &BackendEntry, window: Duration, what: &'static str) {
     let conns = b.stats.connections();
     tracing::info!(backend = %b.backend.address, connections = conns.len(), ?window, "{what}");

@@ -31,7 +31,13 @@ type Keys = Arc<Vec<Key>>;
 /// A route's check, compiled from its config.
 pub enum EdgeAuth {
     Jwt(Jwt),
-    Request { authority: String, path: String, timeout: Duration },
+    Request {
+        authority: String,
+        path: String,
+        timeout: Duration,
+    },
+    /// A kind this proxy does not know (a newer control plane's): every client refused.
+    Unknown,
 }
 
 pub struct Jwt {
@@ -112,7 +118,7 @@ impl KeyCache {
 /// A route's check, or none. Settings a proxy cannot use (validated by the control plane, so
 /// only a newer one's) leave the route refusing every client rather than open.
 pub fn compile(route: &Route, cache: &KeyCache) -> Option<Arc<EdgeAuth>> {
-    let kind = route.auth.as_ref()?.kind.as_ref()?;
+    let Some(kind) = route.auth.as_ref()?.kind.as_ref() else { return Some(Arc::new(EdgeAuth::Unknown)) };
     Some(Arc::new(match kind {
         route_auth::Kind::Jwt(j) => EdgeAuth::Jwt(Jwt {
             keys: cache.keys(&route.name, &j.jwks),
@@ -136,6 +142,11 @@ pub async fn check(auth: &EdgeAuth, up: &Upgrade, client: IpAddr, state: &Arc<Pr
         EdgeAuth::Request { authority, path, timeout } => {
             subrequest(authority, path, *timeout, up, client, state).await
         }
+        EdgeAuth::Unknown => Verdict::Deny {
+            status: 503,
+            why: "the route's authentication is of a kind this proxy does not know",
+            challenge: None,
+        },
     }
 }
 
@@ -429,6 +440,20 @@ async fn subrequest(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// An auth whose kind did not decode (a newer control plane's) is a check that refuses,
+    /// never no check: the route stays closed.
+    #[test]
+    fn an_auth_of_an_unknown_kind_refuses_rather_than_opens() {
+        let r = Route {
+            name: "r".into(),
+            auth: Some(switchyard_proto::v1::RouteAuth { kind: None }),
+            ..Default::default()
+        };
+        let a = compile(&r, &KeyCache::default()).expect("a check, not none");
+        assert!(matches!(*a, EdgeAuth::Unknown));
+        assert!(compile(&Route { name: "open".into(), ..Default::default() }, &KeyCache::default()).is_none());
+    }
 
     const EC: &str = r#"{"keys":[{"kty":"EC","crv":"P-256","kid":"k1","alg":"ES256",
         "x":"f83OJ3D2xF1Bg8vub9tLe1gHMzV76e8Tus9uPHvRVEU","y":"x_FEzRu9m36HLN_tue659LNpXW6pCyStikYjKIWI5a0"}]}"#;

@@ -69,14 +69,21 @@ fn route_rank(r: &Route) -> (u8, usize, usize) {
     } else {
         0
     };
-    (host_class, usize::MAX - r.host.len(), usize::MAX - r.path_prefix.len())
+    (host_class, usize::MAX - without_port(&r.host).len(), usize::MAX - r.path_prefix.len())
+}
+
+/// A rule's host without the port an older control plane let it name: a host matches on any
+/// port, so the port neither matches nor ranks (it made `a.example:9443` outrank, and take
+/// every request of, `a.example`).
+fn without_port(rule: &str) -> &str {
+    rule.rsplit_once(':').filter(|(_, p)| p.bytes().all(|b| b.is_ascii_digit())).map_or(rule, |(h, _)| h)
 }
 
 fn host_matches(rule: &str, host: &str) -> bool {
     if rule.is_empty() {
         return true;
     }
-    let rule = rule.rsplit_once(':').filter(|(_, p)| p.bytes().all(|b| b.is_ascii_digit())).map_or(rule, |(h, _)| h);
+    let rule = without_port(rule);
     match rule.strip_prefix("*.") {
         Some(suffix) => {
             host.len() > suffix.len() + 1 && host.ends_with(suffix) && host[..host.len() - suffix.len()].ends_with('.')
@@ -280,6 +287,10 @@ impl PoolTable {
             }
         }
         let m = self.affinity.as_ref()?;
+        // As in the balancer: none fit is known without a walk of every slot.
+        if !(0..self.backends.len()).any(|i| self.fit(i, now_ms, exclude)) {
+            return None;
+        }
         let h = hash64(&[key.as_bytes()]);
         m.candidates(h).take(crate::balance::MAGLEV_SIZE).find(|&i| self.fit(i, now_ms, exclude)).map(|i| (i, true))
     }

@@ -169,6 +169,9 @@ async fn serve(listener: TcpListener, state: Arc<ProxyState>, ctx: Arc<Ctx>, tls
             },
         };
         state.runtime.accepted.fetch_add(1, Relaxed);
+        // An IPv4 client on a dual-stack listener arrives as `::ffff:a.b.c.d`: one client,
+        // one address, for ip-hash, affinity by IP, rate limits and logs on every listener.
+        let peer = std::net::SocketAddr::new(peer.ip().to_canonical(), peer.port());
         // A client IP's new connections per second, counted here, before TLS or a head: a
         // client holding half-finished handshakes takes no more slots than its rate allows.
         // First, so that a client over its rate costs nothing else (no idle backend

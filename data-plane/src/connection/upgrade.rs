@@ -73,7 +73,10 @@ pub(super) async fn reach(
         let given = deadline.saturating_duration_since(tokio::time::Instant::now());
         let asked = tokio::time::timeout_at(deadline, ask(&mut backend, fwd, &mut resp)).await;
         let why = match asked {
-            Ok(Ok(head)) => return Ok(Reached { idx: i, counted: attempts.take(), backend, resp, head }),
+            Ok(Ok(head)) => {
+                b.stats.hangups.store(0, std::sync::atomic::Ordering::Relaxed);
+                return Ok(Reached { idx: i, counted: attempts.take(), backend, resp, head });
+            }
             Ok(Err(Failed::Unanswered(why))) => why,
             Ok(Err(Failed::Invalid)) => {
                 eject_locally(state, b, &pool.pool.name, tuning, &BackendFail::Upgrade("an invalid answer"));
@@ -87,7 +90,7 @@ pub(super) async fn reach(
                 return Err(Reject::GatewayTimeout);
             }
         };
-        attempts.failed(i, &BackendFail::Upgrade(why))?;
+        attempts.failed(i, &BackendFail::Hangup(why))?;
     }
 }
 

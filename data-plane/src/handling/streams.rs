@@ -60,7 +60,18 @@ pub enum BackendFail {
     /// Connected, but the upgrade got no usable answer.
     #[error("upgrade failed: {0}")]
     Upgrade(&'static str),
+    /// Connected and sent the upgrade, which the backend closed on without a word. A
+    /// backend may do that to one request it cannot parse (tungstenite drops a target it
+    /// cannot read, or a head of more than 124 headers, unanswered), so one such close is no
+    /// proof the backend is broken: see [`HANGUPS_TO_EJECT`].
+    #[error("upgrade failed: {0}")]
+    Hangup(&'static str),
 }
+
+/// Hangups in a row that eject a backend (Envoy's outlier detection ejects after 5
+/// consecutive gateway failures). Ejected on the first, a client sending heads the
+/// backends drop would take one backend out per attempt, three per request, every 10 s.
+pub const HANGUPS_TO_EJECT: u64 = 5;
 
 impl BackendFail {
     /// A connect error that is the proxy's own shortage, not the backend's failure.
@@ -197,6 +208,13 @@ pub(crate) fn eject_locally(
             tracing::warn!(backend = %b.backend.address, pool, "{why}; the backend is not ejected");
         }
         return;
+    }
+    if let BackendFail::Hangup(_) = why {
+        if b.stats.hangups.fetch_add(1, Relaxed) + 1 < HANGUPS_TO_EJECT {
+            tracing::debug!(backend = %b.backend.address, pool, "{why}; not ejected for one");
+            return;
+        }
+        b.stats.hangups.store(0, Relaxed);
     }
     b.stats.connect_failures.fetch_add(1, Relaxed);
     b.stats

@@ -24,7 +24,8 @@ pub fn normalize(target: &str) -> Result<Cow<'_, str>, Reject> {
         return Ok(Cow::Borrowed(target));
     }
     let b = path.as_bytes();
-    let plain = !b.contains(&b'%') && !b.contains(&b'\\') && !b.windows(2).any(|w| w == b"//" || w == b"/.");
+    let plain =
+        !b.contains(&b'%') && !b.contains(&b'\\') && !b.windows(2).any(|w| w == b"//" || w == b"/." || w == b"/;");
     // A fragment is the client's own business (RFC 9110 §7.1); none reaches a backend.
     let rest = rest.split('#').next().unwrap_or("");
     if plain {
@@ -48,6 +49,12 @@ pub fn normalize(target: &str) -> Result<Cow<'_, str>, Reject> {
         let name = seg.split(';').next().unwrap_or("");
         if name != seg && (name == "." || name == "..") {
             return Err(Reject::BadRequest("a dot segment with parameters (`..;`) in the path"));
+        }
+        // `/;x/admin` is `//admin`, so `/admin`, to the same servers once they drop the
+        // parameters and merge slashes: matched as `/;x/admin` it would pass a guarded
+        // `/admin` prefix. Refused likewise.
+        if name.is_empty() && !seg.is_empty() {
+            return Err(Reject::BadRequest("a path segment of parameters alone (`/;x/`)"));
         }
         match seg {
             "" | "." => dir = last,
@@ -173,6 +180,10 @@ mod tests {
             assert!(matches!(normalize(t), Err(Reject::BadRequest(_))), "{t}: {:?}", normalize(t));
         }
         assert_eq!(n("/app;jsessionid=1/chat"), "/app;jsessionid=1/chat", "other parameters are the backend's");
+        // A segment of parameters alone would be an empty one, merged away, to those servers.
+        for t in ["/;x/admin/users", "/;/admin", "/a/;x/b", "/admin/;x", "/%61/;x/b"] {
+            assert!(matches!(normalize(t), Err(Reject::BadRequest(_))), "{t}: {:?}", normalize(t));
+        }
     }
 
     #[test]
