@@ -1,7 +1,8 @@
 //! Active health checks, run by the leader only: TCP connect, or a WebSocket handshake plus
 //! ping, per the pool's spec (interval, timeout, rise, fall). A backend's health flips only
 //! after `rise` successes or `fall` failures in a row, and each flip is a Raft command, so every
-//! proxy sees the same health. A new leader starts probing within one interval.
+//! proxy sees the same health. A new leader starts probing within one interval, each backend
+//! at a random point of it, at most [`MAX_PROBES`] at once.
 
 use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
@@ -10,6 +11,7 @@ use std::time::{Duration, Instant};
 use futures::{SinkExt, StreamExt};
 use switchyard_model::topology::Pair;
 use switchyard_proto::v1::{Health, HealthCheck, HealthCheckKind, Pool};
+use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
 use tokio_tungstenite::tungstenite::Message;
 
 use crate::node::context::NodeCtx;
@@ -17,12 +19,18 @@ use crate::node::leader;
 use crate::state::Command;
 
 const TICK: Duration = Duration::from_millis(50);
+/// Probes in flight at once. They run on the node's one thread beside Raft: thousands at
+/// once (a TLS handshake each) would delay heartbeats into elections, and take descriptors
+/// by the thousand.
+const MAX_PROBES: usize = 64;
 
 #[derive(Default)]
 struct Track {
     ok_streak: u32,
     fail_streak: u32,
     next_probe: Option<Instant>,
+    /// A probe of this backend is queued or running: no second one beside it.
+    probing: bool,
     /// A flip of this backend is being written: no second one until it is done (the probe
     /// after it judges against the state it left).
     writing: Arc<std::sync::atomic::AtomicBool>,
@@ -35,32 +43,65 @@ pub struct ProbeTls {
     pub server_name: String,
 }
 
-/// One probe: whether the backend answered within the timeout. A WebSocket check of a pool
-/// with backend TLS speaks wss and verifies the backend as the proxies do.
-pub async fn probe(address: &str, hc: &HealthCheck, tls: Option<&ProbeTls>) -> bool {
+/// One probe: whether the backend answered within the timeout; `None` when this node could
+/// not try (out of descriptors or local ports: no fault of the backend's, which must not be
+/// marked down for it). A WebSocket check of a pool with backend TLS speaks wss and verifies
+/// the backend as the proxies do.
+pub async fn probe(address: &str, hc: &HealthCheck, tls: Option<&ProbeTls>) -> Option<bool> {
     let timeout = Duration::from_millis(hc.timeout_ms.max(1) as u64);
+    let connect = || async {
+        match tokio::net::TcpStream::connect(address).await {
+            Ok(s) => Ok(s),
+            Err(e) if local_shortage(&e) => Err(None),
+            Err(_) => Err(Some(false)),
+        }
+    };
     let attempt = async {
         match HealthCheckKind::try_from(hc.kind).unwrap_or(HealthCheckKind::HealthCheckNone) {
-            HealthCheckKind::HealthCheckNone => true,
-            HealthCheckKind::HealthCheckTcp => tokio::net::TcpStream::connect(address).await.is_ok(),
+            HealthCheckKind::HealthCheckNone => Some(true),
+            HealthCheckKind::HealthCheckTcp => match connect().await {
+                Ok(_) => Some(true),
+                Err(r) => r,
+            },
             HealthCheckKind::HealthCheckWebsocket => {
                 let path = if hc.path.is_empty() { "/" } else { hc.path.as_str() };
-                let Ok(tcp) = tokio::net::TcpStream::connect(address).await else { return false };
-                match tls {
-                    None => ws_ping(tokio_tungstenite::client_async(format!("ws://{address}{path}"), tcp).await).await,
+                let tcp = match connect().await {
+                    Ok(s) => s,
+                    Err(r) => return r,
+                };
+                // A probe reads a handshake and a pong: small buffers and limits, not
+                // tungstenite's 128 KiB buffer and 64 MiB messages per probe.
+                let config = WebSocketConfig::default()
+                    .read_buffer_size(4096)
+                    .write_buffer_size(0)
+                    .max_message_size(Some(64 << 10))
+                    .max_frame_size(Some(64 << 10));
+                Some(match tls {
+                    None => {
+                        let url = format!("ws://{address}{path}");
+                        ws_ping(tokio_tungstenite::client_async_with_config(url, tcp, Some(config)).await).await
+                    }
                     Some(t) => {
                         let Ok(name) = switchyard_model::backend_tls::name_for(&t.server_name, address) else {
-                            return false;
+                            return Some(false);
                         };
                         let connector = tokio_rustls::TlsConnector::from(t.config.clone());
-                        let Ok(s) = connector.connect(name, tcp).await else { return false };
-                        ws_ping(tokio_tungstenite::client_async(format!("wss://{address}{path}"), s).await).await
+                        let Ok(s) = connector.connect(name, tcp).await else { return Some(false) };
+                        let url = format!("wss://{address}{path}");
+                        ws_ping(tokio_tungstenite::client_async_with_config(url, s, Some(config)).await).await
                     }
-                }
+                })
             }
         }
     };
-    tokio::time::timeout(timeout, attempt).await.unwrap_or(false)
+    tokio::time::timeout(timeout, attempt).await.unwrap_or(Some(false))
+}
+
+/// A connect that failed for want of this node's own resources.
+fn local_shortage(e: &std::io::Error) -> bool {
+    use rustix::io::Errno;
+    let local = [Errno::MFILE, Errno::NFILE, Errno::ADDRNOTAVAIL, Errno::NOBUFS, Errno::NOMEM];
+    e.raw_os_error().is_some_and(|n| local.iter().any(|l| l.raw_os_error() == n))
 }
 
 /// After a handshake: whether a ping comes back as its pong.
@@ -117,7 +158,8 @@ impl TlsCache {
 pub async fn run(node: Arc<NodeCtx>) {
     let mut tracks: HashMap<(String, String), Track> = HashMap::new();
     let mut tls = TlsCache::default();
-    let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel::<((String, String), bool)>();
+    let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel::<((String, String), Option<bool>)>();
+    let permits = Arc::new(tokio::sync::Semaphore::new(MAX_PROBES));
     let mut ticker = tokio::time::interval(TICK);
     ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
@@ -160,15 +202,25 @@ pub async fn run(node: Arc<NodeCtx>) {
         tracks.retain(|k, _| keys.contains(k));
         for (key, hc, tls) in targets {
             let t = tracks.entry(key.clone()).or_default();
-            if t.next_probe.is_some_and(|at| now < at) {
+            let interval = Duration::from_millis(hc.interval_ms.max(1) as u64);
+            // A backend first seen (at start, or by a new leader) is probed at a random point
+            // of its first interval: backends seen together would otherwise be probed together,
+            // all of them, every interval, for as long as this node leads.
+            let Some(at) = t.next_probe else {
+                t.next_probe = Some(now + interval.mul_f64(rand::random::<f64>()));
+                continue;
+            };
+            if now < at || t.probing {
                 continue;
             }
-            t.next_probe = Some(now + Duration::from_millis(hc.interval_ms as u64));
-            let tx = tx.clone();
+            t.next_probe = Some(now + interval);
+            t.probing = true;
+            let (tx, permits) = (tx.clone(), permits.clone());
             tokio::spawn(async move {
+                let Ok(_permit) = permits.acquire_owned().await else { return };
                 let ok = match tls {
                     Ok(tls) => probe(&key.1, &hc, tls.as_ref()).await,
-                    Err(()) => false,
+                    Err(()) => Some(false),
                 };
                 let _ = tx.send((key, ok));
             });
@@ -176,8 +228,13 @@ pub async fn run(node: Arc<NodeCtx>) {
     }
 }
 
-fn record(node: &Arc<NodeCtx>, tracks: &mut HashMap<(String, String), Track>, key: (String, String), ok: bool) {
+fn record(node: &Arc<NodeCtx>, tracks: &mut HashMap<(String, String), Track>, key: (String, String), ok: Option<bool>) {
     let Some(t) = tracks.get_mut(&key) else { return };
+    t.probing = false;
+    let Some(ok) = ok else {
+        node.metrics.probes.get_or_create(&vec![("result", "not_tried".to_string())]).inc();
+        return;
+    };
     let result = if ok { "ok" } else { "failed" };
     node.metrics.probes.get_or_create(&vec![("result", result.to_string())]).inc();
     if ok {
@@ -203,17 +260,20 @@ fn record(node: &Arc<NodeCtx>, tracks: &mut HashMap<(String, String), Track>, ke
     if t.writing.swap(true, std::sync::atomic::Ordering::AcqRel) {
         return;
     }
-    tracing::info!(pool = %key.0, backend = %key.1, health = ?want, "health changed");
-    let to = if want == Health::Healthy { "healthy" } else { "unhealthy" };
-    node.metrics.flips.get_or_create(&vec![("to", to.to_string())]).inc();
     let cmd = Command::SetBackendHealth { pool: key.0.clone(), address: key.1.clone(), health: want as i32 };
     // Written beside the probing, not in its way: flips due together (a rack lost) share the
     // leader's group commit, and probes of every other backend go on meanwhile. Awaited here,
-    // each flip was its own entry, and probing stopped while it committed.
+    // each flip was its own entry, and probing stopped while it committed. Said and counted
+    // once written: a write that fails (no quorum) is tried again at the next probe.
     let (node, writing) = (node.clone(), t.writing.clone());
     tokio::spawn(async move {
-        if let Err(e) = leader::write(&node, cmd).await {
-            tracing::warn!(backend = %key.1, "could not record health: {e}");
+        match leader::write(&node, cmd).await {
+            Ok(_) => {
+                tracing::info!(pool = %key.0, backend = %key.1, health = ?want, "health changed");
+                let to = if want == Health::Healthy { "healthy" } else { "unhealthy" };
+                node.metrics.flips.get_or_create(&vec![("to", to.to_string())]).inc();
+            }
+            Err(e) => tracing::warn!(backend = %key.1, "could not record health: {e}"),
         }
         writing.store(false, std::sync::atomic::Ordering::Release);
     });

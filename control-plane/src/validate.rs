@@ -243,6 +243,14 @@ fn health_check(hc: &HealthCheck) -> Result<(), ApiError> {
     if hc.path.contains(' ') {
         return Err(invalid(format!("health check path {:?} holds a space", hc.path)));
     }
+    // As the probe's WebSocket client reads it: one it cannot parse fails every probe, and
+    // the whole pool would be marked down.
+    if !hc.path.is_empty() && format!("ws://backend{}", hc.path).parse::<http::Uri>().is_err() {
+        return Err(invalid(format!(
+            "health check path {:?} is not a valid request target (percent-encode what is not)",
+            hc.path
+        )));
+    }
     let kind = HealthCheckKind::try_from(hc.kind).map_err(|_| invalid("unknown health check kind"))?;
     if kind == HealthCheckKind::HealthCheckNone {
         return Ok(());
@@ -295,6 +303,39 @@ pub fn admin_state(s: i32) -> Result<AdminState, ApiError> {
     }
 }
 
+/// Whether a path prefix is in the form proxies match request paths in (they normalize the
+/// path first: escapes of unreserved characters decoded, others in upper case, dot segments
+/// and runs of slashes gone, `;parameters` left out). A prefix in another form would never
+/// match, and its requests would fall through to a broader route, perhaps one without its
+/// authentication.
+fn normal_prefix(p: &str) -> Result<(), &'static str> {
+    let b = p.as_bytes();
+    if b.iter().any(|c| !c.is_ascii()) {
+        return Err("holds characters that are not ASCII: percent-encode them, as clients send them (/caf%C3%A9)");
+    }
+    if p.contains("//") || p.contains('\\') || p.contains(';') {
+        return Err("holds `//`, a backslash or `;`: proxies match the path with those merged or dropped");
+    }
+    if p.split('/').any(|s| s == "." || s == "..") {
+        return Err("holds a `.` or `..` segment: proxies match the path with them resolved");
+    }
+    let mut i = 0;
+    while let Some(n) = p[i..].find('%') {
+        let at = i + n;
+        let hex = p.get(at + 1..at + 3).filter(|h| h.bytes().all(|c| c.is_ascii_hexdigit()));
+        let Some(hex) = hex else { return Err("holds a malformed percent-escape") };
+        let c = u8::from_str_radix(hex, 16).unwrap_or(0);
+        if c.is_ascii_alphanumeric() || matches!(c, b'-' | b'.' | b'_' | b'~') {
+            return Err("escapes a character that needs none (%7E is ~): proxies match the path decoded");
+        }
+        if matches!(c, b'/' | b'\\' | 0) || hex.bytes().any(|c| c.is_ascii_lowercase()) {
+            return Err("holds an escape proxies refuse or spell otherwise (%2F, %5C, %00; hex in upper case)");
+        }
+        i = at + 3;
+    }
+    Ok(())
+}
+
 pub fn route(mut r: Route) -> Result<Route, ApiError> {
     name("route", &r.name)?;
     name("pool", &r.pool)?;
@@ -320,6 +361,9 @@ pub fn route(mut r: Route) -> Result<Route, ApiError> {
     }
     if r.path_prefix.bytes().any(|b| b.is_ascii_whitespace() || b.is_ascii_control()) {
         return Err(invalid("path prefix must not contain spaces or control characters"));
+    }
+    if let Err(why) = normal_prefix(&r.path_prefix) {
+        return Err(invalid(format!("path prefix {:?} {why}", r.path_prefix)));
     }
     if let Some(a) = &r.auth {
         if let Some(switchyard_proto::v1::route_auth::Kind::Jwt(j)) = &a.kind {
@@ -439,6 +483,37 @@ mod tests {
         assert!(admin_pool(long).is_err());
         admin_pool(Pool { name: "p".into(), hash_key: format!("header:{}", "h".repeat(128)), ..Default::default() })
             .unwrap();
+    }
+
+    #[test]
+    fn health_check_paths_are_targets_a_client_can_send() {
+        let hc = |path: &str| HealthCheck {
+            kind: HealthCheckKind::HealthCheckWebsocket as i32,
+            path: path.into(),
+            interval_ms: 1000,
+            timeout_ms: 500,
+            rise: 1,
+            fall: 1,
+            ..Default::default()
+        };
+        for ok in ["", "/", "/healthz", "/ws?probe=1", "/caf%C3%A9"] {
+            health_check(&hc(ok)).unwrap_or_else(|e| panic!("{ok}: {e:?}"));
+        }
+        for bad in ["/a<b", "/a`b"] {
+            let e = format!("{:?}", health_check(&hc(bad)).unwrap_err());
+            assert!(e.contains("not a valid request target"), "{bad}: {e}");
+        }
+    }
+
+    #[test]
+    fn path_prefixes_are_in_the_form_proxies_match() {
+        for ok in ["", "/", "/admin", "/admin/", "/caf%C3%A9", "/a%20b", "/~user", "/v1.2/x"] {
+            normal_prefix(ok).unwrap_or_else(|e| panic!("{ok}: {e}"));
+        }
+        for bad in ["/données", "/caf%c3%a9", "/%7Euser", "/a/../b", "//x", "/a;b", "/a/./b", "/a%2Fb", "/a%zz", "/a%4"]
+        {
+            assert!(normal_prefix(bad).is_err(), "{bad}");
+        }
     }
 
     #[test]

@@ -22,7 +22,7 @@ mod upgrade;
 pub use accept::{configured, start, Listen};
 use live::Live;
 
-use crate::handling::streams::{self, accept_tls, backend_stream, client_stream, ClientIo};
+use crate::handling::streams::{self, accept_tls, backend_stream, client_stream, eject_locally, BackendFail, ClientIo};
 use crate::handling::{handshake_timeout, relay_limits, session_key, Ctx};
 
 /// Defaults for settings a fresh control plane has not set.
@@ -329,13 +329,23 @@ async fn open(
     let (status, extensions) = match handshake::response_head(&resp[..resp_len]) {
         Some((code, ext)) => (code, ext),
         None => {
-            tracing::warn!(backend = %entry.backend.address, "backend answered the upgrade with a malformed head: 502");
+            // Ejected, as a head that never ends is (see `upgrade::reach`): nothing a client
+            // sends makes a working backend answer so, and the next clients go elsewhere.
+            let why = BackendFail::Upgrade("a malformed answer head (502)");
+            eject_locally(state, entry, &pool.pool.name, &ctx.tuning, &why);
             return reject_none(state, rec, client, Reject::BadGateway).await;
         }
     };
     if status == 101 {
         if let Err(why) = handshake::check_101(&resp[..resp_len], &up) {
             tracing::warn!(backend = %entry.backend.address, "backend's upgrade answer refused: {why}: 502");
+            eject_locally(
+                state,
+                entry,
+                &pool.pool.name,
+                &ctx.tuning,
+                &BackendFail::Upgrade("a 101 that fails its checks"),
+            );
             return reject_none(state, rec, client, Reject::BadGateway).await;
         }
     }

@@ -24,6 +24,9 @@ fn by_address(p: &PoolTable) -> HashMap<&str, &BackendEntry> {
 pub fn on_change(state: &ProxyState, old: &Table, new: &Table) {
     for (name, old_pool) in &old.pools {
         let new_pool = new.pools.get(name);
+        if old_pool.panic && new_pool.is_some_and(|p| !p.panic) {
+            tracing::info!(pool = %name, "the pool has a usable backend again: out of panic");
+        }
         let new_backends = new_pool.map(|p| by_address(p)).unwrap_or_default();
         for e in &old_pool.backends {
             let now = new_backends.get(e.backend.address.as_str()).copied();
@@ -51,11 +54,16 @@ pub fn on_change(state: &ProxyState, old: &Table, new: &Table) {
                 // Not when that leaves the pool in panic (every backend marked down): its
                 // backends all take connections then, and closing them would only send every
                 // client back at once to the same backends.
+                // Also once the pool leaves panic with it still down (its closes were held
+                // then, and a frozen backend's clients would otherwise stay on it for good),
+                // and when the pool starts asking for it while it is down.
                 Some(n)
                     if n.backend.health == Health::Unhealthy as i32
-                        && e.backend.health != Health::Unhealthy as i32
                         && new_pool.is_some_and(|p| !p.panic)
-                        && new_pool.and_then(|p| p.pool.health_check.as_ref()).is_some_and(|h| h.close_on_failure) =>
+                        && closes_on_failure(new_pool.map(|p| &**p))
+                        && (e.backend.health != Health::Unhealthy as i32
+                            || old_pool.panic
+                            || !closes_on_failure(Some(&**old_pool))) =>
                 {
                     let conns = n.stats.connections();
                     tracing::info!(backend = %n.backend.address, connections = conns.len(), "health check failed: closing its connections");
@@ -74,6 +82,10 @@ pub fn on_change(state: &ProxyState, old: &Table, new: &Table) {
     // Added back while a removal's drain runs (the same address keeps its counters): the
     // drain is called off, as for a backend set active again.
     for (name, new_pool) in &new.pools {
+        // Said once as it starts (and once as it ends, above), not at every config change.
+        if new_pool.panic && !old.pools.get(name).is_some_and(|o| o.panic) {
+            tracing::warn!(pool = %name, "every backend is marked down by its health check: all of them take connections anyway (panic)");
+        }
         let old_backends = old.pools.get(name).map(|p| by_address(p)).unwrap_or_default();
         for n in &new_pool.backends {
             let was_there = old_backends.contains_key(n.backend.address.as_str());
@@ -86,6 +98,10 @@ pub fn on_change(state: &ProxyState, old: &Table, new: &Table) {
 
 /// Closes the backend's connections spread over `window` (see [`drain`]), unless it is set
 /// active again first.
+fn closes_on_failure(pool: Option<&PoolTable>) -> bool {
+    pool.and_then(|p| p.pool.health_check.as_ref()).is_some_and(|h| h.close_on_failure)
+}
+
 /// A pool's drain window: its own, 30 s where it has none (it is gone, or came from a
 /// control plane or stored state from before the default was applied at write: 0 would
 /// close every connection at once, the storm a drain is there to spread), a day at most.

@@ -139,10 +139,8 @@ impl Table {
                 } else {
                     key_spec(&p.name, "hash key", &p.hash_key)
                 };
+                // Said by `drain::on_change`, once as it starts and once as it ends.
                 let panic = !bs.iter().any(|b| usable(b)) && bs.iter().any(|b| down_but_in_service(b));
-                if panic {
-                    tracing::warn!(pool = %p.name, "every backend is marked down by its health check: all of them take connections anyway");
-                }
                 let backends = bs
                     .into_iter()
                     .map(|b| BackendEntry { backend: b.clone(), stats: registry.get(&p.name, &b.address) })
