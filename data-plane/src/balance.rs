@@ -81,7 +81,7 @@ pub struct Balancer {
     /// Each backend's identity hashed, for client-IP hashing: a client's backend must not
     /// depend on where the others sit in the pool's order.
     ids: Vec<u64>,
-    maglev: Option<Maglev>,
+    maglev: Option<std::sync::Arc<Maglev>>,
     /// Smooth weighted round robin state (NGINX's algorithm), one slot per backend.
     swrr: Mutex<Vec<i64>>,
     counter: AtomicU64,
@@ -99,7 +99,8 @@ pub struct PickInput<'a> {
 impl Balancer {
     /// `backends`: (identity, weight) in the pool's stable order.
     pub fn new(algorithm: Algorithm, backends: &[(&str, u32)]) -> Balancer {
-        let maglev = if algorithm == Algorithm::ConsistentHash { Maglev::new(backends) } else { None };
+        let maglev =
+            if algorithm == Algorithm::ConsistentHash { Maglev::new(backends).map(std::sync::Arc::new) } else { None };
         Balancer {
             algorithm,
             weights: backends.iter().map(|b| b.1).collect(),
@@ -108,6 +109,12 @@ impl Balancer {
             swrr: Mutex::new(vec![0; backends.len()]),
             counter: AtomicU64::new(0),
         }
+    }
+
+    /// The consistent-hash table, for a pool's session affinity to share (the same backends
+    /// and weights: the same table, built once).
+    pub fn maglev(&self) -> Option<&std::sync::Arc<Maglev>> {
+        self.maglev.as_ref()
     }
 
     pub fn pick(&self, inp: &PickInput) -> Option<usize> {

@@ -25,10 +25,10 @@ pub struct PoolTable {
     hash_key: Option<KeySpec>,
     /// The pool's `affinity` key, when it has session affinity.
     pub affinity_key: Option<KeySpec>,
-    balancer: Balancer,
+    balancer: Arc<Balancer>,
     /// For pools with session affinity: where a new session key goes, the same on every
     /// proxy, so proxies racing on one key pick the same backend.
-    affinity: Option<crate::balance::Maglev>,
+    affinity: Option<Arc<crate::balance::Maglev>>,
     /// TLS to this pool's backends.
     pub tls: crate::tls::PoolTls,
     /// Every backend that would otherwise take connections is marked down by the health
@@ -45,6 +45,32 @@ pub struct Compiled {
     /// Routes' last good JWT key sets (see [`crate::edge_auth`]).
     pub keys: crate::edge_auth::KeyCache,
     pub tls: crate::tls::PoolTlsCache,
+    /// Each pool's balancer and affinity table, kept while its algorithm, backends and
+    /// weights stay as they were: a health flip or a route edit elsewhere neither rebuilds
+    /// Maglev tables (65,537 slots each) nor resets round robin to the first backend.
+    balancers: std::sync::Mutex<HashMap<String, (Shape, Picking)>>,
+}
+
+/// What a pool's balancer is built from: algorithm, (address, weight) in order, affinity on.
+type Shape = (i32, Vec<(String, u32)>, bool);
+type Picking = (Arc<Balancer>, Option<Arc<crate::balance::Maglev>>);
+
+impl Compiled {
+    fn picking(&self, pool: &str, shape: Shape, build: impl FnOnce() -> Picking) -> Picking {
+        let mut all = self.balancers.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some((s, p)) = all.get(pool) {
+            if *s == shape {
+                return p.clone();
+            }
+        }
+        let p = build();
+        all.insert(pool.to_string(), (shape, p.clone()));
+        p
+    }
+
+    fn keep_pools(&self, keep: impl Fn(&str) -> bool) {
+        self.balancers.lock().unwrap_or_else(|e| e.into_inner()).retain(|p, _| keep(p));
+    }
 }
 
 pub struct Table {
@@ -121,6 +147,7 @@ impl Table {
     /// (which keeps what it compiled for the next table).
     pub fn build_with(model: &Model, revision: u64, registry: &Registry, compiled: &Compiled) -> Table {
         compiled.tls.retain(&|p| model.pools.contains_key(p));
+        compiled.keep_pools(|p| model.pools.contains_key(p));
         let mut routes: Vec<Route> = model.routes.values().cloned().collect();
         routes.sort_by_key(route_rank);
         let pools = model
@@ -131,9 +158,16 @@ impl Table {
                 let bs: Vec<&Backend> = model.backends_of(&p.name).collect();
                 let ids: Vec<(&str, u32)> = bs.iter().map(|b| (b.address.as_str(), b.weight)).collect();
                 let algorithm = Algorithm::try_from(p.algorithm).unwrap_or(Algorithm::RoundRobin);
-                let balancer = Balancer::new(algorithm, &ids);
                 let affinity_key = key_spec(&p.name, "affinity", &p.affinity);
-                let affinity = affinity_key.as_ref().and_then(|_| crate::balance::Maglev::new(&ids));
+                let shape =
+                    (algorithm as i32, ids.iter().map(|(a, w)| (a.to_string(), *w)).collect(), affinity_key.is_some());
+                let (balancer, affinity) = compiled.picking(&p.name, shape, || {
+                    let balancer = Arc::new(Balancer::new(algorithm, &ids));
+                    let affinity = affinity_key.as_ref().and_then(|_| {
+                        balancer.maglev().cloned().or_else(|| crate::balance::Maglev::new(&ids).map(Arc::new))
+                    });
+                    (balancer, affinity)
+                });
                 let hash_key = if p.hash_key.is_empty() {
                     Some(KeySpec::ClientIp)
                 } else {
@@ -372,6 +406,39 @@ mod tests {
             let (idx, new) = p.pick_session(&format!("k{i}"), Some("a:1"), 0, &[], true).unwrap();
             assert_eq!((p.backends[idx].backend.address.as_str(), new), ("b:1", true));
         }
+    }
+
+    /// A config change that leaves a pool's algorithm, backends and weights alone (a health
+    /// flip, say) keeps its balancer: round robin goes on where it was, and no Maglev table is
+    /// built again. A weight change builds a new one.
+    #[test]
+    fn a_pools_balancer_outlives_changes_that_do_not_touch_its_shape() {
+        use switchyard_model::topology::put;
+        use switchyard_proto::v1::change::Kind;
+        let mut m = Model::default();
+        let pool = Pool { name: "p".into(), affinity: "cookie:sid".into(), algorithm: 3, ..Default::default() };
+        m.apply(&put(Kind::PoolPut(pool)));
+        let backend = |address: &str, weight: u32, health: i32| Backend {
+            pool: "p".into(),
+            address: address.into(),
+            weight,
+            admin_state: 1,
+            health,
+            ..Default::default()
+        };
+        for a in ["a:1", "b:1"] {
+            m.apply(&put(Kind::BackendPut(backend(a, 1, 0))));
+        }
+        let compiled = Compiled::default();
+        let t1 = Table::build_with(&m, 1, &Registry::default(), &compiled);
+        m.apply(&put(Kind::BackendPut(backend("a:1", 1, 2))));
+        let t2 = Table::build_with(&m, 2, &Registry::default(), &compiled);
+        let (p1, p2) = (&t1.pools["p"], &t2.pools["p"]);
+        assert!(Arc::ptr_eq(&p1.balancer, &p2.balancer), "a health flip keeps the balancer");
+        assert!(Arc::ptr_eq(p1.affinity.as_ref().unwrap(), p2.affinity.as_ref().unwrap()));
+        m.apply(&put(Kind::BackendPut(backend("a:1", 5, 2))));
+        let t3 = Table::build_with(&m, 3, &Registry::default(), &compiled);
+        assert!(!Arc::ptr_eq(&p2.balancer, &t3.pools["p"].balancer), "a weight change builds anew");
     }
 
     #[test]
