@@ -11,6 +11,7 @@ use std::time::{Duration, Instant};
 use futures::{SinkExt, StreamExt};
 use switchyard_model::topology::Pair;
 use switchyard_proto::v1::{Health, HealthCheck, HealthCheckKind, Pool};
+use tokio::sync::Semaphore;
 use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
 use tokio_tungstenite::tungstenite::Message;
 
@@ -19,9 +20,9 @@ use crate::node::leader;
 use crate::state::Command;
 
 const TICK: Duration = Duration::from_millis(50);
-/// Probes in flight at once. They run on the node's one thread beside Raft: thousands at
-/// once (a TLS handshake each) would delay heartbeats into elections, and take descriptors
-/// by the thousand.
+/// WebSocket probe handshakes at once (TLS and HTTP each). They run on the node's one thread
+/// beside Raft: thousands at once would delay heartbeats into elections. A TCP connect takes
+/// no turn, so backends that time out do not hold up the probes of others.
 const MAX_PROBES: usize = 64;
 
 #[derive(Default)]
@@ -31,6 +32,8 @@ struct Track {
     next_probe: Option<Instant>,
     /// A probe of this backend is queued or running: no second one beside it.
     probing: bool,
+    /// The last probe could not be made (said once, until one is made again).
+    not_tried: bool,
     /// A flip of this backend is being written: no second one until it is done (the probe
     /// after it judges against the state it left).
     writing: Arc<std::sync::atomic::AtomicBool>,
@@ -44,63 +47,60 @@ pub struct ProbeTls {
 }
 
 /// One probe: whether the backend answered within the timeout; `None` when this node could
-/// not try (out of descriptors or local ports: no fault of the backend's, which must not be
+/// not try (out of descriptors or buffers: no fault of the backend's, which must not be
 /// marked down for it). A WebSocket check of a pool with backend TLS speaks wss and verifies
-/// the backend as the proxies do.
-pub async fn probe(address: &str, hc: &HealthCheck, tls: Option<&ProbeTls>) -> Option<bool> {
+/// the backend as the proxies do. Its handshake waits for one of `permits` once connected (a
+/// connect to a dead backend holds none while it times out), and has the timeout again from
+/// then: the wait is the node's, not the backend's.
+pub async fn probe(address: &str, hc: &HealthCheck, tls: Option<&ProbeTls>, permits: &Semaphore) -> Option<bool> {
     let timeout = Duration::from_millis(hc.timeout_ms.max(1) as u64);
-    let connect = || async {
-        match tokio::net::TcpStream::connect(address).await {
-            Ok(s) => Ok(s),
-            Err(e) if local_shortage(&e) => Err(None),
-            Err(_) => Err(Some(false)),
-        }
+    let kind = HealthCheckKind::try_from(hc.kind).unwrap_or(HealthCheckKind::HealthCheckNone);
+    if kind == HealthCheckKind::HealthCheckNone {
+        return Some(true);
+    }
+    let tcp = match tokio::time::timeout(timeout, tokio::net::TcpStream::connect(address)).await {
+        Ok(Ok(s)) => s,
+        Ok(Err(e)) if local_shortage(&e) => return None,
+        _ => return Some(false),
     };
+    if kind == HealthCheckKind::HealthCheckTcp {
+        return Some(true);
+    }
+    let Ok(_permit) = permits.acquire().await else { return None };
+    let path = if hc.path.is_empty() { "/" } else { hc.path.as_str() };
+    // A probe reads a handshake and a pong: small buffers, not tungstenite's 128 KiB per
+    // probe; a message past the cap before the pong still shows a backend that answers.
+    let config = WebSocketConfig::default()
+        .read_buffer_size(4096)
+        .write_buffer_size(0)
+        .max_message_size(Some(PROBE_MESSAGE))
+        .max_frame_size(Some(PROBE_MESSAGE));
     let attempt = async {
-        match HealthCheckKind::try_from(hc.kind).unwrap_or(HealthCheckKind::HealthCheckNone) {
-            HealthCheckKind::HealthCheckNone => Some(true),
-            HealthCheckKind::HealthCheckTcp => match connect().await {
-                Ok(_) => Some(true),
-                Err(r) => r,
-            },
-            HealthCheckKind::HealthCheckWebsocket => {
-                let path = if hc.path.is_empty() { "/" } else { hc.path.as_str() };
-                let tcp = match connect().await {
-                    Ok(s) => s,
-                    Err(r) => return r,
-                };
-                // A probe reads a handshake and a pong: small buffers and limits, not
-                // tungstenite's 128 KiB buffer and 64 MiB messages per probe.
-                let config = WebSocketConfig::default()
-                    .read_buffer_size(4096)
-                    .write_buffer_size(0)
-                    .max_message_size(Some(64 << 10))
-                    .max_frame_size(Some(64 << 10));
-                Some(match tls {
-                    None => {
-                        let url = format!("ws://{address}{path}");
-                        ws_ping(tokio_tungstenite::client_async_with_config(url, tcp, Some(config)).await).await
-                    }
-                    Some(t) => {
-                        let Ok(name) = switchyard_model::backend_tls::name_for(&t.server_name, address) else {
-                            return Some(false);
-                        };
-                        let connector = tokio_rustls::TlsConnector::from(t.config.clone());
-                        let Ok(s) = connector.connect(name, tcp).await else { return Some(false) };
-                        let url = format!("wss://{address}{path}");
-                        ws_ping(tokio_tungstenite::client_async_with_config(url, s, Some(config)).await).await
-                    }
-                })
+        match tls {
+            None => {
+                let url = format!("ws://{address}{path}");
+                ws_ping(tokio_tungstenite::client_async_with_config(url, tcp, Some(config)).await).await
+            }
+            Some(t) => {
+                let Ok(name) = switchyard_model::backend_tls::name_for(&t.server_name, address) else { return false };
+                let connector = tokio_rustls::TlsConnector::from(t.config.clone());
+                let Ok(s) = connector.connect(name, tcp).await else { return false };
+                let url = format!("wss://{address}{path}");
+                ws_ping(tokio_tungstenite::client_async_with_config(url, s, Some(config)).await).await
             }
         }
     };
-    tokio::time::timeout(timeout, attempt).await.unwrap_or(Some(false))
+    Some(tokio::time::timeout(timeout, attempt).await.unwrap_or(false))
 }
 
-/// A connect that failed for want of this node's own resources.
+/// The largest message a probe reads whole (one past it still counts as an answer).
+const PROBE_MESSAGE: usize = 64 << 10;
+
+/// A connect that failed for want of this node's own resources. (Not `EADDRNOTAVAIL`: that
+/// can be the backend's own, an IPv6 address on a host without IPv6.)
 fn local_shortage(e: &std::io::Error) -> bool {
     use rustix::io::Errno;
-    let local = [Errno::MFILE, Errno::NFILE, Errno::ADDRNOTAVAIL, Errno::NOBUFS, Errno::NOMEM];
+    let local = [Errno::MFILE, Errno::NFILE, Errno::NOBUFS, Errno::NOMEM];
     e.raw_os_error().is_some_and(|n| local.iter().any(|l| l.raw_os_error() == n))
 }
 
@@ -113,10 +113,19 @@ async fn ws_ping<S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin, R>(
         return false;
     }
     let mut ok = false;
-    while let Some(Ok(m)) = ws.next().await {
-        if let Message::Pong(p) = m {
-            ok = p.as_ref() == b"switchyard-health";
-            break;
+    loop {
+        match ws.next().await {
+            Some(Ok(Message::Pong(p))) => {
+                ok = p.as_ref() == b"switchyard-health";
+                break;
+            }
+            Some(Ok(_)) => {}
+            // A greeting or snapshot larger than a probe reads: the backend is talking.
+            Some(Err(tokio_tungstenite::tungstenite::Error::Capacity(_))) => {
+                ok = true;
+                break;
+            }
+            _ => break,
         }
     }
     let _ = ws.close(None).await;
@@ -159,7 +168,7 @@ pub async fn run(node: Arc<NodeCtx>) {
     let mut tracks: HashMap<(String, String), Track> = HashMap::new();
     let mut tls = TlsCache::default();
     let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel::<((String, String), Option<bool>)>();
-    let permits = Arc::new(tokio::sync::Semaphore::new(MAX_PROBES));
+    let permits = Arc::new(Semaphore::new(MAX_PROBES));
     let mut ticker = tokio::time::interval(TICK);
     ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
@@ -217,9 +226,8 @@ pub async fn run(node: Arc<NodeCtx>) {
             t.probing = true;
             let (tx, permits) = (tx.clone(), permits.clone());
             tokio::spawn(async move {
-                let Ok(_permit) = permits.acquire_owned().await else { return };
                 let ok = match tls {
-                    Ok(tls) => probe(&key.1, &hc, tls.as_ref()).await,
+                    Ok(tls) => probe(&key.1, &hc, tls.as_ref(), &permits).await,
                     Err(()) => Some(false),
                 };
                 let _ = tx.send((key, ok));
@@ -233,8 +241,12 @@ fn record(node: &Arc<NodeCtx>, tracks: &mut HashMap<(String, String), Track>, ke
     t.probing = false;
     let Some(ok) = ok else {
         node.metrics.probes.get_or_create(&vec![("result", "not_tried".to_string())]).inc();
+        if !std::mem::replace(&mut t.not_tried, true) {
+            tracing::warn!(pool = %key.0, backend = %key.1, "health probe not made: this node is short of descriptors or buffers; the backend's health stays as it was");
+        }
         return;
     };
+    t.not_tried = false;
     let result = if ok { "ok" } else { "failed" };
     node.metrics.probes.get_or_create(&vec![("result", result.to_string())]).inc();
     if ok {

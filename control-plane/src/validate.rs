@@ -340,6 +340,10 @@ pub fn route(mut r: Route) -> Result<Route, ApiError> {
     name("route", &r.name)?;
     name("pool", &r.pool)?;
     r.host = r.host.to_ascii_lowercase();
+    // One spelling for an address, the one proxies compare a request's host in.
+    if let Ok(ip) = r.host.parse::<IpAddr>() {
+        r.host = ip.to_string();
+    }
     if !r.host.is_empty() {
         let h = r.host.strip_prefix("*.").unwrap_or(&r.host);
         if h.rsplit_once(':').is_some_and(|(_, p)| p.parse::<u16>().is_ok()) && h.parse::<IpAddr>().is_err() {
@@ -364,6 +368,11 @@ pub fn route(mut r: Route) -> Result<Route, ApiError> {
     }
     if let Err(why) = normal_prefix(&r.path_prefix) {
         return Err(invalid(format!("path prefix {:?} {why}", r.path_prefix)));
+    }
+    // An auth with no kind checks nothing: stored as none, since a proxy takes an auth whose
+    // kind it cannot read for a newer one's and refuses every client of the route.
+    if r.auth.as_ref().is_some_and(|a| a.kind.is_none()) {
+        r.auth = None;
     }
     if let Some(a) = &r.auth {
         if let Some(switchyard_proto::v1::route_auth::Kind::Jwt(j)) = &a.kind {
@@ -527,6 +536,9 @@ mod tests {
             let e = format!("{:?}", r(bad).unwrap_err());
             assert!(e.contains("names a port"), "{bad}: {e}");
         }
+        assert_eq!(r("0:0:0:0:0:0:0:1").unwrap().host, "::1", "an address in one spelling");
+        let empty = Route { auth: Some(switchyard_proto::v1::RouteAuth { kind: None }), ..r("a.example").unwrap() };
+        assert_eq!(route(empty).unwrap().auth, None, "an auth of no kind is no auth");
     }
 
     #[test]

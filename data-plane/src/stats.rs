@@ -67,6 +67,8 @@ pub struct BackendStats {
     /// Upgrades this backend took and then closed on without an answer, in a row (an
     /// answered one resets it): see [`crate::handling::streams::HANGUPS_TO_EJECT`].
     pub hangups: AtomicU64,
+    /// When the last hangup counted (registry milliseconds).
+    pub last_hangup_ms: AtomicU64,
     /// Passive health: no new connections before this time (ms on the registry's clock).
     pub ejected_until_ms: AtomicU64,
     /// Connections through other proxies, as the control plane last reported.

@@ -102,6 +102,9 @@ fn route_rank(r: &Route) -> (u8, usize, usize) {
 /// port, so the port neither matches nor ranks (it made `a.example:9443` outrank, and take
 /// every request of, `a.example`).
 fn without_port(rule: &str) -> &str {
+    if rule.parse::<IpAddr>().is_ok() {
+        return rule; // `::1`: its last group is no port
+    }
     rule.rsplit_once(':').filter(|(_, p)| p.bytes().all(|b| b.is_ascii_digit())).map_or(rule, |(h, _)| h)
 }
 
@@ -350,6 +353,14 @@ mod tests {
             pool: name.into(),
             ..Default::default()
         }
+    }
+
+    #[test]
+    fn a_host_rule_loses_a_port_but_an_address_keeps_its_last_group() {
+        assert!(host_matches("::1", "::1") && host_matches("2001:db8::80", "2001:db8::80"));
+        assert!(!host_matches("2001:db8::80", "2001:db8::"));
+        assert!(host_matches("a.example:9443", "a.example") && host_matches("10.0.0.1", "10.0.0.1"));
+        assert_eq!(without_port("a.example:9443"), "a.example");
     }
 
     #[test]

@@ -125,18 +125,19 @@ impl Ctx {
     }
 }
 
-/// A token file's text: a regular file of at most 4 KiB (a token is under 100 bytes; this
-/// stops `/dev/zero` being read until memory runs out). One that others may read is used, with
-/// a warning: the token in it is as good as a password.
+/// A token file's text, 4 KiB at most (a token is under 100 bytes; this stops `/dev/zero`
+/// being read until memory runs out; a pipe, `<(vault read ...)` or `/dev/stdin`, is fine). A
+/// regular file that others may read is used, with a warning: the token in it is as good as a
+/// password.
 fn token_file(p: &std::path::Path) -> Result<String> {
     use std::io::Read;
     use std::os::unix::fs::PermissionsExt;
     let err = |e: &dyn std::fmt::Display| anyhow::anyhow!("--token-file {}: {e}", p.display());
     let meta = std::fs::metadata(p).map_err(|e| err(&e))?;
-    if !meta.is_file() {
-        return Err(err(&"not a regular file"));
+    if meta.is_dir() {
+        return Err(err(&"a directory"));
     }
-    if meta.permissions().mode() & 0o077 != 0 {
+    if meta.is_file() && meta.permissions().mode() & 0o077 != 0 {
         eprintln!("warning: --token-file {} can be read by others than its owner (chmod 600 it)", p.display());
     }
     let mut text = String::new();

@@ -72,6 +72,8 @@ pub enum BackendFail {
 /// consecutive gateway failures). Ejected on the first, a client sending heads the
 /// backends drop would take one backend out per attempt, three per request, every 10 s.
 pub const HANGUPS_TO_EJECT: u64 = 5;
+/// Hangups closer together than this count as one toward [`HANGUPS_TO_EJECT`].
+pub const HANGUP_SPACING_MS: u64 = 1000;
 
 impl BackendFail {
     /// A connect error that is the proxy's own shortage, not the backend's failure.
@@ -210,6 +212,14 @@ pub(crate) fn eject_locally(
         return;
     }
     if let BackendFail::Hangup(_) = why {
+        // Hangups less than a second apart count once: a burst of requests from one client,
+        // each tried on every backend, is one event, not five.
+        let now = state.registry.now_ms();
+        let last = b.stats.last_hangup_ms.load(Relaxed);
+        if last != 0 && now.saturating_sub(last) < HANGUP_SPACING_MS {
+            return;
+        }
+        b.stats.last_hangup_ms.store(now, Relaxed);
         if b.stats.hangups.fetch_add(1, Relaxed) + 1 < HANGUPS_TO_EJECT {
             tracing::debug!(backend = %b.backend.address, pool, "{why}; not ejected for one");
             return;

@@ -24,8 +24,10 @@ pub fn normalize(target: &str) -> Result<Cow<'_, str>, Reject> {
         return Ok(Cow::Borrowed(target));
     }
     let b = path.as_bytes();
-    let plain =
-        !b.contains(&b'%') && !b.contains(&b'\\') && !b.windows(2).any(|w| w == b"//" || w == b"/." || w == b"/;");
+    let plain = b.is_ascii()
+        && !b.contains(&b'%')
+        && !b.contains(&b'\\')
+        && !b.windows(2).any(|w| w == b"//" || w == b"/." || w == b"/;");
     // A fragment is the client's own business (RFC 9110 §7.1); none reaches a backend.
     let rest = rest.split('#').next().unwrap_or("");
     if plain {
@@ -90,22 +92,29 @@ pub fn without_params(path: &str) -> Cow<'_, str> {
     Cow::Owned(path.split('/').map(|s| s.split(';').next().unwrap_or("")).collect::<Vec<_>>().join("/"))
 }
 
-/// Percent-escapes of unreserved characters decoded, the others kept (hex in upper case);
-/// a malformed escape, or one that stands for a slash, backslash or NUL, refused.
+/// Percent-escapes of unreserved characters decoded, the others kept (hex in upper case),
+/// and raw bytes past ASCII escaped (`/café` is `/caf%C3%A9`, as browsers send it and route
+/// prefixes are written: servers decode both to one path); a malformed escape, or one that
+/// stands for a slash, backslash or NUL, refused.
 fn decode_unreserved(path: &str) -> Result<Cow<'_, str>, Reject> {
     if path.contains('\\') {
         return Err(Reject::BadRequest("a backslash in the path"));
     }
-    if !path.contains('%') {
+    if !path.contains('%') && path.is_ascii() {
         return Ok(Cow::Borrowed(path));
     }
     let b = path.as_bytes();
-    let mut out = String::with_capacity(path.len());
+    let mut out = String::with_capacity(path.len() + 16);
     let mut i = 0;
     while i < b.len() {
+        if !b[i].is_ascii() {
+            out.push_str(&format!("%{:02X}", b[i]));
+            i += 1;
+            continue;
+        }
         if b[i] != b'%' {
-            // Whole characters up to the next escape (the path may hold raw UTF-8).
-            let next = path[i..].find('%').map_or(b.len(), |n| i + n);
+            // Up to the next escape or byte past ASCII.
+            let next = path[i..].find(|c: char| c == '%' || !c.is_ascii()).map_or(b.len(), |n| i + n);
             out.push_str(&path[i..next]);
             i = next;
             continue;
@@ -138,7 +147,7 @@ mod tests {
 
     #[test]
     fn paths_already_normal_are_kept_as_they_are() {
-        for t in ["/", "/chat", "/chat/", "/a/b?x=1&y=/../z", "/.well-known/x", "/a.b/c..d/...", "*", "/caf\u{e9}"] {
+        for t in ["/", "/chat", "/chat/", "/a/b?x=1&y=/../z", "/.well-known/x", "/a.b/c..d/...", "*"] {
             assert!(matches!(normalize(t), Ok(Cow::Borrowed(s)) if s == t), "{t}");
         }
     }
@@ -180,6 +189,9 @@ mod tests {
             assert!(matches!(normalize(t), Err(Reject::BadRequest(_))), "{t}: {:?}", normalize(t));
         }
         assert_eq!(n("/app;jsessionid=1/chat"), "/app;jsessionid=1/chat", "other parameters are the backend's");
+        // Raw UTF-8 is escaped, as a browser sends it and a route prefix is written.
+        assert_eq!(n("/café/x"), "/caf%C3%A9/x");
+        assert_eq!(n("/caf%c3%a9/x"), "/caf%C3%A9/x");
         // A segment of parameters alone would be an empty one, merged away, to those servers.
         for t in ["/;x/admin/users", "/;/admin", "/a/;x/b", "/admin/;x", "/%61/;x/b"] {
             assert!(matches!(normalize(t), Err(Reject::BadRequest(_))), "{t}: {:?}", normalize(t));

@@ -141,7 +141,8 @@ impl CertSet {
         let Some(default) = keys.first().cloned() else {
             let why = if problems.is_empty() { String::new() } else { format!(" ({})", problems.join("; ")) };
             return Err(TlsError(format!(
-                "no certificate: give --wss-cert/--wss-key or a --wss-cert-dir holding NAME.crt and NAME.key{why}"
+                "no certificate: give --wss-cert/--wss-key or a --wss-cert-dir holding NAME.crt and NAME.key (a CA's, \
+                 or a Switchyard identity other than a proxy's, is skipped there){why}"
             )));
         };
         Ok(CertSet { default, exact, wildcard, count: keys.len(), from_dir, problems })
@@ -192,7 +193,7 @@ fn load_pair(crt: &Path, key: &Path, explicit: bool) -> Result<Option<(Certified
     // certificate. Only a proxy's, or one from another CA (no Switchyard role), serves.
     if let Ok(id) = switchyard_model::tls::identity_of(&chain[0]) {
         if !explicit && id.role != switchyard_model::tls::Role::Proxy {
-            tracing::debug!(file = %crt.display(), role = %id.role, "skipping a Switchyard identity that is not a proxy's");
+            tracing::info!(file = %crt.display(), role = %id.role, "skipping a Switchyard identity that is not a proxy's");
             return Ok(None);
         }
     }

@@ -13,6 +13,8 @@ use super::{CertSet, CertSources, SniResolver};
 use crate::state::ProxyState;
 
 pub const POLL: Duration = Duration::from_secs(2);
+/// The longest wait between tries of a load that keeps failing with nothing changed.
+const RETRY_MAX: Duration = Duration::from_secs(300);
 
 /// What the sources look like on disk: a change in any entry means reload. The inode and
 /// change time are in it beside the mtime and size: a file replaced by one with the same
@@ -66,13 +68,14 @@ pub fn reload(
             if problems.is_empty() {
                 tracing::info!(certificates = set.count, why, "wss certificates reloaded");
                 *last = None;
+                state.runtime.tls_reloads.fetch_add(1, Relaxed);
             } else {
+                // Counted as failed only: a pair is not what it should be.
                 tracing::warn!(certificates = set.count, why, "wss certificates reloaded, not all of them: {problems}");
                 state.runtime.tls_reload_failures.fetch_add(1, Relaxed);
                 *last = Some(problems);
             }
             resolver.swap(set);
-            state.runtime.tls_reloads.fetch_add(1, Relaxed);
         }
         Err(e) => {
             let e = e.to_string();
@@ -118,6 +121,11 @@ pub fn spawn(resolver: Arc<SniResolver>, src: CertSources, mut seen: Fingerprint
         // problems were said at start).
         let first = resolver.current().problems.join("; ");
         let mut failing = (!first.is_empty()).then_some(first);
+        // While it keeps failing with nothing changed: the wait before the next try, doubled
+        // each time up to RETRY_MAX (a load reads and checks every pair: a directory of a
+        // thousand, every 2 s, for as long as one pair stays broken, is CPU for nothing).
+        let mut backoff = POLL;
+        let mut retry_at = tokio::time::Instant::now();
         loop {
             let why = tokio::select! {
                 _ = state.runtime.shutdown.cancelled() => return,
@@ -128,9 +136,12 @@ pub fn spawn(resolver: Arc<SniResolver>, src: CertSources, mut seen: Fingerprint
             // A failed load is tried again at every poll until one succeeds: what fixes it
             // (a permission, a label, a transient EIO) may change nothing the fingerprint sees.
             let changed = why == "SIGHUP" || now != seen;
-            if changed || failing.is_some() {
+            let retry = failing.is_some() && tokio::time::Instant::now() >= retry_at;
+            if changed || retry {
                 seen = now;
                 reload(&resolver, &src, &state, why, changed, &mut failing);
+                backoff = if changed || failing.is_none() { POLL } else { (backoff * 2).min(RETRY_MAX) };
+                retry_at = tokio::time::Instant::now() + backoff;
             }
         }
     });
