@@ -45,7 +45,14 @@ async fn every_case_ends_as_on_a_direct_connection(linger: bool) {
                 lost.frames.push(last.clone());
             }
         }
-        if direct != proxied && lost != proxied && !stricter {
+        // The reset can also cut the direct client's last frame short (it read 64 KiB of a
+        // 256 KiB message, then the reset threw the rest away): what came before it must
+        // still be the same, and the proxied client's close code is checked below.
+        let cut = !linger && direct.close_code().is_none() && {
+            let n = direct.frames.len().saturating_sub(1);
+            proxied.frames.len() > n && proxied.frames[..n] == direct.frames[..n]
+        };
+        if direct != proxied && lost != proxied && !stricter && !cut {
             differ.push(format!("{}: direct {} / proxied {}", c.id, describe(&direct), describe(&proxied)));
         }
         codes.push((c.id, proxied.close_code(), proxied.end));
