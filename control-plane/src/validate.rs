@@ -4,11 +4,14 @@
 
 use std::net::IpAddr;
 
-use switchyard_proto::v1::{AdminState, Algorithm, Backend, HealthCheck, HealthCheckKind, Pool, Route, Settings};
+use switchyard_proto::v1::{AdminState, Algorithm, Backend, HealthCheck, HealthCheckKind, Pool, Settings};
 
 use switchyard_model::KeySpec;
 
 use crate::error::ApiError;
+
+mod route;
+pub use route::route;
 
 /// Weight bounds: 0 takes no new connections (like HAProxy's weight 0); 10,000 leaves room
 /// for fine ratios without overflow in the balancers.
@@ -303,87 +306,6 @@ pub fn admin_state(s: i32) -> Result<AdminState, ApiError> {
     }
 }
 
-/// Whether a path prefix is in the form proxies match request paths in (they normalize the
-/// path first: escapes of unreserved characters decoded, others in upper case, dot segments
-/// and runs of slashes gone, `;parameters` left out). A prefix in another form would never
-/// match, and its requests would fall through to a broader route, perhaps one without its
-/// authentication.
-fn normal_prefix(p: &str) -> Result<(), &'static str> {
-    let b = p.as_bytes();
-    if b.iter().any(|c| !c.is_ascii()) {
-        return Err("holds characters that are not ASCII: percent-encode them, as clients send them (/caf%C3%A9)");
-    }
-    if p.contains("//") || p.contains('\\') || p.contains(';') {
-        return Err("holds `//`, a backslash or `;`: proxies match the path with those merged or dropped");
-    }
-    if p.split('/').any(|s| s == "." || s == "..") {
-        return Err("holds a `.` or `..` segment: proxies match the path with them resolved");
-    }
-    let mut i = 0;
-    while let Some(n) = p[i..].find('%') {
-        let at = i + n;
-        let hex = p.get(at + 1..at + 3).filter(|h| h.bytes().all(|c| c.is_ascii_hexdigit()));
-        let Some(hex) = hex else { return Err("holds a malformed percent-escape") };
-        let c = u8::from_str_radix(hex, 16).unwrap_or(0);
-        if c.is_ascii_alphanumeric() || matches!(c, b'-' | b'.' | b'_' | b'~') {
-            return Err("escapes a character that needs none (%7E is ~): proxies match the path decoded");
-        }
-        if matches!(c, b'/' | b'\\' | 0) || hex.bytes().any(|c| c.is_ascii_lowercase()) {
-            return Err("holds an escape proxies refuse or spell otherwise (%2F, %5C, %00; hex in upper case)");
-        }
-        i = at + 3;
-    }
-    Ok(())
-}
-
-pub fn route(mut r: Route) -> Result<Route, ApiError> {
-    name("route", &r.name)?;
-    name("pool", &r.pool)?;
-    r.host = r.host.to_ascii_lowercase();
-    // One spelling for an address, the one proxies compare a request's host in.
-    if let Ok(ip) = r.host.parse::<IpAddr>() {
-        r.host = ip.to_string();
-    }
-    if !r.host.is_empty() {
-        let h = r.host.strip_prefix("*.").unwrap_or(&r.host);
-        if h.rsplit_once(':').is_some_and(|(_, p)| p.parse::<u16>().is_ok()) && h.parse::<IpAddr>().is_err() {
-            // Proxies match the host on any port, so a port here was ignored, yet made the
-            // route outrank the same host without it (and skip that one's authentication).
-            return Err(invalid(format!(
-                "route host {:?} names a port: a route matches its host on any port the proxy listens on; give the \
-                 name alone",
-                r.host
-            )));
-        }
-        if hostname(h).is_err() && h.parse::<IpAddr>().is_err() {
-            return Err(invalid(format!("route host {:?} is not a host name", r.host)));
-        }
-    }
-    text("path prefix", &r.path_prefix)?;
-    if !r.path_prefix.is_empty() && !r.path_prefix.starts_with('/') {
-        return Err(invalid(format!("path prefix {:?} must start with '/'", r.path_prefix)));
-    }
-    if r.path_prefix.bytes().any(|b| b.is_ascii_whitespace() || b.is_ascii_control()) {
-        return Err(invalid("path prefix must not contain spaces or control characters"));
-    }
-    if let Err(why) = normal_prefix(&r.path_prefix) {
-        return Err(invalid(format!("path prefix {:?} {why}", r.path_prefix)));
-    }
-    // An auth with no kind checks nothing: stored as none, since a proxy takes an auth whose
-    // kind it cannot read for a newer one's and refuses every client of the route.
-    if r.auth.as_ref().is_some_and(|a| a.kind.is_none()) {
-        r.auth = None;
-    }
-    if let Some(a) = &r.auth {
-        if let Some(switchyard_proto::v1::route_auth::Kind::Jwt(j)) = &a.kind {
-            key_spec_length("route auth token_from", &j.token_from)?;
-        }
-        switchyard_model::edge_auth::validate(a).map_err(|e| invalid(format!("route auth: {e}")))?;
-    }
-    r.updated_revision = 0;
-    Ok(r)
-}
-
 /// The settings a fresh cluster starts with.
 pub use switchyard_model::limits::default_settings;
 
@@ -512,33 +434,6 @@ mod tests {
             let e = format!("{:?}", health_check(&hc(bad)).unwrap_err());
             assert!(e.contains("not a valid request target"), "{bad}: {e}");
         }
-    }
-
-    #[test]
-    fn path_prefixes_are_in_the_form_proxies_match() {
-        for ok in ["", "/", "/admin", "/admin/", "/caf%C3%A9", "/a%20b", "/~user", "/v1.2/x"] {
-            normal_prefix(ok).unwrap_or_else(|e| panic!("{ok}: {e}"));
-        }
-        for bad in ["/données", "/caf%c3%a9", "/%7Euser", "/a/../b", "//x", "/a;b", "/a/./b", "/a%2Fb", "/a%zz", "/a%4"]
-        {
-            assert!(normal_prefix(bad).is_err(), "{bad}");
-        }
-    }
-
-    #[test]
-    fn route_hosts_are_names_or_addresses_without_a_port() {
-        let r =
-            |host: &str| route(Route { name: "r".into(), pool: "p".into(), host: host.into(), ..Default::default() });
-        for ok in ["api.example.com", "*.example.com", "10.0.0.1", "::1", "API.Example.com"] {
-            r(ok).unwrap_or_else(|e| panic!("{ok}: {e:?}"));
-        }
-        for bad in ["api.example.com:9443", "*.example.com:1", "10.0.0.1:80"] {
-            let e = format!("{:?}", r(bad).unwrap_err());
-            assert!(e.contains("names a port"), "{bad}: {e}");
-        }
-        assert_eq!(r("0:0:0:0:0:0:0:1").unwrap().host, "::1", "an address in one spelling");
-        let empty = Route { auth: Some(switchyard_proto::v1::RouteAuth { kind: None }), ..r("a.example").unwrap() };
-        assert_eq!(route(empty).unwrap().auth, None, "an auth of no kind is no auth");
     }
 
     #[test]

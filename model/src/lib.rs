@@ -8,6 +8,7 @@ pub mod fields;
 pub mod grpc;
 pub mod keyspec;
 pub mod limits;
+pub mod path;
 pub mod rebinding;
 pub mod signal;
 pub mod slots;
