@@ -427,7 +427,8 @@ mod tests {
         use switchyard_model::topology::put;
         use switchyard_proto::v1::change::Kind;
         let mut m = Model::default();
-        let pool = Pool { name: "p".into(), affinity: "cookie:sid".into(), algorithm: 3, ..Default::default() };
+        let algorithm = Algorithm::ConsistentHash as i32;
+        let pool = Pool { name: "p".into(), affinity: "cookie:sid".into(), algorithm, ..Default::default() };
         m.apply(&put(Kind::PoolPut(pool)));
         let backend = |address: &str, weight: u32, health: i32| Backend {
             pool: "p".into(),
@@ -447,6 +448,7 @@ mod tests {
         let (p1, p2) = (&t1.pools["p"], &t2.pools["p"]);
         assert!(Arc::ptr_eq(&p1.balancer, &p2.balancer), "a health flip keeps the balancer");
         assert!(Arc::ptr_eq(p1.affinity.as_ref().unwrap(), p2.affinity.as_ref().unwrap()));
+        assert!(Arc::ptr_eq(p1.balancer.maglev().unwrap(), p1.affinity.as_ref().unwrap()), "one Maglev table for both");
         m.apply(&put(Kind::BackendPut(backend("a:1", 5, 2))));
         let t3 = Table::build_with(&m, 3, &Registry::default(), &compiled);
         assert!(!Arc::ptr_eq(&p2.balancer, &t3.pools["p"].balancer), "a weight change builds anew");

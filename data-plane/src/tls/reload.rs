@@ -133,12 +133,13 @@ pub fn spawn(resolver: Arc<SniResolver>, src: CertSources, mut seen: Fingerprint
                 Some(()) = async { match hup.as_mut() { Some(h) => h.recv().await, None => std::future::pending().await } } => "SIGHUP",
             };
             let now = fingerprint(&src);
-            // A failed load is tried again at every poll until one succeeds: what fixes it
-            // (a permission, a label, a transient EIO) may change nothing the fingerprint sees.
+            // A failed load is tried again (backing off) until one succeeds: what fixes it (a
+            // permission, a label, a transient EIO) may change nothing the fingerprint sees.
             let changed = why == "SIGHUP" || now != seen;
             let retry = failing.is_some() && tokio::time::Instant::now() >= retry_at;
             if changed || retry {
                 seen = now;
+                let why = if changed { why } else { "retrying a failed load" };
                 reload(&resolver, &src, &state, why, changed, &mut failing);
                 backoff = if changed || failing.is_none() { POLL } else { (backoff * 2).min(RETRY_MAX) };
                 retry_at = tokio::time::Instant::now() + backoff;
