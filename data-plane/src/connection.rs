@@ -241,8 +241,8 @@ async fn open(
     ctx: &Ctx,
     tls: bool,
 ) -> Opened {
-    let table = state.table.load_full();
-    let s = table.settings;
+    // Only the settings the head is read under; the table itself is taken once the head is in.
+    let s = state.table.load().settings;
     let hs_timeout = handshake_timeout(&s);
     let max_header = if s.max_header_bytes > 0 { s.max_header_bytes as usize } else { DEFAULT_MAX_HEADER };
     let mut buf = Vec::with_capacity(1024);
